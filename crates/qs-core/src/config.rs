@@ -1,0 +1,187 @@
+//! Tunables of the core, with the defaults of DESIGN.md.
+
+use qs_wire::{Capacity, Load, Resource};
+use serde::{Deserialize, Serialize};
+
+/// Sensing thresholds: a node over any of them is hot and does not offer (seed 000 §2).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Thresholds {
+    pub cpu: f64,
+    pub memory: f64,
+    pub gpu: f64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            cpu: 0.80,
+            memory: 0.85,
+            gpu: 0.90,
+        }
+    }
+}
+
+impl Thresholds {
+    /// The first resource whose sensed use is over its threshold, if any. `gpu` limits the GPU
+    /// check to one GPU; `None` checks every GPU.
+    pub fn over(&self, load: &Load, capacity: &Capacity, gpu: Option<usize>) -> Option<Resource> {
+        if load.cpu_util > self.cpu {
+            return Some(Resource::Cpu);
+        }
+        if capacity.memory_bytes > 0
+            && load.memory_used_bytes as f64 / capacity.memory_bytes as f64 > self.memory
+        {
+            return Some(Resource::Memory);
+        }
+        let hot = |g: &qs_wire::GpuLoad| g.util > self.gpu;
+        let gpu_hot = match gpu {
+            Some(i) => load.gpus.get(i).is_some_and(hot),
+            None => load.gpus.iter().any(hot),
+        };
+        gpu_hot.then_some(Resource::Gpu)
+    }
+}
+
+/// Every tunable of the core. Durations are in milliseconds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub thresholds: Thresholds,
+    /// Admission gate: a composite must exceed this.
+    pub gate_min: f64,
+    pub heartbeat_ms: u64,
+    /// A node silent this long is declared dead (4 heartbeats by default).
+    pub dead_after_ms: u64,
+    /// Fleets with more live nodes than this are queried by weighted sample.
+    pub query_all_below: usize,
+    /// Nodes asked per capacity query in large fleets (power of d choices).
+    pub query_sample: usize,
+    /// Bounds of the adaptive offer-gathering deadline.
+    pub query_timeout_min_ms: u64,
+    pub query_timeout_max_ms: u64,
+    pub dispatch_timeout_ms: u64,
+    pub retry_backoff_ms: u64,
+    pub retry_backoff_max_ms: u64,
+    /// Query rounds before a placement gives up (the steward starts a new one later).
+    pub max_attempts: u32,
+    /// A new steward waits this long before placing a singleton, so a dispatch its predecessor
+    /// left in flight can surface first.
+    pub singleton_settle_ms: u64,
+    pub scale_out_cooldown_ms: u64,
+    /// No hot instance for this long gives back one autoscaled replica.
+    pub scale_in_after_ms: u64,
+    /// An accepted instance must show in its host's heartbeat within this long.
+    pub pending_timeout_ms: u64,
+    pub failure_half_life_ms: u64,
+    pub pressure_cap: f64,
+    /// Placements one node drives at once, over all its services.
+    pub max_placements_in_flight: usize,
+    /// Placements one service has in flight at once.
+    pub max_placements_per_service: u32,
+    /// Completed job instances a host keeps reporting, so every observer sees the completion.
+    pub completion_linger_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            thresholds: Thresholds::default(),
+            gate_min: 0.3,
+            heartbeat_ms: 250,
+            dead_after_ms: 1000,
+            query_all_below: 32,
+            query_sample: 8,
+            query_timeout_min_ms: 5,
+            query_timeout_max_ms: 500,
+            dispatch_timeout_ms: 500,
+            retry_backoff_ms: 100,
+            retry_backoff_max_ms: 2000,
+            max_attempts: 5,
+            singleton_settle_ms: 2000,
+            scale_out_cooldown_ms: 2000,
+            scale_in_after_ms: 30_000,
+            pending_timeout_ms: 3000,
+            failure_half_life_ms: 3_600_000,
+            pressure_cap: 0.9,
+            max_placements_in_flight: 256,
+            max_placements_per_service: 32,
+            completion_linger_ms: 2000,
+        }
+    }
+}
+
+/// A config value out of range.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("config field `{field}`: {message}")]
+pub struct ConfigError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl Config {
+    /// Checks every value; the first one out of range is named.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fraction = |field, v: f64| {
+            if v.is_finite() && v > 0.0 && v <= 1.0 {
+                Ok(())
+            } else {
+                Err(ConfigError {
+                    field,
+                    message: format!("must be in (0, 1], got {v}"),
+                })
+            }
+        };
+        fraction("thresholds.cpu", self.thresholds.cpu)?;
+        fraction("thresholds.memory", self.thresholds.memory)?;
+        fraction("thresholds.gpu", self.thresholds.gpu)?;
+        fraction("pressure_cap", self.pressure_cap)?;
+        if self.pressure_cap >= 1.0 {
+            return Err(ConfigError {
+                field: "pressure_cap",
+                message: "must stay below 1 so a node can always recover".into(),
+            });
+        }
+        if !(self.gate_min.is_finite() && self.gate_min >= 0.0) {
+            return Err(ConfigError {
+                field: "gate_min",
+                message: format!("must be a non-negative number, got {}", self.gate_min),
+            });
+        }
+        let positive = |field, v: u64| {
+            if v > 0 {
+                Ok(())
+            } else {
+                Err(ConfigError {
+                    field,
+                    message: "must be more than 0".into(),
+                })
+            }
+        };
+        positive("heartbeat_ms", self.heartbeat_ms)?;
+        positive("query_timeout_min_ms", self.query_timeout_min_ms)?;
+        positive("dispatch_timeout_ms", self.dispatch_timeout_ms)?;
+        positive("failure_half_life_ms", self.failure_half_life_ms)?;
+        positive("query_sample", self.query_sample as u64)?;
+        positive("max_attempts", u64::from(self.max_attempts))?;
+        positive("max_placements_in_flight", self.max_placements_in_flight as u64)?;
+        positive("max_placements_per_service", u64::from(self.max_placements_per_service))?;
+        if self.dead_after_ms < 2 * self.heartbeat_ms {
+            return Err(ConfigError {
+                field: "dead_after_ms",
+                message: format!(
+                    "must be at least two heartbeats ({} ms), got {}",
+                    2 * self.heartbeat_ms,
+                    self.dead_after_ms
+                ),
+            });
+        }
+        if self.query_timeout_max_ms < self.query_timeout_min_ms {
+            return Err(ConfigError {
+                field: "query_timeout_max_ms",
+                message: "must be at least query_timeout_min_ms".into(),
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,31 @@
+//! The sans-IO core of Quasicrystal: every decision, none of the IO.
+//!
+//! Nothing here touches tokio, sockets, files or the clock. Time comes in as an argument
+//! ([`Time`]); randomness comes from a seeded [`Rng`] owned by the state; maps are `BTreeMap` so
+//! iteration order, and therefore every decision, is deterministic.
+//!
+//! Two state machines carry the fleet protocol:
+//! - [`Registry`]: one node's replica of the fleet's shared state (who is alive, their last
+//!   heartbeat, the specs, who stewards what, which instances run where).
+//! - [`Node`]: one node's decisions. As a host it senses, offers, accepts or refuses
+//!   dispatches. As a steward it reconciles its services through the 5 placement steps.
+//!   Inputs go in through [`Node::handle`]; outputs come out through [`Node::poll`] and the
+//!   next deadline through [`Node::poll_timeout`].
+
+pub mod config;
+pub mod failure;
+pub mod hash;
+pub mod node;
+pub mod registry;
+pub mod rng;
+pub mod sampler;
+pub mod time;
+pub mod weight;
+
+pub use config::{Config, ConfigError, Thresholds};
+pub use failure::FailureMemory;
+pub use node::{Input, Node, Output, StartOrder};
+pub use registry::{Registry, RunningInstance};
+pub use rng::Rng;
+pub use time::Time;
+pub use weight::{GAMMA_1, Gate, composite, level_weight};

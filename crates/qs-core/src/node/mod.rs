@@ -1,0 +1,261 @@
+//! One node's decisions, as a sans-IO state machine.
+//!
+//! A node plays two parts. As a *host* ([`host`]) it senses its load, answers capacity queries
+//! with offers, and accepts or refuses dispatches (late binding). As a *steward*
+//! ([`steward`]) it reconciles the services it stewards through the 5 placement steps.
+//! The shell feeds [`Input`]s with the current time and its [`Registry`], then drains
+//! [`Output`]s with [`Node::poll`] and sleeps until [`Node::poll_timeout`].
+
+mod host;
+mod steward;
+
+use crate::config::Config;
+use crate::failure::FailureMemory;
+use crate::registry::Registry;
+use crate::rng::Rng;
+use crate::time::{Time, ms};
+use crate::weight::Gate;
+use qs_wire::{
+    Capacity, Committed, Event, ExitOutcome, InstanceId, InstanceLoad, Load, Message, NodeId,
+    NodeSpec, NodeStatus, Resources, Role, ServiceName,
+};
+use std::collections::{BTreeMap, VecDeque};
+
+pub use host::Hosted;
+
+/// Everything that can happen to a node.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Input {
+    /// Time passed; the node acts on whatever deadline is due.
+    Tick,
+    /// A sensor sample of the node and of each instance's process tree.
+    Sensed {
+        load: Load,
+        instances: BTreeMap<InstanceId, InstanceLoad>,
+    },
+    /// A message from another node.
+    Message { from: NodeId, msg: Message },
+    /// The executor reports that an instance ended.
+    Exited {
+        instance: InstanceId,
+        outcome: ExitOutcome,
+    },
+    /// Desired state or membership changed: reconcile stewarded services now.
+    Reconcile,
+    /// The operator approves moving the primary of a stateful-read service.
+    ApprovePromotion { service: ServiceName },
+}
+
+/// The order to start one instance on this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StartOrder {
+    pub instance: InstanceId,
+    pub service: ServiceName,
+    pub role: Role,
+    pub fencing: u64,
+    pub gpu: Option<u32>,
+    pub need: Resources,
+}
+
+/// Everything a node asks its shell to do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output {
+    /// A directed message to another node.
+    Send { to: NodeId, msg: Message },
+    /// Publish this node's heartbeat (to the registry of every node, this one included).
+    Heartbeat(NodeStatus),
+    /// Start an instance (the executor reports its end with [`Input::Exited`]).
+    Start(StartOrder),
+    /// Stop an instance gracefully (the executor reports its end with [`Input::Exited`]).
+    Stop { instance: InstanceId, reason: String },
+    /// Append an event to the ledger.
+    Record(Event),
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct Node {
+    id: NodeId,
+    level: u8,
+    labels: BTreeMap<String, String>,
+    capacity: Capacity,
+    config: Config,
+    gate: Gate,
+    committed: Committed,
+    load: Load,
+    hosted: BTreeMap<InstanceId, Hosted>,
+    /// Recently completed job instances, reported in heartbeats until the linger passes.
+    completed: VecDeque<(Time, InstanceId, ServiceName)>,
+    failures: FailureMemory,
+    rng: Rng,
+    placements: BTreeMap<u64, steward::Placement>,
+    services: BTreeMap<ServiceName, steward::Stewardship>,
+    next_seq: u64,
+    /// Smoothed query round trip, microseconds.
+    srtt_us: f64,
+    next_heartbeat: Time,
+    next_reconcile: Time,
+    out: VecDeque<Output>,
+}
+
+impl Node {
+    /// A node as declared, with its own seeded randomness. The first heartbeat is jittered
+    /// within one interval so a fleet started together does not beat in step.
+    pub fn new(spec: &NodeSpec, config: Config, seed: u64, now: Time) -> Node {
+        let mut rng = Rng::seeded(seed);
+        let first_beat = now + ms(rng.below(config.heartbeat_ms.max(1)));
+        Node {
+            id: spec.id.clone(),
+            level: spec.level,
+            labels: spec.labels.clone(),
+            committed: Committed {
+                gpu_vram_bytes: vec![0; spec.capacity.gpus.len()],
+                ..Committed::default()
+            },
+            load: Load {
+                gpus: vec![Default::default(); spec.capacity.gpus.len()],
+                ..Load::default()
+            },
+            capacity: spec.capacity.clone(),
+            gate: Gate {
+                min: config.gate_min,
+            },
+            failures: FailureMemory::new(ms(config.failure_half_life_ms), config.pressure_cap),
+            srtt_us: (config.query_timeout_min_ms * 1000) as f64,
+            config,
+            hosted: BTreeMap::new(),
+            completed: VecDeque::new(),
+            rng,
+            placements: BTreeMap::new(),
+            services: BTreeMap::new(),
+            next_seq: 0,
+            next_heartbeat: first_beat,
+            next_reconcile: first_beat,
+            out: VecDeque::new(),
+        }
+    }
+
+    /// Feeds one input. Outputs queue up for [`Node::poll`].
+    pub fn handle(&mut self, input: Input, now: Time, reg: &Registry) {
+        match input {
+            Input::Tick => self.on_tick(now, reg),
+            Input::Sensed { load, instances } => self.on_sensed(load, &instances),
+            Input::Message { from, msg } => self.on_message(from, msg, now, reg),
+            Input::Exited { instance, outcome } => self.on_exit(&instance, outcome, now),
+            Input::Reconcile => {
+                self.reconcile(now, reg);
+                self.next_reconcile = now + ms(self.config.heartbeat_ms);
+            }
+            Input::ApprovePromotion { service } => self.approve_promotion(&service, now, reg),
+        }
+    }
+
+    /// The next output, if any. Call until `None` after every [`Node::handle`].
+    pub fn poll(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// When the node next needs a [`Input::Tick`].
+    pub fn poll_timeout(&self) -> Option<Time> {
+        let placements = self.placements.values().map(steward::Placement::deadline);
+        placements
+            .chain([self.next_heartbeat, self.next_reconcile])
+            .min()
+    }
+
+    fn on_tick(&mut self, now: Time, reg: &Registry) {
+        if now >= self.next_heartbeat {
+            let beat = self.status(now);
+            self.emit(Output::Heartbeat(beat));
+            self.next_heartbeat = now + ms(self.config.heartbeat_ms);
+        }
+        if now >= self.next_reconcile {
+            self.stop_superseded(reg);
+            self.reconcile(now, reg);
+            self.next_reconcile = now + ms(self.config.heartbeat_ms);
+        }
+        self.on_deadlines(now, reg);
+    }
+
+    fn on_message(&mut self, from: NodeId, msg: Message, now: Time, reg: &Registry) {
+        match msg {
+            // Heartbeats go to the registry, which the shell owns.
+            Message::Heartbeat(_) => {}
+            Message::CapacityQuery { placement, demand } => {
+                let reply = match self.evaluate(&demand, None, now, reg) {
+                    Ok(offer) => Message::Offer { placement, offer },
+                    Err(reason) => Message::Decline { placement, reason },
+                };
+                self.emit(Output::Send { to: from, msg: reply });
+            }
+            Message::Offer { placement, offer } => {
+                self.on_answer(placement, from, Ok(offer), now, reg)
+            }
+            Message::Decline { placement, reason } => {
+                self.on_answer(placement, from, Err(reason), now, reg)
+            }
+            Message::Dispatch {
+                placement,
+                instance,
+                demand,
+                role,
+                fencing,
+            } => {
+                let refused = self
+                    .accept_dispatch(&instance, &demand, role, fencing, now, reg)
+                    .err();
+                let msg = Message::DispatchReply {
+                    placement,
+                    instance,
+                    refused,
+                };
+                self.emit(Output::Send { to: from, msg });
+            }
+            Message::DispatchReply {
+                placement,
+                instance,
+                refused,
+            } => self.on_dispatch_reply(placement, from, &instance, refused, now, reg),
+            Message::Stop { instance, reason } => self.stop(&instance, reason),
+            Message::Promote { instance } => self.promote(&instance),
+        }
+    }
+
+    fn emit(&mut self, o: Output) {
+        self.out.push_back(o);
+    }
+
+    fn record(&mut self, e: Event) {
+        self.out.push_back(Output::Record(e));
+    }
+
+    // ---- read access for shells and tests ------------------------------------------------------
+
+    pub fn id(&self) -> &NodeId {
+        &self.id
+    }
+    pub fn level(&self) -> u8 {
+        self.level
+    }
+    pub fn capacity(&self) -> &Capacity {
+        &self.capacity
+    }
+    pub fn committed(&self) -> &Committed {
+        &self.committed
+    }
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    /// Instances this node hosts, by id.
+    pub fn hosted(&self) -> &BTreeMap<InstanceId, Hosted> {
+        &self.hosted
+    }
+    /// This node's failure memory.
+    pub fn failures(&self) -> &FailureMemory {
+        &self.failures
+    }
+    /// Placements this node is driving as a steward.
+    pub fn placements_in_flight(&self) -> usize {
+        self.placements.len()
+    }
+}

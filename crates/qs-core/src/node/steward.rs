@@ -1,0 +1,762 @@
+//! The steward side of a node: reconciling services and driving placements through the
+//! 5 steps of seed 000 §2 (sense, local check, capacity query, offers, dispatch).
+
+use super::host::labels_match;
+use super::{Node, Output};
+use crate::registry::Registry;
+use crate::time::{Time, ms};
+use qs_wire::{
+    DeclineReason, Demand, Event, HaPattern, InstanceId, LocalVerdict, Message, NodeId, Offer,
+    PlacementId, Role, SenseReason, ServiceName, WorkloadSpec,
+};
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// One placement in flight.
+#[derive(Debug)]
+pub(crate) struct Placement {
+    id: PlacementId,
+    instance: InstanceId,
+    demand: Demand,
+    role: Role,
+    fencing: u64,
+    hot: bool,
+    started: Time,
+    attempt: u32,
+    stage: Stage,
+}
+
+#[derive(Debug)]
+enum Stage {
+    /// Steps 3–4: the query is out; offers come back.
+    Gathering {
+        asked: BTreeSet<NodeId>,
+        answered: BTreeSet<NodeId>,
+        offers: Vec<(NodeId, Offer)>,
+        sent_at: Time,
+        deadline: Time,
+    },
+    /// Step 5: a dispatch is out; the rest of the ranked offers wait their turn.
+    Dispatching {
+        ranked: VecDeque<(NodeId, Offer)>,
+        target: NodeId,
+        deadline: Time,
+    },
+    /// Nothing worked this round; try again at `until`.
+    Backoff { until: Time },
+}
+
+impl Placement {
+    pub(crate) fn deadline(&self) -> Time {
+        match &self.stage {
+            Stage::Gathering { deadline, .. } | Stage::Dispatching { deadline, .. } => *deadline,
+            Stage::Backoff { until } => *until,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Approval {
+    NotAsked,
+    Requested,
+    Granted,
+}
+
+/// What a steward remembers of one service during its tenure.
+#[derive(Debug)]
+pub(crate) struct Stewardship {
+    primed: bool,
+    /// Replicas added by scale-out above the spec's base count.
+    extra: u32,
+    calm_since: Time,
+    last_scale_out: Option<Time>,
+    in_flight: u32,
+    hot_in_flight: bool,
+    /// Accepted instances not yet seen in a heartbeat, with their deadline.
+    pending: BTreeMap<InstanceId, (Time, Role)>,
+    /// Instances ordered to stop, with the time after which we stop waiting.
+    stopping: BTreeMap<InstanceId, Time>,
+    promoting: Option<(InstanceId, Time)>,
+    approval: Approval,
+    /// No new singleton placement before this.
+    settle_until: Time,
+    /// After a placement gave up: no new one before this.
+    cooldown_until: Time,
+    last_fencing: u64,
+}
+
+impl Stewardship {
+    fn new(now: Time, settle_ms: u64) -> Self {
+        Stewardship {
+            primed: false,
+            extra: 0,
+            calm_since: now,
+            last_scale_out: None,
+            in_flight: 0,
+            hot_in_flight: false,
+            pending: BTreeMap::new(),
+            stopping: BTreeMap::new(),
+            promoting: None,
+            approval: Approval::NotAsked,
+            settle_until: now + ms(settle_ms),
+            cooldown_until: now,
+            last_fencing: 0,
+        }
+    }
+}
+
+/// How a placement ended.
+enum End {
+    Placed(NodeId),
+    GaveUp(String),
+}
+
+/// What one reconcile pass decided for a service, acted on after the borrow ends.
+#[derive(Default)]
+struct Plan {
+    place: Vec<SenseReason>,
+    stop: Vec<(InstanceId, NodeId, String)>,
+    promote: Option<(InstanceId, NodeId)>,
+    ask_approval: bool,
+}
+
+impl Node {
+    /// Reconciles every service this node stewards.
+    pub(crate) fn reconcile(&mut self, now: Time, reg: &Registry) {
+        let mine: BTreeSet<ServiceName> = reg.stewarded_by(&self.id).cloned().collect();
+        // Tenure ended (or spec deleted): forget, but let in-flight placements finish.
+        self.services
+            .retain(|s, st| mine.contains(s) || st.in_flight > 0);
+        for service in &mine {
+            if let Some(spec) = reg.spec(service) {
+                let spec = spec.clone();
+                self.reconcile_one(&spec, now, reg);
+            }
+        }
+    }
+
+    fn reconcile_one(&mut self, spec: &WorkloadSpec, now: Time, reg: &Registry) {
+        let service = &spec.name;
+        let settle_ms = self.config.singleton_settle_ms;
+        let st = self
+            .services
+            .entry(service.clone())
+            .or_insert_with(|| Stewardship::new(now, settle_ms));
+        st.pending.retain(|id, (deadline, _)| {
+            reg.instance(service, id).is_none() && !reg.is_completed(service, id) && *deadline > now
+        });
+        st.stopping
+            .retain(|id, deadline| reg.instance(service, id).is_some() && *deadline > now);
+        let running: Vec<(InstanceId, NodeId, Role, u64, bool)> = reg
+            .instances_of(service)
+            .filter(|(id, _)| !st.stopping.contains_key(*id))
+            .map(|(id, r)| (id.clone(), r.node.clone(), r.role, r.fencing, r.hot))
+            .collect();
+        let live = running.len() as u32;
+        let (base, max) = (spec.base_count(), spec.max_count());
+        if !st.primed {
+            st.extra = live.saturating_sub(base).min(max - base);
+            st.primed = true;
+        }
+        let hot = running.iter().find(|r| r.4);
+        if hot.is_some() {
+            st.calm_since = now;
+        } else if st.extra > 0 && now.since(st.calm_since) >= ms(self.config.scale_in_after_ms) {
+            st.extra -= 1;
+            st.calm_since = now;
+        }
+        let want = if spec.is_job() {
+            base.saturating_sub(reg.completed(service) as u32)
+        } else {
+            (base + st.extra).min(max)
+        };
+        let have = live + st.pending.len() as u32 + st.in_flight;
+        let mut plan = Plan::default();
+
+        if have < want {
+            for _ in have..want {
+                plan.place.push(SenseReason::Missing { have, want });
+            }
+        } else if let Some(h) = hot
+            && !spec.is_job()
+            && have < max
+            && !st.hot_in_flight
+            && st
+                .last_scale_out
+                .is_none_or(|t| now.since(t) >= ms(self.config.scale_out_cooldown_ms))
+        {
+            st.extra += 1;
+            plan.place.push(SenseReason::Hot {
+                instance: h.0.clone(),
+                on: h.1.clone(),
+            });
+        }
+
+        if live > want && st.in_flight == 0 && st.pending.is_empty() && !spec.is_job() {
+            // Scale in: newest ids first, never the primary.
+            let mut victims: Vec<_> = running.iter().filter(|r| r.2 != Role::Primary).collect();
+            victims.sort_by(|a, b| b.0.cmp(&a.0));
+            for v in victims.into_iter().take((live - want) as usize) {
+                plan.stop.push((v.0.clone(), v.1.clone(), "scale in".into()));
+            }
+        }
+
+        if spec.pattern.is_singleton() {
+            if let Some(newest) = running.iter().map(|r| r.3).max() {
+                for r in running.iter().filter(|r| r.3 < newest) {
+                    plan.stop.push((r.0.clone(), r.1.clone(), "superseded singleton".into()));
+                }
+            }
+            if now < st.settle_until || live > 0 || !st.pending.is_empty() || st.in_flight > 0 {
+                plan.place.clear();
+            }
+        }
+
+        if spec.pattern == HaPattern::StatefulRead {
+            let primary_live = running.iter().any(|r| r.2 == Role::Primary);
+            let primary_coming = st.pending.values().any(|p| p.1 == Role::Primary)
+                || self
+                    .placements
+                    .values()
+                    .any(|p| p.demand.service == *service && p.role == Role::Primary);
+            if primary_live {
+                st.promoting = None;
+                st.approval = Approval::NotAsked;
+            } else if live > 0 && !primary_coming {
+                st.promoting = st.promoting.take().filter(|(_, deadline)| *deadline > now);
+                let auto = matches!(spec.kind, qs_wire::WorkloadKind::Service { auto_promote: true, .. });
+                if st.promoting.is_none() {
+                    if auto || st.approval == Approval::Granted {
+                        let (id, node) = (running[0].0.clone(), running[0].1.clone());
+                        st.promoting = Some((id.clone(), now + ms(self.config.pending_timeout_ms)));
+                        plan.promote = Some((id, node));
+                    } else if st.approval == Approval::NotAsked {
+                        st.approval = Approval::Requested;
+                        plan.ask_approval = true;
+                    }
+                }
+            }
+        }
+
+        let placing_allowed = now >= st.cooldown_until;
+        self.act(spec, plan, placing_allowed, live, now, reg);
+    }
+
+    fn act(&mut self, spec: &WorkloadSpec, plan: Plan, placing_allowed: bool, live: u32, now: Time, reg: &Registry) {
+        let service = &spec.name;
+        for (instance, node, reason) in plan.stop {
+            let deadline = now + ms(self.config.pending_timeout_ms);
+            if let Some(st) = self.services.get_mut(service) {
+                st.stopping.insert(instance.clone(), deadline);
+            }
+            self.record(Event::ScaleIn {
+                service: service.clone(),
+                instance: instance.clone(),
+                on: node.clone(),
+            });
+            self.send_or_handle(node, Message::Stop { instance, reason }, now, reg);
+        }
+        if let Some((instance, node)) = plan.promote {
+            self.record(Event::Promoted {
+                service: service.clone(),
+                instance: instance.clone(),
+                on: node.clone(),
+            });
+            self.send_or_handle(node, Message::Promote { instance }, now, reg);
+        }
+        if plan.ask_approval {
+            self.record(Event::PromotionNeedsApproval {
+                service: service.clone(),
+            });
+        }
+        if !placing_allowed {
+            return;
+        }
+        for reason in plan.place {
+            let Some(st) = self.services.get(service) else { return };
+            if st.in_flight >= self.config.max_placements_per_service
+                || self.placements.len() >= self.config.max_placements_in_flight
+            {
+                return;
+            }
+            let primary_taken = self.services.get(service).is_some_and(|st| {
+                st.pending.values().any(|p| p.1 == Role::Primary)
+            }) || self
+                .placements
+                .values()
+                .any(|p| p.demand.service == *service && p.role == Role::Primary);
+            let role = if spec.pattern == HaPattern::StatefulRead && live == 0 && !primary_taken {
+                Role::Primary
+            } else {
+                Role::Replica
+            };
+            let fencing = if spec.pattern.is_singleton() {
+                reg.max_fencing(service).max(st.last_fencing) + 1
+            } else {
+                0
+            };
+            self.start_placement(spec, reason, role, fencing, now, reg);
+        }
+    }
+
+    fn send_or_handle(&mut self, to: NodeId, msg: Message, now: Time, reg: &Registry) {
+        if to == self.id {
+            let from = self.id.clone();
+            self.on_message(from, msg, now, reg);
+        } else {
+            self.emit(Output::Send { to, msg });
+        }
+    }
+
+    /// The operator approved moving a stateful-read primary.
+    pub(crate) fn approve_promotion(&mut self, service: &ServiceName, now: Time, reg: &Registry) {
+        if let Some(st) = self.services.get_mut(service) {
+            st.approval = Approval::Granted;
+            if let Some(spec) = reg.spec(service) {
+                let spec = spec.clone();
+                self.reconcile_one(&spec, now, reg);
+            }
+        }
+    }
+
+    fn new_instance_id(&mut self, service: &ServiceName) -> InstanceId {
+        let prefix: String = service.as_str().chars().take(54).collect();
+        let prefix = prefix.trim_end_matches('-');
+        let suffix = self.rng.next_u64() as u32;
+        InstanceId::new(&format!("{prefix}-{suffix:08x}"))
+            .expect("a valid service name plus a hex suffix is a valid instance id")
+    }
+
+    /// Step 1, sense: a placement starts.
+    fn start_placement(
+        &mut self,
+        spec: &WorkloadSpec,
+        reason: SenseReason,
+        role: Role,
+        fencing: u64,
+        now: Time,
+        reg: &Registry,
+    ) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let id = PlacementId {
+            steward: self.id.clone(),
+            seq,
+        };
+        let instance = self.new_instance_id(&spec.name);
+        let hot = matches!(reason, SenseReason::Hot { .. });
+        self.record(Event::Sensed {
+            placement: id.clone(),
+            service: spec.name.clone(),
+            reason,
+        });
+        if let Some(st) = self.services.get_mut(&spec.name) {
+            st.in_flight += 1;
+            st.hot_in_flight |= hot;
+        }
+        self.placements.insert(
+            seq,
+            Placement {
+                id,
+                instance,
+                demand: Demand {
+                    service: spec.name.clone(),
+                    pattern: spec.pattern,
+                    need: spec.resources,
+                    labels: spec.labels.clone(),
+                    max_per_node: spec.max_per_node,
+                },
+                role,
+                fencing,
+                hot,
+                started: now,
+                attempt: 0,
+                stage: Stage::Backoff { until: now },
+            },
+        );
+        self.run_round(seq, now, reg);
+    }
+
+    /// Steps 2 and 3: local check, then the capacity query.
+    fn run_round(&mut self, seq: u64, now: Time, reg: &Registry) {
+        let Some(p) = self.placements.get_mut(&seq) else { return };
+        p.attempt += 1;
+        let (pid, demand, fencing) = (p.id.clone(), p.demand.clone(), p.fencing);
+        let token = demand.pattern.is_singleton().then_some(fencing);
+
+        // Step 2: can this node run it itself?
+        let mut pool = Vec::new();
+        let verdict = match self.evaluate(&demand, token, now, reg) {
+            Ok(offer) if !self.gate.admits(&offer.composite) => LocalVerdict::Refused {
+                reason: DeclineReason::Gate,
+            },
+            Ok(offer) if demand.pattern == HaPattern::GpuInference => {
+                let composite = offer.composite;
+                pool.push((self.id.clone(), offer));
+                LocalVerdict::Compete { composite }
+            }
+            Ok(offer) => {
+                self.record(Event::LocalCheck {
+                    placement: pid,
+                    verdict: LocalVerdict::Start,
+                });
+                self.start_here(seq, offer.gpu, now);
+                return;
+            }
+            Err(reason) => LocalVerdict::Refused { reason },
+        };
+        self.record(Event::LocalCheck {
+            placement: pid.clone(),
+            verdict,
+        });
+
+        // Step 3: who can take it?
+        let (asked, sampled) = self.candidates(&demand, reg);
+        self.record(Event::QuerySent {
+            placement: pid.clone(),
+            asked: asked.len() as u32,
+            live: reg.live_count() as u32,
+            sampled,
+        });
+        for to in &asked {
+            let msg = Message::CapacityQuery {
+                placement: pid.clone(),
+                demand: demand.clone(),
+            };
+            self.emit(Output::Send { to: to.clone(), msg });
+        }
+        let deadline = now + self.query_timeout();
+        let nobody = asked.is_empty();
+        if let Some(p) = self.placements.get_mut(&seq) {
+            p.stage = Stage::Gathering {
+                asked: asked.into_iter().collect(),
+                answered: BTreeSet::new(),
+                offers: pool,
+                sent_at: now,
+                deadline,
+            };
+        }
+        if nobody {
+            self.finish_gathering(seq, now, reg);
+        }
+    }
+
+    /// Whom to ask: every live node in a small fleet, a weighted sample of `query_sample`
+    /// in a large one. Nodes that can never fit (labels, GPU size) are not asked.
+    fn candidates(&mut self, demand: &Demand, reg: &Registry) -> (Vec<NodeId>, bool) {
+        let accept = |n: &qs_wire::NodeStatus| {
+            labels_match(&demand.labels, &n.labels)
+                && (!demand.need.needs_gpu()
+                    || n.capacity.gpus.iter().any(|g| g.vram_bytes >= demand.need.vram_bytes))
+        };
+        if reg.live_count() <= self.config.query_all_below + 1 {
+            let all = reg
+                .live_nodes()
+                .filter(|n| n.node != self.id && accept(n))
+                .map(|n| n.node.clone())
+                .collect();
+            (all, false)
+        } else {
+            let needs_gpu = demand.need.needs_gpu();
+            let d = self.config.query_sample;
+            (reg.sample(&mut self.rng, needs_gpu, d, &self.id, accept), true)
+        }
+    }
+
+    /// The adaptive gathering deadline: four smoothed round trips, within the config bounds.
+    fn query_timeout(&self) -> std::time::Duration {
+        let us = (4.0 * self.srtt_us) as u64;
+        let lo = self.config.query_timeout_min_ms * 1000;
+        let hi = self.config.query_timeout_max_ms * 1000;
+        std::time::Duration::from_micros(us.clamp(lo, hi))
+    }
+
+    /// Step 4: an offer or a decline came back.
+    pub(crate) fn on_answer(
+        &mut self,
+        pid: PlacementId,
+        from: NodeId,
+        answer: Result<Offer, DeclineReason>,
+        now: Time,
+        reg: &Registry,
+    ) {
+        if pid.steward != self.id {
+            return;
+        }
+        let seq = pid.seq;
+        let Some(p) = self.placements.get_mut(&seq) else { return };
+        let Stage::Gathering {
+            asked,
+            answered,
+            offers,
+            sent_at,
+            ..
+        } = &mut p.stage
+        else {
+            return; // late: the round already closed
+        };
+        if !asked.contains(&from) || !answered.insert(from.clone()) {
+            return;
+        }
+        let rtt_us = now.since(*sent_at).as_micros() as f64;
+        let complete = answered.len() == asked.len();
+        let event = match answer {
+            Ok(offer) => {
+                let composite = offer.composite;
+                offers.push((from.clone(), offer));
+                Event::OfferReceived {
+                    placement: pid,
+                    from,
+                    composite,
+                }
+            }
+            Err(reason) => Event::Declined {
+                placement: pid,
+                from,
+                reason,
+            },
+        };
+        self.srtt_us += (rtt_us - self.srtt_us) / 8.0;
+        self.record(event);
+        if complete {
+            self.finish_gathering(seq, now, reg);
+        }
+    }
+
+    /// End of step 4: gate the offers, rank the survivors, dispatch to the best.
+    fn finish_gathering(&mut self, seq: u64, now: Time, reg: &Registry) {
+        let Some(p) = self.placements.get_mut(&seq) else { return };
+        let Stage::Gathering { offers, .. } = &mut p.stage else { return };
+        let offers = std::mem::take(offers);
+        let (pid, pattern) = (p.id.clone(), p.demand.pattern);
+        let mut passed = Vec::with_capacity(offers.len());
+        for (node, offer) in offers {
+            if self.gate.admits(&offer.composite) {
+                passed.push((node, offer));
+            } else {
+                self.record(Event::GateRefused {
+                    placement: pid.clone(),
+                    from: node,
+                    composite: offer.composite,
+                });
+            }
+        }
+        if passed.is_empty() {
+            self.retry_later(seq, "no offer passed the gate", now);
+            return;
+        }
+        passed.sort_by(|a, b| rank(pattern, a, b));
+        if let Some(p) = self.placements.get_mut(&seq) {
+            p.stage = Stage::Dispatching {
+                ranked: passed.into(),
+                target: self.id.clone(),
+                deadline: now,
+            };
+        }
+        self.dispatch_next(seq, now, reg);
+    }
+
+    /// Step 5: dispatch to the best remaining offer.
+    fn dispatch_next(&mut self, seq: u64, now: Time, reg: &Registry) {
+        loop {
+            let Some(p) = self.placements.get_mut(&seq) else { return };
+            let Stage::Dispatching { ranked, .. } = &mut p.stage else { return };
+            let Some((node, offer)) = ranked.pop_front() else {
+                self.retry_later(seq, "every offer was refused", now);
+                return;
+            };
+            let (pid, instance) = (p.id.clone(), p.instance.clone());
+            let (demand, role, fencing) = (p.demand.clone(), p.role, p.fencing);
+            self.record(Event::Dispatched {
+                placement: pid.clone(),
+                to: node.clone(),
+                instance: instance.clone(),
+                composite: offer.composite,
+            });
+            if node == self.id {
+                match self.accept_dispatch(&instance, &demand, role, fencing, now, reg) {
+                    Ok(()) => self.end(seq, End::Placed(node), now),
+                    Err(reason) => {
+                        self.record(Event::DispatchRefused {
+                            placement: pid,
+                            to: node,
+                            reason: Some(reason),
+                        });
+                        continue;
+                    }
+                }
+                return;
+            }
+            let deadline = now + ms(self.config.dispatch_timeout_ms);
+            if let Some(p) = self.placements.get_mut(&seq)
+                && let Stage::Dispatching { target, deadline: d, .. } = &mut p.stage
+            {
+                *target = node.clone();
+                *d = deadline;
+            }
+            let msg = Message::Dispatch {
+                placement: pid,
+                instance,
+                demand,
+                role,
+                fencing,
+            };
+            self.emit(Output::Send { to: node, msg });
+            return;
+        }
+    }
+
+    pub(crate) fn on_dispatch_reply(
+        &mut self,
+        pid: PlacementId,
+        from: NodeId,
+        instance: &InstanceId,
+        refused: Option<DeclineReason>,
+        now: Time,
+        reg: &Registry,
+    ) {
+        if pid.steward != self.id {
+            return;
+        }
+        let Some(p) = self.placements.get(&pid.seq) else { return };
+        let Stage::Dispatching { target, .. } = &p.stage else { return };
+        if *target != from || p.instance != *instance {
+            return;
+        }
+        match refused {
+            None => self.end(pid.seq, End::Placed(from), now),
+            Some(reason) => {
+                self.record(Event::DispatchRefused {
+                    placement: pid.clone(),
+                    to: from,
+                    reason: Some(reason),
+                });
+                self.dispatch_next(pid.seq, now, reg);
+            }
+        }
+    }
+
+    /// Step 2 succeeded: start on this node without asking anyone.
+    fn start_here(&mut self, seq: u64, gpu: Option<u32>, now: Time) {
+        let Some(p) = self.placements.get(&seq) else { return };
+        let (instance, demand, role, fencing) = (p.instance.clone(), p.demand.clone(), p.role, p.fencing);
+        self.host(instance, demand, role, fencing, gpu);
+        let me = self.id.clone();
+        self.end(seq, End::Placed(me), now);
+    }
+
+    /// Nothing worked this round: back off and retry, or give up after `max_attempts`.
+    fn retry_later(&mut self, seq: u64, reason: &str, now: Time) {
+        let Some(p) = self.placements.get_mut(&seq) else { return };
+        if p.attempt >= self.config.max_attempts {
+            self.end(seq, End::GaveUp(reason.to_owned()), now);
+            return;
+        }
+        let exp = self.config.retry_backoff_ms.saturating_mul(1 << (p.attempt - 1).min(16));
+        let backoff = exp.min(self.config.retry_backoff_max_ms);
+        p.stage = Stage::Backoff {
+            until: now + ms(backoff),
+        };
+        let event = Event::Unplaced {
+            placement: p.id.clone(),
+            service: p.demand.service.clone(),
+            reason: format!("{reason}; retry in {backoff} ms"),
+            retry: true,
+        };
+        self.record(event);
+    }
+
+    fn end(&mut self, seq: u64, end: End, now: Time) {
+        let Some(p) = self.placements.remove(&seq) else { return };
+        let st = self.services.get_mut(&p.demand.service);
+        match end {
+            End::Placed(on) => {
+                if let Some(st) = st {
+                    st.in_flight -= 1;
+                    if p.hot {
+                        st.hot_in_flight = false;
+                        st.last_scale_out = Some(now);
+                    }
+                    let deadline = now + ms(self.config.pending_timeout_ms);
+                    st.pending.insert(p.instance.clone(), (deadline, p.role));
+                    st.last_fencing = st.last_fencing.max(p.fencing);
+                }
+                self.record(Event::Placed {
+                    placement: p.id,
+                    service: p.demand.service,
+                    instance: p.instance,
+                    on,
+                    latency_us: now.since(p.started).as_micros() as u64,
+                });
+            }
+            End::GaveUp(reason) => {
+                if let Some(st) = st {
+                    st.in_flight -= 1;
+                    if p.hot {
+                        st.hot_in_flight = false;
+                        st.extra = st.extra.saturating_sub(1);
+                    }
+                    st.cooldown_until = now + ms(self.config.retry_backoff_max_ms);
+                    if p.demand.pattern.is_singleton() {
+                        st.settle_until = now + ms(self.config.singleton_settle_ms);
+                    }
+                }
+                self.record(Event::Unplaced {
+                    placement: p.id,
+                    service: p.demand.service,
+                    reason,
+                    retry: false,
+                });
+            }
+        }
+    }
+
+    /// Deadlines: gathering closes, dispatches time out, backoffs retry.
+    pub(crate) fn on_deadlines(&mut self, now: Time, reg: &Registry) {
+        let due: Vec<u64> = self
+            .placements
+            .iter()
+            .filter(|(_, p)| p.deadline() <= now)
+            .map(|(s, _)| *s)
+            .collect();
+        for seq in due {
+            let Some(p) = self.placements.get(&seq) else { continue };
+            if reg.spec(&p.demand.service).is_none() {
+                self.end(seq, End::GaveUp("the spec was deleted".into()), now);
+                continue;
+            }
+            match &p.stage {
+                Stage::Gathering { .. } => self.finish_gathering(seq, now, reg),
+                Stage::Dispatching { target, .. } => {
+                    let event = Event::DispatchRefused {
+                        placement: p.id.clone(),
+                        to: target.clone(),
+                        reason: None,
+                    };
+                    let singleton = p.demand.pattern.is_singleton();
+                    self.record(event);
+                    if singleton {
+                        // The target may have accepted: wait for the registry, never guess.
+                        let why = "dispatch unanswered; waiting for the registry to settle";
+                        self.end(seq, End::GaveUp(why.into()), now);
+                    } else {
+                        self.dispatch_next(seq, now, reg);
+                    }
+                }
+                Stage::Backoff { .. } => self.run_round(seq, now, reg),
+            }
+        }
+    }
+}
+
+/// Offer order: gpu-inference goes to the most free VRAM, everything else to the highest
+/// composite; ties go to the lower node id so the order is total and deterministic.
+fn rank(pattern: HaPattern, a: &(NodeId, Offer), b: &(NodeId, Offer)) -> Ordering {
+    let by_composite = || b.1.composite.value.total_cmp(&a.1.composite.value);
+    let primary = if pattern == HaPattern::GpuInference {
+        b.1.vram_free_bytes.cmp(&a.1.vram_free_bytes).then_with(by_composite)
+    } else {
+        by_composite()
+    };
+    primary.then_with(|| a.0.cmp(&b.0))
+}

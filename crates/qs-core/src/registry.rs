@@ -1,0 +1,506 @@
+//! One node's replica of the fleet's shared state: who is alive with what load, the specs,
+//! who stewards each service, and which instances run where.
+//!
+//! The daemon keeps one per agent, fed by heartbeats and the spec watch. The simulator shares
+//! one among its nodes, as if every node read the same KV replica at the same instant.
+//! Everything is incremental: a heartbeat costs O(log n), a join O(services), a death
+//! O(n) only for the services the dead node stewarded.
+
+use crate::config::{Config, Thresholds};
+use crate::hash;
+use crate::rng::Rng;
+use crate::sampler::WeightTree;
+use crate::time::{Time, ms};
+use crate::weight::level_weight;
+use qs_wire::{InstanceId, NodeId, NodeStatus, Role, ServiceName, WorkloadSpec};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+/// An instance as the registry last heard of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunningInstance {
+    pub node: NodeId,
+    pub role: Role,
+    pub fencing: u64,
+    pub hot: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Slot {
+    status: NodeStatus,
+    last_seen: Time,
+    alive: bool,
+    id_hash: u64,
+}
+
+/// A change of membership.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Membership {
+    Joined(NodeId),
+    Died(NodeId),
+}
+
+/// See the module docs.
+#[derive(Clone, Debug)]
+pub struct Registry {
+    thresholds: Thresholds,
+    dead_after: Duration,
+    slots: Vec<Slot>,
+    index: BTreeMap<NodeId, usize>,
+    by_last_seen: BTreeSet<(Time, usize)>,
+    live: usize,
+    cpu_weights: WeightTree,
+    gpu_weights: WeightTree,
+    specs: BTreeMap<ServiceName, WorkloadSpec>,
+    stewards: BTreeMap<ServiceName, usize>,
+    stewarded: BTreeMap<usize, BTreeSet<ServiceName>>,
+    instances: BTreeMap<ServiceName, BTreeMap<InstanceId, RunningInstance>>,
+    completed: BTreeMap<ServiceName, BTreeSet<InstanceId>>,
+    max_fencing: BTreeMap<ServiceName, u64>,
+}
+
+impl Registry {
+    pub fn new(config: &Config) -> Self {
+        Registry {
+            thresholds: config.thresholds,
+            dead_after: ms(config.dead_after_ms),
+            slots: Vec::new(),
+            index: BTreeMap::new(),
+            by_last_seen: BTreeSet::new(),
+            live: 0,
+            cpu_weights: WeightTree::default(),
+            gpu_weights: WeightTree::default(),
+            specs: BTreeMap::new(),
+            stewards: BTreeMap::new(),
+            stewarded: BTreeMap::new(),
+            instances: BTreeMap::new(),
+            completed: BTreeMap::new(),
+            max_fencing: BTreeMap::new(),
+        }
+    }
+
+    // ---- membership -------------------------------------------------------------------
+
+    /// Takes in a heartbeat. Returns `Joined` when the node is new or back from the dead.
+    pub fn observe(&mut self, status: NodeStatus, now: Time) -> Option<Membership> {
+        let slot = match self.index.get(&status.node) {
+            Some(&s) => s,
+            None => {
+                let s = self.slots.len();
+                self.index.insert(status.node.clone(), s);
+                self.slots.push(Slot {
+                    id_hash: hash::of_str(status.node.as_str()),
+                    status: status.clone(),
+                    last_seen: now,
+                    alive: false,
+                });
+                self.cpu_weights.push();
+                self.gpu_weights.push();
+                s
+            }
+        };
+        let joined = !self.slots[slot].alive;
+        if joined {
+            self.slots[slot].alive = true;
+            self.live += 1;
+        } else {
+            self.by_last_seen.remove(&(self.slots[slot].last_seen, slot));
+            self.unindex_instances(slot);
+        }
+        self.slots[slot].last_seen = now;
+        self.slots[slot].status = status;
+        self.by_last_seen.insert((now, slot));
+        self.index_instances(slot);
+        self.reweigh(slot);
+        if joined {
+            self.on_join(slot);
+            return Some(Membership::Joined(self.slots[slot].status.node.clone()));
+        }
+        None
+    }
+
+    /// Declares dead every node silent for `dead_after`. Returns them.
+    pub fn expire(&mut self, now: Time) -> Vec<NodeId> {
+        let mut dead = Vec::new();
+        while let Some(&(seen, slot)) = self.by_last_seen.first() {
+            if now.since(seen) < self.dead_after {
+                break;
+            }
+            dead.push(self.slots[slot].status.node.clone());
+            self.kill_slot(slot);
+        }
+        dead
+    }
+
+    /// Declares one node dead now (confirmed failure, orderly leave).
+    pub fn remove(&mut self, node: &NodeId) -> bool {
+        match self.index.get(node) {
+            Some(&slot) if self.slots[slot].alive => {
+                self.kill_slot(slot);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn kill_slot(&mut self, slot: usize) {
+        let s = &mut self.slots[slot];
+        s.alive = false;
+        self.by_last_seen.remove(&(s.last_seen, slot));
+        self.live -= 1;
+        self.cpu_weights.set(slot, 0.0);
+        self.gpu_weights.set(slot, 0.0);
+        self.unindex_instances(slot);
+        for service in self.stewarded.remove(&slot).unwrap_or_default() {
+            self.elect(&service);
+        }
+    }
+
+    pub fn live_count(&self) -> usize {
+        self.live
+    }
+
+    pub fn is_live(&self, node: &NodeId) -> bool {
+        self.index.get(node).is_some_and(|&s| self.slots[s].alive)
+    }
+
+    /// The last heartbeat of a live node.
+    pub fn status(&self, node: &NodeId) -> Option<&NodeStatus> {
+        let &s = self.index.get(node)?;
+        self.slots[s].alive.then(|| &self.slots[s].status)
+    }
+
+    /// Live nodes, in id order.
+    pub fn live_nodes(&self) -> impl Iterator<Item = &NodeStatus> {
+        self.index
+            .values()
+            .map(|&s| &self.slots[s])
+            .filter(|s| s.alive)
+            .map(|s| &s.status)
+    }
+
+    /// Sampling weight: the composite this node would likely offer, estimated from its last
+    /// heartbeat (no pressure: that is the node's own knowledge). Zero when over a threshold.
+    fn reweigh(&mut self, slot: usize) {
+        let st = &self.slots[slot].status;
+        let over = self.thresholds.over(&st.load, &st.capacity, None).is_some();
+        let cpu_cap = st.capacity.cpu_millicores.max(1) as f64;
+        let cpu_free = 1.0 - st.load.cpu_util.max(st.committed.cpu_millicores as f64 / cpu_cap);
+        let base = if over {
+            0.0
+        } else {
+            cpu_free.max(0.0) * level_weight(st.level)
+        };
+        let vram_free = st
+            .capacity
+            .gpus
+            .iter()
+            .enumerate()
+            .map(|(i, g)| {
+                let used = st.committed.gpu_vram_bytes.get(i).copied().unwrap_or(0);
+                1.0 - used as f64 / g.vram_bytes.max(1) as f64
+            })
+            .fold(0.0, f64::max);
+        self.cpu_weights.set(slot, base);
+        self.gpu_weights.set(slot, base * vram_free);
+    }
+
+    /// Up to `d` distinct live nodes other than `exclude`, drawn with probability proportional
+    /// to their estimated composite, that pass `accept`. Bounded: at most `4 d` draws.
+    pub fn sample(
+        &self,
+        rng: &mut Rng,
+        needs_gpu: bool,
+        d: usize,
+        exclude: &NodeId,
+        accept: impl Fn(&NodeStatus) -> bool,
+    ) -> Vec<NodeId> {
+        let tree = if needs_gpu {
+            &self.gpu_weights
+        } else {
+            &self.cpu_weights
+        };
+        let total = tree.total();
+        let mut picked: Vec<NodeId> = Vec::with_capacity(d);
+        if total <= 0.0 {
+            return picked;
+        }
+        for _ in 0..4 * d {
+            if picked.len() == d {
+                break;
+            }
+            let Some(slot) = tree.find(rng.unit() * total) else {
+                break;
+            };
+            let s = &self.slots[slot];
+            if s.alive
+                && &s.status.node != exclude
+                && !picked.contains(&s.status.node)
+                && accept(&s.status)
+            {
+                picked.push(s.status.node.clone());
+            }
+        }
+        picked
+    }
+
+    // ---- desired state and stewards -------------------------------------------------------
+
+    /// Adds or replaces a spec.
+    pub fn apply_spec(&mut self, spec: WorkloadSpec) {
+        let name = spec.name.clone();
+        let new = self.specs.insert(name.clone(), spec).is_none();
+        if new {
+            self.elect(&name);
+        }
+    }
+
+    /// Removes a spec; its instances are then excess and the steward stops them.
+    pub fn remove_spec(&mut self, name: &ServiceName) -> Option<WorkloadSpec> {
+        let spec = self.specs.remove(name)?;
+        if let Some(slot) = self.stewards.remove(name)
+            && let Some(set) = self.stewarded.get_mut(&slot)
+        {
+            set.remove(name);
+        }
+        self.completed.remove(name);
+        Some(spec)
+    }
+
+    pub fn spec(&self, name: &ServiceName) -> Option<&WorkloadSpec> {
+        self.specs.get(name)
+    }
+
+    pub fn specs(&self) -> impl Iterator<Item = &WorkloadSpec> {
+        self.specs.values()
+    }
+
+    /// The steward of a service: the live node with the highest rendezvous score.
+    pub fn steward(&self, service: &ServiceName) -> Option<&NodeId> {
+        self.stewards
+            .get(service)
+            .map(|&s| &self.slots[s].status.node)
+    }
+
+    /// Services whose steward is `node`.
+    pub fn stewarded_by(&self, node: &NodeId) -> impl Iterator<Item = &ServiceName> {
+        self.index
+            .get(node)
+            .and_then(|s| self.stewarded.get(s))
+            .into_iter()
+            .flatten()
+    }
+
+    fn score(&self, service: &ServiceName, slot: usize) -> (u64, &NodeId) {
+        let h = hash::rendezvous(hash::of_str(service.as_str()), self.slots[slot].id_hash);
+        (h, &self.slots[slot].status.node)
+    }
+
+    fn set_steward(&mut self, service: &ServiceName, slot: Option<usize>) {
+        if let Some(old) = self.stewards.remove(service)
+            && let Some(set) = self.stewarded.get_mut(&old)
+        {
+            set.remove(service);
+        }
+        if let Some(slot) = slot {
+            self.stewards.insert(service.clone(), slot);
+            self.stewarded.entry(slot).or_default().insert(service.clone());
+        }
+    }
+
+    /// Recomputes a service's steward over every live node (O(n)).
+    fn elect(&mut self, service: &ServiceName) {
+        if !self.specs.contains_key(service) {
+            return;
+        }
+        let best = (0..self.slots.len())
+            .filter(|&s| self.slots[s].alive)
+            .max_by(|&a, &b| self.score(service, a).cmp(&self.score(service, b)));
+        self.set_steward(service, best);
+    }
+
+    /// A joining node takes over every service whose score it beats (O(services)).
+    fn on_join(&mut self, slot: usize) {
+        let takeover: Vec<ServiceName> = self
+            .specs
+            .keys()
+            .filter(|svc| match self.stewards.get(*svc) {
+                Some(&cur) => self.score(svc, slot) > self.score(svc, cur),
+                None => true,
+            })
+            .cloned()
+            .collect();
+        for svc in takeover {
+            self.set_steward(&svc, Some(slot));
+        }
+    }
+
+    // ---- instances --------------------------------------------------------------------------
+
+    fn index_instances(&mut self, slot: usize) {
+        let st = &self.slots[slot].status;
+        for i in &st.instances {
+            self.instances
+                .entry(i.service.clone())
+                .or_default()
+                .insert(
+                    i.instance.clone(),
+                    RunningInstance {
+                        node: st.node.clone(),
+                        role: i.role,
+                        fencing: i.fencing,
+                        hot: i.hot,
+                    },
+                );
+            if i.fencing > 0 {
+                let max = self.max_fencing.entry(i.service.clone()).or_insert(0);
+                *max = (*max).max(i.fencing);
+            }
+        }
+        for (instance, service) in &st.completed {
+            if self.specs.get(service).is_some_and(WorkloadSpec::is_job) {
+                self.completed
+                    .entry(service.clone())
+                    .or_default()
+                    .insert(instance.clone());
+            }
+        }
+    }
+
+    fn unindex_instances(&mut self, slot: usize) {
+        let st = &self.slots[slot].status;
+        for i in &st.instances {
+            if let Some(map) = self.instances.get_mut(&i.service) {
+                if map.get(&i.instance).is_some_and(|r| r.node == st.node) {
+                    map.remove(&i.instance);
+                }
+                if map.is_empty() {
+                    self.instances.remove(&i.service);
+                }
+            }
+        }
+    }
+
+    /// Instances of a service on live nodes, by id.
+    pub fn instances_of(
+        &self,
+        service: &ServiceName,
+    ) -> impl Iterator<Item = (&InstanceId, &RunningInstance)> {
+        self.instances.get(service).into_iter().flatten()
+    }
+
+    pub fn instance(&self, service: &ServiceName, id: &InstanceId) -> Option<&RunningInstance> {
+        self.instances.get(service)?.get(id)
+    }
+
+    /// Job instances reported completed.
+    pub fn completed(&self, service: &ServiceName) -> usize {
+        self.completed.get(service).map_or(0, BTreeSet::len)
+    }
+
+    pub fn is_completed(&self, service: &ServiceName, id: &InstanceId) -> bool {
+        self.completed.get(service).is_some_and(|s| s.contains(id))
+    }
+
+    /// Highest fencing token ever seen for a service (never decreases).
+    pub fn max_fencing(&self, service: &ServiceName) -> u64 {
+        self.max_fencing.get(service).copied().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qs_wire::{Capacity, Committed, GpuCapacity, Load};
+
+    fn status(name: &str, level: u8, gpus: usize) -> NodeStatus {
+        NodeStatus {
+            node: NodeId::new(name).unwrap(),
+            level,
+            labels: BTreeMap::new(),
+            capacity: Capacity {
+                cpu_millicores: 8000,
+                memory_bytes: 1 << 34,
+                gpus: vec![GpuCapacity { vram_bytes: 1 << 34 }; gpus],
+            },
+            committed: Committed {
+                gpu_vram_bytes: vec![0; gpus],
+                ..Committed::default()
+            },
+            load: Load::default(),
+            instances: vec![],
+            completed: vec![],
+        }
+    }
+
+    fn spec(name: &str) -> WorkloadSpec {
+        let text = format!("[service.{name}]\nresources = {{ cpu_cores = 1, memory_mib = 64 }}\n");
+        qs_wire::parse_spec("t.toml", &text).unwrap().workloads.remove(0)
+    }
+
+    /// The steward is the same whichever order nodes joined in, and moves only off dead nodes.
+    #[test]
+    fn stewards_follow_rendezvous_hashing() {
+        let names: Vec<String> = (0..20).map(|i| format!("n{i}")).collect();
+        let svcs: Vec<WorkloadSpec> = (0..30).map(|i| spec(&format!("s{i}"))).collect();
+        let build = |order: Vec<&String>| {
+            let mut r = Registry::new(&Config::default());
+            for s in &svcs[..15] {
+                r.apply_spec(s.clone());
+            }
+            for n in order {
+                r.observe(status(n, 0, 0), Time::ZERO);
+            }
+            for s in &svcs[15..] {
+                r.apply_spec(s.clone());
+            }
+            r
+        };
+        let a = build(names.iter().collect());
+        let b = build(names.iter().rev().collect());
+        for s in &svcs {
+            assert_eq!(a.steward(&s.name), b.steward(&s.name));
+        }
+        let mut a = a;
+        let victim = a.steward(&svcs[0].name).unwrap().clone();
+        let before: BTreeMap<_, _> = svcs.iter().map(|s| (s.name.clone(), a.steward(&s.name).cloned())).collect();
+        assert!(a.remove(&victim));
+        for s in &svcs {
+            let now = a.steward(&s.name).cloned();
+            if before[&s.name].as_ref() == Some(&victim) {
+                assert_ne!(now.as_ref(), Some(&victim));
+            } else {
+                assert_eq!(now, before[&s.name], "{} moved off a live node", s.name);
+            }
+        }
+        let owned: usize = a.live_nodes().map(|n| a.stewarded_by(&n.node).count()).sum();
+        assert_eq!(owned, svcs.len());
+    }
+
+    #[test]
+    fn silent_nodes_expire_in_order() {
+        let mut r = Registry::new(&Config::default());
+        r.observe(status("a", 0, 0), Time::from_millis(0));
+        r.observe(status("b", 0, 0), Time::from_millis(500));
+        assert_eq!(r.expire(Time::from_millis(999)), Vec::<NodeId>::new());
+        assert_eq!(r.expire(Time::from_millis(1000)), vec![NodeId::new("a").unwrap()]);
+        assert_eq!(r.live_count(), 1);
+        assert!(matches!(r.observe(status("a", 0, 0), Time::from_millis(1200)), Some(Membership::Joined(_))));
+        assert_eq!(r.live_count(), 2);
+    }
+
+    #[test]
+    fn gpu_samples_only_reach_gpu_nodes() {
+        let mut r = Registry::new(&Config::default());
+        for i in 0..100 {
+            r.observe(status(&format!("n{i}"), 1, usize::from(i % 10 == 0)), Time::ZERO);
+        }
+        let mut rng = Rng::seeded(3);
+        let me = NodeId::new("n1").unwrap();
+        let picked = r.sample(&mut rng, true, 8, &me, |_| true);
+        assert!(!picked.is_empty());
+        for p in picked {
+            assert!(!r.status(&p).unwrap().capacity.gpus.is_empty(), "{p}");
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! Ledger events: the append-only story of every decision (the seed's "WPA record").
+
+use crate::ids::{InstanceId, NodeId, PlacementId, ServiceName};
+use crate::message::{Composite, DeclineReason, ExitOutcome, Role};
+use serde::{Deserialize, Serialize};
+
+/// Why a placement started (step 1, sense).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "reason")]
+pub enum SenseReason {
+    /// Fewer instances than wanted: new spec, failure, lost node.
+    Missing { have: u32, want: u32 },
+    /// An instance crossed a threshold: scale out.
+    Hot { instance: InstanceId, on: NodeId },
+}
+
+/// Step 2's verdict on the steward's own node.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "verdict")]
+pub enum LocalVerdict {
+    /// Fits here: started locally, no query.
+    Start,
+    /// Fits, but a GPU workload must compete on VRAM: this node's own offer joins the pool.
+    Compete { composite: Composite },
+    Refused { reason: DeclineReason },
+}
+
+/// One ledger event. Every step of every placement is one, so the ledger tells each
+/// placement's story the way seed 000 §3 tells CoreDNS's.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "event")]
+pub enum Event {
+    Sensed {
+        placement: PlacementId,
+        service: ServiceName,
+        reason: SenseReason,
+    },
+    LocalCheck {
+        placement: PlacementId,
+        verdict: LocalVerdict,
+    },
+    QuerySent {
+        placement: PlacementId,
+        asked: u32,
+        live: u32,
+        sampled: bool,
+    },
+    OfferReceived {
+        placement: PlacementId,
+        from: NodeId,
+        composite: Composite,
+    },
+    Declined {
+        placement: PlacementId,
+        from: NodeId,
+        reason: DeclineReason,
+    },
+    GateRefused {
+        placement: PlacementId,
+        from: NodeId,
+        composite: Composite,
+    },
+    Dispatched {
+        placement: PlacementId,
+        to: NodeId,
+        instance: InstanceId,
+        composite: Composite,
+    },
+    /// `reason: None` means the target did not answer in time.
+    DispatchRefused {
+        placement: PlacementId,
+        to: NodeId,
+        reason: Option<DeclineReason>,
+    },
+    Placed {
+        placement: PlacementId,
+        service: ServiceName,
+        instance: InstanceId,
+        on: NodeId,
+        latency_us: u64,
+    },
+    Unplaced {
+        placement: PlacementId,
+        service: ServiceName,
+        reason: String,
+        retry: bool,
+    },
+    InstanceStarted {
+        instance: InstanceId,
+        service: ServiceName,
+        role: Role,
+        fencing: u64,
+        gpu: Option<u32>,
+    },
+    InstanceExited {
+        instance: InstanceId,
+        service: ServiceName,
+        outcome: ExitOutcome,
+    },
+    InstanceHot {
+        instance: InstanceId,
+        service: ServiceName,
+        cpu_permille: u32,
+    },
+    PressureRaised {
+        service: ServiceName,
+        load_bucket: u8,
+        pressure_permille: u32,
+    },
+    ScaleIn {
+        service: ServiceName,
+        instance: InstanceId,
+        on: NodeId,
+    },
+    PromotionNeedsApproval {
+        service: ServiceName,
+    },
+    Promoted {
+        service: ServiceName,
+        instance: InstanceId,
+        on: NodeId,
+    },
+}
+
+/// An event as stored: its place in the ledger, when, and which node wrote it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Record {
+    pub seq: u64,
+    pub at_us: u64,
+    pub node: NodeId,
+    pub event: Event,
+}

@@ -1,0 +1,136 @@
+//! Identifiers: nodes, services (and jobs), instances and placements.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::sync::Arc;
+
+/// Why a name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid name {name:?}: {why}")]
+pub struct NameError {
+    pub name: String,
+    pub why: &'static str,
+}
+
+/// Longest accepted node, service or instance name (a DNS label is 63).
+pub const MAX_NAME_LEN: usize = 63;
+
+/// Checks the shared name rule: 1..=63 of `[a-z0-9-]`, not starting or ending with `-`.
+/// The rule keeps names valid as DNS labels, NATS subject tokens and KV keys alike.
+pub fn check_name(name: &str) -> Result<(), NameError> {
+    let refuse = |why| {
+        Err(NameError {
+            name: name.to_owned(),
+            why,
+        })
+    };
+    if name.is_empty() {
+        return refuse("empty");
+    }
+    if name.len() > MAX_NAME_LEN {
+        return refuse("longer than 63 characters");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return refuse("only lowercase letters, digits and '-' are allowed");
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        return refuse("must not start or end with '-'");
+    }
+    Ok(())
+}
+
+macro_rules! name_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(Arc<str>);
+
+        impl $name {
+            /// Validates and wraps a name.
+            pub fn new(name: &str) -> Result<Self, NameError> {
+                check_name(name)?;
+                Ok(Self(Arc::from(name)))
+            }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+        impl TryFrom<String> for $name {
+            type Error = NameError;
+            fn try_from(s: String) -> Result<Self, NameError> {
+                Self::new(&s)
+            }
+        }
+        impl From<$name> for String {
+            fn from(n: $name) -> String {
+                n.0.to_string()
+            }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{:?}", &*self.0)
+            }
+        }
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+name_type!(
+    /// A node: one machine running `qs agent` (a "silo" or "tile" in seed 000).
+    NodeId
+);
+name_type!(
+    /// A service or job spec; both share one namespace.
+    ServiceName
+);
+name_type!(
+    /// One running copy of a service or job.
+    InstanceId
+);
+
+/// One placement, unique per fleet: the steward that drives it and its own counter.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+pub struct PlacementId {
+    pub steward: NodeId,
+    pub seq: u64,
+}
+
+impl fmt::Display for PlacementId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}#{}", self.steward, self.seq)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_dns_label_rule() {
+        for ok in ["forge", "fleet-dns", "a", "n0-1"] {
+            assert!(NodeId::new(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Forge", "-a", "a-", "a.b", "a b", &"x".repeat(64)] {
+            assert!(NodeId::new(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn names_refuse_bad_input_when_deserialized() {
+        let err = serde_json::from_str::<NodeId>("\"UPPER\"").unwrap_err();
+        assert!(err.to_string().contains("lowercase"), "{err}");
+    }
+}

@@ -1,0 +1,25 @@
+//! The wire vocabulary of Quasicrystal: every type that crosses a process boundary or is persisted.
+//!
+//! Nothing here decides anything and nothing does IO. Ids, resource amounts, workload and node
+//! specs (with their TOML parser and located errors), fleet messages, ledger events and the
+//! versioned envelope all live here, so the wire format has exactly one home.
+
+pub mod envelope;
+pub mod event;
+pub mod ids;
+pub mod message;
+pub mod resources;
+pub mod spec;
+
+pub use envelope::{Envelope, MessageId, WIRE_VERSION, WireError};
+pub use event::{Event, LocalVerdict, Record, SenseReason};
+pub use ids::{InstanceId, NameError, NodeId, PlacementId, ServiceName};
+pub use message::{
+    Demand, Resource,
+    Composite, DeclineReason, ExitOutcome, InstanceSummary, Message, NodeStatus, Offer, Role,
+};
+pub use resources::{Capacity, Committed, GpuCapacity, GpuLoad, InstanceLoad, Load, Resources};
+pub use spec::{
+    HaPattern, MAX_LEVEL, NodeSpec, SpecDocument, SpecError, WorkloadKind, WorkloadSpec,
+    parse_spec,
+};

@@ -1,0 +1,241 @@
+//! Fleet messages: heartbeats, capacity queries and offers, dispatches and their replies.
+
+use crate::ids::{InstanceId, NodeId, PlacementId, ServiceName};
+use crate::resources::{Capacity, Committed, Load, Resources};
+use crate::spec::HaPattern;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+
+/// The composite weight of one node for one workload, with its parts (seed 000 §5, §7):
+/// `value = (1 − pressure) × vram_free × cpu_free × level_weight`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Composite {
+    /// Learned failure pressure of this (node, service), 0.0..1.0.
+    pub pressure: f64,
+    /// Free VRAM fraction of the GPU that would host it; 1.0 for CPU-only workloads.
+    pub vram_free: f64,
+    /// Free CPU fraction of the node.
+    pub cpu_free: f64,
+    /// `γ₁ / (level + 1)`.
+    pub level_weight: f64,
+    pub value: f64,
+}
+
+impl Hash for Composite {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        for f in [
+            self.pressure,
+            self.vram_free,
+            self.cpu_free,
+            self.level_weight,
+            self.value,
+        ] {
+            f.to_bits().hash(state);
+        }
+    }
+}
+impl Eq for Composite {}
+
+impl fmt::Display for Composite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "(1 - {:.3}) x {:.3} vram x {:.3} cpu x {:.3} level = {:.3}",
+            self.pressure, self.vram_free, self.cpu_free, self.level_weight, self.value
+        )
+    }
+}
+
+/// What a workload needs from a node; sent with every capacity query and dispatch.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Demand {
+    pub service: ServiceName,
+    pub pattern: HaPattern,
+    pub need: Resources,
+    pub labels: BTreeMap<String, String>,
+    pub max_per_node: u32,
+}
+
+/// A node's answer "I can take it", with the weight it claims.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Offer {
+    pub composite: Composite,
+    /// GPU that would host it, for GPU workloads.
+    pub gpu: Option<u32>,
+    /// Free VRAM on that GPU, for gpu-inference ranking.
+    pub vram_free_bytes: u64,
+}
+
+/// Which resource a refusal is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Resource {
+    Cpu,
+    Memory,
+    Gpu,
+    Vram,
+}
+
+impl fmt::Display for Resource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Resource::Cpu => "cpu",
+            Resource::Memory => "memory",
+            Resource::Gpu => "gpu",
+            Resource::Vram => "vram",
+        })
+    }
+}
+
+/// Why a node declined a query or refused a dispatch.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "why")]
+pub enum DeclineReason {
+    /// Sensed use is over the configured threshold.
+    OverThreshold { resource: Resource },
+    /// Not enough uncommitted capacity.
+    NoFit { resource: Resource },
+    /// The node lacks a required label.
+    Labels,
+    /// The node already runs as many instances of it as the pattern allows.
+    AlreadyRunning,
+    /// A singleton with a newer fencing token exists.
+    Superseded,
+    /// The composite does not pass the admission gate.
+    Gate,
+    /// The node is shutting down or draining.
+    Draining,
+}
+
+impl fmt::Display for DeclineReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeclineReason::OverThreshold { resource } => write!(f, "{resource} over threshold"),
+            DeclineReason::NoFit { resource } => write!(f, "not enough free {resource}"),
+            DeclineReason::Labels => f.write_str("labels do not match"),
+            DeclineReason::AlreadyRunning => f.write_str("already running it"),
+            DeclineReason::Superseded => f.write_str("a newer singleton exists"),
+            DeclineReason::Gate => f.write_str("composite at or under the gate"),
+            DeclineReason::Draining => f.write_str("draining"),
+        }
+    }
+}
+
+/// Role of an instance within its service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Any instance of a stateless, gpu-inference or gpu-singleton workload; a read replica
+    /// of a stateful-read one.
+    Replica,
+    /// The one instance of a stateful-read service that takes writes.
+    Primary,
+}
+
+/// How an instance ended.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "outcome")]
+pub enum ExitOutcome {
+    /// A job instance finished its work.
+    Completed,
+    Crashed { reason: String },
+    FailedStart { reason: String },
+    HealthFailed { reason: String },
+    /// Stopped on purpose (scale-in, superseded, operator).
+    Stopped { reason: String },
+}
+
+impl ExitOutcome {
+    /// Failures feed failure memory; completions and deliberate stops do not.
+    pub fn is_failure(&self) -> bool {
+        matches!(
+            self,
+            ExitOutcome::Crashed { .. } | ExitOutcome::FailedStart { .. } | ExitOutcome::HealthFailed { .. }
+        )
+    }
+}
+
+/// One instance as its node reports it in a heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct InstanceSummary {
+    pub instance: InstanceId,
+    pub service: ServiceName,
+    pub role: Role,
+    /// Fencing token; only singletons use it, others carry 0.
+    pub fencing: u64,
+    /// Its sensed use crossed a threshold.
+    pub hot: bool,
+}
+
+/// A heartbeat: everything other nodes need to know of one node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub node: NodeId,
+    pub level: u8,
+    pub labels: BTreeMap<String, String>,
+    pub capacity: Capacity,
+    pub committed: Committed,
+    pub load: Load,
+    pub instances: Vec<InstanceSummary>,
+    /// Job instances that completed recently, kept for a while so every observer sees it.
+    #[serde(default)]
+    pub completed: Vec<(InstanceId, ServiceName)>,
+}
+
+/// Every message between nodes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "type")]
+pub enum Message {
+    Heartbeat(NodeStatus),
+    /// Step 3: "who can take this?"
+    CapacityQuery {
+        placement: PlacementId,
+        demand: Demand,
+    },
+    /// Step 4: "I can take it", with the composite weight.
+    Offer {
+        placement: PlacementId,
+        offer: Offer,
+    },
+    /// Step 4: "I cannot", so the gatherer can finish early.
+    Decline {
+        placement: PlacementId,
+        reason: DeclineReason,
+    },
+    /// Step 5: the directed order to run an instance.
+    Dispatch {
+        placement: PlacementId,
+        instance: InstanceId,
+        demand: Demand,
+        role: Role,
+        fencing: u64,
+    },
+    /// The target's late-binding answer; `refused: None` means accepted.
+    DispatchReply {
+        placement: PlacementId,
+        instance: InstanceId,
+        refused: Option<DeclineReason>,
+    },
+    /// Steward to host: stop this instance (scale-in, superseded).
+    Stop { instance: InstanceId, reason: String },
+    /// Steward to host: this read replica becomes the primary.
+    Promote { instance: InstanceId },
+}
+
+impl Message {
+    /// Short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Heartbeat(_) => "heartbeat",
+            Message::CapacityQuery { .. } => "capacity-query",
+            Message::Offer { .. } => "offer",
+            Message::Decline { .. } => "decline",
+            Message::Dispatch { .. } => "dispatch",
+            Message::DispatchReply { .. } => "dispatch-reply",
+            Message::Stop { .. } => "stop",
+            Message::Promote { .. } => "promote",
+        }
+    }
+}

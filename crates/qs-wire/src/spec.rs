@@ -1,0 +1,599 @@
+//! Operator specs in TOML: workloads (services and jobs) and nodes, with located errors.
+//!
+//! A spec document holds any mix of `[service.NAME]`, `[job.NAME]` and `[node.NAME]` tables.
+//! [`parse_spec`] either returns every spec of the document or one [`SpecError`] naming the
+//! file, line, column and field; nothing is half-applied.
+
+use crate::ids::{NodeId, ServiceName};
+use crate::resources::{Capacity, GpuCapacity, Resources};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use toml::Spanned;
+
+/// Highest (least authoritative) node level; level 0 is the highest authority.
+pub const MAX_LEVEL: u8 = 7;
+const MIB: u64 = 1024 * 1024;
+const MAX_CPU_CORES: f64 = 4096.0;
+const MAX_MEMORY_MIB: i64 = 64 * 1024 * 1024; // 64 TiB
+const MAX_REPLICAS: i64 = 100_000;
+
+/// How a workload is replicated and placed (seed 000 §4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HaPattern {
+    /// Replicas anywhere, by default at most one per node.
+    Stateless,
+    /// One primary takes writes; read replicas anywhere; moving the primary needs approval
+    /// unless the spec sets `auto_promote`.
+    StatefulRead,
+    /// Goes to the node with the most free VRAM; stateless per request.
+    GpuInference,
+    /// Exactly one instance fleet-wide, never split, fenced by a growing token.
+    GpuSingleton,
+}
+
+impl HaPattern {
+    pub fn is_singleton(self) -> bool {
+        self == HaPattern::GpuSingleton
+    }
+}
+
+impl fmt::Display for HaPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HaPattern::Stateless => "stateless",
+            HaPattern::StatefulRead => "stateful-read",
+            HaPattern::GpuInference => "gpu-inference",
+            HaPattern::GpuSingleton => "gpu-singleton",
+        })
+    }
+}
+
+/// Service (kept running) or job (runs to completion).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum WorkloadKind {
+    Service {
+        /// Replicas kept at all times.
+        replicas: u32,
+        /// Ceiling for scale-out under load; equal to `replicas` when not autoscaled.
+        max_replicas: u32,
+        /// stateful-read only: promote a replica without operator approval.
+        auto_promote: bool,
+    },
+    Job {
+        /// Instances that must each complete once.
+        parallelism: u32,
+    },
+}
+
+/// One service or job as the operator declared it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct WorkloadSpec {
+    pub name: ServiceName,
+    pub kind: WorkloadKind,
+    pub pattern: HaPattern,
+    pub resources: Resources,
+    /// Labels a node must carry (all of them, equal values) to host an instance.
+    pub labels: BTreeMap<String, String>,
+    /// Command line run by the process executor; `{port}` is replaced by a free port.
+    pub command: Option<String>,
+    /// Most instances of this workload on one node.
+    pub max_per_node: u32,
+}
+
+impl WorkloadSpec {
+    /// Instances wanted when nothing is hot and nothing has completed.
+    pub fn base_count(&self) -> u32 {
+        match self.kind {
+            WorkloadKind::Service { replicas, .. } => replicas,
+            WorkloadKind::Job { parallelism } => parallelism,
+        }
+    }
+    pub fn max_count(&self) -> u32 {
+        match self.kind {
+            WorkloadKind::Service { max_replicas, .. } => max_replicas,
+            WorkloadKind::Job { parallelism } => parallelism,
+        }
+    }
+    pub fn is_job(&self) -> bool {
+        matches!(self.kind, WorkloadKind::Job { .. })
+    }
+}
+
+/// A node as declared in a fleet file (the embedded fleet and the simulator use these).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct NodeSpec {
+    pub id: NodeId,
+    pub level: u8,
+    pub labels: BTreeMap<String, String>,
+    pub capacity: Capacity,
+}
+
+/// Everything one spec file declared.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpecDocument {
+    pub workloads: Vec<WorkloadSpec>,
+    pub nodes: Vec<NodeSpec>,
+}
+
+/// A refused spec: where, which field, and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct SpecError {
+    pub file: String,
+    /// 1-based.
+    pub line: usize,
+    /// 1-based, in characters.
+    pub column: usize,
+    /// Dotted path of the offending field, e.g. `service.dns.resources.cpu_cores`; empty for
+    /// syntax errors.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;
+        if !self.field.is_empty() {
+            write!(f, "{}: ", self.field)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDoc {
+    #[serde(default)]
+    service: BTreeMap<String, Spanned<RawWorkload>>,
+    #[serde(default)]
+    job: BTreeMap<String, Spanned<RawWorkload>>,
+    #[serde(default)]
+    node: BTreeMap<String, Spanned<RawNode>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkload {
+    pattern: Option<HaPattern>,
+    replicas: Option<Spanned<i64>>,
+    max_replicas: Option<Spanned<i64>>,
+    parallelism: Option<Spanned<i64>>,
+    max_per_node: Option<Spanned<i64>>,
+    auto_promote: Option<Spanned<bool>>,
+    resources: RawResources,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    command: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResources {
+    cpu_cores: Spanned<f64>,
+    memory_mib: Spanned<i64>,
+    vram_mib: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    level: Spanned<i64>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    cpu_cores: Spanned<f64>,
+    memory_mib: Spanned<i64>,
+    #[serde(default)]
+    gpus: Vec<RawGpu>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGpu {
+    vram_mib: Spanned<i64>,
+}
+
+/// Parses and validates one spec document. `file` only labels errors.
+pub fn parse_spec(file: &str, text: &str) -> Result<SpecDocument, SpecError> {
+    let at = Locator { file, text };
+    let raw: RawDoc = toml::from_str(text).map_err(|e| at.serde_error(&e))?;
+    let mut doc = SpecDocument::default();
+    let mut seen: BTreeMap<String, &'static str> = BTreeMap::new();
+    for (table, entries) in [("service", &raw.service), ("job", &raw.job)] {
+        for (name, w) in entries {
+            let path = format!("{table}.{name}");
+            if let Some(other) = seen.insert(name.clone(), table) {
+                return Err(at.error(
+                    w.span(),
+                    &path,
+                    format!("name already used by {other}.{name}; services and jobs share names"),
+                ));
+            }
+            doc.workloads
+                .push(workload(&at, &path, name, table == "job", w)?);
+        }
+    }
+    for (name, n) in &raw.node {
+        doc.nodes.push(node(&at, &format!("node.{name}"), name, n)?);
+    }
+    Ok(doc)
+}
+
+fn workload(
+    at: &Locator<'_>,
+    path: &str,
+    name: &str,
+    is_job: bool,
+    raw: &Spanned<RawWorkload>,
+) -> Result<WorkloadSpec, SpecError> {
+    let name = ServiceName::new(name).map_err(|e| at.error(raw.span(), path, e.to_string()))?;
+    let w = raw.get_ref();
+    let pattern = w.pattern.unwrap_or(HaPattern::Stateless);
+    let field = |f: &str| format!("{path}.{f}");
+    let only = |v: &Option<Spanned<i64>>, f: &str, owner: &str| match v {
+        Some(v) => Err(at.error(v.span(), &field(f), format!("only {owner} have `{f}`"))),
+        None => Ok(()),
+    };
+    let kind = if is_job {
+        only(&w.replicas, "replicas", "services")?;
+        only(&w.max_replicas, "max_replicas", "services")?;
+        if let Some(a) = &w.auto_promote {
+            return Err(at.error(a.span(), &field("auto_promote"), "only services have `auto_promote`"));
+        }
+        let parallelism = count(at, &field("parallelism"), w.parallelism.as_ref(), 1, 1)?;
+        if pattern.is_singleton() && parallelism != 1 {
+            let span = w.parallelism.as_ref().map_or(raw.span(), |p| p.span());
+            return Err(at.error(span, &field("parallelism"), "a gpu-singleton runs exactly one instance"));
+        }
+        WorkloadKind::Job { parallelism }
+    } else {
+        only(&w.parallelism, "parallelism", "jobs")?;
+        let replicas = count(at, &field("replicas"), w.replicas.as_ref(), 0, 1)?;
+        let max_replicas = count(at, &field("max_replicas"), w.max_replicas.as_ref(), 0, replicas)?;
+        if max_replicas < replicas {
+            let span = w.max_replicas.as_ref().map_or(raw.span(), |m| m.span());
+            return Err(at.error(
+                span,
+                &field("max_replicas"),
+                format!("must be at least replicas ({replicas}), got {max_replicas}"),
+            ));
+        }
+        if pattern.is_singleton() && (replicas != 1 || max_replicas != 1) {
+            let span = w.replicas.as_ref().map_or(raw.span(), |r| r.span());
+            return Err(at.error(span, &field("replicas"), "a gpu-singleton runs exactly one instance"));
+        }
+        let auto_promote = match &w.auto_promote {
+            Some(a) if pattern != HaPattern::StatefulRead => {
+                return Err(at.error(
+                    a.span(),
+                    &field("auto_promote"),
+                    "only stateful-read services have a primary to promote",
+                ));
+            }
+            Some(a) => *a.get_ref(),
+            None => false,
+        };
+        WorkloadKind::Service {
+            replicas,
+            max_replicas,
+            auto_promote,
+        }
+    };
+    let max_per_node = count(at, &field("max_per_node"), w.max_per_node.as_ref(), 1, 1)?;
+    if max_per_node != 1 && pattern != HaPattern::Stateless {
+        let span = w.max_per_node.as_ref().map_or(raw.span(), |m| m.span());
+        return Err(at.error(
+            span,
+            &field("max_per_node"),
+            format!("only stateless workloads may run more than one instance per node ({pattern} runs one)"),
+        ));
+    }
+    let resources = resources(at, &field("resources"), &w.resources)?;
+    let needs_gpu = matches!(pattern, HaPattern::GpuInference | HaPattern::GpuSingleton);
+    if needs_gpu && !resources.needs_gpu() {
+        return Err(at.error(
+            raw.span(),
+            &field("resources.vram_mib"),
+            format!("a {pattern} workload must declare the VRAM it needs"),
+        ));
+    }
+    if let Some(c) = &w.command
+        && c.get_ref().trim().is_empty()
+    {
+        return Err(at.error(c.span(), &field("command"), "must not be empty"));
+    }
+    Ok(WorkloadSpec {
+        name,
+        kind,
+        pattern,
+        resources,
+        labels: w.labels.clone(),
+        command: w.command.as_ref().map(|c| c.get_ref().clone()),
+        max_per_node,
+    })
+}
+
+fn resources(at: &Locator<'_>, path: &str, r: &RawResources) -> Result<Resources, SpecError> {
+    Ok(Resources {
+        cpu_millicores: cpu(at, &format!("{path}.cpu_cores"), &r.cpu_cores)?,
+        memory_bytes: mib(at, &format!("{path}.memory_mib"), &r.memory_mib)?,
+        vram_bytes: match &r.vram_mib {
+            Some(v) => mib(at, &format!("{path}.vram_mib"), v)?,
+            None => 0,
+        },
+    })
+}
+
+fn node(at: &Locator<'_>, path: &str, name: &str, raw: &Spanned<RawNode>) -> Result<NodeSpec, SpecError> {
+    let id = NodeId::new(name).map_err(|e| at.error(raw.span(), path, e.to_string()))?;
+    let n = raw.get_ref();
+    let level = *n.level.get_ref();
+    if !(0..=i64::from(MAX_LEVEL)).contains(&level) {
+        return Err(at.error(
+            n.level.span(),
+            &format!("{path}.level"),
+            format!("level must be in 0..={MAX_LEVEL} (0 is the highest authority), got {level}"),
+        ));
+    }
+    let mut gpus = Vec::with_capacity(n.gpus.len());
+    for (i, g) in n.gpus.iter().enumerate() {
+        gpus.push(GpuCapacity {
+            vram_bytes: mib(at, &format!("{path}.gpus[{i}].vram_mib"), &g.vram_mib)?,
+        });
+    }
+    Ok(NodeSpec {
+        id,
+        level: level as u8,
+        labels: n.labels.clone(),
+        capacity: Capacity {
+            cpu_millicores: cpu(at, &format!("{path}.cpu_cores"), &n.cpu_cores)?,
+            memory_bytes: mib(at, &format!("{path}.memory_mib"), &n.memory_mib)?,
+            gpus,
+        },
+    })
+}
+
+fn cpu(at: &Locator<'_>, path: &str, v: &Spanned<f64>) -> Result<u64, SpecError> {
+    let cores = *v.get_ref();
+    if !cores.is_finite() || cores <= 0.0 || cores > MAX_CPU_CORES {
+        return Err(at.error(
+            v.span(),
+            path,
+            format!("must be more than 0 and at most {MAX_CPU_CORES} cores, got {cores}"),
+        ));
+    }
+    let millis = (cores * 1000.0).round() as u64;
+    if millis == 0 {
+        return Err(at.error(v.span(), path, format!("{cores} cores rounds to zero millicores")));
+    }
+    Ok(millis)
+}
+
+fn mib(at: &Locator<'_>, path: &str, v: &Spanned<i64>) -> Result<u64, SpecError> {
+    let m = *v.get_ref();
+    if m <= 0 || m > MAX_MEMORY_MIB {
+        return Err(at.error(
+            v.span(),
+            path,
+            format!("must be more than 0 and at most {MAX_MEMORY_MIB} MiB, got {m}"),
+        ));
+    }
+    Ok(m as u64 * MIB)
+}
+
+fn count(
+    at: &Locator<'_>,
+    path: &str,
+    v: Option<&Spanned<i64>>,
+    min: i64,
+    default: u32,
+) -> Result<u32, SpecError> {
+    let Some(v) = v else { return Ok(default) };
+    let n = *v.get_ref();
+    if n < min || n > MAX_REPLICAS {
+        return Err(at.error(
+            v.span(),
+            path,
+            format!("must be in {min}..={MAX_REPLICAS}, got {n}"),
+        ));
+    }
+    Ok(n as u32)
+}
+
+/// Turns byte spans into file, line, column and field path.
+struct Locator<'a> {
+    file: &'a str,
+    text: &'a str,
+}
+
+impl Locator<'_> {
+    fn error(&self, span: Range<usize>, field: &str, message: impl Into<String>) -> SpecError {
+        let (line, column) = line_column(self.text, span.start);
+        SpecError {
+            file: self.file.to_owned(),
+            line,
+            column,
+            field: field.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    /// Errors from the TOML deserializer carry a span but no field path; rebuild the path from
+    /// the table header and key around the span.
+    fn serde_error(&self, e: &toml::de::Error) -> SpecError {
+        let start = e.span().map_or(0, |s| s.start).min(self.text.len());
+        let message = e.message().trim().to_owned();
+        let mut field = field_at(self.text, start);
+        if let Some(missing) = backticked(&message, "missing field `") {
+            field = join(&field, missing);
+        }
+        let syntax = !message.contains("field")
+            && !message.contains("variant")
+            && !message.contains("invalid type")
+            && !message.contains("invalid value");
+        self.error(start..start, if syntax { "" } else { &field }, message)
+    }
+}
+
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..floor_char_boundary(text, offset)];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+fn floor_char_boundary(text: &str, mut i: usize) -> usize {
+    while i > 0 && !text.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// The dotted path of the key written at `offset`: the governing `[table]` header plus the key
+/// on that line, if any.
+fn field_at(text: &str, offset: usize) -> String {
+    let offset = floor_char_boundary(text, offset);
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
+    let line = text[line_start..line_end].trim();
+    if let Some(header) = table_header(line) {
+        return header;
+    }
+    let header = text[..line_start]
+        .lines()
+        .rev()
+        .find_map(|l| table_header(l.trim()))
+        .unwrap_or_default();
+    match line.split_once('=') {
+        Some((key, _)) => join(&header, key.trim().trim_matches('"')),
+        None => header,
+    }
+}
+
+fn table_header(line: &str) -> Option<String> {
+    let inner = line.strip_prefix('[')?;
+    let inner = inner.strip_prefix('[').unwrap_or(inner);
+    let end = inner.find(']')?;
+    Some(inner[..end].trim().replace('"', ""))
+}
+
+fn join(a: &str, b: &str) -> String {
+    if a.is_empty() {
+        b.to_owned()
+    } else {
+        format!("{a}.{b}")
+    }
+}
+
+fn backticked<'m>(message: &'m str, prefix: &str) -> Option<&'m str> {
+    let rest = &message[message.find(prefix)? + prefix.len()..];
+    Some(&rest[..rest.find('`')?])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DNS: &str = r#"
+[service.fleet-dns]
+pattern = "stateless"
+replicas = 1
+max_replicas = 3
+command = "dnsmasq --port={port}"
+labels = { zone = "lan" }
+
+[service.fleet-dns.resources]
+cpu_cores = 0.5
+memory_mib = 64
+
+[job.train]
+pattern = "gpu-singleton"
+resources = { cpu_cores = 4, memory_mib = 16384, vram_mib = 20000 }
+
+[node.forge]
+level = 1
+cpu_cores = 16
+memory_mib = 65536
+gpus = [{ vram_mib = 24576 }]
+"#;
+
+    #[test]
+    fn a_valid_document_parses_whole() {
+        let doc = parse_spec("fleet.toml", DNS).unwrap();
+        assert_eq!(doc.workloads.len(), 2);
+        let dns = &doc.workloads[0];
+        assert_eq!(dns.name.as_str(), "fleet-dns");
+        assert_eq!(dns.resources.cpu_millicores, 500);
+        assert_eq!(dns.resources.memory_bytes, 64 * MIB);
+        assert_eq!(dns.max_count(), 3);
+        assert_eq!(dns.max_per_node, 1);
+        let train = &doc.workloads[1];
+        assert_eq!(train.kind, WorkloadKind::Job { parallelism: 1 });
+        assert_eq!(doc.nodes[0].capacity.gpus[0].vram_bytes, 24576 * MIB);
+        assert_eq!(doc.nodes[0].level, 1);
+    }
+
+    /// Each case: a document, then the exact `file:line:column: field: message` prefix expected.
+    fn check(text: &str, expect: &str) {
+        let err = parse_spec("bad.toml", text).expect_err("must be refused");
+        let shown = err.to_string();
+        assert!(shown.starts_with(expect), "got:\n  {shown}\nwant prefix:\n  {expect}");
+    }
+
+    #[test]
+    fn bad_specs_name_file_line_column_and_field() {
+        check(
+            "[service.a]\nresources = { cpu_cores = 1, memory_mib = 8 }\nreplicaz = 2\n",
+            "bad.toml:3:1: service.a.replicaz: unknown field `replicaz`",
+        );
+        check(
+            "[service.a]\nreplicas = \"two\"\nresources = { cpu_cores = 1, memory_mib = 8 }\n",
+            "bad.toml:2:12: service.a.replicas: invalid type: string \"two\"",
+        );
+        check(
+            "[service.a]\n[service.a.resources]\ncpu_cores = -1\nmemory_mib = 8\n",
+            "bad.toml:3:13: service.a.resources.cpu_cores: must be more than 0",
+        );
+        check(
+            "[service.a]\n[service.a.resources]\ncpu_cores = 1\nmemory_mib = 0\n",
+            "bad.toml:4:14: service.a.resources.memory_mib: must be more than 0",
+        );
+        check(
+            "[service.a]\npattern = \"gpu-magic\"\nresources = { cpu_cores = 1, memory_mib = 8 }\n",
+            "bad.toml:2:11: service.a.pattern: unknown variant `gpu-magic`",
+        );
+        check(
+            "[node.n1]\nlevel = 9\ncpu_cores = 4\nmemory_mib = 1024\n",
+            "bad.toml:2:9: node.n1.level: level must be in 0..=7",
+        );
+        check(
+            "[node.n1]\nlevel = -1\ncpu_cores = 4\nmemory_mib = 1024\n",
+            "bad.toml:2:9: node.n1.level: level must be in 0..=7",
+        );
+        check(
+            "[service.a]\npattern = \"gpu-inference\"\nresources = { cpu_cores = 1, memory_mib = 8 }\n",
+            "bad.toml:1:1: service.a.resources.vram_mib: a gpu-inference workload must declare",
+        );
+        check(
+            "[service.a]\nreplicas = 1\n",
+            "bad.toml:1:1: service.a.resources: missing field `resources`",
+        );
+        check(
+            "[service.a]\nreplicas = 3\nmax_replicas = 2\nresources = { cpu_cores = 1, memory_mib = 8 }\n",
+            "bad.toml:3:16: service.a.max_replicas: must be at least replicas (3)",
+        );
+        check(
+            "[service.Bad_Name]\nresources = { cpu_cores = 1, memory_mib = 8 }\n",
+            "bad.toml:1:1: service.Bad_Name: invalid name",
+        );
+        check("[service.a\n", "bad.toml:1:11: ");
+    }
+
+    #[test]
+    fn line_and_column_count_characters() {
+        assert_eq!(line_column("ab\ncé = 1", 6), (2, 3));
+        assert_eq!(line_column("", 0), (1, 1));
+    }
+}
