@@ -119,14 +119,15 @@ impl Registry {
         None
     }
 
-    /// Declares dead every node silent for `dead_after`. Returns them.
-    pub fn expire(&mut self, now: Time) -> Vec<NodeId> {
+    /// Declares dead every node silent for `dead_after`. Returns each one's last heartbeat, so
+    /// the caller knows which instances were lost with it.
+    pub fn expire(&mut self, now: Time) -> Vec<NodeStatus> {
         let mut dead = Vec::new();
         while let Some(&(seen, slot)) = self.by_last_seen.first() {
             if now.since(seen) < self.dead_after {
                 break;
             }
-            dead.push(self.slots[slot].status.node.clone());
+            dead.push(self.slots[slot].status.clone());
             self.kill_slot(slot);
         }
         dead
@@ -429,7 +430,7 @@ mod tests {
             },
             load: Load::default(),
             instances: vec![],
-            completed: vec![],
+                completed: vec![],
         }
     }
 
@@ -482,8 +483,9 @@ mod tests {
         let mut r = Registry::new(&Config::default());
         r.observe(status("a", 0, 0), Time::from_millis(0));
         r.observe(status("b", 0, 0), Time::from_millis(500));
-        assert_eq!(r.expire(Time::from_millis(999)), Vec::<NodeId>::new());
-        assert_eq!(r.expire(Time::from_millis(1000)), vec![NodeId::new("a").unwrap()]);
+        assert!(r.expire(Time::from_millis(999)).is_empty());
+        let dead: Vec<NodeId> = r.expire(Time::from_millis(1000)).into_iter().map(|s| s.node).collect();
+        assert_eq!(dead, vec![NodeId::new("a").unwrap()]);
         assert_eq!(r.live_count(), 1);
         assert!(matches!(r.observe(status("a", 0, 0), Time::from_millis(1200)), Some(Membership::Joined(_))));
         assert_eq!(r.live_count(), 2);

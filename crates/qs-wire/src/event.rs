@@ -18,8 +18,8 @@ pub enum SenseReason {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "verdict")]
 pub enum LocalVerdict {
-    /// Fits here: started locally, no query.
-    Start,
+    /// Fits here and passes the gate: started locally, no query.
+    Start { composite: Composite },
     /// Fits, but a GPU workload must compete on VRAM: this node's own offer joins the pool.
     Compete { composite: Composite },
     Refused { reason: DeclineReason },

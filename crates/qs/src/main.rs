@@ -1,2 +1,16 @@
-//! placeholder
-fn main() {}
+//! `qs`: the one binary of Quasicrystal. Thin glue from the command line to the crates.
+
+mod cli;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = cli::Cli::parse();
+    match cli::run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("qs: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}

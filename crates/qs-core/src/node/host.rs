@@ -268,18 +268,25 @@ impl Node {
         }
     }
 
-    /// A singleton whose fencing token another node has superseded stops itself.
-    pub(crate) fn stop_superseded(&mut self, reg: &Registry) {
-        let stale: Vec<InstanceId> = self
+    /// Stops what must not run any more: instances whose spec was deleted, and singletons
+    /// whose fencing token another node has superseded.
+    pub(crate) fn stop_unwanted(&mut self, reg: &Registry) {
+        let unwanted: Vec<(InstanceId, &'static str)> = self
             .hosted
             .iter()
-            .filter(|(_, h)| {
-                h.demand.pattern.is_singleton() && !h.stopping && h.fencing < reg.max_fencing(&h.service)
+            .filter(|(_, h)| !h.stopping)
+            .filter_map(|(id, h)| {
+                if reg.spec(&h.service).is_none() {
+                    Some((id.clone(), "spec deleted"))
+                } else if h.demand.pattern.is_singleton() && h.fencing < reg.max_fencing(&h.service) {
+                    Some((id.clone(), "superseded by a newer fencing token"))
+                } else {
+                    None
+                }
             })
-            .map(|(id, _)| id.clone())
             .collect();
-        for id in stale {
-            self.stop(&id, "superseded by a newer fencing token".into());
+        for (id, why) in unwanted {
+            self.stop(&id, why.into());
         }
     }
 

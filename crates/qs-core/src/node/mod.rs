@@ -170,7 +170,7 @@ impl Node {
             self.next_heartbeat = now + ms(self.config.heartbeat_ms);
         }
         if now >= self.next_reconcile {
-            self.stop_superseded(reg);
+            self.stop_unwanted(reg);
             self.reconcile(now, reg);
             self.next_reconcile = now + ms(self.config.heartbeat_ms);
         }

@@ -398,7 +398,9 @@ impl Node {
             Ok(offer) => {
                 self.record(Event::LocalCheck {
                     placement: pid,
-                    verdict: LocalVerdict::Start,
+                    verdict: LocalVerdict::Start {
+                        composite: offer.composite,
+                    },
                 });
                 self.start_here(seq, offer.gpu, now);
                 return;

@@ -1,0 +1,614 @@
+//! The event loop: nodes, a shared registry, a simulated network and executor, a fault
+//! schedule, the trace hash and the invariant checks.
+
+use crate::net::Network;
+use hdrhistogram::Histogram;
+use qs_core::hash::{StableHasher, mix, of_str};
+use qs_core::{Config, Input, Node, Output, Registry, Rng, Time};
+use qs_wire::{
+    Event, ExitOutcome, GpuLoad, InstanceId, InstanceLoad, LocalVerdict, Load, Message, NodeId,
+    NodeSpec, Record, Resources, ServiceName, WorkloadKind, WorkloadSpec,
+};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::hash::{Hash, Hasher};
+
+/// How often the simulated registry looks for silent nodes.
+const EXPIRE_EVERY_US: u64 = 50_000;
+/// The simulated sensor's delay after a change on its node.
+const SENSE_DELAY_US: u64 = 10_000;
+/// The simulated executor: graceful stop time, and time until a failing start is noticed.
+const STOP_GRACE_US: u64 = 20_000;
+const START_FAIL_US: u64 = 5_000;
+
+/// Something the scenario does at a given time.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// The operator applies a spec.
+    Apply(WorkloadSpec),
+    /// The operator deletes a spec.
+    Remove(ServiceName),
+    /// One instance of the service burns `util` of its requested CPU for `for_ms`.
+    Spike {
+        service: ServiceName,
+        util: f64,
+        for_ms: u64,
+    },
+    /// Load from outside our instances on a node.
+    Background { node: NodeId, cpu_util: f64 },
+    /// The node dies at once (power cut, kill -9 of everything).
+    Kill(NodeId),
+    /// One instance of the service crashes.
+    Crash(ServiceName),
+    /// Every `start` on this node fails from now on (a broken binary, a bad driver).
+    BreakStarts(NodeId),
+    /// The operator approves a primary move.
+    ApprovePromotion(ServiceName),
+}
+
+/// A broken invariant: what, when, and where.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("at {at_us} us: {what}")]
+pub struct Violation {
+    pub at_us: u64,
+    pub what: String,
+}
+
+/// Running totals of one run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub events: u64,
+    pub messages: u64,
+    pub placed: u64,
+    pub placed_locally: u64,
+    pub gave_up: u64,
+    pub dispatch_refused: u64,
+    pub starts: u64,
+    pub failures: u64,
+    pub kills: u64,
+}
+
+enum Ev {
+    Wake(usize),
+    Deliver { to: usize, from: NodeId, msg: Message },
+    Local { to: usize, input: Input },
+    Observe(qs_wire::NodeStatus),
+    Exit { node: usize, instance: InstanceId, outcome: ExitOutcome },
+    Sense(usize),
+    Calm { node: usize, instance: InstanceId },
+    Expire,
+    Act(Action),
+}
+
+struct Scheduled {
+    at: Time,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(o.at, o.seq))
+    }
+}
+
+struct Proc {
+    need: Resources,
+    gpu: Option<u32>,
+    util: f64,
+}
+
+struct SimNode {
+    core: Node,
+    alive: bool,
+    wake: Option<Time>,
+    site: u64,
+    background: f64,
+    broken_starts: bool,
+    procs: BTreeMap<InstanceId, Proc>,
+}
+
+/// See the module docs.
+pub struct Sim {
+    now: Time,
+    nodes: Vec<SimNode>,
+    index: BTreeMap<NodeId, usize>,
+    registry: Registry,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    seq: u64,
+    rng: Rng,
+    net: Network,
+    config: Config,
+    trace: StableHasher,
+    record_seq: u64,
+    keep_records: bool,
+    records: Vec<Record>,
+    check: bool,
+    violations: Vec<Violation>,
+    latency_us: Histogram<u64>,
+    counters: Counters,
+    /// How long a job instance runs, per job.
+    job_ms: BTreeMap<ServiceName, u64>,
+}
+
+impl Sim {
+    /// A fleet of `nodes` spread over `sites`, all started at time zero.
+    pub fn new(nodes: &[NodeSpec], sites: u64, config: Config, net: Network, seed: u64) -> Sim {
+        let mut rng = Rng::seeded(seed);
+        let mut sim_nodes = Vec::with_capacity(nodes.len());
+        let mut index = BTreeMap::new();
+        for (i, spec) in nodes.iter().enumerate() {
+            index.insert(spec.id.clone(), i);
+            sim_nodes.push(SimNode {
+                core: Node::new(spec, config.clone(), rng.next_u64(), Time::ZERO),
+                alive: true,
+                wake: None,
+                site: mix(of_str(spec.id.as_str())) % sites.max(1),
+                background: 0.0,
+                broken_starts: false,
+                procs: BTreeMap::new(),
+            });
+        }
+        let mut sim = Sim {
+            now: Time::ZERO,
+            nodes: sim_nodes,
+            index,
+            registry: Registry::new(&config),
+            queue: BinaryHeap::new(),
+            seq: 0,
+            rng,
+            net,
+            config,
+            trace: StableHasher::default(),
+            record_seq: 0,
+            keep_records: false,
+            records: Vec::new(),
+            check: false,
+            violations: Vec::new(),
+            latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                .expect("one hour in microseconds at 3 significant figures is a valid range"),
+            counters: Counters::default(),
+            job_ms: BTreeMap::new(),
+        };
+        for i in 0..sim.nodes.len() {
+            sim.reschedule(i);
+        }
+        sim.push(Time::from_micros(EXPIRE_EVERY_US), Ev::Expire);
+        sim
+    }
+
+    /// Keep every ledger record in memory (tests; large runs only hash them).
+    pub fn keep_records(&mut self, on: bool) {
+        self.keep_records = on;
+    }
+
+    /// Check the invariants after every event (costs O(nodes) per event: small fleets).
+    pub fn check_invariants(&mut self, on: bool) {
+        self.check = on;
+    }
+
+    /// Jobs of this name run this long once started.
+    pub fn set_job_duration(&mut self, job: ServiceName, ms: u64) {
+        self.job_ms.insert(job, ms);
+    }
+
+    pub fn schedule(&mut self, at: Time, action: Action) {
+        self.push(at, Ev::Act(action));
+    }
+
+    fn push(&mut self, at: Time, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Reverse(Scheduled {
+            at: at.max(self.now),
+            seq: self.seq,
+            ev,
+        }));
+    }
+
+    /// Runs every event up to and including `until`.
+    pub fn run_until(&mut self, until: Time) {
+        while self.queue.peek().is_some_and(|Reverse(s)| s.at <= until) {
+            self.step();
+        }
+        self.now = self.now.max(until);
+    }
+
+    /// Runs until `done` holds (checked after each event) or `until`; true if `done` held.
+    pub fn run_while_not(&mut self, until: Time, mut done: impl FnMut(&Sim) -> bool) -> bool {
+        while !done(self) {
+            if !self.queue.peek().is_some_and(|Reverse(s)| s.at <= until) {
+                return false;
+            }
+            self.step();
+        }
+        true
+    }
+
+    fn step(&mut self) {
+        let Some(Reverse(s)) = self.queue.pop() else { return };
+        self.now = s.at;
+        self.counters.events += 1;
+        let touched = self.dispatch(s.ev);
+        if let Some(i) = touched {
+            self.drain(i);
+            self.reschedule(i);
+        }
+        if self.check {
+            self.check_all();
+        }
+    }
+
+    /// Handles one event; returns the node whose outputs must be drained.
+    fn dispatch(&mut self, ev: Ev) -> Option<usize> {
+        let now = self.now;
+        match ev {
+            Ev::Wake(i) => {
+                let n = &mut self.nodes[i];
+                if !n.alive || n.wake != Some(now) {
+                    return None; // stale or dead
+                }
+                n.wake = None;
+                n.core.handle(Input::Tick, now, &self.registry);
+                Some(i)
+            }
+            Ev::Deliver { to, from, msg } => self.input(to, Input::Message { from, msg }),
+            Ev::Local { to, input } => self.input(to, input),
+            Ev::Observe(status) => {
+                if self.index.get(&status.node).is_some_and(|&i| self.nodes[i].alive) {
+                    self.registry.observe(status, now);
+                }
+                None
+            }
+            Ev::Exit { node, instance, outcome } => {
+                if !self.nodes[node].alive || self.nodes[node].procs.remove(&instance).is_none() {
+                    return None;
+                }
+                if outcome.is_failure() {
+                    self.counters.failures += 1;
+                }
+                self.push(now + micros(SENSE_DELAY_US), Ev::Sense(node));
+                self.input(node, Input::Exited { instance, outcome })
+            }
+            Ev::Sense(i) => {
+                if !self.nodes[i].alive {
+                    return None;
+                }
+                let (load, instances) = self.sense(i);
+                self.input(i, Input::Sensed { load, instances })
+            }
+            Ev::Calm { node, instance } => {
+                if let Some(p) = self.nodes[node].procs.get_mut(&instance) {
+                    p.util = 0.4;
+                    self.push(now, Ev::Sense(node));
+                }
+                None
+            }
+            Ev::Expire => {
+                for dead in self.registry.expire(now) {
+                    for inst in &dead.instances {
+                        self.reconcile_steward_of(&inst.service);
+                    }
+                }
+                self.push(now + micros(EXPIRE_EVERY_US), Ev::Expire);
+                None
+            }
+            Ev::Act(action) => {
+                self.act(action);
+                None
+            }
+        }
+    }
+
+    fn input(&mut self, i: usize, input: Input) -> Option<usize> {
+        let n = &mut self.nodes[i];
+        if !n.alive {
+            return None;
+        }
+        n.core.handle(input, self.now, &self.registry);
+        Some(i)
+    }
+
+    fn reconcile_steward_of(&mut self, service: &ServiceName) {
+        if let Some(&i) = self.registry.steward(service).and_then(|s| self.index.get(s)) {
+            let at = self.now + micros(self.net.kv_us);
+            self.push(at, Ev::Local { to: i, input: Input::Reconcile });
+        }
+    }
+
+    fn act(&mut self, action: Action) {
+        let now = self.now;
+        match action {
+            Action::Apply(spec) => {
+                let name = spec.name.clone();
+                self.registry.apply_spec(spec);
+                self.reconcile_steward_of(&name);
+            }
+            Action::Remove(name) => {
+                self.registry.remove_spec(&name);
+            }
+            Action::Spike { service, util, for_ms } => {
+                let hit = self.registry.instances_of(&service).find_map(|(id, r)| {
+                    let i = *self.index.get(&r.node)?;
+                    self.nodes[i].procs.contains_key(id).then(|| (i, id.clone()))
+                });
+                if let Some((i, id)) = hit {
+                    if let Some(p) = self.nodes[i].procs.get_mut(&id) {
+                        p.util = util;
+                    }
+                    self.push(now, Ev::Sense(i));
+                    self.push(now + micros(for_ms * 1000), Ev::Calm { node: i, instance: id });
+                }
+            }
+            Action::Background { node, cpu_util } => {
+                if let Some(&i) = self.index.get(&node) {
+                    self.nodes[i].background = cpu_util;
+                    self.push(now, Ev::Sense(i));
+                }
+            }
+            Action::Kill(node) => {
+                if let Some(&i) = self.index.get(&node)
+                    && self.nodes[i].alive
+                {
+                    self.nodes[i].alive = false;
+                    self.nodes[i].procs.clear();
+                    self.counters.kills += 1;
+                }
+            }
+            Action::Crash(service) => {
+                let hit = self.registry.instances_of(&service).find_map(|(id, r)| {
+                    let i = *self.index.get(&r.node)?;
+                    self.nodes[i].procs.contains_key(id).then(|| (i, id.clone()))
+                });
+                if let Some((node, instance)) = hit {
+                    let outcome = ExitOutcome::Crashed {
+                        reason: "simulated crash".into(),
+                    };
+                    self.push(now, Ev::Exit { node, instance, outcome });
+                }
+            }
+            Action::BreakStarts(node) => {
+                if let Some(&i) = self.index.get(&node) {
+                    self.nodes[i].broken_starts = true;
+                }
+            }
+            Action::ApprovePromotion(service) => {
+                if let Some(&i) = self.registry.steward(&service).and_then(|s| self.index.get(s)) {
+                    self.push(now, Ev::Local { to: i, input: Input::ApprovePromotion { service } });
+                }
+            }
+        }
+    }
+
+    /// Carries out everything node `i` asked for.
+    fn drain(&mut self, i: usize) {
+        while let Some(out) = self.nodes[i].core.poll() {
+            let now = self.now;
+            match out {
+                Output::Send { to, msg } => {
+                    let Some(&j) = self.index.get(&to) else { continue };
+                    self.counters.messages += 1;
+                    let (a, b) = (self.nodes[i].site, self.nodes[j].site);
+                    let link = mix(of_str(self.nodes[i].core.id().as_str()) ^ of_str(to.as_str()));
+                    let lat = self.net.latency_us(link, a == b, &mut self.rng);
+                    let from = self.nodes[i].core.id().clone();
+                    self.push(now + micros(lat), Ev::Deliver { to: j, from, msg });
+                }
+                Output::Heartbeat(status) => {
+                    self.push(now + micros(self.net.kv_us), Ev::Observe(status));
+                }
+                Output::Start(order) => {
+                    self.counters.starts += 1;
+                    let job = self
+                        .registry
+                        .spec(&order.service)
+                        .filter(|s| matches!(s.kind, WorkloadKind::Job { .. }))
+                        .map(|_| self.job_ms.get(&order.service).copied().unwrap_or(1000));
+                    let n = &mut self.nodes[i];
+                    n.procs.insert(
+                        order.instance.clone(),
+                        Proc {
+                            need: order.need,
+                            gpu: order.gpu,
+                            util: 0.4,
+                        },
+                    );
+                    let (instance, node) = (order.instance, i);
+                    if n.broken_starts {
+                        let outcome = ExitOutcome::FailedStart {
+                            reason: "simulated broken start".into(),
+                        };
+                        self.push(now + micros(START_FAIL_US), Ev::Exit { node, instance, outcome });
+                    } else if let Some(ms) = job {
+                        let outcome = ExitOutcome::Completed;
+                        self.push(now + micros(ms * 1000), Ev::Exit { node, instance, outcome });
+                    }
+                    self.push(now + micros(SENSE_DELAY_US), Ev::Sense(i));
+                }
+                Output::Stop { instance, reason } => {
+                    let outcome = ExitOutcome::Stopped { reason };
+                    self.push(now + micros(STOP_GRACE_US), Ev::Exit { node: i, instance, outcome });
+                }
+                Output::Record(event) => self.on_record(i, event),
+            }
+        }
+    }
+
+    fn on_record(&mut self, i: usize, event: Event) {
+        let gate = self.config.gate_min;
+        match &event {
+            Event::Placed { latency_us, on, .. } => {
+                self.counters.placed += 1;
+                if on == self.nodes[i].core.id() {
+                    self.counters.placed_locally += 1;
+                }
+                self.latency_us.saturating_record(*latency_us);
+            }
+            Event::Unplaced { retry: false, .. } => self.counters.gave_up += 1,
+            Event::DispatchRefused { .. } => self.counters.dispatch_refused += 1,
+            Event::Dispatched { composite, to, .. }
+            | Event::LocalCheck {
+                verdict: LocalVerdict::Start { composite },
+                placement: qs_wire::PlacementId { steward: to, .. },
+            } => {
+                if self.check && composite.value <= gate {
+                    self.violate(format!("gate bypassed: {to} chosen with {composite}"));
+                }
+            }
+            _ => {}
+        }
+        let record = Record {
+            seq: self.record_seq,
+            at_us: self.now.as_micros(),
+            node: self.nodes[i].core.id().clone(),
+            event,
+        };
+        self.record_seq += 1;
+        record.hash(&mut self.trace);
+        if self.keep_records {
+            self.records.push(record);
+        }
+    }
+
+    /// The simulated sensor: background load plus each instance's share.
+    fn sense(&self, i: usize) -> (Load, BTreeMap<InstanceId, InstanceLoad>) {
+        let n = &self.nodes[i];
+        let cap = n.core.capacity();
+        let mut cpu = n.background * cap.cpu_millicores as f64;
+        let mut mem = 0u64;
+        let mut gpus = vec![GpuLoad::default(); cap.gpus.len()];
+        let mut per = BTreeMap::new();
+        for (id, p) in &n.procs {
+            let used = (p.need.cpu_millicores as f64 * p.util) as u64;
+            let used_mem = p.need.memory_bytes / 2;
+            cpu += used as f64;
+            mem += used_mem;
+            if let Some(g) = p.gpu.and_then(|g| gpus.get_mut(g as usize)) {
+                g.vram_used_bytes += p.need.vram_bytes;
+                g.util = (g.util + 0.3).min(1.0);
+            }
+            per.insert(
+                id.clone(),
+                InstanceLoad {
+                    cpu_millicores: used,
+                    memory_bytes: used_mem,
+                },
+            );
+        }
+        let load = Load {
+            cpu_util: (cpu / cap.cpu_millicores.max(1) as f64).min(1.0),
+            memory_used_bytes: mem,
+            gpus,
+        };
+        (load, per)
+    }
+
+    fn reschedule(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        if !n.alive {
+            return;
+        }
+        let Some(t) = n.core.poll_timeout() else { return };
+        let t = t.max(self.now);
+        if n.wake.is_some_and(|w| w <= t) {
+            return; // an earlier wake is already queued; it will reschedule
+        }
+        n.wake = Some(t);
+        self.push(t, Ev::Wake(i));
+    }
+
+    fn violate(&mut self, what: String) {
+        self.violations.push(Violation {
+            at_us: self.now.as_micros(),
+            what,
+        });
+    }
+
+    /// Capacity never over-committed; no stateless double-booking; at most one singleton.
+    fn check_all(&mut self) {
+        let mut found = Vec::new();
+        let mut singletons: BTreeMap<&ServiceName, Vec<&NodeId>> = BTreeMap::new();
+        for n in self.nodes.iter().filter(|n| n.alive) {
+            let (cap, c) = (n.core.capacity(), n.core.committed());
+            let id = n.core.id();
+            if c.cpu_millicores > cap.cpu_millicores || c.memory_bytes > cap.memory_bytes {
+                found.push(format!("{id} over-committed: {c:?} of {cap:?}"));
+            }
+            for (g, used) in cap.gpus.iter().zip(&c.gpu_vram_bytes) {
+                if *used > g.vram_bytes {
+                    found.push(format!("{id} VRAM over-committed: {used} of {}", g.vram_bytes));
+                }
+            }
+            let mut per_service: BTreeMap<&ServiceName, u32> = BTreeMap::new();
+            for h in n.core.hosted().values() {
+                *per_service.entry(&h.service).or_default() += 1;
+                if h.demand.pattern.is_singleton() {
+                    singletons.entry(&h.service).or_default().push(id);
+                }
+            }
+            for (svc, count) in per_service {
+                let max = self.registry.spec(svc).map_or(u32::MAX, |s| s.max_per_node);
+                if count > max {
+                    found.push(format!("{id} runs {count} instances of {svc} (max {max} per node)"));
+                }
+            }
+        }
+        for (svc, hosts) in singletons {
+            if hosts.len() > 1 {
+                found.push(format!("singleton {svc} runs on {hosts:?}"));
+            }
+        }
+        for f in found {
+            self.violate(f);
+        }
+    }
+
+    // ---- results -----------------------------------------------------------------------------
+
+    pub fn now(&self) -> Time {
+        self.now
+    }
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+    pub fn node(&self, id: &NodeId) -> Option<&Node> {
+        self.index.get(id).map(|&i| &self.nodes[i].core)
+    }
+    pub fn is_alive(&self, id: &NodeId) -> bool {
+        self.index.get(id).is_some_and(|&i| self.nodes[i].alive)
+    }
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.iter().map(|n| &n.core)
+    }
+    pub fn records(&self) -> &[Record] {
+        &self.records
+    }
+    pub fn violations(&self) -> &[Violation] {
+        &self.violations
+    }
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+    /// Placement latency (sense to placed), microseconds.
+    pub fn latency(&self) -> &Histogram<u64> {
+        &self.latency_us
+    }
+    /// Hash of every ledger record so far, in order: equal hashes, equal runs.
+    pub fn trace_hash(&self) -> u64 {
+        self.trace.finish()
+    }
+}
+
+fn micros(us: u64) -> std::time::Duration {
+    std::time::Duration::from_micros(us)
+}
