@@ -20,6 +20,8 @@ const SENSE_DELAY_US: u64 = 10_000;
 /// The simulated executor: graceful stop time, and time until a failing start is noticed.
 const STOP_GRACE_US: u64 = 20_000;
 const START_FAIL_US: u64 = 5_000;
+/// Violations kept in full; later ones are only counted.
+const MAX_VIOLATIONS_KEPT: usize = 16;
 
 /// Something the scenario does at a given time.
 #[derive(Clone, Debug, PartialEq)]
@@ -66,6 +68,8 @@ pub struct Counters {
     pub starts: u64,
     pub failures: u64,
     pub kills: u64,
+    /// Every invariant violation, including those past the kept few.
+    pub violations: u64,
 }
 
 enum Ev {
@@ -528,6 +532,10 @@ impl Sim {
     }
 
     fn violate(&mut self, what: String) {
+        self.counters.violations += 1;
+        if self.violations.len() >= MAX_VIOLATIONS_KEPT {
+            return;
+        }
         self.violations.push(Violation {
             at_us: self.now.as_micros(),
             what,
@@ -593,6 +601,7 @@ impl Sim {
     pub fn records(&self) -> &[Record] {
         &self.records
     }
+    /// The first few violations (all of them are counted in [`Counters::violations`]).
     pub fn violations(&self) -> &[Violation] {
         &self.violations
     }

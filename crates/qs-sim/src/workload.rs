@@ -115,6 +115,8 @@ pub struct Report {
     /// Services and jobs whose wanted count is met at the end.
     pub satisfied: usize,
     pub trace_hash: String,
+    /// Invariant violations (checked only with `check_invariants`): how many, and the first.
+    pub violation_count: u64,
     pub violations: Vec<String>,
 }
 
@@ -308,6 +310,7 @@ fn report(cfg: &SimConfig, sim: &Sim, services: usize, jobs: usize, wall_seconds
         events: c.events,
         satisfied,
         trace_hash: format!("{:016x}", sim.trace_hash()),
+        violation_count: c.violations,
         violations: sim.violations().iter().map(Violation::to_string).collect(),
     }
 }

@@ -65,8 +65,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
                 OutputFormat::Text => println!("{report:#?}"),
             }
-            if !report.violations.is_empty() {
-                anyhow::bail!("{} invariant violations", report.violations.len());
+            if report.violation_count > 0 {
+                anyhow::bail!("{} invariant violations (seed {seed})", report.violation_count);
             }
             Ok(())
         }

@@ -23,6 +23,39 @@ use std::collections::{BTreeMap, VecDeque};
 
 pub use host::Hosted;
 
+/// TCP's round-trip estimator (RFC 6298): the deadline is `srtt + 4 rttvar`, and the maximum
+/// until the first sample arrives, so a slow first link is not cut off.
+#[derive(Clone, Copy, Debug, Default)]
+struct RttEstimator {
+    srtt_us: Option<f64>,
+    rttvar_us: f64,
+}
+
+impl RttEstimator {
+    fn sample(&mut self, rtt_us: f64) {
+        match self.srtt_us {
+            None => {
+                self.srtt_us = Some(rtt_us);
+                self.rttvar_us = rtt_us / 2.0;
+            }
+            Some(srtt) => {
+                self.rttvar_us += ((srtt - rtt_us).abs() - self.rttvar_us) / 4.0;
+                self.srtt_us = Some(srtt + (rtt_us - srtt) / 8.0);
+            }
+        }
+    }
+
+    fn timeout(&self, min: std::time::Duration, max: std::time::Duration) -> std::time::Duration {
+        match self.srtt_us {
+            None => max,
+            Some(srtt) => {
+                let us = (srtt + 4.0 * self.rttvar_us) as u64;
+                std::time::Duration::from_micros(us).clamp(min, max)
+            }
+        }
+    }
+}
+
 /// Everything that can happen to a node.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Input {
@@ -91,8 +124,8 @@ pub struct Node {
     placements: BTreeMap<u64, steward::Placement>,
     services: BTreeMap<ServiceName, steward::Stewardship>,
     next_seq: u64,
-    /// Smoothed query round trip, microseconds.
-    srtt_us: f64,
+    /// Round trips of capacity queries, for the adaptive gathering deadline.
+    rtt: RttEstimator,
     next_heartbeat: Time,
     next_reconcile: Time,
     out: VecDeque<Output>,
@@ -121,7 +154,7 @@ impl Node {
                 min: config.gate_min,
             },
             failures: FailureMemory::new(ms(config.failure_half_life_ms), config.pressure_cap),
-            srtt_us: (config.query_timeout_min_ms * 1000) as f64,
+            rtt: RttEstimator::default(),
             config,
             hosted: BTreeMap::new(),
             completed: VecDeque::new(),

@@ -465,12 +465,10 @@ impl Node {
         }
     }
 
-    /// The adaptive gathering deadline: four smoothed round trips, within the config bounds.
+    /// The adaptive gathering deadline, within the config bounds.
     fn query_timeout(&self) -> std::time::Duration {
-        let us = (4.0 * self.srtt_us) as u64;
-        let lo = self.config.query_timeout_min_ms * 1000;
-        let hi = self.config.query_timeout_max_ms * 1000;
-        std::time::Duration::from_micros(us.clamp(lo, hi))
+        let c = &self.config;
+        self.rtt.timeout(ms(c.query_timeout_min_ms), ms(c.query_timeout_max_ms))
     }
 
     /// Step 4: an offer or a decline came back.
@@ -518,7 +516,7 @@ impl Node {
                 reason,
             },
         };
-        self.srtt_us += (rtt_us - self.srtt_us) / 8.0;
+        self.rtt.sample(rtt_us);
         self.record(event);
         if complete {
             self.finish_gathering(seq, now, reg);
