@@ -326,7 +326,8 @@ impl Sim {
     fn reconcile_steward_of(&mut self, service: &ServiceName) {
         if let Some(&i) = self.registry.steward(service).and_then(|s| self.index.get(s)) {
             let at = self.now + micros(self.net.kv_us);
-            self.push(at, Ev::Local { to: i, input: Input::Reconcile });
+            let input = Input::ReconcileService(service.clone());
+            self.push(at, Ev::Local { to: i, input });
         }
     }
 

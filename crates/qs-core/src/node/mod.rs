@@ -73,8 +73,10 @@ pub enum Input {
         instance: InstanceId,
         outcome: ExitOutcome,
     },
-    /// Desired state or membership changed: reconcile stewarded services now.
+    /// Membership changed: reconcile every stewarded service now.
     Reconcile,
+    /// One service's spec or instances changed: reconcile it now, if stewarded here.
+    ReconcileService(ServiceName),
     /// The operator approves moving the primary of a stateful-read service.
     ApprovePromotion { service: ServiceName },
 }
@@ -179,6 +181,7 @@ impl Node {
                 self.reconcile(now, reg);
                 self.next_reconcile = now + ms(self.config.heartbeat_ms);
             }
+            Input::ReconcileService(service) => self.reconcile_service(&service, now, reg),
             Input::ApprovePromotion { service } => self.approve_promotion(&service, now, reg),
         }
     }

@@ -135,6 +135,16 @@ impl Node {
         }
     }
 
+    /// Reconciles one service, if this node stewards it.
+    pub(crate) fn reconcile_service(&mut self, service: &ServiceName, now: Time, reg: &Registry) {
+        if reg.steward(service) == Some(&self.id)
+            && let Some(spec) = reg.spec(service)
+        {
+            let spec = spec.clone();
+            self.reconcile_one(&spec, now, reg);
+        }
+    }
+
     fn reconcile_one(&mut self, spec: &WorkloadSpec, now: Time, reg: &Registry) {
         let service = &spec.name;
         let settle_ms = self.config.singleton_settle_ms;

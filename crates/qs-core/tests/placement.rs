@@ -1,0 +1,207 @@
+//! The 5 steps driven by hand: one steward, offers and replies written by the test, and the
+//! story of the ledger compared with the expected one.
+
+use qs_core::{Config, Input, Node, Output, Registry, Time, composite};
+use qs_wire::{
+    Capacity, DeclineReason, Demand, Event, LocalVerdict, Message, NodeId, NodeSpec, Offer,
+    PlacementId, Resource, Role, parse_spec,
+};
+use std::collections::BTreeMap;
+
+const GIB: u64 = 1 << 30;
+
+fn id(s: &str) -> NodeId {
+    NodeId::new(s).unwrap()
+}
+
+fn node_spec(name: &str, cpu_millicores: u64) -> NodeSpec {
+    NodeSpec {
+        id: id(name),
+        level: 1,
+        labels: BTreeMap::new(),
+        capacity: Capacity {
+            cpu_millicores,
+            memory_bytes: 16 * GIB,
+            gpus: vec![],
+        },
+    }
+}
+
+/// Steward `a` (too small to run anything itself) and peers `b`..`e` in its registry, with a
+/// service whose steward is `a`.
+fn setup() -> (Node, Registry) {
+    let config = Config::default();
+    let mut reg = Registry::new(&config);
+    let mut a = Node::new(&node_spec("a", 1), config.clone(), 1, Time::ZERO);
+    reg.observe(a.status(Time::ZERO), Time::ZERO);
+    for n in ["b", "c", "d", "e"] {
+        let mut peer = Node::new(&node_spec(n, 8000), config.clone(), 2, Time::ZERO);
+        reg.observe(peer.status(Time::ZERO), Time::ZERO);
+    }
+    let spec = (0..500)
+        .map(|i| {
+            let text = format!("[service.web-{i}]\nresources = {{ cpu_cores = 1, memory_mib = 128 }}\n");
+            parse_spec("t.toml", &text).unwrap().workloads.remove(0)
+        })
+        .find(|s| {
+            let mut r = reg.clone();
+            r.apply_spec(s.clone());
+            r.steward(&s.name) == Some(&id("a"))
+        })
+        .unwrap();
+    reg.apply_spec(spec);
+    (a, reg)
+}
+
+/// One line per output: ledger events by kind and node, dispatches by target. Returns the
+/// instance of the last dispatch sent, so the test can answer it.
+fn drain(node: &mut Node, story: &mut Vec<String>) -> Option<qs_wire::InstanceId> {
+    let mut dispatched = None;
+    while let Some(out) = node.poll() {
+        let line = match out {
+            Output::Record(e) => match e {
+                Event::Sensed { .. } => "sensed".to_owned(),
+                Event::LocalCheck { verdict: LocalVerdict::Refused { reason }, .. } => format!("local-refused:{reason}"),
+                Event::LocalCheck { .. } => "local-ok".to_owned(),
+                Event::QuerySent { asked, .. } => format!("query:{asked}"),
+                Event::OfferReceived { from, .. } => format!("offer:{from}"),
+                Event::Declined { from, .. } => format!("declined:{from}"),
+                Event::GateRefused { from, .. } => format!("gate-refused:{from}"),
+                Event::Dispatched { to, .. } => format!("dispatched:{to}"),
+                Event::DispatchRefused { to, reason: Some(_), .. } => format!("refused:{to}"),
+                Event::DispatchRefused { to, reason: None, .. } => format!("timeout:{to}"),
+                Event::Placed { on, .. } => format!("placed:{on}"),
+                Event::Unplaced { retry, .. } => format!("unplaced:retry={retry}"),
+                other => format!("{other:?}"),
+            },
+            Output::Send { msg: Message::Dispatch { instance, .. }, .. } => {
+                dispatched = Some(instance);
+                continue;
+            }
+            Output::Send { msg: Message::CapacityQuery { .. }, .. } | Output::Heartbeat(_) => continue,
+            other => format!("{other:?}"),
+        };
+        story.push(line);
+    }
+    dispatched
+}
+
+fn offer(value_per_level_weight: f64) -> Offer {
+    Offer {
+        composite: composite(0.0, None, value_per_level_weight, 1),
+        gpu: None,
+        vram_free_bytes: 0,
+    }
+}
+
+/// Each answer: (node, cpu_free of its offer or None to decline). Each reply to a dispatch:
+/// (node, refuse?). Then the story expected, as one string.
+fn check(answers: &[(&str, Option<f64>)], replies: &[(&str, bool)], expect: &str) {
+    let (mut a, reg) = setup();
+    let mut story = Vec::new();
+    let t = |ms| Time::from_millis(ms);
+    a.handle(Input::Reconcile, t(1), &reg);
+    drain(&mut a, &mut story);
+    let pid = PlacementId { steward: id("a"), seq: 0 };
+    let mut dispatched = None;
+    for (n, answer) in answers {
+        let msg = match answer {
+            Some(cpu_free) => Message::Offer { placement: pid.clone(), offer: offer(*cpu_free) },
+            None => Message::Decline {
+                placement: pid.clone(),
+                reason: DeclineReason::NoFit { resource: Resource::Memory },
+            },
+        };
+        a.handle(Input::Message { from: id(n), msg }, t(2), &reg);
+        dispatched = drain(&mut a, &mut story).or(dispatched);
+    }
+    for (n, refuse) in replies {
+        let msg = Message::DispatchReply {
+            placement: pid.clone(),
+            instance: dispatched.clone().expect("a dispatch is out"),
+            refused: refuse.then_some(DeclineReason::NoFit { resource: Resource::Cpu }),
+        };
+        a.handle(Input::Message { from: id(n), msg }, t(3), &reg);
+        dispatched = drain(&mut a, &mut story).or(dispatched);
+    }
+    if replies.is_empty() && !answers.is_empty() && answers.len() < 4 {
+        // Not everyone answered: the gathering deadline closes the round.
+        a.handle(Input::Tick, t(600), &reg);
+        drain(&mut a, &mut story);
+    }
+    assert_eq!(story.join(" "), expect);
+}
+
+#[test]
+fn the_five_steps_by_hand() {
+    let head = "sensed local-refused:not enough free cpu query:4";
+    // The best composite wins; offers at or under the gate are refused.
+    check(
+        &[("b", Some(0.5)), ("c", Some(0.9)), ("d", Some(0.01)), ("e", None)],
+        &[("c", false)],
+        &format!("{head} offer:b offer:c offer:d declined:e gate-refused:d dispatched:c placed:c"),
+    );
+    // Late binding: the best target refuses, the next offer gets the dispatch.
+    check(
+        &[("b", Some(0.5)), ("c", Some(0.9)), ("d", Some(0.3)), ("e", None)],
+        &[("c", true), ("b", false)],
+        &format!("{head} offer:b offer:c offer:d declined:e dispatched:c refused:c dispatched:b placed:b"),
+    );
+    // Every target refuses: the round ends and the placement backs off to retry.
+    check(
+        &[("b", Some(0.5)), ("c", None), ("d", None), ("e", None)],
+        &[("b", true)],
+        &format!("{head} offer:b declined:c declined:d declined:e dispatched:b refused:b unplaced:retry=true"),
+    );
+    // Nobody passes the gate: no dispatch at all.
+    check(
+        &[("b", Some(0.02)), ("c", None), ("d", None), ("e", None)],
+        &[],
+        &format!("{head} offer:b declined:c declined:d declined:e gate-refused:b unplaced:retry=true"),
+    );
+    // Two never answer: the gathering deadline closes the round with what came back.
+    check(
+        &[("b", Some(0.5)), ("c", None)],
+        &[],
+        &format!("{head} offer:b declined:c dispatched:b"),
+    );
+}
+
+/// Target side: a dispatch that no longer fits is refused (late binding), and a repeated
+/// dispatch of an accepted instance is accepted again without running it twice.
+#[test]
+fn targets_recheck_fit_at_dispatch() {
+    let config = Config::default();
+    let reg = Registry::new(&config);
+    let mut b = Node::new(&node_spec("b", 2000), config, 3, Time::ZERO);
+    let demand = |svc: &str| Demand {
+        service: qs_wire::ServiceName::new(svc).unwrap(),
+        pattern: qs_wire::HaPattern::Stateless,
+        need: qs_wire::Resources { cpu_millicores: 1500, memory_bytes: GIB, vram_bytes: 0 },
+        labels: BTreeMap::new(),
+        max_per_node: 1,
+    };
+    let pid = PlacementId { steward: id("a"), seq: 0 };
+    let mut replies = Vec::new();
+    for (svc, inst) in [("one", "one-1"), ("one", "one-1"), ("two", "two-1")] {
+        let msg = Message::Dispatch {
+            placement: pid.clone(),
+            instance: qs_wire::InstanceId::new(inst).unwrap(),
+            demand: demand(svc),
+            role: Role::Replica,
+            fencing: 0,
+        };
+        b.handle(Input::Message { from: id("a"), msg }, Time::from_millis(1), &reg);
+        while let Some(out) = b.poll() {
+            if let Output::Send { msg: Message::DispatchReply { refused, .. }, .. } = out {
+                replies.push(refused);
+            }
+        }
+    }
+    assert_eq!(
+        replies,
+        vec![None, None, Some(DeclineReason::NoFit { resource: Resource::Cpu })]
+    );
+    assert_eq!(b.hosted().len(), 1);
+    assert_eq!(b.committed().cpu_millicores, 1500);
+}
