@@ -4,7 +4,13 @@
 //! The daemon keeps one per agent, fed by heartbeats and the spec watch. The simulator shares
 //! one among its nodes, as if every node read the same KV replica at the same instant.
 //! Everything is incremental: a heartbeat costs O(log n), a join O(services), a death
-//! O(n) only for the services the dead node stewarded.
+//! re-elects only the services the dead node stewarded.
+//!
+//! Stewards are chosen by hierarchical rendezvous hashing: each node falls into one of
+//! [`STEWARD_BUCKETS`] fixed buckets by the hash of its id; a service's steward is the
+//! highest-scoring live node of its highest-scoring non-empty bucket. Any node computes it from
+//! the live set alone, a death moves only the dead node's services, and an election costs
+//! O(buckets + n / buckets) instead of O(n).
 
 use crate::config::{Config, Thresholds};
 use crate::hash;
@@ -15,6 +21,9 @@ use crate::weight::level_weight;
 use qs_wire::{InstanceId, NodeId, NodeStatus, Role, ServiceName, WorkloadSpec};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
+
+/// Buckets of the two-level rendezvous hash that picks stewards.
+pub const STEWARD_BUCKETS: u64 = 256;
 
 /// An instance as the registry last heard of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,6 +62,8 @@ pub struct Registry {
     gpu_weights: WeightTree,
     specs: BTreeMap<ServiceName, WorkloadSpec>,
     stewards: BTreeMap<ServiceName, usize>,
+    /// Live slots of each steward bucket.
+    buckets: Vec<BTreeSet<usize>>,
     stewarded: BTreeMap<usize, BTreeSet<ServiceName>>,
     instances: BTreeMap<ServiceName, BTreeMap<InstanceId, RunningInstance>>,
     completed: BTreeMap<ServiceName, BTreeSet<InstanceId>>,
@@ -72,6 +83,7 @@ impl Registry {
             gpu_weights: WeightTree::default(),
             specs: BTreeMap::new(),
             stewards: BTreeMap::new(),
+            buckets: vec![BTreeSet::new(); STEWARD_BUCKETS as usize],
             stewarded: BTreeMap::new(),
             instances: BTreeMap::new(),
             completed: BTreeMap::new(),
@@ -103,6 +115,8 @@ impl Registry {
         if joined {
             self.slots[slot].alive = true;
             self.live += 1;
+            let bucket = self.bucket_of(slot);
+            self.buckets[bucket].insert(slot);
         } else {
             self.by_last_seen.remove(&(self.slots[slot].last_seen, slot));
             self.unindex_instances(slot);
@@ -149,6 +163,8 @@ impl Registry {
         s.alive = false;
         self.by_last_seen.remove(&(s.last_seen, slot));
         self.live -= 1;
+        let bucket = self.bucket_of(slot);
+        self.buckets[bucket].remove(&slot);
         self.cpu_weights.set(slot, 0.0);
         self.gpu_weights.set(slot, 0.0);
         self.unindex_instances(slot);
@@ -292,8 +308,18 @@ impl Registry {
             .flatten()
     }
 
-    fn score(&self, service: &ServiceName, slot: usize) -> (u64, &NodeId) {
-        let h = hash::rendezvous(hash::of_str(service.as_str()), self.slots[slot].id_hash);
+    fn bucket_of(&self, slot: usize) -> usize {
+        (self.slots[slot].id_hash % STEWARD_BUCKETS) as usize
+    }
+
+    /// Score of a bucket for a service (ties cannot happen: bucket indexes differ).
+    fn bucket_score(service_hash: u64, bucket: usize) -> (u64, usize) {
+        (hash::rendezvous(service_hash, hash::mix(bucket as u64)), bucket)
+    }
+
+    /// Score of a node for a service within its bucket; ties go to the node id.
+    fn score(&self, service_hash: u64, slot: usize) -> (u64, &NodeId) {
+        let h = hash::rendezvous(service_hash, self.slots[slot].id_hash);
         (h, &self.slots[slot].status.node)
     }
 
@@ -309,25 +335,42 @@ impl Registry {
         }
     }
 
-    /// Recomputes a service's steward over every live node (O(n)).
+    /// Recomputes a service's steward: best bucket, then best node in it.
     fn elect(&mut self, service: &ServiceName) {
         if !self.specs.contains_key(service) {
             return;
         }
-        let best = (0..self.slots.len())
-            .filter(|&s| self.slots[s].alive)
-            .max_by(|&a, &b| self.score(service, a).cmp(&self.score(service, b)));
+        let sh = hash::of_str(service.as_str());
+        let best = (0..self.buckets.len())
+            .filter(|&b| !self.buckets[b].is_empty())
+            .max_by_key(|&b| Self::bucket_score(sh, b))
+            .and_then(|b| {
+                self.buckets[b]
+                    .iter()
+                    .copied()
+                    .max_by(|&x, &y| self.score(sh, x).cmp(&self.score(sh, y)))
+            });
         self.set_steward(service, best);
     }
 
-    /// A joining node takes over every service whose score it beats (O(services)).
+    /// A joining node takes over the services it now wins: those of its own bucket whose
+    /// steward it outscores, and, if its bucket was empty, those whose bucket it outscores.
     fn on_join(&mut self, slot: usize) {
+        let b = self.bucket_of(slot);
+        let bucket_is_new = self.buckets[b].len() == 1;
         let takeover: Vec<ServiceName> = self
             .specs
             .keys()
-            .filter(|svc| match self.stewards.get(*svc) {
-                Some(&cur) => self.score(svc, slot) > self.score(svc, cur),
-                None => true,
+            .filter(|svc| {
+                let sh = hash::of_str(svc.as_str());
+                match self.stewards.get(*svc) {
+                    None => true,
+                    Some(&cur) if self.bucket_of(cur) == b => self.score(sh, slot) > self.score(sh, cur),
+                    Some(&cur) => {
+                        bucket_is_new
+                            && Self::bucket_score(sh, b) > Self::bucket_score(sh, self.bucket_of(cur))
+                    }
+                }
             })
             .cloned()
             .collect();
@@ -476,6 +519,38 @@ mod tests {
         }
         let owned: usize = a.live_nodes().map(|n| a.stewarded_by(&n.node).count()).sum();
         assert_eq!(owned, svcs.len());
+    }
+
+    /// Incremental elections (joins, deaths, returns) agree with electing from scratch.
+    #[test]
+    fn incremental_stewards_match_a_fresh_election() {
+        let svcs: Vec<WorkloadSpec> = (0..200).map(|i| spec(&format!("s{i}"))).collect();
+        let mut r = Registry::new(&Config::default());
+        for s in &svcs {
+            r.apply_spec(s.clone());
+        }
+        let mut rng = Rng::seeded(9);
+        let mut live = BTreeSet::new();
+        for step in 0..2000u64 {
+            let n = format!("n{}", rng.below(600));
+            if live.contains(&n) && rng.below(3) == 0 {
+                r.remove(&NodeId::new(&n).unwrap());
+                live.remove(&n);
+            } else {
+                r.observe(status(&n, 0, 0), Time::from_millis(step));
+                live.insert(n);
+            }
+        }
+        let mut fresh = Registry::new(&Config::default());
+        for n in &live {
+            fresh.observe(status(n, 0, 0), Time::ZERO);
+        }
+        for s in &svcs {
+            fresh.apply_spec(s.clone());
+        }
+        for s in &svcs {
+            assert_eq!(r.steward(&s.name), fresh.steward(&s.name), "{}", s.name);
+        }
     }
 
     #[test]

@@ -72,11 +72,12 @@ pub struct Counters {
     pub violations: u64,
 }
 
+/// Queued events stay small (payloads boxed) so the heap moves little memory.
 enum Ev {
     Wake(usize),
-    Deliver { to: usize, from: NodeId, msg: Message },
-    Local { to: usize, input: Input },
-    Observe(qs_wire::NodeStatus),
+    Deliver { to: usize, from: NodeId, msg: Box<Message> },
+    Local { to: usize, input: Box<Input> },
+    Observe(Box<qs_wire::NodeStatus>),
     Exit { node: usize, instance: InstanceId, outcome: ExitOutcome },
     Sense(usize),
     Calm { node: usize, instance: InstanceId },
@@ -120,6 +121,8 @@ struct SimNode {
     site: u64,
     background: f64,
     broken_starts: bool,
+    /// A sensor sample is already scheduled (samples coalesce, like a periodic sensor).
+    sense_pending: bool,
     procs: BTreeMap<InstanceId, Proc>,
 }
 
@@ -161,6 +164,7 @@ impl Sim {
                 site: mix(of_str(spec.id.as_str())) % sites.max(1),
                 background: 0.0,
                 broken_starts: false,
+                sense_pending: false,
                 procs: BTreeMap::new(),
             });
         }
@@ -266,11 +270,11 @@ impl Sim {
                 n.core.handle(Input::Tick, now, &self.registry);
                 Some(i)
             }
-            Ev::Deliver { to, from, msg } => self.input(to, Input::Message { from, msg }),
-            Ev::Local { to, input } => self.input(to, input),
+            Ev::Deliver { to, from, msg } => self.input(to, Input::Message { from, msg: *msg }),
+            Ev::Local { to, input } => self.input(to, *input),
             Ev::Observe(status) => {
                 if self.index.get(&status.node).is_some_and(|&i| self.nodes[i].alive) {
-                    self.registry.observe(status, now);
+                    self.registry.observe(*status, now);
                 }
                 None
             }
@@ -281,10 +285,11 @@ impl Sim {
                 if outcome.is_failure() {
                     self.counters.failures += 1;
                 }
-                self.push(now + micros(SENSE_DELAY_US), Ev::Sense(node));
+                self.sense_soon(node);
                 self.input(node, Input::Exited { instance, outcome })
             }
             Ev::Sense(i) => {
+                self.nodes[i].sense_pending = false;
                 if !self.nodes[i].alive {
                     return None;
                 }
@@ -294,7 +299,7 @@ impl Sim {
             Ev::Calm { node, instance } => {
                 if let Some(p) = self.nodes[node].procs.get_mut(&instance) {
                     p.util = 0.4;
-                    self.push(now, Ev::Sense(node));
+                    self.sense_soon(node);
                 }
                 None
             }
@@ -323,10 +328,18 @@ impl Sim {
         Some(i)
     }
 
+    /// Schedules a sensor sample of node `i` unless one is already on its way.
+    fn sense_soon(&mut self, i: usize) {
+        if !self.nodes[i].sense_pending {
+            self.nodes[i].sense_pending = true;
+            self.push(self.now + micros(SENSE_DELAY_US), Ev::Sense(i));
+        }
+    }
+
     fn reconcile_steward_of(&mut self, service: &ServiceName) {
         if let Some(&i) = self.registry.steward(service).and_then(|s| self.index.get(s)) {
             let at = self.now + micros(self.net.kv_us);
-            let input = Input::ReconcileService(service.clone());
+            let input = Box::new(Input::ReconcileService(service.clone()));
             self.push(at, Ev::Local { to: i, input });
         }
     }
@@ -351,14 +364,14 @@ impl Sim {
                     if let Some(p) = self.nodes[i].procs.get_mut(&id) {
                         p.util = util;
                     }
-                    self.push(now, Ev::Sense(i));
+                    self.sense_soon(i);
                     self.push(now + micros(for_ms * 1000), Ev::Calm { node: i, instance: id });
                 }
             }
             Action::Background { node, cpu_util } => {
                 if let Some(&i) = self.index.get(&node) {
                     self.nodes[i].background = cpu_util;
-                    self.push(now, Ev::Sense(i));
+                    self.sense_soon(i);
                 }
             }
             Action::Kill(node) => {
@@ -389,7 +402,8 @@ impl Sim {
             }
             Action::ApprovePromotion(service) => {
                 if let Some(&i) = self.registry.steward(&service).and_then(|s| self.index.get(s)) {
-                    self.push(now, Ev::Local { to: i, input: Input::ApprovePromotion { service } });
+                    let input = Box::new(Input::ApprovePromotion { service });
+                    self.push(now, Ev::Local { to: i, input });
                 }
             }
         }
@@ -407,10 +421,11 @@ impl Sim {
                     let link = mix(of_str(self.nodes[i].core.id().as_str()) ^ of_str(to.as_str()));
                     let lat = self.net.latency_us(link, a == b, &mut self.rng);
                     let from = self.nodes[i].core.id().clone();
+                    let msg = Box::new(msg);
                     self.push(now + micros(lat), Ev::Deliver { to: j, from, msg });
                 }
                 Output::Heartbeat(status) => {
-                    self.push(now + micros(self.net.kv_us), Ev::Observe(status));
+                    self.push(now + micros(self.net.kv_us), Ev::Observe(Box::new(status)));
                 }
                 Output::Start(order) => {
                     self.counters.starts += 1;
@@ -438,7 +453,7 @@ impl Sim {
                         let outcome = ExitOutcome::Completed;
                         self.push(now + micros(ms * 1000), Ev::Exit { node, instance, outcome });
                     }
-                    self.push(now + micros(SENSE_DELAY_US), Ev::Sense(i));
+                    self.sense_soon(i);
                 }
                 Output::Stop { instance, reason } => {
                     let outcome = ExitOutcome::Stopped { reason };
@@ -498,9 +513,13 @@ impl Sim {
             let used_mem = p.need.memory_bytes / 2;
             cpu += used as f64;
             mem += used_mem;
-            if let Some(g) = p.gpu.and_then(|g| gpus.get_mut(g as usize)) {
+            if let Some(i) = p.gpu.map(|g| g as usize)
+                && let (Some(g), Some(total)) = (gpus.get_mut(i), cap.gpus.get(i))
+            {
+                // A model keeps its GPU busy in proportion to the share of VRAM it holds.
                 g.vram_used_bytes += p.need.vram_bytes;
-                g.util = (g.util + 0.3).min(1.0);
+                let share = p.need.vram_bytes as f64 / total.vram_bytes.max(1) as f64;
+                g.util = (g.util + 0.6 * share * p.util / 0.4).min(1.0);
             }
             per.insert(
                 id.clone(),

@@ -51,6 +51,8 @@ fn seed_loads(sim: &mut Sim) {
     for (node, cpu_util) in loads {
         sim.schedule(sim.now(), Action::Background { node: id(node), cpu_util });
     }
+    // Let the sensors sample it and a heartbeat carry it.
+    sim.run_until(after(sim, 300));
 }
 
 fn story<'a>(sim: &'a Sim, p: &PlacementId) -> Vec<&'a Event> {

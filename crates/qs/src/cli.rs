@@ -42,10 +42,47 @@ enum Command {
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },
+    /// Run a benchmark suite; prints one JSON object per line.
+    Bench {
+        #[command(subcommand)]
+        suite: BenchSuite,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchSuite {
+    /// Core placement decisions per second for growing fleets, and the cost growth.
+    Placement {
+        /// Fleet sizes, comma separated.
+        #[arg(long, value_delimiter = ',', default_value = "10,100,1000,10000,30000",
+              value_parser = clap::value_parser!(u64).range(2..=100_000))]
+        nodes: Vec<u64>,
+        /// Placements per run.
+        #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        placements: u64,
+        /// Runs per size; the median is reported.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=100))]
+        repeats: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Bench {
+            suite:
+                BenchSuite::Placement {
+                    nodes,
+                    placements,
+                    repeats,
+                    seed,
+                },
+        } => {
+            let sizes: Vec<usize> = nodes.iter().map(|&n| n as usize).collect();
+            crate::bench::placement_suite(&sizes, placements as usize, repeats as usize, seed);
+            Ok(())
+        }
         Command::Sim {
             nodes,
             seed,

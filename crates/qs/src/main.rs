@@ -1,5 +1,6 @@
 //! `qs`: the one binary of Quasicrystal. Thin glue from the command line to the crates.
 
+mod bench;
 mod cli;
 
 use clap::Parser;
