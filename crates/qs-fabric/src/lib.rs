@@ -1,1 +1,242 @@
-//! placeholder
+//! The fabric: how nodes talk and share state, as one small trait with interchangeable
+//! backends.
+//!
+//! Publish, subscribe, gather many replies to one request (until enough came back or a
+//! deadline), directed send, and a KV with get / put / compare-and-set on revision / watch.
+//! [`memory::MemoryFabric`] is the embedded default (one process); the NATS JetStream backend
+//! implements the same trait for real fleets. Both must pass [`conformance`], the one suite
+//! that defines what a backend is.
+//!
+//! Payloads are bytes: callers encode with `qs-wire`, so every backend, the in-memory one
+//! included, carries exactly what would cross a network.
+
+pub mod conformance;
+pub mod memory;
+mod topic;
+
+pub use bytes::Bytes;
+pub use topic::Topic;
+
+use qs_wire::NodeId;
+use std::future::Future;
+use std::time::Duration;
+
+/// Largest payload a backend accepts (NATS' default `max_payload`).
+pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+/// Messages buffered per subscription; past this a slow subscriber loses messages (counted),
+/// as a NATS slow consumer does.
+pub const SUBSCRIPTION_BUFFER: usize = 4096;
+/// Events buffered per KV watch; past this the watch ends with [`FabricError::Lagged`] and the
+/// caller starts a new one, which replays the current state.
+pub const WATCH_BUFFER: usize = 4096;
+/// Most replies one gather may ask for.
+pub const MAX_GATHER_REPLIES: usize = 100_000;
+
+/// What went wrong, and with what.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FabricError {
+    #[error("invalid topic {topic:?}: {why}")]
+    InvalidTopic { topic: String, why: &'static str },
+    #[error("invalid KV key {key:?}: {why}")]
+    InvalidKey { key: String, why: &'static str },
+    #[error("invalid KV bucket {bucket:?}: {why}")]
+    InvalidBucket { bucket: String, why: &'static str },
+    #[error("payload of {size} bytes exceeds the limit of {max}")]
+    PayloadTooLarge { size: usize, max: usize },
+    #[error("gather of {asked} replies exceeds the limit of {max}")]
+    TooManyReplies { asked: usize, max: usize },
+    /// Compare-and-set lost: the key is not at the expected revision.
+    #[error("conflict on {key:?}: expected revision {expected:?}, found {current:?}")]
+    Conflict {
+        key: String,
+        expected: Option<u64>,
+        current: Option<u64>,
+    },
+    #[error("the watch fell {WATCH_BUFFER} events behind and was closed; watch again")]
+    Lagged,
+    #[error("the fabric is closed")]
+    Closed,
+    #[error("backend: {0}")]
+    Backend(String),
+}
+
+/// A message as a subscriber receives it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Incoming {
+    pub topic: Topic,
+    pub payload: Bytes,
+    /// Where a reply goes, for requests.
+    pub reply_to: Option<Topic>,
+}
+
+/// How many replies a gather waits for, and for how long at most.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gather {
+    pub max_replies: usize,
+    pub timeout: Duration,
+}
+
+/// A KV entry at one revision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub key: String,
+    pub value: Bytes,
+    /// Grows with every change in the bucket.
+    pub revision: u64,
+}
+
+/// One change seen by a KV watch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KvEvent {
+    Put(Entry),
+    Delete { key: String, revision: u64 },
+}
+
+/// A stream of messages for one subscription; dropping it unsubscribes.
+pub struct Subscription {
+    rx: tokio::sync::mpsc::Receiver<Incoming>,
+    _guard: Box<dyn Send + Sync>,
+}
+
+impl Subscription {
+    pub fn new(rx: tokio::sync::mpsc::Receiver<Incoming>, guard: Box<dyn Send + Sync>) -> Self {
+        Subscription { rx, _guard: guard }
+    }
+    /// The next message; `None` once the fabric is gone.
+    pub async fn next(&mut self) -> Option<Incoming> {
+        self.rx.recv().await
+    }
+}
+
+/// A stream of KV changes: first every matching entry as it is now, then each change.
+pub struct Watch {
+    rx: tokio::sync::mpsc::Receiver<Result<KvEvent, FabricError>>,
+    _guard: Box<dyn Send + Sync>,
+}
+
+impl Watch {
+    pub fn new(
+        rx: tokio::sync::mpsc::Receiver<Result<KvEvent, FabricError>>,
+        guard: Box<dyn Send + Sync>,
+    ) -> Self {
+        Watch { rx, _guard: guard }
+    }
+    /// The next change; `None` once the fabric is gone.
+    pub async fn next(&mut self) -> Option<Result<KvEvent, FabricError>> {
+        self.rx.recv().await
+    }
+}
+
+/// Messaging between nodes.
+pub trait Fabric: Clone + Send + Sync + 'static {
+    type Kv: Kv;
+
+    /// Sends to every current subscriber of a matching topic.
+    fn publish(&self, topic: &Topic, payload: Bytes) -> impl Future<Output = Result<(), FabricError>> + Send;
+
+    /// Publishes with a reply address.
+    fn request(
+        &self,
+        topic: &Topic,
+        reply_to: &Topic,
+        payload: Bytes,
+    ) -> impl Future<Output = Result<(), FabricError>> + Send;
+
+    /// Receives everything published to topics matching `topic` (`*` matches one token,
+    /// `>` the rest) from now on.
+    fn subscribe(&self, topic: &Topic) -> impl Future<Output = Result<Subscription, FabricError>> + Send;
+
+    /// Publishes a request and collects replies until `max_replies` came back or the timeout
+    /// passed, whichever is first. Returns the replies in arrival order.
+    fn gather(
+        &self,
+        topic: &Topic,
+        payload: Bytes,
+        gather: Gather,
+    ) -> impl Future<Output = Result<Vec<Incoming>, FabricError>> + Send;
+
+    /// Opens (creating if needed) a KV bucket.
+    fn kv(&self, bucket: &str) -> impl Future<Output = Result<Self::Kv, FabricError>> + Send;
+
+    /// Answers a request.
+    fn reply(&self, to: &Incoming, payload: Bytes) -> impl Future<Output = Result<(), FabricError>> + Send {
+        async move {
+            match &to.reply_to {
+                Some(topic) => self.publish(topic, payload).await,
+                None => Ok(()),
+            }
+        }
+    }
+
+    /// Directed send to one node's inbox.
+    fn send(&self, node: &NodeId, payload: Bytes) -> impl Future<Output = Result<(), FabricError>> + Send {
+        async move { self.publish(&Topic::node_rpc(node), payload).await }
+    }
+}
+
+/// A replicated key-value bucket with revisions.
+pub trait Kv: Clone + Send + Sync + 'static {
+    fn get(&self, key: &str) -> impl Future<Output = Result<Option<Entry>, FabricError>> + Send;
+
+    /// Writes unconditionally; returns the new revision.
+    fn put(&self, key: &str, value: Bytes) -> impl Future<Output = Result<u64, FabricError>> + Send;
+
+    /// Writes only if the key is at `expected` (`None`: only if absent); returns the new
+    /// revision, or [`FabricError::Conflict`].
+    fn cas(
+        &self,
+        key: &str,
+        value: Bytes,
+        expected: Option<u64>,
+    ) -> impl Future<Output = Result<u64, FabricError>> + Send;
+
+    fn delete(&self, key: &str) -> impl Future<Output = Result<(), FabricError>> + Send;
+
+    /// Every key under `prefix` (`""` for all), as it is now, then every change.
+    fn watch(&self, prefix: &str) -> impl Future<Output = Result<Watch, FabricError>> + Send;
+}
+
+/// Checks a payload against [`MAX_PAYLOAD_BYTES`].
+pub fn check_payload(payload: &Bytes) -> Result<(), FabricError> {
+    if payload.len() > MAX_PAYLOAD_BYTES {
+        return Err(FabricError::PayloadTooLarge {
+            size: payload.len(),
+            max: MAX_PAYLOAD_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// Checks a KV key: NATS' rule, `[-/_=.a-zA-Z0-9]+`, not starting or ending with `.`.
+pub fn check_key(key: &str) -> Result<(), FabricError> {
+    let refuse = |why| {
+        Err(FabricError::InvalidKey {
+            key: key.to_owned(),
+            why,
+        })
+    };
+    if key.is_empty() {
+        return refuse("empty");
+    }
+    if !key
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-/_=.".contains(&b))
+    {
+        return refuse("only letters, digits and - / _ = . are allowed");
+    }
+    if key.starts_with('.') || key.ends_with('.') {
+        return refuse("must not start or end with '.'");
+    }
+    Ok(())
+}
+
+/// Checks a bucket name: `[-_a-zA-Z0-9]+`.
+pub fn check_bucket(bucket: &str) -> Result<(), FabricError> {
+    if bucket.is_empty() || !bucket.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)) {
+        return Err(FabricError::InvalidBucket {
+            bucket: bucket.to_owned(),
+            why: "must be non-empty letters, digits, - and _",
+        });
+    }
+    Ok(())
+}

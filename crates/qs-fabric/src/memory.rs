@@ -1,0 +1,292 @@
+//! The in-memory fabric: the embedded default, one process, no network.
+//!
+//! It keeps the semantics of the NATS backend: bytes in, bytes out; slow subscribers lose
+//! messages instead of blocking publishers; KV revisions grow per bucket; watches replay the
+//! current state first.
+
+use crate::{
+    Entry, Fabric, FabricError, Gather, Incoming, Kv, KvEvent, MAX_GATHER_REPLIES, SUBSCRIPTION_BUFFER,
+    Subscription, Topic, WATCH_BUFFER, Watch, check_bucket, check_key, check_payload,
+};
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use tokio::sync::mpsc;
+
+struct Sub {
+    pattern: Topic,
+    tx: mpsc::Sender<Incoming>,
+}
+
+#[derive(Default)]
+struct Inner {
+    subs: BTreeMap<u64, Sub>,
+    next_id: u64,
+    buckets: BTreeMap<String, Arc<Mutex<Bucket>>>,
+}
+
+/// See the module docs. Cloning shares the same fabric.
+#[derive(Clone, Default)]
+pub struct MemoryFabric {
+    inner: Arc<Mutex<Inner>>,
+    dropped: Arc<AtomicU64>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave these maps half-updated in a way that
+    // matters more than losing the fabric, so keep serving.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Unsubscribes when dropped.
+struct SubGuard {
+    inner: Weak<Mutex<Inner>>,
+    id: u64,
+}
+
+impl Drop for SubGuard {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.upgrade() {
+            lock(&inner).subs.remove(&self.id);
+        }
+    }
+}
+
+impl MemoryFabric {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Messages lost because a subscriber's buffer was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    fn deliver(&self, topic: &Topic, payload: Bytes, reply_to: Option<Topic>) -> Result<(), FabricError> {
+        if topic.is_pattern() {
+            return Err(FabricError::InvalidTopic {
+                topic: topic.to_string(),
+                why: "wildcards are for subscriptions, not for publishing",
+            });
+        }
+        check_payload(&payload)?;
+        let inner = lock(&self.inner);
+        for sub in inner.subs.values().filter(|s| s.pattern.matches(topic)) {
+            let msg = Incoming {
+                topic: topic.clone(),
+                payload: payload.clone(),
+                reply_to: reply_to.clone(),
+            };
+            if sub.tx.try_send(msg).is_err() {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    fn subscribe_now(&self, topic: &Topic) -> Subscription {
+        let (tx, rx) = mpsc::channel(SUBSCRIPTION_BUFFER);
+        let mut inner = lock(&self.inner);
+        let id = inner.next_id;
+        inner.next_id += 1;
+        inner.subs.insert(
+            id,
+            Sub {
+                pattern: topic.clone(),
+                tx,
+            },
+        );
+        let guard = SubGuard {
+            inner: Arc::downgrade(&self.inner),
+            id,
+        };
+        Subscription::new(rx, Box::new(guard))
+    }
+}
+
+impl Fabric for MemoryFabric {
+    type Kv = MemoryKv;
+
+    async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<(), FabricError> {
+        self.deliver(topic, payload, None)
+    }
+
+    async fn request(&self, topic: &Topic, reply_to: &Topic, payload: Bytes) -> Result<(), FabricError> {
+        self.deliver(topic, payload, Some(reply_to.clone()))
+    }
+
+    async fn subscribe(&self, topic: &Topic) -> Result<Subscription, FabricError> {
+        Ok(self.subscribe_now(topic))
+    }
+
+    async fn gather(&self, topic: &Topic, payload: Bytes, gather: Gather) -> Result<Vec<Incoming>, FabricError> {
+        if gather.max_replies > MAX_GATHER_REPLIES {
+            return Err(FabricError::TooManyReplies {
+                asked: gather.max_replies,
+                max: MAX_GATHER_REPLIES,
+            });
+        }
+        let n = {
+            let mut inner = lock(&self.inner);
+            inner.next_id += 1;
+            inner.next_id
+        };
+        let inbox = Topic::inbox("mem", n);
+        let mut sub = self.subscribe_now(&inbox);
+        self.deliver(topic, payload, Some(inbox))?;
+        let mut replies = Vec::new();
+        let deadline = tokio::time::Instant::now() + gather.timeout;
+        while replies.len() < gather.max_replies {
+            match tokio::time::timeout_at(deadline, sub.next()).await {
+                Ok(Some(reply)) => replies.push(reply),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        Ok(replies)
+    }
+
+    async fn kv(&self, bucket: &str) -> Result<MemoryKv, FabricError> {
+        check_bucket(bucket)?;
+        let mut inner = lock(&self.inner);
+        let b = inner.buckets.entry(bucket.to_owned()).or_default().clone();
+        Ok(MemoryKv { bucket: b })
+    }
+}
+
+struct Watcher {
+    prefix: String,
+    tx: mpsc::Sender<Result<KvEvent, FabricError>>,
+}
+
+#[derive(Default)]
+struct Bucket {
+    entries: BTreeMap<String, Entry>,
+    revision: u64,
+    watchers: BTreeMap<u64, Watcher>,
+    next_watcher: u64,
+}
+
+impl Bucket {
+    fn notify(&mut self, key: &str, event: KvEvent) {
+        self.watchers.retain(|_, w| {
+            if !key.starts_with(&w.prefix) {
+                return true;
+            }
+            match w.tx.try_send(Ok(event.clone())) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    // Too far behind: end this watch loudly rather than skip a change.
+                    let _ = w.tx.try_send(Err(FabricError::Lagged));
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
+        });
+    }
+}
+
+/// One in-memory KV bucket.
+#[derive(Clone)]
+pub struct MemoryKv {
+    bucket: Arc<Mutex<Bucket>>,
+}
+
+/// Removes a watcher when its [`Watch`] is dropped.
+struct WatchGuard {
+    bucket: Weak<Mutex<Bucket>>,
+    id: u64,
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        if let Some(b) = self.bucket.upgrade() {
+            lock(&b).watchers.remove(&self.id);
+        }
+    }
+}
+
+impl Kv for MemoryKv {
+    async fn get(&self, key: &str) -> Result<Option<Entry>, FabricError> {
+        check_key(key)?;
+        Ok(lock(&self.bucket).entries.get(key).cloned())
+    }
+
+    async fn put(&self, key: &str, value: Bytes) -> Result<u64, FabricError> {
+        check_key(key)?;
+        check_payload(&value)?;
+        let mut b = lock(&self.bucket);
+        Ok(write(&mut b, key, value))
+    }
+
+    async fn cas(&self, key: &str, value: Bytes, expected: Option<u64>) -> Result<u64, FabricError> {
+        check_key(key)?;
+        check_payload(&value)?;
+        let mut b = lock(&self.bucket);
+        let current = b.entries.get(key).map(|e| e.revision);
+        if current != expected {
+            return Err(FabricError::Conflict {
+                key: key.to_owned(),
+                expected,
+                current,
+            });
+        }
+        Ok(write(&mut b, key, value))
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), FabricError> {
+        check_key(key)?;
+        let mut b = lock(&self.bucket);
+        if b.entries.remove(key).is_some() {
+            b.revision += 1;
+            let revision = b.revision;
+            b.notify(key, KvEvent::Delete { key: key.to_owned(), revision });
+        }
+        Ok(())
+    }
+
+    async fn watch(&self, prefix: &str) -> Result<Watch, FabricError> {
+        if !prefix.is_empty() {
+            check_key(prefix.trim_end_matches('.'))?;
+        }
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let mut b = lock(&self.bucket);
+        let current: Vec<Entry> = b
+            .entries
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(_, e)| e.clone())
+            .collect();
+        for e in current {
+            if tx.try_send(Ok(KvEvent::Put(e))).is_err() {
+                return Err(FabricError::Lagged);
+            }
+        }
+        let id = b.next_watcher;
+        b.next_watcher += 1;
+        b.watchers.insert(
+            id,
+            Watcher {
+                prefix: prefix.to_owned(),
+                tx,
+            },
+        );
+        let guard = WatchGuard {
+            bucket: Arc::downgrade(&self.bucket),
+            id,
+        };
+        Ok(Watch::new(rx, Box::new(guard)))
+    }
+}
+
+fn write(b: &mut Bucket, key: &str, value: Bytes) -> u64 {
+    b.revision += 1;
+    let entry = Entry {
+        key: key.to_owned(),
+        value,
+        revision: b.revision,
+    };
+    b.entries.insert(key.to_owned(), entry.clone());
+    b.notify(key, KvEvent::Put(entry));
+    b.revision
+}
