@@ -1,1 +1,198 @@
-//! placeholder
+//! Local durable state on redb. For now: the ledger, an append-only log of typed events with
+//! sequence numbers, range reads and follow.
+//!
+//! Every append is one redb transaction with immediate durability: once [`Ledger::append`]
+//! returns, the events survive a kill -9 or a power cut. A file that is not a ledger, or a
+//! damaged one, gives [`StoreError::Corrupt`] naming the file; it never panics. (redb 4.5
+//! itself panics on some damaged pages, so every storage call runs inside [`contained`].)
+
+use qs_wire::{Event, NodeId, Record};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use std::ops::Range;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+const LEDGER: TableDefinition<u64, &[u8]> = TableDefinition::new("ledger");
+/// Most records one read returns.
+pub const MAX_READ: usize = 10_000;
+
+/// What went wrong with the store, naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: not a readable ledger (corrupt or another kind of file): {detail}")]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("{path}: {source}")]
+    Db {
+        path: PathBuf,
+        #[source]
+        source: redb::Error,
+    },
+}
+
+/// The append-only ledger of one node.
+pub struct Ledger {
+    db: Database,
+    path: PathBuf,
+    /// Next sequence number, guarded so appends from several threads stay contiguous; the
+    /// condvar wakes followers.
+    next: Mutex<u64>,
+    appended: Condvar,
+}
+
+impl Ledger {
+    /// Opens the ledger at `path`, creating it if missing.
+    pub fn open(path: impl AsRef<Path>) -> Result<Ledger, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let db = contained(&path, || Database::create(&path).map_err(|e| classify(&path, e.into())))?;
+        let ledger = Ledger {
+            db,
+            path: path.clone(),
+            next: Mutex::new(0),
+            appended: Condvar::new(),
+        };
+        let next = ledger.scan_last()?.map_or(0, |s| s + 1);
+        *ledger.lock_next() = next;
+        Ok(ledger)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn lock_next(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.next.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn err(&self, e: impl Into<redb::Error>) -> StoreError {
+        classify(&self.path, e.into())
+    }
+
+    fn scan_last(&self) -> Result<Option<u64>, StoreError> {
+        contained(&self.path, || self.scan_last_inner())
+    }
+
+    fn scan_last_inner(&self) -> Result<Option<u64>, StoreError> {
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let last = {
+            let table = tx.open_table(LEDGER).map_err(|e| self.err(e))?;
+            let last = table.last().map_err(|e| self.err(e))?;
+            last.map(|(k, _)| k.value())
+        };
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(last)
+    }
+
+    /// Appends events written by `node` at `at_us`, in one durable transaction. Returns their
+    /// sequence numbers.
+    pub fn append(&self, node: &NodeId, at_us: u64, events: &[Event]) -> Result<Range<u64>, StoreError> {
+        let mut next = self.lock_next();
+        let first = *next;
+        contained(&self.path, || self.write(node, at_us, events, first))?;
+        *next = first + events.len() as u64;
+        self.appended.notify_all();
+        Ok(first..*next)
+    }
+
+    fn write(&self, node: &NodeId, at_us: u64, events: &[Event], first: u64) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut table = tx.open_table(LEDGER).map_err(|e| self.err(e))?;
+            for (i, event) in events.iter().enumerate() {
+                let record = Record {
+                    seq: first + i as u64,
+                    at_us,
+                    node: node.clone(),
+                    event: event.clone(),
+                };
+                let bytes = serde_json::to_vec(&record).expect("ledger records always serialize");
+                table.insert(record.seq, bytes.as_slice()).map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Records with `seq >= from`, at most `limit` (capped at [`MAX_READ`]).
+    pub fn read(&self, from: u64, limit: usize) -> Result<Vec<Record>, StoreError> {
+        contained(&self.path, || self.read_inner(from, limit))
+    }
+
+    fn read_inner(&self, from: u64, limit: usize) -> Result<Vec<Record>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = match tx.open_table(LEDGER) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(self.err(e)),
+        };
+        let mut out = Vec::new();
+        for item in table.range(from..).map_err(|e| self.err(e))?.take(limit.min(MAX_READ)) {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            let record: Record = serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
+                path: self.path.clone(),
+                detail: format!("record {}: {e}", k.value()),
+            })?;
+            out.push(record);
+        }
+        Ok(out)
+    }
+
+    /// The sequence number the next event will get (= number of events).
+    pub fn next_seq(&self) -> u64 {
+        *self.lock_next()
+    }
+
+    /// Like [`Ledger::read`], but waits up to `timeout` for a record at `from` to be appended
+    /// (by this process) if there is none yet.
+    pub fn follow(&self, from: u64, limit: usize, timeout: Duration) -> Result<Vec<Record>, StoreError> {
+        let next = self.lock_next();
+        let (next, _) = self
+            .appended
+            .wait_timeout_while(next, timeout, |n| *n <= from)
+            .unwrap_or_else(|p| p.into_inner());
+        drop(next);
+        self.read(from, limit)
+    }
+}
+
+/// Runs one storage operation; a panic inside the storage engine (which redb raises on some
+/// damaged pages) becomes [`StoreError::Corrupt`] instead of taking the process down.
+fn contained<T>(path: &Path, op: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    catch_unwind(AssertUnwindSafe(op)).unwrap_or_else(|panic| {
+        let detail = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("the storage engine failed");
+        Err(StoreError::Corrupt {
+            path: path.to_path_buf(),
+            detail: format!("storage engine failure: {detail}"),
+        })
+    })
+}
+
+/// Storage errors that mean "this file is damaged or not ours" become [`StoreError::Corrupt`].
+fn classify(path: &Path, e: redb::Error) -> StoreError {
+    let corrupt = match &e {
+        redb::Error::Corrupted(_)
+        | redb::Error::UpgradeRequired(_)
+        | redb::Error::TableTypeMismatch { .. } => true,
+        // Truncated (shorter than its header says), or not redb's format at all.
+        redb::Error::Io(io) => matches!(
+            io.kind(),
+            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+        ),
+        _ => false,
+    };
+    if corrupt {
+        StoreError::Corrupt {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        }
+    } else {
+        StoreError::Db {
+            path: path.to_path_buf(),
+            source: e,
+        }
+    }
+}
