@@ -621,6 +621,10 @@ impl Sim {
     pub fn records(&self) -> &[Record] {
         &self.records
     }
+    /// Takes the records kept so far (to stream them out in slices).
+    pub fn take_records(&mut self) -> Vec<Record> {
+        std::mem::take(&mut self.records)
+    }
     /// The first few violations (all of them are counted in [`Counters::violations`]).
     pub fn violations(&self) -> &[Violation] {
         &self.violations

@@ -263,11 +263,29 @@ pub fn build(cfg: &SimConfig) -> (Sim, usize, usize) {
 
 /// Runs the scenario of `cfg` and reports what it measured.
 pub fn run(cfg: &SimConfig) -> Result<Report, crate::SimConfigError> {
+    run_with_records(cfg, |_| ())
+}
+
+/// Like [`run`], handing the ledger records to `sink` one simulated second at a time (with
+/// `keep_records` set), so a long run's records never pile up in memory. The sink's time is
+/// not counted in the wall-clock figures.
+pub fn run_with_records(
+    cfg: &SimConfig,
+    mut sink: impl FnMut(Vec<qs_wire::Record>),
+) -> Result<Report, crate::SimConfigError> {
     cfg.validate()?;
     let (mut sim, services, jobs) = build(cfg);
-    let wall = Instant::now();
-    sim.run_until(Time::from_millis(cfg.duration_ms));
-    let wall_seconds = wall.elapsed().as_secs_f64();
+    let mut wall_seconds = 0.0;
+    let mut t_ms = 0;
+    while t_ms < cfg.duration_ms {
+        t_ms = (t_ms + 1000).min(cfg.duration_ms);
+        let wall = Instant::now();
+        sim.run_until(Time::from_millis(t_ms));
+        wall_seconds += wall.elapsed().as_secs_f64();
+        if cfg.keep_records {
+            sink(sim.take_records());
+        }
+    }
     Ok(report(cfg, &sim, services, jobs, wall_seconds))
 }
 

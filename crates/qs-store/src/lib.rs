@@ -87,25 +87,38 @@ impl Ledger {
     /// Appends events written by `node` at `at_us`, in one durable transaction. Returns their
     /// sequence numbers.
     pub fn append(&self, node: &NodeId, at_us: u64, events: &[Event]) -> Result<Range<u64>, StoreError> {
+        self.append_with(events.len(), |seq, i| Record {
+            seq,
+            at_us,
+            node: node.clone(),
+            event: events[i].clone(),
+        })
+    }
+
+    /// Appends records written elsewhere (a simulator, another node's buffer) in one durable
+    /// transaction, keeping their node and time; they get this ledger's sequence numbers.
+    pub fn append_records(&self, records: &[Record]) -> Result<Range<u64>, StoreError> {
+        self.append_with(records.len(), |seq, i| Record {
+            seq,
+            ..records[i].clone()
+        })
+    }
+
+    fn append_with(&self, n: usize, make: impl Fn(u64, usize) -> Record) -> Result<Range<u64>, StoreError> {
         let mut next = self.lock_next();
         let first = *next;
-        contained(&self.path, || self.write(node, at_us, events, first))?;
-        *next = first + events.len() as u64;
+        contained(&self.path, || self.write(first, n, &make))?;
+        *next = first + n as u64;
         self.appended.notify_all();
         Ok(first..*next)
     }
 
-    fn write(&self, node: &NodeId, at_us: u64, events: &[Event], first: u64) -> Result<(), StoreError> {
+    fn write(&self, first: u64, n: usize, make: &dyn Fn(u64, usize) -> Record) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(|e| self.err(e))?;
         {
             let mut table = tx.open_table(LEDGER).map_err(|e| self.err(e))?;
-            for (i, event) in events.iter().enumerate() {
-                let record = Record {
-                    seq: first + i as u64,
-                    at_us,
-                    node: node.clone(),
-                    event: event.clone(),
-                };
+            for i in 0..n {
+                let record = make(first + i as u64, i);
                 let bytes = serde_json::to_vec(&record).expect("ledger records always serialize");
                 table.insert(record.seq, bytes.as_slice()).map_err(|e| self.err(e))?;
             }

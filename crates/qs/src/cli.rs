@@ -1,11 +1,19 @@
-//! Command-line interface: the subcommands and their flags.
+//! Command-line interface: the subcommands, their flags, and the glue to the crates.
 
-use anyhow::{Context, Result};
+use crate::render;
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use qs_sim::SimConfig;
+use qs_sim::{Report, SimConfig};
+use qs_store::Ledger;
+use qs_wire::Record;
+use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "qs", version, about = "Quasicrystal: a decentralized orchestrator for GPU and CPU fleets")]
+#[command(
+    name = "qs",
+    version,
+    about = "Quasicrystal: a decentralized orchestrator for GPU and CPU fleets"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -39,6 +47,9 @@ enum Command {
         /// Check the invariants after every event (slow; small fleets).
         #[arg(long)]
         check: bool,
+        /// Write every ledger event of the run to this redb file (read it with `qs events`).
+        #[arg(long)]
+        ledger: Option<PathBuf>,
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },
@@ -46,6 +57,34 @@ enum Command {
     Bench {
         #[command(subcommand)]
         suite: BenchSuite,
+    },
+    /// Validate spec files; prints what they declare, or the first error with its location.
+    Check {
+        /// TOML spec files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
+    /// Show the ledger: each placement's story, step by step.
+    Events {
+        /// The ledger file (a node's, or one written by `qs sim --ledger`).
+        #[arg(long)]
+        ledger: PathBuf,
+        /// First sequence number to show.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Most events to show.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        limit: u64,
+        /// Only events written by this node.
+        #[arg(long)]
+        node: Option<String>,
+        /// Only events that mention this text (a service, an instance, a placement id).
+        #[arg(long)]
+        grep: Option<String>,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
     },
 }
 
@@ -70,6 +109,32 @@ enum BenchSuite {
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Sim {
+            nodes,
+            seed,
+            duration_ms,
+            services,
+            kill_fraction,
+            check,
+            ledger,
+            output,
+        } => {
+            let mut cfg = SimConfig::new(nodes as usize, seed);
+            cfg.duration_ms = duration_ms;
+            cfg.services = services.map(|s| s as usize);
+            cfg.kill_fraction = kill_fraction;
+            cfg.check_invariants = check;
+            cfg.keep_records = ledger.is_some();
+            let report = simulate(&cfg, ledger.as_ref())?;
+            match output {
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                OutputFormat::Text => print_report(&report),
+            }
+            if report.violation_count > 0 {
+                bail!("{} invariant violations (seed {seed})", report.violation_count);
+            }
+            Ok(())
+        }
         Command::Bench {
             suite:
                 BenchSuite::Placement {
@@ -83,29 +148,156 @@ pub fn run(cli: Cli) -> Result<()> {
             crate::bench::placement_suite(&sizes, placements as usize, repeats as usize, seed);
             Ok(())
         }
-        Command::Sim {
-            nodes,
-            seed,
-            duration_ms,
-            services,
-            kill_fraction,
-            check,
+        Command::Check { files, output } => check(&files, output),
+        Command::Events {
+            ledger,
+            from,
+            limit,
+            node,
+            grep,
             output,
-        } => {
-            let mut cfg = SimConfig::new(nodes as usize, seed);
-            cfg.duration_ms = duration_ms;
-            cfg.services = services.map(|s| s as usize);
-            cfg.kill_fraction = kill_fraction;
-            cfg.check_invariants = check;
-            let report = qs_sim::run(&cfg).context("invalid simulation settings")?;
-            match output {
-                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-                OutputFormat::Text => println!("{report:#?}"),
+        } => events(&ledger, from, limit as usize, node.as_deref(), grep.as_deref(), output),
+    }
+}
+
+fn simulate(cfg: &SimConfig, ledger: Option<&PathBuf>) -> Result<Report> {
+    let Some(path) = ledger else {
+        return qs_sim::run(cfg).context("invalid simulation settings");
+    };
+    let ledger = Ledger::open(path)?;
+    let mut failure = None;
+    let report = qs_sim::run_with_records(cfg, |records| {
+        if failure.is_none()
+            && let Err(e) = ledger.append_records(&records)
+        {
+            failure = Some(e);
+        }
+    })
+    .context("invalid simulation settings")?;
+    if let Some(e) = failure {
+        return Err(e).context("writing the simulation's ledger");
+    }
+    Ok(report)
+}
+
+fn print_report(r: &Report) {
+    let ms = |us: u64| us as f64 / 1000.0;
+    println!(
+        "qs sim: {} nodes, seed {}, {:.1} s simulated in {:.2} s",
+        r.nodes, r.seed, r.sim_seconds, r.wall_seconds
+    );
+    println!(
+        "  workload    {} services, {} jobs; {} nodes killed; {} instance failures",
+        r.services, r.jobs, r.nodes_killed, r.instance_failures
+    );
+    println!(
+        "  placements  {} ({} local, {} through the fleet); {} gave up; {} dispatches refused",
+        r.placements,
+        r.placed_locally,
+        r.placements - r.placed_locally,
+        r.gave_up,
+        r.dispatch_refused
+    );
+    println!(
+        "  rate        {:.1} per simulated second, {:.0} per wall second",
+        r.placements_per_sim_second, r.placements_per_wall_second
+    );
+    println!(
+        "  latency     p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms (sense to placed)",
+        ms(r.latency_p50_us),
+        ms(r.latency_p90_us),
+        ms(r.latency_p99_us),
+        ms(r.latency_max_us)
+    );
+    println!(
+        "  converged   {} of {} workloads at their wanted count",
+        r.satisfied,
+        r.services + r.jobs
+    );
+    println!("  trace hash  {} (the same seed gives the same hash)", r.trace_hash);
+    for v in &r.violations {
+        println!("  VIOLATION   {v}");
+    }
+}
+
+fn check(files: &[PathBuf], output: OutputFormat) -> Result<()> {
+    let mut docs = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let doc = qs_wire::parse_spec(&file.display().to_string(), &text)?;
+        docs.push((file, doc));
+    }
+    match output {
+        OutputFormat::Json => {
+            let all: Vec<_> = docs.iter().map(|(_, d)| d).collect();
+            println!("{}", serde_json::to_string_pretty(&all)?);
+        }
+        OutputFormat::Text => {
+            for (file, doc) in &docs {
+                println!("{}: ok", file.display());
+                for w in &doc.workloads {
+                    let kind = if w.is_job() { "job" } else { "service" };
+                    println!(
+                        "  {kind} {}: {}, {} to {} instances, {:.2} cores, {} MiB{}",
+                        w.name,
+                        w.pattern,
+                        w.base_count(),
+                        w.max_count(),
+                        w.resources.cpu_millicores as f64 / 1000.0,
+                        w.resources.memory_bytes >> 20,
+                        if w.resources.vram_bytes > 0 {
+                            format!(", {} MiB VRAM", w.resources.vram_bytes >> 20)
+                        } else {
+                            String::new()
+                        }
+                    );
+                }
+                for n in &doc.nodes {
+                    println!(
+                        "  node {}: level {} (weight {:.3}), {:.0} cores, {} MiB, {} GPUs",
+                        n.id,
+                        n.level,
+                        qs_core::level_weight(n.level),
+                        n.capacity.cpu_millicores as f64 / 1000.0,
+                        n.capacity.memory_bytes >> 20,
+                        n.capacity.gpus.len()
+                    );
+                }
             }
-            if report.violation_count > 0 {
-                anyhow::bail!("{} invariant violations (seed {seed})", report.violation_count);
-            }
-            Ok(())
         }
     }
+    Ok(())
+}
+
+fn events(
+    path: &PathBuf,
+    from: u64,
+    limit: usize,
+    node: Option<&str>,
+    grep: Option<&str>,
+    output: OutputFormat,
+) -> Result<()> {
+    if !path.exists() {
+        bail!("{}: no such ledger", path.display());
+    }
+    let ledger = Ledger::open(path)?;
+    let keep = |r: &Record| {
+        node.is_none_or(|n| r.node.as_str() == n)
+            && grep.is_none_or(|g| serde_json::to_string(&r.event).is_ok_and(|s| s.contains(g)))
+    };
+    let mut shown = 0;
+    let mut at = from;
+    while shown < limit {
+        let batch = ledger.read(at, qs_store::MAX_READ)?;
+        let Some(last) = batch.last() else { break };
+        at = last.seq + 1;
+        for r in batch.iter().filter(|r| keep(r)).take(limit - shown) {
+            shown += 1;
+            match output {
+                OutputFormat::Json => println!("{}", serde_json::to_string(r)?),
+                OutputFormat::Text => println!("{}", render::line(r)),
+            }
+        }
+    }
+    Ok(())
 }

@@ -2,6 +2,7 @@
 
 mod bench;
 mod cli;
+mod render;
 
 use clap::Parser;
 
