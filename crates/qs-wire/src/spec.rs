@@ -451,8 +451,8 @@ fn floor_char_boundary(text: &str, mut i: usize) -> usize {
     i
 }
 
-/// The dotted path of the key written at `offset`: the governing `[table]` header plus the key
-/// on that line, if any.
+/// The dotted path of the key written at `offset`: the governing `[table]` header plus the
+/// keys leading to `offset` on its line, inline tables included.
 fn field_at(text: &str, offset: usize) -> String {
     let offset = floor_char_boundary(text, offset);
     let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
@@ -466,10 +466,50 @@ fn field_at(text: &str, offset: usize) -> String {
         .rev()
         .find_map(|l| table_header(l.trim()))
         .unwrap_or_default();
-    match line.split_once('=') {
-        Some((key, _)) => join(&header, key.trim().trim_matches('"')),
-        None => header,
+    // At the error itself the key may not be complete yet: read up to the end of its token.
+    let upto = text[offset..line_end]
+        .find([',', '}'])
+        .map_or(line_end, |i| offset + i);
+    inline_keys(&text[line_start..upto])
+        .iter()
+        .fold(header, |path, key| join(&path, key))
+}
+
+/// The keys leading to the end of `prefix`, one per open inline table plus the last one:
+/// `a = { b = 1, c = { d` gives `[a, c, d]`.
+fn inline_keys(prefix: &str) -> Vec<String> {
+    let mut open: Vec<String> = Vec::new();
+    let mut token = String::new();
+    let mut last = String::new();
+    let mut quoted = false;
+    for c in prefix.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            _ if quoted => token.push(c),
+            '=' => {
+                last = token.trim().to_owned();
+                token.clear();
+            }
+            '{' => {
+                open.push(std::mem::take(&mut last));
+                token.clear();
+            }
+            '}' => {
+                open.pop();
+                last.clear();
+                token.clear();
+            }
+            ',' => {
+                last.clear();
+                token.clear();
+            }
+            _ => token.push(c),
+        }
     }
+    if last.is_empty() && !token.trim().is_empty() && !prefix.contains('=') {
+        last = token.trim().to_owned();
+    }
+    open.into_iter().chain([last]).filter(|k| !k.is_empty()).collect()
 }
 
 fn table_header(line: &str) -> Option<String> {
@@ -587,6 +627,14 @@ gpus = [{ vram_mib = 24576 }]
         check(
             "[service.Bad_Name]\nresources = { cpu_cores = 1, memory_mib = 8 }\n",
             "bad.toml:1:1: service.Bad_Name: invalid name",
+        );
+        check(
+            "[service.a]\nresources = { cpu_cores = \"lots\", memory_mib = 8 }\n",
+            "bad.toml:2:27: service.a.resources.cpu_cores: invalid type: string \"lots\"",
+        );
+        check(
+            "[service.a]\nresources = { cpu_cores = 1, memory_mib = 8, disk = 3 }\n",
+            "bad.toml:2:46: service.a.resources.disk: unknown field `disk`",
         );
         check("[service.a\n", "bad.toml:1:11: ");
     }

@@ -80,7 +80,7 @@ enum Command {
         /// Only events written by this node.
         #[arg(long)]
         node: Option<String>,
-        /// Only events that mention this text (a service, an instance, a placement id).
+        /// Only events whose text or JSON mentions this (a service, an instance, a placement).
         #[arg(long)]
         grep: Option<String>,
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
@@ -283,7 +283,10 @@ fn events(
     let ledger = Ledger::open(path)?;
     let keep = |r: &Record| {
         node.is_none_or(|n| r.node.as_str() == n)
-            && grep.is_none_or(|g| serde_json::to_string(&r.event).is_ok_and(|s| s.contains(g)))
+            && grep.is_none_or(|g| {
+                render::describe(&r.event).contains(g)
+                    || serde_json::to_string(&r.event).is_ok_and(|s| s.contains(g))
+            })
     };
     let mut shown = 0;
     let mut at = from;

@@ -1,0 +1,126 @@
+//! The `qs` binary end to end: real processes, real files.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn qs(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_qs"))
+        .args(args)
+        .output()
+        .expect("qs runs")
+}
+
+fn text(o: &[u8]) -> String {
+    String::from_utf8_lossy(o).into_owned()
+}
+
+fn repo(path: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(path).display().to_string()
+}
+
+#[test]
+fn the_examples_are_valid_specs() {
+    let out = qs(&["check", &repo("examples/seed-fleet.toml")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert!(s.contains("node forge: level 1 (weight 7.067)"), "{s}");
+    assert!(s.contains("node pcdev: level 2 (weight 4.712)"), "{s}");
+}
+
+/// Each bad spec is refused with file:line:column, the field, and why; exit code 2.
+#[test]
+fn bad_specs_are_refused_with_their_location() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |name: &str, body: &str, want: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, body).unwrap();
+        let out = qs(&["check", path.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{name}");
+        let err = text(&out.stderr);
+        let want = format!("{}:{want}", path.display());
+        assert!(err.contains(&want), "{name}:\n  got  {err}\n  want {want}");
+    };
+    check(
+        "unknown.toml",
+        "[service.web]\nreplica = 2\nresources = { cpu_cores = 1, memory_mib = 64 }\n",
+        "2:1: service.web.replica: unknown field `replica`",
+    );
+    check(
+        "type.toml",
+        "[service.web]\nresources = { cpu_cores = \"lots\", memory_mib = 64 }\n",
+        "2:27: service.web.resources.cpu_cores: invalid type: string \"lots\"",
+    );
+    check(
+        "zero.toml",
+        "[service.web]\n[service.web.resources]\ncpu_cores = 0\nmemory_mib = 64\n",
+        "3:13: service.web.resources.cpu_cores: must be more than 0",
+    );
+    check(
+        "level.toml",
+        "[node.far]\nlevel = 12\ncpu_cores = 2\nmemory_mib = 512\n",
+        "2:9: node.far.level: level must be in 0..=7",
+    );
+    check(
+        "pattern.toml",
+        "[job.x]\npattern = \"gpu-swarm\"\nresources = { cpu_cores = 1, memory_mib = 64 }\n",
+        "2:11: job.x.pattern: unknown variant `gpu-swarm`",
+    );
+}
+
+#[test]
+fn out_of_range_sim_flags_are_refused() {
+    for (args, want) in [
+        (vec!["sim", "--nodes", "0"], "--nodes"),
+        (vec!["sim", "--nodes", "200000"], "--nodes"),
+        (vec!["sim", "--duration-ms", "1"], "--duration-ms"),
+        (vec!["sim", "--nodes", "10", "--kill-fraction", "0.9"], "--kill-fraction: must be in 0..=0.5"),
+        (vec!["sim", "--seed", "-3"], "'-3'"),
+    ] {
+        let out = qs(&args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = text(&out.stderr);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn the_same_seed_gives_the_same_trace_hash() {
+    let hash = |seed: &str| {
+        let out = qs(&["sim", "--nodes", "200", "--seed", seed, "--duration-ms", "4000", "--output", "json"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["violation_count"], 0);
+        v["trace_hash"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(hash("5"), hash("5"));
+    assert_ne!(hash("5"), hash("6"));
+}
+
+/// `qs sim --ledger` writes every event durably; `qs events` reads the stories back.
+#[test]
+fn a_simulation_ledger_tells_the_placement_stories() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("sim.redb");
+    let ledger = ledger.to_str().unwrap();
+    let out = qs(&["sim", "--nodes", "50", "--seed", "3", "--duration-ms", "3000", "--ledger", ledger]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let placed: u64 = text(&out.stdout)
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("placements"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .expect("the report counts placements");
+    let out = qs(&["events", "--ledger", ledger, "--limit", "10000", "--output", "json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let events: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let placed_events = events.iter().filter(|e| e["event"]["event"] == "placed").count() as u64;
+    assert_eq!(placed_events, placed);
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1));
+    let out = qs(&["events", "--ledger", ledger, "--grep", "capacity", "--limit", "1"]);
+    assert!(text(&out.stdout).contains("capacity query: who can take it?"));
+    let out = qs(&["events", "--ledger", &format!("{ledger}.missing")]);
+    assert!(text(&out.stderr).contains("no such ledger"));
+}
