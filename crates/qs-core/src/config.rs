@@ -164,8 +164,14 @@ impl Config {
         positive("failure_half_life_ms", self.failure_half_life_ms)?;
         positive("query_sample", self.query_sample as u64)?;
         positive("max_attempts", u64::from(self.max_attempts))?;
-        positive("max_placements_in_flight", self.max_placements_in_flight as u64)?;
-        positive("max_placements_per_service", u64::from(self.max_placements_per_service))?;
+        positive(
+            "max_placements_in_flight",
+            self.max_placements_in_flight as u64,
+        )?;
+        positive(
+            "max_placements_per_service",
+            u64::from(self.max_placements_per_service),
+        )?;
         if self.dead_after_ms < 2 * self.heartbeat_ms {
             return Err(ConfigError {
                 field: "dead_after_ms",

@@ -118,7 +118,8 @@ impl Registry {
             let bucket = self.bucket_of(slot);
             self.buckets[bucket].insert(slot);
         } else {
-            self.by_last_seen.remove(&(self.slots[slot].last_seen, slot));
+            self.by_last_seen
+                .remove(&(self.slots[slot].last_seen, slot));
             self.unindex_instances(slot);
         }
         self.slots[slot].last_seen = now;
@@ -202,7 +203,10 @@ impl Registry {
         let st = &self.slots[slot].status;
         let over = self.thresholds.over(&st.load, &st.capacity, None).is_some();
         let cpu_cap = st.capacity.cpu_millicores.max(1) as f64;
-        let cpu_free = 1.0 - st.load.cpu_util.max(st.committed.cpu_millicores as f64 / cpu_cap);
+        let cpu_free = 1.0
+            - st.load
+                .cpu_util
+                .max(st.committed.cpu_millicores as f64 / cpu_cap);
         let base = if over {
             0.0
         } else {
@@ -314,7 +318,10 @@ impl Registry {
 
     /// Score of a bucket for a service (ties cannot happen: bucket indexes differ).
     fn bucket_score(service_hash: u64, bucket: usize) -> (u64, usize) {
-        (hash::rendezvous(service_hash, hash::mix(bucket as u64)), bucket)
+        (
+            hash::rendezvous(service_hash, hash::mix(bucket as u64)),
+            bucket,
+        )
     }
 
     /// Score of a node for a service within its bucket; ties go to the node id.
@@ -331,7 +338,10 @@ impl Registry {
         }
         if let Some(slot) = slot {
             self.stewards.insert(service.clone(), slot);
-            self.stewarded.entry(slot).or_default().insert(service.clone());
+            self.stewarded
+                .entry(slot)
+                .or_default()
+                .insert(service.clone());
         }
     }
 
@@ -365,10 +375,13 @@ impl Registry {
                 let sh = hash::of_str(svc.as_str());
                 match self.stewards.get(*svc) {
                     None => true,
-                    Some(&cur) if self.bucket_of(cur) == b => self.score(sh, slot) > self.score(sh, cur),
+                    Some(&cur) if self.bucket_of(cur) == b => {
+                        self.score(sh, slot) > self.score(sh, cur)
+                    }
                     Some(&cur) => {
                         bucket_is_new
-                            && Self::bucket_score(sh, b) > Self::bucket_score(sh, self.bucket_of(cur))
+                            && Self::bucket_score(sh, b)
+                                > Self::bucket_score(sh, self.bucket_of(cur))
                     }
                 }
             })
@@ -384,18 +397,15 @@ impl Registry {
     fn index_instances(&mut self, slot: usize) {
         let st = &self.slots[slot].status;
         for i in &st.instances {
-            self.instances
-                .entry(i.service.clone())
-                .or_default()
-                .insert(
-                    i.instance.clone(),
-                    RunningInstance {
-                        node: st.node.clone(),
-                        role: i.role,
-                        fencing: i.fencing,
-                        hot: i.hot,
-                    },
-                );
+            self.instances.entry(i.service.clone()).or_default().insert(
+                i.instance.clone(),
+                RunningInstance {
+                    node: st.node.clone(),
+                    role: i.role,
+                    fencing: i.fencing,
+                    hot: i.hot,
+                },
+            );
             if i.fencing > 0 {
                 let max = self.max_fencing.entry(i.service.clone()).or_insert(0);
                 *max = (*max).max(i.fencing);
@@ -465,7 +475,12 @@ mod tests {
             capacity: Capacity {
                 cpu_millicores: 8000,
                 memory_bytes: 1 << 34,
-                gpus: vec![GpuCapacity { vram_bytes: 1 << 34 }; gpus],
+                gpus: vec![
+                    GpuCapacity {
+                        vram_bytes: 1 << 34
+                    };
+                    gpus
+                ],
             },
             committed: Committed {
                 gpu_vram_bytes: vec![0; gpus],
@@ -473,13 +488,16 @@ mod tests {
             },
             load: Load::default(),
             instances: vec![],
-                completed: vec![],
+            completed: vec![],
         }
     }
 
     fn spec(name: &str) -> WorkloadSpec {
         let text = format!("[service.{name}]\nresources = {{ cpu_cores = 1, memory_mib = 64 }}\n");
-        qs_wire::parse_spec("t.toml", &text).unwrap().workloads.remove(0)
+        qs_wire::parse_spec("t.toml", &text)
+            .unwrap()
+            .workloads
+            .remove(0)
     }
 
     /// The steward is the same whichever order nodes joined in, and moves only off dead nodes.
@@ -507,7 +525,10 @@ mod tests {
         }
         let mut a = a;
         let victim = a.steward(&svcs[0].name).unwrap().clone();
-        let before: BTreeMap<_, _> = svcs.iter().map(|s| (s.name.clone(), a.steward(&s.name).cloned())).collect();
+        let before: BTreeMap<_, _> = svcs
+            .iter()
+            .map(|s| (s.name.clone(), a.steward(&s.name).cloned()))
+            .collect();
         assert!(a.remove(&victim));
         for s in &svcs {
             let now = a.steward(&s.name).cloned();
@@ -517,7 +538,10 @@ mod tests {
                 assert_eq!(now, before[&s.name], "{} moved off a live node", s.name);
             }
         }
-        let owned: usize = a.live_nodes().map(|n| a.stewarded_by(&n.node).count()).sum();
+        let owned: usize = a
+            .live_nodes()
+            .map(|n| a.stewarded_by(&n.node).count())
+            .sum();
         assert_eq!(owned, svcs.len());
     }
 
@@ -559,10 +583,17 @@ mod tests {
         r.observe(status("a", 0, 0), Time::from_millis(0));
         r.observe(status("b", 0, 0), Time::from_millis(500));
         assert!(r.expire(Time::from_millis(999)).is_empty());
-        let dead: Vec<NodeId> = r.expire(Time::from_millis(1000)).into_iter().map(|s| s.node).collect();
+        let dead: Vec<NodeId> = r
+            .expire(Time::from_millis(1000))
+            .into_iter()
+            .map(|s| s.node)
+            .collect();
         assert_eq!(dead, vec![NodeId::new("a").unwrap()]);
         assert_eq!(r.live_count(), 1);
-        assert!(matches!(r.observe(status("a", 0, 0), Time::from_millis(1200)), Some(Membership::Joined(_))));
+        assert!(matches!(
+            r.observe(status("a", 0, 0), Time::from_millis(1200)),
+            Some(Membership::Joined(_))
+        ));
         assert_eq!(r.live_count(), 2);
     }
 
@@ -570,7 +601,10 @@ mod tests {
     fn gpu_samples_only_reach_gpu_nodes() {
         let mut r = Registry::new(&Config::default());
         for i in 0..100 {
-            r.observe(status(&format!("n{i}"), 1, usize::from(i % 10 == 0)), Time::ZERO);
+            r.observe(
+                status(&format!("n{i}"), 1, usize::from(i % 10 == 0)),
+                Time::ZERO,
+            );
         }
         let mut rng = Rng::seeded(3);
         let me = NodeId::new("n1").unwrap();

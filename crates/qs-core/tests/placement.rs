@@ -40,7 +40,8 @@ fn setup() -> (Node, Registry) {
     }
     let spec = (0..500)
         .map(|i| {
-            let text = format!("[service.web-{i}]\nresources = {{ cpu_cores = 1, memory_mib = 128 }}\n");
+            let text =
+                format!("[service.web-{i}]\nresources = {{ cpu_cores = 1, memory_mib = 128 }}\n");
             parse_spec("t.toml", &text).unwrap().workloads.remove(0)
         })
         .find(|s| {
@@ -61,24 +62,40 @@ fn drain(node: &mut Node, story: &mut Vec<String>) -> Option<qs_wire::InstanceId
         let line = match out {
             Output::Record(e) => match e {
                 Event::Sensed { .. } => "sensed".to_owned(),
-                Event::LocalCheck { verdict: LocalVerdict::Refused { reason }, .. } => format!("local-refused:{reason}"),
+                Event::LocalCheck {
+                    verdict: LocalVerdict::Refused { reason },
+                    ..
+                } => format!("local-refused:{reason}"),
                 Event::LocalCheck { .. } => "local-ok".to_owned(),
                 Event::QuerySent { asked, .. } => format!("query:{asked}"),
                 Event::OfferReceived { from, .. } => format!("offer:{from}"),
                 Event::Declined { from, .. } => format!("declined:{from}"),
                 Event::GateRefused { from, .. } => format!("gate-refused:{from}"),
                 Event::Dispatched { to, .. } => format!("dispatched:{to}"),
-                Event::DispatchRefused { to, reason: Some(_), .. } => format!("refused:{to}"),
-                Event::DispatchRefused { to, reason: None, .. } => format!("timeout:{to}"),
+                Event::DispatchRefused {
+                    to,
+                    reason: Some(_),
+                    ..
+                } => format!("refused:{to}"),
+                Event::DispatchRefused {
+                    to, reason: None, ..
+                } => format!("timeout:{to}"),
                 Event::Placed { on, .. } => format!("placed:{on}"),
                 Event::Unplaced { retry, .. } => format!("unplaced:retry={retry}"),
                 other => format!("{other:?}"),
             },
-            Output::Send { msg: Message::Dispatch { instance, .. }, .. } => {
+            Output::Send {
+                msg: Message::Dispatch { instance, .. },
+                ..
+            } => {
                 dispatched = Some(instance);
                 continue;
             }
-            Output::Send { msg: Message::CapacityQuery { .. }, .. } | Output::Heartbeat(_) => continue,
+            Output::Send {
+                msg: Message::CapacityQuery { .. },
+                ..
+            }
+            | Output::Heartbeat(_) => continue,
             other => format!("{other:?}"),
         };
         story.push(line);
@@ -102,14 +119,22 @@ fn check(answers: &[(&str, Option<f64>)], replies: &[(&str, bool)], expect: &str
     let t = |ms| Time::from_millis(ms);
     a.handle(Input::Reconcile, t(1), &reg);
     drain(&mut a, &mut story);
-    let pid = PlacementId { steward: id("a"), seq: 0 };
+    let pid = PlacementId {
+        steward: id("a"),
+        seq: 0,
+    };
     let mut dispatched = None;
     for (n, answer) in answers {
         let msg = match answer {
-            Some(cpu_free) => Message::Offer { placement: pid.clone(), offer: offer(*cpu_free) },
+            Some(cpu_free) => Message::Offer {
+                placement: pid.clone(),
+                offer: offer(*cpu_free),
+            },
             None => Message::Decline {
                 placement: pid.clone(),
-                reason: DeclineReason::NoFit { resource: Resource::Memory },
+                reason: DeclineReason::NoFit {
+                    resource: Resource::Memory,
+                },
             },
         };
         a.handle(Input::Message { from: id(n), msg }, t(2), &reg);
@@ -119,7 +144,9 @@ fn check(answers: &[(&str, Option<f64>)], replies: &[(&str, bool)], expect: &str
         let msg = Message::DispatchReply {
             placement: pid.clone(),
             instance: dispatched.clone().expect("a dispatch is out"),
-            refused: refuse.then_some(DeclineReason::NoFit { resource: Resource::Cpu }),
+            refused: refuse.then_some(DeclineReason::NoFit {
+                resource: Resource::Cpu,
+            }),
         };
         a.handle(Input::Message { from: id(n), msg }, t(3), &reg);
         dispatched = drain(&mut a, &mut story).or(dispatched);
@@ -137,27 +164,43 @@ fn the_five_steps_by_hand() {
     let head = "sensed local-refused:not enough free cpu query:4";
     // The best composite wins; offers at or under the gate are refused.
     check(
-        &[("b", Some(0.5)), ("c", Some(0.9)), ("d", Some(0.01)), ("e", None)],
+        &[
+            ("b", Some(0.5)),
+            ("c", Some(0.9)),
+            ("d", Some(0.01)),
+            ("e", None),
+        ],
         &[("c", false)],
         &format!("{head} offer:b offer:c offer:d declined:e gate-refused:d dispatched:c placed:c"),
     );
     // Late binding: the best target refuses, the next offer gets the dispatch.
     check(
-        &[("b", Some(0.5)), ("c", Some(0.9)), ("d", Some(0.3)), ("e", None)],
+        &[
+            ("b", Some(0.5)),
+            ("c", Some(0.9)),
+            ("d", Some(0.3)),
+            ("e", None),
+        ],
         &[("c", true), ("b", false)],
-        &format!("{head} offer:b offer:c offer:d declined:e dispatched:c refused:c dispatched:b placed:b"),
+        &format!(
+            "{head} offer:b offer:c offer:d declined:e dispatched:c refused:c dispatched:b placed:b"
+        ),
     );
     // Every target refuses: the round ends and the placement backs off to retry.
     check(
         &[("b", Some(0.5)), ("c", None), ("d", None), ("e", None)],
         &[("b", true)],
-        &format!("{head} offer:b declined:c declined:d declined:e dispatched:b refused:b unplaced:retry=true"),
+        &format!(
+            "{head} offer:b declined:c declined:d declined:e dispatched:b refused:b unplaced:retry=true"
+        ),
     );
     // Nobody passes the gate: no dispatch at all.
     check(
         &[("b", Some(0.02)), ("c", None), ("d", None), ("e", None)],
         &[],
-        &format!("{head} offer:b declined:c declined:d declined:e gate-refused:b unplaced:retry=true"),
+        &format!(
+            "{head} offer:b declined:c declined:d declined:e gate-refused:b unplaced:retry=true"
+        ),
     );
     // Two never answer: the gathering deadline closes the round with what came back.
     check(
@@ -177,11 +220,18 @@ fn targets_recheck_fit_at_dispatch() {
     let demand = |svc: &str| Demand {
         service: qs_wire::ServiceName::new(svc).unwrap(),
         pattern: qs_wire::HaPattern::Stateless,
-        need: qs_wire::Resources { cpu_millicores: 1500, memory_bytes: GIB, vram_bytes: 0 },
+        need: qs_wire::Resources {
+            cpu_millicores: 1500,
+            memory_bytes: GIB,
+            vram_bytes: 0,
+        },
         labels: BTreeMap::new(),
         max_per_node: 1,
     };
-    let pid = PlacementId { steward: id("a"), seq: 0 };
+    let pid = PlacementId {
+        steward: id("a"),
+        seq: 0,
+    };
     let mut replies = Vec::new();
     for (svc, inst) in [("one", "one-1"), ("one", "one-1"), ("two", "two-1")] {
         let msg = Message::Dispatch {
@@ -191,16 +241,30 @@ fn targets_recheck_fit_at_dispatch() {
             role: Role::Replica,
             fencing: 0,
         };
-        b.handle(Input::Message { from: id("a"), msg }, Time::from_millis(1), &reg);
+        b.handle(
+            Input::Message { from: id("a"), msg },
+            Time::from_millis(1),
+            &reg,
+        );
         while let Some(out) = b.poll() {
-            if let Output::Send { msg: Message::DispatchReply { refused, .. }, .. } = out {
+            if let Output::Send {
+                msg: Message::DispatchReply { refused, .. },
+                ..
+            } = out
+            {
                 replies.push(refused);
             }
         }
     }
     assert_eq!(
         replies,
-        vec![None, None, Some(DeclineReason::NoFit { resource: Resource::Cpu })]
+        vec![
+            None,
+            None,
+            Some(DeclineReason::NoFit {
+                resource: Resource::Cpu
+            })
+        ]
     );
     assert_eq!(b.hosted().len(), 1);
     assert_eq!(b.committed().cpu_millicores, 1500);

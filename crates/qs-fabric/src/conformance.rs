@@ -7,7 +7,7 @@
 //! qs_fabric::conformance_tests!(|| async { qs_fabric::memory::MemoryFabric::new() });
 //! ```
 
-use crate::{Bytes, Fabric, FabricError, Gather, Kv, KvEvent, Topic, MAX_PAYLOAD_BYTES};
+use crate::{Bytes, Fabric, FabricError, Gather, Kv, KvEvent, MAX_PAYLOAD_BYTES, Topic};
 use qs_wire::NodeId;
 use std::time::Duration;
 
@@ -45,10 +45,14 @@ pub async fn publish_reaches_matching_subscribers<F: Fabric>(f: F) {
     let mut any = f.subscribe(&topic("hb.*")).await.unwrap();
     let mut tail = f.subscribe(&topic("node.>")).await.unwrap();
     for i in 0..5 {
-        f.publish(&topic("hb.forge"), b(&format!("f{i}"))).await.unwrap();
+        f.publish(&topic("hb.forge"), b(&format!("f{i}")))
+            .await
+            .unwrap();
     }
     f.publish(&topic("hb.yone"), b("y")).await.unwrap();
-    f.publish(&topic("node.forge.dispatch"), b("d")).await.unwrap();
+    f.publish(&topic("node.forge.dispatch"), b("d"))
+        .await
+        .unwrap();
     f.publish(&topic("query.capacity"), b("q")).await.unwrap();
     for i in 0..5 {
         assert_eq!(recv(&mut exact).await.payload, b(&format!("f{i}")));
@@ -96,7 +100,10 @@ pub async fn gather_completes_early<F: Fabric>(f: F) {
         max_replies: 3,
         timeout: NEVER,
     };
-    let replies = f.gather(&topic("query.capacity"), b("who?"), gather).await.unwrap();
+    let replies = f
+        .gather(&topic("query.capacity"), b("who?"), gather)
+        .await
+        .unwrap();
     let mut got: Vec<String> = replies
         .iter()
         .map(|r| String::from_utf8_lossy(&r.payload).into_owned())
@@ -113,7 +120,10 @@ pub async fn gather_returns_what_came_by_the_deadline<F: Fabric>(f: F) {
         max_replies: 5,
         timeout: Duration::from_millis(500),
     };
-    let replies = f.gather(&topic("query.capacity"), b("q"), gather).await.unwrap();
+    let replies = f
+        .gather(&topic("query.capacity"), b("q"), gather)
+        .await
+        .unwrap();
     assert_eq!(replies.len(), 2);
     let none = f
         .gather(&topic("query.nobody"), b("q"), gather)
@@ -159,7 +169,10 @@ pub async fn kv_put_get<F: Fabric>(f: F) {
     let r3 = kv.put("svc.dns", b("v2")).await.unwrap();
     assert!(r1 < r2 && r2 < r3, "{r1} {r2} {r3}");
     let e = kv.get("svc.dns").await.unwrap().unwrap();
-    assert_eq!((e.key.as_str(), e.value, e.revision), ("svc.dns", b("v2"), r3));
+    assert_eq!(
+        (e.key.as_str(), e.value, e.revision),
+        ("svc.dns", b("v2"), r3)
+    );
     kv.delete("svc.dns").await.unwrap();
     assert_eq!(kv.get("svc.dns").await.unwrap(), None);
     // Buckets are separate.
@@ -179,7 +192,10 @@ pub async fn kv_compare_and_set<F: Fabric>(f: F) {
     let r2 = kv.cas("lease.train", b("b"), Some(r1)).await.unwrap();
     assert!(r2 > r1);
     let stale = kv.cas("lease.train", b("c"), Some(r1)).await.unwrap_err();
-    assert!(matches!(stale, FabricError::Conflict { current: Some(c), .. } if c == r2), "{stale}");
+    assert!(
+        matches!(stale, FabricError::Conflict { current: Some(c), .. } if c == r2),
+        "{stale}"
+    );
     assert_eq!(kv.get("lease.train").await.unwrap().unwrap().value, b("b"));
 }
 
@@ -205,22 +221,34 @@ pub async fn kv_watch_replays_then_follows<F: Fabric>(f: F) {
             KvEvent::Delete { key, .. } => format!("del {key}"),
         });
     }
-    assert_eq!(seen, ["put svc.a=1", "put svc.b=2", "put svc.a=3", "del svc.b"]);
+    assert_eq!(
+        seen,
+        ["put svc.a=1", "put svc.b=2", "put svc.a=3", "del svc.b"]
+    );
 }
 
 /// Bad topics, keys, buckets and payloads are refused by name; nothing is sent or stored.
 pub async fn bad_input_is_refused<F: Fabric>(f: F) {
-    assert!(matches!(Topic::parse("a..b"), Err(FabricError::InvalidTopic { .. })));
+    assert!(matches!(
+        Topic::parse("a..b"),
+        Err(FabricError::InvalidTopic { .. })
+    ));
     let wild = f.publish(&topic("hb.*"), b("x")).await.unwrap_err();
     assert!(matches!(wild, FabricError::InvalidTopic { .. }), "{wild}");
     let big = Bytes::from(vec![0u8; MAX_PAYLOAD_BYTES + 1]);
     let err = f.publish(&topic("events"), big.clone()).await.unwrap_err();
     assert!(matches!(err, FabricError::PayloadTooLarge { .. }), "{err}");
-    assert!(matches!(f.kv("bad bucket").await, Err(FabricError::InvalidBucket { .. })));
+    assert!(matches!(
+        f.kv("bad bucket").await,
+        Err(FabricError::InvalidBucket { .. })
+    ));
     let kv = f.kv("checked").await.unwrap();
     let err = kv.put("bad key", b("x")).await.unwrap_err();
     assert!(err.to_string().contains("\"bad key\""), "{err}");
-    assert!(matches!(kv.put("ok", big).await, Err(FabricError::PayloadTooLarge { .. })));
+    assert!(matches!(
+        kv.put("ok", big).await,
+        Err(FabricError::PayloadTooLarge { .. })
+    ));
     assert_eq!(kv.get("ok").await.unwrap(), None);
 }
 

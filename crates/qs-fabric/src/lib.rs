@@ -132,7 +132,11 @@ pub trait Fabric: Clone + Send + Sync + 'static {
     type Kv: Kv;
 
     /// Sends to every current subscriber of a matching topic.
-    fn publish(&self, topic: &Topic, payload: Bytes) -> impl Future<Output = Result<(), FabricError>> + Send;
+    fn publish(
+        &self,
+        topic: &Topic,
+        payload: Bytes,
+    ) -> impl Future<Output = Result<(), FabricError>> + Send;
 
     /// Publishes with a reply address.
     fn request(
@@ -144,7 +148,10 @@ pub trait Fabric: Clone + Send + Sync + 'static {
 
     /// Receives everything published to topics matching `topic` (`*` matches one token,
     /// `>` the rest) from now on.
-    fn subscribe(&self, topic: &Topic) -> impl Future<Output = Result<Subscription, FabricError>> + Send;
+    fn subscribe(
+        &self,
+        topic: &Topic,
+    ) -> impl Future<Output = Result<Subscription, FabricError>> + Send;
 
     /// Publishes a request and collects replies until `max_replies` came back or the timeout
     /// passed, whichever is first. Returns the replies in arrival order.
@@ -159,7 +166,11 @@ pub trait Fabric: Clone + Send + Sync + 'static {
     fn kv(&self, bucket: &str) -> impl Future<Output = Result<Self::Kv, FabricError>> + Send;
 
     /// Answers a request.
-    fn reply(&self, to: &Incoming, payload: Bytes) -> impl Future<Output = Result<(), FabricError>> + Send {
+    fn reply(
+        &self,
+        to: &Incoming,
+        payload: Bytes,
+    ) -> impl Future<Output = Result<(), FabricError>> + Send {
         async move {
             match &to.reply_to {
                 Some(topic) => self.publish(topic, payload).await,
@@ -169,7 +180,11 @@ pub trait Fabric: Clone + Send + Sync + 'static {
     }
 
     /// Directed send to one node's inbox.
-    fn send(&self, node: &NodeId, payload: Bytes) -> impl Future<Output = Result<(), FabricError>> + Send {
+    fn send(
+        &self,
+        node: &NodeId,
+        payload: Bytes,
+    ) -> impl Future<Output = Result<(), FabricError>> + Send {
         async move { self.publish(&Topic::node_rpc(node), payload).await }
     }
 }
@@ -179,7 +194,8 @@ pub trait Kv: Clone + Send + Sync + 'static {
     fn get(&self, key: &str) -> impl Future<Output = Result<Option<Entry>, FabricError>> + Send;
 
     /// Writes unconditionally; returns the new revision.
-    fn put(&self, key: &str, value: Bytes) -> impl Future<Output = Result<u64, FabricError>> + Send;
+    fn put(&self, key: &str, value: Bytes)
+    -> impl Future<Output = Result<u64, FabricError>> + Send;
 
     /// Writes only if the key is at `expected` (`None`: only if absent); returns the new
     /// revision, or [`FabricError::Conflict`].
@@ -232,7 +248,11 @@ pub fn check_key(key: &str) -> Result<(), FabricError> {
 
 /// Checks a bucket name: `[-_a-zA-Z0-9]+`.
 pub fn check_bucket(bucket: &str) -> Result<(), FabricError> {
-    if bucket.is_empty() || !bucket.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)) {
+    if bucket.is_empty()
+        || !bucket
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+    {
         return Err(FabricError::InvalidBucket {
             bucket: bucket.to_owned(),
             why: "must be non-empty letters, digits, - and _",

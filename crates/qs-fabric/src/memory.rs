@@ -5,8 +5,9 @@
 //! current state first.
 
 use crate::{
-    Entry, Fabric, FabricError, Gather, Incoming, Kv, KvEvent, MAX_GATHER_REPLIES, SUBSCRIPTION_BUFFER,
-    Subscription, Topic, WATCH_BUFFER, Watch, check_bucket, check_key, check_payload,
+    Entry, Fabric, FabricError, Gather, Incoming, Kv, KvEvent, MAX_GATHER_REPLIES,
+    SUBSCRIPTION_BUFFER, Subscription, Topic, WATCH_BUFFER, Watch, check_bucket, check_key,
+    check_payload,
 };
 use bytes::Bytes;
 use std::collections::BTreeMap;
@@ -63,7 +64,12 @@ impl MemoryFabric {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    fn deliver(&self, topic: &Topic, payload: Bytes, reply_to: Option<Topic>) -> Result<(), FabricError> {
+    fn deliver(
+        &self,
+        topic: &Topic,
+        payload: Bytes,
+        reply_to: Option<Topic>,
+    ) -> Result<(), FabricError> {
         if topic.is_pattern() {
             return Err(FabricError::InvalidTopic {
                 topic: topic.to_string(),
@@ -112,7 +118,12 @@ impl Fabric for MemoryFabric {
         self.deliver(topic, payload, None)
     }
 
-    async fn request(&self, topic: &Topic, reply_to: &Topic, payload: Bytes) -> Result<(), FabricError> {
+    async fn request(
+        &self,
+        topic: &Topic,
+        reply_to: &Topic,
+        payload: Bytes,
+    ) -> Result<(), FabricError> {
         self.deliver(topic, payload, Some(reply_to.clone()))
     }
 
@@ -120,7 +131,12 @@ impl Fabric for MemoryFabric {
         Ok(self.subscribe_now(topic))
     }
 
-    async fn gather(&self, topic: &Topic, payload: Bytes, gather: Gather) -> Result<Vec<Incoming>, FabricError> {
+    async fn gather(
+        &self,
+        topic: &Topic,
+        payload: Bytes,
+        gather: Gather,
+    ) -> Result<Vec<Incoming>, FabricError> {
         if gather.max_replies > MAX_GATHER_REPLIES {
             return Err(FabricError::TooManyReplies {
                 asked: gather.max_replies,
@@ -219,7 +235,12 @@ impl Kv for MemoryKv {
         Ok(write(&mut b, key, value))
     }
 
-    async fn cas(&self, key: &str, value: Bytes, expected: Option<u64>) -> Result<u64, FabricError> {
+    async fn cas(
+        &self,
+        key: &str,
+        value: Bytes,
+        expected: Option<u64>,
+    ) -> Result<u64, FabricError> {
         check_key(key)?;
         check_payload(&value)?;
         let mut b = lock(&self.bucket);
@@ -240,7 +261,13 @@ impl Kv for MemoryKv {
         if b.entries.remove(key).is_some() {
             b.revision += 1;
             let revision = b.revision;
-            b.notify(key, KvEvent::Delete { key: key.to_owned(), revision });
+            b.notify(
+                key,
+                KvEvent::Delete {
+                    key: key.to_owned(),
+                    revision,
+                },
+            );
         }
         Ok(())
     }

@@ -28,7 +28,9 @@ impl Topic {
                 "*" => {}
                 ">" if i + 1 == tokens.len() => {}
                 ">" => return refuse("'>' must be the last token"),
-                t if t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') => {}
+                t if t
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') => {}
                 _ => return refuse("tokens are letters, digits, '_' and '-'"),
             }
         }

@@ -11,7 +11,9 @@ async fn slow_subscribers_lose_messages_instead_of_blocking() {
     let _slow = f.subscribe(&Topic::events()).await.unwrap();
     let extra = 10;
     for _ in 0..qs_fabric::SUBSCRIPTION_BUFFER + extra {
-        f.publish(&Topic::events(), qs_fabric::Bytes::from_static(b"x")).await.unwrap();
+        f.publish(&Topic::events(), qs_fabric::Bytes::from_static(b"x"))
+            .await
+            .unwrap();
     }
     assert_eq!(f.dropped(), extra as u64);
 }

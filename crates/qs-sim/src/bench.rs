@@ -57,7 +57,13 @@ fn bench_fleet(n: usize) -> Vec<NodeSpec> {
 /// Places `placements` single-replica gpu-inference services on a fleet of `nodes`, and
 /// measures the wall time from the first spec to the last placement (fleet set-up excluded).
 pub fn placement(nodes: usize, placements: usize, seed: u64) -> PlacementRun {
-    let mut sim = Sim::new(&bench_fleet(nodes), 1, Config::default(), Network::instant(), seed);
+    let mut sim = Sim::new(
+        &bench_fleet(nodes),
+        1,
+        Config::default(),
+        Network::instant(),
+        seed,
+    );
     sim.run_until(Time::from_millis(300)); // every node's first heartbeat is in
     let need = Resources {
         cpu_millicores: 10,
@@ -84,7 +90,9 @@ pub fn placement(nodes: usize, placements: usize, seed: u64) -> PlacementRun {
     let before = sim.counters().clone();
     let target = before.placed + placements as u64;
     let wall = Instant::now();
-    let done = sim.run_while_not(Time::from_millis(600_000), |s| s.counters().placed >= target);
+    let done = sim.run_while_not(Time::from_millis(600_000), |s| {
+        s.counters().placed >= target
+    });
     let wall_seconds = wall.elapsed().as_secs_f64();
     assert!(done, "the benchmark fleet placed everything");
     let c = sim.counters();

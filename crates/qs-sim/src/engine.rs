@@ -6,7 +6,7 @@ use hdrhistogram::Histogram;
 use qs_core::hash::{StableHasher, mix, of_str};
 use qs_core::{Config, Input, Node, Output, Registry, Rng, Time};
 use qs_wire::{
-    Event, ExitOutcome, GpuLoad, InstanceId, InstanceLoad, LocalVerdict, Load, Message, NodeId,
+    Event, ExitOutcome, GpuLoad, InstanceId, InstanceLoad, Load, LocalVerdict, Message, NodeId,
     NodeSpec, Record, Resources, ServiceName, WorkloadKind, WorkloadSpec,
 };
 use std::cmp::Reverse;
@@ -75,12 +75,26 @@ pub struct Counters {
 /// Queued events stay small (payloads boxed) so the heap moves little memory.
 enum Ev {
     Wake(usize),
-    Deliver { to: usize, from: NodeId, msg: Box<Message> },
-    Local { to: usize, input: Box<Input> },
+    Deliver {
+        to: usize,
+        from: NodeId,
+        msg: Box<Message>,
+    },
+    Local {
+        to: usize,
+        input: Box<Input>,
+    },
     Observe(Box<qs_wire::NodeStatus>),
-    Exit { node: usize, instance: InstanceId, outcome: ExitOutcome },
+    Exit {
+        node: usize,
+        instance: InstanceId,
+        outcome: ExitOutcome,
+    },
     Sense(usize),
-    Calm { node: usize, instance: InstanceId },
+    Calm {
+        node: usize,
+        instance: InstanceId,
+    },
     Expire,
     Act(Action),
 }
@@ -235,7 +249,7 @@ impl Sim {
     /// Runs until `done` holds (checked after each event) or `until`; true if `done` held.
     pub fn run_while_not(&mut self, until: Time, mut done: impl FnMut(&Sim) -> bool) -> bool {
         while !done(self) {
-            if !self.queue.peek().is_some_and(|Reverse(s)| s.at <= until) {
+            if self.queue.peek().is_none_or(|Reverse(s)| s.at > until) {
                 return false;
             }
             self.step();
@@ -244,7 +258,9 @@ impl Sim {
     }
 
     fn step(&mut self) {
-        let Some(Reverse(s)) = self.queue.pop() else { return };
+        let Some(Reverse(s)) = self.queue.pop() else {
+            return;
+        };
         self.now = s.at;
         self.counters.events += 1;
         let touched = self.dispatch(s.ev);
@@ -273,12 +289,20 @@ impl Sim {
             Ev::Deliver { to, from, msg } => self.input(to, Input::Message { from, msg: *msg }),
             Ev::Local { to, input } => self.input(to, *input),
             Ev::Observe(status) => {
-                if self.index.get(&status.node).is_some_and(|&i| self.nodes[i].alive) {
+                if self
+                    .index
+                    .get(&status.node)
+                    .is_some_and(|&i| self.nodes[i].alive)
+                {
                     self.registry.observe(*status, now);
                 }
                 None
             }
-            Ev::Exit { node, instance, outcome } => {
+            Ev::Exit {
+                node,
+                instance,
+                outcome,
+            } => {
                 if !self.nodes[node].alive || self.nodes[node].procs.remove(&instance).is_none() {
                     return None;
                 }
@@ -337,7 +361,11 @@ impl Sim {
     }
 
     fn reconcile_steward_of(&mut self, service: &ServiceName) {
-        if let Some(&i) = self.registry.steward(service).and_then(|s| self.index.get(s)) {
+        if let Some(&i) = self
+            .registry
+            .steward(service)
+            .and_then(|s| self.index.get(s))
+        {
             let at = self.now + micros(self.net.kv_us);
             let input = Box::new(Input::ReconcileService(service.clone()));
             self.push(at, Ev::Local { to: i, input });
@@ -355,17 +383,30 @@ impl Sim {
             Action::Remove(name) => {
                 self.registry.remove_spec(&name);
             }
-            Action::Spike { service, util, for_ms } => {
+            Action::Spike {
+                service,
+                util,
+                for_ms,
+            } => {
                 let hit = self.registry.instances_of(&service).find_map(|(id, r)| {
                     let i = *self.index.get(&r.node)?;
-                    self.nodes[i].procs.contains_key(id).then(|| (i, id.clone()))
+                    self.nodes[i]
+                        .procs
+                        .contains_key(id)
+                        .then(|| (i, id.clone()))
                 });
                 if let Some((i, id)) = hit {
                     if let Some(p) = self.nodes[i].procs.get_mut(&id) {
                         p.util = util;
                     }
                     self.sense_soon(i);
-                    self.push(now + micros(for_ms * 1000), Ev::Calm { node: i, instance: id });
+                    self.push(
+                        now + micros(for_ms * 1000),
+                        Ev::Calm {
+                            node: i,
+                            instance: id,
+                        },
+                    );
                 }
             }
             Action::Background { node, cpu_util } => {
@@ -386,13 +427,23 @@ impl Sim {
             Action::Crash(service) => {
                 let hit = self.registry.instances_of(&service).find_map(|(id, r)| {
                     let i = *self.index.get(&r.node)?;
-                    self.nodes[i].procs.contains_key(id).then(|| (i, id.clone()))
+                    self.nodes[i]
+                        .procs
+                        .contains_key(id)
+                        .then(|| (i, id.clone()))
                 });
                 if let Some((node, instance)) = hit {
                     let outcome = ExitOutcome::Crashed {
                         reason: "simulated crash".into(),
                     };
-                    self.push(now, Ev::Exit { node, instance, outcome });
+                    self.push(
+                        now,
+                        Ev::Exit {
+                            node,
+                            instance,
+                            outcome,
+                        },
+                    );
                 }
             }
             Action::BreakStarts(node) => {
@@ -401,7 +452,11 @@ impl Sim {
                 }
             }
             Action::ApprovePromotion(service) => {
-                if let Some(&i) = self.registry.steward(&service).and_then(|s| self.index.get(s)) {
+                if let Some(&i) = self
+                    .registry
+                    .steward(&service)
+                    .and_then(|s| self.index.get(s))
+                {
                     let input = Box::new(Input::ApprovePromotion { service });
                     self.push(now, Ev::Local { to: i, input });
                 }
@@ -415,7 +470,9 @@ impl Sim {
             let now = self.now;
             match out {
                 Output::Send { to, msg } => {
-                    let Some(&j) = self.index.get(&to) else { continue };
+                    let Some(&j) = self.index.get(&to) else {
+                        continue;
+                    };
                     self.counters.messages += 1;
                     let (a, b) = (self.nodes[i].site, self.nodes[j].site);
                     let link = mix(of_str(self.nodes[i].core.id().as_str()) ^ of_str(to.as_str()));
@@ -448,16 +505,37 @@ impl Sim {
                         let outcome = ExitOutcome::FailedStart {
                             reason: "simulated broken start".into(),
                         };
-                        self.push(now + micros(START_FAIL_US), Ev::Exit { node, instance, outcome });
+                        self.push(
+                            now + micros(START_FAIL_US),
+                            Ev::Exit {
+                                node,
+                                instance,
+                                outcome,
+                            },
+                        );
                     } else if let Some(ms) = job {
                         let outcome = ExitOutcome::Completed;
-                        self.push(now + micros(ms * 1000), Ev::Exit { node, instance, outcome });
+                        self.push(
+                            now + micros(ms * 1000),
+                            Ev::Exit {
+                                node,
+                                instance,
+                                outcome,
+                            },
+                        );
                     }
                     self.sense_soon(i);
                 }
                 Output::Stop { instance, reason } => {
                     let outcome = ExitOutcome::Stopped { reason };
-                    self.push(now + micros(STOP_GRACE_US), Ev::Exit { node: i, instance, outcome });
+                    self.push(
+                        now + micros(STOP_GRACE_US),
+                        Ev::Exit {
+                            node: i,
+                            instance,
+                            outcome,
+                        },
+                    );
                 }
                 Output::Record(event) => self.on_record(i, event),
             }
@@ -480,10 +558,8 @@ impl Sim {
             | Event::LocalCheck {
                 verdict: LocalVerdict::Start { composite },
                 placement: qs_wire::PlacementId { steward: to, .. },
-            } => {
-                if self.check && composite.value <= gate {
-                    self.violate(format!("gate bypassed: {to} chosen with {composite}"));
-                }
+            } if self.check && composite.value <= gate => {
+                self.violate(format!("gate bypassed: {to} chosen with {composite}"));
             }
             _ => {}
         }
@@ -542,7 +618,9 @@ impl Sim {
         if !n.alive {
             return;
         }
-        let Some(t) = n.core.poll_timeout() else { return };
+        let Some(t) = n.core.poll_timeout() else {
+            return;
+        };
         let t = t.max(self.now);
         if n.wake.is_some_and(|w| w <= t) {
             return; // an earlier wake is already queued; it will reschedule
@@ -574,7 +652,10 @@ impl Sim {
             }
             for (g, used) in cap.gpus.iter().zip(&c.gpu_vram_bytes) {
                 if *used > g.vram_bytes {
-                    found.push(format!("{id} VRAM over-committed: {used} of {}", g.vram_bytes));
+                    found.push(format!(
+                        "{id} VRAM over-committed: {used} of {}",
+                        g.vram_bytes
+                    ));
                 }
             }
             let mut per_service: BTreeMap<&ServiceName, u32> = BTreeMap::new();
@@ -587,7 +668,9 @@ impl Sim {
             for (svc, count) in per_service {
                 let max = self.registry.spec(svc).map_or(u32::MAX, |s| s.max_per_node);
                 if count > max {
-                    found.push(format!("{id} runs {count} instances of {svc} (max {max} per node)"));
+                    found.push(format!(
+                        "{id} runs {count} instances of {svc} (max {max} per node)"
+                    ));
                 }
             }
         }

@@ -42,7 +42,11 @@ impl Network {
     /// pair so its base latency is stable).
     pub fn latency_us(&self, link: u64, same_site: bool, rng: &mut Rng) -> u64 {
         let (lo, hi) = if same_site { self.lan_us } else { self.wan_us };
-        let base = if hi > lo { lo + mix(link) % (hi - lo) } else { lo };
+        let base = if hi > lo {
+            lo + mix(link) % (hi - lo)
+        } else {
+            lo
+        };
         if self.jitter <= 0.0 || base == 0 {
             return base;
         }

@@ -57,7 +57,10 @@ impl SimConfig {
     pub fn validate(&self) -> Result<(), SimConfigError> {
         let refuse = |field: &'static str, message: String| Err(SimConfigError { field, message });
         if !(1..=MAX_NODES).contains(&self.nodes) {
-            return refuse("nodes", format!("must be in 1..={MAX_NODES}, got {}", self.nodes));
+            return refuse(
+                "nodes",
+                format!("must be in 1..={MAX_NODES}, got {}", self.nodes),
+            );
         }
         if !(100..=3_600_000).contains(&self.duration_ms) {
             return refuse(
@@ -66,7 +69,10 @@ impl SimConfig {
             );
         }
         if self.services() > 100_000 {
-            return refuse("services", format!("must be at most 100000, got {}", self.services()));
+            return refuse(
+                "services",
+                format!("must be at most 100000, got {}", self.services()),
+            );
         }
         if !(0.0..=0.5).contains(&self.kill_fraction) {
             return refuse(
@@ -126,7 +132,13 @@ pub fn fleet(n: usize, rng: &mut Rng) -> Vec<NodeSpec> {
     (0..n)
         .map(|i| {
             let r = rng.unit();
-            let level = if r < 0.1 { 0 } else if r < 0.5 { 1 } else { 2 };
+            let level = if r < 0.1 {
+                0
+            } else if r < 0.5 {
+                1
+            } else {
+                2
+            };
             let cores = [4u64, 8, 16, 32, 64][rng.below(5) as usize];
             let gib = [8u64, 16, 32, 64, 128, 256][rng.below(6) as usize];
             let gpus = if rng.unit() < 0.3 {
@@ -192,7 +204,12 @@ fn specs(cfg: &SimConfig, rng: &mut Rng) -> Vec<(Time, WorkloadSpec, Option<u64>
         } else if r < 0.75 {
             (HaPattern::StatefulRead, 2 + rng.below(2) as u32, 0, need)
         } else if r < 0.92 {
-            (HaPattern::GpuInference, 1 + rng.below(2) as u32, 0, gpu_need)
+            (
+                HaPattern::GpuInference,
+                1 + rng.below(2) as u32,
+                0,
+                gpu_need,
+            )
         } else {
             (HaPattern::GpuSingleton, 1, 1, gpu_need)
         };
@@ -203,7 +220,8 @@ fn specs(cfg: &SimConfig, rng: &mut Rng) -> Vec<(Time, WorkloadSpec, Option<u64>
         };
         let mut spec = workload(&format!("svc{i:05}"), kind, pattern, need);
         if rng.unit() < 0.1 {
-            spec.labels.insert("zone".into(), ["a", "b", "c"][rng.below(3) as usize].into());
+            spec.labels
+                .insert("zone".into(), ["a", "b", "c"][rng.below(3) as usize].into());
         }
         if let WorkloadKind::Service { auto_promote, .. } = &mut spec.kind {
             *auto_promote &= pattern == HaPattern::StatefulRead;
@@ -218,7 +236,13 @@ pub fn build(cfg: &SimConfig) -> (Sim, usize, usize) {
     let mut rng = Rng::seeded(cfg.seed);
     let nodes = fleet(cfg.nodes, &mut rng);
     let sites = 1 + (cfg.nodes as u64 / 500).min(63);
-    let mut sim = Sim::new(&nodes, sites, cfg.core.clone(), cfg.network.clone(), rng.next_u64());
+    let mut sim = Sim::new(
+        &nodes,
+        sites,
+        cfg.core.clone(),
+        cfg.network.clone(),
+        rng.next_u64(),
+    );
     sim.check_invariants(cfg.check_invariants);
     sim.keep_records(cfg.keep_records);
     let duration = cfg.duration_ms;
@@ -233,17 +257,27 @@ pub fn build(cfg: &SimConfig) -> (Sim, usize, usize) {
         let after = at.as_micros() / 1000 + 500;
         if spec.pattern == HaPattern::Stateless && job_ms.is_none() && rng.unit() < 0.05 {
             let t = Time::from_millis(after + rng.below(duration / 4 + 1));
-            let spike = Action::Spike { service: name.clone(), util: 0.95, for_ms: 3000 };
+            let spike = Action::Spike {
+                service: name.clone(),
+                util: 0.95,
+                for_ms: 3000,
+            };
             sim.schedule(t, spike);
         }
         if rng.unit() < 0.03 {
-            sim.schedule(Time::from_millis(after + rng.below(duration / 4 + 1)), Action::Crash(name.clone()));
+            sim.schedule(
+                Time::from_millis(after + rng.below(duration / 4 + 1)),
+                Action::Crash(name.clone()),
+            );
         }
         sim.schedule(at, Action::Apply(spec));
     }
     for n in &nodes {
         if rng.unit() < 0.05 {
-            let hot = Action::Background { node: n.id.clone(), cpu_util: 0.85 };
+            let hot = Action::Background {
+                node: n.id.clone(),
+                cpu_util: 0.85,
+            };
             sim.schedule(Time::ZERO, hot);
         }
     }
@@ -252,7 +286,11 @@ pub fn build(cfg: &SimConfig) -> (Sim, usize, usize) {
         sim.schedule(Time::ZERO, Action::BreakStarts(broken));
     }
     let kills = (cfg.nodes as f64 * cfg.kill_fraction).round() as usize;
-    let kills = if cfg.kill_fraction > 0.0 && cfg.nodes >= 5 { kills.max(1) } else { kills };
+    let kills = if cfg.kill_fraction > 0.0 && cfg.nodes >= 5 {
+        kills.max(1)
+    } else {
+        kills
+    };
     for _ in 0..kills {
         let victim = nodes[rng.below(nodes.len() as u64) as usize].id.clone();
         let at = Time::from_millis(duration * 4 / 10 + rng.below(duration * 4 / 10 + 1));

@@ -60,7 +60,10 @@ fn out_of_range_settings_are_refused_by_name() {
         let err = run(&cfg).unwrap_err().to_string();
         assert!(err.starts_with(want), "{err}");
     };
-    check(SimConfig::new(0, 1), "--nodes: must be in 1..=100000, got 0");
+    check(
+        SimConfig::new(0, 1),
+        "--nodes: must be in 1..=100000, got 0",
+    );
     check(SimConfig::new(100_001, 1), "--nodes: must be in 1..=100000");
     let mut cfg = SimConfig::new(10, 1);
     cfg.duration_ms = 5;

@@ -18,7 +18,13 @@ fn seed_fleet() -> Vec<NodeSpec> {
 
 /// The seed fleet after every node's first heartbeat, with invariant checks on.
 fn seed_sim(seed: u64) -> Sim {
-    let mut sim = Sim::new(&seed_fleet(), 3, Config::default(), Network::lan_and_vpn(), seed);
+    let mut sim = Sim::new(
+        &seed_fleet(),
+        3,
+        Config::default(),
+        Network::lan_and_vpn(),
+        seed,
+    );
     sim.keep_records(true);
     sim.check_invariants(true);
     sim.run_until(Time::from_millis(300));
@@ -47,9 +53,20 @@ fn after(sim: &Sim, ms: u64) -> Time {
 
 /// Seed 000's loads: forge at 30 % CPU, msclo over the threshold, the others busy or idle.
 fn seed_loads(sim: &mut Sim) {
-    let loads = [("msclo", 0.85), ("yone", 0.5), ("lilo", 0.5), ("forge", 0.3)];
+    let loads = [
+        ("msclo", 0.85),
+        ("yone", 0.5),
+        ("lilo", 0.5),
+        ("forge", 0.3),
+    ];
     for (node, cpu_util) in loads {
-        sim.schedule(sim.now(), Action::Background { node: id(node), cpu_util });
+        sim.schedule(
+            sim.now(),
+            Action::Background {
+                node: id(node),
+                cpu_util,
+            },
+        );
     }
     // Let the sensors sample it and a heartbeat carry it.
     sim.run_until(after(sim, 300));
@@ -80,7 +97,10 @@ fn placement_of(e: &Event) -> Option<&PlacementId> {
 }
 
 fn placed_on(sim: &Sim, service: &ServiceName) -> Vec<NodeId> {
-    sim.registry().instances_of(service).map(|(_, r)| r.node.clone()).collect()
+    sim.registry()
+        .instances_of(service)
+        .map(|(_, r)| r.node.clone())
+        .collect()
 }
 
 const DNS: &str = r#"
@@ -102,9 +122,20 @@ fn seed_000_coredns_story() {
     let svc = dns.name.clone();
     sim.schedule(sim.now(), Action::Apply(dns));
     sim.run_until(after(&sim, 500));
-    assert_eq!(placed_on(&sim, &svc), vec![id("msi01")], "first replica starts where its steward is");
+    assert_eq!(
+        placed_on(&sim, &svc),
+        vec![id("msi01")],
+        "first replica starts where its steward is"
+    );
 
-    sim.schedule(sim.now(), Action::Spike { service: svc.clone(), util: 0.95, for_ms: 10_000 });
+    sim.schedule(
+        sim.now(),
+        Action::Spike {
+            service: svc.clone(),
+            util: 0.95,
+            for_ms: 10_000,
+        },
+    );
     let until = after(&sim, 3000);
     assert!(sim.run_while_not(until, |s| s.registry().instances_of(&svc).count() == 2));
 
@@ -112,7 +143,11 @@ fn seed_000_coredns_story() {
         .records()
         .iter()
         .find_map(|r| match &r.event {
-            Event::Sensed { placement, reason: SenseReason::Hot { on, .. }, .. } => {
+            Event::Sensed {
+                placement,
+                reason: SenseReason::Hot { on, .. },
+                ..
+            } => {
                 assert_eq!(on, &id("msi01"));
                 Some(placement.clone())
             }
@@ -122,27 +157,54 @@ fn seed_000_coredns_story() {
     let events = story(&sim, &hot);
     let kinds: Vec<String> = events
         .iter()
-        .map(|e| serde_json::to_value(e).unwrap()["event"].as_str().unwrap().to_owned())
+        .map(|e| {
+            serde_json::to_value(e).unwrap()["event"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
     assert_eq!(kinds[..3], ["sensed", "local-check", "query-sent"]);
     assert_eq!(kinds[kinds.len() - 2..], ["dispatched", "placed"]);
     assert!(matches!(
         events[1],
-        Event::LocalCheck { verdict: LocalVerdict::Refused { reason: DeclineReason::AlreadyRunning }, .. }
+        Event::LocalCheck {
+            verdict: LocalVerdict::Refused {
+                reason: DeclineReason::AlreadyRunning
+            },
+            ..
+        }
     ));
-    assert!(matches!(events[2], Event::QuerySent { asked: 6, live: 7, sampled: false, .. }));
+    assert!(matches!(
+        events[2],
+        Event::QuerySent {
+            asked: 6,
+            live: 7,
+            sampled: false,
+            ..
+        }
+    ));
     assert!(events.iter().any(|e| matches!(e,
         Event::Declined { from, reason: DeclineReason::OverThreshold { resource: Resource::Cpu }, .. }
             if from == &id("msclo"))));
     let offers: Vec<(&NodeId, f64)> = events
         .iter()
         .filter_map(|e| match e {
-            Event::OfferReceived { from, composite, .. } => Some((from, composite.value)),
+            Event::OfferReceived {
+                from, composite, ..
+            } => Some((from, composite.value)),
             _ => None,
         })
         .collect();
-    let forge = offers.iter().find(|o| o.0 == &id("forge")).expect("forge offered");
-    assert_eq!(forge.1, composite(0.0, None, 0.7, 1).value, "forge: CPU 30 %, level 1, no pressure");
+    let forge = offers
+        .iter()
+        .find(|o| o.0 == &id("forge"))
+        .expect("forge offered");
+    assert_eq!(
+        forge.1,
+        composite(0.0, None, 0.7, 1).value,
+        "forge: CPU 30 %, level 1, no pressure"
+    );
     let best = offers.iter().max_by(|a, b| a.1.total_cmp(&b.1)).unwrap();
     assert_eq!(best.0, &id("forge"));
     assert!(matches!(events[kinds.len() - 1], Event::Placed { on, .. } if on == &id("forge")));
@@ -159,25 +221,35 @@ fn a_failure_raises_pressure_and_the_next_placement_avoids_the_node() {
     let mut sim = seed_sim(2);
     seed_loads(&mut sim);
     sim.schedule(sim.now(), Action::BreakStarts(id("forge")));
-    let dns = stewarded_by(&sim, &DNS.replace("replicas = 1\nmax_replicas = 2", "replicas = 2"), "msi01");
+    let dns = stewarded_by(
+        &sim,
+        &DNS.replace("replicas = 1\nmax_replicas = 2", "replicas = 2"),
+        "msi01",
+    );
     let svc = dns.name.clone();
     sim.schedule(sim.now(), Action::Apply(dns));
     let until = after(&sim, 10_000);
     assert!(sim.run_while_not(until, |s| s.registry().instances_of(&svc).count() == 2));
 
     let raised = sim.records().iter().find(|r| {
-        r.node == id("forge") && matches!(&r.event, Event::PressureRaised { service, .. } if service == &svc)
+        r.node == id("forge")
+            && matches!(&r.event, Event::PressureRaised { service, .. } if service == &svc)
     });
     assert!(raised.is_some(), "forge's failed start raised its pressure");
     let forge_offers: Vec<f64> = sim
         .records()
         .iter()
         .filter_map(|r| match &r.event {
-            Event::OfferReceived { from, composite, .. } if from == &id("forge") => Some(composite.pressure),
+            Event::OfferReceived {
+                from, composite, ..
+            } if from == &id("forge") => Some(composite.pressure),
             _ => None,
         })
         .collect();
-    assert!(forge_offers.len() >= 2, "forge offered before and after failing: {forge_offers:?}");
+    assert!(
+        forge_offers.len() >= 2,
+        "forge offered before and after failing: {forge_offers:?}"
+    );
     assert_eq!(forge_offers[0], 0.0);
     assert!(forge_offers[forge_offers.len() - 1] > 0.0);
     let hosts = placed_on(&sim, &svc);
@@ -204,13 +276,19 @@ fn gpu_inference_goes_to_the_most_free_vram() {
         .records()
         .iter()
         .filter_map(|r| match &r.event {
-            Event::OfferReceived { from, composite, .. } => Some((from.clone(), composite.value)),
+            Event::OfferReceived {
+                from, composite, ..
+            } => Some((from.clone(), composite.value)),
             _ => None,
         })
         .collect();
     let value = |n: &str| offers.iter().find(|o| o.0 == id(n)).unwrap().1;
     assert!(value("forge") > value("pcdev"), "{offers:?}");
-    assert_eq!(offers.len(), 2, "only GPU nodes big enough are asked: {offers:?}");
+    assert_eq!(
+        offers.len(),
+        2,
+        "only GPU nodes big enough are asked: {offers:?}"
+    );
 }
 
 /// A gpu-singleton exists once; when its node dies it comes back elsewhere with a higher
@@ -233,7 +311,9 @@ fn a_singleton_moves_once_with_a_higher_fencing_token() {
     sim.schedule(sim.now(), Action::Kill(first[0].clone()));
     let until = after(&sim, 6000);
     assert!(sim.run_while_not(until, |s| {
-        s.registry().instances_of(&svc).any(|(_, r)| r.node != first[0])
+        s.registry()
+            .instances_of(&svc)
+            .any(|(_, r)| r.node != first[0])
     }));
     let (_, r) = sim.registry().instances_of(&svc).next().unwrap();
     assert_eq!(r.fencing, 2);
@@ -270,12 +350,18 @@ fn moving_a_primary_needs_approval_unless_auto_promote() {
         sim.run_until(after(&sim, 2000));
         let primary = primary_of(&sim, &svc).expect("a primary was placed");
         assert_eq!(sim.registry().instances_of(&svc).count(), 2);
-        assert_eq!(primary, id("msi01"), "the first instance starts on its steward");
+        assert_eq!(
+            primary,
+            id("msi01"),
+            "the first instance starts on its steward"
+        );
         // Kill the primary's node: its steward moves too, to the next node by rendezvous.
         sim.schedule(sim.now(), Action::Kill(primary.clone()));
         sim.run_until(after(&sim, 3000));
-        let asked = sim.records().iter().any(|r| matches!(&r.event,
-            Event::PromotionNeedsApproval { service } if service == &svc));
+        let asked = sim.records().iter().any(|r| {
+            matches!(&r.event,
+            Event::PromotionNeedsApproval { service } if service == &svc)
+        });
         if auto {
             assert!(!asked);
             assert!(primary_of(&sim, &svc).is_some_and(|p| p != primary));
@@ -286,7 +372,11 @@ fn moving_a_primary_needs_approval_unless_auto_promote() {
             sim.run_until(after(&sim, 1000));
             assert!(primary_of(&sim, &svc).is_some());
         }
-        assert_eq!(sim.registry().instances_of(&svc).count(), 2, "the lost replica was replaced");
+        assert_eq!(
+            sim.registry().instances_of(&svc).count(),
+            2,
+            "the lost replica was replaced"
+        );
         assert!(sim.violations().is_empty(), "{:?}", sim.violations());
     }
 }
@@ -295,7 +385,8 @@ fn moving_a_primary_needs_approval_unless_auto_promote() {
 #[test]
 fn job_instances_complete_once() {
     let mut sim = seed_sim(6);
-    let job = spec("[job.index]\nparallelism = 3\nresources = { cpu_cores = 1, memory_mib = 512 }\n");
+    let job =
+        spec("[job.index]\nparallelism = 3\nresources = { cpu_cores = 1, memory_mib = 512 }\n");
     let svc = job.name.clone();
     sim.set_job_duration(svc.clone(), 400);
     sim.schedule(sim.now(), Action::Apply(job));
@@ -314,7 +405,8 @@ fn job_instances_complete_once() {
 #[test]
 fn deleting_a_spec_stops_its_instances() {
     let mut sim = seed_sim(7);
-    let web = spec("[service.web]\nreplicas = 3\nresources = { cpu_cores = 1, memory_mib = 256 }\n");
+    let web =
+        spec("[service.web]\nreplicas = 3\nresources = { cpu_cores = 1, memory_mib = 256 }\n");
     assert_eq!(web.pattern, HaPattern::Stateless);
     sim.schedule(sim.now(), Action::Apply(web));
     sim.run_until(after(&sim, 2000));

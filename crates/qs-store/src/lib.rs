@@ -45,7 +45,9 @@ impl Ledger {
     /// Opens the ledger at `path`, creating it if missing.
     pub fn open(path: impl AsRef<Path>) -> Result<Ledger, StoreError> {
         let path = path.as_ref().to_path_buf();
-        let db = contained(&path, || Database::create(&path).map_err(|e| classify(&path, e.into())))?;
+        let db = contained(&path, || {
+            Database::create(&path).map_err(|e| classify(&path, e.into()))
+        })?;
         let ledger = Ledger {
             db,
             path: path.clone(),
@@ -86,7 +88,12 @@ impl Ledger {
 
     /// Appends events written by `node` at `at_us`, in one durable transaction. Returns their
     /// sequence numbers.
-    pub fn append(&self, node: &NodeId, at_us: u64, events: &[Event]) -> Result<Range<u64>, StoreError> {
+    pub fn append(
+        &self,
+        node: &NodeId,
+        at_us: u64,
+        events: &[Event],
+    ) -> Result<Range<u64>, StoreError> {
         self.append_with(events.len(), |seq, i| Record {
             seq,
             at_us,
@@ -104,7 +111,11 @@ impl Ledger {
         })
     }
 
-    fn append_with(&self, n: usize, make: impl Fn(u64, usize) -> Record) -> Result<Range<u64>, StoreError> {
+    fn append_with(
+        &self,
+        n: usize,
+        make: impl Fn(u64, usize) -> Record,
+    ) -> Result<Range<u64>, StoreError> {
         let mut next = self.lock_next();
         let first = *next;
         contained(&self.path, || self.write(first, n, &make))?;
@@ -113,14 +124,21 @@ impl Ledger {
         Ok(first..*next)
     }
 
-    fn write(&self, first: u64, n: usize, make: &dyn Fn(u64, usize) -> Record) -> Result<(), StoreError> {
+    fn write(
+        &self,
+        first: u64,
+        n: usize,
+        make: &dyn Fn(u64, usize) -> Record,
+    ) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(|e| self.err(e))?;
         {
             let mut table = tx.open_table(LEDGER).map_err(|e| self.err(e))?;
             for i in 0..n {
                 let record = make(first + i as u64, i);
                 let bytes = serde_json::to_vec(&record).expect("ledger records always serialize");
-                table.insert(record.seq, bytes.as_slice()).map_err(|e| self.err(e))?;
+                table
+                    .insert(record.seq, bytes.as_slice())
+                    .map_err(|e| self.err(e))?;
             }
         }
         tx.commit().map_err(|e| self.err(e))
@@ -139,12 +157,17 @@ impl Ledger {
             Err(e) => return Err(self.err(e)),
         };
         let mut out = Vec::new();
-        for item in table.range(from..).map_err(|e| self.err(e))?.take(limit.min(MAX_READ)) {
+        for item in table
+            .range(from..)
+            .map_err(|e| self.err(e))?
+            .take(limit.min(MAX_READ))
+        {
             let (k, v) = item.map_err(|e| self.err(e))?;
-            let record: Record = serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
-                path: self.path.clone(),
-                detail: format!("record {}: {e}", k.value()),
-            })?;
+            let record: Record =
+                serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
+                    path: self.path.clone(),
+                    detail: format!("record {}: {e}", k.value()),
+                })?;
             out.push(record);
         }
         Ok(out)
@@ -157,7 +180,12 @@ impl Ledger {
 
     /// Like [`Ledger::read`], but waits up to `timeout` for a record at `from` to be appended
     /// (by this process) if there is none yet.
-    pub fn follow(&self, from: u64, limit: usize, timeout: Duration) -> Result<Vec<Record>, StoreError> {
+    pub fn follow(
+        &self,
+        from: u64,
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<Vec<Record>, StoreError> {
         let next = self.lock_next();
         let (next, _) = self
             .appended

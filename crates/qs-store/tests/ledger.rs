@@ -48,10 +48,18 @@ fn follow_wakes_on_append() {
     // Waits for the writer (bounded by the timeout), then sees its event.
     let got = l.follow(0, 10, Duration::from_secs(30)).unwrap();
     writer.join().unwrap();
-    let got = if got.is_empty() { l.read(0, 10).unwrap() } else { got };
+    let got = if got.is_empty() {
+        l.read(0, 10).unwrap()
+    } else {
+        got
+    };
     assert_eq!(got.len(), 1);
     // Nothing new: returns empty after the timeout.
-    assert!(l.follow(1, 10, Duration::from_millis(50)).unwrap().is_empty());
+    assert!(
+        l.follow(1, 10, Duration::from_millis(50))
+            .unwrap()
+            .is_empty()
+    );
 }
 
 const CHILD_ENV: &str = "QS_LEDGER_WRITER";
@@ -60,7 +68,9 @@ const CHILD_ENV: &str = "QS_LEDGER_WRITER";
 #[test]
 #[ignore = "runs only as the child of kill_9_loses_no_committed_event"]
 fn writer_child() {
-    let Ok(path) = std::env::var(CHILD_ENV) else { return };
+    let Ok(path) = std::env::var(CHILD_ENV) else {
+        return;
+    };
     let l = Ledger::open(path).unwrap();
     // Bounded: stops by itself if nobody kills it.
     for i in 0..100_000 {
@@ -74,7 +84,13 @@ fn kill_9_loses_no_committed_event() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ledger.redb");
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "writer_child", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "writer_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_ENV, &path)
         .stdout(Stdio::piped())
         .spawn()
@@ -96,7 +112,11 @@ fn kill_9_loses_no_committed_event() {
     let last = last_committed.expect("the writer committed before it was killed");
     let l = Ledger::open(&path).unwrap();
     let records = l.read(0, 100_000).unwrap();
-    assert!(records.len() as u64 > last, "{} records, last committed {last}", records.len());
+    assert!(
+        records.len() as u64 > last,
+        "{} records, last committed {last}",
+        records.len()
+    );
     for (i, r) in records.iter().enumerate() {
         assert_eq!(r.seq, i as u64, "sequence numbers are contiguous");
     }
@@ -128,7 +148,10 @@ fn damaged_ledgers_never_panic() {
     }
     let bytes = std::fs::read(&good).unwrap();
     let mut cases: Vec<(String, Vec<u8>)> = vec![
-        ("truncated to half".into(), bytes[..bytes.len() / 2].to_vec()),
+        (
+            "truncated to half".into(),
+            bytes[..bytes.len() / 2].to_vec(),
+        ),
         ("truncated to 100 bytes".into(), bytes[..100].to_vec()),
     ];
     for at in (0..bytes.len()).step_by(bytes.len() / 16 + 1) {

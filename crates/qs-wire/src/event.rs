@@ -19,10 +19,16 @@ pub enum SenseReason {
 #[serde(rename_all = "kebab-case", tag = "verdict")]
 pub enum LocalVerdict {
     /// Fits here and passes the gate: started locally, no query.
-    Start { composite: Composite },
+    Start {
+        composite: Composite,
+    },
     /// Fits, but a GPU workload must compete on VRAM: this node's own offer joins the pool.
-    Compete { composite: Composite },
-    Refused { reason: DeclineReason },
+    Compete {
+        composite: Composite,
+    },
+    Refused {
+        reason: DeclineReason,
+    },
 }
 
 /// One ledger event. Every step of every placement is one, so the ledger tells each

@@ -15,11 +15,10 @@ pub use envelope::{Envelope, MessageId, WIRE_VERSION, WireError};
 pub use event::{Event, LocalVerdict, Record, SenseReason};
 pub use ids::{InstanceId, NameError, NodeId, PlacementId, ServiceName};
 pub use message::{
-    Demand, Resource,
-    Composite, DeclineReason, ExitOutcome, InstanceSummary, Message, NodeStatus, Offer, Role,
+    Composite, DeclineReason, Demand, ExitOutcome, InstanceSummary, Message, NodeStatus, Offer,
+    Resource, Role,
 };
 pub use resources::{Capacity, Committed, GpuCapacity, GpuLoad, InstanceLoad, Load, Resources};
 pub use spec::{
-    HaPattern, MAX_LEVEL, NodeSpec, SpecDocument, SpecError, WorkloadKind, WorkloadSpec,
-    parse_spec,
+    HaPattern, MAX_LEVEL, NodeSpec, SpecDocument, SpecError, WorkloadKind, WorkloadSpec, parse_spec,
 };

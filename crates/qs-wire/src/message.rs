@@ -140,11 +140,19 @@ pub enum Role {
 pub enum ExitOutcome {
     /// A job instance finished its work.
     Completed,
-    Crashed { reason: String },
-    FailedStart { reason: String },
-    HealthFailed { reason: String },
+    Crashed {
+        reason: String,
+    },
+    FailedStart {
+        reason: String,
+    },
+    HealthFailed {
+        reason: String,
+    },
     /// Stopped on purpose (scale-in, superseded, operator).
-    Stopped { reason: String },
+    Stopped {
+        reason: String,
+    },
 }
 
 impl ExitOutcome {
@@ -152,7 +160,9 @@ impl ExitOutcome {
     pub fn is_failure(&self) -> bool {
         matches!(
             self,
-            ExitOutcome::Crashed { .. } | ExitOutcome::FailedStart { .. } | ExitOutcome::HealthFailed { .. }
+            ExitOutcome::Crashed { .. }
+                | ExitOutcome::FailedStart { .. }
+                | ExitOutcome::HealthFailed { .. }
         )
     }
 }
@@ -219,9 +229,14 @@ pub enum Message {
         refused: Option<DeclineReason>,
     },
     /// Steward to host: stop this instance (scale-in, superseded).
-    Stop { instance: InstanceId, reason: String },
+    Stop {
+        instance: InstanceId,
+        reason: String,
+    },
     /// Steward to host: this read replica becomes the primary.
-    Promote { instance: InstanceId },
+    Promote {
+        instance: InstanceId,
+    },
 }
 
 impl Message {

@@ -240,18 +240,32 @@ fn workload(
         only(&w.replicas, "replicas", "services")?;
         only(&w.max_replicas, "max_replicas", "services")?;
         if let Some(a) = &w.auto_promote {
-            return Err(at.error(a.span(), &field("auto_promote"), "only services have `auto_promote`"));
+            return Err(at.error(
+                a.span(),
+                &field("auto_promote"),
+                "only services have `auto_promote`",
+            ));
         }
         let parallelism = count(at, &field("parallelism"), w.parallelism.as_ref(), 1, 1)?;
         if pattern.is_singleton() && parallelism != 1 {
             let span = w.parallelism.as_ref().map_or(raw.span(), |p| p.span());
-            return Err(at.error(span, &field("parallelism"), "a gpu-singleton runs exactly one instance"));
+            return Err(at.error(
+                span,
+                &field("parallelism"),
+                "a gpu-singleton runs exactly one instance",
+            ));
         }
         WorkloadKind::Job { parallelism }
     } else {
         only(&w.parallelism, "parallelism", "jobs")?;
         let replicas = count(at, &field("replicas"), w.replicas.as_ref(), 0, 1)?;
-        let max_replicas = count(at, &field("max_replicas"), w.max_replicas.as_ref(), 0, replicas)?;
+        let max_replicas = count(
+            at,
+            &field("max_replicas"),
+            w.max_replicas.as_ref(),
+            0,
+            replicas,
+        )?;
         if max_replicas < replicas {
             let span = w.max_replicas.as_ref().map_or(raw.span(), |m| m.span());
             return Err(at.error(
@@ -262,7 +276,11 @@ fn workload(
         }
         if pattern.is_singleton() && (replicas != 1 || max_replicas != 1) {
             let span = w.replicas.as_ref().map_or(raw.span(), |r| r.span());
-            return Err(at.error(span, &field("replicas"), "a gpu-singleton runs exactly one instance"));
+            return Err(at.error(
+                span,
+                &field("replicas"),
+                "a gpu-singleton runs exactly one instance",
+            ));
         }
         let auto_promote = match &w.auto_promote {
             Some(a) if pattern != HaPattern::StatefulRead => {
@@ -326,7 +344,12 @@ fn resources(at: &Locator<'_>, path: &str, r: &RawResources) -> Result<Resources
     })
 }
 
-fn node(at: &Locator<'_>, path: &str, name: &str, raw: &Spanned<RawNode>) -> Result<NodeSpec, SpecError> {
+fn node(
+    at: &Locator<'_>,
+    path: &str,
+    name: &str,
+    raw: &Spanned<RawNode>,
+) -> Result<NodeSpec, SpecError> {
     let id = NodeId::new(name).map_err(|e| at.error(raw.span(), path, e.to_string()))?;
     let n = raw.get_ref();
     let level = *n.level.get_ref();
@@ -366,7 +389,11 @@ fn cpu(at: &Locator<'_>, path: &str, v: &Spanned<f64>) -> Result<u64, SpecError>
     }
     let millis = (cores * 1000.0).round() as u64;
     if millis == 0 {
-        return Err(at.error(v.span(), path, format!("{cores} cores rounds to zero millicores")));
+        return Err(at.error(
+            v.span(),
+            path,
+            format!("{cores} cores rounds to zero millicores"),
+        ));
     }
     Ok(millis)
 }
@@ -509,7 +536,10 @@ fn inline_keys(prefix: &str) -> Vec<String> {
     if last.is_empty() && !token.trim().is_empty() && !prefix.contains('=') {
         last = token.trim().to_owned();
     }
-    open.into_iter().chain([last]).filter(|k| !k.is_empty()).collect()
+    open.into_iter()
+        .chain([last])
+        .filter(|k| !k.is_empty())
+        .collect()
 }
 
 fn table_header(line: &str) -> Option<String> {
@@ -579,7 +609,10 @@ gpus = [{ vram_mib = 24576 }]
     fn check(text: &str, expect: &str) {
         let err = parse_spec("bad.toml", text).expect_err("must be refused");
         let shown = err.to_string();
-        assert!(shown.starts_with(expect), "got:\n  {shown}\nwant prefix:\n  {expect}");
+        assert!(
+            shown.starts_with(expect),
+            "got:\n  {shown}\nwant prefix:\n  {expect}"
+        );
     }
 
     #[test]

@@ -19,7 +19,10 @@ fn emit(bench: &str, metric: String, value: f64, unit: &str) {
         value,
         unit,
     };
-    println!("{}", serde_json::to_string(&line).expect("bench lines always serialize"));
+    println!(
+        "{}",
+        serde_json::to_string(&line).expect("bench lines always serialize")
+    );
 }
 
 /// Core placement decisions per second by fleet size, medians of `repeats` runs, then how the
@@ -33,9 +36,24 @@ pub fn placement_suite(sizes: &[usize], placements: usize, repeats: usize, seed:
         let rate = median(runs.iter().map(|r| r.per_second()).collect());
         let ns = median(runs.iter().map(|r| r.ns_per_placement()).collect());
         let msgs = median(runs.iter().map(|r| r.messages_per_placement).collect());
-        emit("placement", format!("placements_per_s.nodes_{nodes}"), rate.round(), "1/s");
-        emit("placement", format!("cost_per_placement.nodes_{nodes}"), ns.round(), "ns");
-        emit("placement", format!("messages_per_placement.nodes_{nodes}"), msgs, "messages");
+        emit(
+            "placement",
+            format!("placements_per_s.nodes_{nodes}"),
+            rate.round(),
+            "1/s",
+        );
+        emit(
+            "placement",
+            format!("cost_per_placement.nodes_{nodes}"),
+            ns.round(),
+            "ns",
+        );
+        emit(
+            "placement",
+            format!("messages_per_placement.nodes_{nodes}"),
+            msgs,
+            "messages",
+        );
         cost_ns.push((nodes, ns));
     }
     if let (Some(first), Some(last)) = (cost_ns.first(), cost_ns.last())
@@ -50,7 +68,10 @@ pub fn placement_suite(sizes: &[usize], placements: usize, repeats: usize, seed:
         );
         // The same growth measured from whichever size was cheapest, so a slow small fleet
         // cannot flatter the ratio.
-        let cheapest = cost_ns.iter().min_by(|a, b| a.1.total_cmp(&b.1)).unwrap_or(first);
+        let cheapest = cost_ns
+            .iter()
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .unwrap_or(first);
         let ratio = (last.1 / cheapest.1 * 100.0).round() / 100.0;
         emit(
             "placement",

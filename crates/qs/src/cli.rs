@@ -131,7 +131,10 @@ pub fn run(cli: Cli) -> Result<()> {
                 OutputFormat::Text => print_report(&report),
             }
             if report.violation_count > 0 {
-                bail!("{} invariant violations (seed {seed})", report.violation_count);
+                bail!(
+                    "{} invariant violations (seed {seed})",
+                    report.violation_count
+                );
             }
             Ok(())
         }
@@ -156,7 +159,14 @@ pub fn run(cli: Cli) -> Result<()> {
             node,
             grep,
             output,
-        } => events(&ledger, from, limit as usize, node.as_deref(), grep.as_deref(), output),
+        } => events(
+            &ledger,
+            from,
+            limit as usize,
+            node.as_deref(),
+            grep.as_deref(),
+            output,
+        ),
     }
 }
 
@@ -214,7 +224,10 @@ fn print_report(r: &Report) {
         r.satisfied,
         r.services + r.jobs
     );
-    println!("  trace hash  {} (the same seed gives the same hash)", r.trace_hash);
+    println!(
+        "  trace hash  {} (the same seed gives the same hash)",
+        r.trace_hash
+    );
     for v in &r.violations {
         println!("  VIOLATION   {v}");
     }
@@ -223,7 +236,8 @@ fn print_report(r: &Report) {
 fn check(files: &[PathBuf], output: OutputFormat) -> Result<()> {
     let mut docs = Vec::new();
     for file in files {
-        let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
         let doc = qs_wire::parse_spec(&file.display().to_string(), &text)?;
         docs.push((file, doc));
     }

@@ -6,12 +6,18 @@ use qs_wire::{Event, ExitOutcome, LocalVerdict, Record, SenseReason};
 /// One line of prose for an event.
 pub fn describe(event: &Event) -> String {
     match event {
-        Event::Sensed { placement, service, reason } => match reason {
+        Event::Sensed {
+            placement,
+            service,
+            reason,
+        } => match reason {
             SenseReason::Missing { have, want } => {
                 format!("[{placement}] sense: {service} has {have} of {want} instances")
             }
             SenseReason::Hot { instance, on } => {
-                format!("[{placement}] sense: {service} instance {instance} on {on} is over its threshold")
+                format!(
+                    "[{placement}] sense: {service} instance {instance} on {on} is over its threshold"
+                )
             }
         },
         Event::LocalCheck { placement, verdict } => match verdict {
@@ -21,35 +27,93 @@ pub fn describe(event: &Event) -> String {
             LocalVerdict::Compete { composite } => {
                 format!("[{placement}] local check: fits, competing on VRAM ({composite})")
             }
-            LocalVerdict::Refused { reason } => format!("[{placement}] local check: cannot run it here ({reason})"),
+            LocalVerdict::Refused { reason } => {
+                format!("[{placement}] local check: cannot run it here ({reason})")
+            }
         },
-        Event::QuerySent { placement, asked, live, sampled } => {
-            let how = if *sampled { "a weighted sample of" } else { "every fitting node of" };
-            format!("[{placement}] capacity query: who can take it? asked {asked}, {how} {live} live")
+        Event::QuerySent {
+            placement,
+            asked,
+            live,
+            sampled,
+        } => {
+            let how = if *sampled {
+                "a weighted sample of"
+            } else {
+                "every fitting node of"
+            };
+            format!(
+                "[{placement}] capacity query: who can take it? asked {asked}, {how} {live} live"
+            )
         }
-        Event::OfferReceived { placement, from, composite } => {
+        Event::OfferReceived {
+            placement,
+            from,
+            composite,
+        } => {
             format!("[{placement}] offer from {from}: I can take it, {composite}")
         }
-        Event::Declined { placement, from, reason } => format!("[{placement}] {from} declines: {reason}"),
-        Event::GateRefused { placement, from, composite } => {
+        Event::Declined {
+            placement,
+            from,
+            reason,
+        } => format!("[{placement}] {from} declines: {reason}"),
+        Event::GateRefused {
+            placement,
+            from,
+            composite,
+        } => {
             format!("[{placement}] gate refuses {from}: {composite} is not above the gate")
         }
-        Event::Dispatched { placement, to, instance, composite } => {
-            format!("[{placement}] dispatch {instance} to {to} (composite {:.3})", composite.value)
+        Event::Dispatched {
+            placement,
+            to,
+            instance,
+            composite,
+        } => {
+            format!(
+                "[{placement}] dispatch {instance} to {to} (composite {:.3})",
+                composite.value
+            )
         }
-        Event::DispatchRefused { placement, to, reason } => match reason {
+        Event::DispatchRefused {
+            placement,
+            to,
+            reason,
+        } => match reason {
             Some(r) => format!("[{placement}] {to} refuses the dispatch at late binding: {r}"),
             None => format!("[{placement}] {to} did not answer the dispatch in time"),
         },
-        Event::Placed { placement, service, instance, on, latency_us } => format!(
+        Event::Placed {
+            placement,
+            service,
+            instance,
+            on,
+            latency_us,
+        } => format!(
             "[{placement}] placed {service} as {instance} on {on} in {:.1} ms",
             *latency_us as f64 / 1000.0
         ),
-        Event::Unplaced { placement, service, reason, retry } => {
-            let then = if *retry { "will retry" } else { "gave up for now" };
+        Event::Unplaced {
+            placement,
+            service,
+            reason,
+            retry,
+        } => {
+            let then = if *retry {
+                "will retry"
+            } else {
+                "gave up for now"
+            };
             format!("[{placement}] could not place {service}: {reason} ({then})")
         }
-        Event::InstanceStarted { instance, service, role, fencing, gpu } => {
+        Event::InstanceStarted {
+            instance,
+            service,
+            role,
+            fencing,
+            gpu,
+        } => {
             let mut s = format!("started {instance} of {service} ({role:?})");
             if *fencing > 0 {
                 s.push_str(&format!(", fencing token {fencing}"));
@@ -59,29 +123,51 @@ pub fn describe(event: &Event) -> String {
             }
             s
         }
-        Event::InstanceExited { instance, service, outcome } => {
+        Event::InstanceExited {
+            instance,
+            service,
+            outcome,
+        } => {
             let how = match outcome {
                 ExitOutcome::Completed => "completed".to_owned(),
                 ExitOutcome::Crashed { reason } => format!("crashed: {reason}"),
                 ExitOutcome::FailedStart { reason } => format!("failed to start: {reason}"),
-                ExitOutcome::HealthFailed { reason } => format!("failed its health check: {reason}"),
+                ExitOutcome::HealthFailed { reason } => {
+                    format!("failed its health check: {reason}")
+                }
                 ExitOutcome::Stopped { reason } => format!("stopped: {reason}"),
             };
             format!("{instance} of {service} {how}")
         }
-        Event::InstanceHot { instance, service, cpu_permille } => format!(
+        Event::InstanceHot {
+            instance,
+            service,
+            cpu_permille,
+        } => format!(
             "{instance} of {service} is hot: {:.0} % of its CPU request",
             *cpu_permille as f64 / 10.0
         ),
-        Event::PressureRaised { service, load_bucket, pressure_permille } => format!(
+        Event::PressureRaised {
+            service,
+            load_bucket,
+            pressure_permille,
+        } => format!(
             "failure memory: pressure for {service} at load bucket {load_bucket} is now {:.3}",
             *pressure_permille as f64 / 1000.0
         ),
-        Event::ScaleIn { service, instance, on } => format!("stop {instance} of {service} on {on} (excess)"),
+        Event::ScaleIn {
+            service,
+            instance,
+            on,
+        } => format!("stop {instance} of {service} on {on} (excess)"),
         Event::PromotionNeedsApproval { service } => {
             format!("{service} lost its primary: promoting a replica needs operator approval")
         }
-        Event::Promoted { service, instance, on } => format!("{instance} on {on} becomes the primary of {service}"),
+        Event::Promoted {
+            service,
+            instance,
+            on,
+        } => format!("{instance} on {on} becomes the primary of {service}"),
     }
 }
 

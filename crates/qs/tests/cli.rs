@@ -15,7 +15,11 @@ fn text(o: &[u8]) -> String {
 }
 
 fn repo(path: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(path).display().to_string()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
+        .display()
+        .to_string()
 }
 
 #[test]
@@ -73,7 +77,10 @@ fn out_of_range_sim_flags_are_refused() {
         (vec!["sim", "--nodes", "0"], "--nodes"),
         (vec!["sim", "--nodes", "200000"], "--nodes"),
         (vec!["sim", "--duration-ms", "1"], "--duration-ms"),
-        (vec!["sim", "--nodes", "10", "--kill-fraction", "0.9"], "--kill-fraction: must be in 0..=0.5"),
+        (
+            vec!["sim", "--nodes", "10", "--kill-fraction", "0.9"],
+            "--kill-fraction: must be in 0..=0.5",
+        ),
         (vec!["sim", "--seed", "-3"], "'-3'"),
     ] {
         let out = qs(&args);
@@ -86,7 +93,17 @@ fn out_of_range_sim_flags_are_refused() {
 #[test]
 fn the_same_seed_gives_the_same_trace_hash() {
     let hash = |seed: &str| {
-        let out = qs(&["sim", "--nodes", "200", "--seed", seed, "--duration-ms", "4000", "--output", "json"]);
+        let out = qs(&[
+            "sim",
+            "--nodes",
+            "200",
+            "--seed",
+            seed,
+            "--duration-ms",
+            "4000",
+            "--output",
+            "json",
+        ]);
         assert!(out.status.success(), "{}", text(&out.stderr));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(v["violation_count"], 0);
@@ -102,24 +119,41 @@ fn a_simulation_ledger_tells_the_placement_stories() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = dir.path().join("sim.redb");
     let ledger = ledger.to_str().unwrap();
-    let out = qs(&["sim", "--nodes", "50", "--seed", "3", "--duration-ms", "3000", "--ledger", ledger]);
+    let out = qs(&[
+        "sim",
+        "--nodes",
+        "50",
+        "--seed",
+        "3",
+        "--duration-ms",
+        "3000",
+        "--ledger",
+        ledger,
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let placed: u64 = text(&out.stdout)
         .lines()
         .find_map(|l| l.trim().strip_prefix("placements"))
         .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
         .expect("the report counts placements");
-    let out = qs(&["events", "--ledger", ledger, "--limit", "10000", "--output", "json"]);
+    let out = qs(&[
+        "events", "--ledger", ledger, "--limit", "10000", "--output", "json",
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let events: Vec<serde_json::Value> = text(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let placed_events = events.iter().filter(|e| e["event"]["event"] == "placed").count() as u64;
+    let placed_events = events
+        .iter()
+        .filter(|e| e["event"]["event"] == "placed")
+        .count() as u64;
     assert_eq!(placed_events, placed);
     let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1));
-    let out = qs(&["events", "--ledger", ledger, "--grep", "capacity", "--limit", "1"]);
+    let out = qs(&[
+        "events", "--ledger", ledger, "--grep", "capacity", "--limit", "1",
+    ]);
     assert!(text(&out.stdout).contains("capacity query: who can take it?"));
     let out = qs(&["events", "--ledger", &format!("{ledger}.missing")]);
     assert!(text(&out.stderr).contains("no such ledger"));

@@ -26,7 +26,10 @@ pub struct Hosted {
 }
 
 /// Do the node's labels carry every required label with the same value?
-pub(crate) fn labels_match(required: &BTreeMap<String, String>, have: &BTreeMap<String, String>) -> bool {
+pub(crate) fn labels_match(
+    required: &BTreeMap<String, String>,
+    have: &BTreeMap<String, String>,
+) -> bool {
     required.iter().all(|(k, v)| have.get(k) == Some(v))
 }
 
@@ -56,7 +59,10 @@ impl Node {
         {
             return Err(DeclineReason::Superseded);
         }
-        if let Some(resource) = self.config.thresholds.over(&self.load, &self.capacity, None)
+        if let Some(resource) = self
+            .config
+            .thresholds
+            .over(&self.load, &self.capacity, None)
             && resource != Resource::Gpu
         {
             return Err(DeclineReason::OverThreshold { resource });
@@ -82,7 +88,12 @@ impl Node {
                     resource: Resource::Vram,
                 });
             }
-            if self.load.gpus.get(index).is_some_and(|g| g.util > self.config.thresholds.gpu) {
+            if self
+                .load
+                .gpus
+                .get(index)
+                .is_some_and(|g| g.util > self.config.thresholds.gpu)
+            {
                 return Err(DeclineReason::OverThreshold {
                     resource: Resource::Gpu,
                 });
@@ -93,7 +104,11 @@ impl Node {
             (None, 0, None)
         };
         let cpu_cap = self.capacity.cpu_millicores.max(1) as f64;
-        let cpu_free = 1.0 - self.load.cpu_util.max(self.committed.cpu_millicores as f64 / cpu_cap);
+        let cpu_free = 1.0
+            - self
+                .load
+                .cpu_util
+                .max(self.committed.cpu_millicores as f64 / cpu_cap);
         let pressure = self.pressure(&demand.service, now);
         Ok(Offer {
             composite: composite(pressure, vram_free, cpu_free, self.level),
@@ -278,7 +293,8 @@ impl Node {
             .filter_map(|(id, h)| {
                 if reg.spec(&h.service).is_none() {
                     Some((id.clone(), "spec deleted"))
-                } else if h.demand.pattern.is_singleton() && h.fencing < reg.max_fencing(&h.service) {
+                } else if h.demand.pattern.is_singleton() && h.fencing < reg.max_fencing(&h.service)
+                {
                     Some((id.clone(), "superseded by a newer fencing token"))
                 } else {
                     None
@@ -293,7 +309,11 @@ impl Node {
     /// The heartbeat: this node as others should see it.
     pub fn status(&mut self, now: Time) -> NodeStatus {
         let linger = ms(self.config.completion_linger_ms);
-        while self.completed.front().is_some_and(|(t, _, _)| now.since(*t) > linger) {
+        while self
+            .completed
+            .front()
+            .is_some_and(|(t, _, _)| now.since(*t) > linger)
+        {
             self.completed.pop_front();
         }
         NodeStatus {

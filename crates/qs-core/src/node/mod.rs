@@ -102,7 +102,10 @@ pub enum Output {
     /// Start an instance (the executor reports its end with [`Input::Exited`]).
     Start(StartOrder),
     /// Stop an instance gracefully (the executor reports its end with [`Input::Exited`]).
-    Stop { instance: InstanceId, reason: String },
+    Stop {
+        instance: InstanceId,
+        reason: String,
+    },
     /// Append an event to the ledger.
     Record(Event),
 }
@@ -222,7 +225,10 @@ impl Node {
                     Ok(offer) => Message::Offer { placement, offer },
                     Err(reason) => Message::Decline { placement, reason },
                 };
-                self.emit(Output::Send { to: from, msg: reply });
+                self.emit(Output::Send {
+                    to: from,
+                    msg: reply,
+                });
             }
             Message::Offer { placement, offer } => {
                 self.on_answer(placement, from, Ok(offer), now, reg)

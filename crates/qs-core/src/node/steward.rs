@@ -207,14 +207,16 @@ impl Node {
             let mut victims: Vec<_> = running.iter().filter(|r| r.2 != Role::Primary).collect();
             victims.sort_by(|a, b| b.0.cmp(&a.0));
             for v in victims.into_iter().take((live - want) as usize) {
-                plan.stop.push((v.0.clone(), v.1.clone(), "scale in".into()));
+                plan.stop
+                    .push((v.0.clone(), v.1.clone(), "scale in".into()));
             }
         }
 
         if spec.pattern.is_singleton() {
             if let Some(newest) = running.iter().map(|r| r.3).max() {
                 for r in running.iter().filter(|r| r.3 < newest) {
-                    plan.stop.push((r.0.clone(), r.1.clone(), "superseded singleton".into()));
+                    plan.stop
+                        .push((r.0.clone(), r.1.clone(), "superseded singleton".into()));
                 }
             }
             if now < st.settle_until || live > 0 || !st.pending.is_empty() || st.in_flight > 0 {
@@ -234,7 +236,13 @@ impl Node {
                 st.approval = Approval::NotAsked;
             } else if live > 0 && !primary_coming {
                 st.promoting = st.promoting.take().filter(|(_, deadline)| *deadline > now);
-                let auto = matches!(spec.kind, qs_wire::WorkloadKind::Service { auto_promote: true, .. });
+                let auto = matches!(
+                    spec.kind,
+                    qs_wire::WorkloadKind::Service {
+                        auto_promote: true,
+                        ..
+                    }
+                );
                 if st.promoting.is_none() {
                     if auto || st.approval == Approval::Granted {
                         let (id, node) = (running[0].0.clone(), running[0].1.clone());
@@ -252,7 +260,15 @@ impl Node {
         self.act(spec, plan, placing_allowed, live, now, reg);
     }
 
-    fn act(&mut self, spec: &WorkloadSpec, plan: Plan, placing_allowed: bool, live: u32, now: Time, reg: &Registry) {
+    fn act(
+        &mut self,
+        spec: &WorkloadSpec,
+        plan: Plan,
+        placing_allowed: bool,
+        live: u32,
+        now: Time,
+        reg: &Registry,
+    ) {
         let service = &spec.name;
         for (instance, node, reason) in plan.stop {
             let deadline = now + ms(self.config.pending_timeout_ms);
@@ -283,18 +299,22 @@ impl Node {
             return;
         }
         for reason in plan.place {
-            let Some(st) = self.services.get(service) else { return };
+            let Some(st) = self.services.get(service) else {
+                return;
+            };
             if st.in_flight >= self.config.max_placements_per_service
                 || self.placements.len() >= self.config.max_placements_in_flight
             {
                 return;
             }
-            let primary_taken = self.services.get(service).is_some_and(|st| {
-                st.pending.values().any(|p| p.1 == Role::Primary)
-            }) || self
-                .placements
-                .values()
-                .any(|p| p.demand.service == *service && p.role == Role::Primary);
+            let primary_taken = self
+                .services
+                .get(service)
+                .is_some_and(|st| st.pending.values().any(|p| p.1 == Role::Primary))
+                || self
+                    .placements
+                    .values()
+                    .any(|p| p.demand.service == *service && p.role == Role::Primary);
             let role = if spec.pattern == HaPattern::StatefulRead && live == 0 && !primary_taken {
                 Role::Primary
             } else {
@@ -389,7 +409,9 @@ impl Node {
 
     /// Steps 2 and 3: local check, then the capacity query.
     fn run_round(&mut self, seq: u64, now: Time, reg: &Registry) {
-        let Some(p) = self.placements.get_mut(&seq) else { return };
+        let Some(p) = self.placements.get_mut(&seq) else {
+            return;
+        };
         p.attempt += 1;
         let (pid, demand, fencing) = (p.id.clone(), p.demand.clone(), p.fencing);
         let token = demand.pattern.is_singleton().then_some(fencing);
@@ -435,7 +457,10 @@ impl Node {
                 placement: pid.clone(),
                 demand: demand.clone(),
             };
-            self.emit(Output::Send { to: to.clone(), msg });
+            self.emit(Output::Send {
+                to: to.clone(),
+                msg,
+            });
         }
         let deadline = now + self.query_timeout();
         let nobody = asked.is_empty();
@@ -459,7 +484,10 @@ impl Node {
         let accept = |n: &qs_wire::NodeStatus| {
             labels_match(&demand.labels, &n.labels)
                 && (!demand.need.needs_gpu()
-                    || n.capacity.gpus.iter().any(|g| g.vram_bytes >= demand.need.vram_bytes))
+                    || n.capacity
+                        .gpus
+                        .iter()
+                        .any(|g| g.vram_bytes >= demand.need.vram_bytes))
         };
         if reg.live_count() <= self.config.query_all_below + 1 {
             let all = reg
@@ -471,14 +499,18 @@ impl Node {
         } else {
             let needs_gpu = demand.need.needs_gpu();
             let d = self.config.query_sample;
-            (reg.sample(&mut self.rng, needs_gpu, d, &self.id, accept), true)
+            (
+                reg.sample(&mut self.rng, needs_gpu, d, &self.id, accept),
+                true,
+            )
         }
     }
 
     /// The adaptive gathering deadline, within the config bounds.
     fn query_timeout(&self) -> std::time::Duration {
         let c = &self.config;
-        self.rtt.timeout(ms(c.query_timeout_min_ms), ms(c.query_timeout_max_ms))
+        self.rtt
+            .timeout(ms(c.query_timeout_min_ms), ms(c.query_timeout_max_ms))
     }
 
     /// Step 4: an offer or a decline came back.
@@ -494,7 +526,9 @@ impl Node {
             return;
         }
         let seq = pid.seq;
-        let Some(p) = self.placements.get_mut(&seq) else { return };
+        let Some(p) = self.placements.get_mut(&seq) else {
+            return;
+        };
         let Stage::Gathering {
             asked,
             answered,
@@ -535,8 +569,12 @@ impl Node {
 
     /// End of step 4: gate the offers, rank the survivors, dispatch to the best.
     fn finish_gathering(&mut self, seq: u64, now: Time, reg: &Registry) {
-        let Some(p) = self.placements.get_mut(&seq) else { return };
-        let Stage::Gathering { offers, .. } = &mut p.stage else { return };
+        let Some(p) = self.placements.get_mut(&seq) else {
+            return;
+        };
+        let Stage::Gathering { offers, .. } = &mut p.stage else {
+            return;
+        };
         let offers = std::mem::take(offers);
         let (pid, pattern) = (p.id.clone(), p.demand.pattern);
         let mut passed = Vec::with_capacity(offers.len());
@@ -569,8 +607,12 @@ impl Node {
     /// Step 5: dispatch to the best remaining offer.
     fn dispatch_next(&mut self, seq: u64, now: Time, reg: &Registry) {
         loop {
-            let Some(p) = self.placements.get_mut(&seq) else { return };
-            let Stage::Dispatching { ranked, .. } = &mut p.stage else { return };
+            let Some(p) = self.placements.get_mut(&seq) else {
+                return;
+            };
+            let Stage::Dispatching { ranked, .. } = &mut p.stage else {
+                return;
+            };
             let Some((node, offer)) = ranked.pop_front() else {
                 self.retry_later(seq, "every offer was refused", now);
                 return;
@@ -599,7 +641,11 @@ impl Node {
             }
             let deadline = now + ms(self.config.dispatch_timeout_ms);
             if let Some(p) = self.placements.get_mut(&seq)
-                && let Stage::Dispatching { target, deadline: d, .. } = &mut p.stage
+                && let Stage::Dispatching {
+                    target,
+                    deadline: d,
+                    ..
+                } = &mut p.stage
             {
                 *target = node.clone();
                 *d = deadline;
@@ -628,8 +674,12 @@ impl Node {
         if pid.steward != self.id {
             return;
         }
-        let Some(p) = self.placements.get(&pid.seq) else { return };
-        let Stage::Dispatching { target, .. } = &p.stage else { return };
+        let Some(p) = self.placements.get(&pid.seq) else {
+            return;
+        };
+        let Stage::Dispatching { target, .. } = &p.stage else {
+            return;
+        };
         if *target != from || p.instance != *instance {
             return;
         }
@@ -648,8 +698,11 @@ impl Node {
 
     /// Step 2 succeeded: start on this node without asking anyone.
     fn start_here(&mut self, seq: u64, gpu: Option<u32>, now: Time) {
-        let Some(p) = self.placements.get(&seq) else { return };
-        let (instance, demand, role, fencing) = (p.instance.clone(), p.demand.clone(), p.role, p.fencing);
+        let Some(p) = self.placements.get(&seq) else {
+            return;
+        };
+        let (instance, demand, role, fencing) =
+            (p.instance.clone(), p.demand.clone(), p.role, p.fencing);
         self.host(instance, demand, role, fencing, gpu);
         let me = self.id.clone();
         self.end(seq, End::Placed(me), now);
@@ -657,12 +710,17 @@ impl Node {
 
     /// Nothing worked this round: back off and retry, or give up after `max_attempts`.
     fn retry_later(&mut self, seq: u64, reason: &str, now: Time) {
-        let Some(p) = self.placements.get_mut(&seq) else { return };
+        let Some(p) = self.placements.get_mut(&seq) else {
+            return;
+        };
         if p.attempt >= self.config.max_attempts {
             self.end(seq, End::GaveUp(reason.to_owned()), now);
             return;
         }
-        let exp = self.config.retry_backoff_ms.saturating_mul(1 << (p.attempt - 1).min(16));
+        let exp = self
+            .config
+            .retry_backoff_ms
+            .saturating_mul(1 << (p.attempt - 1).min(16));
         let backoff = exp.min(self.config.retry_backoff_max_ms);
         p.stage = Stage::Backoff {
             until: now + ms(backoff),
@@ -677,7 +735,9 @@ impl Node {
     }
 
     fn end(&mut self, seq: u64, end: End, now: Time) {
-        let Some(p) = self.placements.remove(&seq) else { return };
+        let Some(p) = self.placements.remove(&seq) else {
+            return;
+        };
         let st = self.services.get_mut(&p.demand.service);
         match end {
             End::Placed(on) => {
@@ -730,7 +790,9 @@ impl Node {
             .map(|(s, _)| *s)
             .collect();
         for seq in due {
-            let Some(p) = self.placements.get(&seq) else { continue };
+            let Some(p) = self.placements.get(&seq) else {
+                continue;
+            };
             if reg.spec(&p.demand.service).is_none() {
                 self.end(seq, End::GaveUp("the spec was deleted".into()), now);
                 continue;
@@ -764,7 +826,9 @@ impl Node {
 fn rank(pattern: HaPattern, a: &(NodeId, Offer), b: &(NodeId, Offer)) -> Ordering {
     let by_composite = || b.1.composite.value.total_cmp(&a.1.composite.value);
     let primary = if pattern == HaPattern::GpuInference {
-        b.1.vram_free_bytes.cmp(&a.1.vram_free_bytes).then_with(by_composite)
+        b.1.vram_free_bytes
+            .cmp(&a.1.vram_free_bytes)
+            .then_with(by_composite)
     } else {
         by_composite()
     };
