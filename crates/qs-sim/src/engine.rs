@@ -352,6 +352,17 @@ impl Sim {
         Some(i)
     }
 
+    /// One running instance of a service (the first by id), with the node that runs it.
+    fn running_instance_of(&self, service: &ServiceName) -> Option<(usize, InstanceId)> {
+        self.registry.instances_of(service).find_map(|(id, r)| {
+            let i = *self.index.get(&r.node)?;
+            self.nodes[i]
+                .procs
+                .contains_key(id)
+                .then(|| (i, id.clone()))
+        })
+    }
+
     /// Schedules a sensor sample of node `i` unless one is already on its way.
     fn sense_soon(&mut self, i: usize) {
         if !self.nodes[i].sense_pending {
@@ -388,13 +399,7 @@ impl Sim {
                 util,
                 for_ms,
             } => {
-                let hit = self.registry.instances_of(&service).find_map(|(id, r)| {
-                    let i = *self.index.get(&r.node)?;
-                    self.nodes[i]
-                        .procs
-                        .contains_key(id)
-                        .then(|| (i, id.clone()))
-                });
+                let hit = self.running_instance_of(&service);
                 if let Some((i, id)) = hit {
                     if let Some(p) = self.nodes[i].procs.get_mut(&id) {
                         p.util = util;
@@ -425,13 +430,7 @@ impl Sim {
                 }
             }
             Action::Crash(service) => {
-                let hit = self.registry.instances_of(&service).find_map(|(id, r)| {
-                    let i = *self.index.get(&r.node)?;
-                    self.nodes[i]
-                        .procs
-                        .contains_key(id)
-                        .then(|| (i, id.clone()))
-                });
+                let hit = self.running_instance_of(&service);
                 if let Some((node, instance)) = hit {
                     let outcome = ExitOutcome::Crashed {
                         reason: "simulated crash".into(),

@@ -75,3 +75,16 @@ fn out_of_range_settings_are_refused_by_name() {
     cfg.core.thresholds.cpu = 1.5;
     check(cfg, "--thresholds.cpu: must be in (0, 1], got 1.5");
 }
+
+/// The simulator handles 30,000 nodes: every node joins, the workload arrives, and the run
+/// stays free of violations on the sampled path. (Its speed is measured by `qs sim`, not here.)
+#[test]
+fn thirty_thousand_nodes() {
+    let mut cfg = SimConfig::new(30_000, 5);
+    cfg.duration_ms = 1500;
+    cfg.services = Some(2000);
+    let report = run(&cfg).unwrap();
+    assert_eq!(report.nodes, 30_000);
+    assert!(report.placements >= 1000, "{report:#?}");
+    assert_eq!(report.gave_up, 0, "{report:#?}");
+}

@@ -56,28 +56,20 @@ pub fn placement_suite(sizes: &[usize], placements: usize, repeats: usize, seed:
         );
         cost_ns.push((nodes, ns));
     }
-    if let (Some(first), Some(last)) = (cost_ns.first(), cost_ns.last())
-        && cost_ns.len() > 1
-    {
-        let ratio = (last.1 / first.1 * 100.0).round() / 100.0;
-        emit(
-            "placement",
-            format!("cost_growth.nodes_{}_to_{}", first.0, last.0),
-            ratio,
-            "x",
-        );
-        // The same growth measured from whichever size was cheapest, so a slow small fleet
-        // cannot flatter the ratio.
-        let cheapest = cost_ns
-            .iter()
-            .min_by(|a, b| a.1.total_cmp(&b.1))
-            .unwrap_or(first);
-        let ratio = (last.1 / cheapest.1 * 100.0).round() / 100.0;
-        emit(
-            "placement",
-            format!("cost_growth.nodes_{}_to_{}", cheapest.0, last.0),
-            ratio,
-            "x",
-        );
+    // Growth from the first size to the last, and from whichever size was cheapest, so a slow
+    // small fleet cannot flatter the ratio.
+    let Some(&last) = cost_ns.last() else { return };
+    let first = cost_ns[0];
+    let cheapest = cost_ns
+        .iter()
+        .copied()
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap_or(first);
+    if cost_ns.len() > 1 {
+        for from in [first, cheapest] {
+            let ratio = (last.1 / from.1 * 100.0).round() / 100.0;
+            let metric = format!("cost_growth.nodes_{}_to_{}", from.0, last.0);
+            emit("placement", metric, ratio, "x");
+        }
     }
 }

@@ -227,10 +227,7 @@ impl Node {
         if spec.pattern == HaPattern::StatefulRead {
             let primary_live = running.iter().any(|r| r.2 == Role::Primary);
             let primary_coming = st.pending.values().any(|p| p.1 == Role::Primary)
-                || self
-                    .placements
-                    .values()
-                    .any(|p| p.demand.service == *service && p.role == Role::Primary);
+                || placing_primary(&self.placements, service);
             if primary_live {
                 st.promoting = None;
                 st.approval = Approval::NotAsked;
@@ -307,15 +304,10 @@ impl Node {
             {
                 return;
             }
-            let primary_taken = self
-                .services
-                .get(service)
-                .is_some_and(|st| st.pending.values().any(|p| p.1 == Role::Primary))
-                || self
-                    .placements
-                    .values()
-                    .any(|p| p.demand.service == *service && p.role == Role::Primary);
-            let role = if spec.pattern == HaPattern::StatefulRead && live == 0 && !primary_taken {
+            let role = if spec.pattern == HaPattern::StatefulRead
+                && live == 0
+                && !self.primary_coming(service)
+            {
                 Role::Primary
             } else {
                 Role::Replica
@@ -327,6 +319,14 @@ impl Node {
             };
             self.start_placement(spec, reason, role, fencing, now, reg);
         }
+    }
+
+    /// A primary is accepted but not yet seen, or being placed.
+    fn primary_coming(&self, service: &ServiceName) -> bool {
+        self.services
+            .get(service)
+            .is_some_and(|st| st.pending.values().any(|p| p.1 == Role::Primary))
+            || placing_primary(&self.placements, service)
     }
 
     fn send_or_handle(&mut self, to: NodeId, msg: Message, now: Time, reg: &Registry) {
@@ -819,6 +819,12 @@ impl Node {
             }
         }
     }
+}
+
+fn placing_primary(placements: &BTreeMap<u64, Placement>, service: &ServiceName) -> bool {
+    placements
+        .values()
+        .any(|p| p.demand.service == *service && p.role == Role::Primary)
 }
 
 /// Offer order: gpu-inference goes to the most free VRAM, everything else to the highest
