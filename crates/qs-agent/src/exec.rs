@@ -1,0 +1,321 @@
+//! The process executor: real child processes, each in its own process group, with a free
+//! port, rotated log files, graceful stop (SIGTERM, then SIGKILL after a grace period) and an
+//! exit report for every start.
+
+use qs_wire::{ExitOutcome, InstanceId};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+use tokio::sync::mpsc;
+
+/// An exit shorter than this after start counts as a failed start.
+pub const FAILED_START_WITHIN: Duration = Duration::from_millis(500);
+/// Bytes one log file holds before it is rotated.
+pub const LOG_ROTATE_BYTES: u64 = 8 * 1024 * 1024;
+/// Rotated generations kept per stream (`.1` … `.N`).
+pub const LOG_GENERATIONS: u32 = 3;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct Launch {
+    pub instance: InstanceId,
+    /// A shell command line; `{port}` is replaced by the instance's port.
+    pub command: String,
+    /// Jobs exit 0 when done; services never should.
+    pub is_job: bool,
+}
+
+/// An instance's process ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exit {
+    pub instance: InstanceId,
+    pub outcome: ExitOutcome,
+}
+
+/// A running instance as the executor knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Running {
+    pub pid: u32,
+    pub port: u16,
+    pub command: String,
+}
+
+struct Child {
+    running: Running,
+    stop_reason: Arc<Mutex<Option<String>>>,
+}
+
+/// See the module docs. Cloning shares the same executor.
+#[derive(Clone)]
+pub struct Executor {
+    log_dir: PathBuf,
+    grace: Duration,
+    children: Arc<Mutex<BTreeMap<InstanceId, Child>>>,
+    exits: mpsc::Sender<Exit>,
+}
+
+/// Why an instance could not be started at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("{instance}: no free port: {source}")]
+    Port {
+        instance: InstanceId,
+        source: std::io::Error,
+    },
+    #[error("{instance}: log files under {dir}: {source}")]
+    Logs {
+        instance: InstanceId,
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{instance}: already running")]
+    AlreadyRunning { instance: InstanceId },
+}
+
+/// A free TCP port on loopback (the kernel's choice; released before the child binds it).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Sends `signal` to the whole process group led by `pid`.
+fn kill_group(pid: u32, signal: libc::c_int) {
+    // SAFETY: kill(2) with a negative pid signals a process group; it has no memory effects.
+    unsafe {
+        libc::kill(-(pid as libc::pid_t), signal);
+    }
+}
+
+impl Executor {
+    /// An executor writing logs under `log_dir`; exits are reported on `exits`.
+    pub fn new(log_dir: impl Into<PathBuf>, grace: Duration, exits: mpsc::Sender<Exit>) -> Self {
+        Executor {
+            log_dir: log_dir.into(),
+            grace,
+            children: Arc::default(),
+            exits,
+        }
+    }
+
+    pub fn log_dir(&self) -> &Path {
+        &self.log_dir
+    }
+
+    /// Starts an instance. A command that cannot be spawned (missing binary) or exits at once
+    /// is reported as an [`ExitOutcome::FailedStart`] exit, not an error: the caller learns of
+    /// it like of any other exit.
+    pub fn start(&self, launch: Launch) -> Result<Running, ExecError> {
+        let instance = launch.instance.clone();
+        if lock(&self.children).contains_key(&instance) {
+            return Err(ExecError::AlreadyRunning { instance });
+        }
+        let port = free_port().map_err(|source| ExecError::Port {
+            instance: instance.clone(),
+            source,
+        })?;
+        let command = launch.command.replace("{port}", &port.to_string());
+        std::fs::create_dir_all(&self.log_dir).map_err(|source| ExecError::Logs {
+            instance: instance.clone(),
+            dir: self.log_dir.clone(),
+            source,
+        })?;
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(format!("exec {command}"))
+            .env("QS_PORT", port.to_string())
+            .env("QS_INSTANCE", instance.as_str())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(false);
+        let started = Instant::now();
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                self.report(Exit {
+                    instance,
+                    outcome: ExitOutcome::FailedStart {
+                        reason: format!("cannot spawn `{command}`: {e}"),
+                    },
+                });
+                return Ok(Running { pid: 0, port, command });
+            }
+        };
+        let pid = child.id().unwrap_or(0);
+        for (stream, name) in [
+            (child.stdout.take().map(|s| Box::new(s) as Box<dyn AsyncRead + Unpin + Send>), "stdout"),
+            (child.stderr.take().map(|s| Box::new(s) as Box<dyn AsyncRead + Unpin + Send>), "stderr"),
+        ] {
+            if let Some(stream) = stream {
+                let path = self.log_dir.join(format!("{instance}.{name}.log"));
+                tokio::spawn(copy_rotating(stream, path));
+            }
+        }
+        let running = Running { pid, port, command };
+        let stop_reason = Arc::new(Mutex::new(None));
+        lock(&self.children).insert(
+            instance.clone(),
+            Child {
+                running: running.clone(),
+                stop_reason: stop_reason.clone(),
+            },
+        );
+        let this = self.clone();
+        let is_job = launch.is_job;
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            lock(&this.children).remove(&instance);
+            let stopped = lock(&stop_reason).take();
+            let outcome = classify(status, stopped, is_job, started.elapsed(), &this.log_dir, &instance);
+            // The process is gone; make sure nothing it started lives on.
+            kill_group(pid, libc::SIGKILL);
+            this.report(Exit { instance, outcome });
+        });
+        Ok(running)
+    }
+
+    fn report(&self, exit: Exit) {
+        let exits = self.exits.clone();
+        tokio::spawn(async move {
+            let _ = exits.send(exit).await;
+        });
+    }
+
+    /// Stops an instance: SIGTERM to its process group, SIGKILL after the grace period.
+    /// The exit is reported with [`ExitOutcome::Stopped`] and `reason`.
+    pub fn stop(&self, instance: &InstanceId, reason: &str) -> bool {
+        let pid = {
+            let children = lock(&self.children);
+            let Some(child) = children.get(instance) else {
+                return false;
+            };
+            *lock(&child.stop_reason) = Some(reason.to_owned());
+            child.running.pid
+        };
+        kill_group(pid, libc::SIGTERM);
+        let children = self.children.clone();
+        let (instance, grace) = (instance.clone(), self.grace);
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            if lock(&children).get(&instance).is_some_and(|c| c.running.pid == pid) {
+                kill_group(pid, libc::SIGKILL);
+            }
+        });
+        true
+    }
+
+    /// Stops everything and waits (bounded by the grace period plus a second) until every
+    /// process is gone.
+    pub async fn shutdown(&self, reason: &str) {
+        let all: Vec<InstanceId> = lock(&self.children).keys().cloned().collect();
+        for id in &all {
+            self.stop(id, reason);
+        }
+        let deadline = Instant::now() + self.grace + Duration::from_secs(1);
+        while !lock(&self.children).is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for c in lock(&self.children).values() {
+            kill_group(c.running.pid, libc::SIGKILL);
+        }
+    }
+
+    /// What runs now, by instance.
+    pub fn running(&self) -> BTreeMap<InstanceId, Running> {
+        lock(&self.children)
+            .iter()
+            .map(|(k, c)| (k.clone(), c.running.clone()))
+            .collect()
+    }
+}
+
+fn classify(
+    status: std::io::Result<std::process::ExitStatus>,
+    stopped: Option<String>,
+    is_job: bool,
+    ran: Duration,
+    log_dir: &Path,
+    instance: &InstanceId,
+) -> ExitOutcome {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(reason) = stopped {
+        return ExitOutcome::Stopped { reason };
+    }
+    let status = match status {
+        Ok(s) => s,
+        Err(e) => return ExitOutcome::Crashed { reason: format!("lost the process: {e}") },
+    };
+    if is_job && status.success() {
+        return ExitOutcome::Completed;
+    }
+    let how = match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with code {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => "ended".to_owned(),
+    };
+    let tail = last_line(&log_dir.join(format!("{instance}.stderr.log")));
+    let reason = match tail {
+        Some(t) => format!("{how}: {t}"),
+        None => how,
+    };
+    if ran < FAILED_START_WITHIN {
+        ExitOutcome::FailedStart { reason }
+    } else {
+        ExitOutcome::Crashed { reason }
+    }
+}
+
+/// The last non-empty line of a log file, shortened, for error reports.
+fn last_line(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let line = text.lines().rev().find(|l| !l.trim().is_empty())?;
+    Some(line.chars().take(200).collect())
+}
+
+/// Copies a child's stream into `path`, rotating at [`LOG_ROTATE_BYTES`].
+async fn copy_rotating(mut from: Box<dyn AsyncRead + Unpin + Send>, path: PathBuf) {
+    let Ok(mut file) = open_append(&path).await else { return };
+    let mut written = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if file.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+        written += n as u64;
+        if written >= LOG_ROTATE_BYTES {
+            let _ = file.flush().await;
+            for g in (1..LOG_GENERATIONS).rev() {
+                let _ = tokio::fs::rename(rotated(&path, g), rotated(&path, g + 1)).await;
+            }
+            let _ = tokio::fs::rename(&path, rotated(&path, 1)).await;
+            match open_append(&path).await {
+                Ok(f) => file = f,
+                Err(_) => break,
+            }
+            written = 0;
+        }
+    }
+    let _ = file.flush().await;
+}
+
+async fn open_append(path: &Path) -> std::io::Result<tokio::fs::File> {
+    tokio::fs::OpenOptions::new().create(true).append(true).open(path).await
+}
+
+fn rotated(path: &Path, generation: u32) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(format!(".{generation}"));
+    PathBuf::from(s)
+}

@@ -1,0 +1,7 @@
+//! The node agent: the shell that wires the sans-IO core to the real world.
+//!
+//! Real child processes ([`exec`]), health checks ([`health`]), sensors ([`sense`]), the
+//! fabric, the ledger on disk and an HTTP API. Every decision stays in `qs-core`; this crate
+//! only carries inputs in and outputs out.
+
+pub mod exec;
