@@ -78,7 +78,9 @@ pub enum ExecError {
 
 /// A free TCP port on loopback (the kernel's choice; released before the child binds it).
 pub fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?
+        .local_addr()?
+        .port())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -146,13 +148,29 @@ impl Executor {
                         reason: format!("cannot spawn `{command}`: {e}"),
                     },
                 });
-                return Ok(Running { pid: 0, port, command });
+                return Ok(Running {
+                    pid: 0,
+                    port,
+                    command,
+                });
             }
         };
         let pid = child.id().unwrap_or(0);
         for (stream, name) in [
-            (child.stdout.take().map(|s| Box::new(s) as Box<dyn AsyncRead + Unpin + Send>), "stdout"),
-            (child.stderr.take().map(|s| Box::new(s) as Box<dyn AsyncRead + Unpin + Send>), "stderr"),
+            (
+                child
+                    .stdout
+                    .take()
+                    .map(|s| Box::new(s) as Box<dyn AsyncRead + Unpin + Send>),
+                "stdout",
+            ),
+            (
+                child
+                    .stderr
+                    .take()
+                    .map(|s| Box::new(s) as Box<dyn AsyncRead + Unpin + Send>),
+                "stderr",
+            ),
         ] {
             if let Some(stream) = stream {
                 let path = self.log_dir.join(format!("{instance}.{name}.log"));
@@ -174,7 +192,14 @@ impl Executor {
             let status = child.wait().await;
             lock(&this.children).remove(&instance);
             let stopped = lock(&stop_reason).take();
-            let outcome = classify(status, stopped, is_job, started.elapsed(), &this.log_dir, &instance);
+            let outcome = classify(
+                status,
+                stopped,
+                is_job,
+                started.elapsed(),
+                &this.log_dir,
+                &instance,
+            );
             // The process is gone; make sure nothing it started lives on.
             kill_group(pid, libc::SIGKILL);
             this.report(Exit { instance, outcome });
@@ -205,7 +230,10 @@ impl Executor {
         let (instance, grace) = (instance.clone(), self.grace);
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
-            if lock(&children).get(&instance).is_some_and(|c| c.running.pid == pid) {
+            if lock(&children)
+                .get(&instance)
+                .is_some_and(|c| c.running.pid == pid)
+            {
                 kill_group(pid, libc::SIGKILL);
             }
         });
@@ -251,7 +279,11 @@ fn classify(
     }
     let status = match status {
         Ok(s) => s,
-        Err(e) => return ExitOutcome::Crashed { reason: format!("lost the process: {e}") },
+        Err(e) => {
+            return ExitOutcome::Crashed {
+                reason: format!("lost the process: {e}"),
+            };
+        }
     };
     if is_job && status.success() {
         return ExitOutcome::Completed;
@@ -282,7 +314,9 @@ fn last_line(path: &Path) -> Option<String> {
 
 /// Copies a child's stream into `path`, rotating at [`LOG_ROTATE_BYTES`].
 async fn copy_rotating(mut from: Box<dyn AsyncRead + Unpin + Send>, path: PathBuf) {
-    let Ok(mut file) = open_append(&path).await else { return };
+    let Ok(mut file) = open_append(&path).await else {
+        return;
+    };
     let mut written = file.metadata().await.map(|m| m.len()).unwrap_or(0);
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -311,7 +345,11 @@ async fn copy_rotating(mut from: Box<dyn AsyncRead + Unpin + Send>, path: PathBu
 }
 
 async fn open_append(path: &Path) -> std::io::Result<tokio::fs::File> {
-    tokio::fs::OpenOptions::new().create(true).append(true).open(path).await
+    tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .await
 }
 
 fn rotated(path: &Path, generation: u32) -> PathBuf {

@@ -5,3 +5,4 @@
 //! only carries inputs in and outputs out.
 
 pub mod exec;
+pub mod health;

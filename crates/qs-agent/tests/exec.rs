@@ -19,11 +19,18 @@ fn setup(grace_ms: u64) -> (tempfile::TempDir, Executor, mpsc::Receiver<Exit>) {
 }
 
 fn launch(name: &str, command: &str, is_job: bool) -> Launch {
-    Launch { instance: id(name), command: command.into(), is_job }
+    Launch {
+        instance: id(name),
+        command: command.into(),
+        is_job,
+    }
 }
 
 async fn next_exit(rx: &mut mpsc::Receiver<Exit>) -> Exit {
-    tokio::time::timeout(WAIT, rx.recv()).await.expect("an exit is reported").unwrap()
+    tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("an exit is reported")
+        .unwrap()
 }
 
 /// Running or sleeping: present in /proc and not a zombie (an orphan may stay a zombie
@@ -66,7 +73,11 @@ async fn wait_for_log(path: &std::path::Path, needle: &str) -> String {
 async fn stop_ends_the_whole_process_group() {
     let (dir, exec, mut rx) = setup(2000);
     let r = exec
-        .start(launch("web-1", "sh -c 'sleep 30 & echo child=$!; wait'", false))
+        .start(launch(
+            "web-1",
+            "sh -c 'sleep 30 & echo child=$!; wait'",
+            false,
+        ))
         .unwrap();
     let log = dir.path().join("logs/web-1.stdout.log");
     let text = wait_for_log(&log, "child=").await;
@@ -74,7 +85,12 @@ async fn stop_ends_the_whole_process_group() {
     assert!(alive(r.pid) && alive(grandchild));
     assert!(exec.stop(&id("web-1"), "scale in"));
     let exit = next_exit(&mut rx).await;
-    assert_eq!(exit.outcome, ExitOutcome::Stopped { reason: "scale in".into() });
+    assert_eq!(
+        exit.outcome,
+        ExitOutcome::Stopped {
+            reason: "scale in".into()
+        }
+    );
     assert!(gone(grandchild).await, "the grandchild died with its group");
     assert!(exec.running().is_empty());
 }
@@ -82,27 +98,57 @@ async fn stop_ends_the_whole_process_group() {
 #[tokio::test]
 async fn a_child_that_ignores_sigterm_is_killed_after_the_grace_period() {
     let (dir, exec, mut rx) = setup(300);
-    exec.start(launch("stubborn", "sh -c 'trap \"\" TERM; echo ready; while true; do sleep 0.1; done'", false))
-        .unwrap();
+    exec.start(launch(
+        "stubborn",
+        "sh -c 'trap \"\" TERM; echo ready; while true; do sleep 0.1; done'",
+        false,
+    ))
+    .unwrap();
     wait_for_log(&dir.path().join("logs/stubborn.stdout.log"), "ready").await;
     exec.stop(&id("stubborn"), "drain");
     let exit = next_exit(&mut rx).await;
-    assert_eq!(exit.outcome, ExitOutcome::Stopped { reason: "drain".into() });
+    assert_eq!(
+        exit.outcome,
+        ExitOutcome::Stopped {
+            reason: "drain".into()
+        }
+    );
 }
 
 /// (command, is a job, expected outcome kind, text the reason must contain)
 #[tokio::test]
 async fn exits_are_classified() {
     let cases = [
-        ("no-such-binary-qs --flag", false, "failed-start", "not found"),
-        ("sh -c 'echo boom >&2; exit 3'", false, "failed-start", "exited with code 3: boom"),
+        (
+            "no-such-binary-qs --flag",
+            false,
+            "failed-start",
+            "not found",
+        ),
+        (
+            "sh -c 'echo boom >&2; exit 3'",
+            false,
+            "failed-start",
+            "exited with code 3: boom",
+        ),
         ("sh -c 'sleep 0.7; exit 0'", true, "completed", ""),
-        ("sh -c 'sleep 0.7; exit 0'", false, "crashed", "exited with code 0"),
-        ("sh -c 'sleep 0.7; kill -9 $$'", false, "crashed", "killed by signal 9"),
+        (
+            "sh -c 'sleep 0.7; exit 0'",
+            false,
+            "crashed",
+            "exited with code 0",
+        ),
+        (
+            "sh -c 'sleep 0.7; kill -9 $$'",
+            false,
+            "crashed",
+            "killed by signal 9",
+        ),
     ];
     for (i, (command, is_job, kind, reason)) in cases.into_iter().enumerate() {
         let (_dir, exec, mut rx) = setup(500);
-        exec.start(launch(&format!("case-{i}"), command, is_job)).unwrap();
+        exec.start(launch(&format!("case-{i}"), command, is_job))
+            .unwrap();
         let exit = next_exit(&mut rx).await;
         let json = serde_json::to_value(&exit.outcome).unwrap();
         assert_eq!(json["outcome"], kind, "{command}: {exit:?}");
@@ -115,20 +161,31 @@ async fn exits_are_classified() {
 async fn port_is_substituted_and_exported() {
     let (dir, exec, mut rx) = setup(500);
     let r = exec
-        .start(launch("portly", "sh -c 'echo arg={port} env=$QS_PORT id=$QS_INSTANCE; sleep 30'", false))
+        .start(launch(
+            "portly",
+            "sh -c 'echo arg={port} env=$QS_PORT id=$QS_INSTANCE; sleep 30'",
+            false,
+        ))
         .unwrap();
     let text = wait_for_log(&dir.path().join("logs/portly.stdout.log"), "id=").await;
     assert_eq!(text.trim(), format!("arg={0} env={0} id=portly", r.port));
     exec.shutdown("test over").await;
-    assert!(matches!(next_exit(&mut rx).await.outcome, ExitOutcome::Stopped { .. }));
+    assert!(matches!(
+        next_exit(&mut rx).await.outcome,
+        ExitOutcome::Stopped { .. }
+    ));
 }
 
 #[tokio::test]
 async fn logs_rotate() {
     let (dir, exec, mut rx) = setup(500);
     let big = qs_agent::exec::LOG_ROTATE_BYTES + 1000;
-    exec.start(launch("chatty", &format!("sh -c 'head -c {big} /dev/zero; sleep 0.6'"), true))
-        .unwrap();
+    exec.start(launch(
+        "chatty",
+        &format!("sh -c 'head -c {big} /dev/zero; sleep 0.6'"),
+        true,
+    ))
+    .unwrap();
     assert_eq!(next_exit(&mut rx).await.outcome, ExitOutcome::Completed);
     let logs = dir.path().join("logs");
     tokio::time::timeout(WAIT, async {
@@ -138,6 +195,8 @@ async fn logs_rotate() {
     })
     .await
     .expect("the first generation was rotated out");
-    let rotated = std::fs::metadata(logs.join("chatty.stdout.log.1")).unwrap().len();
+    let rotated = std::fs::metadata(logs.join("chatty.stdout.log.1"))
+        .unwrap()
+        .len();
     assert!(rotated >= qs_agent::exec::LOG_ROTATE_BYTES);
 }

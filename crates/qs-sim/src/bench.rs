@@ -84,6 +84,7 @@ pub fn placement(nodes: usize, placements: usize, seed: u64) -> PlacementRun {
             labels: BTreeMap::new(),
             command: None,
             max_per_node: 1,
+            health: None,
         };
         sim.schedule(start, Action::Apply(spec));
     }

@@ -170,6 +170,7 @@ fn workload(name: &str, kind: WorkloadKind, pattern: HaPattern, need: Resources)
         labels: BTreeMap::new(),
         command: None,
         max_per_node: 1,
+        health: None,
     }
 }
 

@@ -20,5 +20,6 @@ pub use message::{
 };
 pub use resources::{Capacity, Committed, GpuCapacity, GpuLoad, InstanceLoad, Load, Resources};
 pub use spec::{
-    HaPattern, MAX_LEVEL, NodeSpec, SpecDocument, SpecError, WorkloadKind, WorkloadSpec, parse_spec,
+    HaPattern, HealthCheck, MAX_LEVEL, NodeSpec, Probe, SpecDocument, SpecError, WorkloadKind,
+    WorkloadSpec, parse_spec,
 };

@@ -69,6 +69,30 @@ pub enum WorkloadKind {
     },
 }
 
+/// How the agent decides an instance is serving.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum Probe {
+    /// A TCP connection to the instance's port succeeds.
+    Tcp,
+    /// `GET path` on the instance's port answers 2xx or 3xx.
+    Http { path: String },
+    /// The command exits 0 (`{port}` is replaced by the instance's port).
+    Exec { command: String },
+}
+
+/// A health check and its timing.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct HealthCheck {
+    pub probe: Probe,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    /// Failures during this period after start do not count.
+    pub start_period_ms: u64,
+    /// Consecutive failures that mark the instance failed.
+    pub failures: u32,
+}
+
 /// One service or job as the operator declared it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct WorkloadSpec {
@@ -82,6 +106,8 @@ pub struct WorkloadSpec {
     pub command: Option<String>,
     /// Most instances of this workload on one node.
     pub max_per_node: u32,
+    /// When absent, a running process counts as serving.
+    pub health: Option<HealthCheck>,
 }
 
 impl WorkloadSpec {
@@ -167,6 +193,19 @@ struct RawWorkload {
     #[serde(default)]
     labels: BTreeMap<String, String>,
     command: Option<Spanned<String>>,
+    health: Option<Spanned<RawHealth>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    kind: Spanned<String>,
+    path: Option<String>,
+    command: Option<String>,
+    interval_ms: Option<Spanned<i64>>,
+    timeout_ms: Option<Spanned<i64>>,
+    start_period_ms: Option<Spanned<i64>>,
+    failures: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -322,6 +361,10 @@ fn workload(
     {
         return Err(at.error(c.span(), &field("command"), "must not be empty"));
     }
+    let health = match &w.health {
+        Some(h) => Some(health(at, &field("health"), h)?),
+        None => None,
+    };
     Ok(WorkloadSpec {
         name,
         kind,
@@ -330,6 +373,67 @@ fn workload(
         labels: w.labels.clone(),
         command: w.command.as_ref().map(|c| c.get_ref().clone()),
         max_per_node,
+        health,
+    })
+}
+
+fn health(
+    at: &Locator<'_>,
+    path: &str,
+    raw: &Spanned<RawHealth>,
+) -> Result<HealthCheck, SpecError> {
+    let h = raw.get_ref();
+    let field = |f: &str| format!("{path}.{f}");
+    let probe = match (h.kind.get_ref().as_str(), &h.path, &h.command) {
+        ("tcp", None, None) => Probe::Tcp,
+        ("http", Some(p), None) if p.starts_with('/') => Probe::Http { path: p.clone() },
+        ("http", _, None) => {
+            return Err(at.error(
+                raw.span(),
+                &field("path"),
+                "an http check needs a path starting with '/'",
+            ));
+        }
+        ("exec", None, Some(c)) if !c.trim().is_empty() => Probe::Exec { command: c.clone() },
+        ("exec", None, _) => {
+            return Err(at.error(
+                raw.span(),
+                &field("command"),
+                "an exec check needs a command",
+            ));
+        }
+        ("tcp" | "http" | "exec", _, _) => {
+            return Err(at.error(
+                raw.span(),
+                path,
+                "`path` goes with kind = \"http\" and `command` with kind = \"exec\"",
+            ));
+        }
+        (other, _, _) => {
+            return Err(at.error(
+                h.kind.span(),
+                &field("kind"),
+                format!("unknown check kind `{other}`, expected one of `tcp`, `http`, `exec`"),
+            ));
+        }
+    };
+    let ms = |v: &Option<Spanned<i64>>, f: &str, default: u64| -> Result<u64, SpecError> {
+        match v {
+            None => Ok(default),
+            Some(v) if (1..=3_600_000).contains(v.get_ref()) => Ok(*v.get_ref() as u64),
+            Some(v) => Err(at.error(
+                v.span(),
+                &field(f),
+                format!("must be in 1..=3600000 ms, got {}", v.get_ref()),
+            )),
+        }
+    };
+    Ok(HealthCheck {
+        probe,
+        interval_ms: ms(&h.interval_ms, "interval_ms", 1000)?,
+        timeout_ms: ms(&h.timeout_ms, "timeout_ms", 1000)?,
+        start_period_ms: ms(&h.start_period_ms, "start_period_ms", 10_000)?,
+        failures: count(at, &field("failures"), h.failures.as_ref(), 1, 3)?,
     })
 }
 
@@ -668,6 +772,14 @@ gpus = [{ vram_mib = 24576 }]
         check(
             "[service.a]\nresources = { cpu_cores = 1, memory_mib = 8, disk = 3 }\n",
             "bad.toml:2:46: service.a.resources.disk: unknown field `disk`",
+        );
+        check(
+            "[service.a]\nresources = { cpu_cores = 1, memory_mib = 8 }\nhealth = { kind = \"ping\" }\n",
+            "bad.toml:3:19: service.a.health.kind: unknown check kind `ping`",
+        );
+        check(
+            "[service.a]\nresources = { cpu_cores = 1, memory_mib = 8 }\nhealth = { kind = \"http\" }\n",
+            "bad.toml:3:10: service.a.health.path: an http check needs a path",
         );
         check("[service.a\n", "bad.toml:1:11: ");
     }
