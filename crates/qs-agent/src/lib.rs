@@ -6,3 +6,4 @@
 
 pub mod exec;
 pub mod health;
+pub mod sense;
