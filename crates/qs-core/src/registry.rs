@@ -32,6 +32,7 @@ pub struct RunningInstance {
     pub role: Role,
     pub fencing: u64,
     pub hot: bool,
+    pub serving: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -404,6 +405,7 @@ impl Registry {
                     role: i.role,
                     fencing: i.fencing,
                     hot: i.hot,
+                    serving: i.serving,
                 },
             );
             if i.fencing > 0 {

@@ -500,7 +500,13 @@ impl Sim {
                         },
                     );
                     let (instance, node) = (order.instance, i);
-                    if n.broken_starts {
+                    let broken = n.broken_starts;
+                    let serving = Box::new(Input::Health {
+                        instance: instance.clone(),
+                        serving: true,
+                    });
+                    self.push(now + micros(SENSE_DELAY_US), Ev::Local { to: node, input: serving });
+                    if broken {
                         let outcome = ExitOutcome::FailedStart {
                             reason: "simulated broken start".into(),
                         };

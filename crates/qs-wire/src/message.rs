@@ -58,6 +58,19 @@ pub struct Demand {
     pub max_per_node: u32,
 }
 
+impl Demand {
+    /// What one instance of `spec` asks of a node.
+    pub fn of(spec: &crate::WorkloadSpec) -> Demand {
+        Demand {
+            service: spec.name.clone(),
+            pattern: spec.pattern,
+            need: spec.resources,
+            labels: spec.labels.clone(),
+            max_per_node: spec.max_per_node,
+        }
+    }
+}
+
 /// A node's answer "I can take it", with the weight it claims.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Offer {
@@ -177,6 +190,9 @@ pub struct InstanceSummary {
     pub fencing: u64,
     /// Its sensed use crossed a threshold.
     pub hot: bool,
+    /// It passes its health check (or has none and runs): it may receive traffic.
+    #[serde(default)]
+    pub serving: bool,
 }
 
 /// A heartbeat: everything other nodes need to know of one node.

@@ -23,6 +23,8 @@ pub struct Hosted {
     pub hot: bool,
     /// A stop was ordered; it still holds its resources until it exits.
     pub stopping: bool,
+    /// Healthy: it may receive traffic.
+    pub serving: bool,
 }
 
 /// Do the node's labels carry every required label with the same value?
@@ -201,6 +203,7 @@ impl Node {
                 gpu,
                 hot: false,
                 stopping: false,
+                serving: false,
             },
         );
     }
@@ -332,6 +335,7 @@ impl Node {
                     role: h.role,
                     fencing: h.fencing,
                     hot: h.hot,
+                    serving: h.serving,
                 })
                 .collect(),
             completed: self

@@ -79,6 +79,9 @@ pub enum Input {
     ReconcileService(ServiceName),
     /// The operator approves moving the primary of a stateful-read service.
     ApprovePromotion { service: ServiceName },
+    /// A health check passed (`serving`) or an instance without one is up; or it stopped
+    /// passing.
+    Health { instance: InstanceId, serving: bool },
 }
 
 /// The order to start one instance on this node.
@@ -186,6 +189,11 @@ impl Node {
             }
             Input::ReconcileService(service) => self.reconcile_service(&service, now, reg),
             Input::ApprovePromotion { service } => self.approve_promotion(&service, now, reg),
+            Input::Health { instance, serving } => {
+                if let Some(h) = self.hosted.get_mut(&instance) {
+                    h.serving = serving;
+                }
+            }
         }
     }
 
@@ -295,6 +303,20 @@ impl Node {
     /// This node's failure memory.
     pub fn failures(&self) -> &FailureMemory {
         &self.failures
+    }
+    /// The last sensor sample.
+    pub fn load(&self) -> &Load {
+        &self.load
+    }
+    /// What this node would offer for `demand` now, or why it would decline (for
+    /// `qs nodes --explain`).
+    pub fn offer_for(
+        &self,
+        demand: &qs_wire::Demand,
+        now: Time,
+        reg: &Registry,
+    ) -> Result<qs_wire::Offer, qs_wire::DeclineReason> {
+        self.evaluate(demand, None, now, reg)
     }
     /// Placements this node is driving as a steward.
     pub fn placements_in_flight(&self) -> usize {

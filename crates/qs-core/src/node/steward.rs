@@ -389,13 +389,7 @@ impl Node {
             Placement {
                 id,
                 instance,
-                demand: Demand {
-                    service: spec.name.clone(),
-                    pattern: spec.pattern,
-                    need: spec.resources,
-                    labels: spec.labels.clone(),
-                    max_per_node: spec.max_per_node,
-                },
+                demand: Demand::of(spec),
                 role,
                 fencing,
                 hot,
