@@ -23,7 +23,8 @@ pub const LOG_GENERATIONS: u32 = 3;
 #[derive(Clone, Debug)]
 pub struct Launch {
     pub instance: InstanceId,
-    /// A shell command line; `{port}` is replaced by the instance's port.
+    /// A shell command line; `{port}` is replaced by the instance's port and `{qs}` by the
+    /// path of the running `qs` executable.
     pub command: String,
     /// Jobs exit 0 when done; services never should.
     pub is_job: bool,
@@ -122,7 +123,12 @@ impl Executor {
             instance: instance.clone(),
             source,
         })?;
-        let command = launch.command.replace("{port}", &port.to_string());
+        let qs =
+            std::env::current_exe().map_or_else(|_| "qs".to_owned(), |p| p.display().to_string());
+        let command = launch
+            .command
+            .replace("{port}", &port.to_string())
+            .replace("{qs}", &qs);
         std::fs::create_dir_all(&self.log_dir).map_err(|source| ExecError::Logs {
             instance: instance.clone(),
             dir: self.log_dir.clone(),
@@ -156,6 +162,7 @@ impl Executor {
             }
         };
         let pid = child.id().unwrap_or(0);
+        let mut copiers = Vec::new();
         for (stream, name) in [
             (
                 child
@@ -174,7 +181,7 @@ impl Executor {
         ] {
             if let Some(stream) = stream {
                 let path = self.log_dir.join(format!("{instance}.{name}.log"));
-                tokio::spawn(copy_rotating(stream, path));
+                copiers.push(tokio::spawn(copy_rotating(stream, path)));
             }
         }
         let running = Running { pid, port, command };
@@ -190,6 +197,11 @@ impl Executor {
         let is_job = launch.is_job;
         tokio::spawn(async move {
             let status = child.wait().await;
+            // The pipes close with the process: let the copiers write the last lines (which
+            // the exit reason quotes), bounded in case a grandchild holds a pipe open.
+            for c in copiers {
+                let _ = tokio::time::timeout(Duration::from_secs(1), c).await;
+            }
             lock(&this.children).remove(&instance);
             let stopped = lock(&stop_reason).take();
             let outcome = classify(
@@ -238,6 +250,24 @@ impl Executor {
             }
         });
         true
+    }
+
+    /// Kills an instance's process group at once (SIGKILL), as a crash would: the exit is
+    /// reported as a crash, not a stop.
+    pub fn kill(&self, instance: &InstanceId) -> bool {
+        let pid = lock(&self.children).get(instance).map(|c| c.running.pid);
+        match pid {
+            Some(pid) => {
+                kill_group(pid, libc::SIGKILL);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Where exits are reported (for exits the caller synthesizes).
+    pub fn exits(&self) -> mpsc::Sender<Exit> {
+        self.exits.clone()
     }
 
     /// Stops everything and waits (bounded by the grace period plus a second) until every

@@ -48,7 +48,9 @@ async fn http_get(port: u16, path: &str) -> Result<(), String> {
         .await
         .map_err(|e| format!("http 127.0.0.1:{port}: {e}"))?;
     let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.map_err(|e| format!("http write: {e}"))?;
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| format!("http write: {e}"))?;
     let mut head = [0u8; 64];
     let mut n = 0;
     while n < 12 {
@@ -85,7 +87,9 @@ mod tests {
             while let Ok((mut s, _)) = l.accept().await {
                 let mut buf = [0u8; 1024];
                 let _ = s.read(&mut buf).await;
-                let _ = s.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes()).await;
+                let _ = s
+                    .write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes())
+                    .await;
             }
         });
         port
@@ -96,18 +100,33 @@ mod tests {
         let ok = http_server("200 OK").await;
         let bad = http_server("503 Service Unavailable").await;
         let closed = crate::exec::free_port().unwrap();
-        let http = Probe::Http { path: "/health".into() };
+        let http = Probe::Http {
+            path: "/health".into(),
+        };
         assert_eq!(probe(&http, ok, T).await, Ok(()));
-        assert!(probe(&http, bad, T).await.unwrap_err().contains("status 503"));
+        assert!(
+            probe(&http, bad, T)
+                .await
+                .unwrap_err()
+                .contains("status 503")
+        );
         assert!(probe(&http, closed, T).await.is_err());
         assert_eq!(probe(&Probe::Tcp, ok, T).await, Ok(()));
         assert!(probe(&Probe::Tcp, closed, T).await.is_err());
-        let yes = Probe::Exec { command: "test {port} -gt 0".into() };
-        let no = Probe::Exec { command: "echo sad >&2; false".into() };
+        let yes = Probe::Exec {
+            command: "test {port} -gt 0".into(),
+        };
+        let no = Probe::Exec {
+            command: "echo sad >&2; false".into(),
+        };
         assert_eq!(probe(&yes, ok, T).await, Ok(()));
         assert!(probe(&no, ok, T).await.unwrap_err().contains("sad"));
-        let slow = Probe::Exec { command: "sleep 5".into() };
-        let err = probe(&slow, ok, Duration::from_millis(100)).await.unwrap_err();
+        let slow = Probe::Exec {
+            command: "sleep 5".into(),
+        };
+        let err = probe(&slow, ok, Duration::from_millis(100))
+            .await
+            .unwrap_err();
         assert!(err.contains("within 100 ms"), "{err}");
     }
 }

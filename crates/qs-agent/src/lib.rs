@@ -4,6 +4,11 @@
 //! fabric, the ledger on disk and an HTTP API. Every decision stays in `qs-core`; this crate
 //! only carries inputs in and outputs out.
 
+pub mod api;
 pub mod exec;
+pub mod fleet;
 pub mod health;
+pub mod model_double;
+pub mod orphans;
+pub mod runtime;
 pub mod sense;

@@ -28,7 +28,9 @@ impl Nvml {
     /// Loads libnvidia-ml; fails with a clear reason where there is no driver.
     pub fn load() -> Result<Nvml, String> {
         let nvml = nvml_wrapper::Nvml::init().map_err(|e| format!("NVML unavailable: {e}"))?;
-        let count = nvml.device_count().map_err(|e| format!("NVML device count: {e}"))?;
+        let count = nvml
+            .device_count()
+            .map_err(|e| format!("NVML device count: {e}"))?;
         Ok(Nvml { nvml, count })
     }
 }
@@ -52,7 +54,9 @@ impl GpuSource for Nvml {
         (0..self.count)
             .map(|i| match self.nvml.device_by_index(i) {
                 Ok(d) => GpuLoad {
-                    util: d.utilization_rates().map_or(0.0, |u| f64::from(u.gpu) / 100.0),
+                    util: d
+                        .utilization_rates()
+                        .map_or(0.0, |u| f64::from(u.gpu) / 100.0),
                     vram_used_bytes: d.memory_info().map_or(0, |m| m.used),
                 },
                 Err(_) => GpuLoad::default(),
@@ -182,7 +186,10 @@ mod tests {
         // SAFETY: signalling the process group of our own child.
         unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
         let _ = child.wait();
-        assert!(cpu > 500, "two busy loops use more than half a core, measured {cpu} millicores");
+        assert!(
+            cpu > 500,
+            "two busy loops use more than half a core, measured {cpu} millicores"
+        );
         let host = s.sample(&BTreeMap::new());
         assert!(host.memory_total_bytes > 0 && host.cores > 0);
     }

@@ -65,8 +65,10 @@ pub struct Config {
     pub retry_backoff_max_ms: u64,
     /// Query rounds before a placement gives up (the steward starts a new one later).
     pub max_attempts: u32,
-    /// A new steward waits this long before placing a singleton, so a dispatch its predecessor
-    /// left in flight can surface first.
+    /// A steward that inherits a service (its spec existed before the tenure began) waits
+    /// this long before placing, so dispatches its predecessor left in flight surface first.
+    pub steward_settle_ms: u64,
+    /// The same wait for singletons, longer: two of them must never run.
     pub singleton_settle_ms: u64,
     pub scale_out_cooldown_ms: u64,
     /// No hot instance for this long gives back one autoscaled replica.
@@ -98,6 +100,7 @@ impl Default for Config {
             retry_backoff_ms: 100,
             retry_backoff_max_ms: 2000,
             max_attempts: 5,
+            steward_settle_ms: 500,
             singleton_settle_ms: 2000,
             scale_out_cooldown_ms: 2000,
             scale_in_after_ms: 30_000,

@@ -62,6 +62,8 @@ pub struct Registry {
     cpu_weights: WeightTree,
     gpu_weights: WeightTree,
     specs: BTreeMap<ServiceName, WorkloadSpec>,
+    /// When each spec first arrived here.
+    spec_since: BTreeMap<ServiceName, Time>,
     stewards: BTreeMap<ServiceName, usize>,
     /// Live slots of each steward bucket.
     buckets: Vec<BTreeSet<usize>>,
@@ -83,6 +85,7 @@ impl Registry {
             cpu_weights: WeightTree::default(),
             gpu_weights: WeightTree::default(),
             specs: BTreeMap::new(),
+            spec_since: BTreeMap::new(),
             stewards: BTreeMap::new(),
             buckets: vec![BTreeSet::new(); STEWARD_BUCKETS as usize],
             stewarded: BTreeMap::new(),
@@ -268,18 +271,25 @@ impl Registry {
 
     // ---- desired state and stewards -------------------------------------------------------
 
-    /// Adds or replaces a spec.
-    pub fn apply_spec(&mut self, spec: WorkloadSpec) {
+    /// Adds or replaces a spec, seen at `now`.
+    pub fn apply_spec(&mut self, spec: WorkloadSpec, now: Time) {
         let name = spec.name.clone();
         let new = self.specs.insert(name.clone(), spec).is_none();
         if new {
+            self.spec_since.insert(name.clone(), now);
             self.elect(&name);
         }
+    }
+
+    /// When a spec first arrived here.
+    pub fn spec_since(&self, name: &ServiceName) -> Option<Time> {
+        self.spec_since.get(name).copied()
     }
 
     /// Removes a spec; its instances are then excess and the steward stops them.
     pub fn remove_spec(&mut self, name: &ServiceName) -> Option<WorkloadSpec> {
         let spec = self.specs.remove(name)?;
+        self.spec_since.remove(name);
         if let Some(slot) = self.stewards.remove(name)
             && let Some(set) = self.stewarded.get_mut(&slot)
         {
@@ -510,13 +520,13 @@ mod tests {
         let build = |order: Vec<&String>| {
             let mut r = Registry::new(&Config::default());
             for s in &svcs[..15] {
-                r.apply_spec(s.clone());
+                r.apply_spec(s.clone(), Time::ZERO);
             }
             for n in order {
                 r.observe(status(n, 0, 0), Time::ZERO);
             }
             for s in &svcs[15..] {
-                r.apply_spec(s.clone());
+                r.apply_spec(s.clone(), Time::ZERO);
             }
             r
         };
@@ -553,7 +563,7 @@ mod tests {
         let svcs: Vec<WorkloadSpec> = (0..200).map(|i| spec(&format!("s{i}"))).collect();
         let mut r = Registry::new(&Config::default());
         for s in &svcs {
-            r.apply_spec(s.clone());
+            r.apply_spec(s.clone(), Time::ZERO);
         }
         let mut rng = Rng::seeded(9);
         let mut live = BTreeSet::new();
@@ -572,7 +582,7 @@ mod tests {
             fresh.observe(status(n, 0, 0), Time::ZERO);
         }
         for s in &svcs {
-            fresh.apply_spec(s.clone());
+            fresh.apply_spec(s.clone(), Time::ZERO);
         }
         for s in &svcs {
             assert_eq!(r.steward(&s.name), fresh.steward(&s.name), "{}", s.name);

@@ -9,6 +9,8 @@ use qs_wire::{
 use std::collections::BTreeMap;
 
 const GIB: u64 = 1 << 30;
+/// Nodes are created at zero and ready (done listening for members) at 1 s.
+const START: Time = Time::from_millis(1500);
 
 fn id(s: &str) -> NodeId {
     NodeId::new(s).unwrap()
@@ -46,11 +48,11 @@ fn setup() -> (Node, Registry) {
         })
         .find(|s| {
             let mut r = reg.clone();
-            r.apply_spec(s.clone());
+            r.apply_spec(s.clone(), START);
             r.steward(&s.name) == Some(&id("a"))
         })
         .unwrap();
-    reg.apply_spec(spec);
+    reg.apply_spec(spec, START);
     (a, reg)
 }
 
@@ -116,7 +118,7 @@ fn offer(value_per_level_weight: f64) -> Offer {
 fn check(answers: &[(&str, Option<f64>)], replies: &[(&str, bool)], expect: &str) {
     let (mut a, reg) = setup();
     let mut story = Vec::new();
-    let t = |ms| Time::from_millis(ms);
+    let t = |ms: u64| Time::from_micros(START.as_micros() + ms * 1000);
     a.handle(Input::Reconcile, t(1), &reg);
     drain(&mut a, &mut story);
     let pid = PlacementId {

@@ -388,7 +388,7 @@ impl Sim {
         match action {
             Action::Apply(spec) => {
                 let name = spec.name.clone();
-                self.registry.apply_spec(spec);
+                self.registry.apply_spec(spec, now);
                 self.reconcile_steward_of(&name);
             }
             Action::Remove(name) => {
@@ -505,7 +505,13 @@ impl Sim {
                         instance: instance.clone(),
                         serving: true,
                     });
-                    self.push(now + micros(SENSE_DELAY_US), Ev::Local { to: node, input: serving });
+                    self.push(
+                        now + micros(SENSE_DELAY_US),
+                        Ev::Local {
+                            to: node,
+                            input: serving,
+                        },
+                    );
                     if broken {
                         let outcome = ExitOutcome::FailedStart {
                             reason: "simulated broken start".into(),

@@ -16,18 +16,15 @@ fn seed_fleet() -> Vec<NodeSpec> {
     parse_spec("examples/seed-fleet.toml", text).unwrap().nodes
 }
 
-/// The seed fleet after every node's first heartbeat, with invariant checks on.
+/// The seed fleet once every node is ready (it has listened for one failure-detection
+/// period), with invariant checks on.
 fn seed_sim(seed: u64) -> Sim {
-    let mut sim = Sim::new(
-        &seed_fleet(),
-        3,
-        Config::default(),
-        Network::lan_and_vpn(),
-        seed,
-    );
+    let config = Config::default();
+    let ready = Time::from_millis(config.dead_after_ms + 100);
+    let mut sim = Sim::new(&seed_fleet(), 3, config, Network::lan_and_vpn(), seed);
     sim.keep_records(true);
     sim.check_invariants(true);
-    sim.run_until(Time::from_millis(300));
+    sim.run_until(ready);
     sim
 }
 
@@ -41,7 +38,7 @@ fn stewarded_by(sim: &Sim, template: &str, node: &str) -> WorkloadSpec {
         .map(|i| spec(&template.replace("NAME", &format!("svc-{i}"))))
         .find(|s| {
             let mut reg = sim.registry().clone();
-            reg.apply_spec(s.clone());
+            reg.apply_spec(s.clone(), sim.now());
             reg.steward(&s.name) == Some(&id(node))
         })
         .expect("some name hashes to every node")

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use qs_sim::{Report, SimConfig};
 use qs_store::Ledger;
 use qs_wire::Record;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -15,6 +16,9 @@ use std::path::PathBuf;
     about = "Quasicrystal: a decentralized orchestrator for GPU and CPU fleets"
 )]
 pub struct Cli {
+    /// The agent API the client commands talk to.
+    #[arg(long, global = true, env = "QS_API", default_value = crate::client::DEFAULT_API)]
+    api: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -27,6 +31,77 @@ pub enum OutputFormat {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run an embedded fleet in one process: in-memory fabric, real child processes, HTTP API.
+    Up {
+        /// Seed 000's seven-node fleet, the example specs, and its story played for real.
+        #[arg(long)]
+        demo: bool,
+        /// Nodes of the fleet (a spec file with [node.*] tables); default: this machine.
+        #[arg(long)]
+        fleet: Option<PathBuf>,
+        /// Spec files to apply at start.
+        #[arg(short = 'f', long = "apply")]
+        apply: Vec<PathBuf>,
+        #[arg(long, default_value = ".qs-state")]
+        state_dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        listen: SocketAddr,
+    },
+    /// Run this machine as one node: host sensing, NVML GPUs when present, HTTP API.
+    Agent {
+        /// Spec files to apply at start.
+        #[arg(short = 'f', long = "apply")]
+        apply: Vec<PathBuf>,
+        #[arg(long, default_value = ".qs-state")]
+        state_dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        listen: SocketAddr,
+    },
+    /// Apply spec files to a running fleet (all of a file or nothing).
+    Apply {
+        #[arg(short = 'f', long = "file", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Delete a service or job; its instances are stopped.
+    Delete { name: String },
+    /// List instances.
+    Ps {
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
+    /// List nodes; with --explain, each part of each node's composite for a service.
+    Nodes {
+        #[arg(long)]
+        explain: Option<String>,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
+    /// List services and jobs with wanted, running and serving counts.
+    Services {
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
+    /// The agent's health and each service's state.
+    Status {
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
+    /// Break things on purpose.
+    Chaos {
+        #[command(subcommand)]
+        action: ChaosAction,
+    },
+    /// Approve promoting a replica of a stateful-read service that lost its primary.
+    Approve { service: String },
+    /// Print shell completions.
+    Completions { shell: clap_complete::Shell },
+    /// Test double of an OpenAI-compatible model server (stands in for vLLM or Ollama).
+    ModelDouble {
+        #[arg(long)]
+        port: u16,
+        #[arg(long, default_value = "double")]
+        model: String,
+    },
     /// Run the deterministic simulator: the real core, a virtual clock, a simulated network.
     Sim {
         /// Nodes in the simulated fleet.
@@ -68,9 +143,12 @@ enum Command {
     },
     /// Show the ledger: each placement's story, step by step.
     Events {
-        /// The ledger file (a node's, or one written by `qs sim --ledger`).
+        /// Read this ledger file (one written by `qs sim --ledger`) instead of the agent's.
         #[arg(long)]
-        ledger: PathBuf,
+        ledger: Option<PathBuf>,
+        /// Keep printing new events as they happen.
+        #[arg(long)]
+        follow: bool,
         /// First sequence number to show.
         #[arg(long, default_value_t = 0)]
         from: u64,
@@ -86,6 +164,12 @@ enum Command {
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum ChaosAction {
+    /// kill -9 an instance's process group.
+    Kill { instance: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -108,7 +192,56 @@ enum BenchSuite {
 }
 
 pub fn run(cli: Cli) -> Result<()> {
+    let api = cli.api.as_str();
     match cli.command {
+        Command::Up {
+            demo,
+            fleet,
+            apply,
+            state_dir,
+            listen,
+        } => crate::fleet::up(crate::fleet::Up {
+            demo,
+            state_dir,
+            listen,
+            fleet,
+            apply,
+            host: false,
+        }),
+        Command::Agent {
+            apply,
+            state_dir,
+            listen,
+        } => crate::fleet::up(crate::fleet::Up {
+            demo: false,
+            state_dir,
+            listen,
+            fleet: None,
+            apply,
+            host: true,
+        }),
+        Command::Apply { files } => crate::fleet::apply(api, &files),
+        Command::Delete { name } => crate::fleet::delete(api, &name),
+        Command::Ps { output } => crate::fleet::ps(api, output),
+        Command::Nodes { explain, output } => crate::fleet::nodes(api, explain.as_deref(), output),
+        Command::Services { output } => crate::fleet::services(api, output),
+        Command::Status { output } => crate::fleet::status(api, output),
+        Command::Chaos {
+            action: ChaosAction::Kill { instance },
+        } => crate::fleet::chaos_kill(api, &instance),
+        Command::Approve { service } => crate::fleet::approve(api, &service),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "qs", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::ModelDouble { port, model } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(qs_agent::model_double::serve(port, model))
+                .with_context(|| format!("serving on 127.0.0.1:{port}"))
+        }
         Command::Sim {
             nodes,
             seed,
@@ -154,19 +287,27 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Check { files, output } => check(&files, output),
         Command::Events {
             ledger,
+            follow,
             from,
             limit,
             node,
             grep,
             output,
-        } => events(
-            &ledger,
-            from,
-            limit as usize,
-            node.as_deref(),
-            grep.as_deref(),
-            output,
-        ),
+        } => {
+            let keep = |r: &Record| {
+                node.as_deref().is_none_or(|n| r.node.as_str() == n)
+                    && grep.as_deref().is_none_or(|g| {
+                        render::describe(&r.event).contains(g)
+                            || serde_json::to_string(&r.event).is_ok_and(|s| s.contains(g))
+                    })
+            };
+            match ledger {
+                Some(path) => events(&path, from, limit as usize, keep, output),
+                None => {
+                    crate::fleet::events_from_api(api, from, limit as usize, follow, output, keep)
+                }
+            }
+        }
     }
 }
 
@@ -287,21 +428,13 @@ fn events(
     path: &PathBuf,
     from: u64,
     limit: usize,
-    node: Option<&str>,
-    grep: Option<&str>,
+    keep: impl Fn(&Record) -> bool,
     output: OutputFormat,
 ) -> Result<()> {
     if !path.exists() {
         bail!("{}: no such ledger", path.display());
     }
     let ledger = Ledger::open(path)?;
-    let keep = |r: &Record| {
-        node.is_none_or(|n| r.node.as_str() == n)
-            && grep.is_none_or(|g| {
-                render::describe(&r.event).contains(g)
-                    || serde_json::to_string(&r.event).is_ok_and(|s| s.contains(g))
-            })
-    };
     let mut shown = 0;
     let mut at = from;
     while shown < limit {

@@ -136,6 +136,9 @@ pub struct Node {
     rtt: RttEstimator,
     next_heartbeat: Time,
     next_reconcile: Time,
+    /// No steward work before this: a node first listens for one failure-detection period,
+    /// so its view of who is alive (and so of who stewards what) is complete.
+    ready_at: Time,
     out: VecDeque<Output>,
 }
 
@@ -145,6 +148,7 @@ impl Node {
     pub fn new(spec: &NodeSpec, config: Config, seed: u64, now: Time) -> Node {
         let mut rng = Rng::seeded(seed);
         let first_beat = now + ms(rng.below(config.heartbeat_ms.max(1)));
+        let ready_at = now + ms(config.dead_after_ms);
         Node {
             id: spec.id.clone(),
             level: spec.level,
@@ -172,6 +176,7 @@ impl Node {
             next_seq: 0,
             next_heartbeat: first_beat,
             next_reconcile: first_beat,
+            ready_at,
             out: VecDeque::new(),
         }
     }

@@ -78,7 +78,7 @@ pub(crate) struct Stewardship {
     stopping: BTreeMap<InstanceId, Time>,
     promoting: Option<(InstanceId, Time)>,
     approval: Approval,
-    /// No new singleton placement before this.
+    /// No new placement before this (an inherited tenure settles first).
     settle_until: Time,
     /// After a placement gave up: no new one before this.
     cooldown_until: Time,
@@ -86,7 +86,7 @@ pub(crate) struct Stewardship {
 }
 
 impl Stewardship {
-    fn new(now: Time, settle_ms: u64) -> Self {
+    fn new(now: Time, settle_until: Time) -> Self {
         Stewardship {
             primed: false,
             extra: 0,
@@ -98,7 +98,7 @@ impl Stewardship {
             stopping: BTreeMap::new(),
             promoting: None,
             approval: Approval::NotAsked,
-            settle_until: now + ms(settle_ms),
+            settle_until,
             cooldown_until: now,
             last_fencing: 0,
         }
@@ -123,6 +123,9 @@ struct Plan {
 impl Node {
     /// Reconciles every service this node stewards.
     pub(crate) fn reconcile(&mut self, now: Time, reg: &Registry) {
+        if now < self.ready_at {
+            return; // still learning who is alive
+        }
         let mine: BTreeSet<ServiceName> = reg.stewarded_by(&self.id).cloned().collect();
         // Tenure ended (or spec deleted): forget, but let in-flight placements finish.
         self.services
@@ -135,9 +138,25 @@ impl Node {
         }
     }
 
+    /// When a tenure beginning now may start placing. A brand-new spec has no predecessor
+    /// steward, so it is placed at once; an inherited one waits for the predecessor's
+    /// in-flight dispatches to surface in heartbeats.
+    fn settle_until(&self, spec: &WorkloadSpec, now: Time, reg: &Registry) -> Time {
+        let settle_ms = if spec.pattern.is_singleton() {
+            self.config.singleton_settle_ms
+        } else {
+            self.config.steward_settle_ms
+        };
+        let fresh = reg
+            .spec_since(&spec.name)
+            .is_some_and(|since| now.since(since) < ms(self.config.steward_settle_ms));
+        if fresh { now } else { now + ms(settle_ms) }
+    }
+
     /// Reconciles one service, if this node stewards it.
     pub(crate) fn reconcile_service(&mut self, service: &ServiceName, now: Time, reg: &Registry) {
-        if reg.steward(service) == Some(&self.id)
+        if now >= self.ready_at
+            && reg.steward(service) == Some(&self.id)
             && let Some(spec) = reg.spec(service)
         {
             let spec = spec.clone();
@@ -147,11 +166,11 @@ impl Node {
 
     fn reconcile_one(&mut self, spec: &WorkloadSpec, now: Time, reg: &Registry) {
         let service = &spec.name;
-        let settle_ms = self.config.singleton_settle_ms;
+        let settle_until = self.settle_until(spec, now, reg);
         let st = self
             .services
             .entry(service.clone())
-            .or_insert_with(|| Stewardship::new(now, settle_ms));
+            .or_insert_with(|| Stewardship::new(now, settle_until));
         st.pending.retain(|id, (deadline, _)| {
             reg.instance(service, id).is_none() && !reg.is_completed(service, id) && *deadline > now
         });
@@ -219,7 +238,7 @@ impl Node {
                         .push((r.0.clone(), r.1.clone(), "superseded singleton".into()));
                 }
             }
-            if now < st.settle_until || live > 0 || !st.pending.is_empty() || st.in_flight > 0 {
+            if live > 0 || !st.pending.is_empty() || st.in_flight > 0 {
                 plan.place.clear();
             }
         }
@@ -253,7 +272,7 @@ impl Node {
             }
         }
 
-        let placing_allowed = now >= st.cooldown_until;
+        let placing_allowed = now >= st.cooldown_until && now >= st.settle_until;
         self.act(spec, plan, placing_allowed, live, now, reg);
     }
 
@@ -340,7 +359,9 @@ impl Node {
 
     /// The operator approved moving a stateful-read primary.
     pub(crate) fn approve_promotion(&mut self, service: &ServiceName, now: Time, reg: &Registry) {
-        if let Some(st) = self.services.get_mut(service) {
+        if let Some(st) = self.services.get_mut(service)
+            && now >= self.ready_at
+        {
             st.approval = Approval::Granted;
             if let Some(spec) = reg.spec(service) {
                 let spec = spec.clone();

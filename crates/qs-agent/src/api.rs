@@ -1,0 +1,480 @@
+//! The agent's HTTP API (loopback by default): health, Prometheus metrics, queue and durable
+//! state, and the `/v1` resources the CLI reads and writes.
+
+use crate::runtime::{Control, RegistryView, SPECS_BUCKET, Shared};
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry as Metrics;
+use qs_fabric::{Fabric, Kv};
+use qs_wire::{InstanceId, NodeId, ServiceName};
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// Longest a follow request waits for new events.
+const MAX_WAIT_MS: u64 = 30_000;
+
+/// State behind the routes.
+pub struct Api<F: Fabric> {
+    shared: Arc<Shared>,
+    fabric: F,
+    mode: &'static str,
+    metrics: Metrics,
+    nodes_live: Gauge,
+    instances: Gauge,
+    in_flight: Gauge,
+}
+
+impl<F: Fabric> Api<F> {
+    pub fn new(shared: Arc<Shared>, fabric: F, mode: &'static str) -> Arc<Self> {
+        let mut metrics = Metrics::with_prefix("qs");
+        let c = &shared.counters;
+        metrics.register(
+            "messages_sent",
+            "Fleet messages sent",
+            c.messages_sent.clone(),
+        );
+        metrics.register(
+            "messages_received",
+            "Fleet messages received",
+            c.messages_received.clone(),
+        );
+        metrics.register(
+            "messages_malformed",
+            "Messages dropped because they could not be decoded",
+            c.messages_malformed.clone(),
+        );
+        metrics.register(
+            "ledger_events",
+            "Events appended to the ledger",
+            c.ledger_events.clone(),
+        );
+        metrics.register(
+            "placements",
+            "Placements completed by stewards here",
+            c.placements.clone(),
+        );
+        metrics.register(
+            "instance_starts",
+            "Instances started",
+            c.instance_starts.clone(),
+        );
+        metrics.register(
+            "instance_failures",
+            "Instances that crashed, failed to start or failed health checks",
+            c.instance_failures.clone(),
+        );
+        let (nodes_live, instances, in_flight) =
+            (Gauge::default(), Gauge::default(), Gauge::default());
+        metrics.register(
+            "nodes_live",
+            "Live nodes in this agent's registry",
+            nodes_live.clone(),
+        );
+        metrics.register(
+            "instances_running",
+            "Instances running on this agent's nodes",
+            instances.clone(),
+        );
+        metrics.register(
+            "placements_in_flight",
+            "Placements being driven here",
+            in_flight.clone(),
+        );
+        Arc::new(Api {
+            shared,
+            fabric,
+            mode,
+            metrics,
+            nodes_live,
+            instances,
+            in_flight,
+        })
+    }
+
+    fn first_node(&self) -> Option<NodeId> {
+        self.shared.controls.read().ok()?.keys().next().cloned()
+    }
+
+    async fn ask<T>(
+        &self,
+        node: &NodeId,
+        make: impl FnOnce(oneshot::Sender<T>) -> Control,
+    ) -> Option<T> {
+        let tx = self.shared.controls.read().ok()?.get(node)?.clone();
+        let (reply, rx) = oneshot::channel();
+        tx.send(make(reply)).await.ok()?;
+        tokio::time::timeout(Duration::from_secs(5), rx)
+            .await
+            .ok()?
+            .ok()
+    }
+
+    async fn registry(&self) -> Option<RegistryView> {
+        let node = self.first_node()?;
+        self.ask(&node, |reply| Control::Registry { reply }).await
+    }
+}
+
+pub fn router<F: Fabric>(api: Arc<Api<F>>) -> Router {
+    Router::new()
+        .route("/health", get(health::<F>))
+        .route("/metrics", get(metrics::<F>))
+        .route("/queue_stats", get(queue_stats::<F>))
+        .route("/checkpoint_state", get(checkpoint_state::<F>))
+        .route("/v1/nodes", get(nodes::<F>))
+        .route("/v1/services", get(services::<F>))
+        .route("/v1/instances", get(instances::<F>))
+        .route("/v1/events", get(events::<F>))
+        .route("/v1/specs", post(apply::<F>))
+        .route("/v1/specs/{name}", delete(delete_spec::<F>))
+        .route("/v1/chaos/kill/{target}", post(chaos_kill::<F>))
+        .route("/v1/services/{name}/approve", post(approve::<F>))
+        .with_state(api)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+async fn health<F: Fabric>(State(api): State<Arc<Api<F>>>) -> Response {
+    let views = api.shared.views.read().map(|v| v.len()).unwrap_or(0);
+    Json(json!({
+        "status": "ok",
+        "mode": api.mode,
+        "nodes": views,
+        "ledger_next_seq": api.shared.ledger.next_seq(),
+    }))
+    .into_response()
+}
+
+async fn metrics<F: Fabric>(State(api): State<Arc<Api<F>>>) -> Response {
+    if let Ok(views) = api.shared.views.read() {
+        let live = views.values().map(|v| v.live_peers).max().unwrap_or(0);
+        api.nodes_live.set(live as i64);
+        api.instances
+            .set(views.values().map(|v| v.instances.len()).sum::<usize>() as i64);
+        api.in_flight.set(
+            views
+                .values()
+                .map(|v| v.placements_in_flight)
+                .sum::<usize>() as i64,
+        );
+    }
+    let mut body = String::new();
+    if encode(&mut body, &api.metrics).is_err() {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "metrics encoding failed");
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+async fn queue_stats<F: Fabric>(State(api): State<Arc<Api<F>>>) -> Response {
+    let views = match api.shared.views.read() {
+        Ok(v) => v.clone(),
+        Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "views unavailable"),
+    };
+    let nodes: serde_json::Map<String, serde_json::Value> = views
+        .iter()
+        .map(|(id, v)| {
+            (
+                id.to_string(),
+                json!({
+                    "placements_in_flight": v.placements_in_flight,
+                    "instances": v.instances.len(),
+                    "stewarded_services": v.stewards.len(),
+                }),
+            )
+        })
+        .collect();
+    Json(json!({ "nodes": nodes })).into_response()
+}
+
+/// The durable state this agent keeps: the ledger, the desired-state cache, the instance files.
+async fn checkpoint_state<F: Fabric>(State(api): State<Arc<Api<F>>>) -> Response {
+    let specs = api.registry().await.map_or(0, |r| r.specs.len());
+    Json(json!({
+        "state_dir": api.shared.state_dir.display().to_string(),
+        "ledger": {
+            "path": api.shared.ledger.path().display().to_string(),
+            "next_seq": api.shared.ledger.next_seq(),
+        },
+        "desired_state": { "specs": specs },
+    }))
+    .into_response()
+}
+
+#[derive(Deserialize)]
+struct NodesQuery {
+    explain: Option<String>,
+}
+
+async fn nodes<F: Fabric>(State(api): State<Arc<Api<F>>>, Query(q): Query<NodesQuery>) -> Response {
+    let Some(reg) = api.registry().await else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "no node is running");
+    };
+    let Some(service) = q.explain else {
+        return Json(reg.nodes).into_response();
+    };
+    let Ok(service) = ServiceName::new(&service) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{service:?} is not a valid service name"),
+        );
+    };
+    if !reg.specs.iter().any(|s| s.name == service) {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no service or job named {service}"),
+        );
+    }
+    let local: Vec<NodeId> = api
+        .shared
+        .controls
+        .read()
+        .map(|c| c.keys().cloned().collect())
+        .unwrap_or_default();
+    let mut rows = Vec::new();
+    for node in local {
+        let s = service.clone();
+        if let Some(Some(answer)) = api
+            .ask(&node, |reply| Control::Explain { service: s, reply })
+            .await
+        {
+            rows.push(match answer {
+                Ok(offer) => json!({ "node": node, "offer": offer, "passes_gate": offer.composite.value > 0.3 }),
+                Err(reason) => json!({ "node": node, "declines": reason, "reason": reason.to_string() }),
+            });
+        }
+    }
+    Json(json!({ "service": service, "nodes": rows })).into_response()
+}
+
+async fn services<F: Fabric>(State(api): State<Arc<Api<F>>>) -> Response {
+    let Some(reg) = api.registry().await else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "no node is running");
+    };
+    let rows: Vec<_> = reg
+        .specs
+        .iter()
+        .map(|s| {
+            let mine: Vec<_> = reg.instances.iter().filter(|i| i.0 == s.name).collect();
+            json!({
+                "name": s.name,
+                "kind": if s.is_job() { "job" } else { "service" },
+                "pattern": s.pattern,
+                "wanted": s.base_count(),
+                "max": s.max_count(),
+                "running": mine.len(),
+                "serving": mine.iter().filter(|i| i.2.serving).count(),
+                "completed": reg.completed.get(&s.name).copied().unwrap_or(0),
+                "steward": reg.stewards.get(&s.name),
+            })
+        })
+        .collect();
+    Json(rows).into_response()
+}
+
+async fn instances<F: Fabric>(State(api): State<Arc<Api<F>>>) -> Response {
+    let Some(reg) = api.registry().await else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "no node is running");
+    };
+    let local: Vec<_> = api
+        .shared
+        .views
+        .read()
+        .map(|v| v.values().flat_map(|v| v.instances.clone()).collect())
+        .unwrap_or_default();
+    let rows: Vec<_> = reg
+        .instances
+        .iter()
+        .map(|(service, id, row)| {
+            let here = local.iter().find(|l| &l.instance == id);
+            json!({
+                "instance": id,
+                "service": service,
+                "node": row.node,
+                "role": row.role,
+                "serving": row.serving,
+                "hot": row.hot,
+                "fencing": row.fencing,
+                "pid": here.map(|l| l.pid),
+                "port": here.map(|l| l.port),
+            })
+        })
+        .collect();
+    Json(rows).into_response()
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    #[serde(default)]
+    from: u64,
+    #[serde(default = "default_limit")]
+    limit: usize,
+    /// Wait up to this long for an event at `from` if there is none yet.
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+fn default_limit() -> usize {
+    1000
+}
+
+async fn events<F: Fabric>(
+    State(api): State<Arc<Api<F>>>,
+    Query(q): Query<EventsQuery>,
+) -> Response {
+    let ledger = api.shared.ledger.clone();
+    let wait = Duration::from_millis(q.wait_ms.min(MAX_WAIT_MS));
+    let limit = q.limit.clamp(1, qs_store::MAX_READ);
+    let read = tokio::task::spawn_blocking(move || ledger.follow(q.from, limit, wait)).await;
+    match read {
+        Ok(Ok(records)) => Json(records).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+struct ApplyQuery {
+    /// Names the document in errors.
+    #[serde(default = "default_file")]
+    file: String,
+}
+
+fn default_file() -> String {
+    "spec.toml".into()
+}
+
+/// Applies a TOML spec document: every workload or none.
+async fn apply<F: Fabric>(
+    State(api): State<Arc<Api<F>>>,
+    Query(q): Query<ApplyQuery>,
+    body: String,
+) -> Response {
+    let doc = match qs_wire::parse_spec(&q.file, &body) {
+        Ok(d) => d,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    if doc.workloads.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{}: declares no service or job", q.file),
+        );
+    }
+    match crate::runtime::put_specs(&api.fabric, &doc).await {
+        Ok(applied) => Json(json!({ "applied": applied })).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+async fn delete_spec<F: Fabric>(
+    State(api): State<Arc<Api<F>>>,
+    Path(name): Path<String>,
+) -> Response {
+    let Ok(service) = ServiceName::new(&name) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{name:?} is not a valid service name"),
+        );
+    };
+    let kv = match api.fabric.kv(SPECS_BUCKET).await {
+        Ok(kv) => kv,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    match kv.get(service.as_str()).await {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("no service or job named {service}"),
+            );
+        }
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+    match kv.delete(service.as_str()).await {
+        Ok(()) => Json(json!({ "deleted": service })).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+/// Kills an instance (kill -9 of its process group), wherever on this agent it runs.
+async fn chaos_kill<F: Fabric>(
+    State(api): State<Arc<Api<F>>>,
+    Path(target): Path<String>,
+) -> Response {
+    let Ok(instance) = InstanceId::new(&target) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{target:?} is not a valid instance id"),
+        );
+    };
+    let host = api.shared.views.read().ok().and_then(|v| {
+        v.iter()
+            .find(|(_, view)| view.instances.iter().any(|i| i.instance == instance))
+            .map(|(id, _)| id.clone())
+    });
+    let Some(node) = host else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no instance {instance} runs on this agent"),
+        );
+    };
+    let i = instance.clone();
+    match api
+        .ask(&node, |reply| Control::Kill { instance: i, reply })
+        .await
+    {
+        Some(true) => Json(json!({ "killed": instance, "node": node })).into_response(),
+        _ => error(StatusCode::NOT_FOUND, format!("{instance} is not running")),
+    }
+}
+
+async fn approve<F: Fabric>(State(api): State<Arc<Api<F>>>, Path(name): Path<String>) -> Response {
+    let Ok(service) = ServiceName::new(&name) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{name:?} is not a valid service name"),
+        );
+    };
+    let Some(reg) = api.registry().await else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "no node is running");
+    };
+    let Some(steward) = reg.stewards.get(&service) else {
+        return error(StatusCode::NOT_FOUND, format!("no service named {service}"));
+    };
+    let tx = api
+        .shared
+        .controls
+        .read()
+        .ok()
+        .and_then(|c| c.get(steward).cloned());
+    match tx {
+        Some(tx)
+            if tx
+                .send(Control::ApprovePromotion(service.clone()))
+                .await
+                .is_ok() =>
+        {
+            Json(json!({ "approved": service, "steward": steward })).into_response()
+        }
+        _ => error(
+            StatusCode::CONFLICT,
+            format!("the steward of {service} ({steward}) is not on this agent"),
+        ),
+    }
+}

@@ -1,0 +1,155 @@
+//! `qs up`: an embedded fleet in one process. Every node is a full runtime of its own (its own
+//! core, registry, executor and caps), they talk over the in-memory fabric exactly as they
+//! would over NATS, and they share the process's ledger, sensor and HTTP API.
+
+use crate::api;
+use crate::runtime::{NodeSetup, SenseMode, Shared, run_node};
+use crate::sense::{Sensor, SimulatedGpus};
+use qs_core::Config;
+use qs_fabric::memory::MemoryFabric;
+use qs_store::Ledger;
+use qs_wire::NodeSpec;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// How to run an embedded fleet.
+#[derive(Clone, Debug)]
+pub struct FleetOptions {
+    pub state_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub nodes: Vec<NodeSpec>,
+    pub config: Config,
+    pub sense_every: Duration,
+    pub stop_grace: Duration,
+    pub seed: u64,
+    /// One real machine (`qs agent`): sense the whole host and its GPUs through NVML.
+    /// Otherwise every node is virtual: sensed by its own instances, with simulated GPUs.
+    pub host: bool,
+}
+
+/// Why a fleet could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("state directory {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] qs_store::StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("a fleet needs at least one node")]
+    NoNodes,
+}
+
+/// NVML for a real host when a driver is there; otherwise the GPUs the node declares,
+/// simulated (a double, named as such in `/v1/nodes`).
+fn gpu_source(host: bool, spec: &NodeSpec) -> Box<dyn crate::sense::GpuSource> {
+    if host {
+        match crate::sense::Nvml::load() {
+            Ok(n) => return Box::new(n),
+            Err(e) => tracing::info!("{e}; using the GPUs declared in config, simulated"),
+        }
+    }
+    Box::new(SimulatedGpus {
+        gpus: spec.capacity.gpus.clone(),
+    })
+}
+
+/// A running embedded fleet.
+pub struct EmbeddedFleet {
+    pub shared: Arc<Shared>,
+    pub fabric: MemoryFabric,
+    pub addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl EmbeddedFleet {
+    pub async fn start(opts: FleetOptions) -> Result<EmbeddedFleet, FleetError> {
+        if opts.nodes.is_empty() {
+            return Err(FleetError::NoNodes);
+        }
+        std::fs::create_dir_all(&opts.state_dir).map_err(|source| FleetError::StateDir {
+            path: opts.state_dir.clone(),
+            source,
+        })?;
+        let ledger = Arc::new(Ledger::open(opts.state_dir.join("ledger.redb"))?);
+        let shared = Arc::new(Shared {
+            ledger,
+            counters: Default::default(),
+            views: RwLock::default(),
+            controls: RwLock::default(),
+            sensor: Mutex::new(Sensor::new().ok()),
+            state_dir: opts.state_dir.clone(),
+        });
+        let fabric = MemoryFabric::new();
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        for (i, spec) in opts.nodes.iter().enumerate() {
+            let setup = NodeSetup {
+                spec: spec.clone(),
+                config: opts.config.clone(),
+                seed: opts.seed.wrapping_add(i as u64),
+                fabric: fabric.clone(),
+                shared: shared.clone(),
+                gpus: gpu_source(opts.host, spec),
+                sense: if opts.host {
+                    SenseMode::Host
+                } else {
+                    SenseMode::Instances
+                },
+                sense_every: opts.sense_every,
+                stop_grace: opts.stop_grace,
+            };
+            let rx = stop_rx.clone();
+            let id = spec.id.clone();
+            tasks.spawn(async move {
+                if let Err(e) = run_node(setup, rx).await {
+                    tracing::error!(node = %id, "node stopped: {e}");
+                }
+            });
+        }
+        let listener = tokio::net::TcpListener::bind(opts.listen)
+            .await
+            .map_err(|source| FleetError::Listen {
+                addr: opts.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| FleetError::Listen {
+            addr: opts.listen,
+            source,
+        })?;
+        let app = api::router(api::Api::new(shared.clone(), fabric.clone(), "embedded"));
+        let mut api_stop = stop_rx.clone();
+        tasks.spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                let _ = api_stop.changed().await;
+            });
+            if let Err(e) = serve.await {
+                tracing::error!("HTTP API stopped: {e}");
+            }
+        });
+        Ok(EmbeddedFleet {
+            shared,
+            fabric,
+            addr,
+            stop,
+            tasks,
+        })
+    }
+
+    /// Stops every node (each stops its instances) and the API; waits for all of them.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}

@@ -1,0 +1,671 @@
+//! One node's event loop: the core's inputs come from the fabric, the executor, the sensor,
+//! health monitors and timers; its outputs go to the fabric, the executor and the ledger.
+
+use crate::exec::{Executor, Exit, Launch};
+use crate::health;
+use crate::orphans::InstanceFile;
+use crate::sense::{GpuSource, Sensor};
+use prometheus_client::metrics::counter::Counter;
+use qs_core::{Config, Input, Node, Output, Registry, RunningInstance, Time};
+use qs_fabric::{Bytes, Fabric, Kv, KvEvent, Topic};
+use qs_store::Ledger;
+use qs_wire::{
+    DeclineReason, Demand, Envelope, Event, ExitOutcome, InstanceId, InstanceLoad, Load, Message,
+    MessageId, NodeId, NodeSpec, NodeStatus, Offer, ServiceName, WorkloadSpec,
+};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// The KV bucket of desired state.
+pub const SPECS_BUCKET: &str = "specs";
+/// Control messages buffered per node.
+const CONTROL_BUFFER: usize = 256;
+
+/// Stores every workload of a document as desired state (the KV every node watches).
+/// Validation happened when the document was parsed; this is all or nothing per workload.
+pub async fn put_specs<F: Fabric>(
+    fabric: &F,
+    doc: &qs_wire::SpecDocument,
+) -> Result<Vec<ServiceName>, qs_fabric::FabricError> {
+    let kv = fabric.kv(SPECS_BUCKET).await?;
+    let mut applied = Vec::new();
+    for w in &doc.workloads {
+        let bytes = Bytes::from(serde_json::to_vec(w).expect("specs serialize"));
+        kv.put(w.name.as_str(), bytes).await?;
+        applied.push(w.name.clone());
+    }
+    Ok(applied)
+}
+
+/// Microseconds since the Unix epoch: the daemon's clock for the core.
+pub fn now() -> Time {
+    let us = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    Time::from_micros(us)
+}
+
+/// How a node's load is sensed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SenseMode {
+    /// The whole host is this node (`qs agent`).
+    Host,
+    /// A virtual node of an embedded fleet: its load is what its own instances use, against
+    /// its declared caps (`qs up`).
+    Instances,
+}
+
+/// Process-wide counters, exported on /metrics.
+#[derive(Clone, Default)]
+pub struct Counters {
+    pub messages_sent: Counter,
+    pub messages_received: Counter,
+    pub messages_malformed: Counter,
+    pub ledger_events: Counter,
+    pub placements: Counter,
+    pub instance_starts: Counter,
+    pub instance_failures: Counter,
+}
+
+/// An instance this node runs, as the API shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LocalInstance {
+    pub instance: InstanceId,
+    pub service: ServiceName,
+    pub node: NodeId,
+    pub role: qs_wire::Role,
+    pub serving: bool,
+    pub hot: bool,
+    pub pid: u32,
+    pub port: u16,
+    pub command: String,
+}
+
+/// What the API can see of one node without asking it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct NodeView {
+    pub status: NodeStatus,
+    pub instances: Vec<LocalInstance>,
+    pub stewards: Vec<ServiceName>,
+    pub placements_in_flight: usize,
+    pub gpu_source: String,
+    pub live_peers: usize,
+}
+
+/// The fleet as one node's registry sees it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RegistryView {
+    pub nodes: Vec<NodeStatus>,
+    pub specs: Vec<WorkloadSpec>,
+    pub instances: Vec<(ServiceName, InstanceId, InstanceRow)>,
+    pub stewards: BTreeMap<ServiceName, NodeId>,
+    pub completed: BTreeMap<ServiceName, usize>,
+}
+
+/// An instance row of the registry.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct InstanceRow {
+    pub node: NodeId,
+    pub role: qs_wire::Role,
+    pub serving: bool,
+    pub hot: bool,
+    pub fencing: u64,
+}
+
+impl From<&RunningInstance> for InstanceRow {
+    fn from(r: &RunningInstance) -> Self {
+        InstanceRow {
+            node: r.node.clone(),
+            role: r.role,
+            serving: r.serving,
+            hot: r.hot,
+            fencing: r.fencing,
+        }
+    }
+}
+
+/// Requests to a node runtime.
+pub enum Control {
+    /// What this node would offer for a service now.
+    Explain {
+        service: ServiceName,
+        reply: oneshot::Sender<Option<Result<Offer, DeclineReason>>>,
+    },
+    /// This node's registry.
+    Registry {
+        reply: oneshot::Sender<RegistryView>,
+    },
+    /// Chaos: kill -9 an instance's process group.
+    Kill {
+        instance: InstanceId,
+        reply: oneshot::Sender<bool>,
+    },
+    ApprovePromotion(ServiceName),
+    /// A health monitor's verdict.
+    Health {
+        instance: InstanceId,
+        serving: bool,
+        failed: Option<String>,
+    },
+}
+
+/// Everything shared by the node runtimes of one process and its API.
+pub struct Shared {
+    pub ledger: Arc<Ledger>,
+    pub counters: Counters,
+    pub views: RwLock<BTreeMap<NodeId, NodeView>>,
+    pub controls: RwLock<BTreeMap<NodeId, mpsc::Sender<Control>>>,
+    pub sensor: Mutex<Option<Sensor>>,
+    pub state_dir: PathBuf,
+}
+
+/// What one node runtime needs.
+pub struct NodeSetup<F: Fabric> {
+    pub spec: NodeSpec,
+    pub config: Config,
+    pub seed: u64,
+    pub fabric: F,
+    pub shared: Arc<Shared>,
+    pub gpus: Box<dyn GpuSource>,
+    pub sense: SenseMode,
+    pub sense_every: Duration,
+    pub stop_grace: Duration,
+}
+
+struct Runtime<F: Fabric> {
+    id: NodeId,
+    node: Node,
+    reg: Registry,
+    fabric: F,
+    shared: Arc<Shared>,
+    exec: Executor,
+    gpus: Box<dyn GpuSource>,
+    sense: SenseMode,
+    seq: u64,
+    health_failed: BTreeMap<InstanceId, String>,
+    instance_file: InstanceFile,
+    control_tx: mpsc::Sender<Control>,
+}
+
+/// Runs one node until `stop` turns true; stops its instances before returning.
+pub async fn run_node<F: Fabric>(
+    setup: NodeSetup<F>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let id = setup.spec.id.clone();
+    let node_dir = setup.shared.state_dir.join("nodes").join(id.as_str());
+    std::fs::create_dir_all(&node_dir).map_err(|e| format!("{}: {e}", node_dir.display()))?;
+    let instance_file = InstanceFile::new(node_dir.join("instances.json"));
+    let reaped = instance_file.reap_orphans(setup.stop_grace);
+    let (exit_tx, mut exits) = mpsc::channel::<Exit>(1024);
+    let (control_tx, mut controls) = mpsc::channel::<Control>(CONTROL_BUFFER);
+    setup
+        .shared
+        .controls
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id.clone(), control_tx.clone());
+    let fabric = setup.fabric.clone();
+    let mut inbox = fabric
+        .subscribe(&Topic::node_rpc(&id))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut beats = fabric
+        .subscribe(&Topic::heartbeats())
+        .await
+        .map_err(|e| e.to_string())?;
+    let kv = fabric.kv(SPECS_BUCKET).await.map_err(|e| e.to_string())?;
+    let mut specs = kv.watch("").await.map_err(|e| e.to_string())?;
+    let mut rt = Runtime {
+        node: Node::new(&setup.spec, setup.config.clone(), setup.seed, now()),
+        reg: Registry::new(&setup.config),
+        id: id.clone(),
+        fabric,
+        shared: setup.shared.clone(),
+        exec: Executor::new(node_dir.join("logs"), setup.stop_grace, exit_tx),
+        gpus: setup.gpus,
+        sense: setup.sense,
+        seq: 0,
+        health_failed: BTreeMap::new(),
+        instance_file,
+        control_tx,
+    };
+    for (instance, pid) in reaped {
+        rt.record(vec![Event::InstanceExited {
+            instance,
+            service: ServiceName::new("orphan").expect("a valid name"),
+            outcome: ExitOutcome::Stopped {
+                reason: format!("orphan of a previous agent (pid {pid}) reaped at start"),
+            },
+        }]);
+    }
+    let mut sense_timer = tokio::time::interval(setup.sense_every);
+    let mut expire_timer = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        let wake = rt.node.poll_timeout().map_or(Duration::from_secs(1), |t| {
+            Duration::from_micros(t.as_micros().saturating_sub(now().as_micros()))
+        });
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = tokio::time::sleep(wake) => rt.input(Input::Tick).await,
+            Some(m) = inbox.next() => rt.on_message(&m.payload).await,
+            Some(m) = beats.next() => rt.on_heartbeat(&m.payload).await,
+            Some(ev) = specs.next() => rt.on_spec(ev).await,
+            Some(exit) = exits.recv() => rt.on_exit(exit).await,
+            Some(c) = controls.recv() => rt.on_control(c).await,
+            _ = sense_timer.tick() => rt.on_sense().await,
+            _ = expire_timer.tick() => rt.on_expire().await,
+        }
+        if *stop.borrow() {
+            break;
+        }
+    }
+    rt.exec.shutdown("agent stopping").await;
+    while let Ok(exit) = exits.try_recv() {
+        rt.on_exit(exit).await;
+    }
+    rt.publish_view();
+    Ok(())
+}
+
+impl<F: Fabric> Runtime<F> {
+    async fn input(&mut self, input: Input) {
+        self.node.handle(input, now(), &self.reg);
+        self.drain().await;
+    }
+
+    fn envelope(&mut self, msg: Message) -> Bytes {
+        self.seq += 1;
+        let id = MessageId(qs_core::hash::mix(
+            qs_core::hash::of_str(self.id.as_str()) ^ self.seq,
+        ));
+        let env = Envelope::new(self.id.clone(), self.seq, now().as_micros(), id, msg);
+        Bytes::from(env.encode())
+    }
+
+    /// Carries out every output of the core.
+    async fn drain(&mut self) {
+        let mut records = Vec::new();
+        while let Some(out) = self.node.poll() {
+            match out {
+                Output::Send { to, msg } => {
+                    let bytes = self.envelope(msg);
+                    if self.fabric.send(&to, bytes).await.is_ok() {
+                        self.shared.counters.messages_sent.inc();
+                    }
+                }
+                Output::Heartbeat(status) => {
+                    let bytes = self.envelope(Message::Heartbeat(status));
+                    let _ = self
+                        .fabric
+                        .publish(&Topic::heartbeat(&self.id), bytes)
+                        .await;
+                }
+                Output::Start(order) => self.start(order),
+                Output::Stop { instance, reason } => {
+                    self.exec.stop(&instance, &reason);
+                }
+                Output::Record(event) => {
+                    if matches!(event, Event::Placed { .. }) {
+                        self.shared.counters.placements.inc();
+                    }
+                    records.push(event);
+                }
+            }
+        }
+        self.record(records);
+        self.publish_view();
+    }
+
+    fn record(&self, events: Vec<Event>) {
+        if events.is_empty() {
+            return;
+        }
+        let n = events.len() as u64;
+        match self
+            .shared
+            .ledger
+            .append(&self.id, now().as_micros(), &events)
+        {
+            Ok(_) => {
+                self.shared.counters.ledger_events.inc_by(n);
+            }
+            Err(e) => tracing::error!(node = %self.id, "ledger append failed: {e}"),
+        }
+    }
+
+    fn start(&mut self, order: qs_core::StartOrder) {
+        self.shared.counters.instance_starts.inc();
+        let spec = self.reg.spec(&order.service).cloned();
+        let Some(command) = spec.as_ref().and_then(|s| s.command.clone()) else {
+            let exit = Exit {
+                instance: order.instance,
+                outcome: ExitOutcome::FailedStart {
+                    reason: format!("{} has no command to run", order.service),
+                },
+            };
+            let tx = self.exec_exits();
+            tokio::spawn(async move {
+                let _ = tx.send(exit).await;
+            });
+            return;
+        };
+        let is_job = spec.as_ref().is_some_and(WorkloadSpec::is_job);
+        let launch = Launch {
+            instance: order.instance.clone(),
+            command,
+            is_job,
+        };
+        match self.exec.start(launch) {
+            Ok(running) => {
+                self.instance_file.save(&self.exec.running());
+                let check = spec.and_then(|s| s.health);
+                tokio::spawn(monitor(
+                    self.exec.clone(),
+                    order.instance,
+                    running.port,
+                    check,
+                    self.control_tx.clone(),
+                ));
+            }
+            Err(e) => tracing::error!(node = %self.id, "start failed: {e}"),
+        }
+    }
+
+    fn exec_exits(&self) -> mpsc::Sender<Exit> {
+        self.exec.exits()
+    }
+
+    async fn on_message(&mut self, payload: &[u8]) {
+        match Envelope::<Message>::decode(payload) {
+            Ok(env) => {
+                self.shared.counters.messages_received.inc();
+                self.input(Input::Message {
+                    from: env.sender,
+                    msg: env.payload,
+                })
+                .await;
+            }
+            Err(e) => {
+                self.shared.counters.messages_malformed.inc();
+                tracing::warn!(node = %self.id, "dropped a malformed message: {e}");
+            }
+        }
+    }
+
+    async fn on_heartbeat(&mut self, payload: &[u8]) {
+        match Envelope::<Message>::decode(payload) {
+            Ok(Envelope {
+                payload: Message::Heartbeat(status),
+                ..
+            }) => {
+                if self.reg.observe(status, now()).is_some() {
+                    self.input(Input::Reconcile).await;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                self.shared.counters.messages_malformed.inc();
+                tracing::warn!(node = %self.id, "dropped a malformed heartbeat: {e}");
+            }
+        }
+    }
+
+    async fn on_spec(&mut self, event: Result<KvEvent, qs_fabric::FabricError>) {
+        match event {
+            Ok(KvEvent::Put(entry)) => match serde_json::from_slice::<WorkloadSpec>(&entry.value) {
+                Ok(spec) => {
+                    let name = spec.name.clone();
+                    self.reg.apply_spec(spec, now());
+                    self.input(Input::ReconcileService(name)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(node = %self.id, key = entry.key, "ignored an unreadable spec: {e}")
+                }
+            },
+            Ok(KvEvent::Delete { key, .. }) => {
+                if let Ok(name) = ServiceName::new(&key) {
+                    self.reg.remove_spec(&name);
+                    self.input(Input::Tick).await;
+                }
+            }
+            Err(e) => tracing::warn!(node = %self.id, "spec watch: {e}"),
+        }
+    }
+
+    async fn on_exit(&mut self, exit: Exit) {
+        let outcome = match self.health_failed.remove(&exit.instance) {
+            Some(reason) => ExitOutcome::HealthFailed { reason },
+            None => exit.outcome,
+        };
+        if outcome.is_failure() {
+            self.shared.counters.instance_failures.inc();
+        }
+        self.instance_file.save(&self.exec.running());
+        self.input(Input::Exited {
+            instance: exit.instance,
+            outcome,
+        })
+        .await;
+    }
+
+    async fn on_control(&mut self, c: Control) {
+        match c {
+            Control::Explain { service, reply } => {
+                let answer = self
+                    .reg
+                    .spec(&service)
+                    .map(|s| self.node.offer_for(&Demand::of(s), now(), &self.reg));
+                let _ = reply.send(answer);
+            }
+            Control::Registry { reply } => {
+                let _ = reply.send(self.registry_view());
+            }
+            Control::Kill { instance, reply } => {
+                let killed = self.exec.kill(&instance);
+                let _ = reply.send(killed);
+            }
+            Control::ApprovePromotion(service) => {
+                self.input(Input::ApprovePromotion { service }).await
+            }
+            Control::Health {
+                instance,
+                serving,
+                failed,
+            } => {
+                if let Some(reason) = failed {
+                    self.health_failed.insert(instance.clone(), reason.clone());
+                    self.exec
+                        .stop(&instance, &format!("health check failed: {reason}"));
+                }
+                self.input(Input::Health { instance, serving }).await;
+            }
+        }
+    }
+
+    async fn on_sense(&mut self) {
+        let running = self.exec.running();
+        let roots: BTreeMap<InstanceId, u32> =
+            running.iter().map(|(k, r)| (k.clone(), r.pid)).collect();
+        let sample = {
+            let mut guard = self.shared.sensor.lock().unwrap_or_else(|p| p.into_inner());
+            match guard.as_mut() {
+                Some(s) => s.sample(&roots),
+                None => return,
+            }
+        };
+        let cap = self.node.capacity().clone();
+        let gpus = self.gpus.sample(&self.node.committed().gpu_vram_bytes);
+        let load = match self.sense {
+            SenseMode::Host => Load {
+                cpu_util: sample.cpu_util,
+                memory_used_bytes: sample.memory_used_bytes,
+                gpus,
+            },
+            SenseMode::Instances => {
+                let cpu: u64 = sample.trees.values().map(|t| t.cpu_millicores).sum();
+                let mem: u64 = sample.trees.values().map(|t| t.memory_bytes).sum();
+                Load {
+                    cpu_util: (cpu as f64 / cap.cpu_millicores.max(1) as f64).min(1.0),
+                    memory_used_bytes: mem,
+                    gpus,
+                }
+            }
+        };
+        let instances: BTreeMap<InstanceId, InstanceLoad> = sample.trees;
+        self.input(Input::Sensed { load, instances }).await;
+    }
+
+    async fn on_expire(&mut self) {
+        let dead = self.reg.expire(now());
+        if dead.is_empty() {
+            return;
+        }
+        let lost: BTreeSet<ServiceName> = dead
+            .iter()
+            .flat_map(|s| s.instances.iter().map(|i| i.service.clone()))
+            .collect();
+        self.input(Input::Reconcile).await;
+        for service in lost {
+            self.input(Input::ReconcileService(service)).await;
+        }
+    }
+
+    fn registry_view(&self) -> RegistryView {
+        let specs: Vec<WorkloadSpec> = self.reg.specs().cloned().collect();
+        let mut instances = Vec::new();
+        let mut stewards = BTreeMap::new();
+        let mut completed = BTreeMap::new();
+        for s in &specs {
+            for (id, r) in self.reg.instances_of(&s.name) {
+                instances.push((s.name.clone(), id.clone(), InstanceRow::from(r)));
+            }
+            if let Some(st) = self.reg.steward(&s.name) {
+                stewards.insert(s.name.clone(), st.clone());
+            }
+            if s.is_job() {
+                completed.insert(s.name.clone(), self.reg.completed(&s.name));
+            }
+        }
+        RegistryView {
+            nodes: self.reg.live_nodes().cloned().collect(),
+            specs,
+            instances,
+            stewards,
+            completed,
+        }
+    }
+
+    fn publish_view(&mut self) {
+        let running = self.exec.running();
+        let status = self.node.status(now());
+        let instances = self
+            .node
+            .hosted()
+            .iter()
+            .map(|(id, h)| {
+                let r = running.get(id);
+                LocalInstance {
+                    instance: id.clone(),
+                    service: h.service.clone(),
+                    node: self.id.clone(),
+                    role: h.role,
+                    serving: h.serving,
+                    hot: h.hot,
+                    pid: r.map_or(0, |r| r.pid),
+                    port: r.map_or(0, |r| r.port),
+                    command: r.map(|r| r.command.clone()).unwrap_or_default(),
+                }
+            })
+            .collect();
+        let view = NodeView {
+            status,
+            instances,
+            stewards: self.reg.stewarded_by(&self.id).cloned().collect(),
+            placements_in_flight: self.node.placements_in_flight(),
+            gpu_source: self.gpus.describe(),
+            live_peers: self.reg.live_count(),
+        };
+        self.shared
+            .views
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(self.id.clone(), view);
+    }
+}
+
+/// Watches one instance's health until it is gone. Without a check, a process that stays up
+/// briefly counts as serving.
+async fn monitor(
+    exec: Executor,
+    instance: InstanceId,
+    port: u16,
+    check: Option<qs_wire::HealthCheck>,
+    control: mpsc::Sender<Control>,
+) {
+    let running = |exec: &Executor| exec.running().contains_key(&instance);
+    let Some(check) = check else {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if running(&exec) {
+            let _ = control
+                .send(Control::Health {
+                    instance,
+                    serving: true,
+                    failed: None,
+                })
+                .await;
+        }
+        return;
+    };
+    let started = tokio::time::Instant::now();
+    let mut serving = false;
+    let mut failures = 0u32;
+    let timeout = Duration::from_millis(check.timeout_ms);
+    loop {
+        tokio::time::sleep(Duration::from_millis(check.interval_ms.min(250).max(50))).await;
+        if !running(&exec) {
+            return;
+        }
+        match health::probe(&check.probe, port, timeout).await {
+            Ok(()) => {
+                failures = 0;
+                if !serving {
+                    serving = true;
+                    let msg = Control::Health {
+                        instance: instance.clone(),
+                        serving,
+                        failed: None,
+                    };
+                    if control.send(msg).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(why) => {
+                if started.elapsed() < Duration::from_millis(check.start_period_ms) && !serving {
+                    continue;
+                }
+                failures += 1;
+                let failed = (failures >= check.failures).then(|| why.clone());
+                if serving || failed.is_some() {
+                    serving = false;
+                    let done = failed.is_some();
+                    let msg = Control::Health {
+                        instance: instance.clone(),
+                        serving,
+                        failed,
+                    };
+                    if control.send(msg).await.is_err() || done {
+                        return;
+                    }
+                }
+            }
+        }
+        if serving {
+            tokio::time::sleep(Duration::from_millis(check.interval_ms)).await;
+        }
+    }
+}

@@ -1,0 +1,430 @@
+//! The fleet commands: `qs up` (an embedded fleet with its HTTP API, and the seed 000 demo)
+//! and the client commands that talk to a running agent's API.
+
+use crate::cli::OutputFormat;
+use crate::client::call;
+use crate::render;
+use anyhow::{Context, Result, bail};
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use qs_agent::fleet::{EmbeddedFleet, FleetOptions};
+use qs_core::Config;
+use qs_wire::{Capacity, NodeId, NodeSpec, Record, parse_spec};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Seed 000's fleet, built into the binary for `qs up --demo`.
+pub const SEED_FLEET: &str = include_str!("../../../examples/seed-fleet.toml");
+
+/// Options of `qs up`.
+pub struct Up {
+    pub demo: bool,
+    pub state_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub fleet: Option<PathBuf>,
+    pub apply: Vec<PathBuf>,
+    /// `qs agent`: this machine as one real node.
+    pub host: bool,
+}
+
+fn read_spec(path: &Path) -> Result<qs_wire::SpecDocument> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(parse_spec(&path.display().to_string(), &text)?)
+}
+
+/// One node that is this machine, with its real size.
+fn this_machine() -> Result<Vec<NodeSpec>> {
+    let sys = qs_agent::sense::Sensor::new()
+        .map_err(anyhow::Error::msg)?
+        .sample(&BTreeMap::new());
+    Ok(vec![NodeSpec {
+        id: NodeId::new("local").expect("a valid name"),
+        level: 0,
+        labels: BTreeMap::new(),
+        capacity: Capacity {
+            cpu_millicores: sys.cores as u64 * 1000,
+            memory_bytes: sys.memory_total_bytes,
+            gpus: vec![],
+        },
+    }])
+}
+
+pub fn up(opts: Up) -> Result<()> {
+    let nodes = match (&opts.fleet, opts.demo) {
+        (Some(file), _) => read_spec(file)?.nodes,
+        (None, true) => parse_spec("examples/seed-fleet.toml", SEED_FLEET)?.nodes,
+        (None, false) => this_machine()?,
+    };
+    if nodes.is_empty() {
+        bail!("the fleet declares no [node.*] table");
+    }
+    let mut docs = Vec::new();
+    for file in &opts.apply {
+        docs.push(read_spec(file)?);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let fleet = EmbeddedFleet::start(FleetOptions {
+            state_dir: opts.state_dir.clone(),
+            listen: opts.listen,
+            nodes: nodes.clone(),
+            config: Config::default(),
+            sense_every: Duration::from_millis(500),
+            stop_grace: Duration::from_secs(5),
+            seed: 1,
+            host: opts.host,
+        })
+        .await?;
+        println!(
+            "qs up: {} nodes ({}), API on http://{}, state in {}",
+            nodes.len(),
+            nodes
+                .iter()
+                .map(|n| n.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            fleet.addr,
+            opts.state_dir.display()
+        );
+        for doc in &docs {
+            let applied = qs_agent::runtime::put_specs(&fleet.fabric, doc).await?;
+            println!(
+                "applied {}",
+                applied
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        let story = opts.demo.then(|| {
+            tokio::spawn(crate::demo::play(
+                fleet.addr,
+                fleet.shared.clone(),
+                fleet.fabric.clone(),
+            ))
+        });
+        wait_for_stop().await;
+        println!("qs up: stopping (instances get SIGTERM, then SIGKILL after 5 s)");
+        if let Some(s) = story {
+            s.abort();
+        }
+        fleet.shutdown().await;
+        println!("qs up: stopped");
+        anyhow::Ok(())
+    })
+}
+
+async fn wait_for_stop() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn table(headers: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_header(headers.to_vec());
+    t
+}
+
+fn show(output: OutputFormat, value: &Value, text: impl FnOnce(&Value) -> String) -> Result<()> {
+    match output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(value)?),
+        OutputFormat::Text => println!("{}", text(value)),
+    }
+    Ok(())
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+pub fn apply(api: &str, files: &[PathBuf]) -> Result<()> {
+    for file in files {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        // Check locally first so the error names the file as the user wrote it.
+        parse_spec(&file.display().to_string(), &text)?;
+        let name = file.display().to_string();
+        let path = format!("/v1/specs?file={}", urlencode(&name));
+        let v = call(api, "POST", &path, Some(&text))?;
+        let names: Vec<String> = v["applied"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(s)
+            .collect();
+        println!("{}: applied {}", file.display(), names.join(", "));
+    }
+    Ok(())
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+pub fn delete(api: &str, name: &str) -> Result<()> {
+    call(
+        api,
+        "DELETE",
+        &format!("/v1/specs/{}", urlencode(name)),
+        None,
+    )?;
+    println!("deleted {name}; its instances are being stopped");
+    Ok(())
+}
+
+pub fn ps(api: &str, output: OutputFormat) -> Result<()> {
+    let v = call(api, "GET", "/v1/instances", None)?;
+    show(output, &v, |v| {
+        let mut t = table(&[
+            "INSTANCE", "SERVICE", "NODE", "ROLE", "SERVING", "HOT", "PID", "PORT",
+        ]);
+        for i in v.as_array().into_iter().flatten() {
+            t.add_row(vec![
+                s(&i["instance"]),
+                s(&i["service"]),
+                s(&i["node"]),
+                s(&i["role"]),
+                s(&i["serving"]),
+                s(&i["hot"]),
+                s(&i["pid"]),
+                s(&i["port"]),
+            ]);
+        }
+        t.to_string()
+    })
+}
+
+pub fn services(api: &str, output: OutputFormat) -> Result<()> {
+    let v = call(api, "GET", "/v1/services", None)?;
+    show(output, &v, |v| {
+        let mut t = table(&[
+            "NAME", "KIND", "PATTERN", "WANTED", "RUNNING", "SERVING", "DONE", "STEWARD",
+        ]);
+        for r in v.as_array().into_iter().flatten() {
+            t.add_row(vec![
+                s(&r["name"]),
+                s(&r["kind"]),
+                s(&r["pattern"]),
+                format!("{}..{}", s(&r["wanted"]), s(&r["max"])),
+                s(&r["running"]),
+                s(&r["serving"]),
+                s(&r["completed"]),
+                s(&r["steward"]),
+            ]);
+        }
+        t.to_string()
+    })
+}
+
+pub fn nodes(api: &str, explain: Option<&str>, output: OutputFormat) -> Result<()> {
+    let Some(service) = explain else {
+        let v = call(api, "GET", "/v1/nodes", None)?;
+        return show(output, &v, |v| {
+            let mut t = table(&[
+                "NODE",
+                "LEVEL",
+                "WEIGHT",
+                "CPU",
+                "MEMORY",
+                "GPUS",
+                "INSTANCES",
+            ]);
+            for n in v.as_array().into_iter().flatten() {
+                let level = n["level"].as_u64().unwrap_or(0) as u8;
+                let cap_cpu = n["capacity"]["cpu_millicores"].as_f64().unwrap_or(0.0) / 1000.0;
+                let used = n["committed"]["cpu_millicores"].as_f64().unwrap_or(0.0) / 1000.0;
+                let util = n["load"]["cpu_util"].as_f64().unwrap_or(0.0) * 100.0;
+                let mem = n["capacity"]["memory_bytes"].as_u64().unwrap_or(0) >> 20;
+                let gpus = n["capacity"]["gpus"].as_array().map_or(0, Vec::len);
+                t.add_row(vec![
+                    s(&n["node"]),
+                    level.to_string(),
+                    format!("{:.3}", qs_core::level_weight(level)),
+                    format!("{used:.1}/{cap_cpu:.0} cores, {util:.0} % busy"),
+                    format!("{mem} MiB"),
+                    gpus.to_string(),
+                    n["instances"].as_array().map_or(0, Vec::len).to_string(),
+                ]);
+            }
+            t.to_string()
+        });
+    };
+    let v = call(
+        api,
+        "GET",
+        &format!("/v1/nodes?explain={}", urlencode(service)),
+        None,
+    )?;
+    show(output, &v, |v| {
+        let mut t = table(&[
+            "NODE",
+            "1 - PRESSURE",
+            "VRAM FREE",
+            "CPU FREE",
+            "LEVEL WEIGHT",
+            "COMPOSITE",
+            "GATE",
+        ]);
+        for r in v["nodes"].as_array().into_iter().flatten() {
+            let c = &r["offer"]["composite"];
+            if c.is_null() {
+                let why = s(&r["reason"]);
+                t.add_row(vec![
+                    s(&r["node"]),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    format!("declines: {why}"),
+                ]);
+                continue;
+            }
+            let f = |k: &str| c[k].as_f64().unwrap_or(0.0);
+            t.add_row(vec![
+                s(&r["node"]),
+                format!("{:.3}", 1.0 - f("pressure")),
+                format!("{:.3}", f("vram_free")),
+                format!("{:.3}", f("cpu_free")),
+                format!("{:.3}", f("level_weight")),
+                format!("{:.3}", f("value")),
+                if r["passes_gate"].as_bool() == Some(true) {
+                    "passes".into()
+                } else {
+                    "refused".into()
+                },
+            ]);
+        }
+        format!("why each node would or would not take {service}:\n{t}")
+    })
+}
+
+pub fn status(api: &str, output: OutputFormat) -> Result<()> {
+    let health = call(api, "GET", "/health", None)?;
+    let services = call(api, "GET", "/v1/services", None)?;
+    let v = serde_json::json!({ "health": health, "services": services });
+    show(output, &v, |v| {
+        let h = &v["health"];
+        let mut out = format!(
+            "agent: {} ({} nodes here), ledger at event {}\n",
+            s(&h["status"]),
+            s(&h["nodes"]),
+            s(&h["ledger_next_seq"])
+        );
+        for r in v["services"].as_array().into_iter().flatten() {
+            let ok = r["serving"].as_u64() >= r["wanted"].as_u64() || r["kind"] == "job";
+            out.push_str(&format!(
+                "  {} {}: {}/{} serving{}\n",
+                if ok { "ok  " } else { "WAIT" },
+                s(&r["name"]),
+                s(&r["serving"]),
+                s(&r["wanted"]),
+                if r["kind"] == "job" {
+                    format!(", {} completed", s(&r["completed"]))
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        out.trim_end().to_owned()
+    })
+}
+
+pub fn chaos_kill(api: &str, target: &str) -> Result<()> {
+    let v = call(
+        api,
+        "POST",
+        &format!("/v1/chaos/kill/{}", urlencode(target)),
+        None,
+    )?;
+    println!(
+        "killed {} on {} (kill -9 of its process group)",
+        s(&v["killed"]),
+        s(&v["node"])
+    );
+    Ok(())
+}
+
+pub fn approve(api: &str, service: &str) -> Result<()> {
+    let v = call(
+        api,
+        "POST",
+        &format!("/v1/services/{}/approve", urlencode(service)),
+        None,
+    )?;
+    println!(
+        "approved promoting a replica of {} (steward {})",
+        s(&v["approved"]),
+        s(&v["steward"])
+    );
+    Ok(())
+}
+
+/// Prints ledger events from a running agent; with `follow`, keeps waiting for new ones.
+pub fn events_from_api(
+    api: &str,
+    from: u64,
+    limit: usize,
+    follow: bool,
+    output: OutputFormat,
+    keep: impl Fn(&Record) -> bool,
+) -> Result<()> {
+    let mut at = from;
+    let mut shown = 0;
+    loop {
+        let wait = if follow { 10_000 } else { 0 };
+        let v = call(
+            api,
+            "GET",
+            &format!("/v1/events?from={at}&limit=1000&wait_ms={wait}"),
+            None,
+        )?;
+        let records: Vec<Record> = serde_json::from_value(v)?;
+        if records.is_empty() && !follow {
+            return Ok(());
+        }
+        for r in &records {
+            at = r.seq + 1;
+            if !keep(r) {
+                continue;
+            }
+            match output {
+                OutputFormat::Json => println!("{}", serde_json::to_string(r)?),
+                OutputFormat::Text => println!("{}", render::line(r)),
+            }
+            shown += 1;
+            if !follow && shown >= limit {
+                return Ok(());
+            }
+        }
+    }
+}
