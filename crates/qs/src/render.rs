@@ -171,13 +171,38 @@ pub fn describe(event: &Event) -> String {
     }
 }
 
+/// Agents stamp events with Unix time; the simulator with time since its start.
+const UNIX_TIME_AFTER_US: u64 = 1_000_000_000_000_000; // 2001-09-09
+
+/// A timestamp: UTC time of day for Unix times, seconds for simulated ones.
+pub fn time(at_us: u64) -> String {
+    if at_us < UNIX_TIME_AFTER_US {
+        return format!("{:>10.3}s", at_us as f64 / 1e6);
+    }
+    let ms_of_day = (at_us / 1000) % 86_400_000;
+    let (h, m) = (ms_of_day / 3_600_000, ms_of_day / 60_000 % 60);
+    let (sec, ms) = (ms_of_day / 1000 % 60, ms_of_day % 1000);
+    format!("{h:02}:{m:02}:{sec:02}.{ms:03}")
+}
+
 /// `seq  time  node  text`.
 pub fn line(r: &Record) -> String {
     format!(
-        "{:>8}  {:>10.3}s  {:<10} {}",
+        "{:>8}  {}  {:<10} {}",
         r.seq,
-        r.at_us as f64 / 1e6,
+        time(r.at_us),
         r.node.as_str(),
         describe(&r.event)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::time;
+
+    #[test]
+    fn times_read_as_clock_or_seconds() {
+        assert_eq!(time(3_059_000), "     3.059s");
+        assert_eq!(time(1_795_324_732_346_123), "05:18:52.346");
+    }
 }
