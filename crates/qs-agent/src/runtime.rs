@@ -625,7 +625,13 @@ async fn monitor(
     let mut failures = 0u32;
     let timeout = Duration::from_millis(check.timeout_ms);
     loop {
-        tokio::time::sleep(Duration::from_millis(check.interval_ms.min(250).max(50))).await;
+        // Probe quickly until the instance first serves, then at the check's interval.
+        let pause = if serving {
+            check.interval_ms
+        } else {
+            check.interval_ms.clamp(50, 250)
+        };
+        tokio::time::sleep(Duration::from_millis(pause)).await;
         if !running(&exec) {
             return;
         }
@@ -663,9 +669,6 @@ async fn monitor(
                     }
                 }
             }
-        }
-        if serving {
-            tokio::time::sleep(Duration::from_millis(check.interval_ms)).await;
         }
     }
 }

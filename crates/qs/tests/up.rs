@@ -1,0 +1,478 @@
+//! `qs up` end to end: a real agent process running real child processes on loopback.
+
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::{TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+const FLEET: &str = r#"
+[node.alpha]
+level = 0
+cpu_cores = 4
+memory_mib = 4096
+
+[node.beta]
+level = 1
+cpu_cores = 4
+memory_mib = 4096
+
+[node.gamma]
+level = 1
+cpu_cores = 4
+memory_mib = 4096
+"#;
+
+fn qs() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_qs"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `qs up`; stopped (SIGTERM, then SIGKILL) when dropped.
+struct Up {
+    child: Option<Child>,
+    api: String,
+    dir: PathBuf,
+}
+
+impl Up {
+    fn start(dir: &std::path::Path) -> Up {
+        std::fs::write(dir.join("fleet.toml"), FLEET).unwrap();
+        let port = free_port();
+        let log = std::fs::File::create(dir.join(format!("qs-up-{port}.log"))).unwrap();
+        let child = qs()
+            .args(["up", "--fleet"])
+            .arg(dir.join("fleet.toml"))
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let up = Up {
+            child: Some(child),
+            api: format!("http://127.0.0.1:{port}"),
+            dir: dir.to_path_buf(),
+        };
+        up.wait("the API", |up| up.http("GET", "/health", "").0 == 200);
+        up
+    }
+
+    /// Raw HTTP, so the API itself is what is tested.
+    fn http(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
+        let addr = self.api.trim_start_matches("http://");
+        let Ok(mut s) = TcpStream::connect(addr) else {
+            return (0, Value::Null);
+        };
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        let mut raw = String::new();
+        let _ = s.read_to_string(&mut raw);
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or(("", ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (
+            status,
+            serde_json::from_str(body).unwrap_or(Value::String(body.into())),
+        )
+    }
+
+    fn get(&self, path: &str) -> Value {
+        let (status, v) = self.http("GET", path, "");
+        assert_eq!(status, 200, "GET {path}: {v}");
+        v
+    }
+
+    fn apply(&self, spec: &str) {
+        let (status, v) = self.http("POST", "/v1/specs?file=test.toml", spec);
+        assert_eq!(status, 200, "{v}");
+    }
+
+    /// Waits (bounded) for a condition on the running agent.
+    fn wait(&self, what: &str, mut done: impl FnMut(&Up) -> bool) {
+        let start = Instant::now();
+        while !done(self) {
+            assert!(
+                start.elapsed() < LIMIT,
+                "timed out waiting for {what}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn log(&self) -> String {
+        let mut out = String::new();
+        for e in std::fs::read_dir(&self.dir).unwrap().flatten() {
+            if e.file_name().to_string_lossy().starts_with("qs-up-") {
+                out.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+            }
+        }
+        out
+    }
+
+    /// Serving instances of a service: (instance, node, pid, port).
+    fn serving(&self, service: &str) -> Vec<(String, String, u32, u16)> {
+        let all = self.get("/v1/instances");
+        all.as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| {
+                i["service"] == service && i["serving"] == true && i["pid"].as_u64().is_some()
+            })
+            .map(|i| {
+                (
+                    i["instance"].as_str().unwrap().to_owned(),
+                    i["node"].as_str().unwrap().to_owned(),
+                    i["pid"].as_u64().unwrap() as u32,
+                    i["port"].as_u64().unwrap() as u16,
+                )
+            })
+            .collect()
+    }
+
+    fn events(&self) -> Vec<Value> {
+        self.get("/v1/events?from=0&limit=10000")
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    fn signal(&mut self, signal: i32) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if start.elapsed() > LIMIT {
+                let _ = child.kill();
+                return child.wait().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.signal(libc::SIGTERM);
+        }
+    }
+}
+
+/// Running or sleeping (a zombie left to PID 1 runs nothing).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit(')').next().map(|r| r.trim().to_owned()))
+        .is_some_and(|r| !r.starts_with('Z') && !r.starts_with('X'))
+}
+
+fn wait_gone(pids: &[u32]) -> bool {
+    let start = Instant::now();
+    while pids.iter().any(|&p| alive(p)) {
+        if start.elapsed() > LIMIT {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
+const WEB: &str = r#"
+[service.web]
+replicas = 2
+command = "{qs} model-double --port {port} --model web"
+resources = { cpu_cores = 0.5, memory_mib = 128 }
+health = { kind = "http", path = "/health", interval_ms = 200 }
+"#;
+
+#[test]
+fn a_crashed_instance_comes_back_and_its_node_remembers() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(dir.path());
+    up.apply(WEB);
+    up.wait("two serving replicas", |u| u.serving("web").len() == 2);
+    let before = up.serving("web");
+    assert_ne!(
+        before[0].1, before[1].1,
+        "stateless replicas go to different nodes"
+    );
+    assert!(before.iter().all(|i| alive(i.2)));
+    let (victim, node, pid, _) = before[0].clone();
+    let (status, v) = up.http("POST", &format!("/v1/chaos/kill/{victim}"), "");
+    assert_eq!(status, 200, "{v}");
+    assert!(wait_gone(&[pid]));
+    up.wait("a replacement", |u| {
+        let now = u.serving("web");
+        now.len() == 2 && now.iter().all(|i| i.0 != victim)
+    });
+    let events = up.events();
+    let crashed = events.iter().any(|e| {
+        e["event"]["event"] == "instance-exited"
+            && e["event"]["instance"] == victim.as_str()
+            && e["event"]["outcome"]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("signal 9"))
+    });
+    assert!(crashed, "the crash is in the ledger");
+    let raised = events
+        .iter()
+        .any(|e| e["event"]["event"] == "pressure-raised" && e["node"] == node.as_str());
+    assert!(raised, "{node}'s pressure for web rose");
+    let explain = up.get("/v1/nodes?explain=web");
+    let row = explain["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["node"] == node.as_str())
+        .unwrap()
+        .clone();
+    // The node may decline now (it runs the replacement); if it offers, pressure shows.
+    if let Some(p) = row["offer"]["composite"]["pressure"].as_f64() {
+        assert!(p > 0.0, "{row}");
+    }
+}
+
+#[test]
+fn real_cpu_load_scales_a_service_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(dir.path());
+    up.apply(
+        r#"
+[service.burner]
+replicas = 1
+max_replicas = 2
+command = "sh -c 'while :; do :; done'"
+resources = { cpu_cores = 0.2, memory_mib = 32 }
+"#,
+    );
+    up.wait("a scale-out", |u| u.serving("burner").len() == 2);
+    let events = up.events();
+    let hot = events.iter().any(|e| e["event"]["event"] == "instance-hot");
+    let sensed = events
+        .iter()
+        .any(|e| e["event"]["event"] == "sensed" && e["event"]["reason"]["reason"] == "hot");
+    let queried = events.iter().any(|e| e["event"]["event"] == "query-sent");
+    assert!(
+        hot && sensed && queried,
+        "the 5-step story is in the ledger"
+    );
+    let (status, _) = up.http("DELETE", "/v1/specs/burner", "");
+    assert_eq!(status, 200);
+    up.wait("the burners to stop", |u| u.serving("burner").is_empty());
+}
+
+#[test]
+fn a_command_that_cannot_start_is_a_failure_not_a_crash_of_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(dir.path());
+    up.apply(
+        r#"
+[service.broken]
+command = "no-such-binary-for-qs-tests --serve"
+resources = { cpu_cores = 0.1, memory_mib = 16 }
+"#,
+    );
+    up.wait("a failed start in the ledger", |u| {
+        u.events().iter().any(|e| {
+            e["event"]["outcome"]["outcome"] == "failed-start"
+                && e["event"]["outcome"]["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("not found"))
+        })
+    });
+    up.wait("pressure for it", |u| {
+        u.events()
+            .iter()
+            .any(|e| e["event"]["event"] == "pressure-raised")
+    });
+    assert_eq!(up.get("/health")["status"], "ok");
+}
+
+#[test]
+fn bad_input_gets_a_4xx_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(dir.path());
+    let check = |method: &str, path: &str, body: &str, want_status: u16, want: &str| {
+        let (status, v) = up.http(method, path, body);
+        assert_eq!(status, want_status, "{method} {path}: {v}");
+        let msg = v["error"].as_str().unwrap_or_default();
+        assert!(msg.contains(want), "{method} {path}: {msg}");
+    };
+    check(
+        "POST",
+        "/v1/specs?file=bad.toml",
+        "[service.x]\nresources = { cpu_cores = 0, memory_mib = 8 }\n",
+        400,
+        "bad.toml:2:27: service.x.resources.cpu_cores: must be more than 0",
+    );
+    check(
+        "POST",
+        "/v1/specs?file=empty.toml",
+        "",
+        400,
+        "declares no service or job",
+    );
+    check(
+        "POST",
+        "/v1/specs",
+        "this is not toml [",
+        400,
+        "spec.toml:1:",
+    );
+    check(
+        "DELETE",
+        "/v1/specs/nothing-here",
+        "",
+        404,
+        "no service or job named nothing-here",
+    );
+    check(
+        "DELETE",
+        "/v1/specs/Not_A_Name",
+        "",
+        400,
+        "not a valid service name",
+    );
+    check(
+        "POST",
+        "/v1/chaos/kill/ghost-1",
+        "",
+        404,
+        "no instance ghost-1",
+    );
+    check(
+        "GET",
+        "/v1/nodes?explain=nope",
+        "",
+        404,
+        "no service or job named nope",
+    );
+    let (status, _) = up.http("GET", "/v1/events?from=abc", "");
+    assert_eq!(status, 400);
+    assert_eq!(up.get("/health")["status"], "ok");
+}
+
+#[test]
+fn sigterm_stops_every_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut up = Up::start(dir.path());
+    up.apply(WEB);
+    up.wait("two serving replicas", |u| u.serving("web").len() == 2);
+    let pids: Vec<u32> = up.serving("web").iter().map(|i| i.2).collect();
+    let status = up.signal(libc::SIGTERM);
+    assert!(status.success(), "{status:?}");
+    assert!(wait_gone(&pids), "no instance outlives the agent");
+}
+
+#[test]
+fn after_kill_9_a_restart_reaps_the_orphans_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut up = Up::start(dir.path());
+    up.apply(WEB);
+    up.wait("two serving replicas", |u| u.serving("web").len() == 2);
+    let orphans: Vec<u32> = up.serving("web").iter().map(|i| i.2).collect();
+    up.signal(libc::SIGKILL);
+    assert!(
+        orphans.iter().all(|&p| alive(p)),
+        "kill -9 leaves the instances running"
+    );
+    drop(up);
+    let up = Up::start(dir.path());
+    assert!(
+        wait_gone(&orphans),
+        "the restarted agent reaped its predecessor's processes"
+    );
+    // The desired state is re-applied (the embedded fabric is in memory), and it runs again.
+    up.apply(WEB);
+    up.wait("two serving replicas again", |u| {
+        u.serving("web").len() == 2
+    });
+    let ledger = up.events();
+    assert!(ledger.iter().any(|e| {
+        e["event"]["outcome"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("orphan of a previous agent"))
+    }));
+}
+
+/// A DNS query for `name` (type A); returns the first answer's IPv4 address.
+fn resolve(port: u16, name: &str) -> Option<[u8; 4]> {
+    let sock = UdpSocket::bind("127.0.0.1:0").ok()?;
+    sock.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    sock.send_to(&q, ("127.0.0.1", port)).ok()?;
+    let mut buf = [0u8; 512];
+    let n = sock.recv(&mut buf).ok()?;
+    let answers = u16::from_be_bytes([buf[6], buf[7]]);
+    (answers > 0).then(|| [buf[n - 4], buf[n - 3], buf[n - 2], buf[n - 1]])
+}
+
+fn dnsmasq_installed() -> bool {
+    ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq", "/sbin/dnsmasq"]
+        .iter()
+        .any(|p| std::path::Path::new(p).exists())
+}
+
+#[test]
+fn a_name_resolves_through_dnsmasq_before_and_after_its_instance_moves() {
+    assert!(
+        dnsmasq_installed(),
+        "dnsmasq is required (Debian package dnsmasq-base; ./scripts/test installs it when run as root)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(dir.path());
+    let spec = include_str!("../../../examples/dns.toml");
+    up.apply(spec);
+    up.wait("a serving DNS replica", |u| {
+        u.serving("fleet-dns").len() == 1
+    });
+    let (first, _, pid, port) = up.serving("fleet-dns")[0].clone();
+    assert_eq!(resolve(port, "ns.fleet.local"), Some([127, 0, 0, 53]));
+    let (status, _) = up.http("POST", &format!("/v1/chaos/kill/{first}"), "");
+    assert_eq!(status, 200);
+    assert!(wait_gone(&[pid]));
+    assert_eq!(
+        resolve(port, "ns.fleet.local"),
+        None,
+        "the old instance is gone"
+    );
+    up.wait("a replacement", |u| {
+        u.serving("fleet-dns").iter().any(|i| i.0 != first)
+    });
+    let (_, _, _, new_port) = up.serving("fleet-dns")[0].clone();
+    let start = Instant::now();
+    let mut answer = None;
+    while answer.is_none() && start.elapsed() < LIMIT {
+        answer = resolve(new_port, "forge.fleet.local");
+    }
+    assert_eq!(answer, Some([127, 0, 0, 12]));
+}
