@@ -308,11 +308,12 @@ async fn instances<F: Fabric>(State(api): State<Arc<Api<F>>>) -> Response {
                 "service": service,
                 "node": row.node,
                 "role": row.role,
-                "serving": row.serving,
-                "hot": row.hot,
+                // What this agent sees of its own instances is current; heartbeats lag.
+                "serving": here.map_or(row.serving, |l| l.serving),
+                "hot": here.map_or(row.hot, |l| l.hot),
                 "fencing": row.fencing,
-                "pid": here.map(|l| l.pid),
-                "port": here.map(|l| l.port),
+                "pid": here.and_then(|l| l.pid),
+                "port": here.and_then(|l| l.port),
             })
         })
         .collect();

@@ -79,8 +79,9 @@ pub struct LocalInstance {
     pub role: qs_wire::Role,
     pub serving: bool,
     pub hot: bool,
-    pub pid: u32,
-    pub port: u16,
+    /// While a process runs.
+    pub pid: Option<u32>,
+    pub port: Option<u16>,
     pub command: String,
 }
 
@@ -575,8 +576,8 @@ impl<F: Fabric> Runtime<F> {
                     role: h.role,
                     serving: h.serving,
                     hot: h.hot,
-                    pid: r.map_or(0, |r| r.pid),
-                    port: r.map_or(0, |r| r.port),
+                    pid: r.map(|r| r.pid),
+                    port: r.map(|r| r.port),
                     command: r.map(|r| r.command.clone()).unwrap_or_default(),
                 }
             })

@@ -75,6 +75,11 @@ pub struct Config {
     pub scale_in_after_ms: u64,
     /// An accepted instance must show in its host's heartbeat within this long.
     pub pending_timeout_ms: u64,
+    /// In-place restarts of a failed instance before its node gives it up to the steward.
+    pub max_restarts: u32,
+    /// First restart delay; it doubles with each restart of the same instance.
+    pub restart_backoff_ms: u64,
+    pub restart_backoff_max_ms: u64,
     pub failure_half_life_ms: u64,
     pub pressure_cap: f64,
     /// Placements one node drives at once, over all its services.
@@ -105,6 +110,9 @@ impl Default for Config {
             scale_out_cooldown_ms: 2000,
             scale_in_after_ms: 30_000,
             pending_timeout_ms: 3000,
+            max_restarts: 2,
+            restart_backoff_ms: 200,
+            restart_backoff_max_ms: 10_000,
             failure_half_life_ms: 3_600_000,
             pressure_cap: 0.9,
             max_placements_in_flight: 256,

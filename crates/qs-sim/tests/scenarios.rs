@@ -226,8 +226,23 @@ fn a_failure_raises_pressure_and_the_next_placement_avoids_the_node() {
     let svc = dns.name.clone();
     sim.schedule(sim.now(), Action::Apply(dns));
     let until = after(&sim, 10_000);
-    assert!(sim.run_while_not(until, |s| s.registry().instances_of(&svc).count() == 2));
+    let serving = |s: &Sim| {
+        s.registry()
+            .instances_of(&svc)
+            .filter(|(_, r)| r.serving)
+            .count()
+    };
+    assert!(sim.run_while_not(until, |s| serving(s) == 2));
 
+    let restarts = sim
+        .records()
+        .iter()
+        .filter(|r| r.node == id("forge") && matches!(r.event, Event::InstanceRestarting { .. }))
+        .count();
+    assert_eq!(
+        restarts, 2,
+        "forge restarted it in place, with backoff, twice"
+    );
     let raised = sim.records().iter().find(|r| {
         r.node == id("forge")
             && matches!(&r.event, Event::PressureRaised { service, .. } if service == &svc)

@@ -22,7 +22,8 @@ pub enum LocalVerdict {
     Start {
         composite: Composite,
     },
-    /// Fits, but a GPU workload must compete on VRAM: this node's own offer joins the pool.
+    /// Fits, but competes: a GPU workload compares VRAM, and a node that recently failed the
+    /// service lets `(1 - pressure)` decide. This node's own offer joins the pool.
     Compete {
         composite: Composite,
     },
@@ -102,6 +103,13 @@ pub enum Event {
         instance: InstanceId,
         service: ServiceName,
         outcome: ExitOutcome,
+    },
+    /// A failed instance is started again on the same node after `delay_ms`.
+    InstanceRestarting {
+        instance: InstanceId,
+        service: ServiceName,
+        attempt: u32,
+        delay_ms: u64,
     },
     InstanceHot {
         instance: InstanceId,

@@ -36,7 +36,14 @@ fn instances(shared: &Shared, service: &str) -> Vec<(InstanceId, NodeId, u16, bo
         .values()
         .flat_map(|v| v.instances.iter())
         .filter(|i| i.service.as_str() == service)
-        .map(|i| (i.instance.clone(), i.node.clone(), i.port, i.serving))
+        .map(|i| {
+            (
+                i.instance.clone(),
+                i.node.clone(),
+                i.port.unwrap_or(0),
+                i.serving,
+            )
+        })
         .collect()
 }
 
@@ -213,30 +220,51 @@ pub async fn play(addr: SocketAddr, shared: Arc<Shared>, fabric: MemoryFabric) {
     let Some((victim, node, _, _)) = before.first().cloned() else {
         return;
     };
-    say(&format!("chaos: kill -9 {victim} on {node}"));
-    let tx = shared
-        .controls
-        .read()
-        .ok()
-        .and_then(|c| c.get(&node).cloned());
-    if let Some(tx) = tx {
-        let (reply, _rx) = tokio::sync::oneshot::channel();
-        let _ = tx
-            .send(Control::Kill {
-                instance: victim.clone(),
-                reply,
-            })
-            .await;
-    }
     let want = before.len();
-    wait_until("the replacement", Duration::from_secs(30), || {
-        let now = instances(&shared, service);
-        now.len() >= want && now.iter().all(|i| i.0 != victim && i.3)
-    })
-    .await;
+    say(&format!(
+        "chaos: {victim} on {node} crashes each time it starts (kill -9); {node} restarts it in place with backoff, then gives it up"
+    ));
+    for round in 1..=6 {
+        let back = wait_until(
+            "the instance to serve again or move",
+            Duration::from_secs(30),
+            || {
+                let now = instances(&shared, service);
+                now.iter().any(|i| i.0 == victim && i.3)
+                    || (now.len() >= want && now.iter().all(|i| i.0 != victim && i.3))
+            },
+        )
+        .await;
+        if !back || !instances(&shared, service).iter().any(|i| i.0 == victim) {
+            break;
+        }
+        say(&format!(
+            "chaos: kill -9 {victim} on {node} (crash {round})"
+        ));
+        let tx = shared
+            .controls
+            .read()
+            .ok()
+            .and_then(|c| c.get(&node).cloned());
+        if let Some(tx) = tx {
+            let (reply, _rx) = tokio::sync::oneshot::channel();
+            let _ = tx
+                .send(Control::Kill {
+                    instance: victim.clone(),
+                    reply,
+                })
+                .await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let hosts: Vec<String> = instances(&shared, service)
+        .iter()
+        .map(|i| format!("{} on {}", i.0, i.1))
+        .collect();
     let svc = ServiceName::new(service).expect("a valid name");
     say(&format!(
-        "{service} is whole again; {node} now carries failure pressure for it (qs nodes --explain {svc})"
+        "{service} serves again from {}; {node} remembers its failures (qs nodes --explain {svc})",
+        hosts.join(", ")
     ));
     say(
         "the fleet keeps running: try `qs ps`, `qs services`, `qs events --follow`; Ctrl-C stops everything",

@@ -24,9 +24,9 @@ pub fn describe(event: &Event) -> String {
             LocalVerdict::Start { composite } => {
                 format!("[{placement}] local check: fits here, starting locally ({composite})")
             }
-            LocalVerdict::Compete { composite } => {
-                format!("[{placement}] local check: fits, competing on VRAM ({composite})")
-            }
+            LocalVerdict::Compete { composite } => format!(
+                "[{placement}] local check: fits, but competes with the fleet ({composite})"
+            ),
             LocalVerdict::Refused { reason } => {
                 format!("[{placement}] local check: cannot run it here ({reason})")
             }
@@ -138,6 +138,16 @@ pub fn describe(event: &Event) -> String {
                 ExitOutcome::Stopped { reason } => format!("stopped: {reason}"),
             };
             format!("{instance} of {service} {how}")
+        }
+        Event::InstanceRestarting {
+            instance,
+            service,
+            attempt,
+            delay_ms,
+        } => {
+            format!(
+                "{instance} of {service} restarts in place in {delay_ms} ms (attempt {attempt})"
+            )
         }
         Event::InstanceHot {
             instance,

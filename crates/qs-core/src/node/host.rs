@@ -25,6 +25,10 @@ pub struct Hosted {
     pub stopping: bool,
     /// Healthy: it may receive traffic.
     pub serving: bool,
+    /// In-place restarts so far.
+    pub restarts: u32,
+    /// Failed; to be started again at this time (resources stay committed meanwhile).
+    pub restart_at: Option<Time>,
 }
 
 /// Do the node's labels carry every required label with the same value?
@@ -204,12 +208,67 @@ impl Node {
                 hot: false,
                 stopping: false,
                 serving: false,
+                restarts: 0,
+                restart_at: None,
             },
         );
     }
 
-    /// An instance ended: release it; a failure raises this node's pressure for its service.
+    /// An instance ended. A failure raises this node's pressure for its service; a failed
+    /// instance is restarted in place with backoff up to `max_restarts` times, after which the
+    /// node gives it up and its steward places it again (elsewhere, if pressure says so).
     pub(crate) fn on_exit(&mut self, instance: &InstanceId, outcome: ExitOutcome, now: Time) {
+        let Some(h) = self.hosted.get(instance) else {
+            return;
+        };
+        let service = h.service.clone();
+        let failed = outcome.is_failure();
+        let completed = outcome == ExitOutcome::Completed;
+        let restart = failed && !h.stopping && h.restarts < self.config.max_restarts;
+        self.record(Event::InstanceExited {
+            instance: instance.clone(),
+            service: service.clone(),
+            outcome,
+        });
+        if failed {
+            let bucket = load_bucket(self.load.cpu_util);
+            let pressure = self.failures.record(&service, bucket, now);
+            self.record(Event::PressureRaised {
+                service: service.clone(),
+                load_bucket: bucket,
+                pressure_permille: (pressure * 1000.0).round() as u32,
+            });
+        }
+        if restart {
+            let c = &self.config;
+            let Some(h) = self.hosted.get_mut(instance) else {
+                return;
+            };
+            h.restarts += 1;
+            let delay_ms = c
+                .restart_backoff_ms
+                .saturating_mul(1 << (h.restarts - 1).min(16))
+                .min(c.restart_backoff_max_ms);
+            h.restart_at = Some(now + ms(delay_ms));
+            h.serving = false;
+            h.hot = false;
+            let attempt = h.restarts;
+            self.record(Event::InstanceRestarting {
+                instance: instance.clone(),
+                service,
+                attempt,
+                delay_ms,
+            });
+            return;
+        }
+        self.release(instance);
+        if completed {
+            self.completed.push_back((now, instance.clone(), service));
+        }
+    }
+
+    /// Forgets an instance and gives back what it held.
+    fn release(&mut self, instance: &InstanceId) {
         let Some(h) = self.hosted.remove(instance) else {
             return;
         };
@@ -219,25 +278,43 @@ impl Node {
         if let Some(i) = h.gpu {
             self.committed.gpu_vram_bytes[i as usize] -= need.vram_bytes;
         }
-        let failed = outcome.is_failure();
-        let completed = outcome == ExitOutcome::Completed;
-        self.record(Event::InstanceExited {
-            instance: instance.clone(),
-            service: h.service.clone(),
-            outcome,
-        });
-        if failed {
-            let bucket = load_bucket(self.load.cpu_util);
-            let pressure = self.failures.record(&h.service, bucket, now);
-            self.record(Event::PressureRaised {
+    }
+
+    /// Starts again every failed instance whose backoff has passed.
+    pub(crate) fn restart_due(&mut self, now: Time) {
+        let due: Vec<InstanceId> = self
+            .hosted
+            .iter()
+            .filter(|(_, h)| h.restart_at.is_some_and(|t| t <= now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            let Some(h) = self.hosted.get_mut(&id) else {
+                continue;
+            };
+            h.restart_at = None;
+            let order = StartOrder {
+                instance: id.clone(),
                 service: h.service.clone(),
-                load_bucket: bucket,
-                pressure_permille: (pressure * 1000.0).round() as u32,
+                role: h.role,
+                fencing: h.fencing,
+                gpu: h.gpu,
+                need: h.demand.need,
+            };
+            self.record(Event::InstanceStarted {
+                instance: id,
+                service: order.service.clone(),
+                role: order.role,
+                fencing: order.fencing,
+                gpu: order.gpu,
             });
+            self.emit(Output::Start(order));
         }
-        if completed {
-            self.completed.push_back((now, instance.clone(), h.service));
-        }
+    }
+
+    /// The earliest pending restart.
+    pub(crate) fn next_restart(&self) -> Option<Time> {
+        self.hosted.values().filter_map(|h| h.restart_at).min()
     }
 
     /// A new sensor sample: marks instances hot or calm (an instance is hot when its own use
@@ -267,8 +344,23 @@ impl Node {
         }
     }
 
-    /// Stop a hosted instance gracefully (idempotent).
+    /// Stop a hosted instance gracefully (idempotent). One waiting to restart has no
+    /// process: it is released at once.
     pub(crate) fn stop(&mut self, instance: &InstanceId, reason: String) {
+        if self
+            .hosted
+            .get(instance)
+            .is_some_and(|h| h.restart_at.is_some())
+        {
+            let service = self.hosted[instance].service.clone();
+            self.release(instance);
+            self.record(Event::InstanceExited {
+                instance: instance.clone(),
+                service,
+                outcome: ExitOutcome::Stopped { reason },
+            });
+            return;
+        }
         if let Some(h) = self.hosted.get_mut(instance)
             && !h.stopping
         {

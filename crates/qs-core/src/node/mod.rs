@@ -195,7 +195,10 @@ impl Node {
             Input::ReconcileService(service) => self.reconcile_service(&service, now, reg),
             Input::ApprovePromotion { service } => self.approve_promotion(&service, now, reg),
             Input::Health { instance, serving } => {
-                if let Some(h) = self.hosted.get_mut(&instance) {
+                // A report about a process that has since failed is stale.
+                if let Some(h) = self.hosted.get_mut(&instance)
+                    && h.restart_at.is_none()
+                {
                     h.serving = serving;
                 }
             }
@@ -212,6 +215,7 @@ impl Node {
         let placements = self.placements.values().map(steward::Placement::deadline);
         placements
             .chain([self.next_heartbeat, self.next_reconcile])
+            .chain(self.next_restart())
             .min()
     }
 
@@ -226,6 +230,7 @@ impl Node {
             self.reconcile(now, reg);
             self.next_reconcile = now + ms(self.config.heartbeat_ms);
         }
+        self.restart_due(now);
         self.on_deadlines(now, reg);
     }
 

@@ -437,7 +437,11 @@ impl Node {
             Ok(offer) if !self.gate.admits(&offer.composite) => LocalVerdict::Refused {
                 reason: DeclineReason::Gate,
             },
-            Ok(offer) if demand.pattern == HaPattern::GpuInference => {
+            // GPU inference must compare VRAM; and a node that recently failed this service
+            // does not pick itself: it competes, and (1 - pressure) decides.
+            Ok(offer)
+                if demand.pattern == HaPattern::GpuInference || offer.composite.pressure > 0.0 =>
+            {
                 let composite = offer.composite;
                 pool.push((self.id.clone(), offer));
                 LocalVerdict::Compete { composite }
