@@ -136,6 +136,10 @@ pub fn router<F: Fabric>(api: Arc<Api<F>>) -> Router {
         .route("/v1/specs", post(apply::<F>))
         .route("/v1/specs/{name}", delete(delete_spec::<F>))
         .route("/v1/chaos/kill/{target}", post(chaos_kill::<F>))
+        .route(
+            "/v1/nodes/{node}/drain",
+            post(drain::<F>).delete(undrain::<F>),
+        )
         .route("/v1/services/{name}/approve", post(approve::<F>))
         .with_state(api)
 }
@@ -478,4 +482,42 @@ async fn approve<F: Fabric>(State(api): State<Arc<Api<F>>>, Path(name): Path<Str
             format!("the steward of {service} ({steward}) is not on this agent"),
         ),
     }
+}
+
+async fn set_drain<F: Fabric>(api: &Api<F>, name: &str, on: bool) -> Response {
+    let Ok(node) = NodeId::new(name) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{name:?} is not a valid node name"),
+        );
+    };
+    let tx = api
+        .shared
+        .controls
+        .read()
+        .ok()
+        .and_then(|c| c.get(&node).cloned());
+    let Some(tx) = tx else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("node {node} does not run on this agent"),
+        );
+    };
+    match tx.send(Control::Drain(on)).await {
+        Ok(()) => Json(json!({ "node": node, "draining": on })).into_response(),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("node {node} is stopping"),
+        ),
+    }
+}
+
+/// Drains a node: it takes no new work and its instances move elsewhere.
+async fn drain<F: Fabric>(State(api): State<Arc<Api<F>>>, Path(node): Path<String>) -> Response {
+    set_drain(&api, &node, true).await
+}
+
+/// Ends a drain.
+async fn undrain<F: Fabric>(State(api): State<Arc<Api<F>>>, Path(node): Path<String>) -> Response {
+    set_drain(&api, &node, false).await
 }

@@ -145,6 +145,8 @@ pub enum Control {
         reply: oneshot::Sender<bool>,
     },
     ApprovePromotion(ServiceName),
+    /// Start (`true`) or end a drain of this node.
+    Drain(bool),
     /// A health monitor's verdict.
     Health {
         instance: InstanceId,
@@ -472,6 +474,7 @@ impl<F: Fabric> Runtime<F> {
             Control::ApprovePromotion(service) => {
                 self.input(Input::ApprovePromotion { service }).await
             }
+            Control::Drain(on) => self.input(Input::Drain(on)).await,
             Control::Health {
                 instance,
                 serving,

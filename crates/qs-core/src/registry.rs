@@ -211,7 +211,7 @@ impl Registry {
             - st.load
                 .cpu_util
                 .max(st.committed.cpu_millicores as f64 / cpu_cap);
-        let base = if over {
+        let base = if over || st.draining {
             0.0
         } else {
             cpu_free.max(0.0) * level_weight(st.level)
@@ -501,6 +501,7 @@ mod tests {
             load: Load::default(),
             instances: vec![],
             completed: vec![],
+            draining: false,
         }
     }
 

@@ -208,6 +208,9 @@ pub struct NodeStatus {
     /// Job instances that completed recently, kept for a while so every observer sees it.
     #[serde(default)]
     pub completed: Vec<(InstanceId, ServiceName)>,
+    /// Draining: takes no new work and is moving its instances away.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// Every message between nodes.

@@ -86,6 +86,16 @@ enum Command {
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },
+    /// Drain a node: it takes no new work and its instances move elsewhere; shows progress.
+    Drain {
+        node: String,
+        /// End a drain instead.
+        #[arg(long)]
+        undo: bool,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        timeout_s: u64,
+    },
     /// Break things on purpose.
     Chaos {
         #[command(subcommand)]
@@ -230,6 +240,11 @@ pub fn run(cli: Cli) -> Result<()> {
             action: ChaosAction::Kill { instance },
         } => crate::fleet::chaos_kill(api, &instance),
         Command::Approve { service } => crate::fleet::approve(api, &service),
+        Command::Drain {
+            node,
+            undo,
+            timeout_s,
+        } => crate::fleet::drain(api, &node, undo, std::time::Duration::from_secs(timeout_s)),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "qs", &mut std::io::stdout());

@@ -428,3 +428,51 @@ pub fn events_from_api(
         }
     }
 }
+
+/// Drains a node and shows its instances leaving until none is left.
+pub fn drain(api: &str, node: &str, undo: bool, timeout: Duration) -> Result<()> {
+    let path = format!("/v1/nodes/{}/drain", urlencode(node));
+    if undo {
+        call(api, "DELETE", &path, None)?;
+        println!("{node} takes work again");
+        return Ok(());
+    }
+    call(api, "POST", &path, None)?;
+    println!("draining {node}: it declines new work; its instances move elsewhere");
+    let start = std::time::Instant::now();
+    let mut last = usize::MAX;
+    loop {
+        let v = call(api, "GET", "/v1/instances", None)?;
+        let left: Vec<String> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|i| i["node"] == node)
+            .map(|i| s(&i["instance"]))
+            .collect();
+        if left.len() != last {
+            println!(
+                "  {} instance(s) left on {node}{}",
+                left.len(),
+                if left.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", left.join(", "))
+                }
+            );
+            last = left.len();
+        }
+        if left.is_empty() {
+            println!("{node} is drained");
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            bail!(
+                "{node} still runs {} instance(s) after {} s",
+                left.len(),
+                timeout.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

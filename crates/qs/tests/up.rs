@@ -518,3 +518,43 @@ fn a_name_resolves_through_dnsmasq_before_and_after_its_instance_moves() {
     }
     assert_eq!(answer, Some([127, 0, 0, 12]));
 }
+
+#[test]
+fn draining_a_node_moves_its_instances_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(dir.path());
+    up.apply(WEB);
+    up.wait("two serving replicas", |u| u.serving("web").len() == 2);
+    let node = up.serving("web")[0].1.clone();
+    let out = qs()
+        .args(["--api", &up.api, "drain", &node, "--timeout-s", "30"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains(&format!("{node} is drained")), "{text}");
+    up.wait("two serving replicas elsewhere", |u| {
+        let now = u.serving("web");
+        now.len() == 2 && now.iter().all(|i| i.1 != node)
+    });
+    let explain = up.get("/v1/nodes?explain=web");
+    let row = explain["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["node"] == node.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(row["declines"]["why"], "draining", "{row}");
+    let pressure = up
+        .events()
+        .iter()
+        .any(|e| e["event"]["event"] == "pressure-raised");
+    assert!(!pressure, "a drain is not a failure");
+    let (status, _) = up.http("POST", "/v1/nodes/nowhere/drain", "");
+    assert_eq!(status, 404);
+}

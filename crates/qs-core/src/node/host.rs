@@ -49,6 +49,9 @@ impl Node {
         now: Time,
         reg: &Registry,
     ) -> Result<Offer, DeclineReason> {
+        if self.draining {
+            return Err(DeclineReason::Draining);
+        }
         if !labels_match(&demand.labels, &self.labels) {
             return Err(DeclineReason::Labels);
         }
@@ -344,6 +347,18 @@ impl Node {
         }
     }
 
+    /// Starts or ends a drain. Starting stops every instance (not a failure: no pressure);
+    /// their stewards place them elsewhere, since this node now declines everything.
+    pub(crate) fn drain(&mut self, on: bool) {
+        self.draining = on;
+        if on {
+            let ids: Vec<InstanceId> = self.hosted.keys().cloned().collect();
+            for id in ids {
+                self.stop(&id, "drain".into());
+            }
+        }
+    }
+
     /// Stop a hosted instance gracefully (idempotent). One waiting to restart has no
     /// process: it is released at once.
     pub(crate) fn stop(&mut self, instance: &InstanceId, reason: String) {
@@ -435,6 +450,7 @@ impl Node {
                 .iter()
                 .map(|(_, i, s)| (i.clone(), s.clone()))
                 .collect(),
+            draining: self.draining,
         }
     }
 }

@@ -79,6 +79,9 @@ pub enum Input {
     ReconcileService(ServiceName),
     /// The operator approves moving the primary of a stateful-read service.
     ApprovePromotion { service: ServiceName },
+    /// Drain this node (`true`): decline all new work and stop every instance so its
+    /// stewards place it elsewhere; `false` takes work again.
+    Drain(bool),
     /// A health check passed (`serving`) or an instance without one is up; or it stopped
     /// passing.
     Health { instance: InstanceId, serving: bool },
@@ -125,6 +128,8 @@ pub struct Node {
     committed: Committed,
     load: Load,
     hosted: BTreeMap<InstanceId, Hosted>,
+    /// Draining: no new work; instances are being moved away.
+    draining: bool,
     /// Recently completed job instances, reported in heartbeats until the linger passes.
     completed: VecDeque<(Time, InstanceId, ServiceName)>,
     failures: FailureMemory,
@@ -169,6 +174,7 @@ impl Node {
             rtt: RttEstimator::default(),
             config,
             hosted: BTreeMap::new(),
+            draining: false,
             completed: VecDeque::new(),
             rng,
             placements: BTreeMap::new(),
@@ -194,6 +200,7 @@ impl Node {
             }
             Input::ReconcileService(service) => self.reconcile_service(&service, now, reg),
             Input::ApprovePromotion { service } => self.approve_promotion(&service, now, reg),
+            Input::Drain(on) => self.drain(on),
             Input::Health { instance, serving } => {
                 // A report about a process that has since failed is stale.
                 if let Some(h) = self.hosted.get_mut(&instance)
@@ -313,6 +320,9 @@ impl Node {
     /// This node's failure memory.
     pub fn failures(&self) -> &FailureMemory {
         &self.failures
+    }
+    pub fn is_draining(&self) -> bool {
+        self.draining
     }
     /// The last sensor sample.
     pub fn load(&self) -> &Load {

@@ -501,7 +501,8 @@ impl Node {
     /// in a large one. Nodes that can never fit (labels, GPU size) are not asked.
     fn candidates(&mut self, demand: &Demand, reg: &Registry) -> (Vec<NodeId>, bool) {
         let accept = |n: &qs_wire::NodeStatus| {
-            labels_match(&demand.labels, &n.labels)
+            !n.draining
+                && labels_match(&demand.labels, &n.labels)
                 && (!demand.need.needs_gpu()
                     || n.capacity
                         .gpus
