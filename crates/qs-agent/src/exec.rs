@@ -53,6 +53,8 @@ struct Child {
 /// See the module docs. Cloning shares the same executor.
 #[derive(Clone)]
 pub struct Executor {
+    /// Test double for benchmarks: starts nothing, reports stops at once.
+    noop: bool,
     log_dir: PathBuf,
     grace: Duration,
     children: Arc<Mutex<BTreeMap<InstanceId, Child>>>,
@@ -88,8 +90,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Sends `signal` to the whole process group led by `pid`.
+/// Sends `signal` to the whole process group led by `pid` (never to group 0, which would be
+/// our own).
 fn kill_group(pid: u32, signal: libc::c_int) {
+    if pid == 0 {
+        return;
+    }
     // SAFETY: kill(2) with a negative pid signals a process group; it has no memory effects.
     unsafe {
         libc::kill(-(pid as libc::pid_t), signal);
@@ -100,10 +106,20 @@ impl Executor {
     /// An executor writing logs under `log_dir`; exits are reported on `exits`.
     pub fn new(log_dir: impl Into<PathBuf>, grace: Duration, exits: mpsc::Sender<Exit>) -> Self {
         Executor {
+            noop: false,
             log_dir: log_dir.into(),
             grace,
             children: Arc::default(),
             exits,
+        }
+    }
+
+    /// A no-op executor (a double for benchmarks of the decision path): `start` runs nothing
+    /// and succeeds, `stop` and `kill` report the exit at once.
+    pub fn noop(exits: mpsc::Sender<Exit>) -> Self {
+        Executor {
+            noop: true,
+            ..Executor::new(PathBuf::new(), Duration::ZERO, exits)
         }
     }
 
@@ -118,6 +134,12 @@ impl Executor {
         let instance = launch.instance.clone();
         if lock(&self.children).contains_key(&instance) {
             return Err(ExecError::AlreadyRunning { instance });
+        }
+        if self.noop {
+            let running = Running { pid: 0, port: 0, command: launch.command };
+            let child = Child { running: running.clone(), stop_reason: Arc::default() };
+            lock(&self.children).insert(instance, child);
+            return Ok(running);
         }
         let port = free_port().map_err(|source| ExecError::Port {
             instance: instance.clone(),
@@ -229,6 +251,9 @@ impl Executor {
     /// Stops an instance: SIGTERM to its process group, SIGKILL after the grace period.
     /// The exit is reported with [`ExitOutcome::Stopped`] and `reason`.
     pub fn stop(&self, instance: &InstanceId, reason: &str) -> bool {
+        if self.noop {
+            return self.end_noop(instance, ExitOutcome::Stopped { reason: reason.to_owned() });
+        }
         let pid = {
             let children = lock(&self.children);
             let Some(child) = children.get(instance) else {
@@ -255,6 +280,10 @@ impl Executor {
     /// Kills an instance's process group at once (SIGKILL), as a crash would: the exit is
     /// reported as a crash, not a stop.
     pub fn kill(&self, instance: &InstanceId) -> bool {
+        if self.noop {
+            let outcome = ExitOutcome::Crashed { reason: "killed (no-op executor)".into() };
+            return self.end_noop(instance, outcome);
+        }
         let pid = lock(&self.children).get(instance).map(|c| c.running.pid);
         match pid {
             Some(pid) => {
@@ -263,6 +292,14 @@ impl Executor {
             }
             None => false,
         }
+    }
+
+    fn end_noop(&self, instance: &InstanceId, outcome: ExitOutcome) -> bool {
+        if lock(&self.children).remove(instance).is_none() {
+            return false;
+        }
+        self.report(Exit { instance: instance.clone(), outcome });
+        true
     }
 
     /// Where exits are reported (for exits the caller synthesizes).

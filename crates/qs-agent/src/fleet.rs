@@ -71,6 +71,7 @@ pub struct EmbeddedFleet {
     pub addr: SocketAddr,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    writer: tokio::task::JoinHandle<()>,
 }
 
 impl EmbeddedFleet {
@@ -83,8 +84,10 @@ impl EmbeddedFleet {
             source,
         })?;
         let ledger = Arc::new(Ledger::open(opts.state_dir.join("ledger.redb"))?);
+        let (journal, writer) = crate::journal::Journal::start(ledger.clone());
         let shared = Arc::new(Shared {
             ledger,
+            journal,
             counters: Default::default(),
             views: RwLock::default(),
             controls: RwLock::default(),
@@ -144,12 +147,16 @@ impl EmbeddedFleet {
             addr,
             stop,
             tasks,
+            writer,
         })
     }
 
-    /// Stops every node (each stops its instances) and the API; waits for all of them.
+    /// Stops every node (each stops its instances) and the API; waits for all of them, then
+    /// for the ledger writer to commit the last events.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
         while self.tasks.join_next().await.is_some() {}
+        drop(self.shared);
+        let _ = self.writer.await;
     }
 }

@@ -8,6 +8,7 @@ pub mod api;
 pub mod exec;
 pub mod fleet;
 pub mod health;
+pub mod journal;
 pub mod model_double;
 pub mod orphans;
 pub mod runtime;

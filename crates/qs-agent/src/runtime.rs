@@ -158,6 +158,8 @@ pub enum Control {
 /// Everything shared by the node runtimes of one process and its API.
 pub struct Shared {
     pub ledger: Arc<Ledger>,
+    /// Where runtimes send their events (group commit into `ledger`).
+    pub journal: crate::journal::Journal,
     pub counters: Counters,
     pub views: RwLock<BTreeMap<NodeId, NodeView>>,
     pub controls: RwLock<BTreeMap<NodeId, mpsc::Sender<Control>>>,
@@ -243,7 +245,8 @@ pub async fn run_node<F: Fabric>(
             outcome: ExitOutcome::Stopped {
                 reason: format!("orphan of a previous agent (pid {pid}) reaped at start"),
             },
-        }]);
+        }])
+        .await;
     }
     let mut sense_timer = tokio::time::interval(setup.sense_every);
     let mut expire_timer = tokio::time::interval(Duration::from_millis(100));
@@ -319,25 +322,16 @@ impl<F: Fabric> Runtime<F> {
                 }
             }
         }
-        self.record(records);
+        self.record(records).await;
         self.publish_view();
     }
 
-    fn record(&self, events: Vec<Event>) {
+    async fn record(&self, events: Vec<Event>) {
         if events.is_empty() {
             return;
         }
-        let n = events.len() as u64;
-        match self
-            .shared
-            .ledger
-            .append(&self.id, now().as_micros(), &events)
-        {
-            Ok(_) => {
-                self.shared.counters.ledger_events.inc_by(n);
-            }
-            Err(e) => tracing::error!(node = %self.id, "ledger append failed: {e}"),
-        }
+        self.shared.counters.ledger_events.inc_by(events.len() as u64);
+        self.shared.journal.append(&self.id, now().as_micros(), events).await;
     }
 
     fn start(&mut self, order: qs_core::StartOrder) {

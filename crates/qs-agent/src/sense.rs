@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use sysinfo::{Pid, ProcessesToUpdate, System};
 
 /// Where GPU figures come from.
-pub trait GpuSource: Send {
+pub trait GpuSource: Send + Sync {
     /// What it is, for logs and `/health`.
     fn describe(&self) -> String;
     fn capacity(&self) -> Vec<GpuCapacity>;

@@ -135,6 +135,9 @@ pub struct Node {
     failures: FailureMemory,
     rng: Rng,
     placements: BTreeMap<u64, steward::Placement>,
+    /// Services whose placement just ended: reconcile them before the input returns, so a
+    /// steward with a backlog keeps its pipeline full instead of waiting for the next tick.
+    reconcile_soon: std::collections::BTreeSet<ServiceName>,
     services: BTreeMap<ServiceName, steward::Stewardship>,
     next_seq: u64,
     /// Round trips of capacity queries, for the adaptive gathering deadline.
@@ -178,6 +181,7 @@ impl Node {
             completed: VecDeque::new(),
             rng,
             placements: BTreeMap::new(),
+            reconcile_soon: Default::default(),
             services: BTreeMap::new(),
             next_seq: 0,
             next_heartbeat: first_beat,
@@ -209,6 +213,14 @@ impl Node {
                     h.serving = serving;
                 }
             }
+        }
+        self.reconcile_pending(now, reg);
+    }
+
+    /// Reconciles the services whose placements ended during this input.
+    fn reconcile_pending(&mut self, now: Time, reg: &Registry) {
+        while let Some(service) = self.reconcile_soon.pop_first() {
+            self.reconcile_service(&service, now, reg);
         }
     }
 
