@@ -136,8 +136,15 @@ impl Executor {
             return Err(ExecError::AlreadyRunning { instance });
         }
         if self.noop {
-            let running = Running { pid: 0, port: 0, command: launch.command };
-            let child = Child { running: running.clone(), stop_reason: Arc::default() };
+            let running = Running {
+                pid: 0,
+                port: 0,
+                command: launch.command,
+            };
+            let child = Child {
+                running: running.clone(),
+                stop_reason: Arc::default(),
+            };
             lock(&self.children).insert(instance, child);
             return Ok(running);
         }
@@ -252,7 +259,12 @@ impl Executor {
     /// The exit is reported with [`ExitOutcome::Stopped`] and `reason`.
     pub fn stop(&self, instance: &InstanceId, reason: &str) -> bool {
         if self.noop {
-            return self.end_noop(instance, ExitOutcome::Stopped { reason: reason.to_owned() });
+            return self.end_noop(
+                instance,
+                ExitOutcome::Stopped {
+                    reason: reason.to_owned(),
+                },
+            );
         }
         let pid = {
             let children = lock(&self.children);
@@ -281,7 +293,9 @@ impl Executor {
     /// reported as a crash, not a stop.
     pub fn kill(&self, instance: &InstanceId) -> bool {
         if self.noop {
-            let outcome = ExitOutcome::Crashed { reason: "killed (no-op executor)".into() };
+            let outcome = ExitOutcome::Crashed {
+                reason: "killed (no-op executor)".into(),
+            };
             return self.end_noop(instance, outcome);
         }
         let pid = lock(&self.children).get(instance).map(|c| c.running.pid);
@@ -298,7 +312,10 @@ impl Executor {
         if lock(&self.children).remove(instance).is_none() {
             return false;
         }
-        self.report(Exit { instance: instance.clone(), outcome });
+        self.report(Exit {
+            instance: instance.clone(),
+            outcome,
+        });
         true
     }
 

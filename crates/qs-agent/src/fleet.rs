@@ -29,6 +29,8 @@ pub struct FleetOptions {
     /// One real machine (`qs agent`): sense the whole host and its GPUs through NVML.
     /// Otherwise every node is virtual: sensed by its own instances, with simulated GPUs.
     pub host: bool,
+    /// Start no processes (the no-op executor double): for benchmarks of the decision path.
+    pub noop_executor: bool,
 }
 
 /// Why a fleet could not start.
@@ -112,6 +114,7 @@ impl EmbeddedFleet {
                 },
                 sense_every: opts.sense_every,
                 stop_grace: opts.stop_grace,
+                noop_executor: opts.noop_executor,
             };
             let rx = stop_rx.clone();
             let id = spec.id.clone();

@@ -178,6 +178,8 @@ pub struct NodeSetup<F: Fabric> {
     pub sense: SenseMode,
     pub sense_every: Duration,
     pub stop_grace: Duration,
+    /// Use the no-op executor double instead of real processes.
+    pub noop_executor: bool,
 }
 
 struct Runtime<F: Fabric> {
@@ -230,7 +232,11 @@ pub async fn run_node<F: Fabric>(
         id: id.clone(),
         fabric,
         shared: setup.shared.clone(),
-        exec: Executor::new(node_dir.join("logs"), setup.stop_grace, exit_tx),
+        exec: if setup.noop_executor {
+            Executor::noop(exit_tx)
+        } else {
+            Executor::new(node_dir.join("logs"), setup.stop_grace, exit_tx)
+        },
         gpus: setup.gpus,
         sense: setup.sense,
         seq: 0,
@@ -330,8 +336,14 @@ impl<F: Fabric> Runtime<F> {
         if events.is_empty() {
             return;
         }
-        self.shared.counters.ledger_events.inc_by(events.len() as u64);
-        self.shared.journal.append(&self.id, now().as_micros(), events).await;
+        self.shared
+            .counters
+            .ledger_events
+            .inc_by(events.len() as u64);
+        self.shared
+            .journal
+            .append(&self.id, now().as_micros(), events)
+            .await;
     }
 
     fn start(&mut self, order: qs_core::StartOrder) {

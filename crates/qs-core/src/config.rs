@@ -53,6 +53,9 @@ pub struct Config {
     pub heartbeat_ms: u64,
     /// A node silent this long is declared dead (4 heartbeats by default).
     pub dead_after_ms: u64,
+    /// A starting node listens this long before it acts as a steward, so its view of who is
+    /// alive (and so of who stewards what) is complete.
+    pub join_settle_ms: u64,
     /// Fleets with more live nodes than this are queried by weighted sample.
     pub query_all_below: usize,
     /// Nodes asked per capacity query in large fleets (power of d choices).
@@ -97,6 +100,7 @@ impl Default for Config {
             gate_min: 0.3,
             heartbeat_ms: 250,
             dead_after_ms: 1000,
+            join_settle_ms: 1000,
             query_all_below: 32,
             query_sample: 8,
             query_timeout_min_ms: 5,

@@ -20,7 +20,7 @@ fn seed_fleet() -> Vec<NodeSpec> {
 /// period), with invariant checks on.
 fn seed_sim(seed: u64) -> Sim {
     let config = Config::default();
-    let ready = Time::from_millis(config.dead_after_ms + 100);
+    let ready = Time::from_millis(config.join_settle_ms + 100);
     let mut sim = Sim::new(&seed_fleet(), 3, config, Network::lan_and_vpn(), seed);
     sim.keep_records(true);
     sim.check_invariants(true);

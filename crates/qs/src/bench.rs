@@ -73,3 +73,173 @@ pub fn placement_suite(sizes: &[usize], placements: usize, repeats: usize, seed:
         }
     }
 }
+
+/// `qs bench fleet`: an embedded fleet of `nodes` virtual nodes, each a full agent runtime
+/// (its own core, registry, envelopes over the in-memory fabric, group-committed ledger),
+/// with the no-op executor double so the figure is the orchestration path, not process
+/// start-up. Heartbeats are slowed to 30 s during the run: at 250 ms, 1,000 nodes that each
+/// hear every other would spend the machine on heartbeats alone.
+pub fn fleet_suite(nodes: usize, placements: usize) -> anyhow::Result<()> {
+    use qs_agent::fleet::{EmbeddedFleet, FleetOptions};
+    use std::time::{Duration, Instant};
+    // QS_BENCH_STATE_DIR keeps the run's ledger for inspection (`qs events --ledger`).
+    let keep = std::env::var_os("QS_BENCH_STATE_DIR").map(std::path::PathBuf::from);
+    let state_dir = keep.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("qs-bench-fleet-{}", std::process::id()))
+    });
+    let _ = std::fs::remove_dir_all(&state_dir);
+    let config = qs_core::Config {
+        heartbeat_ms: 30_000,
+        dead_after_ms: 120_000,
+        join_settle_ms: 2_000,
+        pending_timeout_ms: 300_000,
+        ..qs_core::Config::default()
+    };
+    let specs: Vec<qs_wire::NodeSpec> = (0..nodes)
+        .map(|i| qs_wire::NodeSpec {
+            id: qs_wire::NodeId::new(&format!("v{i}")).expect("generated names are valid"),
+            level: (i % 3) as u8,
+            labels: Default::default(),
+            capacity: qs_wire::Capacity {
+                cpu_millicores: 64_000,
+                memory_bytes: 256 << 30,
+                gpus: vec![],
+            },
+        })
+        .collect();
+    let per_service = (nodes / 2).clamp(1, 500);
+    let services = placements.div_ceil(per_service);
+    let mut doc = String::new();
+    for s in 0..services {
+        let n = per_service.min(placements - s * per_service);
+        doc.push_str(&format!(
+            "[service.bench-{s}]\nreplicas = {n}\ncommand = \"no-op\"\nresources = {{ cpu_cores = 0.01, memory_mib = 1 }}\n"
+        ));
+    }
+    let doc = qs_wire::parse_spec("bench.toml", &doc)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let (join_s, place_s, placed) = rt.block_on(async {
+        let started = Instant::now();
+        let fleet = EmbeddedFleet::start(FleetOptions {
+            state_dir: state_dir.clone(),
+            listen: "127.0.0.1:0".parse().expect("a valid address"),
+            nodes: specs,
+            config,
+            sense_every: Duration::from_secs(3600),
+            stop_grace: Duration::from_secs(1),
+            seed: 1,
+            host: false,
+            noop_executor: true,
+        })
+        .await?;
+        let joined = |f: &EmbeddedFleet| {
+            f.shared
+                .views
+                .read()
+                .is_ok_and(|v| v.len() == nodes && v.values().all(|n| n.live_peers == nodes))
+        };
+        while !joined(&fleet) {
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(600),
+                "the fleet did not join in 600 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Every node must be ready to steward before the clock starts.
+        tokio::time::sleep(Duration::from_millis(2_000)).await;
+        let join_s = started.elapsed().as_secs_f64();
+        let before = fleet.shared.counters.placements.get();
+        let t0 = Instant::now();
+        qs_agent::runtime::put_specs(&fleet.fabric, &doc).await?;
+        let target = before + placements as u64;
+        while fleet.shared.counters.placements.get() < target {
+            anyhow::ensure!(
+                t0.elapsed() < Duration::from_secs(600),
+                "placements did not finish in 600 s"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let place_s = t0.elapsed().as_secs_f64();
+        let placed = fleet.shared.counters.placements.get() - before;
+        fleet.shutdown().await;
+        anyhow::Ok((join_s, place_s, placed))
+    })?;
+    if keep.is_none() {
+        let _ = std::fs::remove_dir_all(&state_dir);
+    }
+    emit(
+        "fleet",
+        format!("placements_per_s.nodes_{nodes}"),
+        (placed as f64 / place_s).round(),
+        "1/s",
+    );
+    emit(
+        "fleet",
+        format!("placements.nodes_{nodes}"),
+        placed as f64,
+        "placements",
+    );
+    emit(
+        "fleet",
+        format!("join_time.nodes_{nodes}"),
+        (join_s * 100.0).round() / 100.0,
+        "s",
+    );
+    let rss = idle_rss_kib()?;
+    emit(
+        "fleet",
+        "agent_idle_rss".into(),
+        (rss as f64 / 1024.0 * 10.0).round() / 10.0,
+        "MiB",
+    );
+    Ok(())
+}
+
+/// Starts `qs agent` (one real node, host sensing) on a free port, waits until it answers,
+/// lets it idle, and reads its resident memory.
+fn idle_rss_kib() -> anyhow::Result<u64> {
+    use std::time::{Duration, Instant};
+    let exe = std::env::current_exe()?;
+    let dir = std::env::temp_dir().join(format!("qs-bench-rss-{}", std::process::id()));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut child = std::process::Command::new(exe)
+        .args([
+            "agent",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--state-dir",
+        ])
+        .arg(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let api = format!("http://127.0.0.1:{port}");
+    let start = Instant::now();
+    let result = (|| {
+        while crate::client::request(&api, "GET", "/health", None, Duration::from_secs(2)).is_err()
+        {
+            anyhow::ensure!(
+                start.elapsed() < Duration::from_secs(30),
+                "qs agent did not answer in 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_secs(3)); // idle: a few heartbeats and sensor samples
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no VmRSS in /proc/{}/status", child.id()))
+    })();
+    // SAFETY: signalling our own child: SIGTERM, so the agent stops cleanly.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}

@@ -184,6 +184,14 @@ enum ChaosAction {
 
 #[derive(Subcommand, Debug)]
 enum BenchSuite {
+    /// An embedded fleet of virtual nodes through the whole agent path (no-op executor), and
+    /// the idle memory of `qs agent`.
+    Fleet {
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(2..=5_000))]
+        nodes: u64,
+        #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        placements: u64,
+    },
     /// Core placement decisions per second for growing fleets, and the cost growth.
     Placement {
         /// Fleet sizes, comma separated.
@@ -286,6 +294,9 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Bench {
+            suite: BenchSuite::Fleet { nodes, placements },
+        } => crate::bench::fleet_suite(nodes as usize, placements as usize),
         Command::Bench {
             suite:
                 BenchSuite::Placement {

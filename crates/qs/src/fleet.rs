@@ -79,6 +79,7 @@ pub fn up(opts: Up) -> Result<()> {
             stop_grace: Duration::from_secs(5),
             seed: 1,
             host: opts.host,
+            noop_executor: false,
         })
         .await?;
         println!(

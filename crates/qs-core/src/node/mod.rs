@@ -144,8 +144,8 @@ pub struct Node {
     rtt: RttEstimator,
     next_heartbeat: Time,
     next_reconcile: Time,
-    /// No steward work before this: a node first listens for one failure-detection period,
-    /// so its view of who is alive (and so of who stewards what) is complete.
+    /// No steward work before this: a node first listens for `join_settle_ms`, so its view
+    /// of who is alive (and so of who stewards what) is complete.
     ready_at: Time,
     out: VecDeque<Output>,
 }
@@ -155,8 +155,10 @@ impl Node {
     /// within one interval so a fleet started together does not beat in step.
     pub fn new(spec: &NodeSpec, config: Config, seed: u64, now: Time) -> Node {
         let mut rng = Rng::seeded(seed);
-        let first_beat = now + ms(rng.below(config.heartbeat_ms.max(1)));
-        let ready_at = now + ms(config.dead_after_ms);
+        // Announce soon after start (jittered, so a fleet started together does not beat in
+        // step), whatever the heartbeat period.
+        let first_beat = now + ms(rng.below(config.heartbeat_ms.clamp(1, 250)));
+        let ready_at = now + ms(config.join_settle_ms);
         Node {
             id: spec.id.clone(),
             level: spec.level,
@@ -199,8 +201,8 @@ impl Node {
             Input::Message { from, msg } => self.on_message(from, msg, now, reg),
             Input::Exited { instance, outcome } => self.on_exit(&instance, outcome, now),
             Input::Reconcile => {
-                self.reconcile(now, reg);
                 self.next_reconcile = now + ms(self.config.heartbeat_ms);
+                self.reconcile(now, reg);
             }
             Input::ReconcileService(service) => self.reconcile_service(&service, now, reg),
             Input::ApprovePromotion { service } => self.approve_promotion(&service, now, reg),
@@ -245,9 +247,10 @@ impl Node {
             self.next_heartbeat = now + ms(self.config.heartbeat_ms);
         }
         if now >= self.next_reconcile {
+            // Set first: reconciling may ask for an earlier wake-up (a cooldown ending).
+            self.next_reconcile = now + ms(self.config.heartbeat_ms);
             self.stop_unwanted(reg);
             self.reconcile(now, reg);
-            self.next_reconcile = now + ms(self.config.heartbeat_ms);
         }
         self.restart_due(now);
         self.on_deadlines(now, reg);

@@ -72,8 +72,8 @@ pub(crate) struct Stewardship {
     last_scale_out: Option<Time>,
     in_flight: u32,
     hot_in_flight: bool,
-    /// Accepted instances not yet seen in a heartbeat, with their deadline.
-    pending: BTreeMap<InstanceId, (Time, Role)>,
+    /// Accepted instances not yet seen in a heartbeat: deadline, role, host.
+    pending: BTreeMap<InstanceId, (Time, Role, NodeId)>,
     /// Instances ordered to stop, with the time after which we stop waiting.
     stopping: BTreeMap<InstanceId, Time>,
     promoting: Option<(InstanceId, Time)>,
@@ -171,7 +171,7 @@ impl Node {
             .services
             .entry(service.clone())
             .or_insert_with(|| Stewardship::new(now, settle_until));
-        st.pending.retain(|id, (deadline, _)| {
+        st.pending.retain(|id, (deadline, _, _)| {
             reg.instance(service, id).is_none() && !reg.is_completed(service, id) && *deadline > now
         });
         st.stopping
@@ -500,8 +500,32 @@ impl Node {
     /// Whom to ask: every live node in a small fleet, a weighted sample of `query_sample`
     /// in a large one. Nodes that can never fit (labels, GPU size) are not asked.
     fn candidates(&mut self, demand: &Demand, reg: &Registry) -> (Vec<NodeId>, bool) {
+        // Anti-affinity: nodes known (from heartbeats, or from dispatches accepted since) to
+        // run as many instances as the pattern allows would only decline.
+        let mut per_node: BTreeMap<&NodeId, u32> = BTreeMap::new();
+        for (_, r) in reg.instances_of(&demand.service) {
+            *per_node.entry(&r.node).or_default() += 1;
+        }
+        if let Some(st) = self.services.get(&demand.service) {
+            for (_, _, node) in st.pending.values() {
+                *per_node.entry(node).or_default() += 1;
+            }
+        }
+        for p in self.placements.values() {
+            if p.demand.service == demand.service
+                && let Stage::Dispatching { target, .. } = &p.stage
+            {
+                *per_node.entry(target).or_default() += 1;
+            }
+        }
+        let full: BTreeSet<NodeId> = per_node
+            .into_iter()
+            .filter(|(_, n)| *n >= demand.max_per_node)
+            .map(|(node, _)| node.clone())
+            .collect();
         let accept = |n: &qs_wire::NodeStatus| {
             !n.draining
+                && !full.contains(&n.node)
                 && labels_match(&demand.labels, &n.labels)
                 && (!demand.need.needs_gpu()
                     || n.capacity
@@ -758,6 +782,10 @@ impl Node {
         let Some(p) = self.placements.remove(&seq) else {
             return;
         };
+        if matches!(end, End::Placed(_)) {
+            // Keep a backlog moving: reconcile this service before the input returns.
+            self.reconcile_soon.insert(p.demand.service.clone());
+        }
         let st = self.services.get_mut(&p.demand.service);
         match end {
             End::Placed(on) => {
@@ -768,7 +796,8 @@ impl Node {
                         st.last_scale_out = Some(now);
                     }
                     let deadline = now + ms(self.config.pending_timeout_ms);
-                    st.pending.insert(p.instance.clone(), (deadline, p.role));
+                    st.pending
+                        .insert(p.instance.clone(), (deadline, p.role, on.clone()));
                     st.last_fencing = st.last_fencing.max(p.fencing);
                 }
                 self.record(Event::Placed {
@@ -787,6 +816,8 @@ impl Node {
                         st.extra = st.extra.saturating_sub(1);
                     }
                     st.cooldown_until = now + ms(self.config.retry_backoff_max_ms);
+                    // Come back when the cooldown ends, not a whole reconcile period later.
+                    self.next_reconcile = self.next_reconcile.min(st.cooldown_until);
                     if p.demand.pattern.is_singleton() {
                         st.settle_until = now + ms(self.config.singleton_settle_ms);
                     }
