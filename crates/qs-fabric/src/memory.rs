@@ -10,7 +10,7 @@ use crate::{
     check_payload,
 };
 use bytes::Bytes;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use tokio::sync::mpsc;
@@ -23,6 +23,10 @@ struct Sub {
 #[derive(Default)]
 struct Inner {
     subs: BTreeMap<u64, Sub>,
+    /// Subscriptions to exact topics, by topic: a publish finds them without a scan.
+    exact: BTreeMap<Topic, BTreeSet<u64>>,
+    /// Subscriptions with wildcards, matched one by one.
+    patterns: BTreeSet<u64>,
     next_id: u64,
     buckets: BTreeMap<String, Arc<Mutex<Bucket>>>,
 }
@@ -49,7 +53,16 @@ struct SubGuard {
 impl Drop for SubGuard {
     fn drop(&mut self) {
         if let Some(inner) = self.inner.upgrade() {
-            lock(&inner).subs.remove(&self.id);
+            let mut inner = lock(&inner);
+            if let Some(sub) = inner.subs.remove(&self.id) {
+                inner.patterns.remove(&self.id);
+                if let Some(ids) = inner.exact.get_mut(&sub.pattern) {
+                    ids.remove(&self.id);
+                    if ids.is_empty() {
+                        inner.exact.remove(&sub.pattern);
+                    }
+                }
+            }
         }
     }
 }
@@ -78,7 +91,14 @@ impl MemoryFabric {
         }
         check_payload(&payload)?;
         let inner = lock(&self.inner);
-        for sub in inner.subs.values().filter(|s| s.pattern.matches(topic)) {
+        let exact = inner.exact.get(topic).into_iter().flatten();
+        let wild = inner
+            .patterns
+            .iter()
+            .filter(|id| inner.subs.get(id).is_some_and(|s| s.pattern.matches(topic)));
+        let mut ids: Vec<u64> = exact.chain(wild).copied().collect();
+        ids.sort_unstable(); // delivery order does not depend on how a subscriber subscribed
+        for sub in ids.iter().filter_map(|id| inner.subs.get(id)) {
             let msg = Incoming {
                 topic: topic.clone(),
                 payload: payload.clone(),
@@ -96,6 +116,11 @@ impl MemoryFabric {
         let mut inner = lock(&self.inner);
         let id = inner.next_id;
         inner.next_id += 1;
+        if topic.is_pattern() {
+            inner.patterns.insert(id);
+        } else {
+            inner.exact.entry(topic.clone()).or_default().insert(id);
+        }
         inner.subs.insert(
             id,
             Sub {
