@@ -25,8 +25,9 @@ struct Inner {
     subs: BTreeMap<u64, Sub>,
     /// Subscriptions to exact topics, by topic: a publish finds them without a scan.
     exact: BTreeMap<Topic, BTreeSet<u64>>,
-    /// Subscriptions with wildcards, matched one by one.
-    patterns: BTreeSet<u64>,
+    /// Subscriptions with wildcards, by their first token (`*` and `>` when that is the
+    /// wildcard): a publish matches only those that can match it.
+    patterns: BTreeMap<String, BTreeSet<u64>>,
     next_id: u64,
     buckets: BTreeMap<String, Arc<Mutex<Bucket>>>,
 }
@@ -36,6 +37,10 @@ struct Inner {
 pub struct MemoryFabric {
     inner: Arc<Mutex<Inner>>,
     dropped: Arc<AtomicU64>,
+}
+
+fn first_token(topic: &Topic) -> &str {
+    topic.as_str().split('.').next().unwrap_or("")
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -55,7 +60,13 @@ impl Drop for SubGuard {
         if let Some(inner) = self.inner.upgrade() {
             let mut inner = lock(&inner);
             if let Some(sub) = inner.subs.remove(&self.id) {
-                inner.patterns.remove(&self.id);
+                let head = first_token(&sub.pattern).to_owned();
+                if let Some(ids) = inner.patterns.get_mut(&head) {
+                    ids.remove(&self.id);
+                    if ids.is_empty() {
+                        inner.patterns.remove(&head);
+                    }
+                }
                 if let Some(ids) = inner.exact.get_mut(&sub.pattern) {
                     ids.remove(&self.id);
                     if ids.is_empty() {
@@ -92,9 +103,11 @@ impl MemoryFabric {
         check_payload(&payload)?;
         let inner = lock(&self.inner);
         let exact = inner.exact.get(topic).into_iter().flatten();
-        let wild = inner
-            .patterns
-            .iter()
+        let head = first_token(topic);
+        let wild = [head, "*", ">"]
+            .into_iter()
+            .filter_map(|h| inner.patterns.get(h))
+            .flatten()
             .filter(|id| inner.subs.get(id).is_some_and(|s| s.pattern.matches(topic)));
         let mut ids: Vec<u64> = exact.chain(wild).copied().collect();
         ids.sort_unstable(); // delivery order does not depend on how a subscriber subscribed
@@ -117,7 +130,8 @@ impl MemoryFabric {
         let id = inner.next_id;
         inner.next_id += 1;
         if topic.is_pattern() {
-            inner.patterns.insert(id);
+            let head = first_token(topic).to_owned();
+            inner.patterns.entry(head).or_default().insert(id);
         } else {
             inner.exact.entry(topic.clone()).or_default().insert(id);
         }
