@@ -50,6 +50,82 @@ pub enum FleetError {
     },
     #[error("a fleet needs at least one node")]
     NoNodes,
+    #[error("desired-state cache {path}: {message}")]
+    Cache { path: PathBuf, message: String },
+    #[error(transparent)]
+    Fabric(qs_fabric::FabricError),
+}
+
+/// The desired-state cache: a JSON file mirroring the specs KV.
+mod desired {
+    use super::FleetError;
+    use crate::runtime::SPECS_BUCKET;
+    use qs_fabric::{Fabric, Kv, KvEvent};
+    use qs_wire::{SpecDocument, WorkloadSpec};
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+    use tokio::sync::watch;
+
+    /// Reads the cache; a missing file is an empty desired state, a damaged one an error
+    /// that names it (nothing is applied from it).
+    pub fn load(path: &Path) -> Result<SpecDocument, FleetError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(SpecDocument::default());
+            }
+            Err(e) => {
+                return Err(FleetError::Cache {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                });
+            }
+        };
+        let workloads: Vec<WorkloadSpec> =
+            serde_json::from_str(&text).map_err(|e| FleetError::Cache {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        Ok(SpecDocument {
+            workloads,
+            nodes: vec![],
+        })
+    }
+
+    /// Mirrors every change of the specs KV into the cache file (written, then renamed).
+    pub async fn keep<F: Fabric>(fabric: F, path: PathBuf, mut stop: watch::Receiver<bool>) {
+        let Ok(kv) = fabric.kv(SPECS_BUCKET).await else {
+            return;
+        };
+        let Ok(mut watch) = kv.watch("").await else {
+            return;
+        };
+        let mut specs: BTreeMap<String, WorkloadSpec> = BTreeMap::new();
+        loop {
+            let event = tokio::select! {
+                _ = stop.changed() => return,
+                e = watch.next() => e,
+            };
+            match event {
+                Some(Ok(KvEvent::Put(e))) => {
+                    if let Ok(spec) = serde_json::from_slice::<WorkloadSpec>(&e.value) {
+                        specs.insert(e.key, spec);
+                    }
+                }
+                Some(Ok(KvEvent::Delete { key, .. })) => {
+                    specs.remove(&key);
+                }
+                Some(Err(e)) => tracing::warn!("desired-state cache: {e}"),
+                None => return,
+            }
+            let all: Vec<&WorkloadSpec> = specs.values().collect();
+            let tmp = path.with_extension("json.tmp");
+            let body = serde_json::to_vec_pretty(&all).expect("specs serialize");
+            if let Err(e) = std::fs::write(&tmp, body).and_then(|()| std::fs::rename(&tmp, &path)) {
+                tracing::error!("desired-state cache {}: {e}", path.display());
+            }
+        }
+    }
 }
 
 /// NVML for a real host when a driver is there; otherwise the GPUs the node declares,
@@ -99,6 +175,13 @@ impl EmbeddedFleet {
         let fabric = MemoryFabric::new();
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
+        // The desired-state cache: what was applied survives a restart of the process.
+        let cache = opts.state_dir.join("specs.json");
+        let doc = desired::load(&cache)?;
+        crate::runtime::put_specs(&fabric, &doc)
+            .await
+            .map_err(FleetError::Fabric)?;
+        tasks.spawn(desired::keep(fabric.clone(), cache, stop_rx.clone()));
         for (i, spec) in opts.nodes.iter().enumerate() {
             let setup = NodeSetup {
                 spec: spec.clone(),

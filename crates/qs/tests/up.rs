@@ -448,11 +448,11 @@ fn after_kill_9_a_restart_reaps_the_orphans_and_recovers() {
         wait_gone(&orphans),
         "the restarted agent reaped its predecessor's processes"
     );
-    // The desired state is re-applied (the embedded fabric is in memory), and it runs again.
-    up.apply(WEB);
+    // The desired state survived in the state directory: it runs again without re-applying.
     up.wait("two serving replicas again", |u| {
         u.serving("web").len() == 2
     });
+    assert!(up.serving("web").iter().all(|i| !orphans.contains(&i.2)));
     let ledger = up.events();
     assert!(ledger.iter().any(|e| {
         e["event"]["outcome"]["reason"]
@@ -557,4 +557,24 @@ fn draining_a_node_moves_its_instances_away() {
     assert!(!pressure, "a drain is not a failure");
     let (status, _) = up.http("POST", "/v1/nodes/nowhere/drain", "");
     assert_eq!(status, 404);
+}
+
+#[test]
+fn a_damaged_desired_state_cache_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("fleet.toml"), FLEET).unwrap();
+    std::fs::create_dir_all(dir.path().join("state")).unwrap();
+    std::fs::write(dir.path().join("state/specs.json"), "[{ not json").unwrap();
+    let port = free_port();
+    let out = qs()
+        .args(["up", "--fleet"])
+        .arg(dir.path().join("fleet.toml"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("specs.json") && err.contains("desired-state cache"), "{err}");
 }
