@@ -195,6 +195,8 @@ struct Runtime<F: Fabric> {
     health_failed: BTreeMap<InstanceId, String>,
     instance_file: InstanceFile,
     control_tx: mpsc::Sender<Control>,
+    /// Failure memory survives restarts here.
+    failures_file: PathBuf,
 }
 
 /// Runs one node until `stop` turns true; stops its instances before returning.
@@ -226,8 +228,12 @@ pub async fn run_node<F: Fabric>(
         .map_err(|e| e.to_string())?;
     let kv = fabric.kv(SPECS_BUCKET).await.map_err(|e| e.to_string())?;
     let mut specs = kv.watch("").await.map_err(|e| e.to_string())?;
+    let failures_file = node_dir.join("failures.json");
+    let mut node = Node::new(&setup.spec, setup.config.clone(), setup.seed, now());
+    node.restore_failures(load_failures(&failures_file), now());
     let mut rt = Runtime {
-        node: Node::new(&setup.spec, setup.config.clone(), setup.seed, now()),
+        failures_file,
+        node,
         reg: Registry::new(&setup.config),
         id: id.clone(),
         fabric,
@@ -328,6 +334,12 @@ impl<F: Fabric> Runtime<F> {
                 }
             }
         }
+        if records
+            .iter()
+            .any(|e| matches!(e, Event::PressureRaised { .. }))
+        {
+            self.save_failures();
+        }
         self.record(records).await;
         self.publish_view();
     }
@@ -381,6 +393,18 @@ impl<F: Fabric> Runtime<F> {
                 ));
             }
             Err(e) => tracing::error!(node = %self.id, "start failed: {e}"),
+        }
+    }
+
+    /// Writes failure memory (written, then renamed, so a crash leaves the old or the new).
+    fn save_failures(&self) {
+        let entries: Vec<(&ServiceName, u8, f64)> = self.node.failures().entries(now()).collect();
+        let tmp = self.failures_file.with_extension("json.tmp");
+        let body = serde_json::to_vec(&entries).expect("failure entries serialize");
+        if let Err(e) =
+            std::fs::write(&tmp, body).and_then(|()| std::fs::rename(&tmp, &self.failures_file))
+        {
+            tracing::error!(node = %self.id, "saving failure memory: {e}");
         }
     }
 
@@ -604,6 +628,20 @@ impl<F: Fabric> Runtime<F> {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(self.id.clone(), view);
+    }
+}
+
+/// Failure memory saved by a previous run; unreadable or absent means none (logged).
+fn load_failures(path: &std::path::Path) -> Vec<(ServiceName, u8, f64)> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text).unwrap_or_else(|e| {
+            tracing::warn!(
+                "{}: unreadable failure memory, starting without it: {e}",
+                path.display()
+            );
+            Vec::new()
+        }),
+        Err(_) => Vec::new(),
     }
 }
 

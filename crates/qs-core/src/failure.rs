@@ -78,6 +78,14 @@ impl FailureMemory {
         self.cap * (1.0 - (-weighted / FAILURE_SCALE).exp())
     }
 
+    /// Sets a remembered count as of `now` (restoring a snapshot taken with [`Self::entries`]).
+    pub fn restore(&mut self, service: ServiceName, bucket: u8, count: f64, now: Time) {
+        if count.is_finite() && count > 0.0 && self.entries.len() < MAX_ENTRIES {
+            let key = (service, bucket.min(LOAD_BUCKETS - 1));
+            self.entries.insert(key, Decayed { count, at: now });
+        }
+    }
+
     /// Every remembered (service, bucket, decayed count), for explanation and persistence.
     pub fn entries(&self, now: Time) -> impl Iterator<Item = (&ServiceName, u8, f64)> {
         self.entries
@@ -116,6 +124,21 @@ mod tests {
         let count = |m: &FailureMemory, t| m.entries(t).next().unwrap().2;
         assert!((count(&m, Time::from_millis(1000)) - 1.0).abs() < 1e-9);
         assert!(m.pressure(&svc(), 2, Time::from_millis(1000)) < m.pressure(&svc(), 2, Time::ZERO));
+    }
+
+    #[test]
+    fn a_snapshot_restores_the_same_pressure() {
+        let mut m = FailureMemory::new(ms(3_600_000), 0.9);
+        m.record(&svc(), 3, Time::ZERO);
+        m.record(&svc(), 3, Time::ZERO);
+        let now = Time::from_millis(60_000);
+        let mut fresh = FailureMemory::new(ms(3_600_000), 0.9);
+        for (s, b, c) in m.entries(now) {
+            fresh.restore(s.clone(), b, c, now);
+        }
+        assert!((fresh.pressure(&svc(), 3, now) - m.pressure(&svc(), 3, now)).abs() < 1e-12);
+        fresh.restore(svc(), 1, f64::NAN, now);
+        assert_eq!(fresh.entries(now).count(), 1, "bad counts are ignored");
     }
 
     #[test]

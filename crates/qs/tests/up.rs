@@ -576,5 +576,8 @@ fn a_damaged_desired_state_cache_is_refused_by_name() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("specs.json") && err.contains("desired-state cache"), "{err}");
+    assert!(
+        err.contains("specs.json") && err.contains("desired-state cache"),
+        "{err}"
+    );
 }

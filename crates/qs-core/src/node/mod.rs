@@ -336,6 +336,12 @@ impl Node {
     pub fn failures(&self) -> &FailureMemory {
         &self.failures
     }
+    /// Restores failure memory saved before a restart: (service, load bucket, count).
+    pub fn restore_failures(&mut self, entries: Vec<(ServiceName, u8, f64)>, now: Time) {
+        for (service, bucket, count) in entries {
+            self.failures.restore(service, bucket, count, now);
+        }
+    }
     pub fn is_draining(&self) -> bool {
         self.draining
     }
