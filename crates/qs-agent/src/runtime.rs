@@ -387,6 +387,7 @@ impl<F: Fabric> Runtime<F> {
                 tokio::spawn(monitor(
                     self.exec.clone(),
                     order.instance,
+                    running.pid,
                     running.port,
                     check,
                     self.control_tx.clone(),
@@ -645,16 +646,18 @@ fn load_failures(path: &std::path::Path) -> Vec<(ServiceName, u8, f64)> {
     }
 }
 
-/// Watches one instance's health until it is gone. Without a check, a process that stays up
+/// Watches the health of one process of an instance until that process is gone. Without a check, a process that stays up
 /// briefly counts as serving.
 async fn monitor(
     exec: Executor,
     instance: InstanceId,
+    pid: u32,
     port: u16,
     check: Option<qs_wire::HealthCheck>,
     control: mpsc::Sender<Control>,
 ) {
-    let running = |exec: &Executor| exec.running().contains_key(&instance);
+    // This monitor belongs to one process: a restart of the instance gets its own.
+    let running = |exec: &Executor| exec.running().get(&instance).is_some_and(|r| r.pid == pid);
     let Some(check) = check else {
         tokio::time::sleep(Duration::from_millis(200)).await;
         if running(&exec) {
