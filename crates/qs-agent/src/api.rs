@@ -417,7 +417,7 @@ async fn delete_spec<F: Fabric>(
     }
 }
 
-/// Kills an instance (kill -9 of its process group), wherever on this agent it runs.
+/// Kills an instance (kill -9 of its process group) or makes a node of this agent die.
 async fn chaos_kill<F: Fabric>(
     State(api): State<Arc<Api<F>>>,
     Path(target): Path<String>,
@@ -425,9 +425,26 @@ async fn chaos_kill<F: Fabric>(
     let Ok(instance) = InstanceId::new(&target) else {
         return error(
             StatusCode::BAD_REQUEST,
-            format!("{target:?} is not a valid instance id"),
+            format!("{target:?} is not a valid instance or node name"),
         );
     };
+    if let Ok(node) = NodeId::new(&target) {
+        let tx = api
+            .shared
+            .controls
+            .read()
+            .ok()
+            .and_then(|c| c.get(&node).cloned());
+        if let Some(tx) = tx {
+            return match tx.send(Control::Die).await {
+                Ok(()) => Json(json!({ "killed_node": node })).into_response(),
+                Err(_) => error(
+                    StatusCode::NOT_FOUND,
+                    format!("node {node} is already gone"),
+                ),
+            };
+        }
+    }
     let host = api.shared.views.read().ok().and_then(|v| {
         v.iter()
             .find(|(_, view)| view.instances.iter().any(|i| i.instance == instance))
@@ -436,7 +453,7 @@ async fn chaos_kill<F: Fabric>(
     let Some(node) = host else {
         return error(
             StatusCode::NOT_FOUND,
-            format!("no instance {instance} runs on this agent"),
+            format!("no instance or node {instance} on this agent"),
         );
     };
     let i = instance.clone();

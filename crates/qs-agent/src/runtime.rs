@@ -147,6 +147,9 @@ pub enum Control {
     ApprovePromotion(ServiceName),
     /// Start (`true`) or end a drain of this node.
     Drain(bool),
+    /// Chaos: this node dies at once, as a machine would (its instances get SIGKILL, it
+    /// stops talking); the fleet finds out from the silence.
+    Die,
     /// A health monitor's verdict.
     Health {
         instance: InstanceId,
@@ -260,6 +263,7 @@ pub async fn run_node<F: Fabric>(
         }])
         .await;
     }
+    let mut died = false;
     let mut sense_timer = tokio::time::interval(setup.sense_every);
     let mut expire_timer = tokio::time::interval(Duration::from_millis(100));
     loop {
@@ -273,13 +277,36 @@ pub async fn run_node<F: Fabric>(
             Some(m) = beats.next() => rt.on_heartbeat(&m.payload).await,
             Some(ev) = specs.next() => rt.on_spec(ev).await,
             Some(exit) = exits.recv() => rt.on_exit(exit).await,
-            Some(c) = controls.recv() => rt.on_control(c).await,
+            Some(c) = controls.recv() => {
+                if matches!(c, Control::Die) {
+                    died = true;
+                    break;
+                }
+                rt.on_control(c).await;
+            }
             _ = sense_timer.tick() => rt.on_sense().await,
             _ = expire_timer.tick() => rt.on_expire().await,
         }
         if *stop.borrow() {
             break;
         }
+    }
+    if died {
+        for instance in rt.exec.running().keys() {
+            rt.exec.kill(instance);
+        }
+        let shared = &rt.shared;
+        shared
+            .views
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        shared
+            .controls
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        return Ok(());
     }
     rt.exec.shutdown("agent stopping").await;
     while let Ok(exit) = exits.try_recv() {
@@ -506,6 +533,7 @@ impl<F: Fabric> Runtime<F> {
                 self.input(Input::ApprovePromotion { service }).await
             }
             Control::Drain(on) => self.input(Input::Drain(on)).await,
+            Control::Die => {} // handled by the loop
             Control::Health {
                 instance,
                 serving,

@@ -178,8 +178,8 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum ChaosAction {
-    /// kill -9 an instance's process group.
-    Kill { instance: String },
+    /// kill -9 an instance's process group, or make a node of this agent die.
+    Kill { target: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -245,8 +245,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Services { output } => crate::fleet::services(api, output),
         Command::Status { output } => crate::fleet::status(api, output),
         Command::Chaos {
-            action: ChaosAction::Kill { instance },
-        } => crate::fleet::chaos_kill(api, &instance),
+            action: ChaosAction::Kill { target },
+        } => crate::fleet::chaos_kill(api, &target),
         Command::Approve { service } => crate::fleet::approve(api, &service),
         Command::Drain {
             node,

@@ -367,11 +367,15 @@ pub fn chaos_kill(api: &str, target: &str) -> Result<()> {
         &format!("/v1/chaos/kill/{}", urlencode(target)),
         None,
     )?;
-    println!(
-        "killed {} on {} (kill -9 of its process group)",
-        s(&v["killed"]),
-        s(&v["node"])
-    );
+    if v["killed_node"].is_string() {
+        let node = s(&v["killed_node"]);
+        println!(
+            "node {node} died (its instances got SIGKILL; the fleet notices from its silence)"
+        );
+    } else {
+        let (instance, node) = (s(&v["killed"]), s(&v["node"]));
+        println!("killed {instance} on {node} (kill -9 of its process group)");
+    }
     Ok(())
 }
 

@@ -404,7 +404,7 @@ fn bad_input_gets_a_4xx_with_a_message() {
         "/v1/chaos/kill/ghost-1",
         "",
         404,
-        "no instance ghost-1",
+        "no instance or node ghost-1",
     );
     check(
         "GET",
@@ -579,5 +579,31 @@ fn a_damaged_desired_state_cache_is_refused_by_name() {
     assert!(
         err.contains("specs.json") && err.contains("desired-state cache"),
         "{err}"
+    );
+}
+
+#[test]
+fn a_dead_node_loses_its_instances_to_the_survivors() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(dir.path());
+    up.apply(WEB);
+    up.wait("two serving replicas", |u| u.serving("web").len() == 2);
+    let (_, node, pid, _) = up.serving("web")[0].clone();
+    let (status, v) = up.http("POST", &format!("/v1/chaos/kill/{node}"), "");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["killed_node"], node.as_str());
+    assert!(wait_gone(&[pid]), "the dead node's processes died with it");
+    up.wait("two serving replicas on the survivors", |u| {
+        let now = u.serving("web");
+        now.len() == 2 && now.iter().all(|i| i.1 != node)
+    });
+    let nodes = up.get("/v1/nodes");
+    assert!(
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["node"] != node.as_str()),
+        "{node} expired"
     );
 }
