@@ -110,11 +110,25 @@ impl Up {
     fn wait(&self, what: &str, mut done: impl FnMut(&Up) -> bool) {
         let start = Instant::now();
         while !done(self) {
-            assert!(
-                start.elapsed() < LIMIT,
-                "timed out waiting for {what}; log:\n{}",
-                self.log()
-            );
+            if start.elapsed() > LIMIT {
+                let (_, events) = self.http("GET", "/v1/events?from=0&limit=10000", "");
+                let tail: Vec<String> = events
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .rev()
+                            .take(40)
+                            .rev()
+                            .map(|e| e.to_string())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                panic!(
+                    "timed out waiting for {what}; log:\n{}\nlast events:\n{}",
+                    self.log(),
+                    tail.join("\n")
+                );
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
