@@ -57,14 +57,11 @@ fn bench_fleet(n: usize) -> Vec<NodeSpec> {
 /// Places `placements` single-replica gpu-inference services on a fleet of `nodes`, and
 /// measures the wall time from the first spec to the last placement (fleet set-up excluded).
 pub fn placement(nodes: usize, placements: usize, seed: u64) -> PlacementRun {
-    let mut sim = Sim::new(
-        &bench_fleet(nodes),
-        1,
-        Config::default(),
-        Network::instant(),
-        seed,
-    );
-    sim.run_until(Time::from_millis(300)); // every node's first heartbeat is in
+    let config = Config::default();
+    // Start once every node has heard every other and is ready to steward.
+    let ready = Time::from_millis(config.join_settle_ms + 100);
+    let mut sim = Sim::new(&bench_fleet(nodes), 1, config, Network::instant(), seed);
+    sim.run_until(ready);
     let need = Resources {
         cpu_millicores: 10,
         memory_bytes: 16 * MIB,
