@@ -39,23 +39,13 @@ enum Command {
         /// Nodes of the fleet (a spec file with [node.*] tables); default: this machine.
         #[arg(long)]
         fleet: Option<PathBuf>,
-        /// Spec files to apply at start.
-        #[arg(short = 'f', long = "apply")]
-        apply: Vec<PathBuf>,
-        #[arg(long, default_value = ".qs-state")]
-        state_dir: PathBuf,
-        #[arg(long, default_value = "127.0.0.1:7070")]
-        listen: SocketAddr,
+        #[command(flatten)]
+        serve: Serve,
     },
     /// Run this machine as one node: host sensing, NVML GPUs when present, HTTP API.
     Agent {
-        /// Spec files to apply at start.
-        #[arg(short = 'f', long = "apply")]
-        apply: Vec<PathBuf>,
-        #[arg(long, default_value = ".qs-state")]
-        state_dir: PathBuf,
-        #[arg(long, default_value = "127.0.0.1:7070")]
-        listen: SocketAddr,
+        #[command(flatten)]
+        serve: Serve,
     },
     /// Apply spec files to a running fleet (all of a file or nothing).
     Apply {
@@ -176,6 +166,21 @@ enum Command {
     },
 }
 
+/// What `qs up` and `qs agent` share: where state lives, where the API listens, what to
+/// apply at start.
+#[derive(clap::Args, Debug)]
+struct Serve {
+    /// Spec files to apply at start.
+    #[arg(short = 'f', long = "apply")]
+    apply: Vec<PathBuf>,
+    /// Where the ledger, instance logs and the desired-state cache live.
+    #[arg(long, default_value = ".qs-state")]
+    state_dir: PathBuf,
+    /// Where the HTTP API listens (loopback by default).
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+}
+
 #[derive(Subcommand, Debug)]
 enum ChaosAction {
     /// kill -9 an instance's process group, or make a node of this agent die.
@@ -212,30 +217,20 @@ enum BenchSuite {
 pub fn run(cli: Cli) -> Result<()> {
     let api = cli.api.as_str();
     match cli.command {
-        Command::Up {
+        Command::Up { demo, fleet, serve } => crate::fleet::up(crate::fleet::Up {
             demo,
+            state_dir: serve.state_dir,
+            listen: serve.listen,
             fleet,
-            apply,
-            state_dir,
-            listen,
-        } => crate::fleet::up(crate::fleet::Up {
-            demo,
-            state_dir,
-            listen,
-            fleet,
-            apply,
+            apply: serve.apply,
             host: false,
         }),
-        Command::Agent {
-            apply,
-            state_dir,
-            listen,
-        } => crate::fleet::up(crate::fleet::Up {
+        Command::Agent { serve } => crate::fleet::up(crate::fleet::Up {
             demo: false,
-            state_dir,
-            listen,
+            state_dir: serve.state_dir,
+            listen: serve.listen,
             fleet: None,
-            apply,
+            apply: serve.apply,
             host: true,
         }),
         Command::Apply { files } => crate::fleet::apply(api, &files),

@@ -101,6 +101,14 @@ impl Up {
         v
     }
 
+    /// A fleet running [`WEB`] with its two replicas serving.
+    fn with_web(dir: &std::path::Path) -> Up {
+        let up = Up::start(dir);
+        up.apply(WEB);
+        up.wait("two serving replicas", |u| u.serving("web").len() == 2);
+        up
+    }
+
     fn apply(&self, spec: &str) {
         let (status, v) = self.http("POST", "/v1/specs?file=test.toml", spec);
         assert_eq!(status, 200, "{v}");
@@ -251,9 +259,7 @@ health = { kind = "http", path = "/health", interval_ms = 200 }
 #[test]
 fn a_crashed_instance_restarts_in_place_then_moves_and_its_node_remembers() {
     let dir = tempfile::tempdir().unwrap();
-    let up = Up::start(dir.path());
-    up.apply(WEB);
-    up.wait("two serving replicas", |u| u.serving("web").len() == 2);
+    let up = Up::with_web(dir.path());
     let before = up.serving("web");
     assert_ne!(
         before[0].1, before[1].1,
@@ -435,9 +441,7 @@ fn bad_input_gets_a_4xx_with_a_message() {
 #[test]
 fn sigterm_stops_every_instance() {
     let dir = tempfile::tempdir().unwrap();
-    let mut up = Up::start(dir.path());
-    up.apply(WEB);
-    up.wait("two serving replicas", |u| u.serving("web").len() == 2);
+    let mut up = Up::with_web(dir.path());
     let pids: Vec<u32> = up.serving("web").iter().map(|i| i.2).collect();
     let status = up.signal(libc::SIGTERM);
     assert!(status.success(), "{status:?}");
@@ -447,9 +451,7 @@ fn sigterm_stops_every_instance() {
 #[test]
 fn after_kill_9_a_restart_reaps_the_orphans_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
-    let mut up = Up::start(dir.path());
-    up.apply(WEB);
-    up.wait("two serving replicas", |u| u.serving("web").len() == 2);
+    let mut up = Up::with_web(dir.path());
     let orphans: Vec<u32> = up.serving("web").iter().map(|i| i.2).collect();
     up.signal(libc::SIGKILL);
     assert!(
@@ -536,9 +538,7 @@ fn a_name_resolves_through_dnsmasq_before_and_after_its_instance_moves() {
 #[test]
 fn draining_a_node_moves_its_instances_away() {
     let dir = tempfile::tempdir().unwrap();
-    let up = Up::start(dir.path());
-    up.apply(WEB);
-    up.wait("two serving replicas", |u| u.serving("web").len() == 2);
+    let up = Up::with_web(dir.path());
     let node = up.serving("web")[0].1.clone();
     let out = qs()
         .args(["--api", &up.api, "drain", &node, "--timeout-s", "30"])
@@ -599,9 +599,7 @@ fn a_damaged_desired_state_cache_is_refused_by_name() {
 #[test]
 fn a_dead_node_loses_its_instances_to_the_survivors() {
     let dir = tempfile::tempdir().unwrap();
-    let up = Up::start(dir.path());
-    up.apply(WEB);
-    up.wait("two serving replicas", |u| u.serving("web").len() == 2);
+    let up = Up::with_web(dir.path());
     let (_, node, pid, _) = up.serving("web")[0].clone();
     let (status, v) = up.http("POST", &format!("/v1/chaos/kill/{node}"), "");
     assert_eq!(status, 200, "{v}");
