@@ -150,6 +150,7 @@ pub struct EmbeddedFleet {
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
     writer: tokio::task::JoinHandle<()>,
+    writer_stop: watch::Sender<bool>,
 }
 
 impl EmbeddedFleet {
@@ -162,7 +163,8 @@ impl EmbeddedFleet {
             source,
         })?;
         let ledger = Arc::new(Ledger::open(opts.state_dir.join("ledger.redb"))?);
-        let (journal, writer) = crate::journal::Journal::start(ledger.clone());
+        let (writer_stop, writer_stop_rx) = watch::channel(false);
+        let (journal, writer) = crate::journal::Journal::start(ledger.clone(), writer_stop_rx);
         let shared = Arc::new(Shared {
             ledger,
             journal,
@@ -234,6 +236,7 @@ impl EmbeddedFleet {
             stop,
             tasks,
             writer,
+            writer_stop,
         })
     }
 
@@ -242,7 +245,8 @@ impl EmbeddedFleet {
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
         while self.tasks.join_next().await.is_some() {}
-        drop(self.shared);
+        // Every runtime has recorded its last events: let the writer commit them and end.
+        let _ = self.writer_stop.send(true);
         let _ = self.writer.await;
     }
 }

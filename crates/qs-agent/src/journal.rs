@@ -5,7 +5,7 @@
 use qs_store::Ledger;
 use qs_wire::{Event, NodeId, Record};
 use std::sync::Arc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// Records waiting for the writer at most.
 pub const QUEUE: usize = 65_536;
@@ -19,11 +19,14 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Starts the writer task; it ends when every `Journal` clone is dropped, after
-    /// committing what was queued.
-    pub fn start(ledger: Arc<Ledger>) -> (Journal, tokio::task::JoinHandle<()>) {
+    /// Starts the writer task. It ends when `stop` turns true (after committing everything
+    /// queued by then) or when every `Journal` clone is dropped.
+    pub fn start(
+        ledger: Arc<Ledger>,
+        stop: watch::Receiver<bool>,
+    ) -> (Journal, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        (Journal { tx }, tokio::spawn(write(ledger, rx)))
+        (Journal { tx }, tokio::spawn(write(ledger, rx, stop)))
     }
 
     /// Queues events written by `node` at `at_us` (waits while the queue is full).
@@ -43,16 +46,36 @@ impl Journal {
     }
 }
 
-async fn write(ledger: Arc<Ledger>, mut rx: mpsc::Receiver<Record>) {
+async fn write(
+    ledger: Arc<Ledger>,
+    mut rx: mpsc::Receiver<Record>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut batch = Vec::with_capacity(BATCH);
-    while rx.recv_many(&mut batch, BATCH).await > 0 {
-        let records = std::mem::take(&mut batch);
-        let ledger = ledger.clone();
-        let result = tokio::task::spawn_blocking(move || ledger.append_records(&records)).await;
-        match result {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::error!("ledger append failed: {e}"),
-            Err(e) => tracing::error!("ledger writer failed: {e}"),
+    loop {
+        let n = tokio::select! {
+            n = rx.recv_many(&mut batch, BATCH) => n,
+            _ = stop.changed() => {
+                // Take nothing new; commit what is queued, then end.
+                rx.close();
+                while rx.recv_many(&mut batch, BATCH).await > 0 {
+                    commit(&ledger, std::mem::take(&mut batch)).await;
+                }
+                return;
+            }
+        };
+        if n == 0 {
+            return;
         }
+        commit(&ledger, std::mem::take(&mut batch)).await;
+    }
+}
+
+async fn commit(ledger: &Arc<Ledger>, records: Vec<Record>) {
+    let ledger = ledger.clone();
+    match tokio::task::spawn_blocking(move || ledger.append_records(&records)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::error!("ledger append failed: {e}"),
+        Err(e) => tracing::error!("ledger writer failed: {e}"),
     }
 }

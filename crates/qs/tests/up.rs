@@ -619,3 +619,31 @@ fn a_dead_node_loses_its_instances_to_the_survivors() {
         "{node} expired"
     );
 }
+
+/// The README's run command stops cleanly on SIGTERM while its story is under way.
+#[test]
+fn the_demo_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let log = std::fs::File::create(dir.path().join("qs-up-demo.log")).unwrap();
+    let child = qs()
+        .args(["up", "--demo", "--state-dir"])
+        .arg(dir.path().join("state"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut up = Up {
+        child: Some(child),
+        api: format!("http://127.0.0.1:{port}"),
+        dir: dir.path().to_path_buf(),
+    };
+    up.wait("the demo's services", |u| {
+        let (status, v) = u.http("GET", "/v1/services", "");
+        status == 200 && v.as_array().is_some_and(|a| a.len() >= 4)
+    });
+    let status = up.signal(libc::SIGTERM);
+    assert!(status.success(), "{status:?}; log:\n{}", up.log());
+    assert!(up.log().contains("qs up: stopped"), "{}", up.log());
+}
