@@ -259,8 +259,10 @@ async fn nodes<F: Fabric>(State(api): State<Arc<Api<F>>>, Query(q): Query<NodesQ
             .await
         {
             rows.push(match answer {
-                Ok(offer) => json!({ "node": node, "offer": offer, "passes_gate": offer.composite.value > 0.3 }),
-                Err(reason) => json!({ "node": node, "declines": reason, "reason": reason.to_string() }),
+                Ok(e) => json!({ "node": node, "offer": e.offer, "passes_gate": e.passes_gate }),
+                Err(reason) => {
+                    json!({ "node": node, "declines": reason, "reason": reason.to_string() })
+                }
             });
         }
     }

@@ -128,12 +128,19 @@ impl From<&RunningInstance> for InstanceRow {
     }
 }
 
+/// A node's offer for a service and its own gate's verdict on it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Explained {
+    pub offer: Offer,
+    pub passes_gate: bool,
+}
+
 /// Requests to a node runtime.
 pub enum Control {
     /// What this node would offer for a service now.
     Explain {
         service: ServiceName,
-        reply: oneshot::Sender<Option<Result<Offer, DeclineReason>>>,
+        reply: oneshot::Sender<Option<Result<Explained, DeclineReason>>>,
     },
     /// This node's registry.
     Registry {
@@ -395,7 +402,7 @@ impl<F: Fabric> Runtime<F> {
                     reason: format!("{} has no command to run", order.service),
                 },
             };
-            let tx = self.exec_exits();
+            let tx = self.exec.exits();
             tokio::spawn(async move {
                 let _ = tx.send(exit).await;
             });
@@ -434,10 +441,6 @@ impl<F: Fabric> Runtime<F> {
         {
             tracing::error!(node = %self.id, "saving failure memory: {e}");
         }
-    }
-
-    fn exec_exits(&self) -> mpsc::Sender<Exit> {
-        self.exec.exits()
     }
 
     async fn on_message(&mut self, payload: &[u8]) {
@@ -516,10 +519,17 @@ impl<F: Fabric> Runtime<F> {
     async fn on_control(&mut self, c: Control) {
         match c {
             Control::Explain { service, reply } => {
-                let answer = self
-                    .reg
-                    .spec(&service)
-                    .map(|s| self.node.offer_for(&Demand::of(s), now(), &self.reg));
+                let gate = qs_core::Gate {
+                    min: self.node.config().gate_min,
+                };
+                let answer = self.reg.spec(&service).map(|s| {
+                    self.node
+                        .offer_for(&Demand::of(s), now(), &self.reg)
+                        .map(|offer| Explained {
+                            passes_gate: gate.admits(&offer.composite),
+                            offer,
+                        })
+                });
                 let _ = reply.send(answer);
             }
             Control::Registry { reply } => {

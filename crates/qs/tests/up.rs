@@ -196,6 +196,18 @@ impl Up {
         }
     }
 
+    /// This node's row of `/v1/nodes?explain=SERVICE`.
+    fn explain(&self, service: &str, node: &str) -> Value {
+        let explain = self.get(&format!("/v1/nodes?explain={service}"));
+        explain["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["node"] == node)
+            .unwrap_or_else(|| panic!("{node} is not in {explain}"))
+            .clone()
+    }
+
     fn events(&self) -> Vec<Value> {
         self.get("/v1/events?from=0&limit=10000")
             .as_array()
@@ -304,14 +316,7 @@ fn a_crashed_instance_restarts_in_place_then_moves_and_its_node_remembers() {
         raised, 3,
         "{node}'s pressure for web rose with each failure"
     );
-    let explain = up.get("/v1/nodes?explain=web");
-    let row = explain["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["node"] == node.as_str())
-        .unwrap()
-        .clone();
+    let row = up.explain("web", &node);
     // The node may decline now (if it runs the replacement); if it offers, pressure shows.
     if let Some(p) = row["offer"]["composite"]["pressure"].as_f64() {
         assert!(p > 0.3, "{row}");
@@ -555,14 +560,7 @@ fn draining_a_node_moves_its_instances_away() {
         let now = u.serving("web");
         now.len() == 2 && now.iter().all(|i| i.1 != node)
     });
-    let explain = up.get("/v1/nodes?explain=web");
-    let row = explain["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["node"] == node.as_str())
-        .unwrap()
-        .clone();
+    let row = up.explain("web", &node);
     assert_eq!(row["declines"]["why"], "draining", "{row}");
     let pressure = up
         .events()
