@@ -340,6 +340,18 @@ impl Executor {
         }
     }
 
+    /// One instance's process, if it runs.
+    pub fn running_one(&self, instance: &InstanceId) -> Option<Running> {
+        lock(&self.children)
+            .get(instance)
+            .map(|c| c.running.clone())
+    }
+
+    /// The pid of one instance's process, if it runs.
+    pub fn pid_of(&self, instance: &InstanceId) -> Option<u32> {
+        lock(&self.children).get(instance).map(|c| c.running.pid)
+    }
+
     /// What runs now, by instance.
     pub fn running(&self) -> BTreeMap<InstanceId, Running> {
         lock(&self.children)

@@ -3,6 +3,7 @@
 //! would over NATS, and they share the process's ledger, sensor and HTTP API.
 
 use crate::api;
+use crate::membership::Membership;
 use crate::runtime::{NodeSetup, SenseMode, Shared, run_node};
 use crate::sense::{Sensor, SimulatedGpus};
 use qs_core::Config;
@@ -92,6 +93,10 @@ mod desired {
         })
     }
 
+    /// How long changes are gathered before the file is rewritten: applying a document of
+    /// two thousand services writes it once, not two thousand times.
+    const GATHER: std::time::Duration = std::time::Duration::from_millis(100);
+
     /// Mirrors every change of the specs KV into the cache file (written, then renamed).
     pub async fn keep<F: Fabric>(fabric: F, path: PathBuf, mut stop: watch::Receiver<bool>) {
         let Ok(kv) = fabric.kv(SPECS_BUCKET).await else {
@@ -101,29 +106,43 @@ mod desired {
             return;
         };
         let mut specs: BTreeMap<String, WorkloadSpec> = BTreeMap::new();
+        let mut due: Option<tokio::time::Instant> = None;
         loop {
-            let event = tokio::select! {
-                _ = stop.changed() => return,
-                e = watch.next() => e,
-            };
-            match event {
-                Some(Ok(KvEvent::Put(e))) => {
-                    if let Ok(spec) = serde_json::from_slice::<WorkloadSpec>(&e.value) {
-                        specs.insert(e.key, spec);
+            let write_at = due.unwrap_or_else(|| tokio::time::Instant::now() + GATHER);
+            tokio::select! {
+                _ = stop.changed() => break,
+                _ = tokio::time::sleep_until(write_at), if due.is_some() => {
+                    due = None;
+                    write(&path, &specs);
+                    continue;
+                }
+                e = watch.next() => match e {
+                    Some(Ok(KvEvent::Put(e))) => {
+                        if let Ok(spec) = serde_json::from_slice::<WorkloadSpec>(&e.value) {
+                            specs.insert(e.key, spec);
+                        }
                     }
-                }
-                Some(Ok(KvEvent::Delete { key, .. })) => {
-                    specs.remove(&key);
-                }
-                Some(Err(e)) => tracing::warn!("desired-state cache: {e}"),
-                None => return,
+                    Some(Ok(KvEvent::Delete { key, .. })) => {
+                        specs.remove(&key);
+                    }
+                    Some(Err(e)) => tracing::warn!("desired-state cache: {e}"),
+                    None => break,
+                },
             }
-            let all: Vec<&WorkloadSpec> = specs.values().collect();
-            let tmp = path.with_extension("json.tmp");
-            let body = serde_json::to_vec_pretty(&all).expect("specs serialize");
-            if let Err(e) = std::fs::write(&tmp, body).and_then(|()| std::fs::rename(&tmp, &path)) {
-                tracing::error!("desired-state cache {}: {e}", path.display());
-            }
+            due.get_or_insert(write_at);
+        }
+        // What changed since the last write is not lost at shutdown.
+        if due.is_some() {
+            write(&path, &specs);
+        }
+    }
+
+    fn write(path: &Path, specs: &BTreeMap<String, WorkloadSpec>) {
+        let all: Vec<&WorkloadSpec> = specs.values().collect();
+        let tmp = path.with_extension("json.tmp");
+        let body = serde_json::to_vec_pretty(&all).expect("specs serialize");
+        if let Err(e) = std::fs::write(&tmp, body).and_then(|()| std::fs::rename(&tmp, path)) {
+            tracing::error!("desired-state cache {}: {e}", path.display());
         }
     }
 }
@@ -184,12 +203,16 @@ impl EmbeddedFleet {
             .await
             .map_err(FleetError::Fabric)?;
         tasks.spawn(desired::keep(fabric.clone(), cache, stop_rx.clone()));
+        let membership = Membership::new(&opts.config);
+        let feed = membership.feed(&fabric).await.map_err(FleetError::Fabric)?;
+        tasks.spawn(feed.run(shared.counters.clone(), stop_rx.clone()));
         for (i, spec) in opts.nodes.iter().enumerate() {
             let setup = NodeSetup {
                 spec: spec.clone(),
                 config: opts.config.clone(),
                 seed: opts.seed.wrapping_add(i as u64),
                 fabric: fabric.clone(),
+                membership: membership.clone(),
                 shared: shared.clone(),
                 gpus: gpu_source(opts.host, spec),
                 sense: if opts.host {

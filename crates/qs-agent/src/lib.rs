@@ -9,6 +9,7 @@ pub mod exec;
 pub mod fleet;
 pub mod health;
 pub mod journal;
+pub mod membership;
 pub mod model_double;
 pub mod orphans;
 pub mod runtime;

@@ -3,17 +3,18 @@
 
 use crate::exec::{Executor, Exit, Launch};
 use crate::health;
+use crate::membership::{Membership, Notice};
 use crate::orphans::InstanceFile;
 use crate::sense::{GpuSource, Sensor};
 use prometheus_client::metrics::counter::Counter;
-use qs_core::{Config, Input, Node, Output, Registry, RunningInstance, Time};
-use qs_fabric::{Bytes, Fabric, Kv, KvEvent, Topic};
+use qs_core::{Config, Input, Node, Output, RunningInstance, Time};
+use qs_fabric::{Bytes, Fabric, Kv, Topic};
 use qs_store::Ledger;
 use qs_wire::{
     DeclineReason, Demand, Envelope, Event, ExitOutcome, InstanceId, InstanceLoad, Load, Message,
     MessageId, NodeId, NodeSpec, NodeStatus, Offer, ServiceName, WorkloadSpec,
 };
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,6 +22,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 /// The KV bucket of desired state.
 pub const SPECS_BUCKET: &str = "specs";
+/// How stale the API's view of a node may be.
+const VIEW_EVERY: Duration = Duration::from_millis(250);
 /// Control messages buffered per node.
 const CONTROL_BUFFER: usize = 256;
 
@@ -183,6 +186,8 @@ pub struct NodeSetup<F: Fabric> {
     pub config: Config,
     pub seed: u64,
     pub fabric: F,
+    /// The process's registry, which this node reads and never feeds.
+    pub membership: Membership,
     pub shared: Arc<Shared>,
     pub gpus: Box<dyn GpuSource>,
     pub sense: SenseMode,
@@ -195,7 +200,7 @@ pub struct NodeSetup<F: Fabric> {
 struct Runtime<F: Fabric> {
     id: NodeId,
     node: Node,
-    reg: Registry,
+    reg: Membership,
     fabric: F,
     shared: Arc<Shared>,
     exec: Executor,
@@ -203,10 +208,13 @@ struct Runtime<F: Fabric> {
     sense: SenseMode,
     seq: u64,
     health_failed: BTreeMap<InstanceId, String>,
-    instance_file: InstanceFile,
+    /// None with the no-op executor: it starts no process that could be orphaned.
+    instance_file: Option<InstanceFile>,
     control_tx: mpsc::Sender<Control>,
     /// Failure memory survives restarts here.
     failures_file: PathBuf,
+    /// When the API's view is next due, if it changed since it was last published.
+    view_due: Option<tokio::time::Instant>,
 }
 
 /// Runs one node until `stop` turns true; stops its instances before returning.
@@ -232,19 +240,14 @@ pub async fn run_node<F: Fabric>(
         .subscribe(&Topic::node_rpc(&id))
         .await
         .map_err(|e| e.to_string())?;
-    let mut beats = fabric
-        .subscribe(&Topic::heartbeats())
-        .await
-        .map_err(|e| e.to_string())?;
-    let kv = fabric.kv(SPECS_BUCKET).await.map_err(|e| e.to_string())?;
-    let mut specs = kv.watch("").await.map_err(|e| e.to_string())?;
+    let notices = setup.membership.subscribe(&id);
     let failures_file = node_dir.join("failures.json");
     let mut node = Node::new(&setup.spec, setup.config.clone(), setup.seed, now());
     node.restore_failures(load_failures(&failures_file), now());
     let mut rt = Runtime {
         failures_file,
         node,
-        reg: Registry::new(&setup.config),
+        reg: setup.membership,
         id: id.clone(),
         fabric,
         shared: setup.shared.clone(),
@@ -257,8 +260,9 @@ pub async fn run_node<F: Fabric>(
         sense: setup.sense,
         seq: 0,
         health_failed: BTreeMap::new(),
-        instance_file,
+        instance_file: (!setup.noop_executor).then_some(instance_file),
         control_tx,
+        view_due: None,
     };
     for (instance, pid) in reaped {
         rt.record(vec![Event::InstanceExited {
@@ -270,9 +274,10 @@ pub async fn run_node<F: Fabric>(
         }])
         .await;
     }
+    // Specs and members that arrived before this node subscribed.
+    rt.input(Input::Reconcile).await;
     let mut died = false;
     let mut sense_timer = tokio::time::interval(setup.sense_every);
-    let mut expire_timer = tokio::time::interval(Duration::from_millis(100));
     loop {
         let wake = rt.node.poll_timeout().map_or(Duration::from_secs(1), |t| {
             Duration::from_micros(t.as_micros().saturating_sub(now().as_micros()))
@@ -281,8 +286,7 @@ pub async fn run_node<F: Fabric>(
             _ = stop.changed() => break,
             _ = tokio::time::sleep(wake) => rt.input(Input::Tick).await,
             Some(m) = inbox.next() => rt.on_message(&m.payload).await,
-            Some(m) = beats.next() => rt.on_heartbeat(&m.payload).await,
-            Some(ev) = specs.next() => rt.on_spec(ev).await,
+            n = notices.next() => rt.on_notice(n).await,
             Some(exit) = exits.recv() => rt.on_exit(exit).await,
             Some(c) = controls.recv() => {
                 if matches!(c, Control::Die) {
@@ -292,7 +296,9 @@ pub async fn run_node<F: Fabric>(
                 rt.on_control(c).await;
             }
             _ = sense_timer.tick() => rt.on_sense().await,
-            _ = expire_timer.tick() => rt.on_expire().await,
+            _ = tokio::time::sleep_until(rt.view_due.unwrap_or_else(far_future)), if rt.view_due.is_some() => {
+                rt.publish_view();
+            }
         }
         if *stop.borrow() {
             break;
@@ -325,8 +331,14 @@ pub async fn run_node<F: Fabric>(
 
 impl<F: Fabric> Runtime<F> {
     async fn input(&mut self, input: Input) {
-        self.node.handle(input, now(), &self.reg);
-        self.drain().await;
+        // What an operator acts on (an instance ended, turned healthy, a drain) shows at
+        // once; the chatter of placements within VIEW_EVERY.
+        let visible = matches!(
+            input,
+            Input::Exited { .. } | Input::Health { .. } | Input::Drain(_)
+        );
+        self.node.handle(input, now(), &self.reg.read());
+        self.drain(visible).await;
     }
 
     fn envelope(&mut self, msg: Message) -> Bytes {
@@ -339,7 +351,7 @@ impl<F: Fabric> Runtime<F> {
     }
 
     /// Carries out every output of the core.
-    async fn drain(&mut self) {
+    async fn drain(&mut self, mut visible: bool) {
         let mut records = Vec::new();
         while let Some(out) = self.node.poll() {
             match out {
@@ -356,8 +368,12 @@ impl<F: Fabric> Runtime<F> {
                         .publish(&Topic::heartbeat(&self.id), bytes)
                         .await;
                 }
-                Output::Start(order) => self.start(order),
+                Output::Start(order) => {
+                    visible = true;
+                    self.start(order);
+                }
                 Output::Stop { instance, reason } => {
+                    visible = true;
                     self.exec.stop(&instance, &reason);
                 }
                 Output::Record(event) => {
@@ -375,7 +391,12 @@ impl<F: Fabric> Runtime<F> {
             self.save_failures();
         }
         self.record(records).await;
-        self.publish_view();
+        if visible {
+            self.publish_view();
+        } else {
+            self.view_due
+                .get_or_insert_with(|| tokio::time::Instant::now() + VIEW_EVERY);
+        }
     }
 
     async fn record(&self, events: Vec<Event>) {
@@ -394,7 +415,7 @@ impl<F: Fabric> Runtime<F> {
 
     fn start(&mut self, order: qs_core::StartOrder) {
         self.shared.counters.instance_starts.inc();
-        let spec = self.reg.spec(&order.service).cloned();
+        let spec = self.reg.read().spec(&order.service).cloned();
         let Some(command) = spec.as_ref().and_then(|s| s.command.clone()) else {
             let exit = Exit {
                 instance: order.instance,
@@ -416,7 +437,7 @@ impl<F: Fabric> Runtime<F> {
         };
         match self.exec.start(launch) {
             Ok(running) => {
-                self.instance_file.save(&self.exec.running());
+                self.save_instances();
                 let check = spec.and_then(|s| s.health);
                 tokio::spawn(monitor(
                     self.exec.clone(),
@@ -428,6 +449,13 @@ impl<F: Fabric> Runtime<F> {
                 ));
             }
             Err(e) => tracing::error!(node = %self.id, "start failed: {e}"),
+        }
+    }
+
+    /// Records which processes run, for the next agent to reap if this one is killed.
+    fn save_instances(&self) {
+        if let Some(file) = &self.instance_file {
+            file.save(&self.exec.running());
         }
     }
 
@@ -460,43 +488,13 @@ impl<F: Fabric> Runtime<F> {
         }
     }
 
-    async fn on_heartbeat(&mut self, payload: &[u8]) {
-        match Envelope::<Message>::decode(payload) {
-            Ok(Envelope {
-                payload: Message::Heartbeat(status),
-                ..
-            }) => {
-                if self.reg.observe(status, now()).is_some() {
-                    self.input(Input::Reconcile).await;
-                }
-            }
-            Ok(_) => {}
-            Err(e) => {
-                self.shared.counters.messages_malformed.inc();
-                tracing::warn!(node = %self.id, "dropped a malformed heartbeat: {e}");
-            }
+    async fn on_notice(&mut self, notice: Notice) {
+        if notice.all {
+            // Covers every service, the ones named too.
+            return self.input(Input::Reconcile).await;
         }
-    }
-
-    async fn on_spec(&mut self, event: Result<KvEvent, qs_fabric::FabricError>) {
-        match event {
-            Ok(KvEvent::Put(entry)) => match serde_json::from_slice::<WorkloadSpec>(&entry.value) {
-                Ok(spec) => {
-                    let name = spec.name.clone();
-                    self.reg.apply_spec(spec, now());
-                    self.input(Input::ReconcileService(name)).await;
-                }
-                Err(e) => {
-                    tracing::warn!(node = %self.id, key = entry.key, "ignored an unreadable spec: {e}")
-                }
-            },
-            Ok(KvEvent::Delete { key, .. }) => {
-                if let Ok(name) = ServiceName::new(&key) {
-                    self.reg.remove_spec(&name);
-                    self.input(Input::Tick).await;
-                }
-            }
-            Err(e) => tracing::warn!(node = %self.id, "spec watch: {e}"),
+        for service in notice.services {
+            self.input(Input::ReconcileService(service)).await;
         }
     }
 
@@ -508,7 +506,7 @@ impl<F: Fabric> Runtime<F> {
         if outcome.is_failure() {
             self.shared.counters.instance_failures.inc();
         }
-        self.instance_file.save(&self.exec.running());
+        self.save_instances();
         self.input(Input::Exited {
             instance: exit.instance,
             outcome,
@@ -522,9 +520,10 @@ impl<F: Fabric> Runtime<F> {
                 let gate = qs_core::Gate {
                     min: self.node.config().gate_min,
                 };
-                let answer = self.reg.spec(&service).map(|s| {
+                let reg = self.reg.read();
+                let answer = reg.spec(&service).map(|s| {
                     self.node
-                        .offer_for(&Demand::of(s), now(), &self.reg)
+                        .offer_for(&Demand::of(s), now(), &reg)
                         .map(|offer| Explained {
                             passes_gate: gate.admits(&offer.composite),
                             offer,
@@ -592,39 +591,25 @@ impl<F: Fabric> Runtime<F> {
         self.input(Input::Sensed { load, instances }).await;
     }
 
-    async fn on_expire(&mut self) {
-        let dead = self.reg.expire(now());
-        if dead.is_empty() {
-            return;
-        }
-        let lost: BTreeSet<ServiceName> = dead
-            .iter()
-            .flat_map(|s| s.instances.iter().map(|i| i.service.clone()))
-            .collect();
-        self.input(Input::Reconcile).await;
-        for service in lost {
-            self.input(Input::ReconcileService(service)).await;
-        }
-    }
-
     fn registry_view(&self) -> RegistryView {
-        let specs: Vec<WorkloadSpec> = self.reg.specs().cloned().collect();
+        let reg = self.reg.read();
+        let specs: Vec<WorkloadSpec> = reg.specs().cloned().collect();
         let mut instances = Vec::new();
         let mut stewards = BTreeMap::new();
         let mut completed = BTreeMap::new();
         for s in &specs {
-            for (id, r) in self.reg.instances_of(&s.name) {
+            for (id, r) in reg.instances_of(&s.name) {
                 instances.push((s.name.clone(), id.clone(), InstanceRow::from(r)));
             }
-            if let Some(st) = self.reg.steward(&s.name) {
+            if let Some(st) = reg.steward(&s.name) {
                 stewards.insert(s.name.clone(), st.clone());
             }
             if s.is_job() {
-                completed.insert(s.name.clone(), self.reg.completed(&s.name));
+                completed.insert(s.name.clone(), reg.completed(&s.name));
             }
         }
         RegistryView {
-            nodes: self.reg.live_nodes().cloned().collect(),
+            nodes: reg.live_nodes().cloned().collect(),
             specs,
             instances,
             stewards,
@@ -633,14 +618,14 @@ impl<F: Fabric> Runtime<F> {
     }
 
     fn publish_view(&mut self) {
-        let running = self.exec.running();
+        self.view_due = None;
         let status = self.node.status(now());
         let instances = self
             .node
             .hosted()
             .iter()
             .map(|(id, h)| {
-                let r = running.get(id);
+                let r = self.exec.running_one(id);
                 LocalInstance {
                     instance: id.clone(),
                     service: h.service.clone(),
@@ -648,19 +633,20 @@ impl<F: Fabric> Runtime<F> {
                     role: h.role,
                     serving: h.serving,
                     hot: h.hot,
-                    pid: r.map(|r| r.pid),
-                    port: r.map(|r| r.port),
-                    command: r.map(|r| r.command.clone()).unwrap_or_default(),
+                    pid: r.as_ref().map(|r| r.pid),
+                    port: r.as_ref().map(|r| r.port),
+                    command: r.map(|r| r.command).unwrap_or_default(),
                 }
             })
             .collect();
+        let reg = self.reg.read();
         let view = NodeView {
             status,
             instances,
-            stewards: self.reg.stewarded_by(&self.id).cloned().collect(),
+            stewards: reg.stewarded_by(&self.id).cloned().collect(),
             placements_in_flight: self.node.placements_in_flight(),
             gpu_source: self.gpus.describe(),
-            live_peers: self.reg.live_count(),
+            live_peers: reg.live_count(),
         };
         self.shared
             .views
@@ -668,6 +654,10 @@ impl<F: Fabric> Runtime<F> {
             .unwrap_or_else(|p| p.into_inner())
             .insert(self.id.clone(), view);
     }
+}
+
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(3600)
 }
 
 /// Failure memory saved by a previous run; unreadable or absent means none (logged).
@@ -695,7 +685,7 @@ async fn monitor(
     control: mpsc::Sender<Control>,
 ) {
     // This monitor belongs to one process: a restart of the instance gets its own.
-    let running = |exec: &Executor| exec.running().get(&instance).is_some_and(|r| r.pid == pid);
+    let running = |exec: &Executor| exec.pid_of(&instance) == Some(pid);
     let Some(check) = check else {
         tokio::time::sleep(Duration::from_millis(200)).await;
         if running(&exec) {

@@ -67,18 +67,31 @@ impl<P: Serialize + DeserializeOwned> Envelope<P> {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("envelopes of wire types always serialize")
+        // Most messages fit: one allocation instead of a string of doublings.
+        let mut out = Vec::with_capacity(512);
+        serde_json::to_writer(&mut out, self).expect("envelopes of wire types always serialize");
+        out
     }
 
+    /// Decodes in one pass; only bytes that fail to decode are probed for their version, so
+    /// a message from another version is reported as such rather than as malformed.
     pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
-        let probe: VersionProbe = serde_json::from_slice(bytes)?;
-        if probe.v != WIRE_VERSION {
-            return Err(WireError::Version {
-                got: probe.v,
+        let version = |v: u16| match v {
+            WIRE_VERSION => Ok(()),
+            got => Err(WireError::Version {
+                got,
                 want: WIRE_VERSION,
-            });
+            }),
+        };
+        match serde_json::from_slice::<Self>(bytes) {
+            Ok(env) => version(env.v).map(|()| env),
+            Err(e) => {
+                if let Ok(probe) = serde_json::from_slice::<VersionProbe>(bytes) {
+                    version(probe.v)?;
+                }
+                Err(e.into())
+            }
         }
-        Ok(serde_json::from_slice(bytes)?)
     }
 }
 

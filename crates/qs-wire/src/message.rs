@@ -104,7 +104,7 @@ impl fmt::Display for Resource {
 
 /// Why a node declined a query or refused a dispatch.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", tag = "why")]
+#[serde(rename_all = "kebab-case")]
 pub enum DeclineReason {
     /// Sensed use is over the configured threshold.
     OverThreshold { resource: Resource },
@@ -215,7 +215,9 @@ pub struct NodeStatus {
 
 /// Every message between nodes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", tag = "type")]
+// Externally tagged: it decodes in one pass (an internal tag makes serde buffer every
+// message before it can pick the variant).
+#[serde(rename_all = "kebab-case")]
 pub enum Message {
     Heartbeat(NodeStatus),
     /// Step 3: "who can take this?"

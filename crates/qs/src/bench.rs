@@ -77,9 +77,10 @@ pub fn placement_suite(sizes: &[usize], placements: usize, repeats: usize, seed:
 /// `qs bench fleet`: an embedded fleet of `nodes` virtual nodes, each a full agent runtime
 /// (its own core, registry, envelopes over the in-memory fabric, group-committed ledger),
 /// with the no-op executor double so the figure is the orchestration path, not process
-/// start-up. Heartbeats are slowed to 30 s during the run: at 250 ms, 1,000 nodes that each
-/// hear every other would spend the machine on heartbeats alone.
-pub fn fleet_suite(nodes: usize, placements: usize) -> anyhow::Result<()> {
+/// start-up. The config is the default one (heartbeats every 250 ms go on during the run);
+/// the work is `placements` instances of stateless services of `replicas` each, and the
+/// clock stops when the last placement's events are committed to the ledger.
+pub fn fleet_suite(nodes: usize, placements: usize, replicas: usize) -> anyhow::Result<()> {
     use qs_agent::fleet::{EmbeddedFleet, FleetOptions};
     use std::time::{Duration, Instant};
     // QS_BENCH_STATE_DIR keeps the run's ledger for inspection (`qs events --ledger`).
@@ -89,10 +90,7 @@ pub fn fleet_suite(nodes: usize, placements: usize) -> anyhow::Result<()> {
     });
     let _ = std::fs::remove_dir_all(&state_dir);
     let config = qs_core::Config {
-        heartbeat_ms: 30_000,
-        dead_after_ms: 120_000,
         join_settle_ms: 2_000,
-        pending_timeout_ms: 300_000,
         ..qs_core::Config::default()
     };
     let specs: Vec<qs_wire::NodeSpec> = (0..nodes)
@@ -107,7 +105,7 @@ pub fn fleet_suite(nodes: usize, placements: usize) -> anyhow::Result<()> {
             },
         })
         .collect();
-    let per_service = (nodes / 2).clamp(1, 500);
+    let per_service = replicas.max(1);
     let services = placements.div_ceil(per_service);
     let mut doc = String::new();
     for s in 0..services {
@@ -151,7 +149,10 @@ pub fn fleet_suite(nodes: usize, placements: usize) -> anyhow::Result<()> {
         // Every node must be ready to steward before the clock starts.
         tokio::time::sleep(Duration::from_millis(2_000)).await;
         let join_s = started.elapsed().as_secs_f64();
-        let before = fleet.shared.counters.placements.get();
+        let counters = &fleet.shared.counters;
+        let before = counters.placements.get();
+        let (events_before, seq_before) =
+            (counters.ledger_events.get(), fleet.shared.ledger.next_seq());
         let t0 = Instant::now();
         qs_agent::runtime::put_specs(&fleet.fabric, &doc).await?;
         let target = before + placements as u64;
@@ -159,6 +160,15 @@ pub fn fleet_suite(nodes: usize, placements: usize) -> anyhow::Result<()> {
             anyhow::ensure!(
                 t0.elapsed() < Duration::from_secs(600),
                 "placements did not finish in 600 s"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The path ends when the ledger has committed every event of those placements.
+        let events = counters.ledger_events.get() - events_before;
+        while fleet.shared.ledger.next_seq() - seq_before < events {
+            anyhow::ensure!(
+                t0.elapsed() < Duration::from_secs(600),
+                "the ledger did not commit in 600 s"
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

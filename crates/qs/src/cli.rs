@@ -196,6 +196,9 @@ enum BenchSuite {
         nodes: u64,
         #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
         placements: u64,
+        /// Replicas per service (at most one per node).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=5_000))]
+        replicas: u64,
     },
     /// Core placement decisions per second for growing fleets, and the cost growth.
     Placement {
@@ -290,8 +293,13 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench {
-            suite: BenchSuite::Fleet { nodes, placements },
-        } => crate::bench::fleet_suite(nodes as usize, placements as usize),
+            suite:
+                BenchSuite::Fleet {
+                    nodes,
+                    placements,
+                    replicas,
+                },
+        } => crate::bench::fleet_suite(nodes as usize, placements as usize, replicas as usize),
         Command::Bench {
             suite:
                 BenchSuite::Placement {

@@ -73,7 +73,8 @@ pub enum Input {
         instance: InstanceId,
         outcome: ExitOutcome,
     },
-    /// Membership changed: reconcile every stewarded service now.
+    /// Membership or the set of specs changed: stop what is no longer wanted here and
+    /// reconcile every stewarded service now.
     Reconcile,
     /// One service's spec or instances changed: reconcile it now, if stewarded here.
     ReconcileService(ServiceName),
@@ -202,6 +203,7 @@ impl Node {
             Input::Exited { instance, outcome } => self.on_exit(&instance, outcome, now),
             Input::Reconcile => {
                 self.next_reconcile = now + ms(self.config.heartbeat_ms);
+                self.stop_unwanted(reg);
                 self.reconcile(now, reg);
             }
             Input::ReconcileService(service) => self.reconcile_service(&service, now, reg),

@@ -501,31 +501,32 @@ impl Node {
     /// in a large one. Nodes that can never fit (labels, GPU size) are not asked.
     fn candidates(&mut self, demand: &Demand, reg: &Registry) -> (Vec<NodeId>, bool) {
         // Anti-affinity: nodes known (from heartbeats, or from dispatches accepted since) to
-        // run as many instances as the pattern allows would only decline.
-        let mut per_node: BTreeMap<&NodeId, u32> = BTreeMap::new();
-        for (_, r) in reg.instances_of(&demand.service) {
-            *per_node.entry(&r.node).or_default() += 1;
-        }
+        // run as many instances as the pattern allows would only decline. Heartbeats are
+        // counted per asked node; what is on its way is counted here.
+        let mut coming: BTreeMap<&NodeId, u32> = BTreeMap::new();
         if let Some(st) = self.services.get(&demand.service) {
             for (_, _, node) in st.pending.values() {
-                *per_node.entry(node).or_default() += 1;
+                *coming.entry(node).or_default() += 1;
             }
         }
         for p in self.placements.values() {
             if p.demand.service == demand.service
                 && let Stage::Dispatching { target, .. } = &p.stage
             {
-                *per_node.entry(target).or_default() += 1;
+                *coming.entry(target).or_default() += 1;
             }
         }
-        let full: BTreeSet<NodeId> = per_node
-            .into_iter()
-            .filter(|(_, n)| *n >= demand.max_per_node)
-            .map(|(node, _)| node.clone())
-            .collect();
+        let full = |n: &qs_wire::NodeStatus| {
+            let known = n
+                .instances
+                .iter()
+                .filter(|i| i.service == demand.service)
+                .count() as u32;
+            known + coming.get(&n.node).copied().unwrap_or(0) >= demand.max_per_node
+        };
         let accept = |n: &qs_wire::NodeStatus| {
             !n.draining
-                && !full.contains(&n.node)
+                && !full(n)
                 && labels_match(&demand.labels, &n.labels)
                 && (!demand.need.needs_gpu()
                     || n.capacity
