@@ -125,6 +125,7 @@ mod desired {
                     Some(Ok(KvEvent::Delete { key, .. })) => {
                         specs.remove(&key);
                     }
+                    Some(Ok(KvEvent::Synced)) => continue,
                     Some(Err(e)) => tracing::warn!("desired-state cache: {e}"),
                     None => break,
                 },

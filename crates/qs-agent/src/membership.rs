@@ -86,6 +86,8 @@ pub struct Membership {
 /// The subscriptions that feed a [`Membership`].
 pub struct Feed<K: Kv> {
     membership: Membership,
+    /// While a watch replays: the specs it has shown so far.
+    replayed: Option<BTreeSet<ServiceName>>,
     beats: qs_fabric::Subscription,
     kv: K,
     specs: qs_fabric::Watch,
@@ -101,10 +103,13 @@ impl<K: Kv> Feed<K> {
                 _ = stop.changed() => return,
                 Some(b) = self.beats.next() => m.on_heartbeat(&b.payload, &counters),
                 e = self.specs.next() => match e {
-                    Some(e) => m.on_spec(e),
+                    Some(e) => self.on_spec(e),
                     // The watch fell behind and ended: watch again (it replays every spec).
                     None => match self.kv.watch("").await {
-                        Ok(w) => self.specs = w,
+                        Ok(w) => {
+                            self.specs = w;
+                            self.replayed = Some(BTreeSet::new());
+                        }
                         Err(e) => {
                             tracing::error!("spec watch: {e}; retrying");
                             tokio::time::sleep(EXPIRE_EVERY).await;
@@ -116,6 +121,55 @@ impl<K: Kv> Feed<K> {
             if *stop.borrow() {
                 return;
             }
+        }
+    }
+}
+
+impl<K: Kv> Feed<K> {
+    fn on_spec(&mut self, event: Result<KvEvent, FabricError>) {
+        let m = &self.membership;
+        match event {
+            Ok(KvEvent::Put(entry)) => match serde_json::from_slice::<WorkloadSpec>(&entry.value) {
+                Ok(spec) => {
+                    let name = spec.name.clone();
+                    if let Some(seen) = &mut self.replayed {
+                        seen.insert(name.clone());
+                    }
+                    let now = crate::runtime::now();
+                    m.update(|r| r.apply_spec(spec, now));
+                    m.reconcile(name);
+                }
+                Err(e) => tracing::warn!(key = entry.key, "ignored an unreadable spec: {e}"),
+            },
+            Ok(KvEvent::Delete { key, .. }) => {
+                if let Ok(name) = ServiceName::new(&key)
+                    && m.update(|r| r.remove_spec(&name)).is_some()
+                {
+                    m.reconcile_all();
+                }
+            }
+            // A replay is complete: a spec it did not show was deleted while we were not
+            // watching.
+            Ok(KvEvent::Synced) => {
+                let Some(seen) = self.replayed.take() else {
+                    return;
+                };
+                let gone = m.update(|r| {
+                    let gone: Vec<ServiceName> = r
+                        .specs()
+                        .map(|s| s.name.clone())
+                        .filter(|n| !seen.contains(n))
+                        .collect();
+                    for name in &gone {
+                        r.remove_spec(name);
+                    }
+                    gone
+                });
+                if !gone.is_empty() {
+                    m.reconcile_all();
+                }
+            }
+            Err(e) => tracing::warn!("spec watch: {e}"),
         }
     }
 }
@@ -190,6 +244,7 @@ impl Membership {
             beats: fabric.subscribe(&Topic::heartbeats()).await?,
             specs: kv.watch("").await?,
             kv,
+            replayed: Some(BTreeSet::new()),
         })
     }
 
@@ -209,28 +264,6 @@ impl Membership {
                 counters.messages_malformed.inc();
                 tracing::warn!("dropped a malformed heartbeat: {e}");
             }
-        }
-    }
-
-    fn on_spec(&self, event: Result<KvEvent, FabricError>) {
-        match event {
-            Ok(KvEvent::Put(entry)) => match serde_json::from_slice::<WorkloadSpec>(&entry.value) {
-                Ok(spec) => {
-                    let name = spec.name.clone();
-                    let now = crate::runtime::now();
-                    self.update(|r| r.apply_spec(spec, now));
-                    self.reconcile(name);
-                }
-                Err(e) => tracing::warn!(key = entry.key, "ignored an unreadable spec: {e}"),
-            },
-            Ok(KvEvent::Delete { key, .. }) => {
-                if let Ok(name) = ServiceName::new(&key)
-                    && self.update(|r| r.remove_spec(&name)).is_some()
-                {
-                    self.reconcile_all();
-                }
-            }
-            Err(e) => tracing::warn!("spec watch: {e}"),
         }
     }
 

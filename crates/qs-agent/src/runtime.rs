@@ -24,6 +24,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub const SPECS_BUCKET: &str = "specs";
 /// How stale the API's view of a node may be.
 const VIEW_EVERY: Duration = Duration::from_millis(250);
+/// How soon a change an operator acts on (an instance started, ended, turned healthy) shows.
+const VIEW_SOON: Duration = Duration::from_millis(10);
 /// Control messages buffered per node.
 const CONTROL_BUFFER: usize = 256;
 
@@ -331,8 +333,8 @@ pub async fn run_node<F: Fabric>(
 
 impl<F: Fabric> Runtime<F> {
     async fn input(&mut self, input: Input) {
-        // What an operator acts on (an instance ended, turned healthy, a drain) shows at
-        // once; the chatter of placements within VIEW_EVERY.
+        // What an operator acts on (an instance ended, turned healthy, a drain) shows within
+        // VIEW_SOON; the chatter of placements within VIEW_EVERY.
         let visible = matches!(
             input,
             Input::Exited { .. } | Input::Health { .. } | Input::Drain(_)
@@ -391,12 +393,8 @@ impl<F: Fabric> Runtime<F> {
             self.save_failures();
         }
         self.record(records).await;
-        if visible {
-            self.publish_view();
-        } else {
-            self.view_due
-                .get_or_insert_with(|| tokio::time::Instant::now() + VIEW_EVERY);
-        }
+        let due = tokio::time::Instant::now() + if visible { VIEW_SOON } else { VIEW_EVERY };
+        self.view_due = Some(self.view_due.map_or(due, |d| d.min(due)));
     }
 
     async fn record(&self, events: Vec<Event>) {

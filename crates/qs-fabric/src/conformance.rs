@@ -199,7 +199,8 @@ pub async fn kv_compare_and_set<F: Fabric>(f: F) {
     assert_eq!(kv.get("lease.train").await.unwrap().unwrap().value, b("b"));
 }
 
-/// A watch replays what exists under its prefix, then every change, in order.
+/// A watch replays what exists under its prefix, marks the end of that, then follows every
+/// change, in order.
 pub async fn kv_watch_replays_then_follows<F: Fabric>(f: F) {
     let kv = f.kv("watched").await.unwrap();
     kv.put("svc.a", b("1")).await.unwrap();
@@ -210,7 +211,7 @@ pub async fn kv_watch_replays_then_follows<F: Fabric>(f: F) {
     kv.put("svc.a", b("3")).await.unwrap();
     kv.delete("svc.b").await.unwrap();
     let mut seen = Vec::new();
-    while seen.len() < 4 {
+    while seen.len() < 5 {
         let event = tokio::time::timeout(CASE_TIMEOUT, w.next())
             .await
             .expect("a change arrives")
@@ -219,12 +220,44 @@ pub async fn kv_watch_replays_then_follows<F: Fabric>(f: F) {
         seen.push(match event {
             KvEvent::Put(e) => format!("put {}={}", e.key, String::from_utf8_lossy(&e.value)),
             KvEvent::Delete { key, .. } => format!("del {key}"),
+            KvEvent::Synced => "synced".into(),
         });
     }
     assert_eq!(
         seen,
-        ["put svc.a=1", "put svc.b=2", "put svc.a=3", "del svc.b"]
+        [
+            "put svc.a=1",
+            "synced",
+            "put svc.b=2",
+            "put svc.a=3",
+            "del svc.b"
+        ]
     );
+}
+
+/// A watch replays a bucket larger than its change buffer whole: the replay is not a burst
+/// of changes that could lag.
+pub async fn kv_watch_replays_more_than_its_buffer<F: Fabric>(f: F) {
+    let kv = f.kv("large").await.unwrap();
+    let n = crate::WATCH_BUFFER + 10;
+    for i in 0..n {
+        kv.put(&format!("k{i}"), b("v")).await.unwrap();
+    }
+    let mut w = kv.watch("").await.unwrap();
+    let mut puts = 0;
+    loop {
+        let event = tokio::time::timeout(CASE_TIMEOUT, w.next())
+            .await
+            .expect("the replay arrives")
+            .expect("the watch is open")
+            .expect("no lag");
+        match event {
+            KvEvent::Put(_) => puts += 1,
+            KvEvent::Synced => break,
+            KvEvent::Delete { key, .. } => panic!("nothing was deleted, yet {key} was"),
+        }
+    }
+    assert_eq!(puts, n);
 }
 
 /// Bad topics, keys, buckets and payloads are refused by name; nothing is sent or stored.
@@ -267,6 +300,7 @@ macro_rules! conformance_tests {
             kv_put_get,
             kv_compare_and_set,
             kv_watch_replays_then_follows,
+            kv_watch_replays_more_than_its_buffer,
             bad_input_is_refused,
         );
     };

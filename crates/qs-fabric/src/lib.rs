@@ -89,7 +89,13 @@ pub struct Entry {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KvEvent {
     Put(Entry),
-    Delete { key: String, revision: u64 },
+    Delete {
+        key: String,
+        revision: u64,
+    },
+    /// Every entry that existed when the watch began has been delivered; what follows are
+    /// changes. A watcher that starts over after a lag drops what it did not see again here.
+    Synced,
 }
 
 /// A stream of messages for one subscription; dropping it unsubscribes.
@@ -108,21 +114,50 @@ impl Subscription {
     }
 }
 
-/// A stream of KV changes: first every matching entry as it is now, then each change.
+/// A stream of KV changes: first every matching entry as it is now, then
+/// [`KvEvent::Synced`], then each change.
 pub struct Watch {
+    /// The entries as they were when the watch began (as large as the bucket, which the
+    /// change buffer need not be), then the `Synced` marker.
+    snapshot: std::collections::VecDeque<KvEvent>,
     rx: tokio::sync::mpsc::Receiver<Result<KvEvent, FabricError>>,
     _guard: Box<dyn Send + Sync>,
 }
 
 impl Watch {
+    /// A watch whose backend sends the current entries and `Synced` through `rx` itself.
     pub fn new(
         rx: tokio::sync::mpsc::Receiver<Result<KvEvent, FabricError>>,
         guard: Box<dyn Send + Sync>,
     ) -> Self {
-        Watch { rx, _guard: guard }
+        Watch {
+            snapshot: Default::default(),
+            rx,
+            _guard: guard,
+        }
     }
-    /// The next change; `None` once the fabric is gone.
+
+    /// A watch that yields `current`, then `Synced`, then what arrives on `rx`.
+    pub fn with_snapshot(
+        current: Vec<Entry>,
+        rx: tokio::sync::mpsc::Receiver<Result<KvEvent, FabricError>>,
+        guard: Box<dyn Send + Sync>,
+    ) -> Self {
+        let mut snapshot: std::collections::VecDeque<KvEvent> =
+            current.into_iter().map(KvEvent::Put).collect();
+        snapshot.push_back(KvEvent::Synced);
+        Watch {
+            snapshot,
+            rx,
+            _guard: guard,
+        }
+    }
+
+    /// The next event; `None` once the fabric is gone.
     pub async fn next(&mut self) -> Option<Result<KvEvent, FabricError>> {
+        if let Some(e) = self.snapshot.pop_front() {
+            return Some(Ok(e));
+        }
         self.rx.recv().await
     }
 }

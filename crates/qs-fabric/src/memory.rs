@@ -323,11 +323,6 @@ impl Kv for MemoryKv {
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(_, e)| e.clone())
             .collect();
-        for e in current {
-            if tx.try_send(Ok(KvEvent::Put(e))).is_err() {
-                return Err(FabricError::Lagged);
-            }
-        }
         let id = b.next_watcher;
         b.next_watcher += 1;
         b.watchers.insert(
@@ -341,7 +336,7 @@ impl Kv for MemoryKv {
             bucket: Arc::downgrade(&self.bucket),
             id,
         };
-        Ok(Watch::new(rx, Box::new(guard)))
+        Ok(Watch::with_snapshot(current, rx, Box::new(guard)))
     }
 }
 

@@ -7,7 +7,7 @@ use std::fmt;
 /// A topic such as `hb.forge`; subscriptions may use `*` (one token) and a final `>` (the rest).
 /// Backends map topics to their own addressing (NATS adds the `qs.<fleet>.` prefix).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Topic(String);
+pub struct Topic(std::sync::Arc<str>);
 
 impl Topic {
     /// Validates a topic: non-empty tokens of `[A-Za-z0-9_-]`, or `*`, or a final `>`.
@@ -34,11 +34,11 @@ impl Topic {
                 _ => return refuse("tokens are letters, digits, '_' and '-'"),
             }
         }
-        Ok(Topic(s.to_owned()))
+        Ok(Topic(s.into()))
     }
 
     fn named(s: String) -> Topic {
-        Topic(s)
+        Topic(s.into())
     }
 
     pub fn as_str(&self) -> &str {
