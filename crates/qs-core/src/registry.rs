@@ -116,6 +116,9 @@ impl Registry {
             }
         };
         let joined = !self.slots[slot].alive;
+        // Most heartbeats repeat the instances of the last one: index only a change.
+        let old = &self.slots[slot].status;
+        let reindex = joined || old.instances != status.instances;
         if joined {
             self.slots[slot].alive = true;
             self.live += 1;
@@ -124,12 +127,17 @@ impl Registry {
         } else {
             self.by_last_seen
                 .remove(&(self.slots[slot].last_seen, slot));
-            self.unindex_instances(slot);
+            if reindex {
+                self.unindex_instances(slot);
+            }
         }
         self.slots[slot].last_seen = now;
         self.slots[slot].status = status;
         self.by_last_seen.insert((now, slot));
-        self.index_instances(slot);
+        if reindex {
+            self.index_instances(slot);
+        }
+        self.index_completed(slot);
         self.reweigh(slot);
         if joined {
             self.on_join(slot);
@@ -423,6 +431,12 @@ impl Registry {
                 *max = (*max).max(i.fencing);
             }
         }
+    }
+
+    /// Remembers the completed job instances a node reports (a job's spec may arrive after
+    /// the heartbeat that reported it, so this runs on every heartbeat).
+    fn index_completed(&mut self, slot: usize) {
+        let st = &self.slots[slot].status;
         for (instance, service) in &st.completed {
             if self.specs.get(service).is_some_and(WorkloadSpec::is_job) {
                 self.completed

@@ -180,18 +180,22 @@ impl Up {
     /// `want` other instances serve. Returns how many kills that took.
     fn crash_loop(&self, service: &str, victim: &str, want: usize) -> usize {
         let mut kills = 0;
+        let mut killed_pid = None;
+        // The victim serves again: in a new process (the API may show the killed one for a
+        // moment after it died).
         loop {
+            let again = |i: &(String, String, u32, u16)| i.0 == victim && Some(i.2) != killed_pid;
             self.wait("the victim to serve again or be replaced", |u| {
                 let s = u.serving(service);
-                s.iter().any(|i| i.0 == victim)
-                    || (s.len() == want && s.iter().all(|i| i.0 != victim))
+                s.iter().any(&again) || (s.len() == want && s.iter().all(|i| i.0 != victim))
             });
-            let Some(running) = self.serving(service).into_iter().find(|i| i.0 == victim) else {
+            let Some(running) = self.serving(service).into_iter().find(|i| again(i)) else {
                 return kills;
             };
             assert!(kills < 10, "{victim} was never given up");
             self.kill(victim);
             assert!(wait_gone(&[running.2]));
+            killed_pid = Some(running.2);
             kills += 1;
         }
     }

@@ -132,8 +132,7 @@ impl Node {
             .retain(|s, st| mine.contains(s) || st.in_flight > 0);
         for service in &mine {
             if let Some(spec) = reg.spec(service) {
-                let spec = spec.clone();
-                self.reconcile_one(&spec, now, reg);
+                self.reconcile_one(spec, now, reg);
             }
         }
     }
@@ -159,8 +158,7 @@ impl Node {
             && reg.steward(service) == Some(&self.id)
             && let Some(spec) = reg.spec(service)
         {
-            let spec = spec.clone();
-            self.reconcile_one(&spec, now, reg);
+            self.reconcile_one(spec, now, reg);
         }
     }
 
@@ -364,8 +362,7 @@ impl Node {
         {
             st.approval = Approval::Granted;
             if let Some(spec) = reg.spec(service) {
-                let spec = spec.clone();
-                self.reconcile_one(&spec, now, reg);
+                self.reconcile_one(spec, now, reg);
             }
         }
     }
