@@ -370,10 +370,8 @@ impl<F: Fabric> Runtime<F> {
                         .publish(&Topic::heartbeat(&self.id), bytes)
                         .await;
                 }
-                Output::Start(order) => {
-                    visible = true;
-                    self.start(order);
-                }
+                // A started instance matters once its health says it serves.
+                Output::Start(order) => self.start(order),
                 Output::Stop { instance, reason } => {
                     visible = true;
                     self.exec.stop(&instance, &reason);
