@@ -4,7 +4,7 @@
 //! turns them all into `#[tokio::test]`s for one backend, each bounded by [`CASE_TIMEOUT`]:
 //!
 //! ```ignore
-//! qs_fabric::conformance_tests!(|| async { qs_fabric::memory::MemoryFabric::new() });
+//! qs_fabric::conformance_tests!(|| async { (qs_fabric::memory::MemoryFabric::new(), ()) });
 //! ```
 
 use crate::{Bytes, Fabric, FabricError, Gather, Kv, KvEvent, MAX_PAYLOAD_BYTES, Topic};
@@ -276,6 +276,12 @@ pub async fn bad_input_is_refused<F: Fabric>(f: F) {
         Err(FabricError::InvalidBucket { .. })
     ));
     let kv = f.kv("checked").await.unwrap();
+    let err = kv
+        .watch("half-a-tok")
+        .await
+        .err()
+        .expect("a prefix ends at a '.'");
+    assert!(matches!(err, FabricError::InvalidKey { .. }), "{err}");
     let err = kv.put("bad key", b("x")).await.unwrap_err();
     assert!(err.to_string().contains("\"bad key\""), "{err}");
     assert!(matches!(
@@ -286,7 +292,8 @@ pub async fn bad_input_is_refused<F: Fabric>(f: F) {
 }
 
 /// Instantiates every conformance case as a bounded `#[tokio::test]` for one backend.
-/// `$make` is a closure returning a future of a fresh fabric.
+/// `$make` is a closure returning a future of a fresh fabric and whatever must outlive it (a
+/// server process, say).
 #[macro_export]
 macro_rules! conformance_tests {
     ($make:expr) => {
@@ -308,7 +315,7 @@ macro_rules! conformance_tests {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
-                let fabric = ($make)().await;
+                let (fabric, _keep) = ($make)().await;
                 tokio::time::timeout(
                     $crate::conformance::CASE_TIMEOUT,
                     $crate::conformance::$case(fabric),

@@ -12,6 +12,8 @@
 
 pub mod conformance;
 pub mod memory;
+pub mod nats;
+pub mod nats_server;
 mod topic;
 
 pub use bytes::Bytes;
@@ -277,6 +279,63 @@ pub fn check_key(key: &str) -> Result<(), FabricError> {
     }
     if key.starts_with('.') || key.ends_with('.') {
         return refuse("must not start or end with '.'");
+    }
+    Ok(())
+}
+
+/// Checks what is published: a concrete topic (no wildcard) and a payload within the limit.
+pub(crate) fn check_publish(topic: &Topic, payload: &Bytes) -> Result<(), FabricError> {
+    if topic.is_pattern() {
+        return Err(FabricError::InvalidTopic {
+            topic: topic.to_string(),
+            why: "wildcards are for subscriptions, not for publishing",
+        });
+    }
+    check_payload(payload)
+}
+
+/// Checks what is written to a KV: a valid key and a payload within the limit.
+pub(crate) fn check_entry(key: &str, value: &Bytes) -> Result<(), FabricError> {
+    check_key(key)?;
+    check_payload(value)
+}
+
+/// Refuses a gather that asks for more replies than any backend collects.
+pub(crate) fn check_gather(gather: &Gather) -> Result<(), FabricError> {
+    if gather.max_replies > MAX_GATHER_REPLIES {
+        return Err(FabricError::TooManyReplies {
+            asked: gather.max_replies,
+            max: MAX_GATHER_REPLIES,
+        });
+    }
+    Ok(())
+}
+
+/// Collects the replies of a gather from its inbox until enough came or the deadline passed.
+pub(crate) async fn collect_replies(mut inbox: Subscription, gather: Gather) -> Vec<Incoming> {
+    let mut replies = Vec::new();
+    let deadline = tokio::time::Instant::now() + gather.timeout;
+    while replies.len() < gather.max_replies {
+        match tokio::time::timeout_at(deadline, inbox.next()).await {
+            Ok(Some(reply)) => replies.push(reply),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    replies
+}
+
+/// Checks a watch prefix: empty (the whole bucket) or whole key tokens ending with '.'
+/// (NATS filters by token, so `svc.` can be watched and `sv` cannot).
+pub fn check_watch_prefix(prefix: &str) -> Result<(), FabricError> {
+    if prefix.is_empty() {
+        return Ok(());
+    }
+    check_key(prefix.trim_end_matches('.'))?;
+    if !prefix.ends_with('.') {
+        return Err(FabricError::InvalidKey {
+            key: prefix.to_owned(),
+            why: "a watch prefix is empty or ends with '.'",
+        });
     }
     Ok(())
 }

@@ -5,9 +5,9 @@
 //! current state first.
 
 use crate::{
-    Entry, Fabric, FabricError, Gather, Incoming, Kv, KvEvent, MAX_GATHER_REPLIES,
-    SUBSCRIPTION_BUFFER, Subscription, Topic, WATCH_BUFFER, Watch, check_bucket, check_key,
-    check_payload,
+    Entry, Fabric, FabricError, Gather, Incoming, Kv, KvEvent, SUBSCRIPTION_BUFFER, Subscription,
+    Topic, WATCH_BUFFER, Watch, check_bucket, check_entry, check_gather, check_key, check_publish,
+    check_watch_prefix, collect_replies,
 };
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet};
@@ -94,13 +94,7 @@ impl MemoryFabric {
         payload: Bytes,
         reply_to: Option<Topic>,
     ) -> Result<(), FabricError> {
-        if topic.is_pattern() {
-            return Err(FabricError::InvalidTopic {
-                topic: topic.to_string(),
-                why: "wildcards are for subscriptions, not for publishing",
-            });
-        }
-        check_payload(&payload)?;
+        check_publish(topic, &payload)?;
         let inner = lock(&self.inner);
         let exact = inner.exact.get(topic).into_iter().flatten();
         let head = first_token(topic);
@@ -176,29 +170,16 @@ impl Fabric for MemoryFabric {
         payload: Bytes,
         gather: Gather,
     ) -> Result<Vec<Incoming>, FabricError> {
-        if gather.max_replies > MAX_GATHER_REPLIES {
-            return Err(FabricError::TooManyReplies {
-                asked: gather.max_replies,
-                max: MAX_GATHER_REPLIES,
-            });
-        }
+        check_gather(&gather)?;
         let n = {
             let mut inner = lock(&self.inner);
             inner.next_id += 1;
             inner.next_id
         };
         let inbox = Topic::inbox("mem", n);
-        let mut sub = self.subscribe_now(&inbox);
+        let sub = self.subscribe_now(&inbox);
         self.deliver(topic, payload, Some(inbox))?;
-        let mut replies = Vec::new();
-        let deadline = tokio::time::Instant::now() + gather.timeout;
-        while replies.len() < gather.max_replies {
-            match tokio::time::timeout_at(deadline, sub.next()).await {
-                Ok(Some(reply)) => replies.push(reply),
-                Ok(None) | Err(_) => break,
-            }
-        }
-        Ok(replies)
+        Ok(collect_replies(sub, gather).await)
     }
 
     async fn kv(&self, bucket: &str) -> Result<MemoryKv, FabricError> {
@@ -268,8 +249,7 @@ impl Kv for MemoryKv {
     }
 
     async fn put(&self, key: &str, value: Bytes) -> Result<u64, FabricError> {
-        check_key(key)?;
-        check_payload(&value)?;
+        check_entry(key, &value)?;
         let mut b = lock(&self.bucket);
         Ok(write(&mut b, key, value))
     }
@@ -280,8 +260,7 @@ impl Kv for MemoryKv {
         value: Bytes,
         expected: Option<u64>,
     ) -> Result<u64, FabricError> {
-        check_key(key)?;
-        check_payload(&value)?;
+        check_entry(key, &value)?;
         let mut b = lock(&self.bucket);
         let current = b.entries.get(key).map(|e| e.revision);
         if current != expected {
@@ -312,9 +291,7 @@ impl Kv for MemoryKv {
     }
 
     async fn watch(&self, prefix: &str) -> Result<Watch, FabricError> {
-        if !prefix.is_empty() {
-            check_key(prefix.trim_end_matches('.'))?;
-        }
+        check_watch_prefix(prefix)?;
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         let mut b = lock(&self.bucket);
         let current: Vec<Entry> = b

@@ -93,6 +93,10 @@ impl Topic {
     pub fn inbox(owner: &str, n: u64) -> Topic {
         Topic::named(format!("_inbox.{owner}.{n}"))
     }
+    /// Every reply inbox of one owner (a subscription pattern).
+    pub fn inboxes(owner: &str) -> Topic {
+        Topic::named(format!("_inbox.{owner}.*"))
+    }
 }
 
 impl fmt::Display for Topic {

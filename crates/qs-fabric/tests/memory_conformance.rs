@@ -1,6 +1,6 @@
 //! The in-memory backend passes the fabric conformance suite.
 
-qs_fabric::conformance_tests!(|| async { qs_fabric::memory::MemoryFabric::new() });
+qs_fabric::conformance_tests!(|| async { (qs_fabric::memory::MemoryFabric::new(), ()) });
 
 use qs_fabric::{Fabric, Topic};
 

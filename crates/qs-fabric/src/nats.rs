@@ -1,0 +1,408 @@
+//! The NATS backend: the fabric across processes and machines, on a real `nats-server` with
+//! JetStream (2.10 or newer).
+//!
+//! Topic `t` of fleet `f` is the subject `qs.f.t`; KV bucket `b` is the JetStream KV bucket
+//! `qs_f_b`. Each fabric (one per agent) subscribes once to its own reply inbox
+//! `qs.f._inbox.<uid>.*` and routes the replies of every gather by the last token, so a
+//! capacity query to a thousand nodes costs one subscription, not a thousand.
+
+use crate::{
+    Bytes, Entry, Fabric, FabricError, Gather, Incoming, Kv, KvEvent, SUBSCRIPTION_BUFFER,
+    Subscription, Topic, WATCH_BUFFER, Watch, check_bucket, check_entry, check_gather, check_key,
+    check_publish, check_watch_prefix, collect_replies,
+};
+use async_nats::jetstream::{self, kv};
+use futures_util::StreamExt;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Gathers in flight on one fabric at most; past this a gather is refused.
+const MAX_GATHERS: usize = 4096;
+
+fn backend(e: impl std::fmt::Display) -> FabricError {
+    FabricError::Backend(e.to_string())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Aborts a forwarding task when its stream is dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+type Gathers = Arc<Mutex<BTreeMap<u64, mpsc::Sender<Incoming>>>>;
+
+struct Inner {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    /// `qs.<fleet>.`
+    prefix: String,
+    fleet: String,
+    /// This fabric's reply inbox owner token.
+    uid: String,
+    next_gather: AtomicU64,
+    gathers: Gathers,
+    dropped: AtomicU64,
+    _inbox: AbortOnDrop,
+}
+
+/// See the module docs. Cloning shares the connection.
+#[derive(Clone)]
+pub struct NatsFabric {
+    inner: Arc<Inner>,
+}
+
+impl NatsFabric {
+    /// Connects to `url` as a member of `fleet` (a DNS-label name).
+    pub async fn connect(url: &str, fleet: &str) -> Result<NatsFabric, FabricError> {
+        check_bucket(fleet)?;
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect(url)
+            .await
+            .map_err(backend)?;
+        Self::with_client(client, fleet).await
+    }
+
+    /// Uses an existing connection.
+    pub async fn with_client(
+        client: async_nats::Client,
+        fleet: &str,
+    ) -> Result<NatsFabric, FabricError> {
+        check_bucket(fleet)?;
+        let prefix = format!("qs.{fleet}.");
+        // The random token of a fresh NATS inbox names this fabric's reply inbox.
+        let uid = client
+            .new_inbox()
+            .rsplit('.')
+            .next()
+            .unwrap_or("inbox")
+            .to_owned();
+        let inbox = format!("{prefix}{}", Topic::inboxes(&uid).as_str());
+        let mut replies = client.subscribe(inbox).await.map_err(backend)?;
+        let gathers: Gathers = Arc::default();
+        let routes = gathers.clone();
+        let strip = prefix.clone();
+        let router = tokio::spawn(async move {
+            while let Some(m) = replies.next().await {
+                // The server's "no responders" status is not a reply.
+                if m.status.is_some() {
+                    continue;
+                }
+                let Some(n) = m.subject.rsplit('.').next().and_then(|t| t.parse().ok()) else {
+                    continue;
+                };
+                let tx = lock(&routes).get(&n).cloned();
+                if let (Some(tx), Some(incoming)) = (tx, incoming(&strip, m)) {
+                    let _ = tx.try_send(incoming);
+                }
+            }
+        });
+        Ok(NatsFabric {
+            inner: Arc::new(Inner {
+                js: jetstream::new(client.clone()),
+                client,
+                prefix,
+                fleet: fleet.to_owned(),
+                uid,
+                next_gather: AtomicU64::new(1),
+                gathers,
+                dropped: AtomicU64::new(0),
+                _inbox: AbortOnDrop(router),
+            }),
+        })
+    }
+
+    fn subject(&self, topic: &Topic) -> String {
+        format!("{}{}", self.inner.prefix, topic.as_str())
+    }
+
+    /// Messages dropped because a subscriber's buffer was full.
+    pub fn dropped(&self) -> u64 {
+        self.inner.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Whether the connection to the server is up now.
+    pub fn connected(&self) -> bool {
+        self.inner.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Waits until everything published so far has reached the server.
+    pub async fn flush(&self) -> Result<(), FabricError> {
+        self.inner.client.flush().await.map_err(backend)
+    }
+
+    async fn send_raw(
+        &self,
+        topic: &Topic,
+        reply_to: Option<&Topic>,
+        payload: Bytes,
+    ) -> Result<(), FabricError> {
+        check_publish(topic, &payload)?;
+        let subject = self.subject(topic);
+        let sent = match reply_to {
+            Some(r) => {
+                self.inner
+                    .client
+                    .publish_with_reply(subject, self.subject(r), payload)
+                    .await
+            }
+            None => self.inner.client.publish(subject, payload).await,
+        };
+        sent.map_err(backend)
+    }
+}
+
+/// A NATS message as an [`Incoming`] of this fleet (`None` for subjects outside it).
+fn incoming(prefix: &str, m: async_nats::Message) -> Option<Incoming> {
+    let topic = Topic::parse(m.subject.strip_prefix(prefix)?).ok()?;
+    let reply_to = m
+        .reply
+        .as_ref()
+        .and_then(|r| r.strip_prefix(prefix))
+        .and_then(|r| Topic::parse(r).ok());
+    Some(Incoming {
+        topic,
+        payload: m.payload,
+        reply_to,
+    })
+}
+
+impl Fabric for NatsFabric {
+    type Kv = NatsKv;
+
+    async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<(), FabricError> {
+        self.send_raw(topic, None, payload).await
+    }
+
+    async fn request(
+        &self,
+        topic: &Topic,
+        reply_to: &Topic,
+        payload: Bytes,
+    ) -> Result<(), FabricError> {
+        self.send_raw(topic, Some(reply_to), payload).await
+    }
+
+    async fn subscribe(&self, topic: &Topic) -> Result<Subscription, FabricError> {
+        let mut sub = self
+            .inner
+            .client
+            .subscribe(self.subject(topic))
+            .await
+            .map_err(backend)?;
+        // The server has the interest before this returns, so nothing published after is
+        // missed.
+        self.inner.client.flush().await.map_err(backend)?;
+        let (tx, rx) = mpsc::channel(SUBSCRIPTION_BUFFER);
+        let inner = self.inner.clone();
+        let task = tokio::spawn(async move {
+            while let Some(m) = sub.next().await {
+                if let Some(i) = incoming(&inner.prefix, m)
+                    && tx.try_send(i).is_err()
+                {
+                    if tx.is_closed() {
+                        return;
+                    }
+                    inner.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        Ok(Subscription::new(rx, Box::new(AbortOnDrop(task))))
+    }
+
+    async fn gather(
+        &self,
+        topic: &Topic,
+        payload: Bytes,
+        gather: Gather,
+    ) -> Result<Vec<Incoming>, FabricError> {
+        check_gather(&gather)?;
+        let n = self.inner.next_gather.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(gather.max_replies.clamp(1, SUBSCRIPTION_BUFFER));
+        {
+            let mut gathers = lock(&self.inner.gathers);
+            if gathers.len() >= MAX_GATHERS {
+                return Err(FabricError::Backend(format!(
+                    "{MAX_GATHERS} gathers already in flight"
+                )));
+            }
+            gathers.insert(n, tx);
+        }
+        // The route is removed however the gather ends.
+        struct Unregister(Gathers, u64);
+        impl Drop for Unregister {
+            fn drop(&mut self) {
+                lock(&self.0).remove(&self.1);
+            }
+        }
+        let inbox = Subscription::new(rx, Box::new(Unregister(self.inner.gathers.clone(), n)));
+        self.send_raw(topic, Some(&Topic::inbox(&self.inner.uid, n)), payload)
+            .await?;
+        Ok(collect_replies(inbox, gather).await)
+    }
+
+    async fn kv(&self, bucket: &str) -> Result<NatsKv, FabricError> {
+        check_bucket(bucket)?;
+        let name = format!("qs_{}_{bucket}", self.inner.fleet);
+        let store = match self.inner.js.get_key_value(&name).await {
+            Ok(s) => s,
+            Err(_) => self
+                .inner
+                .js
+                .create_or_update_key_value(kv::Config {
+                    bucket: name.clone(),
+                    history: 1,
+                    ..Default::default()
+                })
+                .await
+                .map_err(backend)?,
+        };
+        Ok(NatsKv { store })
+    }
+}
+
+/// One JetStream KV bucket.
+#[derive(Clone)]
+pub struct NatsKv {
+    store: kv::Store,
+}
+
+impl NatsKv {
+    async fn revision(&self, key: &str) -> Option<u64> {
+        self.get(key).await.ok().flatten().map(|e| e.revision)
+    }
+}
+
+impl Kv for NatsKv {
+    async fn get(&self, key: &str) -> Result<Option<Entry>, FabricError> {
+        check_key(key)?;
+        let entry = self.store.entry(key).await.map_err(backend)?;
+        Ok(entry
+            .filter(|e| e.operation == kv::Operation::Put)
+            .map(|e| Entry {
+                key: e.key,
+                value: e.value,
+                revision: e.revision,
+            }))
+    }
+
+    async fn put(&self, key: &str, value: Bytes) -> Result<u64, FabricError> {
+        check_entry(key, &value)?;
+        self.store.put(key, value).await.map_err(backend)
+    }
+
+    async fn cas(
+        &self,
+        key: &str,
+        value: Bytes,
+        expected: Option<u64>,
+    ) -> Result<u64, FabricError> {
+        check_entry(key, &value)?;
+        let conflict = |current| FabricError::Conflict {
+            key: key.to_owned(),
+            expected,
+            current,
+        };
+        match expected {
+            None => match self.store.create(key, value).await {
+                Ok(r) => Ok(r),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                    Err(conflict(self.revision(key).await))
+                }
+                Err(e) => Err(backend(e)),
+            },
+            Some(rev) => match self.store.update(key, value, rev).await {
+                Ok(r) => Ok(r),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    Err(conflict(self.revision(key).await))
+                }
+                Err(e) => Err(backend(e)),
+            },
+        }
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), FabricError> {
+        check_key(key)?;
+        self.store.delete(key).await.map_err(backend)
+    }
+
+    async fn watch(&self, prefix: &str) -> Result<Watch, FabricError> {
+        check_watch_prefix(prefix)?;
+        let filter = format!("{prefix}>");
+        // With nothing under the prefix no entry comes to say the replay is over.
+        let mut keys = self.store.keys().await.map_err(backend)?;
+        let mut any = false;
+        while let Some(k) = keys.next().await {
+            if k.map_err(backend)?.starts_with(prefix) {
+                any = true;
+                break;
+            }
+        }
+        let mut watch = self
+            .store
+            .watch_with_history(filter)
+            .await
+            .map_err(backend)?;
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let task = tokio::spawn(async move {
+            let mut synced = !any;
+            if synced && tx.send(Ok(KvEvent::Synced)).await.is_err() {
+                return;
+            }
+            while let Some(e) = watch.next().await {
+                let event = match e {
+                    Ok(e) => {
+                        let done = !synced && e.delta == 0;
+                        let ev = match e.operation {
+                            kv::Operation::Put => KvEvent::Put(Entry {
+                                key: e.key,
+                                value: e.value,
+                                revision: e.revision,
+                            }),
+                            kv::Operation::Delete | kv::Operation::Purge => KvEvent::Delete {
+                                key: e.key,
+                                revision: e.revision,
+                            },
+                        };
+                        // The replay is delivered whole (it waits for room); live changes
+                        // that find the buffer full end the watch with `Lagged`.
+                        if !synced {
+                            if tx.send(Ok(ev)).await.is_err() {
+                                return;
+                            }
+                            if done {
+                                synced = true;
+                                if tx.send(Ok(KvEvent::Synced)).await.is_err() {
+                                    return;
+                                }
+                            }
+                            continue;
+                        }
+                        ev
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(backend(e))).await;
+                        continue;
+                    }
+                };
+                if tx.try_send(Ok(event)).is_err() {
+                    if !tx.is_closed() {
+                        let _ = tx.send(Err(FabricError::Lagged)).await;
+                    }
+                    return;
+                }
+            }
+        });
+        Ok(Watch::new(rx, Box::new(AbortOnDrop(task))))
+    }
+}

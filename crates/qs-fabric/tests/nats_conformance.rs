@@ -1,0 +1,78 @@
+//! The conformance suite against a real nats-server with JetStream: each case starts its own
+//! server (free loopback port, temporary store), which stops when the case ends.
+
+use qs_fabric::nats::NatsFabric;
+use qs_fabric::nats_server::NatsServer;
+
+async fn fabric() -> (NatsFabric, NatsServer) {
+    let server = tokio::task::spawn_blocking(NatsServer::start)
+        .await
+        .expect("the start task ran")
+        .expect("nats-server 2.10+ starts (scripts/test installs it)");
+    let fabric = NatsFabric::connect(&server.url(), "conformance")
+        .await
+        .expect("the fabric connects");
+    (fabric, server)
+}
+
+qs_fabric::conformance_tests!(fabric);
+
+/// A KV watch and a subscription go on after the server restarts (same port, same store):
+/// the client reconnects and the watch's consumer is recreated where it left off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_and_subscriptions_resume_after_a_server_restart() {
+    use qs_fabric::{Bytes, Fabric, Kv, KvEvent, Topic};
+    use std::time::Duration;
+    let limit = Duration::from_secs(60);
+    let (fabric, mut server) = fabric().await;
+    let kv = fabric.kv("specs").await.unwrap();
+    kv.put("before", Bytes::from_static(b"1")).await.unwrap();
+    let mut watch = kv.watch("").await.unwrap();
+    let mut next = async || {
+        tokio::time::timeout(limit, watch.next())
+            .await
+            .expect("a KV event arrives")
+            .expect("the watch is open")
+    };
+    assert!(matches!(next().await, Ok(KvEvent::Put(e)) if e.key == "before"));
+    assert_eq!(next().await, Ok(KvEvent::Synced));
+    let hb = Topic::parse("hb.a").unwrap();
+    let mut sub = fabric.subscribe(&hb).await.unwrap();
+
+    let (port, store) = (server.port(), server.store().to_path_buf());
+    server.kill();
+    let _restarted = tokio::task::spawn_blocking(move || {
+        qs_fabric::nats_server::NatsServer::start_at(port, &store)
+    })
+    .await
+    .unwrap()
+    .expect("the server starts again");
+    // Writes retry until the client has reconnected.
+    let started = tokio::time::Instant::now();
+    while kv.put("after", Bytes::from_static(b"2")).await.is_err() {
+        assert!(started.elapsed() < limit, "the KV never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    loop {
+        match next().await {
+            Ok(KvEvent::Put(e)) if e.key == "after" => break,
+            Ok(_) | Err(_) => {} // replays and transient errors while the consumer is recreated
+        }
+    }
+    // Interest is restored on reconnect: a publish reaches the old subscription.
+    let started = tokio::time::Instant::now();
+    loop {
+        fabric
+            .publish(&hb, Bytes::from_static(b"beat"))
+            .await
+            .unwrap();
+        if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(200), sub.next()).await {
+            assert_eq!(&m.payload[..], b"beat");
+            break;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "the subscription never came back"
+        );
+    }
+}
