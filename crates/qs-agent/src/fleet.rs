@@ -7,6 +7,7 @@ use crate::membership::Membership;
 use crate::runtime::{NodeSetup, SenseMode, Shared, run_node};
 use crate::sense::{Sensor, SimulatedGpus};
 use qs_core::Config;
+use qs_fabric::Fabric;
 use qs_fabric::memory::MemoryFabric;
 use qs_store::Ledger;
 use qs_wire::NodeSpec;
@@ -162,10 +163,11 @@ fn gpu_source(host: bool, spec: &NodeSpec) -> Box<dyn crate::sense::GpuSource> {
     })
 }
 
-/// A running embedded fleet.
-pub struct EmbeddedFleet {
+/// A running fleet of one process: every node of `qs up` on the in-memory fabric, or the one
+/// node of `qs agent` on NATS.
+pub struct EmbeddedFleet<F: Fabric = MemoryFabric> {
     pub shared: Arc<Shared>,
-    pub fabric: MemoryFabric,
+    pub fabric: F,
     pub addr: SocketAddr,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
@@ -173,8 +175,23 @@ pub struct EmbeddedFleet {
     writer_stop: watch::Sender<bool>,
 }
 
-impl EmbeddedFleet {
-    pub async fn start(opts: FleetOptions) -> Result<EmbeddedFleet, FleetError> {
+impl EmbeddedFleet<MemoryFabric> {
+    /// Starts the nodes on a fresh in-memory fabric; the desired state cached by the last
+    /// run is applied again.
+    pub async fn start(opts: FleetOptions) -> Result<Self, FleetError> {
+        let fabric = MemoryFabric::new();
+        let cache = opts.state_dir.join("specs.json");
+        let doc = desired::load(&cache)?;
+        crate::runtime::put_specs(&fabric, &doc)
+            .await
+            .map_err(FleetError::Fabric)?;
+        Self::start_on(opts, fabric).await
+    }
+}
+
+impl<F: Fabric> EmbeddedFleet<F> {
+    /// Starts the nodes on `fabric`, whose KV holds the desired state.
+    pub async fn start_on(opts: FleetOptions, fabric: F) -> Result<Self, FleetError> {
         if opts.nodes.is_empty() {
             return Err(FleetError::NoNodes);
         }
@@ -194,15 +211,10 @@ impl EmbeddedFleet {
             sensor: Mutex::new(Sensor::new().ok()),
             state_dir: opts.state_dir.clone(),
         });
-        let fabric = MemoryFabric::new();
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         // The desired-state cache: what was applied survives a restart of the process.
         let cache = opts.state_dir.join("specs.json");
-        let doc = desired::load(&cache)?;
-        crate::runtime::put_specs(&fabric, &doc)
-            .await
-            .map_err(FleetError::Fabric)?;
         tasks.spawn(desired::keep(fabric.clone(), cache, stop_rx.clone()));
         let membership = Membership::new(&opts.config);
         let feed = membership.feed(&fabric).await.map_err(FleetError::Fabric)?;

@@ -46,6 +46,19 @@ enum Command {
     Agent {
         #[command(flatten)]
         serve: Serve,
+        /// Join a fleet across machines through this NATS server (JetStream, 2.10+), e.g.
+        /// nats://127.0.0.1:4222; without it the node runs alone on the in-memory fabric.
+        #[arg(long)]
+        nats: Option<String>,
+        /// The fleet's name on that server (several fleets may share one).
+        #[arg(long, default_value = "default", requires = "nats")]
+        fleet: String,
+        /// This node's name (a DNS label); default: the host name.
+        #[arg(long)]
+        node: Option<String>,
+        /// This node's level, 0 (best) to 7.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=7))]
+        level: u8,
     },
     /// Apply spec files to a running fleet (all of a file or nothing).
     Apply {
@@ -179,6 +192,10 @@ struct Serve {
     /// Where the HTTP API listens (loopback by default).
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
+    /// Tuning of the core (a TOML file of qs_core::Config fields: thresholds, gate_min,
+    /// heartbeat_ms, dead_after_ms, ...); unnamed fields keep their defaults.
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -226,15 +243,27 @@ pub fn run(cli: Cli) -> Result<()> {
             listen: serve.listen,
             fleet,
             apply: serve.apply,
-            host: false,
+            config: serve.config,
+            host: None,
         }),
-        Command::Agent { serve } => crate::fleet::up(crate::fleet::Up {
+        Command::Agent {
+            serve,
+            nats,
+            fleet,
+            node,
+            level,
+        } => crate::fleet::up(crate::fleet::Up {
             demo: false,
             state_dir: serve.state_dir,
             listen: serve.listen,
             fleet: None,
             apply: serve.apply,
-            host: true,
+            config: serve.config,
+            host: Some(crate::fleet::Host {
+                nats: nats.map(|url| (url, fleet)),
+                node,
+                level,
+            }),
         }),
         Command::Apply { files } => crate::fleet::apply(api, &files),
         Command::Delete { name } => crate::fleet::delete(api, &name),

@@ -25,8 +25,51 @@ pub struct Up {
     pub listen: SocketAddr,
     pub fleet: Option<PathBuf>,
     pub apply: Vec<PathBuf>,
+    /// A TOML file of core settings.
+    pub config: Option<PathBuf>,
     /// `qs agent`: this machine as one real node.
-    pub host: bool,
+    pub host: Option<Host>,
+}
+
+/// How `qs agent` runs this machine.
+pub struct Host {
+    /// The NATS server and fleet name to join, if any.
+    pub nats: Option<(String, String)>,
+    pub node: Option<String>,
+    pub level: u8,
+}
+
+/// This machine's name as a node name: the host name, lower-cased, with anything a DNS
+/// label cannot hold turned into '-'.
+fn host_name() -> String {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name: String = raw
+        .trim()
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let name = name.trim_matches('-');
+    if name.is_empty() {
+        "local".into()
+    } else {
+        name.chars().take(63).collect()
+    }
+}
+
+/// Reads core settings; every error names the file (and the line, for TOML errors).
+fn read_config(path: Option<&Path>) -> Result<Config> {
+    let Some(path) = path else {
+        return Ok(Config::default());
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let config: Config =
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    config
+        .validate()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(config)
 }
 
 fn read_spec(path: &Path) -> Result<qs_wire::SpecDocument> {
@@ -36,13 +79,13 @@ fn read_spec(path: &Path) -> Result<qs_wire::SpecDocument> {
 }
 
 /// One node that is this machine, with its real size.
-fn this_machine() -> Result<Vec<NodeSpec>> {
+fn this_machine(name: &str, level: u8) -> Result<Vec<NodeSpec>> {
     let sys = qs_agent::sense::Sensor::new()
         .map_err(anyhow::Error::msg)?
         .sample(&BTreeMap::new());
     Ok(vec![NodeSpec {
-        id: NodeId::new("local").expect("a valid name"),
-        level: 0,
+        id: NodeId::new(name).with_context(|| format!("node name {name:?}"))?,
+        level,
         labels: BTreeMap::new(),
         capacity: Capacity {
             cpu_millicores: sys.cores as u64 * 1000,
@@ -53,10 +96,11 @@ fn this_machine() -> Result<Vec<NodeSpec>> {
 }
 
 pub fn up(opts: Up) -> Result<()> {
-    let nodes = match (&opts.fleet, opts.demo) {
-        (Some(file), _) => read_spec(file)?.nodes,
-        (None, true) => parse_spec("examples/seed-fleet.toml", SEED_FLEET)?.nodes,
-        (None, false) => this_machine()?,
+    let nodes = match (&opts.fleet, opts.demo, &opts.host) {
+        (Some(file), _, _) => read_spec(file)?.nodes,
+        (None, true, _) => parse_spec("examples/seed-fleet.toml", SEED_FLEET)?.nodes,
+        (None, false, Some(h)) => this_machine(h.node.as_deref().unwrap_or(&host_name()), h.level)?,
+        (None, false, None) => this_machine("local", 0)?,
     };
     if nodes.is_empty() {
         bail!("the fleet declares no [node.*] table");
@@ -69,57 +113,81 @@ pub fn up(opts: Up) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let options = FleetOptions {
+        state_dir: opts.state_dir.clone(),
+        listen: opts.listen,
+        nodes: nodes.clone(),
+        config: read_config(opts.config.as_deref())?,
+        sense_every: Duration::from_millis(500),
+        stop_grace: Duration::from_secs(5),
+        seed: 1,
+        host: opts.host.is_some(),
+        noop_executor: false,
+    };
+    let nats = opts.host.as_ref().and_then(|h| h.nats.clone());
     rt.block_on(async move {
-        let fleet = EmbeddedFleet::start(FleetOptions {
-            state_dir: opts.state_dir.clone(),
-            listen: opts.listen,
-            nodes: nodes.clone(),
-            config: Config::default(),
-            sense_every: Duration::from_millis(500),
-            stop_grace: Duration::from_secs(5),
-            seed: 1,
-            host: opts.host,
-            noop_executor: false,
-        })
-        .await?;
-        println!(
-            "qs up: {} nodes ({}), API on http://{}, state in {}",
-            nodes.len(),
-            nodes
-                .iter()
-                .map(|n| n.id.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-            fleet.addr,
-            opts.state_dir.display()
-        );
-        for doc in &docs {
-            let applied = qs_agent::runtime::put_specs(&fleet.fabric, doc).await?;
-            println!(
-                "applied {}",
-                applied
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
+        match nats {
+            Some((url, fleet_name)) => {
+                let fabric = qs_fabric::nats::NatsFabric::connect(&url, &fleet_name)
+                    .await
+                    .with_context(|| format!("connecting to {url}"))?;
+                println!("qs agent: fleet {fleet_name} on {url}");
+                let fleet = EmbeddedFleet::start_on(options, fabric).await?;
+                serve(fleet, &nodes, &opts.state_dir, &docs, None).await
+            }
+            None => {
+                let fleet = EmbeddedFleet::start(options).await?;
+                let story = opts.demo.then(|| {
+                    tokio::spawn(crate::demo::play(
+                        fleet.addr,
+                        fleet.shared.clone(),
+                        fleet.fabric.clone(),
+                    ))
+                });
+                serve(fleet, &nodes, &opts.state_dir, &docs, story).await
+            }
         }
-        let story = opts.demo.then(|| {
-            tokio::spawn(crate::demo::play(
-                fleet.addr,
-                fleet.shared.clone(),
-                fleet.fabric.clone(),
-            ))
-        });
-        wait_for_stop().await;
-        println!("qs up: stopping (instances get SIGTERM, then SIGKILL after 5 s)");
-        if let Some(s) = story {
-            s.abort();
-        }
-        fleet.shutdown().await;
-        println!("qs up: stopped");
-        anyhow::Ok(())
     })
+}
+
+/// Announces a started fleet, applies `docs`, and runs until SIGTERM or Ctrl-C.
+async fn serve<F: qs_fabric::Fabric>(
+    fleet: EmbeddedFleet<F>,
+    nodes: &[NodeSpec],
+    state_dir: &Path,
+    docs: &[qs_wire::SpecDocument],
+    story: Option<tokio::task::JoinHandle<()>>,
+) -> Result<()> {
+    println!(
+        "qs up: {} nodes ({}), API on http://{}, state in {}",
+        nodes.len(),
+        nodes
+            .iter()
+            .map(|n| n.id.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        fleet.addr,
+        state_dir.display()
+    );
+    for doc in docs {
+        let applied = qs_agent::runtime::put_specs(&fleet.fabric, doc).await?;
+        println!(
+            "applied {}",
+            applied
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    wait_for_stop().await;
+    println!("qs up: stopping (instances get SIGTERM, then SIGKILL after 5 s)");
+    if let Some(s) = story {
+        s.abort();
+    }
+    fleet.shutdown().await;
+    println!("qs up: stopped");
+    Ok(())
 }
 
 async fn wait_for_stop() {

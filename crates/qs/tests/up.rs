@@ -1,267 +1,17 @@
 //! `qs up` end to end: a real agent process running real child processes on loopback.
 
-use serde_json::Value;
-use std::io::{Read, Write};
-use std::net::{TcpStream, UdpSocket};
-use std::path::PathBuf;
-use std::process::{Child, Command};
+mod common;
+
+use common::*;
+use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
-const LIMIT: Duration = Duration::from_secs(30);
-
-const FLEET: &str = r#"
-[node.alpha]
-level = 0
-cpu_cores = 4
-memory_mib = 4096
-
-[node.beta]
-level = 1
-cpu_cores = 4
-memory_mib = 4096
-
-[node.gamma]
-level = 1
-cpu_cores = 4
-memory_mib = 4096
-"#;
-
-fn qs() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_qs"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A running `qs up`; stopped (SIGTERM, then SIGKILL) when dropped.
-struct Up {
-    child: Option<Child>,
-    api: String,
-    dir: PathBuf,
-}
-
-impl Up {
-    fn start(dir: &std::path::Path) -> Up {
-        std::fs::write(dir.join("fleet.toml"), FLEET).unwrap();
-        let port = free_port();
-        let log = std::fs::File::create(dir.join(format!("qs-up-{port}.log"))).unwrap();
-        let child = qs()
-            .args(["up", "--fleet"])
-            .arg(dir.join("fleet.toml"))
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let up = Up {
-            child: Some(child),
-            api: format!("http://127.0.0.1:{port}"),
-            dir: dir.to_path_buf(),
-        };
-        up.wait("the API", |up| up.http("GET", "/health", "").0 == 200);
-        up
-    }
-
-    /// Raw HTTP, so the API itself is what is tested.
-    fn http(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
-        let addr = self.api.trim_start_matches("http://");
-        let Ok(mut s) = TcpStream::connect(addr) else {
-            return (0, Value::Null);
-        };
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        s.write_all(req.as_bytes()).unwrap();
-        let mut raw = String::new();
-        let _ = s.read_to_string(&mut raw);
-        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or(("", ""));
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        (
-            status,
-            serde_json::from_str(body).unwrap_or(Value::String(body.into())),
-        )
-    }
-
-    fn get(&self, path: &str) -> Value {
-        let (status, v) = self.http("GET", path, "");
-        assert_eq!(status, 200, "GET {path}: {v}");
-        v
-    }
-
-    /// A fleet running [`WEB`] with its two replicas serving.
-    fn with_web(dir: &std::path::Path) -> Up {
-        let up = Up::start(dir);
-        up.apply(WEB);
-        up.wait("two serving replicas", |u| u.serving("web").len() == 2);
-        up
-    }
-
-    fn apply(&self, spec: &str) {
-        let (status, v) = self.http("POST", "/v1/specs?file=test.toml", spec);
-        assert_eq!(status, 200, "{v}");
-    }
-
-    /// Waits (bounded) for a condition on the running agent.
-    fn wait(&self, what: &str, mut done: impl FnMut(&Up) -> bool) {
-        let start = Instant::now();
-        while !done(self) {
-            if start.elapsed() > LIMIT {
-                let (_, events) = self.http("GET", "/v1/events?from=0&limit=10000", "");
-                let tail: Vec<String> = events
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .rev()
-                            .take(40)
-                            .rev()
-                            .map(|e| e.to_string())
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                panic!(
-                    "timed out waiting for {what}; log:\n{}\nlast events:\n{}",
-                    self.log(),
-                    tail.join("\n")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn log(&self) -> String {
-        let mut out = String::new();
-        for e in std::fs::read_dir(&self.dir).unwrap().flatten() {
-            if e.file_name().to_string_lossy().starts_with("qs-up-") {
-                out.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
-            }
-        }
-        out
-    }
-
-    /// Serving instances of a service: (instance, node, pid, port).
-    fn serving(&self, service: &str) -> Vec<(String, String, u32, u16)> {
-        let all = self.get("/v1/instances");
-        all.as_array()
-            .unwrap()
-            .iter()
-            .filter(|i| {
-                i["service"] == service && i["serving"] == true && i["pid"].as_u64().is_some()
-            })
-            .map(|i| {
-                (
-                    i["instance"].as_str().unwrap().to_owned(),
-                    i["node"].as_str().unwrap().to_owned(),
-                    i["pid"].as_u64().unwrap() as u32,
-                    i["port"].as_u64().unwrap() as u16,
-                )
-            })
-            .collect()
-    }
-
-    fn kill(&self, instance: &str) {
-        let (status, v) = self.http("POST", &format!("/v1/chaos/kill/{instance}"), "");
-        assert_eq!(status, 200, "{v}");
-    }
-
-    /// Kills `victim` each time it serves again (a crash loop) until its node gives it up and
-    /// `want` other instances serve. Returns how many kills that took.
-    fn crash_loop(&self, service: &str, victim: &str, want: usize) -> usize {
-        let mut kills = 0;
-        let mut killed_pid = None;
-        // The victim serves again: in a new process (the API may show the killed one for a
-        // moment after it died).
-        loop {
-            let again = |i: &(String, String, u32, u16)| i.0 == victim && Some(i.2) != killed_pid;
-            self.wait("the victim to serve again or be replaced", |u| {
-                let s = u.serving(service);
-                s.iter().any(&again) || (s.len() == want && s.iter().all(|i| i.0 != victim))
-            });
-            let Some(running) = self.serving(service).into_iter().find(|i| again(i)) else {
-                return kills;
-            };
-            assert!(kills < 10, "{victim} was never given up");
-            self.kill(victim);
-            assert!(wait_gone(&[running.2]));
-            killed_pid = Some(running.2);
-            kills += 1;
-        }
-    }
-
-    /// This node's row of `/v1/nodes?explain=SERVICE`.
-    fn explain(&self, service: &str, node: &str) -> Value {
-        let explain = self.get(&format!("/v1/nodes?explain={service}"));
-        explain["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["node"] == node)
-            .unwrap_or_else(|| panic!("{node} is not in {explain}"))
-            .clone()
-    }
-
-    fn events(&self) -> Vec<Value> {
-        self.get("/v1/events?from=0&limit=10000")
-            .as_array()
-            .unwrap()
-            .clone()
-    }
-
-    fn signal(&mut self, signal: i32) -> std::process::ExitStatus {
-        let mut child = self.child.take().unwrap();
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(child.id() as i32, signal) };
-        let start = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            if start.elapsed() > LIMIT {
-                let _ = child.kill();
-                return child.wait().unwrap();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        if self.child.is_some() {
-            self.signal(libc::SIGTERM);
-        }
-    }
-}
-
-/// Running or sleeping (a zombie left to PID 1 runs nothing).
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit(')').next().map(|r| r.trim().to_owned()))
-        .is_some_and(|r| !r.starts_with('Z') && !r.starts_with('X'))
-}
-
-fn wait_gone(pids: &[u32]) -> bool {
-    let start = Instant::now();
-    while pids.iter().any(|&p| alive(p)) {
-        if start.elapsed() > LIMIT {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    true
+/// A fleet running [`WEB`] with its two replicas serving.
+fn with_web(dir: &std::path::Path) -> Up {
+    let up = Up::start(dir);
+    up.apply(WEB);
+    up.wait("two serving replicas", |u| u.serving("web").len() == 2);
+    up
 }
 
 const WEB: &str = r#"
@@ -275,7 +25,7 @@ health = { kind = "http", path = "/health", interval_ms = 200 }
 #[test]
 fn a_crashed_instance_restarts_in_place_then_moves_and_its_node_remembers() {
     let dir = tempfile::tempdir().unwrap();
-    let up = Up::with_web(dir.path());
+    let up = with_web(dir.path());
     let before = up.serving("web");
     assert_ne!(
         before[0].1, before[1].1,
@@ -450,7 +200,7 @@ fn bad_input_gets_a_4xx_with_a_message() {
 #[test]
 fn sigterm_stops_every_instance() {
     let dir = tempfile::tempdir().unwrap();
-    let mut up = Up::with_web(dir.path());
+    let mut up = with_web(dir.path());
     let pids: Vec<u32> = up.serving("web").iter().map(|i| i.2).collect();
     let status = up.signal(libc::SIGTERM);
     assert!(status.success(), "{status:?}");
@@ -460,7 +210,7 @@ fn sigterm_stops_every_instance() {
 #[test]
 fn after_kill_9_a_restart_reaps_the_orphans_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
-    let mut up = Up::with_web(dir.path());
+    let mut up = with_web(dir.path());
     let orphans: Vec<u32> = up.serving("web").iter().map(|i| i.2).collect();
     up.signal(libc::SIGKILL);
     assert!(
@@ -547,7 +297,7 @@ fn a_name_resolves_through_dnsmasq_before_and_after_its_instance_moves() {
 #[test]
 fn draining_a_node_moves_its_instances_away() {
     let dir = tempfile::tempdir().unwrap();
-    let up = Up::with_web(dir.path());
+    let up = with_web(dir.path());
     let node = up.serving("web")[0].1.clone();
     let out = qs()
         .args(["--api", &up.api, "drain", &node, "--timeout-s", "30"])
@@ -601,7 +351,7 @@ fn a_damaged_desired_state_cache_is_refused_by_name() {
 #[test]
 fn a_dead_node_loses_its_instances_to_the_survivors() {
     let dir = tempfile::tempdir().unwrap();
-    let up = Up::with_web(dir.path());
+    let up = with_web(dir.path());
     let (_, node, pid, _) = up.serving("web")[0].clone();
     let (status, v) = up.http("POST", &format!("/v1/chaos/kill/{node}"), "");
     assert_eq!(status, 200, "{v}");

@@ -154,8 +154,11 @@ pub struct Node {
 impl Node {
     /// A node as declared, with its own seeded randomness. The first heartbeat is jittered
     /// within one interval so a fleet started together does not beat in step.
+    ///
+    /// The stream is the seed's mixed with the node's name: nodes started with the same seed
+    /// (every `qs agent` of a fleet) still draw different instance ids.
     pub fn new(spec: &NodeSpec, config: Config, seed: u64, now: Time) -> Node {
-        let mut rng = Rng::seeded(seed);
+        let mut rng = Rng::seeded(seed ^ crate::hash::of_str(spec.id.as_str()));
         // Announce soon after start (jittered, so a fleet started together does not beat in
         // step), whatever the heartbeat period.
         let first_beat = now + ms(rng.below(config.heartbeat_ms.clamp(1, 250)));

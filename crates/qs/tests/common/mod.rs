@@ -1,0 +1,275 @@
+//! The harness of the end-to-end tests: a real `qs` process (`qs up` or `qs agent`) on a free
+//! loopback port, driven through its HTTP API, waited on with bounds, and stopped on drop.
+// Each test binary uses part of it.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+pub const LIMIT: Duration = Duration::from_secs(30);
+
+pub const FLEET: &str = r#"
+[node.alpha]
+level = 0
+cpu_cores = 4
+memory_mib = 4096
+
+[node.beta]
+level = 1
+cpu_cores = 4
+memory_mib = 4096
+
+[node.gamma]
+level = 1
+cpu_cores = 4
+memory_mib = 4096
+"#;
+
+pub fn qs() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_qs"))
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `qs up`; stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct Up {
+    pub child: Option<Child>,
+    pub api: String,
+    pub dir: PathBuf,
+}
+
+impl Up {
+    /// `qs up` of [`FLEET`] with its state in `dir`.
+    pub fn start(dir: &std::path::Path) -> Up {
+        std::fs::write(dir.join("fleet.toml"), FLEET).unwrap();
+        let fleet = dir.join("fleet.toml");
+        let state = dir.join("state");
+        Up::spawn(
+            dir,
+            &[
+                "up",
+                "--fleet",
+                fleet.to_str().unwrap(),
+                "--state-dir",
+                state.to_str().unwrap(),
+            ],
+        )
+    }
+
+    /// `qs ARGS --listen 127.0.0.1:PORT` on a free port, logging into `dir`; returns once its
+    /// API answers.
+    pub fn spawn(dir: &std::path::Path, args: &[&str]) -> Up {
+        let port = free_port();
+        let log = std::fs::File::create(dir.join(format!("qs-up-{port}.log"))).unwrap();
+        let child = qs()
+            .args(args)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let up = Up {
+            child: Some(child),
+            api: format!("http://127.0.0.1:{port}"),
+            dir: dir.to_path_buf(),
+        };
+        up.wait("the API", |up| up.http("GET", "/health", "").0 == 200);
+        up
+    }
+
+    /// Raw HTTP, so the API itself is what is tested.
+    pub fn http(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
+        let addr = self.api.trim_start_matches("http://");
+        let Ok(mut s) = TcpStream::connect(addr) else {
+            return (0, Value::Null);
+        };
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        let mut raw = String::new();
+        let _ = s.read_to_string(&mut raw);
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or(("", ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (
+            status,
+            serde_json::from_str(body).unwrap_or(Value::String(body.into())),
+        )
+    }
+
+    pub fn get(&self, path: &str) -> Value {
+        let (status, v) = self.http("GET", path, "");
+        assert_eq!(status, 200, "GET {path}: {v}");
+        v
+    }
+
+    pub fn apply(&self, spec: &str) {
+        let (status, v) = self.http("POST", "/v1/specs?file=test.toml", spec);
+        assert_eq!(status, 200, "{v}");
+    }
+
+    /// Waits (bounded) for a condition on the running agent.
+    pub fn wait(&self, what: &str, mut done: impl FnMut(&Up) -> bool) {
+        let start = Instant::now();
+        while !done(self) {
+            if start.elapsed() > LIMIT {
+                let (_, events) = self.http("GET", "/v1/events?from=0&limit=10000", "");
+                let tail: Vec<String> = events
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .rev()
+                            .take(40)
+                            .rev()
+                            .map(|e| e.to_string())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                panic!(
+                    "timed out waiting for {what}; log:\n{}\nlast events:\n{}",
+                    self.log(),
+                    tail.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        let mut out = String::new();
+        for e in std::fs::read_dir(&self.dir).unwrap().flatten() {
+            if e.file_name().to_string_lossy().starts_with("qs-up-") {
+                out.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+            }
+        }
+        out
+    }
+
+    /// Serving instances of a service: (instance, node, pid, port).
+    pub fn serving(&self, service: &str) -> Vec<(String, String, u32, u16)> {
+        let all = self.get("/v1/instances");
+        all.as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| {
+                i["service"] == service && i["serving"] == true && i["pid"].as_u64().is_some()
+            })
+            .map(|i| {
+                (
+                    i["instance"].as_str().unwrap().to_owned(),
+                    i["node"].as_str().unwrap().to_owned(),
+                    i["pid"].as_u64().unwrap() as u32,
+                    i["port"].as_u64().unwrap() as u16,
+                )
+            })
+            .collect()
+    }
+
+    pub fn kill(&self, instance: &str) {
+        let (status, v) = self.http("POST", &format!("/v1/chaos/kill/{instance}"), "");
+        assert_eq!(status, 200, "{v}");
+    }
+
+    /// Kills `victim` each time it serves again (a crash loop) until its node gives it up and
+    /// `want` other instances serve. Returns how many kills that took.
+    pub fn crash_loop(&self, service: &str, victim: &str, want: usize) -> usize {
+        let mut kills = 0;
+        let mut killed_pid = None;
+        // The victim serves again: in a new process (the API may show the killed one for a
+        // moment after it died).
+        loop {
+            let again = |i: &(String, String, u32, u16)| i.0 == victim && Some(i.2) != killed_pid;
+            self.wait("the victim to serve again or be replaced", |u| {
+                let s = u.serving(service);
+                s.iter().any(&again) || (s.len() == want && s.iter().all(|i| i.0 != victim))
+            });
+            let Some(running) = self.serving(service).into_iter().find(|i| again(i)) else {
+                return kills;
+            };
+            assert!(kills < 10, "{victim} was never given up");
+            self.kill(victim);
+            assert!(wait_gone(&[running.2]));
+            killed_pid = Some(running.2);
+            kills += 1;
+        }
+    }
+
+    /// This node's row of `/v1/nodes?explain=SERVICE`.
+    pub fn explain(&self, service: &str, node: &str) -> Value {
+        let explain = self.get(&format!("/v1/nodes?explain={service}"));
+        explain["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["node"] == node)
+            .unwrap_or_else(|| panic!("{node} is not in {explain}"))
+            .clone()
+    }
+
+    pub fn events(&self) -> Vec<Value> {
+        self.get("/v1/events?from=0&limit=10000")
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    pub fn signal(&mut self, signal: i32) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if start.elapsed() > LIMIT {
+                let _ = child.kill();
+                return child.wait().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.signal(libc::SIGTERM);
+        }
+    }
+}
+
+/// Running or sleeping (a zombie left to PID 1 runs nothing).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit(')').next().map(|r| r.trim().to_owned()))
+        .is_some_and(|r| !r.starts_with('Z') && !r.starts_with('X'))
+}
+
+pub fn wait_gone(pids: &[u32]) -> bool {
+    let start = Instant::now();
+    while pids.iter().any(|&p| alive(p)) {
+        if start.elapsed() > LIMIT {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}

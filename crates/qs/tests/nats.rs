@@ -1,0 +1,87 @@
+//! A fleet across processes: `qs agent --nats` processes on loopback sharing one real
+//! nats-server (JetStream), each a node of its own, with real child processes.
+
+mod common;
+
+use common::*;
+use qs_fabric::nats_server::NatsServer;
+
+/// The nodes run on one machine, so their host CPU is shared: a busy test machine must not
+/// make every node refuse work. Heartbeats and failure detection keep their defaults.
+const CONFIG: &str = "[thresholds]\ncpu = 1.0\nmemory = 1.0\n";
+
+const WEB: &str = r#"
+[service.web]
+replicas = 1
+command = "python3 -m http.server {port} --bind 127.0.0.1"
+resources = { cpu_cores = 0.1, memory_mib = 32 }
+health = { kind = "http", path = "/", interval_ms = 200, start_period_ms = 10000 }
+"#;
+
+/// `qs agent` named `node` in fleet `t` of `server`, state and log in `dir`.
+fn agent(dir: &std::path::Path, server: &NatsServer, node: &str) -> Up {
+    let config = dir.join("config.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let state = dir.join(node);
+    Up::spawn(
+        dir,
+        &[
+            "agent",
+            "--nats",
+            &server.url(),
+            "--fleet",
+            "t",
+            "--node",
+            node,
+            "--config",
+            config.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+    )
+}
+
+/// Nodes alive in this agent's registry.
+fn live_nodes(up: &Up) -> usize {
+    up.get("/v1/nodes").as_array().map_or(0, Vec::len)
+}
+
+/// Kills a process group (an instance its agent left behind when it was killed).
+fn kill_group(pid: u32) {
+    // SAFETY: kill(2) on a process group this test started through its agent.
+    unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+}
+
+#[test]
+fn an_instance_of_a_killed_agent_serves_again_on_a_survivor() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = NatsServer::start().expect("nats-server 2.10+ (scripts/test installs it)");
+    let mut agents = [
+        agent(dir.path(), &server, "alpha"),
+        agent(dir.path(), &server, "beta"),
+    ];
+    agents[0].wait("both nodes in alpha's registry", |u| live_nodes(u) == 2);
+    agents[0].apply(WEB);
+    let serving = |u: &Up| u.serving("web");
+    agents[0].wait("web serving on one of the nodes", |_| {
+        agents.iter().map(|a| serving(a).len()).sum::<usize>() == 1
+    });
+    // Kill -9 the agent that runs it; its instance is orphaned, as on a crashed machine.
+    let host = agents.iter().position(|a| !serving(a).is_empty()).unwrap();
+    let (instance, _, orphan, _) = serving(&agents[host]).remove(0);
+    agents[host].signal(libc::SIGKILL);
+    kill_group(orphan);
+    let survivor = &agents[1 - host];
+    survivor.wait("web serving again on the survivor", |u| {
+        serving(u).iter().any(|i| i.0 != instance)
+    });
+    // Instance ids are fleet-wide: the replacement has one of its own.
+    let events = survivor.get("/v1/events?from=0&limit=10000");
+    let placed = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"]["event"] == "placed")
+        .count();
+    assert!(placed >= 1, "the survivor's ledger records its placement");
+}
