@@ -253,3 +253,192 @@ fn idle_rss_kib() -> anyhow::Result<u64> {
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
+
+/// One `qs agent --nats` process of the failover bench.
+struct BenchAgent {
+    node: String,
+    api: String,
+    args: Vec<std::ffi::OsString>,
+    child: Option<std::process::Child>,
+}
+
+impl BenchAgent {
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let child = std::process::Command::new(std::env::current_exe()?)
+            .args(&self.args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn get(&self, path: &str) -> Option<serde_json::Value> {
+        let timeout = std::time::Duration::from_secs(2);
+        let (status, body) = crate::client::request(&self.api, "GET", path, None, timeout).ok()?;
+        (status == 200).then(|| serde_json::from_str(&body).ok())?
+    }
+
+    /// Instances of `service` this agent runs and that serve: (instance, pid).
+    fn serving(&self, service: &str) -> Vec<(String, u32)> {
+        let Some(all) = self.get("/v1/instances") else {
+            return vec![];
+        };
+        all.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|i| i["service"] == service && i["serving"] == true)
+            .filter_map(|i| {
+                Some((
+                    i["instance"].as_str()?.to_owned(),
+                    i["pid"].as_u64()? as u32,
+                ))
+            })
+            .collect()
+    }
+
+    /// Nodes alive in this agent's registry.
+    fn live(&self) -> Vec<String> {
+        self.get("/v1/nodes")
+            .and_then(|v| {
+                v.as_array().map(|a| {
+                    a.iter()
+                        .filter_map(|n| n["node"].as_str().map(str::to_owned))
+                        .collect()
+                })
+            })
+            .unwrap_or_default()
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for BenchAgent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling our own child: SIGTERM, so it stops its instances.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+    }
+}
+
+fn wait_until(
+    what: &str,
+    limit: std::time::Duration,
+    mut done: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
+    let start = std::time::Instant::now();
+    while !done() {
+        anyhow::ensure!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+/// `qs bench failover`: three `qs agent` processes on one real nats-server; a one-replica
+/// HTTP service (python3's http.server, checked over HTTP); `trials` times, the agent that
+/// runs it is killed with SIGKILL together with its instance (a machine dying), and the
+/// clock runs until the survivors no longer list it (detection) and until the service
+/// serves again on a survivor. The killed agent is restarted before the next trial.
+pub fn failover_suite(trials: usize) -> anyhow::Result<()> {
+    use std::time::{Duration, Instant};
+    let server = qs_fabric::nats_server::NatsServer::start()?;
+    let dir = std::env::temp_dir().join(format!("qs-bench-failover-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    // The three nodes share this machine's CPU: only the service's own demand decides.
+    let config = dir.join("config.toml");
+    std::fs::write(&config, "[thresholds]\ncpu = 1.0\nmemory = 1.0\n")?;
+    let mut agents = Vec::new();
+    for i in 0..3 {
+        let node = format!("n{i}");
+        let port = qs_agent::exec::free_port()?;
+        let args: Vec<std::ffi::OsString> = vec![
+            "agent".into(),
+            "--nats".into(),
+            server.url().into(),
+            "--fleet".into(),
+            "bench".into(),
+            "--node".into(),
+            node.clone().into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}").into(),
+            "--state-dir".into(),
+            dir.join(&node).into(),
+            "--config".into(),
+            config.clone().into(),
+        ];
+        let mut a = BenchAgent {
+            node,
+            api: format!("http://127.0.0.1:{port}"),
+            args,
+            child: None,
+        };
+        a.spawn()?;
+        agents.push(a);
+    }
+    let limit = Duration::from_secs(30);
+    wait_until("three nodes", limit, || {
+        agents.iter().all(|a| a.live().len() == 3)
+    })?;
+    let spec = "[service.echo]\nreplicas = 1\ncommand = \"python3 -m http.server {port} --bind 127.0.0.1\"\nresources = { cpu_cores = 0.1, memory_mib = 32 }\nhealth = { kind = \"http\", path = \"/\", interval_ms = 100, start_period_ms = 10000 }\n";
+    let (status, body) = crate::client::request(
+        &agents[0].api,
+        "POST",
+        "/v1/specs?file=bench.toml",
+        Some(spec),
+        Duration::from_secs(5),
+    )?;
+    anyhow::ensure!(status == 200, "applying the bench service: {body}");
+    let (mut detect_ms, mut serve_ms) = (Vec::new(), Vec::new());
+    for _ in 0..trials {
+        let mut host = None;
+        wait_until("echo serving", limit, || {
+            host = agents.iter().position(|a| !a.serving("echo").is_empty());
+            host.is_some()
+        })?;
+        let host = host.expect("found above");
+        let (_, pid) = agents[host].serving("echo")[0].clone();
+        let t0 = Instant::now();
+        agents[host].kill9();
+        // SAFETY: kill(2) on the process group of an instance this bench started.
+        unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+        let victim = agents[host].node.clone();
+        let (mut detected, mut served) = (None, None);
+        wait_until("failover", limit, || {
+            let survivors = agents.iter().enumerate().filter(|(i, _)| *i != host);
+            for (_, a) in survivors {
+                if detected.is_none() && !a.live().contains(&victim) {
+                    detected = Some(t0.elapsed());
+                }
+                if served.is_none() && !a.serving("echo").is_empty() {
+                    served = Some(t0.elapsed());
+                }
+            }
+            detected.is_some() && served.is_some()
+        })?;
+        detect_ms.push(detected.expect("waited for").as_secs_f64() * 1e3);
+        serve_ms.push(served.expect("waited for").as_secs_f64() * 1e3);
+        agents[host].spawn()?;
+        wait_until("the restarted node to rejoin", limit, || {
+            agents.iter().all(|a| a.live().len() == 3)
+        })?;
+    }
+    drop(agents);
+    let _ = std::fs::remove_dir_all(&dir);
+    for (metric, mut v) in [("detection", detect_ms), ("serving_again", serve_ms)] {
+        v.sort_by(f64::total_cmp);
+        let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+        for (name, x) in [("p50", at(0.5)), ("p99", at(0.99)), ("max", at(1.0))] {
+            emit("failover", format!("{metric}.{name}"), x.round(), "ms");
+        }
+    }
+    emit("failover", "trials".into(), trials as f64, "kills");
+    Ok(())
+}

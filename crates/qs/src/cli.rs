@@ -217,6 +217,13 @@ enum BenchSuite {
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=5_000))]
         replicas: u64,
     },
+    /// Failover across processes: three `qs agent --nats` on a real nats-server; the agent
+    /// running a service is killed with SIGKILL, `trials` times; detection and serving-again
+    /// times (p50, p99, max).
+    Failover {
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=1_000))]
+        trials: u64,
+    },
     /// Core placement decisions per second for growing fleets, and the cost growth.
     Placement {
         /// Fleet sizes, comma separated.
@@ -329,6 +336,9 @@ pub fn run(cli: Cli) -> Result<()> {
                     replicas,
                 },
         } => crate::bench::fleet_suite(nodes as usize, placements as usize, replicas as usize),
+        Command::Bench {
+            suite: BenchSuite::Failover { trials },
+        } => crate::bench::failover_suite(trials as usize),
         Command::Bench {
             suite:
                 BenchSuite::Placement {
