@@ -85,3 +85,57 @@ fn an_instance_of_a_killed_agent_serves_again_on_a_survivor() {
         .count();
     assert!(placed >= 1, "the survivor's ledger records its placement");
 }
+
+/// Busy loops on every core of the machine (so on the agents' cores too) for a while: the
+/// agents still beat, nobody is declared dead, and the service is not placed again.
+#[test]
+fn saturated_cores_do_not_cause_a_false_failover() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let server = NatsServer::start().expect("nats-server 2.10+ (scripts/test installs it)");
+    let agents = [
+        agent(dir.path(), &server, "alpha"),
+        agent(dir.path(), &server, "beta"),
+    ];
+    agents[0].wait("both nodes in alpha's registry", |u| live_nodes(u) == 2);
+    agents[0].apply(WEB);
+    agents[0].wait("web serving on one of the nodes", |_| {
+        agents.iter().map(|a| a.serving("web").len()).sum::<usize>() == 1
+    });
+    let before: Vec<_> = agents.iter().flat_map(|a| a.serving("web")).collect();
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    /// Busy loops, killed however the test ends.
+    struct Busy(Vec<std::process::Child>);
+    impl Drop for Busy {
+        fn drop(&mut self) {
+            for b in &mut self.0 {
+                let _ = b.kill();
+                let _ = b.wait();
+            }
+        }
+    }
+    let busy = Busy(
+        (0..cores)
+            .map(|_| {
+                std::process::Command::new("sh")
+                    .args(["-c", "while :; do :; done"])
+                    .spawn()
+                    .unwrap()
+            })
+            .collect(),
+    );
+    // Four times the failure-detection timeout (dead_after_ms is 1,000 by default).
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    while start.elapsed() < Duration::from_secs(4) {
+        seen.push((live_nodes(&agents[0]), live_nodes(&agents[1])));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(busy);
+    assert!(
+        seen.iter().all(|&(a, b)| a == 2 && b == 2),
+        "a node was declared dead under load: {seen:?}"
+    );
+    let after: Vec<_> = agents.iter().flat_map(|a| a.serving("web")).collect();
+    assert_eq!(before, after, "the service moved although no node failed");
+}
