@@ -276,6 +276,11 @@ impl<F: Fabric> EmbeddedFleet<F> {
         })
     }
 
+    /// Turns true when the fleet is shutting down.
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
     /// Stops every node (each stops its instances) and the API; waits for all of them, then
     /// for the ledger writer to commit the last events.
     pub async fn shutdown(mut self) {

@@ -10,6 +10,7 @@ pub mod fleet;
 pub mod health;
 pub mod journal;
 pub mod membership;
+pub mod mirror;
 pub mod model_double;
 pub mod orphans;
 pub mod runtime;

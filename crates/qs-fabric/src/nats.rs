@@ -9,7 +9,7 @@
 use crate::{
     Bytes, Entry, Fabric, FabricError, Gather, Incoming, Kv, KvEvent, SUBSCRIPTION_BUFFER,
     Subscription, Topic, WATCH_BUFFER, Watch, check_bucket, check_entry, check_gather, check_key,
-    check_publish, check_watch_prefix, collect_replies,
+    check_payload, check_publish, check_watch_prefix, collect_replies,
 };
 use async_nats::jetstream::{self, kv};
 use futures_util::StreamExt;
@@ -404,5 +404,84 @@ impl Kv for NatsKv {
             }
         });
         Ok(Watch::new(rx, Box::new(AbortOnDrop(task))))
+    }
+}
+
+/// Header carrying the local ledger sequence number of a mirrored record.
+const SEQ_HEADER: &str = "Qs-Ledger-Seq";
+
+/// One node's ledger mirrored into the fleet's JetStream stream `qs_<fleet>_ledger`, subject
+/// `qs.<fleet>.ledger.<node>`. Each record goes once: its message id is `<node>:<seq>` (the
+/// server drops a repeat within its duplicate window), and a restarted mirror resumes after the
+/// last sequence number the stream holds for the node.
+pub struct LedgerMirror {
+    js: jetstream::Context,
+    stream: jetstream::stream::Stream,
+    subject: String,
+    node: String,
+}
+
+impl NatsFabric {
+    /// The mirror of `node`'s ledger (the stream is created when missing).
+    pub async fn ledger_mirror(&self, node: &qs_wire::NodeId) -> Result<LedgerMirror, FabricError> {
+        let name = format!("qs_{}_ledger", self.inner.fleet);
+        let stream = self
+            .inner
+            .js
+            .get_or_create_stream(jetstream::stream::Config {
+                name,
+                subjects: vec![format!("{}ledger.>", self.inner.prefix)],
+                ..Default::default()
+            })
+            .await
+            .map_err(backend)?;
+        Ok(LedgerMirror {
+            js: self.inner.js.clone(),
+            stream,
+            subject: format!("{}ledger.{node}", self.inner.prefix),
+            node: node.to_string(),
+        })
+    }
+}
+
+impl LedgerMirror {
+    /// The first local sequence number the stream does not hold yet.
+    pub async fn resume_from(&self) -> Result<u64, FabricError> {
+        match self
+            .stream
+            .get_last_raw_message_by_subject(&self.subject)
+            .await
+        {
+            Ok(m) => m
+                .headers
+                .get(SEQ_HEADER)
+                .and_then(|v| v.as_str().parse::<u64>().ok())
+                .map(|seq| seq + 1)
+                .ok_or_else(|| {
+                    FabricError::Backend(format!("{} lacks {SEQ_HEADER}", self.subject))
+                }),
+            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+                Ok(0)
+            }
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    /// Appends one record (its encoding) and waits for the stream's acknowledgement. Returns
+    /// whether the stream took it as new (false: a duplicate it already held).
+    pub async fn append(&self, seq: u64, record: Bytes) -> Result<bool, FabricError> {
+        check_payload(&record)?;
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(record)
+            .message_id(format!("{}:{seq}", self.node))
+            .header(SEQ_HEADER, seq.to_string().as_str());
+        let ack = self
+            .js
+            .send_publish(self.subject.clone(), publish)
+            .await
+            .map_err(backend)?
+            .await
+            .map_err(backend)?;
+        Ok(!ack.duplicate)
     }
 }

@@ -76,3 +76,36 @@ async fn watches_and_subscriptions_resume_after_a_server_restart() {
         );
     }
 }
+
+/// A node's ledger goes into the stream once: a mirror resumes after what the stream holds,
+/// and a record sent again is recognised as a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_mirror_resumes_and_drops_duplicates() {
+    use qs_fabric::Bytes;
+    let (fabric, _server) = fabric().await;
+    let node = qs_wire::NodeId::new("forge").unwrap();
+    let mirror = fabric.ledger_mirror(&node).await.unwrap();
+    assert_eq!(mirror.resume_from().await.unwrap(), 0);
+    for seq in 0..3 {
+        assert!(
+            mirror
+                .append(seq, Bytes::from(format!("r{seq}")))
+                .await
+                .unwrap()
+        );
+    }
+    // A restarted mirror (a fresh handle) resumes after the last one.
+    let again = fabric.ledger_mirror(&node).await.unwrap();
+    assert_eq!(again.resume_from().await.unwrap(), 3);
+    assert!(
+        !again.append(2, Bytes::from("r2")).await.unwrap(),
+        "a duplicate"
+    );
+    assert_eq!(again.resume_from().await.unwrap(), 3);
+    // Another node's records are its own.
+    let other = fabric
+        .ledger_mirror(&qs_wire::NodeId::new("pcdev").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(other.resume_from().await.unwrap(), 0);
+}

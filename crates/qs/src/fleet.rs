@@ -132,7 +132,13 @@ pub fn up(opts: Up) -> Result<()> {
                     .await
                     .with_context(|| format!("connecting to {url}"))?;
                 println!("qs agent: fleet {fleet_name} on {url}");
+                let mirror = fabric.ledger_mirror(&nodes[0].id).await?;
                 let fleet = EmbeddedFleet::start_on(options, fabric).await?;
+                tokio::spawn(qs_agent::mirror::run(
+                    mirror,
+                    fleet.shared.ledger.clone(),
+                    fleet.stopping(),
+                ));
                 serve(fleet, &nodes, &opts.state_dir, &docs, None).await
             }
             None => {

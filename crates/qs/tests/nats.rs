@@ -77,13 +77,33 @@ fn an_instance_of_a_killed_agent_serves_again_on_a_survivor() {
     });
     // Instance ids are fleet-wide: the replacement has one of its own.
     let events = survivor.get("/v1/events?from=0&limit=10000");
+    let events = events.as_array().unwrap();
     let placed = events
-        .as_array()
-        .unwrap()
         .iter()
         .filter(|e| e["event"]["event"] == "placed")
         .count();
     assert!(placed >= 1, "the survivor's ledger records its placement");
+    // The survivor's ledger reaches the fleet's JetStream stream, each record once.
+    let node = if host == 0 { "beta" } else { "alpha" };
+    survivor.wait("the survivor's ledger mirrored into JetStream", |_| {
+        mirrored(&server, node) >= events.len() as u64
+    });
+}
+
+/// How many of `node`'s ledger records the fleet's stream holds (its next sequence number).
+fn mirrored(server: &NatsServer, node: &str) -> u64 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let fabric = qs_fabric::nats::NatsFabric::connect(&server.url(), "t")
+            .await
+            .unwrap();
+        let node = qs_wire::NodeId::new(node).unwrap();
+        let mirror = fabric.ledger_mirror(&node).await.unwrap();
+        mirror.resume_from().await.unwrap()
+    })
 }
 
 /// Busy loops on every core of the machine (so on the agents' cores too) for a while: the
