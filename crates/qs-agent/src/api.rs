@@ -150,9 +150,16 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 
 async fn health<F: Fabric>(State(api): State<Arc<Api<F>>>) -> Response {
     let views = api.shared.views.read().map(|v| v.len()).unwrap_or(0);
+    // Autonomous: the fleet is out of reach; this node keeps its instances and its ledger
+    // and catches up when the fabric is back.
+    let mode = if api.fabric.connected() {
+        api.mode
+    } else {
+        "autonomous"
+    };
     Json(json!({
         "status": "ok",
-        "mode": api.mode,
+        "mode": mode,
         "nodes": views,
         "ledger_next_seq": api.shared.ledger.next_seq(),
     }))

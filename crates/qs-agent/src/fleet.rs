@@ -33,6 +33,8 @@ pub struct FleetOptions {
     pub host: bool,
     /// Start no processes (the no-op executor double): for benchmarks of the decision path.
     pub noop_executor: bool,
+    /// What `/health` calls this process while its fabric is connected: `embedded`, `nats`.
+    pub mode: &'static str,
 }
 
 /// Why a fleet could not start.
@@ -100,11 +102,20 @@ mod desired {
 
     /// Mirrors every change of the specs KV into the cache file (written, then renamed).
     pub async fn keep<F: Fabric>(fabric: F, path: PathBuf, mut stop: watch::Receiver<bool>) {
-        let Ok(kv) = fabric.kv(SPECS_BUCKET).await else {
-            return;
-        };
-        let Ok(mut watch) = kv.watch("").await else {
-            return;
+        // The KV may not answer yet (an agent started while NATS is down): try again.
+        let mut backoff = GATHER;
+        let mut watch = loop {
+            let attempt = async { fabric.kv(SPECS_BUCKET).await?.watch("").await };
+            match tokio::time::timeout(std::time::Duration::from_secs(5), attempt).await {
+                Ok(Ok(w)) => break w,
+                Ok(Err(e)) => tracing::warn!("desired-state cache: {e}; retrying"),
+                Err(_) => tracing::warn!("desired-state cache: the KV did not answer; retrying"),
+            }
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
         };
         let mut specs: BTreeMap<String, WorkloadSpec> = BTreeMap::new();
         let mut due: Option<tokio::time::Instant> = None;
@@ -215,9 +226,13 @@ impl<F: Fabric> EmbeddedFleet<F> {
         let mut tasks = JoinSet::new();
         // The desired-state cache: what was applied survives a restart of the process.
         let cache = opts.state_dir.join("specs.json");
+        let known = desired::load(&cache)?.workloads;
         tasks.spawn(desired::keep(fabric.clone(), cache, stop_rx.clone()));
         let membership = Membership::new(&opts.config);
-        let feed = membership.feed(&fabric).await.map_err(FleetError::Fabric)?;
+        let feed = membership
+            .feed(&fabric, known)
+            .await
+            .map_err(FleetError::Fabric)?;
         tasks.spawn(feed.run(shared.counters.clone(), stop_rx.clone()));
         for (i, spec) in opts.nodes.iter().enumerate() {
             let setup = NodeSetup {
@@ -255,7 +270,7 @@ impl<F: Fabric> EmbeddedFleet<F> {
             addr: opts.listen,
             source,
         })?;
-        let app = api::router(api::Api::new(shared.clone(), fabric.clone(), "embedded"));
+        let app = api::router(api::Api::new(shared.clone(), fabric.clone(), opts.mode));
         let mut api_stop = stop_rx.clone();
         tasks.spawn(async move {
             let serve = axum::serve(listener, app).with_graceful_shutdown(async move {

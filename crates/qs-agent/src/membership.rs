@@ -18,6 +18,8 @@ use tokio::sync::{Notify, watch};
 
 /// How often silent nodes are looked for.
 const EXPIRE_EVERY: Duration = Duration::from_millis(100);
+/// The longest wait between tries to watch the specs KV.
+const WATCH_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// What a node runtime must reconcile, coalesced until it looks: a burst of a thousand joins
 /// is one full reconcile, and a queue cannot grow past the number of specs.
@@ -83,49 +85,77 @@ pub struct Membership {
     inboxes: Arc<RwLock<BTreeMap<NodeId, Arc<Inbox>>>>,
 }
 
-/// The subscriptions that feed a [`Membership`].
-pub struct Feed<K: Kv> {
+/// What feeds a [`Membership`]: heartbeats, the specs KV watch and expiry.
+pub struct Feed<F: Fabric> {
     membership: Membership,
+    fabric: F,
     /// While a watch replays: the specs it has shown so far.
     replayed: Option<BTreeSet<ServiceName>>,
     beats: qs_fabric::Subscription,
-    kv: K,
-    specs: qs_fabric::Watch,
 }
 
-impl<K: Kv> Feed<K> {
-    /// Applies heartbeats, spec changes and expiry until `stop` turns true.
+impl<F: Fabric> Feed<F> {
+    /// Applies heartbeats, spec changes and expiry until `stop` turns true. The specs KV is
+    /// watched once the fabric can serve it (retried with backoff; the specs known locally
+    /// rule until then). A node that hears nobody (its fabric is disconnected) declares
+    /// nobody dead: it is the one cut off, and its peers' work is not its to take.
     pub async fn run(mut self, counters: Counters, mut stop: watch::Receiver<bool>) {
         let m = self.membership.clone();
         let mut expire = tokio::time::interval(EXPIRE_EVERY);
+        let mut specs: Option<qs_fabric::Watch> = None;
+        let mut retry_at = tokio::time::Instant::now();
+        let mut backoff = EXPIRE_EVERY;
         loop {
+            let watching = specs.is_some();
+            let next_spec = async {
+                match specs.as_mut() {
+                    Some(w) => w.next().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = stop.changed() => return,
                 Some(b) = self.beats.next() => m.on_heartbeat(&b.payload, &counters),
-                e = self.specs.next() => match e {
+                e = next_spec => match e {
                     Some(e) => self.on_spec(e),
-                    // The watch fell behind and ended: watch again (it replays every spec).
-                    None => match self.kv.watch("").await {
+                    // The watch fell behind or its backend ended it: watch again.
+                    None => specs = None,
+                },
+                _ = tokio::time::sleep_until(retry_at), if !watching => {
+                    match self.watch_specs().await {
                         Ok(w) => {
-                            self.specs = w;
+                            specs = Some(w);
                             self.replayed = Some(BTreeSet::new());
+                            backoff = EXPIRE_EVERY;
                         }
                         Err(e) => {
-                            tracing::error!("spec watch: {e}; retrying");
-                            tokio::time::sleep(EXPIRE_EVERY).await;
+                            tracing::warn!("spec watch: {e}; retrying in {backoff:?}");
+                            retry_at = tokio::time::Instant::now() + backoff;
+                            backoff = (backoff * 2).min(WATCH_RETRY_MAX);
                         }
-                    },
-                },
-                _ = expire.tick() => m.on_expire(),
+                    }
+                }
+                _ = expire.tick() => {
+                    if self.fabric.connected() {
+                        m.on_expire();
+                    }
+                }
             }
             if *stop.borrow() {
                 return;
             }
         }
     }
+
+    async fn watch_specs(&self) -> Result<qs_fabric::Watch, FabricError> {
+        let kv = tokio::time::timeout(WATCH_RETRY_MAX, self.fabric.kv(SPECS_BUCKET))
+            .await
+            .map_err(|_| FabricError::Backend("the KV did not answer".into()))??;
+        kv.watch("").await
+    }
 }
 
-impl<K: Kv> Feed<K> {
+impl<F: Fabric> Feed<F> {
     fn on_spec(&mut self, event: Result<KvEvent, FabricError>) {
         let m = &self.membership;
         match event {
@@ -235,16 +265,26 @@ impl Membership {
         }
     }
 
-    /// Subscribes to what feeds the registry; [`Feed::run`] then applies it. Subscribe before
-    /// starting the nodes, so no early heartbeat is missed.
-    pub async fn feed<F: Fabric>(&self, fabric: &F) -> Result<Feed<F::Kv>, FabricError> {
-        let kv = fabric.kv(SPECS_BUCKET).await?;
+    /// Subscribes to heartbeats; [`Feed::run`] then applies what comes. Subscribe before
+    /// starting the nodes, so no early heartbeat is missed. `known` are the specs this
+    /// process knew when it last ran (its desired-state cache): they rule until the specs KV
+    /// answers, whose replay then replaces them.
+    pub async fn feed<F: Fabric>(
+        &self,
+        fabric: &F,
+        known: Vec<WorkloadSpec>,
+    ) -> Result<Feed<F>, FabricError> {
+        let now = crate::runtime::now();
+        self.update(|r| {
+            for spec in known {
+                r.apply_spec(spec, now);
+            }
+        });
         Ok(Feed {
             membership: self.clone(),
+            fabric: fabric.clone(),
             beats: fabric.subscribe(&Topic::heartbeats()).await?,
-            specs: kv.watch("").await?,
-            kv,
-            replayed: Some(BTreeSet::new()),
+            replayed: None,
         })
     }
 

@@ -4,8 +4,9 @@
 //! catches up from where the stream left off.
 
 use qs_fabric::Bytes;
-use qs_fabric::nats::LedgerMirror;
+use qs_fabric::nats::NatsFabric;
 use qs_store::Ledger;
+use qs_wire::NodeId;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -18,7 +19,12 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Runs until `stop` turns true.
-pub async fn run(mirror: LedgerMirror, ledger: Arc<Ledger>, mut stop: watch::Receiver<bool>) {
+pub async fn run(
+    fabric: NatsFabric,
+    node: NodeId,
+    ledger: Arc<Ledger>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut backoff = BACKOFF_MIN;
     let wait = async |stop: &mut watch::Receiver<bool>, backoff: &mut Duration| {
         let stopped = tokio::select! {
@@ -27,6 +33,16 @@ pub async fn run(mirror: LedgerMirror, ledger: Arc<Ledger>, mut stop: watch::Rec
         };
         *backoff = (*backoff * 2).min(BACKOFF_MAX);
         stopped || *stop.borrow()
+    };
+    let mirror = loop {
+        match tokio::time::timeout(BACKOFF_MAX, fabric.ledger_mirror(&node)).await {
+            Ok(Ok(m)) => break m,
+            Ok(Err(e)) => tracing::warn!("ledger mirror: {e}; retrying"),
+            Err(_) => tracing::warn!("ledger mirror: JetStream did not answer; retrying"),
+        }
+        if wait(&mut stop, &mut backoff).await {
+            return;
+        }
     };
     'resume: loop {
         let mut from = match mirror.resume_from().await {

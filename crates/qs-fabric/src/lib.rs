@@ -202,6 +202,13 @@ pub trait Fabric: Clone + Send + Sync + 'static {
     /// Opens (creating if needed) a KV bucket.
     fn kv(&self, bucket: &str) -> impl Future<Output = Result<Self::Kv, FabricError>> + Send;
 
+    /// Whether this node reaches the rest of the fleet now. In-process backends always do;
+    /// a networked one does not while its server is unreachable (the node is then
+    /// autonomous: it keeps its instances and declares no peer dead).
+    fn connected(&self) -> bool {
+        true
+    }
+
     /// Answers a request.
     fn reply(
         &self,

@@ -19,6 +19,8 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+/// How long a subscription waits for the server to confirm it.
+const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Gathers in flight on one fabric at most; past this a gather is refused.
 const MAX_GATHERS: usize = 4096;
 
@@ -131,11 +133,6 @@ impl NatsFabric {
         self.inner.dropped.load(Ordering::Relaxed)
     }
 
-    /// Whether the connection to the server is up now.
-    pub fn connected(&self) -> bool {
-        self.inner.client.connection_state() == async_nats::connection::State::Connected
-    }
-
     /// Waits until everything published so far has reached the server.
     pub async fn flush(&self) -> Result<(), FabricError> {
         self.inner.client.flush().await.map_err(backend)
@@ -201,8 +198,10 @@ impl Fabric for NatsFabric {
             .await
             .map_err(backend)?;
         // The server has the interest before this returns, so nothing published after is
-        // missed.
-        self.inner.client.flush().await.map_err(backend)?;
+        // missed; while disconnected the client subscribes again when it reconnects.
+        if self.connected() {
+            let _ = tokio::time::timeout(FLUSH_TIMEOUT, self.inner.client.flush()).await;
+        }
         let (tx, rx) = mpsc::channel(SUBSCRIPTION_BUFFER);
         let inner = self.inner.clone();
         let task = tokio::spawn(async move {
@@ -249,6 +248,10 @@ impl Fabric for NatsFabric {
         self.send_raw(topic, Some(&Topic::inbox(&self.inner.uid, n)), payload)
             .await?;
         Ok(collect_replies(inbox, gather).await)
+    }
+
+    fn connected(&self) -> bool {
+        self.inner.client.connection_state() == async_nats::connection::State::Connected
     }
 
     async fn kv(&self, bucket: &str) -> Result<NatsKv, FabricError> {

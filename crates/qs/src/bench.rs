@@ -131,6 +131,7 @@ pub fn fleet_suite(nodes: usize, placements: usize, replicas: usize) -> anyhow::
             seed: 1,
             host: false,
             noop_executor: true,
+            mode: "embedded",
         })
         .await?;
         let joined = |f: &EmbeddedFleet| {

@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use qs_agent::fleet::{EmbeddedFleet, FleetOptions};
 use qs_core::Config;
+use qs_fabric::Fabric;
 use qs_wire::{Capacity, NodeId, NodeSpec, Record, parse_spec};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -123,6 +124,7 @@ pub fn up(opts: Up) -> Result<()> {
         seed: 1,
         host: opts.host.is_some(),
         noop_executor: false,
+        mode: "embedded",
     };
     let nats = opts.host.as_ref().and_then(|h| h.nats.clone());
     rt.block_on(async move {
@@ -132,10 +134,24 @@ pub fn up(opts: Up) -> Result<()> {
                     .await
                     .with_context(|| format!("connecting to {url}"))?;
                 println!("qs agent: fleet {fleet_name} on {url}");
-                let mirror = fabric.ledger_mirror(&nodes[0].id).await?;
-                let fleet = EmbeddedFleet::start_on(options, fabric).await?;
+                let waited = std::time::Instant::now();
+                while !fabric.connected() && waited.elapsed() < Duration::from_secs(2) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                if !fabric.connected() {
+                    eprintln!(
+                        "qs agent: warning: {url} is unreachable; running autonomous (keeping \
+                         this node's instances and ledger) and retrying with backoff"
+                    );
+                }
+                let options = FleetOptions {
+                    mode: "nats",
+                    ..options
+                };
+                let fleet = EmbeddedFleet::start_on(options, fabric.clone()).await?;
                 tokio::spawn(qs_agent::mirror::run(
-                    mirror,
+                    fabric,
+                    nodes[0].id.clone(),
                     fleet.shared.ledger.clone(),
                     fleet.stopping(),
                 ));

@@ -159,3 +159,39 @@ fn saturated_cores_do_not_cause_a_false_failover() {
     let after: Vec<_> = agents.iter().flat_map(|a| a.serving("web")).collect();
     assert_eq!(before, after, "the service moved although no node failed");
 }
+
+/// Stopping nats-server under a running agent: it reports `autonomous`, keeps its instance
+/// (same process) and its ledger; with the server back it reconnects, and its ledger reaches
+/// the stream once.
+#[test]
+fn without_nats_an_agent_runs_autonomous_and_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = NatsServer::start().expect("nats-server 2.10+ (scripts/test installs it)");
+    let alpha = agent(dir.path(), &server, "alpha");
+    alpha.wait("alpha in its own registry", |u| live_nodes(u) == 1);
+    alpha.apply(WEB);
+    alpha.wait("web serving", |u| u.serving("web").len() == 1);
+    let before = alpha.serving("web");
+    let mode = |u: &Up| u.get("/health")["mode"].as_str().unwrap_or("").to_owned();
+    assert_eq!(mode(&alpha), "nats");
+
+    let (port, store) = (server.port(), server.store().to_path_buf());
+    server.kill();
+    alpha.wait("alpha to report autonomous", |u| mode(u) == "autonomous");
+    // Its instance goes on; a health check keeps it serving.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(
+        alpha.serving("web"),
+        before,
+        "the instance survived the outage"
+    );
+
+    let restarted = NatsServer::start_at(port, &store).expect("the server starts again");
+    alpha.wait("alpha connected again", |u| mode(u) == "nats");
+    assert_eq!(alpha.serving("web"), before);
+    let recorded = alpha.get("/health")["ledger_next_seq"].as_u64().unwrap();
+    alpha.wait("the ledger mirrored after the outage", |_| {
+        mirrored(&restarted, "alpha") >= recorded
+    });
+    drop(restarted);
+}
