@@ -36,58 +36,60 @@ impl<F: Fabric> Api<F> {
     pub fn new(shared: Arc<Shared>, fabric: F, mode: &'static str) -> Arc<Self> {
         let mut metrics = Metrics::with_prefix("qs");
         let c = &shared.counters;
-        metrics.register(
-            "messages_sent",
-            "Fleet messages sent",
-            c.messages_sent.clone(),
-        );
-        metrics.register(
-            "messages_received",
-            "Fleet messages received",
-            c.messages_received.clone(),
-        );
-        metrics.register(
-            "messages_malformed",
-            "Messages dropped because they could not be decoded",
-            c.messages_malformed.clone(),
-        );
-        metrics.register(
-            "ledger_events",
-            "Events appended to the ledger",
-            c.ledger_events.clone(),
-        );
-        metrics.register(
-            "placements",
-            "Placements completed by stewards here",
-            c.placements.clone(),
-        );
-        metrics.register(
-            "instance_starts",
-            "Instances started",
-            c.instance_starts.clone(),
-        );
-        metrics.register(
-            "instance_failures",
-            "Instances that crashed, failed to start or failed health checks",
-            c.instance_failures.clone(),
-        );
+        let counters = [
+            ("messages_sent", "Fleet messages sent", &c.messages_sent),
+            (
+                "messages_received",
+                "Fleet messages received",
+                &c.messages_received,
+            ),
+            (
+                "messages_malformed",
+                "Messages dropped because they could not be decoded",
+                &c.messages_malformed,
+            ),
+            (
+                "ledger_events",
+                "Events appended to the ledger",
+                &c.ledger_events,
+            ),
+            (
+                "placements",
+                "Placements completed by stewards here",
+                &c.placements,
+            ),
+            ("instance_starts", "Instances started", &c.instance_starts),
+            (
+                "instance_failures",
+                "Instances that crashed, failed to start or failed health checks",
+                &c.instance_failures,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            metrics.register(name, help, counter.clone());
+        }
         let (nodes_live, instances, in_flight) =
             (Gauge::default(), Gauge::default(), Gauge::default());
-        metrics.register(
-            "nodes_live",
-            "Live nodes in this agent's registry",
-            nodes_live.clone(),
-        );
-        metrics.register(
-            "instances_running",
-            "Instances running on this agent's nodes",
-            instances.clone(),
-        );
-        metrics.register(
-            "placements_in_flight",
-            "Placements being driven here",
-            in_flight.clone(),
-        );
+        let gauges = [
+            (
+                "nodes_live",
+                "Live nodes in this agent's registry",
+                &nodes_live,
+            ),
+            (
+                "instances_running",
+                "Instances running on this agent's nodes",
+                &instances,
+            ),
+            (
+                "placements_in_flight",
+                "Placements being driven here",
+                &in_flight,
+            ),
+        ];
+        for (name, help, gauge) in gauges {
+            metrics.register(name, help, gauge.clone());
+        }
         Arc::new(Api {
             shared,
             fabric,

@@ -63,12 +63,18 @@ pub enum FleetError {
 /// The desired-state cache: a JSON file mirroring the specs KV.
 mod desired {
     use super::FleetError;
-    use crate::runtime::SPECS_BUCKET;
-    use qs_fabric::{Fabric, Kv, KvEvent};
+    use crate::backoff::Backoff;
+    use crate::membership::watch_specs;
+    use qs_fabric::{Fabric, KvEvent};
     use qs_wire::{SpecDocument, WorkloadSpec};
     use std::collections::BTreeMap;
     use std::path::{Path, PathBuf};
     use tokio::sync::watch;
+
+    /// Where a state directory keeps the cache.
+    pub fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join("specs.json")
+    }
 
     /// Reads the cache; a missing file is an empty desired state, a damaged one an error
     /// that names it (nothing is applied from it).
@@ -103,19 +109,15 @@ mod desired {
     /// Mirrors every change of the specs KV into the cache file (written, then renamed).
     pub async fn keep<F: Fabric>(fabric: F, path: PathBuf, mut stop: watch::Receiver<bool>) {
         // The KV may not answer yet (an agent started while NATS is down): try again.
-        let mut backoff = GATHER;
+        let mut backoff = Backoff::new(GATHER, std::time::Duration::from_secs(5));
         let mut watch = loop {
-            let attempt = async { fabric.kv(SPECS_BUCKET).await?.watch("").await };
-            match tokio::time::timeout(std::time::Duration::from_secs(5), attempt).await {
-                Ok(Ok(w)) => break w,
-                Ok(Err(e)) => tracing::warn!("desired-state cache: {e}; retrying"),
-                Err(_) => tracing::warn!("desired-state cache: the KV did not answer; retrying"),
+            match watch_specs(&fabric).await {
+                Ok(w) => break w,
+                Err(e) => tracing::warn!("desired-state cache: {e}; retrying"),
             }
-            tokio::select! {
-                _ = stop.changed() => return,
-                _ = tokio::time::sleep(backoff) => {}
+            if backoff.wait(&mut stop).await {
+                return;
             }
-            backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
         };
         let mut specs: BTreeMap<String, WorkloadSpec> = BTreeMap::new();
         let mut due: Option<tokio::time::Instant> = None;
@@ -188,21 +190,30 @@ pub struct EmbeddedFleet<F: Fabric = MemoryFabric> {
 
 impl EmbeddedFleet<MemoryFabric> {
     /// Starts the nodes on a fresh in-memory fabric; the desired state cached by the last
-    /// run is applied again.
+    /// run is stored in its KV again.
     pub async fn start(opts: FleetOptions) -> Result<Self, FleetError> {
         let fabric = MemoryFabric::new();
-        let cache = opts.state_dir.join("specs.json");
-        let doc = desired::load(&cache)?;
+        let doc = desired::load(&desired::path(&opts.state_dir))?;
         crate::runtime::put_specs(&fabric, &doc)
             .await
             .map_err(FleetError::Fabric)?;
-        Self::start_on(opts, fabric).await
+        Self::launch(opts, fabric, vec![]).await
     }
 }
 
 impl<F: Fabric> EmbeddedFleet<F> {
-    /// Starts the nodes on `fabric`, whose KV holds the desired state.
+    /// Starts the nodes on `fabric`, whose KV holds the desired state; until it answers, the
+    /// desired state cached by the last run rules.
     pub async fn start_on(opts: FleetOptions, fabric: F) -> Result<Self, FleetError> {
+        let known = desired::load(&desired::path(&opts.state_dir))?.workloads;
+        Self::launch(opts, fabric, known).await
+    }
+
+    async fn launch(
+        opts: FleetOptions,
+        fabric: F,
+        known: Vec<qs_wire::WorkloadSpec>,
+    ) -> Result<Self, FleetError> {
         if opts.nodes.is_empty() {
             return Err(FleetError::NoNodes);
         }
@@ -225,8 +236,7 @@ impl<F: Fabric> EmbeddedFleet<F> {
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         // The desired-state cache: what was applied survives a restart of the process.
-        let cache = opts.state_dir.join("specs.json");
-        let known = desired::load(&cache)?.workloads;
+        let cache = desired::path(&opts.state_dir);
         tasks.spawn(desired::keep(fabric.clone(), cache, stop_rx.clone()));
         let membership = Membership::new(&opts.config);
         let feed = membership

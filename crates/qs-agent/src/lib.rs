@@ -5,6 +5,7 @@
 //! only carries inputs in and outputs out.
 
 pub mod api;
+mod backoff;
 pub mod exec;
 pub mod fleet;
 pub mod health;

@@ -6,12 +6,12 @@
 //! hold the same copy; keeping one (as the simulator does) spares decoding every heartbeat
 //! once per virtual node.
 
+use crate::backoff::Backoff;
 use crate::runtime::{Counters, SPECS_BUCKET};
 use qs_core::{Config, Registry};
 use qs_fabric::{Fabric, FabricError, Kv, KvEvent, Topic};
 use qs_wire::{Envelope, Message, NodeId, ServiceName, WorkloadSpec};
 use std::collections::{BTreeMap, BTreeSet};
-
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
@@ -85,6 +85,15 @@ pub struct Membership {
     inboxes: Arc<RwLock<BTreeMap<NodeId, Arc<Inbox>>>>,
 }
 
+/// Watches the specs KV, giving up after a while when the fabric cannot serve it (its server
+/// is unreachable).
+pub(crate) async fn watch_specs<F: Fabric>(fabric: &F) -> Result<qs_fabric::Watch, FabricError> {
+    let watch = async { fabric.kv(SPECS_BUCKET).await?.watch("").await };
+    tokio::time::timeout(WATCH_RETRY_MAX, watch)
+        .await
+        .map_err(|_| FabricError::Backend("the specs KV did not answer".into()))?
+}
+
 /// What feeds a [`Membership`]: heartbeats, the specs KV watch and expiry.
 pub struct Feed<F: Fabric> {
     membership: Membership,
@@ -97,14 +106,15 @@ pub struct Feed<F: Fabric> {
 impl<F: Fabric> Feed<F> {
     /// Applies heartbeats, spec changes and expiry until `stop` turns true. The specs KV is
     /// watched once the fabric can serve it (retried with backoff; the specs known locally
-    /// rule until then). A node that hears nobody (its fabric is disconnected) declares
-    /// nobody dead: it is the one cut off, and its peers' work is not its to take.
+    /// rule until then). While the fabric is disconnected nobody is declared dead: the node
+    /// hears nobody, itself included, and keeps the membership it last knew rather than
+    /// emptying its registry.
     pub async fn run(mut self, counters: Counters, mut stop: watch::Receiver<bool>) {
         let m = self.membership.clone();
         let mut expire = tokio::time::interval(EXPIRE_EVERY);
         let mut specs: Option<qs_fabric::Watch> = None;
         let mut retry_at = tokio::time::Instant::now();
-        let mut backoff = EXPIRE_EVERY;
+        let mut backoff = Backoff::new(EXPIRE_EVERY, WATCH_RETRY_MAX);
         loop {
             let watching = specs.is_some();
             let next_spec = async {
@@ -122,16 +132,16 @@ impl<F: Fabric> Feed<F> {
                     None => specs = None,
                 },
                 _ = tokio::time::sleep_until(retry_at), if !watching => {
-                    match self.watch_specs().await {
+                    match watch_specs(&self.fabric).await {
                         Ok(w) => {
                             specs = Some(w);
                             self.replayed = Some(BTreeSet::new());
-                            backoff = EXPIRE_EVERY;
+                            backoff.reset();
                         }
                         Err(e) => {
-                            tracing::warn!("spec watch: {e}; retrying in {backoff:?}");
-                            retry_at = tokio::time::Instant::now() + backoff;
-                            backoff = (backoff * 2).min(WATCH_RETRY_MAX);
+                            let wait = backoff.next();
+                            tracing::warn!("spec watch: {e}; retrying in {wait:?}");
+                            retry_at = tokio::time::Instant::now() + wait;
                         }
                     }
                 }
@@ -147,15 +157,6 @@ impl<F: Fabric> Feed<F> {
         }
     }
 
-    async fn watch_specs(&self) -> Result<qs_fabric::Watch, FabricError> {
-        let kv = tokio::time::timeout(WATCH_RETRY_MAX, self.fabric.kv(SPECS_BUCKET))
-            .await
-            .map_err(|_| FabricError::Backend("the KV did not answer".into()))??;
-        kv.watch("").await
-    }
-}
-
-impl<F: Fabric> Feed<F> {
     fn on_spec(&mut self, event: Result<KvEvent, FabricError>) {
         let m = &self.membership;
         match event {

@@ -3,10 +3,11 @@
 //! [`qs_fabric::nats::LedgerMirror`]); while NATS is unreachable the mirror waits and then
 //! catches up from where the stream left off.
 
-use qs_fabric::Bytes;
-use qs_fabric::nats::NatsFabric;
+use crate::backoff::Backoff;
+use qs_fabric::nats::{LedgerMirror, NatsFabric};
+use qs_fabric::{Bytes, FabricError};
 use qs_store::Ledger;
-use qs_wire::NodeId;
+use qs_wire::{NodeId, Record};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -25,43 +26,30 @@ pub async fn run(
     ledger: Arc<Ledger>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut backoff = BACKOFF_MIN;
-    let wait = async |stop: &mut watch::Receiver<bool>, backoff: &mut Duration| {
-        let stopped = tokio::select! {
-            _ = stop.changed() => true,
-            _ = tokio::time::sleep(*backoff) => false,
-        };
-        *backoff = (*backoff * 2).min(BACKOFF_MAX);
-        stopped || *stop.borrow()
-    };
+    let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
     let mirror = loop {
         match tokio::time::timeout(BACKOFF_MAX, fabric.ledger_mirror(&node)).await {
             Ok(Ok(m)) => break m,
             Ok(Err(e)) => tracing::warn!("ledger mirror: {e}; retrying"),
             Err(_) => tracing::warn!("ledger mirror: JetStream did not answer; retrying"),
         }
-        if wait(&mut stop, &mut backoff).await {
+        if backoff.wait(&mut stop).await {
             return;
         }
     };
-    'resume: loop {
-        let mut from = match mirror.resume_from().await {
-            Ok(from) => from,
-            Err(e) => {
-                tracing::warn!("ledger mirror: {e}; retrying");
-                if wait(&mut stop, &mut backoff).await {
-                    return;
-                }
-                continue;
-            }
-        };
-        loop {
-            if *stop.borrow() {
-                return;
-            }
-            let l = ledger.clone();
-            let records =
-                match tokio::task::spawn_blocking(move || l.follow(from, BATCH, FOLLOW)).await {
+    // The next record to send; None: ask the stream where it stands (at start, and after a
+    // failure, since an append may have landed although its acknowledgement was lost).
+    let mut from: Option<u64> = None;
+    while !*stop.borrow() {
+        let next = match from {
+            None => mirror.resume_from().await,
+            Some(from) => {
+                let l = ledger.clone();
+                let records = match tokio::task::spawn_blocking(move || {
+                    l.follow(from, BATCH, FOLLOW)
+                })
+                .await
+                {
                     Ok(Ok(r)) => r,
                     Ok(Err(e)) => {
                         tracing::error!("ledger mirror: reading the ledger: {e}");
@@ -69,18 +57,35 @@ pub async fn run(
                     }
                     Err(_) => return,
                 };
-            for r in records {
-                let bytes = Bytes::from(serde_json::to_vec(&r).expect("records serialize"));
-                if let Err(e) = mirror.append(r.seq, bytes).await {
-                    tracing::warn!("ledger mirror: {e}; retrying");
-                    if wait(&mut stop, &mut backoff).await {
-                        return;
-                    }
-                    continue 'resume;
+                append_all(&mirror, records, from).await
+            }
+        };
+        match next {
+            Ok(next) => {
+                backoff.reset();
+                from = Some(next);
+            }
+            Err(e) => {
+                tracing::warn!("ledger mirror: {e}; retrying");
+                from = None;
+                if backoff.wait(&mut stop).await {
+                    return;
                 }
-                backoff = BACKOFF_MIN;
-                from = r.seq + 1;
             }
         }
     }
+}
+
+/// Appends `records` in order; returns the sequence number after the last one.
+async fn append_all(
+    mirror: &LedgerMirror,
+    records: Vec<Record>,
+    mut from: u64,
+) -> Result<u64, FabricError> {
+    for r in records {
+        let bytes = Bytes::from(serde_json::to_vec(&r).expect("records serialize"));
+        mirror.append(r.seq, bytes).await?;
+        from = r.seq + 1;
+    }
+    Ok(from)
 }

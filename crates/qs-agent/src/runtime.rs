@@ -24,7 +24,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub const SPECS_BUCKET: &str = "specs";
 /// How stale the API's view of a node may be.
 const VIEW_EVERY: Duration = Duration::from_millis(250);
-/// How soon a change an operator acts on (an instance started, ended, turned healthy) shows.
+/// How soon a change an operator acts on (an instance turned healthy, ended, was told to stop;
+/// a drain) shows.
 const VIEW_SOON: Duration = Duration::from_millis(10);
 /// Control messages buffered per node.
 const CONTROL_BUFFER: usize = 256;

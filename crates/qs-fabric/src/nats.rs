@@ -66,7 +66,6 @@ pub struct NatsFabric {
 impl NatsFabric {
     /// Connects to `url` as a member of `fleet` (a DNS-label name).
     pub async fn connect(url: &str, fleet: &str) -> Result<NatsFabric, FabricError> {
-        check_bucket(fleet)?;
         let client = async_nats::ConnectOptions::new()
             .retry_on_initial_connect()
             .connect(url)
@@ -358,55 +357,51 @@ impl Kv for NatsKv {
             .map_err(backend)?;
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         let task = tokio::spawn(async move {
+            // The replay is delivered whole (it waits for room); a live change that finds the
+            // buffer full ends the watch with `Lagged`.
             let mut synced = !any;
             if synced && tx.send(Ok(KvEvent::Synced)).await.is_err() {
                 return;
             }
             while let Some(e) = watch.next().await {
-                let event = match e {
-                    Ok(e) => {
-                        let done = !synced && e.delta == 0;
-                        let ev = match e.operation {
-                            kv::Operation::Put => KvEvent::Put(Entry {
-                                key: e.key,
-                                value: e.value,
-                                revision: e.revision,
-                            }),
-                            kv::Operation::Delete | kv::Operation::Purge => KvEvent::Delete {
-                                key: e.key,
-                                revision: e.revision,
-                            },
-                        };
-                        // The replay is delivered whole (it waits for room); live changes
-                        // that find the buffer full end the watch with `Lagged`.
-                        if !synced {
-                            if tx.send(Ok(ev)).await.is_err() {
-                                return;
+                let sent = match e {
+                    Err(e) => tx.send(Err(backend(e))).await.is_ok(),
+                    Ok(e) if !synced => {
+                        synced = e.delta == 0;
+                        tx.send(Ok(kv_event(e))).await.is_ok()
+                            && (!synced || tx.send(Ok(KvEvent::Synced)).await.is_ok())
+                    }
+                    Ok(e) => match tx.try_send(Ok(kv_event(e))) {
+                        Ok(()) => true,
+                        Err(_) => {
+                            if !tx.is_closed() {
+                                let _ = tx.send(Err(FabricError::Lagged)).await;
                             }
-                            if done {
-                                synced = true;
-                                if tx.send(Ok(KvEvent::Synced)).await.is_err() {
-                                    return;
-                                }
-                            }
-                            continue;
+                            false
                         }
-                        ev
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(backend(e))).await;
-                        continue;
-                    }
+                    },
                 };
-                if tx.try_send(Ok(event)).is_err() {
-                    if !tx.is_closed() {
-                        let _ = tx.send(Err(FabricError::Lagged)).await;
-                    }
+                if !sent {
                     return;
                 }
             }
         });
         Ok(Watch::new(rx, Box::new(AbortOnDrop(task))))
+    }
+}
+
+/// A JetStream KV entry as the fabric's event.
+fn kv_event(e: kv::Entry) -> KvEvent {
+    match e.operation {
+        kv::Operation::Put => KvEvent::Put(Entry {
+            key: e.key,
+            value: e.value,
+            revision: e.revision,
+        }),
+        kv::Operation::Delete | kv::Operation::Purge => KvEvent::Delete {
+            key: e.key,
+            revision: e.revision,
+        },
     }
 }
 

@@ -130,11 +130,6 @@ impl NatsServer {
         &self.store
     }
 
-    /// The process id, for tests that signal the server themselves.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
     /// Stops the server (SIGKILL) and waits for it; the store stays until drop.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -109,3 +109,31 @@ async fn the_ledger_mirror_resumes_and_drops_duplicates() {
         .unwrap();
     assert_eq!(other.resume_from().await.unwrap(), 0);
 }
+
+/// A subscriber that never reads loses messages past its buffer, counted; publishers never
+/// block.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_subscribers_lose_messages_instead_of_blocking() {
+    use qs_fabric::{Bytes, Fabric, Topic};
+    let (fabric, _server) = fabric().await;
+    let _slow = fabric.subscribe(&Topic::events()).await.unwrap();
+    let extra = 10;
+    for _ in 0..qs_fabric::SUBSCRIPTION_BUFFER + extra {
+        fabric
+            .publish(&Topic::events(), Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+    }
+    fabric.flush().await.unwrap();
+    // Delivery to the subscriber's buffer runs on its own task: wait for it to settle.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while fabric.dropped() < extra as u64 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "dropped {} of {extra}",
+            fabric.dropped()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(fabric.dropped(), extra as u64);
+}

@@ -212,50 +212,28 @@ pub fn fleet_suite(nodes: usize, placements: usize, replicas: usize) -> anyhow::
 /// Starts `qs agent` (one real node, host sensing) on a free port, waits until it answers,
 /// lets it idle, and reads its resident memory.
 fn idle_rss_kib() -> anyhow::Result<u64> {
-    use std::time::{Duration, Instant};
-    let exe = std::env::current_exe()?;
+    use std::time::Duration;
     let dir = std::env::temp_dir().join(format!("qs-bench-rss-{}", std::process::id()));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let mut child = std::process::Command::new(exe)
-        .args([
-            "agent",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--state-dir",
-        ])
-        .arg(&dir)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    let api = format!("http://127.0.0.1:{port}");
-    let start = Instant::now();
+    let agent = BenchAgent::start("rss", &dir, &[])?;
     let result = (|| {
-        while crate::client::request(&api, "GET", "/health", None, Duration::from_secs(2)).is_err()
-        {
-            anyhow::ensure!(
-                start.elapsed() < Duration::from_secs(30),
-                "qs agent did not answer in 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_until("qs agent to answer", Duration::from_secs(30), || {
+            agent.get("/health").is_some()
+        })?;
         std::thread::sleep(Duration::from_secs(3)); // idle: a few heartbeats and sensor samples
-        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))?;
+        let pid = agent.child.as_ref().map_or(0, std::process::Child::id);
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .ok_or_else(|| anyhow::anyhow!("no VmRSS in /proc/{}/status", child.id()))
+            .ok_or_else(|| anyhow::anyhow!("no VmRSS in /proc/{pid}/status"))
     })();
-    // SAFETY: signalling our own child: SIGTERM, so the agent stops cleanly.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let _ = child.wait();
+    drop(agent);
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
-/// One `qs agent --nats` process of the failover bench.
+/// One `qs agent` process of a bench (SIGTERM on drop).
 struct BenchAgent {
     node: String,
     api: String,
@@ -264,6 +242,33 @@ struct BenchAgent {
 }
 
 impl BenchAgent {
+    /// `qs agent --node NODE` on a free port with its state in `dir/NODE`, plus `extra`.
+    fn start(
+        node: &str,
+        dir: &std::path::Path,
+        extra: &[std::ffi::OsString],
+    ) -> anyhow::Result<BenchAgent> {
+        let port = qs_agent::exec::free_port()?;
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "agent".into(),
+            "--node".into(),
+            node.into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}").into(),
+            "--state-dir".into(),
+            dir.join(node).into(),
+        ];
+        args.extend_from_slice(extra);
+        let mut a = BenchAgent {
+            node: node.to_owned(),
+            api: format!("http://127.0.0.1:{port}"),
+            args,
+            child: None,
+        };
+        a.spawn()?;
+        Ok(a)
+    }
+
     fn spawn(&mut self) -> anyhow::Result<()> {
         let child = std::process::Command::new(std::env::current_exe()?)
             .args(&self.args)
@@ -356,34 +361,17 @@ pub fn failover_suite(trials: usize) -> anyhow::Result<()> {
     // The three nodes share this machine's CPU: only the service's own demand decides.
     let config = dir.join("config.toml");
     std::fs::write(&config, "[thresholds]\ncpu = 1.0\nmemory = 1.0\n")?;
-    let mut agents = Vec::new();
-    for i in 0..3 {
-        let node = format!("n{i}");
-        let port = qs_agent::exec::free_port()?;
-        let args: Vec<std::ffi::OsString> = vec![
-            "agent".into(),
-            "--nats".into(),
-            server.url().into(),
-            "--fleet".into(),
-            "bench".into(),
-            "--node".into(),
-            node.clone().into(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}").into(),
-            "--state-dir".into(),
-            dir.join(&node).into(),
-            "--config".into(),
-            config.clone().into(),
-        ];
-        let mut a = BenchAgent {
-            node,
-            api: format!("http://127.0.0.1:{port}"),
-            args,
-            child: None,
-        };
-        a.spawn()?;
-        agents.push(a);
-    }
+    let extra: Vec<std::ffi::OsString> = vec![
+        "--nats".into(),
+        server.url().into(),
+        "--fleet".into(),
+        "bench".into(),
+        "--config".into(),
+        config.into(),
+    ];
+    let mut agents: Vec<BenchAgent> = (0..3)
+        .map(|i| BenchAgent::start(&format!("n{i}"), &dir, &extra))
+        .collect::<anyhow::Result<_>>()?;
     let limit = Duration::from_secs(30);
     wait_until("three nodes", limit, || {
         agents.iter().all(|a| a.live().len() == 3)

@@ -178,8 +178,14 @@ fn without_nats_an_agent_runs_autonomous_and_catches_up() {
     let (port, store) = (server.port(), server.store().to_path_buf());
     server.kill();
     alpha.wait("alpha to report autonomous", |u| mode(u) == "autonomous");
-    // Its instance goes on; a health check keeps it serving.
+    // Longer than dead_after_ms (1,000): the instance goes on, and the node, which hears
+    // nobody (itself included), keeps the membership it knew instead of expiring it.
     std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(
+        live_nodes(&alpha),
+        1,
+        "nobody is declared dead while cut off"
+    );
     assert_eq!(
         alpha.serving("web"),
         before,
