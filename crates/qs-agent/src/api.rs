@@ -64,6 +64,11 @@ impl<F: Fabric> Api<F> {
                 "Instances that crashed, failed to start or failed health checks",
                 &c.instance_failures,
             ),
+            (
+                "nodes_declared_dead",
+                "Peers declared dead after missing heartbeats",
+                &c.nodes_declared_dead,
+            ),
         ];
         for (name, help, counter) in counters {
             metrics.register(name, help, counter.clone());

@@ -18,6 +18,8 @@ use tokio::sync::{Notify, watch};
 
 /// How often silent nodes are looked for.
 const EXPIRE_EVERY: Duration = Duration::from_millis(100);
+/// The most heartbeats applied under one write of the registry.
+const BEAT_BATCH: usize = 256;
 /// The longest wait between tries to watch the specs KV.
 const WATCH_RETRY_MAX: Duration = Duration::from_secs(5);
 
@@ -125,7 +127,7 @@ impl<F: Fabric> Feed<F> {
             };
             tokio::select! {
                 _ = stop.changed() => return,
-                Some(b) = self.beats.next() => m.on_heartbeat(&b.payload, &counters),
+                Some(b) = self.beats.next() => self.on_heartbeats(b, &counters),
                 e = next_spec => match e {
                     Some(e) => self.on_spec(e),
                     // The watch fell behind or its backend ended it: watch again.
@@ -147,13 +149,55 @@ impl<F: Fabric> Feed<F> {
                 }
                 _ = expire.tick() => {
                     if self.fabric.connected() {
-                        m.on_expire();
+                        // Silent means nothing from the node is waiting here either: a feed
+                        // that fell behind a burst must not take its backlog for deaths.
+                        while let Some(b) = self.beats.try_next() {
+                            self.on_heartbeats(b, &counters);
+                        }
+                        m.on_expire(&counters);
                     }
                 }
             }
             if *stop.borrow() {
                 return;
             }
+        }
+    }
+
+    /// Applies one heartbeat and those queued behind it (up to [`BEAT_BATCH`]), decoded
+    /// outside the registry's lock and applied under one write.
+    fn on_heartbeats(&mut self, first: qs_fabric::Incoming, counters: &Counters) {
+        let mut beats = Vec::with_capacity(BEAT_BATCH);
+        let mut next = Some(first);
+        while let Some(b) = next {
+            match Envelope::<Message>::decode(&b.payload) {
+                Ok(Envelope {
+                    payload: Message::Heartbeat(status),
+                    ..
+                }) => beats.push(status),
+                Ok(_) => {}
+                Err(e) => {
+                    counters.messages_malformed.inc();
+                    tracing::warn!("dropped a malformed heartbeat: {e}");
+                }
+            }
+            next = if beats.len() < BEAT_BATCH {
+                self.beats.try_next()
+            } else {
+                None
+            };
+        }
+        let now = crate::runtime::now();
+        let m = &self.membership;
+        let joined = m.update(|r| {
+            let mut joined = false;
+            for status in beats {
+                joined |= r.observe(status, now).is_some();
+            }
+            joined
+        });
+        if joined {
+            m.reconcile_all();
         }
     }
 
@@ -289,29 +333,27 @@ impl Membership {
         })
     }
 
-    fn on_heartbeat(&self, payload: &[u8], counters: &Counters) {
-        match Envelope::<Message>::decode(payload) {
-            Ok(Envelope {
-                payload: Message::Heartbeat(status),
-                ..
-            }) => {
-                let now = crate::runtime::now();
-                if self.update(|r| r.observe(status, now)).is_some() {
-                    self.reconcile_all();
-                }
+    fn on_expire(&self, counters: &Counters) {
+        // The nodes this process runs are alive while their runtimes are: they vouch for
+        // themselves, so a busy process does not take its own late heartbeats for deaths.
+        let local: Vec<NodeId> = self
+            .inboxes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        let now = crate::runtime::now();
+        let dead = self.update(|r| {
+            for node in &local {
+                r.vouch(node, now);
             }
-            Ok(_) => {}
-            Err(e) => {
-                counters.messages_malformed.inc();
-                tracing::warn!("dropped a malformed heartbeat: {e}");
-            }
-        }
-    }
-
-    fn on_expire(&self) {
+            r.expire(now)
+        });
         // A death is a membership change: reconciling everything covers the services
         // that lost instances with the dead node.
-        if !self.update(|r| r.expire(crate::runtime::now())).is_empty() {
+        if !dead.is_empty() {
+            counters.nodes_declared_dead.inc_by(dead.len() as u64);
             self.reconcile_all();
         }
     }

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 /// The KV bucket of desired state.
 pub const SPECS_BUCKET: &str = "specs";
 /// How stale the API's view of a node may be.
-const VIEW_EVERY: Duration = Duration::from_millis(250);
+const VIEW_EVERY: Duration = Duration::from_millis(1000);
 /// How soon a change an operator acts on (an instance turned healthy, ended, was told to stop;
 /// a drain) shows.
 const VIEW_SOON: Duration = Duration::from_millis(10);
@@ -74,6 +74,8 @@ pub struct Counters {
     pub placements: Counter,
     pub instance_starts: Counter,
     pub instance_failures: Counter,
+    /// Peers this process declared dead (silent past `dead_after_ms`).
+    pub nodes_declared_dead: Counter,
 }
 
 /// An instance this node runs, as the API shows it.

@@ -160,6 +160,19 @@ impl Registry {
         dead
     }
 
+    /// Counts a live node as heard from now, without a heartbeat: the process that runs it
+    /// knows it lives. Does nothing for a node that is not live.
+    pub fn vouch(&mut self, node: &NodeId, now: Time) {
+        if let Some(&slot) = self.index.get(node)
+            && self.slots[slot].alive
+        {
+            let s = &mut self.slots[slot];
+            self.by_last_seen.remove(&(s.last_seen, slot));
+            s.last_seen = s.last_seen.max(now);
+            self.by_last_seen.insert((s.last_seen, slot));
+        }
+    }
+
     /// Declares one node dead now (confirmed failure, orderly leave).
     pub fn remove(&mut self, node: &NodeId) -> bool {
         match self.index.get(node) {
@@ -622,6 +635,30 @@ mod tests {
             Some(Membership::Joined(_))
         ));
         assert_eq!(r.live_count(), 2);
+    }
+
+    #[test]
+    fn a_vouched_node_lives_without_heartbeats_and_a_dead_one_stays_dead() {
+        let mut r = Registry::new(&Config::default());
+        let a = NodeId::new("a").unwrap();
+        r.observe(status("a", 0, 0), Time::from_millis(0));
+        r.observe(status("b", 0, 0), Time::from_millis(0));
+        r.vouch(&a, Time::from_millis(900));
+        let dead: Vec<NodeId> = r
+            .expire(Time::from_millis(1000))
+            .into_iter()
+            .map(|s| s.node)
+            .collect();
+        assert_eq!(dead, vec![NodeId::new("b").unwrap()], "only b went silent");
+        // Vouching never brings back a dead node: only its heartbeat does.
+        r.vouch(&NodeId::new("b").unwrap(), Time::from_millis(1000));
+        assert_eq!(r.live_count(), 1);
+        assert_eq!(r.expire(Time::from_millis(1899)).len(), 0);
+        assert_eq!(
+            r.expire(Time::from_millis(1900)).len(),
+            1,
+            "a, once unvouched"
+        );
     }
 
     #[test]

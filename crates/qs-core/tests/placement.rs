@@ -70,8 +70,21 @@ fn drain(node: &mut Node, story: &mut Vec<String>) -> Option<qs_wire::InstanceId
                 } => format!("local-refused:{reason}"),
                 Event::LocalCheck { .. } => "local-ok".to_owned(),
                 Event::QuerySent { asked, .. } => format!("query:{asked}"),
-                Event::OfferReceived { from, .. } => format!("offer:{from}"),
-                Event::Declined { from, .. } => format!("declined:{from}"),
+                Event::Gathered {
+                    offers,
+                    declined,
+                    silent,
+                    ..
+                } => {
+                    let offers = offers.iter().map(|o| format!("offer:{}", o.from));
+                    let declined = declined.iter().map(|d| format!("declined:{}", d.from));
+                    let silent = silent.iter().map(|n| format!("silent:{n}"));
+                    offers
+                        .chain(declined)
+                        .chain(silent)
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                }
                 Event::GateRefused { from, .. } => format!("gate-refused:{from}"),
                 Event::Dispatched { to, .. } => format!("dispatched:{to}"),
                 Event::DispatchRefused {
@@ -208,7 +221,7 @@ fn the_five_steps_by_hand() {
     check(
         &[("b", Some(0.5)), ("c", None)],
         &[],
-        &format!("{head} offer:b declined:c dispatched:b"),
+        &format!("{head} offer:b declined:c silent:d silent:e dispatched:b"),
     );
 }
 

@@ -114,6 +114,10 @@ impl Subscription {
     pub async fn next(&mut self) -> Option<Incoming> {
         self.rx.recv().await
     }
+    /// A message already delivered and queued, without waiting.
+    pub fn try_next(&mut self) -> Option<Incoming> {
+        self.rx.try_recv().ok()
+    }
 }
 
 /// A stream of KV changes: first every matching entry as it is now, then

@@ -3,8 +3,8 @@
 use qs_core::{Config, Time, composite};
 use qs_sim::{Action, Network, Sim};
 use qs_wire::{
-    DeclineReason, Event, HaPattern, LocalVerdict, NodeId, NodeSpec, PlacementId, Resource, Role,
-    SenseReason, ServiceName, WorkloadSpec, parse_spec,
+    DeclineReason, Event, HaPattern, LocalVerdict, NodeId, NodeSpec, OfferFrom, PlacementId,
+    Resource, Role, SenseReason, ServiceName, WorkloadSpec, parse_spec,
 };
 
 fn id(s: &str) -> NodeId {
@@ -77,13 +77,20 @@ fn story<'a>(sim: &'a Sim, p: &PlacementId) -> Vec<&'a Event> {
         .collect()
 }
 
+/// Every offer the events tell of, in order.
+fn offers_in<'a>(events: impl Iterator<Item = &'a Event>) -> impl Iterator<Item = &'a OfferFrom> {
+    events.flat_map(|e| match e {
+        Event::Gathered { offers, .. } => offers.as_slice(),
+        _ => &[],
+    })
+}
+
 fn placement_of(e: &Event) -> Option<&PlacementId> {
     match e {
         Event::Sensed { placement, .. }
         | Event::LocalCheck { placement, .. }
         | Event::QuerySent { placement, .. }
-        | Event::OfferReceived { placement, .. }
-        | Event::Declined { placement, .. }
+        | Event::Gathered { placement, .. }
         | Event::GateRefused { placement, .. }
         | Event::Dispatched { placement, .. }
         | Event::DispatchRefused { placement, .. }
@@ -182,16 +189,10 @@ fn seed_000_coredns_story() {
         }
     ));
     assert!(events.iter().any(|e| matches!(e,
-        Event::Declined { from, reason: DeclineReason::OverThreshold { resource: Resource::Cpu }, .. }
-            if from == &id("msclo"))));
-    let offers: Vec<(&NodeId, f64)> = events
-        .iter()
-        .filter_map(|e| match e {
-            Event::OfferReceived {
-                from, composite, ..
-            } => Some((from, composite.value)),
-            _ => None,
-        })
+        Event::Gathered { declined, .. } if declined.iter().any(|d| d.from == id("msclo")
+            && d.reason == DeclineReason::OverThreshold { resource: Resource::Cpu }))));
+    let offers: Vec<(&NodeId, f64)> = offers_in(events.iter().copied())
+        .map(|o| (&o.from, o.composite.value))
         .collect();
     let forge = offers
         .iter()
@@ -248,15 +249,9 @@ fn a_failure_raises_pressure_and_the_next_placement_avoids_the_node() {
             && matches!(&r.event, Event::PressureRaised { service, .. } if service == &svc)
     });
     assert!(raised.is_some(), "forge's failed start raised its pressure");
-    let forge_offers: Vec<f64> = sim
-        .records()
-        .iter()
-        .filter_map(|r| match &r.event {
-            Event::OfferReceived {
-                from, composite, ..
-            } if from == &id("forge") => Some(composite.pressure),
-            _ => None,
-        })
+    let forge_offers: Vec<f64> = offers_in(sim.records().iter().map(|r| &r.event))
+        .filter(|o| o.from == id("forge"))
+        .map(|o| o.composite.pressure)
         .collect();
     assert!(
         forge_offers.len() >= 2,
@@ -284,15 +279,8 @@ fn gpu_inference_goes_to_the_most_free_vram() {
     sim.schedule(sim.now(), Action::Apply(llm));
     sim.run_until(after(&sim, 1000));
     assert_eq!(placed_on(&sim, &svc), vec![id("pcdev")]);
-    let offers: Vec<(NodeId, f64)> = sim
-        .records()
-        .iter()
-        .filter_map(|r| match &r.event {
-            Event::OfferReceived {
-                from, composite, ..
-            } => Some((from.clone(), composite.value)),
-            _ => None,
-        })
+    let offers: Vec<(NodeId, f64)> = offers_in(sim.records().iter().map(|r| &r.event))
+        .map(|o| (o.from.clone(), o.composite.value))
         .collect();
     let value = |n: &str| offers.iter().find(|o| o.0 == id(n)).unwrap().1;
     assert!(value("forge") > value("pcdev"), "{offers:?}");

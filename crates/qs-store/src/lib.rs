@@ -94,50 +94,66 @@ impl Ledger {
         at_us: u64,
         events: &[Event],
     ) -> Result<Range<u64>, StoreError> {
-        self.append_with(events.len(), |seq, i| Record {
-            seq,
-            at_us,
-            node: node.clone(),
-            event: events[i].clone(),
-        })
+        self.append_with(events.len(), |i| (at_us, node, &events[i]))
     }
 
     /// Appends records written elsewhere (a simulator, another node's buffer) in one durable
     /// transaction, keeping their node and time; they get this ledger's sequence numbers.
     pub fn append_records(&self, records: &[Record]) -> Result<Range<u64>, StoreError> {
-        self.append_with(records.len(), |seq, i| Record {
-            seq,
-            ..records[i].clone()
+        self.append_with(records.len(), |i| {
+            let r = &records[i];
+            (r.at_us, &r.node, &r.event)
         })
     }
 
-    fn append_with(
+    /// Appends `n` records whose time, node and event `part(i)` gives.
+    fn append_with<'a>(
         &self,
         n: usize,
-        make: impl Fn(u64, usize) -> Record,
+        part: impl Fn(usize) -> (u64, &'a NodeId, &'a Event),
     ) -> Result<Range<u64>, StoreError> {
         let mut next = self.lock_next();
         let first = *next;
-        contained(&self.path, || self.write(first, n, &make))?;
+        contained(&self.path, || self.write(first, n, &part))?;
         *next = first + n as u64;
         self.appended.notify_all();
         Ok(first..*next)
     }
 
-    fn write(
+    fn write<'a>(
         &self,
         first: u64,
         n: usize,
-        make: &dyn Fn(u64, usize) -> Record,
+        part: &dyn Fn(usize) -> (u64, &'a NodeId, &'a Event),
     ) -> Result<(), StoreError> {
+        /// [`Record`] by reference: the same encoding without copying the event.
+        #[derive(serde::Serialize)]
+        struct Stored<'a> {
+            seq: u64,
+            at_us: u64,
+            node: &'a NodeId,
+            event: &'a Event,
+        }
         let tx = self.db.begin_write().map_err(|e| self.err(e))?;
         {
             let mut table = tx.open_table(LEDGER).map_err(|e| self.err(e))?;
+            let mut bytes = Vec::with_capacity(256);
             for i in 0..n {
-                let record = make(first + i as u64, i);
-                let bytes = serde_json::to_vec(&record).expect("ledger records always serialize");
+                let (at_us, node, event) = part(i);
+                let seq = first + i as u64;
+                bytes.clear();
+                serde_json::to_writer(
+                    &mut bytes,
+                    &Stored {
+                        seq,
+                        at_us,
+                        node,
+                        event,
+                    },
+                )
+                .expect("ledger records always serialize");
                 table
-                    .insert(record.seq, bytes.as_slice())
+                    .insert(seq, bytes.as_slice())
                     .map_err(|e| self.err(e))?;
             }
         }

@@ -32,6 +32,20 @@ pub enum LocalVerdict {
     },
 }
 
+/// An offer received in step 4.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct OfferFrom {
+    pub from: NodeId,
+    pub composite: Composite,
+}
+
+/// A decline received in step 4.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DeclineFrom {
+    pub from: NodeId,
+    pub reason: DeclineReason,
+}
+
 /// One ledger event. Every step of every placement is one, so the ledger tells each
 /// placement's story the way seed 000 §3 tells CoreDNS's.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -52,15 +66,15 @@ pub enum Event {
         live: u32,
         sampled: bool,
     },
-    OfferReceived {
+    /// Step 4 closed: every answer the round got, in the order they came.
+    Gathered {
         placement: PlacementId,
-        from: NodeId,
-        composite: Composite,
-    },
-    Declined {
-        placement: PlacementId,
-        from: NodeId,
-        reason: DeclineReason,
+        /// "I can take it", with each composite weight.
+        offers: Vec<OfferFrom>,
+        /// "I cannot", with each reason.
+        declined: Vec<DeclineFrom>,
+        /// Asked nodes that did not answer before the deadline.
+        silent: Vec<NodeId>,
     },
     GateRefused {
         placement: PlacementId,

@@ -42,18 +42,54 @@ pub fn check_name(name: &str) -> Result<(), NameError> {
     Ok(())
 }
 
+/// What the one serde visitor needs of a name type.
+trait Named: Sized {
+    /// Wraps a name that passed [`check_name`].
+    fn from_checked(name: &str) -> Self;
+}
+
+struct NameVisitor<T>(std::marker::PhantomData<T>);
+
+impl<T: Named> serde::de::Visitor<'_> for NameVisitor<T> {
+    type Value = T;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a name of lowercase letters, digits and '-'")
+    }
+    fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<T, E> {
+        check_name(name).map_err(E::custom)?;
+        Ok(T::from_checked(name))
+    }
+}
+
 macro_rules! name_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-        #[serde(try_from = "String", into = "String")]
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
         pub struct $name(Arc<str>);
+
+        // By hand rather than through `String`: encoding copies nothing, and decoding
+        // allocates once, straight from the input.
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                d.deserialize_str(NameVisitor(std::marker::PhantomData))
+            }
+        }
+        impl Named for $name {
+            fn from_checked(name: &str) -> Self {
+                Self(Arc::from(name))
+            }
+        }
 
         impl $name {
             /// Validates and wraps a name.
             pub fn new(name: &str) -> Result<Self, NameError> {
                 check_name(name)?;
-                Ok(Self(Arc::from(name)))
+                Ok(Self::from_checked(name))
             }
             pub fn as_str(&self) -> &str {
                 &self.0

@@ -12,7 +12,7 @@ pub mod resources;
 pub mod spec;
 
 pub use envelope::{Envelope, MessageId, WIRE_VERSION, WireError};
-pub use event::{Event, LocalVerdict, Record, SenseReason};
+pub use event::{DeclineFrom, Event, LocalVerdict, OfferFrom, Record, SenseReason};
 pub use ids::{InstanceId, NameError, NodeId, PlacementId, ServiceName};
 pub use message::{
     Composite, DeclineReason, Demand, ExitOutcome, InstanceSummary, Message, NodeStatus, Offer,

@@ -119,7 +119,7 @@ pub fn fleet_suite(nodes: usize, placements: usize, replicas: usize) -> anyhow::
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let (join_s, place_s, placed) = rt.block_on(async {
+    let (join_s, place_s, placed, dead) = rt.block_on(async {
         let started = Instant::now();
         let fleet = EmbeddedFleet::start(FleetOptions {
             state_dir: state_dir.clone(),
@@ -175,8 +175,9 @@ pub fn fleet_suite(nodes: usize, placements: usize, replicas: usize) -> anyhow::
         }
         let place_s = t0.elapsed().as_secs_f64();
         let placed = fleet.shared.counters.placements.get() - before;
+        let dead = fleet.shared.counters.nodes_declared_dead.get();
         fleet.shutdown().await;
-        anyhow::Ok((join_s, place_s, placed))
+        anyhow::Ok((join_s, place_s, placed, dead))
     })?;
     if keep.is_none() {
         let _ = std::fs::remove_dir_all(&state_dir);
@@ -192,6 +193,12 @@ pub fn fleet_suite(nodes: usize, placements: usize, replicas: usize) -> anyhow::
         format!("placements.nodes_{nodes}"),
         placed as f64,
         "placements",
+    );
+    emit(
+        "fleet",
+        format!("nodes_declared_dead.nodes_{nodes}"),
+        dead as f64,
+        "nodes",
     );
     emit(
         "fleet",

@@ -9,6 +9,13 @@ mod render;
 
 use clap::Parser;
 
+/// An agent's hot paths (fleet messages, ledger records) churn small allocations across
+/// threads; mimalloc serves them in about a tenth less CPU than glibc's allocator
+/// (`qs bench fleet`). Built without transparent huge pages, which would double an idle
+/// agent's resident memory.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     // Like other Unix tools, end quietly when the reader of our output goes away (`| head`).
     // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.

@@ -46,18 +46,35 @@ pub fn describe(event: &Event) -> String {
                 "[{placement}] capacity query: who can take it? asked {asked}, {how} {live} live"
             )
         }
-        Event::OfferReceived {
+        Event::Gathered {
             placement,
-            from,
-            composite,
+            offers,
+            declined,
+            silent,
         } => {
-            format!("[{placement}] offer from {from}: I can take it, {composite}")
+            // One line per answer, as the seed tells it.
+            let mut lines = vec![format!(
+                "[{placement}] answers: {} offers, {} declines, {} silent",
+                offers.len(),
+                declined.len(),
+                silent.len()
+            )];
+            lines.extend(
+                offers
+                    .iter()
+                    .map(|o| format!("  offer from {}: I can take it, {}", o.from, o.composite)),
+            );
+            lines.extend(
+                declined
+                    .iter()
+                    .map(|d| format!("  {} declines: {}", d.from, d.reason)),
+            );
+            if !silent.is_empty() {
+                let names: Vec<&str> = silent.iter().map(|n| n.as_str()).collect();
+                lines.push(format!("  no answer in time from {}", names.join(", ")));
+            }
+            lines.join("\n")
         }
-        Event::Declined {
-            placement,
-            from,
-            reason,
-        } => format!("[{placement}] {from} declines: {reason}"),
         Event::GateRefused {
             placement,
             from,
@@ -197,22 +214,73 @@ pub fn time(at_us: u64) -> String {
 
 /// `seq  time  node  text`.
 pub fn line(r: &Record) -> String {
-    format!(
-        "{:>8}  {}  {:<10} {}",
-        r.seq,
-        time(r.at_us),
-        r.node.as_str(),
-        describe(&r.event)
-    )
+    let head = format!("{:>8}  {}  {:<10} ", r.seq, time(r.at_us), r.node.as_str());
+    // An event of several lines keeps its continuation lines under its first.
+    let indent = format!("\n{:width$}", "", width = head.chars().count());
+    format!("{head}{}", describe(&r.event).replace('\n', &indent))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::time;
+    use super::{line, time};
+    use qs_wire::{
+        Composite, DeclineFrom, DeclineReason, Event, NodeId, OfferFrom, PlacementId, Record,
+        Resource,
+    };
 
     #[test]
     fn times_read_as_clock_or_seconds() {
         assert_eq!(time(3_059_000), "     3.059s");
         assert_eq!(time(1_795_324_732_346_123), "05:18:52.346");
+    }
+
+    #[test]
+    fn a_round_of_answers_reads_one_answer_per_line_under_its_head() {
+        let n = |s: &str| NodeId::new(s).unwrap();
+        let record = Record {
+            seq: 12,
+            at_us: 3_059_000,
+            node: n("msi01"),
+            event: Event::Gathered {
+                placement: PlacementId {
+                    steward: n("msi01"),
+                    seq: 1,
+                },
+                offers: vec![OfferFrom {
+                    from: n("forge"),
+                    composite: Composite {
+                        pressure: 0.2,
+                        vram_free: 0.6,
+                        cpu_free: 0.7,
+                        level_weight: 7.067,
+                        value: 2.375,
+                    },
+                }],
+                declined: vec![DeclineFrom {
+                    from: n("msclo"),
+                    reason: DeclineReason::OverThreshold {
+                        resource: Resource::Cpu,
+                    },
+                }],
+                silent: vec![n("lilo")],
+            },
+        };
+        let text = line(&record);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert!(lines[0].ends_with("[msi01#1] answers: 1 offers, 1 declines, 1 silent"));
+        let indent = lines[0].find('[').unwrap();
+        assert_eq!(
+            lines[1].trim_start(),
+            "offer from forge: I can take it, (1 - 0.200) x 0.600 vram x 0.700 cpu x 7.067 level = 2.375"
+        );
+        for l in &lines[1..] {
+            assert_eq!(l.len() - l.trim_start().len(), indent + 2, "{text}");
+        }
+        assert!(
+            lines[2].trim_start().starts_with("msclo declines: "),
+            "{text}"
+        );
+        assert_eq!(lines[3].trim_start(), "no answer in time from lilo");
     }
 }

@@ -6,8 +6,8 @@ use super::{Node, Output};
 use crate::registry::Registry;
 use crate::time::{Time, ms};
 use qs_wire::{
-    DeclineReason, Demand, Event, HaPattern, InstanceId, LocalVerdict, Message, NodeId, Offer,
-    PlacementId, Role, SenseReason, ServiceName, WorkloadSpec,
+    DeclineFrom, DeclineReason, Demand, Event, HaPattern, InstanceId, LocalVerdict, Message,
+    NodeId, Offer, OfferFrom, PlacementId, Role, SenseReason, ServiceName, WorkloadSpec,
 };
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -32,7 +32,9 @@ enum Stage {
     Gathering {
         asked: BTreeSet<NodeId>,
         answered: BTreeSet<NodeId>,
+        /// The pool: answers' offers, and this node's own when it competes.
         offers: Vec<(NodeId, Offer)>,
+        declined: Vec<DeclineFrom>,
         sent_at: Time,
         deadline: Time,
     },
@@ -485,6 +487,7 @@ impl Node {
                 asked: asked.into_iter().collect(),
                 answered: BTreeSet::new(),
                 offers: pool,
+                declined: Vec::new(),
                 sent_at: now,
                 deadline,
             };
@@ -497,29 +500,27 @@ impl Node {
     /// Whom to ask: every live node in a small fleet, a weighted sample of `query_sample`
     /// in a large one. Nodes that can never fit (labels, GPU size) are not asked.
     fn candidates(&mut self, demand: &Demand, reg: &Registry) -> (Vec<NodeId>, bool) {
-        // Anti-affinity: nodes known (from heartbeats, or from dispatches accepted since) to
-        // run as many instances as the pattern allows would only decline. Heartbeats are
-        // counted per asked node; what is on its way is counted here.
-        let mut coming: BTreeMap<&NodeId, u32> = BTreeMap::new();
+        // Anti-affinity: nodes known (from heartbeats, through the registry's index, or from
+        // dispatches accepted since) to run as many instances as the pattern allows would
+        // only decline. Counted once per round, not once per candidate.
+        let mut per_node: BTreeMap<&NodeId, u32> = BTreeMap::new();
+        for (_, r) in reg.instances_of(&demand.service) {
+            *per_node.entry(&r.node).or_default() += 1;
+        }
         if let Some(st) = self.services.get(&demand.service) {
             for (_, _, node) in st.pending.values() {
-                *coming.entry(node).or_default() += 1;
+                *per_node.entry(node).or_default() += 1;
             }
         }
         for p in self.placements.values() {
             if p.demand.service == demand.service
                 && let Stage::Dispatching { target, .. } = &p.stage
             {
-                *coming.entry(target).or_default() += 1;
+                *per_node.entry(target).or_default() += 1;
             }
         }
         let full = |n: &qs_wire::NodeStatus| {
-            let known = n
-                .instances
-                .iter()
-                .filter(|i| i.service == demand.service)
-                .count() as u32;
-            known + coming.get(&n.node).copied().unwrap_or(0) >= demand.max_per_node
+            per_node.get(&n.node).copied().unwrap_or(0) >= demand.max_per_node
         };
         let accept = |n: &qs_wire::NodeStatus| {
             !n.draining
@@ -575,6 +576,7 @@ impl Node {
             asked,
             answered,
             offers,
+            declined,
             sent_at,
             ..
         } = &mut p.stage
@@ -586,24 +588,11 @@ impl Node {
         }
         let rtt_us = now.since(*sent_at).as_micros() as f64;
         let complete = answered.len() == asked.len();
-        let event = match answer {
-            Ok(offer) => {
-                let composite = offer.composite;
-                offers.push((from.clone(), offer));
-                Event::OfferReceived {
-                    placement: pid,
-                    from,
-                    composite,
-                }
-            }
-            Err(reason) => Event::Declined {
-                placement: pid,
-                from,
-                reason,
-            },
-        };
+        match answer {
+            Ok(offer) => offers.push((from, offer)),
+            Err(reason) => declined.push(DeclineFrom { from, reason }),
+        }
         self.rtt.sample(rtt_us);
-        self.record(event);
         if complete {
             self.finish_gathering(seq, now, reg);
         }
@@ -614,11 +603,36 @@ impl Node {
         let Some(p) = self.placements.get_mut(&seq) else {
             return;
         };
-        let Stage::Gathering { offers, .. } = &mut p.stage else {
+        let Stage::Gathering {
+            asked,
+            answered,
+            offers,
+            declined,
+            ..
+        } = &mut p.stage
+        else {
             return;
         };
         let offers = std::mem::take(offers);
         let (pid, pattern) = (p.id.clone(), p.demand.pattern);
+        // The round's answers, as one event (the pool also holds this node's own offer, which
+        // the local check recorded).
+        let gathered = Event::Gathered {
+            placement: pid.clone(),
+            offers: offers
+                .iter()
+                .filter(|(n, _)| answered.contains(n))
+                .map(|(n, o)| OfferFrom {
+                    from: n.clone(),
+                    composite: o.composite,
+                })
+                .collect(),
+            declined: std::mem::take(declined),
+            silent: asked.difference(answered).cloned().collect(),
+        };
+        if !asked.is_empty() {
+            self.record(gathered);
+        }
         let mut passed = Vec::with_capacity(offers.len());
         for (node, offer) in offers {
             if self.gate.admits(&offer.composite) {
