@@ -261,6 +261,7 @@ impl<F: Fabric> EmbeddedFleet<F> {
                 sense_every: opts.sense_every,
                 stop_grace: opts.stop_grace,
                 noop_executor: opts.noop_executor,
+                detect: i == 0,
             };
             let rx = stop_rx.clone();
             let id = spec.id.clone();

@@ -276,6 +276,28 @@ impl Membership {
         }
     }
 
+    /// Whether `node` runs in this process.
+    pub fn is_local(&self, node: &NodeId) -> bool {
+        self.inboxes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(node)
+    }
+
+    /// A probe answered for `node`: it counts as heard from now.
+    pub fn vouch(&self, node: &NodeId) {
+        let now = crate::runtime::now();
+        self.update(|r| r.vouch(node, now));
+    }
+
+    /// The failure detector confirmed `node` dead.
+    pub fn declare_dead(&self, node: &NodeId, counters: &Counters) {
+        if self.update(|r| r.remove(node)) {
+            counters.nodes_declared_dead.inc();
+            self.reconcile_all();
+        }
+    }
+
     fn update<T>(&self, f: impl FnOnce(&mut Registry) -> T) -> T {
         f(&mut self.registry.write().unwrap_or_else(|p| p.into_inner()))
     }

@@ -7,7 +7,9 @@ use crate::membership::{Membership, Notice};
 use crate::orphans::InstanceFile;
 use crate::sense::{GpuSource, Sensor};
 use prometheus_client::metrics::counter::Counter;
-use qs_core::{Config, Input, Node, Output, RunningInstance, Time};
+use qs_core::{
+    Config, Detector, DetectorInput, DetectorOutput, Input, Node, Output, RunningInstance, Time,
+};
 use qs_fabric::{Bytes, Fabric, Kv, Topic};
 use qs_store::Ledger;
 use qs_wire::{
@@ -22,6 +24,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 /// The KV bucket of desired state.
 pub const SPECS_BUCKET: &str = "specs";
+/// How often the failure detector looks for silent nodes and overdue probes.
+const DETECT_EVERY: Duration = Duration::from_millis(50);
 /// How stale the API's view of a node may be.
 const VIEW_EVERY: Duration = Duration::from_millis(1000);
 /// How soon a change an operator acts on (an instance turned healthy, ended, was told to stop;
@@ -200,6 +204,8 @@ pub struct NodeSetup<F: Fabric> {
     pub stop_grace: Duration,
     /// Use the no-op executor double instead of real processes.
     pub noop_executor: bool,
+    /// This node runs the process's failure detector (one node per process does).
+    pub detect: bool,
 }
 
 struct Runtime<F: Fabric> {
@@ -220,6 +226,8 @@ struct Runtime<F: Fabric> {
     failures_file: PathBuf,
     /// When the API's view is next due, if it changed since it was last published.
     view_due: Option<tokio::time::Instant>,
+    /// The process's failure detector, on the one node that runs it.
+    detector: Option<Detector>,
 }
 
 /// Runs one node until `stop` turns true; stops its instances before returning.
@@ -247,6 +255,13 @@ pub async fn run_node<F: Fabric>(
         .map_err(|e| e.to_string())?;
     let notices = setup.membership.subscribe(&id);
     let failures_file = node_dir.join("failures.json");
+    let detector = setup.detect.then(|| {
+        Detector::new(
+            id.clone(),
+            &setup.config,
+            setup.seed ^ qs_core::hash::of_str("detector"),
+        )
+    });
     let mut node = Node::new(&setup.spec, setup.config.clone(), setup.seed, now());
     node.restore_failures(load_failures(&failures_file), now());
     let mut rt = Runtime {
@@ -268,6 +283,7 @@ pub async fn run_node<F: Fabric>(
         instance_file: (!setup.noop_executor).then_some(instance_file),
         control_tx,
         view_due: None,
+        detector,
     };
     for (instance, pid) in reaped {
         rt.record(vec![Event::InstanceExited {
@@ -283,6 +299,7 @@ pub async fn run_node<F: Fabric>(
     rt.input(Input::Reconcile).await;
     let mut died = false;
     let mut sense_timer = tokio::time::interval(setup.sense_every);
+    let mut detect_timer = tokio::time::interval(DETECT_EVERY);
     loop {
         let wake = rt.node.poll_timeout().map_or(Duration::from_secs(1), |t| {
             Duration::from_micros(t.as_micros().saturating_sub(now().as_micros()))
@@ -301,6 +318,9 @@ pub async fn run_node<F: Fabric>(
                 rt.on_control(c).await;
             }
             _ = sense_timer.tick() => rt.on_sense().await,
+            _ = detect_timer.tick(), if rt.detector.is_some() => {
+                rt.detect(DetectorInput::Tick).await;
+            }
             _ = tokio::time::sleep_until(rt.view_due.unwrap_or_else(far_future)), if rt.view_due.is_some() => {
                 rt.publish_view();
             }
@@ -358,6 +378,7 @@ impl<F: Fabric> Runtime<F> {
     /// Carries out every output of the core.
     async fn drain(&mut self, mut visible: bool) {
         let mut records = Vec::new();
+        let mut pending_acks = Vec::new();
         while let Some(out) = self.node.poll() {
             match out {
                 Output::Send { to, msg } => {
@@ -379,6 +400,9 @@ impl<F: Fabric> Runtime<F> {
                     visible = true;
                     self.exec.stop(&instance, &reason);
                 }
+                Output::Ack { target, nonce } => {
+                    pending_acks.push(DetectorInput::Ack { target, nonce });
+                }
                 Output::Record(event) => {
                     if matches!(event, Event::Placed { .. }) {
                         self.shared.counters.placements.inc();
@@ -394,6 +418,9 @@ impl<F: Fabric> Runtime<F> {
             self.save_failures();
         }
         self.record(records).await;
+        for ack in pending_acks {
+            Box::pin(self.detect(ack)).await;
+        }
         let due = tokio::time::Instant::now() + if visible { VIEW_SOON } else { VIEW_EVERY };
         self.view_due = Some(self.view_due.map_or(due, |d| d.min(due)));
     }
@@ -553,6 +580,40 @@ impl<F: Fabric> Runtime<F> {
                         .stop(&instance, &format!("health check failed: {reason}"));
                 }
                 self.input(Input::Health { instance, serving }).await;
+            }
+        }
+    }
+
+    /// Feeds the failure detector and carries out what it asks. While the fabric is
+    /// disconnected it suspects nobody: this node is the one cut off.
+    async fn detect(&mut self, input: DetectorInput) {
+        let Some(detector) = self.detector.as_mut() else {
+            return;
+        };
+        if matches!(input, DetectorInput::Tick) && !self.fabric.connected() {
+            return;
+        }
+        {
+            let reg = self.reg.read();
+            detector.handle(input, now(), &reg, |n| self.reg.is_local(n));
+        }
+        let mut outputs = Vec::new();
+        while let Some(out) = detector.poll() {
+            outputs.push(out);
+        }
+        for out in outputs {
+            match out {
+                DetectorOutput::Send { to, msg } => {
+                    let bytes = self.envelope(*msg);
+                    if self.fabric.send(&to, bytes).await.is_ok() {
+                        self.shared.counters.messages_sent.inc();
+                    }
+                }
+                DetectorOutput::Alive(node) => self.reg.vouch(&node),
+                DetectorOutput::Dead(node) => {
+                    tracing::warn!(node = %self.id, "{node} answered no probe: declared dead");
+                    self.reg.declare_dead(&node, &self.shared.counters);
+                }
             }
         }
     }

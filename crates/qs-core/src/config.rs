@@ -51,7 +51,15 @@ pub struct Config {
     /// Admission gate: a composite must exceed this.
     pub gate_min: f64,
     pub heartbeat_ms: u64,
-    /// A node silent this long is declared dead (4 heartbeats by default).
+    /// A node silent this long is suspected and probed, directly and through
+    /// `probe_relays` other nodes (2 heartbeats by default).
+    pub suspect_after_ms: u64,
+    /// A suspect that answers no probe within this long is declared dead.
+    pub probe_timeout_ms: u64,
+    /// Nodes asked to probe a suspect for us (indirect probes).
+    pub probe_relays: usize,
+    /// A node silent this long is declared dead whatever the probes say (4 heartbeats by
+    /// default).
     pub dead_after_ms: u64,
     /// A starting node listens this long before it acts as a steward, so its view of who is
     /// alive (and so of who stewards what) is complete.
@@ -99,6 +107,9 @@ impl Default for Config {
             thresholds: Thresholds::default(),
             gate_min: 0.3,
             heartbeat_ms: 250,
+            suspect_after_ms: 500,
+            probe_timeout_ms: 250,
+            probe_relays: 3,
             dead_after_ms: 1000,
             join_settle_ms: 1000,
             query_all_below: 32,
@@ -194,6 +205,26 @@ impl Config {
                     "must be at least two heartbeats ({} ms), got {}",
                     2 * self.heartbeat_ms,
                     self.dead_after_ms
+                ),
+            });
+        }
+        positive("probe_timeout_ms", self.probe_timeout_ms)?;
+        if self.probe_relays > crate::detector::MAX_PROBE_RELAYS {
+            return Err(ConfigError {
+                field: "probe_relays",
+                message: format!(
+                    "must be at most {}, got {}",
+                    crate::detector::MAX_PROBE_RELAYS,
+                    self.probe_relays
+                ),
+            });
+        }
+        if self.suspect_after_ms < self.heartbeat_ms || self.suspect_after_ms > self.dead_after_ms {
+            return Err(ConfigError {
+                field: "suspect_after_ms",
+                message: format!(
+                    "must be between one heartbeat ({} ms) and dead_after_ms ({} ms), got {}",
+                    self.heartbeat_ms, self.dead_after_ms, self.suspect_after_ms
                 ),
             });
         }

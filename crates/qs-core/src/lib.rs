@@ -11,8 +11,11 @@
 //!   dispatches. As a steward it reconciles its services through the 5 placement steps.
 //!   Inputs go in through [`Node::handle`]; outputs come out through [`Node::poll`] and the
 //!   next deadline through [`Node::poll_timeout`].
+//! - [`Detector`]: a process's failure detector: suspects silent nodes, probes them directly
+//!   and through relays, and confirms deaths.
 
 pub mod config;
+pub mod detector;
 pub mod failure;
 pub mod hash;
 pub mod node;
@@ -23,6 +26,7 @@ pub mod time;
 pub mod weight;
 
 pub use config::{Config, ConfigError, Thresholds};
+pub use detector::{Detector, DetectorInput, DetectorOutput};
 pub use failure::FailureMemory;
 pub use node::{Input, Node, Output, StartOrder};
 pub use registry::{Registry, RunningInstance};

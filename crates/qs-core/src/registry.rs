@@ -160,6 +160,20 @@ impl Registry {
         dead
     }
 
+    /// Live nodes last heard from at or before `before`, the longest silent first.
+    pub fn silent_since(&self, before: Time) -> impl Iterator<Item = (&NodeId, Time)> {
+        self.by_last_seen
+            .iter()
+            .take_while(move |(seen, _)| *seen <= before)
+            .map(|&(seen, slot)| (&self.slots[slot].status.node, seen))
+    }
+
+    /// When a live node was last heard from.
+    pub fn last_seen(&self, node: &NodeId) -> Option<Time> {
+        let &slot = self.index.get(node)?;
+        self.slots[slot].alive.then_some(self.slots[slot].last_seen)
+    }
+
     /// Counts a live node as heard from now, without a heartbeat: the process that runs it
     /// knows it lives. Does nothing for a node that is not live.
     pub fn vouch(&mut self, node: &NodeId, now: Time) {
@@ -502,11 +516,12 @@ impl Registry {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use qs_wire::{Capacity, Committed, GpuCapacity, Load};
 
-    fn status(name: &str, level: u8, gpus: usize) -> NodeStatus {
+    /// A heartbeat of an idle node.
+    pub(crate) fn status(name: &str, level: u8, gpus: usize) -> NodeStatus {
         NodeStatus {
             node: NodeId::new(name).unwrap(),
             level,

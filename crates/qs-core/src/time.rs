@@ -23,6 +23,11 @@ impl Time {
     pub const fn as_micros(self) -> u64 {
         self.0
     }
+    /// The time `d` before this one, if that is not before the epoch.
+    pub fn checked_sub(self, d: Duration) -> Option<Time> {
+        let us = u64::try_from(d.as_micros()).ok()?;
+        self.0.checked_sub(us).map(Time)
+    }
     /// Time elapsed since `earlier`, zero if `earlier` is later.
     pub fn since(self, earlier: Time) -> Duration {
         Duration::from_micros(self.0.saturating_sub(earlier.0))

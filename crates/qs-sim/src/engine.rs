@@ -4,7 +4,9 @@
 use crate::net::Network;
 use hdrhistogram::Histogram;
 use qs_core::hash::{StableHasher, mix, of_str};
-use qs_core::{Config, Input, Node, Output, Registry, Rng, Time};
+use qs_core::{
+    Config, Detector, DetectorInput, DetectorOutput, Input, Node, Output, Registry, Rng, Time,
+};
 use qs_wire::{
     Event, ExitOutcome, GpuLoad, InstanceId, InstanceLoad, Load, LocalVerdict, Message, NodeId,
     NodeSpec, Record, Resources, ServiceName, WorkloadKind, WorkloadSpec,
@@ -146,6 +148,9 @@ pub struct Sim {
     nodes: Vec<SimNode>,
     index: BTreeMap<NodeId, usize>,
     registry: Registry,
+    /// The failure detector, run by one live node (the registry is one shared replica, so
+    /// one detector stands for the fleet's), and that node's index.
+    detector: Option<(usize, Detector)>,
     queue: BinaryHeap<Reverse<Scheduled>>,
     seq: u64,
     rng: Rng,
@@ -187,6 +192,7 @@ impl Sim {
             nodes: sim_nodes,
             index,
             registry: Registry::new(&config),
+            detector: None,
             queue: BinaryHeap::new(),
             seq: 0,
             rng,
@@ -329,10 +335,9 @@ impl Sim {
             }
             Ev::Expire => {
                 for dead in self.registry.expire(now) {
-                    for inst in &dead.instances {
-                        self.reconcile_steward_of(&inst.service);
-                    }
+                    self.lost(&dead);
                 }
+                self.detect(DetectorInput::Tick);
                 self.push(now + micros(EXPIRE_EVERY_US), Ev::Expire);
                 None
             }
@@ -369,6 +374,63 @@ impl Sim {
             self.nodes[i].sense_pending = true;
             self.push(self.now + micros(SENSE_DELAY_US), Ev::Sense(i));
         }
+    }
+
+    /// A node died: the stewards of what it ran reconcile.
+    fn lost(&mut self, dead: &qs_wire::NodeStatus) {
+        for inst in &dead.instances {
+            self.reconcile_steward_of(&inst.service);
+        }
+    }
+
+    /// Feeds the failure detector (moving it to a live node if its own died) and carries out
+    /// what it asks.
+    fn detect(&mut self, input: DetectorInput) {
+        let now = self.now;
+        if self
+            .detector
+            .as_ref()
+            .is_none_or(|(i, _)| !self.nodes[*i].alive)
+        {
+            let Some(i) = self.nodes.iter().position(|n| n.alive) else {
+                self.detector = None;
+                return;
+            };
+            let me = self.nodes[i].core.id().clone();
+            self.detector = Some((i, Detector::new(me, &self.config, self.rng.next_u64())));
+        }
+        let Some((me, mut detector)) = self.detector.take() else {
+            return;
+        };
+        detector.handle(input, now, &self.registry, |_| false);
+        while let Some(out) = detector.poll() {
+            match out {
+                DetectorOutput::Send { to, msg } => self.send(me, to, *msg),
+                DetectorOutput::Alive(node) => self.registry.vouch(&node, now),
+                DetectorOutput::Dead(node) => {
+                    if let Some(status) = self.registry.status(&node).cloned()
+                        && self.registry.remove(&node)
+                    {
+                        self.lost(&status);
+                    }
+                }
+            }
+        }
+        self.detector = Some((me, detector));
+    }
+
+    /// A message from node `i` on its way through the simulated network.
+    fn send(&mut self, i: usize, to: NodeId, msg: Message) {
+        let Some(&j) = self.index.get(&to) else {
+            return;
+        };
+        self.counters.messages += 1;
+        let (a, b) = (self.nodes[i].site, self.nodes[j].site);
+        let link = mix(of_str(self.nodes[i].core.id().as_str()) ^ of_str(to.as_str()));
+        let lat = self.net.latency_us(link, a == b, &mut self.rng);
+        let from = self.nodes[i].core.id().clone();
+        let msg = Box::new(msg);
+        self.push(self.now + micros(lat), Ev::Deliver { to: j, from, msg });
     }
 
     fn reconcile_steward_of(&mut self, service: &ServiceName) {
@@ -468,17 +530,11 @@ impl Sim {
         while let Some(out) = self.nodes[i].core.poll() {
             let now = self.now;
             match out {
-                Output::Send { to, msg } => {
-                    let Some(&j) = self.index.get(&to) else {
-                        continue;
-                    };
-                    self.counters.messages += 1;
-                    let (a, b) = (self.nodes[i].site, self.nodes[j].site);
-                    let link = mix(of_str(self.nodes[i].core.id().as_str()) ^ of_str(to.as_str()));
-                    let lat = self.net.latency_us(link, a == b, &mut self.rng);
-                    let from = self.nodes[i].core.id().clone();
-                    let msg = Box::new(msg);
-                    self.push(now + micros(lat), Ev::Deliver { to: j, from, msg });
+                Output::Send { to, msg } => self.send(i, to, msg),
+                Output::Ack { target, nonce } => {
+                    if self.detector.as_ref().is_some_and(|(me, _)| *me == i) {
+                        self.detect(DetectorInput::Ack { target, nonce });
+                    }
                 }
                 Output::Heartbeat(status) => {
                     self.push(now + micros(self.net.kv_us), Ev::Observe(Box::new(status)));

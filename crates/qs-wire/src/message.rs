@@ -258,6 +258,24 @@ pub enum Message {
     Promote {
         instance: InstanceId,
     },
+    /// Failure detection: "are you there?", from `origin` directly or through the relay `via`
+    /// (an indirect probe). The answer goes back the way the ping came.
+    Ping {
+        nonce: u64,
+        origin: NodeId,
+        via: Option<NodeId>,
+    },
+    /// Asks a relay to ping `target` for the sender, whose own pings go unanswered.
+    PingReq {
+        target: NodeId,
+        nonce: u64,
+    },
+    /// "I am here": `target` answers `origin`'s ping.
+    Ack {
+        nonce: u64,
+        target: NodeId,
+        origin: NodeId,
+    },
 }
 
 impl Message {
@@ -272,6 +290,9 @@ impl Message {
             Message::DispatchReply { .. } => "dispatch-reply",
             Message::Stop { .. } => "stop",
             Message::Promote { .. } => "promote",
+            Message::Ping { .. } => "ping",
+            Message::PingReq { .. } => "ping-req",
+            Message::Ack { .. } => "ack",
         }
     }
 }

@@ -115,6 +115,9 @@ pub enum Output {
     },
     /// Append an event to the ledger.
     Record(Event),
+    /// `target` answered a probe of this process's failure detector
+    /// ([`crate::DetectorInput::Ack`]).
+    Ack { target: NodeId, nonce: u64 },
 }
 
 /// See the module docs.
@@ -305,6 +308,41 @@ impl Node {
             } => self.on_dispatch_reply(placement, from, &instance, refused, now, reg),
             Message::Stop { instance, reason } => self.stop(&instance, reason),
             Message::Promote { instance } => self.promote(&instance),
+            // Failure detection: answer the way the ping came; relay for others.
+            Message::Ping { nonce, origin, via } => {
+                let to = via.clone().unwrap_or_else(|| origin.clone());
+                let target = self.id.clone();
+                let msg = Message::Ack {
+                    nonce,
+                    target,
+                    origin,
+                };
+                self.emit(Output::Send { to, msg });
+            }
+            Message::PingReq { target, nonce } => {
+                let msg = Message::Ping {
+                    nonce,
+                    origin: from,
+                    via: Some(self.id.clone()),
+                };
+                self.emit(Output::Send { to: target, msg });
+            }
+            Message::Ack {
+                nonce,
+                target,
+                origin,
+            } => {
+                if origin == self.id {
+                    self.emit(Output::Ack { target, nonce });
+                } else {
+                    let msg = Message::Ack {
+                        nonce,
+                        target,
+                        origin: origin.clone(),
+                    };
+                    self.emit(Output::Send { to: origin, msg });
+                }
+            }
         }
     }
 
