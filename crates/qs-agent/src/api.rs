@@ -14,9 +14,10 @@ use qs_fabric::{Fabric, Kv};
 use qs_wire::{InstanceId, NodeId, ServiceName};
 use serde::Deserialize;
 use serde_json::json;
+use std::os::unix::process::CommandExt;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 /// Longest a follow request waits for new events.
 const MAX_WAIT_MS: u64 = 30_000;
@@ -110,12 +111,17 @@ impl<F: Fabric> Api<F> {
         self.shared.controls.read().ok()?.keys().next().cloned()
     }
 
+    /// The control channel of a node of this process.
+    fn control(&self, node: &NodeId) -> Option<mpsc::Sender<Control>> {
+        self.shared.controls.read().ok()?.get(node).cloned()
+    }
+
     async fn ask<T>(
         &self,
         node: &NodeId,
         make: impl FnOnce(oneshot::Sender<T>) -> Control,
     ) -> Option<T> {
-        let tx = self.shared.controls.read().ok()?.get(node)?.clone();
+        let tx = self.control(node)?;
         let (reply, rx) = oneshot::channel();
         tx.send(make(reply)).await.ok()?;
         tokio::time::timeout(Duration::from_secs(5), rx)
@@ -143,6 +149,7 @@ pub fn router<F: Fabric>(api: Arc<Api<F>>) -> Router {
         .route("/v1/specs", post(apply::<F>))
         .route("/v1/specs/{name}", delete(delete_spec::<F>))
         .route("/v1/chaos/kill/{target}", post(chaos_kill::<F>))
+        .route("/v1/chaos/pause/{node}", post(chaos_pause::<F>))
         .route(
             "/v1/nodes/{node}/drain",
             post(drain::<F>).delete(undrain::<F>),
@@ -444,14 +451,20 @@ async fn chaos_kill<F: Fabric>(
             format!("{target:?} is not a valid instance or node name"),
         );
     };
-    if let Ok(node) = NodeId::new(&target) {
-        let tx = api
-            .shared
-            .controls
-            .read()
-            .ok()
-            .and_then(|c| c.get(&node).cloned());
-        if let Some(tx) = tx {
+    if let Ok(node) = NodeId::new(&target)
+        && let Some(tx) = api.control(&node)
+    {
+        if api.mode == "nats" {
+            // The node is this whole process: kill -9 it, as a machine failing would. Its
+            // instances run on in their own process groups until a restart reaps them.
+            let pid = std::process::id();
+            after_reply(move || {
+                // SAFETY: signals this very process.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            });
+            return Json(json!({ "killed_agent": node, "pid": pid })).into_response();
+        }
+        {
             return match tx.send(Control::Die).await {
                 Ok(()) => Json(json!({ "killed_node": node })).into_response(),
                 Err(_) => error(
@@ -480,6 +493,85 @@ async fn chaos_kill<F: Fabric>(
         Some(true) => Json(json!({ "killed": instance, "node": node })).into_response(),
         _ => error(StatusCode::NOT_FOUND, format!("{instance} is not running")),
     }
+}
+
+#[derive(Deserialize)]
+struct PauseQuery {
+    ms: u64,
+}
+
+/// Longest chaos pause.
+const MAX_PAUSE_MS: u64 = 600_000;
+
+/// Freezes a node for `ms`: this whole process with SIGSTOP when the node is all it runs
+/// (`qs agent`), which a helper process ends with SIGCONT; otherwise that node's runtime.
+async fn chaos_pause<F: Fabric>(
+    State(api): State<Arc<Api<F>>>,
+    Path(name): Path<String>,
+    Query(q): Query<PauseQuery>,
+) -> Response {
+    if !(1..=MAX_PAUSE_MS).contains(&q.ms) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("ms must be 1 to {MAX_PAUSE_MS}, got {}", q.ms),
+        );
+    }
+    let Ok(node) = NodeId::new(&name) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{name:?} is not a valid node name"),
+        );
+    };
+    let Some(tx) = api.control(&node) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no node {node} on this agent"),
+        );
+    };
+    let pause = Duration::from_millis(q.ms);
+    if api.mode == "nats" {
+        let pid = std::process::id();
+        // The resumer must outlive our stop: a background shell whose parent exits at once,
+        // so nothing is left for us to reap.
+        let script = format!(
+            "(sleep {:.3}; kill -CONT {pid}) >/dev/null 2>&1 &",
+            pause.as_secs_f64() + 0.05
+        );
+        let started = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("sh")
+                .args(["-c", &script])
+                .process_group(0)
+                .stdin(std::process::Stdio::null())
+                .status()
+        })
+        .await;
+        if !matches!(started, Ok(Ok(status)) if status.success()) {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot start the process that would resume us: {started:?}"),
+            );
+        }
+        after_reply(move || {
+            // SAFETY: signals this very process; the helper sends SIGCONT.
+            unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+        });
+        return Json(json!({ "paused_agent": node, "pid": pid, "ms": q.ms })).into_response();
+    }
+    match tx.send(Control::Pause(pause)).await {
+        Ok(()) => Json(json!({ "paused_node": node, "ms": q.ms })).into_response(),
+        Err(_) => error(
+            StatusCode::NOT_FOUND,
+            format!("node {node} is already gone"),
+        ),
+    }
+}
+
+/// Runs `f` shortly after the current response has gone out.
+fn after_reply(f: impl FnOnce() + Send + 'static) {
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        f();
+    });
 }
 
 async fn approve<F: Fabric>(State(api): State<Arc<Api<F>>>, Path(name): Path<String>) -> Response {

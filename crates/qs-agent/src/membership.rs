@@ -12,6 +12,7 @@ use qs_core::{Config, Registry};
 use qs_fabric::{Fabric, FabricError, Kv, KvEvent, Topic};
 use qs_wire::{Envelope, Message, NodeId, ServiceName, WorkloadSpec};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
@@ -38,6 +39,8 @@ pub struct Notice {
 struct Inbox {
     pending: Mutex<Notice>,
     ready: Notify,
+    /// Frozen by chaos: it neither vouches for itself nor counts as local.
+    paused: std::sync::atomic::AtomicBool,
 }
 
 impl Inbox {
@@ -276,12 +279,25 @@ impl Membership {
         }
     }
 
-    /// Whether `node` runs in this process.
+    /// Whether `node` runs in this process (and is not frozen by chaos).
     pub fn is_local(&self, node: &NodeId) -> bool {
         self.inboxes
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .contains_key(node)
+            .get(node)
+            .is_some_and(|i| !i.paused.load(Ordering::Relaxed))
+    }
+
+    /// Chaos: a frozen node is judged by its silence like any other.
+    pub fn set_paused(&self, node: &NodeId, paused: bool) {
+        if let Some(inbox) = self
+            .inboxes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(node)
+        {
+            inbox.paused.store(paused, Ordering::Relaxed);
+        }
     }
 
     /// A probe answered for `node`: it counts as heard from now.
@@ -362,8 +378,9 @@ impl Membership {
             .inboxes
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
+            .iter()
+            .filter(|(_, i)| !i.paused.load(Ordering::Relaxed))
+            .map(|(n, _)| n.clone())
             .collect();
         let now = crate::runtime::now();
         let dead = self.update(|r| {

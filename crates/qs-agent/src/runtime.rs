@@ -169,6 +169,9 @@ pub enum Control {
     /// Chaos: this node dies at once, as a machine would (its instances get SIGKILL, it
     /// stops talking); the fleet finds out from the silence.
     Die,
+    /// Chaos: this node freezes for a while, as a stopped process would (SIGSTOP): it reads
+    /// nothing, sends nothing, then carries on with what queued up. Its instances run on.
+    Pause(Duration),
     /// A health monitor's verdict.
     Health {
         instance: InstanceId,
@@ -311,9 +314,19 @@ pub async fn run_node<F: Fabric>(
             n = notices.next() => rt.on_notice(n).await,
             Some(exit) = exits.recv() => rt.on_exit(exit).await,
             Some(c) = controls.recv() => {
-                if matches!(c, Control::Die) {
-                    died = true;
-                    break;
+                match c {
+                    Control::Die => {
+                        died = true;
+                        break;
+                    }
+                    Control::Pause(d) => {
+                        tracing::warn!(node = %id, "chaos: paused for {d:?}");
+                        rt.reg.set_paused(&id, true);
+                        tokio::time::sleep(d).await;
+                        rt.reg.set_paused(&id, false);
+                        continue;
+                    }
+                    _ => {}
                 }
                 rt.on_control(c).await;
             }
@@ -568,7 +581,7 @@ impl<F: Fabric> Runtime<F> {
                 self.input(Input::ApprovePromotion { service }).await
             }
             Control::Drain(on) => self.input(Input::Drain(on)).await,
-            Control::Die => {} // handled by the loop
+            Control::Die | Control::Pause(_) => {} // handled by the loop
             Control::Health {
                 instance,
                 serving,

@@ -200,8 +200,47 @@ struct Serve {
 
 #[derive(Subcommand, Debug)]
 enum ChaosAction {
-    /// kill -9 an instance's process group, or make a node of this agent die.
-    Kill { target: String },
+    /// kill -9 an instance's process group, or a node: the agent process itself under
+    /// `qs agent`, one virtual node under `qs up`. Then reports the recovery.
+    Kill {
+        target: String,
+        #[command(flatten)]
+        watch: RecoveryArgs,
+    },
+    /// Freeze a node: SIGSTOP of the agent process under `qs agent` (resumed by SIGCONT),
+    /// one virtual node under `qs up`. Then reports the recovery.
+    Pause {
+        node: String,
+        /// How long the node stays frozen.
+        #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+        for_ms: u64,
+        #[command(flatten)]
+        watch: RecoveryArgs,
+    },
+}
+
+/// How `qs chaos` watches the fleet recover.
+#[derive(clap::Args, Debug)]
+struct RecoveryArgs {
+    /// The agent that watches the recovery (default: --api). Name a survivor when the
+    /// target is the agent --api points at.
+    #[arg(long)]
+    observer: Option<String>,
+    /// Give up waiting for the recovery after this many seconds.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    timeout_s: u64,
+    /// Do not wait: report the action only.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+impl RecoveryArgs {
+    fn watch<'a>(&'a self, api: &'a str) -> Option<crate::fleet::Recovery<'a>> {
+        (!self.no_wait).then(|| crate::fleet::Recovery {
+            observer: self.observer.as_deref().unwrap_or(api),
+            timeout: std::time::Duration::from_secs(self.timeout_s),
+        })
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -279,8 +318,16 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Services { output } => crate::fleet::services(api, output),
         Command::Status { output } => crate::fleet::status(api, output),
         Command::Chaos {
-            action: ChaosAction::Kill { target },
-        } => crate::fleet::chaos_kill(api, &target),
+            action: ChaosAction::Kill { target, watch },
+        } => crate::fleet::chaos_kill(api, &target, watch.watch(api)),
+        Command::Chaos {
+            action:
+                ChaosAction::Pause {
+                    node,
+                    for_ms,
+                    watch,
+                },
+        } => crate::fleet::chaos_pause(api, &node, for_ms, watch.watch(api)),
         Command::Approve { service } => crate::fleet::approve(api, &service),
         Command::Drain {
             node,

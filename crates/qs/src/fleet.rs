@@ -450,14 +450,19 @@ pub fn status(api: &str, output: OutputFormat) -> Result<()> {
     })
 }
 
-pub fn chaos_kill(api: &str, target: &str) -> Result<()> {
+pub fn chaos_kill(api: &str, target: &str, watch: Option<Recovery<'_>>) -> Result<()> {
+    let before = watch.as_ref().map(Recovery::before).transpose()?;
     let v = call(
         api,
         "POST",
         &format!("/v1/chaos/kill/{}", urlencode(target)),
         None,
     )?;
-    if v["killed_node"].is_string() {
+    let pause = None;
+    if v["killed_agent"].is_string() {
+        let (node, pid) = (s(&v["killed_agent"]), s(&v["pid"]));
+        println!("killed the agent of {node} (kill -9 of pid {pid}; its instances run on)");
+    } else if v["killed_node"].is_string() {
         let node = s(&v["killed_node"]);
         println!(
             "node {node} died (its instances got SIGKILL; the fleet notices from its silence)"
@@ -466,7 +471,167 @@ pub fn chaos_kill(api: &str, target: &str) -> Result<()> {
         let (instance, node) = (s(&v["killed"]), s(&v["node"]));
         println!("killed {instance} on {node} (kill -9 of its process group)");
     }
-    Ok(())
+    match (watch, before) {
+        (Some(w), Some(b)) => w.report(b, pause),
+        _ => Ok(()),
+    }
+}
+
+pub fn chaos_pause(api: &str, node: &str, ms: u64, watch: Option<Recovery<'_>>) -> Result<()> {
+    let before = watch.as_ref().map(Recovery::before).transpose()?;
+    let v = call(
+        api,
+        "POST",
+        &format!("/v1/chaos/pause/{}?ms={ms}", urlencode(node)),
+        None,
+    )?;
+    if v["paused_agent"].is_string() {
+        println!(
+            "paused the agent of {node} for {ms} ms (SIGSTOP of pid {}; SIGCONT follows)",
+            s(&v["pid"])
+        );
+    } else {
+        println!("paused node {node} for {ms} ms");
+    }
+    match (watch, before) {
+        (Some(w), Some(b)) => w.report(b, Some((node, Duration::from_millis(ms)))),
+        _ => Ok(()),
+    }
+}
+
+/// Watches the fleet recover from a chaos action through one agent (the observer).
+pub struct Recovery<'a> {
+    pub observer: &'a str,
+    pub timeout: Duration,
+}
+
+/// Where the observer stood just before the action.
+pub struct Before {
+    at: std::time::Instant,
+    at_us: u64,
+    seq: u64,
+}
+
+/// How often the observer is asked.
+const RECOVERY_POLL: Duration = Duration::from_millis(50);
+/// How long a disruption has to show before the fleet is taken as undisturbed.
+const DISRUPTION_WAIT: Duration = Duration::from_secs(10);
+
+impl Recovery<'_> {
+    fn before(&self) -> Result<Before> {
+        let health = call(self.observer, "GET", "/health", None)
+            .with_context(|| format!("the observer {} does not answer", self.observer))?;
+        Ok(Before {
+            at: std::time::Instant::now(),
+            at_us: qs_agent::runtime::now().as_micros(),
+            seq: health["ledger_next_seq"].as_u64().unwrap_or(0),
+        })
+    }
+
+    /// What is wrong with the fleet now, as the observer sees it; `None` when every service
+    /// serves its wanted count, none runs past its maximum, and a paused node is back.
+    fn trouble(&self, paused: Option<&str>) -> Option<String> {
+        let get = |path: &str| {
+            crate::client::request(self.observer, "GET", path, None, Duration::from_secs(2))
+                .ok()
+                .filter(|(status, _)| *status == 200)
+                .and_then(|(_, text)| serde_json::from_str::<Value>(&text).ok())
+        };
+        let Some(Value::Array(services)) = get("/v1/services") else {
+            return Some("the observer does not answer".into());
+        };
+        let n = |v: &Value| v.as_u64().unwrap_or(0);
+        for svc in services.iter().filter(|v| v["kind"] == "service") {
+            let (serving, running) = (n(&svc["serving"]), n(&svc["running"]));
+            let (wanted, max) = (n(&svc["wanted"]), n(&svc["max"]));
+            if serving < wanted {
+                return Some(format!("{} serves {serving} of {wanted}", s(&svc["name"])));
+            }
+            if running > max {
+                return Some(format!(
+                    "{} runs {running}, more than {max}",
+                    s(&svc["name"])
+                ));
+            }
+        }
+        if let Some(node) = paused {
+            let live = match get("/v1/nodes") {
+                Some(Value::Array(nodes)) => nodes.iter().any(|n| n["node"] == node),
+                _ => false,
+            };
+            if !live {
+                return Some(format!("{node} is not back"));
+            }
+        }
+        None
+    }
+
+    /// Waits for the disruption to show and to end, then tells the story from the ledger.
+    fn report(self, before: Before, paused: Option<(&str, Duration)>) -> Result<()> {
+        let node = paused.map(|(n, _)| n);
+        let since = |t: std::time::Instant| t.duration_since(before.at).as_millis();
+        let mut disrupted = None;
+        let deadline = before.at + self.timeout;
+        let recovered = loop {
+            let now = std::time::Instant::now();
+            match self.trouble(node) {
+                Some(why) if disrupted.is_none() => {
+                    println!("  +{:>6} ms  disrupted: {why}", since(now));
+                    disrupted = Some(now);
+                }
+                Some(_) => {}
+                // A pause is over when its node is back: not before it ended.
+                None if paused.is_some_and(|(_, d)| now < before.at + d) => {}
+                None if disrupted.is_some() => break now,
+                None if now >= before.at + DISRUPTION_WAIT => {
+                    println!("  no disruption showed within {DISRUPTION_WAIT:?}");
+                    return Ok(());
+                }
+                None => {}
+            }
+            if now >= deadline {
+                bail!(
+                    "the fleet did not recover within {:?}: {}",
+                    self.timeout,
+                    self.trouble(node).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(RECOVERY_POLL);
+        };
+        println!("  +{:>6} ms  recovered", since(recovered));
+        // The ledger's side of the story: what the fleet did, stamped by those who did it.
+        let v = call(
+            self.observer,
+            "GET",
+            &format!("/v1/events?from={}&limit=1000", before.seq),
+            None,
+        )?;
+        let records: Vec<Record> = serde_json::from_value(v)?;
+        let placed: Vec<&Record> = records
+            .iter()
+            .filter(|r| matches!(r.event, qs_wire::Event::Placed { .. }))
+            .collect();
+        let after_ms = |r: &Record| r.at_us.saturating_sub(before.at_us) / 1000;
+        println!(
+            "ledger ({}): {} events since, {} placements",
+            self.observer,
+            records.len(),
+            placed.len()
+        );
+        for r in &placed {
+            println!("  +{:>6} ms  {}", after_ms(r), render::describe(&r.event));
+        }
+        println!(
+            "recovery time: {} ms (from the action to every service serving again{})",
+            since(recovered),
+            if paused.is_some() {
+                " and the node back"
+            } else {
+                ""
+            }
+        );
+        Ok(())
+    }
 }
 
 pub fn approve(api: &str, service: &str) -> Result<()> {

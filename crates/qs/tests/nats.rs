@@ -46,6 +46,22 @@ fn live_nodes(up: &Up) -> usize {
     up.get("/v1/nodes").as_array().map_or(0, Vec::len)
 }
 
+/// Agents alpha and beta on `server`, with web's one replica serving on one of them (the
+/// index of its host is returned).
+fn two_agents_serving_web(dir: &std::path::Path, server: &NatsServer) -> ([Up; 2], usize) {
+    let agents = [agent(dir, server, "alpha"), agent(dir, server, "beta")];
+    agents[0].wait("both nodes in alpha's registry", |u| live_nodes(u) == 2);
+    agents[0].apply(WEB);
+    agents[0].wait("web serving on one of the nodes", |_| {
+        agents.iter().map(|a| a.serving("web").len()).sum::<usize>() == 1
+    });
+    let host = agents
+        .iter()
+        .position(|a| !a.serving("web").is_empty())
+        .expect("one of them serves web");
+    (agents, host)
+}
+
 /// Kills a process group (an instance its agent left behind when it was killed).
 fn kill_group(pid: u32) {
     // SAFETY: kill(2) on a process group this test started through its agent.
@@ -56,18 +72,9 @@ fn kill_group(pid: u32) {
 fn an_instance_of_a_killed_agent_serves_again_on_a_survivor() {
     let dir = tempfile::tempdir().unwrap();
     let server = NatsServer::start().expect("nats-server 2.10+ (scripts/test installs it)");
-    let mut agents = [
-        agent(dir.path(), &server, "alpha"),
-        agent(dir.path(), &server, "beta"),
-    ];
-    agents[0].wait("both nodes in alpha's registry", |u| live_nodes(u) == 2);
-    agents[0].apply(WEB);
+    let (mut agents, host) = two_agents_serving_web(dir.path(), &server);
     let serving = |u: &Up| u.serving("web");
-    agents[0].wait("web serving on one of the nodes", |_| {
-        agents.iter().map(|a| serving(a).len()).sum::<usize>() == 1
-    });
     // Kill -9 the agent that runs it; its instance is orphaned, as on a crashed machine.
-    let host = agents.iter().position(|a| !serving(a).is_empty()).unwrap();
     let (instance, _, orphan, _) = serving(&agents[host]).remove(0);
     agents[host].signal(libc::SIGKILL);
     kill_group(orphan);
@@ -113,15 +120,7 @@ fn saturated_cores_do_not_cause_a_false_failover() {
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
     let server = NatsServer::start().expect("nats-server 2.10+ (scripts/test installs it)");
-    let agents = [
-        agent(dir.path(), &server, "alpha"),
-        agent(dir.path(), &server, "beta"),
-    ];
-    agents[0].wait("both nodes in alpha's registry", |u| live_nodes(u) == 2);
-    agents[0].apply(WEB);
-    agents[0].wait("web serving on one of the nodes", |_| {
-        agents.iter().map(|a| a.serving("web").len()).sum::<usize>() == 1
-    });
+    let (agents, _) = two_agents_serving_web(dir.path(), &server);
     let before: Vec<_> = agents.iter().flat_map(|a| a.serving("web")).collect();
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     /// Busy loops, killed however the test ends.
@@ -200,4 +199,40 @@ fn without_nats_an_agent_runs_autonomous_and_catches_up() {
         mirrored(&restarted, "alpha") >= recorded
     });
     drop(restarted);
+}
+
+/// `qs chaos pause` freezes the agent that runs web (SIGSTOP) for longer than detection
+/// takes: the survivor declares it dead and serves web itself; after SIGCONT the paused
+/// agent rejoins and the fleet converges back to one copy. The command reports it all.
+#[test]
+fn a_paused_agent_is_replaced_and_rejoins_without_a_second_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = NatsServer::start().expect("nats-server 2.10+ (scripts/test installs it)");
+    let (agents, host) = two_agents_serving_web(dir.path(), &server);
+    let serving = |u: &Up| u.serving("web");
+    let (paused, survivor) = (&agents[host], &agents[1 - host]);
+    let node = if host == 0 { "alpha" } else { "beta" };
+    let text = cli(&[
+        "chaos",
+        "pause",
+        node,
+        "--for-ms",
+        "2500",
+        "--timeout-s",
+        "25",
+        "--api",
+        &paused.api,
+        "--observer",
+        &survivor.api,
+    ]);
+    assert!(text.contains("SIGSTOP"), "{text}");
+    assert!(text.contains("disrupted"), "{text}");
+    assert!(text.contains("recovery time"), "{text}");
+    // The survivor placed web while the host was frozen.
+    assert!(text.contains("placed web"), "{text}");
+    // Both are members again, with one copy of web between them.
+    survivor.wait("the paused agent back", |u| live_nodes(u) == 2);
+    paused.wait("one web between them", |_| {
+        agents.iter().map(|a| serving(a).len()).sum::<usize>() == 1
+    });
 }

@@ -299,16 +299,7 @@ fn draining_a_node_moves_its_instances_away() {
     let dir = tempfile::tempdir().unwrap();
     let up = with_web(dir.path());
     let node = up.serving("web")[0].1.clone();
-    let out = qs()
-        .args(["--api", &up.api, "drain", &node, "--timeout-s", "30"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = cli(&["--api", &up.api, "drain", &node, "--timeout-s", "30"]);
     assert!(text.contains(&format!("{node} is drained")), "{text}");
     up.wait("two serving replicas elsewhere", |u| {
         let now = u.serving("web");
@@ -398,4 +389,34 @@ fn the_demo_stops_cleanly_on_sigterm() {
     let status = up.signal(libc::SIGTERM);
     assert!(status.success(), "{status:?}; log:\n{}", up.log());
     assert!(up.log().contains("qs up: stopped"), "{}", up.log());
+}
+
+/// `qs chaos pause` on a virtual node: frozen, it is judged by its silence, its instance
+/// serves again elsewhere, and after the pause it rejoins; the fleet ends with the wanted
+/// count and the command reports the recovery.
+#[test]
+fn a_paused_node_is_replaced_and_rejoins() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = with_web(dir.path());
+    let (_, node, _, _) = up.serving("web")[0].clone();
+    let text = cli(&[
+        "chaos",
+        "pause",
+        &node,
+        "--for-ms",
+        "2500",
+        "--timeout-s",
+        "25",
+        "--api",
+        &up.api,
+    ]);
+    assert!(text.contains(&format!("paused node {node}")), "{text}");
+    assert!(
+        text.contains("disrupted") && text.contains("recovery time"),
+        "{text}"
+    );
+    assert!(text.contains("placed web"), "{text}");
+    up.wait("every node back and web at its wanted count", |u| {
+        u.get("/v1/nodes").as_array().map_or(0, Vec::len) == 3 && u.serving("web").len() == 2
+    });
 }

@@ -33,6 +33,19 @@ pub fn qs() -> Command {
     Command::new(env!("CARGO_BIN_EXE_qs"))
 }
 
+/// Runs `qs ARGS`, which must succeed; returns what it printed.
+pub fn cli(args: &[&str]) -> String {
+    let out = qs().args(args).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "qs {}: {text}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
