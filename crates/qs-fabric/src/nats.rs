@@ -23,6 +23,8 @@ use tokio::task::JoinHandle;
 const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Gathers in flight on one fabric at most; past this a gather is refused.
 const MAX_GATHERS: usize = 4096;
+/// Most copies of a bucket or stream JetStream keeps.
+pub const MAX_REPLICAS: usize = 5;
 
 fn backend(e: impl std::fmt::Display) -> FabricError {
     FabricError::Backend(e.to_string())
@@ -54,6 +56,8 @@ struct Inner {
     next_gather: AtomicU64,
     gathers: Gathers,
     dropped: AtomicU64,
+    /// Copies kept of the buckets and streams this fabric creates.
+    replicas: usize,
     _inbox: AbortOnDrop,
 }
 
@@ -64,20 +68,44 @@ pub struct NatsFabric {
 }
 
 impl NatsFabric {
-    /// Connects to `url` as a member of `fleet` (a DNS-label name).
+    /// Connects to `url` as a member of `fleet` (a DNS-label name); buckets and streams it
+    /// creates keep one copy.
     pub async fn connect(url: &str, fleet: &str) -> Result<NatsFabric, FabricError> {
-        let client = async_nats::ConnectOptions::new()
-            .retry_on_initial_connect()
-            .connect(url)
-            .await
-            .map_err(backend)?;
-        Self::with_client(client, fleet).await
+        Self::connect_replicated(url, fleet, 1).await
     }
 
-    /// Uses an existing connection.
+    /// Connects to any of `urls` (comma-separated servers of one cluster; the client moves
+    /// to another when its server goes) as a member of `fleet`. Buckets and streams it
+    /// creates keep `replicas` copies (1 to 5, at most the cluster's size), so they outlive
+    /// the loss of a server.
+    pub async fn connect_replicated(
+        urls: &str,
+        fleet: &str,
+        replicas: usize,
+    ) -> Result<NatsFabric, FabricError> {
+        if !(1..=MAX_REPLICAS).contains(&replicas) {
+            return Err(FabricError::Backend(format!(
+                "replicas must be 1 to {MAX_REPLICAS}, got {replicas}"
+            )));
+        }
+        let servers: Vec<async_nats::ServerAddr> = urls
+            .split(',')
+            .map(|u| u.trim().parse())
+            .collect::<Result<_, _>>()
+            .map_err(|e| FabricError::Backend(format!("invalid NATS URL in {urls:?}: {e}")))?;
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect(servers)
+            .await
+            .map_err(backend)?;
+        Self::with_client(client, fleet, replicas).await
+    }
+
+    /// Uses an existing connection; what it creates keeps `replicas` copies.
     pub async fn with_client(
         client: async_nats::Client,
         fleet: &str,
+        replicas: usize,
     ) -> Result<NatsFabric, FabricError> {
         check_bucket(fleet)?;
         let prefix = format!("qs.{fleet}.");
@@ -118,6 +146,7 @@ impl NatsFabric {
                 next_gather: AtomicU64::new(1),
                 gathers,
                 dropped: AtomicU64::new(0),
+                replicas,
                 _inbox: AbortOnDrop(router),
             }),
         })
@@ -264,6 +293,7 @@ impl Fabric for NatsFabric {
                 .create_or_update_key_value(kv::Config {
                     bucket: name.clone(),
                     history: 1,
+                    num_replicas: self.inner.replicas,
                     ..Default::default()
                 })
                 .await
@@ -350,6 +380,10 @@ impl Kv for NatsKv {
                 break;
             }
         }
+        // Entries past the bucket's last revision as the watch begins are changes, not the
+        // replay (the consumer's pending count alone would count them into the replay).
+        let mut stream = self.store.stream.clone();
+        let start = stream.info().await.map_err(backend)?.state.last_sequence;
         let mut watch = self
             .store
             .watch_with_history(filter)
@@ -366,6 +400,11 @@ impl Kv for NatsKv {
             while let Some(e) = watch.next().await {
                 let sent = match e {
                     Err(e) => tx.send(Err(backend(e))).await.is_ok(),
+                    Ok(e) if !synced && e.revision > start => {
+                        synced = true;
+                        tx.send(Ok(KvEvent::Synced)).await.is_ok()
+                            && tx.send(Ok(kv_event(e))).await.is_ok()
+                    }
                     Ok(e) if !synced => {
                         synced = e.delta == 0;
                         tx.send(Ok(kv_event(e))).await.is_ok()
@@ -429,6 +468,7 @@ impl NatsFabric {
             .get_or_create_stream(jetstream::stream::Config {
                 name,
                 subjects: vec![format!("{}ledger.>", self.inner.prefix)],
+                num_replicas: self.inner.replicas,
                 ..Default::default()
             })
             .await

@@ -84,6 +84,44 @@ impl NatsServer {
     /// Starts a server on `port` with the store at `store` (kept on drop): what a restart of
     /// the same server needs.
     pub fn start_at(port: u16, store: &Path) -> Result<NatsServer, ServerError> {
+        NatsServer::launch(port, store, &[])
+    }
+
+    /// Starts `n` servers clustered on loopback (JetStream replicated among them), each on
+    /// free ports with a fresh store. JetStream elects its leaders once they have met, which
+    /// takes a moment after this returns; clients retry until then.
+    pub fn cluster(n: usize) -> Result<Vec<NatsServer>, ServerError> {
+        let ports: Vec<(u16, u16)> = (0..n)
+            .map(|_| Ok((free_port()?, free_port()?)))
+            .collect::<std::io::Result<_>>()?;
+        let routes: Vec<String> = ports
+            .iter()
+            .map(|(_, route)| format!("nats://127.0.0.1:{route}"))
+            .collect();
+        let tag = format!("{}-{}", std::process::id(), ports[0].0);
+        ports
+            .iter()
+            .enumerate()
+            .map(|(i, &(client, route))| {
+                let store = std::env::temp_dir().join(format!("qs-nats-{tag}-{i}"));
+                let args = [
+                    "-n".to_owned(),
+                    format!("qs-{i}"),
+                    "--cluster_name".to_owned(),
+                    format!("qs-{tag}"),
+                    "--cluster".to_owned(),
+                    format!("nats://127.0.0.1:{route}"),
+                    "--routes".to_owned(),
+                    routes.join(","),
+                ];
+                let mut s = NatsServer::launch(client, &store, &args)?;
+                s.owns_store = true;
+                Ok(s)
+            })
+            .collect()
+    }
+
+    fn launch(port: u16, store: &Path, extra: &[String]) -> Result<NatsServer, ServerError> {
         let binary = binary()?;
         check_version(&binary)?;
         std::fs::create_dir_all(store)?;
@@ -91,6 +129,7 @@ impl NatsServer {
         let child = Command::new(&binary)
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
             .arg(store)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;

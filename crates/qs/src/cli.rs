@@ -47,9 +47,14 @@ enum Command {
         #[command(flatten)]
         serve: Serve,
         /// Join a fleet across machines through this NATS server (JetStream, 2.10+), e.g.
-        /// nats://127.0.0.1:4222; without it the node runs alone on the in-memory fabric.
+        /// nats://127.0.0.1:4222, or several servers of one cluster, comma-separated; without
+        /// it the node runs alone on the in-memory fabric.
         #[arg(long)]
         nats: Option<String>,
+        /// Copies JetStream keeps of the fleet's buckets and ledger stream (at most the
+        /// cluster's size): 3 on a 3-server cluster outlives the loss of one server.
+        #[arg(long, default_value_t = 1, requires = "nats", value_parser = clap::value_parser!(u64).range(1..=5))]
+        nats_replicas: u64,
         /// The fleet's name on that server (several fleets may share one).
         #[arg(long, default_value = "default", requires = "nats")]
         fleet: String,
@@ -295,6 +300,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Agent {
             serve,
             nats,
+            nats_replicas,
             fleet,
             node,
             level,
@@ -306,7 +312,11 @@ pub fn run(cli: Cli) -> Result<()> {
             apply: serve.apply,
             config: serve.config,
             host: Some(crate::fleet::Host {
-                nats: nats.map(|url| (url, fleet)),
+                nats: nats.map(|urls| crate::fleet::Nats {
+                    urls,
+                    fleet,
+                    replicas: nats_replicas as usize,
+                }),
                 node,
                 level,
             }),

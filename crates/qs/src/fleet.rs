@@ -34,10 +34,20 @@ pub struct Up {
 
 /// How `qs agent` runs this machine.
 pub struct Host {
-    /// The NATS server and fleet name to join, if any.
-    pub nats: Option<(String, String)>,
+    /// The NATS servers and fleet to join, if any.
+    pub nats: Option<Nats>,
     pub node: Option<String>,
     pub level: u8,
+}
+
+/// Where a `qs agent` joins its fleet.
+#[derive(Clone, Debug)]
+pub struct Nats {
+    /// One server, or several of one cluster, comma-separated.
+    pub urls: String,
+    pub fleet: String,
+    /// Copies JetStream keeps of the fleet's buckets and stream.
+    pub replicas: usize,
 }
 
 /// This machine's name as a node name: the host name, lower-cased, with anything a DNS
@@ -129,10 +139,15 @@ pub fn up(opts: Up) -> Result<()> {
     let nats = opts.host.as_ref().and_then(|h| h.nats.clone());
     rt.block_on(async move {
         match nats {
-            Some((url, fleet_name)) => {
-                let fabric = qs_fabric::nats::NatsFabric::connect(&url, &fleet_name)
-                    .await
-                    .with_context(|| format!("connecting to {url}"))?;
+            Some(Nats {
+                urls: url,
+                fleet: fleet_name,
+                replicas,
+            }) => {
+                let fabric =
+                    qs_fabric::nats::NatsFabric::connect_replicated(&url, &fleet_name, replicas)
+                        .await
+                        .with_context(|| format!("connecting to {url}"))?;
                 println!("qs agent: fleet {fleet_name} on {url}");
                 let waited = std::time::Instant::now();
                 while !fabric.connected() && waited.elapsed() < Duration::from_secs(2) {

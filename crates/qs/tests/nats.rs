@@ -20,6 +20,11 @@ health = { kind = "http", path = "/", interval_ms = 200, start_period_ms = 10000
 
 /// `qs agent` named `node` in fleet `t` of `server`, state and log in `dir`.
 fn agent(dir: &std::path::Path, server: &NatsServer, node: &str) -> Up {
+    agent_on(dir, &server.url(), node, &[])
+}
+
+/// `qs agent` named `node` in fleet `t` of the servers `urls` (comma-separated).
+fn agent_on(dir: &std::path::Path, urls: &str, node: &str, extra: &[&str]) -> Up {
     let config = dir.join("config.toml");
     std::fs::write(&config, CONFIG).unwrap();
     let state = dir.join(node);
@@ -28,7 +33,7 @@ fn agent(dir: &std::path::Path, server: &NatsServer, node: &str) -> Up {
         &[
             "agent",
             "--nats",
-            &server.url(),
+            urls,
             "--fleet",
             "t",
             "--node",
@@ -37,7 +42,10 @@ fn agent(dir: &std::path::Path, server: &NatsServer, node: &str) -> Up {
             config.to_str().unwrap(),
             "--state-dir",
             state.to_str().unwrap(),
-        ],
+        ]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect::<Vec<_>>(),
     )
 }
 
@@ -234,5 +242,47 @@ fn a_paused_agent_is_replaced_and_rejoins_without_a_second_copy() {
     survivor.wait("the paused agent back", |u| live_nodes(u) == 2);
     paused.wait("one web between them", |_| {
         agents.iter().map(|a| serving(a).len()).sum::<usize>() == 1
+    });
+}
+
+/// Three nats-servers in a cluster, the fleet's buckets and stream kept on all three; one
+/// server is killed mid-run: the agents move to the others, a new service is still placed,
+/// and a killed agent's instance still serves again on the survivor.
+#[test]
+fn placement_and_failover_survive_the_loss_of_one_of_three_nats_servers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut servers = NatsServer::cluster(3).expect("nats-server 2.10+ (scripts/test installs it)");
+    let urls: Vec<String> = servers.iter().map(NatsServer::url).collect();
+    let urls = urls.join(",");
+    let replicated = ["--nats-replicas", "3"];
+    let mut agents = [
+        agent_on(dir.path(), &urls, "alpha", &replicated),
+        agent_on(dir.path(), &urls, "beta", &replicated),
+    ];
+    agents[0].wait("both nodes in alpha's registry", |u| live_nodes(u) == 2);
+    // The cluster elects its JetStream leaders as it forms: the first apply may wait for it.
+    agents[0].wait("web applied to the replicated specs bucket", |u| {
+        u.http("POST", "/v1/specs?file=web.toml", WEB).0 == 200
+    });
+    let total =
+        |agents: &[Up], svc: &str| agents.iter().map(|a| a.serving(svc).len()).sum::<usize>();
+    agents[0].wait("web serving", |_| total(&agents, "web") == 1);
+
+    servers[0].kill();
+    let api = WEB.replace("[service.web]", "[service.api]");
+    agents[0].wait("api applied with one server down", |u| {
+        u.http("POST", "/v1/specs?file=api.toml", &api).0 == 200
+    });
+    agents[0].wait("api placed and serving", |_| total(&agents, "api") == 1);
+
+    let host = agents
+        .iter()
+        .position(|a| !a.serving("web").is_empty())
+        .unwrap();
+    let (instance, _, orphan, _) = agents[host].serving("web").remove(0);
+    agents[host].signal(libc::SIGKILL);
+    kill_group(orphan);
+    agents[1 - host].wait("web serving again on the survivor", |u| {
+        u.serving("web").iter().any(|i| i.0 != instance)
     });
 }
