@@ -245,6 +245,11 @@ impl<F: Fabric> EmbeddedFleet<F> {
             .map_err(FleetError::Fabric)?;
         tasks.spawn(feed.run(shared.counters.clone(), stop_rx.clone()));
         for (i, spec) in opts.nodes.iter().enumerate() {
+            // A node offers the GPUs its source has: NVML's real ones on a host that has
+            // them, else those declared (simulated).
+            let gpus = gpu_source(opts.host, spec);
+            let mut spec = spec.clone();
+            spec.capacity.gpus = gpus.capacity();
             let setup = NodeSetup {
                 spec: spec.clone(),
                 config: opts.config.clone(),
@@ -252,7 +257,7 @@ impl<F: Fabric> EmbeddedFleet<F> {
                 fabric: fabric.clone(),
                 membership: membership.clone(),
                 shared: shared.clone(),
-                gpus: gpu_source(opts.host, spec),
+                gpus,
                 sense: if opts.host {
                     SenseMode::Host
                 } else {

@@ -23,6 +23,9 @@ const EXPIRE_EVERY: Duration = Duration::from_millis(100);
 const BEAT_BATCH: usize = 256;
 /// The longest wait between tries to watch the specs KV.
 const WATCH_RETRY_MAX: Duration = Duration::from_secs(5);
+/// How long one try to watch the specs KV may take: a JetStream cluster electing its leaders
+/// under load answers slowly, and a try cut short would only start over.
+const WATCH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What a node runtime must reconcile, coalesced until it looks: a burst of a thousand joins
 /// is one full reconcile, and a queue cannot grow past the number of specs.
@@ -94,7 +97,7 @@ pub struct Membership {
 /// is unreachable).
 pub(crate) async fn watch_specs<F: Fabric>(fabric: &F) -> Result<qs_fabric::Watch, FabricError> {
     let watch = async { fabric.kv(SPECS_BUCKET).await?.watch("").await };
-    tokio::time::timeout(WATCH_RETRY_MAX, watch)
+    tokio::time::timeout(WATCH_TIMEOUT, watch)
         .await
         .map_err(|_| FabricError::Backend("the specs KV did not answer".into()))?
 }
@@ -118,26 +121,40 @@ impl<F: Fabric> Feed<F> {
         let m = self.membership.clone();
         let mut expire = tokio::time::interval(EXPIRE_EVERY);
         let mut specs: Option<qs_fabric::Watch> = None;
+        // A try to watch runs beside the loop, which keeps applying heartbeats meanwhile.
+        let mut starting: Option<tokio::task::JoinHandle<Result<qs_fabric::Watch, FabricError>>> =
+            None;
         let mut retry_at = tokio::time::Instant::now();
         let mut backoff = Backoff::new(EXPIRE_EVERY, WATCH_RETRY_MAX);
         loop {
-            let watching = specs.is_some();
+            let idle = specs.is_none() && starting.is_none();
             let next_spec = async {
                 match specs.as_mut() {
                     Some(w) => w.next().await,
                     None => std::future::pending().await,
                 }
             };
+            let started = async {
+                match starting.as_mut() {
+                    Some(task) => task.await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                _ = stop.changed() => return,
+                _ = stop.changed() => break,
                 Some(b) = self.beats.next() => self.on_heartbeats(b, &counters),
                 e = next_spec => match e {
                     Some(e) => self.on_spec(e),
                     // The watch fell behind or its backend ended it: watch again.
                     None => specs = None,
                 },
-                _ = tokio::time::sleep_until(retry_at), if !watching => {
-                    match watch_specs(&self.fabric).await {
+                _ = tokio::time::sleep_until(retry_at), if idle => {
+                    let fabric = self.fabric.clone();
+                    starting = Some(tokio::spawn(async move { watch_specs(&fabric).await }));
+                }
+                r = started => {
+                    starting = None;
+                    match r.unwrap_or_else(|e| Err(FabricError::Backend(e.to_string()))) {
                         Ok(w) => {
                             specs = Some(w);
                             self.replayed = Some(BTreeSet::new());
@@ -162,8 +179,11 @@ impl<F: Fabric> Feed<F> {
                 }
             }
             if *stop.borrow() {
-                return;
+                break;
             }
+        }
+        if let Some(task) = starting {
+            task.abort();
         }
     }
 

@@ -64,6 +64,10 @@ enum Command {
         /// This node's level, 0 (best) to 7.
         #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=7))]
         level: u8,
+        /// Declare a simulated GPU with this much VRAM in MiB (repeat for several): a test
+        /// double for machines without NVIDIA's driver; real GPUs found by NVML replace them.
+        #[arg(long = "simulated-gpu-mib", value_parser = clap::value_parser!(u64).range(1..=1 << 24))]
+        simulated_gpus_mib: Vec<u64>,
     },
     /// Apply spec files to a running fleet (all of a file or nothing).
     Apply {
@@ -304,6 +308,7 @@ pub fn run(cli: Cli) -> Result<()> {
             fleet,
             node,
             level,
+            simulated_gpus_mib,
         } => crate::fleet::up(crate::fleet::Up {
             demo: false,
             state_dir: serve.state_dir,
@@ -319,6 +324,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 }),
                 node,
                 level,
+                simulated_gpus_mib,
             }),
         }),
         Command::Apply { files } => crate::fleet::apply(api, &files),

@@ -38,6 +38,8 @@ pub struct Host {
     pub nats: Option<Nats>,
     pub node: Option<String>,
     pub level: u8,
+    /// Simulated GPUs (VRAM in MiB) for a machine without NVIDIA's driver.
+    pub simulated_gpus_mib: Vec<u64>,
 }
 
 /// Where a `qs agent` joins its fleet.
@@ -90,7 +92,8 @@ fn read_spec(path: &Path) -> Result<qs_wire::SpecDocument> {
 }
 
 /// One node that is this machine, with its real size.
-fn this_machine(name: &str, level: u8) -> Result<Vec<NodeSpec>> {
+/// This machine as one node; `gpus_mib` declares simulated GPUs (used where NVML finds none).
+fn this_machine(name: &str, level: u8, gpus_mib: &[u64]) -> Result<Vec<NodeSpec>> {
     let sys = qs_agent::sense::Sensor::new()
         .map_err(anyhow::Error::msg)?
         .sample(&BTreeMap::new());
@@ -101,7 +104,12 @@ fn this_machine(name: &str, level: u8) -> Result<Vec<NodeSpec>> {
         capacity: Capacity {
             cpu_millicores: sys.cores as u64 * 1000,
             memory_bytes: sys.memory_total_bytes,
-            gpus: vec![],
+            gpus: gpus_mib
+                .iter()
+                .map(|mib| qs_wire::GpuCapacity {
+                    vram_bytes: mib << 20,
+                })
+                .collect(),
         },
     }])
 }
@@ -110,8 +118,12 @@ pub fn up(opts: Up) -> Result<()> {
     let nodes = match (&opts.fleet, opts.demo, &opts.host) {
         (Some(file), _, _) => read_spec(file)?.nodes,
         (None, true, _) => parse_spec("examples/seed-fleet.toml", SEED_FLEET)?.nodes,
-        (None, false, Some(h)) => this_machine(h.node.as_deref().unwrap_or(&host_name()), h.level)?,
-        (None, false, None) => this_machine("local", 0)?,
+        (None, false, Some(h)) => this_machine(
+            h.node.as_deref().unwrap_or(&host_name()),
+            h.level,
+            &h.simulated_gpus_mib,
+        )?,
+        (None, false, None) => this_machine("local", 0, &[])?,
     };
     if nodes.is_empty() {
         bail!("the fleet declares no [node.*] table");

@@ -57,16 +57,36 @@ fn live_nodes(up: &Up) -> usize {
 /// Agents alpha and beta on `server`, with web's one replica serving on one of them (the
 /// index of its host is returned).
 fn two_agents_serving_web(dir: &std::path::Path, server: &NatsServer) -> ([Up; 2], usize) {
-    let agents = [agent(dir, server, "alpha"), agent(dir, server, "beta")];
+    two_agents_running(dir, server, &[], WEB, "web")
+}
+
+/// Agents alpha and beta on `server` (with `extra` arguments), `spec` applied, and its
+/// `service`'s one instance serving on one of them (the index of its host is returned).
+fn two_agents_running(
+    dir: &std::path::Path,
+    server: &NatsServer,
+    extra: &[&str],
+    spec: &str,
+    service: &str,
+) -> ([Up; 2], usize) {
+    let url = server.url();
+    let agents = [
+        agent_on(dir, &url, "alpha", extra),
+        agent_on(dir, &url, "beta", extra),
+    ];
     agents[0].wait("both nodes in alpha's registry", |u| live_nodes(u) == 2);
-    agents[0].apply(WEB);
-    agents[0].wait("web serving on one of the nodes", |_| {
-        agents.iter().map(|a| a.serving("web").len()).sum::<usize>() == 1
+    agents[0].apply(spec);
+    agents[0].wait("one instance serving on one of the nodes", |_| {
+        agents
+            .iter()
+            .map(|a| a.serving(service).len())
+            .sum::<usize>()
+            == 1
     });
     let host = agents
         .iter()
-        .position(|a| !a.serving("web").is_empty())
-        .expect("one of them serves web");
+        .position(|a| !a.serving(service).is_empty())
+        .expect("one of them serves it");
     (agents, host)
 }
 
@@ -245,6 +265,10 @@ fn a_paused_agent_is_replaced_and_rejoins_without_a_second_copy() {
     });
 }
 
+/// How long a step may take on the 3-server cluster: JetStream elects its leaders as the
+/// cluster forms and again when a server goes, which a loaded test machine slows down.
+const RAFT: std::time::Duration = std::time::Duration::from_secs(90);
+
 /// Three nats-servers in a cluster, the fleet's buckets and stream kept on all three; one
 /// server is killed mid-run: the agents move to the others, a new service is still placed,
 /// and a killed agent's instance still serves again on the survivor.
@@ -259,21 +283,25 @@ fn placement_and_failover_survive_the_loss_of_one_of_three_nats_servers() {
         agent_on(dir.path(), &urls, "alpha", &replicated),
         agent_on(dir.path(), &urls, "beta", &replicated),
     ];
-    agents[0].wait("both nodes in alpha's registry", |u| live_nodes(u) == 2);
+    agents[0].wait_within("both nodes in alpha's registry", RAFT, |u| {
+        live_nodes(u) == 2
+    });
     // The cluster elects its JetStream leaders as it forms: the first apply may wait for it.
-    agents[0].wait("web applied to the replicated specs bucket", |u| {
+    agents[0].wait_within("web applied to the replicated specs bucket", RAFT, |u| {
         u.http("POST", "/v1/specs?file=web.toml", WEB).0 == 200
     });
     let total =
         |agents: &[Up], svc: &str| agents.iter().map(|a| a.serving(svc).len()).sum::<usize>();
-    agents[0].wait("web serving", |_| total(&agents, "web") == 1);
+    agents[0].wait_within("web serving", RAFT, |_| total(&agents, "web") == 1);
 
     servers[0].kill();
     let api = WEB.replace("[service.web]", "[service.api]");
-    agents[0].wait("api applied with one server down", |u| {
+    agents[0].wait_within("api applied with one server down", RAFT, |u| {
         u.http("POST", "/v1/specs?file=api.toml", &api).0 == 200
     });
-    agents[0].wait("api placed and serving", |_| total(&agents, "api") == 1);
+    agents[0].wait_within("api placed and serving", RAFT, |_| {
+        total(&agents, "api") == 1
+    });
 
     let host = agents
         .iter()
@@ -282,7 +310,56 @@ fn placement_and_failover_survive_the_loss_of_one_of_three_nats_servers() {
     let (instance, _, orphan, _) = agents[host].serving("web").remove(0);
     agents[host].signal(libc::SIGKILL);
     kill_group(orphan);
-    agents[1 - host].wait("web serving again on the survivor", |u| {
+    agents[1 - host].wait_within("web serving again on the survivor", RAFT, |u| {
         u.serving("web").iter().any(|i| i.0 != instance)
     });
+}
+
+const TRAIN: &str = r#"
+[service.train]
+pattern = "gpu-singleton"
+replicas = 1
+command = "sleep 600"
+resources = { cpu_cores = 0.1, memory_mib = 32, vram_mib = 8192 }
+"#;
+
+/// A gpu-singleton's agent freezes (SIGSTOP) long enough to be declared dead: the fleet
+/// starts the singleton elsewhere with a newer fencing token. When the frozen agent resumes,
+/// its copy is superseded and stops: one copy runs again, never two for long.
+#[test]
+fn a_superseded_singleton_stops_when_its_frozen_agent_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = NatsServer::start().expect("nats-server 2.10+ (scripts/test installs it)");
+    let gpu = ["--simulated-gpu-mib", "24576"];
+    let (agents, host) = two_agents_running(dir.path(), &server, &gpu, TRAIN, "train");
+    let running = |u: &Up| u.serving("train");
+    let (first, _, first_pid, _) = running(&agents[host]).remove(0);
+    let (frozen, survivor) = (&agents[host], &agents[1 - host]);
+    let node = if host == 0 { "alpha" } else { "beta" };
+    let text = cli(&[
+        "chaos",
+        "pause",
+        node,
+        "--for-ms",
+        "4000",
+        "--no-wait",
+        "--api",
+        &frozen.api,
+    ]);
+    assert!(text.contains("SIGSTOP"), "{text}");
+    survivor.wait("a newer train on the survivor", |u| {
+        running(u).iter().any(|i| i.0 != first)
+    });
+    frozen.wait("the frozen agent back and its copy stopped", |u| {
+        live_nodes(u) == 2 && running(u).is_empty()
+    });
+    assert!(wait_gone(&[first_pid]), "the superseded process is gone");
+    let events = frozen.get("/v1/events?from=0&limit=10000");
+    assert!(
+        events.as_array().unwrap().iter().any(|e| e
+            .to_string()
+            .contains("superseded by a newer fencing token")),
+        "the frozen agent's ledger says why its copy stopped"
+    );
+    assert_eq!(running(survivor).len(), 1, "one copy fleet-wide");
 }

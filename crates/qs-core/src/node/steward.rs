@@ -221,7 +221,14 @@ impl Node {
             });
         }
 
-        if live > want && st.in_flight == 0 && st.pending.is_empty() && !spec.is_job() {
+        // Singletons shed copies by fencing token below, never by this rule: it could pick
+        // the newest token and leave none.
+        if live > want
+            && st.in_flight == 0
+            && st.pending.is_empty()
+            && !spec.is_job()
+            && !spec.pattern.is_singleton()
+        {
             // Scale in: newest ids first, never the primary.
             let mut victims: Vec<_> = running.iter().filter(|r| r.2 != Role::Primary).collect();
             victims.sort_by(|a, b| b.0.cmp(&a.0));
@@ -232,11 +239,14 @@ impl Node {
         }
 
         if spec.pattern.is_singleton() {
-            if let Some(newest) = running.iter().map(|r| r.3).max() {
-                for r in running.iter().filter(|r| r.3 < newest) {
-                    plan.stop
-                        .push((r.0.clone(), r.1.clone(), "superseded singleton".into()));
-                }
+            // One copy stays: the newest fencing token (of equals, the lowest id).
+            let keep = running
+                .iter()
+                .max_by(|a, b| a.3.cmp(&b.3).then_with(|| b.0.cmp(&a.0)))
+                .map(|r| r.0.clone());
+            for r in running.iter().filter(|r| Some(&r.0) != keep.as_ref()) {
+                plan.stop
+                    .push((r.0.clone(), r.1.clone(), "superseded singleton".into()));
             }
             if live > 0 || !st.pending.is_empty() || st.in_flight > 0 {
                 plan.place.clear();

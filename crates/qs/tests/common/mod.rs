@@ -137,11 +137,16 @@ impl Up {
         assert_eq!(status, 200, "{v}");
     }
 
-    /// Waits (bounded) for a condition on the running agent.
-    pub fn wait(&self, what: &str, mut done: impl FnMut(&Up) -> bool) {
+    /// Waits (bounded by [`LIMIT`]) for a condition on the running agent.
+    pub fn wait(&self, what: &str, done: impl FnMut(&Up) -> bool) {
+        self.wait_within(what, LIMIT, done);
+    }
+
+    /// Waits, at most `limit`, for a condition on the running agent.
+    pub fn wait_within(&self, what: &str, limit: Duration, mut done: impl FnMut(&Up) -> bool) {
         let start = Instant::now();
         while !done(self) {
-            if start.elapsed() > LIMIT {
+            if start.elapsed() > limit {
                 let (_, events) = self.http("GET", "/v1/events?from=0&limit=10000", "");
                 let tail: Vec<String> = events
                     .as_array()
