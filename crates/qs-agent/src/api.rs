@@ -31,6 +31,7 @@ pub struct Api<F: Fabric> {
     nodes_live: Gauge,
     instances: Gauge,
     in_flight: Gauge,
+    quarantined: Gauge,
 }
 
 impl<F: Fabric> Api<F> {
@@ -43,11 +44,6 @@ impl<F: Fabric> Api<F> {
                 "messages_received",
                 "Fleet messages received",
                 &c.messages_received,
-            ),
-            (
-                "messages_malformed",
-                "Messages dropped because they could not be decoded",
-                &c.messages_malformed,
             ),
             (
                 "ledger_events",
@@ -74,8 +70,18 @@ impl<F: Fabric> Api<F> {
         for (name, help, counter) in counters {
             metrics.register(name, help, counter.clone());
         }
-        let (nodes_live, instances, in_flight) =
-            (Gauge::default(), Gauge::default(), Gauge::default());
+        metrics.register(
+            "messages_rejected",
+            "Messages dropped unread, by reason: malformed, unsigned, unknown_sender, \
+             bad_signature, stale, replay, quarantined",
+            shared.auth.rejected.clone(),
+        );
+        let (nodes_live, instances, in_flight, quarantined) = (
+            Gauge::default(),
+            Gauge::default(),
+            Gauge::default(),
+            Gauge::default(),
+        );
         let gauges = [
             (
                 "nodes_live",
@@ -92,6 +98,11 @@ impl<F: Fabric> Api<F> {
                 "Placements being driven here",
                 &in_flight,
             ),
+            (
+                "peers_quarantined",
+                "Peers whose messages are dropped unread for sending invalid ones",
+                &quarantined,
+            ),
         ];
         for (name, help, gauge) in gauges {
             metrics.register(name, help, gauge.clone());
@@ -104,6 +115,7 @@ impl<F: Fabric> Api<F> {
             nodes_live,
             instances,
             in_flight,
+            quarantined,
         })
     }
 
@@ -181,6 +193,8 @@ async fn health<F: Fabric>(State(api): State<Arc<Api<F>>>) -> Response {
 }
 
 async fn metrics<F: Fabric>(State(api): State<Arc<Api<F>>>) -> Response {
+    api.quarantined
+        .set(api.shared.auth.quarantined().len() as i64);
     if let Ok(views) = api.shared.views.read() {
         let live = views.values().map(|v| v.live_peers).max().unwrap_or(0);
         api.nodes_live.set(live as i64);

@@ -3,14 +3,16 @@
 //! would over NATS, and they share the process's ledger, sensor and HTTP API.
 
 use crate::api;
+use crate::identity::{self, Auth};
 use crate::membership::Membership;
 use crate::runtime::{NodeSetup, SenseMode, Shared, run_node};
 use crate::sense::{Sensor, SimulatedGpus};
 use qs_core::Config;
+use qs_core::auth::AuthConfig;
 use qs_fabric::Fabric;
 use qs_fabric::memory::MemoryFabric;
 use qs_store::Ledger;
-use qs_wire::NodeSpec;
+use qs_wire::{NodeRecord, NodeSpec};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
@@ -35,6 +37,11 @@ pub struct FleetOptions {
     pub noop_executor: bool,
     /// What `/health` calls this process while its fabric is connected: `embedded`, `nats`.
     pub mode: &'static str,
+    /// Sign and seal every message, and drop what is not (a fleet that spans processes).
+    /// Each node's key is kept in the state directory and registered in the fleet's KV.
+    pub authenticate: bool,
+    /// Replace a registered key that differs from this node's (after a reinstall).
+    pub rekey: bool,
 }
 
 /// Why a fleet could not start.
@@ -58,6 +65,8 @@ pub enum FleetError {
     Cache { path: PathBuf, message: String },
     #[error(transparent)]
     Fabric(qs_fabric::FabricError),
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
 }
 
 /// The desired-state cache: a JSON file mirroring the specs KV.
@@ -176,6 +185,30 @@ fn gpu_source(host: bool, spec: &NodeSpec) -> Box<dyn crate::sense::GpuSource> {
     })
 }
 
+/// Registers this process's nodes once, briefly: a conflict is an error; no answer in time
+/// is left to the background follower.
+async fn first_registration<F: Fabric>(
+    fabric: &F,
+    own: &[identity::Own],
+    rekey: bool,
+) -> Result<(), FleetError> {
+    let attempt = async {
+        let kv = fabric.kv(identity::NODES_BUCKET).await?;
+        for o in own {
+            identity::register(&kv, &o.node, &o.record, rekey, &o.key_file).await?;
+        }
+        Ok::<_, identity::IdentityError>(())
+    };
+    match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+        Ok(Err(e @ identity::IdentityError::KeyConflict { .. })) => Err(e.into()),
+        Ok(Err(e)) => {
+            tracing::warn!("node registry: {e}; retrying in the background");
+            Ok(())
+        }
+        Ok(Ok(())) | Err(_) => Ok(()),
+    }
+}
+
 /// A running fleet of one process: every node of `qs up` on the in-memory fabric, or the one
 /// node of `qs agent` on NATS.
 pub struct EmbeddedFleet<F: Fabric = MemoryFabric> {
@@ -224,7 +257,33 @@ impl<F: Fabric> EmbeddedFleet<F> {
         let ledger = Arc::new(Ledger::open(opts.state_dir.join("ledger.redb"))?);
         let (writer_stop, writer_stop_rx) = watch::channel(false);
         let (journal, writer) = crate::journal::Journal::start(ledger.clone(), writer_stop_rx);
+        let auth = Arc::new(Auth::new(AuthConfig::from_config(
+            &opts.config,
+            opts.authenticate,
+        )));
+        let mut own = Vec::new();
+        if opts.authenticate {
+            for spec in &opts.nodes {
+                let secret = identity::load_or_create_secret(&opts.state_dir, &spec.id)?;
+                let public = auth.add_local(spec.id.clone(), secret);
+                own.push(identity::Own {
+                    node: spec.id.clone(),
+                    record: NodeRecord::new(
+                        public,
+                        spec.level,
+                        crate::runtime::now().as_micros() / 1000,
+                    ),
+                    key_file: identity::key_path(&opts.state_dir, &spec.id),
+                });
+            }
+            // A name taken by another key stops the agent here, while it can still say so;
+            // a fabric that does not answer yet is tried again in the background.
+            if fabric.connected() {
+                first_registration(&fabric, &own, opts.rekey).await?;
+            }
+        }
         let shared = Arc::new(Shared {
+            auth: auth.clone(),
             ledger,
             journal,
             counters: Default::default(),
@@ -238,9 +297,18 @@ impl<F: Fabric> EmbeddedFleet<F> {
         // The desired-state cache: what was applied survives a restart of the process.
         let cache = desired::path(&opts.state_dir);
         tasks.spawn(desired::keep(fabric.clone(), cache, stop_rx.clone()));
+        if opts.authenticate {
+            tasks.spawn(identity::follow(
+                fabric.clone(),
+                auth.clone(),
+                own,
+                opts.rekey,
+                stop_rx.clone(),
+            ));
+        }
         let membership = Membership::new(&opts.config);
         let feed = membership
-            .feed(&fabric, known)
+            .feed(&fabric, known, auth)
             .await
             .map_err(FleetError::Fabric)?;
         tasks.spawn(feed.run(shared.counters.clone(), stop_rx.clone()));

@@ -9,6 +9,7 @@ mod backoff;
 pub mod exec;
 pub mod fleet;
 pub mod health;
+pub mod identity;
 pub mod journal;
 pub mod membership;
 pub mod mirror;

@@ -10,7 +10,7 @@ use crate::backoff::Backoff;
 use crate::runtime::{Counters, SPECS_BUCKET};
 use qs_core::{Config, Registry};
 use qs_fabric::{Fabric, FabricError, Kv, KvEvent, Topic};
-use qs_wire::{Envelope, Message, NodeId, ServiceName, WorkloadSpec};
+use qs_wire::{Message, NodeId, ServiceName, WorkloadSpec};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
@@ -109,6 +109,8 @@ pub struct Feed<F: Fabric> {
     /// While a watch replays: the specs it has shown so far.
     replayed: Option<BTreeSet<ServiceName>>,
     beats: qs_fabric::Subscription,
+    /// Opens the heartbeats (checks their signatures where the fleet requires them).
+    auth: Arc<crate::identity::Auth>,
 }
 
 impl<F: Fabric> Feed<F> {
@@ -142,7 +144,7 @@ impl<F: Fabric> Feed<F> {
             };
             tokio::select! {
                 _ = stop.changed() => break,
-                Some(b) = self.beats.next() => self.on_heartbeats(b, &counters),
+                Some(b) = self.beats.next() => self.on_heartbeats(b),
                 e = next_spec => match e {
                     Some(e) => self.on_spec(e),
                     // The watch fell behind or its backend ended it: watch again.
@@ -172,7 +174,7 @@ impl<F: Fabric> Feed<F> {
                         // Silent means nothing from the node is waiting here either: a feed
                         // that fell behind a burst must not take its backlog for deaths.
                         while let Some(b) = self.beats.try_next() {
-                            self.on_heartbeats(b, &counters);
+                            self.on_heartbeats(b);
                         }
                         m.on_expire(&counters);
                     }
@@ -189,27 +191,24 @@ impl<F: Fabric> Feed<F> {
 
     /// Applies one heartbeat and those queued behind it (up to [`BEAT_BATCH`]), decoded
     /// outside the registry's lock and applied under one write.
-    fn on_heartbeats(&mut self, first: qs_fabric::Incoming, counters: &Counters) {
-        let mut beats = Vec::with_capacity(BEAT_BATCH);
-        let mut next = Some(first);
-        while let Some(b) = next {
-            match Envelope::<Message>::decode(&b.payload) {
-                Ok(Envelope {
-                    payload: Message::Heartbeat(status),
-                    ..
-                }) => beats.push(status),
-                Ok(_) => {}
-                Err(e) => {
-                    counters.messages_malformed.inc();
-                    tracing::warn!("dropped a malformed heartbeat: {e}");
-                }
-            }
-            next = if beats.len() < BEAT_BATCH {
-                self.beats.try_next()
-            } else {
-                None
-            };
+    fn on_heartbeats(&mut self, first: qs_fabric::Incoming) {
+        let mut frames = Vec::with_capacity(BEAT_BATCH);
+        frames.push(first.payload);
+        while frames.len() < BEAT_BATCH
+            && let Some(b) = self.beats.try_next()
+        {
+            frames.push(b.payload);
         }
+        // Verified as one batch; what is dropped is counted by the keyring.
+        let beats: Vec<_> = self
+            .auth
+            .open_many(None, frames.iter().map(|f| &f[..]))
+            .into_iter()
+            .filter_map(|env| match env?.payload {
+                Message::Heartbeat(status) => Some(status),
+                _ => None,
+            })
+            .collect();
         let now = crate::runtime::now();
         let m = &self.membership;
         let joined = m.update(|r| {
@@ -376,6 +375,7 @@ impl Membership {
         &self,
         fabric: &F,
         known: Vec<WorkloadSpec>,
+        auth: Arc<crate::identity::Auth>,
     ) -> Result<Feed<F>, FabricError> {
         let now = crate::runtime::now();
         self.update(|r| {
@@ -388,6 +388,7 @@ impl Membership {
             fabric: fabric.clone(),
             beats: fabric.subscribe(&Topic::heartbeats()).await?,
             replayed: None,
+            auth,
         })
     }
 

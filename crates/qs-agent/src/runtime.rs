@@ -73,7 +73,6 @@ pub enum SenseMode {
 pub struct Counters {
     pub messages_sent: Counter,
     pub messages_received: Counter,
-    pub messages_malformed: Counter,
     pub ledger_events: Counter,
     pub placements: Counter,
     pub instance_starts: Counter,
@@ -190,6 +189,8 @@ pub struct Shared {
     pub controls: RwLock<BTreeMap<NodeId, mpsc::Sender<Control>>>,
     pub sensor: Mutex<Option<Sensor>>,
     pub state_dir: PathBuf,
+    /// The process's keyring: seals what its nodes send, opens what they receive.
+    pub auth: Arc<crate::identity::Auth>,
 }
 
 /// What one node runtime needs.
@@ -231,6 +232,8 @@ struct Runtime<F: Fabric> {
     view_due: Option<tokio::time::Instant>,
     /// The process's failure detector, on the one node that runs it.
     detector: Option<Detector>,
+    /// The load bucket last written to the instance file.
+    saved_load_bucket: u8,
 }
 
 /// Runs one node until `stop` turns true; stops its instances before returning.
@@ -281,22 +284,44 @@ pub async fn run_node<F: Fabric>(
         },
         gpus: setup.gpus,
         sense: setup.sense,
-        seq: 0,
+        // Numbered from the wall clock: a restarted node's messages are newer than its last
+        // life's, so receivers' replay windows take them.
+        seq: now().as_micros(),
         health_failed: BTreeMap::new(),
         instance_file: (!setup.noop_executor).then_some(instance_file),
         control_tx,
         view_due: None,
         detector,
+        saved_load_bucket: 0,
     };
-    for (instance, pid) in reaped {
-        rt.record(vec![Event::InstanceExited {
-            instance,
-            service: ServiceName::new("orphan").expect("a valid name"),
-            outcome: ExitOutcome::Stopped {
-                reason: format!("orphan of a previous agent (pid {pid}) reaped at start"),
-            },
-        }])
-        .await;
+    for orphan in reaped {
+        let pid = orphan.pid;
+        let reason = if orphan.was_running {
+            format!("outlived its killed agent (pid {pid}); ended at restart")
+        } else {
+            format!("gone with its killed agent (pid {pid})")
+        };
+        match orphan.service {
+            // It went down with the node: a failure of its service here.
+            Some(service) => {
+                rt.input(Input::Lost {
+                    instance: orphan.instance,
+                    service,
+                    cpu_util: orphan.cpu_util,
+                    reason,
+                })
+                .await
+            }
+            // Written by an agent that did not record services.
+            None => {
+                rt.record(vec![Event::InstanceExited {
+                    instance: orphan.instance,
+                    service: ServiceName::new("orphan").expect("a valid name"),
+                    outcome: ExitOutcome::Stopped { reason },
+                }])
+                .await
+            }
+        }
     }
     // Specs and members that arrived before this node subscribed.
     rt.input(Input::Reconcile).await;
@@ -379,13 +404,13 @@ impl<F: Fabric> Runtime<F> {
         self.drain(visible).await;
     }
 
-    fn envelope(&mut self, msg: Message) -> Bytes {
+    fn envelope(&mut self, msg: Message, to: Option<&NodeId>) -> Bytes {
         self.seq += 1;
         let id = MessageId(qs_core::hash::mix(
             qs_core::hash::of_str(self.id.as_str()) ^ self.seq,
         ));
         let env = Envelope::new(self.id.clone(), self.seq, now().as_micros(), id, msg);
-        Bytes::from(env.encode())
+        self.shared.auth.seal(&self.id, to, &env.encode())
     }
 
     /// Carries out every output of the core.
@@ -395,13 +420,13 @@ impl<F: Fabric> Runtime<F> {
         while let Some(out) = self.node.poll() {
             match out {
                 Output::Send { to, msg } => {
-                    let bytes = self.envelope(msg);
+                    let bytes = self.envelope(msg, Some(&to));
                     if self.fabric.send(&to, bytes).await.is_ok() {
                         self.shared.counters.messages_sent.inc();
                     }
                 }
                 Output::Heartbeat(status) => {
-                    let bytes = self.envelope(Message::Heartbeat(status));
+                    let bytes = self.envelope(Message::Heartbeat(status), None);
                     let _ = self
                         .fabric
                         .publish(&Topic::heartbeat(&self.id), bytes)
@@ -492,9 +517,16 @@ impl<F: Fabric> Runtime<F> {
     }
 
     /// Records which processes run, for the next agent to reap if this one is killed.
-    fn save_instances(&self) {
+    fn save_instances(&mut self) {
         if let Some(file) = &self.instance_file {
-            file.save(&self.exec.running());
+            let hosted = self.node.hosted();
+            let cpu_util = self.node.load().cpu_util;
+            file.save(
+                &self.exec.running(),
+                |i| hosted.get(i).map(|h| h.service.clone()),
+                cpu_util,
+            );
+            self.saved_load_bucket = qs_core::failure::load_bucket(cpu_util);
         }
     }
 
@@ -510,20 +542,23 @@ impl<F: Fabric> Runtime<F> {
         }
     }
 
+    /// Records the quarantines the keyring began (on this node's messages or the feed's).
+    async fn record_quarantines(&self) {
+        let quarantines = self.shared.auth.take_quarantines();
+        self.record(quarantines).await;
+    }
+
     async fn on_message(&mut self, payload: &[u8]) {
-        match Envelope::<Message>::decode(payload) {
-            Ok(env) => {
-                self.shared.counters.messages_received.inc();
-                self.input(Input::Message {
-                    from: env.sender,
-                    msg: env.payload,
-                })
-                .await;
-            }
-            Err(e) => {
-                self.shared.counters.messages_malformed.inc();
-                tracing::warn!(node = %self.id, "dropped a malformed message: {e}");
-            }
+        // Dropped messages are counted and logged by the keyring.
+        let opened = self.shared.auth.open(Some(&self.id), payload);
+        self.record_quarantines().await;
+        if let Some(env) = opened {
+            self.shared.counters.messages_received.inc();
+            self.input(Input::Message {
+                from: env.sender,
+                msg: env.payload,
+            })
+            .await;
         }
     }
 
@@ -617,7 +652,7 @@ impl<F: Fabric> Runtime<F> {
         for out in outputs {
             match out {
                 DetectorOutput::Send { to, msg } => {
-                    let bytes = self.envelope(*msg);
+                    let bytes = self.envelope(*msg, Some(&to));
                     if self.fabric.send(&to, bytes).await.is_ok() {
                         self.shared.counters.messages_sent.inc();
                     }
@@ -632,6 +667,7 @@ impl<F: Fabric> Runtime<F> {
     }
 
     async fn on_sense(&mut self) {
+        self.record_quarantines().await;
         let running = self.exec.running();
         let roots: BTreeMap<InstanceId, u32> =
             running.iter().map(|(k, r)| (k.clone(), r.pid)).collect();
@@ -662,6 +698,10 @@ impl<F: Fabric> Runtime<F> {
         };
         let instances: BTreeMap<InstanceId, InstanceLoad> = sample.trees;
         self.input(Input::Sensed { load, instances }).await;
+        // The instance file keeps the load at which what runs would be lost.
+        if qs_core::failure::load_bucket(self.node.load().cpu_util) != self.saved_load_bucket {
+            self.save_instances();
+        }
     }
 
     fn registry_view(&self) -> RegistryView {

@@ -99,6 +99,13 @@ pub struct Config {
     pub max_placements_per_service: u32,
     /// Completed job instances a host keeps reporting, so every observer sees the completion.
     pub completion_linger_ms: u64,
+    /// Messages timestamped further than this from the receiver's clock are dropped as stale.
+    pub max_clock_skew_ms: u64,
+    /// Invalid messages from one sender within `quarantine_window_ms` that quarantine it.
+    pub quarantine_after: u32,
+    pub quarantine_window_ms: u64,
+    /// How long a quarantined sender's messages are dropped unread.
+    pub quarantine_ms: u64,
 }
 
 impl Default for Config {
@@ -133,6 +140,10 @@ impl Default for Config {
             max_placements_in_flight: 256,
             max_placements_per_service: 32,
             completion_linger_ms: 2000,
+            max_clock_skew_ms: 30_000,
+            quarantine_after: 16,
+            quarantine_window_ms: 10_000,
+            quarantine_ms: 60_000,
         }
     }
 }
@@ -209,6 +220,10 @@ impl Config {
             });
         }
         positive("probe_timeout_ms", self.probe_timeout_ms)?;
+        positive("max_clock_skew_ms", self.max_clock_skew_ms)?;
+        positive("quarantine_after", u64::from(self.quarantine_after))?;
+        positive("quarantine_window_ms", self.quarantine_window_ms)?;
+        positive("quarantine_ms", self.quarantine_ms)?;
         if self.probe_relays > crate::detector::MAX_PROBE_RELAYS {
             return Err(ConfigError {
                 field: "probe_relays",

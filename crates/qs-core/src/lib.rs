@@ -14,6 +14,7 @@
 //! - [`Detector`]: a process's failure detector: suspects silent nodes, probes them directly
 //!   and through relays, and confirms deaths.
 
+pub mod auth;
 pub mod config;
 pub mod detector;
 pub mod failure;
@@ -25,6 +26,7 @@ pub mod sampler;
 pub mod time;
 pub mod weight;
 
+pub use auth::{AuthConfig, AuthCounters, Keyring, Reject, Rejected};
 pub use config::{Config, ConfigError, Thresholds};
 pub use detector::{Detector, DetectorInput, DetectorOutput};
 pub use failure::FailureMemory;

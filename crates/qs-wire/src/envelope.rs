@@ -1,4 +1,5 @@
-//! The versioned envelope every fleet message travels in, and its encoding.
+//! The versioned envelope every fleet message travels in, and its encoding. Its signature or
+//! session tag travels beside it, in the [`Frame`](crate::frame::Frame).
 
 use crate::ids::NodeId;
 use serde::de::DeserializeOwned;
@@ -32,10 +33,6 @@ pub struct Envelope<P> {
     /// The message this one answers or was caused by.
     pub causation: Option<MessageId>,
     pub payload: P,
-    /// Ed25519 signature over the encoded envelope without this field (filled by the
-    /// authenticated fabric; absent until then).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signature: Option<Vec<u8>>,
 }
 
 /// Why bytes could not be decoded into an envelope.
@@ -62,7 +59,6 @@ impl<P: Serialize + DeserializeOwned> Envelope<P> {
             id,
             causation: None,
             payload,
-            signature: None,
         }
     }
 

@@ -148,6 +148,13 @@ pub enum Event {
         instance: InstanceId,
         on: NodeId,
     },
+    /// This node stopped listening to `peer` for `for_ms`: it kept sending invalid messages
+    /// (`reason` names the last kind).
+    PeerQuarantined {
+        peer: NodeId,
+        reason: String,
+        for_ms: u64,
+    },
 }
 
 /// An event as stored: its place in the ledger, when, and which node wrote it.

@@ -6,6 +6,8 @@
 
 pub mod envelope;
 pub mod event;
+pub mod frame;
+pub mod identity;
 pub mod ids;
 pub mod message;
 pub mod resources;
@@ -13,6 +15,8 @@ pub mod spec;
 
 pub use envelope::{Envelope, MessageId, WIRE_VERSION, WireError};
 pub use event::{DeclineFrom, Event, LocalVerdict, OfferFrom, Record, SenseReason};
+pub use frame::{Frame, FrameError, FrameKind};
+pub use identity::NodeRecord;
 pub use ids::{InstanceId, NameError, NodeId, PlacementId, ServiceName};
 pub use message::{
     Composite, DeclineReason, Demand, ExitOutcome, InstanceSummary, Message, NodeStatus, Offer,

@@ -132,6 +132,8 @@ pub fn fleet_suite(nodes: usize, placements: usize, replicas: usize) -> anyhow::
             host: false,
             noop_executor: true,
             mode: "embedded",
+            authenticate: false,
+            rekey: false,
         })
         .await?;
         let joined = |f: &EmbeddedFleet| {
@@ -436,5 +438,158 @@ pub fn failover_suite(trials: usize) -> anyhow::Result<()> {
         }
     }
     emit("failover", "trials".into(), trials as f64, "kills");
+    Ok(())
+}
+
+/// `qs bench messages`: authenticated messages per second through one node's receive path:
+/// the frame parsed, the envelope decoded, the tag checked (a session MAC for directed
+/// messages, an Ed25519 signature for heartbeats, one by one and in batches as the heartbeat
+/// feed checks them), the timestamp and the replay window, on one core. `peers` senders
+/// each send their share of `messages`; the median of `repeats` runs, each with a fresh
+/// receiver (so every session key is derived inside the clock).
+pub fn messages_suite(messages: usize, peers: usize, repeats: usize) -> anyhow::Result<()> {
+    use qs_core::auth::{AuthConfig, Keyring};
+    use qs_wire::{
+        Composite, Envelope, InstanceId, InstanceSummary, Message, MessageId, NodeId, NodeStatus,
+        Offer, PlacementId, Role, ServiceName,
+    };
+    use std::time::Instant;
+    let auth = AuthConfig::from_config(&qs_core::Config::default(), true);
+    let node = |i: usize| NodeId::new(&format!("peer{i}")).expect("generated names are valid");
+    let receiver = NodeId::new("receiver")?;
+    // Secrets derived from the index: a benchmark's keys need not be secret, only distinct.
+    let secret = |i: usize| {
+        let mut s = [0u8; 32];
+        s[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+        s
+    };
+    let mut senders: Vec<(NodeId, Keyring, [u8; 32])> = (0..peers)
+        .map(|i| {
+            let mut k = Keyring::new(auth);
+            let public = k.add_local(node(i), secret(i));
+            (node(i), k, public)
+        })
+        .collect();
+    let receiver_secret = secret(peers);
+    let receiver_public = Keyring::new(auth).add_local(receiver.clone(), receiver_secret);
+    for (_, k, _) in &mut senders {
+        k.learn(receiver.clone(), receiver_public)?;
+    }
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_micros() as u64;
+    let web = ServiceName::new("web")?;
+    let offer = |seq: u64| Message::Offer {
+        placement: PlacementId {
+            steward: receiver.clone(),
+            seq,
+        },
+        offer: Offer {
+            composite: Composite {
+                pressure: 0.1,
+                vram_free: 1.0,
+                cpu_free: 0.62,
+                level_weight: 1.0,
+                value: 0.558,
+            },
+            gpu: None,
+            vram_free_bytes: 0,
+        },
+    };
+    let heartbeat = |from: &NodeId| -> anyhow::Result<Message> {
+        let instances = (0..4)
+            .map(|i| {
+                Ok(InstanceSummary {
+                    instance: InstanceId::new(&format!("web-{from}-{i}"))?,
+                    service: web.clone(),
+                    role: Role::Replica,
+                    fencing: 0,
+                    hot: false,
+                    serving: true,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Message::Heartbeat(NodeStatus {
+            node: from.clone(),
+            level: 1,
+            labels: [("site".to_string(), "lab".to_string())].into(),
+            capacity: Default::default(),
+            committed: Default::default(),
+            load: Default::default(),
+            instances,
+            completed: vec![],
+            draining: false,
+        }))
+    };
+    let mut directed = Vec::with_capacity(messages);
+    let mut signed = Vec::with_capacity(messages);
+    for m in 0..messages {
+        let (from, keyring, _) = &mut senders[m % peers];
+        let seq = (m / peers) as u64 * 2;
+        let body = Envelope::new(from.clone(), seq, now_us, MessageId(seq), offer(seq));
+        directed.push(keyring.seal(&from.clone(), Some(&receiver), &body.encode()));
+        let body = Envelope::new(
+            from.clone(),
+            seq + 1,
+            now_us,
+            MessageId(seq),
+            heartbeat(from)?,
+        );
+        signed.push(keyring.seal(&from.clone(), None, &body.encode()));
+    }
+    let fresh_receiver = || {
+        let mut k = Keyring::new(auth);
+        k.add_local(receiver.clone(), receiver_secret);
+        for (id, _, public) in &senders {
+            k.learn(id.clone(), *public)
+                .expect("generated keys are valid");
+        }
+        k
+    };
+    let clock = qs_core::Time::from_micros(now_us);
+    let run = |name: &str, batch: usize, directed_frames: bool| -> anyhow::Result<()> {
+        let frames = if directed_frames { &directed } else { &signed };
+        let to = directed_frames.then_some(&receiver);
+        let mut rates = Vec::new();
+        for _ in 0..repeats {
+            let mut k = fresh_receiver();
+            let t0 = Instant::now();
+            let mut accepted = 0usize;
+            for chunk in frames.chunks(batch) {
+                let opened = k.open_many(to, chunk.iter().map(Vec::as_slice), clock);
+                accepted += opened.iter().filter(|r| r.is_ok()).count();
+            }
+            let elapsed = t0.elapsed().as_secs_f64();
+            anyhow::ensure!(
+                accepted == frames.len(),
+                "{name}: {accepted} of {} messages accepted",
+                frames.len()
+            );
+            rates.push(frames.len() as f64 / elapsed);
+        }
+        emit(
+            "messages",
+            format!("{name}_per_s"),
+            median(rates).round(),
+            "1/s",
+        );
+        Ok(())
+    };
+    run("directed_session_mac", 1, true)?;
+    run("heartbeat_ed25519", 1, false)?;
+    run("heartbeat_ed25519_batch_256", 256, false)?;
+    let mean = |v: &[Vec<u8>]| v.iter().map(Vec::len).sum::<usize>() as f64 / v.len() as f64;
+    emit(
+        "messages",
+        "directed_frame_size".into(),
+        mean(&directed).round(),
+        "bytes",
+    );
+    emit(
+        "messages",
+        "heartbeat_frame_size".into(),
+        mean(&signed).round(),
+        "bytes",
+    );
     Ok(())
 }

@@ -58,6 +58,11 @@ enum Command {
         /// The fleet's name on that server (several fleets may share one).
         #[arg(long, default_value = "default", requires = "nats")]
         fleet: String,
+        /// Register this node's key (kept in the state directory) in place of another one the
+        /// fleet holds for its name: after a reinstall lost the old key. Without it, a name
+        /// registered with another key stops the agent.
+        #[arg(long, requires = "nats")]
+        rekey: bool,
         /// This node's name (a DNS label); default: the host name.
         #[arg(long)]
         node: Option<String>,
@@ -272,6 +277,18 @@ enum BenchSuite {
         #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=1_000))]
         trials: u64,
     },
+    /// Authenticated messages per second through one node's receive path (frame, envelope,
+    /// session MAC or Ed25519 signature, timestamp, replay window), on one core.
+    Messages {
+        #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+        messages: u64,
+        /// Distinct senders.
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        peers: u64,
+        /// Runs; the median is reported.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=100))]
+        repeats: u64,
+    },
     /// Core placement decisions per second for growing fleets, and the cost growth.
     Placement {
         /// Fleet sizes, comma separated.
@@ -306,6 +323,7 @@ pub fn run(cli: Cli) -> Result<()> {
             nats,
             nats_replicas,
             fleet,
+            rekey,
             node,
             level,
             simulated_gpus_mib,
@@ -321,6 +339,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     urls,
                     fleet,
                     replicas: nats_replicas as usize,
+                    rekey,
                 }),
                 node,
                 level,
@@ -399,6 +418,14 @@ pub fn run(cli: Cli) -> Result<()> {
                     replicas,
                 },
         } => crate::bench::fleet_suite(nodes as usize, placements as usize, replicas as usize),
+        Command::Bench {
+            suite:
+                BenchSuite::Messages {
+                    messages,
+                    peers,
+                    repeats,
+                },
+        } => crate::bench::messages_suite(messages as usize, peers as usize, repeats as usize),
         Command::Bench {
             suite: BenchSuite::Failover { trials },
         } => crate::bench::failover_suite(trials as usize),

@@ -50,6 +50,8 @@ pub struct Nats {
     pub fleet: String,
     /// Copies JetStream keeps of the fleet's buckets and stream.
     pub replicas: usize,
+    /// Replace this node's registered public key with the one in its state directory.
+    pub rekey: bool,
 }
 
 /// This machine's name as a node name: the host name, lower-cased, with anything a DNS
@@ -147,6 +149,8 @@ pub fn up(opts: Up) -> Result<()> {
         host: opts.host.is_some(),
         noop_executor: false,
         mode: "embedded",
+        authenticate: false,
+        rekey: false,
     };
     let nats = opts.host.as_ref().and_then(|h| h.nats.clone());
     rt.block_on(async move {
@@ -155,6 +159,7 @@ pub fn up(opts: Up) -> Result<()> {
                 urls: url,
                 fleet: fleet_name,
                 replicas,
+                rekey,
             }) => {
                 let fabric =
                     qs_fabric::nats::NatsFabric::connect_replicated(&url, &fleet_name, replicas)
@@ -171,8 +176,11 @@ pub fn up(opts: Up) -> Result<()> {
                          this node's instances and ledger) and retrying with backoff"
                     );
                 }
+                // Across processes every message is signed or sealed, and checked.
                 let options = FleetOptions {
                     mode: "nats",
+                    authenticate: true,
+                    rekey,
                     ..options
                 };
                 let fleet = EmbeddedFleet::start_on(options, fabric.clone()).await?;

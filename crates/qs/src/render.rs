@@ -195,6 +195,14 @@ pub fn describe(event: &Event) -> String {
             instance,
             on,
         } => format!("{instance} on {on} becomes the primary of {service}"),
+        Event::PeerQuarantined {
+            peer,
+            reason,
+            for_ms,
+        } => format!(
+            "quarantined {peer} for {:.0} s: it kept sending invalid messages (last: {reason})",
+            *for_ms as f64 / 1000.0
+        ),
     }
 }
 

@@ -363,3 +363,165 @@ fn a_superseded_singleton_stops_when_its_frozen_agent_resumes() {
     );
     assert_eq!(running(survivor).len(), 1, "one copy fleet-wide");
 }
+
+/// One counter or gauge of an agent's `/metrics`, 0 when absent.
+fn metric(up: &Up, name: &str) -> f64 {
+    let (status, text) = up.http("GET", "/metrics", "");
+    assert_eq!(status, 200);
+    let text = text.as_str().unwrap_or_default().to_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn rejected(up: &Up, reason: &str) -> f64 {
+    metric(
+        up,
+        &format!("qs_messages_rejected_total{{reason=\"{reason}\"}}"),
+    )
+}
+
+/// Messages on the bus that are forged (another key, or a MAC under another pair's key),
+/// replayed, stale (even under the real key), unsigned or malformed are dropped, counted by
+/// kind, and change nothing: a forged stop order leaves the instance running, while the same
+/// order from a registered key is obeyed. A name that keeps sending invalid messages is
+/// quarantined: its heartbeats are dropped with the rest and the fleet stops counting on it.
+#[test]
+fn forged_replayed_and_stale_messages_change_nothing_and_a_forger_is_quarantined() {
+    use qs_core::auth::{AuthConfig, Keyring};
+    use qs_fabric::nats::NatsFabric;
+    use qs_fabric::{Fabric, Kv, Topic};
+    use qs_wire::{Envelope, Frame, FrameKind, InstanceId, Message, MessageId, NodeId, NodeRecord};
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = NatsServer::start().expect("nats-server 2.10+ (scripts/test installs it)");
+    let (agents, host) = two_agents_serving_web(dir.path(), &server);
+    let target = &agents[host];
+    let names = ["alpha", "beta"];
+    let (to, posing_as) = (
+        NodeId::new(names[host]).unwrap(),
+        NodeId::new(names[1 - host]).unwrap(),
+    );
+    let (instance, _, pid, _) = target.serving("web").remove(0);
+    let stop = || Message::Stop {
+        instance: InstanceId::new(&instance).unwrap(),
+        reason: "forged".into(),
+    };
+    let now_us = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as u64
+    };
+    let body = |from: &NodeId, seq: u64, sent_at_us: u64| {
+        Envelope::new(from.clone(), seq, sent_at_us, MessageId(seq), stop()).encode()
+    };
+    let auth = AuthConfig::from_config(&qs_core::Config::default(), true);
+    // Multi-threaded: the client flushes what it publishes from a task of its own.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let bus = rt
+        .block_on(NatsFabric::connect(&server.url(), "t"))
+        .unwrap();
+    let send = |frame: Vec<u8>| rt.block_on(bus.send(&to, frame.into())).unwrap();
+    let timeout = std::time::Duration::from_secs(10);
+
+    // A genuine heartbeat of the impersonated node, captured and published again.
+    let captured = rt.block_on(async {
+        let mut beats = bus.subscribe(&Topic::heartbeat(&posing_as)).await.unwrap();
+        tokio::time::timeout(timeout, beats.next())
+            .await
+            .unwrap()
+            .unwrap()
+    });
+    rt.block_on(bus.publish(&Topic::heartbeat(&posing_as), captured.payload))
+        .unwrap();
+
+    // Signed with a key of the forger's own.
+    let mut forger = Keyring::new(auth);
+    forger.add_local(posing_as.clone(), [7; 32]);
+    send(forger.seal(&posing_as, None, &body(&posing_as, now_us(), now_us())));
+    // Sealed under a session key the forger derives from the target's public key, read from
+    // the registry (which anyone on the bus can read): still not the pair's key.
+    let registry = rt.block_on(bus.kv("nodes")).unwrap();
+    let entry = rt.block_on(registry.get(to.as_str())).unwrap().unwrap();
+    let record: NodeRecord = serde_json::from_slice(&entry.value).unwrap();
+    forger.learn(to.clone(), record.key().unwrap()).unwrap();
+    send(forger.seal(&posing_as, Some(&to), &body(&posing_as, now_us(), now_us())));
+    // The impersonated node's real key (read off its state directory), a minute late.
+    let key_file = dir
+        .path()
+        .join(posing_as.as_str())
+        .join("keys")
+        .join(format!("{posing_as}.ed25519"));
+    let secret = qs_wire::identity::unhex(&std::fs::read_to_string(&key_file).unwrap()).unwrap();
+    let mut thief = Keyring::new(auth);
+    thief.add_local(posing_as.clone(), secret);
+    send(thief.seal(
+        &posing_as,
+        None,
+        &body(&posing_as, 1, now_us() - 60_000_000),
+    ));
+    // No tag, and no frame.
+    send(Frame::write(
+        FrameKind::Open,
+        &[],
+        &body(&posing_as, now_us(), now_us()),
+    ));
+    send(b"{\"stop\": \"everything\"}".to_vec());
+
+    for (reason, at_least) in [
+        ("replay", 1.0),
+        ("bad_signature", 2.0),
+        ("stale", 1.0),
+        ("unsigned", 1.0),
+        ("malformed", 1.0),
+    ] {
+        target.wait(&format!("{at_least} {reason} message(s) counted"), |u| {
+            rejected(u, reason) >= at_least
+        });
+    }
+    assert_eq!(
+        target.serving("web").first().map(|s| s.2),
+        Some(pid),
+        "no forged stop order was obeyed"
+    );
+
+    // The control: the same order from a node whose key the registry holds is obeyed.
+    let carol = NodeId::new("carol").unwrap();
+    let mut registered = Keyring::new(auth);
+    let public = registered.add_local(carol.clone(), [42; 32]);
+    let record = NodeRecord::new(public, 2, now_us() / 1000);
+    rt.block_on(registry.put("carol", serde_json::to_vec(&record).unwrap().into()))
+        .unwrap();
+    target.wait("the registered stop order obeyed", |u| {
+        send(registered.seal(&carol, None, &body(&carol, now_us(), now_us())));
+        !u.serving("web").iter().any(|s| s.2 == pid)
+    });
+
+    // A name that keeps sending invalid messages is quarantined.
+    let after = qs_core::Config::default().quarantine_after;
+    for _ in 0..after {
+        send(forger.seal(&posing_as, Some(&to), &body(&posing_as, now_us(), now_us())));
+    }
+    target.wait("the impersonated node quarantined", |u| {
+        metric(u, "qs_peers_quarantined") == 1.0
+    });
+    target.wait(
+        "its heartbeats dropped with the rest, so it is declared dead",
+        |u| live_nodes(u) == 1 && rejected(u, "quarantined") >= 1.0,
+    );
+    let events = target.get("/v1/events?from=0&limit=10000");
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["event"]["event"] == "peer-quarantined"
+                && e["event"]["peer"] == posing_as.as_str()),
+        "the quarantine is in the target's ledger"
+    );
+}

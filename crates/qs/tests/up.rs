@@ -208,7 +208,7 @@ fn sigterm_stops_every_instance() {
 }
 
 #[test]
-fn after_kill_9_a_restart_reaps_the_orphans_and_recovers() {
+fn after_kill_9_a_restart_reaps_the_orphans_counts_them_as_failures_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
     let mut up = with_web(dir.path());
     let orphans: Vec<u32> = up.serving("web").iter().map(|i| i.2).collect();
@@ -228,12 +228,18 @@ fn after_kill_9_a_restart_reaps_the_orphans_and_recovers() {
         u.serving("web").len() == 2
     });
     assert!(up.serving("web").iter().all(|i| !orphans.contains(&i.2)));
+    // What went down with the agent failed on its node: its pressure for web rose.
     let ledger = up.events();
     assert!(ledger.iter().any(|e| {
         e["event"]["outcome"]["reason"]
             .as_str()
-            .is_some_and(|r| r.contains("orphan of a previous agent"))
+            .is_some_and(|r| r.contains("outlived its killed agent"))
     }));
+    assert!(
+        ledger.iter().any(|e| {
+            e["event"]["event"] == "pressure-raised" && e["event"]["service"] == "web"
+        })
+    );
 }
 
 /// A DNS query for `name` (type A); returns the first answer's IPv4 address.

@@ -217,6 +217,35 @@ impl Node {
         );
     }
 
+    /// Raises this node's pressure for `service` at the load bucket of `cpu_util`.
+    fn remember_failure(&mut self, service: &ServiceName, cpu_util: f64, now: Time) {
+        let bucket = load_bucket(cpu_util);
+        let pressure = self.failures.record(service, bucket, now);
+        self.record(Event::PressureRaised {
+            service: service.clone(),
+            load_bucket: bucket,
+            pressure_permille: (pressure * 1000.0).round() as u32,
+        });
+    }
+
+    /// An instance that went down with this node's previous agent: a crash of its service
+    /// here (its steward has placed it again, or will).
+    pub(crate) fn on_lost(
+        &mut self,
+        instance: InstanceId,
+        service: ServiceName,
+        cpu_util: f64,
+        reason: String,
+        now: Time,
+    ) {
+        self.record(Event::InstanceExited {
+            instance,
+            service: service.clone(),
+            outcome: ExitOutcome::Crashed { reason },
+        });
+        self.remember_failure(&service, cpu_util, now);
+    }
+
     /// An instance ended. A failure raises this node's pressure for its service; a failed
     /// instance is restarted in place with backoff up to `max_restarts` times, after which the
     /// node gives it up and its steward places it again (elsewhere, if pressure says so).
@@ -234,13 +263,7 @@ impl Node {
             outcome,
         });
         if failed {
-            let bucket = load_bucket(self.load.cpu_util);
-            let pressure = self.failures.record(&service, bucket, now);
-            self.record(Event::PressureRaised {
-                service: service.clone(),
-                load_bucket: bucket,
-                pressure_permille: (pressure * 1000.0).round() as u32,
-            });
+            self.remember_failure(&service, self.load.cpu_util, now);
         }
         if restart {
             let c = &self.config;

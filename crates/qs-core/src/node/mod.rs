@@ -86,6 +86,15 @@ pub enum Input {
     /// A health check passed (`serving`) or an instance without one is up; or it stopped
     /// passing.
     Health { instance: InstanceId, serving: bool },
+    /// An instance this node ran before its agent was killed, found at restart (still running
+    /// and ended by the shell, or gone): it failed with the node, at the node's CPU use of
+    /// then, and counts as a failure of its service here.
+    Lost {
+        instance: InstanceId,
+        service: ServiceName,
+        cpu_util: f64,
+        reason: String,
+    },
 }
 
 /// The order to start one instance on this node.
@@ -207,6 +216,12 @@ impl Node {
             Input::Sensed { load, instances } => self.on_sensed(load, &instances),
             Input::Message { from, msg } => self.on_message(from, msg, now, reg),
             Input::Exited { instance, outcome } => self.on_exit(&instance, outcome, now),
+            Input::Lost {
+                instance,
+                service,
+                cpu_util,
+                reason,
+            } => self.on_lost(instance, service, cpu_util, reason, now),
             Input::Reconcile => {
                 self.next_reconcile = now + ms(self.config.heartbeat_ms);
                 self.stop_unwanted(reg);

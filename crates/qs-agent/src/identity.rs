@@ -1,0 +1,416 @@
+//! Node identities: each node's Ed25519 key in the state directory, its public half in the
+//! fleet's `nodes` KV bucket, and the process's keyring ([`Auth`]), which learns every peer's
+//! key from that bucket and seals and opens every envelope the process sends and receives.
+//!
+//! Between the nodes of one process (`qs up` on the in-memory fabric) frames go open: nothing
+//! crosses a process boundary there. An agent on NATS requires a tag on everything it hears.
+
+use crate::backoff::Backoff;
+use bytes::Bytes;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use qs_core::Time;
+use qs_core::auth::{AuthConfig, Keyring, Reject, Rejected};
+use qs_fabric::{Fabric, FabricError, Kv, KvEvent};
+use qs_wire::{Envelope, Event, Frame, FrameKind, Message, NodeId, NodeRecord};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// The KV bucket of node identities: key = node id, value = a [`NodeRecord`].
+pub const NODES_BUCKET: &str = "nodes";
+
+/// How long the first registration may take before the agent goes on without it (and keeps
+/// trying in the background).
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Why a node's identity could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("key file {path}: {message}")]
+    KeyFile { path: PathBuf, message: String },
+    #[error(
+        "node `{node}` is registered in the fleet with another key (fingerprint {registered}); \
+         this agent's key is {ours} ({path}). Another machine may use this name; if this one \
+         was reinstalled and lost its key, start it once with --rekey"
+    )]
+    KeyConflict {
+        node: NodeId,
+        registered: String,
+        ours: String,
+        path: PathBuf,
+    },
+    #[error("the fleet's registry entry for `{node}` is unreadable: {message}")]
+    BadRecord { node: NodeId, message: String },
+    #[error(transparent)]
+    Fabric(#[from] FabricError),
+}
+
+/// Where a node's secret key lives.
+pub fn key_path(state_dir: &Path, node: &NodeId) -> PathBuf {
+    state_dir.join("keys").join(format!("{node}.ed25519"))
+}
+
+/// The node's 32 secret bytes: read from its key file, or drawn from the OS and written
+/// there (mode 0600) on first start.
+pub fn load_or_create_secret(state_dir: &Path, node: &NodeId) -> Result<[u8; 32], IdentityError> {
+    let path = key_path(state_dir, node);
+    let err = |message: String| IdentityError::KeyFile {
+        path: path.clone(),
+        message,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => return qs_wire::identity::unhex(&text).map_err(|e| err(e.to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e.to_string())),
+    }
+    let mut secret = [0u8; 32];
+    getrandom::getrandom(&mut secret)
+        .map_err(|e| err(format!("no randomness from the OS: {e}")))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    }
+    let tmp = path.with_extension("tmp");
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| err(e.to_string()))?;
+        f.write_all(qs_wire::identity::hex(&secret).as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(|e| err(e.to_string()))?;
+    }
+    std::fs::rename(&tmp, &path).map_err(|e| err(e.to_string()))?;
+    Ok(secret)
+}
+
+/// Puts this node's record in the registry, unless it is there already with the same key.
+/// Another key there is a conflict, unless `rekey` replaces it.
+pub async fn register<K: Kv>(
+    kv: &K,
+    node: &NodeId,
+    record: &NodeRecord,
+    rekey: bool,
+    key_file: &Path,
+) -> Result<(), IdentityError> {
+    let value = Bytes::from(serde_json::to_vec(record).expect("records serialize"));
+    loop {
+        let expected = match kv.get(node.as_str()).await? {
+            None => None,
+            Some(entry) => {
+                let theirs: NodeRecord =
+                    serde_json::from_slice(&entry.value).map_err(|e| IdentityError::BadRecord {
+                        node: node.clone(),
+                        message: e.to_string(),
+                    })?;
+                if theirs.public_key == record.public_key {
+                    return Ok(());
+                }
+                if !rekey {
+                    return Err(IdentityError::KeyConflict {
+                        node: node.clone(),
+                        registered: theirs.fingerprint().to_string(),
+                        ours: record.fingerprint().to_string(),
+                        path: key_file.to_path_buf(),
+                    });
+                }
+                Some(entry.revision)
+            }
+        };
+        match kv.cas(node.as_str(), value.clone(), expected).await {
+            Ok(_) => return Ok(()),
+            // Someone wrote it meanwhile: look again.
+            Err(FabricError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// One of this process's nodes, for registration.
+#[derive(Clone, Debug)]
+pub struct Own {
+    pub node: NodeId,
+    pub record: NodeRecord,
+    pub key_file: PathBuf,
+}
+
+/// The process's keyring and what it counts; shared by the runtimes, the heartbeat feed and
+/// the API.
+pub struct Auth {
+    required: bool,
+    keyring: Mutex<Keyring>,
+    /// Messages dropped, by reason.
+    pub rejected: Family<Vec<(String, String)>, Counter>,
+    /// Quarantines begun, waiting for a runtime to record them in the ledger.
+    quarantines: Mutex<Vec<Event>>,
+}
+
+impl Auth {
+    pub fn new(config: AuthConfig) -> Self {
+        let rejected = Family::default();
+        for reason in Reject::ALL {
+            // Every reason shows in /metrics from the start, at 0.
+            let _ = rejected.get_or_create(&vec![("reason".into(), reason.as_str().into())]);
+        }
+        Auth {
+            required: config.required,
+            keyring: Mutex::new(Keyring::new(config)),
+            rejected,
+            quarantines: Mutex::default(),
+        }
+    }
+
+    fn keyring(&self) -> std::sync::MutexGuard<'_, Keyring> {
+        self.keyring.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a node of this process; returns its public key.
+    pub fn add_local(&self, node: NodeId, secret: [u8; 32]) -> [u8; 32] {
+        self.keyring().add_local(node, secret)
+    }
+
+    /// Frames an encoded envelope from a node of this process, to `to` or to all.
+    pub fn seal(&self, from: &NodeId, to: Option<&NodeId>, body: &[u8]) -> Bytes {
+        if !self.required {
+            return Bytes::from(Frame::write(FrameKind::Open, &[], body));
+        }
+        Bytes::from(self.keyring().seal(from, to, body))
+    }
+
+    /// Opens frames received by `to` (`None`: broadcasts); what is dropped is counted and
+    /// logged, and a quarantine it begins is queued for the ledger.
+    pub fn open_many<'a>(
+        &self,
+        to: Option<&'a NodeId>,
+        frames: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Vec<Option<Envelope<Message>>> {
+        let now = crate::runtime::now();
+        if !self.required {
+            // Nothing to check between the nodes of one process but the bytes themselves.
+            return frames
+                .into_iter()
+                .map(|bytes| {
+                    let opened = Frame::parse(bytes)
+                        .map_err(|e| e.to_string())
+                        .and_then(|f| Envelope::decode(f.body).map_err(|e| e.to_string()));
+                    opened.map_err(|e| self.count(malformed(e), now)).ok()
+                })
+                .collect();
+        }
+        let opened = self.keyring().open_many(to, frames, now);
+        opened
+            .into_iter()
+            .map(|r| r.map_err(|e| self.count(e, now)).ok())
+            .collect()
+    }
+
+    /// Opens one frame received by `to`.
+    pub fn open(&self, to: Option<&NodeId>, bytes: &[u8]) -> Option<Envelope<Message>> {
+        self.open_many(to, [bytes]).pop().flatten()
+    }
+
+    fn count(&self, r: Rejected, now: Time) {
+        self.rejected
+            .get_or_create(&vec![("reason".into(), r.reason.as_str().into())])
+            .inc();
+        match r.reason {
+            Reject::Quarantined => {}
+            Reject::UnknownSender => tracing::debug!("dropped a message: {r}"),
+            _ => tracing::warn!("dropped a message: {r}"),
+        }
+        if let (Some(until), Some(peer)) = (r.quarantined_until, r.sender) {
+            let for_ms = until.as_micros().saturating_sub(now.as_micros()) / 1000;
+            tracing::warn!("quarantined {peer} for {for_ms} ms");
+            self.quarantines
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(Event::PeerQuarantined {
+                    peer,
+                    reason: r.reason.as_str().into(),
+                    for_ms,
+                });
+        }
+    }
+
+    /// Quarantines begun since the last call, as ledger events.
+    pub fn take_quarantines(&self) -> Vec<Event> {
+        std::mem::take(&mut self.quarantines.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Peers quarantined now.
+    pub fn quarantined(&self) -> Vec<NodeId> {
+        let now = crate::runtime::now();
+        self.keyring().quarantined(now).cloned().collect()
+    }
+
+    /// Total of messages dropped for `reason`.
+    pub fn rejected(&self, reason: Reject) -> u64 {
+        self.keyring().counters().rejected(reason)
+    }
+
+    fn learn(&self, node: &str, value: &[u8]) {
+        let Ok(id) = NodeId::new(node) else {
+            return tracing::warn!(key = node, "ignored a registry entry: not a node id");
+        };
+        let key = serde_json::from_slice::<NodeRecord>(value)
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.key().map_err(|e| e.to_string()));
+        match key {
+            Ok(key) => {
+                if let Err(e) = self.keyring().learn(id, key) {
+                    tracing::warn!("ignored a registry entry: {e}");
+                }
+            }
+            Err(e) => tracing::warn!(node, "ignored an unreadable registry entry: {e}"),
+        }
+    }
+
+    fn forget(&self, node: &str) {
+        if let Ok(id) = NodeId::new(node) {
+            self.keyring().forget(&id);
+        }
+    }
+}
+
+fn malformed(detail: String) -> Rejected {
+    Rejected {
+        reason: Reject::Malformed,
+        sender: None,
+        quarantined_until: None,
+        detail: Some(detail),
+    }
+}
+
+/// Registers this process's nodes (tries again with backoff while the fabric cannot; a
+/// conflict is logged and given up), then follows the registry, teaching `auth` every key,
+/// until `stop`.
+pub async fn follow<F: Fabric>(
+    fabric: F,
+    auth: std::sync::Arc<Auth>,
+    own: Vec<Own>,
+    rekey: bool,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
+    let mut pending: BTreeMap<NodeId, Own> = own.into_iter().map(|o| (o.node.clone(), o)).collect();
+    loop {
+        let attempt = async {
+            let kv = fabric.kv(NODES_BUCKET).await?;
+            let mut conflicts = Vec::new();
+            for o in pending.values() {
+                match register(&kv, &o.node, &o.record, rekey, &o.key_file).await {
+                    Ok(()) => conflicts.push((o.node.clone(), None)),
+                    Err(IdentityError::Fabric(e)) => return Err(e),
+                    Err(e) => conflicts.push((o.node.clone(), Some(e))),
+                }
+            }
+            let watch = kv.watch("").await?;
+            Ok::<_, FabricError>((conflicts, watch))
+        };
+        let tried = tokio::select! {
+            _ = stop.changed() => return,
+            r = tokio::time::timeout(REGISTER_TIMEOUT, attempt) => r,
+        };
+        let mut watch = match tried {
+            Ok(Ok((done, watch))) => {
+                for (node, conflict) in done {
+                    pending.remove(&node);
+                    if let Some(e) = conflict {
+                        tracing::error!("{e}; its messages will be dropped by the fleet");
+                    }
+                }
+                backoff.reset();
+                watch
+            }
+            Ok(Err(e)) => {
+                tracing::warn!("node registry: {e}; retrying");
+                if backoff.wait(&mut stop).await {
+                    return;
+                }
+                continue;
+            }
+            Err(_) => {
+                tracing::warn!("node registry: no answer; retrying");
+                if backoff.wait(&mut stop).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        loop {
+            let event = tokio::select! {
+                _ = stop.changed() => return,
+                e = watch.next() => e,
+            };
+            match event {
+                Some(Ok(KvEvent::Put(e))) => auth.learn(&e.key, &e.value),
+                Some(Ok(KvEvent::Delete { key, .. })) => auth.forget(&key),
+                Some(Ok(KvEvent::Synced)) => {}
+                Some(Err(e)) => tracing::warn!("node registry watch: {e}"),
+                // The watch fell behind or its server went away: watch again.
+                None => break,
+            }
+        }
+        if backoff.wait(&mut stop).await {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qs_fabric::memory::MemoryFabric;
+
+    #[test]
+    fn a_key_is_created_once_then_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = NodeId::new("forge").unwrap();
+        let first = load_or_create_secret(dir.path(), &node).unwrap();
+        assert_eq!(load_or_create_secret(dir.path(), &node).unwrap(), first);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(key_path(dir.path(), &node))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        std::fs::write(key_path(dir.path(), &node), "not hex").unwrap();
+        let err = load_or_create_secret(dir.path(), &node)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("forge.ed25519") && err.contains("64 hex digits"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_name_registered_with_another_key_is_refused_unless_rekeyed() {
+        let fabric = MemoryFabric::new();
+        let kv = fabric.kv(NODES_BUCKET).await.unwrap();
+        let node = NodeId::new("forge").unwrap();
+        let path = Path::new("keys/forge.ed25519");
+        let first = NodeRecord::new([1; 32], 1, 0);
+        let second = NodeRecord::new([2; 32], 1, 0);
+        register(&kv, &node, &first, false, path).await.unwrap();
+        register(&kv, &node, &first, false, path).await.unwrap();
+        let err = register(&kv, &node, &second, false, path)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, IdentityError::KeyConflict { .. }), "{err}");
+        assert!(err.to_string().contains("--rekey"), "{err}");
+        register(&kv, &node, &second, true, path).await.unwrap();
+        let stored: NodeRecord =
+            serde_json::from_slice(&kv.get("forge").await.unwrap().unwrap().value).unwrap();
+        assert_eq!(stored, second);
+    }
+}
