@@ -14,7 +14,7 @@ use qs_fabric::{Bytes, Fabric, Kv, Topic};
 use qs_store::Ledger;
 use qs_wire::{
     DeclineReason, Demand, Envelope, Event, ExitOutcome, InstanceId, InstanceLoad, Load, Message,
-    MessageId, NodeId, NodeSpec, NodeStatus, Offer, ServiceName, WorkloadSpec,
+    MessageId, NodeId, NodeSpec, NodeStatus, Offer, ServiceName, SingletonClaim, WorkloadSpec,
 };
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -24,6 +24,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 /// The KV bucket of desired state.
 pub const SPECS_BUCKET: &str = "specs";
+/// The KV bucket of singleton records (`SingletonClaim`s, key: the service).
+pub const INSTANCES_BUCKET: &str = "instances";
+/// Compare-and-set tries of one claim before it gives up (each lost try means another
+/// writer got in between; the core's claim timeout covers the rest).
+const CLAIM_TRIES: usize = 8;
 /// How often the failure detector looks for silent nodes and overdue probes.
 const DETECT_EVERY: Duration = Duration::from_millis(50);
 /// How stale the API's view of a node may be.
@@ -177,6 +182,12 @@ pub enum Control {
         serving: bool,
         failed: Option<String>,
     },
+    /// The answer to a singleton's claim.
+    Claimed {
+        service: ServiceName,
+        instance: InstanceId,
+        result: Result<(), SingletonClaim>,
+    },
 }
 
 /// Everything shared by the node runtimes of one process and its API.
@@ -234,6 +245,59 @@ struct Runtime<F: Fabric> {
     detector: Option<Detector>,
     /// The load bucket last written to the instance file.
     saved_load_bucket: u8,
+}
+
+/// Carries out a singleton's claim on the `instances` KV: read the record, let the core's rule
+/// judge it, compare-and-set; answers through the node's control channel. A fabric that does
+/// not answer gets no reply: the placement's claim timeout ends it.
+async fn claim_record<F: Fabric>(
+    fabric: F,
+    service: ServiceName,
+    claim: SingletonClaim,
+    reply: mpsc::Sender<Control>,
+) {
+    let attempt = async {
+        let kv = fabric.kv(INSTANCES_BUCKET).await?;
+        let value = Bytes::from(serde_json::to_vec(&claim).expect("claims serialize"));
+        for _ in 0..CLAIM_TRIES {
+            let entry = kv.get(service.as_str()).await?;
+            let current = match &entry {
+                Some(e) => match serde_json::from_slice::<SingletonClaim>(&e.value) {
+                    Ok(c) => Some(c),
+                    Err(err) => {
+                        tracing::warn!(%service, "replacing an unreadable singleton record: {err}");
+                        None
+                    }
+                },
+                None => None,
+            };
+            if !qs_core::claim_allowed(current.as_ref(), &claim) {
+                return Ok(Err(current.expect("a refused claim has a holder")));
+            }
+            let expected = entry.map(|e| e.revision);
+            match kv.cas(service.as_str(), value.clone(), expected).await {
+                Ok(_) => return Ok(Ok(())),
+                Err(qs_fabric::FabricError::Conflict { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(qs_fabric::FabricError::Backend(format!(
+            "the record of {service} changed under {CLAIM_TRIES} tries"
+        )))
+    };
+    match attempt.await {
+        Ok(result) => {
+            let instance = claim.instance;
+            let _ = reply
+                .send(Control::Claimed {
+                    service,
+                    instance,
+                    result,
+                })
+                .await;
+        }
+        Err(e) => tracing::warn!(%service, "claiming the singleton record: {e}"),
+    }
 }
 
 /// Runs one node until `stop` turns true; stops its instances before returning.
@@ -441,6 +505,14 @@ impl<F: Fabric> Runtime<F> {
                 Output::Ack { target, nonce } => {
                     pending_acks.push(DetectorInput::Ack { target, nonce });
                 }
+                Output::Claim { service, claim } => {
+                    tokio::spawn(claim_record(
+                        self.fabric.clone(),
+                        service,
+                        claim,
+                        self.control_tx.clone(),
+                    ));
+                }
                 Output::Record(event) => {
                     if matches!(event, Event::Placed { .. }) {
                         self.shared.counters.placements.inc();
@@ -628,6 +700,18 @@ impl<F: Fabric> Runtime<F> {
                         .stop(&instance, &format!("health check failed: {reason}"));
                 }
                 self.input(Input::Health { instance, serving }).await;
+            }
+            Control::Claimed {
+                service,
+                instance,
+                result,
+            } => {
+                self.input(Input::Claimed {
+                    service,
+                    instance,
+                    result,
+                })
+                .await
             }
         }
     }

@@ -72,6 +72,8 @@ pub struct Config {
     pub query_timeout_min_ms: u64,
     pub query_timeout_max_ms: u64,
     pub dispatch_timeout_ms: u64,
+    /// How long a singleton's placement waits for its claim on the `instances` KV.
+    pub claim_timeout_ms: u64,
     pub retry_backoff_ms: u64,
     pub retry_backoff_max_ms: u64,
     /// Query rounds before a placement gives up (the steward starts a new one later).
@@ -124,6 +126,7 @@ impl Default for Config {
             query_timeout_min_ms: 5,
             query_timeout_max_ms: 500,
             dispatch_timeout_ms: 500,
+            claim_timeout_ms: 2000,
             retry_backoff_ms: 100,
             retry_backoff_max_ms: 2000,
             max_attempts: 5,
@@ -198,6 +201,7 @@ impl Config {
         positive("heartbeat_ms", self.heartbeat_ms)?;
         positive("query_timeout_min_ms", self.query_timeout_min_ms)?;
         positive("dispatch_timeout_ms", self.dispatch_timeout_ms)?;
+        positive("claim_timeout_ms", self.claim_timeout_ms)?;
         positive("failure_half_life_ms", self.failure_half_life_ms)?;
         positive("query_sample", self.query_sample as u64)?;
         positive("max_attempts", u64::from(self.max_attempts))?;

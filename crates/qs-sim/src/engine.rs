@@ -166,6 +166,8 @@ pub struct Sim {
     counters: Counters,
     /// How long a job instance runs, per job.
     job_ms: BTreeMap<ServiceName, u64>,
+    /// The `instances` KV's singleton records (compare-and-set is atomic in one process).
+    claims: BTreeMap<ServiceName, qs_wire::SingletonClaim>,
 }
 
 impl Sim {
@@ -208,6 +210,7 @@ impl Sim {
                 .expect("one hour in microseconds at 3 significant figures is a valid range"),
             counters: Counters::default(),
             job_ms: BTreeMap::new(),
+            claims: BTreeMap::new(),
         };
         for i in 0..sim.nodes.len() {
             sim.reschedule(i);
@@ -605,6 +608,24 @@ impl Sim {
                     );
                 }
                 Output::Record(event) => self.on_record(i, event),
+                Output::Claim { service, claim } => {
+                    let current = self.claims.get(&service);
+                    let result = if qs_core::claim_allowed(current, &claim) {
+                        Ok(())
+                    } else {
+                        Err(current.cloned().expect("a refused claim has a holder"))
+                    };
+                    let instance = claim.instance.clone();
+                    if result.is_ok() {
+                        self.claims.insert(service.clone(), claim);
+                    }
+                    let input = Box::new(Input::Claimed {
+                        service,
+                        instance,
+                        result,
+                    });
+                    self.push(now + micros(self.net.kv_us), Ev::Local { to: i, input });
+                }
             }
         }
     }

@@ -148,6 +148,19 @@ pub enum Event {
         instance: InstanceId,
         on: NodeId,
     },
+    /// A singleton's placement owns its fencing token in the `instances` KV.
+    Claimed {
+        placement: PlacementId,
+        instance: InstanceId,
+        fencing: u64,
+    },
+    /// Another placement holds the singleton's record with a token at or above this one's:
+    /// this placement ends before anything starts.
+    ClaimRefused {
+        placement: PlacementId,
+        held_by: InstanceId,
+        fencing: u64,
+    },
     /// This node stopped listening to `peer` for `for_ms`: it kept sending invalid messages
     /// (`reason` names the last kind).
     PeerQuarantined {

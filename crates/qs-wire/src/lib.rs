@@ -20,7 +20,7 @@ pub use identity::NodeRecord;
 pub use ids::{InstanceId, NameError, NodeId, PlacementId, ServiceName};
 pub use message::{
     Composite, DeclineReason, Demand, ExitOutcome, InstanceSummary, Message, NodeStatus, Offer,
-    Resource, Role,
+    Resource, Role, SingletonClaim,
 };
 pub use resources::{Capacity, Committed, GpuCapacity, GpuLoad, InstanceLoad, Load, Resources};
 pub use spec::{

@@ -213,6 +213,18 @@ pub struct NodeStatus {
     pub draining: bool,
 }
 
+/// A singleton's record in the fleet's `instances` KV bucket (key: the service): the
+/// placement that owns the newest fencing token. Two stewards that place the same singleton at
+/// once (views differ while membership changes) settle it here by compare-and-set: a claim at or
+/// below the record's token, for another instance, is refused, so tokens only grow.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SingletonClaim {
+    pub instance: InstanceId,
+    pub fencing: u64,
+    pub steward: NodeId,
+}
+
 /// Every message between nodes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 // Externally tagged: it decodes in one pass (an internal tag makes serde buffer every

@@ -195,6 +195,12 @@ pub fn describe(event: &Event) -> String {
             instance,
             on,
         } => format!("{instance} on {on} becomes the primary of {service}"),
+        Event::Claimed {
+            instance, fencing, ..
+        } => format!("claimed fencing token {fencing} for {instance} in the instances KV"),
+        Event::ClaimRefused {
+            held_by, fencing, ..
+        } => format!("claim refused: {held_by} holds fencing token {fencing}; nothing starts"),
         Event::PeerQuarantined {
             peer,
             reason,

@@ -125,8 +125,11 @@ fn an_instance_of_a_killed_agent_serves_again_on_a_survivor() {
     });
 }
 
-/// How many of `node`'s ledger records the fleet's stream holds (its next sequence number).
-fn mirrored(server: &NatsServer, node: &str) -> u64 {
+/// Runs `f` with a client of fleet `t` on `server`, on a runtime of its own.
+fn with_fleet_client<T, Fut: std::future::Future<Output = T>>(
+    server: &NatsServer,
+    f: impl FnOnce(qs_fabric::nats::NatsFabric) -> Fut,
+) -> T {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -135,7 +138,14 @@ fn mirrored(server: &NatsServer, node: &str) -> u64 {
         let fabric = qs_fabric::nats::NatsFabric::connect(&server.url(), "t")
             .await
             .unwrap();
-        let node = qs_wire::NodeId::new(node).unwrap();
+        f(fabric).await
+    })
+}
+
+/// How many of `node`'s ledger records the fleet's stream holds (its next sequence number).
+fn mirrored(server: &NatsServer, node: &str) -> u64 {
+    let node = qs_wire::NodeId::new(node).unwrap();
+    with_fleet_client(server, |fabric| async move {
         let mirror = fabric.ledger_mirror(&node).await.unwrap();
         mirror.resume_from().await.unwrap()
     })
@@ -362,6 +372,20 @@ fn a_superseded_singleton_stops_when_its_frozen_agent_resumes() {
         "the frozen agent's ledger says why its copy stopped"
     );
     assert_eq!(running(survivor).len(), 1, "one copy fleet-wide");
+    // The fleet's record of the singleton names the copy that runs, with the newer token.
+    let record = kv_entry(&server, "instances", "train").expect("train's record");
+    let (kept, ..) = running(survivor).remove(0);
+    assert_eq!(record["instance"], kept.as_str(), "{record}");
+    assert!(record["fencing"].as_u64() >= Some(2), "{record}");
+}
+
+/// The JSON value of `key` in the fleet `t`'s KV `bucket`, read through NATS.
+fn kv_entry(server: &NatsServer, bucket: &str, key: &str) -> Option<serde_json::Value> {
+    use qs_fabric::{Fabric, Kv};
+    with_fleet_client(server, |fabric| async move {
+        let entry = fabric.kv(bucket).await.unwrap().get(key).await.unwrap()?;
+        serde_json::from_slice(&entry.value).ok()
+    })
 }
 
 /// One counter or gauge of an agent's `/metrics`, 0 when absent.
@@ -523,5 +547,208 @@ fn forged_replayed_and_stale_messages_change_nothing_and_a_forger_is_quarantined
             .any(|e| e["event"]["event"] == "peer-quarantined"
                 && e["event"]["peer"] == posing_as.as_str()),
         "the quarantine is in the target's ledger"
+    );
+}
+
+/// Queries per 5 ms of the DNS load: enough to take dnsmasq past the 0.1 core it asks for,
+/// little enough to leave the host's other cores to the other nodes (all of them share this
+/// machine's CPU, and a saturated host would make every offer fail the gate).
+const QUERIES_PER_BURST: usize = 100;
+
+/// Loads a DNS server with queries from a thread until the returned flag is set (or a bound
+/// passes): real load on its process.
+fn dns_flood(
+    port: u16,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<u64>,
+) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let thread = std::thread::spawn(move || {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_nonblocking(true).unwrap();
+        let query = [
+            0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 2, b'n', b's', 5, b'f', b'l', b'e', b'e',
+            b't', 5, b'l', b'o', b'c', b'a', b'l', 0, 0, 1, 0, 1,
+        ];
+        let mut buf = [0u8; 512];
+        let (start, mut sent) = (std::time::Instant::now(), 0u64);
+        while !flag.load(Ordering::Relaxed) && start.elapsed() < 4 * LIMIT {
+            for _ in 0..QUERIES_PER_BURST {
+                if sock.send_to(&query, ("127.0.0.1", port)).is_ok() {
+                    sent += 1;
+                }
+            }
+            while sock.recv(&mut buf).is_ok() {}
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        sent
+    });
+    (stop, thread)
+}
+
+/// Events of every agent's ledger.
+fn all_events(agents: &[&Up]) -> Vec<serde_json::Value> {
+    agents.iter().flat_map(|a| a.events()).collect()
+}
+
+/// Seed 000's CoreDNS story, for real: three agent processes share one nats-server; dnsmasq
+/// serves the zone on node A; a flood of real DNS queries makes it hot, and the fleet adds a
+/// replica on the best other node through the five steps; A's agent is killed with SIGKILL
+/// and the name still resolves through the survivors; A's restarted agent counts the instance
+/// that went down with it as a failure, its pressure for the service rises in the ledger, and
+/// shows in its composite at the next placement.
+#[test]
+fn seed_000_dns_story_across_three_agents() {
+    assert!(
+        dnsmasq_installed(),
+        "dnsmasq is required (Debian package dnsmasq-base; ./scripts/test installs it when run as root)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let server = NatsServer::start().expect("nats-server 2.10+ (scripts/test installs it)");
+    let url = server.url();
+    let names = ["msi01", "forge", "lilo"];
+    let levels = ["0", "1", "1"];
+    let start = |i: usize| agent_on(dir.path(), &url, names[i], &["--level", levels[i]]);
+    let mut agents: Vec<Up> = (0..3).map(start).collect();
+    agents[0].wait("three nodes in msi01's registry", |u| live_nodes(u) == 3);
+    agents[0].apply(include_str!("../../../examples/dns.toml"));
+    let serving = |agents: &[Up]| -> Vec<(usize, (String, String, u32, u16))> {
+        agents
+            .iter()
+            .enumerate()
+            .flat_map(|(i, a)| a.serving("fleet-dns").into_iter().map(move |s| (i, s)))
+            .collect()
+    };
+    agents[0].wait("one dnsmasq serving", |_| serving(&agents).len() == 1);
+    let (a, (first, _, _, port)) = serving(&agents).remove(0);
+    assert_eq!(resolve(port, "ns.fleet.local"), Some([127, 0, 0, 53]));
+
+    // Real load on A's dnsmasq: it turns hot and the fleet scales out to another node.
+    let (stop_flood, flood) = dns_flood(port);
+    agents[a].wait("a second replica, on another node", |_| {
+        serving(&agents).iter().any(|(i, _)| *i != a)
+    });
+    stop_flood.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(flood.join().unwrap() > 0);
+    let everyone: Vec<&Up> = agents.iter().collect();
+    let events = all_events(&everyone);
+    fn kind<'a>(
+        events: &'a [serde_json::Value],
+        k: &'a str,
+    ) -> impl Iterator<Item = &'a serde_json::Value> {
+        events.iter().filter(move |e| e["event"]["event"] == k)
+    }
+    assert!(
+        kind(&events, "instance-hot").any(|e| e["event"]["instance"] == first.as_str()),
+        "A's dnsmasq was sensed hot"
+    );
+    // The placement that put the new replica away from A began with the hot sensing (step 1).
+    let hot_placements: Vec<&serde_json::Value> = kind(&events, "sensed")
+        .filter(|e| e["event"]["reason"]["reason"] == "hot")
+        .map(|e| &e["event"]["placement"])
+        .collect();
+    assert!(
+        !hot_placements.is_empty(),
+        "a steward sensed the hot instance"
+    );
+    let placement = &kind(&events, "placed")
+        .find(|e| {
+            e["event"]["on"] != names[a] && hot_placements.contains(&&e["event"]["placement"])
+        })
+        .unwrap_or_else(|| {
+            let story: Vec<String> = events
+                .iter()
+                .filter(|e| e["event"]["placement"].is_object())
+                .map(|e| e.to_string())
+                .collect();
+            panic!(
+                "the scale-out placed no replica away from A:\n{}",
+                story.join("\n")
+            )
+        })["event"]["placement"];
+    let step = |k: &'static str| {
+        kind(&events, k)
+            .find(|e| &e["event"]["placement"] == placement)
+            .unwrap_or_else(|| panic!("no {k} event for the scale-out {placement}"))
+    };
+    step("local-check");
+    let gathered = step("gathered");
+    assert!(
+        !gathered["event"]["offers"].as_array().unwrap().is_empty(),
+        "offers with their composites came back (step 4): {gathered}"
+    );
+    // Dispatched to the best offer, or started by the steward itself when its own offer won.
+    let placed = step("placed");
+    let on = placed["event"]["on"].as_str().unwrap();
+    assert_ne!(on, names[a], "placed away from A");
+    if on != placement["steward"] {
+        assert_eq!(step("dispatched")["event"]["to"], on);
+    }
+
+    // kill -9 A's agent: the name still resolves through the survivors.
+    agents[a].signal(libc::SIGKILL);
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != a).collect();
+    let survivor_dns = || -> Vec<u16> {
+        survivors
+            .iter()
+            .flat_map(|&i| agents[i].serving("fleet-dns"))
+            .map(|s| s.3)
+            .collect()
+    };
+    let ports = survivor_dns();
+    assert!(!ports.is_empty(), "a survivor serves the zone");
+    for p in ports {
+        assert_eq!(resolve(p, "forge.fleet.local"), Some([127, 0, 0, 12]));
+    }
+    agents[survivors[0]].wait("A declared dead by the survivors", |u| live_nodes(u) == 2);
+
+    // A comes back: what went down with it failed there, and its pressure rises.
+    agents[a] = start(a);
+    agents[a].wait("A's pressure for fleet-dns raised", |u| {
+        u.events().iter().any(|e| {
+            e["event"]["event"] == "pressure-raised"
+                && e["event"]["service"] == "fleet-dns"
+                && e["event"]["pressure_permille"].as_u64() > Some(0)
+        })
+    });
+    agents[a].wait("A back in the fleet", |u| live_nodes(u) == 3);
+    let explained = agents[a].explain("fleet-dns", names[a]);
+    assert!(
+        explained["offer"]["composite"]["pressure"].as_f64() > Some(0.0),
+        "A's composite carries its pressure: {explained}"
+    );
+
+    // The next placement sees it: a third replica; A's composite in that round has pressure.
+    agents[a]
+        .apply(&include_str!("../../../examples/dns.toml").replace("replicas = 1", "replicas = 3"));
+    agents[a].wait("three replicas serving", |_| serving(&agents).len() == 3);
+    let everyone: Vec<&Up> = agents.iter().collect();
+    let a_composites: Vec<f64> = all_events(&everyone)
+        .iter()
+        .flat_map(|e| {
+            let ev = &e["event"];
+            let mut found = Vec::new();
+            if ev["event"] == "gathered" {
+                for o in ev["offers"].as_array().into_iter().flatten() {
+                    if o["from"] == names[a] {
+                        found.push(o["composite"]["pressure"].as_f64().unwrap_or(0.0));
+                    }
+                }
+            }
+            if ev["event"] == "local-check"
+                && e["node"] == names[a]
+                && let Some(p) = ev["verdict"]["composite"]["pressure"].as_f64()
+            {
+                found.push(p);
+            }
+            found
+        })
+        .collect();
+    assert!(
+        a_composites.iter().any(|&p| p > 0.0),
+        "A's composite in a placement after its restart carries its pressure: {a_composites:?}"
     );
 }

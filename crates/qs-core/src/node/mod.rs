@@ -17,7 +17,7 @@ use crate::time::{Time, ms};
 use crate::weight::Gate;
 use qs_wire::{
     Capacity, Committed, Event, ExitOutcome, InstanceId, InstanceLoad, Load, Message, NodeId,
-    NodeSpec, NodeStatus, Resources, Role, ServiceName,
+    NodeSpec, NodeStatus, Resources, Role, ServiceName, SingletonClaim,
 };
 use std::collections::{BTreeMap, VecDeque};
 
@@ -86,6 +86,13 @@ pub enum Input {
     /// A health check passed (`serving`) or an instance without one is up; or it stopped
     /// passing.
     Health { instance: InstanceId, serving: bool },
+    /// The answer to [`Output::Claim`]: `Ok` when the record is ours, else the record that
+    /// holds the service.
+    Claimed {
+        service: ServiceName,
+        instance: InstanceId,
+        result: Result<(), SingletonClaim>,
+    },
     /// An instance this node ran before its agent was killed, found at restart (still running
     /// and ended by the shell, or gone): it failed with the node, at the node's CPU use of
     /// then, and counts as a failure of its service here.
@@ -127,6 +134,21 @@ pub enum Output {
     /// `target` answered a probe of this process's failure detector
     /// ([`crate::DetectorInput::Ack`]).
     Ack { target: NodeId, nonce: u64 },
+    /// Claim a singleton's record in the fleet's `instances` KV: write `claim` under the
+    /// service's key by compare-and-set if [`claim_allowed`] admits it over what is there; the
+    /// answer comes back as [`Input::Claimed`].
+    Claim {
+        service: ServiceName,
+        claim: SingletonClaim,
+    },
+}
+
+/// Whether `mine` may replace the singleton record `current`: tokens only grow, and a
+/// placement may claim its own token again.
+pub fn claim_allowed(current: Option<&SingletonClaim>, mine: &SingletonClaim) -> bool {
+    current.is_none_or(|c| {
+        c.fencing < mine.fencing || (c.fencing == mine.fencing && c.instance == mine.instance)
+    })
 }
 
 /// See the module docs.
@@ -216,6 +238,11 @@ impl Node {
             Input::Sensed { load, instances } => self.on_sensed(load, &instances),
             Input::Message { from, msg } => self.on_message(from, msg, now, reg),
             Input::Exited { instance, outcome } => self.on_exit(&instance, outcome, now),
+            Input::Claimed {
+                service,
+                instance,
+                result,
+            } => self.on_claimed(&service, &instance, result, now, reg),
             Input::Lost {
                 instance,
                 service,

@@ -7,7 +7,8 @@ use crate::registry::Registry;
 use crate::time::{Time, ms};
 use qs_wire::{
     DeclineFrom, DeclineReason, Demand, Event, HaPattern, InstanceId, LocalVerdict, Message,
-    NodeId, Offer, OfferFrom, PlacementId, Role, SenseReason, ServiceName, WorkloadSpec,
+    NodeId, Offer, OfferFrom, PlacementId, Role, SenseReason, ServiceName, SingletonClaim,
+    WorkloadSpec,
 };
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -44,6 +45,8 @@ enum Stage {
         target: NodeId,
         deadline: Time,
     },
+    /// Step 1 for a singleton: its fencing token is being claimed in the `instances` KV.
+    Claiming { deadline: Time },
     /// Nothing worked this round; try again at `until`.
     Backoff { until: Time },
 }
@@ -51,7 +54,9 @@ enum Stage {
 impl Placement {
     pub(crate) fn deadline(&self) -> Time {
         match &self.stage {
-            Stage::Gathering { deadline, .. } | Stage::Dispatching { deadline, .. } => *deadline,
+            Stage::Gathering { deadline, .. }
+            | Stage::Dispatching { deadline, .. }
+            | Stage::Claiming { deadline } => *deadline,
             Stage::Backoff { until } => *until,
         }
     }
@@ -428,7 +433,69 @@ impl Node {
                 stage: Stage::Backoff { until: now },
             },
         );
-        self.run_round(seq, now, reg);
+        if fencing == 0 {
+            return self.run_round(seq, now, reg);
+        }
+        // A singleton: its token is claimed before anything is asked or started, so two
+        // stewards placing it at once cannot both go on.
+        let Some(p) = self.placements.get_mut(&seq) else {
+            return;
+        };
+        p.stage = Stage::Claiming {
+            deadline: now + ms(self.config.claim_timeout_ms),
+        };
+        let claim = SingletonClaim {
+            instance: p.instance.clone(),
+            fencing,
+            steward: self.id.clone(),
+        };
+        let service = spec.name.clone();
+        self.emit(Output::Claim { service, claim });
+    }
+
+    /// The answer to a singleton's claim: go on with the placement, or end it and remember
+    /// the token that holds the service, so the next placement claims above it.
+    pub(crate) fn on_claimed(
+        &mut self,
+        service: &ServiceName,
+        instance: &InstanceId,
+        result: Result<(), SingletonClaim>,
+        now: Time,
+        reg: &Registry,
+    ) {
+        let Some((&seq, p)) = self
+            .placements
+            .iter()
+            .find(|(_, p)| p.instance == *instance && matches!(p.stage, Stage::Claiming { .. }))
+        else {
+            return;
+        };
+        let (pid, fencing) = (p.id.clone(), p.fencing);
+        match result {
+            Ok(()) => {
+                self.record(Event::Claimed {
+                    placement: pid,
+                    instance: instance.clone(),
+                    fencing,
+                });
+                self.run_round(seq, now, reg);
+            }
+            Err(held) => {
+                if let Some(st) = self.services.get_mut(service) {
+                    st.last_fencing = st.last_fencing.max(held.fencing);
+                }
+                let why = format!(
+                    "fencing token {} is held by {} (claimed by {})",
+                    held.fencing, held.instance, held.steward
+                );
+                self.record(Event::ClaimRefused {
+                    placement: pid,
+                    held_by: held.instance,
+                    fencing: held.fencing,
+                });
+                self.end(seq, End::GaveUp(why), now);
+            }
+        }
     }
 
     /// Steps 2 and 3: local check, then the capacity query.
@@ -889,6 +956,14 @@ impl Node {
                     }
                 }
                 Stage::Backoff { .. } => self.run_round(seq, now, reg),
+                Stage::Claiming { .. } => {
+                    // The claim may have been written: the next placement claims above it.
+                    let (service, fencing) = (p.demand.service.clone(), p.fencing);
+                    if let Some(st) = self.services.get_mut(&service) {
+                        st.last_fencing = st.last_fencing.max(fencing);
+                    }
+                    self.end(seq, End::GaveUp("the claim went unanswered".into()), now);
+                }
             }
         }
     }

@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -290,4 +290,27 @@ pub fn wait_gone(pids: &[u32]) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
     true
+}
+
+/// A DNS query for `name` (type A); returns the first answer's IPv4 address.
+pub fn resolve(port: u16, name: &str) -> Option<[u8; 4]> {
+    let sock = UdpSocket::bind("127.0.0.1:0").ok()?;
+    sock.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    sock.send_to(&q, ("127.0.0.1", port)).ok()?;
+    let mut buf = [0u8; 512];
+    let n = sock.recv(&mut buf).ok()?;
+    let answers = u16::from_be_bytes([buf[6], buf[7]]);
+    (answers > 0).then(|| [buf[n - 4], buf[n - 3], buf[n - 2], buf[n - 1]])
+}
+
+pub fn dnsmasq_installed() -> bool {
+    ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq", "/sbin/dnsmasq"]
+        .iter()
+        .any(|p| std::path::Path::new(p).exists())
 }
