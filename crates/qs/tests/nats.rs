@@ -752,3 +752,77 @@ fn seed_000_dns_story_across_three_agents() {
         "A's composite in a placement after its restart carries its pressure: {a_composites:?}"
     );
 }
+
+/// A second machine that takes a name the fleet already knows under another key is refused
+/// with a message that says what to do, and the first keeps its name; after a reinstall that
+/// lost the key, `--rekey` registers the new one.
+#[test]
+fn a_name_registered_with_another_key_is_refused_until_rekeyed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = NatsServer::start().expect("nats-server 2.10+ (scripts/test installs it)");
+    let url = server.url();
+    let first = agent(dir.path(), &server, "alpha");
+    let registered =
+        || kv_entry(&server, "nodes", "alpha").expect("alpha's record")["public_key"].clone();
+    let original = registered();
+    let config = dir.path().join("config.toml");
+    let elsewhere = dir.path().join("reinstalled");
+    let args = |extra: &[&str]| -> Vec<String> {
+        [
+            "agent",
+            "--nats",
+            &url,
+            "--fleet",
+            "t",
+            "--node",
+            "alpha",
+            "--config",
+            config.to_str().unwrap(),
+            "--state-dir",
+            elsewhere.to_str().unwrap(),
+        ]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let mut impostor = qs()
+        .args(args(&["--listen", "127.0.0.1:0"]))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = impostor.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > LIMIT {
+            let _ = impostor.kill();
+            panic!("the agent with another key kept running");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(impostor.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(
+        stderr.contains("registered in the fleet with another key") && stderr.contains("--rekey"),
+        "{stderr}"
+    );
+    assert_eq!(registered(), original, "the name keeps its key");
+    assert_eq!(first.get("/health")["status"], "ok");
+
+    drop(first);
+    let args = args(&["--rekey"]);
+    let rekeyed = Up::spawn(
+        dir.path(),
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert_ne!(
+        registered(),
+        original,
+        "the reinstalled node's key replaced the old one"
+    );
+    assert_eq!(rekeyed.get("/health")["status"], "ok");
+}
