@@ -252,6 +252,11 @@ impl Auth {
         self.keyring().quarantined(now).cloned().collect()
     }
 
+    /// Whether the keyring holds `node`'s public key.
+    pub fn knows(&self, node: &NodeId) -> bool {
+        self.keyring().knows(node)
+    }
+
     /// Total of messages dropped for `reason`.
     pub fn rejected(&self, reason: Reject) -> u64 {
         self.keyring().counters().rejected(reason)

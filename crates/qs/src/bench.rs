@@ -81,7 +81,7 @@ pub fn placement_suite(sizes: &[usize], placements: usize, repeats: usize, seed:
 /// the work is `placements` instances of stateless services of `replicas` each, and the
 /// clock stops when the last placement's events are committed to the ledger.
 pub fn fleet_suite(nodes: usize, placements: usize, replicas: usize) -> anyhow::Result<()> {
-    use qs_agent::fleet::{EmbeddedFleet, FleetOptions};
+    use qs_agent::fleet::EmbeddedFleet;
     use std::time::{Duration, Instant};
     // QS_BENCH_STATE_DIR keeps the run's ledger for inspection (`qs events --ledger`).
     let keep = std::env::var_os("QS_BENCH_STATE_DIR").map(std::path::PathBuf::from);
@@ -121,21 +121,7 @@ pub fn fleet_suite(nodes: usize, placements: usize, replicas: usize) -> anyhow::
         .build()?;
     let (join_s, place_s, placed, dead) = rt.block_on(async {
         let started = Instant::now();
-        let fleet = EmbeddedFleet::start(FleetOptions {
-            state_dir: state_dir.clone(),
-            listen: "127.0.0.1:0".parse().expect("a valid address"),
-            nodes: specs,
-            config,
-            sense_every: Duration::from_secs(3600),
-            stop_grace: Duration::from_secs(1),
-            seed: 1,
-            host: false,
-            noop_executor: true,
-            mode: "embedded",
-            authenticate: false,
-            rekey: false,
-        })
-        .await?;
+        let fleet = EmbeddedFleet::start(bench_fleet(&state_dir, specs, config, false)).await?;
         let joined = |f: &EmbeddedFleet| {
             f.shared
                 .views
@@ -441,6 +427,116 @@ pub fn failover_suite(trials: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A benchmark's embedded fleet: virtual nodes, the no-op executor, no sensing to speak of.
+fn bench_fleet(
+    state_dir: &std::path::Path,
+    nodes: Vec<qs_wire::NodeSpec>,
+    config: qs_core::Config,
+    authenticate: bool,
+) -> qs_agent::fleet::FleetOptions {
+    use std::time::Duration;
+    qs_agent::fleet::FleetOptions {
+        state_dir: state_dir.to_path_buf(),
+        listen: "127.0.0.1:0".parse().expect("a valid address"),
+        nodes,
+        config,
+        sense_every: Duration::from_secs(3600),
+        stop_grace: Duration::from_secs(1),
+        seed: 1,
+        host: false,
+        noop_executor: true,
+        mode: "embedded",
+        authenticate,
+        rekey: false,
+    }
+}
+
+/// The same sealed frames through a whole agent runtime: published on the in-memory fabric to
+/// one node of a fleet that requires authentication (its keyring learns the senders' keys from
+/// the `nodes` KV, as on NATS), opened and handed to its core (offers for placements it does
+/// not know: read and dropped). Sent in chunks the node's inbox holds, each waited for.
+fn through_runtime(
+    receiver: &qs_wire::NodeId,
+    receiver_secret: [u8; 32],
+    senders: &[(qs_wire::NodeId, qs_core::auth::Keyring, [u8; 32])],
+    frames: &[Vec<u8>],
+) -> anyhow::Result<()> {
+    use qs_agent::fleet::EmbeddedFleet;
+    use qs_agent::identity::{NODES_BUCKET, key_path};
+    use qs_fabric::{Fabric, Kv};
+    use std::time::{Duration, Instant};
+    const CHUNK: usize = 2_000;
+    let state_dir = std::env::temp_dir().join(format!("qs-bench-messages-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state_dir);
+    let key_file = key_path(&state_dir, receiver);
+    std::fs::create_dir_all(key_file.parent().expect("a key file has a directory"))?;
+    std::fs::write(&key_file, qs_wire::identity::hex(&receiver_secret))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let frames: Vec<qs_fabric::Bytes> = frames
+        .iter()
+        .map(|f| qs_fabric::Bytes::from(f.clone()))
+        .collect();
+    let result = rt.block_on(async {
+        let fabric = qs_fabric::memory::MemoryFabric::new();
+        let nodes = fabric.kv(NODES_BUCKET).await?;
+        for (id, _, public) in senders {
+            let record = qs_wire::NodeRecord::new(*public, 1, 0);
+            nodes
+                .put(id.as_str(), serde_json::to_vec(&record)?.into())
+                .await?;
+        }
+        let node = qs_wire::NodeSpec {
+            id: receiver.clone(),
+            level: 0,
+            labels: Default::default(),
+            capacity: Default::default(),
+        };
+        let options = bench_fleet(&state_dir, vec![node], qs_core::Config::default(), true);
+        let fleet = EmbeddedFleet::start_on(options, fabric.clone()).await?;
+        let waited = Instant::now();
+        while !senders.iter().all(|(id, ..)| fleet.shared.auth.knows(id)) {
+            anyhow::ensure!(
+                waited.elapsed() < Duration::from_secs(30),
+                "keys not learned"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let received = || fleet.shared.counters.messages_received.get() as usize;
+        let base = received();
+        let t0 = Instant::now();
+        let mut sent = 0;
+        for chunk in frames.chunks(CHUNK) {
+            for f in chunk {
+                fabric.send(receiver, f.clone()).await?;
+            }
+            sent += chunk.len();
+            let waited = Instant::now();
+            while received() - base < sent {
+                anyhow::ensure!(
+                    waited.elapsed() < Duration::from_secs(30),
+                    "{} of {sent} messages accepted",
+                    received() - base
+                );
+                tokio::task::yield_now().await;
+            }
+        }
+        let rate = frames.len() as f64 / t0.elapsed().as_secs_f64();
+        fleet.shutdown().await;
+        Ok::<_, anyhow::Error>(rate)
+    });
+    let _ = std::fs::remove_dir_all(&state_dir);
+    emit(
+        "messages",
+        "through_runtime_session_mac_per_s".into(),
+        result?.round(),
+        "1/s",
+    );
+    Ok(())
+}
+
 /// `qs bench messages`: authenticated messages per second through one node's receive path:
 /// the frame parsed, the envelope decoded, the tag checked (a session MAC for directed
 /// messages, an Ed25519 signature for heartbeats, one by one and in batches as the heartbeat
@@ -575,6 +671,7 @@ pub fn messages_suite(messages: usize, peers: usize, repeats: usize) -> anyhow::
         );
         Ok(())
     };
+    through_runtime(&receiver, receiver_secret, &senders, &directed)?;
     run("directed_session_mac", 1, true)?;
     run("heartbeat_ed25519", 1, false)?;
     run("heartbeat_ed25519_batch_256", 256, false)?;

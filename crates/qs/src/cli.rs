@@ -277,8 +277,9 @@ enum BenchSuite {
         #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=1_000))]
         trials: u64,
     },
-    /// Authenticated messages per second through one node's receive path (frame, envelope,
-    /// session MAC or Ed25519 signature, timestamp, replay window), on one core.
+    /// Authenticated messages per second through one node: a whole agent runtime on the
+    /// in-memory fabric with authentication on, then its receive path alone on one core
+    /// (frame, envelope, session MAC or Ed25519 signature, timestamp, replay window).
     Messages {
         #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
         messages: u64,
