@@ -185,30 +185,6 @@ fn gpu_source(host: bool, spec: &NodeSpec) -> Box<dyn crate::sense::GpuSource> {
     })
 }
 
-/// Registers this process's nodes once, briefly: a conflict is an error; no answer in time
-/// is left to the background follower.
-async fn first_registration<F: Fabric>(
-    fabric: &F,
-    own: &[identity::Own],
-    rekey: bool,
-) -> Result<(), FleetError> {
-    let attempt = async {
-        let kv = fabric.kv(identity::NODES_BUCKET).await?;
-        for o in own {
-            identity::register(&kv, &o.node, &o.record, rekey, &o.key_file).await?;
-        }
-        Ok::<_, identity::IdentityError>(())
-    };
-    match tokio::time::timeout(Duration::from_secs(10), attempt).await {
-        Ok(Err(e @ identity::IdentityError::KeyConflict { .. })) => Err(e.into()),
-        Ok(Err(e)) => {
-            tracing::warn!("node registry: {e}; retrying in the background");
-            Ok(())
-        }
-        Ok(Ok(())) | Err(_) => Ok(()),
-    }
-}
-
 /// A running fleet of one process: every node of `qs up` on the in-memory fabric, or the one
 /// node of `qs agent` on NATS.
 pub struct EmbeddedFleet<F: Fabric = MemoryFabric> {
@@ -276,10 +252,8 @@ impl<F: Fabric> EmbeddedFleet<F> {
                     key_file: identity::key_path(&opts.state_dir, &spec.id),
                 });
             }
-            // A name taken by another key stops the agent here, while it can still say so;
-            // a fabric that does not answer yet is tried again in the background.
             if fabric.connected() {
-                first_registration(&fabric, &own, opts.rekey).await?;
+                identity::register_at_start(&fabric, &own, opts.rekey).await?;
             }
         }
         let shared = Arc::new(Shared {

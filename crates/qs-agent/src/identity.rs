@@ -13,9 +13,9 @@ use qs_core::Time;
 use qs_core::auth::{AuthConfig, Keyring, Reject, Rejected};
 use qs_fabric::{Fabric, FabricError, Kv, KvEvent};
 use qs_wire::{Envelope, Event, Frame, FrameKind, Message, NodeId, NodeRecord};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -143,6 +143,43 @@ pub struct Own {
     pub key_file: PathBuf,
 }
 
+/// Registers each of `own`; a fabric error stops it (to be tried again), what is wrong with
+/// one node's registration (another key holds its name) is returned and the others go on.
+async fn register_all<F: Fabric>(
+    fabric: &F,
+    own: &[Own],
+    rekey: bool,
+) -> Result<Vec<IdentityError>, FabricError> {
+    let kv = fabric.kv(NODES_BUCKET).await?;
+    let mut refused = Vec::new();
+    for o in own {
+        match register(&kv, &o.node, &o.record, rekey, &o.key_file).await {
+            Ok(()) => {}
+            Err(IdentityError::Fabric(e)) => return Err(e),
+            Err(e) => refused.push(e),
+        }
+    }
+    Ok(refused)
+}
+
+/// Registers this process's nodes at start, briefly: a name held by another key is an error
+/// (the agent stops while it can still say so); a fabric that does not answer in time is left
+/// to [`follow`], which keeps trying.
+pub async fn register_at_start<F: Fabric>(
+    fabric: &F,
+    own: &[Own],
+    rekey: bool,
+) -> Result<(), IdentityError> {
+    match tokio::time::timeout(REGISTER_TIMEOUT, register_all(fabric, own, rekey)).await {
+        Ok(Ok(refused)) => refused.into_iter().next().map_or(Ok(()), Err),
+        Ok(Err(e)) => {
+            tracing::warn!("node registry: {e}; retrying in the background");
+            Ok(())
+        }
+        Err(_) => Ok(()),
+    }
+}
+
 /// The process's keyring and what it counts; shared by the runtimes, the heartbeat feed and
 /// the API.
 pub struct Auth {
@@ -152,6 +189,8 @@ pub struct Auth {
     pub rejected: Family<Vec<(String, String)>, Counter>,
     /// Quarantines begun, waiting for a runtime to record them in the ledger.
     quarantines: Mutex<Vec<Event>>,
+    /// Whether `quarantines` has any: every received message asks, so it asks no lock.
+    quarantines_pending: AtomicBool,
 }
 
 impl Auth {
@@ -166,6 +205,7 @@ impl Auth {
             keyring: Mutex::new(Keyring::new(config)),
             rejected,
             quarantines: Mutex::default(),
+            quarantines_pending: AtomicBool::new(false),
         }
     }
 
@@ -198,11 +238,12 @@ impl Auth {
             // Nothing to check between the nodes of one process but the bytes themselves.
             return frames
                 .into_iter()
-                .map(|bytes| {
-                    let opened = Frame::parse(bytes)
-                        .map_err(|e| e.to_string())
-                        .and_then(|f| Envelope::decode(f.body).map_err(|e| e.to_string()));
-                    opened.map_err(|e| self.count(malformed(e), now)).ok()
+                .map(|bytes| match qs_core::auth::unframe(bytes) {
+                    Ok((_, env)) => Some(env),
+                    Err(e) => {
+                        self.count(malformed(e), now);
+                        None
+                    }
                 })
                 .collect();
         }
@@ -238,11 +279,15 @@ impl Auth {
                     reason: r.reason.as_str().into(),
                     for_ms,
                 });
+            self.quarantines_pending.store(true, Ordering::Release);
         }
     }
 
     /// Quarantines begun since the last call, as ledger events.
     pub fn take_quarantines(&self) -> Vec<Event> {
+        if !self.quarantines_pending.swap(false, Ordering::Acquire) {
+            return Vec::new();
+        }
         std::mem::take(&mut self.quarantines.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
@@ -255,11 +300,6 @@ impl Auth {
     /// Whether the keyring holds `node`'s public key.
     pub fn knows(&self, node: &NodeId) -> bool {
         self.keyring().knows(node)
-    }
-
-    /// Total of messages dropped for `reason`.
-    pub fn rejected(&self, reason: Reject) -> u64 {
-        self.keyring().counters().rejected(reason)
     }
 
     fn learn(&self, node: &str, value: &[u8]) {
@@ -306,33 +346,23 @@ pub async fn follow<F: Fabric>(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
-    let mut pending: BTreeMap<NodeId, Own> = own.into_iter().map(|o| (o.node.clone(), o)).collect();
+    let mut registered = false;
     loop {
         let attempt = async {
-            let kv = fabric.kv(NODES_BUCKET).await?;
-            let mut conflicts = Vec::new();
-            for o in pending.values() {
-                match register(&kv, &o.node, &o.record, rekey, &o.key_file).await {
-                    Ok(()) => conflicts.push((o.node.clone(), None)),
-                    Err(IdentityError::Fabric(e)) => return Err(e),
-                    Err(e) => conflicts.push((o.node.clone(), Some(e))),
+            if !registered {
+                for e in register_all(&fabric, &own, rekey).await? {
+                    tracing::error!("{e}; its messages will be dropped by the fleet");
                 }
+                registered = true;
             }
-            let watch = kv.watch("").await?;
-            Ok::<_, FabricError>((conflicts, watch))
+            fabric.kv(NODES_BUCKET).await?.watch("").await
         };
         let tried = tokio::select! {
             _ = stop.changed() => return,
             r = tokio::time::timeout(REGISTER_TIMEOUT, attempt) => r,
         };
         let mut watch = match tried {
-            Ok(Ok((done, watch))) => {
-                for (node, conflict) in done {
-                    pending.remove(&node);
-                    if let Some(e) = conflict {
-                        tracing::error!("{e}; its messages will be dropped by the fleet");
-                    }
-                }
+            Ok(Ok(watch)) => {
                 backoff.reset();
                 watch
             }

@@ -271,8 +271,8 @@ async fn claim_record<F: Fabric>(
                 },
                 None => None,
             };
-            if !qs_core::claim_allowed(current.as_ref(), &claim) {
-                return Ok(Err(current.expect("a refused claim has a holder")));
+            if let Err(holder) = qs_core::judge_claim(current.as_ref(), &claim) {
+                return Ok(Err(holder));
             }
             let expected = entry.map(|e| e.revision);
             match kv.cas(service.as_str(), value.clone(), expected).await {

@@ -251,10 +251,6 @@ impl Keyring {
         }
     }
 
-    pub fn config(&self) -> &AuthConfig {
-        &self.config
-    }
-
     /// Adds a node of this process, with the 32 secret bytes of its key (the shell keeps them
     /// on disk); returns its public key. It is also a peer: nodes of one process talk too.
     pub fn add_local(&mut self, node: NodeId, secret: [u8; 32]) -> [u8; 32] {
@@ -351,7 +347,7 @@ impl Keyring {
     ) -> Result<Envelope<Message>, Rejected> {
         self.open_many(to, std::iter::once(bytes), now)
             .pop()
-            .unwrap_or_else(|| Err(self.reject(Reject::Malformed, None, now, None)))
+            .expect("one verdict per frame")
     }
 
     /// Opens a batch of frames received by `to`, in order; their Ed25519 signatures are
@@ -362,25 +358,15 @@ impl Keyring {
         frames: impl IntoIterator<Item = &'a [u8]>,
         now: Time,
     ) -> Vec<Result<Envelope<Message>, Rejected>> {
-        let mut out: Vec<Result<Pending<'a>, Rejected>> = frames
+        let screened: Vec<Result<Pending<'a>, Rejected>> = frames
             .into_iter()
             .map(|bytes| self.screen(to, bytes, now))
             .collect();
-        let signed_ok = self.check_signatures(&out);
-        out.iter_mut()
+        let signed_ok = self.check_signatures(&screened);
+        screened
+            .into_iter()
             .enumerate()
-            .map(|(i, r)| {
-                let pending = std::mem::replace(
-                    r,
-                    Err(Rejected {
-                        reason: Reject::Malformed,
-                        sender: None,
-                        quarantined_until: None,
-                        detail: None,
-                    }),
-                )?;
-                self.admit(pending, signed_ok.get(&i).copied(), now)
-            })
+            .map(|(i, r)| self.admit(r?, signed_ok.get(&i).copied(), now))
             .collect()
     }
 
@@ -391,10 +377,8 @@ impl Keyring {
         bytes: &'a [u8],
         now: Time,
     ) -> Result<Pending<'a>, Rejected> {
-        let frame = Frame::parse(bytes)
-            .map_err(|e| self.reject(Reject::Malformed, None, now, Some(e.to_string())))?;
-        let env = Envelope::<Message>::decode(frame.body)
-            .map_err(|e| self.reject(Reject::Malformed, None, now, Some(e.to_string())))?;
+        let (frame, env) =
+            unframe(bytes).map_err(|e| self.reject(Reject::Malformed, None, now, Some(e)))?;
         if !self.config.required {
             return Ok(Pending { env, frame, to });
         }
@@ -530,6 +514,14 @@ impl Keyring {
             detail,
         }
     }
+}
+
+/// Parses a frame and decodes the envelope inside; what is wrong, if not. Checks nothing
+/// else: between the nodes of one process this is all there is to opening a frame.
+pub fn unframe(bytes: &[u8]) -> Result<(Frame<'_>, Envelope<Message>), String> {
+    let frame = Frame::parse(bytes).map_err(|e| e.to_string())?;
+    let env = Envelope::decode(frame.body).map_err(|e| e.to_string())?;
+    Ok((frame, env))
 }
 
 /// The keyed MAC of the pair (local node, peer), derived on first use: SHA-256 over a label,

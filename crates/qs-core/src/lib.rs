@@ -30,7 +30,7 @@ pub use auth::{AuthConfig, AuthCounters, Keyring, Reject, Rejected};
 pub use config::{Config, ConfigError, Thresholds};
 pub use detector::{Detector, DetectorInput, DetectorOutput};
 pub use failure::FailureMemory;
-pub use node::{Input, Node, Output, StartOrder, claim_allowed};
+pub use node::{Input, Node, Output, StartOrder, judge_claim};
 pub use registry::{Registry, RunningInstance};
 pub use rng::Rng;
 pub use time::Time;

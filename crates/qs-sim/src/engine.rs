@@ -609,12 +609,7 @@ impl Sim {
                 }
                 Output::Record(event) => self.on_record(i, event),
                 Output::Claim { service, claim } => {
-                    let current = self.claims.get(&service);
-                    let result = if qs_core::claim_allowed(current, &claim) {
-                        Ok(())
-                    } else {
-                        Err(current.cloned().expect("a refused claim has a holder"))
-                    };
+                    let result = qs_core::judge_claim(self.claims.get(&service), &claim);
                     let instance = claim.instance.clone();
                     if result.is_ok() {
                         self.claims.insert(service.clone(), claim);

@@ -602,10 +602,7 @@ fn all_events(agents: &[&Up]) -> Vec<serde_json::Value> {
 /// shows in its composite at the next placement.
 #[test]
 fn seed_000_dns_story_across_three_agents() {
-    assert!(
-        dnsmasq_installed(),
-        "dnsmasq is required (Debian package dnsmasq-base; ./scripts/test installs it when run as root)"
-    );
+    require_dnsmasq();
     let dir = tempfile::tempdir().unwrap();
     let server = NatsServer::start().expect("nats-server 2.10+ (scripts/test installs it)");
     let url = server.url();
@@ -819,10 +816,8 @@ fn a_name_registered_with_another_key_is_refused_until_rekeyed() {
         dir.path(),
         &args.iter().map(String::as_str).collect::<Vec<_>>(),
     );
-    assert_ne!(
-        registered(),
-        original,
-        "the reinstalled node's key replaced the old one"
-    );
+    rekeyed.wait("the reinstalled node's key in place of the old one", |_| {
+        registered() != original
+    });
     assert_eq!(rekeyed.get("/health")["status"], "ok");
 }

@@ -243,10 +243,7 @@ fn after_kill_9_a_restart_reaps_the_orphans_counts_them_as_failures_and_recovers
 
 #[test]
 fn a_name_resolves_through_dnsmasq_before_and_after_its_instance_moves() {
-    assert!(
-        dnsmasq_installed(),
-        "dnsmasq is required (Debian package dnsmasq-base; ./scripts/test installs it when run as root)"
-    );
+    require_dnsmasq();
     let dir = tempfile::tempdir().unwrap();
     let up = Up::start(dir.path());
     let spec = include_str!("../../../examples/dns.toml");

@@ -135,7 +135,7 @@ pub enum Output {
     /// ([`crate::DetectorInput::Ack`]).
     Ack { target: NodeId, nonce: u64 },
     /// Claim a singleton's record in the fleet's `instances` KV: write `claim` under the
-    /// service's key by compare-and-set if [`claim_allowed`] admits it over what is there; the
+    /// service's key by compare-and-set if [`judge_claim`] admits it over what is there; the
     /// answer comes back as [`Input::Claimed`].
     Claim {
         service: ServiceName,
@@ -143,12 +143,22 @@ pub enum Output {
     },
 }
 
-/// Whether `mine` may replace the singleton record `current`: tokens only grow, and a
-/// placement may claim its own token again.
-pub fn claim_allowed(current: Option<&SingletonClaim>, mine: &SingletonClaim) -> bool {
-    current.is_none_or(|c| {
-        c.fencing < mine.fencing || (c.fencing == mine.fencing && c.instance == mine.instance)
-    })
+/// Whether `mine` may replace the singleton record `current` (tokens only grow, and a
+/// placement may claim its own token again); if not, the record that holds the service, as
+/// [`Input::Claimed`] reports it.
+pub fn judge_claim(
+    current: Option<&SingletonClaim>,
+    mine: &SingletonClaim,
+) -> Result<(), SingletonClaim> {
+    match current {
+        Some(c)
+            if c.fencing > mine.fencing
+                || (c.fencing == mine.fencing && c.instance != mine.instance) =>
+        {
+            Err(c.clone())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// See the module docs.

@@ -309,8 +309,13 @@ pub fn resolve(port: u16, name: &str) -> Option<[u8; 4]> {
     (answers > 0).then(|| [buf[n - 4], buf[n - 3], buf[n - 2], buf[n - 1]])
 }
 
-pub fn dnsmasq_installed() -> bool {
-    ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq", "/sbin/dnsmasq"]
+/// Fails the test, saying how to get it, when dnsmasq is missing.
+pub fn require_dnsmasq() {
+    let installed = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq", "/sbin/dnsmasq"]
         .iter()
-        .any(|p| std::path::Path::new(p).exists())
+        .any(|p| std::path::Path::new(p).exists());
+    assert!(
+        installed,
+        "dnsmasq is required (Debian package dnsmasq-base; ./scripts/test installs it when run as root)"
+    );
 }
