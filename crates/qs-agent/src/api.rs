@@ -1,7 +1,9 @@
 //! The agent's HTTP API (loopback by default): health, Prometheus metrics, queue and durable
 //! state, and the `/v1` resources the CLI reads and writes.
 
-use crate::runtime::{Control, RegistryView, SPECS_BUCKET, Shared};
+use crate::control::{Control, Shared};
+use crate::names::SPECS_BUCKET;
+use crate::v1::RegistryView;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -246,7 +248,7 @@ async fn queue_stats<F: Fabric>(State(api): State<Arc<Api<F>>>) -> Response {
 async fn checkpoint_state<F: Fabric>(State(api): State<Arc<Api<F>>>) -> Response {
     let specs = api.registry().await.map_or(0, |r| r.specs.len());
     Json(json!({
-        "state_dir": api.shared.state_dir.display().to_string(),
+        "state_dir": api.shared.state_dir.root().display().to_string(),
         "ledger": {
             "path": api.shared.ledger.path().display().to_string(),
             "next_seq": api.shared.ledger.next_seq(),
@@ -418,7 +420,7 @@ async fn apply<F: Fabric>(
             format!("{}: declares no service or job", q.file),
         );
     }
-    match crate::runtime::put_specs(&api.fabric, &doc).await {
+    match crate::specs::put_specs(&api.fabric, &doc).await {
         Ok(applied) => Json(json!({ "applied": applied })).into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }

@@ -2,7 +2,7 @@
 //! port, rotated log files, graceful stop (SIGTERM, then SIGKILL after a grace period) and an
 //! exit report for every start.
 
-use qs_wire::{ExitOutcome, InstanceId};
+use qs_wire::{ExitOutcome, InstanceId, InstanceLoad};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -50,11 +50,39 @@ struct Child {
     stop_reason: Arc<Mutex<Option<String>>>,
 }
 
+/// What the no-op executor double's instances do, as a test or a benchmark scripts it: its
+/// starts fail (a broken binary) while `broken` is set, and its instances are sensed at the
+/// loads set here. One per node; the fleet hands it out ([`crate::fleet::EmbeddedFleet`]).
+#[derive(Debug, Default)]
+pub struct NoopScript {
+    broken: std::sync::atomic::AtomicBool,
+    loads: Mutex<BTreeMap<InstanceId, InstanceLoad>>,
+}
+
+impl NoopScript {
+    /// From now on every start fails at once (`true`), or starts work again.
+    pub fn break_starts(&self, broken: bool) {
+        self.broken
+            .store(broken, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The instance is sensed at `load` from now on.
+    pub fn set_load(&self, instance: &InstanceId, load: InstanceLoad) {
+        lock(&self.loads).insert(instance.clone(), load);
+    }
+
+    /// What the instance is sensed at (nothing unless set).
+    pub fn load(&self, instance: &InstanceId) -> InstanceLoad {
+        lock(&self.loads).get(instance).copied().unwrap_or_default()
+    }
+}
+
 /// See the module docs. Cloning shares the same executor.
 #[derive(Clone)]
 pub struct Executor {
-    /// Test double for benchmarks: starts nothing, reports stops at once.
-    noop: bool,
+    /// Test double for benchmarks and parity tests: starts nothing, reports stops at once,
+    /// does what its script says.
+    noop: Option<Arc<NoopScript>>,
     log_dir: PathBuf,
     grace: Duration,
     children: Arc<Mutex<BTreeMap<InstanceId, Child>>>,
@@ -106,7 +134,7 @@ impl Executor {
     /// An executor writing logs under `log_dir`; exits are reported on `exits`.
     pub fn new(log_dir: impl Into<PathBuf>, grace: Duration, exits: mpsc::Sender<Exit>) -> Self {
         Executor {
-            noop: false,
+            noop: None,
             log_dir: log_dir.into(),
             grace,
             children: Arc::default(),
@@ -114,13 +142,19 @@ impl Executor {
         }
     }
 
-    /// A no-op executor (a double for benchmarks of the decision path): `start` runs nothing
-    /// and succeeds, `stop` and `kill` report the exit at once.
-    pub fn noop(exits: mpsc::Sender<Exit>) -> Self {
+    /// A no-op executor (a double for benchmarks of the decision path and for parity tests
+    /// with the simulator): `start` runs nothing and succeeds unless `script` breaks it,
+    /// `stop` and `kill` report the exit at once.
+    pub fn noop(exits: mpsc::Sender<Exit>, script: Arc<NoopScript>) -> Self {
         Executor {
-            noop: true,
+            noop: Some(script),
             ..Executor::new(PathBuf::new(), Duration::ZERO, exits)
         }
+    }
+
+    /// The double's script, when this is the no-op executor.
+    pub fn script(&self) -> Option<&NoopScript> {
+        self.noop.as_deref()
     }
 
     pub fn log_dir(&self) -> &Path {
@@ -135,7 +169,7 @@ impl Executor {
         if lock(&self.children).contains_key(&instance) {
             return Err(ExecError::AlreadyRunning { instance });
         }
-        if self.noop {
+        if let Some(script) = &self.noop {
             let running = Running {
                 pid: 0,
                 port: 0,
@@ -145,7 +179,13 @@ impl Executor {
                 running: running.clone(),
                 stop_reason: Arc::default(),
             };
-            lock(&self.children).insert(instance, child);
+            lock(&self.children).insert(instance.clone(), child);
+            if script.broken.load(std::sync::atomic::Ordering::Relaxed) {
+                let outcome = ExitOutcome::FailedStart {
+                    reason: "the start failed (no-op executor, broken by its script)".into(),
+                };
+                self.end_noop(&instance, outcome);
+            }
             return Ok(running);
         }
         let port = free_port().map_err(|source| ExecError::Port {
@@ -258,7 +298,7 @@ impl Executor {
     /// Stops an instance: SIGTERM to its process group, SIGKILL after the grace period.
     /// The exit is reported with [`ExitOutcome::Stopped`] and `reason`.
     pub fn stop(&self, instance: &InstanceId, reason: &str) -> bool {
-        if self.noop {
+        if self.noop.is_some() {
             return self.end_noop(
                 instance,
                 ExitOutcome::Stopped {
@@ -292,7 +332,7 @@ impl Executor {
     /// Kills an instance's process group at once (SIGKILL), as a crash would: the exit is
     /// reported as a crash, not a stop.
     pub fn kill(&self, instance: &InstanceId) -> bool {
-        if self.noop {
+        if self.noop.is_some() {
             let outcome = ExitOutcome::Crashed {
                 reason: "killed (no-op executor)".into(),
             };

@@ -3,16 +3,20 @@
 //! would over NATS, and they share the process's ledger, sensor and HTTP API.
 
 use crate::api;
+use crate::control::Shared;
+use crate::desired;
+use crate::exec::NoopScript;
 use crate::identity::{self, Auth};
 use crate::membership::Membership;
-use crate::runtime::{NodeSetup, SenseMode, Shared, run_node};
+use crate::runtime::{NodeSetup, SenseMode, run_node};
 use crate::sense::{Sensor, SimulatedGpus};
 use qs_core::Config;
 use qs_core::auth::AuthConfig;
 use qs_fabric::Fabric;
 use qs_fabric::memory::MemoryFabric;
-use qs_store::Ledger;
-use qs_wire::{NodeRecord, NodeSpec};
+use qs_store::{Ledger, StateDir, StateFile};
+use qs_wire::{NodeId, NodeRecord, NodeSpec};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
@@ -47,11 +51,6 @@ pub struct FleetOptions {
 /// Why a fleet could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
-    #[error("state directory {path}: {source}")]
-    StateDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
     #[error(transparent)]
     Store(#[from] qs_store::StoreError),
     #[error("cannot listen on {addr}: {source}")]
@@ -61,114 +60,10 @@ pub enum FleetError {
     },
     #[error("a fleet needs at least one node")]
     NoNodes,
-    #[error("desired-state cache {path}: {message}")]
-    Cache { path: PathBuf, message: String },
     #[error(transparent)]
     Fabric(qs_fabric::FabricError),
     #[error(transparent)]
     Identity(#[from] crate::identity::IdentityError),
-}
-
-/// The desired-state cache: a JSON file mirroring the specs KV.
-mod desired {
-    use super::FleetError;
-    use crate::backoff::Backoff;
-    use crate::membership::watch_specs;
-    use qs_fabric::{Fabric, KvEvent};
-    use qs_wire::{SpecDocument, WorkloadSpec};
-    use std::collections::BTreeMap;
-    use std::path::{Path, PathBuf};
-    use tokio::sync::watch;
-
-    /// Where a state directory keeps the cache.
-    pub fn path(state_dir: &Path) -> PathBuf {
-        state_dir.join("specs.json")
-    }
-
-    /// Reads the cache; a missing file is an empty desired state, a damaged one an error
-    /// that names it (nothing is applied from it).
-    pub fn load(path: &Path) -> Result<SpecDocument, FleetError> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(SpecDocument::default());
-            }
-            Err(e) => {
-                return Err(FleetError::Cache {
-                    path: path.to_path_buf(),
-                    message: e.to_string(),
-                });
-            }
-        };
-        let workloads: Vec<WorkloadSpec> =
-            serde_json::from_str(&text).map_err(|e| FleetError::Cache {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            })?;
-        Ok(SpecDocument {
-            workloads,
-            nodes: vec![],
-        })
-    }
-
-    /// How long changes are gathered before the file is rewritten: applying a document of
-    /// two thousand services writes it once, not two thousand times.
-    const GATHER: std::time::Duration = std::time::Duration::from_millis(100);
-
-    /// Mirrors every change of the specs KV into the cache file (written, then renamed).
-    pub async fn keep<F: Fabric>(fabric: F, path: PathBuf, mut stop: watch::Receiver<bool>) {
-        // The KV may not answer yet (an agent started while NATS is down): try again.
-        let mut backoff = Backoff::new(GATHER, std::time::Duration::from_secs(5));
-        let mut watch = loop {
-            match watch_specs(&fabric).await {
-                Ok(w) => break w,
-                Err(e) => tracing::warn!("desired-state cache: {e}; retrying"),
-            }
-            if backoff.wait(&mut stop).await {
-                return;
-            }
-        };
-        let mut specs: BTreeMap<String, WorkloadSpec> = BTreeMap::new();
-        let mut due: Option<tokio::time::Instant> = None;
-        loop {
-            let write_at = due.unwrap_or_else(|| tokio::time::Instant::now() + GATHER);
-            tokio::select! {
-                _ = stop.changed() => break,
-                _ = tokio::time::sleep_until(write_at), if due.is_some() => {
-                    due = None;
-                    write(&path, &specs);
-                    continue;
-                }
-                e = watch.next() => match e {
-                    Some(Ok(KvEvent::Put(e))) => {
-                        if let Ok(spec) = serde_json::from_slice::<WorkloadSpec>(&e.value) {
-                            specs.insert(e.key, spec);
-                        }
-                    }
-                    Some(Ok(KvEvent::Delete { key, .. })) => {
-                        specs.remove(&key);
-                    }
-                    Some(Ok(KvEvent::Synced)) => continue,
-                    Some(Err(e)) => tracing::warn!("desired-state cache: {e}"),
-                    None => break,
-                },
-            }
-            due.get_or_insert(write_at);
-        }
-        // What changed since the last write is not lost at shutdown.
-        if due.is_some() {
-            write(&path, &specs);
-        }
-    }
-
-    fn write(path: &Path, specs: &BTreeMap<String, WorkloadSpec>) {
-        let all: Vec<&WorkloadSpec> = specs.values().collect();
-        let tmp = path.with_extension("json.tmp");
-        let body = serde_json::to_vec_pretty(&all).expect("specs serialize");
-        if let Err(e) = std::fs::write(&tmp, body).and_then(|()| std::fs::rename(&tmp, path)) {
-            tracing::error!("desired-state cache {}: {e}", path.display());
-        }
-    }
 }
 
 /// NVML for a real host when a driver is there; otherwise the GPUs the node declares,
@@ -191,6 +86,8 @@ pub struct EmbeddedFleet<F: Fabric = MemoryFabric> {
     pub shared: Arc<Shared>,
     pub fabric: F,
     pub addr: SocketAddr,
+    /// With the no-op executor double: each node's script (broken starts, sensed loads).
+    pub scripts: BTreeMap<NodeId, Arc<NoopScript>>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
     writer: tokio::task::JoinHandle<()>,
@@ -202,8 +99,8 @@ impl EmbeddedFleet<MemoryFabric> {
     /// run is stored in its KV again.
     pub async fn start(opts: FleetOptions) -> Result<Self, FleetError> {
         let fabric = MemoryFabric::new();
-        let doc = desired::load(&desired::path(&opts.state_dir))?;
-        crate::runtime::put_specs(&fabric, &doc)
+        let doc = desired::load(&StateDir::open(&opts.state_dir)?)?;
+        crate::specs::put_specs(&fabric, &doc)
             .await
             .map_err(FleetError::Fabric)?;
         Self::launch(opts, fabric, vec![]).await
@@ -214,7 +111,7 @@ impl<F: Fabric> EmbeddedFleet<F> {
     /// Starts the nodes on `fabric`, whose KV holds the desired state; until it answers, the
     /// desired state cached by the last run rules.
     pub async fn start_on(opts: FleetOptions, fabric: F) -> Result<Self, FleetError> {
-        let known = desired::load(&desired::path(&opts.state_dir))?.workloads;
+        let known = desired::load(&StateDir::open(&opts.state_dir)?)?.workloads;
         Self::launch(opts, fabric, known).await
     }
 
@@ -226,11 +123,8 @@ impl<F: Fabric> EmbeddedFleet<F> {
         if opts.nodes.is_empty() {
             return Err(FleetError::NoNodes);
         }
-        std::fs::create_dir_all(&opts.state_dir).map_err(|source| FleetError::StateDir {
-            path: opts.state_dir.clone(),
-            source,
-        })?;
-        let ledger = Arc::new(Ledger::open(opts.state_dir.join("ledger.redb"))?);
+        let state = StateDir::open(&opts.state_dir)?;
+        let ledger = Arc::new(Ledger::open(state.path(StateFile::Ledger))?);
         let (writer_stop, writer_stop_rx) = watch::channel(false);
         let (journal, writer) = crate::journal::Journal::start(ledger.clone(), writer_stop_rx);
         let auth = Arc::new(Auth::new(AuthConfig::from_config(
@@ -240,16 +134,16 @@ impl<F: Fabric> EmbeddedFleet<F> {
         let mut own = Vec::new();
         if opts.authenticate {
             for spec in &opts.nodes {
-                let secret = identity::load_or_create_secret(&opts.state_dir, &spec.id)?;
+                let secret = identity::load_or_create_secret(&state, &spec.id)?;
                 let public = auth.add_local(spec.id.clone(), secret);
                 own.push(identity::Own {
                     node: spec.id.clone(),
                     record: NodeRecord::new(
                         public,
                         spec.level,
-                        crate::runtime::now().as_micros() / 1000,
+                        crate::clock::now().as_micros() / 1000,
                     ),
-                    key_file: identity::key_path(&opts.state_dir, &spec.id),
+                    key_file: state.path(StateFile::Key(&spec.id)),
                 });
             }
             if fabric.connected() {
@@ -264,13 +158,16 @@ impl<F: Fabric> EmbeddedFleet<F> {
             views: RwLock::default(),
             controls: RwLock::default(),
             sensor: Mutex::new(Sensor::new().ok()),
-            state_dir: opts.state_dir.clone(),
+            state_dir: state.clone(),
         });
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         // The desired-state cache: what was applied survives a restart of the process.
-        let cache = desired::path(&opts.state_dir);
-        tasks.spawn(desired::keep(fabric.clone(), cache, stop_rx.clone()));
+        tasks.spawn(desired::keep(
+            fabric.clone(),
+            state.clone(),
+            stop_rx.clone(),
+        ));
         if opts.authenticate {
             tasks.spawn(identity::follow(
                 fabric.clone(),
@@ -286,7 +183,13 @@ impl<F: Fabric> EmbeddedFleet<F> {
             .await
             .map_err(FleetError::Fabric)?;
         tasks.spawn(feed.run(shared.counters.clone(), stop_rx.clone()));
+        let mut scripts = BTreeMap::new();
         for (i, spec) in opts.nodes.iter().enumerate() {
+            let noop = opts.noop_executor.then(|| {
+                let script = Arc::new(NoopScript::default());
+                scripts.insert(spec.id.clone(), script.clone());
+                script
+            });
             // A node offers the GPUs its source has: NVML's real ones on a host that has
             // them, else those declared (simulated).
             let gpus = gpu_source(opts.host, spec);
@@ -307,7 +210,7 @@ impl<F: Fabric> EmbeddedFleet<F> {
                 },
                 sense_every: opts.sense_every,
                 stop_grace: opts.stop_grace,
-                noop_executor: opts.noop_executor,
+                noop,
                 detect: i == 0,
             };
             let rx = stop_rx.clone();
@@ -342,6 +245,7 @@ impl<F: Fabric> EmbeddedFleet<F> {
             shared,
             fabric,
             addr,
+            scripts,
             stop,
             tasks,
             writer,

@@ -12,6 +12,7 @@ use prometheus_client::metrics::family::Family;
 use qs_core::Time;
 use qs_core::auth::{AuthConfig, Keyring, Reject, Rejected};
 use qs_fabric::{Fabric, FabricError, Kv, KvEvent};
+use qs_store::{StateDir, StateFile};
 use qs_wire::{Envelope, Event, Frame, FrameKind, Message, NodeId, NodeRecord};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -19,8 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// The KV bucket of node identities: key = node id, value = a [`NodeRecord`].
-pub const NODES_BUCKET: &str = "nodes";
+use crate::names::NODES_BUCKET;
 
 /// How long the first registration may take before the agent goes on without it (and keeps
 /// trying in the background).
@@ -50,46 +50,29 @@ pub enum IdentityError {
     Fabric(#[from] FabricError),
 }
 
-/// Where a node's secret key lives.
-pub fn key_path(state_dir: &Path, node: &NodeId) -> PathBuf {
-    state_dir.join("keys").join(format!("{node}.ed25519"))
-}
-
 /// The node's 32 secret bytes: read from its key file, or drawn from the OS and written
-/// there (mode 0600) on first start.
-pub fn load_or_create_secret(state_dir: &Path, node: &NodeId) -> Result<[u8; 32], IdentityError> {
-    let path = key_path(state_dir, node);
+/// there (mode 0600, through the state directory's atomic write) on first start.
+pub fn load_or_create_secret(state: &StateDir, node: &NodeId) -> Result<[u8; 32], IdentityError> {
+    let file = StateFile::Key(node);
+    let path = state.path(file);
     let err = |message: String| IdentityError::KeyFile {
         path: path.clone(),
         message,
     };
-    match std::fs::read_to_string(&path) {
-        Ok(text) => return qs_wire::identity::unhex(&text).map_err(|e| err(e.to_string())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(err(e.to_string())),
+    if let Some(bytes) = state.read(file).map_err(|e| err(e.to_string()))? {
+        let text = String::from_utf8_lossy(&bytes);
+        return qs_wire::identity::unhex(&text).map_err(|e| err(e.to_string()));
     }
     let mut secret = [0u8; 32];
     getrandom::getrandom(&mut secret)
         .map_err(|e| err(format!("no randomness from the OS: {e}")))?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
-    }
-    let tmp = path.with_extension("tmp");
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| err(e.to_string()))?;
-        f.write_all(qs_wire::identity::hex(&secret).as_bytes())
-            .and_then(|()| f.sync_all())
-            .map_err(|e| err(e.to_string()))?;
-    }
-    std::fs::rename(&tmp, &path).map_err(|e| err(e.to_string()))?;
+    state
+        .write(
+            file,
+            qs_wire::identity::hex(&secret).as_bytes(),
+            Some(0o600),
+        )
+        .map_err(|e| err(e.to_string()))?;
     Ok(secret)
 }
 
@@ -233,7 +216,7 @@ impl Auth {
         to: Option<&'a NodeId>,
         frames: impl IntoIterator<Item = &'a [u8]>,
     ) -> Vec<Option<Envelope<Message>>> {
-        let now = crate::runtime::now();
+        let now = crate::clock::now();
         if !self.required {
             // Nothing to check between the nodes of one process but the bytes themselves.
             return frames
@@ -293,7 +276,7 @@ impl Auth {
 
     /// Peers quarantined now.
     pub fn quarantined(&self) -> Vec<NodeId> {
-        let now = crate::runtime::now();
+        let now = crate::clock::now();
         self.keyring().quarantined(now).cloned().collect()
     }
 
@@ -409,17 +392,16 @@ mod tests {
     #[test]
     fn a_key_is_created_once_then_read_back() {
         let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
         let node = NodeId::new("forge").unwrap();
-        let first = load_or_create_secret(dir.path(), &node).unwrap();
-        assert_eq!(load_or_create_secret(dir.path(), &node).unwrap(), first);
+        let first = load_or_create_secret(&state, &node).unwrap();
+        assert_eq!(load_or_create_secret(&state, &node).unwrap(), first);
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(key_path(dir.path(), &node))
-            .unwrap()
-            .permissions()
-            .mode();
+        let key_path = state.path(StateFile::Key(&node));
+        let mode = std::fs::metadata(&key_path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        std::fs::write(key_path(dir.path(), &node), "not hex").unwrap();
-        let err = load_or_create_secret(dir.path(), &node)
+        std::fs::write(&key_path, "not hex").unwrap();
+        let err = load_or_create_secret(&state, &node)
             .unwrap_err()
             .to_string();
         assert!(

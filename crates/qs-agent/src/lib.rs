@@ -1,11 +1,18 @@
 //! The node agent: the shell that wires the sans-IO core to the real world.
 //!
-//! Real child processes ([`exec`]), health checks ([`health`]), sensors ([`sense`]), the
-//! fabric, the ledger on disk and an HTTP API. Every decision stays in `qs-core`; this crate
+//! Real child processes ([`exec`]), health probes ([`health`], paced by [`monitor`]),
+//! sensors ([`sense`]), the fabric, the state directory and the ledger on disk, and an HTTP
+//! API ([`api`], its types in [`v1`]). Every decision stays in `qs-core`; this crate
 //! only carries inputs in and outputs out.
 
 pub mod api;
 mod backoff;
+mod claim;
+pub mod clock;
+pub mod control;
+pub mod counters;
+mod desired;
+pub mod error;
 pub mod exec;
 pub mod fleet;
 pub mod health;
@@ -14,6 +21,12 @@ pub mod journal;
 pub mod membership;
 pub mod mirror;
 pub mod model_double;
+mod monitor;
+pub mod names;
 pub mod orphans;
 pub mod runtime;
 pub mod sense;
+pub mod specs;
+pub mod v1;
+
+pub use error::AgentError;

@@ -1,15 +1,19 @@
 //! The process's one registry: fed once by heartbeats, the specs KV and expiry, and read by
 //! every node runtime of the process. Each change that calls for a decision is announced to
-//! the runtimes as a [`Notice`].
+//! the runtimes as the core decides ([`qs_core::caused_by`]), in each runtime's coalescing
+//! [`Notice`]: this module applies changes and delivers, and decides nothing.
 //!
 //! A registry is a replica of what the fleet publishes, so every node of one process would
 //! hold the same copy; keeping one (as the simulator does) spares decoding every heartbeat
 //! once per virtual node.
 
 use crate::backoff::Backoff;
-use crate::runtime::{Counters, SPECS_BUCKET};
-use qs_core::{Config, Registry};
-use qs_fabric::{Fabric, FabricError, Kv, KvEvent, Topic};
+use crate::clock::now;
+use crate::counters::Counters;
+use crate::error::AgentError;
+use crate::specs::watch_specs;
+use qs_core::{Config, FleetChange, Notice, Recipients, Registry};
+use qs_fabric::{Fabric, FabricError, KvEvent, Topic};
 use qs_wire::{Message, NodeId, ServiceName, WorkloadSpec};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
@@ -23,20 +27,6 @@ const EXPIRE_EVERY: Duration = Duration::from_millis(100);
 const BEAT_BATCH: usize = 256;
 /// The longest wait between tries to watch the specs KV.
 const WATCH_RETRY_MAX: Duration = Duration::from_secs(5);
-/// How long one try to watch the specs KV may take: a JetStream cluster electing its leaders
-/// under load answers slowly, and a try cut short would only start over.
-const WATCH_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// What a node runtime must reconcile, coalesced until it looks: a burst of a thousand joins
-/// is one full reconcile, and a queue cannot grow past the number of specs.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Notice {
-    /// Membership changed (a node joined or died) or a spec was removed: stop what is
-    /// unwanted and reconcile every stewarded service.
-    pub all: bool,
-    /// Services whose spec arrived or changed.
-    pub services: BTreeSet<ServiceName>,
-}
 
 #[derive(Default)]
 struct Inbox {
@@ -47,8 +37,11 @@ struct Inbox {
 }
 
 impl Inbox {
-    fn post(&self, f: impl FnOnce(&mut Notice)) {
-        f(&mut self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+    fn post(&self, notice: Notice) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .merge(notice);
         self.ready.notify_one();
     }
 }
@@ -67,7 +60,7 @@ impl Notices {
             self.inbox.ready.notified().await;
             let taken =
                 std::mem::take(&mut *self.inbox.pending.lock().unwrap_or_else(|p| p.into_inner()));
-            if taken != Notice::default() {
+            if !taken.is_empty() {
                 return taken;
             }
         }
@@ -93,15 +86,6 @@ pub struct Membership {
     inboxes: Arc<RwLock<BTreeMap<NodeId, Arc<Inbox>>>>,
 }
 
-/// Watches the specs KV, giving up after a while when the fabric cannot serve it (its server
-/// is unreachable).
-pub(crate) async fn watch_specs<F: Fabric>(fabric: &F) -> Result<qs_fabric::Watch, FabricError> {
-    let watch = async { fabric.kv(SPECS_BUCKET).await?.watch("").await };
-    tokio::time::timeout(WATCH_TIMEOUT, watch)
-        .await
-        .map_err(|_| FabricError::Backend("the specs KV did not answer".into()))?
-}
-
 /// What feeds a [`Membership`]: heartbeats, the specs KV watch and expiry.
 pub struct Feed<F: Fabric> {
     membership: Membership,
@@ -124,7 +108,7 @@ impl<F: Fabric> Feed<F> {
         let mut expire = tokio::time::interval(EXPIRE_EVERY);
         let mut specs: Option<qs_fabric::Watch> = None;
         // A try to watch runs beside the loop, which keeps applying heartbeats meanwhile.
-        let mut starting: Option<tokio::task::JoinHandle<Result<qs_fabric::Watch, FabricError>>> =
+        let mut starting: Option<tokio::task::JoinHandle<Result<qs_fabric::Watch, AgentError>>> =
             None;
         let mut retry_at = tokio::time::Instant::now();
         let mut backoff = Backoff::new(EXPIRE_EVERY, WATCH_RETRY_MAX);
@@ -156,7 +140,7 @@ impl<F: Fabric> Feed<F> {
                 }
                 r = started => {
                     starting = None;
-                    match r.unwrap_or_else(|e| Err(FabricError::Backend(e.to_string()))) {
+                    match r.unwrap_or_else(|e| Err(AgentError::Task(e.to_string()))) {
                         Ok(w) => {
                             specs = Some(w);
                             self.replayed = Some(BTreeSet::new());
@@ -209,17 +193,20 @@ impl<F: Fabric> Feed<F> {
                 _ => None,
             })
             .collect();
-        let now = crate::runtime::now();
+        let now = now();
         let m = &self.membership;
         let joined = m.update(|r| {
-            let mut joined = false;
+            let mut joined = Vec::new();
             for status in beats {
-                joined |= r.observe(status, now).is_some();
+                let node = status.node.clone();
+                if r.observe(status, now).is_some() {
+                    joined.push(node);
+                }
             }
             joined
         });
-        if joined {
-            m.reconcile_all();
+        for node in joined {
+            m.changed(FleetChange::Joined(node));
         }
     }
 
@@ -232,9 +219,9 @@ impl<F: Fabric> Feed<F> {
                     if let Some(seen) = &mut self.replayed {
                         seen.insert(name.clone());
                     }
-                    let now = crate::runtime::now();
+                    let now = now();
                     m.update(|r| r.apply_spec(spec, now));
-                    m.reconcile(name);
+                    m.changed(FleetChange::SpecChanged(name));
                 }
                 Err(e) => tracing::warn!(key = entry.key, "ignored an unreadable spec: {e}"),
             },
@@ -242,7 +229,7 @@ impl<F: Fabric> Feed<F> {
                 if let Ok(name) = ServiceName::new(&key)
                     && m.update(|r| r.remove_spec(&name)).is_some()
                 {
-                    m.reconcile_all();
+                    m.changed(FleetChange::SpecRemoved(name));
                 }
             }
             // A replay is complete: a spec it did not show was deleted while we were not
@@ -262,8 +249,8 @@ impl<F: Fabric> Feed<F> {
                     }
                     gone
                 });
-                if !gone.is_empty() {
-                    m.reconcile_all();
+                for name in gone {
+                    m.changed(FleetChange::SpecRemoved(name));
                 }
             }
             Err(e) => tracing::warn!("spec watch: {e}"),
@@ -321,7 +308,7 @@ impl Membership {
 
     /// A probe answered for `node`: it counts as heard from now.
     pub fn vouch(&self, node: &NodeId) {
-        let now = crate::runtime::now();
+        let now = now();
         self.update(|r| r.vouch(node, now));
     }
 
@@ -329,7 +316,15 @@ impl Membership {
     pub fn declare_dead(&self, node: &NodeId, counters: &Counters) {
         if self.update(|r| r.remove(node)) {
             counters.nodes_declared_dead.inc();
-            self.reconcile_all();
+            self.changed(FleetChange::Died(node.clone()));
+        }
+    }
+
+    /// The keyring quarantined `node`: it leaves the membership at once (its heartbeats are
+    /// dropped from now on, so it would only be declared dead later).
+    pub fn quarantined(&self, node: &NodeId) {
+        if self.update(|r| r.remove(node)) {
+            self.changed(FleetChange::Quarantined(node.clone()));
         }
     }
 
@@ -337,33 +332,24 @@ impl Membership {
         f(&mut self.registry.write().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Every local node reconciles everything.
-    fn reconcile_all(&self) {
-        for inbox in self
-            .inboxes
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-        {
-            inbox.post(|n| n.all = true);
-        }
-    }
-
-    /// The service's steward reconciles it, if that node runs in this process; only the
-    /// steward acts on one service.
-    fn reconcile(&self, service: ServiceName) {
-        let Some(steward) = self.read().steward(&service).cloned() else {
+    /// A change applied to the registry: the core says which nodes must reconcile what,
+    /// and each of this process's recipients gets it in its notice.
+    fn changed(&self, change: FleetChange) {
+        let Some(caused) = qs_core::caused_by(&change, &self.read()) else {
             return;
         };
-        if let Some(inbox) = self
-            .inboxes
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&steward)
-        {
-            inbox.post(|n| {
-                n.services.insert(service);
-            });
+        let inboxes = self.inboxes.read().unwrap_or_else(|p| p.into_inner());
+        match caused.to {
+            Recipients::Every => {
+                for inbox in inboxes.values() {
+                    inbox.post(caused.notice.clone());
+                }
+            }
+            Recipients::Node(node) => {
+                if let Some(inbox) = inboxes.get(&node) {
+                    inbox.post(caused.notice);
+                }
+            }
         }
     }
 
@@ -377,7 +363,7 @@ impl Membership {
         known: Vec<WorkloadSpec>,
         auth: Arc<crate::identity::Auth>,
     ) -> Result<Feed<F>, FabricError> {
-        let now = crate::runtime::now();
+        let now = now();
         self.update(|r| {
             for spec in known {
                 r.apply_spec(spec, now);
@@ -403,18 +389,16 @@ impl Membership {
             .filter(|(_, i)| !i.paused.load(Ordering::Relaxed))
             .map(|(n, _)| n.clone())
             .collect();
-        let now = crate::runtime::now();
+        let now = now();
         let dead = self.update(|r| {
             for node in &local {
                 r.vouch(node, now);
             }
             r.expire(now)
         });
-        // A death is a membership change: reconciling everything covers the services
-        // that lost instances with the dead node.
-        if !dead.is_empty() {
-            counters.nodes_declared_dead.inc_by(dead.len() as u64);
-            self.reconcile_all();
+        counters.nodes_declared_dead.inc_by(dead.len() as u64);
+        for status in dead {
+            self.changed(FleetChange::Died(status.node));
         }
     }
 }

@@ -3,12 +3,18 @@
 //! matched together with its start time, so a recycled pid is never killed. Each entry also
 //! names the instance's service and the node's CPU use when it was written, so the new agent
 //! can count what went down with the old one as failures of those services at that load.
+//!
+//! The file is written through the [`StateDir`]. A file that cannot be read is not taken for
+//! an empty one: [`InstanceFile::reap_orphans`] moves it aside (`instances.json.corrupt`,
+//! kept for the operator) and returns the error naming it, which the agent logs; the
+//! processes it named cannot be reaped.
 
 use crate::exec::Running;
+use qs_store::{StateDir, StateFile, StoreError};
+use qs_wire::NodeId;
 use qs_wire::{InstanceId, ServiceName};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 #[derive(Serialize, Deserialize)]
@@ -37,7 +43,8 @@ pub struct Orphan {
 
 /// See the module docs.
 pub struct InstanceFile {
-    path: PathBuf,
+    state: StateDir,
+    node: NodeId,
 }
 
 /// The process's start time in clock ticks since boot (field 22 of /proc/PID/stat).
@@ -55,18 +62,21 @@ fn signal_group(pid: u32, signal: libc::c_int) {
 }
 
 impl InstanceFile {
-    pub fn new(path: PathBuf) -> Self {
-        InstanceFile { path }
+    pub fn new(state: StateDir, node: NodeId) -> Self {
+        InstanceFile { state, node }
     }
 
-    /// Records what runs now, with each instance's service and the node's CPU use
-    /// (written to a temporary file, then renamed into place).
+    fn file(&self) -> StateFile<'_> {
+        StateFile::Instances(&self.node)
+    }
+
+    /// Records what runs now, with each instance's service and the node's CPU use.
     pub fn save(
         &self,
         running: &BTreeMap<InstanceId, Running>,
         service_of: impl Fn(&InstanceId) -> Option<ServiceName>,
         cpu_util: f64,
-    ) {
+    ) -> Result<(), StoreError> {
         let entries: Vec<Entry> = running
             .iter()
             .filter_map(|(instance, r)| {
@@ -79,20 +89,21 @@ impl InstanceFile {
                 })
             })
             .collect();
-        let tmp = self.path.with_extension("json.tmp");
-        let body = serde_json::to_vec_pretty(&entries).expect("instance entries serialize");
-        if std::fs::write(&tmp, body).is_ok() {
-            let _ = std::fs::rename(&tmp, &self.path);
-        }
+        self.state.write_json(self.file(), &entries)
     }
 
     /// Ends every process group a previous agent recorded that still runs (SIGTERM, then
-    /// SIGKILL after `grace`). Returns every instance the file named, ended or already gone.
-    pub fn reap_orphans(&self, grace: Duration) -> Vec<Orphan> {
-        let Ok(text) = std::fs::read_to_string(&self.path) else {
-            return Vec::new();
+    /// SIGKILL after `grace`). Returns every instance the file named, ended or already gone;
+    /// an unreadable file is moved aside and named in the error (see the module docs).
+    pub fn reap_orphans(&self, grace: Duration) -> Result<Vec<Orphan>, StoreError> {
+        let entries: Vec<Entry> = match self.state.read_json(self.file()) {
+            Ok(entries) => entries.unwrap_or_default(),
+            Err(e) => {
+                let path = self.state.path(self.file());
+                let _ = std::fs::rename(&path, path.with_extension("json.corrupt"));
+                return Err(e);
+            }
         };
-        let entries: Vec<Entry> = serde_json::from_str(&text).unwrap_or_default();
         let (alive, gone): (Vec<Entry>, Vec<Entry>) = entries
             .into_iter()
             .partition(|e| start_ticks(e.pid) == Some(e.start_ticks));
@@ -106,7 +117,7 @@ impl InstanceFile {
         for e in &alive {
             signal_group(e.pid, libc::SIGKILL);
         }
-        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_file(self.state.path(self.file()));
         let orphan = |e: Entry, was_running| Orphan {
             instance: e.instance,
             service: e.service,
@@ -115,8 +126,27 @@ impl InstanceFile {
             was_running,
         };
         let alive = alive.into_iter().map(|e| orphan(e, true));
-        alive
+        Ok(alive
             .chain(gone.into_iter().map(|e| orphan(e, false)))
-            .collect()
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_corrupt_instance_file_is_an_error_naming_it_and_is_kept_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let node = NodeId::new("forge").unwrap();
+        let path = state.prepare(StateFile::Instances(&node)).unwrap();
+        std::fs::write(&path, "[{\"instance\": ").unwrap();
+        let file = InstanceFile::new(state, node);
+        let err = file.reap_orphans(Duration::ZERO).unwrap_err().to_string();
+        assert!(err.contains("instances.json"), "{err}");
+        assert!(!path.exists());
+        assert!(path.with_extension("json.corrupt").exists());
     }
 }

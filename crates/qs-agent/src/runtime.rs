@@ -1,34 +1,28 @@
 //! One node's event loop: the core's inputs come from the fabric, the executor, the sensor,
 //! health monitors and timers; its outputs go to the fabric, the executor and the ledger.
 
+use crate::clock::now;
+use crate::control::{Control, Shared};
+use crate::error::AgentError;
 use crate::exec::{Executor, Exit, Launch};
-use crate::health;
-use crate::membership::{Membership, Notice};
+use crate::membership::Membership;
 use crate::orphans::InstanceFile;
-use crate::sense::{GpuSource, Sensor};
-use prometheus_client::metrics::counter::Counter;
+use crate::sense::GpuSource;
+use crate::v1::{Explained, InstanceRow, LocalInstance, NodeView, RegistryView};
 use qs_core::{
-    Config, Detector, DetectorInput, DetectorOutput, Input, Node, Output, RunningInstance, Time,
+    Config, Detector, DetectorInput, DetectorOutput, FailureEntry, Input, Node, Notice, Output,
 };
-use qs_fabric::{Bytes, Fabric, Kv, Topic};
-use qs_store::Ledger;
+use qs_fabric::{Bytes, Fabric, Topic};
+use qs_store::StateFile;
 use qs_wire::{
-    DeclineReason, Demand, Envelope, Event, ExitOutcome, InstanceId, InstanceLoad, Load, Message,
-    MessageId, NodeId, NodeSpec, NodeStatus, Offer, ServiceName, SingletonClaim, WorkloadSpec,
+    Demand, Envelope, Event, ExitOutcome, InstanceId, InstanceLoad, Load, Message, MessageId,
+    NodeId, NodeSpec, ServiceName, WorkloadSpec,
 };
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::{mpsc, oneshot, watch};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
 
-/// The KV bucket of desired state.
-pub const SPECS_BUCKET: &str = "specs";
-/// The KV bucket of singleton records (`SingletonClaim`s, key: the service).
-pub const INSTANCES_BUCKET: &str = "instances";
-/// Compare-and-set tries of one claim before it gives up (each lost try means another
-/// writer got in between; the core's claim timeout covers the rest).
-const CLAIM_TRIES: usize = 8;
 /// How often the failure detector looks for silent nodes and overdue probes.
 const DETECT_EVERY: Duration = Duration::from_millis(50);
 /// How stale the API's view of a node may be.
@@ -39,30 +33,6 @@ const VIEW_SOON: Duration = Duration::from_millis(10);
 /// Control messages buffered per node.
 const CONTROL_BUFFER: usize = 256;
 
-/// Stores every workload of a document as desired state (the KV every node watches).
-/// Validation happened when the document was parsed; this is all or nothing per workload.
-pub async fn put_specs<F: Fabric>(
-    fabric: &F,
-    doc: &qs_wire::SpecDocument,
-) -> Result<Vec<ServiceName>, qs_fabric::FabricError> {
-    let kv = fabric.kv(SPECS_BUCKET).await?;
-    let mut applied = Vec::new();
-    for w in &doc.workloads {
-        let bytes = Bytes::from(serde_json::to_vec(w).expect("specs serialize"));
-        kv.put(w.name.as_str(), bytes).await?;
-        applied.push(w.name.clone());
-    }
-    Ok(applied)
-}
-
-/// Microseconds since the Unix epoch: the daemon's clock for the core.
-pub fn now() -> Time {
-    let us = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64);
-    Time::from_micros(us)
-}
-
 /// How a node's load is sensed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SenseMode {
@@ -71,137 +41,6 @@ pub enum SenseMode {
     /// A virtual node of an embedded fleet: its load is what its own instances use, against
     /// its declared caps (`qs up`).
     Instances,
-}
-
-/// Process-wide counters, exported on /metrics.
-#[derive(Clone, Default)]
-pub struct Counters {
-    pub messages_sent: Counter,
-    pub messages_received: Counter,
-    pub ledger_events: Counter,
-    pub placements: Counter,
-    pub instance_starts: Counter,
-    pub instance_failures: Counter,
-    /// Peers this process declared dead (silent past `dead_after_ms`).
-    pub nodes_declared_dead: Counter,
-}
-
-/// An instance this node runs, as the API shows it.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct LocalInstance {
-    pub instance: InstanceId,
-    pub service: ServiceName,
-    pub node: NodeId,
-    pub role: qs_wire::Role,
-    pub serving: bool,
-    pub hot: bool,
-    /// While a process runs.
-    pub pid: Option<u32>,
-    pub port: Option<u16>,
-    pub command: String,
-}
-
-/// What the API can see of one node without asking it.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct NodeView {
-    pub status: NodeStatus,
-    pub instances: Vec<LocalInstance>,
-    pub stewards: Vec<ServiceName>,
-    pub placements_in_flight: usize,
-    pub gpu_source: String,
-    pub live_peers: usize,
-}
-
-/// The fleet as one node's registry sees it.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct RegistryView {
-    pub nodes: Vec<NodeStatus>,
-    pub specs: Vec<WorkloadSpec>,
-    pub instances: Vec<(ServiceName, InstanceId, InstanceRow)>,
-    pub stewards: BTreeMap<ServiceName, NodeId>,
-    pub completed: BTreeMap<ServiceName, usize>,
-}
-
-/// An instance row of the registry.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct InstanceRow {
-    pub node: NodeId,
-    pub role: qs_wire::Role,
-    pub serving: bool,
-    pub hot: bool,
-    pub fencing: u64,
-}
-
-impl From<&RunningInstance> for InstanceRow {
-    fn from(r: &RunningInstance) -> Self {
-        InstanceRow {
-            node: r.node.clone(),
-            role: r.role,
-            serving: r.serving,
-            hot: r.hot,
-            fencing: r.fencing,
-        }
-    }
-}
-
-/// A node's offer for a service and its own gate's verdict on it.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct Explained {
-    pub offer: Offer,
-    pub passes_gate: bool,
-}
-
-/// Requests to a node runtime.
-pub enum Control {
-    /// What this node would offer for a service now.
-    Explain {
-        service: ServiceName,
-        reply: oneshot::Sender<Option<Result<Explained, DeclineReason>>>,
-    },
-    /// This node's registry.
-    Registry {
-        reply: oneshot::Sender<RegistryView>,
-    },
-    /// Chaos: kill -9 an instance's process group.
-    Kill {
-        instance: InstanceId,
-        reply: oneshot::Sender<bool>,
-    },
-    ApprovePromotion(ServiceName),
-    /// Start (`true`) or end a drain of this node.
-    Drain(bool),
-    /// Chaos: this node dies at once, as a machine would (its instances get SIGKILL, it
-    /// stops talking); the fleet finds out from the silence.
-    Die,
-    /// Chaos: this node freezes for a while, as a stopped process would (SIGSTOP): it reads
-    /// nothing, sends nothing, then carries on with what queued up. Its instances run on.
-    Pause(Duration),
-    /// A health monitor's verdict.
-    Health {
-        instance: InstanceId,
-        serving: bool,
-        failed: Option<String>,
-    },
-    /// The answer to a singleton's claim.
-    Claimed {
-        service: ServiceName,
-        instance: InstanceId,
-        result: Result<(), SingletonClaim>,
-    },
-}
-
-/// Everything shared by the node runtimes of one process and its API.
-pub struct Shared {
-    pub ledger: Arc<Ledger>,
-    /// Where runtimes send their events (group commit into `ledger`).
-    pub journal: crate::journal::Journal,
-    pub counters: Counters,
-    pub views: RwLock<BTreeMap<NodeId, NodeView>>,
-    pub controls: RwLock<BTreeMap<NodeId, mpsc::Sender<Control>>>,
-    pub sensor: Mutex<Option<Sensor>>,
-    pub state_dir: PathBuf,
-    /// The process's keyring: seals what its nodes send, opens what they receive.
-    pub auth: Arc<crate::identity::Auth>,
 }
 
 /// What one node runtime needs.
@@ -217,8 +56,8 @@ pub struct NodeSetup<F: Fabric> {
     pub sense: SenseMode,
     pub sense_every: Duration,
     pub stop_grace: Duration,
-    /// Use the no-op executor double instead of real processes.
-    pub noop_executor: bool,
+    /// Use the no-op executor double, with this script, instead of real processes.
+    pub noop: Option<Arc<crate::exec::NoopScript>>,
     /// This node runs the process's failure detector (one node per process does).
     pub detect: bool,
 }
@@ -233,12 +72,9 @@ struct Runtime<F: Fabric> {
     gpus: Box<dyn GpuSource>,
     sense: SenseMode,
     seq: u64,
-    health_failed: BTreeMap<InstanceId, String>,
     /// None with the no-op executor: it starts no process that could be orphaned.
     instance_file: Option<InstanceFile>,
     control_tx: mpsc::Sender<Control>,
-    /// Failure memory survives restarts here.
-    failures_file: PathBuf,
     /// When the API's view is next due, if it changed since it was last published.
     view_due: Option<tokio::time::Instant>,
     /// The process's failure detector, on the one node that runs it.
@@ -247,69 +83,21 @@ struct Runtime<F: Fabric> {
     saved_load_bucket: u8,
 }
 
-/// Carries out a singleton's claim on the `instances` KV: read the record, let the core's rule
-/// judge it, compare-and-set; answers through the node's control channel. A fabric that does
-/// not answer gets no reply: the placement's claim timeout ends it.
-async fn claim_record<F: Fabric>(
-    fabric: F,
-    service: ServiceName,
-    claim: SingletonClaim,
-    reply: mpsc::Sender<Control>,
-) {
-    let attempt = async {
-        let kv = fabric.kv(INSTANCES_BUCKET).await?;
-        let value = Bytes::from(serde_json::to_vec(&claim).expect("claims serialize"));
-        for _ in 0..CLAIM_TRIES {
-            let entry = kv.get(service.as_str()).await?;
-            let current = match &entry {
-                Some(e) => match serde_json::from_slice::<SingletonClaim>(&e.value) {
-                    Ok(c) => Some(c),
-                    Err(err) => {
-                        tracing::warn!(%service, "replacing an unreadable singleton record: {err}");
-                        None
-                    }
-                },
-                None => None,
-            };
-            if let Err(holder) = qs_core::judge_claim(current.as_ref(), &claim) {
-                return Ok(Err(holder));
-            }
-            let expected = entry.map(|e| e.revision);
-            match kv.cas(service.as_str(), value.clone(), expected).await {
-                Ok(_) => return Ok(Ok(())),
-                Err(qs_fabric::FabricError::Conflict { .. }) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Err(qs_fabric::FabricError::Backend(format!(
-            "the record of {service} changed under {CLAIM_TRIES} tries"
-        )))
-    };
-    match attempt.await {
-        Ok(result) => {
-            let instance = claim.instance;
-            let _ = reply
-                .send(Control::Claimed {
-                    service,
-                    instance,
-                    result,
-                })
-                .await;
-        }
-        Err(e) => tracing::warn!(%service, "claiming the singleton record: {e}"),
-    }
-}
-
 /// Runs one node until `stop` turns true; stops its instances before returning.
 pub async fn run_node<F: Fabric>(
     setup: NodeSetup<F>,
     mut stop: watch::Receiver<bool>,
-) -> Result<(), String> {
+) -> Result<(), AgentError> {
     let id = setup.spec.id.clone();
-    let node_dir = setup.shared.state_dir.join("nodes").join(id.as_str());
-    std::fs::create_dir_all(&node_dir).map_err(|e| format!("{}: {e}", node_dir.display()))?;
-    let instance_file = InstanceFile::new(node_dir.join("instances.json"));
-    let reaped = instance_file.reap_orphans(setup.stop_grace);
+    let state = setup.shared.state_dir.clone();
+    state.prepare(StateFile::Instances(&id))?;
+    let instance_file = InstanceFile::new(state.clone(), id.clone());
+    let reaped = instance_file
+        .reap_orphans(setup.stop_grace)
+        .unwrap_or_else(|e| {
+            tracing::error!(node = %id, "orphans not reaped: {e}");
+            Vec::new()
+        });
     let (exit_tx, mut exits) = mpsc::channel::<Exit>(1024);
     let (control_tx, mut controls) = mpsc::channel::<Control>(CONTROL_BUFFER);
     setup
@@ -319,12 +107,8 @@ pub async fn run_node<F: Fabric>(
         .unwrap_or_else(|p| p.into_inner())
         .insert(id.clone(), control_tx.clone());
     let fabric = setup.fabric.clone();
-    let mut inbox = fabric
-        .subscribe(&Topic::node_rpc(&id))
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut inbox = fabric.subscribe(&Topic::node_rpc(&id)).await?;
     let notices = setup.membership.subscribe(&id);
-    let failures_file = node_dir.join("failures.json");
     let detector = setup.detect.then(|| {
         Detector::new(
             id.clone(),
@@ -333,26 +117,28 @@ pub async fn run_node<F: Fabric>(
         )
     });
     let mut node = Node::new(&setup.spec, setup.config.clone(), setup.seed, now());
-    node.restore_failures(load_failures(&failures_file), now());
+    // Failure memory that cannot be read is not applied: the node starts without it.
+    match state.read_json::<Vec<FailureEntry>>(StateFile::Failures(&id)) {
+        Ok(entries) => node.restore_failures(entries.unwrap_or_default(), now()),
+        Err(e) => tracing::error!(node = %id, "starting without failure memory: {e}"),
+    }
     let mut rt = Runtime {
-        failures_file,
         node,
         reg: setup.membership,
         id: id.clone(),
         fabric,
         shared: setup.shared.clone(),
-        exec: if setup.noop_executor {
-            Executor::noop(exit_tx)
+        instance_file: setup.noop.is_none().then_some(instance_file),
+        exec: if let Some(script) = setup.noop {
+            Executor::noop(exit_tx, script)
         } else {
-            Executor::new(node_dir.join("logs"), setup.stop_grace, exit_tx)
+            Executor::new(state.path(StateFile::Logs(&id)), setup.stop_grace, exit_tx)
         },
         gpus: setup.gpus,
         sense: setup.sense,
         // Numbered from the wall clock: a restarted node's messages are newer than its last
         // life's, so receivers' replay windows take them.
         seq: now().as_micros(),
-        health_failed: BTreeMap::new(),
-        instance_file: (!setup.noop_executor).then_some(instance_file),
         control_tx,
         view_due: None,
         detector,
@@ -387,8 +173,8 @@ pub async fn run_node<F: Fabric>(
             }
         }
     }
-    // Specs and members that arrived before this node subscribed.
-    rt.input(Input::Reconcile).await;
+    // Specs and members that arrived before this node subscribed: the core's first
+    // periodic reconcile (at its first heartbeat) covers them.
     let mut died = false;
     let mut sense_timer = tokio::time::interval(setup.sense_every);
     let mut detect_timer = tokio::time::interval(DETECT_EVERY);
@@ -460,11 +246,16 @@ impl<F: Fabric> Runtime<F> {
     async fn input(&mut self, input: Input) {
         // What an operator acts on (an instance ended, turned healthy, a drain) shows within
         // VIEW_SOON; the chatter of placements within VIEW_EVERY.
-        let visible = matches!(
-            input,
-            Input::Exited { .. } | Input::Health { .. } | Input::Drain(_)
-        );
+        let serving = |node: &Node, i: &InstanceId| node.hosted().get(i).map(|h| h.serving);
+        let probed = match &input {
+            Input::Probe { instance, .. } => {
+                Some((instance.clone(), serving(&self.node, instance)))
+            }
+            _ => None,
+        };
+        let mut visible = matches!(input, Input::Exited { .. } | Input::Drain(_));
         self.node.handle(input, now(), &self.reg.read());
+        visible |= probed.is_some_and(|(i, before)| serving(&self.node, &i) != before);
         self.drain(visible).await;
     }
 
@@ -506,7 +297,7 @@ impl<F: Fabric> Runtime<F> {
                     pending_acks.push(DetectorInput::Ack { target, nonce });
                 }
                 Output::Claim { service, claim } => {
-                    tokio::spawn(claim_record(
+                    tokio::spawn(crate::claim::claim_record(
                         self.fabric.clone(),
                         service,
                         claim,
@@ -514,18 +305,22 @@ impl<F: Fabric> Runtime<F> {
                     ));
                 }
                 Output::Record(event) => {
-                    if matches!(event, Event::Placed { .. }) {
-                        self.shared.counters.placements.inc();
-                    }
+                    match &event {
+                        Event::Placed { .. } => self.shared.counters.placements.inc(),
+                        Event::InstanceExited { outcome, .. } if outcome.is_failure() => {
+                            self.shared.counters.instance_failures.inc()
+                        }
+                        _ => 0,
+                    };
                     records.push(event);
                 }
+                Output::SaveFailures(entries) => {
+                    let file = StateFile::Failures(&self.id);
+                    if let Err(e) = self.shared.state_dir.write_json(file, &entries) {
+                        tracing::error!(node = %self.id, "saving failure memory: {e}");
+                    }
+                }
             }
-        }
-        if records
-            .iter()
-            .any(|e| matches!(e, Event::PressureRaised { .. }))
-        {
-            self.save_failures();
         }
         self.record(records).await;
         for ack in pending_acks {
@@ -575,7 +370,7 @@ impl<F: Fabric> Runtime<F> {
             Ok(running) => {
                 self.save_instances();
                 let check = spec.and_then(|s| s.health);
-                tokio::spawn(monitor(
+                tokio::spawn(crate::monitor::monitor(
                     self.exec.clone(),
                     order.instance,
                     running.pid,
@@ -593,24 +388,15 @@ impl<F: Fabric> Runtime<F> {
         if let Some(file) = &self.instance_file {
             let hosted = self.node.hosted();
             let cpu_util = self.node.load().cpu_util;
-            file.save(
+            let saved = file.save(
                 &self.exec.running(),
                 |i| hosted.get(i).map(|h| h.service.clone()),
                 cpu_util,
             );
+            if let Err(e) = saved {
+                tracing::error!(node = %self.id, "saving the instance file: {e}");
+            }
             self.saved_load_bucket = qs_core::failure::load_bucket(cpu_util);
-        }
-    }
-
-    /// Writes failure memory (written, then renamed, so a crash leaves the old or the new).
-    fn save_failures(&self) {
-        let entries: Vec<(&ServiceName, u8, f64)> = self.node.failures().entries(now()).collect();
-        let tmp = self.failures_file.with_extension("json.tmp");
-        let body = serde_json::to_vec(&entries).expect("failure entries serialize");
-        if let Err(e) =
-            std::fs::write(&tmp, body).and_then(|()| std::fs::rename(&tmp, &self.failures_file))
-        {
-            tracing::error!(node = %self.id, "saving failure memory: {e}");
         }
     }
 
@@ -635,27 +421,16 @@ impl<F: Fabric> Runtime<F> {
     }
 
     async fn on_notice(&mut self, notice: Notice) {
-        if notice.all {
-            // Covers every service, the ones named too.
-            return self.input(Input::Reconcile).await;
-        }
-        for service in notice.services {
-            self.input(Input::ReconcileService(service)).await;
+        for input in notice.into_inputs() {
+            self.input(input).await;
         }
     }
 
     async fn on_exit(&mut self, exit: Exit) {
-        let outcome = match self.health_failed.remove(&exit.instance) {
-            Some(reason) => ExitOutcome::HealthFailed { reason },
-            None => exit.outcome,
-        };
-        if outcome.is_failure() {
-            self.shared.counters.instance_failures.inc();
-        }
         self.save_instances();
         self.input(Input::Exited {
             instance: exit.instance,
-            outcome,
+            outcome: exit.outcome,
         })
         .await;
     }
@@ -689,17 +464,8 @@ impl<F: Fabric> Runtime<F> {
             }
             Control::Drain(on) => self.input(Input::Drain(on)).await,
             Control::Die | Control::Pause(_) => {} // handled by the loop
-            Control::Health {
-                instance,
-                serving,
-                failed,
-            } => {
-                if let Some(reason) = failed {
-                    self.health_failed.insert(instance.clone(), reason.clone());
-                    self.exec
-                        .stop(&instance, &format!("health check failed: {reason}"));
-                }
-                self.input(Input::Health { instance, serving }).await;
+            Control::Probed { instance, result } => {
+                self.input(Input::Probe { instance, result }).await;
             }
             Control::Claimed {
                 service,
@@ -753,17 +519,37 @@ impl<F: Fabric> Runtime<F> {
     async fn on_sense(&mut self) {
         self.record_quarantines().await;
         let running = self.exec.running();
-        let roots: BTreeMap<InstanceId, u32> =
-            running.iter().map(|(k, r)| (k.clone(), r.pid)).collect();
-        let sample = {
+        // The no-op double has no processes to walk: its script says what its instances use.
+        let roots: BTreeMap<InstanceId, u32> = match self.exec.script() {
+            Some(_) => BTreeMap::new(),
+            None => running.iter().map(|(k, r)| (k.clone(), r.pid)).collect(),
+        };
+        let mut sample = {
             let mut guard = self.shared.sensor.lock().unwrap_or_else(|p| p.into_inner());
             match guard.as_mut() {
                 Some(s) => s.sample(&roots),
                 None => return,
             }
         };
+        if let Some(script) = self.exec.script() {
+            for id in running.keys() {
+                sample.trees.insert(id.clone(), script.load(id));
+            }
+        }
         let cap = self.node.capacity().clone();
         let gpus = self.gpus.sample(&self.node.committed().gpu_vram_bytes);
+        // Each instance's share of its GPU: the utilisation of the GPU it holds (a GPU is
+        // given to one model at a time), and the VRAM the source attributes to it.
+        for (id, h) in self.node.hosted() {
+            if let (Some(i), Some(tree)) = (h.gpu, sample.trees.get_mut(id))
+                && let Some(g) = gpus.get(i as usize)
+            {
+                tree.gpu_util = tree.gpu_util.max(g.util);
+                tree.vram_bytes = tree
+                    .vram_bytes
+                    .max(h.demand.need.vram_bytes.min(g.vram_used_bytes));
+            }
+        }
         let load = match self.sense {
             SenseMode::Host => Load {
                 cpu_util: sample.cpu_util,
@@ -855,96 +641,4 @@ impl<F: Fabric> Runtime<F> {
 
 fn far_future() -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_secs(3600)
-}
-
-/// Failure memory saved by a previous run; unreadable or absent means none (logged).
-fn load_failures(path: &std::path::Path) -> Vec<(ServiceName, u8, f64)> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => serde_json::from_str(&text).unwrap_or_else(|e| {
-            tracing::warn!(
-                "{}: unreadable failure memory, starting without it: {e}",
-                path.display()
-            );
-            Vec::new()
-        }),
-        Err(_) => Vec::new(),
-    }
-}
-
-/// Watches the health of one process of an instance until that process is gone. Without a check, a process that stays up
-/// briefly counts as serving.
-async fn monitor(
-    exec: Executor,
-    instance: InstanceId,
-    pid: u32,
-    port: u16,
-    check: Option<qs_wire::HealthCheck>,
-    control: mpsc::Sender<Control>,
-) {
-    // This monitor belongs to one process: a restart of the instance gets its own.
-    let running = |exec: &Executor| exec.pid_of(&instance) == Some(pid);
-    let Some(check) = check else {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        if running(&exec) {
-            let _ = control
-                .send(Control::Health {
-                    instance,
-                    serving: true,
-                    failed: None,
-                })
-                .await;
-        }
-        return;
-    };
-    let started = tokio::time::Instant::now();
-    let mut serving = false;
-    let mut failures = 0u32;
-    let timeout = Duration::from_millis(check.timeout_ms);
-    loop {
-        // Probe quickly until the instance first serves, then at the check's interval.
-        let pause = if serving {
-            check.interval_ms
-        } else {
-            check.interval_ms.clamp(50, 250)
-        };
-        tokio::time::sleep(Duration::from_millis(pause)).await;
-        if !running(&exec) {
-            return;
-        }
-        match health::probe(&check.probe, port, timeout).await {
-            Ok(()) => {
-                failures = 0;
-                if !serving {
-                    serving = true;
-                    let msg = Control::Health {
-                        instance: instance.clone(),
-                        serving,
-                        failed: None,
-                    };
-                    if control.send(msg).await.is_err() {
-                        return;
-                    }
-                }
-            }
-            Err(why) => {
-                if started.elapsed() < Duration::from_millis(check.start_period_ms) && !serving {
-                    continue;
-                }
-                failures += 1;
-                let failed = (failures >= check.failures).then(|| why.clone());
-                if serving || failed.is_some() {
-                    serving = false;
-                    let done = failed.is_some();
-                    let msg = Control::Health {
-                        instance: instance.clone(),
-                        serving,
-                        failed,
-                    };
-                    if control.send(msg).await.is_err() || done {
-                        return;
-                    }
-                }
-            }
-        }
-    }
 }

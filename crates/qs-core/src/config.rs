@@ -43,6 +43,9 @@ impl Thresholds {
     }
 }
 
+/// Most nodes asked to relay one probe, whatever the config says.
+pub const MAX_PROBE_RELAYS: usize = 16;
+
 /// Every tunable of the core. Durations are in milliseconds.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -228,13 +231,12 @@ impl Config {
         positive("quarantine_after", u64::from(self.quarantine_after))?;
         positive("quarantine_window_ms", self.quarantine_window_ms)?;
         positive("quarantine_ms", self.quarantine_ms)?;
-        if self.probe_relays > crate::detector::MAX_PROBE_RELAYS {
+        if self.probe_relays > MAX_PROBE_RELAYS {
             return Err(ConfigError {
                 field: "probe_relays",
                 message: format!(
                     "must be at most {}, got {}",
-                    crate::detector::MAX_PROBE_RELAYS,
-                    self.probe_relays
+                    MAX_PROBE_RELAYS, self.probe_relays
                 ),
             });
         }

@@ -7,7 +7,7 @@
 //! silent for `dead_after_ms` is dead whatever the probes say. One detector serves a process:
 //! its answers come back to `me`, one node of that process, whose runtime hands them over.
 
-use crate::config::Config;
+use crate::config::{Config, MAX_PROBE_RELAYS};
 use crate::registry::Registry;
 use crate::rng::Rng;
 use crate::time::Time;
@@ -15,8 +15,6 @@ use qs_wire::{Message, NodeId};
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-/// Most nodes asked to relay one probe, whatever the config says.
-pub const MAX_PROBE_RELAYS: usize = 16;
 /// Most suspects probed at once; others wait for a slot (the hard deadline still applies).
 pub const MAX_PROBES: usize = 1024;
 

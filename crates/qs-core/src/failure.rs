@@ -3,6 +3,7 @@
 
 use crate::time::Time;
 use qs_wire::ServiceName;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -17,6 +18,16 @@ const FAILURE_SCALE: f64 = 3.0;
 pub fn load_bucket(cpu_util: f64) -> u8 {
     let b = (cpu_util.clamp(0.0, 1.0) * f64::from(LOAD_BUCKETS)) as u8;
     b.min(LOAD_BUCKETS - 1)
+}
+
+/// One remembered (service, load bucket) and its decayed failure count: what the shell
+/// saves across restarts ([`crate::Output::SaveFailures`]) and gives back to
+/// [`crate::Node::restore_failures`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FailureEntry {
+    pub service: ServiceName,
+    pub load_bucket: u8,
+    pub count: f64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -91,6 +102,17 @@ impl FailureMemory {
         self.entries
             .iter()
             .map(move |((s, b), d)| (s, *b, self.decay(d, now)))
+    }
+
+    /// Every entry as of `now`, to be saved.
+    pub fn snapshot(&self, now: Time) -> Vec<FailureEntry> {
+        self.entries(now)
+            .map(|(service, load_bucket, count)| FailureEntry {
+                service: service.clone(),
+                load_bucket,
+                count,
+            })
+            .collect()
     }
 }
 

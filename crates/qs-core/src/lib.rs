@@ -15,10 +15,13 @@
 //!   and through relays, and confirms deaths.
 
 pub mod auth;
+pub mod changes;
+pub mod claim;
 pub mod config;
 pub mod detector;
 pub mod failure;
 pub mod hash;
+pub mod health;
 pub mod node;
 pub mod registry;
 pub mod rng;
@@ -27,10 +30,13 @@ pub mod time;
 pub mod weight;
 
 pub use auth::{AuthConfig, AuthCounters, Keyring, Reject, Rejected};
+pub use changes::{Caused, FleetChange, Notice, Recipients, caused_by};
+pub use claim::{RecordVerdict, judge_claim, judge_record};
 pub use config::{Config, ConfigError, Thresholds};
 pub use detector::{Detector, DetectorInput, DetectorOutput};
+pub use failure::FailureEntry;
 pub use failure::FailureMemory;
-pub use node::{Input, Node, Output, StartOrder, judge_claim};
+pub use node::{Host, Hosted, Input, Node, Output, StartOrder, Steward};
 pub use registry::{Registry, RunningInstance};
 pub use rng::Rng;
 pub use time::Time;

@@ -14,7 +14,6 @@ use qs_wire::{
     WorkloadSpec,
 };
 use std::collections::BTreeMap;
-use std::time::Instant;
 
 const MIB: u64 = 1024 * 1024;
 
@@ -56,7 +55,12 @@ fn bench_fleet(n: usize) -> Vec<NodeSpec> {
 
 /// Places `placements` single-replica gpu-inference services on a fleet of `nodes`, and
 /// measures the wall time from the first spec to the last placement (fleet set-up excluded).
-pub fn placement(nodes: usize, placements: usize, seed: u64) -> PlacementRun {
+pub fn placement(
+    nodes: usize,
+    placements: usize,
+    seed: u64,
+    clock: crate::WallClock<'_>,
+) -> PlacementRun {
     let config = Config::default();
     // Start once every node has heard every other and is ready to steward.
     let ready = Time::from_millis(config.join_settle_ms + 100);
@@ -87,11 +91,11 @@ pub fn placement(nodes: usize, placements: usize, seed: u64) -> PlacementRun {
     }
     let before = sim.counters().clone();
     let target = before.placed + placements as u64;
-    let wall = Instant::now();
+    let wall = clock();
     let done = sim.run_while_not(Time::from_millis(600_000), |s| {
         s.counters().placed >= target
     });
-    let wall_seconds = wall.elapsed().as_secs_f64();
+    let wall_seconds = clock() - wall;
     assert!(done, "the benchmark fleet placed everything");
     let c = sim.counters();
     let placed = c.placed - before.placed;
@@ -120,12 +124,13 @@ mod tests {
 
     #[test]
     fn every_bench_placement_takes_the_full_path() {
-        let run = placement(20, 200, 1);
+        // No wall figure is checked: a stopped clock does.
+        let run = placement(20, 200, 1, &|| 0.0);
         assert_eq!(run.placements, 200);
         // Query to the 19 others and 19 answers, then a dispatch and its reply unless the
         // steward's own offer won.
         assert!(run.messages_per_placement >= 38.0, "{run:?}");
-        let sampled = placement(200, 200, 1);
+        let sampled = placement(200, 200, 1, &|| 0.0);
         assert!(sampled.messages_per_placement <= 20.0, "{sampled:?}");
     }
 }

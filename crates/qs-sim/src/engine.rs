@@ -5,7 +5,8 @@ use crate::net::Network;
 use hdrhistogram::Histogram;
 use qs_core::hash::{StableHasher, mix, of_str};
 use qs_core::{
-    Config, Detector, DetectorInput, DetectorOutput, Input, Node, Output, Registry, Rng, Time,
+    Config, Detector, DetectorInput, DetectorOutput, FleetChange, Input, Node, Notice, Output,
+    Recipients, Registry, Rng, Time,
 };
 use qs_wire::{
     Event, ExitOutcome, GpuLoad, InstanceId, InstanceLoad, Load, LocalVerdict, Message, NodeId,
@@ -48,6 +49,8 @@ pub enum Action {
     BreakStarts(NodeId),
     /// The operator approves a primary move.
     ApprovePromotion(ServiceName),
+    /// The operator drains a node: it takes no new work and its instances move away.
+    Drain(NodeId),
 }
 
 /// A broken invariant: what, when, and where.
@@ -99,6 +102,10 @@ enum Ev {
     },
     Expire,
     Act(Action),
+    /// A node takes what its notice gathered (as the agent's runtimes take their inboxes).
+    Notice(usize),
+    /// Every live node takes the notice posted to every node.
+    NoticeEvery,
 }
 
 struct Scheduled {
@@ -139,6 +146,8 @@ struct SimNode {
     broken_starts: bool,
     /// A sensor sample is already scheduled (samples coalesce, like a periodic sensor).
     sense_pending: bool,
+    /// What the node must reconcile, coalesced until it takes it.
+    notice: Notice,
     procs: BTreeMap<InstanceId, Proc>,
 }
 
@@ -168,6 +177,8 @@ pub struct Sim {
     job_ms: BTreeMap<ServiceName, u64>,
     /// The `instances` KV's singleton records (compare-and-set is atomic in one process).
     claims: BTreeMap<ServiceName, qs_wire::SingletonClaim>,
+    /// What every node must reconcile, gathered until it is delivered.
+    notice_every: Option<Notice>,
 }
 
 impl Sim {
@@ -186,6 +197,7 @@ impl Sim {
                 background: 0.0,
                 broken_starts: false,
                 sense_pending: false,
+                notice: Notice::default(),
                 procs: BTreeMap::new(),
             });
         }
@@ -211,6 +223,7 @@ impl Sim {
             counters: Counters::default(),
             job_ms: BTreeMap::new(),
             claims: BTreeMap::new(),
+            notice_every: None,
         };
         for i in 0..sim.nodes.len() {
             sim.reschedule(i);
@@ -303,7 +316,10 @@ impl Sim {
                     .get(&status.node)
                     .is_some_and(|&i| self.nodes[i].alive)
                 {
-                    self.registry.observe(*status, now);
+                    let node = status.node.clone();
+                    if self.registry.observe(*status, now).is_some() {
+                        self.changed(FleetChange::Joined(node));
+                    }
                 }
                 None
             }
@@ -338,7 +354,7 @@ impl Sim {
             }
             Ev::Expire => {
                 for dead in self.registry.expire(now) {
-                    self.lost(&dead);
+                    self.changed(FleetChange::Died(dead.node));
                 }
                 self.detect(DetectorInput::Tick);
                 self.push(now + micros(EXPIRE_EVERY_US), Ev::Expire);
@@ -347,6 +363,32 @@ impl Sim {
             Ev::Act(action) => {
                 self.act(action);
                 None
+            }
+            Ev::NoticeEvery => {
+                let notice = self.notice_every.take()?;
+                for i in 0..self.nodes.len() {
+                    if !self.nodes[i].alive {
+                        continue;
+                    }
+                    for input in notice.clone().into_inputs() {
+                        self.nodes[i].core.handle(input, now, &self.registry);
+                    }
+                    self.drain(i);
+                    self.reschedule(i);
+                }
+                None
+            }
+            Ev::Notice(i) => {
+                let notice = std::mem::take(&mut self.nodes[i].notice);
+                if !self.nodes[i].alive || notice.is_empty() {
+                    return None;
+                }
+                let reg = &self.registry;
+                let core = &mut self.nodes[i].core;
+                for input in notice.into_inputs() {
+                    core.handle(input, now, reg);
+                }
+                Some(i)
             }
         }
     }
@@ -379,10 +421,38 @@ impl Sim {
         }
     }
 
-    /// A node died: the stewards of what it ran reconcile.
-    fn lost(&mut self, dead: &qs_wire::NodeStatus) {
-        for inst in &dead.instances {
-            self.reconcile_steward_of(&inst.service);
+    /// A change of the registry (already applied): the core says who must reconcile what,
+    /// and each recipient's notice gathers it until the node takes it, a KV delay later.
+    fn changed(&mut self, change: FleetChange) {
+        let Some(caused) = qs_core::caused_by(&change, &self.registry) else {
+            return;
+        };
+        match caused.to {
+            // One delivery for the whole fleet: posting to 30,000 notices per join would cost
+            // more than the joins.
+            Recipients::Every => match &mut self.notice_every {
+                Some(pending) => pending.merge(caused.notice),
+                None => {
+                    self.notice_every = Some(caused.notice);
+                    self.push(self.now + micros(self.net.kv_us), Ev::NoticeEvery);
+                }
+            },
+            Recipients::Node(node) => {
+                if let Some(&i) = self.index.get(&node) {
+                    self.post(i, caused.notice);
+                }
+            }
+        }
+    }
+
+    fn post(&mut self, i: usize, notice: Notice) {
+        if !self.nodes[i].alive {
+            return;
+        }
+        let first = self.nodes[i].notice.is_empty();
+        self.nodes[i].notice.merge(notice);
+        if first {
+            self.push(self.now + micros(self.net.kv_us), Ev::Notice(i));
         }
     }
 
@@ -411,10 +481,8 @@ impl Sim {
                 DetectorOutput::Send { to, msg } => self.send(me, to, *msg),
                 DetectorOutput::Alive(node) => self.registry.vouch(&node, now),
                 DetectorOutput::Dead(node) => {
-                    if let Some(status) = self.registry.status(&node).cloned()
-                        && self.registry.remove(&node)
-                    {
-                        self.lost(&status);
+                    if self.registry.remove(&node) {
+                        self.changed(FleetChange::Died(node));
                     }
                 }
             }
@@ -436,28 +504,18 @@ impl Sim {
         self.push(self.now + micros(lat), Ev::Deliver { to: j, from, msg });
     }
 
-    fn reconcile_steward_of(&mut self, service: &ServiceName) {
-        if let Some(&i) = self
-            .registry
-            .steward(service)
-            .and_then(|s| self.index.get(s))
-        {
-            let at = self.now + micros(self.net.kv_us);
-            let input = Box::new(Input::ReconcileService(service.clone()));
-            self.push(at, Ev::Local { to: i, input });
-        }
-    }
-
     fn act(&mut self, action: Action) {
         let now = self.now;
         match action {
             Action::Apply(spec) => {
                 let name = spec.name.clone();
                 self.registry.apply_spec(spec, now);
-                self.reconcile_steward_of(&name);
+                self.changed(FleetChange::SpecChanged(name));
             }
             Action::Remove(name) => {
-                self.registry.remove_spec(&name);
+                if self.registry.remove_spec(&name).is_some() {
+                    self.changed(FleetChange::SpecRemoved(name));
+                }
             }
             Action::Spike {
                 service,
@@ -515,6 +573,12 @@ impl Sim {
                     self.nodes[i].broken_starts = true;
                 }
             }
+            Action::Drain(node) => {
+                if let Some(&i) = self.index.get(&node) {
+                    let input = Box::new(Input::Drain(true));
+                    self.push(now, Ev::Local { to: i, input });
+                }
+            }
             Action::ApprovePromotion(service) => {
                 if let Some(&i) = self
                     .registry
@@ -560,9 +624,10 @@ impl Sim {
                     );
                     let (instance, node) = (order.instance, i);
                     let broken = n.broken_starts;
-                    let serving = Box::new(Input::Health {
+                    // The simulated process stays up: its probe passes.
+                    let serving = Box::new(Input::Probe {
                         instance: instance.clone(),
-                        serving: true,
+                        result: Ok(()),
                     });
                     self.push(
                         now + micros(SENSE_DELAY_US),
@@ -608,6 +673,8 @@ impl Sim {
                     );
                 }
                 Output::Record(event) => self.on_record(i, event),
+                // The simulator has no disk and its nodes do not restart: nothing to keep.
+                Output::SaveFailures(_) => {}
                 Output::Claim { service, claim } => {
                     let result = qs_core::judge_claim(self.claims.get(&service), &claim);
                     let instance = claim.instance.clone();
@@ -672,21 +739,22 @@ impl Sim {
             let used_mem = p.need.memory_bytes / 2;
             cpu += used as f64;
             mem += used_mem;
+            let mut own = InstanceLoad {
+                cpu_millicores: used,
+                memory_bytes: used_mem,
+                ..InstanceLoad::default()
+            };
             if let Some(i) = p.gpu.map(|g| g as usize)
                 && let (Some(g), Some(total)) = (gpus.get_mut(i), cap.gpus.get(i))
             {
                 // A model keeps its GPU busy in proportion to the share of VRAM it holds.
                 g.vram_used_bytes += p.need.vram_bytes;
                 let share = p.need.vram_bytes as f64 / total.vram_bytes.max(1) as f64;
-                g.util = (g.util + 0.6 * share * p.util / 0.4).min(1.0);
+                own.gpu_util = (0.6 * share * p.util / 0.4).min(1.0);
+                own.vram_bytes = p.need.vram_bytes;
+                g.util = (g.util + own.gpu_util).min(1.0);
             }
-            per.insert(
-                id.clone(),
-                InstanceLoad {
-                    cpu_millicores: used,
-                    memory_bytes: used_mem,
-                },
-            );
+            per.insert(id.clone(), own);
         }
         let load = Load {
             cpu_util: (cpu / cap.cpu_millicores.max(1) as f64).min(1.0),

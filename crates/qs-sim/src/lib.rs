@@ -11,4 +11,4 @@ pub mod workload;
 
 pub use engine::{Action, Counters, Sim, Violation};
 pub use net::Network;
-pub use workload::{Report, SimConfig, SimConfigError, run, run_with_records};
+pub use workload::{Report, SimConfig, SimConfigError, WallClock, run, run_with_records};

@@ -10,7 +10,6 @@ use qs_wire::{
 };
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::time::Instant;
 
 const MIB: u64 = 1024 * 1024;
 const GIB: u64 = 1024 * MIB;
@@ -300,9 +299,13 @@ pub fn build(cfg: &SimConfig) -> (Sim, usize, usize) {
     (sim, services, jobs)
 }
 
+/// The wall clock, as the shell that runs the simulator reads it: seconds since any fixed
+/// point. The simulator never reads a clock itself; wall-time figures use this one.
+pub type WallClock<'a> = &'a dyn Fn() -> f64;
+
 /// Runs the scenario of `cfg` and reports what it measured.
-pub fn run(cfg: &SimConfig) -> Result<Report, crate::SimConfigError> {
-    run_with_records(cfg, |_| ())
+pub fn run(cfg: &SimConfig, clock: WallClock<'_>) -> Result<Report, crate::SimConfigError> {
+    run_with_records(cfg, clock, |_| ())
 }
 
 /// Like [`run`], handing the ledger records to `sink` one simulated second at a time (with
@@ -310,6 +313,7 @@ pub fn run(cfg: &SimConfig) -> Result<Report, crate::SimConfigError> {
 /// not counted in the wall-clock figures.
 pub fn run_with_records(
     cfg: &SimConfig,
+    clock: WallClock<'_>,
     mut sink: impl FnMut(Vec<qs_wire::Record>),
 ) -> Result<Report, crate::SimConfigError> {
     cfg.validate()?;
@@ -318,9 +322,9 @@ pub fn run_with_records(
     let mut t_ms = 0;
     while t_ms < cfg.duration_ms {
         t_ms = (t_ms + 1000).min(cfg.duration_ms);
-        let wall = Instant::now();
+        let wall = clock();
         sim.run_until(Time::from_millis(t_ms));
-        wall_seconds += wall.elapsed().as_secs_f64();
+        wall_seconds += clock() - wall;
         if cfg.keep_records {
             sink(sim.take_records());
         }

@@ -1,24 +1,15 @@
-//! Local durable state on redb. For now: the ledger, an append-only log of typed events with
-//! sequence numbers, range reads and follow.
-//!
-//! Every append is one redb transaction with immediate durability: once [`Ledger::append`]
-//! returns, the events survive a kill -9 or a power cut. A file that is not a ledger, or a
-//! damaged one, gives [`StoreError::Corrupt`] naming the file; it never panics. (redb 4.5
-//! itself panics on some damaged pages, so every storage call runs inside [`contained`].)
+//! Local durable state: the state directory ([`StateDir`]: its layout and its one atomic
+//! write) and the ledger on redb ([`Ledger`]).
 
-use qs_wire::{Event, NodeId, Record};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use std::ops::Range;
-use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex};
-use std::time::Duration;
+mod ledger;
+mod state_dir;
 
-const LEDGER: TableDefinition<u64, &[u8]> = TableDefinition::new("ledger");
-/// Most records one read returns.
-pub const MAX_READ: usize = 10_000;
+pub use ledger::{Ledger, MAX_READ};
+pub use state_dir::{StateDir, StateFile};
 
-/// What went wrong with the store, naming the file.
+use std::path::PathBuf;
+
+/// What went wrong with local state, naming the file.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{path}: not a readable ledger (corrupt or another kind of file): {detail}")]
@@ -29,227 +20,26 @@ pub enum StoreError {
         #[source]
         source: redb::Error,
     },
-}
-
-/// The append-only ledger of one node.
-pub struct Ledger {
-    db: Database,
-    path: PathBuf,
-    /// Next sequence number, guarded so appends from several threads stay contiguous; the
-    /// condvar wakes followers.
-    next: Mutex<u64>,
-    appended: Condvar,
-}
-
-impl Ledger {
-    /// Opens the ledger at `path`, creating it if missing.
-    pub fn open(path: impl AsRef<Path>) -> Result<Ledger, StoreError> {
-        let path = path.as_ref().to_path_buf();
-        let db = contained(&path, || {
-            Database::create(&path).map_err(|e| classify(&path, e.into()))
-        })?;
-        let ledger = Ledger {
-            db,
-            path: path.clone(),
-            next: Mutex::new(0),
-            appended: Condvar::new(),
-        };
-        let next = ledger.scan_last()?.map_or(0, |s| s + 1);
-        *ledger.lock_next() = next;
-        Ok(ledger)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    fn lock_next(&self) -> std::sync::MutexGuard<'_, u64> {
-        self.next.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn err(&self, e: impl Into<redb::Error>) -> StoreError {
-        classify(&self.path, e.into())
-    }
-
-    fn scan_last(&self) -> Result<Option<u64>, StoreError> {
-        contained(&self.path, || self.scan_last_inner())
-    }
-
-    fn scan_last_inner(&self) -> Result<Option<u64>, StoreError> {
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
-        let last = {
-            let table = tx.open_table(LEDGER).map_err(|e| self.err(e))?;
-            let last = table.last().map_err(|e| self.err(e))?;
-            last.map(|(k, _)| k.value())
-        };
-        tx.commit().map_err(|e| self.err(e))?;
-        Ok(last)
-    }
-
-    /// Appends events written by `node` at `at_us`, in one durable transaction. Returns their
-    /// sequence numbers.
-    pub fn append(
-        &self,
-        node: &NodeId,
-        at_us: u64,
-        events: &[Event],
-    ) -> Result<Range<u64>, StoreError> {
-        self.append_with(events.len(), |i| (at_us, node, &events[i]))
-    }
-
-    /// Appends records written elsewhere (a simulator, another node's buffer) in one durable
-    /// transaction, keeping their node and time; they get this ledger's sequence numbers.
-    pub fn append_records(&self, records: &[Record]) -> Result<Range<u64>, StoreError> {
-        self.append_with(records.len(), |i| {
-            let r = &records[i];
-            (r.at_us, &r.node, &r.event)
-        })
-    }
-
-    /// Appends `n` records whose time, node and event `part(i)` gives.
-    fn append_with<'a>(
-        &self,
-        n: usize,
-        part: impl Fn(usize) -> (u64, &'a NodeId, &'a Event),
-    ) -> Result<Range<u64>, StoreError> {
-        let mut next = self.lock_next();
-        let first = *next;
-        contained(&self.path, || self.write(first, n, &part))?;
-        *next = first + n as u64;
-        self.appended.notify_all();
-        Ok(first..*next)
-    }
-
-    fn write<'a>(
-        &self,
-        first: u64,
-        n: usize,
-        part: &dyn Fn(usize) -> (u64, &'a NodeId, &'a Event),
-    ) -> Result<(), StoreError> {
-        /// [`Record`] by reference: the same encoding without copying the event.
-        #[derive(serde::Serialize)]
-        struct Stored<'a> {
-            seq: u64,
-            at_us: u64,
-            node: &'a NodeId,
-            event: &'a Event,
-        }
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
-        {
-            let mut table = tx.open_table(LEDGER).map_err(|e| self.err(e))?;
-            let mut bytes = Vec::with_capacity(256);
-            for i in 0..n {
-                let (at_us, node, event) = part(i);
-                let seq = first + i as u64;
-                bytes.clear();
-                serde_json::to_writer(
-                    &mut bytes,
-                    &Stored {
-                        seq,
-                        at_us,
-                        node,
-                        event,
-                    },
-                )
-                .expect("ledger records always serialize");
-                table
-                    .insert(seq, bytes.as_slice())
-                    .map_err(|e| self.err(e))?;
-            }
-        }
-        tx.commit().map_err(|e| self.err(e))
-    }
-
-    /// Records with `seq >= from`, at most `limit` (capped at [`MAX_READ`]).
-    pub fn read(&self, from: u64, limit: usize) -> Result<Vec<Record>, StoreError> {
-        contained(&self.path, || self.read_inner(from, limit))
-    }
-
-    fn read_inner(&self, from: u64, limit: usize) -> Result<Vec<Record>, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
-        let table = match tx.open_table(LEDGER) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(self.err(e)),
-        };
-        let mut out = Vec::new();
-        for item in table
-            .range(from..)
-            .map_err(|e| self.err(e))?
-            .take(limit.min(MAX_READ))
-        {
-            let (k, v) = item.map_err(|e| self.err(e))?;
-            let record: Record =
-                serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
-                    path: self.path.clone(),
-                    detail: format!("record {}: {e}", k.value()),
-                })?;
-            out.push(record);
-        }
-        Ok(out)
-    }
-
-    /// The sequence number the next event will get (= number of events).
-    pub fn next_seq(&self) -> u64 {
-        *self.lock_next()
-    }
-
-    /// Like [`Ledger::read`], but waits up to `timeout` for a record at `from` to be appended
-    /// (by this process) if there is none yet.
-    pub fn follow(
-        &self,
-        from: u64,
-        limit: usize,
-        timeout: Duration,
-    ) -> Result<Vec<Record>, StoreError> {
-        let next = self.lock_next();
-        let (next, _) = self
-            .appended
-            .wait_timeout_while(next, timeout, |n| *n <= from)
-            .unwrap_or_else(|p| p.into_inner());
-        drop(next);
-        self.read(from, limit)
-    }
-}
-
-/// Runs one storage operation; a panic inside the storage engine (which redb raises on some
-/// damaged pages) becomes [`StoreError::Corrupt`] instead of taking the process down.
-fn contained<T>(path: &Path, op: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
-    catch_unwind(AssertUnwindSafe(op)).unwrap_or_else(|panic| {
-        let detail = panic
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| panic.downcast_ref::<&str>().copied())
-            .unwrap_or("the storage engine failed");
-        Err(StoreError::Corrupt {
-            path: path.to_path_buf(),
-            detail: format!("storage engine failure: {detail}"),
-        })
-    })
-}
-
-/// Storage errors that mean "this file is damaged or not ours" become [`StoreError::Corrupt`].
-fn classify(path: &Path, e: redb::Error) -> StoreError {
-    let corrupt = match &e {
-        redb::Error::Corrupted(_)
-        | redb::Error::UpgradeRequired(_)
-        | redb::Error::TableTypeMismatch { .. } => true,
-        // Truncated (shorter than its header says), or not redb's format at all.
-        redb::Error::Io(io) => matches!(
-            io.kind(),
-            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
-        ),
-        _ => false,
-    };
-    if corrupt {
-        StoreError::Corrupt {
-            path: path.to_path_buf(),
-            detail: e.to_string(),
-        }
-    } else {
-        StoreError::Db {
-            path: path.to_path_buf(),
-            source: e,
-        }
-    }
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A state file that does not parse: nothing is read from it.
+    #[error("{path}: unreadable {what} at line {line}, column {column}: {detail}")]
+    Unreadable {
+        path: PathBuf,
+        what: &'static str,
+        line: usize,
+        column: usize,
+        detail: String,
+    },
+    #[error("{path}: {size} bytes is more than the {max} a {what} may have")]
+    TooLarge {
+        path: PathBuf,
+        what: &'static str,
+        size: u64,
+        max: u64,
+    },
 }

@@ -225,6 +225,17 @@ pub struct SingletonClaim {
     pub steward: NodeId,
 }
 
+impl SingletonClaim {
+    /// Decodes a record read from the `instances` KV (untrusted: any writer of the bucket).
+    pub fn decode(bytes: &[u8]) -> Result<SingletonClaim, crate::WireError> {
+        Ok(serde_json::from_slice(bytes)?)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("claims of wire types always serialize")
+    }
+}
+
 /// Every message between nodes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 // Externally tagged: it decodes in one pass (an internal tag makes serde buffer every

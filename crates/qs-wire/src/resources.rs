@@ -50,9 +50,15 @@ pub struct GpuLoad {
 
 /// Sensed use of one instance's process tree.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct InstanceLoad {
     pub cpu_millicores: u64,
     pub memory_bytes: u64,
+    /// Utilisation of the GPU the instance holds, 0.0..=1.0, as its processes use it (0
+    /// without a GPU).
+    pub gpu_util: f64,
+    /// GPU memory its processes hold.
+    pub vram_bytes: u64,
 }
 
 /// One sensor sample of a whole node.

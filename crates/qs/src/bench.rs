@@ -31,7 +31,12 @@ pub fn placement_suite(sizes: &[usize], placements: usize, repeats: usize, seed:
     let mut cost_ns = Vec::new();
     for &nodes in sizes {
         let runs: Vec<_> = (0..repeats)
-            .map(|r| placement(nodes, placements, seed + r as u64))
+            .map(|r| {
+                let start = std::time::Instant::now();
+                placement(nodes, placements, seed + r as u64, &|| {
+                    start.elapsed().as_secs_f64()
+                })
+            })
             .collect();
         let rate = median(runs.iter().map(|r| r.per_second()).collect());
         let ns = median(runs.iter().map(|r| r.ns_per_placement()).collect());
@@ -143,7 +148,7 @@ pub fn fleet_suite(nodes: usize, placements: usize, replicas: usize) -> anyhow::
         let (events_before, seq_before) =
             (counters.ledger_events.get(), fleet.shared.ledger.next_seq());
         let t0 = Instant::now();
-        qs_agent::runtime::put_specs(&fleet.fabric, &doc).await?;
+        qs_agent::specs::put_specs(&fleet.fabric, &doc).await?;
         let target = before + placements as u64;
         while fleet.shared.counters.placements.get() < target {
             anyhow::ensure!(
@@ -462,15 +467,16 @@ fn through_runtime(
     frames: &[Vec<u8>],
 ) -> anyhow::Result<()> {
     use qs_agent::fleet::EmbeddedFleet;
-    use qs_agent::identity::{NODES_BUCKET, key_path};
+    use qs_agent::names::NODES_BUCKET;
     use qs_fabric::{Fabric, Kv};
+    use qs_store::{StateDir, StateFile};
     use std::time::{Duration, Instant};
     const CHUNK: usize = 2_000;
     let state_dir = std::env::temp_dir().join(format!("qs-bench-messages-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&state_dir);
-    let key_file = key_path(&state_dir, receiver);
-    std::fs::create_dir_all(key_file.parent().expect("a key file has a directory"))?;
-    std::fs::write(&key_file, qs_wire::identity::hex(&receiver_secret))?;
+    let state = StateDir::open(&state_dir)?;
+    let secret = qs_wire::identity::hex(&receiver_secret);
+    state.write(StateFile::Key(receiver), secret.as_bytes(), Some(0o600))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -1,8 +1,8 @@
 //! Command-line interface: the subcommands, their flags, and the glue to the crates.
 
-use crate::render;
+use crate::render::{self, OutputFormat};
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use qs_sim::{Report, SimConfig};
 use qs_store::Ledger;
 use qs_wire::Record;
@@ -21,12 +21,6 @@ pub struct Cli {
     api: String,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-pub enum OutputFormat {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -471,12 +465,15 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 fn simulate(cfg: &SimConfig, ledger: Option<&PathBuf>) -> Result<Report> {
+    // The simulator reads no clock: its wall-time figures come from this one.
+    let start = std::time::Instant::now();
+    let wall = || start.elapsed().as_secs_f64();
     let Some(path) = ledger else {
-        return qs_sim::run(cfg).context("invalid simulation settings");
+        return qs_sim::run(cfg, &wall).context("invalid simulation settings");
     };
     let ledger = Ledger::open(path)?;
     let mut failure = None;
-    let report = qs_sim::run_with_records(cfg, |records| {
+    let report = qs_sim::run_with_records(cfg, &wall, |records| {
         if failure.is_none()
             && let Err(e) = ledger.append_records(&records)
         {

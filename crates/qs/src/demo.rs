@@ -4,7 +4,7 @@
 //! instance is killed: it comes back elsewhere, and the node that lost it remembers.
 
 use crate::render;
-use qs_agent::runtime::{Control, Shared};
+use qs_agent::control::{Control, Shared};
 use qs_fabric::memory::MemoryFabric;
 use qs_wire::{InstanceId, NodeId, ServiceName, parse_spec};
 use std::net::SocketAddr;
@@ -173,7 +173,7 @@ pub async fn play(addr: SocketAddr, shared: Arc<Shared>, fabric: MemoryFabric) {
     ] {
         match parse_spec(&file, text) {
             Ok(doc) => {
-                if let Err(e) = qs_agent::runtime::put_specs(&fabric, &doc).await {
+                if let Err(e) = qs_agent::specs::put_specs(&fabric, &doc).await {
                     say(&format!("could not apply {file}: {e}"));
                 }
             }

@@ -1,9 +1,8 @@
 //! The fleet commands: `qs up` (an embedded fleet with its HTTP API, and the seed 000 demo)
 //! and the client commands that talk to a running agent's API.
 
-use crate::cli::OutputFormat;
 use crate::client::call;
-use crate::render;
+use crate::render::{self, OutputFormat};
 use anyhow::{Context, Result, bail};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use qs_agent::fleet::{EmbeddedFleet, FleetOptions};
@@ -79,12 +78,56 @@ fn read_config(path: Option<&Path>) -> Result<Config> {
     };
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let config: Config =
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    config
-        .validate()
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let config: Config = toml::from_str(&text).map_err(|e| {
+        // toml names the line and column of what it could not read.
+        let (line, column) = e
+            .span()
+            .map_or((0, 0), |span| line_column(&text, span.start));
+        anyhow::anyhow!("{}:{line}:{column}: {}", path.display(), e.message())
+    })?;
+    config.validate().map_err(|e| {
+        let (line, column) = locate_field(&text, e.field);
+        anyhow::anyhow!("{}:{line}:{column}: {e}", path.display())
+    })?;
     Ok(config)
+}
+
+/// The 1-based line and column of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, column)
+}
+
+/// Where a config field (`gate_min`, `thresholds.cpu`) is set in the file: its key's line and
+/// column, within its table when it has one; (0, 0) when it is not set there.
+fn locate_field(text: &str, field: &str) -> (usize, usize) {
+    let (table, key) = field.rsplit_once('.').unwrap_or(("", field));
+    let mut in_table = table.is_empty();
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        if let Some(name) = trimmed.strip_prefix('[') {
+            in_table = name.trim_end().trim_end_matches(']').trim() == table;
+            continue;
+        }
+        let column = line.len() - trimmed.len() + 1;
+        let sets = |k: &str| {
+            trimmed
+                .strip_prefix(k)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        };
+        if in_table && sets(key) {
+            return (i + 1, column);
+        }
+        if !table.is_empty() && sets(&format!("{table}.{key}")) {
+            return (i + 1, column);
+        }
+        if !table.is_empty() && sets(table) && trimmed.contains(key) {
+            return (i + 1, column + trimmed.find(key).unwrap_or(0));
+        }
+    }
+    (0, 0)
 }
 
 fn read_spec(path: &Path) -> Result<qs_wire::SpecDocument> {
@@ -227,7 +270,7 @@ async fn serve<F: qs_fabric::Fabric>(
         state_dir.display()
     );
     for doc in docs {
-        let applied = qs_agent::runtime::put_specs(&fleet.fabric, doc).await?;
+        let applied = qs_agent::specs::put_specs(&fleet.fabric, doc).await?;
         println!(
             "applied {}",
             applied
@@ -558,7 +601,7 @@ impl Recovery<'_> {
             .with_context(|| format!("the observer {} does not answer", self.observer))?;
         Ok(Before {
             at: std::time::Instant::now(),
-            at_us: qs_agent::runtime::now().as_micros(),
+            at_us: qs_agent::clock::now().as_micros(),
             seq: health["ledger_next_seq"].as_u64().unwrap_or(0),
         })
     }
@@ -769,5 +812,22 @@ pub fn drain(api: &str, node: &str, undo: bool, timeout: Duration) -> Result<()>
             );
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[cfg(test)]
+mod config_tests {
+    use super::locate_field;
+
+    #[test]
+    fn a_config_field_is_found_at_its_line_and_column() {
+        let text = "gate_min = 2.0\n\n[thresholds]\n  cpu = 7.0\nmemory = 0.5\n";
+        assert_eq!(locate_field(text, "gate_min"), (1, 1));
+        assert_eq!(locate_field(text, "thresholds.cpu"), (4, 3));
+        assert_eq!(locate_field(text, "thresholds.gpu"), (0, 0));
+        assert_eq!(
+            locate_field("thresholds = { gpu = 3 }", "thresholds.gpu"),
+            (1, 16)
+        );
     }
 }

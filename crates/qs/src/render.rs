@@ -3,6 +3,13 @@
 
 use qs_wire::{Event, ExitOutcome, LocalVerdict, Record, SenseReason};
 
+/// How a client command prints what it got: prose for people, or JSON.
+#[derive(Clone, Copy, Debug, clap::ValueEnum, PartialEq, Eq)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
 /// One line of prose for an event.
 pub fn describe(event: &Event) -> String {
     match event {

@@ -158,3 +158,36 @@ fn a_simulation_ledger_tells_the_placement_stories() {
     let out = qs(&["events", "--ledger", &format!("{ledger}.missing")]);
     assert!(text(&out.stderr).contains("no such ledger"));
 }
+
+/// A bad `--config` is refused before anything starts, naming file, line, column and field.
+#[test]
+fn a_bad_config_is_refused_with_its_location() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let check = |name: &str, body: &str, want: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, body).unwrap();
+        let out = qs(&[
+            "up",
+            "--config",
+            path.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ]);
+        assert!(!out.status.success(), "{name} was accepted");
+        let err = text(&out.stderr);
+        assert!(err.contains(&format!("{name}:{want}")), "{name}: {err}");
+    };
+    check(
+        "range.toml",
+        "heartbeat_ms = 250\n\n[thresholds]\n  cpu = 7.0\n",
+        "4:3: config field `thresholds.cpu`",
+    );
+    check(
+        "unknown.toml",
+        "heartbeat_ms = 250\nbogus = 1\n",
+        "2:1: unknown field `bogus`",
+    );
+}

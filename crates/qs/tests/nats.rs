@@ -96,6 +96,13 @@ fn kill_group(pid: u32) {
     unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
 }
 
+/// The tests that load this 2-core host to saturation (a DNS flood, a JetStream cluster
+/// electing leaders) take turns: together, each starves the other past its bounds.
+fn saturating() -> std::sync::MutexGuard<'static, ()> {
+    static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    HEAVY.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 #[test]
 fn an_instance_of_a_killed_agent_serves_again_on_a_survivor() {
     let dir = tempfile::tempdir().unwrap();
@@ -284,6 +291,7 @@ const RAFT: std::time::Duration = std::time::Duration::from_secs(90);
 /// and a killed agent's instance still serves again on the survivor.
 #[test]
 fn placement_and_failover_survive_the_loss_of_one_of_three_nats_servers() {
+    let _alone = saturating();
     let dir = tempfile::tempdir().unwrap();
     let mut servers = NatsServer::cluster(3).expect("nats-server 2.10+ (scripts/test installs it)");
     let urls: Vec<String> = servers.iter().map(NatsServer::url).collect();
@@ -603,6 +611,7 @@ fn all_events(agents: &[&Up]) -> Vec<serde_json::Value> {
 #[test]
 fn seed_000_dns_story_across_three_agents() {
     require_dnsmasq();
+    let _alone = saturating();
     let dir = tempfile::tempdir().unwrap();
     let server = NatsServer::start().expect("nats-server 2.10+ (scripts/test installs it)");
     let url = server.url();
@@ -682,7 +691,13 @@ fn seed_000_dns_story_across_three_agents() {
     let on = placed["event"]["on"].as_str().unwrap();
     assert_ne!(on, names[a], "placed away from A");
     if on != placement["steward"] {
-        assert_eq!(step("dispatched")["event"]["to"], on);
+        // A host may refuse at dispatch (late binding: the shared host is busy); the next
+        // offer then gets it. The placement ends with a dispatch to where it was placed.
+        let dispatched: Vec<&serde_json::Value> = kind(&events, "dispatched")
+            .filter(|e| &e["event"]["placement"] == placement)
+            .collect();
+        let last = dispatched.last().expect("a dispatch for the scale-out");
+        assert_eq!(last["event"]["to"], on);
     }
 
     // kill -9 A's agent: the name still resolves through the survivors.

@@ -1,15 +1,20 @@
-//! The host side of a node: sensing, offers, late-binding acceptance, running instances.
+//! The host: what runs on this node. Its capacity and commitments, the instances it hosts,
+//! their health verdicts and restarts, its failure memory, its drain, and its answers to the
+//! placement steps (offers, late-binding acceptance of dispatches).
 
-use super::{Node, Output, StartOrder};
-use crate::failure::load_bucket;
+use super::{Outbox, Output, StartOrder};
+use crate::config::Config;
+use crate::failure::{FailureEntry, FailureMemory, load_bucket};
+use crate::health::{self, Probed, Verdict};
 use crate::registry::Registry;
 use crate::time::{Time, ms};
-use crate::weight::composite;
+use crate::weight::{Gate, composite};
 use qs_wire::{
-    DeclineReason, Demand, Event, ExitOutcome, InstanceId, InstanceLoad, InstanceSummary, Load,
-    NodeStatus, Offer, Resource, Role, ServiceName,
+    Capacity, Committed, DeclineReason, Demand, Event, ExitOutcome, InstanceId, InstanceLoad,
+    InstanceSummary, Load, Message, NodeId, NodeSpec, NodeStatus, Offer, Resource, Role,
+    ServiceName,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 /// An instance this node runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,10 +30,22 @@ pub struct Hosted {
     pub stopping: bool,
     /// Healthy: it may receive traffic.
     pub serving: bool,
+    /// What the probes of its current process have shown.
+    pub probed: Probed,
+    /// Its health check failed and its stop was ordered: the exit is a health failure.
+    pub health_failed: Option<String>,
     /// In-place restarts so far.
     pub restarts: u32,
     /// Failed; to be started again at this time (resources stay committed meanwhile).
     pub restart_at: Option<Time>,
+}
+
+/// A job instance that completed, reported in heartbeats until the linger passes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Completed {
+    at: Time,
+    instance: InstanceId,
+    service: ServiceName,
 }
 
 /// Do the node's labels carry every required label with the same value?
@@ -39,10 +56,72 @@ pub(crate) fn labels_match(
     required.iter().all(|(k, v)| have.get(k) == Some(v))
 }
 
-impl Node {
+/// See the module docs.
+#[derive(Debug)]
+pub struct Host {
+    id: NodeId,
+    level: u8,
+    labels: BTreeMap<String, String>,
+    capacity: Capacity,
+    config: Config,
+    gate: Gate,
+    committed: Committed,
+    load: Load,
+    hosted: BTreeMap<InstanceId, Hosted>,
+    /// Draining: no new work; instances are being moved away.
+    draining: bool,
+    completed: VecDeque<Completed>,
+    failures: FailureMemory,
+    next_heartbeat: Time,
+}
+
+impl Host {
+    pub(crate) fn new(spec: &NodeSpec, config: Config, first_beat: Time) -> Host {
+        Host {
+            id: spec.id.clone(),
+            level: spec.level,
+            labels: spec.labels.clone(),
+            committed: Committed {
+                gpu_vram_bytes: vec![0; spec.capacity.gpus.len()],
+                ..Committed::default()
+            },
+            load: Load {
+                gpus: vec![Default::default(); spec.capacity.gpus.len()],
+                ..Load::default()
+            },
+            capacity: spec.capacity.clone(),
+            gate: Gate {
+                min: config.gate_min,
+            },
+            failures: FailureMemory::new(ms(config.failure_half_life_ms), config.pressure_cap),
+            config,
+            hosted: BTreeMap::new(),
+            draining: false,
+            completed: VecDeque::new(),
+            next_heartbeat: first_beat,
+        }
+    }
+
+    /// Heartbeats and restarts that are due.
+    pub(crate) fn on_tick(&mut self, now: Time, out: &mut Outbox) {
+        if now >= self.next_heartbeat {
+            let beat = self.status(now);
+            out.emit(Output::Heartbeat(beat));
+            self.next_heartbeat = now + ms(self.config.heartbeat_ms);
+        }
+    }
+
+    /// The host's next deadline: a heartbeat or a restart.
+    pub(crate) fn deadline(&self) -> Time {
+        self.hosted
+            .values()
+            .filter_map(|h| h.restart_at)
+            .fold(self.next_heartbeat, Time::min)
+    }
+
     /// Steps 4 and 5, host side: can this node take `demand` now, and with what weight?
     /// `fencing` is set for singleton dispatches, so a stale one is refused.
-    pub(crate) fn evaluate(
+    pub fn evaluate(
         &self,
         demand: &Demand,
         fencing: Option<u64>,
@@ -148,6 +227,7 @@ impl Node {
     }
 
     /// Late binding: re-check fit, pattern and gate at the moment of the dispatch.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn accept_dispatch(
         &mut self,
         instance: &InstanceId,
@@ -156,6 +236,7 @@ impl Node {
         fencing: u64,
         now: Time,
         reg: &Registry,
+        out: &mut Outbox,
     ) -> Result<(), DeclineReason> {
         if self.hosted.contains_key(instance) {
             return Ok(()); // a repeated dispatch: already accepted
@@ -165,67 +246,71 @@ impl Node {
         if !self.gate.admits(&offer.composite) {
             return Err(DeclineReason::Gate);
         }
-        self.host(instance.clone(), demand.clone(), role, fencing, offer.gpu);
+        let order = StartOrder {
+            instance: instance.clone(),
+            service: demand.service.clone(),
+            role,
+            fencing,
+            gpu: offer.gpu,
+            need: demand.need,
+        };
+        self.host(order, demand.clone(), now, out);
         Ok(())
     }
 
     /// Commits resources and orders the start.
-    pub(crate) fn host(
-        &mut self,
-        instance: InstanceId,
-        demand: Demand,
-        role: Role,
-        fencing: u64,
-        gpu: Option<u32>,
-    ) {
+    pub(crate) fn host(&mut self, order: StartOrder, demand: Demand, now: Time, out: &mut Outbox) {
         let need = demand.need;
         self.committed.cpu_millicores += need.cpu_millicores;
         self.committed.memory_bytes += need.memory_bytes;
-        if let Some(i) = gpu {
+        if let Some(i) = order.gpu {
             self.committed.gpu_vram_bytes[i as usize] += need.vram_bytes;
         }
-        let service = demand.service.clone();
-        self.record(Event::InstanceStarted {
-            instance: instance.clone(),
-            service: service.clone(),
-            role,
-            fencing,
-            gpu,
-        });
-        self.emit(Output::Start(StartOrder {
-            instance: instance.clone(),
-            service: service.clone(),
-            role,
-            fencing,
-            gpu,
-            need,
-        }));
         self.hosted.insert(
-            instance,
+            order.instance.clone(),
             Hosted {
-                service,
+                service: order.service.clone(),
                 demand,
-                role,
-                fencing,
-                gpu,
+                role: order.role,
+                fencing: order.fencing,
+                gpu: order.gpu,
                 hot: false,
                 stopping: false,
                 serving: false,
+                probed: Probed::started(now),
+                health_failed: None,
                 restarts: 0,
                 restart_at: None,
             },
         );
+        start(order, out);
     }
 
-    /// Raises this node's pressure for `service` at the load bucket of `cpu_util`.
-    fn remember_failure(&mut self, service: &ServiceName, cpu_util: f64, now: Time) {
+    /// Raises this node's pressure for `service` at the load bucket of `cpu_util`, and asks
+    /// the shell to keep the failure memory across restarts.
+    fn remember_failure(
+        &mut self,
+        service: &ServiceName,
+        cpu_util: f64,
+        now: Time,
+        out: &mut Outbox,
+    ) {
         let bucket = load_bucket(cpu_util);
         let pressure = self.failures.record(service, bucket, now);
-        self.record(Event::PressureRaised {
+        out.record(Event::PressureRaised {
             service: service.clone(),
             load_bucket: bucket,
             pressure_permille: (pressure * 1000.0).round() as u32,
         });
+        out.emit(Output::SaveFailures(self.failures.snapshot(now)));
+    }
+
+    /// Restores failure memory saved before a restart.
+    pub(crate) fn restore_failures(&mut self, entries: Vec<FailureEntry>, now: Time) {
+        for e in entries {
+            self.failures
+                .restore(e.service, e.load_bucket, e.count, now);
+        }
     }
 
     /// An instance that went down with this node's previous agent: a crash of its service
@@ -237,33 +322,46 @@ impl Node {
         cpu_util: f64,
         reason: String,
         now: Time,
+        out: &mut Outbox,
     ) {
-        self.record(Event::InstanceExited {
+        out.record(Event::InstanceExited {
             instance,
             service: service.clone(),
             outcome: ExitOutcome::Crashed { reason },
         });
-        self.remember_failure(&service, cpu_util, now);
+        self.remember_failure(&service, cpu_util, now, out);
     }
 
     /// An instance ended. A failure raises this node's pressure for its service; a failed
     /// instance is restarted in place with backoff up to `max_restarts` times, after which the
-    /// node gives it up and its steward places it again (elsewhere, if pressure says so).
-    pub(crate) fn on_exit(&mut self, instance: &InstanceId, outcome: ExitOutcome, now: Time) {
-        let Some(h) = self.hosted.get(instance) else {
+    /// node gives it up and its steward places it again (elsewhere, if pressure says so). An
+    /// instance whose health check failed exits as a health failure, whatever the process
+    /// said.
+    pub(crate) fn on_exit(
+        &mut self,
+        instance: &InstanceId,
+        outcome: ExitOutcome,
+        now: Time,
+        out: &mut Outbox,
+    ) {
+        let Some(h) = self.hosted.get_mut(instance) else {
             return;
+        };
+        let outcome = match h.health_failed.take() {
+            Some(reason) => ExitOutcome::HealthFailed { reason },
+            None => outcome,
         };
         let service = h.service.clone();
         let failed = outcome.is_failure();
         let completed = outcome == ExitOutcome::Completed;
         let restart = failed && !h.stopping && h.restarts < self.config.max_restarts;
-        self.record(Event::InstanceExited {
+        out.record(Event::InstanceExited {
             instance: instance.clone(),
             service: service.clone(),
             outcome,
         });
         if failed {
-            self.remember_failure(&service, self.load.cpu_util, now);
+            self.remember_failure(&service, self.load.cpu_util, now, out);
         }
         if restart {
             let c = &self.config;
@@ -279,7 +377,7 @@ impl Node {
             h.serving = false;
             h.hot = false;
             let attempt = h.restarts;
-            self.record(Event::InstanceRestarting {
+            out.record(Event::InstanceRestarting {
                 instance: instance.clone(),
                 service,
                 attempt,
@@ -289,7 +387,11 @@ impl Node {
         }
         self.release(instance);
         if completed {
-            self.completed.push_back((now, instance.clone(), service));
+            self.completed.push_back(Completed {
+                at: now,
+                instance: instance.clone(),
+                service,
+            });
         }
     }
 
@@ -307,7 +409,7 @@ impl Node {
     }
 
     /// Starts again every failed instance whose backoff has passed.
-    pub(crate) fn restart_due(&mut self, now: Time) {
+    pub(crate) fn restart_due(&mut self, now: Time, out: &mut Outbox) {
         let due: Vec<InstanceId> = self
             .hosted
             .iter()
@@ -319,33 +421,63 @@ impl Node {
                 continue;
             };
             h.restart_at = None;
+            h.probed = Probed::started(now);
             let order = StartOrder {
-                instance: id.clone(),
+                instance: id,
                 service: h.service.clone(),
                 role: h.role,
                 fencing: h.fencing,
                 gpu: h.gpu,
                 need: h.demand.need,
             };
-            self.record(Event::InstanceStarted {
-                instance: id,
-                service: order.service.clone(),
-                role: order.role,
-                fencing: order.fencing,
-                gpu: order.gpu,
-            });
-            self.emit(Output::Start(order));
+            start(order, out);
         }
     }
 
-    /// The earliest pending restart.
-    pub(crate) fn next_restart(&self) -> Option<Time> {
-        self.hosted.values().filter_map(|h| h.restart_at).min()
+    /// A probe of an instance's health (or, without a check, its process staying up)
+    /// reported `result`: the core's verdict decides whether it serves, and whether its
+    /// health failed, which stops it (and so restarts it in place, or gives it up).
+    pub(crate) fn on_probe(
+        &mut self,
+        instance: &InstanceId,
+        result: Result<(), String>,
+        now: Time,
+        reg: &Registry,
+        out: &mut Outbox,
+    ) {
+        // A report about a process that has since failed, or is being stopped, is stale.
+        let Some(h) = self.hosted.get_mut(instance) else {
+            return;
+        };
+        if h.restart_at.is_some() || h.stopping || h.health_failed.is_some() {
+            return;
+        }
+        let check = reg.spec(&h.service).and_then(|s| s.health.as_ref());
+        match health::judge(check, &mut h.probed, result, now) {
+            Verdict::Unchanged => {}
+            Verdict::Serving => h.serving = true,
+            Verdict::NotServing => h.serving = false,
+            Verdict::Failed { reason } => {
+                h.serving = false;
+                h.health_failed = Some(reason.clone());
+                out.emit(Output::Stop {
+                    instance: instance.clone(),
+                    reason: format!("health check failed: {reason}"),
+                });
+            }
+        }
     }
 
-    /// A new sensor sample: marks instances hot or calm (an instance is hot when its own use
-    /// crosses the threshold relative to what it asked for).
-    pub(crate) fn on_sensed(&mut self, load: Load, instances: &BTreeMap<InstanceId, InstanceLoad>) {
+    /// A new sensor sample: marks instances hot or calm. An instance is hot when its own use
+    /// crosses a threshold relative to what it asked for (CPU and memory against its
+    /// request), or, for one holding a GPU, when its use of that GPU crosses the GPU
+    /// threshold.
+    pub(crate) fn on_sensed(
+        &mut self,
+        load: Load,
+        instances: &BTreeMap<InstanceId, InstanceLoad>,
+        out: &mut Outbox,
+    ) {
         let mut gpus = load.gpus;
         gpus.resize(self.capacity.gpus.len(), Default::default());
         self.load = Load { gpus, ..load };
@@ -353,9 +485,11 @@ impl Node {
         let mut became_hot = Vec::new();
         for (id, h) in &mut self.hosted {
             let Some(l) = instances.get(id) else { continue };
-            let cpu = l.cpu_millicores as f64 / h.demand.need.cpu_millicores.max(1) as f64;
-            let mem = l.memory_bytes as f64 / h.demand.need.memory_bytes.max(1) as f64;
-            let hot = cpu > t.cpu || mem > t.memory;
+            let need = &h.demand.need;
+            let cpu = l.cpu_millicores as f64 / need.cpu_millicores.max(1) as f64;
+            let mem = l.memory_bytes as f64 / need.memory_bytes.max(1) as f64;
+            let gpu_hot = h.gpu.is_some() && l.gpu_util > t.gpu;
+            let hot = cpu > t.cpu || mem > t.memory || gpu_hot;
             if hot && !h.hot {
                 became_hot.push(Event::InstanceHot {
                     instance: id.clone(),
@@ -366,59 +500,63 @@ impl Node {
             h.hot = hot;
         }
         for e in became_hot {
-            self.record(e);
+            out.record(e);
         }
     }
 
     /// Starts or ends a drain. Starting stops every instance (not a failure: no pressure);
     /// their stewards place them elsewhere, since this node now declines everything.
-    pub(crate) fn drain(&mut self, on: bool) {
+    pub(crate) fn drain(&mut self, on: bool, out: &mut Outbox) {
         self.draining = on;
         if on {
             let ids: Vec<InstanceId> = self.hosted.keys().cloned().collect();
             for id in ids {
-                self.stop(&id, "drain".into());
+                self.stop(&id, "drain".into(), out);
             }
+        }
+    }
+
+    /// Orders from a steward (this node's own, or another's): stop or promote an instance.
+    pub(crate) fn obey(&mut self, order: Message, out: &mut Outbox) {
+        match order {
+            Message::Stop { instance, reason } => self.stop(&instance, reason, out),
+            Message::Promote { instance } => {
+                if let Some(h) = self.hosted.get_mut(&instance) {
+                    h.role = Role::Primary;
+                }
+            }
+            _ => {}
         }
     }
 
     /// Stop a hosted instance gracefully (idempotent). One waiting to restart has no
     /// process: it is released at once.
-    pub(crate) fn stop(&mut self, instance: &InstanceId, reason: String) {
-        if self
-            .hosted
-            .get(instance)
-            .is_some_and(|h| h.restart_at.is_some())
-        {
-            let service = self.hosted[instance].service.clone();
+    pub(crate) fn stop(&mut self, instance: &InstanceId, reason: String, out: &mut Outbox) {
+        let Some(h) = self.hosted.get_mut(instance) else {
+            return;
+        };
+        if h.restart_at.is_some() {
+            let service = h.service.clone();
             self.release(instance);
-            self.record(Event::InstanceExited {
+            out.record(Event::InstanceExited {
                 instance: instance.clone(),
                 service,
                 outcome: ExitOutcome::Stopped { reason },
             });
             return;
         }
-        if let Some(h) = self.hosted.get_mut(instance)
-            && !h.stopping
-        {
+        if !h.stopping {
             h.stopping = true;
-            self.emit(Output::Stop {
+            out.emit(Output::Stop {
                 instance: instance.clone(),
                 reason,
             });
         }
     }
 
-    pub(crate) fn promote(&mut self, instance: &InstanceId) {
-        if let Some(h) = self.hosted.get_mut(instance) {
-            h.role = Role::Primary;
-        }
-    }
-
     /// Stops what must not run any more: instances whose spec was deleted, and singletons
     /// whose fencing token another node has superseded.
-    pub(crate) fn stop_unwanted(&mut self, reg: &Registry) {
+    pub(crate) fn stop_unwanted(&mut self, reg: &Registry, out: &mut Outbox) {
         let unwanted: Vec<(InstanceId, &'static str)> = self
             .hosted
             .iter()
@@ -435,7 +573,7 @@ impl Node {
             })
             .collect();
         for (id, why) in unwanted {
-            self.stop(&id, why.into());
+            self.stop(&id, why.into(), out);
         }
     }
 
@@ -445,7 +583,7 @@ impl Node {
         while self
             .completed
             .front()
-            .is_some_and(|(t, _, _)| now.since(*t) > linger)
+            .is_some_and(|c| now.since(c.at) > linger)
         {
             self.completed.pop_front();
         }
@@ -471,9 +609,50 @@ impl Node {
             completed: self
                 .completed
                 .iter()
-                .map(|(_, i, s)| (i.clone(), s.clone()))
+                .map(|c| (c.instance.clone(), c.service.clone()))
                 .collect(),
             draining: self.draining,
         }
     }
+
+    // ---- read access -------------------------------------------------------------------------
+
+    pub fn id(&self) -> &NodeId {
+        &self.id
+    }
+    pub fn level(&self) -> u8 {
+        self.level
+    }
+    pub fn capacity(&self) -> &Capacity {
+        &self.capacity
+    }
+    pub fn committed(&self) -> &Committed {
+        &self.committed
+    }
+    /// Instances this node hosts, by id.
+    pub fn hosted(&self) -> &BTreeMap<InstanceId, Hosted> {
+        &self.hosted
+    }
+    pub fn failures(&self) -> &FailureMemory {
+        &self.failures
+    }
+    pub fn is_draining(&self) -> bool {
+        self.draining
+    }
+    /// The last sensor sample.
+    pub fn load(&self) -> &Load {
+        &self.load
+    }
+}
+
+/// Records an instance's start and orders it.
+fn start(order: StartOrder, out: &mut Outbox) {
+    out.record(Event::InstanceStarted {
+        instance: order.instance.clone(),
+        service: order.service.clone(),
+        role: order.role,
+        fencing: order.fencing,
+        gpu: order.gpu,
+    });
+    out.emit(Output::Start(order));
 }

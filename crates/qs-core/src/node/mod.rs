@@ -1,60 +1,33 @@
 //! One node's decisions, as a sans-IO state machine.
 //!
-//! A node plays two parts. As a *host* ([`host`]) it senses its load, answers capacity queries
-//! with offers, and accepts or refuses dispatches (late binding). As a *steward*
-//! ([`steward`]) it reconciles the services it stewards through the 5 placement steps.
-//! The shell feeds [`Input`]s with the current time and its [`Registry`], then drains
-//! [`Output`]s with [`Node::poll`] and sleeps until [`Node::poll_timeout`].
+//! A node plays two parts, each owning its state in its own file. As a [`Host`] it is what
+//! runs here: it senses its load, answers capacity queries with offers, accepts or refuses
+//! dispatches (late binding), judges its instances' health and restarts them. As a
+//! [`Steward`] it reconciles the services it stewards: a pure planning pass ([`plan`]) per
+//! service, then placements through the 5 steps ([`placement`]). [`Node`] composes the two
+//! and routes each input. The shell feeds [`Input`]s with the current time and its
+//! [`Registry`], then drains [`Output`]s with [`Node::poll`] and sleeps until
+//! [`Node::poll_timeout`].
 
 mod host;
+mod placement;
+pub mod plan;
+mod rtt;
 mod steward;
 
 use crate::config::Config;
-use crate::failure::FailureMemory;
+use crate::failure::{FailureEntry, FailureMemory};
 use crate::registry::Registry;
 use crate::rng::Rng;
 use crate::time::{Time, ms};
-use crate::weight::Gate;
 use qs_wire::{
     Capacity, Committed, Event, ExitOutcome, InstanceId, InstanceLoad, Load, Message, NodeId,
     NodeSpec, NodeStatus, Resources, Role, ServiceName, SingletonClaim,
 };
 use std::collections::{BTreeMap, VecDeque};
 
-pub use host::Hosted;
-
-/// TCP's round-trip estimator (RFC 6298): the deadline is `srtt + 4 rttvar`, and the maximum
-/// until the first sample arrives, so a slow first link is not cut off.
-#[derive(Clone, Copy, Debug, Default)]
-struct RttEstimator {
-    srtt_us: Option<f64>,
-    rttvar_us: f64,
-}
-
-impl RttEstimator {
-    fn sample(&mut self, rtt_us: f64) {
-        match self.srtt_us {
-            None => {
-                self.srtt_us = Some(rtt_us);
-                self.rttvar_us = rtt_us / 2.0;
-            }
-            Some(srtt) => {
-                self.rttvar_us += ((srtt - rtt_us).abs() - self.rttvar_us) / 4.0;
-                self.srtt_us = Some(srtt + (rtt_us - srtt) / 8.0);
-            }
-        }
-    }
-
-    fn timeout(&self, min: std::time::Duration, max: std::time::Duration) -> std::time::Duration {
-        match self.srtt_us {
-            None => max,
-            Some(srtt) => {
-                let us = (srtt + 4.0 * self.rttvar_us) as u64;
-                std::time::Duration::from_micros(us).clamp(min, max)
-            }
-        }
-    }
-}
+pub use host::{Host, Hosted};
+pub use steward::Steward;
 
 /// Everything that can happen to a node.
 #[derive(Clone, Debug, PartialEq)]
@@ -83,9 +56,13 @@ pub enum Input {
     /// Drain this node (`true`): decline all new work and stop every instance so its
     /// stewards place it elsewhere; `false` takes work again.
     Drain(bool),
-    /// A health check passed (`serving`) or an instance without one is up; or it stopped
-    /// passing.
-    Health { instance: InstanceId, serving: bool },
+    /// A probe of an instance's health came back (`Err`: why it failed); for an instance
+    /// without a check, `Ok` once its process stayed up briefly. The host's verdict
+    /// ([`crate::health::judge`]) decides what it means.
+    Probe {
+        instance: InstanceId,
+        result: Result<(), String>,
+    },
     /// The answer to [`Output::Claim`]: `Ok` when the record is ours, else the record that
     /// holds the service.
     Claimed {
@@ -135,64 +112,46 @@ pub enum Output {
     /// ([`crate::DetectorInput::Ack`]).
     Ack { target: NodeId, nonce: u64 },
     /// Claim a singleton's record in the fleet's `instances` KV: write `claim` under the
-    /// service's key by compare-and-set if [`judge_claim`] admits it over what is there; the
+    /// service's key by compare-and-set if [`crate::claim::judge_record`] admits it; the
     /// answer comes back as [`Input::Claimed`].
     Claim {
         service: ServiceName,
         claim: SingletonClaim,
     },
+    /// Keep this failure memory across restarts (it changed); give it back with
+    /// [`Node::restore_failures`].
+    SaveFailures(Vec<FailureEntry>),
 }
 
-/// Whether `mine` may replace the singleton record `current` (tokens only grow, and a
-/// placement may claim its own token again); if not, the record that holds the service, as
-/// [`Input::Claimed`] reports it.
-pub fn judge_claim(
-    current: Option<&SingletonClaim>,
-    mine: &SingletonClaim,
-) -> Result<(), SingletonClaim> {
-    match current {
-        Some(c)
-            if c.fencing > mine.fencing
-                || (c.fencing == mine.fencing && c.instance != mine.instance) =>
-        {
-            Err(c.clone())
-        }
-        _ => Ok(()),
+/// Where a node's host and steward put their outputs, in order.
+#[derive(Debug, Default)]
+pub(crate) struct Outbox(VecDeque<Output>);
+
+impl Outbox {
+    pub(crate) fn emit(&mut self, o: Output) {
+        self.0.push_back(o);
     }
+    pub(crate) fn record(&mut self, e: Event) {
+        self.0.push_back(Output::Record(e));
+    }
+}
+
+/// What the steward's work needs of the rest of the node for one input: the host (for the
+/// local check, a dispatch to itself and its own orders), the outbox, the registry and the
+/// time.
+pub(crate) struct Cx<'a> {
+    pub host: &'a mut Host,
+    pub out: &'a mut Outbox,
+    pub reg: &'a Registry,
+    pub now: Time,
 }
 
 /// See the module docs.
 #[derive(Debug)]
 pub struct Node {
-    id: NodeId,
-    level: u8,
-    labels: BTreeMap<String, String>,
-    capacity: Capacity,
-    config: Config,
-    gate: Gate,
-    committed: Committed,
-    load: Load,
-    hosted: BTreeMap<InstanceId, Hosted>,
-    /// Draining: no new work; instances are being moved away.
-    draining: bool,
-    /// Recently completed job instances, reported in heartbeats until the linger passes.
-    completed: VecDeque<(Time, InstanceId, ServiceName)>,
-    failures: FailureMemory,
-    rng: Rng,
-    placements: BTreeMap<u64, steward::Placement>,
-    /// Services whose placement just ended: reconcile them before the input returns, so a
-    /// steward with a backlog keeps its pipeline full instead of waiting for the next tick.
-    reconcile_soon: std::collections::BTreeSet<ServiceName>,
-    services: BTreeMap<ServiceName, steward::Stewardship>,
-    next_seq: u64,
-    /// Round trips of capacity queries, for the adaptive gathering deadline.
-    rtt: RttEstimator,
-    next_heartbeat: Time,
-    next_reconcile: Time,
-    /// No steward work before this: a node first listens for `join_settle_ms`, so its view
-    /// of who is alive (and so of who stewards what) is complete.
-    ready_at: Time,
-    out: VecDeque<Output>,
+    host: Host,
+    steward: Steward,
+    out: Outbox,
 }
 
 impl Node {
@@ -206,243 +165,123 @@ impl Node {
         // Announce soon after start (jittered, so a fleet started together does not beat in
         // step), whatever the heartbeat period.
         let first_beat = now + ms(rng.below(config.heartbeat_ms.clamp(1, 250)));
-        let ready_at = now + ms(config.join_settle_ms);
         Node {
-            id: spec.id.clone(),
-            level: spec.level,
-            labels: spec.labels.clone(),
-            committed: Committed {
-                gpu_vram_bytes: vec![0; spec.capacity.gpus.len()],
-                ..Committed::default()
-            },
-            load: Load {
-                gpus: vec![Default::default(); spec.capacity.gpus.len()],
-                ..Load::default()
-            },
-            capacity: spec.capacity.clone(),
-            gate: Gate {
-                min: config.gate_min,
-            },
-            failures: FailureMemory::new(ms(config.failure_half_life_ms), config.pressure_cap),
-            rtt: RttEstimator::default(),
-            config,
-            hosted: BTreeMap::new(),
-            draining: false,
-            completed: VecDeque::new(),
-            rng,
-            placements: BTreeMap::new(),
-            reconcile_soon: Default::default(),
-            services: BTreeMap::new(),
-            next_seq: 0,
-            next_heartbeat: first_beat,
-            next_reconcile: first_beat,
-            ready_at,
-            out: VecDeque::new(),
+            host: Host::new(spec, config.clone(), first_beat),
+            steward: Steward::new(spec.id.clone(), config, rng, first_beat, now),
+            out: Outbox::default(),
         }
     }
 
     /// Feeds one input. Outputs queue up for [`Node::poll`].
     pub fn handle(&mut self, input: Input, now: Time, reg: &Registry) {
+        let Node { host, steward, out } = self;
+        let cx = &mut Cx {
+            host,
+            out,
+            reg,
+            now,
+        };
         match input {
-            Input::Tick => self.on_tick(now, reg),
-            Input::Sensed { load, instances } => self.on_sensed(load, &instances),
-            Input::Message { from, msg } => self.on_message(from, msg, now, reg),
-            Input::Exited { instance, outcome } => self.on_exit(&instance, outcome, now),
+            Input::Tick => {
+                cx.host.on_tick(now, cx.out);
+                if steward.reconcile_due(now) {
+                    cx.host.stop_unwanted(reg, cx.out);
+                    steward.reconcile(cx);
+                }
+                cx.host.restart_due(now, cx.out);
+                steward.on_deadlines(cx);
+            }
+            Input::Sensed { load, instances } => cx.host.on_sensed(load, &instances, cx.out),
+            Input::Message { from, msg } => on_message(steward, cx, from, msg),
+            Input::Exited { instance, outcome } => cx.host.on_exit(&instance, outcome, now, cx.out),
             Input::Claimed {
                 service,
                 instance,
                 result,
-            } => self.on_claimed(&service, &instance, result, now, reg),
+            } => steward.on_claimed(&service, &instance, result, cx),
             Input::Lost {
                 instance,
                 service,
                 cpu_util,
                 reason,
-            } => self.on_lost(instance, service, cpu_util, reason, now),
+            } => cx
+                .host
+                .on_lost(instance, service, cpu_util, reason, now, cx.out),
             Input::Reconcile => {
-                self.next_reconcile = now + ms(self.config.heartbeat_ms);
-                self.stop_unwanted(reg);
-                self.reconcile(now, reg);
+                cx.host.stop_unwanted(reg, cx.out);
+                steward.reconcile(cx);
             }
-            Input::ReconcileService(service) => self.reconcile_service(&service, now, reg),
-            Input::ApprovePromotion { service } => self.approve_promotion(&service, now, reg),
-            Input::Drain(on) => self.drain(on),
-            Input::Health { instance, serving } => {
-                // A report about a process that has since failed is stale.
-                if let Some(h) = self.hosted.get_mut(&instance)
-                    && h.restart_at.is_none()
-                {
-                    h.serving = serving;
-                }
+            Input::ReconcileService(service) => steward.reconcile_service(&service, cx),
+            Input::ApprovePromotion { service } => steward.approve_promotion(&service, cx),
+            Input::Drain(on) => cx.host.drain(on, cx.out),
+            Input::Probe { instance, result } => {
+                cx.host.on_probe(&instance, result, now, reg, cx.out)
             }
         }
-        self.reconcile_pending(now, reg);
-    }
-
-    /// Reconciles the services whose placements ended during this input.
-    fn reconcile_pending(&mut self, now: Time, reg: &Registry) {
-        while let Some(service) = self.reconcile_soon.pop_first() {
-            self.reconcile_service(&service, now, reg);
-        }
+        steward.reconcile_pending(cx);
     }
 
     /// The next output, if any. Call until `None` after every [`Node::handle`].
     pub fn poll(&mut self) -> Option<Output> {
-        self.out.pop_front()
+        self.out.0.pop_front()
     }
 
     /// When the node next needs a [`Input::Tick`].
     pub fn poll_timeout(&self) -> Option<Time> {
-        let placements = self.placements.values().map(steward::Placement::deadline);
-        placements
-            .chain([self.next_heartbeat, self.next_reconcile])
-            .chain(self.next_restart())
-            .min()
-    }
-
-    fn on_tick(&mut self, now: Time, reg: &Registry) {
-        if now >= self.next_heartbeat {
-            let beat = self.status(now);
-            self.emit(Output::Heartbeat(beat));
-            self.next_heartbeat = now + ms(self.config.heartbeat_ms);
-        }
-        if now >= self.next_reconcile {
-            // Set first: reconciling may ask for an earlier wake-up (a cooldown ending).
-            self.next_reconcile = now + ms(self.config.heartbeat_ms);
-            self.stop_unwanted(reg);
-            self.reconcile(now, reg);
-        }
-        self.restart_due(now);
-        self.on_deadlines(now, reg);
-    }
-
-    fn on_message(&mut self, from: NodeId, msg: Message, now: Time, reg: &Registry) {
-        match msg {
-            // Heartbeats go to the registry, which the shell owns.
-            Message::Heartbeat(_) => {}
-            Message::CapacityQuery { placement, demand } => {
-                let reply = match self.evaluate(&demand, None, now, reg) {
-                    Ok(offer) => Message::Offer { placement, offer },
-                    Err(reason) => Message::Decline { placement, reason },
-                };
-                self.emit(Output::Send {
-                    to: from,
-                    msg: reply,
-                });
-            }
-            Message::Offer { placement, offer } => {
-                self.on_answer(placement, from, Ok(offer), now, reg)
-            }
-            Message::Decline { placement, reason } => {
-                self.on_answer(placement, from, Err(reason), now, reg)
-            }
-            Message::Dispatch {
-                placement,
-                instance,
-                demand,
-                role,
-                fencing,
-            } => {
-                let refused = self
-                    .accept_dispatch(&instance, &demand, role, fencing, now, reg)
-                    .err();
-                let msg = Message::DispatchReply {
-                    placement,
-                    instance,
-                    refused,
-                };
-                self.emit(Output::Send { to: from, msg });
-            }
-            Message::DispatchReply {
-                placement,
-                instance,
-                refused,
-            } => self.on_dispatch_reply(placement, from, &instance, refused, now, reg),
-            Message::Stop { instance, reason } => self.stop(&instance, reason),
-            Message::Promote { instance } => self.promote(&instance),
-            // Failure detection: answer the way the ping came; relay for others.
-            Message::Ping { nonce, origin, via } => {
-                let to = via.clone().unwrap_or_else(|| origin.clone());
-                let target = self.id.clone();
-                let msg = Message::Ack {
-                    nonce,
-                    target,
-                    origin,
-                };
-                self.emit(Output::Send { to, msg });
-            }
-            Message::PingReq { target, nonce } => {
-                let msg = Message::Ping {
-                    nonce,
-                    origin: from,
-                    via: Some(self.id.clone()),
-                };
-                self.emit(Output::Send { to: target, msg });
-            }
-            Message::Ack {
-                nonce,
-                target,
-                origin,
-            } => {
-                if origin == self.id {
-                    self.emit(Output::Ack { target, nonce });
-                } else {
-                    let msg = Message::Ack {
-                        nonce,
-                        target,
-                        origin: origin.clone(),
-                    };
-                    self.emit(Output::Send { to: origin, msg });
-                }
-            }
-        }
-    }
-
-    fn emit(&mut self, o: Output) {
-        self.out.push_back(o);
-    }
-
-    fn record(&mut self, e: Event) {
-        self.out.push_back(Output::Record(e));
+        Some(self.host.deadline().min(self.steward.deadline()))
     }
 
     // ---- read access for shells and tests ------------------------------------------------------
 
+    /// What runs here.
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+    /// The services stewarded here and their placements.
+    pub fn steward(&self) -> &Steward {
+        &self.steward
+    }
     pub fn id(&self) -> &NodeId {
-        &self.id
+        self.host.id()
     }
     pub fn level(&self) -> u8 {
-        self.level
+        self.host.level()
     }
     pub fn capacity(&self) -> &Capacity {
-        &self.capacity
+        self.host.capacity()
     }
     pub fn committed(&self) -> &Committed {
-        &self.committed
+        self.host.committed()
     }
     pub fn config(&self) -> &Config {
-        &self.config
+        &self.steward.config
     }
     /// Instances this node hosts, by id.
     pub fn hosted(&self) -> &BTreeMap<InstanceId, Hosted> {
-        &self.hosted
+        self.host.hosted()
     }
     /// This node's failure memory.
     pub fn failures(&self) -> &FailureMemory {
-        &self.failures
+        self.host.failures()
     }
-    /// Restores failure memory saved before a restart: (service, load bucket, count).
-    pub fn restore_failures(&mut self, entries: Vec<(ServiceName, u8, f64)>, now: Time) {
-        for (service, bucket, count) in entries {
-            self.failures.restore(service, bucket, count, now);
-        }
+    /// Restores failure memory saved before a restart ([`Output::SaveFailures`]).
+    pub fn restore_failures(&mut self, entries: Vec<FailureEntry>, now: Time) {
+        self.host.restore_failures(entries, now);
     }
     pub fn is_draining(&self) -> bool {
-        self.draining
+        self.host.is_draining()
     }
     /// The last sensor sample.
     pub fn load(&self) -> &Load {
-        &self.load
+        self.host.load()
+    }
+    /// This node's failure pressure for a service at its current load.
+    pub fn pressure(&self, service: &ServiceName, now: Time) -> f64 {
+        self.host.pressure(service, now)
+    }
+    /// The heartbeat: this node as others should see it.
+    pub fn status(&mut self, now: Time) -> NodeStatus {
+        self.host.status(now)
     }
     /// What this node would offer for `demand` now, or why it would decline (for
     /// `qs nodes --explain`).
@@ -452,10 +291,93 @@ impl Node {
         now: Time,
         reg: &Registry,
     ) -> Result<qs_wire::Offer, qs_wire::DeclineReason> {
-        self.evaluate(demand, None, now, reg)
+        self.host.evaluate(demand, None, now, reg)
     }
     /// Placements this node is driving as a steward.
     pub fn placements_in_flight(&self) -> usize {
-        self.placements.len()
+        self.steward.placements_in_flight()
+    }
+}
+
+/// Routes a message from another node: the host answers queries, dispatches and orders, the
+/// steward takes answers to its own placements, and failure-detection pings are relayed.
+fn on_message(steward: &mut Steward, cx: &mut Cx<'_>, from: NodeId, msg: Message) {
+    let (now, reg) = (cx.now, cx.reg);
+    let id = cx.host.id().clone();
+    match msg {
+        // Heartbeats go to the registry, which the shell owns.
+        Message::Heartbeat(_) => {}
+        Message::CapacityQuery { placement, demand } => {
+            let reply = match cx.host.evaluate(&demand, None, now, reg) {
+                Ok(offer) => Message::Offer { placement, offer },
+                Err(reason) => Message::Decline { placement, reason },
+            };
+            cx.out.emit(Output::Send {
+                to: from,
+                msg: reply,
+            });
+        }
+        Message::Offer { placement, offer } => steward.on_answer(placement, from, Ok(offer), cx),
+        Message::Decline { placement, reason } => {
+            steward.on_answer(placement, from, Err(reason), cx)
+        }
+        Message::Dispatch {
+            placement,
+            instance,
+            demand,
+            role,
+            fencing,
+        } => {
+            let refused = cx
+                .host
+                .accept_dispatch(&instance, &demand, role, fencing, now, reg, cx.out)
+                .err();
+            let msg = Message::DispatchReply {
+                placement,
+                instance,
+                refused,
+            };
+            cx.out.emit(Output::Send { to: from, msg });
+        }
+        Message::DispatchReply {
+            placement,
+            instance,
+            refused,
+        } => steward.on_dispatch_reply(placement, from, &instance, refused, cx),
+        order @ (Message::Stop { .. } | Message::Promote { .. }) => cx.host.obey(order, cx.out),
+        // Failure detection: answer the way the ping came; relay for others.
+        Message::Ping { nonce, origin, via } => {
+            let to = via.clone().unwrap_or_else(|| origin.clone());
+            let msg = Message::Ack {
+                nonce,
+                target: id,
+                origin,
+            };
+            cx.out.emit(Output::Send { to, msg });
+        }
+        Message::PingReq { target, nonce } => {
+            let msg = Message::Ping {
+                nonce,
+                origin: from,
+                via: Some(id),
+            };
+            cx.out.emit(Output::Send { to: target, msg });
+        }
+        Message::Ack {
+            nonce,
+            target,
+            origin,
+        } => {
+            if origin == id {
+                cx.out.emit(Output::Ack { target, nonce });
+            } else {
+                let msg = Message::Ack {
+                    nonce,
+                    target,
+                    origin: origin.clone(),
+                };
+                cx.out.emit(Output::Send { to: origin, msg });
+            }
+        }
     }
 }

@@ -1,0 +1,16 @@
+//! The process's counters, exported on /metrics.
+
+use prometheus_client::metrics::counter::Counter;
+
+/// Process-wide counters, exported on /metrics.
+#[derive(Clone, Default)]
+pub struct Counters {
+    pub messages_sent: Counter,
+    pub messages_received: Counter,
+    pub ledger_events: Counter,
+    pub placements: Counter,
+    pub instance_starts: Counter,
+    pub instance_failures: Counter,
+    /// Peers this process declared dead (silent past `dead_after_ms`).
+    pub nodes_declared_dead: Counter,
+}

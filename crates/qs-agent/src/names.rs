@@ -1,0 +1,8 @@
+//! The names of the fleet's shared state: the KV buckets every node of a fleet uses.
+
+/// Desired state: each workload's spec (key: the service).
+pub const SPECS_BUCKET: &str = "specs";
+/// Singleton records: `SingletonClaim`s (key: the service).
+pub const INSTANCES_BUCKET: &str = "instances";
+/// Node identities: each node's `NodeRecord` (key: the node).
+pub const NODES_BUCKET: &str = "nodes";

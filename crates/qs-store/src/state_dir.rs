@@ -1,0 +1,268 @@
+//! The state directory: its layout, and the one atomic write every writer uses.
+//!
+//! ```text
+//! STATE_DIR/
+//!   ledger.redb                 the node's ledger (redb)
+//!   specs.json                  the desired-state cache (the specs KV as last seen)
+//!   keys/NODE.ed25519           each node's secret key (mode 0600)
+//!   nodes/NODE/instances.json   what runs, for a restarted agent to reap
+//!   nodes/NODE/failures.json    the node's failure memory
+//!   nodes/NODE/logs/            instances' stdout and stderr
+//! ```
+//!
+//! A write goes to a temporary file beside the target, is fsynced, renamed over the target,
+//! and the directory is fsynced: a crash leaves the old file or the new one, never a torn
+//! one. A file that cannot be parsed is an error naming it, its line and column
+//! ([`StoreError::Unreadable`]); what the caller does then (refuse to start, or start
+//! without it and log) is documented where it reads.
+
+use crate::StoreError;
+use qs_wire::NodeId;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Largest state file read back (a key, a cache of specs, a list of instances).
+pub const MAX_STATE_FILE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The files of a state directory, by what they hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StateFile<'a> {
+    Ledger,
+    SpecsCache,
+    Key(&'a NodeId),
+    Instances(&'a NodeId),
+    Failures(&'a NodeId),
+    Logs(&'a NodeId),
+}
+
+impl StateFile<'_> {
+    /// What the file is, for errors.
+    pub fn what(&self) -> &'static str {
+        match self {
+            StateFile::Ledger => "ledger",
+            StateFile::SpecsCache => "desired-state cache",
+            StateFile::Key(_) => "node key",
+            StateFile::Instances(_) => "instance file",
+            StateFile::Failures(_) => "failure memory",
+            StateFile::Logs(_) => "log directory",
+        }
+    }
+}
+
+/// See the module docs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    /// Opens (creating if missing) the state directory at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<StateDir, StoreError> {
+        let root = root.into();
+        std::fs::create_dir_all(&root).map_err(|source| StoreError::Io {
+            path: root.clone(),
+            source,
+        })?;
+        Ok(StateDir { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where a file lives.
+    pub fn path(&self, file: StateFile<'_>) -> PathBuf {
+        let node = |n: &NodeId| self.root.join("nodes").join(n.as_str());
+        match file {
+            StateFile::Ledger => self.root.join("ledger.redb"),
+            StateFile::SpecsCache => self.root.join("specs.json"),
+            StateFile::Key(n) => self.root.join("keys").join(format!("{n}.ed25519")),
+            StateFile::Instances(n) => node(n).join("instances.json"),
+            StateFile::Failures(n) => node(n).join("failures.json"),
+            StateFile::Logs(n) => node(n).join("logs"),
+        }
+    }
+
+    /// Writes `bytes` as `file` atomically (see the module docs), with `mode` if given.
+    pub fn write(
+        &self,
+        file: StateFile<'_>,
+        bytes: &[u8],
+        mode: Option<u32>,
+    ) -> Result<(), StoreError> {
+        write_atomic(&self.path(file), bytes, mode)
+    }
+
+    /// Writes `value` as JSON.
+    pub fn write_json<T: Serialize>(
+        &self,
+        file: StateFile<'_>,
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let body = serde_json::to_vec_pretty(value).expect("state files serialize");
+        self.write(file, &body, None)
+    }
+
+    /// Reads `file`; `None` when it does not exist.
+    pub fn read(&self, file: StateFile<'_>) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.path(file);
+        let io = |source| StoreError::Io {
+            path: path.clone(),
+            source,
+        };
+        let size = match std::fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(e)),
+        };
+        if size > MAX_STATE_FILE_BYTES {
+            return Err(StoreError::TooLarge {
+                path,
+                what: file.what(),
+                size,
+                max: MAX_STATE_FILE_BYTES,
+            });
+        }
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    /// Reads `file` as JSON; `None` when it does not exist, [`StoreError::Unreadable`] with
+    /// its line and column when it does not parse.
+    pub fn read_json<T: DeserializeOwned>(
+        &self,
+        file: StateFile<'_>,
+    ) -> Result<Option<T>, StoreError> {
+        let Some(bytes) = self.read(file)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::Unreadable {
+                path: self.path(file),
+                what: file.what(),
+                line: e.line(),
+                column: e.column(),
+                detail: e.to_string(),
+            })
+    }
+
+    /// Creates the directory a file lives in (a node's, the keys') and returns `file`'s path.
+    pub fn prepare(&self, file: StateFile<'_>) -> Result<PathBuf, StoreError> {
+        let path = self.path(file);
+        let dir = match file {
+            StateFile::Logs(_) => path.clone(),
+            _ => path
+                .parent()
+                .map_or_else(|| self.root.clone(), Path::to_path_buf),
+        };
+        std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io { path: dir, source })?;
+        Ok(path)
+    }
+}
+
+/// Write a temporary file beside `path`, fsync it, rename it over `path`, fsync the directory.
+fn write_atomic(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<(), StoreError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| StoreError::Io { path: p, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let name = path
+        .file_name()
+        .map_or_else(|| "state".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(format!(".{name}.tmp"));
+    {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        if let Some(mode) = mode {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(mode);
+        }
+        let mut f = options.open(&tmp).map_err(io(&tmp))?;
+        f.write_all(bytes).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+    }
+    std::fs::rename(&tmp, path).map_err(io(path))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node() -> NodeId {
+        NodeId::new("forge").unwrap()
+    }
+
+    #[test]
+    fn a_write_replaces_the_file_whole_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let n = node();
+        state
+            .write_json(StateFile::Failures(&n), &vec![1, 2, 3])
+            .unwrap();
+        state.write_json(StateFile::Failures(&n), &vec![4]).unwrap();
+        let back: Vec<u32> = state.read_json(StateFile::Failures(&n)).unwrap().unwrap();
+        assert_eq!(back, vec![4]);
+        let node_dir = state.path(StateFile::Failures(&n));
+        let names: Vec<String> = std::fs::read_dir(node_dir.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec!["failures.json"]);
+    }
+
+    #[test]
+    fn a_missing_file_is_none_and_a_corrupt_one_names_file_line_and_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let n = node();
+        assert_eq!(
+            state
+                .read_json::<Vec<u32>>(StateFile::Instances(&n))
+                .unwrap(),
+            None
+        );
+        let path = state.prepare(StateFile::Instances(&n)).unwrap();
+        std::fs::write(&path, "[1,\n  2,\n  oops]").unwrap();
+        let err = state
+            .read_json::<Vec<u32>>(StateFile::Instances(&n))
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(err, StoreError::Unreadable { line: 3, .. }),
+            "{text}"
+        );
+        assert!(
+            text.contains("instances.json") && text.contains("instance file"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_mode_is_set_on_the_new_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let n = node();
+        state
+            .write(StateFile::Key(&n), b"secret", Some(0o600))
+            .unwrap();
+        let mode = std::fs::metadata(state.path(StateFile::Key(&n)))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
