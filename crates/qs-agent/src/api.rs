@@ -3,7 +3,7 @@
 
 use crate::control::{Control, Shared};
 use crate::names::SPECS_BUCKET;
-use crate::v1::RegistryView;
+use crate::v1::{self, RegistryView};
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -15,7 +15,6 @@ use prometheus_client::registry::Registry as Metrics;
 use qs_fabric::{Fabric, Kv};
 use qs_wire::{InstanceId, NodeId, ServiceName};
 use serde::Deserialize;
-use serde_json::json;
 use std::os::unix::process::CommandExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -173,7 +172,10 @@ pub fn router<F: Fabric>(api: Arc<Api<F>>) -> Router {
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": message.into() }))).into_response()
+    let body = v1::ErrorBody {
+        error: message.into(),
+    };
+    (status, Json(body)).into_response()
 }
 
 async fn health<F: Fabric>(State(api): State<Arc<Api<F>>>) -> Response {
@@ -185,12 +187,12 @@ async fn health<F: Fabric>(State(api): State<Arc<Api<F>>>) -> Response {
     } else {
         "autonomous"
     };
-    Json(json!({
-        "status": "ok",
-        "mode": mode,
-        "nodes": views,
-        "ledger_next_seq": api.shared.ledger.next_seq(),
-    }))
+    Json(v1::Health {
+        status: "ok".into(),
+        mode: mode.into(),
+        nodes: views,
+        ledger_next_seq: api.shared.ledger.next_seq(),
+    })
     .into_response()
 }
 
@@ -228,33 +230,31 @@ async fn queue_stats<F: Fabric>(State(api): State<Arc<Api<F>>>) -> Response {
         Ok(v) => v.clone(),
         Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "views unavailable"),
     };
-    let nodes: serde_json::Map<String, serde_json::Value> = views
+    let nodes = views
         .iter()
         .map(|(id, v)| {
-            (
-                id.to_string(),
-                json!({
-                    "placements_in_flight": v.placements_in_flight,
-                    "instances": v.instances.len(),
-                    "stewarded_services": v.stewards.len(),
-                }),
-            )
+            let queue = v1::NodeQueue {
+                placements_in_flight: v.placements_in_flight,
+                instances: v.instances.len(),
+                stewarded_services: v.stewards.len(),
+            };
+            (id.clone(), queue)
         })
         .collect();
-    Json(json!({ "nodes": nodes })).into_response()
+    Json(v1::QueueStats { nodes }).into_response()
 }
 
 /// The durable state this agent keeps: the ledger, the desired-state cache, the instance files.
 async fn checkpoint_state<F: Fabric>(State(api): State<Arc<Api<F>>>) -> Response {
     let specs = api.registry().await.map_or(0, |r| r.specs.len());
-    Json(json!({
-        "state_dir": api.shared.state_dir.root().display().to_string(),
-        "ledger": {
-            "path": api.shared.ledger.path().display().to_string(),
-            "next_seq": api.shared.ledger.next_seq(),
+    Json(v1::CheckpointState {
+        state_dir: api.shared.state_dir.root().display().to_string(),
+        ledger: v1::LedgerState {
+            path: api.shared.ledger.path().display().to_string(),
+            next_seq: api.shared.ledger.next_seq(),
         },
-        "desired_state": { "specs": specs },
-    }))
+        desired_state: v1::DesiredState { specs },
+    })
     .into_response()
 }
 
@@ -296,36 +296,46 @@ async fn nodes<F: Fabric>(State(api): State<Arc<Api<F>>>, Query(q): Query<NodesQ
             .await
         {
             rows.push(match answer {
-                Ok(e) => json!({ "node": node, "offer": e.offer, "passes_gate": e.passes_gate }),
-                Err(reason) => {
-                    json!({ "node": node, "declines": reason, "reason": reason.to_string() })
-                }
+                Ok(e) => v1::ExplainRow::Offers {
+                    node,
+                    offer: e.offer,
+                    passes_gate: e.passes_gate,
+                },
+                Err(reason) => v1::ExplainRow::Declines {
+                    node,
+                    reason: reason.to_string(),
+                    declines: reason,
+                },
             });
         }
     }
-    Json(json!({ "service": service, "nodes": rows })).into_response()
+    Json(v1::Explain {
+        service,
+        nodes: rows,
+    })
+    .into_response()
 }
 
 async fn services<F: Fabric>(State(api): State<Arc<Api<F>>>) -> Response {
     let Some(reg) = api.registry().await else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "no node is running");
     };
-    let rows: Vec<_> = reg
+    let rows: Vec<v1::ServiceRow> = reg
         .specs
         .iter()
         .map(|s| {
             let mine: Vec<_> = reg.instances.iter().filter(|i| i.0 == s.name).collect();
-            json!({
-                "name": s.name,
-                "kind": if s.is_job() { "job" } else { "service" },
-                "pattern": s.pattern,
-                "wanted": s.base_count(),
-                "max": s.max_count(),
-                "running": mine.len(),
-                "serving": mine.iter().filter(|i| i.2.serving).count(),
-                "completed": reg.completed.get(&s.name).copied().unwrap_or(0),
-                "steward": reg.stewards.get(&s.name),
-            })
+            v1::ServiceRow {
+                name: s.name.clone(),
+                kind: if s.is_job() { "job" } else { "service" }.into(),
+                pattern: s.pattern,
+                wanted: s.base_count(),
+                max: s.max_count(),
+                running: mine.len(),
+                serving: mine.iter().filter(|i| i.2.serving).count(),
+                completed: reg.completed.get(&s.name).copied().unwrap_or(0),
+                steward: reg.stewards.get(&s.name).cloned(),
+            }
         })
         .collect();
     Json(rows).into_response()
@@ -341,23 +351,23 @@ async fn instances<F: Fabric>(State(api): State<Arc<Api<F>>>) -> Response {
         .read()
         .map(|v| v.values().flat_map(|v| v.instances.clone()).collect())
         .unwrap_or_default();
-    let rows: Vec<_> = reg
+    let rows: Vec<v1::Instance> = reg
         .instances
         .iter()
         .map(|(service, id, row)| {
             let here = local.iter().find(|l| &l.instance == id);
-            json!({
-                "instance": id,
-                "service": service,
-                "node": row.node,
-                "role": row.role,
+            v1::Instance {
+                instance: id.clone(),
+                service: service.clone(),
+                node: row.node.clone(),
+                role: row.role,
                 // What this agent sees of its own instances is current; heartbeats lag.
-                "serving": here.map_or(row.serving, |l| l.serving),
-                "hot": here.map_or(row.hot, |l| l.hot),
-                "fencing": row.fencing,
-                "pid": here.and_then(|l| l.pid),
-                "port": here.and_then(|l| l.port),
-            })
+                serving: here.map_or(row.serving, |l| l.serving),
+                hot: here.map_or(row.hot, |l| l.hot),
+                fencing: row.fencing,
+                pid: here.and_then(|l| l.pid),
+                port: here.and_then(|l| l.port),
+            }
         })
         .collect();
     Json(rows).into_response()
@@ -421,7 +431,7 @@ async fn apply<F: Fabric>(
         );
     }
     match crate::specs::put_specs(&api.fabric, &doc).await {
-        Ok(applied) => Json(json!({ "applied": applied })).into_response(),
+        Ok(applied) => Json(v1::Applied { applied }).into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
@@ -451,7 +461,7 @@ async fn delete_spec<F: Fabric>(
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
     match kv.delete(service.as_str()).await {
-        Ok(()) => Json(json!({ "deleted": service })).into_response(),
+        Ok(()) => Json(v1::Deleted { deleted: service }).into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
@@ -478,11 +488,15 @@ async fn chaos_kill<F: Fabric>(
                 // SAFETY: signals this very process.
                 unsafe { libc::kill(pid as i32, libc::SIGKILL) };
             });
-            return Json(json!({ "killed_agent": node, "pid": pid })).into_response();
+            return Json(v1::Killed::Agent {
+                killed_agent: node,
+                pid,
+            })
+            .into_response();
         }
         {
             return match tx.send(Control::Die).await {
-                Ok(()) => Json(json!({ "killed_node": node })).into_response(),
+                Ok(()) => Json(v1::Killed::Node { killed_node: node }).into_response(),
                 Err(_) => error(
                     StatusCode::NOT_FOUND,
                     format!("node {node} is already gone"),
@@ -506,7 +520,11 @@ async fn chaos_kill<F: Fabric>(
         .ask(&node, |reply| Control::Kill { instance: i, reply })
         .await
     {
-        Some(true) => Json(json!({ "killed": instance, "node": node })).into_response(),
+        Some(true) => Json(v1::Killed::Instance {
+            killed: instance,
+            node,
+        })
+        .into_response(),
         _ => error(StatusCode::NOT_FOUND, format!("{instance} is not running")),
     }
 }
@@ -571,10 +589,19 @@ async fn chaos_pause<F: Fabric>(
             // SAFETY: signals this very process; the helper sends SIGCONT.
             unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
         });
-        return Json(json!({ "paused_agent": node, "pid": pid, "ms": q.ms })).into_response();
+        return Json(v1::Paused::Agent {
+            paused_agent: node,
+            pid,
+            ms: q.ms,
+        })
+        .into_response();
     }
     match tx.send(Control::Pause(pause)).await {
-        Ok(()) => Json(json!({ "paused_node": node, "ms": q.ms })).into_response(),
+        Ok(()) => Json(v1::Paused::Node {
+            paused_node: node,
+            ms: q.ms,
+        })
+        .into_response(),
         Err(_) => error(
             StatusCode::NOT_FOUND,
             format!("node {node} is already gone"),
@@ -616,7 +643,11 @@ async fn approve<F: Fabric>(State(api): State<Arc<Api<F>>>, Path(name): Path<Str
                 .await
                 .is_ok() =>
         {
-            Json(json!({ "approved": service, "steward": steward })).into_response()
+            Json(v1::Approved {
+                approved: service.clone(),
+                steward: steward.clone(),
+            })
+            .into_response()
         }
         _ => error(
             StatusCode::CONFLICT,
@@ -645,7 +676,7 @@ async fn set_drain<F: Fabric>(api: &Api<F>, name: &str, on: bool) -> Response {
         );
     };
     match tx.send(Control::Drain(on)).await {
-        Ok(()) => Json(json!({ "node": node, "draining": on })).into_response(),
+        Ok(()) => Json(v1::Drain { node, draining: on }).into_response(),
         Err(_) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("node {node} is stopping"),

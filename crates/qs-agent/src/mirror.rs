@@ -1,11 +1,10 @@
-//! Mirrors this agent's ledger into the fleet's JetStream stream, so the fleet's history
-//! outlives any one machine. Records go in order, each once (see
-//! [`qs_fabric::nats::LedgerMirror`]); while NATS is unreachable the mirror waits and then
-//! catches up from where the stream left off.
+//! Mirrors this agent's ledger into the fleet's copy of it ([`qs_fabric::LedgerSink`]: on
+//! NATS, the fleet's JetStream stream), so the fleet's history outlives any one machine.
+//! Records go in order, each once; while the fabric is unreachable the mirror waits and then
+//! catches up from where the sink left off.
 
 use crate::backoff::Backoff;
-use qs_fabric::nats::{LedgerMirror, NatsFabric};
-use qs_fabric::{Bytes, FabricError};
+use qs_fabric::{Bytes, Fabric, FabricError, LedgerSink};
 use qs_store::Ledger;
 use qs_wire::{NodeId, Record};
 use std::sync::Arc;
@@ -20,15 +19,15 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Runs until `stop` turns true.
-pub async fn run(
-    fabric: NatsFabric,
+pub async fn run<F: Fabric>(
+    fabric: F,
     node: NodeId,
     ledger: Arc<Ledger>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
     let mirror = loop {
-        match tokio::time::timeout(BACKOFF_MAX, fabric.ledger_mirror(&node)).await {
+        match tokio::time::timeout(BACKOFF_MAX, fabric.ledger(&node)).await {
             Ok(Ok(m)) => break m,
             Ok(Err(e)) => tracing::warn!("ledger mirror: {e}; retrying"),
             Err(_) => tracing::warn!("ledger mirror: JetStream did not answer; retrying"),
@@ -77,8 +76,8 @@ pub async fn run(
 }
 
 /// Appends `records` in order; returns the sequence number after the last one.
-async fn append_all(
-    mirror: &LedgerMirror,
+async fn append_all<S: LedgerSink>(
+    mirror: &S,
     records: Vec<Record>,
     mut from: u64,
 ) -> Result<u64, FabricError> {

@@ -99,8 +99,9 @@ impl InstanceFile {
         let entries: Vec<Entry> = match self.state.read_json(self.file()) {
             Ok(entries) => entries.unwrap_or_default(),
             Err(e) => {
-                let path = self.state.path(self.file());
-                let _ = std::fs::rename(&path, path.with_extension("json.corrupt"));
+                if let Err(aside) = self.state.set_aside(self.file()) {
+                    tracing::error!("{aside}");
+                }
                 return Err(e);
             }
         };
@@ -117,7 +118,9 @@ impl InstanceFile {
         for e in &alive {
             signal_group(e.pid, libc::SIGKILL);
         }
-        let _ = std::fs::remove_file(self.state.path(self.file()));
+        if let Err(e) = self.state.remove(self.file()) {
+            tracing::error!("{e}");
+        }
         let orphan = |e: Entry, was_running| Orphan {
             instance: e.instance,
             service: e.service,

@@ -1,9 +1,14 @@
-//! Version 1 of the HTTP API: every request and response body, as serde types. The
+//! Version 1 of the HTTP API: every response body, as serde types (requests are a TOML spec
+//! document, path segments and query parameters). `GET /v1/nodes` answers `Vec<NodeStatus>`,
+//! `GET /v1/events` answers `Vec<Record>` (both wire types). The
 //! handlers ([`crate::api`]) return them and the CLI decodes them; nothing else defines the API's
 //! JSON.
 
 use qs_core::RunningInstance;
-use qs_wire::{InstanceId, NodeId, NodeStatus, Offer, ServiceName, WorkloadSpec};
+use qs_wire::{
+    DeclineReason, HaPattern, InstanceId, NodeId, NodeStatus, Offer, Role, ServiceName,
+    WorkloadSpec,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -70,4 +75,161 @@ impl From<&RunningInstance> for InstanceRow {
 pub struct Explained {
     pub offer: Offer,
     pub passes_gate: bool,
+}
+
+/// Every error: `{"error": "..."}` with the HTTP status that fits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// `GET /health`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+    /// `embedded`, `nats`, or `autonomous` while the fabric is out of reach.
+    pub mode: String,
+    /// Nodes this process runs.
+    pub nodes: usize,
+    pub ledger_next_seq: u64,
+}
+
+/// `GET /queue_stats`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueStats {
+    pub nodes: BTreeMap<NodeId, NodeQueue>,
+}
+
+/// One node's queues.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeQueue {
+    pub placements_in_flight: usize,
+    pub instances: usize,
+    pub stewarded_services: usize,
+}
+
+/// `GET /checkpoint_state`: the durable state this agent keeps.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointState {
+    pub state_dir: String,
+    pub ledger: LedgerState,
+    pub desired_state: DesiredState,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerState {
+    pub path: String,
+    pub next_seq: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredState {
+    pub specs: usize,
+}
+
+/// `GET /v1/nodes?explain=SERVICE`: each node's offer for the service, or why it declines.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Explain {
+    pub service: ServiceName,
+    pub nodes: Vec<ExplainRow>,
+}
+
+/// One node's answer in [`Explain`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ExplainRow {
+    Offers {
+        node: NodeId,
+        offer: Offer,
+        passes_gate: bool,
+    },
+    Declines {
+        node: NodeId,
+        declines: DeclineReason,
+        /// The reason in words.
+        reason: String,
+    },
+}
+
+/// `GET /v1/services`: one row per service or job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRow {
+    pub name: ServiceName,
+    /// `service` or `job`.
+    pub kind: String,
+    pub pattern: HaPattern,
+    pub wanted: u32,
+    pub max: u32,
+    pub running: usize,
+    pub serving: usize,
+    pub completed: usize,
+    pub steward: Option<NodeId>,
+}
+
+/// `GET /v1/instances`: one row per instance the registry knows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    pub instance: InstanceId,
+    pub service: ServiceName,
+    pub node: NodeId,
+    pub role: Role,
+    pub serving: bool,
+    pub hot: bool,
+    pub fencing: u64,
+    /// Known for the instances of this agent's own nodes.
+    pub pid: Option<u32>,
+    pub port: Option<u16>,
+}
+
+/// `POST /v1/specs`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    pub applied: Vec<ServiceName>,
+}
+
+/// `DELETE /v1/specs/NAME`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deleted {
+    pub deleted: ServiceName,
+}
+
+/// `POST /v1/chaos/kill/TARGET`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Killed {
+    /// The whole agent process (`qs agent`).
+    Agent { killed_agent: NodeId, pid: u32 },
+    /// One virtual node of `qs up`.
+    Node { killed_node: NodeId },
+    /// One instance's process group.
+    Instance { killed: InstanceId, node: NodeId },
+}
+
+/// `POST /v1/chaos/pause/NODE?ms=N`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Paused {
+    Agent {
+        paused_agent: NodeId,
+        pid: u32,
+        ms: u64,
+    },
+    Node {
+        paused_node: NodeId,
+        ms: u64,
+    },
+}
+
+/// `POST|DELETE /v1/nodes/NODE/drain`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drain {
+    pub node: NodeId,
+    pub draining: bool,
+}
+
+/// `POST /v1/services/NAME/approve`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approved {
+    pub approved: ServiceName,
+    pub steward: NodeId,
 }

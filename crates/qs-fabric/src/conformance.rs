@@ -7,14 +7,12 @@
 //! qs_fabric::conformance_tests!(|| async { (qs_fabric::memory::MemoryFabric::new(), ()) });
 //! ```
 
-use crate::{Bytes, Fabric, FabricError, Gather, Kv, KvEvent, MAX_PAYLOAD_BYTES, Topic};
+use crate::{Bytes, Fabric, FabricError, Kv, KvEvent, MAX_PAYLOAD_BYTES, Topic};
 use qs_wire::NodeId;
 use std::time::Duration;
 
 /// No case may take longer than this.
 pub const CASE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Long enough that reaching it means early completion failed (the case timeout catches it).
-const NEVER: Duration = Duration::from_secs(3600);
 /// How long to wait for something that must not arrive.
 const QUIET: Duration = Duration::from_millis(200);
 
@@ -77,76 +75,27 @@ pub async fn publish_without_subscribers_and_unsubscribe<F: Fabric>(f: F) {
     assert_eq!(recv(&mut fresh).await.payload, b("z"));
 }
 
-/// Spawns `n` responders on `t` that each answer every request with their own name.
-async fn responders<F: Fabric>(f: &F, t: &str, n: usize) -> Vec<tokio::task::JoinHandle<()>> {
-    let mut handles = Vec::new();
-    for i in 0..n {
-        let mut sub = f.subscribe(&topic(t)).await.unwrap();
-        let f = f.clone();
-        handles.push(tokio::spawn(async move {
-            while let Some(req) = sub.next().await {
-                let answer = format!("r{i}:{}", String::from_utf8_lossy(&req.payload));
-                let _ = f.reply(&req, b(&answer)).await;
-            }
-        }));
-    }
-    handles
-}
-
-/// A gather returns as soon as it has its replies, long before its deadline.
-pub async fn gather_completes_early<F: Fabric>(f: F) {
-    let handles = responders(&f, "query.capacity", 3).await;
-    let gather = Gather {
-        max_replies: 3,
-        timeout: NEVER,
-    };
-    let replies = f
-        .gather(&topic("query.capacity"), b("who?"), gather)
+/// A node's ledger sink takes records in order, each once, and says where to resume.
+pub async fn ledger_sink_takes_each_record_once<F: Fabric>(f: F) {
+    use crate::LedgerSink;
+    let node = qs_wire::NodeId::new("sink-node").unwrap();
+    let sink = f.ledger(&node).await.unwrap();
+    assert_eq!(sink.resume_from().await.unwrap(), 0);
+    assert!(sink.append(0, b("r0")).await.unwrap());
+    assert!(sink.append(1, b("r1")).await.unwrap());
+    assert!(
+        !sink.append(1, b("r1")).await.unwrap(),
+        "a repeat is not new"
+    );
+    assert_eq!(sink.resume_from().await.unwrap(), 2);
+    // Another handle on the same node's ledger sees the same records.
+    let again = f.ledger(&node).await.unwrap();
+    assert_eq!(again.resume_from().await.unwrap(), 2);
+    let other = f
+        .ledger(&qs_wire::NodeId::new("other-node").unwrap())
         .await
         .unwrap();
-    let mut got: Vec<String> = replies
-        .iter()
-        .map(|r| String::from_utf8_lossy(&r.payload).into_owned())
-        .collect();
-    got.sort();
-    assert_eq!(got, ["r0:who?", "r1:who?", "r2:who?"]);
-    handles.iter().for_each(|h| h.abort());
-}
-
-/// A gather that wants more than come back returns what arrived by its deadline.
-pub async fn gather_returns_what_came_by_the_deadline<F: Fabric>(f: F) {
-    let handles = responders(&f, "query.capacity", 2).await;
-    let gather = Gather {
-        max_replies: 5,
-        timeout: Duration::from_millis(500),
-    };
-    let replies = f
-        .gather(&topic("query.capacity"), b("q"), gather)
-        .await
-        .unwrap();
-    assert_eq!(replies.len(), 2);
-    let none = f
-        .gather(&topic("query.nobody"), b("q"), gather)
-        .await
-        .unwrap();
-    assert!(none.is_empty());
-    handles.iter().for_each(|h| h.abort());
-}
-
-/// Two gathers at once each get only their own replies.
-pub async fn concurrent_gathers_do_not_mix<F: Fabric>(f: F) {
-    let handles = responders(&f, "query.capacity", 2).await;
-    let gather = Gather {
-        max_replies: 2,
-        timeout: NEVER,
-    };
-    let t = topic("query.capacity");
-    let (a, c) = tokio::join!(f.gather(&t, b("a"), gather), f.gather(&t, b("c"), gather));
-    for (replies, tag) in [(a.unwrap(), ":a"), (c.unwrap(), ":c")] {
-        assert_eq!(replies.len(), 2);
-        assert!(replies.iter().all(|r| r.payload.ends_with(tag.as_bytes())));
-    }
-    handles.iter().for_each(|h| h.abort());
+    assert_eq!(other.resume_from().await.unwrap(), 0);
 }
 
 /// A directed send reaches that node's inbox and no other.
@@ -300,9 +249,7 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@cases $make;
             publish_reaches_matching_subscribers,
             publish_without_subscribers_and_unsubscribe,
-            gather_completes_early,
-            gather_returns_what_came_by_the_deadline,
-            concurrent_gathers_do_not_mix,
+            ledger_sink_takes_each_record_once,
             directed_send_reaches_one_node,
             kv_put_get,
             kv_compare_and_set,

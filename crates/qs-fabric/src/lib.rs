@@ -1,8 +1,8 @@
 //! The fabric: how nodes talk and share state, as one small trait with interchangeable
 //! backends.
 //!
-//! Publish, subscribe, gather many replies to one request (until enough came back or a
-//! deadline), directed send, and a KV with get / put / compare-and-set on revision / watch.
+//! Publish, subscribe, directed send, a KV with get / put / compare-and-set on revision /
+//! watch, and a sink for each node's ledger.
 //! [`memory::MemoryFabric`] is the embedded default (one process); the NATS JetStream backend
 //! implements the same trait for real fleets. Both must pass [`conformance`], the one suite
 //! that defines what a backend is.
@@ -10,9 +10,11 @@
 //! Payloads are bytes: callers encode with `qs-wire`, so every backend, the in-memory one
 //! included, carries exactly what would cross a network.
 
+#[cfg(feature = "testing")]
 pub mod conformance;
 pub mod memory;
 pub mod nats;
+#[cfg(feature = "testing")]
 pub mod nats_server;
 mod topic;
 
@@ -21,7 +23,6 @@ pub use topic::Topic;
 
 use qs_wire::NodeId;
 use std::future::Future;
-use std::time::Duration;
 
 /// Largest payload a backend accepts (NATS' default `max_payload`).
 pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
@@ -31,8 +32,6 @@ pub const SUBSCRIPTION_BUFFER: usize = 4096;
 /// Events buffered per KV watch; past this the watch ends with [`FabricError::Lagged`] and the
 /// caller starts a new one, which replays the current state.
 pub const WATCH_BUFFER: usize = 4096;
-/// Most replies one gather may ask for.
-pub const MAX_GATHER_REPLIES: usize = 100_000;
 
 /// What went wrong, and with what.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -45,8 +44,6 @@ pub enum FabricError {
     InvalidBucket { bucket: String, why: &'static str },
     #[error("payload of {size} bytes exceeds the limit of {max}")]
     PayloadTooLarge { size: usize, max: usize },
-    #[error("gather of {asked} replies exceeds the limit of {max}")]
-    TooManyReplies { asked: usize, max: usize },
     /// Compare-and-set lost: the key is not at the expected revision.
     #[error("conflict on {key:?}: expected revision {expected:?}, found {current:?}")]
     Conflict {
@@ -58,8 +55,15 @@ pub enum FabricError {
     Lagged,
     #[error("the fabric is closed")]
     Closed,
-    #[error("backend: {0}")]
-    Backend(String),
+    /// A NATS operation failed (the server is unreachable, slow, or refused it).
+    #[error("NATS {op}: {detail}")]
+    Nats { op: &'static str, detail: String },
+    /// A setting of the backend is invalid (a URL, a replica count).
+    #[error("invalid {what}: {detail}")]
+    Setting { what: &'static str, detail: String },
+    /// A bounded store of the in-memory backend is full.
+    #[error("{what} is full ({max} entries)")]
+    Full { what: &'static str, max: usize },
 }
 
 /// A message as a subscriber receives it.
@@ -67,15 +71,6 @@ pub enum FabricError {
 pub struct Incoming {
     pub topic: Topic,
     pub payload: Bytes,
-    /// Where a reply goes, for requests.
-    pub reply_to: Option<Topic>,
-}
-
-/// How many replies a gather waits for, and for how long at most.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Gather {
-    pub max_replies: usize,
-    pub timeout: Duration,
 }
 
 /// A KV entry at one revision.
@@ -171,19 +166,12 @@ impl Watch {
 /// Messaging between nodes.
 pub trait Fabric: Clone + Send + Sync + 'static {
     type Kv: Kv;
+    type Ledger: LedgerSink;
 
     /// Sends to every current subscriber of a matching topic.
     fn publish(
         &self,
         topic: &Topic,
-        payload: Bytes,
-    ) -> impl Future<Output = Result<(), FabricError>> + Send;
-
-    /// Publishes with a reply address.
-    fn request(
-        &self,
-        topic: &Topic,
-        reply_to: &Topic,
         payload: Bytes,
     ) -> impl Future<Output = Result<(), FabricError>> + Send;
 
@@ -194,37 +182,20 @@ pub trait Fabric: Clone + Send + Sync + 'static {
         topic: &Topic,
     ) -> impl Future<Output = Result<Subscription, FabricError>> + Send;
 
-    /// Publishes a request and collects replies until `max_replies` came back or the timeout
-    /// passed, whichever is first. Returns the replies in arrival order.
-    fn gather(
-        &self,
-        topic: &Topic,
-        payload: Bytes,
-        gather: Gather,
-    ) -> impl Future<Output = Result<Vec<Incoming>, FabricError>> + Send;
-
     /// Opens (creating if needed) a KV bucket.
     fn kv(&self, bucket: &str) -> impl Future<Output = Result<Self::Kv, FabricError>> + Send;
+
+    /// Opens (creating if needed) the fleet's copy of `node`'s ledger.
+    fn ledger(
+        &self,
+        node: &NodeId,
+    ) -> impl Future<Output = Result<Self::Ledger, FabricError>> + Send;
 
     /// Whether this node reaches the rest of the fleet now. In-process backends always do;
     /// a networked one does not while its server is unreachable (the node is then
     /// autonomous: it keeps its instances and declares no peer dead).
     fn connected(&self) -> bool {
         true
-    }
-
-    /// Answers a request.
-    fn reply(
-        &self,
-        to: &Incoming,
-        payload: Bytes,
-    ) -> impl Future<Output = Result<(), FabricError>> + Send {
-        async move {
-            match &to.reply_to {
-                Some(topic) => self.publish(topic, payload).await,
-                None => Ok(()),
-            }
-        }
     }
 
     /// Directed send to one node's inbox.
@@ -235,6 +206,20 @@ pub trait Fabric: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), FabricError>> + Send {
         async move { self.publish(&Topic::node_rpc(node), payload).await }
     }
+}
+
+/// A node's ledger as the fleet keeps it, outside the node: records appended in order, each
+/// once, so the fleet's history outlives any one machine.
+pub trait LedgerSink: Send + Sync + 'static {
+    /// The first sequence number the sink does not hold yet (0 when empty).
+    fn resume_from(&self) -> impl Future<Output = Result<u64, FabricError>> + Send;
+
+    /// Appends record `seq` (its encoding); `false` when the sink held it already.
+    fn append(
+        &self,
+        seq: u64,
+        record: Bytes,
+    ) -> impl Future<Output = Result<bool, FabricError>> + Send;
 }
 
 /// A replicated key-value bucket with revisions.
@@ -309,30 +294,6 @@ pub(crate) fn check_publish(topic: &Topic, payload: &Bytes) -> Result<(), Fabric
 pub(crate) fn check_entry(key: &str, value: &Bytes) -> Result<(), FabricError> {
     check_key(key)?;
     check_payload(value)
-}
-
-/// Refuses a gather that asks for more replies than any backend collects.
-pub(crate) fn check_gather(gather: &Gather) -> Result<(), FabricError> {
-    if gather.max_replies > MAX_GATHER_REPLIES {
-        return Err(FabricError::TooManyReplies {
-            asked: gather.max_replies,
-            max: MAX_GATHER_REPLIES,
-        });
-    }
-    Ok(())
-}
-
-/// Collects the replies of a gather from its inbox until enough came or the deadline passed.
-pub(crate) async fn collect_replies(mut inbox: Subscription, gather: Gather) -> Vec<Incoming> {
-    let mut replies = Vec::new();
-    let deadline = tokio::time::Instant::now() + gather.timeout;
-    while replies.len() < gather.max_replies {
-        match tokio::time::timeout_at(deadline, inbox.next()).await {
-            Ok(Some(reply)) => replies.push(reply),
-            Ok(None) | Err(_) => break,
-        }
-    }
-    replies
 }
 
 /// Checks a watch prefix: empty (the whole bucket) or whole key tokens ending with '.'

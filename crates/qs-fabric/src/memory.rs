@@ -5,9 +5,9 @@
 //! current state first.
 
 use crate::{
-    Entry, Fabric, FabricError, Gather, Incoming, Kv, KvEvent, SUBSCRIPTION_BUFFER, Subscription,
-    Topic, WATCH_BUFFER, Watch, check_bucket, check_entry, check_gather, check_key, check_publish,
-    check_watch_prefix, collect_replies,
+    Entry, Fabric, FabricError, Incoming, Kv, KvEvent, LedgerSink, SUBSCRIPTION_BUFFER,
+    Subscription, Topic, WATCH_BUFFER, Watch, check_bucket, check_entry, check_key, check_publish,
+    check_watch_prefix,
 };
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -30,6 +30,8 @@ struct Inner {
     patterns: BTreeMap<String, BTreeSet<u64>>,
     next_id: u64,
     buckets: BTreeMap<String, Arc<Mutex<Bucket>>>,
+    /// Each node's mirrored ledger.
+    ledgers: BTreeMap<qs_wire::NodeId, Arc<Mutex<BTreeMap<u64, Bytes>>>>,
 }
 
 /// See the module docs. Cloning shares the same fabric.
@@ -88,12 +90,7 @@ impl MemoryFabric {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    fn deliver(
-        &self,
-        topic: &Topic,
-        payload: Bytes,
-        reply_to: Option<Topic>,
-    ) -> Result<(), FabricError> {
+    fn deliver(&self, topic: &Topic, payload: Bytes) -> Result<(), FabricError> {
         check_publish(topic, &payload)?;
         let inner = lock(&self.inner);
         let exact = inner.exact.get(topic).into_iter().flatten().copied();
@@ -112,7 +109,6 @@ impl MemoryFabric {
             let msg = Incoming {
                 topic: topic.clone(),
                 payload: payload.clone(),
-                reply_to: reply_to.clone(),
             };
             if sub.tx.try_send(msg).is_err() {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -158,40 +154,14 @@ impl MemoryFabric {
 
 impl Fabric for MemoryFabric {
     type Kv = MemoryKv;
+    type Ledger = MemoryLedger;
 
     async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<(), FabricError> {
-        self.deliver(topic, payload, None)
-    }
-
-    async fn request(
-        &self,
-        topic: &Topic,
-        reply_to: &Topic,
-        payload: Bytes,
-    ) -> Result<(), FabricError> {
-        self.deliver(topic, payload, Some(reply_to.clone()))
+        self.deliver(topic, payload)
     }
 
     async fn subscribe(&self, topic: &Topic) -> Result<Subscription, FabricError> {
         Ok(self.subscribe_now(topic))
-    }
-
-    async fn gather(
-        &self,
-        topic: &Topic,
-        payload: Bytes,
-        gather: Gather,
-    ) -> Result<Vec<Incoming>, FabricError> {
-        check_gather(&gather)?;
-        let n = {
-            let mut inner = lock(&self.inner);
-            inner.next_id += 1;
-            inner.next_id
-        };
-        let inbox = Topic::inbox("mem", n);
-        let sub = self.subscribe_now(&inbox);
-        self.deliver(topic, payload, Some(inbox))?;
-        Ok(collect_replies(sub, gather).await)
     }
 
     async fn kv(&self, bucket: &str) -> Result<MemoryKv, FabricError> {
@@ -199,6 +169,46 @@ impl Fabric for MemoryFabric {
         let mut inner = lock(&self.inner);
         let b = inner.buckets.entry(bucket.to_owned()).or_default().clone();
         Ok(MemoryKv { bucket: b })
+    }
+
+    async fn ledger(&self, node: &qs_wire::NodeId) -> Result<MemoryLedger, FabricError> {
+        let mut inner = lock(&self.inner);
+        let records = inner.ledgers.entry(node.clone()).or_default().clone();
+        Ok(MemoryLedger { records })
+    }
+}
+
+/// Most records one node's ledger keeps in the in-memory fabric.
+pub const MAX_LEDGER_RECORDS: usize = 1 << 20;
+
+/// One node's ledger as the in-memory fabric keeps it (for a fleet in one process, and for
+/// tests of the mirror).
+#[derive(Clone)]
+pub struct MemoryLedger {
+    records: Arc<Mutex<BTreeMap<u64, Bytes>>>,
+}
+
+impl LedgerSink for MemoryLedger {
+    async fn resume_from(&self) -> Result<u64, FabricError> {
+        Ok(lock(&self.records)
+            .last_key_value()
+            .map_or(0, |(seq, _)| seq + 1))
+    }
+
+    async fn append(&self, seq: u64, record: Bytes) -> Result<bool, FabricError> {
+        crate::check_payload(&record)?;
+        let mut records = lock(&self.records);
+        if records.contains_key(&seq) {
+            return Ok(false);
+        }
+        if records.len() >= MAX_LEDGER_RECORDS {
+            return Err(FabricError::Full {
+                what: "the in-memory ledger stream",
+                max: MAX_LEDGER_RECORDS,
+            });
+        }
+        records.insert(seq, record);
+        Ok(true)
     }
 }
 

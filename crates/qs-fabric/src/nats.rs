@@ -2,36 +2,32 @@
 //! JetStream (2.10 or newer).
 //!
 //! Topic `t` of fleet `f` is the subject `qs.f.t`; KV bucket `b` is the JetStream KV bucket
-//! `qs_f_b`. Each fabric (one per agent) subscribes once to its own reply inbox
-//! `qs.f._inbox.<uid>.*` and routes the replies of every gather by the last token, so a
-//! capacity query to a thousand nodes costs one subscription, not a thousand.
+//! `qs_f_b`; a node's ledger is mirrored into the JetStream stream `qs_f_ledger` under
+//! `qs.f.ledger.<node>` ([`NatsLedger`]).
 
 use crate::{
-    Bytes, Entry, Fabric, FabricError, Gather, Incoming, Kv, KvEvent, SUBSCRIPTION_BUFFER,
-    Subscription, Topic, WATCH_BUFFER, Watch, check_bucket, check_entry, check_gather, check_key,
-    check_payload, check_publish, check_watch_prefix, collect_replies,
+    Bytes, Entry, Fabric, FabricError, Incoming, Kv, KvEvent, LedgerSink, SUBSCRIPTION_BUFFER,
+    Subscription, Topic, WATCH_BUFFER, Watch, check_bucket, check_entry, check_key, check_payload,
+    check_publish, check_watch_prefix,
 };
 use async_nats::jetstream::{self, kv};
 use futures_util::StreamExt;
-use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 /// How long a subscription waits for the server to confirm it.
 const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
-/// Gathers in flight on one fabric at most; past this a gather is refused.
-const MAX_GATHERS: usize = 4096;
 /// Most copies of a bucket or stream JetStream keeps.
 pub const MAX_REPLICAS: usize = 5;
 
-fn backend(e: impl std::fmt::Display) -> FabricError {
-    FabricError::Backend(e.to_string())
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+/// A failed NATS operation, named.
+fn nats<E: std::fmt::Display>(op: &'static str) -> impl Fn(E) -> FabricError {
+    move |e| FabricError::Nats {
+        op,
+        detail: e.to_string(),
+    }
 }
 
 /// Aborts a forwarding task when its stream is dropped.
@@ -43,22 +39,15 @@ impl Drop for AbortOnDrop {
     }
 }
 
-type Gathers = Arc<Mutex<BTreeMap<u64, mpsc::Sender<Incoming>>>>;
-
 struct Inner {
     client: async_nats::Client,
     js: jetstream::Context,
     /// `qs.<fleet>.`
     prefix: String,
     fleet: String,
-    /// This fabric's reply inbox owner token.
-    uid: String,
-    next_gather: AtomicU64,
-    gathers: Gathers,
     dropped: AtomicU64,
     /// Copies kept of the buckets and streams this fabric creates.
     replicas: usize,
-    _inbox: AbortOnDrop,
 }
 
 /// See the module docs. Cloning shares the connection.
@@ -84,20 +73,24 @@ impl NatsFabric {
         replicas: usize,
     ) -> Result<NatsFabric, FabricError> {
         if !(1..=MAX_REPLICAS).contains(&replicas) {
-            return Err(FabricError::Backend(format!(
-                "replicas must be 1 to {MAX_REPLICAS}, got {replicas}"
-            )));
+            return Err(FabricError::Setting {
+                what: "replicas",
+                detail: format!("must be 1 to {MAX_REPLICAS}, got {replicas}"),
+            });
         }
         let servers: Vec<async_nats::ServerAddr> = urls
             .split(',')
             .map(|u| u.trim().parse())
             .collect::<Result<_, _>>()
-            .map_err(|e| FabricError::Backend(format!("invalid NATS URL in {urls:?}: {e}")))?;
+            .map_err(|e| FabricError::Setting {
+                what: "NATS URL",
+                detail: format!("{urls:?}: {e}"),
+            })?;
         let client = async_nats::ConnectOptions::new()
             .retry_on_initial_connect()
             .connect(servers)
             .await
-            .map_err(backend)?;
+            .map_err(nats("connect"))?;
         Self::with_client(client, fleet, replicas).await
     }
 
@@ -109,45 +102,14 @@ impl NatsFabric {
     ) -> Result<NatsFabric, FabricError> {
         check_bucket(fleet)?;
         let prefix = format!("qs.{fleet}.");
-        // The random token of a fresh NATS inbox names this fabric's reply inbox.
-        let uid = client
-            .new_inbox()
-            .rsplit('.')
-            .next()
-            .unwrap_or("inbox")
-            .to_owned();
-        let inbox = format!("{prefix}{}", Topic::inboxes(&uid).as_str());
-        let mut replies = client.subscribe(inbox).await.map_err(backend)?;
-        let gathers: Gathers = Arc::default();
-        let routes = gathers.clone();
-        let strip = prefix.clone();
-        let router = tokio::spawn(async move {
-            while let Some(m) = replies.next().await {
-                // The server's "no responders" status is not a reply.
-                if m.status.is_some() {
-                    continue;
-                }
-                let Some(n) = m.subject.rsplit('.').next().and_then(|t| t.parse().ok()) else {
-                    continue;
-                };
-                let tx = lock(&routes).get(&n).cloned();
-                if let (Some(tx), Some(incoming)) = (tx, incoming(&strip, m)) {
-                    let _ = tx.try_send(incoming);
-                }
-            }
-        });
         Ok(NatsFabric {
             inner: Arc::new(Inner {
                 js: jetstream::new(client.clone()),
                 client,
                 prefix,
                 fleet: fleet.to_owned(),
-                uid,
-                next_gather: AtomicU64::new(1),
-                gathers,
                 dropped: AtomicU64::new(0),
                 replicas,
-                _inbox: AbortOnDrop(router),
             }),
         })
     }
@@ -163,59 +125,28 @@ impl NatsFabric {
 
     /// Waits until everything published so far has reached the server.
     pub async fn flush(&self) -> Result<(), FabricError> {
-        self.inner.client.flush().await.map_err(backend)
-    }
-
-    async fn send_raw(
-        &self,
-        topic: &Topic,
-        reply_to: Option<&Topic>,
-        payload: Bytes,
-    ) -> Result<(), FabricError> {
-        check_publish(topic, &payload)?;
-        let subject = self.subject(topic);
-        let sent = match reply_to {
-            Some(r) => {
-                self.inner
-                    .client
-                    .publish_with_reply(subject, self.subject(r), payload)
-                    .await
-            }
-            None => self.inner.client.publish(subject, payload).await,
-        };
-        sent.map_err(backend)
+        self.inner.client.flush().await.map_err(nats("flush"))
     }
 }
 
 /// A NATS message as an [`Incoming`] of this fleet (`None` for subjects outside it).
 fn incoming(prefix: &str, m: async_nats::Message) -> Option<Incoming> {
     let topic = Topic::parse(m.subject.strip_prefix(prefix)?).ok()?;
-    let reply_to = m
-        .reply
-        .as_ref()
-        .and_then(|r| r.strip_prefix(prefix))
-        .and_then(|r| Topic::parse(r).ok());
     Some(Incoming {
         topic,
         payload: m.payload,
-        reply_to,
     })
 }
 
 impl Fabric for NatsFabric {
     type Kv = NatsKv;
+    type Ledger = NatsLedger;
 
     async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<(), FabricError> {
-        self.send_raw(topic, None, payload).await
-    }
-
-    async fn request(
-        &self,
-        topic: &Topic,
-        reply_to: &Topic,
-        payload: Bytes,
-    ) -> Result<(), FabricError> {
-        self.send_raw(topic, Some(reply_to), payload).await
+        check_publish(topic, &payload)?;
+        let subject = self.subject(topic);
+        let sent = self.inner.client.publish(subject, payload).await;
+        sent.map_err(nats("publish"))
     }
 
     async fn subscribe(&self, topic: &Topic) -> Result<Subscription, FabricError> {
@@ -224,7 +155,7 @@ impl Fabric for NatsFabric {
             .client
             .subscribe(self.subject(topic))
             .await
-            .map_err(backend)?;
+            .map_err(nats("subscribe"))?;
         // The server has the interest before this returns, so nothing published after is
         // missed; while disconnected the client subscribes again when it reconnects.
         if self.connected() {
@@ -247,35 +178,8 @@ impl Fabric for NatsFabric {
         Ok(Subscription::new(rx, Box::new(AbortOnDrop(task))))
     }
 
-    async fn gather(
-        &self,
-        topic: &Topic,
-        payload: Bytes,
-        gather: Gather,
-    ) -> Result<Vec<Incoming>, FabricError> {
-        check_gather(&gather)?;
-        let n = self.inner.next_gather.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(gather.max_replies.clamp(1, SUBSCRIPTION_BUFFER));
-        {
-            let mut gathers = lock(&self.inner.gathers);
-            if gathers.len() >= MAX_GATHERS {
-                return Err(FabricError::Backend(format!(
-                    "{MAX_GATHERS} gathers already in flight"
-                )));
-            }
-            gathers.insert(n, tx);
-        }
-        // The route is removed however the gather ends.
-        struct Unregister(Gathers, u64);
-        impl Drop for Unregister {
-            fn drop(&mut self) {
-                lock(&self.0).remove(&self.1);
-            }
-        }
-        let inbox = Subscription::new(rx, Box::new(Unregister(self.inner.gathers.clone(), n)));
-        self.send_raw(topic, Some(&Topic::inbox(&self.inner.uid, n)), payload)
-            .await?;
-        Ok(collect_replies(inbox, gather).await)
+    async fn ledger(&self, node: &qs_wire::NodeId) -> Result<NatsLedger, FabricError> {
+        self.open_ledger(node).await
     }
 
     fn connected(&self) -> bool {
@@ -297,7 +201,7 @@ impl Fabric for NatsFabric {
                     ..Default::default()
                 })
                 .await
-                .map_err(backend)?,
+                .map_err(nats("open KV bucket"))?,
         };
         Ok(NatsKv { store })
     }
@@ -318,7 +222,7 @@ impl NatsKv {
 impl Kv for NatsKv {
     async fn get(&self, key: &str) -> Result<Option<Entry>, FabricError> {
         check_key(key)?;
-        let entry = self.store.entry(key).await.map_err(backend)?;
+        let entry = self.store.entry(key).await.map_err(nats("KV get"))?;
         Ok(entry
             .filter(|e| e.operation == kv::Operation::Put)
             .map(|e| Entry {
@@ -330,7 +234,7 @@ impl Kv for NatsKv {
 
     async fn put(&self, key: &str, value: Bytes) -> Result<u64, FabricError> {
         check_entry(key, &value)?;
-        self.store.put(key, value).await.map_err(backend)
+        self.store.put(key, value).await.map_err(nats("KV put"))
     }
 
     async fn cas(
@@ -351,31 +255,31 @@ impl Kv for NatsKv {
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
                     Err(conflict(self.revision(key).await))
                 }
-                Err(e) => Err(backend(e)),
+                Err(e) => Err(nats("KV compare-and-set")(e)),
             },
             Some(rev) => match self.store.update(key, value, rev).await {
                 Ok(r) => Ok(r),
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                     Err(conflict(self.revision(key).await))
                 }
-                Err(e) => Err(backend(e)),
+                Err(e) => Err(nats("KV compare-and-set")(e)),
             },
         }
     }
 
     async fn delete(&self, key: &str) -> Result<(), FabricError> {
         check_key(key)?;
-        self.store.delete(key).await.map_err(backend)
+        self.store.delete(key).await.map_err(nats("KV delete"))
     }
 
     async fn watch(&self, prefix: &str) -> Result<Watch, FabricError> {
         check_watch_prefix(prefix)?;
         let filter = format!("{prefix}>");
         // With nothing under the prefix no entry comes to say the replay is over.
-        let mut keys = self.store.keys().await.map_err(backend)?;
+        let mut keys = self.store.keys().await.map_err(nats("KV keys"))?;
         let mut any = false;
         while let Some(k) = keys.next().await {
-            if k.map_err(backend)?.starts_with(prefix) {
+            if k.map_err(nats("KV keys"))?.starts_with(prefix) {
                 any = true;
                 break;
             }
@@ -383,12 +287,17 @@ impl Kv for NatsKv {
         // Entries past the bucket's last revision as the watch begins are changes, not the
         // replay (the consumer's pending count alone would count them into the replay).
         let mut stream = self.store.stream.clone();
-        let start = stream.info().await.map_err(backend)?.state.last_sequence;
+        let start = stream
+            .info()
+            .await
+            .map_err(nats("stream info"))?
+            .state
+            .last_sequence;
         let mut watch = self
             .store
             .watch_with_history(filter)
             .await
-            .map_err(backend)?;
+            .map_err(nats("KV watch"))?;
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         let task = tokio::spawn(async move {
             // The replay is delivered whole (it waits for room); a live change that finds the
@@ -399,7 +308,7 @@ impl Kv for NatsKv {
             }
             while let Some(e) = watch.next().await {
                 let sent = match e {
-                    Err(e) => tx.send(Err(backend(e))).await.is_ok(),
+                    Err(e) => tx.send(Err(nats("KV watch")(e))).await.is_ok(),
                     Ok(e) if !synced && e.revision > start => {
                         synced = true;
                         tx.send(Ok(KvEvent::Synced)).await.is_ok()
@@ -451,7 +360,7 @@ const SEQ_HEADER: &str = "Qs-Ledger-Seq";
 /// `qs.<fleet>.ledger.<node>`. Each record goes once: its message id is `<node>:<seq>` (the
 /// server drops a repeat within its duplicate window), and a restarted mirror resumes after the
 /// last sequence number the stream holds for the node.
-pub struct LedgerMirror {
+pub struct NatsLedger {
     js: jetstream::Context,
     stream: jetstream::stream::Stream,
     subject: String,
@@ -460,7 +369,7 @@ pub struct LedgerMirror {
 
 impl NatsFabric {
     /// The mirror of `node`'s ledger (the stream is created when missing).
-    pub async fn ledger_mirror(&self, node: &qs_wire::NodeId) -> Result<LedgerMirror, FabricError> {
+    async fn open_ledger(&self, node: &qs_wire::NodeId) -> Result<NatsLedger, FabricError> {
         let name = format!("qs_{}_ledger", self.inner.fleet);
         let stream = self
             .inner
@@ -472,8 +381,8 @@ impl NatsFabric {
                 ..Default::default()
             })
             .await
-            .map_err(backend)?;
-        Ok(LedgerMirror {
+            .map_err(nats("create ledger stream"))?;
+        Ok(NatsLedger {
             js: self.inner.js.clone(),
             stream,
             subject: format!("{}ledger.{node}", self.inner.prefix),
@@ -482,9 +391,9 @@ impl NatsFabric {
     }
 }
 
-impl LedgerMirror {
+impl LedgerSink for NatsLedger {
     /// The first local sequence number the stream does not hold yet.
-    pub async fn resume_from(&self) -> Result<u64, FabricError> {
+    async fn resume_from(&self) -> Result<u64, FabricError> {
         match self
             .stream
             .get_last_raw_message_by_subject(&self.subject)
@@ -495,19 +404,20 @@ impl LedgerMirror {
                 .get(SEQ_HEADER)
                 .and_then(|v| v.as_str().parse::<u64>().ok())
                 .map(|seq| seq + 1)
-                .ok_or_else(|| {
-                    FabricError::Backend(format!("{} lacks {SEQ_HEADER}", self.subject))
+                .ok_or_else(|| FabricError::Nats {
+                    op: "read ledger stream",
+                    detail: format!("the last message of {} lacks {SEQ_HEADER}", self.subject),
                 }),
             Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
                 Ok(0)
             }
-            Err(e) => Err(backend(e)),
+            Err(e) => Err(nats("read ledger stream")(e)),
         }
     }
 
     /// Appends one record (its encoding) and waits for the stream's acknowledgement. Returns
     /// whether the stream took it as new (false: a duplicate it already held).
-    pub async fn append(&self, seq: u64, record: Bytes) -> Result<bool, FabricError> {
+    async fn append(&self, seq: u64, record: Bytes) -> Result<bool, FabricError> {
         check_payload(&record)?;
         let publish = jetstream::message::PublishMessage::build()
             .payload(record)
@@ -517,9 +427,9 @@ impl LedgerMirror {
             .js
             .send_publish(self.subject.clone(), publish)
             .await
-            .map_err(backend)?
+            .map_err(nats("append to ledger stream"))?
             .await
-            .map_err(backend)?;
+            .map_err(nats("append to ledger stream"))?;
         Ok(!ack.duplicate)
     }
 }

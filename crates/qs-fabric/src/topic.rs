@@ -73,29 +73,9 @@ impl Topic {
     pub fn heartbeats() -> Topic {
         Topic::named("hb.*".into())
     }
-    /// Capacity queries (step 3).
-    pub fn capacity_query() -> Topic {
-        Topic::named("query.capacity".into())
-    }
-    /// A node's dispatch inbox (step 5).
-    pub fn node_dispatch(node: &NodeId) -> Topic {
-        Topic::named(format!("node.{node}.dispatch"))
-    }
-    /// A node's general inbox.
+    /// A node's inbox: every directed message to it.
     pub fn node_rpc(node: &NodeId) -> Topic {
         Topic::named(format!("node.{node}.rpc"))
-    }
-    /// The ledger's event stream.
-    pub fn events() -> Topic {
-        Topic::named("events".into())
-    }
-    /// A reply inbox.
-    pub fn inbox(owner: &str, n: u64) -> Topic {
-        Topic::named(format!("_inbox.{owner}.{n}"))
-    }
-    /// Every reply inbox of one owner (a subscription pattern).
-    pub fn inboxes(owner: &str) -> Topic {
-        Topic::named(format!("_inbox.{owner}.*"))
     }
 }
 

@@ -3,6 +3,7 @@
 
 use qs_fabric::nats::NatsFabric;
 use qs_fabric::nats_server::NatsServer;
+use qs_fabric::{Fabric as _, LedgerSink as _};
 
 async fn fabric() -> (NatsFabric, NatsServer) {
     let server = tokio::task::spawn_blocking(NatsServer::start)
@@ -84,7 +85,7 @@ async fn the_ledger_mirror_resumes_and_drops_duplicates() {
     use qs_fabric::Bytes;
     let (fabric, _server) = fabric().await;
     let node = qs_wire::NodeId::new("forge").unwrap();
-    let mirror = fabric.ledger_mirror(&node).await.unwrap();
+    let mirror = fabric.ledger(&node).await.unwrap();
     assert_eq!(mirror.resume_from().await.unwrap(), 0);
     for seq in 0..3 {
         assert!(
@@ -95,7 +96,7 @@ async fn the_ledger_mirror_resumes_and_drops_duplicates() {
         );
     }
     // A restarted mirror (a fresh handle) resumes after the last one.
-    let again = fabric.ledger_mirror(&node).await.unwrap();
+    let again = fabric.ledger(&node).await.unwrap();
     assert_eq!(again.resume_from().await.unwrap(), 3);
     assert!(
         !again.append(2, Bytes::from("r2")).await.unwrap(),
@@ -104,7 +105,7 @@ async fn the_ledger_mirror_resumes_and_drops_duplicates() {
     assert_eq!(again.resume_from().await.unwrap(), 3);
     // Another node's records are its own.
     let other = fabric
-        .ledger_mirror(&qs_wire::NodeId::new("pcdev").unwrap())
+        .ledger(&qs_wire::NodeId::new("pcdev").unwrap())
         .await
         .unwrap();
     assert_eq!(other.resume_from().await.unwrap(), 0);
@@ -116,11 +117,17 @@ async fn the_ledger_mirror_resumes_and_drops_duplicates() {
 async fn slow_subscribers_lose_messages_instead_of_blocking() {
     use qs_fabric::{Bytes, Fabric, Topic};
     let (fabric, _server) = fabric().await;
-    let _slow = fabric.subscribe(&Topic::events()).await.unwrap();
+    let _slow = fabric
+        .subscribe(&Topic::parse("slow.test").unwrap())
+        .await
+        .unwrap();
     let extra = 10;
     for _ in 0..qs_fabric::SUBSCRIPTION_BUFFER + extra {
         fabric
-            .publish(&Topic::events(), Bytes::from_static(b"x"))
+            .publish(
+                &Topic::parse("slow.test").unwrap(),
+                Bytes::from_static(b"x"),
+            )
             .await
             .unwrap();
     }

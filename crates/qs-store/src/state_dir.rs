@@ -152,6 +152,31 @@ impl StateDir {
             })
     }
 
+    /// Moves an unreadable `file` aside (`NAME.corrupt` beside it) so it is kept for the
+    /// operator and not read again; returns where it went.
+    pub fn set_aside(&self, file: StateFile<'_>) -> Result<PathBuf, StoreError> {
+        let path = self.path(file);
+        let aside = path.with_extension(match path.extension() {
+            Some(ext) => format!("{}.corrupt", ext.to_string_lossy()),
+            None => "corrupt".into(),
+        });
+        std::fs::rename(&path, &aside).map_err(|source| StoreError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(aside)
+    }
+
+    /// Removes `file` (nothing to do when it does not exist).
+    pub fn remove(&self, file: StateFile<'_>) -> Result<(), StoreError> {
+        let path = self.path(file);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StoreError::Io { path, source }),
+        }
+    }
+
     /// Creates the directory a file lives in (a node's, the keys') and returns `file`'s path.
     pub fn prepare(&self, file: StateFile<'_>) -> Result<PathBuf, StoreError> {
         let path = self.path(file);

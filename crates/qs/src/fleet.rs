@@ -6,6 +6,7 @@ use crate::render::{self, OutputFormat};
 use anyhow::{Context, Result, bail};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use qs_agent::fleet::{EmbeddedFleet, FleetOptions};
+use qs_agent::v1;
 use qs_core::Config;
 use qs_fabric::Fabric;
 use qs_wire::{Capacity, NodeId, NodeSpec, Record, parse_spec};
@@ -320,6 +321,23 @@ fn show(output: OutputFormat, value: &Value, text: impl FnOnce(&Value) -> String
     Ok(())
 }
 
+/// Decodes an API answer as its `v1` type (the one definition of the API's JSON), then shows
+/// it: as received for `--output json`, through `text` otherwise.
+fn show_as<T: serde::de::DeserializeOwned>(
+    output: OutputFormat,
+    value: &Value,
+    text: impl FnOnce(&T) -> String,
+) -> Result<()> {
+    let typed: T = serde_json::from_value(value.clone())
+        .context("the agent answered JSON this qs does not read (another version?)")?;
+    show(output, value, |_| text(&typed))
+}
+
+/// A wire enum as its JSON name (`replica`, `stateless`); `-` for none.
+fn name<T: serde::Serialize>(v: &T) -> String {
+    s(&serde_json::to_value(v).unwrap_or(Value::Null))
+}
+
 fn s(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
@@ -372,20 +390,20 @@ pub fn delete(api: &str, name: &str) -> Result<()> {
 
 pub fn ps(api: &str, output: OutputFormat) -> Result<()> {
     let v = call(api, "GET", "/v1/instances", None)?;
-    show(output, &v, |v| {
+    show_as(output, &v, |rows: &Vec<v1::Instance>| {
         let mut t = table(&[
             "INSTANCE", "SERVICE", "NODE", "ROLE", "SERVING", "HOT", "PID", "PORT",
         ]);
-        for i in v.as_array().into_iter().flatten() {
+        for i in rows {
             t.add_row(vec![
-                s(&i["instance"]),
-                s(&i["service"]),
-                s(&i["node"]),
-                s(&i["role"]),
-                s(&i["serving"]),
-                s(&i["hot"]),
-                s(&i["pid"]),
-                s(&i["port"]),
+                i.instance.to_string(),
+                i.service.to_string(),
+                i.node.to_string(),
+                name(&i.role),
+                i.serving.to_string(),
+                i.hot.to_string(),
+                name(&i.pid),
+                name(&i.port),
             ]);
         }
         t.to_string()
@@ -394,20 +412,20 @@ pub fn ps(api: &str, output: OutputFormat) -> Result<()> {
 
 pub fn services(api: &str, output: OutputFormat) -> Result<()> {
     let v = call(api, "GET", "/v1/services", None)?;
-    show(output, &v, |v| {
+    show_as(output, &v, |rows: &Vec<v1::ServiceRow>| {
         let mut t = table(&[
             "NAME", "KIND", "PATTERN", "WANTED", "RUNNING", "SERVING", "DONE", "STEWARD",
         ]);
-        for r in v.as_array().into_iter().flatten() {
+        for r in rows {
             t.add_row(vec![
-                s(&r["name"]),
-                s(&r["kind"]),
-                s(&r["pattern"]),
-                format!("{}..{}", s(&r["wanted"]), s(&r["max"])),
-                s(&r["running"]),
-                s(&r["serving"]),
-                s(&r["completed"]),
-                s(&r["steward"]),
+                r.name.to_string(),
+                r.kind.clone(),
+                name(&r.pattern),
+                format!("{}..{}", r.wanted, r.max),
+                r.running.to_string(),
+                r.serving.to_string(),
+                r.completed.to_string(),
+                name(&r.steward),
             ]);
         }
         t.to_string()

@@ -49,6 +49,17 @@ const AGENT_NEVER_NAMES: &[&str] = &[
     "health::judge",
     "plan::plan",
 ];
+/// What writes or moves files: in the agent, only the state directory does (and the
+/// executor, for its log files).
+const FILE_WRITES: &[&str] = &[
+    "std::fs::write",
+    "std::fs::rename",
+    "std::fs::remove_file",
+    "std::fs::File::create",
+    "std::fs::OpenOptions",
+    "fs::write",
+    "fs::rename",
+];
 /// Unbounded queues, anywhere.
 const UNBOUNDED: &[&str] = &[
     "unbounded_channel",
@@ -112,6 +123,16 @@ impl<'ast> Visit<'ast> for Paths {
         flatten(&u.tree, String::new(), &mut leaves);
         let line = u.use_token.span.start().line;
         self.found.extend(leaves.into_iter().map(|l| (l, line)));
+    }
+
+    /// Test modules are not shipped: what they do is not checked.
+    fn visit_item_mod(&mut self, m: &'ast syn::ItemMod) {
+        let test_only = m.attrs.iter().any(|a| {
+            a.path().is_ident("cfg") && a.parse_args::<syn::Ident>().is_ok_and(|i| i == "test")
+        });
+        if !test_only {
+            syn::visit::visit_item_mod(self, m);
+        }
     }
 
     fn visit_lit_str(&mut self, s: &'ast syn::LitStr) {
@@ -433,6 +454,118 @@ fn no_import_circles() {
         let src = root().join("crates").join(&krate).join("src");
         let graph = module_graph(&src);
         assert_eq!(find_circle(&graph), None, "{krate} imports in a circle");
+    }
+}
+
+/// No state file is written but through the `StateDir` (the executor's logs aside).
+#[test]
+fn only_the_state_dir_writes_state() {
+    for file in rust_files(&root().join("crates/qs-agent/src")) {
+        if file.ends_with("exec.rs") {
+            continue;
+        }
+        let src = std::fs::read_to_string(&file).unwrap();
+        assert_eq!(
+            violations(&src, FILE_WRITES),
+            Vec::<String>::new(),
+            "{} writes a file itself",
+            file.display()
+        );
+    }
+}
+
+/// The section of ARCHITECTURE.md under `heading`, up to the next heading of its level.
+fn doc_section(heading: &str) -> String {
+    let doc = std::fs::read_to_string(root().join("ARCHITECTURE.md")).unwrap();
+    let level = heading.split(' ').next().unwrap();
+    let start = doc
+        .find(&format!("\n{heading}\n"))
+        .unwrap_or_else(|| panic!("ARCHITECTURE.md has {heading}"));
+    let rest = &doc[start + heading.len() + 2..];
+    let end = rest.find(&format!("\n{level} ")).unwrap_or(rest.len());
+    rest[..end].to_string()
+}
+
+/// Rows of a markdown table: cells, trimmed.
+fn table_rows(section: &str) -> Vec<Vec<String>> {
+    section
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .map(|l| {
+            l.trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().trim_matches('`').to_string())
+                .collect()
+        })
+        .collect()
+}
+
+/// The layer table says what each crate depends on, as its manifest does.
+#[test]
+fn the_layer_table_is_the_manifests() {
+    let rows = table_rows(&doc_section("## Layers"));
+    let mut documented: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for row in rows {
+        let deps = row[2]
+            .split(", ")
+            .filter(|d| d.starts_with("qs-"))
+            .map(str::to_string)
+            .collect();
+        documented.insert(row[0].clone(), deps);
+    }
+    let mut actual = BTreeMap::new();
+    for krate in crates() {
+        let manifest =
+            std::fs::read_to_string(root().join("crates").join(&krate).join("Cargo.toml")).unwrap();
+        let doc: toml::Table = toml::from_str(&manifest).unwrap();
+        let deps: BTreeSet<String> = doc
+            .get("dependencies")
+            .and_then(|d| d.as_table())
+            .map(|d| d.keys().filter(|k| k.starts_with("qs-")).cloned().collect())
+            .unwrap_or_default();
+        actual.insert(krate, deps);
+    }
+    assert_eq!(documented, actual);
+}
+
+/// The wire-contract table lists exactly the topics the code builds (`Topic`'s constructors
+/// of concrete topics, read from the source).
+#[test]
+fn the_wire_contract_is_the_topics_the_code_builds() {
+    let documented: BTreeSet<String> = table_rows(&doc_section("## The wire contract"))
+        .into_iter()
+        .map(|row| row[0].replace("<node>", "{node}"))
+        .collect();
+    let src = std::fs::read_to_string(root().join("crates/qs-fabric/src/topic.rs")).unwrap();
+    let built: BTreeSet<String> = paths_of(&src)
+        .strings
+        .into_iter()
+        .map(|(s, _)| s)
+        .filter(|s| s.contains('.') && !s.contains('*') && !s.contains('>') && !s.contains(' '))
+        .filter(|s| {
+            s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-{}".contains(c))
+        })
+        .collect();
+    assert_eq!(documented, built);
+}
+
+/// The code map names every source file of every crate, in that crate's section.
+#[test]
+fn the_code_map_names_every_file() {
+    for krate in crates() {
+        let section = doc_section(&format!("### `crates/{krate}`"));
+        let dir = root().join("crates").join(&krate);
+        for file in rust_files(&dir) {
+            let rel = file.strip_prefix(&dir).unwrap().display().to_string();
+            if rel.starts_with("target") {
+                continue;
+            }
+            assert!(
+                section.contains(&format!("`{rel}`")),
+                "ARCHITECTURE.md's section on crates/{krate} does not name {rel}"
+            );
+        }
     }
 }
 

@@ -153,7 +153,8 @@ fn with_fleet_client<T, Fut: std::future::Future<Output = T>>(
 fn mirrored(server: &NatsServer, node: &str) -> u64 {
     let node = qs_wire::NodeId::new(node).unwrap();
     with_fleet_client(server, |fabric| async move {
-        let mirror = fabric.ledger_mirror(&node).await.unwrap();
+        let mirror = qs_fabric::Fabric::ledger(&fabric, &node).await.unwrap();
+        use qs_fabric::LedgerSink;
         mirror.resume_from().await.unwrap()
     })
 }
