@@ -263,6 +263,10 @@ enum BenchSuite {
         /// Replicas per service (at most one per node).
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=5_000))]
         replicas: u64,
+        /// Through a real nats-server (started for the run) instead of the in-memory fabric;
+        /// adds placement latency p50/p99 and the raw NATS round trip of the same run.
+        #[arg(long)]
+        nats: bool,
     },
     /// Failover across processes: three `qs agent --nats` on a real nats-server; the agent
     /// running a service is killed with SIGKILL, `trials` times; detection and serving-again
@@ -411,8 +415,11 @@ pub fn run(cli: Cli) -> Result<()> {
                     nodes,
                     placements,
                     replicas,
+                    nats,
                 },
-        } => crate::bench::fleet_suite(nodes as usize, placements as usize, replicas as usize),
+        } => {
+            crate::bench::fleet_suite(nodes as usize, placements as usize, replicas as usize, nats)
+        }
         Command::Bench {
             suite:
                 BenchSuite::Messages {
