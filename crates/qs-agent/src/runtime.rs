@@ -400,9 +400,16 @@ impl<F: Fabric> Runtime<F> {
         }
     }
 
-    /// Records the quarantines the keyring began (on this node's messages or the feed's).
+    /// Records the quarantines the keyring began (on this node's messages or the feed's),
+    /// and takes each quarantined peer out of the membership at once: the core says who
+    /// reconciles then.
     async fn record_quarantines(&self) {
         let quarantines = self.shared.auth.take_quarantines();
+        for q in &quarantines {
+            if let Event::PeerQuarantined { peer, .. } = q {
+                self.reg.quarantined(peer);
+            }
+        }
         self.record(quarantines).await;
     }
 

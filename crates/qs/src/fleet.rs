@@ -435,7 +435,7 @@ pub fn services(api: &str, output: OutputFormat) -> Result<()> {
 pub fn nodes(api: &str, explain: Option<&str>, output: OutputFormat) -> Result<()> {
     let Some(service) = explain else {
         let v = call(api, "GET", "/v1/nodes", None)?;
-        return show(output, &v, |v| {
+        return show_as(output, &v, |nodes: &Vec<qs_wire::NodeStatus>| {
             let mut t = table(&[
                 "NODE",
                 "LEVEL",
@@ -445,21 +445,18 @@ pub fn nodes(api: &str, explain: Option<&str>, output: OutputFormat) -> Result<(
                 "GPUS",
                 "INSTANCES",
             ]);
-            for n in v.as_array().into_iter().flatten() {
-                let level = n["level"].as_u64().unwrap_or(0) as u8;
-                let cap_cpu = n["capacity"]["cpu_millicores"].as_f64().unwrap_or(0.0) / 1000.0;
-                let used = n["committed"]["cpu_millicores"].as_f64().unwrap_or(0.0) / 1000.0;
-                let util = n["load"]["cpu_util"].as_f64().unwrap_or(0.0) * 100.0;
-                let mem = n["capacity"]["memory_bytes"].as_u64().unwrap_or(0) >> 20;
-                let gpus = n["capacity"]["gpus"].as_array().map_or(0, Vec::len);
+            for n in nodes {
+                let cap_cpu = n.capacity.cpu_millicores as f64 / 1000.0;
+                let used = n.committed.cpu_millicores as f64 / 1000.0;
+                let util = n.load.cpu_util * 100.0;
                 t.add_row(vec![
-                    s(&n["node"]),
-                    level.to_string(),
-                    format!("{:.3}", qs_core::level_weight(level)),
+                    n.node.to_string(),
+                    n.level.to_string(),
+                    format!("{:.3}", qs_core::level_weight(n.level)),
                     format!("{used:.1}/{cap_cpu:.0} cores, {util:.0} % busy"),
-                    format!("{mem} MiB"),
-                    gpus.to_string(),
-                    n["instances"].as_array().map_or(0, Vec::len).to_string(),
+                    format!("{} MiB", n.capacity.memory_bytes >> 20),
+                    n.capacity.gpus.len().to_string(),
+                    n.instances.len().to_string(),
                 ]);
             }
             t.to_string()
@@ -471,7 +468,7 @@ pub fn nodes(api: &str, explain: Option<&str>, output: OutputFormat) -> Result<(
         &format!("/v1/nodes?explain={}", urlencode(service)),
         None,
     )?;
-    show(output, &v, |v| {
+    show_as(output, &v, |explain: &v1::Explain| {
         let mut t = table(&[
             "NODE",
             "1 - PRESSURE",
@@ -481,35 +478,31 @@ pub fn nodes(api: &str, explain: Option<&str>, output: OutputFormat) -> Result<(
             "COMPOSITE",
             "GATE",
         ]);
-        for r in v["nodes"].as_array().into_iter().flatten() {
-            let c = &r["offer"]["composite"];
-            if c.is_null() {
-                let why = s(&r["reason"]);
-                t.add_row(vec![
-                    s(&r["node"]),
-                    "-".into(),
-                    "-".into(),
-                    "-".into(),
-                    "-".into(),
-                    "-".into(),
-                    format!("declines: {why}"),
-                ]);
-                continue;
+        for row in &explain.nodes {
+            match row {
+                v1::ExplainRow::Declines { node, reason, .. } => {
+                    let mut cells = vec![node.to_string()];
+                    cells.extend(std::iter::repeat_n("-".to_string(), 5));
+                    cells.push(format!("declines: {reason}"));
+                    t.add_row(cells);
+                }
+                v1::ExplainRow::Offers {
+                    node,
+                    offer,
+                    passes_gate,
+                } => {
+                    let c = &offer.composite;
+                    t.add_row(vec![
+                        node.to_string(),
+                        format!("{:.3}", 1.0 - c.pressure),
+                        format!("{:.3}", c.vram_free),
+                        format!("{:.3}", c.cpu_free),
+                        format!("{:.3}", c.level_weight),
+                        format!("{:.3}", c.value),
+                        if *passes_gate { "passes" } else { "refused" }.into(),
+                    ]);
+                }
             }
-            let f = |k: &str| c[k].as_f64().unwrap_or(0.0);
-            t.add_row(vec![
-                s(&r["node"]),
-                format!("{:.3}", 1.0 - f("pressure")),
-                format!("{:.3}", f("vram_free")),
-                format!("{:.3}", f("cpu_free")),
-                format!("{:.3}", f("level_weight")),
-                format!("{:.3}", f("value")),
-                if r["passes_gate"].as_bool() == Some(true) {
-                    "passes".into()
-                } else {
-                    "refused".into()
-                },
-            ]);
         }
         format!("why each node would or would not take {service}:\n{t}")
     })
@@ -519,24 +512,30 @@ pub fn status(api: &str, output: OutputFormat) -> Result<()> {
     let health = call(api, "GET", "/health", None)?;
     let services = call(api, "GET", "/v1/services", None)?;
     let v = serde_json::json!({ "health": health, "services": services });
-    show(output, &v, |v| {
-        let h = &v["health"];
+    let decode = |v: &Value| -> Result<(v1::Health, Vec<v1::ServiceRow>)> {
+        Ok((
+            serde_json::from_value(v["health"].clone())?,
+            serde_json::from_value(v["services"].clone())?,
+        ))
+    };
+    let (h, rows) =
+        decode(&v).context("the agent answered JSON this qs does not read (another version?)")?;
+    show(output, &v, |_| {
         let mut out = format!(
             "agent: {} ({} nodes here), ledger at event {}\n",
-            s(&h["status"]),
-            s(&h["nodes"]),
-            s(&h["ledger_next_seq"])
+            h.status, h.nodes, h.ledger_next_seq
         );
-        for r in v["services"].as_array().into_iter().flatten() {
-            let ok = r["serving"].as_u64() >= r["wanted"].as_u64() || r["kind"] == "job";
+        for r in &rows {
+            let job = r.kind == "job";
+            let ok = r.serving >= r.wanted as usize || job;
             out.push_str(&format!(
                 "  {} {}: {}/{} serving{}\n",
                 if ok { "ok  " } else { "WAIT" },
-                s(&r["name"]),
-                s(&r["serving"]),
-                s(&r["wanted"]),
-                if r["kind"] == "job" {
-                    format!(", {} completed", s(&r["completed"]))
+                r.name,
+                r.serving,
+                r.wanted,
+                if job {
+                    format!(", {} completed", r.completed)
                 } else {
                     String::new()
                 }
