@@ -18,6 +18,17 @@ pub trait GpuSource: Send + Sync {
     fn sample(&mut self, committed_vram: &[u64]) -> Vec<GpuLoad>;
 }
 
+/// Why a sensor is not available.
+#[derive(Debug, thiserror::Error)]
+pub enum SenseError {
+    /// No NVIDIA driver, or it did not answer.
+    #[error("NVML {what}: {detail}")]
+    Nvml { what: &'static str, detail: String },
+    /// The host's own figures cannot be read.
+    #[error("cannot read system figures: {0}")]
+    Host(String),
+}
+
 /// Real GPUs through NVML.
 pub struct Nvml {
     nvml: nvml_wrapper::Nvml,
@@ -26,11 +37,15 @@ pub struct Nvml {
 
 impl Nvml {
     /// Loads libnvidia-ml; fails with a clear reason where there is no driver.
-    pub fn load() -> Result<Nvml, String> {
-        let nvml = nvml_wrapper::Nvml::init().map_err(|e| format!("NVML unavailable: {e}"))?;
-        let count = nvml
-            .device_count()
-            .map_err(|e| format!("NVML device count: {e}"))?;
+    pub fn load() -> Result<Nvml, SenseError> {
+        let nvml = nvml_wrapper::Nvml::init().map_err(|e| SenseError::Nvml {
+            what: "unavailable",
+            detail: e.to_string(),
+        })?;
+        let count = nvml.device_count().map_err(|e| SenseError::Nvml {
+            what: "device count",
+            detail: e.to_string(),
+        })?;
         Ok(Nvml { nvml, count })
     }
 }
@@ -109,8 +124,8 @@ pub struct Sensor {
 }
 
 impl Sensor {
-    pub fn new() -> Result<Sensor, String> {
-        let mut sys = System::new().map_err(|e| format!("cannot read system figures: {e}"))?;
+    pub fn new() -> Result<Sensor, SenseError> {
+        let mut sys = System::new().map_err(|e| SenseError::Host(e.to_string()))?;
         sys.refresh_cpu_usage();
         Ok(Sensor { sys })
     }
@@ -198,7 +213,7 @@ mod tests {
     fn nvml_fails_cleanly_without_a_driver() {
         match Nvml::load() {
             Ok(n) => assert!(n.describe().starts_with("nvml")),
-            Err(e) => assert!(e.contains("NVML unavailable"), "{e}"),
+            Err(e) => assert!(e.to_string().contains("NVML unavailable"), "{e}"),
         }
     }
 

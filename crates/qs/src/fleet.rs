@@ -137,12 +137,9 @@ fn read_spec(path: &Path) -> Result<qs_wire::SpecDocument> {
     Ok(parse_spec(&path.display().to_string(), &text)?)
 }
 
-/// One node that is this machine, with its real size.
-/// This machine as one node; `gpus_mib` declares simulated GPUs (used where NVML finds none).
+/// This machine as one node, with its real size; `gpus_mib` declares simulated GPUs (used where NVML finds none).
 fn this_machine(name: &str, level: u8, gpus_mib: &[u64]) -> Result<Vec<NodeSpec>> {
-    let sys = qs_agent::sense::Sensor::new()
-        .map_err(anyhow::Error::msg)?
-        .sample(&BTreeMap::new());
+    let sys = qs_agent::sense::Sensor::new()?.sample(&BTreeMap::new());
     Ok(vec![NodeSpec {
         id: NodeId::new(name).with_context(|| format!("node name {name:?}"))?,
         level,
