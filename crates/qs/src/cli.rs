@@ -417,9 +417,12 @@ pub fn run(cli: Cli) -> Result<()> {
                     replicas,
                     nats,
                 },
-        } => {
-            crate::bench::fleet_suite(nodes as usize, placements as usize, replicas as usize, nats)
-        }
+        } => crate::bench_fleet::fleet_suite(
+            nodes as usize,
+            placements as usize,
+            replicas as usize,
+            nats,
+        ),
         Command::Bench {
             suite:
                 BenchSuite::Messages {

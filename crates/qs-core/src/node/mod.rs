@@ -10,6 +10,7 @@
 //! [`Node::poll_timeout`].
 
 mod host;
+mod inflight;
 mod placement;
 pub mod plan;
 mod rtt;

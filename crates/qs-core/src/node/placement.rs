@@ -3,65 +3,17 @@
 //! adaptive gathering deadline, its retries with backoff and how it ends.
 
 use super::host::labels_match;
+use super::inflight::{Placement, Stage};
 use super::steward::{Accepted, Steward};
 use super::{Cx, Output, StartOrder};
-use crate::time::{Time, ms};
+use crate::time::ms;
 use qs_wire::{
     DeclineFrom, DeclineReason, Demand, Event, HaPattern, InstanceId, LocalVerdict, Message,
     NodeId, Offer, OfferFrom, PlacementId, Role, SenseReason, ServiceName, SingletonClaim,
     WorkloadSpec,
 };
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
-
-/// One placement in flight.
-#[derive(Debug)]
-pub(crate) struct Placement {
-    id: PlacementId,
-    instance: InstanceId,
-    demand: Demand,
-    role: Role,
-    fencing: u64,
-    hot: bool,
-    started: Time,
-    attempt: u32,
-    stage: Stage,
-}
-
-#[derive(Debug)]
-enum Stage {
-    /// Steps 3–4: the query is out; offers come back.
-    Gathering {
-        asked: BTreeSet<NodeId>,
-        answered: BTreeSet<NodeId>,
-        /// The pool: answers' offers, and this node's own when it competes.
-        offers: Vec<(NodeId, Offer)>,
-        declined: Vec<DeclineFrom>,
-        sent_at: Time,
-        deadline: Time,
-    },
-    /// Step 5: a dispatch is out; the rest of the ranked offers wait their turn.
-    Dispatching {
-        ranked: VecDeque<(NodeId, Offer)>,
-        target: NodeId,
-        deadline: Time,
-    },
-    /// Step 1 for a singleton: its fencing token is being claimed in the `instances` KV.
-    Claiming { deadline: Time },
-    /// Nothing worked this round; try again at `until`.
-    Backoff { until: Time },
-}
-
-impl Placement {
-    pub(crate) fn deadline(&self) -> Time {
-        match &self.stage {
-            Stage::Gathering { deadline, .. }
-            | Stage::Dispatching { deadline, .. }
-            | Stage::Claiming { deadline } => *deadline,
-            Stage::Backoff { until } => *until,
-        }
-    }
-}
+use std::collections::{BTreeMap, BTreeSet};
 
 /// How a placement ended.
 enum End {
@@ -667,15 +619,6 @@ impl Steward {
             }
         }
     }
-}
-
-pub(crate) fn placing_primary(
-    placements: &BTreeMap<u64, Placement>,
-    service: &ServiceName,
-) -> bool {
-    placements
-        .values()
-        .any(|p| p.demand.service == *service && p.role == Role::Primary)
 }
 
 /// Offer order: gpu-inference goes to the most free VRAM, everything else to the highest

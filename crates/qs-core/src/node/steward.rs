@@ -3,7 +3,7 @@
 //! pure planning pass ([`super::plan`]) and carries out the plan: stop and promote orders,
 //! and new placements, which [`super::placement`] drives through the 5 steps.
 
-use super::placement::{Placement, placing_primary};
+use super::inflight::{Placement, placing_primary};
 use super::plan::{self, Approval, Facts, Plan, Running, Tenure};
 use super::rtt::RttEstimator;
 use super::{Cx, Output};

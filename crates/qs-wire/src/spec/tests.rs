@@ -1,0 +1,123 @@
+//! The spec parser case by case: every error names file, line, column and field.
+
+use super::*;
+
+const DNS: &str = r#"
+[service.fleet-dns]
+pattern = "stateless"
+replicas = 1
+max_replicas = 3
+command = "dnsmasq --port={port}"
+labels = { zone = "lan" }
+
+[service.fleet-dns.resources]
+cpu_cores = 0.5
+memory_mib = 64
+
+[job.train]
+pattern = "gpu-singleton"
+resources = { cpu_cores = 4, memory_mib = 16384, vram_mib = 20000 }
+
+[node.forge]
+level = 1
+cpu_cores = 16
+memory_mib = 65536
+gpus = [{ vram_mib = 24576 }]
+"#;
+
+#[test]
+fn a_valid_document_parses_whole() {
+    let doc = parse_spec("fleet.toml", DNS).unwrap();
+    assert_eq!(doc.workloads.len(), 2);
+    let dns = &doc.workloads[0];
+    assert_eq!(dns.name.as_str(), "fleet-dns");
+    assert_eq!(dns.resources.cpu_millicores, 500);
+    assert_eq!(dns.resources.memory_bytes, 64 * MIB);
+    assert_eq!(dns.max_count(), 3);
+    assert_eq!(dns.max_per_node, 1);
+    let train = &doc.workloads[1];
+    assert_eq!(train.kind, WorkloadKind::Job { parallelism: 1 });
+    assert_eq!(doc.nodes[0].capacity.gpus[0].vram_bytes, 24576 * MIB);
+    assert_eq!(doc.nodes[0].level, 1);
+}
+
+/// Each case: a document, then the exact `file:line:column: field: message` prefix expected.
+fn check(text: &str, expect: &str) {
+    let err = parse_spec("bad.toml", text).expect_err("must be refused");
+    let shown = err.to_string();
+    assert!(
+        shown.starts_with(expect),
+        "got:\n  {shown}\nwant prefix:\n  {expect}"
+    );
+}
+
+#[test]
+fn bad_specs_name_file_line_column_and_field() {
+    check(
+        "[service.a]\nresources = { cpu_cores = 1, memory_mib = 8 }\nreplicaz = 2\n",
+        "bad.toml:3:1: service.a.replicaz: unknown field `replicaz`",
+    );
+    check(
+        "[service.a]\nreplicas = \"two\"\nresources = { cpu_cores = 1, memory_mib = 8 }\n",
+        "bad.toml:2:12: service.a.replicas: invalid type: string \"two\"",
+    );
+    check(
+        "[service.a]\n[service.a.resources]\ncpu_cores = -1\nmemory_mib = 8\n",
+        "bad.toml:3:13: service.a.resources.cpu_cores: must be more than 0",
+    );
+    check(
+        "[service.a]\n[service.a.resources]\ncpu_cores = 1\nmemory_mib = 0\n",
+        "bad.toml:4:14: service.a.resources.memory_mib: must be more than 0",
+    );
+    check(
+        "[service.a]\npattern = \"gpu-magic\"\nresources = { cpu_cores = 1, memory_mib = 8 }\n",
+        "bad.toml:2:11: service.a.pattern: unknown variant `gpu-magic`",
+    );
+    check(
+        "[node.n1]\nlevel = 9\ncpu_cores = 4\nmemory_mib = 1024\n",
+        "bad.toml:2:9: node.n1.level: level must be in 0..=7",
+    );
+    check(
+        "[node.n1]\nlevel = -1\ncpu_cores = 4\nmemory_mib = 1024\n",
+        "bad.toml:2:9: node.n1.level: level must be in 0..=7",
+    );
+    check(
+        "[service.a]\npattern = \"gpu-inference\"\nresources = { cpu_cores = 1, memory_mib = 8 }\n",
+        "bad.toml:1:1: service.a.resources.vram_mib: a gpu-inference workload must declare",
+    );
+    check(
+        "[service.a]\nreplicas = 1\n",
+        "bad.toml:1:1: service.a.resources: missing field `resources`",
+    );
+    check(
+        "[service.a]\nreplicas = 3\nmax_replicas = 2\nresources = { cpu_cores = 1, memory_mib = 8 }\n",
+        "bad.toml:3:16: service.a.max_replicas: must be at least replicas (3)",
+    );
+    check(
+        "[service.Bad_Name]\nresources = { cpu_cores = 1, memory_mib = 8 }\n",
+        "bad.toml:1:1: service.Bad_Name: invalid name",
+    );
+    check(
+        "[service.a]\nresources = { cpu_cores = \"lots\", memory_mib = 8 }\n",
+        "bad.toml:2:27: service.a.resources.cpu_cores: invalid type: string \"lots\"",
+    );
+    check(
+        "[service.a]\nresources = { cpu_cores = 1, memory_mib = 8, disk = 3 }\n",
+        "bad.toml:2:46: service.a.resources.disk: unknown field `disk`",
+    );
+    check(
+        "[service.a]\nresources = { cpu_cores = 1, memory_mib = 8 }\nhealth = { kind = \"ping\" }\n",
+        "bad.toml:3:19: service.a.health.kind: unknown check kind `ping`",
+    );
+    check(
+        "[service.a]\nresources = { cpu_cores = 1, memory_mib = 8 }\nhealth = { kind = \"http\" }\n",
+        "bad.toml:3:10: service.a.health.path: an http check needs a path",
+    );
+    check("[service.a\n", "bad.toml:1:11: ");
+}
+
+#[test]
+fn line_and_column_count_characters() {
+    assert_eq!(line_column("ab\ncé = 1", 6), (2, 3));
+    assert_eq!(line_column("", 0), (1, 1));
+}

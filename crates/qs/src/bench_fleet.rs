@@ -1,0 +1,298 @@
+//! `qs bench fleet`: placements through a whole embedded fleet of agent runtimes, on the
+//! in-memory fabric or through a real nats-server (`--nats`), with placement latency next to
+//! the raw NATS round trip.
+
+use crate::bench::{bench_fleet, emit, idle_rss_kib};
+
+/// `qs bench fleet`: an embedded fleet of `nodes` virtual nodes, each a full agent runtime
+/// (its own core, registry, envelopes over the in-memory fabric, group-committed ledger),
+/// with the no-op executor double so the figure is the orchestration path, not process
+/// start-up. The config is the default one (heartbeats every 250 ms go on during the run);
+/// the work is `placements` instances of stateless services of `replicas` each, and the
+/// clock stops when the last placement's events are committed to the ledger.
+pub fn fleet_suite(
+    nodes: usize,
+    placements: usize,
+    replicas: usize,
+    nats: bool,
+) -> anyhow::Result<()> {
+    use qs_agent::fleet::EmbeddedFleet;
+    // QS_BENCH_STATE_DIR keeps the run's ledger for inspection (`qs events --ledger`).
+    let keep = std::env::var_os("QS_BENCH_STATE_DIR").map(std::path::PathBuf::from);
+    let state_dir = keep.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("qs-bench-fleet-{}", std::process::id()))
+    });
+    let _ = std::fs::remove_dir_all(&state_dir);
+    let config = qs_core::Config {
+        join_settle_ms: 2_000,
+        ..qs_core::Config::default()
+    };
+    let specs: Vec<qs_wire::NodeSpec> = (0..nodes)
+        .map(|i| qs_wire::NodeSpec {
+            id: qs_wire::NodeId::new(&format!("v{i}")).expect("generated names are valid"),
+            level: (i % 3) as u8,
+            labels: Default::default(),
+            capacity: qs_wire::Capacity {
+                cpu_millicores: 64_000,
+                memory_bytes: 256 << 30,
+                gpus: vec![],
+            },
+        })
+        .collect();
+    let per_service = replicas.max(1);
+    let services = placements.div_ceil(per_service);
+    let mut doc = String::new();
+    for s in 0..services {
+        let n = per_service.min(placements - s * per_service);
+        doc.push_str(&format!(
+            "[service.bench-{s}]\nreplicas = {n}\ncommand = \"no-op\"\nresources = {{ cpu_cores = 0.01, memory_mib = 1 }}\n"
+        ));
+    }
+    let doc = qs_wire::parse_spec("bench.toml", &doc)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let opts = bench_fleet(&state_dir, specs, config, false);
+    let run = if nats {
+        let server = qs_fabric::nats_server::NatsServer::start()?;
+        let url = server.url();
+        rt.block_on(async {
+            let fabric = qs_fabric::nats::NatsFabric::connect(&url, "bench").await?;
+            let rtt_us = nats_round_trips(&url, 1_000).await?;
+            let fleet = EmbeddedFleet::start_on(opts, fabric).await?;
+            let mut run = place_all(fleet, nodes, placements, &doc).await?;
+            run.rtt_us = Some(rtt_us);
+            anyhow::Ok(run)
+        })?
+    } else {
+        rt.block_on(async {
+            let fleet = EmbeddedFleet::start(opts).await?;
+            place_all(fleet, nodes, placements, &doc).await
+        })?
+    };
+    if keep.is_none() {
+        let _ = std::fs::remove_dir_all(&state_dir);
+    }
+    let fabric = if nats { "nats." } else { "" };
+    emit(
+        "fleet",
+        format!("{fabric}placements_per_s.nodes_{nodes}"),
+        (run.placed as f64 / run.place_s).round(),
+        "1/s",
+    );
+    emit(
+        "fleet",
+        format!("{fabric}placements.nodes_{nodes}"),
+        run.placed as f64,
+        "placements",
+    );
+    emit(
+        "fleet",
+        format!("{fabric}nodes_declared_dead.nodes_{nodes}"),
+        run.dead as f64,
+        "nodes",
+    );
+    emit(
+        "fleet",
+        format!("{fabric}join_time.nodes_{nodes}"),
+        (run.join_s * 100.0).round() / 100.0,
+        "s",
+    );
+    let mut latency = run.latency_us;
+    latency.sort_unstable();
+    let quantile = |q: f64| -> f64 {
+        latency
+            .get(((latency.len() as f64 * q) as usize).min(latency.len().saturating_sub(1)))
+            .map_or(0.0, |us| *us as f64 / 1000.0)
+    };
+    emit(
+        "fleet",
+        format!("{fabric}placement_latency_p50.nodes_{nodes}"),
+        quantile(0.50),
+        "ms",
+    );
+    emit(
+        "fleet",
+        format!("{fabric}placement_latency_p99.nodes_{nodes}"),
+        quantile(0.99),
+        "ms",
+    );
+    if let Some(mut rtt) = run.rtt_us {
+        rtt.sort_unstable();
+        let p50 = rtt[rtt.len() / 2] as f64 / 1000.0;
+        emit("fleet", "nats.raw_round_trip_p50".into(), p50, "ms");
+        emit(
+            "fleet",
+            format!("nats.placement_p50_over_round_trip.nodes_{nodes}"),
+            (quantile(0.50) / p50 * 100.0).round() / 100.0,
+            "ratio",
+        );
+    }
+    if !nats {
+        let rss = idle_rss_kib()?;
+        emit(
+            "fleet",
+            "agent_idle_rss".into(),
+            (rss as f64 / 1024.0 * 10.0).round() / 10.0,
+            "MiB",
+        );
+    }
+    Ok(())
+}
+
+/// Placements timed one at a time for the latency figures.
+const LATENCY_SAMPLES: usize = 200;
+
+/// What one fleet run measured.
+struct FleetRun {
+    join_s: f64,
+    place_s: f64,
+    placed: u64,
+    dead: u64,
+    /// Latency (sense to placed, from the ledger) of placements made one at a time, each
+    /// through a capacity query and a dispatch to another node.
+    latency_us: Vec<u64>,
+    /// Raw NATS round trips of the same run, when on NATS.
+    rtt_us: Option<Vec<u64>>,
+}
+
+/// Joins the fleet, applies `doc`, waits until `placements` are placed and their events
+/// committed; shuts the fleet down.
+async fn place_all<F: qs_fabric::Fabric>(
+    fleet: qs_agent::fleet::EmbeddedFleet<F>,
+    nodes: usize,
+    placements: usize,
+    doc: &qs_wire::SpecDocument,
+) -> anyhow::Result<FleetRun> {
+    use std::time::{Duration, Instant};
+    let started = Instant::now();
+    let joined = |f: &qs_agent::fleet::EmbeddedFleet<F>| {
+        f.shared
+            .views
+            .read()
+            .is_ok_and(|v| v.len() == nodes && v.values().all(|n| n.live_peers == nodes))
+    };
+    while !joined(&fleet) {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "the fleet did not join in 600 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Every node must be ready to steward before the clock starts.
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let join_s = started.elapsed().as_secs_f64();
+    let counters = &fleet.shared.counters;
+    let before = counters.placements.get();
+    let (events_before, seq_before) =
+        (counters.ledger_events.get(), fleet.shared.ledger.next_seq());
+    let t0 = Instant::now();
+    qs_agent::specs::put_specs(&fleet.fabric, doc).await?;
+    let target = before + placements as u64;
+    while fleet.shared.counters.placements.get() < target {
+        anyhow::ensure!(
+            t0.elapsed() < Duration::from_secs(600),
+            "placements did not finish in 600 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The path ends when the ledger has committed every event of those placements.
+    let events = counters.ledger_events.get() - events_before;
+    while fleet.shared.ledger.next_seq() - seq_before < events {
+        anyhow::ensure!(
+            t0.elapsed() < Duration::from_secs(600),
+            "the ledger did not commit in 600 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let place_s = t0.elapsed().as_secs_f64();
+    let placed = fleet.shared.counters.placements.get() - before;
+    // Latency alone: one service at a time, each waited for, on the fleet now busy with what
+    // it placed (a burst's latencies would measure its queue).
+    let seq_latency = fleet.shared.ledger.next_seq();
+    for i in 0..LATENCY_SAMPLES {
+        let one = qs_wire::parse_spec(
+            "latency.toml",
+            &format!(
+                "[service.latency-{i}]\nreplicas = 2\ncommand = \"no-op\"\nresources = {{ cpu_cores = 0.01, memory_mib = 1 }}\n"
+            ),
+        )?;
+        let before = counters.placements.get();
+        qs_agent::specs::put_specs(&fleet.fabric, &one).await?;
+        while counters.placements.get() < before + 2 {
+            anyhow::ensure!(
+                t0.elapsed() < Duration::from_secs(600),
+                "a latency sample did not finish in 600 s"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    let dead = fleet.shared.counters.nodes_declared_dead.get();
+    let mut latency_us = Vec::new();
+    let mut from = seq_latency;
+    loop {
+        let batch = fleet.shared.ledger.read(from, qs_store::MAX_READ)?;
+        let Some(last) = batch.last() else { break };
+        from = last.seq + 1;
+        latency_us.extend(batch.iter().filter_map(|r| match r.event {
+            // The replica placed away from its steward: a capacity query and a dispatch, two
+            // round trips (the other one the steward starts itself).
+            qs_wire::Event::Placed {
+                latency_us,
+                ref service,
+                ref placement,
+                ref on,
+                ..
+            } if service.as_str().starts_with("latency-") && *on != placement.steward => {
+                Some(latency_us)
+            }
+            _ => None,
+        }));
+    }
+    fleet.shutdown().await;
+    Ok(FleetRun {
+        join_s,
+        place_s,
+        placed,
+        dead,
+        latency_us,
+        rtt_us: None,
+    })
+}
+
+/// `n` raw request-reply round trips through the nats-server at `url`: a message published
+/// by one connection, echoed by another, received back; each one's time in microseconds.
+async fn nats_round_trips(url: &str, n: usize) -> anyhow::Result<Vec<u64>> {
+    use qs_fabric::{Bytes, Fabric, Topic};
+    let asker = qs_fabric::nats::NatsFabric::connect(url, "rtt").await?;
+    let echo = qs_fabric::nats::NatsFabric::connect(url, "rtt").await?;
+    let (ask, back) = (Topic::parse("rtt.ask")?, Topic::parse("rtt.back")?);
+    let mut requests = echo.subscribe(&ask).await?;
+    let mut replies = asker.subscribe(&back).await?;
+    echo.flush().await?;
+    asker.flush().await?;
+    let responder = {
+        let (echo, back) = (echo.clone(), back.clone());
+        tokio::spawn(async move {
+            while let Some(m) = requests.next().await {
+                if echo.publish(&back, m.payload).await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let mut rtt = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = std::time::Instant::now();
+        asker
+            .publish(&ask, Bytes::from(i.to_le_bytes().to_vec()))
+            .await?;
+        tokio::time::timeout(std::time::Duration::from_secs(5), replies.next())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the echo subscription ended"))?;
+        rtt.push(t.elapsed().as_micros() as u64);
+    }
+    responder.abort();
+    Ok(rtt)
+}
