@@ -308,7 +308,7 @@ enum BenchSuite {
 pub fn run(cli: Cli) -> Result<()> {
     let api = cli.api.as_str();
     match cli.command {
-        Command::Up { demo, fleet, serve } => crate::fleet::up(crate::fleet::Up {
+        Command::Up { demo, fleet, serve } => crate::up::up(crate::up::Up {
             demo,
             state_dir: serve.state_dir,
             listen: serve.listen,
@@ -326,15 +326,15 @@ pub fn run(cli: Cli) -> Result<()> {
             node,
             level,
             simulated_gpus_mib,
-        } => crate::fleet::up(crate::fleet::Up {
+        } => crate::up::up(crate::up::Up {
             demo: false,
             state_dir: serve.state_dir,
             listen: serve.listen,
             fleet: None,
             apply: serve.apply,
             config: serve.config,
-            host: Some(crate::fleet::Host {
-                nats: nats.map(|urls| crate::fleet::Nats {
+            host: Some(crate::up::Host {
+                nats: nats.map(|urls| crate::up::Nats {
                     urls,
                     fleet,
                     replicas: nats_replicas as usize,

@@ -7,6 +7,7 @@ mod client;
 mod demo;
 mod fleet;
 mod render;
+mod up;
 
 use clap::Parser;
 

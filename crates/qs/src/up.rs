@@ -1,0 +1,316 @@
+//! `qs up` and `qs agent`: reading the config, the fleet and the specs, and starting an
+//! embedded fleet (on the in-memory fabric, or this machine's node on NATS).
+
+use anyhow::{Context, Result, bail};
+use qs_agent::fleet::{EmbeddedFleet, FleetOptions};
+use qs_core::Config;
+use qs_fabric::Fabric;
+use qs_wire::{Capacity, NodeId, NodeSpec, parse_spec};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Seed 000's fleet, built into the binary for `qs up --demo`.
+pub const SEED_FLEET: &str = include_str!("../../../examples/seed-fleet.toml");
+
+/// Options of `qs up`.
+pub struct Up {
+    pub demo: bool,
+    pub state_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub fleet: Option<PathBuf>,
+    pub apply: Vec<PathBuf>,
+    /// A TOML file of core settings.
+    pub config: Option<PathBuf>,
+    /// `qs agent`: this machine as one real node.
+    pub host: Option<Host>,
+}
+
+/// How `qs agent` runs this machine.
+pub struct Host {
+    /// The NATS servers and fleet to join, if any.
+    pub nats: Option<Nats>,
+    pub node: Option<String>,
+    pub level: u8,
+    /// Simulated GPUs (VRAM in MiB) for a machine without NVIDIA's driver.
+    pub simulated_gpus_mib: Vec<u64>,
+}
+
+/// Where a `qs agent` joins its fleet.
+#[derive(Clone, Debug)]
+pub struct Nats {
+    /// One server, or several of one cluster, comma-separated.
+    pub urls: String,
+    pub fleet: String,
+    /// Copies JetStream keeps of the fleet's buckets and stream.
+    pub replicas: usize,
+    /// Replace this node's registered public key with the one in its state directory.
+    pub rekey: bool,
+}
+
+/// This machine's name as a node name: the host name, lower-cased, with anything a DNS
+/// label cannot hold turned into '-'.
+fn host_name() -> String {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name: String = raw
+        .trim()
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let name = name.trim_matches('-');
+    if name.is_empty() {
+        "local".into()
+    } else {
+        name.chars().take(63).collect()
+    }
+}
+
+/// Reads core settings; every error names the file (and the line, for TOML errors).
+fn read_config(path: Option<&Path>) -> Result<Config> {
+    let Some(path) = path else {
+        return Ok(Config::default());
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let config: Config = toml::from_str(&text).map_err(|e| {
+        // toml names the line and column of what it could not read.
+        let (line, column) = e
+            .span()
+            .map_or((0, 0), |span| line_column(&text, span.start));
+        anyhow::anyhow!("{}:{line}:{column}: {}", path.display(), e.message())
+    })?;
+    config.validate().map_err(|e| {
+        let (line, column) = locate_field(&text, e.field);
+        anyhow::anyhow!("{}:{line}:{column}: {e}", path.display())
+    })?;
+    Ok(config)
+}
+
+/// The 1-based line and column of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, column)
+}
+
+/// Where a config field (`gate_min`, `thresholds.cpu`) is set in the file: its key's line and
+/// column, within its table when it has one; (0, 0) when it is not set there.
+fn locate_field(text: &str, field: &str) -> (usize, usize) {
+    let (table, key) = field.rsplit_once('.').unwrap_or(("", field));
+    let mut in_table = table.is_empty();
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        if let Some(name) = trimmed.strip_prefix('[') {
+            in_table = name.trim_end().trim_end_matches(']').trim() == table;
+            continue;
+        }
+        let column = line.len() - trimmed.len() + 1;
+        let sets = |k: &str| {
+            trimmed
+                .strip_prefix(k)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        };
+        if in_table && sets(key) {
+            return (i + 1, column);
+        }
+        if !table.is_empty() && sets(&format!("{table}.{key}")) {
+            return (i + 1, column);
+        }
+        if !table.is_empty() && sets(table) && trimmed.contains(key) {
+            return (i + 1, column + trimmed.find(key).unwrap_or(0));
+        }
+    }
+    (0, 0)
+}
+
+fn read_spec(path: &Path) -> Result<qs_wire::SpecDocument> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(parse_spec(&path.display().to_string(), &text)?)
+}
+
+/// This machine as one node, with its real size; `gpus_mib` declares simulated GPUs (used where NVML finds none).
+fn this_machine(name: &str, level: u8, gpus_mib: &[u64]) -> Result<Vec<NodeSpec>> {
+    let sys = qs_agent::sense::Sensor::new()?.sample(&BTreeMap::new());
+    Ok(vec![NodeSpec {
+        id: NodeId::new(name).with_context(|| format!("node name {name:?}"))?,
+        level,
+        labels: BTreeMap::new(),
+        capacity: Capacity {
+            cpu_millicores: sys.cores as u64 * 1000,
+            memory_bytes: sys.memory_total_bytes,
+            gpus: gpus_mib
+                .iter()
+                .map(|mib| qs_wire::GpuCapacity {
+                    vram_bytes: mib << 20,
+                })
+                .collect(),
+        },
+    }])
+}
+
+pub fn up(opts: Up) -> Result<()> {
+    let nodes = match (&opts.fleet, opts.demo, &opts.host) {
+        (Some(file), _, _) => read_spec(file)?.nodes,
+        (None, true, _) => parse_spec("examples/seed-fleet.toml", SEED_FLEET)?.nodes,
+        (None, false, Some(h)) => this_machine(
+            h.node.as_deref().unwrap_or(&host_name()),
+            h.level,
+            &h.simulated_gpus_mib,
+        )?,
+        (None, false, None) => this_machine("local", 0, &[])?,
+    };
+    if nodes.is_empty() {
+        bail!("the fleet declares no [node.*] table");
+    }
+    let mut docs = Vec::new();
+    for file in &opts.apply {
+        docs.push(read_spec(file)?);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let options = FleetOptions {
+        state_dir: opts.state_dir.clone(),
+        listen: opts.listen,
+        nodes: nodes.clone(),
+        config: read_config(opts.config.as_deref())?,
+        sense_every: Duration::from_millis(500),
+        stop_grace: Duration::from_secs(5),
+        seed: 1,
+        host: opts.host.is_some(),
+        noop_executor: false,
+        mode: "embedded",
+        authenticate: false,
+        rekey: false,
+    };
+    let nats = opts.host.as_ref().and_then(|h| h.nats.clone());
+    rt.block_on(async move {
+        match nats {
+            Some(Nats {
+                urls: url,
+                fleet: fleet_name,
+                replicas,
+                rekey,
+            }) => {
+                let fabric =
+                    qs_fabric::nats::NatsFabric::connect_replicated(&url, &fleet_name, replicas)
+                        .await
+                        .with_context(|| format!("connecting to {url}"))?;
+                println!("qs agent: fleet {fleet_name} on {url}");
+                let waited = std::time::Instant::now();
+                while !fabric.connected() && waited.elapsed() < Duration::from_secs(2) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                if !fabric.connected() {
+                    eprintln!(
+                        "qs agent: warning: {url} is unreachable; running autonomous (keeping \
+                         this node's instances and ledger) and retrying with backoff"
+                    );
+                }
+                // Across processes every message is signed or sealed, and checked.
+                let options = FleetOptions {
+                    mode: "nats",
+                    authenticate: true,
+                    rekey,
+                    ..options
+                };
+                let fleet = EmbeddedFleet::start_on(options, fabric.clone()).await?;
+                tokio::spawn(qs_agent::mirror::run(
+                    fabric,
+                    nodes[0].id.clone(),
+                    fleet.shared.ledger.clone(),
+                    fleet.stopping(),
+                ));
+                serve(fleet, &nodes, &opts.state_dir, &docs, None).await
+            }
+            None => {
+                let fleet = EmbeddedFleet::start(options).await?;
+                let story = opts.demo.then(|| {
+                    tokio::spawn(crate::demo::play(
+                        fleet.addr,
+                        fleet.shared.clone(),
+                        fleet.fabric.clone(),
+                    ))
+                });
+                serve(fleet, &nodes, &opts.state_dir, &docs, story).await
+            }
+        }
+    })
+}
+
+/// Announces a started fleet, applies `docs`, and runs until SIGTERM or Ctrl-C.
+async fn serve<F: qs_fabric::Fabric>(
+    fleet: EmbeddedFleet<F>,
+    nodes: &[NodeSpec],
+    state_dir: &Path,
+    docs: &[qs_wire::SpecDocument],
+    story: Option<tokio::task::JoinHandle<()>>,
+) -> Result<()> {
+    println!(
+        "qs up: {} nodes ({}), API on http://{}, state in {}",
+        nodes.len(),
+        nodes
+            .iter()
+            .map(|n| n.id.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        fleet.addr,
+        state_dir.display()
+    );
+    for doc in docs {
+        let applied = qs_agent::specs::put_specs(&fleet.fabric, doc).await?;
+        println!(
+            "applied {}",
+            applied
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    wait_for_stop().await;
+    println!("qs up: stopping (instances get SIGTERM, then SIGKILL after 5 s)");
+    if let Some(s) = story {
+        s.abort();
+    }
+    fleet.shutdown().await;
+    println!("qs up: stopped");
+    Ok(())
+}
+
+async fn wait_for_stop() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod config_tests {
+    use super::locate_field;
+
+    #[test]
+    fn a_config_field_is_found_at_its_line_and_column() {
+        let text = "gate_min = 2.0\n\n[thresholds]\n  cpu = 7.0\nmemory = 0.5\n";
+        assert_eq!(locate_field(text, "gate_min"), (1, 1));
+        assert_eq!(locate_field(text, "thresholds.cpu"), (4, 3));
+        assert_eq!(locate_field(text, "thresholds.gpu"), (0, 0));
+        assert_eq!(
+            locate_field("thresholds = { gpu = 3 }", "thresholds.gpu"),
+            (1, 16)
+        );
+    }
+}
