@@ -1,6 +1,10 @@
 //! The event loop: nodes, a shared registry, a simulated network and executor, a fault
 //! schedule, the trace hash and the invariant checks.
 
+mod faults;
+mod invariants;
+mod observe;
+
 use crate::net::Network;
 use hdrhistogram::Histogram;
 use qs_core::hash::{StableHasher, mix, of_str};
@@ -9,12 +13,12 @@ use qs_core::{
     Recipients, Registry, Rng, Time,
 };
 use qs_wire::{
-    Event, ExitOutcome, GpuLoad, InstanceId, InstanceLoad, Load, LocalVerdict, Message, NodeId,
-    NodeSpec, Record, Resources, ServiceName, WorkloadKind, WorkloadSpec,
+    ExitOutcome, InstanceId, Message, NodeId, NodeSpec, Record, Resources, ServiceName,
+    WorkloadKind, WorkloadSpec,
 };
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
-use std::hash::{Hash, Hasher};
+use std::hash::Hasher;
 
 /// How often the simulated registry looks for silent nodes.
 const EXPIRE_EVERY_US: u64 = 50_000;
@@ -504,94 +508,6 @@ impl Sim {
         self.push(self.now + micros(lat), Ev::Deliver { to: j, from, msg });
     }
 
-    fn act(&mut self, action: Action) {
-        let now = self.now;
-        match action {
-            Action::Apply(spec) => {
-                let name = spec.name.clone();
-                self.registry.apply_spec(spec, now);
-                self.changed(FleetChange::SpecChanged(name));
-            }
-            Action::Remove(name) => {
-                if self.registry.remove_spec(&name).is_some() {
-                    self.changed(FleetChange::SpecRemoved(name));
-                }
-            }
-            Action::Spike {
-                service,
-                util,
-                for_ms,
-            } => {
-                let hit = self.running_instance_of(&service);
-                if let Some((i, id)) = hit {
-                    if let Some(p) = self.nodes[i].procs.get_mut(&id) {
-                        p.util = util;
-                    }
-                    self.sense_soon(i);
-                    self.push(
-                        now + micros(for_ms * 1000),
-                        Ev::Calm {
-                            node: i,
-                            instance: id,
-                        },
-                    );
-                }
-            }
-            Action::Background { node, cpu_util } => {
-                if let Some(&i) = self.index.get(&node) {
-                    self.nodes[i].background = cpu_util;
-                    self.sense_soon(i);
-                }
-            }
-            Action::Kill(node) => {
-                if let Some(&i) = self.index.get(&node)
-                    && self.nodes[i].alive
-                {
-                    self.nodes[i].alive = false;
-                    self.nodes[i].procs.clear();
-                    self.counters.kills += 1;
-                }
-            }
-            Action::Crash(service) => {
-                let hit = self.running_instance_of(&service);
-                if let Some((node, instance)) = hit {
-                    let outcome = ExitOutcome::Crashed {
-                        reason: "simulated crash".into(),
-                    };
-                    self.push(
-                        now,
-                        Ev::Exit {
-                            node,
-                            instance,
-                            outcome,
-                        },
-                    );
-                }
-            }
-            Action::BreakStarts(node) => {
-                if let Some(&i) = self.index.get(&node) {
-                    self.nodes[i].broken_starts = true;
-                }
-            }
-            Action::Drain(node) => {
-                if let Some(&i) = self.index.get(&node) {
-                    let input = Box::new(Input::Drain(true));
-                    self.push(now, Ev::Local { to: i, input });
-                }
-            }
-            Action::ApprovePromotion(service) => {
-                if let Some(&i) = self
-                    .registry
-                    .steward(&service)
-                    .and_then(|s| self.index.get(s))
-                {
-                    let input = Box::new(Input::ApprovePromotion { service });
-                    self.push(now, Ev::Local { to: i, input });
-                }
-            }
-        }
-    }
-
     /// Carries out everything node `i` asked for.
     fn drain(&mut self, i: usize) {
         while let Some(out) = self.nodes[i].core.poll() {
@@ -692,78 +608,6 @@ impl Sim {
         }
     }
 
-    fn on_record(&mut self, i: usize, event: Event) {
-        let gate = self.config.gate_min;
-        match &event {
-            Event::Placed { latency_us, on, .. } => {
-                self.counters.placed += 1;
-                if on == self.nodes[i].core.id() {
-                    self.counters.placed_locally += 1;
-                }
-                self.latency_us.saturating_record(*latency_us);
-            }
-            Event::Unplaced { retry: false, .. } => self.counters.gave_up += 1,
-            Event::DispatchRefused { .. } => self.counters.dispatch_refused += 1,
-            Event::Dispatched { composite, to, .. }
-            | Event::LocalCheck {
-                verdict: LocalVerdict::Start { composite },
-                placement: qs_wire::PlacementId { steward: to, .. },
-            } if self.check && composite.value <= gate => {
-                self.violate(format!("gate bypassed: {to} chosen with {composite}"));
-            }
-            _ => {}
-        }
-        let record = Record {
-            seq: self.record_seq,
-            at_us: self.now.as_micros(),
-            node: self.nodes[i].core.id().clone(),
-            event,
-        };
-        self.record_seq += 1;
-        record.hash(&mut self.trace);
-        if self.keep_records {
-            self.records.push(record);
-        }
-    }
-
-    /// The simulated sensor: background load plus each instance's share.
-    fn sense(&self, i: usize) -> (Load, BTreeMap<InstanceId, InstanceLoad>) {
-        let n = &self.nodes[i];
-        let cap = n.core.capacity();
-        let mut cpu = n.background * cap.cpu_millicores as f64;
-        let mut mem = 0u64;
-        let mut gpus = vec![GpuLoad::default(); cap.gpus.len()];
-        let mut per = BTreeMap::new();
-        for (id, p) in &n.procs {
-            let used = (p.need.cpu_millicores as f64 * p.util) as u64;
-            let used_mem = p.need.memory_bytes / 2;
-            cpu += used as f64;
-            mem += used_mem;
-            let mut own = InstanceLoad {
-                cpu_millicores: used,
-                memory_bytes: used_mem,
-                ..InstanceLoad::default()
-            };
-            if let Some(i) = p.gpu.map(|g| g as usize)
-                && let (Some(g), Some(total)) = (gpus.get_mut(i), cap.gpus.get(i))
-            {
-                // A model keeps its GPU busy in proportion to the share of VRAM it holds.
-                g.vram_used_bytes += p.need.vram_bytes;
-                let share = p.need.vram_bytes as f64 / total.vram_bytes.max(1) as f64;
-                own.gpu_util = (0.6 * share * p.util / 0.4).min(1.0);
-                own.vram_bytes = p.need.vram_bytes;
-                g.util = (g.util + own.gpu_util).min(1.0);
-            }
-            per.insert(id.clone(), own);
-        }
-        let load = Load {
-            cpu_util: (cpu / cap.cpu_millicores.max(1) as f64).min(1.0),
-            memory_used_bytes: mem,
-            gpus,
-        };
-        (load, per)
-    }
-
     fn reschedule(&mut self, i: usize) {
         let n = &mut self.nodes[i];
         if !n.alive {
@@ -789,50 +633,6 @@ impl Sim {
             at_us: self.now.as_micros(),
             what,
         });
-    }
-
-    /// Capacity never over-committed; no stateless double-booking; at most one singleton.
-    fn check_all(&mut self) {
-        let mut found = Vec::new();
-        let mut singletons: BTreeMap<&ServiceName, Vec<&NodeId>> = BTreeMap::new();
-        for n in self.nodes.iter().filter(|n| n.alive) {
-            let (cap, c) = (n.core.capacity(), n.core.committed());
-            let id = n.core.id();
-            if c.cpu_millicores > cap.cpu_millicores || c.memory_bytes > cap.memory_bytes {
-                found.push(format!("{id} over-committed: {c:?} of {cap:?}"));
-            }
-            for (g, used) in cap.gpus.iter().zip(&c.gpu_vram_bytes) {
-                if *used > g.vram_bytes {
-                    found.push(format!(
-                        "{id} VRAM over-committed: {used} of {}",
-                        g.vram_bytes
-                    ));
-                }
-            }
-            let mut per_service: BTreeMap<&ServiceName, u32> = BTreeMap::new();
-            for h in n.core.hosted().values() {
-                *per_service.entry(&h.service).or_default() += 1;
-                if h.demand.pattern.is_singleton() {
-                    singletons.entry(&h.service).or_default().push(id);
-                }
-            }
-            for (svc, count) in per_service {
-                let max = self.registry.spec(svc).map_or(u32::MAX, |s| s.max_per_node);
-                if count > max {
-                    found.push(format!(
-                        "{id} runs {count} instances of {svc} (max {max} per node)"
-                    ));
-                }
-            }
-        }
-        for (svc, hosts) in singletons {
-            if hosts.len() > 1 {
-                found.push(format!("singleton {svc} runs on {hosts:?}"));
-            }
-        }
-        for f in found {
-            self.violate(f);
-        }
     }
 
     // ---- results -----------------------------------------------------------------------------
