@@ -8,7 +8,7 @@ use crate::exec::{Executor, Exit, Launch};
 use crate::membership::Membership;
 use crate::orphans::InstanceFile;
 use crate::sense::GpuSource;
-use crate::v1::{Explained, InstanceRow, LocalInstance, NodeView, RegistryView};
+use crate::v1::Explained;
 use qs_core::{
     Config, Detector, DetectorInput, DetectorOutput, FailureEntry, Input, Node, Notice, Output,
 };
@@ -22,6 +22,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
+
+mod view;
 
 /// How often the failure detector looks for silent nodes and overdue probes.
 const DETECT_EVERY: Duration = Duration::from_millis(50);
@@ -579,70 +581,6 @@ impl<F: Fabric> Runtime<F> {
         if qs_core::failure::load_bucket(self.node.load().cpu_util) != self.saved_load_bucket {
             self.save_instances();
         }
-    }
-
-    fn registry_view(&self) -> RegistryView {
-        let reg = self.reg.read();
-        let specs: Vec<WorkloadSpec> = reg.specs().cloned().collect();
-        let mut instances = Vec::new();
-        let mut stewards = BTreeMap::new();
-        let mut completed = BTreeMap::new();
-        for s in &specs {
-            for (id, r) in reg.instances_of(&s.name) {
-                instances.push((s.name.clone(), id.clone(), InstanceRow::from(r)));
-            }
-            if let Some(st) = reg.steward(&s.name) {
-                stewards.insert(s.name.clone(), st.clone());
-            }
-            if s.is_job() {
-                completed.insert(s.name.clone(), reg.completed(&s.name));
-            }
-        }
-        RegistryView {
-            nodes: reg.live_nodes().cloned().collect(),
-            specs,
-            instances,
-            stewards,
-            completed,
-        }
-    }
-
-    fn publish_view(&mut self) {
-        self.view_due = None;
-        let status = self.node.status(now());
-        let instances = self
-            .node
-            .hosted()
-            .iter()
-            .map(|(id, h)| {
-                let r = self.exec.running_one(id);
-                LocalInstance {
-                    instance: id.clone(),
-                    service: h.service.clone(),
-                    node: self.id.clone(),
-                    role: h.role,
-                    serving: h.serving,
-                    hot: h.hot,
-                    pid: r.as_ref().map(|r| r.pid),
-                    port: r.as_ref().map(|r| r.port),
-                    command: r.map(|r| r.command).unwrap_or_default(),
-                }
-            })
-            .collect();
-        let reg = self.reg.read();
-        let view = NodeView {
-            status,
-            instances,
-            stewards: reg.stewarded_by(&self.id).cloned().collect(),
-            placements_in_flight: self.node.placements_in_flight(),
-            gpu_source: self.gpus.describe(),
-            live_peers: reg.live_count(),
-        };
-        self.shared
-            .views
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(self.id.clone(), view);
     }
 }
 

@@ -16,6 +16,8 @@ pub mod memory;
 pub mod nats;
 #[cfg(feature = "testing")]
 pub mod nats_server;
+#[cfg(feature = "testing")]
+pub mod query_rounds;
 mod topic;
 
 pub use bytes::Bytes;

@@ -87,7 +87,7 @@ pub(crate) fn idle_rss_kib() -> anyhow::Result<u64> {
     let agent = BenchAgent::start("rss", &dir, &[])?;
     let result = (|| {
         wait_until("qs agent to answer", Duration::from_secs(30), || {
-            agent.get("/health").is_some()
+            agent.get::<qs_agent::v1::Health>("/health").is_some()
         })?;
         std::thread::sleep(Duration::from_secs(3)); // idle: a few heartbeats and sensor samples
         let pid = agent.child.as_ref().map_or(0, std::process::Child::id);
@@ -149,7 +149,8 @@ impl BenchAgent {
         Ok(())
     }
 
-    fn get(&self, path: &str) -> Option<serde_json::Value> {
+    /// A `GET` decoded as its `v1` type; `None` while the agent does not answer.
+    fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Option<T> {
         let timeout = std::time::Duration::from_secs(2);
         let (status, body) = crate::client::request(&self.api, "GET", path, None, timeout).ok()?;
         (status == 200).then(|| serde_json::from_str(&body).ok())?
@@ -157,33 +158,17 @@ impl BenchAgent {
 
     /// Instances of `service` this agent runs and that serve: (instance, pid).
     fn serving(&self, service: &str) -> Vec<(String, u32)> {
-        let Some(all) = self.get("/v1/instances") else {
-            return vec![];
-        };
-        all.as_array()
-            .into_iter()
-            .flatten()
-            .filter(|i| i["service"] == service && i["serving"] == true)
-            .filter_map(|i| {
-                Some((
-                    i["instance"].as_str()?.to_owned(),
-                    i["pid"].as_u64()? as u32,
-                ))
-            })
+        let all: Vec<qs_agent::v1::Instance> = self.get("/v1/instances").unwrap_or_default();
+        all.into_iter()
+            .filter(|i| i.service.as_str() == service && i.serving)
+            .filter_map(|i| Some((i.instance.to_string(), i.pid?)))
             .collect()
     }
 
     /// Nodes alive in this agent's registry.
     fn live(&self) -> Vec<String> {
-        self.get("/v1/nodes")
-            .and_then(|v| {
-                v.as_array().map(|a| {
-                    a.iter()
-                        .filter_map(|n| n["node"].as_str().map(str::to_owned))
-                        .collect()
-                })
-            })
-            .unwrap_or_default()
+        let nodes: Vec<qs_wire::NodeStatus> = self.get("/v1/nodes").unwrap_or_default();
+        nodes.into_iter().map(|n| n.node.to_string()).collect()
     }
 
     fn kill9(&mut self) {

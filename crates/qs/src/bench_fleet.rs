@@ -53,16 +53,22 @@ pub fn fleet_suite(
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let opts = bench_fleet(&state_dir, specs, config, false);
+    let opts = bench_fleet(&state_dir, specs, config.clone(), false);
     let run = if nats {
         let server = qs_fabric::nats_server::NatsServer::start()?;
         let url = server.url();
         rt.block_on(async {
             let fabric = qs_fabric::nats::NatsFabric::connect(&url, "bench").await?;
             let rtt_us = nats_round_trips(&url, 1_000).await?;
+            // Directed sends against a gather, the two ways of asking for capacity, on this
+            // server before the fleet loads it.
+            let asked = config.query_sample.min(nodes);
+            let rounds =
+                qs_fabric::query_rounds::query_rounds(&url, nodes, asked, QUERY_ROUNDS).await?;
             let fleet = EmbeddedFleet::start_on(opts, fabric).await?;
             let mut run = place_all(fleet, nodes, placements, &doc).await?;
             run.rtt_us = Some(rtt_us);
+            run.query_rounds = Some(rounds);
             anyhow::Ok(run)
         })?
     } else {
@@ -129,6 +135,44 @@ pub fn fleet_suite(
             "ratio",
         );
     }
+    if let Some(rounds) = run.query_rounds {
+        let asked = rounds.asked;
+        let ms = |mut v: Vec<u64>| {
+            v.sort_unstable();
+            v.get(v.len() / 2).map_or(0.0, |us| *us as f64 / 1000.0)
+        };
+        let per_s = |v: &[u64]| (v.len() as f64 / (v.iter().sum::<u64>() as f64 / 1e6)).round();
+        emit(
+            "fleet",
+            format!("nats.query_rounds_per_s.directed.asked_{asked}.nodes_{nodes}"),
+            per_s(&rounds.directed_us),
+            "1/s",
+        );
+        emit(
+            "fleet",
+            format!("nats.query_rounds_per_s.gather.asked_{asked}.nodes_{nodes}"),
+            per_s(&rounds.gather_all_us),
+            "1/s",
+        );
+        emit(
+            "fleet",
+            format!("nats.query_round_p50.directed.asked_{asked}.nodes_{nodes}"),
+            ms(rounds.directed_us),
+            "ms",
+        );
+        emit(
+            "fleet",
+            format!("nats.query_round_p50.gather_first_{asked}.nodes_{nodes}"),
+            ms(rounds.gather_us),
+            "ms",
+        );
+        emit(
+            "fleet",
+            format!("nats.query_round_p50.gather_all.nodes_{nodes}"),
+            ms(rounds.gather_all_us),
+            "ms",
+        );
+    }
     if !nats {
         let rss = idle_rss_kib()?;
         emit(
@@ -143,6 +187,8 @@ pub fn fleet_suite(
 
 /// Placements timed one at a time for the latency figures.
 const LATENCY_SAMPLES: usize = 200;
+/// Capacity-query rounds of each kind (directed, gather) timed through NATS.
+const QUERY_ROUNDS: usize = 300;
 
 /// What one fleet run measured.
 struct FleetRun {
@@ -155,6 +201,8 @@ struct FleetRun {
     latency_us: Vec<u64>,
     /// Raw NATS round trips of the same run, when on NATS.
     rtt_us: Option<Vec<u64>>,
+    /// Capacity-query rounds, directed and gathered, asking this many nodes, when on NATS.
+    query_rounds: Option<qs_fabric::query_rounds::QueryRounds>,
 }
 
 /// Joins the fleet, applies `doc`, waits until `placements` are placed and their events
@@ -258,6 +306,7 @@ async fn place_all<F: qs_fabric::Fabric>(
         dead,
         latency_us,
         rtt_us: None,
+        query_rounds: None,
     })
 }
 

@@ -1,6 +1,8 @@
 //! A small blocking HTTP/1.1 client for talking to an agent's API on loopback.
 
 use anyhow::{Context, Result, bail};
+use qs_agent::v1;
+use serde::de::DeserializeOwned;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -53,16 +55,31 @@ pub fn request(
     Ok((status, body))
 }
 
-/// GET or POST that must succeed with 2xx; the error names the API's message.
+/// GET or POST that must succeed with 2xx; the error names the API's message (its
+/// [`v1::ErrorBody`]). The answer as JSON, for `--output json` to show as received.
 pub fn call(api: &str, method: &str, path: &str, body: Option<&str>) -> Result<serde_json::Value> {
     let (status, text) = request(api, method, path, body, Duration::from_secs(60))?;
-    let value: serde_json::Value =
-        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text.clone()));
     if !(200..300).contains(&status) {
-        let msg = value["error"].as_str().map(str::to_owned).unwrap_or(text);
+        let msg = serde_json::from_str::<v1::ErrorBody>(&text).map_or(text, |e| e.error);
         bail!("{msg}");
     }
-    Ok(value)
+    serde_json::from_str(&text).with_context(|| format!("{method} {path}: the answer is not JSON"))
+}
+
+/// [`call`], its answer decoded as its `v1` type (the one definition of the API's JSON).
+pub fn call_as<T: DeserializeOwned>(
+    api: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Result<T> {
+    decode(call(api, method, path, body)?)
+}
+
+/// An answer of the API as its `v1` type.
+pub fn decode<T: DeserializeOwned>(value: serde_json::Value) -> Result<T> {
+    serde_json::from_value(value)
+        .context("the agent answered JSON this qs does not read (another version?)")
 }
 
 fn dechunk(mut body: &str) -> String {

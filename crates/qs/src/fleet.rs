@@ -1,7 +1,7 @@
 //! The client commands: they talk to a running agent's API and decode its `v1` answers
 //! (`qs up` and `qs agent` themselves are in `up.rs`).
 
-use crate::client::call;
+use crate::client::{call, call_as, decode};
 use crate::render::{self, OutputFormat};
 use anyhow::{Context, Result, bail};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
@@ -32,8 +32,7 @@ fn show_as<T: serde::de::DeserializeOwned>(
     value: &Value,
     text: impl FnOnce(&T) -> String,
 ) -> Result<()> {
-    let typed: T = serde_json::from_value(value.clone())
-        .context("the agent answered JSON this qs does not read (another version?)")?;
+    let typed: T = decode(value.clone())?;
     show(output, value, |_| text(&typed))
 }
 
@@ -58,13 +57,8 @@ pub fn apply(api: &str, files: &[PathBuf]) -> Result<()> {
         parse_spec(&file.display().to_string(), &text)?;
         let name = file.display().to_string();
         let path = format!("/v1/specs?file={}", urlencode(&name));
-        let v = call(api, "POST", &path, Some(&text))?;
-        let names: Vec<String> = v["applied"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(s)
-            .collect();
+        let v: v1::Applied = call_as(api, "POST", &path, Some(&text))?;
+        let names: Vec<&str> = v.applied.iter().map(|n| n.as_str()).collect();
         println!("{}: applied {}", file.display(), names.join(", "));
     }
     Ok(())
@@ -82,13 +76,13 @@ fn urlencode(s: &str) -> String {
 }
 
 pub fn delete(api: &str, name: &str) -> Result<()> {
-    call(
+    let v: v1::Deleted = call_as(
         api,
         "DELETE",
         &format!("/v1/specs/{}", urlencode(name)),
         None,
     )?;
-    println!("deleted {name}; its instances are being stopped");
+    println!("deleted {}; its instances are being stopped", v.deleted);
     Ok(())
 }
 
@@ -215,15 +209,9 @@ pub fn nodes(api: &str, explain: Option<&str>, output: OutputFormat) -> Result<(
 pub fn status(api: &str, output: OutputFormat) -> Result<()> {
     let health = call(api, "GET", "/health", None)?;
     let services = call(api, "GET", "/v1/services", None)?;
+    let h: v1::Health = decode(health.clone())?;
+    let rows: Vec<v1::ServiceRow> = decode(services.clone())?;
     let v = serde_json::json!({ "health": health, "services": services });
-    let decode = |v: &Value| -> Result<(v1::Health, Vec<v1::ServiceRow>)> {
-        Ok((
-            serde_json::from_value(v["health"].clone())?,
-            serde_json::from_value(v["services"].clone())?,
-        ))
-    };
-    let (h, rows) =
-        decode(&v).context("the agent answered JSON this qs does not read (another version?)")?;
     show(output, &v, |_| {
         let mut out = format!(
             "agent: {} ({} nodes here), ledger at event {}\n",
@@ -251,46 +239,42 @@ pub fn status(api: &str, output: OutputFormat) -> Result<()> {
 
 pub fn chaos_kill(api: &str, target: &str, watch: Option<Recovery<'_>>) -> Result<()> {
     let before = watch.as_ref().map(Recovery::before).transpose()?;
-    let v = call(
+    let killed: v1::Killed = call_as(
         api,
         "POST",
         &format!("/v1/chaos/kill/{}", urlencode(target)),
         None,
     )?;
-    let pause = None;
-    if v["killed_agent"].is_string() {
-        let (node, pid) = (s(&v["killed_agent"]), s(&v["pid"]));
-        println!("killed the agent of {node} (kill -9 of pid {pid}; its instances run on)");
-    } else if v["killed_node"].is_string() {
-        let node = s(&v["killed_node"]);
-        println!(
-            "node {node} died (its instances got SIGKILL; the fleet notices from its silence)"
-        );
-    } else {
-        let (instance, node) = (s(&v["killed"]), s(&v["node"]));
-        println!("killed {instance} on {node} (kill -9 of its process group)");
+    match killed {
+        v1::Killed::Agent { killed_agent, pid } => println!(
+            "killed the agent of {killed_agent} (kill -9 of pid {pid}; its instances run on)"
+        ),
+        v1::Killed::Node { killed_node } => println!(
+            "node {killed_node} died (its instances got SIGKILL; the fleet notices from its silence)"
+        ),
+        v1::Killed::Instance { killed, node } => {
+            println!("killed {killed} on {node} (kill -9 of its process group)")
+        }
     }
     match (watch, before) {
-        (Some(w), Some(b)) => w.report(b, pause),
+        (Some(w), Some(b)) => w.report(b, None),
         _ => Ok(()),
     }
 }
 
 pub fn chaos_pause(api: &str, node: &str, ms: u64, watch: Option<Recovery<'_>>) -> Result<()> {
     let before = watch.as_ref().map(Recovery::before).transpose()?;
-    let v = call(
+    let paused: v1::Paused = call_as(
         api,
         "POST",
         &format!("/v1/chaos/pause/{}?ms={ms}", urlencode(node)),
         None,
     )?;
-    if v["paused_agent"].is_string() {
-        println!(
-            "paused the agent of {node} for {ms} ms (SIGSTOP of pid {}; SIGCONT follows)",
-            s(&v["pid"])
-        );
-    } else {
-        println!("paused node {node} for {ms} ms");
+    match paused {
+        v1::Paused::Agent { pid, ms, .. } => println!(
+            "paused the agent of {node} for {ms} ms (SIGSTOP of pid {pid}; SIGCONT follows)"
+        ),
+        v1::Paused::Node { ms, .. } => println!("paused node {node} for {ms} ms"),
     }
     match (watch, before) {
         (Some(w), Some(b)) => w.report(b, Some((node, Duration::from_millis(ms)))),
@@ -318,46 +302,40 @@ const DISRUPTION_WAIT: Duration = Duration::from_secs(10);
 
 impl Recovery<'_> {
     fn before(&self) -> Result<Before> {
-        let health = call(self.observer, "GET", "/health", None)
+        let health: v1::Health = call_as(self.observer, "GET", "/health", None)
             .with_context(|| format!("the observer {} does not answer", self.observer))?;
         Ok(Before {
             at: std::time::Instant::now(),
             at_us: qs_agent::clock::now().as_micros(),
-            seq: health["ledger_next_seq"].as_u64().unwrap_or(0),
+            seq: health.ledger_next_seq,
         })
     }
 
     /// What is wrong with the fleet now, as the observer sees it; `None` when every service
     /// serves its wanted count, none runs past its maximum, and a paused node is back.
     fn trouble(&self, paused: Option<&str>) -> Option<String> {
-        let get = |path: &str| {
-            crate::client::request(self.observer, "GET", path, None, Duration::from_secs(2))
+        fn get<T: serde::de::DeserializeOwned>(observer: &str, path: &str) -> Option<T> {
+            crate::client::request(observer, "GET", path, None, Duration::from_secs(2))
                 .ok()
                 .filter(|(status, _)| *status == 200)
-                .and_then(|(_, text)| serde_json::from_str::<Value>(&text).ok())
-        };
-        let Some(Value::Array(services)) = get("/v1/services") else {
+                .and_then(|(_, text)| serde_json::from_str(&text).ok())
+        }
+        let Some(services) = get::<Vec<v1::ServiceRow>>(self.observer, "/v1/services") else {
             return Some("the observer does not answer".into());
         };
-        let n = |v: &Value| v.as_u64().unwrap_or(0);
-        for svc in services.iter().filter(|v| v["kind"] == "service") {
-            let (serving, running) = (n(&svc["serving"]), n(&svc["running"]));
-            let (wanted, max) = (n(&svc["wanted"]), n(&svc["max"]));
+        for svc in services.iter().filter(|v| v.kind == "service") {
+            let (serving, running) = (svc.serving, svc.running);
+            let (wanted, max) = (svc.wanted as usize, svc.max as usize);
             if serving < wanted {
-                return Some(format!("{} serves {serving} of {wanted}", s(&svc["name"])));
+                return Some(format!("{} serves {serving} of {wanted}", svc.name));
             }
             if running > max {
-                return Some(format!(
-                    "{} runs {running}, more than {max}",
-                    s(&svc["name"])
-                ));
+                return Some(format!("{} runs {running}, more than {max}", svc.name));
             }
         }
         if let Some(node) = paused {
-            let live = match get("/v1/nodes") {
-                Some(Value::Array(nodes)) => nodes.iter().any(|n| n["node"] == node),
-                _ => false,
-            };
+            let live = get::<Vec<qs_wire::NodeStatus>>(self.observer, "/v1/nodes")
+                .is_some_and(|nodes| nodes.iter().any(|n| n.node.as_str() == node));
             if !live {
                 return Some(format!("{node} is not back"));
             }
@@ -405,7 +383,7 @@ impl Recovery<'_> {
             &format!("/v1/events?from={}&limit=1000", before.seq),
             None,
         )?;
-        let records: Vec<Record> = serde_json::from_value(v)?;
+        let records: Vec<Record> = decode(v)?;
         let placed: Vec<&Record> = records
             .iter()
             .filter(|r| matches!(r.event, qs_wire::Event::Placed { .. }))
@@ -434,7 +412,7 @@ impl Recovery<'_> {
 }
 
 pub fn approve(api: &str, service: &str) -> Result<()> {
-    let v = call(
+    let v: v1::Approved = call_as(
         api,
         "POST",
         &format!("/v1/services/{}/approve", urlencode(service)),
@@ -442,8 +420,7 @@ pub fn approve(api: &str, service: &str) -> Result<()> {
     )?;
     println!(
         "approved promoting a replica of {} (steward {})",
-        s(&v["approved"]),
-        s(&v["steward"])
+        v.approved, v.steward
     );
     Ok(())
 }
@@ -467,7 +444,7 @@ pub fn events_from_api(
             &format!("/v1/events?from={at}&limit=1000&wait_ms={wait}"),
             None,
         )?;
-        let records: Vec<Record> = serde_json::from_value(v)?;
+        let records: Vec<Record> = decode(v)?;
         if records.is_empty() && !follow {
             return Ok(());
         }
@@ -492,22 +469,20 @@ pub fn events_from_api(
 pub fn drain(api: &str, node: &str, undo: bool, timeout: Duration) -> Result<()> {
     let path = format!("/v1/nodes/{}/drain", urlencode(node));
     if undo {
-        call(api, "DELETE", &path, None)?;
+        let _: v1::Drain = call_as(api, "DELETE", &path, None)?;
         println!("{node} takes work again");
         return Ok(());
     }
-    call(api, "POST", &path, None)?;
+    let _: v1::Drain = call_as(api, "POST", &path, None)?;
     println!("draining {node}: it declines new work; its instances move elsewhere");
     let start = std::time::Instant::now();
     let mut last = usize::MAX;
     loop {
-        let v = call(api, "GET", "/v1/instances", None)?;
-        let left: Vec<String> = v
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|i| i["node"] == node)
-            .map(|i| s(&i["instance"]))
+        let rows: Vec<v1::Instance> = call_as(api, "GET", "/v1/instances", None)?;
+        let left: Vec<String> = rows
+            .iter()
+            .filter(|i| i.node.as_str() == node)
+            .map(|i| i.instance.to_string())
             .collect();
         if left.len() != last {
             println!(

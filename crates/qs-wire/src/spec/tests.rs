@@ -1,5 +1,6 @@
 //! The spec parser case by case: every error names file, line, column and field.
 
+use super::locate::line_column;
 use super::*;
 
 const DNS: &str = r#"
@@ -88,6 +89,10 @@ fn bad_specs_name_file_line_column_and_field() {
     check(
         "[service.a]\nreplicas = 1\n",
         "bad.toml:1:1: service.a.resources: missing field `resources`",
+    );
+    check(
+        "[service.a]\nresources = { cpu_cores = 1 }\n",
+        "bad.toml:2:13: service.a.resources.memory_mib: missing field `memory_mib`",
     );
     check(
         "[service.a]\nreplicas = 3\nmax_replicas = 2\nresources = { cpu_cores = 1, memory_mib = 8 }\n",

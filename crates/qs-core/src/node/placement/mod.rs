@@ -2,7 +2,6 @@
 //! (sense, local check, capacity query, offers, dispatch), with its claim for singletons, its
 //! adaptive gathering deadline, its retries with backoff and how it ends.
 
-use super::host::labels_match;
 use super::inflight::{Placement, Stage};
 use super::steward::{Accepted, Steward};
 use super::{Cx, Output, StartOrder};
@@ -13,7 +12,9 @@ use qs_wire::{
     WorkloadSpec,
 };
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
+
+mod candidates;
 
 /// How a placement ended.
 enum End {
@@ -207,63 +208,6 @@ impl Steward {
         }
         if nobody {
             self.finish_gathering(seq, cx);
-        }
-    }
-
-    /// Whom to ask: every live node in a small fleet, a weighted sample of `query_sample`
-    /// in a large one. Nodes that can never fit (labels, GPU size) are not asked.
-    fn candidates(
-        &mut self,
-        demand: &Demand,
-        reg: &crate::registry::Registry,
-    ) -> (Vec<NodeId>, bool) {
-        let cx_reg = reg;
-        // Anti-affinity: nodes known (from heartbeats, through the registry's index, or from
-        // dispatches accepted since) to run as many instances as the pattern allows would
-        // only decline. Counted once per round, not once per candidate.
-        let mut per_node: BTreeMap<&NodeId, u32> = BTreeMap::new();
-        for (_, r) in cx_reg.instances_of(&demand.service) {
-            *per_node.entry(&r.node).or_default() += 1;
-        }
-        if let Some(st) = self.services.get(&demand.service) {
-            for a in st.pending.values() {
-                *per_node.entry(&a.node).or_default() += 1;
-            }
-        }
-        for p in self.placements.values() {
-            if p.demand.service == demand.service
-                && let Stage::Dispatching { target, .. } = &p.stage
-            {
-                *per_node.entry(target).or_default() += 1;
-            }
-        }
-        let full = |n: &qs_wire::NodeStatus| {
-            per_node.get(&n.node).copied().unwrap_or(0) >= demand.max_per_node
-        };
-        let accept = |n: &qs_wire::NodeStatus| {
-            !n.draining
-                && !full(n)
-                && labels_match(&demand.labels, &n.labels)
-                && (!demand.need.needs_gpu()
-                    || n.capacity
-                        .gpus
-                        .iter()
-                        .any(|g| g.vram_bytes >= demand.need.vram_bytes))
-        };
-        if cx_reg.live_count() <= self.config.query_all_below + 1 {
-            let all = cx_reg
-                .live_nodes()
-                .filter(|n| n.node != self.id && accept(n))
-                .map(|n| n.node.clone())
-                .collect();
-            (all, false)
-        } else {
-            let needs_gpu = demand.need.needs_gpu();
-            let d = self.config.query_sample;
-            (
-                cx_reg.sample(&mut self.rng, needs_gpu, d, &self.id, accept),
-                true,
-            )
         }
     }
 

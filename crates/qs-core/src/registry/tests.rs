@@ -1,0 +1,178 @@
+//! The registry's unit tests, and the heartbeats other tests of the crate build on.
+
+use super::*;
+use qs_wire::{Capacity, Committed, GpuCapacity, Load};
+
+/// A heartbeat of an idle node.
+pub(crate) fn status(name: &str, level: u8, gpus: usize) -> NodeStatus {
+    NodeStatus {
+        node: NodeId::new(name).unwrap(),
+        level,
+        labels: BTreeMap::new(),
+        capacity: Capacity {
+            cpu_millicores: 8000,
+            memory_bytes: 1 << 34,
+            gpus: vec![
+                GpuCapacity {
+                    vram_bytes: 1 << 34
+                };
+                gpus
+            ],
+        },
+        committed: Committed {
+            gpu_vram_bytes: vec![0; gpus],
+            ..Committed::default()
+        },
+        load: Load::default(),
+        instances: vec![],
+        completed: vec![],
+        draining: false,
+    }
+}
+
+fn spec(name: &str) -> WorkloadSpec {
+    let text = format!("[service.{name}]\nresources = {{ cpu_cores = 1, memory_mib = 64 }}\n");
+    qs_wire::parse_spec("t.toml", &text)
+        .unwrap()
+        .workloads
+        .remove(0)
+}
+
+/// The steward is the same whichever order nodes joined in, and moves only off dead nodes.
+#[test]
+fn stewards_follow_rendezvous_hashing() {
+    let names: Vec<String> = (0..20).map(|i| format!("n{i}")).collect();
+    let svcs: Vec<WorkloadSpec> = (0..30).map(|i| spec(&format!("s{i}"))).collect();
+    let build = |order: Vec<&String>| {
+        let mut r = Registry::new(&Config::default());
+        for s in &svcs[..15] {
+            r.apply_spec(s.clone(), Time::ZERO);
+        }
+        for n in order {
+            r.observe(status(n, 0, 0), Time::ZERO);
+        }
+        for s in &svcs[15..] {
+            r.apply_spec(s.clone(), Time::ZERO);
+        }
+        r
+    };
+    let a = build(names.iter().collect());
+    let b = build(names.iter().rev().collect());
+    for s in &svcs {
+        assert_eq!(a.steward(&s.name), b.steward(&s.name));
+    }
+    let mut a = a;
+    let victim = a.steward(&svcs[0].name).unwrap().clone();
+    let before: BTreeMap<_, _> = svcs
+        .iter()
+        .map(|s| (s.name.clone(), a.steward(&s.name).cloned()))
+        .collect();
+    assert!(a.remove(&victim));
+    for s in &svcs {
+        let now = a.steward(&s.name).cloned();
+        if before[&s.name].as_ref() == Some(&victim) {
+            assert_ne!(now.as_ref(), Some(&victim));
+        } else {
+            assert_eq!(now, before[&s.name], "{} moved off a live node", s.name);
+        }
+    }
+    let owned: usize = a
+        .live_nodes()
+        .map(|n| a.stewarded_by(&n.node).count())
+        .sum();
+    assert_eq!(owned, svcs.len());
+}
+
+/// Incremental elections (joins, deaths, returns) agree with electing from scratch.
+#[test]
+fn incremental_stewards_match_a_fresh_election() {
+    let svcs: Vec<WorkloadSpec> = (0..200).map(|i| spec(&format!("s{i}"))).collect();
+    let mut r = Registry::new(&Config::default());
+    for s in &svcs {
+        r.apply_spec(s.clone(), Time::ZERO);
+    }
+    let mut rng = Rng::seeded(9);
+    let mut live = BTreeSet::new();
+    for step in 0..2000u64 {
+        let n = format!("n{}", rng.below(600));
+        if live.contains(&n) && rng.below(3) == 0 {
+            r.remove(&NodeId::new(&n).unwrap());
+            live.remove(&n);
+        } else {
+            r.observe(status(&n, 0, 0), Time::from_millis(step));
+            live.insert(n);
+        }
+    }
+    let mut fresh = Registry::new(&Config::default());
+    for n in &live {
+        fresh.observe(status(n, 0, 0), Time::ZERO);
+    }
+    for s in &svcs {
+        fresh.apply_spec(s.clone(), Time::ZERO);
+    }
+    for s in &svcs {
+        assert_eq!(r.steward(&s.name), fresh.steward(&s.name), "{}", s.name);
+    }
+}
+
+#[test]
+fn silent_nodes_expire_in_order() {
+    let mut r = Registry::new(&Config::default());
+    r.observe(status("a", 0, 0), Time::from_millis(0));
+    r.observe(status("b", 0, 0), Time::from_millis(500));
+    assert!(r.expire(Time::from_millis(999)).is_empty());
+    let dead: Vec<NodeId> = r
+        .expire(Time::from_millis(1000))
+        .into_iter()
+        .map(|s| s.node)
+        .collect();
+    assert_eq!(dead, vec![NodeId::new("a").unwrap()]);
+    assert_eq!(r.live_count(), 1);
+    assert!(matches!(
+        r.observe(status("a", 0, 0), Time::from_millis(1200)),
+        Some(Membership::Joined(_))
+    ));
+    assert_eq!(r.live_count(), 2);
+}
+
+#[test]
+fn a_vouched_node_lives_without_heartbeats_and_a_dead_one_stays_dead() {
+    let mut r = Registry::new(&Config::default());
+    let a = NodeId::new("a").unwrap();
+    r.observe(status("a", 0, 0), Time::from_millis(0));
+    r.observe(status("b", 0, 0), Time::from_millis(0));
+    r.vouch(&a, Time::from_millis(900));
+    let dead: Vec<NodeId> = r
+        .expire(Time::from_millis(1000))
+        .into_iter()
+        .map(|s| s.node)
+        .collect();
+    assert_eq!(dead, vec![NodeId::new("b").unwrap()], "only b went silent");
+    // Vouching never brings back a dead node: only its heartbeat does.
+    r.vouch(&NodeId::new("b").unwrap(), Time::from_millis(1000));
+    assert_eq!(r.live_count(), 1);
+    assert_eq!(r.expire(Time::from_millis(1899)).len(), 0);
+    assert_eq!(
+        r.expire(Time::from_millis(1900)).len(),
+        1,
+        "a, once unvouched"
+    );
+}
+
+#[test]
+fn gpu_samples_only_reach_gpu_nodes() {
+    let mut r = Registry::new(&Config::default());
+    for i in 0..100 {
+        r.observe(
+            status(&format!("n{i}"), 1, usize::from(i % 10 == 0)),
+            Time::ZERO,
+        );
+    }
+    let mut rng = Rng::seeded(3);
+    let me = NodeId::new("n1").unwrap();
+    let picked = r.sample(&mut rng, true, 8, &me, |_| true);
+    assert!(!picked.is_empty());
+    for p in picked {
+        assert!(!r.status(&p).unwrap().capacity.gpus.is_empty(), "{p}");
+    }
+}
