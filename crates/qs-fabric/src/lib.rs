@@ -99,21 +99,52 @@ pub enum KvEvent {
 
 /// A stream of messages for one subscription; dropping it unsubscribes.
 pub struct Subscription {
-    rx: tokio::sync::mpsc::Receiver<Incoming>,
+    source: Source,
     _guard: Box<dyn Send + Sync>,
+}
+
+/// Where a subscription's messages come from: a bounded channel a backend fills, or the
+/// backend's own bounded stream, read directly (no task in between).
+enum Source {
+    Channel(tokio::sync::mpsc::Receiver<Incoming>),
+    Stream(std::pin::Pin<Box<dyn futures_util::Stream<Item = Incoming> + Send>>),
 }
 
 impl Subscription {
     pub fn new(rx: tokio::sync::mpsc::Receiver<Incoming>, guard: Box<dyn Send + Sync>) -> Self {
-        Subscription { rx, _guard: guard }
+        Subscription {
+            source: Source::Channel(rx),
+            _guard: guard,
+        }
     }
+
+    /// A subscription read straight from a backend's stream, which must be bounded itself.
+    pub fn from_stream(
+        stream: impl futures_util::Stream<Item = Incoming> + Send + 'static,
+        guard: Box<dyn Send + Sync>,
+    ) -> Self {
+        Subscription {
+            source: Source::Stream(Box::pin(stream)),
+            _guard: guard,
+        }
+    }
+
     /// The next message; `None` once the fabric is gone.
     pub async fn next(&mut self) -> Option<Incoming> {
-        self.rx.recv().await
+        match &mut self.source {
+            Source::Channel(rx) => rx.recv().await,
+            Source::Stream(s) => futures_util::StreamExt::next(s).await,
+        }
     }
+
     /// A message already delivered and queued, without waiting.
     pub fn try_next(&mut self) -> Option<Incoming> {
-        self.rx.try_recv().ok()
+        match &mut self.source {
+            Source::Channel(rx) => rx.try_recv().ok(),
+            Source::Stream(s) => {
+                futures_util::FutureExt::now_or_never(futures_util::StreamExt::next(s)).flatten()
+            }
+        }
     }
 }
 

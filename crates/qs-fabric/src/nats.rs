@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 /// How long a subscription waits for the server to confirm it.
-const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+const BARRIER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Most copies of a bucket or stream JetStream keeps.
 pub const MAX_REPLICAS: usize = 5;
 
@@ -45,9 +45,32 @@ struct Inner {
     /// `qs.<fleet>.`
     prefix: String,
     fleet: String,
-    dropped: AtomicU64,
+    /// Messages the client dropped for a full subscription buffer (counted from its
+    /// slow-consumer events, on connections this fabric opened).
+    dropped: Arc<AtomicU64>,
     /// Copies kept of the buckets and streams this fabric creates.
     replicas: usize,
+}
+
+/// Counts of what one connection carried.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub messages_in: u64,
+    pub messages_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+impl Traffic {
+    /// What was carried between `earlier` and `self`.
+    pub fn since(self, earlier: Traffic) -> Traffic {
+        Traffic {
+            messages_in: self.messages_in.saturating_sub(earlier.messages_in),
+            messages_out: self.messages_out.saturating_sub(earlier.messages_out),
+            bytes_in: self.bytes_in.saturating_sub(earlier.bytes_in),
+            bytes_out: self.bytes_out.saturating_sub(earlier.bytes_out),
+        }
+    }
 }
 
 /// See the module docs. Cloning shares the connection.
@@ -86,12 +109,27 @@ impl NatsFabric {
                 what: "NATS URL",
                 detail: format!("{urls:?}: {e}"),
             })?;
+        // Each subscription's own buffer holds SUBSCRIPTION_BUFFER messages; past that the
+        // client drops them and says so, and they are counted.
+        let dropped = Arc::new(AtomicU64::new(0));
+        let counted = dropped.clone();
         let client = async_nats::ConnectOptions::new()
             .retry_on_initial_connect()
+            .subscription_capacity(SUBSCRIPTION_BUFFER)
+            .event_callback(move |event| {
+                if let async_nats::Event::SlowConsumer(_) = event {
+                    counted.fetch_add(1, Ordering::Relaxed);
+                }
+                std::future::ready(())
+            })
             .connect(servers)
             .await
             .map_err(nats("connect"))?;
-        Self::with_client(client, fleet, replicas).await
+        let mut fabric = Self::with_client(client, fleet, replicas).await?;
+        if let Some(inner) = Arc::get_mut(&mut fabric.inner) {
+            inner.dropped = dropped;
+        }
+        Ok(fabric)
     }
 
     /// Uses an existing connection; what it creates keeps `replicas` copies.
@@ -108,7 +146,7 @@ impl NatsFabric {
                 client,
                 prefix,
                 fleet: fleet.to_owned(),
-                dropped: AtomicU64::new(0),
+                dropped: Arc::default(),
                 replicas,
             }),
         })
@@ -118,14 +156,40 @@ impl NatsFabric {
         format!("{}{}", self.inner.prefix, topic.as_str())
     }
 
+    /// What this connection has carried so far (payloads, without the protocol).
+    pub fn traffic(&self) -> Traffic {
+        let s = self.inner.client.statistics();
+        Traffic {
+            messages_in: s.in_messages.load(Ordering::Relaxed),
+            messages_out: s.out_messages.load(Ordering::Relaxed),
+            bytes_in: s.in_bytes.load(Ordering::Relaxed),
+            bytes_out: s.out_bytes.load(Ordering::Relaxed),
+        }
+    }
+
     /// Messages dropped because a subscriber's buffer was full.
     pub fn dropped(&self) -> u64 {
         self.inner.dropped.load(Ordering::Relaxed)
     }
 
-    /// Waits until everything published so far has reached the server.
+    /// Waits until everything published so far has been written to the server's socket (not
+    /// that the server has processed it: see [`barrier`]).
     pub async fn flush(&self) -> Result<(), FabricError> {
         self.inner.client.flush().await.map_err(nats("flush"))
+    }
+}
+
+/// Waits until the server has processed everything `client` sent before: a round trip. A
+/// server reads each connection in order, so when a request nobody answers comes back as
+/// "no responders", every subscription sent before it is in place for every publisher.
+/// (async-nats's `flush` only writes the socket: a publisher on another connection could
+/// still beat a subscription to the server.)
+pub async fn barrier(client: &async_nats::Client) -> Result<(), FabricError> {
+    let subject = format!("_qs_barrier.{}", client.new_inbox().replace('.', "_"));
+    match client.request(subject, Bytes::new()).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => Ok(()),
+        Err(e) => Err(nats("barrier")(e)),
     }
 }
 
@@ -150,32 +214,22 @@ impl Fabric for NatsFabric {
     }
 
     async fn subscribe(&self, topic: &Topic) -> Result<Subscription, FabricError> {
-        let mut sub = self
+        let sub = self
             .inner
             .client
             .subscribe(self.subject(topic))
             .await
             .map_err(nats("subscribe"))?;
-        // The server has the interest before this returns, so nothing published after is
-        // missed; while disconnected the client subscribes again when it reconnects.
+        // The server has the interest before this returns, so nothing published after, from
+        // any connection, is missed; while disconnected the client subscribes again when it
+        // reconnects.
         if self.connected() {
-            let _ = tokio::time::timeout(FLUSH_TIMEOUT, self.inner.client.flush()).await;
+            let _ = tokio::time::timeout(BARRIER_TIMEOUT, barrier(&self.inner.client)).await;
         }
-        let (tx, rx) = mpsc::channel(SUBSCRIPTION_BUFFER);
-        let inner = self.inner.clone();
-        let task = tokio::spawn(async move {
-            while let Some(m) = sub.next().await {
-                if let Some(i) = incoming(&inner.prefix, m)
-                    && tx.try_send(i).is_err()
-                {
-                    if tx.is_closed() {
-                        return;
-                    }
-                    inner.dropped.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        });
-        Ok(Subscription::new(rx, Box::new(AbortOnDrop(task))))
+        // Read straight from the client's bounded buffer: no task between it and the reader.
+        let prefix = self.inner.prefix.clone();
+        let stream = sub.filter_map(move |m| std::future::ready(incoming(&prefix, m)));
+        Ok(Subscription::from_stream(stream, Box::new(())))
     }
 
     async fn ledger(&self, node: &qs_wire::NodeId) -> Result<NatsLedger, FabricError> {

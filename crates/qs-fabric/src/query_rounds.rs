@@ -91,7 +91,7 @@ pub async fn query_rounds(
             }));
         }
     }
-    fleet.flush().await.map_err(nats("flush"))?;
+    crate::nats::barrier(&fleet).await?;
     let mut answers = steward
         .subscribe(steward_rpc)
         .await
@@ -101,7 +101,7 @@ pub async fn query_rounds(
         .subscribe(format!("{inbox_prefix}.*"))
         .await
         .map_err(nats("subscribe"))?;
-    steward.flush().await.map_err(nats("flush"))?;
+    crate::nats::barrier(&steward).await?;
     let query = bytes::Bytes::from(vec![b'q'; PAYLOAD_BYTES]);
     let mut out = QueryRounds {
         asked,
@@ -130,8 +130,17 @@ pub async fn query_rounds(
                 .await
                 .map_err(nats("publish"))?;
         }
-        for _ in 0..asked {
-            next_within(&mut answers).await?;
+        for got in 0..asked {
+            next_within(
+                &mut answers,
+                Within {
+                    round,
+                    kind: "directed",
+                    got,
+                    want: asked,
+                },
+            )
+            .await?;
         }
         out.directed_us.push(t.elapsed().as_micros() as u64);
 
@@ -143,7 +152,13 @@ pub async fn query_rounds(
             .map_err(nats("publish"))?;
         let mut got = 0;
         while got < nodes {
-            if next_within(&mut inbox).await?.subject.as_str() == reply {
+            let within = Within {
+                round,
+                kind: "gather",
+                got,
+                want: nodes,
+            };
+            if next_within(&mut inbox, within).await?.subject.as_str() == reply {
                 got += 1;
                 if got == asked {
                     out.gather_us.push(t.elapsed().as_micros() as u64);
@@ -158,16 +173,28 @@ pub async fn query_rounds(
     Ok(out)
 }
 
-async fn next_within(sub: &mut async_nats::Subscriber) -> Result<async_nats::Message, FabricError> {
+/// Where a round stands, for its error.
+struct Within {
+    round: usize,
+    kind: &'static str,
+    got: usize,
+    want: usize,
+}
+
+async fn next_within(
+    sub: &mut async_nats::Subscriber,
+    at: Within,
+) -> Result<async_nats::Message, FabricError> {
+    let failed = |why: &str| FabricError::Nats {
+        op: "query round",
+        detail: format!(
+            "{} round {}: {why} after {} of {} answers",
+            at.kind, at.round, at.got, at.want
+        ),
+    };
     match tokio::time::timeout(ROUND_LIMIT, sub.next()).await {
         Ok(Some(m)) => Ok(m),
-        Ok(None) => Err(FabricError::Nats {
-            op: "query round",
-            detail: "the subscription ended".into(),
-        }),
-        Err(_) => Err(FabricError::Nats {
-            op: "query round",
-            detail: format!("no answer within {ROUND_LIMIT:?}"),
-        }),
+        Ok(None) => Err(failed("the subscription ended")),
+        Err(_) => Err(failed(&format!("nothing within {ROUND_LIMIT:?}"))),
     }
 }

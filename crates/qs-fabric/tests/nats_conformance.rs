@@ -144,3 +144,48 @@ async fn slow_subscribers_lose_messages_instead_of_blocking() {
     }
     assert_eq!(fabric.dropped(), extra as u64);
 }
+
+/// A subscription is in place when `subscribe` returns, for publishers on other connections
+/// too: the server has processed it (a round trip), not merely been sent it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_hears_other_connections_as_soon_as_it_returns() {
+    use qs_fabric::{Bytes, Fabric, Topic};
+    use std::time::Duration;
+    let (listener, server) = fabric().await;
+    let speaker = NatsFabric::connect(&server.url(), "conformance")
+        .await
+        .expect("a second connection");
+    let connected = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !speaker.connected() {
+        assert!(
+            tokio::time::Instant::now() < connected,
+            "the second connection connects"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut subs = Vec::new();
+    for i in 0..300 {
+        let topic = Topic::parse(&format!("sync.t{i}")).unwrap();
+        let sub = listener.subscribe(&topic).await.unwrap();
+        speaker
+            .publish(&topic, Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+        subs.push(sub);
+    }
+    speaker.flush().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut missed = Vec::new();
+    for (i, sub) in subs.iter_mut().enumerate() {
+        if !matches!(
+            tokio::time::timeout_at(deadline, sub.next()).await,
+            Ok(Some(_))
+        ) {
+            missed.push(i);
+        }
+    }
+    assert!(
+        missed.is_empty(),
+        "published right after subscribe returned, missed: {missed:?}"
+    );
+}

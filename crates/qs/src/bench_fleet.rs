@@ -3,6 +3,7 @@
 //! the raw NATS round trip.
 
 use crate::bench::{bench_fleet, emit, idle_rss_kib};
+use qs_fabric::nats::Traffic;
 
 /// `qs bench fleet`: an embedded fleet of `nodes` virtual nodes, each a full agent runtime
 /// (its own core, registry, envelopes over the in-memory fabric, group-committed ledger),
@@ -65,8 +66,10 @@ pub fn fleet_suite(
             let asked = config.query_sample.min(nodes);
             let rounds =
                 qs_fabric::query_rounds::query_rounds(&url, nodes, asked, QUERY_ROUNDS).await?;
+            let counted = fabric.clone();
             let fleet = EmbeddedFleet::start_on(opts, fabric).await?;
-            let mut run = place_all(fleet, nodes, placements, &doc).await?;
+            let traffic = move || Some(counted.traffic());
+            let mut run = place_all(fleet, nodes, placements, &doc, &traffic).await?;
             run.rtt_us = Some(rtt_us);
             run.query_rounds = Some(rounds);
             anyhow::Ok(run)
@@ -74,7 +77,7 @@ pub fn fleet_suite(
     } else {
         rt.block_on(async {
             let fleet = EmbeddedFleet::start(opts).await?;
-            place_all(fleet, nodes, placements, &doc).await
+            place_all(fleet, nodes, placements, &doc, &|| None).await
         })?
     };
     if keep.is_none() {
@@ -133,6 +136,35 @@ pub fn fleet_suite(
             format!("nats.placement_p50_over_round_trip.nodes_{nodes}"),
             (quantile(0.50) / p50 * 100.0).round() / 100.0,
             "ratio",
+        );
+    }
+    if let Some((t, secs)) = run.idle {
+        emit(
+            "fleet",
+            format!("nats.idle_messages_per_s.nodes_{nodes}"),
+            ((t.messages_in + t.messages_out) as f64 / secs).round(),
+            "1/s",
+        );
+        emit(
+            "fleet",
+            format!("nats.idle_bytes_per_s.nodes_{nodes}"),
+            ((t.bytes_in + t.bytes_out) as f64 / secs).round(),
+            "B/s",
+        );
+    }
+    if let Some(t) = run.placing {
+        let per = |n: u64| (n as f64 / run.placed.max(1) as f64 * 10.0).round() / 10.0;
+        emit(
+            "fleet",
+            format!("nats.messages_per_placement.nodes_{nodes}"),
+            per(t.messages_in + t.messages_out),
+            "messages",
+        );
+        emit(
+            "fleet",
+            format!("nats.bytes_per_placement.nodes_{nodes}"),
+            per(t.bytes_in + t.bytes_out),
+            "B",
         );
     }
     if let Some(rounds) = run.query_rounds {
@@ -203,6 +235,11 @@ struct FleetRun {
     rtt_us: Option<Vec<u64>>,
     /// Capacity-query rounds, directed and gathered, asking this many nodes, when on NATS.
     query_rounds: Option<qs_fabric::query_rounds::QueryRounds>,
+    /// What the fleet's connection carried while only heartbeats flowed, and for how long
+    /// (seconds), when on NATS.
+    idle: Option<(Traffic, f64)>,
+    /// What it carried while placing, when on NATS.
+    placing: Option<Traffic>,
 }
 
 /// Joins the fleet, applies `doc`, waits until `placements` are placed and their events
@@ -212,6 +249,7 @@ async fn place_all<F: qs_fabric::Fabric>(
     nodes: usize,
     placements: usize,
     doc: &qs_wire::SpecDocument,
+    traffic: &dyn Fn() -> Option<Traffic>,
 ) -> anyhow::Result<FleetRun> {
     use std::time::{Duration, Instant};
     let started = Instant::now();
@@ -228,9 +266,15 @@ async fn place_all<F: qs_fabric::Fabric>(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Every node must be ready to steward before the clock starts.
+    // Every node must be ready to steward before the clock starts; meanwhile only
+    // heartbeats flow.
+    let idle_from = (traffic(), Instant::now());
     tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let idle = traffic()
+        .zip(idle_from.0)
+        .map(|(now, then)| (now.since(then), idle_from.1.elapsed().as_secs_f64()));
     let join_s = started.elapsed().as_secs_f64();
+    let traffic_before = traffic();
     let counters = &fleet.shared.counters;
     let before = counters.placements.get();
     let (events_before, seq_before) =
@@ -256,6 +300,9 @@ async fn place_all<F: qs_fabric::Fabric>(
     }
     let place_s = t0.elapsed().as_secs_f64();
     let placed = fleet.shared.counters.placements.get() - before;
+    let placing = traffic()
+        .zip(traffic_before)
+        .map(|(now, then)| now.since(then));
     // Latency alone: one service at a time, each waited for, on the fleet now busy with what
     // it placed (a burst's latencies would measure its queue).
     let seq_latency = fleet.shared.ledger.next_seq();
@@ -307,6 +354,8 @@ async fn place_all<F: qs_fabric::Fabric>(
         latency_us,
         rtt_us: None,
         query_rounds: None,
+        idle,
+        placing,
     })
 }
 

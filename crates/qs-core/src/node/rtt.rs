@@ -2,16 +2,25 @@
 
 use std::time::Duration;
 
+/// The most times a deadline doubles in a row (RFC 6298 §5.5); the configured maximum caps it
+/// anyway.
+const MAX_BACKOFF_DOUBLINGS: u32 = 8;
+
 /// The deadline is `srtt + 4 rttvar`, and the maximum until the first sample arrives, so a
-/// slow first link is not cut off.
+/// slow first link is not cut off. A round that closes on its deadline with nodes still silent
+/// doubles the next deadline (§5.5, "back off the timer"), until a fresh sample: without it, a
+/// fleet whose answers queue past a deadline learned when it was idle would close every round
+/// empty, retry, and so queue the answers further (a congestion collapse).
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct RttEstimator {
     srtt_us: Option<f64>,
     rttvar_us: f64,
+    doublings: u32,
 }
 
 impl RttEstimator {
     pub(crate) fn sample(&mut self, rtt_us: f64) {
+        self.doublings = 0;
         match self.srtt_us {
             None => {
                 self.srtt_us = Some(rtt_us);
@@ -24,13 +33,66 @@ impl RttEstimator {
         }
     }
 
+    /// A round's deadline passed with nodes still silent: back off.
+    pub(crate) fn timed_out(&mut self) {
+        self.doublings = (self.doublings + 1).min(MAX_BACKOFF_DOUBLINGS);
+    }
+
     pub(crate) fn timeout(&self, min: Duration, max: Duration) -> Duration {
         match self.srtt_us {
             None => max,
             Some(srtt) => {
                 let us = (srtt + 4.0 * self.rttvar_us) as u64;
-                Duration::from_micros(us).clamp(min, max)
+                let base = Duration::from_micros(us).clamp(min, max);
+                base.saturating_mul(1 << self.doublings).min(max)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: Duration = Duration::from_millis(5);
+    const MAX: Duration = Duration::from_millis(500);
+
+    #[test]
+    fn the_deadline_follows_samples_within_bounds() {
+        let mut rtt = RttEstimator::default();
+        assert_eq!(rtt.timeout(MIN, MAX), MAX, "no sample yet: the maximum");
+        rtt.sample(1_000.0);
+        assert_eq!(
+            rtt.timeout(MIN, MAX),
+            MIN,
+            "1 ms + 4 × 0.5 ms is under the minimum"
+        );
+        for _ in 0..50 {
+            rtt.sample(40_000.0);
+        }
+        let t = rtt.timeout(MIN, MAX);
+        assert!(
+            t > Duration::from_millis(40) && t < Duration::from_millis(60),
+            "{t:?}"
+        );
+    }
+
+    #[test]
+    fn a_round_closed_by_its_deadline_doubles_the_next_until_a_sample() {
+        let mut rtt = RttEstimator::default();
+        rtt.sample(1_000.0);
+        let mut deadlines = vec![rtt.timeout(MIN, MAX)];
+        for _ in 0..9 {
+            rtt.timed_out();
+            deadlines.push(rtt.timeout(MIN, MAX));
+        }
+        let ms: Vec<u128> = deadlines.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, [5, 10, 20, 40, 80, 160, 320, 500, 500, 500]);
+        rtt.sample(1_000.0);
+        assert_eq!(
+            rtt.timeout(MIN, MAX),
+            MIN,
+            "a fresh sample ends the backoff"
+        );
     }
 }

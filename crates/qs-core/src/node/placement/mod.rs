@@ -276,6 +276,15 @@ impl Steward {
         };
         let offers = std::mem::take(offers);
         let (pid, pattern) = (p.id.clone(), p.demand.pattern);
+        // Why nothing may pass, in the operator's words: no answer is not a refusal.
+        let (silent, refused) = (asked.len() - answered.len(), declined.len());
+        let nothing_passed = if offers.is_empty() && refused == 0 && silent > 0 {
+            format!("none of the {silent} nodes asked answered in time")
+        } else if offers.is_empty() && refused > 0 {
+            format!("no offer ({refused} declined, {silent} silent)")
+        } else {
+            "no offer passed the gate".to_owned()
+        };
         // The round's answers, as one event (the pool also holds this node's own offer, which
         // the local check recorded).
         let gathered = Event::Gathered {
@@ -307,7 +316,7 @@ impl Steward {
             }
         }
         if passed.is_empty() {
-            self.retry_later(seq, "no offer passed the gate", cx);
+            self.retry_later(seq, &nothing_passed, cx);
             return;
         }
         passed.sort_by(|a, b| rank(pattern, a, b));
@@ -534,7 +543,14 @@ impl Steward {
                 continue;
             }
             match &p.stage {
-                Stage::Gathering { .. } => self.finish_gathering(seq, cx),
+                Stage::Gathering {
+                    asked, answered, ..
+                } => {
+                    if answered.len() < asked.len() {
+                        self.rtt.timed_out();
+                    }
+                    self.finish_gathering(seq, cx)
+                }
                 Stage::Dispatching { target, .. } => {
                     let event = Event::DispatchRefused {
                         placement: p.id.clone(),
