@@ -130,7 +130,15 @@ impl<F: Fabric> Feed<F> {
                 _ = stop.changed() => break,
                 Some(b) = self.beats.next() => self.on_heartbeats(b),
                 e = next_spec => match e {
-                    Some(e) => self.on_spec(e),
+                    Some(Ok(e)) => self.on_spec(e),
+                    // A watch that failed (its consumer lost with a NATS server, say) may not
+                    // come back by itself: watch again, a replay that loses nothing.
+                    Some(Err(e)) => {
+                        let wait = backoff.next();
+                        tracing::warn!("spec watch: {e}; watching again in {wait:?}");
+                        specs = None;
+                        retry_at = tokio::time::Instant::now() + wait;
+                    }
                     // The watch fell behind or its backend ended it: watch again.
                     None => specs = None,
                 },
@@ -210,10 +218,10 @@ impl<F: Fabric> Feed<F> {
         }
     }
 
-    fn on_spec(&mut self, event: Result<KvEvent, FabricError>) {
+    fn on_spec(&mut self, event: KvEvent) {
         let m = &self.membership;
         match event {
-            Ok(KvEvent::Put(entry)) => match serde_json::from_slice::<WorkloadSpec>(&entry.value) {
+            KvEvent::Put(entry) => match serde_json::from_slice::<WorkloadSpec>(&entry.value) {
                 Ok(spec) => {
                     let name = spec.name.clone();
                     if let Some(seen) = &mut self.replayed {
@@ -225,7 +233,7 @@ impl<F: Fabric> Feed<F> {
                 }
                 Err(e) => tracing::warn!(key = entry.key, "ignored an unreadable spec: {e}"),
             },
-            Ok(KvEvent::Delete { key, .. }) => {
+            KvEvent::Delete { key, .. } => {
                 if let Ok(name) = ServiceName::new(&key)
                     && m.update(|r| r.remove_spec(&name)).is_some()
                 {
@@ -234,7 +242,7 @@ impl<F: Fabric> Feed<F> {
             }
             // A replay is complete: a spec it did not show was deleted while we were not
             // watching.
-            Ok(KvEvent::Synced) => {
+            KvEvent::Synced => {
                 let Some(seen) = self.replayed.take() else {
                     return;
                 };
@@ -253,7 +261,6 @@ impl<F: Fabric> Feed<F> {
                     m.changed(FleetChange::SpecRemoved(name));
                 }
             }
-            Err(e) => tracing::warn!("spec watch: {e}"),
         }
     }
 }

@@ -18,7 +18,7 @@ use crate::rng::Rng;
 use crate::sampler::WeightTree;
 use crate::time::{Time, ms};
 use crate::weight::level_weight;
-use qs_wire::{InstanceId, NodeId, NodeStatus, Role, ServiceName, WorkloadSpec};
+use qs_wire::{InstanceId, InstanceSummary, NodeId, NodeStatus, Role, ServiceName, WorkloadSpec};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -116,9 +116,6 @@ impl Registry {
             }
         };
         let joined = !self.slots[slot].alive;
-        // Most heartbeats repeat the instances of the last one: index only a change.
-        let old = &self.slots[slot].status;
-        let reindex = joined || old.instances != status.instances;
         if joined {
             self.slots[slot].alive = true;
             self.live += 1;
@@ -127,15 +124,14 @@ impl Registry {
         } else {
             self.by_last_seen
                 .remove(&(self.slots[slot].last_seen, slot));
-            if reindex {
-                self.unindex_instances(slot);
-            }
         }
         self.slots[slot].last_seen = now;
-        self.slots[slot].status = status;
+        let old = std::mem::replace(&mut self.slots[slot].status, status);
         self.by_last_seen.insert((now, slot));
-        if reindex {
+        if joined {
             self.index_instances(slot);
+        } else {
+            self.reindex_changes(slot, &old.instances);
         }
         self.index_completed(slot);
         self.reweigh(slot);
@@ -443,19 +439,47 @@ impl Registry {
     fn index_instances(&mut self, slot: usize) {
         let st = &self.slots[slot].status;
         for i in &st.instances {
-            self.instances.entry(i.service.clone()).or_default().insert(
-                i.instance.clone(),
-                RunningInstance {
-                    node: st.node.clone(),
-                    role: i.role,
-                    fencing: i.fencing,
-                    hot: i.hot,
-                    serving: i.serving,
-                },
-            );
-            if i.fencing > 0 {
-                let max = self.max_fencing.entry(i.service.clone()).or_insert(0);
-                *max = (*max).max(i.fencing);
+            index_one(&mut self.instances, &mut self.max_fencing, &st.node, i);
+        }
+    }
+
+    /// Brings the instance index from a node's previous heartbeat (`old`) to its current one.
+    /// Most heartbeats repeat the last one's instances or add a few: when both lists are in
+    /// strict instance order (as every node sends them), one merge touches only what changed;
+    /// otherwise everything is indexed again.
+    fn reindex_changes(&mut self, slot: usize, old: &[InstanceSummary]) {
+        let st = &self.slots[slot].status;
+        let sorted = |l: &[InstanceSummary]| l.is_sorted_by(|a, b| a.instance < b.instance);
+        if !sorted(old) || !sorted(&st.instances) {
+            for i in old {
+                unindex_one(&mut self.instances, &st.node, i);
+            }
+            return self.index_instances(slot);
+        }
+        let (mut a, mut b) = (old.iter().peekable(), st.instances.iter().peekable());
+        loop {
+            let order = match (a.peek(), b.peek()) {
+                (None, None) => break,
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (Some(o), Some(n)) => o.instance.cmp(&n.instance),
+            };
+            match order {
+                std::cmp::Ordering::Less => {
+                    let gone = a.next().expect("peeked");
+                    unindex_one(&mut self.instances, &st.node, gone);
+                }
+                std::cmp::Ordering::Greater => {
+                    let new = b.next().expect("peeked");
+                    index_one(&mut self.instances, &mut self.max_fencing, &st.node, new);
+                }
+                std::cmp::Ordering::Equal => {
+                    let (was, now) = (a.next().expect("peeked"), b.next().expect("peeked"));
+                    if was != now {
+                        unindex_one(&mut self.instances, &st.node, was);
+                        index_one(&mut self.instances, &mut self.max_fencing, &st.node, now);
+                    }
+                }
             }
         }
     }
@@ -477,14 +501,7 @@ impl Registry {
     fn unindex_instances(&mut self, slot: usize) {
         let st = &self.slots[slot].status;
         for i in &st.instances {
-            if let Some(map) = self.instances.get_mut(&i.service) {
-                if map.get(&i.instance).is_some_and(|r| r.node == st.node) {
-                    map.remove(&i.instance);
-                }
-                if map.is_empty() {
-                    self.instances.remove(&i.service);
-                }
-            }
+            unindex_one(&mut self.instances, &st.node, i);
         }
     }
 
@@ -512,6 +529,45 @@ impl Registry {
     /// Highest fencing token ever seen for a service (never decreases).
     pub fn max_fencing(&self, service: &ServiceName) -> u64 {
         self.max_fencing.get(service).copied().unwrap_or(0)
+    }
+}
+
+/// Indexes one instance a node reports.
+fn index_one(
+    index: &mut BTreeMap<ServiceName, BTreeMap<InstanceId, RunningInstance>>,
+    max_fencing: &mut BTreeMap<ServiceName, u64>,
+    node: &NodeId,
+    i: &InstanceSummary,
+) {
+    index.entry(i.service.clone()).or_default().insert(
+        i.instance.clone(),
+        RunningInstance {
+            node: node.clone(),
+            role: i.role,
+            fencing: i.fencing,
+            hot: i.hot,
+            serving: i.serving,
+        },
+    );
+    if i.fencing > 0 {
+        let max = max_fencing.entry(i.service.clone()).or_insert(0);
+        *max = (*max).max(i.fencing);
+    }
+}
+
+/// Removes one instance a node no longer reports (unless another node claims it now).
+fn unindex_one(
+    index: &mut BTreeMap<ServiceName, BTreeMap<InstanceId, RunningInstance>>,
+    node: &NodeId,
+    i: &InstanceSummary,
+) {
+    if let Some(map) = index.get_mut(&i.service) {
+        if map.get(&i.instance).is_some_and(|r| &r.node == node) {
+            map.remove(&i.instance);
+        }
+        if map.is_empty() {
+            index.remove(&i.service);
+        }
     }
 }
 

@@ -176,3 +176,65 @@ fn gpu_samples_only_reach_gpu_nodes() {
         assert!(!r.status(&p).unwrap().capacity.gpus.is_empty(), "{p}");
     }
 }
+
+/// The instance index after a sequence of heartbeats is the one a fresh registry builds from
+/// the last of them, whether each heartbeat adds, removes or changes instances, arrives out of
+/// order or repeats an id; an instance another node took over is not removed by the first.
+#[test]
+fn incremental_instance_index_matches_a_fresh_one() {
+    let summary = |id: &str, svc: &str, role: Role, serving: bool| InstanceSummary {
+        instance: InstanceId::new(id).unwrap(),
+        service: ServiceName::new(svc).unwrap(),
+        role,
+        fencing: 0,
+        hot: false,
+        serving,
+    };
+    let (p, r) = (Role::Primary, Role::Replica);
+    let steps: Vec<Vec<InstanceSummary>> = vec![
+        vec![summary("a-1", "a", p, false)],
+        vec![summary("a-1", "a", p, true), summary("b-1", "b", r, false)],
+        vec![summary("a-1", "a", p, true), summary("b-1", "b", r, false)],
+        vec![summary("a-0", "a", r, true), summary("b-1", "b", p, true)],
+        vec![summary("c-1", "c", r, true), summary("a-0", "a", r, true)],
+        vec![summary("a-0", "a", r, true), summary("a-0", "a", p, true)],
+        vec![summary("d-1", "d", r, true)],
+        vec![],
+        vec![summary("a-0", "a", r, false), summary("e-1", "e", p, true)],
+    ];
+    let index = |reg: &Registry| -> Vec<(String, String, String, bool, bool)> {
+        ["a", "b", "c", "d", "e"]
+            .iter()
+            .flat_map(|s| {
+                reg.instances_of(&ServiceName::new(s).unwrap())
+                    .map(|(id, r)| {
+                        let role = format!("{:?}", r.role);
+                        (s.to_string(), id.to_string(), role, r.serving, r.hot)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let mut incremental = Registry::new(&Config::default());
+    for (n, instances) in steps.iter().enumerate() {
+        let mut st = status("n1", 0, 0);
+        st.instances = instances.clone();
+        incremental.observe(st.clone(), Time::from_millis(n as u64));
+        let mut fresh = Registry::new(&Config::default());
+        fresh.observe(st, Time::ZERO);
+        assert_eq!(index(&incremental), index(&fresh), "after step {n}");
+    }
+    // e-1 moves to n2; n1's next heartbeat without it leaves n2's entry alone.
+    let mut other = status("n2", 0, 0);
+    other.instances = vec![summary("e-1", "e", p, true)];
+    let mut st = status("n1", 0, 0);
+    st.instances = steps.last().unwrap().clone();
+    incremental.observe(other, Time::from_millis(100));
+    st.instances.retain(|i| i.instance.as_str() != "e-1");
+    incremental.observe(st, Time::from_millis(101));
+    let e: Vec<_> = incremental
+        .instances_of(&ServiceName::new("e").unwrap())
+        .map(|(_, r)| r.node.to_string())
+        .collect();
+    assert_eq!(e, ["n2"]);
+}
