@@ -130,7 +130,10 @@ impl<F: Fabric> Feed<F> {
                 _ = stop.changed() => break,
                 Some(b) = self.beats.next() => self.on_heartbeats(b),
                 e = next_spec => match e {
-                    Some(Ok(e)) => self.on_spec(e),
+                    Some(Ok(e)) => {
+                        backoff.reset();
+                        self.on_spec(e);
+                    }
                     // A watch that failed (its consumer lost with a NATS server, say) may not
                     // come back by itself: watch again, a replay that loses nothing.
                     Some(Err(e)) => {
@@ -149,10 +152,11 @@ impl<F: Fabric> Feed<F> {
                 r = started => {
                     starting = None;
                     match r.unwrap_or_else(|e| Err(AgentError::Task(e.to_string()))) {
+                        // The backoff ends with the first event: a watch that opens and fails
+                        // at once keeps backing off.
                         Ok(w) => {
                             specs = Some(w);
                             self.replayed = Some(BTreeSet::new());
-                            backoff.reset();
                         }
                         Err(e) => {
                             let wait = backoff.next();

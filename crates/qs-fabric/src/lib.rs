@@ -141,9 +141,12 @@ impl Subscription {
     pub fn try_next(&mut self) -> Option<Incoming> {
         match &mut self.source {
             Source::Channel(rx) => rx.try_recv().ok(),
-            Source::Stream(s) => {
-                futures_util::FutureExt::now_or_never(futures_util::StreamExt::next(s)).flatten()
-            }
+            // Outside tokio's cooperative budget: a task that spent it would otherwise see
+            // an empty buffer while messages wait (as `try_recv` never does).
+            Source::Stream(s) => futures_util::FutureExt::now_or_never(tokio::task::unconstrained(
+                futures_util::StreamExt::next(s),
+            ))
+            .flatten(),
         }
     }
 }

@@ -63,7 +63,12 @@ pub fn fleet_suite(
             let rtt_us = nats_round_trips(&url, 1_000).await?;
             // Directed sends against a gather, the two ways of asking for capacity, on this
             // server before the fleet loads it.
-            let asked = config.query_sample.min(nodes);
+            // As the agent asks: every other node in a small fleet, a sample in a large one.
+            let asked = if nodes <= config.query_all_below + 1 {
+                nodes.saturating_sub(1).max(1)
+            } else {
+                config.query_sample.min(nodes)
+            };
             let rounds =
                 qs_fabric::query_rounds::query_rounds(&url, nodes, asked, QUERY_ROUNDS).await?;
             let counted = fabric.clone();

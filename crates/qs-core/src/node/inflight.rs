@@ -31,6 +31,8 @@ pub(crate) enum Stage {
         declined: Vec<DeclineFrom>,
         sent_at: Time,
         deadline: Time,
+        /// The gathering deadline's backoff level when the queries went out.
+        backoff_level: u32,
     },
     /// Step 5: a dispatch is out; the rest of the ranked offers wait their turn.
     Dispatching {

@@ -33,9 +33,17 @@ impl RttEstimator {
         }
     }
 
-    /// A round's deadline passed with nodes still silent: back off.
-    pub(crate) fn timed_out(&mut self) {
-        self.doublings = (self.doublings + 1).min(MAX_BACKOFF_DOUBLINGS);
+    /// How many times the deadline has doubled: a round remembers it when it is sent.
+    pub(crate) fn level(&self) -> u32 {
+        self.doublings
+    }
+
+    /// A round sent at backoff `level` closed on its deadline with nodes still silent: back
+    /// off, once per level (rounds that timed out together double the deadline once).
+    pub(crate) fn timed_out(&mut self, level: u32) {
+        if level == self.doublings {
+            self.doublings = (self.doublings + 1).min(MAX_BACKOFF_DOUBLINGS);
+        }
     }
 
     pub(crate) fn timeout(&self, min: Duration, max: Duration) -> Duration {
@@ -83,7 +91,10 @@ mod tests {
         rtt.sample(1_000.0);
         let mut deadlines = vec![rtt.timeout(MIN, MAX)];
         for _ in 0..9 {
-            rtt.timed_out();
+            let sent_at = rtt.level();
+            // Rounds sent at the same level that time out together double it once.
+            rtt.timed_out(sent_at);
+            rtt.timed_out(sent_at);
             deadlines.push(rtt.timeout(MIN, MAX));
         }
         let ms: Vec<u128> = deadlines.iter().map(Duration::as_millis).collect();

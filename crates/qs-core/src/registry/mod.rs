@@ -446,7 +446,9 @@ impl Registry {
     /// Brings the instance index from a node's previous heartbeat (`old`) to its current one.
     /// Most heartbeats repeat the last one's instances or add a few: when both lists are in
     /// strict instance order (as every node sends them), one merge touches only what changed;
-    /// otherwise everything is indexed again.
+    /// otherwise everything is indexed again. An instance two nodes report (a dispatch that
+    /// timed out and was sent on) belongs to whichever reported it last; when that one drops it,
+    /// the other's next changed list claims it back.
     fn reindex_changes(&mut self, slot: usize, old: &[InstanceSummary]) {
         let st = &self.slots[slot].status;
         let sorted = |l: &[InstanceSummary]| l.is_sorted_by(|a, b| a.instance < b.instance);
@@ -457,6 +459,7 @@ impl Registry {
             return self.index_instances(slot);
         }
         let (mut a, mut b) = (old.iter().peekable(), st.instances.iter().peekable());
+        let mut changed = false;
         loop {
             let order = match (a.peek(), b.peek()) {
                 (None, None) => break,
@@ -466,19 +469,33 @@ impl Registry {
             };
             match order {
                 std::cmp::Ordering::Less => {
+                    changed = true;
                     let gone = a.next().expect("peeked");
                     unindex_one(&mut self.instances, &st.node, gone);
                 }
                 std::cmp::Ordering::Greater => {
+                    changed = true;
                     let new = b.next().expect("peeked");
                     index_one(&mut self.instances, &mut self.max_fencing, &st.node, new);
                 }
                 std::cmp::Ordering::Equal => {
                     let (was, now) = (a.next().expect("peeked"), b.next().expect("peeked"));
                     if was != now {
+                        changed = true;
                         unindex_one(&mut self.instances, &st.node, was);
                         index_one(&mut self.instances, &mut self.max_fencing, &st.node, now);
                     }
+                }
+            }
+        }
+        if changed {
+            for i in &st.instances {
+                let held = self
+                    .instances
+                    .get(&i.service)
+                    .is_some_and(|m| m.contains_key(&i.instance));
+                if !held {
+                    index_one(&mut self.instances, &mut self.max_fencing, &st.node, i);
                 }
             }
         }

@@ -238,3 +238,37 @@ fn incremental_instance_index_matches_a_fresh_one() {
         .collect();
     assert_eq!(e, ["n2"]);
 }
+
+/// Two nodes report one instance (a dispatch that timed out was sent on): when the one that
+/// reported it last drops it, the other's next changed heartbeat claims it back.
+#[test]
+fn an_instance_two_nodes_report_is_not_lost_when_one_drops_it() {
+    let summary = |id: &str| InstanceSummary {
+        instance: InstanceId::new(id).unwrap(),
+        service: ServiceName::new("a").unwrap(),
+        role: Role::Replica,
+        fencing: 0,
+        hot: false,
+        serving: true,
+    };
+    let beat = |node: &str, ids: &[&str]| {
+        let mut st = status(node, 0, 0);
+        st.instances = ids.iter().map(|i| summary(i)).collect();
+        st
+    };
+    let holder = |reg: &Registry| -> Option<String> {
+        reg.instance(
+            &ServiceName::new("a").unwrap(),
+            &InstanceId::new("a-1").unwrap(),
+        )
+        .map(|r| r.node.to_string())
+    };
+    let mut reg = Registry::new(&Config::default());
+    reg.observe(beat("na", &["a-1"]), Time::from_millis(1));
+    reg.observe(beat("nb", &["a-1"]), Time::from_millis(2));
+    assert_eq!(holder(&reg).as_deref(), Some("nb"));
+    reg.observe(beat("nb", &[]), Time::from_millis(3));
+    assert_eq!(holder(&reg), None, "nb dropped it; na has not spoken since");
+    reg.observe(beat("na", &["a-1", "a-2"]), Time::from_millis(4));
+    assert_eq!(holder(&reg).as_deref(), Some("na"));
+}

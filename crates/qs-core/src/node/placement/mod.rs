@@ -204,6 +204,7 @@ impl Steward {
                 declined: Vec::new(),
                 sent_at: cx.now,
                 deadline,
+                backoff_level: self.rtt.level(),
             };
         }
         if nobody {
@@ -544,10 +545,13 @@ impl Steward {
             }
             match &p.stage {
                 Stage::Gathering {
-                    asked, answered, ..
+                    asked,
+                    answered,
+                    backoff_level,
+                    ..
                 } => {
                     if answered.len() < asked.len() {
-                        self.rtt.timed_out();
+                        self.rtt.timed_out(*backoff_level);
                     }
                     self.finish_gathering(seq, cx)
                 }
