@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 /// writer got in between; the core's claim timeout covers the rest).
 const CLAIM_TRIES: usize = 8;
 
-/// Claims `claim` for `service` and reports the outcome as [`Control::Claimed`]. A fabric
+/// Claims `claim` for `service` and reports the outcome to the core (`Input::Claimed`). A fabric
 /// that does not answer gets no reply: the placement's claim timeout ends it.
 pub(crate) async fn claim_record<F: Fabric>(
     fabric: F,
@@ -26,11 +26,11 @@ pub(crate) async fn claim_record<F: Fabric>(
         Ok(result) => {
             let instance = claim.instance;
             let _ = reply
-                .send(Control::Claimed {
+                .send(Control::Core(Box::new(qs_core::Input::Claimed {
                     service,
                     instance,
                     result,
-                })
+                })))
                 .await;
         }
         Err(e) => tracing::warn!(%service, "claiming the singleton record: {e}"),

@@ -5,7 +5,7 @@ use crate::counters::Counters;
 use crate::sense::Sensor;
 use crate::v1::{Explained, NodeView, RegistryView};
 use qs_store::Ledger;
-use qs_wire::{DeclineReason, InstanceId, NodeId, ServiceName, SingletonClaim};
+use qs_wire::{DeclineReason, InstanceId, NodeId, ServiceName};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -36,17 +36,9 @@ pub enum Control {
     /// Chaos: this node freezes for a while, as a stopped process would (SIGSTOP): it reads
     /// nothing, sends nothing, then carries on with what queued up. Its instances run on.
     Pause(Duration),
-    /// A health monitor's probe result (for the core to judge).
-    Probed {
-        instance: InstanceId,
-        result: Result<(), String>,
-    },
-    /// The answer to a singleton's claim.
-    Claimed {
-        service: ServiceName,
-        instance: InstanceId,
-        result: Result<(), SingletonClaim>,
-    },
+    /// What one of the runtime's own tasks learned, for its core: a health monitor's probe
+    /// result (`Input::Probe`) or a singleton claim's answer (`Input::Claimed`).
+    Core(Box<qs_core::Input>),
 }
 
 /// Everything shared by the node runtimes of one process and its API.

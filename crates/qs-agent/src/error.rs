@@ -1,6 +1,5 @@
 //! The agent's errors: what went wrong, and with what.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 /// Everything the agent's shell can fail at.
@@ -10,24 +9,10 @@ pub enum AgentError {
     Fabric(#[from] qs_fabric::FabricError),
     #[error(transparent)]
     Store(#[from] qs_store::StoreError),
-    #[error(transparent)]
-    Identity(#[from] crate::identity::IdentityError),
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("{what} did not answer within {after:?}")]
     Timeout { what: &'static str, after: Duration },
     #[error("{what} changed under {tries} tries")]
     Contended { what: String, tries: usize },
-    #[error("the API could not listen on {addr}: {source}")]
-    Listen {
-        addr: std::net::SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("a task of the agent failed: {0}")]
     Task(String),
 }

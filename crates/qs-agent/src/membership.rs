@@ -217,9 +217,7 @@ impl<F: Fabric> Feed<F> {
             }
             joined
         });
-        for node in joined {
-            m.changed(FleetChange::Joined(node));
-        }
+        m.changed_all(joined.into_iter().map(FleetChange::Joined));
     }
 
     fn on_spec(&mut self, event: KvEvent) {
@@ -346,20 +344,33 @@ impl Membership {
     /// A change applied to the registry: the core says which nodes must reconcile what,
     /// and each of this process's recipients gets it in its notice.
     fn changed(&self, change: FleetChange) {
-        let Some(caused) = qs_core::caused_by(&change, &self.read()) else {
-            return;
-        };
-        let inboxes = self.inboxes.read().unwrap_or_else(|p| p.into_inner());
-        match caused.to {
-            Recipients::Every => {
-                for inbox in inboxes.values() {
-                    inbox.post(caused.notice.clone());
+        self.changed_all([change]);
+    }
+
+    /// Announces a batch of changes: what each causes is merged first, so every inbox is
+    /// posted to once (a burst of a thousand joins is one post per local node, not a
+    /// thousand).
+    fn changed_all(&self, changes: impl IntoIterator<Item = FleetChange>) {
+        let mut every = Notice::default();
+        let mut one: BTreeMap<NodeId, Notice> = BTreeMap::new();
+        {
+            let reg = self.read();
+            for change in changes {
+                let Some(caused) = qs_core::caused_by(&change, &reg) else {
+                    continue;
+                };
+                match caused.to {
+                    Recipients::Every => every.merge(caused.notice),
+                    Recipients::Node(node) => one.entry(node).or_default().merge(caused.notice),
                 }
             }
-            Recipients::Node(node) => {
-                if let Some(inbox) = inboxes.get(&node) {
-                    inbox.post(caused.notice);
-                }
+        }
+        let inboxes = self.inboxes.read().unwrap_or_else(|p| p.into_inner());
+        for (node, inbox) in inboxes.iter() {
+            let mut notice = one.remove(node).unwrap_or_default();
+            notice.merge(every.clone());
+            if !notice.is_empty() {
+                inbox.post(notice);
             }
         }
     }
@@ -408,8 +419,6 @@ impl Membership {
             r.expire(now)
         });
         counters.nodes_declared_dead.inc_by(dead.len() as u64);
-        for status in dead {
-            self.changed(FleetChange::Died(status.node));
-        }
+        self.changed_all(dead.into_iter().map(|s| FleetChange::Died(s.node)));
     }
 }

@@ -23,9 +23,11 @@ pub(crate) async fn monitor(
     control: mpsc::Sender<Control>,
 ) {
     let running = |exec: &Executor| exec.pid_of(&instance) == Some(pid);
-    let report = |result: Result<(), String>| Control::Probed {
-        instance: instance.clone(),
-        result,
+    let report = |result: Result<(), String>| {
+        Control::Core(Box::new(qs_core::Input::Probe {
+            instance: instance.clone(),
+            result,
+        }))
     };
     let Some(check) = check else {
         tokio::time::sleep(Duration::from_millis(UP_WITHOUT_CHECK_MS)).await;

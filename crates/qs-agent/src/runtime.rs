@@ -473,21 +473,7 @@ impl<F: Fabric> Runtime<F> {
             }
             Control::Drain(on) => self.input(Input::Drain(on)).await,
             Control::Die | Control::Pause(_) => {} // handled by the loop
-            Control::Probed { instance, result } => {
-                self.input(Input::Probe { instance, result }).await;
-            }
-            Control::Claimed {
-                service,
-                instance,
-                result,
-            } => {
-                self.input(Input::Claimed {
-                    service,
-                    instance,
-                    result,
-                })
-                .await
-            }
+            Control::Core(input) => self.input(*input).await,
         }
     }
 

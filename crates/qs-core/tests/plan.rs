@@ -247,18 +247,3 @@ fn every_rule_of_the_steward() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
-
-#[test]
-fn planning_is_pure() {
-    let config = Config::default();
-    let spec = spec("service.web]\nreplicas = 2\nmax_replicas = 4");
-    let facts = Facts {
-        running: vec![running("web-1@a:hot"), running("web-2@b")],
-        ..Facts::default()
-    };
-    let tenure = Tenure::new(NOW);
-    let first = plan(&spec, &tenure, &facts, NOW, &config);
-    assert_eq!(plan(&spec, &tenure, &facts, NOW, &config), first);
-    assert_eq!(tenure, Tenure::new(NOW), "the input tenure is untouched");
-    assert_eq!(first.tenure.extra, 1);
-}

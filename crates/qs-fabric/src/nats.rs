@@ -23,7 +23,7 @@ const BARRIER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 pub const MAX_REPLICAS: usize = 5;
 
 /// A failed NATS operation, named.
-fn nats<E: std::fmt::Display>(op: &'static str) -> impl Fn(E) -> FabricError {
+pub(crate) fn nats<E: std::fmt::Display>(op: &'static str) -> impl Fn(E) -> FabricError {
     move |e| FabricError::Nats {
         op,
         detail: e.to_string(),
@@ -45,8 +45,9 @@ struct Inner {
     /// `qs.<fleet>.`
     prefix: String,
     fleet: String,
-    /// Messages the client dropped for a full subscription buffer (counted from its
-    /// slow-consumer events, on connections this fabric opened).
+    /// Messages the client dropped for a full subscription buffer, counted from its
+    /// slow-consumer events: a lower bound, since the client drops its own events past 128
+    /// queued.
     dropped: Arc<AtomicU64>,
     /// Copies kept of the buckets and streams this fabric creates.
     replicas: usize,
@@ -125,18 +126,15 @@ impl NatsFabric {
             .connect(servers)
             .await
             .map_err(nats("connect"))?;
-        let mut fabric = Self::with_client(client, fleet, replicas).await?;
-        if let Some(inner) = Arc::get_mut(&mut fabric.inner) {
-            inner.dropped = dropped;
-        }
-        Ok(fabric)
+        Self::with_client(client, fleet, replicas, dropped)
     }
 
-    /// Uses an existing connection; what it creates keeps `replicas` copies.
-    pub async fn with_client(
+    /// Uses a connection opened as above; what it creates keeps `replicas` copies.
+    fn with_client(
         client: async_nats::Client,
         fleet: &str,
         replicas: usize,
+        dropped: Arc<AtomicU64>,
     ) -> Result<NatsFabric, FabricError> {
         check_bucket(fleet)?;
         let prefix = format!("qs.{fleet}.");
@@ -146,7 +144,7 @@ impl NatsFabric {
                 client,
                 prefix,
                 fleet: fleet.to_owned(),
-                dropped: Arc::default(),
+                dropped,
                 replicas,
             }),
         })
@@ -167,7 +165,7 @@ impl NatsFabric {
         }
     }
 
-    /// Messages dropped because a subscriber's buffer was full.
+    /// Messages dropped because a subscriber's buffer was full (a lower bound: see `Inner::dropped`).
     pub fn dropped(&self) -> u64 {
         self.inner.dropped.load(Ordering::Relaxed)
     }

@@ -14,6 +14,7 @@
 //! round does not queue behind its tail.
 
 use crate::FabricError;
+use crate::nats::nats;
 use futures_util::StreamExt;
 use std::time::{Duration, Instant};
 
@@ -36,13 +37,6 @@ pub struct QueryRounds {
     pub gather_us: Vec<u64>,
     /// Gather: until every node's reply has come in, the load each round puts on the fleet.
     pub gather_all_us: Vec<u64>,
-}
-
-fn nats<E: std::fmt::Display>(op: &'static str) -> impl Fn(E) -> FabricError {
-    move |e| FabricError::Nats {
-        op,
-        detail: e.to_string(),
-    }
 }
 
 /// Runs `rounds` rounds of each kind against `nodes` simulated nodes that answer at once.

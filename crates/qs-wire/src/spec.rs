@@ -13,6 +13,7 @@ use toml::Spanned;
 
 mod locate;
 use locate::Locator;
+pub use locate::line_column;
 
 /// Highest (least authoritative) node level; level 0 is the highest authority.
 pub const MAX_LEVEL: u8 = 7;

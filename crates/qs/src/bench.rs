@@ -149,11 +149,8 @@ impl BenchAgent {
         Ok(())
     }
 
-    /// A `GET` decoded as its `v1` type; `None` while the agent does not answer.
     fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Option<T> {
-        let timeout = std::time::Duration::from_secs(2);
-        let (status, body) = crate::client::request(&self.api, "GET", path, None, timeout).ok()?;
-        (status == 200).then(|| serde_json::from_str(&body).ok())?
+        crate::client::try_get(&self.api, path)
     }
 
     /// Instances of `service` this agent runs and that serve: (instance, pid).

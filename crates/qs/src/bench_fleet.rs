@@ -54,6 +54,7 @@ pub fn fleet_suite(
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let settle = std::time::Duration::from_millis(config.join_settle_ms);
     let opts = bench_fleet(&state_dir, specs, config.clone(), false);
     let run = if nats {
         let server = qs_fabric::nats_server::NatsServer::start()?;
@@ -74,7 +75,7 @@ pub fn fleet_suite(
             let counted = fabric.clone();
             let fleet = EmbeddedFleet::start_on(opts, fabric).await?;
             let traffic = move || Some(counted.traffic());
-            let mut run = place_all(fleet, nodes, placements, &doc, &traffic).await?;
+            let mut run = place_all(fleet, nodes, placements, &doc, &traffic, settle).await?;
             run.rtt_us = Some(rtt_us);
             run.query_rounds = Some(rounds);
             anyhow::Ok(run)
@@ -82,7 +83,7 @@ pub fn fleet_suite(
     } else {
         rt.block_on(async {
             let fleet = EmbeddedFleet::start(opts).await?;
-            place_all(fleet, nodes, placements, &doc, &|| None).await
+            place_all(fleet, nodes, placements, &doc, &|| None, settle).await
         })?
     };
     if keep.is_none() {
@@ -113,13 +114,8 @@ pub fn fleet_suite(
         (run.join_s * 100.0).round() / 100.0,
         "s",
     );
-    let mut latency = run.latency_us;
-    latency.sort_unstable();
-    let quantile = |q: f64| -> f64 {
-        latency
-            .get(((latency.len() as f64 * q) as usize).min(latency.len().saturating_sub(1)))
-            .map_or(0.0, |us| *us as f64 / 1000.0)
-    };
+    let latency = run.latency_us;
+    let quantile = |q: f64| quantile_ms(&latency, q);
     emit(
         "fleet",
         format!("{fabric}placement_latency_p50.nodes_{nodes}"),
@@ -132,9 +128,8 @@ pub fn fleet_suite(
         quantile(0.99),
         "ms",
     );
-    if let Some(mut rtt) = run.rtt_us {
-        rtt.sort_unstable();
-        let p50 = rtt[rtt.len() / 2] as f64 / 1000.0;
+    if let Some(rtt) = run.rtt_us {
+        let p50 = quantile_ms(&rtt, 0.5);
         emit("fleet", "nats.raw_round_trip_p50".into(), p50, "ms");
         emit(
             "fleet",
@@ -157,6 +152,8 @@ pub fn fleet_suite(
             "B/s",
         );
     }
+    // Everything the connection carried during the burst, heartbeats included (the idle
+    // figures above say how much of it they are).
     if let Some(t) = run.placing {
         let per = |n: u64| (n as f64 / run.placed.max(1) as f64 * 10.0).round() / 10.0;
         emit(
@@ -174,10 +171,7 @@ pub fn fleet_suite(
     }
     if let Some(rounds) = run.query_rounds {
         let asked = rounds.asked;
-        let ms = |mut v: Vec<u64>| {
-            v.sort_unstable();
-            v.get(v.len() / 2).map_or(0.0, |us| *us as f64 / 1000.0)
-        };
+        let ms = |v: Vec<u64>| quantile_ms(&v, 0.5);
         let per_s = |v: &[u64]| (v.len() as f64 / (v.iter().sum::<u64>() as f64 / 1e6)).round();
         emit(
             "fleet",
@@ -187,7 +181,7 @@ pub fn fleet_suite(
         );
         emit(
             "fleet",
-            format!("nats.query_rounds_per_s.gather.asked_{asked}.nodes_{nodes}"),
+            format!("nats.query_rounds_per_s.gather_all.nodes_{nodes}"),
             per_s(&rounds.gather_all_us),
             "1/s",
         );
@@ -220,6 +214,14 @@ pub fn fleet_suite(
         );
     }
     Ok(())
+}
+
+/// The `q` quantile of `us` (microseconds), in milliseconds; 0 when empty.
+fn quantile_ms(us: &[u64], q: f64) -> f64 {
+    let mut sorted = us.to_vec();
+    sorted.sort_unstable();
+    let at = ((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1));
+    sorted.get(at).map_or(0.0, |us| *us as f64 / 1000.0)
 }
 
 /// Placements timed one at a time for the latency figures.
@@ -255,6 +257,7 @@ async fn place_all<F: qs_fabric::Fabric>(
     placements: usize,
     doc: &qs_wire::SpecDocument,
     traffic: &dyn Fn() -> Option<Traffic>,
+    settle: std::time::Duration,
 ) -> anyhow::Result<FleetRun> {
     use std::time::{Duration, Instant};
     let started = Instant::now();
@@ -271,14 +274,14 @@ async fn place_all<F: qs_fabric::Fabric>(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Every node must be ready to steward before the clock starts; meanwhile only
-    // heartbeats flow.
+    let join_s = started.elapsed().as_secs_f64();
+    // A node stewards once `join_settle_ms` has passed since it joined: the clock starts after
+    // that; meanwhile only heartbeats flow.
     let idle_from = (traffic(), Instant::now());
-    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    tokio::time::sleep(settle).await;
     let idle = traffic()
         .zip(idle_from.0)
         .map(|(now, then)| (now.since(then), idle_from.1.elapsed().as_secs_f64()));
-    let join_s = started.elapsed().as_secs_f64();
     let traffic_before = traffic();
     let counters = &fleet.shared.counters;
     let before = counters.placements.get();

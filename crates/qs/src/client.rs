@@ -76,6 +76,13 @@ pub fn call_as<T: DeserializeOwned>(
     decode(call(api, method, path, body)?)
 }
 
+/// A `GET` that may fail: its answer as its `v1` type, or `None` while the agent does not
+/// answer (within 2 s), answers an error, or answers what this qs does not read.
+pub fn try_get<T: DeserializeOwned>(api: &str, path: &str) -> Option<T> {
+    let (status, text) = request(api, "GET", path, None, Duration::from_secs(2)).ok()?;
+    (status == 200).then(|| serde_json::from_str(&text).ok())?
+}
+
 /// An answer of the API as its `v1` type.
 pub fn decode<T: DeserializeOwned>(value: serde_json::Value) -> Result<T> {
     serde_json::from_value(value)

@@ -1,7 +1,7 @@
 //! The client commands: they talk to a running agent's API and decode its `v1` answers
 //! (`qs up` and `qs agent` themselves are in `up.rs`).
 
-use crate::client::{call, call_as, decode};
+use crate::client::{call, call_as, decode, try_get};
 use crate::render::{self, OutputFormat};
 use anyhow::{Context, Result, bail};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
@@ -314,13 +314,7 @@ impl Recovery<'_> {
     /// What is wrong with the fleet now, as the observer sees it; `None` when every service
     /// serves its wanted count, none runs past its maximum, and a paused node is back.
     fn trouble(&self, paused: Option<&str>) -> Option<String> {
-        fn get<T: serde::de::DeserializeOwned>(observer: &str, path: &str) -> Option<T> {
-            crate::client::request(observer, "GET", path, None, Duration::from_secs(2))
-                .ok()
-                .filter(|(status, _)| *status == 200)
-                .and_then(|(_, text)| serde_json::from_str(&text).ok())
-        }
-        let Some(services) = get::<Vec<v1::ServiceRow>>(self.observer, "/v1/services") else {
+        let Some(services) = try_get::<Vec<v1::ServiceRow>>(self.observer, "/v1/services") else {
             return Some("the observer does not answer".into());
         };
         for svc in services.iter().filter(|v| v.kind == "service") {
@@ -334,7 +328,7 @@ impl Recovery<'_> {
             }
         }
         if let Some(node) = paused {
-            let live = get::<Vec<qs_wire::NodeStatus>>(self.observer, "/v1/nodes")
+            let live = try_get::<Vec<qs_wire::NodeStatus>>(self.observer, "/v1/nodes")
                 .is_some_and(|nodes| nodes.iter().any(|n| n.node.as_str() == node));
             if !live {
                 return Some(format!("{node} is not back"));
@@ -377,13 +371,12 @@ impl Recovery<'_> {
         };
         println!("  +{:>6} ms  recovered", since(recovered));
         // The ledger's side of the story: what the fleet did, stamped by those who did it.
-        let v = call(
+        let records: Vec<Record> = call_as(
             self.observer,
             "GET",
             &format!("/v1/events?from={}&limit=1000", before.seq),
             None,
         )?;
-        let records: Vec<Record> = decode(v)?;
         let placed: Vec<&Record> = records
             .iter()
             .filter(|r| matches!(r.event, qs_wire::Event::Placed { .. }))
@@ -438,13 +431,12 @@ pub fn events_from_api(
     let mut shown = 0;
     loop {
         let wait = if follow { 10_000 } else { 0 };
-        let v = call(
+        let records: Vec<Record> = call_as(
             api,
             "GET",
             &format!("/v1/events?from={at}&limit=1000&wait_ms={wait}"),
             None,
         )?;
-        let records: Vec<Record> = decode(v)?;
         if records.is_empty() && !follow {
             return Ok(());
         }

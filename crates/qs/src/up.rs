@@ -78,7 +78,7 @@ fn read_config(path: Option<&Path>) -> Result<Config> {
         // toml names the line and column of what it could not read.
         let (line, column) = e
             .span()
-            .map_or((0, 0), |span| line_column(&text, span.start));
+            .map_or((0, 0), |span| qs_wire::spec::line_column(&text, span.start));
         anyhow::anyhow!("{}:{line}:{column}: {}", path.display(), e.message())
     })?;
     config.validate().map_err(|e| {
@@ -86,14 +86,6 @@ fn read_config(path: Option<&Path>) -> Result<Config> {
         anyhow::anyhow!("{}:{line}:{column}: {e}", path.display())
     })?;
     Ok(config)
-}
-
-/// The 1-based line and column of a byte offset.
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-    (line, column)
 }
 
 /// Where a config field (`gate_min`, `thresholds.cpu`) is set in the file: its key's line and

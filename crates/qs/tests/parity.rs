@@ -162,6 +162,29 @@ fn wait_running<W: World>(w: &mut W, service: &str, n: usize, not_on: Option<&No
 }
 
 /// The scenario, played on one world; returns its decisions.
+/// Takes `node` out (`act`: a death or a drain) and waits until each of `services` that ran
+/// there is placed once more and runs its count (web 3, crashy 1) elsewhere.
+fn displace<W: World>(
+    w: &mut W,
+    services: &[&ServiceName],
+    node: &NodeId,
+    act: impl FnOnce(&mut W, &NodeId),
+) {
+    let events = w.events();
+    let on_node: Vec<&ServiceName> = services
+        .iter()
+        .copied()
+        .filter(|s| w.running(s).iter().any(|(_, n)| n == node))
+        .collect();
+    let counts: Vec<usize> = on_node.iter().map(|s| placed(&events, s).len()).collect();
+    act(w, node);
+    for (s, n) in on_node.iter().zip(counts) {
+        wait_placed(w, s.as_str(), n + 1);
+    }
+    wait_running(w, "web", 3, Some(node));
+    wait_running(w, "crashy", 1, Some(node));
+}
+
 fn scenario<W: World>(w: &mut W) -> BTreeMap<ServiceName, Vec<String>> {
     let (web, crashy) = (name("web"), name("crashy"));
     // Joins, then one service at a time (the order of two services' placements is timing).
@@ -187,18 +210,7 @@ fn scenario<W: World>(w: &mut W) -> BTreeMap<ServiceName, Vec<String>> {
     // A node death: the node of web's second placement.
     let events = w.events();
     let victim = placed(&events, &web)[1].clone();
-    let lost: Vec<ServiceName> = [&web, &crashy]
-        .into_iter()
-        .filter(|s| w.running(s).iter().any(|(_, n)| *n == victim))
-        .cloned()
-        .collect();
-    let counts: Vec<usize> = lost.iter().map(|s| placed(&events, s).len()).collect();
-    w.kill(&victim);
-    for (s, n) in lost.iter().zip(counts) {
-        wait_placed(w, s.as_str(), n + 1);
-    }
-    wait_running(w, "web", 3, Some(&victim));
-    wait_running(w, "crashy", 1, Some(&victim));
+    displace(w, &[&web, &crashy], &victim, |w, n| w.kill(n));
 
     // A drain: the node of web's first placement (or, if that one died, its third).
     let events = w.events();
@@ -208,18 +220,7 @@ fn scenario<W: World>(w: &mut W) -> BTreeMap<ServiceName, Vec<String>> {
     } else {
         web_nodes[0].clone()
     };
-    let moved: Vec<ServiceName> = [&web, &crashy]
-        .into_iter()
-        .filter(|s| w.running(s).iter().any(|(_, n)| *n == drained))
-        .cloned()
-        .collect();
-    let counts: Vec<usize> = moved.iter().map(|s| placed(&events, s).len()).collect();
-    w.drain(&drained);
-    for (s, n) in moved.iter().zip(counts) {
-        wait_placed(w, s.as_str(), n + 1);
-    }
-    wait_running(w, "web", 3, Some(&drained));
-    wait_running(w, "crashy", 1, Some(&drained));
+    displace(w, &[&web, &crashy], &drained, |w, n| w.drain(n));
     decisions(&w.events())
 }
 

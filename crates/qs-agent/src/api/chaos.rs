@@ -43,15 +43,13 @@ pub(super) async fn chaos_kill<F: Fabric>(
             })
             .into_response();
         }
-        {
-            return match tx.send(Control::Die).await {
-                Ok(()) => Json(v1::Killed::Node { killed_node: node }).into_response(),
-                Err(_) => error(
-                    StatusCode::NOT_FOUND,
-                    format!("node {node} is already gone"),
-                ),
-            };
-        }
+        return match tx.send(Control::Die).await {
+            Ok(()) => Json(v1::Killed::Node { killed_node: node }).into_response(),
+            Err(_) => error(
+                StatusCode::NOT_FOUND,
+                format!("node {node} is already gone"),
+            ),
+        };
     }
     let host = api.shared.views.read().ok().and_then(|v| {
         v.iter()

@@ -234,14 +234,6 @@ impl Node {
 
     // ---- read access for shells and tests ------------------------------------------------------
 
-    /// What runs here.
-    pub fn host(&self) -> &Host {
-        &self.host
-    }
-    /// The services stewarded here and their placements.
-    pub fn steward(&self) -> &Steward {
-        &self.steward
-    }
     pub fn id(&self) -> &NodeId {
         self.host.id()
     }

@@ -71,13 +71,13 @@ pub struct Facts {
     pub completed: usize,
     /// Instances accepted by a host and not yet seen in a heartbeat.
     pub pending: u32,
-    /// One of those is a primary.
+    /// One of those is a primary (asked only for stateful-read services).
     pub pending_primary: bool,
     /// Placements in flight.
     pub in_flight: u32,
     /// One of those is a hot scale-out.
     pub hot_in_flight: bool,
-    /// A placement in flight is for a primary.
+    /// A placement in flight is for a primary (asked only for stateful-read services).
     pub placing_primary: bool,
 }
 

@@ -174,7 +174,9 @@ impl Steward {
         let (now, reg) = (cx.now, cx.reg);
         let service = &spec.name;
         let settle_until = self.settle_until(spec, cx);
-        let placing_primary = placing_primary(&self.placements, service);
+        // Only a stateful-read plan asks whether a primary is on its way.
+        let stateful = spec.pattern == HaPattern::StatefulRead;
+        let placing_primary = stateful && placing_primary(&self.placements, service);
         let st = self
             .services
             .entry(service.clone())
@@ -198,13 +200,13 @@ impl Steward {
                 .collect(),
             completed: reg.completed(service),
             pending: st.pending.len() as u32,
-            pending_primary: st.pending.values().any(|a| a.role == Role::Primary),
+            pending_primary: stateful && st.pending.values().any(|a| a.role == Role::Primary),
             in_flight: st.in_flight,
             hot_in_flight: st.hot_in_flight,
             placing_primary,
         };
-        let plan = plan::plan(spec, &st.tenure, &facts, now, &self.config);
-        st.tenure = plan.tenure.clone();
+        let mut plan = plan::plan(spec, &st.tenure, &facts, now, &self.config);
+        std::mem::swap(&mut st.tenure, &mut plan.tenure);
         let placing_allowed = now >= st.cooldown_until && now >= st.settle_until;
         self.act(spec, plan, placing_allowed, facts.running.len() as u32, cx);
     }
@@ -308,10 +310,5 @@ impl Steward {
                 self.reconcile_one(spec, cx);
             }
         }
-    }
-
-    /// The services this steward is reconciling now.
-    pub fn stewarded(&self) -> impl Iterator<Item = &ServiceName> {
-        self.services.keys()
     }
 }

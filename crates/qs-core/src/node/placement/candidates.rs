@@ -5,23 +5,19 @@
 use crate::node::host::labels_match;
 use crate::node::inflight::Stage;
 use crate::node::steward::Steward;
+use crate::registry::Registry;
 use qs_wire::{Demand, NodeId};
 use std::collections::BTreeMap;
 
 impl Steward {
     /// Whom to ask: every live node in a small fleet, a weighted sample of `query_sample`
     /// in a large one. Nodes that can never fit (labels, GPU size) are not asked.
-    pub(super) fn candidates(
-        &mut self,
-        demand: &Demand,
-        reg: &crate::registry::Registry,
-    ) -> (Vec<NodeId>, bool) {
-        let cx_reg = reg;
+    pub(super) fn candidates(&mut self, demand: &Demand, reg: &Registry) -> (Vec<NodeId>, bool) {
         // Anti-affinity: nodes known (from heartbeats, through the registry's index, or from
         // dispatches accepted since) to run as many instances as the pattern allows would
         // only decline. Counted once per round, not once per candidate.
         let mut per_node: BTreeMap<&NodeId, u32> = BTreeMap::new();
-        for (_, r) in cx_reg.instances_of(&demand.service) {
+        for (_, r) in reg.instances_of(&demand.service) {
             *per_node.entry(&r.node).or_default() += 1;
         }
         if let Some(st) = self.services.get(&demand.service) {
@@ -49,8 +45,8 @@ impl Steward {
                         .iter()
                         .any(|g| g.vram_bytes >= demand.need.vram_bytes))
         };
-        if cx_reg.live_count() <= self.config.query_all_below + 1 {
-            let all = cx_reg
+        if reg.live_count() <= self.config.query_all_below + 1 {
+            let all = reg
                 .live_nodes()
                 .filter(|n| n.node != self.id && accept(n))
                 .map(|n| n.node.clone())
@@ -60,7 +56,7 @@ impl Steward {
             let needs_gpu = demand.need.needs_gpu();
             let d = self.config.query_sample;
             (
-                cx_reg.sample(&mut self.rng, needs_gpu, d, &self.id, accept),
+                reg.sample(&mut self.rng, needs_gpu, d, &self.id, accept),
                 true,
             )
         }
