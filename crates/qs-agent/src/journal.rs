@@ -1,6 +1,8 @@
 //! Group commit for the ledger: every node runtime of a process hands its events to one
 //! writer task, which commits them in batches (one durable transaction per batch instead of
-//! one per event). The queue is bounded: when the disk falls behind, runtimes wait.
+//! one per event). A batch that starts small lingers a moment for the records right behind
+//! it, so a busy fleet commits hundreds of records per transaction rather than a few. The
+//! queue is bounded: when the disk falls behind, runtimes wait.
 
 use qs_store::Ledger;
 use qs_wire::{Event, NodeId, Record};
@@ -11,6 +13,11 @@ use tokio::sync::{mpsc, watch};
 pub const QUEUE: usize = 65_536;
 /// Records in one transaction at most.
 pub const BATCH: usize = 8_192;
+/// A batch smaller than this waits up to [`LINGER`] for more before it commits.
+pub const LINGER_BELOW: usize = 256;
+/// How long a small batch waits for more records (how much later than possible an event of
+/// a busy fleet may be committed).
+pub const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// The sending side, cloned into every runtime.
 #[derive(Clone)]
@@ -67,7 +74,23 @@ async fn write(
         if n == 0 {
             return;
         }
+        if n < LINGER_BELOW {
+            linger(&mut rx, &mut batch).await;
+        }
         commit(&ledger, std::mem::take(&mut batch)).await;
+    }
+}
+
+/// Adds to `batch` what arrives within [`LINGER`], until it holds [`LINGER_BELOW`] records.
+async fn linger(rx: &mut mpsc::Receiver<Record>, batch: &mut Vec<Record>) {
+    let until = tokio::time::Instant::now() + LINGER;
+    while batch.len() < LINGER_BELOW {
+        let room = BATCH - batch.len();
+        match tokio::time::timeout_at(until, rx.recv_many(batch, room)).await {
+            Ok(n) if n > 0 => {}
+            // The time is up, or every sender is gone (commit what there is).
+            _ => return,
+        }
     }
 }
 

@@ -67,10 +67,10 @@ fn body(sender: &str, seq: u64, sent_at_us: u64) -> Vec<u8> {
 /// Changes the stop reason `test` into `tesu`: the envelope still decodes, its tag no longer fits.
 fn tamper(frame: &mut [u8]) {
     let at = frame
-        .windows(6)
-        .position(|w| w == b"\"test\"")
+        .windows(4)
+        .position(|w| w == b"test")
         .expect("a reason")
-        + 4;
+        + 3;
     frame[at] = b'u';
 }
 

@@ -1,5 +1,9 @@
 //! The versioned envelope every fleet message travels in, and its encoding. Its signature or
 //! session tag travels beside it, in the [`Frame`](crate::frame::Frame).
+//!
+//! The encoding is postcard: compact and binary, decoded in one pass without field names,
+//! which every node pays for on every heartbeat and query. The version comes first, as a
+//! varint, so bytes from another version are told apart from garbage. Version 1 was JSON.
 
 use crate::ids::NodeId;
 use serde::de::DeserializeOwned;
@@ -7,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Version of the envelope and everything inside it. A receiver refuses other versions.
-pub const WIRE_VERSION: u16 = 1;
+pub const WIRE_VERSION: u16 = 2;
 
 /// Unique per sender; receivers use (sender, id) to drop replays.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -41,12 +45,12 @@ pub enum WireError {
     #[error("wire version {got} is not supported (this build speaks {want})")]
     Version { got: u16, want: u16 },
     #[error("malformed envelope: {0}")]
-    Malformed(#[from] serde_json::Error),
-}
-
-#[derive(Deserialize)]
-struct VersionProbe {
-    v: u16,
+    Malformed(#[from] postcard::Error),
+    #[error("malformed envelope: {bytes} bytes after its end")]
+    Trailing { bytes: usize },
+    /// A record of the fleet's KV (JSON, read by operators too) that does not decode.
+    #[error("malformed record: {0}")]
+    Record(#[from] serde_json::Error),
 }
 
 impl<P: Serialize + DeserializeOwned> Envelope<P> {
@@ -63,14 +67,12 @@ impl<P: Serialize + DeserializeOwned> Envelope<P> {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        // Most messages fit: one allocation instead of a string of doublings.
-        let mut out = Vec::with_capacity(512);
-        serde_json::to_writer(&mut out, self).expect("envelopes of wire types always serialize");
-        out
+        postcard::to_stdvec(self).expect("envelopes of wire types always serialize")
     }
 
-    /// Decodes in one pass; only bytes that fail to decode are probed for their version, so
-    /// a message from another version is reported as such rather than as malformed.
+    /// Decodes in one pass, the whole of `bytes`; bytes that fail to decode are probed for
+    /// their version, so a message from another version is reported as such rather than as
+    /// malformed.
     pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
         let version = |v: u16| match v {
             WIRE_VERSION => Ok(()),
@@ -79,11 +81,19 @@ impl<P: Serialize + DeserializeOwned> Envelope<P> {
                 want: WIRE_VERSION,
             }),
         };
-        match serde_json::from_slice::<Self>(bytes) {
-            Ok(env) => version(env.v).map(|()| env),
+        match postcard::take_from_bytes::<Self>(bytes) {
+            Ok((env, [])) => version(env.v).map(|()| env),
+            Ok((env, rest)) => {
+                version(env.v)?;
+                Err(WireError::Trailing { bytes: rest.len() })
+            }
             Err(e) => {
-                if let Ok(probe) = serde_json::from_slice::<VersionProbe>(bytes) {
-                    version(probe.v)?;
+                // Version 1 was a JSON object.
+                if bytes.first() == Some(&b'{') {
+                    version(1)?;
+                }
+                if let Ok((v, _)) = postcard::take_from_bytes::<u16>(bytes) {
+                    version(v)?;
                 }
                 Err(e.into())
             }
@@ -119,7 +129,12 @@ mod tests {
 
     #[test]
     fn the_encoding_is_stable() {
-        insta::assert_snapshot!(String::from_utf8(sample().encode()).unwrap());
+        let hex: String = sample()
+            .encode()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        insta::assert_snapshot!(hex);
     }
 
     #[test]
@@ -128,8 +143,16 @@ mod tests {
         e.v = 99;
         let err = Envelope::<Message>::decode(&e.encode()).unwrap_err();
         assert!(matches!(err, WireError::Version { got: 99, .. }), "{err}");
+        // A version-1 node speaks JSON.
         let err = Envelope::<Message>::decode(b"{\"v\":1,\"sender\":\"x\"}").unwrap_err();
-        assert!(err.to_string().contains("missing field"), "{err}");
+        assert!(matches!(err, WireError::Version { got: 1, .. }), "{err}");
+        let cut = &sample().encode()[..10];
+        let err = Envelope::<Message>::decode(cut).unwrap_err();
+        assert!(matches!(err, WireError::Malformed(_)), "{err}");
+        let mut longer = sample().encode();
+        longer.push(0);
+        let err = Envelope::<Message>::decode(&longer).unwrap_err();
+        assert!(matches!(err, WireError::Trailing { bytes: 1 }), "{err}");
         assert!(Envelope::<Message>::decode(b"\xff\x00").is_err());
     }
 }
