@@ -102,3 +102,48 @@ async fn commit(ledger: &Arc<Ledger>, records: Vec<Record>) {
         Err(e) => tracing::error!("ledger writer failed: {e}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(i: u64) -> Record {
+        Record {
+            seq: 0,
+            at_us: i,
+            node: NodeId::new("n1").expect("a valid name"),
+            event: Event::Sensed {
+                placement: qs_wire::PlacementId {
+                    steward: NodeId::new("n1").expect("a valid name"),
+                    seq: i,
+                },
+                service: qs_wire::ServiceName::new("web").expect("a valid name"),
+                reason: qs_wire::SenseReason::Missing { have: 0, want: 1 },
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn a_small_batch_takes_what_queued_behind_it() {
+        let (tx, mut rx) = mpsc::channel(QUEUE);
+        for i in 0..300 {
+            tx.send(record(i)).await.expect("the receiver is open");
+        }
+        let mut batch = vec![record(1_000)];
+        linger(&mut rx, &mut batch).await;
+        assert_eq!(batch.len(), 301);
+        // Behind a few records nothing more comes: it commits those, after LINGER at most.
+        for i in 0..3 {
+            tx.send(record(i)).await.expect("the receiver is open");
+        }
+        let mut batch = vec![record(1_000)];
+        linger(&mut rx, &mut batch).await;
+        assert_eq!(batch.len(), 4);
+        // Every sender gone: what there is, at once.
+        tx.send(record(7)).await.expect("the receiver is open");
+        drop(tx);
+        let mut batch = Vec::new();
+        linger(&mut rx, &mut batch).await;
+        assert_eq!(batch.len(), 1);
+    }
+}

@@ -3,7 +3,8 @@
 //!
 //! The encoding is postcard: compact and binary, decoded in one pass without field names,
 //! which every node pays for on every heartbeat and query. The version comes first, as a
-//! varint, so bytes from another version are told apart from garbage. Version 1 was JSON.
+//! varint: bytes that do not decode are reported by the version they begin with when that is
+//! not this one (garbage too reads as some version). Version 1 was JSON, told by its `{`.
 
 use crate::ids::NodeId;
 use serde::de::DeserializeOwned;
