@@ -3,7 +3,7 @@
 
 use crate::backoff::Backoff;
 use crate::specs::watch_specs;
-use qs_fabric::{Fabric, KvEvent};
+use qs_fabric::{Bytes, Fabric, KvEvent};
 use qs_store::{StateDir, StateFile, StoreError};
 use qs_wire::{SpecDocument, WorkloadSpec};
 use std::collections::BTreeMap;
@@ -25,7 +25,10 @@ pub fn load(state: &StateDir) -> Result<SpecDocument, StoreError> {
     })
 }
 
-/// Mirrors every change of the specs KV into the cache file.
+/// Mirrors every change of the specs KV into the cache file. Each spec is kept encoded (once,
+/// when it changes), so a rewrite copies them into one JSON array rather than encoding every
+/// spec again; the file is written on a blocking thread, never on the
+/// runtime's workers (a fleet of twenty thousand services is megabytes, fsynced).
 pub async fn keep<F: Fabric>(fabric: F, state: StateDir, mut stop: watch::Receiver<bool>) {
     // The KV may not answer yet (an agent started while NATS is down): try again.
     let mut backoff = Backoff::new(GATHER, Duration::from_secs(5));
@@ -38,7 +41,7 @@ pub async fn keep<F: Fabric>(fabric: F, state: StateDir, mut stop: watch::Receiv
             return;
         }
     };
-    let mut specs: BTreeMap<String, WorkloadSpec> = BTreeMap::new();
+    let mut specs: BTreeMap<String, Bytes> = BTreeMap::new();
     let mut due: Option<tokio::time::Instant> = None;
     loop {
         let write_at = due.unwrap_or_else(|| tokio::time::Instant::now() + GATHER);
@@ -46,15 +49,20 @@ pub async fn keep<F: Fabric>(fabric: F, state: StateDir, mut stop: watch::Receiv
             _ = stop.changed() => break,
             _ = tokio::time::sleep_until(write_at), if due.is_some() => {
                 due = None;
-                write(&state, &specs);
+                write(&state, &specs).await;
                 continue;
             }
             e = watch.next() => match e {
                 Some(Ok(KvEvent::Put(e))) => {
                     match serde_json::from_slice::<WorkloadSpec>(&e.value) {
-                        Ok(spec) => {
-                            specs.insert(e.key, spec);
-                        }
+                        // Encoded again as the spec it parsed to: nothing it did not know
+                        // about (unknown fields, stray bytes) reaches the file.
+                        Ok(spec) => match serde_json::to_vec(&spec) {
+                            Ok(json) => {
+                                specs.insert(e.key, Bytes::from(json));
+                            }
+                            Err(err) => tracing::warn!(key = e.key, "desired-state cache: {err}"),
+                        },
                         Err(err) => tracing::warn!(key = e.key, "desired-state cache: unreadable spec: {err}"),
                     }
                 }
@@ -66,17 +74,78 @@ pub async fn keep<F: Fabric>(fabric: F, state: StateDir, mut stop: watch::Receiv
                 None => break,
             },
         }
-        due.get_or_insert(write_at);
+        // The first change after a quiet spell starts the gathering now, not when the loop
+        // last went round.
+        due.get_or_insert_with(|| tokio::time::Instant::now() + GATHER);
     }
     // What changed since the last write is not lost at shutdown.
     if due.is_some() {
-        write(&state, &specs);
+        write(&state, &specs).await;
     }
 }
 
-fn write(state: &StateDir, specs: &BTreeMap<String, WorkloadSpec>) {
-    let all: Vec<&WorkloadSpec> = specs.values().collect();
-    if let Err(e) = state.write_json(StateFile::SpecsCache, &all) {
-        tracing::error!("desired-state cache: {e}");
+/// Writes `specs` (each one spec's JSON) as the cache's array, on a blocking thread.
+async fn write(state: &StateDir, specs: &BTreeMap<String, Bytes>) {
+    let (state, specs): (StateDir, Vec<Bytes>) = (state.clone(), specs.values().cloned().collect());
+    let written = tokio::task::spawn_blocking(move || {
+        state.write(StateFile::SpecsCache, &json_array(&specs), None)
+    })
+    .await;
+    match written {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!("desired-state cache: {e}"),
+        Err(e) => tracing::error!("desired-state cache: the writer failed: {e}"),
+    }
+}
+
+/// One JSON array of already encoded values.
+fn json_array(values: &[Bytes]) -> Vec<u8> {
+    let len = values.iter().map(|v| v.len() + 2).sum::<usize>() + 2;
+    let mut body = Vec::with_capacity(len);
+    body.push(b'[');
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            body.extend_from_slice(b",\n");
+        }
+        body.extend_from_slice(v);
+    }
+    body.extend_from_slice(b"]\n");
+    body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_cache_reads_back_the_specs_as_the_kv_held_them() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let state = StateDir::open(dir.path()).expect("a state directory");
+        let doc = qs_wire::parse_spec(
+            "cache.toml",
+            "[service.web]\nreplicas = 2\ncommand = \"no-op\"\n\
+             resources = { cpu_cores = 0.5, memory_mib = 64 }\n\
+             [service.dns]\nreplicas = 1\ncommand = \"no-op\"\n\
+             resources = { cpu_cores = 0.1, memory_mib = 16 }\n",
+        )
+        .expect("a valid spec");
+        // As the KV holds them: compact JSON under each name.
+        let specs: BTreeMap<String, Bytes> = doc
+            .workloads
+            .iter()
+            .map(|s| {
+                let json = serde_json::to_vec(s).expect("specs serialize");
+                (s.name.to_string(), Bytes::from(json))
+            })
+            .collect();
+        write(&state, &specs).await;
+        let mut back = load(&state).expect("the cache reads back").workloads;
+        back.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut want = doc.workloads;
+        want.sort_by(|a, b| a.name.cmp(&b.name));
+        assert_eq!(back, want);
+        // Nothing kept: an empty array, not a damaged file.
+        write(&state, &BTreeMap::new()).await;
+        assert!(load(&state).expect("an empty cache").workloads.is_empty());
     }
 }

@@ -365,6 +365,10 @@ impl Membership {
                 }
             }
         }
+        // Most heartbeat batches change nothing anyone must hear of: no inbox is visited.
+        if every.is_empty() && one.is_empty() {
+            return;
+        }
         let inboxes = self.inboxes.read().unwrap_or_else(|p| p.into_inner());
         for (node, inbox) in inboxes.iter() {
             let mut notice = one.remove(node).unwrap_or_default();

@@ -61,7 +61,7 @@ pub fn fleet_suite(
         let url = server.url();
         rt.block_on(async {
             let fabric = qs_fabric::nats::NatsFabric::connect(&url, "bench").await?;
-            let rtt_us = nats_round_trips(&url, 1_000).await?;
+            let rtt_us = nats_round_trips(&url, RAW_ROUND_TRIPS).await?;
             // Directed sends against a gather, the two ways of asking for capacity, on this
             // server before the fleet loads it.
             // As the agent asks: every other node in a small fleet, a sample in a large one.
@@ -75,7 +75,8 @@ pub fn fleet_suite(
             let counted = fabric.clone();
             let fleet = EmbeddedFleet::start_on(opts, fabric).await?;
             let traffic = move || Some(counted.traffic());
-            let mut run = place_all(fleet, nodes, placements, &doc, &traffic, settle).await?;
+            let mut run =
+                place_all(fleet, nodes, placements, &doc, &traffic, settle, Some(&url)).await?;
             run.rtt_us = Some(rtt_us);
             run.query_rounds = Some(rounds);
             anyhow::Ok(run)
@@ -83,7 +84,7 @@ pub fn fleet_suite(
     } else {
         rt.block_on(async {
             let fleet = EmbeddedFleet::start(opts).await?;
-            place_all(fleet, nodes, placements, &doc, &|| None, settle).await
+            place_all(fleet, nodes, placements, &doc, &|| None, settle, None).await
         })?
     };
     if keep.is_none() {
@@ -128,12 +129,27 @@ pub fn fleet_suite(
         quantile(0.99),
         "ms",
     );
-    if let Some(rtt) = run.rtt_us {
-        let p50 = quantile_ms(&rtt, 0.5);
+    if let Some(rtt) = &run.rtt_us {
+        let p50 = quantile_ms(rtt, 0.5);
         emit("fleet", "nats.raw_round_trip_p50".into(), p50, "ms");
         emit(
             "fleet",
             format!("nats.placement_p50_over_round_trip.nodes_{nodes}"),
+            (quantile(0.50) / p50 * 100.0).round() / 100.0,
+            "ratio",
+        );
+    }
+    if let Some(rtt) = &run.beside_fleet_rtt_us {
+        let p50 = quantile_ms(rtt, 0.5);
+        emit(
+            "fleet",
+            format!("nats.raw_round_trip_p50.beside_fleet.nodes_{nodes}"),
+            p50,
+            "ms",
+        );
+        emit(
+            "fleet",
+            format!("nats.placement_p50_over_round_trip_beside_fleet.nodes_{nodes}"),
             (quantile(0.50) / p50 * 100.0).round() / 100.0,
             "ratio",
         );
@@ -167,6 +183,25 @@ pub fn fleet_suite(
             format!("nats.bytes_per_placement.nodes_{nodes}"),
             per(t.bytes_in + t.bytes_out),
             "B",
+        );
+    }
+    // The same two steps with bare NATS clients on the idle server: a directed round to the
+    // nodes a steward asks, then one round trip (the dispatch), as the sum of their p50s.
+    // What a placement would take if the agents cost nothing.
+    if let (Some(rounds), Some(rtt)) = (&run.query_rounds, &run.rtt_us) {
+        let asked = rounds.asked;
+        let floor = quantile_ms(&rounds.directed_us, 0.5) + quantile_ms(rtt, 0.5);
+        emit(
+            "fleet",
+            format!("nats.raw_floor_sum_of_p50s.asked_{asked}.nodes_{nodes}"),
+            (floor * 1000.0).round() / 1000.0,
+            "ms",
+        );
+        emit(
+            "fleet",
+            format!("nats.placement_p50_over_raw_floor.nodes_{nodes}"),
+            (quantile(0.50) / floor * 100.0).round() / 100.0,
+            "ratio",
         );
     }
     if let Some(rounds) = run.query_rounds {
@@ -225,7 +260,9 @@ fn quantile_ms(us: &[u64], q: f64) -> f64 {
 }
 
 /// Placements timed one at a time for the latency figures.
-const LATENCY_SAMPLES: usize = 200;
+const LATENCY_SAMPLES: usize = 1_000;
+/// Raw request-reply round trips timed for each of the two round-trip figures.
+const RAW_ROUND_TRIPS: usize = 1_000;
 /// Capacity-query rounds of each kind (directed, gather) timed through NATS.
 const QUERY_ROUNDS: usize = 300;
 
@@ -238,8 +275,12 @@ struct FleetRun {
     /// Latency (sense to placed, from the ledger) of placements made one at a time, each
     /// through a capacity query and a dispatch to another node.
     latency_us: Vec<u64>,
-    /// Raw NATS round trips of the same run, when on NATS.
+    /// Raw NATS round trips of the same run on the idle server before the fleet starts, when
+    /// on NATS.
     rtt_us: Option<Vec<u64>>,
+    /// The same, through the bench's own runtime beside the running fleet (its heartbeats
+    /// and timers) right after the latency samples, when on NATS.
+    beside_fleet_rtt_us: Option<Vec<u64>>,
     /// Capacity-query rounds, directed and gathered, asking this many nodes, when on NATS.
     query_rounds: Option<qs_fabric::query_rounds::QueryRounds>,
     /// What the fleet's connection carried while only heartbeats flowed, and for how long
@@ -258,6 +299,7 @@ async fn place_all<F: qs_fabric::Fabric>(
     doc: &qs_wire::SpecDocument,
     traffic: &dyn Fn() -> Option<Traffic>,
     settle: std::time::Duration,
+    nats_url: Option<&str>,
 ) -> anyhow::Result<FleetRun> {
     use std::time::{Duration, Instant};
     let started = Instant::now();
@@ -331,6 +373,12 @@ async fn place_all<F: qs_fabric::Fabric>(
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
+    // The raw round trip again, now beside the running fleet (its heartbeats and timers, on
+    // the same runtime and cores) rather than on an idle server.
+    let beside_fleet_rtt_us = match nats_url {
+        Some(url) => Some(nats_round_trips(url, RAW_ROUND_TRIPS).await?),
+        None => None,
+    };
     let dead = fleet.shared.counters.nodes_declared_dead.get();
     let mut latency_us = Vec::new();
     let mut from = seq_latency;
@@ -361,6 +409,7 @@ async fn place_all<F: qs_fabric::Fabric>(
         dead,
         latency_us,
         rtt_us: None,
+        beside_fleet_rtt_us,
         query_rounds: None,
         idle,
         placing,
