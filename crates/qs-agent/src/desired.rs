@@ -44,7 +44,8 @@ pub async fn keep<F: Fabric>(fabric: F, state: StateDir, mut stop: watch::Receiv
     let mut specs: BTreeMap<String, Bytes> = BTreeMap::new();
     let mut due: Option<tokio::time::Instant> = None;
     loop {
-        let write_at = due.unwrap_or_else(|| tokio::time::Instant::now() + GATHER);
+        // Only waited on while a write is due.
+        let write_at = due.unwrap_or_else(tokio::time::Instant::now);
         tokio::select! {
             _ = stop.changed() => break,
             _ = tokio::time::sleep_until(write_at), if due.is_some() => {
@@ -53,19 +54,12 @@ pub async fn keep<F: Fabric>(fabric: F, state: StateDir, mut stop: watch::Receiv
                 continue;
             }
             e = watch.next() => match e {
-                Some(Ok(KvEvent::Put(e))) => {
-                    match serde_json::from_slice::<WorkloadSpec>(&e.value) {
-                        // Encoded again as the spec it parsed to: nothing it did not know
-                        // about (unknown fields, stray bytes) reaches the file.
-                        Ok(spec) => match serde_json::to_vec(&spec) {
-                            Ok(json) => {
-                                specs.insert(e.key, Bytes::from(json));
-                            }
-                            Err(err) => tracing::warn!(key = e.key, "desired-state cache: {err}"),
-                        },
-                        Err(err) => tracing::warn!(key = e.key, "desired-state cache: unreadable spec: {err}"),
+                Some(Ok(KvEvent::Put(e))) => match encoded(&e.value) {
+                    Ok(json) => {
+                        specs.insert(e.key, json);
                     }
-                }
+                    Err(err) => tracing::warn!(key = e.key, "desired-state cache: unreadable spec: {err}"),
+                },
                 Some(Ok(KvEvent::Delete { key, .. })) => {
                     specs.remove(&key);
                 }
@@ -82,6 +76,13 @@ pub async fn keep<F: Fabric>(fabric: F, state: StateDir, mut stop: watch::Receiv
     if due.is_some() {
         write(&state, &specs).await;
     }
+}
+
+/// A spec from the KV as the cache keeps it: parsed, then encoded again as the spec it parsed
+/// to, so nothing it did not know about (unknown fields, stray bytes) reaches the file.
+fn encoded(kv_value: &[u8]) -> serde_json::Result<Bytes> {
+    let spec: WorkloadSpec = serde_json::from_slice(kv_value)?;
+    Ok(Bytes::from(serde_json::to_vec(&spec)?))
 }
 
 /// Writes `specs` (each one spec's JSON) as the cache's array, on a blocking thread.
@@ -118,7 +119,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn the_cache_reads_back_the_specs_as_the_kv_held_them() {
+    async fn the_cache_reads_back_the_specs_the_kv_held() {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let state = StateDir::open(dir.path()).expect("a state directory");
         let doc = qs_wire::parse_spec(
@@ -129,13 +130,18 @@ mod tests {
              resources = { cpu_cores = 0.1, memory_mib = 16 }\n",
         )
         .expect("a valid spec");
-        // As the KV holds them: compact JSON under each name.
+        // As `keep` holds them: each KV value (here with a field no spec has) through
+        // `encoded`.
         let specs: BTreeMap<String, Bytes> = doc
             .workloads
             .iter()
             .map(|s| {
-                let json = serde_json::to_vec(s).expect("specs serialize");
-                (s.name.to_string(), Bytes::from(json))
+                let mut kv = serde_json::to_value(s).expect("specs serialize");
+                kv["not_a_spec_field"] = serde_json::json!(1);
+                let kv = serde_json::to_vec(&kv).expect("values serialize");
+                let json = encoded(&kv).expect("a valid spec");
+                assert!(!String::from_utf8_lossy(&json).contains("not_a_spec_field"));
+                (s.name.to_string(), json)
             })
             .collect();
         write(&state, &specs).await;

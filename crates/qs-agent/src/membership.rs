@@ -365,11 +365,19 @@ impl Membership {
                 }
             }
         }
-        // Most heartbeat batches change nothing anyone must hear of: no inbox is visited.
-        if every.is_empty() && one.is_empty() {
+        let inboxes = self.inboxes.read().unwrap_or_else(|p| p.into_inner());
+        // Nothing for everyone (most heartbeat batches): only the named recipients' inboxes
+        // are visited, none at all when the batch changed nothing.
+        if every.is_empty() {
+            for (node, notice) in one {
+                if let Some(inbox) = inboxes.get(&node)
+                    && !notice.is_empty()
+                {
+                    inbox.post(notice);
+                }
+            }
             return;
         }
-        let inboxes = self.inboxes.read().unwrap_or_else(|p| p.into_inner());
         for (node, inbox) in inboxes.iter() {
             let mut notice = one.remove(node).unwrap_or_default();
             notice.merge(every.clone());

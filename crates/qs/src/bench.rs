@@ -12,6 +12,17 @@ struct Line<'a> {
     unit: &'a str,
 }
 
+/// `x` rounded to `decimals` places, as the figures are printed.
+pub(crate) fn round_to(x: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    (x * scale).round() / scale
+}
+
+/// `a / b` to two places: the ratios every suite prints.
+pub(crate) fn ratio(a: f64, b: f64) -> f64 {
+    round_to(a / b, 2)
+}
+
 pub(crate) fn emit(bench: &str, metric: String, value: f64, unit: &str) {
     let line = Line {
         bench,
@@ -72,9 +83,8 @@ pub fn placement_suite(sizes: &[usize], placements: usize, repeats: usize, seed:
         .unwrap_or(first);
     if cost_ns.len() > 1 {
         for from in [first, cheapest] {
-            let ratio = (last.1 / from.1 * 100.0).round() / 100.0;
             let metric = format!("cost_growth.nodes_{}_to_{}", from.0, last.0);
-            emit("placement", metric, ratio, "x");
+            emit("placement", metric, ratio(last.1, from.1), "x");
         }
     }
 }

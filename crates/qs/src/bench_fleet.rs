@@ -2,7 +2,7 @@
 //! in-memory fabric or through a real nats-server (`--nats`), with placement latency next to
 //! the raw NATS round trip.
 
-use crate::bench::{bench_fleet, emit, idle_rss_kib};
+use crate::bench::{bench_fleet, emit, idle_rss_kib, ratio, round_to};
 use qs_fabric::nats::Traffic;
 
 /// `qs bench fleet`: an embedded fleet of `nodes` virtual nodes, each a full agent runtime
@@ -112,7 +112,7 @@ pub fn fleet_suite(
     emit(
         "fleet",
         format!("{fabric}join_time.nodes_{nodes}"),
-        (run.join_s * 100.0).round() / 100.0,
+        round_to(run.join_s, 2),
         "s",
     );
     let latency = run.latency_us;
@@ -135,7 +135,7 @@ pub fn fleet_suite(
         emit(
             "fleet",
             format!("nats.placement_p50_over_round_trip.nodes_{nodes}"),
-            (quantile(0.50) / p50 * 100.0).round() / 100.0,
+            ratio(quantile(0.50), p50),
             "ratio",
         );
     }
@@ -150,7 +150,7 @@ pub fn fleet_suite(
         emit(
             "fleet",
             format!("nats.placement_p50_over_round_trip_beside_fleet.nodes_{nodes}"),
-            (quantile(0.50) / p50 * 100.0).round() / 100.0,
+            ratio(quantile(0.50), p50),
             "ratio",
         );
     }
@@ -171,7 +171,7 @@ pub fn fleet_suite(
     // Everything the connection carried during the burst, heartbeats included (the idle
     // figures above say how much of it they are).
     if let Some(t) = run.placing {
-        let per = |n: u64| (n as f64 / run.placed.max(1) as f64 * 10.0).round() / 10.0;
+        let per = |n: u64| round_to(n as f64 / run.placed.max(1) as f64, 1);
         emit(
             "fleet",
             format!("nats.messages_per_placement.nodes_{nodes}"),
@@ -194,13 +194,13 @@ pub fn fleet_suite(
         emit(
             "fleet",
             format!("nats.raw_floor_sum_of_p50s.asked_{asked}.nodes_{nodes}"),
-            (floor * 1000.0).round() / 1000.0,
+            round_to(floor, 3),
             "ms",
         );
         emit(
             "fleet",
             format!("nats.placement_p50_over_raw_floor.nodes_{nodes}"),
-            (quantile(0.50) / floor * 100.0).round() / 100.0,
+            ratio(quantile(0.50), floor),
             "ratio",
         );
     }
@@ -244,7 +244,7 @@ pub fn fleet_suite(
         emit(
             "fleet",
             "agent_idle_rss".into(),
-            (rss as f64 / 1024.0 * 10.0).round() / 10.0,
+            round_to(rss as f64 / 1024.0, 1),
             "MiB",
         );
     }
