@@ -36,6 +36,9 @@ pub enum Control {
     /// Chaos: this node freezes for a while, as a stopped process would (SIGSTOP): it reads
     /// nothing, sends nothing, then carries on with what queued up. Its instances run on.
     Pause(Duration),
+    /// Chaos: this node's runtime panics, as a bug would. `qs` ends the whole process on
+    /// any panic, so a supervisor restarts it and the restart reaps and recovers.
+    Panic,
     /// What one of the runtime's own tasks learned, for its core: a health monitor's probe
     /// result (`Input::Probe`) or a singleton claim's answer (`Input::Claimed`).
     Core(Box<qs_core::Input>),

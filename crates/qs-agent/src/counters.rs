@@ -1,6 +1,7 @@
 //! The process's counters, exported on /metrics.
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
 /// Process-wide counters, exported on /metrics.
 #[derive(Clone, Default)]
@@ -13,4 +14,9 @@ pub struct Counters {
     pub instance_failures: Counter,
     /// Peers this process declared dead (silent past `dead_after_ms`).
     pub nodes_declared_dead: Counter,
+    /// Specs read from the fleet's KV that broke a rule and were not applied.
+    pub specs_refused: Counter,
+    /// Orders (dispatch, stop, promote) not obeyed, by reason: `not_steward`,
+    /// `unknown_service`.
+    pub orders_refused: Family<Vec<(String, String)>, Counter>,
 }

@@ -2,6 +2,7 @@
 //! directory, so what was applied rules after a restart until the KV answers.
 
 use crate::backoff::Backoff;
+use crate::names::SPECS_BUCKET;
 use crate::specs::watch_specs;
 use qs_fabric::{Bytes, Fabric, KvEvent};
 use qs_store::{StateDir, StateFile, StoreError};
@@ -18,7 +19,23 @@ const GATHER: Duration = Duration::from_millis(100);
 /// names it with line and column (nothing is applied from it, and the agent does not start:
 /// the operator removes or repairs the file).
 pub fn load(state: &StateDir) -> Result<SpecDocument, StoreError> {
-    let workloads: Vec<WorkloadSpec> = state.read_json(StateFile::SpecsCache)?.unwrap_or_default();
+    let mut workloads: Vec<WorkloadSpec> =
+        state.read_json(StateFile::SpecsCache)?.unwrap_or_default();
+    // Only checked specs are cached; one that breaks a rule now (edited by hand, or a rule
+    // this version added) is left out and logged, and the KV's copy rules once it is read.
+    workloads.retain(|w| match w.validate() {
+        Ok(()) => true,
+        Err(f) => {
+            tracing::error!(
+                file = %state.path(StateFile::SpecsCache).display(),
+                "desired-state cache: left out {}: {}: {}",
+                w.name,
+                f.field,
+                f.reason
+            );
+            false
+        }
+    });
     Ok(SpecDocument {
         workloads,
         nodes: vec![],
@@ -54,11 +71,12 @@ pub async fn keep<F: Fabric>(fabric: F, state: StateDir, mut stop: watch::Receiv
                 continue;
             }
             e = watch.next() => match e {
-                Some(Ok(KvEvent::Put(e))) => match encoded(&e.value) {
+                // A spec that breaks a rule is not cached: the last good one stays.
+                Some(Ok(KvEvent::Put(e))) => match encoded(&e.key, &e.value) {
                     Ok(json) => {
                         specs.insert(e.key, json);
                     }
-                    Err(err) => tracing::warn!(key = e.key, "desired-state cache: unreadable spec: {err}"),
+                    Err(err) => tracing::warn!("desired-state cache: refused a spec: {err}"),
                 },
                 Some(Ok(KvEvent::Delete { key, .. })) => {
                     specs.remove(&key);
@@ -78,11 +96,14 @@ pub async fn keep<F: Fabric>(fabric: F, state: StateDir, mut stop: watch::Receiv
     }
 }
 
-/// A spec from the KV as the cache keeps it: parsed, then encoded again as the spec it parsed
-/// to, so nothing it did not know about (unknown fields, stray bytes) reaches the file.
-fn encoded(kv_value: &[u8]) -> serde_json::Result<Bytes> {
-    let spec: WorkloadSpec = serde_json::from_slice(kv_value)?;
-    Ok(Bytes::from(serde_json::to_vec(&spec)?))
+/// A spec from the KV as the cache keeps it: decoded and checked, then encoded again as the
+/// spec it decoded to, so nothing it did not know about (unknown fields, stray bytes) reaches
+/// the file.
+fn encoded(key: &str, kv_value: &[u8]) -> Result<Bytes, qs_wire::SpecError> {
+    let spec = qs_wire::decode_workload(&format!("kv {SPECS_BUCKET}/{key}"), key, kv_value)?;
+    Ok(Bytes::from(
+        serde_json::to_vec(&spec).expect("specs serialize"),
+    ))
 }
 
 /// Writes `specs` (each one spec's JSON) as the cache's array, on a blocking thread.
@@ -139,7 +160,7 @@ mod tests {
                 let mut kv = serde_json::to_value(s).expect("specs serialize");
                 kv["not_a_spec_field"] = serde_json::json!(1);
                 let kv = serde_json::to_vec(&kv).expect("values serialize");
-                let json = encoded(&kv).expect("a valid spec");
+                let json = encoded(s.name.as_str(), &kv).expect("a valid spec");
                 assert!(!String::from_utf8_lossy(&json).contains("not_a_spec_field"));
                 (s.name.to_string(), json)
             })

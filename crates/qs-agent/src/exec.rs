@@ -28,6 +28,8 @@ pub struct Launch {
     pub command: String,
     /// Jobs exit 0 when done; services never should.
     pub is_job: bool,
+    /// What the spec adds to the child's environment.
+    pub env: BTreeMap<String, String>,
 }
 
 /// An instance's process ended.
@@ -203,16 +205,22 @@ impl Executor {
             dir: self.log_dir.clone(),
             source,
         })?;
+        let env = crate::sandbox::environment(
+            std::env::vars(),
+            &launch.env,
+            &[
+                ("QS_PORT", port.to_string()),
+                ("QS_INSTANCE", instance.to_string()),
+            ],
+        );
         let mut cmd = Command::new("/bin/sh");
         cmd.arg("-c")
             .arg(format!("exec {command}"))
-            .env("QS_PORT", port.to_string())
-            .env("QS_INSTANCE", instance.as_str())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .process_group(0)
             .kill_on_drop(false);
+        crate::sandbox::confine(&mut cmd, &env);
         let started = Instant::now();
         let mut child = match cmd.spawn() {
             Ok(c) => c,

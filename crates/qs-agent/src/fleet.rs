@@ -46,6 +46,8 @@ pub struct FleetOptions {
     pub authenticate: bool,
     /// Replace a registered key that differs from this node's (after a reinstall).
     pub rekey: bool,
+    /// Names the API's `Host` header may carry beyond loopback's and the listen address.
+    pub api_hosts: Vec<String>,
 }
 
 /// Why a fleet could not start.
@@ -64,6 +66,8 @@ pub enum FleetError {
     Fabric(qs_fabric::FabricError),
     #[error(transparent)]
     Identity(#[from] crate::identity::IdentityError),
+    #[error("the API token: {0}")]
+    Token(crate::AgentError),
 }
 
 /// NVML for a real host when a driver is there; otherwise the GPUs the node declares,
@@ -179,7 +183,13 @@ impl<F: Fabric> EmbeddedFleet<F> {
         }
         let membership = Membership::new(&opts.config);
         let feed = membership
-            .feed(&fabric, known, auth)
+            .feed(
+                &fabric,
+                known,
+                auth,
+                shared.journal.clone(),
+                opts.nodes[0].id.clone(),
+            )
             .await
             .map_err(FleetError::Fabric)?;
         tasks.spawn(feed.run(shared.counters.clone(), stop_rx.clone()));
@@ -231,7 +241,18 @@ impl<F: Fabric> EmbeddedFleet<F> {
             addr: opts.listen,
             source,
         })?;
-        let app = api::router(api::Api::new(shared.clone(), fabric.clone(), opts.mode));
+        let access = api::Access::new(
+            api::ApiToken::load_or_create(&state).map_err(FleetError::Token)?,
+            addr,
+            &opts.api_hosts,
+        );
+        let app = api::router(api::Api::new(
+            shared.clone(),
+            fabric.clone(),
+            opts.mode,
+            access,
+        ))
+        .into_make_service_with_connect_info::<SocketAddr>();
         let mut api_stop = stop_rx.clone();
         tasks.spawn(async move {
             let serve = axum::serve(listener, app).with_graceful_shutdown(async move {

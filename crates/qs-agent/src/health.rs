@@ -1,19 +1,26 @@
 //! Health probes: TCP connect, HTTP GET, or a command; each bounded by its timeout.
 
 use qs_wire::Probe;
+use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Runs one probe against an instance listening on `port` of loopback. `Err` says why.
-pub async fn probe(probe: &Probe, port: u16, timeout: Duration) -> Result<(), String> {
-    match tokio::time::timeout(timeout, run(probe, port)).await {
+/// Runs one probe against an instance listening on `port` of loopback; an exec probe gets
+/// the environment its spec sets (`env`), beside the agent's allow-list. `Err` says why.
+pub async fn probe(
+    probe: &Probe,
+    port: u16,
+    env: &BTreeMap<String, String>,
+    timeout: Duration,
+) -> Result<(), String> {
+    match tokio::time::timeout(timeout, run(probe, port, env)).await {
         Ok(result) => result,
         Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
     }
 }
 
-async fn run(probe: &Probe, port: u16) -> Result<(), String> {
+async fn run(probe: &Probe, port: u16, env: &BTreeMap<String, String>) -> Result<(), String> {
     match probe {
         Probe::Tcp => TcpStream::connect(("127.0.0.1", port))
             .await
@@ -22,16 +29,27 @@ async fn run(probe: &Probe, port: u16) -> Result<(), String> {
         Probe::Http { path } => http_get(port, path).await,
         Probe::Exec { command } => {
             let command = command.replace("{port}", &port.to_string());
-            let out = tokio::process::Command::new("/bin/sh")
-                .arg("-c")
+            let env = crate::sandbox::environment(
+                std::env::vars(),
+                env,
+                &[("QS_PORT", port.to_string())],
+            );
+            let mut cmd = tokio::process::Command::new("/bin/sh");
+            cmd.arg("-c")
                 .arg(&command)
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::piped())
-                .kill_on_drop(true)
-                .output()
+                .kill_on_drop(true);
+            crate::sandbox::confine(&mut cmd, &env);
+            let child = cmd.spawn().map_err(|e| format!("`{command}`: {e}"))?;
+            // A probe cut short by its timeout takes what it started with it.
+            let mut group = crate::sandbox::GroupKill::new(child.id());
+            let out = child
+                .wait_with_output()
                 .await
                 .map_err(|e| format!("`{command}`: {e}"))?;
+            group.disarm();
             if out.status.success() {
                 Ok(())
             } else {
@@ -79,6 +97,7 @@ mod tests {
     use tokio::net::TcpListener;
 
     const T: Duration = Duration::from_secs(5);
+    const E: BTreeMap<String, String> = BTreeMap::new();
 
     async fn http_server(status: &'static str) -> u16 {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -103,30 +122,61 @@ mod tests {
         let http = Probe::Http {
             path: "/health".into(),
         };
-        assert_eq!(probe(&http, ok, T).await, Ok(()));
+        assert_eq!(probe(&http, ok, &E, T).await, Ok(()));
         assert!(
-            probe(&http, bad, T)
+            probe(&http, bad, &E, T)
                 .await
                 .unwrap_err()
                 .contains("status 503")
         );
-        assert!(probe(&http, closed, T).await.is_err());
-        assert_eq!(probe(&Probe::Tcp, ok, T).await, Ok(()));
-        assert!(probe(&Probe::Tcp, closed, T).await.is_err());
+        assert!(probe(&http, closed, &E, T).await.is_err());
+        assert_eq!(probe(&Probe::Tcp, ok, &E, T).await, Ok(()));
+        assert!(probe(&Probe::Tcp, closed, &E, T).await.is_err());
         let yes = Probe::Exec {
             command: "test {port} -gt 0".into(),
         };
         let no = Probe::Exec {
             command: "echo sad >&2; false".into(),
         };
-        assert_eq!(probe(&yes, ok, T).await, Ok(()));
-        assert!(probe(&no, ok, T).await.unwrap_err().contains("sad"));
+        assert_eq!(probe(&yes, ok, &E, T).await, Ok(()));
+        assert!(probe(&no, ok, &E, T).await.unwrap_err().contains("sad"));
         let slow = Probe::Exec {
             command: "sleep 5".into(),
         };
-        let err = probe(&slow, ok, Duration::from_millis(100))
+        let err = probe(&slow, ok, &E, Duration::from_millis(100))
             .await
             .unwrap_err();
         assert!(err.contains("within 100 ms"), "{err}");
+    }
+
+    /// A probe cut short by its timeout ends its whole process group: nothing it started in
+    /// the background lives on.
+    #[tokio::test]
+    async fn a_timed_out_probe_leaves_no_grandchild() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("grandchild");
+        let slow = Probe::Exec {
+            command: format!("sleep 30 & echo $! > {}; wait", pidfile.display()),
+        };
+        let err = probe(&slow, 1, &E, Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert!(err.contains("within 300 ms"), "{err}");
+        let pid: u32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let alive = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit(')').next().map(|r| r.trim().to_owned()))
+                .is_some_and(|r| !r.starts_with('Z') && !r.starts_with('X'))
+        };
+        let start = std::time::Instant::now();
+        while alive() && start.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!alive(), "the probe's grandchild {pid} outlived it");
     }
 }

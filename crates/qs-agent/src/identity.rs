@@ -222,7 +222,13 @@ impl Auth {
             return frames
                 .into_iter()
                 .map(|bytes| match qs_core::auth::unframe(bytes) {
-                    Ok((_, env)) => Some(env),
+                    Ok((_, env)) => match env.validate() {
+                        Ok(()) => Some(env),
+                        Err(f) => {
+                            self.count(invalid(&env, f), now);
+                            None
+                        }
+                    },
                     Err(e) => {
                         self.count(malformed(e), now);
                         None
@@ -315,6 +321,17 @@ fn malformed(detail: String) -> Rejected {
         sender: None,
         quarantined_until: None,
         detail: Some(detail),
+    }
+}
+
+/// A message of this process's own nodes that breaks a rule (a bug here: nobody else can
+/// send on the in-memory fabric).
+fn invalid(env: &Envelope<Message>, f: qs_wire::InvalidField) -> Rejected {
+    Rejected {
+        reason: Reject::Invalid,
+        sender: Some(env.sender.clone()),
+        quarantined_until: None,
+        detail: Some(format!("{}: {}", f.field, f.reason)),
     }
 }
 

@@ -25,6 +25,7 @@ mod monitor;
 pub mod names;
 pub mod orphans;
 pub mod runtime;
+mod sandbox;
 pub mod sense;
 pub mod specs;
 pub mod v1;

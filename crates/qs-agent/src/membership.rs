@@ -11,10 +11,11 @@ use crate::backoff::Backoff;
 use crate::clock::now;
 use crate::counters::Counters;
 use crate::error::AgentError;
+use crate::names::SPECS_BUCKET;
 use crate::specs::watch_specs;
 use qs_core::{Config, FleetChange, Notice, Recipients, Registry};
 use qs_fabric::{Fabric, FabricError, KvEvent, Topic};
-use qs_wire::{Message, NodeId, ServiceName, WorkloadSpec};
+use qs_wire::{Event, Message, NodeId, ServiceName, WorkloadSpec};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
@@ -95,6 +96,9 @@ pub struct Feed<F: Fabric> {
     beats: qs_fabric::Subscription,
     /// Opens the heartbeats (checks their signatures where the fleet requires them).
     auth: Arc<crate::identity::Auth>,
+    /// Where a refused spec is recorded: the ledger, under this process's first node.
+    journal: crate::journal::Journal,
+    recorder: NodeId,
 }
 
 impl<F: Fabric> Feed<F> {
@@ -132,7 +136,11 @@ impl<F: Fabric> Feed<F> {
                 e = next_spec => match e {
                     Some(Ok(e)) => {
                         backoff.reset();
-                        self.on_spec(e);
+                        if let Some(refused) = self.on_spec(e) {
+                            counters.specs_refused.inc();
+                            let at_us = crate::clock::now().as_micros();
+                            self.journal.append(&self.recorder, at_us, vec![refused]).await;
+                        }
                     }
                     // A watch that failed (its consumer lost with a NATS server, say) may not
                     // come back by itself: watch again, a replay that loses nothing.
@@ -220,34 +228,54 @@ impl<F: Fabric> Feed<F> {
         m.changed_all(joined.into_iter().map(FleetChange::Joined));
     }
 
-    fn on_spec(&mut self, event: KvEvent) {
+    /// Applies a change of the specs KV; a spec that breaks a rule is not applied (the one
+    /// in force stays) and comes back as the event that says so.
+    fn on_spec(&mut self, event: KvEvent) -> Option<Event> {
         let m = &self.membership;
         match event {
-            KvEvent::Put(entry) => match serde_json::from_slice::<WorkloadSpec>(&entry.value) {
-                Ok(spec) => {
-                    let name = spec.name.clone();
-                    if let Some(seen) = &mut self.replayed {
-                        seen.insert(name.clone());
+            KvEvent::Put(entry) => {
+                let source = format!("kv {SPECS_BUCKET}/{}", entry.key);
+                match qs_wire::decode_workload(&source, &entry.key, &entry.value) {
+                    Ok(spec) => {
+                        let name = spec.name.clone();
+                        if let Some(seen) = &mut self.replayed {
+                            seen.insert(name.clone());
+                        }
+                        let now = now();
+                        m.update(|r| r.apply_spec(spec, now));
+                        m.changed(FleetChange::SpecChanged(name));
+                        None
                     }
-                    let now = now();
-                    m.update(|r| r.apply_spec(spec, now));
-                    m.changed(FleetChange::SpecChanged(name));
+                    Err(e) => {
+                        // Not gone either: a replay must not take it for a deletion.
+                        if let (Some(seen), Ok(name)) =
+                            (&mut self.replayed, ServiceName::new(&entry.key))
+                        {
+                            seen.insert(name);
+                        }
+                        tracing::warn!("refused a spec: {e}");
+                        let mut key = entry.key.clone();
+                        key.truncate(qs_wire::spec::MAX_LABEL_BYTES);
+                        Some(Event::SpecRefused {
+                            key,
+                            field: e.field,
+                            reason: e.message,
+                        })
+                    }
                 }
-                Err(e) => tracing::warn!(key = entry.key, "ignored an unreadable spec: {e}"),
-            },
+            }
             KvEvent::Delete { key, .. } => {
                 if let Ok(name) = ServiceName::new(&key)
                     && m.update(|r| r.remove_spec(&name)).is_some()
                 {
                     m.changed(FleetChange::SpecRemoved(name));
                 }
+                None
             }
             // A replay is complete: a spec it did not show was deleted while we were not
             // watching.
             KvEvent::Synced => {
-                let Some(seen) = self.replayed.take() else {
-                    return;
-                };
+                let seen = self.replayed.take()?;
                 let gone = m.update(|r| {
                     let gone: Vec<ServiceName> = r
                         .specs()
@@ -262,6 +290,7 @@ impl<F: Fabric> Feed<F> {
                 for name in gone {
                     m.changed(FleetChange::SpecRemoved(name));
                 }
+                None
             }
         }
     }
@@ -396,6 +425,8 @@ impl Membership {
         fabric: &F,
         known: Vec<WorkloadSpec>,
         auth: Arc<crate::identity::Auth>,
+        journal: crate::journal::Journal,
+        recorder: NodeId,
     ) -> Result<Feed<F>, FabricError> {
         let now = now();
         self.update(|r| {
@@ -409,6 +440,8 @@ impl Membership {
             beats: fabric.subscribe(&Topic::heartbeats()).await?,
             replayed: None,
             auth,
+            journal,
+            recorder,
         })
     }
 

@@ -20,6 +20,7 @@ pub(crate) async fn monitor(
     pid: u32,
     port: u16,
     check: Option<HealthCheck>,
+    env: std::collections::BTreeMap<String, String>,
     control: mpsc::Sender<Control>,
 ) {
     let running = |exec: &Executor| exec.pid_of(&instance) == Some(pid);
@@ -44,7 +45,7 @@ pub(crate) async fn monitor(
         if !running(&exec) {
             return;
         }
-        let result = health::probe(&check.probe, port, timeout).await;
+        let result = health::probe(&check.probe, port, &env, timeout).await;
         passed = result.is_ok();
         if control.send(report(result)).await.is_err() {
             return;

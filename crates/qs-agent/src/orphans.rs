@@ -49,12 +49,31 @@ pub struct InstanceFile {
 
 /// The process's start time in clock ticks since boot (field 22 of /proc/PID/stat).
 fn start_ticks(pid: u32) -> Option<u64> {
+    stat_field(pid, 19)
+}
+
+/// A field of /proc/PID/stat, counted from the one after the command name (0: state).
+fn stat_field(pid: u32, index: usize) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after_comm = stat.rsplit(')').next()?;
-    after_comm.split_whitespace().nth(19)?.parse().ok()
+    after_comm.split_whitespace().nth(index)?.parse().ok()
+}
+
+/// Whether an entry names a process group this node started and that still runs: not pid 0
+/// or 1 (whose "group" would be ours, or every process), not this agent, a group leader (each
+/// instance leads its own), started when the entry says. Anything else in the file (edited,
+/// or a pid recycled since) is left alone.
+fn still_ours(e: &Entry) -> bool {
+    e.pid > 1
+        && e.pid != std::process::id()
+        && stat_field(e.pid, 2) == Some(u64::from(e.pid))
+        && start_ticks(e.pid) == Some(e.start_ticks)
 }
 
 fn signal_group(pid: u32, signal: libc::c_int) {
+    if pid <= 1 {
+        return;
+    }
     // SAFETY: kill(2) on a process group; no memory effects.
     unsafe {
         libc::kill(-(pid as libc::pid_t), signal);
@@ -107,7 +126,8 @@ impl InstanceFile {
         };
         let (alive, gone): (Vec<Entry>, Vec<Entry>) = entries
             .into_iter()
-            .partition(|e| start_ticks(e.pid) == Some(e.start_ticks));
+            .take(qs_wire::bounds::MAX_INSTANCES_PER_NODE)
+            .partition(still_ours);
         for e in &alive {
             signal_group(e.pid, libc::SIGTERM);
         }
@@ -151,5 +171,53 @@ mod tests {
         assert!(err.contains("instances.json"), "{err}");
         assert!(!path.exists());
         assert!(path.with_extension("json.corrupt").exists());
+    }
+
+    /// Only a group leader started when the file says is signalled: pid 1, this agent and a
+    /// process in someone else's group are left alone, whatever the file claims.
+    #[test]
+    fn only_process_groups_this_node_started_are_reaped() {
+        use std::os::unix::process::{CommandExt, ExitStatusExt};
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let node = NodeId::new("forge").unwrap();
+        let spawn = |leader: bool| {
+            let mut c = std::process::Command::new("sleep");
+            c.arg("30");
+            if leader {
+                c.process_group(0);
+            }
+            c.spawn().unwrap()
+        };
+        let (mut ours, mut other) = (spawn(true), spawn(false));
+        let entry = |name: &str, pid: u32| Entry {
+            instance: InstanceId::new(name).unwrap(),
+            pid,
+            start_ticks: start_ticks(pid).unwrap(),
+            service: None,
+            cpu_util: 0.0,
+        };
+        let entries = vec![
+            entry("init-1", 1),
+            entry("agent-1", std::process::id()),
+            entry("other-1", other.id()),
+            entry("ours-1", ours.id()),
+        ];
+        state
+            .write_json(StateFile::Instances(&node), &entries)
+            .unwrap();
+        let reaped = InstanceFile::new(state, node)
+            .reap_orphans(Duration::from_secs(5))
+            .unwrap();
+        let running: Vec<&str> = reaped
+            .iter()
+            .filter(|o| o.was_running)
+            .map(|o| o.instance.as_str())
+            .collect();
+        assert_eq!(running, ["ours-1"]);
+        assert!(ours.wait().unwrap().signal().is_some());
+        assert!(other.try_wait().unwrap().is_none(), "not ours: still runs");
+        other.kill().unwrap();
+        other.wait().unwrap();
     }
 }

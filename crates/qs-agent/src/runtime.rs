@@ -118,6 +118,7 @@ pub async fn run_node<F: Fabric>(
             setup.seed ^ qs_core::hash::of_str("detector"),
         )
     });
+    let seq = state.next_boot_seq(&id, now().as_micros())?;
     let mut node = Node::new(&setup.spec, setup.config.clone(), setup.seed, now());
     // Failure memory that cannot be read is not applied: the node starts without it.
     match state.read_json::<Vec<FailureEntry>>(StateFile::Failures(&id)) {
@@ -138,9 +139,9 @@ pub async fn run_node<F: Fabric>(
         },
         gpus: setup.gpus,
         sense: setup.sense,
-        // Numbered from the wall clock: a restarted node's messages are newer than its last
-        // life's, so receivers' replay windows take them.
-        seq: now().as_micros(),
+        // Numbered from this life's boot epoch: a restarted node's messages are newer than its
+        // last life's, whatever its clock did, so receivers' replay windows take them.
+        seq,
         control_tx,
         view_due: None,
         detector,
@@ -196,6 +197,7 @@ pub async fn run_node<F: Fabric>(
                         died = true;
                         break;
                     }
+                    Control::Panic => panic!("chaos: a panic injected into node {id}'s runtime"),
                     Control::Pause(d) => {
                         tracing::warn!(node = %id, "chaos: paused for {d:?}");
                         rt.reg.set_paused(&id, true);
@@ -312,6 +314,17 @@ impl<F: Fabric> Runtime<F> {
                         Event::InstanceExited { outcome, .. } if outcome.is_failure() => {
                             self.shared.counters.instance_failures.inc()
                         }
+                        Event::OrderRefused { reason, .. } => {
+                            let reason = match reason {
+                                qs_wire::DeclineReason::NotSteward => "not_steward",
+                                _ => "unknown_service",
+                            };
+                            self.shared
+                                .counters
+                                .orders_refused
+                                .get_or_create(&vec![("reason".into(), reason.into())])
+                                .inc()
+                        }
                         _ => 0,
                     };
                     records.push(event);
@@ -367,17 +380,19 @@ impl<F: Fabric> Runtime<F> {
             instance: order.instance.clone(),
             command,
             is_job,
+            env: spec.as_ref().map(|s| s.env.clone()).unwrap_or_default(),
         };
         match self.exec.start(launch) {
             Ok(running) => {
                 self.save_instances();
-                let check = spec.and_then(|s| s.health);
+                let (check, env) = spec.map_or_else(Default::default, |s| (s.health, s.env));
                 tokio::spawn(crate::monitor::monitor(
                     self.exec.clone(),
                     order.instance,
                     running.pid,
                     running.port,
                     check,
+                    env,
                     self.control_tx.clone(),
                 ));
             }
@@ -472,7 +487,7 @@ impl<F: Fabric> Runtime<F> {
                 self.input(Input::ApprovePromotion { service }).await
             }
             Control::Drain(on) => self.input(Input::Drain(on)).await,
-            Control::Die | Control::Pause(_) => {} // handled by the loop
+            Control::Die | Control::Pause(_) | Control::Panic => {} // handled by the loop
             Control::Core(input) => self.input(*input).await,
         }
     }

@@ -92,6 +92,9 @@ pub struct Health {
     /// Nodes this process runs.
     pub nodes: usize,
     pub ledger_next_seq: u64,
+    /// Where the API token is (absolute path), told only to a client on loopback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<String>,
 }
 
 /// `GET /queue_stats`.
@@ -203,6 +206,14 @@ pub enum Killed {
     Node { killed_node: NodeId },
     /// One instance's process group.
     Instance { killed: InstanceId, node: NodeId },
+}
+
+/// `POST /v1/chaos/panic/NODE`: the node's runtime panics just after this answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Panicked {
+    pub panicking: NodeId,
+    /// The agent process, which ends.
+    pub pid: u32,
 }
 
 /// `POST /v1/chaos/pause/NODE?ms=N`.

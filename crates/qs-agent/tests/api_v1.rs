@@ -3,7 +3,8 @@
 
 use qs_agent::v1::{
     Applied, Approved, CheckpointState, Deleted, DesiredState, Drain, ErrorBody, Explain,
-    ExplainRow, Health, Instance, Killed, LedgerState, NodeQueue, Paused, QueueStats, ServiceRow,
+    ExplainRow, Health, Instance, Killed, LedgerState, NodeQueue, Panicked, Paused, QueueStats,
+    ServiceRow,
 };
 use qs_wire::{
     Composite, DeclineReason, HaPattern, InstanceId, NodeId, Offer, Resource, Role, ServiceName,
@@ -36,6 +37,7 @@ fn get_health() {
         mode: "nats".into(),
         nodes: 1,
         ledger_next_seq: 42,
+        token_file: Some("/var/lib/qs/api.token".into()),
     }));
 }
 
@@ -172,6 +174,14 @@ fn post_v1_chaos_pause() {
             ms: 3000,
         },
     ]));
+}
+
+#[test]
+fn post_v1_chaos_panic() {
+    insta::assert_snapshot!(json(&Panicked {
+        panicking: node("forge"),
+        pid: 100,
+    }));
 }
 
 #[test]

@@ -23,6 +23,7 @@ fn launch(name: &str, command: &str, is_job: bool) -> Launch {
         instance: id(name),
         command: command.into(),
         is_job,
+        env: Default::default(),
     }
 }
 
@@ -93,6 +94,29 @@ async fn stop_ends_the_whole_process_group() {
     );
     assert!(gone(grandchild).await, "the grandchild died with its group");
     assert!(exec.running().is_empty());
+}
+
+/// A child sees the allow-list, what its spec sets and the agent's QS_PORT/QS_INSTANCE, and
+/// nothing else of the agent's environment (here cargo's CARGO_MANIFEST_DIR, which this test
+/// process has).
+#[tokio::test]
+async fn a_child_gets_a_clean_environment() {
+    assert!(std::env::var("CARGO_MANIFEST_DIR").is_ok());
+    let (dir, exec, mut rx) = setup(2000);
+    let mut l = launch(
+        "env-1",
+        "sh -c 'echo manifest=${CARGO_MANIFEST_DIR:-none} model=$MODEL port=$QS_PORT path=${PATH:+set}'",
+        true,
+    );
+    l.env.insert("MODEL".into(), "llama".into());
+    let r = exec.start(l).unwrap();
+    let exit = next_exit(&mut rx).await;
+    assert_eq!(exit.outcome, ExitOutcome::Completed);
+    let log = wait_for_log(&dir.path().join("logs/env-1.stdout.log"), "manifest=").await;
+    assert_eq!(
+        log.trim(),
+        format!("manifest=none model=llama port={} path=set", r.port)
+    );
 }
 
 #[tokio::test]

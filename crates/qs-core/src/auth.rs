@@ -10,16 +10,20 @@
 //! only the pair can compute it.
 //!
 //! A receiver drops, and counts by reason: frames without a tag, senders it has no key for,
-//! bad tags, timestamps further from its clock than `max_clock_skew_ms`, and replays (a
+//! bad tags, timestamps further from its clock than `max_clock_skew_ms`, replays (a
 //! sequence number seen before, or older than the last [`REPLAY_WINDOW`] of that sender; a
-//! sender numbers its messages from its wall clock at start, so a restarted sender's are newer
-//! than its last life's). A sender with `quarantine_after` invalid messages within
-//! `quarantine_window_ms` is quarantined for `quarantine_ms`: everything it sends is dropped
-//! unverified, its heartbeats with it, so the fleet stops counting on it.
+//! sender numbers its messages from a boot epoch its state directory keeps, so a restarted
+//! sender's are newer than its last life's whatever its clock did), and messages that verify
+//! but break a rule of [`Envelope::validate`] (a heartbeat about another node, a count or
+//! number out of bounds).
 //!
-//! The quarantine keys on the sender a message claims: whoever can publish on the bus can get a
-//! name quarantined, but never get a message accepted. Keeping strangers off the bus is the
-//! transport's part (NATS accounts and TLS).
+//! Only the last is the sender's own doing: anyone who can publish can send garbage, unsigned
+//! frames or replays *naming* a node, but only the node can sign what it sends. So only a
+//! sender with `quarantine_after` invalid authenticated messages within
+//! `quarantine_window_ms` is quarantined, for `quarantine_ms`: everything it sends is then
+//! dropped unverified, its heartbeats with it, so the fleet stops counting on it. Keeping
+//! strangers off the bus is the transport's part (NATS accounts and TLS); what they send
+//! there costs a node nothing but the check.
 
 use crate::time::Time;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
@@ -55,10 +59,12 @@ pub enum Reject {
     Replay,
     /// The sender is quarantined.
     Quarantined,
+    /// Authenticated, but it breaks a rule of the message (see [`Envelope::validate`]).
+    Invalid,
 }
 
 impl Reject {
-    pub const ALL: [Reject; 7] = [
+    pub const ALL: [Reject; 8] = [
         Reject::Malformed,
         Reject::Unsigned,
         Reject::UnknownSender,
@@ -66,6 +72,7 @@ impl Reject {
         Reject::Stale,
         Reject::Replay,
         Reject::Quarantined,
+        Reject::Invalid,
     ];
 
     /// The label in metrics and logs.
@@ -78,16 +85,14 @@ impl Reject {
             Reject::Stale => "stale",
             Reject::Replay => "replay",
             Reject::Quarantined => "quarantined",
+            Reject::Invalid => "invalid",
         }
     }
 
-    /// Whether it counts towards the sender's quarantine. An unknown sender may just be
-    /// newer than our copy of the registry; a quarantined one is already counted.
+    /// Whether it counts towards the sender's quarantine: only what the sender itself
+    /// signed can (see the module docs).
     const fn strikes(self) -> bool {
-        matches!(
-            self,
-            Reject::Unsigned | Reject::BadSignature | Reject::Stale | Reject::Replay
-        )
+        matches!(self, Reject::Invalid)
     }
 }
 
@@ -153,7 +158,7 @@ impl AuthConfig {
 pub struct AuthCounters {
     pub accepted: u64,
     /// Per [`Reject::ALL`] index.
-    pub rejected: [u64; 7],
+    pub rejected: [u64; 8],
     pub quarantines: u64,
 }
 
@@ -433,6 +438,10 @@ impl Keyring {
         now: Time,
     ) -> Result<Envelope<Message>, Rejected> {
         if !self.config.required {
+            if let Err(f) = p.env.validate() {
+                let detail = format!("{}: {}", f.field, f.reason);
+                return Err(self.reject(Reject::Invalid, Some(p.env.sender), now, Some(detail)));
+            }
             self.counters.accepted += 1;
             return Ok(p.env);
         }
@@ -455,6 +464,10 @@ impl Keyring {
             .is_some_and(|peer| peer.window.admit(p.env.seq));
         if !fresh {
             return Err(self.reject(Reject::Replay, Some(p.env.sender), now, None));
+        }
+        if let Err(f) = p.env.validate() {
+            let detail = format!("{}: {}", f.field, f.reason);
+            return Err(self.reject(Reject::Invalid, Some(p.env.sender), now, Some(detail)));
         }
         self.counters.accepted += 1;
         Ok(p.env)

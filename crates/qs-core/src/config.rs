@@ -111,6 +111,11 @@ pub struct Config {
     pub quarantine_window_ms: u64,
     /// How long a quarantined sender's messages are dropped unread.
     pub quarantine_ms: u64,
+    /// After a service's steward changed here, how long orders (dispatch, stop, promote)
+    /// from the one before are still obeyed: the two views of the fleet settle meanwhile.
+    pub steward_grace_ms: u64,
+    /// A node dead this long is forgotten (a name that returns later joins as new).
+    pub forget_dead_after_ms: u64,
 }
 
 impl Default for Config {
@@ -150,6 +155,8 @@ impl Default for Config {
             quarantine_after: 16,
             quarantine_window_ms: 10_000,
             quarantine_ms: 60_000,
+            steward_grace_ms: 3000,
+            forget_dead_after_ms: 3_600_000,
         }
     }
 }
@@ -231,6 +238,8 @@ impl Config {
         positive("quarantine_after", u64::from(self.quarantine_after))?;
         positive("quarantine_window_ms", self.quarantine_window_ms)?;
         positive("quarantine_ms", self.quarantine_ms)?;
+        positive("steward_grace_ms", self.steward_grace_ms)?;
+        positive("forget_dead_after_ms", self.forget_dead_after_ms)?;
         if self.probe_relays > MAX_PROBE_RELAYS {
             return Err(ConfigError {
                 field: "probe_relays",

@@ -233,20 +233,29 @@ fn a_restarted_sender_numbers_its_messages_after_its_last_life() {
     check(&mut b, "second life", false, &second, later, Expect::Accept);
 }
 
+/// A stop whose reason is longer than any message may carry: authenticated, and invalid.
+fn invalid_body(sender: &str, seq: u64, sent_at_us: u64) -> Vec<u8> {
+    let msg = Message::Stop {
+        instance: qs_wire::InstanceId::new("web-1").unwrap(),
+        reason: "x".repeat(qs_wire::bounds::MAX_REASON_BYTES + 1),
+    };
+    Envelope::new(id(sender), seq, sent_at_us, MessageId(seq), msg).encode()
+}
+
 #[test]
 fn a_node_that_keeps_sending_invalid_messages_is_quarantined_then_forgiven() {
     let Fleet { mut a, mut b, .. } = fleet();
     let cfg = Config::default();
     let to_b = id("b");
     let t0 = NOW_US;
-    let replayed = a.seal(&id("a"), Some(&to_b), &body("a", 1, t0));
-    check(&mut b, "first copy", true, &replayed, t0, Expect::Accept);
     let mut began = None;
     for i in 0..cfg.quarantine_after {
+        let seq = u64::from(i) + 1;
+        let bad = a.seal(&id("a"), Some(&to_b), &invalid_body("a", seq, t0));
         let r = b
-            .open(Some(&to_b), &replayed, Time::from_micros(t0 + u64::from(i)))
+            .open(Some(&to_b), &bad, Time::from_micros(t0 + u64::from(i)))
             .unwrap_err();
-        assert_eq!(r.reason, Reject::Replay);
+        assert_eq!(r.reason, Reject::Invalid);
         if r.quarantined_until.is_some() {
             assert_eq!(i + 1, cfg.quarantine_after, "quarantined at the threshold");
             began = r.quarantined_until;
@@ -273,6 +282,85 @@ fn a_node_that_keeps_sending_invalid_messages_is_quarantined_then_forgiven() {
     let again = a.seal(&id("a"), Some(&to_b), &body("a", 101, after));
     check(&mut b, "forgiven", true, &again, after, Expect::Accept);
     assert_eq!(b.quarantined(Time::from_micros(after)).count(), 0);
+}
+
+/// Whoever can publish can name a node in what they send, but cannot sign for it: replays,
+/// unsigned frames, forged tags and stale copies naming `a`, many times the threshold, are
+/// dropped and counted, and `a` is still heard.
+#[test]
+fn frames_a_node_did_not_sign_never_quarantine_it() {
+    let Fleet {
+        mut a,
+        mut b,
+        mut c,
+    } = fleet();
+    let cfg = Config::default();
+    let to_b = id("b");
+    let genuine = a.seal(&id("a"), Some(&to_b), &body("a", 1, NOW_US));
+    check(&mut b, "genuine", true, &genuine, NOW_US, Expect::Accept);
+    let flood = u64::from(cfg.quarantine_after) * 4;
+    for i in 0..flood {
+        let now = Time::from_micros(NOW_US + i);
+        let seq = 1000 + i;
+        let unsigned = Frame::write(FrameKind::Open, &[], &body("a", seq, NOW_US));
+        let forged = c.seal(&id("c"), Some(&to_b), &body("a", seq, NOW_US));
+        let mut tampered = a.seal(&id("a"), Some(&to_b), &body("a", seq, NOW_US));
+        tamper(&mut tampered);
+        let stale = a.seal(&id("a"), Some(&to_b), &body("a", seq, 1));
+        for frame in [&unsigned, &forged, &tampered, &stale, &genuine] {
+            let r = b.open(Some(&to_b), frame, now).unwrap_err();
+            assert!(r.quarantined_until.is_none(), "{r}");
+        }
+    }
+    assert_eq!(b.counters().quarantines, 0);
+    assert_eq!(b.quarantined(Time::from_micros(NOW_US)).count(), 0);
+    let later = a.seal(&id("a"), Some(&to_b), &body("a", 99_999, NOW_US));
+    check(
+        &mut b,
+        "still heard",
+        true,
+        &later,
+        NOW_US + flood,
+        Expect::Accept,
+    );
+}
+
+/// A heartbeat speaks for its sender only: `a` signing one about `c` is invalid.
+#[test]
+fn a_heartbeat_about_another_node_is_refused() {
+    let Fleet { mut a, mut b, .. } = fleet();
+    let status = |node: &str| qs_wire::NodeStatus {
+        node: id(node),
+        level: 1,
+        labels: Default::default(),
+        capacity: Default::default(),
+        committed: Default::default(),
+        load: Default::default(),
+        instances: vec![],
+        completed: vec![],
+        draining: false,
+    };
+    let mut about = |node: &str, seq: u64| {
+        let env = Envelope::new(
+            id("a"),
+            seq,
+            NOW_US,
+            MessageId(seq),
+            Message::Heartbeat(status(node)),
+        );
+        a.seal(&id("a"), None, &env.encode())
+    };
+    let own = about("a", 1);
+    check(&mut b, "own", false, &own, NOW_US, Expect::Accept);
+    let other = about("c", 2);
+    check(
+        &mut b,
+        "about c",
+        false,
+        &other,
+        NOW_US,
+        Expect::Drop(Reject::Invalid),
+    );
 }
 
 #[test]

@@ -230,7 +230,18 @@ fn the_five_steps_by_hand() {
 #[test]
 fn targets_recheck_fit_at_dispatch() {
     let config = Config::default();
-    let reg = Registry::new(&config);
+    // Node a, alone in b's view, stewards what b holds the specs of.
+    let mut reg = Registry::new(&config);
+    let mut a = Node::new(&node_spec("a", 1), config.clone(), 1, Time::ZERO);
+    reg.observe(a.status(Time::ZERO), Time::ZERO);
+    for svc in ["one", "two"] {
+        let text =
+            format!("[service.{svc}]\nresources = {{ cpu_cores = 1.5, memory_mib = 1024 }}\n");
+        reg.apply_spec(
+            parse_spec("t.toml", &text).unwrap().workloads.remove(0),
+            Time::ZERO,
+        );
+    }
     let mut b = Node::new(&node_spec("b", 2000), config, 3, Time::ZERO);
     let demand = |svc: &str| Demand {
         service: qs_wire::ServiceName::new(svc).unwrap(),

@@ -84,6 +84,7 @@ pub fn placement(
             resources: need,
             labels: BTreeMap::new(),
             command: None,
+            env: BTreeMap::new(),
             max_per_node: 1,
             health: None,
         };

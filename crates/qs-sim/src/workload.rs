@@ -168,6 +168,7 @@ fn workload(name: &str, kind: WorkloadKind, pattern: HaPattern, need: Resources)
         resources: need,
         labels: BTreeMap::new(),
         command: None,
+        env: BTreeMap::new(),
         max_per_node: 1,
         health: None,
     }

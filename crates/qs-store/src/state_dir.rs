@@ -4,9 +4,11 @@
 //! STATE_DIR/
 //!   ledger.redb                 the node's ledger (redb)
 //!   specs.json                  the desired-state cache (the specs KV as last seen)
+//!   api.token                   the operator API's bearer token (mode 0600)
 //!   keys/NODE.ed25519           each node's secret key (mode 0600)
 //!   nodes/NODE/instances.json   what runs, for a restarted agent to reap
 //!   nodes/NODE/failures.json    the node's failure memory
+//!   nodes/NODE/boot_epoch       how many times the node started (numbers its messages)
 //!   nodes/NODE/logs/            instances' stdout and stderr
 //! ```
 //!
@@ -31,9 +33,11 @@ pub const MAX_STATE_FILE_BYTES: u64 = 64 * 1024 * 1024;
 pub enum StateFile<'a> {
     Ledger,
     SpecsCache,
+    ApiToken,
     Key(&'a NodeId),
     Instances(&'a NodeId),
     Failures(&'a NodeId),
+    BootEpoch(&'a NodeId),
     Logs(&'a NodeId),
 }
 
@@ -43,13 +47,19 @@ impl StateFile<'_> {
         match self {
             StateFile::Ledger => "ledger",
             StateFile::SpecsCache => "desired-state cache",
+            StateFile::ApiToken => "API token",
             StateFile::Key(_) => "node key",
             StateFile::Instances(_) => "instance file",
             StateFile::Failures(_) => "failure memory",
+            StateFile::BootEpoch(_) => "boot epoch",
             StateFile::Logs(_) => "log directory",
         }
     }
 }
+
+/// Sequence numbers a node may use in one life: its messages are numbered from
+/// `boot epoch << EPOCH_SHIFT`.
+pub const EPOCH_SHIFT: u32 = 44;
 
 /// See the module docs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,9 +88,11 @@ impl StateDir {
         match file {
             StateFile::Ledger => self.root.join("ledger.redb"),
             StateFile::SpecsCache => self.root.join("specs.json"),
+            StateFile::ApiToken => self.root.join("api.token"),
             StateFile::Key(n) => self.root.join("keys").join(format!("{n}.ed25519")),
             StateFile::Instances(n) => node(n).join("instances.json"),
             StateFile::Failures(n) => node(n).join("failures.json"),
+            StateFile::BootEpoch(n) => node(n).join("boot_epoch"),
             StateFile::Logs(n) => node(n).join("logs"),
         }
     }
@@ -93,6 +105,32 @@ impl StateDir {
         mode: Option<u32>,
     ) -> Result<(), StoreError> {
         write_atomic(&self.path(file), bytes, mode)
+    }
+
+    /// Counts a start of `node` and returns the first sequence number of this life: above
+    /// every one of its earlier lives whatever the clock did since (a clock set back must not
+    /// make a restarted node's messages look replayed), and above the wall-clock numbering of
+    /// versions that kept no epoch (`now_us`). A damaged file is an error naming it.
+    pub fn next_boot_seq(&self, node: &NodeId, now_us: u64) -> Result<u64, StoreError> {
+        let file = StateFile::BootEpoch(node);
+        let last = match self.read(file)? {
+            None => 0,
+            Some(bytes) => String::from_utf8_lossy(&bytes)
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|e| *e < 1 << (64 - EPOCH_SHIFT - 1))
+                .ok_or_else(|| StoreError::Unreadable {
+                    path: self.path(file),
+                    what: file.what(),
+                    line: 1,
+                    column: 1,
+                    detail: "not a boot count".into(),
+                })?,
+        };
+        let epoch = (last + 1).max((now_us >> EPOCH_SHIFT) + 1);
+        self.write(file, format!("{epoch}\n").as_bytes(), None)?;
+        Ok(epoch << EPOCH_SHIFT)
     }
 
     /// Writes `value` as JSON.
@@ -227,6 +265,28 @@ mod tests {
 
     fn node() -> NodeId {
         NodeId::new("forge").unwrap()
+    }
+
+    /// Each start numbers above the last, whatever the clock says; a damaged count is an
+    /// error naming its file.
+    #[test]
+    fn boot_epochs_grow_even_when_the_clock_goes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let n = node();
+        let now_us = 1_780_000_000_000_000;
+        let first = state.next_boot_seq(&n, now_us).unwrap();
+        assert!(
+            first > now_us,
+            "above the wall-clock numbering of older versions"
+        );
+        let back = state.next_boot_seq(&n, now_us - 3_600_000_000).unwrap();
+        assert_eq!(back, first + (1 << EPOCH_SHIFT));
+        let same = state.next_boot_seq(&n, now_us).unwrap();
+        assert_eq!(same, back + (1 << EPOCH_SHIFT));
+        std::fs::write(state.path(StateFile::BootEpoch(&n)), "soon").unwrap();
+        let e = state.next_boot_seq(&n, now_us).unwrap_err().to_string();
+        assert!(e.contains("boot_epoch") && e.contains("boot epoch"), "{e}");
     }
 
     #[test]

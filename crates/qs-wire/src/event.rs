@@ -168,6 +168,22 @@ pub enum Event {
         reason: String,
         for_ms: u64,
     },
+    /// An order (`dispatch`, `stop`, `promote`) from `from` was not obeyed: `from` does not
+    /// steward the service as this node sees the fleet, or the service is unknown here.
+    OrderRefused {
+        from: NodeId,
+        order: String,
+        instance: InstanceId,
+        service: Option<ServiceName>,
+        reason: DeclineReason,
+    },
+    /// A spec in the fleet's KV broke a rule; the version in force before (if any) stays.
+    /// `key` is the KV key as read (cut to 253 bytes).
+    SpecRefused {
+        key: String,
+        field: String,
+        reason: String,
+    },
 }
 
 /// An event as stored: its place in the ledger, when, and which node wrote it.

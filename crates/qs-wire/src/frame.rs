@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 pub const SIGNATURE_LEN: usize = 64;
 /// HMAC-SHA-256 tag length.
 pub const MAC_LEN: usize = 32;
+/// Largest frame a receiver reads (a heartbeat listing the most instances a node may have
+/// fits well inside).
+pub const MAX_FRAME_BYTES: usize = 4 << 20;
 
 /// How a frame is authenticated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -59,10 +62,15 @@ pub enum FrameError {
     Kind(u8),
     #[error("{kind:?} frame of {len} bytes is shorter than its tag")]
     Short { kind: FrameKind, len: usize },
+    #[error("frame of {0} bytes is larger than the {MAX_FRAME_BYTES} a frame may have")]
+    TooLarge(usize),
 }
 
 impl<'a> Frame<'a> {
     pub fn parse(bytes: &'a [u8]) -> Result<Self, FrameError> {
+        if bytes.len() > MAX_FRAME_BYTES {
+            return Err(FrameError::TooLarge(bytes.len()));
+        }
         let (&first, rest) = bytes.split_first().ok_or(FrameError::Empty)?;
         let kind = [FrameKind::Open, FrameKind::Signed, FrameKind::Sealed]
             .into_iter()
@@ -131,6 +139,10 @@ mod tests {
                 kind: FrameKind::Sealed,
                 len: 32,
             },
+        );
+        check(
+            &vec![b'O'; MAX_FRAME_BYTES + 1],
+            FrameError::TooLarge(MAX_FRAME_BYTES + 1),
         );
     }
 }

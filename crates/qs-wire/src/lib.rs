@@ -4,6 +4,7 @@
 //! specs (with their TOML parser and located errors), fleet messages, ledger events and the
 //! versioned envelope all live here, so the wire format has exactly one home.
 
+pub mod bounds;
 pub mod envelope;
 pub mod event;
 pub mod frame;
@@ -24,6 +25,6 @@ pub use message::{
 };
 pub use resources::{Capacity, Committed, GpuCapacity, GpuLoad, InstanceLoad, Load, Resources};
 pub use spec::{
-    HaPattern, HealthCheck, MAX_LEVEL, NodeSpec, Probe, SpecDocument, SpecError, WorkloadKind,
-    WorkloadSpec, parse_spec,
+    HaPattern, HealthCheck, InvalidField, MAX_LEVEL, NodeSpec, Probe, SpecDocument, SpecError,
+    WorkloadKind, WorkloadSpec, decode_workload, parse_spec,
 };

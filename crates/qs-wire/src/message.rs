@@ -120,6 +120,10 @@ pub enum DeclineReason {
     Gate,
     /// The node is shutting down or draining.
     Draining,
+    /// The sender does not steward the service, as the receiver sees the fleet.
+    NotSteward,
+    /// The receiver holds no spec of the service (yet).
+    UnknownService,
 }
 
 impl fmt::Display for DeclineReason {
@@ -132,6 +136,8 @@ impl fmt::Display for DeclineReason {
             DeclineReason::Superseded => f.write_str("a newer singleton exists"),
             DeclineReason::Gate => f.write_str("composite at or under the gate"),
             DeclineReason::Draining => f.write_str("draining"),
+            DeclineReason::NotSteward => f.write_str("the sender is not the service's steward"),
+            DeclineReason::UnknownService => f.write_str("no spec of the service here"),
         }
     }
 }

@@ -12,8 +12,13 @@ use std::fmt;
 use toml::Spanned;
 
 mod locate;
+mod validate;
 use locate::Locator;
 pub use locate::line_column;
+pub use validate::{
+    InvalidField, MAX_COMMAND_BYTES, MAX_LABEL_BYTES, MAX_LABELS, MAX_PROBE_MS, MAX_SPEC_BYTES,
+    decode_workload,
+};
 
 /// Highest (least authoritative) node level; level 0 is the highest authority.
 pub const MAX_LEVEL: u8 = 7;
@@ -107,6 +112,10 @@ pub struct WorkloadSpec {
     pub labels: BTreeMap<String, String>,
     /// Command line run by the process executor; `{port}` is replaced by a free port.
     pub command: Option<String>,
+    /// Environment variables the command (and its exec probe) gets, beyond the agent's
+    /// short allow-list (`PATH`, `HOME`, `LANG`, ...) and `QS_PORT`, `QS_INSTANCE`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
     /// Most instances of this workload on one node.
     pub max_per_node: u32,
     /// When absent, a running process counts as serving.
@@ -196,6 +205,8 @@ struct RawWorkload {
     #[serde(default)]
     labels: BTreeMap<String, String>,
     command: Option<Spanned<String>>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
     health: Option<Spanned<RawHealth>>,
 }
 
@@ -368,16 +379,22 @@ fn workload(
         Some(h) => Some(health(at, &field("health"), h)?),
         None => None,
     };
-    Ok(WorkloadSpec {
+    let spec = WorkloadSpec {
         name,
         kind,
         pattern,
         resources,
         labels: w.labels.clone(),
         command: w.command.as_ref().map(|c| c.get_ref().clone()),
+        env: w.env.clone(),
         max_per_node,
         health,
-    })
+    };
+    // The rules every way in shares; the checks above only locate the common mistakes
+    // more precisely.
+    spec.validate()
+        .map_err(|f| at.error(raw.span(), &field(&f.field), f.reason))?;
+    Ok(spec)
 }
 
 fn health(

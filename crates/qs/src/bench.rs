@@ -315,6 +315,7 @@ pub(crate) fn bench_fleet(
         mode: "embedded",
         authenticate,
         rekey: false,
+        api_hosts: vec![],
     }
 }
 

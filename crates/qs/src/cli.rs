@@ -19,6 +19,10 @@ pub struct Cli {
     /// The agent API the client commands talk to.
     #[arg(long, global = true, env = "QS_API", default_value = crate::client::DEFAULT_API)]
     api: String,
+    /// The API's token; default: read by itself from the agent's state directory when the
+    /// agent runs on this machine (its api.token, which needs the right to read it).
+    #[arg(long, global = true, env = "QS_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -197,13 +201,43 @@ struct Serve {
     /// Where the ledger, instance logs and the desired-state cache live.
     #[arg(long, default_value = ".qs-state")]
     state_dir: PathBuf,
-    /// Where the HTTP API listens (loopback by default).
+    /// Where the HTTP API listens (loopback by default). Any other address needs
+    /// --insecure-listen: the API runs commands on every node of the fleet.
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
+    /// Serve a non-loopback --listen over plain HTTP anyway: the token then crosses the
+    /// network in the clear. Only behind a TLS-terminating proxy or on a trusted network.
+    #[arg(long)]
+    insecure_listen: bool,
+    /// A name the API's Host header may carry (beyond loopback's and the --listen address),
+    /// e.g. the machine's DNS name; repeatable.
+    #[arg(long = "api-host")]
+    api_hosts: Vec<String>,
     /// Tuning of the core (a TOML file of qs_core::Config fields: thresholds, gate_min,
     /// heartbeat_ms, dead_after_ms, ...); unnamed fields keep their defaults.
     #[arg(long)]
     config: Option<PathBuf>,
+}
+
+impl Serve {
+    fn into_up(
+        self,
+        demo: bool,
+        fleet: Option<PathBuf>,
+        host: Option<crate::up::Host>,
+    ) -> crate::up::Up {
+        crate::up::Up {
+            demo,
+            state_dir: self.state_dir,
+            listen: self.listen,
+            insecure_listen: self.insecure_listen,
+            api_hosts: self.api_hosts,
+            fleet,
+            apply: self.apply,
+            config: self.config,
+            host,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -307,16 +341,11 @@ enum BenchSuite {
 
 pub fn run(cli: Cli) -> Result<()> {
     let api = cli.api.as_str();
+    if let Some(token) = &cli.token {
+        crate::client::use_token(token)?;
+    }
     match cli.command {
-        Command::Up { demo, fleet, serve } => crate::up::up(crate::up::Up {
-            demo,
-            state_dir: serve.state_dir,
-            listen: serve.listen,
-            fleet,
-            apply: serve.apply,
-            config: serve.config,
-            host: None,
-        }),
+        Command::Up { demo, fleet, serve } => crate::up::up(serve.into_up(demo, fleet, None)),
         Command::Agent {
             serve,
             nats,
@@ -326,14 +355,10 @@ pub fn run(cli: Cli) -> Result<()> {
             node,
             level,
             simulated_gpus_mib,
-        } => crate::up::up(crate::up::Up {
-            demo: false,
-            state_dir: serve.state_dir,
-            listen: serve.listen,
-            fleet: None,
-            apply: serve.apply,
-            config: serve.config,
-            host: Some(crate::up::Host {
+        } => crate::up::up(serve.into_up(
+            false,
+            None,
+            Some(crate::up::Host {
                 nats: nats.map(|urls| crate::up::Nats {
                     urls,
                     fleet,
@@ -344,7 +369,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 level,
                 simulated_gpus_mib,
             }),
-        }),
+        )),
         Command::Apply { files } => crate::fleet::apply(api, &files),
         Command::Delete { name } => crate::fleet::delete(api, &name),
         Command::Ps { output } => crate::fleet::ps(api, output),

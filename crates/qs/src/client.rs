@@ -1,11 +1,72 @@
-//! A small blocking HTTP/1.1 client for talking to an agent's API on loopback.
+//! A small blocking HTTP/1.1 client for talking to an agent's API on loopback, with its
+//! bearer token: the one given (`--token`, `QS_TOKEN`), or else the one the agent keeps in
+//! its state directory, which `/health` names to a client on loopback and which this
+//! process must have the right to read.
 
 use anyhow::{Context, Result, bail};
+use qs_agent::api::ApiToken;
 use qs_agent::v1;
 use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::sync::Mutex;
 use std::time::Duration;
+
+/// The token given on the command line, or found per API address (`None`: none found).
+static TOKENS: Mutex<BTreeMap<String, Option<ApiToken>>> = Mutex::new(BTreeMap::new());
+/// The key under which a given token stands for every address.
+const GIVEN: &str = "";
+
+/// Uses `token` for every request of this process.
+pub fn use_token(token: &str) -> Result<()> {
+    let t = ApiToken::parse(token)
+        .context("--token / QS_TOKEN: not a qs API token (64 hex characters)")?;
+    TOKENS
+        .lock()
+        .map_err(|_| anyhow::anyhow!("token cache poisoned"))?
+        .insert(GIVEN.into(), Some(t));
+    Ok(())
+}
+
+/// The token for `api`: the given one, or the one its agent keeps (read again when
+/// `fresh`, after the agent refused the one read before).
+fn token_for(api: &str, hostport: &str, fresh: bool) -> Option<ApiToken> {
+    let mut tokens = TOKENS.lock().ok()?;
+    if let Some(t) = tokens.get(GIVEN) {
+        return t.clone();
+    }
+    if let Some(Some(t)) = tokens.get(api).filter(|_| !fresh) {
+        return Some(t.clone());
+    }
+    let found = discover(hostport);
+    tokens.insert(api.to_owned(), found.clone());
+    found
+}
+
+/// Asks the agent where its token file is (it tells only a loopback client) and reads it.
+fn discover(hostport: &str) -> Option<ApiToken> {
+    let (status, body) = send(hostport, "GET", "/health", "", None, Duration::from_secs(2)).ok()?;
+    let health: v1::Health = (status == 200).then(|| serde_json::from_str(&body).ok())??;
+    let path = std::path::PathBuf::from(health.token_file?);
+    // Only a file by that name, and only its token: a process answering on this port
+    // cannot make the client send another file's contents.
+    if path.file_name()? != "api.token" {
+        return None;
+    }
+    let text = std::fs::read_to_string(&path).ok()?;
+    ApiToken::parse(&text)
+}
+
+/// The content type the API takes on a changing request, by endpoint (the agent's guard
+/// holds the same rule).
+fn content_type(path: &str) -> &'static str {
+    if path.split('?').next() == Some("/v1/specs") {
+        "application/toml"
+    } else {
+        "application/json"
+    }
+}
 
 /// Where an agent's API listens unless `--api` or `QS_API` says otherwise.
 pub const DEFAULT_API: &str = "http://127.0.0.1:7070";
@@ -22,13 +83,39 @@ pub fn request(
         .strip_prefix("http://")
         .with_context(|| format!("--api {api}: only http:// addresses are supported"))?
         .trim_end_matches('/');
+    let body = body.unwrap_or("");
+    let token = token_for(api, hostport, false);
+    let answer = send(hostport, method, path, body, token.as_ref(), timeout)?;
+    if answer.0 != 401 {
+        return Ok(answer);
+    }
+    // Another agent may answer on this address now, with a token of its own.
+    let again = token_for(api, hostport, true);
+    if again.is_none() || again == token {
+        return Ok(answer);
+    }
+    send(hostport, method, path, body, again.as_ref(), timeout)
+}
+
+/// One request to `hostport`; the status code and the body.
+fn send(
+    hostport: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+    token: Option<&ApiToken>,
+    timeout: Duration,
+) -> Result<(u16, String)> {
     let mut s = TcpStream::connect(hostport).with_context(|| {
-        format!("cannot reach the agent at {api} (is `qs up` or `qs agent` running?)")
+        format!("cannot reach the agent at {hostport} (is `qs up` or `qs agent` running?)")
     })?;
     s.set_read_timeout(Some(timeout))?;
-    let body = body.unwrap_or("");
+    let auth = token.map_or(String::new(), |t| {
+        format!("Authorization: Bearer {}\r\n", t.as_str())
+    });
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n{auth}Content-Type: {}\r\nContent-Length: {}\r\n\r\n{body}",
+        content_type(path),
         body.len()
     );
     s.write_all(req.as_bytes())?;

@@ -18,6 +18,19 @@ use clap::Parser;
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// A panic anywhere (any thread, any task) ends the process with status 70 after the usual
+/// report. A tokio task that panics would otherwise end alone and leave the agent half alive:
+/// `/health` ok, no heartbeats, children running. Whatever restarts the agent (systemd, a
+/// supervisor) then finds its instance files and reaps what ran.
+fn exit_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        eprintln!("qs: a panic ends the process (exit status 70); restart it to recover");
+        std::process::exit(70);
+    }));
+}
+
 fn main() -> std::process::ExitCode {
     // Like other Unix tools, end quietly when the reader of our output goes away (`| head`).
     // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
@@ -31,6 +44,7 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    exit_on_panic();
     let cli = cli::Cli::parse();
     match cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,

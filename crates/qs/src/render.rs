@@ -216,6 +216,21 @@ pub fn describe(event: &Event) -> String {
             "quarantined {peer} for {:.0} s: it kept sending invalid messages (last: {reason})",
             *for_ms as f64 / 1000.0
         ),
+        Event::OrderRefused {
+            from,
+            order,
+            instance,
+            service,
+            reason,
+        } => format!(
+            "refused a {order} of {instance} ({}) from {from}: {reason}",
+            service.as_ref().map_or("unknown service", |s| s.as_str())
+        ),
+        Event::SpecRefused { key, field, reason } => {
+            format!(
+                "refused the spec under key {key:?} in the KV: {field}: {reason}; the last good one stays"
+            )
+        }
     }
 }
 

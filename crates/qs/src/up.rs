@@ -19,6 +19,10 @@ pub struct Up {
     pub demo: bool,
     pub state_dir: PathBuf,
     pub listen: SocketAddr,
+    /// Serve a non-loopback `listen` over plain HTTP.
+    pub insecure_listen: bool,
+    /// Names the API's Host header may carry.
+    pub api_hosts: Vec<String>,
     pub fleet: Option<PathBuf>,
     pub apply: Vec<PathBuf>,
     /// A TOML file of core settings.
@@ -144,7 +148,56 @@ fn this_machine(name: &str, level: u8, gpus_mib: &[u64]) -> Result<Vec<NodeSpec>
     }])
 }
 
+/// A non-loopback API is refused unless the operator said `--insecure-listen`, and then
+/// announced loudly: whoever reaches it with the token runs commands on every node.
+fn check_listen(opts: &Up) -> Result<()> {
+    if opts.api_hosts.len() > qs_agent::api::MAX_API_HOSTS {
+        bail!(
+            "--api-host given {} times; at most {}",
+            opts.api_hosts.len(),
+            qs_agent::api::MAX_API_HOSTS
+        );
+    }
+    if opts.listen.ip().is_loopback() {
+        return Ok(());
+    }
+    if !opts.insecure_listen {
+        bail!(
+            "refusing to serve the API on {} (not loopback) over plain HTTP: its token would \
+             cross the network in the clear. Keep the default 127.0.0.1, put a TLS proxy in \
+             front of it, or say --insecure-listen",
+            opts.listen
+        );
+    }
+    eprintln!(
+        "qs: WARNING: the API listens on {} over plain HTTP (--insecure-listen): anyone who \
+         sees one request can replay its token and run commands on every node",
+        opts.listen
+    );
+    tracing::warn!(listen = %opts.listen, "API served over plain HTTP on a non-loopback address");
+    Ok(())
+}
+
+/// Says whose identity the children get: the agent's own, so they can read what it can.
+fn announce_identity() {
+    // SAFETY: getuid(2) cannot fail and touches no memory.
+    let uid = unsafe { libc::getuid() };
+    if uid == 0 {
+        eprintln!(
+            "qs: warning: running as root, so every instance runs as root too; run the agent \
+             as a dedicated unprivileged user (see the README, \"What children get\")"
+        );
+    } else {
+        eprintln!(
+            "qs: instances run as this agent's user (uid {uid}) and can read what it can, \
+             its state directory included; give the agent a user of its own"
+        );
+    }
+}
+
 pub fn up(opts: Up) -> Result<()> {
+    check_listen(&opts)?;
+    announce_identity();
     let nodes = match (&opts.fleet, opts.demo, &opts.host) {
         (Some(file), _, _) => read_spec(file)?.nodes,
         (None, true, _) => parse_spec("examples/seed-fleet.toml", SEED_FLEET)?.nodes,
@@ -179,6 +232,7 @@ pub fn up(opts: Up) -> Result<()> {
         mode: "embedded",
         authenticate: false,
         rekey: false,
+        api_hosts: opts.api_hosts.clone(),
     };
     let nats = opts.host.as_ref().and_then(|h| h.nats.clone());
     rt.block_on(async move {
@@ -244,7 +298,7 @@ async fn serve<F: qs_fabric::Fabric>(
     story: Option<tokio::task::JoinHandle<()>>,
 ) -> Result<()> {
     println!(
-        "qs up: {} nodes ({}), API on http://{}, state in {}",
+        "qs up: {} nodes ({}), API on http://{} (token in api.token), state in {}",
         nodes.len(),
         nodes
             .iter()

@@ -191,3 +191,25 @@ fn a_bad_config_is_refused_with_its_location() {
         "2:1: unknown field `bogus`",
     );
 }
+
+/// A non-loopback API over plain HTTP is refused before anything starts, unless the
+/// operator says `--insecure-listen`.
+#[test]
+fn a_non_loopback_api_needs_insecure_listen() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let out = qs(&[
+        "up",
+        "--listen",
+        "0.0.0.0:0",
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("refusing to serve the API on 0.0.0.0:0") && err.contains("--insecure-listen"),
+        "{err}"
+    );
+    assert!(!state.exists(), "nothing started");
+}

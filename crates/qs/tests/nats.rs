@@ -25,10 +25,21 @@ fn agent(dir: &std::path::Path, server: &NatsServer, node: &str) -> Up {
 
 /// `qs agent` named `node` in fleet `t` of the servers `urls` (comma-separated).
 fn agent_on(dir: &std::path::Path, urls: &str, node: &str, extra: &[&str]) -> Up {
+    agent_with_env(dir, urls, node, extra, &[])
+}
+
+/// [`agent_on`] with environment variables set for the process.
+fn agent_with_env(
+    dir: &std::path::Path,
+    urls: &str,
+    node: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Up {
     let config = dir.join("config.toml");
     std::fs::write(&config, CONFIG).unwrap();
     let state = dir.join(node);
-    Up::spawn(
+    Up::spawn_with_env(
         dir,
         &[
             "agent",
@@ -46,6 +57,7 @@ fn agent_on(dir: &std::path::Path, urls: &str, node: &str, extra: &[&str]) -> Up
         .into_iter()
         .chain(extra.iter().copied())
         .collect::<Vec<_>>(),
+        env,
     )
 }
 
@@ -407,6 +419,21 @@ fn metric(up: &Up, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// A client of fleet `t` on `server` that is no agent (an attacker, or a writer of the KV),
+/// with the runtime it runs on: multi-threaded, since the client flushes what it publishes
+/// from a task of its own.
+fn bus_client(server: &NatsServer) -> (tokio::runtime::Runtime, qs_fabric::nats::NatsFabric) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let bus = rt
+        .block_on(qs_fabric::nats::NatsFabric::connect(&server.url(), "t"))
+        .unwrap();
+    (rt, bus)
+}
+
 fn rejected(up: &Up, reason: &str) -> f64 {
     metric(
         up,
@@ -416,13 +443,15 @@ fn rejected(up: &Up, reason: &str) -> f64 {
 
 /// Messages on the bus that are forged (another key, or a MAC under another pair's key),
 /// replayed, stale (even under the real key), unsigned or malformed are dropped, counted by
-/// kind, and change nothing: a forged stop order leaves the instance running, while the same
-/// order from a registered key is obeyed. A name that keeps sending invalid messages is
-/// quarantined: its heartbeats are dropped with the rest and the fleet stops counting on it.
+/// kind, and change nothing: a forged stop order leaves the instance running. A flood of them
+/// naming a node strikes nobody: it is neither quarantined nor declared dead. A stop from a
+/// registered key that does not steward the service is refused; the steward's own orders are
+/// obeyed. Only a node that keeps *signing* invalid messages is quarantined: its heartbeats
+/// are dropped with the rest and the fleet stops counting on it.
 #[test]
-fn forged_replayed_and_stale_messages_change_nothing_and_a_forger_is_quarantined() {
+fn forged_replayed_and_stale_messages_change_nothing_and_only_a_signer_of_invalid_ones_is_quarantined()
+ {
     use qs_core::auth::{AuthConfig, Keyring};
-    use qs_fabric::nats::NatsFabric;
     use qs_fabric::{Fabric, Kv, Topic};
     use qs_wire::{Envelope, Frame, FrameKind, InstanceId, Message, MessageId, NodeId, NodeRecord};
 
@@ -450,15 +479,7 @@ fn forged_replayed_and_stale_messages_change_nothing_and_a_forger_is_quarantined
         Envelope::new(from.clone(), seq, sent_at_us, MessageId(seq), stop()).encode()
     };
     let auth = AuthConfig::from_config(&qs_core::Config::default(), true);
-    // Multi-threaded: the client flushes what it publishes from a task of its own.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let bus = rt
-        .block_on(NatsFabric::connect(&server.url(), "t"))
-        .unwrap();
+    let (rt, bus) = bus_client(&server);
     let send = |frame: Vec<u8>| rt.block_on(bus.send(&to, frame.into())).unwrap();
     let timeout = std::time::Duration::from_secs(10);
 
@@ -523,22 +544,53 @@ fn forged_replayed_and_stale_messages_change_nothing_and_a_forger_is_quarantined
         "no forged stop order was obeyed"
     );
 
-    // The control: the same order from a node whose key the registry holds is obeyed.
+    // A flood naming the impersonated node, many times what once quarantined it: dropped
+    // and counted, and it strikes nobody.
+    let after = qs_core::Config::default().quarantine_after;
+    let flood = 4 * after;
+    let before = rejected(target, "unsigned") + rejected(target, "bad_signature");
+    for _ in 0..flood {
+        send(Frame::write(
+            FrameKind::Open,
+            &[],
+            &body(&posing_as, now_us(), now_us()),
+        ));
+        send(forger.seal(&posing_as, Some(&to), &body(&posing_as, now_us(), now_us())));
+    }
+    target.wait("the flood dropped and counted", |u| {
+        rejected(u, "unsigned") + rejected(u, "bad_signature") >= before + 2.0 * flood as f64
+    });
+    assert_eq!(metric(target, "qs_peers_quarantined"), 0.0);
+    assert_eq!(live_nodes(target), 2, "the impersonated node is still live");
+
+    // A registered key that does not steward web: its stop order is refused and counted.
     let carol = NodeId::new("carol").unwrap();
     let mut registered = Keyring::new(auth);
     let public = registered.add_local(carol.clone(), [42; 32]);
     let record = NodeRecord::new(public, 2, now_us() / 1000);
     rt.block_on(registry.put("carol", serde_json::to_vec(&record).unwrap().into()))
         .unwrap();
-    target.wait("the registered stop order obeyed", |u| {
+    target.wait("the registered stranger's stop refused", |u| {
         send(registered.seal(&carol, None, &body(&carol, now_us(), now_us())));
-        !u.serving("web").iter().any(|s| s.2 == pid)
+        metric(u, "qs_orders_refused_total{reason=\"not_steward\"}") >= 1.0
     });
+    assert_eq!(
+        target.serving("web").first().map(|s| s.2),
+        Some(pid),
+        "a non-steward's stop order was not obeyed"
+    );
 
-    // A name that keeps sending invalid messages is quarantined.
-    let after = qs_core::Config::default().quarantine_after;
-    for _ in 0..after {
-        send(forger.seal(&posing_as, Some(&to), &body(&posing_as, now_us(), now_us())));
+    // A node that keeps signing invalid messages (here with the impersonated node's real
+    // key: a stop whose reason is longer than any message may carry) is quarantined.
+    let invalid = |seq: u64| {
+        let msg = Message::Stop {
+            instance: InstanceId::new(&instance).unwrap(),
+            reason: "x".repeat(qs_wire::bounds::MAX_REASON_BYTES + 1),
+        };
+        Envelope::new(posing_as.clone(), seq, now_us(), MessageId(seq), msg).encode()
+    };
+    for i in 0..u64::from(after) {
+        send(thief.seal(&posing_as, Some(&to), &invalid((1 << 60) + i)));
     }
     target.wait("the impersonated node quarantined", |u| {
         metric(u, "qs_peers_quarantined") == 1.0
@@ -557,6 +609,94 @@ fn forged_replayed_and_stale_messages_change_nothing_and_a_forger_is_quarantined
                 && e["event"]["peer"] == posing_as.as_str()),
         "the quarantine is in the target's ledger"
     );
+}
+
+/// A spec written straight into the KV (not through the API) that breaks a rule is refused
+/// by every agent, recorded and counted; the version in force before stays, and nobody
+/// crashes on it (a replica count of 2^32 - 1 once made each steward allocate billions).
+#[test]
+fn an_out_of_range_spec_in_the_kv_is_refused_and_the_last_good_one_stays() {
+    use qs_fabric::{Fabric, Kv};
+    let dir = tempfile::tempdir().unwrap();
+    let server = NatsServer::start().expect("nats-server 2.10+ (scripts/test installs it)");
+    let (agents, host) = two_agents_serving_web(dir.path(), &server);
+    let (_, _, pid, _) = agents[host].serving("web").remove(0);
+    let (rt, bus) = bus_client(&server);
+    let specs = rt.block_on(bus.kv("specs")).unwrap();
+    let current = rt.block_on(specs.get("web")).unwrap().unwrap();
+    let mut web: serde_json::Value = serde_json::from_slice(&current.value).unwrap();
+    web["kind"]["replicas"] = 4294967295u64.into();
+    web["kind"]["max_replicas"] = 4294967295u64.into();
+    let mut spin = web.clone();
+    spin["name"] = "spin".into();
+    spin["kind"]["replicas"] = 1.into();
+    spin["kind"]["max_replicas"] = 1.into();
+    spin["health"]["interval_ms"] = 0.into();
+    for (key, value) in [("web", &web), ("spin", &spin)] {
+        let bytes = serde_json::to_vec(value).unwrap();
+        rt.block_on(specs.put(key, bytes.into())).unwrap();
+    }
+    for agent in &agents {
+        agent.wait("both specs refused", |u| {
+            metric(u, "qs_specs_refused_total") >= 2.0
+        });
+        agent.wait("both refusals in the ledger", |u| {
+            let refused: Vec<String> = u
+                .events()
+                .iter()
+                .filter(|e| e["event"]["event"] == "spec-refused")
+                .filter_map(|e| e["event"]["field"].as_str().map(str::to_owned))
+                .collect();
+            refused.iter().any(|f| f == "replicas")
+                && refused.iter().any(|f| f == "health.interval_ms")
+        });
+        assert_eq!(agent.get("/health")["status"], "ok");
+        let services = agent.get("/v1/services");
+        let names: Vec<&str> = services
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|s| s["name"].as_str())
+            .collect();
+        assert_eq!(names, ["web"], "the refused spin is not in force");
+        assert_eq!(services[0]["wanted"], 1, "web's last good version stays");
+    }
+    assert_eq!(
+        agents[host].serving("web").first().map(|s| s.2),
+        Some(pid),
+        "web runs on untouched"
+    );
+}
+
+/// A node whose clock went back (within the allowed skew) since its last start rejoins: its
+/// messages are numbered from a boot epoch its state directory keeps, not from the clock,
+/// so its peers do not take them for replays of its last life's.
+#[test]
+fn a_node_whose_clock_went_back_rejoins() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = NatsServer::start().expect("nats-server 2.10+ (scripts/test installs it)");
+    let alpha = agent(dir.path(), &server, "alpha");
+    let mut beta = agent(dir.path(), &server, "beta");
+    alpha.wait("beta in alpha's registry", |u| live_nodes(u) == 2);
+    beta.signal(libc::SIGTERM);
+    alpha.wait("beta gone", |u| live_nodes(u) == 1);
+    let beta = agent_with_env(
+        dir.path(),
+        &server.url(),
+        "beta",
+        &[],
+        &[("QS_FAULT_CLOCK_OFFSET_MS", "-20000")],
+    );
+    alpha.wait("beta, its clock 20 s back, live again", |u| {
+        live_nodes(u) == 2
+    });
+    assert_eq!(
+        rejected(&alpha, "replay"),
+        0.0,
+        "nothing taken for a replay"
+    );
+    assert_eq!(metric(&alpha, "qs_peers_quarantined"), 0.0);
+    drop(beta);
 }
 
 /// Queries per 5 ms of the DNS load: enough to take dnsmasq past the 0.1 core it asks for,

@@ -326,6 +326,7 @@ impl FleetWorld {
             mode: "embedded",
             authenticate: false,
             rekey: false,
+            api_hosts: vec![],
         };
         let fleet = rt.block_on(EmbeddedFleet::start(opts)).unwrap();
         FleetWorld {

@@ -241,6 +241,32 @@ fn after_kill_9_a_restart_reaps_the_orphans_counts_them_as_failures_and_recovers
     );
 }
 
+/// A panic in a node's runtime ends the whole process (not the runtime alone, which left the
+/// agent up with `/health` ok, no heartbeats and its children running); the restart reaps
+/// what ran and recovers.
+#[test]
+fn a_panic_ends_the_agent_and_the_restart_leaves_no_orphan() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut up = with_web(dir.path());
+    let (_, node, _, _) = up.serving("web")[0].clone();
+    let orphans: Vec<u32> = up.serving("web").iter().map(|i| i.2).collect();
+    let (status, answer) = up.http("POST", &format!("/v1/chaos/panic/{node}"), "");
+    assert_eq!(status, 200, "{answer}");
+    let exit = up.wait_exit();
+    assert_eq!(exit.code(), Some(70), "{exit:?}; log:\n{}", up.log());
+    assert!(
+        up.log().contains("a panic injected into node"),
+        "{}",
+        up.log()
+    );
+    drop(up);
+    let up = Up::start(dir.path());
+    assert!(wait_gone(&orphans), "the restart reaped what ran");
+    up.wait("two serving replicas again", |u| {
+        u.serving("web").len() == 2
+    });
+}
+
 #[test]
 fn a_name_resolves_through_dnsmasq_before_and_after_its_instance_moves() {
     require_dnsmasq();
@@ -360,6 +386,7 @@ fn the_demo_stops_cleanly_on_sigterm() {
         child: Some(child),
         api: format!("http://127.0.0.1:{port}"),
         dir: dir.path().to_path_buf(),
+        token: Default::default(),
     };
     up.wait("the demo's services", |u| {
         let (status, v) = u.http("GET", "/v1/services", "");
@@ -398,4 +425,109 @@ fn a_paused_node_is_replaced_and_rejoins() {
     up.wait("every node back and web at its wanted count", |u| {
         u.get("/v1/nodes").as_array().map_or(0, Vec::len) == 3 && u.serving("web").len() == 2
     });
+}
+
+/// The API is the operator's: a page in a browser (cross-origin, `text/plain`, a rebound
+/// `Host`), a client without the token, or one with the wrong content type changes nothing,
+/// and nothing it asked for runs; what the operator's CLI sends does.
+#[test]
+fn the_api_answers_only_its_operator() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(dir.path());
+    let addr = up.api.trim_start_matches("http://").to_owned();
+    let marker = dir.path().join("pwned");
+    let evil = format!(
+        "[service.evil]\ncommand = \"touch {}; sleep 60\"\nresources = {{ cpu_cores = 0.1, memory_mib = 16 }}\n",
+        marker.display()
+    );
+    let token = up.token().expect("the token file /health names").to_owned();
+    let auth = format!("Authorization: Bearer {token}\r\n");
+    let cases = [
+        // A browser's simple request from another site, its DNS name rebound to loopback.
+        (
+            "Host: evil.example:80\r\nOrigin: http://evil.example\r\nContent-Type: text/plain\r\n"
+                .to_owned(),
+            421,
+        ),
+        // The right Host, from another site, no token.
+        (
+            format!("Host: {addr}\r\nOrigin: http://evil.example\r\nContent-Type: text/plain\r\n"),
+            401,
+        ),
+        // The token, but not the content type the endpoint declares.
+        (
+            format!("Host: {addr}\r\n{auth}Content-Type: text/plain\r\n"),
+            415,
+        ),
+        (format!("Host: {addr}\r\n{auth}"), 415),
+        // A wrong token.
+        (
+            format!(
+                "Host: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/toml\r\n",
+                "0".repeat(64)
+            ),
+            401,
+        ),
+    ];
+    for (headers, want) in &cases {
+        let (status, body) = up.http_raw("POST", "/v1/specs?file=evil.toml", headers, &evil);
+        assert_eq!(status, *want, "{headers:?}: {body}");
+    }
+    // Reading needs the token too (a rebound page could otherwise read the fleet).
+    let host = format!("Host: {addr}\r\n");
+    assert_eq!(up.http_raw("GET", "/v1/nodes", &host, "").0, 401);
+    assert_eq!(up.http_raw("GET", "/v1/events?from=0", &host, "").0, 401);
+    assert_eq!(
+        up.http_raw("GET", "/v1/nodes", "Host: evil.example\r\n", "")
+            .0,
+        421
+    );
+    assert_eq!(up.http_raw("GET", "/health", &host, "").0, 200);
+    assert_eq!(up.http_raw("GET", "/metrics", &host, "").0, 200);
+    // The operator's CLI finds the token by itself; a wrong one given is refused.
+    let out = qs()
+        .args(["--api", &up.api, "--token", &"1".repeat(64), "services"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Authorization: Bearer"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let spec = dir.path().join("web.toml");
+    std::fs::write(&spec, WEB).unwrap();
+    cli(&["--api", &up.api, "apply", "-f", spec.to_str().unwrap()]);
+    up.wait("web serving", |u| u.serving("web").len() == 2);
+    let services = up.get("/v1/services");
+    assert!(
+        services
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["name"] != "evil"),
+        "{services}"
+    );
+    assert!(!marker.exists(), "a refused request's command ran");
+}
+
+/// Waiting requests are bounded: past the limit one is answered 429 at once.
+#[test]
+fn long_polls_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = std::sync::Arc::new(Up::start(dir.path()));
+    up.token().expect("token");
+    let waiting: Vec<_> = (0..40)
+        .map(|_| {
+            let up = up.clone();
+            std::thread::spawn(move || {
+                up.http("GET", "/v1/events?from=1000000000&wait_ms=4000", "")
+                    .0
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = waiting.into_iter().map(|t| t.join().unwrap()).collect();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    let answered = statuses.iter().filter(|s| **s == 200).count();
+    assert_eq!((answered, refused), (32, 8), "{statuses:?}");
 }

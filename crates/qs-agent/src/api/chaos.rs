@@ -1,5 +1,5 @@
-//! The chaos routes of the API: kill an instance, a node or this whole agent, and pause a
-//! node, as the failure tests and `qs chaos` do.
+//! The chaos routes of the API: kill an instance, a node or this whole agent, pause a node,
+//! and make a node's runtime panic, as the failure tests and `qs chaos` do.
 
 use super::{Api, error};
 use crate::control::Control;
@@ -97,17 +97,9 @@ pub(super) async fn chaos_pause<F: Fabric>(
             format!("ms must be 1 to {MAX_PAUSE_MS}, got {}", q.ms),
         );
     }
-    let Ok(node) = NodeId::new(&name) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("{name:?} is not a valid node name"),
-        );
-    };
-    let Some(tx) = api.control(&node) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("no node {node} on this agent"),
-        );
+    let (node, tx) = match api.local_node(&name) {
+        Ok(found) => found,
+        Err(refused) => return refused.into_response(),
     };
     let pause = Duration::from_millis(q.ms);
     if api.mode == "nats" {
@@ -154,6 +146,27 @@ pub(super) async fn chaos_pause<F: Fabric>(
             format!("node {node} is already gone"),
         ),
     }
+}
+
+/// Makes a node's runtime panic (after answering): a fault injection for the supervision
+/// of the agent (`qs` exits on any panic; what restarts it reaps what ran).
+pub(super) async fn chaos_panic<F: Fabric>(
+    State(api): State<Arc<Api<F>>>,
+    Path(name): Path<String>,
+) -> Response {
+    let (node, tx) = match api.local_node(&name) {
+        Ok(found) => found,
+        Err(refused) => return refused.into_response(),
+    };
+    let panicking = node.clone();
+    after_reply(move || {
+        let _ = tx.try_send(Control::Panic);
+    });
+    Json(v1::Panicked {
+        panicking,
+        pid: std::process::id(),
+    })
+    .into_response()
 }
 
 /// Runs `f` shortly after the current response has gone out.

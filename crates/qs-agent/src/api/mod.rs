@@ -1,5 +1,6 @@
 //! The agent's HTTP API (loopback by default): health, Prometheus metrics, queue and durable
-//! state, and the `/v1` resources the CLI reads and writes.
+//! state, and the `/v1` resources the CLI reads and writes. Every request passes the
+//! [`guard`] first: the `Host` allow-list, the bearer token, the declared content type.
 
 use crate::control::{Control, Shared};
 use crate::names::SPECS_BUCKET;
@@ -20,16 +21,26 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 mod chaos;
-use chaos::{chaos_kill, chaos_pause};
+mod guard;
+mod token;
+use chaos::{chaos_kill, chaos_panic, chaos_pause};
+pub use guard::{Access, MAX_API_HOSTS};
+pub use token::ApiToken;
 
 /// Longest a follow request waits for new events.
 const MAX_WAIT_MS: u64 = 30_000;
+
+/// Most requests waiting for events at once (long polls, `qs events --follow`); one more is
+/// answered 429 at once instead of holding a connection and a blocking thread.
+pub const MAX_LONG_POLLS: usize = 32;
 
 /// State behind the routes.
 pub struct Api<F: Fabric> {
     shared: Arc<Shared>,
     fabric: F,
     mode: &'static str,
+    access: Arc<Access>,
+    long_polls: Arc<tokio::sync::Semaphore>,
     metrics: Metrics,
     nodes_live: Gauge,
     instances: Gauge,
@@ -38,7 +49,7 @@ pub struct Api<F: Fabric> {
 }
 
 impl<F: Fabric> Api<F> {
-    pub fn new(shared: Arc<Shared>, fabric: F, mode: &'static str) -> Arc<Self> {
+    pub fn new(shared: Arc<Shared>, fabric: F, mode: &'static str, access: Access) -> Arc<Self> {
         let mut metrics = Metrics::with_prefix("qs");
         let c = &shared.counters;
         let counters = [
@@ -69,14 +80,26 @@ impl<F: Fabric> Api<F> {
                 "Peers declared dead after missing heartbeats",
                 &c.nodes_declared_dead,
             ),
+            (
+                "specs_refused",
+                "Specs read from the fleet's KV that broke a rule (the last good one stays)",
+                &c.specs_refused,
+            ),
         ];
         for (name, help, counter) in counters {
             metrics.register(name, help, counter.clone());
         }
         metrics.register(
+            "orders_refused",
+            "Dispatches, stops and promotions not obeyed, by reason: not_steward (the sender \
+             does not steward the service as this node sees the fleet), unknown_service",
+            c.orders_refused.clone(),
+        );
+        metrics.register(
             "messages_rejected",
-            "Messages dropped unread, by reason: malformed, unsigned, unknown_sender, \
-             bad_signature, stale, replay, quarantined",
+            "Messages dropped, by reason: malformed, unsigned, unknown_sender, bad_signature, \
+             stale, replay, quarantined, invalid (authenticated but breaking a rule: only these \
+             count towards a quarantine)",
             shared.auth.rejected.clone(),
         );
         let (nodes_live, instances, in_flight, quarantined) = (
@@ -114,6 +137,8 @@ impl<F: Fabric> Api<F> {
             shared,
             fabric,
             mode,
+            access: Arc::new(access),
+            long_polls: Arc::new(tokio::sync::Semaphore::new(MAX_LONG_POLLS)),
             metrics,
             nodes_live,
             instances,
@@ -129,6 +154,24 @@ impl<F: Fabric> Api<F> {
     /// The control channel of a node of this process.
     fn control(&self, node: &NodeId) -> Option<mpsc::Sender<Control>> {
         self.shared.controls.read().ok()?.get(node).cloned()
+    }
+
+    /// A node of this process named in a path, with its control channel; or the answer
+    /// that says why not (400 for a bad name, 404 for one not here).
+    fn local_node(&self, name: &str) -> Result<(NodeId, mpsc::Sender<Control>), Refusal> {
+        let Ok(node) = NodeId::new(name) else {
+            return Err(Refusal {
+                status: StatusCode::BAD_REQUEST,
+                message: format!("{name:?} is not a valid node name"),
+            });
+        };
+        match self.control(&node) {
+            Some(tx) => Ok((node, tx)),
+            None => Err(Refusal {
+                status: StatusCode::NOT_FOUND,
+                message: format!("node {node} does not run on this agent"),
+            }),
+        }
     }
 
     async fn ask<T>(
@@ -152,6 +195,7 @@ impl<F: Fabric> Api<F> {
 }
 
 pub fn router<F: Fabric>(api: Arc<Api<F>>) -> Router {
+    let access = api.access.clone();
     Router::new()
         .route("/health", get(health::<F>))
         .route("/metrics", get(metrics::<F>))
@@ -165,12 +209,26 @@ pub fn router<F: Fabric>(api: Arc<Api<F>>) -> Router {
         .route("/v1/specs/{name}", delete(delete_spec::<F>))
         .route("/v1/chaos/kill/{target}", post(chaos_kill::<F>))
         .route("/v1/chaos/pause/{node}", post(chaos_pause::<F>))
+        .route("/v1/chaos/panic/{node}", post(chaos_panic::<F>))
         .route(
             "/v1/nodes/{node}/drain",
             post(drain::<F>).delete(undrain::<F>),
         )
         .route("/v1/services/{name}/approve", post(approve::<F>))
         .with_state(api)
+        .layer(axum::middleware::from_fn_with_state(access, guard::guard))
+}
+
+/// A request refused before its handler did anything: the status and the message.
+struct Refusal {
+    status: StatusCode,
+    message: String,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        error(self.status, self.message)
+    }
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -180,7 +238,10 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(body)).into_response()
 }
 
-async fn health<F: Fabric>(State(api): State<Arc<Api<F>>>) -> Response {
+async fn health<F: Fabric>(
+    State(api): State<Arc<Api<F>>>,
+    req: axum::extract::Request,
+) -> Response {
     let views = api.shared.views.read().map(|v| v.len()).unwrap_or(0);
     // Autonomous: the fleet is out of reach; this node keeps its instances and its ledger
     // and catches up when the fabric is back.
@@ -194,6 +255,15 @@ async fn health<F: Fabric>(State(api): State<Arc<Api<F>>>) -> Response {
         mode: mode.into(),
         nodes: views,
         ledger_next_seq: api.shared.ledger.next_seq(),
+        // Only a client on this machine is told where the token is: it still needs the
+        // right to read the file.
+        token_file: guard::peer_is_loopback(&req).then(|| {
+            let path = api.shared.state_dir.path(qs_store::StateFile::ApiToken);
+            std::path::absolute(&path)
+                .unwrap_or(path)
+                .display()
+                .to_string()
+        }),
     })
     .into_response()
 }
@@ -396,6 +466,19 @@ async fn events<F: Fabric>(
 ) -> Response {
     let ledger = api.shared.ledger.clone();
     let wait = Duration::from_millis(q.wait_ms.min(MAX_WAIT_MS));
+    let _permit = if wait.is_zero() {
+        None
+    } else {
+        match api.long_polls.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                return error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!("{MAX_LONG_POLLS} requests already wait for events here; retry"),
+                );
+            }
+        }
+    };
     let limit = q.limit.clamp(1, qs_store::MAX_READ);
     let read = tokio::task::spawn_blocking(move || ledger.follow(q.from, limit, wait)).await;
     match read {
@@ -508,23 +591,9 @@ async fn approve<F: Fabric>(State(api): State<Arc<Api<F>>>, Path(name): Path<Str
 }
 
 async fn set_drain<F: Fabric>(api: &Api<F>, name: &str, on: bool) -> Response {
-    let Ok(node) = NodeId::new(name) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("{name:?} is not a valid node name"),
-        );
-    };
-    let tx = api
-        .shared
-        .controls
-        .read()
-        .ok()
-        .and_then(|c| c.get(&node).cloned());
-    let Some(tx) = tx else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("node {node} does not run on this agent"),
-        );
+    let (node, tx) = match api.local_node(name) {
+        Ok(found) => found,
+        Err(refused) => return refused.into_response(),
     };
     match tx.send(Control::Drain(on)).await {
         Ok(()) => Json(v1::Drain { node, draining: on }).into_response(),

@@ -22,8 +22,8 @@ use crate::registry::Registry;
 use crate::rng::Rng;
 use crate::time::{Time, ms};
 use qs_wire::{
-    Capacity, Committed, Event, ExitOutcome, InstanceId, InstanceLoad, Load, Message, NodeId,
-    NodeSpec, NodeStatus, Resources, Role, ServiceName, SingletonClaim,
+    Capacity, Committed, DeclineReason, Event, ExitOutcome, InstanceId, InstanceLoad, Load,
+    Message, NodeId, NodeSpec, NodeStatus, Resources, Role, ServiceName, SingletonClaim,
 };
 use std::collections::{BTreeMap, VecDeque};
 
@@ -292,6 +292,34 @@ impl Node {
     }
 }
 
+/// Whether `from` may order `order` for `instance` of `service`: only the node this one
+/// believes stewards the service (or did, within the grace window), and only for a service
+/// whose spec is here. Its demand, from that spec; a refusal is recorded.
+fn authorize(
+    cx: &mut Cx<'_>,
+    from: &NodeId,
+    order: &str,
+    instance: &InstanceId,
+    service: Option<&ServiceName>,
+) -> Result<qs_wire::Demand, DeclineReason> {
+    let spec = service.and_then(|s| cx.reg.spec(s));
+    let verdict = match (spec, service) {
+        (Some(spec), Some(s)) if cx.reg.may_steward(s, from, cx.now) => {
+            return Ok(qs_wire::Demand::of(spec));
+        }
+        (Some(_), _) => DeclineReason::NotSteward,
+        (None, _) => DeclineReason::UnknownService,
+    };
+    cx.out.record(Event::OrderRefused {
+        from: from.clone(),
+        order: order.to_owned(),
+        instance: instance.clone(),
+        service: service.cloned(),
+        reason: verdict.clone(),
+    });
+    Err(verdict)
+}
+
 /// Routes a message from another node: the host answers queries, dispatches and orders, the
 /// steward takes answers to its own placements, and failure-detection pings are relayed.
 fn on_message(steward: &mut Steward, cx: &mut Cx<'_>, from: NodeId, msg: Message) {
@@ -321,10 +349,14 @@ fn on_message(steward: &mut Steward, cx: &mut Cx<'_>, from: NodeId, msg: Message
             role,
             fencing,
         } => {
-            let refused = cx
-                .host
-                .accept_dispatch(&instance, &demand, role, fencing, now, reg, cx.out)
-                .err();
+            // What runs is what the spec held here says, never what the message carries.
+            let refused = match authorize(cx, &from, "dispatch", &instance, Some(&demand.service)) {
+                Ok(spec) => cx
+                    .host
+                    .accept_dispatch(&instance, &spec, role, fencing, now, reg, cx.out)
+                    .err(),
+                Err(reason) => Some(reason),
+            };
             let msg = Message::DispatchReply {
                 placement,
                 instance,
@@ -337,7 +369,19 @@ fn on_message(steward: &mut Steward, cx: &mut Cx<'_>, from: NodeId, msg: Message
             instance,
             refused,
         } => steward.on_dispatch_reply(placement, from, &instance, refused, cx),
-        order @ (Message::Stop { .. } | Message::Promote { .. }) => cx.host.obey(order, cx.out),
+        order @ (Message::Stop { .. } | Message::Promote { .. }) => {
+            let instance = match &order {
+                Message::Stop { instance, .. } | Message::Promote { instance } => instance.clone(),
+                _ => return,
+            };
+            // An instance not hosted here needs no order: stopping it is done already.
+            let Some(service) = cx.host.service_of(&instance).cloned() else {
+                return;
+            };
+            if authorize(cx, &from, order.kind(), &instance, Some(&service)).is_ok() {
+                cx.host.obey(order, cx.out);
+            }
+        }
         // Failure detection: answer the way the ping came; relay for others.
         Message::Ping { nonce, origin, via } => {
             let to = via.clone().unwrap_or_else(|| origin.clone());

@@ -41,6 +41,8 @@ struct Slot {
     last_seen: Time,
     alive: bool,
     id_hash: u64,
+    /// When it was last declared dead (meaningless while alive).
+    died_at: Time,
 }
 
 /// A change of membership.
@@ -71,6 +73,25 @@ pub struct Registry {
     instances: BTreeMap<ServiceName, BTreeMap<InstanceId, RunningInstance>>,
     completed: BTreeMap<ServiceName, BTreeSet<InstanceId>>,
     max_fencing: BTreeMap<ServiceName, u64>,
+    /// Each service's steward before the last change, and when it changed: its orders
+    /// are still obeyed for a grace window (see [`Registry::may_steward`]).
+    previous_stewards: BTreeMap<ServiceName, PreviousSteward>,
+    steward_grace: std::time::Duration,
+    /// Dead slots by when they died: forgotten `forget_after` later, so names that come and
+    /// go (or are invented) do not grow the registry without bound.
+    dead_since: BTreeSet<(Time, usize)>,
+    forget_after: Duration,
+    /// Forgotten slots, reused by the next new node.
+    free: Vec<usize>,
+    /// The latest time an input carried: when a change without its own time happened.
+    now: Time,
+}
+
+/// A service's steward before the last change.
+#[derive(Clone, Debug)]
+struct PreviousSteward {
+    node: NodeId,
+    until: Time,
 }
 
 impl Registry {
@@ -92,6 +113,12 @@ impl Registry {
             instances: BTreeMap::new(),
             completed: BTreeMap::new(),
             max_fencing: BTreeMap::new(),
+            previous_stewards: BTreeMap::new(),
+            now: Time::ZERO,
+            steward_grace: ms(config.steward_grace_ms),
+            dead_since: BTreeSet::new(),
+            forget_after: ms(config.forget_dead_after_ms),
+            free: Vec::new(),
         }
     }
 
@@ -99,24 +126,36 @@ impl Registry {
 
     /// Takes in a heartbeat. Returns `Joined` when the node is new or back from the dead.
     pub fn observe(&mut self, status: NodeStatus, now: Time) -> Option<Membership> {
+        self.now = self.now.max(now);
         let slot = match self.index.get(&status.node) {
             Some(&s) => s,
             None => {
-                let s = self.slots.len();
-                self.index.insert(status.node.clone(), s);
-                self.slots.push(Slot {
+                let fresh = Slot {
                     id_hash: hash::of_str(status.node.as_str()),
                     status: status.clone(),
                     last_seen: now,
                     alive: false,
-                });
-                self.cpu_weights.push();
-                self.gpu_weights.push();
+                    died_at: now,
+                };
+                let s = match self.free.pop() {
+                    Some(s) => {
+                        self.slots[s] = fresh;
+                        s
+                    }
+                    None => {
+                        self.slots.push(fresh);
+                        self.cpu_weights.push();
+                        self.gpu_weights.push();
+                        self.slots.len() - 1
+                    }
+                };
+                self.index.insert(status.node.clone(), s);
                 s
             }
         };
         let joined = !self.slots[slot].alive;
         if joined {
+            self.dead_since.remove(&(self.slots[slot].died_at, slot));
             self.slots[slot].alive = true;
             self.live += 1;
             let bucket = self.bucket_of(slot);
@@ -145,6 +184,8 @@ impl Registry {
     /// Declares dead every node silent for `dead_after`. Returns each one's last heartbeat, so
     /// the caller knows which instances were lost with it.
     pub fn expire(&mut self, now: Time) -> Vec<NodeStatus> {
+        self.now = self.now.max(now);
+        self.forget_dead(now);
         let mut dead = Vec::new();
         while let Some(&(seen, slot)) = self.by_last_seen.first() {
             if now.since(seen) < self.dead_after {
@@ -194,8 +235,29 @@ impl Registry {
         }
     }
 
+    /// Forgets nodes dead for `forget_after`: their names leave the index and their slots
+    /// are reused. One that comes back later joins as new.
+    fn forget_dead(&mut self, now: Time) {
+        while let Some(&(died, slot)) = self.dead_since.first() {
+            if now.since(died) < self.forget_after {
+                break;
+            }
+            self.dead_since.remove(&(died, slot));
+            self.index.remove(&self.slots[slot].status.node);
+            self.free.push(slot);
+        }
+    }
+
+    /// Nodes known here, live or dead and not yet forgotten.
+    pub fn known_count(&self) -> usize {
+        self.index.len()
+    }
+
     fn kill_slot(&mut self, slot: usize) {
+        let now = self.now;
+        self.dead_since.insert((now, slot));
         let s = &mut self.slots[slot];
+        s.died_at = now;
         s.alive = false;
         self.by_last_seen.remove(&(s.last_seen, slot));
         self.live -= 1;
@@ -304,6 +366,7 @@ impl Registry {
 
     /// Adds or replaces a spec, seen at `now`.
     pub fn apply_spec(&mut self, spec: WorkloadSpec, now: Time) {
+        self.now = self.now.max(now);
         let name = spec.name.clone();
         let new = self.specs.insert(name.clone(), spec).is_none();
         if new {
@@ -321,6 +384,7 @@ impl Registry {
     pub fn remove_spec(&mut self, name: &ServiceName) -> Option<WorkloadSpec> {
         let spec = self.specs.remove(name)?;
         self.spec_since.remove(name);
+        self.previous_stewards.remove(name);
         if let Some(slot) = self.stewards.remove(name)
             && let Some(set) = self.stewarded.get_mut(&slot)
         {
@@ -372,11 +436,28 @@ impl Registry {
         (h, &self.slots[slot].status.node)
     }
 
+    /// Whether `node` may give orders for `service` here: it is its steward, or was until a
+    /// change less than `steward_grace_ms` ago (its view may lag this one's).
+    pub fn may_steward(&self, service: &ServiceName, node: &NodeId, now: Time) -> bool {
+        self.steward(service) == Some(node)
+            || self
+                .previous_stewards
+                .get(service)
+                .is_some_and(|p| &p.node == node && now <= p.until)
+    }
+
     fn set_steward(&mut self, service: &ServiceName, slot: Option<usize>) {
-        if let Some(old) = self.stewards.remove(service)
-            && let Some(set) = self.stewarded.get_mut(&old)
-        {
-            set.remove(service);
+        if let Some(old) = self.stewards.remove(service) {
+            if let Some(set) = self.stewarded.get_mut(&old) {
+                set.remove(service);
+            }
+            if slot != Some(old) {
+                let previous = PreviousSteward {
+                    node: self.slots[old].status.node.clone(),
+                    until: self.now + self.steward_grace,
+                };
+                self.previous_stewards.insert(service.clone(), previous);
+            }
         }
         if let Some(slot) = slot {
             self.stewards.insert(service.clone(), slot);

@@ -272,3 +272,43 @@ fn an_instance_two_nodes_report_is_not_lost_when_one_drops_it() {
     reg.observe(beat("na", &["a-1", "a-2"]), Time::from_millis(4));
     assert_eq!(holder(&reg).as_deref(), Some("na"));
 }
+
+/// Names that come and go (a churning fleet, or names invented by a publisher) do not grow
+/// the registry: a node dead for `forget_dead_after_ms` is forgotten and its slot reused, and
+/// one that returns after that joins as new.
+#[test]
+fn nodes_dead_long_enough_are_forgotten_and_their_slots_reused() {
+    let config = Config::default();
+    let mut reg = Registry::new(&config);
+    let forget = Duration::from_millis(config.forget_dead_after_ms);
+    let dead = Duration::from_millis(config.dead_after_ms);
+    let mut t = Time::ZERO;
+    reg.observe(status("keeper", 1, 0), t);
+    for round in 0..50 {
+        let name = format!("passer-{round}");
+        reg.observe(status(&name, 1, 0), t);
+        reg.vouch(&NodeId::new("keeper").unwrap(), t + dead);
+        t = t + dead + Duration::from_millis(1);
+        let gone = reg.expire(t);
+        assert_eq!(gone.len(), 1, "round {round}");
+        t = t + forget;
+        reg.vouch(&NodeId::new("keeper").unwrap(), t);
+        reg.expire(t);
+        assert!(
+            reg.known_count() <= 2,
+            "round {round}: {}",
+            reg.known_count()
+        );
+    }
+    assert!(
+        reg.slots.len() <= 3,
+        "{} slots for 51 names",
+        reg.slots.len()
+    );
+    let back = reg.observe(status("passer-0", 1, 0), t);
+    assert_eq!(
+        back,
+        Some(Membership::Joined(NodeId::new("passer-0").unwrap()))
+    );
+    assert_eq!(reg.live_count(), 2);
+}

@@ -126,3 +126,61 @@ fn line_and_column_count_characters() {
     assert_eq!(line_column("ab\ncé = 1", 6), (2, 3));
     assert_eq!(line_column("", 0), (1, 1));
 }
+
+/// The KV way in: a spec as JSON under its key, edited the way a writer of the bucket could;
+/// each edit must be refused naming the field (or the name), and the valid one accepted.
+#[test]
+fn specs_from_the_kv_pass_the_same_rules() {
+    let good = parse_spec("web.toml", "[service.web]\nreplicas = 2\ncommand = \"run\"\nresources = { cpu_cores = 1, memory_mib = 64 }\nhealth = { kind = \"tcp\" }\n")
+        .unwrap()
+        .workloads
+        .remove(0);
+    let json = serde_json::to_value(&good).unwrap();
+    let bytes = |v: &serde_json::Value| serde_json::to_vec(v).unwrap();
+    assert_eq!(
+        decode_workload("kv specs/web", "web", &bytes(&json)).unwrap(),
+        good
+    );
+    /// A case: its name, the edit, the field the refusal must name.
+    type Edit = (&'static str, fn(&mut serde_json::Value), &'static str);
+    let edits: [Edit; 9] = [
+        (
+            "replicas",
+            |v| v["kind"]["replicas"] = 4294967295u64.into(),
+            "replicas",
+        ),
+        (
+            "max below replicas",
+            |v| v["kind"]["max_replicas"] = 1.into(),
+            "max_replicas",
+        ),
+        (
+            "interval 0",
+            |v| v["health"]["interval_ms"] = 0.into(),
+            "health.interval_ms",
+        ),
+        (
+            "no cpu",
+            |v| v["resources"]["cpu_millicores"] = 0.into(),
+            "resources.cpu_cores",
+        ),
+        ("per node", |v| v["max_per_node"] = 0.into(), "max_per_node"),
+        ("empty command", |v| v["command"] = " ".into(), "command"),
+        (
+            "agent's env",
+            |v| v["env"] = serde_json::json!({"QS_PORT": "1"}),
+            "env",
+        ),
+        ("other key", |v| v["name"] = "api".into(), "name"),
+        ("garbage", |v| *v = serde_json::json!({"name": 7}), ""),
+    ];
+    for (case, edit, field) in edits {
+        let mut v = json.clone();
+        edit(&mut v);
+        let e = decode_workload("kv specs/web", "web", &bytes(&v)).expect_err(case);
+        assert_eq!(e.field, field, "{case}: {e}");
+        assert!(e.to_string().starts_with("kv specs/web:"), "{case}: {e}");
+    }
+    let huge = vec![b' '; MAX_SPEC_BYTES + 1];
+    assert!(decode_workload("kv specs/web", "web", &huge).is_err());
+}

@@ -59,6 +59,8 @@ pub struct Up {
     pub child: Option<Child>,
     pub api: String,
     pub dir: PathBuf,
+    /// The API token, read from the file `/health` names once the agent answers.
+    pub token: std::sync::OnceLock<String>,
 }
 
 impl Up {
@@ -82,10 +84,16 @@ impl Up {
     /// `qs ARGS --listen 127.0.0.1:PORT` on a free port, logging into `dir`; returns once its
     /// API answers.
     pub fn spawn(dir: &std::path::Path, args: &[&str]) -> Up {
+        Up::spawn_with_env(dir, args, &[])
+    }
+
+    /// [`Up::spawn`] with environment variables set for the process.
+    pub fn spawn_with_env(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Up {
         let port = free_port();
         let log = std::fs::File::create(dir.join(format!("qs-up-{port}.log"))).unwrap();
         let child = qs()
             .args(args)
+            .envs(env.iter().copied())
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -95,20 +103,57 @@ impl Up {
             child: Some(child),
             api: format!("http://127.0.0.1:{port}"),
             dir: dir.to_path_buf(),
+            token: Default::default(),
         };
         up.wait("the API", |up| up.http("GET", "/health", "").0 == 200);
         up
     }
 
-    /// Raw HTTP, so the API itself is what is tested.
+    /// The agent's API token, as its state directory holds it (the file `/health` names).
+    pub fn token(&self) -> Option<&str> {
+        if self.token.get().is_none() {
+            let (status, health) = self.http_raw("GET", "/health", "", "");
+            let file = health["token_file"].as_str().filter(|_| status == 200)?;
+            let text = std::fs::read_to_string(file).ok()?;
+            let _ = self.token.set(text.trim().to_owned());
+        }
+        self.token.get().map(String::as_str)
+    }
+
+    /// Raw HTTP, so the API itself is what is tested, as the CLI sends it: with the token,
+    /// and the content type the endpoint takes on a changing request.
     pub fn http(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
+        let mut headers = String::new();
+        if let Some(t) = self.token() {
+            headers.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        if method != "GET" {
+            let kind = if path.starts_with("/v1/specs?") || path == "/v1/specs" {
+                "application/toml"
+            } else {
+                "application/json"
+            };
+            headers.push_str(&format!("Content-Type: {kind}\r\n"));
+        }
+        let addr = self.api.trim_start_matches("http://");
+        self.http_raw(method, path, &format!("Host: {addr}\r\n{headers}"), body)
+    }
+
+    /// Raw HTTP with exactly the headers given (each ending in CRLF; none added but
+    /// `Connection` and `Content-Length`): for what a client other than the CLI sends.
+    pub fn http_raw(&self, method: &str, path: &str, headers: &str, body: &str) -> (u16, Value) {
         let addr = self.api.trim_start_matches("http://");
         let Ok(mut s) = TcpStream::connect(addr) else {
             return (0, Value::Null);
         };
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let headers = if headers.is_empty() {
+            format!("Host: {addr}\r\n")
+        } else {
+            headers.to_owned()
+        };
         let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\n{headers}Connection: close\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
         s.write_all(req.as_bytes()).unwrap();
@@ -248,9 +293,15 @@ impl Up {
     }
 
     pub fn signal(&mut self, signal: i32) -> std::process::ExitStatus {
-        let mut child = self.child.take().unwrap();
+        let child = self.child.as_ref().unwrap();
         // SAFETY: signalling our own child.
         unsafe { libc::kill(child.id() as i32, signal) };
+        self.wait_exit()
+    }
+
+    /// Waits (bounded by [`LIMIT`], then kills it) for the process to end by itself.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
         let start = Instant::now();
         loop {
             if let Some(status) = child.try_wait().unwrap() {

@@ -370,6 +370,11 @@ impl Host {
         }
     }
 
+    /// The service of an instance hosted here.
+    pub(crate) fn service_of(&self, instance: &InstanceId) -> Option<&ServiceName> {
+        self.hosted.get(instance).map(|h| &h.service)
+    }
+
     /// Orders from a steward (this node's own, or another's): stop or promote an instance.
     pub(crate) fn obey(&mut self, order: Message, out: &mut Outbox) {
         match order {
