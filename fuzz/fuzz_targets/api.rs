@@ -15,6 +15,8 @@ struct World {
     rt: tokio::runtime::Runtime,
     router: axum::Router,
     token: String,
+    /// Kept for the whole run (a static: it lives as long as the process).
+    _fleet: std::sync::Mutex<EmbeddedFleet>,
     _dir: tempfile::TempDir,
 }
 
@@ -58,11 +60,11 @@ fn world() -> &'static World {
             "embedded",
             access,
         ));
-        std::mem::forget(fleet);
         World {
             rt,
             router,
             token: token.as_str().to_owned(),
+            _fleet: std::sync::Mutex::new(fleet),
             _dir: dir,
         }
     })

@@ -30,6 +30,8 @@ pub struct Launch {
     pub is_job: bool,
     /// What the spec adds to the child's environment.
     pub env: BTreeMap<String, String>,
+    /// Another user to run it as (a root agent's children); `None`: the agent's own.
+    pub run_as: Option<crate::run_as::RunAs>,
 }
 
 /// An instance's process ended.
@@ -194,8 +196,7 @@ impl Executor {
             instance: instance.clone(),
             source,
         })?;
-        let qs =
-            std::env::current_exe().map_or_else(|_| "qs".to_owned(), |p| p.display().to_string());
+        let qs = crate::sandbox::qs_exe(launch.run_as.as_ref());
         let command = launch
             .command
             .replace("{port}", &port.to_string())
@@ -220,7 +221,7 @@ impl Executor {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(false);
-        crate::sandbox::confine(&mut cmd, &env);
+        crate::sandbox::confine(&mut cmd, &env, launch.run_as.as_ref());
         let started = Instant::now();
         let mut child = match cmd.spawn() {
             Ok(c) => c,
@@ -401,6 +402,40 @@ impl Executor {
     }
 
     /// What runs now, by instance.
+    /// Removes the logs of instances that no longer run here and were last written more
+    /// than `retention` ago (a new instance id per placement would otherwise leave logs
+    /// forever). Returns how many files went. Blocking: call it off the runtime.
+    pub fn sweep_logs(&self, retention: Duration) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.log_dir) else {
+            return 0;
+        };
+        let running: Vec<String> = lock(&self.children).keys().map(|i| i.to_string()).collect();
+        let mut removed = 0;
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            // `INSTANCE.stdout.log[.N]`: instance ids hold no dot.
+            let Some((instance, rest)) = name.split_once('.') else {
+                continue;
+            };
+            if !rest.starts_with("stdout.log") && !rest.starts_with("stderr.log") {
+                continue;
+            }
+            if running.iter().any(|r| r == instance) {
+                continue;
+            }
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= retention);
+            if old && std::fs::remove_file(e.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
     pub fn running(&self) -> BTreeMap<InstanceId, Running> {
         lock(&self.children)
             .iter()

@@ -1,5 +1,6 @@
 //! Health probes: TCP connect, HTTP GET, or a command; each bounded by its timeout.
 
+use crate::run_as::RunAs;
 use qs_wire::Probe;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -12,15 +13,21 @@ pub async fn probe(
     probe: &Probe,
     port: u16,
     env: &BTreeMap<String, String>,
+    run_as: Option<&RunAs>,
     timeout: Duration,
 ) -> Result<(), String> {
-    match tokio::time::timeout(timeout, run(probe, port, env)).await {
+    match tokio::time::timeout(timeout, run(probe, port, env, run_as)).await {
         Ok(result) => result,
         Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
     }
 }
 
-async fn run(probe: &Probe, port: u16, env: &BTreeMap<String, String>) -> Result<(), String> {
+async fn run(
+    probe: &Probe,
+    port: u16,
+    env: &BTreeMap<String, String>,
+    run_as: Option<&RunAs>,
+) -> Result<(), String> {
     match probe {
         Probe::Tcp => TcpStream::connect(("127.0.0.1", port))
             .await
@@ -41,7 +48,7 @@ async fn run(probe: &Probe, port: u16, env: &BTreeMap<String, String>) -> Result
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::piped())
                 .kill_on_drop(true);
-            crate::sandbox::confine(&mut cmd, &env);
+            crate::sandbox::confine(&mut cmd, &env, run_as);
             let child = cmd.spawn().map_err(|e| format!("`{command}`: {e}"))?;
             // A probe cut short by its timeout takes what it started with it.
             let mut group = crate::sandbox::GroupKill::new(child.id());
@@ -122,28 +129,33 @@ mod tests {
         let http = Probe::Http {
             path: "/health".into(),
         };
-        assert_eq!(probe(&http, ok, &E, T).await, Ok(()));
+        assert_eq!(probe(&http, ok, &E, None, T).await, Ok(()));
         assert!(
-            probe(&http, bad, &E, T)
+            probe(&http, bad, &E, None, T)
                 .await
                 .unwrap_err()
                 .contains("status 503")
         );
-        assert!(probe(&http, closed, &E, T).await.is_err());
-        assert_eq!(probe(&Probe::Tcp, ok, &E, T).await, Ok(()));
-        assert!(probe(&Probe::Tcp, closed, &E, T).await.is_err());
+        assert!(probe(&http, closed, &E, None, T).await.is_err());
+        assert_eq!(probe(&Probe::Tcp, ok, &E, None, T).await, Ok(()));
+        assert!(probe(&Probe::Tcp, closed, &E, None, T).await.is_err());
         let yes = Probe::Exec {
             command: "test {port} -gt 0".into(),
         };
         let no = Probe::Exec {
             command: "echo sad >&2; false".into(),
         };
-        assert_eq!(probe(&yes, ok, &E, T).await, Ok(()));
-        assert!(probe(&no, ok, &E, T).await.unwrap_err().contains("sad"));
+        assert_eq!(probe(&yes, ok, &E, None, T).await, Ok(()));
+        assert!(
+            probe(&no, ok, &E, None, T)
+                .await
+                .unwrap_err()
+                .contains("sad")
+        );
         let slow = Probe::Exec {
             command: "sleep 5".into(),
         };
-        let err = probe(&slow, ok, &E, Duration::from_millis(100))
+        let err = probe(&slow, ok, &E, None, Duration::from_millis(100))
             .await
             .unwrap_err();
         assert!(err.contains("within 100 ms"), "{err}");
@@ -158,7 +170,7 @@ mod tests {
         let slow = Probe::Exec {
             command: format!("sleep 30 & echo $! > {}; wait", pidfile.display()),
         };
-        let err = probe(&slow, 1, &E, Duration::from_millis(300))
+        let err = probe(&slow, 1, &E, None, Duration::from_millis(300))
             .await
             .unwrap_err();
         assert!(err.contains("within 300 ms"), "{err}");

@@ -90,11 +90,12 @@ pub async fn register<K: Kv>(
         let expected = match kv.get(node.as_str()).await? {
             None => None,
             Some(entry) => {
-                let theirs: NodeRecord =
-                    serde_json::from_slice(&entry.value).map_err(|e| IdentityError::BadRecord {
+                let theirs = NodeRecord::decode(&entry.value).map_err(|message| {
+                    IdentityError::BadRecord {
                         node: node.clone(),
-                        message: e.to_string(),
-                    })?;
+                        message,
+                    }
+                })?;
                 if theirs.public_key == record.public_key {
                     return Ok(());
                 }
@@ -295,9 +296,7 @@ impl Auth {
         let Ok(id) = NodeId::new(node) else {
             return tracing::warn!(key = node, "ignored a registry entry: not a node id");
         };
-        let key = serde_json::from_slice::<NodeRecord>(value)
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.key().map_err(|e| e.to_string()));
+        let key = NodeRecord::decode(value).and_then(|r| r.key().map_err(|e| e.to_string()));
         match key {
             Ok(key) => {
                 if let Err(e) = self.keyring().learn(id, key) {

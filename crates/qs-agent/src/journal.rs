@@ -3,11 +3,51 @@
 //! one per event). A batch that starts small lingers a moment for the records right behind
 //! it, so a busy fleet commits hundreds of records per transaction rather than a few. The
 //! queue is bounded: when the disk falls behind, runtimes wait.
+//!
+//! A batch that fails to commit (a full disk, say) is not lost: the writer marks the ledger
+//! degraded with the reason (`/health` says so), reopens the ledger with backoff until a
+//! commit succeeds, and takes nothing new meanwhile. Records keep queueing up to [`QUEUE`];
+//! past that, while degraded, new ones are dropped and counted rather than stalling every
+//! node's runtime (whose heartbeats must go on). Nothing committed is ever lost, and a batch
+//! whose commit failed but landed (seen from the sequence number after the reopen) is not
+//! written twice.
 
 use qs_store::Ledger;
 use qs_wire::{Event, NodeId, Record};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::{mpsc, watch};
+
+/// First wait before reopening a failed ledger, and the longest.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// Whether the ledger takes writes: the reason it does not, and what was dropped meanwhile.
+#[derive(Debug, Default)]
+pub struct LedgerHealth {
+    failing: Mutex<Option<String>>,
+    dropped: AtomicU64,
+}
+
+impl LedgerHealth {
+    /// Why the ledger takes no writes now; `None` while it does.
+    pub fn degraded(&self) -> Option<String> {
+        self.failing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Events dropped because the queue was full while the ledger failed.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    fn set(&self, reason: Option<String>) {
+        *self.failing.lock().unwrap_or_else(|p| p.into_inner()) = reason;
+    }
+}
 
 /// Records waiting for the writer at most.
 pub const QUEUE: usize = 65_536;
@@ -23,6 +63,7 @@ pub const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 #[derive(Clone)]
 pub struct Journal {
     tx: mpsc::Sender<Record>,
+    health: Arc<LedgerHealth>,
 }
 
 impl Journal {
@@ -33,10 +74,20 @@ impl Journal {
         stop: watch::Receiver<bool>,
     ) -> (Journal, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        (Journal { tx }, tokio::spawn(write(ledger, rx, stop)))
+        let health = Arc::new(LedgerHealth::default());
+        let writer = Writer {
+            ledger,
+            health: health.clone(),
+        };
+        (Journal { tx, health }, tokio::spawn(writer.run(rx, stop)))
     }
 
-    /// Queues events written by `node` at `at_us` (waits while the queue is full).
+    pub fn health(&self) -> &LedgerHealth {
+        &self.health
+    }
+
+    /// Queues events written by `node` at `at_us`: waits while the queue is full, unless the
+    /// ledger is failing (then the event is dropped and counted; see the module docs).
     pub async fn append(&self, node: &NodeId, at_us: u64, events: Vec<Event>) {
         for event in events {
             let record = Record {
@@ -44,6 +95,18 @@ impl Journal {
                 at_us,
                 node: node.clone(),
                 event,
+            };
+            let record = match self.tx.try_send(record) {
+                Ok(()) => continue,
+                Err(mpsc::error::TrySendError::Full(r)) if self.health.degraded().is_none() => r,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.health.dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    tracing::error!("the ledger writer has stopped; an event was not recorded");
+                    return;
+                }
             };
             if self.tx.send(record).await.is_err() {
                 tracing::error!("the ledger writer has stopped; an event was not recorded");
@@ -53,31 +116,94 @@ impl Journal {
     }
 }
 
-async fn write(
+/// The receiving side: commits batches, and rides out a failing ledger.
+struct Writer {
     ledger: Arc<Ledger>,
-    mut rx: mpsc::Receiver<Record>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut batch = Vec::with_capacity(BATCH);
-    loop {
-        let n = tokio::select! {
-            n = rx.recv_many(&mut batch, BATCH) => n,
-            _ = stop.changed() => {
-                // Take nothing new; commit what is queued, then end.
-                rx.close();
-                while rx.recv_many(&mut batch, BATCH).await > 0 {
-                    commit(&ledger, std::mem::take(&mut batch)).await;
+    health: Arc<LedgerHealth>,
+}
+
+impl Writer {
+    async fn run(self, mut rx: mpsc::Receiver<Record>, mut stop: watch::Receiver<bool>) {
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            let n = tokio::select! {
+                n = rx.recv_many(&mut batch, BATCH) => n,
+                _ = stop.changed() => {
+                    // Take nothing new; commit what is queued, then end.
+                    rx.close();
+                    while rx.recv_many(&mut batch, BATCH).await > 0 {
+                        self.commit(std::mem::take(&mut batch), &stop).await;
+                    }
+                    return;
                 }
+            };
+            if n == 0 {
                 return;
             }
-        };
-        if n == 0 {
-            return;
+            if n < LINGER_BELOW {
+                linger(&mut rx, &mut batch).await;
+            }
+            self.commit(std::mem::take(&mut batch), &stop).await;
         }
-        if n < LINGER_BELOW {
-            linger(&mut rx, &mut batch).await;
+    }
+
+    /// Commits `records`; while that fails, reopens the ledger with backoff and tries again.
+    /// Gives up only when the process is stopping and a last try failed (counted).
+    async fn commit(&self, records: Vec<Record>, stop: &watch::Receiver<bool>) {
+        let records = Arc::new(records);
+        let mut wait = RETRY_FIRST;
+        loop {
+            let first = self.ledger.next_seq();
+            let (ledger, batch) = (self.ledger.clone(), records.clone());
+            let done = tokio::task::spawn_blocking(move || ledger.append_records(&batch)).await;
+            let failure = match done {
+                Ok(Ok(_)) => {
+                    self.recovered();
+                    return;
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => format!("the ledger writer failed: {e}"),
+            };
+            if self.health.degraded().is_none() {
+                tracing::error!(
+                    "ledger append failed ({failure}); {} records wait, retrying",
+                    records.len()
+                );
+            }
+            self.health.set(Some(failure));
+            if *stop.borrow() {
+                self.health
+                    .dropped
+                    .fetch_add(records.len() as u64, Ordering::Relaxed);
+                tracing::error!(
+                    "stopping with the ledger failing: {} records lost",
+                    records.len()
+                );
+                return;
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(RETRY_MAX);
+            let ledger = self.ledger.clone();
+            match tokio::task::spawn_blocking(move || ledger.reopen()).await {
+                // The failed commit landed after all: it is not written twice.
+                Ok(Ok(())) if self.ledger.next_seq() >= first + records.len() as u64 => {
+                    self.recovered();
+                    return;
+                }
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => self.health.set(Some(e.to_string())),
+                Err(e) => self
+                    .health
+                    .set(Some(format!("reopening the ledger failed: {e}"))),
+            }
         }
-        commit(&ledger, std::mem::take(&mut batch)).await;
+    }
+
+    fn recovered(&self) {
+        if self.health.degraded().is_some() {
+            tracing::warn!("the ledger takes writes again");
+            self.health.set(None);
+        }
     }
 }
 
@@ -91,15 +217,6 @@ async fn linger(rx: &mut mpsc::Receiver<Record>, batch: &mut Vec<Record>) {
             // The time is up, or every sender is gone (commit what there is).
             _ => return,
         }
-    }
-}
-
-async fn commit(ledger: &Arc<Ledger>, records: Vec<Record>) {
-    let ledger = ledger.clone();
-    match tokio::task::spawn_blocking(move || ledger.append_records(&records)).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => tracing::error!("ledger append failed: {e}"),
-        Err(e) => tracing::error!("ledger writer failed: {e}"),
     }
 }
 

@@ -24,6 +24,7 @@ pub mod model_double;
 mod monitor;
 pub mod names;
 pub mod orphans;
+pub mod run_as;
 pub mod runtime;
 mod sandbox;
 pub mod sense;

@@ -41,7 +41,18 @@ pub async fn run<F: Fabric>(
     let mut from: Option<u64> = None;
     while !*stop.borrow() {
         let next = match from {
-            None => mirror.resume_from().await,
+            // The stream's word (a header anyone who can publish could have forged) is taken
+            // only up to what this ledger holds: beyond it, mirroring resumes from here.
+            None => mirror.resume_from().await.map(|resume| {
+                let held = ledger.next_seq();
+                if resume > held {
+                    tracing::warn!(
+                        "ledger mirror: the stream claims records up to {resume}, this ledger \
+                         holds {held}; mirroring from {held}"
+                    );
+                }
+                resume.min(held)
+            }),
             Some(from) => {
                 let l = ledger.clone();
                 let records = match tokio::task::spawn_blocking(move || {

@@ -20,7 +20,7 @@ pub(crate) async fn monitor(
     pid: u32,
     port: u16,
     check: Option<HealthCheck>,
-    env: std::collections::BTreeMap<String, String>,
+    setting: crate::sandbox::ChildSetting,
     control: mpsc::Sender<Control>,
 ) {
     let running = |exec: &Executor| exec.pid_of(&instance) == Some(pid);
@@ -45,7 +45,14 @@ pub(crate) async fn monitor(
         if !running(&exec) {
             return;
         }
-        let result = health::probe(&check.probe, port, &env, timeout).await;
+        let result = health::probe(
+            &check.probe,
+            port,
+            &setting.env,
+            setting.run_as.as_ref(),
+            timeout,
+        )
+        .await;
         passed = result.is_ok();
         if control.send(report(result)).await.is_err() {
             return;

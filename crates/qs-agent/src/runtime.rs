@@ -27,6 +27,8 @@ mod view;
 
 /// How often the failure detector looks for silent nodes and overdue probes.
 const DETECT_EVERY: Duration = Duration::from_millis(50);
+/// How often a node removes the logs of instances ended longer than `log_retention_ms` ago.
+const LOG_SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// How stale the API's view of a node may be.
 const VIEW_EVERY: Duration = Duration::from_millis(1000);
 /// How soon a change an operator acts on (an instance turned healthy, ended, was told to stop;
@@ -181,6 +183,8 @@ pub async fn run_node<F: Fabric>(
     let mut died = false;
     let mut sense_timer = tokio::time::interval(setup.sense_every);
     let mut detect_timer = tokio::time::interval(DETECT_EVERY);
+    let mut sweep_timer = tokio::time::interval(LOG_SWEEP_EVERY);
+    let log_retention = Duration::from_millis(setup.config.log_retention_ms);
     loop {
         let wake = rt.node.poll_timeout().map_or(Duration::from_secs(1), |t| {
             Duration::from_micros(t.as_micros().saturating_sub(now().as_micros()))
@@ -210,6 +214,10 @@ pub async fn run_node<F: Fabric>(
                 rt.on_control(c).await;
             }
             _ = sense_timer.tick() => rt.on_sense().await,
+            _ = sweep_timer.tick() => {
+                let exec = rt.exec.clone();
+                tokio::task::spawn_blocking(move || exec.sweep_logs(log_retention));
+            }
             _ = detect_timer.tick(), if rt.detector.is_some() => {
                 rt.detect(DetectorInput::Tick).await;
             }
@@ -362,18 +370,28 @@ impl<F: Fabric> Runtime<F> {
     fn start(&mut self, order: qs_core::StartOrder) {
         self.shared.counters.instance_starts.inc();
         let spec = self.reg.read().spec(&order.service).cloned();
-        let Some(command) = spec.as_ref().and_then(|s| s.command.clone()) else {
-            let exit = Exit {
-                instance: order.instance,
-                outcome: ExitOutcome::FailedStart {
-                    reason: format!("{} has no command to run", order.service),
-                },
-            };
-            let tx = self.exec.exits();
-            tokio::spawn(async move {
-                let _ = tx.send(exit).await;
+        let user = spec.as_ref().and_then(|s| s.user.clone());
+        let prepared = spec
+            .as_ref()
+            .and_then(|s| s.command.clone())
+            .ok_or_else(|| format!("{} has no command to run", order.service))
+            .and_then(|c| {
+                let allowed = &self.node.config().child_users;
+                Ok((c, crate::run_as::for_spec(user.as_deref(), allowed)?))
             });
-            return;
+        let (command, run_as) = match prepared {
+            Ok(p) => p,
+            Err(reason) => {
+                let exit = Exit {
+                    instance: order.instance,
+                    outcome: ExitOutcome::FailedStart { reason },
+                };
+                let tx = self.exec.exits();
+                tokio::spawn(async move {
+                    let _ = tx.send(exit).await;
+                });
+                return;
+            }
         };
         let is_job = spec.as_ref().is_some_and(WorkloadSpec::is_job);
         let launch = Launch {
@@ -381,6 +399,7 @@ impl<F: Fabric> Runtime<F> {
             command,
             is_job,
             env: spec.as_ref().map(|s| s.env.clone()).unwrap_or_default(),
+            run_as: run_as.clone(),
         };
         match self.exec.start(launch) {
             Ok(running) => {
@@ -392,7 +411,7 @@ impl<F: Fabric> Runtime<F> {
                     running.pid,
                     running.port,
                     check,
-                    env,
+                    crate::sandbox::ChildSetting { env, run_as },
                     self.control_tx.clone(),
                 ));
             }

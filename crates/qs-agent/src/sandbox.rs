@@ -4,8 +4,11 @@
 //! Children inherit nothing of the agent's environment but a short allow-list (the search
 //! path, the locale, the home directory, the time zone), what the spec sets, and
 //! `QS_PORT`/`QS_INSTANCE`; tokens, credentials or proxies the agent was started with stay
-//! with the agent.
+//! with the agent. A child of a root agent runs as another user ([`crate::run_as`]); it may
+//! not be able to reach the `qs` executable's path (under root's home, say), so `{qs}` in its
+//! command names an open descriptor of it instead ([`qs_exe`]).
 
+use crate::run_as::RunAs;
 use std::collections::BTreeMap;
 
 /// The agent's variables a child keeps, by name.
@@ -36,9 +39,101 @@ pub fn environment(
     env
 }
 
-/// Sets up `cmd` as a child of the agent: `env` only, in a process group of its own.
-pub fn confine(cmd: &mut tokio::process::Command, env: &BTreeMap<String, String>) {
+/// What a workload's spec says of its children's setting: its environment and its user.
+#[derive(Clone, Debug, Default)]
+pub struct ChildSetting {
+    pub env: BTreeMap<String, String>,
+    pub run_as: Option<RunAs>,
+}
+
+/// The descriptor number a child finds the `qs` executable at, when it runs as another user.
+const QS_EXE_FD: libc::c_int = 199;
+
+/// The `qs` executable, opened once by the agent (so a child that runs as another user can
+/// execute it through its descriptor even where it could not reach its path).
+fn qs_exe_file() -> Option<&'static std::fs::File> {
+    static EXE: std::sync::OnceLock<Option<std::fs::File>> = std::sync::OnceLock::new();
+    EXE.get_or_init(|| std::fs::File::open(std::env::current_exe().ok()?).ok())
+        .as_ref()
+}
+
+/// What `{qs}` in a command becomes: the executable's path, or for a child that runs as
+/// another user the descriptor [`confine`] gives it.
+pub fn qs_exe(run_as: Option<&RunAs>) -> String {
+    match (run_as, qs_exe_file()) {
+        (Some(_), Some(_)) => format!("/proc/self/fd/{QS_EXE_FD}"),
+        _ => std::env::current_exe().map_or_else(|_| "qs".to_owned(), |p| p.display().to_string()),
+    }
+}
+
+/// Sets up `cmd` as a child of the agent: `env` only, in a process group of its own, and as
+/// `run_as` when given (its user and group, no supplementary groups, its home as working
+/// directory and `HOME`/`USER`/`LOGNAME`, and the `qs` executable at [`QS_EXE_FD`]).
+pub fn confine(
+    cmd: &mut tokio::process::Command,
+    env: &BTreeMap<String, String>,
+    run_as: Option<&RunAs>,
+) {
     cmd.env_clear().envs(env).process_group(0);
+    let Some(who) = run_as else {
+        return;
+    };
+    let path = env.get("PATH").map_or(DEFAULT_PATH, String::as_str);
+    cmd.env("PATH", path_for(path, who))
+        .env("HOME", &who.home)
+        .env("USER", &who.name)
+        .env("LOGNAME", &who.name)
+        .current_dir(who.workdir())
+        .uid(who.uid)
+        .gid(who.gid);
+    if let Some(exe) = qs_exe_file() {
+        use std::os::fd::AsRawFd;
+        let fd = exe.as_raw_fd();
+        // SAFETY: runs in the forked child before exec; dup2(2) is async-signal-safe and
+        // touches no memory of the parent. The copy has no close-on-exec flag, so the
+        // command's shell, and the `qs` it runs, find the executable there.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(fd, QS_EXE_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+}
+
+/// The entries of a search path that `who` can reach (every directory on the way lets it
+/// through), so a command it cannot run is "not found" rather than "permission denied" in a
+/// directory under the agent's home; the default path if none is left.
+fn path_for(path: &str, who: &RunAs) -> String {
+    let kept: Vec<&str> = path
+        .split(':')
+        .filter(|dir| reachable(std::path::Path::new(dir), who))
+        .collect();
+    if kept.is_empty() {
+        DEFAULT_PATH.to_owned()
+    } else {
+        kept.join(":")
+    }
+}
+
+/// Whether `who` may search `dir` and every directory above it (by their mode bits).
+fn reachable(dir: &std::path::Path, who: &RunAs) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    dir.is_absolute()
+        && dir.ancestors().all(|d| {
+            std::fs::metadata(d).is_ok_and(|m| {
+                let bit = if m.uid() == who.uid {
+                    0o100
+                } else if m.gid() == who.gid {
+                    0o010
+                } else {
+                    0o001
+                };
+                m.is_dir() && m.mode() & bit != 0
+            })
+        })
 }
 
 /// Kills a child's whole process group when dropped, unless [`GroupKill::disarm`]ed: a probe
@@ -89,5 +184,26 @@ mod tests {
         assert_eq!(env.get("MODEL").map(String::as_str), Some("llama"));
         assert_eq!(env.get("QS_PORT").map(String::as_str), Some("8080"));
         assert!(env.contains_key("PATH"));
+    }
+
+    #[test]
+    fn another_user_keeps_only_the_path_entries_it_can_reach() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let closed = dir.path().join("closed");
+        std::fs::create_dir(&closed).unwrap();
+        std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let stranger = RunAs {
+            name: "stranger".into(),
+            uid: 4_000_000,
+            gid: 4_000_000,
+            home: "/".into(),
+        };
+        let path = format!("{}/bin:/usr/bin:/bin:relative", closed.display());
+        assert_eq!(path_for(&path, &stranger), "/usr/bin:/bin");
+        assert_eq!(
+            path_for(&format!("{}/bin", closed.display()), &stranger),
+            DEFAULT_PATH
+        );
     }
 }

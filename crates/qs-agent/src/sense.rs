@@ -118,24 +118,37 @@ pub struct HostSample {
     pub trees: BTreeMap<InstanceId, InstanceLoad>,
 }
 
+/// The least time between two refreshes of the process table. sysinfo measures CPU use as
+/// the change since the last refresh, and a refresh sooner than its 200 ms minimum sees no
+/// change: with several nodes of one process sensing in turn, all but the first read zero
+/// (and a busy instance was never found hot). Nodes that sense sooner share the last one.
+const MIN_REFRESH: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Host and process-tree sensing; one per process, shared by every node it runs.
 pub struct Sensor {
     sys: System,
+    refreshed: Option<std::time::Instant>,
 }
 
 impl Sensor {
     pub fn new() -> Result<Sensor, SenseError> {
         let mut sys = System::new().map_err(|e| SenseError::Host(e.to_string()))?;
         sys.refresh_cpu_usage();
-        Ok(Sensor { sys })
+        Ok(Sensor {
+            sys,
+            refreshed: None,
+        })
     }
 
     /// Samples the host and the process tree rooted at each pid (the instance and all its
     /// descendants). CPU figures need two samples: the first after start reads zero.
     pub fn sample(&mut self, roots: &BTreeMap<InstanceId, u32>) -> HostSample {
-        self.sys.refresh_cpu_usage();
-        self.sys.refresh_memory();
-        self.sys.refresh_processes(ProcessesToUpdate::All, true);
+        if self.refreshed.is_none_or(|t| t.elapsed() >= MIN_REFRESH) {
+            self.sys.refresh_cpu_usage();
+            self.sys.refresh_memory();
+            self.sys.refresh_processes(ProcessesToUpdate::All, true);
+            self.refreshed = Some(std::time::Instant::now());
+        }
         let procs = self.sys.processes();
         let mut children: HashMap<Pid, Vec<Pid>> = HashMap::new();
         for (pid, p) in procs {
@@ -198,6 +211,9 @@ mod tests {
                 break;
             }
         }
+        // Another node of the process sensing right after (as the nodes of `qs up` do, each
+        // on its own timer) reads the same burn, not the zero of a too-early refresh.
+        let again = s.sample(&roots).trees[&id].cpu_millicores;
         // SAFETY: signalling the process group of our own child.
         unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
         let _ = child.wait();
@@ -205,6 +221,7 @@ mod tests {
             cpu > 500,
             "two busy loops use more than half a core, measured {cpu} millicores"
         );
+        assert!(again > 500, "a sample right after read {again} millicores");
         let host = s.sample(&BTreeMap::new());
         assert!(host.memory_total_bytes > 0 && host.cores > 0);
     }

@@ -86,7 +86,10 @@ pub struct ErrorBody {
 /// `GET /health`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {
+    /// `ok`, or `degraded` while something the agent needs fails (see `reason`).
     pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// `embedded`, `nats`, or `autonomous` while the fabric is out of reach.
     pub mode: String,
     /// Nodes this process runs.

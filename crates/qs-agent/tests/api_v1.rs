@@ -33,7 +33,8 @@ fn json<T: Serialize + DeserializeOwned + PartialEq + Debug>(value: &T) -> Strin
 #[test]
 fn get_health() {
     insta::assert_snapshot!(json(&Health {
-        status: "ok".into(),
+        status: "degraded".into(),
+        reason: Some("the ledger takes no writes: No space left on device".into()),
         mode: "nats".into(),
         nodes: 1,
         ledger_next_seq: 42,

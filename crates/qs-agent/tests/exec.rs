@@ -24,6 +24,7 @@ fn launch(name: &str, command: &str, is_job: bool) -> Launch {
         command: command.into(),
         is_job,
         env: Default::default(),
+        run_as: None,
     }
 }
 
@@ -117,6 +118,28 @@ async fn a_child_gets_a_clean_environment() {
         log.trim(),
         format!("manifest=none model=llama port={} path=set", r.port)
     );
+}
+
+/// The logs of an instance that ended go with the sweep once older than the retention; those
+/// of a running instance stay, however old.
+#[tokio::test]
+async fn logs_of_ended_instances_are_swept() {
+    let (dir, exec, mut rx) = setup(2000);
+    exec.start(launch("done-1", "sh -c 'echo finished'", true))
+        .unwrap();
+    assert_eq!(next_exit(&mut rx).await.outcome, ExitOutcome::Completed);
+    let done = dir.path().join("logs/done-1.stdout.log");
+    wait_for_log(&done, "finished").await;
+    exec.start(launch("live-1", "sh -c 'echo up; sleep 30'", false))
+        .unwrap();
+    let live = dir.path().join("logs/live-1.stdout.log");
+    wait_for_log(&live, "up").await;
+    assert_eq!(exec.sweep_logs(Duration::from_secs(3600)), 0, "too young");
+    assert!(exec.sweep_logs(Duration::ZERO) >= 1);
+    assert!(!done.exists(), "the ended instance's logs went");
+    assert!(live.exists(), "the running instance's stayed");
+    exec.stop(&id("live-1"), "test");
+    next_exit(&mut rx).await;
 }
 
 #[tokio::test]

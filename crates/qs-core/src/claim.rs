@@ -43,6 +43,15 @@ pub fn judge_record(current: Option<&[u8]>, mine: &SingletonClaim) -> RecordVerd
         return RecordVerdict::Write;
     };
     match SingletonClaim::decode(bytes) {
+        // A token no genuine claim reaches (a writer of the bucket made it up): no valid
+        // token holds the service.
+        Ok(record) if record.fencing > qs_wire::bounds::MAX_FENCING => RecordVerdict::Replace {
+            why: format!(
+                "its fencing token {} is beyond any a claim reaches ({})",
+                record.fencing,
+                qs_wire::bounds::MAX_FENCING
+            ),
+        },
         Ok(record) => match judge_claim(Some(&record), mine) {
             Ok(()) => RecordVerdict::Write,
             Err(holder) => RecordVerdict::Refused(holder),

@@ -116,6 +116,13 @@ pub struct Config {
     pub steward_grace_ms: u64,
     /// A node dead this long is forgotten (a name that returns later joins as new).
     pub forget_dead_after_ms: u64,
+    /// An ended instance's logs are removed this long after they were last written.
+    pub log_retention_ms: u64,
+    /// The users a root agent runs instances as when their spec names one (a spec naming
+    /// any other is refused when its instance starts); without a name: `nobody`. Root is
+    /// never among them unless named here: whoever can write a spec could otherwise run
+    /// commands as root on every node.
+    pub child_users: Vec<String>,
 }
 
 impl Default for Config {
@@ -157,6 +164,8 @@ impl Default for Config {
             quarantine_ms: 60_000,
             steward_grace_ms: 3000,
             forget_dead_after_ms: 3_600_000,
+            log_retention_ms: 86_400_000,
+            child_users: vec!["nobody".into()],
         }
     }
 }
@@ -240,6 +249,18 @@ impl Config {
         positive("quarantine_ms", self.quarantine_ms)?;
         positive("steward_grace_ms", self.steward_grace_ms)?;
         positive("forget_dead_after_ms", self.forget_dead_after_ms)?;
+        positive("log_retention_ms", self.log_retention_ms)?;
+        if self.child_users.len() > 64
+            || self
+                .child_users
+                .iter()
+                .any(|u| u.is_empty() || u.len() > 32)
+        {
+            return Err(ConfigError {
+                field: "child_users",
+                message: "at most 64 user names of 1 to 32 bytes".into(),
+            });
+        }
         if self.probe_relays > MAX_PROBE_RELAYS {
             return Err(ConfigError {
                 field: "probe_relays",

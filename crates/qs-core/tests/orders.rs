@@ -53,6 +53,10 @@ fn setup() -> (Node, Registry, WorkloadSpec, NodeId, NodeId) {
         })
         .unwrap();
     reg.apply_spec(spec.clone(), T);
+    // Everyone was heard from just now.
+    for n in ["h", "s1", "s2", "s3", "s4"] {
+        reg.vouch(&id(n), T);
+    }
     let steward = reg.steward(&spec.name).unwrap().clone();
     let stranger = ["s1", "s2", "s3", "s4"]
         .into_iter()
@@ -187,6 +191,51 @@ fn a_dispatch_is_obeyed_only_from_the_steward_and_with_the_spec_held_here() {
             format!("stop:{running}")
         ]
     );
+}
+
+/// The other way round: the steward has gone silent here (not yet declared dead), and the
+/// node that succeeds it, whose view moved first, is obeyed; a stranger still is not.
+#[test]
+fn a_successor_is_obeyed_while_the_steward_is_silent() {
+    let (mut h, mut reg, spec, steward, _) = setup();
+    let config = Config::default();
+    let mut without = reg.clone();
+    assert!(without.remove(&steward));
+    let successor = without.steward(&spec.name).unwrap().clone();
+    let stranger = ["s1", "s2", "s3", "s4"]
+        .into_iter()
+        .map(id)
+        .find(|n| n != &steward && n != &successor)
+        .unwrap();
+    // Everyone but the steward speaks on.
+    let later = Time::from_millis(1500 + config.dead_after_ms * 3 / 4);
+    for n in ["h", "s1", "s2", "s3", "s4"].map(id) {
+        if n != steward {
+            reg.vouch(&n, later);
+        }
+    }
+    let need = Resources::default();
+    h.handle(
+        Input::Message {
+            from: stranger.clone(),
+            msg: dispatch(&spec.name, 1, need, 1),
+        },
+        later,
+        &reg,
+    );
+    assert_eq!(
+        outputs(&mut h)[0],
+        format!("refused:dispatch:{stranger}:NotSteward")
+    );
+    h.handle(
+        Input::Message {
+            from: successor.clone(),
+            msg: dispatch(&spec.name, 2, need, 1),
+        },
+        later,
+        &reg,
+    );
+    assert_eq!(outputs(&mut h), ["start:1000m", "reply:None"]);
 }
 
 #[test]

@@ -118,6 +118,14 @@ fn the_singleton_record_check() {
         RecordVerdict::Replace { why } => assert!(why.contains("unreadable"), "{why}"),
         other => panic!("an unreadable record gave {other:?}"),
     }
+    // A token beyond any a claim reaches (u64::MAX once wrapped the next one to 0, and any
+    // larger one stopped the genuine singleton) holds nothing.
+    for fencing in [u64::MAX, qs_wire::bounds::MAX_FENCING + 1] {
+        match judge_record(Some(&claim("lock-x", fencing).encode()), &mine) {
+            RecordVerdict::Replace { why } => assert!(why.contains("beyond"), "{why}"),
+            other => panic!("fencing {fencing} gave {other:?}"),
+        }
+    }
 }
 
 #[test]

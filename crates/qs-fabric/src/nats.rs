@@ -405,6 +405,12 @@ fn kv_event(e: kv::Entry) -> KvEvent {
     }
 }
 
+/// How long the fleet's ledger stream keeps a record, and how many bytes it keeps in all:
+/// the oldest go first, so the stream never grows without bound.
+pub const LEDGER_STREAM_MAX_AGE: std::time::Duration =
+    std::time::Duration::from_secs(7 * 24 * 3600);
+pub const LEDGER_STREAM_MAX_BYTES: i64 = 1 << 30;
+
 /// Header carrying the local ledger sequence number of a mirrored record.
 const SEQ_HEADER: &str = "Qs-Ledger-Seq";
 
@@ -423,17 +429,25 @@ impl NatsFabric {
     /// The mirror of `node`'s ledger (the stream is created when missing).
     async fn open_ledger(&self, node: &qs_wire::NodeId) -> Result<NatsLedger, FabricError> {
         let name = format!("qs_{}_ledger", self.inner.fleet);
-        let stream = self
-            .inner
+        // Created, or brought to these limits if an older agent made it without them.
+        self.inner
             .js
-            .get_or_create_stream(jetstream::stream::Config {
-                name,
+            .create_or_update_stream(jetstream::stream::Config {
+                name: name.clone(),
                 subjects: vec![format!("{}ledger.>", self.inner.prefix)],
                 num_replicas: self.inner.replicas,
+                max_age: LEDGER_STREAM_MAX_AGE,
+                max_bytes: LEDGER_STREAM_MAX_BYTES,
                 ..Default::default()
             })
             .await
             .map_err(nats("create ledger stream"))?;
+        let stream = self
+            .inner
+            .js
+            .get_stream(&name)
+            .await
+            .map_err(nats("open ledger stream"))?;
         Ok(NatsLedger {
             js: self.inner.js.clone(),
             stream,
@@ -455,7 +469,7 @@ impl LedgerSink for NatsLedger {
                 .headers
                 .get(SEQ_HEADER)
                 .and_then(|v| v.as_str().parse::<u64>().ok())
-                .map(|seq| seq + 1)
+                .and_then(|seq| seq.checked_add(1))
                 .ok_or_else(|| FabricError::Nats {
                     op: "read ledger stream",
                     detail: format!("the last message of {} lacks {SEQ_HEADER}", self.subject),

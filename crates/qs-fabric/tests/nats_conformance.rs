@@ -83,10 +83,16 @@ async fn watches_and_subscriptions_resume_after_a_server_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ledger_mirror_resumes_and_drops_duplicates() {
     use qs_fabric::Bytes;
-    let (fabric, _server) = fabric().await;
+    let (fabric, server) = fabric().await;
     let node = qs_wire::NodeId::new("forge").unwrap();
     let mirror = fabric.ledger(&node).await.unwrap();
     assert_eq!(mirror.resume_from().await.unwrap(), 0);
+    // The stream is bounded in age and size: the fleet's ledger never grows without end.
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    let mut stream = js.get_stream("qs_conformance_ledger").await.unwrap();
+    let config = &stream.info().await.unwrap().config;
+    assert_eq!(config.max_age, qs_fabric::nats::LEDGER_STREAM_MAX_AGE);
+    assert_eq!(config.max_bytes, qs_fabric::nats::LEDGER_STREAM_MAX_BYTES);
     for seq in 0..3 {
         assert!(
             mirror

@@ -85,6 +85,7 @@ pub fn placement(
             labels: BTreeMap::new(),
             command: None,
             env: BTreeMap::new(),
+            user: None,
             max_per_node: 1,
             health: None,
         };

@@ -169,6 +169,7 @@ fn workload(name: &str, kind: WorkloadKind, pattern: HaPattern, need: Resources)
         labels: BTreeMap::new(),
         command: None,
         env: BTreeMap::new(),
+        user: None,
         max_per_node: 1,
         health: None,
     }

@@ -5,14 +5,20 @@
 //! returns, the events survive a kill -9 or a power cut. A file that is not a ledger, or a
 //! damaged one, gives [`StoreError::Corrupt`] naming the file; it never panics. (redb 4.5
 //! itself panics on some damaged pages, so every storage call runs inside [`contained`].)
+//!
+//! After a failed write (a full disk, say) redb refuses every later one, so the writer calls
+//! [`Ledger::reopen`] once the cause may have passed: the file is opened anew and its last
+//! committed sequence number read back; nothing committed is lost, and the caller learns from
+//! [`Ledger::next_seq`] whether the failed batch had committed after all.
 
 use crate::StoreError;
 use qs_wire::{Event, NodeId, Record};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use std::cell::Cell;
 use std::ops::Range;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Condvar, Mutex, RwLock};
 use std::time::Duration;
 
 const LEDGER: TableDefinition<u64, &[u8]> = TableDefinition::new("ledger");
@@ -21,7 +27,8 @@ pub const MAX_READ: usize = 10_000;
 
 /// The append-only ledger of one node.
 pub struct Ledger {
-    db: Database,
+    /// `None` between a failed reopen and the next.
+    db: RwLock<Option<Database>>,
     path: PathBuf,
     /// Next sequence number, guarded so appends from several threads stay contiguous; the
     /// condvar wakes followers.
@@ -37,7 +44,7 @@ impl Ledger {
             Database::create(&path).map_err(|e| classify(&path, e.into()))
         })?;
         let ledger = Ledger {
-            db,
+            db: RwLock::new(Some(db)),
             path: path.clone(),
             next: Mutex::new(0),
             appended: Condvar::new(),
@@ -59,19 +66,52 @@ impl Ledger {
         classify(&self.path, e.into())
     }
 
-    fn scan_last(&self) -> Result<Option<u64>, StoreError> {
-        contained(&self.path, || self.scan_last_inner())
+    /// Runs `op` on the open database; [`StoreError::Closed`] while there is none.
+    fn with_db<T>(
+        &self,
+        op: impl FnOnce(&Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
+        match guard.as_ref() {
+            Some(db) => contained(&self.path, || op(db)),
+            None => Err(StoreError::Closed {
+                path: self.path.clone(),
+            }),
+        }
     }
 
-    fn scan_last_inner(&self) -> Result<Option<u64>, StoreError> {
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
-        let last = {
-            let table = tx.open_table(LEDGER).map_err(|e| self.err(e))?;
-            let last = table.last().map_err(|e| self.err(e))?;
-            last.map(|(k, _)| k.value())
+    /// Opens the file anew (after a failed write) and takes its last committed sequence
+    /// number as the next one's predecessor.
+    pub fn reopen(&self) -> Result<(), StoreError> {
+        let mut next = self.lock_next();
+        {
+            let mut guard = self.db.write().unwrap_or_else(|p| p.into_inner());
+            // The old handle holds the file's lock: it goes before the new one opens.
+            *guard = None;
+            let path = self.path.clone();
+            let db = contained(&path, || {
+                Database::create(&path).map_err(|e| classify(&path, e.into()))
+            })?;
+            *guard = Some(db);
+        }
+        *next = self.scan_last()?.map_or(0, |s| s + 1);
+        Ok(())
+    }
+
+    fn scan_last(&self) -> Result<Option<u64>, StoreError> {
+        self.with_db(|db| self.scan_last_inner(db))
+    }
+
+    fn scan_last_inner(&self, db: &Database) -> Result<Option<u64>, StoreError> {
+        // A read: after a failed write on a full disk, a write transaction could fail too.
+        let tx = db.begin_read().map_err(|e| self.err(e))?;
+        let table = match tx.open_table(LEDGER) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(self.err(e)),
         };
-        tx.commit().map_err(|e| self.err(e))?;
-        Ok(last)
+        let last = table.last().map_err(|e| self.err(e))?;
+        Ok(last.map(|(k, _)| k.value()))
     }
 
     /// Appends events written by `node` at `at_us`, in one durable transaction. Returns their
@@ -102,7 +142,7 @@ impl Ledger {
     ) -> Result<Range<u64>, StoreError> {
         let mut next = self.lock_next();
         let first = *next;
-        contained(&self.path, || self.write(first, n, &part))?;
+        self.with_db(|db| self.write(db, first, n, &part))?;
         *next = first + n as u64;
         self.appended.notify_all();
         Ok(first..*next)
@@ -110,6 +150,7 @@ impl Ledger {
 
     fn write<'a>(
         &self,
+        db: &Database,
         first: u64,
         n: usize,
         part: &dyn Fn(usize) -> (u64, &'a NodeId, &'a Event),
@@ -122,7 +163,7 @@ impl Ledger {
             node: &'a NodeId,
             event: &'a Event,
         }
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let tx = db.begin_write().map_err(|e| self.err(e))?;
         {
             let mut table = tx.open_table(LEDGER).map_err(|e| self.err(e))?;
             let mut bytes = Vec::with_capacity(256);
@@ -150,11 +191,16 @@ impl Ledger {
 
     /// Records with `seq >= from`, at most `limit` (capped at [`MAX_READ`]).
     pub fn read(&self, from: u64, limit: usize) -> Result<Vec<Record>, StoreError> {
-        contained(&self.path, || self.read_inner(from, limit))
+        self.with_db(|db| self.read_inner(db, from, limit))
     }
 
-    fn read_inner(&self, from: u64, limit: usize) -> Result<Vec<Record>, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+    fn read_inner(
+        &self,
+        db: &Database,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        let tx = db.begin_read().map_err(|e| self.err(e))?;
         let table = match tx.open_table(LEDGER) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
@@ -200,10 +246,24 @@ impl Ledger {
     }
 }
 
+thread_local! {
+    /// How many [`contained`] calls this thread is inside.
+    static CONTAINING: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Whether a panic raised now, on this thread, will be caught by [`contained`] and turned
+/// into an error. A process that ends on every panic asks this first.
+pub fn panic_is_contained() -> bool {
+    CONTAINING.with(|c| c.get() > 0)
+}
+
 /// Runs one storage operation; a panic inside the storage engine (which redb raises on some
 /// damaged pages) becomes [`StoreError::Corrupt`] instead of taking the process down.
 fn contained<T>(path: &Path, op: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
-    catch_unwind(AssertUnwindSafe(op)).unwrap_or_else(|panic| {
+    CONTAINING.with(|c| c.set(c.get() + 1));
+    let result = catch_unwind(AssertUnwindSafe(op));
+    CONTAINING.with(|c| c.set(c.get() - 1));
+    result.unwrap_or_else(|panic| {
         let detail = panic
             .downcast_ref::<String>()
             .map(String::as_str)

@@ -4,7 +4,7 @@
 mod ledger;
 mod state_dir;
 
-pub use ledger::{Ledger, MAX_READ};
+pub use ledger::{Ledger, MAX_READ, panic_is_contained};
 pub use state_dir::{StateDir, StateFile};
 
 use std::path::PathBuf;
@@ -35,6 +35,8 @@ pub enum StoreError {
         column: usize,
         detail: String,
     },
+    #[error("{path}: the ledger is closed after a failed write; it reopens when it can")]
+    Closed { path: PathBuf },
     #[error("{path}: {size} bytes is more than the {max} a {what} may have")]
     TooLarge {
         path: PathBuf,

@@ -6,7 +6,7 @@
 use crate::envelope::Envelope;
 use crate::message::{Demand, Message, NodeStatus, Offer};
 use crate::resources::Resources;
-use crate::spec::{InvalidField, MAX_LABEL_BYTES, MAX_LABELS, MAX_LEVEL};
+use crate::spec::{InvalidField, MAX_LEVEL};
 use std::collections::BTreeMap;
 
 /// Largest fencing token accepted (2^53): a token grows by one per claim, so no genuine one
@@ -14,8 +14,7 @@ use std::collections::BTreeMap;
 pub const MAX_FENCING: u64 = 1 << 53;
 /// Most instances (and recently completed ones) one heartbeat may list.
 pub const MAX_INSTANCES_PER_NODE: usize = 10_000;
-/// Most GPUs one node may have.
-pub const MAX_GPUS: usize = 64;
+pub use crate::spec::MAX_GPUS;
 /// Largest CPU (millicores) and memory or VRAM (bytes) a node or a demand may name.
 pub const MAX_MILLICORES: u64 = 4096 * 1000;
 pub const MAX_BYTES: u64 = 64 << 40;
@@ -57,18 +56,7 @@ fn count(field: &str, n: usize, max: usize) -> Result<(), InvalidField> {
 }
 
 fn labels(field: &str, l: &BTreeMap<String, String>) -> Result<(), InvalidField> {
-    count(field, l.len(), MAX_LABELS)?;
-    if l.iter()
-        .any(|(k, v)| k.is_empty() || k.len() > MAX_LABEL_BYTES || v.len() > MAX_LABEL_BYTES)
-    {
-        return bad(
-            field,
-            format!(
-                "a key of 1..={MAX_LABEL_BYTES} bytes and a value of at most {MAX_LABEL_BYTES}"
-            ),
-        );
-    }
-    Ok(())
+    crate::spec::check_labels(field, l)
 }
 
 fn resources(field: &str, r: &Resources) -> Result<(), InvalidField> {
@@ -84,11 +72,10 @@ fn resources(field: &str, r: &Resources) -> Result<(), InvalidField> {
 fn demand(d: &Demand) -> Result<(), InvalidField> {
     resources("demand.need", &d.need)?;
     labels("demand.labels", &d.labels)?;
-    if d.max_per_node == 0 || d.max_per_node as usize > MAX_INSTANCES_PER_NODE {
-        return bad(
-            "demand.max_per_node",
-            format!("must be in 1..={MAX_INSTANCES_PER_NODE}"),
-        );
+    // The same bound as a spec's (a steward sends what its spec says).
+    let max = crate::spec::MAX_REPLICAS as u32;
+    if d.max_per_node == 0 || d.max_per_node > max {
+        return bad("demand.max_per_node", format!("must be in 1..={max}"));
     }
     Ok(())
 }

@@ -3,6 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Largest record the registry may hold for one node.
+pub const MAX_RECORD_BYTES: usize = 1024;
+
 /// What the registry holds per node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -31,6 +34,28 @@ impl NodeRecord {
     /// The key's 32 bytes.
     pub fn key(&self) -> Result<[u8; 32], KeyFormatError> {
         unhex(&self.public_key)
+    }
+
+    /// Decodes a record read from the `nodes` KV (untrusted: any writer of the bucket), and
+    /// checks it: at most [`MAX_RECORD_BYTES`], a level the fleet knows, a key of 64 hex
+    /// digits. What is wrong, if not.
+    pub fn decode(bytes: &[u8]) -> Result<NodeRecord, String> {
+        if bytes.len() > MAX_RECORD_BYTES {
+            return Err(format!(
+                "{} bytes; a record has at most {MAX_RECORD_BYTES}",
+                bytes.len()
+            ));
+        }
+        let record: NodeRecord = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if record.level > crate::spec::MAX_LEVEL {
+            return Err(format!(
+                "level {} is more than {}",
+                record.level,
+                crate::spec::MAX_LEVEL
+            ));
+        }
+        record.key().map_err(|e| e.to_string())?;
+        Ok(record)
     }
 
     /// A short form for people: the first 16 hex digits.

@@ -17,7 +17,7 @@ use locate::Locator;
 pub use locate::line_column;
 pub use validate::{
     InvalidField, MAX_COMMAND_BYTES, MAX_LABEL_BYTES, MAX_LABELS, MAX_PROBE_MS, MAX_SPEC_BYTES,
-    decode_workload,
+    check_labels, decode_workload,
 };
 
 /// Highest (least authoritative) node level; level 0 is the highest authority.
@@ -25,7 +25,10 @@ pub const MAX_LEVEL: u8 = 7;
 const MIB: u64 = 1024 * 1024;
 const MAX_CPU_CORES: f64 = 4096.0;
 const MAX_MEMORY_MIB: i64 = 64 * 1024 * 1024; // 64 TiB
-const MAX_REPLICAS: i64 = 100_000;
+/// Most GPUs one node may have.
+pub const MAX_GPUS: usize = 64;
+/// Most replicas, job instances, failures or instances per node any count may name.
+pub const MAX_REPLICAS: i64 = 100_000;
 
 /// How a workload is replicated and placed (seed 000 §4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -116,6 +119,10 @@ pub struct WorkloadSpec {
     /// short allow-list (`PATH`, `HOME`, `LANG`, ...) and `QS_PORT`, `QS_INSTANCE`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// The user its processes run as when the agent is root (default: `nobody`); an agent
+    /// that is not root runs them as itself and refuses another user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     /// Most instances of this workload on one node.
     pub max_per_node: u32,
     /// When absent, a running process counts as serving.
@@ -207,6 +214,7 @@ struct RawWorkload {
     command: Option<Spanned<String>>,
     #[serde(default)]
     env: BTreeMap<String, String>,
+    user: Option<String>,
     health: Option<Spanned<RawHealth>>,
 }
 
@@ -387,6 +395,7 @@ fn workload(
         labels: w.labels.clone(),
         command: w.command.as_ref().map(|c| c.get_ref().clone()),
         env: w.env.clone(),
+        user: w.user.clone(),
         max_per_node,
         health,
     };
@@ -440,11 +449,11 @@ fn health(
     let ms = |v: &Option<Spanned<i64>>, f: &str, default: u64| -> Result<u64, SpecError> {
         match v {
             None => Ok(default),
-            Some(v) if (1..=3_600_000).contains(v.get_ref()) => Ok(*v.get_ref() as u64),
+            Some(v) if (1..=MAX_PROBE_MS as i64).contains(v.get_ref()) => Ok(*v.get_ref() as u64),
             Some(v) => Err(at.error(
                 v.span(),
                 &field(f),
-                format!("must be in 1..=3600000 ms, got {}", v.get_ref()),
+                format!("must be in 1..={MAX_PROBE_MS} ms, got {}", v.get_ref()),
             )),
         }
     };
@@ -490,7 +499,7 @@ fn node(
             vram_bytes: mib(at, &format!("{path}.gpus[{i}].vram_mib"), &g.vram_mib)?,
         });
     }
-    Ok(NodeSpec {
+    let spec = NodeSpec {
         id,
         level: level as u8,
         labels: n.labels.clone(),
@@ -499,7 +508,10 @@ fn node(
             memory_bytes: mib(at, &format!("{path}.memory_mib"), &n.memory_mib)?,
             gpus,
         },
-    })
+    };
+    spec.validate()
+        .map_err(|f| at.error(raw.span(), &format!("{path}.{}", f.field), f.reason))?;
+    Ok(spec)
 }
 
 fn cpu(at: &Locator<'_>, path: &str, v: &Spanned<f64>) -> Result<u64, SpecError> {

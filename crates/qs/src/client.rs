@@ -44,28 +44,44 @@ fn token_for(api: &str, hostport: &str, fresh: bool) -> Option<ApiToken> {
     found
 }
 
-/// Asks the agent where its token file is (it tells only a loopback client) and reads it.
+/// Asks the agent where its token file is (it tells only a loopback client) and reads it,
+/// if it is safe to: the file must be named `api.token`, readable by its owner only, and
+/// owned by the user whose process listens on the API's port. So a process of another user
+/// that took the port (while the agent was down, say) cannot make this client read the
+/// agent's token and hand it over.
 fn discover(hostport: &str) -> Option<ApiToken> {
+    use std::os::unix::fs::MetadataExt;
     let (status, body) = send(hostport, "GET", "/health", "", None, Duration::from_secs(2)).ok()?;
     let health: v1::Health = (status == 200).then(|| serde_json::from_str(&body).ok())??;
     let path = std::path::PathBuf::from(health.token_file?);
-    // Only a file by that name, and only its token: a process answering on this port
-    // cannot make the client send another file's contents.
     if path.file_name()? != "api.token" {
+        return None;
+    }
+    let port: u16 = hostport.rsplit_once(':')?.1.parse().ok()?;
+    let meta = std::fs::metadata(&path).ok()?;
+    let private = meta.mode() & 0o077 == 0;
+    if !private || listener_uid(port) != Some(meta.uid()) {
         return None;
     }
     let text = std::fs::read_to_string(&path).ok()?;
     ApiToken::parse(&text)
 }
 
-/// The content type the API takes on a changing request, by endpoint (the agent's guard
-/// holds the same rule).
-fn content_type(path: &str) -> &'static str {
-    if path.split('?').next() == Some("/v1/specs") {
-        "application/toml"
-    } else {
-        "application/json"
-    }
+/// The owner of the socket listening on TCP `port` of this machine (from /proc/net/tcp and
+/// tcp6: `local_address` is `ADDR:PORT` in hex, `st` 0A is LISTEN, the uid is column 8).
+fn listener_uid(port: u16) -> Option<u32> {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .find_map(|table| {
+            let text = std::fs::read_to_string(table).ok()?;
+            text.lines().skip(1).find_map(|line| {
+                let cols: Vec<&str> = line.split_whitespace().collect();
+                let local_port = cols.get(1)?.rsplit_once(':')?.1;
+                let listening = cols.get(3) == Some(&"0A");
+                (listening && u16::from_str_radix(local_port, 16).ok() == Some(port))
+                    .then(|| cols.get(7)?.parse().ok())?
+            })
+        })
 }
 
 /// Where an agent's API listens unless `--api` or `QS_API` says otherwise.
@@ -115,7 +131,7 @@ fn send(
     });
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n{auth}Content-Type: {}\r\nContent-Length: {}\r\n\r\n{body}",
-        content_type(path),
+        qs_agent::api::declared_content_type(path.split('?').next().unwrap_or(path)),
         body.len()
     );
     s.write_all(req.as_bytes())?;

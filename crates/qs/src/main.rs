@@ -26,6 +26,10 @@ fn exit_on_panic() {
     let report = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         report(info);
+        // The storage engine's panics on damaged pages are caught and become errors.
+        if qs_store::panic_is_contained() {
+            return;
+        }
         eprintln!("qs: a panic ends the process (exit status 70); restart it to recover");
         std::process::exit(70);
     }));

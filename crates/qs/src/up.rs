@@ -178,19 +178,22 @@ fn check_listen(opts: &Up) -> Result<()> {
     Ok(())
 }
 
-/// Says whose identity the children get: the agent's own, so they can read what it can.
+/// Says whose identity the children get: a root agent's run as `nobody` (or the user their
+/// spec names); any other agent's share its own, so they can read what it can.
 fn announce_identity() {
-    // SAFETY: getuid(2) cannot fail and touches no memory.
-    let uid = unsafe { libc::getuid() };
+    // SAFETY: geteuid(2) cannot fail and touches no memory.
+    let uid = unsafe { libc::geteuid() };
     if uid == 0 {
         eprintln!(
-            "qs: warning: running as root, so every instance runs as root too; run the agent \
-             as a dedicated unprivileged user (see the README, \"What children get\")"
+            "qs: running as root: instances run as {} unless their spec names a user",
+            qs_agent::run_as::DEFAULT_USER
         );
     } else {
         eprintln!(
             "qs: instances run as this agent's user (uid {uid}) and can read what it can, \
-             its state directory included; give the agent a user of its own"
+             its state directory included; run the agent as root (instances then run as \
+             {}) or under a user of its own",
+            qs_agent::run_as::DEFAULT_USER
         );
     }
 }

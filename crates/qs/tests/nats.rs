@@ -385,12 +385,19 @@ fn a_superseded_singleton_stops_when_its_frozen_agent_resumes() {
         live_nodes(u) == 2 && running(u).is_empty()
     });
     assert!(wait_gone(&[first_pid]), "the superseded process is gone");
-    let events = frozen.get("/v1/events?from=0&limit=10000");
-    assert!(
-        events.as_array().unwrap().iter().any(|e| e
-            .to_string()
-            .contains("superseded by a newer fencing token")),
-        "the frozen agent's ledger says why its copy stopped"
+    // The ledger commits in groups, a moment after the stop itself. Whichever came first
+    // stopped it: its own node seeing the newer token, or the steward's order.
+    frozen.wait(
+        "the frozen agent's ledger to say why its copy stopped",
+        |u| {
+            u.events().iter().any(|e| {
+                let reason = e["event"]["outcome"]["reason"].as_str().unwrap_or("");
+                e["event"]["event"] == "instance-exited"
+                    && e["event"]["service"] == "train"
+                    && (reason.contains("superseded by a newer fencing token")
+                        || reason.contains("superseded singleton"))
+            })
+        },
     );
     assert_eq!(running(survivor).len(), 1, "one copy fleet-wide");
     // The fleet's record of the singleton names the copy that runs, with the newer token.

@@ -267,6 +267,176 @@ fn a_panic_ends_the_agent_and_the_restart_leaves_no_orphan() {
     });
 }
 
+/// A root agent never lends its identity: an instance runs as `nobody` (or the user its spec
+/// names), without the right to read the agent's API token, and in a clean environment.
+#[test]
+fn instances_of_a_root_agent_run_as_an_unprivileged_user() {
+    // SAFETY: geteuid(2) cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: the agent must run as root to switch users");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("fleet.toml"), FLEET).unwrap();
+    // Root only where the config names it.
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "child_users = [\"nobody\", \"root\"]\n",
+    )
+    .unwrap();
+    let arg = |f: &str| dir.path().join(f).display().to_string();
+    let up = Up::spawn(
+        dir.path(),
+        &[
+            "up",
+            "--fleet",
+            &arg("fleet.toml"),
+            "--state-dir",
+            &arg("state"),
+            "--config",
+            &arg("config.toml"),
+        ],
+    );
+    let token = dir.path().join("state/api.token");
+    let probe = |user: &str| {
+        format!(
+            "[job.who-{user}]\ncommand = \"sh -c 'echo uid=$(id -u) home=$HOME; cat {} >/dev/null 2>&1 && echo token=read || echo token=denied'\"\nuser = \"{user}\"\nresources = {{ cpu_cores = 0.1, memory_mib = 16 }}\n",
+            token.display()
+        )
+    };
+    up.apply(&probe("nobody").replace("user = \"nobody\"\n", ""));
+    up.apply(&probe("root"));
+    // A user the config does not name: its instance does not start.
+    up.apply(&probe("daemon"));
+    let logs = || {
+        let mut out = String::new();
+        for node in ["alpha", "beta", "gamma"] {
+            let d = dir.path().join("state/nodes").join(node).join("logs");
+            for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with("who-") && name.ends_with(".stdout.log") {
+                    out.push_str(&format!(
+                        "{name}: {}",
+                        std::fs::read_to_string(e.path()).unwrap_or_default()
+                    ));
+                }
+            }
+        }
+        out
+    };
+    up.wait("both jobs reported", |_| {
+        logs().matches("token=").count() == 2
+    });
+    let text = logs();
+    assert!(
+        text.contains("who-nobody") && text.contains("uid=65534") && text.contains("token=denied"),
+        "{text}"
+    );
+    assert!(
+        text.contains("uid=0") && text.contains("token=read"),
+        "{text}"
+    );
+    assert!(!text.contains("who-daemon"), "{text}");
+    up.wait("the refused user's start failed", |u| {
+        u.events().iter().any(|e| {
+            e["event"]["service"] == "who-daemon"
+                && e["event"]["outcome"]["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("child_users"))
+        })
+    });
+}
+
+/// A tmpfs mounted for one test, unmounted (lazily) when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// Mounts one of `size` at `at`; `None` where that cannot be done (not root, or no
+    /// right to mount), which the caller reports.
+    fn mount(at: &std::path::Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(at).ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(at.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A full disk degrades the agent instead of breaking it: `/health` says `degraded` with the
+/// reason while the ledger cannot write, events wait, and once there is room again the
+/// ledger is reopened, `/health` is ok, every event committed before is still there, and
+/// those of the outage follow them. Needs root (a tmpfs is mounted and filled up).
+#[test]
+fn a_full_disk_degrades_and_recovers_with_no_committed_event_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = Tmpfs::mount(&dir.path().join("disk"), "16m") else {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    std::fs::write(dir.path().join("fleet.toml"), FLEET).unwrap();
+    let fleet = dir.path().join("fleet.toml");
+    let state = disk.0.join("state");
+    let up = Up::spawn(
+        dir.path(),
+        &[
+            "up",
+            "--fleet",
+            fleet.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+    );
+    up.apply(WEB);
+    up.wait("two serving replicas", |u| u.serving("web").len() == 2);
+    let before = up.events();
+    // Fill the disk to the last byte.
+    let filler = disk.0.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.write_all(&[0u8; 512]);
+        let _ = f.sync_all();
+    }
+    // Work that the ledger must record: a burst of short jobs.
+    up.apply(
+        "[job.burst]\nparallelism = 40\ncommand = \"true\"\nresources = { cpu_cores = 0.05, memory_mib = 16 }\n",
+    );
+    up.wait("the agent degraded by the full disk", |u| {
+        let h = u.get("/health");
+        h["status"] == "degraded" && h["reason"].as_str().is_some_and(|r| r.contains("ledger"))
+    });
+    assert_eq!(
+        up.get("/v1/services").as_array().unwrap().len(),
+        2,
+        "it still answers"
+    );
+    std::fs::remove_file(&filler).unwrap();
+    up.wait("the ledger back", |u| u.get("/health")["status"] == "ok");
+    up.wait("the outage's events recorded", |u| {
+        u.events().iter().any(|e| e["event"]["service"] == "burst")
+    });
+    let after = up.events();
+    assert!(after.len() > before.len());
+    assert_eq!(
+        &after[..before.len()],
+        &before[..],
+        "every committed event is still there"
+    );
+}
+
 #[test]
 fn a_name_resolves_through_dnsmasq_before_and_after_its_instance_moves() {
     require_dnsmasq();

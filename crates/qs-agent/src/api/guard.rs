@@ -77,8 +77,8 @@ fn strip_port(value: &str) -> &str {
     }
 }
 
-/// The content type a changing request must declare, by endpoint.
-fn declared_type(path: &str) -> &'static str {
+/// The content type a changing request to `path` must declare (the CLI sends the same).
+pub fn declared_content_type(path: &str) -> &'static str {
     if path == "/v1/specs" {
         "application/toml"
     } else {
@@ -142,7 +142,7 @@ pub async fn guard(State(access): State<Arc<Access>>, req: Request, next: Next) 
         return r;
     }
     if !matches!(*req.method(), Method::GET | Method::HEAD) {
-        let want = declared_type(path);
+        let want = declared_content_type(path);
         let got = essence(req.headers());
         if got.as_deref() != Some(want) {
             return error(

@@ -24,7 +24,7 @@ mod chaos;
 mod guard;
 mod token;
 use chaos::{chaos_kill, chaos_panic, chaos_pause};
-pub use guard::{Access, MAX_API_HOSTS};
+pub use guard::{Access, MAX_API_HOSTS, declared_content_type};
 pub use token::ApiToken;
 
 /// Longest a follow request waits for new events.
@@ -46,6 +46,7 @@ pub struct Api<F: Fabric> {
     instances: Gauge,
     in_flight: Gauge,
     quarantined: Gauge,
+    ledger_dropped: Gauge,
 }
 
 impl<F: Fabric> Api<F> {
@@ -102,7 +103,8 @@ impl<F: Fabric> Api<F> {
              count towards a quarantine)",
             shared.auth.rejected.clone(),
         );
-        let (nodes_live, instances, in_flight, quarantined) = (
+        let (nodes_live, instances, in_flight, quarantined, ledger_dropped) = (
+            Gauge::default(),
             Gauge::default(),
             Gauge::default(),
             Gauge::default(),
@@ -129,6 +131,11 @@ impl<F: Fabric> Api<F> {
                 "Peers whose messages are dropped unread for sending invalid ones",
                 &quarantined,
             ),
+            (
+                "ledger_events_dropped",
+                "Events dropped since start because the queue to a failing ledger was full",
+                &ledger_dropped,
+            ),
         ];
         for (name, help, gauge) in gauges {
             metrics.register(name, help, gauge.clone());
@@ -144,6 +151,7 @@ impl<F: Fabric> Api<F> {
             instances,
             in_flight,
             quarantined,
+            ledger_dropped,
         })
     }
 
@@ -250,8 +258,10 @@ async fn health<F: Fabric>(
     } else {
         "autonomous"
     };
+    let degraded = api.shared.journal.health().degraded();
     Json(v1::Health {
-        status: "ok".into(),
+        status: if degraded.is_some() { "degraded" } else { "ok" }.into(),
+        reason: degraded.map(|r| format!("the ledger takes no writes: {r}")),
         mode: mode.into(),
         nodes: views,
         ledger_next_seq: api.shared.ledger.next_seq(),
@@ -271,6 +281,8 @@ async fn health<F: Fabric>(
 async fn metrics<F: Fabric>(State(api): State<Arc<Api<F>>>) -> Response {
     api.quarantined
         .set(api.shared.auth.quarantined().len() as i64);
+    api.ledger_dropped
+        .set(api.shared.journal.health().dropped() as i64);
     if let Ok(views) = api.shared.views.read() {
         let live = views.values().map(|v| v.live_peers).max().unwrap_or(0);
         api.nodes_live.set(live as i64);
@@ -466,7 +478,7 @@ async fn events<F: Fabric>(
 ) -> Response {
     let ledger = api.shared.ledger.clone();
     let wait = Duration::from_millis(q.wait_ms.min(MAX_WAIT_MS));
-    let _permit = if wait.is_zero() {
+    let permit = if wait.is_zero() {
         None
     } else {
         match api.long_polls.clone().try_acquire_owned() {
@@ -480,7 +492,13 @@ async fn events<F: Fabric>(
         }
     };
     let limit = q.limit.clamp(1, qs_store::MAX_READ);
-    let read = tokio::task::spawn_blocking(move || ledger.follow(q.from, limit, wait)).await;
+    // The permit goes with the blocking wait: a client that hangs up does not free it
+    // while the thread still waits.
+    let read = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        ledger.follow(q.from, limit, wait)
+    })
+    .await;
     match read {
         Ok(Ok(records)) => Json(records).into_response(),
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),

@@ -49,6 +49,23 @@ impl ApiToken {
     pub fn load_or_create(state: &StateDir) -> Result<ApiToken, AgentError> {
         let path = state.path(StateFile::ApiToken);
         if let Some(bytes) = state.read(StateFile::ApiToken)? {
+            // Loosened by hand (or copied without its mode): made private again, and said.
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(meta) = std::fs::metadata(&path)
+                && meta.permissions().mode() & 0o077 != 0
+            {
+                tracing::warn!(
+                    "{}: readable by others (mode {:o}); set to 0600",
+                    path.display(),
+                    meta.permissions().mode() & 0o777
+                );
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(
+                    |source| StoreError::Io {
+                        path: path.clone(),
+                        source,
+                    },
+                )?;
+            }
             let text = String::from_utf8_lossy(&bytes);
             return ApiToken::parse(&text).ok_or_else(|| {
                 AgentError::Store(StoreError::Unreadable {

@@ -274,7 +274,11 @@ impl Steward {
                 Role::Replica
             };
             let fencing = if spec.pattern.is_singleton() {
-                cx.reg.max_fencing(service).max(st.last_fencing) + 1
+                (cx.reg
+                    .max_fencing(service)
+                    .max(st.last_fencing)
+                    .saturating_add(1))
+                .min(qs_wire::bounds::MAX_FENCING)
             } else {
                 0
             };

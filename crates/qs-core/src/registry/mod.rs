@@ -438,12 +438,27 @@ impl Registry {
 
     /// Whether `node` may give orders for `service` here: it is its steward, or was until a
     /// change less than `steward_grace_ms` ago (its view may lag this one's).
+    ///
+    /// The window also runs the other way: while the steward has been silent for half of
+    /// `dead_after` (others may have declared it dead already), the node that would succeed
+    /// it may give orders too.
     pub fn may_steward(&self, service: &ServiceName, node: &NodeId, now: Time) -> bool {
-        self.steward(service) == Some(node)
+        if self.steward(service) == Some(node)
             || self
                 .previous_stewards
                 .get(service)
                 .is_some_and(|p| &p.node == node && now <= p.until)
+        {
+            return true;
+        }
+        let Some(&current) = self.stewards.get(service) else {
+            return false;
+        };
+        let silent = now.since(self.slots[current].last_seen) >= self.dead_after / 2;
+        silent
+            && self
+                .best_for(service, Some(current))
+                .is_some_and(|s| &self.slots[s].status.node == node)
     }
 
     fn set_steward(&mut self, service: &ServiceName, slot: Option<usize>) {
@@ -473,17 +488,24 @@ impl Registry {
         if !self.specs.contains_key(service) {
             return;
         }
-        let sh = hash::of_str(service.as_str());
-        let best = (0..self.buckets.len())
-            .filter(|&b| !self.buckets[b].is_empty())
-            .max_by_key(|&b| Self::bucket_score(sh, b))
-            .and_then(|b| {
-                self.buckets[b]
-                    .iter()
-                    .copied()
-                    .max_by(|&x, &y| self.score(sh, x).cmp(&self.score(sh, y)))
-            });
+        let best = self.best_for(service, None);
         self.set_steward(service, best);
+    }
+
+    /// The live slot that wins `service` (best bucket, then best node in it), leaving out
+    /// `without`.
+    fn best_for(&self, service: &ServiceName, without: Option<usize>) -> Option<usize> {
+        let sh = hash::of_str(service.as_str());
+        let left = |b: usize| {
+            self.buckets[b]
+                .iter()
+                .copied()
+                .filter(move |&s| Some(s) != without)
+        };
+        (0..self.buckets.len())
+            .filter(|&b| left(b).next().is_some())
+            .max_by_key(|&b| Self::bucket_score(sh, b))
+            .and_then(|b| left(b).max_by(|&x, &y| self.score(sh, x).cmp(&self.score(sh, y))))
     }
 
     /// A joining node takes over the services it now wins: those of its own bucket whose

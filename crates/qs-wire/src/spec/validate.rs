@@ -48,6 +48,32 @@ fn within(field: &str, v: u64, min: u64, max: u64) -> Result<(), InvalidField> {
     }
 }
 
+/// The rule for labels wherever they appear (a workload's, a node's, a heartbeat's, a
+/// demand's): at most [`MAX_LABELS`], each key 1..=[`MAX_LABEL_BYTES`] bytes, each value at
+/// most that.
+pub fn check_labels(
+    field: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> Result<(), InvalidField> {
+    if labels.len() > MAX_LABELS {
+        return bad(
+            field,
+            format!("{} labels; at most {MAX_LABELS}", labels.len()),
+        );
+    }
+    for (k, v) in labels {
+        if k.is_empty() || k.len() > MAX_LABEL_BYTES || v.len() > MAX_LABEL_BYTES {
+            return bad(
+                field,
+                format!(
+                    "a label key of 1..={MAX_LABEL_BYTES} bytes and a value of at most {MAX_LABEL_BYTES}"
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
 fn command(field: &str, c: &str) -> Result<(), InvalidField> {
     if c.trim().is_empty() {
         return bad(field, "must not be empty");
@@ -157,22 +183,7 @@ impl WorkloadSpec {
                 format!("a {} workload must declare the VRAM it needs", self.pattern),
             );
         }
-        if self.labels.len() > MAX_LABELS {
-            return bad(
-                "labels",
-                format!("{} labels; at most {MAX_LABELS}", self.labels.len()),
-            );
-        }
-        for (k, v) in &self.labels {
-            if k.is_empty() || k.len() > MAX_LABEL_BYTES || v.len() > MAX_LABEL_BYTES {
-                return bad(
-                    "labels",
-                    format!(
-                        "a label key of 1..={MAX_LABEL_BYTES} bytes and a value of at most {MAX_LABEL_BYTES}"
-                    ),
-                );
-            }
-        }
+        check_labels("labels", &self.labels)?;
         if let Some(c) = &self.command {
             command("command", c)?;
         }
@@ -204,10 +215,47 @@ impl WorkloadSpec {
                 );
             }
         }
+        if let Some(u) = &self.user {
+            let ok = (1..=32).contains(&u.len())
+                && u.bytes()
+                    .next()
+                    .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+                && u.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
+                });
+            if !ok {
+                return bad(
+                    "user",
+                    format!("{u:?} is not a user name ([a-z_][a-z0-9_-]*, at most 32)"),
+                );
+            }
+        }
         match &self.health {
             Some(h) => health(h),
             None => Ok(()),
         }
+    }
+}
+
+impl super::NodeSpec {
+    /// The rules a node's declaration keeps, so that its heartbeats pass every receiver's
+    /// checks (the bounds of a heartbeat).
+    pub fn validate(&self) -> Result<(), InvalidField> {
+        check_labels("labels", &self.labels)?;
+        if self.level > super::MAX_LEVEL {
+            return bad("level", format!("must be in 0..={}", super::MAX_LEVEL));
+        }
+        if self.capacity.gpus.len() > super::MAX_GPUS {
+            return bad(
+                "gpus",
+                format!(
+                    "{} GPUs; at most {}",
+                    self.capacity.gpus.len(),
+                    super::MAX_GPUS
+                ),
+            );
+        }
+        Ok(())
     }
 }
 
