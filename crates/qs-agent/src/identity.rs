@@ -222,18 +222,10 @@ impl Auth {
             // Nothing to check between the nodes of one process but the bytes themselves.
             return frames
                 .into_iter()
-                .map(|bytes| match qs_core::auth::unframe(bytes) {
-                    Ok((_, env)) => match env.validate() {
-                        Ok(()) => Some(env),
-                        Err(f) => {
-                            self.count(invalid(&env, f), now);
-                            None
-                        }
-                    },
-                    Err(e) => {
-                        self.count(malformed(e), now);
-                        None
-                    }
+                .map(|bytes| {
+                    qs_core::auth::open_unauthenticated(bytes)
+                        .map_err(|e| self.count(e, now))
+                        .ok()
                 })
                 .collect();
         }
@@ -311,26 +303,6 @@ impl Auth {
         if let Ok(id) = NodeId::new(node) {
             self.keyring().forget(&id);
         }
-    }
-}
-
-fn malformed(detail: String) -> Rejected {
-    Rejected {
-        reason: Reject::Malformed,
-        sender: None,
-        quarantined_until: None,
-        detail: Some(detail),
-    }
-}
-
-/// A message of this process's own nodes that breaks a rule (a bug here: nobody else can
-/// send on the in-memory fabric).
-fn invalid(env: &Envelope<Message>, f: qs_wire::InvalidField) -> Rejected {
-    Rejected {
-        reason: Reject::Invalid,
-        sender: Some(env.sender.clone()),
-        quarantined_until: None,
-        detail: Some(format!("{}: {}", f.field, f.reason)),
     }
 }
 

@@ -49,14 +49,19 @@ pub struct InstanceFile {
 
 /// The process's start time in clock ticks since boot (field 22 of /proc/PID/stat).
 fn start_ticks(pid: u32) -> Option<u64> {
-    stat_field(pid, 19)
+    stat_fields(pid, [19]).map(|[t]| t)
 }
 
-/// A field of /proc/PID/stat, counted from the one after the command name (0: state).
-fn stat_field(pid: u32, index: usize) -> Option<u64> {
+/// Fields of /proc/PID/stat, counted from the one after the command name (0: state), read
+/// in one go.
+fn stat_fields<const N: usize>(pid: u32, indexes: [usize; N]) -> Option<[u64; N]> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_comm = stat.rsplit(')').next()?;
-    after_comm.split_whitespace().nth(index)?.parse().ok()
+    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+    let mut out = [0; N];
+    for (o, i) in out.iter_mut().zip(indexes) {
+        *o = fields.get(i)?.parse().ok()?;
+    }
+    Some(out)
 }
 
 /// Whether an entry names a process group this node started and that still runs: not pid 0
@@ -64,10 +69,10 @@ fn stat_field(pid: u32, index: usize) -> Option<u64> {
 /// instance leads its own), started when the entry says. Anything else in the file (edited,
 /// or a pid recycled since) is left alone.
 fn still_ours(e: &Entry) -> bool {
+    // Field 2 is the process group, 19 the start time.
     e.pid > 1
         && e.pid != std::process::id()
-        && stat_field(e.pid, 2) == Some(u64::from(e.pid))
-        && start_ticks(e.pid) == Some(e.start_ticks)
+        && stat_fields(e.pid, [2, 19]) == Some([u64::from(e.pid), e.start_ticks])
 }
 
 fn signal_group(pid: u32, signal: libc::c_int) {

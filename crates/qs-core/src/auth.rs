@@ -437,36 +437,29 @@ impl Keyring {
         signature_ok: Option<bool>,
         now: Time,
     ) -> Result<Envelope<Message>, Rejected> {
-        if !self.config.required {
-            if let Err(f) = p.env.validate() {
-                let detail = format!("{}: {}", f.field, f.reason);
-                return Err(self.reject(Reject::Invalid, Some(p.env.sender), now, Some(detail)));
+        if self.config.required {
+            let sender = &p.env.sender;
+            let tag_ok = match p.frame.kind {
+                FrameKind::Signed => signature_ok.unwrap_or(false),
+                FrameKind::Sealed => self.check_mac(p.to, sender, p.frame.tag, p.frame.body),
+                FrameKind::Open => false,
+            };
+            if !tag_ok {
+                return Err(self.reject(Reject::BadSignature, Some(p.env.sender), now, None));
             }
-            self.counters.accepted += 1;
-            return Ok(p.env);
+            let skew_us = self.config.max_clock_skew_ms.saturating_mul(1000);
+            if now.as_micros().abs_diff(p.env.sent_at_us) > skew_us {
+                return Err(self.reject(Reject::Stale, Some(p.env.sender), now, None));
+            }
+            let fresh = self
+                .peers
+                .get_mut(sender)
+                .is_some_and(|peer| peer.window.admit(p.env.seq));
+            if !fresh {
+                return Err(self.reject(Reject::Replay, Some(p.env.sender), now, None));
+            }
         }
-        let sender = &p.env.sender;
-        let tag_ok = match p.frame.kind {
-            FrameKind::Signed => signature_ok.unwrap_or(false),
-            FrameKind::Sealed => self.check_mac(p.to, sender, p.frame.tag, p.frame.body),
-            FrameKind::Open => false,
-        };
-        if !tag_ok {
-            return Err(self.reject(Reject::BadSignature, Some(p.env.sender), now, None));
-        }
-        let skew_us = self.config.max_clock_skew_ms.saturating_mul(1000);
-        if now.as_micros().abs_diff(p.env.sent_at_us) > skew_us {
-            return Err(self.reject(Reject::Stale, Some(p.env.sender), now, None));
-        }
-        let fresh = self
-            .peers
-            .get_mut(sender)
-            .is_some_and(|peer| peer.window.admit(p.env.seq));
-        if !fresh {
-            return Err(self.reject(Reject::Replay, Some(p.env.sender), now, None));
-        }
-        if let Err(f) = p.env.validate() {
-            let detail = format!("{}: {}", f.field, f.reason);
+        if let Err(detail) = checked(&p.env) {
             return Err(self.reject(Reject::Invalid, Some(p.env.sender), now, Some(detail)));
         }
         self.counters.accepted += 1;
@@ -529,12 +522,34 @@ impl Keyring {
     }
 }
 
-/// Parses a frame and decodes the envelope inside; what is wrong, if not. Checks nothing
-/// else: between the nodes of one process this is all there is to opening a frame.
+/// Parses a frame and decodes the envelope inside; what is wrong, if not.
 pub fn unframe(bytes: &[u8]) -> Result<(Frame<'_>, Envelope<Message>), String> {
     let frame = Frame::parse(bytes).map_err(|e| e.to_string())?;
     let env = Envelope::decode(frame.body).map_err(|e| e.to_string())?;
     Ok((frame, env))
+}
+
+/// [`Envelope::validate`], its failure as the detail of a rejection.
+fn checked(env: &Envelope<Message>) -> Result<(), String> {
+    env.validate()
+        .map_err(|f| format!("{}: {}", f.field, f.reason))
+}
+
+/// Opens a frame where no authentication is required (between the nodes of one process):
+/// it must parse and its message keep every rule; nothing else is checked, and nobody is
+/// struck (no keyring is involved).
+pub fn open_unauthenticated(bytes: &[u8]) -> Result<Envelope<Message>, Rejected> {
+    let rejected = |reason, sender, detail| Rejected {
+        reason,
+        sender,
+        quarantined_until: None,
+        detail: Some(detail),
+    };
+    let (_, env) = unframe(bytes).map_err(|e| rejected(Reject::Malformed, None, e))?;
+    match checked(&env) {
+        Ok(()) => Ok(env),
+        Err(e) => Err(rejected(Reject::Invalid, Some(env.sender), e)),
+    }
 }
 
 /// The keyed MAC of the pair (local node, peer), derived on first use: SHA-256 over a label,

@@ -6,8 +6,7 @@
 use crate::envelope::Envelope;
 use crate::message::{Demand, Message, NodeStatus, Offer};
 use crate::resources::Resources;
-use crate::spec::{InvalidField, MAX_LEVEL};
-use std::collections::BTreeMap;
+use crate::spec::{InvalidField, MAX_LEVEL, check_labels};
 
 /// Largest fencing token accepted (2^53): a token grows by one per claim, so no genuine one
 /// comes near, and one more than it never wraps.
@@ -55,10 +54,6 @@ fn count(field: &str, n: usize, max: usize) -> Result<(), InvalidField> {
     }
 }
 
-fn labels(field: &str, l: &BTreeMap<String, String>) -> Result<(), InvalidField> {
-    crate::spec::check_labels(field, l)
-}
-
 fn resources(field: &str, r: &Resources) -> Result<(), InvalidField> {
     at_most(
         &format!("{field}.cpu_millicores"),
@@ -71,7 +66,7 @@ fn resources(field: &str, r: &Resources) -> Result<(), InvalidField> {
 
 fn demand(d: &Demand) -> Result<(), InvalidField> {
     resources("demand.need", &d.need)?;
-    labels("demand.labels", &d.labels)?;
+    check_labels("demand.labels", &d.labels)?;
     // The same bound as a spec's (a steward sends what its spec says).
     let max = crate::spec::MAX_REPLICAS as u32;
     if d.max_per_node == 0 || d.max_per_node > max {
@@ -84,7 +79,7 @@ fn status(s: &NodeStatus) -> Result<(), InvalidField> {
     if s.level > MAX_LEVEL {
         return bad("level", format!("{} is more than {MAX_LEVEL}", s.level));
     }
-    labels("labels", &s.labels)?;
+    check_labels("labels", &s.labels)?;
     let c = &s.capacity;
     at_most("capacity.cpu_millicores", c.cpu_millicores, MAX_MILLICORES)?;
     at_most("capacity.memory_bytes", c.memory_bytes, MAX_BYTES)?;
