@@ -48,6 +48,8 @@ pub struct FleetOptions {
     pub rekey: bool,
     /// Names the API's `Host` header may carry beyond loopback's and the listen address.
     pub api_hosts: Vec<String>,
+    /// Serve the API over TLS with this certificate (otherwise plain HTTP).
+    pub tls: Option<api::tls::ApiTls>,
 }
 
 /// Why a fleet could not start.
@@ -68,6 +70,26 @@ pub enum FleetError {
     Identity(#[from] crate::identity::IdentityError),
     #[error("the API token: {0}")]
     Token(crate::AgentError),
+}
+
+/// Serves the API on `listener` until `stop` changes. Every connection gets `TCP_NODELAY`
+/// (answers are small and come at once); the peer's address reaches the [`api`] guard.
+async fn serve_api<L>(listener: L, app: axum::Router, mut stop: watch::Receiver<bool>)
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+    L::Io: api::tls::HasTcp,
+{
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|io| {
+        let _ = api::tls::HasTcp::tcp(io).set_nodelay(true);
+    });
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
+    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = stop.changed().await;
+    });
+    if let Err(e) = serve.await {
+        tracing::error!("HTTP API stopped: {e}");
+    }
 }
 
 /// NVML for a real host when a driver is there; otherwise the GPUs the node declares,
@@ -130,7 +152,12 @@ impl<F: Fabric> EmbeddedFleet<F> {
         let state = StateDir::open(&opts.state_dir)?;
         let ledger = Arc::new(Ledger::open(state.path(StateFile::Ledger))?);
         let (writer_stop, writer_stop_rx) = watch::channel(false);
-        let (journal, writer) = crate::journal::Journal::start(ledger.clone(), writer_stop_rx);
+        let retention = qs_store::Retention {
+            max_age_us: opts.config.ledger_max_age_ms.saturating_mul(1000),
+            max_bytes: opts.config.ledger_max_bytes,
+        };
+        let (journal, writer) =
+            crate::journal::Journal::start(ledger.clone(), retention, writer_stop_rx);
         let auth = Arc::new(Auth::new(AuthConfig::from_config(
             &opts.config,
             opts.authenticate,
@@ -251,17 +278,22 @@ impl<F: Fabric> EmbeddedFleet<F> {
             fabric.clone(),
             opts.mode,
             access,
-        ))
-        .into_make_service_with_connect_info::<SocketAddr>();
-        let mut api_stop = stop_rx.clone();
-        tasks.spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                let _ = api_stop.changed().await;
-            });
-            if let Err(e) = serve.await {
-                tracing::error!("HTTP API stopped: {e}");
+        ));
+        let api_stop = stop_rx.clone();
+        match &opts.tls {
+            None => {
+                tasks.spawn(serve_api(listener, app, api_stop));
             }
-        });
+            Some(tls) => {
+                let tls_listener = api::tls::TlsListener::new(listener, tls).map_err(|source| {
+                    FleetError::Listen {
+                        addr: opts.listen,
+                        source,
+                    }
+                })?;
+                tasks.spawn(serve_api(tls_listener, app, api_stop));
+            }
+        }
         Ok(EmbeddedFleet {
             shared,
             fabric,

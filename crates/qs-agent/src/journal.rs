@@ -11,10 +11,14 @@
 //! node's runtime (whose heartbeats must go on). Nothing committed is ever lost, and a batch
 //! whose commit failed but landed (seen from the sequence number after the reopen) is not
 //! written twice.
+//!
+//! The writer also keeps the ledger within its [`Retention`]: when a commit takes it past
+//! the size bound, and every [`RETENTION_EVERY`] for the age bound, it compacts the ledger
+//! on a blocking thread of its own (one at a time), while commits go on.
 
-use qs_store::Ledger;
+use qs_store::{Ledger, Retention};
 use qs_wire::{Event, NodeId, Record};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -22,6 +26,8 @@ use tokio::sync::{mpsc, watch};
 /// First wait before reopening a failed ledger, and the longest.
 const RETRY_FIRST: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(2);
+/// How often the writer looks for records past the age bound.
+pub const RETENTION_EVERY: Duration = Duration::from_secs(60);
 
 /// Whether the ledger takes writes: the reason it does not, and what was dropped meanwhile.
 #[derive(Debug, Default)]
@@ -71,6 +77,7 @@ impl Journal {
     /// queued by then) or when every `Journal` clone is dropped.
     pub fn start(
         ledger: Arc<Ledger>,
+        retention: Retention,
         stop: watch::Receiver<bool>,
     ) -> (Journal, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -78,6 +85,9 @@ impl Journal {
         let writer = Writer {
             ledger,
             health: health.clone(),
+            retention,
+            compacting: Arc::new(AtomicBool::new(false)),
+            compacted_to: Arc::new(AtomicU64::new(0)),
         };
         (Journal { tx, health }, tokio::spawn(writer.run(rx, stop)))
     }
@@ -116,18 +126,31 @@ impl Journal {
     }
 }
 
-/// The receiving side: commits batches, and rides out a failing ledger.
+/// The receiving side: commits batches, rides out a failing ledger, and keeps it within
+/// its retention.
 struct Writer {
     ledger: Arc<Ledger>,
     health: Arc<LedgerHealth>,
+    retention: Retention,
+    /// A compaction is under way.
+    compacting: Arc<AtomicBool>,
+    /// Bytes the ledger held after the last compaction: when what it carries alone is
+    /// past the bound, the next one waits for an eighth of the bound more.
+    compacted_to: Arc<AtomicU64>,
 }
 
 impl Writer {
     async fn run(self, mut rx: mpsc::Receiver<Record>, mut stop: watch::Receiver<bool>) {
         let mut batch = Vec::with_capacity(BATCH);
+        let mut retention_timer = tokio::time::interval(RETENTION_EVERY);
+        retention_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let n = tokio::select! {
                 n = rx.recv_many(&mut batch, BATCH) => n,
+                _ = retention_timer.tick() => {
+                    self.compact();
+                    continue;
+                }
                 _ = stop.changed() => {
                     // Take nothing new; commit what is queued, then end.
                     rx.close();
@@ -144,7 +167,37 @@ impl Writer {
                 linger(&mut rx, &mut batch).await;
             }
             self.commit(std::mem::take(&mut batch), &stop).await;
+            let bound = self.retention.max_bytes;
+            let floor = self.compacted_to.load(Ordering::Acquire) + bound / 8;
+            if self.ledger.bytes().is_ok_and(|b| b > bound && b >= floor) {
+                self.compact();
+            }
         }
+    }
+
+    /// Compacts what the retention no longer keeps, on a blocking thread, unless a
+    /// compaction is under way already.
+    fn compact(&self) {
+        if self.compacting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (ledger, retention) = (self.ledger.clone(), self.retention);
+        let (compacting, compacted_to) = (self.compacting.clone(), self.compacted_to.clone());
+        tokio::task::spawn_blocking(move || {
+            let now_us = crate::clock::now().as_micros();
+            match ledger.compact(retention, now_us) {
+                Ok(Some(s)) => tracing::info!(
+                    through_seq = s.through_seq,
+                    removed = s.removed,
+                    carried = s.carried,
+                    "ledger compacted"
+                ),
+                Ok(None) => {}
+                Err(e) => tracing::warn!("ledger compaction failed: {e}"),
+            }
+            compacted_to.store(ledger.bytes().unwrap_or(0), Ordering::Release);
+            compacting.store(false, Ordering::Release);
+        });
     }
 
     /// Commits `records`; while that fails, reopens the ledger with backoff and tries again.

@@ -126,6 +126,12 @@ pub struct CheckpointState {
 pub struct LedgerState {
     pub path: String,
     pub next_seq: u64,
+    /// Bytes of records it holds (bounded by `ledger_max_bytes`).
+    #[serde(default)]
+    pub bytes: u64,
+    /// What compaction has taken out of it so far.
+    #[serde(default)]
+    pub compacted: qs_store::Snapshot,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -61,6 +61,16 @@ fn get_checkpoint_state() {
         ledger: LedgerState {
             path: "/var/lib/qs/ledger.redb".into(),
             next_seq: 7,
+            bytes: 4096,
+            compacted: qs_store::Snapshot {
+                through_seq: 2,
+                removed: 1,
+                removed_by_event: [("placed".to_owned(), 1)].into(),
+                first_at_us: Some(10),
+                last_at_us: Some(10),
+                carried: 1,
+                compactions: 1,
+            },
         },
         desired_state: DesiredState { specs: 3 },
     }));

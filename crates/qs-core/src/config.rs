@@ -45,6 +45,8 @@ impl Thresholds {
 
 /// Most nodes asked to relay one probe, whatever the config says.
 pub const MAX_PROBE_RELAYS: usize = 16;
+/// The smallest `ledger_max_bytes`: a ledger must hold at least a few hundred records.
+pub const MIN_LEDGER_BYTES: u64 = 64 * 1024;
 
 /// Every tunable of the core. Durations are in milliseconds.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -118,6 +120,11 @@ pub struct Config {
     pub forget_dead_after_ms: u64,
     /// An ended instance's logs are removed this long after they were last written.
     pub log_retention_ms: u64,
+    /// The ledger keeps this much history: older records are compacted into its snapshot
+    /// (those that still describe the present, such as a running instance's start, stay).
+    pub ledger_max_age_ms: u64,
+    /// Past this many bytes of records the oldest are compacted, down to three quarters.
+    pub ledger_max_bytes: u64,
     /// The users a root agent runs instances as when their spec names one (a spec naming
     /// any other is refused when its instance starts); without a name: `nobody`. Root is
     /// never among them unless named here: whoever can write a spec could otherwise run
@@ -165,6 +172,8 @@ impl Default for Config {
             steward_grace_ms: 3000,
             forget_dead_after_ms: 3_600_000,
             log_retention_ms: 86_400_000,
+            ledger_max_age_ms: 7 * 86_400_000,
+            ledger_max_bytes: 512 << 20,
             child_users: vec!["nobody".into()],
         }
     }
@@ -250,6 +259,16 @@ impl Config {
         positive("steward_grace_ms", self.steward_grace_ms)?;
         positive("forget_dead_after_ms", self.forget_dead_after_ms)?;
         positive("log_retention_ms", self.log_retention_ms)?;
+        positive("ledger_max_age_ms", self.ledger_max_age_ms)?;
+        if self.ledger_max_bytes < MIN_LEDGER_BYTES {
+            return Err(ConfigError {
+                field: "ledger_max_bytes",
+                message: format!(
+                    "must be at least {MIN_LEDGER_BYTES} bytes, got {}",
+                    self.ledger_max_bytes
+                ),
+            });
+        }
         if self.child_users.len() > 64
             || self
                 .child_users

@@ -4,7 +4,7 @@
 mod ledger;
 mod state_dir;
 
-pub use ledger::{Ledger, MAX_READ, panic_is_contained};
+pub use ledger::{Ledger, MAX_CARRIED, MAX_READ, Retention, Snapshot, panic_is_contained};
 pub use state_dir::{StateDir, StateFile};
 
 use std::path::PathBuf;

@@ -316,6 +316,7 @@ pub(crate) fn bench_fleet(
         authenticate,
         rekey: false,
         api_hosts: vec![],
+        tls: None,
     }
 }
 

@@ -23,6 +23,10 @@ pub struct Cli {
     /// agent runs on this machine (its api.token, which needs the right to read it).
     #[arg(long, global = true, env = "QS_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// For an https:// --api: the certificate (PEM) to trust for it, that of the authority
+    /// that signed the agent's, or its own self-signed one; default: the system's roots.
+    #[arg(long, global = true, env = "QS_TLS_CA")]
+    tls_ca: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -201,10 +205,17 @@ struct Serve {
     /// Where the ledger, instance logs and the desired-state cache live.
     #[arg(long, default_value = ".qs-state")]
     state_dir: PathBuf,
-    /// Where the HTTP API listens (loopback by default). Any other address needs
-    /// --insecure-listen: the API runs commands on every node of the fleet.
+    /// Where the HTTP API listens (loopback by default). Any other address needs TLS
+    /// (--tls-cert and --tls-key) or --insecure-listen: the API runs commands on every node
+    /// of the fleet.
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
+    /// Serve the API over TLS with this certificate chain (PEM, the server's first).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Serve a non-loopback --listen over plain HTTP anyway: the token then crosses the
     /// network in the clear. Only behind a TLS-terminating proxy or on a trusted network.
     #[arg(long)]
@@ -231,6 +242,10 @@ impl Serve {
             state_dir: self.state_dir,
             listen: self.listen,
             insecure_listen: self.insecure_listen,
+            tls: self
+                .tls_cert
+                .zip(self.tls_key)
+                .map(|(cert, key)| qs_agent::api::tls::TlsFiles { cert, key }),
             api_hosts: self.api_hosts,
             fleet,
             apply: self.apply,
@@ -343,6 +358,9 @@ pub fn run(cli: Cli) -> Result<()> {
     let api = cli.api.as_str();
     if let Some(token) = &cli.token {
         crate::client::use_token(token)?;
+    }
+    if let Some(ca) = &cli.tls_ca {
+        crate::client::trust(ca)?;
     }
     match cli.command {
         Command::Up { demo, fleet, serve } => crate::up::up(serve.into_up(demo, fleet, None)),

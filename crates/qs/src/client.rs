@@ -1,4 +1,5 @@
-//! A small blocking HTTP/1.1 client for talking to an agent's API on loopback, with its
+//! A small blocking HTTP/1.1 client for talking to an agent's API, over plain TCP on
+//! loopback or over TLS (`https://`, trusting `--tls-ca` or the system's roots), with its
 //! bearer token: the one given (`--token`, `QS_TOKEN`), or else the one the agent keeps in
 //! its state directory, which `/health` names to a client on loopback and which this
 //! process must have the right to read.
@@ -10,13 +11,82 @@ use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::Mutex;
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// The token given on the command line, or found per API address (`None`: none found).
 static TOKENS: Mutex<BTreeMap<String, Option<ApiToken>>> = Mutex::new(BTreeMap::new());
 /// The key under which a given token stands for every address.
 const GIVEN: &str = "";
+
+/// The certificates `--tls-ca` names, once read; the system's roots where unset.
+static TRUSTED: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+
+/// Trusts the certificates of `ca` (PEM) for every https:// request of this process,
+/// instead of the system's roots.
+pub fn trust(ca: &Path) -> Result<()> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in qs_agent::api::tls::read_chain(ca).context("--tls-ca / QS_TLS_CA")? {
+        roots
+            .add(cert)
+            .with_context(|| format!("--tls-ca {}: not a usable certificate", ca.display()))?;
+    }
+    TRUSTED
+        .set(client_config(roots)?)
+        .map_err(|_| anyhow::anyhow!("--tls-ca given twice"))
+}
+
+/// The roots this process trusts: those of [`trust`], or else the system's.
+fn trusted() -> Result<Arc<rustls::ClientConfig>> {
+    if let Some(config) = TRUSTED.get() {
+        return Ok(config.clone());
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    let config = client_config(roots)?;
+    Ok(TRUSTED.get_or_init(|| config).clone())
+}
+
+fn client_config(roots: rustls::RootCertStore) -> Result<Arc<rustls::ClientConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Where an agent's API is: `host:port`, and whether it speaks TLS.
+struct Target<'a> {
+    hostport: &'a str,
+    tls: bool,
+}
+
+impl<'a> Target<'a> {
+    fn parse(api: &'a str) -> Result<Target<'a>> {
+        let (rest, tls) = if let Some(rest) = api.strip_prefix("http://") {
+            (rest, false)
+        } else if let Some(rest) = api.strip_prefix("https://") {
+            (rest, true)
+        } else {
+            bail!("--api {api}: an http:// or https:// address, such as {DEFAULT_API}");
+        };
+        Ok(Target {
+            hostport: rest.trim_end_matches('/'),
+            tls,
+        })
+    }
+
+    /// The host part, as a certificate names it (an IPv6 address without its brackets).
+    fn host(&self) -> &'a str {
+        let host = self
+            .hostport
+            .rsplit_once(':')
+            .map_or(self.hostport, |(h, _)| h);
+        host.trim_start_matches('[').trim_end_matches(']')
+    }
+}
 
 /// Uses `token` for every request of this process.
 pub fn use_token(token: &str) -> Result<()> {
@@ -31,7 +101,7 @@ pub fn use_token(token: &str) -> Result<()> {
 
 /// The token for `api`: the given one, or the one its agent keeps (read again when
 /// `fresh`, after the agent refused the one read before).
-fn token_for(api: &str, hostport: &str, fresh: bool) -> Option<ApiToken> {
+fn token_for(api: &str, target: &Target, fresh: bool) -> Option<ApiToken> {
     let mut tokens = TOKENS.lock().ok()?;
     if let Some(t) = tokens.get(GIVEN) {
         return t.clone();
@@ -39,7 +109,7 @@ fn token_for(api: &str, hostport: &str, fresh: bool) -> Option<ApiToken> {
     if let Some(Some(t)) = tokens.get(api).filter(|_| !fresh) {
         return Some(t.clone());
     }
-    let found = discover(hostport);
+    let found = discover(target);
     tokens.insert(api.to_owned(), found.clone());
     found
 }
@@ -49,15 +119,15 @@ fn token_for(api: &str, hostport: &str, fresh: bool) -> Option<ApiToken> {
 /// owned by the user whose process listens on the API's port. So a process of another user
 /// that took the port (while the agent was down, say) cannot make this client read the
 /// agent's token and hand it over.
-fn discover(hostport: &str) -> Option<ApiToken> {
+fn discover(target: &Target) -> Option<ApiToken> {
     use std::os::unix::fs::MetadataExt;
-    let (status, body) = send(hostport, "GET", "/health", "", None, Duration::from_secs(2)).ok()?;
+    let (status, body) = send(target, "GET", "/health", "", None, Duration::from_secs(2)).ok()?;
     let health: v1::Health = (status == 200).then(|| serde_json::from_str(&body).ok())??;
     let path = std::path::PathBuf::from(health.token_file?);
     if path.file_name()? != "api.token" {
         return None;
     }
-    let port: u16 = hostport.rsplit_once(':')?.1.parse().ok()?;
+    let port: u16 = target.hostport.rsplit_once(':')?.1.parse().ok()?;
     let meta = std::fs::metadata(&path).ok()?;
     let private = meta.mode() & 0o077 == 0;
     if !private || listener_uid(port) != Some(meta.uid()) {
@@ -95,37 +165,36 @@ pub fn request(
     body: Option<&str>,
     timeout: Duration,
 ) -> Result<(u16, String)> {
-    let hostport = api
-        .strip_prefix("http://")
-        .with_context(|| format!("--api {api}: only http:// addresses are supported"))?
-        .trim_end_matches('/');
+    let target = Target::parse(api)?;
     let body = body.unwrap_or("");
-    let token = token_for(api, hostport, false);
-    let answer = send(hostport, method, path, body, token.as_ref(), timeout)?;
+    let token = token_for(api, &target, false);
+    let answer = send(&target, method, path, body, token.as_ref(), timeout)?;
     if answer.0 != 401 {
         return Ok(answer);
     }
     // Another agent may answer on this address now, with a token of its own.
-    let again = token_for(api, hostport, true);
+    let again = token_for(api, &target, true);
     if again.is_none() || again == token {
         return Ok(answer);
     }
-    send(hostport, method, path, body, again.as_ref(), timeout)
+    send(&target, method, path, body, again.as_ref(), timeout)
 }
 
-/// One request to `hostport`; the status code and the body.
+/// One request to `target`; the status code and the body.
 fn send(
-    hostport: &str,
+    target: &Target,
     method: &str,
     path: &str,
     body: &str,
     token: Option<&ApiToken>,
     timeout: Duration,
 ) -> Result<(u16, String)> {
-    let mut s = TcpStream::connect(hostport).with_context(|| {
+    let hostport = target.hostport;
+    let tcp = TcpStream::connect(hostport).with_context(|| {
         format!("cannot reach the agent at {hostport} (is `qs up` or `qs agent` running?)")
     })?;
-    s.set_read_timeout(Some(timeout))?;
+    tcp.set_read_timeout(Some(timeout))?;
+    tcp.set_write_timeout(Some(timeout))?;
     let auth = token.map_or(String::new(), |t| {
         format!("Authorization: Bearer {}\r\n", t.as_str())
     });
@@ -134,10 +203,18 @@ fn send(
         qs_agent::api::declared_content_type(path.split('?').next().unwrap_or(path)),
         body.len()
     );
-    s.write_all(req.as_bytes())?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)
-        .with_context(|| format!("reading the answer of {method} {path}"))?;
+    let raw = if target.tls {
+        let name = rustls::pki_types::ServerName::try_from(target.host().to_owned())
+            .with_context(|| format!("--api: {:?} is not a host name or address", target.host()))?;
+        let conn = rustls::ClientConnection::new(trusted()?, name)?;
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        exchange(&mut tls, &req).with_context(|| {
+            format!("{method} {path} over TLS to {hostport} (is its certificate trusted? --tls-ca)")
+        })?
+    } else {
+        let mut tcp = tcp;
+        exchange(&mut tcp, &req).with_context(|| format!("{method} {path} to {hostport}"))?
+    };
     let text = String::from_utf8_lossy(&raw);
     let Some((head, body)) = text.split_once("\r\n\r\n") else {
         bail!("{method} {path}: not an HTTP answer");
@@ -156,6 +233,19 @@ fn send(
         body.to_owned()
     };
     Ok((status, body))
+}
+
+/// Writes the request and reads the whole answer, until the agent closes the connection.
+fn exchange(s: &mut (impl Read + Write), req: &str) -> std::io::Result<Vec<u8>> {
+    s.write_all(req.as_bytes())?;
+    s.flush()?;
+    let mut raw = Vec::new();
+    match s.read_to_end(&mut raw) {
+        Ok(_) => Ok(raw),
+        // A TLS peer that closes without its close_notify, after a whole answer.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => Ok(raw),
+        Err(e) => Err(e),
+    }
 }
 
 /// GET or POST that must succeed with 2xx; the error names the API's message (its

@@ -21,6 +21,8 @@ pub struct Up {
     pub listen: SocketAddr,
     /// Serve a non-loopback `listen` over plain HTTP.
     pub insecure_listen: bool,
+    /// Serve the API over TLS with this certificate and key.
+    pub tls: Option<qs_agent::api::tls::TlsFiles>,
     /// Names the API's Host header may carry.
     pub api_hosts: Vec<String>,
     pub fleet: Option<PathBuf>,
@@ -148,7 +150,7 @@ fn this_machine(name: &str, level: u8, gpus_mib: &[u64]) -> Result<Vec<NodeSpec>
     }])
 }
 
-/// A non-loopback API is refused unless the operator said `--insecure-listen`, and then
+/// A non-loopback API needs TLS, or the operator's `--insecure-listen`, which is then
 /// announced loudly: whoever reaches it with the token runs commands on every node.
 fn check_listen(opts: &Up) -> Result<()> {
     if opts.api_hosts.len() > qs_agent::api::MAX_API_HOSTS {
@@ -158,14 +160,14 @@ fn check_listen(opts: &Up) -> Result<()> {
             qs_agent::api::MAX_API_HOSTS
         );
     }
-    if opts.listen.ip().is_loopback() {
+    if opts.listen.ip().is_loopback() || opts.tls.is_some() {
         return Ok(());
     }
     if !opts.insecure_listen {
         bail!(
             "refusing to serve the API on {} (not loopback) over plain HTTP: its token would \
-             cross the network in the clear. Keep the default 127.0.0.1, put a TLS proxy in \
-             front of it, or say --insecure-listen",
+             cross the network in the clear. Give it --tls-cert and --tls-key, keep the \
+             default 127.0.0.1 (behind a TLS proxy, say), or say --insecure-listen",
             opts.listen
         );
     }
@@ -200,6 +202,12 @@ fn announce_identity() {
 
 pub fn up(opts: Up) -> Result<()> {
     check_listen(&opts)?;
+    let tls = opts
+        .tls
+        .as_ref()
+        .map(qs_agent::api::tls::ApiTls::load)
+        .transpose()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     announce_identity();
     let nodes = match (&opts.fleet, opts.demo, &opts.host) {
         (Some(file), _, _) => read_spec(file)?.nodes,
@@ -236,6 +244,7 @@ pub fn up(opts: Up) -> Result<()> {
         authenticate: false,
         rekey: false,
         api_hosts: opts.api_hosts.clone(),
+        tls,
     };
     let nats = opts.host.as_ref().and_then(|h| h.nats.clone());
     rt.block_on(async move {
@@ -275,7 +284,7 @@ pub fn up(opts: Up) -> Result<()> {
                     fleet.shared.ledger.clone(),
                     fleet.stopping(),
                 ));
-                serve(fleet, &nodes, &opts.state_dir, &docs, None).await
+                serve(fleet, scheme, &nodes, &opts.state_dir, &docs, None).await
             }
             None => {
                 let fleet = EmbeddedFleet::start(options).await?;
@@ -286,7 +295,7 @@ pub fn up(opts: Up) -> Result<()> {
                         fleet.fabric.clone(),
                     ))
                 });
-                serve(fleet, &nodes, &opts.state_dir, &docs, story).await
+                serve(fleet, scheme, &nodes, &opts.state_dir, &docs, story).await
             }
         }
     })
@@ -295,13 +304,14 @@ pub fn up(opts: Up) -> Result<()> {
 /// Announces a started fleet, applies `docs`, and runs until SIGTERM or Ctrl-C.
 async fn serve<F: qs_fabric::Fabric>(
     fleet: EmbeddedFleet<F>,
+    scheme: &str,
     nodes: &[NodeSpec],
     state_dir: &Path,
     docs: &[qs_wire::SpecDocument],
     story: Option<tokio::task::JoinHandle<()>>,
 ) -> Result<()> {
     println!(
-        "qs up: {} nodes ({}), API on http://{} (token in api.token), state in {}",
+        "qs up: {} nodes ({}), API on {scheme}://{} (token in api.token), state in {}",
         nodes.len(),
         nodes
             .iter()

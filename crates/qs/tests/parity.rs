@@ -327,6 +327,7 @@ impl FleetWorld {
             authenticate: false,
             rekey: false,
             api_hosts: vec![],
+            tls: None,
         };
         let fleet = rt.block_on(EmbeddedFleet::start(opts)).unwrap();
         FleetWorld {

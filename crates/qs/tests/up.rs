@@ -277,26 +277,8 @@ fn instances_of_a_root_agent_run_as_an_unprivileged_user() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("fleet.toml"), FLEET).unwrap();
     // Root only where the config names it.
-    std::fs::write(
-        dir.path().join("config.toml"),
-        "child_users = [\"nobody\", \"root\"]\n",
-    )
-    .unwrap();
-    let arg = |f: &str| dir.path().join(f).display().to_string();
-    let up = Up::spawn(
-        dir.path(),
-        &[
-            "up",
-            "--fleet",
-            &arg("fleet.toml"),
-            "--state-dir",
-            &arg("state"),
-            "--config",
-            &arg("config.toml"),
-        ],
-    );
+    let up = Up::start_with_config(dir.path(), "child_users = [\"nobody\", \"root\"]\n");
     let token = dir.path().join("state/api.token");
     let probe = |user: &str| {
         format!(
@@ -700,4 +682,118 @@ fn long_polls_are_bounded() {
     let refused = statuses.iter().filter(|s| **s == 429).count();
     let answered = statuses.iter().filter(|s| **s == 200).count();
     assert_eq!((answered, refused), (32, 8), "{statuses:?}");
+}
+
+/// A self-signed certificate for 127.0.0.1 and localhost, and its key, as PEM files in `dir`.
+fn self_signed(dir: &std::path::Path, name: &str) -> (String, String) {
+    let made =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let (cert, key) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    (
+        cert.to_str().unwrap().to_owned(),
+        key.to_str().unwrap().to_owned(),
+    )
+}
+
+/// A non-loopback API with --tls-cert and --tls-key starts without --insecure-listen and
+/// speaks only TLS: the CLI reaches it with the certificate it trusts (finding the token by
+/// itself), a plain HTTP request gets no answer, and a certificate it does not trust is
+/// refused before any request is sent.
+#[test]
+fn a_non_loopback_api_is_served_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(dir.path(), "api");
+    let (other, _) = self_signed(dir.path(), "other");
+    let state = dir.path().join("state");
+    let port = free_port();
+    let args = ["up", "--state-dir", state.to_str().unwrap()];
+    let tls = ["--tls-cert", &cert, "--tls-key", &key];
+    let up = Up::launch(
+        dir.path(),
+        &[&args[..], &tls[..]].concat(),
+        &[],
+        &format!("0.0.0.0:{port}"),
+        format!("https://127.0.0.1:{port}"),
+    );
+    let status = |ca: &str| {
+        qs().args(["--api", &up.api, "--tls-ca", ca, "status"])
+            .output()
+            .unwrap()
+    };
+    up.wait("the API over TLS", |_| status(&cert).status.success());
+    let shown = String::from_utf8_lossy(&status(&cert).stdout).into_owned();
+    assert!(shown.contains("agent: ok"), "{shown}");
+
+    // Plain HTTP on the same port: the TLS server reads it as a bad handshake.
+    let mut plain = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    plain
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    use std::io::{Read, Write};
+    plain
+        .write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(
+        !String::from_utf8_lossy(&answer).contains("HTTP/1.1 200"),
+        "plain HTTP got an answer"
+    );
+
+    let refused = status(&other);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(err.contains("certificate"), "{err}");
+}
+
+/// A ledger past `ledger_max_bytes` is compacted while the agent runs: it comes back under
+/// the bound, the snapshot counts what went, and the start of every running instance is
+/// carried, so the ledger still tells what runs where.
+#[test]
+fn the_ledger_is_compacted_past_its_size_bound_and_keeps_what_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start_with_config(dir.path(), "ledger_max_bytes = 65536\n");
+    up.apply(
+        r#"
+[service.many]
+replicas = 45
+max_per_node = 15
+command = "sleep 600"
+resources = { cpu_cores = 0.05, memory_mib = 8 }
+"#,
+    );
+    up.wait("45 replicas", |u| u.serving("many").len() == 45);
+    let state = |u: &Up| u.get("/checkpoint_state")["ledger"].clone();
+    up.wait("a compaction", |u| {
+        state(u)["compacted"]["compactions"].as_u64() >= Some(1)
+    });
+    let ledger = state(&up);
+    let compacted = &ledger["compacted"];
+    assert!(compacted["removed"].as_u64() > Some(0), "{ledger}");
+    assert!(ledger["bytes"].as_u64() <= Some(65_536), "{ledger}");
+    let events = up.events();
+    assert_ne!(
+        events[0]["seq"], 0,
+        "the first placement's story went: {ledger}"
+    );
+    let running: std::collections::BTreeSet<String> =
+        up.serving("many").into_iter().map(|i| i.0).collect();
+    let told: std::collections::BTreeSet<String> = events
+        .iter()
+        .filter(|e| e["event"]["event"] == "instance-started")
+        .filter_map(|e| e["event"]["instance"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        running.is_subset(&told),
+        "every running instance's start is still in the ledger: {:?}",
+        running.difference(&told).collect::<Vec<_>>()
+    );
+    let (status, _) = up.http("DELETE", "/v1/specs/many", "");
+    assert_eq!(status, 200);
+    up.wait("the replicas to stop", |u| u.serving("many").is_empty());
 }

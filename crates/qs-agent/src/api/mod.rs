@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 mod chaos;
 mod guard;
+pub mod tls;
 mod token;
 use chaos::{chaos_kill, chaos_panic, chaos_pause};
 pub use guard::{Access, MAX_API_HOSTS, declared_content_type};
@@ -47,6 +48,7 @@ pub struct Api<F: Fabric> {
     in_flight: Gauge,
     quarantined: Gauge,
     ledger_dropped: Gauge,
+    ledger_bytes: Gauge,
 }
 
 impl<F: Fabric> Api<F> {
@@ -103,7 +105,8 @@ impl<F: Fabric> Api<F> {
              count towards a quarantine)",
             shared.auth.rejected.clone(),
         );
-        let (nodes_live, instances, in_flight, quarantined, ledger_dropped) = (
+        let (nodes_live, instances, in_flight, quarantined, ledger_dropped, ledger_bytes) = (
+            Gauge::default(),
             Gauge::default(),
             Gauge::default(),
             Gauge::default(),
@@ -136,6 +139,11 @@ impl<F: Fabric> Api<F> {
                 "Events dropped since start because the queue to a failing ledger was full",
                 &ledger_dropped,
             ),
+            (
+                "ledger_bytes",
+                "Bytes of records in the ledger (kept within ledger_max_bytes by compaction)",
+                &ledger_bytes,
+            ),
         ];
         for (name, help, gauge) in gauges {
             metrics.register(name, help, gauge.clone());
@@ -152,6 +160,7 @@ impl<F: Fabric> Api<F> {
             in_flight,
             quarantined,
             ledger_dropped,
+            ledger_bytes,
         })
     }
 
@@ -283,6 +292,9 @@ async fn metrics<F: Fabric>(State(api): State<Arc<Api<F>>>) -> Response {
         .set(api.shared.auth.quarantined().len() as i64);
     api.ledger_dropped
         .set(api.shared.journal.health().dropped() as i64);
+    if let Ok(bytes) = api.shared.ledger.bytes() {
+        api.ledger_bytes.set(bytes as i64);
+    }
     if let Ok(views) = api.shared.views.read() {
         let live = views.values().map(|v| v.live_peers).max().unwrap_or(0);
         api.nodes_live.set(live as i64);
@@ -336,6 +348,8 @@ async fn checkpoint_state<F: Fabric>(State(api): State<Arc<Api<F>>>) -> Response
         ledger: v1::LedgerState {
             path: api.shared.ledger.path().display().to_string(),
             next_seq: api.shared.ledger.next_seq(),
+            bytes: api.shared.ledger.bytes().unwrap_or(0),
+            compacted: api.shared.ledger.snapshot().unwrap_or_default(),
         },
         desired_state: v1::DesiredState { specs },
     })

@@ -81,6 +81,25 @@ impl Up {
         )
     }
 
+    /// [`Up::start`] with `config` as its `--config` file.
+    pub fn start_with_config(dir: &std::path::Path, config: &str) -> Up {
+        std::fs::write(dir.join("fleet.toml"), FLEET).unwrap();
+        std::fs::write(dir.join("config.toml"), config).unwrap();
+        let arg = |f: &str| dir.join(f).display().to_string();
+        Up::spawn(
+            dir,
+            &[
+                "up",
+                "--fleet",
+                &arg("fleet.toml"),
+                "--state-dir",
+                &arg("state"),
+                "--config",
+                &arg("config.toml"),
+            ],
+        )
+    }
+
     /// `qs ARGS --listen 127.0.0.1:PORT` on a free port, logging into `dir`; returns once its
     /// API answers.
     pub fn spawn(dir: &std::path::Path, args: &[&str]) -> Up {
@@ -90,23 +109,41 @@ impl Up {
     /// [`Up::spawn`] with environment variables set for the process.
     pub fn spawn_with_env(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Up {
         let port = free_port();
+        let up = Up::launch(
+            dir,
+            args,
+            env,
+            &format!("127.0.0.1:{port}"),
+            format!("http://127.0.0.1:{port}"),
+        );
+        up.wait("the API", |up| up.http("GET", "/health", "").0 == 200);
+        up
+    }
+
+    /// `qs ARGS --listen LISTEN`, logging into `dir`, its API at `api`; returns at once.
+    pub fn launch(
+        dir: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        listen: &str,
+        api: String,
+    ) -> Up {
+        let port = listen.rsplit_once(':').map_or("", |(_, p)| p);
         let log = std::fs::File::create(dir.join(format!("qs-up-{port}.log"))).unwrap();
         let child = qs()
             .args(args)
             .envs(env.iter().copied())
-            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--listen", listen])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap();
-        let up = Up {
+        Up {
             child: Some(child),
-            api: format!("http://127.0.0.1:{port}"),
+            api,
             dir: dir.to_path_buf(),
             token: Default::default(),
-        };
-        up.wait("the API", |up| up.http("GET", "/health", "").0 == 200);
-        up
+        }
     }
 
     /// The agent's API token, as its state directory holds it (the file `/health` names).

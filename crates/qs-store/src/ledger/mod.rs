@@ -10,6 +10,9 @@
 //! [`Ledger::reopen`] once the cause may have passed: the file is opened anew and its last
 //! committed sequence number read back; nothing committed is lost, and the caller learns from
 //! [`Ledger::next_seq`] whether the failed batch had committed after all.
+//!
+//! The ledger keeps a bounded history ([`retention`]): older records are compacted into a
+//! snapshot.
 
 use crate::StoreError;
 use qs_wire::{Event, NodeId, Record};
@@ -20,6 +23,10 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, RwLock};
 use std::time::Duration;
+
+mod retention;
+use retention::{BYTES, KEY_BYTES, META};
+pub use retention::{MAX_CARRIED, Retention, Snapshot};
 
 const LEDGER: TableDefinition<u64, &[u8]> = TableDefinition::new("ledger");
 /// Most records one read returns.
@@ -51,6 +58,11 @@ impl Ledger {
         };
         let next = ledger.scan_last()?.map_or(0, |s| s + 1);
         *ledger.lock_next() = next;
+        if next > 0 {
+            // A ledger of a qs before retention has no byte count yet. Best effort: on a
+            // full disk it is tried again at the next open.
+            let _ = ledger.with_db(|db| ledger.count_bytes(db));
+        }
         Ok(ledger)
     }
 
@@ -166,6 +178,7 @@ impl Ledger {
         let tx = db.begin_write().map_err(|e| self.err(e))?;
         {
             let mut table = tx.open_table(LEDGER).map_err(|e| self.err(e))?;
+            let mut added = 0u64;
             let mut bytes = Vec::with_capacity(256);
             for i in 0..n {
                 let (at_us, node, event) = part(i);
@@ -184,7 +197,15 @@ impl Ledger {
                 table
                     .insert(seq, bytes.as_slice())
                     .map_err(|e| self.err(e))?;
+                added += KEY_BYTES + bytes.len() as u64;
             }
+            let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
+            let before = meta
+                .get(BYTES)
+                .map_err(|e| self.err(e))?
+                .map_or(0, |v| v.value());
+            meta.insert(BYTES, before + added)
+                .map_err(|e| self.err(e))?;
         }
         tx.commit().map_err(|e| self.err(e))
     }
