@@ -169,7 +169,8 @@ impl Writer {
             self.commit(std::mem::take(&mut batch), &stop).await;
             let bound = self.retention.max_bytes;
             let floor = self.compacted_to.load(Ordering::Acquire) + bound / 8;
-            if self.ledger.bytes().is_ok_and(|b| b > bound && b >= floor) {
+            let bytes = self.ledger.bytes();
+            if bytes > bound && bytes >= floor {
                 self.compact();
             }
         }
@@ -195,7 +196,7 @@ impl Writer {
                 Ok(None) => {}
                 Err(e) => tracing::warn!("ledger compaction failed: {e}"),
             }
-            compacted_to.store(ledger.bytes().unwrap_or(0), Ordering::Release);
+            compacted_to.store(ledger.bytes(), Ordering::Release);
             compacting.store(false, Ordering::Release);
         });
     }

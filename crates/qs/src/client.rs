@@ -242,9 +242,28 @@ fn exchange(s: &mut (impl Read + Write), req: &str) -> std::io::Result<Vec<u8>> 
     let mut raw = Vec::new();
     match s.read_to_end(&mut raw) {
         Ok(_) => Ok(raw),
-        // A TLS peer that closes without its close_notify, after a whole answer.
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => Ok(raw),
+        // A TLS peer that closes without its close_notify: taken only after a whole answer
+        // (close_notify is what tells a cut-short one apart).
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && complete(&raw) => Ok(raw),
         Err(e) => Err(e),
+    }
+}
+
+/// Whether `raw` holds a whole HTTP answer: as long as its `Content-Length`, or ending in
+/// the last chunk.
+fn complete(raw: &[u8]) -> bool {
+    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    let body = &raw[end + 4..];
+    let length = head.lines().find_map(|l| {
+        l.strip_prefix("content-length:")
+            .and_then(|v| v.trim().parse::<usize>().ok())
+    });
+    match length {
+        Some(n) => body.len() >= n,
+        None => head.contains("transfer-encoding: chunked") && body.ends_with(b"0\r\n\r\n"),
     }
 }
 

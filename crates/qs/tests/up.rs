@@ -748,7 +748,7 @@ fn a_non_loopback_api_is_served_over_tls() {
     let refused = status(&other);
     assert!(!refused.status.success());
     let err = String::from_utf8_lossy(&refused.stderr).into_owned();
-    assert!(err.contains("certificate"), "{err}");
+    assert!(err.contains("invalid peer certificate"), "{err}");
 }
 
 /// A ledger past `ledger_max_bytes` is compacted while the agent runs: it comes back under
@@ -775,7 +775,11 @@ resources = { cpu_cores = 0.05, memory_mib = 8 }
     let ledger = state(&up);
     let compacted = &ledger["compacted"];
     assert!(compacted["removed"].as_u64() > Some(0), "{ledger}");
-    assert!(ledger["bytes"].as_u64() <= Some(65_536), "{ledger}");
+    // Within the bound, or past it by less than what starts the next compaction.
+    assert!(
+        ledger["bytes"].as_u64() <= Some(65_536 + 65_536 / 8),
+        "{ledger}"
+    );
     let events = up.events();
     assert_ne!(
         events[0]["seq"], 0,

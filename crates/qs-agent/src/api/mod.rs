@@ -292,9 +292,7 @@ async fn metrics<F: Fabric>(State(api): State<Arc<Api<F>>>) -> Response {
         .set(api.shared.auth.quarantined().len() as i64);
     api.ledger_dropped
         .set(api.shared.journal.health().dropped() as i64);
-    if let Ok(bytes) = api.shared.ledger.bytes() {
-        api.ledger_bytes.set(bytes as i64);
-    }
+    api.ledger_bytes.set(api.shared.ledger.bytes() as i64);
     if let Ok(views) = api.shared.views.read() {
         let live = views.values().map(|v| v.live_peers).max().unwrap_or(0);
         api.nodes_live.set(live as i64);
@@ -348,8 +346,8 @@ async fn checkpoint_state<F: Fabric>(State(api): State<Arc<Api<F>>>) -> Response
         ledger: v1::LedgerState {
             path: api.shared.ledger.path().display().to_string(),
             next_seq: api.shared.ledger.next_seq(),
-            bytes: api.shared.ledger.bytes().unwrap_or(0),
-            compacted: api.shared.ledger.snapshot().unwrap_or_default(),
+            bytes: api.shared.ledger.bytes(),
+            compacted: api.shared.ledger.snapshot(),
         },
         desired_state: v1::DesiredState { specs },
     })

@@ -2,13 +2,15 @@
 //! PEM files at start, and a listener hands axum connections whose handshake is done.
 //!
 //! Handshakes run on tasks of their own, so a client that opens a connection and says
-//! nothing holds only itself up: each has [`HANDSHAKE_TIMEOUT`], and at most
-//! [`MAX_HANDSHAKES`] run at once (a connection past that is closed at once).
+//! nothing holds only itself up: each has [`HANDSHAKE_TIMEOUT`], at most
+//! [`MAX_HANDSHAKES`] run at once and at most [`MAX_HANDSHAKES_PER_PEER`] from one address
+//! (a connection past either is closed at once), so one host cannot shut the operator out.
 
+use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
@@ -18,9 +20,11 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::{self, ServerConfig};
 
 /// Longest a client may take to finish its handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most handshakes under way at once.
 pub const MAX_HANDSHAKES: usize = 64;
+/// Most handshakes under way at once from one IP address.
+pub const MAX_HANDSHAKES_PER_PEER: usize = 8;
 /// Most certificates a chain file may hold.
 const MAX_CHAIN: usize = 16;
 
@@ -127,6 +131,7 @@ async fn accept_loop(
     tx: mpsc::Sender<(tokio_rustls::server::TlsStream<TcpStream>, SocketAddr)>,
 ) {
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let per_peer: Arc<Mutex<BTreeMap<IpAddr, usize>>> = Arc::default();
     loop {
         let accepted = tokio::select! {
             a = tcp.accept() => a,
@@ -145,9 +150,14 @@ async fn accept_loop(
             tracing::warn!(%peer, "API: {MAX_HANDSHAKES} TLS handshakes under way; connection closed");
             continue;
         };
+        let Some(slot) = PeerSlot::take(&per_peer, peer.ip()) else {
+            tracing::warn!(%peer, "API: {MAX_HANDSHAKES_PER_PEER} TLS handshakes under way from this address; connection closed");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
         let (acceptor, tx) = (acceptor.clone(), tx.clone());
         tokio::spawn(async move {
-            let _permit = permit;
+            let _held = (permit, slot);
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => {
                     let _ = tx.send((tls, peer)).await;
@@ -156,6 +166,39 @@ async fn accept_loop(
                 Err(_) => tracing::debug!(%peer, "API TLS handshake timed out"),
             }
         });
+    }
+}
+
+/// One handshake under way from an address; given back when dropped.
+struct PeerSlot {
+    counts: Arc<Mutex<BTreeMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl PeerSlot {
+    fn take(counts: &Arc<Mutex<BTreeMap<IpAddr, usize>>>, ip: IpAddr) -> Option<PeerSlot> {
+        let mut map = counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_default();
+        if *n >= MAX_HANDSHAKES_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            counts: counts.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -253,9 +296,11 @@ mod tests {
         assert!(ApiTls::load(&a).is_ok());
     }
 
-    /// A connection that never starts its handshake holds up nobody else's.
+    /// Connections that never start their handshake hold up nobody else's: past
+    /// [`MAX_HANDSHAKES_PER_PEER`] from one address the next is closed at once, and a client
+    /// from another address still gets through.
     #[tokio::test]
-    async fn a_silent_connection_does_not_hold_up_a_handshake() {
+    async fn silent_connections_from_one_address_hold_up_nobody_else() {
         let dir = tempfile::tempdir().unwrap();
         let files = self_signed(dir.path(), "api");
         let tls = ApiTls::load(&files).unwrap();
@@ -263,7 +308,22 @@ mod tests {
         let mut listener = TlsListener::new(tcp, &tls).unwrap();
         let addr = axum::serve::Listener::local_addr(&listener).unwrap();
 
-        let _silent = TcpStream::connect(addr).await.unwrap();
+        let mut silent = Vec::new();
+        for _ in 0..MAX_HANDSHAKES_PER_PEER {
+            silent.push(TcpStream::connect(addr).await.unwrap());
+        }
+        // The acceptor takes connections in order: this one finds the eight holding slots.
+        let mut one_more = TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 1];
+        let closed = tokio::time::timeout(Duration::from_secs(2), one_more.read(&mut buf))
+            .await
+            .expect("closed at once, not left to time out");
+        assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+
+        // Another loopback address: another peer.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let connected = socket.connect(addr);
         let mut roots = rustls::RootCertStore::empty();
         for cert in read_chain(&files.cert).unwrap() {
             roots.add(cert).unwrap();
@@ -276,7 +336,7 @@ mod tests {
             .with_no_client_auth();
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         let client = tokio::spawn(async move {
-            let tcp = TcpStream::connect(addr).await.unwrap();
+            let tcp = connected.await.unwrap();
             let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
             let mut tls = connector.connect(name, tcp).await.unwrap();
             tls.write_all(b"ping").await.unwrap();
@@ -293,7 +353,7 @@ mod tests {
             got
         })
         .await
-        .expect("the handshake was not held up by the silent connection");
+        .expect("the handshake was not held up by the silent connections");
         assert_eq!(&served, b"ping");
         assert_eq!(&client.await.unwrap(), b"pong");
     }

@@ -21,6 +21,7 @@ use std::cell::Cell;
 use std::ops::Range;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, RwLock};
 use std::time::Duration;
 
@@ -41,28 +42,32 @@ pub struct Ledger {
     /// condvar wakes followers.
     next: Mutex<u64>,
     appended: Condvar,
+    /// Bytes of records, as the file's count says plus what committed since (read without
+    /// touching the file, so never waiting on it).
+    bytes: AtomicU64,
+    /// What compaction has taken out, as last committed.
+    compacted: Mutex<Snapshot>,
 }
 
 impl Ledger {
     /// Opens the ledger at `path`, creating it if missing.
     pub fn open(path: impl AsRef<Path>) -> Result<Ledger, StoreError> {
         let path = path.as_ref().to_path_buf();
-        let db = contained(&path, || {
+        let mut db = contained(&path, || {
             Database::create(&path).map_err(|e| classify(&path, e.into()))
         })?;
+        let (bytes, compacted) = contained(&path, || retention::accounting(&path, &db))?;
+        retention::shrink_if_sparse(&path, &mut db, bytes);
         let ledger = Ledger {
             db: RwLock::new(Some(db)),
             path: path.clone(),
             next: Mutex::new(0),
             appended: Condvar::new(),
+            bytes: AtomicU64::new(bytes),
+            compacted: Mutex::new(compacted),
         };
         let next = ledger.scan_last()?.map_or(0, |s| s + 1);
         *ledger.lock_next() = next;
-        if next > 0 {
-            // A ledger of a qs before retention has no byte count yet. Best effort: on a
-            // full disk it is tried again at the next open.
-            let _ = ledger.with_db(|db| ledger.count_bytes(db));
-        }
         Ok(ledger)
     }
 
@@ -104,6 +109,9 @@ impl Ledger {
             let db = contained(&path, || {
                 Database::create(&path).map_err(|e| classify(&path, e.into()))
             })?;
+            // A batch whose commit failed but landed is in the file's count only.
+            let (bytes, _) = contained(&path, || retention::accounting(&path, &db))?;
+            self.bytes.store(bytes, Ordering::Release);
             *guard = Some(db);
         }
         *next = self.scan_last()?.map_or(0, |s| s + 1);
@@ -176,9 +184,9 @@ impl Ledger {
             event: &'a Event,
         }
         let tx = db.begin_write().map_err(|e| self.err(e))?;
+        let mut added = 0u64;
         {
             let mut table = tx.open_table(LEDGER).map_err(|e| self.err(e))?;
-            let mut added = 0u64;
             let mut bytes = Vec::with_capacity(256);
             for i in 0..n {
                 let (at_us, node, event) = part(i);
@@ -200,14 +208,18 @@ impl Ledger {
                 added += KEY_BYTES + bytes.len() as u64;
             }
             let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
+            // No count in the file yet (a ledger of a qs before retention): the one made
+            // at open.
             let before = meta
                 .get(BYTES)
                 .map_err(|e| self.err(e))?
-                .map_or(0, |v| v.value());
+                .map_or_else(|| self.bytes.load(Ordering::Acquire), |v| v.value());
             meta.insert(BYTES, before + added)
                 .map_err(|e| self.err(e))?;
         }
-        tx.commit().map_err(|e| self.err(e))
+        tx.commit().map_err(|e| self.err(e))?;
+        self.bytes.fetch_add(added, Ordering::AcqRel);
+        Ok(())
     }
 
     /// Records with `seq >= from`, at most `limit` (capped at [`MAX_READ`]).

@@ -229,18 +229,17 @@ impl Up {
         let start = Instant::now();
         while !done(self) {
             if start.elapsed() > limit {
-                let (_, events) = self.http("GET", "/v1/events?from=0&limit=10000", "");
-                let tail: Vec<String> = events
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .rev()
-                            .take(40)
-                            .rev()
-                            .map(|e| e.to_string())
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                // The last 60 events only: a whole ledger may not come back in time.
+                let (_, health) = self.http("GET", "/health", "");
+                let from = health["ledger_next_seq"]
+                    .as_u64()
+                    .unwrap_or(0)
+                    .saturating_sub(60);
+                let (_, events) = self.http("GET", &format!("/v1/events?from={from}&limit=60"), "");
+                let tail: Vec<String> = match events.as_array() {
+                    Some(a) => a.iter().map(|e| e.to_string()).collect(),
+                    None => vec![format!("(no events: {events})")],
+                };
                 panic!(
                     "timed out waiting for {what}; log:\n{}\nlast events:\n{}",
                     self.log(),
