@@ -49,6 +49,7 @@ fn world() -> &'static World {
             authenticate: false,
             rekey: false,
             api_hosts: vec![],
+            tls: None,
         };
         let fleet = rt.block_on(EmbeddedFleet::start(opts)).unwrap();
         let state = qs_store::StateDir::open(dir.path()).unwrap();

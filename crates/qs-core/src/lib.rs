@@ -20,6 +20,7 @@ pub mod claim;
 pub mod config;
 pub mod detector;
 pub mod failure;
+pub mod gpu;
 pub mod hash;
 pub mod health;
 pub mod node;

@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod engine;
+pub mod gpu;
 pub mod net;
 pub mod workload;
 

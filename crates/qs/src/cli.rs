@@ -337,6 +337,29 @@ enum BenchSuite {
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=100))]
         repeats: u64,
     },
+    /// The GPU scheduler of the core on the Azure two-model hour (code as batch, conv as
+    /// interactive) on one simulated 24 GB GPU with 1.5 GB reserved: FIFO, llama-swap,
+    /// exhaustive, ours (tipping point) and the oracle (ours with loads that take no time), for
+    /// every load time, utilisation and slot count; then the targets on load 10 s,
+    /// utilisation 0.6, 4 slots.
+    Gpu {
+        /// The directory of AzureLLMInferenceTrace_code.csv and _conv.csv.
+        #[arg(long, default_value = "../shared/traces")]
+        traces: PathBuf,
+        /// Load times in seconds (±30 % jitter each load).
+        #[arg(long, value_delimiter = ',', default_value = "2,10,45",
+              value_parser = clap::value_parser!(u64).range(0..=600))]
+        loads: Vec<u64>,
+        /// Ideal utilisations the traces are stretched to.
+        #[arg(long, value_delimiter = ',', default_value = "0.3,0.6,0.9")]
+        utilisations: Vec<f64>,
+        /// Slots per runtime (continuous batching).
+        #[arg(long, value_delimiter = ',', default_value = "1,4",
+              value_parser = clap::value_parser!(u32).range(1..=256))]
+        slots: Vec<u32>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Core placement decisions per second for growing fleets, and the cost growth.
     Placement {
         /// Fleet sizes, comma separated.
@@ -477,6 +500,27 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench {
             suite: BenchSuite::Failover { trials },
         } => crate::bench::failover_suite(trials as usize),
+        Command::Bench {
+            suite:
+                BenchSuite::Gpu {
+                    traces,
+                    loads,
+                    utilisations,
+                    slots,
+                    seed,
+                },
+        } => {
+            if let Some(u) = utilisations.iter().find(|u| !(0.01..=1.0).contains(*u)) {
+                bail!("--utilisations: {u} is not between 0.01 and 1");
+            }
+            crate::bench_gpu::gpu_suite(&crate::bench_gpu::GpuBench {
+                traces: &traces,
+                loads_s: &loads,
+                utilisations: &utilisations,
+                slots: &slots,
+                seed,
+            })
+        }
         Command::Bench {
             suite:
                 BenchSuite::Placement {

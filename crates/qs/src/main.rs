@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_fleet;
+mod bench_gpu;
 mod cli;
 mod client;
 mod demo;

@@ -213,3 +213,83 @@ fn a_non_loopback_api_needs_insecure_listen() {
     );
     assert!(!state.exists(), "nothing started");
 }
+
+/// `qs bench gpu` on two small traces: one JSON object per line, every policy side by side,
+/// nothing lost; a bad trace line is refused by file, line and field.
+#[test]
+fn the_gpu_bench_replays_traces_and_names_a_bad_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let header = "TIMESTAMP,ContextTokens,GeneratedTokens\n";
+    let mut code = header.to_owned();
+    let mut conv = header.to_owned();
+    for i in 0..200u32 {
+        let (s, frac) = (i / 10, i % 10);
+        let line = format!(
+            "2023-11-16 18:00:{s:02}.{frac}000000,{},{}\n",
+            500 + i,
+            20 + i % 7
+        );
+        if (i / 25) % 2 == 0 {
+            code.push_str(&line);
+        } else {
+            conv.push_str(&line);
+        }
+    }
+    std::fs::write(dir.path().join("AzureLLMInferenceTrace_code.csv"), &code).unwrap();
+    std::fs::write(dir.path().join("AzureLLMInferenceTrace_conv.csv"), &conv).unwrap();
+    let traces = dir.path().to_str().unwrap();
+    let args = [
+        "bench",
+        "gpu",
+        "--traces",
+        traces,
+        "--loads",
+        "2",
+        "--utilisations",
+        "0.5",
+        "--slots",
+        "4",
+    ];
+    let out = qs(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    let value = |metric: &str| {
+        lines
+            .iter()
+            .find(|l| l["metric"] == metric)
+            .unwrap_or_else(|| panic!("no {metric}"))["value"]
+            .as_f64()
+            .unwrap()
+    };
+    for policy in [
+        "fifo",
+        "llama-swap",
+        "exhaustive",
+        "tipping-point",
+        "oracle",
+    ] {
+        let key = format!("{policy}.exclusive.slots_4.load_2s.util_0.5");
+        assert_eq!(value(&format!("{key}.lost")), 0.0, "{policy}");
+        assert_eq!(value(&format!("{key}.margin_violations")), 0.0, "{policy}");
+        assert!(value(&format!("{key}.swaps")) >= 1.0, "{policy}");
+        let co = format!("{policy}.co-resident.slots_4.load_2s.util_0.5.swaps");
+        assert_eq!(value(&co), 0.0, "{policy}");
+    }
+    assert_eq!(value("requests.code") + value("requests.conv"), 200.0);
+
+    std::fs::write(
+        dir.path().join("AzureLLMInferenceTrace_conv.csv"),
+        format!("{header}2023-11-16 18:00:00.0,12,x\n"),
+    )
+    .unwrap();
+    let out = qs(&args);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("AzureLLMInferenceTrace_conv.csv:2: field `GeneratedTokens`"),
+        "{err}"
+    );
+}

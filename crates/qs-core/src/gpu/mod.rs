@@ -1,0 +1,211 @@
+//! One GPU's model runtimes (seed 003, "The Physical Will"): which runtimes are resident,
+//! where each request goes, and when a swap is worth its cost.
+//!
+//! [`GpuScheduler`] is a sans-IO state machine like the rest of the core: requests, finished
+//! requests, loads, stops and VRAM readings go in through [`GpuScheduler::handle`]; routes,
+//! refusals, drains, stops, VRAM checks and starts come out of [`GpuScheduler::poll`]. The
+//! agent's executor carries them out on real processes; `qs bench gpu` drives the very same
+//! machine on a virtual clock over the Azure traces.
+//!
+//! The rules it keeps, whatever the [`SwapPolicy`]:
+//! - **Exclusivity:** the runtimes resident on the GPU (its profile) fit in its VRAM less the
+//!   reserved margin; a runtime starts only after those that had to go were stopped and the
+//!   VRAM they held was seen free.
+//! - **Drain:** a runtime that must go takes no new request; it is stopped only once nothing
+//!   is in flight on it (or its drain bound passed), so no generation is cut by a swap.
+//! - **Warm traffic is never blocked by a transition:** a request for a warm runtime that is
+//!   not being drained is routed as soon as it has a free slot (the parallel gate), except
+//!   under the FIFO policy, whose point is to show what blocking costs.
+//! - **Live stasis is bounded:** past `max_waiting` requests, a new one is refused with a
+//!   retry-after; nothing accepted is dropped.
+
+mod policy;
+mod queue;
+mod scheduler;
+#[cfg(test)]
+mod tests;
+mod view;
+
+pub use policy::{Exhaustive, Fifo, LlamaSwap, PolicyKind, SwapPolicy, TippingPoint};
+pub use queue::class_weight;
+pub use scheduler::{GpuScheduler, Phase};
+pub use view::View;
+
+use crate::Time;
+use qs_wire::ServiceName;
+
+/// A model's name (the `[model.NAME]` of its spec).
+pub type ModelName = ServiceName;
+
+/// The priority class of a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Class {
+    /// A person waits on it: answered first, its wait weighs most.
+    Interactive,
+    /// Work that can wait for a batch.
+    Batch,
+    /// Embedding and ingestion: bounded priority with aging, never starved, always yielding
+    /// to interactive requests.
+    Ingestion,
+}
+
+/// How a runtime takes requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Discipline {
+    /// Continuous batching: up to `max_concurrency` requests at once.
+    Parallel { max_concurrency: u32 },
+    /// One request at a time.
+    Serial,
+}
+
+impl Discipline {
+    pub fn slots(self) -> u32 {
+        match self {
+            Discipline::Parallel { max_concurrency } => max_concurrency.max(1),
+            Discipline::Serial => 1,
+        }
+    }
+}
+
+/// One model runtime as the scheduler sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelProfile {
+    pub name: ModelName,
+    pub vram_bytes: u64,
+    pub discipline: Discipline,
+    /// Added to the momentum of this runtime: how much more a swap away must be worth (a
+    /// prefix-cache server such as SGLang loses its radix tree).
+    pub inertia_bias_ms: u64,
+    /// The load time assumed before any load was seen; learned from each load after.
+    pub load_ms: u64,
+}
+
+/// The GPU and the bounds of its scheduler.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GpuConfig {
+    pub vram_bytes: u64,
+    /// Kept for the resident model that stays through every swap; nothing else may use it.
+    pub reserved_bytes: u64,
+    /// Requests waiting (live stasis) at most; one more is refused with a retry-after.
+    pub max_waiting: usize,
+    /// Prefill speed of the runtimes, for the cost of re-processing the context in flight.
+    pub prefill_tokens_per_s: u64,
+    /// Longest a drain waits for requests in flight before the runtime is stopped anyway.
+    pub drain_timeout_ms: u64,
+    /// Failed starts in a row after which the watchdog resets the runtime and alerts.
+    pub max_failed_starts: u32,
+}
+
+impl Default for GpuConfig {
+    fn default() -> Self {
+        GpuConfig {
+            vram_bytes: 24 << 30,
+            reserved_bytes: 1536 << 20,
+            max_waiting: 65_536,
+            prefill_tokens_per_s: 5_000,
+            drain_timeout_ms: 600_000,
+            max_failed_starts: 3,
+        }
+    }
+}
+
+/// A request's number, given by whoever feeds the scheduler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RequestId(pub u64);
+
+/// A request for a model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Request {
+    pub id: RequestId,
+    pub model: ModelName,
+    pub class: Class,
+    /// Prompt tokens: what a cut-off request would have to process again.
+    pub context_tokens: u32,
+}
+
+/// What the scheduler is told.
+#[derive(Clone, Debug, PartialEq)]
+pub enum GpuInput {
+    /// A request arrives.
+    Arrive(Request),
+    /// A routed request finished (its slot is free).
+    Finished { id: RequestId },
+    /// A started runtime answered its warm check.
+    Loaded { model: ModelName },
+    /// A start failed (the process died, or the load outlasted its bound).
+    LoadFailed { model: ModelName },
+    /// A runtime told to stop has exited.
+    Stopped { model: ModelName },
+    /// The GPU's free VRAM, read after a stop (NVML, or the simulated GPU's accounting).
+    VramFree { free_bytes: u64 },
+}
+
+/// What the scheduler decided.
+#[derive(Clone, Debug, PartialEq)]
+pub enum GpuOutput {
+    /// Send the request to the model's runtime.
+    Route { id: RequestId, model: ModelName },
+    /// Refuse the request (429/503) with when to try again.
+    Refuse {
+        id: RequestId,
+        retry_after_ms: u64,
+        reason: &'static str,
+    },
+    /// Stop the runtime: nothing is in flight on it (or its drain bound passed).
+    Stop { model: ModelName },
+    /// Read the GPU's free VRAM and say it with [`GpuInput::VramFree`].
+    CheckVram,
+    /// Start the runtime; say [`GpuInput::Loaded`] once it is warm.
+    Start { model: ModelName },
+    /// What happened, for the ledger.
+    Event(GpuEvent),
+}
+
+/// The steps of a transition and the watchdog's verdicts, each with its duration.
+#[derive(Clone, Debug, PartialEq)]
+pub enum GpuEvent {
+    /// A swap begins: `evict` are drained to make room for `to`.
+    SwapBegun {
+        to: ModelName,
+        evict: Vec<ModelName>,
+        /// Requests waiting for `to`, which it serves before it may go (commitment).
+        committed: usize,
+    },
+    /// A runtime had nothing in flight any more (or its drain bound passed, cutting `cut`).
+    Drained {
+        model: ModelName,
+        took_ms: u64,
+        cut: usize,
+    },
+    Stopped {
+        model: ModelName,
+    },
+    /// The VRAM of the stopped runtimes was seen free.
+    VramReleased {
+        free_bytes: u64,
+        took_ms: u64,
+    },
+    Loaded {
+        model: ModelName,
+        took_ms: u64,
+    },
+    LoadFailed {
+        model: ModelName,
+        attempt: u32,
+    },
+    /// The watchdog gave up on a runtime after `attempts` failed starts; its waiting
+    /// requests were refused.
+    WatchdogReset {
+        model: ModelName,
+        attempts: u32,
+    },
+}
+
+/// A request waiting (live stasis).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Waiting {
+    pub request: Request,
+    pub arrived: Time,
+    /// Its place in arrival order over every model.
+    pub order: u64,
+}

@@ -1,0 +1,475 @@
+//! The state machine of one GPU: resident runtimes, waiting requests, and the transition
+//! (drain, stop, VRAM released, start, warm) that the policy asked for.
+
+use super::queue::{Queue, Rate};
+use super::view::View;
+use super::{
+    Class, GpuConfig, GpuEvent, GpuInput, GpuOutput, ModelName, ModelProfile, Request, RequestId,
+    SwapPolicy, Waiting,
+};
+use crate::Time;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// Weight of a new load time in the learned estimate.
+const LOAD_LEARN: f64 = 0.3;
+
+/// Where a resident runtime is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Started, not yet warm.
+    Loading { since: Time },
+    /// Serving.
+    Warm,
+    /// Taking no new request; stopped when nothing is in flight or at `deadline`.
+    Draining { since: Time, deadline: Time },
+    /// Told to stop; waiting for its exit.
+    Stopping,
+}
+
+/// One resident runtime.
+#[derive(Clone, Debug)]
+pub(super) struct Resident {
+    pub(super) phase: Phase,
+    pub(super) in_flight: BTreeSet<RequestId>,
+    pub(super) in_flight_tokens: u64,
+    /// Requests that were waiting for it when it was chosen and are not routed yet: it
+    /// serves them before it may go.
+    pub(super) committed: BTreeSet<RequestId>,
+    pub(super) last_used: Time,
+}
+
+/// The transition under way: runtimes drained to make room for `to`.
+#[derive(Clone, Debug)]
+struct Transition {
+    to: ModelName,
+    evict: BTreeSet<ModelName>,
+    /// The requests waiting for `to` when the transition began: what it commits to serve.
+    committed: BTreeSet<RequestId>,
+    /// Since the VRAM check was asked for; `None` before.
+    releasing_since: Option<Time>,
+}
+
+/// One GPU's scheduler. See the module docs of [`crate::gpu`].
+pub struct GpuScheduler {
+    pub(super) config: GpuConfig,
+    pub(super) profiles: BTreeMap<ModelName, ModelProfile>,
+    pub(super) load_ms: BTreeMap<ModelName, f64>,
+    pub(super) rates: BTreeMap<ModelName, Rate>,
+    /// The class of each model's latest request.
+    pub(super) last_class: BTreeMap<ModelName, Class>,
+    pub(super) resident: BTreeMap<ModelName, Resident>,
+    pub(super) queues: BTreeMap<ModelName, Queue>,
+    pub(super) waiting: usize,
+    next_order: u64,
+    pub(super) routed: BTreeMap<RequestId, ModelName>,
+    transition: Option<Transition>,
+    failed_starts: BTreeMap<ModelName, u32>,
+    policy: Box<dyn SwapPolicy>,
+    out: VecDeque<GpuOutput>,
+}
+
+impl GpuScheduler {
+    pub fn new(config: GpuConfig, models: Vec<ModelProfile>, policy: Box<dyn SwapPolicy>) -> Self {
+        let load_ms = models
+            .iter()
+            .map(|p| (p.name.clone(), p.load_ms as f64))
+            .collect();
+        GpuScheduler {
+            config,
+            profiles: models.into_iter().map(|p| (p.name.clone(), p)).collect(),
+            load_ms,
+            rates: BTreeMap::new(),
+            last_class: BTreeMap::new(),
+            resident: BTreeMap::new(),
+            queues: BTreeMap::new(),
+            waiting: 0,
+            next_order: 0,
+            routed: BTreeMap::new(),
+            transition: None,
+            failed_starts: BTreeMap::new(),
+            policy,
+            out: VecDeque::new(),
+        }
+    }
+
+    /// VRAM the runtimes may use: the GPU's less the reserved margin.
+    pub fn budget_bytes(&self) -> u64 {
+        self.config
+            .vram_bytes
+            .saturating_sub(self.config.reserved_bytes)
+    }
+
+    /// VRAM the resident runtimes hold by their profiles.
+    pub fn resident_bytes(&self) -> u64 {
+        self.resident
+            .keys()
+            .filter_map(|m| self.profiles.get(m))
+            .map(|p| p.vram_bytes)
+            .sum()
+    }
+
+    /// Requests waiting now.
+    pub fn waiting(&self) -> usize {
+        self.waiting
+    }
+
+    pub fn phase(&self, m: &ModelName) -> Option<Phase> {
+        self.resident.get(m).map(|r| r.phase)
+    }
+
+    /// The next output, if any.
+    pub fn poll(&mut self) -> Option<GpuOutput> {
+        self.out.pop_front()
+    }
+
+    /// When to call [`GpuScheduler::tick`] next: the earliest drain bound.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        self.resident
+            .values()
+            .filter_map(|r| match r.phase {
+                Phase::Draining { deadline, .. } => Some(deadline),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// Time passed: drains past their bound stop, cutting what is still in flight.
+    pub fn tick(&mut self, now: Time) {
+        self.step(now);
+    }
+
+    pub fn handle(&mut self, input: GpuInput, now: Time) {
+        match input {
+            GpuInput::Arrive(request) => self.arrive(request, now),
+            GpuInput::Finished { id } => {
+                if let Some(m) = self.routed.remove(&id)
+                    && let Some(r) = self.resident.get_mut(&m)
+                {
+                    r.in_flight.remove(&id);
+                    r.last_used = now;
+                    if r.in_flight.is_empty() {
+                        r.in_flight_tokens = 0;
+                    }
+                }
+            }
+            GpuInput::Loaded { model } => {
+                if let Some(r) = self.resident.get_mut(&model)
+                    && let Phase::Loading { since } = r.phase
+                {
+                    let took_ms = now.since(since).as_millis() as u64;
+                    r.phase = Phase::Warm;
+                    r.last_used = now;
+                    let est = self.load_ms.entry(model.clone()).or_insert(took_ms as f64);
+                    *est = (1.0 - LOAD_LEARN) * *est + LOAD_LEARN * took_ms as f64;
+                    self.failed_starts.remove(&model);
+                    if self.transition.as_ref().is_some_and(|t| t.to == model) {
+                        self.transition = None;
+                    }
+                    self.out
+                        .push_back(GpuOutput::Event(GpuEvent::Loaded { model, took_ms }));
+                }
+            }
+            GpuInput::LoadFailed { model } => self.load_failed(model, now),
+            GpuInput::Stopped { model } => {
+                if self.resident.remove(&model).is_some() {
+                    self.out
+                        .push_back(GpuOutput::Event(GpuEvent::Stopped { model }));
+                }
+                if let Some(t) = self.transition.as_mut()
+                    && t.releasing_since.is_none()
+                    && t.evict.iter().all(|m| !self.resident.contains_key(m))
+                {
+                    t.releasing_since = Some(now);
+                    self.out.push_back(GpuOutput::CheckVram);
+                }
+            }
+            GpuInput::VramFree { free_bytes } => self.vram_free(free_bytes, now),
+        }
+        self.step(now);
+    }
+
+    fn arrive(&mut self, request: Request, now: Time) {
+        let Some(profile) = self.profiles.get(&request.model) else {
+            self.out.push_back(GpuOutput::Refuse {
+                id: request.id,
+                retry_after_ms: 0,
+                reason: "no such model on this GPU",
+            });
+            return;
+        };
+        if profile.vram_bytes > self.budget_bytes() {
+            self.out.push_back(GpuOutput::Refuse {
+                id: request.id,
+                retry_after_ms: 0,
+                reason: "the model does not fit on this GPU beside its reserved margin",
+            });
+            return;
+        }
+        if self.waiting >= self.config.max_waiting {
+            let retry_after_ms = self.load_ms.get(&request.model).copied().unwrap_or(0.0) as u64;
+            self.out.push_back(GpuOutput::Refuse {
+                id: request.id,
+                retry_after_ms: retry_after_ms.max(1000),
+                reason: "too many requests waiting",
+            });
+            return;
+        }
+        self.rates
+            .entry(request.model.clone())
+            .or_default()
+            .arrive(now);
+        self.last_class.insert(request.model.clone(), request.class);
+        let order = self.next_order;
+        self.next_order += 1;
+        self.waiting += 1;
+        self.queues
+            .entry(request.model.clone())
+            .or_default()
+            .push(Waiting {
+                request,
+                arrived: now,
+                order,
+            });
+    }
+
+    fn load_failed(&mut self, model: ModelName, now: Time) {
+        if self.resident.remove(&model).is_none() {
+            return;
+        }
+        let attempts = self.failed_starts.entry(model.clone()).or_insert(0);
+        *attempts += 1;
+        let attempt = *attempts;
+        self.out.push_back(GpuOutput::Event(GpuEvent::LoadFailed {
+            model: model.clone(),
+            attempt,
+        }));
+        if attempt < self.config.max_failed_starts {
+            // Again, as the transition asked (its room is still free).
+            self.start(model, now);
+            return;
+        }
+        self.failed_starts.remove(&model);
+        if self.transition.as_ref().is_some_and(|t| t.to == model) {
+            self.transition = None;
+        }
+        self.out
+            .push_back(GpuOutput::Event(GpuEvent::WatchdogReset {
+                model: model.clone(),
+                attempts: attempt,
+            }));
+        if let Some(mut q) = self.queues.remove(&model) {
+            for i in 0..3 {
+                while let Some(w) = q.pop(i) {
+                    self.waiting -= 1;
+                    self.out.push_back(GpuOutput::Refuse {
+                        id: w.request.id,
+                        retry_after_ms: 0,
+                        reason: "the model's runtime failed to start",
+                    });
+                }
+            }
+        }
+    }
+
+    fn vram_free(&mut self, free_bytes: u64, now: Time) {
+        let Some(t) = self.transition.as_ref() else {
+            return;
+        };
+        let Some(since) = t.releasing_since else {
+            return;
+        };
+        let need = self.profiles.get(&t.to).map_or(0, |p| p.vram_bytes);
+        // Room for it beside what stays resident and the reserved margin.
+        let others = self.resident_bytes();
+        let usable = free_bytes.saturating_sub(self.config.reserved_bytes);
+        if usable < need || others + need > self.budget_bytes() {
+            // Not released yet (the driver lags the exit): asked again by the shell.
+            self.out.push_back(GpuOutput::CheckVram);
+            return;
+        }
+        let to = t.to.clone();
+        self.out.push_back(GpuOutput::Event(GpuEvent::VramReleased {
+            free_bytes,
+            took_ms: now.since(since).as_millis() as u64,
+        }));
+        self.start(to, now);
+    }
+
+    /// Starts `model`, committed to the requests that waited for it when its transition
+    /// began (those still waiting), or to all waiting now when it needed none.
+    fn start(&mut self, model: ModelName, now: Time) {
+        let waiting: BTreeSet<RequestId> = self
+            .queues
+            .get(&model)
+            .map(|q| q.ids().collect())
+            .unwrap_or_default();
+        let committed = match self.transition.as_ref().filter(|t| t.to == model) {
+            Some(t) => t.committed.intersection(&waiting).copied().collect(),
+            None => waiting,
+        };
+        self.resident.insert(
+            model.clone(),
+            Resident {
+                phase: Phase::Loading { since: now },
+                in_flight: BTreeSet::new(),
+                in_flight_tokens: 0,
+                committed,
+                last_used: now,
+            },
+        );
+        self.out.push_back(GpuOutput::Start { model });
+    }
+
+    pub(super) fn evictions_for(&self, m: &ModelName) -> Option<Vec<ModelName>> {
+        let need = self.profiles.get(m)?.vram_bytes;
+        let budget = self.budget_bytes();
+        if need > budget {
+            return None;
+        }
+        let mut held = self.resident_bytes();
+        let mut by_age: Vec<(&ModelName, &Resident)> =
+            self.resident.iter().filter(|(n, _)| *n != m).collect();
+        by_age.sort_by_key(|(n, r)| (r.last_used, (*n).clone()));
+        let mut evict = Vec::new();
+        for (name, r) in by_age {
+            if held + need <= budget {
+                break;
+            }
+            if matches!(r.phase, Phase::Loading { .. }) {
+                return None;
+            }
+            held -= self.profiles.get(name).map_or(0, |p| p.vram_bytes);
+            evict.push(name.clone());
+        }
+        (held + need <= budget).then_some(evict)
+    }
+
+    /// After every input: route what can go, let the policy begin a transition, stop what
+    /// is drained.
+    fn step(&mut self, now: Time) {
+        self.route(now);
+        if self.transition.is_none() {
+            let view = View { s: self, now };
+            let chosen = self.policy.choose(&view);
+            if let Some(to) = chosen
+                && !self.resident.contains_key(&to)
+            {
+                self.begin(to, now);
+            }
+        }
+        let mut drained = Vec::new();
+        for (m, r) in &self.resident {
+            if let Phase::Draining { since, deadline } = r.phase
+                && (r.in_flight.is_empty() || now >= deadline)
+            {
+                drained.push((m.clone(), since, r.in_flight.len()));
+            }
+        }
+        for (m, since, cut) in drained {
+            if let Some(r) = self.resident.get_mut(&m) {
+                r.phase = Phase::Stopping;
+                for id in std::mem::take(&mut r.in_flight) {
+                    self.routed.remove(&id);
+                }
+            }
+            self.out.push_back(GpuOutput::Event(GpuEvent::Drained {
+                model: m.clone(),
+                took_ms: now.since(since).as_millis() as u64,
+                cut,
+            }));
+            self.out.push_back(GpuOutput::Stop { model: m });
+        }
+        // Routing again: a runtime that was warm before the step may have free slots now.
+        self.route(now);
+    }
+
+    fn begin(&mut self, to: ModelName, now: Time) {
+        let Some(evict) = self.evictions_for(&to) else {
+            return;
+        };
+        let committed = self.queues.get(&to).map_or(0, Queue::len);
+        self.out.push_back(GpuOutput::Event(GpuEvent::SwapBegun {
+            to: to.clone(),
+            evict: evict.clone(),
+            committed,
+        }));
+        if evict.is_empty() {
+            // It fits beside what is resident: no stop, nothing to wait for.
+            self.start(to, now);
+            return;
+        }
+        let deadline = now + crate::time::ms(self.config.drain_timeout_ms);
+        for m in &evict {
+            if let Some(r) = self.resident.get_mut(m)
+                && matches!(r.phase, Phase::Warm)
+            {
+                r.phase = Phase::Draining {
+                    since: now,
+                    deadline,
+                };
+            }
+        }
+        let committed = self
+            .queues
+            .get(&to)
+            .map(|q| q.ids().collect())
+            .unwrap_or_default();
+        self.transition = Some(Transition {
+            to,
+            evict: evict.into_iter().collect(),
+            committed,
+            releasing_since: None,
+        });
+    }
+
+    /// Routes waiting requests to serving runtimes with free slots, as the policy allows.
+    fn route(&mut self, now: Time) {
+        loop {
+            let mut routed_any = false;
+            let serving: Vec<ModelName> = self
+                .resident
+                .iter()
+                .filter(|(_, r)| r.phase == Phase::Warm)
+                .map(|(m, _)| m.clone())
+                .collect();
+            for m in serving {
+                let slots = self.profiles.get(&m).map_or(1, |p| p.discipline.slots()) as usize;
+                while let Some(r) = self.resident.get(&m) {
+                    if r.in_flight.len() >= slots {
+                        break;
+                    }
+                    let Some(q) = self.queues.get(&m) else {
+                        break;
+                    };
+                    let Some(i) = q.next_index(now) else {
+                        break;
+                    };
+                    let head = &q.by_class[i][0];
+                    if !self.policy.may_route(&View { s: self, now }, head) {
+                        break;
+                    }
+                    let Some(w) = self.queues.get_mut(&m).and_then(|q| q.pop(i)) else {
+                        break;
+                    };
+                    self.waiting -= 1;
+                    let r = self.resident.get_mut(&m).expect("checked above");
+                    r.in_flight.insert(w.request.id);
+                    r.in_flight_tokens += u64::from(w.request.context_tokens);
+                    r.committed.remove(&w.request.id);
+                    r.last_used = now;
+                    self.routed.insert(w.request.id, m.clone());
+                    self.out.push_back(GpuOutput::Route {
+                        id: w.request.id,
+                        model: m.clone(),
+                    });
+                    routed_any = true;
+                }
+            }
+            // FIFO: routing one model's head may make another's the global head.
+            if !routed_any {
+                break;
+            }
+        }
+        self.queues.retain(|_, q| q.len() > 0);
+    }
+}
