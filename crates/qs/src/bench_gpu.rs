@@ -42,9 +42,21 @@ pub struct GpuBench<'a> {
 }
 
 pub fn gpu_suite(b: &GpuBench) -> Result<()> {
-    let read = |file: &str| {
+    let read = |file: &str| -> Result<Vec<trace::TraceRequest>> {
         let path = b.traces.join(file);
-        trace::read(&path).with_context(|| format!("reading the trace {}", path.display()))
+        let size = std::fs::metadata(&path)
+            .with_context(|| format!("reading the trace {}", path.display()))?
+            .len();
+        if size > trace::MAX_FILE_BYTES {
+            anyhow::bail!(
+                "{}: {size} bytes is more than the {} a trace may have",
+                path.display(),
+                trace::MAX_FILE_BYTES
+            );
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading the trace {}", path.display()))?;
+        Ok(trace::parse(&path, &text)?)
     };
     let code = read("AzureLLMInferenceTrace_code.csv")?;
     let conv = read("AzureLLMInferenceTrace_conv.csv")?;

@@ -1,6 +1,6 @@
 //! The Azure LLM inference traces (`../shared/traces/`): `TIMESTAMP,ContextTokens,
-//! GeneratedTokens` per line, one file per service. Read as untrusted input: every error
-//! names the file, the line and the field; sizes are bounded.
+//! GeneratedTokens` per line, one file per service. Parsed as untrusted input (the caller
+//! reads the file): every error names the file, the line and the field; sizes are bounded.
 
 use std::path::{Path, PathBuf};
 
@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 pub const MAX_REQUESTS: usize = 1_000_000;
 /// Most tokens one request may have, prompt or generated.
 pub const MAX_TOKENS: u32 = 1 << 20;
-/// Largest trace file read.
-const MAX_FILE_BYTES: u64 = 256 << 20;
+/// Largest trace file a reader should hand to [`parse`].
+pub const MAX_FILE_BYTES: u64 = 256 << 20;
 
 /// One request of a trace.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -22,13 +22,6 @@ pub struct TraceRequest {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: {size} bytes is more than the {MAX_FILE_BYTES} a trace may have")]
-    TooLarge { path: PathBuf, size: u64 },
     #[error("{path}:{line}: field `{field}`: {detail}")]
     Bad {
         path: PathBuf,
@@ -36,23 +29,6 @@ pub enum TraceError {
         field: &'static str,
         detail: String,
     },
-}
-
-/// Reads one trace file.
-pub fn read(path: &Path) -> Result<Vec<TraceRequest>, TraceError> {
-    let io = |source| TraceError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let size = std::fs::metadata(path).map_err(io)?.len();
-    if size > MAX_FILE_BYTES {
-        return Err(TraceError::TooLarge {
-            path: path.to_path_buf(),
-            size,
-        });
-    }
-    let text = std::fs::read_to_string(path).map_err(io)?;
-    parse(path, &text)
 }
 
 /// Parses a trace's text (`path` names it in errors).
