@@ -1,7 +1,7 @@
 //! When to swap: the [`SwapPolicy`] trait, ours ([`TippingPoint`]) and the baselines the
 //! benchmark holds it against ([`Fifo`], [`LlamaSwap`], [`Exhaustive`]).
 
-use super::{Class, ModelName, View, Waiting};
+use super::{Class, ModelName, View, Waiting, class_weight};
 
 /// Decides, after every input, whether a transition begins and which waiting requests may
 /// go. The scheduler keeps the rules of [`crate::gpu`] whatever a policy says.
@@ -122,10 +122,14 @@ impl SwapPolicy for Exhaustive {
 /// - the wait of the requests expected to arrive for them during the round trip (arrival
 ///   rate × round trip, each waiting half of it on average), by their class weight.
 ///
+/// A runtime with requests of its own waiting keeps serving them unless what waits for the
+/// other weighs more (interactive over batch) and beats the momentum.
+///
 /// Commitment: a runtime that still has requests that were waiting for it when it came in
 /// does not go. Aging: a model whose oldest request has waited as many of its load times as
 /// [`TippingPoint::max_wait_loads`] gives that request's class comes in regardless of
-/// momentum (after the commitment), so no class waits without bound.
+/// momentum (after the commitment), unless requests of a heavier class wait for the runtime
+/// it would stop: batch work yields to interactive work, and comes in at its first lull.
 pub struct TippingPoint {
     /// Load times a request of each class (interactive, batch, ingestion) may wait.
     pub max_wait_loads: [f64; 3],
@@ -188,9 +192,15 @@ impl SwapPolicy for TippingPoint {
         if evict.iter().any(|m| view.committed_left(m) > 0) {
             return None;
         }
+        // Overdue: its oldest request has waited its class's bound; it comes in unless what
+        // waits for the runtimes it would stop weighs more (batch yields to interactive).
         let overdue = view.oldest_waiting(&to).is_some_and(|w| {
             let waited_ms = view.now.since(w.arrived).as_secs_f64() * 1000.0;
-            waited_ms >= self.max_wait(w.request.class) * view.load_ms(&to)
+            let yields = evict.iter().any(|m| {
+                view.waiting_weight(m)
+                    .is_some_and(|heavier| heavier > class_weight(w.request.class))
+            });
+            waited_ms >= self.max_wait(w.request.class) * view.load_ms(&to) && !yields
         });
         if overdue {
             return Some(to);

@@ -333,3 +333,61 @@ fn a_model_that_fits_only_by_taking_the_margin_is_refused_and_never_started() {
             .any(|o| matches!(o, GpuOutput::Refuse { id, .. } if *id == r))
     );
 }
+
+/// Batch work past its aging bound still yields to interactive requests waiting for the
+/// resident runtime; it comes in once they are served.
+#[test]
+fn overdue_batch_work_yields_to_waiting_interactive_requests() {
+    let models = vec![
+        profile("code", 19 * GIB, 4),
+        profile("conv", 17 * GIB / 2, 1),
+    ];
+    let mut rig = Rig::new(models, PolicyKind::TippingPoint);
+    let first = rig.ask("conv", Class::Interactive);
+    rig.warm("conv");
+    assert!(rig.routed(first));
+    let batch = rig.ask("code", Class::Batch);
+    // One conv slot; conv requests come faster than it serves them, so some always wait.
+    let mut in_flight = first;
+    let mut t = 0;
+    for _ in 0..100 {
+        rig.ask("conv", Class::Interactive);
+        rig.ask("conv", Class::Interactive);
+        t += 1_000;
+        rig.at(t).feed(GpuInput::Finished { id: in_flight });
+        in_flight = routed_last(&rig);
+    }
+    assert!(t >= 80_000, "past 8 loads of 10 s");
+    assert!(
+        !rig.stopped("conv"),
+        "interactive requests kept waiting: no swap"
+    );
+    assert!(!rig.routed(batch));
+    // The interactive queue empties: the overdue batch request comes in.
+    while rig.s.waiting() > 1 {
+        t += 1_000;
+        rig.at(t).feed(GpuInput::Finished { id: in_flight });
+        in_flight = routed_last(&rig);
+    }
+    assert!(
+        rig.out
+            .iter()
+            .any(|o| matches!(o, GpuOutput::Event(GpuEvent::SwapBegun { .. }))),
+        "the swap begins once no interactive request waits"
+    );
+    assert!(!rig.stopped("conv"), "conv drains its last request first");
+    rig.feed(GpuInput::Finished { id: in_flight });
+    assert!(rig.stopped("conv"));
+}
+
+/// The request routed last.
+fn routed_last(rig: &Rig) -> RequestId {
+    rig.out
+        .iter()
+        .rev()
+        .find_map(|o| match o {
+            GpuOutput::Route { id, .. } => Some(*id),
+            _ => None,
+        })
+        .expect("something was routed")
+}

@@ -87,6 +87,16 @@ impl View<'_> {
         self.s.rates.get(m).map_or(0.0, |r| r.per_ms(self.now))
     }
 
+    /// The weight of the heaviest class among the model's waiting requests, if any wait.
+    pub fn waiting_weight(&self, m: &ModelName) -> Option<f64> {
+        let q = self.s.queues.get(m)?;
+        CLASSES
+            .iter()
+            .enumerate()
+            .find(|(i, _)| !q.by_class[*i].is_empty())
+            .map(|(_, c)| class_weight(*c))
+    }
+
     /// The heaviest class among the model's waiting requests and lately arrived ones: its
     /// weight prices the wait a swap away would cost them.
     pub fn weight(&self, m: &ModelName) -> f64 {
