@@ -17,7 +17,16 @@
 //!   not being drained is routed as soon as it has a free slot (the parallel gate), except
 //!   under the FIFO policy, whose point is to show what blocking costs.
 //! - **Live stasis is bounded:** past `max_waiting` requests, a new one is refused with a
-//!   retry-after; nothing accepted is dropped.
+//!   retry-after (unless a free slot takes it at once); nothing accepted is dropped without
+//!   a word: a request whose runtime exited or was stopped at its drain bound is refused
+//!   with the reason.
+//! - **Time alone moves it:** while requests wait for a model that is not resident, the
+//!   policy is asked again every [`scheduler::RECONSIDER_MS`] ([`GpuScheduler::poll_timeout`]).
+//! - A failed start is tried again only once the VRAM it held is seen free; after
+//!   `max_failed_starts` the watchdog resets it and refuses its waiting requests.
+//!
+//! Commitment (a swapped-in runtime serves the requests that waited for it before it may
+//! go) is the [`TippingPoint`]'s; the baselines behave as the tools they stand for.
 
 mod policy;
 mod queue;
@@ -28,7 +37,7 @@ mod view;
 
 pub use policy::{Exhaustive, Fifo, LlamaSwap, PolicyKind, SwapPolicy, TippingPoint};
 pub use queue::class_weight;
-pub use scheduler::{GpuScheduler, Phase};
+pub use scheduler::{GpuScheduler, Phase, RECONSIDER_MS};
 pub use view::View;
 
 use crate::Time;

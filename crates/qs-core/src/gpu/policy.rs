@@ -16,6 +16,12 @@ pub trait SwapPolicy: Send {
     fn may_route(&self, _view: &View, _next: &Waiting) -> bool {
         true
     }
+
+    /// Whether each model's requests go in arrival order, whatever their class (otherwise
+    /// interactive first, with aging for the others).
+    fn arrival_order(&self) -> bool {
+        false
+    }
 }
 
 /// The policies by name, for configs and the benchmark.
@@ -75,6 +81,10 @@ impl SwapPolicy for Fifo {
 
     fn may_route(&self, view: &View, next: &Waiting) -> bool {
         view.head().is_some_and(|h| h.order == next.order)
+    }
+
+    fn arrival_order(&self) -> bool {
+        true
     }
 }
 

@@ -67,6 +67,14 @@ impl Queue {
         }
     }
 
+    /// The class whose head arrived first (strict arrival order).
+    pub(super) fn oldest_index(&self) -> Option<usize> {
+        (0..3)
+            .filter_map(|i| self.by_class[i].front().map(|w| (w.order, i)))
+            .min()
+            .map(|(_, i)| i)
+    }
+
     pub(super) fn pop(&mut self, i: usize) -> Option<Waiting> {
         let w = self.by_class[i].pop_front()?;
         self.arrived_sum_us[i] -= u128::from(w.arrived.as_micros());

@@ -12,6 +12,10 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Weight of a new load time in the learned estimate.
 const LOAD_LEARN: f64 = 0.3;
+/// While requests wait for a model that is not resident and no transition is under way,
+/// the policy is asked again this often: urgency grows and aging bounds pass with time
+/// alone.
+pub const RECONSIDER_MS: u64 = 250;
 
 /// Where a resident runtime is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,7 +34,8 @@ pub enum Phase {
 #[derive(Clone, Debug)]
 pub(super) struct Resident {
     pub(super) phase: Phase,
-    pub(super) in_flight: BTreeSet<RequestId>,
+    /// Requests in flight, with their context tokens.
+    pub(super) in_flight: BTreeMap<RequestId, u32>,
     pub(super) in_flight_tokens: u64,
     /// Requests that were waiting for it when it was chosen and are not routed yet: it
     /// serves them before it may go.
@@ -64,6 +69,8 @@ pub struct GpuScheduler {
     pub(super) routed: BTreeMap<RequestId, ModelName>,
     transition: Option<Transition>,
     failed_starts: BTreeMap<ModelName, u32>,
+    /// When to ask the policy again though nothing came in.
+    reconsider_at: Option<Time>,
     policy: Box<dyn SwapPolicy>,
     out: VecDeque<GpuOutput>,
 }
@@ -87,6 +94,7 @@ impl GpuScheduler {
             routed: BTreeMap::new(),
             transition: None,
             failed_starts: BTreeMap::new(),
+            reconsider_at: None,
             policy,
             out: VecDeque::new(),
         }
@@ -122,7 +130,8 @@ impl GpuScheduler {
         self.out.pop_front()
     }
 
-    /// When to call [`GpuScheduler::tick`] next: the earliest drain bound.
+    /// When to call [`GpuScheduler::tick`] next: the earliest drain bound, or the next time
+    /// the policy is asked again while requests wait for a model that is not resident.
     pub fn poll_timeout(&self) -> Option<Time> {
         self.resident
             .values()
@@ -130,6 +139,7 @@ impl GpuScheduler {
                 Phase::Draining { deadline, .. } => Some(deadline),
                 _ => None,
             })
+            .chain(self.reconsider_at)
             .min()
     }
 
@@ -145,11 +155,10 @@ impl GpuScheduler {
                 if let Some(m) = self.routed.remove(&id)
                     && let Some(r) = self.resident.get_mut(&m)
                 {
-                    r.in_flight.remove(&id);
-                    r.last_used = now;
-                    if r.in_flight.is_empty() {
-                        r.in_flight_tokens = 0;
+                    if let Some(tokens) = r.in_flight.remove(&id) {
+                        r.in_flight_tokens -= u64::from(tokens);
                     }
+                    r.last_used = now;
                 }
             }
             GpuInput::Loaded { model } => {
@@ -170,19 +179,7 @@ impl GpuScheduler {
                 }
             }
             GpuInput::LoadFailed { model } => self.load_failed(model, now),
-            GpuInput::Stopped { model } => {
-                if self.resident.remove(&model).is_some() {
-                    self.out
-                        .push_back(GpuOutput::Event(GpuEvent::Stopped { model }));
-                }
-                if let Some(t) = self.transition.as_mut()
-                    && t.releasing_since.is_none()
-                    && t.evict.iter().all(|m| !self.resident.contains_key(m))
-                {
-                    t.releasing_since = Some(now);
-                    self.out.push_back(GpuOutput::CheckVram);
-                }
-            }
+            GpuInput::Stopped { model } => self.exited(model, now),
             GpuInput::VramFree { free_bytes } => self.vram_free(free_bytes, now),
         }
         self.step(now);
@@ -205,7 +202,10 @@ impl GpuScheduler {
             });
             return;
         }
-        if self.waiting >= self.config.max_waiting {
+        let free_slot = self.resident.get(&request.model).is_some_and(|r| {
+            r.phase == Phase::Warm && r.in_flight.len() < profile.discipline.slots() as usize
+        });
+        if self.waiting >= self.config.max_waiting && !free_slot {
             let retry_after_ms = self.load_ms.get(&request.model).copied().unwrap_or(0.0) as u64;
             self.out.push_back(GpuOutput::Refuse {
                 id: request.id,
@@ -232,10 +232,40 @@ impl GpuScheduler {
             });
     }
 
-    fn load_failed(&mut self, model: ModelName, now: Time) {
-        if self.resident.remove(&model).is_none() {
-            return;
+    /// A runtime's process is gone (told to stop, or crashed): what was in flight on it is
+    /// refused, and a transition waiting for it reads the VRAM next.
+    fn exited(&mut self, model: ModelName, now: Time) {
+        if let Some(r) = self.resident.remove(&model) {
+            for id in r.in_flight.into_keys() {
+                self.routed.remove(&id);
+                self.out.push_back(GpuOutput::Refuse {
+                    id,
+                    retry_after_ms: 0,
+                    reason: "its runtime exited",
+                });
+            }
+            self.out
+                .push_back(GpuOutput::Event(GpuEvent::Stopped { model }));
         }
+        if let Some(t) = self.transition.as_mut()
+            && t.releasing_since.is_none()
+            && t.evict.iter().all(|m| !self.resident.contains_key(m))
+        {
+            t.releasing_since = Some(now);
+            self.out.push_back(GpuOutput::CheckVram);
+        }
+    }
+
+    /// A start failed. Only a loading runtime can fail to start; any other that is reported
+    /// failed has exited. Started again (after the VRAM it held is seen free) until the
+    /// watchdog's bound, then reset.
+    fn load_failed(&mut self, model: ModelName, now: Time) {
+        match self.resident.get(&model).map(|r| r.phase) {
+            Some(Phase::Loading { .. }) => {}
+            Some(_) => return self.exited(model, now),
+            None => return,
+        }
+        self.resident.remove(&model);
         let attempts = self.failed_starts.entry(model.clone()).or_insert(0);
         *attempts += 1;
         let attempt = *attempts;
@@ -244,8 +274,29 @@ impl GpuScheduler {
             attempt,
         }));
         if attempt < self.config.max_failed_starts {
-            // Again, as the transition asked (its room is still free).
-            self.start(model, now);
+            // Again, once what the failed process held is seen free. (Under another model's
+            // transition, it is chosen again later.)
+            match self.transition.as_mut() {
+                Some(t) if t.to == model => {
+                    t.releasing_since = Some(now);
+                    self.out.push_back(GpuOutput::CheckVram);
+                }
+                Some(_) => {}
+                None => {
+                    let committed = self
+                        .queues
+                        .get(&model)
+                        .map(|q| q.ids().collect())
+                        .unwrap_or_default();
+                    self.transition = Some(Transition {
+                        to: model,
+                        evict: BTreeSet::new(),
+                        committed,
+                        releasing_since: Some(now),
+                    });
+                    self.out.push_back(GpuOutput::CheckVram);
+                }
+            }
             return;
         }
         self.failed_starts.remove(&model);
@@ -275,6 +326,10 @@ impl GpuScheduler {
         let Some(t) = self.transition.as_ref() else {
             return;
         };
+        // A reading that comes after the start (a stray, or a periodic one) changes nothing.
+        if self.resident.contains_key(&t.to) {
+            return;
+        }
         let Some(since) = t.releasing_since else {
             return;
         };
@@ -311,7 +366,7 @@ impl GpuScheduler {
             model.clone(),
             Resident {
                 phase: Phase::Loading { since: now },
-                in_flight: BTreeSet::new(),
+                in_flight: BTreeMap::new(),
                 in_flight_tokens: 0,
                 committed,
                 last_used: now,
@@ -368,8 +423,14 @@ impl GpuScheduler {
         for (m, since, cut) in drained {
             if let Some(r) = self.resident.get_mut(&m) {
                 r.phase = Phase::Stopping;
-                for id in std::mem::take(&mut r.in_flight) {
+                r.in_flight_tokens = 0;
+                for id in std::mem::take(&mut r.in_flight).into_keys() {
                     self.routed.remove(&id);
+                    self.out.push_back(GpuOutput::Refuse {
+                        id,
+                        retry_after_ms: 0,
+                        reason: "cut: its runtime was stopped at the drain bound",
+                    });
                 }
             }
             self.out.push_back(GpuOutput::Event(GpuEvent::Drained {
@@ -381,6 +442,9 @@ impl GpuScheduler {
         }
         // Routing again: a runtime that was warm before the step may have free slots now.
         self.route(now);
+        let wanting = self.queues.keys().any(|m| !self.resident.contains_key(m));
+        self.reconsider_at =
+            (self.transition.is_none() && wanting).then(|| now + crate::time::ms(RECONSIDER_MS));
     }
 
     fn begin(&mut self, to: ModelName, now: Time) {
@@ -441,7 +505,12 @@ impl GpuScheduler {
                     let Some(q) = self.queues.get(&m) else {
                         break;
                     };
-                    let Some(i) = q.next_index(now) else {
+                    let next = if self.policy.arrival_order() {
+                        q.oldest_index()
+                    } else {
+                        q.next_index(now)
+                    };
+                    let Some(i) = next else {
                         break;
                     };
                     let head = &q.by_class[i][0];
@@ -453,7 +522,7 @@ impl GpuScheduler {
                     };
                     self.waiting -= 1;
                     let r = self.resident.get_mut(&m).expect("checked above");
-                    r.in_flight.insert(w.request.id);
+                    r.in_flight.insert(w.request.id, w.request.context_tokens);
                     r.in_flight_tokens += u64::from(w.request.context_tokens);
                     r.committed.remove(&w.request.id);
                     r.last_used = now;

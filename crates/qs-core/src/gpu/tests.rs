@@ -274,10 +274,20 @@ fn live_stasis_is_bounded_and_refuses_with_a_retry_after() {
 fn three_failed_starts_reset_the_runtime_and_refuse_its_requests() {
     let mut rig = Rig::new(pair(), PolicyKind::TippingPoint);
     let r = rig.ask("code", Class::Interactive);
-    for _ in 0..3 {
+    for attempt in 1..=3 {
         rig.feed(GpuInput::LoadFailed {
             model: name("code"),
         });
+        if attempt < 3 {
+            assert_eq!(
+                rig.started("code"),
+                attempt,
+                "not again before the VRAM is seen free"
+            );
+            rig.feed(GpuInput::VramFree {
+                free_bytes: 24 * GIB,
+            });
+        }
     }
     assert_eq!(rig.started("code"), 3, "started, then twice again");
     let reset = rig.position(|o| {
@@ -390,4 +400,58 @@ fn routed_last(rig: &Rig) -> RequestId {
             _ => None,
         })
         .expect("something was routed")
+}
+
+/// Time alone moves the scheduler: while a request waits for a model that is not resident,
+/// it asks for a tick, and the swap comes without any other input.
+#[test]
+fn a_waiting_request_gets_its_swap_with_no_other_input() {
+    let mut rig = Rig::new(pair(), PolicyKind::TippingPoint);
+    let c = rig.ask("conv", Class::Interactive);
+    rig.warm("conv").feed(GpuInput::Finished { id: c });
+    assert_eq!(rig.s.poll_timeout(), None, "nothing waits");
+    rig.ask("code", Class::Batch);
+    let mut ticks = 0;
+    while !rig.stopped("conv") {
+        let at = rig.s.poll_timeout().expect("a tick is asked for");
+        rig.now = at;
+        rig.s.tick(at);
+        rig.collect();
+        ticks += 1;
+        assert!(ticks < 1_000, "the swap never came");
+    }
+}
+
+/// FIFO serves a model's requests in arrival order whatever their class: an interactive
+/// request behind a batch one for the same warm model does not stall it.
+#[test]
+fn fifo_takes_a_models_requests_in_arrival_order() {
+    let mut rig = Rig::new(pair(), PolicyKind::Fifo);
+    let first = rig.ask("conv", Class::Interactive);
+    rig.warm("conv");
+    let batch = rig.ask("conv", Class::Batch);
+    let interactive = rig.ask("conv", Class::Interactive);
+    assert!(rig.routed(first) && rig.routed(batch) && rig.routed(interactive));
+}
+
+/// A runtime that dies while being drained: what it had in flight is refused with the
+/// reason, and the swap goes on.
+#[test]
+fn a_runtime_that_dies_while_draining_does_not_stall_the_swap() {
+    let mut rig = Rig::new(pair(), PolicyKind::LlamaSwap);
+    let a = rig.ask("code", Class::Batch);
+    rig.warm("code");
+    rig.ask("conv", Class::Interactive);
+    assert!(!rig.stopped("code"), "draining");
+    rig.feed(GpuInput::LoadFailed {
+        model: name("code"),
+    });
+    assert!(rig.out.iter().any(
+        |o| matches!(o, GpuOutput::Refuse { id, reason, .. } if *id == a && reason.contains("exited"))
+    ));
+    assert!(rig.out.contains(&GpuOutput::CheckVram));
+    rig.feed(GpuInput::VramFree {
+        free_bytes: 24 * GIB,
+    });
+    assert_eq!(rig.started("conv"), 1);
 }

@@ -270,6 +270,7 @@ pub fn run(work: &Workload, s: &Scenario, clock: &dyn Fn() -> f64) -> Outcome {
         push(&mut queue, (r.at_us as f64 * stretch) as u64, Ev::Arrive(i));
     }
     let mut arrived_at: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut cut: std::collections::BTreeSet<u64> = std::collections::BTreeSet::new();
     let mut used: BTreeMap<Model, u64> = BTreeMap::new();
     let mut tick_at: Option<u64> = None;
     let mut now = 0u64;
@@ -291,6 +292,9 @@ pub fn run(work: &Workload, s: &Scenario, clock: &dyn Fn() -> f64) -> Outcome {
                 );
             }
             Ev::Finish(id) => {
+                if cut.remove(&id) {
+                    continue;
+                }
                 let m = work.requests[id as usize].0;
                 if let Some(l) = out.by_model.get_mut(&m) {
                     l.finished += 1;
@@ -331,7 +335,9 @@ pub fn run(work: &Workload, s: &Scenario, clock: &dyn Fn() -> f64) -> Outcome {
                 GpuOutput::Route { id, model } => {
                     let (m, r) = work.requests[id.0 as usize];
                     debug_assert_eq!(Model::of(&model), m);
-                    let arrived = arrived_at.remove(&id.0).unwrap_or(now);
+                    let arrived = arrived_at
+                        .remove(&id.0)
+                        .expect("a request is routed once, after it arrived");
                     let wait = now - arrived;
                     if let Some(l) = out.by_model.get_mut(&m) {
                         l.accepted += 1;
@@ -342,8 +348,10 @@ pub fn run(work: &Workload, s: &Scenario, clock: &dyn Fn() -> f64) -> Outcome {
                 }
                 GpuOutput::Refuse { id, .. } => {
                     let m = work.requests[id.0 as usize].0;
-                    arrived_at.remove(&id.0);
-                    if let Some(l) = out.by_model.get_mut(&m) {
+                    if arrived_at.remove(&id.0).is_none() {
+                        // Routed, then cut (its runtime exited or hit its drain bound): lost.
+                        cut.insert(id.0);
+                    } else if let Some(l) = out.by_model.get_mut(&m) {
                         l.refused += 1;
                     }
                 }
@@ -381,7 +389,7 @@ pub fn run(work: &Workload, s: &Scenario, clock: &dyn Fn() -> f64) -> Outcome {
     }
     let accepted: u64 = out.by_model.values().map(|l| l.accepted).sum();
     let finished: u64 = out.by_model.values().map(|l| l.finished).sum();
-    // Accepted and never routed, or routed and never finished.
+    // Routed and never finished (cut ones included), or accepted and never routed.
     out.lost = accepted.saturating_sub(finished) + arrived_at.len() as u64;
     out.simulated_s = now as f64 / 1e6;
     out.wall_s = clock() - started;
