@@ -101,6 +101,8 @@ pub struct GpuConfig {
     pub prefill_tokens_per_s: u64,
     /// Longest a drain waits for requests in flight before the runtime is stopped anyway.
     pub drain_timeout_ms: u64,
+    /// Longest a stopped runtime may take to exit before it is told again (and killed).
+    pub stop_timeout_ms: u64,
     /// Failed starts in a row after which the watchdog resets the runtime and alerts.
     pub max_failed_starts: u32,
 }
@@ -113,6 +115,7 @@ impl Default for GpuConfig {
             max_waiting: 65_536,
             prefill_tokens_per_s: 5_000,
             drain_timeout_ms: 600_000,
+            stop_timeout_ms: 30_000,
             max_failed_starts: 3,
         }
     }
@@ -160,7 +163,8 @@ pub enum GpuOutput {
         retry_after_ms: u64,
         reason: &'static str,
     },
-    /// Stop the runtime: nothing is in flight on it (or its drain bound passed).
+    /// Stop the runtime: nothing is in flight on it (or its drain bound passed). Said again
+    /// when it has not exited after `stop_timeout_ms`: then kill it.
     Stop { model: ModelName },
     /// Read the GPU's free VRAM and say it with [`GpuInput::VramFree`].
     CheckVram,
@@ -187,6 +191,10 @@ pub enum GpuEvent {
         cut: usize,
     },
     Stopped {
+        model: ModelName,
+    },
+    /// A runtime told to stop had not exited within `stop_timeout_ms`: it is told again.
+    StopOverdue {
         model: ModelName,
     },
     /// The VRAM of the stopped runtimes was seen free.

@@ -26,8 +26,8 @@ pub enum Phase {
     Warm,
     /// Taking no new request; stopped when nothing is in flight or at `deadline`.
     Draining { since: Time, deadline: Time },
-    /// Told to stop; waiting for its exit.
-    Stopping,
+    /// Told to stop; waiting for its exit, told again at `deadline` (the shell kills then).
+    Stopping { deadline: Time },
 }
 
 /// One resident runtime.
@@ -136,7 +136,7 @@ impl GpuScheduler {
         self.resident
             .values()
             .filter_map(|r| match r.phase {
-                Phase::Draining { deadline, .. } => Some(deadline),
+                Phase::Draining { deadline, .. } | Phase::Stopping { deadline } => Some(deadline),
                 _ => None,
             })
             .chain(self.reconsider_at)
@@ -412,6 +412,20 @@ impl GpuScheduler {
                 self.begin(to, now);
             }
         }
+        // A runtime that outlives its stop is told again, louder (the shell kills it).
+        let stop_bound = crate::time::ms(self.config.stop_timeout_ms);
+        for (m, r) in self.resident.iter_mut() {
+            if let Phase::Stopping { deadline } = r.phase
+                && now >= deadline
+            {
+                r.phase = Phase::Stopping {
+                    deadline: now + stop_bound,
+                };
+                self.out
+                    .push_back(GpuOutput::Event(GpuEvent::StopOverdue { model: m.clone() }));
+                self.out.push_back(GpuOutput::Stop { model: m.clone() });
+            }
+        }
         let mut drained = Vec::new();
         for (m, r) in &self.resident {
             if let Phase::Draining { since, deadline } = r.phase
@@ -422,7 +436,9 @@ impl GpuScheduler {
         }
         for (m, since, cut) in drained {
             if let Some(r) = self.resident.get_mut(&m) {
-                r.phase = Phase::Stopping;
+                r.phase = Phase::Stopping {
+                    deadline: now + crate::time::ms(self.config.stop_timeout_ms),
+                };
                 r.in_flight_tokens = 0;
                 for id in std::mem::take(&mut r.in_flight).into_keys() {
                     self.routed.remove(&id);

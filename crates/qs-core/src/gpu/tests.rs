@@ -455,3 +455,43 @@ fn a_runtime_that_dies_while_draining_does_not_stall_the_swap() {
     });
     assert_eq!(rig.started("conv"), 1);
 }
+
+/// A runtime that does not exit when told is told again after the stop bound (the shell
+/// kills it then), and the swap goes on once it is gone.
+#[test]
+fn a_runtime_that_outlives_its_stop_is_told_again() {
+    let config = GpuConfig {
+        stop_timeout_ms: 3_000,
+        ..GpuConfig::default()
+    };
+    let mut rig = Rig::with_config(config, pair(), PolicyKind::LlamaSwap);
+    rig.ask("code", Class::Batch);
+    rig.warm("code");
+    let a = RequestId(0);
+    rig.feed(GpuInput::Finished { id: a });
+    rig.ask("conv", Class::Interactive);
+    let stops = |rig: &Rig| {
+        rig.out
+            .iter()
+            .filter(|o| matches!(o, GpuOutput::Stop { model } if model.as_str() == "code"))
+            .count()
+    };
+    assert_eq!(stops(&rig), 1);
+    assert_eq!(rig.s.poll_timeout(), Some(Time::from_millis(3_000)));
+    rig.at(2_999);
+    assert_eq!(stops(&rig), 1);
+    rig.at(3_000);
+    assert_eq!(stops(&rig), 2, "told again");
+    assert!(
+        rig.out
+            .iter()
+            .any(|o| matches!(o, GpuOutput::Event(GpuEvent::StopOverdue { .. })))
+    );
+    rig.feed(GpuInput::Stopped {
+        model: name("code"),
+    })
+    .feed(GpuInput::VramFree {
+        free_bytes: 24 * GIB,
+    });
+    assert_eq!(rig.started("conv"), 1);
+}

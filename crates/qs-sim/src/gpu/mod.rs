@@ -235,6 +235,7 @@ pub fn run(work: &Workload, s: &Scenario, clock: &dyn Fn() -> f64) -> Outcome {
         max_waiting: 65_536,
         prefill_tokens_per_s: s.service.prefill_tokens_per_s as u64,
         drain_timeout_ms: 600_000,
+        stop_timeout_ms: 30_000,
         max_failed_starts: 3,
     };
     let budget = config.vram_bytes - config.reserved_bytes;
