@@ -38,7 +38,7 @@ pub fn load(state: &StateDir) -> Result<SpecDocument, StoreError> {
     });
     Ok(SpecDocument {
         workloads,
-        nodes: vec![],
+        ..SpecDocument::default()
     })
 }
 

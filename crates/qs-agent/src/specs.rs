@@ -26,6 +26,18 @@ pub async fn put_specs<F: Fabric>(
     Ok(applied)
 }
 
+/// Why `doc` cannot be applied yet, if it declares model runtimes: they are parsed and
+/// checked (`qs check`), but this agent does not run them yet, and applying them would
+/// change nothing.
+pub fn unsupported(file: &str, doc: &qs_wire::SpecDocument) -> Option<String> {
+    let first = doc.models.first()?;
+    Some(format!(
+        "{file}: model.{}: model runtimes are checked but not yet run by this qs; apply \
+         services and jobs only",
+        first.name
+    ))
+}
+
 /// Watches the specs KV, giving up after a while when the fabric cannot serve it (its server
 /// is unreachable).
 pub async fn watch_specs<F: Fabric>(fabric: &F) -> Result<qs_fabric::Watch, AgentError> {

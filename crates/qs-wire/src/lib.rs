@@ -25,6 +25,7 @@ pub use message::{
 };
 pub use resources::{Capacity, Committed, GpuCapacity, GpuLoad, InstanceLoad, Load, Resources};
 pub use spec::{
-    HaPattern, HealthCheck, InvalidField, MAX_LEVEL, NodeSpec, Probe, SpecDocument, SpecError,
-    WorkloadKind, WorkloadSpec, decode_workload, parse_spec,
+    Authority, HaPattern, HealthCheck, InvalidField, MAX_LEVEL, ModelDiscipline, ModelSpec,
+    ModelTier, NodeSpec, Probe, SpecDocument, SpecError, WorkloadKind, WorkloadSpec,
+    decode_workload, parse_spec,
 };

@@ -1,6 +1,7 @@
 //! Operator specs in TOML: workloads (services and jobs) and nodes, with located errors.
 //!
-//! A spec document holds any mix of `[service.NAME]`, `[job.NAME]` and `[node.NAME]` tables.
+//! A spec document holds any mix of `[service.NAME]`, `[job.NAME]`, `[model.NAME]` and
+//! `[node.NAME]` tables.
 //! [`parse_spec`] either returns every spec of the document or one [`SpecError`] naming the
 //! file, line, column and field; nothing is half-applied.
 
@@ -12,9 +13,13 @@ use std::fmt;
 use toml::Spanned;
 
 mod locate;
+mod model;
 mod validate;
 use locate::Locator;
 pub use locate::line_column;
+pub use model::{
+    Authority, MAX_CONCURRENCY, MAX_MODEL_MS, MAX_TIERS, ModelDiscipline, ModelSpec, ModelTier,
+};
 pub use validate::{
     InvalidField, MAX_COMMAND_BYTES, MAX_LABEL_BYTES, MAX_LABELS, MAX_PROBE_MS, MAX_SPEC_BYTES,
     check_labels, decode_workload,
@@ -161,6 +166,9 @@ pub struct NodeSpec {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SpecDocument {
     pub workloads: Vec<WorkloadSpec>,
+    /// Model runtimes (`[model.NAME]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<ModelSpec>,
     pub nodes: Vec<NodeSpec>,
 }
 
@@ -195,6 +203,8 @@ struct RawDoc {
     service: BTreeMap<String, Spanned<RawWorkload>>,
     #[serde(default)]
     job: BTreeMap<String, Spanned<RawWorkload>>,
+    #[serde(default)]
+    model: BTreeMap<String, Spanned<model::RawModel>>,
     #[serde(default)]
     node: BTreeMap<String, Spanned<RawNode>>,
 }
@@ -275,6 +285,19 @@ pub fn parse_spec(file: &str, text: &str) -> Result<SpecDocument, SpecError> {
             doc.workloads
                 .push(workload(&at, &path, name, table == "job", w)?);
         }
+    }
+    for (name, m) in &raw.model {
+        let path = format!("model.{name}");
+        if let Some(other) = seen.insert(name.clone(), "model") {
+            return Err(at.error(
+                m.span(),
+                &path,
+                format!(
+                    "name already used by {other}.{name}; models, services and jobs share names"
+                ),
+            ));
+        }
+        doc.models.push(model::model(&at, &path, name, m)?);
     }
     for (name, n) in &raw.node {
         doc.nodes.push(node(&at, &format!("node.{name}"), name, n)?);

@@ -660,6 +660,28 @@ fn check(files: &[PathBuf], output: OutputFormat) -> Result<()> {
                         }
                     );
                 }
+                for m in &doc.models {
+                    let discipline = match m.discipline {
+                        qs_wire::ModelDiscipline::Parallel { max_concurrency } => {
+                            format!("parallel x{max_concurrency}")
+                        }
+                        qs_wire::ModelDiscipline::Serial => "serial".into(),
+                    };
+                    let tiers: Vec<String> = m
+                        .tiers
+                        .iter()
+                        .map(|t| format!("{} ({} MiB)", t.name, t.vram_bytes >> 20))
+                        .collect();
+                    let authority = match m.authority {
+                        qs_wire::Authority::Exclusive => "exclusive",
+                        qs_wire::Authority::Shared => "shared",
+                    };
+                    println!(
+                        "  model {}: {authority}, {discipline}, tiers {}",
+                        m.name,
+                        tiers.join(", ")
+                    );
+                }
                 for n in &doc.nodes {
                     println!(
                         "  node {}: level {} (weight {:.3}), {:.0} cores, {} MiB, {} GPUs",

@@ -293,3 +293,33 @@ fn the_gpu_bench_replays_traces_and_names_a_bad_line() {
         "{err}"
     );
 }
+
+/// `[model.*]` runtimes are checked and shown by `qs check`; applying them is refused with
+/// the reason (this qs does not run them yet) before anything starts.
+#[test]
+fn model_runtimes_are_checked_and_not_yet_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("models.toml");
+    std::fs::write(
+        &file,
+        "[model.llama]\nmax_concurrency = 8\n[[model.llama.tier]]\nname = \"70b\"\nvram_mib = 40960\ncommand = \"vllm serve --port {port}\"\n[[model.llama.tier]]\nname = \"8b\"\nvram_mib = 6144\ncommand = \"llama-server --port {port}\"\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let out = qs(&["check", file]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains("model llama: exclusive, parallel x8, tiers 70b (40960 MiB), 8b (6144 MiB)"),
+        "{shown}"
+    );
+    let state = dir.path().join("state");
+    let out = qs(&["up", "-f", file, "--state-dir", state.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("model.llama: model runtimes are checked but not yet run"),
+        "{err}"
+    );
+    assert!(!state.exists(), "nothing started");
+}

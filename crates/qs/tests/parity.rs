@@ -371,7 +371,7 @@ impl World for FleetWorld {
     fn apply(&mut self, spec: WorkloadSpec) {
         let doc = qs_wire::SpecDocument {
             workloads: vec![spec],
-            nodes: vec![],
+            ..qs_wire::SpecDocument::default()
         };
         let fabric = self.fleet().fabric.clone();
         self.rt

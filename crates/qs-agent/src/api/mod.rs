@@ -539,6 +539,9 @@ async fn apply<F: Fabric>(
         Ok(d) => d,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
+    if let Some(why) = crate::specs::unsupported(&q.file, &doc) {
+        return error(StatusCode::BAD_REQUEST, why);
+    }
     if doc.workloads.is_empty() {
         return error(
             StatusCode::BAD_REQUEST,

@@ -184,3 +184,120 @@ fn specs_from_the_kv_pass_the_same_rules() {
     let huge = vec![b' '; MAX_SPEC_BYTES + 1];
     assert!(decode_workload("kv specs/web", "web", &huge).is_err());
 }
+
+const LLAMA: &str = r#"
+[model.llama]
+discipline = "parallel"
+max_concurrency = 8
+inertia_bias_ms = 5000
+load_ms = 20000
+health = { kind = "http", path = "/health" }
+warm_path = "/v1/models"
+
+[[model.llama.tier]]
+name = "70b"
+vram_mib = 40960
+command = "vllm serve llama-70b --port {port}"
+
+[[model.llama.tier]]
+name = "8b"
+vram_mib = 6144
+command = "llama-server -m llama-8b.gguf --port {port}"
+
+[model.ollama]
+authority = "shared"
+discipline = "serial"
+url = "http://127.0.0.1:11434"
+
+[[model.ollama.tier]]
+name = "default"
+vram_mib = 5000
+"#;
+
+#[test]
+fn model_runtimes_parse_with_their_tiers_largest_first() {
+    let doc = parse_spec("models.toml", LLAMA).unwrap();
+    assert_eq!(doc.models.len(), 2);
+    let llama = &doc.models[0];
+    assert_eq!(llama.name.as_str(), "llama");
+    assert_eq!(llama.authority, Authority::Exclusive);
+    assert_eq!(
+        llama.discipline,
+        ModelDiscipline::Parallel { max_concurrency: 8 }
+    );
+    assert_eq!((llama.inertia_bias_ms, llama.load_ms), (5000, 20_000));
+    let tiers: Vec<(&str, u64)> = llama
+        .tiers
+        .iter()
+        .map(|t| (t.name.as_str(), t.vram_bytes / MIB))
+        .collect();
+    assert_eq!(tiers, [("70b", 40960), ("8b", 6144)]);
+    assert_eq!(llama.warm_path.as_deref(), Some("/v1/models"));
+    assert!(llama.health.is_some());
+    let ollama = &doc.models[1];
+    assert_eq!(ollama.authority, Authority::Shared);
+    assert_eq!(ollama.discipline, ModelDiscipline::Serial);
+    assert_eq!(ollama.url.as_deref(), Some("http://127.0.0.1:11434"));
+    assert_eq!(ollama.tiers[0].command, None);
+}
+
+#[test]
+fn bad_model_runtimes_are_refused_with_their_location() {
+    let tier =
+        "[[model.m.tier]]\nname = \"big\"\nvram_mib = 100\ncommand = \"serve --port {port}\"\n";
+    let cases: [(String, &str); 11] = [
+        (
+            "[model.m]\n".into(),
+            "bad.toml:1:1: model.m.tier: a model needs at least one [[tier]]",
+        ),
+        (
+            format!("[model.m]\nauthority = \"mine\"\n{tier}"),
+            "bad.toml:2:13: model.m.authority: unknown authority `mine`",
+        ),
+        (
+            format!("[model.m]\ndiscipline = \"serial\"\nmax_concurrency = 2\n{tier}"),
+            "bad.toml:3:19: model.m.max_concurrency: a serial runtime takes one request",
+        ),
+        (
+            format!("[model.m]\nmax_concurrency = 0\n{tier}"),
+            "bad.toml:2:19: model.m.max_concurrency: must be in 1..=4096, got 0",
+        ),
+        (
+            format!("[model.m]\nload_ms = 0\n{tier}"),
+            "bad.toml:2:11: model.m.load_ms: must be in 1..=3600000 ms, got 0",
+        ),
+        (
+            format!(
+                "[model.m]\n{tier}[[model.m.tier]]\nname = \"small\"\nvram_mib = 200\ncommand = \"s --port {{port}}\"\n"
+            ),
+            "bad.toml:8:12: model.m.tier[1].vram_mib: tiers go largest first",
+        ),
+        (
+            "[model.m]\n[[model.m.tier]]\nname = \"big\"\nvram_mib = 100\ncommand = \"serve\"\n"
+                .into(),
+            "bad.toml:5:11: model.m.tier[0].command: a command of at most",
+        ),
+        (
+            "[model.m]\n[[model.m.tier]]\nname = \"big\"\nvram_mib = 100\n".into(),
+            "model.m.tier[0].command: an exclusive runtime needs the command",
+        ),
+        (
+            format!("[model.m]\nauthority = \"shared\"\n{tier}"),
+            "model.m.url: a shared runtime needs the `url`",
+        ),
+        (
+            format!("[model.m]\nurl = \"http://x:1\"\n{tier}"),
+            "bad.toml:2:7: model.m.url: only a shared runtime has a `url`",
+        ),
+        (
+            format!(
+                "[service.m]\nresources = {{ cpu_cores = 1, memory_mib = 8 }}\n[model.m]\n{tier}"
+            ),
+            "model.m: name already used by service.m",
+        ),
+    ];
+    for (text, want) in &cases {
+        let e = parse_spec("bad.toml", text).unwrap_err().to_string();
+        assert!(e.contains(want), "{text}\n{e}\nwanted {want}");
+    }
+}
