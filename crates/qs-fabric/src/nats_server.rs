@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 const MIN_VERSION: (u32, u32) = (2, 10);
 /// How long a server may take to accept connections.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// Starts of a whole cluster before giving up (see [`NatsServer::cluster`]).
+const CLUSTER_TRIES: usize = 3;
 
 /// Why a server could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -90,10 +92,30 @@ impl NatsServer {
     /// Starts `n` servers clustered on loopback (JetStream replicated among them), each on
     /// free ports with a fresh store. JetStream elects its leaders once they have met, which
     /// takes a moment after this returns; clients retry until then.
+    ///
+    /// A free port can be taken by another process between its choice and the server's bind
+    /// (tests run side by side): a server that exits at start makes the whole cluster start
+    /// again on other ports, up to [`CLUSTER_TRIES`] times.
     pub fn cluster(n: usize) -> Result<Vec<NatsServer>, ServerError> {
-        let ports: Vec<(u16, u16)> = (0..n)
-            .map(|_| Ok((free_port()?, free_port()?)))
-            .collect::<std::io::Result<_>>()?;
+        let mut last = None;
+        for _ in 0..CLUSTER_TRIES {
+            match NatsServer::cluster_once(n) {
+                Ok(servers) => return Ok(servers),
+                Err(e @ ServerError::Io(_)) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(ServerError::Missing))
+    }
+
+    fn cluster_once(n: usize) -> Result<Vec<NatsServer>, ServerError> {
+        // 2n distinct ports: two binds to port 0 in a row may be given the same one.
+        let mut chosen = std::collections::BTreeSet::new();
+        while chosen.len() < 2 * n {
+            chosen.insert(free_port()?);
+        }
+        let chosen: Vec<u16> = chosen.into_iter().collect();
+        let ports: Vec<(u16, u16)> = chosen.chunks(2).map(|p| (p[0], p[1])).collect();
         let routes: Vec<String> = ports
             .iter()
             .map(|(_, route)| format!("nats://127.0.0.1:{route}"))
@@ -114,7 +136,9 @@ impl NatsServer {
                     "--routes".to_owned(),
                     routes.join(","),
                 ];
-                let mut s = NatsServer::launch(client, &store, &args)?;
+                let mut s = NatsServer::launch(client, &store, &args).inspect_err(|_| {
+                    let _ = std::fs::remove_dir_all(&store);
+                })?;
                 s.owns_store = true;
                 Ok(s)
             })
