@@ -3,6 +3,7 @@
 mod bench;
 mod bench_fleet;
 mod bench_gpu;
+mod check;
 mod cli;
 mod client;
 mod demo;

@@ -31,13 +31,15 @@
 mod policy;
 mod queue;
 mod scheduler;
+mod state;
 #[cfg(test)]
 mod tests;
 mod view;
 
 pub use policy::{Exhaustive, Fifo, LlamaSwap, PolicyKind, SwapPolicy, TippingPoint};
 pub use queue::class_weight;
-pub use scheduler::{GpuScheduler, Phase, RECONSIDER_MS};
+pub use scheduler::{GpuScheduler, RECONSIDER_MS};
+pub use state::Phase;
 pub use view::View;
 
 use crate::Time;

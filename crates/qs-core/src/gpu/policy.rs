@@ -155,11 +155,7 @@ impl Default for TippingPoint {
 
 impl TippingPoint {
     fn max_wait(&self, class: Class) -> f64 {
-        match class {
-            Class::Interactive => self.max_wait_loads[0],
-            Class::Batch => self.max_wait_loads[1],
-            Class::Ingestion => self.max_wait_loads[2],
-        }
+        self.max_wait_loads[super::queue::class_index(class)]
     }
 }
 

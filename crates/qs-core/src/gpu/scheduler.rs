@@ -1,10 +1,10 @@
 //! The state machine of one GPU: resident runtimes, waiting requests, and the transition
 //! (drain, stop, VRAM released, start, warm) that the policy asked for.
 
-use super::queue::{Queue, Rate};
+use super::state::{Phase, Resident, State};
 use super::view::View;
 use super::{
-    Class, GpuConfig, GpuEvent, GpuInput, GpuOutput, ModelName, ModelProfile, Request, RequestId,
+    GpuConfig, GpuEvent, GpuInput, GpuOutput, ModelName, ModelProfile, Request, RequestId,
     SwapPolicy, Waiting,
 };
 use crate::Time;
@@ -16,32 +16,6 @@ const LOAD_LEARN: f64 = 0.3;
 /// the policy is asked again this often: urgency grows and aging bounds pass with time
 /// alone.
 pub const RECONSIDER_MS: u64 = 250;
-
-/// Where a resident runtime is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Phase {
-    /// Started, not yet warm.
-    Loading { since: Time },
-    /// Serving.
-    Warm,
-    /// Taking no new request; stopped when nothing is in flight or at `deadline`.
-    Draining { since: Time, deadline: Time },
-    /// Told to stop; waiting for its exit, told again at `deadline` (the shell kills then).
-    Stopping { deadline: Time },
-}
-
-/// One resident runtime.
-#[derive(Clone, Debug)]
-pub(super) struct Resident {
-    pub(super) phase: Phase,
-    /// Requests in flight, with their context tokens.
-    pub(super) in_flight: BTreeMap<RequestId, u32>,
-    pub(super) in_flight_tokens: u64,
-    /// Requests that were waiting for it when it was chosen and are not routed yet: it
-    /// serves them before it may go.
-    pub(super) committed: BTreeSet<RequestId>,
-    pub(super) last_used: Time,
-}
 
 /// The transition under way: runtimes drained to make room for `to`.
 #[derive(Clone, Debug)]
@@ -56,17 +30,10 @@ struct Transition {
 
 /// One GPU's scheduler. See the module docs of [`crate::gpu`].
 pub struct GpuScheduler {
-    pub(super) config: GpuConfig,
-    pub(super) profiles: BTreeMap<ModelName, ModelProfile>,
-    pub(super) load_ms: BTreeMap<ModelName, f64>,
-    pub(super) rates: BTreeMap<ModelName, Rate>,
-    /// The class of each model's latest request.
-    pub(super) last_class: BTreeMap<ModelName, Class>,
-    pub(super) resident: BTreeMap<ModelName, Resident>,
-    pub(super) queues: BTreeMap<ModelName, Queue>,
-    pub(super) waiting: usize,
+    state: State,
+    waiting: usize,
     next_order: u64,
-    pub(super) routed: BTreeMap<RequestId, ModelName>,
+    routed: BTreeMap<RequestId, ModelName>,
     transition: Option<Transition>,
     failed_starts: BTreeMap<ModelName, u32>,
     /// When to ask the policy again though nothing came in.
@@ -82,13 +49,15 @@ impl GpuScheduler {
             .map(|p| (p.name.clone(), p.load_ms as f64))
             .collect();
         GpuScheduler {
-            config,
-            profiles: models.into_iter().map(|p| (p.name.clone(), p)).collect(),
-            load_ms,
-            rates: BTreeMap::new(),
-            last_class: BTreeMap::new(),
-            resident: BTreeMap::new(),
-            queues: BTreeMap::new(),
+            state: State {
+                config,
+                profiles: models.into_iter().map(|p| (p.name.clone(), p)).collect(),
+                load_ms,
+                rates: BTreeMap::new(),
+                last_class: BTreeMap::new(),
+                resident: BTreeMap::new(),
+                queues: BTreeMap::new(),
+            },
             waiting: 0,
             next_order: 0,
             routed: BTreeMap::new(),
@@ -102,18 +71,12 @@ impl GpuScheduler {
 
     /// VRAM the runtimes may use: the GPU's less the reserved margin.
     pub fn budget_bytes(&self) -> u64 {
-        self.config
-            .vram_bytes
-            .saturating_sub(self.config.reserved_bytes)
+        self.state.budget_bytes()
     }
 
     /// VRAM the resident runtimes hold by their profiles.
     pub fn resident_bytes(&self) -> u64 {
-        self.resident
-            .keys()
-            .filter_map(|m| self.profiles.get(m))
-            .map(|p| p.vram_bytes)
-            .sum()
+        self.state.resident_bytes()
     }
 
     /// Requests waiting now.
@@ -122,7 +85,7 @@ impl GpuScheduler {
     }
 
     pub fn phase(&self, m: &ModelName) -> Option<Phase> {
-        self.resident.get(m).map(|r| r.phase)
+        self.state.resident.get(m).map(|r| r.phase)
     }
 
     /// The next output, if any.
@@ -133,7 +96,8 @@ impl GpuScheduler {
     /// When to call [`GpuScheduler::tick`] next: the earliest drain bound, or the next time
     /// the policy is asked again while requests wait for a model that is not resident.
     pub fn poll_timeout(&self) -> Option<Time> {
-        self.resident
+        self.state
+            .resident
             .values()
             .filter_map(|r| match r.phase {
                 Phase::Draining { deadline, .. } | Phase::Stopping { deadline } => Some(deadline),
@@ -153,7 +117,7 @@ impl GpuScheduler {
             GpuInput::Arrive(request) => self.arrive(request, now),
             GpuInput::Finished { id } => {
                 if let Some(m) = self.routed.remove(&id)
-                    && let Some(r) = self.resident.get_mut(&m)
+                    && let Some(r) = self.state.resident.get_mut(&m)
                 {
                     if let Some(tokens) = r.in_flight.remove(&id) {
                         r.in_flight_tokens -= u64::from(tokens);
@@ -162,13 +126,17 @@ impl GpuScheduler {
                 }
             }
             GpuInput::Loaded { model } => {
-                if let Some(r) = self.resident.get_mut(&model)
+                if let Some(r) = self.state.resident.get_mut(&model)
                     && let Phase::Loading { since } = r.phase
                 {
                     let took_ms = now.since(since).as_millis() as u64;
                     r.phase = Phase::Warm;
                     r.last_used = now;
-                    let est = self.load_ms.entry(model.clone()).or_insert(took_ms as f64);
+                    let est = self
+                        .state
+                        .load_ms
+                        .entry(model.clone())
+                        .or_insert(took_ms as f64);
                     *est = (1.0 - LOAD_LEARN) * *est + LOAD_LEARN * took_ms as f64;
                     self.failed_starts.remove(&model);
                     if self.transition.as_ref().is_some_and(|t| t.to == model) {
@@ -186,7 +154,7 @@ impl GpuScheduler {
     }
 
     fn arrive(&mut self, request: Request, now: Time) {
-        let Some(profile) = self.profiles.get(&request.model) else {
+        let Some(profile) = self.state.profiles.get(&request.model) else {
             self.out.push_back(GpuOutput::Refuse {
                 id: request.id,
                 retry_after_ms: 0,
@@ -202,11 +170,16 @@ impl GpuScheduler {
             });
             return;
         }
-        let free_slot = self.resident.get(&request.model).is_some_and(|r| {
+        let free_slot = self.state.resident.get(&request.model).is_some_and(|r| {
             r.phase == Phase::Warm && r.in_flight.len() < profile.discipline.slots() as usize
         });
-        if self.waiting >= self.config.max_waiting && !free_slot {
-            let retry_after_ms = self.load_ms.get(&request.model).copied().unwrap_or(0.0) as u64;
+        if self.waiting >= self.state.config.max_waiting && !free_slot {
+            let retry_after_ms = self
+                .state
+                .load_ms
+                .get(&request.model)
+                .copied()
+                .unwrap_or(0.0) as u64;
             self.out.push_back(GpuOutput::Refuse {
                 id: request.id,
                 retry_after_ms: retry_after_ms.max(1000),
@@ -214,15 +187,19 @@ impl GpuScheduler {
             });
             return;
         }
-        self.rates
+        self.state
+            .rates
             .entry(request.model.clone())
             .or_default()
             .arrive(now);
-        self.last_class.insert(request.model.clone(), request.class);
+        self.state
+            .last_class
+            .insert(request.model.clone(), request.class);
         let order = self.next_order;
         self.next_order += 1;
         self.waiting += 1;
-        self.queues
+        self.state
+            .queues
             .entry(request.model.clone())
             .or_default()
             .push(Waiting {
@@ -235,7 +212,7 @@ impl GpuScheduler {
     /// A runtime's process is gone (told to stop, or crashed): what was in flight on it is
     /// refused, and a transition waiting for it reads the VRAM next.
     fn exited(&mut self, model: ModelName, now: Time) {
-        if let Some(r) = self.resident.remove(&model) {
+        if let Some(r) = self.state.resident.remove(&model) {
             for id in r.in_flight.into_keys() {
                 self.routed.remove(&id);
                 self.out.push_back(GpuOutput::Refuse {
@@ -249,7 +226,7 @@ impl GpuScheduler {
         }
         if let Some(t) = self.transition.as_mut()
             && t.releasing_since.is_none()
-            && t.evict.iter().all(|m| !self.resident.contains_key(m))
+            && t.evict.iter().all(|m| !self.state.resident.contains_key(m))
         {
             t.releasing_since = Some(now);
             self.out.push_back(GpuOutput::CheckVram);
@@ -260,12 +237,12 @@ impl GpuScheduler {
     /// failed has exited. Started again (after the VRAM it held is seen free) until the
     /// watchdog's bound, then reset.
     fn load_failed(&mut self, model: ModelName, now: Time) {
-        match self.resident.get(&model).map(|r| r.phase) {
+        match self.state.resident.get(&model).map(|r| r.phase) {
             Some(Phase::Loading { .. }) => {}
             Some(_) => return self.exited(model, now),
             None => return,
         }
-        self.resident.remove(&model);
+        self.state.resident.remove(&model);
         let attempts = self.failed_starts.entry(model.clone()).or_insert(0);
         *attempts += 1;
         let attempt = *attempts;
@@ -273,7 +250,7 @@ impl GpuScheduler {
             model: model.clone(),
             attempt,
         }));
-        if attempt < self.config.max_failed_starts {
+        if attempt < self.state.config.max_failed_starts {
             // Again, once what the failed process held is seen free. (Under another model's
             // transition, it is chosen again later.)
             match self.transition.as_mut() {
@@ -283,11 +260,7 @@ impl GpuScheduler {
                 }
                 Some(_) => {}
                 None => {
-                    let committed = self
-                        .queues
-                        .get(&model)
-                        .map(|q| q.ids().collect())
-                        .unwrap_or_default();
+                    let committed = self.state.waiting_ids(&model);
                     self.transition = Some(Transition {
                         to: model,
                         evict: BTreeSet::new(),
@@ -308,7 +281,7 @@ impl GpuScheduler {
                 model: model.clone(),
                 attempts: attempt,
             }));
-        if let Some(mut q) = self.queues.remove(&model) {
+        if let Some(mut q) = self.state.queues.remove(&model) {
             for i in 0..3 {
                 while let Some(w) = q.pop(i) {
                     self.waiting -= 1;
@@ -327,16 +300,16 @@ impl GpuScheduler {
             return;
         };
         // A reading that comes after the start (a stray, or a periodic one) changes nothing.
-        if self.resident.contains_key(&t.to) {
+        if self.state.resident.contains_key(&t.to) {
             return;
         }
         let Some(since) = t.releasing_since else {
             return;
         };
-        let need = self.profiles.get(&t.to).map_or(0, |p| p.vram_bytes);
+        let need = self.state.profiles.get(&t.to).map_or(0, |p| p.vram_bytes);
         // Room for it beside what stays resident and the reserved margin.
         let others = self.resident_bytes();
-        let usable = free_bytes.saturating_sub(self.config.reserved_bytes);
+        let usable = free_bytes.saturating_sub(self.state.config.reserved_bytes);
         if usable < need || others + need > self.budget_bytes() {
             // Not released yet (the driver lags the exit): asked again by the shell.
             self.out.push_back(GpuOutput::CheckVram);
@@ -353,16 +326,12 @@ impl GpuScheduler {
     /// Starts `model`, committed to the requests that waited for it when its transition
     /// began (those still waiting), or to all waiting now when it needed none.
     fn start(&mut self, model: ModelName, now: Time) {
-        let waiting: BTreeSet<RequestId> = self
-            .queues
-            .get(&model)
-            .map(|q| q.ids().collect())
-            .unwrap_or_default();
+        let waiting: BTreeSet<RequestId> = self.state.waiting_ids(&model);
         let committed = match self.transition.as_ref().filter(|t| t.to == model) {
             Some(t) => t.committed.intersection(&waiting).copied().collect(),
             None => waiting,
         };
-        self.resident.insert(
+        self.state.resident.insert(
             model.clone(),
             Resident {
                 phase: Phase::Loading { since: now },
@@ -375,46 +344,25 @@ impl GpuScheduler {
         self.out.push_back(GpuOutput::Start { model });
     }
 
-    pub(super) fn evictions_for(&self, m: &ModelName) -> Option<Vec<ModelName>> {
-        let need = self.profiles.get(m)?.vram_bytes;
-        let budget = self.budget_bytes();
-        if need > budget {
-            return None;
-        }
-        let mut held = self.resident_bytes();
-        let mut by_age: Vec<(&ModelName, &Resident)> =
-            self.resident.iter().filter(|(n, _)| *n != m).collect();
-        by_age.sort_by_key(|(n, r)| (r.last_used, (*n).clone()));
-        let mut evict = Vec::new();
-        for (name, r) in by_age {
-            if held + need <= budget {
-                break;
-            }
-            if matches!(r.phase, Phase::Loading { .. }) {
-                return None;
-            }
-            held -= self.profiles.get(name).map_or(0, |p| p.vram_bytes);
-            evict.push(name.clone());
-        }
-        (held + need <= budget).then_some(evict)
-    }
-
     /// After every input: route what can go, let the policy begin a transition, stop what
     /// is drained.
     fn step(&mut self, now: Time) {
         self.route(now);
         if self.transition.is_none() {
-            let view = View { s: self, now };
+            let view = View {
+                s: &self.state,
+                now,
+            };
             let chosen = self.policy.choose(&view);
             if let Some(to) = chosen
-                && !self.resident.contains_key(&to)
+                && !self.state.resident.contains_key(&to)
             {
                 self.begin(to, now);
             }
         }
         // A runtime that outlives its stop is told again, louder (the shell kills it).
-        let stop_bound = crate::time::ms(self.config.stop_timeout_ms);
-        for (m, r) in self.resident.iter_mut() {
+        let stop_bound = crate::time::ms(self.state.config.stop_timeout_ms);
+        for (m, r) in self.state.resident.iter_mut() {
             if let Phase::Stopping { deadline } = r.phase
                 && now >= deadline
             {
@@ -427,7 +375,7 @@ impl GpuScheduler {
             }
         }
         let mut drained = Vec::new();
-        for (m, r) in &self.resident {
+        for (m, r) in &self.state.resident {
             if let Phase::Draining { since, deadline } = r.phase
                 && (r.in_flight.is_empty() || now >= deadline)
             {
@@ -435,9 +383,9 @@ impl GpuScheduler {
             }
         }
         for (m, since, cut) in drained {
-            if let Some(r) = self.resident.get_mut(&m) {
+            if let Some(r) = self.state.resident.get_mut(&m) {
                 r.phase = Phase::Stopping {
-                    deadline: now + crate::time::ms(self.config.stop_timeout_ms),
+                    deadline: now + crate::time::ms(self.state.config.stop_timeout_ms),
                 };
                 r.in_flight_tokens = 0;
                 for id in std::mem::take(&mut r.in_flight).into_keys() {
@@ -458,16 +406,20 @@ impl GpuScheduler {
         }
         // Routing again: a runtime that was warm before the step may have free slots now.
         self.route(now);
-        let wanting = self.queues.keys().any(|m| !self.resident.contains_key(m));
+        let wanting = self
+            .state
+            .queues
+            .keys()
+            .any(|m| !self.state.resident.contains_key(m));
         self.reconsider_at =
             (self.transition.is_none() && wanting).then(|| now + crate::time::ms(RECONSIDER_MS));
     }
 
     fn begin(&mut self, to: ModelName, now: Time) {
-        let Some(evict) = self.evictions_for(&to) else {
+        let Some(evict) = self.state.evictions_for(&to) else {
             return;
         };
-        let committed = self.queues.get(&to).map_or(0, Queue::len);
+        let committed = self.state.queues.get(&to).map_or(0, |q| q.len());
         self.out.push_back(GpuOutput::Event(GpuEvent::SwapBegun {
             to: to.clone(),
             evict: evict.clone(),
@@ -478,9 +430,9 @@ impl GpuScheduler {
             self.start(to, now);
             return;
         }
-        let deadline = now + crate::time::ms(self.config.drain_timeout_ms);
+        let deadline = now + crate::time::ms(self.state.config.drain_timeout_ms);
         for m in &evict {
-            if let Some(r) = self.resident.get_mut(m)
+            if let Some(r) = self.state.resident.get_mut(m)
                 && matches!(r.phase, Phase::Warm)
             {
                 r.phase = Phase::Draining {
@@ -489,11 +441,7 @@ impl GpuScheduler {
                 };
             }
         }
-        let committed = self
-            .queues
-            .get(&to)
-            .map(|q| q.ids().collect())
-            .unwrap_or_default();
+        let committed = self.state.waiting_ids(&to);
         self.transition = Some(Transition {
             to,
             evict: evict.into_iter().collect(),
@@ -507,18 +455,23 @@ impl GpuScheduler {
         loop {
             let mut routed_any = false;
             let serving: Vec<ModelName> = self
+                .state
                 .resident
                 .iter()
                 .filter(|(_, r)| r.phase == Phase::Warm)
                 .map(|(m, _)| m.clone())
                 .collect();
             for m in serving {
-                let slots = self.profiles.get(&m).map_or(1, |p| p.discipline.slots()) as usize;
-                while let Some(r) = self.resident.get(&m) {
+                let slots = self
+                    .state
+                    .profiles
+                    .get(&m)
+                    .map_or(1, |p| p.discipline.slots()) as usize;
+                while let Some(r) = self.state.resident.get(&m) {
                     if r.in_flight.len() >= slots {
                         break;
                     }
-                    let Some(q) = self.queues.get(&m) else {
+                    let Some(q) = self.state.queues.get(&m) else {
                         break;
                     };
                     let next = if self.policy.arrival_order() {
@@ -530,14 +483,20 @@ impl GpuScheduler {
                         break;
                     };
                     let head = &q.by_class[i][0];
-                    if !self.policy.may_route(&View { s: self, now }, head) {
+                    if !self.policy.may_route(
+                        &View {
+                            s: &self.state,
+                            now,
+                        },
+                        head,
+                    ) {
                         break;
                     }
-                    let Some(w) = self.queues.get_mut(&m).and_then(|q| q.pop(i)) else {
+                    let Some(w) = self.state.queues.get_mut(&m).and_then(|q| q.pop(i)) else {
                         break;
                     };
                     self.waiting -= 1;
-                    let r = self.resident.get_mut(&m).expect("checked above");
+                    let r = self.state.resident.get_mut(&m).expect("checked above");
                     r.in_flight.insert(w.request.id, w.request.context_tokens);
                     r.in_flight_tokens += u64::from(w.request.context_tokens);
                     r.committed.remove(&w.request.id);
@@ -555,6 +514,6 @@ impl GpuScheduler {
                 break;
             }
         }
-        self.queues.retain(|_, q| q.len() > 0);
+        self.state.queues.retain(|_, q| q.len() > 0);
     }
 }

@@ -2,13 +2,13 @@
 //! learned load times and arrival rates, read-only.
 
 use super::queue::{CLASSES, Queue, class_weight};
-use super::scheduler::{GpuScheduler, Phase};
+use super::state::{Phase, State};
 use super::{Class, ModelName, ModelProfile, Waiting};
 use crate::Time;
 
 /// What a policy sees of the scheduler.
 pub struct View<'a> {
-    pub(super) s: &'a GpuScheduler,
+    pub(super) s: &'a State,
     pub now: Time,
 }
 
@@ -87,26 +87,23 @@ impl View<'_> {
         self.s.rates.get(m).map_or(0.0, |r| r.per_ms(self.now))
     }
 
-    /// The weight of the heaviest class among the model's waiting requests, if any wait.
-    pub fn waiting_weight(&self, m: &ModelName) -> Option<f64> {
+    /// The heaviest class among the model's waiting requests, if any wait.
+    fn heaviest_waiting(&self, m: &ModelName) -> Option<Class> {
         let q = self.s.queues.get(m)?;
         CLASSES
             .iter()
             .enumerate()
             .find(|(i, _)| !q.by_class[*i].is_empty())
-            .map(|(_, c)| class_weight(*c))
+            .map(|(_, c)| *c)
     }
 
-    /// The heaviest class among the model's waiting requests and lately arrived ones: its
-    /// weight prices the wait a swap away would cost them.
+    /// The weight of the heaviest class among the model's waiting requests, if any wait.
+    pub fn waiting_weight(&self, m: &ModelName) -> Option<f64> {
+        self.heaviest_waiting(m).map(class_weight)
+    }
+
     pub fn weight(&self, m: &ModelName) -> f64 {
-        let waiting = self.s.queues.get(m).and_then(|q| {
-            CLASSES
-                .iter()
-                .enumerate()
-                .find(|(i, _)| !q.by_class[*i].is_empty())
-                .map(|(_, c)| *c)
-        });
+        let waiting = self.heaviest_waiting(m);
         let last = self.s.last_class.get(m).copied();
         let heaviest = match (waiting, last) {
             (Some(a), Some(b)) => a.min(b),
