@@ -10,6 +10,11 @@ pub struct Thresholds {
     pub cpu: f64,
     pub memory: f64,
     pub gpu: f64,
+    /// Whether the host's sensed CPU utilisation counts: against `cpu`, and in the free CPU
+    /// an offer weighs. Agents that share one host (several nodes on a test machine,
+    /// containers on one box) each sense the others' load as their own; with `false` only
+    /// the CPU committed to their instances counts, as a scheduler by requests would.
+    pub cpu_sensed: bool,
 }
 
 impl Default for Thresholds {
@@ -18,6 +23,7 @@ impl Default for Thresholds {
             cpu: 0.80,
             memory: 0.85,
             gpu: 0.90,
+            cpu_sensed: true,
         }
     }
 }
@@ -26,7 +32,7 @@ impl Thresholds {
     /// The first resource whose sensed use is over its threshold, if any. `gpu` limits the GPU
     /// check to one GPU; `None` checks every GPU.
     pub fn over(&self, load: &Load, capacity: &Capacity, gpu: Option<usize>) -> Option<Resource> {
-        if load.cpu_util > self.cpu {
+        if self.cpu_sensed && load.cpu_util > self.cpu {
             return Some(Resource::Cpu);
         }
         if capacity.memory_bytes > 0
@@ -40,6 +46,17 @@ impl Thresholds {
             None => load.gpus.iter().any(hot),
         };
         gpu_hot.then_some(Resource::Gpu)
+    }
+
+    /// The fraction of the node's CPU taken: the larger of what is sensed (when it counts)
+    /// and what its instances were committed.
+    pub fn cpu_taken(&self, load: &Load, capacity: &Capacity, committed_millicores: u64) -> f64 {
+        let committed = committed_millicores as f64 / capacity.cpu_millicores.max(1) as f64;
+        if self.cpu_sensed {
+            load.cpu_util.max(committed)
+        } else {
+            committed
+        }
     }
 }
 

@@ -295,3 +295,59 @@ fn targets_recheck_fit_at_dispatch() {
     assert_eq!(b.hosted().len(), 1);
     assert_eq!(b.committed().cpu_millicores, 1500);
 }
+
+/// A node whose host CPU is saturated: with the sensed CPU counting (the default) it
+/// declines or offers nothing the gate passes, whatever `thresholds.cpu` allows; with
+/// `cpu_sensed = false` (agents sharing one host) only what its instances were committed
+/// counts, so it offers the room it has.
+#[test]
+fn a_saturated_host_offers_only_when_its_sensed_cpu_does_not_count() {
+    let demand = Demand {
+        service: qs_wire::ServiceName::new("web").unwrap(),
+        pattern: qs_wire::HaPattern::Stateless,
+        need: qs_wire::Resources {
+            cpu_millicores: 100,
+            memory_bytes: GIB / 32,
+            vram_bytes: 0,
+        },
+        labels: BTreeMap::new(),
+        max_per_node: 1,
+    };
+    // (thresholds.cpu, cpu_sensed, declines, passes the gate)
+    let cases = [
+        (0.8, true, true, false),
+        (1.0, true, false, false),
+        (1.0, false, false, true),
+        (0.8, false, false, true),
+    ];
+    for (cpu, cpu_sensed, declines, passes) in cases {
+        let mut config = Config::default();
+        config.thresholds.cpu = cpu;
+        config.thresholds.cpu_sensed = cpu_sensed;
+        let reg = Registry::new(&config);
+        let mut b = Node::new(&node_spec("b", 2000), config.clone(), 1, Time::ZERO);
+        let load = qs_wire::Load {
+            cpu_util: 1.0,
+            memory_used_bytes: GIB,
+            gpus: vec![],
+        };
+        let instances = BTreeMap::new();
+        b.handle(Input::Sensed { load, instances }, Time::ZERO, &reg);
+        let case = format!("thresholds.cpu {cpu}, cpu_sensed {cpu_sensed}");
+        match b.offer_for(&demand, START, &reg) {
+            Err(reason) => {
+                assert!(declines, "{case}: declined ({reason:?})");
+                assert_eq!(
+                    reason,
+                    DeclineReason::OverThreshold {
+                        resource: Resource::Cpu
+                    }
+                );
+            }
+            Ok(offer) => {
+                assert!(!declines, "{case}: offered {offer:?}");
+                assert_eq!(offer.composite.value > config.gate_min, passes, "{case}");
+            }
+        }
+    }
+}

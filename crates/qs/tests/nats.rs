@@ -8,7 +8,7 @@ use qs_fabric::nats_server::NatsServer;
 
 /// The nodes run on one machine, so their host CPU is shared: a busy test machine must not
 /// make every node refuse work. Heartbeats and failure detection keep their defaults.
-const CONFIG: &str = "[thresholds]\ncpu = 1.0\nmemory = 1.0\n";
+const CONFIG: &str = "[thresholds]\ncpu_sensed = false\nmemory = 1.0\n";
 
 const WEB: &str = r#"
 [service.web]

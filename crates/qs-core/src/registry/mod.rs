@@ -299,11 +299,10 @@ impl Registry {
     fn reweigh(&mut self, slot: usize) {
         let st = &self.slots[slot].status;
         let over = self.thresholds.over(&st.load, &st.capacity, None).is_some();
-        let cpu_cap = st.capacity.cpu_millicores.max(1) as f64;
         let cpu_free = 1.0
-            - st.load
-                .cpu_util
-                .max(st.committed.cpu_millicores as f64 / cpu_cap);
+            - self
+                .thresholds
+                .cpu_taken(&st.load, &st.capacity, st.committed.cpu_millicores);
         let base = if over || st.draining {
             0.0
         } else {

@@ -193,12 +193,12 @@ impl Host {
         } else {
             (None, 0, None)
         };
-        let cpu_cap = self.capacity.cpu_millicores.max(1) as f64;
         let cpu_free = 1.0
-            - self
-                .load
-                .cpu_util
-                .max(self.committed.cpu_millicores as f64 / cpu_cap);
+            - self.config.thresholds.cpu_taken(
+                &self.load,
+                &self.capacity,
+                self.committed.cpu_millicores,
+            );
         let pressure = self.pressure(&demand.service, now);
         Ok(Offer {
             composite: composite(pressure, vram_free, cpu_free, self.level),
