@@ -56,4 +56,6 @@ pub struct Shared {
     pub state_dir: qs_store::StateDir,
     /// The process's keyring: seals what its nodes send, opens what they receive.
     pub auth: Arc<crate::identity::Auth>,
+    /// The model hosts of its nodes, for the OpenAI-compatible entry point.
+    pub models: Arc<crate::models::Registry>,
 }

@@ -16,6 +16,14 @@ pub struct Counters {
     pub nodes_declared_dead: Counter,
     /// Specs read from the fleet's KV that broke a rule and were not applied.
     pub specs_refused: Counter,
+    /// Model runtime swaps begun (a runtime drained to make room for another).
+    pub model_swaps: Counter,
+    /// Model runtimes that loaded and turned warm.
+    pub model_loads: Counter,
+    /// Model runtimes the watchdog reset after repeated failed starts (alerts).
+    pub model_watchdog_resets: Counter,
+    /// Model requests refused (stasis full, runtime failed, withdrawn), by status.
+    pub model_requests_refused: Counter,
     /// Orders (dispatch, stop, promote) not obeyed, by reason: `not_steward`,
     /// `unknown_service`.
     pub orders_refused: Family<Vec<(String, String)>, Counter>,

@@ -106,6 +106,66 @@ fn gpu_source(host: bool, spec: &NodeSpec) -> Box<dyn crate::sense::GpuSource> {
     })
 }
 
+/// The model host of a node with GPUs: NVML's free memory on a real host that has the
+/// driver, else the simulated GPUs' accounting under the state directory.
+fn model_host<F: Fabric>(
+    opts: &FleetOptions,
+    shared: &Arc<Shared>,
+    fabric: &F,
+    spec: &NodeSpec,
+) -> Result<crate::models::HostSetup<F>, FleetError> {
+    use crate::models::{GpuSetup, VramReader};
+    let nvml = opts
+        .host
+        .then(|| crate::sense::Nvml::load().ok().map(Arc::new))
+        .flatten();
+    let mut gpus = Vec::new();
+    for (i, g) in spec.capacity.gpus.iter().enumerate() {
+        let reader = match &nvml {
+            Some(n) => VramReader::Nvml(n.clone(), i as u32),
+            None => {
+                let dir = shared
+                    .state_dir
+                    .root()
+                    .join("gpus")
+                    .join(spec.id.as_str())
+                    .join(i.to_string());
+                let gpu = crate::simgpu::SimGpu::create(&dir, g.vram_bytes).map_err(|source| {
+                    FleetError::Store(qs_store::StoreError::Io {
+                        path: dir.clone(),
+                        source,
+                    })
+                })?;
+                VramReader::Simulated(gpu)
+            }
+        };
+        gpus.push(GpuSetup {
+            index: i as u32,
+            vram_bytes: g.vram_bytes,
+            reader,
+        });
+    }
+    Ok(crate::models::HostSetup {
+        node: spec.id.clone(),
+        fabric: fabric.clone(),
+        registry: shared.models.clone(),
+        journal: shared.journal.clone(),
+        counters: shared.counters.clone(),
+        gpus,
+        config: opts.config.models.gpu(0),
+        policy: opts
+            .config
+            .models
+            .policy()
+            .unwrap_or(qs_core::gpu::PolicyKind::TippingPoint),
+        log_dir: shared
+            .state_dir
+            .path(qs_store::StateFile::Logs(&spec.id))
+            .join("models"),
+        stop_grace: opts.stop_grace,
+    })
+}
+
 /// A running fleet of one process: every node of `qs up` on the in-memory fabric, or the one
 /// node of `qs agent` on NATS.
 pub struct EmbeddedFleet<F: Fabric = MemoryFabric> {
@@ -190,6 +250,7 @@ impl<F: Fabric> EmbeddedFleet<F> {
             controls: RwLock::default(),
             sensor: Mutex::new(Sensor::new().ok()),
             state_dir: state.clone(),
+            models: Default::default(),
         });
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
@@ -250,6 +311,10 @@ impl<F: Fabric> EmbeddedFleet<F> {
                 noop,
                 detect: i == 0,
             };
+            if !opts.noop_executor && !spec.capacity.gpus.is_empty() {
+                let setup = model_host(&opts, &shared, &fabric, &spec)?;
+                tasks.spawn(crate::models::host(setup, stop_rx.clone()));
+            }
             let rx = stop_rx.clone();
             let id = spec.id.clone();
             tasks.spawn(async move {

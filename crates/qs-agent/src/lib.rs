@@ -21,6 +21,7 @@ pub mod journal;
 pub mod membership;
 pub mod mirror;
 pub mod model_double;
+pub mod models;
 mod monitor;
 pub mod names;
 pub mod orphans;
@@ -28,6 +29,7 @@ pub mod run_as;
 pub mod runtime;
 mod sandbox;
 pub mod sense;
+pub mod simgpu;
 pub mod specs;
 pub mod v1;
 

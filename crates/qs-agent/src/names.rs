@@ -6,3 +6,5 @@ pub const SPECS_BUCKET: &str = "specs";
 pub const INSTANCES_BUCKET: &str = "instances";
 /// Node identities: each node's `NodeRecord` (key: the node).
 pub const NODES_BUCKET: &str = "nodes";
+/// Model runtimes: each `[model.NAME]`'s `ModelSpec` (key: the model).
+pub const MODELS_BUCKET: &str = "models";

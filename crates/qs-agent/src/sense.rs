@@ -48,6 +48,19 @@ impl Nvml {
         })?;
         Ok(Nvml { nvml, count })
     }
+
+    /// GPU `index`'s free memory as the driver reports it: what a swap waits for before it
+    /// starts the next runtime.
+    pub fn free_vram_bytes(&self, index: u32) -> Result<u64, SenseError> {
+        self.nvml
+            .device_by_index(index)
+            .and_then(|d| d.memory_info())
+            .map(|m| m.free)
+            .map_err(|e| SenseError::Nvml {
+                what: "memory info",
+                detail: e.to_string(),
+            })
+    }
 }
 
 impl GpuSource for Nvml {

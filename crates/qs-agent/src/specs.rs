@@ -1,7 +1,7 @@
 //! Desired state in the fleet's specs KV: storing a document's workloads, and watching them.
 
 use crate::error::AgentError;
-use crate::names::SPECS_BUCKET;
+use crate::names::{MODELS_BUCKET, SPECS_BUCKET};
 use qs_fabric::{Bytes, Fabric, Kv};
 use qs_wire::ServiceName;
 use std::time::Duration;
@@ -10,32 +10,31 @@ use std::time::Duration;
 /// under load answers slowly, and a try cut short would only start over.
 const WATCH_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Stores every workload of a document as desired state (the KV every node watches).
-/// Validation happened when the document was parsed; this is all or nothing per workload.
+/// Stores every workload of a document as desired state (the KV every node watches), and
+/// every model runtime in the models KV (which every model host watches). Validation
+/// happened when the document was parsed; this is all or nothing per workload or model.
 pub async fn put_specs<F: Fabric>(
     fabric: &F,
     doc: &qs_wire::SpecDocument,
 ) -> Result<Vec<ServiceName>, qs_fabric::FabricError> {
-    let kv = fabric.kv(SPECS_BUCKET).await?;
     let mut applied = Vec::new();
-    for w in &doc.workloads {
-        let bytes = Bytes::from(serde_json::to_vec(w).expect("specs serialize"));
-        kv.put(w.name.as_str(), bytes).await?;
-        applied.push(w.name.clone());
+    if !doc.workloads.is_empty() {
+        let kv = fabric.kv(SPECS_BUCKET).await?;
+        for w in &doc.workloads {
+            let bytes = Bytes::from(serde_json::to_vec(w).expect("specs serialize"));
+            kv.put(w.name.as_str(), bytes).await?;
+            applied.push(w.name.clone());
+        }
+    }
+    if !doc.models.is_empty() {
+        let kv = fabric.kv(MODELS_BUCKET).await?;
+        for m in &doc.models {
+            let bytes = Bytes::from(serde_json::to_vec(m).expect("models serialize"));
+            kv.put(m.name.as_str(), bytes).await?;
+            applied.push(m.name.clone());
+        }
     }
     Ok(applied)
-}
-
-/// Why `doc` cannot be applied yet, if it declares model runtimes: they are parsed and
-/// checked (`qs check`), but this agent does not run them yet, and applying them would
-/// change nothing.
-pub fn unsupported(file: &str, doc: &qs_wire::SpecDocument) -> Option<String> {
-    let first = doc.models.first()?;
-    Some(format!(
-        "{file}: model.{}: model runtimes are checked but not yet run by this qs; apply \
-         services and jobs only",
-        first.name
-    ))
 }
 
 /// Watches the specs KV, giving up after a while when the fabric cannot serve it (its server

@@ -147,6 +147,8 @@ pub struct Config {
     /// never among them unless named here: whoever can write a spec could otherwise run
     /// commands as root on every node.
     pub child_users: Vec<String>,
+    /// Model runtimes on GPUs: the reserved margin, stasis and drain bounds, the policy.
+    pub models: crate::gpu::ModelsConfig,
 }
 
 impl Default for Config {
@@ -192,6 +194,7 @@ impl Default for Config {
             ledger_max_age_ms: 7 * 86_400_000,
             ledger_max_bytes: 512 << 20,
             child_users: vec!["nobody".into()],
+            models: Default::default(),
         }
     }
 }
@@ -321,6 +324,8 @@ impl Config {
                 message: "must be at least query_timeout_min_ms".into(),
             });
         }
-        Ok(())
+        self.models
+            .check()
+            .map_err(|(field, message)| ConfigError { field, message })
     }
 }

@@ -184,6 +184,46 @@ pub enum Event {
         field: String,
         reason: String,
     },
+    /// A step of a model runtime's life on GPU `gpu` (seed 003's transition: a swap begun,
+    /// drained, stopped, VRAM released, loaded), or the watchdog's verdict, with how long the
+    /// step took (0 where it has no duration) and what it concerns.
+    ModelRuntime {
+        gpu: u32,
+        model: ServiceName,
+        step: ModelStep,
+        took_ms: u64,
+        detail: String,
+    },
+    /// A model spec in the fleet's `models` KV broke a rule; the one in force (if any) stays.
+    ModelRefused {
+        key: String,
+        field: String,
+        reason: String,
+    },
+}
+
+/// The steps of a model runtime's transition and the watchdog's verdicts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelStep {
+    /// A swap begins: the runtimes in `detail` drain to make room for `model`.
+    SwapBegun,
+    /// Nothing was in flight on it any more (or its drain bound passed, cutting some).
+    Drained,
+    /// Its process exited.
+    Stopped,
+    /// Told to stop, it had not exited within its bound: it is killed.
+    StopOverdue,
+    /// The VRAM the stopped runtimes held was seen free, before `model` starts.
+    VramReleased,
+    /// Started: its process runs and it loads.
+    Started,
+    /// Warm: it answered its health and warm checks.
+    Loaded,
+    /// A start failed (`detail` says why and which attempt).
+    LoadFailed,
+    /// The watchdog gave up on it after repeated failed starts: an alert.
+    WatchdogReset,
 }
 
 /// An event as stored: its place in the ledger, when, and which node wrote it.

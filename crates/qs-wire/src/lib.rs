@@ -15,7 +15,7 @@ pub mod resources;
 pub mod spec;
 
 pub use envelope::{Envelope, MessageId, WIRE_VERSION, WireError};
-pub use event::{DeclineFrom, Event, LocalVerdict, OfferFrom, Record, SenseReason};
+pub use event::{DeclineFrom, Event, LocalVerdict, ModelStep, OfferFrom, Record, SenseReason};
 pub use frame::{Frame, FrameError, FrameKind};
 pub use identity::NodeRecord;
 pub use ids::{InstanceId, NameError, NodeId, PlacementId, ServiceName};
@@ -26,6 +26,6 @@ pub use message::{
 pub use resources::{Capacity, Committed, GpuCapacity, GpuLoad, InstanceLoad, Load, Resources};
 pub use spec::{
     Authority, HaPattern, HealthCheck, InvalidField, MAX_LEVEL, ModelDiscipline, ModelSpec,
-    ModelTier, NodeSpec, Probe, SpecDocument, SpecError, WorkloadKind, WorkloadSpec,
+    ModelTier, NodeSpec, Probe, SpecDocument, SpecError, WorkloadKind, WorkloadSpec, decode_model,
     decode_workload, parse_spec,
 };

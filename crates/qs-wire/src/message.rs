@@ -184,6 +184,17 @@ impl ExitOutcome {
                 | ExitOutcome::HealthFailed { .. }
         )
     }
+
+    /// What it says of why the process ended (`completed` for a clean exit).
+    pub fn reason(&self) -> &str {
+        match self {
+            ExitOutcome::Completed => "completed",
+            ExitOutcome::Crashed { reason }
+            | ExitOutcome::FailedStart { reason }
+            | ExitOutcome::HealthFailed { reason }
+            | ExitOutcome::Stopped { reason } => reason,
+        }
+    }
 }
 
 /// One instance as its node reports it in a heartbeat.

@@ -22,7 +22,7 @@ pub use model::{
 };
 pub use validate::{
     InvalidField, MAX_COMMAND_BYTES, MAX_LABEL_BYTES, MAX_LABELS, MAX_PROBE_MS, MAX_SPEC_BYTES,
-    check_labels, decode_workload,
+    check_labels, decode_model, decode_workload,
 };
 
 /// Highest (least authoritative) node level; level 0 is the highest authority.

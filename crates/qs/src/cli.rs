@@ -124,12 +124,23 @@ enum Command {
     Approve { service: String },
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
-    /// Test double of an OpenAI-compatible model server (stands in for vLLM or Ollama).
+    /// Test double of an OpenAI-compatible model server (stands in for vLLM or Ollama):
+    /// takes its VRAM on the simulated GPU, loads for a while, streams completions.
     ModelDouble {
         #[arg(long)]
         port: u16,
         #[arg(long, default_value = "double")]
         model: String,
+        /// VRAM it takes on the simulated GPU the agent hands it (0: none).
+        #[arg(long, default_value_t = 0)]
+        vram_mib: u64,
+        /// How long it loads before it answers its health check.
+        #[arg(long, default_value_t = 0)]
+        load_ms: u64,
+        #[arg(long, default_value_t = 5_000)]
+        prefill_tps: u64,
+        #[arg(long, default_value_t = 1_000)]
+        decode_tps: u64,
     },
     /// Run the deterministic simulator: the real core, a virtual clock, a simulated network.
     Sim {
@@ -439,12 +450,26 @@ pub fn run(cli: Cli) -> Result<()> {
             clap_complete::generate(shell, &mut cmd, "qs", &mut std::io::stdout());
             Ok(())
         }
-        Command::ModelDouble { port, model } => {
+        Command::ModelDouble {
+            port,
+            model,
+            vram_mib,
+            load_ms,
+            prefill_tps,
+            decode_tps,
+        } => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(qs_agent::model_double::serve(port, model))
-                .with_context(|| format!("serving on 127.0.0.1:{port}"))
+            let opts = qs_agent::model_double::DoubleOptions {
+                vram_bytes: vram_mib.saturating_mul(1 << 20),
+                load_ms,
+                prefill_tokens_per_s: prefill_tps,
+                decode_tokens_per_s: decode_tps,
+                ..qs_agent::model_double::DoubleOptions::new(port, model)
+            };
+            rt.block_on(qs_agent::model_double::serve(opts))
+                .with_context(|| format!("model double on 127.0.0.1:{port}"))
         }
         Command::Sim {
             nodes,

@@ -231,6 +231,27 @@ pub fn describe(event: &Event) -> String {
                 "refused the spec under key {key:?} in the KV: {field}: {reason}; the last good one stays"
             )
         }
+        Event::ModelRefused { key, field, reason } => {
+            format!(
+                "refused the model under key {key:?} in the KV: {field}: {reason}; the last good one stays"
+            )
+        }
+        Event::ModelRuntime {
+            gpu,
+            model,
+            step,
+            took_ms,
+            detail,
+        } => {
+            let mut s = format!("GPU {gpu}: {model} {step:?}");
+            if *took_ms > 0 {
+                s.push_str(&format!(" in {took_ms} ms"));
+            }
+            if !detail.is_empty() {
+                s.push_str(&format!(": {detail}"));
+            }
+            s
+        }
     }
 }
 

@@ -224,11 +224,7 @@ pub fn up(opts: Up) -> Result<()> {
     }
     let mut docs = Vec::new();
     for file in &opts.apply {
-        let doc = read_spec(file)?;
-        if let Some(why) = qs_agent::specs::unsupported(&file.display().to_string(), &doc) {
-            bail!("{why}");
-        }
-        docs.push(doc);
+        docs.push(read_spec(file)?);
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -294,10 +294,9 @@ fn the_gpu_bench_replays_traces_and_names_a_bad_line() {
     );
 }
 
-/// `[model.*]` runtimes are checked and shown by `qs check`; applying them is refused with
-/// the reason (this qs does not run them yet) before anything starts.
+/// `[model.*]` runtimes are checked and shown by `qs check`.
 #[test]
-fn model_runtimes_are_checked_and_not_yet_applied() {
+fn model_runtimes_are_checked_and_shown() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("models.toml");
     std::fs::write(
@@ -313,13 +312,4 @@ fn model_runtimes_are_checked_and_not_yet_applied() {
         shown.contains("model llama: exclusive, parallel x8, tiers 70b (40960 MiB), 8b (6144 MiB)"),
         "{shown}"
     );
-    let state = dir.path().join("state");
-    let out = qs(&["up", "-f", file, "--state-dir", state.to_str().unwrap()]);
-    assert!(!out.status.success());
-    let err = text(&out.stderr);
-    assert!(
-        err.contains("model.llama: model runtimes are checked but not yet run"),
-        "{err}"
-    );
-    assert!(!state.exists(), "nothing started");
 }

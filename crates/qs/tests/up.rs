@@ -168,7 +168,7 @@ fn bad_input_gets_a_4xx_with_a_message() {
         "/v1/specs/nothing-here",
         "",
         404,
-        "no service or job named nothing-here",
+        "no service, job or model named nothing-here",
     );
     check(
         "DELETE",

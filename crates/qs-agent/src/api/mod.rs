@@ -3,7 +3,7 @@
 //! [`guard`] first: the `Host` allow-list, the bearer token, the declared content type.
 
 use crate::control::{Control, Shared};
-use crate::names::SPECS_BUCKET;
+use crate::names::{MODELS_BUCKET, SPECS_BUCKET};
 use crate::v1::{self, RegistryView};
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
@@ -22,10 +22,12 @@ use tokio::sync::{mpsc, oneshot};
 
 mod chaos;
 mod guard;
+mod openai;
 pub mod tls;
 mod token;
 use chaos::{chaos_kill, chaos_panic, chaos_pause};
 pub use guard::{Access, MAX_API_HOSTS, declared_content_type};
+use openai::{chat, completions, embeddings, models};
 pub use token::ApiToken;
 
 /// Longest a follow request waits for new events.
@@ -87,6 +89,26 @@ impl<F: Fabric> Api<F> {
                 "specs_refused",
                 "Specs read from the fleet's KV that broke a rule (the last good one stays)",
                 &c.specs_refused,
+            ),
+            (
+                "model_swaps",
+                "Model runtime swaps begun (runtimes drained to make room for another)",
+                &c.model_swaps,
+            ),
+            (
+                "model_loads",
+                "Model runtimes loaded and warm",
+                &c.model_loads,
+            ),
+            (
+                "model_watchdog_resets",
+                "Model runtimes reset by the watchdog after repeated failed starts (alerts)",
+                &c.model_watchdog_resets,
+            ),
+            (
+                "model_requests_refused",
+                "Model requests refused (429: too many waiting; 503: runtime failed or gone)",
+                &c.model_requests_refused,
             ),
         ];
         for (name, help, counter) in counters {
@@ -232,6 +254,10 @@ pub fn router<F: Fabric>(api: Arc<Api<F>>) -> Router {
             post(drain::<F>).delete(undrain::<F>),
         )
         .route("/v1/services/{name}/approve", post(approve::<F>))
+        .route("/v1/chat/completions", post(chat::<F>))
+        .route("/v1/completions", post(completions::<F>))
+        .route("/v1/embeddings", post(embeddings::<F>))
+        .route("/v1/models", get(models::<F>))
         .with_state(api)
         .layer(axum::middleware::from_fn_with_state(access, guard::guard))
 }
@@ -539,13 +565,10 @@ async fn apply<F: Fabric>(
         Ok(d) => d,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    if let Some(why) = crate::specs::unsupported(&q.file, &doc) {
-        return error(StatusCode::BAD_REQUEST, why);
-    }
-    if doc.workloads.is_empty() {
+    if doc.workloads.is_empty() && doc.models.is_empty() {
         return error(
             StatusCode::BAD_REQUEST,
-            format!("{}: declares no service or job", q.file),
+            format!("{}: declares no service, job or model", q.file),
         );
     }
     match crate::specs::put_specs(&api.fabric, &doc).await {
@@ -564,24 +587,26 @@ async fn delete_spec<F: Fabric>(
             format!("{name:?} is not a valid service name"),
         );
     };
-    let kv = match api.fabric.kv(SPECS_BUCKET).await {
-        Ok(kv) => kv,
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-    };
-    match kv.get(service.as_str()).await {
-        Ok(Some(_)) => {}
-        Ok(None) => {
-            return error(
-                StatusCode::NOT_FOUND,
-                format!("no service or job named {service}"),
-            );
+    // A service or job, or a model: they share one namespace.
+    for bucket in [SPECS_BUCKET, MODELS_BUCKET] {
+        let kv = match api.fabric.kv(bucket).await {
+            Ok(kv) => kv,
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        };
+        match kv.get(service.as_str()).await {
+            Ok(Some(_)) => {}
+            Ok(None) => continue,
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         }
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        return match kv.delete(service.as_str()).await {
+            Ok(()) => Json(v1::Deleted { deleted: service }).into_response(),
+            Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        };
     }
-    match kv.delete(service.as_str()).await {
-        Ok(()) => Json(v1::Deleted { deleted: service }).into_response(),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-    }
+    error(
+        StatusCode::NOT_FOUND,
+        format!("no service, job or model named {service}"),
+    )
 }
 
 async fn approve<F: Fabric>(State(api): State<Arc<Api<F>>>, Path(name): Path<String>) -> Response {

@@ -123,6 +123,99 @@ impl Default for GpuConfig {
     }
 }
 
+/// The `[models]` section of the config: the bounds every GPU's scheduler of a node gets.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelsConfig {
+    /// VRAM kept on each GPU for a small resident model (seed 003's margin).
+    pub reserved_mib: u64,
+    /// Requests waiting per GPU at most (live stasis); one more is refused 429.
+    pub max_waiting: usize,
+    pub drain_timeout_ms: u64,
+    pub stop_timeout_ms: u64,
+    pub max_failed_starts: u32,
+    /// `tipping-point` (ours), `exhaustive`, `llama-swap` or `fifo`.
+    pub policy: String,
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        let g = GpuConfig::default();
+        ModelsConfig {
+            reserved_mib: g.reserved_bytes >> 20,
+            max_waiting: 1024,
+            drain_timeout_ms: g.drain_timeout_ms,
+            stop_timeout_ms: g.stop_timeout_ms,
+            max_failed_starts: g.max_failed_starts,
+            policy: PolicyKind::TippingPoint.name().to_owned(),
+        }
+    }
+}
+
+/// Most requests one GPU may hold waiting, whatever the config says.
+pub const MAX_WAITING: usize = 65_536;
+
+impl ModelsConfig {
+    /// The policy named, if it is one.
+    pub fn policy(&self) -> Option<PolicyKind> {
+        PolicyKind::ALL
+            .into_iter()
+            .find(|p| p.name() == self.policy)
+    }
+
+    /// The scheduler's bounds for a GPU of `vram_bytes`.
+    pub fn gpu(&self, vram_bytes: u64) -> GpuConfig {
+        GpuConfig {
+            vram_bytes,
+            reserved_bytes: self.reserved_mib.saturating_mul(1 << 20),
+            max_waiting: self.max_waiting,
+            drain_timeout_ms: self.drain_timeout_ms,
+            stop_timeout_ms: self.stop_timeout_ms,
+            max_failed_starts: self.max_failed_starts,
+            ..GpuConfig::default()
+        }
+    }
+
+    /// Why a value is out of range: the field and the reason.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        let within = |field, v: u64, min: u64, max: u64| {
+            if (min..=max).contains(&v) {
+                Ok(())
+            } else {
+                Err((field, format!("must be in {min}..={max}, got {v}")))
+            }
+        };
+        within("models.reserved_mib", self.reserved_mib, 0, 1 << 20)?;
+        within(
+            "models.max_waiting",
+            self.max_waiting as u64,
+            1,
+            MAX_WAITING as u64,
+        )?;
+        within(
+            "models.drain_timeout_ms",
+            self.drain_timeout_ms,
+            1,
+            3_600_000,
+        )?;
+        within("models.stop_timeout_ms", self.stop_timeout_ms, 1, 3_600_000)?;
+        within(
+            "models.max_failed_starts",
+            self.max_failed_starts.into(),
+            1,
+            100,
+        )?;
+        if self.policy().is_none() {
+            let names: Vec<&str> = PolicyKind::ALL.iter().map(|p| p.name()).collect();
+            return Err((
+                "models.policy",
+                format!("{:?} is not one of {}", self.policy, names.join(", ")),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A request's number, given by whoever feeds the scheduler.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RequestId(pub u64);
@@ -199,8 +292,9 @@ pub enum GpuEvent {
     StopOverdue {
         model: ModelName,
     },
-    /// The VRAM of the stopped runtimes was seen free.
+    /// The VRAM of the stopped runtimes was seen free: `to` starts.
     VramReleased {
+        to: ModelName,
         free_bytes: u64,
         took_ms: u64,
     },

@@ -5,7 +5,7 @@ use super::{Class, ModelName, View, Waiting, class_weight};
 
 /// Decides, after every input, whether a transition begins and which waiting requests may
 /// go. The scheduler keeps the rules of [`crate::gpu`] whatever a policy says.
-pub trait SwapPolicy: Send {
+pub trait SwapPolicy: Send + Sync {
     fn name(&self) -> &'static str;
 
     /// The model to bring onto the GPU now (draining what must go to make room), or none.

@@ -36,6 +36,8 @@ pub struct GpuScheduler {
     routed: BTreeMap<RequestId, ModelName>,
     transition: Option<Transition>,
     failed_starts: BTreeMap<ModelName, u32>,
+    /// Models withdrawn whose runtimes have not exited yet.
+    withdrawn: BTreeSet<ModelName>,
     /// When to ask the policy again though nothing came in.
     reconsider_at: Option<Time>,
     policy: Box<dyn SwapPolicy>,
@@ -63,10 +65,69 @@ impl GpuScheduler {
             routed: BTreeMap::new(),
             transition: None,
             failed_starts: BTreeMap::new(),
+            withdrawn: BTreeSet::new(),
             reconsider_at: None,
             policy,
             out: VecDeque::new(),
         }
+    }
+
+    /// A model is declared, or its spec changed: the profile counts for the next decisions.
+    /// A resident runtime of it runs on (a changed option does not reload a model).
+    pub fn declare(&mut self, profile: ModelProfile) {
+        self.withdrawn.remove(&profile.name);
+        self.state
+            .load_ms
+            .entry(profile.name.clone())
+            .or_insert(profile.load_ms as f64);
+        self.state.profiles.insert(profile.name.clone(), profile);
+    }
+
+    /// A model is withdrawn: its waiting requests are refused, a warm runtime of it drains
+    /// and stops, a loading one stops. Its profile goes once its runtime has exited (what it
+    /// holds counts until then).
+    pub fn withdraw(&mut self, model: &ModelName, now: Time) {
+        if !self.state.profiles.contains_key(model) {
+            return;
+        }
+        self.refuse_waiting(model, "the model was withdrawn");
+        if self.transition.as_ref().is_some_and(|t| &t.to == model) {
+            self.transition = None;
+        }
+        let deadline = now + crate::time::ms(self.state.config.drain_timeout_ms);
+        match self.state.resident.get_mut(model) {
+            None => {
+                self.state.profiles.remove(model);
+                return;
+            }
+            Some(r) => match r.phase {
+                Phase::Warm => {
+                    r.phase = Phase::Draining {
+                        since: now,
+                        deadline,
+                    }
+                }
+                Phase::Loading { .. } => {
+                    r.phase = Phase::Stopping {
+                        deadline: now + crate::time::ms(self.state.config.stop_timeout_ms),
+                    };
+                    self.out.push_back(GpuOutput::Stop {
+                        model: model.clone(),
+                    });
+                }
+                Phase::Draining { .. } | Phase::Stopping { .. } => {}
+            },
+        }
+        self.withdrawn.insert(model.clone());
+        self.step(now);
+    }
+
+    /// The models declared (withdrawn ones excepted).
+    pub fn models(&self) -> impl Iterator<Item = &ModelProfile> {
+        self.state
+            .profiles
+            .values()
+            .filter(|p| !self.withdrawn.contains(&p.name))
     }
 
     /// VRAM the runtimes may use: the GPU's less the reserved margin.
@@ -154,7 +215,12 @@ impl GpuScheduler {
     }
 
     fn arrive(&mut self, request: Request, now: Time) {
-        let Some(profile) = self.state.profiles.get(&request.model) else {
+        let profile = self
+            .state
+            .profiles
+            .get(&request.model)
+            .filter(|p| !self.withdrawn.contains(&p.name));
+        let Some(profile) = profile else {
             self.out.push_back(GpuOutput::Refuse {
                 id: request.id,
                 retry_after_ms: 0,
@@ -221,6 +287,9 @@ impl GpuScheduler {
                     reason: "its runtime exited",
                 });
             }
+            if self.withdrawn.remove(&model) {
+                self.state.profiles.remove(&model);
+            }
             self.out
                 .push_back(GpuOutput::Event(GpuEvent::Stopped { model }));
         }
@@ -281,14 +350,19 @@ impl GpuScheduler {
                 model: model.clone(),
                 attempts: attempt,
             }));
-        if let Some(mut q) = self.state.queues.remove(&model) {
+        self.refuse_waiting(&model, "the model's runtime failed to start");
+    }
+
+    /// Refuses every request waiting for `model`, saying `reason`.
+    fn refuse_waiting(&mut self, model: &ModelName, reason: &'static str) {
+        if let Some(mut q) = self.state.queues.remove(model) {
             for i in 0..3 {
                 while let Some(w) = q.pop(i) {
                     self.waiting -= 1;
                     self.out.push_back(GpuOutput::Refuse {
                         id: w.request.id,
                         retry_after_ms: 0,
-                        reason: "the model's runtime failed to start",
+                        reason,
                     });
                 }
             }
@@ -317,6 +391,7 @@ impl GpuScheduler {
         }
         let to = t.to.clone();
         self.out.push_back(GpuOutput::Event(GpuEvent::VramReleased {
+            to: to.clone(),
             free_bytes,
             took_ms: now.since(since).as_millis() as u64,
         }));

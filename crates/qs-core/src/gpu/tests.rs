@@ -495,3 +495,43 @@ fn a_runtime_that_outlives_its_stop_is_told_again() {
     });
     assert_eq!(rig.started("conv"), 1);
 }
+
+#[test]
+fn a_model_declared_later_is_served_and_a_withdrawn_one_drains_before_its_vram_is_free() {
+    let mut rig = Rig::new(vec![profile("code", 19 * GIB, 4)], PolicyKind::TippingPoint);
+    let early = rig.ask("conv", Class::Interactive);
+    assert!(rig.out.iter().any(
+        |o| matches!(o, GpuOutput::Refuse { id, reason, .. } if *id == early && reason.contains("no such model"))
+    ));
+    rig.s.declare(profile("conv", 17 * GIB / 2, 4));
+    let c = rig.ask("conv", Class::Interactive);
+    rig.warm("conv");
+    assert!(rig.routed(c));
+    let waiting = rig.ask("conv", Class::Interactive);
+    let waiting2 = rig.ask("conv", Class::Interactive);
+    let waiting3 = rig.ask("conv", Class::Interactive);
+    let queued = rig.ask("conv", Class::Interactive);
+    assert!(!rig.routed(queued), "four slots, all taken");
+
+    // Withdrawn: what waits is refused, what is in flight finishes, then it stops.
+    let now = rig.now;
+    rig.s.withdraw(&name("conv"), now);
+    rig.collect();
+    assert!(rig.out.iter().any(
+        |o| matches!(o, GpuOutput::Refuse { id, reason, .. } if *id == queued && reason.contains("withdrawn"))
+    ));
+    assert_eq!(rig.s.models().count(), 1, "only code is offered");
+    assert!(!rig.stopped("conv"));
+    for id in [c, waiting, waiting2, waiting3] {
+        rig.feed(GpuInput::Finished { id });
+    }
+    assert!(rig.stopped("conv"));
+    // Its VRAM counts until it has exited.
+    assert_eq!(rig.s.resident_bytes(), 17 * GIB / 2);
+    rig.feed(GpuInput::Stopped {
+        model: name("conv"),
+    });
+    assert_eq!(rig.s.resident_bytes(), 0);
+    let late = rig.ask("conv", Class::Interactive);
+    assert!(!rig.routed(late) && rig.started("conv") == 1);
+}

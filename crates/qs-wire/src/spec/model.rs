@@ -23,6 +23,7 @@
 //! ```
 
 use super::locate::Locator;
+use super::validate::{InvalidField, bad, command, within};
 use super::{HealthCheck, MAX_COMMAND_BYTES, RawHealth, SpecError, health};
 use crate::ids::ServiceName;
 use serde::{Deserialize, Serialize};
@@ -36,6 +37,10 @@ pub const MAX_CONCURRENCY: i64 = 4096;
 pub const MAX_MODEL_MS: i64 = 3_600_000;
 /// Largest VRAM one tier may need (1 TiB).
 const MAX_TIER_VRAM_MIB: i64 = 1 << 20;
+/// Longest tier name, shared runtime address and warm path.
+const MAX_TIER_NAME_BYTES: usize = 32;
+const MAX_URL_BYTES: usize = 253;
+const MAX_WARM_PATH_BYTES: usize = 256;
 const MIB: u64 = 1024 * 1024;
 
 /// Who manages a runtime's lifecycle.
@@ -82,6 +87,126 @@ pub struct ModelSpec {
     pub health: Option<HealthCheck>,
     /// A path that answers 200 once the model is loaded (`/v1/models`).
     pub warm_path: Option<String>,
+}
+
+impl ModelSpec {
+    /// Every rule a model runtime must keep, whatever way it came in: parsed from a spec
+    /// (after [`parse_spec`](super::parse_spec) located its TOML) or read from the fleet's
+    /// `models` KV bucket, where any node with write access (or a bug) may have put it.
+    pub fn validate(&self) -> Result<(), InvalidField> {
+        if let ModelDiscipline::Parallel { max_concurrency } = self.discipline {
+            within(
+                "max_concurrency",
+                max_concurrency.into(),
+                1,
+                MAX_CONCURRENCY as u64,
+            )?;
+        }
+        within(
+            "inertia_bias_ms",
+            self.inertia_bias_ms,
+            0,
+            MAX_MODEL_MS as u64,
+        )?;
+        within("load_ms", self.load_ms, 1, MAX_MODEL_MS as u64)?;
+        if self.tiers.is_empty() || self.tiers.len() > MAX_TIERS {
+            return bad("tier", format!("1 to {MAX_TIERS} tiers"));
+        }
+        let shared = self.authority == Authority::Shared;
+        if shared && self.tiers.len() > 1 {
+            return bad(
+                "tier",
+                "a shared runtime is one size: we never choose its tier",
+            );
+        }
+        for (i, t) in self.tiers.iter().enumerate() {
+            let field = |f: &str| format!("tier[{i}].{f}");
+            let well_formed = !t.name.is_empty()
+                && t.name.len() <= MAX_TIER_NAME_BYTES
+                && t.name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            if !well_formed {
+                return bad(
+                    &field("name"),
+                    format!("1 to {MAX_TIER_NAME_BYTES} letters, digits, '-', '_' or '.'"),
+                );
+            }
+            if self.tiers[..i].iter().any(|o| o.name == t.name) {
+                return bad(&field("name"), format!("tier `{}` is named twice", t.name));
+            }
+            within(
+                &field("vram_bytes"),
+                t.vram_bytes,
+                1,
+                MAX_TIER_VRAM_MIB as u64 * MIB,
+            )?;
+            if i > 0 && t.vram_bytes >= self.tiers[i - 1].vram_bytes {
+                return bad(&field("vram_bytes"), "tiers go largest first");
+            }
+            match (&t.command, shared) {
+                (Some(c), false) => {
+                    command(&field("command"), c)?;
+                    if !c.contains("{port}") {
+                        return bad(&field("command"), "must listen on {port}");
+                    }
+                }
+                (None, false) => {
+                    return bad(
+                        &field("command"),
+                        "an exclusive runtime needs the command that starts it",
+                    );
+                }
+                (Some(_), true) => {
+                    return bad(
+                        &field("command"),
+                        "a shared runtime is started by someone else: no command",
+                    );
+                }
+                (None, true) => {}
+            }
+        }
+        match (&self.url, shared) {
+            (Some(u), true) => {
+                let ok = u
+                    .strip_prefix("http://")
+                    .or_else(|| u.strip_prefix("https://"))
+                    .is_some_and(|rest| {
+                        !rest.is_empty()
+                            && rest.len() <= MAX_URL_BYTES
+                            && !rest.chars().any(|c| c.is_control() || c == ' ')
+                    });
+                if !ok {
+                    return bad("url", "must be an http:// or https:// address");
+                }
+            }
+            (None, true) => return bad("url", "a shared runtime needs the `url` it is reached at"),
+            (Some(_), false) => {
+                return bad(
+                    "url",
+                    "only a shared runtime has a `url`: an exclusive one is started here",
+                );
+            }
+            (None, false) => {}
+        }
+        if let Some(p) = &self.warm_path {
+            let ok = p.starts_with('/')
+                && p.len() <= MAX_WARM_PATH_BYTES
+                && !p.chars().any(|c| c.is_control() || c == ' ');
+            if !ok {
+                return bad(
+                    "warm_path",
+                    format!(
+                        "must be a path starting with '/' (at most {MAX_WARM_PATH_BYTES} bytes)"
+                    ),
+                );
+            }
+        }
+        if let Some(h) = &self.health {
+            super::validate::health(h)?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Deserialize)]
@@ -176,7 +301,7 @@ pub(super) fn model(
                 .get_ref()
                 .strip_prefix("http://")
                 .or_else(|| u.get_ref().strip_prefix("https://"))
-                .is_some_and(|rest| !rest.is_empty() && rest.len() <= 253);
+                .is_some_and(|rest| !rest.is_empty() && rest.len() <= MAX_URL_BYTES);
             if !ok {
                 return Err(at.error(
                     u.span(),
@@ -204,7 +329,7 @@ pub(super) fn model(
     };
     let tiers = tiers(at, path, raw, authority)?;
     let warm_path = match &m.warm_path {
-        Some(p) if p.get_ref().starts_with('/') && p.get_ref().len() <= 256 => {
+        Some(p) if p.get_ref().starts_with('/') && p.get_ref().len() <= MAX_WARM_PATH_BYTES => {
             Some(p.get_ref().clone())
         }
         Some(p) => {
@@ -216,7 +341,7 @@ pub(super) fn model(
         }
         None => None,
     };
-    Ok(ModelSpec {
+    let spec = ModelSpec {
         name,
         authority,
         discipline,
@@ -230,7 +355,12 @@ pub(super) fn model(
             .map(|h| health(at, &field("health"), h))
             .transpose()?,
         warm_path,
-    })
+    };
+    // The rules every way in shares; the checks above only locate the common mistakes
+    // more precisely.
+    spec.validate()
+        .map_err(|f| at.error(raw.span(), &field(&f.field), f.reason))?;
+    Ok(spec)
 }
 
 fn tiers(
@@ -267,7 +397,7 @@ fn tiers(
         let t = t.get_ref();
         let name = t.name.get_ref();
         let well_formed = !name.is_empty()
-            && name.len() <= 32
+            && name.len() <= MAX_TIER_NAME_BYTES
             && name
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));

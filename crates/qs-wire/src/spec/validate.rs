@@ -1,12 +1,13 @@
-//! The one check of a [`WorkloadSpec`], whatever way it came in: parsed from a spec file or
+//! The one check of a [`WorkloadSpec`] (and the decoding of a [`ModelSpec`], whose check is
+//! its own module's), whatever way it came in: parsed from a spec file or
 //! the API (after [`parse_spec`](super::parse_spec) has located its TOML), or read from the
 //! fleet's `specs` KV bucket, where any node with write access (or a bug) may have put it.
 //! Every count, size and duration is bounded, so no steward allocates, spins or underflows
 //! on what another wrote.
 
 use super::{
-    HaPattern, HealthCheck, MAX_CPU_CORES, MAX_MEMORY_MIB, MAX_REPLICAS, MIB, Probe, SpecError,
-    WorkloadKind, WorkloadSpec, line_column,
+    HaPattern, HealthCheck, MAX_CPU_CORES, MAX_MEMORY_MIB, MAX_REPLICAS, MIB, ModelSpec, Probe,
+    SpecError, WorkloadKind, WorkloadSpec, line_column,
 };
 
 /// Largest command line (a workload's, or an exec probe's).
@@ -33,14 +34,14 @@ pub struct InvalidField {
     pub reason: String,
 }
 
-fn bad(field: &str, reason: impl Into<String>) -> Result<(), InvalidField> {
+pub(super) fn bad(field: &str, reason: impl Into<String>) -> Result<(), InvalidField> {
     Err(InvalidField {
         field: field.to_owned(),
         reason: reason.into(),
     })
 }
 
-fn within(field: &str, v: u64, min: u64, max: u64) -> Result<(), InvalidField> {
+pub(super) fn within(field: &str, v: u64, min: u64, max: u64) -> Result<(), InvalidField> {
     if (min..=max).contains(&v) {
         Ok(())
     } else {
@@ -74,7 +75,7 @@ pub fn check_labels(
     Ok(())
 }
 
-fn command(field: &str, c: &str) -> Result<(), InvalidField> {
+pub(super) fn command(field: &str, c: &str) -> Result<(), InvalidField> {
     if c.trim().is_empty() {
         return bad(field, "must not be empty");
     }
@@ -90,7 +91,7 @@ fn command(field: &str, c: &str) -> Result<(), InvalidField> {
     Ok(())
 }
 
-fn health(h: &HealthCheck) -> Result<(), InvalidField> {
+pub(super) fn health(h: &HealthCheck) -> Result<(), InvalidField> {
     match &h.probe {
         Probe::Tcp => {}
         Probe::Http { path } => {
@@ -262,22 +263,58 @@ impl super::NodeSpec {
 /// A workload as the `specs` KV holds it under `key` (JSON): decoded, checked, and its name
 /// equal to its key. `source` names it in the error, e.g. `kv specs/web`.
 pub fn decode_workload(source: &str, key: &str, json: &[u8]) -> Result<WorkloadSpec, SpecError> {
-    let error = |line, column, field: &str, message: String| SpecError {
+    let spec: WorkloadSpec = decode_json(source, json)?;
+    named(source, key, spec.name.as_str())?;
+    spec.validate()
+        .map_err(|f| located(source, 1, 1, &f.field, f.reason))?;
+    Ok(spec)
+}
+
+/// A model runtime as the `models` KV holds it under `key` (JSON): decoded, checked, and its
+/// name equal to its key. `source` names it in the error, e.g. `kv models/llama`.
+pub fn decode_model(source: &str, key: &str, json: &[u8]) -> Result<ModelSpec, SpecError> {
+    let spec: ModelSpec = decode_json(source, json)?;
+    named(source, key, spec.name.as_str())?;
+    spec.validate()
+        .map_err(|f| located(source, 1, 1, &f.field, f.reason))?;
+    Ok(spec)
+}
+
+fn located(source: &str, line: usize, column: usize, field: &str, message: String) -> SpecError {
+    SpecError {
         file: source.to_owned(),
         line,
         column,
         field: field.to_owned(),
         message,
-    };
+    }
+}
+
+fn named(source: &str, key: &str, name: &str) -> Result<(), SpecError> {
+    if name == key {
+        return Ok(());
+    }
+    Err(located(
+        source,
+        1,
+        1,
+        "name",
+        format!("the spec is named {name:?} but stored under key {key:?}"),
+    ))
+}
+
+/// JSON read from a KV bucket, bounded in size, its errors located by line and column.
+fn decode_json<T: serde::de::DeserializeOwned>(source: &str, json: &[u8]) -> Result<T, SpecError> {
     if json.len() > MAX_SPEC_BYTES {
-        return Err(error(
+        return Err(located(
+            source,
             1,
             1,
             "",
             format!("{} bytes; a spec has at most {MAX_SPEC_BYTES}", json.len()),
         ));
     }
-    let spec: WorkloadSpec = serde_json::from_slice(json).map_err(|e| {
+    serde_json::from_slice(json).map_err(|e| {
         let text = String::from_utf8_lossy(json);
         let (line, column) = if e.line() == 0 {
             (1, 1)
@@ -291,20 +328,6 @@ pub fn decode_workload(source: &str, key: &str, json: &[u8]) -> Result<WorkloadS
                 + e.column().saturating_sub(1);
             line_column(&text, offset.min(text.len()))
         };
-        error(line, column, "", e.to_string())
-    })?;
-    if spec.name.as_str() != key {
-        return Err(error(
-            1,
-            1,
-            "name",
-            format!(
-                "the spec is named {:?} but stored under key {key:?}",
-                spec.name.as_str()
-            ),
-        ));
-    }
-    spec.validate()
-        .map_err(|f| error(1, 1, &f.field, f.reason))?;
-    Ok(spec)
+        located(source, line, column, "", e.to_string())
+    })
 }

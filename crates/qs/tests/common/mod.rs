@@ -83,7 +83,12 @@ impl Up {
 
     /// [`Up::start`] with `config` as its `--config` file.
     pub fn start_with_config(dir: &std::path::Path, config: &str) -> Up {
-        std::fs::write(dir.join("fleet.toml"), FLEET).unwrap();
+        Up::start_fleet(dir, FLEET, config)
+    }
+
+    /// `qs up` of `fleet` with `config` as its `--config` file and its state in `dir`.
+    pub fn start_fleet(dir: &std::path::Path, fleet: &str, config: &str) -> Up {
+        std::fs::write(dir.join("fleet.toml"), fleet).unwrap();
         std::fs::write(dir.join("config.toml"), config).unwrap();
         let arg = |f: &str| dir.join(f).display().to_string();
         Up::spawn(

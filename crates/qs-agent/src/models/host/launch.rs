@@ -1,0 +1,178 @@
+//! Starting and stopping a model runtime's process: the exclusivity check before a start,
+//! the command with its port and GPU, and the warm check that tells the scheduler it loaded
+//! (or that the load outlasted its bound).
+
+use super::{Host, Process, Warmed};
+use crate::clock::now;
+use crate::exec::Launch;
+use crate::models::http::{Target, get_status};
+use qs_core::gpu::GpuInput;
+use qs_fabric::Fabric;
+use qs_wire::{InstanceId, ModelStep, ServiceName};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// How often a starting runtime's health and warm checks are tried.
+const WARM_POLL: Duration = Duration::from_millis(100);
+/// A load may take this many times its declared time (and at least [`MIN_LOAD_BOUND`])
+/// before the watchdog counts it a failed start.
+const LOAD_BOUND_FACTOR: u32 = 4;
+const MIN_LOAD_BOUND: Duration = Duration::from_secs(10);
+
+impl<F: Fabric> Host<F> {
+    /// Starts `model`'s runtime, after checking again that no other exclusive runtime holds
+    /// the GPU beyond what the scheduler allows.
+    pub(super) fn start(&mut self, gpu: usize, model: &ServiceName) {
+        let t = now();
+        let Some(a) = self.models.get(model) else {
+            // Withdrawn since: the scheduler hears of a failed start.
+            self.gpus[gpu].scheduler.handle(
+                GpuInput::LoadFailed {
+                    model: model.clone(),
+                },
+                t,
+            );
+            return;
+        };
+        let tier = &a.spec.tiers[a.tier];
+        let g = &self.gpus[gpu];
+        let held: u64 = self
+            .processes
+            .values()
+            .filter(|p| p.gpu == gpu && &p.model != model)
+            .filter_map(|p| self.models.get(&p.model))
+            .map(|o| o.spec.tiers[o.tier].vram_bytes)
+            .sum();
+        let twice = self.processes.values().any(|p| &p.model == model);
+        if twice || held + tier.vram_bytes > g.scheduler.budget_bytes() {
+            let why = if twice {
+                "exclusivity: a runtime of it still runs".to_owned()
+            } else {
+                format!(
+                    "exclusivity: {held} bytes still held by runtimes on the GPU; {} wanted",
+                    tier.vram_bytes
+                )
+            };
+            self.failures.insert(model.clone(), why);
+            self.gpus[gpu].scheduler.handle(
+                GpuInput::LoadFailed {
+                    model: model.clone(),
+                },
+                t,
+            );
+            return;
+        }
+        let n = self.next_start;
+        self.next_start += 1;
+        let instance = instance_id(model, n);
+        let command = tier
+            .command
+            .clone()
+            .unwrap_or_default()
+            .replace("{gpu}", &g.index.to_string());
+        let mut env = BTreeMap::new();
+        env.insert("CUDA_VISIBLE_DEVICES".to_owned(), g.index.to_string());
+        if let Some((k, v)) = g.reader.env() {
+            env.insert(k, v);
+        }
+        let launch = Launch {
+            instance: instance.clone(),
+            command,
+            is_job: false,
+            env,
+            run_as: None,
+        };
+        let running = match self.exec.start(launch) {
+            Ok(r) => r,
+            Err(e) => {
+                self.failures.insert(model.clone(), e.to_string());
+                self.gpus[gpu].scheduler.handle(
+                    GpuInput::LoadFailed {
+                        model: model.clone(),
+                    },
+                    t,
+                );
+                return;
+            }
+        };
+        let health = match a.spec.health.as_ref().map(|h| &h.probe) {
+            Some(qs_wire::Probe::Http { path }) => path.clone(),
+            _ => "/health".to_owned(),
+        };
+        let warm_path = a.spec.warm_path.clone();
+        let bound = (Duration::from_millis(a.spec.load_ms) * LOAD_BOUND_FACTOR).max(MIN_LOAD_BOUND);
+        let detail = format!(
+            "tier {} (pid {}, port {})",
+            tier.name, running.pid, running.port
+        );
+        let index = g.index;
+        self.record(index, model, ModelStep::Started, detail);
+        self.processes.insert(
+            instance.clone(),
+            Process {
+                model: model.clone(),
+                gpu,
+                port: running.port,
+                warm: false,
+                stopping: false,
+            },
+        );
+        let tx = self.warm_tx.clone();
+        let target = Target::loopback(running.port);
+        tokio::spawn(async move {
+            let result = warm_check(&target, &health, warm_path.as_deref(), bound).await;
+            let _ = tx.send(Warmed { instance, result }).await;
+        });
+    }
+
+    /// Stops `model`'s runtime: SIGTERM (in-flight work was drained first); told again, it
+    /// outlived its stop bound and is killed.
+    pub(super) fn stop(&mut self, model: &ServiceName) {
+        let Some((instance, p)) = self.processes.iter_mut().find(|(_, p)| &p.model == model) else {
+            return;
+        };
+        if p.stopping {
+            self.exec.kill(instance);
+        } else {
+            p.stopping = true;
+            self.exec.stop(instance, "swapped out");
+        }
+    }
+}
+
+/// A runtime start's instance name: `m<n>-<model>`, cut to a name's length.
+fn instance_id(model: &ServiceName, n: u64) -> InstanceId {
+    let mut s = format!("m{n}-{model}");
+    s.truncate(63);
+    let s = s.trim_end_matches('-');
+    InstanceId::new(s).unwrap_or_else(|_| InstanceId::new(&format!("m{n}")).expect("valid"))
+}
+
+/// Polls until the runtime answers 200 on its health path and then its warm path, within
+/// `bound`.
+async fn warm_check(
+    target: &Target,
+    health: &str,
+    warm_path: Option<&str>,
+    bound: Duration,
+) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + bound;
+    let mut last;
+    for path in std::iter::once(health).chain(warm_path) {
+        loop {
+            match get_status(target, path).await {
+                Ok(200) => break,
+                Ok(s) => last = format!("{path} answered {s}"),
+                Err(e) => last = e,
+            }
+            if tokio::time::Instant::now() + WARM_POLL > deadline {
+                return Err(format!(
+                    "the load outlasted its bound of {} ms ({last})",
+                    bound.as_millis()
+                ));
+            }
+            tokio::time::sleep(WARM_POLL).await;
+        }
+    }
+    Ok(())
+}

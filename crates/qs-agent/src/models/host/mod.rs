@@ -1,0 +1,536 @@
+//! One node's model host: the task that drives a [`GpuScheduler`] per GPU on real runtime
+//! processes. Every decision is the scheduler's; this task only feeds it and carries out what
+//! it said (see the module docs of [`crate::models`]).
+
+use super::{Ask, Decision, Handle, MAX_ASKS, MAX_MODELS, ModelView, Registry};
+use crate::clock::now;
+use crate::counters::Counters;
+use crate::exec::{Executor, Exit};
+use crate::journal::Journal;
+use crate::names::MODELS_BUCKET;
+use crate::simgpu::SimGpu;
+use qs_core::Time;
+use qs_core::gpu::{
+    Discipline, GpuConfig, GpuInput, GpuOutput, GpuScheduler, ModelProfile, PolicyKind, Request,
+    RequestId,
+};
+use qs_fabric::{Fabric, Kv, KvEvent, Watch};
+use qs_wire::{Authority, Event, InstanceId, ModelDiscipline, ModelSpec, NodeId, ServiceName};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+
+mod launch;
+mod record;
+
+/// The VRAM is read again this soon when the scheduler found it not yet released (the driver
+/// lags a process's exit): paced, not spun.
+const VRAM_RECHECK: Duration = Duration::from_millis(100);
+/// Watching the models KV again after it failed.
+const REWATCH: Duration = Duration::from_secs(1);
+
+/// Where a GPU's free VRAM is read.
+#[derive(Clone)]
+pub enum VramReader {
+    /// The simulated GPU's accounting (a double, on machines without the driver).
+    Simulated(SimGpu),
+    /// The driver, through NVML: the real path.
+    Nvml(Arc<crate::sense::Nvml>, u32),
+}
+
+impl VramReader {
+    fn free_bytes(&self) -> Result<u64, String> {
+        match self {
+            VramReader::Simulated(g) => g.free_bytes().map_err(|e| e.to_string()),
+            VramReader::Nvml(n, i) => n.free_vram_bytes(*i).map_err(|e| e.to_string()),
+        }
+    }
+
+    fn env(&self) -> Option<(String, String)> {
+        match self {
+            VramReader::Simulated(g) => Some((
+                crate::simgpu::ENV_DIR.to_owned(),
+                g.dir().display().to_string(),
+            )),
+            VramReader::Nvml(..) => None,
+        }
+    }
+}
+
+/// One GPU of the node.
+pub struct GpuSetup {
+    pub index: u32,
+    pub vram_bytes: u64,
+    pub reader: VramReader,
+}
+
+/// What a host needs.
+pub struct HostSetup<F: Fabric> {
+    pub node: NodeId,
+    pub fabric: F,
+    /// Where the host registers itself for the entry point.
+    pub registry: Arc<Registry>,
+    pub journal: Journal,
+    pub counters: Counters,
+    pub gpus: Vec<GpuSetup>,
+    /// Bounds of every GPU's scheduler (its `vram_bytes` is each GPU's own).
+    pub config: GpuConfig,
+    pub policy: PolicyKind,
+    pub log_dir: PathBuf,
+    pub stop_grace: Duration,
+}
+
+/// A model this host took: which GPU and which tier.
+struct Assigned {
+    spec: ModelSpec,
+    gpu: usize,
+    tier: usize,
+}
+
+/// A runtime process this host started.
+struct Process {
+    model: ServiceName,
+    gpu: usize,
+    port: u16,
+    warm: bool,
+    stopping: bool,
+}
+
+struct Gpu {
+    index: u32,
+    reader: VramReader,
+    scheduler: GpuScheduler,
+    /// When the VRAM is to be read (the scheduler asked), and when it last was.
+    vram_due: Option<tokio::time::Instant>,
+    vram_read: Option<tokio::time::Instant>,
+}
+
+/// A warm check's verdict on one start.
+struct Warmed {
+    instance: InstanceId,
+    result: Result<(), String>,
+}
+
+struct Host<F: Fabric> {
+    node: NodeId,
+    fabric: F,
+    registry: Arc<Registry>,
+    journal: Journal,
+    counters: Counters,
+    gpus: Vec<Gpu>,
+    models: BTreeMap<ServiceName, Assigned>,
+    /// Shared runtimes: routed to, never started or stopped.
+    shared_models: BTreeMap<ServiceName, ModelSpec>,
+    processes: BTreeMap<InstanceId, Process>,
+    pending: BTreeMap<RequestId, (usize, oneshot::Sender<Decision>)>,
+    routed: BTreeMap<RequestId, usize>,
+    next_request: u64,
+    next_start: u64,
+    exec: Executor,
+    warm_tx: mpsc::Sender<Warmed>,
+    views: Arc<RwLock<BTreeMap<ServiceName, ModelView>>>,
+    /// Why each model's last start failed, for the scheduler's event that counts it.
+    failures: BTreeMap<ServiceName, String>,
+    /// Ledger records in the order things happened, appended after each step.
+    events: Vec<Event>,
+}
+
+/// The host of `setup.node`, registered in the process's [`super::Registry`] at once; the
+/// future it returns serves until `stop` turns true, then stops its runtimes.
+pub fn host<F: Fabric>(
+    setup: HostSetup<F>,
+    stop: watch::Receiver<bool>,
+) -> impl Future<Output = ()> + Send + 'static {
+    let (tx, asks) = mpsc::channel(MAX_ASKS);
+    let (exit_tx, exits) = mpsc::channel(256);
+    let (warm_tx, warms) = mpsc::channel(256);
+    let views = Arc::new(RwLock::new(BTreeMap::new()));
+    setup.registry.insert(
+        setup.node.clone(),
+        Handle {
+            tx,
+            views: views.clone(),
+        },
+    );
+    let gpus = setup
+        .gpus
+        .into_iter()
+        .map(|g| Gpu {
+            index: g.index,
+            reader: g.reader,
+            scheduler: GpuScheduler::new(
+                GpuConfig {
+                    vram_bytes: g.vram_bytes,
+                    ..setup.config.clone()
+                },
+                Vec::new(),
+                setup.policy.build(),
+            ),
+            vram_due: None,
+            vram_read: None,
+        })
+        .collect();
+    let host = Host {
+        node: setup.node,
+        fabric: setup.fabric,
+        registry: setup.registry,
+        journal: setup.journal,
+        counters: setup.counters,
+        gpus,
+        models: BTreeMap::new(),
+        shared_models: BTreeMap::new(),
+        processes: BTreeMap::new(),
+        pending: BTreeMap::new(),
+        routed: BTreeMap::new(),
+        next_request: 0,
+        next_start: 0,
+        exec: Executor::new(setup.log_dir, setup.stop_grace, exit_tx),
+        warm_tx,
+        views,
+        failures: BTreeMap::new(),
+        events: Vec::new(),
+    };
+    host.run(asks, exits, warms, stop)
+}
+
+impl<F: Fabric> Host<F> {
+    async fn run(
+        mut self,
+        mut asks: mpsc::Receiver<Ask>,
+        mut exits: mpsc::Receiver<Exit>,
+        mut warms: mpsc::Receiver<Warmed>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut kv_watch: Option<Watch> = None;
+        let mut rewatch_at = tokio::time::Instant::now();
+        loop {
+            if kv_watch.is_none() && tokio::time::Instant::now() >= rewatch_at {
+                match self.watch_models().await {
+                    Ok(w) => kv_watch = Some(w),
+                    Err(e) => {
+                        tracing::warn!(node = %self.node, "watching the models KV: {e}");
+                        rewatch_at = tokio::time::Instant::now() + REWATCH;
+                    }
+                }
+            }
+            let wake = self.next_wake(kv_watch.is_none().then_some(rewatch_at));
+            tokio::select! {
+                _ = stop.changed() => break,
+                Some(ask) = asks.recv() => self.on_ask(ask),
+                Some(exit) = exits.recv() => self.on_exit(exit),
+                Some(w) = warms.recv() => self.on_warm(w),
+                ev = next_kv(&mut kv_watch) => match ev {
+                    Some(Ok(ev)) => self.on_kv(ev).await,
+                    Some(Err(e)) => {
+                        tracing::warn!(node = %self.node, "the models KV watch failed: {e}");
+                        kv_watch = None;
+                        rewatch_at = tokio::time::Instant::now() + REWATCH;
+                    }
+                    None => {
+                        kv_watch = None;
+                        rewatch_at = tokio::time::Instant::now() + REWATCH;
+                    }
+                },
+                _ = tokio::time::sleep_until(wake) => self.on_time(),
+            }
+            self.drain_outputs().await;
+            self.publish_views();
+        }
+        self.registry.remove(&self.node);
+        self.exec.shutdown("the agent is stopping").await;
+    }
+
+    async fn watch_models(&self) -> Result<Watch, qs_fabric::FabricError> {
+        self.fabric.kv(MODELS_BUCKET).await?.watch("").await
+    }
+
+    /// The earliest of the schedulers' timeouts, the VRAM reads due and a re-watch.
+    fn next_wake(&self, rewatch: Option<tokio::time::Instant>) -> tokio::time::Instant {
+        let at = |t: Time| {
+            let d = Duration::from_micros(t.as_micros().saturating_sub(now().as_micros()));
+            tokio::time::Instant::now() + d
+        };
+        self.gpus
+            .iter()
+            .filter_map(|g| g.scheduler.poll_timeout().map(at))
+            .chain(self.gpus.iter().filter_map(|g| g.vram_due))
+            .chain(rewatch)
+            .min()
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(1))
+    }
+
+    fn on_time(&mut self) {
+        let t = now();
+        let instant = tokio::time::Instant::now();
+        for g in &mut self.gpus {
+            g.scheduler.tick(t);
+            if g.vram_due.is_some_and(|due| due <= instant) {
+                g.vram_due = None;
+                g.vram_read = Some(instant);
+                match g.reader.free_bytes() {
+                    Ok(free_bytes) => g.scheduler.handle(GpuInput::VramFree { free_bytes }, t),
+                    Err(e) => {
+                        tracing::warn!("GPU {}: free VRAM unreadable: {e}", g.index);
+                        g.vram_due = Some(instant + Duration::from_secs(1));
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_ask(&mut self, ask: Ask) {
+        match ask {
+            Ask::Request {
+                model,
+                class,
+                context_tokens,
+                reply,
+            } => {
+                let Some(gpu) = self.models.get(&model).map(|a| a.gpu) else {
+                    let _ = reply.send(Decision::Refuse {
+                        too_many: false,
+                        retry_after_ms: 0,
+                        reason: format!("no model {model} on node {}", self.node),
+                    });
+                    return;
+                };
+                let id = RequestId(self.next_request);
+                self.next_request += 1;
+                self.pending.insert(id, (gpu, reply));
+                let request = Request {
+                    id,
+                    model,
+                    class,
+                    context_tokens,
+                };
+                self.gpus[gpu]
+                    .scheduler
+                    .handle(GpuInput::Arrive(request), now());
+            }
+            Ask::Finished { id } => {
+                if let Some(gpu) = self.routed.remove(&id) {
+                    self.gpus[gpu]
+                        .scheduler
+                        .handle(GpuInput::Finished { id }, now());
+                }
+            }
+        }
+    }
+
+    fn on_exit(&mut self, exit: Exit) {
+        let Some(p) = self.processes.remove(&exit.instance) else {
+            return;
+        };
+        let input = if p.warm || p.stopping {
+            GpuInput::Stopped {
+                model: p.model.clone(),
+            }
+        } else {
+            let why = format!("exited while loading: {}", exit.outcome.reason());
+            self.failures.insert(p.model.clone(), why);
+            GpuInput::LoadFailed {
+                model: p.model.clone(),
+            }
+        };
+        self.gpus[p.gpu].scheduler.handle(input, now());
+    }
+
+    fn on_warm(&mut self, w: Warmed) {
+        let Some(p) = self.processes.get_mut(&w.instance) else {
+            return;
+        };
+        if p.stopping {
+            return;
+        }
+        let (gpu, model) = (p.gpu, p.model.clone());
+        match w.result {
+            Ok(()) => {
+                p.warm = true;
+                self.gpus[gpu]
+                    .scheduler
+                    .handle(GpuInput::Loaded { model }, now());
+            }
+            Err(why) => {
+                // The load outlasted its bound: killed, and a failed start for the watchdog.
+                self.processes.remove(&w.instance);
+                self.exec.kill(&w.instance);
+                self.failures.insert(model.clone(), why);
+                self.gpus[gpu]
+                    .scheduler
+                    .handle(GpuInput::LoadFailed { model }, now());
+            }
+        }
+    }
+
+    async fn on_kv(&mut self, ev: KvEvent) {
+        match ev {
+            KvEvent::Put(entry) => {
+                let source = format!("kv {MODELS_BUCKET}/{}", entry.key);
+                match qs_wire::decode_model(&source, &entry.key, &entry.value) {
+                    Ok(spec) => self.declare(spec),
+                    Err(e) => {
+                        tracing::warn!("refused a model: {e}");
+                        self.counters.specs_refused.inc();
+                        let mut key = entry.key.clone();
+                        key.truncate(qs_wire::spec::MAX_LABEL_BYTES);
+                        self.append(vec![Event::ModelRefused {
+                            key,
+                            field: e.field,
+                            reason: e.message,
+                        }])
+                        .await;
+                    }
+                }
+            }
+            KvEvent::Delete { key, .. } => {
+                if let Ok(name) = ServiceName::new(&key) {
+                    self.withdraw(&name);
+                }
+            }
+            KvEvent::Synced => {}
+        }
+    }
+
+    /// Takes a model (or its changed spec): the GPU and the largest tier that fits there.
+    fn declare(&mut self, spec: ModelSpec) {
+        let name = spec.name.clone();
+        if spec.authority == Authority::Shared {
+            self.withdraw(&name);
+            self.shared_models.insert(name, spec);
+            return;
+        }
+        self.shared_models.remove(&name);
+        let placed = match self.models.get(&name) {
+            Some(a) => Some(a.gpu),
+            None if self.models.len() >= MAX_MODELS => {
+                tracing::warn!("model {name} not taken: this node has {MAX_MODELS} already");
+                return;
+            }
+            None => None,
+        };
+        // Pack: the first GPU (the one it is on, if any) whose budget holds a tier.
+        let choice = self
+            .gpus
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| placed.is_none_or(|p| p == *i))
+            .find_map(|(i, g)| {
+                let budget = g.scheduler.budget_bytes();
+                spec.tiers
+                    .iter()
+                    .position(|t| t.vram_bytes <= budget)
+                    .map(|tier| (i, tier))
+            });
+        let Some((gpu, tier)) = choice else {
+            tracing::warn!("model {name}: no tier fits a GPU of node {}", self.node);
+            return;
+        };
+        self.gpus[gpu].scheduler.declare(profile(&spec, tier));
+        self.models.insert(name, Assigned { spec, gpu, tier });
+    }
+
+    fn withdraw(&mut self, name: &ServiceName) {
+        self.shared_models.remove(name);
+        if let Some(a) = self.models.remove(name) {
+            self.gpus[a.gpu].scheduler.withdraw(name, now());
+        }
+    }
+
+    /// Carries out what every scheduler decided.
+    async fn drain_outputs(&mut self) {
+        for gpu in 0..self.gpus.len() {
+            while let Some(out) = self.gpus[gpu].scheduler.poll() {
+                match out {
+                    GpuOutput::Route { id, model } => self.route(gpu, id, &model),
+                    GpuOutput::Refuse {
+                        id,
+                        retry_after_ms,
+                        reason,
+                    } => {
+                        self.routed.remove(&id);
+                        if let Some((_, reply)) = self.pending.remove(&id) {
+                            let _ = reply.send(Decision::Refuse {
+                                too_many: retry_after_ms > 0,
+                                retry_after_ms,
+                                reason: reason.to_owned(),
+                            });
+                        }
+                    }
+                    GpuOutput::Stop { model } => self.stop(&model),
+                    GpuOutput::CheckVram => {
+                        let g = &mut self.gpus[gpu];
+                        let earliest = g
+                            .vram_read
+                            .map_or_else(tokio::time::Instant::now, |t| t + VRAM_RECHECK);
+                        g.vram_due = Some(earliest.max(tokio::time::Instant::now()));
+                    }
+                    GpuOutput::Start { model } => self.start(gpu, &model),
+                    GpuOutput::Event(e) => {
+                        let event = self.event(gpu, e);
+                        self.events.push(event);
+                    }
+                }
+            }
+        }
+        let events = std::mem::take(&mut self.events);
+        self.append(events).await;
+    }
+
+    fn route(&mut self, gpu: usize, id: RequestId, model: &ServiceName) {
+        let port = self
+            .processes
+            .values()
+            .find(|p| &p.model == model && p.warm && !p.stopping)
+            .map(|p| p.port);
+        let Some((_, reply)) = self.pending.remove(&id) else {
+            return;
+        };
+        match port {
+            Some(port) => {
+                if reply.send(Decision::Route { id, port }).is_ok() {
+                    self.routed.insert(id, gpu);
+                } else {
+                    // Its client went away while it waited.
+                    self.gpus[gpu]
+                        .scheduler
+                        .handle(GpuInput::Finished { id }, now());
+                }
+            }
+            None => {
+                let _ = reply.send(Decision::Refuse {
+                    too_many: false,
+                    retry_after_ms: 0,
+                    reason: format!("{model}'s runtime is gone"),
+                });
+                self.gpus[gpu]
+                    .scheduler
+                    .handle(GpuInput::Finished { id }, now());
+            }
+        }
+    }
+}
+
+async fn next_kv(w: &mut Option<Watch>) -> Option<Result<KvEvent, qs_fabric::FabricError>> {
+    match w {
+        Some(w) => w.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The scheduler's view of a model at `tier`.
+fn profile(spec: &ModelSpec, tier: usize) -> ModelProfile {
+    ModelProfile {
+        name: spec.name.clone(),
+        vram_bytes: spec.tiers[tier].vram_bytes,
+        discipline: match spec.discipline {
+            ModelDiscipline::Parallel { max_concurrency } => {
+                Discipline::Parallel { max_concurrency }
+            }
+            ModelDiscipline::Serial => Discipline::Serial,
+        },
+        inertia_bias_ms: spec.inertia_bias_ms,
+        load_ms: spec.load_ms,
+    }
+}

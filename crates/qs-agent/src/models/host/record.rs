@@ -1,0 +1,160 @@
+//! What a model host writes down: the scheduler's events and its own as ledger records
+//! (and counters, and an alert for a watchdog reset), and the views `/v1/models` shows.
+
+use super::Host;
+use crate::clock::now;
+use crate::models::ModelView;
+use qs_core::gpu::{GpuEvent, Phase};
+use qs_fabric::Fabric;
+use qs_wire::{Event, ModelStep, ServiceName};
+use std::collections::BTreeMap;
+
+impl<F: Fabric> Host<F> {
+    /// A scheduler's event as a ledger record (and counted).
+    pub(super) fn event(&mut self, gpu: usize, e: GpuEvent) -> Event {
+        let c = &self.counters;
+        let (model, step, took_ms, detail) = match e {
+            GpuEvent::SwapBegun {
+                to,
+                evict,
+                committed,
+            } => {
+                if !evict.is_empty() {
+                    c.model_swaps.inc();
+                }
+                let evict: Vec<&str> = evict.iter().map(|m| m.as_str()).collect();
+                let detail = format!(
+                    "evicts [{}]; {committed} request(s) waiting for it",
+                    evict.join(", ")
+                );
+                (to, ModelStep::SwapBegun, 0, detail)
+            }
+            GpuEvent::Drained {
+                model,
+                took_ms,
+                cut,
+            } => (
+                model,
+                ModelStep::Drained,
+                took_ms,
+                format!("{cut} request(s) cut"),
+            ),
+            GpuEvent::Stopped { model } => (model, ModelStep::Stopped, 0, String::new()),
+            GpuEvent::StopOverdue { model } => (
+                model,
+                ModelStep::StopOverdue,
+                0,
+                "killed: it outlived its stop".to_owned(),
+            ),
+            GpuEvent::VramReleased {
+                to,
+                free_bytes,
+                took_ms,
+            } => (
+                to,
+                ModelStep::VramReleased,
+                took_ms,
+                format!("{free_bytes} bytes free"),
+            ),
+            GpuEvent::Loaded { model, took_ms } => {
+                c.model_loads.inc();
+                (model, ModelStep::Loaded, took_ms, String::new())
+            }
+            GpuEvent::LoadFailed { model, attempt } => {
+                let why = self.failures.remove(&model).unwrap_or_default();
+                let detail = format!("attempt {attempt}: {why}");
+                (model, ModelStep::LoadFailed, 0, detail)
+            }
+            GpuEvent::WatchdogReset { model, attempts } => {
+                c.model_watchdog_resets.inc();
+                tracing::error!(
+                    "ALERT: GPU {}: {model} failed {attempts} starts; reset",
+                    self.gpus[gpu].index
+                );
+                (
+                    model,
+                    ModelStep::WatchdogReset,
+                    0,
+                    format!("alert: {attempts} failed starts; its waiting requests are refused"),
+                )
+            }
+        };
+        Event::ModelRuntime {
+            gpu: self.gpus[gpu].index,
+            model,
+            step,
+            took_ms,
+            detail,
+        }
+    }
+
+    /// A step the host itself saw (a start), for the ledger in its place among the
+    /// scheduler's.
+    pub(super) fn record(
+        &mut self,
+        gpu: u32,
+        model: &ServiceName,
+        step: ModelStep,
+        detail: String,
+    ) {
+        self.events.push(Event::ModelRuntime {
+            gpu,
+            model: model.clone(),
+            step,
+            took_ms: 0,
+            detail,
+        });
+    }
+
+    pub(super) async fn append(&self, events: Vec<Event>) {
+        if events.is_empty() {
+            return;
+        }
+        self.counters.ledger_events.inc_by(events.len() as u64);
+        self.journal
+            .append(&self.node, now().as_micros(), events)
+            .await;
+    }
+
+    pub(super) fn publish_views(&self) {
+        let mut views = BTreeMap::new();
+        for (name, a) in &self.models {
+            let g = &self.gpus[a.gpu];
+            let state = match g.scheduler.phase(name) {
+                None => "absent",
+                Some(Phase::Loading { .. }) => "loading",
+                Some(Phase::Warm) => "warm",
+                Some(Phase::Draining { .. }) => "draining",
+                Some(Phase::Stopping { .. }) => "stopping",
+            };
+            let tier = &a.spec.tiers[a.tier];
+            views.insert(
+                name.clone(),
+                ModelView {
+                    name: name.clone(),
+                    node: self.node.clone(),
+                    gpu: Some(g.index),
+                    tier: tier.name.clone(),
+                    vram_bytes: tier.vram_bytes,
+                    state,
+                    url: None,
+                },
+            );
+        }
+        for (name, spec) in &self.shared_models {
+            views.insert(
+                name.clone(),
+                ModelView {
+                    name: name.clone(),
+                    node: self.node.clone(),
+                    gpu: None,
+                    tier: spec.tiers[0].name.clone(),
+                    vram_bytes: spec.tiers[0].vram_bytes,
+                    state: "shared",
+                    url: spec.url.clone(),
+                },
+            );
+        }
+        *self.views.write().unwrap_or_else(|p| p.into_inner()) = views;
+    }
+}

@@ -1,0 +1,130 @@
+//! Model runtimes on a node (seed 003): the shell around the core's [`GpuScheduler`].
+//!
+//! Each node with GPUs runs one model host ([`host`]): a task that owns one scheduler per
+//! GPU, feeds it the requests of the node's OpenAI-compatible entry point ([`proxy`]), the
+//! exits and warm checks of the runtime processes it starts, and the GPU's free VRAM (NVML,
+//! or the simulated GPU's accounting, [`crate::simgpu`]); and carries out what it decides:
+//! route, refuse with a retry-after, stop, read the VRAM, start. The model specs come from
+//! the fleet's `models` KV bucket, checked on the way in like every spec.
+//!
+//! [`GpuScheduler`]: qs_core::gpu::GpuScheduler
+
+mod host;
+mod http;
+pub mod proxy;
+
+pub use host::{GpuSetup, HostSetup, VramReader, host};
+
+use qs_core::gpu::{Class, RequestId};
+use qs_wire::{NodeId, ServiceName};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use tokio::sync::{mpsc, oneshot};
+
+/// Requests queued to one host at most; one more is answered 503 at once.
+pub const MAX_ASKS: usize = 1024;
+/// Models one host takes at most; one more is refused with a ledger event.
+pub const MAX_MODELS: usize = 256;
+
+/// What the entry point asks a host.
+pub(crate) enum Ask {
+    /// A request for `model`: answered with where to send it, or why not.
+    Request {
+        model: ServiceName,
+        class: Class,
+        context_tokens: u32,
+        reply: oneshot::Sender<Decision>,
+    },
+    /// A routed request's answer has been passed on (or its client went away).
+    Finished { id: RequestId },
+}
+
+/// A host's answer to a request.
+#[derive(Debug)]
+pub(crate) enum Decision {
+    /// Send it to the runtime on this loopback port; say [`Ask::Finished`] after.
+    Route { id: RequestId, port: u16 },
+    /// Refused: 429 when too many wait, 503 otherwise, with when to try again.
+    Refuse {
+        too_many: bool,
+        retry_after_ms: u64,
+        reason: String,
+    },
+}
+
+/// A model as a host shows it (`/v1/models`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ModelView {
+    pub name: ServiceName,
+    pub node: NodeId,
+    /// The GPU it runs on (none for a shared runtime).
+    pub gpu: Option<u32>,
+    pub tier: String,
+    pub vram_bytes: u64,
+    /// `absent`, `loading`, `warm`, `draining`, `stopping`; `shared` for a runtime someone
+    /// else manages.
+    pub state: &'static str,
+    /// A shared runtime's address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// One node's host, as the entry point reaches it.
+#[derive(Clone)]
+pub struct Handle {
+    pub(crate) tx: mpsc::Sender<Ask>,
+    pub(crate) views: Arc<RwLock<BTreeMap<ServiceName, ModelView>>>,
+}
+
+/// The hosts of this process, by node.
+#[derive(Default)]
+pub struct Registry {
+    hosts: RwLock<BTreeMap<NodeId, Handle>>,
+}
+
+impl Registry {
+    pub fn insert(&self, node: NodeId, handle: Handle) {
+        self.hosts
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node, handle);
+    }
+
+    pub fn remove(&self, node: &NodeId) {
+        self.hosts
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(node);
+    }
+
+    /// The first host (by node name) that serves `model`, with how it shows it.
+    pub(crate) fn find(&self, model: &ServiceName) -> Option<(Handle, ModelView)> {
+        let hosts = self.hosts.read().unwrap_or_else(|p| p.into_inner());
+        hosts.values().find_map(|h| {
+            let view = h
+                .views
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(model)
+                .cloned()?;
+            Some((h.clone(), view))
+        })
+    }
+
+    /// Every model of every host.
+    pub fn views(&self) -> Vec<ModelView> {
+        let hosts = self.hosts.read().unwrap_or_else(|p| p.into_inner());
+        hosts
+            .values()
+            .flat_map(|h| {
+                h.views
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .values()
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,259 @@
+//! The node's OpenAI-compatible entry point: `/v1/chat/completions`, `/v1/completions`,
+//! `/v1/embeddings` and `/v1/models`. A request is routed by its `model` to the runtime
+//! that serves it here; one for a model that is not warm waits (live stasis) while the
+//! scheduler decides, or is refused 429/503 with `Retry-After`. The runtime's answer,
+//! streamed or not, is passed through as it comes; its slot is given back when the answer
+//! ends or the client goes away.
+//!
+//! The priority class comes from the `x-qs-priority` header (`interactive`, `batch`,
+//! `ingestion`); without it, embeddings are ingestion and the rest interactive.
+
+use super::http::{Target, forward};
+use super::{Ask, Decision, Registry};
+use crate::counters::Counters;
+use axum::Json;
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use qs_core::gpu::{Class, RequestId};
+use qs_wire::ServiceName;
+use serde_json::{Value, json};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::sync::{mpsc, oneshot};
+
+/// The header that names a request's priority class.
+pub const PRIORITY_HEADER: &str = "x-qs-priority";
+/// Longest `model` name read from a request.
+const MAX_MODEL_BYTES: usize = 256;
+
+/// Which OpenAI endpoint a request came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Chat,
+    Completions,
+    Embeddings,
+}
+
+impl Endpoint {
+    fn path(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "/v1/chat/completions",
+            Endpoint::Completions => "/v1/completions",
+            Endpoint::Embeddings => "/v1/embeddings",
+        }
+    }
+}
+
+/// An OpenAI-style error body with `status`.
+fn refusal(status: StatusCode, kind: &str, message: impl Into<String>) -> Response {
+    let message = message.into();
+    (
+        status,
+        Json(json!({ "error": { "message": message, "type": kind } })),
+    )
+        .into_response()
+}
+
+/// The request's priority class, or why its header is not one.
+fn class(endpoint: Endpoint, headers: &HeaderMap) -> Result<Class, String> {
+    let Some(v) = headers.get(PRIORITY_HEADER) else {
+        return Ok(match endpoint {
+            Endpoint::Embeddings => Class::Ingestion,
+            _ => Class::Interactive,
+        });
+    };
+    match v.to_str().unwrap_or("") {
+        "interactive" => Ok(Class::Interactive),
+        "batch" => Ok(Class::Batch),
+        "ingestion" => Ok(Class::Ingestion),
+        other => Err(format!(
+            "{PRIORITY_HEADER}: {other:?} is not interactive, batch or ingestion"
+        )),
+    }
+}
+
+/// Serves one request to `endpoint`.
+pub async fn serve(
+    registry: &Registry,
+    counters: &Counters,
+    endpoint: Endpoint,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Response {
+    let invalid = |m: String| refusal(StatusCode::BAD_REQUEST, "invalid_request_error", m);
+    let parsed: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return invalid(format!("the body is not JSON: {e}")),
+    };
+    let Some(model) = parsed.get("model").and_then(Value::as_str) else {
+        return invalid("the body names no `model`".to_owned());
+    };
+    if model.len() > MAX_MODEL_BYTES {
+        return invalid(format!("`model` is longer than {MAX_MODEL_BYTES} bytes"));
+    }
+    let Ok(name) = ServiceName::new(model) else {
+        return refusal(
+            StatusCode::NOT_FOUND,
+            "model_not_found",
+            format!("no model {model:?} here"),
+        );
+    };
+    let class = match class(endpoint, headers) {
+        Ok(c) => c,
+        Err(e) => return invalid(e),
+    };
+    let Some((handle, view)) = registry.find(&name) else {
+        return refusal(
+            StatusCode::NOT_FOUND,
+            "model_not_found",
+            format!("no model {name} here"),
+        );
+    };
+    if let Some(url) = &view.url {
+        // A shared runtime: someone else runs it; pass the request on.
+        return match Target::from_url(url) {
+            Ok(target) => pass(&target, endpoint, body, None).await,
+            Err(e) => refusal(StatusCode::BAD_GATEWAY, "runtime_error", e),
+        };
+    }
+    // Prompt tokens, roughly: what a cut-off request would have to process again.
+    let context_tokens = (body.len() / 4).min(u32::MAX as usize) as u32;
+    let (reply, answer) = oneshot::channel();
+    let ask = Ask::Request {
+        model: name.clone(),
+        class,
+        context_tokens,
+        reply,
+    };
+    if handle.tx.try_send(ask).is_err() {
+        counters.model_requests_refused.inc();
+        return busy(1000, "the model host is busy".to_owned());
+    }
+    match answer.await {
+        Ok(Decision::Route { id, port }) => {
+            let finish = Finish {
+                tx: handle.tx.clone(),
+                id,
+            };
+            pass(&Target::loopback(port), endpoint, body, Some(finish)).await
+        }
+        Ok(Decision::Refuse {
+            too_many,
+            retry_after_ms,
+            reason,
+        }) => {
+            counters.model_requests_refused.inc();
+            if too_many {
+                let mut r = refusal(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", reason);
+                retry_after(&mut r, retry_after_ms);
+                r
+            } else {
+                busy(retry_after_ms, reason)
+            }
+        }
+        Err(_) => busy(1000, "the model host stopped".to_owned()),
+    }
+}
+
+/// 503 with `Retry-After`.
+fn busy(retry_after_ms: u64, reason: String) -> Response {
+    let mut r = refusal(StatusCode::SERVICE_UNAVAILABLE, "unavailable", reason);
+    retry_after(&mut r, retry_after_ms.max(1000));
+    r
+}
+
+fn retry_after(r: &mut Response, ms: u64) {
+    let secs = ms.div_ceil(1000).max(1);
+    if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+}
+
+/// Passes the request to `target`; the answer's body streams back, and `finish` is said
+/// when it ends or is dropped.
+async fn pass(
+    target: &Target,
+    endpoint: Endpoint,
+    body: Bytes,
+    finish: Option<Finish>,
+) -> Response {
+    let resp = match forward(target, Method::POST, endpoint.path(), body).await {
+        Ok(r) => r,
+        Err(e) => return refusal(StatusCode::BAD_GATEWAY, "runtime_error", e),
+    };
+    let (parts, incoming) = resp.into_parts();
+    let mut out = Response::builder().status(parts.status);
+    for name in [header::CONTENT_TYPE, header::CACHE_CONTROL] {
+        if let Some(v) = parts.headers.get(&name) {
+            out = out.header(name, v);
+        }
+    }
+    out.body(Body::new(Guarded {
+        inner: incoming,
+        _finish: finish,
+    }))
+    .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
+}
+
+/// Gives a routed request's slot back when dropped.
+struct Finish {
+    tx: mpsc::Sender<Ask>,
+    id: RequestId,
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        let id = self.id;
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(Ask::Finished { id }) {
+            let tx = self.tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(Ask::Finished { id }).await;
+            });
+        }
+    }
+}
+
+/// A runtime's answer body, holding its request's slot until it ends.
+struct Guarded {
+    inner: hyper::body::Incoming,
+    _finish: Option<Finish>,
+}
+
+impl http_body::Body for Guarded {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// `/v1/models`: every model of this process's hosts, OpenAI's shape with ours beside.
+pub fn list(registry: &Registry) -> Response {
+    let data: Vec<Value> = registry
+        .views()
+        .into_iter()
+        .map(|v| {
+            json!({
+                "id": v.name,
+                "object": "model",
+                "owned_by": "quasicrystal",
+                "qs": v,
+            })
+        })
+        .collect();
+    Json(json!({ "object": "list", "data": data })).into_response()
+}

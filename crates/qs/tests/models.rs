@@ -1,0 +1,389 @@
+//! Model runtimes end to end (seed 003): `qs up` with `qs model-double` runtimes on one
+//! simulated 24 GB GPU (the double for a GPU; the runtimes are real processes that claim
+//! their VRAM and fail "out of memory" when it is not free), reached through the agent's
+//! OpenAI-compatible entry point.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::sync::mpsc;
+
+const GPU_FLEET: &str = r#"
+[node.gpu-box]
+level = 0
+cpu_cores = 4
+memory_mib = 8192
+gpus = [{ vram_mib = 24576 }]
+"#;
+
+/// The exclusive pair of seed 003's benchmark: about 19 GB and 8.5 GB, never together on
+/// 24 GB less the 1.5 GB margin.
+const PAIR: &str = r#"
+[model.code]
+max_concurrency = 4
+load_ms = 300
+[[model.code.tier]]
+name = "19g"
+vram_mib = 19456
+command = "{qs} model-double --port {port} --model code --vram-mib 19456 --load-ms 300 --decode-tps 50"
+
+[model.conv]
+max_concurrency = 4
+load_ms = 300
+[[model.conv.tier]]
+name = "8g"
+vram_mib = 8704
+command = "{qs} model-double --port {port} --model conv --vram-mib 8704 --load-ms 300 --decode-tps 200"
+"#;
+
+fn start(dir: &std::path::Path, config: &str) -> Up {
+    Up::start_fleet(dir, GPU_FLEET, config)
+}
+
+/// Applies `spec` and waits until the host shows `model` (not started yet, or shared).
+fn declare(up: &Up, spec: &str, model: &str) {
+    up.apply(spec);
+    up.wait("the model declared", |u| {
+        ["absent", "shared"].contains(&model_state(u, model).as_str())
+    });
+}
+
+/// A completion request as an OpenAI client sends it, read to its end: the status, the
+/// `Retry-After` header, the body. `first` hears when the first bytes of the body came.
+fn post(
+    up: &Up,
+    path: &str,
+    body: &Value,
+    first: Option<mpsc::Sender<()>>,
+) -> (u16, Option<String>, String) {
+    let addr = up.api.trim_start_matches("http://").to_owned();
+    let body = body.to_string();
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        up.token().unwrap(),
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut r = BufReader::new(s);
+    let mut status_line = String::new();
+    r.read_line(&mut status_line).unwrap();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let mut retry_after = None;
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        if line.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':')
+            && k.eq_ignore_ascii_case("retry-after")
+        {
+            retry_after = Some(v.trim().to_owned());
+        }
+    }
+    let mut text = String::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = r.read(&mut buf).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        if let Some(tx) = &first {
+            let _ = tx.send(());
+        }
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    (status, retry_after, text)
+}
+
+/// A handle on the same agent for another thread (it owns no process).
+fn client(up: &Up) -> Up {
+    Up {
+        child: None,
+        api: up.api.clone(),
+        dir: up.dir.clone(),
+        token: up.token().unwrap().to_owned().into(),
+    }
+}
+
+fn chat(model: &str, max_tokens: u32, stream: bool) -> Value {
+    serde_json::json!({
+        "model": model,
+        "messages": [{ "role": "user", "content": "count the stars" }],
+        "max_tokens": max_tokens,
+        "stream": stream,
+    })
+}
+
+/// The model-runtime events of the ledger: (model, step), in order.
+fn steps(up: &Up) -> Vec<(String, String)> {
+    up.events()
+        .iter()
+        .filter(|e| e["event"]["event"] == "model-runtime")
+        .map(|e| {
+            (
+                e["event"]["model"].as_str().unwrap_or("").to_owned(),
+                e["event"]["step"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn position(steps: &[(String, String)], model: &str, step: &str) -> usize {
+    steps
+        .iter()
+        .position(|(m, s)| m == model && s == step)
+        .unwrap_or_else(|| panic!("no {step} of {model} in {steps:?}"))
+}
+
+fn model_state(up: &Up, model: &str) -> String {
+    up.get("/v1/models")["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == model)
+        .map(|m| m["qs"]["state"].as_str().unwrap_or("").to_owned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_swap_lets_streams_finish_waits_for_the_vram_and_loses_no_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = start(dir.path(), "");
+    declare(&up, PAIR, "code");
+    declare(&up, PAIR, "conv");
+    let (status, _, body) = post(&up, "/v1/chat/completions", &chat("code", 2, false), None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(model_state(&up, "code"), "warm");
+
+    // Three streams for code in flight (60 tokens at 50/s: about 1.2 s each) ...
+    let (first_tx, first_rx) = mpsc::channel();
+    let streams: Vec<_> = (0..3)
+        .map(|_| {
+            let tx = first_tx.clone();
+            let c = client(&up);
+            std::thread::spawn(move || {
+                post(
+                    &c,
+                    "/v1/chat/completions",
+                    &chat("code", 60, true),
+                    Some(tx),
+                )
+            })
+        })
+        .collect();
+    for _ in 0..3 {
+        first_rx.recv_timeout(LIMIT).expect("a stream began");
+    }
+    // ... then requests for conv, which cannot sit beside code.
+    let convs: Vec<_> = (0..2)
+        .map(|_| {
+            let c = client(&up);
+            std::thread::spawn(move || {
+                post(&c, "/v1/chat/completions", &chat("conv", 4, false), None)
+            })
+        })
+        .collect();
+    for s in streams {
+        let (status, _, text) = s.join().unwrap();
+        assert_eq!(status, 200, "{text}");
+        let chunks = text.matches("data: {").count();
+        assert_eq!(chunks, 60, "every token of the stream came: {text}");
+        assert!(text.contains("data: [DONE]"), "{text}");
+    }
+    for c in convs {
+        let (status, _, text) = c.join().unwrap();
+        assert_eq!(status, 200, "{text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["model"], "conv");
+    }
+
+    let steps = steps(&up);
+    let begun = position(&steps, "conv", "swap-begun");
+    let drained = position(&steps, "code", "drained");
+    let stopped = position(&steps, "code", "stopped");
+    let released = position(&steps, "conv", "vram-released");
+    let started = position(&steps, "conv", "started");
+    let loaded = position(&steps, "conv", "loaded");
+    assert!(
+        begun < drained && drained < stopped && stopped < released && released < started,
+        "drain, stop, VRAM released, then start: {steps:?}"
+    );
+    assert!(started < loaded);
+    assert!(
+        !steps.iter().any(|(_, s)| s == "load-failed"),
+        "no runtime ran out of memory: {steps:?}"
+    );
+    let drained_event = up
+        .events()
+        .into_iter()
+        .find(|e| e["event"]["step"] == "drained")
+        .unwrap();
+    assert_eq!(
+        drained_event["event"]["detail"], "0 request(s) cut",
+        "no generation was cut"
+    );
+    assert_eq!(model_state(&up, "conv"), "warm");
+    assert_eq!(model_state(&up, "code"), "absent");
+}
+
+#[test]
+fn a_runtime_that_fails_three_starts_is_reset_and_alerted() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = start(dir.path(), "");
+    declare(
+        &up,
+        r#"
+[model.broken]
+load_ms = 100
+[[model.broken.tier]]
+name = "1g"
+vram_mib = 1024
+command = "sh -c 'echo no weights >&2; exit 3' {port}"
+"#,
+        "broken",
+    );
+    let (status, retry, text) = post(&up, "/v1/chat/completions", &chat("broken", 2, false), None);
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("failed to start"), "{text}");
+    assert!(retry.is_some(), "a 503 says when to try again");
+    up.wait("the watchdog's reset in the ledger", |u| {
+        steps(u).iter().any(|(_, s)| s == "watchdog-reset")
+    });
+    let steps = steps(&up);
+    let failed = steps
+        .iter()
+        .filter(|(m, s)| m == "broken" && s == "load-failed")
+        .count();
+    assert_eq!(failed, 3, "{steps:?}");
+    let reasons: Vec<Value> = up
+        .events()
+        .into_iter()
+        .filter(|e| e["event"]["step"] == "load-failed")
+        .map(|e| e["event"]["detail"].clone())
+        .collect();
+    assert!(
+        reasons.iter().all(|r| r.as_str().unwrap().contains("exit")),
+        "each failed start says why: {reasons:?}"
+    );
+    let (_, metrics) = up.http("GET", "/metrics", "");
+    let metrics = metrics.as_str().unwrap_or("").to_owned();
+    assert!(
+        metrics.contains("qs_model_watchdog_resets_total 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_shared_runtime_is_routed_to_and_never_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut runtime = Killed(
+        qs().args([
+            "model-double",
+            "--port",
+            &port.to_string(),
+            "--model",
+            "ext",
+        ])
+        .spawn()
+        .unwrap(),
+    );
+    let up = start(dir.path(), "");
+    let spec = format!(
+        "[model.ext]\nauthority = \"shared\"\nurl = \"http://127.0.0.1:{port}\"\n[[model.ext.tier]]\nname = \"any\"\nvram_mib = 4096\n"
+    );
+    declare(&up, &spec, "ext");
+    let (status, _, text) = post(&up, "/v1/chat/completions", &chat("ext", 3, false), None);
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("\"model\":\"ext\""), "{text}");
+    // Withdrawn: routed to no more, and still running: not ours to stop.
+    let (status, v) = up.http("DELETE", "/v1/specs/ext", "");
+    assert_eq!(status, 200, "{v}");
+    up.wait("the model withdrawn", |u| model_state(u, "ext").is_empty());
+    assert!(
+        runtime.0.try_wait().unwrap().is_none(),
+        "the shared runtime runs on"
+    );
+}
+
+/// A child process killed when dropped, test failed or not.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_full_stasis_answers_429_with_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = start(dir.path(), "[models]\nmax_waiting = 1\n");
+    declare(
+        &up,
+        r#"
+[model.slow]
+load_ms = 3000
+[[model.slow.tier]]
+name = "1g"
+vram_mib = 1024
+command = "{qs} model-double --port {port} --model slow --vram-mib 1024 --load-ms 3000"
+"#,
+        "slow",
+    );
+    let c = client(&up);
+    let first =
+        std::thread::spawn(move || post(&c, "/v1/chat/completions", &chat("slow", 2, false), None));
+    up.wait("the first request waits for the load", |u| {
+        model_state(u, "slow") == "loading"
+    });
+    let (status, retry, text) = post(&up, "/v1/chat/completions", &chat("slow", 2, false), None);
+    assert_eq!(status, 429, "{text}");
+    assert!(text.contains("too many requests waiting"), "{text}");
+    let secs: u64 = retry.expect("Retry-After").parse().unwrap();
+    assert!(secs >= 1, "{secs}");
+    let (status, _, text) = first.join().unwrap();
+    assert_eq!(status, 200, "the waiting one is served: {text}");
+}
+
+#[test]
+fn bad_requests_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = start(dir.path(), "");
+    let cases: [(&str, Value, u16, &str); 3] = [
+        (
+            "/v1/chat/completions",
+            chat("nope", 1, false),
+            404,
+            "no model",
+        ),
+        (
+            "/v1/completions",
+            serde_json::json!({ "prompt": "x" }),
+            400,
+            "names no `model`",
+        ),
+        (
+            "/v1/embeddings",
+            serde_json::json!({ "model": "x".repeat(300), "input": "x" }),
+            400,
+            "longer than",
+        ),
+    ];
+    for (path, body, want, says) in cases {
+        let (status, _, text) = post(&up, path, &body, None);
+        assert_eq!(status, want, "{path}: {text}");
+        assert!(text.contains(says), "{path}: {text}");
+    }
+}
