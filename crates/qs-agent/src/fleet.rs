@@ -158,6 +158,11 @@ fn model_host<F: Fabric>(
             .models
             .policy()
             .unwrap_or(qs_core::gpu::PolicyKind::TippingPoint),
+        strategy: opts
+            .config
+            .models
+            .strategy()
+            .unwrap_or(qs_core::gpu::StrategyKind::TippingPoint),
         log_dir: shared
             .state_dir
             .path(qs_store::StateFile::Logs(&spec.id))

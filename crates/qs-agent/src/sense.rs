@@ -35,6 +35,14 @@ pub struct Nvml {
     count: u32,
 }
 
+/// A GPU's power and temperature, where known.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Energy {
+    pub power_watts: Option<f64>,
+    pub power_limit_watts: Option<f64>,
+    pub temperature_c: Option<f64>,
+}
+
 impl Nvml {
     /// Loads libnvidia-ml; fails with a clear reason where there is no driver.
     pub fn load() -> Result<Nvml, SenseError> {
@@ -47,6 +55,24 @@ impl Nvml {
             detail: e.to_string(),
         })?;
         Ok(Nvml { nvml, count })
+    }
+
+    /// GPU `index`'s power draw, power limit and temperature, those the driver reports.
+    pub fn energy(&self, index: u32) -> Energy {
+        let Ok(d) = self.nvml.device_by_index(index) else {
+            return Energy::default();
+        };
+        Energy {
+            power_watts: d.power_usage().ok().map(|mw| f64::from(mw) / 1000.0),
+            power_limit_watts: d
+                .enforced_power_limit()
+                .ok()
+                .map(|mw| f64::from(mw) / 1000.0),
+            temperature_c: d
+                .temperature(nvml_wrapper::enum_wrappers::device::TemperatureSensor::Gpu)
+                .ok()
+                .map(f64::from),
+        }
     }
 
     /// GPU `index`'s free memory as the driver reports it: what a swap waits for before it

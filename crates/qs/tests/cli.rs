@@ -190,6 +190,11 @@ fn a_bad_config_is_refused_with_its_location() {
         "heartbeat_ms = 250\nbogus = 1\n",
         "2:1: unknown field `bogus`",
     );
+    check(
+        "policy.toml",
+        "[models]\nreserved_mib = 1024\npolicy = \"best\"\n",
+        "3:1: config field `models.policy`",
+    );
 }
 
 /// A non-loopback API over plain HTTP is refused before anything starts, unless the

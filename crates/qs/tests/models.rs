@@ -20,7 +20,7 @@ gpus = [{ vram_mib = 24576 }]
 "#;
 
 /// The exclusive pair of seed 003's benchmark: about 19 GB and 8.5 GB, never together on
-/// 24 GB less the 1.5 GB margin.
+/// 24 GB less the 1.5 GB margin; and a small resident model in the margin.
 const PAIR: &str = r#"
 [model.code]
 max_concurrency = 4
@@ -37,6 +37,13 @@ load_ms = 300
 name = "8g"
 vram_mib = 8704
 command = "{qs} model-double --port {port} --model conv --vram-mib 8704 --load-ms 300 --decode-tps 200"
+
+[model.tiny]
+resident = true
+[[model.tiny.tier]]
+name = "1g"
+vram_mib = 1024
+command = "{qs} model-double --port {port} --model tiny --vram-mib 1024 --load-ms 100 --decode-tps 500"
 "#;
 
 fn start(dir: &std::path::Path, config: &str) -> Up {
@@ -161,6 +168,9 @@ fn a_swap_lets_streams_finish_waits_for_the_vram_and_loses_no_request() {
     let up = start(dir.path(), "");
     declare(&up, PAIR, "code");
     declare(&up, PAIR, "conv");
+    up.wait("the resident model loaded", |u| {
+        model_state(u, "tiny") == "warm"
+    });
     let (status, _, body) = post(&up, "/v1/chat/completions", &chat("code", 2, false), None);
     assert_eq!(status, 200, "{body}");
     assert_eq!(model_state(&up, "code"), "warm");
@@ -184,6 +194,18 @@ fn a_swap_lets_streams_finish_waits_for_the_vram_and_loses_no_request() {
     for _ in 0..3 {
         first_rx.recv_timeout(LIMIT).expect("a stream began");
     }
+    // The resident model answers all along, swap or not.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let resident = {
+        let (c, done) = (client(&up), done.clone());
+        std::thread::spawn(move || {
+            let mut statuses = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                statuses.push(post(&c, "/v1/chat/completions", &chat("tiny", 2, false), None).0);
+            }
+            statuses
+        })
+    };
     // ... then requests for conv, which cannot sit beside code.
     let convs: Vec<_> = (0..2)
         .map(|_| {
@@ -206,6 +228,13 @@ fn a_swap_lets_streams_finish_waits_for_the_vram_and_loses_no_request() {
         let v: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["model"], "conv");
     }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let statuses = resident.join().unwrap();
+    assert!(
+        !statuses.is_empty() && statuses.iter().all(|s| *s == 200),
+        "the resident model was served through the swap: {statuses:?}"
+    );
+    assert_eq!(model_state(&up, "tiny"), "warm");
 
     let steps = steps(&up);
     let begun = position(&steps, "conv", "swap-begun");

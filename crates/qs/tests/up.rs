@@ -154,7 +154,7 @@ fn bad_input_gets_a_4xx_with_a_message() {
         "/v1/specs?file=empty.toml",
         "",
         400,
-        "declares no service or job",
+        "declares no service, job or model",
     );
     check(
         "POST",

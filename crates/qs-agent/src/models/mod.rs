@@ -62,12 +62,14 @@ pub struct ModelView {
     pub gpu: Option<u32>,
     pub tier: String,
     pub vram_bytes: u64,
-    /// `absent`, `loading`, `warm`, `draining`, `stopping`; `shared` for a runtime someone
-    /// else manages.
+    /// `absent`, `loading`, `warm`, `draining`, `stopping`; `failed` for a resident one the
+    /// watchdog gave up on; `shared` for a runtime someone else manages.
     pub state: &'static str,
     /// A shared runtime's address.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// Kept loaded in the GPU's reserved margin through every swap.
+    pub resident: bool,
 }
 
 /// One node's host, as the entry point reaches it.

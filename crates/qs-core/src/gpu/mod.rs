@@ -32,6 +32,7 @@ mod policy;
 mod queue;
 mod scheduler;
 mod state;
+mod strategy;
 #[cfg(test)]
 mod tests;
 mod view;
@@ -40,6 +41,9 @@ pub use policy::{Exhaustive, Fifo, LlamaSwap, PolicyKind, SwapPolicy, TippingPoi
 pub use queue::class_weight;
 pub use scheduler::{GpuScheduler, RECONSIDER_MS};
 pub use state::Phase;
+pub use strategy::{
+    EnergyAware, FirstGpu, GpuSlot, MultiGpu, Placement, Strategy, StrategyKind, place_resident,
+};
 pub use view::View;
 
 use crate::Time;
@@ -136,6 +140,9 @@ pub struct ModelsConfig {
     pub max_failed_starts: u32,
     /// `tipping-point` (ours), `exhaustive`, `llama-swap` or `fifo`.
     pub policy: String,
+    /// Where a model goes among a node's GPUs, at which tier: `tipping-point` (the first
+    /// that holds it), `spread`, `pack` or `energy-aware`.
+    pub strategy: String,
 }
 
 impl Default for ModelsConfig {
@@ -148,6 +155,7 @@ impl Default for ModelsConfig {
             stop_timeout_ms: g.stop_timeout_ms,
             max_failed_starts: g.max_failed_starts,
             policy: PolicyKind::TippingPoint.name().to_owned(),
+            strategy: StrategyKind::TippingPoint.name().to_owned(),
         }
     }
 }
@@ -161,6 +169,11 @@ impl ModelsConfig {
         PolicyKind::ALL
             .into_iter()
             .find(|p| p.name() == self.policy)
+    }
+
+    /// The strategy named, if it is one.
+    pub fn strategy(&self) -> Option<StrategyKind> {
+        StrategyKind::named(&self.strategy)
     }
 
     /// The scheduler's bounds for a GPU of `vram_bytes`.
@@ -210,6 +223,13 @@ impl ModelsConfig {
             return Err((
                 "models.policy",
                 format!("{:?} is not one of {}", self.policy, names.join(", ")),
+            ));
+        }
+        if self.strategy().is_none() {
+            let names: Vec<&str> = StrategyKind::ALL.iter().map(|s| s.name()).collect();
+            return Err((
+                "models.strategy",
+                format!("{:?} is not one of {}", self.strategy, names.join(", ")),
             ));
         }
         Ok(())

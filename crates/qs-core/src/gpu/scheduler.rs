@@ -38,6 +38,8 @@ pub struct GpuScheduler {
     failed_starts: BTreeMap<ModelName, u32>,
     /// Models withdrawn whose runtimes have not exited yet.
     withdrawn: BTreeSet<ModelName>,
+    /// VRAM of the reserved margin held by the resident model.
+    margin_held_bytes: u64,
     /// When to ask the policy again though nothing came in.
     reconsider_at: Option<Time>,
     policy: Box<dyn SwapPolicy>,
@@ -66,6 +68,7 @@ impl GpuScheduler {
             transition: None,
             failed_starts: BTreeMap::new(),
             withdrawn: BTreeSet::new(),
+            margin_held_bytes: 0,
             reconsider_at: None,
             policy,
             out: VecDeque::new(),
@@ -120,6 +123,12 @@ impl GpuScheduler {
         }
         self.withdrawn.insert(model.clone());
         self.step(now);
+    }
+
+    /// The resident model holds `bytes` of the reserved margin (at most all of it): VRAM
+    /// readings leave it out, so a start needs room beside it and the margin's rest.
+    pub fn hold_margin(&mut self, bytes: u64) {
+        self.margin_held_bytes = bytes.min(self.state.config.reserved_bytes);
     }
 
     /// The models declared (withdrawn ones excepted).
@@ -383,7 +392,14 @@ impl GpuScheduler {
         let need = self.state.profiles.get(&t.to).map_or(0, |p| p.vram_bytes);
         // Room for it beside what stays resident and the reserved margin.
         let others = self.resident_bytes();
-        let usable = free_bytes.saturating_sub(self.state.config.reserved_bytes);
+        // The margin is kept free but for the resident model, whose VRAM the reading
+        // already leaves out.
+        let margin_left = self
+            .state
+            .config
+            .reserved_bytes
+            .saturating_sub(self.margin_held_bytes);
+        let usable = free_bytes.saturating_sub(margin_left);
         if usable < need || others + need > self.budget_bytes() {
             // Not released yet (the driver lags the exit): asked again by the shell.
             self.out.push_back(GpuOutput::CheckVram);

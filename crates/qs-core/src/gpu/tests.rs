@@ -535,3 +535,42 @@ fn a_model_declared_later_is_served_and_a_withdrawn_one_drains_before_its_vram_i
     let late = rig.ask("conv", Class::Interactive);
     assert!(!rig.routed(late) && rig.started("conv") == 1);
 }
+
+#[test]
+fn a_resident_model_in_the_margin_is_not_counted_twice_and_the_rest_of_the_margin_is_kept() {
+    // 24 GiB, 1.5 GiB reserved; a 1 GiB resident model holds part of the margin, so the
+    // driver reads 23 GiB free with nothing else loaded.
+    let mut rig = Rig::new(vec![profile("big", 22 * GIB, 4)], PolicyKind::TippingPoint);
+    rig.s.hold_margin(GIB);
+    rig.s.declare(profile("other", 5 * GIB, 4));
+    let o = rig.ask("other", Class::Interactive);
+    rig.warm("other");
+    assert!(rig.routed(o));
+    rig.feed(GpuInput::Finished { id: o });
+    let _b = rig.ask("big", Class::Interactive);
+    rig.at(60_000);
+    assert!(rig.stopped("other"));
+    rig.feed(GpuInput::Stopped {
+        model: name("other"),
+    });
+    // 22 GiB of 23 free, with the margin's other half GiB kept: room.
+    rig.feed(GpuInput::VramFree {
+        free_bytes: 23 * GIB,
+    });
+    assert_eq!(rig.started("big"), 1);
+    // Without the resident's hold, the same reading would leave no room for it.
+    let mut bare = Rig::new(vec![profile("big", 22 * GIB, 4)], PolicyKind::TippingPoint);
+    bare.s.declare(profile("other", 5 * GIB, 4));
+    let o = bare.ask("other", Class::Interactive);
+    bare.warm("other");
+    bare.feed(GpuInput::Finished { id: o });
+    let _b = bare.ask("big", Class::Interactive);
+    bare.at(60_000);
+    bare.feed(GpuInput::Stopped {
+        model: name("other"),
+    });
+    bare.feed(GpuInput::VramFree {
+        free_bytes: 22 * GIB,
+    });
+    assert_eq!(bare.started("big"), 0, "the margin is not taken");
+}

@@ -10,6 +10,7 @@
 //! load_ms = 20000                # the load time assumed until one is seen
 //! health = { kind = "http", path = "/health" }
 //! warm_path = "/v1/models"
+//! resident = false               # true: kept loaded in the GPU's reserved margin
 //!
 //! [[model.llama.tier]]           # largest first
 //! name = "70b"
@@ -87,6 +88,10 @@ pub struct ModelSpec {
     pub health: Option<HealthCheck>,
     /// A path that answers 200 once the model is loaded (`/v1/models`).
     pub warm_path: Option<String>,
+    /// A small model that stays loaded through every swap, in the GPU's reserved margin
+    /// (nothing else may use the margin).
+    #[serde(default)]
+    pub resident: bool,
 }
 
 impl ModelSpec {
@@ -113,6 +118,12 @@ impl ModelSpec {
             return bad("tier", format!("1 to {MAX_TIERS} tiers"));
         }
         let shared = self.authority == Authority::Shared;
+        if shared && self.resident {
+            return bad(
+                "resident",
+                "a shared runtime is someone else's: it cannot be kept resident here",
+            );
+        }
         if shared && self.tiers.len() > 1 {
             return bad(
                 "tier",
@@ -222,6 +233,7 @@ pub(super) struct RawModel {
     url: Option<Spanned<String>>,
     health: Option<Spanned<RawHealth>>,
     warm_path: Option<Spanned<String>>,
+    resident: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -355,6 +367,7 @@ pub(super) fn model(
             .map(|h| health(at, &field("health"), h))
             .transpose()?,
         warm_path,
+        resident: m.resident.as_ref().is_some_and(|r| *r.get_ref()),
     };
     // The rules every way in shares; the checks above only locate the common mistakes
     // more precisely.

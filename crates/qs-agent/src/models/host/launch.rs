@@ -8,7 +8,7 @@ use crate::exec::Launch;
 use crate::models::http::{Target, get_status};
 use qs_core::gpu::GpuInput;
 use qs_fabric::Fabric;
-use qs_wire::{InstanceId, ModelStep, ServiceName};
+use qs_wire::{InstanceId, ModelSpec, ModelStep, ServiceName};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -62,6 +62,32 @@ impl<F: Fabric> Host<F> {
             );
             return;
         }
+        let spec = a.spec.clone();
+        let tier = a.tier;
+        if let Err(why) = self.spawn(gpu, &spec, tier, false) {
+            self.failures.insert(model.clone(), why);
+            self.gpus[gpu].scheduler.handle(
+                GpuInput::LoadFailed {
+                    model: model.clone(),
+                },
+                t,
+            );
+        }
+    }
+
+    /// Starts a runtime of `spec` at `tier` on GPU `gpu`: its command with `{port}` and
+    /// `{gpu}`, the GPU in its environment, and a warm check bounded by its load time. A
+    /// `resident` one is kept loaded in the margin, outside the scheduler.
+    pub(super) fn spawn(
+        &mut self,
+        gpu: usize,
+        spec: &ModelSpec,
+        tier: usize,
+        resident: bool,
+    ) -> Result<InstanceId, String> {
+        let model = &spec.name;
+        let tier = &spec.tiers[tier];
+        let g = &self.gpus[gpu];
         let n = self.next_start;
         self.next_start += 1;
         let instance = instance_id(model, n);
@@ -82,28 +108,19 @@ impl<F: Fabric> Host<F> {
             env,
             run_as: None,
         };
-        let running = match self.exec.start(launch) {
-            Ok(r) => r,
-            Err(e) => {
-                self.failures.insert(model.clone(), e.to_string());
-                self.gpus[gpu].scheduler.handle(
-                    GpuInput::LoadFailed {
-                        model: model.clone(),
-                    },
-                    t,
-                );
-                return;
-            }
-        };
-        let health = match a.spec.health.as_ref().map(|h| &h.probe) {
+        let running = self.exec.start(launch).map_err(|e| e.to_string())?;
+        let health = match spec.health.as_ref().map(|h| &h.probe) {
             Some(qs_wire::Probe::Http { path }) => path.clone(),
             _ => "/health".to_owned(),
         };
-        let warm_path = a.spec.warm_path.clone();
-        let bound = (Duration::from_millis(a.spec.load_ms) * LOAD_BOUND_FACTOR).max(MIN_LOAD_BOUND);
+        let warm_path = spec.warm_path.clone();
+        let bound = (Duration::from_millis(spec.load_ms) * LOAD_BOUND_FACTOR).max(MIN_LOAD_BOUND);
         let detail = format!(
-            "tier {} (pid {}, port {})",
-            tier.name, running.pid, running.port
+            "tier {} (pid {}, port {}){}",
+            tier.name,
+            running.pid,
+            running.port,
+            if resident { ", resident" } else { "" }
         );
         let index = g.index;
         self.record(index, model, ModelStep::Started, detail);
@@ -115,14 +132,22 @@ impl<F: Fabric> Host<F> {
                 port: running.port,
                 warm: false,
                 stopping: false,
+                resident,
             },
         );
         let tx = self.warm_tx.clone();
         let target = Target::loopback(running.port);
+        let id = instance.clone();
         tokio::spawn(async move {
             let result = warm_check(&target, &health, warm_path.as_deref(), bound).await;
-            let _ = tx.send(Warmed { instance, result }).await;
+            let _ = tx
+                .send(Warmed {
+                    instance: id,
+                    result,
+                })
+                .await;
         });
+        Ok(instance)
     }
 
     /// Stops `model`'s runtime: SIGTERM (in-flight work was drained first); told again, it

@@ -11,8 +11,8 @@ use crate::names::MODELS_BUCKET;
 use crate::simgpu::SimGpu;
 use qs_core::Time;
 use qs_core::gpu::{
-    Discipline, GpuConfig, GpuInput, GpuOutput, GpuScheduler, ModelProfile, PolicyKind, Request,
-    RequestId,
+    Discipline, GpuConfig, GpuInput, GpuOutput, GpuScheduler, GpuSlot, ModelProfile, PolicyKind,
+    Request, RequestId, Strategy, StrategyKind,
 };
 use qs_fabric::{Fabric, Kv, KvEvent, Watch};
 use qs_wire::{Authority, Event, InstanceId, ModelDiscipline, ModelSpec, NodeId, ServiceName};
@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 mod launch;
 mod record;
+mod resident;
 
 /// The VRAM is read again this soon when the scheduler found it not yet released (the driver
 /// lags a process's exit): paced, not spun.
@@ -45,6 +46,14 @@ impl VramReader {
         match self {
             VramReader::Simulated(g) => g.free_bytes().map_err(|e| e.to_string()),
             VramReader::Nvml(n, i) => n.free_vram_bytes(*i).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Power and temperature, for the energy-aware strategy (none on the simulated GPU).
+    fn energy(&self) -> crate::sense::Energy {
+        match self {
+            VramReader::Simulated(_) => crate::sense::Energy::default(),
+            VramReader::Nvml(n, i) => n.energy(*i),
         }
     }
 
@@ -78,6 +87,8 @@ pub struct HostSetup<F: Fabric> {
     /// Bounds of every GPU's scheduler (its `vram_bytes` is each GPU's own).
     pub config: GpuConfig,
     pub policy: PolicyKind,
+    /// Where each model goes among the GPUs, at which tier.
+    pub strategy: StrategyKind,
     pub log_dir: PathBuf,
     pub stop_grace: Duration,
 }
@@ -96,6 +107,8 @@ struct Process {
     port: u16,
     warm: bool,
     stopping: bool,
+    /// A resident model's, kept loaded in the margin outside the scheduler.
+    resident: bool,
 }
 
 struct Gpu {
@@ -121,6 +134,11 @@ struct Host<F: Fabric> {
     counters: Counters,
     gpus: Vec<Gpu>,
     models: BTreeMap<ServiceName, Assigned>,
+    /// Resident models, in the reserved margin of their GPUs.
+    residents: BTreeMap<ServiceName, resident::ResidentModel>,
+    reserved_bytes: u64,
+    max_failed_starts: u32,
+    strategy: Box<dyn Strategy>,
     /// Shared runtimes: routed to, never started or stopped.
     shared_models: BTreeMap<ServiceName, ModelSpec>,
     processes: BTreeMap<InstanceId, Process>,
@@ -180,6 +198,10 @@ pub fn host<F: Fabric>(
         counters: setup.counters,
         gpus,
         models: BTreeMap::new(),
+        residents: BTreeMap::new(),
+        reserved_bytes: setup.config.reserved_bytes,
+        max_failed_starts: setup.config.max_failed_starts,
+        strategy: setup.strategy.build(),
         shared_models: BTreeMap::new(),
         processes: BTreeMap::new(),
         pending: BTreeMap::new(),
@@ -256,12 +278,14 @@ impl<F: Fabric> Host<F> {
             .iter()
             .filter_map(|g| g.scheduler.poll_timeout().map(at))
             .chain(self.gpus.iter().filter_map(|g| g.vram_due))
+            .chain(self.next_resident_start())
             .chain(rewatch)
             .min()
             .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(1))
     }
 
     fn on_time(&mut self) {
+        self.start_residents();
         let t = now();
         let instant = tokio::time::Instant::now();
         for g in &mut self.gpus {
@@ -288,6 +312,9 @@ impl<F: Fabric> Host<F> {
                 context_tokens,
                 reply,
             } => {
+                if self.residents.contains_key(&model) {
+                    return self.ask_resident(&model, reply);
+                }
                 let Some(gpu) = self.models.get(&model).map(|a| a.gpu) else {
                     let _ = reply.send(Decision::Refuse {
                         too_many: false,
@@ -323,6 +350,13 @@ impl<F: Fabric> Host<F> {
         let Some(p) = self.processes.remove(&exit.instance) else {
             return;
         };
+        if p.resident {
+            if !p.stopping {
+                let why = format!("exited: {}", exit.outcome.reason());
+                self.resident_exited(&p.model, why);
+            }
+            return;
+        }
         let input = if p.warm || p.stopping {
             GpuInput::Stopped {
                 model: p.model.clone(),
@@ -345,6 +379,19 @@ impl<F: Fabric> Host<F> {
             return;
         }
         let (gpu, model) = (p.gpu, p.model.clone());
+        if p.resident {
+            match w.result {
+                Ok(()) => {
+                    p.warm = true;
+                    self.resident_warm(&model);
+                }
+                // Its exit counts the failure.
+                Err(_) => {
+                    self.exec.kill(&w.instance);
+                }
+            }
+            return;
+        }
         match w.result {
             Ok(()) => {
                 p.warm = true;
@@ -396,6 +443,14 @@ impl<F: Fabric> Host<F> {
     /// Takes a model (or its changed spec): the GPU and the largest tier that fits there.
     fn declare(&mut self, spec: ModelSpec) {
         let name = spec.name.clone();
+        if spec.resident {
+            if let Some(a) = self.models.remove(&name) {
+                self.gpus[a.gpu].scheduler.withdraw(&name, now());
+            }
+            self.shared_models.remove(&name);
+            return self.declare_resident(spec);
+        }
+        self.withdraw_resident(&name);
         if spec.authority == Authority::Shared {
             self.withdraw(&name);
             self.shared_models.insert(name, spec);
@@ -410,19 +465,18 @@ impl<F: Fabric> Host<F> {
             }
             None => None,
         };
-        // Pack: the first GPU (the one it is on, if any) whose budget holds a tier.
+        // The strategy's choice among the GPUs; one already placed stays on its GPU (its
+        // runtime may be warm there), at the tier the strategy takes for it there.
+        let tiers: Vec<u64> = spec.tiers.iter().map(|t| t.vram_bytes).collect();
+        let candidates: Vec<usize> = match placed {
+            Some(gpu) => vec![gpu],
+            None => (0..self.gpus.len()).collect(),
+        };
+        let slots: Vec<GpuSlot> = candidates.iter().map(|&i| self.slot(i, &name)).collect();
         let choice = self
-            .gpus
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| placed.is_none_or(|p| p == *i))
-            .find_map(|(i, g)| {
-                let budget = g.scheduler.budget_bytes();
-                spec.tiers
-                    .iter()
-                    .position(|t| t.vram_bytes <= budget)
-                    .map(|tier| (i, tier))
-            });
+            .strategy
+            .place(&tiers, &slots)
+            .map(|p| (candidates[p.gpu], p.tier));
         let Some((gpu, tier)) = choice else {
             tracing::warn!("model {name}: no tier fits a GPU of node {}", self.node);
             return;
@@ -431,8 +485,26 @@ impl<F: Fabric> Host<F> {
         self.models.insert(name, Assigned { spec, gpu, tier });
     }
 
+    /// GPU `i` as the strategy sees it, `model` aside.
+    fn slot(&self, i: usize, model: &ServiceName) -> GpuSlot {
+        let on_it = self
+            .models
+            .iter()
+            .filter(|(n, a)| a.gpu == i && *n != model);
+        let energy = self.gpus[i].reader.energy();
+        GpuSlot {
+            budget_bytes: self.gpus[i].scheduler.budget_bytes(),
+            placed_bytes: on_it.clone().map(|(_, a)| a.spec.tiers[0].vram_bytes).sum(),
+            placed: on_it.count(),
+            power_watts: energy.power_watts,
+            power_limit_watts: energy.power_limit_watts,
+            temperature_c: energy.temperature_c,
+        }
+    }
+
     fn withdraw(&mut self, name: &ServiceName) {
         self.shared_models.remove(name);
+        self.withdraw_resident(name);
         if let Some(a) = self.models.remove(name) {
             self.gpus[a.gpu].scheduler.withdraw(name, now());
         }

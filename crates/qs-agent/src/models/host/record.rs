@@ -138,6 +138,30 @@ impl<F: Fabric> Host<F> {
                     vram_bytes: tier.vram_bytes,
                     state,
                     url: None,
+                    resident: false,
+                },
+            );
+        }
+        for (name, r) in &self.residents {
+            let tier = &r.spec.tiers[r.tier];
+            let state = if r.warm {
+                "warm"
+            } else if r.instance.is_none() && r.start_at.is_none() {
+                "failed"
+            } else {
+                "loading"
+            };
+            views.insert(
+                name.clone(),
+                ModelView {
+                    name: name.clone(),
+                    node: self.node.clone(),
+                    gpu: Some(self.gpus[r.gpu].index),
+                    tier: tier.name.clone(),
+                    vram_bytes: tier.vram_bytes,
+                    state,
+                    url: None,
+                    resident: true,
                 },
             );
         }
@@ -152,6 +176,7 @@ impl<F: Fabric> Host<F> {
                     vram_bytes: spec.tiers[0].vram_bytes,
                     state: "shared",
                     url: spec.url.clone(),
+                    resident: false,
                 },
             );
         }
