@@ -54,8 +54,9 @@ pub fn check(files: &[PathBuf], output: OutputFormat) -> Result<()> {
                         qs_wire::Authority::Shared => "shared",
                     };
                     println!(
-                        "  model {}: {authority}, {discipline}, tiers {}",
+                        "  model {}: {authority}{}, {discipline}, tiers {}",
                         m.name,
+                        if m.resident { " resident" } else { "" },
                         tiers.join(", ")
                     );
                 }

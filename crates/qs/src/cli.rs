@@ -124,6 +124,11 @@ enum Command {
     Approve { service: String },
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
+    /// The init system as the model runtimes' authority.
+    Systemd {
+        #[command(subcommand)]
+        action: SystemdAction,
+    },
     /// Test double of an OpenAI-compatible model server (stands in for vLLM or Ollama):
     /// takes its VRAM on the simulated GPU, loads for a while, streams completions.
     ModelDouble {
@@ -264,6 +269,27 @@ impl Serve {
             host,
         }
     }
+}
+
+#[derive(Subcommand, Debug)]
+enum SystemdAction {
+    /// Write one unit per model runtime of FILES into --out, with `Conflicts=` between
+    /// runtimes that cannot share a GPU (check them with `systemd-analyze verify`).
+    Units {
+        #[arg(short = 'f', long = "file", required = true)]
+        files: Vec<PathBuf>,
+        /// One per GPU of the node: its VRAM in MiB.
+        #[arg(long = "gpu-mib", required = true)]
+        gpus_mib: Vec<u64>,
+        #[arg(long)]
+        out: PathBuf,
+        /// The first runtime's port; the next ones count up.
+        #[arg(long, default_value_t = 8100)]
+        port_base: u16,
+        /// The config whose `[models]` section (reserved margin, strategy) applies.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -450,6 +476,22 @@ pub fn run(cli: Cli) -> Result<()> {
             clap_complete::generate(shell, &mut cmd, "qs", &mut std::io::stdout());
             Ok(())
         }
+        Command::Systemd {
+            action:
+                SystemdAction::Units {
+                    files,
+                    gpus_mib,
+                    out,
+                    port_base,
+                    config,
+                },
+        } => crate::systemd::units(&crate::systemd::Units {
+            files,
+            gpus_mib,
+            out,
+            port_base,
+            config,
+        }),
         Command::ModelDouble {
             port,
             model,

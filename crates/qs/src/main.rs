@@ -9,6 +9,7 @@ mod client;
 mod demo;
 mod fleet;
 mod render;
+mod systemd;
 mod up;
 
 use clap::Parser;

@@ -74,7 +74,7 @@ fn host_name() -> String {
 }
 
 /// Reads core settings; every error names the file (and the line, for TOML errors).
-fn read_config(path: Option<&Path>) -> Result<Config> {
+pub(crate) fn read_config(path: Option<&Path>) -> Result<Config> {
     let Some(path) = path else {
         return Ok(Config::default());
     };
@@ -124,7 +124,7 @@ fn locate_field(text: &str, field: &str) -> (usize, usize) {
     (0, 0)
 }
 
-fn read_spec(path: &Path) -> Result<qs_wire::SpecDocument> {
+pub(crate) fn read_spec(path: &Path) -> Result<qs_wire::SpecDocument> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     Ok(parse_spec(&path.display().to_string(), &text)?)

@@ -29,6 +29,13 @@ fn the_examples_are_valid_specs() {
     let s = text(&out.stdout);
     assert!(s.contains("node forge: level 1 (weight 7.067)"), "{s}");
     assert!(s.contains("node pcdev: level 2 (weight 4.712)"), "{s}");
+    let out = qs(&["check", &repo("examples/models.toml")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert!(
+        s.contains("model tiny: exclusive resident, parallel x4, tiers 1g (1024 MiB)"),
+        "{s}"
+    );
 }
 
 /// Each bad spec is refused with file:line:column, the field, and why; exit code 2.
@@ -317,4 +324,68 @@ fn model_runtimes_are_checked_and_shown() {
         shown.contains("model llama: exclusive, parallel x8, tiers 70b (40960 MiB), 8b (6144 MiB)"),
         "{shown}"
     );
+}
+
+/// `qs systemd units` writes one unit per model runtime, with `Conflicts=` between those that
+/// cannot share the GPU; systemd's own checker accepts them.
+#[test]
+fn systemd_units_conflict_where_runtimes_cannot_share_a_gpu_and_verify() {
+    let analyze = ["/usr/bin/systemd-analyze", "/bin/systemd-analyze"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("systemd-analyze is missing: install Debian's systemd package (scripts/test does, as root)");
+    let dir = tempfile::tempdir().unwrap();
+    let file = std::path::PathBuf::from(repo("examples/models.toml"));
+    let out_dir = dir.path().join("units");
+    let out = qs(&[
+        "systemd",
+        "units",
+        "-f",
+        file.to_str().unwrap(),
+        "--gpu-mib",
+        "24576",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let unit = |name: &str| std::fs::read_to_string(out_dir.join(name)).unwrap();
+    let conflicts = |name: &str| {
+        unit(name)
+            .lines()
+            .find_map(|l| l.strip_prefix("Conflicts=").map(str::to_owned))
+    };
+    assert_eq!(
+        conflicts("qs-model-code.service").as_deref(),
+        Some("qs-model-conv.service")
+    );
+    assert_eq!(
+        conflicts("qs-model-conv.service").as_deref(),
+        Some("qs-model-code.service")
+    );
+    assert_eq!(
+        conflicts("qs-model-tiny.service"),
+        None,
+        "the resident fits in the margin"
+    );
+    let mut verify = std::process::Command::new(analyze);
+    verify.arg("verify");
+    for name in ["code", "conv", "tiny"] {
+        verify.arg(out_dir.join(format!("qs-model-{name}.service")));
+    }
+    let checked = verify.output().unwrap();
+    assert!(
+        checked.status.success(),
+        "systemd-analyze verify: {}{}",
+        text(&checked.stdout),
+        text(&checked.stderr)
+    );
+    // The checker is not blind: a unit whose command does not exist is refused.
+    let bad = out_dir.join("qs-model-bad.service");
+    std::fs::write(&bad, "[Service]\nExecStart=no-such-binary-here\n").unwrap();
+    let refused = std::process::Command::new(analyze)
+        .arg("verify")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
 }

@@ -28,6 +28,7 @@
 //! Commitment (a swapped-in runtime serves the requests that waited for it before it may
 //! go) is the [`TippingPoint`]'s; the baselines behave as the tools they stand for.
 
+mod keeper;
 mod policy;
 mod queue;
 mod scheduler;
@@ -37,12 +38,14 @@ mod strategy;
 mod tests;
 mod view;
 
+pub use keeper::{Keeper, KeeperVerdict};
 pub use policy::{Exhaustive, Fifo, LlamaSwap, PolicyKind, SwapPolicy, TippingPoint};
 pub use queue::class_weight;
 pub use scheduler::{GpuScheduler, RECONSIDER_MS};
 pub use state::Phase;
 pub use strategy::{
-    EnergyAware, FirstGpu, GpuSlot, MultiGpu, Placement, Strategy, StrategyKind, place_resident,
+    EnergyAware, FirstGpu, GpuSlot, MultiGpu, Placement, Strategy, StrategyKind, conflicts,
+    place_resident,
 };
 pub use view::View;
 

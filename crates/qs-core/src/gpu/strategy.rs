@@ -151,6 +151,12 @@ pub fn place_resident(tiers_vram: &[u64], margins_free: &[u64]) -> Option<Placem
     })
 }
 
+/// Whether two runtimes of `a_bytes` and `b_bytes` cannot be on a GPU of `budget_bytes` at
+/// once (so only one of them runs at a time: systemd's `Conflicts=`).
+pub fn conflicts(a_bytes: u64, b_bytes: u64, budget_bytes: u64) -> bool {
+    a_bytes.saturating_add(b_bytes) > budget_bytes
+}
+
 /// The strategies by name, for configs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StrategyKind {

@@ -1,17 +1,18 @@
 //! The resident model of a GPU (seed 003's margin): a small runtime kept loaded in the
 //! reserved margin through every swap, outside the scheduler, which only learns how much of
-//! the margin it holds. Started when declared, started again after a crash (with a growing
-//! pause), and given up after `max_failed_starts` failures in a row (the watchdog's alert).
+//! the margin it holds. Started when declared; after a crash, the core's [`Keeper`] says
+//! when to start it again, or that the watchdog gives up (an alert).
 
 use super::{Decision, Host};
-use qs_core::gpu::{RequestId, place_resident};
+use crate::clock::now;
+use qs_core::gpu::{Keeper, KeeperVerdict, RequestId, place_resident};
 use qs_fabric::Fabric;
 use qs_wire::{InstanceId, ModelSpec, ModelStep, ServiceName};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// The pause before a crashed resident runtime starts again, times its failures in a row.
-const RESTART_PAUSE: Duration = Duration::from_millis(500);
+const RESTART_PAUSE_MS: u64 = 500;
 
 /// A resident model and its runtime.
 pub(super) struct ResidentModel {
@@ -21,8 +22,8 @@ pub(super) struct ResidentModel {
     pub(super) instance: Option<InstanceId>,
     pub(super) port: u16,
     pub(super) warm: bool,
-    /// Failed starts or crashes in a row.
-    pub(super) failures: u32,
+    /// Its failures in a row, and what follows one.
+    pub(super) keeper: Keeper,
     /// When to start it (again); `None` while it runs, or once the watchdog gave up.
     pub(super) start_at: Option<tokio::time::Instant>,
 }
@@ -66,7 +67,7 @@ impl<F: Fabric> Host<F> {
                 instance: None,
                 port: 0,
                 warm: false,
-                failures: 0,
+                keeper: Keeper::new(self.max_failed_starts, RESTART_PAUSE_MS),
                 start_at: Some(tokio::time::Instant::now()),
             },
         );
@@ -129,7 +130,7 @@ impl<F: Fabric> Host<F> {
     pub(super) fn resident_warm(&mut self, name: &ServiceName) {
         if let Some(r) = self.residents.get_mut(name) {
             r.warm = true;
-            r.failures = 0;
+            r.keeper.warm();
             let gpu = self.gpus[r.gpu].index;
             self.record(gpu, name, ModelStep::Loaded, "resident".to_owned());
         }
@@ -145,30 +146,33 @@ impl<F: Fabric> Host<F> {
     }
 
     fn resident_failed(&mut self, name: &ServiceName, why: String) {
-        let max = self.max_failed_starts;
         let Some(r) = self.residents.get_mut(name) else {
             return;
         };
-        r.failures += 1;
-        let (gpu, failures) = (self.gpus[r.gpu].index, r.failures);
-        if failures >= max {
-            self.counters.model_watchdog_resets.inc();
-            tracing::error!("ALERT: GPU {gpu}: resident {name} failed {failures} times; reset");
-            self.record(
-                gpu,
-                name,
-                ModelStep::WatchdogReset,
-                format!("alert: {failures} failures in a row ({why}); not started again"),
-            );
-            return;
+        let gpu = self.gpus[r.gpu].index;
+        match r.keeper.failed(now()) {
+            KeeperVerdict::GiveUp { failures } => {
+                self.counters.model_watchdog_resets.inc();
+                tracing::error!("ALERT: GPU {gpu}: resident {name} failed {failures} times; reset");
+                self.record(
+                    gpu,
+                    name,
+                    ModelStep::WatchdogReset,
+                    format!("alert: {failures} failures in a row ({why}); not started again"),
+                );
+            }
+            KeeperVerdict::StartAt(at) => {
+                let wait = Duration::from_micros(at.as_micros().saturating_sub(now().as_micros()));
+                r.start_at = Some(tokio::time::Instant::now() + wait);
+                let attempt = r.keeper.failures();
+                self.record(
+                    gpu,
+                    name,
+                    ModelStep::LoadFailed,
+                    format!("attempt {attempt}: {why}"),
+                );
+            }
         }
-        r.start_at = Some(tokio::time::Instant::now() + RESTART_PAUSE * failures);
-        self.record(
-            gpu,
-            name,
-            ModelStep::LoadFailed,
-            format!("attempt {failures}: {why}"),
-        );
     }
 
     /// A request for a resident model: straight to its runtime when warm.
