@@ -75,6 +75,30 @@ impl Nvml {
         }
     }
 
+    /// VRAM held on GPU `index` by the processes of process group `pgid` (a runtime and the
+    /// workers it started), as the driver reports it.
+    pub fn group_vram_bytes(&self, index: u32, pgid: u32) -> Option<u64> {
+        let procs = self
+            .nvml
+            .device_by_index(index)
+            .ok()?
+            .running_compute_processes()
+            .ok()?;
+        let held = procs
+            .iter()
+            .filter(|p| {
+                // SAFETY: getpgid only reads the process table.
+                let group = unsafe { libc::getpgid(p.pid as libc::pid_t) };
+                group > 0 && group as u32 == pgid
+            })
+            .map(|p| match p.used_gpu_memory {
+                nvml_wrapper::enums::device::UsedGpuMemory::Used(b) => b,
+                nvml_wrapper::enums::device::UsedGpuMemory::Unavailable => 0,
+            })
+            .sum();
+        Some(held)
+    }
+
     /// GPU `index`'s free memory as the driver reports it: what a swap waits for before it
     /// starts the next runtime.
     pub fn free_vram_bytes(&self, index: u32) -> Result<u64, SenseError> {

@@ -114,6 +114,11 @@ impl SimGpu {
         fs::write(&path, bytes.to_string()).map_err(io)
     }
 
+    /// What process `pid` holds, if it claimed anything.
+    pub fn claim_of(&self, pid: u32) -> Option<u64> {
+        read_u64(&self.dir.join(format!("claim-{pid}"))).ok()
+    }
+
     /// Process `pid` gives its memory back (it also does by exiting).
     pub fn release(&self, pid: u32) {
         let _ = fs::remove_file(self.dir.join(format!("claim-{pid}")));

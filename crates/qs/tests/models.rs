@@ -143,6 +143,18 @@ fn steps(up: &Up) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The pids of `model`'s runtime starts, from the ledger, in order.
+fn started_pids(up: &Up, model: &str) -> Vec<u32> {
+    up.events()
+        .iter()
+        .filter(|e| e["event"]["model"] == model && e["event"]["step"] == "started")
+        .filter_map(|e| {
+            let d = e["event"]["detail"].as_str()?;
+            d.split("(pid ").nth(1)?.split(',').next()?.parse().ok()
+        })
+        .collect()
+}
+
 fn position(steps: &[(String, String)], model: &str, step: &str) -> usize {
     steps
         .iter()
@@ -423,16 +435,7 @@ fn a_crashed_resident_model_starts_again() {
     up.wait("the resident model loaded", |u| {
         model_state(u, "tiny") == "warm"
     });
-    let pids = |u: &Up| -> Vec<u32> {
-        u.events()
-            .iter()
-            .filter(|e| e["event"]["model"] == "tiny" && e["event"]["step"] == "started")
-            .filter_map(|e| {
-                let d = e["event"]["detail"].as_str()?;
-                d.split("(pid ").nth(1)?.split(',').next()?.parse().ok()
-            })
-            .collect()
-    };
+    let pids = |u: &Up| started_pids(u, "tiny");
     let first = pids(&up)[0];
     // SAFETY: a signal to the runtime process this test's agent started.
     unsafe { libc::kill(first as i32, libc::SIGKILL) };
@@ -442,4 +445,31 @@ fn a_crashed_resident_model_starts_again() {
     let (status, _, text) = post(&up, "/v1/chat/completions", &chat("tiny", 2, false), None);
     assert_eq!(status, 200, "{text}");
     assert!(steps(&up).contains(&("tiny".to_owned(), "load-failed".to_owned())));
+}
+
+#[test]
+fn a_runtime_over_its_vram_quota_is_reset_and_alerted() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = start(dir.path(), "");
+    declare(&up, PAIR, "conv");
+    let (status, _, text) = post(&up, "/v1/chat/completions", &chat("conv", 2, false), None);
+    assert_eq!(status, 200, "{text}");
+    let pid = started_pids(&up, "conv")[0];
+    // The runtime grows past its tier's 8704 MiB: the simulated driver now says 12 GiB.
+    let claim = dir.path().join(format!("state/gpus/gpu-box/0/claim-{pid}"));
+    assert!(claim.exists(), "the double claimed its VRAM");
+    std::fs::write(&claim, (12u64 << 30).to_string()).unwrap();
+    up.wait("the watchdog's reset", |u| {
+        u.events().iter().any(|e| {
+            e["event"]["step"] == "watchdog-reset"
+                && e["event"]["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("over its VRAM quota"))
+        })
+    });
+    assert!(wait_gone(&[pid]), "killed");
+    // Asked again, it starts afresh within its quota.
+    let (status, _, text) = post(&up, "/v1/chat/completions", &chat("conv", 2, false), None);
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(started_pids(&up, "conv").len(), 2);
 }

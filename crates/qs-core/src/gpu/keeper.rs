@@ -1,6 +1,7 @@
-//! The resident model's keeper: a runtime kept loaded in the margin is started again after
-//! it fails (crashed, or never warm), after a pause that grows with its failures in a row,
-//! until the watchdog gives up on it and alerts.
+//! The watchdog's rules beside the scheduler's: the resident model's keeper (a runtime kept
+//! loaded in the margin is started again after it fails, crashed or never warm, after a
+//! pause that grows with its failures in a row, until the watchdog gives up on it and
+//! alerts), and the VRAM quota a runtime may not outgrow.
 
 use crate::Time;
 
@@ -52,9 +53,27 @@ impl Keeper {
     }
 }
 
+/// Slack over a runtime's declared VRAM before it counts as over its quota (allocators
+/// round up): a twentieth.
+pub const QUOTA_SLACK_DIVISOR: u64 = 20;
+
+/// Whether a runtime holding `used_bytes` is over its quota of `quota_bytes` (its tier's
+/// VRAM): the watchdog resets it (hard) and alerts, before it starves its neighbours.
+pub fn over_quota(used_bytes: u64, quota_bytes: u64) -> bool {
+    used_bytes > quota_bytes.saturating_add(quota_bytes / QUOTA_SLACK_DIVISOR)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_runtime_is_over_its_quota_past_the_slack() {
+        assert!(!over_quota(1000, 1000));
+        assert!(!over_quota(1050, 1000));
+        assert!(over_quota(1051, 1000));
+        assert!(!over_quota(u64::MAX, u64::MAX));
+    }
 
     #[test]
     fn it_restarts_after_growing_pauses_then_gives_up_and_a_warm_start_forgives() {

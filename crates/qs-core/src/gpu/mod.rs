@@ -38,7 +38,7 @@ mod strategy;
 mod tests;
 mod view;
 
-pub use keeper::{Keeper, KeeperVerdict};
+pub use keeper::{Keeper, KeeperVerdict, over_quota};
 pub use policy::{Exhaustive, Fifo, LlamaSwap, PolicyKind, SwapPolicy, TippingPoint};
 pub use queue::class_weight;
 pub use scheduler::{GpuScheduler, RECONSIDER_MS};

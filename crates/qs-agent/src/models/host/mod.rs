@@ -23,6 +23,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
 mod launch;
+mod quota;
 mod record;
 mod resident;
 
@@ -153,6 +154,8 @@ struct Host<F: Fabric> {
     failures: BTreeMap<ServiceName, String>,
     /// Ledger records in the order things happened, appended after each step.
     events: Vec<Event>,
+    /// When the runtimes' VRAM is next held to their quotas.
+    quota_at: tokio::time::Instant,
 }
 
 /// The host of `setup.node`, registered in the process's [`super::Registry`] at once; the
@@ -213,6 +216,7 @@ pub fn host<F: Fabric>(
         views,
         failures: BTreeMap::new(),
         events: Vec::new(),
+        quota_at: tokio::time::Instant::now() + quota::QUOTA_EVERY,
     };
     host.run(asks, exits, warms, stop)
 }
@@ -279,6 +283,7 @@ impl<F: Fabric> Host<F> {
             .filter_map(|g| g.scheduler.poll_timeout().map(at))
             .chain(self.gpus.iter().filter_map(|g| g.vram_due))
             .chain(self.next_resident_start())
+            .chain(Some(self.quota_at))
             .chain(rewatch)
             .min()
             .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(1))
@@ -286,6 +291,10 @@ impl<F: Fabric> Host<F> {
 
     fn on_time(&mut self) {
         self.start_residents();
+        if tokio::time::Instant::now() >= self.quota_at {
+            self.quota_at = tokio::time::Instant::now() + quota::QUOTA_EVERY;
+            self.check_quotas();
+        }
         let t = now();
         let instant = tokio::time::Instant::now();
         for g in &mut self.gpus {
