@@ -1,12 +1,12 @@
-//! The desired-state cache: the specs KV as this process last saw it, kept in the state
-//! directory, so what was applied rules after a restart until the KV answers.
+//! The desired-state cache: the specs and models KVs as this process last saw them, kept in
+//! the state directory, so what was applied rules after a restart until the KV answers.
 
 use crate::backoff::Backoff;
-use crate::names::SPECS_BUCKET;
-use crate::specs::watch_specs;
+use crate::names::{MODELS_BUCKET, SPECS_BUCKET};
+use crate::specs::watch_bucket;
 use qs_fabric::{Bytes, Fabric, KvEvent};
 use qs_store::{StateDir, StateFile, StoreError};
-use qs_wire::{SpecDocument, WorkloadSpec};
+use qs_wire::{ModelSpec, SpecDocument, WorkloadSpec};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -36,21 +36,71 @@ pub fn load(state: &StateDir) -> Result<SpecDocument, StoreError> {
             false
         }
     });
+    let mut models: Vec<ModelSpec> = state.read_json(StateFile::ModelsCache)?.unwrap_or_default();
+    models.retain(|m| match m.validate() {
+        Ok(()) => true,
+        Err(f) => {
+            tracing::error!(
+                file = %state.path(StateFile::ModelsCache).display(),
+                "desired-state cache: left out {}: {}: {}",
+                m.name,
+                f.field,
+                f.reason
+            );
+            false
+        }
+    });
     Ok(SpecDocument {
         workloads,
+        models,
         ..SpecDocument::default()
     })
 }
 
-/// Mirrors every change of the specs KV into the cache file. Each spec is kept encoded (once,
+/// One bucket the cache mirrors: where it is kept, and how a value is checked and encoded.
+#[derive(Clone, Copy)]
+struct Mirrored {
+    bucket: &'static str,
+    file: StateFile<'static>,
+    encoded: fn(&str, &[u8]) -> Result<Bytes, qs_wire::SpecError>,
+}
+
+const MIRRORED: [Mirrored; 2] = [
+    Mirrored {
+        bucket: SPECS_BUCKET,
+        file: StateFile::SpecsCache,
+        encoded,
+    },
+    Mirrored {
+        bucket: MODELS_BUCKET,
+        file: StateFile::ModelsCache,
+        encoded: encoded_model,
+    },
+];
+
+/// Mirrors the specs and the models KVs into their cache files until `stop`.
+pub async fn keep<F: Fabric>(fabric: F, state: StateDir, stop: watch::Receiver<bool>) {
+    let [specs, models] = MIRRORED;
+    tokio::join!(
+        keep_one(fabric.clone(), state.clone(), specs, stop.clone()),
+        keep_one(fabric, state, models, stop),
+    );
+}
+
+/// Mirrors every change of one KV into its cache file. Each spec is kept encoded (once,
 /// when it changes), so a rewrite copies them into one JSON array rather than encoding every
 /// spec again; the file is written on a blocking thread, never on the
 /// runtime's workers (a fleet of twenty thousand services is megabytes, fsynced).
-pub async fn keep<F: Fabric>(fabric: F, state: StateDir, mut stop: watch::Receiver<bool>) {
+async fn keep_one<F: Fabric>(
+    fabric: F,
+    state: StateDir,
+    m: Mirrored,
+    mut stop: watch::Receiver<bool>,
+) {
     // The KV may not answer yet (an agent started while NATS is down): try again.
     let mut backoff = Backoff::new(GATHER, Duration::from_secs(5));
     let mut watch = loop {
-        match watch_specs(&fabric).await {
+        match watch_bucket(&fabric, m.bucket).await {
             Ok(w) => break w,
             Err(e) => tracing::warn!("desired-state cache: {e}; retrying"),
         }
@@ -67,12 +117,12 @@ pub async fn keep<F: Fabric>(fabric: F, state: StateDir, mut stop: watch::Receiv
             _ = stop.changed() => break,
             _ = tokio::time::sleep_until(write_at), if due.is_some() => {
                 due = None;
-                write(&state, &specs).await;
+                write(&state, m.file, &specs).await;
                 continue;
             }
             e = watch.next() => match e {
                 // A spec that breaks a rule is not cached: the last good one stays.
-                Some(Ok(KvEvent::Put(e))) => match encoded(&e.key, &e.value) {
+                Some(Ok(KvEvent::Put(e))) => match (m.encoded)(&e.key, &e.value) {
                     Ok(json) => {
                         specs.insert(e.key, json);
                     }
@@ -92,7 +142,7 @@ pub async fn keep<F: Fabric>(fabric: F, state: StateDir, mut stop: watch::Receiv
     }
     // What changed since the last write is not lost at shutdown.
     if due.is_some() {
-        write(&state, &specs).await;
+        write(&state, m.file, &specs).await;
     }
 }
 
@@ -106,13 +156,19 @@ fn encoded(key: &str, kv_value: &[u8]) -> Result<Bytes, qs_wire::SpecError> {
     ))
 }
 
-/// Writes `specs` (each one spec's JSON) as the cache's array, on a blocking thread.
-async fn write(state: &StateDir, specs: &BTreeMap<String, Bytes>) {
+/// A model from the KV as the cache keeps it: checked, and encoded as what it decoded to.
+fn encoded_model(key: &str, kv_value: &[u8]) -> Result<Bytes, qs_wire::SpecError> {
+    let spec = qs_wire::decode_model(&format!("kv {MODELS_BUCKET}/{key}"), key, kv_value)?;
+    Ok(Bytes::from(
+        serde_json::to_vec(&spec).expect("models serialize"),
+    ))
+}
+
+/// Writes `specs` (each one spec's JSON) as `file`'s array, on a blocking thread.
+async fn write(state: &StateDir, file: StateFile<'static>, specs: &BTreeMap<String, Bytes>) {
     let (state, specs): (StateDir, Vec<Bytes>) = (state.clone(), specs.values().cloned().collect());
-    let written = tokio::task::spawn_blocking(move || {
-        state.write(StateFile::SpecsCache, &json_array(&specs), None)
-    })
-    .await;
+    let written =
+        tokio::task::spawn_blocking(move || state.write(file, &json_array(&specs), None)).await;
     match written {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!("desired-state cache: {e}"),
@@ -165,14 +221,14 @@ mod tests {
                 (s.name.to_string(), json)
             })
             .collect();
-        write(&state, &specs).await;
+        write(&state, StateFile::SpecsCache, &specs).await;
         let mut back = load(&state).expect("the cache reads back").workloads;
         back.sort_by(|a, b| a.name.cmp(&b.name));
         let mut want = doc.workloads;
         want.sort_by(|a, b| a.name.cmp(&b.name));
         assert_eq!(back, want);
         // Nothing kept: an empty array, not a damaged file.
-        write(&state, &BTreeMap::new()).await;
+        write(&state, StateFile::SpecsCache, &BTreeMap::new()).await;
         assert!(load(&state).expect("an empty cache").workloads.is_empty());
     }
 }

@@ -168,6 +168,7 @@ fn model_host<F: Fabric>(
             .path(qs_store::StateFile::Logs(&spec.id))
             .join("models"),
         stop_grace: opts.stop_grace,
+        state: shared.state_dir.clone(),
     })
 }
 

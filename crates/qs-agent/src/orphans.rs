@@ -45,6 +45,8 @@ pub struct Orphan {
 pub struct InstanceFile {
     state: StateDir,
     node: NodeId,
+    /// The model host's file rather than the node's instances'.
+    models: bool,
 }
 
 /// The process's start time in clock ticks since boot (field 22 of /proc/PID/stat).
@@ -87,11 +89,29 @@ fn signal_group(pid: u32, signal: libc::c_int) {
 
 impl InstanceFile {
     pub fn new(state: StateDir, node: NodeId) -> Self {
-        InstanceFile { state, node }
+        InstanceFile {
+            state,
+            node,
+            models: false,
+        }
+    }
+
+    /// The file of the model runtimes `node`'s model host starts: the same rules, its own
+    /// file.
+    pub fn model_runtimes(state: StateDir, node: NodeId) -> Self {
+        InstanceFile {
+            state,
+            node,
+            models: true,
+        }
     }
 
     fn file(&self) -> StateFile<'_> {
-        StateFile::Instances(&self.node)
+        if self.models {
+            StateFile::ModelRuntimes(&self.node)
+        } else {
+            StateFile::Instances(&self.node)
+        }
     }
 
     /// Records what runs now, with each instance's service and the node's CPU use.

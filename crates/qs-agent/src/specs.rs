@@ -40,11 +40,19 @@ pub async fn put_specs<F: Fabric>(
 /// Watches the specs KV, giving up after a while when the fabric cannot serve it (its server
 /// is unreachable).
 pub async fn watch_specs<F: Fabric>(fabric: &F) -> Result<qs_fabric::Watch, AgentError> {
-    let watch = async { fabric.kv(SPECS_BUCKET).await?.watch("").await };
+    watch_bucket(fabric, SPECS_BUCKET).await
+}
+
+/// Watches a bucket of desired state (`specs`, `models`), bounded like [`watch_specs`].
+pub async fn watch_bucket<F: Fabric>(
+    fabric: &F,
+    bucket: &'static str,
+) -> Result<qs_fabric::Watch, AgentError> {
+    let watch = async { fabric.kv(bucket).await?.watch("").await };
     tokio::time::timeout(WATCH_TIMEOUT, watch)
         .await
         .map_err(|_| AgentError::Timeout {
-            what: "watching the specs KV",
+            what: "watching a desired-state KV",
             after: WATCH_TIMEOUT,
         })?
         .map_err(AgentError::from)

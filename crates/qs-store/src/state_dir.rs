@@ -33,9 +33,13 @@ pub const MAX_STATE_FILE_BYTES: u64 = 64 * 1024 * 1024;
 pub enum StateFile<'a> {
     Ledger,
     SpecsCache,
+    /// The models KV as last seen (the desired-state cache's second half).
+    ModelsCache,
     ApiToken,
     Key(&'a NodeId),
     Instances(&'a NodeId),
+    /// The model runtimes a node's model host started (pids and start times, as instances).
+    ModelRuntimes(&'a NodeId),
     Failures(&'a NodeId),
     BootEpoch(&'a NodeId),
     Logs(&'a NodeId),
@@ -47,9 +51,11 @@ impl StateFile<'_> {
         match self {
             StateFile::Ledger => "ledger",
             StateFile::SpecsCache => "desired-state cache",
+            StateFile::ModelsCache => "desired-state cache of models",
             StateFile::ApiToken => "API token",
             StateFile::Key(_) => "node key",
             StateFile::Instances(_) => "instance file",
+            StateFile::ModelRuntimes(_) => "model runtime file",
             StateFile::Failures(_) => "failure memory",
             StateFile::BootEpoch(_) => "boot epoch",
             StateFile::Logs(_) => "log directory",
@@ -88,9 +94,11 @@ impl StateDir {
         match file {
             StateFile::Ledger => self.root.join("ledger.redb"),
             StateFile::SpecsCache => self.root.join("specs.json"),
+            StateFile::ModelsCache => self.root.join("models.json"),
             StateFile::ApiToken => self.root.join("api.token"),
             StateFile::Key(n) => self.root.join("keys").join(format!("{n}.ed25519")),
             StateFile::Instances(n) => node(n).join("instances.json"),
+            StateFile::ModelRuntimes(n) => node(n).join("models.json"),
             StateFile::Failures(n) => node(n).join("failures.json"),
             StateFile::BootEpoch(n) => node(n).join("boot_epoch"),
             StateFile::Logs(n) => node(n).join("logs"),

@@ -473,3 +473,28 @@ fn a_runtime_over_its_vram_quota_is_reset_and_alerted() {
     assert_eq!(status, 200, "{text}");
     assert_eq!(started_pids(&up, "conv").len(), 2);
 }
+
+#[test]
+fn after_kill_9_a_restarted_agent_ends_the_runtime_its_predecessor_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut up = start(dir.path(), "");
+    declare(&up, PAIR, "code");
+    let (status, _, text) = post(&up, "/v1/chat/completions", &chat("code", 2, false), None);
+    assert_eq!(status, 200, "{text}");
+    let pid = started_pids(&up, "code")[0];
+    up.signal(libc::SIGKILL);
+    assert!(alive(pid), "a runtime outlives its agent's kill -9");
+    // Its 19 GiB would leave no room for a new code runtime: the restart ends it first.
+    let up = start(dir.path(), "");
+    assert!(wait_gone(&[pid]), "the orphan was ended");
+    up.wait("the models from the KV", |u| {
+        !model_state(u, "code").is_empty()
+    });
+    let (status, _, text) = post(&up, "/v1/chat/completions", &chat("code", 2, false), None);
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        !steps(&up).iter().any(|(_, s)| s == "load-failed"),
+        "no start ran out of memory: {:?}",
+        steps(&up)
+    );
+}

@@ -135,6 +135,7 @@ impl<F: Fabric> Host<F> {
                 resident,
             },
         );
+        self.save_runtimes();
         let tx = self.warm_tx.clone();
         let target = Target::loopback(running.port);
         let id = instance.clone();

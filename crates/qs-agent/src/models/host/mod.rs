@@ -8,6 +8,7 @@ use crate::counters::Counters;
 use crate::exec::{Executor, Exit};
 use crate::journal::Journal;
 use crate::names::MODELS_BUCKET;
+use crate::orphans::InstanceFile;
 use crate::simgpu::SimGpu;
 use qs_core::Time;
 use qs_core::gpu::{
@@ -92,6 +93,9 @@ pub struct HostSetup<F: Fabric> {
     pub strategy: StrategyKind,
     pub log_dir: PathBuf,
     pub stop_grace: Duration,
+    /// Where the runtimes it starts are recorded, so that a restarted agent ends what a
+    /// killed one left running.
+    pub state: qs_store::StateDir,
 }
 
 /// A model this host took: which GPU and which tier.
@@ -156,6 +160,10 @@ struct Host<F: Fabric> {
     events: Vec<Event>,
     /// When the runtimes' VRAM is next held to their quotas.
     quota_at: tokio::time::Instant,
+    /// The runtimes running, as a restart after a kill -9 finds them.
+    runtime_file: InstanceFile,
+    state: qs_store::StateDir,
+    stop_grace: Duration,
 }
 
 /// The host of `setup.node`, registered in the process's [`super::Registry`] at once; the
@@ -194,7 +202,7 @@ pub fn host<F: Fabric>(
         })
         .collect();
     let host = Host {
-        node: setup.node,
+        node: setup.node.clone(),
         fabric: setup.fabric,
         registry: setup.registry,
         journal: setup.journal,
@@ -217,6 +225,9 @@ pub fn host<F: Fabric>(
         failures: BTreeMap::new(),
         events: Vec::new(),
         quota_at: tokio::time::Instant::now() + quota::QUOTA_EVERY,
+        runtime_file: InstanceFile::model_runtimes(setup.state.clone(), setup.node.clone()),
+        state: setup.state,
+        stop_grace: setup.stop_grace,
     };
     host.run(asks, exits, warms, stop)
 }
@@ -229,6 +240,7 @@ impl<F: Fabric> Host<F> {
         mut warms: mpsc::Receiver<Warmed>,
         mut stop: watch::Receiver<bool>,
     ) {
+        self.reap_orphans().await;
         let mut kv_watch: Option<Watch> = None;
         let mut rewatch_at = tokio::time::Instant::now();
         loop {
@@ -266,6 +278,43 @@ impl<F: Fabric> Host<F> {
         }
         self.registry.remove(&self.node);
         self.exec.shutdown("the agent is stopping").await;
+    }
+
+    /// Ends the runtimes a killed agent left running (they hold VRAM a new start needs).
+    async fn reap_orphans(&mut self) {
+        let file = InstanceFile::model_runtimes(self.state.clone(), self.node.clone());
+        let (state, node, grace) = (self.state.clone(), self.node.clone(), self.stop_grace);
+        let reaped = tokio::task::spawn_blocking(move || {
+            state.prepare(qs_store::StateFile::ModelRuntimes(&node))?;
+            file.reap_orphans(grace)
+        })
+        .await;
+        match reaped {
+            Ok(Ok(orphans)) => {
+                for o in orphans.iter().filter(|o| o.was_running) {
+                    tracing::warn!(
+                        node = %self.node,
+                        "ended model runtime {} (pid {}): it outlived its killed agent",
+                        o.instance,
+                        o.pid
+                    );
+                }
+            }
+            Ok(Err(e)) => tracing::error!(node = %self.node, "model runtimes not reaped: {e}"),
+            Err(e) => tracing::error!(node = %self.node, "model runtimes not reaped: {e}"),
+        }
+    }
+
+    /// Records the runtimes running now (after each start and exit).
+    fn save_runtimes(&self) {
+        let saved = self.runtime_file.save(
+            &self.exec.running(),
+            |i| self.processes.get(i).map(|p| p.model.clone()),
+            0.0,
+        );
+        if let Err(e) = saved {
+            tracing::error!(node = %self.node, "saving the model runtime file: {e}");
+        }
     }
 
     async fn watch_models(&self) -> Result<Watch, qs_fabric::FabricError> {
@@ -359,6 +408,7 @@ impl<F: Fabric> Host<F> {
         let Some(p) = self.processes.remove(&exit.instance) else {
             return;
         };
+        self.save_runtimes();
         if p.resident {
             if !p.stopping {
                 let why = format!("exited: {}", exit.outcome.reason());
