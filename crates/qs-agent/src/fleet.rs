@@ -169,6 +169,7 @@ fn model_host<F: Fabric>(
             .join("models"),
         stop_grace: opts.stop_grace,
         state: shared.state_dir.clone(),
+        ledger: shared.ledger.clone(),
     })
 }
 

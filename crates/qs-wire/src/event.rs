@@ -224,6 +224,11 @@ pub enum ModelStep {
     LoadFailed,
     /// The watchdog gave up on it after repeated failed starts: an alert.
     WatchdogReset,
+    /// Requests have waited for it long enough to be written down (durable stasis):
+    /// `detail` starts with the class they wait in; resumed after a restart.
+    Stasis,
+    /// Nothing waits for it any more.
+    StasisEnded,
 }
 
 /// An event as stored: its place in the ledger, when, and which node wrote it.

@@ -46,6 +46,16 @@ vram_mib = 1024
 command = "{qs} model-double --port {port} --model tiny --vram-mib 1024 --load-ms 100 --decode-tps 500"
 "#;
 
+/// A model that takes 3 s to load.
+const SLOW: &str = r#"
+[model.slow]
+load_ms = 3000
+[[model.slow.tier]]
+name = "1g"
+vram_mib = 1024
+command = "{qs} model-double --port {port} --model slow --vram-mib 1024 --load-ms 3000"
+"#;
+
 fn start(dir: &std::path::Path, config: &str) -> Up {
     Up::start_fleet(dir, GPU_FLEET, config)
 }
@@ -369,18 +379,7 @@ impl Drop for Killed {
 fn a_full_stasis_answers_429_with_retry_after() {
     let dir = tempfile::tempdir().unwrap();
     let up = start(dir.path(), "[models]\nmax_waiting = 1\n");
-    declare(
-        &up,
-        r#"
-[model.slow]
-load_ms = 3000
-[[model.slow.tier]]
-name = "1g"
-vram_mib = 1024
-command = "{qs} model-double --port {port} --model slow --vram-mib 1024 --load-ms 3000"
-"#,
-        "slow",
-    );
+    declare(&up, SLOW, "slow");
     let c = client(&up);
     let first =
         std::thread::spawn(move || post(&c, "/v1/chat/completions", &chat("slow", 2, false), None));
@@ -497,4 +496,37 @@ fn after_kill_9_a_restarted_agent_ends_the_runtime_its_predecessor_left() {
         "no start ran out of memory: {:?}",
         steps(&up)
     );
+}
+
+#[test]
+fn a_durable_stasis_is_resumed_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[models]\ndurable_after_ms = 200\n";
+    let mut up = start(dir.path(), config);
+    declare(&up, SLOW, "slow");
+    let c = client(&up);
+    let waiting =
+        std::thread::spawn(move || post(&c, "/v1/chat/completions", &chat("slow", 2, false), None));
+    up.wait("the long wait written down", |u| {
+        steps(u).contains(&("slow".to_owned(), "stasis".to_owned()))
+    });
+    // A restart before the model is warm: the client's request is answered (the agent is
+    // going), and the wait it stood for is not forgotten.
+    up.signal(libc::SIGTERM);
+    let (status, _, _) = waiting.join().unwrap();
+    assert_ne!(status, 200);
+    let up = start(dir.path(), config);
+    up.wait("the model brought in with no new request", |u| {
+        model_state(u, "slow") == "warm"
+    });
+    let resumed = up.events().into_iter().any(|e| {
+        e["event"]["step"] == "stasis"
+            && e["event"]["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("interactive: resumed after a restart"))
+    });
+    assert!(resumed, "{:?}", steps(&up));
+    up.wait("the stasis ended", |u| {
+        steps(u).contains(&("slow".to_owned(), "stasis-ended".to_owned()))
+    });
 }

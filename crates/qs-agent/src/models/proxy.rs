@@ -64,14 +64,9 @@ fn class(endpoint: Endpoint, headers: &HeaderMap) -> Result<Class, String> {
             _ => Class::Interactive,
         });
     };
-    match v.to_str().unwrap_or("") {
-        "interactive" => Ok(Class::Interactive),
-        "batch" => Ok(Class::Batch),
-        "ingestion" => Ok(Class::Ingestion),
-        other => Err(format!(
-            "{PRIORITY_HEADER}: {other:?} is not interactive, batch or ingestion"
-        )),
-    }
+    let v = v.to_str().unwrap_or("");
+    Class::named(v)
+        .ok_or_else(|| format!("{PRIORITY_HEADER}: {v:?} is not interactive, batch or ingestion"))
 }
 
 /// Serves one request to `endpoint`.

@@ -67,6 +67,22 @@ pub enum Class {
     Ingestion,
 }
 
+impl Class {
+    pub const ALL: [Class; 3] = [Class::Interactive, Class::Batch, Class::Ingestion];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Class::Interactive => "interactive",
+            Class::Batch => "batch",
+            Class::Ingestion => "ingestion",
+        }
+    }
+
+    pub fn named(name: &str) -> Option<Class> {
+        Class::ALL.into_iter().find(|c| c.name() == name)
+    }
+}
+
 /// How a runtime takes requests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Discipline {
@@ -114,6 +130,8 @@ pub struct GpuConfig {
     pub stop_timeout_ms: u64,
     /// Failed starts in a row after which the watchdog resets the runtime and alerts.
     pub max_failed_starts: u32,
+    /// A wait this long is recorded (durable stasis), to be resumed after a restart.
+    pub durable_after_ms: u64,
 }
 
 impl Default for GpuConfig {
@@ -126,6 +144,7 @@ impl Default for GpuConfig {
             drain_timeout_ms: 600_000,
             stop_timeout_ms: 30_000,
             max_failed_starts: 3,
+            durable_after_ms: 5_000,
         }
     }
 }
@@ -141,6 +160,8 @@ pub struct ModelsConfig {
     pub drain_timeout_ms: u64,
     pub stop_timeout_ms: u64,
     pub max_failed_starts: u32,
+    /// A wait this long is written to the ledger and resumed after a restart.
+    pub durable_after_ms: u64,
     /// `tipping-point` (ours), `exhaustive`, `llama-swap` or `fifo`.
     pub policy: String,
     /// Where a model goes among a node's GPUs, at which tier: `tipping-point` (the first
@@ -157,6 +178,7 @@ impl Default for ModelsConfig {
             drain_timeout_ms: g.drain_timeout_ms,
             stop_timeout_ms: g.stop_timeout_ms,
             max_failed_starts: g.max_failed_starts,
+            durable_after_ms: g.durable_after_ms,
             policy: PolicyKind::TippingPoint.name().to_owned(),
             strategy: StrategyKind::TippingPoint.name().to_owned(),
         }
@@ -188,6 +210,7 @@ impl ModelsConfig {
             drain_timeout_ms: self.drain_timeout_ms,
             stop_timeout_ms: self.stop_timeout_ms,
             max_failed_starts: self.max_failed_starts,
+            durable_after_ms: self.durable_after_ms,
             ..GpuConfig::default()
         }
     }
@@ -334,6 +357,17 @@ pub enum GpuEvent {
     WatchdogReset {
         model: ModelName,
         attempts: u32,
+    },
+    /// Requests for `model` have waited `durable_after_ms` (the oldest in `class`): the
+    /// stasis is written down, to be resumed after a restart.
+    StasisRecorded {
+        model: ModelName,
+        class: Class,
+        waiting: usize,
+    },
+    /// Nothing waits for `model` any more.
+    StasisEnded {
+        model: ModelName,
     },
 }
 

@@ -574,3 +574,42 @@ fn a_resident_model_in_the_margin_is_not_counted_twice_and_the_rest_of_the_margi
     });
     assert_eq!(bare.started("big"), 0, "the margin is not taken");
 }
+
+#[test]
+fn a_long_wait_is_recorded_once_and_its_end_too() {
+    let config = GpuConfig {
+        durable_after_ms: 1_000,
+        ..GpuConfig::default()
+    };
+    let mut rig = Rig::with_config(config, pair(), PolicyKind::TippingPoint);
+    let recorded = |rig: &Rig| {
+        rig.out
+            .iter()
+            .filter(|o| matches!(o, GpuOutput::Event(GpuEvent::StasisRecorded { .. })))
+            .count()
+    };
+    let id = rig.ask("conv", Class::Interactive);
+    assert_eq!(
+        rig.s.poll_timeout(),
+        Some(Time::from_millis(1_000)),
+        "time alone records it"
+    );
+    rig.at(999);
+    assert_eq!(recorded(&rig), 0);
+    rig.at(1_000);
+    assert!(
+        rig.out
+            .contains(&GpuOutput::Event(GpuEvent::StasisRecorded {
+                model: name("conv"),
+                class: Class::Interactive,
+                waiting: 1,
+            }))
+    );
+    rig.at(5_000);
+    assert_eq!(recorded(&rig), 1, "once per wait");
+    rig.warm("conv");
+    assert!(rig.routed(id));
+    assert!(rig.out.contains(&GpuOutput::Event(GpuEvent::StasisEnded {
+        model: name("conv")
+    })));
+}

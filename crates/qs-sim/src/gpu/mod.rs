@@ -237,6 +237,7 @@ pub fn run(work: &Workload, s: &Scenario, clock: &dyn Fn() -> f64) -> Outcome {
         drain_timeout_ms: 600_000,
         stop_timeout_ms: 30_000,
         max_failed_starts: 3,
+        ..GpuConfig::default()
     };
     let budget = config.vram_bytes - config.reserved_bytes;
     let load_ms = if s.oracle { 0 } else { s.load_ms };

@@ -12,8 +12,8 @@ use crate::orphans::InstanceFile;
 use crate::simgpu::SimGpu;
 use qs_core::Time;
 use qs_core::gpu::{
-    Discipline, GpuConfig, GpuInput, GpuOutput, GpuScheduler, GpuSlot, ModelProfile, PolicyKind,
-    Request, RequestId, Strategy, StrategyKind,
+    Class, Discipline, GpuConfig, GpuInput, GpuOutput, GpuScheduler, GpuSlot, ModelProfile,
+    PolicyKind, Request, RequestId, Strategy, StrategyKind,
 };
 use qs_fabric::{Fabric, Kv, KvEvent, Watch};
 use qs_wire::{Authority, Event, InstanceId, ModelDiscipline, ModelSpec, NodeId, ServiceName};
@@ -27,6 +27,7 @@ mod launch;
 mod quota;
 mod record;
 mod resident;
+mod stasis;
 
 /// The VRAM is read again this soon when the scheduler found it not yet released (the driver
 /// lags a process's exit): paced, not spun.
@@ -96,6 +97,8 @@ pub struct HostSetup<F: Fabric> {
     /// Where the runtimes it starts are recorded, so that a restarted agent ends what a
     /// killed one left running.
     pub state: qs_store::StateDir,
+    /// Where a durable stasis of a previous life is found.
+    pub ledger: Arc<qs_store::Ledger>,
 }
 
 /// A model this host took: which GPU and which tier.
@@ -164,6 +167,10 @@ struct Host<F: Fabric> {
     runtime_file: InstanceFile,
     state: qs_store::StateDir,
     stop_grace: Duration,
+    ledger: Arc<qs_store::Ledger>,
+    /// Stases a previous life recorded and did not end: raised again once their model is
+    /// declared.
+    resume: BTreeMap<ServiceName, Class>,
 }
 
 /// The host of `setup.node`, registered in the process's [`super::Registry`] at once; the
@@ -228,6 +235,8 @@ pub fn host<F: Fabric>(
         runtime_file: InstanceFile::model_runtimes(setup.state.clone(), setup.node.clone()),
         state: setup.state,
         stop_grace: setup.stop_grace,
+        ledger: setup.ledger,
+        resume: BTreeMap::new(),
     };
     host.run(asks, exits, warms, stop)
 }
@@ -241,6 +250,7 @@ impl<F: Fabric> Host<F> {
         mut stop: watch::Receiver<bool>,
     ) {
         self.reap_orphans().await;
+        self.resume = stasis::standing(self.ledger.clone(), self.node.clone()).await;
         let mut kv_watch: Option<Watch> = None;
         let mut rewatch_at = tokio::time::Instant::now();
         loop {
@@ -541,7 +551,11 @@ impl<F: Fabric> Host<F> {
             return;
         };
         self.gpus[gpu].scheduler.declare(profile(&spec, tier));
-        self.models.insert(name, Assigned { spec, gpu, tier });
+        self.models
+            .insert(name.clone(), Assigned { spec, gpu, tier });
+        if let Some(class) = self.resume.remove(&name) {
+            self.resume_stasis(gpu, name, class);
+        }
     }
 
     /// GPU `i` as the strategy sees it, `model` aside.

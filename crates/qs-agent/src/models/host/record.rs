@@ -78,6 +78,17 @@ impl<F: Fabric> Host<F> {
                     format!("alert: {attempts} failed starts; its waiting requests are refused"),
                 )
             }
+            GpuEvent::StasisRecorded {
+                model,
+                class,
+                waiting,
+            } => (
+                model,
+                ModelStep::Stasis,
+                0,
+                format!("{}: {waiting} request(s) waiting", class.name()),
+            ),
+            GpuEvent::StasisEnded { model } => (model, ModelStep::StasisEnded, 0, String::new()),
         };
         Event::ModelRuntime {
             gpu: self.gpus[gpu].index,

@@ -10,6 +10,9 @@ use super::{
 use crate::Time;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+mod models;
+mod stasis;
+
 /// Weight of a new load time in the learned estimate.
 const LOAD_LEARN: f64 = 0.3;
 /// While requests wait for a model that is not resident and no transition is under way,
@@ -40,6 +43,8 @@ pub struct GpuScheduler {
     withdrawn: BTreeSet<ModelName>,
     /// VRAM of the reserved margin held by the resident model.
     margin_held_bytes: u64,
+    /// Models whose stasis was recorded as durable and has not ended.
+    durable: BTreeSet<ModelName>,
     /// When to ask the policy again though nothing came in.
     reconsider_at: Option<Time>,
     policy: Box<dyn SwapPolicy>,
@@ -69,74 +74,11 @@ impl GpuScheduler {
             failed_starts: BTreeMap::new(),
             withdrawn: BTreeSet::new(),
             margin_held_bytes: 0,
+            durable: BTreeSet::new(),
             reconsider_at: None,
             policy,
             out: VecDeque::new(),
         }
-    }
-
-    /// A model is declared, or its spec changed: the profile counts for the next decisions.
-    /// A resident runtime of it runs on (a changed option does not reload a model).
-    pub fn declare(&mut self, profile: ModelProfile) {
-        self.withdrawn.remove(&profile.name);
-        self.state
-            .load_ms
-            .entry(profile.name.clone())
-            .or_insert(profile.load_ms as f64);
-        self.state.profiles.insert(profile.name.clone(), profile);
-    }
-
-    /// A model is withdrawn: its waiting requests are refused, a warm runtime of it drains
-    /// and stops, a loading one stops. Its profile goes once its runtime has exited (what it
-    /// holds counts until then).
-    pub fn withdraw(&mut self, model: &ModelName, now: Time) {
-        if !self.state.profiles.contains_key(model) {
-            return;
-        }
-        self.refuse_waiting(model, "the model was withdrawn");
-        if self.transition.as_ref().is_some_and(|t| &t.to == model) {
-            self.transition = None;
-        }
-        let deadline = now + crate::time::ms(self.state.config.drain_timeout_ms);
-        match self.state.resident.get_mut(model) {
-            None => {
-                self.state.profiles.remove(model);
-                return;
-            }
-            Some(r) => match r.phase {
-                Phase::Warm => {
-                    r.phase = Phase::Draining {
-                        since: now,
-                        deadline,
-                    }
-                }
-                Phase::Loading { .. } => {
-                    r.phase = Phase::Stopping {
-                        deadline: now + crate::time::ms(self.state.config.stop_timeout_ms),
-                    };
-                    self.out.push_back(GpuOutput::Stop {
-                        model: model.clone(),
-                    });
-                }
-                Phase::Draining { .. } | Phase::Stopping { .. } => {}
-            },
-        }
-        self.withdrawn.insert(model.clone());
-        self.step(now);
-    }
-
-    /// The resident model holds `bytes` of the reserved margin (at most all of it): VRAM
-    /// readings leave it out, so a start needs room beside it and the margin's rest.
-    pub fn hold_margin(&mut self, bytes: u64) {
-        self.margin_held_bytes = bytes.min(self.state.config.reserved_bytes);
-    }
-
-    /// The models declared (withdrawn ones excepted).
-    pub fn models(&self) -> impl Iterator<Item = &ModelProfile> {
-        self.state
-            .profiles
-            .values()
-            .filter(|p| !self.withdrawn.contains(&p.name))
     }
 
     /// VRAM the runtimes may use: the GPU's less the reserved margin.
@@ -174,6 +116,7 @@ impl GpuScheduler {
                 _ => None,
             })
             .chain(self.reconsider_at)
+            .chain(self.next_durable())
             .min()
     }
 
@@ -504,6 +447,7 @@ impl GpuScheduler {
             .any(|m| !self.state.resident.contains_key(m));
         self.reconsider_at =
             (self.transition.is_none() && wanting).then(|| now + crate::time::ms(RECONSIDER_MS));
+        self.durable_stasis(now);
     }
 
     fn begin(&mut self, to: ModelName, now: Time) {
