@@ -229,6 +229,8 @@ pub enum ModelStep {
     Stasis,
     /// Nothing waits for it any more.
     StasisEnded,
+    /// It served only other nodes' leased work and is taken back for local interactive use.
+    LeaseRevoked,
 }
 
 /// An event as stored: its place in the ledger, when, and which node wrote it.

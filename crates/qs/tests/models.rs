@@ -74,12 +74,23 @@ fn post(
     body: &Value,
     first: Option<mpsc::Sender<()>>,
 ) -> (u16, Option<String>, String) {
+    post_with(up, path, "", body, first)
+}
+
+/// [`post`] with more headers (each ending in CRLF).
+fn post_with(
+    up: &Up,
+    path: &str,
+    headers: &str,
+    body: &Value,
+    first: Option<mpsc::Sender<()>>,
+) -> (u16, Option<String>, String) {
     let addr = up.api.trim_start_matches("http://").to_owned();
     let body = body.to_string();
     let mut s = TcpStream::connect(&addr).unwrap();
     s.set_read_timeout(Some(LIMIT)).unwrap();
     let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\n{headers}Connection: close\r\nContent-Length: {}\r\n\r\n{body}",
         up.token().unwrap(),
         body.len()
     );
@@ -529,4 +540,51 @@ fn a_durable_stasis_is_resumed_after_a_restart() {
     up.wait("the stasis ended", |u| {
         steps(u).contains(&("slow".to_owned(), "stasis-ended".to_owned()))
     });
+}
+
+#[test]
+fn a_local_interactive_request_revokes_a_lease_within_its_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = start(dir.path(), "");
+    declare(&up, PAIR, "code");
+    declare(&up, PAIR, "conv");
+    // Work another node placed here, under its lease: a stream of 500 tokens (10 s).
+    let (first_tx, first_rx) = mpsc::channel();
+    let c = client(&up);
+    let leased = std::thread::spawn(move || {
+        post_with(
+            &c,
+            "/v1/chat/completions",
+            "x-qs-lease: peer-a\r\nx-qs-priority: batch\r\n",
+            &chat("code", 500, true),
+            Some(first_tx),
+        )
+    });
+    first_rx
+        .recv_timeout(LIMIT)
+        .expect("the leased stream began");
+    // A local interactive request for the other model takes the GPU back.
+    let (status, _, text) = post(&up, "/v1/chat/completions", &chat("conv", 2, false), None);
+    assert_eq!(status, 200, "{text}");
+    let (_, _, stream) = leased.join().unwrap();
+    assert!(
+        !stream.contains("[DONE]") && stream.matches("data: {").count() < 500,
+        "the leased stream was cut"
+    );
+    let events = up.events();
+    let step = |model: &str, step: &str| {
+        events
+            .iter()
+            .find(|e| e["event"]["model"] == model && e["event"]["step"] == step)
+            .unwrap_or_else(|| panic!("no {step} of {model}: {:?}", steps(&up)))
+            .clone()
+    };
+    step("code", "lease-revoked");
+    let drained = step("code", "drained");
+    assert_eq!(drained["event"]["detail"], "1 request(s) cut");
+    // The bound is 1 s; a loaded machine's timers may add to it, never the 10 s the stream
+    // would have run.
+    let took_ms = drained["event"]["took_ms"].as_u64().unwrap();
+    assert!(took_ms < 3_000, "revoked after {took_ms} ms");
+    step("conv", "loaded");
 }

@@ -35,6 +35,8 @@ pub(crate) enum Ask {
         model: ServiceName,
         class: Class,
         context_tokens: u32,
+        /// The node whose lease it runs under (placed here by another node).
+        lease: Option<NodeId>,
         reply: oneshot::Sender<Decision>,
     },
     /// A routed request's answer has been passed on (or its client went away).

@@ -6,7 +6,9 @@
 //! ends or the client goes away.
 //!
 //! The priority class comes from the `x-qs-priority` header (`interactive`, `batch`,
-//! `ingestion`); without it, embeddings are ingestion and the rest interactive.
+//! `ingestion`); without it, embeddings are ingestion and the rest interactive. Work another
+//! node placed here names that node in `x-qs-lease`: it runs under its lease, which a local
+//! interactive request revokes.
 
 use super::http::{Target, forward};
 use super::{Ask, Decision, Registry};
@@ -17,7 +19,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use qs_core::gpu::{Class, RequestId};
-use qs_wire::ServiceName;
+use qs_wire::{NodeId, ServiceName};
 use serde_json::{Value, json};
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -25,6 +27,8 @@ use tokio::sync::{mpsc, oneshot};
 
 /// The header that names a request's priority class.
 pub const PRIORITY_HEADER: &str = "x-qs-priority";
+/// The header of work another node placed here: the node whose lease it runs under.
+pub const LEASE_HEADER: &str = "x-qs-lease";
 /// Longest `model` name read from a request.
 const MAX_MODEL_BYTES: usize = 256;
 
@@ -99,6 +103,13 @@ pub async fn serve(
         Ok(c) => c,
         Err(e) => return invalid(e),
     };
+    let lease = match headers.get(LEASE_HEADER).map(|v| v.to_str().unwrap_or("")) {
+        None => None,
+        Some(holder) => match NodeId::new(holder) {
+            Ok(n) => Some(n),
+            Err(e) => return invalid(format!("{LEASE_HEADER}: {holder:?}: {e}")),
+        },
+    };
     let Some((handle, view)) = registry.find(&name) else {
         return refusal(
             StatusCode::NOT_FOUND,
@@ -120,6 +131,7 @@ pub async fn serve(
         model: name.clone(),
         class,
         context_tokens,
+        lease,
         reply,
     };
     if handle.tx.try_send(ask).is_err() {

@@ -132,6 +132,8 @@ pub struct GpuConfig {
     pub max_failed_starts: u32,
     /// A wait this long is recorded (durable stasis), to be resumed after a restart.
     pub durable_after_ms: u64,
+    /// How long leased work may drain once local interactive use revokes its lease.
+    pub lease_revoke_ms: u64,
 }
 
 impl Default for GpuConfig {
@@ -145,6 +147,7 @@ impl Default for GpuConfig {
             stop_timeout_ms: 30_000,
             max_failed_starts: 3,
             durable_after_ms: 5_000,
+            lease_revoke_ms: 1_000,
         }
     }
 }
@@ -162,6 +165,9 @@ pub struct ModelsConfig {
     pub max_failed_starts: u32,
     /// A wait this long is written to the ledger and resumed after a restart.
     pub durable_after_ms: u64,
+    /// How long another node's leased work may drain once a local interactive request
+    /// revokes its lease.
+    pub lease_revoke_ms: u64,
     /// `tipping-point` (ours), `exhaustive`, `llama-swap` or `fifo`.
     pub policy: String,
     /// Where a model goes among a node's GPUs, at which tier: `tipping-point` (the first
@@ -179,6 +185,7 @@ impl Default for ModelsConfig {
             stop_timeout_ms: g.stop_timeout_ms,
             max_failed_starts: g.max_failed_starts,
             durable_after_ms: g.durable_after_ms,
+            lease_revoke_ms: g.lease_revoke_ms,
             policy: PolicyKind::TippingPoint.name().to_owned(),
             strategy: StrategyKind::TippingPoint.name().to_owned(),
         }
@@ -211,6 +218,7 @@ impl ModelsConfig {
             stop_timeout_ms: self.stop_timeout_ms,
             max_failed_starts: self.max_failed_starts,
             durable_after_ms: self.durable_after_ms,
+            lease_revoke_ms: self.lease_revoke_ms,
             ..GpuConfig::default()
         }
     }
@@ -274,6 +282,9 @@ pub struct Request {
     pub class: Class,
     /// Prompt tokens: what a cut-off request would have to process again.
     pub context_tokens: u32,
+    /// Placed here by another node: it runs under that node's lease, which local
+    /// interactive use revokes.
+    pub lease: Option<qs_wire::NodeId>,
 }
 
 /// What the scheduler is told.
@@ -291,6 +302,9 @@ pub enum GpuInput {
     Stopped { model: ModelName },
     /// The GPU's free VRAM, read after a stop (NVML, or the simulated GPU's accounting).
     VramFree { free_bytes: u64 },
+    /// A waiting request's client went away (a vanished peer's leased work among them): it
+    /// is swept from the queue, so no swap is made for nobody.
+    Cancel { id: RequestId },
 }
 
 /// What the scheduler decided.
@@ -304,9 +318,10 @@ pub enum GpuOutput {
         retry_after_ms: u64,
         reason: &'static str,
     },
-    /// Stop the runtime: nothing is in flight on it (or its drain bound passed). Said again
-    /// when it has not exited after `stop_timeout_ms`: then kill it.
-    Stop { model: ModelName },
+    /// Stop the runtime: nothing is in flight on it (or its drain bound passed). `kill`:
+    /// at once (SIGKILL), for one whose drain bound cut work still running on it, or one
+    /// that has not exited `stop_timeout_ms` after it was told to stop.
+    Stop { model: ModelName, kill: bool },
     /// Read the GPU's free VRAM and say it with [`GpuInput::VramFree`].
     CheckVram,
     /// Start the runtime; say [`GpuInput::Loaded`] once it is warm.
@@ -368,6 +383,13 @@ pub enum GpuEvent {
     /// Nothing waits for `model` any more.
     StasisEnded {
         model: ModelName,
+    },
+    /// `model` served only other nodes' leased work and is taken back for a local
+    /// interactive request for `by`: drained within `lease_revoke_ms`, its leased requests
+    /// still waiting served when the GPU is free again.
+    LeaseRevoked {
+        model: ModelName,
+        by: ModelName,
     },
 }
 

@@ -81,6 +81,25 @@ impl Queue {
         Some(w)
     }
 
+    /// Takes request `id` out, wherever it waits (O(n): its client went away).
+    pub(super) fn remove(&mut self, id: RequestId) -> Option<Waiting> {
+        for i in 0..3 {
+            if let Some(at) = self.by_class[i].iter().position(|w| w.request.id == id) {
+                let w = self.by_class[i].remove(at)?;
+                self.arrived_sum_us[i] -= u128::from(w.arrived.as_micros());
+                return Some(w);
+            }
+        }
+        None
+    }
+
+    /// Whether every request waiting here is leased (placed by another node).
+    pub(super) fn all_leased(&self) -> bool {
+        self.by_class
+            .iter()
+            .all(|q| q.iter().all(|w| w.request.lease.is_some()))
+    }
+
     pub(super) fn oldest(&self) -> Option<&Waiting> {
         self.by_class
             .iter()

@@ -72,6 +72,7 @@ impl Rig {
             model: name(model),
             class,
             context_tokens: 1000,
+            lease: None,
         }));
         id
     }
@@ -92,7 +93,7 @@ impl Rig {
     fn stopped(&self, model: &str) -> bool {
         self.out
             .iter()
-            .any(|o| matches!(o, GpuOutput::Stop { model: m } if m.as_str() == model))
+            .any(|o| matches!(o, GpuOutput::Stop { model: m, .. } if m.as_str() == model))
     }
 
     fn position(&self, want: impl Fn(&GpuOutput) -> bool) -> Option<usize> {
@@ -473,7 +474,7 @@ fn a_runtime_that_outlives_its_stop_is_told_again() {
     let stops = |rig: &Rig| {
         rig.out
             .iter()
-            .filter(|o| matches!(o, GpuOutput::Stop { model } if model.as_str() == "code"))
+            .filter(|o| matches!(o, GpuOutput::Stop { model, .. } if model.as_str() == "code"))
             .count()
     };
     assert_eq!(stops(&rig), 1);
@@ -612,4 +613,90 @@ fn a_long_wait_is_recorded_once_and_its_end_too() {
     assert!(rig.out.contains(&GpuOutput::Event(GpuEvent::StasisEnded {
         model: name("conv")
     })));
+}
+
+impl Rig {
+    /// A request for `model` placed here by node `holder`, under its lease.
+    fn ask_leased(&mut self, model: &str, holder: &str) -> RequestId {
+        let id = RequestId(self.next_id);
+        self.next_id += 1;
+        self.feed(GpuInput::Arrive(Request {
+            id,
+            model: name(model),
+            class: Class::Batch,
+            context_tokens: 1000,
+            lease: Some(qs_wire::NodeId::new(holder).unwrap()),
+        }));
+        id
+    }
+}
+
+#[test]
+fn local_interactive_use_revokes_a_lease_within_its_bound_and_the_leased_work_waits() {
+    let mut rig = Rig::new(pair(), PolicyKind::TippingPoint);
+    let l1 = rig.ask_leased("code", "peer");
+    rig.warm("code");
+    let l2 = rig.ask_leased("code", "peer");
+    assert!(rig.routed(l1) && rig.routed(l2));
+    rig.at(1_000);
+    let local = rig.ask("conv", Class::Interactive);
+    assert!(rig.out.iter().any(|o| matches!(
+        o,
+        GpuOutput::Event(GpuEvent::LeaseRevoked { model, by }) if model.as_str() == "code" && by.as_str() == "conv"
+    )));
+    // More leased work for code waits; nothing is stopped before the bound.
+    let l3 = rig.ask_leased("code", "peer");
+    rig.at(1_999);
+    assert!(!rig.stopped("code"));
+    rig.at(2_000);
+    assert!(rig.stopped("code"), "the GPU taken back within a second");
+    for id in [l1, l2] {
+        assert!(rig.out.iter().any(|o| matches!(
+            o,
+            GpuOutput::Refuse { id: r, reason, .. } if *r == id && reason.starts_with("lease revoked")
+        )));
+    }
+    rig.feed(GpuInput::Stopped {
+        model: name("code"),
+    });
+    rig.feed(GpuInput::VramFree {
+        free_bytes: 24 * GIB,
+    });
+    rig.at(3_000).warm("conv");
+    assert!(rig.routed(local));
+    assert!(
+        !rig.routed(l3),
+        "the lease is restored when the GPU is free, not before"
+    );
+    assert_eq!(rig.s.waiting(), 1);
+}
+
+#[test]
+fn a_runtime_with_local_work_is_not_revoked() {
+    let mut rig = Rig::new(pair(), PolicyKind::TippingPoint);
+    let own = rig.ask("code", Class::Batch);
+    rig.warm("code");
+    let _leased = rig.ask_leased("code", "peer");
+    assert!(rig.routed(own));
+    rig.at(1_000);
+    let _local = rig.ask("conv", Class::Interactive);
+    assert!(
+        !rig.out
+            .iter()
+            .any(|o| matches!(o, GpuOutput::Event(GpuEvent::LeaseRevoked { .. })))
+    );
+}
+
+#[test]
+fn a_request_whose_client_went_away_is_swept_and_makes_no_swap() {
+    let mut rig = Rig::new(pair(), PolicyKind::TippingPoint);
+    let c = rig.ask("code", Class::Batch);
+    rig.warm("code");
+    assert!(rig.routed(c));
+    let gone = rig.ask("conv", Class::Batch);
+    rig.feed(GpuInput::Cancel { id: gone });
+    assert_eq!(rig.s.waiting(), 0);
+    rig.feed(GpuInput::Finished { id: c });
+    rig.at(600_000);
+    assert!(!rig.stopped("code"), "no swap for nobody");
 }

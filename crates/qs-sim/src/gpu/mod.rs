@@ -289,6 +289,7 @@ pub fn run(work: &Workload, s: &Scenario, clock: &dyn Fn() -> f64) -> Outcome {
                         model: ModelName::new(m.name()).expect("a valid name"),
                         class: m.class(),
                         context_tokens: work.requests[i].1.context_tokens,
+                        lease: None,
                     }),
                     t,
                 );
@@ -369,7 +370,7 @@ pub fn run(work: &Workload, s: &Scenario, clock: &dyn Fn() -> f64) -> Outcome {
                     out.loading_gpu_s += took as f64 / 1e6;
                     push(&mut queue, now + took, Ev::Loaded(m));
                 }
-                GpuOutput::Stop { model } => {
+                GpuOutput::Stop { model, .. } => {
                     let m = Model::of(&model);
                     push(&mut queue, now + EXIT_US, Ev::Exited(m));
                     push(&mut queue, now + EXIT_US + RELEASE_US, Ev::Released(m));

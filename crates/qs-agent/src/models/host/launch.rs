@@ -151,16 +151,17 @@ impl<F: Fabric> Host<F> {
         Ok(instance)
     }
 
-    /// Stops `model`'s runtime: SIGTERM (in-flight work was drained first); told again, it
-    /// outlived its stop bound and is killed.
-    pub(super) fn stop(&mut self, model: &ServiceName) {
+    /// Stops `model`'s runtime: SIGTERM (in-flight work was drained first), or SIGKILL when
+    /// the scheduler says `kill` (its drain bound cut work still on it, or it outlived its
+    /// stop).
+    pub(super) fn stop(&mut self, model: &ServiceName, kill: bool) {
         let Some((instance, p)) = self.processes.iter_mut().find(|(_, p)| &p.model == model) else {
             return;
         };
-        if p.stopping {
+        p.stopping = true;
+        if kill {
             self.exec.kill(instance);
         } else {
-            p.stopping = true;
             self.exec.stop(instance, "swapped out");
         }
     }

@@ -353,6 +353,7 @@ impl<F: Fabric> Host<F> {
         if tokio::time::Instant::now() >= self.quota_at {
             self.quota_at = tokio::time::Instant::now() + quota::QUOTA_EVERY;
             self.check_quotas();
+            self.sweep_gone();
         }
         let t = now();
         let instant = tokio::time::Instant::now();
@@ -378,6 +379,7 @@ impl<F: Fabric> Host<F> {
                 model,
                 class,
                 context_tokens,
+                lease,
                 reply,
             } => {
                 if self.residents.contains_key(&model) {
@@ -399,6 +401,7 @@ impl<F: Fabric> Host<F> {
                     model,
                     class,
                     context_tokens,
+                    lease,
                 };
                 self.gpus[gpu]
                     .scheduler
@@ -411,6 +414,23 @@ impl<F: Fabric> Host<F> {
                         .handle(GpuInput::Finished { id }, now());
                 }
             }
+        }
+    }
+
+    /// Sweeps the waiting requests whose clients went away (a vanished peer's leased work
+    /// among them): no swap is made for nobody.
+    fn sweep_gone(&mut self) {
+        let gone: Vec<(RequestId, usize)> = self
+            .pending
+            .iter()
+            .filter(|(_, (_, reply))| reply.is_closed())
+            .map(|(id, (gpu, _))| (*id, *gpu))
+            .collect();
+        for (id, gpu) in gone {
+            self.pending.remove(&id);
+            self.gpus[gpu]
+                .scheduler
+                .handle(GpuInput::Cancel { id }, now());
         }
     }
 
@@ -603,7 +623,7 @@ impl<F: Fabric> Host<F> {
                             });
                         }
                     }
-                    GpuOutput::Stop { model } => self.stop(&model),
+                    GpuOutput::Stop { model, kill } => self.stop(&model, kill),
                     GpuOutput::CheckVram => {
                         let g = &mut self.gpus[gpu];
                         let earliest = g

@@ -89,6 +89,12 @@ impl<F: Fabric> Host<F> {
                 format!("{}: {waiting} request(s) waiting", class.name()),
             ),
             GpuEvent::StasisEnded { model } => (model, ModelStep::StasisEnded, 0, String::new()),
+            GpuEvent::LeaseRevoked { model, by } => (
+                model,
+                ModelStep::LeaseRevoked,
+                0,
+                format!("taken back for local interactive use of {by}"),
+            ),
         };
         Event::ModelRuntime {
             gpu: self.gpus[gpu].index,

@@ -83,6 +83,7 @@ impl<F: Fabric> Host<F> {
             model,
             class,
             context_tokens: 0,
+            lease: None,
         };
         self.gpus[gpu]
             .scheduler

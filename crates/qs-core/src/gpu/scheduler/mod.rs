@@ -10,6 +10,7 @@ use super::{
 use crate::Time;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+mod leases;
 mod models;
 mod stasis;
 
@@ -135,6 +136,7 @@ impl GpuScheduler {
                     if let Some(tokens) = r.in_flight.remove(&id) {
                         r.in_flight_tokens -= u64::from(tokens);
                     }
+                    r.leased.remove(&id);
                     r.last_used = now;
                 }
             }
@@ -162,6 +164,7 @@ impl GpuScheduler {
             GpuInput::LoadFailed { model } => self.load_failed(model, now),
             GpuInput::Stopped { model } => self.exited(model, now),
             GpuInput::VramFree { free_bytes } => self.vram_free(free_bytes, now),
+            GpuInput::Cancel { id } => self.cancel(id),
         }
         self.step(now);
     }
@@ -213,6 +216,9 @@ impl GpuScheduler {
         self.state
             .last_class
             .insert(request.model.clone(), request.class);
+        let local_interactive =
+            request.lease.is_none() && request.class == super::Class::Interactive;
+        let model = request.model.clone();
         let order = self.next_order;
         self.next_order += 1;
         self.waiting += 1;
@@ -225,6 +231,9 @@ impl GpuScheduler {
                 arrived: now,
                 order,
             });
+        if local_interactive {
+            self.revoke_for(&model, now);
+        }
     }
 
     /// A runtime's process is gone (told to stop, or crashed): what was in flight on it is
@@ -371,6 +380,7 @@ impl GpuScheduler {
                 phase: Phase::Loading { since: now },
                 in_flight: BTreeMap::new(),
                 in_flight_tokens: 0,
+                leased: BTreeSet::new(),
                 committed,
                 last_used: now,
             },
@@ -405,7 +415,10 @@ impl GpuScheduler {
                 };
                 self.out
                     .push_back(GpuOutput::Event(GpuEvent::StopOverdue { model: m.clone() }));
-                self.out.push_back(GpuOutput::Stop { model: m.clone() });
+                self.out.push_back(GpuOutput::Stop {
+                    model: m.clone(),
+                    kill: true,
+                });
             }
         }
         let mut drained = Vec::new();
@@ -422,12 +435,17 @@ impl GpuScheduler {
                     deadline: now + crate::time::ms(self.state.config.stop_timeout_ms),
                 };
                 r.in_flight_tokens = 0;
+                let leased = std::mem::take(&mut r.leased);
                 for id in std::mem::take(&mut r.in_flight).into_keys() {
                     self.routed.remove(&id);
                     self.out.push_back(GpuOutput::Refuse {
                         id,
                         retry_after_ms: 0,
-                        reason: "cut: its runtime was stopped at the drain bound",
+                        reason: if leased.contains(&id) {
+                            "lease revoked: the GPU is taken back for local interactive use"
+                        } else {
+                            "cut: its runtime was stopped at the drain bound"
+                        },
                     });
                 }
             }
@@ -436,7 +454,11 @@ impl GpuScheduler {
                 took_ms: now.since(since).as_millis() as u64,
                 cut,
             }));
-            self.out.push_back(GpuOutput::Stop { model: m });
+            // Work still runs on it past its bound: it is not asked, it is ended.
+            self.out.push_back(GpuOutput::Stop {
+                model: m,
+                kill: cut > 0,
+            });
         }
         // Routing again: a runtime that was warm before the step may have free slots now.
         self.route(now);
@@ -451,6 +473,11 @@ impl GpuScheduler {
     }
 
     fn begin(&mut self, to: ModelName, now: Time) {
+        self.begin_within(to, now, self.state.config.drain_timeout_ms);
+    }
+
+    /// Begins the transition to `to`, draining what must go within `drain_ms`.
+    fn begin_within(&mut self, to: ModelName, now: Time, drain_ms: u64) {
         let Some(evict) = self.state.evictions_for(&to) else {
             return;
         };
@@ -465,7 +492,7 @@ impl GpuScheduler {
             self.start(to, now);
             return;
         }
-        let deadline = now + crate::time::ms(self.state.config.drain_timeout_ms);
+        let deadline = now + crate::time::ms(drain_ms);
         for m in &evict {
             if let Some(r) = self.state.resident.get_mut(m)
                 && matches!(r.phase, Phase::Warm)
@@ -533,6 +560,9 @@ impl GpuScheduler {
                     self.waiting -= 1;
                     let r = self.state.resident.get_mut(&m).expect("checked above");
                     r.in_flight.insert(w.request.id, w.request.context_tokens);
+                    if w.request.lease.is_some() {
+                        r.leased.insert(w.request.id);
+                    }
                     r.in_flight_tokens += u64::from(w.request.context_tokens);
                     r.committed.remove(&w.request.id);
                     r.last_used = now;

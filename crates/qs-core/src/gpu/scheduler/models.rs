@@ -48,6 +48,7 @@ impl GpuScheduler {
                     };
                     self.out.push_back(GpuOutput::Stop {
                         model: model.clone(),
+                        kill: false,
                     });
                 }
                 Phase::Draining { .. } | Phase::Stopping { .. } => {}

@@ -1,0 +1,68 @@
+//! Leases (seed 003): work another node placed here runs under its lease. A local
+//! interactive request for a model that needs the GPU revokes it: the runtimes that serve
+//! only leased work are drained within `lease_revoke_ms` (what is still in flight then is
+//! cut, and its holder retries elsewhere), whatever the policy or their commitment says; the
+//! leased requests still waiting stay, and are served when the GPU is free again. A waiting
+//! request whose client went away (a vanished peer's among them) is swept.
+
+use super::GpuScheduler;
+use crate::Time;
+use crate::gpu::{GpuEvent, GpuOutput, ModelName, RequestId};
+
+impl GpuScheduler {
+    /// A local interactive request for `to` arrived: revokes the leases in its way.
+    pub(super) fn revoke_for(&mut self, to: &ModelName, now: Time) {
+        if self.state.resident.contains_key(to) {
+            return;
+        }
+        match &self.transition {
+            Some(t) if &t.to == to => return,
+            Some(_) => return,
+            None => {}
+        }
+        let Some(evict) = self.state.evictions_for(to) else {
+            return;
+        };
+        if evict.is_empty() {
+            return;
+        }
+        // Only runtimes whose every request, in flight or waiting, is leased.
+        let only_leased = evict.iter().all(|m| {
+            self.state.resident.get(m).is_some_and(|r| {
+                r.in_flight.keys().all(|id| r.leased.contains(id))
+                    && self.state.queues.get(m).is_none_or(|q| q.all_leased())
+            })
+        });
+        if !only_leased {
+            return;
+        }
+        for m in &evict {
+            // Their commitment is to leased work: revoked with it.
+            if let Some(r) = self.state.resident.get_mut(m) {
+                r.committed.clear();
+            }
+            self.out.push_back(GpuOutput::Event(GpuEvent::LeaseRevoked {
+                model: m.clone(),
+                by: to.clone(),
+            }));
+        }
+        self.begin_within(to.clone(), now, self.state.config.lease_revoke_ms);
+    }
+
+    /// Sweeps a waiting request whose client went away.
+    pub(super) fn cancel(&mut self, id: RequestId) {
+        let mut emptied = None;
+        for (m, q) in self.state.queues.iter_mut() {
+            if q.remove(id).is_some() {
+                self.waiting -= 1;
+                if q.len() == 0 {
+                    emptied = Some(m.clone());
+                }
+                break;
+            }
+        }
+        if let Some(m) = emptied {
+            self.state.queues.remove(&m);
+        }
+    }
+}
