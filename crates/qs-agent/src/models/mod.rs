@@ -46,14 +46,35 @@ pub(crate) enum Ask {
 /// A host's answer to a request.
 #[derive(Debug)]
 pub(crate) enum Decision {
-    /// Send it to the runtime on this loopback port; say [`Ask::Finished`] after.
-    Route { id: RequestId, port: u16 },
+    /// Send it to the runtime on this loopback port. `finish` gives the request's slot back
+    /// when dropped: when its answer has been passed on, or at once if the client went
+    /// away before it read this decision.
+    Route { port: u16, finish: Option<Finish> },
     /// Refused: 429 when too many wait, 503 otherwise, with when to try again.
     Refuse {
         too_many: bool,
         retry_after_ms: u64,
         reason: String,
     },
+}
+
+/// Gives a routed request's slot back when dropped.
+#[derive(Debug)]
+pub(crate) struct Finish {
+    pub(crate) tx: mpsc::Sender<Ask>,
+    pub(crate) id: RequestId,
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        let id = self.id;
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(Ask::Finished { id }) {
+            let tx = self.tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(Ask::Finished { id }).await;
+            });
+        }
+    }
 }
 
 /// A model as a host shows it (`/v1/models`).

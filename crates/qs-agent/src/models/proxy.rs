@@ -11,19 +11,19 @@
 //! interactive request revokes.
 
 use super::http::{Target, forward};
-use super::{Ask, Decision, Registry};
+use super::{Ask, Decision, Finish, Registry};
 use crate::counters::Counters;
 use axum::Json;
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use qs_core::gpu::{Class, RequestId};
+use qs_core::gpu::Class;
 use qs_wire::{NodeId, ServiceName};
 use serde_json::{Value, json};
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 /// The header that names a request's priority class.
 pub const PRIORITY_HEADER: &str = "x-qs-priority";
@@ -139,12 +139,8 @@ pub async fn serve(
         return busy(1000, "the model host is busy".to_owned());
     }
     match answer.await {
-        Ok(Decision::Route { id, port }) => {
-            let finish = Finish {
-                tx: handle.tx.clone(),
-                id,
-            };
-            pass(&Target::loopback(port), endpoint, body, Some(finish)).await
+        Ok(Decision::Route { port, finish }) => {
+            pass(&Target::loopback(port), endpoint, body, finish).await
         }
         Ok(Decision::Refuse {
             too_many,
@@ -202,24 +198,6 @@ async fn pass(
         _finish: finish,
     }))
     .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
-}
-
-/// Gives a routed request's slot back when dropped.
-struct Finish {
-    tx: mpsc::Sender<Ask>,
-    id: RequestId,
-}
-
-impl Drop for Finish {
-    fn drop(&mut self) {
-        let id = self.id;
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(Ask::Finished { id }) {
-            let tx = self.tx.clone();
-            tokio::spawn(async move {
-                let _ = tx.send(Ask::Finished { id }).await;
-            });
-        }
-    }
 }
 
 /// A runtime's answer body, holding its request's slot until it ends.

@@ -359,6 +359,13 @@ pub enum GpuEvent {
         free_bytes: u64,
         took_ms: u64,
     },
+    /// The VRAM `to` needs was not seen free within `stop_timeout_ms` after what had to go
+    /// stopped: the swap gave up and its waiting requests were refused.
+    VramNotReleased {
+        to: ModelName,
+        free_bytes: u64,
+        waited_ms: u64,
+    },
     Loaded {
         model: ModelName,
         took_ms: u64,

@@ -93,6 +93,11 @@ impl Queue {
         None
     }
 
+    /// Whether a local (not leased) interactive request waits here.
+    pub(super) fn has_local_interactive(&self) -> bool {
+        self.by_class[0].iter().any(|w| w.request.lease.is_none())
+    }
+
     /// Whether every request waiting here is leased (placed by another node).
     pub(super) fn all_leased(&self) -> bool {
         self.by_class

@@ -700,3 +700,50 @@ fn a_request_whose_client_went_away_is_swept_and_makes_no_swap() {
     rig.at(600_000);
     assert!(!rig.stopped("code"), "no swap for nobody");
 }
+
+#[test]
+fn vram_that_is_never_released_ends_the_swap_with_the_reason_instead_of_a_wait_for_good() {
+    let mut rig = Rig::new(pair(), PolicyKind::LlamaSwap);
+    let c = rig.ask("code", Class::Batch);
+    rig.warm("code");
+    rig.feed(GpuInput::Finished { id: c });
+    let v = rig.ask("conv", Class::Interactive);
+    assert!(rig.stopped("code"));
+    rig.feed(GpuInput::Stopped {
+        model: name("code"),
+    });
+    // Something else holds the GPU: the readings never show room.
+    for ms in [100, 10_000, 29_999] {
+        rig.at(ms).feed(GpuInput::VramFree { free_bytes: GIB });
+    }
+    assert!(
+        !rig.out
+            .iter()
+            .any(|o| matches!(o, GpuOutput::Refuse { id, .. } if *id == v))
+    );
+    rig.at(30_000).feed(GpuInput::VramFree { free_bytes: GIB });
+    assert!(rig.out.iter().any(|o| matches!(
+        o,
+        GpuOutput::Refuse { id, reason, .. } if *id == v && reason.contains("not released")
+    )));
+    assert!(rig.out.iter().any(|o| matches!(
+        o,
+        GpuOutput::Event(GpuEvent::VramNotReleased { to, .. }) if to.as_str() == "conv"
+    )));
+    assert_eq!(rig.started("conv"), 0);
+}
+
+#[test]
+fn an_idle_runtime_is_no_lease_to_revoke() {
+    let mut rig = Rig::new(pair(), PolicyKind::TippingPoint);
+    let c = rig.ask("code", Class::Batch);
+    rig.warm("code");
+    rig.feed(GpuInput::Finished { id: c });
+    rig.at(1_000);
+    let _local = rig.ask("conv", Class::Interactive);
+    assert!(
+        !rig.out
+            .iter()
+            .any(|o| matches!(o, GpuOutput::Event(GpuEvent::LeaseRevoked { .. })))
+    );
+}

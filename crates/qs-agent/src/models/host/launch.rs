@@ -133,6 +133,7 @@ impl<F: Fabric> Host<F> {
                 warm: false,
                 stopping: false,
                 resident,
+                failed: false,
             },
         );
         self.save_runtimes();

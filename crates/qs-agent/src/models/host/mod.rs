@@ -17,7 +17,7 @@ use qs_core::gpu::{
 };
 use qs_fabric::{Fabric, Kv, KvEvent, Watch};
 use qs_wire::{Authority, Event, InstanceId, ModelDiscipline, ModelSpec, NodeId, ServiceName};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -117,6 +117,8 @@ struct Process {
     stopping: bool,
     /// A resident model's, kept loaded in the margin outside the scheduler.
     resident: bool,
+    /// Its load outlasted its bound: the scheduler was told; its exit changes nothing.
+    failed: bool,
 }
 
 struct Gpu {
@@ -165,12 +167,16 @@ struct Host<F: Fabric> {
     quota_at: tokio::time::Instant,
     /// The runtimes running, as a restart after a kill -9 finds them.
     runtime_file: InstanceFile,
+    /// Its own queue, for the [`super::Finish`] of each routed request.
+    asks_tx: mpsc::Sender<Ask>,
     state: qs_store::StateDir,
     stop_grace: Duration,
     ledger: Arc<qs_store::Ledger>,
     /// Stases a previous life recorded and did not end: raised again once their model is
     /// declared.
     resume: BTreeMap<ServiceName, Class>,
+    /// The requests that stand for resumed stases (no client waits on them).
+    placeholders: BTreeSet<RequestId>,
 }
 
 /// The host of `setup.node`, registered in the process's [`super::Registry`] at once; the
@@ -186,7 +192,7 @@ pub fn host<F: Fabric>(
     setup.registry.insert(
         setup.node.clone(),
         Handle {
-            tx,
+            tx: tx.clone(),
             views: views.clone(),
         },
     );
@@ -233,10 +239,12 @@ pub fn host<F: Fabric>(
         events: Vec::new(),
         quota_at: tokio::time::Instant::now() + quota::QUOTA_EVERY,
         runtime_file: InstanceFile::model_runtimes(setup.state.clone(), setup.node.clone()),
+        asks_tx: tx,
         state: setup.state,
         stop_grace: setup.stop_grace,
         ledger: setup.ledger,
         resume: BTreeMap::new(),
+        placeholders: BTreeSet::new(),
     };
     host.run(asks, exits, warms, stop)
 }
@@ -423,7 +431,7 @@ impl<F: Fabric> Host<F> {
         let gone: Vec<(RequestId, usize)> = self
             .pending
             .iter()
-            .filter(|(_, (_, reply))| reply.is_closed())
+            .filter(|(id, (_, reply))| reply.is_closed() && !self.placeholders.contains(*id))
             .map(|(id, (gpu, _))| (*id, *gpu))
             .collect();
         for (id, gpu) in gone {
@@ -439,6 +447,9 @@ impl<F: Fabric> Host<F> {
             return;
         };
         self.save_runtimes();
+        if p.failed {
+            return;
+        }
         if p.resident {
             if !p.stopping {
                 let why = format!("exited: {}", exit.outcome.reason());
@@ -490,7 +501,9 @@ impl<F: Fabric> Host<F> {
             }
             Err(why) => {
                 // The load outlasted its bound: killed, and a failed start for the watchdog.
-                self.processes.remove(&w.instance);
+                // Tracked until it has exited (a start again sees it), its exit then silent.
+                p.stopping = true;
+                p.failed = true;
                 self.exec.kill(&w.instance);
                 self.failures.insert(model.clone(), why);
                 self.gpus[gpu]
@@ -554,6 +567,20 @@ impl<F: Fabric> Host<F> {
             }
             None => None,
         };
+        // One whose runtime runs keeps its GPU and size: a spec re-read or changed does not
+        // resize (or reload) a runtime that is there, nor hold it to another quota.
+        if let Some(a) = self.models.get(&name)
+            && self.gpus[a.gpu].scheduler.phase(&name).is_some()
+            && spec
+                .tiers
+                .get(a.tier)
+                .is_some_and(|t| t.vram_bytes == a.spec.tiers[a.tier].vram_bytes)
+        {
+            let (gpu, tier) = (a.gpu, a.tier);
+            self.gpus[gpu].scheduler.declare(profile(&spec, tier));
+            self.models.insert(name, Assigned { spec, gpu, tier });
+            return;
+        }
         // The strategy's choice among the GPUs; one already placed stays on its GPU (its
         // runtime may be warm there), at the tier the strategy takes for it there.
         let tiers: Vec<u64> = spec.tiers.iter().map(|t| t.vram_bytes).collect();
@@ -608,13 +635,17 @@ impl<F: Fabric> Host<F> {
         for gpu in 0..self.gpus.len() {
             while let Some(out) = self.gpus[gpu].scheduler.poll() {
                 match out {
-                    GpuOutput::Route { id, model } => self.route(gpu, id, &model),
+                    GpuOutput::Route { id, model } => {
+                        self.placeholders.remove(&id);
+                        self.route(gpu, id, &model)
+                    }
                     GpuOutput::Refuse {
                         id,
                         retry_after_ms,
                         reason,
                     } => {
                         self.routed.remove(&id);
+                        self.placeholders.remove(&id);
                         if let Some((_, reply)) = self.pending.remove(&id) {
                             let _ = reply.send(Decision::Refuse {
                                 too_many: retry_after_ms > 0,
@@ -650,18 +681,22 @@ impl<F: Fabric> Host<F> {
             .find(|p| &p.model == model && p.warm && !p.stopping)
             .map(|p| p.port);
         let Some((_, reply)) = self.pending.remove(&id) else {
+            // Swept since (its client went away): its slot goes back at once.
+            self.gpus[gpu]
+                .scheduler
+                .handle(GpuInput::Finished { id }, now());
             return;
         };
         match port {
             Some(port) => {
-                if reply.send(Decision::Route { id, port }).is_ok() {
-                    self.routed.insert(id, gpu);
-                } else {
-                    // Its client went away while it waited.
-                    self.gpus[gpu]
-                        .scheduler
-                        .handle(GpuInput::Finished { id }, now());
-                }
+                // The slot is given back by the Finish the decision carries: when the answer
+                // has been passed on, or when the decision is dropped unread.
+                self.routed.insert(id, gpu);
+                let finish = Some(super::Finish {
+                    tx: self.asks_tx.clone(),
+                    id,
+                });
+                let _ = reply.send(Decision::Route { port, finish });
             }
             None => {
                 let _ = reply.send(Decision::Refuse {

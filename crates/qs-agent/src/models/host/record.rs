@@ -56,6 +56,16 @@ impl<F: Fabric> Host<F> {
                 took_ms,
                 format!("{free_bytes} bytes free"),
             ),
+            GpuEvent::VramNotReleased {
+                to,
+                free_bytes,
+                waited_ms,
+            } => (
+                to,
+                ModelStep::LoadFailed,
+                waited_ms,
+                format!("alert: its VRAM was not released ({free_bytes} bytes free); not started"),
+            ),
             GpuEvent::Loaded { model, took_ms } => {
                 c.model_loads.inc();
                 (model, ModelStep::Loaded, took_ms, String::new())

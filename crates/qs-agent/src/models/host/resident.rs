@@ -5,7 +5,7 @@
 
 use super::{Decision, Host};
 use crate::clock::now;
-use qs_core::gpu::{Keeper, KeeperVerdict, RequestId, place_resident};
+use qs_core::gpu::{Keeper, KeeperVerdict, place_resident};
 use qs_fabric::Fabric;
 use qs_wire::{InstanceId, ModelSpec, ModelStep, ServiceName};
 use std::time::Duration;
@@ -181,9 +181,11 @@ impl<F: Fabric> Host<F> {
             return;
         };
         let decision = if r.warm {
-            let id = RequestId(self.next_request);
-            self.next_request += 1;
-            Decision::Route { id, port: r.port }
+            // Outside the scheduler: no slot to give back.
+            Decision::Route {
+                port: r.port,
+                finish: None,
+            }
         } else if r.start_at.is_none() && r.instance.is_none() {
             Decision::Refuse {
                 too_many: false,

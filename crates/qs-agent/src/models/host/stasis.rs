@@ -5,7 +5,7 @@
 
 use super::Host;
 use crate::clock::now;
-use qs_core::gpu::{Class, GpuInput, Request, RequestId};
+use qs_core::gpu::{Class, Request, RequestId};
 use qs_fabric::Fabric;
 use qs_store::Ledger;
 use qs_wire::{Event, ModelStep, NodeId, ServiceName};
@@ -76,8 +76,10 @@ impl<F: Fabric> Host<F> {
         );
         let id = RequestId(self.next_request);
         self.next_request += 1;
+        // Its answer goes nowhere; it is not swept as a client that went away.
         let (reply, _) = oneshot::channel();
         self.pending.insert(id, (gpu, reply));
+        self.placeholders.insert(id);
         let request = Request {
             id,
             model,
@@ -85,8 +87,6 @@ impl<F: Fabric> Host<F> {
             context_tokens: 0,
             lease: None,
         };
-        self.gpus[gpu]
-            .scheduler
-            .handle(GpuInput::Arrive(request), now());
+        self.gpus[gpu].scheduler.resume(request, now());
     }
 }

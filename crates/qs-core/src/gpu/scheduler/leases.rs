@@ -26,14 +26,22 @@ impl GpuScheduler {
         if evict.is_empty() {
             return;
         }
-        // Only runtimes whose every request, in flight or waiting, is leased.
+        // Only runtimes whose every request, in flight or waiting, is leased, and that hold
+        // some leased work: an idle runtime is the policy's to weigh, not a lease.
         let only_leased = evict.iter().all(|m| {
             self.state.resident.get(m).is_some_and(|r| {
                 r.in_flight.keys().all(|id| r.leased.contains(id))
                     && self.state.queues.get(m).is_none_or(|q| q.all_leased())
             })
         });
-        if !only_leased {
+        let some_leased = evict.iter().any(|m| {
+            self.state
+                .resident
+                .get(m)
+                .is_some_and(|r| !r.leased.is_empty())
+                || self.state.queues.get(m).is_some_and(|q| q.len() > 0)
+        });
+        if !only_leased || !some_leased {
             return;
         }
         for m in &evict {
@@ -49,8 +57,33 @@ impl GpuScheduler {
         self.begin_within(to.clone(), now, self.state.config.lease_revoke_ms);
     }
 
+    /// A local interactive request waits for a model that is not resident and no
+    /// transition is under way (it may have come during one): the leases in its way are
+    /// revoked now.
+    pub(super) fn revoke_for_waiting(&mut self, now: Time) {
+        if self.transition.is_some() {
+            return;
+        }
+        let wanted: Vec<ModelName> = self
+            .state
+            .queues
+            .iter()
+            .filter(|(m, q)| !self.state.resident.contains_key(*m) && q.has_local_interactive())
+            .map(|(m, _)| m.clone())
+            .collect();
+        for m in wanted {
+            self.revoke_for(&m, now);
+            if self.transition.is_some() {
+                return;
+            }
+        }
+    }
+
     /// Sweeps a waiting request whose client went away.
     pub(super) fn cancel(&mut self, id: RequestId) {
+        for r in self.state.resident.values_mut() {
+            r.committed.remove(&id);
+        }
         let mut emptied = None;
         for (m, q) in self.state.queues.iter_mut() {
             if q.remove(id).is_some() {

@@ -353,8 +353,23 @@ impl GpuScheduler {
             .saturating_sub(self.margin_held_bytes);
         let usable = free_bytes.saturating_sub(margin_left);
         if usable < need || others + need > self.budget_bytes() {
-            // Not released yet (the driver lags the exit): asked again by the shell.
-            self.out.push_back(GpuOutput::CheckVram);
+            let waited = now.since(since);
+            if waited < crate::time::ms(self.state.config.stop_timeout_ms) {
+                // Not released yet (the driver lags the exit): asked again by the shell.
+                self.out.push_back(GpuOutput::CheckVram);
+                return;
+            }
+            // Something else holds it (another process, a context the driver keeps): the
+            // swap gives up rather than wait for good; asked again, it is tried again.
+            let to = t.to.clone();
+            self.transition = None;
+            self.out
+                .push_back(GpuOutput::Event(GpuEvent::VramNotReleased {
+                    to: to.clone(),
+                    free_bytes,
+                    waited_ms: waited.as_millis() as u64,
+                }));
+            self.refuse_waiting(&to, "the VRAM it needs was not released");
             return;
         }
         let to = t.to.clone();
@@ -392,6 +407,7 @@ impl GpuScheduler {
     /// is drained.
     fn step(&mut self, now: Time) {
         self.route(now);
+        self.revoke_for_waiting(now);
         if self.transition.is_none() {
             let view = View {
                 s: &self.state,

@@ -7,9 +7,21 @@
 
 use super::GpuScheduler;
 use crate::Time;
-use crate::gpu::{GpuEvent, GpuOutput, ModelName};
+use crate::gpu::{GpuEvent, GpuInput, GpuOutput, ModelName, Request};
 
 impl GpuScheduler {
+    /// A stasis a previous life recorded and did not end, raised again: `request` stands
+    /// for it (no client waits on it), and its end is recorded when nothing waits for its
+    /// model any more, however soon.
+    pub fn resume(&mut self, request: Request, now: Time) {
+        let model = request.model.clone();
+        self.handle(GpuInput::Arrive(request), now);
+        if self.state.queues.contains_key(&model) || self.state.resident.contains_key(&model) {
+            self.durable.insert(model);
+        }
+        self.durable_stasis(now);
+    }
+
     /// Records the stases that became durable and ends those nothing waits in any more.
     pub(super) fn durable_stasis(&mut self, now: Time) {
         let after = crate::time::ms(self.state.config.durable_after_ms);
