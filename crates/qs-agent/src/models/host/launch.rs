@@ -1,11 +1,13 @@
 //! Starting and stopping a model runtime's process: the exclusivity check before a start,
-//! the command with its port and GPU, and the warm check that tells the scheduler it loaded
-//! (or that the load outlasted its bound).
+//! the command with its port and GPU, the warm check that tells the scheduler it loaded (or
+//! that the load outlasted its bound), and the file that lets a restart after a kill -9 end
+//! the runtimes its predecessor left.
 
 use super::{Host, Process, Warmed};
 use crate::clock::now;
 use crate::exec::Launch;
 use crate::models::http::{Target, get_status};
+use crate::orphans::InstanceFile;
 use qs_core::gpu::GpuInput;
 use qs_fabric::Fabric;
 use qs_wire::{InstanceId, ModelSpec, ModelStep, ServiceName};
@@ -20,6 +22,43 @@ const LOAD_BOUND_FACTOR: u32 = 4;
 const MIN_LOAD_BOUND: Duration = Duration::from_secs(10);
 
 impl<F: Fabric> Host<F> {
+    /// Ends the runtimes a killed agent left running (they hold VRAM a new start needs).
+    pub(super) async fn reap_orphans(&mut self) {
+        let file = InstanceFile::model_runtimes(self.state.clone(), self.node.clone());
+        let (state, node, grace) = (self.state.clone(), self.node.clone(), self.stop_grace);
+        let reaped = tokio::task::spawn_blocking(move || {
+            state.prepare(qs_store::StateFile::ModelRuntimes(&node))?;
+            file.reap_orphans(grace)
+        })
+        .await;
+        match reaped {
+            Ok(Ok(orphans)) => {
+                for o in orphans.iter().filter(|o| o.was_running) {
+                    tracing::warn!(
+                        node = %self.node,
+                        "ended model runtime {} (pid {}): it outlived its killed agent",
+                        o.instance,
+                        o.pid
+                    );
+                }
+            }
+            Ok(Err(e)) => tracing::error!(node = %self.node, "model runtimes not reaped: {e}"),
+            Err(e) => tracing::error!(node = %self.node, "model runtimes not reaped: {e}"),
+        }
+    }
+
+    /// Records the runtimes running now (after each start and exit).
+    pub(super) fn save_runtimes(&self) {
+        let saved = self.runtime_file.save(
+            &self.exec.running(),
+            |i| self.processes.get(i).map(|p| p.model.clone()),
+            0.0,
+        );
+        if let Err(e) = saved {
+            tracing::error!(node = %self.node, "saving the model runtime file: {e}");
+        }
+    }
+
     /// Starts `model`'s runtime, after checking again that no other exclusive runtime holds
     /// the GPU beyond what the scheduler allows.
     pub(super) fn start(&mut self, gpu: usize, model: &ServiceName) {

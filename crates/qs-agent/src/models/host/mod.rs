@@ -2,7 +2,7 @@
 //! processes. Every decision is the scheduler's; this task only feeds it and carries out what
 //! it said (see the module docs of [`crate::models`]).
 
-use super::{Ask, Decision, Handle, MAX_ASKS, MAX_MODELS, ModelView, Registry};
+use super::{Ask, Decision, Handle, MAX_ASKS, ModelView, Registry};
 use crate::clock::now;
 use crate::counters::Counters;
 use crate::exec::{Executor, Exit};
@@ -12,17 +12,18 @@ use crate::orphans::InstanceFile;
 use crate::simgpu::SimGpu;
 use qs_core::Time;
 use qs_core::gpu::{
-    Class, Discipline, GpuConfig, GpuInput, GpuOutput, GpuScheduler, GpuSlot, ModelProfile,
-    PolicyKind, Request, RequestId, Strategy, StrategyKind,
+    Class, Discipline, GpuConfig, GpuInput, GpuOutput, GpuScheduler, ModelProfile, PolicyKind,
+    Request, RequestId, Strategy, StrategyKind,
 };
 use qs_fabric::{Fabric, Kv, KvEvent, Watch};
-use qs_wire::{Authority, Event, InstanceId, ModelDiscipline, ModelSpec, NodeId, ServiceName};
+use qs_wire::{Event, InstanceId, ModelDiscipline, ModelSpec, NodeId, ServiceName};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
+mod declare;
 mod launch;
 mod quota;
 mod record;
@@ -177,6 +178,8 @@ struct Host<F: Fabric> {
     resume: BTreeMap<ServiceName, Class>,
     /// The requests that stand for resumed stases (no client waits on them).
     placeholders: BTreeSet<RequestId>,
+    /// The keys a (re)watch of the models KV has shown before its `Synced`.
+    replayed: Option<BTreeSet<String>>,
 }
 
 /// The host of `setup.node`, registered in the process's [`super::Registry`] at once; the
@@ -245,6 +248,7 @@ pub fn host<F: Fabric>(
         ledger: setup.ledger,
         resume: BTreeMap::new(),
         placeholders: BTreeSet::new(),
+        replayed: None,
     };
     host.run(asks, exits, warms, stop)
 }
@@ -264,7 +268,10 @@ impl<F: Fabric> Host<F> {
         loop {
             if kv_watch.is_none() && tokio::time::Instant::now() >= rewatch_at {
                 match self.watch_models().await {
-                    Ok(w) => kv_watch = Some(w),
+                    Ok(w) => {
+                        kv_watch = Some(w);
+                        self.replayed = Some(BTreeSet::new());
+                    }
                     Err(e) => {
                         tracing::warn!(node = %self.node, "watching the models KV: {e}");
                         rewatch_at = tokio::time::Instant::now() + REWATCH;
@@ -296,43 +303,6 @@ impl<F: Fabric> Host<F> {
         }
         self.registry.remove(&self.node);
         self.exec.shutdown("the agent is stopping").await;
-    }
-
-    /// Ends the runtimes a killed agent left running (they hold VRAM a new start needs).
-    async fn reap_orphans(&mut self) {
-        let file = InstanceFile::model_runtimes(self.state.clone(), self.node.clone());
-        let (state, node, grace) = (self.state.clone(), self.node.clone(), self.stop_grace);
-        let reaped = tokio::task::spawn_blocking(move || {
-            state.prepare(qs_store::StateFile::ModelRuntimes(&node))?;
-            file.reap_orphans(grace)
-        })
-        .await;
-        match reaped {
-            Ok(Ok(orphans)) => {
-                for o in orphans.iter().filter(|o| o.was_running) {
-                    tracing::warn!(
-                        node = %self.node,
-                        "ended model runtime {} (pid {}): it outlived its killed agent",
-                        o.instance,
-                        o.pid
-                    );
-                }
-            }
-            Ok(Err(e)) => tracing::error!(node = %self.node, "model runtimes not reaped: {e}"),
-            Err(e) => tracing::error!(node = %self.node, "model runtimes not reaped: {e}"),
-        }
-    }
-
-    /// Records the runtimes running now (after each start and exit).
-    fn save_runtimes(&self) {
-        let saved = self.runtime_file.save(
-            &self.exec.running(),
-            |i| self.processes.get(i).map(|p| p.model.clone()),
-            0.0,
-        );
-        if let Err(e) = saved {
-            tracing::error!(node = %self.node, "saving the model runtime file: {e}");
-        }
     }
 
     async fn watch_models(&self) -> Result<Watch, qs_fabric::FabricError> {
@@ -510,123 +480,6 @@ impl<F: Fabric> Host<F> {
                     .scheduler
                     .handle(GpuInput::LoadFailed { model }, now());
             }
-        }
-    }
-
-    async fn on_kv(&mut self, ev: KvEvent) {
-        match ev {
-            KvEvent::Put(entry) => {
-                let source = format!("kv {MODELS_BUCKET}/{}", entry.key);
-                match qs_wire::decode_model(&source, &entry.key, &entry.value) {
-                    Ok(spec) => self.declare(spec),
-                    Err(e) => {
-                        tracing::warn!("refused a model: {e}");
-                        self.counters.specs_refused.inc();
-                        let mut key = entry.key.clone();
-                        key.truncate(qs_wire::spec::MAX_LABEL_BYTES);
-                        self.append(vec![Event::ModelRefused {
-                            key,
-                            field: e.field,
-                            reason: e.message,
-                        }])
-                        .await;
-                    }
-                }
-            }
-            KvEvent::Delete { key, .. } => {
-                if let Ok(name) = ServiceName::new(&key) {
-                    self.withdraw(&name);
-                }
-            }
-            KvEvent::Synced => {}
-        }
-    }
-
-    /// Takes a model (or its changed spec): the GPU and the largest tier that fits there.
-    fn declare(&mut self, spec: ModelSpec) {
-        let name = spec.name.clone();
-        if spec.resident {
-            if let Some(a) = self.models.remove(&name) {
-                self.gpus[a.gpu].scheduler.withdraw(&name, now());
-            }
-            self.shared_models.remove(&name);
-            return self.declare_resident(spec);
-        }
-        self.withdraw_resident(&name);
-        if spec.authority == Authority::Shared {
-            self.withdraw(&name);
-            self.shared_models.insert(name, spec);
-            return;
-        }
-        self.shared_models.remove(&name);
-        let placed = match self.models.get(&name) {
-            Some(a) => Some(a.gpu),
-            None if self.models.len() >= MAX_MODELS => {
-                tracing::warn!("model {name} not taken: this node has {MAX_MODELS} already");
-                return;
-            }
-            None => None,
-        };
-        // One whose runtime runs keeps its GPU and size: a spec re-read or changed does not
-        // resize (or reload) a runtime that is there, nor hold it to another quota.
-        if let Some(a) = self.models.get(&name)
-            && self.gpus[a.gpu].scheduler.phase(&name).is_some()
-            && spec
-                .tiers
-                .get(a.tier)
-                .is_some_and(|t| t.vram_bytes == a.spec.tiers[a.tier].vram_bytes)
-        {
-            let (gpu, tier) = (a.gpu, a.tier);
-            self.gpus[gpu].scheduler.declare(profile(&spec, tier));
-            self.models.insert(name, Assigned { spec, gpu, tier });
-            return;
-        }
-        // The strategy's choice among the GPUs; one already placed stays on its GPU (its
-        // runtime may be warm there), at the tier the strategy takes for it there.
-        let tiers: Vec<u64> = spec.tiers.iter().map(|t| t.vram_bytes).collect();
-        let candidates: Vec<usize> = match placed {
-            Some(gpu) => vec![gpu],
-            None => (0..self.gpus.len()).collect(),
-        };
-        let slots: Vec<GpuSlot> = candidates.iter().map(|&i| self.slot(i, &name)).collect();
-        let choice = self
-            .strategy
-            .place(&tiers, &slots)
-            .map(|p| (candidates[p.gpu], p.tier));
-        let Some((gpu, tier)) = choice else {
-            tracing::warn!("model {name}: no tier fits a GPU of node {}", self.node);
-            return;
-        };
-        self.gpus[gpu].scheduler.declare(profile(&spec, tier));
-        self.models
-            .insert(name.clone(), Assigned { spec, gpu, tier });
-        if let Some(class) = self.resume.remove(&name) {
-            self.resume_stasis(gpu, name, class);
-        }
-    }
-
-    /// GPU `i` as the strategy sees it, `model` aside.
-    fn slot(&self, i: usize, model: &ServiceName) -> GpuSlot {
-        let on_it = self
-            .models
-            .iter()
-            .filter(|(n, a)| a.gpu == i && *n != model);
-        let energy = self.gpus[i].reader.energy();
-        GpuSlot {
-            budget_bytes: self.gpus[i].scheduler.budget_bytes(),
-            placed_bytes: on_it.clone().map(|(_, a)| a.spec.tiers[0].vram_bytes).sum(),
-            placed: on_it.count(),
-            power_watts: energy.power_watts,
-            power_limit_watts: energy.power_limit_watts,
-            temperature_c: energy.temperature_c,
-        }
-    }
-
-    fn withdraw(&mut self, name: &ServiceName) {
-        self.shared_models.remove(name);
-        self.withdraw_resident(name);
-        if let Some(a) = self.models.remove(name) {
-            self.gpus[a.gpu].scheduler.withdraw(name, now());
         }
     }
 
