@@ -82,7 +82,12 @@ impl<F: Fabric> Host<F> {
             .filter_map(|p| self.models.get(&p.model))
             .map(|o| o.spec.tiers[o.tier].vram_bytes)
             .sum();
-        let twice = self.processes.values().any(|p| &p.model == model);
+        // A resident runtime of the same name on its way out (the model turned scheduled)
+        // is not a second copy: it holds only the margin.
+        let twice = self
+            .processes
+            .values()
+            .any(|p| &p.model == model && !(p.resident && p.stopping));
         if twice || held + tier.vram_bytes > g.scheduler.budget_bytes() {
             let why = if twice {
                 "exclusivity: a runtime of it still runs".to_owned()
@@ -195,7 +200,11 @@ impl<F: Fabric> Host<F> {
     /// the scheduler says `kill` (its drain bound cut work still on it, or it outlived its
     /// stop).
     pub(super) fn stop(&mut self, model: &ServiceName, kill: bool) {
-        let Some((instance, p)) = self.processes.iter_mut().find(|(_, p)| &p.model == model) else {
+        let Some((instance, p)) = self
+            .processes
+            .iter_mut()
+            .find(|(_, p)| &p.model == model && !p.resident)
+        else {
             return;
         };
         p.stopping = true;

@@ -531,7 +531,7 @@ impl<F: Fabric> Host<F> {
         let port = self
             .processes
             .values()
-            .find(|p| &p.model == model && p.warm && !p.stopping)
+            .find(|p| &p.model == model && p.warm && !p.stopping && !p.resident)
             .map(|p| p.port);
         let Some((_, reply)) = self.pending.remove(&id) else {
             // Swept since (its client went away): its slot goes back at once.

@@ -254,3 +254,21 @@ fn an_idle_runtime_is_no_lease_to_revoke() {
             .any(|o| matches!(o, GpuOutput::Event(GpuEvent::LeaseRevoked { .. })))
     );
 }
+
+#[test]
+fn a_swept_request_leaves_the_commitment_it_was_part_of() {
+    let mut rig = Rig::new(pair(), PolicyKind::TippingPoint);
+    // conv comes in committed to x; x's client goes away before conv is warm.
+    let x = rig.ask("conv", Class::Interactive);
+    assert_eq!(rig.started("conv"), 1);
+    rig.feed(GpuInput::Cancel { id: x });
+    rig.warm("conv");
+    assert!(!rig.routed(x));
+    // Batch work for code then waits past its bound: conv, owing nobody, goes.
+    let _b = rig.ask("code", Class::Batch);
+    rig.at(200_000);
+    assert!(
+        rig.stopped("conv"),
+        "no commitment to a request that is gone"
+    );
+}
