@@ -134,6 +134,10 @@ pub struct GpuConfig {
     pub durable_after_ms: u64,
     /// How long leased work may drain once local interactive use revokes its lease.
     pub lease_revoke_ms: u64,
+    /// A load may take this many times the learned load time (and at least
+    /// `min_load_bound_ms`) before it counts as a failed start.
+    pub load_bound_factor: u32,
+    pub min_load_bound_ms: u64,
 }
 
 impl Default for GpuConfig {
@@ -148,6 +152,8 @@ impl Default for GpuConfig {
             max_failed_starts: 3,
             durable_after_ms: 5_000,
             lease_revoke_ms: 1_000,
+            load_bound_factor: 4,
+            min_load_bound_ms: 10_000,
         }
     }
 }
@@ -373,6 +379,12 @@ pub enum GpuEvent {
     LoadFailed {
         model: ModelName,
         attempt: u32,
+    },
+    /// `model` was still loading past its bound: killed, and a failed start (the
+    /// `LoadFailed` that follows counts it).
+    LoadTimedOut {
+        model: ModelName,
+        bound_ms: u64,
     },
     /// The watchdog gave up on a runtime after `attempts` failed starts; its waiting
     /// requests were refused.

@@ -16,10 +16,14 @@ use std::time::Duration;
 
 /// How often a starting runtime's health and warm checks are tried.
 const WARM_POLL: Duration = Duration::from_millis(100);
-/// A load may take this many times its declared time (and at least [`MIN_LOAD_BOUND`])
-/// before the watchdog counts it a failed start.
+/// A resident runtime (outside the scheduler, whose own bound holds the others) may load
+/// this many times its declared time, and at least [`MIN_LOAD_BOUND`], before it counts as
+/// failed.
 const LOAD_BOUND_FACTOR: u32 = 4;
 const MIN_LOAD_BOUND: Duration = Duration::from_secs(10);
+/// How long the warm check of a scheduled runtime polls at most: the core fails its load
+/// far sooner; this only bounds the task.
+const WARM_CHECK_LIMIT: Duration = Duration::from_secs(3600);
 
 impl<F: Fabric> Host<F> {
     /// Ends the runtimes a killed agent left running (they hold VRAM a new start needs).
@@ -158,7 +162,11 @@ impl<F: Fabric> Host<F> {
             _ => "/health".to_owned(),
         };
         let warm_path = spec.warm_path.clone();
-        let bound = (Duration::from_millis(spec.load_ms) * LOAD_BOUND_FACTOR).max(MIN_LOAD_BOUND);
+        let bound = if resident {
+            (Duration::from_millis(spec.load_ms) * LOAD_BOUND_FACTOR).max(MIN_LOAD_BOUND)
+        } else {
+            WARM_CHECK_LIMIT
+        };
         let detail = format!(
             "tier {} (pid {}, port {}){}",
             tier.name,

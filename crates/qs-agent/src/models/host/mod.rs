@@ -517,8 +517,9 @@ impl<F: Fabric> Host<F> {
                     }
                     GpuOutput::Start { model } => self.start(gpu, &model),
                     GpuOutput::Event(e) => {
-                        let event = self.event(gpu, e);
-                        self.events.push(event);
+                        if let Some(event) = self.event(gpu, e) {
+                            self.events.push(event);
+                        }
                     }
                 }
             }

@@ -10,8 +10,9 @@ use qs_wire::{Event, ModelStep, ServiceName};
 use std::collections::BTreeMap;
 
 impl<F: Fabric> Host<F> {
-    /// A scheduler's event as a ledger record (and counted).
-    pub(super) fn event(&mut self, gpu: usize, e: GpuEvent) -> Event {
+    /// A scheduler's event as a ledger record (and counted); `None` for one whose record is
+    /// the next event's (a load past its bound is the reason of the failed start after it).
+    pub(super) fn event(&mut self, gpu: usize, e: GpuEvent) -> Option<Event> {
         let c = &self.counters;
         let (model, step, took_ms, detail) = match e {
             GpuEvent::SwapBegun {
@@ -70,6 +71,11 @@ impl<F: Fabric> Host<F> {
                 c.model_loads.inc();
                 (model, ModelStep::Loaded, took_ms, String::new())
             }
+            GpuEvent::LoadTimedOut { model, bound_ms } => {
+                let why = format!("the load outlasted its bound of {bound_ms} ms");
+                self.failures.insert(model, why);
+                return None;
+            }
             GpuEvent::LoadFailed { model, attempt } => {
                 let why = self.failures.remove(&model).unwrap_or_default();
                 let detail = format!("attempt {attempt}: {why}");
@@ -106,13 +112,13 @@ impl<F: Fabric> Host<F> {
                 format!("taken back for local interactive use of {by}"),
             ),
         };
-        Event::ModelRuntime {
+        Some(Event::ModelRuntime {
             gpu: self.gpus[gpu].index,
             model,
             step,
             took_ms,
             detail,
-        }
+        })
     }
 
     /// A step the host itself saw (a start), for the ledger in its place among the

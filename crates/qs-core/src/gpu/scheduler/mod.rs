@@ -11,6 +11,7 @@ use crate::Time;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 mod leases;
+mod load_bound;
 mod models;
 mod stasis;
 
@@ -118,6 +119,7 @@ impl GpuScheduler {
             })
             .chain(self.reconsider_at)
             .chain(self.next_durable())
+            .chain(self.next_load_bound())
             .min()
     }
 
@@ -406,6 +408,7 @@ impl GpuScheduler {
     /// After every input: route what can go, let the policy begin a transition, stop what
     /// is drained.
     fn step(&mut self, now: Time) {
+        self.overdue_loads(now);
         self.route(now);
         self.revoke_for_waiting(now);
         if self.transition.is_none() {

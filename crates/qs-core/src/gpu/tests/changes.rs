@@ -272,3 +272,33 @@ fn a_swept_request_leaves_the_commitment_it_was_part_of() {
         "no commitment to a request that is gone"
     );
 }
+
+#[test]
+fn a_load_past_four_learned_load_times_is_killed_and_counted_as_a_failed_start() {
+    let mut rig = Rig::new(pair(), PolicyKind::TippingPoint);
+    let _r = rig.ask("conv", Class::Interactive);
+    assert_eq!(rig.started("conv"), 1);
+    // Its profile assumes 10 s: the bound is 40 s, and time alone brings it.
+    assert_eq!(rig.s.poll_timeout(), Some(Time::from_millis(5_000)));
+    rig.at(39_999);
+    assert!(!rig.stopped("conv"));
+    rig.at(40_000);
+    assert!(rig.out.contains(&GpuOutput::Event(GpuEvent::LoadTimedOut {
+        model: name("conv"),
+        bound_ms: 40_000,
+    })));
+    assert!(rig.out.contains(&GpuOutput::Stop {
+        model: name("conv"),
+        kill: true,
+    }));
+    assert!(rig.out.contains(&GpuOutput::Event(GpuEvent::LoadFailed {
+        model: name("conv"),
+        attempt: 1,
+    })));
+    // Started again only once the VRAM it held is seen free.
+    assert_eq!(rig.started("conv"), 1);
+    rig.feed(GpuInput::VramFree {
+        free_bytes: 24 * GIB,
+    });
+    assert_eq!(rig.started("conv"), 2);
+}
