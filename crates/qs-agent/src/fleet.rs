@@ -113,6 +113,7 @@ fn model_host<F: Fabric>(
     shared: &Arc<Shared>,
     fabric: &F,
     spec: &NodeSpec,
+    membership: &Membership,
 ) -> Result<crate::models::HostSetup<F>, FleetError> {
     use crate::models::{GpuSetup, VramReader};
     let nvml = opts
@@ -170,6 +171,7 @@ fn model_host<F: Fabric>(
         stop_grace: opts.stop_grace,
         state: shared.state_dir.clone(),
         ledger: shared.ledger.clone(),
+        membership: membership.clone(),
     })
 }
 
@@ -319,7 +321,7 @@ impl<F: Fabric> EmbeddedFleet<F> {
                 detect: i == 0,
             };
             if !opts.noop_executor && !spec.capacity.gpus.is_empty() {
-                let setup = model_host(&opts, &shared, &fabric, &spec)?;
+                let setup = model_host(&opts, &shared, &fabric, &spec, &membership)?;
                 tasks.spawn(crate::models::host(setup, stop_rx.clone()));
             }
             let rx = stop_rx.clone();

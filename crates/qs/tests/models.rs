@@ -17,6 +17,12 @@ level = 0
 cpu_cores = 4
 memory_mib = 8192
 gpus = [{ vram_mib = 24576 }]
+
+# A node without GPUs, whose work placed on gpu-box runs under its lease.
+[node.peer-a]
+level = 1
+cpu_cores = 2
+memory_mib = 2048
 "#;
 
 /// The exclusive pair of seed 003's benchmark: about 19 GB and 8.5 GB, never together on
@@ -587,4 +593,30 @@ fn a_local_interactive_request_revokes_a_lease_within_its_bound() {
     let took_ms = drained["event"]["took_ms"].as_u64().unwrap();
     assert!(took_ms < 3_000, "revoked after {took_ms} ms");
     step("conv", "loaded");
+}
+
+#[test]
+fn leased_work_of_a_node_that_left_the_fleet_is_swept() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = start(dir.path(), "");
+    let glacial = SLOW.replace("3000", "20000");
+    declare(&up, &glacial, "slow");
+    let c = client(&up);
+    let leased = std::thread::spawn(move || {
+        post_with(
+            &c,
+            "/v1/chat/completions",
+            "x-qs-lease: peer-a\r\n",
+            &chat("slow", 2, false),
+            None,
+        )
+    });
+    up.wait("the leased request waits for the load", |u| {
+        model_state(u, "slow") == "loading"
+    });
+    let (status, v) = up.http("POST", "/v1/chaos/kill/peer-a", "");
+    assert_eq!(status, 200, "{v}");
+    let (status, _, text) = leased.join().unwrap();
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("its lease holder left the fleet"), "{text}");
 }

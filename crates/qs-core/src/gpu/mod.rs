@@ -311,6 +311,8 @@ pub enum GpuInput {
     /// A waiting request's client went away (a vanished peer's leased work among them): it
     /// is swept from the queue, so no swap is made for nobody.
     Cancel { id: RequestId },
+    /// A node whose leased work waits here left the fleet: that work is refused.
+    HolderGone { holder: qs_wire::NodeId },
 }
 
 /// What the scheduler decided.

@@ -100,6 +100,8 @@ pub struct HostSetup<F: Fabric> {
     pub state: qs_store::StateDir,
     /// Where a durable stasis of a previous life is found.
     pub ledger: Arc<qs_store::Ledger>,
+    /// The fleet as this process sees it: leased work of a holder that left it is swept.
+    pub membership: crate::membership::Membership,
 }
 
 /// A model this host took: which GPU and which tier.
@@ -173,6 +175,7 @@ struct Host<F: Fabric> {
     state: qs_store::StateDir,
     stop_grace: Duration,
     ledger: Arc<qs_store::Ledger>,
+    membership: crate::membership::Membership,
     /// Stases a previous life recorded and did not end: raised again once their model is
     /// declared.
     resume: BTreeMap<ServiceName, Class>,
@@ -246,6 +249,7 @@ pub fn host<F: Fabric>(
         state: setup.state,
         stop_grace: setup.stop_grace,
         ledger: setup.ledger,
+        membership: setup.membership,
         resume: BTreeMap::new(),
         placeholders: BTreeSet::new(),
         replayed: None,
@@ -409,6 +413,20 @@ impl<F: Fabric> Host<F> {
             self.gpus[gpu]
                 .scheduler
                 .handle(GpuInput::Cancel { id }, now());
+        }
+        // Leased work whose holder left the fleet (the watchdog's sweep of its leases).
+        for g in &mut self.gpus {
+            let gone: Vec<NodeId> = {
+                let fleet = self.membership.read();
+                g.scheduler
+                    .lease_holders()
+                    .into_iter()
+                    .filter(|h| !fleet.is_live(h))
+                    .collect()
+            };
+            for holder in gone {
+                g.scheduler.handle(GpuInput::HolderGone { holder }, now());
+            }
         }
     }
 

@@ -3,7 +3,8 @@
 //! only leased work are drained within `lease_revoke_ms` (what is still in flight then is
 //! cut, and its holder retries elsewhere), whatever the policy or their commitment says; the
 //! leased requests still waiting stay, and are served when the GPU is free again. A waiting
-//! request whose client went away (a vanished peer's among them) is swept.
+//! request whose client went away is swept, and so is the waiting leased work of a holder
+//! that left the fleet.
 
 use super::GpuScheduler;
 use crate::Time;
@@ -96,6 +97,39 @@ impl GpuScheduler {
         }
         if let Some(m) = emptied {
             self.state.queues.remove(&m);
+        }
+    }
+}
+
+impl GpuScheduler {
+    /// The nodes whose leased work waits here.
+    pub fn lease_holders(&self) -> std::collections::BTreeSet<qs_wire::NodeId> {
+        self.state
+            .queues
+            .values()
+            .flat_map(|q| q.by_class.iter().flatten())
+            .filter_map(|w| w.request.lease.clone())
+            .collect()
+    }
+
+    /// `holder` left the fleet: the leased work it placed here that still waits is refused
+    /// (the watchdog's sweep of a vanished peer's leases).
+    pub(super) fn holder_gone(&mut self, holder: &qs_wire::NodeId) {
+        let gone: Vec<RequestId> = self
+            .state
+            .queues
+            .values()
+            .flat_map(|q| q.by_class.iter().flatten())
+            .filter(|w| w.request.lease.as_ref() == Some(holder))
+            .map(|w| w.request.id)
+            .collect();
+        for id in gone {
+            self.cancel(id);
+            self.out.push_back(GpuOutput::Refuse {
+                id,
+                retry_after_ms: 0,
+                reason: "its lease holder left the fleet",
+            });
         }
     }
 }

@@ -167,6 +167,7 @@ impl GpuScheduler {
             GpuInput::Stopped { model } => self.exited(model, now),
             GpuInput::VramFree { free_bytes } => self.vram_free(free_bytes, now),
             GpuInput::Cancel { id } => self.cancel(id),
+            GpuInput::HolderGone { holder } => self.holder_gone(&holder),
         }
         self.step(now);
     }

@@ -302,3 +302,28 @@ fn a_load_past_four_learned_load_times_is_killed_and_counted_as_a_failed_start()
     });
     assert_eq!(rig.started("conv"), 2);
 }
+
+#[test]
+fn the_waiting_work_of_a_lease_holder_that_left_is_refused() {
+    let mut rig = Rig::new(pair(), PolicyKind::TippingPoint);
+    let c = rig.ask("code", Class::Batch);
+    rig.warm("code");
+    let waits = rig.ask_leased("conv", "peer");
+    assert!(rig.routed(c) && !rig.routed(waits));
+    let holders: Vec<String> = rig
+        .s
+        .lease_holders()
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(holders, ["peer"]);
+    rig.feed(GpuInput::HolderGone {
+        holder: qs_wire::NodeId::new("peer").unwrap(),
+    });
+    assert!(rig.out.iter().any(|o| matches!(
+        o,
+        GpuOutput::Refuse { id, reason, .. } if *id == waits && reason.contains("left the fleet")
+    )));
+    assert_eq!(rig.s.waiting(), 0);
+    assert!(rig.s.lease_holders().is_empty());
+}
