@@ -176,7 +176,7 @@ enum Command {
     /// Run a benchmark suite; prints one JSON object per line.
     Bench {
         #[command(subcommand)]
-        suite: BenchSuite,
+        suite: crate::bench_args::BenchSuite,
     },
     /// Validate spec files; prints what they declare, or the first error with its location.
     Check {
@@ -337,83 +337,6 @@ impl RecoveryArgs {
     }
 }
 
-#[derive(Subcommand, Debug)]
-enum BenchSuite {
-    /// An embedded fleet of virtual nodes through the whole agent path (no-op executor), and
-    /// the idle memory of `qs agent`.
-    Fleet {
-        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(2..=5_000))]
-        nodes: u64,
-        #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
-        placements: u64,
-        /// Replicas per service (at most one per node).
-        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=5_000))]
-        replicas: u64,
-        /// Through a real nats-server (started for the run) instead of the in-memory fabric;
-        /// adds placement latency p50/p99 and the raw NATS round trip of the same run.
-        #[arg(long)]
-        nats: bool,
-    },
-    /// Failover across processes: three `qs agent --nats` on a real nats-server; the agent
-    /// running a service is killed with SIGKILL, `trials` times; detection and serving-again
-    /// times (p50, p99, max).
-    Failover {
-        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=1_000))]
-        trials: u64,
-    },
-    /// Authenticated messages per second through one node: a whole agent runtime on the
-    /// in-memory fabric with authentication on, then its receive path alone on one core
-    /// (frame, envelope, session MAC or Ed25519 signature, timestamp, replay window).
-    Messages {
-        #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
-        messages: u64,
-        /// Distinct senders.
-        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
-        peers: u64,
-        /// Runs; the median is reported.
-        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=100))]
-        repeats: u64,
-    },
-    /// The GPU scheduler of the core on the Azure two-model hour (code as batch, conv as
-    /// interactive) on one simulated 24 GB GPU with 1.5 GB reserved: FIFO, llama-swap,
-    /// exhaustive, ours (tipping point) and the oracle (ours with loads that take no time), for
-    /// every load time, utilisation and slot count; then the targets on load 10 s,
-    /// utilisation 0.6, 4 slots.
-    Gpu {
-        /// The directory of AzureLLMInferenceTrace_code.csv and _conv.csv.
-        #[arg(long, default_value = "../shared/traces")]
-        traces: PathBuf,
-        /// Load times in seconds (±30 % jitter each load).
-        #[arg(long, value_delimiter = ',', default_value = "2,10,45",
-              value_parser = clap::value_parser!(u64).range(0..=600))]
-        loads: Vec<u64>,
-        /// Ideal utilisations the traces are stretched to.
-        #[arg(long, value_delimiter = ',', default_value = "0.3,0.6,0.9")]
-        utilisations: Vec<f64>,
-        /// Slots per runtime (continuous batching).
-        #[arg(long, value_delimiter = ',', default_value = "1,4",
-              value_parser = clap::value_parser!(u32).range(1..=256))]
-        slots: Vec<u32>,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-    },
-    /// Core placement decisions per second for growing fleets, and the cost growth.
-    Placement {
-        /// Fleet sizes, comma separated.
-        #[arg(long, value_delimiter = ',', default_value = "10,100,1000,10000,30000",
-              value_parser = clap::value_parser!(u64).range(2..=100_000))]
-        nodes: Vec<u64>,
-        /// Placements per run.
-        #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
-        placements: u64,
-        /// Runs per size; the median is reported.
-        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=100))]
-        repeats: u64,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-    },
-}
-
 pub fn run(cli: Cli) -> Result<()> {
     let api = cli.api.as_str();
     if let Some(token) = &cli.token {
@@ -542,65 +465,7 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Bench {
-            suite:
-                BenchSuite::Fleet {
-                    nodes,
-                    placements,
-                    replicas,
-                    nats,
-                },
-        } => crate::bench_fleet::fleet_suite(
-            nodes as usize,
-            placements as usize,
-            replicas as usize,
-            nats,
-        ),
-        Command::Bench {
-            suite:
-                BenchSuite::Messages {
-                    messages,
-                    peers,
-                    repeats,
-                },
-        } => crate::bench::messages_suite(messages as usize, peers as usize, repeats as usize),
-        Command::Bench {
-            suite: BenchSuite::Failover { trials },
-        } => crate::bench::failover_suite(trials as usize),
-        Command::Bench {
-            suite:
-                BenchSuite::Gpu {
-                    traces,
-                    loads,
-                    utilisations,
-                    slots,
-                    seed,
-                },
-        } => {
-            if let Some(u) = utilisations.iter().find(|u| !(0.01..=1.0).contains(*u)) {
-                bail!("--utilisations: {u} is not between 0.01 and 1");
-            }
-            crate::bench_gpu::gpu_suite(&crate::bench_gpu::GpuBench {
-                traces: &traces,
-                loads_s: &loads,
-                utilisations: &utilisations,
-                slots: &slots,
-                seed,
-            })
-        }
-        Command::Bench {
-            suite:
-                BenchSuite::Placement {
-                    nodes,
-                    placements,
-                    repeats,
-                    seed,
-                },
-        } => {
-            let sizes: Vec<usize> = nodes.iter().map(|&n| n as usize).collect();
-            crate::bench::placement_suite(&sizes, placements as usize, repeats as usize, seed);
-            Ok(())
-        }
+        Command::Bench { suite } => crate::bench_args::run(suite),
         Command::Check { files, output } => crate::check::check(&files, output),
         Command::Events {
             ledger,

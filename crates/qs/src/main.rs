@@ -1,6 +1,7 @@
 //! `qs`: the one binary of Quasicrystal. Thin glue from the command line to the crates.
 
 mod bench;
+mod bench_args;
 mod bench_fleet;
 mod bench_gpu;
 mod check;

@@ -38,15 +38,7 @@ impl<F: Fabric> Host<F> {
         }
         let tiers: Vec<u64> = spec.tiers.iter().map(|t| t.vram_bytes).collect();
         let margins_free: Vec<u64> = (0..self.gpus.len())
-            .map(|i| {
-                let held: u64 = self
-                    .residents
-                    .values()
-                    .filter(|r| r.gpu == i)
-                    .map(|r| r.spec.tiers[r.tier].vram_bytes)
-                    .sum();
-                self.reserved_bytes.saturating_sub(held)
-            })
+            .map(|i| self.reserved_bytes.saturating_sub(self.margin_held(i)))
             .collect();
         let Some(p) = place_resident(&tiers, &margins_free) else {
             tracing::warn!(
@@ -56,8 +48,6 @@ impl<F: Fabric> Host<F> {
             );
             return;
         };
-        let held = self.reserved_bytes - margins_free[p.gpu] + tiers[p.tier];
-        self.gpus[p.gpu].scheduler.hold_margin(held);
         self.residents.insert(
             spec.name.clone(),
             ResidentModel {
@@ -71,6 +61,17 @@ impl<F: Fabric> Host<F> {
                 start_at: Some(tokio::time::Instant::now()),
             },
         );
+        let held = self.margin_held(p.gpu);
+        self.gpus[p.gpu].scheduler.hold_margin(held);
+    }
+
+    /// VRAM of GPU `gpu`'s margin that its resident models hold.
+    fn margin_held(&self, gpu: usize) -> u64 {
+        self.residents
+            .values()
+            .filter(|r| r.gpu == gpu)
+            .map(|r| r.spec.tiers[r.tier].vram_bytes)
+            .sum()
     }
 
     /// Withdraws a resident model: its runtime stops, its margin is free again.
@@ -84,12 +85,7 @@ impl<F: Fabric> Host<F> {
             p.stopping = true;
             self.exec.stop(instance, "withdrawn");
         }
-        let held: u64 = self
-            .residents
-            .values()
-            .filter(|o| o.gpu == r.gpu)
-            .map(|o| o.spec.tiers[o.tier].vram_bytes)
-            .sum();
+        let held = self.margin_held(r.gpu);
         self.gpus[r.gpu].scheduler.hold_margin(held);
     }
 
