@@ -15,7 +15,7 @@ use qs_core::gpu::{
     Class, Discipline, GpuConfig, GpuInput, GpuOutput, GpuScheduler, ModelProfile, PolicyKind,
     Request, RequestId, Strategy, StrategyKind,
 };
-use qs_fabric::{Fabric, Kv, KvEvent, Watch};
+use qs_fabric::{Fabric, KvEvent, Watch};
 use qs_wire::{Event, InstanceId, ModelDiscipline, ModelSpec, NodeId, ServiceName};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -271,7 +271,9 @@ impl<F: Fabric> Host<F> {
         let mut rewatch_at = tokio::time::Instant::now();
         loop {
             if kv_watch.is_none() && tokio::time::Instant::now() >= rewatch_at {
-                match self.watch_models().await {
+                // Bounded in time like every desired-state watch: an unreachable server holds
+                // the host up for one try, not for good.
+                match crate::specs::watch_bucket(&self.fabric, MODELS_BUCKET).await {
                     Ok(w) => {
                         kv_watch = Some(w);
                         self.replayed = Some(BTreeSet::new());
@@ -307,10 +309,6 @@ impl<F: Fabric> Host<F> {
         }
         self.registry.remove(&self.node);
         self.exec.shutdown("the agent is stopping").await;
-    }
-
-    async fn watch_models(&self) -> Result<Watch, qs_fabric::FabricError> {
-        self.fabric.kv(MODELS_BUCKET).await?.watch("").await
     }
 
     /// The earliest of the schedulers' timeouts, the VRAM reads due and a re-watch.
