@@ -18,6 +18,8 @@ pub struct Counters {
     pub specs_refused: Counter,
     /// Model runtime swaps begun (a runtime drained to make room for another).
     pub model_swaps: Counter,
+    /// Model runtimes started below the tier they were placed at, or moved back up (tiering).
+    pub model_tier_changes: Counter,
     /// Model runtimes that loaded and turned warm.
     pub model_loads: Counter,
     /// Model runtimes the watchdog reset after repeated failed starts (alerts).

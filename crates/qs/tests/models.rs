@@ -5,25 +5,10 @@
 
 mod common;
 
+use common::models::*;
 use common::*;
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::sync::mpsc;
-
-const GPU_FLEET: &str = r#"
-[node.gpu-box]
-level = 0
-cpu_cores = 4
-memory_mib = 8192
-gpus = [{ vram_mib = 24576 }]
-
-# A node without GPUs, whose work placed on gpu-box runs under its lease.
-[node.peer-a]
-level = 1
-cpu_cores = 2
-memory_mib = 2048
-"#;
 
 /// The exclusive pair of seed 003's benchmark: about 19 GB and 8.5 GB, never together on
 /// 24 GB less the 1.5 GB margin; and a small resident model in the margin.
@@ -61,143 +46,6 @@ name = "1g"
 vram_mib = 1024
 command = "{qs} model-double --port {port} --model slow --vram-mib 1024 --load-ms 3000"
 "#;
-
-fn start(dir: &std::path::Path, config: &str) -> Up {
-    Up::start_fleet(dir, GPU_FLEET, config)
-}
-
-/// Applies `spec` and waits until the host shows `model`.
-fn declare(up: &Up, spec: &str, model: &str) {
-    up.apply(spec);
-    up.wait("the model declared", |u| !model_state(u, model).is_empty());
-}
-
-/// A completion request as an OpenAI client sends it, read to its end: the status, the
-/// `Retry-After` header, the body. `first` hears when the first bytes of the body came.
-fn post(
-    up: &Up,
-    path: &str,
-    body: &Value,
-    first: Option<mpsc::Sender<()>>,
-) -> (u16, Option<String>, String) {
-    post_with(up, path, "", body, first)
-}
-
-/// [`post`] with more headers (each ending in CRLF).
-fn post_with(
-    up: &Up,
-    path: &str,
-    headers: &str,
-    body: &Value,
-    first: Option<mpsc::Sender<()>>,
-) -> (u16, Option<String>, String) {
-    let addr = up.api.trim_start_matches("http://").to_owned();
-    let body = body.to_string();
-    let mut s = TcpStream::connect(&addr).unwrap();
-    s.set_read_timeout(Some(LIMIT)).unwrap();
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\n{headers}Connection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        up.token().unwrap(),
-        body.len()
-    );
-    s.write_all(req.as_bytes()).unwrap();
-    let mut r = BufReader::new(s);
-    let mut status_line = String::new();
-    r.read_line(&mut status_line).unwrap();
-    let status = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let mut retry_after = None;
-    loop {
-        let mut line = String::new();
-        r.read_line(&mut line).unwrap();
-        if line.trim().is_empty() {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':')
-            && k.eq_ignore_ascii_case("retry-after")
-        {
-            retry_after = Some(v.trim().to_owned());
-        }
-    }
-    let mut text = String::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = r.read(&mut buf).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        if let Some(tx) = &first {
-            let _ = tx.send(());
-        }
-        text.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
-    (status, retry_after, text)
-}
-
-/// A handle on the same agent for another thread (it owns no process).
-fn client(up: &Up) -> Up {
-    Up {
-        child: None,
-        api: up.api.clone(),
-        dir: up.dir.clone(),
-        token: up.token().unwrap().to_owned().into(),
-    }
-}
-
-fn chat(model: &str, max_tokens: u32, stream: bool) -> Value {
-    serde_json::json!({
-        "model": model,
-        "messages": [{ "role": "user", "content": "count the stars" }],
-        "max_tokens": max_tokens,
-        "stream": stream,
-    })
-}
-
-/// The model-runtime events of the ledger: (model, step), in order.
-fn steps(up: &Up) -> Vec<(String, String)> {
-    up.events()
-        .iter()
-        .filter(|e| e["event"]["event"] == "model-runtime")
-        .map(|e| {
-            (
-                e["event"]["model"].as_str().unwrap_or("").to_owned(),
-                e["event"]["step"].as_str().unwrap_or("").to_owned(),
-            )
-        })
-        .collect()
-}
-
-/// The pids of `model`'s runtime starts, from the ledger, in order.
-fn started_pids(up: &Up, model: &str) -> Vec<u32> {
-    up.events()
-        .iter()
-        .filter(|e| e["event"]["model"] == model && e["event"]["step"] == "started")
-        .filter_map(|e| {
-            let d = e["event"]["detail"].as_str()?;
-            d.split("(pid ").nth(1)?.split(',').next()?.parse().ok()
-        })
-        .collect()
-}
-
-fn position(steps: &[(String, String)], model: &str, step: &str) -> usize {
-    steps
-        .iter()
-        .position(|(m, s)| m == model && s == step)
-        .unwrap_or_else(|| panic!("no {step} of {model} in {steps:?}"))
-}
-
-fn model_state(up: &Up, model: &str) -> String {
-    up.get("/v1/models")["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["id"] == model)
-        .map(|m| m["qs"]["state"].as_str().unwrap_or("").to_owned())
-        .unwrap_or_default()
-}
 
 #[test]
 fn a_swap_lets_streams_finish_waits_for_the_vram_and_loses_no_request() {

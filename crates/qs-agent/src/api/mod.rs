@@ -96,6 +96,11 @@ impl<F: Fabric> Api<F> {
                 &c.model_swaps,
             ),
             (
+                "model_tier_changes",
+                "Model runtimes started at a smaller tier to fit beside busy ones, or moved back up",
+                &c.model_tier_changes,
+            ),
+            (
                 "model_loads",
                 "Model runtimes loaded and warm",
                 &c.model_loads,

@@ -105,13 +105,28 @@ impl Discipline {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelProfile {
     pub name: ModelName,
-    pub vram_bytes: u64,
+    /// The VRAM of each size it may run at on this GPU, largest first (seed 003's tiers, such
+    /// as a 70B and then an 8B): the largest that fits beside the runtimes busy on the GPU is
+    /// started. Empty, it fits nowhere.
+    pub tiers_vram_bytes: Vec<u64>,
     pub discipline: Discipline,
     /// Added to the momentum of this runtime: how much more a swap away must be worth (a
     /// prefix-cache server such as SGLang loses its radix tree).
     pub inertia_bias_ms: u64,
     /// The load time assumed before any load was seen; learned from each load after.
     pub load_ms: u64,
+}
+
+impl ModelProfile {
+    /// The VRAM of its largest tier.
+    pub fn largest_bytes(&self) -> u64 {
+        self.tiers_vram_bytes.first().copied().unwrap_or(u64::MAX)
+    }
+
+    /// The VRAM of its smallest tier.
+    pub fn smallest_bytes(&self) -> u64 {
+        self.tiers_vram_bytes.last().copied().unwrap_or(u64::MAX)
+    }
 }
 
 /// The GPU and the bounds of its scheduler.
@@ -138,6 +153,9 @@ pub struct GpuConfig {
     /// `min_load_bound_ms`) before it counts as a failed start.
     pub load_bound_factor: u32,
     pub min_load_bound_ms: u64,
+    /// A runtime idle this long counts as room for another to move up a tier (as a model
+    /// server's keep-alive ends).
+    pub idle_room_ms: u64,
 }
 
 impl Default for GpuConfig {
@@ -154,6 +172,7 @@ impl Default for GpuConfig {
             lease_revoke_ms: 1_000,
             load_bound_factor: 4,
             min_load_bound_ms: 10_000,
+            idle_room_ms: 300_000,
         }
     }
 }
@@ -174,6 +193,8 @@ pub struct ModelsConfig {
     /// How long another node's leased work may drain once a local interactive request
     /// revokes its lease.
     pub lease_revoke_ms: u64,
+    /// A runtime idle this long is room for one running below its largest tier to move up.
+    pub idle_room_ms: u64,
     /// `tipping-point` (ours), `exhaustive`, `llama-swap` or `fifo`.
     pub policy: String,
     /// Where a model goes among a node's GPUs, at which tier: `tipping-point` (the first
@@ -192,6 +213,7 @@ impl Default for ModelsConfig {
             max_failed_starts: g.max_failed_starts,
             durable_after_ms: g.durable_after_ms,
             lease_revoke_ms: g.lease_revoke_ms,
+            idle_room_ms: g.idle_room_ms,
             policy: PolicyKind::TippingPoint.name().to_owned(),
             strategy: StrategyKind::TippingPoint.name().to_owned(),
         }
@@ -225,6 +247,7 @@ impl ModelsConfig {
             max_failed_starts: self.max_failed_starts,
             durable_after_ms: self.durable_after_ms,
             lease_revoke_ms: self.lease_revoke_ms,
+            idle_room_ms: self.idle_room_ms,
             ..GpuConfig::default()
         }
     }
@@ -252,6 +275,7 @@ impl ModelsConfig {
             3_600_000,
         )?;
         within("models.stop_timeout_ms", self.stop_timeout_ms, 1, 3_600_000)?;
+        within("models.idle_room_ms", self.idle_room_ms, 1, 86_400_000)?;
         within(
             "models.max_failed_starts",
             self.max_failed_starts.into(),
@@ -332,8 +356,13 @@ pub enum GpuOutput {
     Stop { model: ModelName, kill: bool },
     /// Read the GPU's free VRAM and say it with [`GpuInput::VramFree`].
     CheckVram,
-    /// Start the runtime; say [`GpuInput::Loaded`] once it is warm.
-    Start { model: ModelName },
+    /// Start the runtime at `tier` (an index into its profile's tiers, which needs
+    /// `vram_bytes`); say [`GpuInput::Loaded`] once it is warm.
+    Start {
+        model: ModelName,
+        tier: usize,
+        vram_bytes: u64,
+    },
     /// What happened, for the ledger.
     Event(GpuEvent),
 }
@@ -341,9 +370,13 @@ pub enum GpuOutput {
 /// The steps of a transition and the watchdog's verdicts, each with its duration.
 #[derive(Clone, Debug, PartialEq)]
 pub enum GpuEvent {
-    /// A swap begins: `evict` are drained to make room for `to`.
+    /// A swap begins: `evict` are drained to make room for `to`, which starts at `tier`.
+    /// A tier below its largest means the GPU could not hold its largest beside the runtimes
+    /// busy there (tiering down); `to` among `evict` means it moves to a larger tier now
+    /// that room returned (tiering up).
     SwapBegun {
         to: ModelName,
+        tier: usize,
         evict: Vec<ModelName>,
         /// Requests waiting for `to`, which it serves before it may go (commitment).
         committed: usize,

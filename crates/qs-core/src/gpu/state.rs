@@ -24,6 +24,9 @@ pub enum Phase {
 #[derive(Clone, Debug)]
 pub(super) struct Resident {
     pub(super) phase: Phase,
+    /// The tier it was started at (an index into its profile's tiers) and what that holds.
+    pub(super) tier: usize,
+    pub(super) vram_bytes: u64,
     /// Requests in flight, with their context tokens.
     pub(super) in_flight: BTreeMap<RequestId, u32>,
     pub(super) in_flight_tokens: u64,
@@ -55,13 +58,9 @@ impl State {
             .saturating_sub(self.config.reserved_bytes)
     }
 
-    /// VRAM the resident runtimes hold by their profiles.
+    /// VRAM the resident runtimes hold, each at the tier it was started at.
     pub(super) fn resident_bytes(&self) -> u64 {
-        self.resident
-            .keys()
-            .filter_map(|m| self.profiles.get(m))
-            .map(|p| p.vram_bytes)
-            .sum()
+        self.resident.values().map(|r| r.vram_bytes).sum()
     }
 
     /// The ids of the requests waiting for `m`.
@@ -72,27 +71,84 @@ impl State {
             .unwrap_or_default()
     }
 
-    pub(super) fn evictions_for(&self, m: &ModelName) -> Option<Vec<ModelName>> {
-        let need = self.profiles.get(m)?.vram_bytes;
-        let budget = self.budget_bytes();
-        if need > budget {
-            return None;
+    /// Whether the runtime of `m` is busy: loading, or serving, holding or owing work.
+    /// What is draining or stopping is on its way out already.
+    pub(super) fn busy(&self, m: &ModelName, r: &Resident) -> bool {
+        match r.phase {
+            Phase::Loading { .. } => true,
+            Phase::Draining { .. } | Phase::Stopping { .. } => false,
+            Phase::Warm => {
+                !r.in_flight.is_empty()
+                    || !r.committed.is_empty()
+                    || self.queues.get(m).is_some_and(|q| q.len() > 0)
+            }
         }
-        let mut held = self.resident_bytes();
+    }
+
+    /// The largest tier of `m` that fits beside every runtime resident now, with nothing
+    /// stopped.
+    pub(super) fn fit_beside(&self, m: &ModelName) -> Option<Fit> {
+        let room = self.budget_bytes().saturating_sub(self.resident_bytes());
+        let tiers = &self.profiles.get(m)?.tiers_vram_bytes;
+        let tier = tiers.iter().position(|v| *v <= room)?;
+        Some(Fit {
+            tier,
+            vram_bytes: tiers[tier],
+            evict: Vec::new(),
+        })
+    }
+
+    /// How `m` comes onto the GPU (tiering, seed 003): its largest tier that fits beside the
+    /// runtimes busy there, making room only with idle ones; when none does, its largest
+    /// tier that fits the GPU at all, making room with whatever must go (the swap a policy
+    /// weighs). `None` when no tier fits even alone, or only by stopping a runtime still
+    /// loading.
+    pub(super) fn fit_for(&self, m: &ModelName) -> Option<Fit> {
+        let tiers = &self.profiles.get(m)?.tiers_vram_bytes;
+        let budget = self.budget_bytes();
         let mut by_age: Vec<(&ModelName, &Resident)> =
             self.resident.iter().filter(|(n, _)| *n != m).collect();
         by_age.sort_by_key(|(n, r)| (r.last_used, (*n).clone()));
-        let mut evict = Vec::new();
-        for (name, r) in by_age {
-            if held + need <= budget {
-                break;
+        // Room for `need`, evicting the least recently used of those `may_go` allows.
+        let room_for = |need: u64, may_go: &dyn Fn(&ModelName, &Resident) -> bool| {
+            let mut held = self.resident_bytes();
+            let mut evict = Vec::new();
+            for (name, r) in &by_age {
+                if held + need <= budget {
+                    break;
+                }
+                if may_go(name, r) {
+                    held -= r.vram_bytes;
+                    evict.push((*name).clone());
+                }
             }
-            if matches!(r.phase, Phase::Loading { .. }) {
-                return None;
-            }
-            held -= self.profiles.get(name).map_or(0, |p| p.vram_bytes);
-            evict.push(name.clone());
+            (held + need <= budget).then_some(evict)
+        };
+        let beside_busy = tiers.iter().enumerate().find_map(|(tier, &need)| {
+            room_for(need, &|n, r| !self.busy(n, r)).map(|evict| Fit {
+                tier,
+                vram_bytes: need,
+                evict,
+            })
+        });
+        if beside_busy.is_some() {
+            return beside_busy;
         }
-        (held + need <= budget).then_some(evict)
+        let (tier, &need) = tiers.iter().enumerate().find(|(_, v)| **v <= budget)?;
+        let evict = room_for(need, &|_, r| !matches!(r.phase, Phase::Loading { .. }))?;
+        Some(Fit {
+            tier,
+            vram_bytes: need,
+            evict,
+        })
     }
+}
+
+/// How a model comes onto the GPU: at which tier, and what must go to make room.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fit {
+    pub tier: usize,
+    pub vram_bytes: u64,
+    /// The runtimes drained and stopped first, least recently used first.
+    pub evict: Vec<ModelName>,
 }

@@ -116,9 +116,10 @@ impl View<'_> {
         self.s.profiles.get(m)
     }
 
-    /// The runtimes that would have to go for `m` to fit (least recently used first), or
-    /// `None` when it cannot fit even alone, or only by stopping a runtime still loading.
+    /// The runtimes that would have to go for `m` to fit (least recently used first), at
+    /// the tier it would take ([`State::fit_for`]), or `None` when it cannot fit even alone,
+    /// or only by stopping a runtime still loading.
     pub fn evictions_for(&self, m: &ModelName) -> Option<Vec<ModelName>> {
-        self.s.evictions_for(m)
+        self.s.fit_for(m).map(|f| f.evict)
     }
 }

@@ -245,7 +245,7 @@ pub fn run(work: &Workload, s: &Scenario, clock: &dyn Fn() -> f64) -> Outcome {
         .iter()
         .map(|m| ModelProfile {
             name: ModelName::new(m.name()).expect("a valid name"),
-            vram_bytes: s.pair.vram_bytes(*m),
+            tiers_vram_bytes: vec![s.pair.vram_bytes(*m)],
             discipline: Discipline::Parallel {
                 max_concurrency: s.service.slots,
             },
@@ -358,10 +358,12 @@ pub fn run(work: &Workload, s: &Scenario, clock: &dyn Fn() -> f64) -> Outcome {
                         l.refused += 1;
                     }
                 }
-                GpuOutput::Start { model } => {
+                GpuOutput::Start {
+                    model, vram_bytes, ..
+                } => {
                     let m = Model::of(&model);
                     out.starts += 1;
-                    used.insert(m, s.pair.vram_bytes(m));
+                    used.insert(m, vram_bytes);
                     if used.values().sum::<u64>() > budget {
                         out.margin_violations += 1;
                     }

@@ -411,3 +411,4 @@ pub fn require_dnsmasq() {
         "dnsmasq is required (Debian package dnsmasq-base; ./scripts/test installs it when run as root)"
     );
 }
+pub mod models;

@@ -63,9 +63,10 @@ impl<F: Fabric> Host<F> {
         }
     }
 
-    /// Starts `model`'s runtime, after checking again that no other exclusive runtime holds
-    /// the GPU beyond what the scheduler allows.
-    pub(super) fn start(&mut self, gpu: usize, model: &ServiceName) {
+    /// Starts `model`'s runtime at the scheduler's `tier` (counted from the tier the model
+    /// was placed at), after checking again that no other exclusive runtime holds the GPU
+    /// beyond what the scheduler allows.
+    pub(super) fn start(&mut self, gpu: usize, model: &ServiceName, tier: usize) {
         let t = now();
         let Some(a) = self.models.get(model) else {
             // Withdrawn since: the scheduler hears of a failed start.
@@ -77,14 +78,27 @@ impl<F: Fabric> Host<F> {
             );
             return;
         };
-        let tier = &a.spec.tiers[a.tier];
+        let Some(tier_index) = Some(a.tier + tier).filter(|t| *t < a.spec.tiers.len()) else {
+            self.failures.insert(
+                model.clone(),
+                format!("no tier {tier} below the placed one"),
+            );
+            self.gpus[gpu].scheduler.handle(
+                GpuInput::LoadFailed {
+                    model: model.clone(),
+                },
+                t,
+            );
+            return;
+        };
+        let tier = &a.spec.tiers[tier_index];
         let g = &self.gpus[gpu];
+        // What the other scheduled runtimes hold (a resident one's is the margin's).
         let held: u64 = self
             .processes
             .values()
-            .filter(|p| p.gpu == gpu && &p.model != model)
-            .filter_map(|p| self.models.get(&p.model))
-            .map(|o| o.spec.tiers[o.tier].vram_bytes)
+            .filter(|p| p.gpu == gpu && &p.model != model && !p.resident)
+            .map(|p| p.vram_bytes)
             .sum();
         // A resident runtime of the same name on its way out (the model turned scheduled)
         // is not a second copy: it holds only the margin.
@@ -111,8 +125,7 @@ impl<F: Fabric> Host<F> {
             return;
         }
         let spec = a.spec.clone();
-        let tier = a.tier;
-        if let Err(why) = self.spawn(gpu, &spec, tier, false) {
+        if let Err(why) = self.spawn(gpu, &spec, tier_index, false) {
             self.failures.insert(model.clone(), why);
             self.gpus[gpu].scheduler.handle(
                 GpuInput::LoadFailed {
@@ -135,6 +148,7 @@ impl<F: Fabric> Host<F> {
     ) -> Result<InstanceId, String> {
         let model = &spec.name;
         let tier = &spec.tiers[tier];
+        let (tier_name, vram_bytes) = (tier.name.clone(), tier.vram_bytes);
         let g = &self.gpus[gpu];
         let n = self.next_start;
         self.next_start += 1;
@@ -181,6 +195,8 @@ impl<F: Fabric> Host<F> {
             Process {
                 model: model.clone(),
                 gpu,
+                tier_name,
+                vram_bytes,
                 port: running.port,
                 warm: false,
                 stopping: false,

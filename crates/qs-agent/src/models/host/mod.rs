@@ -115,6 +115,9 @@ struct Assigned {
 struct Process {
     model: ServiceName,
     gpu: usize,
+    /// The tier of its spec it runs (its quota is that tier's VRAM).
+    tier_name: String,
+    vram_bytes: u64,
     port: u16,
     warm: bool,
     stopping: bool,
@@ -531,7 +534,7 @@ impl<F: Fabric> Host<F> {
                             .map_or_else(tokio::time::Instant::now, |t| t + VRAM_RECHECK);
                         g.vram_due = Some(earliest.max(tokio::time::Instant::now()));
                     }
-                    GpuOutput::Start { model } => self.start(gpu, &model),
+                    GpuOutput::Start { model, tier, .. } => self.start(gpu, &model, tier),
                     GpuOutput::Event(e) => {
                         if let Some(event) = self.event(gpu, e) {
                             self.events.push(event);
@@ -589,11 +592,12 @@ async fn next_kv(w: &mut Option<Watch>) -> Option<Result<KvEvent, qs_fabric::Fab
     }
 }
 
-/// The scheduler's view of a model at `tier`.
+/// The scheduler's view of a model placed at `tier`: that tier and the smaller ones, which
+/// the scheduler takes when the GPU cannot hold it beside the runtimes busy there.
 fn profile(spec: &ModelSpec, tier: usize) -> ModelProfile {
     ModelProfile {
         name: spec.name.clone(),
-        vram_bytes: spec.tiers[tier].vram_bytes,
+        tiers_vram_bytes: spec.tiers[tier..].iter().map(|t| t.vram_bytes).collect(),
         discipline: match spec.discipline {
             ModelDiscipline::Parallel { max_concurrency } => {
                 Discipline::Parallel { max_concurrency }

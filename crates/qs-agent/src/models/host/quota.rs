@@ -29,16 +29,8 @@ impl<F: Fabric> Host<F> {
             if p.stopping {
                 continue;
             }
-            let quota = if p.resident {
-                self.residents
-                    .get(&p.model)
-                    .map(|r| r.spec.tiers[r.tier].vram_bytes)
-            } else {
-                self.models
-                    .get(&p.model)
-                    .map(|a| a.spec.tiers[a.tier].vram_bytes)
-            };
-            let (Some(quota), Some(pid)) = (quota, self.exec.pid_of(instance)) else {
+            let quota = p.vram_bytes;
+            let Some(pid) = self.exec.pid_of(instance) else {
                 continue;
             };
             let g = &self.gpus[p.gpu];

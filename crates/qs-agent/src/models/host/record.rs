@@ -17,15 +17,30 @@ impl<F: Fabric> Host<F> {
         let (model, step, took_ms, detail) = match e {
             GpuEvent::SwapBegun {
                 to,
+                tier,
                 evict,
                 committed,
             } => {
                 if !evict.is_empty() {
                     c.model_swaps.inc();
                 }
+                let tiering = if evict.contains(&to) {
+                    c.model_tier_changes.inc();
+                    "; up a tier, room returned"
+                } else if tier > 0 {
+                    c.model_tier_changes.inc();
+                    "; a smaller tier, to fit beside the busy runtimes"
+                } else {
+                    ""
+                };
+                let tier_name = self
+                    .models
+                    .get(&to)
+                    .and_then(|a| a.spec.tiers.get(a.tier + tier))
+                    .map_or_else(|| format!("#{tier}"), |t| t.name.clone());
                 let evict: Vec<&str> = evict.iter().map(|m| m.as_str()).collect();
                 let detail = format!(
-                    "evicts [{}]; {committed} request(s) waiting for it",
+                    "tier {tier_name}{tiering}; evicts [{}]; {committed} request(s) waiting for it",
                     evict.join(", ")
                 );
                 (to, ModelStep::SwapBegun, 0, detail)
@@ -160,15 +175,26 @@ impl<F: Fabric> Host<F> {
                 Some(Phase::Draining { .. }) => "draining",
                 Some(Phase::Stopping { .. }) => "stopping",
             };
-            let tier = &a.spec.tiers[a.tier];
+            // The tier its runtime runs, or the one it was placed at.
+            let running = self
+                .processes
+                .values()
+                .find(|p| &p.model == name && !p.resident && !p.stopping);
+            let (tier, vram_bytes) = match running {
+                Some(p) => (p.tier_name.clone(), p.vram_bytes),
+                None => {
+                    let t = &a.spec.tiers[a.tier];
+                    (t.name.clone(), t.vram_bytes)
+                }
+            };
             views.insert(
                 name.clone(),
                 ModelView {
                     name: name.clone(),
                     node: self.node.clone(),
                     gpu: Some(g.index),
-                    tier: tier.name.clone(),
-                    vram_bytes: tier.vram_bytes,
+                    tier,
+                    vram_bytes,
                     state,
                     url: None,
                     resident: false,

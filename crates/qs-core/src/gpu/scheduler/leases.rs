@@ -21,7 +21,7 @@ impl GpuScheduler {
             Some(_) => return,
             None => {}
         }
-        let Some(evict) = self.state.evictions_for(to) else {
+        let Some(evict) = self.state.fit_for(to).map(|f| f.evict) else {
             return;
         };
         if evict.is_empty() {

@@ -14,6 +14,7 @@ mod leases;
 mod load_bound;
 mod models;
 mod stasis;
+mod tiers;
 
 /// Weight of a new load time in the learned estimate.
 const LOAD_LEARN: f64 = 0.3;
@@ -22,10 +23,13 @@ const LOAD_LEARN: f64 = 0.3;
 /// alone.
 pub const RECONSIDER_MS: u64 = 250;
 
-/// The transition under way: runtimes drained to make room for `to`.
+/// The transition under way: runtimes drained to make room for `to`, which starts at `tier`
+/// (needing `vram_bytes`).
 #[derive(Clone, Debug)]
 struct Transition {
     to: ModelName,
+    tier: usize,
+    vram_bytes: u64,
     evict: BTreeSet<ModelName>,
     /// The requests waiting for `to` when the transition began: what it commits to serve.
     committed: BTreeSet<RequestId>,
@@ -49,6 +53,8 @@ pub struct GpuScheduler {
     durable: BTreeSet<ModelName>,
     /// When to ask the policy again though nothing came in.
     reconsider_at: Option<Time>,
+    /// The time of the last step.
+    stepped_at: Time,
     policy: Box<dyn SwapPolicy>,
     out: VecDeque<GpuOutput>,
 }
@@ -78,6 +84,7 @@ impl GpuScheduler {
             margin_held_bytes: 0,
             durable: BTreeSet::new(),
             reconsider_at: None,
+            stepped_at: Time::ZERO,
             policy,
             out: VecDeque::new(),
         }
@@ -120,6 +127,7 @@ impl GpuScheduler {
             .chain(self.reconsider_at)
             .chain(self.next_durable())
             .chain(self.next_load_bound())
+            .chain(self.next_idle_room().filter(|t| *t > self.stepped_at))
             .min()
     }
 
@@ -186,7 +194,7 @@ impl GpuScheduler {
             });
             return;
         };
-        if profile.vram_bytes > self.budget_bytes() {
+        if profile.smallest_bytes() > self.budget_bytes() {
             self.out.push_back(GpuOutput::Refuse {
                 id: request.id,
                 retry_after_ms: 0,
@@ -270,11 +278,11 @@ impl GpuScheduler {
     /// failed has exited. Started again (after the VRAM it held is seen free) until the
     /// watchdog's bound, then reset.
     fn load_failed(&mut self, model: ModelName, now: Time) {
-        match self.state.resident.get(&model).map(|r| r.phase) {
-            Some(Phase::Loading { .. }) => {}
+        let (tier, vram_bytes) = match self.state.resident.get(&model) {
+            Some(r) if matches!(r.phase, Phase::Loading { .. }) => (r.tier, r.vram_bytes),
             Some(_) => return self.exited(model, now),
             None => return,
-        }
+        };
         self.state.resident.remove(&model);
         let attempts = self.failed_starts.entry(model.clone()).or_insert(0);
         *attempts += 1;
@@ -296,6 +304,8 @@ impl GpuScheduler {
                     let committed = self.state.waiting_ids(&model);
                     self.transition = Some(Transition {
                         to: model,
+                        tier,
+                        vram_bytes,
                         evict: BTreeSet::new(),
                         committed,
                         releasing_since: Some(now),
@@ -344,7 +354,7 @@ impl GpuScheduler {
         let Some(since) = t.releasing_since else {
             return;
         };
-        let need = self.state.profiles.get(&t.to).map_or(0, |p| p.vram_bytes);
+        let need = t.vram_bytes;
         // Room for it beside what stays resident and the reserved margin.
         let others = self.resident_bytes();
         // The margin is kept free but for the resident model, whose VRAM the reading
@@ -375,18 +385,18 @@ impl GpuScheduler {
             self.refuse_waiting(&to, "the VRAM it needs was not released");
             return;
         }
-        let to = t.to.clone();
+        let (to, tier) = (t.to.clone(), t.tier);
         self.out.push_back(GpuOutput::Event(GpuEvent::VramReleased {
             to: to.clone(),
             free_bytes,
             took_ms: now.since(since).as_millis() as u64,
         }));
-        self.start(to, now);
+        self.start(to, tier, need, now);
     }
 
-    /// Starts `model`, committed to the requests that waited for it when its transition
-    /// began (those still waiting), or to all waiting now when it needed none.
-    fn start(&mut self, model: ModelName, now: Time) {
+    /// Starts `model` at `tier`, committed to the requests that waited for it when its
+    /// transition began (those still waiting), or to all waiting now when it needed none.
+    fn start(&mut self, model: ModelName, tier: usize, vram_bytes: u64, now: Time) {
         let waiting: BTreeSet<RequestId> = self.state.waiting_ids(&model);
         let committed = match self.transition.as_ref().filter(|t| t.to == model) {
             Some(t) => t.committed.intersection(&waiting).copied().collect(),
@@ -396,6 +406,8 @@ impl GpuScheduler {
             model.clone(),
             Resident {
                 phase: Phase::Loading { since: now },
+                tier,
+                vram_bytes,
                 in_flight: BTreeMap::new(),
                 in_flight_tokens: 0,
                 leased: BTreeSet::new(),
@@ -403,12 +415,17 @@ impl GpuScheduler {
                 last_used: now,
             },
         );
-        self.out.push_back(GpuOutput::Start { model });
+        self.out.push_back(GpuOutput::Start {
+            model,
+            tier,
+            vram_bytes,
+        });
     }
 
     /// After every input: route what can go, let the policy begin a transition, stop what
     /// is drained.
     fn step(&mut self, now: Time) {
+        self.stepped_at = now;
         self.overdue_loads(now);
         self.route(now);
         self.revoke_for_waiting(now);
@@ -424,6 +441,8 @@ impl GpuScheduler {
                 self.begin(to, now);
             }
         }
+        self.tier_down(now);
+        self.move_up(now);
         // A runtime that outlives its stop is told again, louder (the shell kills it).
         let stop_bound = crate::time::ms(self.state.config.stop_timeout_ms);
         for (m, r) in self.state.resident.iter_mut() {
@@ -498,38 +517,9 @@ impl GpuScheduler {
 
     /// Begins the transition to `to`, draining what must go within `drain_ms`.
     fn begin_within(&mut self, to: ModelName, now: Time, drain_ms: u64) {
-        let Some(evict) = self.state.evictions_for(&to) else {
-            return;
-        };
-        let committed = self.state.queues.get(&to).map_or(0, |q| q.len());
-        self.out.push_back(GpuOutput::Event(GpuEvent::SwapBegun {
-            to: to.clone(),
-            evict: evict.clone(),
-            committed,
-        }));
-        if evict.is_empty() {
-            // It fits beside what is resident: no stop, nothing to wait for.
-            self.start(to, now);
-            return;
+        if let Some(fit) = self.state.fit_for(&to) {
+            self.begin_at(to, fit, now, drain_ms);
         }
-        let deadline = now + crate::time::ms(drain_ms);
-        for m in &evict {
-            if let Some(r) = self.state.resident.get_mut(m)
-                && matches!(r.phase, Phase::Warm)
-            {
-                r.phase = Phase::Draining {
-                    since: now,
-                    deadline,
-                };
-            }
-        }
-        let committed = self.state.waiting_ids(&to);
-        self.transition = Some(Transition {
-            to,
-            evict: evict.into_iter().collect(),
-            committed,
-            releasing_since: None,
-        });
     }
 
     /// Routes waiting requests to serving runtimes with free slots, as the policy allows.

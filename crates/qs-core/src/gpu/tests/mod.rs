@@ -13,7 +13,7 @@ fn name(s: &str) -> ModelName {
 fn profile(n: &str, vram_bytes: u64, slots: u32) -> ModelProfile {
     ModelProfile {
         name: name(n),
-        vram_bytes,
+        tiers_vram_bytes: vec![vram_bytes],
         discipline: Discipline::Parallel {
             max_concurrency: slots,
         },
@@ -86,7 +86,7 @@ impl Rig {
     fn started(&self, model: &str) -> usize {
         self.out
             .iter()
-            .filter(|o| matches!(o, GpuOutput::Start { model: m } if m.as_str() == model))
+            .filter(|o| matches!(o, GpuOutput::Start { model: m, .. } if m.as_str() == model))
             .count()
     }
 
@@ -498,3 +498,4 @@ fn a_runtime_that_outlives_its_stop_is_told_again() {
 }
 
 mod changes;
+mod tiers;

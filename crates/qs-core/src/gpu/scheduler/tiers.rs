@@ -1,0 +1,161 @@
+//! Tiering (seed 003's fluid tiers), the moves the policy does not make:
+//! - **Down:** a model the GPU cannot hold at its largest tier beside the runtimes resident
+//!   there, which the policy does not make room for now (they are busy, or worth keeping),
+//!   starts at once at its largest smaller tier that fits beside them: no swap, no wait.
+//!   ([`crate::gpu::state::State::fit_for`] takes a smaller tier too when what stands in
+//!   the way is busy.)
+//! - **Up:** a runtime below its largest tier moves up to the largest that fits once room
+//!   returns: what no runtime holds, and what runtimes idle for `idle_room_ms` hold (they
+//!   go). It moves at its first lull (nothing in flight, waiting or owed) and only while no
+//!   other model waits to come in, so no generation is cut and no swap another model needs
+//!   is delayed; the move is a transition like any other (drain, stop, the VRAM seen free,
+//!   start at the larger tier, warm), and the requests that come meanwhile wait for it.
+
+use super::{GpuScheduler, Transition};
+use crate::Time;
+use crate::gpu::state::{Fit, Phase};
+use crate::gpu::{GpuEvent, GpuOutput, ModelName};
+use std::collections::BTreeSet;
+
+impl GpuScheduler {
+    /// Starts a wanted model that the policy left waiting at a smaller tier that fits beside
+    /// what is resident, if it has one.
+    pub(super) fn tier_down(&mut self, now: Time) {
+        if self.transition.is_some() {
+            return;
+        }
+        let s = &self.state;
+        let down = s
+            .queues
+            .iter()
+            .filter(|(m, q)| q.len() > 0 && !s.resident.contains_key(*m))
+            .filter_map(|(m, q)| Some((q.oldest()?.order, m)))
+            .min_by_key(|(order, _)| *order)
+            .and_then(|(_, m)| Some((m.clone(), s.fit_beside(m)?)))
+            .filter(|(_, fit)| fit.tier > 0);
+        if let Some((model, fit)) = down {
+            self.begin_at(model, fit, now, self.state.config.drain_timeout_ms);
+        }
+    }
+
+    /// Begins moving one runtime up a tier, if one may.
+    pub(super) fn move_up(&mut self, now: Time) {
+        if self.transition.is_some() {
+            return;
+        }
+        let s = &self.state;
+        if s.queues.keys().any(|m| !s.resident.contains_key(m)) {
+            return;
+        }
+        let idle_room = crate::time::ms(s.config.idle_room_ms);
+        let budget = s.budget_bytes();
+        let held = s.resident_bytes();
+        let up = s.resident.iter().find_map(|(m, r)| {
+            let lull = r.phase == Phase::Warm
+                && r.tier > 0
+                && !s.busy(m, r)
+                && !self.withdrawn.contains(m);
+            if !lull {
+                return None;
+            }
+            // Runtimes idle long enough to make room, least recently used first.
+            let mut idle: Vec<(&ModelName, u64, Time)> = s
+                .resident
+                .iter()
+                .filter(|(o, x)| {
+                    *o != m
+                        && x.phase == Phase::Warm
+                        && !s.busy(o, x)
+                        && now >= x.last_used + idle_room
+                })
+                .map(|(o, x)| (o, x.vram_bytes, x.last_used))
+                .collect();
+            idle.sort_by_key(|(o, _, used)| (*used, (*o).clone()));
+            let tiers = &s.profiles.get(m)?.tiers_vram_bytes;
+            tiers
+                .iter()
+                .take(r.tier)
+                .enumerate()
+                .find_map(|(tier, &need)| {
+                    let mut room = budget.saturating_sub(held - r.vram_bytes);
+                    let mut evict = vec![m.clone()];
+                    for (o, bytes, _) in &idle {
+                        if room >= need {
+                            break;
+                        }
+                        room += bytes;
+                        evict.push((*o).clone());
+                    }
+                    (room >= need).then(|| {
+                        (
+                            m.clone(),
+                            Fit {
+                                tier,
+                                vram_bytes: need,
+                                evict,
+                            },
+                        )
+                    })
+                })
+        });
+        if let Some((model, fit)) = up {
+            self.begin_at(model, fit, now, self.state.config.drain_timeout_ms);
+        }
+    }
+
+    /// Begins the transition to `to` at `fit`'s tier, draining what must go (`to` itself
+    /// among them when it moves up) within `drain_ms`; with nothing to go, it starts now.
+    pub(super) fn begin_at(&mut self, to: ModelName, fit: Fit, now: Time, drain_ms: u64) {
+        let committed = self.state.queues.get(&to).map_or(0, |q| q.len());
+        self.out.push_back(GpuOutput::Event(GpuEvent::SwapBegun {
+            to: to.clone(),
+            tier: fit.tier,
+            evict: fit.evict.clone(),
+            committed,
+        }));
+        if fit.evict.is_empty() {
+            // It fits beside what is resident: no stop, nothing to wait for.
+            self.start(to, fit.tier, fit.vram_bytes, now);
+            return;
+        }
+        let deadline = now + crate::time::ms(drain_ms);
+        for m in &fit.evict {
+            if let Some(r) = self.state.resident.get_mut(m)
+                && matches!(r.phase, Phase::Warm)
+            {
+                r.phase = Phase::Draining {
+                    since: now,
+                    deadline,
+                };
+            }
+        }
+        let committed = self.state.waiting_ids(&to);
+        self.transition = Some(Transition {
+            to,
+            tier: fit.tier,
+            vram_bytes: fit.vram_bytes,
+            evict: fit.evict.into_iter().collect::<BTreeSet<_>>(),
+            committed,
+            releasing_since: None,
+        });
+    }
+
+    /// When the next runtime idle beside one below its largest tier becomes room for it.
+    pub(super) fn next_idle_room(&self) -> Option<Time> {
+        let s = &self.state;
+        if !s.resident.values().any(|r| r.tier > 0) {
+            return None;
+        }
+        let idle_room = crate::time::ms(s.config.idle_room_ms);
+        s.resident
+            .iter()
+            .filter(|(m, r)| r.phase == Phase::Warm && !s.busy(m, r))
+            .map(|(_, r)| r.last_used + idle_room)
+            .min()
+    }
+
+    /// The tier `model`'s runtime runs at, if it has one.
+    pub fn tier(&self, model: &ModelName) -> Option<usize> {
+        self.state.resident.get(model).map(|r| r.tier)
+    }
+}
