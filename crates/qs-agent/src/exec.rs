@@ -109,6 +109,11 @@ pub enum ExecError {
     },
     #[error("{instance}: already running")]
     AlreadyRunning { instance: InstanceId },
+    #[error("{instance}: its systemd unit: {reason}")]
+    Unit {
+        instance: InstanceId,
+        reason: String,
+    },
 }
 
 /// A free TCP port on loopback (the kernel's choice; released before the child binds it).

@@ -70,6 +70,8 @@ pub enum FleetError {
     Identity(#[from] crate::identity::IdentityError),
     #[error("the API token: {0}")]
     Token(crate::AgentError),
+    #[error("the model runtimes' executor: {0}")]
+    ModelExecutor(String),
 }
 
 /// Serves the API on `listener` until `stop` changes. Every connection gets `TCP_NODELAY`
@@ -116,6 +118,11 @@ fn model_host<F: Fabric>(
     membership: &Membership,
 ) -> Result<crate::models::HostSetup<F>, FleetError> {
     use crate::models::{GpuSetup, VramReader};
+    let systemd_user =
+        (opts.config.models.executor == "systemd").then_some(opts.config.models.systemd_user);
+    if let Some(user) = systemd_user {
+        crate::models::systemctl::Systemctl::unit_dir(user).map_err(FleetError::ModelExecutor)?;
+    }
     let nvml = opts
         .host
         .then(|| crate::sense::Nvml::load().ok().map(Arc::new))
@@ -172,6 +179,7 @@ fn model_host<F: Fabric>(
         state: shared.state_dir.clone(),
         ledger: shared.ledger.clone(),
         membership: membership.clone(),
+        systemd_user,
     })
 }
 

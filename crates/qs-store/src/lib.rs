@@ -5,7 +5,7 @@ mod ledger;
 mod state_dir;
 
 pub use ledger::{Ledger, MAX_CARRIED, MAX_READ, Retention, Snapshot, panic_is_contained};
-pub use state_dir::{StateDir, StateFile};
+pub use state_dir::{StateDir, StateFile, write_atomic};
 
 use std::path::PathBuf;
 

@@ -238,7 +238,9 @@ impl StateDir {
 }
 
 /// Write a temporary file beside `path`, fsync it, rename it over `path`, fsync the directory.
-fn write_atomic(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<(), StoreError> {
+/// The state directory's one write, and the one for files outside it that another program
+/// reads (the systemd units of the agent's model runtimes).
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<(), StoreError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let io = |p: &Path| {
         let p = p.to_path_buf();

@@ -355,21 +355,21 @@ fn systemd_units_conflict_where_runtimes_cannot_share_a_gpu_and_verify() {
             .find_map(|l| l.strip_prefix("Conflicts=").map(str::to_owned))
     };
     assert_eq!(
-        conflicts("qs-model-code.service").as_deref(),
-        Some("qs-model-conv.service")
+        conflicts("qs-model-code.19g.service").as_deref(),
+        Some("qs-model-conv.8g.service")
     );
     assert_eq!(
-        conflicts("qs-model-conv.service").as_deref(),
-        Some("qs-model-code.service")
+        conflicts("qs-model-conv.8g.service").as_deref(),
+        Some("qs-model-code.19g.service")
     );
     assert_eq!(
-        conflicts("qs-model-tiny.service"),
+        conflicts("qs-model-tiny.1g.service"),
         None,
         "the resident fits in the margin"
     );
     let mut verify = std::process::Command::new(analyze);
     verify.arg("verify");
-    for name in ["code", "conv", "tiny"] {
+    for name in ["code.19g", "conv.8g", "tiny.1g"] {
         verify.arg(out_dir.join(format!("qs-model-{name}.service")));
     }
     let checked = verify.output().unwrap();

@@ -12,6 +12,7 @@
 mod host;
 mod http;
 pub mod proxy;
+pub mod systemctl;
 pub mod systemd;
 
 pub use host::{GpuSetup, HostSetup, VramReader, host};

@@ -1,21 +1,27 @@
-//! The init system as a runtime's authority (seed 003): `qs systemd units` writes one
-//! systemd unit per model runtime, each on its GPU (the core's strategy, as the agent places
+//! The init system as a runtime's authority (seed 003): one systemd unit per model runtime
+//! (a model at one of its tiers), each on its GPU (the core's strategy, as the agent places
 //! it) with `Conflicts=` between runtimes that cannot share that GPU, so systemd itself never
-//! runs two of them at once (starting one stops the others). A resident model conflicts
-//! with nothing: it fits in the margin.
+//! runs two of them at once (starting one stops the others): every other tier of the same
+//! model, and every runtime of another model that does not fit beside it. A resident model
+//! conflicts with nothing: it fits in the margin. `Conflicts=` is pairwise: three runtimes
+//! that fit two at a time are kept apart by the core's scheduler, not by systemd.
+//!
+//! `qs systemd units` writes them for an operator ([`units`]); the agent's systemd executor
+//! (`[models] executor = "systemd"`, [`super::systemctl`]) writes each as it starts it, with
+//! the port it chose, through the same [`render`] and [`conflicts_of`].
 //!
 //! Each unit runs the tier's command through `/bin/sh -c 'exec …'` (as the process executor
-//! does), with `{port}` a fixed port (`port_base` + the runtime's index) and `{gpu}` its GPU,
-//! `CUDA_VISIBLE_DEVICES` set, and `KillMode=control-group` so nothing it started outlives a
-//! stop.
+//! does), with `{port}` its port and `{gpu}` its GPU, `CUDA_VISIBLE_DEVICES` set, and
+//! `KillMode=control-group` so nothing it started outlives a stop.
 
 use qs_core::gpu::{GpuSlot, ModelsConfig, StrategyKind, conflicts, place_resident};
 use qs_wire::{Authority, ModelSpec};
+use std::collections::BTreeMap;
 
 /// One unit file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Unit {
-    /// `qs-model-NAME.service`.
+    /// `qs-model-NAME.TIER.service`.
     pub name: String,
     pub text: String,
     /// Where it runs.
@@ -32,13 +38,67 @@ pub enum UnitError {
     Ports { model: String, port_base: u16 },
 }
 
-/// The unit name of `model`.
-pub fn unit_name(model: &str) -> String {
-    format!("qs-model-{model}.service")
+/// The unit name of `model` at `tier`, for node `node` when an agent runs it (several nodes
+/// of one process share the host's systemd): `qs-model-[NODE.]MODEL.TIER.service`. Node and
+/// model names are DNS labels, so the dots keep one node's units apart from another's.
+pub fn unit_name(node: Option<&str>, model: &str, tier: &str) -> String {
+    match node {
+        Some(n) => format!("{}{model}.{tier}.service", node_units_prefix(n)),
+        None => format!("qs-model-{model}.{tier}.service"),
+    }
+}
+
+/// The start of every unit name of node `node`'s runtimes.
+pub fn node_units_prefix(node: &str) -> String {
+    format!("qs-model-{node}.")
+}
+
+/// One runtime as the units see it: a model at a tier on a GPU.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Runtime {
+    pub unit: String,
+    pub model: String,
+    pub gpu: usize,
+    pub vram_bytes: u64,
+    pub resident: bool,
+}
+
+/// The units `runtimes[i]` conflicts with: every other tier of its model, and every runtime
+/// of another model on its GPU (of `budget_bytes` for swapped runtimes) that does not fit
+/// beside it; a resident one conflicts with none and none with it. Sorted.
+pub fn conflicts_of(runtimes: &[Runtime], i: usize, budget_bytes: u64) -> Vec<String> {
+    let me = &runtimes[i];
+    let mut out: Vec<String> = runtimes
+        .iter()
+        .filter(|o| o.unit != me.unit && !me.resident && !o.resident && o.gpu == me.gpu)
+        .filter(|o| o.model == me.model || conflicts(me.vram_bytes, o.vram_bytes, budget_bytes))
+        .map(|o| o.unit.clone())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// What a runtime's unit says.
+pub struct UnitText<'a> {
+    pub model: &'a str,
+    pub tier: &'a str,
+    pub gpu: u32,
+    /// The command, `{port}`, `{gpu}` and `{qs}` already replaced.
+    pub command: &'a str,
+    pub env: &'a BTreeMap<String, String>,
+    pub conflicts: &'a [String],
+    pub load_ms: u64,
+    pub resident: bool,
+    /// systemd restarts it when it fails (an operator's resident model; under the agent the
+    /// core's keeper decides).
+    pub restart_on_failure: bool,
 }
 
 /// The units of `models` (shared runtimes have none: someone else runs them) on GPUs of
-/// `gpus_vram_bytes`, with `qs` the path `{qs}` stands for.
+/// `gpus_vram_bytes`, with `qs` the path `{qs}` stands for: each model at the tier the
+/// strategy places it at and every smaller one (the scheduler may run any of them), a
+/// resident one at its tier.
 pub fn units(
     models: &[ModelSpec],
     gpus_vram_bytes: &[u64],
@@ -90,90 +150,113 @@ pub fn units(
         };
         placed.push((p.gpu, spec, p.tier));
     }
+    // Every runtime: a model at each tier it may run.
+    let mut runs: Vec<(Runtime, &ModelSpec, usize)> = Vec::new();
+    for (gpu, spec, placed_tier) in &placed {
+        let last = if spec.resident {
+            *placed_tier + 1
+        } else {
+            spec.tiers.len()
+        };
+        for tier in *placed_tier..last {
+            let t = &spec.tiers[tier];
+            let runtime = Runtime {
+                unit: unit_name(None, spec.name.as_str(), &t.name),
+                model: spec.name.to_string(),
+                gpu: *gpu,
+                vram_bytes: t.vram_bytes,
+                resident: spec.resident,
+            };
+            runs.push((runtime, spec, tier));
+        }
+    }
+    let runtimes: Vec<Runtime> = runs.iter().map(|(r, _, _)| r.clone()).collect();
     let mut out = Vec::new();
-    for (i, (gpu, spec, tier)) in placed.iter().enumerate() {
+    for (i, (runtime, spec, tier)) in runs.iter().enumerate() {
         let port = u16::try_from(usize::from(port_base) + i).map_err(|_| UnitError::Ports {
             model: spec.name.to_string(),
             port_base,
         })?;
-        let budget = gpus_vram_bytes[*gpu].saturating_sub(reserved);
-        let vram = spec.tiers[*tier].vram_bytes;
-        let mut against: Vec<String> = placed
-            .iter()
-            .filter(|(g, other, t)| {
-                g == gpu
-                    && other.name != spec.name
-                    && !spec.resident
-                    && !other.resident
-                    && conflicts(vram, other.tiers[*t].vram_bytes, budget)
-            })
-            .map(|(_, other, _)| unit_name(other.name.as_str()))
-            .collect();
-        against.sort();
+        let gpu = runtime.gpu as u32;
+        let budget = gpus_vram_bytes[runtime.gpu].saturating_sub(reserved);
+        let against = conflicts_of(&runtimes, i, budget);
+        let t = &spec.tiers[*tier];
+        let command = t
+            .command
+            .as_deref()
+            .unwrap_or_default()
+            .replace("{port}", &port.to_string())
+            .replace("{gpu}", &gpu.to_string())
+            .replace("{qs}", qs);
+        let env = BTreeMap::from([
+            ("CUDA_VISIBLE_DEVICES".to_owned(), gpu.to_string()),
+            ("QS_PORT".to_owned(), port.to_string()),
+        ]);
         out.push(Unit {
-            name: unit_name(spec.name.as_str()),
-            text: render(spec, *tier, *gpu as u32, port, &against, qs),
-            gpu: *gpu as u32,
+            name: runtime.unit.clone(),
+            text: render(&UnitText {
+                model: spec.name.as_str(),
+                tier: &t.name,
+                gpu,
+                command: &command,
+                env: &env,
+                conflicts: &against,
+                load_ms: spec.load_ms,
+                resident: spec.resident,
+                restart_on_failure: spec.resident,
+            }),
+            gpu,
             port,
         });
     }
     Ok(out)
 }
 
-fn render(
-    spec: &ModelSpec,
-    tier: usize,
-    gpu: u32,
-    port: u16,
-    conflicts: &[String],
-    qs: &str,
-) -> String {
-    let t = &spec.tiers[tier];
-    let command = t
-        .command
-        .as_deref()
-        .unwrap_or_default()
-        .replace("{port}", &port.to_string())
-        .replace("{gpu}", &gpu.to_string())
-        .replace("{qs}", qs);
+/// The text of a runtime's unit.
+pub fn render(u: &UnitText) -> String {
     // systemd's own quoting: the command as one single-quoted word of `sh -c`, its `'`s
     // closed and escaped, and `%` (a specifier) and `$` (a variable) doubled.
-    let quoted = command
+    let quoted = u
+        .command
         .replace('\\', "\\\\")
         .replace('\'', "'\\''")
         .replace('%', "%%")
         .replace('$', "$$");
-    let mut u = String::new();
-    u.push_str("# Written by `qs systemd units`: a model runtime of Quasicrystal.\n");
-    u.push_str("[Unit]\n");
-    u.push_str(&format!(
-        "Description=Quasicrystal model {} (tier {}, GPU {gpu}{})\n",
-        spec.name,
-        t.name,
-        if spec.resident { ", resident" } else { "" }
+    let mut s = String::new();
+    s.push_str("# Written by Quasicrystal (qs): a model runtime.\n");
+    s.push_str("[Unit]\n");
+    s.push_str(&format!(
+        "Description=Quasicrystal model {} (tier {}, GPU {}{})\n",
+        u.model,
+        u.tier,
+        u.gpu,
+        if u.resident { ", resident" } else { "" }
     ));
-    u.push_str("After=network.target\n");
-    if !conflicts.is_empty() {
-        u.push_str(&format!("Conflicts={}\n", conflicts.join(" ")));
+    s.push_str("After=network.target\n");
+    if !u.conflicts.is_empty() {
+        s.push_str(&format!("Conflicts={}\n", u.conflicts.join(" ")));
     }
-    u.push_str("\n[Service]\n");
-    u.push_str("Type=simple\n");
-    u.push_str(&format!("ExecStart=/bin/sh -c 'exec {quoted}'\n"));
-    u.push_str(&format!("Environment=CUDA_VISIBLE_DEVICES={gpu}\n"));
-    u.push_str(&format!("Environment=QS_PORT={port}\n"));
-    u.push_str("KillMode=control-group\n");
-    u.push_str(&format!(
+    s.push_str("\n[Service]\n");
+    s.push_str("Type=simple\n");
+    s.push_str(&format!("ExecStart=/bin/sh -c 'exec {quoted}'\n"));
+    for (k, v) in u.env {
+        // Quoted, with what systemd would read as a specifier or a variable doubled.
+        let v = v.replace('%', "%%").replace('$', "$$").replace('"', "\\\"");
+        s.push_str(&format!("Environment=\"{k}={v}\"\n"));
+    }
+    s.push_str("KillMode=control-group\n");
+    s.push_str(&format!(
         "TimeoutStartSec={}\n",
-        (spec.load_ms.saturating_mul(4) / 1000).max(10)
+        (u.load_ms.saturating_mul(4) / 1000).max(10)
     ));
-    u.push_str("TimeoutStopSec=30\n");
-    u.push_str(if spec.resident {
+    s.push_str("TimeoutStopSec=30\n");
+    s.push_str(if u.restart_on_failure {
         "Restart=on-failure\nRestartSec=1\n"
     } else {
         "Restart=no\n"
     });
-    u.push_str("\n[Install]\nWantedBy=multi-user.target\n");
-    u
+    s.push_str("\n[Install]\nWantedBy=multi-user.target\n");
+    s
 }
 
 #[cfg(test)]
@@ -235,10 +318,10 @@ vram_mib = 1024
         assert_eq!(
             names,
             [
-                "qs-model-code.service",
-                "qs-model-conv.service",
-                "qs-model-small.service",
-                "qs-model-tiny.service"
+                "qs-model-code.19g.service",
+                "qs-model-conv.8g.service",
+                "qs-model-small.2g.service",
+                "qs-model-tiny.1g.service"
             ],
             "no unit for the shared runtime"
         );
@@ -251,8 +334,8 @@ vram_mib = 1024
                 .to_owned()
         };
         // code (19 GiB) fits beside neither conv nor... small (2 GiB): 21 of 22.5 GiB fits.
-        assert_eq!(conflicts(0), "qs-model-conv.service");
-        assert_eq!(conflicts(1), "qs-model-code.service");
+        assert_eq!(conflicts(0), "qs-model-conv.8g.service");
+        assert_eq!(conflicts(1), "qs-model-code.19g.service");
         assert_eq!(conflicts(2), "");
         assert_eq!(conflicts(3), "", "the resident fits in the margin");
         assert!(units[0].text.contains(
@@ -267,6 +350,49 @@ vram_mib = 1024
             units[1].text
         );
         assert!(units[3].text.contains("Restart=on-failure"));
+    }
+
+    #[test]
+    fn each_tier_is_a_runtime_that_conflicts_with_the_others_of_its_model() {
+        let mut models = doc();
+        models.extend(
+            qs_wire::parse_spec(
+                "t.toml",
+                r#"
+[model.reason]
+[[model.reason.tier]]
+name = "15g"
+vram_mib = 15360
+command = "llama-server --port {port} -m big.gguf"
+[[model.reason.tier]]
+name = "3g"
+vram_mib = 3072
+command = "llama-server --port {port} -m small.gguf"
+"#,
+            )
+            .unwrap()
+            .models,
+        );
+        let units = units(&models, &[24 << 30], &ModelsConfig::default(), "qs", 8100).unwrap();
+        let conflicts = |name: &str| {
+            let u = units.iter().find(|u| u.name == name).unwrap();
+            u.text
+                .lines()
+                .find_map(|l| l.strip_prefix("Conflicts="))
+                .unwrap_or("")
+                .to_owned()
+        };
+        // 15g fits beside nothing but small (2g); 3g beside every other model (19 + 3 of 22.5).
+        assert_eq!(
+            conflicts("qs-model-reason.15g.service"),
+            "qs-model-code.19g.service qs-model-conv.8g.service qs-model-reason.3g.service"
+        );
+        assert_eq!(
+            conflicts("qs-model-reason.3g.service"),
+            "qs-model-reason.15g.service"
+        );
+        let ports: Vec<u16> = units.iter().map(|u| u.port).collect();
+        assert_eq!(ports, (8100..8100 + units.len() as u16).collect::<Vec<_>>());
     }
 
     #[test]

@@ -200,7 +200,16 @@ pub struct ModelsConfig {
     /// Where a model goes among a node's GPUs, at which tier: `tipping-point` (the first
     /// that holds it), `spread`, `pack` or `energy-aware`.
     pub strategy: String,
+    /// Who starts and stops the runtimes: `process` (the agent forks them) or `systemd`
+    /// (each a unit with `Conflicts=`, started and stopped with `systemctl`).
+    pub executor: String,
+    /// With the systemd executor: the user manager of `$XDG_RUNTIME_DIR` (`systemctl
+    /// --user`) instead of the system's.
+    pub systemd_user: bool,
 }
+
+/// The executors a `[models] executor` may name.
+pub const EXECUTORS: [&str; 2] = ["process", "systemd"];
 
 impl Default for ModelsConfig {
     fn default() -> Self {
@@ -216,6 +225,8 @@ impl Default for ModelsConfig {
             idle_room_ms: g.idle_room_ms,
             policy: PolicyKind::TippingPoint.name().to_owned(),
             strategy: StrategyKind::TippingPoint.name().to_owned(),
+            executor: EXECUTORS[0].to_owned(),
+            systemd_user: false,
         }
     }
 }
@@ -287,6 +298,12 @@ impl ModelsConfig {
             return Err((
                 "models.policy",
                 format!("{:?} is not one of {}", self.policy, names.join(", ")),
+            ));
+        }
+        if !EXECUTORS.contains(&self.executor.as_str()) {
+            return Err((
+                "models.executor",
+                format!("{:?} is not one of {}", self.executor, EXECUTORS.join(", ")),
             ));
         }
         if self.strategy().is_none() {

@@ -88,10 +88,20 @@ impl Up {
 
     /// `qs up` of `fleet` with `config` as its `--config` file and its state in `dir`.
     pub fn start_fleet(dir: &std::path::Path, fleet: &str, config: &str) -> Up {
+        Up::start_fleet_with_env(dir, fleet, config, &[])
+    }
+
+    /// [`Up::start_fleet`] with environment variables set for the process.
+    pub fn start_fleet_with_env(
+        dir: &std::path::Path,
+        fleet: &str,
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> Up {
         std::fs::write(dir.join("fleet.toml"), fleet).unwrap();
         std::fs::write(dir.join("config.toml"), config).unwrap();
         let arg = |f: &str| dir.join(f).display().to_string();
-        Up::spawn(
+        Up::spawn_with_env(
             dir,
             &[
                 "up",
@@ -102,6 +112,7 @@ impl Up {
                 "--config",
                 &arg("config.toml"),
             ],
+            env,
         )
     }
 
@@ -412,3 +423,4 @@ pub fn require_dnsmasq() {
     );
 }
 pub mod models;
+pub mod systemd;

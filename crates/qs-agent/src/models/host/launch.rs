@@ -5,8 +5,10 @@
 
 use super::{Host, Process, Warmed};
 use crate::clock::now;
-use crate::exec::Launch;
+use crate::exec::{ExecError, Executor, Launch, Running};
 use crate::models::http::{Target, get_status};
+use crate::models::systemctl::{Systemctl, UnitPlan};
+use crate::models::systemd::{Runtime, conflicts_of, node_units_prefix, unit_name};
 use crate::orphans::InstanceFile;
 use qs_core::gpu::GpuInput;
 use qs_fabric::Fabric;
@@ -25,9 +27,67 @@ const MIN_LOAD_BOUND: Duration = Duration::from_secs(10);
 /// far sooner; this only bounds the task.
 const WARM_CHECK_LIMIT: Duration = Duration::from_secs(3600);
 
+/// Who carries out a runtime's start and stop: the agent's own process executor, or
+/// systemd (`[models] executor`). Exits come back the same way from either.
+pub(super) enum Runner {
+    Process(Executor),
+    Systemd(Systemctl),
+}
+
+impl Runner {
+    fn start(&self, launch: Launch, plan: impl FnOnce() -> UnitPlan) -> Result<Running, ExecError> {
+        match self {
+            Runner::Process(e) => e.start(launch),
+            Runner::Systemd(s) => s.start(launch, &plan()),
+        }
+    }
+
+    pub(super) fn stop(&self, instance: &InstanceId, reason: &str) -> bool {
+        match self {
+            Runner::Process(e) => e.stop(instance, reason),
+            Runner::Systemd(s) => s.stop(instance, reason),
+        }
+    }
+
+    pub(super) fn kill(&self, instance: &InstanceId) -> bool {
+        match self {
+            Runner::Process(e) => e.kill(instance),
+            Runner::Systemd(s) => s.kill(instance),
+        }
+    }
+
+    pub(super) fn pid_of(&self, instance: &InstanceId) -> Option<u32> {
+        match self {
+            Runner::Process(e) => e.pid_of(instance),
+            Runner::Systemd(s) => s.pid_of(instance),
+        }
+    }
+
+    fn running(&self) -> BTreeMap<InstanceId, Running> {
+        match self {
+            Runner::Process(e) => e.running(),
+            Runner::Systemd(s) => s.running(),
+        }
+    }
+
+    pub(super) async fn shutdown(&self, reason: &str) {
+        match self {
+            Runner::Process(e) => e.shutdown(reason).await,
+            Runner::Systemd(s) => s.shutdown(reason).await,
+        }
+    }
+}
+
 impl<F: Fabric> Host<F> {
-    /// Ends the runtimes a killed agent left running (they hold VRAM a new start needs).
+    /// Ends the runtimes a killed agent left running (they hold VRAM a new start needs): the
+    /// process groups it recorded, and under systemd the units of this node still loaded.
     pub(super) async fn reap_orphans(&mut self) {
+        if let Runner::Systemd(s) = &self.exec {
+            let prefix = node_units_prefix(self.node.as_str());
+            if let Err(e) = s.stop_leftovers(&prefix).await {
+                tracing::warn!(node = %self.node, "stopping leftover runtime units: {e}");
+            }
+        }
         let file = InstanceFile::model_runtimes(self.state.clone(), self.node.clone());
         let (state, node, grace) = (self.state.clone(), self.node.clone(), self.stop_grace);
         let reaped = tokio::task::spawn_blocking(move || {
@@ -147,6 +207,7 @@ impl<F: Fabric> Host<F> {
         resident: bool,
     ) -> Result<InstanceId, String> {
         let model = &spec.name;
+        let tier_index = tier;
         let tier = &spec.tiers[tier];
         let (tier_name, vram_bytes) = (tier.name.clone(), tier.vram_bytes);
         let g = &self.gpus[gpu];
@@ -170,7 +231,8 @@ impl<F: Fabric> Host<F> {
             env,
             run_as: None,
         };
-        let running = self.exec.start(launch).map_err(|e| e.to_string())?;
+        let plan = || self.unit_plan(gpu, spec, tier_index, resident);
+        let running = self.exec.start(launch, plan).map_err(|e| e.to_string())?;
         let health = match spec.health.as_ref().map(|h| &h.probe) {
             Some(qs_wire::Probe::Http { path }) => path.clone(),
             _ => "/health".to_owned(),
@@ -218,6 +280,53 @@ impl<F: Fabric> Host<F> {
                 .await;
         });
         Ok(instance)
+    }
+
+    /// The systemd unit of `spec` at `tier` on GPU `gpu`: `Conflicts=` with every other
+    /// tier of it and every runtime of another model there that does not fit beside it (the
+    /// tiers each scheduled model may run, and the resident models, which conflict with none).
+    fn unit_plan(&self, gpu: usize, spec: &ModelSpec, tier: usize, resident: bool) -> UnitPlan {
+        let node = Some(self.node.as_str());
+        let mut runtimes: Vec<Runtime> = Vec::new();
+        for (name, a) in self.models.iter().filter(|(_, a)| a.gpu == gpu) {
+            for t in &a.spec.tiers[a.tier..] {
+                runtimes.push(Runtime {
+                    unit: unit_name(node, name.as_str(), &t.name),
+                    model: name.to_string(),
+                    gpu,
+                    vram_bytes: t.vram_bytes,
+                    resident: false,
+                });
+            }
+        }
+        let t = &spec.tiers[tier];
+        let me = Runtime {
+            unit: unit_name(node, spec.name.as_str(), &t.name),
+            model: spec.name.to_string(),
+            gpu,
+            vram_bytes: t.vram_bytes,
+            resident,
+        };
+        let i = match runtimes.iter().position(|r| r.unit == me.unit) {
+            Some(i) => {
+                runtimes[i].resident = resident;
+                i
+            }
+            None => {
+                runtimes.push(me.clone());
+                runtimes.len() - 1
+            }
+        };
+        let budget = self.gpus[gpu].scheduler.budget_bytes();
+        UnitPlan {
+            name: me.unit,
+            model: me.model,
+            tier: t.name.clone(),
+            gpu: self.gpus[gpu].index,
+            conflicts: conflicts_of(&runtimes, i, budget),
+            load_ms: spec.load_ms,
+            resident,
+        }
     }
 
     /// Stops `model`'s runtime: SIGTERM (in-flight work was drained first), or SIGKILL when

@@ -102,6 +102,9 @@ pub struct HostSetup<F: Fabric> {
     pub ledger: Arc<qs_store::Ledger>,
     /// The fleet as this process sees it: leased work of a holder that left it is swept.
     pub membership: crate::membership::Membership,
+    /// The systemd executor (`Some(user)`: `systemctl --user` or not), or `None`: the agent
+    /// forks the runtimes itself.
+    pub systemd_user: Option<bool>,
 }
 
 /// A model this host took: which GPU and which tier.
@@ -162,7 +165,7 @@ struct Host<F: Fabric> {
     routed: BTreeMap<RequestId, usize>,
     next_request: u64,
     next_start: u64,
-    exec: Executor,
+    exec: launch::Runner,
     warm_tx: mpsc::Sender<Warmed>,
     views: Arc<RwLock<BTreeMap<ServiceName, ModelView>>>,
     /// Why each model's last start failed, for the scheduler's event that counts it.
@@ -241,7 +244,18 @@ pub fn host<F: Fabric>(
         routed: BTreeMap::new(),
         next_request: 0,
         next_start: 0,
-        exec: Executor::new(setup.log_dir, setup.stop_grace, exit_tx),
+        exec: match setup.systemd_user {
+            None => {
+                launch::Runner::Process(Executor::new(setup.log_dir, setup.stop_grace, exit_tx))
+            }
+            Some(user) => match crate::models::systemctl::Systemctl::new(user, exit_tx.clone()) {
+                Ok(s) => launch::Runner::Systemd(s),
+                Err(e) => {
+                    tracing::error!(node = %setup.node, "the systemd executor: {e}; forking runtimes");
+                    launch::Runner::Process(Executor::new(setup.log_dir, setup.stop_grace, exit_tx))
+                }
+            },
+        },
         warm_tx,
         views,
         failures: BTreeMap::new(),
