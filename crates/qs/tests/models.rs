@@ -468,3 +468,43 @@ fn leased_work_of_a_node_that_left_the_fleet_is_swept() {
     assert_eq!(status, 503, "{text}");
     assert!(text.contains("its lease holder left the fleet"), "{text}");
 }
+
+#[test]
+fn a_running_leased_stream_of_a_node_that_left_the_fleet_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = start(dir.path(), "");
+    declare(&up, PAIR, "code");
+    // A stream of 500 tokens at 50/s (10 s) that peer-a placed here.
+    let (first_tx, first_rx) = mpsc::channel();
+    let c = client(&up);
+    let leased = std::thread::spawn(move || {
+        let began = std::time::Instant::now();
+        let answer = post_with(
+            &c,
+            "/v1/chat/completions",
+            "x-qs-lease: peer-a\r\nx-qs-priority: batch\r\n",
+            &chat("code", 500, true),
+            Some(first_tx),
+        );
+        (answer, began.elapsed())
+    });
+    first_rx
+        .recv_timeout(LIMIT)
+        .expect("the leased stream began");
+    let (status, v) = up.http("POST", "/v1/chaos/kill/peer-a", "");
+    assert_eq!(status, 200, "{v}");
+    let ((status, _, stream), took) = leased.join().unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        stream.contains("its lease holder left the fleet") && !stream.contains("[DONE]"),
+        "the stream ends with the reason: {stream}"
+    );
+    assert!(
+        stream.matches("data: {").count() < 500 && took < std::time::Duration::from_secs(9),
+        "cut before its 10 s were up: {took:?}"
+    );
+    // The runtime serves on, its slot given back.
+    assert_eq!(model_state(&up, "code"), "warm");
+    let (status, _, text) = post(&up, "/v1/chat/completions", &chat("code", 2, false), None);
+    assert_eq!(status, 200, "{text}");
+}

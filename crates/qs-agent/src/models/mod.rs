@@ -49,8 +49,13 @@ pub(crate) enum Ask {
 pub(crate) enum Decision {
     /// Send it to the runtime on this loopback port. `finish` gives the request's slot back
     /// when dropped: when its answer has been passed on, or at once if the client went
-    /// away before it read this decision.
-    Route { port: u16, finish: Option<Finish> },
+    /// away before it read this decision. `cut` says why, if the scheduler cuts it while it
+    /// runs (its lease holder left the fleet): its answer ends there.
+    Route {
+        port: u16,
+        finish: Option<Finish>,
+        cut: Option<oneshot::Receiver<String>>,
+    },
     /// Refused: 429 when too many wait, 503 otherwise, with when to try again.
     Refuse {
         too_many: bool,

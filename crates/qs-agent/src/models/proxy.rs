@@ -3,7 +3,9 @@
 //! that serves it here; one for a model that is not warm waits (live stasis) while the
 //! scheduler decides, or is refused 429/503 with `Retry-After`. The runtime's answer,
 //! streamed or not, is passed through as it comes; its slot is given back when the answer
-//! ends or the client goes away.
+//! ends or the client goes away. One the scheduler cuts while it runs (its lease holder left
+//! the fleet) ends there: a stream with an error event saying why, any other answer broken
+//! off, and the runtime's connection closed.
 //!
 //! The priority class comes from the `x-qs-priority` header (`interactive`, `batch`,
 //! `ingestion`); without it, embeddings are ingestion and the rest interactive. Work another
@@ -21,6 +23,7 @@ use bytes::Bytes;
 use qs_core::gpu::Class;
 use qs_wire::{NodeId, ServiceName};
 use serde_json::{Value, json};
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::sync::oneshot;
@@ -120,7 +123,7 @@ pub async fn serve(
     if let Some(url) = &view.url {
         // A shared runtime: someone else runs it; pass the request on.
         return match Target::from_url(url) {
-            Ok(target) => pass(&target, endpoint, body, None).await,
+            Ok(target) => pass(&target, endpoint, body, None, None).await,
             Err(e) => refusal(StatusCode::BAD_GATEWAY, "runtime_error", e),
         };
     }
@@ -139,8 +142,8 @@ pub async fn serve(
         return busy(1000, "the model host is busy".to_owned());
     }
     match answer.await {
-        Ok(Decision::Route { port, finish }) => {
-            pass(&Target::loopback(port), endpoint, body, finish).await
+        Ok(Decision::Route { port, finish, cut }) => {
+            pass(&Target::loopback(port), endpoint, body, finish, cut).await
         }
         Ok(Decision::Refuse {
             too_many,
@@ -175,18 +178,26 @@ fn retry_after(r: &mut Response, ms: u64) {
 }
 
 /// Passes the request to `target`; the answer's body streams back, and `finish` is said
-/// when it ends or is dropped.
+/// when it ends or is dropped. A `cut` ends it early: a stream with an error event, any
+/// other answer broken off; either way the runtime's connection closes, which cancels the
+/// generation there.
 async fn pass(
     target: &Target,
     endpoint: Endpoint,
     body: Bytes,
     finish: Option<Finish>,
+    cut: Option<oneshot::Receiver<String>>,
 ) -> Response {
     let resp = match forward(target, Method::POST, endpoint.path(), body).await {
         Ok(r) => r,
         Err(e) => return refusal(StatusCode::BAD_GATEWAY, "runtime_error", e),
     };
     let (parts, incoming) = resp.into_parts();
+    let streamed = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
     let mut out = Response::builder().status(parts.status);
     for name in [header::CONTENT_TYPE, header::CACHE_CONTROL] {
         if let Some(v) = parts.headers.get(&name) {
@@ -194,35 +205,72 @@ async fn pass(
         }
     }
     out.body(Body::new(Guarded {
-        inner: incoming,
+        inner: Some(incoming),
         _finish: finish,
+        cut,
+        streamed,
     }))
     .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
 }
 
-/// A runtime's answer body, holding its request's slot until it ends.
+/// A runtime's answer body, holding its request's slot until it ends, and ending it early
+/// when the scheduler cuts it.
 struct Guarded {
-    inner: hyper::body::Incoming,
+    /// `None` once cut: the runtime's connection is closed.
+    inner: Option<hyper::body::Incoming>,
     _finish: Option<Finish>,
+    cut: Option<oneshot::Receiver<String>>,
+    /// Server-sent events: a cut ends with an error event rather than a broken answer.
+    streamed: bool,
+}
+
+/// Why an answer was broken off.
+#[derive(Debug, thiserror::Error)]
+enum PassError {
+    #[error(transparent)]
+    Runtime(#[from] hyper::Error),
+    #[error("cut: {0}")]
+    Cut(String),
 }
 
 impl http_body::Body for Guarded {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = PassError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, PassError>>> {
+        let this = self.get_mut();
+        if let Some(rx) = this.cut.as_mut()
+            && let Poll::Ready(said) = Pin::new(rx).poll(cx)
+        {
+            this.cut = None;
+            // A dropped sender is no cut: the host let the request be.
+            if let Ok(reason) = said {
+                this.inner = None;
+                if this.streamed {
+                    let event = json!({ "error": { "message": reason, "type": "cut" } });
+                    let frame = Bytes::from(format!("data: {event}\n\n"));
+                    return Poll::Ready(Some(Ok(http_body::Frame::data(frame))));
+                }
+                return Poll::Ready(Some(Err(PassError::Cut(reason))));
+            }
+        }
+        match this.inner.as_mut() {
+            Some(inner) => Pin::new(inner).poll_frame(cx).map_err(PassError::from),
+            None => Poll::Ready(None),
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(|i| i.is_end_stream())
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(http_body::SizeHint::default, |i| i.size_hint())
     }
 }
 

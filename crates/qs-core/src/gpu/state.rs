@@ -30,8 +30,10 @@ pub(super) struct Resident {
     /// Requests in flight, with their context tokens.
     pub(super) in_flight: BTreeMap<RequestId, u32>,
     pub(super) in_flight_tokens: u64,
-    /// Those of `in_flight` that run under another node's lease.
-    pub(super) leased: BTreeSet<RequestId>,
+    /// Those of `in_flight` that run under another node's lease, with that node.
+    pub(super) leased: BTreeMap<RequestId, qs_wire::NodeId>,
+    /// Its drain is a lease revoked: what its bound cuts is said to be so.
+    pub(super) revoked: bool,
     /// Requests that were waiting for it when it was chosen and are not routed yet: it
     /// serves them before it may go.
     pub(super) committed: BTreeSet<RequestId>,

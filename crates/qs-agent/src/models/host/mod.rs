@@ -163,6 +163,8 @@ struct Host<F: Fabric> {
     processes: BTreeMap<InstanceId, Process>,
     pending: BTreeMap<RequestId, (usize, oneshot::Sender<Decision>)>,
     routed: BTreeMap<RequestId, usize>,
+    /// How each routed request is cut short when the scheduler refuses it while it runs.
+    cuts: BTreeMap<RequestId, oneshot::Sender<String>>,
     next_request: u64,
     next_start: u64,
     exec: launch::Runner,
@@ -242,6 +244,7 @@ pub fn host<F: Fabric>(
         processes: BTreeMap::new(),
         pending: BTreeMap::new(),
         routed: BTreeMap::new(),
+        cuts: BTreeMap::new(),
         next_request: 0,
         next_start: 0,
         exec: match setup.systemd_user {
@@ -405,6 +408,7 @@ impl<F: Fabric> Host<F> {
                     .handle(GpuInput::Arrive(request), now());
             }
             Ask::Finished { id } => {
+                self.cuts.remove(&id);
                 if let Some(gpu) = self.routed.remove(&id) {
                     self.gpus[gpu]
                         .scheduler
@@ -532,6 +536,10 @@ impl<F: Fabric> Host<F> {
                     } => {
                         self.routed.remove(&id);
                         self.placeholders.remove(&id);
+                        // Refused while it runs: its answer is cut short where it is.
+                        if let Some(cut) = self.cuts.remove(&id) {
+                            let _ = cut.send(reason.to_owned());
+                        }
                         if let Some((_, reply)) = self.pending.remove(&id) {
                             let _ = reply.send(Decision::Refuse {
                                 too_many: retry_after_ms > 0,
@@ -583,7 +591,13 @@ impl<F: Fabric> Host<F> {
                     tx: self.asks_tx.clone(),
                     id,
                 });
-                let _ = reply.send(Decision::Route { port, finish });
+                let (cut_tx, cut) = oneshot::channel();
+                self.cuts.insert(id, cut_tx);
+                let _ = reply.send(Decision::Route {
+                    port,
+                    finish,
+                    cut: Some(cut),
+                });
             }
             None => {
                 let _ = reply.send(Decision::Refuse {

@@ -181,6 +181,7 @@ impl<F: Fabric> Host<F> {
             Decision::Route {
                 port: r.port,
                 finish: None,
+                cut: None,
             }
         } else if r.start_at.is_none() && r.instance.is_none() {
             Decision::Refuse {

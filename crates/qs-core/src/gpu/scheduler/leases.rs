@@ -31,7 +31,7 @@ impl GpuScheduler {
         // some leased work: an idle runtime is the policy's to weigh, not a lease.
         let only_leased = evict.iter().all(|m| {
             self.state.resident.get(m).is_some_and(|r| {
-                r.in_flight.keys().all(|id| r.leased.contains(id))
+                r.in_flight.keys().all(|id| r.leased.contains_key(id))
                     && self.state.queues.get(m).is_none_or(|q| q.all_leased())
             })
         });
@@ -49,6 +49,7 @@ impl GpuScheduler {
             // Their commitment is to leased work: revoked with it.
             if let Some(r) = self.state.resident.get_mut(m) {
                 r.committed.clear();
+                r.revoked = true;
             }
             self.out.push_back(GpuOutput::Event(GpuEvent::LeaseRevoked {
                 model: m.clone(),
@@ -102,19 +103,47 @@ impl GpuScheduler {
 }
 
 impl GpuScheduler {
-    /// The nodes whose leased work waits here.
+    /// The nodes whose leased work waits or runs here.
     pub fn lease_holders(&self) -> std::collections::BTreeSet<qs_wire::NodeId> {
-        self.state
+        let waiting = self
+            .state
             .queues
             .values()
             .flat_map(|q| q.by_class.iter().flatten())
-            .filter_map(|w| w.request.lease.clone())
-            .collect()
+            .filter_map(|w| w.request.lease.clone());
+        let running = self
+            .state
+            .resident
+            .values()
+            .flat_map(|r| r.leased.values().cloned());
+        waiting.chain(running).collect()
     }
 
-    /// `holder` left the fleet: the leased work it placed here that still waits is refused
-    /// (the watchdog's sweep of a vanished peer's leases).
+    /// `holder` left the fleet: the leased work it placed here is refused, what waits and
+    /// what runs (its stream is cut, its slot freed): the watchdog's sweep of a vanished
+    /// peer's leases.
     pub(super) fn holder_gone(&mut self, holder: &qs_wire::NodeId) {
+        let reason = "its lease holder left the fleet";
+        for r in self.state.resident.values_mut() {
+            let cut: Vec<RequestId> = r
+                .leased
+                .iter()
+                .filter(|(_, h)| *h == holder)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in cut {
+                r.leased.remove(&id);
+                if let Some(tokens) = r.in_flight.remove(&id) {
+                    r.in_flight_tokens -= u64::from(tokens);
+                }
+                self.routed.remove(&id);
+                self.out.push_back(GpuOutput::Refuse {
+                    id,
+                    retry_after_ms: 0,
+                    reason,
+                });
+            }
+        }
         let gone: Vec<RequestId> = self
             .state
             .queues
@@ -128,7 +157,7 @@ impl GpuScheduler {
             self.out.push_back(GpuOutput::Refuse {
                 id,
                 retry_after_ms: 0,
-                reason: "its lease holder left the fleet",
+                reason,
             });
         }
     }

@@ -410,7 +410,8 @@ impl GpuScheduler {
                 vram_bytes,
                 in_flight: BTreeMap::new(),
                 in_flight_tokens: 0,
-                leased: BTreeSet::new(),
+                leased: BTreeMap::new(),
+                revoked: false,
                 committed,
                 last_used: now,
             },
@@ -475,12 +476,13 @@ impl GpuScheduler {
                 };
                 r.in_flight_tokens = 0;
                 let leased = std::mem::take(&mut r.leased);
+                let revoked = r.revoked;
                 for id in std::mem::take(&mut r.in_flight).into_keys() {
                     self.routed.remove(&id);
                     self.out.push_back(GpuOutput::Refuse {
                         id,
                         retry_after_ms: 0,
-                        reason: if leased.contains(&id) {
+                        reason: if revoked && leased.contains_key(&id) {
                             "lease revoked: the GPU is taken back for local interactive use"
                         } else {
                             "cut: its runtime was stopped at the drain bound"
@@ -570,8 +572,8 @@ impl GpuScheduler {
                     self.waiting -= 1;
                     let r = self.state.resident.get_mut(&m).expect("checked above");
                     r.in_flight.insert(w.request.id, w.request.context_tokens);
-                    if w.request.lease.is_some() {
-                        r.leased.insert(w.request.id);
+                    if let Some(holder) = &w.request.lease {
+                        r.leased.insert(w.request.id, holder.clone());
                     }
                     r.in_flight_tokens += u64::from(w.request.context_tokens);
                     r.committed.remove(&w.request.id);

@@ -327,3 +327,65 @@ fn the_waiting_work_of_a_lease_holder_that_left_is_refused() {
     assert_eq!(rig.s.waiting(), 0);
     assert!(rig.s.lease_holders().is_empty());
 }
+
+#[test]
+fn the_running_leased_work_of_a_holder_that_left_is_cut_and_its_slot_freed() {
+    let mut rig = Rig::new(pair(), PolicyKind::TippingPoint);
+    let theirs = rig.ask_leased("code", "peer");
+    rig.warm("code");
+    let other = rig.ask_leased("code", "other-peer");
+    assert!(rig.routed(theirs) && rig.routed(other));
+    let holders: Vec<String> = rig
+        .s
+        .lease_holders()
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(holders, ["other-peer", "peer"], "running leases count");
+    rig.feed(GpuInput::HolderGone {
+        holder: qs_wire::NodeId::new("peer").unwrap(),
+    });
+    assert!(rig.out.iter().any(|o| matches!(
+        o,
+        GpuOutput::Refuse { id, reason, .. } if *id == theirs && reason.contains("left the fleet")
+    )));
+    assert!(
+        !rig.out
+            .iter()
+            .any(|o| matches!(o, GpuOutput::Refuse { id, .. } if *id == other)),
+        "another holder's work runs on"
+    );
+    assert!(!rig.stopped("code"), "the runtime serves on");
+    // Its slot is free: four more fit beside the other holder's one... three.
+    let more: Vec<RequestId> = (0..3).map(|_| rig.ask("code", Class::Batch)).collect();
+    assert!(more.iter().all(|id| rig.routed(*id)));
+    // A late Finished of the cut request frees nothing twice.
+    rig.feed(GpuInput::Finished { id: theirs });
+    let queued = rig.ask("code", Class::Batch);
+    assert!(!rig.routed(queued), "four slots, all taken");
+}
+
+#[test]
+fn leased_work_cut_at_an_ordinary_drain_bound_is_said_cut_not_revoked() {
+    let config = GpuConfig {
+        drain_timeout_ms: 1_000,
+        ..GpuConfig::default()
+    };
+    let mut rig = Rig::with_config(config, pair(), PolicyKind::LlamaSwap);
+    let leased = rig.ask_leased("code", "peer");
+    rig.warm("code");
+    assert!(rig.routed(leased));
+    // A batch request for conv (no local interactive use: no revocation) swaps code out;
+    // its drain bound cuts the leased request still running.
+    let _c = rig.ask("conv", Class::Batch);
+    rig.at(1_000);
+    let reason = rig
+        .out
+        .iter()
+        .find_map(|o| match o {
+            GpuOutput::Refuse { id, reason, .. } if *id == leased => Some(*reason),
+            _ => None,
+        })
+        .unwrap();
+    assert!(reason.starts_with("cut"), "{reason}");
+}
