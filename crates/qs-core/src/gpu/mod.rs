@@ -177,6 +177,18 @@ impl Default for GpuConfig {
     }
 }
 
+impl GpuConfig {
+    /// How long a runtime whose load takes `load_ms` (learned, or declared before any was
+    /// seen) may load before the watchdog counts it failed: `load_bound_factor` times it,
+    /// and at least `min_load_bound_ms`. One rule for the scheduled runtimes and the
+    /// resident one.
+    pub fn load_bound_ms(&self, load_ms: u64) -> u64 {
+        load_ms
+            .saturating_mul(u64::from(self.load_bound_factor))
+            .max(self.min_load_bound_ms)
+    }
+}
+
 /// The `[models]` section of the config: the bounds every GPU's scheduler of a node gets.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -18,11 +18,6 @@ use std::time::Duration;
 
 /// How often a starting runtime's health and warm checks are tried.
 const WARM_POLL: Duration = Duration::from_millis(100);
-/// A resident runtime (outside the scheduler, whose own bound holds the others) may load
-/// this many times its declared time, and at least [`MIN_LOAD_BOUND`], before it counts as
-/// failed.
-const LOAD_BOUND_FACTOR: u32 = 4;
-const MIN_LOAD_BOUND: Duration = Duration::from_secs(10);
 /// How long the warm check of a scheduled runtime polls at most: the core fails its load
 /// far sooner; this only bounds the task.
 const WARM_CHECK_LIMIT: Duration = Duration::from_secs(3600);
@@ -239,7 +234,8 @@ impl<F: Fabric> Host<F> {
         };
         let warm_path = spec.warm_path.clone();
         let bound = if resident {
-            (Duration::from_millis(spec.load_ms) * LOAD_BOUND_FACTOR).max(MIN_LOAD_BOUND)
+            // Outside the scheduler, held to the same rule as the scheduled runtimes.
+            Duration::from_millis(self.gpus[gpu].scheduler.load_bound_ms(spec.load_ms))
         } else {
             WARM_CHECK_LIMIT
         };

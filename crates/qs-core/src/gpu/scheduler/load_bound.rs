@@ -10,11 +10,9 @@ use crate::gpu::{GpuEvent, GpuOutput, ModelName};
 
 impl GpuScheduler {
     /// How long `m` may load.
-    fn load_bound_ms(&self, m: &ModelName) -> u64 {
+    fn model_load_bound_ms(&self, m: &ModelName) -> u64 {
         let learned = self.state.load_ms.get(m).copied().unwrap_or(0.0).max(0.0) as u64;
-        learned
-            .saturating_mul(u64::from(self.state.config.load_bound_factor))
-            .max(self.state.config.min_load_bound_ms)
+        self.state.config.load_bound_ms(learned)
     }
 
     /// When the earliest load in progress passes its bound.
@@ -23,7 +21,9 @@ impl GpuScheduler {
             .resident
             .iter()
             .filter_map(|(m, r)| match r.phase {
-                Phase::Loading { since } => Some(since + crate::time::ms(self.load_bound_ms(m))),
+                Phase::Loading { since } => {
+                    Some(since + crate::time::ms(self.model_load_bound_ms(m)))
+                }
                 _ => None,
             })
             .min()
@@ -37,7 +37,7 @@ impl GpuScheduler {
             .iter()
             .filter_map(|(m, r)| match r.phase {
                 Phase::Loading { since } => {
-                    let bound_ms = self.load_bound_ms(m);
+                    let bound_ms = self.model_load_bound_ms(m);
                     (now >= since + crate::time::ms(bound_ms)).then(|| (m.clone(), bound_ms))
                 }
                 _ => None,

@@ -100,6 +100,11 @@ impl GpuScheduler {
         self.state.resident_bytes()
     }
 
+    /// How long a runtime whose load takes `load_ms` may load ([`GpuConfig::load_bound_ms`]).
+    pub fn load_bound_ms(&self, load_ms: u64) -> u64 {
+        self.state.config.load_bound_ms(load_ms)
+    }
+
     /// Requests waiting now.
     pub fn waiting(&self) -> usize {
         self.waiting

@@ -389,3 +389,17 @@ fn leased_work_cut_at_an_ordinary_drain_bound_is_said_cut_not_revoked() {
         .unwrap();
     assert!(reason.starts_with("cut"), "{reason}");
 }
+
+#[test]
+fn one_load_bound_holds_every_runtime_four_load_times_and_at_least_ten_seconds() {
+    let config = GpuConfig::default();
+    for (load_ms, bound_ms) in [
+        (0, 10_000),
+        (2_000, 10_000),
+        (2_500, 10_000),
+        (5_000, 20_000),
+    ] {
+        assert_eq!(config.load_bound_ms(load_ms), bound_ms, "{load_ms} ms");
+    }
+    assert_eq!(config.load_bound_ms(u64::MAX), u64::MAX, "no overflow");
+}
