@@ -209,9 +209,10 @@ pub fn nodes(api: &str, explain: Option<&str>, output: OutputFormat) -> Result<(
 pub fn status(api: &str, output: OutputFormat) -> Result<()> {
     let health = call(api, "GET", "/health", None)?;
     let services = call(api, "GET", "/v1/services", None)?;
+    let models = call(api, "GET", "/v1/models", None)?;
     let h: v1::Health = decode(health.clone())?;
     let rows: Vec<v1::ServiceRow> = decode(services.clone())?;
-    let v = serde_json::json!({ "health": health, "services": services });
+    let v = serde_json::json!({ "health": health, "services": services, "models": models["data"] });
     show(output, &v, |_| {
         let mut out = format!(
             "agent: {} ({} nodes here), ledger at event {}\n",
@@ -231,6 +232,20 @@ pub fn status(api: &str, output: OutputFormat) -> Result<()> {
                 } else {
                     String::new()
                 }
+            ));
+        }
+        for m in models["data"].as_array().into_iter().flatten() {
+            let q = &m["qs"];
+            let field = |k: &str| q[k].as_str().unwrap_or("?").to_owned();
+            let alert = q["alert"].as_str();
+            out.push_str(&format!(
+                "  {} model {} on {}: {}, tier {}{}\n",
+                if alert.is_some() { "ALERT" } else { "ok  " },
+                field("name"),
+                field("node"),
+                field("state"),
+                field("tier"),
+                alert.map(|a| format!(" ({a})")).unwrap_or_default()
             ));
         }
         out.trim_end().to_owned()

@@ -195,6 +195,14 @@ command = "sh -c 'echo no weights >&2; exit 3' {port}"
         metrics.contains("qs_model_watchdog_resets_total 1"),
         "{metrics}"
     );
+    // `qs status` shows the alert.
+    let status = cli(&["--api", &up.api, "status"]);
+    assert!(
+        status
+            .lines()
+            .any(|l| l.contains("ALERT model broken") && l.contains("3 failed starts")),
+        "{status}"
+    );
 }
 
 #[test]

@@ -191,6 +191,9 @@ struct Host<F: Fabric> {
     placeholders: BTreeSet<RequestId>,
     /// The keys a (re)watch of the models KV has shown before its `Synced`.
     replayed: Option<BTreeSet<String>>,
+    /// Each model's last alert (a watchdog reset, VRAM not released), until it loads again:
+    /// what `/v1/models` and `qs status` show.
+    alerts: BTreeMap<ServiceName, String>,
 }
 
 /// The host of `setup.node`, registered in the process's [`super::Registry`] at once; the
@@ -273,6 +276,7 @@ pub fn host<F: Fabric>(
         resume: BTreeMap::new(),
         placeholders: BTreeSet::new(),
         replayed: None,
+        alerts: BTreeMap::new(),
     };
     host.run(asks, exits, warms, stop)
 }
@@ -566,6 +570,7 @@ impl<F: Fabric> Host<F> {
             }
         }
         let events = std::mem::take(&mut self.events);
+        self.note_alerts(&events);
         self.append(events).await;
     }
 

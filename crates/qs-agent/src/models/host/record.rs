@@ -154,6 +154,26 @@ impl<F: Fabric> Host<F> {
         });
     }
 
+    /// Keeps each model's last alert (a step whose detail begins `alert:`) until it loads
+    /// again.
+    pub(super) fn note_alerts(&mut self, events: &[Event]) {
+        for e in events {
+            if let Event::ModelRuntime {
+                model,
+                step,
+                detail,
+                ..
+            } = e
+            {
+                if detail.starts_with("alert:") {
+                    self.alerts.insert(model.clone(), detail.clone());
+                } else if *step == ModelStep::Loaded {
+                    self.alerts.remove(model);
+                }
+            }
+        }
+    }
+
     pub(super) async fn append(&self, events: Vec<Event>) {
         if events.is_empty() {
             return;
@@ -198,6 +218,7 @@ impl<F: Fabric> Host<F> {
                     state,
                     url: None,
                     resident: false,
+                    alert: self.alerts.get(name).cloned(),
                 },
             );
         }
@@ -221,6 +242,7 @@ impl<F: Fabric> Host<F> {
                     state,
                     url: None,
                     resident: true,
+                    alert: self.alerts.get(name).cloned(),
                 },
             );
         }
@@ -236,6 +258,7 @@ impl<F: Fabric> Host<F> {
                     state: "shared",
                     url: spec.url.clone(),
                     resident: false,
+                    alert: None,
                 },
             );
         }
