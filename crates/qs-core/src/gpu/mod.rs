@@ -20,8 +20,9 @@
 //!   retry-after (unless a free slot takes it at once); nothing accepted is dropped without
 //!   a word: a request whose runtime exited or was stopped at its drain bound is refused
 //!   with the reason.
-//! - **Time alone moves it:** while requests wait for a model that is not resident, the
-//!   policy is asked again every [`scheduler::RECONSIDER_MS`] ([`GpuScheduler::poll_timeout`]).
+//! - **Time alone moves it:** while requests wait for a model that is not resident, a policy
+//!   whose choice changes with time is asked again every [`scheduler::RECONSIDER_MS`]
+//!   ([`GpuScheduler::poll_timeout`]); drain, stop, load and stasis bounds have their own.
 //! - A failed start is tried again only once the VRAM it held is seen free; after
 //!   `max_failed_starts` the watchdog resets it and refuses its waiting requests.
 //!

@@ -22,6 +22,13 @@ pub trait SwapPolicy: Send + Sync {
     fn arrival_order(&self) -> bool {
         false
     }
+
+    /// Whether its choice can change with time alone (urgency grows, aging bounds pass):
+    /// then it is asked again every [`super::RECONSIDER_MS`] while requests wait for a model
+    /// that is not resident. One that decides on arrivals and ends only is asked on inputs.
+    fn moved_by_time(&self) -> bool {
+        false
+    }
 }
 
 /// The policies by name, for configs and the benchmark.
@@ -182,6 +189,10 @@ impl TippingPoint {
 impl SwapPolicy for TippingPoint {
     fn name(&self) -> &'static str {
         "tipping-point"
+    }
+
+    fn moved_by_time(&self) -> bool {
+        true
     }
 
     fn choose(&self, view: &View) -> Option<ModelName> {

@@ -126,10 +126,12 @@ impl Queue {
             .sum()
     }
 
-    pub(super) fn ids(&self) -> impl Iterator<Item = RequestId> + '_ {
+    /// How many wait that arrived before `order` (each class is in arrival order).
+    pub(super) fn count_before(&self, order: u64) -> usize {
         self.by_class
             .iter()
-            .flat_map(|q| q.iter().map(|w| w.request.id))
+            .map(|q| q.partition_point(|w| w.order < order))
+            .sum()
     }
 }
 

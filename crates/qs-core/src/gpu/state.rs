@@ -5,7 +5,7 @@
 use super::queue::{Queue, Rate};
 use super::{Class, GpuConfig, ModelName, ModelProfile, RequestId};
 use crate::Time;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 /// Where a resident runtime is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,9 +34,10 @@ pub(super) struct Resident {
     pub(super) leased: BTreeMap<RequestId, qs_wire::NodeId>,
     /// Its drain is a lease revoked: what its bound cuts is said to be so.
     pub(super) revoked: bool,
-    /// Requests that were waiting for it when it was chosen and are not routed yet: it
-    /// serves them before it may go.
-    pub(super) committed: BTreeSet<RequestId>,
+    /// The requests waiting for it that arrived before this place in arrival order were
+    /// waiting when it was chosen: it serves them before it may go (commitment). Counted,
+    /// not listed, so a transition costs no copy of a long queue.
+    pub(super) committed_before: u64,
     pub(super) last_used: Time,
 }
 
@@ -65,12 +66,12 @@ impl State {
         self.resident.values().map(|r| r.vram_bytes).sum()
     }
 
-    /// The ids of the requests waiting for `m`.
-    pub(super) fn waiting_ids(&self, m: &ModelName) -> BTreeSet<RequestId> {
-        self.queues
-            .get(m)
-            .map(|q| q.ids().collect())
-            .unwrap_or_default()
+    /// The requests `m`'s runtime is committed to that still wait (O(log n)).
+    pub(super) fn committed_left(&self, m: &ModelName) -> usize {
+        match (self.resident.get(m), self.queues.get(m)) {
+            (Some(r), Some(q)) => q.count_before(r.committed_before),
+            _ => 0,
+        }
     }
 
     /// Whether the runtime of `m` is busy: loading, or serving, holding or owing work.
@@ -80,9 +81,8 @@ impl State {
             Phase::Loading { .. } => true,
             Phase::Draining { .. } | Phase::Stopping { .. } => false,
             Phase::Warm => {
-                !r.in_flight.is_empty()
-                    || !r.committed.is_empty()
-                    || self.queues.get(m).is_some_and(|q| q.len() > 0)
+                // What it is committed to waits in its queue.
+                !r.in_flight.is_empty() || self.queues.get(m).is_some_and(|q| q.len() > 0)
             }
         }
     }

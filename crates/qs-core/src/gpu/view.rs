@@ -36,7 +36,7 @@ impl View<'_> {
 
     /// Committed requests the runtime has still to take.
     pub fn committed_left(&self, m: &ModelName) -> usize {
-        self.s.resident.get(m).map_or(0, |r| r.committed.len())
+        self.s.committed_left(m)
     }
 
     /// Seconds' worth of prefill the runtime's requests in flight would need again.

@@ -48,7 +48,7 @@ impl GpuScheduler {
         for m in &evict {
             // Their commitment is to leased work: revoked with it.
             if let Some(r) = self.state.resident.get_mut(m) {
-                r.committed.clear();
+                r.committed_before = 0;
                 r.revoked = true;
             }
             self.out.push_back(GpuOutput::Event(GpuEvent::LeaseRevoked {
@@ -83,9 +83,6 @@ impl GpuScheduler {
 
     /// Sweeps a waiting request whose client went away.
     pub(super) fn cancel(&mut self, id: RequestId) {
-        for r in self.state.resident.values_mut() {
-            r.committed.remove(&id);
-        }
         let mut emptied = None;
         for (m, q) in self.state.queues.iter_mut() {
             if q.remove(id).is_some() {

@@ -31,8 +31,9 @@ struct Transition {
     tier: usize,
     vram_bytes: u64,
     evict: BTreeSet<ModelName>,
-    /// The requests waiting for `to` when the transition began: what it commits to serve.
-    committed: BTreeSet<RequestId>,
+    /// The requests waiting for `to` when the transition began (those before this place in
+    /// arrival order): what it commits to serve.
+    committed_before: u64,
     /// Since the VRAM check was asked for; `None` before.
     releasing_since: Option<Time>,
 }
@@ -306,13 +307,12 @@ impl GpuScheduler {
                 }
                 Some(_) => {}
                 None => {
-                    let committed = self.state.waiting_ids(&model);
                     self.transition = Some(Transition {
                         to: model,
                         tier,
                         vram_bytes,
                         evict: BTreeSet::new(),
-                        committed,
+                        committed_before: self.next_order,
                         releasing_since: Some(now),
                     });
                     self.out.push_back(GpuOutput::CheckVram);
@@ -402,10 +402,9 @@ impl GpuScheduler {
     /// Starts `model` at `tier`, committed to the requests that waited for it when its
     /// transition began (those still waiting), or to all waiting now when it needed none.
     fn start(&mut self, model: ModelName, tier: usize, vram_bytes: u64, now: Time) {
-        let waiting: BTreeSet<RequestId> = self.state.waiting_ids(&model);
-        let committed = match self.transition.as_ref().filter(|t| t.to == model) {
-            Some(t) => t.committed.intersection(&waiting).copied().collect(),
-            None => waiting,
+        let committed_before = match self.transition.as_ref().filter(|t| t.to == model) {
+            Some(t) => t.committed_before,
+            None => self.next_order,
         };
         self.state.resident.insert(
             model.clone(),
@@ -417,7 +416,7 @@ impl GpuScheduler {
                 in_flight_tokens: 0,
                 leased: BTreeMap::new(),
                 revoked: false,
-                committed,
+                committed_before,
                 last_used: now,
             },
         );
@@ -513,8 +512,8 @@ impl GpuScheduler {
             .queues
             .keys()
             .any(|m| !self.state.resident.contains_key(m));
-        self.reconsider_at =
-            (self.transition.is_none() && wanting).then(|| now + crate::time::ms(RECONSIDER_MS));
+        self.reconsider_at = (self.transition.is_none() && wanting && self.policy.moved_by_time())
+            .then(|| now + crate::time::ms(RECONSIDER_MS));
         self.durable_stasis(now);
     }
 
@@ -581,7 +580,6 @@ impl GpuScheduler {
                         r.leased.insert(w.request.id, holder.clone());
                     }
                     r.in_flight_tokens += u64::from(w.request.context_tokens);
-                    r.committed.remove(&w.request.id);
                     r.last_used = now;
                     self.routed.insert(w.request.id, m.clone());
                     self.out.push_back(GpuOutput::Route {

@@ -129,13 +129,12 @@ impl GpuScheduler {
                 };
             }
         }
-        let committed = self.state.waiting_ids(&to);
         self.transition = Some(Transition {
             to,
             tier: fit.tier,
             vram_bytes: fit.vram_bytes,
             evict: fit.evict.into_iter().collect::<BTreeSet<_>>(),
-            committed,
+            committed_before: self.next_order,
             releasing_since: None,
         });
     }
