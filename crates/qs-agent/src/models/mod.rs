@@ -163,3 +163,41 @@ impl Registry {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A routed request's slot comes back to its host however the decision ends: read and
+    /// its answer passed on, or dropped unread because the client went away between the
+    /// host's decision and the entry point reading it (even with the host's queue full).
+    #[tokio::test]
+    async fn a_route_decision_dropped_unread_gives_its_slot_back() {
+        let (tx, mut rx) = mpsc::channel(1);
+        // The host's queue is full: the slot still comes back, once there is room.
+        tx.try_send(Ask::Finished { id: RequestId(0) }).unwrap();
+        let (reply, answer) = oneshot::channel();
+        reply
+            .send(Decision::Route {
+                port: 1,
+                finish: Some(Finish {
+                    tx: tx.clone(),
+                    id: RequestId(7),
+                }),
+                cut: None,
+            })
+            .unwrap();
+        drop(answer);
+        let mut back = Vec::new();
+        for _ in 0..2 {
+            let ask = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+                .await
+                .expect("the slot came back")
+                .unwrap();
+            if let Ask::Finished { id } = ask {
+                back.push(id.0);
+            }
+        }
+        assert_eq!(back, [0, 7]);
+    }
+}
