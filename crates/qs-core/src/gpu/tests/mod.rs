@@ -498,4 +498,5 @@ fn a_runtime_that_outlives_its_stop_is_told_again() {
 }
 
 mod changes;
+mod ingestion;
 mod tiers;
