@@ -45,8 +45,8 @@ pub enum BenchSuite {
     /// The GPU scheduler of the core on the Azure two-model hour (code as batch, conv as
     /// interactive) on one simulated 24 GB GPU with 1.5 GB reserved: FIFO, llama-swap,
     /// exhaustive, ours (tipping point) and the oracle (ours with loads that take no time), for
-    /// every load time, utilisation and slot count; then the targets on load 10 s,
-    /// utilisation 0.6, 4 slots.
+    /// the exclusive pair, a co-resident control and a tiered pair, every load time,
+    /// utilisation and slot count; then the targets on load 10 s, utilisation 0.6, 4 slots.
     Gpu {
         /// The directory of AzureLLMInferenceTrace_code.csv and _conv.csv.
         #[arg(long, default_value = "../shared/traces")]

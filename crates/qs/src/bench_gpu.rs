@@ -72,7 +72,7 @@ pub fn gpu_suite(b: &GpuBench) -> Result<()> {
     let clock = std::time::Instant::now();
     let wall = || clock.elapsed().as_secs_f64();
     let mut headline: BTreeMap<(Column, Pair), Outcome> = BTreeMap::new();
-    for pair in [Pair::Exclusive, Pair::CoResident] {
+    for pair in [Pair::Exclusive, Pair::CoResident, Pair::Tiered] {
         for &slots in b.slots {
             for &load_s in b.loads_s {
                 for &utilisation in b.utilisations {
@@ -121,6 +121,11 @@ fn report(key: &str, o: &Outcome) {
         "1/h",
     );
     line("swaps", o.swaps as f64, "swaps");
+    line(
+        "smaller_tier_starts",
+        o.smaller_tier_starts as f64,
+        "starts",
+    );
     line("loading_gpu_s", round_to(o.loading_gpu_s, 1), "s");
     line("lost", o.lost as f64, "requests");
     line("margin_violations", o.margin_violations as f64, "times");

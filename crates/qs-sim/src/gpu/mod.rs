@@ -72,6 +72,9 @@ pub enum Pair {
     Exclusive,
     /// Two models of about 5 GB: both resident, no swap needed.
     CoResident,
+    /// The exclusive pair with a smaller tier of code (8 GB, as an 8B beside a 34B): it
+    /// fits beside conv, so tiering serves both at once instead of swapping.
+    Tiered,
 }
 
 impl Pair {
@@ -79,14 +82,17 @@ impl Pair {
         match self {
             Pair::Exclusive => "exclusive",
             Pair::CoResident => "co-resident",
+            Pair::Tiered => "tiered",
         }
     }
 
-    fn vram_bytes(self, m: Model) -> u64 {
+    /// The VRAM of each tier of `m`, largest first.
+    fn tiers_bytes(self, m: Model) -> Vec<u64> {
         match (self, m) {
-            (Pair::Exclusive, Model::Code) => 19 * GIB,
-            (Pair::Exclusive, Model::Conv) => 17 * GIB / 2,
-            (Pair::CoResident, _) => 5 * GIB,
+            (Pair::Exclusive, Model::Code) => vec![19 * GIB],
+            (Pair::Tiered, Model::Code) => vec![19 * GIB, 8 * GIB],
+            (Pair::Exclusive | Pair::Tiered, Model::Conv) => vec![17 * GIB / 2],
+            (Pair::CoResident, _) => vec![5 * GIB],
         }
     }
 }
@@ -202,6 +208,8 @@ pub struct Outcome {
     pub swaps: u64,
     /// Starts (swaps in, co-resident starts, restarts).
     pub starts: u64,
+    /// Starts at a tier below the largest (tiering down beside a busy runtime).
+    pub smaller_tier_starts: u64,
     pub loading_gpu_s: f64,
     /// Times the VRAM held by runtime processes went past the GPU's less the margin.
     pub margin_violations: u64,
@@ -245,7 +253,7 @@ pub fn run(work: &Workload, s: &Scenario, clock: &dyn Fn() -> f64) -> Outcome {
         .iter()
         .map(|m| ModelProfile {
             name: ModelName::new(m.name()).expect("a valid name"),
-            tiers_vram_bytes: vec![s.pair.vram_bytes(*m)],
+            tiers_vram_bytes: s.pair.tiers_bytes(*m),
             discipline: Discipline::Parallel {
                 max_concurrency: s.service.slots,
             },
@@ -359,10 +367,15 @@ pub fn run(work: &Workload, s: &Scenario, clock: &dyn Fn() -> f64) -> Outcome {
                     }
                 }
                 GpuOutput::Start {
-                    model, vram_bytes, ..
+                    model,
+                    tier,
+                    vram_bytes,
                 } => {
                     let m = Model::of(&model);
                     out.starts += 1;
+                    if tier > 0 {
+                        out.smaller_tier_starts += 1;
+                    }
                     used.insert(m, vram_bytes);
                     if used.values().sum::<u64>() > budget {
                         out.margin_violations += 1;
@@ -472,6 +485,32 @@ mod tests {
             assert_eq!(o.starts, 2, "{}", policy.name());
             assert_eq!(o.lost, 0);
         }
+    }
+
+    #[test]
+    fn a_smaller_tier_that_fits_beside_the_busy_model_saves_swaps() {
+        let work = tiny();
+        let exclusive = run(
+            &work,
+            &scenario(PolicyKind::TippingPoint, Pair::Exclusive),
+            &|| 0.0,
+        );
+        let tiered = run(
+            &work,
+            &scenario(PolicyKind::TippingPoint, Pair::Tiered),
+            &|| 0.0,
+        );
+        assert!(tiered.smaller_tier_starts >= 1);
+        assert!(
+            tiered.swaps < exclusive.swaps,
+            "{} swaps tiered, {} exclusive",
+            tiered.swaps,
+            exclusive.swaps
+        );
+        assert_eq!(tiered.lost, 0);
+        assert_eq!(tiered.margin_violations, 0);
+        let done: u64 = tiered.by_model.values().map(|l| l.finished).sum();
+        assert_eq!(done, 120);
     }
 
     #[test]
