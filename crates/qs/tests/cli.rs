@@ -202,6 +202,11 @@ fn a_bad_config_is_refused_with_its_location() {
         "[models]\nreserved_mib = 1024\npolicy = \"best\"\n",
         "3:1: config field `models.policy`",
     );
+    check(
+        "executor.toml",
+        "[models]\nexecutor = \"docker\"\n",
+        "2:1: config field `models.executor`",
+    );
 }
 
 /// A non-loopback API over plain HTTP is refused before anything starts, unless the
