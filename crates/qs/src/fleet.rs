@@ -209,7 +209,11 @@ pub fn nodes(api: &str, explain: Option<&str>, output: OutputFormat) -> Result<(
 pub fn status(api: &str, output: OutputFormat) -> Result<()> {
     let health = call(api, "GET", "/health", None)?;
     let services = call(api, "GET", "/v1/services", None)?;
-    let models = call(api, "GET", "/v1/models", None)?;
+    // An agent too old to serve models, or whose model hosts fail, still shows the rest.
+    let models = call(api, "GET", "/v1/models", None).unwrap_or_else(|e| {
+        eprintln!("qs: the models were not shown: {e}");
+        serde_json::Value::Null
+    });
     let h: v1::Health = decode(health.clone())?;
     let rows: Vec<v1::ServiceRow> = decode(services.clone())?;
     let v = serde_json::json!({ "health": health, "services": services, "models": models["data"] });
@@ -239,12 +243,14 @@ pub fn status(api: &str, output: OutputFormat) -> Result<()> {
             let field = |k: &str| q[k].as_str().unwrap_or("?").to_owned();
             let alert = q["alert"].as_str();
             out.push_str(&format!(
-                "  {} model {} on {}: {}, tier {}{}\n",
+                "  {} model {} on {}: {}, tier {}, {} in flight, {} waiting{}\n",
                 if alert.is_some() { "ALERT" } else { "ok  " },
                 field("name"),
                 field("node"),
                 field("state"),
                 field("tier"),
+                q["in_flight"].as_u64().unwrap_or(0),
+                q["waiting"].as_u64().unwrap_or(0),
                 alert.map(|a| format!(" ({a})")).unwrap_or_default()
             ));
         }

@@ -28,8 +28,8 @@ vram_mib = 8704
 command = "{qs} model-double --port {port} --model conv --vram-mib 8704 --load-ms 300"
 "#;
 
-const CODE: &str = "qs-model-gpu-box.code.19g.service";
-const CONV: &str = "qs-model-gpu-box.conv.8g.service";
+const CODE: &str = "qs-runtime-gpu-box.code.19g.service";
+const CONV: &str = "qs-runtime-gpu-box.conv.8g.service";
 
 #[test]
 fn systemd_starts_and_stops_the_runtimes_as_units_that_conflict() {

@@ -499,8 +499,28 @@ fn a_running_leased_stream_of_a_node_that_left_the_fleet_is_cut() {
     first_rx
         .recv_timeout(LIMIT)
         .expect("the leased stream began");
+    // And an answer that is not streamed (it would begin only once all 500 tokens are done).
+    let c = client(&up);
+    let whole = std::thread::spawn(move || {
+        post_with(
+            &c,
+            "/v1/chat/completions",
+            "x-qs-lease: peer-a\r\nx-qs-priority: batch\r\n",
+            &chat("code", 500, false),
+            None,
+        )
+    });
+    up.wait("both leased requests run", |u| {
+        model_field_number(u, "code", "in_flight") == 2
+    });
     let (status, v) = up.http("POST", "/v1/chaos/kill/peer-a", "");
     assert_eq!(status, 200, "{v}");
+    let (status, _, text) = whole.join().unwrap();
+    assert_eq!(status, 503, "{text}");
+    assert!(
+        text.contains("cut: its lease holder left the fleet"),
+        "{text}"
+    );
     let ((status, _, stream), took) = leased.join().unwrap();
     assert_eq!(status, 200);
     assert!(

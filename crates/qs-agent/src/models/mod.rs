@@ -100,6 +100,9 @@ pub struct ModelView {
     pub url: Option<String>,
     /// Kept loaded in the GPU's reserved margin through every swap.
     pub resident: bool,
+    /// Requests in flight on its runtime and waiting for it (scheduled runtimes only).
+    pub in_flight: usize,
+    pub waiting: usize,
     /// Its last alert (the watchdog's reset, VRAM not released), until it loads again.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub alert: Option<String>,

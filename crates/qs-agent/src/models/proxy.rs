@@ -188,7 +188,27 @@ async fn pass(
     finish: Option<Finish>,
     cut: Option<oneshot::Receiver<String>>,
 ) -> Response {
-    let resp = match forward(target, Method::POST, endpoint.path(), body).await {
+    // A cut can come before the runtime's answer begins (an answer that is not streamed
+    // begins only when it is done): the request is dropped there, closing the runtime's
+    // connection, and the client told why.
+    let forwarded = forward(target, Method::POST, endpoint.path(), body);
+    tokio::pin!(forwarded);
+    let mut cut = cut;
+    let answered = loop {
+        let Some(rx) = cut.as_mut() else {
+            break forwarded.await;
+        };
+        tokio::select! {
+            r = &mut forwarded => break r,
+            said = rx => {
+                cut = None;
+                if let Ok(reason) = said {
+                    return refusal(StatusCode::SERVICE_UNAVAILABLE, "cut", format!("cut: {reason}"));
+                }
+            }
+        }
+    };
+    let resp = match answered {
         Ok(r) => r,
         Err(e) => return refusal(StatusCode::BAD_GATEWAY, "runtime_error", e),
     };

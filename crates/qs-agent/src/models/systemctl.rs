@@ -44,6 +44,8 @@ struct Started {
     unit: String,
     running: Running,
     stop_reason: Option<String>,
+    /// A kill was asked for (perhaps before the unit had started).
+    killed: bool,
 }
 
 /// The systemd executor. Cheap to clone; its clones share the units.
@@ -149,6 +151,7 @@ impl Systemctl {
                 unit: plan.name.clone(),
                 running: running.clone(),
                 stop_reason: None,
+                killed: false,
             },
         );
         let this = self.clone();
@@ -172,6 +175,16 @@ impl Systemctl {
         };
         if let Err(reason) = started.await {
             return ExitOutcome::FailedStart { reason };
+        }
+        // A stop or a kill asked for while it was starting may have run before the start:
+        // it is carried out now.
+        let (stop, kill) = lock(&self.units)
+            .get(instance)
+            .map_or((false, false), |s| (s.stop_reason.is_some(), s.killed));
+        if kill {
+            let _ = self.call(&["kill", "--signal=SIGKILL", unit]).await;
+        } else if stop {
+            let _ = self.call(&["stop", "--no-block", unit]).await;
         }
         let mut errors = 0;
         loop {
@@ -198,6 +211,8 @@ impl Systemctl {
                 Err(e) => {
                     errors += 1;
                     if errors >= MAX_WATCH_ERRORS {
+                        // Its VRAM will be counted free: make sure it is.
+                        let _ = self.call(&["kill", "--signal=SIGKILL", unit]).await;
                         return ExitOutcome::Crashed {
                             reason: format!("systemd stopped answering about {unit}: {e}"),
                         };
@@ -247,8 +262,9 @@ impl Systemctl {
             let Some(s) = units.get_mut(instance) else {
                 return false;
             };
-            if let Some(r) = reason {
-                s.stop_reason = Some(r.to_owned());
+            match reason {
+                Some(r) => s.stop_reason = Some(r.to_owned()),
+                None => s.killed = true,
             }
             s.unit.clone()
         };
@@ -281,12 +297,12 @@ impl Systemctl {
             .collect()
     }
 
-    /// Stops the units of `prefix` left by an earlier life of the agent (`systemctl stop`
-    /// with a pattern: loaded units only).
-    pub async fn stop_leftovers(&self, prefix: &str) -> Result<(), String> {
-        self.call(&["stop", &format!("{prefix}*")])
-            .await
-            .map(|_| ())
+    /// Stops the units matching `patterns` left by an earlier life of the agent
+    /// (`systemctl stop` with patterns: loaded units only).
+    pub async fn stop_leftovers(&self, patterns: &[String]) -> Result<(), String> {
+        let mut args = vec!["stop"];
+        args.extend(patterns.iter().map(String::as_str));
+        self.call(&args).await.map(|_| ())
     }
 
     /// Stops every unit it started and waits (bounded) until each has ended.

@@ -38,19 +38,25 @@ pub enum UnitError {
     Ports { model: String, port_base: u16 },
 }
 
-/// The unit name of `model` at `tier`, for node `node` when an agent runs it (several nodes
-/// of one process share the host's systemd): `qs-model-[NODE.]MODEL.TIER.service`. Node and
-/// model names are DNS labels, so the dots keep one node's units apart from another's.
-pub fn unit_name(node: Option<&str>, model: &str, tier: &str) -> String {
-    match node {
-        Some(n) => format!("{}{model}.{tier}.service", node_units_prefix(n)),
-        None => format!("qs-model-{model}.{tier}.service"),
-    }
+/// The unit name of `model` at `tier` as `qs systemd units` writes it for an operator:
+/// `qs-model-MODEL.TIER.service`.
+pub fn unit_name(model: &str, tier: &str) -> String {
+    format!("qs-model-{model}.{tier}.service")
 }
 
-/// The start of every unit name of node `node`'s runtimes.
-pub fn node_units_prefix(node: &str) -> String {
-    format!("qs-model-{node}.")
+/// The unit name of `model` at `tier` when node `node`'s agent runs it (several nodes of
+/// one process share the host's systemd): `qs-runtime-NODE.MODEL.TIER.service`, or
+/// `qs-resident-…` for a resident model's (which may be on its way out while the same model
+/// starts scheduled). Node and model names are DNS labels, without dots, so no two nodes,
+/// models or kinds share a name, nor an agent's unit an operator's.
+pub fn agent_unit_name(node: &str, model: &str, tier: &str, resident: bool) -> String {
+    let kind = if resident { "resident" } else { "runtime" };
+    format!("qs-{kind}-{node}.{model}.{tier}.service")
+}
+
+/// The patterns of every unit name of node `node`'s agent (`systemctl stop` takes them).
+pub fn agent_unit_patterns(node: &str) -> [String; 2] {
+    ["runtime", "resident"].map(|kind| format!("qs-{kind}-{node}.*"))
 }
 
 /// One runtime as the units see it: a model at a tier on a GPU.
@@ -161,7 +167,7 @@ pub fn units(
         for tier in *placed_tier..last {
             let t = &spec.tiers[tier];
             let runtime = Runtime {
-                unit: unit_name(None, spec.name.as_str(), &t.name),
+                unit: unit_name(spec.name.as_str(), &t.name),
                 model: spec.name.to_string(),
                 gpu: *gpu,
                 vram_bytes: t.vram_bytes,
@@ -221,7 +227,9 @@ pub fn render(u: &UnitText) -> String {
         .replace('\\', "\\\\")
         .replace('\'', "'\\''")
         .replace('%', "%%")
-        .replace('$', "$$");
+        .replace('$', "$$")
+        .replace('\n', "\\n")
+        .replace('\r', "\\r");
     let mut s = String::new();
     s.push_str("# Written by Quasicrystal (qs): a model runtime.\n");
     s.push_str("[Unit]\n");
@@ -240,8 +248,13 @@ pub fn render(u: &UnitText) -> String {
     s.push_str("Type=simple\n");
     s.push_str(&format!("ExecStart=/bin/sh -c 'exec {quoted}'\n"));
     for (k, v) in u.env {
-        // Quoted, with what systemd would read as a specifier or a variable doubled.
-        let v = v.replace('%', "%%").replace('$', "$$").replace('"', "\\\"");
+        // Quoted: a specifier doubled, a backslash and a quote escaped (systemd does not
+        // expand variables in Environment=, so `$` stays as it is).
+        let v = v
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('%', "%%")
+            .replace('\n', "\\n");
         s.push_str(&format!("Environment=\"{k}={v}\"\n"));
     }
     s.push_str("KillMode=control-group\n");
@@ -393,6 +406,42 @@ command = "llama-server --port {port} -m small.gguf"
         );
         let ports: Vec<u16> = units.iter().map(|u| u.port).collect();
         assert_eq!(ports, (8100..8100 + units.len() as u16).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn values_are_written_as_systemd_reads_them() {
+        let env = BTreeMap::from([("TOKEN".to_owned(), "a$b\\c\"d%e\nf".to_owned())]);
+        let text = render(&UnitText {
+            model: "m",
+            tier: "t",
+            gpu: 0,
+            command: "serve --prompt 'hi $USER' 100%\n--next",
+            env: &env,
+            conflicts: &[],
+            load_ms: 1000,
+            resident: false,
+            restart_on_failure: false,
+        });
+        // No variable expansion in Environment=: `$` stays; `\`, `"`, `%` and a newline are
+        // escaped.
+        assert!(
+            text.contains("Environment=\"TOKEN=a$b\\\\c\\\"d%%e\\nf\"\n"),
+            "{text}"
+        );
+        // ExecStart: one line, `$` and `%` doubled, the newline escaped.
+        let exec = text.lines().find(|l| l.starts_with("ExecStart=")).unwrap();
+        assert_eq!(
+            exec,
+            "ExecStart=/bin/sh -c 'exec serve --prompt '\\''hi $$USER'\\'' 100%%\\n--next'"
+        );
+        assert_eq!(
+            agent_unit_name("n1", "m", "t.q", true),
+            "qs-resident-n1.m.t.q.service"
+        );
+        assert_eq!(
+            agent_unit_patterns("n1"),
+            ["qs-runtime-n1.*", "qs-resident-n1.*"]
+        );
     }
 
     #[test]

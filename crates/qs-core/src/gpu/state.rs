@@ -107,42 +107,55 @@ impl State {
     /// loading.
     pub(super) fn fit_for(&self, m: &ModelName) -> Option<Fit> {
         let tiers = &self.profiles.get(m)?.tiers_vram_bytes;
-        let budget = self.budget_bytes();
-        let mut by_age: Vec<(&ModelName, &Resident)> =
-            self.resident.iter().filter(|(n, _)| *n != m).collect();
-        by_age.sort_by_key(|(n, r)| (r.last_used, (*n).clone()));
-        // Room for `need`, evicting the least recently used of those `may_go` allows.
-        let room_for = |need: u64, may_go: &dyn Fn(&ModelName, &Resident) -> bool| {
-            let mut held = self.resident_bytes();
-            let mut evict = Vec::new();
-            for (name, r) in &by_age {
-                if held + need <= budget {
-                    break;
-                }
-                if may_go(name, r) {
-                    held -= r.vram_bytes;
-                    evict.push((*name).clone());
-                }
-            }
-            (held + need <= budget).then_some(evict)
-        };
         let beside_busy = tiers.iter().enumerate().find_map(|(tier, &need)| {
-            room_for(need, &|n, r| !self.busy(n, r)).map(|evict| Fit {
-                tier,
-                vram_bytes: need,
-                evict,
-            })
+            self.room_for(m, need, &|n, r| !self.busy(n, r))
+                .map(|evict| Fit {
+                    tier,
+                    vram_bytes: need,
+                    evict,
+                })
         });
-        if beside_busy.is_some() {
-            return beside_busy;
-        }
+        beside_busy.or_else(|| self.fit_largest(m))
+    }
+
+    /// `m` at its largest tier that fits the GPU at all, making room with whatever must go
+    /// but a runtime still loading (a lease's revocation takes the GPU back for it whole).
+    pub(super) fn fit_largest(&self, m: &ModelName) -> Option<Fit> {
+        let tiers = &self.profiles.get(m)?.tiers_vram_bytes;
+        let budget = self.budget_bytes();
         let (tier, &need) = tiers.iter().enumerate().find(|(_, v)| **v <= budget)?;
-        let evict = room_for(need, &|_, r| !matches!(r.phase, Phase::Loading { .. }))?;
+        let evict = self.room_for(m, need, &|_, r| !matches!(r.phase, Phase::Loading { .. }))?;
         Some(Fit {
             tier,
             vram_bytes: need,
             evict,
         })
+    }
+
+    /// Room for `need` beside the runtimes resident (`m`'s own aside), evicting the least
+    /// recently used of those `may_go` allows: what must go, or `None`.
+    fn room_for(
+        &self,
+        m: &ModelName,
+        need: u64,
+        may_go: &dyn Fn(&ModelName, &Resident) -> bool,
+    ) -> Option<Vec<ModelName>> {
+        let budget = self.budget_bytes();
+        let mut by_age: Vec<(&ModelName, &Resident)> =
+            self.resident.iter().filter(|(n, _)| *n != m).collect();
+        by_age.sort_by_key(|(n, r)| (r.last_used, (*n).clone()));
+        let mut held = self.resident_bytes();
+        let mut evict = Vec::new();
+        for (name, r) in by_age {
+            if held + need <= budget {
+                break;
+            }
+            if may_go(name, r) {
+                held -= r.vram_bytes;
+                evict.push(name.clone());
+            }
+        }
+        (held + need <= budget).then_some(evict)
     }
 }
 

@@ -160,6 +160,17 @@ pub fn model_field(up: &Up, model: &str, field: &str) -> String {
         .unwrap_or_default()
 }
 
+/// A number `/v1/models` shows of `model` in its `qs` part (`in_flight`, `waiting`).
+pub fn model_field_number(up: &Up, model: &str, field: &str) -> u64 {
+    up.get("/v1/models")["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == model)
+        .and_then(|m| m["qs"][field].as_u64())
+        .unwrap_or(0)
+}
+
 pub fn model_state(up: &Up, model: &str) -> String {
     model_field(up, model, "state")
 }

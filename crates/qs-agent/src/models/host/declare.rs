@@ -141,6 +141,7 @@ impl<F: Fabric> Host<F> {
     }
 
     pub(super) fn withdraw(&mut self, name: &ServiceName) {
+        self.alerts.remove(name);
         self.shared_models.remove(name);
         self.withdraw_resident(name);
         if let Some(a) = self.models.remove(name) {

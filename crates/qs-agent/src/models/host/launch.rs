@@ -8,7 +8,7 @@ use crate::clock::now;
 use crate::exec::{ExecError, Executor, Launch, Running};
 use crate::models::http::{Target, get_status};
 use crate::models::systemctl::{Systemctl, UnitPlan};
-use crate::models::systemd::{Runtime, conflicts_of, node_units_prefix, unit_name};
+use crate::models::systemd::{Runtime, agent_unit_name, agent_unit_patterns, conflicts_of};
 use crate::orphans::InstanceFile;
 use qs_core::gpu::GpuInput;
 use qs_fabric::Fabric;
@@ -78,8 +78,8 @@ impl<F: Fabric> Host<F> {
     /// process groups it recorded, and under systemd the units of this node still loaded.
     pub(super) async fn reap_orphans(&mut self) {
         if let Runner::Systemd(s) = &self.exec {
-            let prefix = node_units_prefix(self.node.as_str());
-            if let Err(e) = s.stop_leftovers(&prefix).await {
+            let patterns = agent_unit_patterns(self.node.as_str());
+            if let Err(e) = s.stop_leftovers(&patterns).await {
                 tracing::warn!(node = %self.node, "stopping leftover runtime units: {e}");
             }
         }
@@ -123,6 +123,7 @@ impl<F: Fabric> Host<F> {
     /// beyond what the scheduler allows.
     pub(super) fn start(&mut self, gpu: usize, model: &ServiceName, tier: usize) {
         let t = now();
+        let asked_tier = tier;
         let Some(a) = self.models.get(model) else {
             // Withdrawn since: the scheduler hears of a failed start.
             self.gpus[gpu].scheduler.handle(
@@ -161,7 +162,19 @@ impl<F: Fabric> Host<F> {
             .processes
             .values()
             .any(|p| &p.model == model && !(p.resident && p.stopping));
-        if twice || held + tier.vram_bytes > g.scheduler.budget_bytes() {
+        let blocked = twice || held + tier.vram_bytes > g.scheduler.budget_bytes();
+        // What blocks it is on its way out (killed, its exit not yet seen: an executor
+        // may learn of an exit after the GPU shows its memory free): the start waits for
+        // that exit rather than count as failed.
+        let leaving = self
+            .processes
+            .values()
+            .any(|p| p.gpu == gpu && !p.resident && (p.stopping || p.failed));
+        if blocked && leaving {
+            self.deferred.insert(model.clone(), (gpu, asked_tier));
+            return;
+        }
+        if blocked {
             let why = if twice {
                 "exclusivity: a runtime of it still runs".to_owned()
             } else {
@@ -188,6 +201,20 @@ impl<F: Fabric> Host<F> {
                 },
                 t,
             );
+        }
+    }
+
+    /// Starts again what waited for a runtime of GPU `gpu` to exit.
+    pub(super) fn start_deferred(&mut self, gpu: usize) {
+        let due: Vec<(ServiceName, usize)> = self
+            .deferred
+            .iter()
+            .filter(|(_, (g, _))| *g == gpu)
+            .map(|(m, (_, tier))| (m.clone(), *tier))
+            .collect();
+        for (model, tier) in due {
+            self.deferred.remove(&model);
+            self.start(gpu, &model, tier);
         }
     }
 
@@ -282,12 +309,12 @@ impl<F: Fabric> Host<F> {
     /// tier of it and every runtime of another model there that does not fit beside it (the
     /// tiers each scheduled model may run, and the resident models, which conflict with none).
     fn unit_plan(&self, gpu: usize, spec: &ModelSpec, tier: usize, resident: bool) -> UnitPlan {
-        let node = Some(self.node.as_str());
+        let node = self.node.as_str();
         let mut runtimes: Vec<Runtime> = Vec::new();
         for (name, a) in self.models.iter().filter(|(_, a)| a.gpu == gpu) {
             for t in &a.spec.tiers[a.tier..] {
                 runtimes.push(Runtime {
-                    unit: unit_name(node, name.as_str(), &t.name),
+                    unit: agent_unit_name(node, name.as_str(), &t.name, false),
                     model: name.to_string(),
                     gpu,
                     vram_bytes: t.vram_bytes,
@@ -297,17 +324,14 @@ impl<F: Fabric> Host<F> {
         }
         let t = &spec.tiers[tier];
         let me = Runtime {
-            unit: unit_name(node, spec.name.as_str(), &t.name),
+            unit: agent_unit_name(node, spec.name.as_str(), &t.name, resident),
             model: spec.name.to_string(),
             gpu,
             vram_bytes: t.vram_bytes,
             resident,
         };
         let i = match runtimes.iter().position(|r| r.unit == me.unit) {
-            Some(i) => {
-                runtimes[i].resident = resident;
-                i
-            }
+            Some(i) => i,
             None => {
                 runtimes.push(me.clone());
                 runtimes.len() - 1
@@ -334,6 +358,15 @@ impl<F: Fabric> Host<F> {
             .iter_mut()
             .find(|(_, p)| &p.model == model && !p.resident)
         else {
+            // A start still waiting for another runtime's exit never ran: it is stopped.
+            if let Some((gpu, _)) = self.deferred.remove(model) {
+                self.gpus[gpu].scheduler.handle(
+                    GpuInput::Stopped {
+                        model: model.clone(),
+                    },
+                    now(),
+                );
+            }
             return;
         };
         p.stopping = true;

@@ -194,6 +194,9 @@ struct Host<F: Fabric> {
     /// Each model's last alert (a watchdog reset, VRAM not released), until it loads again:
     /// what `/v1/models` and `qs status` show.
     alerts: BTreeMap<ServiceName, String>,
+    /// Starts the scheduler asked for that wait for a runtime on their GPU to exit: by
+    /// model, its GPU and the scheduler's tier.
+    deferred: BTreeMap<ServiceName, (usize, usize)>,
 }
 
 /// The host of `setup.node`, registered in the process's [`super::Registry`] at once; the
@@ -277,6 +280,7 @@ pub fn host<F: Fabric>(
         placeholders: BTreeSet::new(),
         replayed: None,
         alerts: BTreeMap::new(),
+        deferred: BTreeMap::new(),
     };
     host.run(asks, exits, warms, stop)
 }
@@ -458,6 +462,7 @@ impl<F: Fabric> Host<F> {
             return;
         };
         self.save_runtimes();
+        self.start_deferred(p.gpu);
         if p.failed {
             return;
         }

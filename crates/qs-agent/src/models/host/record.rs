@@ -218,6 +218,8 @@ impl<F: Fabric> Host<F> {
                     state,
                     url: None,
                     resident: false,
+                    in_flight: g.scheduler.in_flight(name),
+                    waiting: g.scheduler.waiting_for(name),
                     alert: self.alerts.get(name).cloned(),
                 },
             );
@@ -242,6 +244,8 @@ impl<F: Fabric> Host<F> {
                     state,
                     url: None,
                     resident: true,
+                    in_flight: 0,
+                    waiting: 0,
                     alert: self.alerts.get(name).cloned(),
                 },
             );
@@ -258,6 +262,8 @@ impl<F: Fabric> Host<F> {
                     state: "shared",
                     url: spec.url.clone(),
                     resident: false,
+                    in_flight: 0,
+                    waiting: 0,
                     alert: None,
                 },
             );

@@ -21,9 +21,12 @@ impl GpuScheduler {
             Some(_) => return,
             None => {}
         }
-        let Some(evict) = self.state.fit_for(to).map(|f| f.evict) else {
+        // What stands in the way of the model whole: a smaller tier beside leased work is
+        // no reason to leave the lease standing.
+        let Some(fit) = self.state.fit_largest(to) else {
             return;
         };
+        let evict = fit.evict.clone();
         if evict.is_empty() {
             return;
         }
@@ -56,7 +59,7 @@ impl GpuScheduler {
                 by: to.clone(),
             }));
         }
-        self.begin_within(to.clone(), now, self.state.config.lease_revoke_ms);
+        self.begin_at(to.clone(), fit, now, self.state.config.lease_revoke_ms);
     }
 
     /// A local interactive request waits for a model that is not resident and no

@@ -36,6 +36,9 @@ struct Transition {
     committed_before: u64,
     /// Since the VRAM check was asked for; `None` before.
     releasing_since: Option<Time>,
+    /// A move up a tier: the tier `to` ran at and its VRAM, started again if the larger
+    /// one fails to start or its VRAM is not seen free.
+    fallback: Option<(usize, u64)>,
 }
 
 /// One GPU's scheduler. See the module docs of [`crate::gpu`].
@@ -52,6 +55,8 @@ pub struct GpuScheduler {
     margin_held_bytes: u64,
     /// Models whose stasis was recorded as durable and has not ended.
     durable: BTreeSet<ModelName>,
+    /// Models whose move up a tier failed: they stay where they are until declared again.
+    no_move_up: BTreeSet<ModelName>,
     /// When to ask the policy again though nothing came in.
     reconsider_at: Option<Time>,
     /// The time of the last step.
@@ -84,6 +89,7 @@ impl GpuScheduler {
             withdrawn: BTreeSet::new(),
             margin_held_bytes: 0,
             durable: BTreeSet::new(),
+            no_move_up: BTreeSet::new(),
             reconsider_at: None,
             stepped_at: Time::ZERO,
             policy,
@@ -111,6 +117,16 @@ impl GpuScheduler {
         self.waiting
     }
 
+    /// Requests in flight on `m`'s runtime.
+    pub fn in_flight(&self, m: &ModelName) -> usize {
+        self.state.resident.get(m).map_or(0, |r| r.in_flight.len())
+    }
+
+    /// Requests waiting for `m`.
+    pub fn waiting_for(&self, m: &ModelName) -> usize {
+        self.state.queues.get(m).map_or(0, |q| q.len())
+    }
+
     pub fn phase(&self, m: &ModelName) -> Option<Phase> {
         self.state.resident.get(m).map(|r| r.phase)
     }
@@ -133,7 +149,7 @@ impl GpuScheduler {
             .chain(self.reconsider_at)
             .chain(self.next_durable())
             .chain(self.next_load_bound())
-            .chain(self.next_idle_room().filter(|t| *t > self.stepped_at))
+            .chain(self.next_move_up(self.stepped_at))
             .min()
     }
 
@@ -299,9 +315,15 @@ impl GpuScheduler {
         }));
         if attempt < self.state.config.max_failed_starts {
             // Again, once what the failed process held is seen free. (Under another model's
-            // transition, it is chosen again later.)
+            // transition, it is chosen again later.) A larger tier it moved up to that fails
+            // gives way to the tier it ran at.
             match self.transition.as_mut() {
                 Some(t) if t.to == model => {
+                    if let Some((tier, bytes)) = t.fallback.take() {
+                        t.tier = tier;
+                        t.vram_bytes = bytes;
+                        self.no_move_up.insert(model);
+                    }
                     t.releasing_since = Some(now);
                     self.out.push_back(GpuOutput::CheckVram);
                 }
@@ -314,6 +336,7 @@ impl GpuScheduler {
                         evict: BTreeSet::new(),
                         committed_before: self.next_order,
                         releasing_since: Some(now),
+                        fallback: None,
                     });
                     self.out.push_back(GpuOutput::CheckVram);
                 }
@@ -377,9 +400,20 @@ impl GpuScheduler {
                 self.out.push_back(GpuOutput::CheckVram);
                 return;
             }
+            let to = t.to.clone();
+            // A move up a tier whose room did not come: back to the tier it ran at.
+            if let Some(t) = self.transition.as_mut()
+                && let Some((tier, bytes)) = t.fallback.take()
+            {
+                t.tier = tier;
+                t.vram_bytes = bytes;
+                t.releasing_since = Some(now);
+                self.no_move_up.insert(t.to.clone());
+                self.out.push_back(GpuOutput::CheckVram);
+                return;
+            }
             // Something else holds it (another process, a context the driver keeps): the
             // swap gives up rather than wait for good; asked again, it is tried again.
-            let to = t.to.clone();
             self.transition = None;
             self.out
                 .push_back(GpuOutput::Event(GpuEvent::VramNotReleased {

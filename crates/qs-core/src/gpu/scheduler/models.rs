@@ -11,6 +11,7 @@ impl GpuScheduler {
     /// A resident runtime of it runs on (a changed option does not reload a model).
     pub fn declare(&mut self, profile: ModelProfile) {
         self.withdrawn.remove(&profile.name);
+        self.no_move_up.remove(&profile.name);
         self.state
             .load_ms
             .entry(profile.name.clone())

@@ -51,10 +51,14 @@ impl GpuScheduler {
         let budget = s.budget_bytes();
         let held = s.resident_bytes();
         let up = s.resident.iter().find_map(|(m, r)| {
+            // Its lull has lasted a load time: a reload is worth it, and a pause between
+            // two requests is no lull.
             let lull = r.phase == Phase::Warm
                 && r.tier > 0
                 && !s.busy(m, r)
-                && !self.withdrawn.contains(m);
+                && now >= r.last_used + self.own_lull(m)
+                && !self.withdrawn.contains(m)
+                && !self.no_move_up.contains(m);
             if !lull {
                 return None;
             }
@@ -72,7 +76,7 @@ impl GpuScheduler {
                 .collect();
             idle.sort_by_key(|(o, _, used)| (*used, (*o).clone()));
             let tiers = &s.profiles.get(m)?.tiers_vram_bytes;
-            tiers
+            let fit = tiers
                 .iter()
                 .take(r.tier)
                 .enumerate()
@@ -86,21 +90,26 @@ impl GpuScheduler {
                         room += bytes;
                         evict.push((*o).clone());
                     }
-                    (room >= need).then(|| {
-                        (
-                            m.clone(),
-                            Fit {
-                                tier,
-                                vram_bytes: need,
-                                evict,
-                            },
-                        )
+                    (room >= need).then_some(Fit {
+                        tier,
+                        vram_bytes: need,
+                        evict,
                     })
-                })
+                })?;
+            Some((m.clone(), fit, (r.tier, r.vram_bytes)))
         });
-        if let Some((model, fit)) = up {
+        if let Some((model, fit, ran_at)) = up {
             self.begin_at(model, fit, now, self.state.config.drain_timeout_ms);
+            if let Some(t) = self.transition.as_mut() {
+                t.fallback = Some(ran_at);
+            }
         }
+    }
+
+    /// How long `m` must have had nothing to do before it moves up: its learned load time.
+    fn own_lull(&self, m: &ModelName) -> std::time::Duration {
+        let load_ms = self.state.load_ms.get(m).copied().unwrap_or(0.0).max(0.0) as u64;
+        crate::time::ms(load_ms)
     }
 
     /// Begins the transition to `to` at `fit`'s tier, draining what must go (`to` itself
@@ -136,20 +145,39 @@ impl GpuScheduler {
             evict: fit.evict.into_iter().collect::<BTreeSet<_>>(),
             committed_before: self.next_order,
             releasing_since: None,
+            fallback: None,
         });
     }
 
-    /// When the next runtime idle beside one below its largest tier becomes room for it.
-    pub(super) fn next_idle_room(&self) -> Option<Time> {
+    /// When, after `after`, a runtime below its largest tier may next move up: when its own
+    /// lull has lasted a load time, or when a runtime idle beside it becomes room.
+    pub(super) fn next_move_up(&self, after: Time) -> Option<Time> {
         let s = &self.state;
-        if !s.resident.values().any(|r| r.tier > 0) {
+        let below: Vec<(&ModelName, Time)> = s
+            .resident
+            .iter()
+            .filter(|(m, r)| {
+                r.tier > 0
+                    && r.phase == Phase::Warm
+                    && !s.busy(m, r)
+                    && !self.no_move_up.contains(*m)
+            })
+            .map(|(m, r)| (m, r.last_used + self.own_lull(m)))
+            .collect();
+        if below.is_empty() {
             return None;
         }
         let idle_room = crate::time::ms(s.config.idle_room_ms);
-        s.resident
+        let idle = s
+            .resident
             .iter()
             .filter(|(m, r)| r.phase == Phase::Warm && !s.busy(m, r))
-            .map(|(_, r)| r.last_used + idle_room)
+            .map(|(_, r)| r.last_used + idle_room);
+        below
+            .into_iter()
+            .map(|(_, t)| t)
+            .chain(idle)
+            .filter(|t| *t > after)
             .min()
     }
 

@@ -403,3 +403,42 @@ fn one_load_bound_holds_every_runtime_four_load_times_and_at_least_ten_seconds()
     }
     assert_eq!(config.load_bound_ms(u64::MAX), u64::MAX, "no overflow");
 }
+
+#[test]
+fn a_smaller_tier_beside_leased_work_does_not_keep_the_lease_from_being_revoked() {
+    // Reasoning could run at 6 GiB beside the leased vision runtime; local interactive use
+    // takes the GPU back for it whole all the same.
+    let models = vec![
+        ModelProfile {
+            tiers_vram_bytes: vec![14 * GIB, 6 * GIB],
+            ..profile("reasoning", 0, 4)
+        },
+        profile("vision", 12 * GIB, 4),
+    ];
+    let mut rig = Rig::new(models, PolicyKind::TippingPoint);
+    let leased = rig.ask_leased("vision", "peer");
+    rig.warm("vision");
+    assert!(rig.routed(leased));
+    let _mine = rig.ask("reasoning", Class::Interactive);
+    assert!(rig.out.iter().any(|o| matches!(
+        o,
+        GpuOutput::Event(GpuEvent::LeaseRevoked { model, .. }) if model.as_str() == "vision"
+    )));
+    rig.at(1_000);
+    assert!(rig.stopped("vision"), "revoked within its bound");
+    rig.feed(GpuInput::Stopped {
+        model: name("vision"),
+    });
+    rig.feed(GpuInput::VramFree {
+        free_bytes: 22 * GIB,
+    });
+    let tiers: Vec<usize> = rig
+        .out
+        .iter()
+        .filter_map(|o| match o {
+            GpuOutput::Start { model, tier, .. } if model.as_str() == "reasoning" => Some(*tier),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(tiers, [0], "its largest tier");
+}

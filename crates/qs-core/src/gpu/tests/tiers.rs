@@ -114,8 +114,20 @@ fn a_smaller_tier_moves_back_up_once_room_returns_at_its_first_lull() {
     assert!(!rig.stopped("reasoning"), "nothing is cut to move up");
     assert_eq!(started_tiers(&rig, "reasoning"), vec![1]);
 
-    // Its first lull: drained (nothing to cut), stopped, the VRAM seen free, started at 14.
+    // A pause shorter than a load time is no lull: the next request is served at 6 GiB.
     rig.at(5_000).feed(GpuInput::Finished { id: r });
+    assert!(!rig.stopped("reasoning"));
+    rig.at(9_000);
+    let soon = rig.ask("reasoning", Class::Interactive);
+    assert!(rig.routed(soon) && !rig.stopped("reasoning"));
+    rig.at(10_000).feed(GpuInput::Finished { id: soon });
+    // A lull of a load time (learned: 7 s, the assumed 10 s pulled towards the first load,
+    // which took no time here): drained (nothing to cut), stopped, the VRAM seen free,
+    // started at 14 GiB; the scheduler asks to be woken for it.
+    assert_eq!(rig.s.poll_timeout(), Some(Time::from_millis(17_000)));
+    rig.at(16_999);
+    assert!(!rig.stopped("reasoning"));
+    rig.at(17_000);
     assert!(rig.stopped("reasoning"));
     let during = rig.ask("reasoning", Class::Interactive);
     assert!(!rig.routed(during), "it waits for the larger tier");
@@ -127,9 +139,55 @@ fn a_smaller_tier_moves_back_up_once_room_returns_at_its_first_lull() {
     });
     assert_eq!(started_tiers(&rig, "reasoning"), vec![1, 0]);
     assert_eq!(rig.s.resident_bytes(), 14 * GIB);
-    rig.at(15_000).warm("reasoning");
+    rig.at(30_000).warm("reasoning");
     assert!(rig.routed(during), "served by the larger tier");
     assert_eq!(rig.s.tier(&name("reasoning")), Some(0));
+    assert!(
+        !rig.out
+            .iter()
+            .any(|o| matches!(o, GpuOutput::Refuse { .. })),
+        "nothing refused: {:?}",
+        rig.out
+    );
+}
+
+#[test]
+fn a_larger_tier_that_fails_to_start_gives_way_to_the_tier_it_ran_at() {
+    let mut rig = Rig::new(reasoning_and_vision(), PolicyKind::TippingPoint);
+    let v = rig.ask("vision", Class::Interactive);
+    rig.warm("vision");
+    let r = rig.ask("reasoning", Class::Interactive);
+    rig.warm("reasoning");
+    rig.feed(GpuInput::Finished { id: v });
+    let now = rig.now;
+    rig.s.withdraw(&name("vision"), now);
+    rig.collect();
+    rig.feed(GpuInput::Stopped {
+        model: name("vision"),
+    });
+    rig.at(1_000).feed(GpuInput::Finished { id: r });
+    rig.at(11_000);
+    rig.feed(GpuInput::Stopped {
+        model: name("reasoning"),
+    });
+    rig.feed(GpuInput::VramFree {
+        free_bytes: 22 * GIB,
+    });
+    assert_eq!(started_tiers(&rig, "reasoning"), vec![1, 0]);
+    // The 14 GiB start fails (out of memory, say): back to 6 GiB, and no move up again.
+    let asked = rig.ask("reasoning", Class::Interactive);
+    rig.feed(GpuInput::LoadFailed {
+        model: name("reasoning"),
+    });
+    rig.feed(GpuInput::VramFree {
+        free_bytes: 22 * GIB,
+    });
+    assert_eq!(started_tiers(&rig, "reasoning"), vec![1, 0, 1]);
+    rig.at(20_000).warm("reasoning");
+    assert!(rig.routed(asked));
+    rig.at(21_000).feed(GpuInput::Finished { id: asked });
+    rig.at(600_000);
+    assert_eq!(started_tiers(&rig, "reasoning"), vec![1, 0, 1]);
     assert!(
         !rig.out
             .iter()
