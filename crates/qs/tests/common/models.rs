@@ -149,26 +149,25 @@ pub fn position(steps: &[(String, String)], model: &str, step: &str) -> usize {
         .unwrap_or_else(|| panic!("no {step} of {model} in {steps:?}"))
 }
 
-/// What `/v1/models` shows of `model` in its `qs` part: `field` (state, tier, ...).
-pub fn model_field(up: &Up, model: &str, field: &str) -> String {
+/// What `/v1/models` shows of `model` in its `qs` part (null when it shows no such model).
+pub fn model_qs(up: &Up, model: &str) -> Value {
     up.get("/v1/models")["data"]
         .as_array()
         .unwrap()
         .iter()
         .find(|m| m["id"] == model)
-        .map(|m| m["qs"][field].as_str().unwrap_or("").to_owned())
+        .map(|m| m["qs"].clone())
         .unwrap_or_default()
 }
 
-/// A number `/v1/models` shows of `model` in its `qs` part (`in_flight`, `waiting`).
+/// A text `/v1/models` shows of `model` (state, tier, ...), empty when absent.
+pub fn model_field(up: &Up, model: &str, field: &str) -> String {
+    model_qs(up, model)[field].as_str().unwrap_or("").to_owned()
+}
+
+/// A number `/v1/models` shows of `model` (`in_flight`, `waiting`), 0 when absent.
 pub fn model_field_number(up: &Up, model: &str, field: &str) -> u64 {
-    up.get("/v1/models")["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["id"] == model)
-        .and_then(|m| m["qs"][field].as_u64())
-        .unwrap_or(0)
+    model_qs(up, model)[field].as_u64().unwrap_or(0)
 }
 
 pub fn model_state(up: &Up, model: &str) -> String {

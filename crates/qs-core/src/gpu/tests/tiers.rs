@@ -32,6 +32,17 @@ fn reasoning_and_vision() -> Vec<ModelProfile> {
     ]
 }
 
+/// Vision busy, reasoning started beside it at 6 GiB and serving: the ids of their requests.
+fn reasoning_small_beside_vision(rig: &mut Rig) -> (RequestId, RequestId) {
+    let v = rig.ask("vision", Class::Interactive);
+    rig.warm("vision");
+    let r = rig.ask("reasoning", Class::Interactive);
+    rig.warm("reasoning");
+    assert!(rig.routed(r));
+    assert_eq!(rig.s.tier(&name("reasoning")), Some(1));
+    (v, r)
+}
+
 #[test]
 fn a_model_wanted_beside_a_busy_one_starts_at_the_largest_tier_that_fits_without_a_swap() {
     for policy in PolicyKind::ALL {
@@ -95,12 +106,7 @@ fn a_model_the_policy_keeps_waiting_starts_smaller_at_once_and_moves_up_when_the
 #[test]
 fn a_smaller_tier_moves_back_up_once_room_returns_at_its_first_lull() {
     let mut rig = Rig::new(reasoning_and_vision(), PolicyKind::TippingPoint);
-    let v = rig.ask("vision", Class::Interactive);
-    rig.warm("vision");
-    let r = rig.ask("reasoning", Class::Interactive);
-    rig.warm("reasoning");
-    assert!(rig.routed(r));
-    assert_eq!(rig.s.tier(&name("reasoning")), Some(1));
+    let (v, r) = reasoning_small_beside_vision(&mut rig);
 
     // Room returns: vision is withdrawn and gone. Reasoning still serves a request: it
     // does not move while that is in flight.
@@ -154,10 +160,7 @@ fn a_smaller_tier_moves_back_up_once_room_returns_at_its_first_lull() {
 #[test]
 fn a_larger_tier_that_fails_to_start_gives_way_to_the_tier_it_ran_at() {
     let mut rig = Rig::new(reasoning_and_vision(), PolicyKind::TippingPoint);
-    let v = rig.ask("vision", Class::Interactive);
-    rig.warm("vision");
-    let r = rig.ask("reasoning", Class::Interactive);
-    rig.warm("reasoning");
+    let (v, r) = reasoning_small_beside_vision(&mut rig);
     rig.feed(GpuInput::Finished { id: v });
     let now = rig.now;
     rig.s.withdraw(&name("vision"), now);
