@@ -8,6 +8,8 @@ mod common;
 use common::models::*;
 use common::*;
 use serde_json::Value;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
 use std::sync::mpsc;
 
 /// The exclusive pair of seed 003's benchmark: about 19 GB and 8.5 GB, never together on
@@ -272,12 +274,25 @@ fn a_full_stasis_answers_429_with_retry_after() {
 fn bad_requests_are_refused_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let up = start(dir.path(), "");
-    let cases: [(&str, Value, u16, &str); 3] = [
+    declare(&up, PAIR, "code");
+    // A model no GPU here holds (40 GiB on a 24 GiB GPU).
+    declare(
+        &up,
+        r#"
+[model.huge]
+[[model.huge.tier]]
+name = "40g"
+vram_mib = 40960
+command = "{qs} model-double --port {port} --model huge --vram-mib 40960"
+"#,
+        "huge",
+    );
+    let cases: [(&str, Value, u16, &str); 4] = [
         (
             "/v1/chat/completions",
             chat("nope", 1, false),
             404,
-            "no model",
+            "no model \"nope\" here; the models are: [code, conv, huge, tiny]",
         ),
         (
             "/v1/completions",
@@ -291,12 +306,48 @@ fn bad_requests_are_refused_with_the_reason() {
             400,
             "longer than",
         ),
+        (
+            "/v1/chat/completions",
+            chat("huge", 1, false),
+            503,
+            "model huge needs 40960 MiB at its smallest tier (40g); the GPUs of node gpu-box \
+             hold at most 23040 MiB",
+        ),
     ];
     for (path, body, want, says) in cases {
         let (status, _, text) = post(&up, path, &body, None);
         assert_eq!(status, want, "{path}: {text}");
-        assert!(text.contains(says), "{path}: {text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        let message = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{path}: {message}");
     }
+    let (status, _, text) = post_raw(&up, "/v1/chat/completions", "{\"model\": \"code\", }");
+    assert_eq!(status, 400, "{text}");
+    assert!(
+        text.contains("the body is not JSON") && text.contains("line 1"),
+        "{text}"
+    );
+    // A body over the 2 MiB a request may have: 413, whatever the rest of it would say.
+    let addr = up.api.trim_start_matches("http://").to_owned();
+    let conn = TcpStream::connect(&addr).unwrap();
+    conn.set_read_timeout(Some(LIMIT)).unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        up.token().unwrap(),
+        3 << 20
+    );
+    let mut writer = conn.try_clone().unwrap();
+    // Written from another thread: the agent answers before it has read it all.
+    let sender = std::thread::spawn(move || {
+        let _ = writer.write_all(head.as_bytes());
+        let _ = writer.write_all(&vec![b' '; 3 << 20]);
+    });
+    let mut status_line = String::new();
+    BufReader::new(conn).read_line(&mut status_line).unwrap();
+    assert!(status_line.contains(" 413 "), "{status_line}");
+    sender.join().unwrap();
+    // None of them reached a runtime: nothing was started.
+    assert!(started_pids(&up, "code").is_empty() && started_pids(&up, "huge").is_empty());
 }
 
 #[test]

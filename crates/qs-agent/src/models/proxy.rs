@@ -28,6 +28,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::sync::oneshot;
 
+/// The state `/v1/models` shows for a model declared here that no GPU holds.
+pub const UNFIT: &str = "unfit";
+
 /// The header that names a request's priority class.
 pub const PRIORITY_HEADER: &str = "x-qs-priority";
 /// The header of work another node placed here: the node whose lease it runs under.
@@ -96,11 +99,7 @@ pub async fn serve(
         return invalid(format!("`model` is longer than {MAX_MODEL_BYTES} bytes"));
     }
     let Ok(name) = ServiceName::new(model) else {
-        return refusal(
-            StatusCode::NOT_FOUND,
-            "model_not_found",
-            format!("no model {model:?} here"),
-        );
+        return not_found(registry, model);
     };
     let class = match class(endpoint, headers) {
         Ok(c) => c,
@@ -114,12 +113,14 @@ pub async fn serve(
         },
     };
     let Some((handle, view)) = registry.find(&name) else {
-        return refusal(
-            StatusCode::NOT_FOUND,
-            "model_not_found",
-            format!("no model {name} here"),
-        );
+        return not_found(registry, model);
     };
+    if view.state == UNFIT {
+        // Declared, but no GPU here holds even its smallest tier: the reason says its need.
+        counters.model_requests_refused.inc();
+        let why = view.alert.clone().unwrap_or_default();
+        return refusal(StatusCode::SERVICE_UNAVAILABLE, "model_unfit", why);
+    }
     if let Some(url) = &view.url {
         // A shared runtime: someone else runs it; pass the request on.
         return match Target::from_url(url) {
@@ -161,6 +162,27 @@ pub async fn serve(
         }
         Err(_) => busy(1000, "the model host stopped".to_owned()),
     }
+}
+
+/// 404 for a model no host here has, with the models there are.
+fn not_found(registry: &Registry, model: &str) -> Response {
+    let mut names: Vec<String> = registry
+        .views()
+        .into_iter()
+        .map(|v| v.name.to_string())
+        .collect();
+    names.sort();
+    names.dedup();
+    let mut shown = model.to_owned();
+    shown.truncate(MAX_MODEL_BYTES);
+    refusal(
+        StatusCode::NOT_FOUND,
+        "model_not_found",
+        format!(
+            "no model {shown:?} here; the models are: [{}]",
+            names.join(", ")
+        ),
+    )
 }
 
 /// 503 with `Retry-After`.

@@ -43,6 +43,11 @@ pub fn post(
     post_with(up, path, "", body, first)
 }
 
+/// A raw body (not necessarily JSON) to `path`: the status, the `Retry-After`, the body.
+pub fn post_raw(up: &Up, path: &str, body: &str) -> (u16, Option<String>, String) {
+    send(up, path, "", body, None)
+}
+
 /// [`post`] with more headers (each ending in CRLF).
 pub fn post_with(
     up: &Up,
@@ -51,8 +56,17 @@ pub fn post_with(
     body: &Value,
     first: Option<mpsc::Sender<()>>,
 ) -> (u16, Option<String>, String) {
+    send(up, path, headers, &body.to_string(), first)
+}
+
+fn send(
+    up: &Up,
+    path: &str,
+    headers: &str,
+    body: &str,
+    first: Option<mpsc::Sender<()>>,
+) -> (u16, Option<String>, String) {
     let addr = up.api.trim_start_matches("http://").to_owned();
-    let body = body.to_string();
     let mut s = TcpStream::connect(&addr).unwrap();
     s.set_read_timeout(Some(LIMIT)).unwrap();
     let req = format!(

@@ -49,6 +49,7 @@ impl<F: Fabric> Host<F> {
                         .keys()
                         .chain(self.residents.keys())
                         .chain(self.shared_models.keys())
+                        .chain(self.unfit.keys())
                         .filter(|m| !seen.contains(m.as_str()))
                         .cloned()
                         .collect();
@@ -112,9 +113,25 @@ impl<F: Fabric> Host<F> {
             .place(&tiers, &slots)
             .map(|p| (candidates[p.gpu], p.tier));
         let Some((gpu, tier)) = choice else {
-            tracing::warn!("model {name}: no tier fits a GPU of node {}", self.node);
+            let smallest = spec.tiers.last().expect("a model has a tier");
+            let most = (0..self.gpus.len())
+                .map(|i| self.gpus[i].scheduler.budget_bytes())
+                .max()
+                .unwrap_or(0);
+            let why = format!(
+                "model {name} needs {} MiB at its smallest tier ({}); the GPUs of node {} hold at \
+                 most {} MiB beside their reserved margin",
+                smallest.vram_bytes >> 20,
+                smallest.name,
+                self.node,
+                most >> 20
+            );
+            tracing::warn!("{why}");
+            self.withdraw(&name);
+            self.unfit.insert(name, (spec, why));
             return;
         };
+        self.unfit.remove(&name);
         self.gpus[gpu].scheduler.declare(profile(&spec, tier));
         self.models
             .insert(name.clone(), Assigned { spec, gpu, tier });
@@ -142,6 +159,7 @@ impl<F: Fabric> Host<F> {
 
     pub(super) fn withdraw(&mut self, name: &ServiceName) {
         self.alerts.remove(name);
+        self.unfit.remove(name);
         self.shared_models.remove(name);
         self.withdraw_resident(name);
         if let Some(a) = self.models.remove(name) {

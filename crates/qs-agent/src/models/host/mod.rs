@@ -197,6 +197,8 @@ struct Host<F: Fabric> {
     /// Starts the scheduler asked for that wait for a runtime on their GPU to exit: by
     /// model, its GPU and the scheduler's tier.
     deferred: BTreeMap<ServiceName, (usize, usize)>,
+    /// Models declared that no GPU here holds even at their smallest tier, with why.
+    unfit: BTreeMap<ServiceName, (ModelSpec, String)>,
 }
 
 /// The host of `setup.node`, registered in the process's [`super::Registry`] at once; the
@@ -281,6 +283,7 @@ pub fn host<F: Fabric>(
         replayed: None,
         alerts: BTreeMap::new(),
         deferred: BTreeMap::new(),
+        unfit: BTreeMap::new(),
     };
     host.run(asks, exits, warms, stop)
 }

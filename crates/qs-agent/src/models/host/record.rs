@@ -250,6 +250,25 @@ impl<F: Fabric> Host<F> {
                 },
             );
         }
+        for (name, (spec, why)) in &self.unfit {
+            let smallest = spec.tiers.last().expect("a model has a tier");
+            views.insert(
+                name.clone(),
+                ModelView {
+                    name: name.clone(),
+                    node: self.node.clone(),
+                    gpu: None,
+                    tier: smallest.name.clone(),
+                    vram_bytes: smallest.vram_bytes,
+                    state: crate::models::proxy::UNFIT,
+                    url: None,
+                    resident: false,
+                    in_flight: 0,
+                    waiting: 0,
+                    alert: Some(why.clone()),
+                },
+            );
+        }
         for (name, spec) in &self.shared_models {
             views.insert(
                 name.clone(),
