@@ -72,6 +72,8 @@ pub enum FleetError {
     Token(crate::AgentError),
     #[error("the model runtimes' executor: {0}")]
     ModelExecutor(String),
+    #[error("the API keys: {0}")]
+    ApiKeys(String),
 }
 
 /// Serves the API on `listener` until `stop` changes. Every connection gets `TCP_NODELAY`
@@ -350,11 +352,17 @@ impl<F: Fabric> EmbeddedFleet<F> {
             addr: opts.listen,
             source,
         })?;
-        let access = api::Access::new(
+        let mut access = api::Access::new(
             api::ApiToken::load_or_create(&state).map_err(FleetError::Token)?,
             addr,
             &opts.api_hosts,
         );
+        if let Some(file) = &opts.config.models.keys_file {
+            let keys = crate::models::keys::ApiKeys::read(std::path::Path::new(file))
+                .map_err(FleetError::ApiKeys)?;
+            tracing::info!("{} API keys for the entry point from {file}", keys.len());
+            access = access.with_keys(keys);
+        }
         let app = api::router(api::Api::new(
             shared.clone(),
             fabric.clone(),

@@ -5,10 +5,13 @@
 //! 127.0.0.1 reads nothing; every endpoint but `/health` (and `/metrics` from loopback) needs
 //! `Authorization: Bearer TOKEN`; a request that changes something must declare the content
 //! type its endpoint takes (`application/toml` for specs, `application/json` otherwise), which
-//! no browser sends cross-origin without a preflight this API never answers.
+//! no browser sends cross-origin without a preflight this API never answers. The
+//! OpenAI-compatible entry point also takes the API keys of the config's keys file
+//! ([`crate::models::keys`]): the request then carries the key's [`Grant`] to its handler.
 
 use super::error;
 use super::token::ApiToken;
+use crate::models::keys::{ApiKeys, Grant};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
@@ -27,6 +30,8 @@ pub const MAX_API_HOSTS: usize = 64;
 pub struct Access {
     token: ApiToken,
     hosts: Vec<String>,
+    /// The API keys of the entry point, when the config names a keys file.
+    keys: Option<Arc<ApiKeys>>,
 }
 
 impl Access {
@@ -40,7 +45,17 @@ impl Access {
         hosts.extend(extra.iter().take(MAX_API_HOSTS).map(|h| normalize(h)));
         hosts.sort();
         hosts.dedup();
-        Access { token, hosts }
+        Access {
+            token,
+            hosts,
+            keys: None,
+        }
+    }
+
+    /// With the API keys of the entry point.
+    pub fn with_keys(mut self, keys: ApiKeys) -> Access {
+        self.keys = Some(Arc::new(keys));
+        self
     }
 
     pub fn token(&self) -> &ApiToken {
@@ -110,7 +125,15 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// The middleware: refuses, or hands the request on.
-pub async fn guard(State(access): State<Arc<Access>>, req: Request, next: Next) -> Response {
+/// The routes of the OpenAI-compatible entry point, which API keys may use.
+fn is_entry_point(path: &str) -> bool {
+    matches!(
+        path,
+        "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings" | "/v1/models"
+    )
+}
+
+pub async fn guard(State(access): State<Arc<Access>>, mut req: Request, next: Next) -> Response {
     let host = req
         .headers()
         .get(header::HOST)
@@ -126,15 +149,24 @@ pub async fn guard(State(access): State<Arc<Access>>, req: Request, next: Next) 
             ),
         );
     }
-    let path = req.uri().path();
+    let path = req.uri().path().to_owned();
+    let path = path.as_str();
     let open = path == "/health" || (path == "/metrics" && peer_is_loopback(&req));
-    if !open && !bearer(req.headers()).is_some_and(|t| access.token.matches(t)) {
-        let mut r = error(
-            StatusCode::UNAUTHORIZED,
+    let presented = bearer(req.headers());
+    let operator = presented.is_some_and(|t| access.token.matches(t));
+    let grant: Option<Grant> = match (&access.keys, presented) {
+        (Some(keys), Some(p)) if !operator && is_entry_point(path) => keys.find(p).cloned(),
+        _ => None,
+    };
+    if !open && !operator && grant.is_none() {
+        let message = if access.keys.is_some() && is_entry_point(path) {
+            "unknown API key: the entry point takes a key of the keys file, or the agent's token"
+        } else {
             "this API needs `Authorization: Bearer TOKEN`: the token is in the agent's state \
              directory (api.token), which qs reads by itself on the same machine, or give \
-             --token / QS_TOKEN",
-        );
+             --token / QS_TOKEN"
+        };
+        let mut r = error(StatusCode::UNAUTHORIZED, message);
         r.headers_mut().insert(
             header::WWW_AUTHENTICATE,
             header::HeaderValue::from_static("Bearer"),
@@ -154,6 +186,9 @@ pub async fn guard(State(access): State<Arc<Access>>, req: Request, next: Next) 
                 ),
             );
         }
+    }
+    if let Some(g) = grant {
+        req.extensions_mut().insert(g);
     }
     next.run(req).await.into_response()
 }

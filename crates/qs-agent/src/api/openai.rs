@@ -1,10 +1,13 @@
 //! The OpenAI-compatible entry point of the API: `/v1/chat/completions`, `/v1/completions`,
 //! `/v1/embeddings` and `/v1/models`, served by this process's model hosts
 //! ([`crate::models::proxy`]). Behind the same guard as every route: an OpenAI client's
-//! `Authorization: Bearer` carries the API token.
+//! `Authorization: Bearer` carries the API token, or one of the keys of the keys file, whose
+//! [`Grant`] caps the class and names the models.
 
 use super::Api;
+use crate::models::keys::Grant;
 use crate::models::proxy::Endpoint;
+use axum::Extension;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
@@ -16,37 +19,48 @@ use std::sync::Arc;
 async fn openai<F: Fabric>(
     api: &Api<F>,
     endpoint: Endpoint,
+    grant: Option<&Grant>,
     headers: &HeaderMap,
     body: Bytes,
 ) -> Response {
     let s = &api.shared;
-    crate::models::proxy::serve(&s.models, &s.counters, endpoint, headers, body).await
+    crate::models::proxy::serve(&s.models, &s.counters, endpoint, grant, headers, body).await
 }
 
 pub(super) async fn chat<F: Fabric>(
     State(api): State<Arc<Api<F>>>,
+    grant: Option<Extension<Grant>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    openai(&api, Endpoint::Chat, &headers, body).await
+    let grant = grant.as_ref().map(|Extension(g)| g);
+    openai(&api, Endpoint::Chat, grant, &headers, body).await
 }
 
 pub(super) async fn completions<F: Fabric>(
     State(api): State<Arc<Api<F>>>,
+    grant: Option<Extension<Grant>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    openai(&api, Endpoint::Completions, &headers, body).await
+    let grant = grant.as_ref().map(|Extension(g)| g);
+    openai(&api, Endpoint::Completions, grant, &headers, body).await
 }
 
 pub(super) async fn embeddings<F: Fabric>(
     State(api): State<Arc<Api<F>>>,
+    grant: Option<Extension<Grant>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    openai(&api, Endpoint::Embeddings, &headers, body).await
+    let grant = grant.as_ref().map(|Extension(g)| g);
+    openai(&api, Endpoint::Embeddings, grant, &headers, body).await
 }
 
-pub(super) async fn models<F: Fabric>(State(api): State<Arc<Api<F>>>) -> Response {
-    crate::models::proxy::list(&api.shared.models)
+pub(super) async fn models<F: Fabric>(
+    State(api): State<Arc<Api<F>>>,
+    grant: Option<Extension<Grant>>,
+) -> Response {
+    let grant = grant.as_ref().map(|Extension(g)| g);
+    crate::models::proxy::list(&api.shared.models, grant)
 }

@@ -11,6 +11,7 @@
 
 mod host;
 mod http;
+pub mod keys;
 pub mod proxy;
 pub mod systemctl;
 pub mod systemd;

@@ -13,6 +13,7 @@
 //! interactive request revokes.
 
 use super::http::{Target, forward};
+use super::keys::Grant;
 use super::{Ask, Decision, Finish, Registry};
 use crate::counters::Counters;
 use axum::Json;
@@ -84,6 +85,7 @@ pub async fn serve(
     registry: &Registry,
     counters: &Counters,
     endpoint: Endpoint,
+    grant: Option<&Grant>,
     headers: &HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -99,12 +101,22 @@ pub async fn serve(
         return invalid(format!("`model` is longer than {MAX_MODEL_BYTES} bytes"));
     }
     let Ok(name) = ServiceName::new(model) else {
-        return not_found(registry, model);
+        return not_found(registry, grant, model);
     };
     let class = match class(endpoint, headers) {
-        Ok(c) => c,
+        // A key's requests get its class at most.
+        Ok(c) => grant.map_or(c, |g| g.class_for(c)),
         Err(e) => return invalid(e),
     };
+    if let Some(g) = grant
+        && !g.may_use(&name)
+    {
+        return refusal(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            format!("the key {} may not use model {name}", g.name),
+        );
+    }
     let lease = match headers.get(LEASE_HEADER).map(|v| v.to_str().unwrap_or("")) {
         None => None,
         Some(holder) => match NodeId::new(holder) {
@@ -113,7 +125,7 @@ pub async fn serve(
         },
     };
     let Some((handle, view)) = registry.find(&name) else {
-        return not_found(registry, model);
+        return not_found(registry, grant, model);
     };
     if view.state == UNFIT {
         // Declared, but no GPU here holds even its smallest tier: the reason says its need.
@@ -164,11 +176,12 @@ pub async fn serve(
     }
 }
 
-/// 404 for a model no host here has, with the models there are.
-fn not_found(registry: &Registry, model: &str) -> Response {
+/// 404 for a model no host here has, with the models there are (that the key may use).
+fn not_found(registry: &Registry, grant: Option<&Grant>, model: &str) -> Response {
     let mut names: Vec<String> = registry
         .views()
         .into_iter()
+        .filter(|v| grant.is_none_or(|g| g.may_use(&v.name)))
         .map(|v| v.name.to_string())
         .collect();
     names.sort();
@@ -316,11 +329,13 @@ impl http_body::Body for Guarded {
     }
 }
 
-/// `/v1/models`: every model of this process's hosts, OpenAI's shape with ours beside.
-pub fn list(registry: &Registry) -> Response {
+/// `/v1/models`: every model of this process's hosts (those a key may use), OpenAI's shape
+/// with ours beside.
+pub fn list(registry: &Registry, grant: Option<&Grant>) -> Response {
     let data: Vec<Value> = registry
         .views()
         .into_iter()
+        .filter(|v| grant.is_none_or(|g| g.may_use(&v.name)))
         .map(|v| {
             json!({
                 "id": v.name,

@@ -219,6 +219,8 @@ pub struct ModelsConfig {
     /// With the systemd executor: the user manager of `$XDG_RUNTIME_DIR` (`systemctl
     /// --user`) instead of the system's.
     pub systemd_user: bool,
+    /// The secret file of the entry point's API keys (each with its class and models).
+    pub keys_file: Option<String>,
 }
 
 /// The executors a `[models] executor` may name.
@@ -240,6 +242,7 @@ impl Default for ModelsConfig {
             strategy: StrategyKind::TippingPoint.name().to_owned(),
             executor: EXECUTORS[0].to_owned(),
             systemd_user: false,
+            keys_file: None,
         }
     }
 }
@@ -311,6 +314,14 @@ impl ModelsConfig {
             return Err((
                 "models.policy",
                 format!("{:?} is not one of {}", self.policy, names.join(", ")),
+            ));
+        }
+        if let Some(f) = &self.keys_file
+            && (f.is_empty() || f.len() > 4096)
+        {
+            return Err((
+                "models.keys_file",
+                "must be a path of 1 to 4096 bytes".into(),
             ));
         }
         if !EXECUTORS.contains(&self.executor.as_str()) {

@@ -45,7 +45,8 @@ pub fn post(
 
 /// A raw body (not necessarily JSON) to `path`: the status, the `Retry-After`, the body.
 pub fn post_raw(up: &Up, path: &str, body: &str) -> (u16, Option<String>, String) {
-    send(up, path, "", body, None)
+    let token = up.token().unwrap().to_owned();
+    send(up, "POST", path, &token, "", body, None)
 }
 
 /// [`post`] with more headers (each ending in CRLF).
@@ -56,12 +57,31 @@ pub fn post_with(
     body: &Value,
     first: Option<mpsc::Sender<()>>,
 ) -> (u16, Option<String>, String) {
-    send(up, path, headers, &body.to_string(), first)
+    let token = up.token().unwrap().to_owned();
+    send(up, "POST", path, &token, headers, &body.to_string(), first)
+}
+
+/// A request as a client holding `key` (an API key, not the agent's token) sends it.
+pub fn request_as(
+    up: &Up,
+    key: &str,
+    method: &str,
+    path: &str,
+    body: &Value,
+) -> (u16, Option<String>, String) {
+    let body = if method == "GET" {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    send(up, method, path, key, "", &body, None)
 }
 
 fn send(
     up: &Up,
+    method: &str,
     path: &str,
+    bearer: &str,
     headers: &str,
     body: &str,
     first: Option<mpsc::Sender<()>>,
@@ -70,8 +90,7 @@ fn send(
     let mut s = TcpStream::connect(&addr).unwrap();
     s.set_read_timeout(Some(LIMIT)).unwrap();
     let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\n{headers}Connection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        up.token().unwrap(),
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {bearer}\r\nContent-Type: application/json\r\n{headers}Connection: close\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).unwrap();
