@@ -26,6 +26,8 @@ pub struct Counters {
     pub model_watchdog_resets: Counter,
     /// Model requests refused (stasis full, runtime failed, withdrawn), by status.
     pub model_requests_refused: Counter,
+    /// The entry point's figures per model and class.
+    pub models: crate::model_metrics::ModelMetrics,
     /// Orders (dispatch, stop, promote) not obeyed, by reason: `not_steward`,
     /// `unknown_service`.
     pub orders_refused: Family<Vec<(String, String)>, Counter>,

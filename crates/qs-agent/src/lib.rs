@@ -21,6 +21,7 @@ pub mod journal;
 pub mod membership;
 pub mod mirror;
 pub mod model_double;
+pub mod model_metrics;
 pub mod models;
 mod monitor;
 pub mod names;

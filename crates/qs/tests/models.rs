@@ -150,6 +150,39 @@ fn a_swap_lets_streams_finish_waits_for_the_vram_and_loses_no_request() {
     );
     assert_eq!(model_state(&up, "conv"), "warm");
     assert_eq!(model_state(&up, "code"), "absent");
+
+    // The entry point's figures, per model and class.
+    let (_, metrics) = up.http("GET", "/metrics", "");
+    let metrics = metrics.as_str().unwrap_or("").to_owned();
+    let figure = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let code = "{model=\"code\",class=\"interactive\"}";
+    // One request before the streams, three streams.
+    assert_eq!(
+        figure(&format!("qs_model_queue_wait_seconds_count{code}")),
+        4.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        figure(&format!("qs_model_time_to_first_token_seconds_count{code}")),
+        4.0
+    );
+    assert_eq!(
+        figure(&format!("qs_model_tokens_per_second_count{code}")),
+        3.0,
+        "the streams"
+    );
+    let rate = figure(&format!("qs_model_tokens_per_second_sum{code}")) / 3.0;
+    assert!(
+        rate > 10.0 && rate < 200.0,
+        "the double decodes at 50/s: {rate}"
+    );
+    let ok = "qs_model_requests_total{model=\"conv\",class=\"interactive\",outcome=\"ok\"}";
+    assert_eq!(figure(ok), 2.0, "{metrics}");
 }
 
 #[test]

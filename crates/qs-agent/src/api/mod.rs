@@ -119,6 +119,7 @@ impl<F: Fabric> Api<F> {
         for (name, help, counter) in counters {
             metrics.register(name, help, counter.clone());
         }
+        c.models.register(&mut metrics);
         metrics.register(
             "orders_refused",
             "Dispatches, stops and promotions not obeyed, by reason: not_steward (the sender \

@@ -16,6 +16,7 @@ use super::http::{Target, forward};
 use super::keys::Grant;
 use super::{Ask, Decision, Finish, Registry};
 use crate::counters::Counters;
+use crate::model_metrics::{Meter, ModelClass};
 use axum::Json;
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -27,6 +28,7 @@ use serde_json::{Value, json};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Instant;
 use tokio::sync::oneshot;
 
 /// The state `/v1/models` shows for a model declared here that no GPU holds.
@@ -89,6 +91,7 @@ pub async fn serve(
     headers: &HeaderMap,
     body: Bytes,
 ) -> Response {
+    let arrived = Instant::now();
     let invalid = |m: String| refusal(StatusCode::BAD_REQUEST, "invalid_request_error", m);
     let parsed: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
@@ -127,7 +130,15 @@ pub async fn serve(
     let Some((handle, view)) = registry.find(&name) else {
         return not_found(registry, grant, model);
     };
+    // From here on the model is one a host has: its figures may be counted.
+    let labels = ModelClass {
+        model: name.to_string(),
+        class: class.name().to_owned(),
+    };
+    let figures = &counters.models;
+    let meter = || Meter::new(figures.clone(), labels.clone(), arrived);
     if view.state == UNFIT {
+        figures.outcome(&labels.model, &labels.class, "unavailable");
         // Declared, but no GPU here holds even its smallest tier: the reason says its need.
         counters.model_requests_refused.inc();
         let why = view.alert.clone().unwrap_or_default();
@@ -136,7 +147,7 @@ pub async fn serve(
     if let Some(url) = &view.url {
         // A shared runtime: someone else runs it; pass the request on.
         return match Target::from_url(url) {
-            Ok(target) => pass(&target, endpoint, body, None, None).await,
+            Ok(target) => pass(&target, endpoint, body, None, None, Some(meter())).await,
             Err(e) => refusal(StatusCode::BAD_GATEWAY, "runtime_error", e),
         };
     }
@@ -154,9 +165,22 @@ pub async fn serve(
         counters.model_requests_refused.inc();
         return busy(1000, "the model host is busy".to_owned());
     }
-    match answer.await {
+    let answered = answer.await;
+    figures
+        .queue_wait_s
+        .get_or_create(&labels)
+        .observe(arrived.elapsed().as_secs_f64());
+    match answered {
         Ok(Decision::Route { port, finish, cut }) => {
-            pass(&Target::loopback(port), endpoint, body, finish, cut).await
+            pass(
+                &Target::loopback(port),
+                endpoint,
+                body,
+                finish,
+                cut,
+                Some(meter()),
+            )
+            .await
         }
         Ok(Decision::Refuse {
             too_many,
@@ -164,6 +188,8 @@ pub async fn serve(
             reason,
         }) => {
             counters.model_requests_refused.inc();
+            let outcome = if too_many { "too_many" } else { "unavailable" };
+            figures.outcome(&labels.model, &labels.class, outcome);
             if too_many {
                 let mut r = refusal(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", reason);
                 retry_after(&mut r, retry_after_ms);
@@ -222,6 +248,7 @@ async fn pass(
     body: Bytes,
     finish: Option<Finish>,
     cut: Option<oneshot::Receiver<String>>,
+    mut meter: Option<Meter>,
 ) -> Response {
     // A cut can come before the runtime's answer begins (an answer that is not streamed
     // begins only when it is done): the request is dropped there, closing the runtime's
@@ -238,6 +265,9 @@ async fn pass(
             said = rx => {
                 cut = None;
                 if let Ok(reason) = said {
+                    if let Some(m) = meter.as_mut() {
+                        m.end("cut");
+                    }
                     return refusal(StatusCode::SERVICE_UNAVAILABLE, "cut", format!("cut: {reason}"));
                 }
             }
@@ -245,7 +275,12 @@ async fn pass(
     };
     let resp = match answered {
         Ok(r) => r,
-        Err(e) => return refusal(StatusCode::BAD_GATEWAY, "runtime_error", e),
+        Err(e) => {
+            if let Some(m) = meter.as_mut() {
+                m.end("runtime_error");
+            }
+            return refusal(StatusCode::BAD_GATEWAY, "runtime_error", e);
+        }
     };
     let (parts, incoming) = resp.into_parts();
     let streamed = parts
@@ -264,6 +299,7 @@ async fn pass(
         _finish: finish,
         cut,
         streamed,
+        meter,
     }))
     .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
 }
@@ -277,6 +313,8 @@ struct Guarded {
     cut: Option<oneshot::Receiver<String>>,
     /// Server-sent events: a cut ends with an error event rather than a broken answer.
     streamed: bool,
+    /// Its figures, recorded as it goes and when it ends.
+    meter: Option<Meter>,
 }
 
 /// Why an answer was broken off.
@@ -304,6 +342,9 @@ impl http_body::Body for Guarded {
             // A dropped sender is no cut: the host let the request be.
             if let Ok(reason) = said {
                 this.inner = None;
+                if let Some(m) = this.meter.as_mut() {
+                    m.end("cut");
+                }
                 if this.streamed {
                     let event = json!({ "error": { "message": reason, "type": "cut" } });
                     let frame = Bytes::from(format!("data: {event}\n\n"));
@@ -312,10 +353,31 @@ impl http_body::Body for Guarded {
                 return Poll::Ready(Some(Err(PassError::Cut(reason))));
             }
         }
-        match this.inner.as_mut() {
-            Some(inner) => Pin::new(inner).poll_frame(cx).map_err(PassError::from),
-            None => Poll::Ready(None),
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(&mut *inner)
+            .poll_frame(cx)
+            .map_err(PassError::from);
+        if let Some(m) = this.meter.as_mut() {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let events = match frame.data_ref() {
+                        Some(d) if this.streamed => events_in(d),
+                        _ => 0,
+                    };
+                    m.frame(events);
+                    // An answer of known length is not polled past its last frame.
+                    if inner.is_end_stream() {
+                        m.end("ok");
+                    }
+                }
+                Poll::Ready(Some(Err(_))) => m.end("runtime_error"),
+                Poll::Ready(None) => m.end("ok"),
+                Poll::Pending => {}
+            }
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -327,6 +389,17 @@ impl http_body::Body for Guarded {
             .as_ref()
             .map_or_else(http_body::SizeHint::default, |i| i.size_hint())
     }
+}
+
+/// The server-sent events that begin in `data` (a frame may hold several, or part of one).
+fn events_in(data: &Bytes) -> u64 {
+    let count = |pattern: &[u8]| {
+        data.windows(pattern.len())
+            .filter(|w| *w == pattern)
+            .count()
+    };
+    // The closing `[DONE]` carries no token.
+    (count(b"data: ") - count(b"data: [DONE]")) as u64
 }
 
 /// `/v1/models`: every model of this process's hosts (those a key may use), OpenAI's shape

@@ -46,6 +46,15 @@ pub fn cli(args: &[&str]) -> String {
     text
 }
 
+/// A path of the repository (where `scripts/` lives), from the crate's manifest.
+pub fn repo(path: &str) -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
+        .display()
+        .to_string()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
