@@ -136,8 +136,11 @@ pub struct GpuConfig {
     pub vram_bytes: u64,
     /// Kept for the resident model that stays through every swap; nothing else may use it.
     pub reserved_bytes: u64,
-    /// Requests waiting (live stasis) at most; one more is refused with a retry-after.
+    /// Requests waiting (live stasis) at most; one more is refused with a retry-after, unless
+    /// a request of a lower class waits, which gives it its place.
     pub max_waiting: usize,
+    /// Requests of each class (interactive, batch, ingestion) waiting at most.
+    pub max_waiting_by_class: [usize; 3],
     /// Prefill speed of the runtimes, for the cost of re-processing the context in flight.
     pub prefill_tokens_per_s: u64,
     /// Longest a drain waits for requests in flight before the runtime is stopped anyway.
@@ -165,6 +168,7 @@ impl Default for GpuConfig {
             vram_bytes: 24 << 30,
             reserved_bytes: 1536 << 20,
             max_waiting: 65_536,
+            max_waiting_by_class: [65_536; 3],
             prefill_tokens_per_s: 5_000,
             drain_timeout_ms: 600_000,
             stop_timeout_ms: 30_000,
@@ -196,8 +200,12 @@ impl GpuConfig {
 pub struct ModelsConfig {
     /// VRAM kept on each GPU for a small resident model (seed 003's margin).
     pub reserved_mib: u64,
-    /// Requests waiting per GPU at most (live stasis); one more is refused 429.
+    /// Requests waiting per GPU at most (live stasis); one more is refused 429, unless one
+    /// of a lower class waits (it is refused in its place).
     pub max_waiting: usize,
+    /// Requests of each class waiting per GPU at most (a flood of one class is refused 429
+    /// before it fills the stasis); each at most `max_waiting`.
+    pub max_waiting_by_class: ClassBounds,
     pub drain_timeout_ms: u64,
     pub stop_timeout_ms: u64,
     pub max_failed_starts: u32,
@@ -232,6 +240,7 @@ impl Default for ModelsConfig {
         ModelsConfig {
             reserved_mib: g.reserved_bytes >> 20,
             max_waiting: 1024,
+            max_waiting_by_class: ClassBounds::default(),
             drain_timeout_ms: g.drain_timeout_ms,
             stop_timeout_ms: g.stop_timeout_ms,
             max_failed_starts: g.max_failed_starts,
@@ -244,6 +253,32 @@ impl Default for ModelsConfig {
             systemd_user: false,
             keys_file: None,
         }
+    }
+}
+
+/// A bound for each class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClassBounds {
+    pub interactive: usize,
+    pub batch: usize,
+    pub ingestion: usize,
+}
+
+impl Default for ClassBounds {
+    fn default() -> Self {
+        ClassBounds {
+            interactive: 1024,
+            batch: 1024,
+            ingestion: 512,
+        }
+    }
+}
+
+impl ClassBounds {
+    /// By class index (interactive, batch, ingestion).
+    pub fn as_array(&self) -> [usize; 3] {
+        [self.interactive, self.batch, self.ingestion]
     }
 }
 
@@ -269,6 +304,7 @@ impl ModelsConfig {
             vram_bytes,
             reserved_bytes: self.reserved_mib.saturating_mul(1 << 20),
             max_waiting: self.max_waiting,
+            max_waiting_by_class: self.max_waiting_by_class.as_array(),
             drain_timeout_ms: self.drain_timeout_ms,
             stop_timeout_ms: self.stop_timeout_ms,
             max_failed_starts: self.max_failed_starts,
@@ -295,6 +331,22 @@ impl ModelsConfig {
             1,
             MAX_WAITING as u64,
         )?;
+        for (field, v) in [
+            (
+                "models.max_waiting_by_class.interactive",
+                self.max_waiting_by_class.interactive,
+            ),
+            (
+                "models.max_waiting_by_class.batch",
+                self.max_waiting_by_class.batch,
+            ),
+            (
+                "models.max_waiting_by_class.ingestion",
+                self.max_waiting_by_class.ingestion,
+            ),
+        ] {
+            within(field, v as u64, 1, MAX_WAITING as u64)?;
+        }
         within(
             "models.drain_timeout_ms",
             self.drain_timeout_ms,

@@ -75,6 +75,13 @@ impl Queue {
             .map(|(_, i)| i)
     }
 
+    /// Takes out the youngest request of class `i`.
+    pub(super) fn pop_youngest(&mut self, i: usize) -> Option<Waiting> {
+        let w = self.by_class[i].pop_back()?;
+        self.arrived_sum_us[i] -= u128::from(w.arrived.as_micros());
+        Some(w)
+    }
+
     pub(super) fn pop(&mut self, i: usize) -> Option<Waiting> {
         let w = self.by_class[i].pop_front()?;
         self.arrived_sum_us[i] -= u128::from(w.arrived.as_micros());

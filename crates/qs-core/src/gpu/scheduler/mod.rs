@@ -227,7 +227,18 @@ impl GpuScheduler {
         let free_slot = self.state.resident.get(&request.model).is_some_and(|r| {
             r.phase == Phase::Warm && r.in_flight.len() < profile.discipline.slots() as usize
         });
-        if self.waiting >= self.state.config.max_waiting && !free_slot {
+        let ci = super::queue::class_index(request.class);
+        let class_waiting: usize = self
+            .state
+            .queues
+            .values()
+            .map(|q| q.by_class[ci].len())
+            .sum();
+        let class_full = class_waiting >= self.state.config.max_waiting_by_class[ci];
+        let full = self.waiting >= self.state.config.max_waiting;
+        // A full stasis gives a request the place of the youngest of a lower class.
+        let shed = full && !class_full && !free_slot && self.shed_below(ci);
+        if (class_full || full) && !free_slot && !shed {
             let retry_after_ms = self
                 .state
                 .load_ms
@@ -237,7 +248,11 @@ impl GpuScheduler {
             self.out.push_back(GpuOutput::Refuse {
                 id: request.id,
                 retry_after_ms: retry_after_ms.max(1000),
-                reason: "too many requests waiting",
+                reason: if class_full {
+                    "too many requests of its class waiting"
+                } else {
+                    "too many requests waiting"
+                },
             });
             return;
         }
@@ -353,6 +368,42 @@ impl GpuScheduler {
                 attempts: attempt,
             }));
         self.refuse_waiting(&model, "the model's runtime failed to start");
+    }
+
+    /// Refuses the youngest waiting request of the lowest class below class `ci` (with a
+    /// retry-after): whether there was one.
+    fn shed_below(&mut self, ci: usize) -> bool {
+        for lower in (ci + 1..3).rev() {
+            let youngest = self
+                .state
+                .queues
+                .iter()
+                .filter_map(|(m, q)| q.by_class[lower].back().map(|w| (w.order, m.clone())))
+                .max();
+            let Some((_, model)) = youngest else {
+                continue;
+            };
+            let Some(w) = self
+                .state
+                .queues
+                .get_mut(&model)
+                .and_then(|q| q.pop_youngest(lower))
+            else {
+                continue;
+            };
+            self.waiting -= 1;
+            if self.state.queues.get(&model).is_some_and(|q| q.len() == 0) {
+                self.state.queues.remove(&model);
+            }
+            let retry_after_ms = self.state.load_ms.get(&model).copied().unwrap_or(0.0) as u64;
+            self.out.push_back(GpuOutput::Refuse {
+                id: w.request.id,
+                retry_after_ms: retry_after_ms.max(1000),
+                reason: "too many requests waiting: its place went to one of a higher class",
+            });
+            return true;
+        }
+        false
     }
 
     /// Refuses every request waiting for `model`, saying `reason`.

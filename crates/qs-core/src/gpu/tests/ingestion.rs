@@ -1,6 +1,8 @@
 //! Ingestion's bounded priority (seed 003): embedding and ingestion work ages, so it never
 //! starves behind batch work, and it always yields to interactive requests; an ingestion
-//! model that waits for the GPU comes in at the first lull of interactive work.
+//! model that waits for the GPU comes in at the first lull of interactive work. And live
+//! stasis by class: a flood of one class is refused at its own bound, and a full stasis
+//! gives a request the place of the youngest of a lower class.
 
 use super::*;
 
@@ -81,4 +83,72 @@ fn an_ingestion_model_yields_to_interactive_work_and_comes_in_at_its_first_lull(
     assert_eq!(rig.started("embed"), 1);
     rig.warm("embed");
     assert!(rig.routed(e));
+}
+
+fn bounded(max_waiting: usize, by_class: [usize; 3]) -> Rig {
+    let config = GpuConfig {
+        max_waiting,
+        max_waiting_by_class: by_class,
+        ..GpuConfig::default()
+    };
+    // Loading, so that everything waits.
+    let mut rig = Rig::with_config(
+        config,
+        vec![profile("embed", 2 * GIB, 1)],
+        PolicyKind::TippingPoint,
+    );
+    let _first = rig.ask("embed", Class::Interactive);
+    rig
+}
+
+fn refused(rig: &Rig, id: RequestId) -> Option<&'static str> {
+    rig.out.iter().find_map(|o| match o {
+        GpuOutput::Refuse {
+            id: r,
+            reason,
+            retry_after_ms,
+        } if *r == id => {
+            assert!(*retry_after_ms >= 1000, "a 429 says when to try again");
+            Some(*reason)
+        }
+        _ => None,
+    })
+}
+
+#[test]
+fn a_flood_of_one_class_is_refused_at_its_own_bound_and_the_others_still_wait() {
+    let mut rig = bounded(10, [10, 10, 3]);
+    let flood: Vec<RequestId> = (0..4).map(|_| rig.ask("embed", Class::Ingestion)).collect();
+    assert_eq!(refused(&rig, flood[2]), None);
+    assert_eq!(
+        refused(&rig, flood[3]),
+        Some("too many requests of its class waiting")
+    );
+    let b = rig.ask("embed", Class::Batch);
+    let x = rig.ask("embed", Class::Interactive);
+    assert_eq!(refused(&rig, b), None);
+    assert_eq!(refused(&rig, x), None);
+    assert_eq!(rig.s.waiting(), 6);
+}
+
+#[test]
+fn a_full_stasis_gives_a_request_the_place_of_the_youngest_of_a_lower_class() {
+    // The first interactive request and two batch ones fill it.
+    let mut rig = bounded(3, [3, 3, 3]);
+    let b1 = rig.ask("embed", Class::Batch);
+    let b2 = rig.ask("embed", Class::Batch);
+    let x = rig.ask("embed", Class::Interactive);
+    assert_eq!(refused(&rig, x), None, "it took a place");
+    assert_eq!(
+        refused(&rig, b2),
+        Some("too many requests waiting: its place went to one of a higher class")
+    );
+    assert_eq!(refused(&rig, b1), None, "the youngest goes first");
+    // Nothing below ingestion: it is the one refused.
+    let g = rig.ask("embed", Class::Ingestion);
+    assert_eq!(refused(&rig, g), Some("too many requests waiting"));
+    // A batch request takes no interactive one's place.
+    let b3 = rig.ask("embed", Class::Batch);
+    assert_eq!(refused(&rig, b3), Some("too many requests waiting"));
+    assert_eq!(rig.s.waiting(), 3);
 }
