@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -69,6 +70,11 @@ pub enum DoubleError {
 struct Double {
     opts: DoubleOptions,
     warm_at: Instant,
+    /// Streams: generating now, generated to their end, and given up because the client
+    /// went away (`GET /stats`, for tests that a disconnect cancels upstream).
+    streams_active: AtomicU64,
+    streams_completed: AtomicU64,
+    streams_cancelled: AtomicU64,
 }
 
 impl Double {
@@ -87,9 +93,16 @@ impl Double {
 
 pub fn router(opts: DoubleOptions) -> Router {
     let warm_at = Instant::now() + Duration::from_millis(opts.load_ms);
-    let double = Arc::new(Double { opts, warm_at });
+    let double = Arc::new(Double {
+        opts,
+        warm_at,
+        streams_active: AtomicU64::new(0),
+        streams_completed: AtomicU64::new(0),
+        streams_cancelled: AtomicU64::new(0),
+    });
     Router::new()
         .route("/health", get(health))
+        .route("/stats", get(stats))
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completion))
@@ -245,7 +258,39 @@ async fn generate(d: Arc<Double>, ask: Ask, chat: bool) -> Response {
         .into_response();
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(4);
+    d.streams_active.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(async move {
+        let outcome = stream_tokens(&d, &ask, chat, &model, chunk_object, &usage, &tx).await;
+        d.streams_active.fetch_sub(1, Ordering::Relaxed);
+        let counter = if outcome {
+            &d.streams_completed
+        } else {
+            &d.streams_cancelled
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// Sends a stream's tokens at the decode rate: whether it reached its end (not: the client
+/// went away, and generation stopped there).
+async fn stream_tokens(
+    d: &Double,
+    ask: &Ask,
+    chat: bool,
+    model: &str,
+    chunk_object: &str,
+    usage: &Value,
+    tx: &tokio::sync::mpsc::Sender<Result<String, std::io::Error>>,
+) -> bool {
+    {
         let mut next = Instant::now();
         for i in 0..ask.max_tokens {
             next += d.per_token();
@@ -264,19 +309,21 @@ async fn generate(d: Arc<Double>, ask: Ask, chat: bool) -> Response {
                 chunk["usage"] = usage.clone();
             }
             if tx.send(Ok(format!("data: {chunk}\n\n"))).await.is_err() {
-                return; // the client went away
+                return false; // the client went away
             }
         }
-        let _ = tx.send(Ok("data: [DONE]\n\n".to_owned())).await;
-    });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    });
-    Response::builder()
-        .header(header::CONTENT_TYPE, "text/event-stream")
-        .header(header::CACHE_CONTROL, "no-cache")
-        .body(Body::from_stream(stream))
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+        tx.send(Ok("data: [DONE]\n\n".to_owned())).await.is_ok()
+    }
+}
+
+/// `GET /stats`: the streams generating, completed and cancelled.
+async fn stats(State(d): State<Arc<Double>>) -> Response {
+    Json(json!({
+        "streams_active": d.streams_active.load(Ordering::Relaxed),
+        "streams_completed": d.streams_completed.load(Ordering::Relaxed),
+        "streams_cancelled": d.streams_cancelled.load(Ordering::Relaxed),
+    }))
+    .into_response()
 }
 
 async fn embeddings(State(d): State<Arc<Double>>, Json(body): Json<Value>) -> Response {

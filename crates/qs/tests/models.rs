@@ -12,33 +12,6 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::sync::mpsc;
 
-/// The exclusive pair of seed 003's benchmark: about 19 GB and 8.5 GB, never together on
-/// 24 GB less the 1.5 GB margin; and a small resident model in the margin.
-const PAIR: &str = r#"
-[model.code]
-max_concurrency = 4
-load_ms = 300
-[[model.code.tier]]
-name = "19g"
-vram_mib = 19456
-command = "{qs} model-double --port {port} --model code --vram-mib 19456 --load-ms 300 --decode-tps 50"
-
-[model.conv]
-max_concurrency = 4
-load_ms = 300
-[[model.conv.tier]]
-name = "8g"
-vram_mib = 8704
-command = "{qs} model-double --port {port} --model conv --vram-mib 8704 --load-ms 300 --decode-tps 200"
-
-[model.tiny]
-resident = true
-[[model.tiny.tier]]
-name = "1g"
-vram_mib = 1024
-command = "{qs} model-double --port {port} --model tiny --vram-mib 1024 --load-ms 100 --decode-tps 500"
-"#;
-
 /// A model that takes 3 s to load.
 const SLOW: &str = r#"
 [model.slow]
@@ -559,64 +532,4 @@ fn leased_work_of_a_node_that_left_the_fleet_is_swept() {
     let (status, _, text) = leased.join().unwrap();
     assert_eq!(status, 503, "{text}");
     assert!(text.contains("its lease holder left the fleet"), "{text}");
-}
-
-#[test]
-fn a_running_leased_stream_of_a_node_that_left_the_fleet_is_cut() {
-    let dir = tempfile::tempdir().unwrap();
-    let up = start(dir.path(), "");
-    declare(&up, PAIR, "code");
-    // A stream of 500 tokens at 50/s (10 s) that peer-a placed here.
-    let (first_tx, first_rx) = mpsc::channel();
-    let c = client(&up);
-    let leased = std::thread::spawn(move || {
-        let began = std::time::Instant::now();
-        let answer = post_with(
-            &c,
-            "/v1/chat/completions",
-            "x-qs-lease: peer-a\r\nx-qs-priority: batch\r\n",
-            &chat("code", 500, true),
-            Some(first_tx),
-        );
-        (answer, began.elapsed())
-    });
-    first_rx
-        .recv_timeout(LIMIT)
-        .expect("the leased stream began");
-    // And an answer that is not streamed (it would begin only once all 500 tokens are done).
-    let c = client(&up);
-    let whole = std::thread::spawn(move || {
-        post_with(
-            &c,
-            "/v1/chat/completions",
-            "x-qs-lease: peer-a\r\nx-qs-priority: batch\r\n",
-            &chat("code", 500, false),
-            None,
-        )
-    });
-    up.wait("both leased requests run", |u| {
-        model_field_number(u, "code", "in_flight") == 2
-    });
-    let (status, v) = up.http("POST", "/v1/chaos/kill/peer-a", "");
-    assert_eq!(status, 200, "{v}");
-    let (status, _, text) = whole.join().unwrap();
-    assert_eq!(status, 503, "{text}");
-    assert!(
-        text.contains("cut: its lease holder left the fleet"),
-        "{text}"
-    );
-    let ((status, _, stream), took) = leased.join().unwrap();
-    assert_eq!(status, 200);
-    assert!(
-        stream.contains("its lease holder left the fleet") && !stream.contains("[DONE]"),
-        "the stream ends with the reason: {stream}"
-    );
-    assert!(
-        stream.matches("data: {").count() < 500 && took < std::time::Duration::from_secs(9),
-        "cut before its 10 s were up: {took:?}"
-    );
-    // The runtime serves on, its slot given back.
-    assert_eq!(model_state(&up, "code"), "warm");
-    let (status, _, text) = post(&up, "/v1/chat/completions", &chat("code", 2, false), None);
-    assert_eq!(status, 200, "{text}");
 }

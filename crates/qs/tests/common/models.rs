@@ -206,3 +206,30 @@ pub fn model_field_number(up: &Up, model: &str, field: &str) -> u64 {
 pub fn model_state(up: &Up, model: &str) -> String {
     model_field(up, model, "state")
 }
+
+/// The exclusive pair of seed 003's benchmark: about 19 GB and 8.5 GB, never together on
+/// 24 GB less the 1.5 GB margin; and a small resident model in the margin.
+pub const PAIR: &str = r#"
+[model.code]
+max_concurrency = 4
+load_ms = 300
+[[model.code.tier]]
+name = "19g"
+vram_mib = 19456
+command = "{qs} model-double --port {port} --model code --vram-mib 19456 --load-ms 300 --decode-tps 50"
+
+[model.conv]
+max_concurrency = 4
+load_ms = 300
+[[model.conv.tier]]
+name = "8g"
+vram_mib = 8704
+command = "{qs} model-double --port {port} --model conv --vram-mib 8704 --load-ms 300 --decode-tps 200"
+
+[model.tiny]
+resident = true
+[[model.tiny.tier]]
+name = "1g"
+vram_mib = 1024
+command = "{qs} model-double --port {port} --model tiny --vram-mib 1024 --load-ms 100 --decode-tps 500"
+"#;

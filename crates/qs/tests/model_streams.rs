@@ -1,0 +1,136 @@
+//! Streams end to end: a running stream whose lease holder left the fleet is cut with the
+//! reason, and one whose client went away stops upstream and frees its slot.
+
+mod common;
+
+use common::models::*;
+use common::*;
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::sync::mpsc;
+
+#[test]
+fn a_running_leased_stream_of_a_node_that_left_the_fleet_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = start(dir.path(), "");
+    declare(&up, PAIR, "code");
+    // A stream of 500 tokens at 50/s (10 s) that peer-a placed here.
+    let (first_tx, first_rx) = mpsc::channel();
+    let c = client(&up);
+    let leased = std::thread::spawn(move || {
+        let began = std::time::Instant::now();
+        let answer = post_with(
+            &c,
+            "/v1/chat/completions",
+            "x-qs-lease: peer-a\r\nx-qs-priority: batch\r\n",
+            &chat("code", 500, true),
+            Some(first_tx),
+        );
+        (answer, began.elapsed())
+    });
+    first_rx
+        .recv_timeout(LIMIT)
+        .expect("the leased stream began");
+    // And an answer that is not streamed (it would begin only once all 500 tokens are done).
+    let c = client(&up);
+    let whole = std::thread::spawn(move || {
+        post_with(
+            &c,
+            "/v1/chat/completions",
+            "x-qs-lease: peer-a\r\nx-qs-priority: batch\r\n",
+            &chat("code", 500, false),
+            None,
+        )
+    });
+    up.wait("both leased requests run", |u| {
+        model_field_number(u, "code", "in_flight") == 2
+    });
+    let (status, v) = up.http("POST", "/v1/chaos/kill/peer-a", "");
+    assert_eq!(status, 200, "{v}");
+    let (status, _, text) = whole.join().unwrap();
+    assert_eq!(status, 503, "{text}");
+    assert!(
+        text.contains("cut: its lease holder left the fleet"),
+        "{text}"
+    );
+    let ((status, _, stream), took) = leased.join().unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        stream.contains("its lease holder left the fleet") && !stream.contains("[DONE]"),
+        "the stream ends with the reason: {stream}"
+    );
+    assert!(
+        stream.matches("data: {").count() < 500 && took < std::time::Duration::from_secs(9),
+        "cut before its 10 s were up: {took:?}"
+    );
+    // The runtime serves on, its slot given back.
+    assert_eq!(model_state(&up, "code"), "warm");
+    let (status, _, text) = post(&up, "/v1/chat/completions", &chat("code", 2, false), None);
+    assert_eq!(status, 200, "{text}");
+}
+
+/// The double's `/stats` on `port`.
+fn double_stats(port: u16) -> Value {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    s.write_all(b"GET /stats HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut s, &mut text).unwrap();
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    serde_json::from_str(body).unwrap_or_default()
+}
+
+#[test]
+fn a_client_that_goes_away_cancels_the_generation_upstream_and_frees_its_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = start(dir.path(), "");
+    declare(&up, PAIR, "code");
+    let (status, _, text) = post(&up, "/v1/chat/completions", &chat("code", 2, false), None);
+    assert_eq!(status, 200, "{text}");
+    let port: u16 = up
+        .events()
+        .iter()
+        .find(|e| e["event"]["model"] == "code" && e["event"]["step"] == "started")
+        .and_then(|e| {
+            let d = e["event"]["detail"].as_str()?;
+            d.split("port ").nth(1)?.split(')').next()?.parse().ok()
+        })
+        .expect("the runtime's port in the ledger");
+    // A stream of 500 tokens at 50/s (10 s); the client reads its first event and leaves.
+    let addr = up.api.trim_start_matches("http://").to_owned();
+    let body = chat("code", 500, true).to_string();
+    let mut conn = TcpStream::connect(&addr).unwrap();
+    conn.set_read_timeout(Some(LIMIT)).unwrap();
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        up.token().unwrap(),
+        body.len()
+    );
+    conn.write_all(req.as_bytes()).unwrap();
+    let mut reader = BufReader::new(conn);
+    let mut line = String::new();
+    while !line.starts_with("data: ") {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+    }
+    assert_eq!(double_stats(port)["streams_active"], 1);
+    let began = std::time::Instant::now();
+    drop(reader);
+    // Upstream, the generation stops well before its 10 s; here, its slot is free.
+    up.wait("the runtime gave the stream up", |_| {
+        double_stats(port)["streams_cancelled"] == 1
+    });
+    assert!(began.elapsed() < std::time::Duration::from_secs(8));
+    let stats = double_stats(port);
+    assert_eq!(stats["streams_active"], 0, "{stats}");
+    assert_eq!(stats["streams_completed"], 0, "{stats}");
+    up.wait("the slot given back", |u| {
+        model_field_number(u, "code", "in_flight") == 0
+    });
+    let (_, metrics) = up.http("GET", "/metrics", "");
+    let gone =
+        "qs_model_requests_total{model=\"code\",class=\"interactive\",outcome=\"client_gone\"} 1";
+    assert!(metrics.as_str().unwrap_or("").contains(gone), "{metrics}");
+}
