@@ -13,7 +13,7 @@ use crate::simgpu::SimGpu;
 use qs_core::Time;
 use qs_core::gpu::{
     Class, Discipline, GpuConfig, GpuInput, GpuOutput, GpuScheduler, ModelProfile, PolicyKind,
-    Request, RequestId, Strategy, StrategyKind,
+    RequestId, Strategy, StrategyKind,
 };
 use qs_fabric::{Fabric, KvEvent, Watch};
 use qs_wire::{Event, InstanceId, ModelDiscipline, ModelSpec, NodeId, ServiceName};
@@ -23,6 +23,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
+mod asks;
 mod declare;
 mod launch;
 mod quota;
@@ -384,82 +385,6 @@ impl<F: Fabric> Host<F> {
         }
     }
 
-    fn on_ask(&mut self, ask: Ask) {
-        match ask {
-            Ask::Request {
-                model,
-                class,
-                context_tokens,
-                lease,
-                reply,
-            } => {
-                if self.residents.contains_key(&model) {
-                    return self.ask_resident(&model, reply);
-                }
-                let Some(gpu) = self.models.get(&model).map(|a| a.gpu) else {
-                    let _ = reply.send(Decision::Refuse {
-                        too_many: false,
-                        retry_after_ms: 0,
-                        reason: format!("no model {model} on node {}", self.node),
-                    });
-                    return;
-                };
-                let id = RequestId(self.next_request);
-                self.next_request += 1;
-                self.pending.insert(id, (gpu, reply));
-                let request = Request {
-                    id,
-                    model,
-                    class,
-                    context_tokens,
-                    lease,
-                };
-                self.gpus[gpu]
-                    .scheduler
-                    .handle(GpuInput::Arrive(request), now());
-            }
-            Ask::Finished { id } => {
-                self.cuts.remove(&id);
-                if let Some(gpu) = self.routed.remove(&id) {
-                    self.gpus[gpu]
-                        .scheduler
-                        .handle(GpuInput::Finished { id }, now());
-                }
-            }
-        }
-    }
-
-    /// Sweeps the waiting requests whose clients went away (a vanished peer's leased work
-    /// among them): no swap is made for nobody.
-    fn sweep_gone(&mut self) {
-        let gone: Vec<(RequestId, usize)> = self
-            .pending
-            .iter()
-            .filter(|(id, (_, reply))| reply.is_closed() && !self.placeholders.contains(*id))
-            .map(|(id, (gpu, _))| (*id, *gpu))
-            .collect();
-        for (id, gpu) in gone {
-            self.pending.remove(&id);
-            self.gpus[gpu]
-                .scheduler
-                .handle(GpuInput::Cancel { id }, now());
-        }
-        // Leased work whose holder left the fleet (the watchdog's sweep of its leases).
-        for g in &mut self.gpus {
-            let gone: Vec<NodeId> = {
-                let fleet = self.membership.read();
-                g.scheduler
-                    .lease_holders()
-                    .into_iter()
-                    .filter(|h| !fleet.is_live(h))
-                    .collect()
-            };
-            for holder in gone {
-                g.scheduler.handle(GpuInput::HolderGone { holder }, now());
-            }
-        }
-    }
-
     fn on_exit(&mut self, exit: Exit) {
         let Some(p) = self.processes.remove(&exit.instance) else {
             return;
@@ -580,49 +505,6 @@ impl<F: Fabric> Host<F> {
         let events = std::mem::take(&mut self.events);
         self.note_alerts(&events);
         self.append(events).await;
-    }
-
-    fn route(&mut self, gpu: usize, id: RequestId, model: &ServiceName) {
-        let port = self
-            .processes
-            .values()
-            .find(|p| &p.model == model && p.warm && !p.stopping && !p.resident)
-            .map(|p| p.port);
-        let Some((_, reply)) = self.pending.remove(&id) else {
-            // Swept since (its client went away): its slot goes back at once.
-            self.gpus[gpu]
-                .scheduler
-                .handle(GpuInput::Finished { id }, now());
-            return;
-        };
-        match port {
-            Some(port) => {
-                // The slot is given back by the Finish the decision carries: when the answer
-                // has been passed on, or when the decision is dropped unread.
-                self.routed.insert(id, gpu);
-                let finish = Some(super::Finish {
-                    tx: self.asks_tx.clone(),
-                    id,
-                });
-                let (cut_tx, cut) = oneshot::channel();
-                self.cuts.insert(id, cut_tx);
-                let _ = reply.send(Decision::Route {
-                    port,
-                    finish,
-                    cut: Some(cut),
-                });
-            }
-            None => {
-                let _ = reply.send(Decision::Refuse {
-                    too_many: false,
-                    retry_after_ms: 0,
-                    reason: format!("{model}'s runtime is gone"),
-                });
-                self.gpus[gpu]
-                    .scheduler
-                    .handle(GpuInput::Finished { id }, now());
-            }
-        }
     }
 }
 
