@@ -65,6 +65,18 @@ pub enum BenchSuite {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// The agent's OpenAI-compatible entry point on loopback against a fast model double:
+    /// requests per second and latency (p50, p99) of the double called directly, through the
+    /// agent (the double as its managed runtime) and through nginx (when installed), side by
+    /// side, with the added latency of each and DESIGN.md's targets.
+    Gateway {
+        /// Keep-alive client connections.
+        #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1024))]
+        connections: u64,
+        /// Seconds each column is measured (after a second of warm-up).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=600))]
+        seconds: u64,
+    },
     /// Core placement decisions per second for growing fleets, and the cost growth.
     Placement {
         /// Fleet sizes, comma separated.
@@ -102,6 +114,10 @@ pub fn run(suite: BenchSuite) -> Result<()> {
             repeats,
         } => crate::bench::messages_suite(messages as usize, peers as usize, repeats as usize),
         BenchSuite::Failover { trials } => crate::bench::failover_suite(trials as usize),
+        BenchSuite::Gateway {
+            connections,
+            seconds,
+        } => crate::bench_gateway::gateway_suite(connections as usize, seconds),
         BenchSuite::Gpu {
             traces,
             loads,

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_args;
 mod bench_fleet;
+mod bench_gateway;
 mod bench_gpu;
 mod check;
 mod cli;
