@@ -1,17 +1,39 @@
 //! The HTTP client side of the model host: warm checks of a starting runtime, and requests
-//! passed on to a runtime with its answer streamed back. HTTP/1.1 over one connection per
-//! request (runtimes are on loopback or the operator's network).
+//! passed on to a runtime with its answer streamed back. HTTP/1.1 with connections kept
+//! alive and reused (a bounded number idle per runtime); an answer dropped before its end
+//! closes its connection, which is how a client's disconnect cancels the generation.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use std::sync::OnceLock;
 use std::time::Duration;
-use tokio::net::TcpStream;
 
 /// Longest a connection to a runtime may take to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle connections kept per runtime, and how long.
+const MAX_IDLE_PER_RUNTIME: usize = 64;
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+type RuntimeClient = Client<HttpConnector, Full<Bytes>>;
+
+/// The process's one client of runtimes.
+fn client() -> &'static RuntimeClient {
+    static CLIENT: OnceLock<RuntimeClient> = OnceLock::new();
+    CLIENT.get_or_init(|| {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(MAX_IDLE_PER_RUNTIME)
+            .pool_idle_timeout(IDLE_TIMEOUT)
+            .build(http)
+    })
+}
 
 /// Where a runtime listens: `host:port`, from a shared runtime's `http://` url, or loopback.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,25 +68,9 @@ impl Target {
     }
 }
 
-async fn send<B>(target: &Target, req: Request<B>) -> Result<Response<Incoming>, String>
-where
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&target.authority))
-        .await
-        .map_err(|_| format!("connecting to {} timed out", target.authority))?
-        .map_err(|e| format!("connecting to {}: {e}", target.authority))?;
-    let _ = stream.set_nodelay(true);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("{}: {e}", target.authority))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    sender
-        .send_request(req)
+async fn send(target: &Target, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, String> {
+    client()
+        .request(req)
         .await
         .map_err(|e| format!("{}: {e}", target.authority))
 }
@@ -73,9 +79,8 @@ where
 pub(crate) async fn get_status(target: &Target, path: &str) -> Result<u16, String> {
     let req = Request::builder()
         .method(Method::GET)
-        .uri(path)
-        .header(hyper::header::HOST, &target.authority)
-        .body(Empty::<Bytes>::new())
+        .uri(format!("http://{}{path}", target.authority))
+        .body(Full::new(Bytes::new()))
         .map_err(|e| e.to_string())?;
     let resp = send(target, req).await?;
     let status = resp.status().as_u16();
@@ -92,8 +97,7 @@ pub(crate) async fn forward(
 ) -> Result<Response<Incoming>, String> {
     let req = Request::builder()
         .method(method)
-        .uri(path)
-        .header(hyper::header::HOST, &target.authority)
+        .uri(format!("http://{}{path}", target.authority))
         .header(hyper::header::CONTENT_TYPE, "application/json")
         .header(hyper::header::ACCEPT, "application/json, text/event-stream")
         .body(Full::new(body))
