@@ -127,15 +127,36 @@ struct Column {
     p99_us: f64,
 }
 
-/// `connections` clients call `port` for `seconds` after a warm-up second.
-fn load(port: u16, token: Option<&str>, connections: usize, seconds: u64) -> Result<Column> {
+/// A chat completion of one token, as every client sends it.
+fn request_bytes(port: u16, token: Option<&str>) -> Vec<u8> {
     let body = r#"{"model":"fast","messages":[{"role":"user","content":"hi"}],"max_tokens":1}"#;
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    let request = format!(
+    format!(
         "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
-    .into_bytes();
+    .into_bytes()
+}
+
+/// Whether one request to `port` is answered 200.
+fn answers(port: u16, token: Option<&str>) -> bool {
+    let request = request_bytes(port, token);
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return false;
+    };
+    rt.block_on(async {
+        let mut s = BufReader::new(TcpStream::connect(("127.0.0.1", port)).await?);
+        call(&mut s, &request, &mut Vec::new()).await
+    })
+    .is_ok()
+}
+
+/// `connections` clients call `port` for `seconds` after a warm-up second.
+fn load(port: u16, token: Option<&str>, connections: usize, seconds: u64) -> Result<Column> {
+    let request = request_bytes(port, token);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -286,7 +307,7 @@ pub fn gateway_suite(connections: usize, seconds: u64) -> Result<()> {
     // The first request brings the runtime in.
     let start = Instant::now();
     loop {
-        if load(api_port, Some(&token), 1, 0).is_ok() {
+        if answers(api_port, Some(&token)) {
             break;
         }
         anyhow::ensure!(

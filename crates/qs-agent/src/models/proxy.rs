@@ -147,7 +147,7 @@ pub async fn serve(
     if let Some(url) = &view.url {
         // A shared runtime: someone else runs it; pass the request on.
         return match Target::from_url(url) {
-            Ok(target) => pass(&target, endpoint, body, None, None, Some(meter())).await,
+            Ok(target) => pass(&target, endpoint, body, None, None, meter()).await,
             Err(e) => refusal(StatusCode::BAD_GATEWAY, "runtime_error", e),
         };
     }
@@ -178,7 +178,7 @@ pub async fn serve(
                 body,
                 finish,
                 cut,
-                Some(meter()),
+                meter(),
             )
             .await
         }
@@ -248,7 +248,7 @@ async fn pass(
     body: Bytes,
     finish: Option<Finish>,
     cut: Option<oneshot::Receiver<String>>,
-    mut meter: Option<Meter>,
+    mut meter: Meter,
 ) -> Response {
     // A cut can come before the runtime's answer begins (an answer that is not streamed
     // begins only when it is done): the request is dropped there, closing the runtime's
@@ -265,9 +265,7 @@ async fn pass(
             said = rx => {
                 cut = None;
                 if let Ok(reason) = said {
-                    if let Some(m) = meter.as_mut() {
-                        m.end("cut");
-                    }
+                    meter.end("cut");
                     return refusal(StatusCode::SERVICE_UNAVAILABLE, "cut", format!("cut: {reason}"));
                 }
             }
@@ -276,9 +274,7 @@ async fn pass(
     let resp = match answered {
         Ok(r) => r,
         Err(e) => {
-            if let Some(m) = meter.as_mut() {
-                m.end("runtime_error");
-            }
+            meter.end("runtime_error");
             return refusal(StatusCode::BAD_GATEWAY, "runtime_error", e);
         }
     };
@@ -314,7 +310,7 @@ struct Guarded {
     /// Server-sent events: a cut ends with an error event rather than a broken answer.
     streamed: bool,
     /// Its figures, recorded as it goes and when it ends.
-    meter: Option<Meter>,
+    meter: Meter,
 }
 
 /// Why an answer was broken off.
@@ -342,9 +338,7 @@ impl http_body::Body for Guarded {
             // A dropped sender is no cut: the host let the request be.
             if let Ok(reason) = said {
                 this.inner = None;
-                if let Some(m) = this.meter.as_mut() {
-                    m.end("cut");
-                }
+                this.meter.end("cut");
                 if this.streamed {
                     let event = json!({ "error": { "message": reason, "type": "cut" } });
                     let frame = Bytes::from(format!("data: {event}\n\n"));
@@ -359,23 +353,22 @@ impl http_body::Body for Guarded {
         let polled = Pin::new(&mut *inner)
             .poll_frame(cx)
             .map_err(PassError::from);
-        if let Some(m) = this.meter.as_mut() {
-            match &polled {
-                Poll::Ready(Some(Ok(frame))) => {
-                    let events = match frame.data_ref() {
-                        Some(d) if this.streamed => events_in(d),
-                        _ => 0,
-                    };
-                    m.frame(events);
-                    // An answer of known length is not polled past its last frame.
-                    if inner.is_end_stream() {
-                        m.end("ok");
-                    }
+        let m = &mut this.meter;
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                let events = match frame.data_ref() {
+                    Some(d) if this.streamed => events_in(d),
+                    _ => 0,
+                };
+                m.frame(events);
+                // An answer of known length is not polled past its last frame.
+                if inner.is_end_stream() {
+                    m.end("ok");
                 }
-                Poll::Ready(Some(Err(_))) => m.end("runtime_error"),
-                Poll::Ready(None) => m.end("ok"),
-                Poll::Pending => {}
             }
+            Poll::Ready(Some(Err(_))) => m.end("runtime_error"),
+            Poll::Ready(None) => m.end("ok"),
+            Poll::Pending => {}
         }
         polled
     }

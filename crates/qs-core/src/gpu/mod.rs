@@ -119,11 +119,6 @@ pub struct ModelProfile {
 }
 
 impl ModelProfile {
-    /// The VRAM of its largest tier.
-    pub fn largest_bytes(&self) -> u64 {
-        self.tiers_vram_bytes.first().copied().unwrap_or(u64::MAX)
-    }
-
     /// The VRAM of its smallest tier.
     pub fn smallest_bytes(&self) -> u64 {
         self.tiers_vram_bytes.last().copied().unwrap_or(u64::MAX)

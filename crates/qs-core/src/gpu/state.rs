@@ -41,6 +41,16 @@ pub(super) struct Resident {
     pub(super) last_used: Time,
 }
 
+impl Resident {
+    /// Takes request `id` off it (finished, or cut while it ran), freeing its slot.
+    pub(super) fn release(&mut self, id: RequestId) {
+        if let Some(tokens) = self.in_flight.remove(&id) {
+            self.in_flight_tokens -= u64::from(tokens);
+        }
+        self.leased.remove(&id);
+    }
+}
+
 /// The part of the scheduler a policy may read.
 pub(super) struct State {
     pub(super) config: GpuConfig,
@@ -59,6 +69,11 @@ impl State {
         self.config
             .vram_bytes
             .saturating_sub(self.config.reserved_bytes)
+    }
+
+    /// The learned load time of `m` in whole milliseconds (0 before it was declared).
+    pub(super) fn load_ms_of(&self, m: &ModelName) -> u64 {
+        self.load_ms.get(m).copied().unwrap_or(0.0).max(0.0) as u64
     }
 
     /// VRAM the resident runtimes hold, each at the tier it was started at.
@@ -90,13 +105,23 @@ impl State {
     /// The largest tier of `m` that fits beside every runtime resident now, with nothing
     /// stopped.
     pub(super) fn fit_beside(&self, m: &ModelName) -> Option<Fit> {
-        let room = self.budget_bytes().saturating_sub(self.resident_bytes());
+        self.largest_fit(m, &|_, _| false)
+    }
+
+    /// The largest tier of `m` for which room can be made, evicting only what `may_go`
+    /// allows.
+    fn largest_fit(
+        &self,
+        m: &ModelName,
+        may_go: &dyn Fn(&ModelName, &Resident) -> bool,
+    ) -> Option<Fit> {
         let tiers = &self.profiles.get(m)?.tiers_vram_bytes;
-        let tier = tiers.iter().position(|v| *v <= room)?;
-        Some(Fit {
-            tier,
-            vram_bytes: tiers[tier],
-            evict: Vec::new(),
+        tiers.iter().enumerate().find_map(|(tier, &need)| {
+            self.room_for(m, need, may_go).map(|evict| Fit {
+                tier,
+                vram_bytes: need,
+                evict,
+            })
         })
     }
 
@@ -106,16 +131,8 @@ impl State {
     /// weighs). `None` when no tier fits even alone, or only by stopping a runtime still
     /// loading.
     pub(super) fn fit_for(&self, m: &ModelName) -> Option<Fit> {
-        let tiers = &self.profiles.get(m)?.tiers_vram_bytes;
-        let beside_busy = tiers.iter().enumerate().find_map(|(tier, &need)| {
-            self.room_for(m, need, &|n, r| !self.busy(n, r))
-                .map(|evict| Fit {
-                    tier,
-                    vram_bytes: need,
-                    evict,
-                })
-        });
-        beside_busy.or_else(|| self.fit_largest(m))
+        self.largest_fit(m, &|n, r| !self.busy(n, r))
+            .or_else(|| self.fit_largest(m))
     }
 
     /// `m` at its largest tier that fits the GPU at all, making room with whatever must go
@@ -132,9 +149,10 @@ impl State {
         })
     }
 
-    /// Room for `need` beside the runtimes resident (`m`'s own aside), evicting the least
-    /// recently used of those `may_go` allows: what must go, or `None`.
-    fn room_for(
+    /// Room for `need` beside the runtimes resident (`m`'s own runtime, if it has one,
+    /// counted gone: it is what `need` replaces), evicting the least recently used of those
+    /// `may_go` allows: what must go, or `None`.
+    pub(super) fn room_for(
         &self,
         m: &ModelName,
         need: u64,
@@ -144,7 +162,8 @@ impl State {
         let mut by_age: Vec<(&ModelName, &Resident)> =
             self.resident.iter().filter(|(n, _)| *n != m).collect();
         by_age.sort_by_key(|(n, r)| (r.last_used, (*n).clone()));
-        let mut held = self.resident_bytes();
+        let own = self.resident.get(m).map_or(0, |r| r.vram_bytes);
+        let mut held = self.resident_bytes() - own;
         let mut evict = Vec::new();
         for (name, r) in by_age {
             if held + need <= budget {

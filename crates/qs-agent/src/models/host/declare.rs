@@ -114,8 +114,10 @@ impl<F: Fabric> Host<F> {
             .map(|p| (candidates[p.gpu], p.tier));
         let Some((gpu, tier)) = choice else {
             let smallest = spec.tiers.last().expect("a model has a tier");
-            let most = (0..self.gpus.len())
-                .map(|i| self.gpus[i].scheduler.budget_bytes())
+            let most = self
+                .gpus
+                .iter()
+                .map(|g| g.scheduler.budget_bytes())
                 .max()
                 .unwrap_or(0);
             let why = format!(

@@ -30,6 +30,25 @@ pub(super) enum Runner {
 }
 
 impl Runner {
+    /// systemd's (`systemd_user`: `Some(user)`) where the config asks for it and the
+    /// fleet checked its unit directory; otherwise the agent's own executor.
+    pub(super) fn new(
+        systemd_user: Option<bool>,
+        log_dir: std::path::PathBuf,
+        stop_grace: Duration,
+        exits: tokio::sync::mpsc::Sender<crate::exec::Exit>,
+    ) -> Runner {
+        let systemd = systemd_user.and_then(|user| {
+            Systemctl::new(user, exits.clone())
+                .map_err(|e| tracing::error!("the systemd executor: {e}; forking runtimes"))
+                .ok()
+        });
+        match systemd {
+            Some(s) => Runner::Systemd(s),
+            None => Runner::Process(Executor::new(log_dir, stop_grace, exits)),
+        }
+    }
+
     fn start(&self, launch: Launch, plan: impl FnOnce() -> UnitPlan) -> Result<Running, ExecError> {
         match self {
             Runner::Process(e) => e.start(launch),
@@ -122,33 +141,15 @@ impl<F: Fabric> Host<F> {
     /// was placed at), after checking again that no other exclusive runtime holds the GPU
     /// beyond what the scheduler allows.
     pub(super) fn start(&mut self, gpu: usize, model: &ServiceName, tier: usize) {
-        let t = now();
-        let asked_tier = tier;
         let Some(a) = self.models.get(model) else {
             // Withdrawn since: the scheduler hears of a failed start.
-            self.gpus[gpu].scheduler.handle(
-                GpuInput::LoadFailed {
-                    model: model.clone(),
-                },
-                t,
-            );
-            return;
+            return self.start_failed(gpu, model, None);
         };
-        let Some(tier_index) = Some(a.tier + tier).filter(|t| *t < a.spec.tiers.len()) else {
-            self.failures.insert(
-                model.clone(),
-                format!("no tier {tier} below the placed one"),
-            );
-            self.gpus[gpu].scheduler.handle(
-                GpuInput::LoadFailed {
-                    model: model.clone(),
-                },
-                t,
-            );
-            return;
+        let Some((tier_index, spec_tier)) = a.spec_tier(tier) else {
+            let why = format!("no tier {tier} below the placed one");
+            return self.start_failed(gpu, model, Some(why));
         };
-        let tier = &a.spec.tiers[tier_index];
-        let g = &self.gpus[gpu];
+        let need = spec_tier.vram_bytes;
         // What the other scheduled runtimes hold (a resident one's is the margin's).
         let held: u64 = self
             .processes
@@ -162,7 +163,7 @@ impl<F: Fabric> Host<F> {
             .processes
             .values()
             .any(|p| &p.model == model && !(p.resident && p.stopping));
-        let blocked = twice || held + tier.vram_bytes > g.scheduler.budget_bytes();
+        let blocked = twice || held + need > self.gpus[gpu].scheduler.budget_bytes();
         // What blocks it is on its way out (killed, its exit not yet seen: an executor
         // may learn of an exit after the GPU shows its memory free): the start waits for
         // that exit rather than count as failed.
@@ -171,7 +172,7 @@ impl<F: Fabric> Host<F> {
             .values()
             .any(|p| p.gpu == gpu && !p.resident && (p.stopping || p.failed));
         if blocked && leaving {
-            self.deferred.insert(model.clone(), (gpu, asked_tier));
+            self.deferred.insert(model.clone(), (gpu, tier));
             return;
         }
         if blocked {
@@ -179,29 +180,29 @@ impl<F: Fabric> Host<F> {
                 "exclusivity: a runtime of it still runs".to_owned()
             } else {
                 format!(
-                    "exclusivity: {held} bytes still held by runtimes on the GPU; {} wanted",
-                    tier.vram_bytes
+                    "exclusivity: {held} bytes still held by runtimes on the GPU; {need} wanted"
                 )
             };
-            self.failures.insert(model.clone(), why);
-            self.gpus[gpu].scheduler.handle(
-                GpuInput::LoadFailed {
-                    model: model.clone(),
-                },
-                t,
-            );
-            return;
+            return self.start_failed(gpu, model, Some(why));
         }
         let spec = a.spec.clone();
         if let Err(why) = self.spawn(gpu, &spec, tier_index, false) {
-            self.failures.insert(model.clone(), why);
-            self.gpus[gpu].scheduler.handle(
-                GpuInput::LoadFailed {
-                    model: model.clone(),
-                },
-                t,
-            );
+            self.start_failed(gpu, model, Some(why));
         }
+    }
+
+    /// A start the scheduler asked for did not happen: it hears of a failed start, `why`
+    /// the reason its event gives.
+    fn start_failed(&mut self, gpu: usize, model: &ServiceName, why: Option<String>) {
+        if let Some(why) = why {
+            self.failures.insert(model.clone(), why);
+        }
+        self.gpus[gpu].scheduler.handle(
+            GpuInput::LoadFailed {
+                model: model.clone(),
+            },
+            now(),
+        );
     }
 
     /// Starts again what waited for a runtime of GPU `gpu` to exit.

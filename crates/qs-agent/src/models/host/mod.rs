@@ -5,7 +5,7 @@
 use super::{Ask, Decision, Handle, MAX_ASKS, ModelView, Registry};
 use crate::clock::now;
 use crate::counters::Counters;
-use crate::exec::{Executor, Exit};
+use crate::exec::Exit;
 use crate::journal::Journal;
 use crate::names::MODELS_BUCKET;
 use crate::orphans::InstanceFile;
@@ -113,6 +113,15 @@ struct Assigned {
     spec: ModelSpec,
     gpu: usize,
     tier: usize,
+}
+
+impl Assigned {
+    /// The tier of its spec that the scheduler's `tier` is (the scheduler counts from the
+    /// tier it was placed at), with its index in the spec.
+    fn spec_tier(&self, tier: usize) -> Option<(usize, &qs_wire::ModelTier)> {
+        let i = self.tier.checked_add(tier)?;
+        self.spec.tiers.get(i).map(|t| (i, t))
+    }
 }
 
 /// A runtime process this host started.
@@ -256,18 +265,7 @@ pub fn host<F: Fabric>(
         cuts: BTreeMap::new(),
         next_request: 0,
         next_start: 0,
-        exec: match setup.systemd_user {
-            None => {
-                launch::Runner::Process(Executor::new(setup.log_dir, setup.stop_grace, exit_tx))
-            }
-            Some(user) => match crate::models::systemctl::Systemctl::new(user, exit_tx.clone()) {
-                Ok(s) => launch::Runner::Systemd(s),
-                Err(e) => {
-                    tracing::error!(node = %setup.node, "the systemd executor: {e}; forking runtimes");
-                    launch::Runner::Process(Executor::new(setup.log_dir, setup.stop_grace, exit_tx))
-                }
-            },
-        },
+        exec: launch::Runner::new(setup.systemd_user, setup.log_dir, setup.stop_grace, exit_tx),
         warm_tx,
         views,
         failures: BTreeMap::new(),

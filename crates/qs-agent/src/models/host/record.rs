@@ -36,8 +36,8 @@ impl<F: Fabric> Host<F> {
                 let tier_name = self
                     .models
                     .get(&to)
-                    .and_then(|a| a.spec.tiers.get(a.tier + tier))
-                    .map_or_else(|| format!("#{tier}"), |t| t.name.clone());
+                    .and_then(|a| a.spec_tier(tier))
+                    .map_or_else(|| format!("#{tier}"), |(_, t)| t.name.clone());
                 let evict: Vec<&str> = evict.iter().map(|m| m.as_str()).collect();
                 let detail = format!(
                     "tier {tier_name}{tiering}; evicts [{}]; {committed} request(s) waiting for it",
@@ -184,6 +184,29 @@ impl<F: Fabric> Host<F> {
             .await;
     }
 
+    /// A model's view at `tier`, in `state`: on no GPU, with nothing in flight or waiting and
+    /// its last alert, until told otherwise.
+    fn view(
+        &self,
+        name: &ServiceName,
+        tier: &qs_wire::ModelTier,
+        state: &'static str,
+    ) -> ModelView {
+        ModelView {
+            name: name.clone(),
+            node: self.node.clone(),
+            gpu: None,
+            tier: tier.name.clone(),
+            vram_bytes: tier.vram_bytes,
+            state,
+            url: None,
+            resident: false,
+            in_flight: 0,
+            waiting: 0,
+            alert: self.alerts.get(name).cloned(),
+        }
+    }
+
     pub(super) fn publish_views(&self) {
         let mut views = BTreeMap::new();
         for (name, a) in &self.models {
@@ -195,37 +218,23 @@ impl<F: Fabric> Host<F> {
                 Some(Phase::Draining { .. }) => "draining",
                 Some(Phase::Stopping { .. }) => "stopping",
             };
+            let mut v = self.view(name, &a.spec.tiers[a.tier], state);
             // The tier its runtime runs, or the one it was placed at.
-            let running = self
+            if let Some(p) = self
                 .processes
                 .values()
-                .find(|p| &p.model == name && !p.resident && !p.stopping);
-            let (tier, vram_bytes) = match running {
-                Some(p) => (p.tier_name.clone(), p.vram_bytes),
-                None => {
-                    let t = &a.spec.tiers[a.tier];
-                    (t.name.clone(), t.vram_bytes)
-                }
-            };
-            views.insert(
-                name.clone(),
-                ModelView {
-                    name: name.clone(),
-                    node: self.node.clone(),
-                    gpu: Some(g.index),
-                    tier,
-                    vram_bytes,
-                    state,
-                    url: None,
-                    resident: false,
-                    in_flight: g.scheduler.in_flight(name),
-                    waiting: g.scheduler.waiting_for(name),
-                    alert: self.alerts.get(name).cloned(),
-                },
-            );
+                .find(|p| &p.model == name && !p.resident && !p.stopping)
+            {
+                v.tier = p.tier_name.clone();
+                v.vram_bytes = p.vram_bytes;
+            }
+            let seen = g.scheduler.view();
+            v.gpu = Some(g.index);
+            v.in_flight = seen.in_flight(name);
+            v.waiting = seen.waiting(name);
+            views.insert(name.clone(), v);
         }
         for (name, r) in &self.residents {
-            let tier = &r.spec.tiers[r.tier];
             let state = if r.warm {
                 "warm"
             } else if r.instance.is_none() && r.start_at.is_none() {
@@ -233,59 +242,28 @@ impl<F: Fabric> Host<F> {
             } else {
                 "loading"
             };
-            views.insert(
-                name.clone(),
-                ModelView {
-                    name: name.clone(),
-                    node: self.node.clone(),
-                    gpu: Some(self.gpus[r.gpu].index),
-                    tier: tier.name.clone(),
-                    vram_bytes: tier.vram_bytes,
-                    state,
-                    url: None,
-                    resident: true,
-                    in_flight: 0,
-                    waiting: 0,
-                    alert: self.alerts.get(name).cloned(),
-                },
-            );
+            let v = ModelView {
+                gpu: Some(self.gpus[r.gpu].index),
+                resident: true,
+                ..self.view(name, &r.spec.tiers[r.tier], state)
+            };
+            views.insert(name.clone(), v);
         }
         for (name, (spec, why)) in &self.unfit {
             let smallest = spec.tiers.last().expect("a model has a tier");
-            views.insert(
-                name.clone(),
-                ModelView {
-                    name: name.clone(),
-                    node: self.node.clone(),
-                    gpu: None,
-                    tier: smallest.name.clone(),
-                    vram_bytes: smallest.vram_bytes,
-                    state: crate::models::proxy::UNFIT,
-                    url: None,
-                    resident: false,
-                    in_flight: 0,
-                    waiting: 0,
-                    alert: Some(why.clone()),
-                },
-            );
+            let v = ModelView {
+                alert: Some(why.clone()),
+                ..self.view(name, smallest, crate::models::proxy::UNFIT)
+            };
+            views.insert(name.clone(), v);
         }
         for (name, spec) in &self.shared_models {
-            views.insert(
-                name.clone(),
-                ModelView {
-                    name: name.clone(),
-                    node: self.node.clone(),
-                    gpu: None,
-                    tier: spec.tiers[0].name.clone(),
-                    vram_bytes: spec.tiers[0].vram_bytes,
-                    state: "shared",
-                    url: spec.url.clone(),
-                    resident: false,
-                    in_flight: 0,
-                    waiting: 0,
-                    alert: None,
-                },
-            );
+            let v = ModelView {
+                url: spec.url.clone(),
+                alert: None,
+                ..self.view(name, &spec.tiers[0], "shared")
+            };
+            views.insert(name.clone(), v);
         }
         *self.views.write().unwrap_or_else(|p| p.into_inner()) = views;
     }

@@ -7,7 +7,7 @@
 use super::GpuScheduler;
 use crate::Time;
 use crate::gpu::state::Phase;
-use crate::gpu::{GpuOutput, Request, Waiting};
+use crate::gpu::{GpuOutput, ModelName, Request, Waiting};
 
 impl GpuScheduler {
     pub(super) fn arrive(&mut self, request: Request, now: Time) {
@@ -47,15 +47,9 @@ impl GpuScheduler {
         // A full stasis gives a request the place of the youngest of a lower class.
         let shed = full && !class_full && !free_slot && self.shed_below(ci);
         if (class_full || full) && !free_slot && !shed {
-            let retry_after_ms = self
-                .state
-                .load_ms
-                .get(&request.model)
-                .copied()
-                .unwrap_or(0.0) as u64;
             self.out.push_back(GpuOutput::Refuse {
                 id: request.id,
-                retry_after_ms: retry_after_ms.max(1000),
+                retry_after_ms: self.retry_after_ms(&request.model),
                 reason: if class_full {
                     "too many requests of its class waiting"
                 } else {
@@ -92,6 +86,12 @@ impl GpuScheduler {
         }
     }
 
+    /// When a request refused for a full stasis may try again: a load time of its model,
+    /// and at least a second.
+    fn retry_after_ms(&self, model: &ModelName) -> u64 {
+        self.state.load_ms_of(model).max(1000)
+    }
+
     /// Refuses the youngest waiting request of the lowest class below class `ci` (with a
     /// retry-after): whether there was one.
     fn shed_below(&mut self, ci: usize) -> bool {
@@ -117,10 +117,9 @@ impl GpuScheduler {
             if self.state.queues.get(&model).is_some_and(|q| q.len() == 0) {
                 self.state.queues.remove(&model);
             }
-            let retry_after_ms = self.state.load_ms.get(&model).copied().unwrap_or(0.0) as u64;
             self.out.push_back(GpuOutput::Refuse {
                 id: w.request.id,
-                retry_after_ms: retry_after_ms.max(1000),
+                retry_after_ms: self.retry_after_ms(&model),
                 reason: "too many requests waiting: its place went to one of a higher class",
             });
             return true;

@@ -132,10 +132,7 @@ impl GpuScheduler {
                 .map(|(id, _)| *id)
                 .collect();
             for id in cut {
-                r.leased.remove(&id);
-                if let Some(tokens) = r.in_flight.remove(&id) {
-                    r.in_flight_tokens -= u64::from(tokens);
-                }
+                r.release(id);
                 self.routed.remove(&id);
                 self.out.push_back(GpuOutput::Refuse {
                     id,

@@ -11,8 +11,7 @@ use crate::gpu::{GpuEvent, GpuOutput, ModelName};
 impl GpuScheduler {
     /// How long `m` may load.
     fn model_load_bound_ms(&self, m: &ModelName) -> u64 {
-        let learned = self.state.load_ms.get(m).copied().unwrap_or(0.0).max(0.0) as u64;
-        self.state.config.load_bound_ms(learned)
+        self.state.config.load_bound_ms(self.state.load_ms_of(m))
     }
 
     /// When the earliest load in progress passes its bound.

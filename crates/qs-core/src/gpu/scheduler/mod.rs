@@ -117,14 +117,12 @@ impl GpuScheduler {
         self.waiting
     }
 
-    /// Requests in flight on `m`'s runtime.
-    pub fn in_flight(&self, m: &ModelName) -> usize {
-        self.state.resident.get(m).map_or(0, |r| r.in_flight.len())
-    }
-
-    /// Requests waiting for `m`.
-    pub fn waiting_for(&self, m: &ModelName) -> usize {
-        self.state.queues.get(m).map_or(0, |q| q.len())
+    /// What a policy sees of it, as of its last step.
+    pub fn view(&self) -> View<'_> {
+        View {
+            s: &self.state,
+            now: self.stepped_at,
+        }
     }
 
     pub fn phase(&self, m: &ModelName) -> Option<Phase> {
@@ -165,10 +163,7 @@ impl GpuScheduler {
                 if let Some(m) = self.routed.remove(&id)
                     && let Some(r) = self.state.resident.get_mut(&m)
                 {
-                    if let Some(tokens) = r.in_flight.remove(&id) {
-                        r.in_flight_tokens -= u64::from(tokens);
-                    }
-                    r.leased.remove(&id);
+                    r.release(id);
                     r.last_used = now;
                 }
             }

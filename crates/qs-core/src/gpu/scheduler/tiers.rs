@@ -13,7 +13,7 @@
 
 use super::{GpuScheduler, Transition};
 use crate::Time;
-use crate::gpu::state::{Fit, Phase};
+use crate::gpu::state::{Fit, Phase, Resident};
 use crate::gpu::{GpuEvent, GpuOutput, ModelName};
 use std::collections::BTreeSet;
 
@@ -47,50 +47,24 @@ impl GpuScheduler {
         if s.queues.keys().any(|m| !s.resident.contains_key(m)) {
             return;
         }
-        let idle_room = crate::time::ms(s.config.idle_room_ms);
-        let budget = s.budget_bytes();
-        let held = s.resident_bytes();
         let up = s.resident.iter().find_map(|(m, r)| {
             // Its lull has lasted a load time: a reload is worth it, and a pause between
             // two requests is no lull.
-            let lull = r.phase == Phase::Warm
-                && r.tier > 0
-                && !s.busy(m, r)
-                && now >= r.last_used + self.own_lull(m)
-                && !self.withdrawn.contains(m)
-                && !self.no_move_up.contains(m);
-            if !lull {
+            if !self.below_largest_and_idle(m, r) || now < self.lull_ends(m, r) {
                 return None;
             }
-            // Runtimes idle long enough to make room, least recently used first.
-            let mut idle: Vec<(&ModelName, u64, Time)> = s
-                .resident
-                .iter()
-                .filter(|(o, x)| {
-                    *o != m
-                        && x.phase == Phase::Warm
-                        && !s.busy(o, x)
-                        && now >= x.last_used + idle_room
-                })
-                .map(|(o, x)| (o, x.vram_bytes, x.last_used))
-                .collect();
-            idle.sort_by_key(|(o, _, used)| (*used, (*o).clone()));
+            // Room: what no runtime holds, and what runtimes idle long enough hold.
+            let idle_room =
+                |o: &ModelName, x: &Resident| self.idle(o, x) && now >= self.room_from(x);
             let tiers = &s.profiles.get(m)?.tiers_vram_bytes;
             let fit = tiers
                 .iter()
                 .take(r.tier)
                 .enumerate()
                 .find_map(|(tier, &need)| {
-                    let mut room = budget.saturating_sub(held - r.vram_bytes);
-                    let mut evict = vec![m.clone()];
-                    for (o, bytes, _) in &idle {
-                        if room >= need {
-                            break;
-                        }
-                        room += bytes;
-                        evict.push((*o).clone());
-                    }
-                    (room >= need).then_some(Fit {
+                    let mut evict = s.room_for(m, need, &idle_room)?;
+                    evict.insert(0, m.clone());
+                    Some(Fit {
                         tier,
                         vram_bytes: need,
                         evict,
@@ -106,10 +80,24 @@ impl GpuScheduler {
         }
     }
 
-    /// How long `m` must have had nothing to do before it moves up: its learned load time.
-    fn own_lull(&self, m: &ModelName) -> std::time::Duration {
-        let load_ms = self.state.load_ms.get(m).copied().unwrap_or(0.0).max(0.0) as u64;
-        crate::time::ms(load_ms)
+    /// Warm with nothing in flight, waiting or owed.
+    fn idle(&self, m: &ModelName, r: &Resident) -> bool {
+        r.phase == Phase::Warm && !self.state.busy(m, r)
+    }
+
+    /// Idle, below its largest tier, and free to move up.
+    fn below_largest_and_idle(&self, m: &ModelName, r: &Resident) -> bool {
+        r.tier > 0 && self.idle(m, r) && !self.withdrawn.contains(m) && !self.no_move_up.contains(m)
+    }
+
+    /// When the lull of `m` has lasted its learned load time.
+    fn lull_ends(&self, m: &ModelName, r: &Resident) -> Time {
+        r.last_used + crate::time::ms(self.state.load_ms_of(m))
+    }
+
+    /// When an idle runtime becomes room for another to move up.
+    fn room_from(&self, r: &Resident) -> Time {
+        r.last_used + crate::time::ms(self.state.config.idle_room_ms)
     }
 
     /// Begins the transition to `to` at `fit`'s tier, draining what must go (`to` itself
@@ -153,36 +141,26 @@ impl GpuScheduler {
     /// lull has lasted a load time, or when a runtime idle beside it becomes room.
     pub(super) fn next_move_up(&self, after: Time) -> Option<Time> {
         let s = &self.state;
-        let below: Vec<(&ModelName, Time)> = s
+        let lulls: Vec<Time> = s
             .resident
             .iter()
-            .filter(|(m, r)| {
-                r.tier > 0
-                    && r.phase == Phase::Warm
-                    && !s.busy(m, r)
-                    && !self.no_move_up.contains(*m)
-            })
-            .map(|(m, r)| (m, r.last_used + self.own_lull(m)))
+            .filter(|(m, r)| self.below_largest_and_idle(m, r))
+            .map(|(m, r)| self.lull_ends(m, r))
             .collect();
-        if below.is_empty() {
+        if lulls.is_empty() {
             return None;
         }
-        let idle_room = crate::time::ms(s.config.idle_room_ms);
-        let idle = s
+        let rooms = s
             .resident
             .iter()
-            .filter(|(m, r)| r.phase == Phase::Warm && !s.busy(m, r))
-            .map(|(_, r)| r.last_used + idle_room);
-        below
-            .into_iter()
-            .map(|(_, t)| t)
-            .chain(idle)
-            .filter(|t| *t > after)
-            .min()
+            .filter(|(m, r)| self.idle(m, r))
+            .map(|(_, r)| self.room_from(r));
+        lulls.into_iter().chain(rooms).filter(|t| *t > after).min()
     }
 
     /// The tier `model`'s runtime runs at, if it has one.
-    pub fn tier(&self, model: &ModelName) -> Option<usize> {
+    #[cfg(test)]
+    pub(crate) fn tier(&self, model: &ModelName) -> Option<usize> {
         self.state.resident.get(model).map(|r| r.tier)
     }
 }
