@@ -58,4 +58,6 @@ pub struct Shared {
     pub auth: Arc<crate::identity::Auth>,
     /// The model hosts of its nodes, for the OpenAI-compatible entry point.
     pub models: Arc<crate::models::Registry>,
+    /// What the process listens on for the fleet's stable addresses.
+    pub addresses: Arc<RwLock<Vec<crate::v1::AddressView>>>,
 }

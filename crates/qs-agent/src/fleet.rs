@@ -270,6 +270,7 @@ impl<F: Fabric> EmbeddedFleet<F> {
             sensor: Mutex::new(Sensor::new().ok()),
             state_dir: state.clone(),
             models: Default::default(),
+            addresses: Default::default(),
         });
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
@@ -300,6 +301,15 @@ impl<F: Fabric> EmbeddedFleet<F> {
             .await
             .map_err(FleetError::Fabric)?;
         tasks.spawn(feed.run(shared.counters.clone(), stop_rx.clone()));
+        if !opts.noop_executor {
+            let setup = crate::addresses::AddressSetup {
+                membership: membership.clone(),
+                config: opts.config.addresses.clone(),
+                view: shared.addresses.clone(),
+                child_users: opts.config.child_users.clone(),
+            };
+            tasks.spawn(crate::addresses::serve(setup, stop_rx.clone()));
+        }
         let mut scripts = BTreeMap::new();
         for (i, spec) in opts.nodes.iter().enumerate() {
             let noop = opts.noop_executor.then(|| {

@@ -41,28 +41,8 @@ async fn run(
                 env,
                 &[("QS_PORT", port.to_string())],
             );
-            let mut cmd = tokio::process::Command::new("/bin/sh");
-            cmd.arg("-c")
-                .arg(&command)
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::piped())
-                .kill_on_drop(true);
-            crate::sandbox::confine(&mut cmd, &env, run_as);
-            let child = cmd.spawn().map_err(|e| format!("`{command}`: {e}"))?;
             // A probe cut short by its timeout takes what it started with it.
-            let mut group = crate::sandbox::GroupKill::new(child.id());
-            let out = child
-                .wait_with_output()
-                .await
-                .map_err(|e| format!("`{command}`: {e}"))?;
-            group.disarm();
-            if out.status.success() {
-                Ok(())
-            } else {
-                let err = String::from_utf8_lossy(&out.stderr);
-                Err(format!("`{command}` {}: {}", out.status, err.trim()))
-            }
+            crate::sandbox::run_sh(&command, &env, run_as).await
         }
     }
 }

@@ -5,6 +5,7 @@
 //! API ([`api`], its types in [`v1`]). Every decision stays in `qs-core`; this crate
 //! only carries inputs in and outputs out.
 
+pub mod addresses;
 pub mod api;
 mod backoff;
 mod claim;
@@ -32,6 +33,7 @@ mod sandbox;
 pub mod sense;
 pub mod simgpu;
 pub mod specs;
+mod upstream;
 pub mod v1;
 
 pub use error::AgentError;

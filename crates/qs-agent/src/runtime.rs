@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
+mod reach;
 mod view;
 
 /// How often the failure detector looks for silent nodes and overdue probes.
@@ -292,7 +293,8 @@ impl<F: Fabric> Runtime<F> {
                         self.shared.counters.messages_sent.inc();
                     }
                 }
-                Output::Heartbeat(status) => {
+                Output::Heartbeat(mut status) => {
+                    self.stamp_reach(&mut status);
                     let bytes = self.envelope(Message::Heartbeat(status), None);
                     let _ = self
                         .fabric

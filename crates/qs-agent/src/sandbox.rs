@@ -163,6 +163,38 @@ impl Drop for GroupKill {
     }
 }
 
+/// Runs `command` with `sh -c` as a confined child ([`confine`]: `env` only, its own process
+/// group, `run_as`), its output dropped but for its error stream: `Ok` when it exits 0, else
+/// its status and what it said. Dropped before its end (a timeout around it), it takes its
+/// whole process group with it.
+pub async fn run_sh(
+    command: &str,
+    env: &BTreeMap<String, String>,
+    run_as: Option<&RunAs>,
+) -> Result<(), String> {
+    let mut cmd = tokio::process::Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(command)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    confine(&mut cmd, env, run_as);
+    let child = cmd.spawn().map_err(|e| format!("`{command}`: {e}"))?;
+    let mut group = GroupKill::new(child.id());
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|e| format!("`{command}`: {e}"))?;
+    group.disarm();
+    if out.status.success() {
+        Ok(())
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        Err(format!("`{command}` {}: {}", out.status, err.trim()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -193,6 +193,29 @@ pub struct Instance {
     pub port: Option<u16>,
 }
 
+/// `GET /v1/addresses`: one row per service on each port this agent listens on for the
+/// fleet's stable addresses (and one per address that could not have its port).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressView {
+    pub port: u16,
+    /// `tcp`, `udp` or `http`.
+    pub protocol: String,
+    pub service: String,
+    /// The port reaches only the service's primary.
+    pub primary_only: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// This agent listens on the port now.
+    pub listening: bool,
+    /// Why it does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The serving instances behind it, `host:port`.
+    pub endpoints: Vec<String>,
+}
+
 /// `POST /v1/specs`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Applied {

@@ -149,6 +149,8 @@ pub struct Config {
     pub child_users: Vec<String>,
     /// Model runtimes on GPUs: the reserved margin, stasis and drain bounds, the policy.
     pub models: crate::gpu::ModelsConfig,
+    /// The fleet's stable service addresses: where this agent listens, where it is reached.
+    pub addresses: AddressesConfig,
 }
 
 impl Default for Config {
@@ -195,6 +197,7 @@ impl Default for Config {
             ledger_max_bytes: 512 << 20,
             child_users: vec!["nobody".into()],
             models: Default::default(),
+            addresses: Default::default(),
         }
     }
 }
@@ -324,8 +327,55 @@ impl Config {
                 message: "must be at least query_timeout_min_ms".into(),
             });
         }
+        if let Some(a) = self.addresses.advertise
+            && (a.is_unspecified() || a.is_multicast())
+        {
+            return Err(ConfigError {
+                field: "addresses.advertise",
+                message: format!("{a} is not an address a machine is reached at"),
+            });
+        }
         self.models
             .check()
             .map_err(|(field, message)| ConfigError { field, message })
+    }
+}
+
+/// `[addresses]` of the agent's config: where it listens for the fleet's stable addresses and
+/// where other machines reach the instances it runs.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AddressesConfig {
+    /// The IP every address's port is bound on (all of the machine's by default).
+    pub listen: core::net::IpAddr,
+    /// The IP this node's instances are reached at, said in its heartbeat; by default the
+    /// one its route to the NATS server leaves from (loopback for an embedded fleet).
+    pub advertise: Option<core::net::IpAddr>,
+    /// The directories a spec's `publish.file` may be written in (the agent writes it with
+    /// its own rights, so a spec may not name any file of the machine).
+    pub publish_dirs: Vec<String>,
+}
+
+impl Default for AddressesConfig {
+    fn default() -> Self {
+        AddressesConfig {
+            listen: core::net::IpAddr::from([0, 0, 0, 0]),
+            advertise: None,
+            publish_dirs: vec!["/tmp".into(), "/run/qs".into(), "/var/lib/qs".into()],
+        }
+    }
+}
+
+impl AddressesConfig {
+    /// Whether a publish file may be written at `path` (absolute, no `..`, below one of
+    /// `publish_dirs`).
+    pub fn may_publish_at(&self, path: &str) -> bool {
+        path.starts_with('/')
+            && !path.split('/').any(|c| c == "..")
+            && self.publish_dirs.iter().any(|d| {
+                let d = d.trim_end_matches('/');
+                path.strip_prefix(d)
+                    .is_some_and(|rest| rest.starts_with('/'))
+            })
     }
 }

@@ -14,6 +14,7 @@
 //! - [`Detector`]: a process's failure detector: suspects silent nodes, probes them directly
 //!   and through relays, and confirms deaths.
 
+pub mod addresses;
 pub mod auth;
 pub mod changes;
 pub mod claim;

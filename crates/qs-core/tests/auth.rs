@@ -339,6 +339,7 @@ fn a_heartbeat_about_another_node_is_refused() {
         instances: vec![],
         completed: vec![],
         draining: false,
+        address: None,
     };
     let mut about = |node: &str, seq: u64| {
         let env = Envelope::new(

@@ -43,6 +43,7 @@ fn stopped(old_id: &str, new_id: &str) -> Vec<String> {
             fencing,
             hot: false,
             serving: true,
+            port: 0,
         });
         status
     };

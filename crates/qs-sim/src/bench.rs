@@ -88,6 +88,8 @@ pub fn placement(
             user: None,
             max_per_node: 1,
             health: None,
+            address: None,
+            publish: None,
         };
         sim.schedule(start, Action::Apply(spec));
     }

@@ -172,6 +172,8 @@ fn workload(name: &str, kind: WorkloadKind, pattern: HaPattern, need: Resources)
         user: None,
         max_per_node: 1,
         health: None,
+        address: None,
+        publish: None,
     }
 }
 

@@ -110,6 +110,18 @@ fn status(s: &NodeStatus) -> Result<(), InvalidField> {
     for i in &s.instances {
         at_most("instances.fencing", i.fencing, MAX_FENCING)?;
     }
+    if let Some(a) = s.address {
+        // Where others send a service's traffic: an address one machine can be reached at.
+        let unusable = a.is_unspecified()
+            || a.is_multicast()
+            || matches!(a, core::net::IpAddr::V4(v4) if v4.is_broadcast());
+        if unusable {
+            return bad(
+                "address",
+                format!("{a} is not an address a machine is reached at"),
+            );
+        }
+    }
     Ok(())
 }
 

@@ -26,6 +26,6 @@ pub use message::{
 pub use resources::{Capacity, Committed, GpuCapacity, GpuLoad, InstanceLoad, Load, Resources};
 pub use spec::{
     Authority, HaPattern, HealthCheck, InvalidField, MAX_LEVEL, ModelDiscipline, ModelSpec,
-    ModelTier, NodeSpec, Probe, SpecDocument, SpecError, WorkloadKind, WorkloadSpec, decode_model,
-    decode_workload, parse_spec,
+    ModelTier, NodeSpec, Probe, Protocol, Publish, PublishFormat, ServiceAddress, SpecDocument,
+    SpecError, WorkloadKind, WorkloadSpec, decode_model, decode_workload, parse_spec,
 };

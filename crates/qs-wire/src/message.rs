@@ -210,6 +210,9 @@ pub struct InstanceSummary {
     /// It passes its health check (or has none and runs): it may receive traffic.
     #[serde(default)]
     pub serving: bool,
+    /// The port its process was given (`{port}`) on its node's address; 0 when it has none.
+    #[serde(default)]
+    pub port: u16,
 }
 
 /// A heartbeat: everything other nodes need to know of one node.
@@ -228,6 +231,10 @@ pub struct NodeStatus {
     /// Draining: takes no new work and is moving its instances away.
     #[serde(default)]
     pub draining: bool,
+    /// Where other machines reach its instances (their ports are in `instances`); `None`
+    /// when it does not say.
+    #[serde(default)]
+    pub address: Option<core::net::IpAddr>,
 }
 
 /// A singleton's record in the fleet's `instances` KV bucket (key: the service): the

@@ -12,9 +12,14 @@ use std::collections::BTreeMap;
 use std::fmt;
 use toml::Spanned;
 
+mod address;
 mod locate;
 mod model;
 mod validate;
+pub use address::{
+    MAX_ADDRESS_PATH_BYTES, MAX_PUBLISH_FILE_BYTES, Protocol, Publish, PublishFormat,
+    ServiceAddress,
+};
 use locate::Locator;
 pub use locate::line_column;
 pub use model::{
@@ -132,6 +137,12 @@ pub struct WorkloadSpec {
     pub max_per_node: u32,
     /// When absent, a running process counts as serving.
     pub health: Option<HealthCheck>,
+    /// The port every agent forwards to its serving instances.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<ServiceAddress>,
+    /// Where the set of its serving instances is published when it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish: Option<Publish>,
 }
 
 impl WorkloadSpec {
@@ -226,6 +237,8 @@ struct RawWorkload {
     env: BTreeMap<String, String>,
     user: Option<String>,
     health: Option<Spanned<RawHealth>>,
+    address: Option<ServiceAddress>,
+    publish: Option<Publish>,
 }
 
 #[derive(Deserialize)]
@@ -421,6 +434,8 @@ fn workload(
         user: w.user.clone(),
         max_per_node,
         health,
+        address: w.address.clone(),
+        publish: w.publish.clone(),
     };
     // The rules every way in shares; the checks above only locate the common mistakes
     // more precisely.

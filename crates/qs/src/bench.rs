@@ -472,6 +472,7 @@ pub fn messages_suite(messages: usize, peers: usize, repeats: usize) -> anyhow::
                     fencing: 0,
                     hot: false,
                     serving: true,
+                    port: 8000 + i,
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -485,6 +486,7 @@ pub fn messages_suite(messages: usize, peers: usize, repeats: usize) -> anyhow::
             instances,
             completed: vec![],
             draining: false,
+            address: Some(std::net::Ipv4Addr::new(10, 0, 0, 7).into()),
         }))
     };
     let mut directed = Vec::with_capacity(messages);

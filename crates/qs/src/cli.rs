@@ -88,6 +88,11 @@ enum Command {
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },
+    /// List the stable service addresses this agent listens on, and the instances behind each.
+    Addresses {
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
     /// List nodes; with --explain, each part of each node's composite for a service.
     Nodes {
         #[arg(long)]
@@ -374,6 +379,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Apply { files } => crate::fleet::apply(api, &files),
         Command::Delete { name } => crate::fleet::delete(api, &name),
         Command::Ps { output } => crate::fleet::ps(api, output),
+        Command::Addresses { output } => crate::fleet::addresses(api, output),
         Command::Nodes { explain, output } => crate::fleet::nodes(api, explain.as_deref(), output),
         Command::Services { output } => crate::fleet::services(api, output),
         Command::Status { output } => crate::fleet::status(api, output),

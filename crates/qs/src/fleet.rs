@@ -108,6 +108,44 @@ pub fn ps(api: &str, output: OutputFormat) -> Result<()> {
     })
 }
 
+pub fn addresses(api: &str, output: OutputFormat) -> Result<()> {
+    let v = call(api, "GET", "/v1/addresses", None)?;
+    show_as(output, &v, |rows: &Vec<v1::AddressView>| {
+        let mut t = table(&[
+            "PORT",
+            "PROTOCOL",
+            "SERVICE",
+            "REACHES",
+            "LISTENING",
+            "INSTANCES",
+        ]);
+        for r in rows {
+            let reaches = match (r.primary_only, &r.host, &r.path) {
+                (true, _, _) => "primary".to_owned(),
+                (false, None, None) => "any".to_owned(),
+                (false, h, p) => format!(
+                    "{}{}",
+                    h.as_deref().unwrap_or(""),
+                    p.as_deref().unwrap_or("")
+                ),
+            };
+            let listening = match &r.error {
+                Some(e) => format!("no: {e}"),
+                None => r.listening.to_string(),
+            };
+            t.add_row(vec![
+                r.port.to_string(),
+                r.protocol.clone(),
+                r.service.clone(),
+                reaches,
+                listening,
+                r.endpoints.join(" "),
+            ]);
+        }
+        t.to_string()
+    })
+}
+
 pub fn services(api: &str, output: OutputFormat) -> Result<()> {
     let v = call(api, "GET", "/v1/services", None)?;
     show_as(output, &v, |rows: &Vec<v1::ServiceRow>| {

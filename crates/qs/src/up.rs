@@ -94,6 +94,30 @@ pub(crate) fn read_config(path: Option<&Path>) -> Result<Config> {
     Ok(config)
 }
 
+/// The address this machine's route to the first NATS server of `urls` leaves from: where
+/// the others reach it, unless `[addresses] advertise` says. No packet is sent.
+fn route_to(urls: &str) -> Option<std::net::IpAddr> {
+    use std::net::ToSocketAddrs;
+    let first = urls.split(',').next()?.trim();
+    let hostport = first.split("://").last()?.rsplit('@').next()?;
+    let hostport = hostport.split('/').next()?;
+    let with_port = if hostport.contains(':') && !hostport.ends_with(']') {
+        hostport.to_owned()
+    } else {
+        format!("{hostport}:4222")
+    };
+    let server = with_port.to_socket_addrs().ok()?.next()?;
+    let any: std::net::SocketAddr = if server.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = std::net::UdpSocket::bind(any).ok()?;
+    socket.connect(server).ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_unspecified()).then_some(ip)
+}
+
 /// Where a config field (`gate_min`, `thresholds.cpu`) is set in the file: its key's line and
 /// column, within its table when it has one; (0, 0) when it is not set there.
 fn locate_field(text: &str, field: &str) -> (usize, usize) {
@@ -271,6 +295,10 @@ pub fn up(opts: Up) -> Result<()> {
                     );
                 }
                 // Across processes every message is signed or sealed, and checked.
+                let mut options = options;
+                if options.config.addresses.advertise.is_none() {
+                    options.config.addresses.advertise = route_to(&url);
+                }
                 let options = FleetOptions {
                     mode: "nats",
                     authenticate: true,

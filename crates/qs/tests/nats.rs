@@ -44,41 +44,6 @@ fn agent_with_env(
     agent_configured(dir, urls, node, extra, env, CONFIG)
 }
 
-/// [`agent_with_env`] with `config` as its `--config` file.
-fn agent_configured(
-    dir: &std::path::Path,
-    urls: &str,
-    node: &str,
-    extra: &[&str],
-    env: &[(&str, &str)],
-    config: &str,
-) -> Up {
-    let text = config;
-    let config = dir.join("config.toml");
-    std::fs::write(&config, text).unwrap();
-    let state = dir.join(node);
-    Up::spawn_with_env(
-        dir,
-        &[
-            "agent",
-            "--nats",
-            urls,
-            "--fleet",
-            "t",
-            "--node",
-            node,
-            "--config",
-            config.to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
-        ]
-        .into_iter()
-        .chain(extra.iter().copied())
-        .collect::<Vec<_>>(),
-        env,
-    )
-}
-
 /// Nodes alive in this agent's registry.
 fn live_nodes(up: &Up) -> usize {
     up.get("/v1/nodes").as_array().map_or(0, Vec::len)

@@ -249,6 +249,7 @@ pub fn router<F: Fabric>(api: Arc<Api<F>>) -> Router {
         .route("/v1/nodes", get(nodes::<F>))
         .route("/v1/services", get(services::<F>))
         .route("/v1/instances", get(instances::<F>))
+        .route("/v1/addresses", get(addresses::<F>))
         .route("/v1/events", get(events::<F>))
         .route("/v1/specs", post(apply::<F>))
         .route("/v1/specs/{name}", delete(delete_spec::<F>))
@@ -466,6 +467,16 @@ async fn services<F: Fabric>(State(api): State<Arc<Api<F>>>) -> Response {
             }
         })
         .collect();
+    Json(rows).into_response()
+}
+
+async fn addresses<F: Fabric>(State(api): State<Arc<Api<F>>>) -> Response {
+    let rows = api
+        .shared
+        .addresses
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     Json(rows).into_response()
 }
 

@@ -1,39 +1,12 @@
 //! The HTTP client side of the model host: warm checks of a starting runtime, and requests
-//! passed on to a runtime with its answer streamed back. HTTP/1.1 with connections kept
-//! alive and reused (a bounded number idle per runtime); an answer dropped before its end
+//! passed on to a runtime with its answer streamed back, through the process's one client
+//! (`upstream.rs`: connections kept alive and reused); an answer dropped before its end
 //! closes its connection, which is how a client's disconnect cancels the generation.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use std::sync::OnceLock;
-use std::time::Duration;
-
-/// Longest a connection to a runtime may take to open.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Idle connections kept per runtime, and how long.
-const MAX_IDLE_PER_RUNTIME: usize = 64;
-const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-
-type RuntimeClient = Client<HttpConnector, Full<Bytes>>;
-
-/// The process's one client of runtimes.
-fn client() -> &'static RuntimeClient {
-    static CLIENT: OnceLock<RuntimeClient> = OnceLock::new();
-    CLIENT.get_or_init(|| {
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(MAX_IDLE_PER_RUNTIME)
-            .pool_idle_timeout(IDLE_TIMEOUT)
-            .build(http)
-    })
-}
 
 /// Where a runtime listens: `host:port`, from a shared runtime's `http://` url, or loopback.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,8 +42,7 @@ impl Target {
 }
 
 async fn send(target: &Target, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, String> {
-    client()
-        .request(req)
+    crate::upstream::send(req)
         .await
         .map_err(|e| format!("{}: {e}", target.authority))
 }

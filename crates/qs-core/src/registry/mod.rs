@@ -33,6 +33,8 @@ pub struct RunningInstance {
     pub fencing: u64,
     pub hot: bool,
     pub serving: bool,
+    /// Its port on its node's address (0: none said).
+    pub port: u16,
 }
 
 #[derive(Clone, Debug)]
@@ -666,6 +668,7 @@ fn index_one(
             fencing: i.fencing,
             hot: i.hot,
             serving: i.serving,
+            port: i.port,
         },
     );
     if i.fencing > 0 {

@@ -27,6 +27,7 @@ pub(crate) fn status(name: &str, level: u8, gpus: usize) -> NodeStatus {
         instances: vec![],
         completed: vec![],
         draining: false,
+        address: None,
     }
 }
 
@@ -189,6 +190,7 @@ fn incremental_instance_index_matches_a_fresh_one() {
         fencing: 0,
         hot: false,
         serving,
+        port: 0,
     };
     let (p, r) = (Role::Primary, Role::Replica);
     let steps: Vec<Vec<InstanceSummary>> = vec![
@@ -250,6 +252,7 @@ fn an_instance_two_nodes_report_is_not_lost_when_one_drops_it() {
         fencing: 0,
         hot: false,
         serving: true,
+        port: 0,
     };
     let beat = |node: &str, ids: &[&str]| {
         let mut st = status(node, 0, 0);

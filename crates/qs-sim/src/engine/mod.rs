@@ -31,8 +31,10 @@ const START_FAIL_US: u64 = 5_000;
 /// Violations kept in full; later ones are only counted.
 const MAX_VIOLATIONS_KEPT: usize = 16;
 
-/// Something the scenario does at a given time.
+/// Something the scenario does at a given time. Scheduled once each, then boxed in the
+/// queue, so a large spec costs nothing per event.
 #[derive(Clone, Debug, PartialEq)]
+#[allow(clippy::large_enum_variant)]
 pub enum Action {
     /// The operator applies a spec.
     Apply(WorkloadSpec),
@@ -106,7 +108,7 @@ enum Ev {
         instance: InstanceId,
     },
     Expire,
-    Act(Action),
+    Act(Box<Action>),
     /// A node takes what its notice gathered (as the agent's runtimes take their inboxes).
     Notice(usize),
     /// Every live node takes the notice posted to every node.
@@ -253,7 +255,7 @@ impl Sim {
     }
 
     pub fn schedule(&mut self, at: Time, action: Action) {
-        self.push(at, Ev::Act(action));
+        self.push(at, Ev::Act(Box::new(action)));
     }
 
     fn push(&mut self, at: Time, ev: Ev) {
@@ -366,7 +368,7 @@ impl Sim {
                 None
             }
             Ev::Act(action) => {
-                self.act(action);
+                self.act(*action);
                 None
             }
             Ev::NoticeEvery => {

@@ -301,3 +301,61 @@ fn bad_model_runtimes_are_refused_with_their_location() {
         assert!(e.contains(want), "{text}\n{e}\nwanted {want}");
     }
 }
+
+#[test]
+fn addresses_and_publishing_parse_and_bad_ones_name_their_field() {
+    let ok = "[service.db]\npattern = \"stateful-read\"\nresources = { cpu_cores = 1, memory_mib = 8 }\naddress = { port = 6379, protocol = \"tcp\", primary_port = 6380 }\npublish = { file = \"/run/qs/db.json\", command = \"true\" }\n";
+    let db = parse_spec("ok.toml", ok).unwrap().workloads.remove(0);
+    let a = db.address.as_ref().unwrap();
+    assert_eq!(
+        (a.port, a.protocol, a.primary_port),
+        (6379, Protocol::Tcp, Some(6380))
+    );
+    assert_eq!(db.publish.as_ref().unwrap().format, PublishFormat::Json);
+    let head = "[service.a]\nresources = { cpu_cores = 1, memory_mib = 8 }\n";
+    let cases = [
+        (
+            "address = { port = 0, protocol = \"udp\" }",
+            "bad.toml:1:1: service.a.address.port: must be in 1..=65535, got 0",
+        ),
+        (
+            "address = { port = 70000, protocol = \"udp\" }",
+            "bad.toml:3:20: service.a.address.port: invalid value: integer `70000`",
+        ),
+        (
+            "address = { port = 53, protocol = \"sctp\" }",
+            "bad.toml:3:35: service.a.address.protocol: unknown variant `sctp`",
+        ),
+        (
+            "address = { port = 53, protocol = \"udp\", primary_port = 54 }",
+            "bad.toml:1:1: service.a.address.primary_port: only stateful-read services",
+        ),
+        (
+            "address = { port = 53, protocol = \"udp\", host = \"x.local\" }",
+            "bad.toml:1:1: service.a.address: `host` and `path` go with protocol = \"http\"",
+        ),
+        (
+            "address = { port = 80, protocol = \"http\", host = \"Bad_Host\" }",
+            "bad.toml:1:1: service.a.address.host: \"Bad_Host\" is not a lowercase host name",
+        ),
+        (
+            "address = { port = 80, protocol = \"http\", path = \"api\" }",
+            "bad.toml:1:1: service.a.address.path: a path starting with '/'",
+        ),
+        (
+            "publish = { format = \"lines\" }",
+            "bad.toml:1:1: service.a.publish: names a `file`, a `command` or both",
+        ),
+        (
+            "publish = { file = \"relative.txt\" }",
+            "bad.toml:1:1: service.a.publish.file: an absolute file path",
+        ),
+        (
+            "publish = { command = \"  \" }",
+            "bad.toml:1:1: service.a.publish.command: must not be empty",
+        ),
+    ];
+    for (line, want) in cases {
+        check(&format!("{head}{line}\n"), want);
+    }
+}

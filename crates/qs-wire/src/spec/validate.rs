@@ -231,10 +231,10 @@ impl WorkloadSpec {
                 );
             }
         }
-        match &self.health {
-            Some(h) => health(h),
-            None => Ok(()),
+        if let Some(h) = &self.health {
+            health(h)?;
         }
+        super::address::check(self)
     }
 }
 

@@ -406,15 +406,20 @@ pub fn wait_gone(pids: &[u32]) -> bool {
 
 /// A DNS query for `name` (type A); returns the first answer's IPv4 address.
 pub fn resolve(port: u16, name: &str) -> Option<[u8; 4]> {
+    resolve_at(([127, 0, 0, 1], port).into(), name, Duration::from_secs(2))
+}
+
+/// [`resolve`] through the server at `server`, waiting at most `timeout` for its answer.
+pub fn resolve_at(server: std::net::SocketAddr, name: &str, timeout: Duration) -> Option<[u8; 4]> {
     let sock = UdpSocket::bind("127.0.0.1:0").ok()?;
-    sock.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    sock.set_read_timeout(Some(timeout)).ok()?;
     let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
     for label in name.split('.') {
         q.push(label.len() as u8);
         q.extend_from_slice(label.as_bytes());
     }
     q.extend_from_slice(&[0, 0, 1, 0, 1]);
-    sock.send_to(&q, ("127.0.0.1", port)).ok()?;
+    sock.send_to(&q, server).ok()?;
     let mut buf = [0u8; 512];
     let n = sock.recv(&mut buf).ok()?;
     let answers = u16::from_be_bytes([buf[6], buf[7]]);
@@ -431,5 +436,43 @@ pub fn require_dnsmasq() {
         "dnsmasq is required (Debian package dnsmasq-base; ./scripts/test installs it when run as root)"
     );
 }
+
+/// `qs agent` named `node` in fleet `t` of the NATS servers `urls`, with `config` as its
+/// `--config` file (its own, `NODE.toml`, so agents started one after the other each read
+/// theirs), state and log in `dir`.
+pub fn agent_configured(
+    dir: &std::path::Path,
+    urls: &str,
+    node: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+    config: &str,
+) -> Up {
+    let text = config;
+    let config = dir.join(format!("{node}.toml"));
+    std::fs::write(&config, text).unwrap();
+    let state = dir.join(node);
+    Up::spawn_with_env(
+        dir,
+        &[
+            "agent",
+            "--nats",
+            urls,
+            "--fleet",
+            "t",
+            "--node",
+            node,
+            "--config",
+            config.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect::<Vec<_>>(),
+        env,
+    )
+}
+
 pub mod models;
 pub mod systemd;

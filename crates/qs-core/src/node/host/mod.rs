@@ -463,6 +463,8 @@ impl Host {
                     fencing: h.fencing,
                     hot: h.hot,
                     serving: h.serving,
+                    // The executor picks the port; the shell says it as it publishes.
+                    port: 0,
                 })
                 .collect(),
             completed: self
@@ -471,6 +473,7 @@ impl Host {
                 .map(|c| (c.instance.clone(), c.service.clone()))
                 .collect(),
             draining: self.draining,
+            address: None,
         }
     }
 
