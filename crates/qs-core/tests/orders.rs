@@ -271,3 +271,51 @@ fn the_previous_steward_is_obeyed_for_a_grace_window_after_a_change() {
         format!("refused:dispatch:{steward}:NotSteward")
     );
 }
+
+/// An instance that starts or stops taking traffic is told to the fleet at once, in a
+/// heartbeat that does not wait for its period: the stable addresses forward by it.
+#[test]
+fn a_change_of_serving_is_heartbeaten_at_once() {
+    let (mut h, reg, spec, steward, _) = setup();
+    let need = spec.resources;
+    h.handle(
+        Input::Message {
+            from: steward,
+            msg: dispatch(&spec.name, 1, need, 1),
+        },
+        T,
+        &reg,
+    );
+    assert!(outputs(&mut h).contains(&"start:1000m".to_string()));
+    let instance = InstanceId::new(&format!("{}-1", spec.name)).unwrap();
+    // Ticks until the periodic heartbeat is past, so the next one is a period away.
+    let mut now = T;
+    let due = |h: &Node| h.poll_timeout().expect("a host always has a heartbeat due");
+    while due(&h) <= now {
+        h.handle(Input::Tick, now, &reg);
+        while h.poll().is_some() {}
+        now = now + std::time::Duration::from_millis(1);
+    }
+    assert!(due(&h) > now, "the next heartbeat is a period away");
+    h.handle(
+        Input::Probe {
+            instance: instance.clone(),
+            result: Ok(()),
+        },
+        now,
+        &reg,
+    );
+    assert!(due(&h) <= now, "a heartbeat is due at once");
+    h.handle(Input::Tick, now, &reg);
+    let beat = std::iter::from_fn(|| h.poll())
+        .find_map(|o| match o {
+            Output::Heartbeat(s) => Some(s),
+            _ => None,
+        })
+        .expect("a heartbeat");
+    assert!(
+        beat.instances
+            .iter()
+            .any(|i| i.instance == instance && i.serving)
+    );
+}

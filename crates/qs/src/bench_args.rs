@@ -28,6 +28,10 @@ pub enum BenchSuite {
     Failover {
         #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=1_000))]
         trials: u64,
+        /// The service is dnsmasq behind a UDP stable address: also how long a client asking
+        /// through the address on a survivor goes unanswered.
+        #[arg(long)]
+        address: bool,
     },
     /// Authenticated messages per second through one node: a whole agent runtime on the
     /// in-memory fabric with authentication on, then its receive path alone on one core
@@ -113,7 +117,9 @@ pub fn run(suite: BenchSuite) -> Result<()> {
             peers,
             repeats,
         } => crate::bench::messages_suite(messages as usize, peers as usize, repeats as usize),
-        BenchSuite::Failover { trials } => crate::bench::failover_suite(trials as usize),
+        BenchSuite::Failover { trials, address } => {
+            crate::bench_failover::failover_suite(trials as usize, address)
+        }
         BenchSuite::Gateway {
             connections,
             seconds,

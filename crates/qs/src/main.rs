@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_args;
+mod bench_failover;
 mod bench_fleet;
 mod bench_gateway;
 mod bench_gpu;

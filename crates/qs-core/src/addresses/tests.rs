@@ -220,3 +220,23 @@ fn the_balancer_spreads_by_open_count_and_routes_around_a_failed_endpoint() {
     assert_eq!(b.pick(t0, &[x]), None, "all tried");
     assert!(!b.contains(&y));
 }
+
+#[test]
+fn a_publish_file_goes_only_below_the_configured_directories() {
+    let config = AddressesConfig {
+        publish_dirs: vec!["/run/qs".into(), "/srv/dns/".into()],
+        ..AddressesConfig::default()
+    };
+    let cases = [
+        ("/run/qs/dns.json", true),
+        ("/srv/dns/zone/upstreams", true),
+        ("/run/qsx/dns.json", false),
+        ("/run/qs", false),
+        ("/run/qs/../../etc/passwd", false),
+        ("/etc/passwd", false),
+        ("run/qs/dns.json", false),
+    ];
+    for (path, ok) in cases {
+        assert_eq!(config.may_publish_at(path), ok, "{path}");
+    }
+}

@@ -307,6 +307,7 @@ impl Host {
             return;
         }
         let check = reg.spec(&h.service).and_then(|s| s.health.as_ref());
+        let was_serving = h.serving;
         match health::judge(check, &mut h.probed, result, now) {
             Verdict::Unchanged => {}
             Verdict::Serving => h.serving = true,
@@ -319,6 +320,10 @@ impl Host {
                     reason: format!("health check failed: {reason}"),
                 });
             }
+        }
+        // Whether it takes traffic is news the fleet's addresses wait for: said at once.
+        if h.serving != was_serving {
+            self.next_heartbeat = self.next_heartbeat.min(now);
         }
     }
 
