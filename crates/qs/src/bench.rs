@@ -94,9 +94,9 @@ pub fn placement_suite(sizes: &[usize], placements: usize, repeats: usize, seed:
 pub(crate) fn idle_rss_kib() -> anyhow::Result<u64> {
     use std::time::Duration;
     let dir = std::env::temp_dir().join(format!("qs-bench-rss-{}", std::process::id()));
-    let agent = crate::bench_failover::BenchAgent::start("rss", &dir, &[])?;
+    let agent = crate::bench_agents::BenchAgent::start("rss", &dir, &[])?;
     let result = (|| {
-        crate::bench_failover::wait_until("qs agent to answer", Duration::from_secs(30), || {
+        crate::bench_agents::wait_until("qs agent to answer", Duration::from_secs(30), || {
             agent.get::<qs_agent::v1::Health>("/health").is_some()
         })?;
         std::thread::sleep(Duration::from_secs(3)); // idle: a few heartbeats and sensor samples

@@ -2,107 +2,11 @@
 //! a one-replica service killed with SIGKILL together with its instance (a machine dying),
 //! `trials` times: how long until the survivors see it dead, until the service serves again,
 //! and with `--address` how long a client asking through the service's stable address on a
-//! survivor goes unanswered. Also the bench agents' process handle, shared with `qs bench`'s
-//! memory figure.
+//! survivor goes unanswered.
 
 use crate::bench::emit;
+use crate::bench_agents::{BenchAgent, wait_until};
 use std::time::{Duration, Instant};
-
-/// One `qs agent` process of a bench (SIGTERM on drop).
-pub(crate) struct BenchAgent {
-    pub(crate) node: String,
-    pub(crate) api: String,
-    args: Vec<std::ffi::OsString>,
-    pub(crate) child: Option<std::process::Child>,
-}
-
-impl BenchAgent {
-    /// `qs agent --node NODE` on a free port with its state in `dir/NODE`, plus `extra`.
-    pub(crate) fn start(
-        node: &str,
-        dir: &std::path::Path,
-        extra: &[std::ffi::OsString],
-    ) -> anyhow::Result<BenchAgent> {
-        let port = qs_agent::exec::free_port()?;
-        let mut args: Vec<std::ffi::OsString> = vec![
-            "agent".into(),
-            "--node".into(),
-            node.into(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}").into(),
-            "--state-dir".into(),
-            dir.join(node).into(),
-        ];
-        args.extend_from_slice(extra);
-        let mut a = BenchAgent {
-            node: node.to_owned(),
-            api: format!("http://127.0.0.1:{port}"),
-            args,
-            child: None,
-        };
-        a.spawn()?;
-        Ok(a)
-    }
-
-    fn spawn(&mut self) -> anyhow::Result<()> {
-        let child = std::process::Command::new(std::env::current_exe()?)
-            .args(&self.args)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()?;
-        self.child = Some(child);
-        Ok(())
-    }
-
-    pub(crate) fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Option<T> {
-        crate::client::try_get(&self.api, path)
-    }
-
-    /// Instances of `service` this agent runs and that serve: (instance, pid).
-    fn serving(&self, service: &str) -> Vec<(String, u32)> {
-        let all: Vec<qs_agent::v1::Instance> = self.get("/v1/instances").unwrap_or_default();
-        all.into_iter()
-            .filter(|i| i.service.as_str() == service && i.serving)
-            .filter_map(|i| Some((i.instance.to_string(), i.pid?)))
-            .collect()
-    }
-
-    /// Nodes alive in this agent's registry.
-    fn live(&self) -> Vec<String> {
-        let nodes: Vec<qs_wire::NodeStatus> = self.get("/v1/nodes").unwrap_or_default();
-        nodes.into_iter().map(|n| n.node.to_string()).collect()
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for BenchAgent {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: signalling our own child: SIGTERM, so it stops its instances.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let _ = c.wait();
-        }
-    }
-}
-
-pub(crate) fn wait_until(
-    what: &str,
-    limit: std::time::Duration,
-    mut done: impl FnMut() -> bool,
-) -> anyhow::Result<()> {
-    let start = std::time::Instant::now();
-    while !done() {
-        anyhow::ensure!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    Ok(())
-}
 
 /// The service of the plain suite: python3's http.server, checked over HTTP.
 const ECHO: &str = "[service.echo]\nreplicas = 1\ncommand = \"python3 -m http.server {port} --bind 127.0.0.1\"\nresources = { cpu_cores = 0.1, memory_mib = 32 }\nhealth = { kind = \"http\", path = \"/\", interval_ms = 100, start_period_ms = 10000 }\n";

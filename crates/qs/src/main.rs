@@ -1,6 +1,7 @@
 //! `qs`: the one binary of Quasicrystal. Thin glue from the command line to the crates.
 
 mod bench;
+mod bench_agents;
 mod bench_args;
 mod bench_failover;
 mod bench_fleet;
