@@ -911,7 +911,7 @@ fn a_name_registered_with_another_key_is_refused_until_rekeyed() {
     let registered =
         || kv_entry(&server, "nodes", "alpha").expect("alpha's record")["public_key"].clone();
     let original = registered();
-    let config = dir.path().join("config.toml");
+    let config = dir.path().join("alpha.toml");
     let elsewhere = dir.path().join("reinstalled");
     let args = |extra: &[&str]| -> Vec<String> {
         [
