@@ -58,6 +58,13 @@ pub struct Shared {
     pub auth: Arc<crate::identity::Auth>,
     /// The model hosts of its nodes, for the OpenAI-compatible entry point.
     pub models: Arc<crate::models::Registry>,
+    /// How the entry point reaches the models of other processes' nodes (a fleet whose
+    /// messages are authenticated: the nodes of one process reach each other's hosts
+    /// directly).
+    pub route: Option<Arc<crate::models::route::FleetRoute>>,
+    /// The port of the entry point other nodes route to (plain HTTP); 0 until the API
+    /// listens, and under TLS, where other nodes route nothing here.
+    pub entry_port: std::sync::atomic::AtomicU16,
     /// What the process listens on for the fleet's stable addresses.
     pub addresses: Arc<RwLock<Vec<crate::v1::AddressView>>>,
 }

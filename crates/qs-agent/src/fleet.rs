@@ -260,6 +260,15 @@ impl<F: Fabric> EmbeddedFleet<F> {
                 identity::register_at_start(&fabric, &own, opts.rekey).await?;
             }
         }
+        let membership = Membership::new(&opts.config);
+        let route = opts.authenticate.then(|| {
+            Arc::new(crate::models::route::FleetRoute::new(
+                membership.clone(),
+                auth.clone(),
+                opts.nodes[0].id.clone(),
+                opts.config.max_clock_skew_ms,
+            ))
+        });
         let shared = Arc::new(Shared {
             auth: auth.clone(),
             ledger,
@@ -270,6 +279,8 @@ impl<F: Fabric> EmbeddedFleet<F> {
             sensor: Mutex::new(Sensor::new().ok()),
             state_dir: state.clone(),
             models: Default::default(),
+            route,
+            entry_port: Default::default(),
             addresses: Default::default(),
         });
         let (stop, stop_rx) = watch::channel(false);
@@ -289,7 +300,6 @@ impl<F: Fabric> EmbeddedFleet<F> {
                 stop_rx.clone(),
             ));
         }
-        let membership = Membership::new(&opts.config);
         let feed = membership
             .feed(
                 &fabric,
@@ -382,6 +392,9 @@ impl<F: Fabric> EmbeddedFleet<F> {
         let api_stop = stop_rx.clone();
         match &opts.tls {
             None => {
+                shared
+                    .entry_port
+                    .store(addr.port(), std::sync::atomic::Ordering::Relaxed);
                 tasks.spawn(serve_api(listener, app, api_stop));
             }
             Some(tls) => {

@@ -279,6 +279,24 @@ impl Auth {
         self.keyring().quarantined(now).cloned().collect()
     }
 
+    /// `from` (a node of this process) vouches for `bytes` to `to` ([`Keyring::tag`]).
+    pub fn tag(&self, from: &NodeId, to: &NodeId, bytes: &[u8]) -> Option<[u8; 32]> {
+        self.keyring().tag(from, to, bytes)
+    }
+
+    /// Whether `tag` is `from`'s for `to` over `bytes` ([`Keyring::check_tag`]).
+    pub fn check_tag(&self, from: &NodeId, to: &NodeId, bytes: &[u8], tag: &[u8]) -> bool {
+        self.required
+            && self
+                .keyring()
+                .check_tag(from, to, bytes, tag, crate::clock::now())
+    }
+
+    /// Whether messages between processes are authenticated here.
+    pub fn required(&self) -> bool {
+        self.required
+    }
+
     /// Whether the keyring holds `node`'s public key.
     pub fn knows(&self, node: &NodeId) -> bool {
         self.keyring().knows(node)

@@ -36,6 +36,9 @@ use std::fmt;
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// What a [`Keyring::tag`] covers first: no encoded envelope (a sealed frame's MAC) begins so.
+const TAG_DOMAIN: &[u8] = b"quasicrystal tag v1\0";
+
 /// How many of a sender's most recent sequence numbers a receiver remembers.
 pub const REPLAY_WINDOW: u64 = 1024;
 
@@ -341,6 +344,48 @@ impl Keyring {
         }
         let signature = local.signing.sign(body).to_bytes();
         Frame::write(FrameKind::Signed, &signature, body)
+    }
+
+    /// `from` (a node of this process) vouches for `bytes` to the peer `to`, outside the bus
+    /// (an entry point's request routed to another node's): their session key's tag, over a
+    /// domain of its own, so a tag is never a sealed frame's. `None` when authentication is
+    /// off or either key is unknown here.
+    pub fn tag(&mut self, from: &NodeId, to: &NodeId, bytes: &[u8]) -> Option<[u8; MAC_LEN]> {
+        if !self.config.required {
+            return None;
+        }
+        let key = self.peers.get(to)?.key;
+        let local = self.local.get_mut(from)?;
+        let mut mac = session(local, to, &key).clone();
+        mac.update(TAG_DOMAIN);
+        mac.update(bytes);
+        Some(mac.finalize().into_bytes().into())
+    }
+
+    /// Whether `tag` is the peer `from`'s [`Keyring::tag`] of `bytes` for `to` (a node of this
+    /// process); never for an unknown or quarantined peer.
+    pub fn check_tag(
+        &mut self,
+        from: &NodeId,
+        to: &NodeId,
+        bytes: &[u8],
+        tag: &[u8],
+        now: Time,
+    ) -> bool {
+        let Some(peer) = self.peers.get(from) else {
+            return false;
+        };
+        if peer.quarantined_until.is_some_and(|t| t > now) || tag.len() != MAC_LEN {
+            return false;
+        }
+        let key = peer.key;
+        let Some(local) = self.local.get_mut(to) else {
+            return false;
+        };
+        let mut mac = session(local, from, &key).clone();
+        mac.update(TAG_DOMAIN);
+        mac.update(bytes);
+        mac.verify_slice(tag).is_ok()
     }
 
     /// Opens one frame received by `to` (a node of this process; `None` for a broadcast).

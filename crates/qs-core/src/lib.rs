@@ -27,6 +27,7 @@ pub mod health;
 pub mod node;
 pub mod registry;
 pub mod rng;
+pub mod routing;
 pub mod sampler;
 pub mod time;
 pub mod weight;

@@ -340,6 +340,8 @@ fn a_heartbeat_about_another_node_is_refused() {
         completed: vec![],
         draining: false,
         address: None,
+        models: vec![],
+        entry_port: 0,
     };
     let mut about = |node: &str, seq: u64| {
         let env = Envelope::new(
@@ -409,4 +411,42 @@ fn without_authentication_open_frames_pass_and_nothing_is_signed() {
     let frame = k.seal(&id("a"), None, &body("a", 1, NOW_US));
     assert_eq!(Frame::parse(&frame).unwrap().kind, FrameKind::Open);
     assert!(k.open(None, &frame, Time::from_micros(NOW_US)).is_ok());
+}
+
+/// A node's tag on what it sends a peer outside the bus (a routed model request) checks only
+/// for that pair, those bytes and that sender, and is never a sealed frame's MAC.
+#[test]
+fn a_tag_vouches_for_one_sender_to_one_receiver_over_its_bytes() {
+    let mut f = fleet();
+    let now = Time::from_millis(1);
+    let bytes = b"POST /v1/chat/completions\nbody";
+    let tag = f.a.tag(&id("a"), &id("b"), bytes).expect("a knows b");
+    assert!(f.b.check_tag(&id("a"), &id("b"), bytes, &tag, now));
+    assert!(!f.b.check_tag(
+        &id("a"),
+        &id("b"),
+        b"POST /v1/chat/completions\nbodx",
+        &tag,
+        now
+    ));
+    assert!(
+        !f.b.check_tag(&id("c"), &id("b"), bytes, &tag, now),
+        "not c's"
+    );
+    assert!(
+        !f.c.check_tag(&id("a"), &id("c"), bytes, &tag, now),
+        "not for c"
+    );
+    assert!(!f.b.check_tag(&id("a"), &id("b"), bytes, &tag[..31], now));
+    assert!(
+        !f.b.check_tag(&id("x"), &id("b"), bytes, &tag, now),
+        "an unknown sender"
+    );
+    // The same bytes sealed as a frame carry another MAC.
+    let sealed = f.a.seal(&id("a"), Some(&id("b")), bytes);
+    assert!(!sealed.windows(tag.len()).any(|w| w == tag));
+    // Without authentication, nobody vouches.
+    let mut open = Keyring::new(AuthConfig::from_config(&Config::default(), false));
+    open.add_local(id("a"), secret("a", 0));
+    assert_eq!(open.tag(&id("a"), &id("a"), bytes), None);
 }

@@ -13,6 +13,8 @@ use crate::spec::{InvalidField, MAX_LEVEL, check_labels};
 pub const MAX_FENCING: u64 = 1 << 53;
 /// Most instances (and recently completed ones) one heartbeat may list.
 pub const MAX_INSTANCES_PER_NODE: usize = 10_000;
+/// Most models one heartbeat may list.
+pub const MAX_MODELS_PER_NODE: usize = 1_024;
 pub use crate::spec::MAX_GPUS;
 /// Largest CPU (millicores) and memory or VRAM (bytes) a node or a demand may name.
 pub const MAX_MILLICORES: u64 = 4096 * 1000;
@@ -109,6 +111,10 @@ fn status(s: &NodeStatus) -> Result<(), InvalidField> {
     count("completed", s.completed.len(), MAX_INSTANCES_PER_NODE)?;
     for i in &s.instances {
         at_most("instances.fencing", i.fencing, MAX_FENCING)?;
+    }
+    count("models", s.models.len(), MAX_MODELS_PER_NODE)?;
+    for m in &s.models {
+        at_most("models.vram_bytes", m.vram_bytes, MAX_BYTES)?;
     }
     if let Some(a) = s.address {
         // Where others send a service's traffic: an address one machine can be reached at.

@@ -20,8 +20,8 @@ pub use frame::{Frame, FrameError, FrameKind};
 pub use identity::NodeRecord;
 pub use ids::{InstanceId, NameError, NodeId, PlacementId, ServiceName};
 pub use message::{
-    Composite, DeclineReason, Demand, ExitOutcome, InstanceSummary, Message, NodeStatus, Offer,
-    Resource, Role, SingletonClaim,
+    Composite, DeclineReason, Demand, ExitOutcome, InstanceSummary, Message, ModelState,
+    ModelSummary, NodeStatus, Offer, Resource, Role, SingletonClaim,
 };
 pub use resources::{Capacity, Committed, GpuCapacity, GpuLoad, InstanceLoad, Load, Resources};
 pub use spec::{

@@ -215,6 +215,69 @@ pub struct InstanceSummary {
     pub port: u16,
 }
 
+/// A model's state on a node, as its heartbeat says (the entry points route by it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelState {
+    /// Declared here, no runtime: a request raises its load.
+    Absent,
+    Loading,
+    Warm,
+    /// Giving way to another model; it loads again after.
+    Draining,
+    Stopping,
+    /// A resident runtime the watchdog gave up on.
+    Failed,
+    /// Declared here, but no GPU here holds even its smallest tier.
+    Unfit,
+    /// Served by a runtime someone else manages, which this node reaches.
+    Shared,
+}
+
+impl ModelState {
+    /// Its name in `/v1/models`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelState::Absent => "absent",
+            ModelState::Loading => "loading",
+            ModelState::Warm => "warm",
+            ModelState::Draining => "draining",
+            ModelState::Stopping => "stopping",
+            ModelState::Failed => "failed",
+            ModelState::Unfit => "unfit",
+            ModelState::Shared => "shared",
+        }
+    }
+
+    /// The state its name in `/v1/models` names.
+    pub fn named(name: &str) -> Option<ModelState> {
+        ModelState::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    pub const ALL: [ModelState; 8] = [
+        ModelState::Absent,
+        ModelState::Loading,
+        ModelState::Warm,
+        ModelState::Draining,
+        ModelState::Stopping,
+        ModelState::Failed,
+        ModelState::Unfit,
+        ModelState::Shared,
+    ];
+}
+
+/// One model a node holds, as its heartbeat says.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ModelSummary {
+    pub model: ServiceName,
+    pub state: ModelState,
+    /// Requests in flight on its runtime, and waiting for it.
+    pub in_flight: u32,
+    pub waiting: u32,
+    /// The VRAM its tier takes here (for an unfit one, the smallest tier's need).
+    pub vram_bytes: u64,
+}
+
 /// A heartbeat: everything other nodes need to know of one node.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NodeStatus {
@@ -235,6 +298,13 @@ pub struct NodeStatus {
     /// when it does not say.
     #[serde(default)]
     pub address: Option<core::net::IpAddr>,
+    /// The models it holds (the entry points of the fleet route requests by them).
+    #[serde(default)]
+    pub models: Vec<ModelSummary>,
+    /// The port of its OpenAI-compatible entry point on `address` (plain HTTP); 0 when it
+    /// takes no requests from other nodes.
+    #[serde(default)]
+    pub entry_port: u16,
 }
 
 /// A singleton's record in the fleet's `instances` KV bucket (key: the service): the

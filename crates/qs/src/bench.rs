@@ -306,6 +306,8 @@ pub fn messages_suite(messages: usize, peers: usize, repeats: usize) -> anyhow::
             completed: vec![],
             draining: false,
             address: Some(std::net::Ipv4Addr::new(10, 0, 0, 7).into()),
+            models: vec![],
+            entry_port: 0,
         }))
     };
     let mut directed = Vec::with_capacity(messages);

@@ -298,7 +298,7 @@ command = "{qs} model-double --port {port} --model huge --vram-mib 40960"
             "/v1/chat/completions",
             chat("nope", 1, false),
             404,
-            "no model \"nope\" here; the models are: [code, conv, huge, tiny]",
+            "no model \"nope\" in the fleet; the models are: [code, conv, huge, tiny]",
         ),
         (
             "/v1/completions",

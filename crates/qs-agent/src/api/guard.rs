@@ -8,6 +8,8 @@
 //! no browser sends cross-origin without a preflight this API never answers. The
 //! OpenAI-compatible entry point also takes the API keys of the config's keys file
 //! ([`crate::models::keys`]): the request then carries the key's [`Grant`] to its handler.
+//! A request another node routed to the entry point passes on to its handler, which checks
+//! its tag before anything else.
 
 use super::error;
 use super::token::ApiToken;
@@ -134,12 +136,19 @@ fn is_entry_point(path: &str) -> bool {
 }
 
 pub async fn guard(State(access): State<Arc<Access>>, mut req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_owned();
+    // A request another node of the fleet routed to the entry point: it carries no token
+    // (that node has none of ours) but a tag the handler checks over its body
+    // ([`crate::models::route::FleetRoute::verify`]) before anything else; no page can forge one.
+    let routed = is_entry_point(&path)
+        && path != "/v1/models"
+        && req.headers().contains_key(crate::models::route::ROUTED_BY);
     let host = req
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
-    if !access.allows_host(host) {
+    if !routed && !access.allows_host(host) {
         return error(
             StatusCode::MISDIRECTED_REQUEST,
             format!(
@@ -149,9 +158,8 @@ pub async fn guard(State(access): State<Arc<Access>>, mut req: Request, next: Ne
             ),
         );
     }
-    let path = req.uri().path().to_owned();
     let path = path.as_str();
-    let open = path == "/health" || (path == "/metrics" && peer_is_loopback(&req));
+    let open = routed || path == "/health" || (path == "/metrics" && peer_is_loopback(&req));
     let presented = bearer(req.headers());
     let operator = presented.is_some_and(|t| access.token.matches(t));
     let grant: Option<Grant> = match (&access.keys, presented) {

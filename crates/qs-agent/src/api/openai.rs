@@ -24,7 +24,17 @@ async fn openai<F: Fabric>(
     body: Bytes,
 ) -> Response {
     let s = &api.shared;
-    crate::models::proxy::serve(&s.models, &s.counters, endpoint, grant, headers, body).await
+    let fleet = s.route.as_deref();
+    crate::models::proxy::serve(
+        &s.models,
+        fleet,
+        &s.counters,
+        endpoint,
+        grant,
+        headers,
+        body,
+    )
+    .await
 }
 
 pub(super) async fn chat<F: Fabric>(
@@ -62,5 +72,5 @@ pub(super) async fn models<F: Fabric>(
     grant: Option<Extension<Grant>>,
 ) -> Response {
     let grant = grant.as_ref().map(|Extension(g)| g);
-    crate::models::proxy::list(&api.shared.models, grant)
+    crate::models::proxy::list(&api.shared.models, api.shared.route.as_deref(), grant)
 }

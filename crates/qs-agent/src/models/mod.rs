@@ -13,6 +13,7 @@ mod host;
 mod http;
 pub mod keys;
 pub mod proxy;
+pub mod route;
 pub mod systemctl;
 pub mod systemd;
 
@@ -137,18 +138,21 @@ impl Registry {
             .remove(node);
     }
 
-    /// The first host (by node name) that serves `model`, with how it shows it.
-    pub(crate) fn find(&self, model: &ServiceName) -> Option<(Handle, ModelView)> {
+    /// Every host of this process that holds `model`, with how it shows it, by node.
+    pub(crate) fn find_all(&self, model: &ServiceName) -> Vec<(Handle, ModelView)> {
         let hosts = self.hosts.read().unwrap_or_else(|p| p.into_inner());
-        hosts.values().find_map(|h| {
-            let view = h
-                .views
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(model)
-                .cloned()?;
-            Some((h.clone(), view))
-        })
+        hosts
+            .values()
+            .filter_map(|h| {
+                let view = h
+                    .views
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(model)
+                    .cloned()?;
+                Some((h.clone(), view))
+            })
+            .collect()
     }
 
     /// Every model of every host.

@@ -1,7 +1,10 @@
 //! The node's OpenAI-compatible entry point: `/v1/chat/completions`, `/v1/completions`,
-//! `/v1/embeddings` and `/v1/models`. A request is routed by its `model` to the runtime
-//! that serves it here; one for a model that is not warm waits (live stasis) while the
-//! scheduler decides, or is refused 429/503 with `Retry-After`. The runtime's answer,
+//! `/v1/embeddings` and `/v1/models`, for every model of the fleet. A request is routed by
+//! its `model` to the node the core's routing picks (`route.rs`: warm there, else loading,
+//! else where VRAM is free), here or on another node's entry point; here, one for a model
+//! that is not warm waits (live stasis) while the scheduler decides, or is refused 429/503
+//! with `Retry-After`. A session (`x-session-id`, or the body's `user`) keeps to one warm
+//! node. The runtime's answer,
 //! streamed or not, is passed through as it comes; its slot is given back when the answer
 //! ends or the client goes away. One the scheduler cuts while it runs (its lease holder left
 //! the fleet) ends there: a stream with an error event saying why, any other answer broken
@@ -14,7 +17,8 @@
 
 use super::http::{Target, forward};
 use super::keys::Grant;
-use super::{Ask, Decision, Finish, Registry};
+use super::route::{Choice, FleetRoute, MAX_HOPS, ROUTED_BY, SESSION_HEADER, choose};
+use super::{Ask, Decision, Finish, ModelView, Registry};
 use crate::counters::Counters;
 use crate::model_metrics::{Meter, ModelClass};
 use axum::Json;
@@ -50,7 +54,7 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    fn path(self) -> &'static str {
+    pub(crate) fn path(self) -> &'static str {
         match self {
             Endpoint::Chat => "/v1/chat/completions",
             Endpoint::Completions => "/v1/completions",
@@ -82,9 +86,11 @@ fn class(endpoint: Endpoint, headers: &HeaderMap) -> Result<Class, String> {
         .ok_or_else(|| format!("{PRIORITY_HEADER}: {v:?} is not interactive, batch or ingestion"))
 }
 
-/// Serves one request to `endpoint`.
+/// Serves one request to `endpoint`: here, or with `fleet` on the node the core's routing
+/// picks.
 pub async fn serve(
     registry: &Registry,
+    fleet: Option<&FleetRoute>,
     counters: &Counters,
     endpoint: Endpoint,
     grant: Option<&Grant>,
@@ -104,7 +110,7 @@ pub async fn serve(
         return invalid(format!("`model` is longer than {MAX_MODEL_BYTES} bytes"));
     }
     let Ok(name) = ServiceName::new(model) else {
-        return not_found(registry, grant, model);
+        return not_found(registry, fleet, grant, model);
     };
     let class = match class(endpoint, headers) {
         // A key's requests get its class at most.
@@ -127,8 +133,71 @@ pub async fn serve(
             Err(e) => return invalid(format!("{LEASE_HEADER}: {holder:?}: {e}")),
         },
     };
-    let Some((handle, view)) = registry.find(&name) else {
-        return not_found(registry, grant, model);
+    let routed_here = headers.contains_key(ROUTED_BY);
+    if routed_here {
+        let verified = match fleet {
+            Some(f) => f.verify(headers, endpoint, class, &body),
+            None => Err("this agent takes no routed requests".to_owned()),
+        };
+        if let Err(e) = verified {
+            counters.model_requests_refused.inc();
+            return refusal(
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                format!("a routed request refused: {e}"),
+            );
+        }
+    }
+    let session = headers
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| parsed.get("user").and_then(Value::as_str))
+        .map(str::to_owned);
+    let mut tried: Vec<NodeId> = Vec::new();
+    let (handle, view) = loop {
+        match choose(
+            registry,
+            fleet,
+            &name,
+            session.as_deref(),
+            routed_here,
+            &tried,
+        ) {
+            Choice::Local(handle, view) => break (handle, view),
+            Choice::Remote(node) => {
+                let Some(f) = fleet else {
+                    return not_found(registry, fleet, grant, model);
+                };
+                match f.forward(&node, endpoint, class, body.clone()).await {
+                    Ok(resp) => {
+                        counters
+                            .models
+                            .outcome(name.as_str(), class.name(), "routed");
+                        return relay(resp);
+                    }
+                    Err(e) => {
+                        tracing::info!("model {name}: {e}; trying another node");
+                        tried.push(node);
+                        if tried.len() >= MAX_HOPS {
+                            counters.model_requests_refused.inc();
+                            return busy(1000, format!("no node holding {name} answered: {e}"));
+                        }
+                    }
+                }
+            }
+            Choice::Unfit { need_bytes } => {
+                counters.model_requests_refused.inc();
+                return refusal(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "model_unfit",
+                    format!(
+                        "model {name} needs {} MiB of VRAM for its smallest tier; no GPU of the fleet has that much",
+                        need_bytes >> 20
+                    ),
+                );
+            }
+            Choice::Unknown => return not_found(registry, fleet, grant, model),
+        }
     };
     // From here on the model is one a host has: its figures may be counted.
     let labels = ModelClass {
@@ -202,13 +271,21 @@ pub async fn serve(
     }
 }
 
-/// 404 for a model no host here has, with the models there are (that the key may use).
-fn not_found(registry: &Registry, grant: Option<&Grant>, model: &str) -> Response {
+/// 404 for a model no node holds, with the models there are (that the key may use).
+fn not_found(
+    registry: &Registry,
+    fleet: Option<&FleetRoute>,
+    grant: Option<&Grant>,
+    model: &str,
+) -> Response {
+    let peers = fleet.map(FleetRoute::models).unwrap_or_default();
     let mut names: Vec<String> = registry
         .views()
         .into_iter()
-        .filter(|v| grant.is_none_or(|g| g.may_use(&v.name)))
-        .map(|v| v.name.to_string())
+        .map(|v| v.name)
+        .chain(peers.into_iter().map(|(_, m)| m.model))
+        .filter(|n| grant.is_none_or(|g| g.may_use(n)))
+        .map(|n| n.to_string())
         .collect();
     names.sort();
     names.dedup();
@@ -218,7 +295,7 @@ fn not_found(registry: &Registry, grant: Option<&Grant>, model: &str) -> Respons
         StatusCode::NOT_FOUND,
         "model_not_found",
         format!(
-            "no model {shown:?} here; the models are: [{}]",
+            "no model {shown:?} in the fleet; the models are: [{}]",
             names.join(", ")
         ),
     )
@@ -395,12 +472,43 @@ fn events_in(data: &Bytes) -> u64 {
     (count(b"data: ") - count(b"data: [DONE]")) as u64
 }
 
-/// `/v1/models`: every model of this process's hosts (those a key may use), OpenAI's shape
-/// with ours beside.
-pub fn list(registry: &Registry, grant: Option<&Grant>) -> Response {
+/// Another node's answer, passed through as it comes (its status, type and `Retry-After`).
+fn relay(resp: hyper::Response<hyper::body::Incoming>) -> Response {
+    let (parts, incoming) = resp.into_parts();
+    let mut out = Response::builder().status(parts.status);
+    for name in [
+        header::CONTENT_TYPE,
+        header::CACHE_CONTROL,
+        header::RETRY_AFTER,
+    ] {
+        if let Some(v) = parts.headers.get(&name) {
+            out = out.header(name, v);
+        }
+    }
+    out.body(Body::new(incoming))
+        .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
+}
+
+/// `/v1/models`: every model of this process's hosts and, with `fleet`, of the other nodes
+/// (those a key may use), OpenAI's shape with ours beside.
+pub fn list(registry: &Registry, fleet: Option<&FleetRoute>, grant: Option<&Grant>) -> Response {
+    let peers = fleet.map(FleetRoute::models).unwrap_or_default();
     let data: Vec<Value> = registry
         .views()
         .into_iter()
+        .chain(peers.into_iter().map(|(node, m)| ModelView {
+            name: m.model,
+            node,
+            gpu: None,
+            tier: String::new(),
+            vram_bytes: m.vram_bytes,
+            state: m.state.name(),
+            url: None,
+            resident: false,
+            in_flight: m.in_flight as usize,
+            waiting: m.waiting as usize,
+            alert: None,
+        }))
         .filter(|v| grant.is_none_or(|g| g.may_use(&v.name)))
         .map(|v| {
             json!({

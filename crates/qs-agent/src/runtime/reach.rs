@@ -1,5 +1,6 @@
-//! Where other machines reach what this node runs, said in its heartbeat: the node's address
-//! and each instance's port. The core says what runs; the executor picked the ports.
+//! Where other machines reach what this node runs, said in its heartbeat: the node's address,
+//! each instance's port, its entry point's port and the models its host holds. The core says
+//! what runs; the executor picked the ports, the model host keeps the models.
 
 use super::Runtime;
 use qs_fabric::Fabric;
@@ -16,5 +17,17 @@ impl<F: Fabric> Runtime<F> {
         for i in &mut status.instances {
             i.port = running.get(&i.instance).map_or(0, |r| r.port);
         }
+        let views: Vec<crate::models::ModelView> = self
+            .shared
+            .models
+            .views()
+            .into_iter()
+            .filter(|v| v.node == self.id)
+            .collect();
+        status.models = crate::models::route::summaries(&views);
+        status.entry_port = self
+            .shared
+            .entry_port
+            .load(std::sync::atomic::Ordering::Relaxed);
     }
 }

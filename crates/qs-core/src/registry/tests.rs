@@ -28,6 +28,8 @@ pub(crate) fn status(name: &str, level: u8, gpus: usize) -> NodeStatus {
         completed: vec![],
         draining: false,
         address: None,
+        models: vec![],
+        entry_port: 0,
     }
 }
 

@@ -479,6 +479,8 @@ impl Host {
                 .collect(),
             draining: self.draining,
             address: None,
+            models: vec![],
+            entry_port: 0,
         }
     }
 
