@@ -108,6 +108,17 @@ fn any_agent_serves_every_model_of_the_fleet_where_it_is_warm_or_where_vram_is_f
     assert!(body.matches("data: ").count() >= 5, "{body}");
     assert!(body.contains("[DONE]"), "{body}");
 
+    // A client of alpha that goes away cancels the generation on the warm node.
+    let port = runtime_port(&gpus[hot], "small");
+    let completed = double_stats(port)["streams_completed"].clone();
+    let reader = first_event(&alpha, &chat("small", 500, true));
+    assert_eq!(double_stats(port)["streams_active"], 1);
+    drop(reader);
+    alpha.wait("the runtime on the warm node cancelled the stream", |_| {
+        double_stats(port)["streams_cancelled"] == 1
+    });
+    assert_eq!(double_stats(port)["streams_completed"], completed);
+
     // Bad input is answered at alpha, naming what the fleet has and what a model needs.
     let (status, body) = ask(&alpha, "nope", 3, false);
     assert_eq!(status, 404, "{body}");

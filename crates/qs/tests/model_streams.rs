@@ -5,9 +5,6 @@ mod common;
 
 use common::models::*;
 use common::*;
-use serde_json::Value;
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
 use std::sync::mpsc;
 
 #[test]
@@ -70,18 +67,6 @@ fn a_running_leased_stream_of_a_node_that_left_the_fleet_is_cut() {
     assert_eq!(status, 200, "{text}");
 }
 
-/// The double's `/stats` on `port`.
-fn double_stats(port: u16) -> Value {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(LIMIT)).unwrap();
-    s.write_all(b"GET /stats HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    std::io::Read::read_to_string(&mut s, &mut text).unwrap();
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
-    serde_json::from_str(body).unwrap_or_default()
-}
-
 #[test]
 fn a_client_that_goes_away_cancels_the_generation_upstream_and_frees_its_slot() {
     let dir = tempfile::tempdir().unwrap();
@@ -89,32 +74,9 @@ fn a_client_that_goes_away_cancels_the_generation_upstream_and_frees_its_slot() 
     declare(&up, PAIR, "code");
     let (status, _, text) = post(&up, "/v1/chat/completions", &chat("code", 2, false), None);
     assert_eq!(status, 200, "{text}");
-    let port: u16 = up
-        .events()
-        .iter()
-        .find(|e| e["event"]["model"] == "code" && e["event"]["step"] == "started")
-        .and_then(|e| {
-            let d = e["event"]["detail"].as_str()?;
-            d.split("port ").nth(1)?.split(')').next()?.parse().ok()
-        })
-        .expect("the runtime's port in the ledger");
+    let port = runtime_port(&up, "code");
     // A stream of 500 tokens at 50/s (10 s); the client reads its first event and leaves.
-    let addr = up.api.trim_start_matches("http://").to_owned();
-    let body = chat("code", 500, true).to_string();
-    let mut conn = TcpStream::connect(&addr).unwrap();
-    conn.set_read_timeout(Some(LIMIT)).unwrap();
-    let req = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        up.token().unwrap(),
-        body.len()
-    );
-    conn.write_all(req.as_bytes()).unwrap();
-    let mut reader = BufReader::new(conn);
-    let mut line = String::new();
-    while !line.starts_with("data: ") {
-        line.clear();
-        reader.read_line(&mut line).unwrap();
-    }
+    let reader = first_event(&up, &chat("code", 500, true));
     assert_eq!(double_stats(port)["streams_active"], 1);
     let began = std::time::Instant::now();
     drop(reader);

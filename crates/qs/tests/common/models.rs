@@ -233,3 +233,49 @@ name = "1g"
 vram_mib = 1024
 command = "{qs} model-double --port {port} --model tiny --vram-mib 1024 --load-ms 100 --decode-tps 500"
 "#;
+
+/// The double's `/stats` on `port`.
+pub fn double_stats(port: u16) -> Value {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    s.write_all(b"GET /stats HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut s, &mut text).unwrap();
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    serde_json::from_str(body).unwrap_or_default()
+}
+
+/// The port `model`'s runtime was started on, from `up`'s ledger.
+pub fn runtime_port(up: &Up, model: &str) -> u16 {
+    up.events()
+        .iter()
+        .find(|e| e["event"]["model"] == model && e["event"]["step"] == "started")
+        .and_then(|e| {
+            let d = e["event"]["detail"].as_str()?;
+            d.split("port ").nth(1)?.split(')').next()?.parse().ok()
+        })
+        .expect("the runtime's port in the ledger")
+}
+
+/// A streamed request to `up`'s chat completions, read up to its first event; dropping what
+/// it returns is the client going away.
+pub fn first_event(up: &Up, body: &Value) -> BufReader<TcpStream> {
+    let addr = up.api.trim_start_matches("http://").to_owned();
+    let body = body.to_string();
+    let mut conn = TcpStream::connect(&addr).unwrap();
+    conn.set_read_timeout(Some(LIMIT)).unwrap();
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        up.token().unwrap(),
+        body.len()
+    );
+    conn.write_all(req.as_bytes()).unwrap();
+    let mut reader = BufReader::new(conn);
+    let mut line = String::new();
+    while !line.starts_with("data: ") {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+    }
+    reader
+}
