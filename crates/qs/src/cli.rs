@@ -31,6 +31,20 @@ pub struct Cli {
     command: Command,
 }
 
+impl Cli {
+    /// Whether the command serves (runs an agent, a model double or a bench's fleets) rather
+    /// than printing for a reader.
+    pub fn serves(&self) -> bool {
+        matches!(
+            self.command,
+            Command::Up { .. }
+                | Command::Agent { .. }
+                | Command::ModelDouble { .. }
+                | Command::Bench { .. }
+        )
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run an embedded fleet in one process: in-memory fabric, real child processes, HTTP API.

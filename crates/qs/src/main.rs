@@ -43,11 +43,6 @@ fn exit_on_panic() {
 }
 
 fn main() -> std::process::ExitCode {
-    // Like other Unix tools, end quietly when the reader of our output goes away (`| head`).
-    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("QS_LOG")
@@ -57,6 +52,19 @@ fn main() -> std::process::ExitCode {
         .init();
     exit_on_panic();
     let cli = cli::Cli::parse();
+    // A client command ends quietly when the reader of its output goes away (`| head`), as
+    // other Unix tools do. A server ignores SIGPIPE: a peer that closes while an answer is
+    // being written (a vectored write takes no MSG_NOSIGNAL) costs that connection an
+    // error, never the process.
+    let disposition = if cli.serves() {
+        libc::SIG_IGN
+    } else {
+        libc::SIG_DFL
+    };
+    // SAFETY: setting SIGPIPE's disposition before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, disposition);
+    }
     match cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

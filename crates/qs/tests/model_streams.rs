@@ -96,3 +96,41 @@ fn a_client_that_goes_away_cancels_the_generation_upstream_and_frees_its_slot() 
         "qs_model_requests_total{model=\"code\",class=\"interactive\",outcome=\"client_gone\"} 1";
     assert!(metrics.as_str().unwrap_or("").contains(gone), "{metrics}");
 }
+
+/// Clients that leave in the middle of their answers cost their connections, never the agent:
+/// a write to a socket its peer closed (a vectored write takes no MSG_NOSIGNAL) raises
+/// SIGPIPE, which a server must not die of.
+#[test]
+fn clients_that_leave_mid_answer_never_take_the_agent_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut up = start(dir.path(), "");
+    declare(&up, PAIR, "code");
+    let (status, _, text) = post(&up, "/v1/chat/completions", &chat("code", 2, false), None);
+    assert_eq!(status, 200, "{text}");
+    for _ in 0..20 {
+        let reader = first_event(&up, &chat("code", 500, true));
+        // Closed with a reset: the agent's next write to it fails at once.
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        use std::os::fd::AsRawFd;
+        // SAFETY: sets an option on a socket this test owns, with a value of its size.
+        unsafe {
+            libc::setsockopt(
+                reader.get_ref().as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            );
+        }
+        drop(reader);
+    }
+    up.wait("the streams' slots given back", |u| {
+        model_field_number(u, "code", "in_flight") == 0
+    });
+    let exited = up.child.as_mut().unwrap().try_wait().unwrap();
+    assert_eq!(exited, None, "the agent is alive");
+    assert_eq!(up.get("/health")["status"], "ok");
+}
