@@ -83,6 +83,23 @@ fn machine_dies(agents: &mut [Up], i: usize, pids: &[u32]) {
     assert!(wait_gone(pids), "the dead machine's instances are gone");
 }
 
+/// `dig @server -p port name +short`, as a plain client asks: its answer.
+fn dig(server: SocketAddr, name: &str) -> String {
+    let out = std::process::Command::new("dig")
+        .args([
+            &format!("@{}", server.ip()),
+            "-p",
+            &server.port().to_string(),
+            name,
+            "+short",
+            "+time=2",
+            "+tries=1",
+        ])
+        .output()
+        .expect("dig is required (Debian package bind9-dnsutils; ./scripts/test installs it when run as root)");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 fn dns_spec(port: u16, out: &std::path::Path) -> String {
     format!(
         r#"
@@ -124,6 +141,11 @@ fn a_udp_address_answers_through_every_agent_and_follows_its_instance_across_a_m
         });
         let answer = resolve_at(at(i, port), "ns.fleet.local", Duration::from_secs(2));
         assert_eq!(answer, Some([127, 0, 0, 53]), "through agent {i}");
+        assert_eq!(
+            dig(at(i, port), "ns.fleet.local"),
+            "127.0.0.53",
+            "dig through agent {i}"
+        );
     }
     let read = |f: &str| std::fs::read_to_string(out.join(f)).unwrap_or_default();
     agents[0].wait("the instance published to the file", |_| {
@@ -167,6 +189,11 @@ fn a_udp_address_answers_through_every_agent_and_follows_its_instance_across_a_m
     assert_eq!(now.len(), 1, "placed again once: {now:?}");
     let moved = format!("127.0.0.1:{}", now[0].1.3);
     assert_ne!(moved, endpoint);
+    assert_eq!(
+        dig(through, "ns.fleet.local"),
+        "127.0.0.53",
+        "a plain client's view"
+    );
     alive[0].wait("the new instance published to the file", |_| {
         read("dns.lines") == format!("{moved}\n")
     });
