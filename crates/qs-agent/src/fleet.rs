@@ -96,6 +96,16 @@ where
     }
 }
 
+/// Whether other nodes, which reach this one at `advertise`, reach an API that listens on
+/// `listen`.
+fn reachable_at(listen: SocketAddr, advertise: Option<std::net::IpAddr>) -> bool {
+    let Some(a) = advertise else {
+        return false;
+    };
+    let ip = listen.ip();
+    ip.is_unspecified() || ip == a || (ip.is_loopback() && a.is_loopback())
+}
+
 /// NVML for a real host when a driver is there; otherwise the GPUs the node declares,
 /// simulated (a double, named as such in `/v1/nodes`).
 fn gpu_source(host: bool, spec: &NodeSpec) -> Box<dyn crate::sense::GpuSource> {
@@ -202,7 +212,12 @@ pub struct EmbeddedFleet<F: Fabric = MemoryFabric> {
 impl EmbeddedFleet<MemoryFabric> {
     /// Starts the nodes on a fresh in-memory fabric; the desired state cached by the last
     /// run is stored in its KV again.
-    pub async fn start(opts: FleetOptions) -> Result<Self, FleetError> {
+    pub async fn start(mut opts: FleetOptions) -> Result<Self, FleetError> {
+        // Every node of an embedded fleet is this machine.
+        opts.config
+            .addresses
+            .advertise
+            .get_or_insert(std::net::Ipv4Addr::LOCALHOST.into());
         let fabric = MemoryFabric::new();
         let doc = desired::load(&StateDir::open(&opts.state_dir)?)?;
         crate::specs::put_specs(&fabric, &doc)
@@ -392,9 +407,17 @@ impl<F: Fabric> EmbeddedFleet<F> {
         let api_stop = stop_rx.clone();
         match &opts.tls {
             None => {
-                shared
-                    .entry_port
-                    .store(addr.port(), std::sync::atomic::Ordering::Relaxed);
+                if reachable_at(addr, opts.config.addresses.advertise) {
+                    shared
+                        .entry_port
+                        .store(addr.port(), std::sync::atomic::Ordering::Relaxed);
+                } else if opts.authenticate {
+                    tracing::warn!(
+                        "the API listens on {addr}, which other nodes cannot reach at {:?}: \
+                         they route no model requests here (listen on the advertised address)",
+                        opts.config.addresses.advertise
+                    );
+                }
                 tasks.spawn(serve_api(listener, app, api_stop));
             }
             Some(tls) => {

@@ -361,7 +361,7 @@ impl Default for AddressesConfig {
         AddressesConfig {
             listen: core::net::IpAddr::from([0, 0, 0, 0]),
             advertise: None,
-            publish_dirs: vec!["/tmp".into(), "/run/qs".into(), "/var/lib/qs".into()],
+            publish_dirs: vec!["/run/qs".into(), "/var/lib/qs".into()],
         }
     }
 }

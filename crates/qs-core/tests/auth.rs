@@ -329,20 +329,7 @@ fn frames_a_node_did_not_sign_never_quarantine_it() {
 #[test]
 fn a_heartbeat_about_another_node_is_refused() {
     let Fleet { mut a, mut b, .. } = fleet();
-    let status = |node: &str| qs_wire::NodeStatus {
-        node: id(node),
-        level: 1,
-        labels: Default::default(),
-        capacity: Default::default(),
-        committed: Default::default(),
-        load: Default::default(),
-        instances: vec![],
-        completed: vec![],
-        draining: false,
-        address: None,
-        models: vec![],
-        entry_port: 0,
-    };
+    let status = |node: &str| qs_wire::NodeStatus::idle(id(node), 1);
     let mut about = |node: &str, seq: u64| {
         let env = Envelope::new(
             id("a"),

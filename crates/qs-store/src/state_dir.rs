@@ -239,8 +239,11 @@ impl StateDir {
 
 /// Write a temporary file beside `path`, fsync it, rename it over `path`, fsync the directory.
 /// The state directory's one write, and the one for files outside it that another program
-/// reads (the systemd units of the agent's model runtimes).
+/// reads (the systemd units of the agent's model runtimes, a service's published instances).
+/// The temporary file is new (`O_EXCL`, a name of this process and write of its own): a link
+/// someone planted beside `path` is never followed, and two writes never mix.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<(), StoreError> {
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let dir = path.parent().unwrap_or(Path::new("."));
     let io = |p: &Path| {
         let p = p.to_path_buf();
@@ -250,19 +253,26 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<(), 
     let name = path
         .file_name()
         .map_or_else(|| "state".into(), |n| n.to_string_lossy().into_owned());
-    let tmp = dir.join(format!(".{name}.tmp"));
+    let nth = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.{}.{nth}.tmp", std::process::id()));
     {
         let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
+        options.write(true).create_new(true);
         if let Some(mode) = mode {
             use std::os::unix::fs::OpenOptionsExt;
             options.mode(mode);
         }
         let mut f = options.open(&tmp).map_err(io(&tmp))?;
-        f.write_all(bytes).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
+        let written = f.write_all(bytes).and_then(|()| f.sync_all());
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io(&tmp)(e));
+        }
     }
-    std::fs::rename(&tmp, path).map_err(io(path))?;
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(path)(e));
+    }
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io(dir))?;
@@ -316,6 +326,36 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, vec!["failures.json"]);
+    }
+
+    /// A link planted where an older version wrote its temporary file is never followed:
+    /// what it points at stays as it was.
+    #[test]
+    fn a_planted_link_beside_the_file_is_never_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "untouched").unwrap();
+        let path = dir.path().join("published.json");
+        std::os::unix::fs::symlink(&victim, dir.path().join(".published.json.tmp")).unwrap();
+        for pid_guess in [std::process::id()] {
+            for nth in 0..4 {
+                let name = format!(".published.json.{pid_guess}.{nth}.tmp");
+                let _ = std::os::unix::fs::symlink(&victim, dir.path().join(name));
+            }
+        }
+        // Each write makes a temporary file of its own, whatever was there.
+        let mut written = 0;
+        for _ in 0..8 {
+            if write_atomic(&path, b"[1]", Some(0o644)).is_ok() {
+                written += 1;
+            }
+        }
+        assert!(
+            written >= 4,
+            "a write that met a planted name failed; the rest wrote"
+        );
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "[1]");
     }
 
     #[test]

@@ -118,9 +118,14 @@ fn status(s: &NodeStatus) -> Result<(), InvalidField> {
     }
     if let Some(a) = s.address {
         // Where others send a service's traffic: an address one machine can be reached at.
+        // Link-local addresses are left out too: 169.254.169.254 is a cloud's metadata
+        // service, which no node may point the fleet's forwarders at.
         let unusable = a.is_unspecified()
             || a.is_multicast()
-            || matches!(a, core::net::IpAddr::V4(v4) if v4.is_broadcast());
+            || match a {
+                core::net::IpAddr::V4(v4) => v4.is_broadcast() || v4.is_link_local(),
+                core::net::IpAddr::V6(v6) => v6.is_unicast_link_local(),
+            };
         if unusable {
             return bad(
                 "address",
@@ -184,5 +189,63 @@ impl Envelope<Message> {
             ),
             _ => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::NodeId;
+    use crate::message::{ModelState, ModelSummary};
+
+    fn beat(f: impl FnOnce(&mut NodeStatus)) -> Result<(), InvalidField> {
+        let node = NodeId::new("n").unwrap();
+        let mut s = NodeStatus::idle(node.clone(), 1);
+        f(&mut s);
+        Envelope::new(
+            node,
+            1,
+            1,
+            crate::envelope::MessageId(1),
+            Message::Heartbeat(s),
+        )
+        .validate()
+    }
+
+    #[test]
+    fn a_heartbeat_says_an_address_others_may_send_to_and_few_enough_models() {
+        let ip = |s: &str| Some(s.parse::<core::net::IpAddr>().unwrap());
+        for ok in ["10.0.0.7", "127.0.0.1", "2001:db8::7"] {
+            assert_eq!(beat(|s| s.address = ip(ok)), Ok(()), "{ok}");
+        }
+        for bad in [
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "169.254.169.254",
+            "fe80::1",
+            "::",
+        ] {
+            let e = beat(|s| s.address = ip(bad)).unwrap_err();
+            assert_eq!(e.field, "heartbeat.address", "{bad}");
+        }
+        let model = ModelSummary {
+            model: crate::ids::ServiceName::new("m").unwrap(),
+            state: ModelState::Warm,
+            in_flight: 0,
+            waiting: 0,
+            vram_bytes: 1 << 30,
+        };
+        let many = vec![model.clone(); MAX_MODELS_PER_NODE + 1];
+        assert_eq!(
+            beat(|s| s.models = many).unwrap_err().field,
+            "heartbeat.models"
+        );
+        let huge = ModelSummary {
+            vram_bytes: MAX_BYTES + 1,
+            ..model
+        };
+        let e = beat(|s| s.models = vec![huge]).unwrap_err();
+        assert_eq!(e.field, "heartbeat.models.vram_bytes");
     }
 }

@@ -307,6 +307,26 @@ pub struct NodeStatus {
     pub entry_port: u16,
 }
 
+impl NodeStatus {
+    /// A node of `level` that has nothing and runs nothing (what a test starts from).
+    pub fn idle(node: NodeId, level: u8) -> NodeStatus {
+        NodeStatus {
+            node,
+            level,
+            labels: BTreeMap::new(),
+            capacity: Capacity::default(),
+            committed: Committed::default(),
+            load: Load::default(),
+            instances: vec![],
+            completed: vec![],
+            draining: false,
+            address: None,
+            models: vec![],
+            entry_port: 0,
+        }
+    }
+}
+
 /// A singleton's record in the fleet's `instances` KV bucket (key: the service): the
 /// placement that owns the newest fencing token. Two stewards that place the same singleton at
 /// once (views differ while membership changes) settle it here by compare-and-set: a claim at or

@@ -298,6 +298,13 @@ pub fn up(opts: Up) -> Result<()> {
                 let mut options = options;
                 if options.config.addresses.advertise.is_none() {
                     options.config.addresses.advertise = route_to(&url);
+                    if options.config.addresses.advertise.is_none() {
+                        eprintln!(
+                            "qs agent: warning: no route to {url} says this machine's address; \
+                             other nodes will send its instances nothing until [addresses] \
+                             advertise names it"
+                        );
+                    }
                 }
                 let options = FleetOptions {
                     mode: "nats",

@@ -13,12 +13,13 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-/// Agent `i` listens for addresses on 127.0.0.(i + 1). The nodes share this machine's CPU, so
-/// its load must not make them refuse work.
-fn config(i: usize) -> String {
+/// Agent `i` listens for addresses on 127.0.0.(i + 1) and may publish below `dir`. The nodes
+/// share this machine's CPU, so its load must not make them refuse work.
+fn config(i: usize, dir: &std::path::Path) -> String {
     format!(
-        "[thresholds]\ncpu_sensed = false\nmemory = 1.0\n[addresses]\nlisten = \"127.0.0.{}\"\n",
-        i + 1
+        "[thresholds]\ncpu_sensed = false\nmemory = 1.0\n[addresses]\nlisten = \"127.0.0.{}\"\npublish_dirs = [\"{}\"]\n",
+        i + 1,
+        dir.display()
     )
 }
 
@@ -26,7 +27,7 @@ const NAMES: [&str; 3] = ["alpha", "beta", "gamma"];
 
 fn agents(dir: &std::path::Path, server: &NatsServer) -> Vec<Up> {
     let agents: Vec<Up> = (0..3)
-        .map(|i| agent_configured(dir, &server.url(), NAMES[i], &[], &[], &config(i)))
+        .map(|i| agent_configured(dir, &server.url(), NAMES[i], &[], &[], &config(i, dir)))
         .collect();
     agents[0].wait("three nodes in alpha's registry", |u| {
         u.get("/v1/nodes").as_array().map_or(0, Vec::len) == 3

@@ -1,8 +1,9 @@
 //! An HTTP address: each request goes to one serving instance of the service its `Host` and
 //! path name (the core's [`route_http`]), its answer streamed back.
 //!
-//! The body is read first (at most [`MAX_BODY_BYTES`], else 413), so a request that never
-//! reached an instance is sent to the next one, up to [`super::MAX_TRIES`]. No route is a 404;
+//! The body is read first (at most [`MAX_BODY_BYTES`], else 413; at most [`MAX_REQUESTS`] at
+//! once, else 503), so a request that never reached an instance (it refused the connection)
+//! is sent to the next one, up to [`super::MAX_TRIES`]; one that may have reached it is not. No route is a 404;
 //! no serving instance a 503 with `Retry-After`. Hop-by-hop headers stay on their hop;
 //! `X-Forwarded-For` names the client.
 
@@ -18,7 +19,9 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 /// Largest request body forwarded.
-pub const MAX_BODY_BYTES: usize = 16 << 20;
+pub const MAX_BODY_BYTES: usize = 8 << 20;
+/// Most requests one HTTP address forwards at once (each may hold a body); past that, 503.
+pub const MAX_REQUESTS: usize = 512;
 
 /// Headers that belong to one hop (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [&str; 8] = [
@@ -36,6 +39,7 @@ const HOP_BY_HOP: [&str; 8] = [
 struct Routes {
     routes: Arc<Vec<HttpRoute>>,
     pool: Arc<Pool>,
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// Serves `listener`'s requests until the task is aborted.
@@ -43,6 +47,7 @@ pub(super) async fn forward(listener: TcpListener, routes: Vec<HttpRoute>, pool:
     let app = axum::Router::new().fallback(handle).with_state(Routes {
         routes: Arc::new(routes),
         pool,
+        slots: Arc::new(tokio::sync::Semaphore::new(MAX_REQUESTS)),
     });
     let app = app.into_make_service_with_connect_info::<SocketAddr>();
     if let Err(e) = axum::serve(listener, app).await {
@@ -78,6 +83,12 @@ async fn handle(
         );
     };
     let backend = route.backend.clone();
+    let Ok(_slot) = s.slots.clone().try_acquire_owned() else {
+        return answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{MAX_REQUESTS} requests of this address are in flight"),
+        );
+    };
     let (parts, body) = req.into_parts();
     let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
         Ok(b) => b.to_bytes(),
@@ -99,33 +110,36 @@ async fn handle(
         let Some(addr) = s.pool.pick(&backend, &tried) else {
             break;
         };
+        // The pick stays open until the answer's body ends or is dropped, or the client
+        // leaves while it is sent.
+        let guard = Closing {
+            pool: s.pool.clone(),
+            backend: backend.clone(),
+            addr,
+        };
         let sent = send(&parts.method, addr, &target, &headers, body.clone()).await;
         match sent {
             Ok(resp) => {
                 s.pool.answered(&backend, &addr);
                 let (mut head, incoming) = resp.into_parts();
                 strip(&mut head.headers);
-                let pool = s.pool.clone();
-                let b = backend.clone();
-                // The pick stays open until the answer's body ends or is dropped.
                 let body = Body::new(incoming.map_err(axum::Error::new));
-                let guard = Closing {
-                    pool,
-                    backend: b,
-                    addr,
+                let body = Guarded {
+                    body,
+                    _guard: guard,
                 };
-                return Response::from_parts(
-                    head,
-                    Body::new(Guarded {
-                        body,
-                        _guard: guard,
-                    }),
-                );
+                return Response::from_parts(head, Body::new(body));
             }
             Err(e) => {
                 tracing::debug!("http {addr} for {}: {e}", backend.service);
-                s.pool.closed(&backend, &addr);
                 s.pool.failed(&backend, &addr);
+                // One that may have reached the instance is not sent again.
+                if !e.is_connect() {
+                    return answer(
+                        StatusCode::BAD_GATEWAY,
+                        format!("{} at {addr}: {e}", backend.service),
+                    );
+                }
                 tried.push(addr);
             }
         }
@@ -142,14 +156,16 @@ async fn send(
     target: &str,
     headers: &HeaderMap,
     body: Bytes,
-) -> Result<hyper::Response<hyper::body::Incoming>, String> {
-    let mut req = hyper::Request::builder()
-        .method(method.clone())
-        .uri(format!("http://{addr}{target}"))
-        .body(Full::new(body))
-        .map_err(|e| e.to_string())?;
+) -> Result<hyper::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
+    let mut req = hyper::Request::new(Full::new(body));
+    *req.method_mut() = method.clone();
+    // The address is an IP and a port, the target the path and query the server parsed:
+    // the URI is valid; were it not, the request would go to a port nothing listens on.
+    *req.uri_mut() = format!("http://{addr}{target}")
+        .parse()
+        .unwrap_or_else(|_| hyper::Uri::from_static("http://127.0.0.1:0/"));
     *req.headers_mut() = headers.clone();
-    crate::upstream::send(req).await.map_err(|e| e.to_string())
+    crate::upstream::send(req).await
 }
 
 /// The client's headers for the instance: its hop's own left out, the client named.

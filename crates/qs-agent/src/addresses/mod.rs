@@ -30,6 +30,8 @@ use tokio::sync::watch;
 pub const REFRESH: Duration = Duration::from_millis(100);
 /// How long a port that could not be bound waits before the next try.
 const BIND_RETRY: Duration = Duration::from_secs(5);
+/// Warnings remembered so each is logged once (then forgotten all at once).
+const MAX_TOLD: usize = 1024;
 /// Instances one forwarder tries for one connection or request before giving up.
 pub(crate) const MAX_TRIES: usize = 3;
 
@@ -192,6 +194,10 @@ pub async fn serve(setup: AddressSetup, mut stop: watch::Receiver<bool>) {
         }
         let snap = snapshot(&setup.membership);
         let planned = plan(&snap.specs);
+        if told.len() > MAX_TOLD {
+            // Said long ago; saying it again is no harm.
+            told.clear();
+        }
         for c in &planned.conflicts {
             let line = format!(
                 "service {}: no address on port {} ({:?}): {} (held by {})",
@@ -202,7 +208,19 @@ pub async fn serve(setup: AddressSetup, mut stop: watch::Receiver<bool>) {
             }
         }
         pool.update(snap.table.clone());
-        open.retain(|port, o| planned.listeners.get(port) == Some(&o.listener));
+        // A port whose listener changed is closed, and its socket gone, before it is bound
+        // again.
+        let stale: Vec<Port> = open
+            .iter()
+            .filter(|(port, o)| planned.listeners.get(port) != Some(&o.listener))
+            .map(|(port, _)| *port)
+            .collect();
+        for port in stale {
+            if let Some(mut o) = open.remove(&port) {
+                o.task.abort();
+                let _ = (&mut o.task).await;
+            }
+        }
         unbound.retain(|port, _| planned.listeners.contains_key(port));
         for (port, listener) in &planned.listeners {
             if open.contains_key(port)

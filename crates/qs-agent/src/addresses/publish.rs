@@ -70,9 +70,22 @@ impl Published {
 
 /// A service's command runner: the newest list waits in the channel.
 struct Runner {
+    /// What it runs: a spec that changes any of it gets a new runner.
+    what: (String, Option<String>, BTreeMap<String, String>),
     latest: watch::Sender<Option<Published>>,
     task: tokio::task::JoinHandle<()>,
 }
+
+/// One file to write.
+struct FileWrite {
+    service: ServiceName,
+    path: std::path::PathBuf,
+    bytes: Vec<u8>,
+    instances: usize,
+}
+
+/// Files waiting to be written, one after the other in the order they changed.
+const MAX_WRITES_QUEUED: usize = 64;
 
 impl Drop for Runner {
     fn drop(&mut self) {
@@ -90,10 +103,39 @@ pub(super) struct Publisher {
     /// The list last handed to each service's command, while stewarded here.
     commanded: BTreeMap<ServiceName, Vec<Endpoint>>,
     runners: BTreeMap<ServiceName, Runner>,
+    writes: tokio::sync::mpsc::Sender<FileWrite>,
+    writer: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.writer.abort();
+    }
 }
 
 impl Publisher {
     pub(super) fn new(config: AddressesConfig, child_users: Vec<String>) -> Publisher {
+        let (writes, mut queue) = tokio::sync::mpsc::channel::<FileWrite>(MAX_WRITES_QUEUED);
+        // One write at a time, in order: an older list never lands after a newer one.
+        let writer = tokio::spawn(async move {
+            while let Some(w) = queue.recv().await {
+                let path = w.path.clone();
+                let done = tokio::task::spawn_blocking(move || {
+                    qs_store::write_atomic(&path, &w.bytes, Some(0o644))
+                })
+                .await;
+                match done {
+                    Ok(Ok(())) => tracing::info!(
+                        "service {}: published {} instances to {}",
+                        w.service,
+                        w.instances,
+                        w.path.display()
+                    ),
+                    Ok(Err(e)) => tracing::warn!("service {}: publishing: {e}", w.service),
+                    Err(e) => tracing::warn!("service {}: publishing: {e}", w.service),
+                }
+            }
+        });
         Publisher {
             config,
             child_users,
@@ -101,6 +143,8 @@ impl Publisher {
             written: BTreeMap::new(),
             commanded: BTreeMap::new(),
             runners: BTreeMap::new(),
+            writes,
+            writer,
         }
     }
 
@@ -124,31 +168,42 @@ impl Publisher {
             let now: &[Endpoint] = snap.table.get(name).map_or(&[], Vec::as_slice);
             if let Some(file) = &p.file
                 && self.written.get(name).map(Vec::as_slice) != Some(now)
+                && self.write(name, file, p.format, Published::of(name, now))
             {
                 self.written.insert(name.clone(), now.to_vec());
-                self.write(name, file, p.format, Published::of(name, now));
             }
             if let Some(command) = &p.command
                 && snap.stewarded_here.contains(name)
                 && self.commanded.get(name).map(Vec::as_slice) != Some(now)
             {
                 self.commanded.insert(name.clone(), now.to_vec());
-                let runner = self
-                    .runners
-                    .entry(name.clone())
-                    .or_insert_with(|| runner(spec, command, &self.child_users));
-                runner.latest.send_replace(Some(Published::of(name, now)));
+                let what = (command.clone(), spec.user.clone(), spec.env.clone());
+                if self.runners.get(name).is_none_or(|r| r.what != what) {
+                    let r = runner(spec, command, &self.child_users);
+                    self.runners.insert(name.clone(), r);
+                }
+                if let Some(r) = self.runners.get(name) {
+                    r.latest.send_replace(Some(Published::of(name, now)));
+                }
             }
         }
     }
 
-    fn write(&self, service: &ServiceName, file: &str, format: PublishFormat, list: Published) {
+    /// Queues `list` for `file`; whether it was taken (a file outside `publish_dirs` is
+    /// taken and never written; a full queue takes nothing, so the next refresh tries again).
+    fn write(
+        &self,
+        service: &ServiceName,
+        file: &str,
+        format: PublishFormat,
+        list: Published,
+    ) -> bool {
         if !self.config.may_publish_at(file) {
             tracing::warn!(
                 "service {service}: publish.file {file} is outside [addresses] publish_dirs {:?}; not written",
                 self.config.publish_dirs
             );
-            return;
+            return true;
         }
         let bytes = match format {
             PublishFormat::Json => {
@@ -158,17 +213,13 @@ impl Publisher {
             }
             PublishFormat::Lines => list.lines().into_bytes(),
         };
-        let (path, service) = (std::path::PathBuf::from(file), service.clone());
-        tokio::task::spawn_blocking(move || {
-            match qs_store::write_atomic(&path, &bytes, Some(0o644)) {
-                Ok(()) => tracing::info!(
-                    "service {service}: published {} instances to {}",
-                    list.endpoints.len(),
-                    path.display()
-                ),
-                Err(e) => tracing::warn!("service {service}: publishing: {e}"),
-            }
-        });
+        let w = FileWrite {
+            service: service.clone(),
+            path: std::path::PathBuf::from(file),
+            bytes,
+            instances: list.endpoints.len(),
+        };
+        self.writes.try_send(w).is_ok()
     }
 }
 
@@ -177,6 +228,7 @@ fn runner(spec: &WorkloadSpec, command: &str, child_users: &[String]) -> Runner 
     let (latest, mut rx) = watch::channel::<Option<Published>>(None);
     let run_as = crate::run_as::for_spec(spec.user.as_deref(), child_users);
     let (command, env, service) = (command.to_owned(), spec.env.clone(), spec.name.clone());
+    let what = (command.to_owned(), spec.user.clone(), spec.env.clone());
     let task = tokio::spawn(async move {
         while rx.changed().await.is_ok() {
             let Some(list) = rx.borrow_and_update().clone() else {
@@ -195,7 +247,7 @@ fn runner(spec: &WorkloadSpec, command: &str, child_users: &[String]) -> Runner 
             }
         }
     });
-    Runner { latest, task }
+    Runner { what, latest, task }
 }
 
 async fn run(

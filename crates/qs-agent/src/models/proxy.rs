@@ -17,7 +17,7 @@
 
 use super::http::{Target, forward};
 use super::keys::Grant;
-use super::route::{Choice, FleetRoute, MAX_HOPS, ROUTED_BY, SESSION_HEADER, choose};
+use super::route::{Choice, FleetRoute, InFlight, MAX_HOPS, ROUTED_BY, SESSION_HEADER, choose};
 use super::{Ask, Decision, Finish, ModelView, Registry};
 use crate::counters::Counters;
 use crate::model_metrics::{Meter, ModelClass};
@@ -99,6 +99,31 @@ pub async fn serve(
 ) -> Response {
     let arrived = Instant::now();
     let invalid = |m: String| refusal(StatusCode::BAD_REQUEST, "invalid_request_error", m);
+    let class = match class(endpoint, headers) {
+        // A key's requests get its class at most.
+        Ok(c) => grant.map_or(c, |g| g.class_for(c)),
+        Err(e) => return invalid(e),
+    };
+    // A request another node routed here came in without a token: its tag is checked
+    // before anything else is read of it.
+    let routed_here = headers.contains_key(ROUTED_BY);
+    if routed_here {
+        let verified = match fleet {
+            Some(f) => f.verify(headers, endpoint, class, &body),
+            None => Err("this agent takes no routed requests".to_owned()),
+        };
+        if let Err(e) = verified {
+            counters.model_requests_refused.inc();
+            return refusal(
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                format!("a routed request refused: {e}"),
+            );
+        }
+        if headers.contains_key(LEASE_HEADER) {
+            return invalid(format!("a routed request runs under no {LEASE_HEADER}"));
+        }
+    }
     let parsed: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => return invalid(format!("the body is not JSON: {e}")),
@@ -111,11 +136,6 @@ pub async fn serve(
     }
     let Ok(name) = ServiceName::new(model) else {
         return not_found(registry, fleet, grant, model);
-    };
-    let class = match class(endpoint, headers) {
-        // A key's requests get its class at most.
-        Ok(c) => grant.map_or(c, |g| g.class_for(c)),
-        Err(e) => return invalid(e),
     };
     if let Some(g) = grant
         && !g.may_use(&name)
@@ -133,21 +153,6 @@ pub async fn serve(
             Err(e) => return invalid(format!("{LEASE_HEADER}: {holder:?}: {e}")),
         },
     };
-    let routed_here = headers.contains_key(ROUTED_BY);
-    if routed_here {
-        let verified = match fleet {
-            Some(f) => f.verify(headers, endpoint, class, &body),
-            None => Err("this agent takes no routed requests".to_owned()),
-        };
-        if let Err(e) = verified {
-            counters.model_requests_refused.inc();
-            return refusal(
-                StatusCode::UNAUTHORIZED,
-                "authentication_error",
-                format!("a routed request refused: {e}"),
-            );
-        }
-    }
     let session = headers
         .get(SESSION_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -168,20 +173,30 @@ pub async fn serve(
                 let Some(f) = fleet else {
                     return not_found(registry, fleet, grant, model);
                 };
+                let in_flight = f.in_flight(&node);
                 match f.forward(&node, endpoint, class, body.clone()).await {
                     Ok(resp) => {
                         counters
                             .models
                             .outcome(name.as_str(), class.name(), "routed");
-                        return relay(resp);
+                        return relay(resp, in_flight);
                     }
-                    Err(e) => {
-                        tracing::info!("model {name}: {e}; trying another node");
+                    // It never reached the node: another may take it.
+                    Err(e) if !e.reached => {
+                        tracing::info!("model {name}: {}; trying another node", e.reason);
                         tried.push(node);
                         if tried.len() >= MAX_HOPS {
                             counters.model_requests_refused.inc();
-                            return busy(1000, format!("no node holding {name} answered: {e}"));
+                            return busy(
+                                1000,
+                                format!("no node holding {name} answered: {}", e.reason),
+                            );
                         }
+                    }
+                    // It may have run there: sending it again could run it twice.
+                    Err(e) => {
+                        counters.model_requests_refused.inc();
+                        return refusal(StatusCode::BAD_GATEWAY, "runtime_error", e.reason);
                     }
                 }
             }
@@ -195,6 +210,11 @@ pub async fn serve(
                         need_bytes >> 20
                     ),
                 );
+            }
+            // Every node that holds it was tried and could not be reached.
+            Choice::Unknown if !tried.is_empty() => {
+                counters.model_requests_refused.inc();
+                return busy(1000, format!("no node holding {name} could be reached"));
             }
             Choice::Unknown => return not_found(registry, fleet, grant, model),
         }
@@ -472,8 +492,9 @@ fn events_in(data: &Bytes) -> u64 {
     (count(b"data: ") - count(b"data: [DONE]")) as u64
 }
 
-/// Another node's answer, passed through as it comes (its status, type and `Retry-After`).
-fn relay(resp: hyper::Response<hyper::body::Incoming>) -> Response {
+/// Another node's answer, passed through as it comes (its status, type and `Retry-After`),
+/// counted in flight there until it ends.
+fn relay(resp: hyper::Response<hyper::body::Incoming>, in_flight: InFlight) -> Response {
     let (parts, incoming) = resp.into_parts();
     let mut out = Response::builder().status(parts.status);
     for name in [
@@ -485,8 +506,37 @@ fn relay(resp: hyper::Response<hyper::body::Incoming>) -> Response {
             out = out.header(name, v);
         }
     }
-    out.body(Body::new(incoming))
-        .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
+    out.body(Body::new(Relayed {
+        inner: incoming,
+        _in_flight: in_flight,
+    }))
+    .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
+}
+
+/// Another node's answer body, holding its count in flight until it ends.
+struct Relayed {
+    inner: hyper::body::Incoming,
+    _in_flight: InFlight,
+}
+
+impl http_body::Body for Relayed {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// `/v1/models`: every model of this process's hosts and, with `fleet`, of the other nodes

@@ -41,6 +41,45 @@ pub struct FleetRoute {
     pub max_skew_ms: u64,
     /// Tags of routed requests taken, with when they were made.
     seen: Mutex<BTreeMap<(u64, [u8; 32]), ()>>,
+    /// Requests this node sent to each other node and whose answers have not ended: what
+    /// their heartbeats cannot say yet.
+    forwarded: Arc<Mutex<BTreeMap<NodeId, u32>>>,
+}
+
+/// One request sent on to another node, counted until its answer ends or is dropped.
+pub(crate) struct InFlight {
+    node: NodeId,
+    forwarded: Arc<Mutex<BTreeMap<NodeId, u32>>>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut f = self.forwarded.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = f.get_mut(&self.node) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                f.remove(&self.node);
+            }
+        }
+    }
+}
+
+/// Why a request sent on to another node got no answer from it.
+#[derive(Debug)]
+pub(crate) struct ForwardError {
+    pub reason: String,
+    /// The request may have reached the node (the connection broke after it was sent): it
+    /// must not be sent again elsewhere.
+    pub reached: bool,
+}
+
+impl ForwardError {
+    fn before(reason: String) -> ForwardError {
+        ForwardError {
+            reason,
+            reached: false,
+        }
+    }
 }
 
 /// Where one request goes.
@@ -74,6 +113,7 @@ fn holder(view: &ModelView, local: bool, membership: &Membership) -> Holder {
 pub fn summaries(views: &[ModelView]) -> Vec<ModelSummary> {
     views
         .iter()
+        .take(qs_wire::bounds::MAX_MODELS_PER_NODE)
         .map(|v| ModelSummary {
             model: v.name.clone(),
             state: ModelState::named(v.state).unwrap_or(ModelState::Failed),
@@ -95,11 +135,13 @@ pub(crate) fn choose(
     excluding: &[NodeId],
 ) -> Choice {
     let local = registry.find_all(model);
-    // The fast path: warm here, or a runtime someone else manages that this node reaches.
-    if let Some((h, v)) = local
-        .iter()
-        .find(|(_, v)| v.state == "warm" || v.url.is_some())
+    // Within one process (no fleet beyond it), one warm here, or a runtime someone else
+    // manages that this node reaches, needs no weighing.
+    if (fleet.is_none() || routed_here)
         && session.is_none()
+        && let Some((h, v)) = local
+            .iter()
+            .find(|(_, v)| v.state == "warm" || v.url.is_some())
     {
         return Choice::Local(h.clone(), v.clone());
     }
@@ -123,8 +165,16 @@ pub(crate) fn choose(
         && !routed_here
     {
         let locals = f.local_nodes();
-        let reg = f.membership.read();
-        holders.extend(routing::peers(&reg, model, |n| locals.contains(n)));
+        let mut peers = {
+            let reg = f.membership.read();
+            routing::peers(&reg, model, |n| locals.contains(n))
+        };
+        let forwarded = f.forwarded.lock().unwrap_or_else(|p| p.into_inner());
+        for p in &mut peers {
+            let ours = forwarded.get(&p.node).copied().unwrap_or(0);
+            p.outstanding = p.outstanding.saturating_add(ours);
+        }
+        holders.extend(peers);
     }
     match routing::route(&holders, session, excluding) {
         Route::To(node) => match local.into_iter().find(|(_, v)| v.node == node) {
@@ -159,6 +209,17 @@ impl FleetRoute {
             origin,
             max_skew_ms,
             seen: Mutex::new(BTreeMap::new()),
+            forwarded: Arc::default(),
+        }
+    }
+
+    /// Counts a request sent on to `node` until what this returns is dropped.
+    pub(crate) fn in_flight(&self, node: &NodeId) -> InFlight {
+        let mut f = self.forwarded.lock().unwrap_or_else(|p| p.into_inner());
+        *f.entry(node.clone()).or_insert(0) += 1;
+        InFlight {
+            node: node.clone(),
+            forwarded: self.forwarded.clone(),
         }
     }
 
@@ -191,13 +252,15 @@ impl FleetRoute {
         endpoint: Endpoint,
         class: Class,
         body: Bytes,
-    ) -> Result<hyper::Response<hyper::body::Incoming>, String> {
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ForwardError> {
         let addr = {
             let reg = self.membership.read();
             let s = reg
                 .status(to)
-                .ok_or_else(|| format!("{to} is not in the fleet"))?;
-            let ip = s.address.ok_or_else(|| format!("{to} says no address"))?;
+                .ok_or_else(|| ForwardError::before(format!("{to} is not in the fleet")))?;
+            let ip = s
+                .address
+                .ok_or_else(|| ForwardError::before(format!("{to} says no address")))?;
             std::net::SocketAddr::new(ip, s.entry_port)
         };
         let at_ms = crate::clock::now().as_micros() / 1000;
@@ -205,7 +268,7 @@ impl FleetRoute {
         let tag = self
             .auth
             .tag(&self.origin, to, &payload)
-            .ok_or_else(|| format!("no session key with {to}"))?;
+            .ok_or_else(|| ForwardError::before(format!("no session key with {to}")))?;
         let req = hyper::Request::builder()
             .method(hyper::Method::POST)
             .uri(format!("http://{addr}{}", endpoint.path()))
@@ -218,10 +281,11 @@ impl FleetRoute {
             .header(ROUTED_AT, at_ms.to_string())
             .header(ROUTE_TAG, hex(&tag))
             .body(Full::new(body))
-            .map_err(|e| e.to_string())?;
-        crate::upstream::send(req)
-            .await
-            .map_err(|e| format!("{to} at {addr}: {e}"))
+            .map_err(|e| ForwardError::before(e.to_string()))?;
+        crate::upstream::send(req).await.map_err(|e| ForwardError {
+            reached: !e.is_connect(),
+            reason: format!("{to} at {addr}: {e}"),
+        })
     }
 
     /// Checks a request another node routed here: its tag, its age, that it is new.

@@ -6,13 +6,11 @@ use super::Runtime;
 use qs_fabric::Fabric;
 use qs_wire::NodeStatus;
 
-/// The address said when the config names none and nothing found a better one.
-pub const LOOPBACK: core::net::IpAddr = core::net::IpAddr::V4(core::net::Ipv4Addr::LOCALHOST);
-
 impl<F: Fabric> Runtime<F> {
     /// Fills in `status`'s address and its instances' ports before it is published.
     pub(super) fn stamp_reach(&self, status: &mut NodeStatus) {
-        status.address = Some(self.node.config().addresses.advertise.unwrap_or(LOOPBACK));
+        // None where nothing said it: other nodes then send this node's instances nothing.
+        status.address = self.node.config().addresses.advertise;
         let running = self.exec.running();
         for i in &mut status.instances {
             i.port = running.get(&i.instance).map_or(0, |r| r.port);
