@@ -65,6 +65,8 @@ pub struct Shared {
     /// The port of the entry point other nodes route to (plain HTTP); 0 until the API
     /// listens, and under TLS, where other nodes route nothing here.
     pub entry_port: std::sync::atomic::AtomicU16,
+    /// The durable tasks of the process's first node.
+    pub tasks: Arc<crate::tasks::TaskHost>,
     /// What the process listens on for the fleet's stable addresses.
     pub addresses: Arc<RwLock<Vec<crate::v1::AddressView>>>,
 }

@@ -287,7 +287,7 @@ impl<F: Fabric> EmbeddedFleet<F> {
         let shared = Arc::new(Shared {
             auth: auth.clone(),
             ledger,
-            journal,
+            journal: journal.clone(),
             counters: Default::default(),
             views: RwLock::default(),
             controls: RwLock::default(),
@@ -295,11 +295,16 @@ impl<F: Fabric> EmbeddedFleet<F> {
             state_dir: state.clone(),
             models: Default::default(),
             route,
+            tasks: Arc::new(crate::tasks::TaskHost::new(
+                opts.nodes[0].id.clone(),
+                journal.clone(),
+            )),
             entry_port: Default::default(),
             addresses: Default::default(),
         });
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
+        tasks.spawn(shared.tasks.clone().keep_deadlines(stop_rx.clone()));
         // The desired-state cache: what was applied survives a restart of the process.
         tasks.spawn(desired::keep(
             fabric.clone(),

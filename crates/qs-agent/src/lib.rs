@@ -33,6 +33,7 @@ mod sandbox;
 pub mod sense;
 pub mod simgpu;
 pub mod specs;
+pub mod tasks;
 mod upstream;
 pub mod v1;
 

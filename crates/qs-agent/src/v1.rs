@@ -104,6 +104,9 @@ pub struct Health {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueStats {
     pub nodes: BTreeMap<NodeId, NodeQueue>,
+    /// The durable tasks' queues (inbound, refinement, outbound) and what became of them.
+    #[serde(default)]
+    pub tasks: qs_core::tasks::QueueCounts,
 }
 
 /// One node's queues.
@@ -214,6 +217,20 @@ pub struct AddressView {
     pub error: Option<String>,
     /// The serving instances behind it, `host:port`.
     pub endpoints: Vec<String>,
+}
+
+/// `POST /v1/tasks`: the task's id (201 when new; 200 when its idempotency key named it
+/// already).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Submitted {
+    pub id: qs_wire::TaskId,
+    pub existing: bool,
+}
+
+/// `POST /v1/tasks/ID/cancel`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cancelled {
+    pub cancelled: qs_wire::TaskId,
 }
 
 /// `POST /v1/specs`.

@@ -51,6 +51,15 @@ fn get_queue_stats() {
     };
     insta::assert_snapshot!(json(&QueueStats {
         nodes: BTreeMap::from([(node("forge"), queue)]),
+        tasks: qs_core::tasks::QueueCounts {
+            inbound: 4,
+            running: 2,
+            refinement: 1,
+            outbound: 1,
+            completed: 9,
+            failed: 1,
+            cancelled: 0,
+        },
     }));
 }
 

@@ -29,6 +29,7 @@ pub mod registry;
 pub mod rng;
 pub mod routing;
 pub mod sampler;
+pub mod tasks;
 pub mod time;
 pub mod weight;
 

@@ -144,6 +144,32 @@ proptest! {
         let _ = reg.expire(Time::from_millis(60_000));
     }
 
+    /// A task body of any shape is decoded and checked, and one that passes goes into the
+    /// queues; a task built of any numbers is refused or queued, never more.
+    #[test]
+    fn any_task_body_is_checked_then_queued(
+        text in "\\PC{0,300}",
+        priority in 0u8..20,
+        difficulty in -1.0f64..2.0,
+        iterations in 0u32..20_000,
+        deadline in 0u64..(8 * 24 * 3_600_000),
+    ) {
+        let mut q = qs_core::tasks::TaskQueues::new(id("a"), Default::default(), 1);
+        if let Ok(spec) = qs_wire::decode_task("api", text.as_bytes()) {
+            let _ = q.submit(spec, Time::from_millis(1));
+        }
+        let body = serde_json::json!({
+            "class": "batch", "priority": priority, "difficulty": difficulty,
+            "idempotency_key": "k", "max_iterations": iterations, "deadline_ms": deadline,
+        });
+        if let Ok(spec) = qs_wire::decode_task("api", body.to_string().as_bytes()) {
+            prop_assert!(spec.priority <= 9 && (0.0..=1.0).contains(&spec.difficulty));
+            prop_assert!(q.submit(spec, Time::from_millis(1)).is_ok());
+        }
+        q.expire(Time::from_millis(u64::MAX / 2000));
+        prop_assert_eq!(q.counts().inbound, 0);
+    }
+
     /// A spec that parses is read back unchanged the KV's way (its JSON, decoded and checked).
     #[test]
     fn a_parsed_spec_reads_back_the_same(replicas in 0i64..5, max in 0i64..8, cpu in 1u32..64, per_node in 1i64..3, interval in 0i64..5000) {

@@ -194,12 +194,40 @@ pub enum Event {
         took_ms: u64,
         detail: String,
     },
+    /// A step of a durable task's life (seed 002).
+    Task {
+        task: crate::ids::TaskId,
+        step: TaskStep,
+        detail: String,
+    },
     /// A model spec in the fleet's `models` KV broke a rule; the one in force (if any) stays.
     ModelRefused {
         key: String,
         field: String,
         reason: String,
     },
+}
+
+/// The steps of a durable task's life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TaskStep {
+    /// Accepted into the inbound queue.
+    Submitted,
+    /// A worker took an iteration of it (`detail`: the attempt, its fencing token).
+    Claimed,
+    /// An iteration ended (`detail`: its score, and what ended refining if anything did).
+    Iterated,
+    /// Its result waits for validation.
+    Outbound,
+    /// Its result failed validation: a new pass.
+    Rejected,
+    /// An attempt failed: it goes back to the inbound queue.
+    Retried,
+    /// Done, once.
+    Completed,
+    Failed,
+    Cancelled,
 }
 
 /// The steps of a model runtime's transition and the watchdog's verdicts.

@@ -1,4 +1,4 @@
-//! Identifiers: nodes, services (and jobs), instances and placements.
+//! Identifiers: nodes, services (and jobs), instances, placements and tasks.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -135,6 +135,10 @@ name_type!(
 name_type!(
     /// One running copy of a service or job.
     InstanceId
+);
+name_type!(
+    /// One durable task (seed 002): the node that took it and its own counter.
+    TaskId
 );
 
 /// One placement, unique per fleet: the steward that drives it and its own counter.

@@ -13,12 +13,13 @@ pub mod ids;
 pub mod message;
 pub mod resources;
 pub mod spec;
+pub mod task;
 
 pub use envelope::{Envelope, MessageId, WIRE_VERSION, WireError};
 pub use event::{DeclineFrom, Event, LocalVerdict, ModelStep, OfferFrom, Record, SenseReason};
 pub use frame::{Frame, FrameError, FrameKind};
 pub use identity::NodeRecord;
-pub use ids::{InstanceId, NameError, NodeId, PlacementId, ServiceName};
+pub use ids::{InstanceId, NameError, NodeId, PlacementId, ServiceName, TaskId};
 pub use message::{
     Composite, DeclineReason, Demand, ExitOutcome, InstanceSummary, Message, ModelState,
     ModelSummary, NodeStatus, Offer, Resource, Role, SingletonClaim,
@@ -29,3 +30,4 @@ pub use spec::{
     ModelTier, NodeSpec, Probe, Protocol, Publish, PublishFormat, ServiceAddress, SpecDocument,
     SpecError, WorkloadKind, WorkloadSpec, decode_model, decode_workload, parse_spec,
 };
+pub use task::{TaskClass, TaskSpec, Validation, decode_task, parse_task};

@@ -20,11 +20,12 @@ pub use address::{
     MAX_ADDRESS_PATH_BYTES, MAX_PUBLISH_FILE_BYTES, Protocol, Publish, PublishFormat,
     ServiceAddress,
 };
-use locate::Locator;
+pub(crate) use locate::Locator;
 pub use locate::line_column;
 pub use model::{
     Authority, MAX_CONCURRENCY, MAX_MODEL_MS, MAX_TIERS, ModelDiscipline, ModelSpec, ModelTier,
 };
+pub(crate) use validate::command as check_command;
 pub use validate::{
     InvalidField, MAX_COMMAND_BYTES, MAX_LABEL_BYTES, MAX_LABELS, MAX_PROBE_MS, MAX_SPEC_BYTES,
     check_labels, decode_model, decode_workload,

@@ -139,6 +139,11 @@ enum Command {
         #[command(subcommand)]
         action: ChaosAction,
     },
+    /// Durable tasks: submit one from a file, list them, show or cancel one.
+    Task {
+        #[command(subcommand)]
+        action: TaskAction,
+    },
     /// Approve promoting a replica of a stateful-read service that lost its primary.
     Approve { service: String },
     /// Print shell completions.
@@ -332,6 +337,30 @@ enum ChaosAction {
     },
 }
 
+#[derive(Subcommand, Debug)]
+enum TaskAction {
+    /// Submit the task a file describes (a `[task]` table).
+    Submit {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
+    /// List the tasks.
+    Ls {
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
+    /// Show one task.
+    Show {
+        id: String,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
+    /// Cancel a task that has not ended.
+    Cancel { id: String },
+}
+
 /// How `qs chaos` watches the fleet recover.
 #[derive(clap::Args, Debug)]
 struct RecoveryArgs {
@@ -409,6 +438,12 @@ pub fn run(cli: Cli) -> Result<()> {
                 },
         } => crate::fleet::chaos_pause(api, &node, for_ms, watch.watch(api)),
         Command::Approve { service } => crate::fleet::approve(api, &service),
+        Command::Task { action } => match action {
+            TaskAction::Submit { file, output } => crate::tasks::submit(api, &file, output),
+            TaskAction::Ls { output } => crate::tasks::ls(api, output),
+            TaskAction::Show { id, output } => crate::tasks::show_one(api, &id, output),
+            TaskAction::Cancel { id } => crate::tasks::cancel(api, &id),
+        },
         Command::Drain {
             node,
             undo,

@@ -10,14 +10,18 @@ use qs_wire::{Record, parse_spec};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::time::Duration;
-fn table(headers: &[&str]) -> Table {
+pub(crate) fn table(headers: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED)
         .set_header(headers.to_vec());
     t
 }
 
-fn show(output: OutputFormat, value: &Value, text: impl FnOnce(&Value) -> String) -> Result<()> {
+pub(crate) fn show(
+    output: OutputFormat,
+    value: &Value,
+    text: impl FnOnce(&Value) -> String,
+) -> Result<()> {
     match output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(value)?),
         OutputFormat::Text => println!("{}", text(value)),
@@ -41,7 +45,7 @@ fn name<T: serde::Serialize>(v: &T) -> String {
     s(&serde_json::to_value(v).unwrap_or(Value::Null))
 }
 
-fn s(v: &Value) -> String {
+pub(crate) fn s(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => "-".into(),

@@ -14,6 +14,7 @@ mod demo;
 mod fleet;
 mod render;
 mod systemd;
+mod tasks;
 mod up;
 
 use clap::Parser;

@@ -252,6 +252,7 @@ pub fn describe(event: &Event) -> String {
             }
             s
         }
+        Event::Task { task, step, detail } => format!("task {task} {step:?}: {detail}"),
     }
 }
 

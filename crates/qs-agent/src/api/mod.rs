@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 mod chaos;
 mod guard;
 mod openai;
+mod tasks;
 pub mod tls;
 mod token;
 use chaos::{chaos_kill, chaos_panic, chaos_pause};
@@ -250,6 +251,9 @@ pub fn router<F: Fabric>(api: Arc<Api<F>>) -> Router {
         .route("/v1/services", get(services::<F>))
         .route("/v1/instances", get(instances::<F>))
         .route("/v1/addresses", get(addresses::<F>))
+        .route("/v1/tasks", post(tasks::submit::<F>).get(tasks::list::<F>))
+        .route("/v1/tasks/{id}", get(tasks::show::<F>))
+        .route("/v1/tasks/{id}/cancel", post(tasks::cancel::<F>))
         .route("/v1/events", get(events::<F>))
         .route("/v1/specs", post(apply::<F>))
         .route("/v1/specs/{name}", delete(delete_spec::<F>))
@@ -368,7 +372,8 @@ async fn queue_stats<F: Fabric>(State(api): State<Arc<Api<F>>>) -> Response {
             (id.clone(), queue)
         })
         .collect();
-    Json(v1::QueueStats { nodes }).into_response()
+    let tasks = api.shared.tasks.counts();
+    Json(v1::QueueStats { nodes, tasks }).into_response()
 }
 
 /// The durable state this agent keeps: the ledger, the desired-state cache, the instance files.

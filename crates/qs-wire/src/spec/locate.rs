@@ -5,13 +5,17 @@ use super::SpecError;
 use std::ops::Range;
 
 /// Turns byte spans into file, line, column and field path.
-pub(super) struct Locator<'a> {
+pub(crate) struct Locator<'a> {
     pub(super) file: &'a str,
     pub(super) text: &'a str,
 }
 
-impl Locator<'_> {
-    pub(super) fn error(
+impl<'a> Locator<'a> {
+    pub(crate) fn new(file: &'a str, text: &'a str) -> Locator<'a> {
+        Locator { file, text }
+    }
+
+    pub(crate) fn error(
         &self,
         span: Range<usize>,
         field: &str,
@@ -29,7 +33,7 @@ impl Locator<'_> {
 
     /// Errors from the TOML deserializer carry a span but no field path; rebuild the path from
     /// the table header and key around the span.
-    pub(super) fn serde_error(&self, e: &toml::de::Error) -> SpecError {
+    pub(crate) fn serde_error(&self, e: &toml::de::Error) -> SpecError {
         let start = e.span().map_or(0, |s| s.start).min(self.text.len());
         let message = e.message().trim().to_owned();
         // A missing field is reported at the table that lacks it: the path ends there.

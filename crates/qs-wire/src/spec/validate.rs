@@ -75,7 +75,7 @@ pub fn check_labels(
     Ok(())
 }
 
-pub(super) fn command(field: &str, c: &str) -> Result<(), InvalidField> {
+pub(crate) fn command(field: &str, c: &str) -> Result<(), InvalidField> {
     if c.trim().is_empty() {
         return bad(field, "must not be empty");
     }

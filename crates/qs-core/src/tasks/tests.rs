@@ -1,0 +1,186 @@
+//! The task queues' rules, one scenario each.
+
+use super::*;
+use qs_wire::parse_task;
+
+/// A batch task of 5 iterations and a minute, `extra` (TOML lines) changing any of that.
+fn spec(key: &str, extra: &str) -> TaskSpec {
+    let mut text = format!("[task]\nidempotency_key = \"{key}\"\n{extra}\n");
+    for (field, value) in [
+        ("class", "\"batch\""),
+        ("max_iterations", "5"),
+        ("deadline_ms", "60000"),
+    ] {
+        if !extra.contains(&format!("{field} =")) {
+            text.push_str(&format!("{field} = {value}\n"));
+        }
+    }
+    parse_task("t.toml", &text).unwrap()
+}
+
+fn queues() -> TaskQueues {
+    TaskQueues::new(NodeId::new("n1").unwrap(), TaskLimits::default(), 1)
+}
+
+fn steps(q: &mut TaskQueues) -> Vec<String> {
+    std::iter::from_fn(|| q.poll())
+        .map(|e| match e {
+            Event::Task { task, step, .. } => format!("{task} {step:?}"),
+            other => format!("{other:?}"),
+        })
+        .collect()
+}
+
+const T0: Time = Time::from_millis(1_000);
+const NO_MODELS: BTreeSet<ServiceName> = BTreeSet::new();
+
+#[test]
+fn inbound_order_is_class_then_priority_then_warmth_then_difficulty_then_arrival() {
+    let mut q = queues();
+    let submitted: Vec<TaskId> = [
+        ("late-batch", "priority = 1"),
+        ("ingest", "class = \"ingestion\"\npriority = 9"),
+        ("easy", "priority = 5\ndifficulty = 0.1"),
+        ("hard", "priority = 5\ndifficulty = 0.9"),
+        ("warm", "priority = 1\nmodel = \"code\""),
+        ("warm-but-low", "priority = 0\nmodel = \"code\""),
+    ]
+    .iter()
+    .map(|(key, extra)| q.submit(spec(key, extra), T0).unwrap().id)
+    .collect();
+    let warm: BTreeSet<ServiceName> = [ServiceName::new("code").unwrap()].into();
+    let order: Vec<TaskId> = std::iter::from_fn(|| q.claim("w", &warm).map(|c| c.id)).collect();
+    let name = |i: usize| submitted[i].clone();
+    // Among equal class and priority, the warm one first; never above a higher priority.
+    assert_eq!(
+        order,
+        [name(2), name(3), name(4), name(0), name(5), name(1)]
+    );
+}
+
+#[test]
+fn an_idempotency_key_names_one_task_and_a_full_queue_refuses() {
+    let mut q = TaskQueues::new(
+        NodeId::new("n1").unwrap(),
+        TaskLimits {
+            inbound: 2,
+            ..TaskLimits::default()
+        },
+        1,
+    );
+    let a = q.submit(spec("k1", ""), T0).unwrap();
+    let again = q.submit(spec("k1", "priority = 7"), T0).unwrap();
+    assert_eq!((again.id.clone(), again.existing), (a.id.clone(), true));
+    q.submit(spec("k2", ""), T0).unwrap();
+    assert_eq!(
+        q.submit(spec("k3", ""), T0),
+        Err(Refusal::Full {
+            queue: "inbound",
+            limit: 2
+        })
+    );
+    assert_eq!(q.counts().inbound, 2);
+}
+
+#[test]
+fn a_task_refines_until_it_converges_then_completes_exactly_once() {
+    let mut q = queues();
+    let id = q.submit(spec("k", ""), T0).unwrap().id;
+    let c = q.claim("w1", &NO_MODELS).unwrap();
+    let r = |score, result_hash| Report { score, result_hash };
+    assert_eq!(q.report(&id, c.attempt, r(0.2, 1)), Ok(Next::Continue));
+    assert_eq!(q.counts().refinement, 1);
+    // The next iteration goes to whoever claims first, before new work.
+    q.submit(spec("other", ""), T0).unwrap();
+    let c2 = q.claim("w2", &NO_MODELS).unwrap();
+    assert_eq!((c2.id.clone(), c2.iteration), (id.clone(), 1));
+    // The first worker's attempt is superseded.
+    assert!(matches!(
+        q.report(&id, c.attempt, r(0.9, 2)),
+        Err(Refusal::Superseded { .. })
+    ));
+    assert_eq!(q.report(&id, c2.attempt, r(0.9, 2)), Ok(Next::Continue));
+    let c3 = q.claim("w2", &NO_MODELS).unwrap();
+    assert_eq!(c3.id, id);
+    // The same result again: consistent, refining is over.
+    assert_eq!(q.report(&id, c3.attempt, r(0.95, 2)), Ok(Next::Finish));
+    assert_eq!(
+        q.complete(&id, c2.attempt, "late".into()),
+        Err(Refusal::Superseded {
+            task: id.clone(),
+            got: c2.attempt,
+            now: c3.attempt
+        })
+    );
+    q.complete(&id, c3.attempt, "42".into()).unwrap();
+    assert_eq!(q.get(&id).unwrap().phase, Phase::Completed);
+    assert_eq!(
+        q.complete(&id, c3.attempt, "43".into()),
+        Err(Refusal::Ended(id.clone()))
+    );
+    assert_eq!(q.cancel(&id), Err(Refusal::Ended(id.clone())));
+    let completed = steps(&mut q)
+        .iter()
+        .filter(|s| s.ends_with("Completed"))
+        .count();
+    assert_eq!(completed, 1, "one completion in the ledger");
+}
+
+#[test]
+fn max_iterations_end_refining() {
+    let mut q = queues();
+    let id = q.submit(spec("k", "max_iterations = 2"), T0).unwrap().id;
+    let r = |h| Report {
+        score: h as f64,
+        result_hash: h,
+    };
+    let c = q.claim("w", &NO_MODELS).unwrap();
+    assert_eq!(q.report(&id, c.attempt, r(1)), Ok(Next::Continue));
+    let c = q.claim("w", &NO_MODELS).unwrap();
+    assert_eq!(q.report(&id, c.attempt, r(2)), Ok(Next::Finish));
+}
+
+#[test]
+fn a_result_to_validate_waits_outbound_and_a_rejected_one_is_done_again() {
+    let mut q = queues();
+    let id = q
+        .submit(
+            spec("k", "validation = { kind = \"vote\", k = 2, n = 3 }"),
+            T0,
+        )
+        .unwrap()
+        .id;
+    let c = q.claim("w", &NO_MODELS).unwrap();
+    q.complete(&id, c.attempt, "a".into()).unwrap();
+    assert_eq!(q.counts().outbound, 1);
+    q.validated(&id, false, T0).unwrap();
+    assert_eq!(q.get(&id).unwrap().phase, Phase::Inbound, "a new pass");
+    let c = q.claim("w", &NO_MODELS).unwrap();
+    q.complete(&id, c.attempt, "b".into()).unwrap();
+    q.validated(&id, true, T0).unwrap();
+    assert_eq!(q.get(&id).unwrap().phase, Phase::Completed);
+    assert_eq!(q.get(&id).unwrap().result.as_deref(), Some("b"));
+}
+
+#[test]
+fn failed_attempts_retry_then_fail_and_deadlines_and_cancels_end_tasks() {
+    let mut q = queues();
+    let id = q.submit(spec("k", ""), T0).unwrap().id;
+    for n in 1..=3 {
+        let c = q.claim("w", &NO_MODELS).unwrap();
+        q.fail(&id, c.attempt, "worker crashed", T0).unwrap();
+        let failed = matches!(q.get(&id).unwrap().phase, Phase::Failed { .. });
+        assert_eq!(failed, n == 3, "attempt {n}");
+    }
+    let late = q.submit(spec("late", "deadline_ms = 500"), T0).unwrap().id;
+    let gone = q.submit(spec("gone", ""), T0).unwrap().id;
+    q.cancel(&gone).unwrap();
+    assert_eq!(q.next_deadline(), Some(Time::from_millis(1_500)));
+    q.expire(Time::from_millis(1_499));
+    assert_eq!(q.get(&late).unwrap().phase, Phase::Inbound);
+    q.expire(Time::from_millis(1_500));
+    assert!(matches!(q.get(&late).unwrap().phase, Phase::Failed { .. }));
+    let c = q.counts();
+    assert_eq!((c.inbound, c.failed, c.cancelled), (0, 2, 1));
+    assert_eq!(q.claim("w", &NO_MODELS), None);
+}

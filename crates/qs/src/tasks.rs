@@ -1,0 +1,94 @@
+//! `qs task submit|ls|show|cancel`: the client of the durable tasks' routes.
+
+use crate::client::{call, call_as};
+use crate::fleet::{s, show, table};
+use crate::render::OutputFormat;
+use anyhow::{Context, Result};
+use qs_agent::v1;
+use serde_json::Value;
+use std::path::Path;
+
+/// Submits the task a file describes (checked here first, so an error names the file).
+pub fn submit(api: &str, file: &Path, output: OutputFormat) -> Result<()> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let spec = qs_wire::parse_task(&file.display().to_string(), &text)?;
+    let body = serde_json::to_string(&spec)?;
+    let v = call(api, "POST", "/v1/tasks", Some(&body))?;
+    show(output, &v, |v| {
+        let done: v1::Submitted = serde_json::from_value(v.clone()).unwrap_or(v1::Submitted {
+            id: qs_wire::TaskId::new("unknown").expect("a valid name"),
+            existing: false,
+        });
+        if done.existing {
+            format!("{} (its idempotency key named it already)", done.id)
+        } else {
+            format!("{} submitted", done.id)
+        }
+    })
+}
+
+/// The phase of a task as the API shows it.
+fn phase(t: &Value) -> String {
+    let p = &t["phase"];
+    match (
+        p["phase"].as_str(),
+        p["worker"].as_str(),
+        p["reason"].as_str(),
+    ) {
+        (Some(name), Some(w), _) => format!("{name} ({w})"),
+        (Some(name), _, Some(r)) => format!("{name}: {r}"),
+        (Some(name), _, _) => name.to_owned(),
+        _ => "-".into(),
+    }
+}
+
+pub fn ls(api: &str, output: OutputFormat) -> Result<()> {
+    let v = call(api, "GET", "/v1/tasks", None)?;
+    show(output, &v, |v| {
+        let mut t = table(&[
+            "TASK",
+            "CLASS",
+            "PRIORITY",
+            "MODEL",
+            "PHASE",
+            "ITERATION",
+            "ATTEMPT",
+        ]);
+        for task in v.as_array().into_iter().flatten() {
+            let spec = &task["spec"];
+            t.add_row(vec![
+                s(&task["id"]),
+                s(&spec["class"]),
+                s(&spec["priority"]),
+                s(&spec["model"]),
+                phase(task),
+                s(&task["iteration"]),
+                s(&task["attempt"]),
+            ]);
+        }
+        t.to_string()
+    })
+}
+
+pub fn show_one(api: &str, id: &str, output: OutputFormat) -> Result<()> {
+    let v = call(api, "GET", &format!("/v1/tasks/{id}"), None)?;
+    show(output, &v, |t| {
+        format!(
+            "{}: {}, iteration {} of at most {}, attempt {}\nkey {}\nresult {}",
+            s(&t["id"]),
+            phase(t),
+            s(&t["iteration"]),
+            s(&t["spec"]["max_iterations"]),
+            s(&t["attempt"]),
+            s(&t["spec"]["idempotency_key"]),
+            s(&t["result"]),
+        )
+    })
+}
+
+pub fn cancel(api: &str, id: &str) -> Result<()> {
+    let v: v1::Cancelled = call_as(api, "POST", &format!("/v1/tasks/{id}/cancel"), None)?;
+    println!("{} cancelled", v.cancelled);
+    Ok(())
+}
