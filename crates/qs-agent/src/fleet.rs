@@ -96,6 +96,21 @@ where
     }
 }
 
+/// The socket task workers connect to, in the state directory, for the agent's user only.
+fn workers_socket(state: &StateDir) -> Result<tokio::net::UnixListener, FleetError> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = state.socket(StateFile::TasksSocket)?;
+    let io = |source| {
+        FleetError::Store(qs_store::StoreError::Io {
+            path: path.clone(),
+            source,
+        })
+    };
+    let listener = tokio::net::UnixListener::bind(&path).map_err(io)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    Ok(listener)
+}
+
 /// Whether other nodes, which reach this one at `advertise`, reach an API that listens on
 /// `listen`.
 fn reachable_at(listen: SocketAddr, advertise: Option<std::net::IpAddr>) -> bool {
@@ -305,6 +320,21 @@ impl<F: Fabric> EmbeddedFleet<F> {
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         tasks.spawn(shared.tasks.clone().keep_deadlines(stop_rx.clone()));
+        if !opts.noop_executor {
+            // Without its socket (a state directory whose path is too long for one, say) the
+            // agent runs on; tasks then wait for workers.
+            match workers_socket(&state) {
+                Ok(listener) => {
+                    tasks.spawn(crate::tasks::worker::serve(
+                        shared.tasks.clone(),
+                        listener,
+                        shared.tasks.workers_disconnected.clone(),
+                        stop_rx.clone(),
+                    ));
+                }
+                Err(e) => tracing::warn!("no socket for task workers: {e}"),
+            }
+        }
         // The desired-state cache: what was applied survives a restart of the process.
         tasks.spawn(desired::keep(
             fabric.clone(),

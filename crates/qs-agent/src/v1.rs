@@ -107,6 +107,9 @@ pub struct QueueStats {
     /// The durable tasks' queues (inbound, refinement, outbound) and what became of them.
     #[serde(default)]
     pub tasks: qs_core::tasks::QueueCounts,
+    /// Task workers disconnected for speaking the protocol wrongly.
+    #[serde(default)]
+    pub workers_disconnected: u64,
 }
 
 /// One node's queues.

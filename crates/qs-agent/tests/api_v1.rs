@@ -60,6 +60,7 @@ fn get_queue_stats() {
             failed: 1,
             cancelled: 0,
         },
+        workers_disconnected: 1,
     }));
 }
 

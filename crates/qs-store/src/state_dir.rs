@@ -43,6 +43,8 @@ pub enum StateFile<'a> {
     Failures(&'a NodeId),
     BootEpoch(&'a NodeId),
     Logs(&'a NodeId),
+    /// The Unix socket task workers connect to.
+    TasksSocket,
 }
 
 impl StateFile<'_> {
@@ -59,6 +61,7 @@ impl StateFile<'_> {
             StateFile::Failures(_) => "failure memory",
             StateFile::BootEpoch(_) => "boot epoch",
             StateFile::Logs(_) => "log directory",
+            StateFile::TasksSocket => "task workers' socket",
         }
     }
 }
@@ -102,7 +105,31 @@ impl StateDir {
             StateFile::Failures(n) => node(n).join("failures.json"),
             StateFile::BootEpoch(n) => node(n).join("boot_epoch"),
             StateFile::Logs(n) => node(n).join("logs"),
+            StateFile::TasksSocket => self.root.join("tasks.sock"),
         }
+    }
+
+    /// Where a Unix socket is to be bound: the one a previous life left there is removed
+    /// (only a socket: any other file there is an error naming it).
+    pub fn socket(&self, file: StateFile<'_>) -> Result<PathBuf, StoreError> {
+        use std::os::unix::fs::FileTypeExt;
+        let path = self.path(file);
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_socket() => {
+                std::fs::remove_file(&path).map_err(|source| StoreError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+            }
+            Ok(_) => {
+                return Err(StoreError::Io {
+                    path,
+                    source: std::io::Error::other("there is a file that is not a socket"),
+                });
+            }
+            Err(_) => {}
+        }
+        Ok(path)
     }
 
     /// Writes `bytes` as `file` atomically (see the module docs), with `mode` if given.

@@ -218,6 +218,8 @@ pub enum TaskStep {
     Claimed,
     /// An iteration ended (`detail`: its score, and what ended refining if anything did).
     Iterated,
+    /// Its worker saved its state at an iteration boundary.
+    Checkpointed,
     /// Its result waits for validation.
     Outbound,
     /// Its result failed validation: a new pass.

@@ -373,7 +373,17 @@ async fn queue_stats<F: Fabric>(State(api): State<Arc<Api<F>>>) -> Response {
         })
         .collect();
     let tasks = api.shared.tasks.counts();
-    Json(v1::QueueStats { nodes, tasks }).into_response()
+    let workers_disconnected = api
+        .shared
+        .tasks
+        .workers_disconnected
+        .load(std::sync::atomic::Ordering::Relaxed);
+    Json(v1::QueueStats {
+        nodes,
+        tasks,
+        workers_disconnected,
+    })
+    .into_response()
 }
 
 /// The durable state this agent keeps: the ledger, the desired-state cache, the instance files.

@@ -94,7 +94,20 @@ pub struct Task {
     /// The last reports (at most [`convergence::HISTORY`]).
     pub history: VecDeque<Report>,
     pub result: Option<String>,
+    /// What its worker last saved of its work, given to the next claim.
+    pub checkpoint: Option<Checkpoint>,
 }
+
+/// A worker's saved state of a task at an iteration boundary.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Checkpoint {
+    pub iteration: u32,
+    pub state: String,
+    pub attempt: u64,
+}
+
+/// Largest checkpoint state a worker may save.
+pub const MAX_CHECKPOINT_BYTES: usize = 256 * 1024;
 
 /// Why a request about a task was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -109,6 +122,8 @@ pub enum Refusal {
     NotRunning { task: TaskId, phase: String },
     #[error("task {0} has ended")]
     Ended(TaskId),
+    #[error("a checkpoint of {got} bytes; at most {MAX_CHECKPOINT_BYTES}")]
+    TooLarge { got: usize },
 }
 
 /// A task accepted (or found again by its idempotency key).
@@ -127,6 +142,8 @@ pub struct Claim {
     pub iteration: u32,
     pub payload: String,
     pub model: Option<ServiceName>,
+    /// The last checkpoint's state, to resume from.
+    pub state: Option<String>,
 }
 
 /// What a report of an iteration leads to.
@@ -247,6 +264,7 @@ impl TaskQueues {
             submitted_ms: now.as_micros() / 1000,
             history: VecDeque::new(),
             result: None,
+            checkpoint: None,
         };
         self.inbound.insert(Self::key(&task, seq), id.clone());
         self.by_key
@@ -300,6 +318,7 @@ impl TaskQueues {
             iteration: t.iteration,
             payload: t.spec.payload.clone(),
             model: t.spec.model.clone(),
+            state: t.checkpoint.as_ref().map(|c| c.state.clone()),
         };
         let detail = format!("attempt {attempt} by {worker}, iteration {}", t.iteration);
         self.record(&id, TaskStep::Claimed, detail);
@@ -363,6 +382,45 @@ impl TaskQueues {
         };
         self.record(id, TaskStep::Iterated, detail);
         Ok(next)
+    }
+
+    /// The worker holding `id` saved its state at `iteration`: the next claim resumes there.
+    pub fn checkpoint(
+        &mut self,
+        id: &TaskId,
+        attempt: u64,
+        iteration: u32,
+        state: String,
+    ) -> Result<(), Refusal> {
+        if state.len() > MAX_CHECKPOINT_BYTES {
+            return Err(Refusal::TooLarge { got: state.len() });
+        }
+        let t = self.running(id, attempt)?;
+        t.checkpoint = Some(Checkpoint {
+            iteration,
+            state,
+            attempt,
+        });
+        self.record(
+            id,
+            TaskStep::Checkpointed,
+            format!("iteration {iteration}, attempt {attempt}"),
+        );
+        Ok(())
+    }
+
+    /// `worker` went away: the attempts it held fail (their tasks go back to the inbound
+    /// queue, or fail past their attempts).
+    pub fn abandon(&mut self, worker: &str, now: Time) {
+        let held: Vec<(TaskId, u64)> = self
+            .tasks
+            .values()
+            .filter(|t| matches!(&t.phase, Phase::Running { worker: w } if w == worker))
+            .map(|t| (t.id.clone(), t.attempt))
+            .collect();
+        for (id, attempt) in held {
+            let _ = self.fail(&id, attempt, "its worker went away", now);
+        }
     }
 
     /// The worker holding `id` finished it with `result`: it completes, or waits for its

@@ -184,3 +184,33 @@ fn failed_attempts_retry_then_fail_and_deadlines_and_cancels_end_tasks() {
     assert_eq!((c.inbound, c.failed, c.cancelled), (0, 2, 1));
     assert_eq!(q.claim("w", &NO_MODELS), None);
 }
+
+#[test]
+fn a_checkpoint_is_given_to_the_next_claim_and_a_gone_worker_gives_its_tasks_back() {
+    let mut q = queues();
+    let id = q.submit(spec("k", ""), T0).unwrap().id;
+    let c = q.claim("w1", &NO_MODELS).unwrap();
+    assert_eq!(c.state, None);
+    q.checkpoint(&id, c.attempt, 1, "half done".into()).unwrap();
+    let big = "x".repeat(MAX_CHECKPOINT_BYTES + 1);
+    assert_eq!(
+        q.checkpoint(&id, c.attempt, 1, big),
+        Err(Refusal::TooLarge {
+            got: MAX_CHECKPOINT_BYTES + 1
+        })
+    );
+    q.abandon("w1", T0);
+    assert_eq!(q.get(&id).unwrap().phase, Phase::Inbound);
+    assert_eq!(q.get(&id).unwrap().failures, 1);
+    let again = q.claim("w2", &NO_MODELS).unwrap();
+    assert_eq!(again.state.as_deref(), Some("half done"));
+    assert!(matches!(
+        q.checkpoint(&id, c.attempt, 2, "stale".into()),
+        Err(Refusal::Superseded { .. })
+    ));
+    q.abandon("w1", T0);
+    assert!(
+        matches!(q.get(&id).unwrap().phase, Phase::Running { .. }),
+        "w2's attempt stands"
+    );
+}

@@ -2,15 +2,23 @@
 //! lock, fed by the API (`POST /v1/tasks` and the rest), their deadlines kept by a timer, and
 //! every step of every task written to the ledger.
 //!
-//! The process's first node takes its tasks. What exists so far: submission (idempotent,
-//! bounded), the three queues and their counts in `/queue_stats`, listing, cancelling and
-//! deadlines; the core already decides claims, iterations, convergence, completion and
-//! validation, which the worker protocol will carry (not built yet).
+//! The process's first node takes its tasks. Clients submit, list and cancel them over the
+//! API; local workers claim, report, checkpoint, complete and fail them over the worker
+//! protocol (`worker.rs`, a Unix socket in the state directory). What the core decides (the
+//! order of the queues, attempts and their fencing, convergence, one completion per task) is
+//! carried out here as it says. Tasks live in memory: a restart of the agent loses them (the
+//! ledger keeps their steps).
 
 use crate::clock::now;
 use crate::journal::Journal;
-use qs_core::tasks::{Accepted, QueueCounts, Refusal, Task, TaskLimits, TaskQueues};
-use qs_wire::{Event, NodeId, TaskId, TaskSpec};
+pub mod worker;
+
+use qs_core::tasks::{
+    Accepted, Claim, Next, QueueCounts, Refusal, Report, Task, TaskLimits, TaskQueues,
+};
+use qs_wire::{Event, NodeId, ServiceName, TaskId, TaskSpec};
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -23,6 +31,10 @@ pub struct TaskHost {
     node: NodeId,
     queues: Mutex<TaskQueues>,
     journal: Journal,
+    /// Workers are asked to stop claiming (the agent is stopping).
+    soft_stop: AtomicBool,
+    /// Workers disconnected for speaking the protocol wrongly.
+    pub workers_disconnected: Arc<AtomicU64>,
 }
 
 impl TaskHost {
@@ -37,7 +49,50 @@ impl TaskHost {
             )),
             node,
             journal,
+            soft_stop: AtomicBool::new(false),
+            workers_disconnected: Arc::default(),
         }
+    }
+
+    pub fn node(&self) -> &NodeId {
+        &self.node
+    }
+
+    /// Whether workers should stop claiming.
+    pub fn soft_stopping(&self) -> bool {
+        self.soft_stop.load(Ordering::Relaxed)
+    }
+
+    pub async fn claim(&self, worker: &str, warm: &BTreeSet<ServiceName>) -> Option<Claim> {
+        self.with(|q| q.claim(worker, warm)).await
+    }
+
+    pub async fn report(&self, id: &TaskId, attempt: u64, r: Report) -> Result<Next, Refusal> {
+        self.with(|q| q.report(id, attempt, r)).await
+    }
+
+    pub async fn checkpoint(
+        &self,
+        id: &TaskId,
+        attempt: u64,
+        iteration: u32,
+        state: String,
+    ) -> Result<(), Refusal> {
+        self.with(|q| q.checkpoint(id, attempt, iteration, state))
+            .await
+    }
+
+    pub async fn complete(&self, id: &TaskId, attempt: u64, result: String) -> Result<(), Refusal> {
+        self.with(|q| q.complete(id, attempt, result)).await
+    }
+
+    pub async fn fail(&self, id: &TaskId, attempt: u64, reason: &str) -> Result<(), Refusal> {
+        self.with(|q| q.fail(id, attempt, reason, now())).await
+    }
+
+    /// A worker went away: the attempts it held fail.
+    pub async fn abandon(&self, worker: &str) {
+        self.with(|q| q.abandon(worker, now())).await;
     }
 
     fn queues(&self) -> std::sync::MutexGuard<'_, TaskQueues> {
@@ -88,7 +143,10 @@ impl TaskHost {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = stop.changed() => return,
+                _ = stop.changed() => {
+                    self.soft_stop.store(true, Ordering::Relaxed);
+                    return;
+                }
                 _ = tick.tick() => {}
             }
             let due = self.queues().next_deadline().is_some_and(|t| t <= now());

@@ -1,0 +1,307 @@
+//! The worker protocol (seed 002): local workers connect to the agent's Unix socket
+//! (`tasks.sock` in the state directory, mode 0600: the agent's user's) and speak in frames: a
+//! 4-byte big-endian length (at most [`MAX_FRAME_BYTES`]), then a JSON object with an `op`.
+//!
+//! A worker registers (its name, the models it has warm), then claims one iteration of a
+//! task at a time, reports each iteration (a score, a hash of its result), checkpoints, and
+//! completes or fails the task under the attempt its claim gave it. Every answer is one frame:
+//! `registered`, `task` or `none` (or `soft-stop` when the agent asks it to stop claiming),
+//! `next` (`continue` or `finish`), `ok`, or `refused` with the reason. A frame that is too
+//! large, not JSON or not a request of the protocol is refused with the reason, and the
+//! worker is disconnected and counted. When a worker goes away, the attempts it held fail
+//! and their tasks go back to the inbound queue.
+
+use super::TaskHost;
+use qs_core::tasks::{Claim, Next, Report};
+use qs_wire::{ServiceName, TaskId};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+
+/// Largest frame either side sends.
+pub const MAX_FRAME_BYTES: usize = 1 << 20;
+/// Most workers connected at once.
+pub const MAX_WORKERS: usize = 1024;
+/// Longest worker name.
+const MAX_WORKER_NAME: usize = 128;
+/// Most models a worker may say it has warm.
+const MAX_WORKER_MODELS: usize = 64;
+
+/// What a worker asks.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
+enum Request {
+    Register {
+        worker: String,
+        #[serde(default)]
+        models: Vec<ServiceName>,
+    },
+    Claim,
+    Heartbeat,
+    Report {
+        task: TaskId,
+        attempt: u64,
+        score: f64,
+        result_hash: u64,
+    },
+    Checkpoint {
+        task: TaskId,
+        attempt: u64,
+        iteration: u32,
+        state: String,
+    },
+    Complete {
+        task: TaskId,
+        attempt: u64,
+        result: String,
+    },
+    Fail {
+        task: TaskId,
+        attempt: u64,
+        reason: String,
+    },
+}
+
+/// What the agent answers.
+#[derive(Debug, Serialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+enum Answer {
+    Registered {
+        node: String,
+    },
+    Task {
+        task: TaskId,
+        attempt: u64,
+        iteration: u32,
+        payload: String,
+        model: Option<ServiceName>,
+        state: Option<String>,
+    },
+    None,
+    SoftStop,
+    Next {
+        next: &'static str,
+    },
+    Ok,
+    Refused {
+        reason: String,
+    },
+}
+
+/// Serves the workers that connect to `listener` until `stop` turns true.
+pub async fn serve(
+    host: Arc<TaskHost>,
+    listener: UnixListener,
+    disconnected: Arc<AtomicU64>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_WORKERS));
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.changed() => return,
+            a = listener.accept() => a,
+        };
+        let Ok((stream, _)) = accepted else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            // Full: the connection is closed at once.
+            disconnected.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let (host, disconnected) = (host.clone(), disconnected.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut conn = Connection {
+                host,
+                worker: None,
+                models: BTreeSet::new(),
+            };
+            if let Err(why) = conn.run(stream).await {
+                tracing::warn!("a task worker was disconnected: {why}");
+                disconnected.fetch_add(1, Ordering::Relaxed);
+            }
+            conn.gone().await;
+        });
+    }
+}
+
+struct Connection {
+    host: Arc<TaskHost>,
+    worker: Option<String>,
+    models: BTreeSet<ServiceName>,
+}
+
+/// Reads one frame: `Ok(None)` when the worker is gone (its connection ended or broke, a
+/// frame half sent included: a crash, not a misuse); `Err` for a frame of a size the
+/// protocol refuses.
+async fn read_frame(stream: &mut UnixStream) -> Result<Option<Vec<u8>>, String> {
+    let mut len = [0u8; 4];
+    if stream.read_exact(&mut len).await.is_err() {
+        return Ok(None);
+    }
+    let n = u32::from_be_bytes(len) as usize;
+    if n == 0 || n > MAX_FRAME_BYTES {
+        return Err(format!("a frame of {n} bytes; 1..={MAX_FRAME_BYTES}"));
+    }
+    let mut body = vec![0u8; n];
+    if stream.read_exact(&mut body).await.is_err() {
+        return Ok(None);
+    }
+    Ok(Some(body))
+}
+
+async fn write_frame(stream: &mut UnixStream, answer: &Answer) -> Result<(), String> {
+    let body = serde_json::to_vec(answer).map_err(|e| e.to_string())?;
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    stream.write_all(&frame).await.map_err(|e| e.to_string())
+}
+
+impl Connection {
+    async fn run(&mut self, mut stream: UnixStream) -> Result<(), String> {
+        loop {
+            let answer = match self.next(&mut stream).await {
+                Ok(Some(a)) => a,
+                Ok(None) => return Ok(()),
+                // Told why, then cut.
+                Err(why) => {
+                    let refused = Answer::Refused {
+                        reason: why.clone(),
+                    };
+                    let _ = write_frame(&mut stream, &refused).await;
+                    return Err(why);
+                }
+            };
+            write_frame(&mut stream, &answer).await?;
+        }
+    }
+
+    /// The answer to the worker's next frame; `None` when it closed the connection; `Err`
+    /// when it spoke the protocol wrongly.
+    async fn next(&mut self, stream: &mut UnixStream) -> Result<Option<Answer>, String> {
+        let Some(frame) = read_frame(stream).await? else {
+            return Ok(None);
+        };
+        let request: Request = serde_json::from_slice(&frame)
+            .map_err(|e| format!("not a request of the worker protocol: {e}"))?;
+        self.answer(request)
+            .await
+            .map(Some)
+            .map_err(|Misuse(why)| why)
+    }
+
+    async fn answer(&mut self, request: Request) -> Result<Answer, Misuse> {
+        let refused = |e: qs_core::tasks::Refusal| Answer::Refused {
+            reason: e.to_string(),
+        };
+        if !matches!(request, Request::Register { .. }) && self.worker.is_none() {
+            return Err(Misuse("a worker registers before anything else".into()));
+        }
+        Ok(match request {
+            Request::Register { worker, models } => {
+                if self.worker.is_some() {
+                    return Err(Misuse("a worker registers once".into()));
+                }
+                let ok = (1..=MAX_WORKER_NAME).contains(&worker.len())
+                    && worker.chars().all(|c| c.is_ascii_graphic());
+                if !ok || models.len() > MAX_WORKER_MODELS {
+                    return Err(Misuse(format!(
+                        "a worker names itself in 1..={MAX_WORKER_NAME} printable characters and at most {MAX_WORKER_MODELS} models"
+                    )));
+                }
+                // Names may repeat; each connection's attempts are its own.
+                static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
+                let n = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+                self.worker = Some(format!("{worker}#{n}"));
+                self.models = models.into_iter().collect();
+                Answer::Registered {
+                    node: self.host.node().to_string(),
+                }
+            }
+            Request::Heartbeat => Answer::Ok,
+            Request::Claim => {
+                if self.host.soft_stopping() {
+                    Answer::SoftStop
+                } else {
+                    let worker = self.worker.clone().unwrap_or_default();
+                    match self.host.claim(&worker, &self.models).await {
+                        Some(c) => task(c),
+                        None => Answer::None,
+                    }
+                }
+            }
+            Request::Report {
+                task,
+                attempt,
+                score,
+                result_hash,
+            } => {
+                if !score.is_finite() {
+                    return Err(Misuse(format!("score {score} is not a finite number")));
+                }
+                let report = Report { score, result_hash };
+                match self.host.report(&task, attempt, report).await {
+                    Ok(Next::Continue) => Answer::Next { next: "continue" },
+                    Ok(Next::Finish) => Answer::Next { next: "finish" },
+                    Err(e) => refused(e),
+                }
+            }
+            Request::Checkpoint {
+                task,
+                attempt,
+                iteration,
+                state,
+            } => match self.host.checkpoint(&task, attempt, iteration, state).await {
+                Ok(()) => Answer::Ok,
+                Err(e) => refused(e),
+            },
+            Request::Complete {
+                task,
+                attempt,
+                result,
+            } => match self.host.complete(&task, attempt, result).await {
+                Ok(()) => Answer::Ok,
+                Err(e) => refused(e),
+            },
+            Request::Fail {
+                task,
+                attempt,
+                reason,
+            } => {
+                let mut reason = reason;
+                reason.truncate(qs_wire::bounds::MAX_REASON_BYTES);
+                match self.host.fail(&task, attempt, &reason).await {
+                    Ok(()) => Answer::Ok,
+                    Err(e) => refused(e),
+                }
+            }
+        })
+    }
+
+    /// The worker went away: the attempts it held fail.
+    async fn gone(&self) {
+        if let Some(w) = &self.worker {
+            self.host.abandon(w).await;
+        }
+    }
+}
+
+/// A worker that speaks the protocol wrongly: it is told why and disconnected.
+struct Misuse(String);
+
+fn task(c: Claim) -> Answer {
+    Answer::Task {
+        task: c.id,
+        attempt: c.attempt,
+        iteration: c.iteration,
+        payload: c.payload,
+        model: c.model,
+        state: c.state,
+    }
+}

@@ -1,0 +1,136 @@
+//! Task workers on real processes: the Python SDK's example worker (`sdk/python`) claims,
+//! refines, checkpoints and completes tasks through `qs up`'s worker socket; a worker killed
+//! after its checkpoint hands its task to the next, which resumes there; a worker that speaks
+//! the protocol wrongly is refused, disconnected and counted.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
+
+fn submit(up: &Up, key: &str, payload: &str) -> String {
+    let body = json!({
+        "class": "batch", "idempotency_key": key, "payload": payload,
+        "max_iterations": 10, "deadline_ms": 120000,
+    });
+    let (status, v) = up.http("POST", "/v1/tasks", &body.to_string());
+    assert_eq!(status, 201, "{v}");
+    v["id"].as_str().unwrap().to_owned()
+}
+
+fn worker(socket: &std::path::Path, name: &str, extra: &[&str]) -> Command {
+    let mut c = Command::new("python3");
+    c.arg(repo("sdk/python/example_worker.py"))
+        .arg(socket)
+        .arg(name)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+fn task(up: &Up, id: &str) -> Value {
+    up.get(&format!("/v1/tasks/{id}"))
+}
+
+fn completions(up: &Up, id: &str) -> usize {
+    up.events()
+        .iter()
+        .filter(|e| e["event"]["task"] == id && e["event"]["step"] == "completed")
+        .count()
+}
+
+#[test]
+fn workers_refine_checkpoint_and_complete_tasks_and_a_crash_resumes_from_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(dir.path());
+    let socket = dir.path().join("state").join("tasks.sock");
+    up.wait("the workers' socket", |_| socket.exists());
+
+    // A worker that dies after its first checkpoint.
+    let crashing = submit(&up, "first", "q0");
+    let out = worker(&socket, "crasher", &["--die-after-checkpoint"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("checkpointed {crashing}")),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    up.wait(
+        "its attempt failed and the task is back in the inbound queue",
+        |u| task(u, &crashing)["phase"]["phase"] == "inbound",
+    );
+    assert_eq!(task(&up, &crashing)["checkpoint"]["state"], "1");
+
+    // More work, and a worker that stays until it is idle.
+    let ids: Vec<String> = (1..=4)
+        .map(|i| submit(&up, &format!("k{i}"), &format!("q{i}")))
+        .collect();
+    let mut w = worker(&socket, "steady", &["--stop-after-idle-s", "2"])
+        .spawn()
+        .unwrap();
+    for id in ids.iter().chain([&crashing]) {
+        up.wait("the task completed", |u| {
+            task(u, id)["phase"]["phase"] == "completed"
+        });
+        let t = task(&up, id);
+        assert!(
+            t["result"].as_str().unwrap().starts_with("answer to q"),
+            "{t}"
+        );
+    }
+    // The crashed task resumed from its checkpoint: iteration 1 was not done again.
+    let resumed = task(&up, &crashing);
+    assert_eq!(resumed["failures"], 1, "{resumed}");
+    assert_eq!(resumed["result"], "answer to q0");
+    let status = w.wait().unwrap();
+    assert!(status.success(), "the worker ended when idle");
+    up.wait("one completion each in the ledger", |u| {
+        ids.iter()
+            .chain([&crashing])
+            .all(|id| completions(u, id) == 1)
+    });
+    let stats = up.get("/queue_stats")["tasks"].clone();
+    assert_eq!(
+        (stats["completed"].clone(), stats["inbound"].clone()),
+        (json!(5), json!(0))
+    );
+
+    // A frame that is not the protocol's is refused with the reason, and the worker is cut.
+    let mut raw = UnixStream::connect(&socket).unwrap();
+    raw.set_read_timeout(Some(LIMIT)).unwrap();
+    let junk = b"{\"op\": \"steal-everything\"}";
+    raw.write_all(&(junk.len() as u32).to_be_bytes()).unwrap();
+    raw.write_all(junk).unwrap();
+    let mut len = [0u8; 4];
+    raw.read_exact(&mut len).unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    raw.read_exact(&mut body).unwrap();
+    let answer: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(answer["op"], "refused");
+    assert!(
+        answer["reason"]
+            .as_str()
+            .unwrap()
+            .contains("steal-everything"),
+        "{answer}"
+    );
+    let mut rest = Vec::new();
+    assert_eq!(raw.read_to_end(&mut rest).unwrap(), 0, "disconnected");
+    // A claim before registering, and an oversized frame, are refused alike.
+    let mut raw = UnixStream::connect(&socket).unwrap();
+    raw.write_all(&(u32::MAX).to_be_bytes()).unwrap();
+    let mut rest = Vec::new();
+    let _ = raw.read_to_end(&mut rest);
+    assert!(
+        String::from_utf8_lossy(&rest).contains("a frame of"),
+        "{rest:?}"
+    );
+    up.wait("both counted", |u| {
+        u.get("/queue_stats")["workers_disconnected"] == 2
+    });
+}

@@ -1,0 +1,126 @@
+"""A Quasicrystal task worker: the worker protocol over the agent's Unix socket.
+
+One file, the standard library only. A frame is a 4-byte big-endian length, then that many
+bytes of a JSON object with an "op". The worker registers (its name, the models it has
+warm), then claims one iteration of a task at a time, reports each iteration (a score and
+a hash of its result), may checkpoint, and completes or fails the task under the attempt
+(fencing token) its claim gave it: the agent refuses what a superseded attempt says.
+
+    from qs_worker import Worker
+
+    def step(task, iteration, state):
+        # one iteration of the work; returns (score, result, new_state)
+        ...
+
+    Worker("/var/lib/qs/tasks.sock", "summarizer").run(step)
+"""
+
+import hashlib
+import json
+import socket
+import struct
+import time
+
+MAX_FRAME = 1 << 20
+
+
+class Refused(Exception):
+    """The agent refused a request (a superseded attempt, an ended task, a full queue)."""
+
+
+class Worker:
+    def __init__(self, path, name, models=()):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(path)
+        self.name = name
+        reply = self.call({"op": "register", "worker": name, "models": list(models)})
+        self.node = reply.get("node")
+
+    def close(self):
+        self.sock.close()
+
+    def _send(self, obj):
+        body = json.dumps(obj).encode()
+        if len(body) > MAX_FRAME:
+            raise ValueError("a frame of %d bytes; at most %d" % (len(body), MAX_FRAME))
+        self.sock.sendall(struct.pack(">I", len(body)) + body)
+
+    def _read(self, n):
+        data = b""
+        while len(data) < n:
+            chunk = self.sock.recv(n - len(data))
+            if not chunk:
+                raise ConnectionError("the agent closed the connection")
+            data += chunk
+        return data
+
+    def call(self, obj):
+        """Sends one request and reads its answer."""
+        self._send(obj)
+        (n,) = struct.unpack(">I", self._read(4))
+        if n > MAX_FRAME:
+            raise ConnectionError("the agent sent a frame of %d bytes" % n)
+        reply = json.loads(self._read(n))
+        if reply.get("op") == "refused":
+            raise Refused(reply.get("reason", ""))
+        return reply
+
+    def claim(self):
+        """The next iteration of a task: a dict with task, attempt, iteration, payload,
+        model and the last checkpoint's state; None when there is none; "soft-stop" when
+        the agent asks this worker to stop claiming."""
+        reply = self.call({"op": "claim"})
+        if reply["op"] == "task":
+            return reply
+        if reply["op"] == "soft-stop":
+            return "soft-stop"
+        return None
+
+    def report(self, claim, score, result):
+        """Reports an iteration; True when refining is over (complete the task next)."""
+        digest = hashlib.sha256(result.encode()).digest()
+        result_hash = struct.unpack(">Q", digest[:8])[0]
+        reply = self.call({
+            "op": "report", "task": claim["task"], "attempt": claim["attempt"],
+            "score": float(score), "result_hash": result_hash,
+        })
+        return reply["next"] == "finish"
+
+    def checkpoint(self, claim, iteration, state):
+        self.call({
+            "op": "checkpoint", "task": claim["task"], "attempt": claim["attempt"],
+            "iteration": iteration, "state": state,
+        })
+
+    def complete(self, claim, result):
+        self.call({"op": "complete", "task": claim["task"], "attempt": claim["attempt"],
+                   "result": result})
+
+    def fail(self, claim, reason):
+        self.call({"op": "fail", "task": claim["task"], "attempt": claim["attempt"],
+                   "reason": reason})
+
+    def run(self, step, idle_s=0.05, stop_after_idle_s=None):
+        """Claims and works tasks until soft-stopped (or idle for `stop_after_idle_s`).
+        `step(claim, iteration, state)` returns (score, result, state); each iteration is
+        reported and checkpointed, and the task completed when refining is over."""
+        idle_since = time.monotonic()
+        while True:
+            claim = self.claim()
+            if claim == "soft-stop":
+                return
+            if claim is None:
+                if stop_after_idle_s is not None and time.monotonic() - idle_since > stop_after_idle_s:
+                    return
+                time.sleep(idle_s)
+                continue
+            idle_since = time.monotonic()
+            iteration = claim["iteration"]
+            try:
+                score, result, state = step(claim, iteration, claim.get("state"))
+            except Exception as e:  # the task's own failure, not the worker's
+                self.fail(claim, "%s: %s" % (type(e).__name__, e))
+                continue
+            self.checkpoint(claim, iteration + 1, state)
+            if self.report(claim, score, result):
+                self.complete(claim, result)
