@@ -313,7 +313,8 @@ impl<F: Fabric> EmbeddedFleet<F> {
             tasks: Arc::new(crate::tasks::TaskHost::new(
                 opts.nodes[0].id.clone(),
                 journal.clone(),
-            )),
+                &state,
+            )?),
             entry_port: Default::default(),
             addresses: Default::default(),
         });

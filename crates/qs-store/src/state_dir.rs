@@ -45,6 +45,8 @@ pub enum StateFile<'a> {
     Logs(&'a NodeId),
     /// The Unix socket task workers connect to.
     TasksSocket,
+    /// The durable tasks accepted (redb).
+    Tasks,
 }
 
 impl StateFile<'_> {
@@ -62,6 +64,7 @@ impl StateFile<'_> {
             StateFile::BootEpoch(_) => "boot epoch",
             StateFile::Logs(_) => "log directory",
             StateFile::TasksSocket => "task workers' socket",
+            StateFile::Tasks => "task store",
         }
     }
 }
@@ -106,6 +109,7 @@ impl StateDir {
             StateFile::BootEpoch(n) => node(n).join("boot_epoch"),
             StateFile::Logs(n) => node(n).join("logs"),
             StateFile::TasksSocket => self.root.join("tasks.sock"),
+            StateFile::Tasks => self.root.join("tasks.redb"),
         }
     }
 

@@ -125,3 +125,41 @@ fn tasks_are_submitted_once_queued_listed_cancelled_and_expired() {
             && task_steps(u, &soon) == ["submitted", "failed"]
     });
 }
+
+/// Every task an agent accepted is taken back after a kill -9: waiting ones wait again, ended
+/// ones stay as they ended, and their idempotency keys still name them.
+#[test]
+fn accepted_tasks_survive_a_kill_9_of_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut up = Up::start(dir.path());
+    let body = |key: &str| {
+        json!({
+            "class": "interactive", "idempotency_key": key, "payload": "p",
+            "max_iterations": 3, "deadline_ms": 600000,
+        })
+        .to_string()
+    };
+    let (_, a) = up.http("POST", "/v1/tasks", &body("a"));
+    let (_, b) = up.http("POST", "/v1/tasks", &body("b"));
+    let (a, b) = (
+        a["id"].as_str().unwrap().to_owned(),
+        b["id"].as_str().unwrap().to_owned(),
+    );
+    let (status, _) = up.http("POST", &format!("/v1/tasks/{b}/cancel"), "");
+    assert_eq!(status, 200);
+    up.signal(libc::SIGKILL);
+    drop(up);
+
+    let up = Up::start(dir.path());
+    assert_eq!(
+        up.get(&format!("/v1/tasks/{a}"))["phase"]["phase"],
+        "inbound"
+    );
+    assert_eq!(
+        up.get(&format!("/v1/tasks/{b}"))["phase"]["phase"],
+        "cancelled"
+    );
+    let (status, again) = up.http("POST", "/v1/tasks", &body("a"));
+    assert_eq!((status, again["id"].as_str()), (200, Some(a.as_str())));
+    assert_eq!(up.get("/queue_stats")["tasks"]["inbound"], 1);
+}

@@ -372,7 +372,7 @@ async fn queue_stats<F: Fabric>(State(api): State<Arc<Api<F>>>) -> Response {
             (id.clone(), queue)
         })
         .collect();
-    let tasks = api.shared.tasks.counts();
+    let tasks = api.shared.tasks.counts().await;
     let workers_disconnected = api
         .shared
         .tasks

@@ -52,7 +52,7 @@ pub(super) async fn submit<F: Fabric>(State(api): State<Arc<Api<F>>>, body: Byte
 }
 
 pub(super) async fn list<F: Fabric>(State(api): State<Arc<Api<F>>>) -> Response {
-    Json(api.shared.tasks.list()).into_response()
+    Json(api.shared.tasks.list().await).into_response()
 }
 
 pub(super) async fn show<F: Fabric>(
@@ -63,7 +63,7 @@ pub(super) async fn show<F: Fabric>(
         Ok(id) => id,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    match api.shared.tasks.get(&id) {
+    match api.shared.tasks.get(&id).await {
         Some(t) => Json(t).into_response(),
         None => refused(Refusal::Unknown(id)),
     }

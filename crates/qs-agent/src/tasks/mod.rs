@@ -6,8 +6,10 @@
 //! API; local workers claim, report, checkpoint, complete and fail them over the worker
 //! protocol (`worker.rs`, a Unix socket in the state directory). What the core decides (the
 //! order of the queues, attempts and their fencing, convergence, one completion per task) is
-//! carried out here as it says. Tasks live in memory: a restart of the agent loses them (the
-//! ledger keeps their steps).
+//! carried out here as it says. Every change is in the task store (`tasks.redb` in the state
+//! directory) before its answer goes out, so a restarted agent takes back every task it
+//! accepted (what was running waits again, its checkpoint kept); a record there that does not
+//! decode or check is left out, and named in the log.
 
 use crate::clock::now;
 use crate::journal::Journal;
@@ -18,8 +20,8 @@ use qs_core::tasks::{
 };
 use qs_wire::{Event, NodeId, ServiceName, TaskId, TaskSpec};
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -29,7 +31,9 @@ const EXPIRE_EVERY: Duration = Duration::from_millis(250);
 /// See the module docs.
 pub struct TaskHost {
     node: NodeId,
-    queues: Mutex<TaskQueues>,
+    /// Held across each change and its write to the store, so writes land in order.
+    queues: tokio::sync::Mutex<TaskQueues>,
+    store: Arc<qs_store::TaskStore>,
     journal: Journal,
     /// Workers are asked to stop claiming (the agent is stopping).
     soft_stop: AtomicBool,
@@ -38,20 +42,43 @@ pub struct TaskHost {
 }
 
 impl TaskHost {
-    pub fn new(node: NodeId, journal: Journal) -> TaskHost {
+    /// The tasks of `node`, with those its store kept from a previous life.
+    pub fn new(
+        node: NodeId,
+        journal: Journal,
+        state: &qs_store::StateDir,
+    ) -> Result<TaskHost, qs_store::StoreError> {
+        let store = qs_store::TaskStore::open(state.path(qs_store::StateFile::Tasks))?;
         // Numbered from the wall clock at start: a restart names no task twice.
         let first_seq = now().as_micros();
-        TaskHost {
-            queues: Mutex::new(TaskQueues::new(
-                node.clone(),
-                TaskLimits::default(),
-                first_seq,
-            )),
+        let mut queues = TaskQueues::new(node.clone(), TaskLimits::default(), first_seq);
+        let mut kept = Vec::new();
+        for (id, record) in store.all()? {
+            match serde_json::from_slice::<Task>(&record) {
+                Ok(t) if t.id.as_str() == id && t.spec.validate().is_ok() => kept.push(t),
+                Ok(_) => {
+                    tracing::warn!("task store: the record of {id:?} does not check; left out")
+                }
+                Err(e) => tracing::warn!(
+                    "task store: the record of {id:?} does not decode: {e}; left out"
+                ),
+            }
+        }
+        let count = kept.len();
+        for id in queues.restore(kept) {
+            tracing::warn!("task store: {id} is past the queues' bounds; left out");
+        }
+        if count > 0 {
+            tracing::info!("{count} tasks taken back from the task store");
+        }
+        Ok(TaskHost {
+            queues: tokio::sync::Mutex::new(queues),
+            store: Arc::new(store),
             node,
             journal,
             soft_stop: AtomicBool::new(false),
             workers_disconnected: Arc::default(),
-        }
+        })
     }
 
     pub fn node(&self) -> &NodeId {
@@ -95,18 +122,47 @@ impl TaskHost {
         self.with(|q| q.abandon(worker, now())).await;
     }
 
-    fn queues(&self) -> std::sync::MutexGuard<'_, TaskQueues> {
-        self.queues.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Runs `f` on the queues, then writes the steps it took to the ledger.
+    /// Runs `f` on the queues, writes what it changed to the store (before anyone hears of
+    /// it), then its steps to the ledger.
     async fn with<T>(&self, f: impl FnOnce(&mut TaskQueues) -> T) -> T {
-        let (out, events) = {
-            let mut q = self.queues();
-            let out = f(&mut q);
-            let events: Vec<Event> = std::iter::from_fn(|| q.poll()).collect();
-            (out, events)
-        };
+        let mut q = self.queues.lock().await;
+        let out = f(&mut q);
+        let events: Vec<Event> = std::iter::from_fn(|| q.poll()).collect();
+        let mut changed: BTreeSet<TaskId> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Task { task, .. } => Some(task.clone()),
+                _ => None,
+            })
+            .collect();
+        let mut writes: Vec<qs_store::TaskWrite> = q
+            .take_forgotten()
+            .into_iter()
+            .map(|id| {
+                changed.remove(&id);
+                qs_store::TaskWrite::Delete { id: id.to_string() }
+            })
+            .collect();
+        for id in changed {
+            if let Some(t) = q.get(&id)
+                && let Ok(record) = serde_json::to_vec(t)
+            {
+                writes.push(qs_store::TaskWrite::Put {
+                    id: id.to_string(),
+                    record,
+                });
+            }
+        }
+        if !writes.is_empty() {
+            let store = self.store.clone();
+            let written = tokio::task::spawn_blocking(move || store.apply(writes)).await;
+            match written {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!("task store: {e}"),
+                Err(e) => tracing::error!("task store: {e}"),
+            }
+        }
+        drop(q);
         if !events.is_empty() {
             self.journal
                 .append(&self.node, now().as_micros(), events)
@@ -124,17 +180,17 @@ impl TaskHost {
         self.with(|q| q.cancel(id)).await
     }
 
-    pub fn get(&self, id: &TaskId) -> Option<Task> {
-        self.queues().get(id).cloned()
+    pub async fn get(&self, id: &TaskId) -> Option<Task> {
+        self.queues.lock().await.get(id).cloned()
     }
 
     /// Every task remembered, by id.
-    pub fn list(&self) -> Vec<Task> {
-        self.queues().tasks().cloned().collect()
+    pub async fn list(&self) -> Vec<Task> {
+        self.queues.lock().await.tasks().cloned().collect()
     }
 
-    pub fn counts(&self) -> QueueCounts {
-        self.queues().counts()
+    pub async fn counts(&self) -> QueueCounts {
+        self.queues.lock().await.counts()
     }
 
     /// Fails the tasks past their deadlines until `stop` turns true.
@@ -149,7 +205,12 @@ impl TaskHost {
                 }
                 _ = tick.tick() => {}
             }
-            let due = self.queues().next_deadline().is_some_and(|t| t <= now());
+            let due = self
+                .queues
+                .lock()
+                .await
+                .next_deadline()
+                .is_some_and(|t| t <= now());
             if due {
                 self.with(|q| q.expire(now())).await;
             }

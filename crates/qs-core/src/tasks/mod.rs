@@ -52,7 +52,7 @@ impl Default for TaskLimits {
 }
 
 /// Where a task is in its life.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "phase")]
 pub enum Phase {
     Inbound,
@@ -79,7 +79,7 @@ impl Phase {
 }
 
 /// One task and what became of it.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Task {
     pub id: TaskId,
     pub spec: TaskSpec,
@@ -99,7 +99,7 @@ pub struct Task {
 }
 
 /// A worker's saved state of a task at an iteration boundary.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Checkpoint {
     pub iteration: u32,
     pub state: String,
@@ -181,6 +181,8 @@ pub struct TaskQueues {
     outbound: BTreeSet<TaskId>,
     by_key: BTreeMap<String, TaskId>,
     ended: VecDeque<TaskId>,
+    /// Ended tasks forgotten since the shell last asked (its store forgets them too).
+    forgotten: Vec<TaskId>,
     next_seq: u64,
     next_attempt: u64,
     events: VecDeque<Event>,
@@ -202,6 +204,7 @@ impl TaskQueues {
             outbound: BTreeSet::new(),
             by_key: BTreeMap::new(),
             ended: VecDeque::new(),
+            forgotten: Vec::new(),
             next_seq: first_seq,
             next_attempt: 1,
             events: VecDeque::new(),
@@ -561,8 +564,58 @@ impl TaskQueues {
                 && let Some(t) = self.tasks.remove(&old)
             {
                 self.by_key.remove(&t.spec.idempotency_key);
+                self.forgotten.push(old);
             }
         }
+    }
+
+    /// The ended tasks forgotten since the last call.
+    pub fn take_forgotten(&mut self) -> Vec<TaskId> {
+        std::mem::take(&mut self.forgotten)
+    }
+
+    /// Takes back the tasks a previous life kept (each already checked by the caller): each
+    /// goes where its phase says. One that was running died with that life: its attempt is
+    /// gone, and it waits in the inbound queue again, its checkpoint kept. Past the bounds,
+    /// the rest are refused and returned.
+    pub fn restore(&mut self, tasks: Vec<Task>) -> Vec<TaskId> {
+        let mut refused = Vec::new();
+        for mut t in tasks {
+            if self.tasks.contains_key(&t.id) || self.by_key.contains_key(&t.spec.idempotency_key) {
+                refused.push(t.id);
+                continue;
+            }
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.next_attempt = self.next_attempt.max(t.attempt.saturating_add(1));
+            match t.phase {
+                Phase::Inbound | Phase::Running { .. }
+                    if self.inbound.len() < self.limits.inbound =>
+                {
+                    t.phase = Phase::Inbound;
+                    self.inbound.insert(Self::key(&t, seq), t.id.clone());
+                }
+                Phase::Refining if self.refinement.len() < self.limits.refinement => {
+                    self.refinement.push_back(t.id.clone());
+                }
+                Phase::Outbound if self.outbound.len() < self.limits.outbound => {
+                    self.outbound.insert(t.id.clone());
+                }
+                Phase::Completed | Phase::Failed { .. } | Phase::Cancelled
+                    if self.ended.len() < self.limits.ended =>
+                {
+                    self.ended.push_back(t.id.clone());
+                }
+                _ => {
+                    refused.push(t.id);
+                    continue;
+                }
+            }
+            self.by_key
+                .insert(t.spec.idempotency_key.clone(), t.id.clone());
+            self.tasks.insert(t.id.clone(), t);
+        }
+        refused
     }
 
     pub fn get(&self, id: &TaskId) -> Option<&Task> {

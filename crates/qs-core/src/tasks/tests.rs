@@ -214,3 +214,41 @@ fn a_checkpoint_is_given_to_the_next_claim_and_a_gone_worker_gives_its_tasks_bac
         "w2's attempt stands"
     );
 }
+
+#[test]
+fn a_restart_takes_back_every_task_where_its_phase_says() {
+    let mut q = queues();
+    // a runs with a checkpoint, b completes, c runs.
+    let waiting = q.submit(spec("a", ""), T0).unwrap().id;
+    let done = q.submit(spec("b", ""), T0).unwrap().id;
+    q.submit(spec("c", ""), T0).unwrap();
+    let c = q.claim("w", &NO_MODELS).unwrap();
+    assert_eq!(c.id, waiting);
+    q.checkpoint(&waiting, c.attempt, 1, "s".into()).unwrap();
+    let c2 = q.claim("w", &NO_MODELS).unwrap();
+    assert_eq!(c2.id, done);
+    q.complete(&c2.id, c2.attempt, "r".into()).unwrap();
+    let c3 = q.claim("w", &NO_MODELS).unwrap();
+    let kept: Vec<Task> = q.tasks().cloned().collect();
+    let mut after = TaskQueues::new(NodeId::new("n1").unwrap(), TaskLimits::default(), 100);
+    assert_eq!(after.restore(kept.clone()), Vec::<TaskId>::new());
+    // What ran died with the last life: both wait again, with their checkpoints.
+    let c = after.counts();
+    assert_eq!((c.inbound, c.running, c.completed), (2, 0, 1));
+    assert_eq!(
+        after
+            .get(&waiting)
+            .unwrap()
+            .checkpoint
+            .as_ref()
+            .unwrap()
+            .state,
+        "s"
+    );
+    // The keys still name their tasks; a new claim's attempt is above every old one.
+    assert!(after.submit(spec("a", ""), T0).unwrap().existing);
+    let next = after.claim("w", &NO_MODELS).unwrap();
+    assert!(next.attempt > c3.attempt);
+    // The same tasks again are refused, not doubled.
+    assert_eq!(after.restore(kept).len(), 3);
+}

@@ -292,7 +292,10 @@ pub fn panic_is_contained() -> bool {
 
 /// Runs one storage operation; a panic inside the storage engine (which redb raises on some
 /// damaged pages) becomes [`StoreError::Corrupt`] instead of taking the process down.
-fn contained<T>(path: &Path, op: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+pub(crate) fn contained<T>(
+    path: &Path,
+    op: impl FnOnce() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
     CONTAINING.with(|c| c.set(c.get() + 1));
     let result = catch_unwind(AssertUnwindSafe(op));
     CONTAINING.with(|c| c.set(c.get() - 1));
@@ -310,7 +313,7 @@ fn contained<T>(path: &Path, op: impl FnOnce() -> Result<T, StoreError>) -> Resu
 }
 
 /// Storage errors that mean "this file is damaged or not ours" become [`StoreError::Corrupt`].
-fn classify(path: &Path, e: redb::Error) -> StoreError {
+pub(crate) fn classify(path: &Path, e: redb::Error) -> StoreError {
     let corrupt = match &e {
         redb::Error::Corrupted(_)
         | redb::Error::UpgradeRequired(_)
