@@ -124,6 +124,12 @@ enum Command {
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },
+    /// The queues: placements in flight per node, and the durable tasks' inbound, refinement
+    /// and outbound queues.
+    Queues {
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
     /// Drain a node: it takes no new work and its instances move elsewhere; shows progress.
     Drain {
         node: String,
@@ -426,6 +432,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Nodes { explain, output } => crate::fleet::nodes(api, explain.as_deref(), output),
         Command::Services { output } => crate::fleet::services(api, output),
         Command::Status { output } => crate::fleet::status(api, output),
+        Command::Queues { output } => crate::tasks::queues(api, output),
         Command::Chaos {
             action: ChaosAction::Kill { target, watch },
         } => crate::fleet::chaos_kill(api, &target, watch.watch(api)),

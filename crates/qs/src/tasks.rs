@@ -1,4 +1,5 @@
-//! `qs task submit|ls|show|cancel`: the client of the durable tasks' routes.
+//! `qs task submit|ls|show|cancel` and `qs queues`: the client of the durable tasks' routes
+//! and of `/queue_stats`.
 
 use crate::client::{call, call_as};
 use crate::fleet::{s, show, table};
@@ -91,4 +92,48 @@ pub fn cancel(api: &str, id: &str) -> Result<()> {
     let v: v1::Cancelled = call_as(api, "POST", &format!("/v1/tasks/{id}/cancel"), None)?;
     println!("{} cancelled", v.cancelled);
     Ok(())
+}
+
+pub fn queues(api: &str, output: OutputFormat) -> Result<()> {
+    let v = call(api, "GET", "/queue_stats", None)?;
+    let stats: v1::QueueStats = serde_json::from_value(v.clone())?;
+    show(output, &v, |_| {
+        let mut nodes = table(&["NODE", "PLACEMENTS IN FLIGHT", "INSTANCES", "STEWARDS"]);
+        for (node, q) in &stats.nodes {
+            nodes.add_row(vec![
+                node.to_string(),
+                q.placements_in_flight.to_string(),
+                q.instances.to_string(),
+                q.stewarded_services.to_string(),
+            ]);
+        }
+        let t = &stats.tasks;
+        let mut tasks = table(&[
+            "INBOUND",
+            "RUNNING",
+            "REFINEMENT",
+            "OUTBOUND",
+            "COMPLETED",
+            "FAILED",
+            "CANCELLED",
+        ]);
+        tasks.add_row(
+            [
+                t.inbound,
+                t.running,
+                t.refinement,
+                t.outbound,
+                t.completed,
+                t.failed,
+                t.cancelled,
+            ]
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        );
+        format!(
+            "{nodes}\ntasks:\n{tasks}\ntask workers disconnected for misuse: {}",
+            stats.workers_disconnected
+        )
+    })
 }

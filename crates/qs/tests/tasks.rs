@@ -58,6 +58,11 @@ fn tasks_are_submitted_once_queued_listed_cancelled_and_expired() {
 
     let stats = up.get("/queue_stats");
     assert_eq!(stats["tasks"]["inbound"], 2, "{stats}");
+    let queues = cli(&["--api", &up.api, "queues"]);
+    assert!(
+        queues.contains("INBOUND") && queues.contains("REFINEMENT"),
+        "{queues}"
+    );
     let listed = cli(&["--api", &up.api, "task", "ls"]);
     assert!(
         listed.contains(&id) && listed.contains("inbound"),
