@@ -295,6 +295,7 @@ impl<F: Fabric> EmbeddedFleet<F> {
             Arc::new(crate::models::route::FleetRoute::new(
                 membership.clone(),
                 auth.clone(),
+                opts.nodes.iter().map(|n| n.id.clone()).collect(),
                 opts.nodes[0].id.clone(),
                 opts.config.max_clock_skew_ms,
             ))

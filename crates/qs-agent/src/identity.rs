@@ -292,11 +292,6 @@ impl Auth {
                 .check_tag(from, to, bytes, tag, crate::clock::now())
     }
 
-    /// Whether messages between processes are authenticated here.
-    pub fn required(&self) -> bool {
-        self.required
-    }
-
     /// Whether the keyring holds `node`'s public key.
     pub fn knows(&self, node: &NodeId) -> bool {
         self.keyring().knows(node)

@@ -157,17 +157,6 @@ pub fn peers(
         .collect()
 }
 
-/// Every model some live node holds, by name (for a 404's list and the fleet's `/v1/models`).
-pub fn fleet_models(registry: &Registry) -> Vec<ServiceName> {
-    let mut names: Vec<ServiceName> = registry
-        .live_nodes()
-        .flat_map(|s| s.models.iter().map(|m| m.model.clone()))
-        .collect();
-    names.sort();
-    names.dedup();
-    names
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

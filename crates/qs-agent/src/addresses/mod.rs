@@ -184,6 +184,7 @@ pub async fn serve(setup: AddressSetup, mut stop: watch::Receiver<bool>) {
     let mut open: BTreeMap<Port, Open> = BTreeMap::new();
     let mut unbound: BTreeMap<Port, (tokio::time::Instant, String)> = BTreeMap::new();
     let mut told: BTreeSet<String> = BTreeSet::new();
+    let mut last_table: Option<BTreeMap<ServiceName, Vec<Endpoint>>> = None;
     let mut publisher = publish::Publisher::new(setup.config.clone(), setup.child_users.clone());
     let mut tick = tokio::time::interval(REFRESH);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -207,7 +208,11 @@ pub async fn serve(setup: AddressSetup, mut stop: watch::Receiver<bool>) {
                 tracing::warn!("{line}");
             }
         }
-        pool.update(snap.table.clone());
+        // The balancers follow the table when it changes, not on every read.
+        if last_table.as_ref() != Some(&snap.table) {
+            pool.update(snap.table.clone());
+            last_table = Some(snap.table.clone());
+        }
         // A port whose listener changed is closed, and its socket gone, before it is bound
         // again.
         let stale: Vec<Port> = open

@@ -5,8 +5,8 @@
 //! [`Grant`] caps the class and names the models.
 
 use super::Api;
+use crate::models::Endpoint;
 use crate::models::keys::Grant;
-use crate::models::proxy::Endpoint;
 use axum::Extension;
 use axum::extract::State;
 use axum::http::HeaderMap;

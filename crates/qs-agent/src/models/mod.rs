@@ -66,6 +66,26 @@ pub(crate) enum Decision {
     },
 }
 
+/// The header that names a request's priority class.
+pub const PRIORITY_HEADER: &str = "x-qs-priority";
+/// Which OpenAI endpoint a request came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Chat,
+    Completions,
+    Embeddings,
+}
+
+impl Endpoint {
+    pub(crate) fn path(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "/v1/chat/completions",
+            Endpoint::Completions => "/v1/completions",
+            Endpoint::Embeddings => "/v1/embeddings",
+        }
+    }
+}
+
 /// Gives a routed request's slot back when dropped.
 #[derive(Debug)]
 pub(crate) struct Finish {
@@ -153,6 +173,19 @@ impl Registry {
                 Some((h.clone(), view))
             })
             .collect()
+    }
+
+    /// The models of `node`'s host (none when it has no host here).
+    pub fn views_of(&self, node: &NodeId) -> Vec<ModelView> {
+        let hosts = self.hosts.read().unwrap_or_else(|p| p.into_inner());
+        hosts.get(node).map_or_else(Vec::new, |h| {
+            h.views
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .cloned()
+                .collect()
+        })
     }
 
     /// Every model of every host.

@@ -18,7 +18,7 @@
 use super::http::{Target, forward};
 use super::keys::Grant;
 use super::route::{Choice, FleetRoute, InFlight, MAX_HOPS, ROUTED_BY, SESSION_HEADER, choose};
-use super::{Ask, Decision, Finish, ModelView, Registry};
+use super::{Ask, Decision, Endpoint, Finish, ModelView, PRIORITY_HEADER, Registry};
 use crate::counters::Counters;
 use crate::model_metrics::{Meter, ModelClass};
 use axum::Json;
@@ -38,30 +38,10 @@ use tokio::sync::oneshot;
 /// The state `/v1/models` shows for a model declared here that no GPU holds.
 pub const UNFIT: &str = "unfit";
 
-/// The header that names a request's priority class.
-pub const PRIORITY_HEADER: &str = "x-qs-priority";
 /// The header of work another node placed here: the node whose lease it runs under.
 pub const LEASE_HEADER: &str = "x-qs-lease";
 /// Longest `model` name read from a request.
 const MAX_MODEL_BYTES: usize = 256;
-
-/// Which OpenAI endpoint a request came to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Endpoint {
-    Chat,
-    Completions,
-    Embeddings,
-}
-
-impl Endpoint {
-    pub(crate) fn path(self) -> &'static str {
-        match self {
-            Endpoint::Chat => "/v1/chat/completions",
-            Endpoint::Completions => "/v1/completions",
-            Endpoint::Embeddings => "/v1/embeddings",
-        }
-    }
-}
 
 /// An OpenAI-style error body with `status`.
 fn refusal(status: StatusCode, kind: &str, message: impl Into<String>) -> Response {

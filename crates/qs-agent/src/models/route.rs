@@ -9,8 +9,7 @@
 //! [`FleetRoute::verify`] has checked the tag, its age ([`qs_core::Config::max_clock_skew_ms`])
 //! and that it was not seen before. A node that cannot be reached is passed over for the next.
 
-use super::proxy::Endpoint;
-use super::{Handle, ModelView, Registry};
+use super::{Endpoint, Handle, ModelView, PRIORITY_HEADER, Registry};
 use crate::identity::Auth;
 use crate::membership::Membership;
 use bytes::Bytes;
@@ -38,6 +37,8 @@ pub struct FleetRoute {
     pub auth: Arc<Auth>,
     /// The node this process routes as.
     pub origin: NodeId,
+    /// The nodes of this process (their hosts are reached without a hop).
+    locals: std::collections::BTreeSet<NodeId>,
     pub max_skew_ms: u64,
     /// Tags of routed requests taken, with when they were made.
     seen: Mutex<BTreeMap<(u64, [u8; 32]), ()>>,
@@ -95,16 +96,24 @@ pub(crate) enum Choice {
 }
 
 /// What one node's host shows of a model, as the router weighs it.
-fn holder(view: &ModelView, local: bool, membership: &Membership) -> Holder {
-    let reg = membership.read();
-    let status = reg.status(&view.node);
+/// What a host of this process shows of a model, as the router weighs it: its node's free
+/// VRAM and level as its heartbeat says, where the process has a fleet to weigh it against.
+fn holder(view: &ModelView, membership: Option<&Membership>) -> Holder {
+    let (free_vram_bytes, level) = membership.map_or((0, 0), |m| {
+        let reg = m.read();
+        let status = reg.status(&view.node);
+        (
+            status.map_or(0, routing::free_vram_bytes),
+            status.map_or(u8::MAX, |s| s.level),
+        )
+    });
     Holder {
         node: view.node.clone(),
-        local,
+        local: true,
         state: ModelState::named(view.state).unwrap_or(ModelState::Failed),
         outstanding: (view.in_flight + view.waiting).min(u32::MAX as usize) as u32,
-        free_vram_bytes: status.map_or(0, routing::free_vram_bytes),
-        level: status.map_or(u8::MAX, |s| s.level),
+        free_vram_bytes,
+        level,
         vram_bytes: view.vram_bytes,
     }
 }
@@ -146,28 +155,13 @@ pub(crate) fn choose(
         return Choice::Local(h.clone(), v.clone());
     }
     let membership = fleet.map(|f| &f.membership);
-    let mut holders: Vec<Holder> = match membership {
-        Some(m) => local.iter().map(|(_, v)| holder(v, true, m)).collect(),
-        None => local
-            .iter()
-            .map(|(_, v)| Holder {
-                node: v.node.clone(),
-                local: true,
-                state: ModelState::named(v.state).unwrap_or(ModelState::Failed),
-                outstanding: (v.in_flight + v.waiting).min(u32::MAX as usize) as u32,
-                free_vram_bytes: 0,
-                level: 0,
-                vram_bytes: v.vram_bytes,
-            })
-            .collect(),
-    };
+    let mut holders: Vec<Holder> = local.iter().map(|(_, v)| holder(v, membership)).collect();
     if let Some(f) = fleet
         && !routed_here
     {
-        let locals = f.local_nodes();
         let mut peers = {
             let reg = f.membership.read();
-            routing::peers(&reg, model, |n| locals.contains(n))
+            routing::peers(&reg, model, |n| f.locals.contains(n))
         };
         let forwarded = f.forwarded.lock().unwrap_or_else(|p| p.into_inner());
         for p in &mut peers {
@@ -200,6 +194,7 @@ impl FleetRoute {
     pub fn new(
         membership: Membership,
         auth: Arc<Auth>,
+        locals: std::collections::BTreeSet<NodeId>,
         origin: NodeId,
         max_skew_ms: u64,
     ) -> FleetRoute {
@@ -207,6 +202,7 @@ impl FleetRoute {
             membership,
             auth,
             origin,
+            locals,
             max_skew_ms,
             seen: Mutex::new(BTreeMap::new()),
             forwarded: Arc::default(),
@@ -223,24 +219,11 @@ impl FleetRoute {
         }
     }
 
-    /// The live nodes that are this process's (read apart from the registry's lock, so no
-    /// two locks are ever held at once).
-    fn local_nodes(&self) -> std::collections::BTreeSet<NodeId> {
-        let live: Vec<NodeId> = {
-            let reg = self.membership.read();
-            reg.live_nodes().map(|s| s.node.clone()).collect()
-        };
-        live.into_iter()
-            .filter(|n| self.membership.is_local(n))
-            .collect()
-    }
-
     /// Every model some other live node holds (for a 404's list and `/v1/models`).
     pub fn models(&self) -> Vec<(NodeId, ModelSummary)> {
-        let locals = self.local_nodes();
         let reg = self.membership.read();
         reg.live_nodes()
-            .filter(|s| !locals.contains(&s.node))
+            .filter(|s| !self.locals.contains(&s.node))
             .flat_map(|s| s.models.iter().map(|m| (s.node.clone(), m.clone())))
             .collect()
     }
@@ -275,7 +258,7 @@ impl FleetRoute {
             .header(hyper::header::HOST, addr.ip().to_string())
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .header(hyper::header::ACCEPT, "application/json, text/event-stream")
-            .header(super::proxy::PRIORITY_HEADER, class.name())
+            .header(PRIORITY_HEADER, class.name())
             .header(ROUTED_BY, self.origin.as_str())
             .header(ROUTED_TO, to.as_str())
             .header(ROUTED_AT, at_ms.to_string())
@@ -304,7 +287,7 @@ impl FleetRoute {
         };
         let from = NodeId::new(get(ROUTED_BY)?).map_err(|e| format!("{ROUTED_BY}: {e}"))?;
         let to = NodeId::new(get(ROUTED_TO)?).map_err(|e| format!("{ROUTED_TO}: {e}"))?;
-        if !self.membership.is_local(&to) {
+        if !self.locals.contains(&to) {
             return Err(format!("{ROUTED_TO}: {to} is not a node of this agent"));
         }
         let at_ms: u64 = get(ROUTED_AT)?

@@ -15,13 +15,7 @@ impl<F: Fabric> Runtime<F> {
         for i in &mut status.instances {
             i.port = running.get(&i.instance).map_or(0, |r| r.port);
         }
-        let views: Vec<crate::models::ModelView> = self
-            .shared
-            .models
-            .views()
-            .into_iter()
-            .filter(|v| v.node == self.id)
-            .collect();
+        let views = self.shared.models.views_of(&self.id);
         status.models = crate::models::route::summaries(&views);
         status.entry_port = self
             .shared

@@ -50,14 +50,6 @@ impl Balancer {
         self.upstreams = next;
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.upstreams.is_empty()
-    }
-
-    pub fn len(&self) -> usize {
-        self.upstreams.len()
-    }
-
     /// Whether `addr` is among the endpoints now.
     pub fn contains(&self, addr: &SocketAddr) -> bool {
         self.upstreams.contains_key(addr)

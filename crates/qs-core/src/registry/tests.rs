@@ -1,14 +1,11 @@
 //! The registry's unit tests, and the heartbeats other tests of the crate build on.
 
 use super::*;
-use qs_wire::{Capacity, Committed, GpuCapacity, Load};
+use qs_wire::{Capacity, Committed, GpuCapacity};
 
 /// A heartbeat of an idle node.
 pub(crate) fn status(name: &str, level: u8, gpus: usize) -> NodeStatus {
     NodeStatus {
-        node: NodeId::new(name).unwrap(),
-        level,
-        labels: BTreeMap::new(),
         capacity: Capacity {
             cpu_millicores: 8000,
             memory_bytes: 1 << 34,
@@ -23,13 +20,7 @@ pub(crate) fn status(name: &str, level: u8, gpus: usize) -> NodeStatus {
             gpu_vram_bytes: vec![0; gpus],
             ..Committed::default()
         },
-        load: Load::default(),
-        instances: vec![],
-        completed: vec![],
-        draining: false,
-        address: None,
-        models: vec![],
-        entry_port: 0,
+        ..NodeStatus::idle(NodeId::new(name).unwrap(), level)
     }
 }
 
