@@ -31,7 +31,7 @@ def main():
     if die:
         claim = None
         while claim is None:
-            claim = worker.claim()
+            claim = worker.claim(0.5)
         score, result, state = step(claim, claim["iteration"], claim.get("state"))
         worker.checkpoint(claim, claim["iteration"] + 1, state)
         print("checkpointed %s" % claim["task"], flush=True)

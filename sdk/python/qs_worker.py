@@ -65,11 +65,12 @@ class Worker:
             raise Refused(reply.get("reason", ""))
         return reply
 
-    def claim(self):
-        """The next iteration of a task: a dict with task, attempt, iteration, payload,
-        model and the last checkpoint's state; None when there is none; "soft-stop" when
-        the agent asks this worker to stop claiming."""
-        reply = self.call({"op": "claim"})
+    def claim(self, wait_s=0.0):
+        """The next iteration of a task, waiting up to wait_s (at most 60) for one: a dict
+        with task, attempt, iteration, payload, model and the last checkpoint's state; None
+        when none came; "soft-stop" when the agent asks this worker to stop claiming."""
+        wait_ms = int(min(max(wait_s, 0.0), 60.0) * 1000)
+        reply = self.call({"op": "claim", "wait_ms": wait_ms})
         if reply["op"] == "task":
             return reply
         if reply["op"] == "soft-stop":
@@ -96,23 +97,35 @@ class Worker:
         self.call({"op": "complete", "task": claim["task"], "attempt": claim["attempt"],
                    "result": result})
 
+    def effect(self, claim, key, f):
+        """Runs the side effect f(token) of the claimed task, named key, unless an attempt
+        of the task already ran it to the end (the agent keeps each task's finished effects
+        with its record). token ("TASK/KEY") is stable across attempts, for the outside
+        system to drop the repeat that a crash after f and before the agent heard of it
+        would cause. Returns whether f ran."""
+        base = {"task": claim["task"], "attempt": claim["attempt"], "key": key}
+        if self.call(dict(base, op="effect"))["done"]:
+            return False
+        f("%s/%s" % (claim["task"], key))
+        self.call(dict(base, op="effect-done"))
+        return True
+
     def fail(self, claim, reason):
         self.call({"op": "fail", "task": claim["task"], "attempt": claim["attempt"],
                    "reason": reason})
 
-    def run(self, step, idle_s=0.05, stop_after_idle_s=None):
+    def run(self, step, idle_s=0.5, stop_after_idle_s=None):
         """Claims and works tasks until soft-stopped (or idle for `stop_after_idle_s`).
         `step(claim, iteration, state)` returns (score, result, state); each iteration is
         reported and checkpointed, and the task completed when refining is over."""
         idle_since = time.monotonic()
         while True:
-            claim = self.claim()
+            claim = self.claim(idle_s)
             if claim == "soft-stop":
                 return
             if claim is None:
                 if stop_after_idle_s is not None and time.monotonic() - idle_since > stop_after_idle_s:
                     return
-                time.sleep(idle_s)
                 continue
             idle_since = time.monotonic()
             iteration = claim["iteration"]

@@ -220,6 +220,8 @@ pub enum TaskStep {
     Iterated,
     /// Its worker saved its state at an iteration boundary.
     Checkpointed,
+    /// An attempt ran one of its side effects to the end (`detail`: the effect's key).
+    Effect,
     /// Its result waits for validation.
     Outbound,
     /// Its result failed validation: a new pass.

@@ -134,3 +134,92 @@ fn workers_refine_checkpoint_and_complete_tasks_and_a_crash_resumes_from_the_che
         u.get("/queue_stats")["workers_disconnected"] == 2
     });
 }
+
+/// The Rust SDK (`crates/qs-worker`) on the real agent: a claim that waits is woken by a
+/// submission; a side effect run by an attempt that then died is not run by the next attempt;
+/// a superseded attempt's completion is refused; the task completes once.
+#[test]
+fn the_rust_sdk_waits_for_work_and_runs_a_side_effect_once_across_a_crashed_attempt() {
+    use qs_worker::{Claimed, Worker, WorkerError};
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(dir.path());
+    let socket = dir.path().join("state").join("tasks.sock");
+    up.wait("the workers' socket", |_| socket.exists());
+
+    // A claim waiting on an empty queue is answered when the task comes in.
+    let waiting = {
+        let socket = socket.clone();
+        std::thread::spawn(move || {
+            let mut w = Worker::connect(&socket, "first", &[]).unwrap();
+            let t0 = Instant::now();
+            let got = w.claim(Duration::from_secs(30)).unwrap();
+            (w, got, t0.elapsed())
+        })
+    };
+    up.wait("the claim waits", |u| {
+        u.get("/queue_stats")["tasks"]["inbound"] == 0
+    });
+    let id = submit(&up, "effects", "q");
+    let (mut first, got, waited) = waiting.join().unwrap();
+    let Claimed::Task(t1) = got else {
+        panic!("{got:?}")
+    };
+    assert_eq!(t1.task, id);
+    assert!(waited < Duration::from_secs(30), "woken, not timed out");
+
+    // The first attempt runs its effect, then dies (its connection drops).
+    let mut effects = Vec::new();
+    assert!(
+        first
+            .effect(&t1, "notify", |tok| {
+                effects.push(tok.to_owned());
+                Ok::<(), ()>(())
+            })
+            .unwrap()
+            .unwrap()
+    );
+    drop(first);
+    up.wait("the attempt failed; the task waits again", |u| {
+        task(u, &id)["phase"]["phase"] == "inbound"
+    });
+
+    let mut second = Worker::connect(&socket, "second", &[]).unwrap();
+    let Claimed::Task(t2) = second.claim(Duration::from_secs(10)).unwrap() else {
+        panic!("the task again")
+    };
+    assert!(t2.attempt > t1.attempt);
+    let ran = second
+        .effect(&t2, "notify", |tok| {
+            effects.push(tok.to_owned());
+            Ok::<(), ()>(())
+        })
+        .unwrap()
+        .unwrap();
+    assert!(!ran, "the effect is not run twice");
+    assert_eq!(effects, [format!("{id}/notify")]);
+    // The dead attempt's word no longer counts.
+    match second.complete(&t1, "stale") {
+        Err(WorkerError::Refused(why)) => assert!(why.contains("superseded"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    second.complete(&t2, "done").unwrap();
+    assert_eq!(task(&up, &id)["result"], "done");
+    up.wait("one completion in the ledger", |u| completions(u, &id) == 1);
+}
+
+/// The Python SDK's own unit tests (`sdk/python/test_qs_worker.py`), run here so the test
+/// command runs them.
+#[test]
+fn the_python_sdk_unit_tests_pass() {
+    let out = Command::new("python3")
+        .args(["-m", "unittest", "-v", "test_qs_worker"])
+        .current_dir(repo("sdk/python"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -13,6 +13,7 @@
 
 use crate::clock::now;
 use crate::journal::Journal;
+mod persist;
 pub mod worker;
 
 use qs_core::tasks::{
@@ -31,9 +32,11 @@ const EXPIRE_EVERY: Duration = Duration::from_millis(250);
 /// See the module docs.
 pub struct TaskHost {
     node: NodeId,
-    /// Held across each change and its write to the store, so writes land in order.
+    /// Held across each change and the queueing of its write, so writes land in order.
     queues: tokio::sync::Mutex<TaskQueues>,
-    store: Arc<qs_store::TaskStore>,
+    persist: persist::Persister,
+    /// Woken when work may have come in for a waiting claim.
+    work: tokio::sync::Notify,
     journal: Journal,
     /// Workers are asked to stop claiming (the agent is stopping).
     soft_stop: AtomicBool,
@@ -73,7 +76,8 @@ impl TaskHost {
         }
         Ok(TaskHost {
             queues: tokio::sync::Mutex::new(queues),
-            store: Arc::new(store),
+            persist: persist::Persister::start(Arc::new(store)),
+            work: tokio::sync::Notify::new(),
             node,
             journal,
             soft_stop: AtomicBool::new(false),
@@ -90,8 +94,24 @@ impl TaskHost {
         self.soft_stop.load(Ordering::Relaxed)
     }
 
-    pub async fn claim(&self, worker: &str, warm: &BTreeSet<ServiceName>) -> Option<Claim> {
-        self.with(|q| q.claim(worker, warm)).await
+    /// The next iteration for `worker`, waiting up to `wait` for one to come in.
+    pub async fn claim(
+        &self,
+        worker: &str,
+        warm: &BTreeSet<ServiceName>,
+        wait: Duration,
+    ) -> Option<Claim> {
+        let until = tokio::time::Instant::now() + wait;
+        loop {
+            // Registered before looking, so work that comes in between is not missed.
+            let notified = self.work.notified();
+            if let Some(c) = self.with(|q| q.claim(worker, warm)).await {
+                return Some(c);
+            }
+            if self.soft_stopping() || tokio::time::timeout_at(until, notified).await.is_err() {
+                return None;
+            }
+        }
     }
 
     pub async fn report(&self, id: &TaskId, attempt: u64, r: Report) -> Result<Next, Refusal> {
@@ -109,6 +129,14 @@ impl TaskHost {
             .await
     }
 
+    pub async fn effect_done(&self, id: &TaskId, attempt: u64, key: &str) -> Result<bool, Refusal> {
+        self.queues.lock().await.effect_done(id, attempt, key)
+    }
+
+    pub async fn record_effect(&self, id: &TaskId, attempt: u64, key: &str) -> Result<(), Refusal> {
+        self.with(|q| q.record_effect(id, attempt, key)).await
+    }
+
     pub async fn complete(&self, id: &TaskId, attempt: u64, result: String) -> Result<(), Refusal> {
         self.with(|q| q.complete(id, attempt, result)).await
     }
@@ -122,10 +150,11 @@ impl TaskHost {
         self.with(|q| q.abandon(worker, now())).await;
     }
 
-    /// Runs `f` on the queues, writes what it changed to the store (before anyone hears of
-    /// it), then its steps to the ledger.
+    /// Runs `f` on the queues and queues what it changed for the store, then waits until that
+    /// is on disk (before anyone hears of it), then writes its steps to the ledger.
     async fn with<T>(&self, f: impl FnOnce(&mut TaskQueues) -> T) -> T {
         let mut q = self.queues.lock().await;
+        let inbound_before = q.waiting();
         let out = f(&mut q);
         let events: Vec<Event> = std::iter::from_fn(|| q.poll()).collect();
         let mut changed: BTreeSet<TaskId> = events
@@ -153,16 +182,19 @@ impl TaskHost {
                 });
             }
         }
-        if !writes.is_empty() {
-            let store = self.store.clone();
-            let written = tokio::task::spawn_blocking(move || store.apply(writes)).await;
-            match written {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!("task store: {e}"),
-                Err(e) => tracing::error!("task store: {e}"),
-            }
-        }
+        let more_work = q.waiting() > inbound_before;
+        let durable = if writes.is_empty() {
+            None
+        } else {
+            Some(self.persist.queue(writes).await)
+        };
         drop(q);
+        if let Some(d) = durable {
+            d.wait().await;
+        }
+        if more_work {
+            self.work.notify_waiters();
+        }
         if !events.is_empty() {
             self.journal
                 .append(&self.node, now().as_micros(), events)
@@ -201,6 +233,7 @@ impl TaskHost {
             tokio::select! {
                 _ = stop.changed() => {
                     self.soft_stop.store(true, Ordering::Relaxed);
+                    self.work.notify_waiters();
                     return;
                 }
                 _ = tick.tick() => {}

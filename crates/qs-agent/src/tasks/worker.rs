@@ -3,13 +3,15 @@
 //! 4-byte big-endian length (at most [`MAX_FRAME_BYTES`]), then a JSON object with an `op`.
 //!
 //! A worker registers (its name, the models it has warm), then claims one iteration of a
-//! task at a time, reports each iteration (a score, a hash of its result), checkpoints, and
-//! completes or fails the task under the attempt its claim gave it. Every answer is one frame:
-//! `registered`, `task` or `none` (or `soft-stop` when the agent asks it to stop claiming),
-//! `next` (`continue` or `finish`), `ok`, or `refused` with the reason. A frame that is too
-//! large, not JSON or not a request of the protocol is refused with the reason, and the
-//! worker is disconnected and counted. When a worker goes away, the attempts it held fail
-//! and their tasks go back to the inbound queue.
+//! task at a time (waiting up to `wait_ms` for one when there is none), reports each
+//! iteration (a score, a hash of its result), checkpoints, records the side effects it ran
+//! (`effect`, `effect-done`), and completes or fails the task under the attempt its claim
+//! gave it. Every answer is one frame: `registered`, `task` or `none` (or `soft-stop` when the
+//! agent asks it to stop claiming), `next` (`continue` or `finish`), `effect` (whether a side
+//! effect already ran), `ok`, or `refused` with the reason. A frame that is too large, not
+//! JSON or not a request of the protocol is refused with the reason, and the worker is
+//! disconnected and counted. When a worker goes away, the attempts it held fail and their
+//! tasks go back to the inbound queue.
 
 use super::TaskHost;
 use qs_core::tasks::{Claim, Next, Report};
@@ -18,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
@@ -28,6 +31,8 @@ pub const MAX_FRAME_BYTES: usize = 1 << 20;
 pub const MAX_WORKERS: usize = 1024;
 /// Longest worker name.
 const MAX_WORKER_NAME: usize = 128;
+/// Longest a claim waits for work.
+pub const MAX_CLAIM_WAIT_MS: u64 = 60_000;
 /// Most models a worker may say it has warm.
 const MAX_WORKER_MODELS: usize = 64;
 
@@ -40,7 +45,11 @@ enum Request {
         #[serde(default)]
         models: Vec<ServiceName>,
     },
-    Claim,
+    Claim {
+        /// How long to wait for work when there is none (at most [`MAX_CLAIM_WAIT_MS`]).
+        #[serde(default)]
+        wait_ms: u64,
+    },
     Heartbeat,
     Report {
         task: TaskId,
@@ -58,6 +67,18 @@ enum Request {
         task: TaskId,
         attempt: u64,
         result: String,
+    },
+    /// Whether an attempt of the task already ran its side effect `key`.
+    Effect {
+        task: TaskId,
+        attempt: u64,
+        key: String,
+    },
+    /// This attempt ran its side effect `key` to the end.
+    EffectDone {
+        task: TaskId,
+        attempt: u64,
+        key: String,
     },
     Fail {
         task: TaskId,
@@ -85,6 +106,9 @@ enum Answer {
     SoftStop,
     Next {
         next: &'static str,
+    },
+    Effect {
+        done: bool,
     },
     Ok,
     Refused {
@@ -225,13 +249,23 @@ impl Connection {
                 }
             }
             Request::Heartbeat => Answer::Ok,
-            Request::Claim => {
+            Request::Claim { wait_ms } => {
+                if wait_ms > MAX_CLAIM_WAIT_MS {
+                    return Err(Misuse(format!(
+                        "a claim waits at most {MAX_CLAIM_WAIT_MS} ms, not {wait_ms}"
+                    )));
+                }
                 if self.host.soft_stopping() {
                     Answer::SoftStop
                 } else {
                     let worker = self.worker.clone().unwrap_or_default();
-                    match self.host.claim(&worker, &self.models).await {
+                    match self
+                        .host
+                        .claim(&worker, &self.models, Duration::from_millis(wait_ms))
+                        .await
+                    {
                         Some(c) => task(c),
+                        None if self.host.soft_stopping() => Answer::SoftStop,
                         None => Answer::None,
                     }
                 }
@@ -269,6 +303,18 @@ impl Connection {
                 Ok(()) => Answer::Ok,
                 Err(e) => refused(e),
             },
+            Request::Effect { task, attempt, key } => {
+                match self.host.effect_done(&task, attempt, &key).await {
+                    Ok(done) => Answer::Effect { done },
+                    Err(e) => refused(e),
+                }
+            }
+            Request::EffectDone { task, attempt, key } => {
+                match self.host.record_effect(&task, attempt, &key).await {
+                    Ok(()) => Answer::Ok,
+                    Err(e) => refused(e),
+                }
+            }
             Request::Fail {
                 task,
                 attempt,

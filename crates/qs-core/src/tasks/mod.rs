@@ -96,6 +96,9 @@ pub struct Task {
     pub result: Option<String>,
     /// What its worker last saved of its work, given to the next claim.
     pub checkpoint: Option<Checkpoint>,
+    /// The side effects an attempt of it ran to the end, by the worker's key.
+    #[serde(default)]
+    pub effects: BTreeSet<String>,
 }
 
 /// A worker's saved state of a task at an iteration boundary.
@@ -105,6 +108,11 @@ pub struct Checkpoint {
     pub state: String,
     pub attempt: u64,
 }
+
+/// Most side effects one task records.
+pub const MAX_EFFECTS: usize = 256;
+/// Longest key of a side effect.
+pub const MAX_EFFECT_KEY_BYTES: usize = 128;
 
 /// Largest checkpoint state a worker may save.
 pub const MAX_CHECKPOINT_BYTES: usize = 256 * 1024;
@@ -124,6 +132,10 @@ pub enum Refusal {
     Ended(TaskId),
     #[error("a checkpoint of {got} bytes; at most {MAX_CHECKPOINT_BYTES}")]
     TooLarge { got: usize },
+    #[error(
+        "a side effect's key is 1..={MAX_EFFECT_KEY_BYTES} printable characters, and a task records at most {MAX_EFFECTS}"
+    )]
+    Effect,
 }
 
 /// A task accepted (or found again by its idempotency key).
@@ -268,6 +280,7 @@ impl TaskQueues {
             history: VecDeque::new(),
             result: None,
             checkpoint: None,
+            effects: BTreeSet::new(),
         };
         self.inbound.insert(Self::key(&task, seq), id.clone());
         self.by_key
@@ -409,6 +422,25 @@ impl TaskQueues {
             TaskStep::Checkpointed,
             format!("iteration {iteration}, attempt {attempt}"),
         );
+        Ok(())
+    }
+
+    /// Whether an attempt of `id` (held now by `attempt`) already ran its side effect `key`.
+    pub fn effect_done(&mut self, id: &TaskId, attempt: u64, key: &str) -> Result<bool, Refusal> {
+        Ok(self.running(id, attempt)?.effects.contains(key))
+    }
+
+    /// The attempt holding `id` ran its side effect `key` to the end.
+    pub fn record_effect(&mut self, id: &TaskId, attempt: u64, key: &str) -> Result<(), Refusal> {
+        let ok = (1..=MAX_EFFECT_KEY_BYTES).contains(&key.len())
+            && key.bytes().all(|b| b.is_ascii_graphic());
+        let t = self.running(id, attempt)?;
+        if !ok || (t.effects.len() >= MAX_EFFECTS && !t.effects.contains(key)) {
+            return Err(Refusal::Effect);
+        }
+        if t.effects.insert(key.to_owned()) {
+            self.record(id, TaskStep::Effect, format!("{key}, attempt {attempt}"));
+        }
         Ok(())
     }
 
@@ -616,6 +648,11 @@ impl TaskQueues {
             self.tasks.insert(t.id.clone(), t);
         }
         refused
+    }
+
+    /// Tasks a claim could take now (inbound and refinement).
+    pub fn waiting(&self) -> usize {
+        self.inbound.len() + self.refinement.len()
     }
 
     pub fn get(&self, id: &TaskId) -> Option<&Task> {
