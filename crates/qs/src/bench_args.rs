@@ -1,5 +1,5 @@
 //! `qs bench`'s suites as arguments, and the suite each one runs (`crate::bench`,
-//! `crate::bench_fleet`, `crate::bench_gpu`).
+//! `crate::bench_fleet`, `crate::bench_gpu`, `crate::bench_tasks`).
 
 use anyhow::{Result, bail};
 use clap::Subcommand;
@@ -81,6 +81,25 @@ pub enum BenchSuite {
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=600))]
         seconds: u64,
     },
+    /// Durable tasks through a real agent, embedded and on a real nats-server, beside Celery
+    /// on a Redis broker (where installed): completions per second, submit-to-complete
+    /// latency (p50, p99) of no-op tasks, and the round trip of a checkpoint (p50, p99).
+    Tasks {
+        #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        tasks: u64,
+        /// Workers (ours: SDK connections; Celery: prefork processes).
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=256))]
+        workers: u64,
+        /// Threads submitting.
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=256))]
+        clients: u64,
+        /// Checkpoints per worker.
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        checkpoints: u64,
+        /// Leave Celery out.
+        #[arg(long)]
+        no_celery: bool,
+    },
     /// Core placement decisions per second for growing fleets, and the cost growth.
     Placement {
         /// Fleet sizes, comma separated.
@@ -124,6 +143,19 @@ pub fn run(suite: BenchSuite) -> Result<()> {
             connections,
             seconds,
         } => crate::bench_gateway::gateway_suite(connections as usize, seconds),
+        BenchSuite::Tasks {
+            tasks,
+            workers,
+            clients,
+            checkpoints,
+            no_celery,
+        } => crate::bench_tasks::tasks_suite(&crate::bench_tasks::TasksBench {
+            tasks: tasks as usize,
+            workers: workers as usize,
+            clients: clients as usize,
+            checkpoints: checkpoints as usize,
+            celery: !no_celery,
+        }),
         BenchSuite::Gpu {
             traces,
             loads,

@@ -7,6 +7,7 @@ mod bench_failover;
 mod bench_fleet;
 mod bench_gateway;
 mod bench_gpu;
+mod bench_tasks;
 mod check;
 mod cli;
 mod client;
