@@ -322,6 +322,10 @@ impl<F: Fabric> EmbeddedFleet<F> {
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         tasks.spawn(shared.tasks.clone().keep_deadlines(stop_rx.clone()));
+        tasks.spawn(crate::tasks::validate::judge(
+            shared.tasks.clone(),
+            stop_rx.clone(),
+        ));
         if !opts.noop_executor {
             // Without its socket (a state directory whose path is too long for one, say) the
             // agent runs on; tasks then wait for workers.

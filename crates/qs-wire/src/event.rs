@@ -224,8 +224,12 @@ pub enum TaskStep {
     Effect,
     /// Its result waits for validation.
     Outbound,
-    /// Its result failed validation: a new pass.
+    /// Its result failed validation: what its policy says comes next (`detail`).
     Rejected,
+    /// A result counted in its vote; another pass by another worker follows.
+    Voted,
+    /// No progress over its stall: a larger model, another family or another worker.
+    Escalated,
     /// An attempt failed: it goes back to the inbound queue.
     Retried,
     /// Done, once.

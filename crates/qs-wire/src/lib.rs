@@ -30,4 +30,4 @@ pub use spec::{
     ModelTier, NodeSpec, Probe, Protocol, Publish, PublishFormat, ServiceAddress, SpecDocument,
     SpecError, WorkloadKind, WorkloadSpec, decode_model, decode_workload, parse_spec,
 };
-pub use task::{TaskClass, TaskSpec, Validation, decode_task, parse_task};
+pub use task::{OnInvalid, TaskClass, TaskSpec, Validation, decode_task, parse_task};

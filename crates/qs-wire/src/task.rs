@@ -50,11 +50,36 @@ pub enum Validation {
     /// The worker's word is final.
     #[default]
     None,
-    /// A command judges it (exit 0: accepted).
-    Command { command: String },
+    /// A command judges it (the result on its standard input; exit 0: accepted); a refused
+    /// result leads to what `on_failure` says.
+    Command {
+        command: String,
+        #[serde(default)]
+        on_failure: OnInvalid,
+    },
     /// `k` of `n` independent results must agree.
     Vote { k: u32, n: u32 },
 }
+
+/// What a result the validator refused leads to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnInvalid {
+    /// A new pass, by any worker.
+    #[default]
+    Retry,
+    /// A new pass by another worker than the one refused.
+    Reroute,
+    /// A new pass on the next model of the task's `escalate` list (more diversity).
+    Diversify,
+    /// Passes by distinct workers until two results agree (a vote of 2 of 3).
+    Vote,
+}
+
+/// Most models a task may escalate through.
+pub const MAX_ESCALATIONS: usize = 8;
+/// Longest stall a task may name.
+pub const MAX_STALL_ITERATIONS: u32 = 1_000;
 
 /// What a client submits.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -77,6 +102,17 @@ pub struct TaskSpec {
     pub validation: Validation,
     /// From submission: past it, a task not completed fails.
     pub deadline_ms: u64,
+    /// Larger model tiers or other model families, in order: where a task that stops making
+    /// progress (and a refused result under `on_failure = "diversify"`) goes next.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub escalate: Vec<ServiceName>,
+    /// No better score over this many iterations is no progress: the task escalates (0: never).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub stall_iterations: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 fn bad(field: &str, reason: impl Into<String>) -> Result<(), InvalidField> {
@@ -129,9 +165,27 @@ impl TaskSpec {
                 format!("must be in 1..={MAX_DEADLINE_MS}, got {}", self.deadline_ms),
             );
         }
+        if self.escalate.len() > MAX_ESCALATIONS {
+            return bad(
+                "escalate",
+                format!(
+                    "at most {MAX_ESCALATIONS} models, got {}",
+                    self.escalate.len()
+                ),
+            );
+        }
+        if self.stall_iterations > MAX_STALL_ITERATIONS {
+            return bad(
+                "stall_iterations",
+                format!(
+                    "must be in 0..={MAX_STALL_ITERATIONS}, got {}",
+                    self.stall_iterations
+                ),
+            );
+        }
         match &self.validation {
             Validation::None => Ok(()),
-            Validation::Command { command } => {
+            Validation::Command { command, .. } => {
                 crate::spec::check_command("validation.command", command)
             }
             Validation::Vote { k, n } => {

@@ -223,3 +223,77 @@ fn the_python_sdk_unit_tests_pass() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Validation on the real agent: a command judges each result (its standard input); one it
+/// refuses goes, by the task's policy, to another worker; a vote completes when two distinct
+/// workers agree.
+#[test]
+fn a_validator_command_judges_results_and_a_vote_needs_distinct_workers_to_agree() {
+    use qs_worker::{Claimed, Worker};
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(dir.path());
+    let socket = dir.path().join("state").join("tasks.sock");
+    up.wait("the workers' socket", |_| socket.exists());
+    let post = |body: Value| {
+        let (status, v) = up.http("POST", "/v1/tasks", &body.to_string());
+        assert_eq!(status, 201, "{v}");
+        v["id"].as_str().unwrap().to_owned()
+    };
+    let checked = post(json!({
+        "class": "batch", "idempotency_key": "checked", "payload": "q",
+        "max_iterations": 1, "deadline_ms": 120000,
+        "validation": {"kind": "command", "command": "grep -q good", "on_failure": "reroute"},
+    }));
+    let mut a = Worker::connect(&socket, "a", &[]).unwrap();
+    let mut b = Worker::connect(&socket, "b", &[]).unwrap();
+    let claim = |w: &mut Worker| match w.claim(Duration::from_millis(300)).unwrap() {
+        Claimed::Task(t) => Some(t),
+        _ => None,
+    };
+    let t = claim(&mut a).expect("the task");
+    a.complete(&t, "bad answer").unwrap();
+    up.wait("refused, back in the inbound queue", |u| {
+        task(u, &checked)["phase"]["phase"] == "inbound"
+    });
+    assert!(claim(&mut a).is_none(), "rerouted: not to a again");
+    let t = claim(&mut b).expect("b takes it");
+    b.complete(&t, "a good answer").unwrap();
+    up.wait("accepted", |u| {
+        task(u, &checked)["phase"]["phase"] == "completed"
+    });
+    assert_eq!(task(&up, &checked)["result"], "a good answer");
+
+    let voted = post(json!({
+        "class": "batch", "idempotency_key": "voted", "payload": "q",
+        "max_iterations": 1, "deadline_ms": 120000,
+        "validation": {"kind": "vote", "k": 2, "n": 3},
+    }));
+    let t = claim(&mut a).expect("a votes");
+    a.complete(&t, "42").unwrap();
+    assert!(claim(&mut a).is_none(), "a votes once");
+    let t = claim(&mut b).expect("b votes");
+    b.complete(&t, "42").unwrap();
+    let v = task(&up, &voted);
+    assert_eq!(
+        (v["phase"]["phase"].clone(), v["result"].clone()),
+        (json!("completed"), json!("42")),
+        "{v}"
+    );
+    up.wait("both completions in the ledger", |u| {
+        completions(u, &voted) == 1 && completions(u, &checked) == 1
+    });
+    let steps: Vec<Value> = up
+        .events()
+        .into_iter()
+        .filter(|e| e["event"]["task"] == voted.as_str())
+        .map(|e| e["event"]["step"].clone())
+        .collect();
+    assert_eq!(
+        steps.iter().filter(|s| **s == "voted").count(),
+        1,
+        "{steps:?}"
+    );
+    assert_eq!(completions(&up, &voted), 1);
+    assert_eq!(completions(&up, &checked), 1);
+}

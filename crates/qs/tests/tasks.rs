@@ -58,6 +58,12 @@ fn tasks_are_submitted_once_queued_listed_cancelled_and_expired() {
 
     let stats = up.get("/queue_stats");
     assert_eq!(stats["tasks"]["inbound"], 2, "{stats}");
+    let (_, metrics) = up.http("GET", "/metrics", "");
+    let metrics = metrics.as_str().unwrap_or_default().to_owned();
+    assert!(
+        metrics.contains("qs_tasks{queue=\"inbound\"} 2"),
+        "{metrics}"
+    );
     let queues = cli(&["--api", &up.api, "queues"]);
     assert!(
         queues.contains("INBOUND") && queues.contains("REFINEMENT"),

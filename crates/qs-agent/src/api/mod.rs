@@ -17,6 +17,7 @@ use qs_fabric::{Fabric, Kv};
 use qs_wire::{NodeId, ServiceName};
 use serde::Deserialize;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -54,6 +55,7 @@ pub struct Api<F: Fabric> {
     quarantined: Gauge,
     ledger_dropped: Gauge,
     ledger_bytes: Gauge,
+    task_metrics: crate::tasks::metrics::TaskMetrics,
 }
 
 impl<F: Fabric> Api<F> {
@@ -179,6 +181,8 @@ impl<F: Fabric> Api<F> {
         for (name, help, gauge) in gauges {
             metrics.register(name, help, gauge.clone());
         }
+        let task_metrics = crate::tasks::metrics::TaskMetrics::default();
+        task_metrics.register(&mut metrics);
         Arc::new(Api {
             shared,
             fabric,
@@ -192,6 +196,7 @@ impl<F: Fabric> Api<F> {
             quarantined,
             ledger_dropped,
             ledger_bytes,
+            task_metrics,
         })
     }
 
@@ -344,6 +349,9 @@ async fn metrics<F: Fabric>(State(api): State<Arc<Api<F>>>) -> Response {
                 .sum::<usize>() as i64,
         );
     }
+    let tasks = &api.shared.tasks;
+    let disconnected = tasks.workers_disconnected.load(Ordering::Relaxed);
+    api.task_metrics.set(tasks.counts().await, disconnected);
     let mut body = String::new();
     if encode(&mut body, &api.metrics).is_err() {
         return error(StatusCode::INTERNAL_SERVER_ERROR, "metrics encoding failed");
@@ -379,7 +387,7 @@ async fn queue_stats<F: Fabric>(State(api): State<Arc<Api<F>>>) -> Response {
         .shared
         .tasks
         .workers_disconnected
-        .load(std::sync::atomic::Ordering::Relaxed);
+        .load(Ordering::Relaxed);
     Json(v1::QueueStats {
         nodes,
         tasks,

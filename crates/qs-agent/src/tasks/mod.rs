@@ -13,7 +13,9 @@
 
 use crate::clock::now;
 use crate::journal::Journal;
+pub mod metrics;
 mod persist;
+pub mod validate;
 pub mod worker;
 
 use qs_core::tasks::{
@@ -142,12 +144,12 @@ impl TaskHost {
     }
 
     pub async fn fail(&self, id: &TaskId, attempt: u64, reason: &str) -> Result<(), Refusal> {
-        self.with(|q| q.fail(id, attempt, reason, now())).await
+        self.with(|q| q.fail(id, attempt, reason)).await
     }
 
     /// A worker went away: the attempts it held fail.
     pub async fn abandon(&self, worker: &str) {
-        self.with(|q| q.abandon(worker, now())).await;
+        self.with(|q| q.abandon(worker)).await;
     }
 
     /// Runs `f` on the queues and queues what it changed for the store, then waits until that
@@ -201,6 +203,16 @@ impl TaskHost {
                 .await;
         }
         out
+    }
+
+    /// The outbound results that wait for a validator, but those being judged.
+    pub async fn to_validate(&self, judging: &BTreeSet<TaskId>) -> Vec<qs_core::tasks::ToValidate> {
+        self.queues.lock().await.to_validate(judging)
+    }
+
+    /// A validator judged `id`'s result.
+    pub async fn validated(&self, id: &TaskId, accepted: bool) -> Result<(), Refusal> {
+        self.with(|q| q.validated(id, accepted)).await
     }
 
     /// Takes a task (its spec checked by [`qs_wire::decode_task`]).

@@ -18,6 +18,7 @@
 //! Each step is an [`Event::Task`] for the ledger, taken with [`TaskQueues::poll`].
 
 mod convergence;
+mod judge;
 
 use crate::time::{Time, ms};
 use qs_wire::event::TaskStep;
@@ -26,6 +27,7 @@ use qs_wire::{Event, NodeId, ServiceName, TaskId};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 pub use convergence::{Convergence, Report, converged};
+pub use judge::{Judging, ToValidate, Vote};
 
 /// The bounds of one node's queues.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,6 +101,9 @@ pub struct Task {
     /// The side effects an attempt of it ran to the end, by the worker's key.
     #[serde(default)]
     pub effects: BTreeSet<String>,
+    /// How judging and escalation left it (`judge.rs`).
+    #[serde(default)]
+    pub judging: judge::Judging,
 }
 
 /// A worker's saved state of a task at an iteration boundary.
@@ -202,6 +207,8 @@ pub struct TaskQueues {
 
 /// How far down the inbound order a claim looks for a task whose model is warm.
 const WARM_LOOKAHEAD: usize = 64;
+/// How far down a queue a claim looks past tasks that must go to another worker.
+const AVOID_LOOKAHEAD: usize = 256;
 
 impl TaskQueues {
     /// The queues of `node`; task ids are `NODE-t<seq>`, from `first_seq` (the shell's boot
@@ -281,6 +288,7 @@ impl TaskQueues {
             result: None,
             checkpoint: None,
             effects: BTreeSet::new(),
+            judging: judge::Judging::default(),
         };
         self.inbound.insert(Self::key(&task, seq), id.clone());
         self.by_key
@@ -299,25 +307,45 @@ impl TaskQueues {
 
     /// A worker (`worker`, with `warm` models) takes its next iteration: a task waiting in the
     /// refinement queue first, else the first inbound one, one whose model it has warm first
-    /// among the next few.
+    /// among the next few; never one that must go to another worker than this one (a
+    /// reroute, a vote's independent pass).
     pub fn claim(&mut self, worker: &str, warm: &BTreeSet<ServiceName>) -> Option<Claim> {
-        let id = match self.refinement.pop_front() {
-            Some(id) => id,
+        let name = judge::worker_name(worker);
+        let tasks = &self.tasks;
+        let allowed = |id: &TaskId| {
+            tasks
+                .get(id)
+                .is_some_and(|t| !t.judging.avoid.contains(name))
+        };
+        let refining = self
+            .refinement
+            .iter()
+            .take(AVOID_LOOKAHEAD)
+            .position(allowed);
+        let id = match refining {
+            Some(i) => self.refinement.remove(i)?,
             None => {
-                let (head, _) = self.inbound.iter().next()?;
-                let pick = self
+                let open: Vec<&InboundKey> = self
                     .inbound
                     .iter()
+                    .take(AVOID_LOOKAHEAD)
+                    .filter(|(_, id)| allowed(id))
+                    .map(|(k, _)| k)
                     .take(WARM_LOOKAHEAD)
+                    .collect();
+                let head = **open.first()?;
+                let pick = open
+                    .iter()
                     // Warmth orders only among the same class and priority.
-                    .take_while(|(k, _)| (k.0, k.1) == (head.0, head.1))
-                    .find(|(_, id)| {
-                        self.tasks
-                            .get(*id)
-                            .and_then(|t| t.spec.model.as_ref())
+                    .take_while(|k| (k.0, k.1) == (head.0, head.1))
+                    .find(|k| {
+                        self.inbound
+                            .get(k)
+                            .and_then(|id| tasks.get(id))
+                            .and_then(Task::model)
                             .is_some_and(|m| warm.contains(m))
                     })
-                    .map_or(*head, |(k, _)| *k);
+                    .map_or(head, |k| **k);
                 self.inbound.remove(&pick)?
             }
         };
@@ -333,7 +361,7 @@ impl TaskQueues {
             attempt,
             iteration: t.iteration,
             payload: t.spec.payload.clone(),
-            model: t.spec.model.clone(),
+            model: t.model().cloned(),
             state: t.checkpoint.as_ref().map(|c| c.state.clone()),
         };
         let detail = format!("attempt {attempt} by {worker}, iteration {}", t.iteration);
@@ -389,6 +417,19 @@ impl TaskQueues {
         let done = t.iteration >= t.spec.max_iterations || converged(&t.history).is_some();
         let why = converged(&t.history).map_or("", Convergence::name);
         let detail = format!("iteration {} score {:.3} {why}", t.iteration, report.score);
+        let escalation = match done {
+            true => None,
+            false => t.judging.progress(&t.spec, t.iteration, report.score),
+        };
+        if let Some(e) = &escalation {
+            t.history.clear();
+            if e.reroute
+                && let Phase::Running { worker } = &t.phase
+            {
+                let name = judge::worker_name(worker).to_owned();
+                t.reroute(&name);
+            }
+        }
         let next = if done {
             Next::Finish
         } else {
@@ -397,6 +438,9 @@ impl TaskQueues {
             Next::Continue
         };
         self.record(id, TaskStep::Iterated, detail);
+        if let Some(e) = escalation {
+            self.record(id, TaskStep::Escalated, e.why);
+        }
         Ok(next)
     }
 
@@ -446,7 +490,7 @@ impl TaskQueues {
 
     /// `worker` went away: the attempts it held fail (their tasks go back to the inbound
     /// queue, or fail past their attempts).
-    pub fn abandon(&mut self, worker: &str, now: Time) {
+    pub fn abandon(&mut self, worker: &str) {
         let held: Vec<(TaskId, u64)> = self
             .tasks
             .values()
@@ -454,15 +498,23 @@ impl TaskQueues {
             .map(|t| (t.id.clone(), t.attempt))
             .collect();
         for (id, attempt) in held {
-            let _ = self.fail(&id, attempt, "its worker went away", now);
+            let _ = self.fail(&id, attempt, "its worker went away");
         }
     }
 
-    /// The worker holding `id` finished it with `result`: it completes, or waits for its
-    /// validation in the outbound queue.
+    /// The worker holding `id` finished it with `result`: it completes, waits for its
+    /// validation in the outbound queue, or counts as a vote (`judge.rs`).
     pub fn complete(&mut self, id: &TaskId, attempt: u64, result: String) -> Result<(), Refusal> {
         let outbound_full = self.outbound.len() >= self.limits.outbound;
         let t = self.running(id, attempt)?;
+        let worker = match &t.phase {
+            Phase::Running { worker } => judge::worker_name(worker).to_owned(),
+            _ => String::new(),
+        };
+        if let Some(vote) = t.judging.voting(&t.spec) {
+            self.vote(id, vote, worker, result);
+            return Ok(());
+        }
         let validated = t.spec.validation == Validation::None;
         if !validated && outbound_full {
             return Err(Refusal::Full {
@@ -471,6 +523,7 @@ impl TaskQueues {
             });
         }
         t.result = Some(result);
+        t.judging.last_worker = Some(worker);
         if validated {
             t.phase = Phase::Completed;
             self.end(id, TaskStep::Completed, format!("attempt {attempt}"));
@@ -482,37 +535,9 @@ impl TaskQueues {
         Ok(())
     }
 
-    /// The validation of `id`'s result: accepted, it completes; refused, it goes back to the
-    /// inbound queue for a new pass.
-    pub fn validated(&mut self, id: &TaskId, accepted: bool, now: Time) -> Result<(), Refusal> {
-        if !self.outbound.remove(id) {
-            return Err(Refusal::Unknown(id.clone()));
-        }
-        if accepted {
-            if let Some(t) = self.tasks.get_mut(id) {
-                t.phase = Phase::Completed;
-            }
-            self.end(id, TaskStep::Completed, "validated".into());
-        } else {
-            self.requeue(id, now);
-            self.record(
-                id,
-                TaskStep::Rejected,
-                "validation failed: a new pass".into(),
-            );
-        }
-        Ok(())
-    }
-
     /// The attempt holding `id` failed: the task goes back to the inbound queue, or fails
     /// after [`TaskLimits::attempts`].
-    pub fn fail(
-        &mut self,
-        id: &TaskId,
-        attempt: u64,
-        reason: &str,
-        now: Time,
-    ) -> Result<(), Refusal> {
+    pub fn fail(&mut self, id: &TaskId, attempt: u64, reason: &str) -> Result<(), Refusal> {
         let limit = self.limits.attempts;
         let t = self.running(id, attempt)?;
         t.failures += 1;
@@ -523,7 +548,7 @@ impl TaskQueues {
             let detail = format!("{} attempts failed, the last: {reason}", t.failures);
             self.end(id, TaskStep::Failed, detail);
         } else {
-            self.requeue(id, now);
+            self.requeue(id);
             self.record(
                 id,
                 TaskStep::Retried,
@@ -533,7 +558,7 @@ impl TaskQueues {
         Ok(())
     }
 
-    fn requeue(&mut self, id: &TaskId, _now: Time) {
+    fn requeue(&mut self, id: &TaskId) {
         let seq = self.next_seq;
         self.next_seq += 1;
         if let Some(t) = self.tasks.get_mut(id) {

@@ -140,26 +140,143 @@ fn max_iterations_end_refining() {
     assert_eq!(q.report(&id, c.attempt, r(2)), Ok(Next::Finish));
 }
 
+const CHECKED: &str = "validation = { kind = \"command\", command = \"true\", on_failure = \"POLICY\" }\nescalate = [\"big\"]\nmodel = \"small\"";
+
+/// Claims `id` as `worker` (the claim must be that task) and finishes it with `result`.
+fn pass(q: &mut TaskQueues, id: &TaskId, worker: &str, result: &str) -> Claim {
+    let c = q.claim(worker, &NO_MODELS).expect("a claim");
+    assert_eq!(&c.id, id);
+    q.complete(id, c.attempt, result.into()).unwrap();
+    c
+}
+
 #[test]
-fn a_result_to_validate_waits_outbound_and_a_rejected_one_is_done_again() {
+fn a_result_to_validate_waits_outbound_and_a_refused_one_goes_where_its_policy_says() {
+    // (on_failure, who may take the next pass, the model it needs)
+    let table = [
+        ("retry", "w#1", Some("small")),
+        ("reroute", "v#2", Some("small")),
+        ("diversify", "w#3", Some("big")),
+        ("vote", "v#4", Some("small")),
+    ];
+    for (policy, next, model) in table {
+        let mut q = queues();
+        let extra = CHECKED.replace("POLICY", policy);
+        let id = q.submit(spec("k", &extra), T0).unwrap().id;
+        pass(&mut q, &id, "w#0", "a");
+        assert_eq!(q.counts().outbound, 1);
+        let judging = BTreeSet::new();
+        assert_eq!(q.to_validate(&judging)[0].result, "a");
+        q.validated(&id, false).unwrap();
+        assert_eq!(q.get(&id).unwrap().phase, Phase::Inbound, "{policy}");
+        if next.starts_with('v') {
+            assert_eq!(q.claim("w#9", &NO_MODELS), None, "{policy}: not w again");
+        }
+        let c = q.claim(next, &NO_MODELS).expect(policy);
+        assert_eq!(c.model.as_ref().map(|m| m.as_str()), model, "{policy}");
+        assert_eq!((c.iteration, c.state), (0, None), "{policy}: a fresh pass");
+        q.complete(&id, c.attempt, "b".into()).unwrap();
+        if policy == "vote" {
+            // Now a vote of 2 of 3: "b", then another worker's "b" agrees.
+            assert_eq!(q.get(&id).unwrap().phase, Phase::Inbound);
+            pass(&mut q, &id, "u#5", "b");
+        } else {
+            q.validated(&id, true).unwrap();
+        }
+        let t = q.get(&id).unwrap();
+        assert_eq!(
+            (&t.phase, t.result.as_deref()),
+            (&Phase::Completed, Some("b")),
+            "{policy}"
+        );
+    }
+}
+
+#[test]
+fn a_validator_that_refuses_every_result_fails_the_task_after_its_attempts() {
     let mut q = queues();
     let id = q
-        .submit(
-            spec("k", "validation = { kind = \"vote\", k = 2, n = 3 }"),
-            T0,
-        )
+        .submit(spec("k", &CHECKED.replace("POLICY", "retry")), T0)
         .unwrap()
         .id;
-    let c = q.claim("w", &NO_MODELS).unwrap();
-    q.complete(&id, c.attempt, "a".into()).unwrap();
-    assert_eq!(q.counts().outbound, 1);
-    q.validated(&id, false, T0).unwrap();
-    assert_eq!(q.get(&id).unwrap().phase, Phase::Inbound, "a new pass");
-    let c = q.claim("w", &NO_MODELS).unwrap();
-    q.complete(&id, c.attempt, "b".into()).unwrap();
-    q.validated(&id, true, T0).unwrap();
-    assert_eq!(q.get(&id).unwrap().phase, Phase::Completed);
-    assert_eq!(q.get(&id).unwrap().result.as_deref(), Some("b"));
+    for _ in 0..3 {
+        pass(&mut q, &id, "w#0", "wrong");
+        q.validated(&id, false).unwrap();
+    }
+    assert!(matches!(q.get(&id).unwrap().phase, Phase::Failed { .. }));
+    assert!(steps(&mut q).last().unwrap().ends_with("Failed"));
+}
+
+#[test]
+fn a_vote_completes_on_k_agreeing_results_from_distinct_workers_or_fails_after_n() {
+    let vote = "validation = { kind = \"vote\", k = 2, n = 3 }";
+    let mut q = queues();
+    let id = q.submit(spec("k", vote), T0).unwrap().id;
+    pass(&mut q, &id, "a#1", "x");
+    // The same worker (another connection) may not vote twice.
+    assert_eq!(q.claim("a#2", &NO_MODELS), None);
+    pass(&mut q, &id, "b#3", "y");
+    pass(&mut q, &id, "c#4", "x");
+    let t = q.get(&id).unwrap();
+    assert_eq!(
+        (&t.phase, t.result.as_deref()),
+        (&Phase::Completed, Some("x"))
+    );
+    let steps = steps(&mut q);
+    assert_eq!(steps.iter().filter(|s| s.ends_with("Voted")).count(), 2);
+    assert_eq!(steps.iter().filter(|s| s.ends_with("Completed")).count(), 1);
+
+    let split = q.submit(spec("split", vote), T0).unwrap().id;
+    for (w, r) in [("a#5", "1"), ("b#6", "2"), ("c#7", "3")] {
+        pass(&mut q, &split, w, r);
+    }
+    assert!(matches!(q.get(&split).unwrap().phase, Phase::Failed { .. }));
+}
+
+#[test]
+fn a_task_without_progress_escalates_through_its_models_then_to_another_worker() {
+    let mut q = queues();
+    let extra =
+        "max_iterations = 50\nmodel = \"small\"\nescalate = [\"big\"]\nstall_iterations = 2";
+    let id = q.submit(spec("k", extra), T0).unwrap().id;
+    // Scores that never improve, with results that never repeat (nothing converges).
+    let mut models = Vec::new();
+    for i in 0..6u64 {
+        let c = q
+            .claim("w#1", &NO_MODELS)
+            .or_else(|| q.claim("z#2", &NO_MODELS))
+            .unwrap();
+        models.push(c.model.map(|m| m.to_string()).unwrap_or_default());
+        let report = Report {
+            score: 1.0 - i as f64 * 0.1,
+            result_hash: i * 7919,
+        };
+        assert_eq!(q.report(&id, c.attempt, report), Ok(Next::Continue));
+    }
+    let escalations: Vec<String> = std::iter::from_fn(|| q.poll())
+        .filter_map(|e| match e {
+            Event::Task {
+                step: TaskStep::Escalated,
+                detail,
+                ..
+            } => Some(detail),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(escalations.len(), 2, "{escalations:?}");
+    assert!(
+        escalations[0].ends_with("escalated to big"),
+        "{escalations:?}"
+    );
+    assert!(escalations[1].contains("another worker"), "{escalations:?}");
+    assert_eq!(models[..3], ["small", "small", "small"]);
+    assert_eq!(models[3], "big");
+    assert_eq!(
+        q.claim("w#1", &NO_MODELS),
+        None,
+        "its next pass is another worker's"
+    );
+    assert_eq!(q.claim("z#2", &NO_MODELS).unwrap().id, id);
 }
 
 #[test]
@@ -168,7 +285,7 @@ fn failed_attempts_retry_then_fail_and_deadlines_and_cancels_end_tasks() {
     let id = q.submit(spec("k", ""), T0).unwrap().id;
     for n in 1..=3 {
         let c = q.claim("w", &NO_MODELS).unwrap();
-        q.fail(&id, c.attempt, "worker crashed", T0).unwrap();
+        q.fail(&id, c.attempt, "worker crashed").unwrap();
         let failed = matches!(q.get(&id).unwrap().phase, Phase::Failed { .. });
         assert_eq!(failed, n == 3, "attempt {n}");
     }
@@ -199,7 +316,7 @@ fn a_checkpoint_is_given_to_the_next_claim_and_a_gone_worker_gives_its_tasks_bac
             got: MAX_CHECKPOINT_BYTES + 1
         })
     );
-    q.abandon("w1", T0);
+    q.abandon("w1");
     assert_eq!(q.get(&id).unwrap().phase, Phase::Inbound);
     assert_eq!(q.get(&id).unwrap().failures, 1);
     let again = q.claim("w2", &NO_MODELS).unwrap();
@@ -208,7 +325,7 @@ fn a_checkpoint_is_given_to_the_next_claim_and_a_gone_worker_gives_its_tasks_bac
         q.checkpoint(&id, c.attempt, 2, "stale".into()),
         Err(Refusal::Superseded { .. })
     ));
-    q.abandon("w1", T0);
+    q.abandon("w1");
     assert!(
         matches!(q.get(&id).unwrap().phase, Phase::Running { .. }),
         "w2's attempt stands"

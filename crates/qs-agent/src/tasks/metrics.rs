@@ -1,0 +1,54 @@
+//! The durable tasks' figures for `/metrics`: how many tasks each queue holds (and how many
+//! run, completed, failed, were cancelled), and the workers disconnected for misuse.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use qs_core::tasks::QueueCounts;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabel {
+    queue: &'static str,
+}
+
+/// See the module docs.
+#[derive(Clone, Default)]
+pub struct TaskMetrics {
+    tasks: Family<QueueLabel, Gauge>,
+    workers_disconnected: Gauge,
+}
+
+impl TaskMetrics {
+    pub fn register(&self, r: &mut Registry) {
+        r.register(
+            "tasks",
+            "Durable tasks by queue (inbound, refinement, outbound) or state (running, \
+             completed, failed, cancelled: those remembered)",
+            self.tasks.clone(),
+        );
+        r.register(
+            "task_workers_disconnected",
+            "Task workers disconnected since start for speaking the worker protocol wrongly",
+            self.workers_disconnected.clone(),
+        );
+    }
+
+    /// Sets the figures from the queues' `counts`.
+    pub fn set(&self, c: QueueCounts, workers_disconnected: u64) {
+        for (queue, n) in [
+            ("inbound", c.inbound),
+            ("running", c.running),
+            ("refinement", c.refinement),
+            ("outbound", c.outbound),
+            ("completed", c.completed),
+            ("failed", c.failed),
+            ("cancelled", c.cancelled),
+        ] {
+            self.tasks
+                .get_or_create(&QueueLabel { queue })
+                .set(n as i64);
+        }
+        self.workers_disconnected.set(workers_disconnected as i64);
+    }
+}
