@@ -326,6 +326,17 @@ impl<F: Fabric> EmbeddedFleet<F> {
             shared.tasks.clone(),
             stop_rx.clone(),
         ));
+        // The fleet's copy of the tasks: adoption, hand-over, sealed completions.
+        let (link, inbox) = crate::tasks::fleet::FleetLink::new();
+        shared.tasks.attach_fleet(link);
+        let m = membership.clone();
+        tasks.spawn(crate::tasks::fleet::run(
+            fabric.clone(),
+            shared.tasks.clone(),
+            inbox,
+            move || m.read().live_nodes().map(|n| n.node.clone()).collect(),
+            stop_rx.clone(),
+        ));
         if !opts.noop_executor {
             // Without its socket (a state directory whose path is too long for one, say) the
             // agent runs on; tasks then wait for workers.

@@ -8,3 +8,5 @@ pub const INSTANCES_BUCKET: &str = "instances";
 pub const NODES_BUCKET: &str = "nodes";
 /// Model runtimes: each `[model.NAME]`'s `ModelSpec` (key: the model).
 pub const MODELS_BUCKET: &str = "models";
+/// Durable tasks: each task's `FleetTask` (its owner and record; key: the task).
+pub const TASKS_BUCKET: &str = "tasks";

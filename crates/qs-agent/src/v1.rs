@@ -126,6 +126,35 @@ pub struct CheckpointState {
     pub state_dir: String,
     pub ledger: LedgerState,
     pub desired_state: DesiredState,
+    #[serde(default)]
+    pub tasks: TaskCheckpoints,
+}
+
+/// Most entries a list of `/checkpoint_state` holds.
+pub const MAX_LISTED: usize = 1000;
+
+/// The durable tasks' checkpoints: on this node's disk, and the fleet's copy.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskCheckpoints {
+    /// The task store (`tasks.redb`).
+    pub store: String,
+    /// Tasks remembered that hold a checkpoint.
+    pub checkpoints: usize,
+    /// The last checkpoint of each task still running or waiting (the first
+    /// [`MAX_LISTED`]).
+    pub latest: Vec<TaskCheckpoint>,
+    /// Records written to the fleet's `tasks` bucket since start.
+    pub fleet_written: u64,
+    /// Records waiting to be written there (the fleet unreachable, or behind).
+    pub fleet_pending: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskCheckpoint {
+    pub task: qs_wire::TaskId,
+    pub iteration: u32,
+    pub attempt: u64,
+    pub bytes: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

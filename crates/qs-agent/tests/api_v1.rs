@@ -83,6 +83,18 @@ fn get_checkpoint_state() {
             },
         },
         desired_state: DesiredState { specs: 3 },
+        tasks: qs_agent::v1::TaskCheckpoints {
+            store: "/var/lib/qs/tasks.redb".into(),
+            checkpoints: 1,
+            latest: vec![qs_agent::v1::TaskCheckpoint {
+                task: qs_wire::TaskId::new("forge-t17").unwrap(),
+                iteration: 3,
+                attempt: 4,
+                bytes: 120,
+            }],
+            fleet_written: 9,
+            fleet_pending: 0,
+        },
     }));
 }
 

@@ -230,6 +230,10 @@ pub enum TaskStep {
     Voted,
     /// No progress over its stall: a larger model, another family or another worker.
     Escalated,
+    /// Taken over from a dead node (`detail`: which), to resume from its last checkpoint.
+    Adopted,
+    /// Another node owns it now (it adopted it while this one was down or cut off).
+    Moved,
     /// An attempt failed: it goes back to the inbound queue.
     Retried,
     /// Done, once.

@@ -408,6 +408,7 @@ async fn checkpoint_state<F: Fabric>(State(api): State<Arc<Api<F>>>) -> Response
             compacted: api.shared.ledger.snapshot(),
         },
         desired_state: v1::DesiredState { specs },
+        tasks: api.shared.tasks.checkpoints().await,
     })
     .into_response()
 }

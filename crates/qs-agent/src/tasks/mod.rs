@@ -13,6 +13,7 @@
 
 use crate::clock::now;
 use crate::journal::Journal;
+pub mod fleet;
 pub mod metrics;
 mod persist;
 pub mod validate;
@@ -44,6 +45,12 @@ pub struct TaskHost {
     soft_stop: AtomicBool,
     /// Workers disconnected for speaking the protocol wrongly.
     pub workers_disconnected: Arc<AtomicU64>,
+    /// The fleet's copy of the tasks, once attached.
+    fleet: std::sync::OnceLock<fleet::FleetLink>,
+    /// Records written to the fleet, and waiting to be (kept by `fleet.rs`).
+    pub fleet_written: AtomicU64,
+    pub fleet_pending: AtomicU64,
+    store_path: std::path::PathBuf,
 }
 
 impl TaskHost {
@@ -84,11 +91,21 @@ impl TaskHost {
             journal,
             soft_stop: AtomicBool::new(false),
             workers_disconnected: Arc::default(),
+            fleet: std::sync::OnceLock::new(),
+            fleet_written: AtomicU64::new(0),
+            fleet_pending: AtomicU64::new(0),
+            store_path: state.path(qs_store::StateFile::Tasks),
         })
     }
 
     pub fn node(&self) -> &NodeId {
         &self.node
+    }
+
+    /// Every change from now on goes to the fleet too (`fleet.rs`), and completions are
+    /// sealed there first.
+    pub fn attach_fleet(&self, link: fleet::FleetLink) {
+        let _ = self.fleet.set(link);
     }
 
     /// Whether workers should stop claiming.
@@ -139,8 +156,70 @@ impl TaskHost {
         self.with(|q| q.record_effect(id, attempt, key)).await
     }
 
+    /// A worker's completion; one that would end the task is sealed in the fleet first, and
+    /// refused if another node owns the task now.
     pub async fn complete(&self, id: &TaskId, attempt: u64, result: String) -> Result<(), Refusal> {
+        if let Some(link) = self.fleet.get() {
+            let done = self.queues.lock().await.sealing(id, attempt, &result)?;
+            if let Some(done) = done
+                && let fleet::Sealed::Moved(to) = link.seal(done).await
+            {
+                self.hand_over(id, &to).await;
+                return Err(Refusal::Moved {
+                    task: id.clone(),
+                    to,
+                });
+            }
+        }
         self.with(|q| q.complete(id, attempt, result)).await
+    }
+
+    /// What `/checkpoint_state` shows of the tasks.
+    pub async fn checkpoints(&self) -> crate::v1::TaskCheckpoints {
+        let q = self.queues.lock().await;
+        let with: Vec<&Task> = q.tasks().filter(|t| t.checkpoint.is_some()).collect();
+        let latest = with
+            .iter()
+            .filter(|t| !t.phase.ended())
+            .filter_map(|t| {
+                let c = t.checkpoint.as_ref()?;
+                Some(crate::v1::TaskCheckpoint {
+                    task: t.id.clone(),
+                    iteration: c.iteration,
+                    attempt: c.attempt,
+                    bytes: c.state.len(),
+                })
+            })
+            .take(crate::v1::MAX_LISTED)
+            .collect();
+        crate::v1::TaskCheckpoints {
+            store: self.store_path.display().to_string(),
+            checkpoints: with.len(),
+            latest,
+            fleet_written: self.fleet_written.load(Ordering::Relaxed),
+            fleet_pending: self.fleet_pending.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The tasks that have not ended.
+    pub async fn unended(&self) -> Vec<Task> {
+        let q = self.queues.lock().await;
+        q.tasks().filter(|t| !t.phase.ended()).cloned().collect()
+    }
+
+    /// Another node owns `id` now.
+    pub async fn hand_over(&self, id: &TaskId, to: &NodeId) {
+        self.with(|q| q.hand_over(id, to)).await;
+    }
+
+    /// The fleet recorded `id`'s completion before this node went down.
+    pub async fn complete_recorded(&self, id: &TaskId, result: String) {
+        self.with(|q| q.complete_recorded(id, result)).await;
+    }
+
+    /// A dead node's task, adopted here.
+    pub async fn adopt(&self, task: Task, from: &NodeId) -> Result<(), Refusal> {
+        self.with(|q| q.adopt(task, from)).await
     }
 
     pub async fn fail(&self, id: &TaskId, attempt: u64, reason: &str) -> Result<(), Refusal> {
@@ -166,14 +245,16 @@ impl TaskHost {
                 _ => None,
             })
             .collect();
-        let mut writes: Vec<qs_store::TaskWrite> = q
-            .take_forgotten()
-            .into_iter()
-            .map(|id| {
-                changed.remove(&id);
-                qs_store::TaskWrite::Delete { id: id.to_string() }
-            })
-            .collect();
+        let fleet = self.fleet.get();
+        let mut to_fleet: Vec<(TaskId, Option<Task>)> = Vec::new();
+        let mut writes: Vec<qs_store::TaskWrite> = Vec::new();
+        for id in q.take_forgotten() {
+            changed.remove(&id);
+            writes.push(qs_store::TaskWrite::Delete { id: id.to_string() });
+            if fleet.is_some() {
+                to_fleet.push((id, None));
+            }
+        }
         for id in changed {
             if let Some(t) = q.get(&id)
                 && let Ok(record) = serde_json::to_vec(t)
@@ -182,6 +263,9 @@ impl TaskHost {
                     id: id.to_string(),
                     record,
                 });
+                if fleet.is_some() {
+                    to_fleet.push((id, Some(t.clone())));
+                }
             }
         }
         let more_work = q.waiting() > inbound_before;
@@ -193,6 +277,11 @@ impl TaskHost {
         drop(q);
         if let Some(d) = durable {
             d.wait().await;
+        }
+        if let Some(link) = fleet {
+            for (id, record) in to_fleet {
+                link.write(id, record).await;
+            }
         }
         if more_work {
             self.work.notify_waiters();

@@ -15,12 +15,10 @@
 //!   family); past the list, its next pass goes to another worker (another routing).
 
 use super::{Phase, Task, TaskLimits, TaskQueues};
-use crate::hash::StableHasher;
 use qs_wire::event::TaskStep;
 use qs_wire::task::{OnInvalid, TaskSpec, Validation};
 use qs_wire::{ServiceName, TaskId};
 use std::collections::BTreeSet;
-use std::hash::Hasher;
 
 /// The vote `on_failure = "vote"` switches to.
 const FALLBACK_VOTE: Vote = Vote { k: 2, n: 3 };
@@ -85,12 +83,6 @@ pub struct ToValidate {
 /// A worker's registered name: its connection's name less the `#N` the shell adds.
 pub fn worker_name(worker: &str) -> &str {
     worker.rsplit_once('#').map_or(worker, |(name, _)| name)
-}
-
-fn hash(result: &str) -> u64 {
-    let mut h = StableHasher::default();
-    h.write(result.as_bytes());
-    h.finish()
 }
 
 impl Judging {
@@ -244,7 +236,7 @@ impl TaskQueues {
         let Some(t) = self.tasks.get_mut(id) else {
             return;
         };
-        let result_hash = hash(&result);
+        let result_hash = crate::hash::of_str(&result);
         t.reroute(&worker);
         t.judging.ballots.push(Ballot {
             worker: worker.clone(),

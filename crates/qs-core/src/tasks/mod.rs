@@ -18,7 +18,10 @@
 //! Each step is an [`Event::Task`] for the ledger, taken with [`TaskQueues::poll`].
 
 mod convergence;
+pub mod fleet;
 mod judge;
+mod recover;
+mod types;
 
 use crate::time::{Time, ms};
 use qs_wire::event::TaskStep;
@@ -28,6 +31,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 pub use convergence::{Convergence, Report, converged};
 pub use judge::{Judging, ToValidate, Vote};
+pub use types::*;
 
 /// The bounds of one node's queues.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,137 +55,6 @@ impl Default for TaskLimits {
             attempts: 3,
         }
     }
-}
-
-/// Where a task is in its life.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case", tag = "phase")]
-pub enum Phase {
-    Inbound,
-    /// A worker holds it for an iteration.
-    Running {
-        worker: String,
-    },
-    Refining,
-    Outbound,
-    Completed,
-    Failed {
-        reason: String,
-    },
-    Cancelled,
-}
-
-impl Phase {
-    pub fn ended(&self) -> bool {
-        matches!(
-            self,
-            Phase::Completed | Phase::Failed { .. } | Phase::Cancelled
-        )
-    }
-}
-
-/// One task and what became of it.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Task {
-    pub id: TaskId,
-    pub spec: TaskSpec,
-    pub phase: Phase,
-    /// Its fencing token: the attempt that holds it (or last held it).
-    pub attempt: u64,
-    /// Failed attempts so far.
-    pub failures: u32,
-    /// Iterations reported.
-    pub iteration: u32,
-    pub submitted_ms: u64,
-    /// The last reports (at most [`convergence::HISTORY`]).
-    pub history: VecDeque<Report>,
-    pub result: Option<String>,
-    /// What its worker last saved of its work, given to the next claim.
-    pub checkpoint: Option<Checkpoint>,
-    /// The side effects an attempt of it ran to the end, by the worker's key.
-    #[serde(default)]
-    pub effects: BTreeSet<String>,
-    /// How judging and escalation left it (`judge.rs`).
-    #[serde(default)]
-    pub judging: judge::Judging,
-}
-
-/// A worker's saved state of a task at an iteration boundary.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Checkpoint {
-    pub iteration: u32,
-    pub state: String,
-    pub attempt: u64,
-}
-
-/// Most side effects one task records.
-pub const MAX_EFFECTS: usize = 256;
-/// Longest key of a side effect.
-pub const MAX_EFFECT_KEY_BYTES: usize = 128;
-
-/// Largest checkpoint state a worker may save.
-pub const MAX_CHECKPOINT_BYTES: usize = 256 * 1024;
-
-/// Why a request about a task was refused.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
-    #[error("the {queue} queue is full ({limit} tasks)")]
-    Full { queue: &'static str, limit: usize },
-    #[error("no task {0}")]
-    Unknown(TaskId),
-    #[error("attempt {got} of task {task} was superseded by attempt {now}")]
-    Superseded { task: TaskId, got: u64, now: u64 },
-    #[error("task {task} is {phase}, not running")]
-    NotRunning { task: TaskId, phase: String },
-    #[error("task {0} has ended")]
-    Ended(TaskId),
-    #[error("a checkpoint of {got} bytes; at most {MAX_CHECKPOINT_BYTES}")]
-    TooLarge { got: usize },
-    #[error(
-        "a side effect's key is 1..={MAX_EFFECT_KEY_BYTES} printable characters, and a task records at most {MAX_EFFECTS}"
-    )]
-    Effect,
-}
-
-/// A task accepted (or found again by its idempotency key).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Accepted {
-    pub id: TaskId,
-    /// The key named a task already accepted.
-    pub existing: bool,
-}
-
-/// What a worker gets when it claims: one iteration of a task.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Claim {
-    pub id: TaskId,
-    pub attempt: u64,
-    pub iteration: u32,
-    pub payload: String,
-    pub model: Option<ServiceName>,
-    /// The last checkpoint's state, to resume from.
-    pub state: Option<String>,
-}
-
-/// What a report of an iteration leads to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Next {
-    /// Another iteration: the task waits in the refinement queue.
-    Continue,
-    /// Refining is over (converged, or its last iteration): the worker completes it.
-    Finish,
-}
-
-/// The counts `/queue_stats` shows.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct QueueCounts {
-    pub inbound: usize,
-    pub running: usize,
-    pub refinement: usize,
-    pub outbound: usize,
-    pub completed: usize,
-    pub failed: usize,
-    pub cancelled: usize,
 }
 
 /// The order of the inbound queue (warmth aside, which depends on the worker).
@@ -502,9 +375,31 @@ impl TaskQueues {
         }
     }
 
+    /// When the completion of `id` by `attempt` with `result` would end it (no validation, no
+    /// vote), the record it would end with, for the shell to seal in the fleet first
+    /// (`fleet.rs`); `None` when it would not end it.
+    pub fn sealing(
+        &mut self,
+        id: &TaskId,
+        attempt: u64,
+        result: &str,
+    ) -> Result<Option<Task>, Refusal> {
+        let t = self.running(id, attempt)?;
+        if t.spec.validation != Validation::None || t.judging.voting(&t.spec).is_some() {
+            return Ok(None);
+        }
+        let mut done = t.clone();
+        done.phase = Phase::Completed;
+        done.result = Some(result.to_owned());
+        Ok(Some(done))
+    }
+
     /// The worker holding `id` finished it with `result`: it completes, waits for its
     /// validation in the outbound queue, or counts as a vote (`judge.rs`).
     pub fn complete(&mut self, id: &TaskId, attempt: u64, result: String) -> Result<(), Refusal> {
+        if result.len() > MAX_RESULT_BYTES {
+            return Err(Refusal::ResultTooLarge { got: result.len() });
+        }
         let outbound_full = self.outbound.len() >= self.limits.outbound;
         let t = self.running(id, attempt)?;
         let worker = match &t.phase {
@@ -624,55 +519,6 @@ impl TaskQueues {
                 self.forgotten.push(old);
             }
         }
-    }
-
-    /// The ended tasks forgotten since the last call.
-    pub fn take_forgotten(&mut self) -> Vec<TaskId> {
-        std::mem::take(&mut self.forgotten)
-    }
-
-    /// Takes back the tasks a previous life kept (each already checked by the caller): each
-    /// goes where its phase says. One that was running died with that life: its attempt is
-    /// gone, and it waits in the inbound queue again, its checkpoint kept. Past the bounds,
-    /// the rest are refused and returned.
-    pub fn restore(&mut self, tasks: Vec<Task>) -> Vec<TaskId> {
-        let mut refused = Vec::new();
-        for mut t in tasks {
-            if self.tasks.contains_key(&t.id) || self.by_key.contains_key(&t.spec.idempotency_key) {
-                refused.push(t.id);
-                continue;
-            }
-            let seq = self.next_seq;
-            self.next_seq += 1;
-            self.next_attempt = self.next_attempt.max(t.attempt.saturating_add(1));
-            match t.phase {
-                Phase::Inbound | Phase::Running { .. }
-                    if self.inbound.len() < self.limits.inbound =>
-                {
-                    t.phase = Phase::Inbound;
-                    self.inbound.insert(Self::key(&t, seq), t.id.clone());
-                }
-                Phase::Refining if self.refinement.len() < self.limits.refinement => {
-                    self.refinement.push_back(t.id.clone());
-                }
-                Phase::Outbound if self.outbound.len() < self.limits.outbound => {
-                    self.outbound.insert(t.id.clone());
-                }
-                Phase::Completed | Phase::Failed { .. } | Phase::Cancelled
-                    if self.ended.len() < self.limits.ended =>
-                {
-                    self.ended.push_back(t.id.clone());
-                }
-                _ => {
-                    refused.push(t.id);
-                    continue;
-                }
-            }
-            self.by_key
-                .insert(t.spec.idempotency_key.clone(), t.id.clone());
-            self.tasks.insert(t.id.clone(), t);
-        }
-        refused
     }
 
     /// Tasks a claim could take now (inbound and refinement).

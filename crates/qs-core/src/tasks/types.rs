@@ -1,0 +1,146 @@
+//! The vocabulary of a node's tasks: a task and its phase, its checkpoint, what a claim
+//! gives, what a report leads to, why a request is refused, and the queues' counts.
+
+use super::convergence::Report;
+use super::judge;
+use qs_wire::task::TaskSpec;
+use qs_wire::{ServiceName, TaskId};
+use std::collections::{BTreeSet, VecDeque};
+
+/// Where a task is in its life.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "phase")]
+pub enum Phase {
+    Inbound,
+    /// A worker holds it for an iteration.
+    Running {
+        worker: String,
+    },
+    Refining,
+    Outbound,
+    Completed,
+    Failed {
+        reason: String,
+    },
+    Cancelled,
+}
+
+impl Phase {
+    pub fn ended(&self) -> bool {
+        matches!(
+            self,
+            Phase::Completed | Phase::Failed { .. } | Phase::Cancelled
+        )
+    }
+}
+
+/// One task and what became of it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Task {
+    pub id: TaskId,
+    pub spec: TaskSpec,
+    pub phase: Phase,
+    /// Its fencing token: the attempt that holds it (or last held it).
+    pub attempt: u64,
+    /// Failed attempts so far.
+    pub failures: u32,
+    /// Iterations reported.
+    pub iteration: u32,
+    pub submitted_ms: u64,
+    /// The last reports (at most [`super::convergence::HISTORY`]).
+    pub history: VecDeque<Report>,
+    pub result: Option<String>,
+    /// What its worker last saved of its work, given to the next claim.
+    pub checkpoint: Option<Checkpoint>,
+    /// The side effects an attempt of it ran to the end, by the worker's key.
+    #[serde(default)]
+    pub effects: BTreeSet<String>,
+    /// How judging and escalation left it (`judge.rs`).
+    #[serde(default)]
+    pub judging: judge::Judging,
+}
+
+/// A worker's saved state of a task at an iteration boundary.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Checkpoint {
+    pub iteration: u32,
+    pub state: String,
+    pub attempt: u64,
+}
+
+/// Most side effects one task records.
+pub const MAX_EFFECTS: usize = 256;
+/// Longest key of a side effect.
+pub const MAX_EFFECT_KEY_BYTES: usize = 128;
+
+/// Largest result a worker may give.
+pub const MAX_RESULT_BYTES: usize = 256 * 1024;
+
+/// Largest checkpoint state a worker may save.
+pub const MAX_CHECKPOINT_BYTES: usize = 256 * 1024;
+
+/// Why a request about a task was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("the {queue} queue is full ({limit} tasks)")]
+    Full { queue: &'static str, limit: usize },
+    #[error("no task {0}")]
+    Unknown(TaskId),
+    #[error("attempt {got} of task {task} was superseded by attempt {now}")]
+    Superseded { task: TaskId, got: u64, now: u64 },
+    #[error("task {task} is {phase}, not running")]
+    NotRunning { task: TaskId, phase: String },
+    #[error("task {0} has ended")]
+    Ended(TaskId),
+    #[error("a checkpoint of {got} bytes; at most {MAX_CHECKPOINT_BYTES}")]
+    TooLarge { got: usize },
+    #[error("a result of {got} bytes; at most {MAX_RESULT_BYTES}")]
+    ResultTooLarge { got: usize },
+    #[error("task {task} was adopted by {to}: it is that node's now")]
+    Moved { task: TaskId, to: qs_wire::NodeId },
+    #[error(
+        "a side effect's key is 1..={MAX_EFFECT_KEY_BYTES} printable characters, and a task records at most {MAX_EFFECTS}"
+    )]
+    Effect,
+}
+
+/// A task accepted (or found again by its idempotency key).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Accepted {
+    pub id: TaskId,
+    /// The key named a task already accepted.
+    pub existing: bool,
+}
+
+/// What a worker gets when it claims: one iteration of a task.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Claim {
+    pub id: TaskId,
+    pub attempt: u64,
+    pub iteration: u32,
+    pub payload: String,
+    pub model: Option<ServiceName>,
+    /// The last checkpoint's state, to resume from.
+    pub state: Option<String>,
+}
+
+/// What a report of an iteration leads to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Another iteration: the task waits in the refinement queue.
+    Continue,
+    /// Refining is over (converged, or its last iteration): the worker completes it.
+    Finish,
+}
+
+/// The counts `/queue_stats` shows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QueueCounts {
+    pub inbound: usize,
+    pub running: usize,
+    pub refinement: usize,
+    pub outbound: usize,
+    pub completed: usize,
+    pub failed: usize,
+    pub cancelled: usize,
+}

@@ -1,0 +1,159 @@
+//! Durable tasks across a fleet on real processes: three `qs agent`s on one real nats-server.
+//! Tasks accepted by a node that dies (kill -9) are adopted by the survivors, resume there
+//! from their last checkpoint and complete once; the dead node, restarted, hands its copies
+//! over instead of running them again. A node paused (SIGSTOP) past its death has its tasks
+//! adopted too, and its worker's completion after SIGCONT is refused.
+
+mod common;
+
+use common::*;
+use qs_fabric::nats_server::NatsServer;
+use qs_worker::{Claimed, Worker};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// The nodes share this machine's CPU: its load must not make them refuse work.
+const CONFIG: &str = "[thresholds]\ncpu_sensed = false\nmemory = 1.0\n";
+
+fn submit(up: &Up, key: &str) -> String {
+    let body = json!({
+        "class": "batch", "idempotency_key": key, "payload": key,
+        "max_iterations": 3, "deadline_ms": 300000,
+    });
+    let (status, v) = up.http("POST", "/v1/tasks", &body.to_string());
+    assert_eq!(status, 201, "{v}");
+    v["id"].as_str().unwrap().to_owned()
+}
+
+fn tasks(up: &Up) -> Vec<Value> {
+    up.get("/v1/tasks").as_array().cloned().unwrap_or_default()
+}
+
+fn phase_of(up: &Up, id: &str) -> Option<String> {
+    tasks(up)
+        .into_iter()
+        .find(|t| t["id"] == id)
+        .map(|t| t["phase"]["phase"].as_str().unwrap_or("").to_owned())
+}
+
+/// How many times each task completed in `up`'s ledger.
+fn completions(up: &Up) -> BTreeMap<String, usize> {
+    let mut n = BTreeMap::new();
+    for e in up.events() {
+        if e["event"]["event"] == "task" && e["event"]["step"] == "completed" {
+            *n.entry(e["event"]["task"].as_str().unwrap().to_owned())
+                .or_default() += 1;
+        }
+    }
+    n
+}
+
+fn socket(dir: &std::path::Path, node: &str) -> std::path::PathBuf {
+    dir.join(node).join("tasks.sock")
+}
+
+/// Works every task `node`'s agent gives until `stop` says so: each claim resumes from its
+/// checkpoint's state, checkpoints once more and completes with the state it reached.
+fn work(sock: std::path::PathBuf, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    let mut w = Worker::connect(&sock, "steady", &[]).unwrap();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let Ok(Claimed::Task(t)) = w.claim(Duration::from_millis(200)) else {
+            continue;
+        };
+        let done: u32 = t.state.as_deref().and_then(|s| s.parse().ok()).unwrap_or(0) + 1;
+        let _ = w.checkpoint(&t, t.iteration + 1, &done.to_string());
+        let _ = w.complete(&t, &format!("{} after {done}", t.payload));
+    }
+}
+
+#[test]
+fn a_dead_nodes_tasks_are_adopted_resume_from_their_checkpoints_and_complete_once() {
+    let server = NatsServer::start().expect("nats-server 2.10+ (scripts/test installs it)");
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let mut n0 = agent_configured(dir.path(), &url, "n0", &[], &[], CONFIG);
+    let others: Vec<Up> = ["n1", "n2"]
+        .iter()
+        .map(|n| agent_configured(dir.path(), &url, n, &[], &[], CONFIG))
+        .collect();
+    for up in others.iter().chain([&n0]) {
+        up.wait("three live nodes", |u| {
+            u.get("/v1/nodes").as_array().map_or(0, |a| a.len()) == 3
+        });
+    }
+    // Six tasks on n0; a worker there takes one and checkpoints it.
+    let ids: Vec<String> = (0..6).map(|i| submit(&n0, &format!("job-{i}"))).collect();
+    n0.wait("the workers' socket", |_| socket(dir.path(), "n0").exists());
+    let mut w = Worker::connect(socket(dir.path(), "n0"), "doomed", &[]).unwrap();
+    let Claimed::Task(held) = w.claim(Duration::from_secs(5)).unwrap() else {
+        panic!("a task")
+    };
+    w.checkpoint(&held, 1, "1").unwrap();
+    n0.wait("every record in the fleet", |u| {
+        let t = &u.get("/checkpoint_state")["tasks"];
+        t["fleet_pending"] == 0 && t["fleet_written"].as_u64().unwrap_or(0) >= 8
+    });
+
+    n0.signal(libc::SIGKILL);
+    drop(w);
+    // The survivors adopt all six between them.
+    others[0].wait("all six adopted by the survivors", |_| {
+        ids.iter().all(|id| {
+            others
+                .iter()
+                .any(|u| phase_of(u, id).is_some_and(|p| p != "completed"))
+        })
+    });
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = ["n1", "n2"]
+        .iter()
+        .map(|n| {
+            let (sock, stop) = (socket(dir.path(), n), stop.clone());
+            std::thread::spawn(move || work(sock, stop))
+        })
+        .collect();
+    others[0].wait("all six completed on the survivors", |_| {
+        ids.iter().all(|id| {
+            others
+                .iter()
+                .any(|u| phase_of(u, id).as_deref() == Some("completed"))
+        })
+    });
+    // The one n0's worker held resumed from its checkpoint (state 1, so it ended at 2).
+    let resumed = others
+        .iter()
+        .flat_map(tasks)
+        .find(|t| t["id"] == held.task.as_str())
+        .unwrap();
+    assert_eq!(resumed["result"], format!("{} after 2", held.payload), "{resumed}");
+
+    // n0 comes back: the fleet owns its copies elsewhere, so it hands them over.
+    drop(n0);
+    let n0 = agent_configured(dir.path(), &url, "n0", &[], &[], CONFIG);
+    n0.wait("its copies handed over", |u| {
+        ids.iter().all(|id| phase_of(u, id).is_none())
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    let mut total: BTreeMap<String, usize> = BTreeMap::new();
+    for up in others.iter().chain([&n0]) {
+        up.wait("the ledger caught up", |u| {
+            u.events().iter().any(|e| e["event"]["event"] == "task")
+        });
+        for (id, n) in completions(up) {
+            *total.entry(id).or_default() += n;
+        }
+    }
+    for id in &ids {
+        assert_eq!(total.get(id), Some(&1), "{id} completed once: {total:?}");
+    }
+    let moved = n0
+        .events()
+        .iter()
+        .filter(|e| e["event"]["step"] == "moved")
+        .count();
+    assert_eq!(moved, 6, "n0 handed all six over");
+}
