@@ -328,13 +328,23 @@ impl<F: Fabric> EmbeddedFleet<F> {
         ));
         // The fleet's copy of the tasks: adoption, hand-over, sealed completions.
         let (link, inbox) = crate::tasks::fleet::FleetLink::new();
-        shared.tasks.attach_fleet(link);
-        let m = membership.clone();
+        shared.tasks.attach_fleet(link.clone());
+        let live = |m: Membership| move || m.read().live_nodes().map(|n| n.node.clone()).collect();
         tasks.spawn(crate::tasks::fleet::run(
             fabric.clone(),
             shared.tasks.clone(),
             inbox,
-            move || m.read().live_nodes().map(|n| n.node.clone()).collect(),
+            live(membership.clone()),
+            stop_rx.clone(),
+        ));
+        let (news, outgoing) = crate::tasks::bus::outgoing();
+        shared.tasks.attach_bus(news);
+        tasks.spawn(crate::tasks::bus::run(
+            fabric.clone(),
+            shared.tasks.clone(),
+            link,
+            outgoing,
+            live(membership.clone()),
             stop_rx.clone(),
         ));
         if !opts.noop_executor {

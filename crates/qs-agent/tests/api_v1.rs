@@ -52,6 +52,7 @@ fn get_queue_stats() {
     insta::assert_snapshot!(json(&QueueStats {
         nodes: BTreeMap::from([(node("forge"), queue)]),
         tasks: qs_core::tasks::QueueCounts {
+            concurrency: 16,
             inbound: 4,
             running: 2,
             refinement: 1,

@@ -73,6 +73,34 @@ impl Topic {
     pub fn heartbeats() -> Topic {
         Topic::named("hb.*".into())
     }
+    /// Task ids a node should look at in the fleet's bucket (offered to it, or taken from it).
+    pub fn task_inbound(node: &NodeId) -> Topic {
+        Topic::named(format!("tasks.inbound.{node}"))
+    }
+    /// A node's task load, every second.
+    pub fn task_metrics(node: &NodeId) -> Topic {
+        Topic::named(format!("tasks.metrics.{node}"))
+    }
+    /// Every node's task load.
+    pub fn task_metrics_all() -> Topic {
+        Topic::named("tasks.metrics.*".into())
+    }
+    /// A node's task completions.
+    pub fn task_results(node: &NodeId) -> Topic {
+        Topic::named(format!("tasks.results.{node}"))
+    }
+    /// The fleet event bus: every major event.
+    pub fn events_bus() -> Topic {
+        Topic::named("events.bus".into())
+    }
+    /// Alerts: security flags and performance spikes.
+    pub fn events_alerts() -> Topic {
+        Topic::named("events.alerts".into())
+    }
+    /// Supervision's acts and judgements.
+    pub fn events_supervision() -> Topic {
+        Topic::named("events.supervision".into())
+    }
     /// A node's inbox: every directed message to it.
     pub fn node_rpc(node: &NodeId) -> Topic {
         Topic::named(format!("node.{node}.rpc"))

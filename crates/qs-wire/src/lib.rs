@@ -14,6 +14,7 @@ pub mod message;
 pub mod resources;
 pub mod spec;
 pub mod task;
+pub mod task_bus;
 
 pub use envelope::{Envelope, MessageId, WIRE_VERSION, WireError};
 pub use event::{DeclineFrom, Event, LocalVerdict, ModelStep, OfferFrom, Record, SenseReason};

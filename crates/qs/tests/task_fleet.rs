@@ -126,7 +126,11 @@ fn a_dead_nodes_tasks_are_adopted_resume_from_their_checkpoints_and_complete_onc
         .flat_map(tasks)
         .find(|t| t["id"] == held.task.as_str())
         .unwrap();
-    assert_eq!(resumed["result"], format!("{} after 2", held.payload), "{resumed}");
+    assert_eq!(
+        resumed["result"],
+        format!("{} after 2", held.payload),
+        "{resumed}"
+    );
 
     // n0 comes back: the fleet owns its copies elsewhere, so it hands them over.
     drop(n0);
@@ -156,4 +160,107 @@ fn a_dead_nodes_tasks_are_adopted_resume_from_their_checkpoints_and_complete_onc
         .filter(|e| e["event"]["step"] == "moved")
         .count();
     assert_eq!(moved, 6, "n0 handed all six over");
+}
+
+/// Self-balancing and the channels: twenty tasks accepted by n0, which has no worker, are
+/// taken by n1 and n2, whose workers idle (they steal what n0 offers, and n0 pushes its
+/// surplus to them); each completes once, its result announced on `tasks.results.<node>`;
+/// n0 handed every one over. A worker's misuse on n1 is a security flag on `events.alerts`.
+#[test]
+fn idle_nodes_take_a_loaded_nodes_inbound_tasks_and_results_go_out_on_the_bus() {
+    use qs_fabric::Fabric;
+    let server = NatsServer::start().expect("nats-server 2.10+ (scripts/test installs it)");
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let ups: Vec<Up> = ["n0", "n1", "n2"]
+        .iter()
+        .map(|n| agent_configured(dir.path(), &url, n, &[], &[], CONFIG))
+        .collect();
+    for up in &ups {
+        up.wait("three live nodes", |u| {
+            u.get("/v1/nodes").as_array().map_or(0, |a| a.len()) == 3
+        });
+    }
+    // A client of the bus: every result and every alert.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let bus = rt
+        .block_on(qs_fabric::nats::NatsFabric::connect(&url, "t"))
+        .unwrap();
+    let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, Value)>::new()));
+    for topic in ["tasks.results.*", "events.alerts"] {
+        let mut sub = rt
+            .block_on(bus.subscribe(&qs_fabric::Topic::parse(topic).unwrap()))
+            .unwrap();
+        let heard = heard.clone();
+        rt.spawn(async move {
+            while let Some(m) = sub.next().await {
+                let v: Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+                heard.lock().unwrap().push((m.topic.to_string(), v));
+            }
+        });
+    }
+
+    let ids: Vec<String> = (0..20)
+        .map(|i| submit(&ups[0], &format!("b-{i}")))
+        .collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = ["n1", "n1", "n2", "n2"]
+        .iter()
+        .map(|n| {
+            let (sock, stop) = (socket(dir.path(), n), stop.clone());
+            ups[1].wait("the workers' socket", |_| sock.exists());
+            std::thread::spawn(move || work(sock, stop))
+        })
+        .collect();
+    ups[1].wait_within(
+        "all twenty completed on n1 and n2",
+        Duration::from_secs(60),
+        |_| {
+            ids.iter().all(|id| {
+                ups[1..]
+                    .iter()
+                    .any(|u| phase_of(u, id).as_deref() == Some("completed"))
+            })
+        },
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    ups[0].wait("n0 handed all twenty over", |u| {
+        ids.iter().all(|id| phase_of(u, id).is_none())
+    });
+    let mut total: BTreeMap<String, usize> = BTreeMap::new();
+    for up in &ups {
+        for (id, n) in completions(up) {
+            *total.entry(id).or_default() += n;
+        }
+    }
+    for id in &ids {
+        assert_eq!(total.get(id), Some(&1), "{id} completed once: {total:?}");
+    }
+    ups[1].wait("every result on the bus", |_| {
+        let heard = heard.lock().unwrap();
+        ids.iter().all(|id| {
+            heard
+                .iter()
+                .any(|(t, v)| t.starts_with("tasks.results.") && v["task"] == id.as_str())
+        })
+    });
+
+    // A misuse on n1: refused, counted, and a security flag for the fleet.
+    let mut raw = std::os::unix::net::UnixStream::connect(socket(dir.path(), "n1")).unwrap();
+    std::io::Write::write_all(&mut raw, &u32::MAX.to_be_bytes()).unwrap();
+    ups[1].wait("a security flag on events.alerts", |_| {
+        heard
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(t, v)| t == "events.alerts" && v["kind"] == "security-flag" && v["node"] == "n1")
+    });
+    drop(rt);
 }

@@ -10,7 +10,9 @@
 //!   record (kept, handed over, or completed as the fleet recorded it);
 //! - when a node leaves the live set, and once a while after a start, scans the bucket and
 //!   adopts the unended tasks of dead nodes that the rendezvous gives this node; they resume
-//!   here from their last checkpoint.
+//!   here from their last checkpoint;
+//! - takes the tasks a loaded node offers or a steal names (still inbound and still that
+//!   node's: compare-and-set), and tells that node, which hands them over.
 
 use super::TaskHost;
 use crate::names::TASKS_BUCKET;
@@ -46,6 +48,13 @@ enum Command {
         task: Task,
         reply: oneshot::Sender<Sealed>,
     },
+    /// Look at these tasks in the bucket: take those `from` still owns and has not started
+    /// (answering how many), hand over those of this node that another owns now.
+    Take {
+        from: NodeId,
+        tasks: Vec<TaskId>,
+        reply: Option<oneshot::Sender<usize>>,
+    },
 }
 
 /// How a seal went.
@@ -74,6 +83,32 @@ impl FleetLink {
 
     pub async fn write(&self, id: TaskId, record: Option<Task>) {
         let _ = self.tx.send(Command::Write { id, record }).await;
+    }
+
+    /// Takes what of `tasks` `from` still owns and has not started; how many it took.
+    pub async fn take(&self, from: NodeId, tasks: Vec<TaskId>) -> usize {
+        let (reply, took) = oneshot::channel();
+        let sent = self.tx.send(Command::Take {
+            from,
+            tasks,
+            reply: Some(reply),
+        });
+        if sent.await.is_err() {
+            return 0;
+        }
+        took.await.unwrap_or(0)
+    }
+
+    /// `from` says it took some of `tasks` (or offers them): look at them in the bucket.
+    pub async fn look(&self, from: NodeId, tasks: Vec<TaskId>) {
+        let _ = self
+            .tx
+            .send(Command::Take {
+                from,
+                tasks,
+                reply: None,
+            })
+            .await;
     }
 
     pub async fn seal(&self, task: Task) -> Sealed {
@@ -139,6 +174,7 @@ pub async fn run<F: Fabric>(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let mut seals = Vec::new();
+        let mut takes = Vec::new();
         tokio::select! {
             _ = stop.changed() => return,
             first = rx.recv() => {
@@ -151,6 +187,7 @@ pub async fn run<F: Fabric>(
                             s.pending.insert(id, record);
                         }
                         Command::Seal { task, reply } => seals.push((task, reply)),
+                        Command::Take { from, tasks, reply } => takes.push((from, tasks, reply)),
                     }
                     taken += 1;
                     if taken < BATCH {
@@ -164,6 +201,12 @@ pub async fn run<F: Fabric>(
         }
         s.flush().await;
         s.seal(seals).await;
+        for (from, tasks, reply) in takes {
+            let took = s.take(from, tasks).await;
+            if let Some(reply) = reply {
+                let _ = reply.send(took);
+            }
+        }
         let pending = s.pending.len() as u64;
         s.host.fleet_pending.store(pending, Ordering::Relaxed);
     }
@@ -375,6 +418,52 @@ impl<F: Fabric> Sync<F> {
         Ok(())
     }
 
+    /// Takes each of `ids` that `from` owns and has not started (by compare-and-set), hands
+    /// over each this node holds that another owns now; tells `from` what it took.
+    async fn take(&mut self, from: NodeId, ids: Vec<TaskId>) -> usize {
+        let Some(kv) = self.kv().await else {
+            return 0;
+        };
+        let mut took = Vec::new();
+        for id in ids.into_iter().take(qs_wire::task_bus::MAX_BUS_TASKS) {
+            let Ok(Some((r, rev))) = Self::read(&kv, &id).await else {
+                continue;
+            };
+            if self.host.holds(&id).await {
+                if r.owner != self.me {
+                    self.revisions.remove(&id);
+                    self.host.hand_over(&id, &r.owner).await;
+                }
+                continue;
+            }
+            if r.owner != from || from == self.me || r.task.phase != Phase::Inbound {
+                continue;
+            }
+            let value = self.record(r.task.clone());
+            if let Ok(new) = kv.cas(id.as_str(), value, Some(rev)).await {
+                self.revisions.insert(id.clone(), new);
+                let why = format!("taken from {from}, which had more than it could run");
+                match self.host.adopt(r.task, why).await {
+                    Ok(()) => took.push(id),
+                    Err(e) => tracing::warn!("taking {id} from {from}: {e}"),
+                }
+            }
+        }
+        if !took.is_empty() {
+            let nudge = qs_wire::task_bus::TaskNudge {
+                from: self.me.clone(),
+                tasks: took.clone(),
+            };
+            if let Ok(body) = serde_json::to_vec(&nudge) {
+                let topic = qs_fabric::Topic::task_inbound(&from);
+                if let Err(e) = self.fabric.publish(&topic, body.into()).await {
+                    tracing::debug!("telling {from} what was taken: {e}");
+                }
+            }
+        }
+        took.len()
+    }
+
     /// Scans the bucket and adopts what the rendezvous gives this node of dead nodes' tasks.
     async fn adopt(&mut self, kv: &F::Kv) -> Result<(), FabricError> {
         let mut live = self.live.clone();
@@ -416,7 +505,8 @@ impl<F: Fabric> Sync<F> {
             match kv.cas(id.as_str(), value, Some(rev)).await {
                 Ok(new) => {
                     self.revisions.insert(id.clone(), new);
-                    if let Err(e) = self.host.adopt(task, &from).await {
+                    let why = format!("from {from}, whose node is dead");
+                    if let Err(e) = self.host.adopt(task, why).await {
                         tracing::warn!("adopting {id} from {from}: {e}");
                     }
                 }

@@ -13,6 +13,7 @@
 
 use crate::clock::now;
 use crate::journal::Journal;
+pub mod bus;
 pub mod fleet;
 pub mod metrics;
 mod persist;
@@ -22,6 +23,7 @@ pub mod worker;
 use qs_core::tasks::{
     Accepted, Claim, Next, QueueCounts, Refusal, Report, Task, TaskLimits, TaskQueues,
 };
+use qs_wire::event::TaskStep;
 use qs_wire::{Event, NodeId, ServiceName, TaskId, TaskSpec};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -51,6 +53,13 @@ pub struct TaskHost {
     pub fleet_written: AtomicU64,
     pub fleet_pending: AtomicU64,
     store_path: std::path::PathBuf,
+    /// Claims waiting for work now: idle workers.
+    claims_waiting: AtomicU64,
+    /// The task channels and event bus, once attached (`bus.rs`), and what decides their news.
+    bus: std::sync::OnceLock<tokio::sync::mpsc::Sender<bus::Outgoing>>,
+    signals: std::sync::Mutex<qs_core::tasks::signals::Signals>,
+    /// News dropped because the bus was behind.
+    pub bus_dropped: AtomicU64,
 }
 
 impl TaskHost {
@@ -95,11 +104,33 @@ impl TaskHost {
             fleet_written: AtomicU64::new(0),
             fleet_pending: AtomicU64::new(0),
             store_path: state.path(qs_store::StateFile::Tasks),
+            claims_waiting: AtomicU64::new(0),
+            bus: std::sync::OnceLock::new(),
+            signals: Default::default(),
+            bus_dropped: AtomicU64::new(0),
         })
     }
 
     pub fn node(&self) -> &NodeId {
         &self.node
+    }
+
+    /// Completions and news go out on the task channels and the event bus from now on.
+    pub fn attach_bus(&self, tx: tokio::sync::mpsc::Sender<bus::Outgoing>) {
+        let _ = self.bus.set(tx);
+    }
+
+    fn announce(&self, news: bus::Outgoing) {
+        if let Some(tx) = self.bus.get()
+            && tx.try_send(news).is_err()
+        {
+            self.bus_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A security flag for the fleet: a worker spoke the protocol wrongly.
+    pub fn flag(&self, detail: String) {
+        self.announce(bus::Outgoing::Flag { detail });
     }
 
     /// Every change from now on goes to the fleet too (`fleet.rs`), and completions are
@@ -127,7 +158,13 @@ impl TaskHost {
             if let Some(c) = self.with(|q| q.claim(worker, warm)).await {
                 return Some(c);
             }
-            if self.soft_stopping() || tokio::time::timeout_at(until, notified).await.is_err() {
+            if self.soft_stopping() || tokio::time::Instant::now() >= until {
+                return None;
+            }
+            self.claims_waiting.fetch_add(1, Ordering::Relaxed);
+            let woken = tokio::time::timeout_at(until, notified).await;
+            self.claims_waiting.fetch_sub(1, Ordering::Relaxed);
+            if woken.is_err() {
                 return None;
             }
         }
@@ -217,9 +254,24 @@ impl TaskHost {
         self.with(|q| q.complete_recorded(id, result)).await;
     }
 
-    /// A dead node's task, adopted here.
-    pub async fn adopt(&self, task: Task, from: &NodeId) -> Result<(), Refusal> {
-        self.with(|q| q.adopt(task, from)).await
+    /// Another node's task, taken over here (`why`: its node died, or it offered it).
+    pub async fn adopt(&self, task: Task, why: String) -> Result<(), Refusal> {
+        self.with(|q| q.adopt(task, why)).await
+    }
+
+    /// Whether `id` is here and has not ended.
+    pub async fn holds(&self, id: &TaskId) -> bool {
+        self.queues
+            .lock()
+            .await
+            .get(id)
+            .is_some_and(|t| !t.phase.ended())
+    }
+
+    /// This node's load report (`offer`: how many of its newest inbound tasks it offers).
+    pub async fn load(&self, offer: usize) -> qs_wire::task_bus::TaskLoad {
+        let idle = self.claims_waiting.load(Ordering::Relaxed) as u32;
+        self.queues.lock().await.load(idle, offer)
     }
 
     pub async fn fail(&self, id: &TaskId, attempt: u64, reason: &str) -> Result<(), Refusal> {
@@ -245,6 +297,23 @@ impl TaskHost {
                 _ => None,
             })
             .collect();
+        let news: Vec<qs_core::tasks::signals::Signal> = match self.bus.get() {
+            None => Vec::new(),
+            Some(_) => {
+                let now_ms = now().as_micros() / 1000;
+                let mut signals = self.signals.lock().unwrap_or_else(|p| p.into_inner());
+                events
+                    .iter()
+                    .flat_map(|e| {
+                        let task = match e {
+                            Event::Task { task, .. } => q.get(task),
+                            _ => None,
+                        };
+                        signals.classify(e, task, now_ms)
+                    })
+                    .collect()
+            }
+        };
         let fleet = self.fleet.get();
         let mut to_fleet: Vec<(TaskId, Option<Task>)> = Vec::new();
         let mut writes: Vec<qs_store::TaskWrite> = Vec::new();
@@ -268,7 +337,21 @@ impl TaskHost {
                 }
             }
         }
-        let more_work = q.waiting() > inbound_before;
+        // Work came in, or an attempt ended (room under the concurrency limit).
+        let more_work = q.waiting() > inbound_before
+            || events.iter().any(|e| {
+                matches!(
+                    e,
+                    Event::Task {
+                        step: TaskStep::Completed
+                            | TaskStep::Outbound
+                            | TaskStep::Retried
+                            | TaskStep::Failed
+                            | TaskStep::Voted,
+                        ..
+                    }
+                )
+            });
         let durable = if writes.is_empty() {
             None
         } else {
@@ -285,6 +368,9 @@ impl TaskHost {
         }
         if more_work {
             self.work.notify_waiters();
+        }
+        for n in news {
+            self.announce(bus::Outgoing::Signal(n));
         }
         if !events.is_empty() {
             self.journal

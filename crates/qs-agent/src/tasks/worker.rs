@@ -149,6 +149,8 @@ pub async fn serve(
             if let Err(why) = conn.run(stream).await {
                 tracing::warn!("a task worker was disconnected: {why}");
                 disconnected.fetch_add(1, Ordering::Relaxed);
+                conn.host
+                    .flag(format!("a task worker was disconnected: {why}"));
             }
             conn.gone().await;
         });

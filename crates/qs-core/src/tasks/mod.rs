@@ -17,10 +17,12 @@
 //! names. Every queue is bounded ([`TaskLimits`]); a full one refuses new work with the reason.
 //! Each step is an [`Event::Task`] for the ledger, taken with [`TaskQueues::poll`].
 
+pub mod balance;
 mod convergence;
 pub mod fleet;
 mod judge;
 mod recover;
+pub mod signals;
 mod types;
 
 use crate::time::{Time, ms};
@@ -76,6 +78,9 @@ pub struct TaskQueues {
     next_seq: u64,
     next_attempt: u64,
     events: VecDeque<Event>,
+    /// How many may run at once, and those that may run now (pruned at each claim).
+    concurrency: balance::Aimd,
+    running: BTreeSet<TaskId>,
 }
 
 /// How far down the inbound order a claim looks for a task whose model is warm.
@@ -100,6 +105,8 @@ impl TaskQueues {
             next_seq: first_seq,
             next_attempt: 1,
             events: VecDeque::new(),
+            concurrency: balance::Aimd::default(),
+            running: BTreeSet::new(),
         }
     }
 
@@ -183,8 +190,16 @@ impl TaskQueues {
     /// among the next few; never one that must go to another worker than this one (a
     /// reroute, a vote's independent pass).
     pub fn claim(&mut self, worker: &str, warm: &BTreeSet<ServiceName>) -> Option<Claim> {
-        let name = judge::worker_name(worker);
         let tasks = &self.tasks;
+        self.running.retain(|id| {
+            tasks
+                .get(id)
+                .is_some_and(|t| matches!(t.phase, Phase::Running { .. }))
+        });
+        if self.running.len() >= self.concurrency.limit() as usize {
+            return None;
+        }
+        let name = judge::worker_name(worker);
         let allowed = |id: &TaskId| {
             tasks
                 .get(id)
@@ -229,6 +244,7 @@ impl TaskQueues {
         t.phase = Phase::Running {
             worker: worker.to_owned(),
         };
+        self.running.insert(id.clone());
         let claim = Claim {
             id: id.clone(),
             attempt,
@@ -407,6 +423,7 @@ impl TaskQueues {
             _ => String::new(),
         };
         if let Some(vote) = t.judging.voting(&t.spec) {
+            self.concurrency.on_success();
             self.vote(id, vote, worker, result);
             return Ok(());
         }
@@ -419,6 +436,10 @@ impl TaskQueues {
         }
         t.result = Some(result);
         t.judging.last_worker = Some(worker);
+        self.concurrency.on_success();
+        let Some(t) = self.tasks.get_mut(id) else {
+            return Ok(());
+        };
         if validated {
             t.phase = Phase::Completed;
             self.end(id, TaskStep::Completed, format!("attempt {attempt}"));
@@ -434,6 +455,8 @@ impl TaskQueues {
     /// after [`TaskLimits::attempts`].
     pub fn fail(&mut self, id: &TaskId, attempt: u64, reason: &str) -> Result<(), Refusal> {
         let limit = self.limits.attempts;
+        self.running(id, attempt)?;
+        self.concurrency.on_failure();
         let t = self.running(id, attempt)?;
         t.failures += 1;
         if t.failures >= limit {
@@ -521,6 +544,35 @@ impl TaskQueues {
         }
     }
 
+    /// What this node reports of its load (`idle_workers`: claims waiting in the shell),
+    /// offering up to `offer` of its newest inbound tasks.
+    pub fn load(&self, idle_workers: u32, offer: usize) -> qs_wire::task_bus::TaskLoad {
+        let running = self
+            .running
+            .iter()
+            .filter(|id| {
+                self.tasks
+                    .get(*id)
+                    .is_some_and(|t| matches!(t.phase, Phase::Running { .. }))
+            })
+            .count();
+        qs_wire::task_bus::TaskLoad {
+            node: self.node.clone(),
+            waiting: self.waiting() as u32,
+            running: running as u32,
+            idle_workers,
+            concurrency: self.concurrency.limit(),
+            offered: self.inbound.values().rev().take(offer).cloned().collect(),
+        }
+    }
+
+    /// Whether `id` waits in the inbound queue (what a thief may take).
+    pub fn is_inbound(&self, id: &TaskId) -> bool {
+        self.tasks
+            .get(id)
+            .is_some_and(|t| t.phase == Phase::Inbound)
+    }
+
     /// Tasks a claim could take now (inbound and refinement).
     pub fn waiting(&self) -> usize {
         self.inbound.len() + self.refinement.len()
@@ -537,6 +589,7 @@ impl TaskQueues {
 
     pub fn counts(&self) -> QueueCounts {
         let mut c = QueueCounts {
+            concurrency: self.concurrency.limit() as usize,
             inbound: self.inbound.len(),
             refinement: self.refinement.len(),
             outbound: self.outbound.len(),

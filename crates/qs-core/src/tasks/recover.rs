@@ -7,9 +7,10 @@ use qs_wire::event::TaskStep;
 use qs_wire::{NodeId, TaskId};
 
 impl TaskQueues {
-    /// A dead node's `task` adopted here (the fleet's record, checked by the caller): it waits
+    /// Another node's `task` taken over here (`why`: its node is dead, or it offered it; the
+    /// fleet's record, checked by the caller): it waits
     /// where its phase says, a running one in the inbound queue with its checkpoint.
-    pub fn adopt(&mut self, task: Task, from: &NodeId) -> Result<(), Refusal> {
+    pub fn adopt(&mut self, task: Task, why: String) -> Result<(), Refusal> {
         let id = task.id.clone();
         if !self.restore(vec![task]).is_empty() {
             return Err(Refusal::Full {
@@ -17,11 +18,7 @@ impl TaskQueues {
                 limit: self.limits.inbound,
             });
         }
-        self.record(
-            &id,
-            TaskStep::Adopted,
-            format!("from {from}, whose node is dead"),
-        );
+        self.record(&id, TaskStep::Adopted, why);
         Ok(())
     }
 

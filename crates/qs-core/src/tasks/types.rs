@@ -136,6 +136,9 @@ pub enum Next {
 /// The counts `/queue_stats` shows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct QueueCounts {
+    /// Tasks it runs at once at most, as its adaptive controller sets it.
+    #[serde(default)]
+    pub concurrency: usize,
     pub inbound: usize,
     pub running: usize,
     pub refinement: usize,
