@@ -300,6 +300,12 @@ impl<F: Fabric> EmbeddedFleet<F> {
                 opts.config.max_clock_skew_ms,
             ))
         });
+        let tasks = Arc::new(crate::tasks::TaskHost::new(
+            opts.nodes[0].id.clone(),
+            journal.clone(),
+            &state,
+            &ledger,
+        )?);
         let shared = Arc::new(Shared {
             auth: auth.clone(),
             ledger,
@@ -311,11 +317,7 @@ impl<F: Fabric> EmbeddedFleet<F> {
             state_dir: state.clone(),
             models: Default::default(),
             route,
-            tasks: Arc::new(crate::tasks::TaskHost::new(
-                opts.nodes[0].id.clone(),
-                journal.clone(),
-                &state,
-            )?),
+            tasks,
             entry_port: Default::default(),
             addresses: Default::default(),
         });

@@ -409,21 +409,6 @@ fn metric(up: &Up, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// A client of fleet `t` on `server` that is no agent (an attacker, or a writer of the KV),
-/// with the runtime it runs on: multi-threaded, since the client flushes what it publishes
-/// from a task of its own.
-fn bus_client(server: &NatsServer) -> (tokio::runtime::Runtime, qs_fabric::nats::NatsFabric) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let bus = rt
-        .block_on(qs_fabric::nats::NatsFabric::connect(&server.url(), "t"))
-        .unwrap();
-    (rt, bus)
-}
-
 fn rejected(up: &Up, reason: &str) -> f64 {
     metric(
         up,
@@ -469,7 +454,7 @@ fn forged_replayed_and_stale_messages_change_nothing_and_only_a_signer_of_invali
         Envelope::new(from.clone(), seq, sent_at_us, MessageId(seq), stop()).encode()
     };
     let auth = AuthConfig::from_config(&qs_core::Config::default(), true);
-    let (rt, bus) = bus_client(&server);
+    let (rt, bus) = bus_client(&server.url());
     let send = |frame: Vec<u8>| rt.block_on(bus.send(&to, frame.into())).unwrap();
     let timeout = std::time::Duration::from_secs(10);
 
@@ -611,7 +596,7 @@ fn an_out_of_range_spec_in_the_kv_is_refused_and_the_last_good_one_stays() {
     let server = NatsServer::start().expect("nats-server 2.10+ (scripts/test installs it)");
     let (agents, host) = two_agents_serving_web(dir.path(), &server);
     let (_, _, pid, _) = agents[host].serving("web").remove(0);
-    let (rt, bus) = bus_client(&server);
+    let (rt, bus) = bus_client(&server.url());
     let specs = rt.block_on(bus.kv("specs")).unwrap();
     let current = rt.block_on(specs.get("web")).unwrap().unwrap();
     let mut web: serde_json::Value = serde_json::from_slice(&current.value).unwrap();

@@ -182,14 +182,7 @@ fn idle_nodes_take_a_loaded_nodes_inbound_tasks_and_results_go_out_on_the_bus() 
         });
     }
     // A client of the bus: every result and every alert.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let bus = rt
-        .block_on(qs_fabric::nats::NatsFabric::connect(&url, "t"))
-        .unwrap();
+    let (rt, bus) = bus_client(&url);
     let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, Value)>::new()));
     for topic in ["tasks.results.*", "events.alerts"] {
         let mut sub = rt

@@ -34,6 +34,26 @@ use tokio::sync::watch;
 /// How often deadlines are looked at.
 const EXPIRE_EVERY: Duration = Duration::from_millis(250);
 
+/// Per task, whether the ledger holds any of its events (the key) and one of its end.
+fn ledgered(
+    ledger: &qs_store::Ledger,
+) -> Result<std::collections::BTreeMap<TaskId, bool>, qs_store::StoreError> {
+    let mut seen = std::collections::BTreeMap::new();
+    let mut from = 0;
+    loop {
+        let page = ledger.read(from, 4096)?;
+        let Some(last) = page.last() else {
+            return Ok(seen);
+        };
+        from = last.seq + 1;
+        for r in page {
+            if let Event::Task { task, step, .. } = r.event {
+                *seen.entry(task).or_default() |= qs_core::tasks::is_end(step);
+            }
+        }
+    }
+}
+
 /// See the module docs.
 pub struct TaskHost {
     node: NodeId,
@@ -68,6 +88,7 @@ impl TaskHost {
         node: NodeId,
         journal: Journal,
         state: &qs_store::StateDir,
+        ledger: &qs_store::Ledger,
     ) -> Result<TaskHost, qs_store::StoreError> {
         let store = qs_store::TaskStore::open(state.path(qs_store::StateFile::Tasks))?;
         // Numbered from the wall clock at start: a restart names no task twice.
@@ -86,8 +107,12 @@ impl TaskHost {
             }
         }
         let count = kept.len();
+        let ended = kept.iter().any(|t| t.phase.ended());
         for id in queues.restore(kept) {
             tracing::warn!("task store: {id} is past the queues' bounds; left out");
+        }
+        if ended {
+            queues.record_lost_ends(&ledgered(ledger)?);
         }
         if count > 0 {
             tracing::info!("{count} tasks taken back from the task store");

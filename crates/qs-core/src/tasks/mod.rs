@@ -22,6 +22,7 @@ mod convergence;
 pub mod fleet;
 mod judge;
 mod recover;
+pub use recover::is_end;
 pub mod signals;
 mod types;
 

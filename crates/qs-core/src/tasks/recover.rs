@@ -5,6 +5,7 @@
 use super::{Phase, Refusal, Task, TaskQueues};
 use qs_wire::event::TaskStep;
 use qs_wire::{NodeId, TaskId};
+use std::collections::BTreeMap;
 
 impl TaskQueues {
     /// Another node's `task` taken over here (`why`: its node is dead, or it offered it; the
@@ -94,4 +95,38 @@ impl TaskQueues {
         }
         refused
     }
+
+    /// The tasks that ended here but whose end the ledger lost (the process died between
+    /// the task store's commit and the ledger's): `seen` says, per task, whether the ledger
+    /// holds any of its events and whether one is its end. A task with events but no end
+    /// lost its tail; one without any was compacted away (or never here) and is left alone.
+    /// Each gets its end recorded again, once.
+    pub fn record_lost_ends(&mut self, seen: &BTreeMap<TaskId, bool>) {
+        let lost: Vec<(TaskId, TaskStep)> = self
+            .tasks
+            .values()
+            .filter(|t| seen.get(&t.id) == Some(&false))
+            .filter_map(|t| {
+                let step = match t.phase {
+                    Phase::Completed => TaskStep::Completed,
+                    Phase::Failed { .. } => TaskStep::Failed,
+                    Phase::Cancelled => TaskStep::Cancelled,
+                    _ => return None,
+                };
+                Some((t.id.clone(), step))
+            })
+            .collect();
+        for (id, step) in lost {
+            let detail = "recorded again: the ledger lost it when the process died".to_owned();
+            self.record(&id, step, detail);
+        }
+    }
+}
+
+/// Whether a step ends a task.
+pub fn is_end(step: TaskStep) -> bool {
+    matches!(
+        step,
+        TaskStep::Completed | TaskStep::Failed | TaskStep::Cancelled
+    )
 }

@@ -369,3 +369,21 @@ fn a_restart_takes_back_every_task_where_its_phase_says() {
     // The same tasks again are refused, not doubled.
     assert_eq!(after.restore(kept).len(), 3);
 }
+
+#[test]
+fn an_end_the_ledger_lost_is_recorded_again_and_a_compacted_one_is_not() {
+    let mut q = queues();
+    let mut ended = Vec::new();
+    for key in ["lost", "kept", "compacted"] {
+        let id = q.submit(spec(key, ""), T0).unwrap().id;
+        let c = q.claim("w#1", &NO_MODELS).unwrap();
+        q.complete(&id, c.attempt, "r".into()).unwrap();
+        ended.push(id);
+    }
+    steps(&mut q);
+    // The ledger holds some events of "lost" but not its end, all of "kept", none of
+    // "compacted".
+    let seen: BTreeMap<TaskId, bool> = [(ended[0].clone(), false), (ended[1].clone(), true)].into();
+    q.record_lost_ends(&seen);
+    assert_eq!(steps(&mut q), [format!("{} Completed", ended[0])]);
+}

@@ -474,5 +474,20 @@ pub fn agent_configured(
     )
 }
 
+/// A client of fleet `t` at `url` that is no agent (an attacker, a writer of the KV, a
+/// listener on the bus), with the runtime it runs on: multi-threaded, since the client
+/// flushes what it publishes from a task of its own.
+pub fn bus_client(url: &str) -> (tokio::runtime::Runtime, qs_fabric::nats::NatsFabric) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let bus = rt
+        .block_on(qs_fabric::nats::NatsFabric::connect(url, "t"))
+        .unwrap();
+    (rt, bus)
+}
+
 pub mod models;
 pub mod systemd;
