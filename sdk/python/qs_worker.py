@@ -29,11 +29,17 @@ class Refused(Exception):
 
 
 class Worker:
-    def __init__(self, path, name, models=()):
+    def __init__(self, path, name, models=(), heartbeat_s=None):
+        """heartbeat_s: when given, a promise of a frame at least that often (heartbeat()
+        or progress() during long steps); silent for three of them, the agent takes this
+        worker for hung and fails its attempts."""
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.connect(path)
         self.name = name
-        reply = self.call({"op": "register", "worker": name, "models": list(models)})
+        register = {"op": "register", "worker": name, "models": list(models)}
+        if heartbeat_s is not None:
+            register["heartbeat_ms"] = int(heartbeat_s * 1000)
+        reply = self.call(register)
         self.node = reply.get("node")
 
     def close(self):
@@ -96,6 +102,14 @@ class Worker:
     def complete(self, claim, result):
         self.call({"op": "complete", "task": claim["task"], "attempt": claim["attempt"],
                    "result": result})
+
+    def heartbeat(self):
+        self.call({"op": "heartbeat"})
+
+    def progress(self, claim, fraction, note=""):
+        """How far the iteration under way is, 0 to 1 (shown by qs task show)."""
+        self.call({"op": "progress", "task": claim["task"], "attempt": claim["attempt"],
+                   "fraction": float(fraction), "note": note})
 
     def effect(self, claim, key, f):
         """Runs the side effect f(token) of the claimed task, named key, unless an attempt

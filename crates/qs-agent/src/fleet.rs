@@ -356,6 +356,7 @@ impl<F: Fabric> EmbeddedFleet<F> {
                 Ok(listener) => {
                     tasks.spawn(crate::tasks::worker::serve(
                         shared.tasks.clone(),
+                        shared.models.clone(),
                         listener,
                         shared.tasks.workers_disconnected.clone(),
                         stop_rx.clone(),

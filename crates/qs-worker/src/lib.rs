@@ -106,12 +106,28 @@ impl Worker {
         name: &str,
         models: &[&str],
     ) -> Result<Worker, WorkerError> {
+        Worker::connect_with_heartbeat(path, name, models, None)
+    }
+
+    /// [`Worker::connect`], promising a frame at least every `heartbeat` (call
+    /// [`Worker::heartbeat`] or [`Worker::progress`] during long steps): silent for three of
+    /// them, the agent takes the worker for hung and fails its attempts.
+    pub fn connect_with_heartbeat(
+        path: impl AsRef<Path>,
+        name: &str,
+        models: &[&str],
+        heartbeat: Option<Duration>,
+    ) -> Result<Worker, WorkerError> {
         let stream = UnixStream::connect(path)?;
         let mut w = Worker {
             stream,
             node: String::new(),
         };
-        let reply = w.call(json!({"op": "register", "worker": name, "models": models}))?;
+        let mut register = json!({"op": "register", "worker": name, "models": models});
+        if let Some(h) = heartbeat {
+            register["heartbeat_ms"] = json!(h.as_millis() as u64);
+        }
+        let reply = w.call(register)?;
         w.node = reply["node"].as_str().unwrap_or_default().to_owned();
         Ok(w)
     }
@@ -168,6 +184,21 @@ impl Worker {
 
     pub fn heartbeat(&mut self) -> Result<(), WorkerError> {
         self.call(json!({"op": "heartbeat"})).map(drop)
+    }
+
+    /// How far the iteration under way is, 0 to 1, with a short note (shown by
+    /// `qs task show`).
+    pub fn progress(
+        &mut self,
+        task: &ClaimedTask,
+        fraction: f64,
+        note: &str,
+    ) -> Result<(), WorkerError> {
+        self.call(json!({
+            "op": "progress", "task": task.task, "attempt": task.attempt,
+            "fraction": fraction, "note": note,
+        }))
+        .map(drop)
     }
 
     /// Reports an iteration of `task` that produced `result` with `score`.

@@ -297,3 +297,38 @@ fn a_validator_command_judges_results_and_a_vote_needs_distinct_workers_to_agree
     assert_eq!(completions(&up, &voted), 1);
     assert_eq!(completions(&up, &checked), 1);
 }
+
+/// A worker's progress shows on its task; one that promised a heartbeat and goes silent
+/// while holding a task is taken for hung: disconnected, counted, its attempt failed.
+#[test]
+fn progress_shows_and_a_silent_worker_past_its_heartbeat_loses_its_task() {
+    use qs_worker::{Claimed, Worker};
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(dir.path());
+    let socket = dir.path().join("state").join("tasks.sock");
+    up.wait("the workers' socket", |_| socket.exists());
+    let id = submit(&up, "hung", "q");
+    let mut w =
+        Worker::connect_with_heartbeat(&socket, "sleepy", &[], Some(Duration::from_millis(200)))
+            .unwrap();
+    let Claimed::Task(t) = w.claim(Duration::from_secs(5)).unwrap() else {
+        panic!("the task")
+    };
+    w.progress(&t, 0.5, "half way").unwrap();
+    let shown = task(&up, &id);
+    assert_eq!(shown["progress"]["note"], "half way", "{shown}");
+    let silent = Instant::now();
+    up.wait("taken for hung: the attempt failed", |u| {
+        task(u, &id)["phase"]["phase"] == "inbound"
+    });
+    assert!(
+        silent.elapsed() >= Duration::from_millis(600),
+        "three heartbeats of silence"
+    );
+    assert_eq!(task(&up, &id)["failures"], 1);
+    assert!(w.heartbeat().is_err(), "disconnected");
+    up.wait("counted", |u| {
+        u.get("/queue_stats")["workers_disconnected"] == 1
+    });
+}

@@ -210,6 +210,17 @@ impl TaskHost {
             .await
     }
 
+    pub async fn progress(
+        &self,
+        id: &TaskId,
+        attempt: u64,
+        fraction: f64,
+        note: String,
+    ) -> Result<(), Refusal> {
+        let mut q = self.queues.lock().await;
+        q.progress(id, attempt, fraction, note)
+    }
+
     pub async fn effect_done(&self, id: &TaskId, attempt: u64, key: &str) -> Result<bool, Refusal> {
         self.queues.lock().await.effect_done(id, attempt, key)
     }

@@ -2,16 +2,18 @@
 //! (`tasks.sock` in the state directory, mode 0600: the agent's user's) and speak in frames: a
 //! 4-byte big-endian length (at most [`MAX_FRAME_BYTES`]), then a JSON object with an `op`.
 //!
-//! A worker registers (its name, the models it has warm), then claims one iteration of a
+//! A worker registers (its name, the models it has warm, and optionally the heartbeat it
+//! keeps: silent for three of them, it is taken for hung), then claims one iteration of a
 //! task at a time (waiting up to `wait_ms` for one when there is none), reports each
 //! iteration (a score, a hash of its result), checkpoints, records the side effects it ran
-//! (`effect`, `effect-done`), and completes or fails the task under the attempt its claim
-//! gave it. Every answer is one frame: `registered`, `task` or `none` (or `soft-stop` when the
-//! agent asks it to stop claiming), `next` (`continue` or `finish`), `effect` (whether a side
-//! effect already ran), `ok`, or `refused` with the reason. A frame that is too large, not
-//! JSON or not a request of the protocol is refused with the reason, and the worker is
-//! disconnected and counted. When a worker goes away, the attempts it held fail and their
-//! tasks go back to the inbound queue.
+//! (`effect`, `effect-done`), says how far an iteration is (`progress`), and completes or
+//! fails the task under the attempt its claim gave it. Every answer is one frame:
+//! `registered`, `task` or `none` (or `soft-stop` when the agent asks it to stop claiming: the
+//! agent stops, or one of the worker's models drains here for a swap), `next` (`continue` or
+//! `finish`), `effect` (whether a side effect already ran), `ok`, or `refused` with the
+//! reason. A frame that is too large, not JSON or not a request of the protocol is refused
+//! with the reason, and the worker is disconnected and counted. When a worker goes away, the
+//! attempts it held fail and their tasks go back to the inbound queue.
 
 use super::TaskHost;
 use qs_core::tasks::{Claim, Next, Report};
@@ -33,6 +35,8 @@ pub const MAX_WORKERS: usize = 1024;
 const MAX_WORKER_NAME: usize = 128;
 /// Longest a claim waits for work.
 pub const MAX_CLAIM_WAIT_MS: u64 = 60_000;
+/// The heartbeat periods a worker may declare.
+pub const HEARTBEAT_MS: std::ops::RangeInclusive<u64> = 100..=3_600_000;
 /// Most models a worker may say it has warm.
 const MAX_WORKER_MODELS: usize = 64;
 
@@ -44,6 +48,10 @@ enum Request {
         worker: String,
         #[serde(default)]
         models: Vec<ServiceName>,
+        /// When given, the worker sends a frame at least this often; silent for three times
+        /// as long, it is taken for hung: disconnected, its attempts failed.
+        #[serde(default)]
+        heartbeat_ms: Option<u64>,
     },
     Claim {
         /// How long to wait for work when there is none (at most [`MAX_CLAIM_WAIT_MS`]).
@@ -67,6 +75,14 @@ enum Request {
         task: TaskId,
         attempt: u64,
         result: String,
+    },
+    /// How far the iteration under way is (shown in `qs task show`, not kept).
+    Progress {
+        task: TaskId,
+        attempt: u64,
+        fraction: f64,
+        #[serde(default)]
+        note: String,
     },
     /// Whether an attempt of the task already ran its side effect `key`.
     Effect {
@@ -119,6 +135,7 @@ enum Answer {
 /// Serves the workers that connect to `listener` until `stop` turns true.
 pub async fn serve(
     host: Arc<TaskHost>,
+    models: Arc<crate::models::Registry>,
     listener: UnixListener,
     disconnected: Arc<AtomicU64>,
     mut stop: watch::Receiver<bool>,
@@ -138,13 +155,15 @@ pub async fn serve(
             disconnected.fetch_add(1, Ordering::Relaxed);
             continue;
         };
-        let (host, disconnected) = (host.clone(), disconnected.clone());
+        let (host, disconnected, runtimes) = (host.clone(), disconnected.clone(), models.clone());
         tokio::spawn(async move {
             let _permit = permit;
             let mut conn = Connection {
                 host,
+                runtimes,
                 worker: None,
                 models: BTreeSet::new(),
+                silence: None,
             };
             if let Err(why) = conn.run(stream).await {
                 tracing::warn!("a task worker was disconnected: {why}");
@@ -159,8 +178,12 @@ pub async fn serve(
 
 struct Connection {
     host: Arc<TaskHost>,
+    /// This process's model runtimes: a worker whose model drains is soft-stopped.
+    runtimes: Arc<crate::models::Registry>,
     worker: Option<String>,
     models: BTreeSet<ServiceName>,
+    /// Past this without a frame, a worker that declared a heartbeat is taken for hung.
+    silence: Option<Duration>,
 }
 
 /// Reads one frame: `Ok(None)` when the worker is gone (its connection ended or broke, a
@@ -211,7 +234,13 @@ impl Connection {
     /// The answer to the worker's next frame; `None` when it closed the connection; `Err`
     /// when it spoke the protocol wrongly.
     async fn next(&mut self, stream: &mut UnixStream) -> Result<Option<Answer>, String> {
-        let Some(frame) = read_frame(stream).await? else {
+        let frame = match self.silence {
+            None => read_frame(stream).await?,
+            Some(limit) => tokio::time::timeout(limit, read_frame(stream))
+                .await
+                .map_err(|_| format!("silent for {} ms: taken for hung", limit.as_millis()))??,
+        };
+        let Some(frame) = frame else {
             return Ok(None);
         };
         let request: Request = serde_json::from_slice(&frame)
@@ -230,9 +259,23 @@ impl Connection {
             return Err(Misuse("a worker registers before anything else".into()));
         }
         Ok(match request {
-            Request::Register { worker, models } => {
+            Request::Register {
+                worker,
+                models,
+                heartbeat_ms,
+            } => {
                 if self.worker.is_some() {
                     return Err(Misuse("a worker registers once".into()));
+                }
+                if let Some(ms) = heartbeat_ms {
+                    if !HEARTBEAT_MS.contains(&ms) {
+                        return Err(Misuse(format!(
+                            "a heartbeat of {ms} ms; {}..={} ms",
+                            HEARTBEAT_MS.start(),
+                            HEARTBEAT_MS.end()
+                        )));
+                    }
+                    self.silence = Some(Duration::from_millis(ms.saturating_mul(3)));
                 }
                 let ok = (1..=MAX_WORKER_NAME).contains(&worker.len())
                     && worker.chars().all(|c| c.is_ascii_graphic());
@@ -257,13 +300,14 @@ impl Connection {
                         "a claim waits at most {MAX_CLAIM_WAIT_MS} ms, not {wait_ms}"
                     )));
                 }
-                if self.host.soft_stopping() {
+                if self.host.soft_stopping() || self.draining() {
                     Answer::SoftStop
                 } else {
                     let worker = self.worker.clone().unwrap_or_default();
+                    let warm = self.warm();
                     match self
                         .host
-                        .claim(&worker, &self.models, Duration::from_millis(wait_ms))
+                        .claim(&worker, &warm, Duration::from_millis(wait_ms))
                         .await
                     {
                         Some(c) => task(c),
@@ -305,6 +349,15 @@ impl Connection {
                 Ok(()) => Answer::Ok,
                 Err(e) => refused(e),
             },
+            Request::Progress {
+                task,
+                attempt,
+                fraction,
+                note,
+            } => match self.host.progress(&task, attempt, fraction, note).await {
+                Ok(()) => Answer::Ok,
+                Err(e) => refused(e),
+            },
             Request::Effect { task, attempt, key } => {
                 match self.host.effect_done(&task, attempt, &key).await {
                     Ok(done) => Answer::Effect { done },
@@ -330,6 +383,27 @@ impl Connection {
                 }
             }
         })
+    }
+
+    /// One of the worker's models drains or stops on this node (a swap, seed 003): it is
+    /// asked to finish its step, checkpoint and stop claiming.
+    fn draining(&self) -> bool {
+        self.runtimes
+            .views_of(self.host.node())
+            .iter()
+            .any(|m| self.models.contains(&m.name) && matches!(m.state, "draining" | "stopping"))
+    }
+
+    /// The models warm for this worker: its own, and those warm on this node.
+    fn warm(&self) -> BTreeSet<ServiceName> {
+        let mut warm = self.models.clone();
+        let node = self.runtimes.views_of(self.host.node());
+        warm.extend(
+            node.into_iter()
+                .filter(|m| m.state == "warm")
+                .map(|m| m.name),
+        );
+        warm
     }
 
     /// The worker went away: the attempts it held fail.

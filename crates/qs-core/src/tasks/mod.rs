@@ -169,6 +169,7 @@ impl TaskQueues {
             result: None,
             checkpoint: None,
             effects: BTreeSet::new(),
+            progress: None,
             judging: judge::Judging::default(),
         };
         self.inbound.insert(Self::key(&task, seq), id.clone());
@@ -300,6 +301,7 @@ impl TaskQueues {
         }
         let t = self.running(id, attempt)?;
         t.iteration = t.iteration.saturating_add(1);
+        t.progress = None;
         t.history.push_back(report);
         while t.history.len() > convergence::HISTORY {
             t.history.pop_front();
@@ -356,6 +358,24 @@ impl TaskQueues {
             TaskStep::Checkpointed,
             format!("iteration {iteration}, attempt {attempt}"),
         );
+        Ok(())
+    }
+
+    /// The worker holding `id` says how far its iteration is (shown, not kept).
+    pub fn progress(
+        &mut self,
+        id: &TaskId,
+        attempt: u64,
+        fraction: f64,
+        note: String,
+    ) -> Result<(), Refusal> {
+        let ok = fraction.is_finite()
+            && (0.0..=1.0).contains(&fraction)
+            && note.len() <= MAX_PROGRESS_NOTE_BYTES;
+        if !ok {
+            return Err(Refusal::Progress);
+        }
+        self.running(id, attempt)?.progress = Some(Progress { fraction, note });
         Ok(())
     }
 

@@ -55,10 +55,24 @@ pub struct Task {
     /// The side effects an attempt of it ran to the end, by the worker's key.
     #[serde(default)]
     pub effects: BTreeSet<String>,
+    /// What its worker last said of the iteration under way (not kept across restarts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
     /// How judging and escalation left it (`judge.rs`).
     #[serde(default)]
     pub judging: judge::Judging,
 }
+
+/// How far an iteration is, as its worker says.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Progress {
+    /// 0 to 1.
+    pub fraction: f64,
+    pub note: String,
+}
+
+/// Longest note of a progress report.
+pub const MAX_PROGRESS_NOTE_BYTES: usize = 256;
 
 /// A worker's saved state of a task at an iteration boundary.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -96,6 +110,10 @@ pub enum Refusal {
     TooLarge { got: usize },
     #[error("a result of {got} bytes; at most {MAX_RESULT_BYTES}")]
     ResultTooLarge { got: usize },
+    #[error(
+        "progress is a fraction in 0..=1 with a note of at most {MAX_PROGRESS_NOTE_BYTES} bytes"
+    )]
+    Progress,
     #[error("task {task} was adopted by {to}: it is that node's now")]
     Moved { task: TaskId, to: qs_wire::NodeId },
     #[error(
