@@ -341,12 +341,19 @@ impl<F: Fabric> EmbeddedFleet<F> {
         ));
         let (news, outgoing) = crate::tasks::bus::outgoing();
         shared.tasks.attach_bus(news);
+        let (models, first) = (shared.models.clone(), opts.nodes[0].id.clone());
+        let warm = move || {
+            let views = models.views_of(&first).into_iter();
+            let warm = views.filter(|m| m.state == "warm").map(|m| m.name);
+            warm.take(qs_wire::task_bus::MAX_BUS_MODELS).collect()
+        };
         tasks.spawn(crate::tasks::bus::run(
             fabric.clone(),
             shared.tasks.clone(),
             link,
             outgoing,
             live(membership.clone()),
+            warm,
             stop_rx.clone(),
         ));
         if !opts.noop_executor {

@@ -27,9 +27,20 @@ pub struct TaskLoad {
     pub idle_workers: u32,
     /// What the node's adaptive controller lets run at once.
     pub concurrency: u32,
-    /// Inbound tasks it would give away (the oldest), for a thief to take.
+    /// Inbound tasks it would give away (the newest), for a thief to take.
     pub offered: Vec<TaskId>,
+    /// Completions and failed attempts since it started: its reliability.
+    #[serde(default)]
+    pub completions: u64,
+    #[serde(default)]
+    pub failures: u64,
+    /// The models warm on it (at most [`MAX_BUS_MODELS`]).
+    #[serde(default)]
+    pub warm: Vec<crate::ids::ServiceName>,
 }
+
+/// Most models a load report names.
+pub const MAX_BUS_MODELS: usize = 64;
 
 /// "Look at these tasks in the fleet's bucket" on `tasks.inbound.<node>`: a loaded node
 /// offering them (push), or a thief saying it took them (they are the receiver's to hand
@@ -104,7 +115,8 @@ fn at_most<T>(what: &str, v: &[T], max: usize) -> Result<(), String> {
 
 impl BusMessage for TaskLoad {
     fn check(&self) -> Result<(), String> {
-        at_most("offered tasks", &self.offered, MAX_BUS_TASKS)
+        at_most("offered tasks", &self.offered, MAX_BUS_TASKS)?;
+        at_most("warm models", &self.warm, MAX_BUS_MODELS)
     }
 }
 

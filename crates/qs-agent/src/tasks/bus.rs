@@ -3,13 +3,14 @@
 //! core says whether to steal and from whom (with backoff), and what to offer to whom; the
 //! fleet task takes or hands over what a nudge on `tasks.inbound.<node>` names; completions go
 //! out on `tasks.results.<node>` and the news of the core's `Signals` on `events.bus`,
-//! `events.alerts` and `events.supervision`. Everything that comes in is checked
+//! `events.alerts` and `events.supervision`; a task accepted here goes where the core's
+//! weighted choice says (offered to that node once its record is in the bucket). Everything that comes in is checked
 //! (`decode_bus`) and only ever leads to reads of the fleet's bucket.
 
 use super::TaskHost;
 use super::fleet::FleetLink;
 use crate::clock::now;
-use qs_core::tasks::balance::{MAX_MOVE, Stealing, offers};
+use qs_core::tasks::balance::{MAX_MOVE, Stealing, assign, offers};
 use qs_core::tasks::signals::Signal;
 use qs_fabric::{Fabric, Subscription, Topic};
 use qs_wire::task_bus::{FleetEvent, FleetEventKind, TaskLoad, TaskNudge, TaskResult, decode_bus};
@@ -30,6 +31,11 @@ const REPORT_EVERY: Duration = Duration::from_secs(1);
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outgoing {
     Signal(Signal),
+    /// A task just accepted here: where it goes is decided with the fleet's loads.
+    Assign {
+        task: TaskId,
+        model: Option<qs_wire::ServiceName>,
+    },
     /// A security flag the shell raised (a worker's misuse).
     Flag {
         detail: String,
@@ -74,9 +80,13 @@ pub async fn run<F: Fabric>(
     link: FleetLink,
     mut news: mpsc::Receiver<Outgoing>,
     live: impl Fn() -> BTreeSet<NodeId> + Send + 'static,
+    warm: impl Fn() -> Vec<qs_wire::ServiceName> + Send + 'static,
     mut stop: watch::Receiver<bool>,
 ) {
     let me = host.node().clone();
+    // Seeded by the node's name: each node's choices are its own, and replayable.
+    let mut rng = qs_core::rng::Rng::seeded(qs_core::hash::of_str(me.as_str()));
+    let mut mine = host.load(MAX_MOVE, Vec::new()).await;
     let (loads_topic, inbound_topic) = (Topic::task_metrics_all(), Topic::task_inbound(&me));
     let mut loads_sub = None;
     let mut inbound_sub = None;
@@ -107,6 +117,13 @@ pub async fn run<F: Fabric>(
             },
             n = news.recv() => {
                 let Some(n) = n else { return };
+                if let Outgoing::Assign { task, model } = n {
+                    let to = assign(model.as_ref(), &mine, &loads, &live(), &mut rng);
+                    if to != me {
+                        link.offer(to, vec![task]).await;
+                    }
+                    continue;
+                }
                 send(&fabric, &me, n).await;
             }
             _ = tick.tick() => {
@@ -121,7 +138,7 @@ pub async fn run<F: Fabric>(
                 }
                 let live = live();
                 loads.retain(|n, _| live.contains(n));
-                let mine = host.load(MAX_MOVE).await;
+                mine = host.load(MAX_MOVE, warm()).await;
                 if reported.elapsed() >= REPORT_EVERY {
                     reported = tokio::time::Instant::now();
                     publish(&fabric, &Topic::task_metrics(&me), &mine).await;
@@ -166,6 +183,7 @@ async fn send<F: Fabric>(fabric: &F, me: &NodeId, n: Outgoing) {
             alert,
             supervision,
         ),
+        Outgoing::Assign { .. } => return,
         Outgoing::Flag { detail } => (
             event(FleetEventKind::SecurityFlag, me, None, detail, at_ms),
             true,

@@ -4,8 +4,9 @@
 //! - writes every change of a task there after it is on this node's disk, by compare-and-set
 //!   on the revision it last wrote, latest record per task (a worker never waits for it; while
 //!   the fabric is unreachable the records wait here, one per task, and go out on return);
-//! - seals a completion before it is committed, and tells the host when the task was adopted
-//!   by another node meanwhile (the completion is then refused: one completion per task);
+//! - seals a claim before the worker hears of it, and a completion before it is committed,
+//!   and tells the host when another node took or adopted the task meanwhile (the claim goes
+//!   to the next task, the completion is refused: one owner, one completion per task);
 //! - reconciles, once connected after a start, each unended local task with the fleet's
 //!   record (kept, handed over, or completed as the fleet recorded it);
 //! - when a node leaves the live set, and once a while after a start, scans the bucket and
@@ -43,11 +44,13 @@ const MAX_SCAN: usize = 1_000_000;
 enum Command {
     /// The task's latest record (`None`: forgotten here).
     Write { id: TaskId, record: Option<Task> },
-    /// Seal this completed record before it is committed.
+    /// Seal this record (a claim's, a completion's) before anyone hears of it.
     Seal {
         task: Task,
         reply: oneshot::Sender<Sealed>,
     },
+    /// Offer these of this node's tasks to `to` once their records are written.
+    Offer { to: NodeId, tasks: Vec<TaskId> },
     /// Look at these tasks in the bucket: take those `from` still owns and has not started
     /// (answering how many), hand over those of this node that another owns now.
     Take {
@@ -97,6 +100,11 @@ impl FleetLink {
             return 0;
         }
         took.await.unwrap_or(0)
+    }
+
+    /// Offers `tasks` to `to` (after their records are in the bucket, so it can take them).
+    pub async fn offer(&self, to: NodeId, tasks: Vec<TaskId>) {
+        let _ = self.tx.send(Command::Offer { to, tasks }).await;
     }
 
     /// `from` says it took some of `tasks` (or offers them): look at them in the bucket.
@@ -175,6 +183,7 @@ pub async fn run<F: Fabric>(
     loop {
         let mut seals = Vec::new();
         let mut takes = Vec::new();
+        let mut offers = Vec::new();
         tokio::select! {
             _ = stop.changed() => return,
             first = rx.recv() => {
@@ -188,6 +197,7 @@ pub async fn run<F: Fabric>(
                         }
                         Command::Seal { task, reply } => seals.push((task, reply)),
                         Command::Take { from, tasks, reply } => takes.push((from, tasks, reply)),
+                        Command::Offer { to, tasks } => offers.push((to, tasks)),
                     }
                     taken += 1;
                     if taken < BATCH {
@@ -201,6 +211,9 @@ pub async fn run<F: Fabric>(
         }
         s.flush().await;
         s.seal(seals).await;
+        for (to, tasks) in offers {
+            s.offer(to, tasks).await;
+        }
         for (from, tasks, reply) in takes {
             let took = s.take(from, tasks).await;
             if let Some(reply) = reply {
@@ -416,6 +429,27 @@ impl<F: Fabric> Sync<F> {
             }
         }
         Ok(())
+    }
+
+    /// Tells `to` it may take `tasks`, once they are written (still pending: not yet).
+    async fn offer(&mut self, to: NodeId, tasks: Vec<TaskId>) {
+        let written: Vec<TaskId> = tasks
+            .into_iter()
+            .filter(|id| !self.pending.contains_key(id))
+            .collect();
+        if written.is_empty() || self.kv().await.is_none() {
+            return;
+        }
+        let nudge = qs_wire::task_bus::TaskNudge {
+            from: self.me.clone(),
+            tasks: written,
+        };
+        if let Ok(body) = serde_json::to_vec(&nudge) {
+            let topic = qs_fabric::Topic::task_inbound(&to);
+            if let Err(e) = self.fabric.publish(&topic, body.into()).await {
+                tracing::debug!("offering tasks to {to}: {e}");
+            }
+        }
     }
 
     /// Takes each of `ids` that `from` owns and has not started (by compare-and-set), hands

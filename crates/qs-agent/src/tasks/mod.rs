@@ -181,7 +181,11 @@ impl TaskHost {
             // Registered before looking, so work that comes in between is not missed.
             let notified = self.work.notified();
             if let Some(c) = self.with(|q| q.claim(worker, warm)).await {
-                return Some(c);
+                if self.confirmed(&c.id).await {
+                    return Some(c);
+                }
+                // Another node took it meanwhile (handed over): the next one.
+                continue;
             }
             if self.soft_stopping() || tokio::time::Instant::now() >= until {
                 return None;
@@ -274,6 +278,24 @@ impl TaskHost {
         }
     }
 
+    /// Whether the fleet agrees `id` is this node's to run (sealed there as running), or
+    /// cannot say (unreachable: autonomous); a task another node took is handed over.
+    async fn confirmed(&self, id: &TaskId) -> bool {
+        let Some(link) = self.fleet.get() else {
+            return true;
+        };
+        let Some(record) = self.queues.lock().await.get(id).cloned() else {
+            return false;
+        };
+        match link.seal(record).await {
+            fleet::Sealed::Moved(to) => {
+                self.hand_over(id, &to).await;
+                false
+            }
+            fleet::Sealed::Sealed | fleet::Sealed::Offline => true,
+        }
+    }
+
     /// The tasks that have not ended.
     pub async fn unended(&self) -> Vec<Task> {
         let q = self.queues.lock().await;
@@ -304,10 +326,11 @@ impl TaskHost {
             .is_some_and(|t| !t.phase.ended())
     }
 
-    /// This node's load report (`offer`: how many of its newest inbound tasks it offers).
-    pub async fn load(&self, offer: usize) -> qs_wire::task_bus::TaskLoad {
+    /// This node's load report (`offer`: how many of its newest inbound tasks it offers;
+    /// `warm`: the models warm here).
+    pub async fn load(&self, offer: usize, warm: Vec<ServiceName>) -> qs_wire::task_bus::TaskLoad {
         let idle = self.claims_waiting.load(Ordering::Relaxed) as u32;
-        self.queues.lock().await.load(idle, offer)
+        self.queues.lock().await.load(idle, offer, warm)
     }
 
     pub async fn fail(&self, id: &TaskId, attempt: u64, reason: &str) -> Result<(), Refusal> {
@@ -426,9 +449,18 @@ impl TaskHost {
         self.with(|q| q.validated(id, accepted)).await
     }
 
-    /// Takes a task (its spec checked by [`qs_wire::decode_task`]).
+    /// Takes a task (its spec checked by [`qs_wire::decode_task`]); a new one is assigned
+    /// across the fleet once it is on disk here (`bus.rs`).
     pub async fn submit(&self, spec: TaskSpec) -> Result<Accepted, Refusal> {
-        self.with(|q| q.submit(spec, now())).await
+        let model = spec.model.clone();
+        let accepted = self.with(|q| q.submit(spec, now())).await?;
+        if !accepted.existing {
+            self.announce(bus::Outgoing::Assign {
+                task: accepted.id.clone(),
+                model,
+            });
+        }
+        Ok(accepted)
     }
 
     pub async fn cancel(&self, id: &TaskId) -> Result<(), Refusal> {

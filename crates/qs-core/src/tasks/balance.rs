@@ -12,6 +12,10 @@
 //!   ([`STEAL_MIN_MS`] doubling to [`STEAL_MAX_MS`]), one that got work tries again at once.
 //! - **Pushing**: a node with a surplus offers it to live nodes with idle workers and nothing
 //!   waiting, which take it the same way.
+//! - **Assignment**: a new task goes, by weighted random choice among the live nodes, where
+//!   the weight is capacity (idle workers, over what already waits) times reliability (its
+//!   completions against its failed attempts) times warmth (twice for a node with the task's
+//!   model warm); a task assigned elsewhere is offered to that node, which takes it.
 //! - **Concurrency**: an AIMD controller ([`Aimd`]) sets how many tasks a node runs at once:
 //!   each completion adds `1/limit` (one per window), each failure halves it.
 
@@ -135,6 +139,45 @@ impl Stealing {
     }
 }
 
+/// The weight of `l` for a new task needing `model`: capacity × reliability × warmth.
+pub fn weight(l: &TaskLoad, model: Option<&qs_wire::ServiceName>) -> f64 {
+    let capacity = (1.0 + f64::from(l.idle_workers)) / (1.0 + f64::from(l.waiting));
+    let reliability = (l.completions as f64 + 1.0) / ((l.completions + l.failures) as f64 + 2.0);
+    let warmth = match model {
+        Some(m) if l.warm.contains(m) => 2.0,
+        _ => 1.0,
+    };
+    capacity * reliability * warmth
+}
+
+/// Where a new task needing `model` goes: a weighted random choice among `me` and the live
+/// nodes whose loads are known, drawn from `rng`.
+pub fn assign(
+    model: Option<&qs_wire::ServiceName>,
+    mine: &TaskLoad,
+    loads: &BTreeMap<NodeId, TaskLoad>,
+    live: &BTreeSet<NodeId>,
+    rng: &mut crate::rng::Rng,
+) -> NodeId {
+    let candidates: Vec<(&NodeId, f64)> = std::iter::once(mine)
+        .chain(
+            loads
+                .values()
+                .filter(|l| l.node != mine.node && live.contains(&l.node)),
+        )
+        .map(|l| (&l.node, weight(l, model)))
+        .collect();
+    let total: f64 = candidates.iter().map(|(_, w)| w).sum();
+    let mut pick = rng.unit() * total;
+    for (node, w) in &candidates {
+        if pick < *w {
+            return (*node).clone();
+        }
+        pick -= w;
+    }
+    mine.node.clone()
+}
+
 /// What waits at `l` beyond what its workers take next.
 pub fn surplus(l: &TaskLoad) -> u32 {
     l.waiting
@@ -192,7 +235,42 @@ mod tests {
             offered: (0..offered)
                 .map(|i| TaskId::new(&format!("{n}-t{i}")).unwrap())
                 .collect(),
+            completions: 0,
+            failures: 0,
+            warm: Vec::new(),
         }
+    }
+
+    #[test]
+    fn assignment_favours_capacity_reliability_and_warmth() {
+        let live: BTreeSet<NodeId> = ["a", "b", "c"].iter().map(|n| node(n)).collect();
+        let model = qs_wire::ServiceName::new("llm").unwrap();
+        let me = load("a", 8, 0, 0);
+        let mut idle = load("b", 0, 4, 0);
+        idle.completions = 100;
+        let mut flaky = load("c", 0, 4, 0);
+        flaky.completions = 10;
+        flaky.failures = 90;
+        let loads: BTreeMap<NodeId, TaskLoad> =
+            [(node("b"), idle.clone()), (node("c"), flaky.clone())].into();
+        let mut rng = crate::rng::Rng::seeded(7);
+        let mut got: BTreeMap<String, u32> = BTreeMap::new();
+        for _ in 0..1000 {
+            let n = assign(None, &me, &loads, &live, &mut rng);
+            *got.entry(n.to_string()).or_default() += 1;
+        }
+        assert!(got["b"] > 4 * got["c"], "{got:?}");
+        assert!(got["b"] > 4 * got["a"], "{got:?}");
+        // Warmth doubles a weight.
+        let mut warm = flaky.clone();
+        warm.warm = vec![model.clone()];
+        assert_eq!(
+            weight(&warm, Some(&model)),
+            2.0 * weight(&flaky, Some(&model))
+        );
+        // Alone, a node keeps its tasks.
+        let none = BTreeMap::new();
+        assert_eq!(assign(None, &me, &none, &live, &mut rng), node("a"));
     }
 
     #[test]

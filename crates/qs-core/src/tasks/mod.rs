@@ -82,6 +82,9 @@ pub struct TaskQueues {
     /// How many may run at once, and those that may run now (pruned at each claim).
     concurrency: balance::Aimd,
     running: BTreeSet<TaskId>,
+    /// Completions and failed attempts since start: the reliability others weigh.
+    completions: u64,
+    failures: u64,
 }
 
 /// How far down the inbound order a claim looks for a task whose model is warm.
@@ -108,6 +111,8 @@ impl TaskQueues {
             events: VecDeque::new(),
             concurrency: balance::Aimd::default(),
             running: BTreeSet::new(),
+            completions: 0,
+            failures: 0,
         }
     }
 
@@ -445,6 +450,7 @@ impl TaskQueues {
         };
         if let Some(vote) = t.judging.voting(&t.spec) {
             self.concurrency.on_success();
+            self.completions += 1;
             self.vote(id, vote, worker, result);
             return Ok(());
         }
@@ -458,6 +464,7 @@ impl TaskQueues {
         t.result = Some(result);
         t.judging.last_worker = Some(worker);
         self.concurrency.on_success();
+        self.completions += 1;
         let Some(t) = self.tasks.get_mut(id) else {
             return Ok(());
         };
@@ -478,6 +485,7 @@ impl TaskQueues {
         let limit = self.limits.attempts;
         self.running(id, attempt)?;
         self.concurrency.on_failure();
+        self.failures += 1;
         let t = self.running(id, attempt)?;
         t.failures += 1;
         if t.failures >= limit {
@@ -565,9 +573,14 @@ impl TaskQueues {
         }
     }
 
-    /// What this node reports of its load (`idle_workers`: claims waiting in the shell),
-    /// offering up to `offer` of its newest inbound tasks.
-    pub fn load(&self, idle_workers: u32, offer: usize) -> qs_wire::task_bus::TaskLoad {
+    /// What this node reports of its load (`idle_workers`: claims waiting in the shell;
+    /// `warm`: the models warm here), offering up to `offer` of its newest inbound tasks.
+    pub fn load(
+        &self,
+        idle_workers: u32,
+        offer: usize,
+        warm: Vec<ServiceName>,
+    ) -> qs_wire::task_bus::TaskLoad {
         let running = self
             .running
             .iter()
@@ -584,6 +597,9 @@ impl TaskQueues {
             idle_workers,
             concurrency: self.concurrency.limit(),
             offered: self.inbound.values().rev().take(offer).cloned().collect(),
+            completions: self.completions,
+            failures: self.failures,
+            warm,
         }
     }
 
