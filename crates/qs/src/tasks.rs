@@ -75,7 +75,7 @@ pub fn ls(api: &str, output: OutputFormat) -> Result<()> {
 pub fn show_one(api: &str, id: &str, output: OutputFormat) -> Result<()> {
     let v = call(api, "GET", &format!("/v1/tasks/{id}"), None)?;
     show(output, &v, |t| {
-        format!(
+        let mut out = format!(
             "{}: {}, iteration {} of at most {}, attempt {}\nkey {}\nresult {}",
             s(&t["id"]),
             phase(t),
@@ -84,7 +84,19 @@ pub fn show_one(api: &str, id: &str, output: OutputFormat) -> Result<()> {
             s(&t["attempt"]),
             s(&t["spec"]["idempotency_key"]),
             s(&t["result"]),
-        )
+        );
+        if let Some(p) = t.get("progress").filter(|p| !p.is_null()) {
+            let pct = p["fraction"].as_f64().unwrap_or(0.0) * 100.0;
+            out.push_str(&format!("\nprogress {pct:.0}% {}", s(&p["note"])));
+        }
+        if let Some(c) = t.get("checkpoint").filter(|c| !c.is_null()) {
+            out.push_str(&format!(
+                "\ncheckpoint at iteration {} by attempt {}",
+                s(&c["iteration"]),
+                s(&c["attempt"])
+            ));
+        }
+        out
     })
 }
 
@@ -116,6 +128,7 @@ pub fn queues(api: &str, output: OutputFormat) -> Result<()> {
             "COMPLETED",
             "FAILED",
             "CANCELLED",
+            "CONCURRENCY",
         ]);
         tasks.add_row(
             [
@@ -126,6 +139,7 @@ pub fn queues(api: &str, output: OutputFormat) -> Result<()> {
                 t.completed,
                 t.failed,
                 t.cancelled,
+                t.concurrency,
             ]
             .iter()
             .map(ToString::to_string)
