@@ -239,13 +239,9 @@ impl TaskHost {
         if let Some(link) = self.fleet.get() {
             let done = self.queues.lock().await.sealing(id, attempt, &result)?;
             if let Some(done) = done
-                && let fleet::Sealed::Moved(to) = link.seal(done).await
+                && self.moved(id, link.seal(done).await).await
             {
-                self.hand_over(id, &to).await;
-                return Err(Refusal::Moved {
-                    task: id.clone(),
-                    to,
-                });
+                return Err(Refusal::Ended(id.clone()));
             }
         }
         self.with(|q| q.complete(id, attempt, result)).await
@@ -287,12 +283,25 @@ impl TaskHost {
         let Some(record) = self.queues.lock().await.get(id).cloned() else {
             return false;
         };
-        match link.seal(record).await {
+        !self.moved(id, link.seal(record).await).await
+    }
+
+    /// Carries out what a seal says of `id`: whether the task is no longer this node's to run.
+    async fn moved(&self, id: &TaskId, sealed: fleet::Sealed) -> bool {
+        match sealed {
+            fleet::Sealed::Sealed | fleet::Sealed::Offline => false,
             fleet::Sealed::Moved(to) => {
-                self.hand_over(id, &to).await;
-                false
+                self.hand_over(id, Some(&to)).await;
+                true
             }
-            fleet::Sealed::Sealed | fleet::Sealed::Offline => true,
+            fleet::Sealed::Gone => {
+                self.hand_over(id, None).await;
+                true
+            }
+            fleet::Sealed::Ended(result) => {
+                self.complete_recorded(id, result).await;
+                true
+            }
         }
     }
 
@@ -302,8 +311,8 @@ impl TaskHost {
         q.tasks().filter(|t| !t.phase.ended()).cloned().collect()
     }
 
-    /// Another node owns `id` now.
-    pub async fn hand_over(&self, id: &TaskId, to: &NodeId) {
+    /// Another node owns `id` now (`None`: the fleet no longer holds it; it ended elsewhere).
+    pub async fn hand_over(&self, id: &TaskId, to: Option<&NodeId>) {
         self.with(|q| q.hand_over(id, to)).await;
     }
 
@@ -374,13 +383,12 @@ impl TaskHost {
             }
         };
         let fleet = self.fleet.get();
-        let mut to_fleet: Vec<(TaskId, Option<Task>)> = Vec::new();
         let mut writes: Vec<qs_store::TaskWrite> = Vec::new();
         for id in q.take_forgotten() {
             changed.remove(&id);
             writes.push(qs_store::TaskWrite::Delete { id: id.to_string() });
-            if fleet.is_some() {
-                to_fleet.push((id, None));
+            if let Some(link) = fleet {
+                link.write(id, None);
             }
         }
         for id in changed {
@@ -391,8 +399,8 @@ impl TaskHost {
                     id: id.to_string(),
                     record,
                 });
-                if fleet.is_some() {
-                    to_fleet.push((id, Some(t.clone())));
+                if let Some(link) = fleet {
+                    link.write(id, Some(t.clone()));
                 }
             }
         }
@@ -420,11 +428,6 @@ impl TaskHost {
         if let Some(d) = durable {
             d.wait().await;
         }
-        if let Some(link) = fleet {
-            for (id, record) in to_fleet {
-                link.write(id, record).await;
-            }
-        }
         if more_work {
             self.work.notify_waiters();
         }
@@ -444,8 +447,16 @@ impl TaskHost {
         self.queues.lock().await.to_validate(judging)
     }
 
-    /// A validator judged `id`'s result.
+    /// A validator judged `id`'s result; an accepted one is sealed in the fleet first.
     pub async fn validated(&self, id: &TaskId, accepted: bool) -> Result<(), Refusal> {
+        if accepted && let Some(link) = self.fleet.get() {
+            let done = self.queues.lock().await.sealing_validated(id);
+            if let Some(done) = done
+                && self.moved(id, link.seal(done).await).await
+            {
+                return Err(Refusal::Ended(id.clone()));
+            }
+        }
         self.with(|q| q.validated(id, accepted)).await
     }
 

@@ -6,7 +6,10 @@
 //!
 //! Order is kept: changes enter one FIFO channel while the queues' lock is held, and the
 //! thread commits them in that order, a later change never before an earlier one. The channel
-//! is bounded ([`MAX_PENDING`] changes): past it, callers wait for room.
+//! is bounded ([`MAX_PENDING`] changes): past it, callers wait for room. A commit that fails
+//! (a full or failing disk) is logged as an error and its callers are released all the same:
+//! the change stands in memory and is answered, and the next commit of the same task carries
+//! it (every write is the task's whole record).
 
 use qs_store::{TaskStore, TaskWrite};
 use std::sync::Arc;

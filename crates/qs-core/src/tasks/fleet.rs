@@ -44,16 +44,41 @@ impl FleetTask {
         if r.task.id.as_str() != key {
             return Err(bad(format!("it names task {}", r.task.id)));
         }
-        r.task
-            .spec
+        let t = &r.task;
+        t.spec
             .validate()
             .map_err(|e| bad(format!("{}: {}", e.field, e.reason)))?;
-        if let Some(c) = &r.task.checkpoint
-            && c.state.len() > super::MAX_CHECKPOINT_BYTES
-        {
-            return Err(bad(format!("a checkpoint of {} bytes", c.state.len())));
+        let j = &t.judging;
+        let checks = [
+            (t.attempt <= qs_wire::bounds::MAX_FENCING, "attempt"),
+            (t.history.len() <= super::convergence::HISTORY, "history"),
+            (t.effects.len() <= super::MAX_EFFECTS, "effects"),
+            (
+                t.result
+                    .as_ref()
+                    .is_none_or(|r| r.len() <= super::MAX_RESULT_BYTES),
+                "result",
+            ),
+            (
+                t.checkpoint
+                    .as_ref()
+                    .is_none_or(|c| c.state.len() <= super::MAX_CHECKPOINT_BYTES),
+                "checkpoint",
+            ),
+            (
+                j.ballots.len() <= qs_wire::task::MAX_VOTERS as usize,
+                "ballots",
+            ),
+            (
+                j.avoid.len() <= 2 * qs_wire::task::MAX_VOTERS as usize,
+                "avoid",
+            ),
+            (j.escalated as usize <= t.spec.escalate.len(), "escalated"),
+        ];
+        match checks.iter().find(|(ok, _)| !ok) {
+            Some((_, field)) => Err(bad(format!("{field} is out of bounds"))),
+            None => Ok(r),
         }
-        Ok(r)
     }
 }
 
@@ -93,5 +118,71 @@ pub fn reconcile(me: &NodeId, fleet: Option<&FleetTask>) -> Reconcile {
             Reconcile::Complete(r.task.result.clone().unwrap_or_default())
         }
         Some(_) => Reconcile::Keep,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tasks::{TaskLimits, TaskQueues};
+    use crate::time::Time;
+    use std::collections::BTreeSet;
+
+    fn record() -> FleetTask {
+        let mut q = TaskQueues::new(NodeId::new("a").unwrap(), TaskLimits::default(), 1);
+        let spec = qs_wire::parse_task(
+            "t.toml",
+            "[task]\nclass = \"batch\"\nidempotency_key = \"k\"\nmax_iterations = 3\ndeadline_ms = 1000\n",
+        )
+        .unwrap();
+        let id = q.submit(spec, Time::ZERO).unwrap().id;
+        FleetTask {
+            owner: NodeId::new("a").unwrap(),
+            task: q.get(&id).unwrap().clone(),
+        }
+    }
+
+    #[test]
+    fn a_fleet_record_is_checked_like_any_input() {
+        let r = record();
+        let key = r.task.id.to_string();
+        let ok = serde_json::to_vec(&r).unwrap();
+        assert_eq!(FleetTask::decode(&key, &ok).unwrap(), r);
+        let e = FleetTask::decode("other", &ok).unwrap_err().to_string();
+        assert!(e.contains("it names task"), "{e}");
+        let mut huge = r.clone();
+        huge.task.attempt = u64::MAX;
+        let e = FleetTask::decode(&key, &serde_json::to_vec(&huge).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("attempt is out of bounds"), "{e}");
+        let mut escalated = r.clone();
+        escalated.task.judging.escalated = 3;
+        assert!(FleetTask::decode(&key, &serde_json::to_vec(&escalated).unwrap()).is_err());
+        assert!(FleetTask::decode(&key, b"{\"owner\":\"a\"}").is_err());
+    }
+
+    #[test]
+    fn one_live_node_adopts_each_dead_nodes_task_and_a_returning_node_defers_to_the_fleet() {
+        let r = record();
+        let live: BTreeSet<NodeId> = ["b", "c"].iter().map(|n| NodeId::new(n).unwrap()).collect();
+        let adopters: Vec<&NodeId> = live.iter().filter(|n| adopts(&r, n, &live)).collect();
+        assert_eq!(adopters.len(), 1, "exactly one adopter");
+        let with_owner: BTreeSet<NodeId> = live.iter().cloned().chain([r.owner.clone()]).collect();
+        assert!(
+            live.iter().all(|n| !adopts(&r, n, &with_owner)),
+            "its owner lives"
+        );
+        let a = NodeId::new("a").unwrap();
+        assert_eq!(reconcile(&a, Some(&r)), Reconcile::Keep);
+        assert_eq!(reconcile(&a, None), Reconcile::Keep);
+        let mut moved = r.clone();
+        moved.owner = NodeId::new("b").unwrap();
+        assert_eq!(
+            reconcile(&a, Some(&moved)),
+            Reconcile::HandOver(moved.owner.clone())
+        );
+        let mut done = r.clone();
+        done.task.phase = Phase::Completed;
+        done.task.result = Some("x".into());
+        assert_eq!(reconcile(&a, Some(&done)), Reconcile::Complete("x".into()));
     }
 }

@@ -17,6 +17,7 @@
 //! names. Every queue is bounded ([`TaskLimits`]); a full one refuses new work with the reason.
 //! Each step is an [`Event::Task`] for the ledger, taken with [`TaskQueues::poll`].
 
+mod attempt;
 pub mod balance;
 mod convergence;
 pub mod fleet;
@@ -245,7 +246,7 @@ impl TaskQueues {
             }
         };
         let attempt = self.next_attempt;
-        self.next_attempt += 1;
+        self.next_attempt = self.next_attempt.saturating_add(1);
         let t = self.tasks.get_mut(&id)?;
         t.attempt = attempt;
         t.phase = Phase::Running {
@@ -366,43 +367,6 @@ impl TaskQueues {
         Ok(())
     }
 
-    /// The worker holding `id` says how far its iteration is (shown, not kept).
-    pub fn progress(
-        &mut self,
-        id: &TaskId,
-        attempt: u64,
-        fraction: f64,
-        note: String,
-    ) -> Result<(), Refusal> {
-        let ok = fraction.is_finite()
-            && (0.0..=1.0).contains(&fraction)
-            && note.len() <= MAX_PROGRESS_NOTE_BYTES;
-        if !ok {
-            return Err(Refusal::Progress);
-        }
-        self.running(id, attempt)?.progress = Some(Progress { fraction, note });
-        Ok(())
-    }
-
-    /// Whether an attempt of `id` (held now by `attempt`) already ran its side effect `key`.
-    pub fn effect_done(&mut self, id: &TaskId, attempt: u64, key: &str) -> Result<bool, Refusal> {
-        Ok(self.running(id, attempt)?.effects.contains(key))
-    }
-
-    /// The attempt holding `id` ran its side effect `key` to the end.
-    pub fn record_effect(&mut self, id: &TaskId, attempt: u64, key: &str) -> Result<(), Refusal> {
-        let ok = (1..=MAX_EFFECT_KEY_BYTES).contains(&key.len())
-            && key.bytes().all(|b| b.is_ascii_graphic());
-        let t = self.running(id, attempt)?;
-        if !ok || (t.effects.len() >= MAX_EFFECTS && !t.effects.contains(key)) {
-            return Err(Refusal::Effect);
-        }
-        if t.effects.insert(key.to_owned()) {
-            self.record(id, TaskStep::Effect, format!("{key}, attempt {attempt}"));
-        }
-        Ok(())
-    }
-
     /// `worker` went away: the attempts it held fail (their tasks go back to the inbound
     /// queue, or fail past their attempts).
     pub fn abandon(&mut self, worker: &str) {
@@ -415,25 +379,6 @@ impl TaskQueues {
         for (id, attempt) in held {
             let _ = self.fail(&id, attempt, "its worker went away");
         }
-    }
-
-    /// When the completion of `id` by `attempt` with `result` would end it (no validation, no
-    /// vote), the record it would end with, for the shell to seal in the fleet first
-    /// (`fleet.rs`); `None` when it would not end it.
-    pub fn sealing(
-        &mut self,
-        id: &TaskId,
-        attempt: u64,
-        result: &str,
-    ) -> Result<Option<Task>, Refusal> {
-        let t = self.running(id, attempt)?;
-        if t.spec.validation != Validation::None || t.judging.voting(&t.spec).is_some() {
-            return Ok(None);
-        }
-        let mut done = t.clone();
-        done.phase = Phase::Completed;
-        done.result = Some(result.to_owned());
-        Ok(Some(done))
     }
 
     /// The worker holding `id` finished it with `result`: it completes, waits for its

@@ -23,8 +23,9 @@ impl TaskQueues {
         Ok(())
     }
 
-    /// `id` is another node's now (it adopted it): this node forgets it, its store too.
-    pub fn hand_over(&mut self, id: &TaskId, to: &NodeId) {
+    /// `id` is another node's now (it adopted it), or the fleet no longer holds it (`None`:
+    /// it ended elsewhere and was forgotten): this node forgets it, its store too.
+    pub fn hand_over(&mut self, id: &TaskId, to: Option<&NodeId>) {
         let Some(t) = self.tasks.remove(id) else {
             return;
         };
@@ -32,7 +33,11 @@ impl TaskQueues {
         self.ended.retain(|e| e != id);
         self.by_key.remove(&t.spec.idempotency_key);
         self.forgotten.push(id.clone());
-        self.record(id, TaskStep::Moved, format!("to {to}, which owns it now"));
+        let detail = match to {
+            Some(to) => format!("to {to}, which owns it now"),
+            None => "the fleet no longer holds it: it ended elsewhere".to_owned(),
+        };
+        self.record(id, TaskStep::Moved, detail);
     }
 
     /// The fleet recorded `id`'s completion with `result` (sealed before this node went

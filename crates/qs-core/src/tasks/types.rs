@@ -114,8 +114,6 @@ pub enum Refusal {
         "progress is a fraction in 0..=1 with a note of at most {MAX_PROGRESS_NOTE_BYTES} bytes"
     )]
     Progress,
-    #[error("task {task} was adopted by {to}: it is that node's now")]
-    Moved { task: TaskId, to: qs_wire::NodeId },
     #[error(
         "a side effect's key is 1..={MAX_EFFECT_KEY_BYTES} printable characters, and a task records at most {MAX_EFFECTS}"
     )]
