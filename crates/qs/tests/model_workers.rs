@@ -13,14 +13,7 @@ use std::time::{Duration, Instant};
 #[test]
 fn a_worker_whose_model_drains_for_a_swap_is_soft_stopped() {
     let dir = tempfile::tempdir().unwrap();
-    let up = start(dir.path(), "");
-    declare(&up, PAIR, "code");
-    declare(&up, PAIR, "conv");
-    up.wait("the resident model loaded", |u| {
-        model_state(u, "tiny") == "warm"
-    });
-    let (status, _, body) = post(&up, "/v1/chat/completions", &chat("code", 2, false), None);
-    assert_eq!(status, 200, "{body}");
+    let up = pair_with_code_warm(dir.path());
     let socket = dir.path().join("state").join("tasks.sock");
     up.wait("the workers' socket", |_| socket.exists());
     let mut ghoul = Worker::connect(&socket, "ghoul", &["code"]).unwrap();

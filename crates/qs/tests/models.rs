@@ -25,15 +25,7 @@ command = "{qs} model-double --port {port} --model slow --vram-mib 1024 --load-m
 #[test]
 fn a_swap_lets_streams_finish_waits_for_the_vram_and_loses_no_request() {
     let dir = tempfile::tempdir().unwrap();
-    let up = start(dir.path(), "");
-    declare(&up, PAIR, "code");
-    declare(&up, PAIR, "conv");
-    up.wait("the resident model loaded", |u| {
-        model_state(u, "tiny") == "warm"
-    });
-    let (status, _, body) = post(&up, "/v1/chat/completions", &chat("code", 2, false), None);
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(model_state(&up, "code"), "warm");
+    let up = pair_with_code_warm(dir.path());
 
     // Three streams for code in flight (60 tokens at 50/s: about 1.2 s each) ...
     let (first_tx, first_rx) = mpsc::channel();

@@ -26,6 +26,21 @@ pub fn start(dir: &std::path::Path, config: &str) -> Up {
     Up::start_fleet(dir, GPU_FLEET, config)
 }
 
+/// `qs up` with seed 003's exclusive pair declared, the resident model loaded and `code`
+/// warm (one request served).
+pub fn pair_with_code_warm(dir: &std::path::Path) -> Up {
+    let up = start(dir, "");
+    declare(&up, PAIR, "code");
+    declare(&up, PAIR, "conv");
+    up.wait("the resident model loaded", |u| {
+        model_state(u, "tiny") == "warm"
+    });
+    let (status, _, body) = post(&up, "/v1/chat/completions", &chat("code", 2, false), None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(model_state(&up, "code"), "warm");
+    up
+}
+
 /// Applies `spec` and waits until the host shows `model`.
 pub fn declare(up: &Up, spec: &str, model: &str) {
     up.apply(spec);
