@@ -155,6 +155,11 @@ pub struct TaskCheckpoint {
     pub iteration: u32,
     pub attempt: u64,
     pub bytes: usize,
+    /// The model it ran on, and the hash of what was saved.
+    #[serde(default)]
+    pub model: Option<qs_wire::ServiceName>,
+    #[serde(default)]
+    pub hash: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -92,6 +92,8 @@ fn get_checkpoint_state() {
                 iteration: 3,
                 attempt: 4,
                 bytes: 120,
+                model: Some(qs_wire::ServiceName::new("small").unwrap()),
+                hash: 0x5eed,
             }],
             fleet_written: 9,
             fleet_pending: 0,

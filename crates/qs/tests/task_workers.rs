@@ -65,6 +65,18 @@ fn workers_refine_checkpoint_and_complete_tasks_and_a_crash_resumes_from_the_che
         |u| task(u, &crashing)["phase"]["phase"] == "inbound",
     );
     assert_eq!(task(&up, &crashing)["checkpoint"]["state"], "1");
+    // The checkpoint carries the hash of what was saved; /checkpoint_state lists it.
+    let saved = task(&up, &crashing)["checkpoint"]["hash"].clone();
+    assert!(saved.as_u64().is_some_and(|h| h != 0), "{saved}");
+    let listed = up.get("/checkpoint_state")["tasks"]["latest"].clone();
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["task"] == crashing.as_str() && c["hash"] == saved),
+        "{listed}"
+    );
 
     // More work, and a worker that stays until it is idle.
     let ids: Vec<String> = (1..=4)

@@ -261,6 +261,8 @@ impl TaskHost {
                     iteration: c.iteration,
                     attempt: c.attempt,
                     bytes: c.state.len(),
+                    model: c.model.clone(),
+                    hash: c.hash,
                 })
             })
             .take(crate::v1::MAX_LISTED)
@@ -474,7 +476,15 @@ impl TaskHost {
         Ok(accepted)
     }
 
+    /// The client gives `id` up; sealed in the fleet first, so a task that ended or moved
+    /// elsewhere is not cancelled here behind its owner's back.
     pub async fn cancel(&self, id: &TaskId) -> Result<(), Refusal> {
+        if let Some(link) = self.fleet.get() {
+            let done = self.queues.lock().await.sealing_cancel(id)?;
+            if self.moved(id, link.seal(done).await).await {
+                return Err(Refusal::Ended(id.clone()));
+            }
+        }
         self.with(|q| q.cancel(id)).await
     }
 

@@ -354,10 +354,14 @@ impl TaskQueues {
             return Err(Refusal::TooLarge { got: state.len() });
         }
         let t = self.running(id, attempt)?;
+        let model = t.model().cloned();
+        let hash = crate::hash::of_str(&state);
         t.checkpoint = Some(Checkpoint {
             iteration,
             state,
             attempt,
+            model,
+            hash,
         });
         self.record(
             id,
@@ -460,6 +464,15 @@ impl TaskQueues {
     }
 
     /// The client gives `id` up; an ended task stays as it ended.
+    /// The record `id` would end with if cancelled now, to seal in the fleet first.
+    pub fn sealing_cancel(&mut self, id: &TaskId) -> Result<Task, Refusal> {
+        let t = self.live(id)?;
+        Ok(Task {
+            phase: Phase::Cancelled,
+            ..t.clone()
+        })
+    }
+
     pub fn cancel(&mut self, id: &TaskId) -> Result<(), Refusal> {
         self.live(id)?.phase = Phase::Cancelled;
         self.unqueue(id);

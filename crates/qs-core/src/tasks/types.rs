@@ -78,8 +78,15 @@ pub const MAX_PROGRESS_NOTE_BYTES: usize = 256;
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Checkpoint {
     pub iteration: u32,
+    /// What the worker saved (its intermediate artifacts), given to the next claim.
     pub state: String,
     pub attempt: u64,
+    /// The model it ran on when saved (the spec's, or the one it escalated to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ServiceName>,
+    /// A stable hash of `state`, to tell a checkpoint from another without its bytes.
+    #[serde(default)]
+    pub hash: u64,
 }
 
 /// Most side effects one task records.
