@@ -7,7 +7,7 @@
 //! qs_fabric::conformance_tests!(|| async { (qs_fabric::memory::MemoryFabric::new(), ()) });
 //! ```
 
-use crate::{Bytes, Fabric, FabricError, Kv, KvEvent, MAX_PAYLOAD_BYTES, Topic};
+use crate::{Bytes, Fabric, FabricError, Kv, KvEvent, MAX_PAYLOAD_BYTES, Objects, Topic};
 use qs_wire::NodeId;
 use std::time::Duration;
 
@@ -35,6 +35,27 @@ async fn nothing_more(sub: &mut crate::Subscription) {
     if let Ok(Some(m)) = tokio::time::timeout(QUIET, sub.next()).await {
         panic!("unexpected message on {}: {:?}", m.topic, m.payload);
     }
+}
+
+/// Objects larger than a KV entry are written whole, read whole, replaced and deleted; a
+/// missing one is `None`; a bad name or an oversized object is refused.
+pub async fn objects_put_get_delete<F: Fabric>(f: F) {
+    let o = f.objects("conformance").await.unwrap();
+    let big = Bytes::from(vec![7u8; MAX_PAYLOAD_BYTES + 1]);
+    o.put("t1.ckpt", big.clone()).await.unwrap();
+    assert_eq!(o.get("t1.ckpt").await.unwrap(), Some(big));
+    o.put("t1.ckpt", b("small")).await.unwrap();
+    assert_eq!(o.get("t1.ckpt").await.unwrap(), Some(b("small")));
+    assert_eq!(o.get("absent").await.unwrap(), None);
+    o.delete("t1.ckpt").await.unwrap();
+    assert_eq!(o.get("t1.ckpt").await.unwrap(), None);
+    o.delete("t1.ckpt").await.unwrap();
+    assert!(o.put("bad name", b("x")).await.is_err());
+    let huge = Bytes::from(vec![0u8; crate::MAX_OBJECT_BYTES + 1]);
+    assert!(matches!(
+        o.put("huge", huge).await,
+        Err(FabricError::PayloadTooLarge { .. })
+    ));
 }
 
 /// Exact and wildcard subscribers get what matches, in publish order, and nothing else.
@@ -256,6 +277,7 @@ macro_rules! conformance_tests {
             kv_watch_replays_then_follows,
             kv_watch_replays_more_than_its_buffer,
             bad_input_is_refused,
+            objects_put_get_delete,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

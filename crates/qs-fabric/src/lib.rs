@@ -203,6 +203,7 @@ impl Watch {
 pub trait Fabric: Clone + Send + Sync + 'static {
     type Kv: Kv;
     type Ledger: LedgerSink;
+    type Objects: Objects;
 
     /// Sends to every current subscriber of a matching topic.
     fn publish(
@@ -220,6 +221,12 @@ pub trait Fabric: Clone + Send + Sync + 'static {
 
     /// Opens (creating if needed) a KV bucket.
     fn kv(&self, bucket: &str) -> impl Future<Output = Result<Self::Kv, FabricError>> + Send;
+
+    /// Opens (creating if needed) an object store bucket: values too large for a KV entry.
+    fn objects(
+        &self,
+        bucket: &str,
+    ) -> impl Future<Output = Result<Self::Objects, FabricError>> + Send;
 
     /// Opens (creating if needed) the fleet's copy of `node`'s ledger.
     fn ledger(
@@ -279,6 +286,33 @@ pub trait Kv: Clone + Send + Sync + 'static {
 
     /// Every key under `prefix` (`""` for all), as it is now, then every change.
     fn watch(&self, prefix: &str) -> impl Future<Output = Result<Watch, FabricError>> + Send;
+}
+
+/// Largest object an object store bucket takes.
+pub const MAX_OBJECT_BYTES: usize = 16 * 1024 * 1024;
+
+/// A bucket of named objects, each written whole and read whole.
+pub trait Objects: Clone + Send + Sync + 'static {
+    /// Writes `name` (replacing what it held); at most [`MAX_OBJECT_BYTES`].
+    fn put(&self, name: &str, value: Bytes)
+    -> impl Future<Output = Result<(), FabricError>> + Send;
+
+    /// `name`'s bytes; `None` when there is no such object.
+    fn get(&self, name: &str) -> impl Future<Output = Result<Option<Bytes>, FabricError>> + Send;
+
+    fn delete(&self, name: &str) -> impl Future<Output = Result<(), FabricError>> + Send;
+}
+
+/// Checks an object against [`MAX_OBJECT_BYTES`] and its name against the KV key rule.
+pub fn check_object(name: &str, value: &Bytes) -> Result<(), FabricError> {
+    check_key(name)?;
+    if value.len() > MAX_OBJECT_BYTES {
+        return Err(FabricError::PayloadTooLarge {
+            size: value.len(),
+            max: MAX_OBJECT_BYTES,
+        });
+    }
+    Ok(())
 }
 
 /// Checks a payload against [`MAX_PAYLOAD_BYTES`].

@@ -30,6 +30,7 @@ struct Inner {
     patterns: BTreeMap<String, BTreeSet<u64>>,
     next_id: u64,
     buckets: BTreeMap<String, Arc<Mutex<Bucket>>>,
+    objects: BTreeMap<String, Arc<Mutex<BTreeMap<String, Bytes>>>>,
     /// Each node's mirrored ledger.
     ledgers: BTreeMap<qs_wire::NodeId, Arc<Mutex<BTreeMap<u64, Bytes>>>>,
 }
@@ -155,6 +156,7 @@ impl MemoryFabric {
 impl Fabric for MemoryFabric {
     type Kv = MemoryKv;
     type Ledger = MemoryLedger;
+    type Objects = MemoryObjects;
 
     async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<(), FabricError> {
         self.deliver(topic, payload)
@@ -171,10 +173,52 @@ impl Fabric for MemoryFabric {
         Ok(MemoryKv { bucket: b })
     }
 
+    async fn objects(&self, bucket: &str) -> Result<MemoryObjects, FabricError> {
+        check_bucket(bucket)?;
+        let mut inner = lock(&self.inner);
+        let objects = inner.objects.entry(bucket.to_owned()).or_default().clone();
+        Ok(MemoryObjects { objects })
+    }
+
     async fn ledger(&self, node: &qs_wire::NodeId) -> Result<MemoryLedger, FabricError> {
         let mut inner = lock(&self.inner);
         let records = inner.ledgers.entry(node.clone()).or_default().clone();
         Ok(MemoryLedger { records })
+    }
+}
+
+/// Most objects one bucket of the in-memory fabric holds.
+pub const MAX_OBJECTS: usize = 100_000;
+
+/// An object store bucket of the in-memory fabric.
+#[derive(Clone)]
+pub struct MemoryObjects {
+    objects: Arc<Mutex<BTreeMap<String, Bytes>>>,
+}
+
+impl crate::Objects for MemoryObjects {
+    async fn put(&self, name: &str, value: Bytes) -> Result<(), FabricError> {
+        crate::check_object(name, &value)?;
+        let mut objects = lock(&self.objects);
+        if objects.len() >= MAX_OBJECTS && !objects.contains_key(name) {
+            return Err(FabricError::Full {
+                what: "an object bucket",
+                max: MAX_OBJECTS,
+            });
+        }
+        objects.insert(name.to_owned(), value);
+        Ok(())
+    }
+
+    async fn get(&self, name: &str) -> Result<Option<Bytes>, FabricError> {
+        crate::check_key(name)?;
+        Ok(lock(&self.objects).get(name).cloned())
+    }
+
+    async fn delete(&self, name: &str) -> Result<(), FabricError> {
+        crate::check_key(name)?;
+        lock(&self.objects).remove(name);
+        Ok(())
     }
 }
 

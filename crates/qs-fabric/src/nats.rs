@@ -203,6 +203,7 @@ fn incoming(prefix: &str, m: async_nats::Message) -> Option<Incoming> {
 impl Fabric for NatsFabric {
     type Kv = NatsKv;
     type Ledger = NatsLedger;
+    type Objects = NatsObjects;
 
     async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<(), FabricError> {
         check_publish(topic, &payload)?;
@@ -256,6 +257,78 @@ impl Fabric for NatsFabric {
                 .map_err(nats("open KV bucket"))?,
         };
         Ok(NatsKv { store })
+    }
+
+    async fn objects(&self, bucket: &str) -> Result<NatsObjects, FabricError> {
+        check_bucket(bucket)?;
+        let name = format!("qs_{}_{bucket}", self.inner.fleet);
+        let store = match self.inner.js.get_object_store(&name).await {
+            Ok(s) => s,
+            Err(_) => self
+                .inner
+                .js
+                .create_object_store(async_nats::jetstream::object_store::Config {
+                    bucket: name.clone(),
+                    num_replicas: self.inner.replicas,
+                    ..Default::default()
+                })
+                .await
+                .map_err(nats("open object store"))?,
+        };
+        Ok(NatsObjects { store })
+    }
+}
+
+/// One JetStream object store bucket.
+#[derive(Clone)]
+pub struct NatsObjects {
+    store: async_nats::jetstream::object_store::ObjectStore,
+}
+
+impl crate::Objects for NatsObjects {
+    async fn put(&self, name: &str, value: Bytes) -> Result<(), FabricError> {
+        crate::check_object(name, &value)?;
+        let mut reader: &[u8] = &value;
+        self.store
+            .put(name, &mut reader)
+            .await
+            .map(drop)
+            .map_err(nats("put object"))
+    }
+
+    async fn get(&self, name: &str) -> Result<Option<Bytes>, FabricError> {
+        use async_nats::jetstream::object_store::GetErrorKind;
+        use tokio::io::AsyncReadExt;
+        crate::check_key(name)?;
+        let mut object = match self.store.get(name).await {
+            Ok(o) => o,
+            Err(e) if e.kind() == GetErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(nats("get object")(e)),
+        };
+        // Read whole, but never past the bound, whatever the object says of its size.
+        let mut out = Vec::new();
+        let mut bounded = (&mut object).take(crate::MAX_OBJECT_BYTES as u64 + 1);
+        bounded
+            .read_to_end(&mut out)
+            .await
+            .map_err(nats("read object"))?;
+        if out.len() > crate::MAX_OBJECT_BYTES {
+            return Err(FabricError::PayloadTooLarge {
+                size: out.len(),
+                max: crate::MAX_OBJECT_BYTES,
+            });
+        }
+        Ok(Some(Bytes::from(out)))
+    }
+
+    async fn delete(&self, name: &str) -> Result<(), FabricError> {
+        use async_nats::jetstream::object_store::DeleteErrorKind;
+        crate::check_key(name)?;
+        match self.store.delete(name).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == DeleteErrorKind::NotFound => Ok(()),
+            Err(e) => Err(nats("delete object")(e)),
+        }
     }
 }
 

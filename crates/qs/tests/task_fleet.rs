@@ -1,6 +1,7 @@
 //! Durable tasks across a fleet on real processes: three `qs agent`s on one real nats-server.
 //! Tasks accepted by a node that dies (kill -9) are adopted by the survivors, resume there
-//! from their last checkpoint and complete once; the dead node, restarted, hands its copies
+//! from their last checkpoint (a large one through the checkpoints object store) and
+//! complete once; the dead node, restarted, hands its copies
 //! over instead of running them again. A node paused (SIGSTOP) past its death has its tasks
 //! adopted too, and its worker's completion after SIGCONT is refused.
 
@@ -61,7 +62,8 @@ fn work(sock: std::path::PathBuf, stop: std::sync::Arc<std::sync::atomic::Atomic
         let Ok(Claimed::Task(t)) = w.claim(Duration::from_millis(200)) else {
             continue;
         };
-        let done: u32 = t.state.as_deref().and_then(|s| s.parse().ok()).unwrap_or(0) + 1;
+        let state = t.state.as_deref().and_then(|s| s.split(':').next());
+        let done: u32 = state.and_then(|s| s.parse().ok()).unwrap_or(0) + 1;
         let _ = w.checkpoint(&t, t.iteration + 1, &done.to_string());
         let _ = w.complete(&t, &format!("{} after {done}", t.payload));
     }
@@ -90,7 +92,9 @@ fn a_dead_nodes_tasks_are_adopted_resume_from_their_checkpoints_and_complete_onc
     let Claimed::Task(held) = w.claim(Duration::from_secs(5)).unwrap() else {
         panic!("a task")
     };
-    w.checkpoint(&held, 1, "1").unwrap();
+    // 100 KiB: too large to ride in the record, it goes to the checkpoints object store.
+    let big = format!("1:{}", "x".repeat(100 * 1024));
+    w.checkpoint(&held, 1, &big).unwrap();
     n0.wait("every record in the fleet", |u| {
         let t = &u.get("/checkpoint_state")["tasks"];
         t["fleet_pending"] == 0 && t["fleet_written"].as_u64().unwrap_or(0) >= 2
@@ -121,7 +125,8 @@ fn a_dead_nodes_tasks_are_adopted_resume_from_their_checkpoints_and_complete_onc
                 .any(|u| phase_of(u, id).as_deref() == Some("completed"))
         })
     });
-    // The one n0's worker held resumed from its checkpoint (state 1, so it ended at 2).
+    // The one n0's worker held resumed from its checkpoint (state 1, so it ended at 2),
+    // read back from the object store.
     let resumed = others
         .iter()
         .flat_map(tasks)

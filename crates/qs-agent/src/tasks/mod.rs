@@ -272,7 +272,8 @@ impl TaskHost {
             checkpoints: with.len(),
             latest,
             fleet_written: self.fleet_written.load(Ordering::Relaxed),
-            fleet_pending: self.fleet_pending.load(Ordering::Relaxed),
+            fleet_pending: self.fleet_pending.load(Ordering::Relaxed)
+                + self.fleet.get().map_or(0, |l| l.queued() as u64),
         }
     }
 

@@ -18,6 +18,9 @@ use super::{Phase, Task};
 use crate::hash::{of_str, rendezvous};
 use qs_wire::{NodeId, TaskId};
 
+/// Longest name of a checkpoint's object.
+pub const MAX_ARTIFACT_NAME: usize = 256;
+
 /// A task as the fleet keeps it.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]

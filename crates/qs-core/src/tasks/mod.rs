@@ -362,6 +362,7 @@ impl TaskQueues {
             attempt,
             model,
             hash,
+            artifact: None,
         });
         self.record(
             id,

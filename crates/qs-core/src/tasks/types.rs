@@ -87,6 +87,9 @@ pub struct Checkpoint {
     /// A stable hash of `state`, to tell a checkpoint from another without its bytes.
     #[serde(default)]
     pub hash: u64,
+    /// In the fleet's copy only: the object holding a large `state` (then left empty here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<String>,
 }
 
 /// Most side effects one task records.

@@ -53,7 +53,12 @@ impl<F: Fabric> Sync<F> {
         why: String,
     ) -> Result<bool, FabricError> {
         let id = task.id.clone();
-        let value = self.record(task.clone());
+        // Its checkpoint read back from the object store first: a task is never taken
+        // without the state it resumes from.
+        let Some(task) = self.unpack(task).await else {
+            return Ok(false);
+        };
+        let value = self.record(task.clone()).await?;
         let new = match kv.cas(id.as_str(), value, Some(rev)).await {
             Ok(new) => new,
             // Another node took it, or its owner wrote it: not this node's.

@@ -96,6 +96,12 @@ impl FleetLink {
         self.writes.ready.notify_one();
     }
 
+    /// Records queued and not yet taken by the fleet task.
+    pub fn queued(&self) -> usize {
+        let records = self.writes.records.lock();
+        records.map_or(0, |r| r.len())
+    }
+
     /// Takes what of `tasks` `from` still owns and has not started; how many it took.
     pub async fn take(&self, from: NodeId, tasks: Vec<TaskId>) -> usize {
         let (reply, took) = oneshot::channel();

@@ -30,7 +30,7 @@ use crate::names::TASKS_BUCKET;
 use link::Command;
 use qs_core::tasks::Task;
 use qs_core::tasks::fleet::{FleetTask, Reconcile, reconcile};
-use qs_fabric::{Fabric, FabricError, Kv};
+use qs_fabric::{Fabric, FabricError, Kv, Objects};
 use qs_wire::{NodeId, TaskId};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -49,6 +49,15 @@ const ORPHAN_SCAN_AFTER: Duration = Duration::from_secs(15);
 /// Connected this long before it believes a death: after an outage, peers' heartbeats
 /// take a few periods to come back.
 pub const RECONNECT_GRACE: Duration = Duration::from_secs(3);
+
+/// Checkpoints larger than this go to the `checkpoints` object store; the record names them.
+pub const INLINE_CHECKPOINT_BYTES: usize = 32 * 1024;
+/// The object store of large checkpoints.
+const CHECKPOINTS_BUCKET: &str = "checkpoints";
+
+fn artifact_name(id: &TaskId) -> String {
+    format!("ckpt.{id}")
+}
 
 /// What an ended task keeps in the fleet: enough to reconcile (its phase, its result).
 fn compact(mut t: Task) -> Task {
@@ -77,6 +86,9 @@ struct Sync<F: Fabric> {
     host: Arc<TaskHost>,
     me: NodeId,
     kv: Option<F::Kv>,
+    objects: Option<F::Objects>,
+    /// Tasks whose checkpoint this node put in the object store (deleted when they end).
+    artifacts: BTreeSet<TaskId>,
     /// The revision this node last wrote of each task.
     revisions: BTreeMap<TaskId, u64>,
     /// Records not yet written, the latest per task.
@@ -102,6 +114,8 @@ pub async fn run<F: Fabric>(
         host,
         me,
         kv: None,
+        objects: None,
+        artifacts: BTreeSet::new(),
         revisions: BTreeMap::new(),
         pending: BTreeMap::new(),
         reconciled: false,
@@ -125,12 +139,14 @@ pub async fn run<F: Fabric>(
             }
             _ = tick.tick() => {
                 s.pending.extend(writes.take());
+                s.count();
                 s.flush().await;
                 s.tick(live()).await;
             }
         }
         // Every record made before these requests goes first.
         s.pending.extend(writes.take());
+        s.count();
         s.flush().await;
         let mut seals = Vec::new();
         for c in commands {
@@ -146,12 +162,17 @@ pub async fn run<F: Fabric>(
             }
         }
         s.seal(seals).await;
-        let pending = s.pending.len() as u64;
-        s.host.fleet_pending.store(pending, Ordering::Relaxed);
+        s.count();
     }
 }
 
 impl<F: Fabric> Sync<F> {
+    /// Shows how many records wait here (or are being written) in `/checkpoint_state`.
+    fn count(&self) {
+        let n = self.pending.len() as u64;
+        self.host.fleet_pending.store(n, Ordering::Relaxed);
+    }
+
     /// The bucket, opened once the fabric answers.
     async fn kv(&mut self) -> Option<F::Kv> {
         if !self.fabric.connected() {
@@ -166,12 +187,62 @@ impl<F: Fabric> Sync<F> {
         self.kv.clone()
     }
 
-    fn record(&self, t: Task) -> bytes::Bytes {
+    /// The object store of large checkpoints, opened once the fabric answers.
+    async fn objects(&mut self) -> Result<F::Objects, FabricError> {
+        if let Some(o) = &self.objects {
+            return Ok(o.clone());
+        }
+        let o = self.fabric.objects(CHECKPOINTS_BUCKET).await?;
+        self.objects = Some(o.clone());
+        Ok(o)
+    }
+
+    /// The fleet's record of `t`: a large checkpoint is put in the object store first, and
+    /// the record names it; an ended task keeps its phase and result only (and its object
+    /// goes).
+    async fn record(&mut self, t: Task) -> Result<bytes::Bytes, FabricError> {
+        let mut t = compact(t);
+        if t.phase.ended() && self.artifacts.remove(&t.id) {
+            let objects = self.objects().await?;
+            if let Err(e) = objects.delete(&artifact_name(&t.id)).await {
+                tracing::debug!("the checkpoint object of {}: {e}", t.id);
+            }
+        }
+        if let Some(c) = &mut t.checkpoint
+            && c.state.len() > INLINE_CHECKPOINT_BYTES
+        {
+            let name = artifact_name(&t.id);
+            let objects = self.objects().await?;
+            let state = std::mem::take(&mut c.state);
+            objects.put(&name, state.into()).await?;
+            c.artifact = Some(name);
+            self.artifacts.insert(t.id.clone());
+        }
         let r = FleetTask {
             owner: self.me.clone(),
-            task: compact(t),
+            task: t,
         };
-        serde_json::to_vec(&r).unwrap_or_default().into()
+        Ok(serde_json::to_vec(&r).unwrap_or_default().into())
+    }
+
+    /// `t` as the fleet keeps it, its checkpoint's object read back (and checked against
+    /// the checkpoint's hash); `None` when the object cannot be read yet.
+    async fn unpack(&mut self, mut t: Task) -> Option<Task> {
+        let Some(c) = &mut t.checkpoint else {
+            return Some(t);
+        };
+        let Some(name) = c.artifact.take() else {
+            return Some(t);
+        };
+        let objects = self.objects().await.ok()?;
+        let bytes = objects.get(&name).await.ok()??;
+        let state = String::from_utf8(bytes.to_vec()).ok()?;
+        if qs_core::hash::of_str(&state) != c.hash {
+            // A newer checkpoint's object, its record not written yet: later.
+            return None;
+        }
+        c.state = state;
+        Some(t)
     }
 
     /// The fleet's record of `id` and its revision; the record `None` when it does not
@@ -249,17 +320,28 @@ impl<F: Fabric> Sync<F> {
         };
         let batch: Vec<(TaskId, Option<Task>)> =
             std::mem::take(&mut self.pending).into_iter().collect();
+        let writing = batch.len() as u64;
+        self.host.fleet_pending.store(writing, Ordering::Relaxed);
         for chunk in batch.chunks(CONCURRENCY) {
-            let writes = chunk.iter().map(|(id, record)| {
+            let mut values = Vec::with_capacity(chunk.len());
+            for (_, record) in chunk {
+                let value = match record.clone() {
+                    Some(t) => {
+                        let ended = t.phase.ended();
+                        Some(self.record(t).await.map(|v| (v, ended)))
+                    }
+                    None => None,
+                };
+                values.push(value);
+            }
+            let writes = chunk.iter().zip(values).map(|((id, record), value)| {
                 let kv = kv.clone();
                 let expected = self.revisions.get(id).copied();
-                let value = record.clone().map(|t| (t.phase.ended(), self.record(t)));
                 let me = self.me.clone();
                 async move {
                     let out = match value {
-                        Some((ended, v)) => Self::put(&kv, &me, id, (v, ended), expected)
-                            .await
-                            .map(Some),
+                        Some(Ok(v)) => Self::put(&kv, &me, id, v, expected).await.map(Some),
+                        Some(Err(e)) => Err(e),
                         // Forgotten here: the record goes only where it is still this
                         // node's.
                         None => match Self::read(&kv, id).await {
@@ -308,12 +390,15 @@ impl<F: Fabric> Sync<F> {
             }
             return;
         };
-        let puts = seals.iter().map(|(t, _)| {
+        let mut values = Vec::with_capacity(seals.len());
+        for (t, _) in &seals {
+            values.push(self.record(t.clone()).await.map(|v| (v, t.phase.ended())));
+        }
+        let puts = seals.iter().zip(values).map(|((t, _), value)| {
             let kv = kv.clone();
             let expected = self.revisions.get(&t.id).copied();
-            let value = (self.record(t.clone()), t.phase.ended());
             let me = self.me.clone();
-            async move { Self::put(&kv, &me, &t.id, value, expected).await }
+            async move { Self::put(&kv, &me, &t.id, value?, expected).await }
         });
         let outs = futures_util::future::join_all(puts).await;
         for ((t, reply), out) in seals.into_iter().zip(outs) {
