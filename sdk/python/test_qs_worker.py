@@ -19,6 +19,7 @@ def serve(path, answers, seen):
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(1)
+    listener.settimeout(10)
 
     def run():
         conn, _ = listener.accept()
@@ -34,7 +35,7 @@ def serve(path, answers, seen):
         conn.close()
         listener.close()
 
-    t = threading.Thread(target=run)
+    t = threading.Thread(target=run, daemon=True)
     t.start()
     return t
 

@@ -21,6 +21,16 @@ pub const MAX_MILLICORES: u64 = 4096 * 1000;
 pub const MAX_BYTES: u64 = 64 << 40;
 /// Longest free text (a stop's reason).
 pub const MAX_REASON_BYTES: usize = 1024;
+
+/// Cuts `s` to at most `max` bytes, at a character boundary (text from the outside may put
+/// a multi-byte character across the bound).
+pub fn clip(s: &mut String, max: usize) {
+    let mut cut = s.len().min(max);
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    s.truncate(cut);
+}
 /// Largest composite weight an offer may claim (γ₁ / 1 with everything free, with room).
 pub const MAX_COMPOSITE: f64 = 1.0e6;
 

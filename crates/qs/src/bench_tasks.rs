@@ -255,22 +255,20 @@ fn celery(b: &TasksBench) -> Result<Option<Column>> {
         .spawn()
         .context("running python3")?;
     let pid = child.id();
+    let (ended, ends) = std::sync::mpsc::sync_channel::<()>(1);
     let watchdog = std::thread::spawn(move || {
-        let start = Instant::now();
         // Bounded: past CELERY_LIMIT the driver (and its broker and workers, which it ends
-        // on SIGTERM) is stopped.
-        while start.elapsed() < CELERY_LIMIT {
-            std::thread::sleep(Duration::from_millis(100));
-            // SAFETY: signal 0 only asks whether our child still exists.
-            if unsafe { libc::kill(pid as i32, 0) } != 0 {
-                return;
-            }
+        // on SIGTERM) is stopped. Its end is heard on the channel, never guessed from its
+        // pid, which may belong to another process once it is reaped.
+        if ends.recv_timeout(CELERY_LIMIT) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+            // SAFETY: signalling our own child, not yet reaped (its wait has not returned).
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
         }
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     });
-    let out = child.wait_with_output()?;
+    let out = child.wait_with_output();
+    let _ = ended.send(());
     let _ = watchdog.join();
+    let out = out?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if out.status.code() == Some(3) {
         eprintln!("qs bench tasks: no Celery column: {}", stdout.trim());

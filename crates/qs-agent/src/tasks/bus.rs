@@ -64,7 +64,8 @@ async fn next(sub: &mut Option<Subscription>) -> Option<qs_fabric::Incoming> {
     }
 }
 
-async fn publish<F: Fabric, T: serde::Serialize>(fabric: &F, topic: &Topic, body: &T) {
+/// Publishes `body` as JSON on `topic`; a failure is logged (nothing on the bus is owed).
+pub(super) async fn publish<F: Fabric, T: serde::Serialize>(fabric: &F, topic: &Topic, body: &T) {
     let Ok(bytes) = serde_json::to_vec(body) else {
         return;
     };
@@ -206,11 +207,7 @@ fn event(
     mut detail: String,
     at_ms: u64,
 ) -> FleetEvent {
-    let mut cut = detail.len().min(qs_wire::task_bus::MAX_DETAIL_BYTES);
-    while !detail.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    detail.truncate(cut);
+    qs_wire::bounds::clip(&mut detail, qs_wire::task_bus::MAX_DETAIL_BYTES);
     FleetEvent {
         kind,
         node: node.clone(),
