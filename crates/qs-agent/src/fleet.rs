@@ -365,7 +365,6 @@ impl<F: Fabric> EmbeddedFleet<F> {
                         shared.tasks.clone(),
                         shared.models.clone(),
                         listener,
-                        shared.tasks.workers_disconnected.clone(),
                         stop_rx.clone(),
                     ));
                 }

@@ -168,6 +168,19 @@ impl Worker {
         Ok(reply)
     }
 
+    /// Sends `op` about the task `task` holds under its attempt, with `fields`; its answer.
+    fn on_task(
+        &mut self,
+        op: &str,
+        task: &ClaimedTask,
+        mut fields: Value,
+    ) -> Result<Value, WorkerError> {
+        fields["op"] = json!(op);
+        fields["task"] = json!(task.task);
+        fields["attempt"] = json!(task.attempt);
+        self.call(fields)
+    }
+
     /// The next iteration of a task, waiting up to `wait` (at most [`MAX_CLAIM_WAIT`]) for one.
     pub fn claim(&mut self, wait: Duration) -> Result<Claimed, WorkerError> {
         let wait_ms = wait.min(MAX_CLAIM_WAIT).as_millis() as u64;
@@ -194,10 +207,11 @@ impl Worker {
         fraction: f64,
         note: &str,
     ) -> Result<(), WorkerError> {
-        self.call(json!({
-            "op": "progress", "task": task.task, "attempt": task.attempt,
-            "fraction": fraction, "note": note,
-        }))
+        self.on_task(
+            "progress",
+            task,
+            json!({ "fraction": fraction, "note": note }),
+        )
         .map(drop)
     }
 
@@ -208,10 +222,11 @@ impl Worker {
         score: f64,
         result: &str,
     ) -> Result<Next, WorkerError> {
-        let reply = self.call(json!({
-            "op": "report", "task": task.task, "attempt": task.attempt,
-            "score": score, "result_hash": result_hash(result),
-        }))?;
+        let reply = self.on_task(
+            "report",
+            task,
+            json!({ "score": score, "result_hash": result_hash(result) }),
+        )?;
         match reply["next"].as_str() {
             Some("finish") => Ok(Next::Finish),
             Some("continue") => Ok(Next::Continue),
@@ -227,25 +242,22 @@ impl Worker {
         iteration: u32,
         state: &str,
     ) -> Result<(), WorkerError> {
-        self.call(json!({
-            "op": "checkpoint", "task": task.task, "attempt": task.attempt,
-            "iteration": iteration, "state": state,
-        }))
+        self.on_task(
+            "checkpoint",
+            task,
+            json!({ "iteration": iteration, "state": state }),
+        )
         .map(drop)
     }
 
     pub fn complete(&mut self, task: &ClaimedTask, result: &str) -> Result<(), WorkerError> {
-        self.call(json!({
-            "op": "complete", "task": task.task, "attempt": task.attempt, "result": result,
-        }))
-        .map(drop)
+        self.on_task("complete", task, json!({ "result": result }))
+            .map(drop)
     }
 
     pub fn fail(&mut self, task: &ClaimedTask, reason: &str) -> Result<(), WorkerError> {
-        self.call(json!({
-            "op": "fail", "task": task.task, "attempt": task.attempt, "reason": reason,
-        }))
-        .map(drop)
+        self.on_task("fail", task, json!({ "reason": reason }))
+            .map(drop)
     }
 
     /// Runs the side effect `f` of `task` named `key` unless an attempt of the task already
@@ -259,18 +271,14 @@ impl Worker {
         key: &str,
         f: impl FnOnce(&str) -> Result<(), E>,
     ) -> Result<Result<bool, E>, WorkerError> {
-        let reply = self.call(json!({
-            "op": "effect", "task": task.task, "attempt": task.attempt, "key": key,
-        }))?;
+        let reply = self.on_task("effect", task, json!({ "key": key }))?;
         if reply["done"] == true {
             return Ok(Ok(false));
         }
         if let Err(e) = f(&format!("{}/{key}", task.task)) {
             return Ok(Err(e));
         }
-        self.call(json!({
-            "op": "effect-done", "task": task.task, "attempt": task.attempt, "key": key,
-        }))?;
+        self.on_task("effect-done", task, json!({ "key": key }))?;
         Ok(Ok(true))
     }
 

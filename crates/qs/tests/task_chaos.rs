@@ -14,7 +14,6 @@ mod common;
 
 use common::*;
 use qs_fabric::nats_server::NatsServer;
-use serde_json::json;
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -223,14 +222,8 @@ impl Drop for Chaos {
 /// Submits the next task to `node`; its id joins `accepted`.
 fn submit(c: &Chaos, node: usize, accepted: &mut Vec<String>) {
     let key = format!("chaos-{}", accepted.len());
-    let body = json!({
-        "class": "batch", "idempotency_key": key, "payload": key,
-        "max_iterations": ITERATIONS, "deadline_ms": 600000,
-    });
     let up = c.agents[node].as_ref().unwrap();
-    let (status, v) = up.http("POST", "/v1/tasks", &body.to_string());
-    assert_eq!(status, 201, "{v}");
-    accepted.push(v["id"].as_str().unwrap().to_owned());
+    accepted.push(submit_task(up, &key, &key, ITERATIONS));
 }
 
 /// Tasks sent to a node just before it is paused or killed: it holds work when it goes.

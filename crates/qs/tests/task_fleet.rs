@@ -1,16 +1,16 @@
 //! Durable tasks across a fleet on real processes: three `qs agent`s on one real nats-server.
 //! Tasks accepted by a node that dies (kill -9) are adopted by the survivors, resume there
 //! from their last checkpoint (a large one through the checkpoints object store) and
-//! complete once; the dead node, restarted, hands its copies
-//! over instead of running them again. A node paused (SIGSTOP) past its death has its tasks
-//! adopted too, and its worker's completion after SIGCONT is refused.
+//! complete once; the dead node, restarted, hands its copies over instead of running them
+//! again. A node without workers has its tasks taken by idle ones; results and a security
+//! flag are heard on the bus. (A node paused past its death is `tests/task_chaos.rs`'s.)
 
 mod common;
 
 use common::*;
 use qs_fabric::nats_server::NatsServer;
 use qs_worker::{Claimed, Worker};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -18,13 +18,7 @@ use std::time::Duration;
 const CONFIG: &str = "[thresholds]\ncpu_sensed = false\nmemory = 1.0\n";
 
 fn submit(up: &Up, key: &str) -> String {
-    let body = json!({
-        "class": "batch", "idempotency_key": key, "payload": key,
-        "max_iterations": 3, "deadline_ms": 300000,
-    });
-    let (status, v) = up.http("POST", "/v1/tasks", &body.to_string());
-    assert_eq!(status, 201, "{v}");
-    v["id"].as_str().unwrap().to_owned()
+    submit_task(up, key, key, 3)
 }
 
 fn tasks(up: &Up) -> Vec<Value> {

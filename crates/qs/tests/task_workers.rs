@@ -12,13 +12,7 @@ use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 
 fn submit(up: &Up, key: &str, payload: &str) -> String {
-    let body = json!({
-        "class": "batch", "idempotency_key": key, "payload": payload,
-        "max_iterations": 10, "deadline_ms": 120000,
-    });
-    let (status, v) = up.http("POST", "/v1/tasks", &body.to_string());
-    assert_eq!(status, 201, "{v}");
-    v["id"].as_str().unwrap().to_owned()
+    submit_task(up, key, payload, 10)
 }
 
 fn worker(socket: &std::path::Path, name: &str, extra: &[&str]) -> Command {
@@ -95,10 +89,21 @@ fn workers_refine_checkpoint_and_complete_tasks_and_a_crash_resumes_from_the_che
             "{t}"
         );
     }
-    // The crashed task resumed from its checkpoint: iteration 1 was not done again.
+    // The crashed task resumed from its checkpoint: iteration 1 was not done again, so it
+    // reported one iteration fewer than a task the steady worker ran from the start.
     let resumed = task(&up, &crashing);
     assert_eq!(resumed["failures"], 1, "{resumed}");
     assert_eq!(resumed["result"], "answer to q0");
+    let iterated = |u: &Up, id: &str| {
+        u.events()
+            .iter()
+            .filter(|e| e["event"]["task"] == id && e["event"]["step"] == "iterated")
+            .count()
+    };
+    up.wait("every iteration in the ledger", |u| {
+        completions(u, &crashing) == 1 && completions(u, &ids[0]) == 1
+    });
+    assert_eq!(iterated(&up, &crashing) + 1, iterated(&up, &ids[0]));
     let status = w.wait().unwrap();
     assert!(status.success(), "the worker ended when idle");
     up.wait("one completion each in the ledger", |u| {

@@ -351,7 +351,9 @@ async fn metrics<F: Fabric>(State(api): State<Arc<Api<F>>>) -> Response {
     }
     let tasks = &api.shared.tasks;
     let disconnected = tasks.workers_disconnected.load(Ordering::Relaxed);
-    api.task_metrics.set(tasks.counts().await, disconnected);
+    let dropped = tasks.bus_dropped.load(Ordering::Relaxed);
+    api.task_metrics
+        .set(tasks.counts().await, disconnected, dropped);
     let mut body = String::new();
     if encode(&mut body, &api.metrics).is_err() {
         return error(StatusCode::INTERNAL_SERVER_ERROR, "metrics encoding failed");

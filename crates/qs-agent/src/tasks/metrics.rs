@@ -1,5 +1,6 @@
 //! The durable tasks' figures for `/metrics`: how many tasks each queue holds (and how many
-//! run, completed, failed, were cancelled), and the workers disconnected for misuse.
+//! run, completed, failed, were cancelled), the workers disconnected for misuse, and the
+//! news the bus dropped.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
@@ -17,6 +18,7 @@ struct QueueLabel {
 pub struct TaskMetrics {
     tasks: Family<QueueLabel, Gauge>,
     workers_disconnected: Gauge,
+    news_dropped: Gauge,
 }
 
 impl TaskMetrics {
@@ -32,10 +34,15 @@ impl TaskMetrics {
             "Task workers disconnected since start for speaking the worker protocol wrongly",
             self.workers_disconnected.clone(),
         );
+        r.register(
+            "task_news_dropped",
+            "Completions and fleet events not published since start: the bus was behind",
+            self.news_dropped.clone(),
+        );
     }
 
-    /// Sets the figures from the queues' `counts`.
-    pub fn set(&self, c: QueueCounts, workers_disconnected: u64) {
+    /// Sets the figures from the queues' `counts` and the host's counters.
+    pub fn set(&self, c: QueueCounts, workers_disconnected: u64, news_dropped: u64) {
         for (queue, n) in [
             ("inbound", c.inbound),
             ("running", c.running),
@@ -50,5 +57,6 @@ impl TaskMetrics {
                 .set(n as i64);
         }
         self.workers_disconnected.set(workers_disconnected as i64);
+        self.news_dropped.set(news_dropped as i64);
     }
 }

@@ -66,7 +66,7 @@ pub struct TaskHost {
     /// Workers are asked to stop claiming (the agent is stopping).
     soft_stop: AtomicBool,
     /// Workers disconnected for speaking the protocol wrongly.
-    pub workers_disconnected: Arc<AtomicU64>,
+    pub workers_disconnected: AtomicU64,
     /// The fleet's copy of the tasks, once attached.
     fleet: std::sync::OnceLock<fleet::FleetLink>,
     /// Records written to the fleet, and waiting to be (kept by `fleet.rs`).
@@ -124,7 +124,7 @@ impl TaskHost {
             node,
             journal,
             soft_stop: AtomicBool::new(false),
-            workers_disconnected: Arc::default(),
+            workers_disconnected: AtomicU64::new(0),
             fleet: std::sync::OnceLock::new(),
             fleet_written: AtomicU64::new(0),
             fleet_pending: AtomicU64::new(0),
@@ -446,8 +446,12 @@ impl TaskHost {
     }
 
     /// The outbound results that wait for a validator, but those being judged.
-    pub async fn to_validate(&self, judging: &BTreeSet<TaskId>) -> Vec<qs_core::tasks::ToValidate> {
-        self.queues.lock().await.to_validate(judging)
+    pub async fn to_validate(
+        &self,
+        judging: &BTreeSet<TaskId>,
+        max: usize,
+    ) -> Vec<qs_core::tasks::ToValidate> {
+        self.queues.lock().await.to_validate(judging, max)
     }
 
     /// A validator judged `id`'s result; an accepted one is sealed in the fleet first.

@@ -33,8 +33,12 @@ pub async fn judge(host: Arc<TaskHost>, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => return,
             _ = tick.tick() => {}
         }
+        let free = slots.available_permits();
+        if free == 0 {
+            continue;
+        }
         let busy = judging.lock().map(|j| j.clone()).unwrap_or_default();
-        for v in host.to_validate(&busy).await {
+        for v in host.to_validate(&busy, free).await {
             let Ok(permit) = slots.clone().try_acquire_owned() else {
                 break;
             };

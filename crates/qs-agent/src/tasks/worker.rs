@@ -137,7 +137,6 @@ pub async fn serve(
     host: Arc<TaskHost>,
     models: Arc<crate::models::Registry>,
     listener: UnixListener,
-    disconnected: Arc<AtomicU64>,
     mut stop: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_WORKERS));
@@ -152,10 +151,10 @@ pub async fn serve(
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             // Full: the connection is closed at once.
-            disconnected.fetch_add(1, Ordering::Relaxed);
+            host.workers_disconnected.fetch_add(1, Ordering::Relaxed);
             continue;
         };
-        let (host, disconnected, runtimes) = (host.clone(), disconnected.clone(), models.clone());
+        let (host, runtimes) = (host.clone(), models.clone());
         tokio::spawn(async move {
             let _permit = permit;
             let mut conn = Connection {
@@ -167,7 +166,9 @@ pub async fn serve(
             };
             if let Err(why) = conn.run(stream).await {
                 tracing::warn!("a task worker was disconnected: {why}");
-                disconnected.fetch_add(1, Ordering::Relaxed);
+                conn.host
+                    .workers_disconnected
+                    .fetch_add(1, Ordering::Relaxed);
                 conn.host
                     .flag(format!("a task worker was disconnected: {why}"));
             }
@@ -300,11 +301,12 @@ impl Connection {
                         "a claim waits at most {MAX_CLAIM_WAIT_MS} ms, not {wait_ms}"
                     )));
                 }
-                if self.host.soft_stopping() || self.draining() {
+                let runtimes = self.runtimes_say();
+                if self.host.soft_stopping() || runtimes.is_err() {
                     Answer::SoftStop
                 } else {
                     let worker = self.worker.clone().unwrap_or_default();
-                    let warm = self.warm();
+                    let warm = runtimes.unwrap_or_default();
                     match self
                         .host
                         .claim(&worker, &warm, Duration::from_millis(wait_ms))
@@ -376,7 +378,7 @@ impl Connection {
                 reason,
             } => {
                 let mut reason = reason;
-                reason.truncate(qs_wire::bounds::MAX_REASON_BYTES);
+                qs_wire::bounds::clip(&mut reason, qs_wire::bounds::MAX_REASON_BYTES);
                 match self.host.fail(&task, attempt, &reason).await {
                     Ok(()) => Answer::Ok,
                     Err(e) => refused(e),
@@ -385,25 +387,22 @@ impl Connection {
         })
     }
 
-    /// One of the worker's models drains or stops on this node (a swap, seed 003): it is
-    /// asked to finish its step, checkpoint and stop claiming.
-    fn draining(&self) -> bool {
-        self.runtimes
-            .views_of(self.host.node())
-            .iter()
-            .any(|m| self.models.contains(&m.name) && matches!(m.state, "draining" | "stopping"))
-    }
-
-    /// The models warm for this worker: its own, and those warm on this node.
-    fn warm(&self) -> BTreeSet<ServiceName> {
-        let mut warm = self.models.clone();
+    /// What the node's runtimes say for this worker's next claim: soft-stop when one of its
+    /// models drains or stops here (a swap, seed 003: finish the step, checkpoint, stop
+    /// claiming), else the models warm for it (its own and the node's). One read of the
+    /// runtimes.
+    fn runtimes_say(&self) -> Result<BTreeSet<ServiceName>, ()> {
         let node = self.runtimes.views_of(self.host.node());
-        warm.extend(
-            node.into_iter()
-                .filter(|m| m.state == "warm")
-                .map(|m| m.name),
-        );
-        warm
+        let mut warm = self.models.clone();
+        for m in node {
+            if self.models.contains(&m.name) && matches!(m.state, "draining" | "stopping") {
+                return Err(());
+            }
+            if m.state == "warm" {
+                warm.insert(m.name);
+            }
+        }
+        Ok(warm)
     }
 
     /// The worker went away: the attempts it held fail.

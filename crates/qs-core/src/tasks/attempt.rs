@@ -62,11 +62,7 @@ impl TaskQueues {
         }
         let t = self.running(id, attempt)?;
         let ends = match t.judging.voting(&t.spec) {
-            Some(vote) => {
-                let hash = crate::hash::of_str(result);
-                let agreeing = t.judging.ballots.iter().filter(|b| b.result_hash == hash);
-                agreeing.count() as u32 + 1 >= vote.k
-            }
+            Some(vote) => t.judging.agreeing(crate::hash::of_str(result)) + 1 >= vote.k,
             None => t.spec.validation == Validation::None,
         };
         Ok(ends.then(|| Task {

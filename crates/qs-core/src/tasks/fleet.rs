@@ -69,6 +69,14 @@ impl FleetTask {
                 "checkpoint",
             ),
             (
+                t.checkpoint.as_ref().is_none_or(|c| {
+                    c.artifact
+                        .as_ref()
+                        .is_none_or(|a| c.state.is_empty() && a.len() <= MAX_ARTIFACT_NAME)
+                }),
+                "checkpoint.artifact",
+            ),
+            (
                 j.ballots.len() <= qs_wire::task::MAX_VOTERS as usize,
                 "ballots",
             ),

@@ -86,6 +86,12 @@ pub fn worker_name(worker: &str) -> &str {
 }
 
 impl Judging {
+    /// The ballots cast for the result whose hash is `result_hash`.
+    pub fn agreeing(&self, result_hash: u64) -> u32 {
+        let same = self.ballots.iter().filter(|b| b.result_hash == result_hash);
+        same.count() as u32
+    }
+
     /// The vote the task's results go through, if any.
     pub fn voting(&self, spec: &TaskSpec) -> Option<Vote> {
         match spec.validation {
@@ -155,8 +161,9 @@ impl Task {
 }
 
 impl TaskQueues {
-    /// The results in the outbound queue that wait for a command, but those in `judging`.
-    pub fn to_validate(&self, judging: &BTreeSet<TaskId>) -> Vec<ToValidate> {
+    /// The first `max` results in the outbound queue that wait for a command, but those in
+    /// `judging`.
+    pub fn to_validate(&self, judging: &BTreeSet<TaskId>, max: usize) -> Vec<ToValidate> {
         self.outbound
             .iter()
             .filter(|id| !judging.contains(*id))
@@ -172,6 +179,7 @@ impl TaskQueues {
                     payload: t.spec.payload.clone(),
                 })
             })
+            .take(max)
             .collect()
     }
 
@@ -243,12 +251,7 @@ impl TaskQueues {
             result_hash,
             result,
         });
-        let agreeing = t
-            .judging
-            .ballots
-            .iter()
-            .filter(|b| b.result_hash == result_hash)
-            .count() as u32;
+        let agreeing = t.judging.agreeing(result_hash);
         let cast = t.judging.ballots.len() as u32;
         if agreeing >= vote.k {
             t.result = t.judging.ballots.last().map(|b| b.result.clone());

@@ -88,6 +88,13 @@ pub struct TaskQueues {
     failures: u64,
 }
 
+/// Whether `id` is held by an attempt now (the `running` set is pruned lazily).
+fn is_running(tasks: &BTreeMap<TaskId, Task>, id: &TaskId) -> bool {
+    tasks
+        .get(id)
+        .is_some_and(|t| matches!(t.phase, Phase::Running { .. }))
+}
+
 /// How far down the inbound order a claim looks for a task whose model is warm.
 const WARM_LOOKAHEAD: usize = 64;
 /// How far down a queue a claim looks past tasks that must go to another worker.
@@ -199,11 +206,7 @@ impl TaskQueues {
     /// reroute, a vote's independent pass).
     pub fn claim(&mut self, worker: &str, warm: &BTreeSet<ServiceName>) -> Option<Claim> {
         let tasks = &self.tasks;
-        self.running.retain(|id| {
-            tasks
-                .get(id)
-                .is_some_and(|t| matches!(t.phase, Phase::Running { .. }))
-        });
+        self.running.retain(|id| is_running(tasks, id));
         if self.running.len() >= self.concurrency.limit() as usize {
             return None;
         }
@@ -312,8 +315,9 @@ impl TaskQueues {
         while t.history.len() > convergence::HISTORY {
             t.history.pop_front();
         }
-        let done = t.iteration >= t.spec.max_iterations || converged(&t.history).is_some();
-        let why = converged(&t.history).map_or("", Convergence::name);
+        let convergence = converged(&t.history);
+        let done = t.iteration >= t.spec.max_iterations || convergence.is_some();
+        let why = convergence.map_or("", Convergence::name);
         let detail = format!("iteration {} score {:.3} {why}", t.iteration, report.score);
         let escalation = match done {
             true => None,
@@ -433,16 +437,18 @@ impl TaskQueues {
     /// after [`TaskLimits::attempts`].
     pub fn fail(&mut self, id: &TaskId, attempt: u64, reason: &str) -> Result<(), Refusal> {
         let limit = self.limits.attempts;
-        self.running(id, attempt)?;
-        self.concurrency.on_failure();
-        self.failures += 1;
         let t = self.running(id, attempt)?;
         t.failures += 1;
-        if t.failures >= limit {
+        let failures = t.failures;
+        if failures >= limit {
             t.phase = Phase::Failed {
                 reason: reason.to_owned(),
             };
-            let detail = format!("{} attempts failed, the last: {reason}", t.failures);
+        }
+        self.concurrency.on_failure();
+        self.failures += 1;
+        if failures >= limit {
+            let detail = format!("{failures} attempts failed, the last: {reason}");
             self.end(id, TaskStep::Failed, detail);
         } else {
             self.requeue(id);
@@ -543,11 +549,7 @@ impl TaskQueues {
         let running = self
             .running
             .iter()
-            .filter(|id| {
-                self.tasks
-                    .get(*id)
-                    .is_some_and(|t| matches!(t.phase, Phase::Running { .. }))
-            })
+            .filter(|id| is_running(&self.tasks, id))
             .count();
         qs_wire::task_bus::TaskLoad {
             node: self.node.clone(),
@@ -560,13 +562,6 @@ impl TaskQueues {
             failures: self.failures,
             warm,
         }
-    }
-
-    /// Whether `id` waits in the inbound queue (what a thief may take).
-    pub fn is_inbound(&self, id: &TaskId) -> bool {
-        self.tasks
-            .get(id)
-            .is_some_and(|t| t.phase == Phase::Inbound)
     }
 
     /// Tasks a claim could take now (inbound and refinement).

@@ -166,7 +166,7 @@ fn a_result_to_validate_waits_outbound_and_a_refused_one_goes_where_its_policy_s
         pass(&mut q, &id, "w#0", "a");
         assert_eq!(q.counts().outbound, 1);
         let judging = BTreeSet::new();
-        assert_eq!(q.to_validate(&judging)[0].result, "a");
+        assert_eq!(q.to_validate(&judging, 4)[0].result, "a");
         q.validated(&id, false).unwrap();
         assert_eq!(q.get(&id).unwrap().phase, Phase::Inbound, "{policy}");
         if next.starts_with('v') {

@@ -489,5 +489,16 @@ pub fn bus_client(url: &str) -> (tokio::runtime::Runtime, qs_fabric::nats::NatsF
     (rt, bus)
 }
 
+/// Submits a batch task of `max_iterations` to `up` (a deadline of ten minutes); its id.
+pub fn submit_task(up: &Up, key: &str, payload: &str, max_iterations: u32) -> String {
+    let body = serde_json::json!({
+        "class": "batch", "idempotency_key": key, "payload": payload,
+        "max_iterations": max_iterations, "deadline_ms": 600000,
+    });
+    let (status, v) = up.http("POST", "/v1/tasks", &body.to_string());
+    assert_eq!(status, 201, "{v}");
+    v["id"].as_str().unwrap().to_owned()
+}
+
 pub mod models;
 pub mod systemd;

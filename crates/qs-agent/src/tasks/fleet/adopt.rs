@@ -17,17 +17,13 @@ const MAX_SCAN: usize = 1_000_000;
 const MAX_LOOK: usize = qs_core::tasks::balance::MAX_MOVE;
 
 impl<F: Fabric> Sync<F> {
-    async fn nudge(&self, to: &NodeId, tasks: Vec<TaskId>, what: &str) {
+    /// Names `tasks` to `to` on its `tasks.inbound` channel.
+    async fn nudge(&self, to: &NodeId, tasks: Vec<TaskId>) {
         let nudge = TaskNudge {
             from: self.me.clone(),
             tasks,
         };
-        if let Ok(body) = serde_json::to_vec(&nudge) {
-            let topic = qs_fabric::Topic::task_inbound(to);
-            if let Err(e) = self.fabric.publish(&topic, body.into()).await {
-                tracing::debug!("{what} {to}: {e}");
-            }
-        }
+        super::super::bus::publish(&self.fabric, &qs_fabric::Topic::task_inbound(to), &nudge).await;
     }
 
     /// Tells `to` it may take `tasks`, once they are written (still pending: not yet).
@@ -39,7 +35,7 @@ impl<F: Fabric> Sync<F> {
         if written.is_empty() || self.kv().await.is_none() {
             return;
         }
-        self.nudge(&to, written, "offering tasks to").await;
+        self.nudge(&to, written).await;
     }
 
     /// Moves `task` (the fleet's record `was` at `rev`) to this node: the record first, then
@@ -109,7 +105,7 @@ impl<F: Fabric> Sync<F> {
         }
         let n = took.len();
         if n > 0 {
-            self.nudge(&from, took, "telling what was taken").await;
+            self.nudge(&from, took).await;
         }
         n
     }

@@ -87,8 +87,9 @@ struct Sync<F: Fabric> {
     me: NodeId,
     kv: Option<F::Kv>,
     objects: Option<F::Objects>,
-    /// Tasks whose checkpoint this node put in the object store (deleted when they end).
-    artifacts: BTreeSet<TaskId>,
+    /// The hash of the checkpoint this node last put in the object store, per task (put
+    /// again only when it changes; deleted when the task ends).
+    artifacts: BTreeMap<TaskId, u64>,
     /// The revision this node last wrote of each task.
     revisions: BTreeMap<TaskId, u64>,
     /// Records not yet written, the latest per task.
@@ -115,7 +116,7 @@ pub async fn run<F: Fabric>(
         me,
         kv: None,
         objects: None,
-        artifacts: BTreeSet::new(),
+        artifacts: BTreeMap::new(),
         revisions: BTreeMap::new(),
         pending: BTreeMap::new(),
         reconciled: false,
@@ -202,7 +203,7 @@ impl<F: Fabric> Sync<F> {
     /// goes).
     async fn record(&mut self, t: Task) -> Result<bytes::Bytes, FabricError> {
         let mut t = compact(t);
-        if t.phase.ended() && self.artifacts.remove(&t.id) {
+        if t.phase.ended() && self.artifacts.remove(&t.id).is_some() {
             let objects = self.objects().await?;
             if let Err(e) = objects.delete(&artifact_name(&t.id)).await {
                 tracing::debug!("the checkpoint object of {}: {e}", t.id);
@@ -212,11 +213,12 @@ impl<F: Fabric> Sync<F> {
             && c.state.len() > INLINE_CHECKPOINT_BYTES
         {
             let name = artifact_name(&t.id);
-            let objects = self.objects().await?;
             let state = std::mem::take(&mut c.state);
-            objects.put(&name, state.into()).await?;
+            if self.artifacts.get(&t.id) != Some(&c.hash) {
+                self.objects().await?.put(&name, state.into()).await?;
+                self.artifacts.insert(t.id.clone(), c.hash);
+            }
             c.artifact = Some(name);
-            self.artifacts.insert(t.id.clone());
         }
         let r = FleetTask {
             owner: self.me.clone(),
