@@ -151,6 +151,10 @@ pub struct Config {
     pub models: crate::gpu::ModelsConfig,
     /// The fleet's stable service addresses: where this agent listens, where it is reached.
     pub addresses: AddressesConfig,
+    /// Certificates and the encryption of directed messages.
+    pub trust: crate::transport::TrustConfig,
+    /// How the agent reaches its NATS servers: credentials and TLS.
+    pub nats: crate::transport::NatsConfig,
 }
 
 impl Default for Config {
@@ -198,6 +202,8 @@ impl Default for Config {
             child_users: vec!["nobody".into()],
             models: Default::default(),
             addresses: Default::default(),
+            trust: Default::default(),
+            nats: Default::default(),
         }
     }
 }
@@ -335,6 +341,10 @@ impl Config {
                 message: format!("{a} is not an address a machine is reached at"),
             });
         }
+        self.trust
+            .check()
+            .and_then(|()| self.nats.check())
+            .map_err(|(field, message)| ConfigError { field, message })?;
         self.models
             .check()
             .map_err(|(field, message)| ConfigError { field, message })

@@ -31,6 +31,8 @@ pub mod routing;
 pub mod sampler;
 pub mod tasks;
 pub mod time;
+pub mod transport;
+pub mod trust;
 pub mod weight;
 
 pub use auth::{AuthConfig, AuthCounters, Keyring, Reject, Rejected};
@@ -44,4 +46,5 @@ pub use node::{Host, Hosted, Input, Node, Output, StartOrder, Steward};
 pub use registry::{Registry, RunningInstance};
 pub use rng::Rng;
 pub use time::Time;
+pub use trust::{Anchor, Authority, Refusal};
 pub use weight::{GAMMA_1, Gate, composite, level_weight};

@@ -20,6 +20,10 @@ impl Time {
     pub const fn from_millis(ms: u64) -> Time {
         Time(ms * 1000)
     }
+    pub const fn as_millis(self) -> u64 {
+        self.0 / 1000
+    }
+
     pub const fn as_micros(self) -> u64 {
         self.0
     }

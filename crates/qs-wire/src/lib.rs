@@ -15,6 +15,7 @@ pub mod resources;
 pub mod spec;
 pub mod task;
 pub mod task_bus;
+pub mod trust;
 
 pub use envelope::{Envelope, MessageId, WIRE_VERSION, WireError};
 pub use event::{DeclineFrom, Event, LocalVerdict, ModelStep, OfferFrom, Record, SenseReason};

@@ -1,13 +1,23 @@
 //! Authenticated envelopes: sealing what a node sends and deciding whether what it receives is
 //! genuine, fresh and new.
 //!
-//! Each node holds an Ed25519 key pair; the fleet's registry holds the public keys, and the
-//! shell teaches them to the [`Keyring`]. A broadcast (a heartbeat) is signed with Ed25519. A
-//! directed message is sealed with HMAC-SHA-256 under the session key of its (sender,
-//! receiver) pair, derived without a handshake from the two Ed25519 keys (each turned into
-//! its X25519 form, as libsodium's `crypto_sign_ed25519_pk_to_curve25519` does, then a
-//! static Diffie-Hellman): a MAC costs a microsecond where a signature check costs tens, and
-//! only the pair can compute it.
+//! Each node holds an Ed25519 key pair (and an ML-KEM-768 key derived from the same
+//! secret). The fleet's registry holds each node's certificate, signed by the fleet
+//! authority ([`crate::trust`]), and the shell hands them to the [`Keyring`], which keeps a
+//! peer only under a valid one: unexpired, unrevoked, of this fleet. A single lab machine may
+//! instead trust the first key registered under a name (trust on first use, no anchor).
+//!
+//! A broadcast (a heartbeat) is signed with Ed25519 and stays readable. A directed message is
+//! encrypted with ChaCha20-Poly1305 under a short-lived session key of its (sender, receiver)
+//! pair from a hybrid X25519 + ML-KEM-768 agreement (`session.rs`). Where encryption is off,
+//! or the peer has no ML-KEM key (trust on first use), it is sealed with HMAC-SHA-256 under
+//! the pair's static key, derived without a handshake from the two Ed25519 keys (each turned
+//! into its X25519 form, as libsodium's `crypto_sign_ed25519_pk_to_curve25519` does, then a
+//! static Diffie-Hellman).
+//!
+//! Under certificates, a message is also refused when its sender's certificate has expired or
+//! was revoked, and when it is outside the sender's capabilities (a capacity query from a
+//! node that may not steward, an offer from one that may not host).
 //!
 //! A receiver drops, and counts by reason: frames without a tag, senders it has no key for,
 //! bad tags, timestamps further from its clock than `max_clock_skew_ms`, replays (a
@@ -25,16 +35,23 @@
 //! strangers off the bus is the transport's part (NATS accounts and TLS); what they send
 //! there costs a node nothing but the check.
 
+mod replay;
+mod session;
+
 use crate::time::Time;
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
-use hmac::{Hmac, Mac};
-use qs_wire::frame::{MAC_LEN, SIGNATURE_LEN};
+use crate::trust::{Anchor, Refusal};
+use ed25519_dalek::{Signature, Signer, Verifier, VerifyingKey};
+use hmac::Mac;
+use qs_wire::frame::{EncryptedHeader, MAC_LEN, SIGNATURE_LEN};
+use qs_wire::trust::{Capability, Signed};
 use qs_wire::{Envelope, Frame, FrameKind, Message, NodeId};
-use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
+use replay::ReplayWindow;
+use session::{Drbg, EncapsulationKey, Local, OpenError};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-type HmacSha256 = Hmac<Sha256>;
+/// Revocations a keyring remembers (each until the certificate it revokes would expire).
+pub const MAX_REVOCATIONS: usize = 65_536;
 
 /// What a [`Keyring::tag`] covers first: no encoded envelope (a sealed frame's MAC) begins so.
 const TAG_DOMAIN: &[u8] = b"quasicrystal tag v1\0";
@@ -64,10 +81,18 @@ pub enum Reject {
     Quarantined,
     /// Authenticated, but it breaks a rule of the message (see [`Envelope::validate`]).
     Invalid,
+    /// The sender's certificate has expired.
+    Expired,
+    /// The sender's certificate was revoked.
+    Revoked,
+    /// Outside what the sender's certificate lets it do.
+    Capability,
+    /// Encrypted under a session the receiver does not hold, without the handshake to open it.
+    NoSession,
 }
 
 impl Reject {
-    pub const ALL: [Reject; 8] = [
+    pub const ALL: [Reject; 12] = [
         Reject::Malformed,
         Reject::Unsigned,
         Reject::UnknownSender,
@@ -76,6 +101,10 @@ impl Reject {
         Reject::Replay,
         Reject::Quarantined,
         Reject::Invalid,
+        Reject::Expired,
+        Reject::Revoked,
+        Reject::Capability,
+        Reject::NoSession,
     ];
 
     /// The label in metrics and logs.
@@ -89,13 +118,17 @@ impl Reject {
             Reject::Replay => "replay",
             Reject::Quarantined => "quarantined",
             Reject::Invalid => "invalid",
+            Reject::Expired => "expired",
+            Reject::Revoked => "revoked",
+            Reject::Capability => "capability",
+            Reject::NoSession => "no_session",
         }
     }
 
     /// Whether it counts towards the sender's quarantine: only what the sender itself
     /// signed can (see the module docs).
     const fn strikes(self) -> bool {
-        matches!(self, Reject::Invalid)
+        matches!(self, Reject::Invalid | Reject::Capability)
     }
 }
 
@@ -128,9 +161,10 @@ impl fmt::Display for Rejected {
 
 /// A public key that is not a valid Ed25519 point.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("public key of {node} is not a valid Ed25519 key")]
+#[error("key of {node}: {reason}")]
 pub struct KeyError {
     pub node: NodeId,
+    pub reason: &'static str,
 }
 
 /// Tunables of authentication (see the module docs).
@@ -142,6 +176,11 @@ pub struct AuthConfig {
     pub quarantine_after: u32,
     pub quarantine_window_ms: u64,
     pub quarantine_ms: u64,
+    /// Encrypt directed messages to peers with an ML-KEM key (otherwise: HMAC-sealed).
+    pub encrypt: bool,
+    /// A session is replaced after this long, or this many messages.
+    pub rekey_after_ms: u64,
+    pub rekey_after_messages: u64,
 }
 
 impl AuthConfig {
@@ -152,6 +191,9 @@ impl AuthConfig {
             quarantine_after: config.quarantine_after,
             quarantine_window_ms: config.quarantine_window_ms,
             quarantine_ms: config.quarantine_ms,
+            encrypt: config.trust.encrypt,
+            rekey_after_ms: config.trust.rekey_after_ms,
+            rekey_after_messages: config.trust.rekey_after_messages,
         }
     }
 }
@@ -161,76 +203,41 @@ impl AuthConfig {
 pub struct AuthCounters {
     pub accepted: u64,
     /// Per [`Reject::ALL`] index.
-    pub rejected: [u64; 8],
+    pub rejected: [u64; Reject::ALL.len()],
     pub quarantines: u64,
+    /// Certificates and revocations refused, per [`Refusal::ALL`] index.
+    pub refused: [u64; Refusal::ALL.len()],
 }
 
 impl AuthCounters {
     pub fn rejected(&self, reason: Reject) -> u64 {
         self.rejected[reason as usize]
     }
-}
 
-/// A node of this process: its signing key and the session keys it has derived.
-struct Local {
-    signing: SigningKey,
-    /// Session MACs, keyed, per peer (cloning a keyed HMAC skips the key schedule).
-    sessions: BTreeMap<NodeId, HmacSha256>,
-}
-
-/// Which recent sequence numbers of a sender were seen: a ring of [`REPLAY_WINDOW`] bits
-/// ending at the highest.
-#[derive(Clone, Debug, Default)]
-struct ReplayWindow {
-    highest: Option<u64>,
-    bits: [u64; (REPLAY_WINDOW / 64) as usize],
-}
-
-impl ReplayWindow {
-    fn bit(seq: u64) -> (usize, u64) {
-        let i = seq % REPLAY_WINDOW;
-        ((i / 64) as usize, 1 << (i % 64))
-    }
-
-    /// Whether `seq` is new; if so it is remembered.
-    fn admit(&mut self, seq: u64) -> bool {
-        let Some(highest) = self.highest else {
-            self.highest = Some(seq);
-            let (w, b) = Self::bit(seq);
-            self.bits[w] |= b;
-            return true;
-        };
-        if seq > highest {
-            if seq - highest >= REPLAY_WINDOW {
-                self.bits = Default::default();
-            } else {
-                for s in highest + 1..seq {
-                    let (w, b) = Self::bit(s);
-                    self.bits[w] &= !b;
-                }
-            }
-            self.highest = Some(seq);
-            let (w, b) = Self::bit(seq);
-            self.bits[w] |= b;
-            return true;
-        }
-        if highest - seq >= REPLAY_WINDOW {
-            return false;
-        }
-        let (w, b) = Self::bit(seq);
-        let new = self.bits[w] & b == 0;
-        self.bits[w] |= b;
-        new
+    pub fn refused(&self, reason: Refusal) -> u64 {
+        self.refused[reason as usize]
     }
 }
 
 /// A peer: its key, what it has sent, and its standing.
 struct Peer {
     key: VerifyingKey,
+    /// Under certificates: what it was granted.
+    cert: Option<PeerCert>,
     window: ReplayWindow,
     strikes: u32,
     strikes_since: Time,
     quarantined_until: Option<Time>,
+}
+
+/// What a peer's certificate says, as the keyring needs it.
+struct PeerCert {
+    serial: u64,
+    not_before_ms: u64,
+    not_after: Time,
+    capabilities: BTreeSet<Capability>,
+    kem: Box<EncapsulationKey>,
+    revoked: bool,
 }
 
 /// A message that passed every check but its signature.
@@ -239,49 +246,206 @@ struct Pending<'a> {
     frame: Frame<'a>,
     /// The local receiver of a sealed message.
     to: Option<&'a NodeId>,
+    /// An encrypted frame that opened (its tag is the cipher's).
+    decrypted: bool,
+}
+
+/// A peer's certificate as the registry lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertificateView {
+    pub node: NodeId,
+    pub serial: u64,
+    pub not_after: Time,
+    pub capabilities: BTreeSet<Capability>,
+    pub revoked: bool,
 }
 
 /// The keys of this process's nodes and of its peers, and the receiving side's memory.
 pub struct Keyring {
     config: AuthConfig,
+    /// Under certificates: the fleet's authority. `None`: trust on first use.
+    anchor: Option<Anchor>,
     local: BTreeMap<NodeId, Local>,
     peers: BTreeMap<NodeId, Peer>,
+    /// Revoked serials, with when the certificate they revoke would have expired.
+    revoked: BTreeMap<u64, Time>,
+    rng: Drbg,
     counters: AuthCounters,
 }
 
 impl Keyring {
+    /// A keyring that trusts the keys its shell hands it ([`Keyring::learn`]): trust on
+    /// first use, for one lab machine.
     pub fn new(config: AuthConfig) -> Self {
         Keyring {
             config,
+            anchor: None,
             local: BTreeMap::new(),
             peers: BTreeMap::new(),
+            revoked: BTreeMap::new(),
+            rng: Drbg::new(),
             counters: AuthCounters::default(),
         }
+    }
+
+    /// A keyring that keeps a peer only under a certificate `anchor`'s authority signed.
+    pub fn with_anchor(config: AuthConfig, anchor: Anchor) -> Self {
+        Keyring {
+            anchor: Some(anchor),
+            ..Keyring::new(config)
+        }
+    }
+
+    pub fn anchor(&self) -> Option<&Anchor> {
+        self.anchor.as_ref()
+    }
+
+    /// Mixes randomness from the OS into what session keys are drawn from (the shell calls
+    /// it once at start, before anything is sent).
+    pub fn reseed(&mut self, entropy: &[u8]) {
+        self.rng.reseed(entropy);
     }
 
     /// Adds a node of this process, with the 32 secret bytes of its key (the shell keeps them
     /// on disk); returns its public key. It is also a peer: nodes of one process talk too.
     pub fn add_local(&mut self, node: NodeId, secret: [u8; 32]) -> [u8; 32] {
-        let signing = SigningKey::from_bytes(&secret);
-        let public = signing.verifying_key().to_bytes();
-        self.local.insert(
-            node.clone(),
-            Local {
-                signing,
-                sessions: BTreeMap::new(),
-            },
-        );
+        let local = Local::new(secret);
+        let public = local.signing.verifying_key().to_bytes();
+        self.rng.reseed(&secret);
+        self.local.insert(node.clone(), local);
         // The key of one of our own nodes is valid by construction.
-        let _ = self.learn(node, public);
+        let _ = self.insert_peer(node, VerifyingKey::from_bytes(&public).expect("ours"), None);
         public
     }
 
-    /// Learns (or relearns) a peer's public key from the registry.
+    /// The ML-KEM-768 key of a node of this process, for its certificate.
+    pub fn kem_public(&self, node: &NodeId) -> Option<Vec<u8>> {
+        self.local.get(node).map(Local::kem_public)
+    }
+
+    /// Trust on first use: learns (or relearns) a peer's public key from the registry. Under
+    /// certificates a bare key is refused: only [`Keyring::learn_certificate`] teaches one.
     pub fn learn(&mut self, node: NodeId, public: [u8; 32]) -> Result<(), KeyError> {
-        let key = VerifyingKey::from_bytes(&public).map_err(|_| KeyError { node: node.clone() })?;
+        if self.anchor.is_some() {
+            return Err(KeyError {
+                node,
+                reason: "a bare key, where the fleet requires certificates",
+            });
+        }
+        let key = VerifyingKey::from_bytes(&public).map_err(|_| KeyError {
+            node: node.clone(),
+            reason: "not a valid Ed25519 key",
+        })?;
+        self.insert_peer(node, key, None);
+        Ok(())
+    }
+
+    /// Learns a peer's certificate from the registry: kept when the authority signed it for
+    /// this fleet, it is valid at `now`, its serial is not revoked and it is no older than
+    /// the one held. Refusals are counted.
+    pub fn learn_certificate(&mut self, signed: &Signed, now: Time) -> Result<NodeId, Refusal> {
+        let r = self.check_certificate(signed, now);
+        if let Err(reason) = r {
+            self.counters.refused[reason as usize] += 1;
+        }
+        let (cert, kem) = r?;
+        let key = VerifyingKey::from_bytes(&cert.ed25519_key()).map_err(|_| Refusal::Malformed)?;
+        let node = cert.node.clone();
+        if let Some(held) = self.peers.get(&node).and_then(|p| p.cert.as_ref())
+            && held.not_before_ms > cert.not_before_ms
+        {
+            // An older certificate written over a newer one changes nothing.
+            return Ok(node);
+        }
+        self.insert_peer(
+            node.clone(),
+            key,
+            Some(PeerCert {
+                serial: cert.serial,
+                not_before_ms: cert.not_before_ms,
+                not_after: Time::from_millis(cert.not_after_ms),
+                capabilities: cert.capabilities,
+                kem: Box::new(kem),
+                revoked: false,
+            }),
+        );
+        Ok(node)
+    }
+
+    fn check_certificate(
+        &self,
+        signed: &Signed,
+        now: Time,
+    ) -> Result<(qs_wire::trust::Certificate, EncapsulationKey), Refusal> {
+        let anchor = self.anchor.as_ref().ok_or(Refusal::Malformed)?;
+        let cert = anchor.certificate(signed, now.as_millis())?;
+        if self.revoked.contains_key(&cert.serial) {
+            return Err(Refusal::Revoked);
+        }
+        let kem_bytes = cert.ml_kem_key();
+        let kem_key = ml_kem::Key::<EncapsulationKey>::try_from(kem_bytes.as_slice())
+            .map_err(|_| Refusal::Malformed)?;
+        let kem = EncapsulationKey::new(&kem_key).map_err(|_| Refusal::Malformed)?;
+        Ok((cert, kem))
+    }
+
+    /// Applies a revocation from the registry: signed by the authority for this fleet. The
+    /// revoked node's messages are refused from now on, and so is its certificate.
+    pub fn revoke(&mut self, signed: &Signed, now: Time) -> Result<NodeId, Refusal> {
+        let r = self
+            .anchor
+            .as_ref()
+            .ok_or(Refusal::Malformed)
+            .and_then(|a| a.revocation(signed));
+        let r = match r {
+            Ok(r) => r,
+            Err(reason) => {
+                self.counters.refused[reason as usize] += 1;
+                return Err(reason);
+            }
+        };
+        self.revoked
+            .retain(|_, until| until.as_millis() > now.as_millis());
+        if self.revoked.len() < MAX_REVOCATIONS {
+            self.revoked
+                .insert(r.serial, Time::from_millis(r.not_after_ms));
+        }
+        if let Some(cert) = self
+            .peers
+            .get_mut(&r.node)
+            .and_then(|p| p.cert.as_mut())
+            .filter(|c| c.serial == r.serial)
+        {
+            cert.revoked = true;
+        }
+        Ok(r.node)
+    }
+
+    /// The certificates held, by node.
+    pub fn certificates(&self) -> Vec<CertificateView> {
+        self.peers
+            .iter()
+            .filter_map(|(n, p)| {
+                let c = p.cert.as_ref()?;
+                Some(CertificateView {
+                    node: n.clone(),
+                    serial: c.serial,
+                    not_after: c.not_after,
+                    capabilities: c.capabilities.clone(),
+                    revoked: c.revoked,
+                })
+            })
+            .collect()
+    }
+
+    /// Puts a peer's key (and certificate); a changed key drops what the pair had derived.
+    fn insert_peer(&mut self, node: NodeId, key: VerifyingKey, cert: Option<PeerCert>) {
         if let Some(peer) = self.peers.get_mut(&node) {
+            if cert.is_some() {
+                peer.cert = cert;
+            }
             if peer.key == key {
-                return Ok(());
+                return;
             }
             peer.key = key;
         } else {
@@ -289,6 +453,7 @@ impl Keyring {
                 node.clone(),
                 Peer {
                     key,
+                    cert,
                     window: ReplayWindow::default(),
                     strikes: 0,
                     strikes_since: Time::ZERO,
@@ -297,9 +462,8 @@ impl Keyring {
             );
         }
         for local in self.local.values_mut() {
-            local.sessions.remove(&node);
+            local.pairs.remove(&node);
         }
-        Ok(())
     }
 
     /// Forgets a peer whose registry entry was removed.
@@ -308,7 +472,7 @@ impl Keyring {
             self.peers.remove(node);
         }
         for local in self.local.values_mut() {
-            local.sessions.remove(node);
+            local.pairs.remove(node);
         }
     }
 
@@ -332,12 +496,38 @@ impl Keyring {
     /// its key is known, signed otherwise (and for broadcasts); open when authentication is
     /// off or `from` has no key here.
     pub fn seal(&mut self, from: &NodeId, to: Option<&NodeId>, body: &[u8]) -> Vec<u8> {
+        self.seal_at(from, to, body, None)
+    }
+
+    /// [`Keyring::seal`], encrypting a directed message when encryption is on and the
+    /// receiver has an ML-KEM key, under a session that `now` may find due for a rekey.
+    pub fn seal_at(
+        &mut self,
+        from: &NodeId,
+        to: Option<&NodeId>,
+        body: &[u8],
+        now: Option<Time>,
+    ) -> Vec<u8> {
         let Some(local) = self.local.get_mut(from).filter(|_| self.config.required) else {
             return Frame::write(FrameKind::Open, &[], body);
         };
-        if let Some(peer) = to.and_then(|to| self.peers.get(to).map(|p| (to, p))) {
-            let mac = session(local, peer.0, &peer.1.key);
-            let mut mac = mac.clone();
+        if let Some((to, peer)) = to.and_then(|to| self.peers.get(to).map(|p| (to, p))) {
+            let kem = peer.cert.as_ref().map(|c| &c.kem);
+            if let (Some(kem), Some(now), true) = (kem, now, self.config.encrypt) {
+                let pair = local.pair(to, &peer.key);
+                return session::encrypt(
+                    pair,
+                    from,
+                    to,
+                    &peer.key,
+                    kem,
+                    &mut self.rng,
+                    &self.config,
+                    body,
+                    now,
+                );
+            }
+            let mut mac = local.pair(to, &peer.key).mac.clone();
             mac.update(body);
             let tag = mac.finalize().into_bytes();
             return Frame::write(FrameKind::Sealed, &tag, body);
@@ -356,7 +546,7 @@ impl Keyring {
         }
         let key = self.peers.get(to)?.key;
         let local = self.local.get_mut(from)?;
-        let mut mac = session(local, to, &key).clone();
+        let mut mac = local.pair(to, &key).mac.clone();
         mac.update(TAG_DOMAIN);
         mac.update(bytes);
         Some(mac.finalize().into_bytes().into())
@@ -378,11 +568,14 @@ impl Keyring {
         if peer.quarantined_until.is_some_and(|t| t > now) || tag.len() != MAC_LEN {
             return false;
         }
+        if self.standing(peer, now).is_some() || !self.may(peer, Capability::Api) {
+            return false;
+        }
         let key = peer.key;
         let Some(local) = self.local.get_mut(to) else {
             return false;
         };
-        let mut mac = session(local, from, &key).clone();
+        let mut mac = local.pair(from, &key).mac.clone();
         mac.update(TAG_DOMAIN);
         mac.update(bytes);
         mac.verify_slice(tag).is_ok()
@@ -427,21 +620,109 @@ impl Keyring {
         bytes: &'a [u8],
         now: Time,
     ) -> Result<Pending<'a>, Rejected> {
-        let (frame, env) =
-            unframe(bytes).map_err(|e| self.reject(Reject::Malformed, None, now, Some(e)))?;
-        if !self.config.required {
-            return Ok(Pending { env, frame, to });
+        let frame = Frame::parse(bytes)
+            .map_err(|e| self.reject(Reject::Malformed, None, now, Some(e.to_string())))?;
+        if frame.kind == FrameKind::Encrypted && self.config.required {
+            return self.screen_encrypted(to, frame, now);
         }
-        let Some(peer) = self.peers.get(&env.sender) else {
-            return Err(self.reject(Reject::UnknownSender, Some(env.sender), now, None));
+        let env = Envelope::decode(frame.body)
+            .map_err(|e| self.reject(Reject::Malformed, None, now, Some(e.to_string())))?;
+        let pending = Pending {
+            env,
+            frame,
+            to,
+            decrypted: false,
+        };
+        if !self.config.required {
+            return Ok(pending);
+        }
+        self.check_sender(&pending.env.sender, now)?;
+        if frame.kind == FrameKind::Open {
+            return Err(self.reject(Reject::Unsigned, Some(pending.env.sender), now, None));
+        }
+        Ok(pending)
+    }
+
+    /// Decrypts an encrypted frame, then decodes the envelope inside, which must be its
+    /// sender's.
+    fn screen_encrypted<'a>(
+        &mut self,
+        to: Option<&'a NodeId>,
+        frame: Frame<'a>,
+        now: Time,
+    ) -> Result<Pending<'a>, Rejected> {
+        let header = EncryptedHeader::parse(frame.tag);
+        let sender = header
+            .and_then(|h| std::str::from_utf8(h.sender).ok())
+            .and_then(|s| NodeId::new(s).ok());
+        let (Some(header), Some(sender)) = (header, sender) else {
+            let detail = Some("encrypted frame's header".to_string());
+            return Err(self.reject(Reject::Malformed, None, now, detail));
+        };
+        self.check_sender(&sender, now)?;
+        let key = self.peers.get(&sender).map(|p| p.key);
+        let (Some(to), Some(key)) = (to, key) else {
+            return Err(self.reject(Reject::BadSignature, Some(sender), now, None));
+        };
+        let Some(local) = self.local.get_mut(to) else {
+            return Err(self.reject(Reject::BadSignature, Some(sender), now, None));
+        };
+        let plain = match session::decrypt(local, &sender, to, &key, &header, &frame) {
+            Ok(plain) => plain,
+            Err(OpenError::NoSession) => {
+                return Err(self.reject(Reject::NoSession, Some(sender), now, None));
+            }
+            Err(OpenError::Refused) => {
+                return Err(self.reject(Reject::BadSignature, Some(sender), now, None));
+            }
+        };
+        let env = Envelope::decode(&plain)
+            .map_err(|e| self.reject(Reject::Malformed, None, now, Some(e.to_string())))?;
+        if env.sender != sender {
+            return Err(self.reject(Reject::BadSignature, Some(sender), now, None));
+        }
+        Ok(Pending {
+            env,
+            frame,
+            to: Some(to),
+            decrypted: true,
+        })
+    }
+
+    /// Drops what comes from a sender the keyring does not know, has quarantined, or holds
+    /// no good certificate of.
+    fn check_sender(&mut self, sender: &NodeId, now: Time) -> Result<(), Rejected> {
+        let Some(peer) = self.peers.get(sender) else {
+            return Err(self.reject(Reject::UnknownSender, Some(sender.clone()), now, None));
         };
         if peer.quarantined_until.is_some_and(|t| t > now) {
-            return Err(self.reject(Reject::Quarantined, Some(env.sender), now, None));
+            return Err(self.reject(Reject::Quarantined, Some(sender.clone()), now, None));
         }
-        if frame.kind == FrameKind::Open {
-            return Err(self.reject(Reject::Unsigned, Some(env.sender), now, None));
+        if let Some(reason) = self.standing(peer, now) {
+            return Err(self.reject(reason, Some(sender.clone()), now, None));
         }
-        Ok(Pending { env, frame, to })
+        Ok(())
+    }
+
+    /// Under certificates, why a peer's messages are refused whatever they say: no
+    /// certificate, a revoked one, an expired one.
+    fn standing(&self, peer: &Peer, now: Time) -> Option<Reject> {
+        self.anchor.as_ref()?;
+        match &peer.cert {
+            None => Some(Reject::UnknownSender),
+            Some(c) if c.revoked => Some(Reject::Revoked),
+            Some(c) if now >= c.not_after => Some(Reject::Expired),
+            Some(_) => None,
+        }
+    }
+
+    /// Whether a peer may do what `capability` allows: always under trust on first use.
+    fn may(&self, peer: &Peer, capability: Capability) -> bool {
+        self.anchor.is_none()
+            || peer
+                .cert
+                .as_ref()
+                .is_some_and(|c| c.capabilities.contains(&capability))
     }
 
     /// Checks every Ed25519 signature among `pending`: as one batch when there are enough,
@@ -487,6 +768,7 @@ impl Keyring {
             let tag_ok = match p.frame.kind {
                 FrameKind::Signed => signature_ok.unwrap_or(false),
                 FrameKind::Sealed => self.check_mac(p.to, sender, p.frame.tag, p.frame.body),
+                FrameKind::Encrypted => p.decrypted,
                 FrameKind::Open => false,
             };
             if !tag_ok {
@@ -507,6 +789,20 @@ impl Keyring {
         if let Err(detail) = checked(&p.env) {
             return Err(self.reject(Reject::Invalid, Some(p.env.sender), now, Some(detail)));
         }
+        if let Some(capability) = required_capability(&p.env.payload)
+            && self.config.required
+            && !self
+                .peers
+                .get(&p.env.sender)
+                .is_some_and(|peer| self.may(peer, capability))
+        {
+            let detail = Some(format!(
+                "a {} needs the {} capability",
+                p.env.payload.kind(),
+                capability.as_str()
+            ));
+            return Err(self.reject(Reject::Capability, Some(p.env.sender), now, detail));
+        }
         self.counters.accepted += 1;
         Ok(p.env)
     }
@@ -515,10 +811,11 @@ impl Keyring {
         let (Some(to), Some(peer)) = (to, self.peers.get(sender)) else {
             return false;
         };
+        let key = peer.key;
         let Some(local) = self.local.get_mut(to) else {
             return false;
         };
-        let mut mac = session(local, sender, &peer.key).clone();
+        let mut mac = local.pair(sender, &key).mac.clone();
         mac.update(body);
         tag.len() == MAC_LEN && mac.verify_slice(tag).is_ok()
     }
@@ -597,26 +894,21 @@ pub fn open_unauthenticated(bytes: &[u8]) -> Result<Envelope<Message>, Rejected>
     }
 }
 
-/// The keyed MAC of the pair (local node, peer), derived on first use: SHA-256 over a label,
-/// the X25519 shared secret and both public keys in order.
-fn session<'a>(local: &'a mut Local, peer: &NodeId, peer_key: &VerifyingKey) -> &'a HmacSha256 {
-    local.sessions.entry(peer.clone()).or_insert_with(|| {
-        let shared = peer_key
-            .to_montgomery()
-            .mul_clamped(local.signing.to_scalar_bytes());
-        let mut h = Sha256::new();
-        h.update(b"quasicrystal session v1\0");
-        h.update(shared.as_bytes());
-        let mine = local.signing.verifying_key().to_bytes();
-        let theirs = peer_key.to_bytes();
-        let (a, b) = if mine <= theirs {
-            (mine, theirs)
-        } else {
-            (theirs, mine)
-        };
-        h.update(a);
-        h.update(b);
-        let key = h.finalize();
-        HmacSha256::new_from_slice(&key).expect("HMAC takes keys of any length")
-    })
+/// What a message asks of its sender's certificate: stewarding for what a steward sends,
+/// hosting for what a host answers; nothing for heartbeats and failure detection, which
+/// every member takes part in.
+pub fn required_capability(message: &Message) -> Option<Capability> {
+    match message {
+        Message::CapacityQuery { .. }
+        | Message::Dispatch { .. }
+        | Message::Stop { .. }
+        | Message::Promote { .. } => Some(Capability::Steward),
+        Message::Offer { .. } | Message::Decline { .. } | Message::DispatchReply { .. } => {
+            Some(Capability::Host)
+        }
+        Message::Heartbeat(_)
+        | Message::Ping { .. }
+        | Message::PingReq { .. }
+        | Message::Ack { .. } => None,
+    }
 }

@@ -1,0 +1,395 @@
+//! The fleet authority's decisions, sans-IO: signing tokens, certificates and revocations
+//! with the authority's key, and judging them with its public half (the [`Anchor`] every node
+//! holds). The shell stores and carries the documents (`qs fleet`, the agent's join service);
+//! every verdict on one is made here, with the time as an argument.
+//!
+//! A certificate binds a node's name to its Ed25519 key (which signs and authenticates what
+//! it sends) and its ML-KEM-768 key (which peers encapsulate session keys to), with a level,
+//! capabilities and a validity window, under a serial. Peers take a node's messages only
+//! under such a certificate, unexpired and unrevoked ([`crate::auth::Keyring`]).
+
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use qs_wire::NodeId;
+use qs_wire::identity::hex;
+use qs_wire::trust::{
+    Capability, Certificate, DocError, Document, JoinRequest, JoinToken, Revocation, Signed,
+};
+use std::collections::BTreeSet;
+
+/// How far a certificate's start may lie in the future of the checking node's clock (the
+/// authority's clock may run ahead of it).
+pub const NOT_BEFORE_SLACK_MS: u64 = 60_000;
+
+/// Why a trust document, or a message under one, was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Refusal {
+    /// Not a document, or one that breaks a rule of its kind.
+    Malformed,
+    /// The signature is not the authority's (or, for a join request, the node's own).
+    Forged,
+    /// Signed by this authority for another fleet.
+    OtherFleet,
+    /// Past its `not_after`.
+    Expired,
+    /// Before its `not_before`.
+    NotYetValid,
+    /// Its serial was revoked.
+    Revoked,
+    /// A join token that already brought a node in.
+    TokenUsed,
+    /// A join token past its expiry.
+    TokenExpired,
+    /// A renewal for a certificate this node does not hold, or with other keys.
+    NotRenewable,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 9] = [
+        Refusal::Malformed,
+        Refusal::Forged,
+        Refusal::OtherFleet,
+        Refusal::Expired,
+        Refusal::NotYetValid,
+        Refusal::Revoked,
+        Refusal::TokenUsed,
+        Refusal::TokenExpired,
+        Refusal::NotRenewable,
+    ];
+
+    /// The label in metrics and logs.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Malformed => "malformed",
+            Refusal::Forged => "forged",
+            Refusal::OtherFleet => "other_fleet",
+            Refusal::Expired => "expired",
+            Refusal::NotYetValid => "not_yet_valid",
+            Refusal::Revoked => "revoked",
+            Refusal::TokenUsed => "token_used",
+            Refusal::TokenExpired => "token_expired",
+            Refusal::NotRenewable => "not_renewable",
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<DocError> for Refusal {
+    fn from(_: DocError) -> Self {
+        Refusal::Malformed
+    }
+}
+
+/// What every node of a fleet trusts: the authority's public key and the fleet's name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Anchor {
+    pub fleet: String,
+    key: VerifyingKey,
+}
+
+impl Anchor {
+    pub fn new(fleet: &str, public: [u8; 32]) -> Result<Anchor, DocError> {
+        qs_wire::trust::check_fleet(fleet)?;
+        let key = VerifyingKey::from_bytes(&public).map_err(|_| DocError {
+            what: "authority key",
+            reason: "not a valid Ed25519 key".into(),
+        })?;
+        Ok(Anchor {
+            fleet: fleet.into(),
+            key,
+        })
+    }
+
+    pub fn public(&self) -> [u8; 32] {
+        self.key.to_bytes()
+    }
+
+    /// The first 16 hex digits of the authority's key.
+    pub fn fingerprint(&self) -> String {
+        hex(&self.key.to_bytes()[..8])
+    }
+
+    /// Checks the authority's signature, then decodes the body.
+    fn open<T: Document>(&self, signed: &Signed) -> Result<T, Refusal> {
+        verify(&self.key, signed)?;
+        Ok(signed.open::<T>()?)
+    }
+
+    /// A certificate of this fleet, signed by its authority, valid at `now_ms`.
+    pub fn certificate(&self, signed: &Signed, now_ms: u64) -> Result<Certificate, Refusal> {
+        let cert: Certificate = self.open(signed)?;
+        if cert.fleet != self.fleet {
+            return Err(Refusal::OtherFleet);
+        }
+        if now_ms >= cert.not_after_ms {
+            return Err(Refusal::Expired);
+        }
+        if now_ms + NOT_BEFORE_SLACK_MS < cert.not_before_ms {
+            return Err(Refusal::NotYetValid);
+        }
+        Ok(cert)
+    }
+
+    /// A revocation of this fleet, signed by its authority.
+    pub fn revocation(&self, signed: &Signed) -> Result<Revocation, Refusal> {
+        let r: Revocation = self.open(signed)?;
+        if r.fleet != self.fleet {
+            return Err(Refusal::OtherFleet);
+        }
+        Ok(r)
+    }
+
+    /// A join token of this fleet, signed by its authority, unexpired at `now_ms` (whether
+    /// it was used is the issuer's record).
+    pub fn token(&self, signed: &Signed, now_ms: u64) -> Result<JoinToken, Refusal> {
+        let t: JoinToken = self.open(signed)?;
+        if t.fleet != self.fleet {
+            return Err(Refusal::OtherFleet);
+        }
+        if now_ms >= t.not_after_ms {
+            return Err(Refusal::TokenExpired);
+        }
+        Ok(t)
+    }
+}
+
+/// Checks an Ed25519 signature over a document's body as received.
+fn verify(key: &VerifyingKey, signed: &Signed) -> Result<(), Refusal> {
+    let sig = Signature::from_bytes(&signed.signature_bytes()?);
+    key.verify(signed.body.as_bytes(), &sig)
+        .map_err(|_| Refusal::Forged)
+}
+
+/// Signs a document's body with `key`.
+pub fn sign<T: Document>(key: &SigningKey, doc: &T) -> Signed {
+    let body = doc.body();
+    let sig = key.sign(body.as_bytes()).to_bytes();
+    Signed::new(body, sig)
+}
+
+/// What a join request, checked, asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Granted {
+    pub node: NodeId,
+    pub ed25519: String,
+    pub ml_kem: String,
+    pub level: u8,
+    pub capabilities: BTreeSet<Capability>,
+    /// The token spent by a first certificate (its id), which the issuer records as used.
+    pub token_id: Option<String>,
+}
+
+/// The authority: its signing key and its fleet.
+pub struct Authority {
+    key: SigningKey,
+    anchor: Anchor,
+}
+
+impl Authority {
+    pub fn new(fleet: &str, secret: [u8; 32]) -> Result<Authority, DocError> {
+        let key = SigningKey::from_bytes(&secret);
+        let anchor = Anchor::new(fleet, key.verifying_key().to_bytes())?;
+        Ok(Authority { key, anchor })
+    }
+
+    pub fn anchor(&self) -> &Anchor {
+        &self.anchor
+    }
+
+    pub fn sign<T: Document>(&self, doc: &T) -> Signed {
+        sign(&self.key, doc)
+    }
+
+    /// Judges a join request (signed by the joining node's key) at `now_ms`: a first one
+    /// needs a token of this fleet, unexpired; a renewal needs `current`, the node's valid
+    /// certificate, for the same keys. `used` says whether a token id was spent already.
+    pub fn judge(
+        &self,
+        request: &Signed,
+        current: Option<&Certificate>,
+        used: impl Fn(&str) -> bool,
+        now_ms: u64,
+    ) -> Result<Granted, Refusal> {
+        let req: JoinRequest = request.open()?;
+        let node_key = VerifyingKey::from_bytes(
+            &qs_wire::identity::unhex(&req.ed25519).map_err(|_| Refusal::Malformed)?,
+        )
+        .map_err(|_| Refusal::Malformed)?;
+        // The request is signed by the key it asks a certificate for.
+        verify(&node_key, request)?;
+        if req.fleet != self.anchor.fleet {
+            return Err(Refusal::OtherFleet);
+        }
+        let granted = |level, capabilities, token_id| Granted {
+            node: req.node.clone(),
+            ed25519: req.ed25519.clone(),
+            ml_kem: req.ml_kem.clone(),
+            level,
+            capabilities,
+            token_id,
+        };
+        if let Some(token) = &req.token {
+            let t = self.anchor.token(token, now_ms)?;
+            if used(&t.id) {
+                return Err(Refusal::TokenUsed);
+            }
+            return Ok(granted(t.level, t.capabilities, Some(t.id)));
+        }
+        let Some(cur) = current else {
+            return Err(Refusal::NotRenewable);
+        };
+        if Some(cur.serial) != req.renews
+            || cur.node != req.node
+            || cur.ed25519 != req.ed25519
+            || cur.ml_kem != req.ml_kem
+        {
+            return Err(Refusal::NotRenewable);
+        }
+        if now_ms >= cur.not_after_ms {
+            return Err(Refusal::Expired);
+        }
+        Ok(granted(cur.level, cur.capabilities.clone(), None))
+    }
+
+    /// The certificate for what was granted: valid from `now_ms` (less a minute, for clocks
+    /// behind the authority's) for `lifetime_ms`.
+    pub fn certify(&self, g: &Granted, serial: u64, now_ms: u64, lifetime_ms: u64) -> Signed {
+        self.sign(&Certificate {
+            fleet: self.anchor.fleet.clone(),
+            serial,
+            node: g.node.clone(),
+            ed25519: g.ed25519.clone(),
+            ml_kem: g.ml_kem.clone(),
+            level: g.level,
+            capabilities: g.capabilities.clone(),
+            not_before_ms: now_ms.saturating_sub(NOT_BEFORE_SLACK_MS),
+            not_after_ms: now_ms.saturating_add(lifetime_ms),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qs_wire::trust::ML_KEM_KEY_LEN;
+
+    const HOUR_MS: u64 = 3_600_000;
+
+    fn node_key(i: u8) -> SigningKey {
+        SigningKey::from_bytes(&[i; 32])
+    }
+
+    fn request(
+        key: &SigningKey,
+        fleet: &str,
+        token: Option<Signed>,
+        renews: Option<u64>,
+    ) -> Signed {
+        sign(
+            key,
+            &JoinRequest {
+                fleet: fleet.into(),
+                node: NodeId::new("forge").unwrap(),
+                ed25519: hex(&key.verifying_key().to_bytes()),
+                ml_kem: hex(&[5; ML_KEM_KEY_LEN]),
+                token,
+                renews,
+                requested_at_ms: 0,
+            },
+        )
+    }
+
+    fn token(a: &Authority, fleet: &str, not_after_ms: u64) -> Signed {
+        a.sign(&JoinToken {
+            fleet: fleet.into(),
+            id: hex(&[1; 16]),
+            level: 2,
+            capabilities: Capability::member(),
+            not_after_ms,
+        })
+    }
+
+    #[test]
+    fn a_token_brings_a_node_in_once_and_its_certificate_renews() {
+        let a = Authority::new("lab", [9; 32]).unwrap();
+        let k = node_key(1);
+        let req = request(&k, "lab", Some(token(&a, "lab", HOUR_MS)), None);
+        let g = a.judge(&req, None, |_| false, 1000).unwrap();
+        assert_eq!((g.level, g.token_id.as_deref()), (2, Some(&*hex(&[1; 16]))));
+        assert_eq!(a.judge(&req, None, |_| true, 1000), Err(Refusal::TokenUsed));
+        let cert = a.certify(&g, 7, 1000, HOUR_MS);
+        let c = a.anchor().certificate(&cert, 2000).unwrap();
+        assert_eq!((c.serial, c.level), (7, 2));
+        let renew = request(&k, "lab", None, Some(7));
+        assert!(a.judge(&renew, Some(&c), |_| false, 2000).is_ok());
+        let wrong = request(&k, "lab", None, Some(8));
+        assert_eq!(
+            a.judge(&wrong, Some(&c), |_| false, 2000),
+            Err(Refusal::NotRenewable)
+        );
+    }
+
+    #[test]
+    fn each_bad_document_is_refused_with_its_reason() {
+        let a = Authority::new("lab", [9; 32]).unwrap();
+        let other = Authority::new("lab", [8; 32]).unwrap();
+        let k = node_key(1);
+        let g = a
+            .judge(
+                &request(&k, "lab", Some(token(&a, "lab", HOUR_MS)), None),
+                None,
+                |_| false,
+                0,
+            )
+            .unwrap();
+        let cert = a.certify(&g, 1, HOUR_MS, HOUR_MS);
+        let anchor = a.anchor();
+        let cases: Vec<(Result<Certificate, Refusal>, Refusal)> = vec![
+            (
+                anchor.certificate(&other.certify(&g, 1, HOUR_MS, HOUR_MS), HOUR_MS),
+                Refusal::Forged,
+            ),
+            (anchor.certificate(&cert, 3 * HOUR_MS), Refusal::Expired),
+            (anchor.certificate(&cert, 0), Refusal::NotYetValid),
+            (
+                Anchor::new("other", anchor.public())
+                    .unwrap()
+                    .certificate(&cert, HOUR_MS),
+                Refusal::OtherFleet,
+            ),
+            (
+                anchor.certificate(
+                    &Signed {
+                        body: cert.body.replace("\"level\":2", "\"level\":0"),
+                        ..cert.clone()
+                    },
+                    HOUR_MS,
+                ),
+                Refusal::Forged,
+            ),
+        ];
+        for (got, want) in cases {
+            assert_eq!(got, Err(want));
+        }
+        let expired = request(&k, "lab", Some(token(&a, "lab", 10)), None);
+        assert_eq!(
+            a.judge(&expired, None, |_| false, 10),
+            Err(Refusal::TokenExpired)
+        );
+        let foreign = request(&k, "lab", Some(token(&other, "lab", HOUR_MS)), None);
+        assert_eq!(a.judge(&foreign, None, |_| false, 0), Err(Refusal::Forged));
+        // A request signed by another key than the one it names proves nothing.
+        let mut stolen = request(&k, "lab", Some(token(&a, "lab", HOUR_MS)), None);
+        stolen.signature = hex(&node_key(2).sign(stolen.body.as_bytes()).to_bytes());
+        assert_eq!(a.judge(&stolen, None, |_| false, 0), Err(Refusal::Forged));
+        let elsewhere = request(&k, "lab2", Some(token(&a, "lab", HOUR_MS)), None);
+        assert_eq!(
+            a.judge(&elsewhere, None, |_| false, 0),
+            Err(Refusal::OtherFleet)
+        );
+    }
+}
