@@ -46,6 +46,9 @@ pub struct FleetOptions {
     pub authenticate: bool,
     /// Replace a registered key that differs from this node's (after a reinstall).
     pub rekey: bool,
+    /// How peers are trusted when `authenticate`: under the fleet authority's certificates,
+    /// or the first key registered under a name.
+    pub trust: crate::trust::Trust,
     /// Names the API's `Host` header may carry beyond loopback's and the listen address.
     pub api_hosts: Vec<String>,
     /// Serve the API over TLS with this certificate (otherwise plain HTTP).
@@ -68,6 +71,8 @@ pub enum FleetError {
     Fabric(qs_fabric::FabricError),
     #[error(transparent)]
     Identity(#[from] crate::identity::IdentityError),
+    #[error(transparent)]
+    Trust(#[from] crate::trust::TrustError),
     #[error("the API token: {0}")]
     Token(crate::AgentError),
     #[error("the model runtimes' executor: {0}")]
@@ -267,15 +272,34 @@ impl<F: Fabric> EmbeddedFleet<F> {
         };
         let (journal, writer) =
             crate::journal::Journal::start(ledger.clone(), retention, writer_stop_rx);
-        let auth = Arc::new(Auth::new(AuthConfig::from_config(
-            &opts.config,
-            opts.authenticate,
-        )));
+        let certified = match (&opts.trust, opts.authenticate) {
+            (crate::trust::Trust::Certificates(c), true) => Some(c.clone()),
+            _ => None,
+        };
+        let auth = Arc::new(Auth::new(
+            AuthConfig::from_config(&opts.config, opts.authenticate),
+            certified.as_ref().map(|c| c.anchor.clone()),
+        ));
         let mut own = Vec::new();
+        let mut certificates = Vec::new();
         if opts.authenticate {
             for spec in &opts.nodes {
                 let secret = identity::load_or_create_secret(&state, &spec.id)?;
                 let public = auth.add_local(spec.id.clone(), secret);
+                if let Some(c) = &certified {
+                    let cert = crate::trust::obtain(
+                        &fabric,
+                        &auth,
+                        c,
+                        &state,
+                        &spec.id,
+                        spec.level,
+                        &opts.config.trust,
+                    )
+                    .await?;
+                    certificates.push((spec.id.clone(), cert));
+                    continue;
+                }
                 own.push(identity::Own {
                     node: spec.id.clone(),
                     record: NodeRecord::new(
@@ -286,7 +310,7 @@ impl<F: Fabric> EmbeddedFleet<F> {
                     key_file: state.path(StateFile::Key(&spec.id)),
                 });
             }
-            if fabric.connected() {
+            if fabric.connected() && certified.is_none() {
                 identity::register_at_start(&fabric, &own, opts.rekey).await?;
             }
         }
@@ -385,6 +409,29 @@ impl<F: Fabric> EmbeddedFleet<F> {
                 opts.rekey,
                 stop_rx.clone(),
             ));
+        }
+        if let Some(c) = &certified {
+            for (node, cert) in certificates {
+                tasks.spawn(crate::trust::renew(
+                    fabric.clone(),
+                    auth.clone(),
+                    c.clone(),
+                    state.clone(),
+                    node,
+                    opts.config.trust.clone(),
+                    cert,
+                    stop_rx.clone(),
+                ));
+            }
+            if let Some(authority) = &c.authority {
+                tasks.spawn(crate::trust::serve_joins(
+                    fabric.clone(),
+                    authority.clone(),
+                    auth.clone(),
+                    opts.config.trust.certificate_lifetime_ms,
+                    stop_rx.clone(),
+                ));
+            }
         }
         let feed = membership
             .feed(

@@ -1,6 +1,8 @@
-//! Node identities: each node's Ed25519 key in the state directory, its public half in the
-//! fleet's `nodes` KV bucket, and the process's keyring ([`Auth`]), which learns every peer's
-//! key from that bucket and seals and opens every envelope the process sends and receives.
+//! Node identities: each node's Ed25519 key in the state directory; in the fleet's `nodes` KV
+//! bucket, each node's certificate from the fleet authority and the authority's revocations
+//! (or, trusting on first use, each node's bare public key); and the process's keyring
+//! ([`Auth`]), which learns every peer from that bucket and seals and opens every envelope
+//! the process sends and receives.
 //!
 //! Between the nodes of one process (`qs up` on the in-memory fabric) frames go open: nothing
 //! crosses a process boundary there. An agent on NATS requires a tag on everything it hears.
@@ -10,7 +12,8 @@ use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use qs_core::Time;
-use qs_core::auth::{AuthConfig, Keyring, Reject, Rejected};
+use qs_core::auth::{AuthConfig, CertificateView, Keyring, Reject, Rejected};
+use qs_core::trust::{Anchor, Refusal};
 use qs_fabric::{Fabric, FabricError, Kv, KvEvent};
 use qs_store::{StateDir, StateFile};
 use qs_wire::{Envelope, Event, Frame, FrameKind, Message, NodeId, NodeRecord};
@@ -171,6 +174,8 @@ pub struct Auth {
     keyring: Mutex<Keyring>,
     /// Messages dropped, by reason.
     pub rejected: Family<Vec<(String, String)>, Counter>,
+    /// Certificates, revocations and join requests refused, by reason.
+    pub refused: Family<Vec<(String, String)>, Counter>,
     /// Quarantines begun, waiting for a runtime to record them in the ledger.
     quarantines: Mutex<Vec<Event>>,
     /// Whether `quarantines` has any: every received message asks, so it asks no lock.
@@ -178,16 +183,31 @@ pub struct Auth {
 }
 
 impl Auth {
-    pub fn new(config: AuthConfig) -> Self {
+    /// A keyring under `anchor`'s certificates, or trusting on first use without one.
+    pub fn new(config: AuthConfig, anchor: Option<Anchor>) -> Self {
         let rejected = Family::default();
         for reason in Reject::ALL {
             // Every reason shows in /metrics from the start, at 0.
             let _ = rejected.get_or_create(&vec![("reason".into(), reason.as_str().into())]);
         }
+        let refused = Family::default();
+        for reason in Refusal::ALL {
+            let _ = refused.get_or_create(&vec![("reason".into(), reason.as_str().into())]);
+        }
+        let mut keyring = match anchor {
+            Some(anchor) => Keyring::with_anchor(config, anchor),
+            None => Keyring::new(config),
+        };
+        let mut entropy = [0u8; 32];
+        if getrandom::getrandom(&mut entropy).is_err() {
+            tracing::warn!("no randomness from the OS: session keys draw on the node keys alone");
+        }
+        keyring.reseed(&entropy);
         Auth {
             required: config.required,
-            keyring: Mutex::new(Keyring::new(config)),
+            keyring: Mutex::new(keyring),
             rejected,
+            refused,
             quarantines: Mutex::default(),
             quarantines_pending: AtomicBool::new(false),
         }
@@ -207,7 +227,43 @@ impl Auth {
         if !self.required {
             return Bytes::from(Frame::write(FrameKind::Open, &[], body));
         }
-        Bytes::from(self.keyring().seal(from, to, body))
+        let now = crate::clock::now();
+        Bytes::from(self.keyring().seal_at(from, to, body, Some(now)))
+    }
+
+    /// A node of this process's public keys: Ed25519 and ML-KEM-768.
+    pub fn own_keys(&self, node: &NodeId) -> Option<([u8; 32], Vec<u8>)> {
+        let k = self.keyring();
+        Some((k.public_key(node)?, k.kem_public(node)?))
+    }
+
+    /// A trust document signed by a node of this process.
+    pub fn sign_document<T: qs_wire::trust::Document>(
+        &self,
+        node: &NodeId,
+        doc: &T,
+    ) -> qs_wire::trust::Signed {
+        self.keyring()
+            .sign_document(node, doc)
+            .expect("a node of this process")
+    }
+
+    /// Counts a refusal of the join service.
+    pub fn count_refusal(&self, reason: Refusal) {
+        self.keyring().count_refusal(reason);
+        self.refused
+            .get_or_create(&vec![("reason".into(), reason.as_str().into())])
+            .inc();
+    }
+
+    /// The certificates held, by node (empty when trusting on first use).
+    pub fn certificates(&self) -> Vec<CertificateView> {
+        self.keyring().certificates()
+    }
+
+    /// Under certificates: the fleet's anchor.
+    pub fn anchor(&self) -> Option<Anchor> {
+        self.keyring().anchor().cloned()
     }
 
     /// Opens frames received by `to` (`None`: broadcasts); what is dropped is counted and
@@ -297,7 +353,46 @@ impl Auth {
         self.keyring().knows(node)
     }
 
-    fn learn(&self, node: &str, value: &[u8]) {
+    /// Learns a `nodes` entry: a revocation (`revoked.SERIAL`), a certificate, or (trusting
+    /// on first use) a bare key.
+    fn learn(&self, key: &str, value: &[u8]) {
+        if self.keyring().anchor().is_some() {
+            return self.learn_signed(key, value);
+        }
+        self.learn_key(key, value);
+    }
+
+    fn learn_signed(&self, key: &str, value: &[u8]) {
+        let now = crate::clock::now();
+        let verdict = qs_wire::trust::Signed::decode(value)
+            .map_err(|_| Refusal::Malformed)
+            .and_then(|signed| {
+                if key.starts_with("revoked.") {
+                    self.keyring().revoke(&signed, now)
+                } else {
+                    self.keyring().learn_certificate(&signed, now)
+                }
+            });
+        match verdict {
+            Ok(node) if key.starts_with("revoked.") => {
+                tracing::warn!("node {node}'s certificate was revoked: nothing it sends is heard");
+            }
+            Ok(_) => {}
+            Err(reason) => {
+                if reason == Refusal::Malformed {
+                    // The keyring counts what it judged; a document that does not decode
+                    // never reached it.
+                    self.keyring().count_refusal(reason);
+                }
+                self.refused
+                    .get_or_create(&vec![("reason".into(), reason.as_str().into())])
+                    .inc();
+                tracing::warn!(key, "ignored a registry entry: {reason}");
+            }
+        }
+    }
+
+    fn learn_key(&self, node: &str, value: &[u8]) {
         let Ok(id) = NodeId::new(node) else {
             return tracing::warn!(key = node, "ignored a registry entry: not a node id");
         };

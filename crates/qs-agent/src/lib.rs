@@ -34,6 +34,7 @@ pub mod sense;
 pub mod simgpu;
 pub mod specs;
 pub mod tasks;
+pub mod trust;
 mod upstream;
 pub mod v1;
 

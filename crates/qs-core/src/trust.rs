@@ -204,6 +204,40 @@ impl Authority {
         sign(&self.key, doc)
     }
 
+    /// A single-use join token with id `id`, valid until `not_after_ms`.
+    pub fn token(
+        &self,
+        id: [u8; 16],
+        level: u8,
+        capabilities: BTreeSet<Capability>,
+        not_after_ms: u64,
+    ) -> Signed {
+        self.sign(&JoinToken {
+            fleet: self.anchor.fleet.clone(),
+            authority: hex(&self.anchor.public()),
+            id: hex(&id),
+            level,
+            capabilities,
+            not_after_ms,
+        })
+    }
+
+    /// The revocation of `cert`.
+    pub fn revoke(&self, cert: &Certificate, now_ms: u64, reason: &str) -> Signed {
+        let reason: String = reason
+            .chars()
+            .take(qs_wire::trust::MAX_REASON_CHARS)
+            .collect();
+        self.sign(&Revocation {
+            fleet: self.anchor.fleet.clone(),
+            node: cert.node.clone(),
+            serial: cert.serial,
+            not_after_ms: cert.not_after_ms,
+            revoked_at_ms: now_ms,
+            reason,
+        })
+    }
+
     /// Judges a join request (signed by the joining node's key) at `now_ms`: a first one
     /// needs a token of this fleet, unexpired; a renewal needs `current`, the node's valid
     /// certificate, for the same keys. `used` says whether a token id was spent already.
@@ -306,6 +340,7 @@ mod tests {
     fn token(a: &Authority, fleet: &str, not_after_ms: u64) -> Signed {
         a.sign(&JoinToken {
             fleet: fleet.into(),
+            authority: hex(&a.anchor().public()),
             id: hex(&[1; 16]),
             level: 2,
             capabilities: Capability::member(),

@@ -60,6 +60,9 @@ pub enum FabricError {
     /// A NATS operation failed (the server is unreachable, slow, or refused it).
     #[error("NATS {op}: {detail}")]
     Nats { op: &'static str, detail: String },
+    /// The server refused this client: its credentials, or the TLS handshake.
+    #[error("the NATS server refused this client ({detail}); check [nats] in the config")]
+    Refused { detail: String },
     /// A setting of the backend is invalid (a URL, a replica count).
     #[error("invalid {what}: {detail}")]
     Setting { what: &'static str, detail: String },

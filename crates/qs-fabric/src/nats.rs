@@ -80,6 +80,75 @@ pub struct NatsFabric {
     inner: Arc<Inner>,
 }
 
+/// How an agent proves itself to its NATS servers, and checks them.
+#[derive(Clone, Debug, Default)]
+pub struct NatsSecurity {
+    pub user: Option<UserPassword>,
+    /// An nkey seed (`SU...`).
+    pub nkey_seed: Option<String>,
+    /// A NATS credentials file's text (a user JWT and its seed).
+    pub creds: Option<String>,
+    /// A CA certificate (PEM file) that signed the servers' certificates.
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// A client certificate, for servers that verify clients.
+    pub tls_client: Option<ClientCertificate>,
+    pub tls_required: bool,
+}
+
+/// A user and its password.
+#[derive(Clone)]
+pub struct UserPassword {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for UserPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "UserPassword {{ user: {:?}, password: <hidden> }}",
+            self.user
+        )
+    }
+}
+
+/// A client certificate and its key (PEM files).
+#[derive(Clone, Debug)]
+pub struct ClientCertificate {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+impl NatsSecurity {
+    fn apply(
+        &self,
+        mut o: async_nats::ConnectOptions,
+    ) -> Result<async_nats::ConnectOptions, FabricError> {
+        if let Some(u) = &self.user {
+            o = o.user_and_password(u.user.clone(), u.password.clone());
+        }
+        if let Some(seed) = &self.nkey_seed {
+            o = o.nkey(seed.trim().to_owned());
+        }
+        if let Some(creds) = &self.creds {
+            o = o.credentials(creds).map_err(|e| FabricError::Setting {
+                what: "NATS credentials",
+                detail: e.to_string(),
+            })?;
+        }
+        if let Some(ca) = &self.tls_ca {
+            o = o.add_root_certificates(ca.clone());
+        }
+        if let Some(c) = &self.tls_client {
+            o = o.add_client_certificate(c.cert.clone(), c.key.clone());
+        }
+        if self.tls_required || self.tls_ca.is_some() || self.tls_client.is_some() {
+            o = o.require_tls(true);
+        }
+        Ok(o)
+    }
+}
+
 impl NatsFabric {
     /// Connects to `url` as a member of `fleet` (a DNS-label name); buckets and streams it
     /// creates keep one copy.
@@ -95,6 +164,18 @@ impl NatsFabric {
         urls: &str,
         fleet: &str,
         replicas: usize,
+    ) -> Result<NatsFabric, FabricError> {
+        Self::connect_secured(urls, fleet, replicas, &NatsSecurity::default()).await
+    }
+
+    /// [`NatsFabric::connect_replicated`] with credentials and TLS. A server that refuses
+    /// the credentials or the TLS handshake is an error at once (it will not change its
+    /// mind); one that cannot be reached is tried again in the background.
+    pub async fn connect_secured(
+        urls: &str,
+        fleet: &str,
+        replicas: usize,
+        security: &NatsSecurity,
     ) -> Result<NatsFabric, FabricError> {
         if !(1..=MAX_REPLICAS).contains(&replicas) {
             return Err(FabricError::Setting {
@@ -114,18 +195,32 @@ impl NatsFabric {
         // client drops them and says so, and they are counted.
         let dropped = Arc::new(AtomicU64::new(0));
         let counted = dropped.clone();
-        let client = async_nats::ConnectOptions::new()
-            .retry_on_initial_connect()
-            .subscription_capacity(SUBSCRIPTION_BUFFER)
-            .event_callback(move |event| {
-                if let async_nats::Event::SlowConsumer(_) = event {
-                    counted.fetch_add(1, Ordering::Relaxed);
-                }
-                std::future::ready(())
-            })
-            .connect(servers)
-            .await
-            .map_err(nats("connect"))?;
+        let options = || -> Result<async_nats::ConnectOptions, FabricError> {
+            let counted = counted.clone();
+            let options = async_nats::ConnectOptions::new()
+                .subscription_capacity(SUBSCRIPTION_BUFFER)
+                .event_callback(move |event| {
+                    if let async_nats::Event::SlowConsumer(_) = event {
+                        counted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    std::future::ready(())
+                });
+            security.apply(options)
+        };
+        use async_nats::ConnectErrorKind as Kind;
+        let client = match options()?.connect(servers.clone()).await {
+            Ok(client) => client,
+            Err(e) if matches!(e.kind(), Kind::Io | Kind::TimedOut | Kind::Dns) => options()?
+                .retry_on_initial_connect()
+                .connect(servers)
+                .await
+                .map_err(nats("connect"))?,
+            Err(e) => {
+                return Err(FabricError::Refused {
+                    detail: format!("{}: {e}", e.kind()),
+                });
+            }
+        };
         Self::with_client(client, fleet, replicas, dropped)
     }
 
@@ -152,6 +247,33 @@ impl NatsFabric {
 
     fn subject(&self, topic: &Topic) -> String {
         format!("{}{}", self.inner.prefix, topic.as_str())
+    }
+
+    /// How far this machine's clock is from the NATS server's, in milliseconds (positive:
+    /// ahead): a key written to the fleet's `clock` bucket carries the server's time.
+    pub async fn clock_skew_ms(&self) -> Result<i64, FabricError> {
+        let kv = self.kv("clock").await?;
+        let before = std::time::SystemTime::now();
+        kv.store
+            .put("probe", Bytes::from_static(b"1"))
+            .await
+            .map_err(nats("clock probe"))?;
+        let after = std::time::SystemTime::now();
+        let entry = kv
+            .store
+            .entry("probe")
+            .await
+            .map_err(nats("clock probe"))?
+            .ok_or_else(|| FabricError::Nats {
+                op: "clock probe",
+                detail: "the probe was not kept".into(),
+            })?;
+        let ms = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64)
+        };
+        let server_ms = (entry.created.unix_timestamp_nanos() / 1_000_000) as i64;
+        Ok((ms(before) + ms(after)) / 2 - server_ms)
     }
 
     /// What this connection has carried so far (payloads, without the protocol).

@@ -89,6 +89,22 @@ impl NatsServer {
         NatsServer::launch(port, store, &[])
     }
 
+    /// Starts a server on a free loopback port with a fresh store and a configuration file of
+    /// `config` (TLS, an authorization block): what a test of the transport's security needs.
+    pub fn start_with_config(config: &str) -> Result<NatsServer, ServerError> {
+        let store =
+            std::env::temp_dir().join(format!("qs-nats-{}-{}", std::process::id(), free_port()?));
+        std::fs::create_dir_all(&store)?;
+        let file = store.join("server.conf");
+        std::fs::write(&file, config)?;
+        let args = ["-c".to_owned(), file.to_string_lossy().into_owned()];
+        let mut s = NatsServer::launch(free_port()?, &store, &args).inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(&store);
+        })?;
+        s.owns_store = true;
+        Ok(s)
+    }
+
     /// Starts `n` servers clustered on loopback (JetStream replicated among them), each on
     /// free ports with a fresh store. JetStream elects its leaders once they have met, which
     /// takes a moment after this returns; clients retry until then.

@@ -37,6 +37,10 @@ pub enum StateFile<'a> {
     ModelsCache,
     ApiToken,
     Key(&'a NodeId),
+    /// The node's certificate from the fleet authority (signed JSON).
+    Certificate(&'a NodeId),
+    /// The fleet authority this state directory trusts: its fleet and public key (JSON).
+    Anchor,
     Instances(&'a NodeId),
     /// The model runtimes a node's model host started (pids and start times, as instances).
     ModelRuntimes(&'a NodeId),
@@ -58,6 +62,8 @@ impl StateFile<'_> {
             StateFile::ModelsCache => "desired-state cache of models",
             StateFile::ApiToken => "API token",
             StateFile::Key(_) => "node key",
+            StateFile::Certificate(_) => "node certificate",
+            StateFile::Anchor => "fleet authority",
             StateFile::Instances(_) => "instance file",
             StateFile::ModelRuntimes(_) => "model runtime file",
             StateFile::Failures(_) => "failure memory",
@@ -103,6 +109,8 @@ impl StateDir {
             StateFile::ModelsCache => self.root.join("models.json"),
             StateFile::ApiToken => self.root.join("api.token"),
             StateFile::Key(n) => self.root.join("keys").join(format!("{n}.ed25519")),
+            StateFile::Certificate(n) => self.root.join("keys").join(format!("{n}.cert.json")),
+            StateFile::Anchor => self.root.join("keys").join("authority.json"),
             StateFile::Instances(n) => node(n).join("instances.json"),
             StateFile::ModelRuntimes(n) => node(n).join("models.json"),
             StateFile::Failures(n) => node(n).join("failures.json"),

@@ -206,6 +206,9 @@ pub struct Certificate {
 #[serde(deny_unknown_fields)]
 pub struct JoinToken {
     pub fleet: String,
+    /// The authority's Ed25519 public key, 64 hex digits: what a joining node, which knows
+    /// no authority yet, pins as its anchor (the token came to it out of band).
+    pub authority: String,
     /// 32 hex digits, random: what makes it single-use.
     pub id: String,
     pub level: u8,
@@ -242,6 +245,34 @@ pub struct Revocation {
     pub not_after_ms: u64,
     pub revoked_at_ms: u64,
     pub reason: String,
+}
+
+/// The public half of a fleet authority, as `qs fleet init` writes it and a state directory
+/// pins it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorityRecord {
+    pub fleet: String,
+    /// Ed25519, 64 hex digits.
+    pub public_key: String,
+}
+
+impl AuthorityRecord {
+    /// Decodes and checks one (a file).
+    pub fn decode(bytes: &[u8]) -> Result<AuthorityRecord, DocError> {
+        if bytes.len() > 1024 {
+            return Err(doc_err("authority", "longer than 1024 bytes"));
+        }
+        let r: AuthorityRecord =
+            serde_json::from_slice(bytes).map_err(|e| doc_err("authority", e.to_string()))?;
+        check_fleet(&r.fleet)?;
+        unhex(&r.public_key).map_err(|e| doc_err("public_key", e.to_string()))?;
+        Ok(r)
+    }
+
+    pub fn key(&self) -> [u8; 32] {
+        unhex(&self.public_key).expect("checked when decoded")
+    }
 }
 
 /// The authority's answer to a join request, under `answer.<node>` in the joins bucket.
@@ -318,6 +349,7 @@ impl Document for JoinToken {
     fn check(&self) -> Result<(), DocError> {
         check_fleet(&self.fleet)?;
         check_level(self.level)?;
+        unhex(&self.authority).map_err(|e| doc_err("authority", e.to_string()))?;
         unhex_len(&self.id, 16).map_err(|r| doc_err("id", r))?;
         Ok(())
     }

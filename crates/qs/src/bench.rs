@@ -134,6 +134,7 @@ pub(crate) fn bench_fleet(
         mode: "embedded",
         authenticate,
         rekey: false,
+        trust: qs_agent::trust::Trust::FirstUse,
         api_hosts: vec![],
         tls: None,
     }

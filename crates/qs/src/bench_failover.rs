@@ -136,6 +136,7 @@ pub fn failover_suite(trials: usize, address: bool) -> anyhow::Result<()> {
         let extra: Vec<std::ffi::OsString> = vec![
             "--nats".into(),
             server.url().into(),
+            "--trust-on-first-use".into(),
             "--fleet".into(),
             "bench".into(),
             "--config".into(),

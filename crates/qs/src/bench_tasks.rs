@@ -195,6 +195,7 @@ fn ours(b: &TasksBench, name: &str, nats: Option<&str>) -> Result<Column> {
         extra.extend([
             "--nats".into(),
             url.into(),
+            "--trust-on-first-use".into(),
             "--fleet".into(),
             "bench".into(),
         ]);

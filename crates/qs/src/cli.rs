@@ -79,6 +79,18 @@ enum Command {
         /// registered with another key stops the agent.
         #[arg(long, requires = "nats")]
         rekey: bool,
+        /// Join the fleet with this single-use token from `qs fleet token` (or set
+        /// QS_JOIN_TOKEN); only needed until the node holds a certificate.
+        #[arg(long, env = "QS_JOIN_TOKEN", hide_env_values = true, requires = "nats")]
+        join_token: Option<String>,
+        /// Act as a fleet authority with the key in this directory (from `qs fleet init`):
+        /// this node certifies itself and answers join requests.
+        #[arg(long, requires = "nats")]
+        authority: Option<PathBuf>,
+        /// Trust the first key registered under each node name, without certificates: a
+        /// single lab machine only (anyone who can write the fleet's KV can then be a node).
+        #[arg(long, requires = "nats", conflicts_with_all = ["join_token", "authority"])]
+        trust_on_first_use: bool,
         /// This node's name (a DNS label); default: the host name.
         #[arg(long)]
         node: Option<String>,
@@ -203,6 +215,13 @@ enum Command {
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },
+    /// The fleet authority: create it, issue join tokens, revoke nodes, list certificates.
+    Fleet {
+        #[command(subcommand)]
+        action: crate::trust::FleetAction,
+    },
+    /// Check this machine's clock, certificates and NATS settings, and say what to fix.
+    Doctor(crate::trust::DoctorArgs),
     /// Run a benchmark suite; prints one JSON object per line.
     Bench {
         #[command(subcommand)]
@@ -407,6 +426,9 @@ pub fn run(cli: Cli) -> Result<()> {
             nats_replicas,
             fleet,
             rekey,
+            join_token,
+            authority,
+            trust_on_first_use,
             node,
             level,
             simulated_gpus_mib,
@@ -419,12 +441,19 @@ pub fn run(cli: Cli) -> Result<()> {
                     fleet,
                     replicas: nats_replicas as usize,
                     rekey,
+                    trust: crate::up::TrustChoice {
+                        join_token,
+                        authority,
+                        first_use: trust_on_first_use,
+                    },
                 }),
                 node,
                 level,
                 simulated_gpus_mib,
             }),
         )),
+        Command::Fleet { action } => crate::trust::fleet(action),
+        Command::Doctor(args) => crate::trust::doctor(&args),
         Command::Apply { files } => crate::fleet::apply(api, &files),
         Command::Delete { name } => crate::fleet::delete(api, &name),
         Command::Ps { output } => crate::fleet::ps(api, output),

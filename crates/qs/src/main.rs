@@ -16,6 +16,7 @@ mod fleet;
 mod render;
 mod systemd;
 mod tasks;
+mod trust;
 mod up;
 
 use clap::Parser;

@@ -53,6 +53,16 @@ pub struct Nats {
     pub replicas: usize,
     /// Replace this node's registered public key with the one in its state directory.
     pub rekey: bool,
+    pub trust: TrustChoice,
+}
+
+/// How `qs agent` trusts its peers: what its flags say.
+#[derive(Clone, Debug, Default)]
+pub struct TrustChoice {
+    pub join_token: Option<String>,
+    /// A directory with the authority's key (`qs fleet init`).
+    pub authority: Option<PathBuf>,
+    pub first_use: bool,
 }
 
 /// This machine's name as a node name: the host name, lower-cased, with anything a DNS
@@ -267,6 +277,7 @@ pub fn up(opts: Up) -> Result<()> {
         mode: "embedded",
         authenticate: false,
         rekey: false,
+        trust: qs_agent::trust::Trust::FirstUse,
         api_hosts: opts.api_hosts.clone(),
         tls,
     };
@@ -278,11 +289,19 @@ pub fn up(opts: Up) -> Result<()> {
                 fleet: fleet_name,
                 replicas,
                 rekey,
+                trust,
             }) => {
-                let fabric =
-                    qs_fabric::nats::NatsFabric::connect_replicated(&url, &fleet_name, replicas)
-                        .await
-                        .with_context(|| format!("connecting to {url}"))?;
+                let state = qs_store::StateDir::open(&opts.state_dir)?;
+                let trust = crate::trust::choose(&trust, &fleet_name, &state)?;
+                let security = crate::trust::nats_security(&options.config.nats)?;
+                let fabric = qs_fabric::nats::NatsFabric::connect_secured(
+                    &url,
+                    &fleet_name,
+                    replicas,
+                    &security,
+                )
+                .await
+                .with_context(|| format!("connecting to {url}"))?;
                 println!("qs agent: fleet {fleet_name} on {url}");
                 let waited = std::time::Instant::now();
                 while !fabric.connected() && waited.elapsed() < Duration::from_secs(2) {
@@ -310,6 +329,7 @@ pub fn up(opts: Up) -> Result<()> {
                     mode: "nats",
                     authenticate: true,
                     rekey,
+                    trust,
                     ..options
                 };
                 let fleet = EmbeddedFleet::start_on(options, fabric.clone()).await?;

@@ -903,6 +903,7 @@ fn a_name_registered_with_another_key_is_refused_until_rekeyed() {
             "agent",
             "--nats",
             &url,
+            "--trust-on-first-use",
             "--fleet",
             "t",
             "--node",

@@ -326,6 +326,7 @@ impl FleetWorld {
             mode: "embedded",
             authenticate: false,
             rekey: false,
+            trust: qs_agent::trust::Trust::FirstUse,
             api_hosts: vec![],
             tls: None,
         };

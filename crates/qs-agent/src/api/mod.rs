@@ -134,9 +134,18 @@ impl<F: Fabric> Api<F> {
         metrics.register(
             "messages_rejected",
             "Messages dropped, by reason: malformed, unsigned, unknown_sender, bad_signature, \
-             stale, replay, quarantined, invalid (authenticated but breaking a rule: only these \
-             count towards a quarantine)",
+             stale, replay, quarantined, invalid (authenticated but breaking a rule), expired \
+             and revoked (the sender's certificate), capability (outside the sender's \
+             certificate), no_session (encrypted under a session this node does not hold); \
+             invalid and capability count towards a quarantine",
             shared.auth.rejected.clone(),
+        );
+        metrics.register(
+            "trust_refused",
+            "Certificates, revocations and join requests refused, by reason: malformed, \
+             forged, other_fleet, expired, not_yet_valid, revoked, token_used, token_expired, \
+             not_renewable",
+            shared.auth.refused.clone(),
         );
         let (nodes_live, instances, in_flight, quarantined, ledger_dropped, ledger_bytes) = (
             Gauge::default(),

@@ -323,6 +323,29 @@ impl Keyring {
         self.local.get(node).map(Local::kem_public)
     }
 
+    /// The Ed25519 public key of a node of this process.
+    pub fn public_key(&self, node: &NodeId) -> Option<[u8; 32]> {
+        self.local
+            .get(node)
+            .map(|l| l.signing.verifying_key().to_bytes())
+    }
+
+    /// A trust document signed by a node of this process (its join request).
+    pub fn sign_document<T: qs_wire::trust::Document>(
+        &self,
+        node: &NodeId,
+        doc: &T,
+    ) -> Option<Signed> {
+        self.local
+            .get(node)
+            .map(|l| crate::trust::sign(&l.signing, doc))
+    }
+
+    /// Counts a refusal the shell made on the core's word (a join request refused).
+    pub fn count_refusal(&mut self, reason: Refusal) {
+        self.counters.refused[reason as usize] += 1;
+    }
+
     /// Trust on first use: learns (or relearns) a peer's public key from the registry. Under
     /// certificates a bare key is refused: only [`Keyring::learn_certificate`] teaches one.
     pub fn learn(&mut self, node: NodeId, public: [u8; 32]) -> Result<(), KeyError> {

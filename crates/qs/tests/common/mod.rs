@@ -437,7 +437,8 @@ pub fn require_dnsmasq() {
     );
 }
 
-/// `qs agent` named `node` in fleet `t` of the NATS servers `urls`, with `config` as its
+/// `qs agent` named `node` in fleet `t` of the NATS servers `urls` (trusting on first use
+/// unless `extra` names an authority or a join token), with `config` as its
 /// `--config` file (its own, `NODE.toml`, so agents started one after the other each read
 /// theirs), state and log in `dir`.
 pub fn agent_configured(
@@ -452,6 +453,10 @@ pub fn agent_configured(
     let config = dir.join(format!("{node}.toml"));
     std::fs::write(&config, text).unwrap();
     let state = dir.join(node);
+    // Agents trust on first use unless the test gives them a fleet authority.
+    let certified = extra
+        .iter()
+        .any(|a| *a == "--authority" || *a == "--join-token");
     Up::spawn_with_env(
         dir,
         &[
@@ -469,6 +474,7 @@ pub fn agent_configured(
         ]
         .into_iter()
         .chain(extra.iter().copied())
+        .chain((!certified).then_some("--trust-on-first-use"))
         .collect::<Vec<_>>(),
         env,
     )

@@ -1,0 +1,650 @@
+//! `qs fleet` (the fleet authority: init, token, revoke, status), `qs doctor`, and what
+//! `qs agent` needs from its flags and config to trust its peers and reach NATS securely.
+
+use anyhow::{Context, Result, bail};
+use qs_agent::names::NODES_BUCKET;
+use qs_agent::trust::{CertTrust, Trust, revocation_key};
+use qs_core::transport::NatsConfig;
+use qs_core::trust::{Anchor, Authority};
+use qs_fabric::nats::{ClientCertificate, NatsFabric, NatsSecurity, UserPassword};
+use qs_fabric::{Fabric, Kv, KvEvent};
+use qs_store::{StateDir, StateFile};
+use qs_wire::identity::hex;
+use qs_wire::trust::{AuthorityRecord, Capability, Certificate, JoinToken, Signed};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const KEY_FILE: &str = "authority.key";
+const RECORD_FILE: &str = "authority.json";
+
+#[derive(clap::Subcommand, Debug)]
+pub enum FleetAction {
+    /// Create the fleet's authority key pair in DIR (its secret half never leaves it: keep it
+    /// offline, or on the designated authority nodes, which run `qs agent --authority DIR`).
+    Init {
+        /// The fleet's name (as `qs agent --fleet` gives it).
+        #[arg(long, default_value = "default")]
+        fleet: String,
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Issue a single-use join token; prints it.
+    Token {
+        /// The authority's directory (from `qs fleet init`).
+        #[arg(long)]
+        dir: PathBuf,
+        /// How long the token may be used: 90s, 30m, 1h, 2d.
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        ttl: Duration,
+        /// The joining node's level, 0 (best) to 7.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=7))]
+        level: u8,
+        /// What the node may do: host, steward, gpu, api, authority, or all (every one but
+        /// authority), comma-separated.
+        #[arg(long, default_value = "all")]
+        capabilities: String,
+    },
+    /// Revoke a node's certificate: every agent stops hearing it at once.
+    Revoke {
+        node: String,
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "revoked by the operator")]
+        reason: String,
+        #[command(flatten)]
+        bus: Bus,
+    },
+    /// List the fleet's certificates, their expiries and revocations.
+    Status {
+        /// The authority's directory, or a state directory's keys/authority.json, to check
+        /// each certificate's signature against; without it, none is checked.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[command(flatten)]
+        bus: Bus,
+        #[arg(long, value_enum, default_value_t = crate::render::OutputFormat::Text)]
+        output: crate::render::OutputFormat,
+    },
+}
+
+/// Where the fleet's bus is, for the commands that read or write it.
+#[derive(clap::Args, Debug)]
+pub struct Bus {
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    nats: String,
+    #[arg(long, default_value = "default")]
+    fleet: String,
+    /// The agent's config, for its [nats] credentials and TLS settings.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DoctorArgs {
+    /// The agent's config ([nats], [trust]).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The agent's state directory (its keys and certificates).
+    #[arg(long, default_value = ".qs-state")]
+    state_dir: PathBuf,
+    /// The fleet's NATS servers; without it, NATS is not checked.
+    #[arg(long)]
+    nats: Option<String>,
+    #[arg(long, default_value = "default")]
+    fleet: String,
+}
+
+fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let (n, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{text:?}: a number and s, m, h or d"))?;
+    let s = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("{text:?}: a number and s, m, h or d")),
+    };
+    if s == 0 || s > 366 * 86_400 {
+        return Err(format!("{text:?}: between 1 s and a year"));
+    }
+    Ok(Duration::from_secs(s))
+}
+
+fn now_ms() -> u64 {
+    qs_agent::clock::now().as_millis()
+}
+
+fn random<const N: usize>() -> Result<[u8; N]> {
+    let mut b = [0u8; N];
+    getrandom::getrandom(&mut b).map_err(|e| anyhow::anyhow!("no randomness from the OS: {e}"))?;
+    Ok(b)
+}
+
+/// The authority kept in `dir`.
+fn load_authority(dir: &Path) -> Result<Authority> {
+    let record = load_record(dir)?;
+    let path = dir.join(KEY_FILE);
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let secret =
+        qs_wire::identity::unhex(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let authority = Authority::new(&record.fleet, secret)?;
+    if authority.anchor().public() != record.key() {
+        bail!(
+            "{}: the public key does not match {KEY_FILE}",
+            dir.join(RECORD_FILE).display()
+        );
+    }
+    Ok(authority)
+}
+
+fn load_record(dir: &Path) -> Result<AuthorityRecord> {
+    let path = if dir.is_dir() {
+        dir.join(RECORD_FILE)
+    } else {
+        dir.to_path_buf()
+    };
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    AuthorityRecord::decode(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+fn anchor_of(record: &AuthorityRecord) -> Result<Anchor> {
+    Ok(Anchor::new(&record.fleet, record.key())?)
+}
+
+pub fn fleet(action: FleetAction) -> Result<()> {
+    match action {
+        FleetAction::Init { fleet, dir } => init(&fleet, &dir),
+        FleetAction::Token {
+            dir,
+            ttl,
+            level,
+            capabilities,
+        } => {
+            let authority = load_authority(&dir)?;
+            let caps = Capability::parse_list(&capabilities).map_err(anyhow::Error::msg)?;
+            let token = authority.token(random()?, level, caps, now_ms() + ttl.as_millis() as u64);
+            println!("{}", token.to_token_text());
+            Ok(())
+        }
+        FleetAction::Revoke {
+            node,
+            dir,
+            reason,
+            bus,
+        } => {
+            let authority = load_authority(&dir)?;
+            block_on(async {
+                let nodes = connect(&bus).await?.kv(NODES_BUCKET).await?;
+                let entry = nodes.get(&node).await?.with_context(|| {
+                    format!("no certificate of node {node} in fleet {}", bus.fleet)
+                })?;
+                let signed = Signed::decode(&entry.value)?;
+                let cert: Certificate = signed.open()?;
+                let revocation = authority.revoke(&cert, now_ms(), &reason);
+                nodes
+                    .put(&revocation_key(cert.serial), revocation.encode().into())
+                    .await?;
+                println!("revoked {node}'s certificate (serial {:016x})", cert.serial);
+                Ok(())
+            })
+        }
+        FleetAction::Status { dir, bus, output } => {
+            let anchor = dir.as_deref().map(load_record).transpose()?;
+            let anchor = anchor.as_ref().map(anchor_of).transpose()?;
+            block_on(status(&bus, anchor.as_ref(), output))
+        }
+    }
+}
+
+fn init(fleet: &str, dir: &Path) -> Result<()> {
+    let key = dir.join(KEY_FILE);
+    if key.exists() {
+        bail!(
+            "{} exists: this fleet has an authority already",
+            key.display()
+        );
+    }
+    let secret: [u8; 32] = random()?;
+    let authority = Authority::new(fleet, secret)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    write_private(&key, hex(&secret).as_bytes())?;
+    let record = AuthorityRecord {
+        fleet: fleet.into(),
+        public_key: hex(&authority.anchor().public()),
+    };
+    std::fs::write(dir.join(RECORD_FILE), serde_json::to_vec_pretty(&record)?)?;
+    println!(
+        "fleet {fleet}: authority {}",
+        authority.anchor().fingerprint()
+    );
+    println!(
+        "  secret key: {} (mode 0600): keep it offline, or only on the authority nodes",
+        key.display()
+    );
+    println!("  public key: {}", dir.join(RECORD_FILE).display());
+    println!(
+        "next: qs agent --authority {} ... on an authority node, and `qs fleet token --dir {}` for each other node",
+        dir.display(),
+        dir.display()
+    );
+    Ok(())
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(bytes)?;
+    Ok(())
+}
+
+fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?
+        .block_on(f)
+}
+
+async fn connect(bus: &Bus) -> Result<NatsFabric> {
+    let config = crate::up::read_config(bus.config.as_deref())?;
+    let security = nats_security(&config.nats)?;
+    let fabric = NatsFabric::connect_secured(&bus.nats, &bus.fleet, 1, &security)
+        .await
+        .with_context(|| format!("connecting to {}", bus.nats))?;
+    Ok(fabric)
+}
+
+/// Every entry of the `nodes` bucket as it is now.
+async fn entries<K: Kv>(kv: &K) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut watch = kv.watch("").await?;
+    let mut out = Vec::new();
+    let read = async {
+        while let Some(event) = watch.next().await {
+            match event? {
+                KvEvent::Put(e) => out.push((e.key, e.value.to_vec())),
+                KvEvent::Delete { .. } => {}
+                KvEvent::Synced => break,
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .context("reading the nodes bucket")??;
+    Ok(out)
+}
+
+async fn status(
+    bus: &Bus,
+    anchor: Option<&Anchor>,
+    output: crate::render::OutputFormat,
+) -> Result<()> {
+    let nodes = connect(bus).await?.kv(NODES_BUCKET).await?;
+    let all = entries(&nodes).await?;
+    let mut revoked = std::collections::BTreeMap::new();
+    for (key, value) in all.iter().filter(|(k, _)| k.starts_with("revoked.")) {
+        let Ok(signed) = Signed::decode(value) else {
+            continue;
+        };
+        let checked = match anchor {
+            Some(a) => a.revocation(&signed).map_err(|e| e.to_string()),
+            None => signed.open().map_err(|e| e.to_string()),
+        };
+        match checked {
+            Ok(r) => {
+                revoked.insert(r.serial, r);
+            }
+            Err(e) => eprintln!("ignored {key}: {e}"),
+        }
+    }
+    let now = now_ms();
+    let mut rows = Vec::new();
+    for (key, value) in all.iter().filter(|(k, _)| !k.starts_with("revoked.")) {
+        let row = match Signed::decode(value)
+            .map_err(|e| e.to_string())
+            .and_then(|s| {
+                let cert: Certificate = s.open().map_err(|e| e.to_string())?;
+                let verdict = match anchor.map(|a| a.certificate(&s, now)) {
+                    None => "unchecked".to_string(),
+                    Some(Ok(_)) => "valid".to_string(),
+                    Some(Err(e)) => e.to_string(),
+                };
+                Ok((cert, verdict))
+            }) {
+            Ok((cert, verdict)) => {
+                let state = match revoked.get(&cert.serial) {
+                    Some(r) => format!("revoked: {}", r.reason),
+                    None if cert.not_after_ms <= now => "expired".into(),
+                    None => verdict,
+                };
+                serde_json::json!({
+                    "node": key,
+                    "serial": format!("{:016x}", cert.serial),
+                    "level": cert.level,
+                    "capabilities": cert.capabilities.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
+                    "expires_in_s": (cert.not_after_ms.saturating_sub(now)) / 1000,
+                    "state": state,
+                })
+            }
+            Err(e) => serde_json::json!({"node": key, "state": format!("not a certificate: {e}")}),
+        };
+        rows.push(row);
+    }
+    let value = serde_json::json!({ "certificates": rows, "revocations": revoked.len() });
+    crate::fleet::show(output, &value, |v| {
+        let mut t = crate::fleet::table(&[
+            "NODE",
+            "SERIAL",
+            "LEVEL",
+            "CAPABILITIES",
+            "EXPIRES IN",
+            "STATE",
+        ]);
+        for r in v["certificates"].as_array().into_iter().flatten() {
+            let caps: Vec<&str> = r["capabilities"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.as_str())
+                .collect();
+            t.add_row(vec![
+                r["node"].as_str().unwrap_or("").to_string(),
+                r["serial"].as_str().unwrap_or("-").to_string(),
+                r["level"].to_string(),
+                caps.join(","),
+                r["expires_in_s"]
+                    .as_u64()
+                    .map_or("-".into(), |s| format!("{}h{:02}m", s / 3600, s / 60 % 60)),
+                r["state"].as_str().unwrap_or("").to_string(),
+            ]);
+        }
+        format!("{t}\n{} revocation(s)", v["revocations"])
+    })
+}
+
+/// How `qs agent` trusts its peers, from its flags and what its state directory pinned.
+pub fn choose(choice: &crate::up::TrustChoice, fleet: &str, state: &StateDir) -> Result<Trust> {
+    if choice.first_use {
+        eprintln!(
+            "qs agent: WARNING: --trust-on-first-use: the first key registered under a node's \
+             name is trusted, and anyone who can write the fleet's KV can join it. For a single \
+             lab machine only; a fleet uses `qs fleet init` and join tokens"
+        );
+        return Ok(Trust::FirstUse);
+    }
+    let pinned = match state.read(StateFile::Anchor)? {
+        Some(bytes) => Some(
+            AuthorityRecord::decode(&bytes)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", state.path(StateFile::Anchor).display()))?,
+        ),
+        None => None,
+    };
+    let (record, join_token, authority) = if let Some(dir) = &choice.authority {
+        let authority = load_authority(dir)?;
+        let record = load_record(dir)?;
+        (record, None, Some(std::sync::Arc::new(authority)))
+    } else if let Some(text) = &choice.join_token {
+        let signed = Signed::from_token_text(text).context("--join-token")?;
+        let token: JoinToken = signed.open().context("--join-token")?;
+        let record = AuthorityRecord {
+            fleet: token.fleet,
+            public_key: token.authority,
+        };
+        (record, Some(signed), None)
+    } else if let Some(record) = pinned.clone() {
+        (record, None, None)
+    } else {
+        bail!(
+            "this agent trusts no fleet authority yet: give it --join-token (from `qs fleet \
+             token` on the authority's machine), or --authority DIR on an authority node, or \
+             --trust-on-first-use for a single lab machine"
+        );
+    };
+    if record.fleet != fleet {
+        bail!(
+            "the authority is fleet {:?}'s, and this agent joins {fleet:?} (--fleet)",
+            record.fleet
+        );
+    }
+    if let Some(p) = &pinned
+        && p != &record
+    {
+        bail!(
+            "this state directory trusts another authority ({}): a node changes fleets with a \
+             fresh state directory",
+            state.path(StateFile::Anchor).display()
+        );
+    }
+    if pinned.is_none() {
+        state.write(
+            StateFile::Anchor,
+            &serde_json::to_vec(&record)?,
+            Some(0o644),
+        )?;
+    }
+    Ok(Trust::Certificates(CertTrust {
+        anchor: anchor_of(&record)?,
+        join_token,
+        authority,
+    }))
+}
+
+fn read_secret(path: &str, what: &str) -> Result<String> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading [nats] {what} {path}"))?;
+    Ok(text.trim().to_owned())
+}
+
+/// The NATS credentials and TLS settings of `[nats]`, with the files it names read.
+pub fn nats_security(c: &NatsConfig) -> Result<NatsSecurity> {
+    let password = match (&c.password, &c.password_file) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(f)) => Some(read_secret(f, "password_file")?),
+        (None, None) => None,
+    };
+    Ok(NatsSecurity {
+        user: c
+            .user
+            .clone()
+            .zip(password)
+            .map(|(user, password)| UserPassword { user, password }),
+        nkey_seed: c
+            .nkey_seed_file
+            .as_deref()
+            .map(|f| read_secret(f, "nkey_seed_file"))
+            .transpose()?,
+        creds: c
+            .creds_file
+            .as_deref()
+            .map(|f| read_secret(f, "creds_file"))
+            .transpose()?,
+        tls_ca: c.tls_ca.as_ref().map(PathBuf::from),
+        tls_client: c
+            .tls_cert
+            .clone()
+            .zip(c.tls_key.clone())
+            .map(|(cert, key)| ClientCertificate {
+                cert: cert.into(),
+                key: key.into(),
+            }),
+        tls_required: c.tls_required,
+    })
+}
+
+/// One finding of `qs doctor`.
+struct Finding {
+    ok: bool,
+    what: String,
+    fix: Option<String>,
+}
+
+fn finding(ok: bool, what: impl Into<String>, fix: Option<String>) -> Finding {
+    Finding {
+        ok,
+        what: what.into(),
+        fix,
+    }
+}
+
+/// `qs doctor`: the clock against NATS's, the node certificates in the state directory,
+/// the NATS settings; what is wrong and what to do about it. Fails when anything is.
+pub fn doctor(args: &DoctorArgs) -> Result<()> {
+    let config = crate::up::read_config(args.config.as_deref())?;
+    let mut findings = Vec::new();
+    let state = StateDir::open(&args.state_dir)?;
+    let pinned = state.read(StateFile::Anchor)?;
+    let anchor = match pinned.as_deref().map(AuthorityRecord::decode) {
+        None => {
+            findings.push(finding(false, "no fleet authority pinned in the state directory", Some(
+                "start the agent once with --join-token (or --authority DIR); --trust-on-first-use only on a single lab machine".into())));
+            None
+        }
+        Some(Err(e)) => {
+            findings.push(finding(
+                false,
+                format!("{}: {e}", state.path(StateFile::Anchor).display()),
+                Some("remove it and join again with a token".into()),
+            ));
+            None
+        }
+        Some(Ok(r)) => {
+            findings.push(finding(
+                true,
+                format!("fleet authority of {} pinned", r.fleet),
+                None,
+            ));
+            anchor_of(&r).ok()
+        }
+    };
+    let keys = state.root().join("keys");
+    let certs: Vec<PathBuf> = std::fs::read_dir(&keys)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.to_string_lossy().ends_with(".cert.json"))
+                .collect()
+        })
+        .unwrap_or_default();
+    if certs.is_empty() && anchor.is_some() {
+        findings.push(finding(
+            false,
+            "no node certificate in the state directory",
+            Some("start the agent with a fresh --join-token".into()),
+        ));
+    }
+    let now = now_ms();
+    for path in &certs {
+        let verdict = std::fs::read(path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| Signed::decode(&b).map_err(|e| e.to_string()))
+            .and_then(|s| match &anchor {
+                Some(a) => a.certificate(&s, now).map_err(|e| e.to_string()),
+                None => s.open().map_err(|e| e.to_string()),
+            });
+        match verdict {
+            Ok(c) => {
+                let left_s = c.not_after_ms.saturating_sub(now) / 1000;
+                let renew = config.trust.renew_at_ms(
+                    c.not_before_ms + qs_core::trust::NOT_BEFORE_SLACK_MS,
+                    c.not_after_ms,
+                );
+                let overdue = renew + 60_000 < now;
+                findings.push(finding(!overdue, format!("certificate of {}: valid, expires in {}h{:02}m", c.node, left_s / 3600, left_s / 60 % 60),
+                    overdue.then(|| "its renewal is overdue: is the agent running, and an authority node reachable?".into())));
+            }
+            Err(e) => findings.push(finding(
+                false,
+                format!("{}: {e}", path.display()),
+                Some("remove it and join again with a fresh token (`qs fleet token`)".into()),
+            )),
+        }
+    }
+    let c = &config.nats;
+    let tls = c.tls();
+    let creds = c.user.is_some() || c.nkey_seed_file.is_some() || c.creds_file.is_some();
+    findings.push(finding(
+        tls,
+        if tls {
+            "NATS over TLS".to_string()
+        } else {
+            "NATS without TLS: the fleet's traffic crosses the network in clear".to_string()
+        },
+        (!tls).then(|| {
+            "set [nats] tls_ca (and tls_cert, tls_key where the servers verify clients)".into()
+        }),
+    ));
+    findings.push(finding(creds, if creds { "NATS credentials configured" } else { "no NATS credentials: anyone who reaches the servers is on the bus" },
+        (!creds).then(|| "give the servers an authorization block and set [nats] user and password_file, nkey_seed_file or creds_file".into())));
+    for (what, path) in [
+        ("tls_ca", &c.tls_ca),
+        ("tls_cert", &c.tls_cert),
+        ("tls_key", &c.tls_key),
+        ("password_file", &c.password_file),
+        ("nkey_seed_file", &c.nkey_seed_file),
+        ("creds_file", &c.creds_file),
+    ] {
+        if let Some(p) = path
+            && std::fs::metadata(p).is_err()
+        {
+            findings.push(finding(
+                false,
+                format!("[nats] {what} {p} cannot be read"),
+                Some("fix the path".into()),
+            ));
+        }
+    }
+    if let Some(url) = &args.nats {
+        let bus = Bus {
+            nats: url.clone(),
+            fleet: args.fleet.clone(),
+            config: args.config.clone(),
+        };
+        match block_on(async {
+            let fabric = tokio::time::timeout(Duration::from_secs(10), connect(&bus))
+                .await
+                .context("no answer in 10 s")??;
+            let skew = tokio::time::timeout(Duration::from_secs(10), fabric.clock_skew_ms())
+                .await
+                .context("no answer in 10 s")??;
+            Ok(skew)
+        }) {
+            Ok(skew_ms) => {
+                let max = config.max_clock_skew_ms as i64;
+                let ok = skew_ms.abs() < max / 2;
+                findings.push(finding(ok, format!("connected to {url}; this clock is {skew_ms} ms off the server's"),
+                    (!ok).then(|| format!("synchronise the clock (chrony, systemd-timesyncd): messages further than {max} ms off are dropped"))));
+            }
+            Err(e) => findings.push(finding(
+                false,
+                format!("NATS at {url}: {e:#}"),
+                Some(
+                    "check the URL, [nats] credentials and TLS files, and that the server is up"
+                        .into(),
+                ),
+            )),
+        }
+    }
+    let failed = findings.iter().filter(|f| !f.ok).count();
+    for f in &findings {
+        println!("{} {}", if f.ok { "ok  " } else { "FIX " }, f.what);
+        if let Some(fix) = &f.fix {
+            println!("       -> {fix}");
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} thing(s) to fix");
+    }
+    Ok(())
+}
