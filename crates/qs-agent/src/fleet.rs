@@ -273,7 +273,7 @@ impl<F: Fabric> EmbeddedFleet<F> {
         let (journal, writer) =
             crate::journal::Journal::start(ledger.clone(), retention, writer_stop_rx);
         let certified = match (&opts.trust, opts.authenticate) {
-            (crate::trust::Trust::Certificates(c), true) => Some(c.clone()),
+            (crate::trust::Trust::Certificates(c), true) => Some(c.as_ref().clone()),
             _ => None,
         };
         let auth = Arc::new(Auth::new(
@@ -416,10 +416,12 @@ impl<F: Fabric> EmbeddedFleet<F> {
                     fabric.clone(),
                     auth.clone(),
                     c.clone(),
-                    state.clone(),
-                    node,
+                    crate::trust::Held {
+                        state: state.clone(),
+                        node,
+                        certificate: cert,
+                    },
                     opts.config.trust.clone(),
-                    cert,
                     stop_rx.clone(),
                 ));
             }

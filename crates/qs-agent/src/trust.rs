@@ -36,7 +36,7 @@ const USED_TOKENS_MAX: usize = 100_000;
 pub enum Trust {
     /// The first key registered under a name (one lab machine only).
     FirstUse,
-    Certificates(CertTrust),
+    Certificates(Box<CertTrust>),
 }
 
 /// Trust under a fleet authority.
@@ -247,18 +247,28 @@ async fn ask<F: Fabric>(fabric: &F, node: &NodeId, request: Signed) -> Result<Si
         .map_err(|_| TrustError::NoAnswer(JOIN_TIMEOUT))?
 }
 
+/// A node's certificate and where it is kept.
+pub struct Held {
+    pub state: StateDir,
+    pub node: NodeId,
+    pub certificate: Signed,
+}
+
 /// Renews this node's certificate each time `renew_at_percent` of its lifetime has passed,
 /// until `stop`; a failed renewal is tried again with backoff, and refusals are logged.
 pub async fn renew<F: Fabric>(
     fabric: F,
     auth: Arc<Auth>,
     trust: CertTrust,
-    state: StateDir,
-    node: NodeId,
+    held: Held,
     config: TrustConfig,
-    mut current: Signed,
     mut stop: watch::Receiver<bool>,
 ) {
+    let Held {
+        state,
+        node,
+        certificate: mut current,
+    } = held;
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     loop {
         let Ok(cert) = trust.anchor.certificate(&current, now_ms()) else {

@@ -227,6 +227,101 @@ fn through_runtime(
     Ok(())
 }
 
+/// Directed messages encrypted under certificates (ChaCha20-Poly1305 under hybrid X25519 +
+/// ML-KEM-768 session keys), through a fresh receiver each run: each sender's session is
+/// opened (decapsulated) inside the clock.
+fn encrypted(
+    bodies: &[(usize, Vec<u8>)],
+    receiver: &qs_wire::NodeId,
+    receiver_secret: [u8; 32],
+    peers: usize,
+    repeats: usize,
+    clock: qs_core::Time,
+) -> anyhow::Result<()> {
+    use qs_core::auth::{AuthConfig, Keyring};
+    use qs_core::trust::{Authority, Granted};
+    use qs_wire::identity::hex;
+    use std::time::Instant;
+    let auth = AuthConfig::from_config(&qs_core::Config::default(), true);
+    let authority = Authority::new("bench", [77; 32])?;
+    let ring = |node: &qs_wire::NodeId, secret: [u8; 32]| {
+        let mut k = Keyring::with_anchor(auth, authority.anchor().clone());
+        k.reseed(node.as_str().as_bytes());
+        let public = k.add_local(node.clone(), secret);
+        let cert = authority.certify(
+            &Granted {
+                node: node.clone(),
+                ed25519: hex(&public),
+                ml_kem: hex(&k.kem_public(node).expect("a local node")),
+                level: 0,
+                capabilities: qs_wire::trust::Capability::member(),
+                token_id: None,
+            },
+            1,
+            clock.as_millis(),
+            3_600_000,
+        );
+        (k, cert)
+    };
+    let (_, receiver_cert) = ring(receiver, receiver_secret);
+    let mut senders: Vec<(qs_wire::NodeId, Keyring, qs_wire::trust::Signed)> = (0..peers)
+        .map(|i| {
+            let id = qs_wire::NodeId::new(&format!("peer{i}")).expect("generated names are valid");
+            let mut s = [0u8; 32];
+            s[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+            let (mut k, cert) = ring(&id, s);
+            k.learn_certificate(&receiver_cert, clock)
+                .expect("the bench's own certificate");
+            (id, k, cert)
+        })
+        .collect();
+    // Sealed 10 µs apart, as a busy sender would: the handshake rides along through each
+    // session's first second, then once a second.
+    let frames: Vec<Vec<u8>> = bodies
+        .iter()
+        .enumerate()
+        .map(|(m, (i, body))| {
+            let (id, k, _) = &mut senders[*i];
+            let at = qs_core::Time::from_micros(clock.as_micros() + 10 * m as u64);
+            k.seal_at(&id.clone(), Some(receiver), body, Some(at))
+        })
+        .collect();
+    let mut rates = Vec::new();
+    for _ in 0..repeats {
+        let (mut k, _) = ring(receiver, receiver_secret);
+        for (_, _, cert) in &senders {
+            k.learn_certificate(cert, clock)
+                .expect("the bench's own certificate");
+        }
+        let t0 = Instant::now();
+        let accepted = frames
+            .iter()
+            .filter(|f| k.open(Some(receiver), f, clock).is_ok())
+            .count();
+        let elapsed = t0.elapsed().as_secs_f64();
+        anyhow::ensure!(
+            accepted == frames.len(),
+            "encrypted: {accepted} of {} messages accepted",
+            frames.len()
+        );
+        rates.push(frames.len() as f64 / elapsed);
+    }
+    emit(
+        "messages",
+        "directed_encrypted_per_s".into(),
+        median(rates).round(),
+        "1/s",
+    );
+    let mean = frames.iter().map(Vec::len).sum::<usize>() as f64 / frames.len() as f64;
+    emit(
+        "messages",
+        "directed_encrypted_frame_size".into(),
+        mean.round(),
+        "bytes",
+    );
+    Ok(())
+}
+
 /// `qs bench messages`: authenticated messages per second through one node's receive path:
 /// the frame parsed, the envelope decoded, the tag checked (a session MAC for directed
 /// messages, an Ed25519 signature for heartbeats, one by one and in batches as the heartbeat
@@ -312,12 +407,14 @@ pub fn messages_suite(messages: usize, peers: usize, repeats: usize) -> anyhow::
         }))
     };
     let mut directed = Vec::with_capacity(messages);
+    let mut directed_bodies = Vec::with_capacity(messages);
     let mut signed = Vec::with_capacity(messages);
     for m in 0..messages {
         let (from, keyring, _) = &mut senders[m % peers];
         let seq = (m / peers) as u64 * 2;
         let body = Envelope::new(from.clone(), seq, now_us, MessageId(seq), offer(seq));
         directed.push(keyring.seal(&from.clone(), Some(&receiver), &body.encode()));
+        directed_bodies.push((m % peers, body.encode()));
         let body = Envelope::new(
             from.clone(),
             seq + 1,
@@ -367,6 +464,14 @@ pub fn messages_suite(messages: usize, peers: usize, repeats: usize) -> anyhow::
     };
     through_runtime(&receiver, receiver_secret, &senders, &directed)?;
     run("directed_session_mac", 1, true)?;
+    encrypted(
+        &directed_bodies,
+        &receiver,
+        receiver_secret,
+        peers,
+        repeats,
+        clock,
+    )?;
     run("heartbeat_ed25519", 1, false)?;
     run("heartbeat_ed25519_batch_256", 256, false)?;
     let mean = |v: &[Vec<u8>]| v.iter().map(Vec::len).sum::<usize>() as f64 / v.len() as f64;

@@ -441,7 +441,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     fleet,
                     replicas: nats_replicas as usize,
                     rekey,
-                    trust: crate::up::TrustChoice {
+                    trust: crate::trust::TrustChoice {
                         join_token,
                         authority,
                         first_use: trust_on_first_use,

@@ -11,6 +11,7 @@ mod bench_tasks;
 mod check;
 mod cli;
 mod client;
+mod config_file;
 mod demo;
 mod fleet;
 mod render;

@@ -19,7 +19,7 @@ pub fn units(opts: &Units) -> Result<()> {
     if opts.gpus_mib.is_empty() {
         bail!("name the node's GPUs with --gpu-mib (one per GPU)");
     }
-    let config = crate::up::read_config(opts.config.as_deref())?;
+    let config = crate::config_file::read_config(opts.config.as_deref())?;
     let mut models = Vec::new();
     for file in &opts.files {
         models.extend(crate::up::read_spec(file)?.models);

@@ -14,6 +14,15 @@ use qs_wire::trust::{AuthorityRecord, Capability, Certificate, JoinToken, Signed
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// How `qs agent` trusts its peers: what its flags say.
+#[derive(Clone, Debug, Default)]
+pub struct TrustChoice {
+    pub join_token: Option<String>,
+    /// A directory with the authority's key (`qs fleet init`).
+    pub authority: Option<PathBuf>,
+    pub first_use: bool,
+}
+
 const KEY_FILE: &str = "authority.key";
 const RECORD_FILE: &str = "authority.json";
 
@@ -258,7 +267,7 @@ fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
 }
 
 async fn connect(bus: &Bus) -> Result<NatsFabric> {
-    let config = crate::up::read_config(bus.config.as_deref())?;
+    let config = crate::config_file::read_config(bus.config.as_deref())?;
     let security = nats_security(&config.nats)?;
     let fabric = NatsFabric::connect_secured(&bus.nats, &bus.fleet, 1, &security)
         .await
@@ -375,7 +384,7 @@ async fn status(
 }
 
 /// How `qs agent` trusts its peers, from its flags and what its state directory pinned.
-pub fn choose(choice: &crate::up::TrustChoice, fleet: &str, state: &StateDir) -> Result<Trust> {
+pub fn choose(choice: &TrustChoice, fleet: &str, state: &StateDir) -> Result<Trust> {
     if choice.first_use {
         eprintln!(
             "qs agent: WARNING: --trust-on-first-use: the first key registered under a node's \
@@ -434,11 +443,11 @@ pub fn choose(choice: &crate::up::TrustChoice, fleet: &str, state: &StateDir) ->
             Some(0o644),
         )?;
     }
-    Ok(Trust::Certificates(CertTrust {
+    Ok(Trust::Certificates(Box::new(CertTrust {
         anchor: anchor_of(&record)?,
         join_token,
         authority,
-    }))
+    })))
 }
 
 fn read_secret(path: &str, what: &str) -> Result<String> {
@@ -501,7 +510,7 @@ fn finding(ok: bool, what: impl Into<String>, fix: Option<String>) -> Finding {
 /// `qs doctor`: the clock against NATS's, the node certificates in the state directory,
 /// the NATS settings; what is wrong and what to do about it. Fails when anything is.
 pub fn doctor(args: &DoctorArgs) -> Result<()> {
-    let config = crate::up::read_config(args.config.as_deref())?;
+    let config = crate::config_file::read_config(args.config.as_deref())?;
     let mut findings = Vec::new();
     let state = StateDir::open(&args.state_dir)?;
     let pinned = state.read(StateFile::Anchor)?;

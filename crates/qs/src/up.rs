@@ -3,7 +3,6 @@
 
 use anyhow::{Context, Result, bail};
 use qs_agent::fleet::{EmbeddedFleet, FleetOptions};
-use qs_core::Config;
 use qs_fabric::Fabric;
 use qs_wire::{Capacity, NodeId, NodeSpec, parse_spec};
 use std::collections::BTreeMap;
@@ -53,16 +52,7 @@ pub struct Nats {
     pub replicas: usize,
     /// Replace this node's registered public key with the one in its state directory.
     pub rekey: bool,
-    pub trust: TrustChoice,
-}
-
-/// How `qs agent` trusts its peers: what its flags say.
-#[derive(Clone, Debug, Default)]
-pub struct TrustChoice {
-    pub join_token: Option<String>,
-    /// A directory with the authority's key (`qs fleet init`).
-    pub authority: Option<PathBuf>,
-    pub first_use: bool,
+    pub trust: crate::trust::TrustChoice,
 }
 
 /// This machine's name as a node name: the host name, lower-cased, with anything a DNS
@@ -81,27 +71,6 @@ fn host_name() -> String {
     } else {
         name.chars().take(63).collect()
     }
-}
-
-/// Reads core settings; every error names the file (and the line, for TOML errors).
-pub(crate) fn read_config(path: Option<&Path>) -> Result<Config> {
-    let Some(path) = path else {
-        return Ok(Config::default());
-    };
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let config: Config = toml::from_str(&text).map_err(|e| {
-        // toml names the line and column of what it could not read.
-        let (line, column) = e
-            .span()
-            .map_or((0, 0), |span| qs_wire::spec::line_column(&text, span.start));
-        anyhow::anyhow!("{}:{line}:{column}: {}", path.display(), e.message())
-    })?;
-    config.validate().map_err(|e| {
-        let (line, column) = locate_field(&text, e.field);
-        anyhow::anyhow!("{}:{line}:{column}: {e}", path.display())
-    })?;
-    Ok(config)
 }
 
 /// The address this machine's route to the first NATS server of `urls` leaves from: where
@@ -126,36 +95,6 @@ fn route_to(urls: &str) -> Option<std::net::IpAddr> {
     socket.connect(server).ok()?;
     let ip = socket.local_addr().ok()?.ip();
     (!ip.is_unspecified()).then_some(ip)
-}
-
-/// Where a config field (`gate_min`, `thresholds.cpu`) is set in the file: its key's line and
-/// column, within its table when it has one; (0, 0) when it is not set there.
-fn locate_field(text: &str, field: &str) -> (usize, usize) {
-    let (table, key) = field.rsplit_once('.').unwrap_or(("", field));
-    let mut in_table = table.is_empty();
-    for (i, line) in text.lines().enumerate() {
-        let trimmed = line.trim_start();
-        if let Some(name) = trimmed.strip_prefix('[') {
-            in_table = name.trim_end().trim_end_matches(']').trim() == table;
-            continue;
-        }
-        let column = line.len() - trimmed.len() + 1;
-        let sets = |k: &str| {
-            trimmed
-                .strip_prefix(k)
-                .is_some_and(|rest| rest.trim_start().starts_with('='))
-        };
-        if in_table && sets(key) {
-            return (i + 1, column);
-        }
-        if !table.is_empty() && sets(&format!("{table}.{key}")) {
-            return (i + 1, column);
-        }
-        if !table.is_empty() && sets(table) && trimmed.contains(key) {
-            return (i + 1, column + trimmed.find(key).unwrap_or(0));
-        }
-    }
-    (0, 0)
 }
 
 pub(crate) fn read_spec(path: &Path) -> Result<qs_wire::SpecDocument> {
@@ -268,7 +207,7 @@ pub fn up(opts: Up) -> Result<()> {
         state_dir: opts.state_dir.clone(),
         listen: opts.listen,
         nodes: nodes.clone(),
-        config: read_config(opts.config.as_deref())?,
+        config: crate::config_file::read_config(opts.config.as_deref())?,
         sense_every: Duration::from_millis(500),
         stop_grace: Duration::from_secs(5),
         seed: 1,
@@ -409,22 +348,5 @@ async fn wait_for_stop() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
-    }
-}
-
-#[cfg(test)]
-mod config_tests {
-    use super::locate_field;
-
-    #[test]
-    fn a_config_field_is_found_at_its_line_and_column() {
-        let text = "gate_min = 2.0\n\n[thresholds]\n  cpu = 7.0\nmemory = 0.5\n";
-        assert_eq!(locate_field(text, "gate_min"), (1, 1));
-        assert_eq!(locate_field(text, "thresholds.cpu"), (4, 3));
-        assert_eq!(locate_field(text, "thresholds.gpu"), (0, 0));
-        assert_eq!(
-            locate_field("thresholds = { gpu = 3 }", "thresholds.gpu"),
-            (1, 16)
-        );
     }
 }

@@ -314,7 +314,8 @@ impl Keyring {
         self.rng.reseed(&secret);
         self.local.insert(node.clone(), local);
         // The key of one of our own nodes is valid by construction.
-        let _ = self.insert_peer(node, VerifyingKey::from_bytes(&public).expect("ours"), None);
+        let key = VerifyingKey::from_bytes(&public).expect("an Ed25519 key's own public half");
+        self.insert_peer(node, key, None);
         public
     }
 

@@ -11,9 +11,10 @@
 //! is ChaCha20-Poly1305 with its number in the session as the nonce, the clear header as
 //! associated data.
 //!
-//! The handshake (1,120 bytes) rides along until the receiver shows it holds the session:
-//! its own encrypted frames to the sender name the session it holds (`ack`); and, so that a
-//! receiver that restarted and lost it is not left out for long, at least once a second.
+//! The handshake (1,120 bytes) rides along through a session's first second until the
+//! receiver shows it holds the session (its own encrypted frames to the sender name the
+//! session it holds: `ack`); and, so that a receiver that restarted or missed it is not left
+//! out for long, once a second after that.
 //! A session is replaced after `rekey_after_ms` or `rekey_after_messages`; the receiver keeps
 //! the last two of each sender, so messages in flight across a rekey still open.
 
@@ -268,7 +269,10 @@ pub(super) fn encrypt(
     let refresh = out
         .handshake_sent
         .is_none_or(|t| now.as_micros().saturating_sub(t.as_micros()) >= HANDSHAKE_REFRESH_US);
-    let handshake = (!out.acked || refresh).then_some(Handshake {
+    // Unacknowledged, it rides along through the session's first second (one-way traffic
+    // gets no acknowledgement, and pays for it only that long), then once a second.
+    let young = now.as_micros().saturating_sub(out.opened.as_micros()) < HANDSHAKE_REFRESH_US;
+    let handshake = ((!out.acked && young) || refresh).then_some(Handshake {
         ephemeral: &out.ephemeral,
         ciphertext: &out.ciphertext,
     });
