@@ -48,6 +48,7 @@ fn world() -> &'static World {
             mode: "embedded",
             authenticate: false,
             rekey: false,
+            trust: qs_agent::trust::Trust::FirstUse,
             api_hosts: vec![],
             tls: None,
         };
