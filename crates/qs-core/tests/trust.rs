@@ -80,6 +80,18 @@ fn verdict(k: &mut Keyring, to: Option<&str>, frame: &[u8], at: Time) -> Result<
         .map_err(|r| r.reason)
 }
 
+/// `b` sends `a` a directed message over its own session, naming (acknowledging) the session
+/// of `a`'s it holds; `a` opens it.
+fn b_answers_a(a: &mut Keyring, b: &mut Keyring) {
+    let answer = b.seal_at(
+        &id("b"),
+        Some(&id("a")),
+        &offer_decline("b", 1),
+        Some(now()),
+    );
+    verdict(a, Some("a"), &answer, now()).unwrap();
+}
+
 /// `a` (steward only) and `b` (all but authority), each knowing both certificates.
 fn pair() -> (Authority, Keyring, Keyring, Signed, Signed) {
     let authority = Authority::new("lab", [42; 32]).unwrap();
@@ -104,13 +116,7 @@ fn directed_messages_are_encrypted_and_the_handshake_stops_once_acknowledged() {
     assert!(first.len() > 1100, "the first frame carries the handshake");
     verdict(&mut b, Some("b"), &first, now()).unwrap();
     // b answers a over its own session, naming a's, which it now holds.
-    let answer = b.seal_at(
-        &id("b"),
-        Some(&id("a")),
-        &offer_decline("b", 1),
-        Some(now()),
-    );
-    verdict(&mut a, Some("a"), &answer, now()).unwrap();
+    b_answers_a(&mut a, &mut b);
     let second = a.seal_at(&id("a"), Some(&id("b")), &stop("a", 2), Some(now()));
     assert!(
         second.len() < 400,
@@ -169,13 +175,7 @@ fn sessions_rekey_and_a_restarted_receiver_hears_again_within_a_second() {
     }
     // b restarts and forgets every session: a's next frame (acknowledged, inside the
     // second) cannot open; one a second later carries the handshake again.
-    let answer = b.seal_at(
-        &id("b"),
-        Some(&id("a")),
-        &offer_decline("b", 1),
-        Some(now()),
-    );
-    verdict(&mut a, Some("a"), &answer, now()).unwrap();
+    b_answers_a(&mut a, &mut b);
     let mut b = ring("b");
     let quiet = a.seal_at(&id("a"), Some(&id("b")), &stop("a", 5), Some(now()));
     assert_eq!(

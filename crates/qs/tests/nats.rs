@@ -399,23 +399,6 @@ fn kv_entry(server: &NatsServer, bucket: &str, key: &str) -> Option<serde_json::
     })
 }
 
-/// One counter or gauge of an agent's `/metrics`, 0 when absent.
-fn metric(up: &Up, name: &str) -> f64 {
-    let (status, text) = up.http("GET", "/metrics", "");
-    assert_eq!(status, 200);
-    let text = text.as_str().unwrap_or_default().to_owned();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
-fn rejected(up: &Up, reason: &str) -> f64 {
-    metric(
-        up,
-        &format!("qs_messages_rejected_total{{reason=\"{reason}\"}}"),
-    )
-}
-
 /// Messages on the bus that are forged (another key, or a MAC under another pair's key),
 /// replayed, stale (even under the real key), unsigned or malformed are dropped, counted by
 /// kind, and change nothing: a forged stop order leaves the instance running. A flood of them
@@ -510,7 +493,7 @@ fn forged_replayed_and_stale_messages_change_nothing_and_only_a_signer_of_invali
         ("malformed", 1.0),
     ] {
         target.wait(&format!("{at_least} {reason} message(s) counted"), |u| {
-            rejected(u, reason) >= at_least
+            u.rejected(reason) >= at_least
         });
     }
     assert_eq!(
@@ -523,7 +506,7 @@ fn forged_replayed_and_stale_messages_change_nothing_and_only_a_signer_of_invali
     // and counted, and it strikes nobody.
     let after = qs_core::Config::default().quarantine_after;
     let flood = 4 * after;
-    let before = rejected(target, "unsigned") + rejected(target, "bad_signature");
+    let before = target.rejected("unsigned") + target.rejected("bad_signature");
     for _ in 0..flood {
         send(Frame::write(
             FrameKind::Open,
@@ -533,9 +516,9 @@ fn forged_replayed_and_stale_messages_change_nothing_and_only_a_signer_of_invali
         send(forger.seal(&posing_as, Some(&to), &body(&posing_as, now_us(), now_us())));
     }
     target.wait("the flood dropped and counted", |u| {
-        rejected(u, "unsigned") + rejected(u, "bad_signature") >= before + 2.0 * flood as f64
+        u.rejected("unsigned") + u.rejected("bad_signature") >= before + 2.0 * flood as f64
     });
-    assert_eq!(metric(target, "qs_peers_quarantined"), 0.0);
+    assert_eq!(target.metric("qs_peers_quarantined"), 0.0);
     assert_eq!(live_nodes(target), 2, "the impersonated node is still live");
 
     // A registered key that does not steward web: its stop order is refused and counted.
@@ -547,7 +530,7 @@ fn forged_replayed_and_stale_messages_change_nothing_and_only_a_signer_of_invali
         .unwrap();
     target.wait("the registered stranger's stop refused", |u| {
         send(registered.seal(&carol, None, &body(&carol, now_us(), now_us())));
-        metric(u, "qs_orders_refused_total{reason=\"not_steward\"}") >= 1.0
+        u.metric("qs_orders_refused_total{reason=\"not_steward\"}") >= 1.0
     });
     assert_eq!(
         target.serving("web").first().map(|s| s.2),
@@ -568,11 +551,11 @@ fn forged_replayed_and_stale_messages_change_nothing_and_only_a_signer_of_invali
         send(thief.seal(&posing_as, Some(&to), &invalid((1 << 60) + i)));
     }
     target.wait("the impersonated node quarantined", |u| {
-        metric(u, "qs_peers_quarantined") == 1.0
+        u.metric("qs_peers_quarantined") == 1.0
     });
     target.wait(
         "its heartbeats dropped with the rest, so it is declared dead",
-        |u| live_nodes(u) == 1 && rejected(u, "quarantined") >= 1.0,
+        |u| live_nodes(u) == 1 && u.rejected("quarantined") >= 1.0,
     );
     let events = target.get("/v1/events?from=0&limit=10000");
     assert!(
@@ -613,7 +596,7 @@ fn an_out_of_range_spec_in_the_kv_is_refused_and_the_last_good_one_stays() {
     }
     for agent in &agents {
         agent.wait("both specs refused", |u| {
-            metric(u, "qs_specs_refused_total") >= 2.0
+            u.metric("qs_specs_refused_total") >= 2.0
         });
         agent.wait("both refusals in the ledger", |u| {
             let refused: Vec<String> = u
@@ -665,12 +648,8 @@ fn a_node_whose_clock_went_back_rejoins() {
     alpha.wait("beta, its clock 20 s back, live again", |u| {
         live_nodes(u) == 2
     });
-    assert_eq!(
-        rejected(&alpha, "replay"),
-        0.0,
-        "nothing taken for a replay"
-    );
-    assert_eq!(metric(&alpha, "qs_peers_quarantined"), 0.0);
+    assert_eq!(alpha.rejected("replay"), 0.0, "nothing taken for a replay");
+    assert_eq!(alpha.metric("qs_peers_quarantined"), 0.0);
     drop(beta);
 }
 

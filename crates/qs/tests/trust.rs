@@ -31,27 +31,8 @@ fn server_certificate(dir: &Path) -> (String, String) {
     )
 }
 
-fn metric(up: &Up, name: &str) -> f64 {
-    let (status, text) = up.http("GET", "/metrics", "");
-    assert_eq!(status, 200);
-    let text = text.as_str().unwrap_or_default().to_owned();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
-fn rejected(up: &Up, reason: &str) -> f64 {
-    metric(
-        up,
-        &format!("qs_messages_rejected_total{{reason=\"{reason}\"}}"),
-    )
-}
-
 fn refused(up: &Up, reason: &str) -> f64 {
-    metric(
-        up,
-        &format!("qs_trust_refused_total{{reason=\"{reason}\"}}"),
-    )
+    up.metric(&format!("qs_trust_refused_total{{reason=\"{reason}\"}}"))
 }
 
 fn live(up: &Up) -> Vec<String> {
@@ -72,6 +53,31 @@ fn run(args: &[&str]) -> (bool, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success(), text)
+}
+
+/// `qs agent NODE` joining fleet `t` at `url` with `token` and the config file `config`,
+/// which must fail: everything it printed.
+fn joining_fails(dir: &Path, url: &str, node: &str, config: &Path, token: &str) -> String {
+    let state = dir.join(node);
+    let (ok, text) = run(&[
+        "agent",
+        "--nats",
+        url,
+        "--fleet",
+        "t",
+        "--node",
+        node,
+        "--config",
+        config.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--join-token",
+        token,
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(!ok, "{node} joined: {text}");
+    text
 }
 
 fn now_ms() -> u64 {
@@ -120,24 +126,14 @@ fn a_certified_fleet_on_tls_nats_refuses_what_it_should_revokes_and_renews() {
     )
     .unwrap();
     let t0 = token(&[]);
-    let (ok, text) = run(&[
-        "agent",
-        "--nats",
+    let text = joining_fails(
+        dir.path(),
         &url,
-        "--fleet",
-        "t",
-        "--node",
         "intruder",
-        "--config",
-        dir.path().join("wrong.toml").to_str().unwrap(),
-        "--state-dir",
-        dir.path().join("intruder").to_str().unwrap(),
-        "--join-token",
+        &dir.path().join("wrong.toml"),
         &t0,
-        "--listen",
-        "127.0.0.1:0",
-    ]);
-    assert!(!ok && text.contains("refused"), "{text}");
+    );
+    assert!(text.contains("refused"), "{text}");
 
     // The fleet: alpha is the authority node, beta and gamma join with tokens.
     let alpha = agent_configured(
@@ -170,47 +166,27 @@ fn a_certified_fleet_on_tls_nats_refuses_what_it_should_revokes_and_renews() {
     }
 
     // A token used twice, and one past its expiry: refused by the authority.
-    let (ok, text) = run(&[
-        "agent",
-        "--nats",
+    let text = joining_fails(
+        dir.path(),
         &url,
-        "--fleet",
-        "t",
-        "--node",
         "delta",
-        "--config",
-        dir.path().join("beta.toml").to_str().unwrap(),
-        "--state-dir",
-        dir.path().join("delta").to_str().unwrap(),
-        "--join-token",
+        &dir.path().join("beta.toml"),
         &beta_token,
-        "--listen",
-        "127.0.0.1:0",
-    ]);
-    assert!(!ok && text.contains("token_used"), "{text}");
+    );
+    assert!(text.contains("token_used"), "{text}");
     let short = token(&["--ttl", "1s"]);
     let expires = now_ms() + 1000;
     while now_ms() <= expires {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let (ok, text) = run(&[
-        "agent",
-        "--nats",
+    let text = joining_fails(
+        dir.path(),
         &url,
-        "--fleet",
-        "t",
-        "--node",
         "epsilon",
-        "--config",
-        dir.path().join("beta.toml").to_str().unwrap(),
-        "--state-dir",
-        dir.path().join("epsilon").to_str().unwrap(),
-        "--join-token",
+        &dir.path().join("beta.toml"),
         &short,
-        "--listen",
-        "127.0.0.1:0",
-    ]);
-    assert!(!ok && text.contains("token_expired"), "{text}");
+    );
+    assert!(text.contains("token_expired"), "{text}");
     assert!(refused(&alpha, "token_used") >= 1.0 && refused(&alpha, "token_expired") >= 1.0);
 
     // Certificates written straight into the bucket by someone who can write it: forged
@@ -300,7 +276,7 @@ fn a_certified_fleet_on_tls_nats_refuses_what_it_should_revokes_and_renews() {
     let frame = mallory_ring.seal(&mallory, None, &status(1));
     rt.block_on(bus.send(&beta_id, frame.into())).unwrap();
     beta.wait("mallory's message dropped", |u| {
-        rejected(u, "unknown_sender") >= 1.0
+        u.rejected("unknown_sender") >= 1.0
     });
 
     // Under a real certificate that grants only hosting, a stop order (a steward's) is
@@ -337,7 +313,7 @@ fn a_certified_fleet_on_tls_nats_refuses_what_it_should_revokes_and_renews() {
         assert_eq!(sealed[0], b'E', "directed messages are encrypted");
         rt.block_on(bus.send(&beta_id, sealed.into())).unwrap();
         std::thread::sleep(Duration::from_millis(100));
-        rejected(u, "capability") >= 1.0
+        u.rejected("capability") >= 1.0
     });
     rt.block_on(nodes.delete("mallory")).unwrap();
 
@@ -366,7 +342,7 @@ fn a_certified_fleet_on_tls_nats_refuses_what_it_should_revokes_and_renews() {
     );
     for up in [&alpha, &beta, &gamma] {
         assert_eq!(
-            rejected(up, "expired"),
+            up.rejected("expired"),
             0.0,
             "no message under an expired certificate"
         );
@@ -391,7 +367,7 @@ fn a_certified_fleet_on_tls_nats_refuses_what_it_should_revokes_and_renews() {
     let revoked_at = Instant::now();
     for up in [&alpha, &beta] {
         up.wait_within("gamma refused as revoked", LIMIT, |u| {
-            rejected(u, "revoked") >= 1.0
+            u.rejected("revoked") >= 1.0
         });
     }
     let heard_within = revoked_at.elapsed();

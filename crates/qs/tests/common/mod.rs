@@ -171,6 +171,23 @@ impl Up {
         }
     }
 
+    /// One counter or gauge of the agent's `/metrics` (its name with labels), 0 when absent.
+    pub fn metric(&self, name: &str) -> f64 {
+        let (status, text) = self.http("GET", "/metrics", "");
+        assert_eq!(status, 200);
+        let text = text.as_str().unwrap_or_default().to_owned();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Messages the agent dropped for `reason`.
+    pub fn rejected(&self, reason: &str) -> f64 {
+        self.metric(&format!(
+            "qs_messages_rejected_total{{reason=\"{reason}\"}}"
+        ))
+    }
+
     /// The agent's API token, as its state directory holds it (the file `/health` names).
     pub fn token(&self) -> Option<&str> {
         if self.token.get().is_none() {
