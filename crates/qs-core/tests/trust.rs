@@ -269,6 +269,7 @@ fn a_renewed_certificate_keeps_the_sessions_and_an_older_one_changes_nothing() {
     let (authority, mut a, mut b, ..) = pair();
     let first = a.seal_at(&id("a"), Some(&id("b")), &stop("a", 1), Some(now()));
     verdict(&mut b, Some("b"), &first, now()).unwrap();
+    b_answers_a(&mut a, &mut b);
     let g = Granted {
         node: id("a"),
         ed25519: hex(&ed25519_dalek::SigningKey::from_bytes(&secret("a"))
@@ -291,10 +292,45 @@ fn a_renewed_certificate_keeps_the_sessions_and_an_older_one_changes_nothing() {
             .serial
     };
     assert_eq!(serial(&b), 5);
+    // Acknowledged: the next frame carries no handshake, so it opens only if b kept the
+    // session across the renewal.
     let second = a.seal_at(&id("a"), Some(&id("b")), &stop("a", 2), Some(now()));
+    assert!(second.len() < 400, "no handshake ({} bytes)", second.len());
     verdict(&mut b, Some("b"), &second, now()).unwrap();
     assert_eq!(
         qs_wire::Frame::parse(&second).unwrap().kind,
         FrameKind::Encrypted
     );
+}
+
+#[test]
+fn a_replayed_frame_changes_no_session_state() {
+    let (_, mut a, mut b, ..) = pair();
+    // b's first answer, sent before it holds any session of a's: it acknowledges none.
+    let stale_ack = b.seal_at(
+        &id("b"),
+        Some(&id("a")),
+        &offer_decline("b", 1),
+        Some(now()),
+    );
+    verdict(&mut a, Some("a"), &stale_ack, now()).unwrap();
+    let first = a.seal_at(&id("a"), Some(&id("b")), &stop("a", 1), Some(now()));
+    verdict(&mut b, Some("b"), &first, now()).unwrap();
+    let answer = b.seal_at(
+        &id("b"),
+        Some(&id("a")),
+        &offer_decline("b", 2),
+        Some(now()),
+    );
+    verdict(&mut a, Some("a"), &answer, now()).unwrap();
+    // The old answer again: a replay, and its stale acknowledgement is not taken, so a's next
+    // frame (inside the session's first second, before any refresh) needs no handshake.
+    assert_eq!(
+        verdict(&mut a, Some("a"), &stale_ack, now()),
+        Err(Reject::Replay)
+    );
+    let soon = Time::from_millis(NOW_MS + 500);
+    let next = a.seal_at(&id("a"), Some(&id("b")), &stop("a", 2), Some(soon));
+    assert!(next.len() < 400, "no handshake ({} bytes)", next.len());
+    verdict(&mut b, Some("b"), &next, soon).unwrap();
 }

@@ -18,8 +18,9 @@ struct Pending<'a> {
     frame: Frame<'a>,
     /// The local receiver of a sealed message.
     to: Option<&'a NodeId>,
-    /// An encrypted frame that opened (its tag is the cipher's).
-    decrypted: bool,
+    /// An encrypted frame that opened (its tag is the cipher's), and what it would change
+    /// once accepted.
+    opened: Option<session::Opened>,
 }
 
 impl Keyring {
@@ -73,7 +74,7 @@ impl Keyring {
             env,
             frame,
             to,
-            decrypted: false,
+            opened: None,
         };
         if !self.config.required {
             return Ok(pending);
@@ -109,8 +110,8 @@ impl Keyring {
         let Some(local) = self.local.get_mut(to) else {
             return Err(self.reject(Reject::BadSignature, Some(sender), now, None));
         };
-        let plain = match session::decrypt(local, &sender, to, &key, &header, &frame) {
-            Ok(plain) => plain,
+        let (plain, opened) = match session::decrypt(local, &sender, to, &key, &header, &frame) {
+            Ok(opened) => opened,
             Err(OpenError::NoSession) => {
                 return Err(self.reject(Reject::NoSession, Some(sender), now, None));
             }
@@ -127,7 +128,7 @@ impl Keyring {
             env,
             frame,
             to: Some(to),
-            decrypted: true,
+            opened: Some(opened),
         })
     }
 
@@ -189,7 +190,7 @@ impl Keyring {
             let tag_ok = match p.frame.kind {
                 FrameKind::Signed => signature_ok.unwrap_or(false),
                 FrameKind::Sealed => self.check_mac(p.to, sender, p.frame.tag, p.frame.body),
-                FrameKind::Encrypted => p.decrypted,
+                FrameKind::Encrypted => p.opened.is_some(),
                 FrameKind::Open => false,
             };
             if !tag_ok {
@@ -205,6 +206,13 @@ impl Keyring {
                 .is_some_and(|peer| peer.window.admit(p.env.seq));
             if !fresh {
                 return Err(self.reject(Reject::Replay, Some(p.env.sender), now, None));
+            }
+            // Genuine and new: what its encryption opened is kept.
+            if let Some(opened) = p.opened
+                && let Some(key) = self.peers.get(&opened.sender).map(|peer| peer.key)
+                && let Some(local) = self.local.get_mut(&opened.to)
+            {
+                session::commit(local, &key, opened);
             }
         }
         if let Err(detail) = checked(&p.env) {

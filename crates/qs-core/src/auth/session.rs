@@ -302,9 +302,19 @@ pub(super) fn encrypt(
     Frame::write(FrameKind::Encrypted, &header, &sealed)
 }
 
+/// What opening an encrypted frame would change: a session its handshake opened, and the
+/// acknowledgement it carries. Kept only once the message inside passed every check
+/// ([`commit`]), so a replayed or stale frame changes nothing.
+pub(super) struct Opened {
+    pub(super) sender: NodeId,
+    pub(super) to: NodeId,
+    new_session: Option<Inbound>,
+    ack: u64,
+}
+
 /// Decrypts an encrypted frame `frame` sent by `sender` to `to` (a node of this process):
-/// under a session the pair holds, or one its handshake opens (kept only once a message
-/// opened under it).
+/// under a session the pair holds, or one its handshake opens (its ML-KEM decapsulation
+/// done only then).
 pub(super) fn decrypt(
     local: &mut Local,
     sender: &NodeId,
@@ -312,29 +322,37 @@ pub(super) fn decrypt(
     peer_key: &VerifyingKey,
     header: &EncryptedHeader<'_>,
     frame: &Frame<'_>,
-) -> Result<Vec<u8>, OpenError> {
+) -> Result<(Vec<u8>, Opened), OpenError> {
     let aad = [&[b'E'][..], frame.tag].concat();
     let payload = Payload {
         msg: frame.body,
         aad: &aad,
     };
-    let x25519 = local.x25519.clone();
-    let kem_shared = header
-        .handshake
-        .map(|hs| local.kem.decapsulate_slice(hs.ciphertext));
-    let pair = local.pair(sender, peer_key);
-    let plain = if let Some(s) = pair.inbound.iter().find(|s| s.id == header.session) {
-        s.cipher
+    let held = local
+        .pairs
+        .get(sender)
+        .and_then(|p| p.inbound.iter().find(|s| s.id == header.session));
+    let (plain, new_session) = if let Some(s) = held {
+        let plain = s
+            .cipher
             .decrypt(&nonce(header.counter), payload)
-            .map_err(|_| OpenError::Refused)?
+            .map_err(|_| OpenError::Refused)?;
+        (plain, None)
     } else {
-        let (Some(hs), Some(Ok(kem_shared))) = (header.handshake, kem_shared) else {
+        let Some(hs) = header.handshake else {
             return Err(OpenError::NoSession);
         };
-        let shared = x25519.diffie_hellman(&x25519_dalek::PublicKey::from(*hs.ephemeral));
+        let kem_shared = local
+            .kem
+            .decapsulate_slice(hs.ciphertext)
+            .map_err(|_| OpenError::Refused)?;
+        let shared = local
+            .x25519
+            .diffie_hellman(&x25519_dalek::PublicKey::from(*hs.ephemeral));
         if !shared.was_contributory() {
             return Err(OpenError::Refused);
         }
+        let pair = local.pair(sender, peer_key);
         let cipher = session_key(
             &shared.to_bytes(),
             &pair.static_shared,
@@ -348,19 +366,35 @@ pub(super) fn decrypt(
         let plain = cipher
             .decrypt(&nonce(header.counter), payload)
             .map_err(|_| OpenError::Refused)?;
+        let inbound = Inbound {
+            id: header.session,
+            cipher,
+        };
+        (plain, Some(inbound))
+    };
+    let opened = Opened {
+        sender: sender.clone(),
+        to: to.clone(),
+        new_session,
+        ack: header.ack,
+    };
+    Ok((plain, opened))
+}
+
+/// Keeps what an encrypted frame that was accepted opened: its new session (the oldest of
+/// the sender's dropped past [`INBOUND_KEPT`]), and its acknowledgement: while the sender
+/// names our current session, the handshake need not ride along.
+pub(super) fn commit(local: &mut Local, peer_key: &VerifyingKey, opened: Opened) {
+    let pair = local.pair(&opened.sender, peer_key);
+    if let Some(inbound) = opened.new_session
+        && !pair.inbound.iter().any(|s| s.id == inbound.id)
+    {
         if pair.inbound.len() >= INBOUND_KEPT {
             pair.inbound.remove(0);
         }
-        pair.inbound.push(Inbound {
-            id: header.session,
-            cipher,
-        });
-        plain
-    };
-    // The sender names the session of ours it holds: the handshake need not ride along
-    // while it holds the current one.
-    if let Some(out) = pair.out.as_mut() {
-        out.acked = header.ack == out.id;
+        pair.inbound.push(inbound);
     }
-    Ok(plain)
+    if let Some(out) = pair.out.as_mut() {
+        out.acked = opened.ack == out.id;
+    }
 }
