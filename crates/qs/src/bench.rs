@@ -140,16 +140,27 @@ pub(crate) fn bench_fleet(
     }
 }
 
-/// The same sealed frames through a whole agent runtime: published on the in-memory fabric to
-/// one node of a fleet that requires authentication (its keyring learns the senders' keys from
-/// the `nodes` KV, as on NATS), opened and handed to its core (offers for placements it does
-/// not know: read and dropped). Sent in chunks the node's inbox holds, each waited for.
+/// How the runtime of [`through_runtime`] trusts its senders: what the `nodes` KV holds
+/// before it starts, and what its state directory holds.
+struct RuntimeTrust {
+    /// Entries of the `nodes` KV: the senders' keys or certificates.
+    nodes: Vec<(qs_wire::NodeId, Vec<u8>)>,
+    trust: qs_agent::trust::Trust,
+    /// The receiver's own certificate, kept in its state directory (under certificates).
+    certificate: Option<qs_wire::trust::Signed>,
+}
+
+/// The same frames through a whole agent runtime: published on the in-memory fabric to one
+/// node of a fleet that requires authentication (its keyring learns the senders' keys or
+/// certificates from the `nodes` KV, as on NATS), opened and handed to its core (offers for
+/// placements it does not know: read and dropped). Sent in chunks the node's inbox holds,
+/// each waited for. Messages per second.
 fn through_runtime(
     receiver: &qs_wire::NodeId,
     receiver_secret: [u8; 32],
-    senders: &[(qs_wire::NodeId, qs_core::auth::Keyring, [u8; 32])],
+    setup: RuntimeTrust,
     frames: &[Vec<u8>],
-) -> anyhow::Result<()> {
+) -> anyhow::Result<f64> {
     use qs_agent::fleet::EmbeddedFleet;
     use qs_agent::names::NODES_BUCKET;
     use qs_fabric::{Fabric, Kv};
@@ -161,6 +172,13 @@ fn through_runtime(
     let state = StateDir::open(&state_dir)?;
     let secret = qs_wire::identity::hex(&receiver_secret);
     state.write(StateFile::Key(receiver), secret.as_bytes(), Some(0o600))?;
+    if let Some(cert) = &setup.certificate {
+        state.write(
+            StateFile::Certificate(receiver),
+            &cert.encode(),
+            Some(0o600),
+        )?;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -172,11 +190,8 @@ fn through_runtime(
     let result = rt.block_on(async {
         let fabric = qs_fabric::memory::MemoryFabric::new();
         let nodes = fabric.kv(NODES_BUCKET).await?;
-        for (id, _, public) in senders {
-            let record = qs_wire::NodeRecord::new(*public, 1, 0);
-            nodes
-                .put(id.as_str(), serde_json::to_vec(&record)?.into())
-                .await?;
+        for (id, value) in &setup.nodes {
+            nodes.put(id.as_str(), value.clone().into()).await?;
         }
         let node = qs_wire::NodeSpec {
             id: receiver.clone(),
@@ -184,10 +199,17 @@ fn through_runtime(
             labels: Default::default(),
             capacity: Default::default(),
         };
-        let options = bench_fleet(&state_dir, vec![node], qs_core::Config::default(), true);
+        let options = qs_agent::fleet::FleetOptions {
+            trust: setup.trust,
+            ..bench_fleet(&state_dir, vec![node], qs_core::Config::default(), true)
+        };
         let fleet = EmbeddedFleet::start_on(options, fabric.clone()).await?;
         let waited = Instant::now();
-        while !senders.iter().all(|(id, ..)| fleet.shared.auth.knows(id)) {
+        while !setup
+            .nodes
+            .iter()
+            .all(|(id, _)| fleet.shared.auth.knows(id))
+        {
             anyhow::ensure!(
                 waited.elapsed() < Duration::from_secs(30),
                 "keys not learned"
@@ -218,18 +240,12 @@ fn through_runtime(
         Ok::<_, anyhow::Error>(rate)
     });
     let _ = std::fs::remove_dir_all(&state_dir);
-    emit(
-        "messages",
-        "through_runtime_session_mac_per_s".into(),
-        result?.round(),
-        "1/s",
-    );
-    Ok(())
+    result
 }
 
 /// Directed messages encrypted under certificates (ChaCha20-Poly1305 under hybrid X25519 +
-/// ML-KEM-768 session keys), through a fresh receiver each run: each sender's session is
-/// opened (decapsulated) inside the clock.
+/// ML-KEM-768 session keys): through a whole agent runtime, then through a fresh receiver's
+/// keyring alone each run, each sender's session opened (decapsulated) inside the clock.
 fn encrypted(
     bodies: &[(usize, Vec<u8>)],
     receiver: &qs_wire::NodeId,
@@ -275,8 +291,8 @@ fn encrypted(
             (id, k, cert)
         })
         .collect();
-    // Sealed 10 µs apart, as a busy sender would: the handshake rides along through each
-    // session's first second, then once a second.
+    // Sealed 10 µs apart, as a busy sender would: the handshake rides along on each
+    // session's first messages, then once a second.
     let frames: Vec<Vec<u8>> = bodies
         .iter()
         .enumerate()
@@ -286,6 +302,26 @@ fn encrypted(
             k.seal_at(&id.clone(), Some(receiver), body, Some(at))
         })
         .collect();
+    let (_, own) = ring(receiver, receiver_secret);
+    let setup = RuntimeTrust {
+        nodes: senders
+            .iter()
+            .map(|(id, _, cert)| (id.clone(), cert.encode()))
+            .collect(),
+        trust: qs_agent::trust::Trust::Certificates(Box::new(qs_agent::trust::CertTrust {
+            anchor: authority.anchor().clone(),
+            join_token: None,
+            authority: None,
+        })),
+        certificate: Some(own),
+    };
+    let rate = through_runtime(receiver, receiver_secret, setup, &frames)?;
+    emit(
+        "messages",
+        "through_runtime_encrypted_per_s".into(),
+        rate.round(),
+        "1/s",
+    );
     let mut rates = Vec::new();
     for _ in 0..repeats {
         let (mut k, _) = ring(receiver, receiver_secret);
@@ -462,7 +498,27 @@ pub fn messages_suite(messages: usize, peers: usize, repeats: usize) -> anyhow::
         );
         Ok(())
     };
-    through_runtime(&receiver, receiver_secret, &senders, &directed)?;
+    let setup = RuntimeTrust {
+        nodes: senders
+            .iter()
+            .map(|(id, _, public)| {
+                let record = qs_wire::NodeRecord::new(*public, 1, 0);
+                (
+                    id.clone(),
+                    serde_json::to_vec(&record).expect("records serialize"),
+                )
+            })
+            .collect(),
+        trust: qs_agent::trust::Trust::FirstUse,
+        certificate: None,
+    };
+    let rate = through_runtime(&receiver, receiver_secret, setup, &directed)?;
+    emit(
+        "messages",
+        "through_runtime_session_mac_per_s".into(),
+        rate.round(),
+        "1/s",
+    );
     run("directed_session_mac", 1, true)?;
     encrypted(
         &directed_bodies,

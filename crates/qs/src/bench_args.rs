@@ -35,7 +35,9 @@ pub enum BenchSuite {
     },
     /// Authenticated messages per second through one node: a whole agent runtime on the
     /// in-memory fabric with authentication on, then its receive path alone on one core
-    /// (frame, envelope, session MAC or Ed25519 signature, timestamp, replay window).
+    /// (frame, envelope, Ed25519 signature, timestamp, replay window), for directed
+    /// messages both HMAC-sealed (trust on first use, or encryption off) and encrypted
+    /// under certificates (ChaCha20-Poly1305, hybrid X25519 + ML-KEM-768 sessions).
     Messages {
         #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
         messages: u64,

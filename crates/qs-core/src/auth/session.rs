@@ -11,7 +11,7 @@
 //! is ChaCha20-Poly1305 with its number in the session as the nonce, the clear header as
 //! associated data.
 //!
-//! The handshake (1,120 bytes) rides along through a session's first second until the
+//! The handshake (1,120 bytes) rides along on a session's first 16 messages until the
 //! receiver shows it holds the session (its own encrypted frames to the sender name the
 //! session it holds: `ack`); and, so that a receiver that restarted or missed it is not left
 //! out for long, once a second after that.
@@ -36,6 +36,8 @@ pub(super) type EncapsulationKey = ml_kem::EncapsulationKey<MlKem768>;
 
 /// How often, at least, a sender repeats the handshake of an acknowledged session.
 const HANDSHAKE_REFRESH_US: u64 = 1_000_000;
+/// How many of a session's first messages carry its handshake until it is acknowledged.
+const HANDSHAKE_UNACKNOWLEDGED: u64 = 16;
 /// Sessions a receiver keeps per sender.
 const INBOUND_KEPT: usize = 2;
 
@@ -269,10 +271,10 @@ pub(super) fn encrypt(
     let refresh = out
         .handshake_sent
         .is_none_or(|t| now.as_micros().saturating_sub(t.as_micros()) >= HANDSHAKE_REFRESH_US);
-    // Unacknowledged, it rides along through the session's first second (one-way traffic
-    // gets no acknowledgement, and pays for it only that long), then once a second.
-    let young = now.as_micros().saturating_sub(out.opened.as_micros()) < HANDSHAKE_REFRESH_US;
-    let handshake = ((!out.acked && young) || refresh).then_some(Handshake {
+    // Unacknowledged, it rides along on the session's first messages (one-way traffic gets
+    // no acknowledgement, and pays for it only that long), then once a second.
+    let early = !out.acked && out.counter < HANDSHAKE_UNACKNOWLEDGED;
+    let handshake = (early || refresh).then_some(Handshake {
         ephemeral: &out.ephemeral,
         ciphertext: &out.ciphertext,
     });
