@@ -256,7 +256,7 @@ impl<F: Fabric> EmbeddedFleet<F> {
     }
 
     async fn launch(
-        opts: FleetOptions,
+        mut opts: FleetOptions,
         fabric: F,
         known: Vec<qs_wire::WorkloadSpec>,
     ) -> Result<Self, FleetError> {
@@ -279,7 +279,7 @@ impl<F: Fabric> EmbeddedFleet<F> {
         let auth = Arc::new(Auth::new(
             AuthConfig::from_config(&opts.config, opts.authenticate),
             certified.as_ref().map(|c| c.anchor.clone()),
-        ));
+        )?);
         let mut own = Vec::new();
         let mut certificates = Vec::new();
         if opts.authenticate {
@@ -312,6 +312,22 @@ impl<F: Fabric> EmbeddedFleet<F> {
             }
             if fabric.connected() && certified.is_none() {
                 identity::register_at_start(&fabric, &own, opts.rekey).await?;
+            }
+        }
+        // A certified node runs at the level its certificate grants: peers refuse any other.
+        for (node, signed) in &certificates {
+            let granted = signed
+                .open::<qs_wire::trust::Certificate>()
+                .map(|c| c.level);
+            if let (Ok(level), Some(spec)) =
+                (granted, opts.nodes.iter_mut().find(|s| s.id == *node))
+                && spec.level != level
+            {
+                tracing::warn!(
+                    "node {node}: level {level}, as its certificate grants (not {})",
+                    spec.level
+                );
+                spec.level = level;
             }
         }
         let membership = Membership::new(&opts.config);

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use qs_core::Time;
-use qs_core::auth::{AuthConfig, CertificateView, Keyring, Reject, Rejected};
+use qs_core::auth::{AuthConfig, CertificateView, Keyring, Learned, Reject, Rejected};
 use qs_core::trust::{Anchor, Refusal};
 use qs_fabric::{Fabric, FabricError, Kv, KvEvent};
 use qs_store::{StateDir, StateFile};
@@ -183,8 +183,9 @@ pub struct Auth {
 }
 
 impl Auth {
-    /// A keyring under `anchor`'s certificates, or trusting on first use without one.
-    pub fn new(config: AuthConfig, anchor: Option<Anchor>) -> Self {
+    /// A keyring under `anchor`'s certificates, or trusting on first use without one; its
+    /// session keys draw on randomness from the OS, without which it is not made.
+    pub fn new(config: AuthConfig, anchor: Option<Anchor>) -> Result<Self, IdentityError> {
         let rejected = Family::default();
         for reason in Reject::ALL {
             // Every reason shows in /metrics from the start, at 0.
@@ -199,18 +200,19 @@ impl Auth {
             None => Keyring::new(config),
         };
         let mut entropy = [0u8; 32];
-        if getrandom::getrandom(&mut entropy).is_err() {
-            tracing::warn!("no randomness from the OS: session keys draw on the node keys alone");
-        }
+        getrandom::getrandom(&mut entropy).map_err(|e| IdentityError::KeyFile {
+            path: PathBuf::from("(the OS's randomness)"),
+            message: format!("none for session keys: {e}"),
+        })?;
         keyring.reseed(&entropy);
-        Auth {
+        Ok(Auth {
             required: config.required,
             keyring: Mutex::new(keyring),
             rejected,
             refused,
             quarantines: Mutex::default(),
             quarantines_pending: AtomicBool::new(false),
-        }
+        })
     }
 
     fn keyring(&self) -> std::sync::MutexGuard<'_, Keyring> {
@@ -363,27 +365,13 @@ impl Auth {
     }
 
     fn learn_signed(&self, key: &str, value: &[u8]) {
-        let now = crate::clock::now();
-        let verdict = qs_wire::trust::Signed::decode(value)
-            .map_err(|_| Refusal::Malformed)
-            .and_then(|signed| {
-                if key.starts_with("revoked.") {
-                    self.keyring().revoke(&signed, now)
-                } else {
-                    self.keyring().learn_certificate(&signed, now)
-                }
-            });
-        match verdict {
-            Ok(node) if key.starts_with("revoked.") => {
+        let learned = self.keyring().learn_entry(key, value, crate::clock::now());
+        match learned {
+            Ok(Learned::Revocation(node)) => {
                 tracing::warn!("node {node}'s certificate was revoked: nothing it sends is heard");
             }
-            Ok(_) => {}
+            Ok(Learned::Certificate(_)) => {}
             Err(reason) => {
-                if reason == Refusal::Malformed {
-                    // The keyring counts what it judged; a document that does not decode
-                    // never reached it.
-                    self.keyring().count_refusal(reason);
-                }
                 self.refused
                     .get_or_create(&vec![("reason".into(), reason.as_str().into())])
                     .inc();
@@ -407,7 +395,13 @@ impl Auth {
         }
     }
 
+    /// Forgets a node whose entry was deleted: trusting on first use only. Under
+    /// certificates a node leaves by expiry or revocation; a deletion (which any writer of
+    /// the bucket can make) would silence it.
     fn forget(&self, node: &str) {
+        if self.keyring().anchor().is_some() {
+            return tracing::warn!(key = node, "ignored the deletion of a registry entry");
+        }
         if let Ok(id) = NodeId::new(node) {
             self.keyring().forget(&id);
         }

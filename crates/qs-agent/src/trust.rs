@@ -13,6 +13,7 @@ use crate::backoff::Backoff;
 use crate::identity::Auth;
 use crate::names::{JOINS_BUCKET, NODES_BUCKET};
 use bytes::Bytes;
+use qs_core::auth::REVOKED_PREFIX;
 use qs_core::transport::TrustConfig;
 use qs_core::trust::{Anchor, Authority, Refusal};
 use qs_fabric::{Fabric, FabricError, Kv, KvEvent};
@@ -20,16 +21,12 @@ use qs_store::{StateDir, StateFile};
 use qs_wire::NodeId;
 use qs_wire::identity::hex;
 use qs_wire::trust::{Certificate, JoinAnswer, JoinRequest, Signed};
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
 /// How long a node waits for the authority's answer to a join request.
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
-/// Spent token ids an authority node remembers (past it, the bucket's compare-and-set still
-/// refuses a second use).
-const USED_TOKENS_MAX: usize = 100_000;
 
 /// How an agent on NATS trusts its peers.
 #[derive(Clone)]
@@ -89,16 +86,25 @@ fn now_ms() -> u64 {
     crate::clock::now().as_millis()
 }
 
-/// The key under which the `nodes` bucket keeps the revocation of `serial`.
-pub fn revocation_key(serial: u64) -> String {
-    format!("revoked.{serial:016x}")
+/// The key under which the `nodes` bucket keeps the revocation of `node`.
+pub fn revocation_key(node: &NodeId) -> String {
+    format!("{REVOKED_PREFIX}{node}")
+}
+
+/// Where the authority answers `node`'s request in the `joins` bucket (a key of its own
+/// under the prefix the node watches).
+fn answer_key(node: &NodeId) -> String {
+    format!("answer.{node}.result")
 }
 
 /// A random serial (never 0).
-fn serial() -> u64 {
+fn serial() -> Result<u64, TrustError> {
     let mut b = [0u8; 8];
-    let _ = getrandom::getrandom(&mut b);
-    u64::from_le_bytes(b) | 1
+    getrandom::getrandom(&mut b).map_err(|e| TrustError::File {
+        what: "randomness".into(),
+        detail: format!("the OS gave none: {e}"),
+    })?;
+    Ok(u64::from_le_bytes(b) | 1)
 }
 
 /// This node's join (or renewal) request, signed by its own key.
@@ -124,20 +130,18 @@ fn request(
     )
 }
 
-/// The certificate kept in the state directory, if it is valid for this anchor, this node
-/// and its keys, and not about to need renewal.
-fn stored(
-    auth: &Auth,
-    state: &StateDir,
-    node: &NodeId,
-    anchor: &Anchor,
-) -> Option<(Signed, Certificate)> {
+/// `signed`, if it is a valid certificate of `anchor`'s for `node` and its keys.
+fn ours(auth: &Auth, signed: &Signed, node: &NodeId, anchor: &Anchor) -> Option<Certificate> {
+    let cert = anchor.certificate(signed, now_ms()).ok()?;
+    let (public, kem) = auth.own_keys(node)?;
+    (cert.node == *node && cert.ed25519 == hex(&public) && cert.ml_kem == hex(&kem)).then_some(cert)
+}
+
+/// The certificate kept in the state directory, if it is still ours ([`ours`]).
+fn stored(auth: &Auth, state: &StateDir, node: &NodeId, anchor: &Anchor) -> Option<Signed> {
     let bytes = state.read(StateFile::Certificate(node)).ok()??;
     let signed = Signed::decode(&bytes).ok()?;
-    let cert = anchor.certificate(&signed, now_ms()).ok()?;
-    let (public, kem) = auth.own_keys(node)?;
-    (cert.node == *node && cert.ed25519 == hex(&public) && cert.ml_kem == hex(&kem))
-        .then_some((signed, cert))
+    ours(auth, &signed, node, anchor).map(|_| signed)
 }
 
 fn keep(state: &StateDir, node: &NodeId, cert: &Signed) -> Result<(), TrustError> {
@@ -150,8 +154,9 @@ fn keep(state: &StateDir, node: &NodeId, cert: &Signed) -> Result<(), TrustError
 }
 
 /// This node's certificate at start: the one kept, if still good; one it issues itself, on
-/// an authority node; or one the authority answers a join request with. It is put in the
-/// `nodes` bucket (where peers learn it) and kept in the state directory.
+/// an authority node; or one the authority answers a join request with (and has put in the
+/// `nodes` bucket, where peers learn it). It is kept in the state directory, then put in the
+/// bucket (again, for one kept: peers may have lost it).
 pub async fn obtain<F: Fabric>(
     fabric: &F,
     auth: &Auth,
@@ -161,7 +166,7 @@ pub async fn obtain<F: Fabric>(
     level: u8,
     config: &TrustConfig,
 ) -> Result<Signed, TrustError> {
-    if let Some((signed, _)) = stored(auth, state, node, &trust.anchor) {
+    if let Some(signed) = stored(auth, state, node, &trust.anchor) {
         // Put again where peers learn it (they may have lost the bucket); a fabric that does
         // not answer now leaves that to the first renewal.
         let put = async {
@@ -176,8 +181,7 @@ pub async fn obtain<F: Fabric>(
         }
         return Ok(signed);
     }
-    let nodes = fabric.kv(NODES_BUCKET).await?;
-    let signed = if let Some(authority) = &trust.authority {
+    if let Some(authority) = &trust.authority {
         let (public, kem) = auth.own_keys(node).expect("a node of this process");
         let mut capabilities = qs_wire::trust::Capability::member();
         capabilities.insert(qs_wire::trust::Capability::Authority);
@@ -189,35 +193,46 @@ pub async fn obtain<F: Fabric>(
             capabilities,
             token_id: None,
         };
-        authority.certify(&granted, serial(), now_ms(), config.certificate_lifetime_ms)
-    } else {
-        let Some(token) = trust.join_token.clone() else {
-            return Err(TrustError::NoToken {
-                node: node.clone(),
-                fleet: trust.anchor.fleet.clone(),
-            });
-        };
-        ask(
-            fabric,
-            node,
-            request(auth, node, &trust.anchor, Some(token), None),
-        )
-        .await?
+        let signed = authority.certify(
+            &granted,
+            serial()?,
+            now_ms(),
+            config.certificate_lifetime_ms,
+        );
+        keep(state, node, &signed)?;
+        let nodes = fabric.kv(NODES_BUCKET).await?;
+        nodes
+            .put(node.as_str(), Bytes::from(signed.encode()))
+            .await?;
+        return Ok(signed);
+    }
+    let Some(token) = trust.join_token.clone() else {
+        return Err(TrustError::NoToken {
+            node: node.clone(),
+            fleet: trust.anchor.fleet.clone(),
+        });
     };
-    nodes
-        .put(node.as_str(), Bytes::from(signed.encode()))
-        .await?;
+    let request = request(auth, node, &trust.anchor, Some(token), None);
+    let signed = ask(fabric, auth, node, &trust.anchor, request).await?;
     keep(state, node, &signed)?;
     Ok(signed)
 }
 
-/// Puts a join request and waits for the authority's answer.
-async fn ask<F: Fabric>(fabric: &F, node: &NodeId, request: Signed) -> Result<Signed, TrustError> {
+/// Puts a join request and waits for the authority's answer: a certificate that `anchor`'s
+/// authority signed for this node and its keys (anything else in the answer's place, which
+/// any writer of the bucket could put there, is skipped), or a refusal.
+async fn ask<F: Fabric>(
+    fabric: &F,
+    auth: &Auth,
+    node: &NodeId,
+    anchor: &Anchor,
+    request: Signed,
+) -> Result<Signed, TrustError> {
     let joins = fabric.kv(JOINS_BUCKET).await?;
-    let answer_key = format!("answer.{node}");
+    let answer_key = answer_key(node);
     // An answer left from an earlier request is not this one's.
     joins.delete(&answer_key).await?;
-    let mut watch = joins.watch("answer.").await?;
+    let mut watch = joins.watch(&format!("answer.{node}.")).await?;
     joins
         .put(&format!("request.{node}"), Bytes::from(request.encode()))
         .await?;
@@ -233,7 +248,11 @@ async fn ask<F: Fabric>(fabric: &F, node: &NodeId, request: Signed) -> Result<Si
                 continue;
             };
             return match (answer.certificate, answer.refused) {
-                (Some(cert), _) => Ok(cert),
+                (Some(cert), _) if ours(auth, &cert, node, anchor).is_some() => Ok(cert),
+                (Some(_), _) => {
+                    tracing::warn!("node {node}: ignored a join answer that is not ours");
+                    continue;
+                }
                 (None, reason) => Err(TrustError::Refused {
                     node: node.clone(),
                     reason: reason.unwrap_or_else(|| "no reason given".into()),
@@ -275,10 +294,7 @@ pub async fn renew<F: Fabric>(
             tracing::error!("node {node}: its certificate is no longer valid; renewal stops");
             return;
         };
-        let at = config.renew_at_ms(
-            cert.not_before_ms + qs_core::trust::NOT_BEFORE_SLACK_MS,
-            cert.not_after_ms,
-        );
+        let at = config.renew_at_ms(cert.not_before_ms, cert.not_after_ms);
         let wait = Duration::from_millis(at.saturating_sub(now_ms()));
         tokio::select! {
             _ = stop.changed() => return,
@@ -293,19 +309,23 @@ pub async fn renew<F: Fabric>(
                 capabilities: cert.capabilities.clone(),
                 token_id: None,
             };
-            let signed =
-                authority.certify(&granted, serial(), now_ms(), config.certificate_lifetime_ms);
-            match fabric.kv(NODES_BUCKET).await {
-                Ok(nodes) => nodes
+            let put = async {
+                let signed = authority.certify(
+                    &granted,
+                    serial()?,
+                    now_ms(),
+                    config.certificate_lifetime_ms,
+                );
+                let nodes = fabric.kv(NODES_BUCKET).await?;
+                nodes
                     .put(node.as_str(), Bytes::from(signed.encode()))
-                    .await
-                    .map(|_| signed)
-                    .map_err(TrustError::from),
-                Err(e) => Err(e.into()),
-            }
+                    .await?;
+                Ok::<_, TrustError>(signed)
+            };
+            put.await
         } else {
             let req = request(&auth, &node, &trust.anchor, None, Some(cert.serial));
-            ask(&fabric, &node, req).await
+            ask(&fabric, &auth, &node, &trust.anchor, req).await
         };
         match renewed {
             Ok(signed) => {
@@ -326,9 +346,11 @@ pub async fn renew<F: Fabric>(
     }
 }
 
-/// On an authority node: answers join requests until `stop`. A token brings in one node
-/// (its id is recorded by compare-and-set); a renewal needs the node's current certificate,
-/// unrevoked, for the same keys. Refusals are answered with their reason and counted.
+/// On an authority node: answers join requests until `stop` (the core's [`Authority::judge`]
+/// decides). A token brings in one node: its id is recorded by compare-and-set with the
+/// node and key it brought in, so a repeat of the same request (another authority node, a
+/// retry after a failed write) is answered again and any other is refused. Refusals are
+/// answered with their reason and counted.
 pub async fn serve_joins<F: Fabric>(
     fabric: F,
     authority: Arc<Authority>,
@@ -337,12 +359,11 @@ pub async fn serve_joins<F: Fabric>(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    let mut used: BTreeSet<String> = BTreeSet::new();
     loop {
         let watched = async {
             let joins = fabric.kv(JOINS_BUCKET).await?;
             let nodes = fabric.kv(NODES_BUCKET).await?;
-            let watch = joins.watch("").await?;
+            let watch = joins.watch("request.").await?;
             Ok::<_, FabricError>((joins, nodes, watch))
         };
         let (joins, nodes, mut watch) = match watched.await {
@@ -370,28 +391,14 @@ pub async fn serve_joins<F: Fabric>(
                 }
                 None => break,
             };
-            if let Some(id) = entry.key.strip_prefix("used.") {
-                if used.len() < USED_TOKENS_MAX {
-                    used.insert(id.to_owned());
-                }
-                continue;
-            }
             let Some(node) = entry.key.strip_prefix("request.") else {
                 continue;
             };
             let Ok(node) = NodeId::new(node) else {
                 continue;
             };
-            let verdict = answer(
-                &authority,
-                &joins,
-                &nodes,
-                &used,
-                &entry.value,
-                &node,
-                lifetime_ms,
-            )
-            .await;
+            let verdict =
+                answer(&authority, &joins, &nodes, &entry.value, &node, lifetime_ms).await;
             let reply = match verdict {
                 Ok(Ok(cert)) => {
                     tracing::info!("join service: certificate issued to {node}");
@@ -415,7 +422,7 @@ pub async fn serve_joins<F: Fabric>(
             };
             let bytes = Bytes::from(serde_json::to_vec(&reply).expect("answers serialize"));
             let done = async {
-                joins.put(&format!("answer.{node}"), bytes).await?;
+                joins.put(&answer_key(&node), bytes).await?;
                 joins.delete(&entry.key).await
             };
             if let Err(e) = done.await {
@@ -430,30 +437,28 @@ async fn answer<K: Kv>(
     authority: &Authority,
     joins: &K,
     nodes: &K,
-    used: &BTreeSet<String>,
     value: &[u8],
     node: &NodeId,
     lifetime_ms: u64,
-) -> Result<Result<Signed, Refusal>, FabricError> {
+) -> Result<Result<Signed, Refusal>, TrustError> {
     let Ok(request) = Signed::decode(value) else {
         return Ok(Err(Refusal::Malformed));
     };
     let now = now_ms();
-    let current = match nodes.get(node.as_str()).await? {
-        Some(e) => Signed::decode(&e.value)
-            .ok()
-            .and_then(|s| authority.anchor().certificate(&s, now).ok()),
-        None => None,
-    };
-    if let Some(cur) = &current
-        && nodes.get(&revocation_key(cur.serial)).await?.is_some()
-        && request
-            .open::<JoinRequest>()
-            .is_ok_and(|r| r.renews.is_some())
-    {
-        return Ok(Err(Refusal::Revoked));
-    }
-    let granted = match authority.judge(&request, current.as_ref(), |id| used.contains(id), now) {
+    let anchor = authority.anchor();
+    let current = nodes
+        .get(node.as_str())
+        .await?
+        .and_then(|e| Signed::decode(&e.value).ok())
+        .and_then(|s| anchor.certificate(&s, now).ok());
+    let revoked_at_ms = nodes
+        .get(&revocation_key(node))
+        .await?
+        .and_then(|e| Signed::decode(&e.value).ok())
+        .and_then(|s| anchor.revocation(&s).ok())
+        .filter(|r| r.node == *node)
+        .map(|r| r.revoked_at_ms);
+    let granted = match authority.judge(&request, current.as_ref(), revoked_at_ms, now) {
         Ok(g) => g,
         Err(r) => return Ok(Err(r)),
     };
@@ -461,16 +466,23 @@ async fn answer<K: Kv>(
         return Ok(Err(Refusal::Malformed));
     }
     if let Some(id) = &granted.token_id {
-        match joins
-            .cas(&format!("used.{id}"), Bytes::from_static(b"1"), None)
-            .await
-        {
+        let spent_by = format!("{node} {}", granted.ed25519);
+        let key = format!("used.{id}");
+        match joins.cas(&key, Bytes::from(spent_by.clone()), None).await {
             Ok(_) => {}
-            Err(FabricError::Conflict { .. }) => return Ok(Err(Refusal::TokenUsed)),
-            Err(e) => return Err(e),
+            Err(FabricError::Conflict { .. }) => {
+                let same = joins
+                    .get(&key)
+                    .await?
+                    .is_some_and(|e| e.value.as_ref() == spent_by.as_bytes());
+                if !same {
+                    return Ok(Err(Refusal::TokenUsed));
+                }
+            }
+            Err(e) => return Err(e.into()),
         }
     }
-    let cert = authority.certify(&granted, serial(), now, lifetime_ms);
+    let cert = authority.certify(&granted, serial()?, now, lifetime_ms);
     nodes.put(node.as_str(), Bytes::from(cert.encode())).await?;
     Ok(Ok(cert))
 }

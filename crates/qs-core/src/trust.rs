@@ -19,6 +19,8 @@ use std::collections::BTreeSet;
 /// How far a certificate's start may lie in the future of the checking node's clock (the
 /// authority's clock may run ahead of it).
 pub const NOT_BEFORE_SLACK_MS: u64 = 60_000;
+/// How old a join request may be when the authority reads it.
+pub const MAX_REQUEST_AGE_MS: u64 = 10 * 60 * 1000;
 
 /// Why a trust document, or a message under one, was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -41,10 +43,16 @@ pub enum Refusal {
     TokenExpired,
     /// A renewal for a certificate this node does not hold, or with other keys.
     NotRenewable,
+    /// A join token named for another node.
+    OtherNode,
+    /// A token join for a name another node holds a good certificate of, under other keys.
+    NameTaken,
+    /// A join request made too long ago (or in the future): a replay of an old one.
+    Stale,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 9] = [
+    pub const ALL: [Refusal; 12] = [
         Refusal::Malformed,
         Refusal::Forged,
         Refusal::OtherFleet,
@@ -54,6 +62,9 @@ impl Refusal {
         Refusal::TokenUsed,
         Refusal::TokenExpired,
         Refusal::NotRenewable,
+        Refusal::OtherNode,
+        Refusal::NameTaken,
+        Refusal::Stale,
     ];
 
     /// The label in metrics and logs.
@@ -68,6 +79,9 @@ impl Refusal {
             Refusal::TokenUsed => "token_used",
             Refusal::TokenExpired => "token_expired",
             Refusal::NotRenewable => "not_renewable",
+            Refusal::OtherNode => "other_node",
+            Refusal::NameTaken => "name_taken",
+            Refusal::Stale => "stale",
         }
     }
 }
@@ -171,6 +185,15 @@ pub fn sign<T: Document>(key: &SigningKey, doc: &T) -> Signed {
     Signed::new(body, sig)
 }
 
+/// What a join token grants.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenGrant {
+    pub level: u8,
+    pub capabilities: BTreeSet<Capability>,
+    /// The only node it may bring in.
+    pub node: Option<NodeId>,
+}
+
 /// What a join request, checked, asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Granted {
@@ -204,48 +227,44 @@ impl Authority {
         sign(&self.key, doc)
     }
 
-    /// A single-use join token with id `id`, valid until `not_after_ms`.
-    pub fn token(
-        &self,
-        id: [u8; 16],
-        level: u8,
-        capabilities: BTreeSet<Capability>,
-        not_after_ms: u64,
-    ) -> Signed {
+    /// A single-use join token with id `id`, valid until `not_after_ms`, for `node` alone
+    /// when it names one.
+    pub fn token(&self, id: [u8; 16], grant: TokenGrant, not_after_ms: u64) -> Signed {
         self.sign(&JoinToken {
             fleet: self.anchor.fleet.clone(),
             authority: hex(&self.anchor.public()),
             id: hex(&id),
-            level,
-            capabilities,
+            level: grant.level,
+            capabilities: grant.capabilities,
             not_after_ms,
+            node: grant.node,
         })
     }
 
-    /// The revocation of `cert`.
-    pub fn revoke(&self, cert: &Certificate, now_ms: u64, reason: &str) -> Signed {
+    /// The revocation of every certificate of `node` issued up to `now_ms`.
+    pub fn revoke(&self, node: &NodeId, now_ms: u64, reason: &str) -> Signed {
         let reason: String = reason
             .chars()
             .take(qs_wire::trust::MAX_REASON_CHARS)
             .collect();
         self.sign(&Revocation {
             fleet: self.anchor.fleet.clone(),
-            node: cert.node.clone(),
-            serial: cert.serial,
-            not_after_ms: cert.not_after_ms,
+            node: node.clone(),
             revoked_at_ms: now_ms,
             reason,
         })
     }
 
-    /// Judges a join request (signed by the joining node's key) at `now_ms`: a first one
-    /// needs a token of this fleet, unexpired; a renewal needs `current`, the node's valid
-    /// certificate, for the same keys. `used` says whether a token id was spent already.
+    /// Judges a join request (signed by the joining node's key) at `now_ms`. A first one
+    /// needs a token of this fleet, unexpired, for this node if it names one, and a name no
+    /// other key holds a good certificate of; whether the token was spent is the issuer's
+    /// compare-and-set. A renewal needs `current`, the node's valid certificate, unrevoked
+    /// (`revoked_at_ms`: the node's revocation, if any), for the same keys.
     pub fn judge(
         &self,
         request: &Signed,
         current: Option<&Certificate>,
-        used: impl Fn(&str) -> bool,
+        revoked_at_ms: Option<u64>,
         now_ms: u64,
     ) -> Result<Granted, Refusal> {
         let req: JoinRequest = request.open()?;
@@ -258,6 +277,10 @@ impl Authority {
         if req.fleet != self.anchor.fleet {
             return Err(Refusal::OtherFleet);
         }
+        if now_ms.abs_diff(req.requested_at_ms) > MAX_REQUEST_AGE_MS {
+            return Err(Refusal::Stale);
+        }
+        let revoked = |c: &Certificate| revoked_at_ms.is_some_and(|t| c.not_before_ms <= t);
         let granted = |level, capabilities, token_id| Granted {
             node: req.node.clone(),
             ed25519: req.ed25519.clone(),
@@ -268,14 +291,23 @@ impl Authority {
         };
         if let Some(token) = &req.token {
             let t = self.anchor.token(token, now_ms)?;
-            if used(&t.id) {
-                return Err(Refusal::TokenUsed);
+            if t.node.as_ref().is_some_and(|n| *n != req.node) {
+                return Err(Refusal::OtherNode);
+            }
+            if let Some(cur) = current
+                && !revoked(cur)
+                && (cur.ed25519 != req.ed25519 || cur.ml_kem != req.ml_kem)
+            {
+                return Err(Refusal::NameTaken);
             }
             return Ok(granted(t.level, t.capabilities, Some(t.id)));
         }
         let Some(cur) = current else {
             return Err(Refusal::NotRenewable);
         };
+        if revoked(cur) {
+            return Err(Refusal::Revoked);
+        }
         if Some(cur.serial) != req.renews
             || cur.node != req.node
             || cur.ed25519 != req.ed25519
@@ -289,8 +321,8 @@ impl Authority {
         Ok(granted(cur.level, cur.capabilities.clone(), None))
     }
 
-    /// The certificate for what was granted: valid from `now_ms` (less a minute, for clocks
-    /// behind the authority's) for `lifetime_ms`.
+    /// The certificate for what was granted: valid from `now_ms` for `lifetime_ms` (a node
+    /// whose clock is behind the authority's by up to [`NOT_BEFORE_SLACK_MS`] takes it).
     pub fn certify(&self, g: &Granted, serial: u64, now_ms: u64, lifetime_ms: u64) -> Signed {
         self.sign(&Certificate {
             fleet: self.anchor.fleet.clone(),
@@ -300,7 +332,7 @@ impl Authority {
             ml_kem: g.ml_kem.clone(),
             level: g.level,
             capabilities: g.capabilities.clone(),
-            not_before_ms: now_ms.saturating_sub(NOT_BEFORE_SLACK_MS),
+            not_before_ms: now_ms,
             not_after_ms: now_ms.saturating_add(lifetime_ms),
         })
     }
@@ -312,16 +344,19 @@ mod tests {
     use qs_wire::trust::ML_KEM_KEY_LEN;
 
     const HOUR_MS: u64 = 3_600_000;
+    const T0: u64 = 10 * HOUR_MS;
 
     fn node_key(i: u8) -> SigningKey {
         SigningKey::from_bytes(&[i; 32])
     }
 
+    /// `key`'s request for node `forge` of `fleet`, made at `at_ms`.
     fn request(
         key: &SigningKey,
         fleet: &str,
         token: Option<Signed>,
         renews: Option<u64>,
+        at_ms: u64,
     ) -> Signed {
         sign(
             key,
@@ -332,68 +367,164 @@ mod tests {
                 ml_kem: hex(&[5; ML_KEM_KEY_LEN]),
                 token,
                 renews,
-                requested_at_ms: 0,
+                requested_at_ms: at_ms,
             },
         )
     }
 
-    fn token(a: &Authority, fleet: &str, not_after_ms: u64) -> Signed {
-        a.sign(&JoinToken {
-            fleet: fleet.into(),
-            authority: hex(&a.anchor().public()),
-            id: hex(&[1; 16]),
+    fn token(a: &Authority, node: Option<&str>, not_after_ms: u64) -> Signed {
+        let grant = TokenGrant {
             level: 2,
             capabilities: Capability::member(),
-            not_after_ms,
-        })
+            node: node.map(|n| NodeId::new(n).unwrap()),
+        };
+        a.token([1; 16], grant, not_after_ms)
+    }
+
+    fn joined(a: &Authority, key: &SigningKey, serial: u64) -> Certificate {
+        let req = request(key, "lab", Some(token(a, None, T0 + HOUR_MS)), None, T0);
+        let g = a.judge(&req, None, None, T0).unwrap();
+        a.anchor()
+            .certificate(&a.certify(&g, serial, T0, HOUR_MS), T0)
+            .unwrap()
     }
 
     #[test]
-    fn a_token_brings_a_node_in_once_and_its_certificate_renews() {
+    fn a_token_brings_a_node_in_and_its_certificate_renews() {
         let a = Authority::new("lab", [9; 32]).unwrap();
         let k = node_key(1);
-        let req = request(&k, "lab", Some(token(&a, "lab", HOUR_MS)), None);
-        let g = a.judge(&req, None, |_| false, 1000).unwrap();
-        assert_eq!((g.level, g.token_id.as_deref()), (2, Some(&*hex(&[1; 16]))));
-        assert_eq!(a.judge(&req, None, |_| true, 1000), Err(Refusal::TokenUsed));
-        let cert = a.certify(&g, 7, 1000, HOUR_MS);
-        let c = a.anchor().certificate(&cert, 2000).unwrap();
-        assert_eq!((c.serial, c.level), (7, 2));
-        let renew = request(&k, "lab", None, Some(7));
-        assert!(a.judge(&renew, Some(&c), |_| false, 2000).is_ok());
-        let wrong = request(&k, "lab", None, Some(8));
-        assert_eq!(
-            a.judge(&wrong, Some(&c), |_| false, 2000),
-            Err(Refusal::NotRenewable)
+        let req = request(
+            &k,
+            "lab",
+            Some(token(&a, Some("forge"), T0 + HOUR_MS)),
+            None,
+            T0,
         );
+        let g = a.judge(&req, None, None, T0).unwrap();
+        assert_eq!((g.level, g.token_id.as_deref()), (2, Some(&*hex(&[1; 16]))));
+        let c = joined(&a, &k, 7);
+        assert_eq!((c.serial, c.level), (7, 2));
+        let renew = request(&k, "lab", None, Some(7), T0 + 1000);
+        assert!(a.judge(&renew, Some(&c), None, T0 + 1000).is_ok());
+        // The same node joining again with the same keys (a token, its state kept) is fine.
+        assert!(a.judge(&req, Some(&c), None, T0).is_ok());
     }
 
     #[test]
-    fn each_bad_document_is_refused_with_its_reason() {
+    fn each_bad_request_is_refused_with_its_reason() {
+        let a = Authority::new("lab", [9; 32]).unwrap();
+        let other = Authority::new("lab", [8; 32]).unwrap();
+        let (k, thief) = (node_key(1), node_key(2));
+        let held = joined(&a, &k, 7);
+        let tok = || Some(token(&a, None, T0 + HOUR_MS));
+        let mut stolen = request(&k, "lab", tok(), None, T0);
+        stolen.signature = hex(&thief.sign(stolen.body.as_bytes()).to_bytes());
+        /// A request, what the bucket holds of its node (certificate, revocation), the verdict.
+        type Case<'a> = (&'a str, Signed, Option<&'a Certificate>, Option<u64>, Refusal);
+        let cases: Vec<Case<'_>> = vec![
+            (
+                "expired token",
+                request(&k, "lab", Some(token(&a, None, T0)), None, T0),
+                None,
+                None,
+                Refusal::TokenExpired,
+            ),
+            (
+                "another authority's token",
+                request(&k, "lab", Some(token(&other, None, T0 + HOUR_MS)), None, T0),
+                None,
+                None,
+                Refusal::Forged,
+            ),
+            // A request signed by another key than the one it names proves nothing.
+            ("signed by another key", stolen, None, None, Refusal::Forged),
+            (
+                "another fleet",
+                request(&k, "lab2", tok(), None, T0),
+                None,
+                None,
+                Refusal::OtherFleet,
+            ),
+            (
+                "a token for another node",
+                request(
+                    &k,
+                    "lab",
+                    Some(token(&a, Some("other"), T0 + HOUR_MS)),
+                    None,
+                    T0,
+                ),
+                None,
+                None,
+                Refusal::OtherNode,
+            ),
+            (
+                "a name held under other keys",
+                request(&thief, "lab", tok(), None, T0),
+                Some(&held),
+                None,
+                Refusal::NameTaken,
+            ),
+            (
+                "an old request",
+                request(&k, "lab", tok(), None, T0 - MAX_REQUEST_AGE_MS - 1),
+                None,
+                None,
+                Refusal::Stale,
+            ),
+            (
+                "a renewal of nothing",
+                request(&k, "lab", None, Some(7), T0),
+                None,
+                None,
+                Refusal::NotRenewable,
+            ),
+            (
+                "a renewal of another serial",
+                request(&k, "lab", None, Some(8), T0),
+                Some(&held),
+                None,
+                Refusal::NotRenewable,
+            ),
+            (
+                "a renewal of a revoked certificate",
+                request(&k, "lab", None, Some(7), T0),
+                Some(&held),
+                Some(T0),
+                Refusal::Revoked,
+            ),
+        ];
+        for (name, req, current, revoked_at, want) in cases {
+            assert_eq!(a.judge(&req, current, revoked_at, T0), Err(want), "{name}");
+        }
+        // Once the name's holder is revoked, a token brings the name in under new keys.
+        let req = request(&thief, "lab", tok(), None, T0);
+        assert!(a.judge(&req, Some(&held), Some(T0), T0).is_ok());
+    }
+
+    #[test]
+    fn each_bad_certificate_is_refused_with_its_reason() {
         let a = Authority::new("lab", [9; 32]).unwrap();
         let other = Authority::new("lab", [8; 32]).unwrap();
         let k = node_key(1);
-        let g = a
-            .judge(
-                &request(&k, "lab", Some(token(&a, "lab", HOUR_MS)), None),
-                None,
-                |_| false,
-                0,
-            )
-            .unwrap();
-        let cert = a.certify(&g, 1, HOUR_MS, HOUR_MS);
+        let req = request(&k, "lab", Some(token(&a, None, T0 + HOUR_MS)), None, T0);
+        let g = a.judge(&req, None, None, T0).unwrap();
+        let cert = a.certify(&g, 1, T0, HOUR_MS);
         let anchor = a.anchor();
         let cases: Vec<(Result<Certificate, Refusal>, Refusal)> = vec![
             (
-                anchor.certificate(&other.certify(&g, 1, HOUR_MS, HOUR_MS), HOUR_MS),
+                anchor.certificate(&other.certify(&g, 1, T0, HOUR_MS), T0),
                 Refusal::Forged,
             ),
-            (anchor.certificate(&cert, 3 * HOUR_MS), Refusal::Expired),
-            (anchor.certificate(&cert, 0), Refusal::NotYetValid),
+            (anchor.certificate(&cert, T0 + HOUR_MS), Refusal::Expired),
+            (
+                anchor.certificate(&cert, T0 - NOT_BEFORE_SLACK_MS - 1),
+                Refusal::NotYetValid,
+            ),
             (
                 Anchor::new("other", anchor.public())
                     .unwrap()
-                    .certificate(&cert, HOUR_MS),
+                    .certificate(&cert, T0),
                 Refusal::OtherFleet,
             ),
             (
@@ -402,7 +533,7 @@ mod tests {
                         body: cert.body.replace("\"level\":2", "\"level\":0"),
                         ..cert.clone()
                     },
-                    HOUR_MS,
+                    T0,
                 ),
                 Refusal::Forged,
             ),
@@ -410,21 +541,6 @@ mod tests {
         for (got, want) in cases {
             assert_eq!(got, Err(want));
         }
-        let expired = request(&k, "lab", Some(token(&a, "lab", 10)), None);
-        assert_eq!(
-            a.judge(&expired, None, |_| false, 10),
-            Err(Refusal::TokenExpired)
-        );
-        let foreign = request(&k, "lab", Some(token(&other, "lab", HOUR_MS)), None);
-        assert_eq!(a.judge(&foreign, None, |_| false, 0), Err(Refusal::Forged));
-        // A request signed by another key than the one it names proves nothing.
-        let mut stolen = request(&k, "lab", Some(token(&a, "lab", HOUR_MS)), None);
-        stolen.signature = hex(&node_key(2).sign(stolen.body.as_bytes()).to_bytes());
-        assert_eq!(a.judge(&stolen, None, |_| false, 0), Err(Refusal::Forged));
-        let elsewhere = request(&k, "lab2", Some(token(&a, "lab", HOUR_MS)), None);
-        assert_eq!(
-            a.judge(&elsewhere, None, |_| false, 0),
-            Err(Refusal::OtherFleet)
-        );
+        assert!(anchor.certificate(&cert, T0 - NOT_BEFORE_SLACK_MS).is_ok());
     }
 }

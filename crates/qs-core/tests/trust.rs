@@ -6,7 +6,7 @@ use qs_core::auth::{AuthConfig, Keyring, Reject};
 use qs_core::trust::{Authority, Granted, Refusal};
 use qs_core::{Config, Time};
 use qs_wire::identity::hex;
-use qs_wire::trust::{Capability, Revocation, Signed};
+use qs_wire::trust::{Capability, Signed};
 use qs_wire::{Envelope, FrameKind, Message, MessageId, NodeId};
 use std::collections::BTreeSet;
 
@@ -227,22 +227,8 @@ fn each_bad_certificate_and_sender_is_refused_with_its_reason() {
     assert_eq!(verdict(&mut b, None, &late, after), Err(Reject::Expired));
 
     // Revoked: refused from then on, and its certificate with it.
-    let revocation = authority.sign(&Revocation {
-        fleet: "lab".into(),
-        node: id("a"),
-        serial: 1,
-        not_after_ms: NOW_MS + HOUR_MS,
-        revoked_at_ms: NOW_MS,
-        reason: "test".into(),
-    });
-    let forged_revocation = stranger.sign(&Revocation {
-        fleet: "lab".into(),
-        node: id("b"),
-        serial: 2,
-        not_after_ms: NOW_MS + HOUR_MS,
-        revoked_at_ms: NOW_MS,
-        reason: "test".into(),
-    });
+    let revocation = authority.revoke(&id("a"), NOW_MS, "test");
+    let forged_revocation = stranger.revoke(&id("b"), NOW_MS, "test");
     assert_eq!(b.revoke(&forged_revocation, now()), Err(Refusal::Forged));
     assert_eq!(b.revoke(&revocation, now()), Ok(id("a")));
     let after_revoke = a.seal_at(&id("a"), None, &stop("a", 4), Some(now()));
@@ -250,6 +236,7 @@ fn each_bad_certificate_and_sender_is_refused_with_its_reason() {
         verdict(&mut b, None, &after_revoke, now()),
         Err(Reject::Revoked)
     );
+    // Its certificate, or an older one, put back: still revoked.
     assert_eq!(b.learn_certificate(&ca, now()), Err(Refusal::Revoked));
     let views = b.certificates();
     let view = views.iter().find(|v| v.node == id("a")).unwrap();
@@ -262,6 +249,11 @@ fn each_bad_certificate_and_sender_is_refused_with_its_reason() {
             .capabilities,
         Capability::member()
     );
+    // Let in again: a certificate issued after the revocation (a new token) is heard.
+    let (_, again) = member(&authority, "a", "steward", 3, NOW_MS + 1000);
+    assert_eq!(b.learn_certificate(&again, now()), Ok(id("a")));
+    let back = a.seal_at(&id("a"), None, &stop("a", 5), Some(now()));
+    verdict(&mut b, None, &back, now()).unwrap();
 }
 
 #[test]
@@ -333,4 +325,41 @@ fn a_replayed_frame_changes_no_session_state() {
     let next = a.seal_at(&id("a"), Some(&id("b")), &stop("a", 2), Some(soon));
     assert!(next.len() < 400, "no handshake ({} bytes)", next.len());
     verdict(&mut b, Some("b"), &next, soon).unwrap();
+}
+
+#[test]
+fn a_heartbeat_at_another_level_than_granted_is_refused() {
+    let (_, mut a, mut b, ..) = pair();
+    let mut heartbeat = |level: u8, seq: u64| {
+        let status = qs_wire::NodeStatus {
+            node: id("a"),
+            level,
+            labels: Default::default(),
+            capacity: Default::default(),
+            committed: Default::default(),
+            load: Default::default(),
+            instances: vec![],
+            completed: vec![],
+            draining: false,
+            address: None,
+            models: vec![],
+            entry_port: 0,
+        };
+        let env = Envelope::new(
+            id("a"),
+            seq,
+            NOW_MS * 1000,
+            MessageId(seq),
+            Message::Heartbeat(status),
+        );
+        a.seal_at(&id("a"), None, &env.encode(), Some(now()))
+    };
+    // a's certificate grants level 0.
+    let granted = heartbeat(0, 1);
+    verdict(&mut b, None, &granted, now()).unwrap();
+    let other = heartbeat(1, 2);
+    assert_eq!(
+        verdict(&mut b, None, &other, now()),
+        Err(Reject::Capability)
+    );
 }

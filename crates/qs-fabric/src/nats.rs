@@ -81,7 +81,7 @@ pub struct NatsFabric {
 }
 
 /// How an agent proves itself to its NATS servers, and checks them.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct NatsSecurity {
     pub user: Option<UserPassword>,
     /// An nkey seed (`SU...`).
@@ -100,6 +100,20 @@ pub struct NatsSecurity {
 pub struct UserPassword {
     pub user: String,
     pub password: String,
+}
+
+impl std::fmt::Debug for NatsSecurity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |set: bool| if set { "<hidden>" } else { "none" };
+        f.debug_struct("NatsSecurity")
+            .field("user", &self.user)
+            .field("nkey_seed", &hidden(self.nkey_seed.is_some()))
+            .field("creds", &hidden(self.creds.is_some()))
+            .field("tls_ca", &self.tls_ca)
+            .field("tls_client", &self.tls_client)
+            .field("tls_required", &self.tls_required)
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for UserPassword {

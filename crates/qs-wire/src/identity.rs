@@ -75,23 +75,33 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// 32 bytes from 64 hex digits.
+/// 32 bytes from 64 hex digits (surrounding whitespace ignored: a key file's newline).
 pub fn unhex(text: &str) -> Result<[u8; 32], KeyFormatError> {
-    let text = text.trim().as_bytes();
-    if text.len() != 64 {
-        return Err(KeyFormatError("must be 64 hex digits"));
+    let mut out = [0u8; 32];
+    unhex_into(text.trim(), &mut out).map_err(KeyFormatError)?;
+    Ok(out)
+}
+
+/// Fills `out` from exactly `2 * out.len()` hex digits; what is wrong, if not.
+pub fn unhex_into(text: &str, out: &mut [u8]) -> Result<(), &'static str> {
+    let text = text.as_bytes();
+    if text.len() != 2 * out.len() {
+        return Err(if out.len() == 32 {
+            "must be 64 hex digits"
+        } else {
+            "has the wrong number of hex digits"
+        });
     }
     let digit = |c: u8| match c {
         b'0'..=b'9' => Ok(c - b'0'),
         b'a'..=b'f' => Ok(c - b'a' + 10),
         b'A'..=b'F' => Ok(c - b'A' + 10),
-        _ => Err(KeyFormatError("has a character that is not a hex digit")),
+        _ => Err("has a character that is not a hex digit"),
     };
-    let mut out = [0u8; 32];
     for (o, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
         *o = digit(pair[0])? << 4 | digit(pair[1])?;
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -214,6 +214,8 @@ pub struct JoinToken {
     pub level: u8,
     pub capabilities: BTreeSet<Capability>,
     pub not_after_ms: u64,
+    /// The only node name it may bring in, when the operator named one.
+    pub node: Option<NodeId>,
 }
 
 /// What a node asks the authority: a certificate for these keys, under a token (joining) or
@@ -233,16 +235,14 @@ pub struct JoinRequest {
     pub requested_at_ms: u64,
 }
 
-/// The authority's word that a certificate is no longer good.
+/// The authority's word that a node's certificates are no longer good: every one issued
+/// to it up to `revoked_at_ms` (so an older certificate put back changes nothing); one issued
+/// after, with a new token, lets it in again.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Revocation {
     pub fleet: String,
     pub node: NodeId,
-    pub serial: u64,
-    /// Until when the revoked certificate would have been valid: the revocation may be
-    /// forgotten after.
-    pub not_after_ms: u64,
     pub revoked_at_ms: u64,
     pub reason: String,
 }
@@ -386,19 +386,10 @@ impl Document for Revocation {
 
 /// `len` bytes from `2 * len` hex digits.
 pub fn unhex_len(text: &str, len: usize) -> Result<Vec<u8>, String> {
-    let text = text.as_bytes();
-    if text.len() != 2 * len {
-        return Err(format!("must be {} hex digits", 2 * len));
-    }
-    let digit = |c: u8| match c {
-        b'0'..=b'9' => Ok(c - b'0'),
-        b'a'..=b'f' => Ok(c - b'a' + 10),
-        b'A'..=b'F' => Ok(c - b'A' + 10),
-        _ => Err("has a character that is not a hex digit".to_string()),
-    };
-    text.chunks_exact(2)
-        .map(|p| Ok(digit(p[0])? << 4 | digit(p[1])?))
-        .collect()
+    let mut out = vec![0u8; len];
+    crate::identity::unhex_into(text, &mut out)
+        .map_err(|e| format!("{e} (it must be {} of them)", 2 * len))?;
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -52,6 +52,10 @@ pub enum FleetAction {
         /// authority), comma-separated.
         #[arg(long, default_value = "all")]
         capabilities: String,
+        /// The only node name the token may bring in (a token found on the bus by another
+        /// member is then of no use to it).
+        #[arg(long)]
+        node: Option<String>,
     },
     /// Revoke a node's certificate: every agent stops hearing it at once.
     Revoke {
@@ -134,8 +138,8 @@ fn random<const N: usize>() -> Result<[u8; N]> {
     Ok(b)
 }
 
-/// The authority kept in `dir`.
-fn load_authority(dir: &Path) -> Result<Authority> {
+/// The authority kept in `dir`, and its public record.
+fn load_authority(dir: &Path) -> Result<(Authority, AuthorityRecord)> {
     let record = load_record(dir)?;
     let path = dir.join(KEY_FILE);
     let text =
@@ -149,7 +153,7 @@ fn load_authority(dir: &Path) -> Result<Authority> {
             dir.join(RECORD_FILE).display()
         );
     }
-    Ok(authority)
+    Ok((authority, record))
 }
 
 fn load_record(dir: &Path) -> Result<AuthorityRecord> {
@@ -174,10 +178,18 @@ pub fn fleet(action: FleetAction) -> Result<()> {
             ttl,
             level,
             capabilities,
+            node,
         } => {
-            let authority = load_authority(&dir)?;
-            let caps = Capability::parse_list(&capabilities).map_err(anyhow::Error::msg)?;
-            let token = authority.token(random()?, level, caps, now_ms() + ttl.as_millis() as u64);
+            let (authority, _) = load_authority(&dir)?;
+            let grant = qs_core::trust::TokenGrant {
+                level,
+                capabilities: Capability::parse_list(&capabilities).map_err(anyhow::Error::msg)?,
+                node: node
+                    .map(|n| qs_wire::NodeId::new(&n))
+                    .transpose()
+                    .context("--node")?,
+            };
+            let token = authority.token(random()?, grant, now_ms() + ttl.as_millis() as u64);
             println!("{}", token.to_token_text());
             Ok(())
         }
@@ -187,19 +199,15 @@ pub fn fleet(action: FleetAction) -> Result<()> {
             reason,
             bus,
         } => {
-            let authority = load_authority(&dir)?;
+            let (authority, _) = load_authority(&dir)?;
+            let node = qs_wire::NodeId::new(&node).context("the node's name")?;
             block_on(async {
                 let nodes = connect(&bus).await?.kv(NODES_BUCKET).await?;
-                let entry = nodes.get(&node).await?.with_context(|| {
-                    format!("no certificate of node {node} in fleet {}", bus.fleet)
-                })?;
-                let signed = Signed::decode(&entry.value)?;
-                let cert: Certificate = signed.open()?;
-                let revocation = authority.revoke(&cert, now_ms(), &reason);
+                let revocation = authority.revoke(&node, now_ms(), &reason);
                 nodes
-                    .put(&revocation_key(cert.serial), revocation.encode().into())
+                    .put(&revocation_key(&node), revocation.encode().into())
                     .await?;
-                println!("revoked {node}'s certificate (serial {:016x})", cert.serial);
+                println!("revoked every certificate of {node} issued until now");
                 Ok(())
             })
         }
@@ -313,7 +321,7 @@ async fn status(
         };
         match checked {
             Ok(r) => {
-                revoked.insert(r.serial, r);
+                revoked.insert(r.node.to_string(), r);
             }
             Err(e) => eprintln!("ignored {key}: {e}"),
         }
@@ -333,7 +341,10 @@ async fn status(
                 Ok((cert, verdict))
             }) {
             Ok((cert, verdict)) => {
-                let state = match revoked.get(&cert.serial) {
+                let state = match revoked
+                    .get(cert.node.as_str())
+                    .filter(|r| cert.not_before_ms <= r.revoked_at_ms)
+                {
                     Some(r) => format!("revoked: {}", r.reason),
                     None if cert.not_after_ms <= now => "expired".into(),
                     None => verdict,
@@ -401,8 +412,7 @@ pub fn choose(choice: &TrustChoice, fleet: &str, state: &StateDir) -> Result<Tru
         None => None,
     };
     let (record, join_token, authority) = if let Some(dir) = &choice.authority {
-        let authority = load_authority(dir)?;
-        let record = load_record(dir)?;
+        let (authority, record) = load_authority(dir)?;
         (record, None, Some(std::sync::Arc::new(authority)))
     } else if let Some(text) = &choice.join_token {
         let signed = Signed::from_token_text(text).context("--join-token")?;
@@ -411,6 +421,11 @@ pub fn choose(choice: &TrustChoice, fleet: &str, state: &StateDir) -> Result<Tru
             fleet: token.fleet,
             public_key: token.authority,
         };
+        // Signed by the key it names, for its fleet (a token altered on its way is refused
+        // here); whether it expired or was used is the authority's to judge, and count.
+        anchor_of(&record)?
+            .token(&signed, 0)
+            .map_err(|r| anyhow::anyhow!("--join-token: {r}"))?;
         (record, Some(signed), None)
     } else if let Some(record) = pinned.clone() {
         (record, None, None)
@@ -565,10 +580,7 @@ pub fn doctor(args: &DoctorArgs) -> Result<()> {
         match verdict {
             Ok(c) => {
                 let left_s = c.not_after_ms.saturating_sub(now) / 1000;
-                let renew = config.trust.renew_at_ms(
-                    c.not_before_ms + qs_core::trust::NOT_BEFORE_SLACK_MS,
-                    c.not_after_ms,
-                );
+                let renew = config.trust.renew_at_ms(c.not_before_ms, c.not_after_ms);
                 let overdue = renew + 60_000 < now;
                 findings.push(finding(!overdue, format!("certificate of {}: valid, expires in {}h{:02}m", c.node, left_s / 3600, left_s / 60 % 60),
                     overdue.then(|| "its renewal is overdue: is the agent running, and an authority node reachable?".into())));

@@ -53,6 +53,7 @@ pub struct Api<F: Fabric> {
     instances: Gauge,
     in_flight: Gauge,
     quarantined: Gauge,
+    revoked: Gauge,
     ledger_dropped: Gauge,
     ledger_bytes: Gauge,
     task_metrics: crate::tasks::metrics::TaskMetrics,
@@ -147,6 +148,7 @@ impl<F: Fabric> Api<F> {
              not_renewable",
             shared.auth.refused.clone(),
         );
+        let revoked = Gauge::default();
         let (nodes_live, instances, in_flight, quarantined, ledger_dropped, ledger_bytes) = (
             Gauge::default(),
             Gauge::default(),
@@ -177,6 +179,11 @@ impl<F: Fabric> Api<F> {
                 &quarantined,
             ),
             (
+                "peers_revoked",
+                "Peers whose certificate this agent holds as revoked: nothing they send is heard",
+                &revoked,
+            ),
+            (
                 "ledger_events_dropped",
                 "Events dropped since start because the queue to a failing ledger was full",
                 &ledger_dropped,
@@ -203,6 +210,7 @@ impl<F: Fabric> Api<F> {
             instances,
             in_flight,
             quarantined,
+            revoked,
             ledger_dropped,
             ledger_bytes,
             task_metrics,
@@ -343,6 +351,14 @@ async fn health<F: Fabric>(
 async fn metrics<F: Fabric>(State(api): State<Arc<Api<F>>>) -> Response {
     api.quarantined
         .set(api.shared.auth.quarantined().len() as i64);
+    let revoked = api
+        .shared
+        .auth
+        .certificates()
+        .iter()
+        .filter(|c| c.revoked)
+        .count();
+    api.revoked.set(revoked as i64);
     api.ledger_dropped
         .set(api.shared.journal.health().dropped() as i64);
     api.ledger_bytes.set(api.shared.ledger.bytes() as i64);

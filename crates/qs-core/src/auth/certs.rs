@@ -6,8 +6,8 @@ use super::{Keyring, MAX_REVOCATIONS, Peer, Reject};
 use crate::time::Time;
 use crate::trust::Refusal;
 use ed25519_dalek::VerifyingKey;
-use qs_wire::trust::{Capability, Signed};
-use qs_wire::{Message, NodeId};
+use qs_wire::trust::{Capability, MAX_VALIDITY_MS, Signed};
+use qs_wire::{Envelope, Message, NodeId};
 use std::collections::BTreeSet;
 
 /// What a peer's certificate says, as the keyring needs it.
@@ -15,9 +15,9 @@ pub(super) struct PeerCert {
     pub(super) serial: u64,
     pub(super) not_before_ms: u64,
     pub(super) not_after: Time,
+    pub(super) level: u8,
     pub(super) capabilities: BTreeSet<Capability>,
     pub(super) kem: Box<EncapsulationKey>,
-    pub(super) revoked: bool,
 }
 
 /// A peer's certificate as the registry lists it.
@@ -30,10 +30,36 @@ pub struct CertificateView {
     pub revoked: bool,
 }
 
+/// Where the registry keeps a node's revocation: `revoked.NODE`.
+pub const REVOKED_PREFIX: &str = "revoked.";
+
+/// What an entry of the registry taught a keyring.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Learned {
+    Certificate(NodeId),
+    Revocation(NodeId),
+}
+
 impl Keyring {
+    /// Learns an entry of the registry (the `nodes` KV): a revocation under `revoked.NODE`,
+    /// a certificate under the node's name. Refusals are counted, an entry that does not
+    /// decode with the rest.
+    pub fn learn_entry(&mut self, key: &str, value: &[u8], now: Time) -> Result<Learned, Refusal> {
+        let Ok(signed) = Signed::decode(value) else {
+            self.counters.refused[Refusal::Malformed as usize] += 1;
+            return Err(Refusal::Malformed);
+        };
+        if key.starts_with(REVOKED_PREFIX) {
+            self.revoke(&signed, now).map(Learned::Revocation)
+        } else {
+            self.learn_certificate(&signed, now)
+                .map(Learned::Certificate)
+        }
+    }
+
     /// Learns a peer's certificate from the registry: kept when the authority signed it for
-    /// this fleet, it is valid at `now`, its serial is not revoked and it is no older than
-    /// the one held. Refusals are counted.
+    /// this fleet, it is valid at `now`, its node's revocation (if any) is older than it,
+    /// and it is no older than the one held. Refusals are counted.
     pub fn learn_certificate(&mut self, signed: &Signed, now: Time) -> Result<NodeId, Refusal> {
         let r = self.check_certificate(signed, now);
         if let Err(reason) = r {
@@ -55,9 +81,9 @@ impl Keyring {
                 serial: cert.serial,
                 not_before_ms: cert.not_before_ms,
                 not_after: Time::from_millis(cert.not_after_ms),
+                level: cert.level,
                 capabilities: cert.capabilities,
                 kem: Box::new(kem),
-                revoked: false,
             }),
         );
         Ok(node)
@@ -70,7 +96,7 @@ impl Keyring {
     ) -> Result<(qs_wire::trust::Certificate, EncapsulationKey), Refusal> {
         let anchor = self.anchor.as_ref().ok_or(Refusal::Malformed)?;
         let cert = anchor.certificate(signed, now.as_millis())?;
-        if self.revoked.contains_key(&cert.serial) {
+        if self.is_revoked(&cert.node, cert.not_before_ms) {
             return Err(Refusal::Revoked);
         }
         let kem_bytes = cert.ml_kem_key();
@@ -80,8 +106,17 @@ impl Keyring {
         Ok((cert, kem))
     }
 
+    /// Whether a certificate of `node` issued at `not_before_ms` was revoked.
+    fn is_revoked(&self, node: &NodeId, not_before_ms: u64) -> bool {
+        self.revoked
+            .get(node)
+            .is_some_and(|&revoked_at_ms| not_before_ms <= revoked_at_ms)
+    }
+
     /// Applies a revocation from the registry: signed by the authority for this fleet. The
-    /// revoked node's messages are refused from now on, and so is its certificate.
+    /// node's messages under any certificate issued up to it are refused from now on, and so
+    /// are those certificates. Revocations are forgotten once every certificate they cover
+    /// has expired; past [`MAX_REVOCATIONS`], the oldest first.
     pub fn revoke(&mut self, signed: &Signed, now: Time) -> Result<NodeId, Refusal> {
         let r = self
             .anchor
@@ -95,20 +130,21 @@ impl Keyring {
                 return Err(reason);
             }
         };
+        let now_ms = now.as_millis();
         self.revoked
-            .retain(|_, until| until.as_millis() > now.as_millis());
-        if self.revoked.len() < MAX_REVOCATIONS {
-            self.revoked
-                .insert(r.serial, Time::from_millis(r.not_after_ms));
-        }
-        if let Some(cert) = self
-            .peers
-            .get_mut(&r.node)
-            .and_then(|p| p.cert.as_mut())
-            .filter(|c| c.serial == r.serial)
+            .retain(|_, at| at.saturating_add(MAX_VALIDITY_MS) > now_ms);
+        if self.revoked.len() >= MAX_REVOCATIONS
+            && !self.revoked.contains_key(&r.node)
+            && let Some(oldest) = self
+                .revoked
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(n, _)| n.clone())
         {
-            cert.revoked = true;
+            self.revoked.remove(&oldest);
         }
+        let at = self.revoked.entry(r.node.clone()).or_insert(0);
+        *at = (*at).max(r.revoked_at_ms);
         Ok(r.node)
     }
 
@@ -123,7 +159,7 @@ impl Keyring {
                     serial: c.serial,
                     not_after: c.not_after,
                     capabilities: c.capabilities.clone(),
-                    revoked: c.revoked,
+                    revoked: self.is_revoked(n, c.not_before_ms),
                 })
             })
             .collect()
@@ -131,14 +167,38 @@ impl Keyring {
 
     /// Under certificates, why a peer's messages are refused whatever they say: no
     /// certificate, a revoked one, an expired one.
-    pub(super) fn standing(&self, peer: &Peer, now: Time) -> Option<Reject> {
+    pub(super) fn standing(&self, node: &NodeId, peer: &Peer, now: Time) -> Option<Reject> {
         self.anchor.as_ref()?;
         match &peer.cert {
             None => Some(Reject::UnknownSender),
-            Some(c) if c.revoked => Some(Reject::Revoked),
+            Some(c) if self.is_revoked(node, c.not_before_ms) => Some(Reject::Revoked),
             Some(c) if now >= c.not_after => Some(Reject::Expired),
             Some(_) => None,
         }
+    }
+
+    /// What an envelope claims beyond its sender's certificate, if anything: a message its
+    /// capabilities do not allow, a heartbeat at another level than the one granted.
+    pub(super) fn beyond_certificate(&self, env: &Envelope<Message>) -> Option<String> {
+        let peer = self.peers.get(&env.sender)?;
+        if let Some(capability) = required_capability(&env.payload)
+            && !self.may(peer, capability)
+        {
+            return Some(format!(
+                "a {} needs the {} capability",
+                env.payload.kind(),
+                capability.as_str()
+            ));
+        }
+        if let (Message::Heartbeat(status), Some(cert)) = (&env.payload, &peer.cert)
+            && status.level != cert.level
+        {
+            return Some(format!(
+                "a heartbeat at level {}, where its certificate grants level {}",
+                status.level, cert.level
+            ));
+        }
+        None
     }
 
     /// Whether a peer may do what `capability` allows: always under trust on first use.

@@ -41,7 +41,7 @@ mod reject;
 mod replay;
 mod session;
 
-pub use certs::{CertificateView, required_capability};
+pub use certs::{CertificateView, Learned, REVOKED_PREFIX, required_capability};
 pub use receive::{open_unauthenticated, unframe};
 pub use reject::{AuthCounters, KeyError, Reject, Rejected};
 
@@ -57,7 +57,7 @@ use replay::ReplayWindow;
 use session::{Drbg, Local};
 use std::collections::BTreeMap;
 
-/// Revocations a keyring remembers (each until the certificate it revokes would expire).
+/// Revocations a keyring remembers (each until every certificate it covers has expired).
 pub const MAX_REVOCATIONS: usize = 65_536;
 
 /// What a [`Keyring::tag`] covers first: no encoded envelope (a sealed frame's MAC) begins so.
@@ -118,8 +118,8 @@ pub struct Keyring {
     anchor: Option<Anchor>,
     local: BTreeMap<NodeId, Local>,
     peers: BTreeMap<NodeId, Peer>,
-    /// Revoked serials, with when the certificate they revoke would have expired.
-    revoked: BTreeMap<u64, Time>,
+    /// Revoked nodes, with when: every certificate of theirs issued up to then is revoked.
+    revoked: BTreeMap<NodeId, u64>,
     rng: Drbg,
     counters: AuthCounters,
 }
@@ -345,7 +345,7 @@ impl Keyring {
         if peer.quarantined_until.is_some_and(|t| t > now) || tag.len() != MAC_LEN {
             return false;
         }
-        if self.standing(peer, now).is_some() || !self.may(peer, Capability::Api) {
+        if self.standing(from, peer, now).is_some() || !self.may(peer, Capability::Api) {
             return false;
         }
         let key = peer.key;

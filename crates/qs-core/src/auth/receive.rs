@@ -2,7 +2,6 @@
 //! signatures in batches), its timestamp, replay window, rules and sender's capabilities
 //! checked, and every drop counted.
 
-use super::certs::required_capability;
 use super::session::{self, OpenError};
 use super::{BATCH_MIN, Keyring, Reject, Rejected};
 use crate::time::Time;
@@ -141,7 +140,7 @@ impl Keyring {
         if peer.quarantined_until.is_some_and(|t| t > now) {
             return Err(self.reject(Reject::Quarantined, Some(sender.clone()), now, None));
         }
-        if let Some(reason) = self.standing(peer, now) {
+        if let Some(reason) = self.standing(sender, peer, now) {
             return Err(self.reject(reason, Some(sender.clone()), now, None));
         }
         Ok(())
@@ -218,19 +217,10 @@ impl Keyring {
         if let Err(detail) = checked(&p.env) {
             return Err(self.reject(Reject::Invalid, Some(p.env.sender), now, Some(detail)));
         }
-        if let Some(capability) = required_capability(&p.env.payload)
-            && self.config.required
-            && !self
-                .peers
-                .get(&p.env.sender)
-                .is_some_and(|peer| self.may(peer, capability))
+        if self.config.required
+            && let Some(detail) = self.beyond_certificate(&p.env)
         {
-            let detail = Some(format!(
-                "a {} needs the {} capability",
-                p.env.payload.kind(),
-                capability.as_str()
-            ));
-            return Err(self.reject(Reject::Capability, Some(p.env.sender), now, detail));
+            return Err(self.reject(Reject::Capability, Some(p.env.sender), now, Some(detail)));
         }
         self.counters.accepted += 1;
         Ok(p.env)
