@@ -374,6 +374,7 @@ impl<F: Fabric> EmbeddedFleet<F> {
         let live = |m: Membership| move || m.read().live_nodes().map(|n| n.node.clone()).collect();
         tasks.spawn(crate::tasks::fleet::run(
             fabric.clone(),
+            shared.auth.clone(),
             shared.tasks.clone(),
             inbox,
             live(membership.clone()),
@@ -389,6 +390,7 @@ impl<F: Fabric> EmbeddedFleet<F> {
         };
         tasks.spawn(crate::tasks::bus::run(
             fabric.clone(),
+            shared.auth.clone(),
             shared.tasks.clone(),
             link,
             outgoing,

@@ -233,6 +233,40 @@ impl Auth {
         Bytes::from(self.keyring().seal_at(from, to, body, Some(now)))
     }
 
+    /// Opens a message of the task channels received on `topic`: its body decoded and
+    /// checked (`decode_bus`), then its frame checked against the sender the body names
+    /// (`sender`): signed by it, a peer in good standing. What is dropped is counted.
+    pub fn open_bus<T: qs_wire::task_bus::BusMessage>(
+        &self,
+        topic: &str,
+        bytes: &[u8],
+        sender: impl Fn(&T) -> &NodeId,
+    ) -> Result<T, String> {
+        let now = crate::clock::now();
+        let malformed = |detail: String| {
+            let r = Rejected {
+                reason: Reject::Malformed,
+                sender: None,
+                quarantined_until: None,
+                detail: Some(detail.clone()),
+            };
+            self.count(r, now);
+            detail
+        };
+        let frame = Frame::parse(bytes).map_err(|e| malformed(format!("{topic}: {e}")))?;
+        let message = qs_wire::task_bus::decode_bus::<T>(topic, frame.body)
+            .map_err(|e| malformed(e.to_string()))?;
+        let checked = self.keyring().check_bus(sender(&message), &frame, now);
+        match checked {
+            Ok(()) => Ok(message),
+            Err(r) => {
+                let why = format!("{topic}: {r}");
+                self.count(r, now);
+                Err(why)
+            }
+        }
+    }
+
     /// A node of this process's public keys: Ed25519 and ML-KEM-768.
     pub fn own_keys(&self, node: &NodeId) -> Option<([u8; 32], Vec<u8>)> {
         let k = self.keyring();

@@ -420,7 +420,13 @@ mod tests {
         let mut stolen = request(&k, "lab", tok(), None, T0);
         stolen.signature = hex(&thief.sign(stolen.body.as_bytes()).to_bytes());
         /// A request, what the bucket holds of its node (certificate, revocation), the verdict.
-        type Case<'a> = (&'a str, Signed, Option<&'a Certificate>, Option<u64>, Refusal);
+        type Case<'a> = (
+            &'a str,
+            Signed,
+            Option<&'a Certificate>,
+            Option<u64>,
+            Refusal,
+        );
         let cases: Vec<Case<'_>> = vec![
             (
                 "expired token",

@@ -320,7 +320,19 @@ fn a_certified_fleet_on_tls_nats_refuses_what_it_should_revokes_and_renews() {
         rt.block_on(bus.send(&beta_id, sealed.into())).unwrap();
         u.rejected("capability") >= 1.0
     });
-    rt.block_on(nodes.delete("mallory")).unwrap();
+
+    // The task channels: a nudge in clear, and one mallory signs in alpha's name, are dropped
+    // and counted.
+    let inbound = qs_fabric::Topic::task_inbound(&beta_id);
+    let nudge = br#"{"from":"alpha","tasks":[]}"#;
+    let before = (beta.rejected("malformed"), beta.rejected("bad_signature"));
+    rt.block_on(bus.publish(&inbound, nudge.to_vec().into()))
+        .unwrap();
+    let signed = mallory_ring.seal(&mallory, None, nudge);
+    rt.block_on(bus.publish(&inbound, signed.into())).unwrap();
+    beta.wait("both nudges dropped", |u| {
+        u.rejected("malformed") > before.0 && u.rejected("bad_signature") > before.1
+    });
 
     // Renewal: every certificate lives 8 s and renews at two thirds of it. Once beta's has
     // been renewed and the first ones have expired, all three still hear each other: nobody

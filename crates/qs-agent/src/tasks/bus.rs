@@ -4,16 +4,19 @@
 //! fleet task takes or hands over what a nudge on `tasks.inbound.<node>` names; completions go
 //! out on `tasks.results.<node>` and the news of the core's `Signals` on `events.bus`,
 //! `events.alerts` and `events.supervision`; a task accepted here goes where the core's
-//! weighted choice says (offered to that node once its record is in the bucket). Everything that comes in is checked
-//! (`decode_bus`) and only ever leads to reads of the fleet's bucket.
+//! weighted choice says (offered to that node once its record is in the bucket). Load
+//! reports and nudges travel in frames their sender signs (across processes); everything
+//! that comes in is checked (`Auth::open_bus`: `decode_bus`, then the signature of the node
+//! it names, a peer in good standing) and only ever leads to reads of the fleet's bucket.
 
 use super::TaskHost;
 use super::fleet::FleetLink;
 use crate::clock::now;
+use crate::identity::Auth;
 use qs_core::tasks::balance::{MAX_MOVE, Stealing, assign, offers};
 use qs_core::tasks::signals::Signal;
 use qs_fabric::{Fabric, Subscription, Topic};
-use qs_wire::task_bus::{FleetEvent, FleetEventKind, TaskLoad, TaskNudge, TaskResult, decode_bus};
+use qs_wire::task_bus::{FleetEvent, FleetEventKind, TaskLoad, TaskNudge, TaskResult};
 use qs_wire::{NodeId, TaskId};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -64,7 +67,25 @@ async fn next(sub: &mut Option<Subscription>) -> Option<qs_fabric::Incoming> {
     }
 }
 
-/// Publishes `body` as JSON on `topic`; a failure is logged (nothing on the bus is owed).
+/// Publishes `body`, a node-to-node message of the task channels (a load report, a nudge),
+/// as JSON in a frame `from` signs (across processes; open within one), on `topic`.
+pub(super) async fn publish_signed<F: Fabric, T: serde::Serialize>(
+    fabric: &F,
+    auth: &Auth,
+    from: &NodeId,
+    topic: &Topic,
+    body: &T,
+) {
+    let Ok(bytes) = serde_json::to_vec(body) else {
+        return;
+    };
+    if let Err(e) = fabric.publish(topic, auth.seal(from, None, &bytes)).await {
+        tracing::debug!("publishing on {topic}: {e}");
+    }
+}
+
+/// Publishes `body` as JSON on `topic` (news for whoever listens: results, events); a
+/// failure is logged (nothing on the bus is owed).
 pub(super) async fn publish<F: Fabric, T: serde::Serialize>(fabric: &F, topic: &Topic, body: &T) {
     let Ok(bytes) = serde_json::to_vec(body) else {
         return;
@@ -75,8 +96,10 @@ pub(super) async fn publish<F: Fabric, T: serde::Serialize>(fabric: &F, topic: &
 }
 
 /// Runs the channels until `stop` turns true; `live` reads the live nodes.
+#[allow(clippy::too_many_arguments)]
 pub async fn run<F: Fabric>(
     fabric: F,
+    auth: Arc<Auth>,
     host: Arc<TaskHost>,
     link: FleetLink,
     mut news: mpsc::Receiver<Outgoing>,
@@ -100,7 +123,7 @@ pub async fn run<F: Fabric>(
         tokio::select! {
             _ = stop.changed() => return,
             m = next(&mut loads_sub) => match m {
-                Some(m) => match decode_bus::<TaskLoad>(m.topic.as_str(), &m.payload) {
+                Some(m) => match auth.open_bus(m.topic.as_str(), &m.payload, |l: &TaskLoad| &l.node) {
                     Ok(l) if l.node != me && (loads.len() < MAX_LOADS || loads.contains_key(&l.node)) => {
                         loads.insert(l.node.clone(), l);
                     }
@@ -110,7 +133,7 @@ pub async fn run<F: Fabric>(
                 None => loads_sub = None,
             },
             m = next(&mut inbound_sub) => match m {
-                Some(m) => match decode_bus::<TaskNudge>(m.topic.as_str(), &m.payload) {
+                Some(m) => match auth.open_bus(m.topic.as_str(), &m.payload, |n: &TaskNudge| &n.from) {
                     Ok(n) => link.look(n.from, n.tasks).await,
                     Err(e) => tracing::debug!("{e}"),
                 },
@@ -142,10 +165,10 @@ pub async fn run<F: Fabric>(
                 mine = host.load(MAX_MOVE, warm()).await;
                 if reported.elapsed() >= REPORT_EVERY {
                     reported = tokio::time::Instant::now();
-                    publish(&fabric, &Topic::task_metrics(&me), &mine).await;
+                    publish_signed(&fabric, &auth, &me, &Topic::task_metrics(&me), &mine).await;
                     for m in offers(&mine, &loads, &live) {
                         let nudge = TaskNudge { from: me.clone(), tasks: m.tasks };
-                        publish(&fabric, &Topic::task_inbound(&m.to), &nudge).await;
+                        publish_signed(&fabric, &auth, &me, &Topic::task_inbound(&m.to), &nudge).await;
                     }
                 }
                 if let Some(m) = stealing.plan(now(), &mine, &loads, &live) {

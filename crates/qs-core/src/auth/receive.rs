@@ -131,6 +131,39 @@ impl Keyring {
         })
     }
 
+    /// Checks a frame that carries no envelope (a message of the task channels, whose body
+    /// names its sender): signed by `sender`, a peer in good standing. Without required
+    /// authentication (one process) any frame passes. Drops are counted as envelopes' are.
+    pub fn check_bus(
+        &mut self,
+        sender: &NodeId,
+        frame: &Frame<'_>,
+        now: Time,
+    ) -> Result<(), Rejected> {
+        if !self.config.required {
+            return Ok(());
+        }
+        self.check_sender(sender, now)?;
+        let verified = frame.kind == FrameKind::Signed
+            && <&[u8; SIGNATURE_LEN]>::try_from(frame.tag).is_ok_and(|tag| {
+                self.peers.get(sender).is_some_and(|peer| {
+                    peer.key
+                        .verify(frame.body, &Signature::from_bytes(tag))
+                        .is_ok()
+                })
+            });
+        if !verified {
+            let reason = if frame.kind == FrameKind::Open {
+                Reject::Unsigned
+            } else {
+                Reject::BadSignature
+            };
+            return Err(self.reject(reason, Some(sender.clone()), now, None));
+        }
+        self.counters.accepted += 1;
+        Ok(())
+    }
+
     /// Drops what comes from a sender the keyring does not know, has quarantined, or holds
     /// no good certificate of.
     fn check_sender(&mut self, sender: &NodeId, now: Time) -> Result<(), Rejected> {

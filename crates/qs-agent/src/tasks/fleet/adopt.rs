@@ -23,7 +23,8 @@ impl<F: Fabric> Sync<F> {
             from: self.me.clone(),
             tasks,
         };
-        super::super::bus::publish(&self.fabric, &qs_fabric::Topic::task_inbound(to), &nudge).await;
+        let topic = qs_fabric::Topic::task_inbound(to);
+        super::super::bus::publish_signed(&self.fabric, &self.auth, &self.me, &topic, &nudge).await;
     }
 
     /// Tells `to` it may take `tasks`, once they are written (still pending: not yet).

@@ -83,6 +83,8 @@ enum Put {
 
 struct Sync<F: Fabric> {
     fabric: F,
+    /// Signs the nudges it sends.
+    auth: Arc<crate::identity::Auth>,
     host: Arc<TaskHost>,
     me: NodeId,
     kv: Option<F::Kv>,
@@ -103,6 +105,7 @@ struct Sync<F: Fabric> {
 /// Runs the fleet task until `stop` turns true; `live` reads the live nodes.
 pub async fn run<F: Fabric>(
     fabric: F,
+    auth: Arc<crate::identity::Auth>,
     host: Arc<TaskHost>,
     inbox: FleetInbox,
     live: impl Fn() -> BTreeSet<NodeId> + Send + 'static,
@@ -112,6 +115,7 @@ pub async fn run<F: Fabric>(
     let me = host.node().clone();
     let mut s = Sync {
         fabric,
+        auth,
         host,
         me,
         kv: None,
