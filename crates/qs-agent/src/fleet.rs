@@ -314,21 +314,24 @@ impl<F: Fabric> EmbeddedFleet<F> {
                 identity::register_at_start(&fabric, &own, opts.rekey).await?;
             }
         }
-        // A certified node runs at the level its certificate grants: peers refuse any other.
+        // A certified node runs at the level its certificate grants (peers refuse any other)
+        // and does only what it grants.
+        let mut granted = BTreeMap::new();
         for (node, signed) in &certificates {
-            let granted = signed
-                .open::<qs_wire::trust::Certificate>()
-                .map(|c| c.level);
-            if let (Ok(level), Some(spec)) =
-                (granted, opts.nodes.iter_mut().find(|s| s.id == *node))
-                && spec.level != level
+            let Ok(cert) = signed.open::<qs_wire::trust::Certificate>() else {
+                continue;
+            };
+            if let Some(spec) = opts.nodes.iter_mut().find(|s| s.id == *node)
+                && spec.level != cert.level
             {
                 tracing::warn!(
-                    "node {node}: level {level}, as its certificate grants (not {})",
+                    "node {node}: level {}, as its certificate grants (not {})",
+                    cert.level,
                     spec.level
                 );
-                spec.level = level;
+                spec.level = cert.level;
             }
+            granted.insert(node.clone(), cert.capabilities);
         }
         let membership = Membership::new(&opts.config);
         let route = opts.authenticate.then(|| {
@@ -502,8 +505,19 @@ impl<F: Fabric> EmbeddedFleet<F> {
                 stop_grace: opts.stop_grace,
                 noop,
                 detect: i == 0,
+                capabilities: granted.get(&spec.id).cloned(),
             };
-            if !opts.noop_executor && !spec.capacity.gpus.is_empty() {
+            let gpu_granted = granted
+                .get(&spec.id)
+                .is_none_or(|c| c.contains(&qs_wire::trust::Capability::Gpu));
+            if !gpu_granted && !spec.capacity.gpus.is_empty() {
+                tracing::warn!(
+                    "node {}: its certificate does not grant the gpu capability; no model \
+                     runtime runs here",
+                    spec.id
+                );
+            }
+            if !opts.noop_executor && !spec.capacity.gpus.is_empty() && gpu_granted {
                 let setup = model_host(&opts, &shared, &fabric, &spec, &membership)?;
                 tasks.spawn(crate::models::host(setup, stop_rx.clone()));
             }

@@ -65,6 +65,8 @@ pub struct NodeSetup<F: Fabric> {
     pub noop: Option<Arc<crate::exec::NoopScript>>,
     /// This node runs the process's failure detector (one node per process does).
     pub detect: bool,
+    /// What this node's certificate grants (`None`: everything, trusting on first use).
+    pub capabilities: Option<std::collections::BTreeSet<qs_wire::trust::Capability>>,
 }
 
 struct Runtime<F: Fabric> {
@@ -123,6 +125,9 @@ pub async fn run_node<F: Fabric>(
     });
     let seq = state.next_boot_seq(&id, now().as_micros())?;
     let mut node = Node::new(&setup.spec, setup.config.clone(), setup.seed, now());
+    if let Some(capabilities) = setup.capabilities.clone() {
+        node.grant(capabilities);
+    }
     // Failure memory that cannot be read is not applied: the node starts without it.
     match state.read_json::<Vec<FailureEntry>>(StateFile::Failures(&id)) {
         Ok(entries) => node.restore_failures(entries.unwrap_or_default(), now()),

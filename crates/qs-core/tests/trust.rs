@@ -328,9 +328,9 @@ fn a_replayed_frame_changes_no_session_state() {
 }
 
 #[test]
-fn a_heartbeat_at_another_level_than_granted_is_refused() {
+fn a_heartbeat_beyond_its_certificate_is_refused() {
     let (_, mut a, mut b, ..) = pair();
-    let mut heartbeat = |level: u8, seq: u64| {
+    let mut heartbeat = |level: u8, capabilities: &str, seq: u64| {
         let status = qs_wire::NodeStatus {
             node: id("a"),
             level,
@@ -344,6 +344,7 @@ fn a_heartbeat_at_another_level_than_granted_is_refused() {
             address: None,
             models: vec![],
             entry_port: 0,
+            capabilities: Some(Capability::parse_list(capabilities).unwrap().into()),
         };
         let env = Envelope::new(
             id("a"),
@@ -354,12 +355,14 @@ fn a_heartbeat_at_another_level_than_granted_is_refused() {
         );
         a.seal_at(&id("a"), None, &env.encode(), Some(now()))
     };
-    // a's certificate grants level 0.
-    let granted = heartbeat(0, 1);
+    // a's certificate grants level 0 and stewarding only.
+    let granted = heartbeat(0, "steward", 1);
     verdict(&mut b, None, &granted, now()).unwrap();
-    let other = heartbeat(1, 2);
+    let other_level = heartbeat(1, "steward", 2);
     assert_eq!(
-        verdict(&mut b, None, &other, now()),
+        verdict(&mut b, None, &other_level, now()),
         Err(Reject::Capability)
     );
+    let more = heartbeat(0, "steward,host", 3);
+    assert_eq!(verdict(&mut b, None, &more, now()), Err(Reject::Capability));
 }

@@ -305,9 +305,18 @@ pub struct NodeStatus {
     /// takes no requests from other nodes.
     #[serde(default)]
     pub entry_port: u16,
+    /// What its certificate lets it do; `None`: everything (trust on first use, one
+    /// process, the simulator). Its peers hold it to its certificate.
+    #[serde(default)]
+    pub capabilities: Option<crate::trust::CapabilitySet>,
 }
 
 impl NodeStatus {
+    /// Whether it may do what `capability` allows.
+    pub fn may(&self, capability: crate::trust::Capability) -> bool {
+        self.capabilities.is_none_or(|c| c.contains(capability))
+    }
+
     /// A node of `level` that has nothing and runs nothing (what a test starts from).
     pub fn idle(node: NodeId, level: u8) -> NodeStatus {
         NodeStatus {
@@ -323,6 +332,7 @@ impl NodeStatus {
             address: None,
             models: vec![],
             entry_port: 0,
+            capabilities: None,
         }
     }
 }

@@ -88,6 +88,37 @@ impl Capability {
     }
 }
 
+/// A set of capabilities in one byte, as a heartbeat carries it (a list of names on the
+/// wire, like a certificate's).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(into = "BTreeSet<Capability>", from = "BTreeSet<Capability>")]
+pub struct CapabilitySet(u8);
+
+impl CapabilitySet {
+    const fn bit(c: Capability) -> u8 {
+        1 << (c as u8)
+    }
+
+    pub fn contains(self, c: Capability) -> bool {
+        self.0 & Self::bit(c) != 0
+    }
+}
+
+impl From<BTreeSet<Capability>> for CapabilitySet {
+    fn from(set: BTreeSet<Capability>) -> Self {
+        CapabilitySet(set.into_iter().fold(0, |b, c| b | Self::bit(c)))
+    }
+}
+
+impl From<CapabilitySet> for BTreeSet<Capability> {
+    fn from(set: CapabilitySet) -> Self {
+        Capability::ALL
+            .into_iter()
+            .filter(|c| set.contains(*c))
+            .collect()
+    }
+}
+
 /// A document and its signature by the fleet authority (or, for a join request, by the
 /// joining node's own key).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -440,6 +440,7 @@ pub fn messages_suite(messages: usize, peers: usize, repeats: usize) -> anyhow::
             address: Some(std::net::Ipv4Addr::new(10, 0, 0, 7).into()),
             models: vec![],
             entry_port: 0,
+            capabilities: None,
         }))
     };
     let mut directed = Vec::with_capacity(messages);

@@ -160,7 +160,7 @@ fn a_certified_fleet_on_tls_nats_refuses_what_it_should_revokes_and_renews() {
         dir.path(),
         &url,
         "gamma",
-        &["--join-token", &token(&[])],
+        &["--join-token", &token(&["--capabilities", "host,api"])],
         &[],
         &good,
     );
@@ -174,6 +174,42 @@ fn a_certified_fleet_on_tls_nats_refuses_what_it_should_revokes_and_renews() {
     )
     .unwrap();
     let real = Authority::new("t", secret).unwrap();
+
+    // gamma's certificate grants hosting and the API, not stewarding: its heartbeats say so
+    // (and are heard), and of twenty services it stewards none.
+    let gamma_row = |up: &Up| {
+        up.get("/v1/nodes")
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node"] == "gamma")
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(
+        gamma_row(&alpha)["capabilities"],
+        serde_json::json!(["host", "api"])
+    );
+    let specs: String = (0..20)
+        .map(|i| {
+            format!(
+                "[service.s{i}]\nreplicas = 0\ncommand = \"sleep 60\"\n\
+                 resources = {{ cpu_cores = 0.01, memory_mib = 8 }}\n"
+            )
+        })
+        .collect();
+    alpha.apply(&specs);
+    alpha.wait("every service stewarded", |u| {
+        let services = u.get("/v1/services");
+        let rows = services.as_array().unwrap();
+        rows.len() == 20 && rows.iter().all(|r| r["steward"].is_string())
+    });
+    for up in [&alpha, &beta, &gamma] {
+        let services = up.get("/v1/services");
+        for row in services.as_array().unwrap() {
+            assert_ne!(row["steward"], "gamma", "{row}");
+        }
+    }
 
     // A token used twice, and one past its expiry: refused by the authority.
     let text = joining_fails(

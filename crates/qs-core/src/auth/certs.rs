@@ -190,13 +190,23 @@ impl Keyring {
                 capability.as_str()
             ));
         }
-        if let (Message::Heartbeat(status), Some(cert)) = (&env.payload, &peer.cert)
-            && status.level != cert.level
-        {
-            return Some(format!(
-                "a heartbeat at level {}, where its certificate grants level {}",
-                status.level, cert.level
-            ));
+        if let (Message::Heartbeat(status), Some(cert)) = (&env.payload, &peer.cert) {
+            if status.level != cert.level {
+                return Some(format!(
+                    "a heartbeat at level {}, where its certificate grants level {}",
+                    status.level, cert.level
+                ));
+            }
+            // It may claim less than it was granted, never more (no claim: everything).
+            if let Some(more) = Capability::ALL
+                .into_iter()
+                .find(|c| status.may(*c) && !cert.capabilities.contains(c))
+            {
+                return Some(format!(
+                    "a heartbeat claiming the {} capability, which its certificate does not grant",
+                    more.as_str()
+                ));
+            }
         }
         None
     }

@@ -18,6 +18,7 @@ use crate::rng::Rng;
 use crate::sampler::WeightTree;
 use crate::time::{Time, ms};
 use crate::weight::level_weight;
+use qs_wire::trust::Capability;
 use qs_wire::{InstanceId, InstanceSummary, NodeId, NodeStatus, Role, ServiceName, WorkloadSpec};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -156,18 +157,36 @@ impl Registry {
             }
         };
         let joined = !self.slots[slot].alive;
+        let stewards = status.may(Capability::Steward);
         if joined {
             self.dead_since.remove(&(self.slots[slot].died_at, slot));
             self.slots[slot].alive = true;
             self.live += 1;
-            let bucket = self.bucket_of(slot);
-            self.buckets[bucket].insert(slot);
+            if stewards {
+                let bucket = self.bucket_of(slot);
+                self.buckets[bucket].insert(slot);
+            }
         } else {
             self.by_last_seen
                 .remove(&(self.slots[slot].last_seen, slot));
         }
         self.slots[slot].last_seen = now;
         let old = std::mem::replace(&mut self.slots[slot].status, status);
+        // A node whose certificate stops (or starts) letting it steward leaves (or joins)
+        // the election, as if it had died (or joined) for that alone.
+        let stewarded = old.may(Capability::Steward);
+        if !joined && stewarded != stewards {
+            let bucket = self.bucket_of(slot);
+            if stewards {
+                self.buckets[bucket].insert(slot);
+                self.on_join(slot);
+            } else {
+                self.buckets[bucket].remove(&slot);
+                for service in self.stewarded.remove(&slot).unwrap_or_default() {
+                    self.elect(&service);
+                }
+            }
+        }
         self.by_last_seen.insert((now, slot));
         if joined {
             self.index_instances(slot);
@@ -177,7 +196,9 @@ impl Registry {
         self.index_completed(slot);
         self.reweigh(slot);
         if joined {
-            self.on_join(slot);
+            if stewards {
+                self.on_join(slot);
+            }
             return Some(Membership::Joined(self.slots[slot].status.node.clone()));
         }
         None
@@ -305,7 +326,7 @@ impl Registry {
             - self
                 .thresholds
                 .cpu_taken(&st.load, &st.capacity, st.committed.cpu_millicores);
-        let base = if over || st.draining {
+        let base = if over || st.draining || !st.may(Capability::Host) {
             0.0
         } else {
             cpu_free.max(0.0) * level_weight(st.level)

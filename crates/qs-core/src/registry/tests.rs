@@ -308,3 +308,59 @@ fn nodes_dead_long_enough_are_forgotten_and_their_slots_reused() {
     );
     assert_eq!(reg.live_count(), 2);
 }
+
+/// Only nodes whose certificate lets them steward are elected, and losing (or gaining) the
+/// capability moves stewardship as a death (or a join) would; a node that may not host
+/// weighs nothing, so no weighted sample asks it.
+#[test]
+fn stewards_and_hosts_are_only_nodes_granted_it() {
+    let with = |name: &str, caps: &str| NodeStatus {
+        capabilities: Some(Capability::parse_list(caps).unwrap().into()),
+        ..status(name, 0, 0)
+    };
+    let svcs: Vec<WorkloadSpec> = (0..30).map(|i| spec(&format!("s{i}"))).collect();
+    let mut r = Registry::new(&Config::default());
+    for s in &svcs {
+        r.apply_spec(s.clone(), Time::ZERO);
+    }
+    let names: Vec<String> = (0..10).map(|i| format!("n{i}")).collect();
+    for (i, n) in names.iter().enumerate() {
+        let caps = if i % 2 == 0 { "host" } else { "all" };
+        r.observe(with(n, caps), Time::ZERO);
+    }
+    let stewards = |r: &Registry| -> BTreeSet<NodeId> {
+        svcs.iter()
+            .filter_map(|s| r.steward(&s.name).cloned())
+            .collect()
+    };
+    let even = |n: &NodeId| n.as_str()[1..].parse::<usize>().unwrap() % 2 == 0;
+    assert_eq!(
+        svcs.iter().filter(|s| r.steward(&s.name).is_some()).count(),
+        30
+    );
+    assert!(stewards(&r).iter().all(|n| !even(n)), "{:?}", stewards(&r));
+    // n1 loses the capability: its services go to others that have it.
+    let n1 = NodeId::new("n1").unwrap();
+    let had: Vec<&ServiceName> = svcs
+        .iter()
+        .map(|s| &s.name)
+        .filter(|s| r.steward(s) == Some(&n1))
+        .collect();
+    assert!(!had.is_empty(), "n1 stewards something in this draw");
+    r.observe(with("n1", "host"), Time::ZERO);
+    assert!(!stewards(&r).contains(&n1));
+    assert!(stewards(&r).iter().all(|n| !even(n)));
+    // Back again: it wins what rendezvous gives it, as on a join.
+    r.observe(with("n1", "all"), Time::ZERO);
+    for s in had {
+        assert_eq!(r.steward(s), Some(&n1));
+    }
+    // Stewards only: never sampled as hosts.
+    let mut rng = Rng::seeded(7);
+    r.observe(with("n2", "steward"), Time::ZERO);
+    let me = NodeId::new("n9").unwrap();
+    for _ in 0..50 {
+        let asked = r.sample(&mut rng, false, 5, &me, |_| true);
+        assert!(!asked.iter().any(|n| n.as_str() == "n2"), "{asked:?}");
+    }
+}

@@ -63,6 +63,8 @@ pub(crate) fn labels_match(
 pub struct Host {
     id: NodeId,
     level: u8,
+    /// What its certificate lets it do (`None`: everything); said in its heartbeats.
+    capabilities: Option<qs_wire::trust::CapabilitySet>,
     labels: BTreeMap<String, String>,
     capacity: Capacity,
     config: Config,
@@ -82,6 +84,7 @@ impl Host {
         Host {
             id: spec.id.clone(),
             level: spec.level,
+            capabilities: None,
             labels: spec.labels.clone(),
             committed: Committed {
                 gpu_vram_bytes: vec![0; spec.capacity.gpus.len()],
@@ -481,7 +484,14 @@ impl Host {
             address: None,
             models: vec![],
             entry_port: 0,
+            capabilities: self.capabilities,
         }
+    }
+
+    /// Takes what this node's certificate grants: said in its heartbeats, so the fleet asks
+    /// it to host or steward only as granted.
+    pub fn grant(&mut self, capabilities: std::collections::BTreeSet<qs_wire::trust::Capability>) {
+        self.capabilities = Some(capabilities.into());
     }
 
     // ---- read access -------------------------------------------------------------------------

@@ -1,11 +1,13 @@
 //! Step 3's first half: whom a steward asks. Every live node in a small fleet, a weighted
 //! sample in a large one, never a node that can only decline (draining, full for the
-//! service's anti-affinity, wrong labels, no GPU large enough).
+//! service's anti-affinity, wrong labels, no GPU large enough, a certificate that does not
+//! let it host).
 
 use crate::node::host::labels_match;
 use crate::node::inflight::Stage;
 use crate::node::steward::Steward;
 use crate::registry::Registry;
+use qs_wire::trust::Capability;
 use qs_wire::{Demand, NodeId};
 use std::collections::BTreeMap;
 
@@ -35,8 +37,11 @@ impl Steward {
         let full = |n: &qs_wire::NodeStatus| {
             per_node.get(&n.node).copied().unwrap_or(0) >= demand.max_per_node
         };
+        // Only nodes whose certificate lets them host (and run GPU work, for a GPU demand).
         let accept = |n: &qs_wire::NodeStatus| {
             !n.draining
+                && n.may(Capability::Host)
+                && (!demand.need.needs_gpu() || n.may(Capability::Gpu))
                 && !full(n)
                 && labels_match(&demand.labels, &n.labels)
                 && (!demand.need.needs_gpu()
