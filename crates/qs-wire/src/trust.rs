@@ -14,8 +14,13 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
-/// Largest signed document (a certificate with its ML-KEM key is about 3 KiB).
-pub const MAX_SIGNED_BYTES: usize = 8 * 1024;
+/// Largest signed document (a certificate with its ML-KEM key and both signatures is about
+/// 10 KiB; a hybrid join token, with the authority's ML-DSA key, about 11 KiB).
+pub const MAX_SIGNED_BYTES: usize = 16 * 1024;
+/// ML-DSA-65 signature length.
+pub const ML_DSA_SIGNATURE_LEN: usize = 3309;
+/// ML-DSA-65 verifying key length.
+pub const ML_DSA_KEY_LEN: usize = 1952;
 /// ML-KEM-768 encapsulation key length.
 pub const ML_KEM_KEY_LEN: usize = 1184;
 /// The longest a certificate or token may be valid: one year.
@@ -128,6 +133,9 @@ pub struct Signed {
     pub body: String,
     /// Ed25519 signature over `body`'s bytes, 128 hex digits.
     pub signature: String,
+    /// A hybrid authority's ML-DSA-65 signature over the same bytes, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ml_dsa: Option<String>,
 }
 
 /// Why a trust document cannot be read.
@@ -150,6 +158,7 @@ impl Signed {
         Signed {
             body,
             signature: hex(&signature),
+            ml_dsa: None,
         }
     }
 
@@ -165,7 +174,16 @@ impl Signed {
         let s: Signed =
             serde_json::from_slice(bytes).map_err(|e| doc_err("signed document", e.to_string()))?;
         s.signature_bytes()?;
+        s.ml_dsa_bytes()?;
         Ok(s)
+    }
+
+    /// The ML-DSA-65 signature's bytes, if it has one.
+    pub fn ml_dsa_bytes(&self) -> Result<Option<Vec<u8>>, DocError> {
+        self.ml_dsa
+            .as_deref()
+            .map(|h| unhex_len(h, ML_DSA_SIGNATURE_LEN).map_err(|r| doc_err("ml_dsa", r)))
+            .transpose()
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -240,6 +258,9 @@ pub struct JoinToken {
     /// The authority's Ed25519 public key, 64 hex digits: what a joining node, which knows
     /// no authority yet, pins as its anchor (the token came to it out of band).
     pub authority: String,
+    /// A hybrid authority's ML-DSA-65 verifying key, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority_ml_dsa: Option<String>,
     /// 32 hex digits, random: what makes it single-use.
     pub id: String,
     pub level: u8,
@@ -286,18 +307,23 @@ pub struct AuthorityRecord {
     pub fleet: String,
     /// Ed25519, 64 hex digits.
     pub public_key: String,
+    /// A hybrid authority's ML-DSA-65 verifying key, hex: its documents carry both
+    /// signatures, and both must hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ml_dsa: Option<String>,
 }
 
 impl AuthorityRecord {
     /// Decodes and checks one (a file).
     pub fn decode(bytes: &[u8]) -> Result<AuthorityRecord, DocError> {
-        if bytes.len() > 1024 {
-            return Err(doc_err("authority", "longer than 1024 bytes"));
+        if bytes.len() > 8 * 1024 {
+            return Err(doc_err("authority", "longer than 8 KiB"));
         }
         let r: AuthorityRecord =
             serde_json::from_slice(bytes).map_err(|e| doc_err("authority", e.to_string()))?;
         check_fleet(&r.fleet)?;
         unhex(&r.public_key).map_err(|e| doc_err("public_key", e.to_string()))?;
+        check_ml_dsa_key(r.ml_dsa.as_deref(), "ml_dsa")?;
         Ok(r)
     }
 
@@ -327,6 +353,13 @@ pub fn check_fleet(fleet: &str) -> Result<(), DocError> {
     } else {
         Err(doc_err("fleet", format!("{fleet:?} is not a DNS label")))
     }
+}
+
+fn check_ml_dsa_key(key: Option<&str>, what: &'static str) -> Result<(), DocError> {
+    if let Some(k) = key {
+        unhex_len(k, ML_DSA_KEY_LEN).map_err(|r| doc_err(what, r))?;
+    }
+    Ok(())
 }
 
 fn check_level(level: u8) -> Result<(), DocError> {
@@ -381,6 +414,7 @@ impl Document for JoinToken {
         check_fleet(&self.fleet)?;
         check_level(self.level)?;
         unhex(&self.authority).map_err(|e| doc_err("authority", e.to_string()))?;
+        check_ml_dsa_key(self.authority_ml_dsa.as_deref(), "authority_ml_dsa")?;
         unhex_len(&self.id, 16).map_err(|r| doc_err("id", r))?;
         Ok(())
     }

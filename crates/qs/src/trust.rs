@@ -36,6 +36,10 @@ pub enum FleetAction {
         fleet: String,
         #[arg(long)]
         dir: PathBuf,
+        /// Hybrid: sign with ML-DSA-65 as well as Ed25519 (both signatures must hold, so a
+        /// forger must break both; documents grow by about 6.6 KB).
+        #[arg(long)]
+        hybrid: bool,
     },
     /// Issue a single-use join token; prints it.
     Token {
@@ -146,8 +150,12 @@ fn load_authority(dir: &Path) -> Result<(Authority, AuthorityRecord)> {
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let secret =
         qs_wire::identity::unhex(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let authority = Authority::new(&record.fleet, secret)?;
-    if authority.anchor().public() != record.key() {
+    let authority = if record.ml_dsa.is_some() {
+        Authority::hybrid(&record.fleet, secret)?
+    } else {
+        Authority::new(&record.fleet, secret)?
+    };
+    if *authority.anchor() != anchor_of(&record)? {
         bail!(
             "{}: the public key does not match {KEY_FILE}",
             dir.join(RECORD_FILE).display()
@@ -167,12 +175,20 @@ fn load_record(dir: &Path) -> Result<AuthorityRecord> {
 }
 
 fn anchor_of(record: &AuthorityRecord) -> Result<Anchor> {
-    Ok(Anchor::new(&record.fleet, record.key())?)
+    let anchor = Anchor::new(&record.fleet, record.key())?;
+    match &record.ml_dsa {
+        None => Ok(anchor),
+        Some(text) => {
+            let bytes = qs_wire::trust::unhex_len(text, qs_wire::trust::ML_DSA_KEY_LEN)
+                .map_err(anyhow::Error::msg)?;
+            Ok(anchor.with_ml_dsa(qs_core::trust::MlDsaKey::decode(&bytes)?))
+        }
+    }
 }
 
 pub fn fleet(action: FleetAction) -> Result<()> {
     match action {
-        FleetAction::Init { fleet, dir } => init(&fleet, &dir),
+        FleetAction::Init { fleet, dir, hybrid } => init(&fleet, &dir, hybrid),
         FleetAction::Token {
             dir,
             ttl,
@@ -219,7 +235,7 @@ pub fn fleet(action: FleetAction) -> Result<()> {
     }
 }
 
-fn init(fleet: &str, dir: &Path) -> Result<()> {
+fn init(fleet: &str, dir: &Path, hybrid: bool) -> Result<()> {
     let key = dir.join(KEY_FILE);
     if key.exists() {
         bail!(
@@ -228,12 +244,17 @@ fn init(fleet: &str, dir: &Path) -> Result<()> {
         );
     }
     let secret: [u8; 32] = random()?;
-    let authority = Authority::new(fleet, secret)?;
+    let authority = if hybrid {
+        Authority::hybrid(fleet, secret)?
+    } else {
+        Authority::new(fleet, secret)?
+    };
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     write_private(&key, hex(&secret).as_bytes())?;
     let record = AuthorityRecord {
         fleet: fleet.into(),
         public_key: hex(&authority.anchor().public()),
+        ml_dsa: authority.anchor().ml_dsa().map(|k| hex(k.encoded())),
     };
     std::fs::write(dir.join(RECORD_FILE), serde_json::to_vec_pretty(&record)?)?;
     println!(
@@ -244,6 +265,9 @@ fn init(fleet: &str, dir: &Path) -> Result<()> {
         "  secret key: {} (mode 0600): keep it offline, or only on the authority nodes",
         key.display()
     );
+    if hybrid {
+        println!("  hybrid: Ed25519 and ML-DSA-65 sign every document; both must hold");
+    }
     println!("  public key: {}", dir.join(RECORD_FILE).display());
     println!(
         "next: qs agent --authority {} ... on an authority node, and `qs fleet token --dir {}` for each other node",
@@ -420,6 +444,7 @@ pub fn choose(choice: &TrustChoice, fleet: &str, state: &StateDir) -> Result<Tru
         let record = AuthorityRecord {
             fleet: token.fleet,
             public_key: token.authority,
+            ml_dsa: token.authority_ml_dsa,
         };
         // Signed by the key it names, for its fleet (a token altered on its way is refused
         // here); whether it expired or was used is the authority's to judge, and count.

@@ -9,11 +9,13 @@
 //! under such a certificate, unexpired and unrevoked ([`crate::auth::Keyring`]).
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ml_dsa::MlDsa65;
 use qs_wire::NodeId;
 use qs_wire::identity::hex;
 use qs_wire::trust::{
     Capability, Certificate, DocError, Document, JoinRequest, JoinToken, Revocation, Signed,
 };
+use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 
 /// How far a certificate's start may lie in the future of the checking node's clock (the
@@ -98,11 +100,54 @@ impl From<DocError> for Refusal {
     }
 }
 
-/// What every node of a fleet trusts: the authority's public key and the fleet's name.
+/// The context string of every ML-DSA signature of the fleet's (FIPS 204 §5.2).
+const ML_DSA_CONTEXT: &[u8] = b"quasicrystal fleet authority";
+
+/// A hybrid authority's ML-DSA-65 verifying key, decoded once, with its encoding.
+#[derive(Clone)]
+pub struct MlDsaKey {
+    encoded: Vec<u8>,
+    key: Box<ml_dsa::VerifyingKey<MlDsa65>>,
+}
+
+impl PartialEq for MlDsaKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.encoded == other.encoded
+    }
+}
+impl Eq for MlDsaKey {}
+
+impl std::fmt::Debug for MlDsaKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MlDsaKey({}…)", hex(&self.encoded[..8]))
+    }
+}
+
+impl MlDsaKey {
+    pub fn decode(bytes: &[u8]) -> Result<MlDsaKey, DocError> {
+        let encoded =
+            ml_dsa::EncodedVerifyingKey::<MlDsa65>::try_from(bytes).map_err(|_| DocError {
+                what: "authority ML-DSA key",
+                reason: "not an ML-DSA-65 key".into(),
+            })?;
+        Ok(MlDsaKey {
+            encoded: bytes.to_vec(),
+            key: Box::new(ml_dsa::VerifyingKey::decode(&encoded)),
+        })
+    }
+
+    pub fn encoded(&self) -> &[u8] {
+        &self.encoded
+    }
+}
+
+/// What every node of a fleet trusts: the authority's public key (or keys, for a hybrid
+/// authority: Ed25519 and ML-DSA-65, both of whose signatures must hold) and the fleet's name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Anchor {
     pub fleet: String,
     key: VerifyingKey,
+    ml_dsa: Option<MlDsaKey>,
 }
 
 impl Anchor {
@@ -115,7 +160,20 @@ impl Anchor {
         Ok(Anchor {
             fleet: fleet.into(),
             key,
+            ml_dsa: None,
         })
+    }
+
+    /// A hybrid authority's anchor: documents need its ML-DSA-65 signature too.
+    pub fn with_ml_dsa(self, key: MlDsaKey) -> Anchor {
+        Anchor {
+            ml_dsa: Some(key),
+            ..self
+        }
+    }
+
+    pub fn ml_dsa(&self) -> Option<&MlDsaKey> {
+        self.ml_dsa.as_ref()
     }
 
     pub fn public(&self) -> [u8; 32] {
@@ -127,9 +185,21 @@ impl Anchor {
         hex(&self.key.to_bytes()[..8])
     }
 
-    /// Checks the authority's signature, then decodes the body.
+    /// Checks the authority's signature (both, for a hybrid one), then decodes the body.
     fn open<T: Document>(&self, signed: &Signed) -> Result<T, Refusal> {
         verify(&self.key, signed)?;
+        if let Some(k) = &self.ml_dsa {
+            let bytes = signed.ml_dsa_bytes()?.ok_or(Refusal::Forged)?;
+            let encoded = ml_dsa::EncodedSignature::<MlDsa65>::try_from(bytes.as_slice())
+                .map_err(|_| Refusal::Malformed)?;
+            let sig = ml_dsa::Signature::decode(&encoded).ok_or(Refusal::Forged)?;
+            if !k
+                .key
+                .verify_with_context(signed.body.as_bytes(), ML_DSA_CONTEXT, &sig)
+            {
+                return Err(Refusal::Forged);
+            }
+        }
         Ok(signed.open::<T>()?)
     }
 
@@ -206,9 +276,10 @@ pub struct Granted {
     pub token_id: Option<String>,
 }
 
-/// The authority: its signing key and its fleet.
+/// The authority: its signing key (keys, hybrid) and its fleet.
 pub struct Authority {
     key: SigningKey,
+    ml_dsa: Option<Box<ml_dsa::SigningKey<MlDsa65>>>,
     anchor: Anchor,
 }
 
@@ -216,15 +287,45 @@ impl Authority {
     pub fn new(fleet: &str, secret: [u8; 32]) -> Result<Authority, DocError> {
         let key = SigningKey::from_bytes(&secret);
         let anchor = Anchor::new(fleet, key.verifying_key().to_bytes())?;
-        Ok(Authority { key, anchor })
+        Ok(Authority {
+            key,
+            ml_dsa: None,
+            anchor,
+        })
+    }
+
+    /// A hybrid authority: Ed25519 and ML-DSA-65, the latter's seed derived from the same
+    /// secret (one secret to keep offline).
+    pub fn hybrid(fleet: &str, secret: [u8; 32]) -> Result<Authority, DocError> {
+        let plain = Authority::new(fleet, secret)?;
+        let mut h = Sha256::new();
+        h.update(b"quasicrystal ml-dsa-65 seed\0");
+        h.update(secret);
+        let seed: [u8; 32] = h.finalize().into();
+        let ml_dsa = ml_dsa::SigningKey::<MlDsa65>::from_seed(&seed.into());
+        let public = MlDsaKey::decode(ml_dsa.expanded_key().verifying_key().encode().as_slice())?;
+        Ok(Authority {
+            anchor: plain.anchor.with_ml_dsa(public),
+            ml_dsa: Some(Box::new(ml_dsa)),
+            key: plain.key,
+        })
     }
 
     pub fn anchor(&self) -> &Anchor {
         &self.anchor
     }
 
+    /// Signs a document: Ed25519, and ML-DSA-65 for a hybrid authority.
     pub fn sign<T: Document>(&self, doc: &T) -> Signed {
-        sign(&self.key, doc)
+        let mut signed = sign(&self.key, doc);
+        if let Some(k) = &self.ml_dsa {
+            let sig = k
+                .expanded_key()
+                .sign_deterministic(signed.body.as_bytes(), ML_DSA_CONTEXT)
+                .expect("a context under 256 bytes");
+            signed.ml_dsa = Some(hex(sig.encode().as_slice()));
+        }
+        signed
     }
 
     /// A single-use join token with id `id`, valid until `not_after_ms`, for `node` alone
@@ -233,6 +334,7 @@ impl Authority {
         self.sign(&JoinToken {
             fleet: self.anchor.fleet.clone(),
             authority: hex(&self.anchor.public()),
+            authority_ml_dsa: self.anchor.ml_dsa().map(|k| hex(k.encoded())),
             id: hex(&id),
             level: grant.level,
             capabilities: grant.capabilities,
@@ -339,214 +441,4 @@ impl Authority {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use qs_wire::trust::ML_KEM_KEY_LEN;
-
-    const HOUR_MS: u64 = 3_600_000;
-    const T0: u64 = 10 * HOUR_MS;
-
-    fn node_key(i: u8) -> SigningKey {
-        SigningKey::from_bytes(&[i; 32])
-    }
-
-    /// `key`'s request for node `forge` of `fleet`, made at `at_ms`.
-    fn request(
-        key: &SigningKey,
-        fleet: &str,
-        token: Option<Signed>,
-        renews: Option<u64>,
-        at_ms: u64,
-    ) -> Signed {
-        sign(
-            key,
-            &JoinRequest {
-                fleet: fleet.into(),
-                node: NodeId::new("forge").unwrap(),
-                ed25519: hex(&key.verifying_key().to_bytes()),
-                ml_kem: hex(&[5; ML_KEM_KEY_LEN]),
-                token,
-                renews,
-                requested_at_ms: at_ms,
-            },
-        )
-    }
-
-    fn token(a: &Authority, node: Option<&str>, not_after_ms: u64) -> Signed {
-        let grant = TokenGrant {
-            level: 2,
-            capabilities: Capability::member(),
-            node: node.map(|n| NodeId::new(n).unwrap()),
-        };
-        a.token([1; 16], grant, not_after_ms)
-    }
-
-    fn joined(a: &Authority, key: &SigningKey, serial: u64) -> Certificate {
-        let req = request(key, "lab", Some(token(a, None, T0 + HOUR_MS)), None, T0);
-        let g = a.judge(&req, None, None, T0).unwrap();
-        a.anchor()
-            .certificate(&a.certify(&g, serial, T0, HOUR_MS), T0)
-            .unwrap()
-    }
-
-    #[test]
-    fn a_token_brings_a_node_in_and_its_certificate_renews() {
-        let a = Authority::new("lab", [9; 32]).unwrap();
-        let k = node_key(1);
-        let req = request(
-            &k,
-            "lab",
-            Some(token(&a, Some("forge"), T0 + HOUR_MS)),
-            None,
-            T0,
-        );
-        let g = a.judge(&req, None, None, T0).unwrap();
-        assert_eq!((g.level, g.token_id.as_deref()), (2, Some(&*hex(&[1; 16]))));
-        let c = joined(&a, &k, 7);
-        assert_eq!((c.serial, c.level), (7, 2));
-        let renew = request(&k, "lab", None, Some(7), T0 + 1000);
-        assert!(a.judge(&renew, Some(&c), None, T0 + 1000).is_ok());
-        // The same node joining again with the same keys (a token, its state kept) is fine.
-        assert!(a.judge(&req, Some(&c), None, T0).is_ok());
-    }
-
-    #[test]
-    fn each_bad_request_is_refused_with_its_reason() {
-        let a = Authority::new("lab", [9; 32]).unwrap();
-        let other = Authority::new("lab", [8; 32]).unwrap();
-        let (k, thief) = (node_key(1), node_key(2));
-        let held = joined(&a, &k, 7);
-        let tok = || Some(token(&a, None, T0 + HOUR_MS));
-        let mut stolen = request(&k, "lab", tok(), None, T0);
-        stolen.signature = hex(&thief.sign(stolen.body.as_bytes()).to_bytes());
-        /// A request, what the bucket holds of its node (certificate, revocation), the verdict.
-        type Case<'a> = (
-            &'a str,
-            Signed,
-            Option<&'a Certificate>,
-            Option<u64>,
-            Refusal,
-        );
-        let cases: Vec<Case<'_>> = vec![
-            (
-                "expired token",
-                request(&k, "lab", Some(token(&a, None, T0)), None, T0),
-                None,
-                None,
-                Refusal::TokenExpired,
-            ),
-            (
-                "another authority's token",
-                request(&k, "lab", Some(token(&other, None, T0 + HOUR_MS)), None, T0),
-                None,
-                None,
-                Refusal::Forged,
-            ),
-            // A request signed by another key than the one it names proves nothing.
-            ("signed by another key", stolen, None, None, Refusal::Forged),
-            (
-                "another fleet",
-                request(&k, "lab2", tok(), None, T0),
-                None,
-                None,
-                Refusal::OtherFleet,
-            ),
-            (
-                "a token for another node",
-                request(
-                    &k,
-                    "lab",
-                    Some(token(&a, Some("other"), T0 + HOUR_MS)),
-                    None,
-                    T0,
-                ),
-                None,
-                None,
-                Refusal::OtherNode,
-            ),
-            (
-                "a name held under other keys",
-                request(&thief, "lab", tok(), None, T0),
-                Some(&held),
-                None,
-                Refusal::NameTaken,
-            ),
-            (
-                "an old request",
-                request(&k, "lab", tok(), None, T0 - MAX_REQUEST_AGE_MS - 1),
-                None,
-                None,
-                Refusal::Stale,
-            ),
-            (
-                "a renewal of nothing",
-                request(&k, "lab", None, Some(7), T0),
-                None,
-                None,
-                Refusal::NotRenewable,
-            ),
-            (
-                "a renewal of another serial",
-                request(&k, "lab", None, Some(8), T0),
-                Some(&held),
-                None,
-                Refusal::NotRenewable,
-            ),
-            (
-                "a renewal of a revoked certificate",
-                request(&k, "lab", None, Some(7), T0),
-                Some(&held),
-                Some(T0),
-                Refusal::Revoked,
-            ),
-        ];
-        for (name, req, current, revoked_at, want) in cases {
-            assert_eq!(a.judge(&req, current, revoked_at, T0), Err(want), "{name}");
-        }
-        // Once the name's holder is revoked, a token brings the name in under new keys.
-        let req = request(&thief, "lab", tok(), None, T0);
-        assert!(a.judge(&req, Some(&held), Some(T0), T0).is_ok());
-    }
-
-    #[test]
-    fn each_bad_certificate_is_refused_with_its_reason() {
-        let a = Authority::new("lab", [9; 32]).unwrap();
-        let other = Authority::new("lab", [8; 32]).unwrap();
-        let k = node_key(1);
-        let req = request(&k, "lab", Some(token(&a, None, T0 + HOUR_MS)), None, T0);
-        let g = a.judge(&req, None, None, T0).unwrap();
-        let cert = a.certify(&g, 1, T0, HOUR_MS);
-        let anchor = a.anchor();
-        let cases: Vec<(Result<Certificate, Refusal>, Refusal)> = vec![
-            (
-                anchor.certificate(&other.certify(&g, 1, T0, HOUR_MS), T0),
-                Refusal::Forged,
-            ),
-            (anchor.certificate(&cert, T0 + HOUR_MS), Refusal::Expired),
-            (
-                anchor.certificate(&cert, T0 - NOT_BEFORE_SLACK_MS - 1),
-                Refusal::NotYetValid,
-            ),
-            (
-                Anchor::new("other", anchor.public())
-                    .unwrap()
-                    .certificate(&cert, T0),
-                Refusal::OtherFleet,
-            ),
-            (
-                anchor.certificate(
-                    &Signed {
-                        body: cert.body.replace("\"level\":2", "\"level\":0"),
-                        ..cert.clone()
-                    },
-                    T0,
-                ),
-                Refusal::Forged,
-            ),
-        ];
-        for (got, want) in cases {
-            assert_eq!(got, Err(want));
-        }
-        assert!(anchor.certificate(&cert, T0 - NOT_BEFORE_SLACK_MS).is_ok());
-    }
-}
+mod tests;
