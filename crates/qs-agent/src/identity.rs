@@ -233,6 +233,12 @@ impl Auth {
         Bytes::from(self.keyring().seal_at(from, to, body, Some(now)))
     }
 
+    /// Frames a message of the task channels from a node of this process
+    /// ([`Keyring::seal_bus`]).
+    pub fn seal_bus(&self, from: &NodeId, body: &[u8]) -> Bytes {
+        Bytes::from(self.keyring().seal_bus(from, body))
+    }
+
     /// Opens a message of the task channels received on `topic`: its body decoded and
     /// checked (`decode_bus`), then its frame checked against the sender the body names
     /// (`sender`): signed by it, a peer in good standing. What is dropped is counted.
@@ -295,6 +301,13 @@ impl Auth {
     /// The certificates held, by node (empty when trusting on first use).
     pub fn certificates(&self) -> Vec<CertificateView> {
         self.keyring().certificates()
+    }
+
+    /// The newest certificate this keyring holds of `node`, and when `node` was revoked:
+    /// what the registry said, less what was deleted or written back over it since.
+    pub fn held(&self, node: &NodeId) -> (Option<qs_wire::trust::Signed>, Option<u64>) {
+        let k = self.keyring();
+        (k.held(node).cloned(), k.revoked_at(node))
     }
 
     /// Under certificates: the fleet's anchor.

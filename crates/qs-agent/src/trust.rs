@@ -397,8 +397,16 @@ pub async fn serve_joins<F: Fabric>(
             let Ok(node) = NodeId::new(node) else {
                 continue;
             };
-            let verdict =
-                answer(&authority, &joins, &nodes, &entry.value, &node, lifetime_ms).await;
+            let verdict = answer(
+                &authority,
+                &auth,
+                &joins,
+                &nodes,
+                &entry.value,
+                &node,
+                lifetime_ms,
+            )
+            .await;
             let reply = match verdict {
                 Ok(Ok(cert)) => {
                     tracing::info!("join service: certificate issued to {node}");
@@ -432,9 +440,12 @@ pub async fn serve_joins<F: Fabric>(
     }
 }
 
-/// The authority's answer to one request: a certificate, or why not.
+/// The authority's answer to one request: a certificate, or why not. Who holds the name,
+/// and its revocation, are the stricter of the registry and this node's keyring (which any
+/// writer of the bucket cannot make forget a certificate or a revocation).
 async fn answer<K: Kv>(
     authority: &Authority,
+    auth: &Auth,
     joins: &K,
     nodes: &K,
     value: &[u8],
@@ -446,18 +457,29 @@ async fn answer<K: Kv>(
     };
     let now = now_ms();
     let anchor = authority.anchor();
-    let current = nodes
+    let (held, held_revoked_at) = auth.held(node);
+    let valid = |s: &Signed| anchor.certificate(s, now).ok();
+    let in_bucket = nodes
         .get(node.as_str())
         .await?
         .and_then(|e| Signed::decode(&e.value).ok())
-        .and_then(|s| anchor.certificate(&s, now).ok());
-    let revoked_at_ms = nodes
+        .and_then(|s| valid(&s));
+    let current = match (held.as_ref().and_then(valid), in_bucket) {
+        (Some(h), Some(b)) => Some(if b.not_before_ms > h.not_before_ms {
+            b
+        } else {
+            h
+        }),
+        (h, b) => h.or(b),
+    };
+    let bucket_revoked_at = nodes
         .get(&revocation_key(node))
         .await?
         .and_then(|e| Signed::decode(&e.value).ok())
         .and_then(|s| anchor.revocation(&s).ok())
         .filter(|r| r.node == *node)
         .map(|r| r.revoked_at_ms);
+    let revoked_at_ms = held_revoked_at.max(bucket_revoked_at);
     let granted = match authority.judge(&request, current.as_ref(), revoked_at_ms, now) {
         Ok(g) => g,
         Err(r) => return Ok(Err(r)),
@@ -466,16 +488,26 @@ async fn answer<K: Kv>(
         return Ok(Err(Refusal::Malformed));
     }
     if let Some(id) = &granted.token_id {
-        let spent_by = format!("{node} {}", granted.ed25519);
+        // The token's spending: which node and key, when. A repeat of the same request (another
+        // authority node, a retry) is answered again, unless the node was revoked since.
         let key = format!("used.{id}");
-        match joins.cas(&key, Bytes::from(spent_by.clone()), None).await {
+        let spent = format!("{node} {} {now}", granted.ed25519);
+        match joins.cas(&key, Bytes::from(spent), None).await {
             Ok(_) => {}
             Err(FabricError::Conflict { .. }) => {
-                let same = joins
-                    .get(&key)
-                    .await?
-                    .is_some_and(|e| e.value.as_ref() == spent_by.as_bytes());
-                if !same {
+                let prior = joins.get(&key).await?;
+                let prior = prior
+                    .as_ref()
+                    .and_then(|e| std::str::from_utf8(&e.value).ok())
+                    .unwrap_or("");
+                let mut words = prior.split(' ');
+                let same = words.next() == Some(node.as_str())
+                    && words.next() == Some(granted.ed25519.as_str());
+                let spent_at_ms = words.next().and_then(|w| w.parse::<u64>().ok());
+                let revoked_since = revoked_at_ms
+                    .zip(spent_at_ms)
+                    .is_some_and(|(t, at)| qs_wire::trust::revokes(t, at));
+                if !same || revoked_since {
                     return Ok(Err(Refusal::TokenUsed));
                 }
             }

@@ -227,7 +227,9 @@ fn each_bad_certificate_and_sender_is_refused_with_its_reason() {
     assert_eq!(verdict(&mut b, None, &late, after), Err(Reject::Expired));
 
     // Revoked: refused from then on, and its certificate with it.
-    let revocation = authority.revoke(&id("a"), NOW_MS, "test");
+    // Dated a minute ahead of the operator's clock (see Authority::revoke): made a minute
+    // before now, it covers a's certificate, issued now.
+    let revocation = authority.revoke(&id("a"), NOW_MS - 60_000, "test");
     let forged_revocation = stranger.revoke(&id("b"), NOW_MS, "test");
     assert_eq!(b.revoke(&forged_revocation, now()), Err(Refusal::Forged));
     assert_eq!(b.revoke(&revocation, now()), Ok(id("a")));
@@ -238,6 +240,8 @@ fn each_bad_certificate_and_sender_is_refused_with_its_reason() {
     );
     // Its certificate, or an older one, put back: still revoked.
     assert_eq!(b.learn_certificate(&ca, now()), Err(Refusal::Revoked));
+    let (_, older) = member(&authority, "a", "steward", 2, NOW_MS - 30_000);
+    assert_eq!(b.learn_certificate(&older, now()), Err(Refusal::Revoked));
     let views = b.certificates();
     let view = views.iter().find(|v| v.node == id("a")).unwrap();
     assert!(view.revoked);
@@ -330,21 +334,11 @@ fn a_replayed_frame_changes_no_session_state() {
 #[test]
 fn a_heartbeat_beyond_its_certificate_is_refused() {
     let (_, mut a, mut b, ..) = pair();
-    let mut heartbeat = |level: u8, capabilities: &str, seq: u64| {
+    // `capabilities`: what the heartbeat claims (`None`: everything).
+    let mut heartbeat = |level: u8, capabilities: Option<&str>, seq: u64| {
         let status = qs_wire::NodeStatus {
-            node: id("a"),
-            level,
-            labels: Default::default(),
-            capacity: Default::default(),
-            committed: Default::default(),
-            load: Default::default(),
-            instances: vec![],
-            completed: vec![],
-            draining: false,
-            address: None,
-            models: vec![],
-            entry_port: 0,
-            capabilities: Some(Capability::parse_list(capabilities).unwrap().into()),
+            capabilities: capabilities.map(|c| Capability::parse_list(c).unwrap().into()),
+            ..qs_wire::NodeStatus::idle(id("a"), level)
         };
         let env = Envelope::new(
             id("a"),
@@ -356,13 +350,18 @@ fn a_heartbeat_beyond_its_certificate_is_refused() {
         a.seal_at(&id("a"), None, &env.encode(), Some(now()))
     };
     // a's certificate grants level 0 and stewarding only.
-    let granted = heartbeat(0, "steward", 1);
+    let granted = heartbeat(0, Some("steward"), 1);
     verdict(&mut b, None, &granted, now()).unwrap();
-    let other_level = heartbeat(1, "steward", 2);
+    let other_level = heartbeat(1, Some("steward"), 2);
     assert_eq!(
         verdict(&mut b, None, &other_level, now()),
         Err(Reject::Capability)
     );
-    let more = heartbeat(0, "steward,host", 3);
+    let more = heartbeat(0, Some("steward,host"), 3);
     assert_eq!(verdict(&mut b, None, &more, now()), Err(Reject::Capability));
+    let everything = heartbeat(0, None, 4);
+    assert_eq!(
+        verdict(&mut b, None, &everything, now()),
+        Err(Reject::Capability)
+    );
 }

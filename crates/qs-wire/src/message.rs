@@ -124,6 +124,8 @@ pub enum DeclineReason {
     NotSteward,
     /// The receiver holds no spec of the service (yet).
     UnknownService,
+    /// The node's certificate does not let it host this (hosting, or GPU work).
+    NotGranted,
 }
 
 impl fmt::Display for DeclineReason {
@@ -138,6 +140,7 @@ impl fmt::Display for DeclineReason {
             DeclineReason::Draining => f.write_str("draining"),
             DeclineReason::NotSteward => f.write_str("the sender is not the service's steward"),
             DeclineReason::UnknownService => f.write_str("no spec of the service here"),
+            DeclineReason::NotGranted => f.write_str("its certificate does not grant it"),
         }
     }
 }

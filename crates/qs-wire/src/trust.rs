@@ -332,6 +332,19 @@ impl AuthorityRecord {
     }
 }
 
+/// Whether a revocation made at `revoked_at_ms` covers a certificate that starts at
+/// `not_before_ms`: every certificate issued until the revocation is revoked.
+pub fn revokes(revoked_at_ms: u64, not_before_ms: u64) -> bool {
+    not_before_ms <= revoked_at_ms
+}
+
+impl Revocation {
+    /// Whether it revokes `cert`.
+    pub fn covers(&self, cert: &Certificate) -> bool {
+        cert.node == self.node && revokes(self.revoked_at_ms, cert.not_before_ms)
+    }
+}
+
 /// The authority's answer to a join request, under `answer.<node>` in the joins bucket.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

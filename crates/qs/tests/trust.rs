@@ -158,11 +158,12 @@ fn a_certified_fleet_on_tls_nats_refuses_what_it_should_revokes_and_renews() {
         &[],
         &good,
     );
+    let gamma_token = token(&["--capabilities", "host,api"]);
     let gamma = agent_configured(
         dir.path(),
         &url,
         "gamma",
-        &["--join-token", &token(&["--capabilities", "host,api"])],
+        &["--join-token", &gamma_token],
         &[],
         &good,
     );
@@ -375,13 +376,13 @@ fn a_certified_fleet_on_tls_nats_refuses_what_it_should_revokes_and_renews() {
     // and counted.
     let inbound = qs_fabric::Topic::task_inbound(&beta_id);
     let nudge = br#"{"from":"alpha","tasks":[]}"#;
-    let before = (beta.rejected("malformed"), beta.rejected("bad_signature"));
-    rt.block_on(bus.publish(&inbound, nudge.to_vec().into()))
-        .unwrap();
-    let signed = mallory_ring.seal(&mallory, None, nudge);
+    let before = (beta.rejected("unsigned"), beta.rejected("bad_signature"));
+    let open = qs_wire::Frame::write(qs_wire::FrameKind::Open, &[], nudge);
+    rt.block_on(bus.publish(&inbound, open.into())).unwrap();
+    let signed = mallory_ring.seal_bus(&mallory, nudge);
     rt.block_on(bus.publish(&inbound, signed.into())).unwrap();
     beta.wait("both nudges dropped", |u| {
-        u.rejected("malformed") > before.0 && u.rejected("bad_signature") > before.1
+        u.rejected("unsigned") > before.0 && u.rejected("bad_signature") > before.1
     });
 
     // Renewal: every certificate lives 8 s and renews at two thirds of it. Once beta's has
@@ -449,6 +450,17 @@ fn a_certified_fleet_on_tls_nats_refuses_what_it_should_revokes_and_renews() {
             !live(u).contains(&"gamma".to_string())
         });
     }
+    // gamma again, with its own keys and its first token, its certificate gone: refused.
+    drop(gamma);
+    std::fs::remove_file(dir.path().join("gamma/keys/gamma.cert.json")).unwrap();
+    let text = joining_fails(
+        dir.path(),
+        &url,
+        "gamma",
+        &dir.path().join("gamma.toml"),
+        &gamma_token,
+    );
+    assert!(text.contains("revoked"), "{text}");
     let status = cli(&[
         "fleet",
         "status",
@@ -493,5 +505,5 @@ fn a_certified_fleet_on_tls_nats_refuses_what_it_should_revokes_and_renews() {
         text.contains("NATS over TLS") && text.contains("certificate of alpha"),
         "{text}"
     );
-    drop((alpha, beta, gamma));
+    drop((alpha, beta));
 }

@@ -76,21 +76,21 @@ pub(super) async fn publish_signed<F: Fabric, T: serde::Serialize>(
     topic: &Topic,
     body: &T,
 ) {
-    let Ok(bytes) = serde_json::to_vec(body) else {
-        return;
-    };
-    if let Err(e) = fabric.publish(topic, auth.seal(from, None, &bytes)).await {
-        tracing::debug!("publishing on {topic}: {e}");
+    if let Ok(bytes) = serde_json::to_vec(body) {
+        publish_bytes(fabric, topic, auth.seal_bus(from, &bytes)).await;
     }
 }
 
-/// Publishes `body` as JSON on `topic` (news for whoever listens: results, events); a
-/// failure is logged (nothing on the bus is owed).
+/// Publishes `body` as JSON on `topic` (news for whoever listens: results, events).
 pub(super) async fn publish<F: Fabric, T: serde::Serialize>(fabric: &F, topic: &Topic, body: &T) {
-    let Ok(bytes) = serde_json::to_vec(body) else {
-        return;
-    };
-    if let Err(e) = fabric.publish(topic, bytes.into()).await {
+    if let Ok(bytes) = serde_json::to_vec(body) {
+        publish_bytes(fabric, topic, bytes.into()).await;
+    }
+}
+
+/// A failure is logged: nothing on the bus is owed.
+async fn publish_bytes<F: Fabric>(fabric: &F, topic: &Topic, bytes: bytes::Bytes) {
+    if let Err(e) = fabric.publish(topic, bytes).await {
         tracing::debug!("publishing on {topic}: {e}");
     }
 }

@@ -6,7 +6,7 @@ use super::{Keyring, MAX_REVOCATIONS, Peer, Reject};
 use crate::time::Time;
 use crate::trust::Refusal;
 use ed25519_dalek::VerifyingKey;
-use qs_wire::trust::{Capability, MAX_VALIDITY_MS, Signed};
+use qs_wire::trust::{Capability, MAX_VALIDITY_MS, Signed, revokes};
 use qs_wire::{Envelope, Message, NodeId};
 use std::collections::BTreeSet;
 
@@ -18,6 +18,8 @@ pub(super) struct PeerCert {
     pub(super) level: u8,
     pub(super) capabilities: BTreeSet<Capability>,
     pub(super) kem: Box<EncapsulationKey>,
+    /// The certificate as signed (the authority's own view of who holds a name).
+    pub(super) signed: Signed,
 }
 
 /// A peer's certificate as the registry lists it.
@@ -84,6 +86,7 @@ impl Keyring {
                 level: cert.level,
                 capabilities: cert.capabilities,
                 kem: Box::new(kem),
+                signed: signed.clone(),
             }),
         );
         Ok(node)
@@ -106,11 +109,22 @@ impl Keyring {
         Ok((cert, kem))
     }
 
+    /// The newest certificate held of `node`, as signed (deletions and older certificates
+    /// written over it in the registry change nothing here).
+    pub fn held(&self, node: &NodeId) -> Option<&Signed> {
+        self.peers.get(node)?.cert.as_ref().map(|c| &c.signed)
+    }
+
+    /// When `node` was revoked, if it was.
+    pub fn revoked_at(&self, node: &NodeId) -> Option<u64> {
+        self.revoked.get(node).copied()
+    }
+
     /// Whether a certificate of `node` issued at `not_before_ms` was revoked.
     fn is_revoked(&self, node: &NodeId, not_before_ms: u64) -> bool {
         self.revoked
             .get(node)
-            .is_some_and(|&revoked_at_ms| not_before_ms <= revoked_at_ms)
+            .is_some_and(|&revoked_at_ms| revokes(revoked_at_ms, not_before_ms))
     }
 
     /// Applies a revocation from the registry: signed by the authority for this fleet. The

@@ -62,6 +62,9 @@ pub const MAX_REVOCATIONS: usize = 65_536;
 
 /// What a [`Keyring::tag`] covers first: no encoded envelope (a sealed frame's MAC) begins so.
 const TAG_DOMAIN: &[u8] = b"quasicrystal tag v1\0";
+/// What the signature of a task channel's message ([`Keyring::seal_bus`]) covers first: no
+/// envelope's signature is one of the bus's, nor the other way round.
+const BUS_DOMAIN: &[u8] = b"quasicrystal bus v1\0";
 
 /// How many of a sender's most recent sequence numbers a receiver remembers.
 pub const REPLAY_WINDOW: u64 = 1024;
@@ -274,6 +277,16 @@ impl Keyring {
     /// off or `from` has no key here.
     pub fn seal(&mut self, from: &NodeId, to: Option<&NodeId>, body: &[u8]) -> Vec<u8> {
         self.seal_at(from, to, body, None)
+    }
+
+    /// Frames a message of the task channels (not an envelope) from `from`: signed, over a
+    /// domain of its own, where authentication is on; open otherwise.
+    pub fn seal_bus(&mut self, from: &NodeId, body: &[u8]) -> Vec<u8> {
+        let Some(local) = self.local.get(from).filter(|_| self.config.required) else {
+            return Frame::write(FrameKind::Open, &[], body);
+        };
+        let signature = local.signing.sign(&[BUS_DOMAIN, body].concat()).to_bytes();
+        Frame::write(FrameKind::Signed, &signature, body)
     }
 
     /// [`Keyring::seal`], encrypting a directed message when encryption is on and the

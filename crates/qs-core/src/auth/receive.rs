@@ -3,7 +3,7 @@
 //! checked, and every drop counted.
 
 use super::session::{self, OpenError};
-use super::{BATCH_MIN, Keyring, Reject, Rejected};
+use super::{BATCH_MIN, BUS_DOMAIN, Keyring, Reject, Rejected};
 use crate::time::Time;
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use hmac::Mac;
@@ -147,8 +147,9 @@ impl Keyring {
         let verified = frame.kind == FrameKind::Signed
             && <&[u8; SIGNATURE_LEN]>::try_from(frame.tag).is_ok_and(|tag| {
                 self.peers.get(sender).is_some_and(|peer| {
+                    let signed = [BUS_DOMAIN, frame.body].concat();
                     peer.key
-                        .verify(frame.body, &Signature::from_bytes(tag))
+                        .verify(&signed, &Signature::from_bytes(tag))
                         .is_ok()
                 })
             });

@@ -257,12 +257,11 @@ impl Node {
     pub fn failures(&self) -> &FailureMemory {
         self.host.failures()
     }
-    /// Restores failure memory saved before a restart ([`Output::SaveFailures`]).
     /// Takes what this node's certificate grants (see [`Host::grant`]).
     pub fn grant(&mut self, capabilities: std::collections::BTreeSet<qs_wire::trust::Capability>) {
         self.host.grant(capabilities);
     }
-
+    /// Restores failure memory saved before a restart ([`Output::SaveFailures`]).
     pub fn restore_failures(&mut self, entries: Vec<FailureEntry>, now: Time) {
         self.host.restore_failures(entries, now);
     }

@@ -14,6 +14,7 @@ use qs_wire::NodeId;
 use qs_wire::identity::hex;
 use qs_wire::trust::{
     Capability, Certificate, DocError, Document, JoinRequest, JoinToken, Revocation, Signed,
+    revokes,
 };
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
@@ -344,6 +345,9 @@ impl Authority {
     }
 
     /// The revocation of every certificate of `node` issued up to `now_ms`.
+    /// (Dated [`NOT_BEFORE_SLACK_MS`] ahead, so a certificate the authority issued just
+    /// before, its clock ahead of the operator's, is covered too; a node let back in with a
+    /// new token is certified after that.)
     pub fn revoke(&self, node: &NodeId, now_ms: u64, reason: &str) -> Signed {
         let reason: String = reason
             .chars()
@@ -352,7 +356,7 @@ impl Authority {
         self.sign(&Revocation {
             fleet: self.anchor.fleet.clone(),
             node: node.clone(),
-            revoked_at_ms: now_ms,
+            revoked_at_ms: now_ms.saturating_add(NOT_BEFORE_SLACK_MS),
             reason,
         })
     }
@@ -382,7 +386,7 @@ impl Authority {
         if now_ms.abs_diff(req.requested_at_ms) > MAX_REQUEST_AGE_MS {
             return Err(Refusal::Stale);
         }
-        let revoked = |c: &Certificate| revoked_at_ms.is_some_and(|t| c.not_before_ms <= t);
+        let revoked = |c: &Certificate| revoked_at_ms.is_some_and(|t| revokes(t, c.not_before_ms));
         let granted = |level, capabilities, token_id| Granted {
             node: req.node.clone(),
             ed25519: req.ed25519.clone(),
@@ -395,6 +399,10 @@ impl Authority {
             let t = self.anchor.token(token, now_ms)?;
             if t.node.as_ref().is_some_and(|n| *n != req.node) {
                 return Err(Refusal::OtherNode);
+            }
+            // A certificate issued now would fall under a revocation dated ahead of it.
+            if revoked_at_ms.is_some_and(|t| revokes(t, now_ms)) {
+                return Err(Refusal::Revoked);
             }
             if let Some(cur) = current
                 && !revoked(cur)

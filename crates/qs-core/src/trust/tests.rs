@@ -159,13 +159,21 @@ fn each_bad_request_is_refused_with_its_reason() {
             Some(T0),
             Refusal::Revoked,
         ),
+        (
+            "a token join under a revocation dated ahead of now",
+            request(&thief, "lab", tok(), None, T0),
+            Some(&held),
+            Some(T0 + NOT_BEFORE_SLACK_MS),
+            Refusal::Revoked,
+        ),
     ];
     for (name, req, current, revoked_at, want) in cases {
         assert_eq!(a.judge(&req, current, revoked_at, T0), Err(want), "{name}");
     }
-    // Once the name's holder is revoked, a token brings the name in under new keys.
+    // Once the name's holder is revoked, a token brings the name in under new keys (its
+    // certificate starts after the revocation).
     let req = request(&thief, "lab", tok(), None, T0);
-    assert!(a.judge(&req, Some(&held), Some(T0), T0).is_ok());
+    assert!(a.judge(&req, Some(&held), Some(T0), T0 + 1).is_ok());
 }
 
 #[test]

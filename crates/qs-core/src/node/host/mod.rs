@@ -9,6 +9,7 @@ use crate::health::{self, Probed, Verdict};
 use crate::registry::Registry;
 use crate::time::{Time, ms};
 use crate::weight::{Gate, composite};
+use qs_wire::trust::Capability;
 use qs_wire::{
     Capacity, Committed, DeclineReason, Demand, Event, ExitOutcome, InstanceId, InstanceLoad,
     InstanceSummary, Load, Message, NodeId, NodeSpec, NodeStatus, Offer, Resource, Role,
@@ -135,6 +136,10 @@ impl Host {
     ) -> Result<Offer, DeclineReason> {
         if self.draining {
             return Err(DeclineReason::Draining);
+        }
+        let granted = |c| self.capabilities.is_none_or(|set| set.contains(c));
+        if !granted(Capability::Host) || (demand.need.needs_gpu() && !granted(Capability::Gpu)) {
+            return Err(DeclineReason::NotGranted);
         }
         if !labels_match(&demand.labels, &self.labels) {
             return Err(DeclineReason::Labels);
