@@ -367,7 +367,7 @@ async fn status(
             Ok((cert, verdict)) => {
                 let state = match revoked
                     .get(cert.node.as_str())
-                    .filter(|r| cert.not_before_ms <= r.revoked_at_ms)
+                    .filter(|r| r.covers(&cert))
                 {
                     Some(r) => format!("revoked: {}", r.reason),
                     None if cert.not_after_ms <= now => "expired".into(),
