@@ -365,10 +365,7 @@ async fn status(
                 Ok((cert, verdict))
             }) {
             Ok((cert, verdict)) => {
-                let state = match revoked
-                    .get(cert.node.as_str())
-                    .filter(|r| r.covers(&cert))
-                {
+                let state = match revoked.get(cert.node.as_str()).filter(|r| r.covers(&cert)) {
                     Some(r) => format!("revoked: {}", r.reason),
                     None if cert.not_after_ms <= now => "expired".into(),
                     None => verdict,
