@@ -14,6 +14,7 @@
 pub mod conformance;
 pub mod memory;
 pub mod nats;
+mod nats_security;
 #[cfg(feature = "testing")]
 pub mod nats_server;
 #[cfg(feature = "testing")]

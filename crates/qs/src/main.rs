@@ -13,6 +13,7 @@ mod cli;
 mod client;
 mod config_file;
 mod demo;
+mod doctor;
 mod fleet;
 mod render;
 mod systemd;

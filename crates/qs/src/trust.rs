@@ -88,27 +88,27 @@ pub enum FleetAction {
 #[derive(clap::Args, Debug)]
 pub struct Bus {
     #[arg(long, default_value = "nats://127.0.0.1:4222")]
-    nats: String,
+    pub(crate) nats: String,
     #[arg(long, default_value = "default")]
-    fleet: String,
+    pub(crate) fleet: String,
     /// The agent's config, for its [nats] credentials and TLS settings.
     #[arg(long)]
-    config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
 pub struct DoctorArgs {
     /// The agent's config ([nats], [trust]).
     #[arg(long)]
-    config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// The agent's state directory (its keys and certificates).
     #[arg(long, default_value = ".qs-state")]
-    state_dir: PathBuf,
+    pub(crate) state_dir: PathBuf,
     /// The fleet's NATS servers; without it, NATS is not checked.
     #[arg(long)]
-    nats: Option<String>,
+    pub(crate) nats: Option<String>,
     #[arg(long, default_value = "default")]
-    fleet: String,
+    pub(crate) fleet: String,
 }
 
 fn parse_ttl(text: &str) -> Result<Duration, String> {
@@ -132,7 +132,7 @@ fn parse_ttl(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(s))
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     qs_agent::clock::now().as_millis()
 }
 
@@ -174,7 +174,7 @@ fn load_record(dir: &Path) -> Result<AuthorityRecord> {
     AuthorityRecord::decode(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
-fn anchor_of(record: &AuthorityRecord) -> Result<Anchor> {
+pub(crate) fn anchor_of(record: &AuthorityRecord) -> Result<Anchor> {
     let anchor = Anchor::new(&record.fleet, record.key())?;
     match &record.ml_dsa {
         None => Ok(anchor),
@@ -290,7 +290,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+pub(crate) fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -298,7 +298,7 @@ fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
         .block_on(f)
 }
 
-async fn connect(bus: &Bus) -> Result<NatsFabric> {
+pub(crate) async fn connect(bus: &Bus) -> Result<NatsFabric> {
     let config = crate::config_file::read_config(bus.config.as_deref())?;
     let security = nats_security(&config.nats)?;
     let fabric = NatsFabric::connect_secured(&bus.nats, &bus.fleet, 1, &security)
@@ -527,167 +527,4 @@ pub fn nats_security(c: &NatsConfig) -> Result<NatsSecurity> {
             }),
         tls_required: c.tls_required,
     })
-}
-
-/// One finding of `qs doctor`.
-struct Finding {
-    ok: bool,
-    what: String,
-    fix: Option<String>,
-}
-
-fn finding(ok: bool, what: impl Into<String>, fix: Option<String>) -> Finding {
-    Finding {
-        ok,
-        what: what.into(),
-        fix,
-    }
-}
-
-/// `qs doctor`: the clock against NATS's, the node certificates in the state directory,
-/// the NATS settings; what is wrong and what to do about it. Fails when anything is.
-pub fn doctor(args: &DoctorArgs) -> Result<()> {
-    let config = crate::config_file::read_config(args.config.as_deref())?;
-    let mut findings = Vec::new();
-    let state = StateDir::open(&args.state_dir)?;
-    let pinned = state.read(StateFile::Anchor)?;
-    let anchor = match pinned.as_deref().map(AuthorityRecord::decode) {
-        None => {
-            findings.push(finding(false, "no fleet authority pinned in the state directory", Some(
-                "start the agent once with --join-token (or --authority DIR); --trust-on-first-use only on a single lab machine".into())));
-            None
-        }
-        Some(Err(e)) => {
-            findings.push(finding(
-                false,
-                format!("{}: {e}", state.path(StateFile::Anchor).display()),
-                Some("remove it and join again with a token".into()),
-            ));
-            None
-        }
-        Some(Ok(r)) => {
-            findings.push(finding(
-                true,
-                format!("fleet authority of {} pinned", r.fleet),
-                None,
-            ));
-            anchor_of(&r).ok()
-        }
-    };
-    let keys = state.root().join("keys");
-    let certs: Vec<PathBuf> = std::fs::read_dir(&keys)
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.path())
-                .filter(|p| p.to_string_lossy().ends_with(".cert.json"))
-                .collect()
-        })
-        .unwrap_or_default();
-    if certs.is_empty() && anchor.is_some() {
-        findings.push(finding(
-            false,
-            "no node certificate in the state directory",
-            Some("start the agent with a fresh --join-token".into()),
-        ));
-    }
-    let now = now_ms();
-    for path in &certs {
-        let verdict = std::fs::read(path)
-            .map_err(|e| e.to_string())
-            .and_then(|b| Signed::decode(&b).map_err(|e| e.to_string()))
-            .and_then(|s| match &anchor {
-                Some(a) => a.certificate(&s, now).map_err(|e| e.to_string()),
-                None => s.open().map_err(|e| e.to_string()),
-            });
-        match verdict {
-            Ok(c) => {
-                let left_s = c.not_after_ms.saturating_sub(now) / 1000;
-                let renew = config.trust.renew_at_ms(c.not_before_ms, c.not_after_ms);
-                let overdue = renew + 60_000 < now;
-                findings.push(finding(!overdue, format!("certificate of {}: valid, expires in {}h{:02}m", c.node, left_s / 3600, left_s / 60 % 60),
-                    overdue.then(|| "its renewal is overdue: is the agent running, and an authority node reachable?".into())));
-            }
-            Err(e) => findings.push(finding(
-                false,
-                format!("{}: {e}", path.display()),
-                Some("remove it and join again with a fresh token (`qs fleet token`)".into()),
-            )),
-        }
-    }
-    let c = &config.nats;
-    let tls = c.tls();
-    let creds = c.user.is_some() || c.nkey_seed_file.is_some() || c.creds_file.is_some();
-    findings.push(finding(
-        tls,
-        if tls {
-            "NATS over TLS".to_string()
-        } else {
-            "NATS without TLS: the fleet's traffic crosses the network in clear".to_string()
-        },
-        (!tls).then(|| {
-            "set [nats] tls_ca (and tls_cert, tls_key where the servers verify clients)".into()
-        }),
-    ));
-    findings.push(finding(creds, if creds { "NATS credentials configured" } else { "no NATS credentials: anyone who reaches the servers is on the bus" },
-        (!creds).then(|| "give the servers an authorization block and set [nats] user and password_file, nkey_seed_file or creds_file".into())));
-    for (what, path) in [
-        ("tls_ca", &c.tls_ca),
-        ("tls_cert", &c.tls_cert),
-        ("tls_key", &c.tls_key),
-        ("password_file", &c.password_file),
-        ("nkey_seed_file", &c.nkey_seed_file),
-        ("creds_file", &c.creds_file),
-    ] {
-        if let Some(p) = path
-            && std::fs::metadata(p).is_err()
-        {
-            findings.push(finding(
-                false,
-                format!("[nats] {what} {p} cannot be read"),
-                Some("fix the path".into()),
-            ));
-        }
-    }
-    if let Some(url) = &args.nats {
-        let bus = Bus {
-            nats: url.clone(),
-            fleet: args.fleet.clone(),
-            config: args.config.clone(),
-        };
-        match block_on(async {
-            let fabric = tokio::time::timeout(Duration::from_secs(10), connect(&bus))
-                .await
-                .context("no answer in 10 s")??;
-            let skew = tokio::time::timeout(Duration::from_secs(10), fabric.clock_skew_ms())
-                .await
-                .context("no answer in 10 s")??;
-            Ok(skew)
-        }) {
-            Ok(skew_ms) => {
-                let max = config.max_clock_skew_ms as i64;
-                let ok = skew_ms.abs() < max / 2;
-                findings.push(finding(ok, format!("connected to {url}; this clock is {skew_ms} ms off the server's"),
-                    (!ok).then(|| format!("synchronise the clock (chrony, systemd-timesyncd): messages further than {max} ms off are dropped"))));
-            }
-            Err(e) => findings.push(finding(
-                false,
-                format!("NATS at {url}: {e:#}"),
-                Some(
-                    "check the URL, [nats] credentials and TLS files, and that the server is up"
-                        .into(),
-                ),
-            )),
-        }
-    }
-    let failed = findings.iter().filter(|f| !f.ok).count();
-    for f in &findings {
-        println!("{} {}", if f.ok { "ok  " } else { "FIX " }, f.what);
-        if let Some(fix) = &f.fix {
-            println!("       -> {fix}");
-        }
-    }
-    if failed > 0 {
-        bail!("{failed} thing(s) to fix");
-    }
-    Ok(())
 }
