@@ -24,6 +24,7 @@ pub mod failure;
 pub mod gpu;
 pub mod hash;
 pub mod health;
+pub mod mesh;
 pub mod node;
 pub mod registry;
 pub mod rng;

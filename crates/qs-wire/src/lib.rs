@@ -10,6 +10,7 @@ pub mod event;
 pub mod frame;
 pub mod identity;
 pub mod ids;
+pub mod mesh;
 pub mod message;
 pub mod resources;
 pub mod spec;

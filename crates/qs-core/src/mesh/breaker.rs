@@ -1,0 +1,323 @@
+//! Circuit breakers per cluster, per sector and for the whole mesh (seed §6.2).
+//!
+//! A cluster's breaker opens on its 6th failure (more than 5), a sector's on its 51st, and
+//! the global one while more than 10 sector breakers are open. The seed keeps failure
+//! counts forever; here they count over the last [`FAILURE_WINDOW_MS`], so a fleet that
+//! recovered does not trip on old news. An open breaker is probed after 30 s: a good probe
+//! makes it half-open (routable, watched), a bad one waits 60 s for the next; half-open
+//! closes after 60 s without a failure and opens again on one.
+
+use crate::time::Time;
+use qs_wire::mesh::{BreakerState, ClusterId, Scope, SectorId};
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+pub const CLUSTER_TRIP_AFTER: usize = 5;
+pub const SECTOR_TRIP_AFTER: usize = 50;
+pub const GLOBAL_TRIP_AFTER_SECTORS: usize = 10;
+pub const FIRST_PROBE_MS: u64 = 30_000;
+pub const REPROBE_MS: u64 = 60_000;
+pub const HALF_OPEN_WATCH_MS: u64 = 60_000;
+pub const FAILURE_WINDOW_MS: u64 = 60_000;
+
+#[derive(Clone, Debug)]
+struct Breaker {
+    state: BreakerState,
+    failures: VecDeque<Time>,
+    /// Open: when to probe. Half-open: when to close.
+    due: Option<Time>,
+}
+
+impl Breaker {
+    fn new() -> Breaker {
+        Breaker {
+            state: BreakerState::Closed,
+            failures: VecDeque::new(),
+            due: None,
+        }
+    }
+
+    fn count(&mut self, now: Time, limit: usize) -> usize {
+        let window = Duration::from_millis(FAILURE_WINDOW_MS);
+        while self
+            .failures
+            .front()
+            .is_some_and(|t| now.since(*t) > window)
+        {
+            self.failures.pop_front();
+        }
+        self.failures.push_back(now);
+        while self.failures.len() > limit + 1 {
+            self.failures.pop_front();
+        }
+        self.failures.len()
+    }
+}
+
+/// A breaker's change, for the ledger and the `mesh.circuit` topic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub scope: Scope,
+    pub state: BreakerState,
+    pub at: Time,
+}
+
+/// Every breaker a node keeps.
+#[derive(Clone, Debug, Default)]
+pub struct Breakers {
+    map: BTreeMap<Scope, Breaker>,
+    global_open: bool,
+    changes: Vec<Change>,
+}
+
+impl Breakers {
+    pub fn state(&self, scope: Scope) -> BreakerState {
+        if scope == Scope::Global {
+            return match self.global_open {
+                true => BreakerState::Open,
+                false => BreakerState::Closed,
+            };
+        }
+        self.map
+            .get(&scope)
+            .map_or(BreakerState::Closed, |b| b.state)
+    }
+
+    /// May traffic go to an agent of this cluster and sector (half-open may)?
+    pub fn routable(&self, cluster: ClusterId, sector: SectorId) -> bool {
+        !self.global_open
+            && self.state(Scope::Sector(sector)) != BreakerState::Open
+            && self.state(Scope::Cluster(cluster)) != BreakerState::Open
+    }
+
+    /// One failure of an agent of `cluster` in `sector`.
+    pub fn failure(&mut self, cluster: ClusterId, sector: SectorId, now: Time) {
+        self.fail(Scope::Cluster(cluster), CLUSTER_TRIP_AFTER, now);
+        self.fail(Scope::Sector(sector), SECTOR_TRIP_AFTER, now);
+    }
+
+    fn fail(&mut self, scope: Scope, limit: usize, now: Time) {
+        let b = self.map.entry(scope).or_insert_with(Breaker::new);
+        let n = b.count(now, limit);
+        let trip = match b.state {
+            BreakerState::Closed => n > limit,
+            BreakerState::HalfOpen => true,
+            BreakerState::Open => false,
+        };
+        if trip {
+            b.state = BreakerState::Open;
+            b.due = Some(now + Duration::from_millis(FIRST_PROBE_MS));
+            self.changes.push(Change {
+                scope,
+                state: BreakerState::Open,
+                at: now,
+            });
+            self.update_global(now);
+        }
+    }
+
+    fn update_global(&mut self, now: Time) {
+        let open = self
+            .map
+            .iter()
+            .filter(|(s, b)| matches!(s, Scope::Sector(_)) && b.state == BreakerState::Open)
+            .count();
+        let global = open > GLOBAL_TRIP_AFTER_SECTORS;
+        if global != self.global_open {
+            self.global_open = global;
+            self.changes.push(Change {
+                scope: Scope::Global,
+                state: match global {
+                    true => BreakerState::Open,
+                    false => BreakerState::Closed,
+                },
+                at: now,
+            });
+        }
+    }
+
+    /// Breakers whose probe is due at `now`.
+    pub fn probes_due(&self, now: Time) -> Vec<Scope> {
+        self.map
+            .iter()
+            .filter(|(_, b)| b.state == BreakerState::Open && b.due.is_some_and(|d| d <= now))
+            .map(|(s, _)| *s)
+            .collect()
+    }
+
+    /// A probe's result.
+    pub fn probed(&mut self, scope: Scope, ok: bool, now: Time) {
+        let Some(b) = self.map.get_mut(&scope) else {
+            return;
+        };
+        if b.state != BreakerState::Open {
+            return;
+        }
+        if ok {
+            b.state = BreakerState::HalfOpen;
+            b.failures.clear();
+            b.due = Some(now + Duration::from_millis(HALF_OPEN_WATCH_MS));
+            self.changes.push(Change {
+                scope,
+                state: BreakerState::HalfOpen,
+                at: now,
+            });
+            self.update_global(now);
+        } else {
+            b.due = Some(now + Duration::from_millis(REPROBE_MS));
+        }
+    }
+
+    /// Half-open breakers watched long enough close.
+    pub fn tick(&mut self, now: Time) {
+        let mut closed = Vec::new();
+        for (scope, b) in &mut self.map {
+            if b.state == BreakerState::HalfOpen && b.due.is_some_and(|d| d <= now) {
+                b.state = BreakerState::Closed;
+                b.due = None;
+                closed.push(*scope);
+            }
+        }
+        for scope in closed {
+            self.changes.push(Change {
+                scope,
+                state: BreakerState::Closed,
+                at: now,
+            });
+        }
+    }
+
+    /// An operator's reset (`qs mesh heal`): closed, counts cleared.
+    pub fn reset(&mut self, scope: Scope, now: Time) {
+        if let Some(b) = self.map.get_mut(&scope)
+            && b.state != BreakerState::Closed
+        {
+            *b = Breaker::new();
+            self.changes.push(Change {
+                scope,
+                state: BreakerState::Closed,
+                at: now,
+            });
+        }
+        self.update_global(now);
+    }
+
+    /// The earliest time something is due.
+    pub fn next_due(&self) -> Option<Time> {
+        self.map.values().filter_map(|b| b.due).min()
+    }
+
+    pub fn open_count(&self, sectors: bool) -> usize {
+        self.map
+            .iter()
+            .filter(|(s, b)| {
+                b.state == BreakerState::Open && matches!(s, Scope::Sector(_)) == sectors
+            })
+            .count()
+    }
+
+    /// Every breaker not closed.
+    pub fn not_closed(&self) -> Vec<(Scope, BreakerState)> {
+        let mut v: Vec<(Scope, BreakerState)> = self
+            .map
+            .iter()
+            .filter(|(_, b)| b.state != BreakerState::Closed)
+            .map(|(s, b)| (*s, b.state))
+            .collect();
+        if self.global_open {
+            v.push((Scope::Global, BreakerState::Open));
+        }
+        v
+    }
+
+    pub fn drain_changes(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.changes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(ms: u64) -> Time {
+        Time::from_millis(ms)
+    }
+    const C: ClusterId = ClusterId(1);
+    const S: SectorId = SectorId(0);
+
+    /// Steps and the cluster breaker's state after each.
+    #[test]
+    fn cluster_breaker_transitions() {
+        enum Step {
+            Fail(u64),
+            Probe(u64, bool),
+            Tick(u64),
+        }
+        use BreakerState::*;
+        use Step::*;
+        let steps = [
+            (Fail(0), Closed),
+            (Fail(1), Closed),
+            (Fail(2), Closed),
+            (Fail(3), Closed),
+            (Fail(4), Closed),
+            (Fail(5), Open),
+            (Probe(30_005, false), Open),
+            (Tick(40_000), Open),
+            (Probe(90_005, true), HalfOpen),
+            (Tick(120_000), HalfOpen),
+            (Tick(150_005), Closed),
+            (Fail(151_000), Closed),
+        ];
+        let mut b = Breakers::default();
+        for (i, (step, want)) in steps.into_iter().enumerate() {
+            match step {
+                Fail(ms) => b.failure(C, S, t(ms)),
+                Probe(ms, ok) => {
+                    assert_eq!(b.probes_due(t(ms)), vec![Scope::Cluster(C)], "step {i}");
+                    b.probed(Scope::Cluster(C), ok, t(ms));
+                }
+                Tick(ms) => b.tick(t(ms)),
+            }
+            assert_eq!(b.state(Scope::Cluster(C)), want, "step {i}");
+        }
+    }
+
+    #[test]
+    fn half_open_fails_back_open_and_old_failures_expire() {
+        let mut b = Breakers::default();
+        for i in 0..6 {
+            b.failure(C, S, t(i));
+        }
+        b.probed(Scope::Cluster(C), true, t(30_000));
+        assert!(b.routable(C, S));
+        b.failure(C, S, t(31_000));
+        assert_eq!(b.state(Scope::Cluster(C)), BreakerState::Open);
+        assert!(!b.routable(C, S));
+        // Five failures a minute apart never trip.
+        let mut b = Breakers::default();
+        for i in 0..20 {
+            b.failure(C, S, t(i * 61_000));
+        }
+        assert_eq!(b.state(Scope::Cluster(C)), BreakerState::Closed);
+    }
+
+    #[test]
+    fn sectors_trip_at_51_and_global_past_ten_sectors() {
+        let mut b = Breakers::default();
+        for s in 0..11u32 {
+            for i in 0..51u32 {
+                b.failure(ClusterId(s * 100 + i % 10), SectorId(s), t(u64::from(i)));
+            }
+            assert_eq!(b.state(Scope::Sector(SectorId(s))), BreakerState::Open);
+            let want = match s {
+                10 => BreakerState::Open,
+                _ => BreakerState::Closed,
+            };
+            assert_eq!(b.state(Scope::Global), want, "after {} sectors", s + 1);
+        }
+        assert!(!b.routable(ClusterId(9_999), SectorId(50)));
+        b.reset(Scope::Sector(SectorId(0)), t(100));
+        assert_eq!(b.state(Scope::Global), BreakerState::Closed);
+    }
+}

@@ -1,0 +1,234 @@
+//! Scatter-gather with an arrival window (seed §3.2): answers count until `target + window`;
+//! the operation succeeds when READY answers reach the minimum share of those sent. Answers
+//! after the window are quarantined (kept, counted as late) and are not failures;
+//! CONFLICT answers are quarantined for resolution and do not count as responses.
+
+use crate::time::Time;
+use qs_wire::mesh::{Tally, Trinary};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Prediction accuracy bound (seed Part 11: within 50 ms).
+pub const ACCURATE_MS: u64 = 50;
+/// Most late answers kept in quarantine per gather.
+pub const MAX_QUARANTINE: usize = 1_000;
+
+/// How a gather ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Status {
+    /// READY answers reached the minimum rate.
+    Success,
+    /// Some, not enough: retry with a larger window.
+    Partial,
+    /// Under half the minimum rate, or nothing could be sent.
+    Failed,
+}
+
+/// What happened to one answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Heard {
+    /// Counted in the window.
+    Counted,
+    /// After the window: quarantined.
+    Late,
+    /// From someone not sent to, or a second answer: ignored.
+    Ignored,
+}
+
+/// One scatter-gather in progress over keys `K`.
+#[derive(Clone, Debug)]
+pub struct Gather<K: Ord> {
+    target: Time,
+    window: Duration,
+    min_rate: f64,
+    answers: BTreeMap<K, Option<Trinary>>,
+    pending: usize,
+    tally: Tally,
+    quarantine: Vec<K>,
+}
+
+impl<K: Ord + Copy> Gather<K> {
+    pub fn new(target: Time, window: Duration, min_rate: f64) -> Gather<K> {
+        Gather {
+            target,
+            window,
+            min_rate,
+            answers: BTreeMap::new(),
+            pending: 0,
+            tally: Tally::default(),
+            quarantine: Vec::new(),
+        }
+    }
+
+    /// `key` was sent to.
+    pub fn sent(&mut self, key: K) {
+        if self.answers.insert(key, None).is_none() {
+            self.pending += 1;
+            self.tally.sent += 1;
+        }
+    }
+
+    /// Counts of what could not be sent (too late, unreachable, expired), for the tally.
+    pub fn tally_mut(&mut self) -> &mut Tally {
+        &mut self.tally
+    }
+
+    pub fn deadline(&self) -> Time {
+        self.target + self.window
+    }
+
+    pub fn target(&self) -> Time {
+        self.target
+    }
+
+    /// An answer from `key`, ready at `ready_at`, heard at `now`.
+    pub fn answer(&mut self, key: K, state: Trinary, ready_at: Time, now: Time) -> Heard {
+        let Some(slot) = self.answers.get_mut(&key) else {
+            return Heard::Ignored;
+        };
+        if slot.is_some() {
+            return Heard::Ignored;
+        }
+        *slot = Some(state);
+        self.pending -= 1;
+        if now > self.deadline() {
+            self.tally.late += 1;
+            if self.quarantine.len() < MAX_QUARANTINE {
+                self.quarantine.push(key);
+            }
+            return Heard::Late;
+        }
+        match state {
+            Trinary::Ready => self.tally.ready += 1,
+            Trinary::Transit => self.tally.transit += 1,
+            Trinary::Conflict => self.tally.conflict += 1,
+        }
+        if ready_at <= self.deadline() {
+            self.tally.window_hits += 1;
+        }
+        let off = ready_at.since(self.target).max(self.target.since(ready_at));
+        if off <= Duration::from_millis(ACCURATE_MS) {
+            self.tally.predicted_within_50ms += 1;
+        }
+        Heard::Counted
+    }
+
+    /// Everyone sent to has answered.
+    pub fn complete(&self) -> bool {
+        self.pending == 0
+    }
+
+    pub fn tally(&self) -> &Tally {
+        &self.tally
+    }
+
+    /// Late answers held in quarantine.
+    pub fn quarantined(&self) -> &[K] {
+        &self.quarantine
+    }
+
+    /// The outcome, from what was counted so far.
+    pub fn outcome(&self) -> Outcome {
+        outcome(&self.tally, self.min_rate)
+    }
+}
+
+/// A gather's result.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Outcome {
+    pub status: Status,
+    /// READY answers over those sent.
+    pub response_rate: f64,
+    /// Sent to and not heard from in the window (conflicts and late answers excluded).
+    pub stragglers: u32,
+}
+
+/// The outcome of a tally against a minimum response rate (also for tallies added up from
+/// many clusters).
+pub fn outcome(t: &Tally, min_rate: f64) -> Outcome {
+    let rate = match t.sent {
+        0 => 0.0,
+        n => f64::from(t.ready) / f64::from(n),
+    };
+    let status = if t.sent > 0 && rate >= min_rate {
+        Status::Success
+    } else if t.sent > 0 && rate >= min_rate / 2.0 {
+        Status::Partial
+    } else {
+        Status::Failed
+    };
+    Outcome {
+        status,
+        response_rate: rate,
+        stragglers: t
+            .sent
+            .saturating_sub(t.ready + t.transit + t.conflict + t.late),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(ms: u64) -> Time {
+        Time::from_millis(ms)
+    }
+
+    #[test]
+    fn late_answers_are_quarantined_not_failed() {
+        let mut g = Gather::new(t(1_000), Duration::from_millis(500), 0.95);
+        for k in 0..20u32 {
+            g.sent(k);
+        }
+        for k in 0..19u32 {
+            assert_eq!(
+                g.answer(k, Trinary::Ready, t(1_010), t(1_020)),
+                Heard::Counted
+            );
+        }
+        assert_eq!(
+            g.answer(99, Trinary::Ready, t(1_010), t(1_020)),
+            Heard::Ignored
+        );
+        assert_eq!(
+            g.answer(0, Trinary::Ready, t(1_010), t(1_020)),
+            Heard::Ignored
+        );
+        assert!(!g.complete());
+        assert_eq!(
+            g.answer(19, Trinary::Ready, t(1_600), t(1_700)),
+            Heard::Late
+        );
+        assert!(g.complete());
+        assert_eq!(g.quarantined(), &[19]);
+        let o = g.outcome();
+        // 19 of 20 is exactly 0.95: success, and the late one is no straggler.
+        assert_eq!(o.status, Status::Success);
+        assert_eq!(o.stragglers, 0);
+        assert_eq!(g.tally().window_hits, 19);
+        assert_eq!(g.tally().predicted_within_50ms, 19);
+    }
+
+    /// (sent, ready, conflict) → status at a minimum rate of 0.95.
+    #[test]
+    fn outcomes_from_a_table() {
+        let table = [
+            (100, 95, 0, Status::Success),
+            (100, 94, 5, Status::Partial),
+            (100, 48, 0, Status::Partial),
+            (100, 47, 0, Status::Failed),
+            (0, 0, 0, Status::Failed),
+        ];
+        for (sent, ready, conflict, want) in table {
+            let t = Tally {
+                sent,
+                ready,
+                conflict,
+                ..Tally::default()
+            };
+            assert_eq!(outcome(&t, 0.95).status, want, "{sent} sent, {ready} ready");
+        }
+    }
+}

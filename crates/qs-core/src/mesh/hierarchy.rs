@@ -1,0 +1,321 @@
+//! The hierarchy (seed §2.1): the root, sectors of clusters, clusters of agents, at most
+//! [`MAX_CHILDREN`] children per parent, computed the same way by every node from the same
+//! membership, so nothing is configured by hand.
+//!
+//! - A host's agents go to one cluster when they fit: the cluster is a jump consistent hash
+//!   (Lamping and Veach) of the host over the cluster count, so when agents come and go only
+//!   about `1/C` of hosts move. A full cluster (100 agents) spills to the host's next choice.
+//! - Clusters `s·k .. s·k + k` form sector `s`.
+//! - The lead of a cluster is the live host of its agents with the highest rendezvous score
+//!   for the cluster; a sector's coordinator is the highest-scoring live lead of its
+//!   clusters; the root the highest-scoring coordinator. A lead's death elects the next.
+
+use crate::hash::{mix, of_str, rendezvous};
+use qs_wire::NodeId;
+use qs_wire::mesh::{AgentId, ClusterId, MAX_CHILDREN, SectorId};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Most agents the hierarchy holds: 100 sectors × 100 clusters × 100 agents.
+pub const MAX_AGENTS: usize = MAX_CHILDREN * MAX_CHILDREN * MAX_CHILDREN;
+
+/// The sizes the hierarchy aims at (seed §2.1: 30 agents per cluster, 10 clusters per
+/// sector); each grows when the mesh outgrows 100 sectors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub cluster_agents: u32,
+    pub sector_clusters: u32,
+}
+
+impl Default for Shape {
+    fn default() -> Self {
+        Shape {
+            cluster_agents: 30,
+            sector_clusters: 10,
+        }
+    }
+}
+
+/// An agent and the node it is registered with.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Member {
+    pub agent: AgentId,
+    pub host: NodeId,
+}
+
+/// One cluster.
+#[derive(Clone, Debug, Default)]
+pub struct Cluster {
+    pub sector: SectorId,
+    pub agents: Vec<AgentId>,
+    /// Hosts of its agents, in order.
+    pub hosts: Vec<NodeId>,
+    pub lead: Option<NodeId>,
+}
+
+/// One sector.
+#[derive(Clone, Debug, Default)]
+pub struct Sector {
+    pub clusters: Vec<ClusterId>,
+    pub coordinator: Option<NodeId>,
+}
+
+/// The whole tree.
+#[derive(Clone, Debug, Default)]
+pub struct Hierarchy {
+    pub clusters: Vec<Cluster>,
+    pub sectors: Vec<Sector>,
+    pub root: Option<NodeId>,
+    placed: BTreeMap<AgentId, ClusterId>,
+    host_of: BTreeMap<AgentId, NodeId>,
+}
+
+/// Too many agents for the hierarchy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{agents} agents; the hierarchy holds at most {MAX_AGENTS}")]
+pub struct TooMany {
+    pub agents: usize,
+}
+
+/// Jump consistent hash: a bucket in `0..buckets` for `key`.
+pub fn jump(mut key: u64, buckets: u32) -> u32 {
+    let mut b: i64 = -1;
+    let mut j: i64 = 0;
+    while j < i64::from(buckets) {
+        b = j;
+        key = key.wrapping_mul(2_862_933_555_777_941_757).wrapping_add(1);
+        j = ((b + 1) as f64 * ((1u64 << 31) as f64 / ((key >> 33) + 1) as f64)) as i64;
+    }
+    b.max(0) as u32
+}
+
+impl Hierarchy {
+    /// Builds the tree over `members` (any order), electing leads among hosts for which
+    /// `live` holds.
+    pub fn build(
+        members: &[Member],
+        shape: Shape,
+        live: impl Fn(&NodeId) -> bool,
+    ) -> Result<Hierarchy, TooMany> {
+        let n = members.len();
+        if n > MAX_AGENTS {
+            return Err(TooMany { agents: n });
+        }
+        let per_cluster = u64::from(shape.cluster_agents.clamp(1, MAX_CHILDREN as u32));
+        let mut clusters = (n as u64).div_ceil(per_cluster).max(1);
+        let max_clusters = (MAX_CHILDREN * MAX_CHILDREN) as u64;
+        // Past 10,000 clusters, clusters grow instead (to at most 100 agents).
+        clusters = clusters.min(max_clusters);
+        let mut sector_clusters = u64::from(shape.sector_clusters.clamp(1, MAX_CHILDREN as u32));
+        if clusters.div_ceil(sector_clusters) > MAX_CHILDREN as u64 {
+            sector_clusters = clusters.div_ceil(MAX_CHILDREN as u64);
+        }
+        let c = clusters as u32;
+        let mut sorted: Vec<&Member> = members.iter().collect();
+        sorted.sort_by_key(|m| (of_str(m.host.as_str()), m.host.clone(), m.agent));
+        sorted.dedup_by_key(|m| m.agent);
+        let mut h = Hierarchy {
+            clusters: vec![Cluster::default(); c as usize],
+            ..Hierarchy::default()
+        };
+        for m in sorted {
+            let host_hash = of_str(m.host.as_str());
+            let mut attempt = 0u64;
+            let cluster = loop {
+                let k = match attempt < 64 {
+                    true => jump(mix(host_hash.wrapping_add(attempt)), c),
+                    // Crowded: the first cluster with room (there is one: c · 100 ≥ n).
+                    false => (0..c)
+                        .find(|k| h.clusters[*k as usize].agents.len() < MAX_CHILDREN)
+                        .unwrap_or(0),
+                };
+                if attempt >= 64 || h.clusters[k as usize].agents.len() < MAX_CHILDREN {
+                    break k;
+                }
+                attempt += 1;
+            };
+            let cl = &mut h.clusters[cluster as usize];
+            cl.agents.push(m.agent);
+            if cl.hosts.last() != Some(&m.host) {
+                cl.hosts.push(m.host.clone());
+            }
+            h.placed.insert(m.agent, ClusterId(cluster));
+            h.host_of.insert(m.agent, m.host.clone());
+        }
+        let sectors = clusters.div_ceil(sector_clusters) as usize;
+        h.sectors = vec![Sector::default(); sectors];
+        for (i, cl) in h.clusters.iter_mut().enumerate() {
+            let s = (i as u64 / sector_clusters) as usize;
+            cl.sector = SectorId(s as u32);
+            h.sectors[s].clusters.push(ClusterId(i as u32));
+        }
+        h.elect(live);
+        Ok(h)
+    }
+
+    /// Elects leads, coordinators and the root again among live nodes (a lead died).
+    pub fn elect(&mut self, live: impl Fn(&NodeId) -> bool) {
+        for (i, cl) in self.clusters.iter_mut().enumerate() {
+            let key = mix(0x636c_7573 ^ i as u64);
+            cl.lead = best(key, cl.hosts.iter().filter(|n| live(n)));
+        }
+        for (i, s) in self.sectors.iter_mut().enumerate() {
+            let key = mix(0x7365_6374 ^ i as u64);
+            let leads: BTreeSet<&NodeId> = s
+                .clusters
+                .iter()
+                .filter_map(|c| self.clusters[c.0 as usize].lead.as_ref())
+                .collect();
+            s.coordinator = best(key, leads.into_iter());
+        }
+        let coordinators: BTreeSet<&NodeId> = self
+            .sectors
+            .iter()
+            .filter_map(|s| s.coordinator.as_ref())
+            .collect();
+        self.root = best(0x726f_6f74, coordinators.into_iter());
+    }
+
+    pub fn cluster_of(&self, agent: AgentId) -> Option<ClusterId> {
+        self.placed.get(&agent).copied()
+    }
+
+    pub fn host_of(&self, agent: AgentId) -> Option<&NodeId> {
+        self.host_of.get(&agent)
+    }
+
+    pub fn cluster(&self, c: ClusterId) -> Option<&Cluster> {
+        self.clusters.get(c.0 as usize)
+    }
+
+    pub fn sector(&self, s: SectorId) -> Option<&Sector> {
+        self.sectors.get(s.0 as usize)
+    }
+
+    pub fn agents(&self) -> usize {
+        self.placed.len()
+    }
+
+    /// Clusters `node` leads.
+    pub fn led_by<'a>(&'a self, node: &'a NodeId) -> impl Iterator<Item = ClusterId> + 'a {
+        self.clusters
+            .iter()
+            .enumerate()
+            .filter(move |(_, c)| c.lead.as_ref() == Some(node))
+            .map(|(i, _)| ClusterId(i as u32))
+    }
+
+    /// Sectors `node` coordinates.
+    pub fn coordinated_by<'a>(&'a self, node: &'a NodeId) -> impl Iterator<Item = SectorId> + 'a {
+        self.sectors
+            .iter()
+            .enumerate()
+            .filter(move |(_, s)| s.coordinator.as_ref() == Some(node))
+            .map(|(i, _)| SectorId(i as u32))
+    }
+
+    /// Clusters a host has agents in, with those agents.
+    pub fn clusters_of_host(&self, host: &NodeId) -> BTreeMap<ClusterId, Vec<AgentId>> {
+        let mut out: BTreeMap<ClusterId, Vec<AgentId>> = BTreeMap::new();
+        for (agent, h) in &self.host_of {
+            if h == host
+                && let Some(c) = self.placed.get(agent)
+            {
+                out.entry(*c).or_default().push(*agent);
+            }
+        }
+        out
+    }
+}
+
+fn best<'a>(key: u64, nodes: impl Iterator<Item = &'a NodeId>) -> Option<NodeId> {
+    nodes
+        .max_by_key(|n| (rendezvous(key, of_str(n.as_str())), (*n).clone()))
+        .cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fleet(hosts: usize, per_host: usize) -> Vec<Member> {
+        (0..hosts)
+            .flat_map(|h| {
+                (0..per_host).map(move |a| Member {
+                    agent: AgentId((h * per_host + a) as u64),
+                    host: NodeId::new(&format!("h{h}")).unwrap(),
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn thirty_thousand_agents_fit_under_a_hundred_children() {
+        let members = fleet(1_000, 30);
+        let h = Hierarchy::build(&members, Shape::default(), |_| true).unwrap();
+        assert_eq!(h.agents(), 30_000);
+        assert_eq!(h.clusters.len(), 1_000);
+        assert_eq!(h.sectors.len(), 100);
+        assert!(h.clusters.iter().all(|c| c.agents.len() <= MAX_CHILDREN));
+        assert!(h.sectors.iter().all(|s| s.clusters.len() <= MAX_CHILDREN));
+        // A host's 30 agents share one cluster: one beat per host.
+        let one = NodeId::new("h7").unwrap();
+        assert_eq!(h.clusters_of_host(&one).len(), 1);
+        assert!(h.root.is_some());
+        // Leads are hosts of their cluster's agents.
+        for c in h.clusters.iter().filter(|c| !c.agents.is_empty()) {
+            assert!(c.hosts.contains(c.lead.as_ref().unwrap()));
+        }
+    }
+
+    #[test]
+    fn few_hosts_move_when_agents_come_and_go() {
+        let mut members = fleet(1_000, 30);
+        let a = Hierarchy::build(&members, Shape::default(), |_| true).unwrap();
+        members.extend(fleet(1_010, 30).into_iter().skip(30_000));
+        let b = Hierarchy::build(&members, Shape::default(), |_| true).unwrap();
+        let moved = (0..30_000u64)
+            .filter(|i| a.cluster_of(AgentId(*i)) != b.cluster_of(AgentId(*i)))
+            .count();
+        assert!(
+            moved < 3_000,
+            "{moved} of 30,000 agents moved for 300 new ones"
+        );
+    }
+
+    #[test]
+    fn a_dead_lead_is_replaced_by_the_next() {
+        let members = fleet(60, 30);
+        let mut h = Hierarchy::build(&members, Shape::default(), |_| true).unwrap();
+        let (i, c) = h
+            .clusters
+            .iter()
+            .enumerate()
+            .find(|(_, c)| c.hosts.len() >= 2)
+            .expect("a cluster with two hosts");
+        let dead = c.lead.clone().unwrap();
+        h.elect(|n| *n != dead);
+        let next = h.clusters[i].lead.clone().unwrap();
+        assert_ne!(next, dead);
+        assert!(h.clusters[i].hosts.contains(&next));
+        assert_ne!(h.root.as_ref(), Some(&dead));
+    }
+
+    #[test]
+    fn a_crowded_host_spills_and_too_many_agents_are_refused() {
+        let members = fleet(1, 250);
+        let h = Hierarchy::build(&members, Shape::default(), |_| true).unwrap();
+        assert!(h.clusters.iter().all(|c| c.agents.len() <= MAX_CHILDREN));
+        assert_eq!(
+            h.clusters.iter().map(|c| c.agents.len()).sum::<usize>(),
+            250
+        );
+        let huge = vec![
+            Member {
+                agent: AgentId(0),
+                host: NodeId::new("h").unwrap()
+            };
+            MAX_AGENTS + 1
+        ];
+        assert!(Hierarchy::build(&huge, Shape::default(), |_| true).is_err());
+    }
+}

@@ -1,0 +1,810 @@
+//! [`MeshNode`]: one node's part in the mesh, sans-IO.
+//!
+//! Every node is a host of its own agents: it beats to each cluster lead it has agents
+//! under, delivers what a lead dispatches to them, and relays their answers. The hierarchy
+//! makes some nodes cluster leads (profiles, failure detection, arrival-time dispatch,
+//! cluster summaries), some sector coordinators (sector summaries, relaying operations),
+//! and one the root (the global view, the degradation mode, operations and their results).
+//! Operations themselves are in [`super::node::ops`]'s sibling module `ops`.
+
+use super::breaker::{self, Breakers};
+use super::conflict;
+use super::degrade::Mode;
+use super::hierarchy::Hierarchy;
+use super::impedance::{self, Profile};
+use crate::time::Time;
+use qs_wire::NodeId;
+use qs_wire::mesh::{
+    Ack, AgentBeat, AgentId, AgentState, AnswerCount, CascadeMode, ClusterId, ClusterSummary,
+    Control, ControlAction, Dispatch, HostBeat, ImpedanceClass, MeshEnvelope, MeshMessage, OpId,
+    Scope, SectorId, SectorSummary, Tally,
+};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+mod ops;
+pub use ops::{Command, CommandError, OpResult, PhaseResult};
+
+/// The mesh's timings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MeshConfig {
+    /// A host's beat to each of its cluster leads.
+    pub beat_ms: u64,
+    /// A host silent this long is dead, and its agents offline (within 1 s).
+    pub dead_after_ms: u64,
+    /// Cluster and sector summaries.
+    pub summary_ms: u64,
+    /// The longest lead time an operation compensates (seed §8.3: 0 to 1,000 ms).
+    pub max_budget_ms: u64,
+    /// What a level waits beyond its children's deadline for their reports.
+    pub report_slack_ms: u64,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        MeshConfig {
+            beat_ms: 250,
+            dead_after_ms: 1_000,
+            summary_ms: 1_000,
+            max_budget_ms: 1_000,
+            report_slack_ms: 100,
+        }
+    }
+}
+
+/// What goes into the machine.
+#[derive(Clone, Debug)]
+pub enum MeshInput {
+    /// The hierarchy, rebuilt by the shell when membership or liveness changed.
+    Tree(Arc<Hierarchy>),
+    /// This node's own agents as it sees them now (registered, their state and profile).
+    Agents(Vec<AgentBeat>),
+    /// A message from another node (or this one).
+    Heard(MeshMessage),
+    /// A local agent answered a dispatch.
+    AgentDone {
+        ack: Ack,
+        reply_to: NodeId,
+    },
+    Command(Command),
+    /// Nothing happened; time passed.
+    Tick,
+}
+
+/// What the shell carries out.
+#[derive(Clone, Debug)]
+pub enum MeshOutput {
+    Send {
+        to: NodeId,
+        msg: MeshMessage,
+    },
+    /// Hand this to the local agent now.
+    Deliver(Dispatch),
+    Finished(OpResult),
+    Refused(CommandError),
+    /// Append to the ledger's conflict log.
+    Conflict(conflict::Record),
+    Breaker(breaker::Change),
+}
+
+/// The KPIs of seed Part 11, as counters (the shell exports them on `/metrics`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Kpis {
+    pub operations: u64,
+    pub operations_with_quorum: u64,
+    pub sent: u64,
+    pub answered: u64,
+    pub window_hits: u64,
+    pub predicted_within_50ms: u64,
+    pub conflicts: u64,
+    pub expired: u64,
+    pub skipped: u64,
+    /// Recent cascade latencies, milliseconds (at most [`MAX_LATENCIES`]).
+    pub cascade_latencies_ms: VecDeque<f64>,
+    /// Time observed, and time with at least 95 % of agents active (the root's view).
+    pub observed_ms: u64,
+    pub available_ms: u64,
+    /// Breaker incidents closed and their total time open.
+    pub recoveries: u64,
+    pub recovery_ms_total: u64,
+    /// Clusters where many agents' impedance jumped at once (seed §9.2).
+    pub coordinated_shifts: u64,
+}
+
+/// Cascade latencies kept for the p95.
+pub const MAX_LATENCIES: usize = 1_024;
+
+impl Kpis {
+    pub fn cascade_p95_ms(&self) -> f64 {
+        let mut v: Vec<f64> = self.cascade_latencies_ms.iter().copied().collect();
+        impedance::p95(&mut v)
+    }
+    fn rate(a: u64, b: u64) -> f64 {
+        match b {
+            0 => 0.0,
+            _ => a as f64 / b as f64,
+        }
+    }
+    pub fn coordination_success_rate(&self) -> f64 {
+        Self::rate(self.operations_with_quorum, self.operations)
+    }
+    pub fn window_hit_rate(&self) -> f64 {
+        Self::rate(self.window_hits, self.sent)
+    }
+    pub fn prediction_accuracy(&self) -> f64 {
+        Self::rate(self.predicted_within_50ms, self.answered)
+    }
+    pub fn conflict_rate(&self) -> f64 {
+        Self::rate(self.conflicts, self.answered)
+    }
+    pub fn availability(&self) -> f64 {
+        Self::rate(self.available_ms, self.observed_ms)
+    }
+}
+
+/// An agent as its cluster lead knows it.
+#[derive(Clone, Debug)]
+pub(crate) struct AgentView {
+    pub host: NodeId,
+    pub state: AgentState,
+    pub profile: Profile,
+    pub capabilities: Vec<String>,
+    pub spiking: bool,
+    /// Times it disagreed with a clear majority (seed §6.1 byzantine behaviour).
+    pub disagreements: u32,
+}
+
+/// A cluster this node leads.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Led {
+    pub sector: SectorId,
+    pub agents: BTreeMap<AgentId, AgentView>,
+    pub hosts: BTreeMap<NodeId, Time>,
+    pub spikes_this_period: usize,
+}
+
+/// One node's part in the mesh.
+#[derive(Debug)]
+pub struct MeshNode {
+    pub(crate) me: NodeId,
+    pub(crate) cfg: MeshConfig,
+    pub(crate) tree: Arc<Hierarchy>,
+    pub(crate) local: Vec<AgentBeat>,
+    pub(crate) next_beat: Time,
+    pub(crate) next_summary: Time,
+    pub(crate) led: BTreeMap<ClusterId, Led>,
+    pub(crate) cluster_summaries: BTreeMap<ClusterId, ClusterSummary>,
+    pub(crate) sector_summaries: BTreeMap<SectorId, SectorSummary>,
+    /// One-way delay to each node that sent us a timestamped message, milliseconds (EWMA).
+    pub(crate) hop_ms: BTreeMap<NodeId, f64>,
+    pub(crate) ops: ops::Ops,
+    pub(crate) breakers: Breakers,
+    pub(crate) opened_at: BTreeMap<Scope, Time>,
+    pub(crate) conflicts: conflict::Log,
+    pub(crate) frozen: BTreeSet<Scope>,
+    pub(crate) kpis: Kpis,
+    pub(crate) mode: Mode,
+    pub(crate) last_observed: Option<Time>,
+    pub(crate) out: VecDeque<MeshOutput>,
+    pub(crate) inbox: VecDeque<MeshMessage>,
+    pub(crate) next_id: u64,
+    pub(crate) expired: u64,
+}
+
+impl MeshNode {
+    pub fn new(me: NodeId, cfg: MeshConfig, now: Time) -> MeshNode {
+        MeshNode {
+            me,
+            cfg,
+            tree: Arc::new(Hierarchy::default()),
+            local: Vec::new(),
+            next_beat: now,
+            next_summary: now + Duration::from_millis(cfg.summary_ms),
+            led: BTreeMap::new(),
+            cluster_summaries: BTreeMap::new(),
+            sector_summaries: BTreeMap::new(),
+            hop_ms: BTreeMap::new(),
+            ops: ops::Ops::default(),
+            breakers: Breakers::default(),
+            opened_at: BTreeMap::new(),
+            conflicts: conflict::Log::default(),
+            frozen: BTreeSet::new(),
+            kpis: Kpis::default(),
+            mode: Mode::Full,
+            last_observed: None,
+            out: VecDeque::new(),
+            inbox: VecDeque::new(),
+            next_id: 0,
+            expired: 0,
+        }
+    }
+
+    pub fn id(&self) -> &NodeId {
+        &self.me
+    }
+
+    pub fn handle(&mut self, input: MeshInput, now: Time) {
+        match input {
+            MeshInput::Tree(t) => self.set_tree(t),
+            MeshInput::Agents(a) => self.local = a,
+            MeshInput::Heard(m) => self.inbox.push_back(m),
+            MeshInput::AgentDone { ack, reply_to } => {
+                self.send(reply_to, MeshMessage::Ack(ack));
+            }
+            MeshInput::Command(c) => self.command(c, now),
+            MeshInput::Tick => {}
+        }
+        self.work(now);
+    }
+
+    pub fn poll(&mut self) -> Option<MeshOutput> {
+        self.out.pop_front()
+    }
+
+    /// The earliest time something is due.
+    pub fn poll_timeout(&self) -> Time {
+        let mut t = self.next_beat.min(self.next_summary);
+        if let Some(d) = self.ops.next_due() {
+            t = t.min(d);
+        }
+        if let Some(d) = self.breakers.next_due() {
+            t = t.min(d);
+        }
+        t
+    }
+
+    pub fn kpis(&self) -> &Kpis {
+        &self.kpis
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    pub fn tree(&self) -> &Arc<Hierarchy> {
+        &self.tree
+    }
+
+    pub fn breakers(&self) -> &Breakers {
+        &self.breakers
+    }
+
+    pub fn conflicts(&self) -> &conflict::Log {
+        &self.conflicts
+    }
+
+    pub fn sector_summaries(&self) -> &BTreeMap<SectorId, SectorSummary> {
+        &self.sector_summaries
+    }
+
+    pub fn cluster_summaries(&self) -> &BTreeMap<ClusterId, ClusterSummary> {
+        &self.cluster_summaries
+    }
+
+    pub fn frozen(&self) -> &BTreeSet<Scope> {
+        &self.frozen
+    }
+
+    /// Agents this node leads, with their class and score (for `qs mesh status CLUSTER`).
+    pub fn led_agents(&mut self) -> Vec<(ClusterId, AgentId, AgentState, ImpedanceClass, f64)> {
+        let mut v = Vec::new();
+        for (c, led) in &mut self.led {
+            for (a, view) in &mut led.agents {
+                v.push((
+                    *c,
+                    *a,
+                    view.state,
+                    view.profile.class(),
+                    view.profile.score_ms(),
+                ));
+            }
+        }
+        v
+    }
+
+    /// Messages dropped past their time to live.
+    pub fn expired(&self) -> u64 {
+        self.expired
+    }
+
+    fn set_tree(&mut self, tree: Arc<Hierarchy>) {
+        let mut led = BTreeMap::new();
+        for c in tree.led_by(&self.me) {
+            let cluster = tree.cluster(c).expect("led clusters exist");
+            let mut l = self.led.remove(&c).unwrap_or_default();
+            l.sector = cluster.sector;
+            let keep: BTreeSet<AgentId> = cluster.agents.iter().copied().collect();
+            l.agents.retain(|a, _| keep.contains(a));
+            for a in &cluster.agents {
+                if let Some(host) = tree.host_of(*a) {
+                    l.agents.entry(*a).or_insert_with(|| AgentView {
+                        host: host.clone(),
+                        state: AgentState::Offline,
+                        profile: Profile::default(),
+                        capabilities: Vec::new(),
+                        spiking: false,
+                        disagreements: 0,
+                    });
+                }
+            }
+            led.insert(c, l);
+        }
+        self.led = led;
+        let mine: BTreeSet<SectorId> = tree.coordinated_by(&self.me).collect();
+        self.cluster_summaries
+            .retain(|_, s| mine.contains(&s.sector));
+        if tree.root.as_ref() != Some(&self.me) {
+            self.sector_summaries.clear();
+        }
+        self.tree = tree;
+    }
+
+    pub(crate) fn send(&mut self, to: NodeId, msg: MeshMessage) {
+        match to == self.me {
+            true => self.inbox.push_back(msg),
+            false => self.out.push_back(MeshOutput::Send { to, msg }),
+        }
+    }
+
+    fn work(&mut self, now: Time) {
+        let mut guard = 0usize;
+        while let Some(m) = self.inbox.pop_front() {
+            self.heard(m, now);
+            guard += 1;
+            if guard > 1_000_000 {
+                break;
+            }
+        }
+        if now >= self.next_beat {
+            self.beat(now);
+            self.next_beat = now + Duration::from_millis(self.cfg.beat_ms);
+            self.detect(now);
+        }
+        if now >= self.next_summary {
+            self.summarize(now);
+            self.next_summary = now + Duration::from_millis(self.cfg.summary_ms);
+        }
+        self.breakers.tick(now);
+        for scope in self.breakers.probes_due(now) {
+            // A probe: a breaker's scope still has live, active agents.
+            let ok = self.probe(scope);
+            self.breakers.probed(scope, ok, now);
+        }
+        for ch in self.breakers.drain_changes() {
+            self.note_breaker(ch, now);
+        }
+        ops::due(self, now);
+        while let Some(m) = self.inbox.pop_front() {
+            self.heard(m, now);
+        }
+    }
+
+    fn note_breaker(&mut self, ch: breaker::Change, now: Time) {
+        match ch.state {
+            qs_wire::mesh::BreakerState::Open => {
+                self.opened_at.entry(ch.scope).or_insert(now);
+            }
+            qs_wire::mesh::BreakerState::Closed => {
+                if let Some(t) = self.opened_at.remove(&ch.scope) {
+                    self.kpis.recoveries += 1;
+                    self.kpis.recovery_ms_total += now.since(t).as_millis() as u64;
+                }
+            }
+            qs_wire::mesh::BreakerState::HalfOpen => {}
+        }
+        self.out.push_back(MeshOutput::Breaker(ch));
+    }
+
+    fn probe(&self, scope: Scope) -> bool {
+        let active = |l: &Led| {
+            l.agents
+                .values()
+                .filter(|a| a.state == AgentState::Active)
+                .count()
+        };
+        match scope {
+            Scope::Cluster(c) => self.led.get(&c).is_some_and(|l| {
+                let n = l.agents.len().max(1);
+                active(l) * 10 >= n * 8
+            }),
+            Scope::Sector(s) => self
+                .cluster_summaries
+                .values()
+                .filter(|c| c.sector == s)
+                .all(|c| c.active_count * 10 >= c.agent_count * 8),
+            Scope::Global => true,
+        }
+    }
+
+    fn heard(&mut self, m: MeshMessage, now: Time) {
+        match m {
+            MeshMessage::Beat(b) => self.on_beat(b, now),
+            MeshMessage::Cluster(s) => {
+                self.note_hop(&s.lead, s.sent_ms, now);
+                self.cluster_summaries.insert(s.cluster, s);
+            }
+            MeshMessage::Sector(s) => {
+                self.note_hop(&s.coordinator, s.sent_ms, now);
+                self.sector_summaries.insert(s.sector, s);
+            }
+            MeshMessage::Order(o) => ops::on_order(self, o, now),
+            MeshMessage::Dispatch(d) => self.on_dispatch(d, now),
+            MeshMessage::Ack(a) => ops::on_ack(self, a, now),
+            MeshMessage::Report(r) => ops::on_report(self, r, now),
+            MeshMessage::Circuit(_) => {}
+            MeshMessage::Control(c) => self.control(c, now),
+        }
+    }
+
+    /// Carries out an operator's control here, and passes it to the leads of the sectors
+    /// this node coordinates.
+    fn control(&mut self, c: Control, now: Time) {
+        match c.action {
+            ControlAction::Freeze => {
+                self.frozen.insert(c.scope);
+            }
+            ControlAction::Thaw => {
+                self.frozen.remove(&c.scope);
+            }
+            ControlAction::Heal => {
+                self.frozen.remove(&c.scope);
+                let clusters: Vec<ClusterId> = self.led.keys().copied().collect();
+                for cl in clusters {
+                    let sector = self.led[&cl].sector;
+                    let inside = match c.scope {
+                        Scope::Global => true,
+                        Scope::Sector(s) => s == sector,
+                        Scope::Cluster(x) => x == cl,
+                    };
+                    if !inside {
+                        continue;
+                    }
+                    self.breakers.reset(Scope::Cluster(cl), now);
+                    let released: Vec<AgentId> = self.led[&cl]
+                        .agents
+                        .iter()
+                        .filter(|(_, v)| v.state == AgentState::Quarantined)
+                        .map(|(a, _)| *a)
+                        .collect();
+                    for a in released {
+                        if let Some(v) = self.led.get_mut(&cl).and_then(|l| l.agents.get_mut(&a)) {
+                            // Back on its next beat.
+                            v.state = AgentState::Offline;
+                            v.disagreements = 0;
+                        }
+                        self.conflicts.release(a);
+                    }
+                }
+                match c.scope {
+                    Scope::Cluster(_) => {}
+                    s => self.breakers.reset(s, now),
+                }
+                self.breakers.reset(Scope::Global, now);
+            }
+        }
+        if c.relayed {
+            return;
+        }
+        let sectors: Vec<SectorId> = self.tree.coordinated_by(&self.me).collect();
+        let mut leads: BTreeSet<NodeId> = BTreeSet::new();
+        for s in sectors {
+            let Some(sector) = self.tree.sector(s) else {
+                continue;
+            };
+            for cl in &sector.clusters {
+                let inside = match c.scope {
+                    Scope::Global => true,
+                    Scope::Sector(x) => x == s,
+                    Scope::Cluster(x) => x == *cl,
+                };
+                if let Some(lead) = self.tree.cluster(*cl).and_then(|x| x.lead.clone())
+                    && inside
+                    && lead != self.me
+                {
+                    leads.insert(lead);
+                }
+            }
+        }
+        for lead in leads {
+            self.send(lead, MeshMessage::Control(Control { relayed: true, ..c }));
+        }
+    }
+
+    fn note_hop(&mut self, from: &NodeId, sent_ms: u64, now: Time) {
+        let d = now.as_millis().saturating_sub(sent_ms) as f64;
+        let e = self.hop_ms.entry(from.clone()).or_insert(d);
+        *e += 0.2 * (d - *e);
+    }
+
+    pub(crate) fn hop(&self, to: Option<&NodeId>) -> f64 {
+        to.and_then(|n| self.hop_ms.get(n)).copied().unwrap_or(0.0)
+    }
+
+    /// The host part: one beat per cluster lead with this node's agents of that cluster.
+    fn beat(&mut self, now: Time) {
+        if self.local.is_empty() {
+            return;
+        }
+        let mut per: BTreeMap<ClusterId, Vec<AgentBeat>> = BTreeMap::new();
+        for a in &self.local {
+            if let Some(c) = self.tree.cluster_of(a.agent) {
+                per.entry(c).or_default().push(a.clone());
+            }
+        }
+        for (c, agents) in per {
+            let Some(lead) = self.tree.cluster(c).and_then(|cl| cl.lead.clone()) else {
+                continue;
+            };
+            for chunk in agents.chunks(qs_wire::mesh::MAX_BEAT_AGENTS) {
+                self.send(
+                    lead.clone(),
+                    MeshMessage::Beat(HostBeat {
+                        host: self.me.clone(),
+                        cluster: c,
+                        sent_ms: now.as_millis(),
+                        agents: chunk.to_vec(),
+                    }),
+                );
+            }
+        }
+    }
+
+    fn on_beat(&mut self, b: HostBeat, now: Time) {
+        let Some(led) = self.led.get_mut(&b.cluster) else {
+            return;
+        };
+        led.hosts.insert(b.host.clone(), now);
+        let delay = now.as_millis().saturating_sub(b.sent_ms) as f64;
+        let mut failures = 0;
+        for a in b.agents {
+            let Some(view) = led.agents.get_mut(&a.agent) else {
+                continue;
+            };
+            if view.host != b.host {
+                continue;
+            }
+            if a.processing_ms > 0.0 {
+                view.profile.processing_ms = Some(a.processing_ms);
+            }
+            view.profile.queue_depth = a.queue_depth;
+            view.capabilities = a.capabilities;
+            let spike = view.profile.record_delay(delay).is_some();
+            view.spiking = spike;
+            if spike {
+                led.spikes_this_period += 1;
+            }
+            if view.state == AgentState::Quarantined {
+                continue;
+            }
+            if view.state == AgentState::Active && a.state == AgentState::Offline {
+                failures += 1;
+            }
+            view.state = a.state;
+        }
+        let sector = led.sector;
+        for _ in 0..failures {
+            self.breakers.failure(b.cluster, sector, now);
+        }
+    }
+
+    /// A lead's failure detection: a host silent past `dead_after_ms` takes its agents
+    /// offline, each a failure for the breakers.
+    fn detect(&mut self, now: Time) {
+        let dead_after = Duration::from_millis(self.cfg.dead_after_ms);
+        let mut failures: Vec<(ClusterId, SectorId)> = Vec::new();
+        for (c, led) in &mut self.led {
+            for view in led.agents.values_mut() {
+                let heard = led.hosts.get(&view.host).copied();
+                let silent = match heard {
+                    Some(t) => now.since(t) > dead_after,
+                    None => false,
+                };
+                if silent && matches!(view.state, AgentState::Active | AgentState::Degraded) {
+                    view.state = AgentState::Offline;
+                    failures.push((*c, led.sector));
+                }
+            }
+        }
+        for (c, s) in failures {
+            self.breakers.failure(c, s, now);
+        }
+    }
+
+    /// Summaries: leads to coordinators, coordinators to the root; the root updates the
+    /// mode and availability.
+    fn summarize(&mut self, now: Time) {
+        let now_ms = now.as_millis();
+        let led: Vec<ClusterId> = self.led.keys().copied().collect();
+        for c in led {
+            let Some(l) = self.led.get_mut(&c) else {
+                continue;
+            };
+            let active: Vec<&mut Profile> = l
+                .agents
+                .values_mut()
+                .filter(|a| a.state == AgentState::Active)
+                .map(|a| &mut a.profile)
+                .collect();
+            let n_active = active.len();
+            let agg = impedance::aggregate(active.into_iter());
+            if impedance::coordinated_shift(l.spikes_this_period, n_active) {
+                // Seed §9.2: a coordinated shift is reported; its samples taught nothing
+                // (spikes never move a baseline).
+                self.kpis.coordinated_shifts += 1;
+            }
+            l.spikes_this_period = 0;
+            let sector = l.sector;
+            let summary = ClusterSummary {
+                cluster: c,
+                sector,
+                lead: self.me.clone(),
+                sent_ms: now_ms,
+                agent_count: l.agents.len() as u32,
+                active_count: n_active as u32,
+                mean_impedance_ms: agg.mean_ms,
+                p95_impedance_ms: agg.p95_ms,
+                lead_p95_ms: agg.lead_p95_ms,
+                classes: agg.classes,
+                anomalies: agg.anomalies,
+                breaker_open: self.breakers.state(Scope::Cluster(c))
+                    == qs_wire::mesh::BreakerState::Open,
+            };
+            if let Some(co) = self.tree.sector(sector).and_then(|s| s.coordinator.clone()) {
+                self.send(co, MeshMessage::Cluster(summary));
+            }
+        }
+        let sectors: Vec<SectorId> = self.tree.coordinated_by(&self.me).collect();
+        for s in sectors {
+            let mine: Vec<&ClusterSummary> = self
+                .cluster_summaries
+                .values()
+                .filter(|c| c.sector == s)
+                .collect();
+            let mut sum = SectorSummary {
+                sector: s,
+                coordinator: self.me.clone(),
+                sent_ms: now_ms,
+                cluster_count: mine.len() as u32,
+                total_agents: 0,
+                active_agents: 0,
+                mean_impedance_ms: 0.0,
+                p95_impedance_ms: 0.0,
+                lead_p95_ms: 0.0,
+                classes: [0; 6],
+                anomalies: 0,
+                open_breakers: 0,
+            };
+            let mut with_agents = 0.0;
+            for c in &mine {
+                sum.total_agents += c.agent_count;
+                sum.active_agents += c.active_count;
+                if c.active_count > 0 {
+                    sum.mean_impedance_ms += c.mean_impedance_ms;
+                    with_agents += 1.0;
+                }
+                sum.p95_impedance_ms = sum.p95_impedance_ms.max(c.p95_impedance_ms);
+                let hop = self.hop_ms.get(&c.lead).copied().unwrap_or(0.0);
+                sum.lead_p95_ms = sum.lead_p95_ms.max(c.lead_p95_ms + hop);
+                for i in 0..6 {
+                    sum.classes[i] += c.classes[i];
+                }
+                sum.anomalies += c.anomalies;
+                sum.open_breakers += u32::from(c.breaker_open);
+            }
+            if with_agents > 0.0 {
+                sum.mean_impedance_ms /= with_agents;
+            }
+            if let Some(root) = self.tree.root.clone() {
+                self.send(root, MeshMessage::Sector(sum));
+            }
+        }
+        if self.tree.root.as_ref() == Some(&self.me) {
+            let (total, active) = self.global_counts();
+            let share = match total {
+                0 => 1.0,
+                _ => f64::from(active) / f64::from(total),
+            };
+            self.mode = Mode::from_active_share(share);
+            if let Some(last) = self.last_observed {
+                let dt = now.since(last).as_millis() as u64;
+                self.kpis.observed_ms += dt;
+                if share >= 0.95 {
+                    self.kpis.available_ms += dt;
+                }
+            }
+            self.last_observed = Some(now);
+        }
+    }
+
+    /// All agents and active agents, from the sector summaries (the root's view).
+    pub fn global_counts(&self) -> (u32, u32) {
+        self.sector_summaries.values().fold((0, 0), |(t, a), s| {
+            (t + s.total_agents, a + s.active_agents)
+        })
+    }
+
+    /// The host part: a lead's dispatch for one of this node's agents.
+    fn on_dispatch(&mut self, d: Dispatch, now: Time) {
+        if d.envelope.expired(now.as_millis()) {
+            self.expired += 1;
+            return;
+        }
+        if !self.local.iter().any(|a| a.agent == d.agent) {
+            return;
+        }
+        self.out.push_back(MeshOutput::Deliver(d));
+    }
+
+    pub(crate) fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        (crate::hash::of_str(self.me.as_str()) & 0xffff_ffff_0000_0000) | self.next_id
+    }
+
+    pub(crate) fn finish(&mut self, r: OpResult) {
+        self.out.push_back(MeshOutput::Finished(r));
+    }
+
+    pub(crate) fn conflict(&mut self, ack: &Ack, now: Time) {
+        if let Some(detail) = ack.conflict.clone() {
+            let r = self.conflicts.record(ack.op, ack.agent, detail, now);
+            if let Some(led) = self.led.get_mut(&ack.cluster)
+                && r.class == conflict::Class::IntegrityFailure
+                && let Some(v) = led.agents.get_mut(&ack.agent)
+            {
+                // Seed §6.1 context corruption: quarantine the agent.
+                v.state = AgentState::Quarantined;
+            }
+            self.out.push_back(MeshOutput::Conflict(r));
+        }
+    }
+
+    /// Top answers of a map, at most [`qs_wire::mesh::MAX_ANSWERS`].
+    pub(crate) fn top_answers(map: &BTreeMap<String, u32>) -> Vec<AnswerCount> {
+        let mut v: Vec<AnswerCount> = map
+            .iter()
+            .map(|(a, c)| AnswerCount {
+                answer: a.clone(),
+                count: *c,
+            })
+            .collect();
+        v.sort_by(|a, b| b.count.cmp(&a.count).then(a.answer.cmp(&b.answer)));
+        v.truncate(qs_wire::mesh::MAX_ANSWERS);
+        v
+    }
+
+    /// A fresh envelope from this node (the root of an operation).
+    pub fn envelope(
+        &mut self,
+        verb: qs_wire::mesh::Verb,
+        payload: &str,
+        priority: u8,
+        now: Time,
+    ) -> MeshEnvelope {
+        MeshEnvelope {
+            id: self.next_id(),
+            op: OpId(0),
+            causation: None,
+            created_ms: now.as_millis(),
+            target_arrival_ms: now.as_millis(),
+            ttl_ms: 10_000,
+            priority,
+            weight: 0.0,
+            verb,
+            payload: payload.to_owned(),
+            content_hash: super::content_hash(payload),
+            requires: None,
+        }
+    }
+
+    pub(crate) fn cascade_mode_window(mode: CascadeMode) -> (u64, f64) {
+        // Seed §3.3: a wave gathers agents at 0.95, parallel at 0.90 in a 1,000 ms window;
+        // the window here is past the target arrival, which the root sets from the
+        // impedance summaries.
+        match mode {
+            CascadeMode::Wave | CascadeMode::PriorityFirst => (150, 0.95),
+            CascadeMode::Parallel => (150, 0.90),
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! Trinary quorum (seed §5.2): enough READY (+1), few enough CONFLICT (−1), and IN TRANSIT (0)
+//! only as a reason to wait. The checks run in the seed's order; the first that holds decides.
+
+use serde::Serialize;
+
+/// The rates a quorum needs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QuorumPolicy {
+    pub required_ready_rate: f64,
+    pub max_conflict_rate: f64,
+    pub max_transit_rate: f64,
+}
+
+impl Default for QuorumPolicy {
+    fn default() -> Self {
+        QuorumPolicy {
+            required_ready_rate: 0.95,
+            max_conflict_rate: 0.05,
+            max_transit_rate: 0.10,
+        }
+    }
+}
+
+/// Answers counted by state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Votes {
+    pub ready: u32,
+    pub transit: u32,
+    pub conflict: u32,
+}
+
+/// What the quorum says to do.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "decision")]
+pub enum Decision {
+    /// Enough are ready and conflicts are tolerable; `confidence = ready − conflict / 2`.
+    Proceed { confidence: f64 },
+    /// Not enough ready and too many still in transit: extend the arrival window.
+    Wait,
+    /// Too many conflicts: run conflict resolution first.
+    ResolveConflicts { conflict_rate: f64 },
+    /// Not enough ready: retry with adjusted impedance compensation (also with no answers).
+    Retry,
+}
+
+impl Decision {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Decision::Proceed { .. } => "PROCEED",
+            Decision::Wait => "WAIT",
+            Decision::ResolveConflicts { .. } => "RESOLVE_CONFLICTS",
+            Decision::Retry => "RETRY",
+        }
+    }
+}
+
+/// Seed §5.2's `trinary_quorum_check`, with no answers at all deciding RETRY (the seed
+/// divides by zero there).
+pub fn decide(votes: Votes, policy: &QuorumPolicy) -> Decision {
+    let total = f64::from(votes.ready) + f64::from(votes.transit) + f64::from(votes.conflict);
+    if total == 0.0 {
+        return Decision::Retry;
+    }
+    let ready = f64::from(votes.ready) / total;
+    let conflict = f64::from(votes.conflict) / total;
+    let transit = f64::from(votes.transit) / total;
+    let enough_ready = ready >= policy.required_ready_rate;
+    let conflicts_ok = conflict <= policy.max_conflict_rate;
+    if enough_ready && conflicts_ok {
+        Decision::Proceed {
+            confidence: ready - conflict * 0.5,
+        }
+    } else if !enough_ready && transit > policy.max_transit_rate {
+        Decision::Wait
+    } else if !conflicts_ok {
+        Decision::ResolveConflicts {
+            conflict_rate: conflict,
+        }
+    } else {
+        Decision::Retry
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (ready, transit, conflict) → decision, at the seed's default rates.
+    #[test]
+    fn the_seed_table() {
+        let table: &[(u32, u32, u32, &str)] = &[
+            (100, 0, 0, "PROCEED"),
+            (95, 0, 5, "PROCEED"),
+            (95, 5, 0, "PROCEED"),
+            (96, 0, 4, "PROCEED"),
+            (94, 0, 6, "RESOLVE_CONFLICTS"),
+            (89, 11, 0, "WAIT"),
+            // Too many in transit takes precedence over too many conflicts.
+            (80, 11, 9, "WAIT"),
+            (90, 10, 0, "RETRY"),
+            (90, 4, 6, "RESOLVE_CONFLICTS"),
+            (94, 6, 0, "RETRY"),
+            (0, 0, 0, "RETRY"),
+            (0, 0, 1, "RESOLVE_CONFLICTS"),
+            (0, 1, 0, "WAIT"),
+        ];
+        for &(ready, transit, conflict, want) in table {
+            let got = decide(
+                Votes {
+                    ready,
+                    transit,
+                    conflict,
+                },
+                &QuorumPolicy::default(),
+            );
+            assert_eq!(
+                got.name(),
+                want,
+                "ready {ready}, transit {transit}, conflict {conflict}"
+            );
+        }
+    }
+
+    #[test]
+    fn confidence_is_ready_less_half_the_conflicts() {
+        let d = decide(
+            Votes {
+                ready: 96,
+                transit: 0,
+                conflict: 4,
+            },
+            &QuorumPolicy::default(),
+        );
+        let Decision::Proceed { confidence } = d else {
+            panic!("{d:?}")
+        };
+        assert!((confidence - (0.96 - 0.02)).abs() < 1e-9);
+    }
+}

@@ -1,0 +1,707 @@
+//! The mesh's vocabulary (seed 001, MESH-30K): what hosts, cluster leads, sector
+//! coordinators and the root say to one another on the `mesh.*` topics, and what an agent is
+//! sent and answers. JSON, like the task channels; every message has one check,
+//! [`MeshMessage::check`] (through [`crate::task_bus::decode_bus`]), whatever way it came in.
+//!
+//! An agent is anything registered with a node through the worker protocol; its id is a
+//! stable 64-bit hash of its host and name, chosen by the host.
+
+use crate::ids::NodeId;
+use crate::task_bus::BusMessage;
+use serde::{Deserialize, Serialize};
+
+/// Most children any parent of the hierarchy has (seed §2.1).
+pub const MAX_CHILDREN: usize = 100;
+/// Largest payload of an envelope.
+pub const MAX_PAYLOAD_BYTES: usize = 4096;
+/// Longest time to live of an envelope, and the widest arrival window: one hour.
+pub const MAX_TTL_MS: u64 = 3_600_000;
+/// Most agents one host reports in one beat (one cluster's worth).
+pub const MAX_BEAT_AGENTS: usize = MAX_CHILDREN;
+/// Most capability names an agent declares, and their longest name.
+pub const MAX_CAPABILITIES: usize = 16;
+pub const MAX_CAPABILITY_BYTES: usize = 64;
+/// Longest reason or detail text.
+pub const MAX_TEXT_BYTES: usize = 512;
+/// Largest heaviest payload weight (a processing-complexity multiplier, seed §3.1).
+pub const MAX_PAYLOAD_WEIGHT: f64 = 100.0;
+
+/// A registered agent's id (a stable hash of `host/name`, see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AgentId(pub u64);
+
+/// A cluster of at most [`MAX_CHILDREN`] agents, numbered from 0.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct ClusterId(pub u32);
+
+/// A sector of at most [`MAX_CHILDREN`] clusters, numbered from 0.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct SectorId(pub u32);
+
+/// One coordinated operation (a broadcast, an ask, a cascade), named by the root that began it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct OpId(pub u64);
+
+/// The three-valued answer of seed §1.4: READY (+1), IN TRANSIT (0), CONFLICT (−1). On the
+/// wire it is that number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "i8", into = "i8")]
+pub enum Trinary {
+    Conflict,
+    Transit,
+    Ready,
+}
+
+impl From<Trinary> for i8 {
+    fn from(t: Trinary) -> i8 {
+        match t {
+            Trinary::Conflict => -1,
+            Trinary::Transit => 0,
+            Trinary::Ready => 1,
+        }
+    }
+}
+
+impl TryFrom<i8> for Trinary {
+    type Error = String;
+    fn try_from(v: i8) -> Result<Trinary, String> {
+        match v {
+            -1 => Ok(Trinary::Conflict),
+            0 => Ok(Trinary::Transit),
+            1 => Ok(Trinary::Ready),
+            _ => Err(format!("a trinary state is -1, 0 or 1, got {v}")),
+        }
+    }
+}
+
+/// Impedance classes (seed §2.2), measured, never declared: see `qs_core::mesh::impedance`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ImpedanceClass {
+    A,
+    B,
+    C,
+    D,
+    E,
+    F,
+}
+
+impl ImpedanceClass {
+    pub const ALL: [ImpedanceClass; 6] = [
+        ImpedanceClass::A,
+        ImpedanceClass::B,
+        ImpedanceClass::C,
+        ImpedanceClass::D,
+        ImpedanceClass::E,
+        ImpedanceClass::F,
+    ];
+    pub fn index(self) -> usize {
+        self as usize
+    }
+    pub fn letter(self) -> char {
+        (b'A' + self as u8) as char
+    }
+}
+
+/// The verb of an envelope (seed §2.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verb {
+    Observe,
+    Orient,
+    Decide,
+    Act,
+    Record,
+    Sync,
+}
+
+/// How an operation travels the hierarchy (seed §3.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CascadeMode {
+    /// Root → sectors → clusters → agents, each level confirming to the one above.
+    Wave,
+    /// Everyone at once: each level forwards without waiting and agents answer the root.
+    Parallel,
+    /// Classes one after another, GPUs first (D, C, B, A, E), each its own wave.
+    PriorityFirst,
+}
+
+/// Where an operation or a breaker applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "level", content = "id")]
+pub enum Scope {
+    Global,
+    Sector(SectorId),
+    Cluster(ClusterId),
+}
+
+/// An agent's state as its host sees it (seed §2.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AgentState {
+    Active,
+    Degraded,
+    Offline,
+    Quarantined,
+}
+
+/// What is sent to an agent (seed §2.4 and Appendix B).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshEnvelope {
+    pub id: u64,
+    /// The operation it belongs to (the seed's correlation id).
+    pub op: OpId,
+    /// What caused it, if anything.
+    #[serde(default)]
+    pub causation: Option<u64>,
+    pub created_ms: u64,
+    /// When the recipients should be READY, Unix milliseconds.
+    pub target_arrival_ms: u64,
+    /// Dropped, and counted, once `created_ms + ttl_ms` has passed.
+    pub ttl_ms: u64,
+    /// 0 background … 3 critical.
+    pub priority: u8,
+    /// Estimated processing complexity (seed §3.1's `payload_weight`).
+    pub weight: f64,
+    pub verb: Verb,
+    pub payload: String,
+    /// SHA-256 of the payload, hex (the agent checks it: a mismatch is an integrity conflict).
+    pub content_hash: String,
+    /// The capability an agent needs to take it, if any.
+    #[serde(default)]
+    pub requires: Option<String>,
+}
+
+impl MeshEnvelope {
+    /// Past its time to live at `now_ms`.
+    pub fn expired(&self, now_ms: u64) -> bool {
+        now_ms > self.created_ms.saturating_add(self.ttl_ms)
+    }
+
+    pub fn check(&self) -> Result<(), String> {
+        if self.payload.len() > MAX_PAYLOAD_BYTES {
+            return Err(format!(
+                "payload: {} bytes; at most {MAX_PAYLOAD_BYTES}",
+                self.payload.len()
+            ));
+        }
+        if self.ttl_ms == 0 || self.ttl_ms > MAX_TTL_MS {
+            return Err(format!(
+                "ttl_ms: {}; must be in 1..={MAX_TTL_MS}",
+                self.ttl_ms
+            ));
+        }
+        if self.priority > 3 {
+            return Err(format!("priority: {}; must be 0..=3", self.priority));
+        }
+        if !(0.0..=MAX_PAYLOAD_WEIGHT).contains(&self.weight) {
+            return Err(format!(
+                "weight: {}; must be in 0..={MAX_PAYLOAD_WEIGHT}",
+                self.weight
+            ));
+        }
+        if self.content_hash.len() != 64
+            || !self.content_hash.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err("content_hash: must be 64 hex digits (SHA-256)".into());
+        }
+        if self.target_arrival_ms > self.created_ms.saturating_add(MAX_TTL_MS) {
+            return Err("target_arrival_ms: more than an hour after created_ms".into());
+        }
+        if let Some(r) = &self.requires {
+            capability(r).map_err(|e| format!("requires: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+fn capability(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_CAPABILITY_BYTES {
+        return Err(format!("a capability is 1..={MAX_CAPABILITY_BYTES} bytes"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+    {
+        return Err(format!(
+            "capability {name:?}: letters, digits, '_', '-', '.' only"
+        ));
+    }
+    Ok(())
+}
+
+fn text(what: &str, s: &str) -> Result<(), String> {
+    match s.len() > MAX_TEXT_BYTES {
+        true => Err(format!(
+            "{what}: {} bytes; at most {MAX_TEXT_BYTES}",
+            s.len()
+        )),
+        false => Ok(()),
+    }
+}
+
+fn finite(what: &str, v: f64, max: f64) -> Result<(), String> {
+    match v.is_finite() && (0.0..=max).contains(&v) {
+        true => Ok(()),
+        false => Err(format!("{what}: {v}; must be in 0..={max}")),
+    }
+}
+
+/// One agent in its host's beat: liveness and what the host measured of it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentBeat {
+    pub agent: AgentId,
+    pub state: AgentState,
+    /// Median processing time of its recent work, milliseconds (0: none yet).
+    pub processing_ms: f64,
+    pub queue_depth: u32,
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+}
+
+/// A host's beat to one cluster lead: its agents of that cluster (every 250 ms).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostBeat {
+    pub host: NodeId,
+    pub cluster: ClusterId,
+    /// When it was sent, Unix milliseconds: the lead measures the one-way delay from it.
+    pub sent_ms: u64,
+    pub agents: Vec<AgentBeat>,
+}
+
+/// Counts per impedance class, A to F.
+pub type ClassCounts = [u32; 6];
+
+/// A cluster lead's summary to its sector coordinator (seed §4.2, with the sector and the
+/// lead's breaker).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSummary {
+    pub cluster: ClusterId,
+    pub sector: SectorId,
+    pub lead: NodeId,
+    /// When it was sent, Unix milliseconds (the coordinator measures the hop from it).
+    pub sent_ms: u64,
+    pub agent_count: u32,
+    pub active_count: u32,
+    pub mean_impedance_ms: f64,
+    pub p95_impedance_ms: f64,
+    /// The 95th percentile of its active agents' predicted lead times (class F left out),
+    /// plus the hop to them, milliseconds: how early an operation must start to reach them.
+    pub lead_p95_ms: f64,
+    pub classes: ClassCounts,
+    pub anomalies: u32,
+    pub breaker_open: bool,
+}
+
+/// A sector coordinator's summary to the root (seed §4.3).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SectorSummary {
+    pub sector: SectorId,
+    pub coordinator: NodeId,
+    pub sent_ms: u64,
+    pub cluster_count: u32,
+    pub total_agents: u32,
+    pub active_agents: u32,
+    pub mean_impedance_ms: f64,
+    pub p95_impedance_ms: f64,
+    /// The largest of its clusters' `lead_p95_ms`, plus the hop to them.
+    pub lead_p95_ms: f64,
+    pub classes: ClassCounts,
+    pub anomalies: u32,
+    pub open_breakers: u32,
+}
+
+/// An operation going down the hierarchy (seed Appendix B's COORDINATE, for a level).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Order {
+    pub op: OpId,
+    pub mode: CascadeMode,
+    /// Who answers for it: the root.
+    pub root: NodeId,
+    pub scope: Scope,
+    /// Only agents of this class (a priority-first phase), if set.
+    #[serde(default)]
+    pub class: Option<ImpedanceClass>,
+    /// Reach at most this many agents of each cluster (an ask's sample), if set.
+    #[serde(default)]
+    pub sample_per_cluster: Option<u32>,
+    /// How long after the target arrival answers count.
+    pub window_ms: u64,
+    pub envelope: MeshEnvelope,
+}
+
+/// A cluster lead's send to one agent, through its host, at the agent's scheduled time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dispatch {
+    pub agent: AgentId,
+    pub cluster: ClusterId,
+    /// Who hears the answer: the cluster lead (a wave) or the root (parallel).
+    pub reply_to: NodeId,
+    pub envelope: MeshEnvelope,
+}
+
+/// A conflict an agent reports with its −1 (seed §5.1).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "type")]
+pub enum ConflictDetail {
+    /// Incompatible world models; `depth` is how far they diverged.
+    ContextDivergence { depth: u32, context_hash: String },
+    /// The same fact with different values.
+    DataContradiction {
+        expected: String,
+        received: String,
+        affects_agents: u32,
+    },
+    /// An effect before its cause.
+    TemporalParadox { detail: String },
+    /// Asked for something it cannot do.
+    CapabilityMismatch { missing: String },
+    /// The payload's hash did not match.
+    HashMismatch { expected: String, received: String },
+}
+
+impl ConflictDetail {
+    fn check(&self) -> Result<(), String> {
+        match self {
+            ConflictDetail::ContextDivergence { context_hash, .. } => {
+                text("context_hash", context_hash)
+            }
+            ConflictDetail::DataContradiction {
+                expected, received, ..
+            }
+            | ConflictDetail::HashMismatch { expected, received } => {
+                text("expected", expected)?;
+                text("received", received)
+            }
+            ConflictDetail::TemporalParadox { detail } => text("detail", detail),
+            ConflictDetail::CapabilityMismatch { missing } => text("missing", missing),
+        }
+    }
+}
+
+/// An agent's answer (seed Appendix B's ACK), relayed by its host.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ack {
+    pub op: OpId,
+    pub agent: AgentId,
+    pub cluster: ClusterId,
+    pub state: Trinary,
+    /// When the envelope reached the agent, and when it was ready, Unix milliseconds.
+    pub arrived_ms: u64,
+    pub ready_ms: u64,
+    /// What the agent answers (an ask's answer), bounded.
+    #[serde(default)]
+    pub answer: String,
+    #[serde(default)]
+    pub conflict: Option<ConflictDetail>,
+}
+
+/// Counts of one operation under a subtree, reported up (a cluster's, a sector's).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tally {
+    /// Agents in scope.
+    pub targeted: u32,
+    /// Known too late before sending.
+    pub skipped: u32,
+    /// Not sent: down, or behind an open breaker.
+    pub unreachable: u32,
+    pub sent: u32,
+    pub ready: u32,
+    pub transit: u32,
+    pub conflict: u32,
+    /// Answers after the window: quarantined, not failures.
+    pub late: u32,
+    /// Ready within the arrival window.
+    pub window_hits: u32,
+    /// Ready within 50 ms of the predicted time.
+    pub predicted_within_50ms: u32,
+    /// Messages dropped past their time to live.
+    pub expired: u32,
+    /// Clusters (or sectors) that did not report in time.
+    pub missing_reports: u32,
+}
+
+impl Tally {
+    pub fn add(&mut self, o: &Tally) {
+        self.targeted += o.targeted;
+        self.skipped += o.skipped;
+        self.unreachable += o.unreachable;
+        self.sent += o.sent;
+        self.ready += o.ready;
+        self.transit += o.transit;
+        self.conflict += o.conflict;
+        self.late += o.late;
+        self.window_hits += o.window_hits;
+        self.predicted_within_50ms += o.predicted_within_50ms;
+        self.expired += o.expired;
+        self.missing_reports += o.missing_reports;
+    }
+}
+
+/// A subtree's result, reported to the level above.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Report {
+    pub op: OpId,
+    pub scope: Scope,
+    pub from: NodeId,
+    pub tally: Tally,
+    /// Distinct answers and how many gave each (at most 16, the most frequent).
+    #[serde(default)]
+    pub answers: Vec<AnswerCount>,
+}
+
+/// One distinct answer to an ask, and how many agents gave it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnswerCount {
+    pub answer: String,
+    pub count: u32,
+}
+
+/// Most distinct answers a report carries.
+pub const MAX_ANSWERS: usize = 16;
+
+/// A breaker changed (seed Appendix B's CIRCUIT).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Circuit {
+    pub scope: Scope,
+    pub state: BreakerState,
+    pub reason: String,
+}
+
+/// A circuit breaker's state (seed §6.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BreakerState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+/// Everything on the `mesh.*` topics.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "type")]
+pub enum MeshMessage {
+    Beat(HostBeat),
+    Cluster(ClusterSummary),
+    Sector(SectorSummary),
+    Order(Order),
+    Dispatch(Dispatch),
+    Ack(Ack),
+    Report(Report),
+    Circuit(Circuit),
+    Control(Control),
+}
+
+/// An operator's order for a scope, from the root to its coordinators, who relay it to their
+/// cluster leads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Control {
+    pub action: ControlAction,
+    pub scope: Scope,
+    /// Already passed on by a coordinator: not to be passed on again.
+    pub relayed: bool,
+}
+
+/// What a [`Control`] does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ControlAction {
+    /// Halt operations (seed Appendix B's FREEZE).
+    Freeze,
+    /// Resume them.
+    Thaw,
+    /// Close breakers, release quarantined agents and conflicts, thaw (seed §7.1's heal).
+    Heal,
+}
+
+fn summary_numbers(mean: f64, p95: f64, lead: f64) -> Result<(), String> {
+    finite("mean_impedance_ms", mean, 1e9)?;
+    finite("p95_impedance_ms", p95, 1e9)?;
+    finite("lead_p95_ms", lead, 1e9)
+}
+
+impl BusMessage for MeshMessage {
+    fn check(&self) -> Result<(), String> {
+        match self {
+            MeshMessage::Beat(b) => {
+                if b.agents.len() > MAX_BEAT_AGENTS {
+                    return Err(format!(
+                        "{} agents in a beat; at most {MAX_BEAT_AGENTS}",
+                        b.agents.len()
+                    ));
+                }
+                for a in &b.agents {
+                    finite("processing_ms", a.processing_ms, 1e9)?;
+                    if a.capabilities.len() > MAX_CAPABILITIES {
+                        return Err(format!("capabilities: at most {MAX_CAPABILITIES}"));
+                    }
+                    for c in &a.capabilities {
+                        capability(c)?;
+                    }
+                }
+                Ok(())
+            }
+            MeshMessage::Cluster(c) => {
+                if c.active_count > c.agent_count || c.agent_count as usize > MAX_CHILDREN {
+                    return Err(format!(
+                        "active_count {} of agent_count {} (at most {MAX_CHILDREN})",
+                        c.active_count, c.agent_count
+                    ));
+                }
+                summary_numbers(c.mean_impedance_ms, c.p95_impedance_ms, c.lead_p95_ms)
+            }
+            MeshMessage::Sector(s) => {
+                if s.active_agents > s.total_agents || s.cluster_count as usize > MAX_CHILDREN {
+                    return Err(format!(
+                        "active_agents {} of total_agents {}, {} clusters (at most {MAX_CHILDREN})",
+                        s.active_agents, s.total_agents, s.cluster_count
+                    ));
+                }
+                summary_numbers(s.mean_impedance_ms, s.p95_impedance_ms, s.lead_p95_ms)
+            }
+            MeshMessage::Order(o) => {
+                if o.window_ms == 0 || o.window_ms > MAX_TTL_MS {
+                    return Err(format!(
+                        "window_ms: {}; must be in 1..={MAX_TTL_MS}",
+                        o.window_ms
+                    ));
+                }
+                o.envelope.check()
+            }
+            MeshMessage::Dispatch(d) => d.envelope.check(),
+            MeshMessage::Ack(a) => {
+                text("answer", &a.answer)?;
+                match &a.conflict {
+                    Some(c) => c.check(),
+                    None => Ok(()),
+                }
+            }
+            MeshMessage::Report(r) => {
+                if r.answers.len() > MAX_ANSWERS {
+                    return Err(format!(
+                        "{} answers; at most {MAX_ANSWERS}",
+                        r.answers.len()
+                    ));
+                }
+                for a in &r.answers {
+                    text("answer", &a.answer)?;
+                }
+                Ok(())
+            }
+            MeshMessage::Circuit(c) => text("reason", &c.reason),
+            MeshMessage::Control(_) => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task_bus::decode_bus;
+
+    fn envelope() -> MeshEnvelope {
+        MeshEnvelope {
+            id: 1,
+            op: OpId(7),
+            causation: None,
+            created_ms: 1_000,
+            target_arrival_ms: 1_300,
+            ttl_ms: 5_000,
+            priority: 2,
+            weight: 1.0,
+            verb: Verb::Sync,
+            payload: "hello".into(),
+            content_hash: "0".repeat(64),
+            requires: None,
+        }
+    }
+
+    #[test]
+    fn trinary_is_a_number_on_the_wire() {
+        assert_eq!(serde_json::to_string(&Trinary::Conflict).unwrap(), "-1");
+        assert_eq!(
+            serde_json::from_str::<Trinary>("1").unwrap(),
+            Trinary::Ready
+        );
+        assert!(serde_json::from_str::<Trinary>("2").is_err());
+    }
+
+    #[test]
+    fn envelopes_out_of_bounds_are_refused_by_field() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut MeshEnvelope)>)> = vec![
+            (
+                "payload",
+                Box::new(|e| e.payload = "x".repeat(MAX_PAYLOAD_BYTES + 1)),
+            ),
+            ("ttl_ms", Box::new(|e| e.ttl_ms = 0)),
+            ("priority", Box::new(|e| e.priority = 4)),
+            ("weight", Box::new(|e| e.weight = f64::NAN)),
+            ("content_hash", Box::new(|e| e.content_hash = "zz".into())),
+            ("requires", Box::new(|e| e.requires = Some("a b".into()))),
+        ];
+        assert!(envelope().check().is_ok());
+        for (field, spoil) in cases {
+            let mut e = envelope();
+            spoil(&mut e);
+            let err = e.check().unwrap_err();
+            assert!(err.starts_with(field), "{field}: {err}");
+        }
+        assert!(envelope().expired(6_001));
+        assert!(!envelope().expired(6_000));
+    }
+
+    #[test]
+    fn messages_round_trip_and_are_checked() {
+        let order = MeshMessage::Order(Order {
+            op: OpId(7),
+            mode: CascadeMode::Wave,
+            root: NodeId::new("n1").unwrap(),
+            scope: Scope::Sector(SectorId(3)),
+            class: Some(ImpedanceClass::D),
+            sample_per_cluster: None,
+            window_ms: 500,
+            envelope: envelope(),
+        });
+        let bytes = serde_json::to_vec(&order).unwrap();
+        assert_eq!(decode_bus::<MeshMessage>("mesh.x", &bytes).unwrap(), order);
+        let big = MeshMessage::Beat(HostBeat {
+            host: NodeId::new("n1").unwrap(),
+            cluster: ClusterId(0),
+            sent_ms: 0,
+            agents: vec![
+                AgentBeat {
+                    agent: AgentId(1),
+                    state: AgentState::Active,
+                    processing_ms: 1.0,
+                    queue_depth: 0,
+                    capabilities: vec![],
+                };
+                MAX_BEAT_AGENTS + 1
+            ],
+        });
+        let bytes = serde_json::to_vec(&big).unwrap();
+        let err = decode_bus::<MeshMessage>("mesh.x", &bytes).unwrap_err();
+        assert!(err.why.contains("agents in a beat"), "{}", err.why);
+    }
+}
