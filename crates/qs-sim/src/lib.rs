@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod engine;
 pub mod gpu;
+pub mod mesh;
 pub mod net;
 pub mod workload;
 

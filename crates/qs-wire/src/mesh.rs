@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 
 /// Most children any parent of the hierarchy has (seed §2.1).
 pub const MAX_CHILDREN: usize = 100;
+/// Most agents under one sector.
+pub const MAX_AGENTS_IN_SCOPE: usize = MAX_CHILDREN * MAX_CHILDREN;
 /// Largest payload of an envelope.
 pub const MAX_PAYLOAD_BYTES: usize = 4096;
 /// Longest time to live of an envelope, and the widest arrival window: one hour.
@@ -269,7 +271,7 @@ pub struct AgentBeat {
     pub capabilities: Vec<String>,
 }
 
-/// A host's beat to one cluster lead: its agents of that cluster (every 250 ms).
+/// A host's beat to one cluster lead: its agents of that cluster (every `beat_ms`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HostBeat {
@@ -277,11 +279,90 @@ pub struct HostBeat {
     pub cluster: ClusterId,
     /// When it was sent, Unix milliseconds: the lead measures the one-way delay from it.
     pub sent_ms: u64,
+    /// Its agents of the cluster; empty when nothing changed since the last beat that
+    /// listed them (one does at least every [`FULL_BEAT_EVERY`] beats, and after any change
+    /// of the hierarchy).
     pub agents: Vec<AgentBeat>,
 }
 
+/// A beat lists its agents at least this often (16 beats of 300 ms: about the seed's 5 s
+/// heartbeat with impedance, §4.1); a change is sent at the next beat.
+pub const FULL_BEAT_EVERY: u64 = 16;
+
 /// Counts per impedance class, A to F.
 pub type ClassCounts = [u32; 6];
+
+/// Upper edges of the lead-time buckets, milliseconds (the last is open).
+pub const LEAD_BUCKETS_MS: [f64; 16] = [
+    5.0,
+    10.0,
+    20.0,
+    35.0,
+    50.0,
+    75.0,
+    100.0,
+    150.0,
+    200.0,
+    300.0,
+    400.0,
+    500.0,
+    750.0,
+    1_000.0,
+    2_000.0,
+    f64::INFINITY,
+];
+
+/// Predicted lead times counted per class (A to F) and bucket ([`LEAD_BUCKETS_MS`]): it adds
+/// up exactly from clusters to sectors to the root, so the root reads quantiles over the
+/// whole mesh from at most 100 summaries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct LeadHistogram(pub [[u32; 16]; 6]);
+
+impl LeadHistogram {
+    pub fn record(&mut self, class: ImpedanceClass, lead_ms: f64) {
+        let b = LEAD_BUCKETS_MS
+            .iter()
+            .position(|edge| lead_ms <= *edge)
+            .unwrap_or(15);
+        self.0[class.index()][b] = self.0[class.index()][b].saturating_add(1);
+    }
+
+    pub fn add(&mut self, other: &LeadHistogram) {
+        for (a, b) in self.0.iter_mut().zip(other.0.iter()) {
+            for (x, y) in a.iter_mut().zip(b.iter()) {
+                *x = x.saturating_add(*y);
+            }
+        }
+    }
+
+    /// The upper edge of the bucket holding the `q` quantile of the classes `classes`
+    /// (a conservative quantile), or `None` with nothing counted.
+    pub fn quantile_ms(&self, classes: &[ImpedanceClass], q: f64) -> Option<f64> {
+        let mut buckets = [0u64; 16];
+        for c in classes {
+            for (b, n) in self.0[c.index()].iter().enumerate() {
+                buckets[b] += u64::from(*n);
+            }
+        }
+        let total: u64 = buckets.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let want = (q * total as f64).ceil() as u64;
+        let mut seen = 0;
+        for (b, n) in buckets.iter().enumerate() {
+            seen += n;
+            if seen >= want.max(1) {
+                return Some(match LEAD_BUCKETS_MS[b].is_finite() {
+                    true => LEAD_BUCKETS_MS[b],
+                    false => 3_600_000.0,
+                });
+            }
+        }
+        None
+    }
+}
 
 /// A cluster lead's summary to its sector coordinator (seed §4.2, with the sector and the
 /// lead's breaker).
@@ -297,11 +378,29 @@ pub struct ClusterSummary {
     pub active_count: u32,
     pub mean_impedance_ms: f64,
     pub p95_impedance_ms: f64,
-    /// The 95th percentile of its active agents' predicted lead times (class F left out),
-    /// plus the hop to them, milliseconds: how early an operation must start to reach them.
-    pub lead_p95_ms: f64,
+    /// Its active agents' predicted lead times, counted per class and bucket: how early
+    /// an operation must start to reach a share of them.
+    pub leads: LeadHistogram,
     pub classes: ClassCounts,
     pub anomalies: u32,
+    /// Agent failures since the last summary (for the sector's breaker).
+    pub failures: u32,
+    pub breaker_open: bool,
+}
+
+/// A lead's beat to its coordinator, or a coordinator's to the root, between full summaries
+/// (every `beat_ms`): alive, and the counts that move fast.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Alive {
+    /// The cluster or sector it speaks for.
+    pub scope: Scope,
+    pub from: NodeId,
+    pub sent_ms: u64,
+    pub agents: u32,
+    pub active: u32,
+    /// Agent failures since the last beat (a cluster's, for its sector's breaker).
+    pub failures: u32,
     pub breaker_open: bool,
 }
 
@@ -317,11 +416,15 @@ pub struct SectorSummary {
     pub active_agents: u32,
     pub mean_impedance_ms: f64,
     pub p95_impedance_ms: f64,
-    /// The largest of its clusters' `lead_p95_ms`, plus the hop to them.
-    pub lead_p95_ms: f64,
+    /// Its clusters' lead histograms added up.
+    pub leads: LeadHistogram,
+    /// The longest hop from it to one of its cluster leads, milliseconds.
+    pub hop_ms: f64,
     pub classes: ClassCounts,
     pub anomalies: u32,
+    /// Open cluster breakers in it, and its own breaker.
     pub open_breakers: u32,
+    pub breaker_open: bool,
 }
 
 /// An operation going down the hierarchy (seed Appendix B's COORDINATE, for a level).
@@ -502,12 +605,14 @@ pub enum BreakerState {
 #[serde(rename_all = "kebab-case", tag = "type")]
 pub enum MeshMessage {
     Beat(HostBeat),
-    Cluster(ClusterSummary),
-    Sector(SectorSummary),
-    Order(Order),
-    Dispatch(Dispatch),
-    Ack(Ack),
-    Report(Report),
+    // The large ones are boxed, so the frequent small ones stay small to move.
+    Cluster(Box<ClusterSummary>),
+    Sector(Box<SectorSummary>),
+    Alive(Alive),
+    Order(Box<Order>),
+    Dispatch(Box<Dispatch>),
+    Ack(Box<Ack>),
+    Report(Box<Report>),
     Circuit(Circuit),
     Control(Control),
 }
@@ -535,10 +640,14 @@ pub enum ControlAction {
     Heal,
 }
 
-fn summary_numbers(mean: f64, p95: f64, lead: f64) -> Result<(), String> {
+fn summary_numbers(mean: f64, p95: f64, leads: &LeadHistogram, agents: u32) -> Result<(), String> {
     finite("mean_impedance_ms", mean, 1e9)?;
     finite("p95_impedance_ms", p95, 1e9)?;
-    finite("lead_p95_ms", lead, 1e9)
+    let counted: u64 = leads.0.iter().flatten().map(|n| u64::from(*n)).sum();
+    if counted > u64::from(agents) {
+        return Err(format!("leads: {counted} counted of {agents} agents"));
+    }
+    Ok(())
 }
 
 impl BusMessage for MeshMessage {
@@ -569,7 +678,12 @@ impl BusMessage for MeshMessage {
                         c.active_count, c.agent_count
                     ));
                 }
-                summary_numbers(c.mean_impedance_ms, c.p95_impedance_ms, c.lead_p95_ms)
+                summary_numbers(
+                    c.mean_impedance_ms,
+                    c.p95_impedance_ms,
+                    &c.leads,
+                    c.agent_count,
+                )
             }
             MeshMessage::Sector(s) => {
                 if s.active_agents > s.total_agents || s.cluster_count as usize > MAX_CHILDREN {
@@ -578,7 +692,13 @@ impl BusMessage for MeshMessage {
                         s.active_agents, s.total_agents, s.cluster_count
                     ));
                 }
-                summary_numbers(s.mean_impedance_ms, s.p95_impedance_ms, s.lead_p95_ms)
+                summary_numbers(
+                    s.mean_impedance_ms,
+                    s.p95_impedance_ms,
+                    &s.leads,
+                    s.total_agents,
+                )?;
+                finite("hop_ms", s.hop_ms, 1e9)
             }
             MeshMessage::Order(o) => {
                 if o.window_ms == 0 || o.window_ms > MAX_TTL_MS {
@@ -611,6 +731,12 @@ impl BusMessage for MeshMessage {
             }
             MeshMessage::Circuit(c) => text("reason", &c.reason),
             MeshMessage::Control(_) => Ok(()),
+            MeshMessage::Alive(a) => {
+                match a.active > a.agents || a.agents as usize > MAX_AGENTS_IN_SCOPE {
+                    true => Err(format!("active {} of {} agents", a.active, a.agents)),
+                    false => Ok(()),
+                }
+            }
         }
     }
 }
@@ -673,7 +799,7 @@ mod tests {
 
     #[test]
     fn messages_round_trip_and_are_checked() {
-        let order = MeshMessage::Order(Order {
+        let order = MeshMessage::Order(Box::new(Order {
             op: OpId(7),
             mode: CascadeMode::Wave,
             root: NodeId::new("n1").unwrap(),
@@ -682,7 +808,7 @@ mod tests {
             sample_per_cluster: None,
             window_ms: 500,
             envelope: envelope(),
-        });
+        }));
         let bytes = serde_json::to_vec(&order).unwrap();
         assert_eq!(decode_bus::<MeshMessage>("mesh.x", &bytes).unwrap(), order);
         let big = MeshMessage::Beat(HostBeat {

@@ -1,7 +1,9 @@
 //! Circuit breakers per cluster, per sector and for the whole mesh (seed §6.2).
 //!
 //! A cluster's breaker opens on its 6th failure (more than 5), a sector's on its 51st, and
-//! the global one while more than 10 sector breakers are open. The seed keeps failure
+//! the global one while more than 10 sector breakers are open. Each lives where its
+//! failures are seen: a cluster's at its lead, a sector's at its coordinator (from the
+//! failures its leads summarize), the global one at the root (from the sector summaries). The seed keeps failure
 //! counts forever; here they count over the last [`FAILURE_WINDOW_MS`], so a fleet that
 //! recovered does not trip on old news. An open breaker is probed after 30 s: a good probe
 //! makes it half-open (routable, watched), a bad one waits 60 s for the next; half-open
@@ -83,17 +85,40 @@ impl Breakers {
             .map_or(BreakerState::Closed, |b| b.state)
     }
 
-    /// May traffic go to an agent of this cluster and sector (half-open may)?
+    /// May traffic go to an agent of this cluster and sector, as far as this node's
+    /// breakers know (half-open may)?
     pub fn routable(&self, cluster: ClusterId, sector: SectorId) -> bool {
         !self.global_open
             && self.state(Scope::Sector(sector)) != BreakerState::Open
             && self.state(Scope::Cluster(cluster)) != BreakerState::Open
     }
 
-    /// One failure of an agent of `cluster` in `sector`.
-    pub fn failure(&mut self, cluster: ClusterId, sector: SectorId, now: Time) {
+    /// One failure of an agent of `cluster` (at its lead).
+    pub fn cluster_failure(&mut self, cluster: ClusterId, now: Time) {
         self.fail(Scope::Cluster(cluster), CLUSTER_TRIP_AFTER, now);
-        self.fail(Scope::Sector(sector), SECTOR_TRIP_AFTER, now);
+    }
+
+    /// `n` failures in `sector`, as its leads summarized them (at its coordinator).
+    pub fn sector_failures(&mut self, sector: SectorId, n: u32, now: Time) {
+        for _ in 0..n.min(SECTOR_TRIP_AFTER as u32 + 1) {
+            self.fail(Scope::Sector(sector), SECTOR_TRIP_AFTER, now);
+        }
+    }
+
+    /// How many sector breakers are open (at the root, from the sector summaries).
+    pub fn open_sectors(&mut self, open: usize, now: Time) {
+        let global = open > GLOBAL_TRIP_AFTER_SECTORS;
+        if global != self.global_open {
+            self.global_open = global;
+            self.changes.push(Change {
+                scope: Scope::Global,
+                state: match global {
+                    true => BreakerState::Open,
+                    false => BreakerState::Closed,
+                },
+                at: now,
+            });
+        }
     }
 
     fn fail(&mut self, scope: Scope, limit: usize, now: Time) {
@@ -110,27 +135,6 @@ impl Breakers {
             self.changes.push(Change {
                 scope,
                 state: BreakerState::Open,
-                at: now,
-            });
-            self.update_global(now);
-        }
-    }
-
-    fn update_global(&mut self, now: Time) {
-        let open = self
-            .map
-            .iter()
-            .filter(|(s, b)| matches!(s, Scope::Sector(_)) && b.state == BreakerState::Open)
-            .count();
-        let global = open > GLOBAL_TRIP_AFTER_SECTORS;
-        if global != self.global_open {
-            self.global_open = global;
-            self.changes.push(Change {
-                scope: Scope::Global,
-                state: match global {
-                    true => BreakerState::Open,
-                    false => BreakerState::Closed,
-                },
                 at: now,
             });
         }
@@ -162,7 +166,6 @@ impl Breakers {
                 state: BreakerState::HalfOpen,
                 at: now,
             });
-            self.update_global(now);
         } else {
             b.due = Some(now + Duration::from_millis(REPROBE_MS));
         }
@@ -189,6 +192,10 @@ impl Breakers {
 
     /// An operator's reset (`qs mesh heal`): closed, counts cleared.
     pub fn reset(&mut self, scope: Scope, now: Time) {
+        if scope == Scope::Global {
+            self.open_sectors(0, now);
+            return;
+        }
         if let Some(b) = self.map.get_mut(&scope)
             && b.state != BreakerState::Closed
         {
@@ -199,7 +206,6 @@ impl Breakers {
                 at: now,
             });
         }
-        self.update_global(now);
     }
 
     /// The earliest time something is due.
@@ -272,7 +278,7 @@ mod tests {
         let mut b = Breakers::default();
         for (i, (step, want)) in steps.into_iter().enumerate() {
             match step {
-                Fail(ms) => b.failure(C, S, t(ms)),
+                Fail(ms) => b.cluster_failure(C, t(ms)),
                 Probe(ms, ok) => {
                     assert_eq!(b.probes_due(t(ms)), vec![Scope::Cluster(C)], "step {i}");
                     b.probed(Scope::Cluster(C), ok, t(ms));
@@ -287,17 +293,17 @@ mod tests {
     fn half_open_fails_back_open_and_old_failures_expire() {
         let mut b = Breakers::default();
         for i in 0..6 {
-            b.failure(C, S, t(i));
+            b.cluster_failure(C, t(i));
         }
         b.probed(Scope::Cluster(C), true, t(30_000));
         assert!(b.routable(C, S));
-        b.failure(C, S, t(31_000));
+        b.cluster_failure(C, t(31_000));
         assert_eq!(b.state(Scope::Cluster(C)), BreakerState::Open);
         assert!(!b.routable(C, S));
         // Five failures a minute apart never trip.
         let mut b = Breakers::default();
         for i in 0..20 {
-            b.failure(C, S, t(i * 61_000));
+            b.cluster_failure(C, t(i * 61_000));
         }
         assert_eq!(b.state(Scope::Cluster(C)), BreakerState::Closed);
     }
@@ -305,19 +311,18 @@ mod tests {
     #[test]
     fn sectors_trip_at_51_and_global_past_ten_sectors() {
         let mut b = Breakers::default();
-        for s in 0..11u32 {
-            for i in 0..51u32 {
-                b.failure(ClusterId(s * 100 + i % 10), SectorId(s), t(u64::from(i)));
-            }
-            assert_eq!(b.state(Scope::Sector(SectorId(s))), BreakerState::Open);
-            let want = match s {
-                10 => BreakerState::Open,
-                _ => BreakerState::Closed,
-            };
-            assert_eq!(b.state(Scope::Global), want, "after {} sectors", s + 1);
-        }
-        assert!(!b.routable(ClusterId(9_999), SectorId(50)));
-        b.reset(Scope::Sector(SectorId(0)), t(100));
-        assert_eq!(b.state(Scope::Global), BreakerState::Closed);
+        b.sector_failures(S, 50, t(0));
+        assert_eq!(b.state(Scope::Sector(S)), BreakerState::Closed);
+        b.sector_failures(S, 1, t(1));
+        assert_eq!(b.state(Scope::Sector(S)), BreakerState::Open);
+        assert!(!b.routable(C, S));
+        let mut root = Breakers::default();
+        root.open_sectors(10, t(0));
+        assert_eq!(root.state(Scope::Global), BreakerState::Closed);
+        root.open_sectors(11, t(1));
+        assert_eq!(root.state(Scope::Global), BreakerState::Open);
+        assert!(!root.routable(ClusterId(9), SectorId(50)));
+        root.reset(Scope::Global, t(2));
+        assert_eq!(root.state(Scope::Global), BreakerState::Closed);
     }
 }

@@ -45,6 +45,8 @@ pub struct Gather<K: Ord> {
     min_rate: f64,
     answers: BTreeMap<K, Option<Trinary>>,
     pending: usize,
+    /// Scheduled and not sent yet.
+    unsent: usize,
     tally: Tally,
     quarantine: Vec<K>,
 }
@@ -57,13 +59,26 @@ impl<K: Ord + Copy> Gather<K> {
             min_rate,
             answers: BTreeMap::new(),
             pending: 0,
+            unsent: 0,
             tally: Tally::default(),
             quarantine: Vec::new(),
         }
     }
 
+    /// `n` sends are scheduled for later: the gather is not complete before they go.
+    pub fn scheduled(&mut self, n: usize) {
+        self.unsent += n;
+    }
+
+    /// A scheduled send could not go (its agent left the cluster): unreachable.
+    pub fn dropped(&mut self) {
+        self.unsent = self.unsent.saturating_sub(1);
+        self.tally.unreachable += 1;
+    }
+
     /// `key` was sent to.
     pub fn sent(&mut self, key: K) {
+        self.unsent = self.unsent.saturating_sub(1);
         if self.answers.insert(key, None).is_none() {
             self.pending += 1;
             self.tally.sent += 1;
@@ -115,9 +130,14 @@ impl<K: Ord + Copy> Gather<K> {
         Heard::Counted
     }
 
-    /// Everyone sent to has answered.
+    /// `key` was sent to and answered (in the window or late).
+    pub fn answered(&self, key: &K) -> bool {
+        self.answers.get(key).is_some_and(|a| a.is_some())
+    }
+
+    /// Everything scheduled was sent and everyone sent to has answered.
     pub fn complete(&self) -> bool {
-        self.pending == 0
+        self.pending == 0 && self.unsent == 0
     }
 
     pub fn tally(&self) -> &Tally {

@@ -11,13 +11,13 @@ use super::breaker::{self, Breakers};
 use super::conflict;
 use super::degrade::Mode;
 use super::hierarchy::Hierarchy;
-use super::impedance::{self, Profile};
+use super::impedance::{self, Link, Work};
 use crate::time::Time;
 use qs_wire::NodeId;
 use qs_wire::mesh::{
-    Ack, AgentBeat, AgentId, AgentState, AnswerCount, CascadeMode, ClusterId, ClusterSummary,
-    Control, ControlAction, Dispatch, HostBeat, ImpedanceClass, MeshEnvelope, MeshMessage, OpId,
-    Scope, SectorId, SectorSummary, Tally,
+    Ack, AgentBeat, AgentId, AgentState, Alive, AnswerCount, CascadeMode, ClusterId,
+    ClusterSummary, Control, ControlAction, Dispatch, HostBeat, ImpedanceClass, LeadHistogram,
+    MeshEnvelope, MeshMessage, OpId, Scope, SectorId, SectorSummary,
 };
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -32,9 +32,12 @@ pub use ops::{Command, CommandError, OpResult, PhaseResult};
 pub struct MeshConfig {
     /// A host's beat to each of its cluster leads.
     pub beat_ms: u64,
-    /// A host silent this long is dead, and its agents offline (within 1 s).
+    /// A host silent this long is dead and its agents offline: with the 300 ms beat and
+    /// a check at each beat, a death is known within 1 s (650 + 300 ms), and one lost
+    /// beat (a 600 ms gap) is no death.
     pub dead_after_ms: u64,
-    /// Cluster and sector summaries.
+    /// Full cluster and sector summaries, with the impedance figures (seed §8.2: every
+    /// 5 s); between them, leads and coordinators send [`Alive`] beats with their counts.
     pub summary_ms: u64,
     /// The longest lead time an operation compensates (seed §8.3: 0 to 1,000 ms).
     pub max_budget_ms: u64,
@@ -45,9 +48,9 @@ pub struct MeshConfig {
 impl Default for MeshConfig {
     fn default() -> Self {
         MeshConfig {
-            beat_ms: 250,
-            dead_after_ms: 1_000,
-            summary_ms: 1_000,
+            beat_ms: 300,
+            dead_after_ms: 650,
+            summary_ms: 5_000,
             max_budget_ms: 1_000,
             report_slack_ms: 100,
         }
@@ -87,6 +90,14 @@ pub enum MeshOutput {
     /// Append to the ledger's conflict log.
     Conflict(conflict::Record),
     Breaker(breaker::Change),
+    /// A node fell silent: a host of a led cluster (past `dead_after_ms`; its agents are
+    /// offline), a cluster's lead (at its coordinator), or a sector's coordinator (at the
+    /// root): every level beats at `beat_ms` and is lost after `dead_after_ms`. The shell
+    /// tells the membership, which elects again.
+    HostLost {
+        scope: Scope,
+        host: NodeId,
+    },
 }
 
 /// The KPIs of seed Part 11, as counters (the shell exports them on `/metrics`).
@@ -144,12 +155,26 @@ impl Kpis {
     }
 }
 
+/// A led agent, as `qs mesh status` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct LedAgent {
+    pub cluster: ClusterId,
+    pub agent: AgentId,
+    pub state: AgentState,
+    pub class: ImpedanceClass,
+    pub score_ms: f64,
+    pub lead_ms: f64,
+    pub drift: f64,
+    pub processing_ms: Option<f64>,
+    pub link_p50_ms: f64,
+}
+
 /// An agent as its cluster lead knows it.
 #[derive(Clone, Debug)]
 pub(crate) struct AgentView {
     pub host: NodeId,
     pub state: AgentState,
-    pub profile: Profile,
+    pub work: Work,
     pub capabilities: Vec<String>,
     pub spiking: bool,
     /// Times it disagreed with a clear majority (seed §6.1 byzantine behaviour).
@@ -161,8 +186,49 @@ pub(crate) struct AgentView {
 pub(crate) struct Led {
     pub sector: SectorId,
     pub agents: BTreeMap<AgentId, AgentView>,
-    pub hosts: BTreeMap<NodeId, Time>,
+    pub hosts: BTreeMap<NodeId, HostLink>,
     pub spikes_this_period: usize,
+    pub failures_this_period: u32,
+    /// The last summary, re-sent at each beat between recomputations.
+    pub summary: Option<ClusterSummary>,
+    /// How many agents are active, kept until a state changes.
+    pub active: Option<u32>,
+}
+
+/// A host of a led cluster: when it last beat, and the path to it.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct HostLink {
+    pub last: Option<Time>,
+    pub link: Link,
+}
+
+impl Led {
+    /// Active agents now.
+    pub(crate) fn active_count(&mut self) -> u32 {
+        if let Some(n) = self.active {
+            return n;
+        }
+        let n = self
+            .agents
+            .values()
+            .filter(|a| a.state == AgentState::Active)
+            .count() as u32;
+        self.active = Some(n);
+        n
+    }
+
+    /// An agent's impedance and lead for a payload of `weight`.
+    pub(crate) fn assess(
+        &mut self,
+        agent: AgentId,
+        weight: f64,
+    ) -> Option<(impedance::Impedance, impedance::Lead)> {
+        let view = self.agents.get(&agent)?;
+        let host = self.hosts.entry(view.host.clone()).or_default();
+        let z = impedance::assess(&mut host.link, &view.work);
+        let l = impedance::lead_of(&z, &mut host.link, &view.work, weight);
+        Some((z, l))
+    }
 }
 
 /// One node's part in the mesh.
@@ -172,10 +238,24 @@ pub struct MeshNode {
     pub(crate) cfg: MeshConfig,
     pub(crate) tree: Arc<Hierarchy>,
     pub(crate) local: Vec<AgentBeat>,
+    /// This node's agents by cluster, as its beats carry them (rebuilt when either changes).
+    pub(crate) beat_groups: Option<BTreeMap<ClusterId, Vec<AgentBeat>>>,
+    pub(crate) beat_seq: u64,
+    /// This node's roles in the current hierarchy.
+    pub(crate) my_sectors: Vec<SectorId>,
+    /// Sectors whose full summary went to the current root (else the next beat sends one).
+    pub(crate) summarized: BTreeSet<SectorId>,
+    pub(crate) is_root: bool,
+    pub(crate) beat_full_left: u8,
     pub(crate) next_beat: Time,
     pub(crate) next_summary: Time,
     pub(crate) led: BTreeMap<ClusterId, Led>,
     pub(crate) cluster_summaries: BTreeMap<ClusterId, ClusterSummary>,
+    /// When each cluster's lead was last heard (a coordinator's failure detection).
+    pub(crate) lead_heard: BTreeMap<ClusterId, Time>,
+    /// When each sector's coordinator was last heard (the root's).
+    pub(crate) coordinator_heard: BTreeMap<SectorId, Time>,
+
     pub(crate) sector_summaries: BTreeMap<SectorId, SectorSummary>,
     /// One-way delay to each node that sent us a timestamped message, milliseconds (EWMA).
     pub(crate) hop_ms: BTreeMap<NodeId, f64>,
@@ -200,10 +280,19 @@ impl MeshNode {
             cfg,
             tree: Arc::new(Hierarchy::default()),
             local: Vec::new(),
+            beat_groups: None,
+            beat_seq: 0,
+            my_sectors: Vec::new(),
+            summarized: BTreeSet::new(),
+            is_root: false,
+            beat_full_left: 3,
             next_beat: now,
             next_summary: now + Duration::from_millis(cfg.summary_ms),
             led: BTreeMap::new(),
             cluster_summaries: BTreeMap::new(),
+            lead_heard: BTreeMap::new(),
+            coordinator_heard: BTreeMap::new(),
+
             sector_summaries: BTreeMap::new(),
             hop_ms: BTreeMap::new(),
             ops: ops::Ops::default(),
@@ -227,11 +316,19 @@ impl MeshNode {
 
     pub fn handle(&mut self, input: MeshInput, now: Time) {
         match input {
-            MeshInput::Tree(t) => self.set_tree(t),
-            MeshInput::Agents(a) => self.local = a,
+            MeshInput::Tree(t) => {
+                self.set_tree(t);
+                self.beat_groups = None;
+            }
+            MeshInput::Agents(a) => {
+                if a != self.local {
+                    self.local = a;
+                    self.beat_groups = None;
+                }
+            }
             MeshInput::Heard(m) => self.inbox.push_back(m),
             MeshInput::AgentDone { ack, reply_to } => {
-                self.send(reply_to, MeshMessage::Ack(ack));
+                self.send(reply_to, MeshMessage::Ack(Box::new(ack)));
             }
             MeshInput::Command(c) => self.command(c, now),
             MeshInput::Tick => {}
@@ -245,7 +342,8 @@ impl MeshNode {
 
     /// The earliest time something is due.
     pub fn poll_timeout(&self) -> Time {
-        let mut t = self.next_beat.min(self.next_summary);
+        // Summaries go out with beats, so the beat is the clock.
+        let mut t = self.next_beat;
         if let Some(d) = self.ops.next_due() {
             t = t.min(d);
         }
@@ -288,17 +386,25 @@ impl MeshNode {
     }
 
     /// Agents this node leads, with their class and score (for `qs mesh status CLUSTER`).
-    pub fn led_agents(&mut self) -> Vec<(ClusterId, AgentId, AgentState, ImpedanceClass, f64)> {
+    pub fn led_agents(&mut self) -> Vec<LedAgent> {
         let mut v = Vec::new();
         for (c, led) in &mut self.led {
-            for (a, view) in &mut led.agents {
-                v.push((
-                    *c,
-                    *a,
-                    view.state,
-                    view.profile.class(),
-                    view.profile.score_ms(),
-                ));
+            let agents: Vec<(AgentId, AgentState)> =
+                led.agents.iter().map(|(a, x)| (*a, x.state)).collect();
+            for (agent, state) in agents {
+                if let Some((z, l)) = led.assess(agent, 0.0) {
+                    v.push(LedAgent {
+                        cluster: *c,
+                        agent,
+                        state,
+                        class: z.class,
+                        score_ms: z.score_ms,
+                        lead_ms: l.lead_ms,
+                        drift: z.drift,
+                        processing_ms: led.agents[&agent].work.processing_ms(),
+                        link_p50_ms: z.link_p50_ms,
+                    });
+                }
             }
         }
         v
@@ -317,12 +423,15 @@ impl MeshNode {
             l.sector = cluster.sector;
             let keep: BTreeSet<AgentId> = cluster.agents.iter().copied().collect();
             l.agents.retain(|a, _| keep.contains(a));
+            l.active = None;
+            // The coordinator may be new: the next beat carries a full summary.
+            l.summary = None;
             for a in &cluster.agents {
                 if let Some(host) = tree.host_of(*a) {
                     l.agents.entry(*a).or_insert_with(|| AgentView {
                         host: host.clone(),
                         state: AgentState::Offline,
-                        profile: Profile::default(),
+                        work: Work::default(),
                         capabilities: Vec::new(),
                         spiking: false,
                         disagreements: 0,
@@ -333,10 +442,17 @@ impl MeshNode {
         }
         self.led = led;
         let mine: BTreeSet<SectorId> = tree.coordinated_by(&self.me).collect();
+        self.my_sectors = mine.iter().copied().collect();
+        self.summarized.clear();
+        self.is_root = tree.root.as_ref() == Some(&self.me);
         self.cluster_summaries
             .retain(|_, s| mine.contains(&s.sector));
+        self.lead_heard
+            .retain(|c, _| tree.cluster(*c).is_some_and(|cl| mine.contains(&cl.sector)));
+
         if tree.root.as_ref() != Some(&self.me) {
             self.sector_summaries.clear();
+            self.coordinator_heard.clear();
         }
         self.tree = tree;
     }
@@ -359,23 +475,35 @@ impl MeshNode {
         }
         if now >= self.next_beat {
             self.beat(now);
+            // Its own agents' beat, when it leads their cluster, before it summarizes.
+            while let Some(m) = self.inbox.pop_front() {
+                self.heard(m, now);
+            }
             self.next_beat = now + Duration::from_millis(self.cfg.beat_ms);
             self.detect(now);
+            // A lead's summary is its beat to its coordinator too: every beat, with the
+            // aggregate recomputed once a summary period.
+            let recompute = now >= self.next_summary;
+            self.summarize_clusters(now, recompute);
+            self.summarize_sectors(now, recompute);
+            if recompute {
+                self.next_summary = now + Duration::from_millis(self.cfg.summary_ms);
+            }
         }
-        if now >= self.next_summary {
-            self.summarize(now);
-            self.next_summary = now + Duration::from_millis(self.cfg.summary_ms);
-        }
-        self.breakers.tick(now);
-        for scope in self.breakers.probes_due(now) {
-            // A probe: a breaker's scope still has live, active agents.
-            let ok = self.probe(scope);
-            self.breakers.probed(scope, ok, now);
+        if self.breakers.next_due().is_some_and(|d| d <= now) {
+            self.breakers.tick(now);
+            for scope in self.breakers.probes_due(now) {
+                // A probe: a breaker's scope still has live, active agents.
+                let ok = self.probe(scope);
+                self.breakers.probed(scope, ok, now);
+            }
         }
         for ch in self.breakers.drain_changes() {
             self.note_breaker(ch, now);
         }
-        ops::due(self, now);
+        if self.ops.next_due().is_some_and(|d| d <= now) {
+            ops::due(self, now);
+        }
         while let Some(m) = self.inbox.pop_front() {
             self.heard(m, now);
         }
@@ -422,17 +550,23 @@ impl MeshNode {
         match m {
             MeshMessage::Beat(b) => self.on_beat(b, now),
             MeshMessage::Cluster(s) => {
+                let s = *s;
                 self.note_hop(&s.lead, s.sent_ms, now);
+                self.lead_heard.insert(s.cluster, now);
+                self.breakers.sector_failures(s.sector, s.failures, now);
                 self.cluster_summaries.insert(s.cluster, s);
             }
+            MeshMessage::Alive(a) => self.on_alive(a, now),
             MeshMessage::Sector(s) => {
+                let s = *s;
                 self.note_hop(&s.coordinator, s.sent_ms, now);
+                self.coordinator_heard.insert(s.sector, now);
                 self.sector_summaries.insert(s.sector, s);
             }
-            MeshMessage::Order(o) => ops::on_order(self, o, now),
-            MeshMessage::Dispatch(d) => self.on_dispatch(d, now),
-            MeshMessage::Ack(a) => ops::on_ack(self, a, now),
-            MeshMessage::Report(r) => ops::on_report(self, r, now),
+            MeshMessage::Order(o) => ops::on_order(self, *o, now),
+            MeshMessage::Dispatch(d) => self.on_dispatch(*d, now),
+            MeshMessage::Ack(a) => ops::on_ack(self, *a, now),
+            MeshMessage::Report(r) => ops::on_report(self, *r, now),
             MeshMessage::Circuit(_) => {}
             MeshMessage::Control(c) => self.control(c, now),
         }
@@ -469,8 +603,11 @@ impl MeshNode {
                         .map(|(a, _)| *a)
                         .collect();
                     for a in released {
-                        if let Some(v) = self.led.get_mut(&cl).and_then(|l| l.agents.get_mut(&a)) {
+                        if let Some(l) = self.led.get_mut(&cl)
+                            && let Some(v) = l.agents.get_mut(&a)
+                        {
                             // Back on its next beat.
+                            l.active = None;
                             v.state = AgentState::Offline;
                             v.disagreements = 0;
                         }
@@ -487,7 +624,7 @@ impl MeshNode {
         if c.relayed {
             return;
         }
-        let sectors: Vec<SectorId> = self.tree.coordinated_by(&self.me).collect();
+        let sectors = self.my_sectors.clone();
         let mut leads: BTreeSet<NodeId> = BTreeSet::new();
         for s in sectors {
             let Some(sector) = self.tree.sector(s) else {
@@ -512,6 +649,39 @@ impl MeshNode {
         }
     }
 
+    /// A lead's or a coordinator's beat: alive, with fresh counts.
+    fn on_alive(&mut self, a: Alive, now: Time) {
+        match a.scope {
+            Scope::Cluster(c) => {
+                let Some(s) = self.cluster_summaries.get_mut(&c) else {
+                    return;
+                };
+                if s.lead != a.from {
+                    return;
+                }
+                self.lead_heard.insert(c, now);
+                s.agent_count = a.agents.min(qs_wire::mesh::MAX_CHILDREN as u32);
+                s.active_count = a.active.min(s.agent_count);
+                s.breaker_open = a.breaker_open;
+                let sector = s.sector;
+                self.breakers.sector_failures(sector, a.failures, now);
+            }
+            Scope::Sector(sec) => {
+                let Some(s) = self.sector_summaries.get_mut(&sec) else {
+                    return;
+                };
+                if s.coordinator != a.from {
+                    return;
+                }
+                self.coordinator_heard.insert(sec, now);
+                s.total_agents = a.agents;
+                s.active_agents = a.active.min(a.agents);
+                s.breaker_open = a.breaker_open;
+            }
+            Scope::Global => {}
+        }
+    }
+
     fn note_hop(&mut self, from: &NodeId, sent_ms: u64, now: Time) {
         let d = now.as_millis().saturating_sub(sent_ms) as f64;
         let e = self.hop_ms.entry(from.clone()).or_insert(d);
@@ -527,13 +697,40 @@ impl MeshNode {
         if self.local.is_empty() {
             return;
         }
-        let mut per: BTreeMap<ClusterId, Vec<AgentBeat>> = BTreeMap::new();
-        for a in &self.local {
-            if let Some(c) = self.tree.cluster_of(a.agent) {
-                per.entry(c).or_default().push(a.clone());
+        if self.beat_groups.is_none() {
+            // A change goes in the next three beats, so one lost beat loses nothing.
+            self.beat_full_left = 3;
+            let mut per: BTreeMap<ClusterId, Vec<AgentBeat>> = BTreeMap::new();
+            for a in &self.local {
+                if let Some(c) = self.tree.cluster_of(a.agent) {
+                    per.entry(c).or_default().push(a.clone());
+                }
             }
+            self.beat_groups = Some(per);
         }
-        for (c, agents) in per {
+        // A full beat after a change or every few beats; between them a beat only says
+        // the host is alive.
+        let full =
+            self.beat_full_left > 0 || self.beat_seq.is_multiple_of(qs_wire::mesh::FULL_BEAT_EVERY);
+        self.beat_seq += 1;
+        self.beat_full_left = self.beat_full_left.saturating_sub(1);
+        let groups = self.beat_groups.take().unwrap_or_default();
+        for (c, agents) in &groups {
+            if !full {
+                if let Some(lead) = self.tree.cluster(*c).and_then(|cl| cl.lead.clone()) {
+                    self.send(
+                        lead,
+                        MeshMessage::Beat(HostBeat {
+                            host: self.me.clone(),
+                            cluster: *c,
+                            sent_ms: now.as_millis(),
+                            agents: Vec::new(),
+                        }),
+                    );
+                }
+                continue;
+            }
+            let c = *c;
             let Some(lead) = self.tree.cluster(c).and_then(|cl| cl.lead.clone()) else {
                 continue;
             };
@@ -549,14 +746,18 @@ impl MeshNode {
                 );
             }
         }
+        self.beat_groups = Some(groups);
     }
 
     fn on_beat(&mut self, b: HostBeat, now: Time) {
         let Some(led) = self.led.get_mut(&b.cluster) else {
             return;
         };
-        led.hosts.insert(b.host.clone(), now);
         let delay = now.as_millis().saturating_sub(b.sent_ms) as f64;
+        let host = led.hosts.entry(b.host.clone()).or_default();
+        host.last = Some(now);
+        // A spike of the path is every agent's on it at once.
+        let spike = host.link.record(delay).is_some();
         let mut failures = 0;
         for a in b.agents {
             let Some(view) = led.agents.get_mut(&a.agent) else {
@@ -565,27 +766,29 @@ impl MeshNode {
             if view.host != b.host {
                 continue;
             }
-            if a.processing_ms > 0.0 {
-                view.profile.processing_ms = Some(a.processing_ms);
+            view.work.reported(a.processing_ms);
+            view.work.queue_depth = a.queue_depth;
+            if view.capabilities != a.capabilities {
+                view.capabilities = a.capabilities;
             }
-            view.profile.queue_depth = a.queue_depth;
-            view.capabilities = a.capabilities;
-            let spike = view.profile.record_delay(delay).is_some();
-            view.spiking = spike;
-            if spike {
+            if spike && !view.spiking {
                 led.spikes_this_period += 1;
             }
+            view.spiking = spike;
             if view.state == AgentState::Quarantined {
                 continue;
             }
             if view.state == AgentState::Active && a.state == AgentState::Offline {
                 failures += 1;
             }
-            view.state = a.state;
+            if view.state != a.state {
+                view.state = a.state;
+                led.active = None;
+            }
         }
-        let sector = led.sector;
+        led.failures_this_period += failures;
         for _ in 0..failures {
-            self.breakers.failure(b.cluster, sector, now);
+            self.breakers.cluster_failure(b.cluster, now);
         }
     }
 
@@ -593,48 +796,146 @@ impl MeshNode {
     /// offline, each a failure for the breakers.
     fn detect(&mut self, now: Time) {
         let dead_after = Duration::from_millis(self.cfg.dead_after_ms);
-        let mut failures: Vec<(ClusterId, SectorId)> = Vec::new();
+        let mut failures: Vec<ClusterId> = Vec::new();
         for (c, led) in &mut self.led {
+            let mut lost: Vec<NodeId> = Vec::new();
+            for (host, h) in &mut led.hosts {
+                if h.last.is_some_and(|t| now.since(t) > dead_after) {
+                    h.last = None;
+                    lost.push(host.clone());
+                    self.out.push_back(MeshOutput::HostLost {
+                        scope: Scope::Cluster(*c),
+                        host: host.clone(),
+                    });
+                }
+            }
+            if lost.is_empty() {
+                continue;
+            }
+            led.active = None;
             for view in led.agents.values_mut() {
-                let heard = led.hosts.get(&view.host).copied();
-                let silent = match heard {
-                    Some(t) => now.since(t) > dead_after,
-                    None => false,
-                };
-                if silent && matches!(view.state, AgentState::Active | AgentState::Degraded) {
+                if lost.contains(&view.host)
+                    && matches!(view.state, AgentState::Active | AgentState::Degraded)
+                {
                     view.state = AgentState::Offline;
-                    failures.push((*c, led.sector));
+                    failures.push(*c);
                 }
             }
         }
-        for (c, s) in failures {
-            self.breakers.failure(c, s, now);
+        for c in failures {
+            self.lead_failure(c, now);
+        }
+        // A coordinator's: a lead silent as long is lost, and its cluster's agents with it
+        // until the hierarchy elects the next lead.
+        let silent: Vec<ClusterId> = self
+            .lead_heard
+            .iter()
+            .filter(|(_, t)| now.since(**t) > dead_after)
+            .map(|(c, _)| *c)
+            .collect();
+        for c in silent {
+            self.lead_heard.remove(&c);
+            if let Some(s) = self.cluster_summaries.get_mut(&c) {
+                s.active_count = 0;
+                s.breaker_open = true;
+                self.out.push_back(MeshOutput::HostLost {
+                    scope: Scope::Cluster(c),
+                    host: s.lead.clone(),
+                });
+            }
+        }
+        // The root's: a coordinator whose summaries stopped.
+        let limit = dead_after;
+        let silent: Vec<SectorId> = self
+            .coordinator_heard
+            .iter()
+            .filter(|(_, t)| now.since(**t) > limit)
+            .map(|(s, _)| *s)
+            .collect();
+        for s in silent {
+            self.coordinator_heard.remove(&s);
+            if let Some(x) = self.sector_summaries.get_mut(&s) {
+                x.active_agents = 0;
+                x.breaker_open = true;
+                self.out.push_back(MeshOutput::HostLost {
+                    scope: Scope::Sector(s),
+                    host: x.coordinator.clone(),
+                });
+            }
         }
     }
 
-    /// Summaries: leads to coordinators, coordinators to the root; the root updates the
-    /// mode and availability.
-    fn summarize(&mut self, now: Time) {
+    /// An agent of a led cluster failed: its breaker counts it, and its summary tells the
+    /// sector's.
+    pub(crate) fn lead_failure(&mut self, c: ClusterId, now: Time) {
+        if let Some(l) = self.led.get_mut(&c) {
+            l.failures_this_period += 1;
+        }
+        self.breakers.cluster_failure(c, now);
+    }
+
+    /// Leads' summaries to their coordinators (seed §4.2).
+    fn summarize_clusters(&mut self, now: Time, recompute: bool) {
         let now_ms = now.as_millis();
         let led: Vec<ClusterId> = self.led.keys().copied().collect();
         for c in led {
             let Some(l) = self.led.get_mut(&c) else {
                 continue;
             };
-            let active: Vec<&mut Profile> = l
+            let active_now = l.active_count();
+            // A summary made before its agents were heard from is made again.
+            let stale = l
+                .summary
+                .as_ref()
+                .is_none_or(|s| s.active_count == 0 && active_now > 0);
+            if !stale && !recompute {
+                // Between summaries, a beat with the counts that move fast.
+                let alive = Alive {
+                    scope: Scope::Cluster(c),
+                    from: self.me.clone(),
+                    sent_ms: now_ms,
+                    agents: l.agents.len() as u32,
+                    active: active_now,
+                    failures: std::mem::take(&mut l.failures_this_period),
+                    breaker_open: self.breakers.state(Scope::Cluster(c))
+                        == qs_wire::mesh::BreakerState::Open,
+                };
+                let sector = l.sector;
+                if let Some(co) = self.tree.sector(sector).and_then(|s| s.coordinator.clone()) {
+                    self.send(co, MeshMessage::Alive(alive));
+                }
+                continue;
+            }
+            let active: Vec<AgentId> = l
                 .agents
-                .values_mut()
-                .filter(|a| a.state == AgentState::Active)
-                .map(|a| &mut a.profile)
+                .iter()
+                .filter(|(_, a)| a.state == AgentState::Active)
+                .map(|(id, _)| *id)
                 .collect();
             let n_active = active.len();
-            let agg = impedance::aggregate(active.into_iter());
+            let mut assessed: Vec<impedance::Assessed> = Vec::with_capacity(n_active);
+            for a in active {
+                let Some((z, lead)) = l.assess(a, 0.0) else {
+                    continue;
+                };
+                let samples = l
+                    .hosts
+                    .get_mut(&l.agents[&a].host)
+                    .map_or(0, |h| h.link.stats().samples);
+                assessed.push(impedance::Assessed {
+                    impedance: z,
+                    lead_ms: lead.lead_ms,
+                    anomalous: impedance::standing(&z, samples).is_some(),
+                });
+            }
+            let agg = impedance::aggregate(&assessed);
             if impedance::coordinated_shift(l.spikes_this_period, n_active) {
                 // Seed §9.2: a coordinated shift is reported; its samples taught nothing
                 // (spikes never move a baseline).
                 self.kpis.coordinated_shifts += 1;
             }
             l.spikes_this_period = 0;
+            let failures = std::mem::take(&mut l.failures_this_period);
             let sector = l.sector;
             let summary = ClusterSummary {
                 cluster: c,
@@ -645,18 +946,48 @@ impl MeshNode {
                 active_count: n_active as u32,
                 mean_impedance_ms: agg.mean_ms,
                 p95_impedance_ms: agg.p95_ms,
-                lead_p95_ms: agg.lead_p95_ms,
+                leads: agg.leads,
                 classes: agg.classes,
                 anomalies: agg.anomalies,
+                failures,
                 breaker_open: self.breakers.state(Scope::Cluster(c))
                     == qs_wire::mesh::BreakerState::Open,
             };
+            l.summary = Some(summary.clone());
             if let Some(co) = self.tree.sector(sector).and_then(|s| s.coordinator.clone()) {
-                self.send(co, MeshMessage::Cluster(summary));
+                self.send(co, MeshMessage::Cluster(Box::new(summary)));
             }
         }
-        let sectors: Vec<SectorId> = self.tree.coordinated_by(&self.me).collect();
+    }
+
+    /// Coordinators' summaries to the root (seed §4.3), at every beat (they sum at most 100
+    /// cluster summaries); then the root updates the mode, the global breaker and
+    /// availability.
+    fn summarize_sectors(&mut self, now: Time, recompute: bool) {
+        let now_ms = now.as_millis();
+        let sectors = self.my_sectors.clone();
         for s in sectors {
+            if !recompute && self.summarized.contains(&s) {
+                let (agents, active) = self
+                    .cluster_summaries
+                    .values()
+                    .filter(|c| c.sector == s)
+                    .fold((0, 0), |(t, a), c| (t + c.agent_count, a + c.active_count));
+                let alive = Alive {
+                    scope: Scope::Sector(s),
+                    from: self.me.clone(),
+                    sent_ms: now_ms,
+                    agents,
+                    active,
+                    failures: 0,
+                    breaker_open: self.breakers.state(Scope::Sector(s))
+                        == qs_wire::mesh::BreakerState::Open,
+                };
+                if let Some(root) = self.tree.root.clone() {
+                    self.send(root, MeshMessage::Alive(alive));
+                }
+                continue;
+            }
             let mine: Vec<&ClusterSummary> = self
                 .cluster_summaries
                 .values()
@@ -671,10 +1002,12 @@ impl MeshNode {
                 active_agents: 0,
                 mean_impedance_ms: 0.0,
                 p95_impedance_ms: 0.0,
-                lead_p95_ms: 0.0,
+                leads: LeadHistogram::default(),
+                hop_ms: 0.0,
                 classes: [0; 6],
                 anomalies: 0,
                 open_breakers: 0,
+                breaker_open: false,
             };
             let mut with_agents = 0.0;
             for c in &mine {
@@ -686,7 +1019,8 @@ impl MeshNode {
                 }
                 sum.p95_impedance_ms = sum.p95_impedance_ms.max(c.p95_impedance_ms);
                 let hop = self.hop_ms.get(&c.lead).copied().unwrap_or(0.0);
-                sum.lead_p95_ms = sum.lead_p95_ms.max(c.lead_p95_ms + hop);
+                sum.leads.add(&c.leads);
+                sum.hop_ms = sum.hop_ms.max(hop);
                 for i in 0..6 {
                     sum.classes[i] += c.classes[i];
                 }
@@ -696,11 +1030,20 @@ impl MeshNode {
             if with_agents > 0.0 {
                 sum.mean_impedance_ms /= with_agents;
             }
+            sum.breaker_open =
+                self.breakers.state(Scope::Sector(s)) == qs_wire::mesh::BreakerState::Open;
+            self.summarized.insert(s);
             if let Some(root) = self.tree.root.clone() {
-                self.send(root, MeshMessage::Sector(sum));
+                self.send(root, MeshMessage::Sector(Box::new(sum)));
             }
         }
-        if self.tree.root.as_ref() == Some(&self.me) {
+        if self.is_root {
+            let open = self
+                .sector_summaries
+                .values()
+                .filter(|s| s.breaker_open)
+                .count();
+            self.breakers.open_sectors(open, now);
             let (total, active) = self.global_counts();
             let share = match total {
                 0 => 1.0,
@@ -755,6 +1098,7 @@ impl MeshNode {
             {
                 // Seed §6.1 context corruption: quarantine the agent.
                 v.state = AgentState::Quarantined;
+                led.active = None;
             }
             self.out.push_back(MeshOutput::Conflict(r));
         }

@@ -14,8 +14,8 @@ use crate::time::Time;
 use qs_wire::NodeId;
 use qs_wire::mesh::{
     Ack, AgentId, AgentState, AnswerCount, BreakerState, CascadeMode, ClusterId, Control,
-    ControlAction, Dispatch, ImpedanceClass, MeshEnvelope, MeshMessage, OpId, Order, Report, Scope,
-    SectorId, Tally, Trinary,
+    ControlAction, Dispatch, ImpedanceClass, LeadHistogram, MeshEnvelope, MeshMessage, OpId, Order,
+    Report, Scope, SectorId, Tally, Trinary,
 };
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,7 +30,8 @@ pub enum Command {
         envelope: MeshEnvelope,
         /// Reach about this many agents in all (an ask's sample).
         sample: Option<u32>,
-        /// Cap on how far ahead the target arrival is set, milliseconds.
+        /// How far ahead of now the agents are to be ready, milliseconds; `None`: the 95th
+        /// percentile of the predicted leads in scope, at most `max_budget_ms`.
         budget_ms: Option<u64>,
         approved: bool,
         automated: bool,
@@ -118,7 +119,7 @@ pub(crate) struct RootOp {
     scope: Scope,
     envelope: MeshEnvelope,
     sample: Option<u32>,
-    budget_ms: u64,
+    budget_ms: Option<u64>,
     phases: Vec<(Option<ImpedanceClass>, f64)>,
     phase: usize,
     started: Time,
@@ -245,7 +246,7 @@ fn clusters_in(node: &MeshNode, scope: Scope, sector: SectorId) -> Vec<ClusterId
 
 impl MeshNode {
     pub(crate) fn command(&mut self, c: Command, now: Time) {
-        if self.tree.root.as_ref() != Some(&self.me) {
+        if !self.is_root {
             let root = self.tree.root.as_ref().map(|r| r.to_string());
             self.out
                 .push_back(MeshOutput::Refused(CommandError::NotRoot { root }));
@@ -345,9 +346,7 @@ impl MeshNode {
             ],
             _ => vec![(None, MeshNode::cascade_mode_window(mode).1)],
         };
-        let budget_ms = budget_ms
-            .unwrap_or(self.cfg.max_budget_ms)
-            .min(self.cfg.max_budget_ms);
+        let budget_ms = budget_ms.map(|b| b.min(qs_wire::mesh::MAX_TTL_MS));
         let r = RootOp {
             mode,
             scope,
@@ -385,14 +384,30 @@ fn start_phase(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Time) {
     let sectors: Vec<SectorId> = sectors_in(node, r.scope);
     // Seed §6.3, DEGRADED_MODERATE and worse: only healthy sectors take traffic.
     let healthy_only = node.mode.healthy_sectors_only();
-    let lead_p95 = sectors
-        .iter()
-        .filter_map(|s| node.sector_summaries.get(s))
-        .map(|s| s.lead_p95_ms + node.hop(Some(&s.coordinator)))
-        .fold(0.0f64, f64::max);
+    let class = r.phases[r.phase].0;
+    // How early to start (seed §3.2: "enough time for the 95th percentile"): the 95th
+    // percentile of the predicted leads in scope (of the phase's class, or every class but
+    // F, which no sub-second operation waits for), plus the longest two hops down.
+    let mut leads = LeadHistogram::default();
+    let mut hops: f64 = 0.0;
+    for s in sectors.iter().filter_map(|s| node.sector_summaries.get(s)) {
+        leads.add(&s.leads);
+        hops = hops.max(node.hop(Some(&s.coordinator)) + s.hop_ms);
+    }
+    let classes: Vec<ImpedanceClass> = match class {
+        Some(k) => vec![k],
+        None => ImpedanceClass::ALL[..5].to_vec(),
+    };
+    let lead_p95 = leads.quantile_ms(&classes, 0.95).unwrap_or(0.0) + hops;
     let (window_ms, _) = MeshNode::cascade_mode_window(r.mode);
     let window_ms = window_ms * node.mode.window_factor();
-    let budget = (lead_p95 + node.cfg.report_slack_ms as f64 / 4.0).clamp(20.0, r.budget_ms as f64);
+    // An operator's budget is taken as given; otherwise the leads decide, up to the most
+    // the mesh compensates.
+    let budget = match r.budget_ms {
+        Some(ms) => ms as f64,
+        None => (lead_p95 + node.cfg.report_slack_ms as f64 / 4.0)
+            .clamp(20.0, node.cfg.max_budget_ms as f64),
+    };
     r.phase_started = now;
     r.target = now + Duration::from_micros((budget * 1000.0) as u64);
     r.window = Duration::from_millis(window_ms);
@@ -404,8 +419,13 @@ fn start_phase(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Time) {
     r.expect.clear();
     let mut env = r.envelope.clone();
     env.target_arrival_ms = r.target.as_millis();
-    env.ttl_ms = (r.deadline.since(now).as_millis() as u64).max(1) + 1_000;
-    let class = r.phases[r.phase].0;
+    // Lives until this phase's deadline and a second more, counted from its creation.
+    env.ttl_ms = (r
+        .deadline
+        .since(Time::from_millis(env.created_ms))
+        .as_millis() as u64)
+        .max(1)
+        + 1_000;
     let sample_per_cluster = r.sample.map(|n| {
         let clusters: usize = sectors
             .iter()
@@ -420,7 +440,10 @@ fn start_phase(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Time) {
         let healthy = node.sector_summaries.get(&s).is_none_or(|x| {
             x.total_agents == 0 || f64::from(x.active_agents) >= 0.95 * f64::from(x.total_agents)
         });
-        let routable = node.breakers.state(Scope::Sector(s)) != BreakerState::Open
+        let routable = node
+            .sector_summaries
+            .get(&s)
+            .is_none_or(|x| !x.breaker_open)
             && node.breakers.state(Scope::Global) != BreakerState::Open;
         let Some(co) = sector.coordinator.clone() else {
             continue;
@@ -458,7 +481,7 @@ fn start_phase(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Time) {
             envelope: env.clone(),
         };
         r.root_messages += u32::from(co != node.me);
-        node.send(co, MeshMessage::Order(order));
+        node.send(co, MeshMessage::Order(Box::new(order)));
     }
     r.expected_first = r.expect.len();
     ops.root.insert(op, r);
@@ -473,7 +496,7 @@ pub(crate) fn on_order(node: &mut MeshNode, o: Order, now: Time) {
             if let Some(lead) = node.tree.cluster(c).and_then(|cl| cl.lead.clone())
                 && lead != node.me
             {
-                node.send(lead, MeshMessage::Order(o));
+                node.send(lead, MeshMessage::Order(Box::new(o)));
             }
         }
         Scope::Sector(s) => relay_order(node, o, s, now),
@@ -505,7 +528,11 @@ fn relay_order(node: &mut MeshNode, o: Order, s: SectorId, now: Time) {
             continue;
         }
         let lead = cl.lead.clone();
-        let routable = !frozen && node.breakers.state(Scope::Cluster(c)) != BreakerState::Open;
+        let open = node
+            .cluster_summaries
+            .get(&c)
+            .is_some_and(|x| x.breaker_open);
+        let routable = !frozen && !open;
         match (lead, routable) {
             (Some(lead), true) => {
                 let mut sub = o.clone();
@@ -513,7 +540,7 @@ fn relay_order(node: &mut MeshNode, o: Order, s: SectorId, now: Time) {
                 if o.mode != CascadeMode::Parallel {
                     relay.expect.insert(Scope::Cluster(c));
                 }
-                node.send(lead, MeshMessage::Order(sub));
+                node.send(lead, MeshMessage::Order(Box::new(sub)));
             }
             _ => {
                 let n = cl.agents.len() as u32;
@@ -527,13 +554,13 @@ fn relay_order(node: &mut MeshNode, o: Order, s: SectorId, now: Time) {
         if relay.tally.targeted > 0 {
             node.send(
                 o.root.clone(),
-                MeshMessage::Report(Report {
+                MeshMessage::Report(Box::new(Report {
                     op: o.op,
                     scope: Scope::Sector(s),
                     from: node.me.clone(),
                     tally: relay.tally,
                     answers: Vec::new(),
-                }),
+                })),
             );
         }
         return;
@@ -565,8 +592,13 @@ fn lead_order(node: &mut MeshNode, o: Order, c: ClusterId, now: Time) {
     let led = node.led.get_mut(&c).expect("checked");
     let mut wants: Vec<Want<AgentId>> = Vec::new();
     let mut candidates: Vec<AgentId> = Vec::new();
-    for (a, view) in &mut led.agents {
-        let class = view.profile.class();
+    let ids: Vec<AgentId> = led.agents.keys().copied().collect();
+    for a in ids {
+        let Some((z, _)) = led.assess(a, weight) else {
+            continue;
+        };
+        let class = z.class;
+        let view = &led.agents[&a];
         if o.class.is_some_and(|k| k != class) {
             continue;
         }
@@ -581,7 +613,7 @@ fn lead_order(node: &mut MeshNode, o: Order, c: ClusterId, now: Time) {
             gather.tally_mut().unreachable += 1;
             continue;
         }
-        candidates.push(*a);
+        candidates.push(a);
     }
     if let Some(n) = o.sample_per_cluster {
         candidates.sort_by_key(|a| mix(a.0 ^ o.op.0));
@@ -590,14 +622,16 @@ fn lead_order(node: &mut MeshNode, o: Order, c: ClusterId, now: Time) {
         gather.tally_mut().targeted -= extra;
     }
     for a in candidates {
-        let view = led.agents.get_mut(&a).expect("listed");
-        wants.push(Want {
-            key: a,
-            lead_ms: view.profile.lead(weight).lead_ms,
-        });
+        if let Some((_, lead)) = led.assess(a, weight) {
+            wants.push(Want {
+                key: a,
+                lead_ms: lead.lead_ms,
+            });
+        }
     }
     let plan = schedule::schedule(now, target, &wants);
     gather.tally_mut().skipped += plan.too_late.len() as u32;
+    gather.scheduled(plan.batches.iter().map(|b| b.keys.len()).sum());
     let reply_to = match o.mode {
         CascadeMode::Parallel => o.root.clone(),
         _ => node.me.clone(),
@@ -649,6 +683,7 @@ fn send_one(ops: &mut Ops, node: &mut MeshNode, op: OpId, c: ClusterId, agent: A
         .and_then(|led| led.agents.get(&agent))
         .map(|v| v.host.clone())
     else {
+        l.gather.dropped();
         return;
     };
     l.gather.sent(agent);
@@ -659,30 +694,41 @@ fn send_one(ops: &mut Ops, node: &mut MeshNode, op: OpId, c: ClusterId, agent: A
         reply_to: l.reply_to.clone(),
         envelope: l.envelope.clone(),
     };
-    node.send(host, MeshMessage::Dispatch(d));
+    node.send(host, MeshMessage::Dispatch(Box::new(d)));
 }
 
 /// An agent's answer: at its lead (a wave) or at the root (parallel).
 pub(crate) fn on_ack(node: &mut MeshNode, a: Ack, now: Time) {
     let mut ops = std::mem::take(&mut node.ops);
+    if !ops.lead.contains_key(&(a.op, a.cluster))
+        && let Some(led) = node.led.get_mut(&a.cluster)
+        && let Some(view) = led.agents.get_mut(&a.agent)
+    {
+        // An answer after its cluster reported: still a measurement of the agent.
+        let link_p50 = led
+            .hosts
+            .get_mut(&view.host)
+            .map_or(0.0, |h| h.link.recent_ms());
+        let processing = a.ready_ms.saturating_sub(a.arrived_ms) as f64;
+        view.work.record(processing, link_p50);
+    }
     if let Some(l) = ops.lead.get_mut(&(a.op, a.cluster)) {
         let target = l.gather.target();
         let ready = Time::from_millis(a.ready_ms.max(target.as_millis()));
         let heard = l.gather.answer(a.agent, a.state, ready, now);
         if heard != gather::Heard::Ignored {
-            if let Some(view) = node
-                .led
-                .get_mut(&a.cluster)
-                .and_then(|led| led.agents.get_mut(&a.agent))
+            if let Some(led) = node.led.get_mut(&a.cluster)
+                && let Some(view) = led.agents.get_mut(&a.agent)
             {
+                let host = led.hosts.entry(view.host.clone()).or_default();
                 if let Some(sent) = l.sent_at.get(&a.agent) {
                     let delay = a.arrived_ms.saturating_sub(sent.as_millis()) as f64;
-                    view.profile.record_delay(delay);
+                    host.link.record(delay);
                 }
+                let link_p50 = host.link.recent_ms();
                 let processing = a.ready_ms.saturating_sub(a.arrived_ms) as f64;
-                let p = view.profile.processing_ms.unwrap_or(processing);
-                view.profile.processing_ms = Some(p + 0.3 * (processing - p));
-                view.profile.record_outcome(heard == gather::Heard::Counted);
+                view.spiking = view.work.record(processing, link_p50).is_some();
+                view.work.outcome(heard == gather::Heard::Counted);
             }
             if heard == gather::Heard::Counted && !a.answer.is_empty() {
                 if l.answers.len() < 256 || l.answers.contains_key(&a.answer) {
@@ -751,19 +797,23 @@ fn report_lead(ops: &mut Ops, node: &mut MeshNode, key: (OpId, ClusterId), now: 
     l.reported = true;
     let l = ops.lead.remove(&key).expect("present");
     let (op, c) = key;
-    let sector = node.led.get(&c).map(|x| x.sector).unwrap_or(SectorId(0));
-    // Stragglers: a message timeout each (seed §6.1, transient network), for the breakers.
-    let mut stragglers = 0;
+    // Stragglers: a timeout each (seed §6.1, transient network). It lowers the agent's
+    // reliability, and what it has taken so far is a lower bound of its processing time.
+    // It is no failure for the breakers: only agents that go down are (a late answer is
+    // quarantined, not failed).
+    let waited_ms = now.as_millis() as f64;
     if let Some(led) = node.led.get_mut(&c) {
-        for a in l.sent_at.keys() {
-            if !l.by_agent.contains_key(a) && l.gather.quarantined().iter().all(|q| q != a) {
-                let answered =
-                    l.gather.tally().ready + l.gather.tally().transit + l.gather.tally().conflict;
-                let _ = answered;
-                if let Some(v) = led.agents.get_mut(a) {
-                    v.profile.record_outcome(false);
-                }
-                stragglers += 1;
+        for (a, sent) in &l.sent_at {
+            if !l.gather.answered(a)
+                && let Some(v) = led.agents.get_mut(a)
+            {
+                v.work.outcome(false);
+                let link_p50 = led
+                    .hosts
+                    .get_mut(&v.host)
+                    .map_or(0.0, |h| h.link.recent_ms());
+                v.work
+                    .at_least(waited_ms - sent.as_millis() as f64 - link_p50);
             }
         }
         // Seed §6.1 byzantine behaviour: disagreeing with a clear majority, repeatedly.
@@ -778,18 +828,11 @@ fn report_lead(ops: &mut Ops, node: &mut MeshNode, key: (OpId, ClusterId), now: 
                     v.disagreements += 1;
                     if v.disagreements >= degrade::BYZANTINE_AFTER {
                         v.state = AgentState::Quarantined;
+                        led.active = None;
                     }
                 }
             }
         }
-    }
-    let answered_or_late = l.gather.tally().ready
-        + l.gather.tally().transit
-        + l.gather.tally().conflict
-        + l.gather.tally().late;
-    let stragglers = stragglers.min(l.gather.tally().sent.saturating_sub(answered_or_late));
-    for _ in 0..stragglers {
-        node.breakers.failure(c, sector, now);
     }
     let mut tally = *l.gather.tally();
     if l.mode == CascadeMode::Parallel {
@@ -809,7 +852,7 @@ fn report_lead(ops: &mut Ops, node: &mut MeshNode, key: (OpId, ClusterId), now: 
         tally,
         answers: MeshNode::top_answers(&l.answers),
     };
-    node.send(l.report_to.clone(), MeshMessage::Report(report));
+    node.send(l.report_to.clone(), MeshMessage::Report(Box::new(report)));
 }
 
 fn report_relay(ops: &mut Ops, node: &mut MeshNode, key: (OpId, SectorId)) {
@@ -824,7 +867,7 @@ fn report_relay(ops: &mut Ops, node: &mut MeshNode, key: (OpId, SectorId)) {
         tally: r.tally,
         answers: MeshNode::top_answers(&r.answers),
     };
-    node.send(r.report_to, MeshMessage::Report(report));
+    node.send(r.report_to, MeshMessage::Report(Box::new(report)));
 }
 
 /// A report from below: at a coordinator (a wave's cluster) or at the root.

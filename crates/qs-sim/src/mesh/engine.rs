@@ -1,0 +1,628 @@
+//! The mesh simulator's event loop: one [`MeshNode`] per host, messages delayed by the WAN
+//! model, agents that take their class's time to answer, all on a virtual clock and seeded.
+
+use super::latency::Wan;
+use super::{MeshReport, MeshSimConfig};
+use qs_core::hash::{StableHasher, mix, of_str};
+use qs_core::mesh::{
+    Command, Hierarchy, Member, MeshConfig, MeshInput, MeshNode, MeshOutput, OpResult, Shape,
+};
+use qs_core::{Rng, Time};
+use qs_wire::NodeId;
+use qs_wire::mesh::{
+    Ack, AgentBeat, AgentId, AgentState, ConflictDetail, Dispatch, ImpedanceClass, MeshMessage,
+    Scope, Trinary, Verb,
+};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::hash::Hasher;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A simulated agent: how it really behaves (the lead only measures it).
+#[derive(Clone, Debug)]
+pub struct SimAgent {
+    pub id: AgentId,
+    pub host: usize,
+    /// Its kind, as the seed counts them (the class it is built as; its measured class may
+    /// differ with its network).
+    pub kind: ImpedanceClass,
+    pub median_ms: f64,
+    pub sigma: f64,
+    pub down: bool,
+    /// Its last processing time, as its host measured it (0: none yet).
+    pub last_ms: f64,
+    /// Dispatches it was handed.
+    pub delivered: u32,
+    /// What it answers an ask (its context hash).
+    pub context: &'static str,
+}
+
+/// Calibration broadcasts, from when, and when the scenario's own cascades may start.
+pub const CALIBRATIONS: u64 = 6;
+pub const CALIBRATE_FROM_MS: u64 = 2_000;
+pub const READY_AT_MS: u64 = CALIBRATE_FROM_MS + CALIBRATIONS * 300 + 1_200;
+
+/// Seed §2.2's allocation of 30,000 agents, per 30 (A 10, B 8, C 5, D 2, E 3, F 2).
+const KINDS: [(ImpedanceClass, u64); 6] = [
+    (ImpedanceClass::A, 10),
+    (ImpedanceClass::B, 8),
+    (ImpedanceClass::C, 5),
+    (ImpedanceClass::D, 2),
+    (ImpedanceClass::E, 3),
+    (ImpedanceClass::F, 2),
+];
+
+/// Processing time per kind: a log-normal with this median (ms) and spread.
+fn processing(kind: ImpedanceClass) -> (f64, f64) {
+    match kind {
+        ImpedanceClass::A => (4.0, 0.3),
+        ImpedanceClass::B => (40.0, 0.3),
+        ImpedanceClass::C => (120.0, 0.25),
+        ImpedanceClass::D => (250.0, 0.2),
+        ImpedanceClass::E => (50.0, 0.9),
+        ImpedanceClass::F => (20_000.0, 0.5),
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Event {
+    Deliver {
+        to: usize,
+        msg: MeshMessage,
+    },
+    Wake(usize),
+    Done {
+        host: usize,
+        ack: Ack,
+        reply_to: NodeId,
+    },
+    Start(usize),
+    Down,
+    Kill(usize),
+    Elect,
+}
+
+fn ag_context(c: &str) -> String {
+    match c {
+        "" => "unknown".into(),
+        c => c.into(),
+    }
+}
+
+/// An event in the queue, ordered by time and then by the order it was pushed (so the run
+/// is deterministic), boxed so the heap moves 24 bytes, not a message.
+struct Queued {
+    key: Reverse<(Time, u64)>,
+    event: Box<Event>,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, o: &Self) -> bool {
+        self.key == o.key
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Queued {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.key.cmp(&o.key)
+    }
+}
+
+/// The simulator of one mesh.
+pub struct MeshSim {
+    pub nodes: Vec<MeshNode>,
+    index: HashMap<NodeId, usize>,
+    region: Vec<usize>,
+    dead: Vec<bool>,
+    pub agents: Vec<SimAgent>,
+    by_agent: HashMap<AgentId, usize>,
+    host_agents: Vec<Vec<usize>>,
+    members: Vec<Member>,
+    wan: Wan,
+    rng: Rng,
+    now: Time,
+    queue: BinaryHeap<Queued>,
+    seq: u64,
+    wake_at: Vec<Option<Time>>,
+    woken_at: Vec<Option<Time>>,
+    spins: Vec<u32>,
+    trace: StableHasher,
+    pub events: u64,
+    pub messages: u64,
+    pub lost: u64,
+    pub beats: u64,
+    received: Vec<u64>,
+    killed_at: BTreeMap<usize, Time>,
+    pub detection_ms: Vec<f64>,
+    pub results: Vec<OpResult>,
+    pub refused: Vec<String>,
+    cascades: Vec<super::Cascade>,
+    down_fraction: f64,
+    pub tree: Arc<Hierarchy>,
+}
+
+impl MeshSim {
+    /// Builds the mesh of `cfg` (checked by the caller).
+    pub fn new(cfg: &MeshSimConfig) -> MeshSim {
+        let mut rng = Rng::seeded(cfg.seed);
+        let hosts = cfg.hosts();
+        let width = hosts.saturating_sub(1).to_string().len().max(2);
+        let ids: Vec<NodeId> = (0..hosts)
+            .map(|i| NodeId::new(&format!("h{i:0width$}")).expect("generated names are valid"))
+            .collect();
+        let region: Vec<usize> = (0..hosts).map(|_| cfg.wan.pick_region(&mut rng)).collect();
+        let total: u64 = KINDS.iter().map(|k| k.1).sum();
+        let kind_of_host: Vec<ImpedanceClass> = (0..hosts)
+            .map(|_| {
+                let mut x = rng.below(total);
+                for (k, w) in KINDS {
+                    if x < w {
+                        return k;
+                    }
+                    x -= w;
+                }
+                ImpedanceClass::A
+            })
+            .collect();
+        let mut agents = Vec::with_capacity(cfg.agents);
+        let mut host_agents = vec![Vec::new(); hosts];
+        let mut members = Vec::with_capacity(cfg.agents);
+        for i in 0..cfg.agents {
+            let host = i % hosts;
+            let kind = kind_of_host[host];
+            let (median_ms, sigma) = processing(kind);
+            let id = AgentId(mix(cfg.seed ^ (i as u64).wrapping_mul(0x9e37_79b9)));
+            let context = match rng.below(100) {
+                0..=89 => "a1b2c3d4",
+                90..=97 => "e5f6g7h8",
+                _ => "0badc0de",
+            };
+            host_agents[host].push(agents.len());
+            members.push(Member {
+                agent: id,
+                host: ids[host].clone(),
+            });
+            agents.push(SimAgent {
+                id,
+                host,
+                kind,
+                median_ms: median_ms * (0.8 + 0.4 * rng.unit()),
+                sigma,
+                down: false,
+                last_ms: 0.0,
+                delivered: 0,
+                context,
+            });
+        }
+        let tree = Arc::new(
+            Hierarchy::build(&members, Shape::default(), |_| true)
+                .expect("validated: at most a million agents"),
+        );
+        let cfg_mesh = MeshConfig::default();
+        let mut nodes = Vec::with_capacity(hosts);
+        let mut index = HashMap::with_capacity(hosts);
+        for (i, id) in ids.iter().enumerate() {
+            // Hosts start over the first beat interval, not in lockstep.
+            let start = Time::from_micros(rng.below(cfg_mesh.beat_ms * 1000));
+            let mut n = MeshNode::new(id.clone(), cfg_mesh, start);
+            n.handle(MeshInput::Tree(tree.clone()), start);
+            index.insert(id.clone(), i);
+            nodes.push(n);
+        }
+        let by_agent = agents.iter().enumerate().map(|(i, a)| (a.id, i)).collect();
+        let mut sim = MeshSim {
+            nodes,
+            index,
+            region,
+            dead: vec![false; hosts],
+            agents,
+            by_agent,
+            host_agents,
+            members,
+            wan: cfg.wan.clone(),
+            rng,
+            now: Time::ZERO,
+            queue: BinaryHeap::new(),
+            seq: 0,
+            wake_at: vec![None; hosts],
+            woken_at: vec![None; hosts],
+            spins: vec![0; hosts],
+            trace: StableHasher::default(),
+            events: 0,
+            messages: 0,
+            lost: 0,
+            beats: 0,
+            received: vec![0; hosts],
+            killed_at: BTreeMap::new(),
+            detection_ms: Vec::new(),
+            results: Vec::new(),
+            refused: Vec::new(),
+            cascades: cfg.cascades.clone(),
+            down_fraction: cfg.down_fraction,
+            tree,
+        };
+        for i in 0..hosts {
+            let beats = sim.beats_of(i);
+            sim.nodes[i].handle(MeshInput::Agents(beats), Time::ZERO);
+            sim.schedule_wake(i);
+        }
+        if cfg.calibrate {
+            // Calibration: broadcasts with a generous budget, so every lead has measured
+            // its agents before the first cascade (seed §10.2: profiles stabilize first).
+            for k in 0..CALIBRATIONS {
+                sim.cascades.push(super::Cascade {
+                    at_ms: CALIBRATE_FROM_MS + k * 300,
+                    mode: qs_wire::mesh::CascadeMode::Wave,
+                    budget_ms: Some(1_000),
+                });
+            }
+        }
+        for (i, c) in sim.cascades.clone().iter().enumerate() {
+            sim.push(Time::from_millis(c.at_ms), Event::Start(i));
+        }
+        if cfg.down_fraction > 0.0 {
+            sim.push(Time::from_millis(cfg.down_at_ms), Event::Down);
+        }
+        for k in &cfg.kill_hosts {
+            if k.host < hosts {
+                sim.push(Time::from_millis(k.at_ms), Event::Kill(k.host));
+            }
+        }
+        sim
+    }
+
+    fn push(&mut self, at: Time, e: Event) {
+        self.seq += 1;
+        self.queue.push(Queued {
+            key: Reverse((at, self.seq)),
+            event: Box::new(e),
+        });
+    }
+
+    fn schedule_wake(&mut self, i: usize) {
+        if self.dead[i] {
+            return;
+        }
+        let due = self.nodes[i].poll_timeout();
+        // A node due again at the instant it just handled is a core bug (a deadline it
+        // never clears); the run stops rather than spin.
+        if due <= self.now && self.woken_at[i] == Some(self.now) {
+            self.spins[i] += 1;
+            assert!(
+                self.spins[i] < 10_000,
+                "node {i} is due again and again at {:?}: a deadline the core never clears",
+                self.now
+            );
+        } else {
+            self.spins[i] = 0;
+        }
+        let t = due.max(self.now);
+        if self.wake_at[i].is_none_or(|w| t < w) {
+            self.wake_at[i] = Some(t);
+            self.push(t, Event::Wake(i));
+        }
+    }
+
+    fn beats_of(&self, host: usize) -> Vec<AgentBeat> {
+        self.host_agents[host]
+            .iter()
+            .map(|&a| {
+                let ag = &self.agents[a];
+                AgentBeat {
+                    agent: ag.id,
+                    state: match ag.down {
+                        true => AgentState::Offline,
+                        false => AgentState::Active,
+                    },
+                    processing_ms: ag.last_ms,
+                    queue_depth: 0,
+                    capabilities: Vec::new(),
+                }
+            })
+            .collect()
+    }
+
+    pub fn root(&self) -> Option<usize> {
+        self.tree
+            .root
+            .as_ref()
+            .and_then(|r| self.index.get(r).copied())
+    }
+
+    /// Runs until `until`.
+    pub fn run_until(&mut self, until: Time) {
+        while let Some(q) = self.queue.peek() {
+            let Reverse((at, _)) = q.key;
+            if at > until {
+                break;
+            }
+            let q = self.queue.pop().expect("peeked");
+            self.now = at;
+            self.events += 1;
+            self.step(*q.event);
+        }
+        self.now = until;
+    }
+
+    fn step(&mut self, e: Event) {
+        let now = self.now;
+        match e {
+            Event::Wake(i) => {
+                if self.wake_at[i] != Some(now) || self.dead[i] {
+                    return;
+                }
+                self.wake_at[i] = None;
+                self.woken_at[i] = Some(now);
+                self.trace.write_u64(now.as_micros() ^ i as u64);
+                self.nodes[i].handle(MeshInput::Tick, now);
+                self.drain(i);
+            }
+            Event::Deliver { to, msg } => {
+                if self.dead[to] {
+                    return;
+                }
+                self.received[to] += 1;
+                self.trace.write_u64(now.as_micros() ^ (to as u64) << 1);
+                self.nodes[to].handle(MeshInput::Heard(msg), now);
+                self.drain(to);
+            }
+            Event::Done {
+                host,
+                ack,
+                reply_to,
+            } => {
+                if self.dead[host] {
+                    return;
+                }
+                self.trace.write_u64(ack.agent.0 ^ now.as_micros());
+                self.nodes[host].handle(MeshInput::AgentDone { ack, reply_to }, now);
+                self.drain(host);
+            }
+            Event::Start(k) => {
+                let c = self.cascades[k];
+                let Some(root) = self.root() else {
+                    self.refused.push("no root".into());
+                    return;
+                };
+                let mut env = self.nodes[root].envelope(Verb::Sync, "context update", 2, now);
+                env.ttl_ms = 10_000;
+                self.nodes[root].handle(
+                    MeshInput::Command(Command::Cascade {
+                        mode: c.mode,
+                        scope: Scope::Global,
+                        envelope: env,
+                        sample: None,
+                        budget_ms: c.budget_ms,
+                        approved: true,
+                        automated: false,
+                    }),
+                    now,
+                );
+                self.drain(root);
+            }
+            Event::Down => {
+                let n = (self.agents.len() as f64 * self.down_fraction).round() as usize;
+                let mut order: Vec<usize> = (0..self.agents.len()).collect();
+                for i in (1..order.len()).rev() {
+                    let j = self.rng.below(i as u64 + 1) as usize;
+                    order.swap(i, j);
+                }
+                for &a in order.iter().take(n) {
+                    self.agents[a].down = true;
+                }
+                for h in 0..self.nodes.len() {
+                    let beats = self.beats_of(h);
+                    self.nodes[h].handle(MeshInput::Agents(beats), now);
+                }
+            }
+            Event::Kill(h) => {
+                self.dead[h] = true;
+                self.killed_at.insert(h, now);
+                // The fleet's own failure detector confirms a death (here after 2 s); then
+                // every node computes the hierarchy again (new leads).
+                self.push(now + Duration::from_millis(2_000), Event::Elect);
+            }
+            Event::Elect => {
+                let dead = self.dead.clone();
+                let index = self.index.clone();
+                let members: Vec<Member> = self
+                    .members
+                    .iter()
+                    .filter(|m| !dead[index[&m.host]])
+                    .cloned()
+                    .collect();
+                let tree = Hierarchy::build(&members, Shape::default(), |n| !dead[index[n]])
+                    .expect("fewer agents than before");
+                self.tree = Arc::new(tree);
+                for i in 0..self.nodes.len() {
+                    if !self.dead[i] {
+                        self.nodes[i].handle(MeshInput::Tree(self.tree.clone()), now);
+                        self.drain(i);
+                    }
+                }
+            }
+        }
+    }
+
+    fn drain(&mut self, i: usize) {
+        let now = self.now;
+        while let Some(out) = self.nodes[i].poll() {
+            match out {
+                MeshOutput::Send { to, msg } => {
+                    let Some(&j) = self.index.get(&to) else {
+                        continue;
+                    };
+                    self.messages += 1;
+                    if matches!(msg, MeshMessage::Beat(_)) {
+                        self.beats += 1;
+                    }
+                    let (a, b) = (self.region[i], self.region[j]);
+                    match self.wan.one_way_ms(a, b, &mut self.rng) {
+                        None => self.lost += 1,
+                        Some(ms) => {
+                            let at = now + Duration::from_micros((ms * 1000.0) as u64);
+                            self.push(at, Event::Deliver { to: j, msg });
+                        }
+                    }
+                }
+                MeshOutput::Deliver(d) => self.agent_work(i, d),
+                MeshOutput::Finished(r) => self.results.push(r),
+                MeshOutput::Refused(e) => self.refused.push(e.to_string()),
+                MeshOutput::HostLost { host, .. } => {
+                    if let Some(&h) = self.index.get(&host)
+                        && let Some(t) = self.killed_at.remove(&h)
+                    {
+                        self.detection_ms.push(now.since(t).as_secs_f64() * 1000.0);
+                        // The mesh's verdict is the membership's: elect again now.
+                        self.push(now, Event::Elect);
+                    }
+                }
+                MeshOutput::Conflict(_) | MeshOutput::Breaker(_) => {}
+            }
+        }
+        self.schedule_wake(i);
+    }
+
+    /// A local agent takes its class's time and answers.
+    fn agent_work(&mut self, host: usize, d: Dispatch) {
+        let Some(&a) = self.by_agent.get(&d.agent) else {
+            return;
+        };
+        self.agents[a].delivered += 1;
+        if self.agents[a].down {
+            return;
+        }
+        let ag = &self.agents[a];
+        let u1 = self.rng.unit().max(1e-12);
+        let u2 = self.rng.unit();
+        let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+        let ms = ag.median_ms * (ag.sigma * z).exp();
+        // A broadcast is acknowledged; an ask (observe) is answered with the context hash.
+        let context = match d.envelope.verb {
+            Verb::Observe => ag.context,
+            _ => "",
+        };
+        self.agents[a].last_ms = ms;
+        // The host's beats carry what it measured of its agents.
+        if self.rng.below(8) == 0 {
+            let beats = self.beats_of(host);
+            self.nodes[host].handle(MeshInput::Agents(beats), self.now);
+        }
+        let now_ms = self.now.as_millis();
+        let ready = self.now + Duration::from_micros((ms * 1000.0) as u64);
+        // One answer in 2,000 is a conflict (a value that contradicts the context).
+        let conflict = self.rng.below(2_000) == 0;
+        let ack = Ack {
+            op: d.envelope.op,
+            agent: d.agent,
+            cluster: d.cluster,
+            state: match conflict {
+                true => Trinary::Conflict,
+                false => Trinary::Ready,
+            },
+            arrived_ms: now_ms,
+            ready_ms: ready.as_millis(),
+            answer: context.to_owned(),
+            conflict: conflict.then(|| ConflictDetail::DataContradiction {
+                expected: "a1b2c3d4".into(),
+                received: ag_context(context),
+                affects_agents: 1,
+            }),
+        };
+        self.push(
+            ready,
+            Event::Done {
+                host,
+                ack,
+                reply_to: d.reply_to,
+            },
+        );
+    }
+
+    /// The run's report.
+    pub fn report(&self, cfg: &MeshSimConfig, wall_seconds: f64) -> MeshReport {
+        let sim_seconds = self.now.as_millis() as f64 / 1000.0;
+        let root = self.root().map(|r| &self.nodes[r]);
+        let breakers = root.map(|r| r.breakers());
+        let mut h = self.trace;
+        h.write_u64(self.events);
+        MeshReport {
+            agents: self.agents.len(),
+            hosts: self.nodes.len(),
+            seed: cfg.seed,
+            clusters: self
+                .tree
+                .clusters
+                .iter()
+                .filter(|c| !c.agents.is_empty())
+                .count(),
+            sectors: self.tree.sectors.len(),
+            largest_cluster: self
+                .tree
+                .clusters
+                .iter()
+                .map(|c| c.agents.len())
+                .max()
+                .unwrap_or(0),
+            largest_sector: self
+                .tree
+                .sectors
+                .iter()
+                .map(|s| s.clusters.len())
+                .max()
+                .unwrap_or(0),
+            sim_seconds,
+            wall_seconds,
+            speed: match wall_seconds > 0.0 {
+                true => sim_seconds / wall_seconds,
+                false => 0.0,
+            },
+            events: self.events,
+            messages: self.messages,
+            lost: self.lost,
+            beats_per_host_per_second: self.beats as f64
+                / self.nodes.len() as f64
+                / sim_seconds.max(1e-9),
+            max_received_per_node_per_second: *self.received.iter().max().unwrap_or(&0) as f64
+                / sim_seconds.max(1e-9),
+            detection_ms: self.detection_ms.clone(),
+            mode: root.map_or("FULL", |r| r.mode().name()),
+            open_cluster_breakers: self
+                .nodes
+                .iter()
+                .map(|n| n.breakers().open_count(false))
+                .sum(),
+            open_sector_breakers: self
+                .nodes
+                .iter()
+                .map(|n| n.breakers().open_count(true))
+                .sum(),
+            global_breaker_open: breakers
+                .is_some_and(|b| b.state(Scope::Global) == qs_wire::mesh::BreakerState::Open),
+            conflicts: self.nodes.iter().map(|n| n.conflicts().total()).sum(),
+            results: self.results.clone(),
+            refused: self.refused.clone(),
+            trace_hash: format!("{:016x}", h.finish() ^ of_str("mesh")),
+            peak_rss_bytes: None,
+        }
+    }
+}
+
+/// Runs the scenario of `cfg`.
+pub fn run(
+    cfg: &MeshSimConfig,
+    clock: crate::WallClock<'_>,
+) -> Result<MeshReport, crate::SimConfigError> {
+    cfg.validate()?;
+    let t0 = clock();
+    let mut sim = MeshSim::new(cfg);
+    sim.run_until(Time::from_millis(cfg.duration_ms));
+    let wall = clock() - t0;
+    Ok(sim.report(cfg, wall))
+}

@@ -1,0 +1,160 @@
+//! The mesh scenario (`qs sim --agents N`, `qs bench cascade`): hosts with agents of every
+//! impedance class spread over WAN regions, each host a real [`MeshNode`] from the core,
+//! driven on a virtual clock by [`engine::MeshSim`]; agents that fail, hosts that die, and
+//! cascades of each mode.
+
+pub mod engine;
+pub mod latency;
+
+pub use engine::{MeshSim, SimAgent};
+pub use latency::{Matrix, MatrixError, Wan};
+
+use qs_core::mesh::OpResult;
+use qs_wire::mesh::CascadeMode;
+use serde::Serialize;
+
+/// Most agents and hosts the mesh simulator takes.
+pub const MAX_AGENTS: usize = 1_000_000;
+
+/// What to simulate.
+#[derive(Clone, Debug)]
+pub struct MeshSimConfig {
+    pub agents: usize,
+    /// Hosts the agents are spread over (a host is a node); default one per 30 agents.
+    pub hosts: Option<usize>,
+    pub seed: u64,
+    pub duration_ms: u64,
+    pub wan: Wan,
+    /// Share of agents that go down at `down_at_ms`.
+    pub down_fraction: f64,
+    pub down_at_ms: u64,
+    /// Hosts killed, and when.
+    pub kill_hosts: Vec<KillHost>,
+    /// Cascades the root starts.
+    pub cascades: Vec<Cascade>,
+    /// Calibration broadcasts before the first cascade, so profiles are measured.
+    pub calibrate: bool,
+}
+
+/// A host killed at a time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KillHost {
+    pub at_ms: u64,
+    pub host: usize,
+}
+
+/// A cascade started at a time.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Cascade {
+    pub at_ms: u64,
+    pub mode: CascadeMode,
+    /// Cap on how far ahead the target arrival is set.
+    pub budget_ms: Option<u64>,
+}
+
+impl MeshSimConfig {
+    pub fn new(agents: usize, seed: u64) -> MeshSimConfig {
+        MeshSimConfig {
+            agents,
+            hosts: None,
+            seed,
+            duration_ms: 10_000,
+            wan: Wan::default(),
+            down_fraction: 0.0,
+            down_at_ms: 0,
+            kill_hosts: Vec::new(),
+            cascades: Vec::new(),
+            calibrate: true,
+        }
+    }
+
+    pub fn hosts(&self) -> usize {
+        self.hosts
+            .unwrap_or(self.agents.div_ceil(30))
+            .clamp(1, self.agents.max(1))
+    }
+
+    /// Refuses values out of range, naming the flag.
+    pub fn validate(&self) -> Result<(), crate::SimConfigError> {
+        let refuse =
+            |field: &'static str, message: String| Err(crate::SimConfigError { field, message });
+        if !(1..=MAX_AGENTS).contains(&self.agents) {
+            return refuse(
+                "agents",
+                format!("must be in 1..={MAX_AGENTS}, got {}", self.agents),
+            );
+        }
+        if let Some(h) = self.hosts
+            && !(1..=self.agents).contains(&h)
+        {
+            return refuse("hosts", format!("must be in 1..={}, got {h}", self.agents));
+        }
+        if !(100..=3_600_000).contains(&self.duration_ms) {
+            return refuse(
+                "duration-ms",
+                format!("must be in 100..=3600000, got {}", self.duration_ms),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.down_fraction) {
+            return refuse(
+                "down-fraction",
+                format!("must be in 0..=1, got {}", self.down_fraction),
+            );
+        }
+        let w = &self.wan;
+        if !(0.0..=0.5).contains(&w.loss)
+            || !(0.0..=0.5).contains(&w.tail)
+            || !(0.0..=1.0).contains(&w.jitter)
+        {
+            return refuse(
+                "loss",
+                "loss and tail must be in 0..=0.5, jitter in 0..=1".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// What one run measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct MeshReport {
+    pub agents: usize,
+    pub hosts: usize,
+    pub seed: u64,
+    pub clusters: usize,
+    pub sectors: usize,
+    pub largest_cluster: usize,
+    pub largest_sector: usize,
+    pub sim_seconds: f64,
+    pub wall_seconds: f64,
+    /// Simulated seconds per wall second.
+    pub speed: f64,
+    pub events: u64,
+    pub messages: u64,
+    pub lost: u64,
+    /// Beats per host per simulated second, and the most messages any node received per
+    /// simulated second: no node hears everyone.
+    pub beats_per_host_per_second: f64,
+    pub max_received_per_node_per_second: f64,
+    /// Milliseconds from a host's death to its lead's verdict, one per killed host heard.
+    pub detection_ms: Vec<f64>,
+    pub mode: &'static str,
+    pub open_cluster_breakers: usize,
+    pub open_sector_breakers: usize,
+    pub global_breaker_open: bool,
+    pub conflicts: u64,
+    pub results: Vec<OpResult>,
+    pub refused: Vec<String>,
+    pub trace_hash: String,
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// Which cascade mode, by name (for flags).
+pub fn parse_mode(s: &str) -> Option<CascadeMode> {
+    match s {
+        "wave" => Some(CascadeMode::Wave),
+        "parallel" => Some(CascadeMode::Parallel),
+        "priority-first" | "priority" => Some(CascadeMode::PriorityFirst),
+        _ => None,
+    }
+}

@@ -1,0 +1,181 @@
+//! The mesh on the simulator: the core's `MeshNode` at thousands of agents on a virtual
+//! clock, with WAN delays, a heavy tail and loss. Each test is seeded and bounded by
+//! simulated time.
+
+use qs_core::Time;
+use qs_sim::mesh::engine::{READY_AT_MS, run};
+use qs_sim::mesh::{Cascade, KillHost, MeshReport, MeshSim, MeshSimConfig};
+use qs_wire::mesh::CascadeMode;
+
+fn no_clock() -> f64 {
+    0.0
+}
+
+fn cascades(modes: &[CascadeMode], from_ms: u64, budget_ms: Option<u64>) -> Vec<Cascade> {
+    modes
+        .iter()
+        .enumerate()
+        .map(|(i, m)| Cascade {
+            at_ms: from_ms + 1_500 * i as u64,
+            mode: *m,
+            budget_ms,
+        })
+        .collect()
+}
+
+/// The scenario's own results (calibrations left out).
+fn measured(r: &MeshReport) -> &[qs_core::mesh::OpResult] {
+    let calibrations = qs_sim::mesh::engine::CALIBRATIONS as usize;
+    &r.results[calibrations.min(r.results.len())..]
+}
+
+#[test]
+fn thirty_thousand_agents_cascade_in_every_mode() {
+    let mut cfg = MeshSimConfig::new(30_000, 7);
+    cfg.cascades = cascades(
+        &[
+            CascadeMode::Wave,
+            CascadeMode::Parallel,
+            CascadeMode::PriorityFirst,
+        ],
+        READY_AT_MS,
+        None,
+    );
+    cfg.duration_ms = READY_AT_MS + 12_000;
+    let r = run(&cfg, &no_clock).unwrap();
+    assert!(r.refused.is_empty(), "{:?}", r.refused);
+    assert_eq!(r.sectors, 100);
+    assert!(r.largest_cluster <= 100 && r.largest_sector <= 100);
+    // No node hears everyone: the busiest gets a few thousand messages a second, not
+    // 30,000 agents' heartbeats.
+    assert!(
+        r.max_received_per_node_per_second < 5_000.0,
+        "{}",
+        r.max_received_per_node_per_second
+    );
+    let ops = measured(&r);
+    assert_eq!(ops.len(), 3, "{ops:#?}");
+    for op in ops {
+        // The root sends one order per sector and phase, never one per agent.
+        let phases = op.phases.len() as u32;
+        assert!(
+            op.root_messages <= 100 * phases,
+            "{:?}: {}",
+            op.mode,
+            op.root_messages
+        );
+        let t = &op.tally;
+        assert!(t.sent > 20_000, "{:?}: {t:?}", op.mode);
+        let answered = t.ready + t.conflict + t.transit;
+        assert!(
+            f64::from(t.window_hits) >= 0.95 * f64::from(t.sent),
+            "{:?}: {t:?}",
+            op.mode
+        );
+        assert!(
+            f64::from(t.predicted_within_50ms) >= 0.90 * f64::from(answered),
+            "{:?}: {t:?}",
+            op.mode
+        );
+        assert_eq!(op.decision.name(), "PROCEED", "{:?}: {t:?}", op.mode);
+    }
+    assert_eq!(ops[2].phases.len(), 5, "priority-first: D, C, B, A, E");
+    assert_eq!(ops[2].status, "COMPLETE");
+}
+
+#[test]
+fn the_same_seed_gives_the_same_trace() {
+    let mut cfg = MeshSimConfig::new(3_000, 11);
+    cfg.duration_ms = READY_AT_MS + 2_000;
+    cfg.cascades = cascades(&[CascadeMode::Wave], READY_AT_MS, None);
+    let a = run(&cfg, &no_clock).unwrap();
+    let b = run(&cfg, &no_clock).unwrap();
+    assert_eq!(a.trace_hash, b.trace_hash);
+    assert_eq!(a.results, b.results);
+    cfg.seed = 12;
+    let c = run(&cfg, &no_clock).unwrap();
+    assert_ne!(a.trace_hash, c.trace_hash);
+}
+
+#[test]
+fn a_dead_host_is_detected_within_a_second_and_its_cluster_reforms() {
+    let mut cfg = MeshSimConfig::new(3_000, 7);
+    // Kill a few hosts; each is seen lost by its lead, its coordinator or the root.
+    cfg.kill_hosts = (0..5)
+        .map(|i| KillHost {
+            at_ms: 4_000 + 700 * i,
+            host: 3 + 17 * i as usize,
+        })
+        .collect();
+    cfg.cascades = cascades(&[CascadeMode::Wave], 9_000, None);
+    cfg.duration_ms = 11_000;
+    let r = run(&cfg, &no_clock).unwrap();
+    assert!(!r.detection_ms.is_empty(), "no death was detected");
+    for ms in &r.detection_ms {
+        assert!(
+            *ms <= 1_000.0,
+            "detected after {ms} ms: {:?}",
+            r.detection_ms
+        );
+    }
+    // After the deaths the hierarchy re-formed: the cascade reaches everyone else.
+    let op = r.results.last().unwrap();
+    assert_eq!(op.tally.missing_reports, 0, "{op:?}");
+    assert!(op.tally.targeted <= 3_000 - 30 * r.detection_ms.len() as u32);
+}
+
+/// (share of agents down → the mode the root must be in); the breakers open exactly where
+/// seed §6.2 says: a cluster with more than 5 agents down, a sector with more than 50, and
+/// the whole mesh with more than 10 sectors open.
+#[test]
+fn degradation_and_breakers_follow_the_agents_down() {
+    let table = [
+        (0.0, "FULL"),
+        (0.01, "FULL"),
+        (0.05, "FULL"),
+        (0.10, "DEGRADED_LIGHT"),
+        (0.20, "DEGRADED_LIGHT"),
+        (0.30, "DEGRADED_MODERATE"),
+        (0.50, "DEGRADED_SEVERE"),
+        (0.80, "EMERGENCY"),
+    ];
+    for (down, mode) in table {
+        let mut cfg = MeshSimConfig::new(30_000, 5);
+        cfg.calibrate = false;
+        cfg.down_fraction = down;
+        cfg.down_at_ms = 1_000;
+        cfg.duration_ms = 3_000;
+        let mut sim = MeshSim::new(&cfg);
+        sim.run_until(Time::from_millis(cfg.duration_ms));
+        let r = sim.report(&cfg, 0.0);
+        assert_eq!(r.mode, mode, "{down} down");
+        // What the seed's thresholds say, from the ground truth.
+        let mut per_cluster = vec![0u32; sim.tree.clusters.len()];
+        let mut per_sector = vec![0u32; sim.tree.sectors.len()];
+        for a in sim.agents.iter().filter(|a| a.down) {
+            let c = sim.tree.cluster_of(a.id).unwrap();
+            per_cluster[c.0 as usize] += 1;
+            per_sector[sim.tree.cluster(c).unwrap().sector.0 as usize] += 1;
+        }
+        let clusters = per_cluster.iter().filter(|n| **n > 5).count();
+        let sectors = per_sector.iter().filter(|n| **n > 50).count();
+        assert_eq!(r.open_cluster_breakers, clusters, "{down} down: clusters");
+        assert_eq!(r.open_sector_breakers, sectors, "{down} down: sectors");
+        assert_eq!(r.global_breaker_open, sectors > 10, "{down} down: global");
+    }
+}
+
+#[test]
+fn a_degraded_mesh_refuses_what_its_mode_forbids() {
+    let mut cfg = MeshSimConfig::new(3_000, 3);
+    cfg.calibrate = false;
+    cfg.down_fraction = 0.35;
+    cfg.down_at_ms = 500;
+    cfg.cascades = cascades(&[CascadeMode::Wave], 2_500, Some(300));
+    cfg.duration_ms = 4_000;
+    let r = run(&cfg, &no_clock).unwrap();
+    assert_eq!(r.mode, "DEGRADED_MODERATE");
+    // A mesh-wide broadcast of over 1,000 agents at priority 2.
+    assert_eq!(r.refused.len(), 1, "{:?}", r.refused);
+    assert!(r.refused[0].contains("over 1000 agents"), "{:?}", r.refused);
+}
