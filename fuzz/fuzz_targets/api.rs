@@ -51,6 +51,7 @@ fn world() -> &'static World {
             trust: qs_agent::trust::Trust::FirstUse,
             api_hosts: vec![],
             tls: None,
+            mesh: Default::default(),
         };
         let fleet = rt.block_on(EmbeddedFleet::start(opts)).unwrap();
         let state = qs_store::StateDir::open(dir.path()).unwrap();

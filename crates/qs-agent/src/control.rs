@@ -69,4 +69,6 @@ pub struct Shared {
     pub tasks: Arc<crate::tasks::TaskHost>,
     /// What the process listens on for the fleet's stable addresses.
     pub addresses: Arc<RwLock<Vec<crate::v1::AddressView>>>,
+    /// The mesh of the process's first node.
+    pub mesh: crate::mesh::MeshHandle,
 }

@@ -53,6 +53,8 @@ pub struct FleetOptions {
     pub api_hosts: Vec<String>,
     /// Serve the API over TLS with this certificate (otherwise plain HTTP).
     pub tls: Option<api::tls::ApiTls>,
+    /// The mesh agents of the process's first node.
+    pub mesh: crate::mesh::MeshOptions,
 }
 
 /// Why a fleet could not start.
@@ -349,6 +351,7 @@ impl<F: Fabric> EmbeddedFleet<F> {
             &state,
             &ledger,
         )?);
+        let (mesh, mesh_ends) = crate::mesh::MeshHandle::new();
         let shared = Arc::new(Shared {
             auth: auth.clone(),
             ledger,
@@ -363,6 +366,7 @@ impl<F: Fabric> EmbeddedFleet<F> {
             tasks,
             entry_port: Default::default(),
             addresses: Default::default(),
+            mesh,
         });
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
@@ -399,6 +403,15 @@ impl<F: Fabric> EmbeddedFleet<F> {
             outgoing,
             live(membership.clone()),
             warm,
+            stop_rx.clone(),
+        ));
+        tasks.spawn(crate::mesh::run(
+            fabric.clone(),
+            shared.auth.clone(),
+            opts.nodes[0].id.clone(),
+            opts.mesh.clone(),
+            mesh_ends,
+            live(membership.clone()),
             stop_rx.clone(),
         ));
         if !opts.noop_executor {

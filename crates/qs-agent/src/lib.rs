@@ -20,6 +20,8 @@ pub mod health;
 pub mod identity;
 pub mod journal;
 pub mod membership;
+pub mod mesh;
+pub mod mesh_metrics;
 pub mod mirror;
 pub mod model_double;
 pub mod model_metrics;

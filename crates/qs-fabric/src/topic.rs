@@ -102,6 +102,11 @@ impl Topic {
         Topic::named("events.supervision".into())
     }
     /// A node's inbox: every directed message to it.
+    /// Mesh messages for one node (seed 001's hierarchy: beats, summaries, orders, answers).
+    pub fn mesh(node: &NodeId) -> Topic {
+        Topic::named(format!("mesh.{node}"))
+    }
+
     pub fn node_rpc(node: &NodeId) -> Topic {
         Topic::named(format!("node.{node}.rpc"))
     }

@@ -137,6 +137,7 @@ pub(crate) fn bench_fleet(
         trust: qs_agent::trust::Trust::FirstUse,
         api_hosts: vec![],
         tls: None,
+        mesh: Default::default(),
     }
 }
 

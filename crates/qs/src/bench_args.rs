@@ -86,6 +86,26 @@ pub enum BenchSuite {
     /// Durable tasks through a real agent, embedded and on a real nats-server, beside Celery
     /// on a Redis broker (where installed): completions per second, submit-to-complete
     /// latency (p50, p99) of no-op tasks, and the round trip of a checkpoint (p50, p99).
+    /// The mesh at 30,000 agents on the simulator: wave, parallel and priority-first
+    /// cascades with 0, 1, 5 and 20 % of agents down (latency p95, arrival-window hits,
+    /// prediction within 50 ms, root messages, degradation mode, breakers); Serf-style
+    /// gossip over as many members on the same network; the simulator's speed and memory.
+    Cascade {
+        #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..=1_000_000))]
+        agents: u64,
+        /// Cascades per mode and share down.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=100))]
+        cascades: u64,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Round trips between regions: a CSV with the header
+        /// cty1,cty2,rtt_cnt,rtt_avg,rtt_std,rtt_min,rtt_max (milliseconds).
+        #[arg(long)]
+        latency_matrix: Option<PathBuf>,
+        /// The arrival budget of the urgent wave, milliseconds.
+        #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+        urgent_budget_ms: u64,
+    },
     Tasks {
         #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
         tasks: u64,
@@ -145,6 +165,19 @@ pub fn run(suite: BenchSuite) -> Result<()> {
             connections,
             seconds,
         } => crate::bench_gateway::gateway_suite(connections as usize, seconds),
+        BenchSuite::Cascade {
+            agents,
+            cascades,
+            seed,
+            latency_matrix,
+            urgent_budget_ms,
+        } => crate::bench_cascade::cascade_suite(&crate::bench_cascade::CascadeBench {
+            agents: agents as usize,
+            cascades: cascades as usize,
+            seed,
+            latency_matrix,
+            urgent_budget_ms,
+        }),
         BenchSuite::Tasks {
             tasks,
             workers,

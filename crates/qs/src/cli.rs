@@ -101,6 +101,16 @@ enum Command {
         /// double for machines without NVIDIA's driver; real GPUs found by NVML replace them.
         #[arg(long = "simulated-gpu-mib", value_parser = clap::value_parser!(u64).range(1..=1 << 24))]
         simulated_gpus_mib: Vec<u64>,
+        /// Register this many built-in mesh agents on this node (seed 001): each answers what
+        /// it is sent after --mesh-agent-ms with READY and its context hash.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+        mesh_agents: u32,
+        /// How long a built-in mesh agent takes, milliseconds.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+        mesh_agent_ms: u64,
+        /// What the built-in mesh agents answer an ask with (their context hash).
+        #[arg(long, default_value = "a1b2c3d4")]
+        mesh_context: String,
     },
     /// Apply spec files to a running fleet (all of a file or nothing).
     Apply {
@@ -162,6 +172,12 @@ enum Command {
         #[command(subcommand)]
         action: TaskAction,
     },
+    /// The mesh's console (seed 001): status, broadcast, ask, delegate, cascade, heal,
+    /// freeze, thaw, and a plain-words chat.
+    Mesh {
+        #[command(subcommand)]
+        action: crate::mesh_console::MeshCmd,
+    },
     /// Approve promoting a replica of a stateful-read service that lost its primary.
     Approve { service: String },
     /// Print shell completions.
@@ -214,6 +230,25 @@ enum Command {
         ledger: Option<PathBuf>,
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
+        /// Simulate the mesh instead (seed 001): this many agents on hosts in WAN regions,
+        /// the hierarchy, impedance profiling and cascades.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        agents: Option<u64>,
+        /// Hosts the agents run on (default: one per 30 agents).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        hosts: Option<u64>,
+        /// Round trips between regions, a CSV with the header
+        /// cty1,cty2,rtt_cnt,rtt_avg,rtt_std,rtt_min,rtt_max (milliseconds): hosts spread
+        /// over regions in proportion to rtt_cnt, delays drawn from a normal truncated to
+        /// [min, max].
+        #[arg(long, requires = "agents")]
+        latency_matrix: Option<PathBuf>,
+        /// Share of agents that go down after the calibration (0 to 1).
+        #[arg(long, default_value_t = 0.0, requires = "agents")]
+        down_fraction: f64,
+        /// Cascades to run after the calibration: wave, parallel or priority-first (repeat).
+        #[arg(long = "cascade", requires = "agents")]
+        cascades: Vec<String>,
     },
     /// The fleet authority: create it, issue join tokens, revoke nodes, list certificates.
     Fleet {
@@ -432,6 +467,9 @@ pub fn run(cli: Cli) -> Result<()> {
             node,
             level,
             simulated_gpus_mib,
+            mesh_agents,
+            mesh_agent_ms,
+            mesh_context,
         } => crate::up::up(serve.into_up(
             false,
             None,
@@ -450,6 +488,11 @@ pub fn run(cli: Cli) -> Result<()> {
                 node,
                 level,
                 simulated_gpus_mib,
+                mesh: qs_agent::mesh::MeshOptions {
+                    agents: mesh_agents,
+                    processing_ms: mesh_agent_ms,
+                    context: mesh_context,
+                },
             }),
         )),
         Command::Fleet { action } => crate::trust::fleet(action),
@@ -474,6 +517,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 },
         } => crate::fleet::chaos_pause(api, &node, for_ms, watch.watch(api)),
         Command::Approve { service } => crate::fleet::approve(api, &service),
+        Command::Mesh { action } => crate::mesh_console::run(api, action),
         Command::Task { action } => match action {
             TaskAction::Submit { file, output } => crate::tasks::submit(api, &file, output),
             TaskAction::Ls { output } => crate::tasks::ls(api, output),
@@ -528,6 +572,26 @@ pub fn run(cli: Cli) -> Result<()> {
                 .with_context(|| format!("model double on 127.0.0.1:{port}"))
         }
         Command::Sim {
+            agents: Some(agents),
+            hosts,
+            seed,
+            duration_ms,
+            latency_matrix,
+            down_fraction,
+            cascades,
+            output,
+            ..
+        } => crate::mesh::simulate(&crate::mesh::SimArgs {
+            agents,
+            hosts,
+            seed,
+            duration_ms,
+            latency_matrix,
+            down_fraction,
+            cascades,
+            output,
+        }),
+        Command::Sim {
             nodes,
             seed,
             duration_ms,
@@ -536,6 +600,7 @@ pub fn run(cli: Cli) -> Result<()> {
             check,
             ledger,
             output,
+            ..
         } => {
             let mut cfg = SimConfig::new(nodes as usize, seed);
             cfg.duration_ms = duration_ms;

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_agents;
 mod bench_args;
+mod bench_cascade;
 mod bench_failover;
 mod bench_fleet;
 mod bench_gateway;
@@ -15,6 +16,8 @@ mod config_file;
 mod demo;
 mod doctor;
 mod fleet;
+mod mesh;
+mod mesh_console;
 mod render;
 mod systemd;
 mod tasks;

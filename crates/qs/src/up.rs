@@ -40,6 +40,8 @@ pub struct Host {
     pub level: u8,
     /// Simulated GPUs (VRAM in MiB) for a machine without NVIDIA's driver.
     pub simulated_gpus_mib: Vec<u64>,
+    /// Its built-in mesh agents.
+    pub mesh: qs_agent::mesh::MeshOptions,
 }
 
 /// Where a `qs agent` joins its fleet.
@@ -219,6 +221,11 @@ pub fn up(opts: Up) -> Result<()> {
         trust: qs_agent::trust::Trust::FirstUse,
         api_hosts: opts.api_hosts.clone(),
         tls,
+        mesh: opts
+            .host
+            .as_ref()
+            .map(|h| h.mesh.clone())
+            .unwrap_or_default(),
     };
     let nats = opts.host.as_ref().and_then(|h| h.nats.clone());
     rt.block_on(async move {

@@ -329,6 +329,7 @@ impl FleetWorld {
             trust: qs_agent::trust::Trust::FirstUse,
             api_hosts: vec![],
             tls: None,
+            mesh: Default::default(),
         };
         let fleet = rt.block_on(EmbeddedFleet::start(opts)).unwrap();
         FleetWorld {

@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 
 mod chaos;
 mod guard;
+mod mesh;
 mod openai;
 mod orders;
 mod tasks;
@@ -57,6 +58,7 @@ pub struct Api<F: Fabric> {
     ledger_dropped: Gauge,
     ledger_bytes: Gauge,
     task_metrics: crate::tasks::metrics::TaskMetrics,
+    mesh_metrics: crate::mesh_metrics::MeshMetrics,
 }
 
 impl<F: Fabric> Api<F> {
@@ -199,6 +201,8 @@ impl<F: Fabric> Api<F> {
         }
         let task_metrics = crate::tasks::metrics::TaskMetrics::default();
         task_metrics.register(&mut metrics);
+        let mesh_metrics = crate::mesh_metrics::MeshMetrics::default();
+        mesh_metrics.register(&mut metrics);
         Arc::new(Api {
             shared,
             fabric,
@@ -214,6 +218,7 @@ impl<F: Fabric> Api<F> {
             ledger_dropped,
             ledger_bytes,
             task_metrics,
+            mesh_metrics,
         })
     }
 
@@ -276,6 +281,8 @@ pub fn router<F: Fabric>(api: Arc<Api<F>>) -> Router {
         .route("/v1/instances", get(instances::<F>))
         .route("/v1/addresses", get(addresses::<F>))
         .route("/v1/tasks", post(tasks::submit::<F>).get(tasks::list::<F>))
+        .route("/v1/mesh", get(mesh::status::<F>))
+        .route("/v1/mesh/ops", post(mesh::run::<F>))
         .route("/v1/tasks/{id}", get(tasks::show::<F>))
         .route("/v1/tasks/{id}/cancel", post(tasks::cancel::<F>))
         .route("/v1/events", get(events::<F>))
@@ -379,6 +386,7 @@ async fn metrics<F: Fabric>(State(api): State<Arc<Api<F>>>) -> Response {
     let dropped = tasks.bus_dropped.load(Ordering::Relaxed);
     api.task_metrics
         .set(tasks.counts().await, disconnected, dropped);
+    api.mesh_metrics.set(&api.shared.mesh.status());
     let mut body = String::new();
     if encode(&mut body, &api.metrics).is_err() {
         return error(StatusCode::INTERNAL_SERVER_ERROR, "metrics encoding failed");

@@ -60,7 +60,7 @@ async fn subscribe<F: Fabric>(fabric: &F, topic: &Topic) -> Option<Subscription>
     }
 }
 
-async fn next(sub: &mut Option<Subscription>) -> Option<qs_fabric::Incoming> {
+pub(crate) async fn next(sub: &mut Option<Subscription>) -> Option<qs_fabric::Incoming> {
     match sub {
         Some(s) => s.next().await,
         None => std::future::pending().await,
@@ -69,7 +69,7 @@ async fn next(sub: &mut Option<Subscription>) -> Option<qs_fabric::Incoming> {
 
 /// Publishes `body`, a node-to-node message of the task channels (a load report, a nudge),
 /// as JSON in a frame `from` signs (across processes; open within one), on `topic`.
-pub(super) async fn publish_signed<F: Fabric, T: serde::Serialize>(
+pub(crate) async fn publish_signed<F: Fabric, T: serde::Serialize>(
     fabric: &F,
     auth: &Auth,
     from: &NodeId,

@@ -135,6 +135,11 @@ impl<K: Ord + Copy> Gather<K> {
         self.answers.get(key).is_some_and(|a| a.is_some())
     }
 
+    /// Everything scheduled was sent.
+    pub fn all_sent(&self) -> bool {
+        self.unsent == 0
+    }
+
     /// Everything scheduled was sent and everyone sent to has answered.
     pub fn complete(&self) -> bool {
         self.pending == 0 && self.unsent == 0

@@ -67,11 +67,9 @@ pub enum MeshInput {
     /// A message from another node (or this one).
     Heard(MeshMessage),
     /// A local agent answered a dispatch.
-    AgentDone {
-        ack: Ack,
-        reply_to: NodeId,
-    },
-    Command(Command),
+    AgentDone { ack: Ack, reply_to: NodeId },
+    /// An operator's command (at the root), with a tag its result carries back.
+    Command { command: Command, tag: u64 },
     /// Nothing happened; time passed.
     Tick,
 }
@@ -86,7 +84,11 @@ pub enum MeshOutput {
     /// Hand this to the local agent now.
     Deliver(Dispatch),
     Finished(OpResult),
-    Refused(CommandError),
+    /// The root refused the command tagged `tag`.
+    Refused {
+        tag: u64,
+        error: CommandError,
+    },
     /// Append to the ledger's conflict log.
     Conflict(conflict::Record),
     Breaker(breaker::Change),
@@ -152,6 +154,32 @@ impl Kpis {
     }
     pub fn availability(&self) -> f64 {
         Self::rate(self.available_ms, self.observed_ms)
+    }
+}
+
+/// The last few one-way delays to one node.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Hop {
+    samples: [f32; 8],
+    len: u8,
+    next: u8,
+}
+
+impl Hop {
+    fn record(&mut self, ms: f64) {
+        self.samples[self.next as usize] = ms.clamp(0.0, 3_600_000.0) as f32;
+        self.next = (self.next + 1) % 8;
+        self.len = (self.len + 1).min(8);
+    }
+
+    fn median(&self) -> f64 {
+        let mut v = self.samples;
+        let n = self.len as usize;
+        v[..n].sort_by(f32::total_cmp);
+        match n {
+            0 => 0.0,
+            _ => f64::from(v[n / 2]),
+        }
     }
 }
 
@@ -258,7 +286,7 @@ pub struct MeshNode {
 
     pub(crate) sector_summaries: BTreeMap<SectorId, SectorSummary>,
     /// One-way delay to each node that sent us a timestamped message, milliseconds (EWMA).
-    pub(crate) hop_ms: BTreeMap<NodeId, f64>,
+    pub(crate) hop_ms: BTreeMap<NodeId, Hop>,
     pub(crate) ops: ops::Ops,
     pub(crate) breakers: Breakers,
     pub(crate) opened_at: BTreeMap<Scope, Time>,
@@ -330,7 +358,7 @@ impl MeshNode {
             MeshInput::AgentDone { ack, reply_to } => {
                 self.send(reply_to, MeshMessage::Ack(Box::new(ack)));
             }
-            MeshInput::Command(c) => self.command(c, now),
+            MeshInput::Command { command, tag } => self.command(command, tag, now),
             MeshInput::Tick => {}
         }
         self.work(now);
@@ -445,8 +473,14 @@ impl MeshNode {
         self.my_sectors = mine.iter().copied().collect();
         self.summarized.clear();
         self.is_root = tree.root.as_ref() == Some(&self.me);
-        self.cluster_summaries
-            .retain(|_, s| mine.contains(&s.sector));
+        // Summaries from the leads of this hierarchy only: a cluster's number may name other
+        // agents now, and an empty cluster has no lead to replace what it said.
+        self.cluster_summaries.retain(|c, s| {
+            mine.contains(&s.sector)
+                && tree
+                    .cluster(*c)
+                    .is_some_and(|cl| cl.sector == s.sector && cl.lead.as_ref() == Some(&s.lead))
+        });
         self.lead_heard
             .retain(|c, _| tree.cluster(*c).is_some_and(|cl| mine.contains(&cl.sector)));
 
@@ -454,6 +488,10 @@ impl MeshNode {
             self.sector_summaries.clear();
             self.coordinator_heard.clear();
         }
+        self.sector_summaries.retain(|s, x| {
+            tree.sector(*s)
+                .is_some_and(|sec| sec.coordinator.as_ref() == Some(&x.coordinator))
+        });
         self.tree = tree;
     }
 
@@ -569,6 +607,8 @@ impl MeshNode {
             MeshMessage::Report(r) => ops::on_report(self, *r, now),
             MeshMessage::Circuit(_) => {}
             MeshMessage::Control(c) => self.control(c, now),
+            // The shell's: an operator's request and its answer.
+            MeshMessage::Request(_) | MeshMessage::Outcome(_) => {}
         }
     }
 
@@ -651,6 +691,7 @@ impl MeshNode {
 
     /// A lead's or a coordinator's beat: alive, with fresh counts.
     fn on_alive(&mut self, a: Alive, now: Time) {
+        self.note_hop(&a.from, a.sent_ms, now);
         match a.scope {
             Scope::Cluster(c) => {
                 let Some(s) = self.cluster_summaries.get_mut(&c) else {
@@ -682,14 +723,16 @@ impl MeshNode {
         }
     }
 
+    /// A one-way delay sample from a child's timestamped summary or beat.
     fn note_hop(&mut self, from: &NodeId, sent_ms: u64, now: Time) {
         let d = now.as_millis().saturating_sub(sent_ms) as f64;
-        let e = self.hop_ms.entry(from.clone()).or_insert(d);
-        *e += 0.2 * (d - *e);
+        self.hop_ms.entry(from.clone()).or_default().record(d);
     }
 
+    /// The typical one-way delay to a child: the median of its last samples, so a delivery
+    /// in the tail does not make every operation start late.
     pub(crate) fn hop(&self, to: Option<&NodeId>) -> f64 {
-        to.and_then(|n| self.hop_ms.get(n)).copied().unwrap_or(0.0)
+        to.and_then(|n| self.hop_ms.get(n)).map_or(0.0, Hop::median)
     }
 
     /// The host part: one beat per cluster lead with this node's agents of that cluster.
@@ -1018,7 +1061,7 @@ impl MeshNode {
                     with_agents += 1.0;
                 }
                 sum.p95_impedance_ms = sum.p95_impedance_ms.max(c.p95_impedance_ms);
-                let hop = self.hop_ms.get(&c.lead).copied().unwrap_or(0.0);
+                let hop = self.hop(Some(&c.lead));
                 sum.leads.add(&c.leads);
                 sum.hop_ms = sum.hop_ms.max(hop);
                 for i in 0..6 {

@@ -393,15 +393,18 @@ impl MeshSim {
                 let mut env = self.nodes[root].envelope(Verb::Sync, "context update", 2, now);
                 env.ttl_ms = 10_000;
                 self.nodes[root].handle(
-                    MeshInput::Command(Command::Cascade {
-                        mode: c.mode,
-                        scope: Scope::Global,
-                        envelope: env,
-                        sample: None,
-                        budget_ms: c.budget_ms,
-                        approved: true,
-                        automated: false,
-                    }),
+                    MeshInput::Command {
+                        command: Command::Cascade {
+                            mode: c.mode,
+                            scope: Scope::Global,
+                            envelope: env,
+                            sample: None,
+                            budget_ms: c.budget_ms,
+                            approved: true,
+                            automated: false,
+                        },
+                        tag: k as u64,
+                    },
                     now,
                 );
                 self.drain(root);
@@ -473,7 +476,7 @@ impl MeshSim {
                 }
                 MeshOutput::Deliver(d) => self.agent_work(i, d),
                 MeshOutput::Finished(r) => self.results.push(r),
-                MeshOutput::Refused(e) => self.refused.push(e.to_string()),
+                MeshOutput::Refused { error, .. } => self.refused.push(error.to_string()),
                 MeshOutput::HostLost { host, .. } => {
                     if let Some(&h) = self.index.get(&host)
                         && let Some(t) = self.killed_at.remove(&h)
@@ -606,6 +609,13 @@ impl MeshSim {
             global_breaker_open: breakers
                 .is_some_and(|b| b.state(Scope::Global) == qs_wire::mesh::BreakerState::Open),
             conflicts: self.nodes.iter().map(|n| n.conflicts().total()).sum(),
+            leads: root.map_or_else(Default::default, |r| {
+                let mut h = qs_wire::mesh::LeadHistogram::default();
+                for s in r.sector_summaries().values() {
+                    h.add(&s.leads);
+                }
+                h
+            }),
             results: self.results.clone(),
             refused: self.refused.clone(),
             trace_hash: format!("{:016x}", h.finish() ^ of_str("mesh")),

@@ -4,6 +4,7 @@
 //! cascades of each mode.
 
 pub mod engine;
+pub mod gossip;
 pub mod latency;
 
 pub use engine::{MeshSim, SimAgent};
@@ -143,6 +144,8 @@ pub struct MeshReport {
     pub open_sector_breakers: usize,
     pub global_breaker_open: bool,
     pub conflicts: u64,
+    /// The root's lead histogram (per class A–F, buckets of `LEAD_BUCKETS_MS`) at the end.
+    pub leads: qs_wire::mesh::LeadHistogram,
     pub results: Vec<OpResult>,
     pub refused: Vec<String>,
     pub trace_hash: String,

@@ -87,6 +87,8 @@ pub struct OpResult {
     /// Orders the root itself sent.
     pub root_messages: u32,
     pub degradation: &'static str,
+    /// The command's tag, as the shell gave it.
+    pub tag: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -135,6 +137,7 @@ pub(crate) struct RootOp {
     results: Vec<PhaseResult>,
     root_messages: u32,
     degradation: &'static str,
+    tag: u64,
 }
 
 /// Every operation in flight at a node, by role.
@@ -245,11 +248,13 @@ fn clusters_in(node: &MeshNode, scope: Scope, sector: SectorId) -> Vec<ClusterId
 }
 
 impl MeshNode {
-    pub(crate) fn command(&mut self, c: Command, now: Time) {
+    pub(crate) fn command(&mut self, c: Command, tag: u64, now: Time) {
         if !self.is_root {
             let root = self.tree.root.as_ref().map(|r| r.to_string());
-            self.out
-                .push_back(MeshOutput::Refused(CommandError::NotRoot { root }));
+            self.out.push_back(MeshOutput::Refused {
+                tag,
+                error: CommandError::NotRoot { root },
+            });
             return;
         }
         match c {
@@ -262,10 +267,10 @@ impl MeshNode {
                 approved,
                 automated,
             } => {
-                if let Err(e) = self.start(
-                    mode, scope, envelope, sample, budget_ms, approved, automated, now,
+                if let Err(error) = self.start(
+                    mode, scope, envelope, sample, budget_ms, approved, automated, tag, now,
                 ) {
-                    self.out.push_back(MeshOutput::Refused(e));
+                    self.out.push_back(MeshOutput::Refused { tag, error });
                 }
             }
             Command::Freeze { scope, frozen } => {
@@ -307,6 +312,7 @@ impl MeshNode {
         budget_ms: Option<u64>,
         approved: bool,
         automated: bool,
+        tag: u64,
         now: Time,
     ) -> Result<(), CommandError> {
         for f in [Scope::Global, scope] {
@@ -368,6 +374,7 @@ impl MeshNode {
             results: Vec::new(),
             root_messages: 0,
             degradation: self.mode.name(),
+            tag,
         };
         let mut ops = std::mem::take(&mut self.ops);
         ops.root.insert(op, r);
@@ -426,12 +433,18 @@ fn start_phase(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Time) {
         .as_millis() as u64)
         .max(1)
         + 1_000;
+    // A sample of about n agents: n sectors at most (chosen by the operation's hash), each
+    // with its quota, which its coordinator spreads over as few clusters.
+    let mut sectors = sectors;
     let sample_per_cluster = r.sample.map(|n| {
-        let clusters: usize = sectors
-            .iter()
-            .map(|s| clusters_in(node, r.scope, *s).len())
-            .sum();
-        n.div_ceil(clusters.max(1) as u32).max(1)
+        sectors.retain(|s| {
+            node.sector_summaries
+                .get(s)
+                .is_some_and(|x| x.active_agents > 0)
+        });
+        sectors.sort_by_key(|s| mix(u64::from(s.0) ^ op.0));
+        sectors.truncate((n as usize).max(1));
+        n.div_ceil(sectors.len().max(1) as u32).max(1)
     });
     for s in sectors {
         let Some(sector) = node.tree.sector(s) else {
@@ -520,6 +533,20 @@ fn relay_order(node: &mut MeshNode, o: Order, s: SectorId, now: Time) {
         scope: o.scope,
     };
     let frozen = node.frozen.contains(&Scope::Sector(s));
+    // A sample's quota for this sector: as few clusters as it takes, one agent each at
+    // least (chosen by the operation's hash).
+    let mut clusters = clusters;
+    let mut o = o;
+    if let (Some(quota), Scope::Sector(_)) = (o.sample_per_cluster, o.scope) {
+        clusters.retain(|c| {
+            node.tree
+                .cluster(*c)
+                .is_some_and(|cl| !cl.agents.is_empty())
+        });
+        clusters.sort_by_key(|c| mix(u64::from(c.0) ^ o.op.0));
+        clusters.truncate((quota as usize).max(1));
+        o.sample_per_cluster = Some(quota.div_ceil(clusters.len().max(1) as u32).max(1));
+    }
     for c in clusters {
         let Some(cl) = node.tree.cluster(c) else {
             continue;
@@ -616,7 +643,19 @@ fn lead_order(node: &mut MeshNode, o: Order, c: ClusterId, now: Time) {
         candidates.push(a);
     }
     if let Some(n) = o.sample_per_cluster {
-        candidates.sort_by_key(|a| mix(a.0 ^ o.op.0));
+        // The lowest impedance first (seed §4.2: "pick lowest impedance among capable
+        // agents"), ties by the operation's hash.
+        let mut ranked: Vec<(u64, u64, AgentId)> = candidates
+            .iter()
+            .map(|a| {
+                let lead = led
+                    .assess(*a, weight)
+                    .map_or(u64::MAX, |(_, l)| l.lead_ms as u64);
+                (lead, mix(a.0 ^ o.op.0), *a)
+            })
+            .collect();
+        ranked.sort();
+        candidates = ranked.into_iter().map(|(_, _, a)| a).collect();
         let extra = candidates.len().saturating_sub(n as usize) as u32;
         candidates.truncate(n as usize);
         gather.tally_mut().targeted -= extra;
@@ -695,12 +734,22 @@ fn send_one(ops: &mut Ops, node: &mut MeshNode, op: OpId, c: ClusterId, agent: A
         envelope: l.envelope.clone(),
     };
     node.send(host, MeshMessage::Dispatch(Box::new(d)));
+    // Parallel: the answers go to the root; the lead reports once all went out.
+    if l.mode == CascadeMode::Parallel && l.gather.all_sent() {
+        report_lead(ops, node, (op, c), now);
+    }
 }
 
 /// An agent's answer: at its lead (a wave) or at the root (parallel).
 pub(crate) fn on_ack(node: &mut MeshNode, a: Ack, now: Time) {
     let mut ops = std::mem::take(&mut node.ops);
-    if !ops.lead.contains_key(&(a.op, a.cluster))
+    // A parallel operation's answers are the root's, even where the root leads the cluster.
+    let at_lead = ops
+        .lead
+        .get(&(a.op, a.cluster))
+        .is_some_and(|l| l.mode != CascadeMode::Parallel);
+    if !at_lead
+        && !ops.root.contains_key(&a.op)
         && let Some(led) = node.led.get_mut(&a.cluster)
         && let Some(view) = led.agents.get_mut(&a.agent)
     {
@@ -712,7 +761,7 @@ pub(crate) fn on_ack(node: &mut MeshNode, a: Ack, now: Time) {
         let processing = a.ready_ms.saturating_sub(a.arrived_ms) as f64;
         view.work.record(processing, link_p50);
     }
-    if let Some(l) = ops.lead.get_mut(&(a.op, a.cluster)) {
+    if at_lead && let Some(l) = ops.lead.get_mut(&(a.op, a.cluster)) {
         let target = l.gather.target();
         let ready = Time::from_millis(a.ready_ms.max(target.as_millis()));
         let heard = l.gather.answer(a.agent, a.state, ready, now);
@@ -1009,6 +1058,7 @@ fn end_phase(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Time) {
         phases: r.results,
         root_messages: r.root_messages,
         degradation: r.degradation,
+        tag: r.tag,
     };
     let _ = Mode::Full;
     node.finish(result);

@@ -1,0 +1,601 @@
+//! The mesh on this process (seed 001): the core's `MeshNode` for this machine's node, fed
+//! from the fabric (`mesh.<node>`, frames this node signs) and a timer, with this node's
+//! agents. Every node puts its agents in the `mesh` bucket; every node builds the same
+//! hierarchy from that bucket and the fleet's live nodes, and builds it again when either
+//! changes. An operator's request goes to the root (through the fabric when the root is
+//! another node) and its outcome comes back.
+//!
+//! Agents here are the agent's built-in ones (`--mesh-agents N`): each answers what it is
+//! sent after `--mesh-agent-ms` with READY and its context hash, or CONFLICT when the
+//! envelope's content hash does not match its payload. Agents of the worker protocol are
+//! not yet mesh agents.
+
+use crate::clock::now;
+use crate::identity::Auth;
+use qs_core::hash::of_str;
+use qs_core::mesh::{
+    Command, Hierarchy, Member, MeshConfig, MeshInput, MeshNode, MeshOutput, OpResult, Shape,
+    content_hash,
+};
+use qs_fabric::{Fabric, Kv, KvEvent, Subscription, Topic};
+use qs_wire::NodeId;
+use qs_wire::mesh::{
+    Ack, AgentBeat, AgentId, AgentState, ConflictDetail, Dispatch, MeshAction, MeshMembers,
+    MeshMessage, MeshOutcome, MeshPacket, MeshRequest, Scope, Trinary,
+};
+use qs_wire::task_bus::decode_bus;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// The KV bucket of every node's agents.
+pub const BUCKET: &str = "mesh";
+/// Requests waiting for the mesh task, at most.
+const MAX_REQUESTS: usize = 64;
+/// Answers of local agents waiting to be handled, at most.
+const MAX_ANSWERS: usize = 65_536;
+/// Requests in flight at once, at most (local and for others).
+const MAX_PENDING: usize = 1_024;
+/// How long a request waits for its outcome.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The built-in agents of this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MeshOptions {
+    pub agents: u32,
+    pub processing_ms: u64,
+    /// What each answers an ask with.
+    pub context: String,
+}
+
+impl Default for MeshOptions {
+    fn default() -> Self {
+        MeshOptions {
+            agents: 0,
+            processing_ms: 5,
+            context: "a1b2c3d4".into(),
+        }
+    }
+}
+
+/// What `GET /v1/mesh` shows.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct MeshStatus {
+    pub node: String,
+    pub root: Option<String>,
+    pub is_root: bool,
+    pub mode: &'static str,
+    pub agents: u32,
+    pub active: u32,
+    pub local_agents: u32,
+    pub sectors: Vec<SectorRow>,
+    pub clusters: Vec<ClusterRow>,
+    pub breakers: Vec<String>,
+    pub frozen: Vec<String>,
+    pub conflicts: u64,
+    pub conflicts_by_class: Vec<(String, u64)>,
+    pub kpis: Kpis,
+}
+
+/// One sector, as the root sees it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SectorRow {
+    pub sector: u32,
+    pub coordinator: String,
+    pub clusters: u32,
+    pub agents: u32,
+    pub active: u32,
+    pub mean_impedance_ms: f64,
+    pub p95_impedance_ms: f64,
+    pub classes: [u32; 6],
+    pub anomalies: u32,
+    pub breaker_open: bool,
+}
+
+/// One cluster this node leads.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ClusterRow {
+    pub cluster: u32,
+    pub agents: u32,
+    pub active: u32,
+    pub classes: [u32; 6],
+    pub mean_score_ms: f64,
+}
+
+/// Seed Part 11's KPIs as this node measured them (the root's are the mesh's).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Kpis {
+    pub operations: u64,
+    pub coordination_success_rate: f64,
+    pub arrival_window_hit_rate: f64,
+    pub prediction_accuracy: f64,
+    pub conflict_rate: f64,
+    pub mesh_availability: f64,
+    pub cascade_latency_p95_ms: f64,
+    pub recoveries: u64,
+    pub recovery_time_ms_mean: f64,
+    pub expired: u64,
+    pub coordinated_shifts: u64,
+}
+
+enum Request {
+    Run {
+        action: MeshAction,
+        reply: oneshot::Sender<Result<serde_json::Value, String>>,
+    },
+}
+
+/// The API's way to the mesh task.
+#[derive(Clone)]
+pub struct MeshHandle {
+    tx: mpsc::Sender<Request>,
+    status: watch::Receiver<Arc<MeshStatus>>,
+}
+
+impl MeshHandle {
+    /// A handle and the ends the task keeps.
+    pub fn new() -> (MeshHandle, MeshEnds) {
+        let (tx, rx) = mpsc::channel(MAX_REQUESTS);
+        let (status_tx, status) = watch::channel(Arc::new(MeshStatus::default()));
+        (MeshHandle { tx, status }, MeshEnds { rx, status_tx })
+    }
+
+    pub fn status(&self) -> Arc<MeshStatus> {
+        self.status.borrow().clone()
+    }
+
+    /// Runs an operator's action and waits for its outcome.
+    pub async fn run(&self, action: MeshAction) -> Result<serde_json::Value, String> {
+        action.check()?;
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .try_send(Request::Run { action, reply })
+            .map_err(|_| "the mesh is busy or stopped; try again".to_string())?;
+        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err("the mesh stopped".into()),
+            Err(_) => Err(format!("no outcome within {} s", REQUEST_TIMEOUT.as_secs())),
+        }
+    }
+}
+
+/// The task's ends of a [`MeshHandle`].
+pub struct MeshEnds {
+    rx: mpsc::Receiver<Request>,
+    status_tx: watch::Sender<Arc<MeshStatus>>,
+}
+
+/// Who waits for an outcome.
+enum Waiter {
+    Local(oneshot::Sender<Result<serde_json::Value, String>>),
+    Remote { node: NodeId, id: u64 },
+}
+
+/// A built-in agent's id: a stable hash of its host and name.
+pub fn agent_id(node: &NodeId, index: u32) -> AgentId {
+    AgentId(of_str(&format!("{node}/agent-{index}")))
+}
+
+/// Runs the mesh for `me` until `stop` turns true; `live` reads the live nodes.
+pub async fn run<F: Fabric>(
+    fabric: F,
+    auth: Arc<Auth>,
+    me: NodeId,
+    opts: MeshOptions,
+    ends: MeshEnds,
+    live: impl Fn() -> BTreeSet<NodeId> + Send + 'static,
+    mut stop: watch::Receiver<bool>,
+) {
+    let MeshEnds {
+        rx: mut requests,
+        status_tx,
+    } = ends;
+    let mut node = MeshNode::new(me.clone(), MeshConfig::default(), now());
+    let agents: Vec<AgentId> = (0..opts.agents).map(|i| agent_id(&me, i)).collect();
+    let beats: Vec<AgentBeat> = agents
+        .iter()
+        .map(|a| AgentBeat {
+            agent: *a,
+            state: AgentState::Active,
+            processing_ms: opts.processing_ms as f64,
+            queue_depth: 0,
+            capabilities: Vec::new(),
+        })
+        .collect();
+    node.handle(MeshInput::Agents(beats), now());
+    let (answers_tx, mut answers) = mpsc::channel::<(Ack, NodeId)>(MAX_ANSWERS);
+    let mut members: BTreeMap<NodeId, Vec<AgentId>> = BTreeMap::new();
+    let mut built: Option<(BTreeSet<NodeId>, u64)> = None;
+    let mut members_version = 0u64;
+    let mut kv = None;
+    let mut watch = None;
+    let mut sub: Option<Subscription> = None;
+    let mut waiting: BTreeMap<u64, Waiter> = BTreeMap::new();
+    let mut next_tag = 1u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(300));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let due = node.poll_timeout();
+        let sleep = Duration::from_micros(due.as_micros().saturating_sub(now().as_micros()));
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(sleep) => node.handle(MeshInput::Tick, now()),
+            m = crate::tasks::bus::next(&mut sub) => match m {
+                Some(m) => match auth.open_bus(m.topic.as_str(), &m.payload, |p: &MeshPacket| &p.from) {
+                    Ok(p) => match p.message {
+                        MeshMessage::Request(r) => {
+                            if waiting.len() < MAX_PENDING {
+                                let tag = next_tag;
+                                next_tag += 1;
+                                waiting.insert(tag, Waiter::Remote { node: p.from, id: r.id });
+                                if let Some(done) = command(&mut node, r.action, tag) {
+                                    answer(&fabric, &auth, &me, &mut waiting, tag, Ok(done)).await;
+                                }
+                            }
+                        }
+                        MeshMessage::Outcome(o) => {
+                            if let Some(Waiter::Local(reply)) = waiting.remove(&o.id) {
+                                let _ = reply.send(match o.ok {
+                                    true => serde_json::from_str(&o.body).map_err(|e| e.to_string()),
+                                    false => Err(o.body),
+                                });
+                            }
+                        }
+                        other => node.handle(MeshInput::Heard(other), now()),
+                    },
+                    Err(e) => tracing::debug!("{e}"),
+                },
+                None => sub = None,
+            },
+            a = answers.recv() => {
+                let Some((ack, reply_to)) = a else { return };
+                node.handle(MeshInput::AgentDone { ack, reply_to }, now());
+            }
+            r = requests.recv() => {
+                let Some(Request::Run { action, reply }) = r else { return };
+                if waiting.len() >= MAX_PENDING {
+                    let _ = reply.send(Err("too many requests in flight".into()));
+                    continue;
+                }
+                let tag = next_tag;
+                next_tag += 1;
+                match (node_is_root(&node), node.tree().root.clone()) {
+                    (true, _) => {
+                        waiting.insert(tag, Waiter::Local(reply));
+                        if let Some(done) = command(&mut node, action, tag) {
+                            answer(&fabric, &auth, &me, &mut waiting, tag, Ok(done)).await;
+                        }
+                    }
+                    (false, Some(root)) => {
+                        waiting.insert(tag, Waiter::Local(reply));
+                        let req = MeshMessage::Request(Box::new(MeshRequest { id: tag, action }));
+                        send(&fabric, &auth, &me, &root, req).await;
+                    }
+                    (false, None) => {
+                        let _ = reply.send(Err("the mesh has no root yet: no agents registered, or the fleet is starting".into()));
+                    }
+                }
+            }
+            e = next_kv(&mut watch) => match e {
+                Some(Ok(KvEvent::Put(entry))) => {
+                    if let Ok(m) = decode_bus::<MeshMembers>("kv mesh", &entry.value)
+                        && m.node.as_str() == entry.key
+                    {
+                        members.insert(m.node, m.agents);
+                        members_version += 1;
+                    }
+                }
+                Some(Ok(KvEvent::Delete { key, .. })) => {
+                    members.retain(|n, _| n.as_str() != key);
+                    members_version += 1;
+                }
+                Some(Ok(KvEvent::Synced)) => {}
+                Some(Err(e)) => {
+                    tracing::debug!("mesh bucket: {e}");
+                    watch = None;
+                }
+                None => watch = None,
+            },
+            _ = tick.tick() => {
+                if !fabric.connected() {
+                    continue;
+                }
+                if sub.is_none() {
+                    sub = fabric.subscribe(&Topic::mesh(&me)).await.ok();
+                }
+                if kv.is_none() {
+                    kv = fabric.kv(BUCKET).await.ok();
+                    if let Some(kv) = &kv {
+                        let mine = MeshMembers { node: me.clone(), agents: agents.clone() };
+                        if let Ok(bytes) = serde_json::to_vec(&mine) {
+                            let _ = kv.put(me.as_str(), bytes.into()).await;
+                        }
+                    }
+                }
+                if watch.is_none() && let Some(kv) = &kv {
+                    watch = kv.watch("").await.ok();
+                }
+                let live = live();
+                if built.as_ref().is_none_or(|(l, v)| *l != live || *v != members_version) {
+                    let list: Vec<Member> = members
+                        .iter()
+                        .filter(|(n, _)| live.contains(*n))
+                        .flat_map(|(n, agents)| {
+                            agents.iter().map(|a| Member { agent: *a, host: n.clone() })
+                        })
+                        .collect();
+                    match Hierarchy::build(&list, Shape::default(), |n| live.contains(n)) {
+                        Ok(tree) => node.handle(MeshInput::Tree(Arc::new(tree)), now()),
+                        Err(e) => tracing::warn!("mesh: {e}"),
+                    }
+                    built = Some((live, members_version));
+                }
+                let _ = status_tx.send(Arc::new(status(&mut node, agents.len() as u32)));
+            }
+        }
+        while let Some(out) = node.poll() {
+            match out {
+                MeshOutput::Send { to, msg } => send(&fabric, &auth, &me, &to, msg).await,
+                MeshOutput::Deliver(d) => work(&opts, d, &answers_tx),
+                MeshOutput::Finished(r) => {
+                    finish(&fabric, &auth, &me, &mut waiting, r.tag, Ok(r)).await
+                }
+                MeshOutput::Refused { tag, error } => {
+                    finish(
+                        &fabric,
+                        &auth,
+                        &me,
+                        &mut waiting,
+                        tag,
+                        Err(error.to_string()),
+                    )
+                    .await
+                }
+                MeshOutput::Conflict(c) => tracing::info!(
+                    "mesh conflict {} from agent {:?}: {:?}, priority {}, {:?}",
+                    c.seq,
+                    c.agent,
+                    c.class,
+                    c.priority,
+                    c.strategy
+                ),
+                MeshOutput::Breaker(b) => {
+                    tracing::info!("mesh breaker {:?} is {:?}", b.scope, b.state)
+                }
+                MeshOutput::HostLost { scope, host } => {
+                    tracing::info!("mesh: {host} lost ({scope:?})")
+                }
+            }
+        }
+    }
+}
+
+fn node_is_root(node: &MeshNode) -> bool {
+    node.tree().root.as_ref() == Some(node.id())
+}
+
+/// An operator's action as the core's command; a freeze, a thaw or a heal is carried out
+/// at once and its answer returned (a cascade's comes with its result).
+fn command(node: &mut MeshNode, action: MeshAction, tag: u64) -> Option<serde_json::Value> {
+    let done = match &action {
+        MeshAction::Cascade { .. } => None,
+        MeshAction::Freeze { scope } => Some(serde_json::json!({"done": "freeze", "scope": scope})),
+        MeshAction::Thaw { scope } => Some(serde_json::json!({"done": "thaw", "scope": scope})),
+        MeshAction::Heal { scope } => Some(serde_json::json!({"done": "heal", "scope": scope})),
+    };
+    let t = now();
+    let command = match action {
+        MeshAction::Cascade {
+            mode,
+            scope,
+            verb,
+            payload,
+            priority,
+            sample,
+            budget_ms,
+            requires,
+            approved,
+        } => {
+            let mut envelope = node.envelope(verb, &payload, priority, t);
+            envelope.requires = requires;
+            Command::Cascade {
+                mode,
+                scope,
+                envelope,
+                sample,
+                budget_ms,
+                approved,
+                automated: false,
+            }
+        }
+        MeshAction::Freeze { scope } => Command::Freeze {
+            scope,
+            frozen: true,
+        },
+        MeshAction::Thaw { scope } => Command::Freeze {
+            scope,
+            frozen: false,
+        },
+        MeshAction::Heal { scope } => Command::Heal { scope },
+    };
+    node.handle(MeshInput::Command { command, tag }, t);
+    done
+}
+
+async fn finish<F: Fabric>(
+    fabric: &F,
+    auth: &Auth,
+    me: &NodeId,
+    waiting: &mut BTreeMap<u64, Waiter>,
+    tag: u64,
+    outcome: Result<OpResult, String>,
+) {
+    let body = outcome.and_then(|r| serde_json::to_value(&r).map_err(|e| e.to_string()));
+    answer(fabric, auth, me, waiting, tag, body).await;
+}
+
+/// Answers whoever waits for `tag`: the API here, or the node that asked.
+async fn answer<F: Fabric>(
+    fabric: &F,
+    auth: &Auth,
+    me: &NodeId,
+    waiting: &mut BTreeMap<u64, Waiter>,
+    tag: u64,
+    body: Result<serde_json::Value, String>,
+) {
+    let Some(w) = waiting.remove(&tag) else {
+        return;
+    };
+    match w {
+        Waiter::Local(reply) => {
+            let _ = reply.send(body);
+        }
+        Waiter::Remote { node, id } => {
+            let (ok, body) = match body {
+                Ok(v) => (true, v.to_string()),
+                Err(e) => (false, e),
+            };
+            let body = match body.len() > qs_wire::mesh::MAX_OUTCOME_BYTES {
+                true => "the outcome was too large to send".to_string(),
+                false => body,
+            };
+            let o = MeshMessage::Outcome(Box::new(MeshOutcome { id, ok, body }));
+            send(fabric, auth, me, &node, o).await;
+        }
+    }
+}
+
+async fn send<F: Fabric>(fabric: &F, auth: &Auth, me: &NodeId, to: &NodeId, msg: MeshMessage) {
+    let packet = MeshPacket {
+        from: me.clone(),
+        message: msg,
+    };
+    crate::tasks::bus::publish_signed(fabric, auth, me, &Topic::mesh(to), &packet).await;
+}
+
+/// A built-in agent's work: after its processing time, READY with its context, or
+/// CONFLICT (integrity) when the payload does not match its hash.
+fn work(opts: &MeshOptions, d: Dispatch, answers: &mpsc::Sender<(Ack, NodeId)>) {
+    let arrived_ms = now().as_millis();
+    let delay = Duration::from_millis(opts.processing_ms);
+    let context = opts.context.clone();
+    let answers = answers.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        let actual = content_hash(&d.envelope.payload);
+        let intact = actual == d.envelope.content_hash;
+        let ack = Ack {
+            op: d.envelope.op,
+            agent: d.agent,
+            cluster: d.cluster,
+            state: match intact {
+                true => Trinary::Ready,
+                false => Trinary::Conflict,
+            },
+            arrived_ms,
+            ready_ms: now().as_millis(),
+            answer: match d.envelope.verb {
+                qs_wire::mesh::Verb::Observe => context,
+                _ => String::new(),
+            },
+            conflict: (!intact).then(|| ConflictDetail::HashMismatch {
+                expected: d.envelope.content_hash.clone(),
+                received: actual,
+            }),
+        };
+        let _ = answers.try_send((ack, d.reply_to));
+    });
+}
+
+async fn next_kv(
+    w: &mut Option<qs_fabric::Watch>,
+) -> Option<Result<KvEvent, qs_fabric::FabricError>> {
+    match w {
+        Some(w) => w.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn status(node: &mut MeshNode, local: u32) -> MeshStatus {
+    let (agents, active) = node.global_counts();
+    let k = node.kpis().clone();
+    let mut clusters: BTreeMap<u32, ClusterRow> = BTreeMap::new();
+    for a in node.led_agents() {
+        let row = clusters.entry(a.cluster.0).or_insert_with(|| ClusterRow {
+            cluster: a.cluster.0,
+            ..ClusterRow::default()
+        });
+        row.agents += 1;
+        if a.state == AgentState::Active {
+            row.active += 1;
+        }
+        row.classes[a.class.index()] += 1;
+        row.mean_score_ms += a.score_ms;
+    }
+    for row in clusters.values_mut() {
+        row.mean_score_ms /= f64::from(row.agents.max(1));
+    }
+    let scope = |s: &Scope| match s {
+        Scope::Global => "global".to_string(),
+        Scope::Sector(x) => format!("sector {}", x.0),
+        Scope::Cluster(x) => format!("cluster {}", x.0),
+    };
+    MeshStatus {
+        node: node.id().to_string(),
+        root: node.tree().root.as_ref().map(|r| r.to_string()),
+        is_root: node_is_root(node),
+        mode: node.mode().name(),
+        agents,
+        active,
+        local_agents: local,
+        sectors: node
+            .sector_summaries()
+            .values()
+            .map(|s| SectorRow {
+                sector: s.sector.0,
+                coordinator: s.coordinator.to_string(),
+                clusters: s.cluster_count,
+                agents: s.total_agents,
+                active: s.active_agents,
+                mean_impedance_ms: s.mean_impedance_ms,
+                p95_impedance_ms: s.p95_impedance_ms,
+                classes: s.classes,
+                anomalies: s.anomalies,
+                breaker_open: s.breaker_open,
+            })
+            .collect(),
+        clusters: clusters.into_values().collect(),
+        breakers: node
+            .breakers()
+            .not_closed()
+            .iter()
+            .map(|(s, b)| format!("{} {:?}", scope(s), b))
+            .collect(),
+        frozen: node.frozen().iter().map(scope).collect(),
+        conflicts: node.conflicts().total(),
+        conflicts_by_class: node
+            .conflicts()
+            .by_class()
+            .iter()
+            .map(|(c, n)| (format!("{c:?}"), *n))
+            .collect(),
+        kpis: Kpis {
+            operations: k.operations,
+            coordination_success_rate: k.coordination_success_rate(),
+            arrival_window_hit_rate: k.window_hit_rate(),
+            prediction_accuracy: k.prediction_accuracy(),
+            conflict_rate: k.conflict_rate(),
+            mesh_availability: k.availability(),
+            cascade_latency_p95_ms: k.cascade_p95_ms(),
+            recoveries: k.recoveries,
+            recovery_time_ms_mean: match k.recoveries {
+                0 => 0.0,
+                n => k.recovery_ms_total as f64 / n as f64,
+            },
+            expired: node.expired(),
+            coordinated_shifts: k.coordinated_shifts,
+        },
+    }
+}

@@ -1,0 +1,128 @@
+//! The mesh's figures for `/metrics` (seed Part 11's KPIs, as this node measured them; the
+//! root's are the mesh's): coordination success, arrival-window hits, prediction accuracy,
+//! conflicts, availability, cascade latency, recovery time; the mode and the agents.
+
+use crate::mesh::MeshStatus;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+type Ratio = Gauge<f64, AtomicU64>;
+
+/// See the module docs.
+#[derive(Clone, Default)]
+pub struct MeshMetrics {
+    success: Ratio,
+    hits: Ratio,
+    accuracy: Ratio,
+    conflicts: Ratio,
+    availability: Ratio,
+    cascade_p95_ms: Ratio,
+    recovery_ms: Ratio,
+    operations: Gauge,
+    agents: Gauge,
+    active: Gauge,
+    mode: Gauge,
+    is_root: Gauge,
+}
+
+impl MeshMetrics {
+    pub fn register(&self, r: &mut Registry) {
+        let ratios: [(&str, &str, &Ratio); 7] = [
+            (
+                "mesh_coordination_success_rate",
+                "Share of this root's operations that reached quorum (PROCEED)",
+                &self.success,
+            ),
+            (
+                "mesh_arrival_window_hit_rate",
+                "Share of agents sent to that were ready within the arrival window",
+                &self.hits,
+            ),
+            (
+                "mesh_prediction_accuracy",
+                "Share of answers ready within 50 ms of the predicted time",
+                &self.accuracy,
+            ),
+            (
+                "mesh_conflict_rate",
+                "Share of answers that were CONFLICT (-1)",
+                &self.conflicts,
+            ),
+            (
+                "mesh_availability",
+                "Share of observed time with at least 95 % of agents active",
+                &self.availability,
+            ),
+            (
+                "mesh_cascade_latency_p95_ms",
+                "95th percentile of recent cascades, start to decision, milliseconds",
+                &self.cascade_p95_ms,
+            ),
+            (
+                "mesh_recovery_time_ms",
+                "Mean time from a breaker opening to its closing, milliseconds",
+                &self.recovery_ms,
+            ),
+        ];
+        for (name, help, g) in ratios {
+            r.register(name, help, g.clone());
+        }
+        let gauges: [(&str, &str, &Gauge); 5] = [
+            (
+                "mesh_operations",
+                "Operations this root completed since start",
+                &self.operations,
+            ),
+            (
+                "mesh_agents",
+                "Agents in the mesh (the root's view)",
+                &self.agents,
+            ),
+            (
+                "mesh_agents_active",
+                "Active agents in the mesh (the root's view)",
+                &self.active,
+            ),
+            (
+                "mesh_mode",
+                "Degradation mode: 0 FULL, 1 LIGHT, 2 MODERATE, 3 SEVERE, 4 EMERGENCY",
+                &self.mode,
+            ),
+            (
+                "mesh_is_root",
+                "1 on the node that is the mesh's root",
+                &self.is_root,
+            ),
+        ];
+        for (name, help, g) in gauges {
+            r.register(name, help, g.clone());
+        }
+    }
+
+    pub fn set(&self, s: &MeshStatus) {
+        let k = &s.kpis;
+        self.success.set(k.coordination_success_rate);
+        self.hits.set(k.arrival_window_hit_rate);
+        self.accuracy.set(k.prediction_accuracy);
+        self.conflicts.set(k.conflict_rate);
+        self.availability.set(k.mesh_availability);
+        self.cascade_p95_ms.set(k.cascade_latency_p95_ms);
+        self.recovery_ms.set(k.recovery_time_ms_mean);
+        self.operations.set(k.operations as i64);
+        self.agents.set(i64::from(s.agents));
+        self.active.set(i64::from(s.active));
+        let mode = [
+            "FULL",
+            "DEGRADED_LIGHT",
+            "DEGRADED_MODERATE",
+            "DEGRADED_SEVERE",
+            "EMERGENCY",
+        ]
+        .iter()
+        .position(|m| *m == s.mode)
+        .unwrap_or(0);
+        self.mode.set(mode as i64);
+        self.is_root.set(i64::from(s.is_root));
+    }
+}

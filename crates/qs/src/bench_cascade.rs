@@ -1,0 +1,284 @@
+//! `qs bench cascade`: the mesh at 30,000 agents on the simulator (the core's `MeshNode`
+//! per host, a WAN model with a heavy tail and loss), cascades of each mode with 0, 1, 5 and
+//! 20 % of agents down; beside it, Serf-style gossip spreading one message over as many
+//! members on the same network; and the simulator's own speed and memory.
+
+use crate::bench::{emit, round_to};
+use anyhow::{Context, Result};
+use qs_core::mesh::OpResult;
+use qs_core::mesh::degrade::Mode;
+use qs_sim::mesh::engine::{CALIBRATIONS, READY_AT_MS, run};
+use qs_sim::mesh::gossip::{Gossip, spread};
+use qs_sim::mesh::{Cascade, Matrix, MeshSimConfig, Wan};
+use qs_wire::mesh::CascadeMode;
+use std::path::PathBuf;
+
+/// The suite's settings.
+pub struct CascadeBench {
+    pub agents: usize,
+    pub cascades: usize,
+    pub seed: u64,
+    pub latency_matrix: Option<PathBuf>,
+    /// Also run waves with this fixed arrival budget (an urgent operation), milliseconds.
+    pub urgent_budget_ms: u64,
+}
+
+const BENCH: &str = "cascade";
+
+fn wan(b: &CascadeBench) -> Result<Wan> {
+    let mut wan = Wan::default();
+    if let Some(path) = &b.latency_matrix {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        wan.matrix = Some(Matrix::parse(&text, &path.display().to_string())?);
+    }
+    Ok(wan)
+}
+
+fn mode_name(m: CascadeMode) -> &'static str {
+    match m {
+        CascadeMode::Wave => "wave",
+        CascadeMode::Parallel => "parallel",
+        CascadeMode::PriorityFirst => "priority_first",
+    }
+}
+
+fn p95(mut v: Vec<f64>) -> f64 {
+    qs_core::mesh::impedance::p95(&mut v)
+}
+
+pub fn cascade_suite(b: &CascadeBench) -> Result<()> {
+    let wan = wan(b)?;
+    let clock_start = std::time::Instant::now();
+    let clock = move || clock_start.elapsed().as_secs_f64();
+    let modes = [
+        CascadeMode::Wave,
+        CascadeMode::Parallel,
+        CascadeMode::PriorityFirst,
+    ];
+    for down in [0.0, 0.01, 0.05, 0.20] {
+        let pct = (down * 100.0) as u32;
+        for mode in modes {
+            let mut cfg = MeshSimConfig::new(b.agents, b.seed);
+            cfg.wan = wan.clone();
+            cfg.down_fraction = down;
+            cfg.down_at_ms = READY_AT_MS;
+            let first = READY_AT_MS + 1_500;
+            let gap = match mode {
+                CascadeMode::PriorityFirst => 6_000,
+                _ => 1_500,
+            };
+            cfg.cascades = (0..b.cascades)
+                .map(|i| Cascade {
+                    at_ms: first + gap * i as u64,
+                    mode,
+                    budget_ms: None,
+                })
+                .collect();
+            cfg.duration_ms = first + gap * b.cascades as u64 + 6_000;
+            let r = run(&cfg, &clock)?;
+            let ops: &[OpResult] = &r.results[(CALIBRATIONS as usize).min(r.results.len())..];
+            let name = format!("{}_down{pct}", mode_name(mode));
+            report(&name, ops);
+            emit(
+                BENCH,
+                format!("{name}_refused"),
+                r.refused.len() as f64,
+                "operations",
+            );
+            let ordinal = [
+                Mode::Full,
+                Mode::DegradedLight,
+                Mode::DegradedModerate,
+                Mode::DegradedSevere,
+                Mode::Emergency,
+            ]
+            .iter()
+            .position(|m| m.name() == r.mode)
+            .unwrap_or(0);
+            emit(
+                BENCH,
+                format!("{name}_degradation_mode"),
+                ordinal as f64,
+                "FULL=0 LIGHT=1 MODERATE=2 SEVERE=3 EMERGENCY=4",
+            );
+            emit(
+                BENCH,
+                format!("{name}_open_cluster_breakers"),
+                r.open_cluster_breakers as f64,
+                "breakers",
+            );
+            emit(
+                BENCH,
+                format!("{name}_open_sector_breakers"),
+                r.open_sector_breakers as f64,
+                "breakers",
+            );
+            emit(
+                BENCH,
+                format!("{name}_global_breaker_open"),
+                f64::from(u8::from(r.global_breaker_open)),
+                "bool",
+            );
+        }
+    }
+    // An urgent wave: the arrival budget fixed, slower agents known too late and skipped.
+    let mut cfg = MeshSimConfig::new(b.agents, b.seed);
+    cfg.wan = wan.clone();
+    let first = READY_AT_MS + 1_500;
+    cfg.cascades = (0..b.cascades)
+        .map(|i| Cascade {
+            at_ms: first + 1_500 * i as u64,
+            mode: CascadeMode::Wave,
+            budget_ms: Some(b.urgent_budget_ms),
+        })
+        .collect();
+    cfg.duration_ms = first + 1_500 * b.cascades as u64 + 3_000;
+    let r = run(&cfg, &clock)?;
+    let ops = &r.results[(CALIBRATIONS as usize).min(r.results.len())..];
+    report(&format!("wave_urgent{}ms_down0", b.urgent_budget_ms), ops);
+
+    // The peer: gossip over as many members, same network.
+    let g = spread(b.agents, &wan, Gossip::lan(b.agents), b.seed);
+    emit(
+        BENCH,
+        "gossip_p50_reach".into(),
+        round_to(g.p50_ms, 1),
+        "ms",
+    );
+    emit(
+        BENCH,
+        "gossip_p95_reach".into(),
+        round_to(g.p95_ms, 1),
+        "ms",
+    );
+    emit(
+        BENCH,
+        "gossip_p99_reach".into(),
+        round_to(g.p99_ms, 1),
+        "ms",
+    );
+    emit(
+        BENCH,
+        "gossip_all_reach".into(),
+        round_to(g.all_ms.unwrap_or(f64::NAN), 1),
+        "ms",
+    );
+    emit(
+        BENCH,
+        "gossip_messages".into(),
+        g.messages as f64,
+        "messages",
+    );
+
+    // The simulator itself: a steady mesh of `agents`, 60 s simulated.
+    let mut cfg = MeshSimConfig::new(b.agents, b.seed);
+    cfg.wan = wan;
+    cfg.calibrate = false;
+    cfg.duration_ms = 60_000;
+    let r = run(&cfg, &clock)?;
+    emit(
+        BENCH,
+        "sim_speed".into(),
+        round_to(r.speed, 1),
+        "x real time",
+    );
+    emit(BENCH, "sim_events".into(), r.events as f64, "events");
+    if let Some(rss) = peak_rss_bytes() {
+        emit(
+            BENCH,
+            "sim_peak_rss".into(),
+            (rss / (1 << 20)) as f64,
+            "MiB",
+        );
+    }
+    Ok(())
+}
+
+/// One row's figures over its operations.
+fn report(name: &str, ops: &[OpResult]) {
+    let lat: Vec<f64> = ops.iter().map(|o| o.latency_ms).collect();
+    let sent: u64 = ops.iter().map(|o| u64::from(o.tally.sent)).sum();
+    let hits: u64 = ops.iter().map(|o| u64::from(o.tally.window_hits)).sum();
+    let answered: u64 = ops
+        .iter()
+        .map(|o| u64::from(o.tally.ready + o.tally.transit + o.tally.conflict))
+        .sum();
+    let accurate: u64 = ops
+        .iter()
+        .map(|o| u64::from(o.tally.predicted_within_50ms))
+        .sum();
+    let targeted: u64 = ops.iter().map(|o| u64::from(o.tally.targeted)).sum();
+    let skipped: u64 = ops.iter().map(|o| u64::from(o.tally.skipped)).sum();
+    let quorum = ops
+        .iter()
+        .filter(|o| o.decision.name() == "PROCEED")
+        .count();
+    let per_phase_root = ops
+        .iter()
+        .map(|o| f64::from(o.root_messages) / o.phases.len().max(1) as f64)
+        .fold(0.0, f64::max);
+    let rate = |a: u64, b: u64| {
+        if b == 0 {
+            0.0
+        } else {
+            round_to(a as f64 / b as f64, 4)
+        }
+    };
+    emit(
+        BENCH,
+        format!("{name}_operations"),
+        ops.len() as f64,
+        "operations",
+    );
+    emit(
+        BENCH,
+        format!("{name}_cascade_p95"),
+        round_to(p95(lat), 1),
+        "ms",
+    );
+    emit(
+        BENCH,
+        format!("{name}_target_after"),
+        round_to(ops.iter().map(|o| o.target_after_ms).fold(0.0, f64::max), 1),
+        "ms",
+    );
+    emit(
+        BENCH,
+        format!("{name}_window_hit_rate"),
+        rate(hits, sent),
+        "share of sent",
+    );
+    emit(
+        BENCH,
+        format!("{name}_within_50ms"),
+        rate(accurate, answered),
+        "share of answers",
+    );
+    emit(
+        BENCH,
+        format!("{name}_skipped"),
+        rate(skipped, targeted),
+        "share of targeted",
+    );
+    emit(
+        BENCH,
+        format!("{name}_quorum"),
+        rate(quorum as u64, ops.len() as u64),
+        "share of operations",
+    );
+    emit(
+        BENCH,
+        format!("{name}_root_messages_per_phase"),
+        per_phase_root,
+        "messages",
+    );
+}
+
+/// The process's peak resident memory, from `/proc/self/status`.
+pub(crate) fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}

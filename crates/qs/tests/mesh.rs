@@ -1,0 +1,141 @@
+//! The mesh on real processes: four `qs agent`s on a real nats-server, 250 built-in mesh
+//! agents each (1,000 agents), doing a broadcast, an ask, a wave and a parallel cascade, a
+//! freeze and a thaw through `qs mesh` and the API, with the KPIs read from `/metrics`.
+
+mod common;
+
+use common::*;
+use qs_fabric::nats_server::NatsServer;
+use serde_json::Value;
+use std::time::Duration;
+
+const CONFIG: &str = "[thresholds]\ncpu_sensed = false\nmemory = 1.0\n";
+const NODES: [&str; 4] = ["m1", "m2", "m3", "m4"];
+const PER_NODE: u32 = 250;
+
+fn op(up: &Up, body: &str) -> Value {
+    let (status, v) = up.http("POST", "/v1/mesh/ops", body);
+    assert_eq!(status, 200, "POST /v1/mesh/ops {body}: {v}");
+    v
+}
+
+#[test]
+fn a_thousand_agents_over_nats() {
+    let server = NatsServer::start().expect("nats-server 2.10+ (scripts/test installs it)");
+    let dir = tempfile::tempdir().unwrap();
+    let agents: Vec<Up> = NODES
+        .iter()
+        .map(|n| {
+            agent_configured(
+                dir.path(),
+                &server.url(),
+                n,
+                &[
+                    "--mesh-agents",
+                    &PER_NODE.to_string(),
+                    "--mesh-agent-ms",
+                    "5",
+                ],
+                &[],
+                CONFIG,
+            )
+        })
+        .collect();
+    // Every node builds the same hierarchy: one root, which sees all 1,000 agents active.
+    let total = PER_NODE * NODES.len() as u32;
+    let first = &agents[0];
+    first.wait_within(
+        "the root to see every agent",
+        Duration::from_secs(60),
+        |a| {
+            let s = a.get("/v1/mesh");
+            s["root"].is_string() && s["agents"] == total && s["active"] == total
+                || agents.iter().any(|b| {
+                    let s = b.get("/v1/mesh");
+                    s["is_root"] == true && s["agents"] == total && s["active"] == total
+                })
+        },
+    );
+    let root = agents
+        .iter()
+        .find(|a| a.get("/v1/mesh")["is_root"] == true)
+        .expect("a root");
+    let roots = agents
+        .iter()
+        .filter(|a| a.get("/v1/mesh")["is_root"] == true)
+        .count();
+    assert_eq!(roots, 1, "exactly one root");
+    let other = agents
+        .iter()
+        .find(|a| a.get("/v1/mesh")["is_root"] != true)
+        .unwrap();
+    root.wait_within(
+        "the root to be in FULL mode",
+        Duration::from_secs(20),
+        |a| a.get("/v1/mesh")["mode"] == "FULL",
+    );
+
+    // A broadcast, asked of a node that is not the root: it goes to the root and back.
+    let b = op(
+        other,
+        r#"{"action":"cascade","mode":"wave","verb":"sync","payload":"Context update: Market closed early today"}"#,
+    );
+    assert_eq!(b["tally"]["targeted"], total, "{b}");
+    assert!(b["tally"]["ready"].as_u64().unwrap() >= 950, "{b}");
+    assert_eq!(b["decision"]["decision"], "proceed", "{b}");
+
+    // An ask of a sample: answers counted.
+    let a = op(
+        root,
+        r#"{"action":"cascade","mode":"wave","verb":"observe","payload":"What's your current context hash?","sample":50}"#,
+    );
+    let sent = a["tally"]["sent"].as_u64().unwrap();
+    assert!((50..=100).contains(&sent), "{a}");
+    assert_eq!(a["answers"][0]["answer"], "a1b2c3d4", "{a}");
+
+    // Through the CLI: a wave cascade and a parallel one.
+    for mode in ["wave", "parallel"] {
+        let out = cli(&[
+            "--api",
+            &root.api,
+            "mesh",
+            "cascade",
+            "prepare for the quarter close",
+            "--mode",
+            mode,
+            "--output",
+            "json",
+        ]);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert!(v["tally"]["ready"].as_u64().unwrap() >= 950, "{mode}: {v}");
+        assert!(v["root_messages"].as_u64().unwrap() <= 100, "{mode}: {v}");
+    }
+
+    // Frozen, the mesh refuses operations; thawed, it takes them again.
+    cli(&["--api", &root.api, "mesh", "freeze"]);
+    let (status, v) = root.http(
+        "POST",
+        "/v1/mesh/ops",
+        r#"{"action":"cascade","mode":"wave","verb":"sync","payload":"x"}"#,
+    );
+    assert_eq!(status, 409, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("frozen"), "{v}");
+    cli(&["--api", &root.api, "mesh", "thaw"]);
+    op(
+        root,
+        r#"{"action":"cascade","mode":"wave","verb":"sync","payload":"y"}"#,
+    );
+
+    // The KPIs, from the root's /metrics (refreshed at the mesh's next tick).
+    root.wait_within("the KPIs", Duration::from_secs(10), |a| {
+        a.metric("qs_mesh_operations") >= 5.0
+    });
+    assert!(root.metric("qs_mesh_coordination_success_rate") >= 0.8);
+    assert!(root.metric("qs_mesh_arrival_window_hit_rate") >= 0.9);
+    assert!(root.metric("qs_mesh_prediction_accuracy") > 0.5);
+    assert!(root.metric("qs_mesh_cascade_latency_p95_ms") > 0.0);
+    assert_eq!(root.metric("qs_mesh_agents_active"), f64::from(total));
+    assert_eq!(root.metric("qs_mesh_mode"), 0.0);
+    let status = cli(&["--api", &root.api, "mesh", "status"]);
+    assert!(status.contains("1000 of 1000 agents active"), "{status}");
+}
