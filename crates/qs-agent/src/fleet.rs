@@ -408,6 +408,7 @@ impl<F: Fabric> EmbeddedFleet<F> {
         tasks.spawn(crate::mesh::run(
             fabric.clone(),
             shared.auth.clone(),
+            shared.journal.clone(),
             opts.nodes[0].id.clone(),
             opts.mesh.clone(),
             mesh_ends,

@@ -7,7 +7,8 @@
 //!
 //! Agents here are the agent's built-in ones (`--mesh-agents N`): each answers what it is
 //! sent after `--mesh-agent-ms` with READY and its context hash, or CONFLICT when the
-//! envelope's content hash does not match its payload. Agents of the worker protocol are
+//! envelope's content hash does not match its payload (an integrity failure) or the payload
+//! `expect:VALUE` names another context than its own (a value mismatch). Agents of the worker protocol are
 //! not yet mesh agents.
 
 use crate::clock::now;
@@ -179,9 +180,11 @@ pub fn agent_id(node: &NodeId, index: u32) -> AgentId {
 }
 
 /// Runs the mesh for `me` until `stop` turns true; `live` reads the live nodes.
+#[allow(clippy::too_many_arguments)]
 pub async fn run<F: Fabric>(
     fabric: F,
     auth: Arc<Auth>,
+    journal: crate::journal::Journal,
     me: NodeId,
     opts: MeshOptions,
     ends: MeshEnds,
@@ -353,14 +356,20 @@ pub async fn run<F: Fabric>(
                     )
                     .await
                 }
-                MeshOutput::Conflict(c) => tracing::info!(
-                    "mesh conflict {} from agent {:?}: {:?}, priority {}, {:?}",
-                    c.seq,
-                    c.agent,
-                    c.class,
-                    c.priority,
-                    c.strategy
-                ),
+                MeshOutput::Conflict(c) => {
+                    // The conflict log is the ledger's: append-only, kept with every event.
+                    let event = qs_wire::Event::MeshConflict {
+                        seq: c.seq,
+                        op: c.op.0,
+                        agent: c.agent.0,
+                        class: format!("{:?}", c.class),
+                        priority: c.priority,
+                        strategy: format!("{:?}", c.strategy),
+                        escalation: format!("{:?}", c.escalation),
+                        detail: serde_json::to_string(&c.detail).unwrap_or_default(),
+                    };
+                    journal.append(&me, now().as_micros(), vec![event]).await;
+                }
                 MeshOutput::Breaker(b) => {
                     tracing::info!("mesh breaker {:?} is {:?}", b.scope, b.state)
                 }
@@ -486,13 +495,33 @@ fn work(opts: &MeshOptions, d: Dispatch, answers: &mpsc::Sender<(Ack, NodeId)>) 
         tokio::time::sleep(delay).await;
         let actual = content_hash(&d.envelope.payload);
         let intact = actual == d.envelope.content_hash;
+        // "expect:VALUE" states a fact every agent should hold: one whose context differs
+        // answers CONFLICT (a value mismatch).
+        let contradicted = d
+            .envelope
+            .payload
+            .strip_prefix("expect:")
+            .filter(|want| *want != context)
+            .map(str::to_owned);
+        let conflict = match (&contradicted, intact) {
+            (_, false) => Some(ConflictDetail::HashMismatch {
+                expected: d.envelope.content_hash.clone(),
+                received: actual,
+            }),
+            (Some(want), true) => Some(ConflictDetail::DataContradiction {
+                expected: want.clone(),
+                received: context.clone(),
+                affects_agents: 1,
+            }),
+            (None, true) => None,
+        };
         let ack = Ack {
             op: d.envelope.op,
             agent: d.agent,
             cluster: d.cluster,
-            state: match intact {
-                true => Trinary::Ready,
-                false => Trinary::Conflict,
+            state: match conflict {
+                None => Trinary::Ready,
+                Some(_) => Trinary::Conflict,
             },
             arrived_ms,
             ready_ms: now().as_millis(),
@@ -500,10 +529,7 @@ fn work(opts: &MeshOptions, d: Dispatch, answers: &mpsc::Sender<(Ack, NodeId)>) 
                 qs_wire::mesh::Verb::Observe => context,
                 _ => String::new(),
             },
-            conflict: (!intact).then(|| ConflictDetail::HashMismatch {
-                expected: d.envelope.content_hash.clone(),
-                received: actual,
-            }),
+            conflict,
         };
         let _ = answers.try_send((ack, d.reply_to));
     });

@@ -206,6 +206,20 @@ pub enum Event {
         field: String,
         reason: String,
     },
+    /// An agent of the mesh answered CONFLICT (seed 001 §5.1): the conflict log's record, its
+    /// conflicting information quarantined, its class, priority (0–4), resolution strategy
+    /// and whom it escalates to.
+    MeshConflict {
+        seq: u64,
+        op: u64,
+        agent: u64,
+        class: String,
+        priority: u8,
+        strategy: String,
+        escalation: String,
+        /// The agent's conflict detail, as JSON.
+        detail: String,
+    },
 }
 
 /// The steps of a durable task's life.

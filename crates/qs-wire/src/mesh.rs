@@ -293,17 +293,25 @@ pub const FULL_BEAT_EVERY: u64 = 16;
 pub type ClassCounts = [u32; 6];
 
 /// Upper edges of the lead-time buckets, milliseconds (the last is open).
-pub const LEAD_BUCKETS_MS: [f64; 16] = [
+pub const LEAD_BUCKETS_MS: [f64; LEAD_BUCKETS] = [
     5.0,
     10.0,
+    15.0,
     20.0,
-    35.0,
+    30.0,
+    40.0,
     50.0,
+    60.0,
     75.0,
+    90.0,
     100.0,
+    125.0,
     150.0,
+    175.0,
     200.0,
+    250.0,
     300.0,
+    350.0,
     400.0,
     500.0,
     750.0,
@@ -312,19 +320,22 @@ pub const LEAD_BUCKETS_MS: [f64; 16] = [
     f64::INFINITY,
 ];
 
+/// How many lead-time buckets there are.
+pub const LEAD_BUCKETS: usize = 24;
+
 /// Predicted lead times counted per class (A to F) and bucket ([`LEAD_BUCKETS_MS`]): it adds
 /// up exactly from clusters to sectors to the root, so the root reads quantiles over the
 /// whole mesh from at most 100 summaries.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct LeadHistogram(pub [[u32; 16]; 6]);
+pub struct LeadHistogram(pub [[u32; LEAD_BUCKETS]; 6]);
 
 impl LeadHistogram {
     pub fn record(&mut self, class: ImpedanceClass, lead_ms: f64) {
         let b = LEAD_BUCKETS_MS
             .iter()
             .position(|edge| lead_ms <= *edge)
-            .unwrap_or(15);
+            .unwrap_or(LEAD_BUCKETS - 1);
         self.0[class.index()][b] = self.0[class.index()][b].saturating_add(1);
     }
 
@@ -339,7 +350,7 @@ impl LeadHistogram {
     /// The upper edge of the bucket holding the `q` quantile of the classes `classes`
     /// (a conservative quantile), or `None` with nothing counted.
     pub fn quantile_ms(&self, classes: &[ImpedanceClass], q: f64) -> Option<f64> {
-        let mut buckets = [0u64; 16];
+        let mut buckets = [0u64; LEAD_BUCKETS];
         for c in classes {
             for (b, n) in self.0[c.index()].iter().enumerate() {
                 buckets[b] += u64::from(*n);
@@ -435,6 +446,8 @@ pub struct Order {
     pub mode: CascadeMode,
     /// Who answers for it: the root.
     pub root: NodeId,
+    /// Whom the receiver reports to: the root, or the coordinator that passed it on.
+    pub report_to: NodeId,
     pub scope: Scope,
     /// Only agents of this class (a priority-first phase), if set.
     #[serde(default)]
@@ -915,7 +928,8 @@ mod tests {
 
     #[test]
     fn envelopes_out_of_bounds_are_refused_by_field() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut MeshEnvelope)>)> = vec![
+        type Spoil = Box<dyn Fn(&mut MeshEnvelope)>;
+        let cases: Vec<(&str, Spoil)> = vec![
             (
                 "payload",
                 Box::new(|e| e.payload = "x".repeat(MAX_PAYLOAD_BYTES + 1)),
@@ -943,6 +957,7 @@ mod tests {
             op: OpId(7),
             mode: CascadeMode::Wave,
             root: NodeId::new("n1").unwrap(),
+            report_to: NodeId::new("n1").unwrap(),
             scope: Scope::Sector(SectorId(3)),
             class: Some(ImpedanceClass::D),
             sample_per_cluster: None,

@@ -253,6 +253,19 @@ pub fn describe(event: &Event) -> String {
             s
         }
         Event::Task { task, step, detail } => format!("task {task} {step:?}: {detail}"),
+        Event::MeshConflict {
+            seq,
+            agent,
+            class,
+            priority,
+            strategy,
+            escalation,
+            detail,
+            ..
+        } => format!(
+            "mesh conflict {seq} from agent {agent:016x}: {class}, priority {priority}, \
+             {strategy}, escalated to {escalation}: {detail}"
+        ),
     }
 }
 

@@ -23,9 +23,11 @@ fn op(up: &Up, body: &str) -> Value {
 fn a_thousand_agents_over_nats() {
     let server = NatsServer::start().expect("nats-server 2.10+ (scripts/test installs it)");
     let dir = tempfile::tempdir().unwrap();
+    // m4's agents hold another context than the rest.
     let agents: Vec<Up> = NODES
         .iter()
         .map(|n| {
+            let context = if *n == "m4" { "e5f6g7h8" } else { "a1b2c3d4" };
             agent_configured(
                 dir.path(),
                 &server.url(),
@@ -35,6 +37,8 @@ fn a_thousand_agents_over_nats() {
                     &PER_NODE.to_string(),
                     "--mesh-agent-ms",
                     "5",
+                    "--mesh-context",
+                    context,
                 ],
                 &[],
                 CONFIG,
@@ -91,7 +95,33 @@ fn a_thousand_agents_over_nats() {
     );
     let sent = a["tally"]["sent"].as_u64().unwrap();
     assert!((50..=100).contains(&sent), "{a}");
-    assert_eq!(a["answers"][0]["answer"], "a1b2c3d4", "{a}");
+    let answers: Vec<&str> = a["answers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["answer"].as_str().unwrap())
+        .collect();
+    assert!(answers.contains(&"a1b2c3d4"), "{a}");
+
+    // A fact a quarter of the agents contradict: CONFLICT from each of m4's agents, the
+    // quorum says to resolve them, and each conflict is in the conflict log (the ledger
+    // of the lead that heard it).
+    let c = op(
+        root,
+        r#"{"action":"cascade","mode":"wave","verb":"sync","payload":"expect:a1b2c3d4"}"#,
+    );
+    assert_eq!(c["tally"]["conflict"], PER_NODE, "{c}");
+    assert_eq!(c["decision"]["decision"], "resolve-conflicts", "{c}");
+    let logged: usize = agents
+        .iter()
+        .map(|a| {
+            a.events()
+                .iter()
+                .filter(|e| e["event"]["event"] == "mesh-conflict")
+                .count()
+        })
+        .sum();
+    assert_eq!(logged, PER_NODE as usize, "conflict records in the ledgers");
 
     // Through the CLI: a wave cascade and a parallel one.
     for mode in ["wave", "parallel"] {

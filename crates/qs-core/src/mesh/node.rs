@@ -221,6 +221,8 @@ pub(crate) struct Led {
     pub summary: Option<ClusterSummary>,
     /// How many agents are active, kept until a state changes.
     pub active: Option<u32>,
+    /// Answers measured since the last full summary: the next beat carries one.
+    pub measured: bool,
 }
 
 /// A host of a led cluster: when it last beat, and the path to it.
@@ -592,6 +594,8 @@ impl MeshNode {
                 self.note_hop(&s.lead, s.sent_ms, now);
                 self.lead_heard.insert(s.cluster, now);
                 self.breakers.sector_failures(s.sector, s.failures, now);
+                // A full cluster summary makes the sector's next beat a full one too.
+                self.summarized.remove(&s.sector);
                 self.cluster_summaries.insert(s.cluster, s);
             }
             MeshMessage::Alive(a) => self.on_alive(a, now),
@@ -927,10 +931,11 @@ impl MeshNode {
             };
             let active_now = l.active_count();
             // A summary made before its agents were heard from is made again.
-            let stale = l
-                .summary
-                .as_ref()
-                .is_none_or(|s| s.active_count == 0 && active_now > 0);
+            let stale = l.measured
+                || l.summary
+                    .as_ref()
+                    .is_none_or(|s| s.active_count == 0 && active_now > 0);
+            l.measured = false;
             if !stale && !recompute {
                 // Between summaries, a beat with the counts that move fast.
                 let alive = Alive {

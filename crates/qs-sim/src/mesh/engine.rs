@@ -14,7 +14,7 @@ use qs_wire::mesh::{
     Scope, Trinary, Verb,
 };
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap};
 use std::hash::Hasher;
 use std::sync::Arc;
 use std::time::Duration;
@@ -117,11 +117,11 @@ impl Ord for Queued {
 /// The simulator of one mesh.
 pub struct MeshSim {
     pub nodes: Vec<MeshNode>,
-    index: HashMap<NodeId, usize>,
+    index: BTreeMap<NodeId, usize>,
     region: Vec<usize>,
     dead: Vec<bool>,
     pub agents: Vec<SimAgent>,
-    by_agent: HashMap<AgentId, usize>,
+    by_agent: BTreeMap<AgentId, usize>,
     host_agents: Vec<Vec<usize>>,
     members: Vec<Member>,
     wan: Wan,
@@ -206,7 +206,7 @@ impl MeshSim {
         );
         let cfg_mesh = MeshConfig::default();
         let mut nodes = Vec::with_capacity(hosts);
-        let mut index = HashMap::with_capacity(hosts);
+        let mut index = BTreeMap::new();
         for (i, id) in ids.iter().enumerate() {
             // Hosts start over the first beat interval, not in lockstep.
             let start = Time::from_micros(rng.below(cfg_mesh.beat_ms * 1000));

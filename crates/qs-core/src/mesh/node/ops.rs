@@ -108,6 +108,7 @@ pub(crate) struct LeadOp {
 #[derive(Clone, Debug)]
 pub(crate) struct RelayOp {
     expect: BTreeSet<Scope>,
+    min_rate: f64,
     tally: Tally,
     answers: BTreeMap<String, u32>,
     deadline: Time,
@@ -484,6 +485,7 @@ fn start_phase(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Time) {
             }
         }
         let order = Order {
+            report_to: node.me.clone(),
             op,
             mode: r.mode,
             root: node.me.clone(),
@@ -526,6 +528,7 @@ fn relay_order(node: &mut MeshNode, o: Order, s: SectorId, now: Time) {
     let slack = Duration::from_millis(node.cfg.report_slack_ms);
     let mut relay = RelayOp {
         expect: BTreeSet::new(),
+        min_rate: MeshNode::cascade_mode_window(o.mode).1,
         tally: Tally::default(),
         answers: BTreeMap::new(),
         deadline: target + Duration::from_millis(o.window_ms) + slack * 2,
@@ -564,6 +567,7 @@ fn relay_order(node: &mut MeshNode, o: Order, s: SectorId, now: Time) {
             (Some(lead), true) => {
                 let mut sub = o.clone();
                 sub.scope = Scope::Cluster(c);
+                sub.report_to = node.me.clone();
                 if o.mode != CascadeMode::Parallel {
                     relay.expect.insert(Scope::Cluster(c));
                 }
@@ -677,12 +681,7 @@ fn lead_order(node: &mut MeshNode, o: Order, c: ClusterId, now: Time) {
     };
     let report_to = match o.mode {
         CascadeMode::Parallel => o.root.clone(),
-        _ => node
-            .tree
-            .sector(sector)
-            .and_then(|s| s.coordinator.clone())
-            .filter(|_| !matches!(o.scope, Scope::Cluster(_)) || true)
-            .unwrap_or_else(|| o.root.clone()),
+        _ => o.report_to.clone(),
     };
     let op = LeadOp {
         gather,
@@ -778,6 +777,7 @@ pub(crate) fn on_ack(node: &mut MeshNode, a: Ack, now: Time) {
                 let processing = a.ready_ms.saturating_sub(a.arrived_ms) as f64;
                 view.spiking = view.work.record(processing, link_p50).is_some();
                 view.work.outcome(heard == gather::Heard::Counted);
+                led.measured = true;
             }
             if heard == gather::Heard::Counted && !a.answer.is_empty() {
                 if l.answers.len() < 256 || l.answers.contains_key(&a.answer) {
@@ -939,7 +939,16 @@ pub(crate) fn on_report(node: &mut MeshNode, rep: Report, now: Time) {
         r.expect.remove(&rep.scope);
         r.tally.add(&rep.tally);
         merge_answers(&mut r.answers, &rep.answers);
-        if r.expect.is_empty() {
+        // Settled: the clusters still silent could not change the outcome.
+        let missing: u32 = r
+            .expect
+            .iter()
+            .filter_map(|s| match s {
+                Scope::Cluster(c) => node.cluster_summaries.get(c).map(|x| x.active_count),
+                _ => None,
+            })
+            .sum();
+        if r.expect.is_empty() || settled(&r.tally, missing, r.min_rate) {
             report_relay(&mut ops, node, k);
         }
     } else if let Some(r) = ops.root.get_mut(&rep.op) {
@@ -948,13 +957,29 @@ pub(crate) fn on_report(node: &mut MeshNode, rep: Report, now: Time) {
             r.tally.add(&rep.tally);
             merge_answers(&mut r.answers, &rep.answers);
         }
+        let missing: u32 = r
+            .expect
+            .iter()
+            .filter_map(|s| match s {
+                Scope::Sector(x) => node.sector_summaries.get(x).map(|x| x.active_agents),
+                _ => None,
+            })
+            .sum();
+        let min_rate = r.phases[r.phase].1;
+        let early = now >= r.target && settled(&r.tally, missing, min_rate);
         match r.mode {
             CascadeMode::Parallel => maybe_finish_parallel(&mut ops, node, rep.op, now),
-            _ if r.expect.is_empty() => end_phase(&mut ops, node, rep.op, now),
+            _ if r.expect.is_empty() || early => end_phase(&mut ops, node, rep.op, now),
             _ => {}
         }
     }
     node.ops = ops;
+}
+
+/// Whether a tally's outcome is settled with `missing` agents not yet heard of: even if all
+/// were sent and none is ready, READY answers are at `min_rate`.
+fn settled(t: &Tally, missing: u32, min_rate: f64) -> bool {
+    t.sent > 0 && f64::from(t.ready) >= min_rate * f64::from(t.sent + missing)
 }
 
 fn merge_answers(into: &mut BTreeMap<String, u32>, from: &[AnswerCount]) {
