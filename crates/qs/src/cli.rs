@@ -496,7 +496,7 @@ pub fn run(cli: Cli) -> Result<()> {
             }),
         )),
         Command::Fleet { action } => crate::trust::fleet(action),
-        Command::Doctor(args) => crate::doctor::doctor(&args),
+        Command::Doctor(args) => crate::doctor::doctor(api, &args),
         Command::Apply { files } => crate::fleet::apply(api, &files),
         Command::Delete { name } => crate::fleet::delete(api, &name),
         Command::Ps { output } => crate::fleet::ps(api, output),

@@ -24,9 +24,106 @@ fn finding(ok: bool, what: impl Into<String>, fix: Option<String>) -> Finding {
     }
 }
 
+/// The mesh as the agent at `api` sees it (seed 001 Part 10's daily check): the mode, the
+/// impedance distribution, the conflict log, the breakers. Nothing when no agent answers.
+fn mesh(api: &str) -> Vec<Finding> {
+    let Some(v) = crate::client::try_get::<serde_json::Value>(api, "/v1/mesh") else {
+        return Vec::new();
+    };
+    if v["agents"].as_u64().unwrap_or(0) == 0 && v["local_agents"].as_u64().unwrap_or(0) == 0 {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mode = v["mode"].as_str().unwrap_or("?").to_string();
+    out.push(finding(
+        mode == "FULL",
+        format!(
+            "mesh: {} of {} agents active, mode {mode}, root {}",
+            v["active"],
+            v["agents"],
+            v["root"].as_str().unwrap_or("(none)")
+        ),
+        (mode != "FULL").then(|| {
+            "agents are down: `qs mesh status` shows where; `qs mesh heal sector N` once fixed"
+                .into()
+        }),
+    ));
+    let mut classes = [0u64; 6];
+    let (mut anomalies, mut worst_p95) = (0u64, 0.0f64);
+    for s in v["sectors"].as_array().into_iter().flatten() {
+        for (i, n) in s["classes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+            .take(6)
+        {
+            classes[i] += n.as_u64().unwrap_or(0);
+        }
+        anomalies += s["anomalies"].as_u64().unwrap_or(0);
+        worst_p95 = worst_p95.max(s["p95_impedance_ms"].as_f64().unwrap_or(0.0));
+    }
+    if classes.iter().sum::<u64>() > 0 {
+        let dist: Vec<String> = classes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("{}={n}", (b'A' + i as u8) as char))
+            .collect();
+        out.push(finding(
+            anomalies == 0,
+            format!(
+                "impedance classes {}; worst sector p95 {worst_p95:.0} ms; {anomalies} agents anomalous",
+                dist.join(" ")
+            ),
+            (anomalies > 0).then(|| {
+                "slow or unstable agents: `qs mesh status` per sector; route around or heal them"
+                    .into()
+            }),
+        ));
+    }
+    let k = &v["kpis"];
+    let rate = k["conflict_rate"].as_f64().unwrap_or(0.0);
+    let by_class: Vec<String> = v["conflicts_by_class"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c[1].as_u64().unwrap_or(0) > 0)
+        .map(|c| format!("{} {}", c[0].as_str().unwrap_or("?"), c[1]))
+        .collect();
+    out.push(finding(
+        rate <= 0.01,
+        format!(
+            "conflict log: {} conflicts here ({}), {:.2} % of answers",
+            v["conflicts"],
+            if by_class.is_empty() {
+                "none".to_string()
+            } else {
+                by_class.join(", ")
+            },
+            100.0 * rate
+        ),
+        (rate > 0.01).then(|| "over 1 %: read them with `qs events --grep mesh-conflict`".into()),
+    ));
+    let breakers: Vec<String> = v["breakers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b.as_str().map(str::to_string))
+        .collect();
+    out.push(finding(
+        breakers.is_empty(),
+        match breakers.is_empty() {
+            true => "circuit breakers: all closed".to_string(),
+            false => format!("circuit breakers not closed: {}", breakers.join(", ")),
+        },
+        (!breakers.is_empty()).then(|| "find the cause, then `qs mesh heal` the scope".into()),
+    ));
+    out
+}
+
 /// `qs doctor`: the clock against NATS's, the node certificates in the state directory,
 /// the NATS settings; what is wrong and what to do about it. Fails when anything is.
-pub fn doctor(args: &DoctorArgs) -> Result<()> {
+pub fn doctor(api: &str, args: &DoctorArgs) -> Result<()> {
     let config = crate::config_file::read_config(args.config.as_deref())?;
     let mut findings = Vec::new();
     let state = StateDir::open(&args.state_dir)?;
@@ -159,6 +256,7 @@ pub fn doctor(args: &DoctorArgs) -> Result<()> {
             )),
         }
     }
+    findings.extend(mesh(api));
     let failed = findings.iter().filter(|f| !f.ok).count();
     for f in &findings {
         println!("{} {}", if f.ok { "ok  " } else { "FIX " }, f.what);

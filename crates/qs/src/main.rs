@@ -17,6 +17,8 @@ mod demo;
 mod doctor;
 mod fleet;
 mod mesh;
+mod mesh_chat;
+mod mesh_client;
 mod mesh_console;
 mod render;
 mod systemd;

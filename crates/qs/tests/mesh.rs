@@ -112,16 +112,26 @@ fn a_thousand_agents_over_nats() {
     );
     assert_eq!(c["tally"]["conflict"], PER_NODE, "{c}");
     assert_eq!(c["decision"]["decision"], "resolve-conflicts", "{c}");
-    let logged: usize = agents
-        .iter()
-        .map(|a| {
-            a.events()
-                .iter()
-                .filter(|e| e["event"]["event"] == "mesh-conflict")
-                .count()
-        })
-        .sum();
-    assert_eq!(logged, PER_NODE as usize, "conflict records in the ledgers");
+    let logged = || -> usize {
+        agents
+            .iter()
+            .map(|a| {
+                a.events()
+                    .iter()
+                    .filter(|e| e["event"]["event"] == "mesh-conflict")
+                    .count()
+            })
+            .sum()
+    };
+    // The ledgers commit in groups: wait for the records, then count them.
+    root.wait_within("the conflict records", Duration::from_secs(10), |_| {
+        logged() >= PER_NODE as usize
+    });
+    assert_eq!(
+        logged(),
+        PER_NODE as usize,
+        "conflict records in the ledgers"
+    );
 
     // Through the CLI: a wave cascade and a parallel one.
     for mode in ["wave", "parallel"] {
@@ -168,4 +178,20 @@ fn a_thousand_agents_over_nats() {
     assert_eq!(root.metric("qs_mesh_mode"), 0.0);
     let status = cli(&["--api", &root.api, "mesh", "status"]);
     assert!(status.contains("1000 of 1000 agents active"), "{status}");
+
+    // qs doctor reports the mesh: its mode, impedance classes, conflict log and breakers.
+    let doctor = qs()
+        .args(["--api", &root.api, "doctor", "--state-dir"])
+        .arg(root.dir.join("state"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&doctor.stdout);
+    for want in [
+        "mesh: 1000 of 1000 agents active, mode FULL",
+        "impedance classes A=",
+        "conflict log:",
+        "circuit breakers: all closed",
+    ] {
+        assert!(text.contains(want), "{want:?} not in:\n{text}");
+    }
 }

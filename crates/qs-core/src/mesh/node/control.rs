@@ -1,0 +1,84 @@
+//! An operator's controls as they spread down the tree: freeze, thaw and heal (breakers
+//! closed, quarantined agents and conflicts released), carried out by each node in scope and
+//! passed by coordinators to their leads.
+
+use super::*;
+
+impl MeshNode {
+    /// Carries out an operator's control here, and passes it to the leads of the sectors
+    /// this node coordinates.
+    pub(super) fn control(&mut self, c: Control, now: Time) {
+        match c.action {
+            ControlAction::Freeze => {
+                self.frozen.insert(c.scope);
+            }
+            ControlAction::Thaw => {
+                self.frozen.remove(&c.scope);
+            }
+            ControlAction::Heal => {
+                self.frozen.remove(&c.scope);
+                let clusters: Vec<ClusterId> = self.led.keys().copied().collect();
+                for cl in clusters {
+                    let sector = self.led[&cl].sector;
+                    let inside = match c.scope {
+                        Scope::Global => true,
+                        Scope::Sector(s) => s == sector,
+                        Scope::Cluster(x) => x == cl,
+                    };
+                    if !inside {
+                        continue;
+                    }
+                    self.breakers.reset(Scope::Cluster(cl), now);
+                    let released: Vec<AgentId> = self.led[&cl]
+                        .agents
+                        .iter()
+                        .filter(|(_, v)| v.state == AgentState::Quarantined)
+                        .map(|(a, _)| *a)
+                        .collect();
+                    for a in released {
+                        if let Some(l) = self.led.get_mut(&cl)
+                            && let Some(v) = l.agents.get_mut(&a)
+                        {
+                            // Back on its next beat.
+                            l.active = None;
+                            v.state = AgentState::Offline;
+                            v.disagreements = 0;
+                        }
+                        self.conflicts.release(a);
+                    }
+                }
+                match c.scope {
+                    Scope::Cluster(_) => {}
+                    s => self.breakers.reset(s, now),
+                }
+                self.breakers.reset(Scope::Global, now);
+            }
+        }
+        if c.relayed {
+            return;
+        }
+        let sectors = self.my_sectors.clone();
+        let mut leads: BTreeSet<NodeId> = BTreeSet::new();
+        for s in sectors {
+            let Some(sector) = self.tree.sector(s) else {
+                continue;
+            };
+            for cl in &sector.clusters {
+                let inside = match c.scope {
+                    Scope::Global => true,
+                    Scope::Sector(x) => x == s,
+                    Scope::Cluster(x) => x == *cl,
+                };
+                if let Some(lead) = self.tree.cluster(*cl).and_then(|x| x.lead.clone())
+                    && inside
+                    && lead != self.me
+                {
+                    leads.insert(lead);
+                }
+            }
+        }
+        for lead in leads {
+            self.send(lead, MeshMessage::Control(Control { relayed: true, ..c }));
+        }
+    }
+}

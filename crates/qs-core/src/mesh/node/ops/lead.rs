@@ -1,0 +1,309 @@
+//! A cluster lead's part of an operation: its agents dispatched at their arrival times, their
+//! answers gathered in the window (or, in parallel, sent on to the root), and its report.
+
+use super::*;
+
+pub(super) fn lead_order(node: &mut MeshNode, o: Order, c: ClusterId, now: Time) {
+    if node.ops.lead.len() >= MAX_OPS {
+        return;
+    }
+    let target = Time::from_millis(o.envelope.target_arrival_ms);
+    let (_, min_rate) = MeshNode::cascade_mode_window(o.mode);
+    let mut gather = Gather::new(target, Duration::from_millis(o.window_ms), min_rate);
+    let sector = node.led[&c].sector;
+    let frozen = [Scope::Global, Scope::Sector(sector), Scope::Cluster(c)]
+        .iter()
+        .any(|s| node.frozen.contains(s));
+    let routable = !frozen && node.breakers.routable(c, sector);
+    let weight = o.envelope.weight;
+    let requires = o.envelope.requires.clone();
+    let led = node.led.get_mut(&c).expect("checked");
+    let mut wants: Vec<Want<AgentId>> = Vec::new();
+    let mut candidates: Vec<AgentId> = Vec::new();
+    let ids: Vec<AgentId> = led.agents.keys().copied().collect();
+    for a in ids {
+        let Some((z, _)) = led.assess(a, weight) else {
+            continue;
+        };
+        let class = z.class;
+        let view = &led.agents[&a];
+        if o.class.is_some_and(|k| k != class) {
+            continue;
+        }
+        if let Some(r) = &requires
+            && !view.capabilities.iter().any(|c| c == r)
+        {
+            continue;
+        }
+        gather.tally_mut().targeted += 1;
+        // Route around: down, quarantined, spiking agents, and a breaker open above them.
+        if !routable || view.state != AgentState::Active || view.spiking {
+            gather.tally_mut().unreachable += 1;
+            continue;
+        }
+        candidates.push(a);
+    }
+    if let Some(n) = o.sample_per_cluster {
+        // The lowest impedance first (seed §4.2: "pick lowest impedance among capable
+        // agents"), ties by the operation's hash.
+        let mut ranked: Vec<(u64, u64, AgentId)> = candidates
+            .iter()
+            .map(|a| {
+                let lead = led
+                    .assess(*a, weight)
+                    .map_or(u64::MAX, |(_, l)| l.lead_ms as u64);
+                (lead, mix(a.0 ^ o.op.0), *a)
+            })
+            .collect();
+        ranked.sort();
+        candidates = ranked.into_iter().map(|(_, _, a)| a).collect();
+        let extra = candidates.len().saturating_sub(n as usize) as u32;
+        candidates.truncate(n as usize);
+        gather.tally_mut().targeted -= extra;
+    }
+    for a in candidates {
+        if let Some((_, lead)) = led.assess(a, weight) {
+            wants.push(Want {
+                key: a,
+                lead_ms: lead.lead_ms,
+            });
+        }
+    }
+    let plan = schedule::schedule(now, target, &wants);
+    gather.tally_mut().skipped += plan.too_late.len() as u32;
+    gather.scheduled(plan.batches.iter().map(|b| b.keys.len()).sum());
+    let reply_to = match o.mode {
+        CascadeMode::Parallel => o.root.clone(),
+        _ => node.me.clone(),
+    };
+    let report_to = match o.mode {
+        CascadeMode::Parallel => o.root.clone(),
+        _ => o.report_to.clone(),
+    };
+    let op = LeadOp {
+        gather,
+        report_to,
+        reply_to,
+        mode: o.mode,
+        scope: Scope::Cluster(c),
+        envelope: o.envelope,
+        sent_at: BTreeMap::new(),
+        answers: BTreeMap::new(),
+        by_agent: BTreeMap::new(),
+        reported: false,
+    };
+    let key = (o.op, c);
+    node.ops.lead.insert(key, op);
+    for b in plan.batches {
+        node.ops
+            .sends
+            .entry(b.send_at)
+            .or_default()
+            .extend(b.keys.into_iter().map(|a| (o.op, c, a)));
+    }
+    if wants.is_empty() {
+        let mut ops = std::mem::take(&mut node.ops);
+        report_lead(&mut ops, node, key, now);
+        node.ops = ops;
+    }
+}
+
+pub(super) fn send_one(
+    ops: &mut Ops,
+    node: &mut MeshNode,
+    op: OpId,
+    c: ClusterId,
+    agent: AgentId,
+    now: Time,
+) {
+    let Some(l) = ops.lead.get_mut(&(op, c)) else {
+        return;
+    };
+    let Some(host) = node
+        .led
+        .get(&c)
+        .and_then(|led| led.agents.get(&agent))
+        .map(|v| v.host.clone())
+    else {
+        l.gather.dropped();
+        return;
+    };
+    l.gather.sent(agent);
+    l.sent_at.insert(agent, now);
+    let d = Dispatch {
+        agent,
+        cluster: c,
+        reply_to: l.reply_to.clone(),
+        envelope: l.envelope.clone(),
+    };
+    node.send(host, MeshMessage::Dispatch(Box::new(d)));
+    // Parallel: the answers go to the root; the lead reports once all went out.
+    if l.mode == CascadeMode::Parallel && l.gather.all_sent() {
+        report_lead(ops, node, (op, c), now);
+    }
+}
+
+/// An agent's answer: at its lead (a wave) or at the root (parallel).
+pub(crate) fn on_ack(node: &mut MeshNode, a: Ack, now: Time) {
+    let mut ops = std::mem::take(&mut node.ops);
+    // A parallel operation's answers are the root's, even where the root leads the cluster.
+    let at_lead = ops
+        .lead
+        .get(&(a.op, a.cluster))
+        .is_some_and(|l| l.mode != CascadeMode::Parallel);
+    if !at_lead
+        && !ops.root.contains_key(&a.op)
+        && let Some(led) = node.led.get_mut(&a.cluster)
+        && let Some(view) = led.agents.get_mut(&a.agent)
+    {
+        // An answer after its cluster reported: still a measurement of the agent.
+        let link_p50 = led
+            .hosts
+            .get_mut(&view.host)
+            .map_or(0.0, |h| h.link.recent_ms());
+        let processing = a.ready_ms.saturating_sub(a.arrived_ms) as f64;
+        view.work.record(processing, link_p50);
+    }
+    if at_lead && let Some(l) = ops.lead.get_mut(&(a.op, a.cluster)) {
+        let target = l.gather.target();
+        let ready = Time::from_millis(a.ready_ms.max(target.as_millis()));
+        let heard = l.gather.answer(a.agent, a.state, ready, now);
+        if heard != gather::Heard::Ignored {
+            if let Some(led) = node.led.get_mut(&a.cluster)
+                && let Some(view) = led.agents.get_mut(&a.agent)
+            {
+                let host = led.hosts.entry(view.host.clone()).or_default();
+                if let Some(sent) = l.sent_at.get(&a.agent) {
+                    let delay = a.arrived_ms.saturating_sub(sent.as_millis()) as f64;
+                    host.link.record(delay);
+                }
+                let link_p50 = host.link.recent_ms();
+                let processing = a.ready_ms.saturating_sub(a.arrived_ms) as f64;
+                view.spiking = view.work.record(processing, link_p50).is_some();
+                view.work.outcome(heard == gather::Heard::Counted);
+                led.measured = true;
+            }
+            if heard == gather::Heard::Counted && !a.answer.is_empty() {
+                if l.answers.len() < 256 || l.answers.contains_key(&a.answer) {
+                    *l.answers.entry(a.answer.clone()).or_default() += 1;
+                }
+                l.by_agent.insert(a.agent, a.answer.clone());
+            }
+            if a.state == Trinary::Conflict {
+                node.conflict(&a, now);
+            }
+        }
+        let done = l.gather.complete() && !l.reported;
+        if done {
+            report_lead(&mut ops, node, (a.op, a.cluster), now);
+        }
+    } else if let Some(r) = ops.root.get_mut(&a.op)
+        && r.mode == CascadeMode::Parallel
+        && r.acks.insert(a.agent)
+    {
+        let ready = Time::from_millis(a.ready_ms.max(r.target.as_millis()));
+        let deadline = r.target + r.window;
+        if now > deadline {
+            r.tally.late += 1;
+        } else {
+            match a.state {
+                Trinary::Ready => r.tally.ready += 1,
+                Trinary::Transit => r.tally.transit += 1,
+                Trinary::Conflict => r.tally.conflict += 1,
+            }
+            if ready <= deadline {
+                r.tally.window_hits += 1;
+            }
+            if ready.since(r.target) <= Duration::from_millis(gather::ACCURATE_MS) {
+                r.tally.predicted_within_50ms += 1;
+            }
+            if !a.answer.is_empty() && (r.answers.len() < 256 || r.answers.contains_key(&a.answer))
+            {
+                *r.answers.entry(a.answer.clone()).or_default() += 1;
+            }
+        }
+        if a.state == Trinary::Conflict {
+            node.conflict(&a, now);
+        }
+        maybe_finish_parallel(&mut ops, node, a.op, now);
+    }
+    node.ops = ops;
+}
+
+pub(super) fn maybe_finish_parallel(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Time) {
+    let Some(r) = ops.root.get(&op) else {
+        return;
+    };
+    let t = &r.tally;
+    if r.expect.is_empty() && t.ready + t.transit + t.conflict + t.late >= t.sent {
+        end_phase(ops, node, op, now);
+    }
+}
+
+pub(super) fn report_lead(ops: &mut Ops, node: &mut MeshNode, key: (OpId, ClusterId), now: Time) {
+    let Some(l) = ops.lead.get_mut(&key) else {
+        return;
+    };
+    if l.reported {
+        return;
+    }
+    l.reported = true;
+    let l = ops.lead.remove(&key).expect("present");
+    let (op, c) = key;
+    // Stragglers: a timeout each (seed §6.1, transient network). It lowers the agent's
+    // reliability, and what it has taken so far is a lower bound of its processing time.
+    // It is no failure for the breakers: only agents that go down are (a late answer is
+    // quarantined, not failed).
+    let waited_ms = now.as_millis() as f64;
+    if let Some(led) = node.led.get_mut(&c) {
+        for (a, sent) in &l.sent_at {
+            if !l.gather.answered(a)
+                && let Some(v) = led.agents.get_mut(a)
+            {
+                v.work.outcome(false);
+                let link_p50 = led
+                    .hosts
+                    .get_mut(&v.host)
+                    .map_or(0.0, |h| h.link.recent_ms());
+                v.work
+                    .at_least(waited_ms - sent.as_millis() as f64 - link_p50);
+            }
+        }
+        // Seed §6.1 byzantine behaviour: disagreeing with a clear majority, repeatedly.
+        if let Some((top, n)) = l.answers.iter().max_by_key(|(_, n)| **n)
+            && *n as usize * 5 >= l.by_agent.len() * 4
+            && l.by_agent.len() >= 5
+        {
+            for (a, ans) in &l.by_agent {
+                if ans != top
+                    && let Some(v) = led.agents.get_mut(a)
+                {
+                    v.disagreements += 1;
+                    if v.disagreements >= degrade::BYZANTINE_AFTER {
+                        v.state = AgentState::Quarantined;
+                        led.active = None;
+                    }
+                }
+            }
+        }
+    }
+    let mut tally = *l.gather.tally();
+    if l.mode == CascadeMode::Parallel {
+        // The agents answered the root: report only what this lead could not send.
+        tally = Tally {
+            targeted: tally.targeted,
+            skipped: tally.skipped,
+            unreachable: tally.unreachable,
+            sent: tally.sent,
+            ..Tally::default()
+        };
+    }
+    let report = Report {
+        op,
+        scope: l.scope,
+        from: node.me.clone(),
+        tally,
+        answers: MeshNode::top_answers(&l.answers),
+    };
+    node.send(l.report_to.clone(), MeshMessage::Report(Box::new(report)));
+}

@@ -1,0 +1,395 @@
+//! Operations across the mesh (seed §3): the root starts a cascade in one of three modes,
+//! sector coordinators relay it, cluster leads dispatch it to their agents at arrival
+//! times and gather their answers in a window, and each level reports to the one above
+//! (a wave) or the agents answer the root (parallel). The root decides by the trinary
+//! quorum and keeps the KPIs.
+
+use super::{MeshNode, MeshOutput};
+use crate::hash::mix;
+use crate::mesh::degrade::{self, Mode};
+use crate::mesh::gather::{self, Gather, Status};
+use crate::mesh::quorum::{self, Decision, QuorumPolicy, Votes};
+use crate::mesh::schedule::{self, Want};
+use crate::time::Time;
+use qs_wire::NodeId;
+use qs_wire::mesh::{
+    Ack, AgentId, AgentState, AnswerCount, BreakerState, CascadeMode, ClusterId, Control,
+    ControlAction, Dispatch, ImpedanceClass, LeadHistogram, MeshEnvelope, MeshMessage, OpId, Order,
+    Report, Scope, SectorId, Tally, Trinary,
+};
+use serde::Serialize;
+
+mod lead;
+mod relay;
+mod root;
+pub(crate) use lead::on_ack;
+use lead::*;
+use relay::*;
+pub(crate) use relay::{on_order, on_report};
+use root::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+/// An operator's (or the API's) command to the root.
+#[derive(Clone, Debug)]
+pub enum Command {
+    Cascade {
+        mode: CascadeMode,
+        scope: Scope,
+        envelope: MeshEnvelope,
+        /// Reach about this many agents in all (an ask's sample).
+        sample: Option<u32>,
+        /// How far ahead of now the agents are to be ready, milliseconds; `None`: the 95th
+        /// percentile of the predicted leads in scope, at most `max_budget_ms`.
+        budget_ms: Option<u64>,
+        approved: bool,
+        automated: bool,
+    },
+    Freeze {
+        scope: Scope,
+        frozen: bool,
+    },
+    Heal {
+        scope: Scope,
+    },
+}
+
+/// Why the root refused a command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, thiserror::Error)]
+pub enum CommandError {
+    #[error("this node is not the mesh's root (the root is {root:?})")]
+    NotRoot { root: Option<String> },
+    #[error(transparent)]
+    Mode(#[from] degrade::Refused),
+    #[error("the mesh is frozen in {0:?}: thaw it first")]
+    Frozen(Scope),
+    #[error("no agents in scope {0:?}")]
+    NoAgents(Scope),
+}
+
+/// One phase of a priority-first cascade (or the only phase of the others).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PhaseResult {
+    pub class: Option<ImpedanceClass>,
+    pub min_rate: f64,
+    pub status: Status,
+    pub decision: &'static str,
+    pub tally: Tally,
+    pub latency_ms: f64,
+}
+
+/// An operation's result, at the root.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct OpResult {
+    pub op: OpId,
+    pub mode: CascadeMode,
+    pub scope: Scope,
+    /// SUCCESS, PARTIAL, FAILED, FAILED_AT_SECTOR, or COMPLETE (priority-first).
+    pub status: &'static str,
+    pub decision: Decision,
+    pub tally: Tally,
+    pub latency_ms: f64,
+    /// How far ahead of the start the agents were to be ready, milliseconds.
+    pub target_after_ms: f64,
+    pub answers: Vec<AnswerCount>,
+    pub phases: Vec<PhaseResult>,
+    /// Orders the root itself sent.
+    pub root_messages: u32,
+    pub degradation: &'static str,
+    /// The command's tag, as the shell gave it.
+    pub tag: u64,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct LeadOp {
+    gather: Gather<AgentId>,
+    report_to: NodeId,
+    reply_to: NodeId,
+    mode: CascadeMode,
+    scope: Scope,
+    envelope: MeshEnvelope,
+    sent_at: BTreeMap<AgentId, Time>,
+    answers: BTreeMap<String, u32>,
+    by_agent: BTreeMap<AgentId, String>,
+    reported: bool,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct RelayOp {
+    expect: BTreeSet<Scope>,
+    min_rate: f64,
+    tally: Tally,
+    answers: BTreeMap<String, u32>,
+    deadline: Time,
+    report_to: NodeId,
+    scope: Scope,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct RootOp {
+    mode: CascadeMode,
+    scope: Scope,
+    envelope: MeshEnvelope,
+    sample: Option<u32>,
+    budget_ms: Option<u64>,
+    phases: Vec<(Option<ImpedanceClass>, f64)>,
+    phase: usize,
+    started: Time,
+    phase_started: Time,
+    target: Time,
+    window: Duration,
+    expect: BTreeSet<Scope>,
+    expected_first: usize,
+    tally: Tally,
+    answers: BTreeMap<String, u32>,
+    acks: BTreeSet<AgentId>,
+    deadline: Time,
+    results: Vec<PhaseResult>,
+    root_messages: u32,
+    degradation: &'static str,
+    tag: u64,
+}
+
+/// Every operation in flight at a node, by role.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Ops {
+    lead: BTreeMap<(OpId, ClusterId), LeadOp>,
+    relay: BTreeMap<(OpId, SectorId), RelayOp>,
+    root: BTreeMap<OpId, RootOp>,
+    sends: BTreeMap<Time, Vec<(OpId, ClusterId, AgentId)>>,
+}
+
+/// Most operations a node holds at once in each role.
+pub const MAX_OPS: usize = 1_024;
+
+impl Ops {
+    pub(crate) fn next_due(&self) -> Option<Time> {
+        let sends = self.sends.keys().next().copied();
+        let lead = self
+            .lead
+            .values()
+            .filter(|l| !l.reported)
+            .map(|l| l.gather.deadline())
+            .min();
+        let relay = self.relay.values().map(|r| r.deadline).min();
+        let root = self.root.values().map(|r| r.deadline).min();
+        [sends, lead, relay, root].into_iter().flatten().min()
+    }
+
+    fn merge(&mut self, other: Ops) {
+        self.lead.extend(other.lead);
+        self.relay.extend(other.relay);
+        self.root.extend(other.root);
+        for (t, v) in other.sends {
+            self.sends.entry(t).or_default().extend(v);
+        }
+    }
+}
+
+/// Carries out what is due at `now`.
+pub(crate) fn due(node: &mut MeshNode, now: Time) {
+    // Taken out so the node can be borrowed while they run.
+    let mut me = std::mem::take(&mut node.ops);
+    {
+        while let Some((&at, _)) = me.sends.iter().next() {
+            if at > now {
+                break;
+            }
+            let batch = me.sends.remove(&at).unwrap_or_default();
+            for (op, c, agent) in batch {
+                send_one(&mut me, node, op, c, agent, now);
+            }
+        }
+        let late: Vec<(OpId, ClusterId)> = me
+            .lead
+            .iter()
+            .filter(|(_, l)| !l.reported && l.gather.deadline() <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in late {
+            report_lead(&mut me, node, k, now);
+        }
+        let relays: Vec<(OpId, SectorId)> = me
+            .relay
+            .iter()
+            .filter(|(_, r)| r.deadline <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in relays {
+            report_relay(&mut me, node, k);
+        }
+        let roots: Vec<OpId> = me
+            .root
+            .iter()
+            .filter(|(_, r)| r.deadline <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for op in roots {
+            end_phase(&mut me, node, op, now);
+        }
+        let added = std::mem::take(&mut node.ops);
+        me.merge(added);
+        node.ops = me;
+    }
+}
+
+fn sectors_in(node: &MeshNode, scope: Scope) -> Vec<SectorId> {
+    match scope {
+        Scope::Global => (0..node.tree.sectors.len() as u32).map(SectorId).collect(),
+        Scope::Sector(s) => vec![s],
+        Scope::Cluster(c) => node
+            .tree
+            .cluster(c)
+            .map(|cl| cl.sector)
+            .into_iter()
+            .collect(),
+    }
+}
+
+fn clusters_in(node: &MeshNode, scope: Scope, sector: SectorId) -> Vec<ClusterId> {
+    match scope {
+        Scope::Cluster(c) => vec![c],
+        _ => node
+            .tree
+            .sector(sector)
+            .map(|s| s.clusters.clone())
+            .unwrap_or_default(),
+    }
+}
+
+impl MeshNode {
+    pub(crate) fn command(&mut self, c: Command, tag: u64, now: Time) {
+        if !self.is_root {
+            let root = self.tree.root.as_ref().map(|r| r.to_string());
+            self.out.push_back(MeshOutput::Refused {
+                tag,
+                error: CommandError::NotRoot { root },
+            });
+            return;
+        }
+        match c {
+            Command::Cascade {
+                mode,
+                scope,
+                envelope,
+                sample,
+                budget_ms,
+                approved,
+                automated,
+            } => {
+                if let Err(error) = self.start(
+                    mode, scope, envelope, sample, budget_ms, approved, automated, tag, now,
+                ) {
+                    self.out.push_back(MeshOutput::Refused { tag, error });
+                }
+            }
+            Command::Freeze { scope, frozen } => {
+                let action = match frozen {
+                    true => ControlAction::Freeze,
+                    false => ControlAction::Thaw,
+                };
+                self.fan_control(scope, action);
+            }
+            Command::Heal { scope } => self.fan_control(scope, ControlAction::Heal),
+        }
+    }
+
+    /// Sends a control to every coordinator in scope (and itself), who pass it on.
+    fn fan_control(&mut self, scope: Scope, action: ControlAction) {
+        let msg = MeshMessage::Control(Control {
+            action,
+            scope,
+            relayed: false,
+        });
+        self.inbox.push_back(msg.clone());
+        let coordinators: BTreeSet<NodeId> = sectors_in(self, scope)
+            .into_iter()
+            .filter_map(|s| self.tree.sector(s).and_then(|s| s.coordinator.clone()))
+            .collect();
+        let me = self.me.clone();
+        for co in coordinators.into_iter().filter(|c| *c != me) {
+            self.send(co, msg.clone());
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        &mut self,
+        mode: CascadeMode,
+        scope: Scope,
+        mut envelope: MeshEnvelope,
+        sample: Option<u32>,
+        budget_ms: Option<u64>,
+        approved: bool,
+        automated: bool,
+        tag: u64,
+        now: Time,
+    ) -> Result<(), CommandError> {
+        for f in [Scope::Global, scope] {
+            if self.frozen.contains(&f) {
+                return Err(CommandError::Frozen(f));
+            }
+        }
+        let in_scope: u32 = sectors_in(self, scope)
+            .iter()
+            .filter_map(|s| self.sector_summaries.get(s))
+            .map(|s| s.total_agents)
+            .sum();
+        let agents = sample.map_or(in_scope, |n| n.min(in_scope));
+        degrade::permit(
+            self.mode,
+            &degrade::Ask {
+                priority: envelope.priority,
+                agents,
+                mesh_wide: scope == Scope::Global,
+                approved,
+                automated,
+            },
+        )?;
+        if self.ops.root.len() >= MAX_OPS {
+            return Err(CommandError::NoAgents(scope));
+        }
+        let op = OpId(self.next_id());
+        envelope.op = op;
+        envelope.created_ms = now.as_millis();
+        let phases = match mode {
+            CascadeMode::PriorityFirst => vec![
+                (Some(ImpedanceClass::D), 0.99),
+                (Some(ImpedanceClass::C), 0.98),
+                (Some(ImpedanceClass::B), 0.95),
+                (Some(ImpedanceClass::A), 0.90),
+                (Some(ImpedanceClass::E), 0.85),
+            ],
+            _ => vec![(None, MeshNode::cascade_mode_window(mode).1)],
+        };
+        let budget_ms = budget_ms.map(|b| b.min(qs_wire::mesh::MAX_TTL_MS));
+        let r = RootOp {
+            mode,
+            scope,
+            envelope,
+            sample,
+            budget_ms,
+            phases,
+            phase: 0,
+            started: now,
+            phase_started: now,
+            target: now,
+            window: Duration::ZERO,
+            expect: BTreeSet::new(),
+            expected_first: 0,
+            tally: Tally::default(),
+            answers: BTreeMap::new(),
+            acks: BTreeSet::new(),
+            deadline: now,
+            results: Vec::new(),
+            root_messages: 0,
+            degradation: self.mode.name(),
+            tag,
+        };
+        let mut ops = std::mem::take(&mut self.ops);
+        ops.root.insert(op, r);
+        start_phase(&mut ops, self, op, now);
+        self.ops = ops;
+        Ok(())
+    }
+}

@@ -1,0 +1,194 @@
+//! Orders coming down and reports going up: a coordinator relays an order to its clusters'
+//! leads and sums their reports; the root takes the sectors' reports.
+
+use super::*;
+
+/// A coordinator (or a lead, for a cluster's scope) gets an order.
+pub(crate) fn on_order(node: &mut MeshNode, o: Order, now: Time) {
+    match o.scope {
+        Scope::Cluster(c) if node.led.contains_key(&c) => lead_order(node, o, c, now),
+        Scope::Cluster(c) => {
+            // A cluster scope from the root: pass it to the lead.
+            if let Some(lead) = node.tree.cluster(c).and_then(|cl| cl.lead.clone())
+                && lead != node.me
+            {
+                node.send(lead, MeshMessage::Order(Box::new(o)));
+            }
+        }
+        Scope::Sector(s) => relay_order(node, o, s, now),
+        Scope::Global => {}
+    }
+}
+
+pub(super) fn relay_order(node: &mut MeshNode, o: Order, s: SectorId, now: Time) {
+    if node.ops.relay.len() >= MAX_OPS {
+        return;
+    }
+    let clusters = clusters_in(node, o.scope, s);
+    let target = Time::from_millis(o.envelope.target_arrival_ms);
+    let slack = Duration::from_millis(node.cfg.report_slack_ms);
+    let mut relay = RelayOp {
+        expect: BTreeSet::new(),
+        min_rate: MeshNode::cascade_mode_window(o.mode).1,
+        tally: Tally::default(),
+        answers: BTreeMap::new(),
+        deadline: target + Duration::from_millis(o.window_ms) + slack * 2,
+        report_to: o.root.clone(),
+        scope: o.scope,
+    };
+    let frozen = node.frozen.contains(&Scope::Sector(s));
+    // A sample's quota for this sector: as few clusters as it takes, one agent each at
+    // least (chosen by the operation's hash).
+    let mut clusters = clusters;
+    let mut o = o;
+    if let (Some(quota), Scope::Sector(_)) = (o.sample_per_cluster, o.scope) {
+        clusters.retain(|c| {
+            node.tree
+                .cluster(*c)
+                .is_some_and(|cl| !cl.agents.is_empty())
+        });
+        clusters.sort_by_key(|c| mix(u64::from(c.0) ^ o.op.0));
+        clusters.truncate((quota as usize).max(1));
+        o.sample_per_cluster = Some(quota.div_ceil(clusters.len().max(1) as u32).max(1));
+    }
+    for c in clusters {
+        let Some(cl) = node.tree.cluster(c) else {
+            continue;
+        };
+        if cl.agents.is_empty() {
+            continue;
+        }
+        let lead = cl.lead.clone();
+        let open = node
+            .cluster_summaries
+            .get(&c)
+            .is_some_and(|x| x.breaker_open);
+        let routable = !frozen && !open;
+        match (lead, routable) {
+            (Some(lead), true) => {
+                let mut sub = o.clone();
+                sub.scope = Scope::Cluster(c);
+                sub.report_to = node.me.clone();
+                if o.mode != CascadeMode::Parallel {
+                    relay.expect.insert(Scope::Cluster(c));
+                }
+                node.send(lead, MeshMessage::Order(Box::new(sub)));
+            }
+            _ => {
+                let n = cl.agents.len() as u32;
+                relay.tally.targeted += n;
+                relay.tally.unreachable += n;
+            }
+        }
+    }
+    if o.mode == CascadeMode::Parallel {
+        // Parallel: nothing to gather here; what could not be reached goes to the root.
+        if relay.tally.targeted > 0 {
+            node.send(
+                o.root.clone(),
+                MeshMessage::Report(Box::new(Report {
+                    op: o.op,
+                    scope: Scope::Sector(s),
+                    from: node.me.clone(),
+                    tally: relay.tally,
+                    answers: Vec::new(),
+                })),
+            );
+        }
+        return;
+    }
+    let _ = now;
+    let key = (o.op, s);
+    node.ops.relay.insert(key, relay);
+    if node.ops.relay[&key].expect.is_empty() {
+        let mut ops = std::mem::take(&mut node.ops);
+        report_relay(&mut ops, node, key);
+        node.ops = ops;
+    }
+}
+
+pub(super) fn report_relay(ops: &mut Ops, node: &mut MeshNode, key: (OpId, SectorId)) {
+    let Some(mut r) = ops.relay.remove(&key) else {
+        return;
+    };
+    r.tally.missing_reports += r.expect.len() as u32;
+    let report = Report {
+        op: key.0,
+        scope: r.scope,
+        from: node.me.clone(),
+        tally: r.tally,
+        answers: MeshNode::top_answers(&r.answers),
+    };
+    node.send(r.report_to, MeshMessage::Report(Box::new(report)));
+}
+
+/// A report from below: at a coordinator (a wave's cluster) or at the root.
+pub(crate) fn on_report(node: &mut MeshNode, rep: Report, now: Time) {
+    let mut ops = std::mem::take(&mut node.ops);
+    let sector = match rep.scope {
+        Scope::Cluster(c) => node.tree.cluster(c).map(|cl| cl.sector),
+        Scope::Sector(s) => Some(s),
+        Scope::Global => None,
+    };
+    let relay_key = sector.map(|s| (rep.op, s));
+    let at_relay = relay_key.is_some_and(|k| {
+        ops.relay
+            .get(&k)
+            .is_some_and(|r| r.expect.contains(&rep.scope))
+    });
+    if at_relay {
+        let k = relay_key.expect("checked");
+        let r = ops.relay.get_mut(&k).expect("checked");
+        r.expect.remove(&rep.scope);
+        r.tally.add(&rep.tally);
+        merge_answers(&mut r.answers, &rep.answers);
+        // Settled: the clusters still silent could not change the outcome.
+        let missing: u32 = r
+            .expect
+            .iter()
+            .filter_map(|s| match s {
+                Scope::Cluster(c) => node.cluster_summaries.get(c).map(|x| x.active_count),
+                _ => None,
+            })
+            .sum();
+        if r.expect.is_empty() || settled(&r.tally, missing, r.min_rate) {
+            report_relay(&mut ops, node, k);
+        }
+    } else if let Some(r) = ops.root.get_mut(&rep.op) {
+        let expected = r.expect.remove(&rep.scope);
+        if expected || r.mode == CascadeMode::Parallel {
+            r.tally.add(&rep.tally);
+            merge_answers(&mut r.answers, &rep.answers);
+        }
+        let missing: u32 = r
+            .expect
+            .iter()
+            .filter_map(|s| match s {
+                Scope::Sector(x) => node.sector_summaries.get(x).map(|x| x.active_agents),
+                _ => None,
+            })
+            .sum();
+        let min_rate = r.phases[r.phase].1;
+        let early = now >= r.target && settled(&r.tally, missing, min_rate);
+        match r.mode {
+            CascadeMode::Parallel => maybe_finish_parallel(&mut ops, node, rep.op, now),
+            _ if r.expect.is_empty() || early => end_phase(&mut ops, node, rep.op, now),
+            _ => {}
+        }
+    }
+    node.ops = ops;
+}
+
+/// Whether a tally's outcome is settled with `missing` agents not yet heard of: even if all
+/// were sent and none is ready, READY answers are at `min_rate`.
+pub(super) fn settled(t: &Tally, missing: u32, min_rate: f64) -> bool {
+    t.sent > 0 && f64::from(t.ready) >= min_rate * f64::from(t.sent + missing)
+}
+
+pub(super) fn merge_answers(into: &mut BTreeMap<String, u32>, from: &[AnswerCount]) {
+    for a in from {
+        if into.len() < 256 || into.contains_key(&a.answer) {
+            *into.entry(a.answer.clone()).or_default() += a.count;
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! The root's part of an operation: each phase's target arrival from the lead histograms,
+//! its orders to the sectors, and its end: the quorum, the outcome, the KPIs.
+
+use super::*;
+
+pub(super) fn start_phase(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Time) {
+    let Some(mut r) = ops.root.remove(&op) else {
+        return;
+    };
+    let sectors: Vec<SectorId> = sectors_in(node, r.scope);
+    // Seed §6.3, DEGRADED_MODERATE and worse: only healthy sectors take traffic.
+    let healthy_only = node.mode.healthy_sectors_only();
+    let class = r.phases[r.phase].0;
+    // How early to start (seed §3.2: "enough time for the 95th percentile"): the 95th
+    // percentile of the predicted leads in scope (of the phase's class, or every class but
+    // F, which no sub-second operation waits for), plus the longest two hops down.
+    let mut leads = LeadHistogram::default();
+    let mut hops: f64 = 0.0;
+    for s in sectors.iter().filter_map(|s| node.sector_summaries.get(s)) {
+        leads.add(&s.leads);
+        hops = hops.max(node.hop(Some(&s.coordinator)) + s.hop_ms);
+    }
+    let classes: Vec<ImpedanceClass> = match class {
+        Some(k) => vec![k],
+        None => ImpedanceClass::ALL[..5].to_vec(),
+    };
+    let lead_p95 = leads.quantile_ms(&classes, 0.95).unwrap_or(0.0) + hops;
+    let (window_ms, _) = MeshNode::cascade_mode_window(r.mode);
+    let window_ms = window_ms * node.mode.window_factor();
+    // An operator's budget is taken as given; otherwise the leads decide, up to the most
+    // the mesh compensates.
+    let budget = match r.budget_ms {
+        Some(ms) => ms as f64,
+        None => (lead_p95 + node.cfg.report_slack_ms as f64 / 4.0)
+            .clamp(20.0, node.cfg.max_budget_ms as f64),
+    };
+    r.phase_started = now;
+    r.target = now + Duration::from_micros((budget * 1000.0) as u64);
+    r.window = Duration::from_millis(window_ms);
+    let slack = Duration::from_millis(node.cfg.report_slack_ms);
+    r.deadline = r.target + r.window + slack * 3;
+    r.tally = Tally::default();
+    r.answers.clear();
+    r.acks.clear();
+    r.expect.clear();
+    let mut env = r.envelope.clone();
+    env.target_arrival_ms = r.target.as_millis();
+    // Lives until this phase's deadline and a second more, counted from its creation.
+    env.ttl_ms = (r
+        .deadline
+        .since(Time::from_millis(env.created_ms))
+        .as_millis() as u64)
+        .max(1)
+        + 1_000;
+    // A sample of about n agents: n sectors at most (chosen by the operation's hash), each
+    // with its quota, which its coordinator spreads over as few clusters.
+    let mut sectors = sectors;
+    let sample_per_cluster = r.sample.map(|n| {
+        sectors.retain(|s| {
+            node.sector_summaries
+                .get(s)
+                .is_some_and(|x| x.active_agents > 0)
+        });
+        sectors.sort_by_key(|s| mix(u64::from(s.0) ^ op.0));
+        sectors.truncate((n as usize).max(1));
+        n.div_ceil(sectors.len().max(1) as u32).max(1)
+    });
+    for s in sectors {
+        let Some(sector) = node.tree.sector(s) else {
+            continue;
+        };
+        let healthy = node.sector_summaries.get(&s).is_none_or(|x| {
+            x.total_agents == 0 || f64::from(x.active_agents) >= 0.95 * f64::from(x.total_agents)
+        });
+        let routable = node
+            .sector_summaries
+            .get(&s)
+            .is_none_or(|x| !x.breaker_open)
+            && node.breakers.state(Scope::Global) != BreakerState::Open;
+        let Some(co) = sector.coordinator.clone() else {
+            continue;
+        };
+        if !routable || (healthy_only && !healthy) {
+            let agents = node.sector_summaries.get(&s).map_or(0, |x| x.total_agents);
+            r.tally.targeted += agents;
+            r.tally.unreachable += agents;
+            continue;
+        }
+        let sub_scope = match r.scope {
+            Scope::Cluster(c) => Scope::Cluster(c),
+            _ => Scope::Sector(s),
+        };
+        match r.mode {
+            CascadeMode::Parallel => {
+                for c in clusters_in(node, r.scope, s) {
+                    if node.tree.cluster(c).is_some_and(|cl| cl.lead.is_some()) {
+                        r.expect.insert(Scope::Cluster(c));
+                    }
+                }
+            }
+            _ => {
+                r.expect.insert(sub_scope);
+            }
+        }
+        let order = Order {
+            report_to: node.me.clone(),
+            op,
+            mode: r.mode,
+            root: node.me.clone(),
+            scope: sub_scope,
+            class,
+            sample_per_cluster,
+            window_ms,
+            envelope: env.clone(),
+        };
+        r.root_messages += u32::from(co != node.me);
+        node.send(co, MeshMessage::Order(Box::new(order)));
+    }
+    r.expected_first = r.expect.len();
+    ops.root.insert(op, r);
+}
+
+/// The root: a phase ended (every report in, or its deadline); the next phase, or the end.
+pub(super) fn end_phase(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Time) {
+    let Some(mut r) = ops.root.remove(&op) else {
+        return;
+    };
+    let mut tally = r.tally;
+    tally.missing_reports += r.expect.len() as u32;
+    let (class, min_rate) = r.phases[r.phase];
+    let answered = tally.ready + tally.transit + tally.conflict;
+    // Sent and not answered in the window is "in transit": outcome unknown (seed §1.4).
+    let votes = Votes {
+        ready: tally.ready,
+        transit: tally.transit + tally.sent.saturating_sub(answered),
+        conflict: tally.conflict,
+    };
+    let decision = quorum::decide(votes, &QuorumPolicy::default());
+    let out = gather::outcome(&tally, min_rate);
+    r.results.push(PhaseResult {
+        class,
+        min_rate,
+        status: out.status,
+        decision: decision.name(),
+        tally,
+        latency_ms: now.since(r.phase_started).as_secs_f64() * 1000.0,
+    });
+    // KPIs, per phase.
+    let k = &mut node.kpis;
+    k.sent += u64::from(tally.sent);
+    k.answered += u64::from(answered);
+    k.window_hits += u64::from(tally.window_hits);
+    k.predicted_within_50ms += u64::from(tally.predicted_within_50ms);
+    k.conflicts += u64::from(tally.conflict);
+    k.skipped += u64::from(tally.skipped);
+    k.expired += u64::from(tally.expired);
+    r.phase += 1;
+    if r.phase < r.phases.len() {
+        ops.root.insert(op, r);
+        start_phase(ops, node, op, now);
+        return;
+    }
+    let latency_ms = now.since(r.started).as_secs_f64() * 1000.0;
+    let mut total = Tally::default();
+    for p in &r.results {
+        total.add(&p.tally);
+    }
+    let sectors_short = r.mode == CascadeMode::Wave
+        && r.expected_first > 0
+        && (r.expected_first - r.expect.len().min(r.expected_first)) * 100 < r.expected_first * 98;
+    let status = match (r.mode, sectors_short) {
+        (CascadeMode::PriorityFirst, _) => "COMPLETE",
+        (_, true) => "FAILED_AT_SECTOR",
+        _ => match out.status {
+            Status::Success => "SUCCESS",
+            Status::Partial => "PARTIAL",
+            Status::Failed => "FAILED",
+        },
+    };
+    let final_decision = match r.mode {
+        CascadeMode::PriorityFirst => {
+            let answered = total.ready + total.transit + total.conflict;
+            quorum::decide(
+                Votes {
+                    ready: total.ready,
+                    transit: total.transit + total.sent.saturating_sub(answered),
+                    conflict: total.conflict,
+                },
+                &QuorumPolicy::default(),
+            )
+        }
+        _ => decision,
+    };
+    let k = &mut node.kpis;
+    k.operations += 1;
+    if matches!(final_decision, Decision::Proceed { .. }) {
+        k.operations_with_quorum += 1;
+    }
+    if k.cascade_latencies_ms.len() == super::super::MAX_LATENCIES {
+        k.cascade_latencies_ms.pop_front();
+    }
+    k.cascade_latencies_ms.push_back(latency_ms);
+    let result = OpResult {
+        op,
+        mode: r.mode,
+        scope: r.scope,
+        status,
+        decision: final_decision,
+        tally: total,
+        latency_ms,
+        target_after_ms: r.target.since(r.phase_started).as_secs_f64() * 1000.0,
+        answers: MeshNode::top_answers(&r.answers),
+        phases: r.results,
+        root_messages: r.root_messages,
+        degradation: r.degradation,
+        tag: r.tag,
+    };
+    let _ = Mode::Full;
+    node.finish(result);
+}

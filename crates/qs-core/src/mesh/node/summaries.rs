@@ -1,0 +1,195 @@
+//! Summaries up the tree (seed §4.2–4.3, §8.2): a lead's cluster summary and a coordinator's
+//! sector summary, full every 5 s or after an operation measured agents, `Alive` beats with
+//! fresh counts between; the root's mode, global breaker and availability from them.
+
+use super::*;
+
+impl MeshNode {
+    /// Leads' summaries to their coordinators (seed §4.2).
+    pub(super) fn summarize_clusters(&mut self, now: Time, recompute: bool) {
+        let now_ms = now.as_millis();
+        let led: Vec<ClusterId> = self.led.keys().copied().collect();
+        for c in led {
+            let Some(l) = self.led.get_mut(&c) else {
+                continue;
+            };
+            let active_now = l.active_count();
+            // A summary made before its agents were heard from is made again.
+            let stale = l.measured
+                || l.summary
+                    .as_ref()
+                    .is_none_or(|s| s.active_count == 0 && active_now > 0);
+            l.measured = false;
+            if !stale && !recompute {
+                // Between summaries, a beat with the counts that move fast.
+                let alive = Alive {
+                    scope: Scope::Cluster(c),
+                    from: self.me.clone(),
+                    sent_ms: now_ms,
+                    agents: l.agents.len() as u32,
+                    active: active_now,
+                    failures: std::mem::take(&mut l.failures_this_period),
+                    breaker_open: self.breakers.state(Scope::Cluster(c))
+                        == qs_wire::mesh::BreakerState::Open,
+                };
+                let sector = l.sector;
+                if let Some(co) = self.tree.sector(sector).and_then(|s| s.coordinator.clone()) {
+                    self.send(co, MeshMessage::Alive(alive));
+                }
+                continue;
+            }
+            let active: Vec<AgentId> = l
+                .agents
+                .iter()
+                .filter(|(_, a)| a.state == AgentState::Active)
+                .map(|(id, _)| *id)
+                .collect();
+            let n_active = active.len();
+            let mut assessed: Vec<impedance::Assessed> = Vec::with_capacity(n_active);
+            for a in active {
+                let Some((z, lead)) = l.assess(a, 0.0) else {
+                    continue;
+                };
+                let samples = l
+                    .hosts
+                    .get_mut(&l.agents[&a].host)
+                    .map_or(0, |h| h.link.stats().samples);
+                assessed.push(impedance::Assessed {
+                    impedance: z,
+                    lead_ms: lead.lead_ms,
+                    anomalous: impedance::standing(&z, samples).is_some(),
+                });
+            }
+            let agg = impedance::aggregate(&assessed);
+            if impedance::coordinated_shift(l.spikes_this_period, n_active) {
+                // Seed §9.2: a coordinated shift is reported; its samples taught nothing
+                // (spikes never move a baseline).
+                self.kpis.coordinated_shifts += 1;
+            }
+            l.spikes_this_period = 0;
+            let failures = std::mem::take(&mut l.failures_this_period);
+            let sector = l.sector;
+            let summary = ClusterSummary {
+                cluster: c,
+                sector,
+                lead: self.me.clone(),
+                sent_ms: now_ms,
+                agent_count: l.agents.len() as u32,
+                active_count: n_active as u32,
+                mean_impedance_ms: agg.mean_ms,
+                p95_impedance_ms: agg.p95_ms,
+                leads: agg.leads,
+                classes: agg.classes,
+                anomalies: agg.anomalies,
+                failures,
+                breaker_open: self.breakers.state(Scope::Cluster(c))
+                    == qs_wire::mesh::BreakerState::Open,
+            };
+            l.summary = Some(summary.clone());
+            if let Some(co) = self.tree.sector(sector).and_then(|s| s.coordinator.clone()) {
+                self.send(co, MeshMessage::Cluster(Box::new(summary)));
+            }
+        }
+    }
+
+    /// Coordinators' summaries to the root (seed §4.3), at every beat (they sum at most 100
+    /// cluster summaries); then the root updates the mode, the global breaker and
+    /// availability.
+    pub(super) fn summarize_sectors(&mut self, now: Time, recompute: bool) {
+        let now_ms = now.as_millis();
+        let sectors = self.my_sectors.clone();
+        for s in sectors {
+            if !recompute && self.summarized.contains(&s) {
+                let (agents, active) = self
+                    .cluster_summaries
+                    .values()
+                    .filter(|c| c.sector == s)
+                    .fold((0, 0), |(t, a), c| (t + c.agent_count, a + c.active_count));
+                let alive = Alive {
+                    scope: Scope::Sector(s),
+                    from: self.me.clone(),
+                    sent_ms: now_ms,
+                    agents,
+                    active,
+                    failures: 0,
+                    breaker_open: self.breakers.state(Scope::Sector(s))
+                        == qs_wire::mesh::BreakerState::Open,
+                };
+                if let Some(root) = self.tree.root.clone() {
+                    self.send(root, MeshMessage::Alive(alive));
+                }
+                continue;
+            }
+            let mine: Vec<&ClusterSummary> = self
+                .cluster_summaries
+                .values()
+                .filter(|c| c.sector == s)
+                .collect();
+            let mut sum = SectorSummary {
+                sector: s,
+                coordinator: self.me.clone(),
+                sent_ms: now_ms,
+                cluster_count: mine.len() as u32,
+                total_agents: 0,
+                active_agents: 0,
+                mean_impedance_ms: 0.0,
+                p95_impedance_ms: 0.0,
+                leads: LeadHistogram::default(),
+                hop_ms: 0.0,
+                classes: [0; 6],
+                anomalies: 0,
+                open_breakers: 0,
+                breaker_open: false,
+            };
+            let mut with_agents = 0.0;
+            for c in &mine {
+                sum.total_agents += c.agent_count;
+                sum.active_agents += c.active_count;
+                if c.active_count > 0 {
+                    sum.mean_impedance_ms += c.mean_impedance_ms;
+                    with_agents += 1.0;
+                }
+                sum.p95_impedance_ms = sum.p95_impedance_ms.max(c.p95_impedance_ms);
+                let hop = self.hop(Some(&c.lead));
+                sum.leads.add(&c.leads);
+                sum.hop_ms = sum.hop_ms.max(hop);
+                for i in 0..6 {
+                    sum.classes[i] += c.classes[i];
+                }
+                sum.anomalies += c.anomalies;
+                sum.open_breakers += u32::from(c.breaker_open);
+            }
+            if with_agents > 0.0 {
+                sum.mean_impedance_ms /= with_agents;
+            }
+            sum.breaker_open =
+                self.breakers.state(Scope::Sector(s)) == qs_wire::mesh::BreakerState::Open;
+            self.summarized.insert(s);
+            if let Some(root) = self.tree.root.clone() {
+                self.send(root, MeshMessage::Sector(Box::new(sum)));
+            }
+        }
+        if self.is_root {
+            let open = self
+                .sector_summaries
+                .values()
+                .filter(|s| s.breaker_open)
+                .count();
+            self.breakers.open_sectors(open, now);
+            let (total, active) = self.global_counts();
+            let share = match total {
+                0 => 1.0,
+                _ => f64::from(active) / f64::from(total),
+            };
+            self.mode = Mode::from_active_share(share);
+            if let Some(last) = self.last_observed {
+                let dt = now.since(last).as_millis() as u64;
+                self.kpis.observed_ms += dt;
+                if share >= 0.95 {
+                    self.kpis.available_ms += dt;
+                }
+            }
+            self.last_observed = Some(now);
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! Operators' requests and what carries every mesh message between processes: the
+//! `MeshPacket` a sender signs, an operator's `MeshAction` with its one check, the root's
+//! `MeshOutcome`, and a node's agents in the `mesh` bucket (`MeshMembers`).
+
+use super::*;
+/// A mesh message as it travels between processes: who sends it (the frame's signer).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshPacket {
+    pub from: NodeId,
+    pub message: MeshMessage,
+}
+
+impl BusMessage for MeshPacket {
+    fn check(&self) -> Result<(), String> {
+        self.message.check()
+    }
+}
+
+/// What an operator asks of the mesh (`qs mesh …`, `POST /v1/mesh/ops`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "action")]
+pub enum MeshAction {
+    /// A broadcast (verb sync), an ask (verb observe, a sample) or any cascade.
+    Cascade {
+        mode: CascadeMode,
+        #[serde(default = "global")]
+        scope: Scope,
+        verb: Verb,
+        payload: String,
+        #[serde(default = "two")]
+        priority: u8,
+        #[serde(default)]
+        sample: Option<u32>,
+        #[serde(default)]
+        budget_ms: Option<u64>,
+        #[serde(default)]
+        requires: Option<String>,
+        #[serde(default)]
+        approved: bool,
+    },
+    Freeze {
+        scope: Scope,
+    },
+    Thaw {
+        scope: Scope,
+    },
+    Heal {
+        scope: Scope,
+    },
+}
+
+fn global() -> Scope {
+    Scope::Global
+}
+
+fn two() -> u8 {
+    2
+}
+
+impl MeshAction {
+    pub fn check(&self) -> Result<(), String> {
+        match self {
+            MeshAction::Cascade {
+                payload,
+                priority,
+                sample,
+                budget_ms,
+                requires,
+                ..
+            } => {
+                if payload.len() > MAX_PAYLOAD_BYTES {
+                    return Err(format!("payload: at most {MAX_PAYLOAD_BYTES} bytes"));
+                }
+                if *priority > 3 {
+                    return Err(format!("priority: {priority}; must be 0..=3"));
+                }
+                if sample.is_some_and(|n| n == 0 || n as usize > MAX_AGENTS_IN_SCOPE * MAX_CHILDREN)
+                {
+                    return Err("sample: must be in 1..=1000000".into());
+                }
+                if budget_ms.is_some_and(|b| b == 0 || b > MAX_TTL_MS) {
+                    return Err(format!("budget_ms: must be in 1..={MAX_TTL_MS}"));
+                }
+                if let Some(r) = requires {
+                    capability(r).map_err(|e| format!("requires: {e}"))?;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A request for the root, with where to answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshRequest {
+    pub id: u64,
+    pub action: MeshAction,
+}
+
+/// The root's answer: `ok` with the outcome as JSON, or the refusal.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshOutcome {
+    pub id: u64,
+    pub ok: bool,
+    pub body: String,
+}
+
+/// Largest outcome body.
+pub const MAX_OUTCOME_BYTES: usize = 32 * 1024;
+/// Most agents one node registers in the mesh.
+pub const MAX_NODE_AGENTS: usize = 10_000;
+
+/// A node's agents, as it puts them in the `mesh` bucket (key: the node).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshMembers {
+    pub node: NodeId,
+    pub agents: Vec<AgentId>,
+}
+
+impl BusMessage for MeshMembers {
+    fn check(&self) -> Result<(), String> {
+        match self.agents.len() > MAX_NODE_AGENTS {
+            true => Err(format!(
+                "{} agents; at most {MAX_NODE_AGENTS}",
+                self.agents.len()
+            )),
+            false => Ok(()),
+        }
+    }
+}
+
+/// An operator's order for a scope, from the root to its coordinators, who relay it to their
+/// cluster leads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Control {
+    pub action: ControlAction,
+    pub scope: Scope,
+    /// Already passed on by a coordinator: not to be passed on again.
+    pub relayed: bool,
+}
+
+/// What a [`Control`] does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ControlAction {
+    /// Halt operations (seed Appendix B's FREEZE).
+    Freeze,
+    /// Resume them.
+    Thaw,
+    /// Close breakers, release quarantined agents and conflicts, thaw (seed §7.1's heal).
+    Heal,
+}

@@ -1,0 +1,183 @@
+//! What travels up the mesh: a host's beat of its agents, the lead-time histogram, cluster
+//! and sector summaries, and the `Alive` beats between them.
+
+use super::*;
+/// One agent in its host's beat: liveness and what the host measured of it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentBeat {
+    pub agent: AgentId,
+    pub state: AgentState,
+    /// Median processing time of its recent work, milliseconds (0: none yet).
+    pub processing_ms: f64,
+    pub queue_depth: u32,
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+}
+
+/// A host's beat to one cluster lead: its agents of that cluster (every `beat_ms`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostBeat {
+    pub host: NodeId,
+    pub cluster: ClusterId,
+    /// When it was sent, Unix milliseconds: the lead measures the one-way delay from it.
+    pub sent_ms: u64,
+    /// Its agents of the cluster; empty when nothing changed since the last beat that
+    /// listed them (one does at least every [`FULL_BEAT_EVERY`] beats, and after any change
+    /// of the hierarchy).
+    pub agents: Vec<AgentBeat>,
+}
+
+/// A beat lists its agents at least this often (16 beats of 300 ms: about the seed's 5 s
+/// heartbeat with impedance, §4.1); a change is sent at the next beat.
+pub const FULL_BEAT_EVERY: u64 = 16;
+
+/// Counts per impedance class, A to F.
+pub type ClassCounts = [u32; 6];
+
+/// Upper edges of the lead-time buckets, milliseconds (the last is open).
+pub const LEAD_BUCKETS_MS: [f64; LEAD_BUCKETS] = [
+    5.0,
+    10.0,
+    15.0,
+    20.0,
+    30.0,
+    40.0,
+    50.0,
+    60.0,
+    75.0,
+    90.0,
+    100.0,
+    125.0,
+    150.0,
+    175.0,
+    200.0,
+    250.0,
+    300.0,
+    350.0,
+    400.0,
+    500.0,
+    750.0,
+    1_000.0,
+    2_000.0,
+    f64::INFINITY,
+];
+
+/// How many lead-time buckets there are.
+pub const LEAD_BUCKETS: usize = 24;
+
+/// Predicted lead times counted per class (A to F) and bucket ([`LEAD_BUCKETS_MS`]): it adds
+/// up exactly from clusters to sectors to the root, so the root reads quantiles over the
+/// whole mesh from at most 100 summaries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct LeadHistogram(pub [[u32; LEAD_BUCKETS]; 6]);
+
+impl LeadHistogram {
+    pub fn record(&mut self, class: ImpedanceClass, lead_ms: f64) {
+        let b = LEAD_BUCKETS_MS
+            .iter()
+            .position(|edge| lead_ms <= *edge)
+            .unwrap_or(LEAD_BUCKETS - 1);
+        self.0[class.index()][b] = self.0[class.index()][b].saturating_add(1);
+    }
+
+    pub fn add(&mut self, other: &LeadHistogram) {
+        for (a, b) in self.0.iter_mut().zip(other.0.iter()) {
+            for (x, y) in a.iter_mut().zip(b.iter()) {
+                *x = x.saturating_add(*y);
+            }
+        }
+    }
+
+    /// The upper edge of the bucket holding the `q` quantile of the classes `classes`
+    /// (a conservative quantile), or `None` with nothing counted.
+    pub fn quantile_ms(&self, classes: &[ImpedanceClass], q: f64) -> Option<f64> {
+        let mut buckets = [0u64; LEAD_BUCKETS];
+        for c in classes {
+            for (b, n) in self.0[c.index()].iter().enumerate() {
+                buckets[b] += u64::from(*n);
+            }
+        }
+        let total: u64 = buckets.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let want = (q * total as f64).ceil() as u64;
+        let mut seen = 0;
+        for (b, n) in buckets.iter().enumerate() {
+            seen += n;
+            if seen >= want.max(1) {
+                return Some(match LEAD_BUCKETS_MS[b].is_finite() {
+                    true => LEAD_BUCKETS_MS[b],
+                    false => 3_600_000.0,
+                });
+            }
+        }
+        None
+    }
+}
+
+/// A cluster lead's summary to its sector coordinator (seed §4.2, with the sector and the
+/// lead's breaker).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSummary {
+    pub cluster: ClusterId,
+    pub sector: SectorId,
+    pub lead: NodeId,
+    /// When it was sent, Unix milliseconds (the coordinator measures the hop from it).
+    pub sent_ms: u64,
+    pub agent_count: u32,
+    pub active_count: u32,
+    pub mean_impedance_ms: f64,
+    pub p95_impedance_ms: f64,
+    /// Its active agents' predicted lead times, counted per class and bucket: how early
+    /// an operation must start to reach a share of them.
+    pub leads: LeadHistogram,
+    pub classes: ClassCounts,
+    pub anomalies: u32,
+    /// Agent failures since the last summary (for the sector's breaker).
+    pub failures: u32,
+    pub breaker_open: bool,
+}
+
+/// A lead's beat to its coordinator, or a coordinator's to the root, between full summaries
+/// (every `beat_ms`): alive, and the counts that move fast.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Alive {
+    /// The cluster or sector it speaks for.
+    pub scope: Scope,
+    pub from: NodeId,
+    pub sent_ms: u64,
+    pub agents: u32,
+    pub active: u32,
+    /// Agent failures since the last beat (a cluster's, for its sector's breaker).
+    pub failures: u32,
+    pub breaker_open: bool,
+}
+
+/// A sector coordinator's summary to the root (seed §4.3).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SectorSummary {
+    pub sector: SectorId,
+    pub coordinator: NodeId,
+    pub sent_ms: u64,
+    pub cluster_count: u32,
+    pub total_agents: u32,
+    pub active_agents: u32,
+    pub mean_impedance_ms: f64,
+    pub p95_impedance_ms: f64,
+    /// Its clusters' lead histograms added up.
+    pub leads: LeadHistogram,
+    /// The longest hop from it to one of its cluster leads, milliseconds.
+    pub hop_ms: f64,
+    pub classes: ClassCounts,
+    pub anomalies: u32,
+    /// Open cluster breakers in it, and its own breaker.
+    pub open_breakers: u32,
+    pub breaker_open: bool,
+}

@@ -1,0 +1,223 @@
+//! The mesh through the agent's API, for `qs mesh` and `qs mesh chat`: an action posted to
+//! `POST /v1/mesh/ops` and its outcome printed, `GET /v1/mesh` as tables, and scopes read
+//! from the operator's words.
+
+use crate::client;
+use crate::render::OutputFormat;
+use anyhow::{Result, bail};
+use comfy_table::Table;
+use qs_wire::mesh::{ClusterId, MeshAction, Scope, SectorId};
+use serde_json::Value;
+
+/// `sector 7`, `S7`, `SECTOR-7`, `cluster 12`, `C12`; empty, `all`, `mesh`: the whole mesh.
+pub(crate) fn scope_of(text: &str) -> Result<Scope> {
+    let t = text.trim().to_ascii_lowercase().replace(['-', '_'], " ");
+    if t.is_empty() || ["all", "mesh", "global", "everything", "everyone"].contains(&t.as_str()) {
+        return Ok(Scope::Global);
+    }
+    let (word, num): (String, String) = {
+        let w: String = t.chars().take_while(|c| c.is_ascii_alphabetic()).collect();
+        let n: String = t[w.len()..]
+            .trim()
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        (w, n)
+    };
+    let Ok(n) = num.parse::<u32>() else {
+        bail!("{text:?}: a scope is `sector N`, `cluster N` or `all`");
+    };
+    match word.as_str() {
+        "s" | "sector" => Ok(Scope::Sector(SectorId(n))),
+        "c" | "cluster" => Ok(Scope::Cluster(ClusterId(n))),
+        _ => bail!("{text:?}: a scope is `sector N`, `cluster N` or `all`"),
+    }
+}
+
+pub(crate) fn op(api: &str, action: &MeshAction, output: OutputFormat) -> Result<()> {
+    let body = serde_json::to_string(action)?;
+    let v = client::call(api, "POST", "/v1/mesh/ops", Some(&body))?;
+    match output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+        OutputFormat::Text => print_outcome(&v),
+    }
+    Ok(())
+}
+
+pub(crate) fn control(api: &str, action: MeshAction) -> Result<()> {
+    let body = serde_json::to_string(&action)?;
+    let v = client::call(api, "POST", "/v1/mesh/ops", Some(&body))?;
+    println!("done: {} {}", v["done"].as_str().unwrap_or("?"), v["scope"]);
+    Ok(())
+}
+
+pub(crate) fn print_outcome(v: &Value) {
+    let t = &v["tally"];
+    let n = |k: &str| t[k].as_u64().unwrap_or(0);
+    println!(
+        "{} ({}), {} in {:.0} ms; mode {}",
+        v["status"].as_str().unwrap_or("?"),
+        v["decision"]["decision"].as_str().unwrap_or("?"),
+        v["mode"].as_str().unwrap_or("?"),
+        v["latency_ms"].as_f64().unwrap_or(0.0),
+        v["degradation"].as_str().unwrap_or("?"),
+    );
+    println!(
+        "  {} targeted, {} sent, {} ready, {} conflict, {} late (quarantined), {} skipped (too late to send), {} unreachable",
+        n("targeted"),
+        n("sent"),
+        n("ready"),
+        n("conflict"),
+        n("late"),
+        n("skipped"),
+        n("unreachable")
+    );
+    if let Some(answers) = v["answers"].as_array().filter(|a| !a.is_empty()) {
+        println!("  answers:");
+        for a in answers {
+            println!(
+                "    {:>6}  {}",
+                a["count"].as_u64().unwrap_or(0),
+                a["answer"].as_str().unwrap_or("")
+            );
+        }
+    }
+}
+
+pub(crate) fn status(api: &str, scope: &Scope, output: OutputFormat) -> Result<()> {
+    let v = client::call(api, "GET", "/v1/mesh", None)?;
+    if matches!(output, OutputFormat::Json) {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let k = &v["kpis"];
+    println!(
+        "mesh: {} of {} agents active, mode {}, root {}{}",
+        v["active"],
+        v["agents"],
+        v["mode"].as_str().unwrap_or("?"),
+        v["root"].as_str().unwrap_or("(none)"),
+        if v["is_root"].as_bool() == Some(true) {
+            " (this node)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "  operations {}, quorum {:.1} %, window hits {:.1} %, within 50 ms {:.1} %, conflicts {:.2} %, cascade p95 {:.0} ms",
+        k["operations"],
+        100.0 * k["coordination_success_rate"].as_f64().unwrap_or(0.0),
+        100.0 * k["arrival_window_hit_rate"].as_f64().unwrap_or(0.0),
+        100.0 * k["prediction_accuracy"].as_f64().unwrap_or(0.0),
+        100.0 * k["conflict_rate"].as_f64().unwrap_or(0.0),
+        k["cascade_latency_p95_ms"].as_f64().unwrap_or(0.0)
+    );
+    for key in ["breakers", "frozen"] {
+        if let Some(list) = v[key].as_array().filter(|l| !l.is_empty()) {
+            println!(
+                "  {key}: {}",
+                list.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
+    let mut table = Table::new();
+    match scope {
+        Scope::Cluster(c) => {
+            table.set_header([
+                "cluster", "agents", "active", "A", "B", "C", "D", "E", "F", "mean ms",
+            ]);
+            for row in v["clusters"].as_array().into_iter().flatten() {
+                if row["cluster"].as_u64() == Some(u64::from(c.0)) {
+                    let classes = row["classes"].as_array().cloned().unwrap_or_default();
+                    let mut cells = vec![
+                        row["cluster"].to_string(),
+                        row["agents"].to_string(),
+                        row["active"].to_string(),
+                    ];
+                    cells.extend(classes.iter().map(Value::to_string));
+                    cells.push(format!(
+                        "{:.0}",
+                        row["mean_score_ms"].as_f64().unwrap_or(0.0)
+                    ));
+                    table.add_row(cells);
+                }
+            }
+            if table.row_count() == 0 {
+                println!(
+                    "  cluster {} is not led by this node; ask its lead's API",
+                    c.0
+                );
+                return Ok(());
+            }
+        }
+        _ => {
+            table.set_header([
+                "sector",
+                "coordinator",
+                "clusters",
+                "agents",
+                "active",
+                "mean ms",
+                "p95 ms",
+                "anomalies",
+                "breaker",
+            ]);
+            for row in v["sectors"].as_array().into_iter().flatten() {
+                if let Scope::Sector(s) = scope
+                    && row["sector"].as_u64() != Some(u64::from(s.0))
+                {
+                    continue;
+                }
+                table.add_row([
+                    row["sector"].to_string(),
+                    row["coordinator"].as_str().unwrap_or("").to_string(),
+                    row["clusters"].to_string(),
+                    row["agents"].to_string(),
+                    row["active"].to_string(),
+                    format!("{:.0}", row["mean_impedance_ms"].as_f64().unwrap_or(0.0)),
+                    format!("{:.0}", row["p95_impedance_ms"].as_f64().unwrap_or(0.0)),
+                    row["anomalies"].to_string(),
+                    if row["breaker_open"].as_bool() == Some(true) {
+                        "OPEN"
+                    } else {
+                        "closed"
+                    }
+                    .to_string(),
+                ]);
+            }
+            if table.row_count() == 0 {
+                println!(
+                    "  no sector summaries here: ask the root ({})",
+                    v["root"].as_str().unwrap_or("none yet")
+                );
+                return Ok(());
+            }
+        }
+    }
+    println!("{table}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_are_read_in_every_spelling() {
+        for (text, want) in [
+            ("", Scope::Global),
+            ("all", Scope::Global),
+            ("sector 7", Scope::Sector(SectorId(7))),
+            ("S7", Scope::Sector(SectorId(7))),
+            ("SECTOR-12", Scope::Sector(SectorId(12))),
+            ("cluster 4", Scope::Cluster(ClusterId(4))),
+            ("C4", Scope::Cluster(ClusterId(4))),
+        ] {
+            assert_eq!(scope_of(text).unwrap(), want, "{text:?}");
+        }
+        assert!(scope_of("galaxy 9").is_err());
+    }
+}
