@@ -93,11 +93,15 @@ impl LeadHistogram {
 
     /// The upper edge of the bucket holding the `q` quantile of the classes `classes`
     /// (a conservative quantile), or `None` with nothing counted.
-    pub fn quantile_ms(&self, classes: &[ImpedanceClass], q: f64) -> Option<f64> {
+    /// Leads over `within_ms` (beyond any compensation) are left out: those agents are
+    /// known too late whatever the budget.
+    pub fn quantile_ms(&self, classes: &[ImpedanceClass], q: f64, within_ms: f64) -> Option<f64> {
         let mut buckets = [0u64; LEAD_BUCKETS];
         for c in classes {
             for (b, n) in self.0[c.index()].iter().enumerate() {
-                buckets[b] += u64::from(*n);
+                if LEAD_BUCKETS_MS[b] <= within_ms {
+                    buckets[b] += u64::from(*n);
+                }
             }
         }
         let total: u64 = buckets.iter().sum();

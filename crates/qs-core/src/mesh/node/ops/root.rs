@@ -24,7 +24,8 @@ pub(super) fn start_phase(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Tim
         Some(k) => vec![k],
         None => ImpedanceClass::ALL[..5].to_vec(),
     };
-    let lead_p95 = leads.quantile_ms(&classes, 0.95).unwrap_or(0.0) + hops;
+    let within = node.cfg.max_budget_ms as f64;
+    let lead_p95 = leads.quantile_ms(&classes, 0.95, within).unwrap_or(0.0) + hops;
     let (window_ms, _) = MeshNode::cascade_mode_window(r.mode);
     let window_ms = window_ms * node.mode.window_factor();
     // An operator's budget is taken as given; otherwise the leads decide, up to the most
