@@ -3,7 +3,6 @@
 use crate::render::{self, OutputFormat};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use qs_sim::{Report, SimConfig};
 use qs_store::Ledger;
 use qs_wire::Record;
 use std::net::SocketAddr;
@@ -206,50 +205,7 @@ enum Command {
         decode_tps: u64,
     },
     /// Run the deterministic simulator: the real core, a virtual clock, a simulated network.
-    Sim {
-        /// Nodes in the simulated fleet.
-        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
-        nodes: u64,
-        /// Seed of every random choice; the same seed gives the same trace hash.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Simulated time to run, in milliseconds.
-        #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
-        duration_ms: u64,
-        /// Services to apply (jobs add a fifth); default a quarter of the nodes.
-        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000))]
-        services: Option<u64>,
-        /// Fraction of nodes killed during the run (0 to 0.5).
-        #[arg(long, default_value_t = 0.01)]
-        kill_fraction: f64,
-        /// Check the invariants after every event (slow; small fleets).
-        #[arg(long)]
-        check: bool,
-        /// Write every ledger event of the run to this redb file (read it with `qs events`).
-        #[arg(long)]
-        ledger: Option<PathBuf>,
-        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
-        output: OutputFormat,
-        /// Simulate the mesh instead (seed 001): this many agents on hosts in WAN regions,
-        /// the hierarchy, impedance profiling and cascades.
-        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
-        agents: Option<u64>,
-        /// Hosts the agents run on (default: one per 30 agents).
-        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
-        hosts: Option<u64>,
-        /// Round trips between regions, a CSV with the header
-        /// cty1,cty2,rtt_cnt,rtt_avg,rtt_std,rtt_min,rtt_max (milliseconds): hosts spread
-        /// over regions in proportion to rtt_cnt, delays drawn from a normal truncated to
-        /// [min, max].
-        #[arg(long, requires = "agents")]
-        latency_matrix: Option<PathBuf>,
-        /// Share of agents that go down after the calibration (0 to 1).
-        #[arg(long, default_value_t = 0.0, requires = "agents")]
-        down_fraction: f64,
-        /// Cascades to run after the calibration: wave, parallel or priority-first (repeat).
-        #[arg(long = "cascade", requires = "agents")]
-        cascades: Vec<String>,
-    },
+    Sim(crate::sim::SimArgs),
     /// The fleet authority: create it, issue join tokens, revoke nodes, list certificates.
     Fleet {
         #[command(subcommand)]
@@ -571,56 +527,7 @@ pub fn run(cli: Cli) -> Result<()> {
             rt.block_on(qs_agent::model_double::serve(opts))
                 .with_context(|| format!("model double on 127.0.0.1:{port}"))
         }
-        Command::Sim {
-            agents: Some(agents),
-            hosts,
-            seed,
-            duration_ms,
-            latency_matrix,
-            down_fraction,
-            cascades,
-            output,
-            ..
-        } => crate::mesh::simulate(&crate::mesh::SimArgs {
-            agents,
-            hosts,
-            seed,
-            duration_ms,
-            latency_matrix,
-            down_fraction,
-            cascades,
-            output,
-        }),
-        Command::Sim {
-            nodes,
-            seed,
-            duration_ms,
-            services,
-            kill_fraction,
-            check,
-            ledger,
-            output,
-            ..
-        } => {
-            let mut cfg = SimConfig::new(nodes as usize, seed);
-            cfg.duration_ms = duration_ms;
-            cfg.services = services.map(|s| s as usize);
-            cfg.kill_fraction = kill_fraction;
-            cfg.check_invariants = check;
-            cfg.keep_records = ledger.is_some();
-            let report = simulate(&cfg, ledger.as_ref())?;
-            match output {
-                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-                OutputFormat::Text => print_report(&report),
-            }
-            if report.violation_count > 0 {
-                bail!(
-                    "{} invariant violations (seed {seed})",
-                    report.violation_count
-                );
-            }
-            Ok(())
-        }
+        Command::Sim(args) => crate::sim::run(args),
         Command::Bench { suite } => crate::bench_args::run(suite),
         Command::Check { files, output } => crate::check::check(&files, output),
         Command::Events {
@@ -646,72 +553,6 @@ pub fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-    }
-}
-
-fn simulate(cfg: &SimConfig, ledger: Option<&PathBuf>) -> Result<Report> {
-    // The simulator reads no clock: its wall-time figures come from this one.
-    let start = std::time::Instant::now();
-    let wall = || start.elapsed().as_secs_f64();
-    let Some(path) = ledger else {
-        return qs_sim::run(cfg, &wall).context("invalid simulation settings");
-    };
-    let ledger = Ledger::open(path)?;
-    let mut failure = None;
-    let report = qs_sim::run_with_records(cfg, &wall, |records| {
-        if failure.is_none()
-            && let Err(e) = ledger.append_records(&records)
-        {
-            failure = Some(e);
-        }
-    })
-    .context("invalid simulation settings")?;
-    if let Some(e) = failure {
-        return Err(e).context("writing the simulation's ledger");
-    }
-    Ok(report)
-}
-
-fn print_report(r: &Report) {
-    let ms = |us: u64| us as f64 / 1000.0;
-    println!(
-        "qs sim: {} nodes, seed {}, {:.1} s simulated in {:.2} s",
-        r.nodes, r.seed, r.sim_seconds, r.wall_seconds
-    );
-    println!(
-        "  workload    {} services, {} jobs; {} nodes killed; {} instance failures",
-        r.services, r.jobs, r.nodes_killed, r.instance_failures
-    );
-    println!(
-        "  placements  {} ({} local, {} through the fleet); {} gave up; {} dispatches refused",
-        r.placements,
-        r.placed_locally,
-        r.placements - r.placed_locally,
-        r.gave_up,
-        r.dispatch_refused
-    );
-    println!(
-        "  rate        {:.1} per simulated second, {:.0} per wall second",
-        r.placements_per_sim_second, r.placements_per_wall_second
-    );
-    println!(
-        "  latency     p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms (sense to placed)",
-        ms(r.latency_p50_us),
-        ms(r.latency_p90_us),
-        ms(r.latency_p99_us),
-        ms(r.latency_max_us)
-    );
-    println!(
-        "  converged   {} of {} workloads at their wanted count",
-        r.satisfied,
-        r.services + r.jobs
-    );
-    println!(
-        "  trace hash  {} (the same seed gives the same hash)",
-        r.trace_hash
-    );
-    for v in &r.violations {
-        println!("  VIOLATION   {v}");
     }
 }
 

@@ -6,7 +6,7 @@
 
 use super::{MeshNode, MeshOutput};
 use crate::hash::mix;
-use crate::mesh::degrade::{self, Mode};
+use crate::mesh::degrade;
 use crate::mesh::gather::{self, Gather, Status};
 use crate::mesh::quorum::{self, Decision, QuorumPolicy, Votes};
 use crate::mesh::schedule::{self, Want};
@@ -175,20 +175,12 @@ impl Ops {
         let root = self.root.values().map(|r| r.deadline).min();
         [sends, lead, relay, root].into_iter().flatten().min()
     }
-
-    fn merge(&mut self, other: Ops) {
-        self.lead.extend(other.lead);
-        self.relay.extend(other.relay);
-        self.root.extend(other.root);
-        for (t, v) in other.sends {
-            self.sends.entry(t).or_default().extend(v);
-        }
-    }
 }
 
 /// Carries out what is due at `now`.
 pub(crate) fn due(node: &mut MeshNode, now: Time) {
-    // Taken out so the node can be borrowed while they run.
+    // Taken out so the node can be borrowed while they run (nothing they call adds an
+    // operation: orders come in through `heard`, never from here).
     let mut me = std::mem::take(&mut node.ops);
     {
         while let Some((&at, _)) = me.sends.iter().next() {
@@ -227,8 +219,6 @@ pub(crate) fn due(node: &mut MeshNode, now: Time) {
         for op in roots {
             end_phase(&mut me, node, op, now);
         }
-        let added = std::mem::take(&mut node.ops);
-        me.merge(added);
         node.ops = me;
     }
 }

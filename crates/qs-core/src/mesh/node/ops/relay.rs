@@ -15,12 +15,12 @@ pub(crate) fn on_order(node: &mut MeshNode, o: Order, now: Time) {
                 node.send(lead, MeshMessage::Order(Box::new(o)));
             }
         }
-        Scope::Sector(s) => relay_order(node, o, s, now),
+        Scope::Sector(s) => relay_order(node, o, s),
         Scope::Global => {}
     }
 }
 
-pub(super) fn relay_order(node: &mut MeshNode, o: Order, s: SectorId, now: Time) {
+pub(super) fn relay_order(node: &mut MeshNode, o: Order, s: SectorId) {
     if node.ops.relay.len() >= MAX_OPS {
         return;
     }
@@ -97,7 +97,6 @@ pub(super) fn relay_order(node: &mut MeshNode, o: Order, s: SectorId, now: Time)
         }
         return;
     }
-    let _ = now;
     let key = (o.op, s);
     node.ops.relay.insert(key, relay);
     if node.ops.relay[&key].expect.is_empty() {
@@ -143,14 +142,7 @@ pub(crate) fn on_report(node: &mut MeshNode, rep: Report, now: Time) {
         r.tally.add(&rep.tally);
         merge_answers(&mut r.answers, &rep.answers);
         // Settled: the clusters still silent could not change the outcome.
-        let missing: u32 = r
-            .expect
-            .iter()
-            .filter_map(|s| match s {
-                Scope::Cluster(c) => node.cluster_summaries.get(c).map(|x| x.active_count),
-                _ => None,
-            })
-            .sum();
+        let missing = silent_agents(node, &r.expect);
         if r.expect.is_empty() || settled(&r.tally, missing, r.min_rate) {
             report_relay(&mut ops, node, k);
         }
@@ -160,14 +152,7 @@ pub(crate) fn on_report(node: &mut MeshNode, rep: Report, now: Time) {
             r.tally.add(&rep.tally);
             merge_answers(&mut r.answers, &rep.answers);
         }
-        let missing: u32 = r
-            .expect
-            .iter()
-            .filter_map(|s| match s {
-                Scope::Sector(x) => node.sector_summaries.get(x).map(|x| x.active_agents),
-                _ => None,
-            })
-            .sum();
+        let missing = silent_agents(node, &r.expect);
         let min_rate = r.phases[r.phase].1;
         let early = now >= r.target && settled(&r.tally, missing, min_rate);
         match r.mode {
@@ -177,6 +162,18 @@ pub(crate) fn on_report(node: &mut MeshNode, rep: Report, now: Time) {
         }
     }
     node.ops = ops;
+}
+
+/// Active agents under the clusters or sectors still to report, as their summaries say.
+fn silent_agents(node: &MeshNode, expect: &BTreeSet<Scope>) -> u32 {
+    expect
+        .iter()
+        .filter_map(|s| match s {
+            Scope::Cluster(c) => node.cluster_summaries.get(c).map(|x| x.active_count),
+            Scope::Sector(x) => node.sector_summaries.get(x).map(|x| x.active_agents),
+            Scope::Global => None,
+        })
+        .sum()
 }
 
 /// Whether a tally's outcome is settled with `missing` agents not yet heard of: even if all

@@ -216,6 +216,5 @@ pub(super) fn end_phase(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Time)
         degradation: r.degradation,
         tag: r.tag,
     };
-    let _ = Mode::Full;
     node.finish(result);
 }
