@@ -13,6 +13,16 @@ a hash of its result), may checkpoint, and completes or fails the task under the
         ...
 
     Worker("/var/lib/qs/tasks.sock", "summarizer").run(step)
+
+A worker may also be an agent of the mesh (seed 001): it joins with its capabilities, then
+takes what the mesh sends it and answers each operation READY (1) or CONFLICT (-1):
+
+    def handle(envelope):
+        # envelope: verb, payload, op, target_arrival_ms, ...; returns the answer, or
+        # raises MeshConflict({"type": "data-contradiction", ...})
+        return "a1b2c3d4"
+
+    Worker("/var/lib/qs/tasks.sock", "observer-1").serve_mesh(handle, ["gpu"])
 """
 
 import hashlib
@@ -26,6 +36,19 @@ MAX_FRAME = 1 << 20
 
 class Refused(Exception):
     """The agent refused a request (a superseded attempt, an ended task, a full queue)."""
+
+
+class MeshConflict(Exception):
+    """Raised by a mesh handler: the envelope conflicts with what this agent holds. detail is
+    one of the protocol's conflicts, e.g. {"type": "data-contradiction", "expected": ...,
+    "received": ..., "affects_agents": 1}."""
+
+    def __init__(self, detail):
+        super().__init__(detail.get("type", "conflict"))
+        self.detail = detail
+
+
+READY, CONFLICT = 1, -1
 
 
 class Worker:
@@ -151,3 +174,48 @@ class Worker:
             self.checkpoint(claim, iteration + 1, state)
             if self.report(claim, score, result):
                 self.complete(claim, result)
+
+    def mesh_join(self, capabilities=()):
+        """Joins the mesh as an agent, under this worker's name; returns the agent's id."""
+        return self.call({"op": "mesh-join", "capabilities": list(capabilities)})["agent"]
+
+    def mesh_poll(self, wait_s=0.0):
+        """The next envelope the mesh sends this agent (a dict: op, verb, payload,
+        content_hash, target_arrival_ms, ttl_ms, priority, requires, ...), waiting up to
+        wait_s (at most 60); None when none came."""
+        wait_ms = int(min(max(wait_s, 0.0), 60.0) * 1000)
+        reply = self.call({"op": "mesh-poll", "wait_ms": wait_ms})
+        return reply["envelope"] if reply["op"] == "mesh" else None
+
+    def mesh_answer(self, envelope, answer="", conflict=None):
+        """Answers an envelope: READY with the answer, or CONFLICT with what conflicts."""
+        request = {"op": "mesh-answer", "operation": envelope["op"],
+                   "state": READY if conflict is None else CONFLICT, "answer": answer}
+        if conflict is not None:
+            request["conflict"] = conflict
+        self.call(request)
+
+    def serve_mesh(self, handle, capabilities=(), idle_s=0.5, stop=None, on_join=None):
+        """Joins the mesh (then calls on_join(agent_id), if given) and answers what it sends
+        until stop() is true (never, by default). An envelope whose payload does not match
+        its content hash is answered CONFLICT (an integrity failure) without calling handle;
+        handle(envelope) returns the answer, or raises MeshConflict."""
+        agent = self.mesh_join(capabilities)
+        if on_join is not None:
+            on_join(agent)
+        while stop is None or not stop():
+            envelope = self.mesh_poll(idle_s)
+            if envelope is None:
+                continue
+            actual = hashlib.sha256(envelope["payload"].encode()).hexdigest()
+            if actual != envelope["content_hash"]:
+                self.mesh_answer(envelope, conflict={
+                    "type": "hash-mismatch", "expected": envelope["content_hash"],
+                    "received": actual})
+                continue
+            try:
+                answer = handle(envelope)
+            except MeshConflict as c:
+                self.mesh_answer(envelope, conflict=c.detail)
+                continue
+            self.mesh_answer(envelope, answer=answer or "")

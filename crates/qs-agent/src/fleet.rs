@@ -405,12 +405,15 @@ impl<F: Fabric> EmbeddedFleet<F> {
             warm,
             stop_rx.clone(),
         ));
+        let (mesh_agents, mesh_answers) =
+            crate::mesh::LocalAgents::new(opts.nodes[0].id.clone(), opts.mesh.clone());
         tasks.spawn(crate::mesh::run(
             fabric.clone(),
             shared.auth.clone(),
             shared.journal.clone(),
             opts.nodes[0].id.clone(),
-            opts.mesh.clone(),
+            mesh_agents.clone(),
+            mesh_answers,
             mesh_ends,
             live(membership.clone()),
             stop_rx.clone(),
@@ -423,6 +426,7 @@ impl<F: Fabric> EmbeddedFleet<F> {
                     tasks.spawn(crate::tasks::worker::serve(
                         shared.tasks.clone(),
                         shared.models.clone(),
+                        mesh_agents,
                         listener,
                         stop_rx.clone(),
                     ));

@@ -21,6 +21,7 @@ pub mod identity;
 pub mod journal;
 pub mod membership;
 pub mod mesh;
+pub mod mesh_agents;
 pub mod mesh_metrics;
 pub mod mirror;
 pub mod model_double;

@@ -5,29 +5,28 @@
 //! changes. An operator's request goes to the root (through the fabric when the root is
 //! another node) and its outcome comes back.
 //!
-//! Agents here are the agent's built-in ones (`--mesh-agents N`): each answers what it is
-//! sent after `--mesh-agent-ms` with READY and its context hash, or CONFLICT when the
-//! envelope's content hash does not match its payload (an integrity failure) or the payload
-//! `expect:VALUE` names another context than its own (a value mismatch). Agents of the worker protocol are
-//! not yet mesh agents.
+//! The node's agents are [`LocalAgents`]: the built-in ones (`--mesh-agents N`) and the
+//! workers of the worker protocol that joined the mesh. When one joins or leaves, the core is
+//! told the node's agents again and the node's entry of the bucket is rewritten.
 
 use crate::clock::now;
 use crate::identity::Auth;
-use qs_core::hash::of_str;
+use crate::mesh_agents::Answered;
+pub use crate::mesh_agents::{LocalAgents, MeshOptions, agent_id};
 use qs_core::mesh::{
     Command, Hierarchy, Member, MeshConfig, MeshInput, MeshNode, MeshOutput, OpResult, Shape,
-    content_hash,
 };
 use qs_fabric::{Fabric, Kv, KvEvent, Subscription, Topic};
 use qs_wire::NodeId;
 use qs_wire::mesh::{
-    Ack, AgentBeat, AgentId, AgentState, ConflictDetail, Dispatch, MeshAction, MeshMembers,
-    MeshMessage, MeshOutcome, MeshPacket, MeshRequest, Scope, Trinary,
+    AgentId, AgentState, MeshAction, MeshMembers, MeshMessage, MeshOutcome, MeshPacket,
+    MeshRequest, Scope,
 };
 use qs_wire::task_bus::decode_bus;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -35,31 +34,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub const BUCKET: &str = "mesh";
 /// Requests waiting for the mesh task, at most.
 const MAX_REQUESTS: usize = 64;
-/// Answers of local agents waiting to be handled, at most.
-const MAX_ANSWERS: usize = 65_536;
 /// Requests in flight at once, at most (local and for others).
 const MAX_PENDING: usize = 1_024;
 /// How long a request waits for its outcome.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The built-in agents of this node.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MeshOptions {
-    pub agents: u32,
-    pub processing_ms: u64,
-    /// What each answers an ask with.
-    pub context: String,
-}
-
-impl Default for MeshOptions {
-    fn default() -> Self {
-        MeshOptions {
-            agents: 0,
-            processing_ms: 5,
-            context: "a1b2c3d4".into(),
-        }
-    }
-}
 
 /// What `GET /v1/mesh` shows.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -118,6 +96,8 @@ pub struct Kpis {
     pub recoveries: u64,
     pub recovery_time_ms_mean: f64,
     pub expired: u64,
+    /// Dispatches a worker agent's full mailbox could not take.
+    pub dropped: u64,
     pub coordinated_shifts: u64,
 }
 
@@ -174,11 +154,6 @@ enum Waiter {
     Remote { node: NodeId, id: u64 },
 }
 
-/// A built-in agent's id: a stable hash of its host and name.
-pub fn agent_id(node: &NodeId, index: u32) -> AgentId {
-    AgentId(of_str(&format!("{node}/agent-{index}")))
-}
-
 /// Runs the mesh for `me` until `stop` turns true; `live` reads the live nodes.
 #[allow(clippy::too_many_arguments)]
 pub async fn run<F: Fabric>(
@@ -186,7 +161,8 @@ pub async fn run<F: Fabric>(
     auth: Arc<Auth>,
     journal: crate::journal::Journal,
     me: NodeId,
-    opts: MeshOptions,
+    agents: Arc<LocalAgents>,
+    mut answers: mpsc::Receiver<Answered>,
     ends: MeshEnds,
     live: impl Fn() -> BTreeSet<NodeId> + Send + 'static,
     mut stop: watch::Receiver<bool>,
@@ -196,19 +172,10 @@ pub async fn run<F: Fabric>(
         status_tx,
     } = ends;
     let mut node = MeshNode::new(me.clone(), MeshConfig::default(), now());
-    let agents: Vec<AgentId> = (0..opts.agents).map(|i| agent_id(&me, i)).collect();
-    let beats: Vec<AgentBeat> = agents
-        .iter()
-        .map(|a| AgentBeat {
-            agent: *a,
-            state: AgentState::Active,
-            processing_ms: opts.processing_ms as f64,
-            queue_depth: 0,
-            capabilities: Vec::new(),
-        })
-        .collect();
-    node.handle(MeshInput::Agents(beats), now());
-    let (answers_tx, mut answers) = mpsc::channel::<(Ack, NodeId)>(MAX_ANSWERS);
+    let mut versions = agents.versions();
+    versions.mark_changed();
+    // The node's entry of the bucket is written again after each join or leave.
+    let mut entry_written = false;
     let mut members: BTreeMap<NodeId, Vec<AgentId>> = BTreeMap::new();
     let mut built: Option<(BTreeSet<NodeId>, u64)> = None;
     let mut members_version = 0u64;
@@ -253,8 +220,16 @@ pub async fn run<F: Fabric>(
                 None => sub = None,
             },
             a = answers.recv() => {
-                let Some((ack, reply_to)) = a else { return };
+                let Some(Answered { ack, reply_to }) = a else { return };
                 node.handle(MeshInput::AgentDone { ack, reply_to }, now());
+            }
+            v = versions.changed() => {
+                if v.is_err() {
+                    return;
+                }
+                versions.borrow_and_update();
+                node.handle(MeshInput::Agents(agents.beats()), now());
+                entry_written = false;
             }
             r = requests.recv() => {
                 let Some(Request::Run { action, reply }) = r else { return };
@@ -310,11 +285,11 @@ pub async fn run<F: Fabric>(
                 }
                 if kv.is_none() {
                     kv = fabric.kv(BUCKET).await.ok();
-                    if let Some(kv) = &kv {
-                        let mine = MeshMembers { node: me.clone(), agents: agents.clone() };
-                        if let Ok(bytes) = serde_json::to_vec(&mine) {
-                            let _ = kv.put(me.as_str(), bytes.into()).await;
-                        }
+                }
+                if !entry_written && let Some(kv) = &kv {
+                    let mine = MeshMembers { node: me.clone(), agents: agents.ids() };
+                    if let Ok(bytes) = serde_json::to_vec(&mine) {
+                        entry_written = kv.put(me.as_str(), bytes.into()).await.is_ok();
                     }
                 }
                 if watch.is_none() && let Some(kv) = &kv {
@@ -335,13 +310,13 @@ pub async fn run<F: Fabric>(
                     }
                     built = Some((live, members_version));
                 }
-                let _ = status_tx.send(Arc::new(status(&mut node, agents.len() as u32)));
+                let _ = status_tx.send(Arc::new(status(&mut node, &agents)));
             }
         }
         while let Some(out) = node.poll() {
             match out {
                 MeshOutput::Send { to, msg } => send(&fabric, &auth, &me, &to, msg).await,
-                MeshOutput::Deliver(d) => work(&opts, d, &answers_tx),
+                MeshOutput::Deliver(d) => agents.deliver(d),
                 MeshOutput::Finished(r) => {
                     finish(&fabric, &auth, &me, &mut waiting, r.tag, Ok(r)).await
                 }
@@ -484,57 +459,6 @@ async fn send<F: Fabric>(fabric: &F, auth: &Auth, me: &NodeId, to: &NodeId, msg:
     crate::tasks::bus::publish_signed(fabric, auth, me, &Topic::mesh(to), &packet).await;
 }
 
-/// A built-in agent's work: after its processing time, READY with its context, or
-/// CONFLICT (integrity) when the payload does not match its hash.
-fn work(opts: &MeshOptions, d: Dispatch, answers: &mpsc::Sender<(Ack, NodeId)>) {
-    let arrived_ms = now().as_millis();
-    let delay = Duration::from_millis(opts.processing_ms);
-    let context = opts.context.clone();
-    let answers = answers.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(delay).await;
-        let actual = content_hash(&d.envelope.payload);
-        let intact = actual == d.envelope.content_hash;
-        // "expect:VALUE" states a fact every agent should hold: one whose context differs
-        // answers CONFLICT (a value mismatch).
-        let contradicted = d
-            .envelope
-            .payload
-            .strip_prefix("expect:")
-            .filter(|want| *want != context)
-            .map(str::to_owned);
-        let conflict = match (&contradicted, intact) {
-            (_, false) => Some(ConflictDetail::HashMismatch {
-                expected: d.envelope.content_hash.clone(),
-                received: actual,
-            }),
-            (Some(want), true) => Some(ConflictDetail::DataContradiction {
-                expected: want.clone(),
-                received: context.clone(),
-                affects_agents: 1,
-            }),
-            (None, true) => None,
-        };
-        let ack = Ack {
-            op: d.envelope.op,
-            agent: d.agent,
-            cluster: d.cluster,
-            state: match conflict {
-                None => Trinary::Ready,
-                Some(_) => Trinary::Conflict,
-            },
-            arrived_ms,
-            ready_ms: now().as_millis(),
-            answer: match d.envelope.verb {
-                qs_wire::mesh::Verb::Observe => context,
-                _ => String::new(),
-            },
-            conflict,
-        };
-        let _ = answers.try_send((ack, d.reply_to));
-    });
-}
-
 async fn next_kv(
     w: &mut Option<qs_fabric::Watch>,
 ) -> Option<Result<KvEvent, qs_fabric::FabricError>> {
@@ -544,7 +468,7 @@ async fn next_kv(
     }
 }
 
-fn status(node: &mut MeshNode, local: u32) -> MeshStatus {
+fn status(node: &mut MeshNode, local: &LocalAgents) -> MeshStatus {
     let (agents, active) = node.global_counts();
     let k = node.kpis().clone();
     let mut clusters: BTreeMap<u32, ClusterRow> = BTreeMap::new();
@@ -575,7 +499,7 @@ fn status(node: &mut MeshNode, local: u32) -> MeshStatus {
         mode: node.mode().name(),
         agents,
         active,
-        local_agents: local,
+        local_agents: local.count(),
         sectors: node
             .sector_summaries()
             .values()
@@ -620,7 +544,8 @@ fn status(node: &mut MeshNode, local: u32) -> MeshStatus {
                 0 => 0.0,
                 n => k.recovery_ms_total as f64 / n as f64,
             },
-            expired: node.expired(),
+            expired: node.expired() + local.expired.load(Ordering::Relaxed),
+            dropped: local.dropped.load(Ordering::Relaxed),
             coordinated_shifts: k.coordinated_shifts,
         },
     }

@@ -225,13 +225,14 @@ impl MeshEnvelope {
             return Err("target_arrival_ms: more than an hour after created_ms".into());
         }
         if let Some(r) = &self.requires {
-            capability(r).map_err(|e| format!("requires: {e}"))?;
+            check_capability(r).map_err(|e| format!("requires: {e}"))?;
         }
         Ok(())
     }
 }
 
-fn capability(name: &str) -> Result<(), String> {
+/// A capability's name: 1..=[`MAX_CAPABILITY_BYTES`] of letters, digits, `_`, `-`, `.`.
+pub fn check_capability(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > MAX_CAPABILITY_BYTES {
         return Err(format!("a capability is 1..={MAX_CAPABILITY_BYTES} bytes"));
     }
@@ -351,6 +352,17 @@ pub struct Ack {
     pub answer: String,
     #[serde(default)]
     pub conflict: Option<ConflictDetail>,
+}
+
+impl Ack {
+    /// Its answer and conflict within bounds, by field.
+    pub fn check(&self) -> Result<(), String> {
+        text("answer", &self.answer)?;
+        match &self.conflict {
+            Some(c) => c.check(),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Counts of one operation under a subtree, reported up (a cluster's, a sector's).
@@ -485,7 +497,7 @@ impl BusMessage for MeshMessage {
                         return Err(format!("capabilities: at most {MAX_CAPABILITIES}"));
                     }
                     for c in &a.capabilities {
-                        capability(c)?;
+                        check_capability(c)?;
                     }
                 }
                 Ok(())
@@ -529,13 +541,7 @@ impl BusMessage for MeshMessage {
                 o.envelope.check()
             }
             MeshMessage::Dispatch(d) => d.envelope.check(),
-            MeshMessage::Ack(a) => {
-                text("answer", &a.answer)?;
-                match &a.conflict {
-                    Some(c) => c.check(),
-                    None => Ok(()),
-                }
-            }
+            MeshMessage::Ack(a) => a.check(),
             MeshMessage::Report(r) => {
                 if r.answers.len() > MAX_ANSWERS {
                     return Err(format!(

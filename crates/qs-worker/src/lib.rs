@@ -8,6 +8,10 @@
 //! agent refuses what a superseded attempt says. [`Worker::effect`] runs a side effect at most
 //! once per task across its attempts, as far as the agent's record goes.
 //!
+//! A worker may also be an agent of the mesh (seed 001): [`Worker::mesh_join`] with its
+//! capabilities, then [`Worker::mesh_poll`] for what the mesh sends it and
+//! [`Worker::mesh_answer`] for each operation, READY or CONFLICT.
+//!
 //! ```no_run
 //! use qs_worker::{Step, Worker};
 //! let mut w = Worker::connect("/var/lib/qs/tasks.sock", "summarizer", &[]).unwrap();
@@ -83,6 +87,33 @@ pub struct Step {
     pub result: String,
     /// Saved as the checkpoint the next iteration (or attempt) resumes from.
     pub state: String,
+}
+
+/// What the mesh sent this agent (the envelope's fields a worker needs; seed Appendix B).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct MeshWork {
+    /// The operation, named again in the answer.
+    pub op: u64,
+    /// `observe`, `orient`, `decide`, `act`, `record` or `sync`.
+    pub verb: String,
+    pub payload: String,
+    /// SHA-256 of the payload, hex.
+    pub content_hash: String,
+    /// When the agent should be READY, Unix milliseconds.
+    pub target_arrival_ms: u64,
+    pub priority: u8,
+    #[serde(default)]
+    pub requires: Option<String>,
+}
+
+impl MeshWork {
+    /// Whether the payload matches its content hash (a mismatch is an integrity conflict).
+    pub fn intact(&self) -> bool {
+        use sha2::Digest;
+        let d = sha2::Sha256::digest(self.payload.as_bytes());
+        let hex: String = d.iter().map(|b| format!("{b:02x}")).collect();
+        hex == self.content_hash
+    }
 }
 
 /// A connection to the agent, registered.
@@ -315,6 +346,44 @@ impl Worker {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Joins the mesh as an agent under this worker's name, with `capabilities`; its id.
+    pub fn mesh_join(&mut self, capabilities: &[&str]) -> Result<u64, WorkerError> {
+        let reply = self.call(json!({"op": "mesh-join", "capabilities": capabilities}))?;
+        reply["agent"]
+            .as_u64()
+            .ok_or_else(|| WorkerError::Protocol(reply.to_string()))
+    }
+
+    /// What the mesh sends this agent, waiting up to `wait` (at most [`MAX_CLAIM_WAIT`]).
+    pub fn mesh_poll(&mut self, wait: Duration) -> Result<Option<MeshWork>, WorkerError> {
+        let wait_ms = wait.min(MAX_CLAIM_WAIT).as_millis() as u64;
+        let reply = self.call(json!({"op": "mesh-poll", "wait_ms": wait_ms}))?;
+        match reply["op"].as_str() {
+            Some("mesh") => serde_json::from_value(reply["envelope"].clone())
+                .map(Some)
+                .map_err(|e| WorkerError::Protocol(e.to_string())),
+            Some("none") => Ok(None),
+            _ => Err(WorkerError::Protocol(reply.to_string())),
+        }
+    }
+
+    /// Answers `work`: READY with `answer` when `conflict` is `None`, else CONFLICT with it
+    /// (one of the protocol's conflicts, e.g. `{"type": "capability-mismatch", "missing": "gpu"}`).
+    pub fn mesh_answer(
+        &mut self,
+        work: &MeshWork,
+        answer: &str,
+        conflict: Option<Value>,
+    ) -> Result<(), WorkerError> {
+        let state = if conflict.is_some() { -1 } else { 1 };
+        let mut request =
+            json!({"op": "mesh-answer", "operation": work.op, "state": state, "answer": answer});
+        if let Some(c) = conflict {
+            request["conflict"] = c;
+        }
+        self.call(request).map(drop)
     }
 
     fn iterate(&mut self, task: &ClaimedTask, s: &Step) -> Result<(), WorkerError> {

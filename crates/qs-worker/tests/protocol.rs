@@ -4,6 +4,7 @@
 
 use qs_worker::{Claimed, Next, Worker, WorkerError, result_hash};
 use serde_json::{Value, json};
+use sha2::Digest;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixListener;
 use std::time::Duration;
@@ -140,4 +141,52 @@ fn an_oversized_answer_is_an_error_not_an_allocation() {
         Ok(_) => panic!("connected"),
     }
     serving.join().unwrap();
+}
+
+#[test]
+fn a_mesh_agent_joins_polls_checks_the_hash_and_answers_ready_or_conflict() {
+    let hex = |p: &str| -> String {
+        sha2::Sha256::digest(p.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let envelope = |op: u64, payload: &str, hash: String| {
+        json!({"op": "mesh", "envelope": {"id": 1, "op": op, "created_ms": 1,
+            "target_arrival_ms": 9, "ttl_ms": 60000, "priority": 2, "weight": 1.0,
+            "verb": "observe", "payload": payload, "content_hash": hash, "requires": "gpu"}})
+    };
+    let (dir, serving) = agent(vec![
+        json!({"op": "registered", "node": "n1"}),
+        json!({"op": "mesh-joined", "agent": 42}),
+        envelope(7, "status", hex("status")),
+        json!({"op": "ok"}),
+        envelope(8, "tampered", hex("other")),
+        json!({"op": "ok"}),
+        json!({"op": "none"}),
+    ]);
+    let mut w = Worker::connect(dir.path().join("tasks.sock"), "w", &[]).unwrap();
+    assert_eq!(w.mesh_join(&["gpu"]).unwrap(), 42);
+    let first = w.mesh_poll(Duration::from_millis(100)).unwrap().unwrap();
+    assert!(first.intact());
+    assert_eq!(first.requires.as_deref(), Some("gpu"));
+    w.mesh_answer(&first, "a1b2c3d4", None).unwrap();
+    let second = w.mesh_poll(Duration::from_millis(100)).unwrap().unwrap();
+    assert!(!second.intact());
+    let conflict =
+        json!({"type": "hash-mismatch", "expected": second.content_hash, "received": "x"});
+    w.mesh_answer(&second, "", Some(conflict)).unwrap();
+    assert_eq!(w.mesh_poll(Duration::from_millis(100)).unwrap(), None);
+    drop(w);
+    let seen = serving.join().unwrap();
+    assert_eq!(seen[1], json!({"op": "mesh-join", "capabilities": ["gpu"]}));
+    assert_eq!(
+        seen[3],
+        json!({"op": "mesh-answer", "operation": 7, "state": 1, "answer": "a1b2c3d4"})
+    );
+    assert_eq!(
+        (seen[5]["operation"].as_u64(), seen[5]["state"].as_i64()),
+        (Some(8), Some(-1))
+    );
+    assert_eq!(seen[5]["conflict"]["type"], "hash-mismatch");
 }

@@ -112,17 +112,7 @@ fn a_thousand_agents_over_nats() {
     );
     assert_eq!(c["tally"]["conflict"], PER_NODE, "{c}");
     assert_eq!(c["decision"]["decision"], "resolve-conflicts", "{c}");
-    let logged = || -> usize {
-        agents
-            .iter()
-            .map(|a| {
-                a.events()
-                    .iter()
-                    .filter(|e| e["event"]["event"] == "mesh-conflict")
-                    .count()
-            })
-            .sum()
-    };
+    let logged = || -> usize { agents.iter().map(|a| a.events_of("mesh-conflict")).sum() };
     // The ledgers commit in groups: wait for the records, then count them.
     root.wait_within("the conflict records", Duration::from_secs(10), |_| {
         logged() >= PER_NODE as usize

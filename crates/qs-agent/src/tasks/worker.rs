@@ -7,8 +7,15 @@
 //! task at a time (waiting up to `wait_ms` for one when there is none), reports each
 //! iteration (a score, a hash of its result), checkpoints, records the side effects it ran
 //! (`effect`, `effect-done`), says how far an iteration is (`progress`), and completes or
-//! fails the task under the attempt its claim gave it. Every answer is one frame:
-//! `registered`, `task` or `none` (or `soft-stop` when the agent asks it to stop claiming: the
+//! fails the task under the attempt its claim gave it.
+//!
+//! A worker may also join the mesh (seed 001) as an agent with capabilities (`mesh-join`,
+//! under the name it registered with; see `mesh_agents.rs`), then asks for what the mesh sends
+//! it (`mesh-poll`, waiting up to `wait_ms`: `mesh` with the envelope, or `none`) and answers
+//! each operation (`mesh-answer`: its `operation`, a `state` of 1 READY or -1 CONFLICT with
+//! the `conflict`, and an `answer`). It leaves the mesh when it disconnects. Every answer is
+//! one frame:
+//! `registered`, `mesh-joined`, `task`, `mesh` or `none` (or `soft-stop` when the agent asks it to stop claiming: the
 //! agent stops, or one of the worker's models drains here for a swap), `next` (`continue` or
 //! `finish`), `effect` (whether a side effect already ran), `ok`, or `refused` with the
 //! reason. A frame that is too large, not JSON or not a request of the protocol is refused
@@ -16,7 +23,9 @@
 //! attempts it held fail and their tasks go back to the inbound queue.
 
 use super::TaskHost;
+use crate::mesh_agents::{LocalAgents, WorkerAnswer};
 use qs_core::tasks::{Claim, Next, Report};
+use qs_wire::mesh::{AgentId, ConflictDetail, MeshEnvelope, OpId, Trinary};
 use qs_wire::{ServiceName, TaskId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -101,6 +110,25 @@ enum Request {
         attempt: u64,
         reason: String,
     },
+    /// Join the mesh as an agent with these capabilities.
+    MeshJoin {
+        #[serde(default)]
+        capabilities: Vec<String>,
+    },
+    /// What the mesh sends this agent, waiting up to `wait_ms` (at most [`MAX_CLAIM_WAIT_MS`]).
+    MeshPoll {
+        #[serde(default)]
+        wait_ms: u64,
+    },
+    /// This agent's answer to an operation it took.
+    MeshAnswer {
+        operation: OpId,
+        state: Trinary,
+        #[serde(default)]
+        answer: String,
+        #[serde(default)]
+        conflict: Option<ConflictDetail>,
+    },
 }
 
 /// What the agent answers.
@@ -109,6 +137,12 @@ enum Request {
 enum Answer {
     Registered {
         node: String,
+    },
+    MeshJoined {
+        agent: AgentId,
+    },
+    Mesh {
+        envelope: Box<MeshEnvelope>,
     },
     Task {
         task: TaskId,
@@ -136,6 +170,7 @@ enum Answer {
 pub async fn serve(
     host: Arc<TaskHost>,
     models: Arc<crate::models::Registry>,
+    mesh: Arc<LocalAgents>,
     listener: UnixListener,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -154,13 +189,16 @@ pub async fn serve(
             host.workers_disconnected.fetch_add(1, Ordering::Relaxed);
             continue;
         };
-        let (host, runtimes) = (host.clone(), models.clone());
+        let (host, runtimes, mesh) = (host.clone(), models.clone(), mesh.clone());
         tokio::spawn(async move {
             let _permit = permit;
             let mut conn = Connection {
                 host,
                 runtimes,
+                mesh,
                 worker: None,
+                name: String::new(),
+                mesh_agent: None,
                 models: BTreeSet::new(),
                 silence: None,
             };
@@ -181,7 +219,12 @@ struct Connection {
     host: Arc<TaskHost>,
     /// This process's model runtimes: a worker whose model drains is soft-stopped.
     runtimes: Arc<crate::models::Registry>,
+    mesh: Arc<LocalAgents>,
     worker: Option<String>,
+    /// The name it registered under.
+    name: String,
+    /// Its id in the mesh, once it joined.
+    mesh_agent: Option<AgentId>,
     models: BTreeSet<ServiceName>,
     /// Past this without a frame, a worker that declared a heartbeat is taken for hung.
     silence: Option<Duration>,
@@ -289,6 +332,7 @@ impl Connection {
                 static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
                 let n = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
                 self.worker = Some(format!("{worker}#{n}"));
+                self.name = worker;
                 self.models = models.into_iter().collect();
                 Answer::Registered {
                     node: self.host.node().to_string(),
@@ -372,6 +416,50 @@ impl Connection {
                     Err(e) => refused(e),
                 }
             }
+            Request::MeshJoin { capabilities } => {
+                if self.mesh_agent.is_some() {
+                    return Err(Misuse("a worker joins the mesh once".into()));
+                }
+                match self.mesh.join(&self.name, capabilities) {
+                    Ok(agent) => {
+                        self.mesh_agent = Some(agent);
+                        Answer::MeshJoined { agent }
+                    }
+                    Err(reason) => Answer::Refused { reason },
+                }
+            }
+            Request::MeshPoll { wait_ms } => {
+                if wait_ms > MAX_CLAIM_WAIT_MS {
+                    return Err(Misuse(format!(
+                        "a poll waits at most {MAX_CLAIM_WAIT_MS} ms, not {wait_ms}"
+                    )));
+                }
+                let agent = self.joined()?;
+                match self.mesh.poll(agent, Duration::from_millis(wait_ms)).await {
+                    Some(envelope) => Answer::Mesh {
+                        envelope: Box::new(envelope),
+                    },
+                    None => Answer::None,
+                }
+            }
+            Request::MeshAnswer {
+                operation,
+                state,
+                answer,
+                conflict,
+            } => {
+                let agent = self.joined()?;
+                let a = WorkerAnswer {
+                    op: operation,
+                    state,
+                    answer,
+                    conflict,
+                };
+                match self.mesh.answer(agent, a) {
+                    Ok(()) => Answer::Ok,
+                    Err(reason) => Answer::Refused { reason },
+                }
+            }
             Request::Fail {
                 task,
                 attempt,
@@ -405,8 +493,17 @@ impl Connection {
         Ok(warm)
     }
 
-    /// The worker went away: the attempts it held fail.
+    /// Its id in the mesh: a worker joins before it polls or answers.
+    fn joined(&self) -> Result<AgentId, Misuse> {
+        self.mesh_agent
+            .ok_or_else(|| Misuse("a worker joins the mesh (mesh-join) before that".into()))
+    }
+
+    /// The worker went away: the attempts it held fail, and it leaves the mesh.
     async fn gone(&self) {
+        if let Some(agent) = self.mesh_agent {
+            self.mesh.leave(agent);
+        }
         if let Some(w) = &self.worker {
             self.host.abandon(w).await;
         }

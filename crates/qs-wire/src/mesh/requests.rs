@@ -83,7 +83,7 @@ impl MeshAction {
                     return Err(format!("budget_ms: must be in 1..={MAX_TTL_MS}"));
                 }
                 if let Some(r) = requires {
-                    capability(r).map_err(|e| format!("requires: {e}"))?;
+                    check_capability(r).map_err(|e| format!("requires: {e}"))?;
                 }
                 Ok(())
             }

@@ -370,6 +370,15 @@ impl Up {
             .clone()
     }
 
+    /// Its ledger's events of kind `kind` (`mesh-conflict`, ...).
+    pub fn events_of(&self, kind: &str) -> usize {
+        let events = self.events();
+        events
+            .iter()
+            .filter(|e| e["event"]["event"] == kind)
+            .count()
+    }
+
     pub fn signal(&mut self, signal: i32) -> std::process::ExitStatus {
         let child = self.child.as_ref().unwrap();
         // SAFETY: signalling our own child.

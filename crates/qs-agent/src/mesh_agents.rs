@@ -1,0 +1,387 @@
+//! This node's mesh agents (seed 001): the built-in ones (`--mesh-agents N`), and the workers
+//! of the worker protocol that joined the mesh (`mesh-join`, with their capabilities).
+//!
+//! A worker agent's id is a stable hash of `node/worker/NAME`, so a worker that reconnects
+//! under its name keeps its place in the hierarchy; two connections may not join under one
+//! name at once. What the cluster lead dispatches to a worker agent waits in its mailbox (at
+//! most [`MAX_MAILBOX`]; past that it is dropped and counted, and the lead sees silence)
+//! until the worker asks for it (`mesh-poll`); an envelope past its time to live is dropped
+//! there and counted. The worker answers each operation once (`mesh-answer`: READY, or
+//! CONFLICT with what conflicts), and its answer goes to whom the dispatch names, like a
+//! built-in agent's. Joining and leaving bump a version the mesh task watches: it tells the
+//! core the node's agents again and rewrites the node's entry of the `mesh` bucket.
+
+use crate::clock::now;
+use qs_core::hash::of_str;
+use qs_core::mesh::content_hash;
+use qs_wire::NodeId;
+use qs_wire::mesh::{
+    Ack, AgentBeat, AgentId, AgentState, ConflictDetail, Dispatch, MAX_CAPABILITIES, MeshEnvelope,
+    OpId, Trinary, Verb, check_capability,
+};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc, watch};
+
+/// Workers joined to the mesh on one node, at most (as many as the worker protocol serves).
+pub const MAX_WORKER_AGENTS: usize = 1_024;
+/// Dispatches waiting for one worker agent, at most.
+pub const MAX_MAILBOX: usize = 256;
+/// Operations a worker agent has taken and not answered, at most (the oldest is forgotten).
+const MAX_UNANSWERED: usize = 1_024;
+/// Answers of local agents waiting for the mesh task, at most.
+const MAX_ANSWERS: usize = 65_536;
+
+/// The built-in agents of this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MeshOptions {
+    pub agents: u32,
+    pub processing_ms: u64,
+    /// What each answers an ask with.
+    pub context: String,
+}
+
+impl Default for MeshOptions {
+    fn default() -> Self {
+        MeshOptions {
+            agents: 0,
+            processing_ms: 5,
+            context: "a1b2c3d4".into(),
+        }
+    }
+}
+
+/// A built-in agent's id: a stable hash of its host and name.
+pub fn agent_id(node: &NodeId, index: u32) -> AgentId {
+    AgentId(of_str(&format!("{node}/agent-{index}")))
+}
+
+/// A worker agent's id: a stable hash of its host and the name it joined under.
+pub fn worker_agent_id(node: &NodeId, name: &str) -> AgentId {
+    AgentId(of_str(&format!("{node}/worker/{name}")))
+}
+
+/// An answer of a local agent, for the mesh task to send on.
+pub struct Answered {
+    pub ack: Ack,
+    pub reply_to: NodeId,
+}
+
+/// What a worker agent answers for one operation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkerAnswer {
+    pub op: OpId,
+    pub state: Trinary,
+    pub answer: String,
+    pub conflict: Option<ConflictDetail>,
+}
+
+/// This node's agents: the built-in ones and the workers that joined.
+pub struct LocalAgents {
+    node: NodeId,
+    builtin: MeshOptions,
+    builtin_ids: Vec<AgentId>,
+    inner: Mutex<Inner>,
+    version: watch::Sender<u64>,
+    answers: mpsc::Sender<Answered>,
+    /// Dispatches dropped: a full mailbox, or expired before the worker took them.
+    pub dropped: AtomicU64,
+    pub expired: AtomicU64,
+}
+
+#[derive(Default)]
+struct Inner {
+    workers: BTreeMap<AgentId, WorkerAgent>,
+}
+
+struct WorkerAgent {
+    name: String,
+    capabilities: Vec<String>,
+    mailbox: VecDeque<Dispatch>,
+    notify: Arc<Notify>,
+    /// Taken and not yet answered, by operation.
+    taken: BTreeMap<OpId, Taken>,
+    /// The mean of its processing times so far (the beat's hint; the lead measures its own).
+    processing_ms: f64,
+    answered: u64,
+}
+
+struct Taken {
+    dispatch: Dispatch,
+    arrived_ms: u64,
+}
+
+impl LocalAgents {
+    /// The node's agents, and the end the mesh task reads their answers from.
+    pub fn new(node: NodeId, builtin: MeshOptions) -> (Arc<LocalAgents>, mpsc::Receiver<Answered>) {
+        let (answers, rx) = mpsc::channel(MAX_ANSWERS);
+        let builtin_ids = (0..builtin.agents).map(|i| agent_id(&node, i)).collect();
+        let agents = LocalAgents {
+            node,
+            builtin,
+            builtin_ids,
+            inner: Mutex::new(Inner::default()),
+            version: watch::channel(0).0,
+            answers,
+            dropped: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
+        };
+        (Arc::new(agents), rx)
+    }
+
+    /// Bumped whenever an agent joins or leaves.
+    pub fn versions(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every agent here, built-in ones first.
+    pub fn ids(&self) -> Vec<AgentId> {
+        let mut ids = self.builtin_ids.clone();
+        ids.extend(self.inner().workers.keys());
+        ids
+    }
+
+    pub fn count(&self) -> u32 {
+        (self.builtin_ids.len() + self.inner().workers.len()) as u32
+    }
+
+    /// What the core is told of this node's agents.
+    pub fn beats(&self) -> Vec<AgentBeat> {
+        let mut beats: Vec<AgentBeat> = self
+            .builtin_ids
+            .iter()
+            .map(|a| AgentBeat {
+                agent: *a,
+                state: AgentState::Active,
+                processing_ms: self.builtin.processing_ms as f64,
+                queue_depth: 0,
+                capabilities: Vec::new(),
+            })
+            .collect();
+        beats.extend(self.inner().workers.iter().map(|(a, w)| AgentBeat {
+            agent: *a,
+            state: AgentState::Active,
+            processing_ms: w.processing_ms,
+            queue_depth: 0,
+            capabilities: w.capabilities.clone(),
+        }));
+        beats
+    }
+
+    /// A worker joins the mesh under `name` with `capabilities`.
+    pub fn join(&self, name: &str, capabilities: Vec<String>) -> Result<AgentId, String> {
+        if capabilities.len() > MAX_CAPABILITIES {
+            return Err(format!(
+                "capabilities: {}; at most {MAX_CAPABILITIES}",
+                capabilities.len()
+            ));
+        }
+        for c in &capabilities {
+            check_capability(c)?;
+        }
+        let id = worker_agent_id(&self.node, name);
+        {
+            let mut inner = self.inner();
+            if inner.workers.contains_key(&id) || self.builtin_ids.contains(&id) {
+                return Err(format!(
+                    "a mesh agent named {name:?} is already joined on this node"
+                ));
+            }
+            if inner.workers.len() >= MAX_WORKER_AGENTS {
+                return Err(format!(
+                    "this node has {MAX_WORKER_AGENTS} mesh agents already"
+                ));
+            }
+            inner.workers.insert(
+                id,
+                WorkerAgent {
+                    name: name.to_string(),
+                    capabilities,
+                    mailbox: VecDeque::new(),
+                    notify: Arc::new(Notify::new()),
+                    taken: BTreeMap::new(),
+                    processing_ms: 0.0,
+                    answered: 0,
+                },
+            );
+        }
+        self.version.send_modify(|v| *v += 1);
+        Ok(id)
+    }
+
+    /// A worker left (it disconnected): what waited for it is dropped.
+    pub fn leave(&self, agent: AgentId) {
+        if self.inner().workers.remove(&agent).is_some() {
+            self.version.send_modify(|v| *v += 1);
+        }
+    }
+
+    /// The name a worker agent joined under.
+    pub fn name_of(&self, agent: AgentId) -> Option<String> {
+        self.inner().workers.get(&agent).map(|w| w.name.clone())
+    }
+
+    /// The core hands `d` to one of this node's agents.
+    pub fn deliver(&self, d: Dispatch) {
+        if self.builtin_ids.contains(&d.agent) {
+            builtin_work(&self.builtin, d, &self.answers);
+            return;
+        }
+        let mut inner = self.inner();
+        let Some(w) = inner.workers.get_mut(&d.agent) else {
+            // Left since the core's last look: the lead hears nothing, as from any agent gone.
+            return;
+        };
+        if w.mailbox.len() >= MAX_MAILBOX {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        w.mailbox.push_back(d);
+        w.notify.notify_one();
+    }
+
+    /// The next envelope for worker agent `agent`, waiting up to `wait` for one.
+    pub async fn poll(&self, agent: AgentId, wait: Duration) -> Option<MeshEnvelope> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notify = {
+                let mut inner = self.inner();
+                let w = inner.workers.get_mut(&agent)?;
+                let now_ms = now().as_millis();
+                while let Some(d) = w.mailbox.pop_front() {
+                    if d.envelope.expired(now_ms) {
+                        self.expired.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    if w.taken.len() >= MAX_UNANSWERED {
+                        w.taken.pop_first();
+                    }
+                    let envelope = d.envelope.clone();
+                    w.taken.insert(
+                        envelope.op,
+                        Taken {
+                            dispatch: d,
+                            arrived_ms: now_ms,
+                        },
+                    );
+                    return Some(envelope);
+                }
+                w.notify.clone()
+            };
+            if tokio::time::timeout_at(deadline, notify.notified())
+                .await
+                .is_err()
+            {
+                return None;
+            }
+        }
+    }
+
+    /// Worker agent `agent` answers an operation it took.
+    pub fn answer(&self, agent: AgentId, a: WorkerAnswer) -> Result<(), String> {
+        match (&a.state, &a.conflict) {
+            (Trinary::Ready, None) | (Trinary::Conflict, Some(_)) => {}
+            (Trinary::Ready, Some(_)) => {
+                return Err("a READY answer (1) carries no conflict".into());
+            }
+            (Trinary::Conflict, None) => {
+                return Err("a CONFLICT answer (-1) names what conflicts (conflict)".into());
+            }
+            (Trinary::Transit, _) => {
+                return Err("answer READY (1) or CONFLICT (-1) once the work is done".into());
+            }
+        }
+        let mut inner = self.inner();
+        let w = inner
+            .workers
+            .get_mut(&agent)
+            .ok_or("not joined to the mesh")?;
+        let taken = w.taken.remove(&a.op).ok_or_else(|| {
+            format!(
+                "operation {} was not taken by this agent, or is answered already",
+                a.op.0
+            )
+        })?;
+        let ready_ms = now().as_millis();
+        let ack = Ack {
+            op: a.op,
+            agent,
+            cluster: taken.dispatch.cluster,
+            state: a.state,
+            arrived_ms: taken.arrived_ms,
+            ready_ms,
+            answer: a.answer,
+            conflict: a.conflict,
+        };
+        ack.check()?;
+        let took_ms = ready_ms.saturating_sub(taken.arrived_ms) as f64;
+        w.answered += 1;
+        w.processing_ms += (took_ms - w.processing_ms) / w.answered as f64;
+        let answered = Answered {
+            ack,
+            reply_to: taken.dispatch.reply_to,
+        };
+        self.answers
+            .try_send(answered)
+            .map_err(|_| "the mesh is busy; the answer was not taken".to_string())
+    }
+}
+
+/// A built-in agent's work: after its processing time, READY with its context, or CONFLICT:
+/// an integrity failure when the payload does not match its hash, a value mismatch when the
+/// payload `expect:VALUE` names another context than its own.
+fn builtin_work(opts: &MeshOptions, d: Dispatch, answers: &mpsc::Sender<Answered>) {
+    let arrived_ms = now().as_millis();
+    let delay = Duration::from_millis(opts.processing_ms);
+    let context = opts.context.clone();
+    let answers = answers.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        let actual = content_hash(&d.envelope.payload);
+        let intact = actual == d.envelope.content_hash;
+        let contradicted = d
+            .envelope
+            .payload
+            .strip_prefix("expect:")
+            .filter(|want| *want != context)
+            .map(str::to_owned);
+        let conflict = match (&contradicted, intact) {
+            (_, false) => Some(ConflictDetail::HashMismatch {
+                expected: d.envelope.content_hash.clone(),
+                received: actual,
+            }),
+            (Some(want), true) => Some(ConflictDetail::DataContradiction {
+                expected: want.clone(),
+                received: context.clone(),
+                affects_agents: 1,
+            }),
+            (None, true) => None,
+        };
+        let ack = Ack {
+            op: d.envelope.op,
+            agent: d.agent,
+            cluster: d.cluster,
+            state: match conflict {
+                None => Trinary::Ready,
+                Some(_) => Trinary::Conflict,
+            },
+            arrived_ms,
+            ready_ms: now().as_millis(),
+            answer: match d.envelope.verb {
+                Verb::Observe => context,
+                _ => String::new(),
+            },
+            conflict,
+        };
+        let _ = answers.try_send(Answered {
+            ack,
+            reply_to: d.reply_to,
+        });
+    });
+}

@@ -1,0 +1,186 @@
+//! Agents of the worker protocol in the mesh, on real processes: two `qs agent`s on a real
+//! nats-server, one with built-in agents, and the Python SDK's example mesh agent
+//! (`sdk/python/example_mesh_agent.py`) joined to each with its capabilities. An ask that
+//! requires a capability reaches only the agents that have it and gathers their answers; a
+//! fact one of them contradicts comes back as its CONFLICT; a worker that goes away leaves the
+//! mesh; a name joined twice, and a poll before joining, are refused.
+
+mod common;
+
+use common::*;
+use qs_fabric::nats_server::NatsServer;
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const CONFIG: &str = "[thresholds]\ncpu_sensed = false\nmemory = 1.0\n";
+const BUILT_IN: u32 = 20;
+
+/// A Python mesh agent, killed when dropped.
+struct MeshAgent(Child);
+
+impl Drop for MeshAgent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn mesh_agent(socket: &Path, name: &str, context: &str, capabilities: &[&str]) -> MeshAgent {
+    let mut child = Command::new("python3")
+        .arg(repo("sdk/python/example_mesh_agent.py"))
+        .arg(socket)
+        .arg(name)
+        .arg(context)
+        .args(capabilities)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    // It says "joined" once the node took it, or exits with the reason.
+    let mut first = String::new();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout);
+    lines.read_line(&mut first).unwrap();
+    if first.trim() != "joined" {
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        panic!("{name} did not join: {first}{err}");
+    }
+    // Keep draining its output so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines.lines() {});
+    MeshAgent(child)
+}
+
+fn op(up: &Up, body: &str) -> Value {
+    let (status, v) = up.http("POST", "/v1/mesh/ops", body);
+    assert_eq!(status, 200, "POST /v1/mesh/ops {body}: {v}");
+    v
+}
+
+/// One frame of the worker protocol, and the answer.
+fn call(stream: &mut UnixStream, request: &str) -> Value {
+    let mut frame = (request.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(request.as_bytes());
+    stream.write_all(&frame).unwrap();
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    stream.read_exact(&mut body).unwrap();
+    serde_json::from_slice(&body).unwrap()
+}
+
+#[test]
+fn workers_join_the_mesh_with_capabilities_answer_and_leave() {
+    let server = NatsServer::start().expect("nats-server 2.10+ (scripts/test installs it)");
+    let dir = tempfile::tempdir().unwrap();
+    let w1 = agent_configured(
+        dir.path(),
+        &server.url(),
+        "w1",
+        &["--mesh-agents", &BUILT_IN.to_string()],
+        &[],
+        CONFIG,
+    );
+    let w2 = agent_configured(dir.path(), &server.url(), "w2", &[], &[], CONFIG);
+    let socket = |n: &str| dir.path().join(n).join("tasks.sock");
+    for (up, n) in [(&w1, "w1"), (&w2, "w2")] {
+        up.wait("the workers' socket", |_| socket(n).exists());
+    }
+    let gpu_a = mesh_agent(&socket("w1"), "gpu-a", "a1b2c3d4", &["gpu", "vision"]);
+    let _gpu_b = mesh_agent(&socket("w2"), "gpu-b", "a1b2c3d4", &["gpu"]);
+    let cpu_c = mesh_agent(&socket("w2"), "cpu-c", "e5f6g7h8", &[]);
+    let all = BUILT_IN + 3;
+    let (n1, n2) = (&w1, &w2);
+    let root_seeing = |want: u32| {
+        move |_: &Up| {
+            [n1, n2].iter().any(|u| {
+                let s = u.get("/v1/mesh");
+                s["is_root"] == true && s["agents"] == want && s["active"] == want
+            })
+        }
+    };
+    w1.wait_within(
+        "the root to see the built-in and the worker agents",
+        Duration::from_secs(60),
+        root_seeing(all),
+    );
+    assert_eq!(w2.get("/v1/mesh")["local_agents"], 2);
+
+    // An ask that requires a capability: only the two GPU workers are asked, and answer.
+    let ask = op(
+        &w2,
+        r#"{"action":"cascade","mode":"wave","verb":"observe","payload":"What's your current context hash?","requires":"gpu"}"#,
+    );
+    assert_eq!(ask["tally"]["targeted"], 2, "{ask}");
+    assert_eq!(ask["tally"]["ready"], 2, "{ask}");
+    assert_eq!(
+        ask["answers"],
+        serde_json::json!([{"answer": "a1b2c3d4", "count": 2}]),
+        "{ask}"
+    );
+    assert_eq!(ask["decision"]["decision"], "proceed", "{ask}");
+
+    // A fact every agent should hold: the worker holding another context contradicts it.
+    let fact = op(
+        &w1,
+        r#"{"action":"cascade","mode":"wave","verb":"sync","payload":"expect:a1b2c3d4"}"#,
+    );
+    assert_eq!(fact["tally"]["targeted"], all, "{fact}");
+    assert_eq!(fact["tally"]["conflict"], 1, "{fact}");
+    assert_eq!(fact["tally"]["ready"], all - 1, "{fact}");
+    // 22 READY against one CONFLICT: §5.2's quorum proceeds; the conflict is logged.
+    assert_eq!(fact["decision"]["decision"], "proceed", "{fact}");
+    let logged = || -> usize {
+        [&w1, &w2]
+            .iter()
+            .map(|a| a.events_of("mesh-conflict"))
+            .sum()
+    };
+    w1.wait_within("the conflict record", Duration::from_secs(10), |_| {
+        logged() >= 1
+    });
+    assert_eq!(logged(), 1, "conflict records in the ledgers");
+
+    // A name already joined on a node is refused; so is a poll before joining.
+    let mut raw = UnixStream::connect(socket("w1")).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(
+        call(&mut raw, r#"{"op":"register","worker":"gpu-a"}"#)["op"],
+        "registered"
+    );
+    let twice = call(&mut raw, r#"{"op":"mesh-join","capabilities":["gpu"]}"#);
+    assert_eq!(twice["op"], "refused", "{twice}");
+    assert!(
+        twice["reason"].as_str().unwrap().contains("already joined"),
+        "{twice}"
+    );
+    let early = call(&mut raw, r#"{"op":"mesh-poll","wait_ms":10}"#);
+    assert!(
+        early["reason"].as_str().unwrap().contains("mesh-join"),
+        "{early}"
+    );
+    // Workers that go away leave the mesh: the root counts them out.
+    drop(cpu_c);
+    drop(gpu_a);
+    w1.wait_within(
+        "the root to count the workers that left out",
+        Duration::from_secs(30),
+        root_seeing(all - 2),
+    );
+    let after = op(
+        &w1,
+        r#"{"action":"cascade","mode":"wave","verb":"sync","payload":"expect:a1b2c3d4"}"#,
+    );
+    assert_eq!(after["tally"]["targeted"], all - 2, "{after}");
+    assert_eq!(after["tally"]["conflict"], 0, "{after}");
+    assert_eq!(after["decision"]["decision"], "proceed", "{after}");
+}
