@@ -48,6 +48,8 @@ pub struct MeshStatus {
     pub mode: &'static str,
     pub agents: u32,
     pub active: u32,
+    /// Active agents not yet in the routing pool (joined lately, settling: seed §10.2).
+    pub joining: u32,
     pub local_agents: u32,
     pub sectors: Vec<SectorRow>,
     pub clusters: Vec<ClusterRow>,
@@ -66,6 +68,7 @@ pub struct SectorRow {
     pub clusters: u32,
     pub agents: u32,
     pub active: u32,
+    pub joining: u32,
     pub mean_impedance_ms: f64,
     pub p95_impedance_ms: f64,
     pub classes: [u32; 6],
@@ -79,6 +82,7 @@ pub struct ClusterRow {
     pub cluster: u32,
     pub agents: u32,
     pub active: u32,
+    pub joining: u32,
     pub classes: [u32; 6],
     pub mean_score_ms: f64,
 }
@@ -171,7 +175,9 @@ pub async fn run<F: Fabric>(
         rx: mut requests,
         status_tx,
     } = ends;
-    let mut node = MeshNode::new(me.clone(), MeshConfig::default(), now());
+    let mut cfg = MeshConfig::default();
+    cfg.integration.settle_ms = agents.options().settle_ms;
+    let mut node = MeshNode::new(me.clone(), cfg, now());
     let mut versions = agents.versions();
     versions.mark_changed();
     // The node's entry of the bucket is written again after each join or leave.
@@ -480,6 +486,7 @@ fn status(node: &mut MeshNode, local: &LocalAgents) -> MeshStatus {
         row.agents += 1;
         if a.state == AgentState::Active {
             row.active += 1;
+            row.joining += u32::from(!a.admitted);
         }
         row.classes[a.class.index()] += 1;
         row.mean_score_ms += a.score_ms;
@@ -499,6 +506,7 @@ fn status(node: &mut MeshNode, local: &LocalAgents) -> MeshStatus {
         mode: node.mode().name(),
         agents,
         active,
+        joining: node.global_joining(),
         local_agents: local.count(),
         sectors: node
             .sector_summaries()
@@ -509,6 +517,7 @@ fn status(node: &mut MeshNode, local: &LocalAgents) -> MeshStatus {
                 clusters: s.cluster_count,
                 agents: s.total_agents,
                 active: s.active_agents,
+                joining: s.joining_agents,
                 mean_impedance_ms: s.mean_impedance_ms,
                 p95_impedance_ms: s.p95_impedance_ms,
                 classes: s.classes,

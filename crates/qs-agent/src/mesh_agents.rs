@@ -41,6 +41,9 @@ pub struct MeshOptions {
     pub processing_ms: u64,
     /// What each answers an ask with.
     pub context: String,
+    /// How long an agent that joined lately settles before this node, as its lead, routes
+    /// to it (seed §10.2).
+    pub settle_ms: u64,
 }
 
 impl Default for MeshOptions {
@@ -49,6 +52,7 @@ impl Default for MeshOptions {
             agents: 0,
             processing_ms: 5,
             context: "a1b2c3d4".into(),
+            settle_ms: qs_core::mesh::integration::IntegrationConfig::default().settle_ms,
         }
     }
 }
@@ -83,6 +87,8 @@ pub struct LocalAgents {
     node: NodeId,
     builtin: MeshOptions,
     builtin_ids: Vec<AgentId>,
+    /// When the built-in agents registered: when this process started.
+    started_ms: u64,
     inner: Mutex<Inner>,
     version: watch::Sender<u64>,
     answers: mpsc::Sender<Answered>,
@@ -106,6 +112,8 @@ struct WorkerAgent {
     /// The mean of its processing times so far (the beat's hint; the lead measures its own).
     processing_ms: f64,
     answered: u64,
+    /// When it joined, Unix milliseconds.
+    joined_ms: u64,
 }
 
 struct Taken {
@@ -122,6 +130,7 @@ impl LocalAgents {
             node,
             builtin,
             builtin_ids,
+            started_ms: now().as_millis(),
             inner: Mutex::new(Inner::default()),
             version: watch::channel(0).0,
             answers,
@@ -129,6 +138,11 @@ impl LocalAgents {
             expired: AtomicU64::new(0),
         };
         (Arc::new(agents), rx)
+    }
+
+    /// The options of the built-in agents and of this node's mesh.
+    pub fn options(&self) -> &MeshOptions {
+        &self.builtin
     }
 
     /// Bumped whenever an agent joins or leaves.
@@ -162,6 +176,7 @@ impl LocalAgents {
                 processing_ms: self.builtin.processing_ms as f64,
                 queue_depth: 0,
                 capabilities: Vec::new(),
+                joined_ms: self.started_ms,
             })
             .collect();
         beats.extend(self.inner().workers.iter().map(|(a, w)| AgentBeat {
@@ -170,6 +185,7 @@ impl LocalAgents {
             processing_ms: w.processing_ms,
             queue_depth: 0,
             capabilities: w.capabilities.clone(),
+            joined_ms: w.joined_ms,
         }));
         beats
     }
@@ -208,6 +224,7 @@ impl LocalAgents {
                     taken: BTreeMap::new(),
                     processing_ms: 0.0,
                     answered: 0,
+                    joined_ms: now().as_millis(),
                 },
             );
         }

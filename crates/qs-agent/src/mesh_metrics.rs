@@ -22,6 +22,7 @@ pub struct MeshMetrics {
     operations: Gauge,
     agents: Gauge,
     active: Gauge,
+    joining: Gauge,
     mode: Gauge,
     is_root: Gauge,
 }
@@ -68,7 +69,7 @@ impl MeshMetrics {
         for (name, help, g) in ratios {
             r.register(name, help, g.clone());
         }
-        let gauges: [(&str, &str, &Gauge); 5] = [
+        let gauges: [(&str, &str, &Gauge); 6] = [
             (
                 "mesh_operations",
                 "Operations this root completed since start",
@@ -83,6 +84,11 @@ impl MeshMetrics {
                 "mesh_agents_active",
                 "Active agents in the mesh (the root's view)",
                 &self.active,
+            ),
+            (
+                "mesh_agents_joining",
+                "Active agents not yet in the routing pool: joined lately, settling (the root's view)",
+                &self.joining,
             ),
             (
                 "mesh_mode",
@@ -112,6 +118,7 @@ impl MeshMetrics {
         self.operations.set(k.operations as i64);
         self.agents.set(i64::from(s.agents));
         self.active.set(i64::from(s.active));
+        self.joining.set(i64::from(s.joining));
         let mode = [
             "FULL",
             "DEGRADED_LIGHT",

@@ -4,7 +4,7 @@
 
 use qs_core::Time;
 use qs_sim::mesh::engine::{READY_AT_MS, run};
-use qs_sim::mesh::{Cascade, KillHost, MeshReport, MeshSim, MeshSimConfig};
+use qs_sim::mesh::{Cascade, KillHost, MeshReport, MeshSim, MeshSimConfig, ScaleOut};
 use qs_wire::mesh::CascadeMode;
 
 fn no_clock() -> f64 {
@@ -178,4 +178,61 @@ fn a_degraded_mesh_refuses_what_its_mode_forbids() {
     // A mesh-wide broadcast of over 1,000 agents at priority 2.
     assert_eq!(r.refused.len(), 1, "{:?}", r.refused);
     assert!(r.refused[0].contains("over 1000 agents"), "{:?}", r.refused);
+}
+
+#[test]
+fn a_thousand_agents_join_thirty_thousand_gradually() {
+    let mut cfg = MeshSimConfig::new(30_000, 7);
+    let at = READY_AT_MS;
+    cfg.scale_out = Some(ScaleOut {
+        at_ms: at,
+        agents: 1_000,
+    });
+    // A wave while they settle, and one after they all joined.
+    cfg.cascades = vec![
+        Cascade {
+            at_ms: at + 1_000,
+            mode: CascadeMode::Wave,
+            budget_ms: None,
+        },
+        Cascade {
+            at_ms: at + 12_000,
+            mode: CascadeMode::Wave,
+            budget_ms: None,
+        },
+    ];
+    cfg.duration_ms = at + 14_000;
+    let r = run(&cfg, &no_clock).unwrap();
+    assert!(r.refused.is_empty(), "{:?}", r.refused);
+    let i = r.integration.clone().expect("a scale-out was run");
+    assert_eq!((i.agents, i.hosts, i.admitted), (1_000, 34, 1_000), "{i:?}");
+    // Heartbeats and a settled profile first: none in the pool before 3 s.
+    let first = i.first_admitted_after_ms.expect("some joined");
+    let all = i.all_admitted_after_ms.expect("all joined");
+    assert!((3_000..=4_000).contains(&first), "{i:?}");
+    assert!(all <= 8_000, "{i:?}");
+    // Gradually: at most 10 of a cluster per beat, over several beats.
+    assert!(i.max_admitted_per_cluster_per_beat <= 10, "{i:?}");
+    let steps = i.timeline.windows(2).filter(|w| w[1].1 > w[0].1).count();
+    assert!(steps >= 3, "{i:?}");
+    let ops = measured(&r);
+    assert_eq!(ops.len(), 2, "{ops:#?}");
+    // While they settle (none is in a pool before 3 s), operations leave them out, count
+    // them apart, and go on with the rest. The hierarchy re-formed around the new hosts
+    // just before: a cluster whose lead changed may miss this report.
+    let (during, after) = (&ops[0].tally, &ops[1].tally);
+    assert!(
+        during.joining >= 950 && during.joining <= 1_000,
+        "{during:?}"
+    );
+    assert_eq!(ops[0].decision.name(), "PROCEED", "{during:?}");
+    // Once they joined, operations reach them too (a report lost on the way, a cluster's
+    // worth, may leave a few out of either count).
+    assert_eq!(after.joining, 0, "{after:?}");
+    assert!(after.targeted >= during.targeted + 900, "{after:?}");
+    assert_eq!(ops[1].decision.name(), "PROCEED", "{after:?}");
+    assert!(
+        f64::from(after.window_hits) >= 0.95 * f64::from(after.sent),
+        "{after:?}"
+    );
 }

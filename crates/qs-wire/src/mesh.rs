@@ -375,6 +375,9 @@ pub struct Tally {
     pub skipped: u32,
     /// Not sent: down, or behind an open breaker.
     pub unreachable: u32,
+    /// Not in scope yet: joined lately and not yet added to the routing pool (seed §10.2).
+    #[serde(default)]
+    pub joining: u32,
     pub sent: u32,
     pub ready: u32,
     pub transit: u32,
@@ -396,6 +399,7 @@ impl Tally {
         self.targeted += o.targeted;
         self.skipped += o.skipped;
         self.unreachable += o.unreachable;
+        self.joining += o.joining;
         self.sent += o.sent;
         self.ready += o.ready;
         self.transit += o.transit;
@@ -503,10 +507,13 @@ impl BusMessage for MeshMessage {
                 Ok(())
             }
             MeshMessage::Cluster(c) => {
-                if c.active_count > c.agent_count || c.agent_count as usize > MAX_CHILDREN {
+                if c.active_count > c.agent_count
+                    || c.joining_count > c.active_count
+                    || c.agent_count as usize > MAX_CHILDREN
+                {
                     return Err(format!(
-                        "active_count {} of agent_count {} (at most {MAX_CHILDREN})",
-                        c.active_count, c.agent_count
+                        "active_count {}, joining_count {} of agent_count {} (at most {MAX_CHILDREN})",
+                        c.active_count, c.joining_count, c.agent_count
                     ));
                 }
                 summary_numbers(
@@ -517,10 +524,13 @@ impl BusMessage for MeshMessage {
                 )
             }
             MeshMessage::Sector(s) => {
-                if s.active_agents > s.total_agents || s.cluster_count as usize > MAX_CHILDREN {
+                if s.active_agents > s.total_agents
+                    || s.joining_agents > s.active_agents
+                    || s.cluster_count as usize > MAX_CHILDREN
+                {
                     return Err(format!(
-                        "active_agents {} of total_agents {}, {} clusters (at most {MAX_CHILDREN})",
-                        s.active_agents, s.total_agents, s.cluster_count
+                        "active_agents {}, joining_agents {} of total_agents {}, {} clusters (at most {MAX_CHILDREN})",
+                        s.active_agents, s.joining_agents, s.total_agents, s.cluster_count
                     ));
                 }
                 summary_numbers(
@@ -562,8 +572,14 @@ impl BusMessage for MeshMessage {
                 false => Ok(()),
             },
             MeshMessage::Alive(a) => {
-                match a.active > a.agents || a.agents as usize > MAX_AGENTS_IN_SCOPE {
-                    true => Err(format!("active {} of {} agents", a.active, a.agents)),
+                match a.active > a.agents
+                    || a.joining > a.active
+                    || a.agents as usize > MAX_AGENTS_IN_SCOPE
+                {
+                    true => Err(format!(
+                        "active {} and joining {} of {} agents",
+                        a.active, a.joining, a.agents
+                    )),
                     false => Ok(()),
                 }
             }
@@ -654,6 +670,7 @@ mod tests {
                     processing_ms: 1.0,
                     queue_depth: 0,
                     capabilities: vec![],
+                    joined_ms: 0,
                 };
                 MAX_BEAT_AGENTS + 1
             ],
@@ -661,5 +678,19 @@ mod tests {
         let bytes = serde_json::to_vec(&big).unwrap();
         let err = decode_bus::<MeshMessage>("mesh.x", &bytes).unwrap_err();
         assert!(err.why.contains("agents in a beat"), "{}", err.why);
+        // More joining than active: refused, by field.
+        let alive = MeshMessage::Alive(Alive {
+            scope: Scope::Cluster(ClusterId(0)),
+            from: NodeId::new("n1").unwrap(),
+            sent_ms: 0,
+            agents: 10,
+            active: 5,
+            joining: 6,
+            failures: 0,
+            breaker_open: false,
+        });
+        let bytes = serde_json::to_vec(&alive).unwrap();
+        let err = decode_bus::<MeshMessage>("mesh.x", &bytes).unwrap_err();
+        assert!(err.why.contains("joining 6"), "{}", err.why);
     }
 }

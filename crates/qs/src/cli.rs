@@ -110,6 +110,10 @@ enum Command {
         /// What the built-in mesh agents answer an ask with (their context hash).
         #[arg(long, default_value = "a1b2c3d4")]
         mesh_context: String,
+        /// How long an agent that joined lately beats before this node, as its cluster
+        /// lead, adds it to the routing pool (seed §10.2), milliseconds.
+        #[arg(long, default_value_t = 3_000, value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+        mesh_settle_ms: u64,
     },
     /// Apply spec files to a running fleet (all of a file or nothing).
     Apply {
@@ -426,6 +430,7 @@ pub fn run(cli: Cli) -> Result<()> {
             mesh_agents,
             mesh_agent_ms,
             mesh_context,
+            mesh_settle_ms,
         } => crate::up::up(serve.into_up(
             false,
             None,
@@ -448,6 +453,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     agents: mesh_agents,
                     processing_ms: mesh_agent_ms,
                     context: mesh_context,
+                    settle_ms: mesh_settle_ms,
                 },
             }),
         )),

@@ -92,9 +92,10 @@ pub(crate) fn status(api: &str, scope: &Scope, output: OutputFormat) -> Result<(
     }
     let k = &v["kpis"];
     println!(
-        "mesh: {} of {} agents active, mode {}, root {}{}",
+        "mesh: {} of {} agents active ({} joining the routing pool), mode {}, root {}{}",
         v["active"],
         v["agents"],
+        v["joining"],
         v["mode"].as_str().unwrap_or("?"),
         v["root"].as_str().unwrap_or("(none)"),
         if v["is_root"].as_bool() == Some(true) {
@@ -127,7 +128,7 @@ pub(crate) fn status(api: &str, scope: &Scope, output: OutputFormat) -> Result<(
     match scope {
         Scope::Cluster(c) => {
             table.set_header([
-                "cluster", "agents", "active", "A", "B", "C", "D", "E", "F", "mean ms",
+                "cluster", "agents", "active", "joining", "A", "B", "C", "D", "E", "F", "mean ms",
             ]);
             for row in v["clusters"].as_array().into_iter().flatten() {
                 if row["cluster"].as_u64() == Some(u64::from(c.0)) {
@@ -136,6 +137,7 @@ pub(crate) fn status(api: &str, scope: &Scope, output: OutputFormat) -> Result<(
                         row["cluster"].to_string(),
                         row["agents"].to_string(),
                         row["active"].to_string(),
+                        row["joining"].to_string(),
                     ];
                     cells.extend(classes.iter().map(Value::to_string));
                     cells.push(format!(
@@ -160,6 +162,7 @@ pub(crate) fn status(api: &str, scope: &Scope, output: OutputFormat) -> Result<(
                 "clusters",
                 "agents",
                 "active",
+                "joining",
                 "mean ms",
                 "p95 ms",
                 "anomalies",
@@ -177,6 +180,7 @@ pub(crate) fn status(api: &str, scope: &Scope, output: OutputFormat) -> Result<(
                     row["clusters"].to_string(),
                     row["agents"].to_string(),
                     row["active"].to_string(),
+                    row["joining"].to_string(),
                     format!("{:.0}", row["mean_impedance_ms"].as_f64().unwrap_or(0.0)),
                     format!("{:.0}", row["p95_impedance_ms"].as_f64().unwrap_or(0.0)),
                     row["anomalies"].to_string(),

@@ -55,6 +55,10 @@ pub struct SimArgs {
     /// Cascades to run after the calibration: wave, parallel or priority-first (repeat).
     #[arg(long = "cascade", requires = "agents")]
     pub cascades: Vec<String>,
+    /// Add this many agents, on new hosts, to the running mesh after the calibration
+    /// (seed §10.2's scale-out): the report shows how they joined the routing pool.
+    #[arg(long, requires = "agents", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub scale_out: Option<u64>,
 }
 
 pub fn run(a: SimArgs) -> Result<()> {
@@ -165,6 +169,10 @@ fn simulate_mesh(a: &SimArgs) -> Result<()> {
     cfg.hosts = a.hosts.map(|h| h as usize);
     cfg.down_fraction = a.down_fraction;
     cfg.down_at_ms = READY_AT_MS;
+    cfg.scale_out = a.scale_out.map(|n| qs_sim::mesh::ScaleOut {
+        at_ms: READY_AT_MS,
+        agents: n as usize,
+    });
     if let Some(path) = &a.latency_matrix {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -222,7 +230,7 @@ fn print_mesh(r: &MeshReport) {
     for op in &r.results {
         let t = &op.tally;
         println!(
-            "  {:<15} {:<17} {:<17} {:>6.0} ms  target +{:>4.0} ms  sent {:>6}  ready {:>6}  skipped {:>5}  hits {:>6}  ±50ms {:>6}  root msgs {}",
+            "  {:<15} {:<17} {:<17} {:>6.0} ms  target +{:>4.0} ms  sent {:>6}  ready {:>6}  skipped {:>5}  joining {:>5}  hits {:>6}  ±50ms {:>6}  root msgs {}",
             format!("{:?}", op.mode),
             op.status,
             op.decision.name(),
@@ -231,6 +239,7 @@ fn print_mesh(r: &MeshReport) {
             t.sent,
             t.ready,
             t.skipped,
+            t.joining,
             t.window_hits,
             t.predicted_within_50ms,
             op.root_messages
@@ -239,6 +248,20 @@ fn print_mesh(r: &MeshReport) {
     println!("  leads (ms)  {:?}", qs_wire::mesh::LEAD_BUCKETS_MS);
     for (i, row) in r.leads.0.iter().enumerate() {
         println!("    class {}  {row:?}", (b'A' + i as u8) as char);
+    }
+    if let Some(i) = &r.integration {
+        let ms = |v: Option<u64>| v.map_or("never".to_string(), |v| format!("{v} ms"));
+        println!(
+            "  scale-out   {} agents on {} hosts at {} ms: first in the routing pool after {}, all after {}, at most {} per cluster and beat; {} of {} in the pool at the end",
+            i.agents,
+            i.hosts,
+            i.at_ms,
+            ms(i.first_admitted_after_ms),
+            ms(i.all_admitted_after_ms),
+            i.max_admitted_per_cluster_per_beat,
+            i.admitted,
+            i.agents
+        );
     }
     if !r.refused.is_empty() {
         println!("  refused     {:?}", r.refused);

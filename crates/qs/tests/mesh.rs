@@ -74,9 +74,12 @@ fn a_thousand_agents_over_nats() {
         .find(|a| a.get("/v1/mesh")["is_root"] != true)
         .unwrap();
     root.wait_within(
-        "the root to be in FULL mode",
-        Duration::from_secs(20),
-        |a| a.get("/v1/mesh")["mode"] == "FULL",
+        "the root to be in FULL mode, every agent in the routing pool",
+        Duration::from_secs(30),
+        |a| {
+            let s = a.get("/v1/mesh");
+            s["mode"] == "FULL" && s["joining"] == 0
+        },
     );
 
     // A broadcast, asked of a node that is not the root: it goes to the root and back.

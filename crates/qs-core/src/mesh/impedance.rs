@@ -35,6 +35,10 @@ pub const CLASS_B_BELOW_MS: f64 = 150.0;
 pub const CLASS_C_BELOW_MS: f64 = 300.0;
 pub const CLASS_D_BELOW_MS: f64 = 1_000.0;
 
+/// Delays are timed in whole milliseconds: under this score, a millisecond or two of jitter
+/// is the clock's resolution, not drift (a LAN agent is not unstable).
+pub const DRIFT_FLOOR_MS: f64 = 10.0;
+
 /// Seed §3.1's base processing time per class, used until an agent's own is measured.
 pub fn base_processing_ms(class: ImpedanceClass) -> f64 {
     match class {
@@ -285,7 +289,7 @@ pub fn assess(link: &mut Link, work: &Work) -> Impedance {
     let score_ms = s.p50_ms + processing * (1.0 + 0.1 * f64::from(work.queue_depth));
     let std_ms = (s.std_ms * s.std_ms + work.variance).sqrt();
     let drift = match score_ms > 0.0 {
-        true => std_ms / score_ms.max(1.0),
+        true => std_ms / score_ms.max(DRIFT_FLOOR_MS),
         false => 0.0,
     };
     let class = match work.processing_ms {

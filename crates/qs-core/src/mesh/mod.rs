@@ -8,7 +8,8 @@
 //! uses each have a module: the tree ([`hierarchy`]), profiles and classes ([`impedance`]),
 //! arrival-time schedules ([`schedule`]), windows ([`gather`]), the trinary quorum
 //! ([`quorum`]), conflicts ([`conflict`]), circuit breakers ([`breaker`]) and degradation
-//! modes and failure classes ([`degrade`]).
+//! modes and failure classes ([`degrade`]), and scale-out: new agents added to the routing
+//! pool gradually ([`integration`]).
 
 pub mod breaker;
 pub mod conflict;
@@ -16,6 +17,7 @@ pub mod degrade;
 pub mod gather;
 pub mod hierarchy;
 pub mod impedance;
+pub mod integration;
 pub mod node;
 pub mod quorum;
 pub mod schedule;

@@ -12,6 +12,7 @@ use super::conflict;
 use super::degrade::Mode;
 use super::hierarchy::Hierarchy;
 use super::impedance::{self, Link, Work};
+use super::integration::IntegrationConfig;
 use crate::time::Time;
 use qs_wire::NodeId;
 use qs_wire::mesh::{
@@ -28,6 +29,10 @@ mod beats;
 mod kpis;
 pub use kpis::{Kpis, MAX_LATENCIES};
 mod control;
+mod integrate;
+mod led;
+pub use led::LedAgent;
+pub(crate) use led::{AgentView, Led};
 mod ops;
 mod summaries;
 pub use ops::{Command, CommandError, OpResult, PhaseResult};
@@ -48,6 +53,8 @@ pub struct MeshConfig {
     pub max_budget_ms: u64,
     /// What a level waits beyond its children's deadline for their reports.
     pub report_slack_ms: u64,
+    /// How agents that joined lately enter the routing pool (seed §10.2).
+    pub integration: IntegrationConfig,
 }
 
 impl Default for MeshConfig {
@@ -58,6 +65,7 @@ impl Default for MeshConfig {
             summary_ms: 5_000,
             max_budget_ms: 1_000,
             report_slack_ms: 100,
+            integration: IntegrationConfig::default(),
         }
     }
 }
@@ -130,84 +138,6 @@ impl Hop {
             0 => 0.0,
             _ => f64::from(v[n / 2]),
         }
-    }
-}
-
-/// A led agent, as `qs mesh status` shows it.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
-pub struct LedAgent {
-    pub cluster: ClusterId,
-    pub agent: AgentId,
-    pub state: AgentState,
-    pub class: ImpedanceClass,
-    pub score_ms: f64,
-    pub lead_ms: f64,
-    pub drift: f64,
-    pub processing_ms: Option<f64>,
-    pub link_p50_ms: f64,
-}
-
-/// An agent as its cluster lead knows it.
-#[derive(Clone, Debug)]
-pub(crate) struct AgentView {
-    pub host: NodeId,
-    pub state: AgentState,
-    pub work: Work,
-    pub capabilities: Vec<String>,
-    pub spiking: bool,
-    /// Times it disagreed with a clear majority (seed §6.1 byzantine behaviour).
-    pub disagreements: u32,
-}
-
-/// A cluster this node leads.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Led {
-    pub sector: SectorId,
-    pub agents: BTreeMap<AgentId, AgentView>,
-    pub hosts: BTreeMap<NodeId, HostLink>,
-    pub spikes_this_period: usize,
-    pub failures_this_period: u32,
-    /// The last summary, re-sent at each beat between recomputations.
-    pub summary: Option<ClusterSummary>,
-    /// How many agents are active, kept until a state changes.
-    pub active: Option<u32>,
-    /// Answers measured since the last full summary: the next beat carries one.
-    pub measured: bool,
-}
-
-/// A host of a led cluster: when it last beat, and the path to it.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct HostLink {
-    pub last: Option<Time>,
-    pub link: Link,
-}
-
-impl Led {
-    /// Active agents now.
-    pub(crate) fn active_count(&mut self) -> u32 {
-        if let Some(n) = self.active {
-            return n;
-        }
-        let n = self
-            .agents
-            .values()
-            .filter(|a| a.state == AgentState::Active)
-            .count() as u32;
-        self.active = Some(n);
-        n
-    }
-
-    /// An agent's impedance and lead for a payload of `weight`.
-    pub(crate) fn assess(
-        &mut self,
-        agent: AgentId,
-        weight: f64,
-    ) -> Option<(impedance::Impedance, impedance::Lead)> {
-        let view = self.agents.get(&agent)?;
-        let host = self.hosts.entry(view.host.clone()).or_default();
-        let z = impedance::assess(&mut host.link, &view.work);
-        let l = impedance::lead_of(&z, &mut host.link, &view.work, weight);
-        Some((z, l))
     }
 }
 
@@ -383,6 +313,7 @@ impl MeshNode {
                         drift: z.drift,
                         processing_ms: led.agents[&agent].work.processing_ms(),
                         link_p50_ms: z.link_p50_ms,
+                        admitted: led.agents[&agent].admitted,
                     });
                 }
             }
@@ -415,6 +346,9 @@ impl MeshNode {
                         capabilities: Vec::new(),
                         spiking: false,
                         disagreements: 0,
+                        joined_ms: 0,
+                        admitted: false,
+                        held_until: None,
                     });
                 }
             }
@@ -471,6 +405,7 @@ impl MeshNode {
             }
             self.next_beat = now + Duration::from_millis(self.cfg.beat_ms);
             self.detect(now);
+            self.integrate(now);
             // A lead's summary is its beat to its coordinator too: every beat, with the
             // aggregate recomputed once a summary period.
             let recompute = now >= self.next_summary;
@@ -577,6 +512,14 @@ impl MeshNode {
         self.sector_summaries.values().fold((0, 0), |(t, a), s| {
             (t + s.total_agents, a + s.active_agents)
         })
+    }
+
+    /// Active agents not yet in the routing pool, from the sector summaries (the root's view).
+    pub fn global_joining(&self) -> u32 {
+        self.sector_summaries
+            .values()
+            .map(|s| s.joining_agents)
+            .sum()
     }
 
     /// The host part: a lead's dispatch for one of this node's agents.

@@ -19,6 +19,9 @@ use std::hash::Hasher;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod agents;
+use agents::{KINDS, processing};
+
 /// A simulated agent: how it really behaves (the lead only measures it).
 #[derive(Clone, Debug)]
 pub struct SimAgent {
@@ -36,34 +39,14 @@ pub struct SimAgent {
     pub delivered: u32,
     /// What it answers an ask (its context hash).
     pub context: &'static str,
+    /// When it registered with its host (0: before the run).
+    pub joined_ms: u64,
 }
 
 /// Calibration broadcasts, from when, and when the scenario's own cascades may start.
 pub const CALIBRATIONS: u64 = 6;
 pub const CALIBRATE_FROM_MS: u64 = 2_000;
 pub const READY_AT_MS: u64 = CALIBRATE_FROM_MS + CALIBRATIONS * 300 + 1_200;
-
-/// Seed §2.2's allocation of 30,000 agents, per 30 (A 10, B 8, C 5, D 2, E 3, F 2).
-const KINDS: [(ImpedanceClass, u64); 6] = [
-    (ImpedanceClass::A, 10),
-    (ImpedanceClass::B, 8),
-    (ImpedanceClass::C, 5),
-    (ImpedanceClass::D, 2),
-    (ImpedanceClass::E, 3),
-    (ImpedanceClass::F, 2),
-];
-
-/// Processing time per kind: a log-normal with this median (ms) and spread.
-fn processing(kind: ImpedanceClass) -> (f64, f64) {
-    match kind {
-        ImpedanceClass::A => (4.0, 0.3),
-        ImpedanceClass::B => (40.0, 0.3),
-        ImpedanceClass::C => (120.0, 0.25),
-        ImpedanceClass::D => (250.0, 0.2),
-        ImpedanceClass::E => (50.0, 0.9),
-        ImpedanceClass::F => (20_000.0, 0.5),
-    }
-}
 
 #[derive(Clone, Debug)]
 enum Event {
@@ -81,13 +64,10 @@ enum Event {
     Down,
     Kill(usize),
     Elect,
-}
-
-fn ag_context(c: &str) -> String {
-    match c {
-        "" => "unknown".into(),
-        c => c.into(),
-    }
+    /// A scale-out's hosts start.
+    Join,
+    /// Which of a scale-out's agents are in the routing pool.
+    Sample,
 }
 
 /// An event in the queue, ordered by time and then by the order it was pushed (so the run
@@ -145,13 +125,21 @@ pub struct MeshSim {
     cascades: Vec<super::Cascade>,
     down_fraction: f64,
     pub tree: Arc<Hierarchy>,
+    scale_out: Option<super::scale_out::Tracker>,
 }
 
 impl MeshSim {
     /// Builds the mesh of `cfg` (checked by the caller).
     pub fn new(cfg: &MeshSimConfig) -> MeshSim {
         let mut rng = Rng::seeded(cfg.seed);
-        let hosts = cfg.hosts();
+        let base_hosts = cfg.hosts();
+        // A scale-out's agents come on hosts of their own, as many per host as the rest.
+        let extra_agents = cfg.scale_out.map_or(0, |s| s.agents);
+        let extra_hosts = match extra_agents {
+            0 => 0,
+            n => n.div_ceil(cfg.agents.div_ceil(base_hosts)),
+        };
+        let hosts = base_hosts + extra_hosts;
         let width = hosts.saturating_sub(1).to_string().len().max(2);
         let ids: Vec<NodeId> = (0..hosts)
             .map(|i| NodeId::new(&format!("h{i:0width$}")).expect("generated names are valid"))
@@ -170,11 +158,14 @@ impl MeshSim {
                 ImpedanceClass::A
             })
             .collect();
-        let mut agents = Vec::with_capacity(cfg.agents);
+        let mut agents = Vec::with_capacity(cfg.agents + extra_agents);
         let mut host_agents = vec![Vec::new(); hosts];
-        let mut members = Vec::with_capacity(cfg.agents);
-        for i in 0..cfg.agents {
-            let host = i % hosts;
+        let mut members = Vec::with_capacity(cfg.agents + extra_agents);
+        for i in 0..cfg.agents + extra_agents {
+            let host = match i < cfg.agents {
+                true => i % base_hosts,
+                false => base_hosts + (i - cfg.agents) % extra_hosts,
+            };
             let kind = kind_of_host[host];
             let (median_ms, sigma) = processing(kind);
             let id = AgentId(mix(cfg.seed ^ (i as u64).wrapping_mul(0x9e37_79b9)));
@@ -198,10 +189,14 @@ impl MeshSim {
                 last_ms: 0.0,
                 delivered: 0,
                 context,
+                joined_ms: 0,
             });
         }
+        // The scale-out's hosts are not up yet.
+        let dead: Vec<bool> = (0..hosts).map(|h| h >= base_hosts).collect();
+        let initial: Vec<Member> = members[..cfg.agents].to_vec();
         let tree = Arc::new(
-            Hierarchy::build(&members, Shape::default(), |_| true)
+            Hierarchy::build(&initial, Shape::default(), |_| true)
                 .expect("validated: at most a million agents"),
         );
         let cfg_mesh = MeshConfig::default();
@@ -220,7 +215,7 @@ impl MeshSim {
             nodes,
             index,
             region,
-            dead: vec![false; hosts],
+            dead,
             agents,
             by_agent,
             host_agents,
@@ -246,8 +241,17 @@ impl MeshSim {
             cascades: cfg.cascades.clone(),
             down_fraction: cfg.down_fraction,
             tree,
+            scale_out: None,
         };
-        for i in 0..hosts {
+        if let Some(so) = cfg.scale_out {
+            let new_hosts: Vec<usize> = (base_hosts..hosts).collect();
+            let new_agents = sim.agents[cfg.agents..].iter().map(|a| a.id).collect();
+            sim.scale_out = Some(super::scale_out::Tracker::new(
+                so.at_ms, new_hosts, new_agents,
+            ));
+            sim.push(Time::from_millis(so.at_ms), Event::Join);
+        }
+        for i in 0..base_hosts {
             let beats = sim.beats_of(i);
             sim.nodes[i].handle(MeshInput::Agents(beats), Time::ZERO);
             sim.schedule_wake(i);
@@ -309,23 +313,13 @@ impl MeshSim {
         }
     }
 
-    fn beats_of(&self, host: usize) -> Vec<AgentBeat> {
-        self.host_agents[host]
+    /// The nodes up now.
+    pub fn live_nodes(&self) -> impl Iterator<Item = &MeshNode> {
+        self.nodes
             .iter()
-            .map(|&a| {
-                let ag = &self.agents[a];
-                AgentBeat {
-                    agent: ag.id,
-                    state: match ag.down {
-                        true => AgentState::Offline,
-                        false => AgentState::Active,
-                    },
-                    processing_ms: ag.last_ms,
-                    queue_depth: 0,
-                    capabilities: Vec::new(),
-                }
-            })
-            .collect()
+            .zip(&self.dead)
+            .filter(|(_, d)| !**d)
+            .map(|(n, _)| n)
     }
 
     pub fn root(&self) -> Option<usize> {
@@ -431,6 +425,35 @@ impl MeshSim {
                 // every node computes the hierarchy again (new leads).
                 self.push(now + Duration::from_millis(2_000), Event::Elect);
             }
+            Event::Join => {
+                let Some(so) = self.scale_out.as_mut() else {
+                    return;
+                };
+                so.joined_at = Some(now);
+                let hosts = so.hosts.clone();
+                for h in hosts {
+                    self.dead[h] = false;
+                    for a in self.host_agents[h].clone() {
+                        self.agents[a].joined_ms = now.as_millis();
+                    }
+                    let beats = self.beats_of(h);
+                    self.nodes[h].handle(MeshInput::Agents(beats), now);
+                    self.schedule_wake(h);
+                }
+                // The membership hears of them: every node computes the hierarchy again.
+                self.push(now, Event::Elect);
+                self.push(now, Event::Sample);
+            }
+            Event::Sample => {
+                let Some(mut so) = self.scale_out.take() else {
+                    return;
+                };
+                if so.sample(self, now) {
+                    let beat = Duration::from_millis(MeshConfig::default().beat_ms);
+                    self.push(now + beat, Event::Sample);
+                }
+                self.scale_out = Some(so);
+            }
             Event::Elect => {
                 let dead = self.dead.clone();
                 let index = self.index.clone();
@@ -490,62 +513,6 @@ impl MeshSim {
             }
         }
         self.schedule_wake(i);
-    }
-
-    /// A local agent takes its class's time and answers.
-    fn agent_work(&mut self, host: usize, d: Dispatch) {
-        let Some(&a) = self.by_agent.get(&d.agent) else {
-            return;
-        };
-        self.agents[a].delivered += 1;
-        if self.agents[a].down {
-            return;
-        }
-        let ag = &self.agents[a];
-        let u1 = self.rng.unit().max(1e-12);
-        let u2 = self.rng.unit();
-        let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
-        let ms = ag.median_ms * (ag.sigma * z).exp();
-        // A broadcast is acknowledged; an ask (observe) is answered with the context hash.
-        let context = match d.envelope.verb {
-            Verb::Observe => ag.context,
-            _ => "",
-        };
-        self.agents[a].last_ms = ms;
-        // The host's beats carry what it measured of its agents.
-        if self.rng.below(8) == 0 {
-            let beats = self.beats_of(host);
-            self.nodes[host].handle(MeshInput::Agents(beats), self.now);
-        }
-        let now_ms = self.now.as_millis();
-        let ready = self.now + Duration::from_micros((ms * 1000.0) as u64);
-        // One answer in 2,000 is a conflict (a value that contradicts the context).
-        let conflict = self.rng.below(2_000) == 0;
-        let ack = Ack {
-            op: d.envelope.op,
-            agent: d.agent,
-            cluster: d.cluster,
-            state: match conflict {
-                true => Trinary::Conflict,
-                false => Trinary::Ready,
-            },
-            arrived_ms: now_ms,
-            ready_ms: ready.as_millis(),
-            answer: context.to_owned(),
-            conflict: conflict.then(|| ConflictDetail::DataContradiction {
-                expected: "a1b2c3d4".into(),
-                received: ag_context(context),
-                affects_agents: 1,
-            }),
-        };
-        self.push(
-            ready,
-            Event::Done {
-                host,
-                ack,
-                reply_to: d.reply_to,
-            },
-        );
     }
 
     /// The run's report.
@@ -618,6 +585,7 @@ impl MeshSim {
             }),
             results: self.results.clone(),
             refused: self.refused.clone(),
+            integration: self.scale_out.as_ref().map(|t| t.report.clone()),
             trace_hash: format!("{:016x}", h.finish() ^ of_str("mesh")),
             peak_rss_bytes: None,
         }

@@ -6,9 +6,11 @@
 pub mod engine;
 pub mod gossip;
 pub mod latency;
+mod scale_out;
 
 pub use engine::{MeshSim, SimAgent};
 pub use latency::{Matrix, MatrixError, Wan};
+pub use scale_out::{Integration, ScaleOut};
 
 use qs_core::mesh::OpResult;
 use qs_wire::mesh::CascadeMode;
@@ -35,6 +37,8 @@ pub struct MeshSimConfig {
     pub cascades: Vec<Cascade>,
     /// Calibration broadcasts before the first cascade, so profiles are measured.
     pub calibrate: bool,
+    /// New hosts with new agents that join the running mesh (seed §10.2).
+    pub scale_out: Option<ScaleOut>,
 }
 
 /// A host killed at a time.
@@ -66,6 +70,7 @@ impl MeshSimConfig {
             kill_hosts: Vec::new(),
             cascades: Vec::new(),
             calibrate: true,
+            scale_out: None,
         }
     }
 
@@ -100,6 +105,20 @@ impl MeshSimConfig {
             return refuse(
                 "down-fraction",
                 format!("must be in 0..=1, got {}", self.down_fraction),
+            );
+        }
+        if let Some(s) = &self.scale_out
+            && (!(1..=MAX_AGENTS - self.agents).contains(&s.agents) || s.at_ms >= self.duration_ms)
+        {
+            return refuse(
+                "scale-out",
+                format!(
+                    "{} agents at {} ms: at most {} more agents, before the end ({} ms)",
+                    s.agents,
+                    s.at_ms,
+                    MAX_AGENTS - self.agents,
+                    self.duration_ms
+                ),
             );
         }
         let w = &self.wan;
@@ -148,6 +167,8 @@ pub struct MeshReport {
     pub leads: qs_wire::mesh::LeadHistogram,
     pub results: Vec<OpResult>,
     pub refused: Vec<String>,
+    /// How the agents of a scale-out joined the routing pool.
+    pub integration: Option<Integration>,
     pub trace_hash: String,
     pub peak_rss_bytes: Option<u64>,
 }

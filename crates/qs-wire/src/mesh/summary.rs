@@ -13,6 +13,10 @@ pub struct AgentBeat {
     pub queue_depth: u32,
     #[serde(default)]
     pub capabilities: Vec<String>,
+    /// When it registered with its host, Unix milliseconds (0: long ago). A lead adds an
+    /// agent that joined lately to the routing pool only once it has settled (seed §10.2).
+    #[serde(default)]
+    pub joined_ms: u64,
 }
 
 /// A host's beat to one cluster lead: its agents of that cluster (every `beat_ms`).
@@ -135,6 +139,9 @@ pub struct ClusterSummary {
     pub sent_ms: u64,
     pub agent_count: u32,
     pub active_count: u32,
+    /// Active agents not yet in the routing pool (joined lately, still settling).
+    #[serde(default)]
+    pub joining_count: u32,
     pub mean_impedance_ms: f64,
     pub p95_impedance_ms: f64,
     /// Its active agents' predicted lead times, counted per class and bucket: how early
@@ -158,6 +165,9 @@ pub struct Alive {
     pub sent_ms: u64,
     pub agents: u32,
     pub active: u32,
+    /// Of the active, those not yet in the routing pool.
+    #[serde(default)]
+    pub joining: u32,
     /// Agent failures since the last beat (a cluster's, for its sector's breaker).
     pub failures: u32,
     pub breaker_open: bool,
@@ -173,6 +183,9 @@ pub struct SectorSummary {
     pub cluster_count: u32,
     pub total_agents: u32,
     pub active_agents: u32,
+    /// Active agents not yet in the routing pool.
+    #[serde(default)]
+    pub joining_agents: u32,
     pub mean_impedance_ms: f64,
     pub p95_impedance_ms: f64,
     /// Its clusters' lead histograms added up.

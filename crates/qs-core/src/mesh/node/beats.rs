@@ -19,6 +19,7 @@ impl MeshNode {
                 self.lead_heard.insert(c, now);
                 s.agent_count = a.agents.min(qs_wire::mesh::MAX_CHILDREN as u32);
                 s.active_count = a.active.min(s.agent_count);
+                s.joining_count = a.joining.min(s.active_count);
                 s.breaker_open = a.breaker_open;
                 let sector = s.sector;
                 self.breakers.sector_failures(sector, a.failures, now);
@@ -33,6 +34,7 @@ impl MeshNode {
                 self.coordinator_heard.insert(sec, now);
                 s.total_agents = a.agents;
                 s.active_agents = a.active.min(a.agents);
+                s.joining_agents = a.joining.min(s.active_agents);
                 s.breaker_open = a.breaker_open;
             }
             Scope::Global => {}
@@ -118,6 +120,11 @@ impl MeshNode {
             };
             if view.host != b.host {
                 continue;
+            }
+            // Registered again (a restart): it joins the pool again.
+            if a.joined_ms > view.joined_ms {
+                view.admitted = false;
+                view.joined_ms = a.joined_ms;
             }
             view.work.reported(a.processing_ms);
             view.work.queue_depth = a.queue_depth;

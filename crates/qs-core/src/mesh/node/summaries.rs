@@ -28,6 +28,7 @@ impl MeshNode {
                     sent_ms: now_ms,
                     agents: l.agents.len() as u32,
                     active: active_now,
+                    joining: l.joining_count().min(active_now),
                     failures: std::mem::take(&mut l.failures_this_period),
                     breaker_open: self.breakers.state(Scope::Cluster(c))
                         == qs_wire::mesh::BreakerState::Open,
@@ -76,6 +77,7 @@ impl MeshNode {
                 sent_ms: now_ms,
                 agent_count: l.agents.len() as u32,
                 active_count: n_active as u32,
+                joining_count: l.joining_count().min(n_active as u32),
                 mean_impedance_ms: agg.mean_ms,
                 p95_impedance_ms: agg.p95_ms,
                 leads: agg.leads,
@@ -100,17 +102,20 @@ impl MeshNode {
         let sectors = self.my_sectors.clone();
         for s in sectors {
             if !recompute && self.summarized.contains(&s) {
-                let (agents, active) = self
+                let (agents, active, joining) = self
                     .cluster_summaries
                     .values()
                     .filter(|c| c.sector == s)
-                    .fold((0, 0), |(t, a), c| (t + c.agent_count, a + c.active_count));
+                    .fold((0, 0, 0), |(t, a, j), c| {
+                        (t + c.agent_count, a + c.active_count, j + c.joining_count)
+                    });
                 let alive = Alive {
                     scope: Scope::Sector(s),
                     from: self.me.clone(),
                     sent_ms: now_ms,
                     agents,
                     active,
+                    joining,
                     failures: 0,
                     breaker_open: self.breakers.state(Scope::Sector(s))
                         == qs_wire::mesh::BreakerState::Open,
@@ -132,6 +137,7 @@ impl MeshNode {
                 cluster_count: mine.len() as u32,
                 total_agents: 0,
                 active_agents: 0,
+                joining_agents: 0,
                 mean_impedance_ms: 0.0,
                 p95_impedance_ms: 0.0,
                 leads: LeadHistogram::default(),
@@ -145,6 +151,7 @@ impl MeshNode {
             for c in &mine {
                 sum.total_agents += c.agent_count;
                 sum.active_agents += c.active_count;
+                sum.joining_agents += c.joining_count;
                 if c.active_count > 0 {
                     sum.mean_impedance_ms += c.mean_impedance_ms;
                     with_agents += 1.0;

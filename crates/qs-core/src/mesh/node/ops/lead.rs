@@ -35,6 +35,11 @@ pub(super) fn lead_order(node: &mut MeshNode, o: Order, c: ClusterId, now: Time)
         {
             continue;
         }
+        // Not in the routing pool yet (seed §10.2): out of scope, counted apart.
+        if view.state == AgentState::Active && !view.admitted {
+            gather.tally_mut().joining += 1;
+            continue;
+        }
         gather.tally_mut().targeted += 1;
         // Route around: down, quarantined, spiking agents, and a breaker open above them.
         if !routable || view.state != AgentState::Active || view.spiking {
@@ -90,6 +95,7 @@ pub(super) fn lead_order(node: &mut MeshNode, o: Order, c: ClusterId, now: Time)
         sent_at: BTreeMap::new(),
         answers: BTreeMap::new(),
         by_agent: BTreeMap::new(),
+        conflicted: BTreeSet::new(),
         reported: false,
     };
     let key = (o.op, c);
@@ -190,6 +196,7 @@ pub(crate) fn on_ack(node: &mut MeshNode, a: Ack, now: Time) {
                 l.by_agent.insert(a.agent, a.answer.clone());
             }
             if a.state == Trinary::Conflict {
+                l.conflicted.insert(a.agent);
                 node.conflict(&a, now);
             }
         }
@@ -285,6 +292,14 @@ pub(super) fn report_lead(ops: &mut Ops, node: &mut MeshNode, key: (OpId, Cluste
                     }
                 }
             }
+        }
+    }
+    // Seed §10.2, monitoring conflicts during integration: a new agent that answers
+    // CONFLICT where its cluster clearly answers READY leaves the routing pool again.
+    let t = l.gather.tally();
+    if !l.conflicted.is_empty() && t.ready * 5 >= (t.ready + t.conflict) * 4 {
+        for &a in &l.conflicted {
+            node.conflict_while_integrating(c, a, now);
         }
     }
     let mut tally = *l.gather.tally();

@@ -111,6 +111,8 @@ pub(crate) struct LeadOp {
     sent_at: BTreeMap<AgentId, Time>,
     answers: BTreeMap<String, u32>,
     by_agent: BTreeMap<AgentId, String>,
+    /// Agents that answered CONFLICT (at most the cluster's 100).
+    conflicted: BTreeSet<AgentId>,
     reported: bool,
 }
 

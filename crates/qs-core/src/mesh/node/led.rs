@@ -1,0 +1,99 @@
+//! What a cluster lead knows of its clusters (seed §2.1, §4.1): each agent's view (state,
+//! work profile, capabilities, place in the routing pool) and each host's link, with the
+//! impedance and lead time read from them.
+
+use super::*;
+
+/// A led agent, as `qs mesh status` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct LedAgent {
+    pub cluster: ClusterId,
+    pub agent: AgentId,
+    pub state: AgentState,
+    pub class: ImpedanceClass,
+    pub score_ms: f64,
+    pub lead_ms: f64,
+    pub drift: f64,
+    pub processing_ms: Option<f64>,
+    pub link_p50_ms: f64,
+    /// In the routing pool (else still joining).
+    pub admitted: bool,
+}
+
+/// An agent as its cluster lead knows it.
+#[derive(Clone, Debug)]
+pub(crate) struct AgentView {
+    pub host: NodeId,
+    pub state: AgentState,
+    pub work: Work,
+    pub capabilities: Vec<String>,
+    pub spiking: bool,
+    /// Times it disagreed with a clear majority (seed §6.1 byzantine behaviour).
+    pub disagreements: u32,
+    /// When it registered with its host, Unix milliseconds (0: long ago).
+    pub joined_ms: u64,
+    /// In the routing pool: operations may go to it (seed §10.2).
+    pub admitted: bool,
+    /// Held out of the pool after a conflict while integrating, until then.
+    pub held_until: Option<Time>,
+}
+
+/// A cluster this node leads.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Led {
+    pub sector: SectorId,
+    pub agents: BTreeMap<AgentId, AgentView>,
+    pub hosts: BTreeMap<NodeId, HostLink>,
+    pub spikes_this_period: usize,
+    pub failures_this_period: u32,
+    /// The last summary, re-sent at each beat between recomputations.
+    pub summary: Option<ClusterSummary>,
+    /// How many agents are active, kept until a state changes.
+    pub active: Option<u32>,
+    /// Answers measured since the last full summary: the next beat carries one.
+    pub measured: bool,
+}
+
+/// A host of a led cluster: when it last beat, and the path to it.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct HostLink {
+    pub last: Option<Time>,
+    pub link: Link,
+}
+
+impl Led {
+    /// Active agents not yet in the routing pool.
+    pub(crate) fn joining_count(&self) -> u32 {
+        let joining = self.agents.values();
+        joining
+            .filter(|a| a.state == AgentState::Active && !a.admitted)
+            .count() as u32
+    }
+
+    /// Active agents now.
+    pub(crate) fn active_count(&mut self) -> u32 {
+        if let Some(n) = self.active {
+            return n;
+        }
+        let n = self
+            .agents
+            .values()
+            .filter(|a| a.state == AgentState::Active)
+            .count() as u32;
+        self.active = Some(n);
+        n
+    }
+
+    /// An agent's impedance and lead for a payload of `weight`.
+    pub(crate) fn assess(
+        &mut self,
+        agent: AgentId,
+        weight: f64,
+    ) -> Option<(impedance::Impedance, impedance::Lead)> {
+        let view = self.agents.get(&agent)?;
+        let host = self.hosts.entry(view.host.clone()).or_default();
+        let z = impedance::assess(&mut host.link, &view.work);
+        let l = impedance::lead_of(&z, &mut host.link, &view.work, weight);
+        Some((z, l))
+    }
+}
