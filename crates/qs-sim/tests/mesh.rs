@@ -81,6 +81,18 @@ fn thirty_thousand_agents_cascade_in_every_mode() {
     }
     assert_eq!(ops[2].phases.len(), 5, "priority-first: D, C, B, A, E");
     assert_eq!(ops[2].status, "COMPLETE");
+    // Every sector confirmed the wave: a report in the network's tail is waited for, not
+    // taken for a failed sector.
+    assert_eq!(ops[0].status, "SUCCESS", "{:?}", ops[0].tally);
+    assert_eq!(ops[1].status, "SUCCESS", "{:?}", ops[1].tally);
+    // The urgent mode decides within its window past the target: it does not wait to its
+    // deadline for the answers and counts lost on the way (simulated time, seeded).
+    assert!(
+        ops[1].latency_ms < ops[1].target_after_ms + 150.0,
+        "parallel: {} ms for a target of +{} ms",
+        ops[1].latency_ms,
+        ops[1].target_after_ms
+    );
 }
 
 #[test]
@@ -231,6 +243,7 @@ fn a_thousand_agents_join_thirty_thousand_gradually() {
     assert_eq!(after.joining, 0, "{after:?}");
     assert!(after.targeted >= during.targeted + 900, "{after:?}");
     assert_eq!(ops[1].decision.name(), "PROCEED", "{after:?}");
+    assert_eq!(ops[1].status, "SUCCESS", "{after:?}");
     assert!(
         f64::from(after.window_hits) >= 0.95 * f64::from(after.sent),
         "{after:?}"

@@ -27,12 +27,19 @@ pub(super) fn relay_order(node: &mut MeshNode, o: Order, s: SectorId) {
     let clusters = clusters_in(node, o.scope, s);
     let target = Time::from_millis(o.envelope.target_arrival_ms);
     let slack = Duration::from_millis(node.cfg.report_slack_ms);
+    // Its leads' reports take a hop up: it waits the longest of them past their window.
+    let up_ms = clusters
+        .iter()
+        .filter_map(|c| node.tree.cluster(*c).and_then(|cl| cl.lead.as_ref()))
+        .map(|lead| node.hop(Some(lead)))
+        .fold(0.0, f64::max);
+    let up = Duration::from_micros((up_ms * 1000.0) as u64);
     let mut relay = RelayOp {
         expect: BTreeSet::new(),
         min_rate: MeshNode::cascade_mode_window(o.mode).1,
         tally: Tally::default(),
         answers: BTreeMap::new(),
-        deadline: target + Duration::from_millis(o.window_ms) + slack * 2,
+        deadline: target + Duration::from_millis(o.window_ms) + (up + slack).max(slack * 2),
         report_to: o.root.clone(),
         scope: o.scope,
     };
@@ -154,7 +161,11 @@ pub(crate) fn on_report(node: &mut MeshNode, rep: Report, now: Time) {
         }
         let missing = silent_agents(node, &r.expect);
         let min_rate = r.phases[r.phase].1;
-        let early = now >= r.target && settled(&r.tally, missing, min_rate);
+        // A wave ends early only once enough sectors confirmed (seed §3.3: 98 %), else it
+        // would call sectors still on their way failed.
+        let confirmed =
+            r.mode != CascadeMode::Wave || sectors_confirmed(r.expect.len(), r.expected_first);
+        let early = now >= r.target && confirmed && settled(&r.tally, missing, min_rate);
         match r.mode {
             CascadeMode::Parallel => maybe_finish_parallel(&mut ops, node, rep.op, now),
             _ if r.expect.is_empty() || early => end_phase(&mut ops, node, rep.op, now),
@@ -164,12 +175,27 @@ pub(crate) fn on_report(node: &mut MeshNode, rep: Report, now: Time) {
     node.ops = ops;
 }
 
+/// Whether at least 98 % of the `expected` sectors confirmed, `silent` still to.
+pub(super) fn sectors_confirmed(silent: usize, expected: usize) -> bool {
+    (expected - silent.min(expected)) * 100 >= expected * 98
+}
+
 /// Active agents under the clusters or sectors still to report, as their summaries say.
-fn silent_agents(node: &MeshNode, expect: &BTreeSet<Scope>) -> u32 {
+pub(super) fn silent_agents(node: &MeshNode, expect: &BTreeSet<Scope>) -> u32 {
     expect
         .iter()
         .filter_map(|s| match s {
-            Scope::Cluster(c) => node.cluster_summaries.get(c).map(|x| x.active_count),
+            // At the root (a parallel operation's count reports), a cluster's share of its
+            // sector's.
+            Scope::Cluster(c) => node
+                .cluster_summaries
+                .get(c)
+                .map(|x| x.active_count)
+                .or_else(|| {
+                    let s = node.tree.cluster(*c)?.sector;
+                    let x = node.sector_summaries.get(&s)?;
+                    Some(x.active_agents.div_ceil(x.cluster_count.max(1)))
+                }),
             Scope::Sector(x) => node.sector_summaries.get(x).map(|x| x.active_agents),
             Scope::Global => None,
         })

@@ -38,8 +38,11 @@ pub(super) fn start_phase(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Tim
     r.phase_started = now;
     r.target = now + Duration::from_micros((budget * 1000.0) as u64);
     r.window = Duration::from_millis(window_ms);
+    // Reports come back up the way the order went down: the root waits the window, the
+    // longest two hops up, and some slack (a fixed wait would lose far sectors' reports).
     let slack = Duration::from_millis(node.cfg.report_slack_ms);
-    r.deadline = r.target + r.window + slack * 3;
+    let up = Duration::from_micros((hops * 1000.0) as u64);
+    r.deadline = r.target + r.window + (up + slack * 2).max(slack * 3);
     r.tally = Tally::default();
     r.answers.clear();
     r.acks.clear();
@@ -168,7 +171,7 @@ pub(super) fn end_phase(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Time)
     }
     let sectors_short = r.mode == CascadeMode::Wave
         && r.expected_first > 0
-        && (r.expected_first - r.expect.len().min(r.expected_first)) * 100 < r.expected_first * 98;
+        && !super::relay::sectors_confirmed(r.expect.len(), r.expected_first);
     let status = match (r.mode, sectors_short) {
         (CascadeMode::PriorityFirst, _) => "COMPLETE",
         (_, true) => "FAILED_AT_SECTOR",
