@@ -222,7 +222,8 @@ fn a_thousand_agents_join_thirty_thousand_gradually() {
     let first = i.first_admitted_after_ms.expect("some joined");
     let all = i.all_admitted_after_ms.expect("all joined");
     assert!((3_000..=4_000).contains(&first), "{i:?}");
-    assert!(all <= 8_000, "{i:?}");
+    // A host whose link still drifts joins after three settling periods at the latest.
+    assert!(all <= 10_000, "{i:?}");
     // Gradually: at most 10 of a cluster per beat, over several beats.
     assert!(i.max_admitted_per_cluster_per_beat <= 10, "{i:?}");
     let steps = i.timeline.windows(2).filter(|w| w[1].1 > w[0].1).count();

@@ -1,7 +1,8 @@
 //! `qs bench cascade`: the mesh at 30,000 agents on the simulator (the core's `MeshNode`
 //! per host, a WAN model with a heavy tail and loss), cascades of each mode with 0, 1, 5 and
-//! 20 % of agents down; beside it, Serf-style gossip spreading one message over as many
-//! members on the same network; and the simulator's own speed and memory.
+//! 20 % of agents down, and waves while 1,000 more agents join (seed §10.2); beside it,
+//! Serf-style gossip spreading one message over as many members on the same network; and
+//! the simulator's own speed and memory.
 
 use crate::bench::{emit, round_to};
 use anyhow::{Context, Result};
@@ -138,6 +139,48 @@ pub fn cascade_suite(b: &CascadeBench) -> Result<()> {
     let ops = &r.results[(CALIBRATIONS as usize).min(r.results.len())..];
     report(&format!("wave_urgent{}ms_down0", b.urgent_budget_ms), ops);
 
+    // Scale-out (seed §10.2): 1,000 more agents on new hosts join the running mesh; waves
+    // go on while they settle and after they joined.
+    let mut cfg = MeshSimConfig::new(b.agents, b.seed);
+    cfg.wan = wan.clone();
+    let join_ms = READY_AT_MS;
+    cfg.scale_out = Some(qs_sim::mesh::ScaleOut {
+        at_ms: join_ms,
+        agents: 1_000,
+    });
+    cfg.cascades = (0..b.cascades.max(2))
+        .map(|i| Cascade {
+            at_ms: join_ms + 1_000 + 1_500 * i as u64,
+            mode: CascadeMode::Wave,
+            budget_ms: None,
+        })
+        .collect();
+    cfg.duration_ms = join_ms + 1_000 + 1_500 * b.cascades.max(2) as u64 + 6_000;
+    let r = run(&cfg, &clock)?;
+    let ops = &r.results[(CALIBRATIONS as usize).min(r.results.len())..];
+    report("wave_scaleout1000_down0", ops);
+    if let Some(i) = &r.integration {
+        let ms = |v: Option<u64>| v.map_or(f64::NAN, |v| v as f64);
+        emit(
+            BENCH,
+            "scaleout_first_in_pool".into(),
+            ms(i.first_admitted_after_ms),
+            "ms after joining",
+        );
+        emit(
+            BENCH,
+            "scaleout_all_in_pool".into(),
+            ms(i.all_admitted_after_ms),
+            "ms after joining",
+        );
+        emit(
+            BENCH,
+            "scaleout_most_per_cluster_and_beat".into(),
+            i.max_admitted_per_cluster_per_beat as f64,
+            "agents",
+        );
+    }
+
     // The peer: gossip over as many members, same network.
     let g = spread(b.agents, &wan, Gossip::lan(b.agents), b.seed);
     emit(
@@ -214,6 +257,10 @@ fn report(name: &str, ops: &[OpResult]) {
         .iter()
         .filter(|o| o.decision.name() == "PROCEED")
         .count();
+    let succeeded = ops
+        .iter()
+        .filter(|o| matches!(o.status, "SUCCESS" | "COMPLETE"))
+        .count();
     let per_phase_root = ops
         .iter()
         .map(|o| f64::from(o.root_messages) / o.phases.len().max(1) as f64)
@@ -266,6 +313,12 @@ fn report(name: &str, ops: &[OpResult]) {
         format!("{name}_quorum"),
         rate(quorum as u64, ops.len() as u64),
         "share of operations",
+    );
+    emit(
+        BENCH,
+        format!("{name}_success"),
+        rate(succeeded as u64, ops.len() as u64),
+        "share of operations (SUCCESS, or COMPLETE for priority-first)",
     );
     emit(
         BENCH,

@@ -6,8 +6,8 @@
 //! registered there) and what the lead measured (its host's link):
 //!
 //! - **Settling**: registered less than `settle_ms` ago, its host's link measured fewer than
-//!   `min_link_samples` times, or its link drifting (class E) while it is still young, or
-//!   held back after a conflict. Operations leave it out (counted as `joining`).
+//!   `min_link_samples` times, or its link drifting (class E) for less than three settling
+//!   periods, or held back after a conflict. Operations leave it out (counted as `joining`).
 //! - **Eligible**: settled. Each beat the lead adds at most `admit_per_beat` eligible agents
 //!   of a cluster to the routing pool, those that joined first first.
 //! - **Established**: registered `established_ms` ago or more (or at an unknown time, `0`:
@@ -77,7 +77,10 @@ pub fn standing(c: &Candidate, now: Time, cfg: &IntegrationConfig) -> Standing {
     if c.joined_ms == 0 || age_ms >= cfg.established_ms {
         return Standing::Established;
     }
-    if age_ms < cfg.settle_ms || c.link_samples < cfg.min_link_samples || c.drifting {
+    // A link that still drifts after three settling periods is what it is: the agent joins
+    // as class E (last in a priority-first cascade).
+    let steady = !c.drifting || age_ms >= cfg.settle_ms.saturating_mul(3);
+    if age_ms < cfg.settle_ms || c.link_samples < cfg.min_link_samples || !steady {
         return Standing::Settling;
     }
     Standing::Eligible
@@ -99,7 +102,7 @@ mod tests {
         let now = Time::from_millis(100_000);
         let ago = |ms: u64| 100_000 - ms;
         // (joined, link samples, drifting, held until, expected)
-        let table: [(u64, u32, bool, Option<u64>, Standing); 9] = [
+        let table: [(u64, u32, bool, Option<u64>, Standing); 11] = [
             (0, 0, false, None, Standing::Established),
             (ago(30_000), 0, true, None, Standing::Established),
             (ago(29_999), 8, false, None, Standing::Eligible),
@@ -107,6 +110,8 @@ mod tests {
             (ago(2_999), 20, false, None, Standing::Settling),
             (ago(5_000), 7, false, None, Standing::Settling),
             (ago(5_000), 20, true, None, Standing::Settling),
+            (ago(8_999), 20, true, None, Standing::Settling),
+            (ago(9_000), 20, true, None, Standing::Eligible),
             (ago(5_000), 20, false, Some(100_001), Standing::Settling),
             (ago(5_000), 20, false, Some(100_000), Standing::Eligible),
         ];

@@ -339,6 +339,7 @@ impl MeshNode {
             l.summary = None;
             for a in &cluster.agents {
                 if let Some(host) = tree.host_of(*a) {
+                    l.integrating |= !l.agents.contains_key(a);
                     l.agents.entry(*a).or_insert_with(|| AgentView {
                         host: host.clone(),
                         state: AgentState::Offline,

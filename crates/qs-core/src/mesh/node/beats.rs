@@ -125,6 +125,7 @@ impl MeshNode {
             if a.joined_ms > view.joined_ms {
                 view.admitted = false;
                 view.joined_ms = a.joined_ms;
+                led.integrating = true;
             }
             view.work.reported(a.processing_ms);
             view.work.queue_depth = a.queue_depth;
@@ -144,6 +145,7 @@ impl MeshNode {
             if view.state != a.state {
                 view.state = a.state;
                 led.active = None;
+                led.integrating |= !view.admitted;
             }
         }
         led.failures_this_period += failures;

@@ -9,6 +9,9 @@ impl MeshNode {
     pub(super) fn integrate(&mut self, now: Time) {
         let cfg = self.cfg.integration;
         for led in self.led.values_mut() {
+            if !led.integrating {
+                continue;
+            }
             let mut eligible: Vec<(u64, AgentId)> = Vec::new();
             let outside: Vec<AgentId> = led
                 .agents
@@ -42,6 +45,10 @@ impl MeshNode {
             for (_, a) in eligible.into_iter().take(cfg.admit_per_beat) {
                 admit(led, a);
             }
+            led.integrating = led
+                .agents
+                .values()
+                .any(|v| v.state == AgentState::Active && !v.admitted);
         }
     }
 
@@ -55,6 +62,9 @@ impl MeshNode {
         if view.admitted && integration::integrating(view.joined_ms, now, &cfg) {
             view.admitted = false;
             view.held_until = Some(now + Duration::from_millis(cfg.settle_ms));
+            if let Some(l) = self.led.get_mut(&c) {
+                l.integrating = true;
+            }
         }
     }
 }

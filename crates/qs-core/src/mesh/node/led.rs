@@ -52,6 +52,9 @@ pub(crate) struct Led {
     pub active: Option<u32>,
     /// Answers measured since the last full summary: the next beat carries one.
     pub measured: bool,
+    /// Some agent may be active and outside the routing pool: the lead's integration pass
+    /// looks at this cluster (set when a view is made, joins again, comes up or is held).
+    pub integrating: bool,
 }
 
 /// A host of a led cluster: when it last beat, and the path to it.
@@ -64,6 +67,9 @@ pub(crate) struct HostLink {
 impl Led {
     /// Active agents not yet in the routing pool.
     pub(crate) fn joining_count(&self) -> u32 {
+        if !self.integrating {
+            return 0;
+        }
         let joining = self.agents.values();
         joining
             .filter(|a| a.state == AgentState::Active && !a.admitted)
