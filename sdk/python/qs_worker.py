@@ -209,13 +209,25 @@ class Worker:
                 continue
             actual = hashlib.sha256(envelope["payload"].encode()).hexdigest()
             if actual != envelope["content_hash"]:
-                self.mesh_answer(envelope, conflict={
+                self._answer_once(envelope, conflict={
                     "type": "hash-mismatch", "expected": envelope["content_hash"],
                     "received": actual})
                 continue
             try:
                 answer = handle(envelope)
             except MeshConflict as c:
-                self.mesh_answer(envelope, conflict=c.detail)
+                self._answer_once(envelope, conflict=c.detail)
                 continue
-            self.mesh_answer(envelope, answer=answer or "")
+            self._answer_once(envelope, answer=answer or "")
+
+    def _answer_once(self, envelope, answer="", conflict=None):
+        """Answers, and once more if the agent was too busy to take it; an answer the agent
+        refuses otherwise (the operation forgotten, an answer too long) is dropped: the
+        operation counts it in transit."""
+        for _ in range(2):
+            try:
+                self.mesh_answer(envelope, answer=answer, conflict=conflict)
+                return
+            except Refused as e:
+                if "answer again" not in str(e):
+                    return

@@ -316,6 +316,9 @@ pub async fn run<F: Fabric>(
                     }
                     built = Some((live, members_version));
                 }
+                // Worker agents' liveness and queues move between joins: the core takes the
+                // beats again (and ignores them when nothing changed).
+                node.handle(MeshInput::Agents(agents.beats()), now());
                 let _ = status_tx.send(Arc::new(status(&mut node, &agents)));
             }
         }

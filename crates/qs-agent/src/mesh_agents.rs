@@ -33,6 +33,9 @@ pub const MAX_MAILBOX: usize = 256;
 const MAX_UNANSWERED: usize = 1_024;
 /// Answers of local agents waiting for the mesh task, at most.
 const MAX_ANSWERS: usize = 65_536;
+/// A worker agent that has not asked for work this long (and is not waiting for some) is
+/// beaten as offline: its lead routes around it.
+pub const SILENT_AFTER_MS: u64 = 5_000;
 
 /// The built-in agents of this node.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -114,6 +117,9 @@ struct WorkerAgent {
     answered: u64,
     /// When it joined, Unix milliseconds.
     joined_ms: u64,
+    /// When it last asked for work or answered, and whether it waits for work now.
+    seen_ms: u64,
+    polling: bool,
 }
 
 struct Taken {
@@ -179,13 +185,20 @@ impl LocalAgents {
                 joined_ms: self.started_ms,
             })
             .collect();
-        beats.extend(self.inner().workers.iter().map(|(a, w)| AgentBeat {
-            agent: *a,
-            state: AgentState::Active,
-            processing_ms: w.processing_ms,
-            queue_depth: 0,
-            capabilities: w.capabilities.clone(),
-            joined_ms: w.joined_ms,
+        let now_ms = now().as_millis();
+        beats.extend(self.inner().workers.iter().map(|(a, w)| {
+            let serving = w.polling || now_ms.saturating_sub(w.seen_ms) <= SILENT_AFTER_MS;
+            AgentBeat {
+                agent: *a,
+                state: match serving {
+                    true => AgentState::Active,
+                    false => AgentState::Offline,
+                },
+                processing_ms: w.processing_ms,
+                queue_depth: (w.mailbox.len() + w.taken.len()) as u32,
+                capabilities: w.capabilities.clone(),
+                joined_ms: w.joined_ms,
+            }
         }));
         beats
     }
@@ -225,6 +238,8 @@ impl LocalAgents {
                     processing_ms: 0.0,
                     answered: 0,
                     joined_ms: now().as_millis(),
+                    seen_ms: now().as_millis(),
+                    polling: false,
                 },
             );
         }
@@ -242,6 +257,13 @@ impl LocalAgents {
     /// The name a worker agent joined under.
     pub fn name_of(&self, agent: AgentId) -> Option<String> {
         self.inner().workers.get(&agent).map(|w| w.name.clone())
+    }
+
+    fn mark(&self, agent: AgentId, polling: bool) {
+        if let Some(w) = self.inner().workers.get_mut(&agent) {
+            w.polling = polling;
+            w.seen_ms = now().as_millis();
+        }
     }
 
     /// The core hands `d` to one of this node's agents.
@@ -266,6 +288,7 @@ impl LocalAgents {
     /// The next envelope for worker agent `agent`, waiting up to `wait` for one.
     pub async fn poll(&self, agent: AgentId, wait: Duration) -> Option<MeshEnvelope> {
         let deadline = tokio::time::Instant::now() + wait;
+        let _polling = Polling::start(self, agent);
         loop {
             let notify = {
                 let mut inner = self.inner();
@@ -277,7 +300,11 @@ impl LocalAgents {
                         continue;
                     }
                     if w.taken.len() >= MAX_UNANSWERED {
-                        w.taken.pop_first();
+                        // The one taken longest ago is forgotten.
+                        let oldest = w.taken.iter().min_by_key(|(_, t)| t.arrived_ms);
+                        if let Some(op) = oldest.map(|(op, _)| *op) {
+                            w.taken.remove(&op);
+                        }
                     }
                     let envelope = d.envelope.clone();
                     w.taken.insert(
@@ -319,13 +346,14 @@ impl LocalAgents {
             .workers
             .get_mut(&agent)
             .ok_or("not joined to the mesh")?;
-        let taken = w.taken.remove(&a.op).ok_or_else(|| {
+        let taken = w.taken.get(&a.op).ok_or_else(|| {
             format!(
                 "operation {} was not taken by this agent, or is answered already",
                 a.op.0
             )
         })?;
         let ready_ms = now().as_millis();
+        w.seen_ms = ready_ms;
         let ack = Ack {
             op: a.op,
             agent,
@@ -336,17 +364,41 @@ impl LocalAgents {
             answer: a.answer,
             conflict: a.conflict,
         };
+        // Checked and handed on before the operation is forgotten: a refused answer may be
+        // given again.
         ack.check()?;
         let took_ms = ready_ms.saturating_sub(taken.arrived_ms) as f64;
-        w.answered += 1;
-        w.processing_ms += (took_ms - w.processing_ms) / w.answered as f64;
         let answered = Answered {
             ack,
-            reply_to: taken.dispatch.reply_to,
+            reply_to: taken.dispatch.reply_to.clone(),
         };
         self.answers
             .try_send(answered)
-            .map_err(|_| "the mesh is busy; the answer was not taken".to_string())
+            .map_err(|_| "the mesh is busy; answer again".to_string())?;
+        w.taken.remove(&a.op);
+        w.answered += 1;
+        w.processing_ms += (took_ms - w.processing_ms) / w.answered as f64;
+        Ok(())
+    }
+}
+
+/// A worker agent waiting for work: it counts as serving while it waits, and is seen when
+/// it stops waiting.
+struct Polling<'a> {
+    agents: &'a LocalAgents,
+    agent: AgentId,
+}
+
+impl<'a> Polling<'a> {
+    fn start(agents: &'a LocalAgents, agent: AgentId) -> Polling<'a> {
+        agents.mark(agent, true);
+        Polling { agents, agent }
+    }
+}
+
+impl Drop for Polling<'_> {
+    fn drop(&mut self) {
+        self.agents.mark(self.agent, false);
     }
 }
 

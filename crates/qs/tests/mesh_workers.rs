@@ -5,7 +5,8 @@
 //! fact one of them contradicts comes back as its CONFLICT, and takes that newcomer out of the
 //! routing pool for a while (seed §10.2, conflicts watched during integration); a worker that
 //! joins later settles before its lead adds it to the pool; a worker that goes away leaves the
-//! mesh; a name joined twice, and a poll before joining, are refused.
+//! mesh (at once, even in the middle of a wait for work), one that stops asking for work is
+//! beaten as offline; a name joined twice, and a poll before joining, are refused.
 
 mod common;
 
@@ -71,11 +72,26 @@ fn op(up: &Up, body: &str) -> Value {
     v
 }
 
-/// One frame of the worker protocol, and the answer.
-fn call(stream: &mut UnixStream, request: &str) -> Value {
+/// One frame of the worker protocol.
+fn send(stream: &mut UnixStream, request: &str) {
     let mut frame = (request.len() as u32).to_be_bytes().to_vec();
     frame.extend_from_slice(request.as_bytes());
     stream.write_all(&frame).unwrap();
+}
+
+/// A worker on a raw socket, registered and joined to the mesh under `name`.
+fn raw_agent(socket: &Path, name: &str) -> UnixStream {
+    let mut s = UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let register = format!(r#"{{"op":"register","worker":"{name}"}}"#);
+    assert_eq!(call(&mut s, &register)["op"], "registered");
+    assert_eq!(call(&mut s, r#"{"op":"mesh-join"}"#)["op"], "mesh-joined");
+    s
+}
+
+/// One frame of the worker protocol, and the answer.
+fn call(stream: &mut UnixStream, request: &str) -> Value {
+    send(stream, request);
     let mut len = [0u8; 4];
     stream.read_exact(&mut len).unwrap();
     let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
@@ -247,4 +263,36 @@ fn workers_join_the_mesh_with_capabilities_answer_and_leave() {
     assert_eq!(after["tally"]["targeted"], all - 1, "{after}");
     assert_eq!(after["tally"]["ready"], all - 1, "{after}");
     assert_eq!(after["decision"]["decision"], "proceed", "{after}");
+
+    // A worker that joined and stopped asking for work is beaten as offline: its lead routes
+    // around it.
+    let root_counts = |agents: u32, active: u32| {
+        move |_: &Up| {
+            [n1, n2].iter().any(|u| {
+                let s = u.get("/v1/mesh");
+                s["is_root"] == true && s["agents"] == agents && s["active"] == active
+            })
+        }
+    };
+    let _idle = raw_agent(&socket("w2"), "idle-e");
+    w1.wait_within(
+        "the idle worker counted, then offline",
+        Duration::from_secs(30),
+        root_counts(all, all - 1),
+    );
+    // One that goes away in the middle of a long wait for work leaves at once, not when
+    // its wait would have ended.
+    let mut waiting = raw_agent(&socket("w2"), "waiting-f");
+    send(&mut waiting, r#"{"op":"mesh-poll","wait_ms":60000}"#);
+    w1.wait_within(
+        "the waiting worker counted",
+        Duration::from_secs(10),
+        root_counts(all + 1, all),
+    );
+    drop(waiting);
+    w1.wait_within(
+        "the waiting worker gone",
+        Duration::from_secs(10),
+        root_counts(all, all - 1),
+    );
 }

@@ -289,13 +289,13 @@ impl Connection {
         };
         let request: Request = serde_json::from_slice(&frame)
             .map_err(|e| format!("not a request of the worker protocol: {e}"))?;
-        self.answer(request)
+        self.answer(request, stream)
             .await
             .map(Some)
             .map_err(|Misuse(why)| why)
     }
 
-    async fn answer(&mut self, request: Request) -> Result<Answer, Misuse> {
+    async fn answer(&mut self, request: Request, stream: &UnixStream) -> Result<Answer, Misuse> {
         let refused = |e: qs_core::tasks::Refusal| Answer::Refused {
             reason: e.to_string(),
         };
@@ -435,11 +435,16 @@ impl Connection {
                     )));
                 }
                 let agent = self.joined()?;
-                match self.mesh.poll(agent, Duration::from_millis(wait_ms)).await {
-                    Some(envelope) => Answer::Mesh {
-                        envelope: Box::new(envelope),
+                // A worker that goes away while it waits is noticed now, not after the wait
+                // (its socket turns readable: closed, or a frame out of turn).
+                tokio::select! {
+                    e = self.mesh.poll(agent, Duration::from_millis(wait_ms)) => match e {
+                        Some(envelope) => Answer::Mesh {
+                            envelope: Box::new(envelope),
+                        },
+                        None => Answer::None,
                     },
-                    None => Answer::None,
+                    _ = stream.readable() => Answer::None,
                 }
             }
             Request::MeshAnswer {

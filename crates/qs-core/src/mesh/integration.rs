@@ -2,8 +2,9 @@
 //! mesh reports heartbeats first, its impedance profile stabilizes, and only then is it added
 //! to the routing pool, a few at a time, watched for conflicts meanwhile.
 //!
-//! Each cluster lead decides for its agents, from what its host says (when the agent
-//! registered there) and what the lead measured (its host's link):
+//! Each cluster lead decides for its agents, from what its host says (how long ago the agent
+//! registered there, read on the host's own clock, so clocks need not agree) and what the lead
+//! measured (its host's link):
 //!
 //! - **Settling**: registered less than `settle_ms` ago, its host's link measured fewer than
 //!   `min_link_samples` times, or its link drifting (class E) for less than three settling
@@ -11,8 +12,9 @@
 //! - **Eligible**: settled. Each beat the lead adds at most `admit_per_beat` eligible agents
 //!   of a cluster to the routing pool, those that joined first first.
 //! - **Established**: registered `established_ms` ago or more (or at an unknown time, `0`:
-//!   members from before): in the pool at once. A new lead after a failover does not put a
-//!   settled cluster back on probation.
+//!   members from before): in the pool at once, from their first beat. A new lead after a
+//!   failover does not put an established cluster back on probation; agents still
+//!   integrating settle again under it (it has no samples of their link yet).
 //!
 //! An agent that answers CONFLICT while integrating (younger than `established_ms`), where
 //! its cluster clearly (four in five) answers READY, leaves the pool and is held for
@@ -74,7 +76,7 @@ pub fn standing(c: &Candidate, now: Time, cfg: &IntegrationConfig) -> Standing {
         return Standing::Settling;
     }
     let age_ms = now.as_millis().saturating_sub(c.joined_ms);
-    if c.joined_ms == 0 || age_ms >= cfg.established_ms {
+    if established(c.joined_ms, now, cfg) {
         return Standing::Established;
     }
     // A link that still drifts after three settling periods is what it is: the agent joins
@@ -86,10 +88,15 @@ pub fn standing(c: &Candidate, now: Time, cfg: &IntegrationConfig) -> Standing {
     Standing::Eligible
 }
 
+/// Whether an agent that joined at `joined_ms` (0: long ago) is a member like any other.
+pub fn established(joined_ms: u64, now: Time, cfg: &IntegrationConfig) -> bool {
+    joined_ms == 0 || now.as_millis().saturating_sub(joined_ms) >= cfg.established_ms
+}
+
 /// Whether an agent that joined at `joined_ms` is still integrating at `now`: a conflict
 /// then takes it out of the pool.
 pub fn integrating(joined_ms: u64, now: Time, cfg: &IntegrationConfig) -> bool {
-    joined_ms != 0 && now.as_millis().saturating_sub(joined_ms) < cfg.established_ms
+    !established(joined_ms, now, cfg)
 }
 
 #[cfg(test)]

@@ -348,6 +348,7 @@ impl MeshNode {
                         spiking: false,
                         disagreements: 0,
                         joined_ms: 0,
+                        joined_host_ms: 0,
                         admitted: false,
                         held_until: None,
                     });
@@ -517,10 +518,8 @@ impl MeshNode {
 
     /// Active agents not yet in the routing pool, from the sector summaries (the root's view).
     pub fn global_joining(&self) -> u32 {
-        self.sector_summaries
-            .values()
-            .map(|s| s.joining_agents)
-            .sum()
+        let s = self.sector_summaries.values();
+        s.map(|s| s.joining_agents.min(s.active_agents)).sum()
     }
 
     /// The host part: a lead's dispatch for one of this node's agents.

@@ -3,6 +3,7 @@
 //! root's on silent coordinators (each within 1 s), and the one-way delays they measure.
 
 use super::*;
+use crate::mesh::integration;
 
 impl MeshNode {
     /// A lead's or a coordinator's beat: alive, with fresh counts.
@@ -121,10 +122,13 @@ impl MeshNode {
             if view.host != b.host {
                 continue;
             }
-            // Registered again (a restart): it joins the pool again.
-            if a.joined_ms > view.joined_ms {
+            // Registered again (a restart): it joins the pool again. Its age is read on its
+            // host's clock (when the beat left, less when it joined) and kept on this one.
+            if a.joined_ms > view.joined_host_ms {
                 view.admitted = false;
-                view.joined_ms = a.joined_ms;
+                view.joined_host_ms = a.joined_ms;
+                let age_ms = b.sent_ms.saturating_sub(a.joined_ms);
+                view.joined_ms = now.as_millis().saturating_sub(age_ms).max(1);
                 led.integrating = true;
             }
             view.work.reported(a.processing_ms);
@@ -146,6 +150,15 @@ impl MeshNode {
                 view.state = a.state;
                 led.active = None;
                 led.integrating |= !view.admitted;
+            }
+            // A member from before (a new lead after a failover, or a tree rebuilt): in the
+            // pool at once, not a beat later.
+            if !view.admitted
+                && view.state == AgentState::Active
+                && view.held_until.is_none()
+                && integration::established(view.joined_ms, now, &self.cfg.integration)
+            {
+                view.admitted = true;
             }
         }
         led.failures_this_period += failures;
@@ -199,6 +212,7 @@ impl MeshNode {
             self.lead_heard.remove(&c);
             if let Some(s) = self.cluster_summaries.get_mut(&c) {
                 s.active_count = 0;
+                s.joining_count = 0;
                 s.breaker_open = true;
                 self.out.push_back(MeshOutput::HostLost {
                     scope: Scope::Cluster(c),
@@ -218,6 +232,7 @@ impl MeshNode {
             self.coordinator_heard.remove(&s);
             if let Some(x) = self.sector_summaries.get_mut(&s) {
                 x.active_agents = 0;
+                x.joining_agents = 0;
                 x.breaker_open = true;
                 self.out.push_back(MeshOutput::HostLost {
                     scope: Scope::Sector(s),

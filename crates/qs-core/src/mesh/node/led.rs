@@ -30,8 +30,10 @@ pub(crate) struct AgentView {
     pub spiking: bool,
     /// Times it disagreed with a clear majority (seed §6.1 byzantine behaviour).
     pub disagreements: u32,
-    /// When it registered with its host, Unix milliseconds (0: long ago).
+    /// When it registered with its host, on this node's clock, Unix milliseconds (0: long
+    /// ago), and as its host said it (on the host's clock: a later one is a restart).
     pub joined_ms: u64,
+    pub joined_host_ms: u64,
     /// In the routing pool: operations may go to it (seed §10.2).
     pub admitted: bool,
     /// Held out of the pool after a conflict while integrating, until then.

@@ -115,7 +115,7 @@ impl MeshNode {
                     sent_ms: now_ms,
                     agents,
                     active,
-                    joining,
+                    joining: joining.min(active),
                     failures: 0,
                     breaker_open: self.breakers.state(Scope::Sector(s))
                         == qs_wire::mesh::BreakerState::Open,
@@ -169,6 +169,7 @@ impl MeshNode {
             if with_agents > 0.0 {
                 sum.mean_impedance_ms /= with_agents;
             }
+            sum.joining_agents = sum.joining_agents.min(sum.active_agents);
             sum.breaker_open =
                 self.breakers.state(Scope::Sector(s)) == qs_wire::mesh::BreakerState::Open;
             self.summarized.insert(s);

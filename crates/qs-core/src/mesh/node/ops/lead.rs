@@ -321,6 +321,7 @@ pub(super) fn report_lead(ops: &mut Ops, node: &mut MeshNode, key: (OpId, Cluste
             targeted: tally.targeted,
             skipped: tally.skipped,
             unreachable: tally.unreachable,
+            joining: tally.joining,
             sent: tally.sent,
             ..Tally::default()
         };

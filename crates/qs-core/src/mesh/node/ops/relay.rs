@@ -32,7 +32,8 @@ pub(super) fn relay_order(node: &mut MeshNode, o: Order, s: SectorId) {
         .iter()
         .filter_map(|c| node.tree.cluster(*c).and_then(|cl| cl.lead.as_ref()))
         .map(|lead| node.hop(Some(lead)))
-        .fold(0.0, f64::max);
+        .fold(0.0, f64::max)
+        .min(node.cfg.max_budget_ms as f64);
     let up = Duration::from_micros((up_ms * 1000.0) as u64);
     let mut relay = RelayOp {
         expect: BTreeSet::new(),

@@ -41,7 +41,10 @@ pub(super) fn start_phase(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Tim
     // Reports come back up the way the order went down: the root waits the window, the
     // longest two hops up, and some slack (a fixed wait would lose far sectors' reports).
     let slack = Duration::from_millis(node.cfg.report_slack_ms);
-    let up = Duration::from_micros((hops * 1000.0) as u64);
+    // Hops are one-way delays, read from other nodes' clocks: bounded by the most the mesh
+    // compensates.
+    let up_ms = hops.clamp(0.0, node.cfg.max_budget_ms as f64);
+    let up = Duration::from_micros((up_ms * 1000.0) as u64);
     r.deadline = r.target + r.window + (up + slack * 2).max(slack * 3);
     r.tally = Tally::default();
     r.answers.clear();
@@ -50,12 +53,13 @@ pub(super) fn start_phase(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Tim
     let mut env = r.envelope.clone();
     env.target_arrival_ms = r.target.as_millis();
     // Lives until this phase's deadline and a second more, counted from its creation.
-    env.ttl_ms = (r
+    env.ttl_ms = ((r
         .deadline
         .since(Time::from_millis(env.created_ms))
         .as_millis() as u64)
         .max(1)
-        + 1_000;
+        + 1_000)
+        .min(qs_wire::mesh::MAX_TTL_MS);
     // A sample of about n agents: n sectors at most (chosen by the operation's hash), each
     // with its quota, which its coordinator spreads over as few clusters.
     let mut sectors = sectors;
