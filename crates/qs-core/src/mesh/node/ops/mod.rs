@@ -139,6 +139,9 @@ pub(crate) struct RootOp {
     started: Time,
     phase_started: Time,
     target: Time,
+    /// Whether this phase looked at its early end at its target (reports that came before
+    /// it could not end it then).
+    target_checked: bool,
     window: Duration,
     expect: BTreeSet<Scope>,
     expected_first: usize,
@@ -174,7 +177,14 @@ impl Ops {
             .map(|l| l.gather.deadline())
             .min();
         let relay = self.relay.values().map(|r| r.deadline).min();
-        let root = self.root.values().map(|r| r.deadline).min();
+        let root = self
+            .root
+            .values()
+            .map(|r| match r.target_checked {
+                true => r.deadline,
+                false => r.target.min(r.deadline),
+            })
+            .min();
         [sends, lead, relay, root].into_iter().flatten().min()
     }
 }
@@ -211,6 +221,18 @@ pub(crate) fn due(node: &mut MeshNode, now: Time) {
             .collect();
         for k in relays {
             report_relay(&mut me, node, k);
+        }
+        let at_target: Vec<OpId> = me
+            .root
+            .iter_mut()
+            .filter(|(_, r)| !r.target_checked && r.target <= now)
+            .map(|(k, r)| {
+                r.target_checked = true;
+                *k
+            })
+            .collect();
+        for op in at_target {
+            relay::maybe_end_early(&mut me, node, op, now);
         }
         let roots: Vec<OpId> = me
             .root
@@ -366,6 +388,7 @@ impl MeshNode {
             started: now,
             phase_started: now,
             target: now,
+            target_checked: false,
             window: Duration::ZERO,
             expect: BTreeSet::new(),
             expected_first: 0,

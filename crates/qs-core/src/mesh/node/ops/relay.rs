@@ -82,10 +82,27 @@ pub(super) fn relay_order(node: &mut MeshNode, o: Order, s: SectorId) {
                 }
                 node.send(lead, MeshMessage::Order(Box::new(sub)));
             }
-            _ => {
+            (lead, _) => {
                 let n = cl.agents.len() as u32;
-                relay.tally.targeted += n;
-                relay.tally.unreachable += n;
+                let unreachable = Tally {
+                    targeted: n,
+                    unreachable: n,
+                    ..Tally::default()
+                };
+                if o.mode == CascadeMode::Parallel && lead.is_some() {
+                    // The root counts a parallel operation's clusters: this one's count is
+                    // that none of it could be reached.
+                    let rep = Report {
+                        op: o.op,
+                        scope: Scope::Cluster(c),
+                        from: node.me.clone(),
+                        tally: unreachable,
+                        answers: Vec::new(),
+                    };
+                    node.send(o.root.clone(), MeshMessage::Report(Box::new(rep)));
+                } else {
+                    relay.tally.add(&unreachable);
+                }
             }
         }
     }
@@ -160,20 +177,29 @@ pub(crate) fn on_report(node: &mut MeshNode, rep: Report, now: Time) {
             r.tally.add(&rep.tally);
             merge_answers(&mut r.answers, &rep.answers);
         }
-        let missing = silent_agents(node, &r.expect);
-        let min_rate = r.phases[r.phase].1;
-        // A wave ends early only once enough sectors confirmed (seed §3.3: 98 %), else it
-        // would call sectors still on their way failed.
-        let confirmed =
-            r.mode != CascadeMode::Wave || sectors_confirmed(r.expect.len(), r.expected_first);
-        let early = now >= r.target && confirmed && settled(&r.tally, missing, min_rate);
-        match r.mode {
-            CascadeMode::Parallel => maybe_finish_parallel(&mut ops, node, rep.op, now),
-            _ if r.expect.is_empty() || early => end_phase(&mut ops, node, rep.op, now),
-            _ => {}
-        }
+        maybe_end_early(&mut ops, node, rep.op, now);
     }
     node.ops = ops;
+}
+
+/// The root: a phase whose every report is in ends; so does one past its target whose
+/// outcome the silent rest could not change (a wave once 98 % of its sectors confirmed,
+/// seed §3.3, else it would call sectors still on their way failed).
+pub(super) fn maybe_end_early(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Time) {
+    let Some(r) = ops.root.get(&op) else {
+        return;
+    };
+    if r.mode == CascadeMode::Parallel {
+        return maybe_finish_parallel(ops, node, op, now);
+    }
+    let missing = silent_agents(node, &r.expect);
+    let min_rate = r.phases[r.phase].1;
+    let confirmed =
+        r.mode != CascadeMode::Wave || sectors_confirmed(r.expect.len(), r.expected_first);
+    let early = now >= r.target && confirmed && settled(&r.tally, missing, min_rate);
+    if r.expect.is_empty() || early {
+        end_phase(ops, node, op, now);
+    }
 }
 
 /// Whether at least 98 % of the `expected` sectors confirmed, `silent` still to.

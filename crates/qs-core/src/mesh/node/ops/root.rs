@@ -37,6 +37,7 @@ pub(super) fn start_phase(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Tim
     };
     r.phase_started = now;
     r.target = now + Duration::from_micros((budget * 1000.0) as u64);
+    r.target_checked = false;
     r.window = Duration::from_millis(window_ms);
     // Reports come back up the way the order went down: the root waits the window, the
     // longest two hops up, and some slack (a fixed wait would lose far sectors' reports).
