@@ -392,6 +392,9 @@ pub struct Tally {
     pub expired: u32,
     /// Clusters (or sectors) that did not report in time.
     pub missing_reports: u32,
+    /// Sent again to another agent after a capability mismatch (seed §5.1's REROUTE).
+    #[serde(default)]
+    pub rerouted: u32,
 }
 
 impl Tally {
@@ -409,6 +412,7 @@ impl Tally {
         self.predicted_within_50ms += o.predicted_within_50ms;
         self.expired += o.expired;
         self.missing_reports += o.missing_reports;
+        self.rerouted += o.rerouted;
     }
 }
 

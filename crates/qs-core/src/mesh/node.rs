@@ -345,6 +345,7 @@ impl MeshNode {
                         state: AgentState::Offline,
                         work: Work::default(),
                         capabilities: Vec::new(),
+                        revoked: Vec::new(),
                         spiking: false,
                         disagreements: 0,
                         joined_ms: 0,

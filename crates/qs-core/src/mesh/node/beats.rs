@@ -129,12 +129,15 @@ impl MeshNode {
                 view.joined_host_ms = a.joined_ms;
                 let age_ms = b.sent_ms.saturating_sub(a.joined_ms);
                 view.joined_ms = now.as_millis().saturating_sub(age_ms).max(1);
+                view.revoked.clear();
                 led.integrating = true;
             }
             view.work.reported(a.processing_ms);
             view.work.queue_depth = a.queue_depth;
-            if view.capabilities != a.capabilities {
-                view.capabilities = a.capabilities;
+            let mut capabilities = a.capabilities;
+            capabilities.retain(|c| !view.revoked.contains(c));
+            if view.capabilities != capabilities {
+                view.capabilities = capabilities;
             }
             if spike && !view.spiking {
                 led.spikes_this_period += 1;

@@ -27,6 +27,9 @@ pub(crate) struct AgentView {
     pub state: AgentState,
     pub work: Work,
     pub capabilities: Vec<String>,
+    /// Capabilities it said it lacked when asked (seed §5.1: the capability map fixed), kept
+    /// out of what its host says until it registers again.
+    pub revoked: Vec<String>,
     pub spiking: bool,
     /// Times it disagreed with a clear majority (seed §6.1 byzantine behaviour).
     pub disagreements: u32,

@@ -172,6 +172,7 @@ pub(crate) fn on_ack(node: &mut MeshNode, a: Ack, now: Time) {
         let processing = a.ready_ms.saturating_sub(a.arrived_ms) as f64;
         view.work.record(processing, link_p50);
     }
+    let mut rerouted = None;
     if at_lead && let Some(l) = ops.lead.get_mut(&(a.op, a.cluster)) {
         let target = l.gather.target();
         let ready = Time::from_millis(a.ready_ms.max(target.as_millis()));
@@ -200,9 +201,23 @@ pub(crate) fn on_ack(node: &mut MeshNode, a: Ack, now: Time) {
             if a.state == Trinary::Conflict {
                 l.conflicted.insert(a.agent);
                 node.conflict(&a, now);
+                if let Some(qs_wire::mesh::ConflictDetail::CapabilityMismatch { missing }) =
+                    &a.conflict
+                    && let Some(other) = reroute(node, &l.sent_at, a.cluster, a.agent, missing)
+                {
+                    l.gather.scheduled(1);
+                    l.gather.tally_mut().rerouted += 1;
+                    rerouted = Some(other);
+                }
             }
         }
-        let done = l.gather.complete() && !l.reported;
+        if let Some(other) = rerouted {
+            send_one(&mut ops, node, a.op, a.cluster, other, now);
+        }
+        let done = ops
+            .lead
+            .get(&(a.op, a.cluster))
+            .is_some_and(|l| l.gather.complete() && !l.reported);
         if done {
             report_lead(&mut ops, node, (a.op, a.cluster), now);
         }
@@ -237,6 +252,45 @@ pub(crate) fn on_ack(node: &mut MeshNode, a: Ack, now: Time) {
         maybe_finish_parallel(&mut ops, node, a.op, now);
     }
     node.ops = ops;
+}
+
+/// Seed §5.1's REROUTE for a capability mismatch: the agent loses the capability in this
+/// lead's map (until it registers again), and the work goes to the agent of the cluster with
+/// the capability and the shortest lead that it was not sent to yet, if there is one.
+fn reroute(
+    node: &mut MeshNode,
+    sent: &BTreeMap<AgentId, Time>,
+    c: ClusterId,
+    agent: AgentId,
+    missing: &str,
+) -> Option<AgentId> {
+    let led = node.led.get_mut(&c)?;
+    if let Some(v) = led.agents.get_mut(&agent) {
+        v.capabilities.retain(|x| x != missing);
+        if v.revoked.len() < qs_wire::mesh::MAX_CAPABILITIES
+            && !v.revoked.iter().any(|x| x == missing)
+        {
+            v.revoked.push(missing.to_string());
+        }
+    }
+    let capable: Vec<AgentId> = led
+        .agents
+        .iter()
+        .filter(|(id, v)| {
+            **id != agent
+                && !sent.contains_key(*id)
+                && v.admitted
+                && v.state == AgentState::Active
+                && !v.spiking
+                && v.capabilities.iter().any(|x| x == missing)
+        })
+        .map(|(id, _)| *id)
+        .collect();
+    capable
+        .into_iter()
+        .filter_map(|id| led.assess(id, 0.0).map(|(_, l)| (l.lead_ms, id)))
+        .min_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)))
+        .map(|(_, id)| id)
 }
 
 pub(super) fn maybe_finish_parallel(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Time) {
