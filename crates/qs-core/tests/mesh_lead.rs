@@ -1,6 +1,12 @@
-//! Seed §5.1's REROUTE at one cluster lead, driven through `MeshNode::handle` on a virtual
-//! clock: an agent that answers that it lacks the capability an ask requires loses it in the
-//! lead's map, and the ask goes to another agent of the cluster that has it.
+//! One cluster lead, driven through `MeshNode::handle` on a virtual clock, with the agents of
+//! another host beating to it:
+//!
+//! - scale-out (seed §10.2): agents of another host settle before they enter the routing pool,
+//!   their age read on their host's clock (a host whose clock runs a minute behind does not
+//!   make its new agents look established), and the lead's own long-standing agents are in
+//!   the pool at once;
+//! - REROUTE (seed §5.1): an agent that answers that it lacks the capability an ask requires
+//!   loses it in the lead's map, and the ask goes to another agent of the cluster that has it.
 
 use qs_core::Time;
 use qs_core::mesh::{Hierarchy, Member, MeshConfig, MeshInput, MeshNode, MeshOutput, Shape};
@@ -9,11 +15,12 @@ use qs_wire::mesh::{
     Ack, AgentBeat, AgentId, AgentState, CascadeMode, ClusterId, ConflictDetail, Dispatch,
     HostBeat, MeshMessage, OpId, Order, Report, Scope, Trinary, Verb,
 };
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 const TPU: &str = "tpu";
 
-fn beat(agent: AgentId, tpu: bool) -> AgentBeat {
+fn beat(agent: AgentId, joined_ms: u64, tpu: bool) -> AgentBeat {
     AgentBeat {
         agent,
         state: AgentState::Active,
@@ -23,8 +30,104 @@ fn beat(agent: AgentId, tpu: bool) -> AgentBeat {
             true => vec![TPU.to_string()],
             false => Vec::new(),
         },
-        joined_ms: 0,
+        joined_ms,
     }
+}
+
+/// One cluster of `n` agents (ids from `first`) on two hosts: its tree, its lead, the other
+/// host, and each host's agents.
+struct OneCluster {
+    tree: Arc<Hierarchy>,
+    lead: NodeId,
+    other: NodeId,
+    mine: Vec<AgentId>,
+    theirs: Vec<AgentId>,
+}
+
+fn one_cluster(n: u64, first: u64) -> OneCluster {
+    let hosts = [NodeId::new("h1").unwrap(), NodeId::new("h2").unwrap()];
+    let members: Vec<Member> = (0..n)
+        .map(|i| Member {
+            agent: AgentId(first + i),
+            host: hosts[(i % 2) as usize].clone(),
+        })
+        .collect();
+    let tree = Arc::new(Hierarchy::build(&members, Shape::default(), |_| true).unwrap());
+    let lead = tree
+        .cluster(ClusterId(0))
+        .unwrap()
+        .lead
+        .clone()
+        .expect("a lead");
+    let other = hosts.iter().find(|h| **h != lead).unwrap().clone();
+    let of = |h: &NodeId| -> Vec<AgentId> {
+        members
+            .iter()
+            .filter(|m| m.host == *h)
+            .map(|m| m.agent)
+            .collect()
+    };
+    OneCluster {
+        mine: of(&lead),
+        theirs: of(&other),
+        tree,
+        lead,
+        other,
+    }
+}
+
+#[test]
+fn newcomers_settle_on_their_hosts_clock_and_members_are_in_the_pool_at_once() {
+    let OneCluster {
+        tree,
+        lead,
+        other,
+        mine,
+        theirs,
+    } = one_cluster(6, 100);
+    let c = ClusterId(0);
+
+    let start = Time::from_millis(1_000_000);
+    let mut node = MeshNode::new(lead.clone(), MeshConfig::default(), start);
+    node.handle(MeshInput::Tree(tree), start);
+    // The lead's own agents have been there all along (0: long ago).
+    node.handle(
+        MeshInput::Agents(mine.iter().map(|a| beat(*a, 0, false)).collect()),
+        start,
+    );
+    // The other host's clock is a minute behind; its agents joined a second ago on it.
+    let skew_ms = 60_000;
+    let joined_on_host = start.as_millis() - skew_ms - 1_000;
+    let pool = |n: &MeshNode| -> BTreeSet<AgentId> { n.pool().map(|(_, a)| a).collect() };
+    let mut admitted_at = None;
+    for k in 0..40u64 {
+        let now = Time::from_millis(start.as_millis() + k * 300);
+        let b = HostBeat {
+            host: other.clone(),
+            cluster: c,
+            sent_ms: now.as_millis() - skew_ms,
+            agents: theirs
+                .iter()
+                .map(|a| beat(*a, joined_on_host, false))
+                .collect(),
+        };
+        node.handle(MeshInput::Heard(MeshMessage::Beat(b)), now);
+        node.handle(MeshInput::Tick, now);
+        while node.poll().is_some() {}
+        let p = pool(&node);
+        if k >= 1 {
+            assert!(mine.iter().all(|a| p.contains(a)), "members at {k}: {p:?}");
+        }
+        let in_pool = theirs.iter().filter(|a| p.contains(a)).count();
+        if in_pool > 0 && admitted_at.is_none() {
+            admitted_at = Some(k * 300);
+        }
+    }
+    // Settled for 3 s (2 s more from the first beat here), then in the pool: not taken for
+    // established by a minute of skew.
+    let after_ms = admitted_at.expect("the newcomers joined the pool");
+    assert!((1_800..=3_600).contains(&after_ms), "{after_ms}");
+    assert!(theirs.iter().all(|a| pool(&node).contains(a)));
 }
 
 struct Lead {
@@ -41,12 +144,12 @@ impl Lead {
         let end = self.now.as_millis() + ms;
         while self.now.as_millis() < end {
             self.now = Time::from_millis(self.now.as_millis() + 10);
-            if self.now.as_millis() % 300 == 0 {
+            if self.now.as_millis().is_multiple_of(300) {
                 let b = HostBeat {
                     host: self.other.clone(),
                     cluster: ClusterId(0),
                     sent_ms: self.now.as_millis(),
-                    agents: self.theirs.iter().map(|a| beat(*a, true)).collect(),
+                    agents: self.theirs.iter().map(|a| beat(*a, 0, true)).collect(),
                 };
                 self.node
                     .handle(MeshInput::Heard(MeshMessage::Beat(b)), self.now);
@@ -122,27 +225,18 @@ fn report(out: &[MeshOutput]) -> Option<Report> {
 
 #[test]
 fn an_agent_lacking_a_capability_loses_it_and_the_ask_goes_to_one_that_has_it() {
-    let hosts = [NodeId::new("h1").unwrap(), NodeId::new("h2").unwrap()];
-    let members: Vec<Member> = (0..4u64)
-        .map(|i| Member {
-            agent: AgentId(200 + i),
-            host: hosts[(i % 2) as usize].clone(),
-        })
-        .collect();
-    let tree = Arc::new(Hierarchy::build(&members, Shape::default(), |_| true).unwrap());
-    let lead_id = tree.cluster(ClusterId(0)).unwrap().lead.clone().unwrap();
-    let other = hosts.iter().find(|h| **h != lead_id).unwrap().clone();
-    let theirs: Vec<AgentId> = members
-        .iter()
-        .filter(|m| m.host == other)
-        .map(|m| m.agent)
-        .collect();
+    let OneCluster {
+        tree,
+        lead: lead_id,
+        other,
+        mine,
+        theirs,
+    } = one_cluster(4, 200);
     let now = Time::from_millis(3_000_000);
     let mut node = MeshNode::new(lead_id.clone(), MeshConfig::default(), now);
-    node.handle(MeshInput::Tree(tree.clone()), now);
-    let mine = members.iter().filter(|m| m.host == lead_id);
+    node.handle(MeshInput::Tree(tree), now);
     node.handle(
-        MeshInput::Agents(mine.map(|m| beat(m.agent, false)).collect()),
+        MeshInput::Agents(mine.iter().map(|a| beat(*a, 0, false)).collect()),
         now,
     );
     let mut lead = Lead {
