@@ -1,12 +1,15 @@
 //! The mesh on real processes: four `qs agent`s on a real nats-server, 250 built-in mesh
 //! agents each (1,000 agents), doing a broadcast, an ask, a wave and a parallel cascade, a
-//! freeze and a thaw through `qs mesh` and the API, with the KPIs read from `/metrics`.
+//! freeze (asked in plain words through `qs mesh chat` and an OpenAI-compatible endpoint's
+//! double) and a thaw through `qs mesh` and the API, with the KPIs read from `/metrics`.
 
 mod common;
 
 use common::*;
 use qs_fabric::nats_server::NatsServer;
 use serde_json::Value;
+use std::io::{Read, Write};
+use std::process::Stdio;
 use std::time::Duration;
 
 const CONFIG: &str = "[thresholds]\ncpu_sensed = false\nmemory = 1.0\n";
@@ -17,6 +20,67 @@ fn op(up: &Up, body: &str) -> Value {
     let (status, v) = up.http("POST", "/v1/mesh/ops", body);
     assert_eq!(status, 200, "POST /v1/mesh/ops {body}: {v}");
     v
+}
+
+/// A test double of an OpenAI-compatible endpoint (no model can run on these machines): it
+/// answers the first chat completion with `content` (anything else, such as the client's
+/// probe of `/health`, with 404), and hands back the completion's request.
+fn llm_double(content: &str) -> (String, std::thread::JoinHandle<String>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let body = serde_json::json!({
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]
+    })
+    .to_string();
+    let serving = std::thread::spawn(move || {
+        // A few connections at most: the probe, then the completion.
+        for _ in 0..8 {
+            let (mut s, _) = listener.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let request = read_request(&mut s);
+            if !request.starts_with("POST /v1/chat/completions") {
+                s.write_all(
+                    b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                )
+                .unwrap();
+                continue;
+            }
+            write!(
+                s,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .unwrap();
+            return request;
+        }
+        panic!("no chat completion was asked for");
+    });
+    (url, serving)
+}
+
+/// One HTTP request, head and body (by its content-length).
+fn read_request(s: &mut std::net::TcpStream) -> String {
+    let mut request = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf).unwrap();
+        request.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&request).into_owned();
+        if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .filter_map(|l| l.split_once(':'))
+                .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if rest.len() >= length {
+                return text;
+            }
+        }
+        if n == 0 {
+            return text;
+        }
+    }
 }
 
 #[test]
@@ -144,8 +208,35 @@ fn a_thousand_agents_over_nats() {
         assert!(v["root_messages"].as_u64().unwrap() <= 100, "{mode}: {v}");
     }
 
-    // Frozen, the mesh refuses operations; thawed, it takes them again.
-    cli(&["--api", &root.api, "mesh", "freeze"]);
+    // Frozen, the mesh refuses operations; thawed, it takes them again. The freeze is asked
+    // in plain words the console's grammar does not know, read by an OpenAI-compatible
+    // endpoint (a double: no model runs here), shown, confirmed, and run.
+    let (url, heard) = llm_double(r#"Sure: {"intent":"freeze","scope":"all"}"#);
+    let mut chat = qs()
+        .args(["--api", &root.api, "mesh", "chat", "--llm", &url])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    chat.stdin
+        .take()
+        .unwrap()
+        .write_all(b"hold everything still while we patch the hosts\ny\nquit\n")
+        .unwrap();
+    let out = chat.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("I will run: qs mesh freeze"), "{said}");
+    assert!(said.contains("Go ahead? [y/N]"), "{said}");
+    let request = heard.join().unwrap();
+    assert!(
+        request.starts_with("POST /v1/chat/completions"),
+        "{request}"
+    );
+    assert!(
+        request.contains("hold everything still while we patch the hosts"),
+        "{request}"
+    );
     let (status, v) = root.http(
         "POST",
         "/v1/mesh/ops",
