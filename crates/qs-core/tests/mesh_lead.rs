@@ -6,7 +6,9 @@
 //!   make its new agents look established), and the lead's own long-standing agents are in
 //!   the pool at once;
 //! - REROUTE (seed §5.1): an agent that answers that it lacks the capability an ask requires
-//!   loses it in the lead's map, and the ask goes to another agent of the cluster that has it.
+//!   loses it in the lead's map, and the ask goes to another agent of the cluster that has it;
+//! - breakers (seed §6.2): open, a cluster takes nothing; half-open after a good probe, a
+//!   tenth of an operation.
 
 use qs_core::Time;
 use qs_core::mesh::{Hierarchy, Member, MeshConfig, MeshInput, MeshNode, MeshOutput, Shape};
@@ -134,10 +136,29 @@ struct Lead {
     node: MeshNode,
     other: NodeId,
     theirs: Vec<AgentId>,
+    /// The other host's agents it beats as offline.
+    down: BTreeSet<AgentId>,
     now: Time,
 }
 
 impl Lead {
+    /// The lead of `c`, its own agents without the capability, at `now`.
+    fn new(c: OneCluster, now: Time) -> Lead {
+        let mut node = MeshNode::new(c.lead.clone(), MeshConfig::default(), now);
+        node.handle(MeshInput::Tree(c.tree), now);
+        node.handle(
+            MeshInput::Agents(c.mine.iter().map(|a| beat(*a, 0, false)).collect()),
+            now,
+        );
+        Lead {
+            node,
+            other: c.other,
+            theirs: c.theirs,
+            down: BTreeSet::new(),
+            now,
+        }
+    }
+
     /// Runs `ms` of beats from the other host; what the lead sent meanwhile.
     fn run(&mut self, ms: u64) -> Vec<MeshOutput> {
         let mut out = Vec::new();
@@ -149,7 +170,17 @@ impl Lead {
                     host: self.other.clone(),
                     cluster: ClusterId(0),
                     sent_ms: self.now.as_millis(),
-                    agents: self.theirs.iter().map(|a| beat(*a, 0, true)).collect(),
+                    agents: self
+                        .theirs
+                        .iter()
+                        .map(|a| AgentBeat {
+                            state: match self.down.contains(a) {
+                                true => AgentState::Offline,
+                                false => AgentState::Active,
+                            },
+                            ..beat(*a, 0, true)
+                        })
+                        .collect(),
                 };
                 self.node
                     .handle(MeshInput::Heard(MeshMessage::Beat(b)), self.now);
@@ -160,7 +191,7 @@ impl Lead {
         out
     }
 
-    fn order(&mut self, op: u64, sample: u32) {
+    fn order(&mut self, op: u64, sample: Option<u32>) {
         let mut envelope = self.node.envelope(Verb::Observe, "ready?", 2, self.now);
         envelope.op = OpId(op);
         envelope.requires = Some(TPU.into());
@@ -172,7 +203,7 @@ impl Lead {
             report_to: NodeId::new("root").unwrap(),
             scope: Scope::Cluster(ClusterId(0)),
             class: None,
-            sample_per_cluster: Some(sample),
+            sample_per_cluster: sample,
             window_ms: 150,
             envelope,
         };
@@ -225,30 +256,13 @@ fn report(out: &[MeshOutput]) -> Option<Report> {
 
 #[test]
 fn an_agent_lacking_a_capability_loses_it_and_the_ask_goes_to_one_that_has_it() {
-    let OneCluster {
-        tree,
-        lead: lead_id,
-        other,
-        mine,
-        theirs,
-    } = one_cluster(4, 200);
-    let now = Time::from_millis(3_000_000);
-    let mut node = MeshNode::new(lead_id.clone(), MeshConfig::default(), now);
-    node.handle(MeshInput::Tree(tree), now);
-    node.handle(
-        MeshInput::Agents(mine.iter().map(|a| beat(*a, 0, false)).collect()),
-        now,
-    );
-    let mut lead = Lead {
-        node,
-        other,
-        theirs: theirs.clone(),
-        now,
-    };
+    let c = one_cluster(4, 200);
+    let theirs = c.theirs.clone();
+    let mut lead = Lead::new(c, Time::from_millis(3_000_000));
     lead.run(1_200);
 
     // One agent of the two with the capability is asked; it says it lacks it.
-    lead.order(1, 1);
+    lead.order(1, Some(1));
     let out = lead.run(250);
     let sent = dispatches(&out);
     assert_eq!(sent.len(), 1, "{sent:?}");
@@ -283,9 +297,48 @@ fn an_agent_lacking_a_capability_loses_it_and_the_ask_goes_to_one_that_has_it() 
     // The map is fixed: the next ask needing it, even of both, reaches only the other one,
     // though its host still says both have it.
     lead.run(600);
-    lead.order(2, 2);
+    lead.order(2, Some(2));
     let out = lead.run(400);
     let sent = dispatches(&out);
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert_eq!(sent[0].agent, again[0].agent);
+}
+
+#[test]
+fn a_half_open_cluster_takes_a_tenth_of_an_operation() {
+    let c = one_cluster(40, 300);
+    let theirs = c.theirs.clone();
+    let mut lead = Lead::new(c, Time::from_millis(5_000_000));
+    lead.run(1_200);
+    // Six of its agents go down: the cluster's breaker opens (more than five failures).
+    lead.down = theirs.iter().take(6).copied().collect();
+    lead.run(1_200);
+    lead.order(1, None);
+    let out = lead.run(400);
+    assert!(dispatches(&out).is_empty(), "open: nothing goes");
+    let r = report(&out).expect("the cluster reported");
+    assert_eq!(
+        (r.tally.targeted, r.tally.unreachable),
+        (20, 20),
+        "{:?}",
+        r.tally
+    );
+    // They come back; 30 s after it opened, a good probe makes it half-open.
+    lead.down.clear();
+    lead.run(30_000);
+    lead.order(2, None);
+    let out = lead.run(400);
+    let sent = dispatches(&out);
+    assert_eq!(
+        sent.len(),
+        2,
+        "a tenth of the 20 that have the capability: {sent:?}"
+    );
+    let r = report(&out).expect("the cluster reported");
+    assert_eq!(
+        (r.tally.targeted, r.tally.unreachable),
+        (20, 18),
+        "{:?}",
+        r.tally
+    );
 }

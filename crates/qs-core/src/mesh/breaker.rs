@@ -7,7 +7,8 @@
 //! counts forever; here they count over the last [`FAILURE_WINDOW_MS`], so a fleet that
 //! recovered does not trip on old news. An open breaker is probed after 30 s: a good probe
 //! makes it half-open (routable, watched), a bad one waits 60 s for the next; half-open
-//! closes after 60 s without a failure and opens again on one.
+//! lets a tenth of a cluster's agents take each operation, closes after 60 s without a
+//! failure and opens again on one.
 
 use crate::time::Time;
 use qs_wire::mesh::{BreakerState, ClusterId, Scope, SectorId};
@@ -21,6 +22,8 @@ pub const FIRST_PROBE_MS: u64 = 30_000;
 pub const REPROBE_MS: u64 = 60_000;
 pub const HALF_OPEN_WATCH_MS: u64 = 60_000;
 pub const FAILURE_WINDOW_MS: u64 = 60_000;
+/// The share of a half-open cluster's agents an operation reaches (at least one).
+pub const HALF_OPEN_SHARE: f64 = 0.1;
 
 #[derive(Clone, Debug)]
 struct Breaker {
@@ -91,6 +94,13 @@ impl Breakers {
         !self.global_open
             && self.state(Scope::Sector(sector)) != BreakerState::Open
             && self.state(Scope::Cluster(cluster)) != BreakerState::Open
+    }
+
+    /// Whether a breaker over this cluster is half-open: traffic may go, but only a share of
+    /// it ([`HALF_OPEN_SHARE`], seed §6.2's "allow limited traffic").
+    pub fn limited(&self, cluster: ClusterId, sector: SectorId) -> bool {
+        self.state(Scope::Sector(sector)) == BreakerState::HalfOpen
+            || self.state(Scope::Cluster(cluster)) == BreakerState::HalfOpen
     }
 
     /// One failure of an agent of `cluster` (at its lead).

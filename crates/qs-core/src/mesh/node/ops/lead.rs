@@ -15,6 +15,7 @@ pub(super) fn lead_order(node: &mut MeshNode, o: Order, c: ClusterId, now: Time)
         .iter()
         .any(|s| node.frozen.contains(s));
     let routable = !frozen && node.breakers.routable(c, sector);
+    let limited = node.breakers.limited(c, sector);
     let weight = o.envelope.weight;
     let requires = o.envelope.requires.clone();
     let led = node.led.get_mut(&c).expect("checked");
@@ -65,6 +66,24 @@ pub(super) fn lead_order(node: &mut MeshNode, o: Order, c: ClusterId, now: Time)
         let extra = candidates.len().saturating_sub(n as usize) as u32;
         candidates.truncate(n as usize);
         gather.tally_mut().targeted -= extra;
+    }
+    if limited {
+        // Half-open (seed §6.2): limited traffic, the shortest leads first.
+        let n = ((candidates.len() as f64 * crate::mesh::breaker::HALF_OPEN_SHARE).ceil() as usize)
+            .max(1);
+        let mut ranked: Vec<(u64, AgentId)> = candidates
+            .iter()
+            .map(|a| {
+                let lead = led
+                    .assess(*a, weight)
+                    .map_or(u64::MAX, |(_, l)| l.lead_ms as u64);
+                (lead, *a)
+            })
+            .collect();
+        ranked.sort();
+        let held = ranked.len().saturating_sub(n) as u32;
+        candidates = ranked.into_iter().take(n).map(|(_, a)| a).collect();
+        gather.tally_mut().unreachable += held;
     }
     for a in candidates {
         if let Some((_, lead)) = led.assess(a, weight) {
