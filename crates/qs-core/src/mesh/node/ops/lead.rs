@@ -49,9 +49,13 @@ pub(super) fn lead_order(node: &mut MeshNode, o: Order, c: ClusterId, now: Time)
         }
         candidates.push(a);
     }
-    if let Some(n) = o.sample_per_cluster {
-        // The lowest impedance first (seed §4.2: "pick lowest impedance among capable
-        // agents"), ties by the operation's hash.
+    // The shortest leads first (seed §4.2: "pick lowest impedance among capable agents"),
+    // ties by the operation's hash: for a sample, and for a half-open breaker's share.
+    let limit = o.sample_per_cluster.map(|n| n as usize);
+    let share = limited.then(|| {
+        ((candidates.len() as f64 * crate::mesh::breaker::HALF_OPEN_SHARE).ceil() as usize).max(1)
+    });
+    if limit.is_some() || share.is_some() {
         let mut ranked: Vec<(u64, u64, AgentId)> = candidates
             .iter()
             .map(|a| {
@@ -63,27 +67,18 @@ pub(super) fn lead_order(node: &mut MeshNode, o: Order, c: ClusterId, now: Time)
             .collect();
         ranked.sort();
         candidates = ranked.into_iter().map(|(_, _, a)| a).collect();
-        let extra = candidates.len().saturating_sub(n as usize) as u32;
-        candidates.truncate(n as usize);
-        gather.tally_mut().targeted -= extra;
-    }
-    if limited {
-        // Half-open (seed §6.2): limited traffic, the shortest leads first.
-        let n = ((candidates.len() as f64 * crate::mesh::breaker::HALF_OPEN_SHARE).ceil() as usize)
-            .max(1);
-        let mut ranked: Vec<(u64, AgentId)> = candidates
-            .iter()
-            .map(|a| {
-                let lead = led
-                    .assess(*a, weight)
-                    .map_or(u64::MAX, |(_, l)| l.lead_ms as u64);
-                (lead, *a)
-            })
-            .collect();
-        ranked.sort();
-        let held = ranked.len().saturating_sub(n) as u32;
-        candidates = ranked.into_iter().take(n).map(|(_, a)| a).collect();
-        gather.tally_mut().unreachable += held;
+        // A sample leaves the rest out of scope.
+        if let Some(n) = limit {
+            let extra = candidates.len().saturating_sub(n) as u32;
+            candidates.truncate(n);
+            gather.tally_mut().targeted -= extra;
+        }
+        // Half-open (seed §6.2): limited traffic; the rest is not reached.
+        if let Some(n) = share {
+            let held = candidates.len().saturating_sub(n) as u32;
+            candidates.truncate(n);
+            gather.tally_mut().unreachable += held;
+        }
     }
     for a in candidates {
         if let Some((_, lead)) = led.assess(a, weight) {
