@@ -297,6 +297,8 @@ impl LocalAgents {
                 while let Some(d) = w.mailbox.pop_front() {
                     if d.envelope.expired(now_ms) {
                         self.expired.fetch_add(1, Ordering::Relaxed);
+                        // Said to whom hears the answer, so the operation counts it.
+                        let _ = self.answers.try_send(expired(d, now_ms));
                         continue;
                     }
                     if w.taken.len() >= MAX_UNANSWERED {
@@ -363,6 +365,7 @@ impl LocalAgents {
             ready_ms,
             answer: a.answer,
             conflict: a.conflict,
+            expired: false,
         };
         // Checked and handed on before the operation is forgotten: a refused answer may be
         // given again.
@@ -379,6 +382,25 @@ impl LocalAgents {
         w.answered += 1;
         w.processing_ms += (took_ms - w.processing_ms) / w.answered as f64;
         Ok(())
+    }
+}
+
+/// What an agent's host says of a dispatch that expired before the agent took it.
+fn expired(d: Dispatch, now_ms: u64) -> Answered {
+    let ack = Ack {
+        op: d.envelope.op,
+        agent: d.agent,
+        cluster: d.cluster,
+        state: Trinary::Transit,
+        arrived_ms: now_ms,
+        ready_ms: now_ms,
+        answer: String::new(),
+        conflict: None,
+        expired: true,
+    };
+    Answered {
+        ack,
+        reply_to: d.reply_to,
     }
 }
 
@@ -447,6 +469,7 @@ fn builtin_work(opts: &MeshOptions, d: Dispatch, answers: &mpsc::Sender<Answered
                 _ => String::new(),
             },
             conflict,
+            expired: false,
         };
         let _ = answers.try_send(Answered {
             ack,

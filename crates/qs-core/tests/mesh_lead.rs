@@ -8,14 +8,16 @@
 //! - REROUTE (seed §5.1): an agent that answers that it lacks the capability an ask requires
 //!   loses it in the lead's map, and the ask goes to another agent of the cluster that has it;
 //! - breakers (seed §6.2): open, a cluster takes nothing; half-open after a good probe, a
-//!   tenth of an operation.
+//!   tenth of an operation;
+//! - time to live (seed Appendix B): an envelope that expired is dropped at its host and
+//!   counted by its operation.
 
 use qs_core::Time;
 use qs_core::mesh::{Hierarchy, Member, MeshConfig, MeshInput, MeshNode, MeshOutput, Shape};
 use qs_wire::NodeId;
 use qs_wire::mesh::{
     Ack, AgentBeat, AgentId, AgentState, CascadeMode, ClusterId, ConflictDetail, Dispatch,
-    HostBeat, MeshMessage, OpId, Order, Report, Scope, Trinary, Verb,
+    HostBeat, MeshEnvelope, MeshMessage, OpId, Order, Report, Scope, Trinary, Verb,
 };
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -191,11 +193,22 @@ impl Lead {
         out
     }
 
-    fn order(&mut self, op: u64, sample: Option<u32>) {
+    /// An ask of the agents with the capability, arriving in 200 ms.
+    fn ask(&mut self, op: u64) -> MeshEnvelope {
         let mut envelope = self.node.envelope(Verb::Observe, "ready?", 2, self.now);
         envelope.op = OpId(op);
         envelope.requires = Some(TPU.into());
         envelope.target_arrival_ms = self.now.as_millis() + 200;
+        envelope
+    }
+
+    fn order(&mut self, op: u64, sample: Option<u32>) {
+        let envelope = self.ask(op);
+        self.order_of(envelope, sample);
+    }
+
+    fn order_of(&mut self, envelope: MeshEnvelope, sample: Option<u32>) {
+        let op = envelope.op.0;
         let order = Order {
             op: OpId(op),
             mode: CascadeMode::Wave,
@@ -226,6 +239,7 @@ impl Lead {
             ready_ms: self.now.as_millis(),
             answer: String::new(),
             conflict,
+            expired: false,
         };
         self.node
             .handle(MeshInput::Heard(MeshMessage::Ack(Box::new(ack))), self.now);
@@ -341,4 +355,23 @@ fn a_half_open_cluster_takes_a_tenth_of_an_operation() {
         "{:?}",
         r.tally
     );
+}
+
+#[test]
+fn an_envelope_past_its_time_to_live_is_dropped_at_its_host_and_counted_by_the_operation() {
+    let c = one_cluster(4, 400);
+    let mine = c.mine.len() as u32;
+    let mut lead = Lead::new(c, Time::from_millis(7_000_000));
+    lead.run(1_200);
+    // An operation whose envelope outlived its time to live: the lead's own agents' host
+    // (the lead itself) drops it and says so.
+    let mut envelope = lead.ask(1);
+    envelope.requires = None;
+    envelope.created_ms -= 5_000;
+    envelope.ttl_ms = 1_000;
+    lead.order_of(envelope, None);
+    let out = lead.run(400);
+    let r = report(&out).expect("the cluster reported");
+    assert_eq!(r.tally.expired, mine, "{:?}", r.tally);
+    assert_eq!(lead.node.expired(), u64::from(mine));
 }

@@ -352,6 +352,10 @@ pub struct Ack {
     pub answer: String,
     #[serde(default)]
     pub conflict: Option<ConflictDetail>,
+    /// The envelope had passed its time to live when it reached the agent's host (or the
+    /// agent): dropped there, and said so, so the operation counts it (seed Appendix B).
+    #[serde(default)]
+    pub expired: bool,
 }
 
 impl Ack {

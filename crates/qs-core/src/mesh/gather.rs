@@ -130,6 +130,21 @@ impl<K: Ord + Copy> Gather<K> {
         Heard::Counted
     }
 
+    /// What was sent to `key` expired on the way: it counts as heard (nothing more will
+    /// come) and as expired, not as an answer.
+    pub fn expired(&mut self, key: K) -> bool {
+        let Some(slot) = self.answers.get_mut(&key) else {
+            return false;
+        };
+        if slot.is_some() {
+            return false;
+        }
+        *slot = Some(Trinary::Transit);
+        self.pending -= 1;
+        self.tally.expired += 1;
+        true
+    }
+
     /// `key` was sent to and answered (in the window or late).
     pub fn answered(&self, key: &K) -> bool {
         self.answers.get(key).is_some_and(|a| a.is_some())

@@ -99,6 +99,7 @@ impl MeshSim {
                 received: ag_context(context),
                 affects_agents: 1,
             }),
+            expired: false,
         };
         self.push(
             ready,

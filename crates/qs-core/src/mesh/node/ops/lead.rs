@@ -174,6 +174,7 @@ pub(crate) fn on_ack(node: &mut MeshNode, a: Ack, now: Time) {
         .get(&(a.op, a.cluster))
         .is_some_and(|l| l.mode != CascadeMode::Parallel);
     if !at_lead
+        && !a.expired
         && !ops.root.contains_key(&a.op)
         && let Some(led) = node.led.get_mut(&a.cluster)
         && let Some(view) = led.agents.get_mut(&a.agent)
@@ -187,7 +188,12 @@ pub(crate) fn on_ack(node: &mut MeshNode, a: Ack, now: Time) {
         view.work.record(processing, link_p50);
     }
     let mut rerouted = None;
-    if at_lead && let Some(l) = ops.lead.get_mut(&(a.op, a.cluster)) {
+    if at_lead
+        && a.expired
+        && let Some(l) = ops.lead.get_mut(&(a.op, a.cluster))
+    {
+        l.gather.expired(a.agent);
+    } else if at_lead && let Some(l) = ops.lead.get_mut(&(a.op, a.cluster)) {
         let target = l.gather.target();
         let ready = Time::from_millis(a.ready_ms.max(target.as_millis()));
         let heard = l.gather.answer(a.agent, a.state, ready, now);
@@ -241,7 +247,9 @@ pub(crate) fn on_ack(node: &mut MeshNode, a: Ack, now: Time) {
     {
         let ready = Time::from_millis(a.ready_ms.max(r.target.as_millis()));
         let deadline = r.target + r.window;
-        if now > deadline {
+        if a.expired {
+            r.tally.expired += 1;
+        } else if now > deadline {
             r.tally.late += 1;
         } else {
             match a.state {
@@ -312,7 +320,7 @@ pub(super) fn maybe_finish_parallel(ops: &mut Ops, node: &mut MeshNode, op: OpId
         return;
     };
     let t = &r.tally;
-    let heard = t.ready + t.transit + t.conflict + t.late;
+    let heard = t.ready + t.transit + t.conflict + t.late + t.expired;
     // Urgent: past the target, with all but 2 % of the clusters' counts and 1 % of the answers
     // heard, and the outcome settled whatever the clusters still silent say, it ends; a
     // message in the network's tail is not waited for to the deadline.
