@@ -10,10 +10,11 @@ pub(super) fn start_phase(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Tim
     let sectors: Vec<SectorId> = sectors_in(node, r.scope);
     // Seed §6.3, DEGRADED_MODERATE and worse: only healthy sectors take traffic.
     let healthy_only = node.mode.healthy_sectors_only();
-    let class = r.phases[r.phase].0;
-    // How early to start (seed §3.2: "enough time for the 95th percentile"): the 95th
-    // percentile of the predicted leads in scope (of the phase's class, or every class but
-    // F, which no sub-second operation waits for), plus the longest two hops down.
+    let (class, min_rate) = r.phases[r.phase];
+    // How early to start (seed §3.2: "enough time for the 95th percentile"): the percentile
+    // of the predicted leads in scope that the phase needs to answer (its minimum rate: 90 %
+    // for the urgent mode), at most the 95th (of the phase's class, or every class but F,
+    // which no sub-second operation waits for), plus the longest two hops down.
     let mut leads = LeadHistogram::default();
     let mut hops: f64 = 0.0;
     for s in sectors.iter().filter_map(|s| node.sector_summaries.get(s)) {
@@ -25,7 +26,8 @@ pub(super) fn start_phase(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Tim
         None => ImpedanceClass::ALL[..5].to_vec(),
     };
     let within = node.cfg.max_budget_ms as f64;
-    let lead_p95 = leads.quantile_ms(&classes, 0.95, within).unwrap_or(0.0) + hops;
+    let quantile = min_rate.min(0.95);
+    let lead_p95 = leads.quantile_ms(&classes, quantile, within).unwrap_or(0.0) + hops;
     let (window_ms, _) = MeshNode::cascade_mode_window(r.mode);
     let window_ms = window_ms * node.mode.window_factor();
     // An operator's budget is taken as given; otherwise the leads decide, up to the most
