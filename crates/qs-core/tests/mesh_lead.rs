@@ -361,7 +361,10 @@ fn a_half_open_cluster_takes_a_tenth_of_an_operation() {
 fn an_envelope_past_its_time_to_live_is_dropped_at_its_host_and_counted_by_the_operation() {
     let c = one_cluster(4, 400);
     let mine = c.mine.len() as u32;
+    let theirs = c.theirs.clone();
     let mut lead = Lead::new(c, Time::from_millis(7_000_000));
+    // The other host's agents are down: only the lead's own are sent to.
+    lead.down = theirs.into_iter().collect();
     lead.run(1_200);
     // An operation whose envelope outlived its time to live: the lead's own agents' host
     // (the lead itself) drops it and says so.
@@ -370,8 +373,46 @@ fn an_envelope_past_its_time_to_live_is_dropped_at_its_host_and_counted_by_the_o
     envelope.created_ms -= 5_000;
     envelope.ttl_ms = 1_000;
     lead.order_of(envelope, None);
-    let out = lead.run(400);
-    let r = report(&out).expect("the cluster reported");
+    // Sent just before the target (200 ms), dropped at once: nothing more can come, and the
+    // cluster reports then, not at its deadline (the target and a window of 150 ms).
+    let out = lead.run(260);
+    let r = report(&out).expect("the cluster reported before its deadline");
     assert_eq!(r.tally.expired, mine, "{:?}", r.tally);
     assert_eq!(lead.node.expired(), u64::from(mine));
+}
+
+#[test]
+fn a_reroute_never_goes_to_an_agent_already_asked() {
+    let c = one_cluster(4, 500);
+    let mut lead = Lead::new(c, Time::from_millis(9_000_000));
+    lead.run(1_200);
+    // Both agents with the capability are asked; one says it lacks it.
+    lead.order(1, None);
+    let out = lead.run(250);
+    let sent = dispatches(&out);
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    lead.answer(
+        &sent[0],
+        Some(ConflictDetail::CapabilityMismatch {
+            missing: TPU.into(),
+        }),
+    );
+    lead.answer(&sent[1], None);
+    let out: Vec<MeshOutput> = std::iter::from_fn(|| lead.node.poll()).collect();
+    assert!(
+        dispatches(&out).is_empty(),
+        "the other was asked already: {out:?}"
+    );
+    let r = report(&out).expect("the cluster reported");
+    assert_eq!(
+        (
+            r.tally.sent,
+            r.tally.ready,
+            r.tally.conflict,
+            r.tally.rerouted
+        ),
+        (2, 1, 1, 0),
+        "{:?}",
+        r.tally
+    );
 }

@@ -402,21 +402,27 @@ pub struct Tally {
 }
 
 impl Tally {
+    /// Adds `o`'s counts (saturating: a report from the bus cannot overflow a sum).
     pub fn add(&mut self, o: &Tally) {
-        self.targeted += o.targeted;
-        self.skipped += o.skipped;
-        self.unreachable += o.unreachable;
-        self.joining += o.joining;
-        self.sent += o.sent;
-        self.ready += o.ready;
-        self.transit += o.transit;
-        self.conflict += o.conflict;
-        self.late += o.late;
-        self.window_hits += o.window_hits;
-        self.predicted_within_50ms += o.predicted_within_50ms;
-        self.expired += o.expired;
-        self.missing_reports += o.missing_reports;
-        self.rerouted += o.rerouted;
+        let pairs: [(&mut u32, u32); 14] = [
+            (&mut self.targeted, o.targeted),
+            (&mut self.skipped, o.skipped),
+            (&mut self.unreachable, o.unreachable),
+            (&mut self.joining, o.joining),
+            (&mut self.sent, o.sent),
+            (&mut self.ready, o.ready),
+            (&mut self.transit, o.transit),
+            (&mut self.conflict, o.conflict),
+            (&mut self.late, o.late),
+            (&mut self.window_hits, o.window_hits),
+            (&mut self.predicted_within_50ms, o.predicted_within_50ms),
+            (&mut self.expired, o.expired),
+            (&mut self.missing_reports, o.missing_reports),
+            (&mut self.rerouted, o.rerouted),
+        ];
+        for (sum, n) in pairs {
+            *sum = sum.saturating_add(n);
+        }
     }
 }
 

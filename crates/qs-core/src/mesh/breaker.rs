@@ -7,8 +7,8 @@
 //! counts forever; here they count over the last [`FAILURE_WINDOW_MS`], so a fleet that
 //! recovered does not trip on old news. An open breaker is probed after 30 s: a good probe
 //! makes it half-open (routable, watched), a bad one waits 60 s for the next; half-open
-//! lets a tenth of a cluster's agents take each operation, closes after 60 s without a
-//! failure and opens again on one.
+//! (a cluster's or its sector's) lets a tenth of the cluster's agents in scope take each
+//! operation, closes after 60 s without a failure and opens again on one.
 
 use crate::time::Time;
 use qs_wire::mesh::{BreakerState, ClusterId, Scope, SectorId};

@@ -79,7 +79,9 @@ impl<K: Ord + Copy> Gather<K> {
     /// `key` was sent to.
     pub fn sent(&mut self, key: K) {
         self.unsent = self.unsent.saturating_sub(1);
-        if self.answers.insert(key, None).is_none() {
+        // Sent twice is sent once: an answer already heard stays heard.
+        if let std::collections::btree_map::Entry::Vacant(e) = self.answers.entry(key) {
+            e.insert(None);
             self.pending += 1;
             self.tally.sent += 1;
         }
@@ -181,7 +183,8 @@ pub struct Outcome {
     pub status: Status,
     /// READY answers over those sent.
     pub response_rate: f64,
-    /// Sent to and not heard from in the window (conflicts and late answers excluded).
+    /// Sent to and not heard from in the window (conflicts, late answers and expired
+    /// envelopes excluded).
     pub stragglers: u32,
 }
 
@@ -204,7 +207,7 @@ pub fn outcome(t: &Tally, min_rate: f64) -> Outcome {
         response_rate: rate,
         stragglers: t
             .sent
-            .saturating_sub(t.ready + t.transit + t.conflict + t.late),
+            .saturating_sub(t.ready + t.transit + t.conflict + t.late + t.expired),
     }
 }
 

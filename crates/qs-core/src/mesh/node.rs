@@ -525,6 +525,10 @@ impl MeshNode {
 
     /// The host part: a lead's dispatch for one of this node's agents.
     fn on_dispatch(&mut self, d: Dispatch, now: Time) {
+        // Only for this node's own agents (nor is an expiry said for others').
+        if !self.local.iter().any(|a| a.agent == d.agent) {
+            return;
+        }
         if d.envelope.expired(now.as_millis()) {
             self.expired += 1;
             // Said to whom hears the answer, so the operation counts it.
@@ -540,9 +544,6 @@ impl MeshNode {
                 expired: true,
             };
             self.send(d.reply_to, MeshMessage::Ack(Box::new(ack)));
-            return;
-        }
-        if !self.local.iter().any(|a| a.agent == d.agent) {
             return;
         }
         self.out.push_back(MeshOutput::Deliver(d));

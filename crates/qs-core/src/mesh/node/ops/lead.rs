@@ -111,6 +111,13 @@ pub(super) fn lead_order(node: &mut MeshNode, o: Order, c: ClusterId, now: Time)
         answers: BTreeMap::new(),
         by_agent: BTreeMap::new(),
         conflicted: BTreeSet::new(),
+        planned: plan
+            .batches
+            .iter()
+            .flat_map(|b| b.keys.iter().copied())
+            .collect(),
+        class: o.class,
+        limited,
         reported: false,
     };
     let key = (o.op, c);
@@ -188,12 +195,18 @@ pub(crate) fn on_ack(node: &mut MeshNode, a: Ack, now: Time) {
         view.work.record(processing, link_p50);
     }
     let mut rerouted = None;
-    if at_lead
+    let expired_at_lead = at_lead
         && a.expired
+        && ops
+            .lead
+            .get_mut(&(a.op, a.cluster))
+            .is_some_and(|l| l.gather.expired(a.agent));
+    if expired_at_lead {
+        // Nothing more comes from it: the lead may be done (below).
+    } else if at_lead
+        && !a.expired
         && let Some(l) = ops.lead.get_mut(&(a.op, a.cluster))
     {
-        l.gather.expired(a.agent);
-    } else if at_lead && let Some(l) = ops.lead.get_mut(&(a.op, a.cluster)) {
         let target = l.gather.target();
         let ready = Time::from_millis(a.ready_ms.max(target.as_millis()));
         let heard = l.gather.answer(a.agent, a.state, ready, now);
@@ -223,25 +236,31 @@ pub(crate) fn on_ack(node: &mut MeshNode, a: Ack, now: Time) {
                 node.conflict(&a, now);
                 if let Some(qs_wire::mesh::ConflictDetail::CapabilityMismatch { missing }) =
                     &a.conflict
-                    && let Some(other) = reroute(node, &l.sent_at, a.cluster, a.agent, missing)
+                    && heard == gather::Heard::Counted
+                    && !l.limited
+                    && let Some(other) = reroute(node, l, a.cluster, a.agent, missing)
                 {
+                    l.planned.insert(other);
                     l.gather.scheduled(1);
+                    l.gather.tally_mut().targeted += 1;
                     l.gather.tally_mut().rerouted += 1;
                     rerouted = Some(other);
                 }
             }
         }
-        if let Some(other) = rerouted {
-            send_one(&mut ops, node, a.op, a.cluster, other, now);
-        }
-        let done = ops
+    }
+    if let Some(other) = rerouted {
+        send_one(&mut ops, node, a.op, a.cluster, other, now);
+    }
+    let done = at_lead
+        && ops
             .lead
             .get(&(a.op, a.cluster))
             .is_some_and(|l| l.gather.complete() && !l.reported);
-        if done {
-            report_lead(&mut ops, node, (a.op, a.cluster), now);
-        }
-    } else if let Some(r) = ops.root.get_mut(&a.op)
+    if done {
+        report_lead(&mut ops, node, (a.op, a.cluster), now);
+    } else if !at_lead
+        && let Some(r) = ops.root.get_mut(&a.op)
         && r.mode == CascadeMode::Parallel
         && r.acks.insert(a.agent)
     {
@@ -276,16 +295,23 @@ pub(crate) fn on_ack(node: &mut MeshNode, a: Ack, now: Time) {
     node.ops = ops;
 }
 
-/// Seed §5.1's REROUTE for a capability mismatch: the agent loses the capability in this
-/// lead's map (until it registers again), and the work goes to the agent of the cluster with
-/// the capability and the shortest lead that it was not sent to yet, if there is one.
+/// Seed §5.1's REROUTE for a capability mismatch, where the lead gathers the answers (a
+/// wave's or a priority-first phase's; in the urgent mode they go to the root): the agent
+/// loses the capability in this lead's map (until it registers again), and the work goes to
+/// the agent of the cluster with the capability and the shortest lead that is not in the
+/// plan yet and would have been in scope (the phase's class), if there is one. Only for the
+/// capability the operation requires.
 fn reroute(
     node: &mut MeshNode,
-    sent: &BTreeMap<AgentId, Time>,
+    l: &LeadOp,
     c: ClusterId,
     agent: AgentId,
     missing: &str,
 ) -> Option<AgentId> {
+    if l.envelope.requires.as_deref() != Some(missing) {
+        return None;
+    }
+    let weight = l.envelope.weight;
     let led = node.led.get_mut(&c)?;
     if let Some(v) = led.agents.get_mut(&agent) {
         v.capabilities.retain(|x| x != missing);
@@ -300,7 +326,7 @@ fn reroute(
         .iter()
         .filter(|(id, v)| {
             **id != agent
-                && !sent.contains_key(*id)
+                && !l.planned.contains(*id)
                 && v.admitted
                 && v.state == AgentState::Active
                 && !v.spiking
@@ -310,7 +336,12 @@ fn reroute(
         .collect();
     capable
         .into_iter()
-        .filter_map(|id| led.assess(id, 0.0).map(|(_, l)| (l.lead_ms, id)))
+        .filter_map(|id| {
+            let (z, lead) = led.assess(id, weight)?;
+            l.class
+                .is_none_or(|k| k == z.class)
+                .then_some((lead.lead_ms, id))
+        })
         .min_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)))
         .map(|(_, id)| id)
 }
@@ -320,17 +351,21 @@ pub(super) fn maybe_finish_parallel(ops: &mut Ops, node: &mut MeshNode, op: OpId
         return;
     };
     let t = &r.tally;
-    let heard = t.ready + t.transit + t.conflict + t.late + t.expired;
+    let heard = [t.ready, t.transit, t.conflict, t.late, t.expired]
+        .iter()
+        .map(|n| u64::from(*n))
+        .sum::<u64>();
+    let sent = u64::from(t.sent);
     // Urgent: past the target, with all but 5 % of the clusters' counts and 1 % of the answers
     // heard, and the outcome settled whatever the clusters still silent say, it ends; a
     // message in the network's tail is not waited for to the deadline.
     let silent = super::relay::silent_agents(node, &r.expect);
-    let counted = r.expected_first.saturating_sub(r.expect.len());
+    let counted = r.expected_first.saturating_sub(r.expect.len()) as u64;
     let early = now >= r.target
-        && counted * 100 >= r.expected_first * 95
-        && heard * 100 >= t.sent * 99
+        && counted * 100 >= r.expected_first as u64 * 95
+        && heard * 100 >= sent * 99
         && super::relay::settled(t, silent, r.phases[r.phase].1);
-    if (r.expect.is_empty() && heard >= t.sent) || early {
+    if (r.expect.is_empty() && heard >= sent) || early {
         end_phase(ops, node, op, now);
     }
 }

@@ -39,8 +39,9 @@ pub enum Command {
         envelope: MeshEnvelope,
         /// Reach about this many agents in all (an ask's sample).
         sample: Option<u32>,
-        /// How far ahead of now the agents are to be ready, milliseconds; `None`: the 95th
-        /// percentile of the predicted leads in scope, at most `max_budget_ms`.
+        /// How far ahead of now the agents are to be ready, milliseconds; `None`: the
+        /// percentile of the predicted leads in scope its phases need (the 95th; the 90th for
+        /// the urgent mode), at most `max_budget_ms`.
         budget_ms: Option<u64>,
         approved: bool,
         automated: bool,
@@ -113,6 +114,12 @@ pub(crate) struct LeadOp {
     by_agent: BTreeMap<AgentId, String>,
     /// Agents that answered CONFLICT (at most the cluster's 100).
     conflicted: BTreeSet<AgentId>,
+    /// Every agent in the plan (sent or still to be): a reroute goes to none of them.
+    planned: BTreeSet<AgentId>,
+    /// The phase's class, if any: a reroute stays within it.
+    class: Option<ImpedanceClass>,
+    /// A half-open breaker limits this cluster's share: nothing is rerouted.
+    limited: bool,
     reported: bool,
 }
 

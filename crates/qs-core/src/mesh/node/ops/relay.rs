@@ -226,13 +226,13 @@ pub(super) fn silent_agents(node: &MeshNode, expect: &BTreeSet<Scope>) -> u32 {
             Scope::Sector(x) => node.sector_summaries.get(x).map(|x| x.active_agents),
             Scope::Global => None,
         })
-        .sum()
+        .fold(0u32, u32::saturating_add)
 }
 
 /// Whether a tally's outcome is settled with `missing` agents not yet heard of: even if all
 /// were sent and none is ready, READY answers are at `min_rate`.
 pub(super) fn settled(t: &Tally, missing: u32, min_rate: f64) -> bool {
-    t.sent > 0 && f64::from(t.ready) >= min_rate * f64::from(t.sent + missing)
+    t.sent > 0 && f64::from(t.ready) >= min_rate * (f64::from(t.sent) + f64::from(missing))
 }
 
 pub(super) fn merge_answers(into: &mut BTreeMap<String, u32>, from: &[AnswerCount]) {

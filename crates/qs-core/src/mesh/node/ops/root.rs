@@ -11,10 +11,10 @@ pub(super) fn start_phase(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Tim
     // Seed §6.3, DEGRADED_MODERATE and worse: only healthy sectors take traffic.
     let healthy_only = node.mode.healthy_sectors_only();
     let (class, min_rate) = r.phases[r.phase];
-    // How early to start (seed §3.2: "enough time for the 95th percentile"): the percentile
-    // of the predicted leads in scope that the phase needs to answer (its minimum rate: 90 %
-    // for the urgent mode), at most the 95th (of the phase's class, or every class but F,
-    // which no sub-second operation waits for), plus the longest two hops down.
+    // How early to start (seed §3.2: "enough time for the 95th percentile"): the 95th
+    // percentile of the predicted leads in scope (the urgent mode's: the 90th, the share it
+    // needs to answer), of the phase's class or every class but F (which no sub-second
+    // operation waits for), plus the longest two hops down.
     let mut leads = LeadHistogram::default();
     let mut hops: f64 = 0.0;
     for s in sectors.iter().filter_map(|s| node.sector_summaries.get(s)) {
@@ -26,7 +26,10 @@ pub(super) fn start_phase(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Tim
         None => ImpedanceClass::ALL[..5].to_vec(),
     };
     let within = node.cfg.max_budget_ms as f64;
-    let quantile = min_rate.min(0.95);
+    let quantile = match r.mode {
+        CascadeMode::Parallel => min_rate.min(0.95),
+        _ => 0.95,
+    };
     let lead_p95 = leads.quantile_ms(&classes, quantile, within).unwrap_or(0.0) + hops;
     let (window_ms, _) = MeshNode::cascade_mode_window(r.mode);
     let window_ms = window_ms * node.mode.window_factor();
@@ -137,7 +140,19 @@ pub(super) fn end_phase(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Time)
         return;
     };
     let mut tally = r.tally;
-    tally.missing_reports += r.expect.len() as u32;
+    tally.missing_reports = tally.missing_reports.saturating_add(r.expect.len() as u32);
+    // What was heard was sent, though its cluster's count may not have come (the urgent
+    // mode ends without the last few).
+    let heard = [
+        tally.ready,
+        tally.transit,
+        tally.conflict,
+        tally.late,
+        tally.expired,
+    ]
+    .iter()
+    .fold(0u32, |a, b| a.saturating_add(*b));
+    tally.sent = tally.sent.max(heard);
     let (class, min_rate) = r.phases[r.phase];
     let answered = tally.ready + tally.transit + tally.conflict;
     // Sent and not answered in the window is "in transit": outcome unknown (seed §1.4).
