@@ -258,6 +258,13 @@ fn dispatches(out: &[MeshOutput]) -> Vec<Dispatch> {
         .collect()
 }
 
+/// What the lead put out since, and its report's sent, ready, conflict and rerouted counts.
+fn drained_counts(lead: &mut Lead) -> (Vec<MeshOutput>, [u32; 4]) {
+    let out: Vec<MeshOutput> = std::iter::from_fn(|| lead.node.poll()).collect();
+    let t = report(&out).expect("the cluster reported").tally;
+    (out, [t.sent, t.ready, t.conflict, t.rerouted])
+}
+
 fn report(out: &[MeshOutput]) -> Option<Report> {
     out.iter().find_map(|o| match o {
         MeshOutput::Send {
@@ -294,19 +301,8 @@ fn an_agent_lacking_a_capability_loses_it_and_the_ask_goes_to_one_that_has_it() 
     assert_ne!(again[0].agent, lacking.agent);
     assert!(theirs.contains(&again[0].agent));
     lead.answer(&again[0], None);
-    let out: Vec<MeshOutput> = std::iter::from_fn(|| lead.node.poll()).collect();
-    let r = report(&out).expect("the cluster reported");
-    assert_eq!(
-        (
-            r.tally.sent,
-            r.tally.ready,
-            r.tally.conflict,
-            r.tally.rerouted
-        ),
-        (2, 1, 1, 1),
-        "{:?}",
-        r.tally
-    );
+    let (_, counts) = drained_counts(&mut lead);
+    assert_eq!(counts, [2, 1, 1, 1], "sent, ready, conflict, rerouted");
 
     // The map is fixed: the next ask needing it, even of both, reaches only the other one,
     // though its host still says both have it.
@@ -398,21 +394,10 @@ fn a_reroute_never_goes_to_an_agent_already_asked() {
         }),
     );
     lead.answer(&sent[1], None);
-    let out: Vec<MeshOutput> = std::iter::from_fn(|| lead.node.poll()).collect();
+    let (out, counts) = drained_counts(&mut lead);
     assert!(
         dispatches(&out).is_empty(),
         "the other was asked already: {out:?}"
     );
-    let r = report(&out).expect("the cluster reported");
-    assert_eq!(
-        (
-            r.tally.sent,
-            r.tally.ready,
-            r.tally.conflict,
-            r.tally.rerouted
-        ),
-        (2, 1, 1, 0),
-        "{:?}",
-        r.tally
-    );
+    assert_eq!(counts, [2, 1, 1, 0], "sent, ready, conflict, rerouted");
 }
