@@ -219,7 +219,7 @@ pub async fn run<F: Fabric>(
                                 });
                             }
                         }
-                        other => node.handle(MeshInput::Heard(other), now()),
+                        other => node.handle(MeshInput::Heard { from: p.from, msg: other }, now()),
                     },
                     Err(e) => tracing::debug!("{e}"),
                 },

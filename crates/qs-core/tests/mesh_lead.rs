@@ -10,7 +10,8 @@
 //! - breakers (seed §6.2): open, a cluster takes nothing; half-open after a good probe, a
 //!   tenth of an operation;
 //! - time to live (seed Appendix B): an envelope that expired is dropped at its host and
-//!   counted by its operation.
+//!   counted by its operation;
+//! - senders: an answer from another node than its agent's host is refused.
 
 use qs_core::Time;
 use qs_core::mesh::{Hierarchy, Member, MeshConfig, MeshInput, MeshNode, MeshOutput, Shape};
@@ -115,7 +116,13 @@ fn newcomers_settle_on_their_hosts_clock_and_members_are_in_the_pool_at_once() {
                 .map(|a| beat(*a, joined_on_host, false))
                 .collect(),
         };
-        node.handle(MeshInput::Heard(MeshMessage::Beat(b)), now);
+        node.handle(
+            MeshInput::Heard {
+                from: other.clone(),
+                msg: MeshMessage::Beat(b),
+            },
+            now,
+        );
         node.handle(MeshInput::Tick, now);
         while node.poll().is_some() {}
         let p = pool(&node);
@@ -184,8 +191,13 @@ impl Lead {
                         })
                         .collect(),
                 };
-                self.node
-                    .handle(MeshInput::Heard(MeshMessage::Beat(b)), self.now);
+                self.node.handle(
+                    MeshInput::Heard {
+                        from: self.other.clone(),
+                        msg: MeshMessage::Beat(b),
+                    },
+                    self.now,
+                );
             }
             self.node.handle(MeshInput::Tick, self.now);
             out.extend(std::iter::from_fn(|| self.node.poll()));
@@ -221,12 +233,20 @@ impl Lead {
             envelope,
         };
         self.node.handle(
-            MeshInput::Heard(MeshMessage::Order(Box::new(order))),
+            MeshInput::Heard {
+                from: NodeId::new("root").unwrap(),
+                msg: MeshMessage::Order(Box::new(order)),
+            },
             self.now,
         );
     }
 
     fn answer(&mut self, d: &Dispatch, conflict: Option<ConflictDetail>) {
+        let host = self.other.clone();
+        self.answer_from(host, d, conflict);
+    }
+
+    fn answer_from(&mut self, from: NodeId, d: &Dispatch, conflict: Option<ConflictDetail>) {
         let ack = Ack {
             op: d.envelope.op,
             agent: d.agent,
@@ -241,8 +261,13 @@ impl Lead {
             conflict,
             expired: false,
         };
-        self.node
-            .handle(MeshInput::Heard(MeshMessage::Ack(Box::new(ack))), self.now);
+        self.node.handle(
+            MeshInput::Heard {
+                from,
+                msg: MeshMessage::Ack(Box::new(ack)),
+            },
+            self.now,
+        );
     }
 }
 
@@ -400,4 +425,28 @@ fn a_reroute_never_goes_to_an_agent_already_asked() {
         "the other was asked already: {out:?}"
     );
     assert_eq!(counts, [2, 1, 1, 0], "sent, ready, conflict, rerouted");
+}
+
+#[test]
+fn an_answer_from_another_node_than_the_agents_host_is_refused() {
+    let c = one_cluster(4, 600);
+    let mut lead = Lead::new(c, Time::from_millis(11_000_000));
+    lead.run(1_200);
+    lead.order(1, Some(1));
+    let out = lead.run(250);
+    let sent = dispatches(&out);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    // Another member says the agent lacks the capability: refused, nothing rerouted.
+    let mallory = NodeId::new("mallory").unwrap();
+    let lacks = ConflictDetail::CapabilityMismatch {
+        missing: TPU.into(),
+    };
+    lead.answer_from(mallory, &sent[0], Some(lacks));
+    let out: Vec<MeshOutput> = std::iter::from_fn(|| lead.node.poll()).collect();
+    assert!(dispatches(&out).is_empty(), "{out:?}");
+    assert_eq!(lead.node.refused_senders(), 1);
+    // Its host's own answer counts.
+    lead.answer(&sent[0], None);
+    let (_, counts) = drained_counts(&mut lead);
+    assert_eq!(counts, [1, 1, 0, 0], "sent, ready, conflict, rerouted");
 }

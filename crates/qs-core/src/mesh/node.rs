@@ -77,8 +77,9 @@ pub enum MeshInput {
     Tree(Arc<Hierarchy>),
     /// This node's own agents as it sees them now (registered, their state and profile).
     Agents(Vec<AgentBeat>),
-    /// A message from another node (or this one).
-    Heard(MeshMessage),
+    /// A message from another node (or this one), with the node that sent it (the shell
+    /// checked its signature): what a message says of its sender must be true of it.
+    Heard { from: NodeId, msg: MeshMessage },
     /// A local agent answered a dispatch.
     AgentDone { ack: Ack, reply_to: NodeId },
     /// An operator's command (at the root), with a tag its result carries back.
@@ -178,9 +179,11 @@ pub struct MeshNode {
     pub(crate) mode: Mode,
     pub(crate) last_observed: Option<Time>,
     pub(crate) out: VecDeque<MeshOutput>,
-    pub(crate) inbox: VecDeque<MeshMessage>,
+    pub(crate) inbox: VecDeque<(NodeId, MeshMessage)>,
     pub(crate) next_id: u64,
     pub(crate) expired: u64,
+    /// Messages that spoke for another node than their sender (refused).
+    pub(crate) refused_senders: u64,
 }
 
 impl MeshNode {
@@ -217,6 +220,7 @@ impl MeshNode {
             inbox: VecDeque::new(),
             next_id: 0,
             expired: 0,
+            refused_senders: 0,
         }
     }
 
@@ -236,7 +240,7 @@ impl MeshNode {
                     self.beat_groups = None;
                 }
             }
-            MeshInput::Heard(m) => self.inbox.push_back(m),
+            MeshInput::Heard { from, msg } => self.inbox.push_back((from, msg)),
             MeshInput::AgentDone { ack, reply_to } => {
                 self.send(reply_to, MeshMessage::Ack(Box::new(ack)));
             }
@@ -386,15 +390,15 @@ impl MeshNode {
 
     pub(crate) fn send(&mut self, to: NodeId, msg: MeshMessage) {
         match to == self.me {
-            true => self.inbox.push_back(msg),
+            true => self.inbox.push_back((self.me.clone(), msg)),
             false => self.out.push_back(MeshOutput::Send { to, msg }),
         }
     }
 
     fn work(&mut self, now: Time) {
         let mut guard = 0usize;
-        while let Some(m) = self.inbox.pop_front() {
-            self.heard(m, now);
+        while let Some((from, m)) = self.inbox.pop_front() {
+            self.heard(from, m, now);
             guard += 1;
             if guard > 1_000_000 {
                 break;
@@ -403,8 +407,8 @@ impl MeshNode {
         if now >= self.next_beat {
             self.beat(now);
             // Its own agents' beat, when it leads their cluster, before it summarizes.
-            while let Some(m) = self.inbox.pop_front() {
-                self.heard(m, now);
+            while let Some((from, m)) = self.inbox.pop_front() {
+                self.heard(from, m, now);
             }
             self.next_beat = now + Duration::from_millis(self.cfg.beat_ms);
             self.detect(now);
@@ -432,8 +436,8 @@ impl MeshNode {
         if self.ops.next_due().is_some_and(|d| d <= now) {
             ops::due(self, now);
         }
-        while let Some(m) = self.inbox.pop_front() {
-            self.heard(m, now);
+        while let Some((from, m)) = self.inbox.pop_front() {
+            self.heard(from, m, now);
         }
     }
 
@@ -474,7 +478,21 @@ impl MeshNode {
         }
     }
 
-    fn heard(&mut self, m: MeshMessage, now: Time) {
+    fn heard(&mut self, from: NodeId, m: MeshMessage, now: Time) {
+        // What a message says of its sender must be its sender: a member cannot speak for
+        // another host, lead or coordinator.
+        let sender_ok = match &m {
+            MeshMessage::Beat(b) => b.host == from,
+            MeshMessage::Cluster(s) => s.lead == from,
+            MeshMessage::Alive(a) => a.from == from,
+            MeshMessage::Sector(s) => s.coordinator == from,
+            MeshMessage::Report(r) => r.from == from,
+            _ => true,
+        };
+        if !sender_ok {
+            self.refused_senders += 1;
+            return;
+        }
         match m {
             MeshMessage::Beat(b) => self.on_beat(b, now),
             MeshMessage::Cluster(s) => {
@@ -494,14 +512,19 @@ impl MeshNode {
                 self.sector_summaries.insert(s.sector, s);
             }
             MeshMessage::Order(o) => ops::on_order(self, *o, now),
-            MeshMessage::Dispatch(d) => self.on_dispatch(*d, now),
-            MeshMessage::Ack(a) => ops::on_ack(self, *a, now),
+            MeshMessage::Dispatch(d) => self.on_dispatch(&from, *d, now),
+            MeshMessage::Ack(a) => ops::on_ack(self, &from, *a, now),
             MeshMessage::Report(r) => ops::on_report(self, *r, now),
             MeshMessage::Circuit(_) => {}
             MeshMessage::Control(c) => self.control(c, now),
             // The shell's: an operator's request and its answer.
             MeshMessage::Request(_) | MeshMessage::Outcome(_) => {}
         }
+    }
+
+    /// Messages refused because they spoke for another node than their sender.
+    pub fn refused_senders(&self) -> u64 {
+        self.refused_senders
     }
 
     /// The typical one-way delay to a child: the median of its last samples, so a delivery
@@ -524,9 +547,14 @@ impl MeshNode {
     }
 
     /// The host part: a lead's dispatch for one of this node's agents.
-    fn on_dispatch(&mut self, d: Dispatch, now: Time) {
-        // Only for this node's own agents (nor is an expiry said for others').
-        if !self.local.iter().any(|a| a.agent == d.agent) {
+    fn on_dispatch(&mut self, from: &NodeId, d: Dispatch, now: Time) {
+        // Only for this node's own agents (nor is an expiry said for others'), from the lead
+        // of their cluster, answered to it or to the root.
+        let lead = self.tree.cluster(d.cluster).and_then(|c| c.lead.as_ref());
+        let from_lead = lead == Some(from);
+        let to_known = d.reply_to == *from || self.tree.root.as_ref() == Some(&d.reply_to);
+        if !self.local.iter().any(|a| a.agent == d.agent) || !from_lead || !to_known {
+            self.refused_senders += u64::from(!from_lead || !to_known);
             return;
         }
         if d.envelope.expired(now.as_millis()) {

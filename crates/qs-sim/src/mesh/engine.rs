@@ -52,6 +52,7 @@ pub const READY_AT_MS: u64 = CALIBRATE_FROM_MS + CALIBRATIONS * 300 + 1_200;
 enum Event {
     Deliver {
         to: usize,
+        from: usize,
         msg: MeshMessage,
     },
     Wake(usize),
@@ -357,13 +358,14 @@ impl MeshSim {
                 self.nodes[i].handle(MeshInput::Tick, now);
                 self.drain(i);
             }
-            Event::Deliver { to, msg } => {
+            Event::Deliver { to, from, msg } => {
                 if self.dead[to] {
                     return;
                 }
                 self.received[to] += 1;
                 self.trace.write_u64(now.as_micros() ^ (to as u64) << 1);
-                self.nodes[to].handle(MeshInput::Heard(msg), now);
+                let from = self.nodes[from].id().clone();
+                self.nodes[to].handle(MeshInput::Heard { from, msg }, now);
                 self.drain(to);
             }
             Event::Done {
@@ -493,7 +495,14 @@ impl MeshSim {
                         None => self.lost += 1,
                         Some(ms) => {
                             let at = now + Duration::from_micros((ms * 1000.0) as u64);
-                            self.push(at, Event::Deliver { to: j, msg });
+                            self.push(
+                                at,
+                                Event::Deliver {
+                                    to: j,
+                                    from: i,
+                                    msg,
+                                },
+                            );
                         }
                     }
                 }

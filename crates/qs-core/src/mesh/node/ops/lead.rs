@@ -173,7 +173,13 @@ pub(super) fn send_one(
 }
 
 /// An agent's answer: at its lead (a wave) or at the root (parallel).
-pub(crate) fn on_ack(node: &mut MeshNode, a: Ack, now: Time) {
+pub(crate) fn on_ack(node: &mut MeshNode, from: &NodeId, a: Ack, now: Time) {
+    // An answer comes from its agent's host: no other member speaks for it.
+    let host = node.tree.host_of(a.agent);
+    if host != Some(from) || node.tree.cluster_of(a.agent) != Some(a.cluster) {
+        node.refused_senders += 1;
+        return;
+    }
     let mut ops = std::mem::take(&mut node.ops);
     // A parallel operation's answers are the root's, even where the root leads the cluster.
     let at_lead = ops

@@ -322,7 +322,7 @@ impl MeshNode {
             scope,
             relayed: false,
         });
-        self.inbox.push_back(msg.clone());
+        self.inbox.push_back((self.me.clone(), msg.clone()));
         let coordinators: BTreeSet<NodeId> = sectors_in(self, scope)
             .into_iter()
             .filter_map(|s| self.tree.sector(s).and_then(|s| s.coordinator.clone()))
