@@ -10,8 +10,10 @@ use crate::ids::NodeId;
 use crate::task_bus::BusMessage;
 use serde::{Deserialize, Serialize};
 
+mod answers;
 mod requests;
 mod summary;
+pub use answers::*;
 pub use requests::*;
 pub use summary::*;
 
@@ -296,159 +298,6 @@ pub struct Dispatch {
     pub reply_to: NodeId,
     pub envelope: MeshEnvelope,
 }
-
-/// A conflict an agent reports with its −1 (seed §5.1).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", tag = "type")]
-pub enum ConflictDetail {
-    /// Incompatible world models; `depth` is how far they diverged.
-    ContextDivergence { depth: u32, context_hash: String },
-    /// The same fact with different values.
-    DataContradiction {
-        expected: String,
-        received: String,
-        affects_agents: u32,
-    },
-    /// An effect before its cause.
-    TemporalParadox { detail: String },
-    /// Asked for something it cannot do.
-    CapabilityMismatch { missing: String },
-    /// The payload's hash did not match.
-    HashMismatch { expected: String, received: String },
-}
-
-impl ConflictDetail {
-    fn check(&self) -> Result<(), String> {
-        match self {
-            ConflictDetail::ContextDivergence { context_hash, .. } => {
-                text("context_hash", context_hash)
-            }
-            ConflictDetail::DataContradiction {
-                expected, received, ..
-            }
-            | ConflictDetail::HashMismatch { expected, received } => {
-                text("expected", expected)?;
-                text("received", received)
-            }
-            ConflictDetail::TemporalParadox { detail } => text("detail", detail),
-            ConflictDetail::CapabilityMismatch { missing } => text("missing", missing),
-        }
-    }
-}
-
-/// An agent's answer (seed Appendix B's ACK), relayed by its host.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Ack {
-    pub op: OpId,
-    pub agent: AgentId,
-    pub cluster: ClusterId,
-    pub state: Trinary,
-    /// When the envelope reached the agent, and when it was ready, Unix milliseconds.
-    pub arrived_ms: u64,
-    pub ready_ms: u64,
-    /// What the agent answers (an ask's answer), bounded.
-    #[serde(default)]
-    pub answer: String,
-    #[serde(default)]
-    pub conflict: Option<ConflictDetail>,
-    /// The envelope had passed its time to live when it reached the agent's host (or the
-    /// agent): dropped there, and said so, so the operation counts it (seed Appendix B).
-    #[serde(default)]
-    pub expired: bool,
-}
-
-impl Ack {
-    /// Its answer and conflict within bounds, by field.
-    pub fn check(&self) -> Result<(), String> {
-        text("answer", &self.answer)?;
-        match &self.conflict {
-            Some(c) => c.check(),
-            None => Ok(()),
-        }
-    }
-}
-
-/// Counts of one operation under a subtree, reported up (a cluster's, a sector's).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Tally {
-    /// Agents in scope.
-    pub targeted: u32,
-    /// Known too late before sending.
-    pub skipped: u32,
-    /// Not sent: down, or behind an open breaker.
-    pub unreachable: u32,
-    /// Not in scope yet: joined lately and not yet added to the routing pool (seed §10.2).
-    #[serde(default)]
-    pub joining: u32,
-    pub sent: u32,
-    pub ready: u32,
-    pub transit: u32,
-    pub conflict: u32,
-    /// Answers after the window: quarantined, not failures.
-    pub late: u32,
-    /// Ready within the arrival window.
-    pub window_hits: u32,
-    /// Ready within 50 ms of the predicted time.
-    pub predicted_within_50ms: u32,
-    /// Messages dropped past their time to live.
-    pub expired: u32,
-    /// Clusters (or sectors) that did not report in time.
-    pub missing_reports: u32,
-    /// Sent again to another agent after a capability mismatch (seed §5.1's REROUTE).
-    #[serde(default)]
-    pub rerouted: u32,
-}
-
-impl Tally {
-    /// Adds `o`'s counts (saturating: a report from the bus cannot overflow a sum).
-    pub fn add(&mut self, o: &Tally) {
-        let pairs: [(&mut u32, u32); 14] = [
-            (&mut self.targeted, o.targeted),
-            (&mut self.skipped, o.skipped),
-            (&mut self.unreachable, o.unreachable),
-            (&mut self.joining, o.joining),
-            (&mut self.sent, o.sent),
-            (&mut self.ready, o.ready),
-            (&mut self.transit, o.transit),
-            (&mut self.conflict, o.conflict),
-            (&mut self.late, o.late),
-            (&mut self.window_hits, o.window_hits),
-            (&mut self.predicted_within_50ms, o.predicted_within_50ms),
-            (&mut self.expired, o.expired),
-            (&mut self.missing_reports, o.missing_reports),
-            (&mut self.rerouted, o.rerouted),
-        ];
-        for (sum, n) in pairs {
-            *sum = sum.saturating_add(n);
-        }
-    }
-}
-
-/// A subtree's result, reported to the level above.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Report {
-    pub op: OpId,
-    pub scope: Scope,
-    pub from: NodeId,
-    pub tally: Tally,
-    /// Distinct answers and how many gave each (at most 16, the most frequent).
-    #[serde(default)]
-    pub answers: Vec<AnswerCount>,
-}
-
-/// One distinct answer to an ask, and how many agents gave it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AnswerCount {
-    pub answer: String,
-    pub count: u32,
-}
-
-/// Most distinct answers a report carries.
-pub const MAX_ANSWERS: usize = 16;
 
 /// A breaker changed (seed Appendix B's CIRCUIT).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
