@@ -450,7 +450,7 @@ impl MeshSim {
                 let Some(mut so) = self.scale_out.take() else {
                     return;
                 };
-                if so.sample(self, now) {
+                if so.sample(self.live_nodes(), now) {
                     let beat = Duration::from_millis(MeshConfig::default().beat_ms);
                     self.push(now + beat, Event::Sample);
                 }

@@ -3,8 +3,8 @@
 //! them to the routing pool as the core decides; the run samples every beat which of them
 //! are in the pool, to show it happened gradually.
 
-use super::engine::MeshSim;
 use qs_core::Time;
+use qs_core::mesh::MeshNode;
 use qs_wire::mesh::{AgentId, ClusterId};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -60,15 +60,15 @@ impl Tracker {
         }
     }
 
-    /// The new agents now in the pool, as the live nodes' leads say; `true` while some are
-    /// still out.
-    pub fn sample(&mut self, sim: &MeshSim, now: Time) -> bool {
+    /// The new agents now in the pool, as the leads among the live `nodes` say; `true` while
+    /// some are still out.
+    pub fn sample<'a>(&mut self, nodes: impl Iterator<Item = &'a MeshNode>, now: Time) -> bool {
         let Some(joined) = self.joined_at else {
             return false;
         };
         let after_ms = now.since(joined).as_millis() as u64;
         let mut per_cluster: BTreeMap<ClusterId, usize> = BTreeMap::new();
-        for n in sim.live_nodes() {
+        for n in nodes {
             for (c, a) in n.pool() {
                 if self.agents.contains(&a) && self.admitted.insert(a) {
                     *per_cluster.entry(c).or_default() += 1;
