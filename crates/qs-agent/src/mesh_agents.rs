@@ -298,7 +298,11 @@ impl LocalAgents {
                     if d.envelope.expired(now_ms) {
                         self.expired.fetch_add(1, Ordering::Relaxed);
                         // Said to whom hears the answer, so the operation counts it.
-                        let _ = self.answers.try_send(expired(d, now_ms));
+                        let answered = Answered {
+                            ack: Ack::expired(&d, now_ms),
+                            reply_to: d.reply_to,
+                        };
+                        let _ = self.answers.try_send(answered);
                         continue;
                     }
                     if w.taken.len() >= MAX_UNANSWERED {
@@ -382,25 +386,6 @@ impl LocalAgents {
         w.answered += 1;
         w.processing_ms += (took_ms - w.processing_ms) / w.answered as f64;
         Ok(())
-    }
-}
-
-/// What an agent's host says of a dispatch that expired before the agent took it.
-fn expired(d: Dispatch, now_ms: u64) -> Answered {
-    let ack = Ack {
-        op: d.envelope.op,
-        agent: d.agent,
-        cluster: d.cluster,
-        state: Trinary::Transit,
-        arrived_ms: now_ms,
-        ready_ms: now_ms,
-        answer: String::new(),
-        conflict: None,
-        expired: true,
-    };
-    Answered {
-        ack,
-        reply_to: d.reply_to,
     }
 }
 

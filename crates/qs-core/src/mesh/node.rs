@@ -560,17 +560,7 @@ impl MeshNode {
         if d.envelope.expired(now.as_millis()) {
             self.expired += 1;
             // Said to whom hears the answer, so the operation counts it.
-            let ack = Ack {
-                op: d.envelope.op,
-                agent: d.agent,
-                cluster: d.cluster,
-                state: qs_wire::mesh::Trinary::Transit,
-                arrived_ms: now.as_millis(),
-                ready_ms: now.as_millis(),
-                answer: String::new(),
-                conflict: None,
-                expired: true,
-            };
+            let ack = Ack::expired(&d, now.as_millis());
             self.send(d.reply_to, MeshMessage::Ack(Box::new(ack)));
             return;
         }

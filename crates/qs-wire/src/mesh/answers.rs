@@ -66,6 +66,22 @@ pub struct Ack {
 }
 
 impl Ack {
+    /// What an agent's host says of a dispatch past its time to live, at `now_ms`: it was
+    /// dropped there (so the operation counts it and stops waiting for it).
+    pub fn expired(d: &Dispatch, now_ms: u64) -> Ack {
+        Ack {
+            op: d.envelope.op,
+            agent: d.agent,
+            cluster: d.cluster,
+            state: Trinary::Transit,
+            arrived_ms: now_ms,
+            ready_ms: now_ms,
+            answer: String::new(),
+            conflict: None,
+            expired: true,
+        }
+    }
+
     /// Its answer and conflict within bounds, by field.
     pub fn check(&self) -> Result<(), String> {
         text("answer", &self.answer)?;

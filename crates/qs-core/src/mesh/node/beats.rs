@@ -205,14 +205,7 @@ impl MeshNode {
         }
         // A coordinator's: a lead silent as long is lost, and its cluster's agents with it
         // until the hierarchy elects the next lead.
-        let silent: Vec<ClusterId> = self
-            .lead_heard
-            .iter()
-            .filter(|(_, t)| now.since(**t) > dead_after)
-            .map(|(c, _)| *c)
-            .collect();
-        for c in silent {
-            self.lead_heard.remove(&c);
+        for c in take_silent(&mut self.lead_heard, now, dead_after) {
             if let Some(s) = self.cluster_summaries.get_mut(&c) {
                 s.active_count = 0;
                 s.joining_count = 0;
@@ -224,15 +217,7 @@ impl MeshNode {
             }
         }
         // The root's: a coordinator whose summaries stopped.
-        let limit = dead_after;
-        let silent: Vec<SectorId> = self
-            .coordinator_heard
-            .iter()
-            .filter(|(_, t)| now.since(**t) > limit)
-            .map(|(s, _)| *s)
-            .collect();
-        for s in silent {
-            self.coordinator_heard.remove(&s);
+        for s in take_silent(&mut self.coordinator_heard, now, dead_after) {
             if let Some(x) = self.sector_summaries.get_mut(&s) {
                 x.active_agents = 0;
                 x.joining_agents = 0;
@@ -253,4 +238,17 @@ impl MeshNode {
         }
         self.breakers.cluster_failure(c, now);
     }
+}
+
+/// The keys last heard more than `limit` before `now`, taken out of `heard`.
+fn take_silent<K: Copy + Ord>(heard: &mut BTreeMap<K, Time>, now: Time, limit: Duration) -> Vec<K> {
+    let silent: Vec<K> = heard
+        .iter()
+        .filter(|(_, t)| now.since(**t) > limit)
+        .map(|(k, _)| *k)
+        .collect();
+    for k in &silent {
+        heard.remove(k);
+    }
+    silent
 }
