@@ -254,11 +254,6 @@ impl LocalAgents {
         }
     }
 
-    /// The name a worker agent joined under.
-    pub fn name_of(&self, agent: AgentId) -> Option<String> {
-        self.inner().workers.get(&agent).map(|w| w.name.clone())
-    }
-
     fn mark(&self, agent: AgentId, polling: bool) {
         if let Some(w) = self.inner().workers.get_mut(&agent) {
             w.polling = polling;
