@@ -106,7 +106,6 @@ struct Inner {
 }
 
 struct WorkerAgent {
-    name: String,
     capabilities: Vec<String>,
     mailbox: VecDeque<Dispatch>,
     notify: Arc<Notify>,
@@ -230,7 +229,6 @@ impl LocalAgents {
             inner.workers.insert(
                 id,
                 WorkerAgent {
-                    name: name.to_string(),
                     capabilities,
                     mailbox: VecDeque::new(),
                     notify: Arc::new(Notify::new()),
