@@ -11,7 +11,9 @@
 //!   tenth of an operation;
 //! - time to live (seed Appendix B): an envelope that expired is dropped at its host and
 //!   counted by its operation;
-//! - senders: an answer from another node than its agent's host is refused.
+//! - senders: an answer from another node than its agent's host is refused;
+//! - handovers: a node that takes a cluster over counts no agent offline before its host
+//!   could beat, and one that roots the mesh again starts from no mode of before.
 
 use qs_core::Time;
 use qs_core::mesh::{Hierarchy, Member, MeshConfig, MeshInput, MeshNode, MeshOutput, Shape};
@@ -449,4 +451,82 @@ fn an_answer_from_another_node_than_the_agents_host_is_refused() {
     lead.answer(&sent[0], None);
     let (_, counts) = drained_counts(&mut lead);
     assert_eq!(counts, [1, 1, 0, 0], "sent, ready, conflict, rerouted");
+}
+
+/// A node that takes a cluster over (a new tree: a failover, a peer that came back) knows
+/// nothing yet of the other host's agents. It says nothing of them until that host beats or
+/// `dead_after_ms` passes: the root's mode does not drop to EMERGENCY in the moment between
+/// (a CI run refused an operator's command so), and a host that never beats is offline then.
+#[test]
+fn a_new_lead_counts_no_agent_offline_before_its_host_could_beat() {
+    use qs_core::mesh::degrade::Mode;
+    // Which host leads the one cluster does not depend on how many agents each has.
+    let OneCluster { lead, other, .. } = one_cluster(2, 1);
+    let members: Vec<Member> = (0..23u64)
+        .map(|i| Member {
+            agent: AgentId(500 + i),
+            host: if i < 3 { lead.clone() } else { other.clone() },
+        })
+        .collect();
+    let tree = Arc::new(Hierarchy::build(&members, Shape::default(), |_| true).unwrap());
+    let (mine, theirs): (Vec<AgentId>, Vec<AgentId>) = (
+        members[..3].iter().map(|m| m.agent).collect(),
+        members[3..].iter().map(|m| m.agent).collect(),
+    );
+    let cfg = MeshConfig::default();
+    let start = Time::from_millis(2_000_000);
+    let mut node = MeshNode::new(lead.clone(), cfg, start);
+    node.handle(MeshInput::Tree(tree.clone()), start);
+    node.handle(
+        MeshInput::Agents(mine.iter().map(|a| beat(*a, 0, false)).collect()),
+        start,
+    );
+    let at = |ms: u64| Time::from_millis(start.as_millis() + ms);
+    // Until the other host could have beaten, the root sees no agent offline.
+    let mut ms = 0;
+    while ms < cfg.dead_after_ms {
+        node.handle(MeshInput::Tick, at(ms));
+        assert_eq!(
+            node.mode(),
+            Mode::Full,
+            "at {ms} ms: {:?}",
+            node.global_counts()
+        );
+        ms += 50;
+    }
+    // A host silent since the lead took over is offline past dead_after_ms (the counts
+    // reach the root a beat after the lead's, and its mode a beat after that).
+    for k in 1..=3 {
+        node.handle(MeshInput::Tick, at(cfg.dead_after_ms + k * cfg.beat_ms + k));
+    }
+    assert_eq!(node.global_counts(), (23, 3));
+    assert_eq!(node.mode(), Mode::Emergency);
+    // Another node roots the mesh a moment (this one looked dead to the others), then this
+    // one again: the mode it had says nothing of the new hierarchy.
+    let elsewhere = Hierarchy::build(&members, Shape::default(), |n| *n != lead).unwrap();
+    assert_eq!(elsewhere.root.as_ref(), Some(&other));
+    let t = at(cfg.dead_after_ms + 3 * cfg.beat_ms + 10);
+    node.handle(MeshInput::Tree(Arc::new(elsewhere)), t);
+    node.handle(MeshInput::Tree(tree.clone()), t);
+    assert_eq!(node.mode(), Mode::Full);
+    // It beats: its agents count active at the next beat.
+    let now = at(cfg.dead_after_ms + 4 * cfg.beat_ms + 4);
+    let b = HostBeat {
+        host: other.clone(),
+        cluster: ClusterId(0),
+        sent_ms: now.as_millis(),
+        agents: theirs.iter().map(|a| beat(*a, 0, false)).collect(),
+    };
+    node.handle(
+        MeshInput::Heard {
+            from: other.clone(),
+            msg: MeshMessage::Beat(b),
+        },
+        now,
+    );
+    for k in 5..=7 {
+        node.handle(MeshInput::Tick, at(cfg.dead_after_ms + k * cfg.beat_ms + k));
+    }
+    assert_eq!(node.global_counts(), (23, 23));
+    assert_eq!(node.mode(), Mode::Full);
 }

@@ -70,12 +70,25 @@ pub struct Ask {
     pub automated: bool,
 }
 
-/// Why the mode refuses.
+/// Why the mode refuses, with the counts the root had when it did.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, thiserror::Error)]
-#[error("{mode} refuses this: {rule}")]
+#[error("{mode} ({active_agents} of {total_agents} agents active) refuses this: {rule}")]
 pub struct Refused {
     pub mode: &'static str,
     pub rule: &'static str,
+    pub active_agents: u32,
+    pub total_agents: u32,
+}
+
+impl Refused {
+    /// The same refusal, with the counts that made the mode.
+    pub fn with_counts(self, total_agents: u32, active_agents: u32) -> Refused {
+        Refused {
+            active_agents,
+            total_agents,
+            ..self
+        }
+    }
 }
 
 /// Scatters over this many agents wait for FULL or DEGRADED_LIGHT.
@@ -87,6 +100,8 @@ pub fn permit(mode: Mode, ask: &Ask) -> Result<(), Refused> {
         Err(Refused {
             mode: mode.name(),
             rule,
+            active_agents: 0,
+            total_agents: 0,
         })
     };
     match mode {

@@ -231,7 +231,7 @@ impl MeshNode {
     pub fn handle(&mut self, input: MeshInput, now: Time) {
         match input {
             MeshInput::Tree(t) => {
-                self.set_tree(t);
+                self.set_tree(t, now);
                 self.beat_groups = None;
             }
             MeshInput::Agents(a) => {
@@ -330,7 +330,8 @@ impl MeshNode {
         self.expired
     }
 
-    fn set_tree(&mut self, tree: Arc<Hierarchy>) {
+    fn set_tree(&mut self, tree: Arc<Hierarchy>, now: Time) {
+        let unknown_until = now + Duration::from_millis(self.cfg.dead_after_ms);
         let mut led = BTreeMap::new();
         for c in tree.led_by(&self.me) {
             let cluster = tree.cluster(c).expect("led clusters exist");
@@ -356,6 +357,7 @@ impl MeshNode {
                         joined_host_ms: 0,
                         admitted: false,
                         held_until: None,
+                        unknown_until: Some(unknown_until),
                     });
                 }
             }
@@ -365,7 +367,13 @@ impl MeshNode {
         let mine: BTreeSet<SectorId> = tree.coordinated_by(&self.me).collect();
         self.my_sectors = mine.iter().copied().collect();
         self.summarized.clear();
+        let was_root = self.is_root;
         self.is_root = tree.root.as_ref() == Some(&self.me);
+        if self.is_root && !was_root {
+            // A mode from when it was root before says nothing now: it follows the
+            // summaries of this hierarchy from the next beat.
+            self.mode = Mode::Full;
+        }
         // Summaries from the leads of this hierarchy only: a cluster's number may name other
         // agents now, and an empty cluster has no lead to replace what it said.
         self.cluster_summaries.retain(|c, s| {

@@ -122,6 +122,7 @@ impl MeshNode {
             if view.host != b.host {
                 continue;
             }
+            view.unknown_until = None;
             // Registered again (a restart): it joins the pool again. Its age is read on its
             // host's clock (when the beat left, less when it joined) and kept on this one.
             if a.joined_ms > view.joined_host_ms {

@@ -41,6 +41,10 @@ pub(crate) struct AgentView {
     pub admitted: bool,
     /// Held out of the pool after a conflict while integrating, until then.
     pub held_until: Option<Time>,
+    /// Made before its host said anything of it (a new lead, a new member): its state is
+    /// unknown, and it counts in no summary until its host says it or this time passes
+    /// (`dead_after_ms`: a host that says nothing is offline then).
+    pub unknown_until: Option<Time>,
 }
 
 /// A cluster this node leads.
@@ -79,6 +83,13 @@ impl Led {
         joining
             .filter(|a| a.state == AgentState::Active && !a.admitted)
             .count() as u32
+    }
+
+    /// Agents a summary counts now: all but those whose state is not known yet.
+    pub(crate) fn known_count(&self, now: Time) -> u32 {
+        let unknown = self.agents.values();
+        let unknown = unknown.filter(|a| a.unknown_until.is_some_and(|t| now < t));
+        (self.agents.len() - unknown.count()) as u32
     }
 
     /// Active agents now.

@@ -366,7 +366,11 @@ impl MeshNode {
                 approved,
                 automated,
             },
-        )?;
+        )
+        .map_err(|r| {
+            let (total, active) = self.global_counts();
+            r.with_counts(total, active)
+        })?;
         if self.ops.root.len() >= MAX_OPS {
             return Err(CommandError::NoAgents(scope));
         }
