@@ -83,9 +83,6 @@ pub enum BenchSuite {
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=600))]
         seconds: u64,
     },
-    /// Durable tasks through a real agent, embedded and on a real nats-server, beside Celery
-    /// on a Redis broker (where installed): completions per second, submit-to-complete
-    /// latency (p50, p99) of no-op tasks, and the round trip of a checkpoint (p50, p99).
     /// The mesh at 30,000 agents on the simulator: wave, parallel and priority-first
     /// cascades with 0, 1, 5 and 20 % of agents down (latency p95, arrival-window hits,
     /// prediction within 50 ms, root messages, degradation mode, breakers); Serf-style
@@ -106,6 +103,9 @@ pub enum BenchSuite {
         #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..=60_000))]
         urgent_budget_ms: u64,
     },
+    /// Durable tasks through a real agent, embedded and on a real nats-server, beside Celery
+    /// on a Redis broker (where installed): completions per second, submit-to-complete
+    /// latency (p50, p99) of no-op tasks, and the round trip of a checkpoint (p50, p99).
     Tasks {
         #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
         tasks: u64,
