@@ -19,8 +19,7 @@ use qs_core::mesh::{
 use qs_fabric::{Fabric, Kv, KvEvent, Subscription, Topic};
 use qs_wire::NodeId;
 use qs_wire::mesh::{
-    AgentId, AgentState, MeshAction, MeshMembers, MeshMessage, MeshOutcome, MeshPacket,
-    MeshRequest, Scope,
+    AgentState, MeshAction, MeshMembers, MeshMessage, MeshOutcome, MeshPacket, MeshRequest, Scope,
 };
 use qs_wire::task_bus::decode_bus;
 use serde::Serialize;
@@ -182,7 +181,7 @@ pub async fn run<F: Fabric>(
     versions.mark_changed();
     // The node's entry of the bucket is written again after each join or leave.
     let mut entry_written = false;
-    let mut members: BTreeMap<NodeId, Vec<AgentId>> = BTreeMap::new();
+    let mut members: BTreeMap<NodeId, MeshMembers> = BTreeMap::new();
     let mut built: Option<(BTreeSet<NodeId>, u64)> = None;
     let mut members_version = 0u64;
     let mut kv = None;
@@ -267,7 +266,7 @@ pub async fn run<F: Fabric>(
                     if let Ok(m) = decode_bus::<MeshMembers>("kv mesh", &entry.value)
                         && m.node.as_str() == entry.key
                     {
-                        members.insert(m.node, m.agents);
+                        members.insert(m.node.clone(), m);
                         members_version += 1;
                     }
                 }
@@ -293,7 +292,11 @@ pub async fn run<F: Fabric>(
                     kv = fabric.kv(BUCKET).await.ok();
                 }
                 if !entry_written && let Some(kv) = &kv {
-                    let mine = MeshMembers { node: me.clone(), agents: agents.ids() };
+                    let mine = MeshMembers {
+                        node: me.clone(),
+                        agents: agents.ids(),
+                        zone: agents.options().zone.clone(),
+                    };
                     if let Ok(bytes) = serde_json::to_vec(&mine) {
                         entry_written = kv.put(me.as_str(), bytes.into()).await.is_ok();
                     }
@@ -306,8 +309,12 @@ pub async fn run<F: Fabric>(
                     let list: Vec<Member> = members
                         .iter()
                         .filter(|(n, _)| live.contains(*n))
-                        .flat_map(|(n, agents)| {
-                            agents.iter().map(|a| Member { agent: *a, host: n.clone() })
+                        .flat_map(|(n, m)| {
+                            m.agents.iter().map(|a| Member {
+                                agent: *a,
+                                host: n.clone(),
+                                zone: m.zone.clone(),
+                            })
                         })
                         .collect();
                     match Hierarchy::build(&list, Shape::default(), |n| live.contains(n)) {

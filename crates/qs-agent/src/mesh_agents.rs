@@ -47,6 +47,9 @@ pub struct MeshOptions {
     /// How long an agent that joined lately settles before this node, as its lead, routes
     /// to it (seed §10.2).
     pub settle_ms: u64,
+    /// This node's zone (checked by `qs_wire::mesh::check_zone`): the hierarchy keeps
+    /// clusters and sectors within one. Empty: none.
+    pub zone: String,
 }
 
 impl Default for MeshOptions {
@@ -56,6 +59,7 @@ impl Default for MeshOptions {
             processing_ms: 5,
             context: "a1b2c3d4".into(),
             settle_ms: qs_core::mesh::integration::IntegrationConfig::default().settle_ms,
+            zone: String::new(),
         }
     }
 }

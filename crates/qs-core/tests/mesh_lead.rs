@@ -57,6 +57,7 @@ fn one_cluster(n: u64, first: u64) -> OneCluster {
         .map(|i| Member {
             agent: AgentId(first + i),
             host: hosts[(i % 2) as usize].clone(),
+            zone: String::new(),
         })
         .collect();
     let tree = Arc::new(Hierarchy::build(&members, Shape::default(), |_| true).unwrap());
@@ -466,6 +467,7 @@ fn a_new_lead_counts_no_agent_offline_before_its_host_could_beat() {
         .map(|i| Member {
             agent: AgentId(500 + i),
             host: if i < 3 { lead.clone() } else { other.clone() },
+            zone: String::new(),
         })
         .collect();
     let tree = Arc::new(Hierarchy::build(&members, Shape::default(), |_| true).unwrap());

@@ -250,3 +250,33 @@ fn a_thousand_agents_join_thirty_thousand_gradually() {
         "{after:?}"
     );
 }
+
+/// Hosts that name their region as their zone: clusters and sectors stay within a region
+/// (the hierarchy's own tests check the shape), and cascades of each mode go through it as
+/// they do without zones.
+#[test]
+fn zones_keep_the_tree_regional_and_cascades_go_through() {
+    let mut cfg = MeshSimConfig::new(30_000, 7);
+    cfg.zones = true;
+    cfg.cascades = cascades(
+        &[CascadeMode::Wave, CascadeMode::Parallel],
+        READY_AT_MS,
+        None,
+    );
+    cfg.duration_ms = READY_AT_MS + 6_000;
+    let r = run(&cfg, &no_clock).unwrap();
+    assert!(r.refused.is_empty(), "{:?}", r.refused);
+    assert!(r.sectors <= 100 && r.largest_cluster <= 100 && r.largest_sector <= 100);
+    let ops = measured(&r);
+    assert_eq!(ops.len(), 2, "{ops:#?}");
+    for o in ops {
+        assert_eq!(o.status, "SUCCESS", "{o:?}");
+        assert_eq!(o.decision.name(), "PROCEED", "{o:?}");
+        assert!(
+            f64::from(o.tally.window_hits) >= 0.95 * f64::from(o.tally.sent),
+            "{o:?}"
+        );
+        // Reports of a whole far zone are waited for: 2 % of the clusters at most missing.
+        assert!(o.tally.targeted >= 29_000, "{o:?}");
+    }
+}

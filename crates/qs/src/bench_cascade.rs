@@ -1,8 +1,8 @@
 //! `qs bench cascade`: the mesh at 30,000 agents on the simulator (the core's `MeshNode`
 //! per host, a WAN model with a heavy tail and loss), cascades of each mode with 0, 1, 5 and
-//! 20 % of agents down, and waves while 1,000 more agents join (seed §10.2); beside it,
-//! Serf-style gossip spreading one message over as many members on the same network; and
-//! the simulator's own speed and memory.
+//! 20 % of agents down, the same with hosts in zones, and waves while 1,000 more agents join
+//! (seed §10.2); beside it, Serf-style gossip spreading one message over as many members on
+//! the same network; and the simulator's own speed and memory.
 
 use crate::bench::{emit, round_to};
 use anyhow::{Context, Result};
@@ -138,6 +138,26 @@ pub fn cascade_suite(b: &CascadeBench) -> Result<()> {
     let r = run(&cfg, &clock)?;
     let ops = &r.results[(CALIBRATIONS as usize).min(r.results.len())..];
     report(&format!("wave_urgent{}ms_down0", b.urgent_budget_ms), ops);
+
+    // Zones (seed §2.1's local clusters, regional sectors): each host names its region, as
+    // `qs agent --mesh-zone` does; the same waves and parallel cascades, no agent down.
+    for mode in [CascadeMode::Wave, CascadeMode::Parallel] {
+        let mut cfg = MeshSimConfig::new(b.agents, b.seed);
+        cfg.wan = wan.clone();
+        cfg.zones = true;
+        let first = READY_AT_MS + 1_500;
+        cfg.cascades = (0..b.cascades)
+            .map(|i| Cascade {
+                at_ms: first + 1_500 * i as u64,
+                mode,
+                budget_ms: None,
+            })
+            .collect();
+        cfg.duration_ms = first + 1_500 * b.cascades as u64 + 6_000;
+        let r = run(&cfg, &clock)?;
+        let ops = &r.results[(CALIBRATIONS as usize).min(r.results.len())..];
+        report(&format!("{}_zones_down0", mode_name(mode)), ops);
+    }
 
     // Scale-out (seed §10.2): 1,000 more agents on new hosts join the running mesh; waves
     // go on while they settle and after they joined.

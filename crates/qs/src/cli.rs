@@ -114,6 +114,11 @@ enum Command {
         /// lead, adds it to the routing pool (seed §10.2), milliseconds.
         #[arg(long, default_value_t = 3_000, value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
         mesh_settle_ms: u64,
+        /// This node's zone (a data centre, a cloud zone: `us-east-1a`): the mesh keeps its
+        /// clusters and sectors within a zone, so leads and coordinators are near their
+        /// agents (seed §2.1). Default: none.
+        #[arg(long, default_value = "", value_parser = parse_zone)]
+        mesh_zone: String,
     },
     /// Apply spec files to a running fleet (all of a file or nothing).
     Apply {
@@ -431,6 +436,7 @@ pub fn run(cli: Cli) -> Result<()> {
             mesh_agent_ms,
             mesh_context,
             mesh_settle_ms,
+            mesh_zone,
         } => crate::up::up(serve.into_up(
             false,
             None,
@@ -454,6 +460,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     processing_ms: mesh_agent_ms,
                     context: mesh_context,
                     settle_ms: mesh_settle_ms,
+                    zone: mesh_zone,
                 },
             }),
         )),
@@ -588,4 +595,9 @@ fn events(
         }
     }
     Ok(())
+}
+
+/// `--mesh-zone`, checked as the `mesh` bucket's records are.
+fn parse_zone(s: &str) -> Result<String, String> {
+    qs_wire::mesh::check_zone(s).map(|()| s.to_owned())
 }

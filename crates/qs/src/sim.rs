@@ -59,6 +59,10 @@ pub struct SimArgs {
     /// (seed §10.2's scale-out): the report shows how they joined the routing pool.
     #[arg(long, requires = "agents", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub scale_out: Option<u64>,
+    /// Each host names its region as its zone (as `qs agent --mesh-zone` does), so the
+    /// hierarchy keeps clusters and sectors within a region; by default hosts name none.
+    #[arg(long, requires = "agents")]
+    pub zones: bool,
 }
 
 pub fn run(a: SimArgs) -> Result<()> {
@@ -167,6 +171,7 @@ fn simulate_mesh(a: &SimArgs) -> Result<()> {
     let agents = a.agents.context("--agents is required for the mesh")?;
     let mut cfg = MeshSimConfig::new(agents as usize, a.seed);
     cfg.hosts = a.hosts.map(|h| h as usize);
+    cfg.zones = a.zones;
     cfg.down_fraction = a.down_fraction;
     cfg.down_at_ms = READY_AT_MS;
     cfg.scale_out = a.scale_out.map(|n| qs_sim::mesh::ScaleOut {

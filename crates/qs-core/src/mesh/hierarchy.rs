@@ -6,6 +6,14 @@
 //!   (Lamping and Veach) of the host over the cluster count, so when agents come and go only
 //!   about `1/C` of hosts move. A full cluster (100 agents) spills to the host's next choice.
 //! - Clusters `s·k .. s·k + k` form sector `s`.
+//! - Zones (seed §2.1's local clusters and regional sectors): a member may name its host's
+//!   zone. Each zone then has clusters and sectors of its own (its hosts hash over its
+//!   clusters only), so an agent's lead and its lead's coordinator are in its zone, and only
+//!   the root's hops cross zones. A zone has a power of two of clusters (half to all of
+//!   them full), so clusters are numbered anew only when a zone doubles or halves (their
+//!   leads then learn them afresh). Zones
+//!   that do not fit (more than 100, or more clusters than the tree holds) are ignored: one
+//!   tree as without them.
 //! - The lead of a cluster is the live host of its agents with the highest rendezvous score
 //!   for the cluster; a sector's coordinator is the highest-scoring live lead of its
 //!   clusters; the root the highest-scoring coordinator. A lead's death elects the next.
@@ -35,11 +43,19 @@ impl Default for Shape {
     }
 }
 
-/// An agent and the node it is registered with.
+/// An agent, the node it is registered with, and that node's zone (empty: none named).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Member {
     pub agent: AgentId,
     pub host: NodeId,
+    pub zone: String,
+}
+
+/// The agents of one zone (or of all, when zones are ignored), and the clusters they take.
+struct Group<'a> {
+    members: Vec<&'a Member>,
+    first_cluster: u32,
+    clusters: u32,
 }
 
 /// One cluster.
@@ -101,52 +117,52 @@ impl Hierarchy {
             return Err(TooMany { agents: n });
         }
         let per_cluster = u64::from(shape.cluster_agents.clamp(1, MAX_CHILDREN as u32));
-        let mut clusters = (n as u64).div_ceil(per_cluster).max(1);
-        let max_clusters = (MAX_CHILDREN * MAX_CHILDREN) as u64;
-        // Past 10,000 clusters, clusters grow instead (to at most 100 agents).
-        clusters = clusters.min(max_clusters);
-        let mut sector_clusters = u64::from(shape.sector_clusters.clamp(1, MAX_CHILDREN as u32));
-        if clusters.div_ceil(sector_clusters) > MAX_CHILDREN as u64 {
-            sector_clusters = clusters.div_ceil(MAX_CHILDREN as u64);
-        }
-        let c = clusters as u32;
         let mut sorted: Vec<&Member> = members.iter().collect();
         sorted.sort_by_key(|m| (of_str(m.host.as_str()), m.host.clone(), m.agent));
         sorted.dedup_by_key(|m| m.agent);
+        let (groups, sector_clusters) = plan(sorted, per_cluster, shape.sector_clusters);
+        let c: u32 = groups.iter().map(|g| g.clusters).sum();
         let mut h = Hierarchy {
             clusters: vec![Cluster::default(); c as usize],
             ..Hierarchy::default()
         };
-        for m in sorted {
-            let host_hash = of_str(m.host.as_str());
-            let mut attempt = 0u64;
-            let cluster = loop {
-                let k = match attempt < 64 {
-                    true => jump(mix(host_hash.wrapping_add(attempt)), c),
-                    // Crowded: the first cluster with room (there is one: c · 100 ≥ n).
-                    false => (0..c)
-                        .find(|k| h.clusters[*k as usize].agents.len() < MAX_CHILDREN)
-                        .unwrap_or(0),
+        for g in &groups {
+            let first = g.first_cluster;
+            for m in &g.members {
+                let host_hash = of_str(m.host.as_str());
+                let room = |h: &Hierarchy, k: u32| {
+                    h.clusters[(first + k) as usize].agents.len() < MAX_CHILDREN
                 };
-                if attempt >= 64 || h.clusters[k as usize].agents.len() < MAX_CHILDREN {
-                    break k;
+                let mut attempt = 0u64;
+                let cluster = loop {
+                    let k = match attempt < 64 {
+                        true => jump(mix(host_hash.wrapping_add(attempt)), g.clusters),
+                        // Crowded: the group's first cluster with room (there is one: each
+                        // group has a cluster per 100 of its agents at least).
+                        false => (0..g.clusters).find(|k| room(&h, *k)).unwrap_or(0),
+                    };
+                    if attempt >= 64 || room(&h, k) {
+                        break first + k;
+                    }
+                    attempt += 1;
+                };
+                let cl = &mut h.clusters[cluster as usize];
+                cl.agents.push(m.agent);
+                if cl.hosts.last() != Some(&m.host) {
+                    cl.hosts.push(m.host.clone());
                 }
-                attempt += 1;
-            };
-            let cl = &mut h.clusters[cluster as usize];
-            cl.agents.push(m.agent);
-            if cl.hosts.last() != Some(&m.host) {
-                cl.hosts.push(m.host.clone());
+                h.placed.insert(m.agent, ClusterId(cluster));
+                h.host_of.insert(m.agent, m.host.clone());
             }
-            h.placed.insert(m.agent, ClusterId(cluster));
-            h.host_of.insert(m.agent, m.host.clone());
-        }
-        let sectors = clusters.div_ceil(sector_clusters) as usize;
-        h.sectors = vec![Sector::default(); sectors];
-        for (i, cl) in h.clusters.iter_mut().enumerate() {
-            let s = (i as u64 / sector_clusters) as usize;
-            cl.sector = SectorId(s as u32);
-            h.sectors[s].clusters.push(ClusterId(i as u32));
+            // The group's clusters, `sector_clusters` to a sector: no sector spans zones.
+            for i in first..first + g.clusters {
+                if (i - first) % sector_clusters == 0 {
+                    h.sectors.push(Sector::default());
+                }
+                let s = h.sectors.len() - 1;
+                h.clusters[i as usize].sector = SectorId(s as u32);
+                h.sectors[s].clusters.push(ClusterId(i));
+            }
         }
         h.elect(live);
         Ok(h)
@@ -227,6 +243,62 @@ impl Hierarchy {
     }
 }
 
+/// The groups (a zone each, or one for all) with their clusters, and how many clusters
+/// make a sector: clusters of about `per_cluster` agents (at most 10,000 of them, which then
+/// grow to 100 agents), at most 100 sectors.
+fn plan(sorted: Vec<&Member>, per_cluster: u64, sector_clusters: u32) -> (Vec<Group<'_>>, u32) {
+    let max_clusters = (MAX_CHILDREN * MAX_CHILDREN) as u64;
+    let wanted = |n: usize| (n as u64).div_ceil(per_cluster).max(1);
+    let sectors_of =
+        |clusters: &[u64], k: u64| -> u64 { clusters.iter().map(|c| c.div_ceil(k)).sum() };
+    let sector_clusters = u64::from(sector_clusters.clamp(1, MAX_CHILDREN as u32));
+    let mut zones: BTreeMap<&str, Vec<&Member>> = BTreeMap::new();
+    for m in &sorted {
+        zones.entry(m.zone.as_str()).or_default().push(*m);
+    }
+    if zones.len() > 1 && zones.len() <= MAX_CHILDREN {
+        // A power of two per zone: a zone's count (and the numbers of the zones after it)
+        // changes only when it doubles or halves, not each time a host comes or goes.
+        let clusters: Vec<u64> = zones
+            .values()
+            .map(|m| wanted(m.len()).next_power_of_two())
+            .collect();
+        if clusters.iter().sum::<u64>() <= max_clusters {
+            // The smallest sector size that keeps to 100 sectors (one per zone fits).
+            let k = (sector_clusters..=max_clusters)
+                .find(|k| sectors_of(&clusters, *k) <= MAX_CHILDREN as u64)
+                .unwrap_or(max_clusters);
+            let mut first = 0u32;
+            let groups = zones
+                .into_values()
+                .zip(clusters)
+                .map(|(members, c)| {
+                    let g = Group {
+                        members,
+                        first_cluster: first,
+                        clusters: c as u32,
+                    };
+                    first += c as u32;
+                    g
+                })
+                .collect();
+            return (groups, k as u32);
+        }
+    }
+    // One tree: past 10,000 clusters, clusters grow instead (to at most 100 agents).
+    let clusters = wanted(sorted.len()).min(max_clusters);
+    let k = match clusters.div_ceil(sector_clusters) > MAX_CHILDREN as u64 {
+        true => clusters.div_ceil(MAX_CHILDREN as u64),
+        false => sector_clusters,
+    };
+    let group = Group {
+        members: sorted,
+        first_cluster: 0,
+        clusters: clusters as u32,
+    };
+    (vec![group], k as u32)
+}
+
 fn best<'a>(key: u64, nodes: impl Iterator<Item = &'a NodeId>) -> Option<NodeId> {
     nodes
         .max_by_key(|n| (rendezvous(key, of_str(n.as_str())), (*n).clone()))
@@ -243,6 +315,7 @@ mod tests {
                 (0..per_host).map(move |a| Member {
                     agent: AgentId((h * per_host + a) as u64),
                     host: NodeId::new(&format!("h{h}")).unwrap(),
+                    zone: String::new(),
                 })
             })
             .collect()
@@ -282,6 +355,99 @@ mod tests {
         );
     }
 
+    /// `hosts` hosts of `per_host` agents from host `first`, each host in a zone by its
+    /// number: `zones[h % zones.len()]`.
+    fn zoned(first: usize, hosts: usize, per_host: usize, zones: &[&str]) -> Vec<Member> {
+        (first..first + hosts)
+            .flat_map(|h| {
+                let zone = zones[h % zones.len()].to_string();
+                (0..per_host).map(move |a| Member {
+                    agent: AgentId((h * per_host + a) as u64),
+                    host: NodeId::new(&format!("h{h}")).unwrap(),
+                    zone: zone.clone(),
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn zones_keep_clusters_and_sectors_local_and_growth_splits_few() {
+        // 1,200 hosts of 25: half in eu, 30 % in us, 20 % in ap.
+        let zones = ["eu", "eu", "eu", "eu", "eu", "us", "us", "us", "ap", "ap"];
+        let mut members = zoned(0, 1_200, 25, &zones);
+        let zone_of: BTreeMap<NodeId, String> = members
+            .iter()
+            .map(|m| (m.host.clone(), m.zone.clone()))
+            .collect();
+        let a = Hierarchy::build(&members, Shape::default(), |_| true).unwrap();
+        assert_eq!(a.agents(), 30_000);
+        assert!(a.sectors.len() <= MAX_CHILDREN);
+        assert!(a.clusters.iter().all(|c| c.agents.len() <= MAX_CHILDREN));
+        let zone_of_cluster = |h: &Hierarchy, c: ClusterId| -> BTreeSet<&String> {
+            let cl = h.cluster(c).unwrap();
+            cl.hosts.iter().map(|n| &zone_of[n]).collect()
+        };
+        for (i, cl) in a.clusters.iter().enumerate() {
+            if cl.agents.is_empty() {
+                continue;
+            }
+            let z = zone_of_cluster(&a, ClusterId(i as u32));
+            assert_eq!(z.len(), 1, "cluster {i} spans zones {z:?}");
+            // Its lead is one of its hosts, so in its zone.
+            assert!(cl.hosts.contains(cl.lead.as_ref().unwrap()));
+        }
+        for (i, s) in a.sectors.iter().enumerate() {
+            let z: BTreeSet<&String> = s
+                .clusters
+                .iter()
+                .flat_map(|c| zone_of_cluster(&a, *c))
+                .collect();
+            assert_eq!(z.len(), 1, "sector {i} spans zones {z:?}");
+            assert!(s.clusters.len() <= MAX_CHILDREN);
+        }
+        // 300 more agents in ap, the first zone by name: agents that shared a cluster
+        // still do (ap keeps its count of clusters, so eu and us keep their numbers).
+        members.extend(zoned(1_200, 12, 25, &["ap"]));
+        let b = Hierarchy::build(&members, Shape::default(), |_| true).unwrap();
+        let mut pairs = 0;
+        let mut split = 0;
+        for cl in &a.clusters {
+            for w in cl.agents.windows(2) {
+                pairs += 1;
+                split += usize::from(b.cluster_of(w[0]) != b.cluster_of(w[1]));
+            }
+        }
+        assert_eq!(split, 0, "{split} of {pairs} cluster-mates split");
+        // ap doubles: eu's and us's clusters are numbered anew, each with the same agents.
+        members.extend(zoned(1_212, 240, 25, &["ap"]));
+        let c = Hierarchy::build(&members, Shape::default(), |_| true).unwrap();
+        for cl in b.clusters.iter().filter(|cl| {
+            cl.hosts
+                .first()
+                .is_some_and(|h| zone_of.get(h).is_some_and(|z| z != "ap"))
+        }) {
+            let now: BTreeSet<Option<ClusterId>> =
+                cl.agents.iter().map(|a| c.cluster_of(*a)).collect();
+            assert_eq!(now.len(), 1, "a cluster of eu or us split: {now:?}");
+            assert_ne!(now, BTreeSet::from([b.cluster_of(cl.agents[0])]));
+        }
+    }
+
+    #[test]
+    fn zones_that_do_not_fit_or_say_nothing_are_ignored() {
+        let plain = Hierarchy::build(&fleet(300, 10), Shape::default(), |_| true).unwrap();
+        let names: Vec<String> = (0..101).map(|i| format!("z{i}")).collect();
+        let many: Vec<&str> = names.iter().map(String::as_str).collect();
+        for zones in [&many[..], &["eu"][..]] {
+            let h =
+                Hierarchy::build(&zoned(0, 300, 10, zones), Shape::default(), |_| true).unwrap();
+            for i in 0..3_000u64 {
+                assert_eq!(h.cluster_of(AgentId(i)), plain.cluster_of(AgentId(i)));
+            }
+            assert_eq!(h.sectors.len(), plain.sectors.len());
+        }
+    }
+
     #[test]
     fn a_dead_lead_is_replaced_by_the_next() {
         let members = fleet(60, 30);
@@ -312,7 +478,8 @@ mod tests {
         let huge = vec![
             Member {
                 agent: AgentId(0),
-                host: NodeId::new("h").unwrap()
+                host: NodeId::new("h").unwrap(),
+                zone: String::new(),
             };
             MAX_AGENTS + 1
         ];

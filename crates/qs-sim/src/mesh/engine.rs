@@ -146,6 +146,10 @@ impl MeshSim {
             .map(|i| NodeId::new(&format!("h{i:0width$}")).expect("generated names are valid"))
             .collect();
         let region: Vec<usize> = (0..hosts).map(|_| cfg.wan.pick_region(&mut rng)).collect();
+        let zone = |host: usize| match cfg.zones {
+            true => cfg.wan.region_name(region[host]),
+            false => String::new(),
+        };
         let total: u64 = KINDS.iter().map(|k| k.1).sum();
         let kind_of_host: Vec<ImpedanceClass> = (0..hosts)
             .map(|_| {
@@ -179,6 +183,7 @@ impl MeshSim {
             members.push(Member {
                 agent: id,
                 host: ids[host].clone(),
+                zone: zone(host),
             });
             agents.push(SimAgent {
                 id,

@@ -230,6 +230,14 @@ impl Wan {
             .map_or(self.regions.max(1), |m| m.regions.len())
     }
 
+    /// A region's name: the matrix's, or `r` and its number.
+    pub fn region_name(&self, region: usize) -> String {
+        match self.matrix.as_ref().and_then(|m| m.regions.get(region)) {
+            Some(name) => name.clone(),
+            None => format!("r{region}"),
+        }
+    }
+
     pub fn pick_region(&self, rng: &mut Rng) -> usize {
         match &self.matrix {
             Some(m) => m.region_for(rng),

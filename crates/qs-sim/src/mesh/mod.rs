@@ -39,6 +39,9 @@ pub struct MeshSimConfig {
     pub calibrate: bool,
     /// New hosts with new agents that join the running mesh (seed §10.2).
     pub scale_out: Option<ScaleOut>,
+    /// Hosts name their region as their zone, so the hierarchy keeps each cluster and
+    /// sector within one (as an operator would with `qs agent --mesh-zone`); off by default.
+    pub zones: bool,
 }
 
 /// A host killed at a time.
@@ -71,6 +74,7 @@ impl MeshSimConfig {
             cascades: Vec::new(),
             calibrate: true,
             scale_out: None,
+            zones: false,
         }
     }
 

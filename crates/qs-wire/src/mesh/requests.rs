@@ -120,17 +120,44 @@ pub const MAX_NODE_AGENTS: usize = 10_000;
 pub struct MeshMembers {
     pub node: NodeId,
     pub agents: Vec<AgentId>,
+    /// The node's zone (`qs agent --mesh-zone`): the hierarchy keeps clusters and sectors
+    /// within one. Empty: none named.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub zone: String,
+}
+
+/// Longest zone name.
+pub const MAX_ZONE_BYTES: usize = 63;
+
+/// Checks a zone name, wherever it comes from (a flag, the `mesh` bucket): empty, or 1 to
+/// 63 ASCII letters, digits, `-`, `_` and `.` (`us-east-1a`, `eu-west.b`).
+pub fn check_zone(zone: &str) -> Result<(), String> {
+    if zone.len() > MAX_ZONE_BYTES {
+        return Err(format!(
+            "zone {zone:?}: {} bytes; at most {MAX_ZONE_BYTES}",
+            zone.len()
+        ));
+    }
+    match zone
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        Some(c) => Err(format!(
+            "zone {zone:?}: {c:?} is not an ASCII letter, digit, '-', '_' or '.'"
+        )),
+        None => Ok(()),
+    }
 }
 
 impl BusMessage for MeshMembers {
     fn check(&self) -> Result<(), String> {
-        match self.agents.len() > MAX_NODE_AGENTS {
-            true => Err(format!(
+        if self.agents.len() > MAX_NODE_AGENTS {
+            return Err(format!(
                 "{} agents; at most {MAX_NODE_AGENTS}",
                 self.agents.len()
-            )),
-            false => Ok(()),
+            ));
         }
+        check_zone(&self.zone)
     }
 }
 
@@ -155,4 +182,39 @@ pub enum ControlAction {
     Thaw,
     /// Close breakers, release quarantined agents and conflicts, thaw (seed §7.1's heal).
     Heal,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zones_are_checked_wherever_they_come_from() {
+        let table = [
+            ("", true),
+            ("us-east-1a", true),
+            ("eu_west.b", true),
+            (&"z".repeat(MAX_ZONE_BYTES), true),
+            (&"z".repeat(MAX_ZONE_BYTES + 1), false),
+            ("eu west", false),
+            ("zone/1", false),
+            ("zoné", false),
+        ];
+        for (zone, ok) in table {
+            assert_eq!(check_zone(zone).is_ok(), ok, "{zone:?}");
+        }
+        let bad = r#"{"node":"n1","agents":[],"zone":"a b"}"#;
+        let m: MeshMembers = serde_json::from_str(bad).unwrap();
+        assert!(m.check().unwrap_err().contains("\"a b\""));
+        // A node that names no zone writes the record as before.
+        let m = MeshMembers {
+            node: NodeId::new("n1").unwrap(),
+            agents: Vec::new(),
+            zone: String::new(),
+        };
+        assert_eq!(
+            serde_json::to_string(&m).unwrap(),
+            r#"{"node":"n1","agents":[]}"#
+        );
+    }
 }

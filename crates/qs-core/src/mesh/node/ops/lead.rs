@@ -362,13 +362,13 @@ pub(super) fn maybe_finish_parallel(ops: &mut Ops, node: &mut MeshNode, op: OpId
         .map(|n| u64::from(*n))
         .sum::<u64>();
     let sent = u64::from(t.sent);
-    // Urgent: past the target, with all but 5 % of the clusters' counts and 1 % of the answers
-    // heard, and the outcome settled whatever the clusters still silent say, it ends; a
-    // message in the network's tail is not waited for to the deadline.
+    // Urgent: past the target, with all but 2 % of the clusters' counts (as a wave's sectors:
+    // with zones, the last 5 % may be a whole far zone) and 1 % of the answers heard, and the
+    // outcome settled whatever the clusters still silent say, it ends; a message in the
+    // network's tail is not waited for to the deadline.
     let silent = super::relay::silent_agents(node, &r.expect);
-    let counted = r.expected_first.saturating_sub(r.expect.len()) as u64;
     let early = now >= r.target
-        && counted * 100 >= r.expected_first as u64 * 95
+        && super::relay::sectors_confirmed(r.expect.len(), r.expected_first)
         && heard * 100 >= sent * 99
         && super::relay::settled(t, silent, r.phases[r.phase].1);
     if (r.expect.is_empty() && heard >= sent) || early {

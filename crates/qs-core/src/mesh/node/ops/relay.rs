@@ -202,7 +202,8 @@ pub(super) fn maybe_end_early(ops: &mut Ops, node: &mut MeshNode, op: OpId, now:
     }
 }
 
-/// Whether at least 98 % of the `expected` sectors confirmed, `silent` still to.
+/// Whether at least 98 % of the `expected` sectors (or a parallel operation's clusters)
+/// confirmed, `silent` still to.
 pub(super) fn sectors_confirmed(silent: usize, expected: usize) -> bool {
     (expected - silent.min(expected)) * 100 >= expected * 98
 }
