@@ -12,7 +12,7 @@
 use crate::clock::now;
 use crate::identity::Auth;
 use crate::mesh_agents::Answered;
-pub use crate::mesh_agents::{LocalAgents, MeshOptions, agent_id};
+pub use crate::mesh_agents::{LocalAgents, MeshOptions};
 use qs_core::mesh::{
     Command, Hierarchy, Member, MeshConfig, MeshInput, MeshNode, MeshOutput, OpResult, Shape,
 };
@@ -324,8 +324,11 @@ pub async fn run<F: Fabric>(
                     built = Some((live, members_version));
                 }
                 // Worker agents' liveness and queues move between joins: the core takes the
-                // beats again (and ignores them when nothing changed).
-                node.handle(MeshInput::Agents(agents.beats()), now());
+                // beats again (and ignores them when nothing changed). Built-in agents' never
+                // move.
+                if agents.has_workers() {
+                    node.handle(MeshInput::Agents(agents.beats()), now());
+                }
                 let _ = status_tx.send(Arc::new(status(&mut node, &agents)));
             }
         }

@@ -16,10 +16,10 @@ use qs_core::hash::of_str;
 use qs_core::mesh::content_hash;
 use qs_wire::NodeId;
 use qs_wire::mesh::{
-    Ack, AgentBeat, AgentId, AgentState, ConflictDetail, Dispatch, MAX_CAPABILITIES, MeshEnvelope,
-    OpId, Trinary, Verb, check_capability,
+    Ack, AgentBeat, AgentId, AgentState, ConflictDetail, Dispatch, MeshEnvelope, OpId, Trinary,
+    Verb, check_capabilities,
 };
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -93,20 +93,15 @@ pub struct WorkerAnswer {
 pub struct LocalAgents {
     node: NodeId,
     builtin: MeshOptions,
-    builtin_ids: Vec<AgentId>,
-    /// When the built-in agents registered: when this process started.
-    started_ms: u64,
-    inner: Mutex<Inner>,
+    /// The built-in agents, and what their beats say (all of it fixed at start).
+    builtin_ids: BTreeSet<AgentId>,
+    builtin_beats: Vec<AgentBeat>,
+    workers: Mutex<BTreeMap<AgentId, WorkerAgent>>,
     version: watch::Sender<u64>,
     answers: mpsc::Sender<Answered>,
     /// Dispatches dropped: a full mailbox, or expired before the worker took them.
     pub dropped: AtomicU64,
     pub expired: AtomicU64,
-}
-
-#[derive(Default)]
-struct Inner {
-    workers: BTreeMap<AgentId, WorkerAgent>,
 }
 
 struct WorkerAgent {
@@ -134,13 +129,24 @@ impl LocalAgents {
     /// The node's agents, and the end the mesh task reads their answers from.
     pub fn new(node: NodeId, builtin: MeshOptions) -> (Arc<LocalAgents>, mpsc::Receiver<Answered>) {
         let (answers, rx) = mpsc::channel(MAX_ANSWERS);
-        let builtin_ids = (0..builtin.agents).map(|i| agent_id(&node, i)).collect();
+        // The built-in agents registered when this process started.
+        let started_ms = now().as_millis();
+        let builtin_beats: Vec<AgentBeat> = (0..builtin.agents)
+            .map(|i| AgentBeat {
+                agent: agent_id(&node, i),
+                state: AgentState::Active,
+                processing_ms: builtin.processing_ms as f64,
+                queue_depth: 0,
+                capabilities: Vec::new(),
+                joined_ms: started_ms,
+            })
+            .collect();
         let agents = LocalAgents {
             node,
             builtin,
-            builtin_ids,
-            started_ms: now().as_millis(),
-            inner: Mutex::new(Inner::default()),
+            builtin_ids: builtin_beats.iter().map(|b| b.agent).collect(),
+            builtin_beats,
+            workers: Mutex::new(BTreeMap::new()),
             version: watch::channel(0).0,
             answers,
             dropped: AtomicU64::new(0),
@@ -159,37 +165,31 @@ impl LocalAgents {
         self.version.subscribe()
     }
 
-    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    fn workers(&self) -> std::sync::MutexGuard<'_, BTreeMap<AgentId, WorkerAgent>> {
+        self.workers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Every agent here, built-in ones first.
     pub fn ids(&self) -> Vec<AgentId> {
-        let mut ids = self.builtin_ids.clone();
-        ids.extend(self.inner().workers.keys());
+        let mut ids: Vec<AgentId> = self.builtin_beats.iter().map(|b| b.agent).collect();
+        ids.extend(self.workers().keys());
         ids
     }
 
     pub fn count(&self) -> u32 {
-        (self.builtin_ids.len() + self.inner().workers.len()) as u32
+        (self.builtin_beats.len() + self.workers().len()) as u32
+    }
+
+    /// Whether a worker is joined: only then do beats change between joins.
+    pub fn has_workers(&self) -> bool {
+        !self.workers().is_empty()
     }
 
     /// What the core is told of this node's agents.
     pub fn beats(&self) -> Vec<AgentBeat> {
-        let mut beats: Vec<AgentBeat> = self
-            .builtin_ids
-            .iter()
-            .map(|a| AgentBeat {
-                agent: *a,
-                state: AgentState::Active,
-                processing_ms: self.builtin.processing_ms as f64,
-                queue_depth: 0,
-                capabilities: Vec::new(),
-                joined_ms: self.started_ms,
-            })
-            .collect();
+        let mut beats = self.builtin_beats.clone();
         let now_ms = now().as_millis();
-        beats.extend(self.inner().workers.iter().map(|(a, w)| {
+        beats.extend(self.workers().iter().map(|(a, w)| {
             let serving = w.polling || now_ms.saturating_sub(w.seen_ms) <= SILENT_AFTER_MS;
             AgentBeat {
                 agent: *a,
@@ -208,29 +208,21 @@ impl LocalAgents {
 
     /// A worker joins the mesh under `name` with `capabilities`.
     pub fn join(&self, name: &str, capabilities: Vec<String>) -> Result<AgentId, String> {
-        if capabilities.len() > MAX_CAPABILITIES {
-            return Err(format!(
-                "capabilities: {}; at most {MAX_CAPABILITIES}",
-                capabilities.len()
-            ));
-        }
-        for c in &capabilities {
-            check_capability(c)?;
-        }
+        check_capabilities(&capabilities)?;
         let id = worker_agent_id(&self.node, name);
         {
-            let mut inner = self.inner();
-            if inner.workers.contains_key(&id) || self.builtin_ids.contains(&id) {
+            let mut workers = self.workers();
+            if workers.contains_key(&id) || self.builtin_ids.contains(&id) {
                 return Err(format!(
                     "a mesh agent named {name:?} is already joined on this node"
                 ));
             }
-            if inner.workers.len() >= MAX_WORKER_AGENTS {
+            if workers.len() >= MAX_WORKER_AGENTS {
                 return Err(format!(
                     "this node has {MAX_WORKER_AGENTS} mesh agents already"
                 ));
             }
-            inner.workers.insert(
+            workers.insert(
                 id,
                 WorkerAgent {
                     capabilities,
@@ -251,13 +243,13 @@ impl LocalAgents {
 
     /// A worker left (it disconnected): what waited for it is dropped.
     pub fn leave(&self, agent: AgentId) {
-        if self.inner().workers.remove(&agent).is_some() {
+        if self.workers().remove(&agent).is_some() {
             self.version.send_modify(|v| *v += 1);
         }
     }
 
     fn mark(&self, agent: AgentId, polling: bool) {
-        if let Some(w) = self.inner().workers.get_mut(&agent) {
+        if let Some(w) = self.workers().get_mut(&agent) {
             w.polling = polling;
             w.seen_ms = now().as_millis();
         }
@@ -269,8 +261,8 @@ impl LocalAgents {
             builtin_work(&self.builtin, d, &self.answers);
             return;
         }
-        let mut inner = self.inner();
-        let Some(w) = inner.workers.get_mut(&d.agent) else {
+        let mut workers = self.workers();
+        let Some(w) = workers.get_mut(&d.agent) else {
             // Left since the core's last look: the lead hears nothing, as from any agent gone.
             return;
         };
@@ -288,8 +280,8 @@ impl LocalAgents {
         let _polling = Polling::start(self, agent);
         loop {
             let notify = {
-                let mut inner = self.inner();
-                let w = inner.workers.get_mut(&agent)?;
+                let mut workers = self.workers();
+                let w = workers.get_mut(&agent)?;
                 let now_ms = now().as_millis();
                 while let Some(d) = w.mailbox.pop_front() {
                     if d.envelope.expired(now_ms) {
@@ -344,11 +336,8 @@ impl LocalAgents {
                 return Err("answer READY (1) or CONFLICT (-1) once the work is done".into());
             }
         }
-        let mut inner = self.inner();
-        let w = inner
-            .workers
-            .get_mut(&agent)
-            .ok_or("not joined to the mesh")?;
+        let mut workers = self.workers();
+        let w = workers.get_mut(&agent).ok_or("not joined to the mesh")?;
         let taken = w.taken.get(&a.op).ok_or_else(|| {
             format!(
                 "operation {} was not taken by this agent, or is answered already",

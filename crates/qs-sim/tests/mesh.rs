@@ -4,7 +4,7 @@
 
 use qs_core::Time;
 use qs_sim::mesh::engine::{READY_AT_MS, run};
-use qs_sim::mesh::{Cascade, KillHost, MeshReport, MeshSim, MeshSimConfig, ScaleOut};
+use qs_sim::mesh::{Cascade, KillHost, MeshSim, MeshSimConfig, ScaleOut};
 use qs_wire::mesh::CascadeMode;
 
 fn no_clock() -> f64 {
@@ -21,12 +21,6 @@ fn cascades(modes: &[CascadeMode], from_ms: u64, budget_ms: Option<u64>) -> Vec<
             budget_ms,
         })
         .collect()
-}
-
-/// The scenario's own results (calibrations left out).
-fn measured(r: &MeshReport) -> &[qs_core::mesh::OpResult] {
-    let calibrations = qs_sim::mesh::engine::CALIBRATIONS as usize;
-    &r.results[calibrations.min(r.results.len())..]
 }
 
 #[test]
@@ -53,7 +47,7 @@ fn thirty_thousand_agents_cascade_in_every_mode() {
         "{}",
         r.max_received_per_node_per_second
     );
-    let ops = measured(&r);
+    let ops = r.measured();
     assert_eq!(ops.len(), 3, "{ops:#?}");
     for op in ops {
         // The root sends one order per sector and phase, never one per agent.
@@ -228,7 +222,7 @@ fn a_thousand_agents_join_thirty_thousand_gradually() {
     assert!(i.max_admitted_per_cluster_per_beat <= 10, "{i:?}");
     let steps = i.timeline.windows(2).filter(|w| w[1].1 > w[0].1).count();
     assert!(steps >= 3, "{i:?}");
-    let ops = measured(&r);
+    let ops = r.measured();
     assert_eq!(ops.len(), 2, "{ops:#?}");
     // While they settle (none is in a pool before 3 s), operations leave them out, count
     // them apart, and go on with the rest. The hierarchy re-formed around the new hosts
@@ -251,9 +245,8 @@ fn a_thousand_agents_join_thirty_thousand_gradually() {
     );
 }
 
-/// Hosts that name their region as their zone: clusters and sectors stay within a region
-/// (the hierarchy's own tests check the shape), and cascades of each mode go through it as
-/// they do without zones.
+/// Hosts that name their region as their zone: clusters and sectors stay within a region,
+/// and cascades of each mode go through it as they do without zones.
 #[test]
 fn zones_keep_the_tree_regional_and_cascades_go_through() {
     let mut cfg = MeshSimConfig::new(30_000, 7);
@@ -264,10 +257,26 @@ fn zones_keep_the_tree_regional_and_cascades_go_through() {
         None,
     );
     cfg.duration_ms = READY_AT_MS + 6_000;
+    // Every cluster's and every sector's agents are on hosts of one region.
+    let sim = MeshSim::new(&cfg);
+    let mut region_of_cluster = vec![None; sim.tree.clusters.len()];
+    for a in &sim.agents {
+        let c = sim.tree.cluster_of(a.id).unwrap().0 as usize;
+        let r = sim.region[a.host];
+        assert_eq!(*region_of_cluster[c].get_or_insert(r), r, "cluster {c}");
+    }
+    for (i, s) in sim.tree.sectors.iter().enumerate() {
+        let regions: std::collections::BTreeSet<usize> = s
+            .clusters
+            .iter()
+            .filter_map(|c| region_of_cluster[c.0 as usize])
+            .collect();
+        assert!(regions.len() <= 1, "sector {i}: regions {regions:?}");
+    }
     let r = run(&cfg, &no_clock).unwrap();
     assert!(r.refused.is_empty(), "{:?}", r.refused);
     assert!(r.sectors <= 100 && r.largest_cluster <= 100 && r.largest_sector <= 100);
-    let ops = measured(&r);
+    let ops = r.measured();
     assert_eq!(ops.len(), 2, "{ops:#?}");
     for o in ops {
         assert_eq!(o.status, "SUCCESS", "{o:?}");

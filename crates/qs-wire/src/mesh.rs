@@ -235,18 +235,34 @@ impl MeshEnvelope {
 
 /// A capability's name: 1..=[`MAX_CAPABILITY_BYTES`] of letters, digits, `_`, `-`, `.`.
 pub fn check_capability(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > MAX_CAPABILITY_BYTES {
-        return Err(format!("a capability is 1..={MAX_CAPABILITY_BYTES} bytes"));
-    }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
-    {
+    token("capability", name, MAX_CAPABILITY_BYTES)
+}
+
+/// An agent's capabilities, wherever they come from (a beat, a worker's join).
+pub fn check_capabilities(names: &[String]) -> Result<(), String> {
+    if names.len() > MAX_CAPABILITIES {
         return Err(format!(
-            "capability {name:?}: letters, digits, '_', '-', '.' only"
+            "capabilities: {}; at most {MAX_CAPABILITIES}",
+            names.len()
         ));
     }
-    Ok(())
+    names.iter().try_for_each(|c| check_capability(c))
+}
+
+/// A name of 1..=`max` ASCII letters, digits, `_`, `-` and `.` (capabilities, zones).
+pub(crate) fn token(what: &str, name: &str, max: usize) -> Result<(), String> {
+    if name.is_empty() || name.len() > max {
+        return Err(format!("{what} {name:?}: {} bytes; 1..={max}", name.len()));
+    }
+    match name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+    {
+        Some(c) => Err(format!(
+            "{what} {name:?}: {c:?} is not an ASCII letter, digit, '_', '-' or '.'"
+        )),
+        None => Ok(()),
+    }
 }
 
 fn text(what: &str, s: &str) -> Result<(), String> {
@@ -360,12 +376,7 @@ impl BusMessage for MeshMessage {
                 }
                 for a in &b.agents {
                     finite("processing_ms", a.processing_ms, 1e9)?;
-                    if a.capabilities.len() > MAX_CAPABILITIES {
-                        return Err(format!("capabilities: at most {MAX_CAPABILITIES}"));
-                    }
-                    for c in &a.capabilities {
-                        check_capability(c)?;
-                    }
+                    check_capabilities(&a.capabilities)?;
                 }
                 Ok(())
             }

@@ -8,7 +8,7 @@ use crate::bench::{emit, round_to};
 use anyhow::{Context, Result};
 use qs_core::mesh::OpResult;
 use qs_core::mesh::degrade::Mode;
-use qs_sim::mesh::engine::{CALIBRATIONS, READY_AT_MS, run};
+use qs_sim::mesh::engine::{READY_AT_MS, run};
 use qs_sim::mesh::gossip::{Gossip, spread};
 use qs_sim::mesh::{Cascade, Matrix, MeshSimConfig, Wan};
 use qs_wire::mesh::CascadeMode;
@@ -60,27 +60,20 @@ pub fn cascade_suite(b: &CascadeBench) -> Result<()> {
     for down in [0.0, 0.01, 0.05, 0.20] {
         let pct = (down * 100.0) as u32;
         for mode in modes {
-            let mut cfg = MeshSimConfig::new(b.agents, b.seed);
-            cfg.wan = wan.clone();
-            cfg.down_fraction = down;
-            cfg.down_at_ms = READY_AT_MS;
-            let first = READY_AT_MS + 1_500;
-            let gap = match mode {
+            let gap_ms = match mode {
                 CascadeMode::PriorityFirst => 6_000,
                 _ => 1_500,
             };
-            cfg.cascades = (0..b.cascades)
-                .map(|i| Cascade {
-                    at_ms: first + gap * i as u64,
-                    mode,
-                    budget_ms: None,
-                })
-                .collect();
-            cfg.duration_ms = first + gap * b.cascades as u64 + 6_000;
+            let mut cfg = Series {
+                gap_ms,
+                ..Series::of(mode, b)
+            }
+            .config(b, &wan);
+            cfg.down_fraction = down;
+            cfg.down_at_ms = READY_AT_MS;
             let r = run(&cfg, &clock)?;
-            let ops: &[OpResult] = &r.results[(CALIBRATIONS as usize).min(r.results.len())..];
             let name = format!("{}_down{pct}", mode_name(mode));
-            report(&name, ops);
+            report(&name, r.measured());
             emit(
                 BENCH,
                 format!("{name}_refused"),
@@ -124,61 +117,42 @@ pub fn cascade_suite(b: &CascadeBench) -> Result<()> {
         }
     }
     // An urgent wave: the arrival budget fixed, slower agents known too late and skipped.
-    let mut cfg = MeshSimConfig::new(b.agents, b.seed);
-    cfg.wan = wan.clone();
-    let first = READY_AT_MS + 1_500;
-    cfg.cascades = (0..b.cascades)
-        .map(|i| Cascade {
-            at_ms: first + 1_500 * i as u64,
-            mode: CascadeMode::Wave,
-            budget_ms: Some(b.urgent_budget_ms),
-        })
-        .collect();
-    cfg.duration_ms = first + 1_500 * b.cascades as u64 + 3_000;
+    let cfg = Series {
+        budget_ms: Some(b.urgent_budget_ms),
+        tail_ms: 3_000,
+        ..Series::of(CascadeMode::Wave, b)
+    }
+    .config(b, &wan);
     let r = run(&cfg, &clock)?;
-    let ops = &r.results[(CALIBRATIONS as usize).min(r.results.len())..];
-    report(&format!("wave_urgent{}ms_down0", b.urgent_budget_ms), ops);
+    report(
+        &format!("wave_urgent{}ms_down0", b.urgent_budget_ms),
+        r.measured(),
+    );
 
     // Zones (seed §2.1's local clusters, regional sectors): each host names its region, as
     // `qs agent --mesh-zone` does; the same waves and parallel cascades, no agent down.
     for mode in [CascadeMode::Wave, CascadeMode::Parallel] {
-        let mut cfg = MeshSimConfig::new(b.agents, b.seed);
-        cfg.wan = wan.clone();
+        let mut cfg = Series::of(mode, b).config(b, &wan);
         cfg.zones = true;
-        let first = READY_AT_MS + 1_500;
-        cfg.cascades = (0..b.cascades)
-            .map(|i| Cascade {
-                at_ms: first + 1_500 * i as u64,
-                mode,
-                budget_ms: None,
-            })
-            .collect();
-        cfg.duration_ms = first + 1_500 * b.cascades as u64 + 6_000;
         let r = run(&cfg, &clock)?;
-        let ops = &r.results[(CALIBRATIONS as usize).min(r.results.len())..];
-        report(&format!("{}_zones_down0", mode_name(mode)), ops);
+        report(&format!("{}_zones_down0", mode_name(mode)), r.measured());
     }
 
     // Scale-out (seed §10.2): 1,000 more agents on new hosts join the running mesh; waves
     // go on while they settle and after they joined.
-    let mut cfg = MeshSimConfig::new(b.agents, b.seed);
-    cfg.wan = wan.clone();
     let join_ms = READY_AT_MS;
+    let mut cfg = Series {
+        first_ms: join_ms + 1_000,
+        count: b.cascades.max(2),
+        ..Series::of(CascadeMode::Wave, b)
+    }
+    .config(b, &wan);
     cfg.scale_out = Some(qs_sim::mesh::ScaleOut {
         at_ms: join_ms,
         agents: 1_000,
     });
-    cfg.cascades = (0..b.cascades.max(2))
-        .map(|i| Cascade {
-            at_ms: join_ms + 1_000 + 1_500 * i as u64,
-            mode: CascadeMode::Wave,
-            budget_ms: None,
-        })
-        .collect();
-    cfg.duration_ms = join_ms + 1_000 + 1_500 * b.cascades.max(2) as u64 + 6_000;
     let r = run(&cfg, &clock)?;
-    let ops = &r.results[(CALIBRATIONS as usize).min(r.results.len())..];
-    report("wave_scaleout1000_down0", ops);
+    report("wave_scaleout1000_down0", r.measured());
     if let Some(i) = &r.integration {
         let ms = |v: Option<u64>| v.map_or(f64::NAN, |v| v as f64);
         emit(
@@ -258,6 +232,46 @@ pub fn cascade_suite(b: &CascadeBench) -> Result<()> {
     Ok(())
 }
 
+/// A run of `count` cascades of one mode, `gap_ms` apart from `first_ms`, going on `tail_ms`
+/// past the last one's gap.
+struct Series {
+    mode: CascadeMode,
+    budget_ms: Option<u64>,
+    first_ms: u64,
+    gap_ms: u64,
+    count: usize,
+    tail_ms: u64,
+}
+
+impl Series {
+    /// The suite's usual run: `b.cascades` of `mode` 1.5 s apart, from 1.5 s after the
+    /// calibration, 6 s more after them.
+    fn of(mode: CascadeMode, b: &CascadeBench) -> Series {
+        Series {
+            mode,
+            budget_ms: None,
+            first_ms: READY_AT_MS + 1_500,
+            gap_ms: 1_500,
+            count: b.cascades,
+            tail_ms: 6_000,
+        }
+    }
+
+    fn config(&self, b: &CascadeBench, wan: &Wan) -> MeshSimConfig {
+        let mut cfg = MeshSimConfig::new(b.agents, b.seed);
+        cfg.wan = wan.clone();
+        cfg.cascades = (0..self.count)
+            .map(|i| Cascade {
+                at_ms: self.first_ms + self.gap_ms * i as u64,
+                mode: self.mode,
+                budget_ms: self.budget_ms,
+            })
+            .collect();
+        cfg.duration_ms = self.first_ms + self.gap_ms * self.count as u64 + self.tail_ms;
+        cfg
+    }
+}
+
 /// One row's figures over its operations.
 fn report(name: &str, ops: &[OpResult]) {
     let lat: Vec<f64> = ops.iter().map(|o| o.latency_ms).collect();
@@ -277,10 +291,9 @@ fn report(name: &str, ops: &[OpResult]) {
         .iter()
         .filter(|o| o.decision.name() == "PROCEED")
         .count();
-    let succeeded = ops
-        .iter()
-        .filter(|o| matches!(o.status, "SUCCESS" | "COMPLETE"))
-        .count();
+    let succeeded = ops.iter().filter(|o| o.status == "SUCCESS").count();
+    // A priority-first operation ends COMPLETE whatever its phases did: no success to count.
+    let judged = ops.iter().any(|o| o.mode != CascadeMode::PriorityFirst);
     let per_phase_root = ops
         .iter()
         .map(|o| f64::from(o.root_messages) / o.phases.len().max(1) as f64)
@@ -334,12 +347,14 @@ fn report(name: &str, ops: &[OpResult]) {
         rate(quorum as u64, ops.len() as u64),
         "share of operations",
     );
-    emit(
-        BENCH,
-        format!("{name}_success"),
-        rate(succeeded as u64, ops.len() as u64),
-        "share of operations (SUCCESS, or COMPLETE for priority-first)",
-    );
+    if judged {
+        emit(
+            BENCH,
+            format!("{name}_success"),
+            rate(succeeded as u64, ops.len() as u64),
+            "share of operations (SUCCESS)",
+        );
+    }
     emit(
         BENCH,
         format!("{name}_root_messages_per_phase"),

@@ -112,7 +112,7 @@ enum Command {
         mesh_context: String,
         /// How long an agent that joined lately beats before this node, as its cluster
         /// lead, adds it to the routing pool (seed §10.2), milliseconds.
-        #[arg(long, default_value_t = 3_000, value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+        #[arg(long, default_value_t = qs_core::mesh::integration::SETTLE_MS, value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
         mesh_settle_ms: u64,
         /// This node's zone (a data centre, a cloud zone: `us-east-1a`): the mesh keeps its
         /// clusters and sectors within a zone, so leads and coordinators are near their

@@ -12,15 +12,8 @@ use std::io::{Read, Write};
 use std::process::Stdio;
 use std::time::Duration;
 
-const CONFIG: &str = "[thresholds]\ncpu_sensed = false\nmemory = 1.0\n";
 const NODES: [&str; 4] = ["m1", "m2", "m3", "m4"];
 const PER_NODE: u32 = 250;
-
-fn op(up: &Up, body: &str) -> Value {
-    let (status, v) = up.http("POST", "/v1/mesh/ops", body);
-    assert_eq!(status, 200, "POST /v1/mesh/ops {body}: {v}");
-    v
-}
 
 /// A test double of an OpenAI-compatible endpoint (no model can run on these machines): it
 /// answers the first chat completion with `content` (anything else, such as the client's
@@ -105,7 +98,7 @@ fn a_thousand_agents_over_nats() {
                     context,
                 ],
                 &[],
-                CONFIG,
+                MESH_CONFIG,
             )
         })
         .collect();
@@ -147,8 +140,7 @@ fn a_thousand_agents_over_nats() {
     );
 
     // A broadcast, asked of a node that is not the root: it goes to the root and back.
-    let b = op(
-        other,
+    let b = other.mesh_op(
         r#"{"action":"cascade","mode":"wave","verb":"sync","payload":"Context update: Market closed early today"}"#,
     );
     assert_eq!(b["tally"]["targeted"], total, "{b}");
@@ -156,8 +148,7 @@ fn a_thousand_agents_over_nats() {
     assert_eq!(b["decision"]["decision"], "proceed", "{b}");
 
     // An ask of a sample: answers counted.
-    let a = op(
-        root,
+    let a = root.mesh_op(
         r#"{"action":"cascade","mode":"wave","verb":"observe","payload":"What's your current context hash?","sample":50}"#,
     );
     let sent = a["tally"]["sent"].as_u64().unwrap();
@@ -173,10 +164,8 @@ fn a_thousand_agents_over_nats() {
     // A fact a quarter of the agents contradict: CONFLICT from each of m4's agents, the
     // quorum says to resolve them, and each conflict is in the conflict log (the ledger
     // of the lead that heard it).
-    let c = op(
-        root,
-        r#"{"action":"cascade","mode":"wave","verb":"sync","payload":"expect:a1b2c3d4"}"#,
-    );
+    let c = root
+        .mesh_op(r#"{"action":"cascade","mode":"wave","verb":"sync","payload":"expect:a1b2c3d4"}"#);
     assert_eq!(c["tally"]["conflict"], PER_NODE, "{c}");
     assert_eq!(c["decision"]["decision"], "resolve-conflicts", "{c}");
     let logged = || -> usize { agents.iter().map(|a| a.events_of("mesh-conflict")).sum() };
@@ -245,10 +234,7 @@ fn a_thousand_agents_over_nats() {
     assert_eq!(status, 409, "{v}");
     assert!(v["error"].as_str().unwrap().contains("frozen"), "{v}");
     cli(&["--api", &root.api, "mesh", "thaw"]);
-    op(
-        root,
-        r#"{"action":"cascade","mode":"wave","verb":"sync","payload":"y"}"#,
-    );
+    root.mesh_op(r#"{"action":"cascade","mode":"wave","verb":"sync","payload":"y"}"#);
 
     // The KPIs, from the root's /metrics (refreshed at the mesh's next tick).
     root.wait_within("the KPIs", Duration::from_secs(10), |a| {

@@ -19,7 +19,6 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-const CONFIG: &str = "[thresholds]\ncpu_sensed = false\nmemory = 1.0\n";
 const BUILT_IN: u32 = 20;
 /// How long an agent that joined settles before its lead routes to it: long enough for the
 /// test to see a late one settling.
@@ -66,12 +65,6 @@ fn mesh_agent(socket: &Path, name: &str, context: &str, capabilities: &[&str]) -
     MeshAgent(child)
 }
 
-fn op(up: &Up, body: &str) -> Value {
-    let (status, v) = up.http("POST", "/v1/mesh/ops", body);
-    assert_eq!(status, 200, "POST /v1/mesh/ops {body}: {v}");
-    v
-}
-
 /// One frame of the worker protocol.
 fn send(stream: &mut UnixStream, request: &str) {
     let mut frame = (request.len() as u32).to_be_bytes().to_vec();
@@ -114,7 +107,7 @@ fn workers_join_the_mesh_with_capabilities_answer_and_leave() {
             SETTLE,
         ],
         &[],
-        CONFIG,
+        MESH_CONFIG,
     );
     let w2 = agent_configured(
         dir.path(),
@@ -122,7 +115,7 @@ fn workers_join_the_mesh_with_capabilities_answer_and_leave() {
         "w2",
         &["--mesh-settle-ms", SETTLE],
         &[],
-        CONFIG,
+        MESH_CONFIG,
     );
     let socket = |n: &str| dir.path().join(n).join("tasks.sock");
     for (up, n) in [(&w1, "w1"), (&w2, "w2")] {
@@ -135,12 +128,8 @@ fn workers_join_the_mesh_with_capabilities_answer_and_leave() {
     let (n1, n2) = (&w1, &w2);
     let root_seeing = |want: u32| {
         move |_: &Up| {
-            [n1, n2].iter().any(|u| {
-                let s = u.get("/v1/mesh");
-                s["is_root"] == true
-                    && s["agents"] == want
-                    && s["active"] == want
-                    && s["joining"] == 0
+            root_status(&[n1, n2], |s| {
+                s["agents"] == want && s["active"] == want && s["joining"] == 0
             })
         }
     };
@@ -152,8 +141,7 @@ fn workers_join_the_mesh_with_capabilities_answer_and_leave() {
     assert_eq!(w2.get("/v1/mesh")["local_agents"], 2);
 
     // An ask that requires a capability: only the two GPU workers are asked, and answer.
-    let ask = op(
-        &w2,
+    let ask = w2.mesh_op(
         r#"{"action":"cascade","mode":"wave","verb":"observe","payload":"What's your current context hash?","requires":"gpu"}"#,
     );
     assert_eq!(ask["tally"]["targeted"], 2, "{ask}");
@@ -166,10 +154,8 @@ fn workers_join_the_mesh_with_capabilities_answer_and_leave() {
     assert_eq!(ask["decision"]["decision"], "proceed", "{ask}");
 
     // A fact every agent should hold: the worker holding another context contradicts it.
-    let fact = op(
-        &w1,
-        r#"{"action":"cascade","mode":"wave","verb":"sync","payload":"expect:a1b2c3d4"}"#,
-    );
+    let fact = w1
+        .mesh_op(r#"{"action":"cascade","mode":"wave","verb":"sync","payload":"expect:a1b2c3d4"}"#);
     assert_eq!(fact["tally"]["targeted"], all, "{fact}");
     assert_eq!(fact["tally"]["conflict"], 1, "{fact}");
     assert_eq!(fact["tally"]["ready"], all - 1, "{fact}");
@@ -187,21 +173,14 @@ fn workers_join_the_mesh_with_capabilities_answer_and_leave() {
     assert_eq!(logged(), 1, "conflict records in the ledgers");
     // cpu-c joined moments ago and contradicted what its cluster clearly holds: seed §10.2
     // takes it out of the routing pool while it integrates, and holds it there a while.
-    let joining = |want: u32| {
-        move |_: &Up| {
-            [n1, n2].iter().any(|u| {
-                let s = u.get("/v1/mesh");
-                s["is_root"] == true && s["joining"] == want
-            })
-        }
-    };
+    let joining = |want: u32| move |_: &Up| root_status(&[n1, n2], |s| s["joining"] == want);
     w1.wait_within(
         "the contradicting newcomer out of the pool",
         Duration::from_secs(5),
         joining(1),
     );
     let observe = r#"{"action":"cascade","mode":"wave","verb":"observe","payload":"What's your current context hash?"}"#;
-    let held = op(&w1, observe);
+    let held = w1.mesh_op(observe);
     assert_eq!(held["tally"]["joining"], 1, "{held}");
     assert_eq!(held["tally"]["targeted"], all - 1, "{held}");
     assert_eq!(held["tally"]["conflict"], 0, "{held}");
@@ -213,14 +192,9 @@ fn workers_join_the_mesh_with_capabilities_answer_and_leave() {
     w1.wait_within(
         "the root to count the late worker",
         Duration::from_secs(5),
-        |_| {
-            [&w1, &w2].iter().any(|u| {
-                let s = u.get("/v1/mesh");
-                s["is_root"] == true && s["agents"] == all + 1
-            })
-        },
+        |_| root_status(&[&w1, &w2], |s| s["agents"] == all + 1),
     );
-    let settling = op(&w1, tpu_ask);
+    let settling = w1.mesh_op(tpu_ask);
     assert_eq!(settling["tally"]["joining"], 1, "{settling}");
     assert_eq!(settling["tally"]["targeted"], 0, "{settling}");
     // Settled, both are in the pool.
@@ -229,7 +203,7 @@ fn workers_join_the_mesh_with_capabilities_answer_and_leave() {
         Duration::from_secs(30),
         root_seeing(all + 1),
     );
-    let joined = op(&w1, tpu_ask);
+    let joined = w1.mesh_op(tpu_ask);
     assert_eq!(joined["tally"]["joining"], 0, "{joined}");
     assert_eq!(joined["tally"]["ready"], 1, "{joined}");
 
@@ -259,7 +233,7 @@ fn workers_join_the_mesh_with_capabilities_answer_and_leave() {
         Duration::from_secs(30),
         root_seeing(all - 1),
     );
-    let after = op(&w1, observe);
+    let after = w1.mesh_op(observe);
     assert_eq!(after["tally"]["targeted"], all - 1, "{after}");
     assert_eq!(after["tally"]["ready"], all - 1, "{after}");
     assert_eq!(after["decision"]["decision"], "proceed", "{after}");
@@ -268,9 +242,8 @@ fn workers_join_the_mesh_with_capabilities_answer_and_leave() {
     // around it.
     let root_counts = |agents: u32, active: u32| {
         move |_: &Up| {
-            [n1, n2].iter().any(|u| {
-                let s = u.get("/v1/mesh");
-                s["is_root"] == true && s["agents"] == agents && s["active"] == active
+            root_status(&[n1, n2], |s| {
+                s["agents"] == agents && s["active"] == active
             })
         }
     };

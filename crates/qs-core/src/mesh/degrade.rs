@@ -68,6 +68,9 @@ pub struct Ask {
     pub approved: bool,
     /// An automated operation (a probe, a scheduled cascade), not an operator's.
     pub automated: bool,
+    /// The mesh's agents and active agents that made the mode (a refusal names them).
+    pub total_agents: u32,
+    pub active_agents: u32,
 }
 
 /// Why the mode refuses, with the counts the root had when it did.
@@ -80,17 +83,6 @@ pub struct Refused {
     pub total_agents: u32,
 }
 
-impl Refused {
-    /// The same refusal, with the counts that made the mode.
-    pub fn with_counts(self, total_agents: u32, active_agents: u32) -> Refused {
-        Refused {
-            active_agents,
-            total_agents,
-            ..self
-        }
-    }
-}
-
 /// Scatters over this many agents wait for FULL or DEGRADED_LIGHT.
 pub const MODERATE_MAX_AGENTS: u32 = 1_000;
 
@@ -100,8 +92,8 @@ pub fn permit(mode: Mode, ask: &Ask) -> Result<(), Refused> {
         Err(Refused {
             mode: mode.name(),
             rule,
-            active_agents: 0,
-            total_agents: 0,
+            active_agents: ask.active_agents,
+            total_agents: ask.total_agents,
         })
     };
     match mode {
@@ -223,8 +215,13 @@ mod tests {
                 mesh_wide,
                 approved,
                 automated,
+                total_agents: 100,
+                active_agents: 10,
             };
             assert_eq!(permit(mode, &ask).is_ok(), ok, "{mode:?} {ask:?}");
+            if let Err(e) = permit(mode, &ask) {
+                assert!(e.to_string().contains("(10 of 100 agents active)"), "{e}");
+            }
         }
     }
 

@@ -134,17 +134,13 @@ impl<K: Ord + Copy> Gather<K> {
 
     /// What was sent to `key` expired on the way: it counts as heard (nothing more will
     /// come) and as expired, not as an answer.
-    pub fn expired(&mut self, key: K) -> bool {
-        let Some(slot) = self.answers.get_mut(&key) else {
-            return false;
-        };
-        if slot.is_some() {
-            return false;
+    /// (Once, and only for `key`s sent to and not answered yet.)
+    pub fn expired(&mut self, key: K) {
+        if let Some(slot @ None) = self.answers.get_mut(&key) {
+            *slot = Some(Trinary::Transit);
+            self.pending -= 1;
+            self.tally.expired += 1;
         }
-        *slot = Some(Trinary::Transit);
-        self.pending -= 1;
-        self.tally.expired += 1;
-        true
     }
 
     /// `key` was sent to and answered (in the window or late).
@@ -205,9 +201,7 @@ pub fn outcome(t: &Tally, min_rate: f64) -> Outcome {
     Outcome {
         status,
         response_rate: rate,
-        stragglers: t
-            .sent
-            .saturating_sub(t.ready + t.transit + t.conflict + t.late + t.expired),
+        stragglers: t.sent.saturating_sub(t.heard()),
     }
 }
 

@@ -37,11 +37,14 @@ pub struct IntegrationConfig {
     pub admit_per_beat: usize,
 }
 
+/// How long a new agent settles by default: ten beats of 300 ms, ten link samples, enough
+/// for the p95 and the drift.
+pub const SETTLE_MS: u64 = 3_000;
+
 impl Default for IntegrationConfig {
     fn default() -> Self {
         IntegrationConfig {
-            // Ten beats of 300 ms: ten link samples, enough for the p95 and the drift.
-            settle_ms: 3_000,
+            settle_ms: SETTLE_MS,
             min_link_samples: 8,
             established_ms: 30_000,
             admit_per_beat: 10,
@@ -93,12 +96,6 @@ pub fn established(joined_ms: u64, now: Time, cfg: &IntegrationConfig) -> bool {
     joined_ms == 0 || now.as_millis().saturating_sub(joined_ms) >= cfg.established_ms
 }
 
-/// Whether an agent that joined at `joined_ms` is still integrating at `now`: a conflict
-/// then takes it out of the pool.
-pub fn integrating(joined_ms: u64, now: Time, cfg: &IntegrationConfig) -> bool {
-    !established(joined_ms, now, cfg)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,8 +128,8 @@ mod tests {
             };
             assert_eq!(standing(&c, now, &cfg), want, "{c:?}");
         }
-        assert!(integrating(ago(29_999), now, &cfg));
-        assert!(!integrating(ago(30_000), now, &cfg));
-        assert!(!integrating(0, now, &cfg));
+        assert!(!established(ago(29_999), now, &cfg));
+        assert!(established(ago(30_000), now, &cfg));
+        assert!(established(0, now, &cfg));
     }
 }

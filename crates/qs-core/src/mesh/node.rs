@@ -344,7 +344,10 @@ impl MeshNode {
             l.summary = None;
             for a in &cluster.agents {
                 if let Some(host) = tree.host_of(*a) {
-                    l.integrating |= !l.agents.contains_key(a);
+                    if !l.agents.contains_key(a) {
+                        l.integrating = true;
+                        l.unknown_until = Some(unknown_until);
+                    }
                     l.agents.entry(*a).or_insert_with(|| AgentView {
                         host: host.clone(),
                         state: AgentState::Offline,

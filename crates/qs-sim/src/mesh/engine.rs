@@ -99,7 +99,8 @@ impl Ord for Queued {
 pub struct MeshSim {
     pub nodes: Vec<MeshNode>,
     index: BTreeMap<NodeId, usize>,
-    region: Vec<usize>,
+    /// Each host's region.
+    pub region: Vec<usize>,
     dead: Vec<bool>,
     pub agents: Vec<SimAgent>,
     by_agent: BTreeMap<AgentId, usize>,
@@ -200,9 +201,8 @@ impl MeshSim {
         }
         // The scale-out's hosts are not up yet.
         let dead: Vec<bool> = (0..hosts).map(|h| h >= base_hosts).collect();
-        let initial: Vec<Member> = members[..cfg.agents].to_vec();
         let tree = Arc::new(
-            Hierarchy::build(&initial, Shape::default(), |_| true)
+            Hierarchy::build(&members[..cfg.agents], Shape::default(), |_| true)
                 .expect("validated: at most a million agents"),
         );
         let cfg_mesh = MeshConfig::default();
@@ -602,6 +602,10 @@ impl MeshSim {
             integration: self.scale_out.as_ref().map(|t| t.report.clone()),
             trace_hash: format!("{:016x}", h.finish() ^ of_str("mesh")),
             peak_rss_bytes: None,
+            calibrations: match cfg.calibrate {
+                true => CALIBRATIONS as usize,
+                false => 0,
+            },
         }
     }
 }

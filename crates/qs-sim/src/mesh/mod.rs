@@ -175,6 +175,15 @@ pub struct MeshReport {
     pub integration: Option<Integration>,
     pub trace_hash: String,
     pub peak_rss_bytes: Option<u64>,
+    /// The first results are the calibration's broadcasts.
+    pub calibrations: usize,
+}
+
+impl MeshReport {
+    /// The scenario's own operations: the results past the calibration's.
+    pub fn measured(&self) -> &[OpResult] {
+        &self.results[self.calibrations.min(self.results.len())..]
+    }
 }
 
 /// Which cascade mode, by name (for flags).

@@ -147,6 +147,19 @@ impl Tally {
             *sum = sum.saturating_add(n);
         }
     }
+
+    /// Answers heard, of any state, expiries included (saturating).
+    pub fn heard(&self) -> u32 {
+        [
+            self.ready,
+            self.transit,
+            self.conflict,
+            self.late,
+            self.expired,
+        ]
+        .iter()
+        .fold(0u32, |a, b| a.saturating_add(*b))
+    }
 }
 
 /// A subtree's result, reported to the level above.

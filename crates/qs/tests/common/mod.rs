@@ -12,6 +12,17 @@ use std::time::{Duration, Instant};
 
 pub const LIMIT: Duration = Duration::from_secs(30);
 
+/// A mesh node's config: no CPU sensing (many agents on one machine), all its memory.
+pub const MESH_CONFIG: &str = "[thresholds]\ncpu_sensed = false\nmemory = 1.0\n";
+
+/// Whether one of `nodes` is the mesh's root and its `GET /v1/mesh` satisfies `holds`.
+pub fn root_status(nodes: &[&Up], holds: impl Fn(&Value) -> bool) -> bool {
+    nodes.iter().any(|u| {
+        let s = u.get("/v1/mesh");
+        s["is_root"] == true && holds(&s)
+    })
+}
+
 pub const FLEET: &str = r#"
 [node.alpha]
 level = 0
@@ -368,6 +379,13 @@ impl Up {
             .as_array()
             .unwrap()
             .clone()
+    }
+
+    /// A mesh operation through `POST /v1/mesh/ops`, which must succeed.
+    pub fn mesh_op(&self, body: &str) -> Value {
+        let (status, v) = self.http("POST", "/v1/mesh/ops", body);
+        assert_eq!(status, 200, "POST /v1/mesh/ops {body}: {v}");
+        v
     }
 
     /// Its ledger's events of kind `kind` (`mesh-conflict`, ...).

@@ -59,7 +59,7 @@ impl MeshNode {
         let Some(view) = self.led.get_mut(&c).and_then(|l| l.agents.get_mut(&agent)) else {
             return;
         };
-        if view.admitted && integration::integrating(view.joined_ms, now, &cfg) {
+        if view.admitted && !integration::established(view.joined_ms, now, &cfg) {
             view.admitted = false;
             view.held_until = Some(now + Duration::from_millis(cfg.settle_ms));
             if let Some(l) = self.led.get_mut(&c) {

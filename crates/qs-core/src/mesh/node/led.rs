@@ -64,6 +64,8 @@ pub(crate) struct Led {
     /// Some agent may be active and outside the routing pool: the lead's integration pass
     /// looks at this cluster (set when a view is made, joins again, comes up or is held).
     pub integrating: bool,
+    /// The latest `unknown_until` of its views: past it, every view is known.
+    pub unknown_until: Option<Time>,
 }
 
 /// A host of a led cluster: when it last beat, and the path to it.
@@ -87,6 +89,9 @@ impl Led {
 
     /// Agents a summary counts now: all but those whose state is not known yet.
     pub(crate) fn known_count(&self, now: Time) -> u32 {
+        if self.unknown_until.is_none_or(|t| now >= t) {
+            return self.agents.len() as u32;
+        }
         let unknown = self.agents.values();
         let unknown = unknown.filter(|a| a.unknown_until.is_some_and(|t| now < t));
         (self.agents.len() - unknown.count()) as u32

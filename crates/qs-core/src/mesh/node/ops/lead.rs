@@ -201,59 +201,53 @@ pub(crate) fn on_ack(node: &mut MeshNode, from: &NodeId, a: Ack, now: Time) {
         view.work.record(processing, link_p50);
     }
     let mut rerouted = None;
-    let expired_at_lead = at_lead
-        && a.expired
-        && ops
-            .lead
-            .get_mut(&(a.op, a.cluster))
-            .is_some_and(|l| l.gather.expired(a.agent));
-    if expired_at_lead {
+    match ops.lead.get_mut(&(a.op, a.cluster)).filter(|_| at_lead) {
         // Nothing more comes from it: the lead may be done (below).
-    } else if at_lead
-        && !a.expired
-        && let Some(l) = ops.lead.get_mut(&(a.op, a.cluster))
-    {
-        let target = l.gather.target();
-        let ready = Time::from_millis(a.ready_ms.max(target.as_millis()));
-        let heard = l.gather.answer(a.agent, a.state, ready, now);
-        if heard != gather::Heard::Ignored {
-            if let Some(led) = node.led.get_mut(&a.cluster)
-                && let Some(view) = led.agents.get_mut(&a.agent)
-            {
-                let host = led.hosts.entry(view.host.clone()).or_default();
-                if let Some(sent) = l.sent_at.get(&a.agent) {
-                    let delay = a.arrived_ms.saturating_sub(sent.as_millis()) as f64;
-                    host.link.record(delay);
-                }
-                let link_p50 = host.link.recent_ms();
-                let processing = a.ready_ms.saturating_sub(a.arrived_ms) as f64;
-                view.spiking = view.work.record(processing, link_p50).is_some();
-                view.work.outcome(heard == gather::Heard::Counted);
-                led.measured = true;
-            }
-            if heard == gather::Heard::Counted && !a.answer.is_empty() {
-                if l.answers.len() < 256 || l.answers.contains_key(&a.answer) {
-                    *l.answers.entry(a.answer.clone()).or_default() += 1;
-                }
-                l.by_agent.insert(a.agent, a.answer.clone());
-            }
-            if a.state == Trinary::Conflict {
-                l.conflicted.insert(a.agent);
-                node.conflict(&a, now);
-                if let Some(qs_wire::mesh::ConflictDetail::CapabilityMismatch { missing }) =
-                    &a.conflict
-                    && heard == gather::Heard::Counted
-                    && !l.limited
-                    && let Some(other) = reroute(node, l, a.cluster, a.agent, missing)
+        Some(l) if a.expired => l.gather.expired(a.agent),
+        Some(l) => {
+            let target = l.gather.target();
+            let ready = Time::from_millis(a.ready_ms.max(target.as_millis()));
+            let heard = l.gather.answer(a.agent, a.state, ready, now);
+            if heard != gather::Heard::Ignored {
+                if let Some(led) = node.led.get_mut(&a.cluster)
+                    && let Some(view) = led.agents.get_mut(&a.agent)
                 {
-                    l.planned.insert(other);
-                    l.gather.scheduled(1);
-                    l.gather.tally_mut().targeted += 1;
-                    l.gather.tally_mut().rerouted += 1;
-                    rerouted = Some(other);
+                    let host = led.hosts.entry(view.host.clone()).or_default();
+                    if let Some(sent) = l.sent_at.get(&a.agent) {
+                        let delay = a.arrived_ms.saturating_sub(sent.as_millis()) as f64;
+                        host.link.record(delay);
+                    }
+                    let link_p50 = host.link.recent_ms();
+                    let processing = a.ready_ms.saturating_sub(a.arrived_ms) as f64;
+                    view.spiking = view.work.record(processing, link_p50).is_some();
+                    view.work.outcome(heard == gather::Heard::Counted);
+                    led.measured = true;
+                }
+                if heard == gather::Heard::Counted && !a.answer.is_empty() {
+                    if l.answers.len() < 256 || l.answers.contains_key(&a.answer) {
+                        *l.answers.entry(a.answer.clone()).or_default() += 1;
+                    }
+                    l.by_agent.insert(a.agent, a.answer.clone());
+                }
+                if a.state == Trinary::Conflict {
+                    l.conflicted.insert(a.agent);
+                    node.conflict(&a, now);
+                    if let Some(qs_wire::mesh::ConflictDetail::CapabilityMismatch { missing }) =
+                        &a.conflict
+                        && heard == gather::Heard::Counted
+                        && !l.limited
+                        && let Some(other) = reroute(node, l, a.cluster, a.agent, missing)
+                    {
+                        l.planned.insert(other);
+                        l.gather.scheduled(1);
+                        l.gather.tally_mut().targeted += 1;
+                        l.gather.tally_mut().rerouted += 1;
+                        rerouted = Some(other);
+                    }
                 }
             }
         }
+        None => {}
     }
     if let Some(other) = rerouted {
         send_one(&mut ops, node, a.op, a.cluster, other, now);
@@ -357,20 +351,21 @@ pub(super) fn maybe_finish_parallel(ops: &mut Ops, node: &mut MeshNode, op: OpId
         return;
     };
     let t = &r.tally;
-    let heard = [t.ready, t.transit, t.conflict, t.late, t.expired]
-        .iter()
-        .map(|n| u64::from(*n))
-        .sum::<u64>();
+    let heard = u64::from(t.heard());
     let sent = u64::from(t.sent);
     // Urgent: past the target, with all but 2 % of the clusters' counts (as a wave's sectors:
     // with zones, the last 5 % may be a whole far zone) and 1 % of the answers heard, and the
     // outcome settled whatever the clusters still silent say, it ends; a message in the
-    // network's tail is not waited for to the deadline.
-    let silent = super::relay::silent_agents(node, &r.expect);
+    // network's tail is not waited for to the deadline. (The silent clusters' agents are
+    // summed last: a walk of every cluster still to report, at each answer.)
     let early = now >= r.target
         && super::relay::sectors_confirmed(r.expect.len(), r.expected_first)
         && heard * 100 >= sent * 99
-        && super::relay::settled(t, silent, r.phases[r.phase].1);
+        && super::relay::settled(
+            t,
+            super::relay::silent_agents(node, &r.expect),
+            r.phases[r.phase].1,
+        );
     if (r.expect.is_empty() && heard >= sent) || early {
         end_phase(ops, node, op, now);
     }

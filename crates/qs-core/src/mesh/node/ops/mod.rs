@@ -357,6 +357,7 @@ impl MeshNode {
             .map(|s| s.total_agents)
             .sum();
         let agents = sample.map_or(in_scope, |n| n.min(in_scope));
+        let (total_agents, active_agents) = self.global_counts();
         degrade::permit(
             self.mode,
             &degrade::Ask {
@@ -365,12 +366,10 @@ impl MeshNode {
                 mesh_wide: scope == Scope::Global,
                 approved,
                 automated,
+                total_agents,
+                active_agents,
             },
-        )
-        .map_err(|r| {
-            let (total, active) = self.global_counts();
-            r.with_counts(total, active)
-        })?;
+        )?;
         if self.ops.root.len() >= MAX_OPS {
             return Err(CommandError::NoAgents(scope));
         }

@@ -192,11 +192,12 @@ pub(super) fn maybe_end_early(ops: &mut Ops, node: &mut MeshNode, op: OpId, now:
     if r.mode == CascadeMode::Parallel {
         return maybe_finish_parallel(ops, node, op, now);
     }
-    let missing = silent_agents(node, &r.expect);
     let min_rate = r.phases[r.phase].1;
     let confirmed =
         r.mode != CascadeMode::Wave || sectors_confirmed(r.expect.len(), r.expected_first);
-    let early = now >= r.target && confirmed && settled(&r.tally, missing, min_rate);
+    // The silent scopes' agents last: a walk of every scope still to report.
+    let early =
+        now >= r.target && confirmed && settled(&r.tally, silent_agents(node, &r.expect), min_rate);
     if r.expect.is_empty() || early {
         end_phase(ops, node, op, now);
     }

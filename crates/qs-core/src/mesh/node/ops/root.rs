@@ -143,16 +143,7 @@ pub(super) fn end_phase(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Time)
     tally.missing_reports = tally.missing_reports.saturating_add(r.expect.len() as u32);
     // What was heard was sent, though its cluster's count may not have come (the urgent
     // mode ends without the last few).
-    let heard = [
-        tally.ready,
-        tally.transit,
-        tally.conflict,
-        tally.late,
-        tally.expired,
-    ]
-    .iter()
-    .fold(0u32, |a, b| a.saturating_add(*b));
-    tally.sent = tally.sent.max(heard);
+    tally.sent = tally.sent.max(tally.heard());
     let (class, min_rate) = r.phases[r.phase];
     let answered = tally.ready + tally.transit + tally.conflict;
     // Sent and not answered in the window is "in transit": outcome unknown (seed §1.4).
