@@ -324,17 +324,9 @@ impl LocalAgents {
 
     /// Worker agent `agent` answers an operation it took.
     pub fn answer(&self, agent: AgentId, a: WorkerAnswer) -> Result<(), String> {
-        match (&a.state, &a.conflict) {
-            (Trinary::Ready, None) | (Trinary::Conflict, Some(_)) => {}
-            (Trinary::Ready, Some(_)) => {
-                return Err("a READY answer (1) carries no conflict".into());
-            }
-            (Trinary::Conflict, None) => {
-                return Err("a CONFLICT answer (-1) names what conflicts (conflict)".into());
-            }
-            (Trinary::Transit, _) => {
-                return Err("answer READY (1) or CONFLICT (-1) once the work is done".into());
-            }
+        // Whether a conflict goes with it is `Ack::check`'s, as for any answer.
+        if a.state == Trinary::Transit {
+            return Err("answer READY (1) or CONFLICT (-1) once the work is done".into());
         }
         let mut workers = self.workers();
         let w = workers.get_mut(&agent).ok_or("not joined to the mesh")?;

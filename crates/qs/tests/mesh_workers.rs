@@ -268,4 +268,7 @@ fn workers_join_the_mesh_with_capabilities_answer_and_leave() {
         Duration::from_secs(10),
         root_counts(all, all - 1),
     );
+    // Going away is no misuse of the protocol: w2's workers (cpu-c, killed, and this one,
+    // each while it waited for work) were not counted as disconnected.
+    assert_eq!(w2.get("/queue_stats")["workers_disconnected"], 0);
 }

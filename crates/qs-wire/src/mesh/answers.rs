@@ -83,11 +83,17 @@ impl Ack {
     }
 
     /// Its answer and conflict within bounds, by field.
+    /// And a conflict exactly when it answers CONFLICT, whoever relays it (a worker's
+    /// socket, another node): a CONFLICT without one could not be logged.
     pub fn check(&self) -> Result<(), String> {
         text("answer", &self.answer)?;
-        match &self.conflict {
-            Some(c) => c.check(),
-            None => Ok(()),
+        match (self.state, &self.conflict) {
+            (Trinary::Conflict, Some(c)) => c.check(),
+            (Trinary::Conflict, None) => {
+                Err("a CONFLICT answer (-1) names what conflicts (conflict)".into())
+            }
+            (_, Some(_)) => Err("only a CONFLICT answer (-1) carries a conflict".into()),
+            (_, None) => Ok(()),
         }
     }
 }
@@ -185,3 +191,38 @@ pub struct AnswerCount {
 
 /// Most distinct answers a report carries.
 pub const MAX_ANSWERS: usize = 16;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (state, with a conflict) → accepted: a conflict goes with CONFLICT and only with it.
+    #[test]
+    fn a_conflict_goes_with_a_conflict_answer_only() {
+        let detail = ConflictDetail::CapabilityMismatch {
+            missing: "gpu".into(),
+        };
+        let table = [
+            (Trinary::Ready, false, true),
+            (Trinary::Ready, true, false),
+            (Trinary::Transit, false, true),
+            (Trinary::Transit, true, false),
+            (Trinary::Conflict, true, true),
+            (Trinary::Conflict, false, false),
+        ];
+        for (state, with, ok) in table {
+            let ack = Ack {
+                op: OpId(1),
+                agent: AgentId(2),
+                cluster: ClusterId(0),
+                state,
+                arrived_ms: 0,
+                ready_ms: 0,
+                answer: String::new(),
+                conflict: with.then(|| detail.clone()),
+                expired: false,
+            };
+            assert_eq!(ack.check().is_ok(), ok, "{state:?} {with}");
+        }
+    }
+}
