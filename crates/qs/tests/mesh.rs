@@ -179,7 +179,10 @@ fn a_thousand_agents_over_nats() {
         "conflict records in the ledgers"
     );
 
-    // Through the CLI: a wave cascade and a parallel one.
+    // Through the CLI: a wave cascade and a parallel one, with an operator's budget. (From
+    // the measured leads, the target is some 30 ms ahead here; a node that stalled under
+    // this machine's load in the operation before is then predicted too late, rightly, and
+    // its 250 agents skipped: a CI run saw 238.)
     for mode in ["wave", "parallel"] {
         let out = cli(&[
             "--api",
@@ -189,6 +192,8 @@ fn a_thousand_agents_over_nats() {
             "prepare for the quarter close",
             "--mode",
             mode,
+            "--budget-ms",
+            "500",
             "--output",
             "json",
         ]);
