@@ -13,8 +13,10 @@ use crate::clock::now;
 use crate::identity::Auth;
 use crate::mesh_agents::Answered;
 pub use crate::mesh_agents::{LocalAgents, MeshOptions};
+use qs_core::mesh::hierarchy::LEAD_AFTER_MS;
 use qs_core::mesh::{
-    Command, Hierarchy, Member, MeshConfig, MeshInput, MeshNode, MeshOutput, OpResult, Shape,
+    Command, Hierarchy, Joined, Member, MeshConfig, MeshInput, MeshNode, MeshOutput, OpResult,
+    Shape, Standing, standings,
 };
 use qs_fabric::{Fabric, Kv, KvEvent, Subscription, Topic};
 use qs_wire::NodeId;
@@ -182,7 +184,10 @@ pub async fn run<F: Fabric>(
     // The node's entry of the bucket is written again after each join or leave.
     let mut entry_written = false;
     let mut members: BTreeMap<NodeId, MeshMembers> = BTreeMap::new();
-    let mut built: Option<(BTreeSet<NodeId>, u64)> = None;
+    // When this node joined the mesh, on its clock: its record says it, so every node
+    // elects it as a lead only once it has been in the mesh a while.
+    let since_ms = now().as_millis();
+    let mut built: Option<(BTreeMap<NodeId, Standing>, u64)> = None;
     let mut members_version = 0u64;
     let mut kv = None;
     let mut watch = None;
@@ -296,6 +301,8 @@ pub async fn run<F: Fabric>(
                         node: me.clone(),
                         agents: agents.ids(),
                         zone: agents.options().zone.clone(),
+                        since_ms,
+                        lead_after_ms: Some(agents.options().lead_after_ms),
                     };
                     if let Ok(bytes) = serde_json::to_vec(&mine) {
                         entry_written = kv.put(me.as_str(), bytes.into()).await.is_ok();
@@ -305,10 +312,20 @@ pub async fn run<F: Fabric>(
                     watch = kv.watch("").await.ok();
                 }
                 let live = live();
-                if built.as_ref().is_none_or(|(l, v)| *l != live || *v != members_version) {
-                    let list: Vec<Member> = members
+                let standings = standings(
+                    members
                         .iter()
                         .filter(|(n, _)| live.contains(*n))
+                        .map(|(n, m)| (n, Joined {
+                            since_ms: m.since_ms,
+                            lead_after_ms: m.lead_after_ms.unwrap_or(LEAD_AFTER_MS),
+                        })),
+                    now().as_millis(),
+                );
+                if built.as_ref().is_none_or(|(s, v)| *s != standings || *v != members_version) {
+                    let list: Vec<Member> = members
+                        .iter()
+                        .filter(|(n, _)| standings.contains_key(*n))
                         .flat_map(|(n, m)| {
                             m.agents.iter().map(|a| Member {
                                 agent: *a,
@@ -317,11 +334,12 @@ pub async fn run<F: Fabric>(
                             })
                         })
                         .collect();
-                    match Hierarchy::build(&list, Shape::default(), |n| live.contains(n)) {
+                    let standing = |n: &NodeId| standings.get(n).copied().unwrap_or(Standing::Down);
+                    match Hierarchy::build(&list, Shape::default(), standing) {
                         Ok(tree) => node.handle(MeshInput::Tree(Arc::new(tree)), now()),
                         Err(e) => tracing::warn!("mesh: {e}"),
                     }
-                    built = Some((live, members_version));
+                    built = Some((standings, members_version));
                 }
                 // Worker agents' liveness and queues move between joins: the core takes the
                 // beats again (and ignores them when nothing changed). Built-in agents' never

@@ -50,6 +50,9 @@ pub struct MeshOptions {
     /// This node's zone (checked by `qs_wire::mesh::check_zone`): the hierarchy keeps
     /// clusters and sectors within one. Empty: none.
     pub zone: String,
+    /// How long this node is in the mesh before it may lead a cluster (seed §10.2: nodes
+    /// join the routing pool gradually), unless it founded the mesh.
+    pub lead_after_ms: u64,
 }
 
 impl Default for MeshOptions {
@@ -60,6 +63,7 @@ impl Default for MeshOptions {
             context: "a1b2c3d4".into(),
             settle_ms: qs_core::mesh::integration::IntegrationConfig::default().settle_ms,
             zone: String::new(),
+            lead_after_ms: qs_core::mesh::hierarchy::LEAD_AFTER_MS,
         }
     }
 }

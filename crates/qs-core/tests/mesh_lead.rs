@@ -16,7 +16,9 @@
 //!   could beat, and one that roots the mesh again starts from no mode of before.
 
 use qs_core::Time;
-use qs_core::mesh::{Hierarchy, Member, MeshConfig, MeshInput, MeshNode, MeshOutput, Shape};
+use qs_core::mesh::{
+    Hierarchy, Member, MeshConfig, MeshInput, MeshNode, MeshOutput, Shape, Standing,
+};
 use qs_wire::NodeId;
 use qs_wire::mesh::{
     Ack, AgentBeat, AgentId, AgentState, CascadeMode, ClusterId, ConflictDetail, Dispatch,
@@ -60,7 +62,8 @@ fn one_cluster(n: u64, first: u64) -> OneCluster {
             zone: String::new(),
         })
         .collect();
-    let tree = Arc::new(Hierarchy::build(&members, Shape::default(), |_| true).unwrap());
+    let tree =
+        Arc::new(Hierarchy::build(&members, Shape::default(), |_| Standing::Seasoned).unwrap());
     let lead = tree
         .cluster(ClusterId(0))
         .unwrap()
@@ -470,7 +473,8 @@ fn a_new_lead_counts_no_agent_offline_before_its_host_could_beat() {
             zone: String::new(),
         })
         .collect();
-    let tree = Arc::new(Hierarchy::build(&members, Shape::default(), |_| true).unwrap());
+    let tree =
+        Arc::new(Hierarchy::build(&members, Shape::default(), |_| Standing::Seasoned).unwrap());
     let (mine, theirs): (Vec<AgentId>, Vec<AgentId>) = (
         members[..3].iter().map(|m| m.agent).collect(),
         members[3..].iter().map(|m| m.agent).collect(),
@@ -505,7 +509,8 @@ fn a_new_lead_counts_no_agent_offline_before_its_host_could_beat() {
     assert_eq!(node.mode(), Mode::Emergency);
     // Another node roots the mesh a moment (this one looked dead to the others), then this
     // one again: the mode it had says nothing of the new hierarchy.
-    let elsewhere = Hierarchy::build(&members, Shape::default(), |n| *n != lead).unwrap();
+    let elsewhere =
+        Hierarchy::build(&members, Shape::default(), |n| Standing::live(*n != lead)).unwrap();
     assert_eq!(elsewhere.root.as_ref(), Some(&other));
     let t = at(cfg.dead_after_ms + 3 * cfg.beat_ms + 10);
     node.handle(MeshInput::Tree(Arc::new(elsewhere)), t);

@@ -3,7 +3,7 @@
 //! simulated time.
 
 use qs_core::Time;
-use qs_sim::mesh::engine::{READY_AT_MS, run};
+use qs_sim::mesh::engine::{LEAD_AFTER_MS, READY_AT_MS, run};
 use qs_sim::mesh::{Cascade, KillHost, MeshSim, MeshSimConfig, ScaleOut};
 use qs_wire::mesh::CascadeMode;
 
@@ -218,6 +218,8 @@ fn a_thousand_agents_join_thirty_thousand_gradually() {
     assert!((3_000..=4_000).contains(&first), "{i:?}");
     // A host whose link still drifts joins after three settling periods at the latest.
     assert!(all <= 10_000, "{i:?}");
+    // Their hosts lead no cluster before they are seasoned, and some do after.
+    assert_eq!(i.first_lead_after_ms, Some(LEAD_AFTER_MS), "{i:?}");
     // Gradually: at most 10 of a cluster per beat, over several beats.
     assert!(i.max_admitted_per_cluster_per_beat <= 10, "{i:?}");
     let steps = i.timeline.windows(2).filter(|w| w[1].1 > w[0].1).count();

@@ -100,25 +100,8 @@ enum Command {
         /// double for machines without NVIDIA's driver; real GPUs found by NVML replace them.
         #[arg(long = "simulated-gpu-mib", value_parser = clap::value_parser!(u64).range(1..=1 << 24))]
         simulated_gpus_mib: Vec<u64>,
-        /// Register this many built-in mesh agents on this node (seed 001): each answers what
-        /// it is sent after --mesh-agent-ms with READY and its context hash.
-        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=10_000))]
-        mesh_agents: u32,
-        /// How long a built-in mesh agent takes, milliseconds.
-        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=600_000))]
-        mesh_agent_ms: u64,
-        /// What the built-in mesh agents answer an ask with (their context hash).
-        #[arg(long, default_value = "a1b2c3d4")]
-        mesh_context: String,
-        /// How long an agent that joined lately beats before this node, as its cluster
-        /// lead, adds it to the routing pool (seed §10.2), milliseconds.
-        #[arg(long, default_value_t = qs_core::mesh::integration::SETTLE_MS, value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
-        mesh_settle_ms: u64,
-        /// This node's zone (a data centre, a cloud zone: `us-east-1a`): the mesh keeps its
-        /// clusters and sectors within a zone, so leads and coordinators are near their
-        /// agents (seed §2.1). Default: none.
-        #[arg(long, default_value = "", value_parser = parse_zone)]
-        mesh_zone: String,
+        #[command(flatten)]
+        mesh: Box<MeshFlags>,
     },
     /// Apply spec files to a running fleet (all of a file or nothing).
     Apply {
@@ -258,6 +241,48 @@ enum Command {
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },
+}
+
+/// `qs agent`'s mesh flags (seed 001).
+#[derive(clap::Args, Debug)]
+struct MeshFlags {
+    /// Register this many built-in mesh agents on this node (seed 001): each answers what
+    /// it is sent after --mesh-agent-ms with READY and its context hash.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    mesh_agents: u32,
+    /// How long a built-in mesh agent takes, milliseconds.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    mesh_agent_ms: u64,
+    /// What the built-in mesh agents answer an ask with (their context hash).
+    #[arg(long, default_value = "a1b2c3d4")]
+    mesh_context: String,
+    /// How long an agent that joined lately beats before this node, as its cluster
+    /// lead, adds it to the routing pool (seed §10.2), milliseconds.
+    #[arg(long, default_value_t = qs_core::mesh::integration::SETTLE_MS, value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    mesh_settle_ms: u64,
+    /// This node's zone (a data centre, a cloud zone: `us-east-1a`): the mesh keeps its
+    /// clusters and sectors within a zone, so leads and coordinators are near their
+    /// agents (seed §2.1). Default: none.
+    #[arg(long, default_value = "", value_parser = parse_zone)]
+    mesh_zone: String,
+    /// How long this node is in a running mesh before it may lead a cluster (seed
+    /// §10.2: nodes join the routing pool gradually; the nodes that start the mesh
+    /// together lead at once), milliseconds.
+    #[arg(long, default_value_t = qs_core::mesh::hierarchy::LEAD_AFTER_MS, value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    mesh_lead_after_ms: u64,
+}
+
+impl MeshFlags {
+    fn options(self) -> qs_agent::mesh::MeshOptions {
+        qs_agent::mesh::MeshOptions {
+            agents: self.mesh_agents,
+            processing_ms: self.mesh_agent_ms,
+            context: self.mesh_context,
+            settle_ms: self.mesh_settle_ms,
+            zone: self.mesh_zone,
+            lead_after_ms: self.mesh_lead_after_ms,
+        }
+    }
 }
 
 /// What `qs up` and `qs agent` share: where state lives, where the API listens, what to
@@ -432,11 +457,7 @@ pub fn run(cli: Cli) -> Result<()> {
             node,
             level,
             simulated_gpus_mib,
-            mesh_agents,
-            mesh_agent_ms,
-            mesh_context,
-            mesh_settle_ms,
-            mesh_zone,
+            mesh,
         } => crate::up::up(serve.into_up(
             false,
             None,
@@ -455,13 +476,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 node,
                 level,
                 simulated_gpus_mib,
-                mesh: qs_agent::mesh::MeshOptions {
-                    agents: mesh_agents,
-                    processing_ms: mesh_agent_ms,
-                    context: mesh_context,
-                    settle_ms: mesh_settle_ms,
-                    zone: mesh_zone,
-                },
+                mesh: mesh.options(),
             }),
         )),
         Command::Fleet { action } => crate::trust::fleet(action),

@@ -270,3 +270,64 @@ fn a_thousand_agents_over_nats() {
         assert!(text.contains(want), "{want:?} not in:\n{text}");
     }
 }
+
+/// Seed §10.2 for nodes: a node that joins a running mesh leads no cluster an older node
+/// can lead until it has been in the mesh its lead-after time; then the election (the
+/// rendezvous, by which `p2` ranks above `p1` for the one cluster their 20 agents make) gives
+/// it the lead.
+#[test]
+fn a_node_that_joins_a_running_mesh_leads_only_once_seasoned() {
+    const LEAD_AFTER: Duration = Duration::from_millis(5_000);
+    let server = NatsServer::start().expect("nats-server 2.10+ (scripts/test installs it)");
+    let dir = tempfile::tempdir().unwrap();
+    let lead_after = LEAD_AFTER.as_millis().to_string();
+    let start = |name: &str| {
+        let args = ["--mesh-agents", "10", "--mesh-lead-after-ms", &lead_after];
+        agent_configured(dir.path(), &server.url(), name, &args, &[], MESH_CONFIG)
+    };
+    let p1 = start("p1");
+    p1.wait_within("p1 to lead its agents", Duration::from_secs(60), |a| {
+        let s = a.get("/v1/mesh");
+        s["is_root"] == true && s["active"] == 10
+    });
+    // p1's record is in the mesh by now: one that joins more than its lead-after time
+    // later is no founder. This waits for that time, not for an event.
+    std::thread::sleep(LEAD_AFTER + Duration::from_millis(500));
+    let spawned = std::time::Instant::now();
+    let p2 = start("p2");
+    let leads = |u: &Up| {
+        u.get("/v1/mesh")["clusters"]
+            .as_array()
+            .is_some_and(|c| !c.is_empty())
+    };
+    // While p2 is new, p1 leads both nodes' agents (once the tree holds them) and p2
+    // leads nothing; then p2 takes the cluster.
+    let mut p1_led_both = 0;
+    p2.wait_within("p2 to lead once seasoned", Duration::from_secs(30), |p2| {
+        let (new, p2_leads) = (spawned.elapsed() < LEAD_AFTER, leads(p2));
+        assert!(
+            !(new && p2_leads),
+            "p2 leads {:?} after it started",
+            spawned.elapsed()
+        );
+        p1_led_both += usize::from(new && p1.get("/v1/mesh")["agents"] == 20);
+        p2_leads
+    });
+    assert!(
+        p1_led_both > 0,
+        "p1 led both nodes' agents while p2 was new"
+    );
+    p1.wait_within(
+        "p1 to hand the cluster over",
+        Duration::from_secs(10),
+        |a| !leads(a),
+    );
+    p2.wait_within(
+        "p2 to be the root and see every agent",
+        Duration::from_secs(30),
+        |a| {
+            let s = a.get("/v1/mesh");
+            s["is_root"] == true && s["active"] == 20
+        },
+    );
+}

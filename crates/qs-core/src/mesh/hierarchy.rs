@@ -17,6 +17,11 @@
 //! - The lead of a cluster is the live host of its agents with the highest rendezvous score
 //!   for the cluster; a sector's coordinator is the highest-scoring live lead of its
 //!   clusters; the root the highest-scoring coordinator. A lead's death elects the next.
+//! - Nodes come into leadership gradually (seed §10.2): a node that joins a running mesh is
+//!   [`Standing::New`] for its first [`LEAD_AFTER_MS`], and leads only where no seasoned
+//!   host can (a cluster of new hosts only). A node that crashes soon after it starts then
+//!   never moved a lead. The founders, which joined within that time of the mesh's first
+//!   node, are seasoned at once: a fleet that starts together elects once.
 
 use crate::hash::{mix, of_str, rendezvous};
 use qs_wire::NodeId;
@@ -49,6 +54,71 @@ pub struct Member {
     pub agent: AgentId,
     pub host: NodeId,
     pub zone: String,
+}
+
+/// How long a node that joins a running mesh waits before it may lead.
+pub const LEAD_AFTER_MS: u64 = 10_000;
+
+/// A node as an election sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Standing {
+    /// Not live: never elected.
+    Down,
+    /// Live, and in the mesh for less than the lead-after time: elected only where no
+    /// seasoned node can be.
+    New,
+    Seasoned,
+}
+
+impl Standing {
+    /// A node's standing: `since_ms` is when it joined the mesh and `founded_ms` when the
+    /// mesh's first live node did (the same clock: every node reads both from the
+    /// membership, so every node computes the same tree, up to the clocks' skew at the
+    /// moment a node comes of age).
+    pub fn of(live: bool, since_ms: u64, founded_ms: u64, now_ms: u64, lead_after_ms: u64) -> Self {
+        let founder = since_ms <= founded_ms.saturating_add(lead_after_ms);
+        let aged = now_ms >= since_ms.saturating_add(lead_after_ms);
+        match (live, founder || aged) {
+            (false, _) => Standing::Down,
+            (true, false) => Standing::New,
+            (true, true) => Standing::Seasoned,
+        }
+    }
+
+    /// Live or down, for a mesh where every node is seasoned (tests, a fleet started
+    /// together).
+    pub fn live(live: bool) -> Self {
+        match live {
+            true => Standing::Seasoned,
+            false => Standing::Down,
+        }
+    }
+}
+
+/// When a node joined the mesh, and how long it waits before it may lead, as its
+/// membership record says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Joined {
+    pub since_ms: u64,
+    pub lead_after_ms: u64,
+}
+
+/// Each live node's standing; the founding time is the earliest live node's `since_ms`. A
+/// node not in the map is down. Each node's own lead-after time counts for it, so nodes
+/// that were given different ones still compute the same tree.
+pub fn standings<'a>(
+    live: impl Iterator<Item = (&'a NodeId, Joined)>,
+    now_ms: u64,
+) -> BTreeMap<NodeId, Standing> {
+    let joined: BTreeMap<&NodeId, Joined> = live.collect();
+    let founded = joined.values().map(|j| j.since_ms).min().unwrap_or(0);
+    joined
+        .into_iter()
+        .map(|(n, j)| {
+            let s = Standing::of(true, j.since_ms, founded, now_ms, j.lead_after_ms);
+            (n.clone(), s)
+        })
+        .collect()
 }
 
 /// The agents of one zone (or of all, when zones are ignored), and the clusters they take.
@@ -105,12 +175,12 @@ pub fn jump(mut key: u64, buckets: u32) -> u32 {
 }
 
 impl Hierarchy {
-    /// Builds the tree over `members` (any order), electing leads among hosts for which
-    /// `live` holds.
+    /// Builds the tree over `members` (any order), electing leads by each host's
+    /// `standing`.
     pub fn build(
         members: &[Member],
         shape: Shape,
-        live: impl Fn(&NodeId) -> bool,
+        standing: impl Fn(&NodeId) -> Standing,
     ) -> Result<Hierarchy, TooMany> {
         let n = members.len();
         if n > MAX_AGENTS {
@@ -164,15 +234,16 @@ impl Hierarchy {
                 h.sectors[s].clusters.push(ClusterId(i));
             }
         }
-        h.elect(live);
+        h.elect(standing);
         Ok(h)
     }
 
-    /// Elects leads, coordinators and the root again among live nodes (a lead died).
-    pub fn elect(&mut self, live: impl Fn(&NodeId) -> bool) {
+    /// Elects leads, coordinators and the root again by each node's standing (a lead died,
+    /// a node came of age): at each level, the best seasoned node, else the best new one.
+    pub fn elect(&mut self, standing: impl Fn(&NodeId) -> Standing) {
         for (i, cl) in self.clusters.iter_mut().enumerate() {
             let key = mix(0x636c_7573 ^ i as u64);
-            cl.lead = best(key, cl.hosts.iter().filter(|n| live(n)));
+            cl.lead = best(key, cl.hosts.iter(), &standing);
         }
         for (i, s) in self.sectors.iter_mut().enumerate() {
             let key = mix(0x7365_6374 ^ i as u64);
@@ -181,14 +252,14 @@ impl Hierarchy {
                 .iter()
                 .filter_map(|c| self.clusters[c.0 as usize].lead.as_ref())
                 .collect();
-            s.coordinator = best(key, leads.into_iter());
+            s.coordinator = best(key, leads.into_iter(), &standing);
         }
         let coordinators: BTreeSet<&NodeId> = self
             .sectors
             .iter()
             .filter_map(|s| s.coordinator.as_ref())
             .collect();
-        self.root = best(0x726f_6f74, coordinators.into_iter());
+        self.root = best(0x726f_6f74, coordinators.into_iter(), &standing);
     }
 
     pub fn cluster_of(&self, agent: AgentId) -> Option<ClusterId> {
@@ -299,10 +370,17 @@ fn plan(sorted: Vec<&Member>, per_cluster: u64, sector_clusters: u32) -> (Vec<Gr
     (vec![group], k as u32)
 }
 
-fn best<'a>(key: u64, nodes: impl Iterator<Item = &'a NodeId>) -> Option<NodeId> {
+/// The highest rendezvous score for `key` among the nodes of the best standing there is.
+fn best<'a>(
+    key: u64,
+    nodes: impl Iterator<Item = &'a NodeId>,
+    standing: impl Fn(&NodeId) -> Standing,
+) -> Option<NodeId> {
     nodes
-        .max_by_key(|n| (rendezvous(key, of_str(n.as_str())), (*n).clone()))
-        .cloned()
+        .map(|n| (standing(n), n))
+        .filter(|(s, _)| *s != Standing::Down)
+        .max_by_key(|(s, n)| (*s, rendezvous(key, of_str(n.as_str())), (*n).clone()))
+        .map(|(_, n)| n.clone())
 }
 
 #[cfg(test)]
@@ -324,7 +402,7 @@ mod tests {
     #[test]
     fn thirty_thousand_agents_fit_under_a_hundred_children() {
         let members = fleet(1_000, 30);
-        let h = Hierarchy::build(&members, Shape::default(), |_| true).unwrap();
+        let h = Hierarchy::build(&members, Shape::default(), |_| Standing::Seasoned).unwrap();
         assert_eq!(h.agents(), 30_000);
         assert_eq!(h.clusters.len(), 1_000);
         assert_eq!(h.sectors.len(), 100);
@@ -343,9 +421,9 @@ mod tests {
     #[test]
     fn few_hosts_move_when_agents_come_and_go() {
         let mut members = fleet(1_000, 30);
-        let a = Hierarchy::build(&members, Shape::default(), |_| true).unwrap();
+        let a = Hierarchy::build(&members, Shape::default(), |_| Standing::Seasoned).unwrap();
         members.extend(fleet(1_010, 30).into_iter().skip(30_000));
-        let b = Hierarchy::build(&members, Shape::default(), |_| true).unwrap();
+        let b = Hierarchy::build(&members, Shape::default(), |_| Standing::Seasoned).unwrap();
         let moved = (0..30_000u64)
             .filter(|i| a.cluster_of(AgentId(*i)) != b.cluster_of(AgentId(*i)))
             .count();
@@ -379,7 +457,7 @@ mod tests {
             .iter()
             .map(|m| (m.host.clone(), m.zone.clone()))
             .collect();
-        let a = Hierarchy::build(&members, Shape::default(), |_| true).unwrap();
+        let a = Hierarchy::build(&members, Shape::default(), |_| Standing::Seasoned).unwrap();
         assert_eq!(a.agents(), 30_000);
         assert!(a.sectors.len() <= MAX_CHILDREN);
         assert!(a.clusters.iter().all(|c| c.agents.len() <= MAX_CHILDREN));
@@ -408,7 +486,7 @@ mod tests {
         // 300 more agents in ap, the first zone by name: agents that shared a cluster
         // still do (ap keeps its count of clusters, so eu and us keep their numbers).
         members.extend(zoned(1_200, 12, 25, &["ap"]));
-        let b = Hierarchy::build(&members, Shape::default(), |_| true).unwrap();
+        let b = Hierarchy::build(&members, Shape::default(), |_| Standing::Seasoned).unwrap();
         let mut pairs = 0;
         let mut split = 0;
         for cl in &a.clusters {
@@ -420,7 +498,7 @@ mod tests {
         assert_eq!(split, 0, "{split} of {pairs} cluster-mates split");
         // ap doubles: eu's and us's clusters are numbered anew, each with the same agents.
         members.extend(zoned(1_212, 240, 25, &["ap"]));
-        let c = Hierarchy::build(&members, Shape::default(), |_| true).unwrap();
+        let c = Hierarchy::build(&members, Shape::default(), |_| Standing::Seasoned).unwrap();
         for cl in b.clusters.iter().filter(|cl| {
             cl.hosts
                 .first()
@@ -435,12 +513,15 @@ mod tests {
 
     #[test]
     fn zones_that_do_not_fit_or_say_nothing_are_ignored() {
-        let plain = Hierarchy::build(&fleet(300, 10), Shape::default(), |_| true).unwrap();
+        let plain =
+            Hierarchy::build(&fleet(300, 10), Shape::default(), |_| Standing::Seasoned).unwrap();
         let names: Vec<String> = (0..101).map(|i| format!("z{i}")).collect();
         let many: Vec<&str> = names.iter().map(String::as_str).collect();
         for zones in [&many[..], &["eu"][..]] {
-            let h =
-                Hierarchy::build(&zoned(0, 300, 10, zones), Shape::default(), |_| true).unwrap();
+            let h = Hierarchy::build(&zoned(0, 300, 10, zones), Shape::default(), |_| {
+                Standing::Seasoned
+            })
+            .unwrap();
             for i in 0..3_000u64 {
                 assert_eq!(h.cluster_of(AgentId(i)), plain.cluster_of(AgentId(i)));
             }
@@ -451,7 +532,7 @@ mod tests {
     #[test]
     fn a_dead_lead_is_replaced_by_the_next() {
         let members = fleet(60, 30);
-        let mut h = Hierarchy::build(&members, Shape::default(), |_| true).unwrap();
+        let mut h = Hierarchy::build(&members, Shape::default(), |_| Standing::Seasoned).unwrap();
         let (i, c) = h
             .clusters
             .iter()
@@ -459,7 +540,7 @@ mod tests {
             .find(|(_, c)| c.hosts.len() >= 2)
             .expect("a cluster with two hosts");
         let dead = c.lead.clone().unwrap();
-        h.elect(|n| *n != dead);
+        h.elect(|n| Standing::live(*n != dead));
         let next = h.clusters[i].lead.clone().unwrap();
         assert_ne!(next, dead);
         assert!(h.clusters[i].hosts.contains(&next));
@@ -467,9 +548,95 @@ mod tests {
     }
 
     #[test]
+    fn a_node_is_new_in_a_running_mesh_and_seasoned_after_a_while() {
+        const AFTER: u64 = 10_000;
+        // (live, since, founded, now, standing)
+        let table = [
+            (false, 0, 0, 99_000, Standing::Down),
+            // The founders: within the lead-after time of the first node.
+            (true, 0, 0, 0, Standing::Seasoned),
+            (true, 10_000, 0, 10_000, Standing::Seasoned),
+            // A node that joins a running mesh, until it comes of age.
+            (true, 10_001, 0, 10_001, Standing::New),
+            (true, 50_000, 0, 59_999, Standing::New),
+            (true, 50_000, 0, 60_000, Standing::Seasoned),
+            // A clock far ahead makes only its own node new (no overflow).
+            (true, u64::MAX, 0, 60_000, Standing::New),
+        ];
+        for (live, since, founded, now, want) in table {
+            assert_eq!(
+                Standing::of(live, since, founded, now, AFTER),
+                want,
+                "{live} {since} {founded} {now}"
+            );
+        }
+        // The founding time is the earliest live node's.
+        let (a, b, c) = (
+            NodeId::new("a").unwrap(),
+            NodeId::new("b").unwrap(),
+            NodeId::new("c").unwrap(),
+        );
+        let joined = |since_ms| Joined {
+            since_ms,
+            lead_after_ms: AFTER,
+        };
+        let live = [
+            (&a, joined(5_000)),
+            (&b, joined(12_000)),
+            (&c, joined(40_000)),
+        ];
+        let s = standings(live.into_iter(), 45_000);
+        assert_eq!(
+            s.values().copied().collect::<Vec<_>>(),
+            [Standing::Seasoned, Standing::Seasoned, Standing::New]
+        );
+    }
+
+    #[test]
+    fn new_nodes_lead_only_where_no_seasoned_node_can() {
+        let members = fleet(300, 10);
+        let all = Hierarchy::build(&members, Shape::default(), |_| Standing::Seasoned).unwrap();
+        // Every lead, coordinator and the root new at once: elsewhere, all seasoned.
+        let new: BTreeSet<NodeId> = all.clusters.iter().filter_map(|c| c.lead.clone()).collect();
+        let h = Hierarchy::build(&members, Shape::default(), |n| match new.contains(n) {
+            true => Standing::New,
+            false => Standing::Seasoned,
+        })
+        .unwrap();
+        let mut new_leads = 0;
+        for (was, cl) in all.clusters.iter().zip(&h.clusters) {
+            let Some(lead) = cl.lead.clone() else {
+                assert!(cl.hosts.is_empty());
+                continue;
+            };
+            let seasoned_host = cl.hosts.iter().any(|n| !new.contains(n));
+            match seasoned_host {
+                true => assert!(!new.contains(&lead), "{lead} is new"),
+                // No seasoned host: the best new one, as before.
+                false => {
+                    assert_eq!(Some(&lead), was.lead.as_ref());
+                    new_leads += 1;
+                }
+            }
+        }
+        assert!(new_leads < h.clusters.len() / 2, "{new_leads}");
+        for s in &h.sectors {
+            let co = s.coordinator.clone().unwrap();
+            let seasoned_lead = s.clusters.iter().any(|c| {
+                h.clusters[c.0 as usize]
+                    .lead
+                    .as_ref()
+                    .is_some_and(|l| !new.contains(l))
+            });
+            assert!(!seasoned_lead || !new.contains(&co), "{co} coordinates");
+        }
+        assert!(!new.contains(h.root.as_ref().unwrap()));
+    }
+
+    #[test]
     fn a_crowded_host_spills_and_too_many_agents_are_refused() {
         let members = fleet(1, 250);
-        let h = Hierarchy::build(&members, Shape::default(), |_| true).unwrap();
+        let h = Hierarchy::build(&members, Shape::default(), |_| Standing::Seasoned).unwrap();
         assert!(h.clusters.iter().all(|c| c.agents.len() <= MAX_CHILDREN));
         assert_eq!(
             h.clusters.iter().map(|c| c.agents.len()).sum::<usize>(),
@@ -483,6 +650,6 @@ mod tests {
             };
             MAX_AGENTS + 1
         ];
-        assert!(Hierarchy::build(&huge, Shape::default(), |_| true).is_err());
+        assert!(Hierarchy::build(&huge, Shape::default(), |_| Standing::Seasoned).is_err());
     }
 }

@@ -22,7 +22,7 @@ pub mod node;
 pub mod quorum;
 pub mod schedule;
 
-pub use hierarchy::{Hierarchy, Member, Shape};
+pub use hierarchy::{Hierarchy, Joined, Member, Shape, Standing, standings};
 pub use node::{
     Command, CommandError, Kpis, MeshConfig, MeshInput, MeshNode, MeshOutput, OpResult,
 };

@@ -5,7 +5,8 @@ use super::latency::Wan;
 use super::{MeshReport, MeshSimConfig};
 use qs_core::hash::{StableHasher, mix, of_str};
 use qs_core::mesh::{
-    Command, Hierarchy, Member, MeshConfig, MeshInput, MeshNode, MeshOutput, OpResult, Shape,
+    Command, Hierarchy, Joined, Member, MeshConfig, MeshInput, MeshNode, MeshOutput, OpResult,
+    Shape, Standing, standings,
 };
 use qs_core::{Rng, Time};
 use qs_wire::NodeId;
@@ -47,6 +48,10 @@ pub struct SimAgent {
 pub const CALIBRATIONS: u64 = 6;
 pub const CALIBRATE_FROM_MS: u64 = 2_000;
 pub const READY_AT_MS: u64 = CALIBRATE_FROM_MS + CALIBRATIONS * 300 + 1_200;
+/// How long a host that joins the running mesh is new, and leads only where no seasoned
+/// host can ([`Standing`]); shorter than a real agent's (the runs are seconds long), and
+/// shorter than [`READY_AT_MS`], so a scale-out's hosts are not founders.
+pub const LEAD_AFTER_MS: u64 = 3_000;
 
 #[derive(Clone, Debug)]
 enum Event {
@@ -102,6 +107,8 @@ pub struct MeshSim {
     /// Each host's region.
     pub region: Vec<usize>,
     dead: Vec<bool>,
+    /// When each host joined the mesh (0: before the run), for its [`Standing`].
+    since_ms: Vec<u64>,
     pub agents: Vec<SimAgent>,
     by_agent: BTreeMap<AgentId, usize>,
     host_agents: Vec<Vec<usize>>,
@@ -202,8 +209,10 @@ impl MeshSim {
         // The scale-out's hosts are not up yet.
         let dead: Vec<bool> = (0..hosts).map(|h| h >= base_hosts).collect();
         let tree = Arc::new(
-            Hierarchy::build(&members[..cfg.agents], Shape::default(), |_| true)
-                .expect("validated: at most a million agents"),
+            Hierarchy::build(&members[..cfg.agents], Shape::default(), |_| {
+                Standing::Seasoned
+            })
+            .expect("validated: at most a million agents"),
         );
         let cfg_mesh = MeshConfig::default();
         let mut nodes = Vec::with_capacity(hosts);
@@ -222,6 +231,7 @@ impl MeshSim {
             index,
             region,
             dead,
+            since_ms: vec![0; hosts],
             agents,
             by_agent,
             host_agents,
@@ -440,6 +450,7 @@ impl MeshSim {
                 let hosts = so.hosts.clone();
                 for h in hosts {
                     self.dead[h] = false;
+                    self.since_ms[h] = now.as_millis();
                     for a in self.host_agents[h].clone() {
                         self.agents[a].joined_ms = now.as_millis();
                     }
@@ -447,8 +458,10 @@ impl MeshSim {
                     self.nodes[h].handle(MeshInput::Agents(beats), now);
                     self.schedule_wake(h);
                 }
-                // The membership hears of them: every node computes the hierarchy again.
+                // The membership hears of them: every node computes the hierarchy again,
+                // and again when they come of age and may lead.
                 self.push(now, Event::Elect);
+                self.push(now + Duration::from_millis(LEAD_AFTER_MS), Event::Elect);
                 self.push(now, Event::Sample);
             }
             Event::Sample => {
@@ -470,8 +483,20 @@ impl MeshSim {
                     .filter(|m| !dead[index[&m.host]])
                     .cloned()
                     .collect();
-                let tree = Hierarchy::build(&members, Shape::default(), |n| !dead[index[n]])
+                let live = (0..dead.len()).filter(|h| !dead[*h]).map(|h| {
+                    let joined = Joined {
+                        since_ms: self.since_ms[h],
+                        lead_after_ms: LEAD_AFTER_MS,
+                    };
+                    (self.nodes[h].id(), joined)
+                });
+                let standings = standings(live, now.as_millis());
+                let standing = |n: &NodeId| standings.get(n).copied().unwrap_or(Standing::Down);
+                let tree = Hierarchy::build(&members, Shape::default(), standing)
                     .expect("fewer agents than before");
+                if let Some(so) = self.scale_out.as_mut() {
+                    so.elected(&tree, &self.nodes, now);
+                }
                 self.tree = Arc::new(tree);
                 for i in 0..self.nodes.len() {
                     if !self.dead[i] {

@@ -4,7 +4,8 @@
 //! are in the pool, to show it happened gradually.
 
 use qs_core::Time;
-use qs_core::mesh::MeshNode;
+use qs_core::mesh::{Hierarchy, MeshNode};
+use qs_wire::NodeId;
 use qs_wire::mesh::{AgentId, ClusterId};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -29,6 +30,11 @@ pub struct Integration {
     pub all_admitted_after_ms: Option<u64>,
     /// The most of them one cluster added in one beat.
     pub max_admitted_per_cluster_per_beat: usize,
+    /// From the join to when the hierarchy first made one of the new hosts the lead of a
+    /// cluster that an older host could have led (new nodes lead there only once
+    /// seasoned; a cluster of new hosts only has one of them as its lead at once). `None`:
+    /// none did in the run.
+    pub first_lead_after_ms: Option<u64>,
     /// (ms after the join, how many were in the pool), one per beat until all were.
     pub timeline: Vec<(u64, usize)>,
 }
@@ -57,6 +63,24 @@ impl Tracker {
             agents,
             admitted: BTreeSet::new(),
             report,
+        }
+    }
+
+    /// The hierarchy was computed again: whether one of the new hosts leads a cluster with
+    /// older hosts now.
+    pub fn elected(&mut self, tree: &Hierarchy, nodes: &[MeshNode], now: Time) {
+        let Some(joined) = self.joined_at else {
+            return;
+        };
+        if self.report.first_lead_after_ms.is_some() {
+            return;
+        }
+        let new: BTreeSet<&NodeId> = self.hosts.iter().map(|h| nodes[*h].id()).collect();
+        if tree.clusters.iter().any(|c| {
+            c.lead.as_ref().is_some_and(|l| new.contains(l))
+                && c.hosts.iter().any(|h| !new.contains(h))
+        }) {
+            self.report.first_lead_after_ms = Some(now.since(joined).as_millis() as u64);
         }
     }
 

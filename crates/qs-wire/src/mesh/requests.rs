@@ -124,7 +124,25 @@ pub struct MeshMembers {
     /// within one. Empty: none named.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub zone: String,
+    /// When the node joined the mesh, milliseconds since 1970 on its clock: a node new to a
+    /// running mesh leads only once it has been in it a while (seed §10.2). 0: long ago.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub since_ms: u64,
+    /// How long after `since_ms` it may lead a cluster (`None`: the mesh's default). Every
+    /// node reads it here, so all agree on when it may.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lead_after_ms: Option<u64>,
 }
+
+/// The longest a node may wait before it leads: an hour.
+pub const MAX_LEAD_AFTER_MS: u64 = 3_600_000;
+
+fn is_zero(x: &u64) -> bool {
+    *x == 0
+}
+
+/// The latest `since_ms` taken (the year 2500): a larger one is no time.
+pub const MAX_SINCE_MS: u64 = 16_725_225_600_000;
 
 /// Longest zone name.
 pub const MAX_ZONE_BYTES: usize = 63;
@@ -144,6 +162,19 @@ impl BusMessage for MeshMembers {
             return Err(format!(
                 "{} agents; at most {MAX_NODE_AGENTS}",
                 self.agents.len()
+            ));
+        }
+        if self.since_ms > MAX_SINCE_MS {
+            return Err(format!(
+                "since_ms {}: not a time (at most {MAX_SINCE_MS}, the year 2500)",
+                self.since_ms
+            ));
+        }
+        if let Some(ms) = self.lead_after_ms
+            && ms > MAX_LEAD_AFTER_MS
+        {
+            return Err(format!(
+                "lead_after_ms {ms}: at most {MAX_LEAD_AFTER_MS} (an hour)"
             ));
         }
         check_zone(&self.zone)
@@ -200,10 +231,43 @@ mod tests {
             node: NodeId::new("n1").unwrap(),
             agents: Vec::new(),
             zone: String::new(),
+            since_ms: 0,
+            lead_after_ms: None,
         };
         assert_eq!(
             serde_json::to_string(&m).unwrap(),
             r#"{"node":"n1","agents":[]}"#
         );
+    }
+
+    #[test]
+    fn a_members_record_says_when_its_node_joined_as_a_time() {
+        let table = [
+            (r#"{"node":"n1","agents":[]}"#, Ok(0)),
+            (
+                r#"{"node":"n1","agents":[],"since_ms":1796601600000}"#,
+                Ok(1_796_601_600_000),
+            ),
+            (
+                r#"{"node":"n1","agents":[],"since_ms":16725225600001}"#,
+                Err("since_ms 16725225600001: not a time"),
+            ),
+            (
+                r#"{"node":"n1","agents":[],"lead_after_ms":3600000}"#,
+                Ok(0),
+            ),
+            (
+                r#"{"node":"n1","agents":[],"lead_after_ms":3600001}"#,
+                Err("lead_after_ms 3600001: at most"),
+            ),
+        ];
+        for (json, want) in table {
+            let m: MeshMembers = serde_json::from_str(json).unwrap();
+            match (m.check(), want) {
+                (Ok(()), Ok(since)) => assert_eq!(m.since_ms, since, "{json}"),
+                (Err(e), Err(start)) => assert!(e.starts_with(start), "{json}: {e}"),
+                (got, want) => panic!("{json}: {got:?}, wanted {want:?}"),
+            }
+        }
     }
 }
