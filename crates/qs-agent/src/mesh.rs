@@ -16,7 +16,7 @@ pub use crate::mesh_agents::{LocalAgents, MeshOptions};
 use qs_core::mesh::hierarchy::LEAD_AFTER_MS;
 use qs_core::mesh::{
     Command, Hierarchy, Joined, Member, MeshConfig, MeshInput, MeshNode, MeshOutput, OpResult,
-    Shape, Standing, standings,
+    Seniority, Shape, seniorities,
 };
 use qs_fabric::{Fabric, Kv, KvEvent, Subscription, Topic};
 use qs_wire::NodeId;
@@ -187,7 +187,7 @@ pub async fn run<F: Fabric>(
     // When this node joined the mesh, on its clock: its record says it, so every node
     // elects it as a lead only once it has been in the mesh a while.
     let since_ms = now().as_millis();
-    let mut built: Option<(BTreeMap<NodeId, Standing>, u64)> = None;
+    let mut built: Option<(BTreeMap<NodeId, Seniority>, u64)> = None;
     let mut members_version = 0u64;
     let mut kv = None;
     let mut watch = None;
@@ -312,7 +312,7 @@ pub async fn run<F: Fabric>(
                     watch = kv.watch("").await.ok();
                 }
                 let live = live();
-                let standings = standings(
+                let seniorities = seniorities(
                     members
                         .iter()
                         .filter(|(n, _)| live.contains(*n))
@@ -322,10 +322,10 @@ pub async fn run<F: Fabric>(
                         })),
                     now().as_millis(),
                 );
-                if built.as_ref().is_none_or(|(s, v)| *s != standings || *v != members_version) {
+                if built.as_ref().is_none_or(|(s, v)| *s != seniorities || *v != members_version) {
                     let list: Vec<Member> = members
                         .iter()
-                        .filter(|(n, _)| standings.contains_key(*n))
+                        .filter(|(n, _)| seniorities.contains_key(*n))
                         .flat_map(|(n, m)| {
                             m.agents.iter().map(|a| Member {
                                 agent: *a,
@@ -334,12 +334,12 @@ pub async fn run<F: Fabric>(
                             })
                         })
                         .collect();
-                    let standing = |n: &NodeId| standings.get(n).copied().unwrap_or(Standing::Down);
-                    match Hierarchy::build(&list, Shape::default(), standing) {
+                    let seniority = |n: &NodeId| seniorities.get(n).copied().unwrap_or(Seniority::Down);
+                    match Hierarchy::build(&list, Shape::default(), seniority) {
                         Ok(tree) => node.handle(MeshInput::Tree(Arc::new(tree)), now()),
                         Err(e) => tracing::warn!("mesh: {e}"),
                     }
-                    built = Some((standings, members_version));
+                    built = Some((seniorities, members_version));
                 }
                 // Worker agents' liveness and queues move between joins: the core takes the
                 // beats again (and ignores them when nothing changed). Built-in agents' never

@@ -17,7 +17,7 @@
 
 use qs_core::Time;
 use qs_core::mesh::{
-    Hierarchy, Member, MeshConfig, MeshInput, MeshNode, MeshOutput, Shape, Standing,
+    Hierarchy, Member, MeshConfig, MeshInput, MeshNode, MeshOutput, Seniority, Shape,
 };
 use qs_wire::NodeId;
 use qs_wire::mesh::{
@@ -63,7 +63,7 @@ fn one_cluster(n: u64, first: u64) -> OneCluster {
         })
         .collect();
     let tree =
-        Arc::new(Hierarchy::build(&members, Shape::default(), |_| Standing::Seasoned).unwrap());
+        Arc::new(Hierarchy::build(&members, Shape::default(), |_| Seniority::Seasoned).unwrap());
     let lead = tree
         .cluster(ClusterId(0))
         .unwrap()
@@ -474,7 +474,7 @@ fn a_new_lead_counts_no_agent_offline_before_its_host_could_beat() {
         })
         .collect();
     let tree =
-        Arc::new(Hierarchy::build(&members, Shape::default(), |_| Standing::Seasoned).unwrap());
+        Arc::new(Hierarchy::build(&members, Shape::default(), |_| Seniority::Seasoned).unwrap());
     let (mine, theirs): (Vec<AgentId>, Vec<AgentId>) = (
         members[..3].iter().map(|m| m.agent).collect(),
         members[3..].iter().map(|m| m.agent).collect(),
@@ -510,7 +510,7 @@ fn a_new_lead_counts_no_agent_offline_before_its_host_could_beat() {
     // Another node roots the mesh a moment (this one looked dead to the others), then this
     // one again: the mode it had says nothing of the new hierarchy.
     let elsewhere =
-        Hierarchy::build(&members, Shape::default(), |n| Standing::live(*n != lead)).unwrap();
+        Hierarchy::build(&members, Shape::default(), |n| Seniority::live(*n != lead)).unwrap();
     assert_eq!(elsewhere.root.as_ref(), Some(&other));
     let t = at(cfg.dead_after_ms + 3 * cfg.beat_ms + 10);
     node.handle(MeshInput::Tree(Arc::new(elsewhere)), t);

@@ -18,7 +18,7 @@
 //!   for the cluster; a sector's coordinator is the highest-scoring live lead of its
 //!   clusters; the root the highest-scoring coordinator. A lead's death elects the next.
 //! - Nodes come into leadership gradually (seed §10.2): a node that joins a running mesh is
-//!   [`Standing::New`] for its first [`LEAD_AFTER_MS`], and leads only where no seasoned
+//!   [`Seniority::New`] for its first [`LEAD_AFTER_MS`], and leads only where no seasoned
 //!   host can (a cluster of new hosts only). A node that crashes soon after it starts then
 //!   never moved a lead. The founders, which joined within that time of the mesh's first
 //!   node, are seasoned at once: a fleet that starts together elects once.
@@ -61,7 +61,7 @@ pub const LEAD_AFTER_MS: u64 = 10_000;
 
 /// A node as an election sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Standing {
+pub enum Seniority {
     /// Not live: never elected.
     Down,
     /// Live, and in the mesh for less than the lead-after time: elected only where no
@@ -70,8 +70,8 @@ pub enum Standing {
     Seasoned,
 }
 
-impl Standing {
-    /// A node's standing: `since_ms` is when it joined the mesh and `founded_ms` when the
+impl Seniority {
+    /// A node's seniority: `since_ms` is when it joined the mesh and `founded_ms` when the
     /// mesh's first live node did (the same clock: every node reads both from the
     /// membership, so every node computes the same tree, up to the clocks' skew at the
     /// moment a node comes of age).
@@ -79,9 +79,9 @@ impl Standing {
         let founder = since_ms <= founded_ms.saturating_add(lead_after_ms);
         let aged = now_ms >= since_ms.saturating_add(lead_after_ms);
         match (live, founder || aged) {
-            (false, _) => Standing::Down,
-            (true, false) => Standing::New,
-            (true, true) => Standing::Seasoned,
+            (false, _) => Seniority::Down,
+            (true, false) => Seniority::New,
+            (true, true) => Seniority::Seasoned,
         }
     }
 
@@ -89,8 +89,8 @@ impl Standing {
     /// together).
     pub fn live(live: bool) -> Self {
         match live {
-            true => Standing::Seasoned,
-            false => Standing::Down,
+            true => Seniority::Seasoned,
+            false => Seniority::Down,
         }
     }
 }
@@ -103,19 +103,19 @@ pub struct Joined {
     pub lead_after_ms: u64,
 }
 
-/// Each live node's standing; the founding time is the earliest live node's `since_ms`. A
+/// Each live node's seniority; the founding time is the earliest live node's `since_ms`. A
 /// node not in the map is down. Each node's own lead-after time counts for it, so nodes
 /// that were given different ones still compute the same tree.
-pub fn standings<'a>(
+pub fn seniorities<'a>(
     live: impl Iterator<Item = (&'a NodeId, Joined)>,
     now_ms: u64,
-) -> BTreeMap<NodeId, Standing> {
+) -> BTreeMap<NodeId, Seniority> {
     let joined: BTreeMap<&NodeId, Joined> = live.collect();
     let founded = joined.values().map(|j| j.since_ms).min().unwrap_or(0);
     joined
         .into_iter()
         .map(|(n, j)| {
-            let s = Standing::of(true, j.since_ms, founded, now_ms, j.lead_after_ms);
+            let s = Seniority::of(true, j.since_ms, founded, now_ms, j.lead_after_ms);
             (n.clone(), s)
         })
         .collect()
@@ -176,11 +176,11 @@ pub fn jump(mut key: u64, buckets: u32) -> u32 {
 
 impl Hierarchy {
     /// Builds the tree over `members` (any order), electing leads by each host's
-    /// `standing`.
+    /// `seniority`.
     pub fn build(
         members: &[Member],
         shape: Shape,
-        standing: impl Fn(&NodeId) -> Standing,
+        seniority: impl Fn(&NodeId) -> Seniority,
     ) -> Result<Hierarchy, TooMany> {
         let n = members.len();
         if n > MAX_AGENTS {
@@ -234,16 +234,16 @@ impl Hierarchy {
                 h.sectors[s].clusters.push(ClusterId(i));
             }
         }
-        h.elect(standing);
+        h.elect(seniority);
         Ok(h)
     }
 
-    /// Elects leads, coordinators and the root again by each node's standing (a lead died,
+    /// Elects leads, coordinators and the root again by each node's seniority (a lead died,
     /// a node came of age): at each level, the best seasoned node, else the best new one.
-    pub fn elect(&mut self, standing: impl Fn(&NodeId) -> Standing) {
+    pub fn elect(&mut self, seniority: impl Fn(&NodeId) -> Seniority) {
         for (i, cl) in self.clusters.iter_mut().enumerate() {
             let key = mix(0x636c_7573 ^ i as u64);
-            cl.lead = best(key, cl.hosts.iter(), &standing);
+            cl.lead = best(key, cl.hosts.iter(), &seniority);
         }
         for (i, s) in self.sectors.iter_mut().enumerate() {
             let key = mix(0x7365_6374 ^ i as u64);
@@ -252,14 +252,14 @@ impl Hierarchy {
                 .iter()
                 .filter_map(|c| self.clusters[c.0 as usize].lead.as_ref())
                 .collect();
-            s.coordinator = best(key, leads.into_iter(), &standing);
+            s.coordinator = best(key, leads.into_iter(), &seniority);
         }
         let coordinators: BTreeSet<&NodeId> = self
             .sectors
             .iter()
             .filter_map(|s| s.coordinator.as_ref())
             .collect();
-        self.root = best(0x726f_6f74, coordinators.into_iter(), &standing);
+        self.root = best(0x726f_6f74, coordinators.into_iter(), &seniority);
     }
 
     pub fn cluster_of(&self, agent: AgentId) -> Option<ClusterId> {
@@ -370,15 +370,15 @@ fn plan(sorted: Vec<&Member>, per_cluster: u64, sector_clusters: u32) -> (Vec<Gr
     (vec![group], k as u32)
 }
 
-/// The highest rendezvous score for `key` among the nodes of the best standing there is.
+/// The highest rendezvous score for `key` among the nodes of the best seniority there is.
 fn best<'a>(
     key: u64,
     nodes: impl Iterator<Item = &'a NodeId>,
-    standing: impl Fn(&NodeId) -> Standing,
+    seniority: impl Fn(&NodeId) -> Seniority,
 ) -> Option<NodeId> {
     nodes
-        .map(|n| (standing(n), n))
-        .filter(|(s, _)| *s != Standing::Down)
+        .map(|n| (seniority(n), n))
+        .filter(|(s, _)| *s != Seniority::Down)
         .max_by_key(|(s, n)| (*s, rendezvous(key, of_str(n.as_str())), (*n).clone()))
         .map(|(_, n)| n.clone())
 }
@@ -402,7 +402,7 @@ mod tests {
     #[test]
     fn thirty_thousand_agents_fit_under_a_hundred_children() {
         let members = fleet(1_000, 30);
-        let h = Hierarchy::build(&members, Shape::default(), |_| Standing::Seasoned).unwrap();
+        let h = Hierarchy::build(&members, Shape::default(), |_| Seniority::Seasoned).unwrap();
         assert_eq!(h.agents(), 30_000);
         assert_eq!(h.clusters.len(), 1_000);
         assert_eq!(h.sectors.len(), 100);
@@ -421,9 +421,9 @@ mod tests {
     #[test]
     fn few_hosts_move_when_agents_come_and_go() {
         let mut members = fleet(1_000, 30);
-        let a = Hierarchy::build(&members, Shape::default(), |_| Standing::Seasoned).unwrap();
+        let a = Hierarchy::build(&members, Shape::default(), |_| Seniority::Seasoned).unwrap();
         members.extend(fleet(1_010, 30).into_iter().skip(30_000));
-        let b = Hierarchy::build(&members, Shape::default(), |_| Standing::Seasoned).unwrap();
+        let b = Hierarchy::build(&members, Shape::default(), |_| Seniority::Seasoned).unwrap();
         let moved = (0..30_000u64)
             .filter(|i| a.cluster_of(AgentId(*i)) != b.cluster_of(AgentId(*i)))
             .count();
@@ -457,7 +457,7 @@ mod tests {
             .iter()
             .map(|m| (m.host.clone(), m.zone.clone()))
             .collect();
-        let a = Hierarchy::build(&members, Shape::default(), |_| Standing::Seasoned).unwrap();
+        let a = Hierarchy::build(&members, Shape::default(), |_| Seniority::Seasoned).unwrap();
         assert_eq!(a.agents(), 30_000);
         assert!(a.sectors.len() <= MAX_CHILDREN);
         assert!(a.clusters.iter().all(|c| c.agents.len() <= MAX_CHILDREN));
@@ -486,7 +486,7 @@ mod tests {
         // 300 more agents in ap, the first zone by name: agents that shared a cluster
         // still do (ap keeps its count of clusters, so eu and us keep their numbers).
         members.extend(zoned(1_200, 12, 25, &["ap"]));
-        let b = Hierarchy::build(&members, Shape::default(), |_| Standing::Seasoned).unwrap();
+        let b = Hierarchy::build(&members, Shape::default(), |_| Seniority::Seasoned).unwrap();
         let mut pairs = 0;
         let mut split = 0;
         for cl in &a.clusters {
@@ -498,7 +498,7 @@ mod tests {
         assert_eq!(split, 0, "{split} of {pairs} cluster-mates split");
         // ap doubles: eu's and us's clusters are numbered anew, each with the same agents.
         members.extend(zoned(1_212, 240, 25, &["ap"]));
-        let c = Hierarchy::build(&members, Shape::default(), |_| Standing::Seasoned).unwrap();
+        let c = Hierarchy::build(&members, Shape::default(), |_| Seniority::Seasoned).unwrap();
         for cl in b.clusters.iter().filter(|cl| {
             cl.hosts
                 .first()
@@ -514,12 +514,12 @@ mod tests {
     #[test]
     fn zones_that_do_not_fit_or_say_nothing_are_ignored() {
         let plain =
-            Hierarchy::build(&fleet(300, 10), Shape::default(), |_| Standing::Seasoned).unwrap();
+            Hierarchy::build(&fleet(300, 10), Shape::default(), |_| Seniority::Seasoned).unwrap();
         let names: Vec<String> = (0..101).map(|i| format!("z{i}")).collect();
         let many: Vec<&str> = names.iter().map(String::as_str).collect();
         for zones in [&many[..], &["eu"][..]] {
             let h = Hierarchy::build(&zoned(0, 300, 10, zones), Shape::default(), |_| {
-                Standing::Seasoned
+                Seniority::Seasoned
             })
             .unwrap();
             for i in 0..3_000u64 {
@@ -532,7 +532,7 @@ mod tests {
     #[test]
     fn a_dead_lead_is_replaced_by_the_next() {
         let members = fleet(60, 30);
-        let mut h = Hierarchy::build(&members, Shape::default(), |_| Standing::Seasoned).unwrap();
+        let mut h = Hierarchy::build(&members, Shape::default(), |_| Seniority::Seasoned).unwrap();
         let (i, c) = h
             .clusters
             .iter()
@@ -540,7 +540,7 @@ mod tests {
             .find(|(_, c)| c.hosts.len() >= 2)
             .expect("a cluster with two hosts");
         let dead = c.lead.clone().unwrap();
-        h.elect(|n| Standing::live(*n != dead));
+        h.elect(|n| Seniority::live(*n != dead));
         let next = h.clusters[i].lead.clone().unwrap();
         assert_ne!(next, dead);
         assert!(h.clusters[i].hosts.contains(&next));
@@ -550,22 +550,22 @@ mod tests {
     #[test]
     fn a_node_is_new_in_a_running_mesh_and_seasoned_after_a_while() {
         const AFTER: u64 = 10_000;
-        // (live, since, founded, now, standing)
+        // (live, since, founded, now, seniority)
         let table = [
-            (false, 0, 0, 99_000, Standing::Down),
+            (false, 0, 0, 99_000, Seniority::Down),
             // The founders: within the lead-after time of the first node.
-            (true, 0, 0, 0, Standing::Seasoned),
-            (true, 10_000, 0, 10_000, Standing::Seasoned),
+            (true, 0, 0, 0, Seniority::Seasoned),
+            (true, 10_000, 0, 10_000, Seniority::Seasoned),
             // A node that joins a running mesh, until it comes of age.
-            (true, 10_001, 0, 10_001, Standing::New),
-            (true, 50_000, 0, 59_999, Standing::New),
-            (true, 50_000, 0, 60_000, Standing::Seasoned),
+            (true, 10_001, 0, 10_001, Seniority::New),
+            (true, 50_000, 0, 59_999, Seniority::New),
+            (true, 50_000, 0, 60_000, Seniority::Seasoned),
             // A clock far ahead makes only its own node new (no overflow).
-            (true, u64::MAX, 0, 60_000, Standing::New),
+            (true, u64::MAX, 0, 60_000, Seniority::New),
         ];
         for (live, since, founded, now, want) in table {
             assert_eq!(
-                Standing::of(live, since, founded, now, AFTER),
+                Seniority::of(live, since, founded, now, AFTER),
                 want,
                 "{live} {since} {founded} {now}"
             );
@@ -585,22 +585,22 @@ mod tests {
             (&b, joined(12_000)),
             (&c, joined(40_000)),
         ];
-        let s = standings(live.into_iter(), 45_000);
+        let s = seniorities(live.into_iter(), 45_000);
         assert_eq!(
             s.values().copied().collect::<Vec<_>>(),
-            [Standing::Seasoned, Standing::Seasoned, Standing::New]
+            [Seniority::Seasoned, Seniority::Seasoned, Seniority::New]
         );
     }
 
     #[test]
     fn new_nodes_lead_only_where_no_seasoned_node_can() {
         let members = fleet(300, 10);
-        let all = Hierarchy::build(&members, Shape::default(), |_| Standing::Seasoned).unwrap();
+        let all = Hierarchy::build(&members, Shape::default(), |_| Seniority::Seasoned).unwrap();
         // Every lead, coordinator and the root new at once: elsewhere, all seasoned.
         let new: BTreeSet<NodeId> = all.clusters.iter().filter_map(|c| c.lead.clone()).collect();
         let h = Hierarchy::build(&members, Shape::default(), |n| match new.contains(n) {
-            true => Standing::New,
-            false => Standing::Seasoned,
+            true => Seniority::New,
+            false => Seniority::Seasoned,
         })
         .unwrap();
         let mut new_leads = 0;
@@ -636,7 +636,7 @@ mod tests {
     #[test]
     fn a_crowded_host_spills_and_too_many_agents_are_refused() {
         let members = fleet(1, 250);
-        let h = Hierarchy::build(&members, Shape::default(), |_| Standing::Seasoned).unwrap();
+        let h = Hierarchy::build(&members, Shape::default(), |_| Seniority::Seasoned).unwrap();
         assert!(h.clusters.iter().all(|c| c.agents.len() <= MAX_CHILDREN));
         assert_eq!(
             h.clusters.iter().map(|c| c.agents.len()).sum::<usize>(),
@@ -650,6 +650,6 @@ mod tests {
             };
             MAX_AGENTS + 1
         ];
-        assert!(Hierarchy::build(&huge, Shape::default(), |_| Standing::Seasoned).is_err());
+        assert!(Hierarchy::build(&huge, Shape::default(), |_| Seniority::Seasoned).is_err());
     }
 }

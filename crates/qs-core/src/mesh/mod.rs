@@ -22,7 +22,7 @@ pub mod node;
 pub mod quorum;
 pub mod schedule;
 
-pub use hierarchy::{Hierarchy, Joined, Member, Shape, Standing, standings};
+pub use hierarchy::{Hierarchy, Joined, Member, Seniority, Shape, seniorities};
 pub use node::{
     Command, CommandError, Kpis, MeshConfig, MeshInput, MeshNode, MeshOutput, OpResult,
 };

@@ -6,7 +6,7 @@ use super::{MeshReport, MeshSimConfig};
 use qs_core::hash::{StableHasher, mix, of_str};
 use qs_core::mesh::{
     Command, Hierarchy, Joined, Member, MeshConfig, MeshInput, MeshNode, MeshOutput, OpResult,
-    Shape, Standing, standings,
+    Seniority, Shape, seniorities,
 };
 use qs_core::{Rng, Time};
 use qs_wire::NodeId;
@@ -49,7 +49,7 @@ pub const CALIBRATIONS: u64 = 6;
 pub const CALIBRATE_FROM_MS: u64 = 2_000;
 pub const READY_AT_MS: u64 = CALIBRATE_FROM_MS + CALIBRATIONS * 300 + 1_200;
 /// How long a host that joins the running mesh is new, and leads only where no seasoned
-/// host can ([`Standing`]); shorter than a real agent's (the runs are seconds long), and
+/// host can ([`Seniority`]); shorter than a real agent's (the runs are seconds long), and
 /// shorter than [`READY_AT_MS`], so a scale-out's hosts are not founders.
 pub const LEAD_AFTER_MS: u64 = 3_000;
 
@@ -107,7 +107,7 @@ pub struct MeshSim {
     /// Each host's region.
     pub region: Vec<usize>,
     dead: Vec<bool>,
-    /// When each host joined the mesh (0: before the run), for its [`Standing`].
+    /// When each host joined the mesh (0: before the run), for its [`Seniority`].
     since_ms: Vec<u64>,
     pub agents: Vec<SimAgent>,
     by_agent: BTreeMap<AgentId, usize>,
@@ -210,7 +210,7 @@ impl MeshSim {
         let dead: Vec<bool> = (0..hosts).map(|h| h >= base_hosts).collect();
         let tree = Arc::new(
             Hierarchy::build(&members[..cfg.agents], Shape::default(), |_| {
-                Standing::Seasoned
+                Seniority::Seasoned
             })
             .expect("validated: at most a million agents"),
         );
@@ -490,9 +490,9 @@ impl MeshSim {
                     };
                     (self.nodes[h].id(), joined)
                 });
-                let standings = standings(live, now.as_millis());
-                let standing = |n: &NodeId| standings.get(n).copied().unwrap_or(Standing::Down);
-                let tree = Hierarchy::build(&members, Shape::default(), standing)
+                let seniorities = seniorities(live, now.as_millis());
+                let seniority = |n: &NodeId| seniorities.get(n).copied().unwrap_or(Seniority::Down);
+                let tree = Hierarchy::build(&members, Shape::default(), seniority)
                     .expect("fewer agents than before");
                 if let Some(so) = self.scale_out.as_mut() {
                     so.elected(&tree, &self.nodes, now);
