@@ -199,7 +199,9 @@ class Worker:
         """Joins the mesh (then calls on_join(agent_id), if given) and answers what it sends
         until stop() is true (never, by default). An envelope whose payload does not match
         its content hash is answered CONFLICT (an integrity failure) without calling handle;
-        handle(envelope) returns the answer, or raises MeshConflict."""
+        a readiness probe (verb "probe": the lead measures how fast this agent answers while
+        it joins) is answered READY at once, without calling handle; handle(envelope)
+        returns the answer, or raises MeshConflict."""
         agent = self.mesh_join(capabilities)
         if on_join is not None:
             on_join(agent)
@@ -212,6 +214,9 @@ class Worker:
                 self._answer_once(envelope, conflict={
                     "type": "hash-mismatch", "expected": envelope["content_hash"],
                     "received": actual})
+                continue
+            if envelope.get("verb") == "probe":
+                self._answer_once(envelope)
                 continue
             try:
                 answer = handle(envelope)

@@ -91,12 +91,13 @@ class WorkerTest(unittest.TestCase):
         self.assertEqual(self.seen[2]["op"], "effect-done")
 
     def test_serve_mesh_answers_ready_and_conflicts_and_checks_the_content_hash(self):
-        def envelope(op, payload, digest=None):
+        def envelope(op, payload, digest=None, verb="observe"):
             digest = digest or hashlib.sha256(payload.encode()).hexdigest()
-            return {"op": "mesh", "envelope": {"op": op, "verb": "observe", "payload": payload,
+            return {"op": "mesh", "envelope": {"op": op, "verb": verb, "payload": payload,
                                                "content_hash": digest}}
         t = serve(self.path, [
             {"op": "registered", "node": "n1"}, {"op": "mesh-joined", "agent": 42},
+            envelope(0, "", verb="probe"), {"op": "ok"},
             envelope(1, "status"), {"op": "ok"},
             envelope(2, "expect:b"), {"op": "ok"},
             envelope(3, "tampered", digest="00"), {"op": "ok"},
@@ -106,21 +107,24 @@ class WorkerTest(unittest.TestCase):
         joined = []
 
         def handle(e):
+            self.assertNotEqual(e["verb"], "probe", "a probe is answered without the handler")
             if e["payload"].startswith("expect:"):
                 raise MeshConflict({"type": "data-contradiction", "expected": "b",
                                     "received": "a", "affects_agents": 1})
             return "a"
         w.serve_mesh(handle, ["gpu"], idle_s=0.1, on_join=joined.append,
-                     stop=lambda: len(self.seen) >= 8)
+                     stop=lambda: len(self.seen) >= 10)
         w.close()
         t.join()
         self.assertEqual(joined, [42])
         self.assertEqual(self.seen[1], {"op": "mesh-join", "capabilities": ["gpu"]})
         answers = [r for r in self.seen if r["op"] == "mesh-answer"]
-        self.assertEqual([(a["operation"], a["state"]) for a in answers], [(1, 1), (2, -1), (3, -1)])
-        self.assertEqual(answers[0]["answer"], "a")
-        self.assertEqual(answers[1]["conflict"]["type"], "data-contradiction")
-        self.assertEqual(answers[2]["conflict"]["type"], "hash-mismatch")
+        self.assertEqual([(a["operation"], a["state"]) for a in answers],
+                         [(0, 1), (1, 1), (2, -1), (3, -1)])
+        self.assertEqual(answers[0]["answer"], "")
+        self.assertEqual(answers[1]["answer"], "a")
+        self.assertEqual(answers[2]["conflict"]["type"], "data-contradiction")
+        self.assertEqual(answers[3]["conflict"]["type"], "hash-mismatch")
         self.assertEqual(self.seen[2], {"op": "mesh-poll", "wait_ms": 100})
 
 

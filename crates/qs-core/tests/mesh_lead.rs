@@ -16,6 +16,7 @@
 //!   could beat, and one that roots the mesh again starts from no mode of before.
 
 use qs_core::Time;
+use qs_core::mesh::integration::PROBE_OP;
 use qs_core::mesh::{
     Hierarchy, Member, MeshConfig, MeshInput, MeshNode, MeshOutput, Seniority, Shape,
 };
@@ -106,12 +107,18 @@ fn newcomers_settle_on_their_hosts_clock_and_members_are_in_the_pool_at_once() {
         MeshInput::Agents(mine.iter().map(|a| beat(*a, 0, false)).collect()),
         start,
     );
-    // The other host's clock is a minute behind; its agents joined a second ago on it.
+    // The other host's clock is a minute behind; its agents joined a second ago on it. It
+    // answers the lead's readiness probes in 5 ms, but for the last of its agents, which
+    // answers none.
     let skew_ms = 60_000;
     let joined_on_host = start.as_millis() - skew_ms - 1_000;
+    let silent = *theirs.last().unwrap();
+    let answering = &theirs[..theirs.len() - 1];
     let pool = |n: &MeshNode| -> BTreeSet<AgentId> { n.pool().map(|(_, a)| a).collect() };
     let mut admitted_at = None;
-    for k in 0..40u64 {
+    let mut silent_at = None;
+    let mut probes = 0;
+    for k in 0..110u64 {
         let now = Time::from_millis(start.as_millis() + k * 300);
         let b = HostBeat {
             host: other.clone(),
@@ -130,21 +137,56 @@ fn newcomers_settle_on_their_hosts_clock_and_members_are_in_the_pool_at_once() {
             now,
         );
         node.handle(MeshInput::Tick, now);
-        while node.poll().is_some() {}
+        let out: Vec<MeshOutput> = std::iter::from_fn(|| node.poll()).collect();
+        for d in dispatches(&out) {
+            assert_eq!(d.envelope.verb, Verb::Probe, "only probes before they join");
+            assert_eq!(d.envelope.op, PROBE_OP);
+            probes += 1;
+            if d.agent == silent {
+                continue;
+            }
+            let on_host = now.as_millis() - skew_ms;
+            let ack = Ack {
+                op: d.envelope.op,
+                agent: d.agent,
+                cluster: d.cluster,
+                state: Trinary::Ready,
+                arrived_ms: on_host,
+                ready_ms: on_host + 5,
+                answer: String::new(),
+                conflict: None,
+                expired: false,
+            };
+            let msg = MeshMessage::Ack(Box::new(ack));
+            let from = other.clone();
+            node.handle(MeshInput::Heard { from, msg }, now);
+        }
         let p = pool(&node);
         if k >= 1 {
             assert!(mine.iter().all(|a| p.contains(a)), "members at {k}: {p:?}");
         }
-        let in_pool = theirs.iter().filter(|a| p.contains(a)).count();
+        let in_pool = answering.iter().filter(|a| p.contains(a)).count();
         if in_pool > 0 && admitted_at.is_none() {
             admitted_at = Some(k * 300);
         }
+        if p.contains(&silent) && silent_at.is_none() {
+            silent_at = Some(k * 300);
+        }
     }
-    // Settled for 3 s (2 s more from the first beat here), then in the pool: not taken for
-    // established by a minute of skew.
+    // Settled for 3 s (2 s more from the first beat here), each measured by three probes,
+    // then in the pool: not taken for established by a minute of skew.
     let after_ms = admitted_at.expect("the newcomers joined the pool");
     assert!((1_800..=3_600).contains(&after_ms), "{after_ms}");
-    assert!(theirs.iter().all(|a| pool(&node).contains(a)));
+    assert!(answering.iter().all(|a| pool(&node).contains(a)));
+    // Three probes each, and the silent one probed again as each probe times out, a
+    // longer wait each time (1 s, 2 s, 4 s, ...: a few in 30 s).
+    assert!(
+        (answering.len() * 3 + 3..answering.len() * 3 + 8).contains(&probes),
+        "{probes}"
+    );
+    // The one that answers no probe joins only once established: 30 s after it joined.
+    let silent_ms = silent_at.expect("established at last");
+    assert!((28_800..=29_400).contains(&silent_ms), "{silent_ms}");
 }
 
 struct Lead {

@@ -129,6 +129,10 @@ pub enum Verb {
     Act,
     Record,
     Sync,
+    /// A readiness probe of an agent that joined lately (seed §10.2, "verify impedance
+    /// profiles stabilize"): its cluster lead measures how long it takes to answer; the
+    /// agent answers READY as it would any envelope, and does no other work for it.
+    Probe,
 }
 
 /// How an operation travels the hierarchy (seed §3.3).

@@ -202,6 +202,8 @@ pub struct Work {
     pub queue_depth: u32,
     baseline_ms: f64,
     baseline_samples: u32,
+    /// Answers measured (a host's report and a censored wait are none).
+    samples: u32,
     good: f32,
     all: f32,
 }
@@ -214,6 +216,7 @@ impl Work {
     /// (link median + this) is over twice the agent's baseline score.
     pub fn record(&mut self, processing_ms: f64, link_p50_ms: f64) -> Option<Anomaly> {
         let p = processing_ms.clamp(0.0, 3_600_000.0);
+        self.samples = self.samples.saturating_add(1);
         match self.processing_ms {
             None => self.processing_ms = Some(p),
             Some(m) => {
@@ -251,6 +254,11 @@ impl Work {
 
     pub fn processing_ms(&self) -> Option<f64> {
         self.processing_ms
+    }
+
+    /// How many answers measured it.
+    pub fn samples(&self) -> u32 {
+        self.samples
     }
 
     /// An answer came on time, or an agent sent to did not answer in its window.

@@ -8,7 +8,11 @@
 //!
 //! - **Settling**: registered less than `settle_ms` ago, its host's link measured fewer than
 //!   `min_link_samples` times, or its link drifting (class E) for less than three settling
-//!   periods, or held back after a conflict. Operations leave it out (counted as `joining`).
+//!   periods, its own time to answer measured fewer than `min_work_samples` times (the
+//!   lead probes it: a readiness probe, [`PROBE_OP`]; an agent whose answer took a second or
+//!   more is slow, class F, and known as such after one), or spiking, or held back after a
+//!   conflict. Operations leave it out (counted as `joining`). An agent that answers no
+//!   probe joins only once established.
 //! - **Eligible**: settled. Each beat the lead adds at most `admit_per_beat` eligible agents
 //!   of a cluster to the routing pool, those that joined first first.
 //! - **Established**: registered `established_ms` ago or more (or at an unknown time, `0`:
@@ -23,6 +27,14 @@
 //! An agent that registers again (a restart: a later `joined_ms`) starts over.
 
 use crate::time::Time;
+use qs_wire::mesh::OpId;
+
+/// The operation of readiness probes (no operator's operation has it).
+pub const PROBE_OP: OpId = OpId(0);
+
+/// A readiness probe unanswered this long (or twice what the agent is thought to take, if
+/// more): the agent takes at least that long, and is probed again.
+pub const PROBE_TIMEOUT_MS: u64 = 1_000;
 
 /// How agents join the routing pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,6 +43,9 @@ pub struct IntegrationConfig {
     pub settle_ms: u64,
     /// Its host's link measured at least this many times first.
     pub min_link_samples: u32,
+    /// Its answers (to probes, or work) measured at least this many times first, unless it
+    /// is known to be slow.
+    pub min_work_samples: u32,
     /// After this long an agent is a member like any other, whatever its profile.
     pub established_ms: u64,
     /// Most agents of one cluster added to the pool per beat.
@@ -46,6 +61,7 @@ impl Default for IntegrationConfig {
         IntegrationConfig {
             settle_ms: SETTLE_MS,
             min_link_samples: 8,
+            min_work_samples: 3,
             established_ms: 30_000,
             admit_per_beat: 10,
         }
@@ -69,6 +85,12 @@ pub struct Candidate {
     pub link_samples: u32,
     /// Its host's link drifts (impedance class E).
     pub drifting: bool,
+    /// Its answers measured so far.
+    pub work_samples: u32,
+    /// An answer of its took a second or more: class F, known without more samples.
+    pub slow: bool,
+    /// Its last answer was a spike over its baseline.
+    pub spiking: bool,
     /// Held back after a conflict during integration, until then.
     pub held_until: Option<Time>,
 }
@@ -85,7 +107,13 @@ pub fn standing(c: &Candidate, now: Time, cfg: &IntegrationConfig) -> Standing {
     // A link that still drifts after three settling periods is what it is: the agent joins
     // as class E (last in a priority-first cascade).
     let steady = !c.drifting || age_ms >= cfg.settle_ms.saturating_mul(3);
-    if age_ms < cfg.settle_ms || c.link_samples < cfg.min_link_samples || !steady {
+    let measured = c.work_samples >= cfg.min_work_samples || c.slow;
+    if age_ms < cfg.settle_ms
+        || c.link_samples < cfg.min_link_samples
+        || !steady
+        || !measured
+        || c.spiking
+    {
         return Standing::Settling;
     }
     Standing::Eligible
@@ -105,27 +133,130 @@ mod tests {
         let cfg = IntegrationConfig::default();
         let now = Time::from_millis(100_000);
         let ago = |ms: u64| 100_000 - ms;
-        // (joined, link samples, drifting, held until, expected)
-        let table: [(u64, u32, bool, Option<u64>, Standing); 11] = [
-            (0, 0, false, None, Standing::Established),
-            (ago(30_000), 0, true, None, Standing::Established),
-            (ago(29_999), 8, false, None, Standing::Eligible),
-            (ago(3_000), 8, false, None, Standing::Eligible),
-            (ago(2_999), 20, false, None, Standing::Settling),
-            (ago(5_000), 7, false, None, Standing::Settling),
-            (ago(5_000), 20, true, None, Standing::Settling),
-            (ago(8_999), 20, true, None, Standing::Settling),
-            (ago(9_000), 20, true, None, Standing::Eligible),
-            (ago(5_000), 20, false, Some(100_001), Standing::Settling),
-            (ago(5_000), 20, false, Some(100_000), Standing::Eligible),
+        // Settled in every way: joined 5 s ago, its link and its answers measured.
+        let ok = Candidate {
+            joined_ms: ago(5_000),
+            link_samples: 20,
+            drifting: false,
+            work_samples: 3,
+            slow: false,
+            spiking: false,
+            held_until: None,
+        };
+        let held = |ms| Some(Time::from_millis(ms));
+        let table = [
+            (
+                Candidate {
+                    joined_ms: 0,
+                    link_samples: 0,
+                    work_samples: 0,
+                    ..ok
+                },
+                Standing::Established,
+            ),
+            (
+                Candidate {
+                    joined_ms: ago(30_000),
+                    link_samples: 0,
+                    drifting: true,
+                    work_samples: 0,
+                    spiking: true,
+                    ..ok
+                },
+                Standing::Established,
+            ),
+            (
+                Candidate {
+                    joined_ms: ago(29_999),
+                    link_samples: 8,
+                    ..ok
+                },
+                Standing::Eligible,
+            ),
+            (
+                Candidate {
+                    joined_ms: ago(3_000),
+                    link_samples: 8,
+                    ..ok
+                },
+                Standing::Eligible,
+            ),
+            (
+                Candidate {
+                    joined_ms: ago(2_999),
+                    ..ok
+                },
+                Standing::Settling,
+            ),
+            (
+                Candidate {
+                    link_samples: 7,
+                    ..ok
+                },
+                Standing::Settling,
+            ),
+            (
+                Candidate {
+                    drifting: true,
+                    ..ok
+                },
+                Standing::Settling,
+            ),
+            (
+                Candidate {
+                    joined_ms: ago(8_999),
+                    drifting: true,
+                    ..ok
+                },
+                Standing::Settling,
+            ),
+            (
+                Candidate {
+                    joined_ms: ago(9_000),
+                    drifting: true,
+                    ..ok
+                },
+                Standing::Eligible,
+            ),
+            // Its own time to answer: measured three times, or known to be slow.
+            (
+                Candidate {
+                    work_samples: 2,
+                    ..ok
+                },
+                Standing::Settling,
+            ),
+            (
+                Candidate {
+                    work_samples: 0,
+                    slow: true,
+                    ..ok
+                },
+                Standing::Eligible,
+            ),
+            (
+                Candidate {
+                    spiking: true,
+                    ..ok
+                },
+                Standing::Settling,
+            ),
+            (
+                Candidate {
+                    held_until: held(100_001),
+                    ..ok
+                },
+                Standing::Settling,
+            ),
+            (
+                Candidate {
+                    held_until: held(100_000),
+                    ..ok
+                },
+                Standing::Eligible,
+            ),
         ];
-        for (joined_ms, link_samples, drifting, held, want) in table {
-            let c = Candidate {
-                joined_ms,
-                link_samples,
-                drifting,
-                held_until: held.map(Time::from_millis),
-            };
+        for (c, want) in table {
             assert_eq!(standing(&c, now, &cfg), want, "{c:?}");
         }
         assert!(!established(ago(29_999), now, &cfg));

@@ -360,6 +360,7 @@ impl MeshNode {
                         joined_host_ms: 0,
                         admitted: false,
                         held_until: None,
+                        probed_at: None,
                         unknown_until: Some(unknown_until),
                     });
                 }

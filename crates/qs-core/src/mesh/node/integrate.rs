@@ -3,12 +3,26 @@
 //! `admit_per_beat` per cluster, those that joined first first; established agents at once.
 
 use super::*;
-use crate::mesh::integration::{self, Candidate, Standing};
+use crate::mesh::impedance::CLASS_D_BELOW_MS;
+use crate::mesh::integration::{self, Candidate, PROBE_OP, PROBE_TIMEOUT_MS, Standing};
+use qs_wire::mesh::Verb;
+
+/// Most readiness probes a lead sends per beat, over all its clusters (a cluster of 100
+/// newcomers is probed over a few beats).
+const MAX_PROBES_PER_BEAT: usize = 300;
+
+/// A readiness probe to send.
+struct Probe {
+    host: NodeId,
+    cluster: ClusterId,
+    agent: AgentId,
+}
 
 impl MeshNode {
     pub(super) fn integrate(&mut self, now: Time) {
         let cfg = self.cfg.integration;
-        for led in self.led.values_mut() {
+        let mut probes: Vec<Probe> = Vec::new();
+        for (cluster, led) in self.led.iter_mut() {
             if !led.integrating {
                 continue;
             }
@@ -23,21 +37,57 @@ impl MeshNode {
                 let drifting = led
                     .assess(a, 0.0)
                     .is_some_and(|(z, _)| z.class == ImpedanceClass::E);
-                let view = &led.agents[&a];
                 let link_samples = led
                     .hosts
-                    .get_mut(&view.host)
+                    .get_mut(&led.agents[&a].host)
                     .map_or(0, |h| h.link.stats().samples);
+                let view = led.agents.get_mut(&a).expect("listed above");
+                // A probe unanswered past its timeout (twice what the agent is thought to
+                // take, a second at least): it takes at least that long, and is probed again
+                // (the estimate doubles with each timeout, and so does the wait).
+                let thought_ms = view.work.processing_ms().unwrap_or(0.0);
+                if let Some(at) = view.probed_at {
+                    let waited_ms = now.since(at).as_secs_f64() * 1000.0;
+                    if waited_ms >= (2.0 * thought_ms).max(PROBE_TIMEOUT_MS as f64) {
+                        view.work.at_least(waited_ms);
+                        view.probed_at = None;
+                    }
+                }
+                // Slow (class F) by an answer: not by a wait, which a lost probe makes too.
+                let slow = view.work.samples() > 0
+                    && view
+                        .work
+                        .processing_ms()
+                        .is_some_and(|p| p >= CLASS_D_BELOW_MS);
                 let c = Candidate {
                     joined_ms: view.joined_ms,
                     link_samples,
                     drifting,
+                    work_samples: view.work.samples(),
+                    slow,
+                    spiking: view.spiking,
                     held_until: view.held_until,
                 };
-                let joined_ms = view.joined_ms;
-                match integration::standing(&c, now, &cfg) {
+                let standing = integration::standing(&c, now, &cfg);
+                // Seed §10.2's "verify impedance profiles stabilize": an agent not measured
+                // enough yet is probed, one probe out at a time (none to a slow one: it
+                // would only queue them).
+                if standing == Standing::Settling
+                    && c.work_samples < cfg.min_work_samples
+                    && !slow
+                    && view.probed_at.is_none()
+                    && probes.len() < MAX_PROBES_PER_BEAT
+                {
+                    view.probed_at = Some(now);
+                    probes.push(Probe {
+                        host: view.host.clone(),
+                        cluster: *cluster,
+                        agent: a,
+                    });
+                }
+                match standing {
                     Standing::Settling => {}
-                    Standing::Eligible => eligible.push((joined_ms, a)),
+                    Standing::Eligible => eligible.push((view.joined_ms, a)),
                     Standing::Established => admit(led, a),
                 }
             }
@@ -49,6 +99,18 @@ impl MeshNode {
                 .agents
                 .values()
                 .any(|v| v.state == AgentState::Active && !v.admitted);
+        }
+        for p in probes {
+            let mut envelope = self.envelope(Verb::Probe, "", 0, now);
+            envelope.op = PROBE_OP;
+            envelope.ttl_ms = PROBE_TIMEOUT_MS * 10;
+            let d = Dispatch {
+                agent: p.agent,
+                cluster: p.cluster,
+                reply_to: self.me.clone(),
+                envelope,
+            };
+            self.send(p.host, MeshMessage::Dispatch(Box::new(d)));
         }
     }
 

@@ -192,13 +192,18 @@ pub(crate) fn on_ack(node: &mut MeshNode, from: &NodeId, a: Ack, now: Time) {
         && let Some(led) = node.led.get_mut(&a.cluster)
         && let Some(view) = led.agents.get_mut(&a.agent)
     {
-        // An answer after its cluster reported: still a measurement of the agent.
+        // An answer after its cluster reported, or to a readiness probe: a measurement of
+        // the agent.
         let link_p50 = led
             .hosts
             .get_mut(&view.host)
             .map_or(0.0, |h| h.link.recent_ms());
         let processing = a.ready_ms.saturating_sub(a.arrived_ms) as f64;
-        view.work.record(processing, link_p50);
+        let spike = view.work.record(processing, link_p50);
+        if a.op == PROBE_OP {
+            view.probed_at = None;
+            view.spiking = spike.is_some();
+        }
     }
     let mut rerouted = None;
     match ops.lead.get_mut(&(a.op, a.cluster)).filter(|_| at_lead) {
