@@ -184,9 +184,9 @@ pub async fn run<F: Fabric>(
     // The node's entry of the bucket is written again after each join or leave.
     let mut entry_written = false;
     let mut members: BTreeMap<NodeId, MeshMembers> = BTreeMap::new();
-    // When this node joined the mesh, on its clock: its record says it, so every node
-    // elects it as a lead only once it has been in the mesh a while.
-    let since_ms = now().as_millis();
+    // When this node joined the mesh (first wrote its record), on its clock: its record
+    // says it, so every node elects it as a lead only once it has been in the mesh a while.
+    let mut since_ms: Option<u64> = None;
     let mut built: Option<(BTreeMap<NodeId, Seniority>, u64)> = None;
     let mut members_version = 0u64;
     let mut kv = None;
@@ -301,7 +301,7 @@ pub async fn run<F: Fabric>(
                         node: me.clone(),
                         agents: agents.ids(),
                         zone: agents.options().zone.clone(),
-                        since_ms,
+                        since_ms: *since_ms.get_or_insert_with(|| now().as_millis()),
                         lead_after_ms: Some(agents.options().lead_after_ms),
                     };
                     if let Ok(bytes) = serde_json::to_vec(&mine) {

@@ -357,6 +357,8 @@ impl LocalAgents {
         // given again.
         ack.check()?;
         let took_ms = ready_ms.saturating_sub(taken.arrived_ms) as f64;
+        // A readiness probe is no work: its time says nothing of the worker's processing.
+        let work = taken.dispatch.envelope.verb != Verb::Probe;
         let answered = Answered {
             ack,
             reply_to: taken.dispatch.reply_to.clone(),
@@ -365,8 +367,10 @@ impl LocalAgents {
             .try_send(answered)
             .map_err(|_| "the mesh is busy; answer again".to_string())?;
         w.taken.remove(&a.op);
-        w.answered += 1;
-        w.processing_ms += (took_ms - w.processing_ms) / w.answered as f64;
+        if work {
+            w.answered += 1;
+            w.processing_ms += (took_ms - w.processing_ms) / w.answered as f64;
+        }
         Ok(())
     }
 }

@@ -16,7 +16,6 @@
 //!   could beat, and one that roots the mesh again starts from no mode of before.
 
 use qs_core::Time;
-use qs_core::mesh::integration::PROBE_OP;
 use qs_core::mesh::{
     Hierarchy, Member, MeshConfig, MeshInput, MeshNode, MeshOutput, Seniority, Shape,
 };
@@ -140,7 +139,7 @@ fn newcomers_settle_on_their_hosts_clock_and_members_are_in_the_pool_at_once() {
         let out: Vec<MeshOutput> = std::iter::from_fn(|| node.poll()).collect();
         for d in dispatches(&out) {
             assert_eq!(d.envelope.verb, Verb::Probe, "only probes before they join");
-            assert_eq!(d.envelope.op, PROBE_OP);
+            assert_ne!(d.envelope.op, OpId(0));
             probes += 1;
             if d.agent == silent {
                 continue;
@@ -578,4 +577,134 @@ fn a_new_lead_counts_no_agent_offline_before_its_host_could_beat() {
     }
     assert_eq!(node.global_counts(), (23, 23));
     assert_eq!(node.mode(), Mode::Full);
+}
+
+/// Zones: when the zone before it doubles, a cluster is numbered anew with the same agents
+/// and, its election keyed by its zone and place, the same lead, which keeps what it knew of
+/// each agent: those in the routing pool stay in it, measured as before.
+#[test]
+fn a_lead_keeps_its_agents_when_another_zone_renumbers_their_cluster() {
+    let members_of = |host: &NodeId, zone: &str, first: u64, n: u64| -> Vec<Member> {
+        (first..first + n)
+            .map(|i| Member {
+                agent: AgentId(i),
+                host: host.clone(),
+                zone: zone.to_string(),
+            })
+            .collect()
+    };
+    let other = NodeId::new("eu-2").unwrap();
+    let ap = NodeId::new("ap-1").unwrap();
+    let build = |me: &NodeId, ap_agents: u64| {
+        let mut m = members_of(&ap, "ap", 1_000, ap_agents);
+        m.extend(members_of(me, "eu", 0, 15));
+        m.extend(members_of(&other, "eu", 100, 15));
+        Hierarchy::build(&m, Shape::default(), |_| Seniority::Seasoned).unwrap()
+    };
+    // A name for this node under which it leads eu's one cluster (the search is
+    // deterministic: names hash the same everywhere).
+    let me = (0..64)
+        .map(|i| NodeId::new(&format!("eu-{i}")).unwrap())
+        .find(|n| {
+            let t = build(n, 25);
+            *n != other && t.cluster(ClusterId(1)).unwrap().lead.as_ref() == Some(n)
+        })
+        .expect("some name leads");
+    let (before, after) = (build(&me, 25), build(&me, 60));
+    assert_eq!(before.cluster_of(AgentId(100)), Some(ClusterId(1)));
+    // ap doubles to two clusters: eu's is numbered 2 now, with the same agents and lead.
+    let moved = ClusterId(2);
+    assert_eq!(after.cluster_of(AgentId(100)), Some(moved));
+    assert_eq!(after.cluster(moved).unwrap().lead.as_ref(), Some(&me));
+
+    let start = Time::from_millis(1_000_000);
+    let mut node = MeshNode::new(me.clone(), MeshConfig::default(), start);
+    node.handle(MeshInput::Tree(Arc::new(before)), start);
+    let mine: Vec<AgentBeat> = (0..15).map(|i| beat(AgentId(i), 0, false)).collect();
+    node.handle(MeshInput::Agents(mine), start);
+    // The other host's agents joined a second ago; they take 40 ms, and answer probes so.
+    let theirs: Vec<AgentId> = (100..115).map(AgentId).collect();
+    let beat_from_other = |node: &mut MeshNode, c: ClusterId, now: Time| {
+        let b = HostBeat {
+            host: other.clone(),
+            cluster: c,
+            sent_ms: now.as_millis(),
+            agents: theirs
+                .iter()
+                .map(|a| AgentBeat {
+                    processing_ms: 40.0,
+                    ..beat(*a, start.as_millis() - 1_000, false)
+                })
+                .collect(),
+        };
+        let msg = MeshMessage::Beat(b);
+        node.handle(
+            MeshInput::Heard {
+                from: other.clone(),
+                msg,
+            },
+            now,
+        );
+    };
+    let mut now = start;
+    for _ in 0..20 {
+        now = Time::from_millis(now.as_millis() + 300);
+        beat_from_other(&mut node, ClusterId(1), now);
+        node.handle(MeshInput::Tick, now);
+        let out: Vec<MeshOutput> = std::iter::from_fn(|| node.poll()).collect();
+        for d in dispatches(&out)
+            .into_iter()
+            .filter(|d| theirs.contains(&d.agent))
+        {
+            let ack = Ack {
+                op: d.envelope.op,
+                agent: d.agent,
+                cluster: d.cluster,
+                state: Trinary::Ready,
+                arrived_ms: now.as_millis(),
+                ready_ms: now.as_millis() + 40,
+                answer: String::new(),
+                conflict: None,
+                expired: false,
+            };
+            let msg = MeshMessage::Ack(Box::new(ack));
+            node.handle(
+                MeshInput::Heard {
+                    from: other.clone(),
+                    msg,
+                },
+                now,
+            );
+        }
+    }
+    let measured = |node: &mut MeshNode| -> Vec<(ClusterId, bool, Option<u64>)> {
+        let mut v: Vec<_> = node
+            .led_agents()
+            .into_iter()
+            .filter(|a| theirs.contains(&a.agent))
+            .map(|a| {
+                (
+                    a.cluster,
+                    a.admitted,
+                    a.processing_ms.map(|p| p.round() as u64),
+                )
+            })
+            .collect();
+        v.dedup();
+        v
+    };
+    assert_eq!(measured(&mut node), [(ClusterId(1), true, Some(40))]);
+
+    node.handle(MeshInput::Tree(Arc::new(after)), now);
+    assert_eq!(measured(&mut node), [(moved, true, Some(40))]);
+    // Its host beats to the cluster's new number: nothing is relearned.
+    now = Time::from_millis(now.as_millis() + 300);
+    beat_from_other(&mut node, moved, now);
+    node.handle(MeshInput::Tick, now);
+    let out: Vec<MeshOutput> = std::iter::from_fn(|| node.poll()).collect();
+    assert!(
+        dispatches(&out).is_empty(),
+        "no probe: they are in the pool"
+    );
+    assert_eq!(measured(&mut node), [(moved, true, Some(40))]);
 }

@@ -94,7 +94,8 @@ pub struct Step {
 pub struct MeshWork {
     /// The operation, named again in the answer.
     pub op: u64,
-    /// `observe`, `orient`, `decide`, `act`, `record` or `sync`.
+    /// `observe`, `orient`, `decide`, `act`, `record` or `sync`; or `probe`, a readiness
+    /// probe from the agent's cluster lead while it joins: answer READY at once, no work.
     pub verb: String,
     pub payload: String,
     /// SHA-256 of the payload, hex.

@@ -271,7 +271,11 @@ impl Connection {
                     return Err(why);
                 }
             };
-            write_frame(&mut stream, &answer).await?;
+            // An answer it cannot take: it went away (it exited or crashed while it waited
+            // for work, as a broken read says), no misuse.
+            if write_frame(&mut stream, &answer).await.is_err() {
+                return Ok(());
+            }
         }
     }
 

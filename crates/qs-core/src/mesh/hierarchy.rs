@@ -10,17 +10,18 @@
 //!   zone. Each zone then has clusters and sectors of its own (its hosts hash over its
 //!   clusters only), so an agent's lead and its lead's coordinator are in its zone, and only
 //!   the root's hops cross zones. A zone has a power of two of clusters (half to all of
-//!   them full), so clusters are numbered anew only when a zone doubles or halves (their
-//!   leads then learn them afresh). Zones
+//!   them full), so clusters are numbered anew only when a zone doubles or halves. The
+//!   zones after it keep their clusters' agents and, as elections are keyed by a cluster's
+//!   zone and place in it, their leads, which keep what they knew of each agent. Zones
 //!   that do not fit (more than 100, or more clusters than the tree holds) are ignored: one
 //!   tree as without them.
 //! - The lead of a cluster is the live host of its agents with the highest rendezvous score
-//!   for the cluster; a sector's coordinator is the highest-scoring live lead of its
+//!   for the cluster's key (its zone and place in it); a sector's coordinator is the highest-scoring live lead of its
 //!   clusters; the root the highest-scoring coordinator. A lead's death elects the next.
 //! - Nodes come into leadership gradually (seed §10.2): a node that joins a running mesh is
 //!   [`Seniority::New`] for its first [`LEAD_AFTER_MS`], and leads only where no seasoned
 //!   host can (a cluster of new hosts only). A node that crashes soon after it starts then
-//!   never moved a lead. The founders, which joined within that time of the mesh's first
+//!   never took a lead from a seasoned node. The founders, which joined within that time of the mesh's first
 //!   node, are seasoned at once: a fleet that starts together elects once.
 
 use crate::hash::{mix, of_str, rendezvous};
@@ -71,13 +72,15 @@ pub enum Seniority {
 }
 
 impl Seniority {
-    /// A node's seniority: `since_ms` is when it joined the mesh and `founded_ms` when the
-    /// mesh's first live node did (the same clock: every node reads both from the
-    /// membership, so every node computes the same tree, up to the clocks' skew at the
-    /// moment a node comes of age).
-    pub fn of(live: bool, since_ms: u64, founded_ms: u64, now_ms: u64, lead_after_ms: u64) -> Self {
-        let founder = since_ms <= founded_ms.saturating_add(lead_after_ms);
-        let aged = now_ms >= since_ms.saturating_add(lead_after_ms);
+    /// A node's seniority, from when it joined (`joined`) and when the mesh's first live node
+    /// did (`first`): a founder if it joined within the first node's lead-after time of it,
+    /// else new until its own lead-after time passed. (The same clock: every node reads both
+    /// from the membership, so every node computes the same tree, up to the clocks' skew at
+    /// the moment a node comes of age.)
+    pub fn of(live: bool, joined: Joined, first: Joined, now_ms: u64) -> Self {
+        let window_ms = first.since_ms.saturating_add(first.lead_after_ms);
+        let founder = joined.since_ms <= window_ms;
+        let aged = now_ms >= joined.since_ms.saturating_add(joined.lead_after_ms);
         match (live, founder || aged) {
             (false, _) => Seniority::Down,
             (true, false) => Seniority::New,
@@ -103,21 +106,24 @@ pub struct Joined {
     pub lead_after_ms: u64,
 }
 
-/// Each live node's seniority; the founding time is the earliest live node's `since_ms`. A
-/// node not in the map is down. Each node's own lead-after time counts for it, so nodes
-/// that were given different ones still compute the same tree.
+/// Each live node's seniority; the first node is the earliest live one. A node not in the
+/// map is down. Each node's lead-after time is read from its record, so nodes that were
+/// given different ones still compute the same tree.
 pub fn seniorities<'a>(
     live: impl Iterator<Item = (&'a NodeId, Joined)>,
     now_ms: u64,
 ) -> BTreeMap<NodeId, Seniority> {
     let joined: BTreeMap<&NodeId, Joined> = live.collect();
-    let founded = joined.values().map(|j| j.since_ms).min().unwrap_or(0);
+    let Some(first) = joined
+        .values()
+        .min_by_key(|j| (j.since_ms, j.lead_after_ms))
+        .copied()
+    else {
+        return BTreeMap::new();
+    };
     joined
         .into_iter()
-        .map(|(n, j)| {
-            let s = Seniority::of(true, j.since_ms, founded, now_ms, j.lead_after_ms);
-            (n.clone(), s)
-        })
+        .map(|(n, j)| (n.clone(), Seniority::of(true, j, first, now_ms)))
         .collect()
 }
 
@@ -126,6 +132,9 @@ struct Group<'a> {
     members: Vec<&'a Member>,
     first_cluster: u32,
     clusters: u32,
+    /// A hash of its zone's name (0: zones ignored): elections are keyed by it and the
+    /// cluster's or sector's place in the zone, not by its number in the whole tree.
+    zone_key: u64,
 }
 
 /// One cluster.
@@ -136,6 +145,9 @@ pub struct Cluster {
     /// Hosts of its agents, in order.
     pub hosts: Vec<NodeId>,
     pub lead: Option<NodeId>,
+    /// Its election's key: its zone and its place in the zone, so when another zone
+    /// doubles and this cluster is numbered anew, its lead stays.
+    pub key: u64,
 }
 
 /// One sector.
@@ -143,6 +155,8 @@ pub struct Cluster {
 pub struct Sector {
     pub clusters: Vec<ClusterId>,
     pub coordinator: Option<NodeId>,
+    /// Its election's key, as a cluster's.
+    pub key: u64,
 }
 
 /// The whole tree.
@@ -226,11 +240,18 @@ impl Hierarchy {
             }
             // The group's clusters, `sector_clusters` to a sector: no sector spans zones.
             for i in first..first + g.clusters {
-                if (i - first) % sector_clusters == 0 {
-                    h.sectors.push(Sector::default());
+                let local = u64::from(i - first);
+                if local % u64::from(sector_clusters) == 0 {
+                    let key = local / u64::from(sector_clusters);
+                    h.sectors.push(Sector {
+                        key: mix(0x7365_6374 ^ key ^ g.zone_key),
+                        ..Sector::default()
+                    });
                 }
                 let s = h.sectors.len() - 1;
-                h.clusters[i as usize].sector = SectorId(s as u32);
+                let cl = &mut h.clusters[i as usize];
+                cl.sector = SectorId(s as u32);
+                cl.key = mix(0x636c_7573 ^ local ^ g.zone_key);
                 h.sectors[s].clusters.push(ClusterId(i));
             }
         }
@@ -241,12 +262,11 @@ impl Hierarchy {
     /// Elects leads, coordinators and the root again by each node's seniority (a lead died,
     /// a node came of age): at each level, the best seasoned node, else the best new one.
     pub fn elect(&mut self, seniority: impl Fn(&NodeId) -> Seniority) {
-        for (i, cl) in self.clusters.iter_mut().enumerate() {
-            let key = mix(0x636c_7573 ^ i as u64);
-            cl.lead = best(key, cl.hosts.iter(), &seniority);
+        for cl in &mut self.clusters {
+            cl.lead = best(cl.key, cl.hosts.iter(), &seniority);
         }
-        for (i, s) in self.sectors.iter_mut().enumerate() {
-            let key = mix(0x7365_6374 ^ i as u64);
+        for s in &mut self.sectors {
+            let key = s.key;
             let leads: BTreeSet<&NodeId> = s
                 .clusters
                 .iter()
@@ -341,13 +361,14 @@ fn plan(sorted: Vec<&Member>, per_cluster: u64, sector_clusters: u32) -> (Vec<Gr
                 .unwrap_or(max_clusters);
             let mut first = 0u32;
             let groups = zones
-                .into_values()
+                .into_iter()
                 .zip(clusters)
-                .map(|(members, c)| {
+                .map(|((zone, members), c)| {
                     let g = Group {
                         members,
                         first_cluster: first,
                         clusters: c as u32,
+                        zone_key: of_str(zone),
                     };
                     first += c as u32;
                     g
@@ -366,6 +387,7 @@ fn plan(sorted: Vec<&Member>, per_cluster: u64, sector_clusters: u32) -> (Vec<Gr
         members: sorted,
         first_cluster: 0,
         clusters: clusters as u32,
+        zone_key: 0,
     };
     (vec![group], k as u32)
 }
@@ -496,7 +518,9 @@ mod tests {
             }
         }
         assert_eq!(split, 0, "{split} of {pairs} cluster-mates split");
-        // ap doubles: eu's and us's clusters are numbered anew, each with the same agents.
+        // ap doubles: eu's and us's clusters are numbered anew, each with the same agents
+        // and the same lead (the sectors here grow from 13 clusters to 16, so they
+        // regroup).
         members.extend(zoned(1_212, 240, 25, &["ap"]));
         let c = Hierarchy::build(&members, Shape::default(), |_| Seniority::Seasoned).unwrap();
         for cl in b.clusters.iter().filter(|cl| {
@@ -508,6 +532,11 @@ mod tests {
                 cl.agents.iter().map(|a| c.cluster_of(*a)).collect();
             assert_eq!(now.len(), 1, "a cluster of eu or us split: {now:?}");
             assert_ne!(now, BTreeSet::from([b.cluster_of(cl.agents[0])]));
+            let renumbered = c.cluster(c.cluster_of(cl.agents[0]).unwrap()).unwrap();
+            assert_eq!(
+                renumbered.lead, cl.lead,
+                "a renumbered cluster's lead moved"
+            );
         }
     }
 
@@ -550,24 +579,40 @@ mod tests {
     #[test]
     fn a_node_is_new_in_a_running_mesh_and_seasoned_after_a_while() {
         const AFTER: u64 = 10_000;
-        // (live, since, founded, now, seniority)
+        let at = |since_ms| Joined {
+            since_ms,
+            lead_after_ms: AFTER,
+        };
+        // (live, joined, the first node, now, seniority)
         let table = [
-            (false, 0, 0, 99_000, Seniority::Down),
+            (false, at(0), at(0), 99_000, Seniority::Down),
             // The founders: within the lead-after time of the first node.
-            (true, 0, 0, 0, Seniority::Seasoned),
-            (true, 10_000, 0, 10_000, Seniority::Seasoned),
+            (true, at(0), at(0), 0, Seniority::Seasoned),
+            (true, at(10_000), at(0), 10_000, Seniority::Seasoned),
             // A node that joins a running mesh, until it comes of age.
-            (true, 10_001, 0, 10_001, Seniority::New),
-            (true, 50_000, 0, 59_999, Seniority::New),
-            (true, 50_000, 0, 60_000, Seniority::Seasoned),
+            (true, at(10_001), at(0), 10_001, Seniority::New),
+            (true, at(50_000), at(0), 59_999, Seniority::New),
+            (true, at(50_000), at(0), 60_000, Seniority::Seasoned),
             // A clock far ahead makes only its own node new (no overflow).
-            (true, u64::MAX, 0, 60_000, Seniority::New),
+            (true, at(u64::MAX), at(0), 60_000, Seniority::New),
+            // The founders' window is the first node's: a long lead-after time of its own
+            // makes a late node no founder.
+            (
+                true,
+                Joined {
+                    since_ms: 50_000,
+                    lead_after_ms: 3_600_000,
+                },
+                at(0),
+                60_000,
+                Seniority::New,
+            ),
         ];
-        for (live, since, founded, now, want) in table {
+        for (live, joined, first, now, want) in table {
             assert_eq!(
-                Seniority::of(live, since, founded, now, AFTER),
+                Seniority::of(live, joined, first, now),
                 want,
-                "{live} {since} {founded} {now}"
+                "{live} {joined:?} {first:?} {now}"
             );
         }
         // The founding time is the earliest live node's.

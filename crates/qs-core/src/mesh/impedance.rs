@@ -202,8 +202,9 @@ pub struct Work {
     pub queue_depth: u32,
     baseline_ms: f64,
     baseline_samples: u32,
-    /// Answers measured (a host's report and a censored wait are none).
+    /// Answers measured (a host's report and a censored wait are none), and the longest.
     samples: u32,
+    longest_ms: f64,
     good: f32,
     all: f32,
 }
@@ -217,6 +218,7 @@ impl Work {
     pub fn record(&mut self, processing_ms: f64, link_p50_ms: f64) -> Option<Anomaly> {
         let p = processing_ms.clamp(0.0, 3_600_000.0);
         self.samples = self.samples.saturating_add(1);
+        self.longest_ms = self.longest_ms.max(p);
         match self.processing_ms {
             None => self.processing_ms = Some(p),
             Some(m) => {
@@ -259,6 +261,11 @@ impl Work {
     /// How many answers measured it.
     pub fn samples(&self) -> u32 {
         self.samples
+    }
+
+    /// The longest an answer of its took, milliseconds (0: none measured).
+    pub fn longest_ms(&self) -> f64 {
+        self.longest_ms
     }
 
     /// An answer came on time, or an agent sent to did not answer in its window.

@@ -9,9 +9,9 @@
 //! - **Settling**: registered less than `settle_ms` ago, its host's link measured fewer than
 //!   `min_link_samples` times, or its link drifting (class E) for less than three settling
 //!   periods, its own time to answer measured fewer than `min_work_samples` times (the
-//!   lead probes it: a readiness probe, [`PROBE_OP`]; an agent whose answer took a second or
-//!   more is slow, class F, and known as such after one), or spiking, or held back after a
-//!   conflict. Operations leave it out (counted as `joining`). An agent that answers no
+//!   lead probes it: a readiness probe, `Verb::Probe`; an agent whose answer took a second or
+//!   more is slow, class F, and known as such after one), or spiking (its link, or its last
+//!   answer), or held back after a conflict. Operations leave it out (counted as `joining`). An agent that answers no
 //!   probe joins only once established.
 //! - **Eligible**: settled. Each beat the lead adds at most `admit_per_beat` eligible agents
 //!   of a cluster to the routing pool, those that joined first first.
@@ -27,10 +27,6 @@
 //! An agent that registers again (a restart: a later `joined_ms`) starts over.
 
 use crate::time::Time;
-use qs_wire::mesh::OpId;
-
-/// The operation of readiness probes (no operator's operation has it).
-pub const PROBE_OP: OpId = OpId(0);
 
 /// A readiness probe unanswered this long (or twice what the agent is thought to take, if
 /// more): the agent takes at least that long, and is probed again.
@@ -89,7 +85,7 @@ pub struct Candidate {
     pub work_samples: u32,
     /// An answer of its took a second or more: class F, known without more samples.
     pub slow: bool,
-    /// Its last answer was a spike over its baseline.
+    /// Its link's last sample, or its last answer, spiked over its baseline.
     pub spiking: bool,
     /// Held back after a conflict during integration, until then.
     pub held_until: Option<Time>,

@@ -32,7 +32,7 @@ mod control;
 mod integrate;
 mod led;
 pub use led::LedAgent;
-pub(crate) use led::{AgentView, Led};
+pub(crate) use led::{AgentView, HostLink, Led, ProbeOut};
 mod ops;
 mod summaries;
 pub use ops::{Command, CommandError, OpResult, PhaseResult};
@@ -333,36 +333,60 @@ impl MeshNode {
     fn set_tree(&mut self, tree: Arc<Hierarchy>, now: Time) {
         let unknown_until = now + Duration::from_millis(self.cfg.dead_after_ms);
         let mut led = BTreeMap::new();
+        // What this node knew of each agent and host it led, whatever the cluster: an
+        // agent it leads again in another cluster (numbered anew when another zone doubled,
+        // or its host moved) keeps its view, and its host its link.
+        let mut old = std::mem::take(&mut self.led);
+        let mut views: BTreeMap<AgentId, AgentView> = BTreeMap::new();
+        let mut links: BTreeMap<NodeId, HostLink> = BTreeMap::new();
+        for l in old.values_mut() {
+            views.append(&mut l.agents);
+            links.append(&mut l.hosts);
+        }
         for c in tree.led_by(&self.me) {
             let cluster = tree.cluster(c).expect("led clusters exist");
-            let mut l = self.led.remove(&c).unwrap_or_default();
+            let mut l = old.remove(&c).unwrap_or_default();
             l.sector = cluster.sector;
-            let keep: BTreeSet<AgentId> = cluster.agents.iter().copied().collect();
-            l.agents.retain(|a, _| keep.contains(a));
             l.active = None;
             // The coordinator may be new: the next beat carries a full summary.
             l.summary = None;
             for a in &cluster.agents {
-                if let Some(host) = tree.host_of(*a) {
-                    if !l.agents.contains_key(a) {
+                let Some(host) = tree.host_of(*a) else {
+                    continue;
+                };
+                if !l.hosts.contains_key(host)
+                    && let Some(link) = links.get(host)
+                {
+                    l.hosts.insert(host.clone(), link.clone());
+                }
+                match views.remove(a).filter(|v| v.host == *host) {
+                    Some(view) => {
+                        l.integrating |= !view.admitted;
+                        l.unknown_until = l.unknown_until.max(view.unknown_until);
+                        l.agents.insert(*a, view);
+                    }
+                    None => {
                         l.integrating = true;
                         l.unknown_until = Some(unknown_until);
+                        l.agents.insert(
+                            *a,
+                            AgentView {
+                                host: host.clone(),
+                                state: AgentState::Offline,
+                                work: Work::default(),
+                                capabilities: Vec::new(),
+                                revoked: Vec::new(),
+                                spiking: false,
+                                disagreements: 0,
+                                joined_ms: 0,
+                                joined_host_ms: 0,
+                                admitted: false,
+                                held_until: None,
+                                probe: None,
+                                unknown_until: Some(unknown_until),
+                            },
+                        );
                     }
-                    l.agents.entry(*a).or_insert_with(|| AgentView {
-                        host: host.clone(),
-                        state: AgentState::Offline,
-                        work: Work::default(),
-                        capabilities: Vec::new(),
-                        revoked: Vec::new(),
-                        spiking: false,
-                        disagreements: 0,
-                        joined_ms: 0,
-                        joined_host_ms: 0,
-                        admitted: false,
-                        held_until: None,
-                        probed_at: None,
-                        unknown_until: Some(unknown_until),
-                    });
                 }
             }
             led.insert(c, l);

@@ -62,6 +62,7 @@ impl MeshAction {
     pub fn check(&self) -> Result<(), String> {
         match self {
             MeshAction::Cascade {
+                verb,
                 payload,
                 priority,
                 sample,
@@ -69,6 +70,9 @@ impl MeshAction {
                 requires,
                 ..
             } => {
+                if *verb == Verb::Probe {
+                    return Err("verb: probe is the cluster leads' own (readiness probes)".into());
+                }
                 if payload.len() > MAX_PAYLOAD_BYTES {
                     return Err(format!("payload: at most {MAX_PAYLOAD_BYTES} bytes"));
                 }
@@ -238,6 +242,35 @@ mod tests {
             serde_json::to_string(&m).unwrap(),
             r#"{"node":"n1","agents":[]}"#
         );
+    }
+
+    #[test]
+    fn an_operators_cascade_is_checked() {
+        let cascade = |extra: &str| {
+            let json = format!(
+                r#"{{"action":"cascade","mode":"wave","verb":"sync","payload":"x"{extra}}}"#
+            );
+            serde_json::from_str::<MeshAction>(&json).unwrap().check()
+        };
+        let table = [
+            ("", Ok(())),
+            (r#","priority":3"#, Ok(())),
+            (r#","priority":4"#, Err("priority: 4")),
+            (r#","sample":0"#, Err("sample:")),
+            (r#","budget_ms":0"#, Err("budget_ms:")),
+            (r#","requires":"a b""#, Err("requires:")),
+        ];
+        for (extra, want) in table {
+            match (cascade(extra), want) {
+                (Ok(()), Ok(())) => {}
+                (Err(e), Err(start)) => assert!(e.starts_with(start), "{extra}: {e}"),
+                (got, want) => panic!("{extra}: {got:?}, wanted {want:?}"),
+            }
+        }
+        // Readiness probes are the cluster leads' own.
+        let probe = r#"{"action":"cascade","mode":"wave","verb":"probe","payload":""}"#;
+        let e = serde_json::from_str::<MeshAction>(probe).unwrap().check();
+        assert!(e.unwrap_err().starts_with("verb: probe"));
     }
 
     #[test]

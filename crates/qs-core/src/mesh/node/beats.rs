@@ -131,6 +131,9 @@ impl MeshNode {
                 let age_ms = b.sent_ms.saturating_sub(a.joined_ms);
                 view.joined_ms = now.as_millis().saturating_sub(age_ms).max(1);
                 view.revoked.clear();
+                // Measured afresh: a restart may be another build, on another device.
+                view.work = Work::default();
+                view.probe = None;
                 led.integrating = true;
             }
             view.work.reported(a.processing_ms);

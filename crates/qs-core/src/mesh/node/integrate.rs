@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::mesh::impedance::CLASS_D_BELOW_MS;
-use crate::mesh::integration::{self, Candidate, PROBE_OP, PROBE_TIMEOUT_MS, Standing};
+use crate::mesh::integration::{self, Candidate, PROBE_TIMEOUT_MS, Standing};
 use qs_wire::mesh::Verb;
 
 /// Most readiness probes a lead sends per beat, over all its clusters (a cluster of 100
@@ -44,21 +44,19 @@ impl MeshNode {
                 let view = led.agents.get_mut(&a).expect("listed above");
                 // A probe unanswered past its timeout (twice what the agent is thought to
                 // take, a second at least): it takes at least that long, and is probed again
-                // (the estimate doubles with each timeout, and so does the wait).
+                // (the estimate doubles with each timeout, and so does the wait). Its answer,
+                // if it comes later, is still a measurement.
                 let thought_ms = view.work.processing_ms().unwrap_or(0.0);
-                if let Some(at) = view.probed_at {
-                    let waited_ms = now.since(at).as_secs_f64() * 1000.0;
-                    if waited_ms >= (2.0 * thought_ms).max(PROBE_TIMEOUT_MS as f64) {
-                        view.work.at_least(waited_ms);
-                        view.probed_at = None;
-                    }
+                let timeout_ms = (2.0 * thought_ms).max(PROBE_TIMEOUT_MS as f64);
+                if view
+                    .probe
+                    .is_some_and(|p| now.since(p.at).as_secs_f64() * 1000.0 >= timeout_ms)
+                {
+                    view.work.at_least(timeout_ms);
+                    view.probe = None;
                 }
                 // Slow (class F) by an answer: not by a wait, which a lost probe makes too.
-                let slow = view.work.samples() > 0
-                    && view
-                        .work
-                        .processing_ms()
-                        .is_some_and(|p| p >= CLASS_D_BELOW_MS);
+                let slow = view.work.longest_ms() >= CLASS_D_BELOW_MS;
                 let c = Candidate {
                     joined_ms: view.joined_ms,
                     link_samples,
@@ -70,15 +68,14 @@ impl MeshNode {
                 };
                 let standing = integration::standing(&c, now, &cfg);
                 // Seed §10.2's "verify impedance profiles stabilize": an agent not measured
-                // enough yet is probed, one probe out at a time (none to a slow one: it
-                // would only queue them).
+                // enough yet, or whose last answer spiked, is probed, one probe out at a time
+                // (none to a slow one: it would only queue them).
                 if standing == Standing::Settling
-                    && c.work_samples < cfg.min_work_samples
+                    && (c.work_samples < cfg.min_work_samples || c.spiking)
                     && !slow
-                    && view.probed_at.is_none()
+                    && view.probe.is_none()
                     && probes.len() < MAX_PROBES_PER_BEAT
                 {
-                    view.probed_at = Some(now);
                     probes.push(Probe {
                         host: view.host.clone(),
                         cluster: *cluster,
@@ -102,8 +99,17 @@ impl MeshNode {
         }
         for p in probes {
             let mut envelope = self.envelope(Verb::Probe, "", 0, now);
-            envelope.op = PROBE_OP;
+            // Its own operation, so its answer is told apart from a late one.
+            let op = OpId(self.next_id());
+            envelope.op = op;
             envelope.ttl_ms = PROBE_TIMEOUT_MS * 10;
+            if let Some(view) = self
+                .led
+                .get_mut(&p.cluster)
+                .and_then(|l| l.agents.get_mut(&p.agent))
+            {
+                view.probe = Some(ProbeOut { at: now, op });
+            }
             let d = Dispatch {
                 agent: p.agent,
                 cluster: p.cluster,
@@ -135,6 +141,7 @@ fn admit(led: &mut Led, a: AgentId) {
     if let Some(v) = led.agents.get_mut(&a) {
         v.admitted = true;
         v.held_until = None;
+        v.probe = None;
     }
 }
 

@@ -41,12 +41,19 @@ pub(crate) struct AgentView {
     pub admitted: bool,
     /// Held out of the pool after a conflict while integrating, until then.
     pub held_until: Option<Time>,
-    /// A readiness probe to it is out, since then (seed §10.2).
-    pub probed_at: Option<Time>,
+    /// The readiness probe out to it (seed §10.2).
+    pub probe: Option<ProbeOut>,
     /// Made before its host said anything of it (a new lead, a new member): its state is
     /// unknown, and it counts in no summary until its host says it or this time passes
     /// (`dead_after_ms`: a host that says nothing is offline then).
     pub unknown_until: Option<Time>,
+}
+
+/// A readiness probe sent: when, and its operation (its own: its answer is told apart).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ProbeOut {
+    pub at: Time,
+    pub op: OpId,
 }
 
 /// A cluster this node leads.

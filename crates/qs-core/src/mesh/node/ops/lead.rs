@@ -200,8 +200,8 @@ pub(crate) fn on_ack(node: &mut MeshNode, from: &NodeId, a: Ack, now: Time) {
             .map_or(0.0, |h| h.link.recent_ms());
         let processing = a.ready_ms.saturating_sub(a.arrived_ms) as f64;
         let spike = view.work.record(processing, link_p50);
-        if a.op == PROBE_OP {
-            view.probed_at = None;
+        if view.probe.is_some_and(|p| p.op == a.op) {
+            view.probe = None;
             view.spiking = spike.is_some();
         }
     }

@@ -8,7 +8,6 @@ use super::{MeshNode, MeshOutput};
 use crate::hash::mix;
 use crate::mesh::degrade;
 use crate::mesh::gather::{self, Gather, Status};
-use crate::mesh::integration::PROBE_OP;
 use crate::mesh::quorum::{self, Decision, QuorumPolicy, Votes};
 use crate::mesh::schedule::{self, Want};
 use crate::time::Time;
