@@ -189,6 +189,9 @@ pub async fn run<F: Fabric>(
     let mut since_ms: Option<u64> = None;
     let mut built: Option<(BTreeMap<NodeId, Seniority>, u64)> = None;
     let mut members_version = 0u64;
+    // The tree is built once the bucket's records were all read: a node that starts reads
+    // the older nodes' before it counts itself among the founders.
+    let mut members_read = false;
     let mut kv = None;
     let mut watch = None;
     let mut sub: Option<Subscription> = None;
@@ -279,7 +282,7 @@ pub async fn run<F: Fabric>(
                     members.retain(|n, _| n.as_str() != key);
                     members_version += 1;
                 }
-                Some(Ok(KvEvent::Synced)) => {}
+                Some(Ok(KvEvent::Synced)) => members_read = true,
                 Some(Err(e)) => {
                     tracing::debug!("mesh bucket: {e}");
                     watch = None;
@@ -322,7 +325,10 @@ pub async fn run<F: Fabric>(
                         })),
                     now().as_millis(),
                 );
-                if built.as_ref().is_none_or(|(s, v)| *s != seniorities || *v != members_version) {
+                let changed = built
+                    .as_ref()
+                    .is_none_or(|(s, v)| *s != seniorities || *v != members_version);
+                if members_read && changed {
                     let list: Vec<Member> = members
                         .iter()
                         .filter(|(n, _)| seniorities.contains_key(*n))
