@@ -227,8 +227,10 @@ fn a_thousand_agents_join_thirty_thousand_gradually() {
         "the slow ones answered no probe yet: {i:?}"
     );
     assert!(all <= 30_300, "{i:?}");
-    // Their hosts lead no cluster before they are seasoned, and some do after.
+    // Their hosts lead no cluster before they are seasoned, and some do after. A new lead
+    // measures the agents it takes over afresh: few that were in the pool are out again.
     assert_eq!(i.first_lead_after_ms, Some(LEAD_AFTER_MS), "{i:?}");
+    assert!(i.most_out_again <= 20, "{i:?}");
     // Gradually: at most 10 of a cluster per beat, over several beats.
     assert!(i.max_admitted_per_cluster_per_beat <= 10, "{i:?}");
     let steps = i.timeline.windows(2).filter(|w| w[1].1 > w[0].1).count();

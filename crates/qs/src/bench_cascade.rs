@@ -181,6 +181,12 @@ pub fn cascade_suite(b: &CascadeBench) -> Result<()> {
         );
         emit(
             BENCH,
+            "scaleout_most_out_again".into(),
+            i.most_out_again as f64,
+            "agents",
+        );
+        emit(
+            BENCH,
             "scaleout_first_new_lead".into(),
             ms(i.first_lead_after_ms),
             "ms after joining",

@@ -28,6 +28,9 @@ pub struct Integration {
     /// From the join to the first, and to the last, of them in the pool.
     pub first_admitted_after_ms: Option<u64>,
     pub all_admitted_after_ms: Option<u64>,
+    /// The most of them out of the pool again at one sample, having been in it (a new lead
+    /// that measures them afresh).
+    pub most_out_again: usize,
     /// The most of them one cluster added in one beat.
     pub max_admitted_per_cluster_per_beat: usize,
     /// From the join to when the hierarchy first made one of the new hosts the lead of a
@@ -92,13 +95,20 @@ impl Tracker {
         };
         let after_ms = now.since(joined).as_millis() as u64;
         let mut per_cluster: BTreeMap<ClusterId, usize> = BTreeMap::new();
+        let mut in_pool = 0;
         for n in nodes {
             for (c, a) in n.pool() {
-                if self.agents.contains(&a) && self.admitted.insert(a) {
+                if !self.agents.contains(&a) {
+                    continue;
+                }
+                in_pool += 1;
+                if self.admitted.insert(a) {
                     *per_cluster.entry(c).or_default() += 1;
                 }
             }
         }
+        let out_again = self.admitted.len().saturating_sub(in_pool);
+        self.report.most_out_again = self.report.most_out_again.max(out_again);
         let r = &mut self.report;
         let most = per_cluster.values().copied().max().unwrap_or(0);
         r.max_admitted_per_cluster_per_beat = r.max_admitted_per_cluster_per_beat.max(most);
