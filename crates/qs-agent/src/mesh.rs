@@ -56,6 +56,9 @@ pub struct MeshStatus {
     pub clusters: Vec<ClusterRow>,
     pub breakers: Vec<String>,
     pub frozen: Vec<String>,
+    /// Nodes in the mesh for less than their lead-after time: they lead only where no
+    /// seasoned node can (seed §10.2).
+    pub new_nodes: Vec<String>,
     pub conflicts: u64,
     pub conflicts_by_class: Vec<(String, u64)>,
     pub kpis: Kpis,
@@ -353,7 +356,11 @@ pub async fn run<F: Fabric>(
                 if agents.has_workers() {
                     node.handle(MeshInput::Agents(agents.beats()), now());
                 }
-                let _ = status_tx.send(Arc::new(status(&mut node, &agents)));
+                let new_nodes = built.as_ref().map_or_else(Vec::new, |(s, _)| {
+                    let new = s.iter().filter(|(_, x)| **x == Seniority::New);
+                    new.map(|(n, _)| n.to_string()).collect()
+                });
+                let _ = status_tx.send(Arc::new(status(&mut node, &agents, new_nodes)));
             }
         }
         while let Some(out) = node.poll() {
@@ -511,7 +518,7 @@ async fn next_kv(
     }
 }
 
-fn status(node: &mut MeshNode, local: &LocalAgents) -> MeshStatus {
+fn status(node: &mut MeshNode, local: &LocalAgents, new_nodes: Vec<String>) -> MeshStatus {
     let (agents, active) = node.global_counts();
     let k = node.kpis().clone();
     let mut clusters: BTreeMap<u32, ClusterRow> = BTreeMap::new();
@@ -570,6 +577,7 @@ fn status(node: &mut MeshNode, local: &LocalAgents) -> MeshStatus {
             .map(|(s, b)| format!("{} {:?}", scope(s), b))
             .collect(),
         frozen: node.frozen().iter().map(scope).collect(),
+        new_nodes,
         conflicts: node.conflicts().total(),
         conflicts_by_class: node
             .conflicts()

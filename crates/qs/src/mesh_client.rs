@@ -113,10 +113,17 @@ pub(crate) fn status(api: &str, scope: &Scope, output: OutputFormat) -> Result<(
         100.0 * k["conflict_rate"].as_f64().unwrap_or(0.0),
         k["cascade_latency_p95_ms"].as_f64().unwrap_or(0.0)
     );
-    for key in ["breakers", "frozen"] {
+    for (key, label) in [
+        ("breakers", "breakers"),
+        ("frozen", "frozen"),
+        (
+            "new_nodes",
+            "new nodes (leading only where no seasoned node can)",
+        ),
+    ] {
         if let Some(list) = v[key].as_array().filter(|l| !l.is_empty()) {
             println!(
-                "  {key}: {}",
+                "  {label}: {}",
                 list.iter()
                     .filter_map(Value::as_str)
                     .collect::<Vec<_>>()

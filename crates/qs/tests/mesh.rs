@@ -312,12 +312,16 @@ fn a_node_that_joins_a_running_mesh_leads_only_once_seasoned() {
             "p2 leads {:?} after it started",
             spawned.elapsed()
         );
-        p1_led_both += usize::from(new && p1.get("/v1/mesh")["agents"] == 20);
+        let s = p1.get("/v1/mesh");
+        let listed = s["new_nodes"]
+            .as_array()
+            .is_some_and(|n| n.contains(&"p2".into()));
+        p1_led_both += usize::from(new && s["agents"] == 20 && listed);
         p2_leads
     });
     assert!(
         p1_led_both > 0,
-        "p1 led both nodes' agents while p2 was new"
+        "p1 led both nodes' agents while it listed p2 as new"
     );
     p1.wait_within(
         "p1 to hand the cluster over",
@@ -332,4 +336,6 @@ fn a_node_that_joins_a_running_mesh_leads_only_once_seasoned() {
             s["is_root"] == true && s["active"] == 20
         },
     );
+    // Seasoned now: no node is listed as new.
+    assert_eq!(p2.get("/v1/mesh")["new_nodes"], serde_json::json!([]));
 }
