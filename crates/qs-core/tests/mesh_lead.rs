@@ -145,18 +145,7 @@ fn newcomers_settle_on_their_hosts_clock_and_members_are_in_the_pool_at_once() {
                 continue;
             }
             let on_host = now.as_millis() - skew_ms;
-            let ack = Ack {
-                op: d.envelope.op,
-                agent: d.agent,
-                cluster: d.cluster,
-                state: Trinary::Ready,
-                arrived_ms: on_host,
-                ready_ms: on_host + 5,
-                answer: String::new(),
-                conflict: None,
-                expired: false,
-            };
-            let msg = MeshMessage::Ack(Box::new(ack));
+            let msg = ready(&d, on_host, 5);
             let from = other.clone();
             node.handle(MeshInput::Heard { from, msg }, now);
         }
@@ -316,6 +305,22 @@ impl Lead {
             self.now,
         );
     }
+}
+
+/// READY to `d`, from an agent that got it at `at_ms` (on its host's clock) and took
+/// `took_ms`.
+fn ready(d: &Dispatch, at_ms: u64, took_ms: u64) -> MeshMessage {
+    MeshMessage::Ack(Box::new(Ack {
+        op: d.envelope.op,
+        agent: d.agent,
+        cluster: d.cluster,
+        state: Trinary::Ready,
+        arrived_ms: at_ms,
+        ready_ms: at_ms + took_ms,
+        answer: String::new(),
+        conflict: None,
+        expired: false,
+    }))
 }
 
 fn dispatches(out: &[MeshOutput]) -> Vec<Dispatch> {
@@ -656,18 +661,7 @@ fn a_lead_keeps_its_agents_when_another_zone_renumbers_their_cluster() {
             .into_iter()
             .filter(|d| theirs.contains(&d.agent))
         {
-            let ack = Ack {
-                op: d.envelope.op,
-                agent: d.agent,
-                cluster: d.cluster,
-                state: Trinary::Ready,
-                arrived_ms: now.as_millis(),
-                ready_ms: now.as_millis() + 40,
-                answer: String::new(),
-                conflict: None,
-                expired: false,
-            };
-            let msg = MeshMessage::Ack(Box::new(ack));
+            let msg = ready(&d, now.as_millis(), 40);
             node.handle(
                 MeshInput::Heard {
                     from: other.clone(),
@@ -707,4 +701,131 @@ fn a_lead_keeps_its_agents_when_another_zone_renumbers_their_cluster() {
         "no probe: they are in the pool"
     );
     assert_eq!(measured(&mut node), [(moved, true, Some(40))]);
+}
+
+/// Seed §10.2: a newly seasoned node wins a cluster; its former lead hands over what it knew,
+/// so the newcomers it had admitted stay in the routing pool under the new lead instead of
+/// settling again (link samples, probes).
+#[test]
+fn a_former_lead_hands_its_admitted_agents_over_to_the_new_lead() {
+    // p2 ranks above p1 for the one cluster their 20 agents make.
+    let (p1, p2) = (NodeId::new("p1").unwrap(), NodeId::new("p2").unwrap());
+    let members: Vec<Member> = (0..20u64)
+        .map(|i| Member {
+            agent: AgentId(i),
+            host: if i < 10 { p1.clone() } else { p2.clone() },
+            zone: String::new(),
+        })
+        .collect();
+    let p2_new = |n: &NodeId| match *n == p2 {
+        true => Seniority::New,
+        false => Seniority::Seasoned,
+    };
+    let before = Arc::new(Hierarchy::build(&members, Shape::default(), p2_new).unwrap());
+    let after =
+        Arc::new(Hierarchy::build(&members, Shape::default(), |_| Seniority::Seasoned).unwrap());
+    let c = ClusterId(0);
+    assert_eq!(before.cluster(c).unwrap().lead.as_ref(), Some(&p1));
+    assert_eq!(after.cluster(c).unwrap().lead.as_ref(), Some(&p2));
+
+    let start = Time::from_millis(1_000_000);
+    let joined = start.as_millis() - 1_000;
+    let theirs: Vec<AgentId> = (10..20).map(AgentId).collect();
+    let their_beats: Vec<AgentBeat> = theirs.iter().map(|a| beat(*a, joined, false)).collect();
+    let mut a = MeshNode::new(p1.clone(), MeshConfig::default(), start);
+    let mut b = MeshNode::new(p2.clone(), MeshConfig::default(), start);
+    a.handle(MeshInput::Tree(before.clone()), start);
+    b.handle(MeshInput::Tree(before), start);
+    a.handle(
+        MeshInput::Agents((0..10).map(|i| beat(AgentId(i), 0, false)).collect()),
+        start,
+    );
+    b.handle(MeshInput::Agents(their_beats.clone()), start);
+    // p1 leads: p2 beats its agents to it and answers its probes, until p1 admitted them.
+    let mut now = start;
+    let pool = |n: &MeshNode| -> BTreeSet<AgentId> { n.pool().map(|(_, x)| x).collect() };
+    for _ in 0..20 {
+        now = Time::from_millis(now.as_millis() + 300);
+        let hb = HostBeat {
+            host: p2.clone(),
+            cluster: c,
+            sent_ms: now.as_millis(),
+            agents: their_beats.clone(),
+        };
+        let msg = MeshMessage::Beat(hb);
+        a.handle(
+            MeshInput::Heard {
+                from: p2.clone(),
+                msg,
+            },
+            now,
+        );
+        a.handle(MeshInput::Tick, now);
+        let out: Vec<MeshOutput> = std::iter::from_fn(|| a.poll()).collect();
+        for d in dispatches(&out) {
+            let msg = ready(&d, now.as_millis(), 5);
+            a.handle(
+                MeshInput::Heard {
+                    from: p2.clone(),
+                    msg,
+                },
+                now,
+            );
+        }
+    }
+    assert!(
+        theirs.iter().all(|x| pool(&a).contains(x)),
+        "p1 admitted them"
+    );
+
+    // p2 comes of age: both take the new tree; p2 leads and knows nothing of them yet.
+    now = Time::from_millis(now.as_millis() + 300);
+    a.handle(MeshInput::Tree(after.clone()), now);
+    b.handle(MeshInput::Tree(after), now);
+    b.handle(MeshInput::Agents(their_beats.clone()), now);
+    while b.poll().is_some() {}
+    assert!(
+        theirs.iter().all(|x| !pool(&b).contains(x)),
+        "not measured by p2 yet"
+    );
+    // p1's next beat hands them over.
+    now = Time::from_millis(now.as_millis() + 300);
+    a.handle(MeshInput::Tick, now);
+    let handovers: Vec<MeshMessage> = std::iter::from_fn(|| a.poll())
+        .filter_map(|o| match o {
+            MeshOutput::Send {
+                to,
+                msg: msg @ MeshMessage::Handover(_),
+            } if to == p2 => Some(msg),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(handovers.len(), 1);
+    // From another node than their former lead: refused.
+    let stranger = NodeId::new("p3").unwrap();
+    b.handle(
+        MeshInput::Heard {
+            from: stranger,
+            msg: handovers[0].clone(),
+        },
+        now,
+    );
+    assert!(theirs.iter().all(|x| !pool(&b).contains(x)));
+    b.handle(
+        MeshInput::Heard {
+            from: p1.clone(),
+            msg: handovers[0].clone(),
+        },
+        now,
+    );
+    assert!(
+        theirs.iter().all(|x| pool(&b).contains(x)),
+        "in p2's pool at once"
+    );
+    let measured = b
+        .led_agents()
+        .into_iter()
+        .filter(|x| theirs.contains(&x.agent))
+        .all(|x| x.processing_ms.is_some_and(|p| (4.0..6.0).contains(&p)));
+    assert!(measured, "as p1 measured them");
 }

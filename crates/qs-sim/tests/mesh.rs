@@ -246,10 +246,14 @@ fn a_thousand_agents_join_thirty_thousand_gradually() {
         "{during:?}"
     );
     assert_eq!(ops[0].decision.name(), "PROCEED", "{during:?}");
-    // Once they joined, operations reach them too (a report lost on the way, a cluster's
-    // worth, may leave a few out of either count).
+    // Once they joined, operations reach them too: all 31,000 agents are in scope, but for
+    // a report lost on the way (the WAN loses one message in a thousand), a sector's worth
+    // at most (about 310 agents on average; 450 allows for a larger one).
     assert_eq!(after.joining, 0, "{after:?}");
-    assert!(after.targeted >= during.targeted + 900, "{after:?}");
+    assert!(
+        after.targeted + 450 * after.missing_reports >= 31_000,
+        "{during:?} {after:?}"
+    );
     assert_eq!(ops[1].decision.name(), "PROCEED", "{after:?}");
     assert_eq!(ops[1].status, "SUCCESS", "{after:?}");
     assert!(

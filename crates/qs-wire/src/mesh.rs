@@ -279,6 +279,14 @@ fn text(what: &str, s: &str) -> Result<(), String> {
     }
 }
 
+/// `n` things of a list, at most `max`.
+fn at_most(what: &str, n: usize, max: usize) -> Result<(), String> {
+    match n > max {
+        true => Err(format!("{n} {what}; at most {max}")),
+        false => Ok(()),
+    }
+}
+
 fn finite(what: &str, v: f64, max: f64) -> Result<(), String> {
     match v.is_finite() && (0.0..=max).contains(&v) {
         true => Ok(()),
@@ -356,6 +364,8 @@ pub enum MeshMessage {
     Request(Box<MeshRequest>),
     /// The root's answer to a request: its outcome as JSON.
     Outcome(Box<MeshOutcome>),
+    /// A former lead's views of agents another node leads now.
+    Handover(Box<Handover>),
 }
 
 fn summary_numbers(mean: f64, p95: f64, leads: &LeadHistogram, agents: u32) -> Result<(), String> {
@@ -372,12 +382,7 @@ impl BusMessage for MeshMessage {
     fn check(&self) -> Result<(), String> {
         match self {
             MeshMessage::Beat(b) => {
-                if b.agents.len() > MAX_BEAT_AGENTS {
-                    return Err(format!(
-                        "{} agents in a beat; at most {MAX_BEAT_AGENTS}",
-                        b.agents.len()
-                    ));
-                }
+                at_most("agents in a beat", b.agents.len(), MAX_BEAT_AGENTS)?;
                 for a in &b.agents {
                     finite("processing_ms", a.processing_ms, 1e9)?;
                     check_capabilities(&a.capabilities)?;
@@ -431,12 +436,7 @@ impl BusMessage for MeshMessage {
             MeshMessage::Dispatch(d) => d.envelope.check(),
             MeshMessage::Ack(a) => a.check(),
             MeshMessage::Report(r) => {
-                if r.answers.len() > MAX_ANSWERS {
-                    return Err(format!(
-                        "{} answers; at most {MAX_ANSWERS}",
-                        r.answers.len()
-                    ));
-                }
+                at_most("answers", r.answers.len(), MAX_ANSWERS)?;
                 for a in &r.answers {
                     text("answer", &a.answer)?;
                 }
@@ -445,6 +445,13 @@ impl BusMessage for MeshMessage {
             MeshMessage::Circuit(c) => text("reason", &c.reason),
             MeshMessage::Control(_) => Ok(()),
             MeshMessage::Request(r) => r.action.check(),
+            MeshMessage::Handover(h) => {
+                at_most("agents handed over", h.agents.len(), MAX_CHILDREN)?;
+                for a in &h.agents {
+                    finite("processing_ms", a.processing_ms, 3_600_000.0)?;
+                }
+                Ok(())
+            }
             MeshMessage::Outcome(o) => match o.body.len() > MAX_OUTCOME_BYTES {
                 true => Err(format!("outcome: at most {MAX_OUTCOME_BYTES} bytes")),
                 false => Ok(()),

@@ -258,6 +258,19 @@ impl Work {
         self.processing_ms
     }
 
+    /// What the agent's former lead measured (a handover), when nothing measured it here:
+    /// its processing time, from `samples` answers (at most a few count, so this lead's own
+    /// answers soon outweigh it).
+    pub fn handed(&mut self, processing_ms: f64, samples: u32) {
+        if self.samples > 0 || samples == 0 {
+            return;
+        }
+        let p = processing_ms.clamp(0.0, 3_600_000.0);
+        self.processing_ms = Some(p);
+        self.samples = samples.min(8);
+        self.longest_ms = p;
+    }
+
     /// How many answers measured it.
     pub fn samples(&self) -> u32 {
         self.samples

@@ -29,6 +29,7 @@ mod beats;
 mod kpis;
 pub use kpis::{Kpis, MAX_LATENCIES};
 mod control;
+mod handover;
 mod integrate;
 mod led;
 pub use led::LedAgent;
@@ -148,6 +149,10 @@ pub struct MeshNode {
     pub(crate) me: NodeId,
     pub(crate) cfg: MeshConfig,
     pub(crate) tree: Arc<Hierarchy>,
+    /// The hierarchy before the last change: a handover comes from an agent's lead in it.
+    pub(crate) tree_before: Option<Arc<Hierarchy>>,
+    /// Views to hand over at the next beat, by the agents' new lead and cluster.
+    pub(crate) handovers: BTreeMap<(NodeId, ClusterId), qs_wire::mesh::Handover>,
     pub(crate) local: Vec<AgentBeat>,
     /// This node's agents by cluster, as its beats carry them (rebuilt when either changes).
     pub(crate) beat_groups: Option<BTreeMap<ClusterId, Vec<AgentBeat>>>,
@@ -192,6 +197,8 @@ impl MeshNode {
             me,
             cfg,
             tree: Arc::new(Hierarchy::default()),
+            tree_before: None,
+            handovers: BTreeMap::new(),
             local: Vec::new(),
             beat_groups: None,
             beat_seq: 0,
@@ -392,6 +399,8 @@ impl MeshNode {
             led.insert(c, l);
         }
         self.led = led;
+        // What is left is led by other nodes now: they hear what this one knew.
+        self.hand_over(views, &tree);
         let mine: BTreeSet<SectorId> = tree.coordinated_by(&self.me).collect();
         self.my_sectors = mine.iter().copied().collect();
         self.summarized.clear();
@@ -421,7 +430,7 @@ impl MeshNode {
             tree.sector(*s)
                 .is_some_and(|sec| sec.coordinator.as_ref() == Some(&x.coordinator))
         });
-        self.tree = tree;
+        self.tree_before = Some(std::mem::replace(&mut self.tree, tree));
     }
 
     pub(crate) fn send(&mut self, to: NodeId, msg: MeshMessage) {
@@ -441,6 +450,7 @@ impl MeshNode {
             }
         }
         if now >= self.next_beat {
+            self.send_handovers();
             self.beat(now);
             // Its own agents' beat, when it leads their cluster, before it summarizes.
             while let Some((from, m)) = self.inbox.pop_front() {
@@ -555,6 +565,7 @@ impl MeshNode {
             MeshMessage::Control(c) => self.control(c, now),
             // The shell's: an operator's request and its answer.
             MeshMessage::Request(_) | MeshMessage::Outcome(_) => {}
+            MeshMessage::Handover(h) => self.on_handover(&from, *h),
         }
     }
 

@@ -198,3 +198,26 @@ pub struct SectorSummary {
     pub open_breakers: u32,
     pub breaker_open: bool,
 }
+
+/// What a cluster's lead knew of agents that another node leads now (a newly seasoned node
+/// won their cluster, seed §10.2), sent to that node at its next beat: an agent in the
+/// routing pool stays in it, measured as it was, instead of settling again.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Handover {
+    /// Their cluster in the hierarchy both nodes now hold.
+    pub cluster: ClusterId,
+    pub agents: Vec<HandedAgent>,
+}
+
+/// One agent handed over.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandedAgent {
+    pub agent: AgentId,
+    /// In the routing pool.
+    pub admitted: bool,
+    /// Its processing time as measured, milliseconds, and from how many answers.
+    pub processing_ms: f64,
+    pub samples: u32,
+}
