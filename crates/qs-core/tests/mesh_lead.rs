@@ -17,7 +17,7 @@
 
 use qs_core::Time;
 use qs_core::mesh::{
-    Hierarchy, Member, MeshConfig, MeshInput, MeshNode, MeshOutput, Seniority, Shape,
+    Command, Hierarchy, Member, MeshConfig, MeshInput, MeshNode, MeshOutput, Seniority, Shape,
 };
 use qs_wire::NodeId;
 use qs_wire::mesh::{
@@ -703,12 +703,16 @@ fn a_lead_keeps_its_agents_when_another_zone_renumbers_their_cluster() {
     assert_eq!(measured(&mut node), [(moved, true, Some(40))]);
 }
 
-/// Seed §10.2: a newly seasoned node wins a cluster; its former lead hands over what it knew,
-/// so the newcomers it had admitted stay in the routing pool under the new lead instead of
-/// settling again (link samples, probes).
-#[test]
-fn a_former_lead_hands_its_admitted_agents_over_to_the_new_lead() {
-    // p2 ranks above p1 for the one cluster their 20 agents make.
+/// Two hosts of 10 agents each, in one cluster, and its tree while `p2` is new: `p1` leads
+/// it and is the root (`p2` ranks above `p1` for the cluster once seasoned).
+struct Pair {
+    p1: NodeId,
+    p2: NodeId,
+    members: Vec<Member>,
+    tree: Hierarchy,
+}
+
+fn pair() -> Pair {
     let (p1, p2) = (NodeId::new("p1").unwrap(), NodeId::new("p2").unwrap());
     let members: Vec<Member> = (0..20u64)
         .map(|i| Member {
@@ -717,11 +721,31 @@ fn a_former_lead_hands_its_admitted_agents_over_to_the_new_lead() {
             zone: String::new(),
         })
         .collect();
-    let p2_new = |n: &NodeId| match *n == p2 {
+    let tree = Hierarchy::build(&members, Shape::default(), |n| match *n == p2 {
         true => Seniority::New,
         false => Seniority::Seasoned,
-    };
-    let before = Arc::new(Hierarchy::build(&members, Shape::default(), p2_new).unwrap());
+    })
+    .unwrap();
+    Pair {
+        p1,
+        p2,
+        members,
+        tree,
+    }
+}
+
+/// Seed §10.2: a newly seasoned node wins a cluster; its former lead hands over what it knew,
+/// so the newcomers it had admitted stay in the routing pool under the new lead instead of
+/// settling again (link samples, probes).
+#[test]
+fn a_former_lead_hands_its_admitted_agents_over_to_the_new_lead() {
+    let Pair {
+        p1,
+        p2,
+        members,
+        tree: before,
+    } = pair();
+    let before = Arc::new(before);
     let after =
         Arc::new(Hierarchy::build(&members, Shape::default(), |_| Seniority::Seasoned).unwrap());
     let c = ClusterId(0);
@@ -828,4 +852,116 @@ fn a_former_lead_hands_its_admitted_agents_over_to_the_new_lead() {
         .filter(|x| theirs.contains(&x.agent))
         .all(|x| x.processing_ms.is_some_and(|p| (4.0..6.0).contains(&p)));
     assert!(measured, "as p1 measured them");
+}
+
+/// Seed §10.2, "monitor for conflicts during integration", in the urgent mode: its answers
+/// go to the root, not to the lead, so the root tells the lead which of its agents
+/// contradicted a cluster that clearly answered READY; a newcomer among them leaves the
+/// routing pool, an established agent stays.
+#[test]
+fn the_root_tells_a_lead_of_newcomers_that_contradicted_an_urgent_operation() {
+    let Pair { p1, p2, tree, .. } = pair();
+    assert_eq!(tree.root.as_ref(), Some(&p1));
+    let start = Time::from_millis(1_000_000);
+    let theirs: Vec<AgentBeat> = (10..20)
+        .map(|i| beat(AgentId(i), start.as_millis() - 1_000, false))
+        .collect();
+    let mut node = MeshNode::new(p1.clone(), MeshConfig::default(), start);
+    node.handle(MeshInput::Tree(Arc::new(tree)), start);
+    node.handle(
+        MeshInput::Agents((0..10).map(|i| beat(AgentId(i), 0, false)).collect()),
+        start,
+    );
+    let (newcomer, member) = (AgentId(15), AgentId(3));
+    let pool = |n: &MeshNode| -> BTreeSet<AgentId> { n.pool().map(|(_, x)| x).collect() };
+    // Each step: p2's beat, a tick, and every dispatch answered at once: READY, but for
+    // the two that contradict an ask (the newcomer and an established member).
+    let mut now = start;
+    let mut results = Vec::new();
+    let mut step = |node: &mut MeshNode, now: Time| {
+        if now.as_millis().is_multiple_of(300) {
+            let hb = HostBeat {
+                host: p2.clone(),
+                cluster: ClusterId(0),
+                sent_ms: now.as_millis(),
+                agents: theirs.clone(),
+            };
+            let msg = MeshMessage::Beat(hb);
+            node.handle(
+                MeshInput::Heard {
+                    from: p2.clone(),
+                    msg,
+                },
+                now,
+            );
+        }
+        node.handle(MeshInput::Tick, now);
+        let out: Vec<MeshOutput> = std::iter::from_fn(|| node.poll()).collect();
+        for o in out {
+            let (d, from) = match o {
+                MeshOutput::Send {
+                    to,
+                    msg: MeshMessage::Dispatch(d),
+                } if to == p2 => (*d, Some(p2.clone())),
+                MeshOutput::Deliver(d) => (d, None),
+                MeshOutput::Finished(r) => {
+                    results.push(r);
+                    continue;
+                }
+                _ => continue,
+            };
+            let mut ack = match ready(&d, now.as_millis(), 5) {
+                MeshMessage::Ack(a) => *a,
+                _ => unreachable!(),
+            };
+            if d.envelope.verb == Verb::Observe && [newcomer, member].contains(&d.agent) {
+                ack.state = Trinary::Conflict;
+                ack.conflict = Some(ConflictDetail::DataContradiction {
+                    expected: "b".into(),
+                    received: "a".into(),
+                    affects_agents: 1,
+                });
+            }
+            match from {
+                Some(from) => {
+                    let msg = MeshMessage::Ack(Box::new(ack));
+                    node.handle(MeshInput::Heard { from, msg }, now)
+                }
+                None => node.handle(
+                    MeshInput::AgentDone {
+                        ack,
+                        reply_to: d.reply_to,
+                    },
+                    now,
+                ),
+            }
+        }
+    };
+    // p2's agents settle and are probed into the pool.
+    for _ in 0..600 {
+        now = Time::from_millis(now.as_millis() + 10);
+        step(&mut node, now);
+    }
+    let p = pool(&node);
+    assert!(p.contains(&newcomer) && p.contains(&member), "{p:?}");
+    let envelope = node.envelope(Verb::Observe, "ready?", 2, now);
+    let command = Command::Cascade {
+        mode: CascadeMode::Parallel,
+        scope: Scope::Global,
+        envelope,
+        sample: None,
+        budget_ms: Some(100),
+        approved: false,
+        automated: false,
+    };
+    node.handle(MeshInput::Command { command, tag: 1 }, now);
+    for _ in 0..300 {
+        now = Time::from_millis(now.as_millis() + 10);
+        step(&mut node, now);
+    }
+    assert_eq!(results.len(), 1, "{results:?}");
+    assert_eq!((results[0].tally.ready, results[0].tally.conflict), (18, 2));
+    let p = pool(&node);
+    assert!(!p.contains(&newcomer), "the newcomer is held back");
+    assert!(p.contains(&member), "an established member is not");
 }

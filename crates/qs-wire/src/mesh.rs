@@ -366,6 +366,9 @@ pub enum MeshMessage {
     Outcome(Box<MeshOutcome>),
     /// A former lead's views of agents another node leads now.
     Handover(Box<Handover>),
+    /// From the root to a lead: its agents that contradicted their cluster in an urgent
+    /// operation.
+    Contradicted(Box<Contradicted>),
 }
 
 fn summary_numbers(mean: f64, p95: f64, leads: &LeadHistogram, agents: u32) -> Result<(), String> {
@@ -445,6 +448,7 @@ impl BusMessage for MeshMessage {
             MeshMessage::Circuit(c) => text("reason", &c.reason),
             MeshMessage::Control(_) => Ok(()),
             MeshMessage::Request(r) => r.action.check(),
+            MeshMessage::Contradicted(c) => at_most("agents", c.agents.len(), MAX_CHILDREN),
             MeshMessage::Handover(h) => {
                 at_most("agents handed over", h.agents.len(), MAX_CHILDREN)?;
                 for a in &h.agents {

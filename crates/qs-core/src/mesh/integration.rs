@@ -23,7 +23,8 @@
 //! An agent that answers CONFLICT while integrating (younger than `established_ms`), where
 //! its cluster clearly (four in five) answers READY, leaves the pool and is held for
 //! `settle_ms` (seed: "monitor for conflicts during integration"). A cluster that disagrees
-//! as a whole is a conflict to resolve, not a bad newcomer.
+//! as a whole is a conflict to resolve, not a bad newcomer. In the urgent mode the root
+//! gathers the answers, and tells the lead which of its agents contradicted their cluster.
 //! An agent that registers again (a restart: a later `joined_ms`) starts over.
 
 use crate::time::Time;

@@ -566,6 +566,7 @@ impl MeshNode {
             // The shell's: an operator's request and its answer.
             MeshMessage::Request(_) | MeshMessage::Outcome(_) => {}
             MeshMessage::Handover(h) => self.on_handover(&from, *h),
+            MeshMessage::Contradicted(c) => self.on_contradicted(&from, *c, now),
         }
     }
 

@@ -221,3 +221,15 @@ pub struct HandedAgent {
     pub processing_ms: f64,
     pub samples: u32,
 }
+
+/// Agents that answered an urgent operation CONFLICT where their cluster clearly (four in
+/// five) answered READY: the root, which gathered the answers, tells their lead, which
+/// holds back those still integrating (seed §10.2, "monitor for conflicts during
+/// integration").
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Contradicted {
+    pub op: OpId,
+    pub cluster: ClusterId,
+    pub agents: Vec<AgentId>,
+}

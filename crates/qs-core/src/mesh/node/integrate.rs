@@ -5,7 +5,7 @@
 use super::*;
 use crate::mesh::impedance::CLASS_D_BELOW_MS;
 use crate::mesh::integration::{self, Candidate, PROBE_TIMEOUT_MS, Standing};
-use qs_wire::mesh::Verb;
+use qs_wire::mesh::{Contradicted, Verb};
 
 /// Most readiness probes a lead sends per beat, over all its clusters (a cluster of 100
 /// newcomers is probed over a few beats).
@@ -117,6 +117,18 @@ impl MeshNode {
                 envelope,
             };
             self.send(p.host, MeshMessage::Dispatch(Box::new(d)));
+        }
+    }
+
+    /// The root says agents of a cluster this node leads contradicted it in an urgent
+    /// operation (whose answers the root gathers): as if this lead had heard them.
+    pub(super) fn on_contradicted(&mut self, from: &NodeId, c: Contradicted, now: Time) {
+        if self.tree.root.as_ref() != Some(from) || !self.led.contains_key(&c.cluster) {
+            self.refused_senders += u64::from(self.tree.root.as_ref() != Some(from));
+            return;
+        }
+        for a in c.agents {
+            self.conflict_while_integrating(c.cluster, a, now);
         }
     }
 

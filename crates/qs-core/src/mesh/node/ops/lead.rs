@@ -281,6 +281,14 @@ pub(crate) fn on_ack(node: &mut MeshNode, from: &NodeId, a: Ack, now: Time) {
                 Trinary::Transit => r.tally.transit += 1,
                 Trinary::Conflict => r.tally.conflict += 1,
             }
+            let v = r.votes.entry(a.cluster).or_default();
+            match a.state {
+                Trinary::Ready => v.ready += 1,
+                Trinary::Conflict if v.conflicted.len() < MAX_CHILDREN => {
+                    v.conflicted.push(a.agent)
+                }
+                _ => {}
+            }
             if ready <= deadline {
                 r.tally.window_hits += 1;
             }

@@ -13,9 +13,9 @@ use crate::mesh::schedule::{self, Want};
 use crate::time::Time;
 use qs_wire::NodeId;
 use qs_wire::mesh::{
-    Ack, AgentId, AgentState, AnswerCount, BreakerState, CascadeMode, ClusterId, Control,
-    ControlAction, Dispatch, ImpedanceClass, LeadHistogram, MeshEnvelope, MeshMessage, OpId, Order,
-    Report, Scope, SectorId, Tally, Trinary,
+    Ack, AgentId, AgentState, AnswerCount, BreakerState, CascadeMode, ClusterId, Contradicted,
+    Control, ControlAction, Dispatch, ImpedanceClass, LeadHistogram, MAX_CHILDREN, MeshEnvelope,
+    MeshMessage, OpId, Order, Report, Scope, SectorId, Tally, Trinary,
 };
 use serde::Serialize;
 
@@ -155,11 +155,20 @@ pub(crate) struct RootOp {
     tally: Tally,
     answers: BTreeMap<String, u32>,
     acks: BTreeSet<AgentId>,
+    /// An urgent operation's answers by cluster: READY, and who answered CONFLICT.
+    votes: BTreeMap<ClusterId, ClusterVotes>,
     deadline: Time,
     results: Vec<PhaseResult>,
     root_messages: u32,
     degradation: &'static str,
     tag: u64,
+}
+
+/// One cluster's answers to an urgent operation, at the root.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ClusterVotes {
+    ready: u32,
+    conflicted: Vec<AgentId>,
 }
 
 /// Every operation in flight at a node, by role.
@@ -405,6 +414,7 @@ impl MeshNode {
             tally: Tally::default(),
             answers: BTreeMap::new(),
             acks: BTreeSet::new(),
+            votes: BTreeMap::new(),
             deadline: now,
             results: Vec::new(),
             root_messages: 0,

@@ -146,6 +146,23 @@ pub(super) fn end_phase(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Time)
     tally.sent = tally.sent.max(tally.heard());
     let (class, min_rate) = r.phases[r.phase];
     let answered = tally.ready + tally.transit + tally.conflict;
+    // Seed §10.2 for the urgent mode, whose answers the root gathers: agents that
+    // contradicted a cluster that clearly answered READY are told to their lead.
+    for (c, v) in std::mem::take(&mut r.votes) {
+        let conflicts = v.conflicted.len() as u32;
+        let lead = node.tree.cluster(c).and_then(|cl| cl.lead.clone());
+        if let Some(lead) = lead
+            && conflicts > 0
+            && v.ready * 5 >= (v.ready + conflicts) * 4
+        {
+            let msg = Contradicted {
+                op,
+                cluster: c,
+                agents: v.conflicted,
+            };
+            node.send(lead, MeshMessage::Contradicted(Box::new(msg)));
+        }
+    }
     // Sent and not answered in the window is "in transit": outcome unknown (seed §1.4).
     let votes = Votes {
         ready: tally.ready,
