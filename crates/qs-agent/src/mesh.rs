@@ -16,7 +16,7 @@ pub use crate::mesh_agents::{LocalAgents, MeshOptions};
 use qs_core::mesh::hierarchy::LEAD_AFTER_MS;
 use qs_core::mesh::{
     Command, Hierarchy, Joined, Member, MeshConfig, MeshInput, MeshNode, MeshOutput, OpResult,
-    Seniority, Shape, seniorities,
+    Seniority, Shape, seniorities, seniority_in,
 };
 use qs_fabric::{Fabric, Kv, KvEvent, Subscription, Topic};
 use qs_wire::NodeId;
@@ -191,6 +191,8 @@ pub async fn run<F: Fabric>(
     // says it, so every node elects it as a lead only once it has been in the mesh a while.
     let mut since_ms: Option<u64> = None;
     let mut built: Option<(BTreeMap<NodeId, Seniority>, u64)> = None;
+    // The nodes still new in the tree built last, as the status lists them.
+    let mut new_nodes: Vec<String> = Vec::new();
     let mut members_version = 0u64;
     // The tree is built once the bucket's records were all read: a node that starts reads
     // the older nodes' before it counts itself among the founders.
@@ -343,11 +345,12 @@ pub async fn run<F: Fabric>(
                             })
                         })
                         .collect();
-                    let seniority = |n: &NodeId| seniorities.get(n).copied().unwrap_or(Seniority::Down);
-                    match Hierarchy::build(&list, Shape::default(), seniority) {
+                    match Hierarchy::build(&list, Shape::default(), seniority_in(&seniorities)) {
                         Ok(tree) => node.handle(MeshInput::Tree(Arc::new(tree)), now()),
                         Err(e) => tracing::warn!("mesh: {e}"),
                     }
+                    let new = seniorities.iter().filter(|(_, s)| **s == Seniority::New);
+                    new_nodes = new.map(|(n, _)| n.to_string()).collect();
                     built = Some((seniorities, members_version));
                 }
                 // Worker agents' liveness and queues move between joins: the core takes the
@@ -356,11 +359,7 @@ pub async fn run<F: Fabric>(
                 if agents.has_workers() {
                     node.handle(MeshInput::Agents(agents.beats()), now());
                 }
-                let new_nodes = built.as_ref().map_or_else(Vec::new, |(s, _)| {
-                    let new = s.iter().filter(|(_, x)| **x == Seniority::New);
-                    new.map(|(n, _)| n.to_string()).collect()
-                });
-                let _ = status_tx.send(Arc::new(status(&mut node, &agents, new_nodes)));
+                let _ = status_tx.send(Arc::new(status(&mut node, &agents, new_nodes.clone())));
             }
         }
         while let Some(out) = node.poll() {

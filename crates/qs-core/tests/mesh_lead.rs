@@ -119,22 +119,9 @@ fn newcomers_settle_on_their_hosts_clock_and_members_are_in_the_pool_at_once() {
     let mut probes = 0;
     for k in 0..110u64 {
         let now = Time::from_millis(start.as_millis() + k * 300);
-        let b = HostBeat {
-            host: other.clone(),
-            cluster: c,
-            sent_ms: now.as_millis() - skew_ms,
-            agents: theirs
-                .iter()
-                .map(|a| beat(*a, joined_on_host, false))
-                .collect(),
-        };
-        node.handle(
-            MeshInput::Heard {
-                from: other.clone(),
-                msg: MeshMessage::Beat(b),
-            },
-            now,
-        );
+        let agents = theirs.iter().map(|a| beat(*a, joined_on_host, false));
+        let sent_ms = now.as_millis() - skew_ms;
+        hear_beat(&mut node, &other, c, sent_ms, agents.collect(), now);
         node.handle(MeshInput::Tick, now);
         let out: Vec<MeshOutput> = std::iter::from_fn(|| node.poll()).collect();
         for d in dispatches(&out) {
@@ -211,28 +198,22 @@ impl Lead {
         while self.now.as_millis() < end {
             self.now = Time::from_millis(self.now.as_millis() + 10);
             if self.now.as_millis().is_multiple_of(300) {
-                let b = HostBeat {
-                    host: self.other.clone(),
-                    cluster: ClusterId(0),
-                    sent_ms: self.now.as_millis(),
-                    agents: self
-                        .theirs
-                        .iter()
-                        .map(|a| AgentBeat {
-                            state: match self.down.contains(a) {
-                                true => AgentState::Offline,
-                                false => AgentState::Active,
-                            },
-                            ..beat(*a, 0, true)
-                        })
-                        .collect(),
-                };
-                self.node.handle(
-                    MeshInput::Heard {
-                        from: self.other.clone(),
-                        msg: MeshMessage::Beat(b),
+                let agents = self.theirs.iter().map(|a| AgentBeat {
+                    state: match self.down.contains(a) {
+                        true => AgentState::Offline,
+                        false => AgentState::Active,
                     },
-                    self.now,
+                    ..beat(*a, 0, true)
+                });
+                let (sent_ms, now) = (self.now.as_millis(), self.now);
+                let c = ClusterId(0);
+                hear_beat(
+                    &mut self.node,
+                    &self.other,
+                    c,
+                    sent_ms,
+                    agents.collect(),
+                    now,
                 );
             }
             self.node.handle(MeshInput::Tick, self.now);
@@ -305,6 +286,31 @@ impl Lead {
             self.now,
         );
     }
+}
+
+/// `host`'s beat for `cluster`, sent at `sent_ms` on its clock, heard by `node` at `now`.
+fn hear_beat(
+    node: &mut MeshNode,
+    host: &NodeId,
+    cluster: ClusterId,
+    sent_ms: u64,
+    agents: Vec<AgentBeat>,
+    now: Time,
+) {
+    let b = HostBeat {
+        host: host.clone(),
+        cluster,
+        sent_ms,
+        agents,
+    };
+    let msg = MeshMessage::Beat(b);
+    node.handle(
+        MeshInput::Heard {
+            from: host.clone(),
+            msg,
+        },
+        now,
+    );
 }
 
 /// READY to `d`, from an agent that got it at `at_ms` (on its host's clock) and took
@@ -564,17 +570,13 @@ fn a_new_lead_counts_no_agent_offline_before_its_host_could_beat() {
     assert_eq!(node.mode(), Mode::Full);
     // It beats: its agents count active at the next beat.
     let now = at(cfg.dead_after_ms + 4 * cfg.beat_ms + 4);
-    let b = HostBeat {
-        host: other.clone(),
-        cluster: ClusterId(0),
-        sent_ms: now.as_millis(),
-        agents: theirs.iter().map(|a| beat(*a, 0, false)).collect(),
-    };
-    node.handle(
-        MeshInput::Heard {
-            from: other.clone(),
-            msg: MeshMessage::Beat(b),
-        },
+    let agents = theirs.iter().map(|a| beat(*a, 0, false)).collect();
+    hear_beat(
+        &mut node,
+        &other,
+        ClusterId(0),
+        now.as_millis(),
+        agents,
         now,
     );
     for k in 5..=7 {
@@ -630,26 +632,11 @@ fn a_lead_keeps_its_agents_when_another_zone_renumbers_their_cluster() {
     // The other host's agents joined a second ago; they take 40 ms, and answer probes so.
     let theirs: Vec<AgentId> = (100..115).map(AgentId).collect();
     let beat_from_other = |node: &mut MeshNode, c: ClusterId, now: Time| {
-        let b = HostBeat {
-            host: other.clone(),
-            cluster: c,
-            sent_ms: now.as_millis(),
-            agents: theirs
-                .iter()
-                .map(|a| AgentBeat {
-                    processing_ms: 40.0,
-                    ..beat(*a, start.as_millis() - 1_000, false)
-                })
-                .collect(),
-        };
-        let msg = MeshMessage::Beat(b);
-        node.handle(
-            MeshInput::Heard {
-                from: other.clone(),
-                msg,
-            },
-            now,
-        );
+        let agents = theirs.iter().map(|a| AgentBeat {
+            processing_ms: 40.0,
+            ..beat(*a, start.as_millis() - 1_000, false)
+        });
+        hear_beat(node, &other, c, now.as_millis(), agents.collect(), now);
     };
     let mut now = start;
     for _ in 0..20 {
@@ -770,20 +757,7 @@ fn a_former_lead_hands_its_admitted_agents_over_to_the_new_lead() {
     let pool = |n: &MeshNode| -> BTreeSet<AgentId> { n.pool().map(|(_, x)| x).collect() };
     for _ in 0..20 {
         now = Time::from_millis(now.as_millis() + 300);
-        let hb = HostBeat {
-            host: p2.clone(),
-            cluster: c,
-            sent_ms: now.as_millis(),
-            agents: their_beats.clone(),
-        };
-        let msg = MeshMessage::Beat(hb);
-        a.handle(
-            MeshInput::Heard {
-                from: p2.clone(),
-                msg,
-            },
-            now,
-        );
+        hear_beat(&mut a, &p2, c, now.as_millis(), their_beats.clone(), now);
         a.handle(MeshInput::Tick, now);
         let out: Vec<MeshOutput> = std::iter::from_fn(|| a.poll()).collect();
         for d in dispatches(&out) {
@@ -880,18 +854,12 @@ fn the_root_tells_a_lead_of_newcomers_that_contradicted_an_urgent_operation() {
     let mut results = Vec::new();
     let mut step = |node: &mut MeshNode, now: Time| {
         if now.as_millis().is_multiple_of(300) {
-            let hb = HostBeat {
-                host: p2.clone(),
-                cluster: ClusterId(0),
-                sent_ms: now.as_millis(),
-                agents: theirs.clone(),
-            };
-            let msg = MeshMessage::Beat(hb);
-            node.handle(
-                MeshInput::Heard {
-                    from: p2.clone(),
-                    msg,
-                },
+            hear_beat(
+                node,
+                &p2,
+                ClusterId(0),
+                now.as_millis(),
+                theirs.clone(),
                 now,
             );
         }

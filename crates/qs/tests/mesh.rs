@@ -289,8 +289,7 @@ fn a_node_that_joins_a_running_mesh_leads_only_once_seasoned() {
     };
     let p1 = start("p1");
     p1.wait_within("p1 to lead its agents", Duration::from_secs(60), |a| {
-        let s = a.get("/v1/mesh");
-        s["is_root"] == true && s["active"] == 10
+        root_status(&[a], |s| s["active"] == 10)
     });
     // p1's record is in the mesh by now: one that joins more than its lead-after time
     // later is no founder. This waits for that time, not for an event.
@@ -331,10 +330,7 @@ fn a_node_that_joins_a_running_mesh_leads_only_once_seasoned() {
     p2.wait_within(
         "p2 to be the root and see every agent",
         Duration::from_secs(30),
-        |a| {
-            let s = a.get("/v1/mesh");
-            s["is_root"] == true && s["active"] == 20
-        },
+        |a| root_status(&[a], |s| s["active"] == 20),
     );
     // Seasoned now: no node is listed as new.
     assert_eq!(p2.get("/v1/mesh")["new_nodes"], serde_json::json!([]));

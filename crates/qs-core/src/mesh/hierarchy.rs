@@ -127,6 +127,11 @@ pub fn seniorities<'a>(
         .collect()
 }
 
+/// A node's seniority as `seniorities` says it: down when it is not in the map.
+pub fn seniority_in(m: &BTreeMap<NodeId, Seniority>) -> impl Fn(&NodeId) -> Seniority + '_ {
+    |n| m.get(n).copied().unwrap_or(Seniority::Down)
+}
+
 /// The agents of one zone (or of all, when zones are ignored), and the clusters they take.
 struct Group<'a> {
     members: Vec<&'a Member>,
@@ -266,13 +271,12 @@ impl Hierarchy {
             cl.lead = best(cl.key, cl.hosts.iter(), &seniority);
         }
         for s in &mut self.sectors {
-            let key = s.key;
             let leads: BTreeSet<&NodeId> = s
                 .clusters
                 .iter()
                 .filter_map(|c| self.clusters[c.0 as usize].lead.as_ref())
                 .collect();
-            s.coordinator = best(key, leads.into_iter(), &seniority);
+            s.coordinator = best(s.key, leads.into_iter(), &seniority);
         }
         let coordinators: BTreeSet<&NodeId> = self
             .sectors

@@ -22,7 +22,7 @@ pub mod node;
 pub mod quorum;
 pub mod schedule;
 
-pub use hierarchy::{Hierarchy, Joined, Member, Seniority, Shape, seniorities};
+pub use hierarchy::{Hierarchy, Joined, Member, Seniority, Shape, seniorities, seniority_in};
 pub use node::{
     Command, CommandError, Kpis, MeshConfig, MeshInput, MeshNode, MeshOutput, OpResult,
 };

@@ -6,7 +6,7 @@ use super::{MeshReport, MeshSimConfig};
 use qs_core::hash::{StableHasher, mix, of_str};
 use qs_core::mesh::{
     Command, Hierarchy, Joined, Member, MeshConfig, MeshInput, MeshNode, MeshOutput, OpResult,
-    Seniority, Shape, seniorities,
+    Seniority, Shape, seniorities, seniority_in,
 };
 use qs_core::{Rng, Time};
 use qs_wire::NodeId;
@@ -491,8 +491,7 @@ impl MeshSim {
                     (self.nodes[h].id(), joined)
                 });
                 let seniorities = seniorities(live, now.as_millis());
-                let seniority = |n: &NodeId| seniorities.get(n).copied().unwrap_or(Seniority::Down);
-                let tree = Hierarchy::build(&members, Shape::default(), seniority)
+                let tree = Hierarchy::build(&members, Shape::default(), seniority_in(&seniorities))
                     .expect("fewer agents than before");
                 if let Some(so) = self.scale_out.as_mut() {
                     so.elected(&tree, &self.nodes, now);

@@ -70,9 +70,7 @@ impl MeshNode {
             }
             view.work.handed(a.processing_ms, a.samples);
             if a.admitted {
-                view.admitted = true;
-                view.probe = None;
-                led.active = None;
+                super::integrate::admit(led, a.agent);
             }
         }
     }

@@ -123,8 +123,8 @@ impl MeshNode {
     /// The root says agents of a cluster this node leads contradicted it in an urgent
     /// operation (whose answers the root gathers): as if this lead had heard them.
     pub(super) fn on_contradicted(&mut self, from: &NodeId, c: Contradicted, now: Time) {
-        if self.tree.root.as_ref() != Some(from) || !self.led.contains_key(&c.cluster) {
-            self.refused_senders += u64::from(self.tree.root.as_ref() != Some(from));
+        if self.tree.root.as_ref() != Some(from) {
+            self.refused_senders += 1;
             return;
         }
         for a in c.agents {
@@ -149,7 +149,7 @@ impl MeshNode {
     }
 }
 
-fn admit(led: &mut Led, a: AgentId) {
+pub(super) fn admit(led: &mut Led, a: AgentId) {
     if let Some(v) = led.agents.get_mut(&a) {
         v.admitted = true;
         v.held_until = None;

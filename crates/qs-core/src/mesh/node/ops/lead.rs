@@ -276,18 +276,19 @@ pub(crate) fn on_ack(node: &mut MeshNode, from: &NodeId, a: Ack, now: Time) {
         } else if now > deadline {
             r.tally.late += 1;
         } else {
-            match a.state {
-                Trinary::Ready => r.tally.ready += 1,
-                Trinary::Transit => r.tally.transit += 1,
-                Trinary::Conflict => r.tally.conflict += 1,
-            }
             let v = r.votes.entry(a.cluster).or_default();
             match a.state {
-                Trinary::Ready => v.ready += 1,
-                Trinary::Conflict if v.conflicted.len() < MAX_CHILDREN => {
-                    v.conflicted.push(a.agent)
+                Trinary::Ready => {
+                    r.tally.ready += 1;
+                    v.ready += 1;
                 }
-                _ => {}
+                Trinary::Transit => r.tally.transit += 1,
+                Trinary::Conflict => {
+                    r.tally.conflict += 1;
+                    if v.conflicted.len() < MAX_CHILDREN {
+                        v.conflicted.push(a.agent);
+                    }
+                }
             }
             if ready <= deadline {
                 r.tally.window_hits += 1;
