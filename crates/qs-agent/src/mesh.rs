@@ -21,7 +21,8 @@ use qs_core::mesh::{
 use qs_fabric::{Fabric, Kv, KvEvent, Subscription, Topic};
 use qs_wire::NodeId;
 use qs_wire::mesh::{
-    AgentState, MeshAction, MeshMembers, MeshMessage, MeshOutcome, MeshPacket, MeshRequest, Scope,
+    AgentState, ConflictCounts, MeshAction, MeshMembers, MeshMessage, MeshOutcome, MeshPacket,
+    MeshRequest, Scope,
 };
 use qs_wire::task_bus::decode_bus;
 use serde::Serialize;
@@ -59,8 +60,16 @@ pub struct MeshStatus {
     /// Nodes in the mesh for less than their lead-after time: they lead only where no
     /// seasoned node can (seed §10.2).
     pub new_nodes: Vec<String>,
+    /// Conflicts this node heard, all time, and by class.
     pub conflicts: u64,
     pub conflicts_by_class: Vec<(String, u64)>,
+    /// Of those, the ones still unresolved here (its quarantine), and those resolved.
+    pub conflicts_unresolved: ConflictCounts,
+    pub conflicts_resolved: u64,
+    /// Conflicts escalated to this node from below (as a coordinator, or the root).
+    pub conflicts_escalated_here: u64,
+    /// At the root: every lead's unresolved conflicts, summed up the tree.
+    pub mesh_conflicts: Option<ConflictCounts>,
     pub kpis: Kpis,
 }
 
@@ -78,12 +87,16 @@ pub struct SectorRow {
     pub classes: [u32; 6],
     pub anomalies: u32,
     pub breaker_open: bool,
+    /// Its leads' unresolved conflicts.
+    pub conflicts: ConflictCounts,
 }
 
 /// One cluster this node leads.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ClusterRow {
     pub cluster: u32,
+    /// Its sector, if the tree still holds it.
+    pub sector: Option<u32>,
     pub agents: u32,
     pub active: u32,
     pub joining: u32,
@@ -386,11 +399,23 @@ pub async fn run<F: Fabric>(
                         seq: c.seq,
                         op: c.op.0,
                         agent: c.agent.0,
+                        cluster: c.cluster.0,
                         class: format!("{:?}", c.class),
                         priority: c.priority,
                         strategy: format!("{:?}", c.strategy),
                         escalation: format!("{:?}", c.escalation),
+                        due_ms: c.due_ms,
+                        escalated_by: c.escalated_by.map(|n| n.to_string()),
                         detail: serde_json::to_string(&c.detail).unwrap_or_default(),
+                    };
+                    journal.append(&me, now().as_micros(), vec![event]).await;
+                }
+                MeshOutput::ConflictResolved(r) => {
+                    let event = qs_wire::Event::MeshConflictResolved {
+                        seq: r.seq,
+                        agent: r.agent.0,
+                        cluster: r.cluster.0,
+                        how: format!("{:?}", r.how).to_lowercase(),
                     };
                     journal.append(&me, now().as_micros(), vec![event]).await;
                 }
@@ -522,8 +547,10 @@ fn status(node: &mut MeshNode, local: &LocalAgents, new_nodes: Vec<String>) -> M
     let k = node.kpis().clone();
     let mut clusters: BTreeMap<u32, ClusterRow> = BTreeMap::new();
     for a in node.led_agents() {
+        let sector = node.tree().cluster(a.cluster).map(|c| c.sector.0);
         let row = clusters.entry(a.cluster.0).or_insert_with(|| ClusterRow {
             cluster: a.cluster.0,
+            sector,
             ..ClusterRow::default()
         });
         row.agents += 1;
@@ -566,6 +593,7 @@ fn status(node: &mut MeshNode, local: &LocalAgents, new_nodes: Vec<String>) -> M
                 classes: s.classes,
                 anomalies: s.anomalies,
                 breaker_open: s.breaker_open,
+                conflicts: s.conflicts,
             })
             .collect(),
         clusters: clusters.into_values().collect(),
@@ -584,6 +612,16 @@ fn status(node: &mut MeshNode, local: &LocalAgents, new_nodes: Vec<String>) -> M
             .iter()
             .map(|(c, n)| (format!("{c:?}"), *n))
             .collect(),
+        conflicts_unresolved: node.conflicts().counts(now(), |_| true),
+        conflicts_resolved: node.conflicts().resolved(),
+        conflicts_escalated_here: node.conflicts().escalated_here(),
+        mesh_conflicts: node_is_root(node).then(|| {
+            let mut sum = ConflictCounts::default();
+            for s in node.sector_summaries().values() {
+                sum.add(&s.conflicts);
+            }
+            sum
+        }),
         kpis: Kpis {
             operations: k.operations,
             coordination_success_rate: k.coordination_success_rate(),

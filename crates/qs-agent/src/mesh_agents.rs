@@ -397,11 +397,13 @@ impl Drop for Polling<'_> {
 
 /// A built-in agent's work: after its processing time, READY with its context, or CONFLICT:
 /// an integrity failure when the payload does not match its hash, a value mismatch when the
-/// payload `expect:VALUE` names another context than its own.
+/// payload `expect:VALUE` names another context than its own (affecting every built-in
+/// agent of the node).
 fn builtin_work(opts: &MeshOptions, d: Dispatch, answers: &mpsc::Sender<Answered>) {
     let arrived_ms = now().as_millis();
     let delay = Duration::from_millis(opts.processing_ms);
     let context = opts.context.clone();
+    let holding = opts.agents;
     let answers = answers.clone();
     tokio::spawn(async move {
         tokio::time::sleep(delay).await;
@@ -418,10 +420,12 @@ fn builtin_work(opts: &MeshOptions, d: Dispatch, answers: &mpsc::Sender<Answered
                 expected: d.envelope.content_hash.clone(),
                 received: actual,
             }),
+            // The built-in agents of a node hold one context: a value it contradicts
+            // affects them all.
             (Some(want), true) => Some(ConflictDetail::DataContradiction {
                 expected: want.clone(),
                 received: context.clone(),
-                affects_agents: 1,
+                affects_agents: holding,
             }),
             (None, true) => None,
         };

@@ -21,71 +21,14 @@ use qs_core::mesh::{
 };
 use qs_wire::NodeId;
 use qs_wire::mesh::{
-    Ack, AgentBeat, AgentId, AgentState, CascadeMode, ClusterId, ConflictDetail, Dispatch,
-    HostBeat, MeshEnvelope, MeshMessage, OpId, Order, Report, Scope, Trinary, Verb,
+    AgentBeat, AgentId, CascadeMode, ClusterId, ConflictDetail, MeshMessage, OpId, Scope, Trinary,
+    Verb,
 };
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-const TPU: &str = "tpu";
-
-fn beat(agent: AgentId, joined_ms: u64, tpu: bool) -> AgentBeat {
-    AgentBeat {
-        agent,
-        state: AgentState::Active,
-        processing_ms: 5.0,
-        queue_depth: 0,
-        capabilities: match tpu {
-            true => vec![TPU.to_string()],
-            false => Vec::new(),
-        },
-        joined_ms,
-    }
-}
-
-/// One cluster of `n` agents (ids from `first`) on two hosts: its tree, its lead, the other
-/// host, and each host's agents.
-struct OneCluster {
-    tree: Arc<Hierarchy>,
-    lead: NodeId,
-    other: NodeId,
-    mine: Vec<AgentId>,
-    theirs: Vec<AgentId>,
-}
-
-fn one_cluster(n: u64, first: u64) -> OneCluster {
-    let hosts = [NodeId::new("h1").unwrap(), NodeId::new("h2").unwrap()];
-    let members: Vec<Member> = (0..n)
-        .map(|i| Member {
-            agent: AgentId(first + i),
-            host: hosts[(i % 2) as usize].clone(),
-            zone: String::new(),
-        })
-        .collect();
-    let tree =
-        Arc::new(Hierarchy::build(&members, Shape::default(), |_| Seniority::Seasoned).unwrap());
-    let lead = tree
-        .cluster(ClusterId(0))
-        .unwrap()
-        .lead
-        .clone()
-        .expect("a lead");
-    let other = hosts.iter().find(|h| **h != lead).unwrap().clone();
-    let of = |h: &NodeId| -> Vec<AgentId> {
-        members
-            .iter()
-            .filter(|m| m.host == *h)
-            .map(|m| m.agent)
-            .collect()
-    };
-    OneCluster {
-        mine: of(&lead),
-        theirs: of(&other),
-        tree,
-        lead,
-        other,
-    }
-}
+mod common;
+use common::*;
 
 #[test]
 fn newcomers_settle_on_their_hosts_clock_and_members_are_in_the_pool_at_once() {
@@ -164,200 +107,6 @@ fn newcomers_settle_on_their_hosts_clock_and_members_are_in_the_pool_at_once() {
     assert!((28_800..=29_400).contains(&silent_ms), "{silent_ms}");
 }
 
-struct Lead {
-    node: MeshNode,
-    other: NodeId,
-    theirs: Vec<AgentId>,
-    /// The other host's agents it beats as offline.
-    down: BTreeSet<AgentId>,
-    now: Time,
-}
-
-impl Lead {
-    /// The lead of `c`, its own agents without the capability, at `now`.
-    fn new(c: OneCluster, now: Time) -> Lead {
-        let mut node = MeshNode::new(c.lead.clone(), MeshConfig::default(), now);
-        node.handle(MeshInput::Tree(c.tree), now);
-        node.handle(
-            MeshInput::Agents(c.mine.iter().map(|a| beat(*a, 0, false)).collect()),
-            now,
-        );
-        Lead {
-            node,
-            other: c.other,
-            theirs: c.theirs,
-            down: BTreeSet::new(),
-            now,
-        }
-    }
-
-    /// Runs `ms` of beats from the other host; what the lead sent meanwhile.
-    fn run(&mut self, ms: u64) -> Vec<MeshOutput> {
-        let mut out = Vec::new();
-        let end = self.now.as_millis() + ms;
-        while self.now.as_millis() < end {
-            self.now = Time::from_millis(self.now.as_millis() + 10);
-            if self.now.as_millis().is_multiple_of(300) {
-                let agents = self.theirs.iter().map(|a| AgentBeat {
-                    state: match self.down.contains(a) {
-                        true => AgentState::Offline,
-                        false => AgentState::Active,
-                    },
-                    ..beat(*a, 0, true)
-                });
-                let (sent_ms, now) = (self.now.as_millis(), self.now);
-                let c = ClusterId(0);
-                hear_beat(
-                    &mut self.node,
-                    &self.other,
-                    c,
-                    sent_ms,
-                    agents.collect(),
-                    now,
-                );
-            }
-            self.node.handle(MeshInput::Tick, self.now);
-            out.extend(std::iter::from_fn(|| self.node.poll()));
-        }
-        out
-    }
-
-    /// An ask of the agents with the capability, arriving in 200 ms.
-    fn ask(&mut self, op: u64) -> MeshEnvelope {
-        let mut envelope = self.node.envelope(Verb::Observe, "ready?", 2, self.now);
-        envelope.op = OpId(op);
-        envelope.requires = Some(TPU.into());
-        envelope.target_arrival_ms = self.now.as_millis() + 200;
-        envelope
-    }
-
-    fn order(&mut self, op: u64, sample: Option<u32>) {
-        let envelope = self.ask(op);
-        self.order_of(envelope, sample);
-    }
-
-    fn order_of(&mut self, envelope: MeshEnvelope, sample: Option<u32>) {
-        let op = envelope.op.0;
-        let order = Order {
-            op: OpId(op),
-            mode: CascadeMode::Wave,
-            root: NodeId::new("root").unwrap(),
-            report_to: NodeId::new("root").unwrap(),
-            scope: Scope::Cluster(ClusterId(0)),
-            class: None,
-            sample_per_cluster: sample,
-            window_ms: 150,
-            envelope,
-        };
-        self.node.handle(
-            MeshInput::Heard {
-                from: NodeId::new("root").unwrap(),
-                msg: MeshMessage::Order(Box::new(order)),
-            },
-            self.now,
-        );
-    }
-
-    fn answer(&mut self, d: &Dispatch, conflict: Option<ConflictDetail>) {
-        let host = self.other.clone();
-        self.answer_from(host, d, conflict);
-    }
-
-    fn answer_from(&mut self, from: NodeId, d: &Dispatch, conflict: Option<ConflictDetail>) {
-        let ack = Ack {
-            op: d.envelope.op,
-            agent: d.agent,
-            cluster: d.cluster,
-            state: match conflict {
-                Some(_) => Trinary::Conflict,
-                None => Trinary::Ready,
-            },
-            arrived_ms: self.now.as_millis(),
-            ready_ms: self.now.as_millis(),
-            answer: String::new(),
-            conflict,
-            expired: false,
-        };
-        self.node.handle(
-            MeshInput::Heard {
-                from,
-                msg: MeshMessage::Ack(Box::new(ack)),
-            },
-            self.now,
-        );
-    }
-}
-
-/// `host`'s beat for `cluster`, sent at `sent_ms` on its clock, heard by `node` at `now`.
-fn hear_beat(
-    node: &mut MeshNode,
-    host: &NodeId,
-    cluster: ClusterId,
-    sent_ms: u64,
-    agents: Vec<AgentBeat>,
-    now: Time,
-) {
-    let b = HostBeat {
-        host: host.clone(),
-        cluster,
-        sent_ms,
-        agents,
-    };
-    let msg = MeshMessage::Beat(b);
-    node.handle(
-        MeshInput::Heard {
-            from: host.clone(),
-            msg,
-        },
-        now,
-    );
-}
-
-/// READY to `d`, from an agent that got it at `at_ms` (on its host's clock) and took
-/// `took_ms`.
-fn ready(d: &Dispatch, at_ms: u64, took_ms: u64) -> MeshMessage {
-    MeshMessage::Ack(Box::new(Ack {
-        op: d.envelope.op,
-        agent: d.agent,
-        cluster: d.cluster,
-        state: Trinary::Ready,
-        arrived_ms: at_ms,
-        ready_ms: at_ms + took_ms,
-        answer: String::new(),
-        conflict: None,
-        expired: false,
-    }))
-}
-
-fn dispatches(out: &[MeshOutput]) -> Vec<Dispatch> {
-    out.iter()
-        .filter_map(|o| match o {
-            MeshOutput::Send {
-                msg: MeshMessage::Dispatch(d),
-                ..
-            } => Some((**d).clone()),
-            _ => None,
-        })
-        .collect()
-}
-
-/// What the lead put out since, and its report's sent, ready, conflict and rerouted counts.
-fn drained_counts(lead: &mut Lead) -> (Vec<MeshOutput>, [u32; 4]) {
-    let out: Vec<MeshOutput> = std::iter::from_fn(|| lead.node.poll()).collect();
-    let t = report(&out).expect("the cluster reported").tally;
-    (out, [t.sent, t.ready, t.conflict, t.rerouted])
-}
-
-fn report(out: &[MeshOutput]) -> Option<Report> {
-    out.iter().find_map(|o| match o {
-        MeshOutput::Send {
-            msg: MeshMessage::Report(r),
-            ..
-        } => Some((**r).clone()),
-        _ => None,
-    })
-}
-
 #[test]
 fn an_agent_lacking_a_capability_loses_it_and_the_ask_goes_to_one_that_has_it() {
     let c = one_cluster(4, 200);
@@ -383,6 +132,11 @@ fn an_agent_lacking_a_capability_loses_it_and_the_ask_goes_to_one_that_has_it() 
     assert_eq!(again.len(), 1, "{out:?}");
     assert_ne!(again[0].agent, lacking.agent);
     assert!(theirs.contains(&again[0].agent));
+    // Its conflict is resolved so (REROUTE), not left open.
+    assert_eq!(
+        resolved(&out),
+        [(lacking.agent, qs_core::mesh::conflict::Resolution::Rerouted)]
+    );
     lead.answer(&again[0], None);
     let (_, counts) = drained_counts(&mut lead);
     assert_eq!(counts, [2, 1, 1, 1], "sent, ready, conflict, rerouted");

@@ -47,6 +47,17 @@ fn thirty_thousand_agents_cascade_in_every_mode() {
         "{}",
         r.max_received_per_node_per_second
     );
+    // Conflicts (seed §5.1), one answer in 2,000, of priority 2, 3 or 4: those of 3 and 4
+    // reach their coordinator (those of 4 the root too) with the reports, nothing sent for
+    // them; the calibration's content accepted later resolves some; each is resolved or
+    // still open, and the root's summaries count no more than the leads hold.
+    let c = &r.conflicts;
+    assert!(c.heard > 30, "{c:?}");
+    assert!(c.escalated > 0 && c.escalated <= 2 * c.heard, "{c:?}");
+    assert!(c.resolved > 0, "{c:?}");
+    assert_eq!(c.heard, c.resolved + u64::from(c.unresolved.open), "{c:?}");
+    assert!(c.unresolved.critical > 0, "{c:?}");
+    assert!(c.unresolved_at_root.open <= c.unresolved.open, "{c:?}");
     let ops = r.measured();
     assert_eq!(ops.len(), 3, "{ops:#?}");
     for op in ops {
@@ -219,14 +230,15 @@ fn a_thousand_agents_join_thirty_thousand_gradually() {
     assert!((3_000..=4_000).contains(&first), "{i:?}");
     // A host whose link still drifts joins after three settling periods at the latest: all
     // but the slow (class F, 2 in 30, seconds to answer a probe) in 10 s. A slow one joins
-    // once it answered one probe, or once established (30 s).
+    // once it answered one probe, or once established (30 s), still at most 10 of a
+    // cluster per beat: a few beats more where a cluster has more of them.
     let by_10_s = i.timeline.iter().rfind(|(ms, _)| *ms <= 10_000).unwrap().1;
     assert!(by_10_s >= 1_000 - 1_000 * 2 / 30, "{i:?}");
     assert!(
         by_10_s < 1_000,
         "the slow ones answered no probe yet: {i:?}"
     );
-    assert!(all <= 30_300, "{i:?}");
+    assert!(all <= 31_000, "{i:?}");
     // Their hosts lead no cluster before they are seasoned, and some do after. A new lead
     // measures the agents it takes over afresh: few that were in the pool are out again.
     assert_eq!(i.first_lead_after_ms, Some(LEAD_AFTER_MS), "{i:?}");

@@ -208,17 +208,32 @@ pub enum Event {
     },
     /// An agent of the mesh answered CONFLICT (seed 001 §5.1): the conflict log's record, its
     /// conflicting information quarantined, its class, priority (0–4), resolution strategy
-    /// and whom it escalates to.
+    /// and whom it escalates to. With `escalated_by`: a notice of a conflict a lead (or a
+    /// coordinator) below escalated here.
     MeshConflict {
         seq: u64,
         op: u64,
         agent: u64,
+        #[serde(default)]
+        cluster: u32,
         class: String,
         priority: u8,
         strategy: String,
         escalation: String,
+        /// To be resolved by then, Unix milliseconds (none for priority 0).
+        #[serde(default)]
+        due_ms: Option<u64>,
+        #[serde(default)]
+        escalated_by: Option<String>,
         /// The agent's conflict detail, as JSON.
         detail: String,
+    },
+    /// A conflict of this node's log resolved: how (agreed, rerouted, released).
+    MeshConflictResolved {
+        seq: u64,
+        agent: u64,
+        cluster: u32,
+        how: String,
     },
 }
 

@@ -402,6 +402,7 @@ impl BusMessage for MeshMessage {
                         c.active_count, c.joining_count, c.agent_count
                     ));
                 }
+                c.conflicts.check()?;
                 summary_numbers(
                     c.mean_impedance_ms,
                     c.p95_impedance_ms,
@@ -419,6 +420,7 @@ impl BusMessage for MeshMessage {
                         s.active_agents, s.joining_agents, s.total_agents, s.cluster_count
                     ));
                 }
+                s.conflicts.check()?;
                 summary_numbers(
                     s.mean_impedance_ms,
                     s.p95_impedance_ms,
@@ -438,13 +440,7 @@ impl BusMessage for MeshMessage {
             }
             MeshMessage::Dispatch(d) => d.envelope.check(),
             MeshMessage::Ack(a) => a.check(),
-            MeshMessage::Report(r) => {
-                at_most("answers", r.answers.len(), MAX_ANSWERS)?;
-                for a in &r.answers {
-                    text("answer", &a.answer)?;
-                }
-                Ok(())
-            }
+            MeshMessage::Report(r) => r.check(),
             MeshMessage::Circuit(c) => text("reason", &c.reason),
             MeshMessage::Control(_) => Ok(()),
             MeshMessage::Request(r) => r.action.check(),
@@ -581,5 +577,61 @@ mod tests {
         let bytes = serde_json::to_vec(&alive).unwrap();
         let err = decode_bus::<MeshMessage>("mesh.x", &bytes).unwrap_err();
         assert!(err.why.contains("joining 6"), "{}", err.why);
+    }
+
+    /// A report's escalated conflicts: bounded, each detail checked by its index; a
+    /// report from before they existed still reads.
+    #[test]
+    fn escalated_conflicts_in_reports_are_bounded_and_checked() {
+        let e = Escalated {
+            agent: AgentId(1),
+            cluster: ClusterId(0),
+            at_ms: 5,
+            detail: ConflictDetail::HashMismatch {
+                expected: "a".into(),
+                received: "b".into(),
+            },
+        };
+        let report = |escalated: Vec<Escalated>| {
+            MeshMessage::Report(Box::new(Report {
+                op: OpId(1),
+                scope: Scope::Cluster(ClusterId(0)),
+                from: NodeId::new("n1").unwrap(),
+                tally: Tally::default(),
+                answers: Vec::new(),
+                escalated,
+                escalated_more: 0,
+            }))
+        };
+        let decode =
+            |m: &MeshMessage| decode_bus::<MeshMessage>("mesh.x", &serde_json::to_vec(m).unwrap());
+        let ok = report(vec![e.clone(); MAX_ESCALATED]);
+        assert_eq!(decode(&ok).unwrap(), ok);
+        let err = decode(&report(vec![e.clone(); MAX_ESCALATED + 1])).unwrap_err();
+        assert!(err.why.contains("escalated"), "{}", err.why);
+        let mut long = e.clone();
+        long.detail = ConflictDetail::HashMismatch {
+            expected: "x".repeat(MAX_TEXT_BYTES + 1),
+            received: "b".into(),
+        };
+        let err = decode(&report(vec![e, long])).unwrap_err();
+        assert!(err.why.contains("escalated[1].detail"), "{}", err.why);
+        let mut old: serde_json::Value = serde_json::to_value(report(Vec::new())).unwrap();
+        let fields = old.as_object_mut().unwrap();
+        assert!(fields.remove("escalated").is_some() && fields.remove("escalated_more").is_some());
+        let old = serde_json::to_vec(&old).unwrap();
+        assert_eq!(
+            decode_bus::<MeshMessage>("mesh.x", &old).unwrap(),
+            report(Vec::new())
+        );
+        // Unresolved counts: no more critical or overdue than open.
+        let c = |open, critical, overdue| ConflictCounts {
+            open,
+            critical,
+            overdue,
+        };
+        assert!(c(3, 3, 1).check().is_ok());
+        assert!(c(3, 4, 0).check().unwrap_err().contains("4 critical"));
+        assert!(c(3, 0, 4).check().unwrap_err().contains("4 overdue"));
     }
 }

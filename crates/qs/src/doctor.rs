@@ -104,6 +104,22 @@ fn mesh(api: &str) -> Vec<Finding> {
         ),
         (rate > 0.01).then(|| "over 1 %: read them with `qs events --grep mesh-conflict`".into()),
     ));
+    // Seed §10.1's daily review: "any unresolved critical conflicts?"
+    let counts = match v["mesh_conflicts"].is_object() {
+        true => &v["mesh_conflicts"],
+        false => &v["conflicts_unresolved"],
+    };
+    let critical = counts["critical"].as_u64().unwrap_or(0);
+    let overdue = counts["overdue"].as_u64().unwrap_or(0);
+    out.push(finding(
+        critical == 0 && overdue == 0,
+        format!("conflicts: {}", crate::mesh_client::conflicts_line(&v)),
+        (critical > 0 || overdue > 0).then(|| {
+            "resolve them (`qs events --grep mesh-conflict` says what and where), then \
+             `qs mesh heal SCOPE` releases what was reviewed"
+                .into()
+        }),
+    ));
     let breakers: Vec<String> = v["breakers"]
         .as_array()
         .into_iter()

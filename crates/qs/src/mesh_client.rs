@@ -84,6 +84,29 @@ pub(crate) fn print_outcome(v: &Value) {
     }
 }
 
+/// The conflicts a node's status reports: the mesh's unresolved (at the root), its own,
+/// and those escalated to it.
+pub(crate) fn conflicts_line(v: &Value) -> String {
+    let counts = |c: &Value| {
+        format!(
+            "{} unresolved ({} critical, {} past their time)",
+            c["open"], c["critical"], c["overdue"]
+        )
+    };
+    let mut parts = Vec::new();
+    if v["mesh_conflicts"].is_object() {
+        parts.push(format!("mesh-wide {}", counts(&v["mesh_conflicts"])));
+    }
+    parts.push(format!(
+        "here {} heard, {}, {} resolved, {} escalated here",
+        v["conflicts"],
+        counts(&v["conflicts_unresolved"]),
+        v["conflicts_resolved"],
+        v["conflicts_escalated_here"]
+    ));
+    parts.join("; ")
+}
+
 pub(crate) fn status(api: &str, scope: &Scope, output: OutputFormat) -> Result<()> {
     let v = client::call(api, "GET", "/v1/mesh", None)?;
     if matches!(output, OutputFormat::Json) {
@@ -113,6 +136,7 @@ pub(crate) fn status(api: &str, scope: &Scope, output: OutputFormat) -> Result<(
         100.0 * k["conflict_rate"].as_f64().unwrap_or(0.0),
         k["cascade_latency_p95_ms"].as_f64().unwrap_or(0.0)
     );
+    println!("  conflicts: {}", conflicts_line(&v));
     for (key, label) in [
         ("breakers", "breakers"),
         ("frozen", "frozen"),
@@ -173,6 +197,7 @@ pub(crate) fn status(api: &str, scope: &Scope, output: OutputFormat) -> Result<(
                 "mean ms",
                 "p95 ms",
                 "anomalies",
+                "conflicts open",
                 "breaker",
             ]);
             for row in v["sectors"].as_array().into_iter().flatten() {
@@ -191,6 +216,10 @@ pub(crate) fn status(api: &str, scope: &Scope, output: OutputFormat) -> Result<(
                     format!("{:.0}", row["mean_impedance_ms"].as_f64().unwrap_or(0.0)),
                     format!("{:.0}", row["p95_impedance_ms"].as_f64().unwrap_or(0.0)),
                     row["anomalies"].to_string(),
+                    format!(
+                        "{} ({} critical)",
+                        row["conflicts"]["open"], row["conflicts"]["critical"]
+                    ),
                     if row["breaker_open"].as_bool() == Some(true) {
                         "OPEN"
                     } else {

@@ -256,16 +256,32 @@ pub fn describe(event: &Event) -> String {
         Event::MeshConflict {
             seq,
             agent,
+            cluster,
             class,
             priority,
             strategy,
             escalation,
+            escalated_by,
             detail,
             ..
-        } => format!(
-            "mesh conflict {seq} from agent {agent:016x}: {class}, priority {priority}, \
-             {strategy}, escalated to {escalation}: {detail}"
-        ),
+        } => match escalated_by {
+            Some(by) => format!(
+                "mesh conflict {seq}, escalated here by {by}, from agent {agent:016x} of \
+                 cluster {cluster}: {class}, priority {priority}, {strategy}: {detail}"
+            ),
+            None => format!(
+                "mesh conflict {seq} from agent {agent:016x} of cluster {cluster}: {class}, \
+                 priority {priority}, {strategy}, escalated to {escalation}: {detail}"
+            ),
+        },
+        Event::MeshConflictResolved {
+            seq,
+            agent,
+            cluster,
+            how,
+        } => {
+            format!("mesh conflict {seq} of agent {agent:016x} (cluster {cluster}) resolved: {how}")
+        }
     }
 }
 

@@ -232,6 +232,17 @@ fn print_mesh(r: &MeshReport) {
         "  mesh        mode {}, breakers open: {} clusters, {} sectors, global {}",
         r.mode, r.open_cluster_breakers, r.open_sector_breakers, r.global_breaker_open
     );
+    let c = &r.conflicts;
+    println!(
+        "  conflicts   {} heard, {} resolved, {} escalated notices; unresolved {} ({} critical, {} overdue), at the root {}",
+        c.heard,
+        c.resolved,
+        c.escalated,
+        c.unresolved.open,
+        c.unresolved.critical,
+        c.unresolved.overdue,
+        c.unresolved_at_root.open
+    );
     for op in &r.results {
         let t = &op.tally;
         println!(

@@ -168,15 +168,91 @@ fn a_thousand_agents_over_nats() {
         .mesh_op(r#"{"action":"cascade","mode":"wave","verb":"sync","payload":"expect:a1b2c3d4"}"#);
     assert_eq!(c["tally"]["conflict"], PER_NODE, "{c}");
     assert_eq!(c["decision"]["decision"], "resolve-conflicts", "{c}");
-    let logged = || -> usize { agents.iter().map(|a| a.events_of("mesh-conflict")).sum() };
+    let events = |kind: &str, escalated: bool| -> usize {
+        let of = |a: &Up| {
+            a.events()
+                .iter()
+                .filter(|e| e["event"]["event"] == kind)
+                .filter(|e| e["event"]["escalated_by"].is_string() == escalated)
+                .count()
+        };
+        agents.iter().map(of).sum()
+    };
     // The ledgers commit in groups: wait for the records, then count them.
     root.wait_within("the conflict records", Duration::from_secs(10), |_| {
-        logged() >= PER_NODE as usize
+        events("mesh-conflict", false) >= PER_NODE as usize
     });
     assert_eq!(
-        logged(),
+        events("mesh-conflict", false),
         PER_NODE as usize,
         "conflict records in the ledgers"
+    );
+    // Each is of priority 3 (a value all 250 of m4's agents hold): its lead escalates it
+    // with its report to the sector's coordinator, which logs a notice of it where it is
+    // another node (the leads of m4's clusters are not all their coordinators). The leads
+    // keep them unresolved (m4's agents hold their context), and the root's summaries
+    // count them all, critical.
+    // Each is of priority 3 (a value all 250 of m4's agents hold): its lead escalates it
+    // with its report to the sector's coordinator. Each cluster with conflicts is in its
+    // coordinator's ledger: heard there where the coordinator leads it, else as a notice
+    // escalated by its lead.
+    let root_status = root.get("/v1/mesh");
+    let coordinator_of = |sector: &Value| -> String {
+        let rows = root_status["sectors"].as_array().unwrap();
+        let row = rows.iter().find(|r| r["sector"] == *sector).unwrap();
+        row["coordinator"].as_str().unwrap().to_string()
+    };
+    let mut expected_notices = 0;
+    let mut in_ledgers: Vec<(String, Value)> = Vec::new();
+    for lead in &agents {
+        let s = lead.get("/v1/mesh");
+        let mine: Vec<u64> = lead
+            .events()
+            .iter()
+            .filter(|e| e["event"]["event"] == "mesh-conflict")
+            .filter(|e| e["event"]["escalated_by"].is_null())
+            .map(|e| e["event"]["cluster"].as_u64().unwrap())
+            .collect();
+        for row in s["clusters"].as_array().unwrap() {
+            if !mine.contains(&row["cluster"].as_u64().unwrap()) {
+                continue;
+            }
+            let co = coordinator_of(&row["sector"]);
+            expected_notices += usize::from(co != s["node"]);
+            in_ledgers.push((co, row["cluster"].clone()));
+        }
+    }
+    assert!(!in_ledgers.is_empty());
+    root.wait_within(
+        "each cluster in its coordinator's ledger",
+        Duration::from_secs(10),
+        |_| {
+            in_ledgers.iter().all(|(co, cluster)| {
+                let at = agents
+                    .iter()
+                    .find(|a| a.get("/v1/mesh")["node"] == co.as_str());
+                at.unwrap().events().iter().any(|e| {
+                    e["event"]["event"] == "mesh-conflict" && e["event"]["cluster"] == *cluster
+                })
+            })
+        },
+    );
+    root.wait_within(
+        "the notices in the ledgers",
+        Duration::from_secs(10),
+        |_| events("mesh-conflict", true) >= expected_notices,
+    );
+    root.wait_within(
+        "the root to count the unresolved conflicts",
+        Duration::from_secs(15),
+        |a| a.get("/v1/mesh")["mesh_conflicts"]["critical"] == PER_NODE,
+    );
+    let status = cli(&["--api", &root.api, "mesh", "status"]);
+    assert!(
+        status.contains(&format!(
+            "mesh-wide {PER_NODE} unresolved ({PER_NODE} critical"
+        )),
+        "{status}"
     );
 
     // Through the CLI: a wave cascade and a parallel one, with an operator's budget. (From
@@ -261,14 +337,29 @@ fn a_thousand_agents_over_nats() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&doctor.stdout);
+    let unresolved = format!("conflicts: mesh-wide {PER_NODE} unresolved ({PER_NODE} critical");
     for want in [
         "mesh: 1000 of 1000 agents active, mode FULL",
         "impedance classes A=",
         "conflict log:",
+        &unresolved,
         "circuit breakers: all closed",
     ] {
         assert!(text.contains(want), "{want:?} not in:\n{text}");
     }
+
+    // Reviewed, they are released by a heal: each lead logs its conflicts resolved, and the
+    // root's summaries count none left.
+    cli(&["--api", &root.api, "mesh", "heal", "all"]);
+    root.wait_within("the conflicts released", Duration::from_secs(10), |_| {
+        events("mesh-conflict-resolved", false) >= PER_NODE as usize
+    });
+    assert_eq!(events("mesh-conflict-resolved", false), PER_NODE as usize);
+    root.wait_within(
+        "the root to count no conflict left",
+        Duration::from_secs(15),
+        |a| a.get("/v1/mesh")["mesh_conflicts"]["open"] == 0,
+    );
 }
 
 /// Seed §10.2 for nodes: a node that joins a running mesh leads no cluster an older node

@@ -1,15 +1,26 @@
 //! Conflicts (seed §5.1): a −1 is information, not failure. Each conflict gets an immutable
 //! record (the shell appends it to the ledger), its conflicting data goes to a bounded
-//! quarantine, and it is classified: a priority (0–4), a resolution strategy, and whom to
-//! escalate to.
+//! quarantine until it is resolved, and it is classified: a priority (0–4) with the time it
+//! gives to resolve it, a resolution strategy, and whom to escalate to.
+//!
+//! How each is resolved: a capability mismatch when the work went to a capable agent
+//! (REROUTE); a divergence, a value mismatch or a causality violation when the agent accepts
+//! the same content later (the branch converged, the weaker source was updated, the causal
+//! chain holds again); any by an operator's `heal`, the only way out for an integrity
+//! failure (its agent is quarantined until then). Conflicts escalated here from below are
+//! notices: the lead that heard them resolves them.
 
 use crate::time::Time;
-use qs_wire::mesh::{AgentId, ConflictDetail, OpId};
+use qs_wire::NodeId;
+use qs_wire::mesh::{AgentId, ClusterId, ConflictCounts, ConflictDetail, Escalated, OpId};
 use serde::Serialize;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
-/// Most conflicts a node holds in quarantine; the oldest leave first (the ledger keeps all).
+/// Most unresolved conflicts a node holds in quarantine; the oldest leave first (the ledger
+/// keeps all).
 pub const MAX_QUARANTINE: usize = 10_000;
+/// Most escalated notices a node keeps (the ledger keeps all).
+pub const MAX_NOTICES: usize = 1_000;
 
 /// Seed §5.1's classes, by the brief's names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -38,13 +49,25 @@ pub enum Strategy {
     QuarantineAndReload,
 }
 
+impl Strategy {
+    /// Whether the agent's accepting the same content later resolves it.
+    fn converges(self) -> bool {
+        matches!(
+            self,
+            Strategy::BranchAndReconcile
+                | Strategy::ProvenanceTrace
+                | Strategy::ClockReconciliation
+        )
+    }
+}
+
 /// Who must hear of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Escalation {
     None,
     Sector,
-    /// The sector coordinator and the operator.
+    /// The sector coordinator and the root (the operator's).
     Operator,
 }
 
@@ -55,11 +78,40 @@ pub struct Record {
     pub at_ms: u64,
     pub op: OpId,
     pub agent: AgentId,
+    pub cluster: ClusterId,
     pub class: Class,
     pub priority: u8,
     pub strategy: Strategy,
     pub escalation: Escalation,
+    /// To be resolved by then (seed §5.1); none for priority 0, "when convenient".
+    pub due_ms: Option<u64>,
+    /// The content the agent contradicted (its envelope's hash).
+    pub content_hash: String,
+    /// The lead (or coordinator) that escalated it here; none where it was heard.
+    pub escalated_by: Option<NodeId>,
     pub detail: ConflictDetail,
+}
+
+/// How a conflict was resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Resolution {
+    /// The agent accepted the same content later.
+    Agreed,
+    /// The work went to a capable agent.
+    Rerouted,
+    /// An operator healed its scope.
+    Released,
+}
+
+/// A conflict resolved, for the ledger.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Resolved {
+    pub seq: u64,
+    pub agent: AgentId,
+    pub cluster: ClusterId,
+    pub how: Resolution,
+    pub at_ms: u64,
 }
 
 /// Seed §5.1's `classify_conflict_priority` and strategies.
@@ -87,6 +139,18 @@ pub fn classify(detail: &ConflictDetail) -> (Class, u8, Strategy) {
     }
 }
 
+/// Seed §5.1: 4 immediate, 3 within a minute, 2 within 10 minutes, 1 within an hour, 0
+/// when convenient.
+pub fn resolve_within_ms(priority: u8) -> Option<u64> {
+    match priority {
+        4.. => Some(0),
+        3 => Some(60_000),
+        2 => Some(600_000),
+        1 => Some(3_600_000),
+        0 => None,
+    }
+}
+
 fn escalation(priority: u8) -> Escalation {
     match priority {
         4.. => Escalation::Operator,
@@ -95,58 +159,184 @@ fn escalation(priority: u8) -> Escalation {
     }
 }
 
-/// A node's conflict log: what it recorded, and the quarantine.
+/// What a conflict is about: where, for what, and what.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Heard {
+    pub op: OpId,
+    pub agent: AgentId,
+    pub cluster: ClusterId,
+    pub content_hash: String,
+    pub detail: ConflictDetail,
+}
+
+/// A node's conflict log: the unresolved ones it heard (the quarantine), and the notices
+/// escalated to it.
 #[derive(Clone, Debug, Default)]
 pub struct Log {
     next_seq: u64,
-    quarantine: VecDeque<Record>,
+    open: BTreeMap<u64, Record>,
+    /// Open conflicts per agent: an answer from an agent with none costs one lookup.
+    open_agents: BTreeMap<AgentId, u32>,
+    notices: VecDeque<Record>,
     by_class: [u64; 5],
+    resolved: u64,
+    escalated_here: u64,
+    /// Unresolved ones that left the quarantine when it was full.
+    dropped: u64,
 }
 
 impl Log {
-    /// Records a conflict reported with a −1, returning the record to append to the ledger.
-    pub fn record(
-        &mut self,
-        op: OpId,
-        agent: AgentId,
-        detail: ConflictDetail,
-        now: Time,
-    ) -> Record {
-        let (class, priority, strategy) = classify(&detail);
+    fn record_of(&mut self, h: Heard, escalated_by: Option<NodeId>, now: Time) -> Record {
+        let (class, priority, strategy) = classify(&h.detail);
         self.next_seq += 1;
-        let r = Record {
+        Record {
             seq: self.next_seq,
             at_ms: now.as_millis(),
-            op,
-            agent,
+            op: h.op,
+            agent: h.agent,
+            cluster: h.cluster,
             class,
             priority,
             strategy,
             escalation: escalation(priority),
-            detail,
-        };
-        self.by_class[class as usize] += 1;
-        if self.quarantine.len() == MAX_QUARANTINE {
-            self.quarantine.pop_front();
+            due_ms: resolve_within_ms(priority).map(|ms| now.as_millis().saturating_add(ms)),
+            content_hash: h.content_hash,
+            escalated_by,
+            detail: h.detail,
         }
-        self.quarantine.push_back(r.clone());
+    }
+
+    /// Records a conflict reported with a −1, returning the record to append to the ledger.
+    pub fn record(&mut self, h: Heard, now: Time) -> Record {
+        let r = self.record_of(h, None, now);
+        self.by_class[r.class as usize] += 1;
+        if self.open.len() == MAX_QUARANTINE
+            && let Some((_, old)) = self.open.pop_first()
+        {
+            self.forget(old.agent);
+            self.dropped += 1;
+        }
+        *self.open_agents.entry(r.agent).or_default() += 1;
+        self.open.insert(r.seq, r.clone());
         r
     }
 
-    /// Quarantined conflicts, newest last.
+    /// Records a conflict escalated here by `from` (classified here again), returning the
+    /// record to append to the ledger.
+    pub fn escalated(&mut self, from: NodeId, op: OpId, e: Escalated, now: Time) -> Record {
+        let h = Heard {
+            op,
+            agent: e.agent,
+            cluster: e.cluster,
+            content_hash: String::new(),
+            detail: e.detail,
+        };
+        let r = self.record_of(h, Some(from), now);
+        self.escalated_here += 1;
+        if self.notices.len() == MAX_NOTICES {
+            self.notices.pop_front();
+        }
+        self.notices.push_back(r.clone());
+        r
+    }
+
+    fn forget(&mut self, agent: AgentId) {
+        if let Some(n) = self.open_agents.get_mut(&agent) {
+            *n -= 1;
+            if *n == 0 {
+                self.open_agents.remove(&agent);
+            }
+        }
+    }
+
+    /// Resolves the open conflicts `which` picks, returning them for the ledger.
+    fn resolve(
+        &mut self,
+        how: Resolution,
+        now: Time,
+        which: impl Fn(&Record) -> bool,
+    ) -> Vec<Resolved> {
+        let seqs: Vec<u64> = self
+            .open
+            .values()
+            .filter(|r| which(r))
+            .map(|r| r.seq)
+            .collect();
+        let mut out = Vec::with_capacity(seqs.len());
+        for seq in seqs {
+            let r = self.open.remove(&seq).expect("listed");
+            self.forget(r.agent);
+            self.resolved += 1;
+            out.push(Resolved {
+                seq,
+                agent: r.agent,
+                cluster: r.cluster,
+                how,
+                at_ms: now.as_millis(),
+            });
+        }
+        out
+    }
+
+    /// The agent accepted `content_hash`: its divergences, mismatches and causality
+    /// violations over that content are resolved.
+    pub fn agreed(&mut self, agent: AgentId, content_hash: &str, now: Time) -> Vec<Resolved> {
+        if !self.open_agents.contains_key(&agent) {
+            return Vec::new();
+        }
+        self.resolve(Resolution::Agreed, now, |r| {
+            r.agent == agent && r.strategy.converges() && r.content_hash == content_hash
+        })
+    }
+
+    /// The work of conflict `seq` went to a capable agent.
+    pub fn rerouted(&mut self, seq: u64, now: Time) -> Vec<Resolved> {
+        self.resolve(Resolution::Rerouted, now, |r| r.seq == seq)
+    }
+
+    /// An operator healed the clusters `inside` picks: their conflicts are released, and
+    /// the notices about them dropped.
+    pub fn release(&mut self, now: Time, inside: impl Fn(ClusterId) -> bool) -> Vec<Resolved> {
+        self.notices.retain(|r| !inside(r.cluster));
+        self.resolve(Resolution::Released, now, |r| inside(r.cluster))
+    }
+
+    /// Unresolved conflicts, oldest first.
     pub fn quarantined(&self) -> impl Iterator<Item = &Record> {
-        self.quarantine.iter()
+        self.open.values()
     }
 
-    /// Resolves (releases) what an agent had in quarantine; returns how many.
-    pub fn release(&mut self, agent: AgentId) -> usize {
-        let before = self.quarantine.len();
-        self.quarantine.retain(|r| r.agent != agent);
-        before - self.quarantine.len()
+    /// Notices escalated here, newest last.
+    pub fn notices(&self) -> impl Iterator<Item = &Record> {
+        self.notices.iter()
     }
 
+    /// Counts of the unresolved conflicts of the clusters `inside` picks, at `now`.
+    pub fn counts(&self, now: Time, inside: impl Fn(ClusterId) -> bool) -> ConflictCounts {
+        let mut c = ConflictCounts::default();
+        for r in self.open.values().filter(|r| inside(r.cluster)) {
+            c.open += 1;
+            c.critical += u32::from(r.priority >= 3);
+            c.overdue += u32::from(r.due_ms.is_some_and(|d| now.as_millis() > d));
+        }
+        c
+    }
+
+    /// Conflicts heard here, all time.
     pub fn total(&self) -> u64 {
-        self.next_seq
+        self.by_class.iter().sum()
+    }
+
+    pub fn resolved(&self) -> u64 {
+        self.resolved
+    }
+
+    pub fn escalated_here(&self) -> u64 {
+        self.escalated_here
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped
     }
 
     pub fn by_class(&self) -> [(Class, u64); 5] {
@@ -230,13 +420,146 @@ mod tests {
         ];
         let mut log = Log::default();
         for (detail, class, priority, esc) in table {
-            let r = log.record(OpId(1), AgentId(9), detail, Time::from_millis(5));
+            let r = log.record(heard(9, "h", detail), Time::from_millis(5));
             assert_eq!((r.class, r.priority, r.escalation), (class, priority, esc));
+            let within = resolve_within_ms(priority);
+            assert_eq!(r.due_ms, within.map(|ms| 5 + ms), "{r:?}");
         }
         assert_eq!(log.total(), 7);
         assert_eq!(log.quarantined().count(), 7);
-        assert_eq!(log.release(AgentId(9)), 7);
+        assert_eq!(log.release(Time::from_millis(6), |_| true).len(), 7);
         assert_eq!(log.quarantined().count(), 0);
         assert_eq!(log.total(), 7, "the log itself is append-only");
+    }
+
+    fn heard(agent: u64, content_hash: &str, detail: ConflictDetail) -> Heard {
+        Heard {
+            op: OpId(1),
+            agent: AgentId(agent),
+            cluster: ClusterId(agent as u32 / 100),
+            content_hash: content_hash.into(),
+            detail,
+        }
+    }
+
+    /// Seed §5.1's deadlines: 4 at once, 3 in a minute, 2 in ten, 1 in an hour, 0 never.
+    #[test]
+    fn each_priority_gives_its_time_to_resolve() {
+        let table = [
+            (4, Some(0)),
+            (3, Some(60_000)),
+            (2, Some(600_000)),
+            (1, Some(3_600_000)),
+            (0, None),
+        ];
+        for (priority, within) in table {
+            assert_eq!(resolve_within_ms(priority), within, "priority {priority}");
+        }
+    }
+
+    /// (the conflict, what happens next) → whether it is resolved, and how.
+    #[test]
+    fn each_strategy_is_resolved_by_what_answers_it() {
+        let s = |x: &str| x.to_string();
+        let divergence = ConflictDetail::ContextDivergence {
+            depth: 3,
+            context_hash: s("c"),
+        };
+        let mismatch = ConflictDetail::DataContradiction {
+            expected: s("1"),
+            received: s("2"),
+            affects_agents: 1,
+        };
+        let paradox = ConflictDetail::TemporalParadox { detail: s("x") };
+        let capability = ConflictDetail::CapabilityMismatch { missing: s("gpu") };
+        let integrity = ConflictDetail::HashMismatch {
+            expected: s("a"),
+            received: s("b"),
+        };
+        #[derive(Clone, Copy, Debug)]
+        enum Next {
+            SameContent,
+            OtherContent,
+            OtherAgent,
+            Rerouted,
+            Healed,
+            HealedElsewhere,
+        }
+        use Next::*;
+        let table = [
+            (&divergence, SameContent, Some(Resolution::Agreed)),
+            (&divergence, OtherContent, None),
+            (&divergence, OtherAgent, None),
+            (&mismatch, SameContent, Some(Resolution::Agreed)),
+            (&mismatch, OtherContent, None),
+            (&paradox, SameContent, Some(Resolution::Agreed)),
+            (&capability, SameContent, None),
+            (&capability, Rerouted, Some(Resolution::Rerouted)),
+            (&integrity, SameContent, None),
+            (&integrity, Healed, Some(Resolution::Released)),
+            (&integrity, HealedElsewhere, None),
+            (&mismatch, Healed, Some(Resolution::Released)),
+        ];
+        for (detail, next, want) in table {
+            let mut log = Log::default();
+            let r = log.record(heard(150, "h", detail.clone()), Time::from_millis(1));
+            let at = Time::from_millis(2);
+            let got = match next {
+                SameContent => log.agreed(AgentId(150), "h", at),
+                OtherContent => log.agreed(AgentId(150), "other", at),
+                OtherAgent => log.agreed(AgentId(151), "h", at),
+                Rerouted => log.rerouted(r.seq, at),
+                Healed => log.release(at, |c| c == ClusterId(1)),
+                HealedElsewhere => log.release(at, |c| c == ClusterId(2)),
+            };
+            let how = got.first().map(|x| x.how);
+            assert_eq!(how, want, "{detail:?} then {next:?}");
+            let open = log.counts(at, |_| true).open;
+            assert_eq!(open, u32::from(want.is_none()), "{detail:?} then {next:?}");
+            assert_eq!(log.resolved(), u64::from(want.is_some()));
+        }
+    }
+
+    /// Open, critical and overdue counts per cluster, as the summaries carry them up; a
+    /// notice escalated here is no open conflict of this node's.
+    #[test]
+    fn counts_say_what_is_open_critical_and_overdue() {
+        let s = |x: &str| x.to_string();
+        let mut log = Log::default();
+        let t0 = Time::from_millis(1_000);
+        let integrity = ConflictDetail::HashMismatch {
+            expected: s("a"),
+            received: s("b"),
+        };
+        let mismatch = ConflictDetail::DataContradiction {
+            expected: s("1"),
+            received: s("2"),
+            affects_agents: 1,
+        };
+        log.record(heard(110, "h", integrity.clone()), t0);
+        log.record(heard(120, "h", mismatch.clone()), t0);
+        log.record(heard(220, "h", mismatch), t0);
+        let e = Escalated {
+            agent: AgentId(330),
+            cluster: ClusterId(3),
+            at_ms: 900,
+            detail: integrity,
+        };
+        let n = log.escalated(NodeId::new("lead-3").unwrap(), OpId(1), e, t0);
+        assert_eq!((n.priority, n.escalated_by.is_some()), (4, true));
+        let in1 = |c: ClusterId| c == ClusterId(1);
+        let at = |ms: u64| Time::from_millis(1_000 + ms);
+        let c = |open, critical, overdue| ConflictCounts {
+            open,
+            critical,
+            overdue,
+        };
+        assert_eq!(log.counts(at(0), in1), c(2, 1, 0));
+        assert_eq!(log.counts(at(1), in1), c(2, 1, 1), "priority 4: at once");
+        assert_eq!(log.counts(at(600_001), in1), c(2, 1, 2));
+        assert_eq!(log.counts(at(600_001), |_| true), c(3, 1, 3));
+        assert_eq!((log.escalated_here(), log.notices().count()), (1, 1));
+        assert_eq!(log.release(at(5), |c| c == ClusterId(3)).len(), 0);
+        assert_eq!(log.notices().count(), 0, "healed: the notice goes too");
     }
 }

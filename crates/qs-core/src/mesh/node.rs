@@ -17,8 +17,8 @@ use crate::time::Time;
 use qs_wire::NodeId;
 use qs_wire::mesh::{
     Ack, AgentBeat, AgentId, AgentState, Alive, AnswerCount, CascadeMode, ClusterId,
-    ClusterSummary, Control, ControlAction, Dispatch, HostBeat, ImpedanceClass, LeadHistogram,
-    MeshEnvelope, MeshMessage, OpId, Scope, SectorId, SectorSummary,
+    ClusterSummary, ConflictCounts, Control, ControlAction, Dispatch, HostBeat, ImpedanceClass,
+    LeadHistogram, MeshEnvelope, MeshMessage, OpId, Scope, SectorId, SectorSummary,
 };
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -106,6 +106,8 @@ pub enum MeshOutput {
     },
     /// Append to the ledger's conflict log.
     Conflict(conflict::Record),
+    /// Append to the ledger: a conflict resolved.
+    ConflictResolved(conflict::Resolved),
     Breaker(breaker::Change),
     /// A node fell silent: a host of a led cluster (past `dead_after_ms`; its agents are
     /// offline), a cluster's lead (at its coordinator), or a sector's coordinator (at the
@@ -624,19 +626,46 @@ impl MeshNode {
         self.out.push_back(MeshOutput::Finished(r));
     }
 
-    pub(crate) fn conflict(&mut self, ack: &Ack, now: Time) {
-        if let Some(detail) = ack.conflict.clone() {
-            let r = self.conflicts.record(ack.op, ack.agent, detail, now);
-            if let Some(led) = self.led.get_mut(&ack.cluster)
-                && r.class == conflict::Class::IntegrityFailure
-                && let Some(v) = led.agents.get_mut(&ack.agent)
-            {
-                // Seed §6.1 context corruption: quarantine the agent.
-                v.state = AgentState::Quarantined;
-                led.active = None;
-            }
-            self.out.push_back(MeshOutput::Conflict(r));
+    /// An agent's CONFLICT over the content `content_hash`: logged, and its agent
+    /// quarantined for an integrity failure. The record, for escalation.
+    pub(crate) fn conflict(
+        &mut self,
+        ack: &Ack,
+        content_hash: &str,
+        now: Time,
+    ) -> Option<conflict::Record> {
+        let detail = ack.conflict.clone()?;
+        let heard = conflict::Heard {
+            op: ack.op,
+            agent: ack.agent,
+            cluster: ack.cluster,
+            content_hash: content_hash.to_owned(),
+            detail,
+        };
+        let r = self.conflicts.record(heard, now);
+        if let Some(led) = self.led.get_mut(&ack.cluster)
+            && r.class == conflict::Class::IntegrityFailure
+            && let Some(v) = led.agents.get_mut(&ack.agent)
+        {
+            // Seed §6.1 context corruption: quarantine the agent.
+            v.state = AgentState::Quarantined;
+            led.active = None;
         }
+        self.out.push_back(MeshOutput::Conflict(r.clone()));
+        Some(r)
+    }
+
+    /// An agent answered READY to the content `content_hash`: what it contradicted of it
+    /// before is resolved.
+    pub(crate) fn agreed(&mut self, agent: AgentId, content_hash: &str, now: Time) {
+        for r in self.conflicts.agreed(agent, content_hash, now) {
+            self.out.push_back(MeshOutput::ConflictResolved(r));
+        }
+    }
+
+    pub(crate) fn resolved(&mut self, resolved: Vec<conflict::Resolved>) {
+        self.out
+            .extend(resolved.into_iter().map(MeshOutput::ConflictResolved));
     }
 
     /// Top answers of a map, at most [`qs_wire::mesh::MAX_ANSWERS`].

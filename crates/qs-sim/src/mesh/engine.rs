@@ -547,7 +547,9 @@ impl MeshSim {
                         self.push(now, Event::Elect);
                     }
                 }
-                MeshOutput::Conflict(_) | MeshOutput::Breaker(_) => {}
+                MeshOutput::Conflict(_)
+                | MeshOutput::ConflictResolved(_)
+                | MeshOutput::Breaker(_) => {}
             }
         }
         self.schedule_wake(i);
@@ -613,7 +615,7 @@ impl MeshSim {
                 .sum(),
             global_breaker_open: breakers
                 .is_some_and(|b| b.state(Scope::Global) == qs_wire::mesh::BreakerState::Open),
-            conflicts: self.nodes.iter().map(|n| n.conflicts().total()).sum(),
+            conflicts: super::ConflictTotals::of(&self.nodes, root, self.now),
             leads: root.map_or_else(Default::default, |r| {
                 let mut h = qs_wire::mesh::LeadHistogram::default();
                 for s in r.sector_summaries().values() {

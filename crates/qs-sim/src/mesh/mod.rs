@@ -12,8 +12,9 @@ pub use engine::{MeshSim, SimAgent};
 pub use latency::{Matrix, MatrixError, Wan};
 pub use scale_out::{Integration, ScaleOut};
 
-use qs_core::mesh::OpResult;
-use qs_wire::mesh::CascadeMode;
+use qs_core::Time;
+use qs_core::mesh::{MeshNode, OpResult};
+use qs_wire::mesh::{CascadeMode, ConflictCounts};
 use serde::Serialize;
 
 /// Most agents and hosts the mesh simulator takes.
@@ -166,7 +167,7 @@ pub struct MeshReport {
     pub open_cluster_breakers: usize,
     pub open_sector_breakers: usize,
     pub global_breaker_open: bool,
-    pub conflicts: u64,
+    pub conflicts: ConflictTotals,
     /// The root's lead histogram (per class A–F, buckets of `LEAD_BUCKETS_MS`) at the end.
     pub leads: qs_wire::mesh::LeadHistogram,
     pub results: Vec<OpResult>,
@@ -177,6 +178,36 @@ pub struct MeshReport {
     pub peak_rss_bytes: Option<u64>,
     /// The first results are the calibration's broadcasts.
     pub calibrations: usize,
+}
+
+/// The conflict logs across the mesh at the end of a run.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ConflictTotals {
+    /// Heard by the leads (and by the root, in the urgent mode).
+    pub heard: u64,
+    pub resolved: u64,
+    /// Notices escalated to coordinators and the root.
+    pub escalated: u64,
+    /// Still unresolved, as the leads count them, and as the root's summaries say.
+    pub unresolved: ConflictCounts,
+    pub unresolved_at_root: ConflictCounts,
+}
+
+impl ConflictTotals {
+    pub fn of(nodes: &[MeshNode], root: Option<&MeshNode>, now: Time) -> ConflictTotals {
+        let mut t = ConflictTotals::default();
+        for n in nodes {
+            let log = n.conflicts();
+            t.heard += log.total();
+            t.resolved += log.resolved();
+            t.escalated += log.escalated_here();
+            t.unresolved.add(&log.counts(now, |_| true));
+        }
+        for s in root.iter().flat_map(|r| r.sector_summaries().values()) {
+            t.unresolved_at_root.add(&s.conflicts);
+        }
+        t
+    }
 }
 
 impl MeshReport {

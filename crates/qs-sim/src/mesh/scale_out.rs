@@ -94,7 +94,9 @@ impl Tracker {
             return false;
         };
         let after_ms = now.since(joined).as_millis() as u64;
-        let mut per_cluster: BTreeMap<ClusterId, usize> = BTreeMap::new();
+        // Per lead and cluster: where the lead changed since the last sample, the former
+        // and the new one each admitted at their own beats.
+        let mut per_cluster: BTreeMap<(&NodeId, ClusterId), usize> = BTreeMap::new();
         let mut in_pool = 0;
         for n in nodes {
             for (c, a) in n.pool() {
@@ -103,7 +105,7 @@ impl Tracker {
                 }
                 in_pool += 1;
                 if self.admitted.insert(a) {
-                    *per_cluster.entry(c).or_default() += 1;
+                    *per_cluster.entry((n.id(), c)).or_default() += 1;
                 }
             }
         }

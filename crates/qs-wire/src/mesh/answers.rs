@@ -179,6 +179,75 @@ pub struct Report {
     /// Distinct answers and how many gave each (at most 16, the most frequent).
     #[serde(default)]
     pub answers: Vec<AnswerCount>,
+    /// Conflicts escalated up (seed §5.1: priority 3 to the sector's coordinator, 4 on to
+    /// the root), the most urgent first, at most [`MAX_ESCALATED`].
+    #[serde(default)]
+    pub escalated: Vec<Escalated>,
+    /// Escalated conflicts past those carried.
+    #[serde(default)]
+    pub escalated_more: u32,
+}
+
+/// A conflict escalated up the tree, as its agent reported it: the node that takes it
+/// classifies it again from the detail (a priority is not taken on trust).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Escalated {
+    pub agent: AgentId,
+    pub cluster: ClusterId,
+    /// When its lead heard it, Unix milliseconds.
+    pub at_ms: u64,
+    pub detail: ConflictDetail,
+}
+
+/// Most escalated conflicts a report carries.
+pub const MAX_ESCALATED: usize = 16;
+
+impl Report {
+    /// Checks the bounds of what a report carries.
+    pub fn check(&self) -> Result<(), String> {
+        at_most("answers", self.answers.len(), MAX_ANSWERS)?;
+        for a in &self.answers {
+            text("answer", &a.answer)?;
+        }
+        at_most("escalated", self.escalated.len(), MAX_ESCALATED)?;
+        for (i, e) in self.escalated.iter().enumerate() {
+            e.detail
+                .check()
+                .map_err(|err| format!("escalated[{i}].detail: {err}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Unresolved conflicts under a cluster or a sector, summed up the tree (seed §8.2), so the
+/// root knows of every one still open.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConflictCounts {
+    pub open: u32,
+    /// Of the open, those of priority 3 or 4.
+    pub critical: u32,
+    /// Of the open, those past the time their priority gives to resolve them.
+    pub overdue: u32,
+}
+
+impl ConflictCounts {
+    pub fn add(&mut self, o: &ConflictCounts) {
+        self.open = self.open.saturating_add(o.open);
+        self.critical = self.critical.saturating_add(o.critical);
+        self.overdue = self.overdue.saturating_add(o.overdue);
+    }
+
+    pub fn check(&self) -> Result<(), String> {
+        match self.critical > self.open || self.overdue > self.open {
+            true => Err(format!(
+                "conflicts: {} critical and {} overdue of {} open",
+                self.critical, self.overdue, self.open
+            )),
+            false => Ok(()),
+        }
+    }
 }
 
 /// One distinct answer to an ask, and how many agents gave it.

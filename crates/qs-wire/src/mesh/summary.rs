@@ -152,6 +152,9 @@ pub struct ClusterSummary {
     /// Agent failures since the last summary (for the sector's breaker).
     pub failures: u32,
     pub breaker_open: bool,
+    /// Its agents' conflicts still unresolved at the lead.
+    #[serde(default)]
+    pub conflicts: ConflictCounts,
 }
 
 /// A lead's beat to its coordinator, or a coordinator's to the root, between full summaries
@@ -197,6 +200,9 @@ pub struct SectorSummary {
     /// Open cluster breakers in it, and its own breaker.
     pub open_breakers: u32,
     pub breaker_open: bool,
+    /// Its clusters' unresolved conflicts added up.
+    #[serde(default)]
+    pub conflicts: ConflictCounts,
 }
 
 /// What a cluster's lead knew of agents that another node leads now (a newly seasoned node

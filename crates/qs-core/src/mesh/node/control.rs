@@ -44,9 +44,17 @@ impl MeshNode {
                             v.state = AgentState::Offline;
                             v.disagreements = 0;
                         }
-                        self.conflicts.release(a);
                     }
                 }
+                // Every conflict in scope is released (an operator's review), and the
+                // notices escalated here about it dropped.
+                let tree = &self.tree;
+                let released = self.conflicts.release(now, |cl| match c.scope {
+                    Scope::Global => true,
+                    Scope::Sector(s) => tree.cluster(cl).is_some_and(|x| x.sector == s),
+                    Scope::Cluster(x) => x == cl,
+                });
+                self.resolved(released);
                 match c.scope {
                     Scope::Cluster(_) => {}
                     s => self.breakers.reset(s, now),

@@ -1,6 +1,7 @@
 //! A lead's part in scale-out (seed §10.2, the policy in [`crate::mesh::integration`]): at
 //! each beat, agents of its clusters that settled join the routing pool, at most
-//! `admit_per_beat` per cluster, those that joined first first; established agents at once.
+//! `admit_per_beat` per cluster, those that joined first first (members from before join
+//! at once, at their host's beat).
 
 use super::*;
 use crate::mesh::impedance::CLASS_D_BELOW_MS;
@@ -82,10 +83,14 @@ impl MeshNode {
                         agent: a,
                     });
                 }
+                // Established while it settled here (a slow one that answered no probe
+                // in 30 s): first in line, but in line. Members from before join at their
+                // host's beat, at once (`on_beat`).
                 match standing {
                     Standing::Settling => {}
-                    Standing::Eligible => eligible.push((view.joined_ms, a)),
-                    Standing::Established => admit(led, a),
+                    Standing::Eligible | Standing::Established => {
+                        eligible.push((view.joined_ms, a))
+                    }
                 }
             }
             eligible.sort_unstable();

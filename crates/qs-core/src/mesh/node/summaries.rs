@@ -86,6 +86,7 @@ impl MeshNode {
                 failures,
                 breaker_open: self.breakers.state(Scope::Cluster(c))
                     == qs_wire::mesh::BreakerState::Open,
+                conflicts: self.conflicts.counts(now, |x| x == c),
             };
             l.summary = Some(summary.clone());
             if let Some(co) = self.tree.sector(sector).and_then(|s| s.coordinator.clone()) {
@@ -146,6 +147,7 @@ impl MeshNode {
                 anomalies: 0,
                 open_breakers: 0,
                 breaker_open: false,
+                conflicts: ConflictCounts::default(),
             };
             let mut with_agents = 0.0;
             for c in &mine {
@@ -165,6 +167,7 @@ impl MeshNode {
                 }
                 sum.anomalies += c.anomalies;
                 sum.open_breakers += u32::from(c.breaker_open);
+                sum.conflicts.add(&c.conflicts);
             }
             if with_agents > 0.0 {
                 sum.mean_impedance_ms /= with_agents;

@@ -94,10 +94,20 @@ impl MeshSim {
             arrived_ms: now_ms,
             ready_ms: ready.as_millis(),
             answer: context.to_owned(),
-            conflict: conflict.then(|| ConflictDetail::DataContradiction {
-                expected: "a1b2c3d4".into(),
-                received: ag_context(context),
-                affects_agents: 1,
+            // Of the classes an agent can tell (seed §5.1): priority 2, 3 and 4.
+            conflict: conflict.then(|| match self.rng.below(3) {
+                0 => ConflictDetail::DataContradiction {
+                    expected: "a1b2c3d4".into(),
+                    received: ag_context(context),
+                    affects_agents: 1,
+                },
+                1 => ConflictDetail::ContextDivergence {
+                    depth: 12,
+                    context_hash: ag_context(context),
+                },
+                _ => ConflictDetail::TemporalParadox {
+                    detail: "an effect before its cause".into(),
+                },
             }),
             expired: false,
         };

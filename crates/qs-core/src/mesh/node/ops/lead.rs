@@ -119,6 +119,7 @@ pub(super) fn lead_order(node: &mut MeshNode, o: Order, c: ClusterId, now: Time)
         class: o.class,
         limited,
         reported: false,
+        escalate: Escalations::default(),
     };
     let key = (o.op, c);
     node.ops.lead.insert(key, op);
@@ -234,9 +235,14 @@ pub(crate) fn on_ack(node: &mut MeshNode, from: &NodeId, a: Ack, now: Time) {
                     }
                     l.by_agent.insert(a.agent, a.answer.clone());
                 }
-                if a.state == Trinary::Conflict {
+                if a.state == Trinary::Ready {
+                    node.agreed(a.agent, &l.envelope.content_hash, now);
+                }
+                if a.state == Trinary::Conflict
+                    && let Some(record) = node.conflict(&a, &l.envelope.content_hash, now)
+                {
                     l.conflicted.insert(a.agent);
-                    node.conflict(&a, now);
+                    escalate::heard(&mut l.escalate, &record);
                     if let Some(qs_wire::mesh::ConflictDetail::CapabilityMismatch { missing }) =
                         &a.conflict
                         && heard == gather::Heard::Counted
@@ -248,6 +254,8 @@ pub(crate) fn on_ack(node: &mut MeshNode, from: &NodeId, a: Ack, now: Time) {
                         l.gather.tally_mut().targeted += 1;
                         l.gather.tally_mut().rerouted += 1;
                         rerouted = Some(other);
+                        let done = node.conflicts.rerouted(record.seq, now);
+                        node.resolved(done);
                     }
                 }
             }
@@ -301,8 +309,13 @@ pub(crate) fn on_ack(node: &mut MeshNode, from: &NodeId, a: Ack, now: Time) {
                 *r.answers.entry(a.answer.clone()).or_default() += 1;
             }
         }
-        if a.state == Trinary::Conflict {
-            node.conflict(&a, now);
+        let content_hash = r.envelope.content_hash.clone();
+        match a.state {
+            Trinary::Conflict => {
+                node.conflict(&a, &content_hash, now);
+            }
+            Trinary::Ready => node.agreed(a.agent, &content_hash, now),
+            Trinary::Transit => {}
         }
         maybe_finish_parallel(&mut ops, node, a.op, now);
     }
@@ -456,12 +469,16 @@ pub(super) fn report_lead(ops: &mut Ops, node: &mut MeshNode, key: (OpId, Cluste
             ..Tally::default()
         };
     }
+    let mut l = l;
+    let (escalated, escalated_more) = l.escalate.take();
     let report = Report {
         op,
         scope: l.scope,
         from: node.me.clone(),
         tally,
         answers: MeshNode::top_answers(&l.answers),
+        escalated,
+        escalated_more,
     };
     node.send(l.report_to.clone(), MeshMessage::Report(Box::new(report)));
 }

@@ -19,9 +19,11 @@ use qs_wire::mesh::{
 };
 use serde::Serialize;
 
+mod escalate;
 mod lead;
 mod relay;
 mod root;
+use escalate::Escalations;
 pub(crate) use lead::on_ack;
 use lead::*;
 use relay::*;
@@ -121,6 +123,8 @@ pub(crate) struct LeadOp {
     /// A half-open breaker limits this cluster's share: nothing is rerouted.
     limited: bool,
     reported: bool,
+    /// Conflicts for the report to carry up.
+    escalate: Escalations,
 }
 
 #[derive(Clone, Debug)]
@@ -132,6 +136,8 @@ pub(crate) struct RelayOp {
     deadline: Time,
     report_to: NodeId,
     scope: Scope,
+    /// Conflicts for the report to carry up to the root.
+    escalate: Escalations,
 }
 
 #[derive(Clone, Debug)]

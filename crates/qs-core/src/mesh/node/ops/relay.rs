@@ -43,6 +43,7 @@ pub(super) fn relay_order(node: &mut MeshNode, o: Order, s: SectorId) {
         deadline: target + Duration::from_millis(o.window_ms) + (up + slack).max(slack * 2),
         report_to: o.root.clone(),
         scope: o.scope,
+        escalate: Escalations::default(),
     };
     let frozen = node.frozen.contains(&Scope::Sector(s));
     // A sample's quota for this sector: as few clusters as it takes, one agent each at
@@ -98,6 +99,8 @@ pub(super) fn relay_order(node: &mut MeshNode, o: Order, s: SectorId) {
                         from: node.me.clone(),
                         tally: unreachable,
                         answers: Vec::new(),
+                        escalated: Vec::new(),
+                        escalated_more: 0,
                     };
                     node.send(o.root.clone(), MeshMessage::Report(Box::new(rep)));
                 } else {
@@ -117,6 +120,8 @@ pub(super) fn relay_order(node: &mut MeshNode, o: Order, s: SectorId) {
                     from: node.me.clone(),
                     tally: relay.tally,
                     answers: Vec::new(),
+                    escalated: Vec::new(),
+                    escalated_more: 0,
                 })),
             );
         }
@@ -136,12 +141,15 @@ pub(super) fn report_relay(ops: &mut Ops, node: &mut MeshNode, key: (OpId, Secto
         return;
     };
     r.tally.missing_reports += r.expect.len() as u32;
+    let (escalated, escalated_more) = r.escalate.take();
     let report = Report {
         op: key.0,
         scope: r.scope,
         from: node.me.clone(),
         tally: r.tally,
         answers: MeshNode::top_answers(&r.answers),
+        escalated,
+        escalated_more,
     };
     node.send(r.report_to, MeshMessage::Report(Box::new(report)));
 }
@@ -166,6 +174,10 @@ pub(crate) fn on_report(node: &mut MeshNode, rep: Report, now: Time) {
         r.expect.remove(&rep.scope);
         r.tally.add(&rep.tally);
         merge_answers(&mut r.answers, &rep.answers);
+        let mut pass_on = std::mem::take(&mut r.escalate);
+        escalate::from_report(node, &rep, Some(&mut pass_on), now);
+        let r = ops.relay.get_mut(&k).expect("checked");
+        r.escalate = pass_on;
         // Settled: the clusters still silent could not change the outcome.
         let missing = silent_agents(node, &r.expect);
         if r.expect.is_empty() || settled(&r.tally, missing, r.min_rate) {
@@ -176,6 +188,7 @@ pub(crate) fn on_report(node: &mut MeshNode, rep: Report, now: Time) {
         if expected || r.mode == CascadeMode::Parallel {
             r.tally.add(&rep.tally);
             merge_answers(&mut r.answers, &rep.answers);
+            escalate::from_report(node, &rep, None, now);
         }
         maybe_end_early(&mut ops, node, rep.op, now);
     }

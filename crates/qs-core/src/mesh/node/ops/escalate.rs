@@ -1,0 +1,101 @@
+//! Conflicts escalated up with the reports (seed §5.1, "notify relevant parties"): a lead's
+//! of priority 3 and 4 go to its sector's coordinator, which logs them and passes those of
+//! priority 4 on to the root; in the urgent mode, where the leads report to the root, the
+//! root takes both. Nothing is sent for them but the reports that go up anyway.
+
+use super::*;
+use crate::mesh::conflict;
+use qs_wire::mesh::{Escalated, MAX_ESCALATED};
+
+/// Priorities from which a conflict goes to the sector's coordinator, and on to the root.
+pub(crate) const TO_SECTOR: u8 = 3;
+pub(crate) const TO_ROOT: u8 = 4;
+
+/// What a report will carry: the most urgent first, at most [`MAX_ESCALATED`], the rest
+/// counted.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Escalations {
+    items: Vec<(u8, Escalated)>,
+    more: u32,
+}
+
+impl Escalations {
+    fn push(&mut self, priority: u8, e: Escalated) {
+        if self.items.len() < MAX_ESCALATED {
+            self.items.push((priority, e));
+            return;
+        }
+        self.more = self.more.saturating_add(1);
+        // Full: it takes the place of a less urgent one.
+        if let Some(i) = self.items.iter().position(|(p, _)| *p < priority) {
+            self.items[i] = (priority, e);
+        }
+    }
+
+    /// For the report: the escalated, most urgent first, and how many more there were.
+    pub(super) fn take(&mut self) -> (Vec<Escalated>, u32) {
+        let mut items = std::mem::take(&mut self.items);
+        items.sort_by_key(|x| std::cmp::Reverse(x.0));
+        let more = std::mem::take(&mut self.more);
+        (items.into_iter().map(|(_, e)| e).collect(), more)
+    }
+}
+
+/// A conflict heard at a lead goes up with its report if its priority says so.
+pub(super) fn heard(into: &mut Escalations, r: &conflict::Record) {
+    if r.priority >= TO_SECTOR {
+        let e = Escalated {
+            agent: r.agent,
+            cluster: r.cluster,
+            at_ms: r.at_ms,
+            detail: r.detail.clone(),
+        };
+        into.push(r.priority, e);
+    }
+}
+
+/// The conflicts escalated in a report from below, at a coordinator (which passes those for
+/// the root on, `pass_on`) or at the root. Each must be of an agent of a cluster in the
+/// report's scope (else it is dropped and counted as refused); it is classified here again.
+/// A report from this node itself brings nothing new to its log.
+pub(super) fn from_report(
+    node: &mut MeshNode,
+    rep: &Report,
+    mut pass_on: Option<&mut Escalations>,
+    now: Time,
+) {
+    // The root stands in for the coordinators where the leads report to it.
+    let least = match (&pass_on, rep.scope) {
+        (None, Scope::Sector(_)) => TO_ROOT,
+        _ => TO_SECTOR,
+    };
+    for e in &rep.escalated {
+        let inside = match rep.scope {
+            Scope::Cluster(c) => e.cluster == c,
+            Scope::Sector(s) => node.tree.cluster(e.cluster).is_some_and(|c| c.sector == s),
+            Scope::Global => false,
+        };
+        if !inside || node.tree.cluster_of(e.agent) != Some(e.cluster) {
+            node.refused_senders += 1;
+            continue;
+        }
+        let (_, priority, _) = conflict::classify(&e.detail);
+        if priority < least {
+            continue;
+        }
+        if rep.from != node.me {
+            let r = node
+                .conflicts
+                .escalated(rep.from.clone(), rep.op, e.clone(), now);
+            node.out.push_back(MeshOutput::Conflict(r));
+        }
+        if priority >= TO_ROOT
+            && let Some(p) = pass_on.as_deref_mut()
+        {
+            p.push(priority, e.clone());
+        }
+    }
+    if let Some(p) = pass_on {
+        p.more = p.more.saturating_add(rep.escalated_more);
+    }
+}

@@ -1,0 +1,280 @@
+//! A cluster lead driven through `MeshNode::handle` on a virtual clock, with the agents of
+//! another host beating to it: the harness of the lead's tests.
+#![allow(dead_code)]
+
+use qs_core::Time;
+use qs_core::mesh::conflict::Resolution;
+use qs_core::mesh::{
+    Hierarchy, Member, MeshConfig, MeshInput, MeshNode, MeshOutput, Seniority, Shape,
+};
+use qs_wire::NodeId;
+use qs_wire::mesh::{
+    Ack, AgentBeat, AgentId, AgentState, CascadeMode, ClusterId, ConflictDetail, Dispatch,
+    HostBeat, MeshEnvelope, MeshMessage, OpId, Order, Report, Scope, Trinary, Verb,
+};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+pub const TPU: &str = "tpu";
+
+pub fn beat(agent: AgentId, joined_ms: u64, tpu: bool) -> AgentBeat {
+    AgentBeat {
+        agent,
+        state: AgentState::Active,
+        processing_ms: 5.0,
+        queue_depth: 0,
+        capabilities: match tpu {
+            true => vec![TPU.to_string()],
+            false => Vec::new(),
+        },
+        joined_ms,
+    }
+}
+
+/// One cluster of `n` agents (ids from `first`) on two hosts: its tree, its lead, the other
+/// host, and each host's agents.
+pub struct OneCluster {
+    pub tree: Arc<Hierarchy>,
+    pub lead: NodeId,
+    pub other: NodeId,
+    pub mine: Vec<AgentId>,
+    pub theirs: Vec<AgentId>,
+}
+
+pub fn one_cluster(n: u64, first: u64) -> OneCluster {
+    let hosts = [NodeId::new("h1").unwrap(), NodeId::new("h2").unwrap()];
+    let members: Vec<Member> = (0..n)
+        .map(|i| Member {
+            agent: AgentId(first + i),
+            host: hosts[(i % 2) as usize].clone(),
+            zone: String::new(),
+        })
+        .collect();
+    let tree =
+        Arc::new(Hierarchy::build(&members, Shape::default(), |_| Seniority::Seasoned).unwrap());
+    let lead = tree
+        .cluster(ClusterId(0))
+        .unwrap()
+        .lead
+        .clone()
+        .expect("a lead");
+    let other = hosts.iter().find(|h| **h != lead).unwrap().clone();
+    let of = |h: &NodeId| -> Vec<AgentId> {
+        members
+            .iter()
+            .filter(|m| m.host == *h)
+            .map(|m| m.agent)
+            .collect()
+    };
+    OneCluster {
+        mine: of(&lead),
+        theirs: of(&other),
+        tree,
+        lead,
+        other,
+    }
+}
+
+pub struct Lead {
+    pub node: MeshNode,
+    pub other: NodeId,
+    pub theirs: Vec<AgentId>,
+    /// The other host's agents it beats as offline.
+    pub down: BTreeSet<AgentId>,
+    pub now: Time,
+}
+
+impl Lead {
+    /// The lead of `c`, its own agents without the capability, at `now`.
+    pub fn new(c: OneCluster, now: Time) -> Lead {
+        let mut node = MeshNode::new(c.lead.clone(), MeshConfig::default(), now);
+        node.handle(MeshInput::Tree(c.tree), now);
+        node.handle(
+            MeshInput::Agents(c.mine.iter().map(|a| beat(*a, 0, false)).collect()),
+            now,
+        );
+        Lead {
+            node,
+            other: c.other,
+            theirs: c.theirs,
+            down: BTreeSet::new(),
+            now,
+        }
+    }
+
+    /// Runs `ms` of beats from the other host; what the lead sent meanwhile.
+    pub fn run(&mut self, ms: u64) -> Vec<MeshOutput> {
+        let mut out = Vec::new();
+        let end = self.now.as_millis() + ms;
+        while self.now.as_millis() < end {
+            self.now = Time::from_millis(self.now.as_millis() + 10);
+            if self.now.as_millis().is_multiple_of(300) {
+                let agents = self.theirs.iter().map(|a| AgentBeat {
+                    state: match self.down.contains(a) {
+                        true => AgentState::Offline,
+                        false => AgentState::Active,
+                    },
+                    ..beat(*a, 0, true)
+                });
+                let (sent_ms, now) = (self.now.as_millis(), self.now);
+                let c = ClusterId(0);
+                hear_beat(
+                    &mut self.node,
+                    &self.other,
+                    c,
+                    sent_ms,
+                    agents.collect(),
+                    now,
+                );
+            }
+            self.node.handle(MeshInput::Tick, self.now);
+            out.extend(std::iter::from_fn(|| self.node.poll()));
+        }
+        out
+    }
+
+    /// An ask of the agents with the capability, arriving in 200 ms.
+    pub fn ask(&mut self, op: u64) -> MeshEnvelope {
+        let mut envelope = self.node.envelope(Verb::Observe, "ready?", 2, self.now);
+        envelope.op = OpId(op);
+        envelope.requires = Some(TPU.into());
+        envelope.target_arrival_ms = self.now.as_millis() + 200;
+        envelope
+    }
+
+    pub fn order(&mut self, op: u64, sample: Option<u32>) {
+        let envelope = self.ask(op);
+        self.order_of(envelope, sample);
+    }
+
+    pub fn order_of(&mut self, envelope: MeshEnvelope, sample: Option<u32>) {
+        let op = envelope.op.0;
+        let order = Order {
+            op: OpId(op),
+            mode: CascadeMode::Wave,
+            root: NodeId::new("root").unwrap(),
+            report_to: NodeId::new("root").unwrap(),
+            scope: Scope::Cluster(ClusterId(0)),
+            class: None,
+            sample_per_cluster: sample,
+            window_ms: 150,
+            envelope,
+        };
+        self.node.handle(
+            MeshInput::Heard {
+                from: NodeId::new("root").unwrap(),
+                msg: MeshMessage::Order(Box::new(order)),
+            },
+            self.now,
+        );
+    }
+
+    pub fn answer(&mut self, d: &Dispatch, conflict: Option<ConflictDetail>) {
+        let host = self.other.clone();
+        self.answer_from(host, d, conflict);
+    }
+
+    pub fn answer_from(&mut self, from: NodeId, d: &Dispatch, conflict: Option<ConflictDetail>) {
+        let ack = Ack {
+            op: d.envelope.op,
+            agent: d.agent,
+            cluster: d.cluster,
+            state: match conflict {
+                Some(_) => Trinary::Conflict,
+                None => Trinary::Ready,
+            },
+            arrived_ms: self.now.as_millis(),
+            ready_ms: self.now.as_millis(),
+            answer: String::new(),
+            conflict,
+            expired: false,
+        };
+        self.node.handle(
+            MeshInput::Heard {
+                from,
+                msg: MeshMessage::Ack(Box::new(ack)),
+            },
+            self.now,
+        );
+    }
+}
+
+/// `host`'s beat for `cluster`, sent at `sent_ms` on its clock, heard by `node` at `now`.
+pub fn hear_beat(
+    node: &mut MeshNode,
+    host: &NodeId,
+    cluster: ClusterId,
+    sent_ms: u64,
+    agents: Vec<AgentBeat>,
+    now: Time,
+) {
+    let b = HostBeat {
+        host: host.clone(),
+        cluster,
+        sent_ms,
+        agents,
+    };
+    let msg = MeshMessage::Beat(b);
+    node.handle(
+        MeshInput::Heard {
+            from: host.clone(),
+            msg,
+        },
+        now,
+    );
+}
+
+/// READY to `d`, from an agent that got it at `at_ms` (on its host's clock) and took
+/// `took_ms`.
+pub fn ready(d: &Dispatch, at_ms: u64, took_ms: u64) -> MeshMessage {
+    MeshMessage::Ack(Box::new(Ack {
+        op: d.envelope.op,
+        agent: d.agent,
+        cluster: d.cluster,
+        state: Trinary::Ready,
+        arrived_ms: at_ms,
+        ready_ms: at_ms + took_ms,
+        answer: String::new(),
+        conflict: None,
+        expired: false,
+    }))
+}
+
+pub fn dispatches(out: &[MeshOutput]) -> Vec<Dispatch> {
+    out.iter()
+        .filter_map(|o| match o {
+            MeshOutput::Send {
+                msg: MeshMessage::Dispatch(d),
+                ..
+            } => Some((**d).clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// What the lead put out since, and its report's sent, ready, conflict and rerouted counts.
+pub fn drained_counts(lead: &mut Lead) -> (Vec<MeshOutput>, [u32; 4]) {
+    let out: Vec<MeshOutput> = std::iter::from_fn(|| lead.node.poll()).collect();
+    let t = report(&out).expect("the cluster reported").tally;
+    (out, [t.sent, t.ready, t.conflict, t.rerouted])
+}
+
+pub fn report(out: &[MeshOutput]) -> Option<Report> {
+    out.iter().find_map(|o| match o {
+        MeshOutput::Send {
+            msg: MeshMessage::Report(r),
+            ..
+        } => Some((**r).clone()),
+        _ => None,
+    })
+}
+
+/// The conflicts resolved in `out`: whose, and how.
+pub fn resolved(out: &[MeshOutput]) -> Vec<(AgentId, Resolution)> {
+    out.iter()
+        .filter_map(|o| match o {
+            MeshOutput::ConflictResolved(r) => Some((r.agent, r.how)),
+            _ => None,
+        })
+        .collect()
+}
