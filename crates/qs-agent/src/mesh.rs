@@ -615,13 +615,7 @@ fn status(node: &mut MeshNode, local: &LocalAgents, new_nodes: Vec<String>) -> M
         conflicts_unresolved: node.conflicts().counts(now(), |_| true),
         conflicts_resolved: node.conflicts().resolved(),
         conflicts_escalated_here: node.conflicts().escalated_here(),
-        mesh_conflicts: node_is_root(node).then(|| {
-            let mut sum = ConflictCounts::default();
-            for s in node.sector_summaries().values() {
-                sum.add(&s.conflicts);
-            }
-            sum
-        }),
+        mesh_conflicts: node.mesh_conflicts(now()),
         kpis: Kpis {
             operations: k.operations,
             coordination_success_rate: k.coordination_success_rate(),

@@ -402,7 +402,7 @@ impl BusMessage for MeshMessage {
                         c.active_count, c.joining_count, c.agent_count
                     ));
                 }
-                c.conflicts.check()?;
+                c.conflicts.check(1)?;
                 summary_numbers(
                     c.mean_impedance_ms,
                     c.p95_impedance_ms,
@@ -420,7 +420,7 @@ impl BusMessage for MeshMessage {
                         s.active_agents, s.joining_agents, s.total_agents, s.cluster_count
                     ));
                 }
-                s.conflicts.check()?;
+                s.conflicts.check(s.cluster_count)?;
                 summary_numbers(
                     s.mean_impedance_ms,
                     s.p95_impedance_ms,
@@ -616,12 +616,12 @@ mod tests {
         };
         let err = decode(&report(vec![e, long])).unwrap_err();
         assert!(err.why.contains("escalated[1].detail"), "{}", err.why);
-        let mut old: serde_json::Value = serde_json::to_value(report(Vec::new())).unwrap();
-        let fields = old.as_object_mut().unwrap();
-        assert!(fields.remove("escalated").is_some() && fields.remove("escalated_more").is_some());
-        let old = serde_json::to_vec(&old).unwrap();
+        // Nothing escalated: the fields are left out, as a node from before sends it.
+        let plain = serde_json::to_value(report(Vec::new())).unwrap();
+        assert!(plain.get("escalated").is_none() && plain.get("escalated_more").is_none());
+        let plain = serde_json::to_vec(&plain).unwrap();
         assert_eq!(
-            decode_bus::<MeshMessage>("mesh.x", &old).unwrap(),
+            decode_bus::<MeshMessage>("mesh.x", &plain).unwrap(),
             report(Vec::new())
         );
         // Unresolved counts: no more critical or overdue than open.
@@ -630,8 +630,13 @@ mod tests {
             critical,
             overdue,
         };
-        assert!(c(3, 3, 1).check().is_ok());
-        assert!(c(3, 4, 0).check().unwrap_err().contains("4 critical"));
-        assert!(c(3, 0, 4).check().unwrap_err().contains("4 overdue"));
+        assert!(c(3, 3, 1).check(1).is_ok());
+        assert!(c(3, 4, 0).check(1).unwrap_err().contains("4 critical"));
+        assert!(c(3, 0, 4).check(1).unwrap_err().contains("4 overdue"));
+        // No more open than the leads of the clusters can hold.
+        assert!(c(MAX_OPEN_CONFLICTS, 0, 0).check(1).is_ok());
+        let over = c(MAX_OPEN_CONFLICTS + 1, 0, 0);
+        assert!(over.check(1).unwrap_err().contains("open (at most"));
+        assert!(over.check(2).is_ok());
     }
 }

@@ -7,7 +7,9 @@
 //! (REROUTE); a divergence, a value mismatch or a causality violation when the agent accepts
 //! the same content later (the branch converged, the weaker source was updated, the causal
 //! chain holds again); any by an operator's `heal`, the only way out for an integrity
-//! failure (its agent is quarantined until then). Conflicts escalated here from below are
+//! failure (its agent is quarantined until then). A conflict whose cluster another node
+//! leads after a new tree leaves this quarantine (the ledger keeps it; its new lead hears
+//! it again if the agent still contradicts). Conflicts escalated here from below are
 //! notices: the lead that heard them resolves them.
 
 use crate::time::Time;
@@ -18,7 +20,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 /// Most unresolved conflicts a node holds in quarantine; the oldest leave first (the ledger
 /// keeps all).
-pub const MAX_QUARANTINE: usize = 10_000;
+pub const MAX_QUARANTINE: usize = qs_wire::mesh::MAX_OPEN_CONFLICTS as usize;
 /// Most escalated notices a node keeps (the ledger keeps all).
 pub const MAX_NOTICES: usize = 1_000;
 
@@ -102,6 +104,8 @@ pub enum Resolution {
     Rerouted,
     /// An operator healed its scope.
     Released,
+    /// Its cluster's lead is another node now.
+    LeadChanged,
 }
 
 /// A conflict resolved, for the ledger.
@@ -175,8 +179,9 @@ pub struct Heard {
 pub struct Log {
     next_seq: u64,
     open: BTreeMap<u64, Record>,
-    /// Open conflicts per agent: an answer from an agent with none costs one lookup.
-    open_agents: BTreeMap<AgentId, u32>,
+    /// Open conflicts per agent (their sequence numbers): an answer from an agent with
+    /// none costs one lookup, and one with some, a look at its own.
+    open_agents: BTreeMap<AgentId, Vec<u64>>,
     notices: VecDeque<Record>,
     by_class: [u64; 5],
     resolved: u64,
@@ -213,10 +218,10 @@ impl Log {
         if self.open.len() == MAX_QUARANTINE
             && let Some((_, old)) = self.open.pop_first()
         {
-            self.forget(old.agent);
+            self.forget(old.agent, old.seq);
             self.dropped += 1;
         }
-        *self.open_agents.entry(r.agent).or_default() += 1;
+        self.open_agents.entry(r.agent).or_default().push(r.seq);
         self.open.insert(r.seq, r.clone());
         r
     }
@@ -240,32 +245,23 @@ impl Log {
         r
     }
 
-    fn forget(&mut self, agent: AgentId) {
-        if let Some(n) = self.open_agents.get_mut(&agent) {
-            *n -= 1;
-            if *n == 0 {
+    fn forget(&mut self, agent: AgentId, seq: u64) {
+        if let Some(seqs) = self.open_agents.get_mut(&agent) {
+            seqs.retain(|s| *s != seq);
+            if seqs.is_empty() {
                 self.open_agents.remove(&agent);
             }
         }
     }
 
-    /// Resolves the open conflicts `which` picks, returning them for the ledger.
-    fn resolve(
-        &mut self,
-        how: Resolution,
-        now: Time,
-        which: impl Fn(&Record) -> bool,
-    ) -> Vec<Resolved> {
-        let seqs: Vec<u64> = self
-            .open
-            .values()
-            .filter(|r| which(r))
-            .map(|r| r.seq)
-            .collect();
+    /// Resolves the open conflicts `seqs`, returning them for the ledger.
+    fn resolve(&mut self, how: Resolution, now: Time, seqs: Vec<u64>) -> Vec<Resolved> {
         let mut out = Vec::with_capacity(seqs.len());
         for seq in seqs {
-            let r = self.open.remove(&seq).expect("listed");
-            self.forget(r.agent);
+            let Some(r) = self.open.remove(&seq) else {
+                continue;
+            };
+            self.forget(r.agent, seq);
             self.resolved += 1;
             out.push(Resolved {
                 seq,
@@ -281,24 +277,59 @@ impl Log {
     /// The agent accepted `content_hash`: its divergences, mismatches and causality
     /// violations over that content are resolved.
     pub fn agreed(&mut self, agent: AgentId, content_hash: &str, now: Time) -> Vec<Resolved> {
-        if !self.open_agents.contains_key(&agent) {
+        let Some(seqs) = self.open_agents.get(&agent) else {
             return Vec::new();
-        }
-        self.resolve(Resolution::Agreed, now, |r| {
-            r.agent == agent && r.strategy.converges() && r.content_hash == content_hash
-        })
+        };
+        let seqs: Vec<u64> = seqs
+            .iter()
+            .copied()
+            .filter(|s| {
+                self.open
+                    .get(s)
+                    .is_some_and(|r| r.strategy.converges() && r.content_hash == content_hash)
+            })
+            .collect();
+        self.resolve(Resolution::Agreed, now, seqs)
     }
 
     /// The work of conflict `seq` went to a capable agent.
     pub fn rerouted(&mut self, seq: u64, now: Time) -> Vec<Resolved> {
-        self.resolve(Resolution::Rerouted, now, |r| r.seq == seq)
+        self.resolve(Resolution::Rerouted, now, vec![seq])
     }
 
     /// An operator healed the clusters `inside` picks: their conflicts are released, and
     /// the notices about them dropped.
     pub fn release(&mut self, now: Time, inside: impl Fn(ClusterId) -> bool) -> Vec<Resolved> {
         self.notices.retain(|r| !inside(r.cluster));
-        self.resolve(Resolution::Released, now, |r| inside(r.cluster))
+        let seqs = self.picked(|r| inside(r.cluster));
+        self.resolve(Resolution::Released, now, seqs)
+    }
+
+    fn picked(&self, which: impl Fn(&Record) -> bool) -> Vec<u64> {
+        self.open
+            .values()
+            .filter(|r| which(r))
+            .map(|r| r.seq)
+            .collect()
+    }
+
+    /// A new hierarchy: each open conflict whose agent `cluster_now` still places here
+    /// stays (in the agent's cluster now); the others leave this quarantine, their
+    /// cluster's lead being another node now (the ledger keeps them; if the agent still
+    /// contradicts the content, its new lead hears it again).
+    pub fn new_tree(
+        &mut self,
+        now: Time,
+        cluster_now: impl Fn(AgentId) -> Option<ClusterId>,
+    ) -> Vec<Resolved> {
+        let mut gone = Vec::new();
+        for r in self.open.values_mut() {
+            match cluster_now(r.agent) {
+                Some(c) => r.cluster = c,
+                None => gone.push(r.seq),
+            }
+        }
+        self.resolve(Resolution::LeadChanged, now, gone)
     }
 
     /// Unresolved conflicts, oldest first.
@@ -518,6 +549,27 @@ mod tests {
             assert_eq!(open, u32::from(want.is_none()), "{detail:?} then {next:?}");
             assert_eq!(log.resolved(), u64::from(want.is_some()));
         }
+    }
+
+    /// A new tree: the conflicts of agents still led here stay (under their cluster now),
+    /// the others leave the quarantine.
+    #[test]
+    fn a_new_tree_keeps_the_conflicts_of_agents_still_led_here() {
+        let mut log = Log::default();
+        let d = ConflictDetail::TemporalParadox { detail: "x".into() };
+        log.record(heard(110, "h", d.clone()), Time::from_millis(1));
+        log.record(heard(220, "h", d), Time::from_millis(1));
+        let gone = log.new_tree(Time::from_millis(2), |a| {
+            (a == AgentId(110)).then_some(ClusterId(7))
+        });
+        let gone: Vec<_> = gone.iter().map(|r| (r.agent, r.how)).collect();
+        assert_eq!(gone, [(AgentId(220), Resolution::LeadChanged)]);
+        let kept: Vec<_> = log.quarantined().map(|r| r.cluster).collect();
+        assert_eq!(kept, [ClusterId(7)]);
+        // Still resolved by its agent's agreement, and only once.
+        assert_eq!(log.agreed(AgentId(110), "h", Time::from_millis(3)).len(), 1);
+        assert_eq!(log.agreed(AgentId(110), "h", Time::from_millis(4)).len(), 0);
+        assert_eq!(log.counts(Time::from_millis(4), |_| true).open, 0);
     }
 
     /// Open, critical and overdue counts per cluster, as the summaries carry them up; a

@@ -296,6 +296,20 @@ impl MeshNode {
         &self.conflicts
     }
 
+    /// At the root: the mesh's unresolved conflicts, as the sector summaries count them, and
+    /// those the root heard itself (an urgent operation's answers) of clusters it does not
+    /// lead (those it leads are in its own summary).
+    pub fn mesh_conflicts(&self, now: Time) -> Option<ConflictCounts> {
+        if !self.is_root {
+            return None;
+        }
+        let mut sum = self.conflicts.counts(now, |c| !self.led.contains_key(&c));
+        for s in self.sector_summaries.values() {
+            sum.add(&s.conflicts);
+        }
+        Some(sum)
+    }
+
     pub fn sector_summaries(&self) -> &BTreeMap<SectorId, SectorSummary> {
         &self.sector_summaries
     }
@@ -403,6 +417,15 @@ impl MeshNode {
         self.led = led;
         // What is left is led by other nodes now: they hear what this one knew.
         self.hand_over(views, &tree);
+        // Open conflicts stay with the agents this node still leads, and with the root,
+        // which hears an urgent operation's answers.
+        let root_now = tree.root.as_ref() == Some(&self.me);
+        let led_now = &self.led;
+        let moved = self.conflicts.new_tree(now, |a| {
+            let c = tree.cluster_of(a)?;
+            (root_now || led_now.contains_key(&c)).then_some(c)
+        });
+        self.resolved(moved);
         let mine: BTreeSet<SectorId> = tree.coordinated_by(&self.me).collect();
         self.my_sectors = mine.iter().copied().collect();
         self.summarized.clear();

@@ -203,9 +203,7 @@ impl ConflictTotals {
             t.escalated += log.escalated_here();
             t.unresolved.add(&log.counts(now, |_| true));
         }
-        for s in root.iter().flat_map(|r| r.sector_summaries().values()) {
-            t.unresolved_at_root.add(&s.conflicts);
-        }
+        t.unresolved_at_root = root.and_then(|r| r.mesh_conflicts(now)).unwrap_or_default();
         t
     }
 }

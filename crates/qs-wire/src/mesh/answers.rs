@@ -180,11 +180,12 @@ pub struct Report {
     #[serde(default)]
     pub answers: Vec<AnswerCount>,
     /// Conflicts escalated up (seed §5.1: priority 3 to the sector's coordinator, 4 on to
-    /// the root), the most urgent first, at most [`MAX_ESCALATED`].
-    #[serde(default)]
+    /// the root), the most urgent first, at most [`MAX_ESCALATED`]. Left out when empty, so
+    /// a node from before reads the report.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub escalated: Vec<Escalated>,
     /// Escalated conflicts past those carried.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub escalated_more: u32,
 }
 
@@ -232,14 +233,30 @@ pub struct ConflictCounts {
     pub overdue: u32,
 }
 
+/// Most unresolved conflicts a lead holds (its quarantine), so a cluster's count.
+pub const MAX_OPEN_CONFLICTS: u32 = 10_000;
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 impl ConflictCounts {
+    pub fn is_none(&self) -> bool {
+        self.open == 0
+    }
+
     pub fn add(&mut self, o: &ConflictCounts) {
         self.open = self.open.saturating_add(o.open);
         self.critical = self.critical.saturating_add(o.critical);
         self.overdue = self.overdue.saturating_add(o.overdue);
     }
 
-    pub fn check(&self) -> Result<(), String> {
+    /// Checks the counts of `clusters` clusters.
+    pub fn check(&self, clusters: u32) -> Result<(), String> {
+        let most = u64::from(MAX_OPEN_CONFLICTS) * u64::from(clusters.max(1));
+        if u64::from(self.open) > most {
+            return Err(format!("conflicts: {} open (at most {most})", self.open));
+        }
         match self.critical > self.open || self.overdue > self.open {
             true => Err(format!(
                 "conflicts: {} critical and {} overdue of {} open",

@@ -1,7 +1,7 @@
 //! A lead's part in scale-out (seed §10.2, the policy in [`crate::mesh::integration`]): at
 //! each beat, agents of its clusters that settled join the routing pool, at most
-//! `admit_per_beat` per cluster, those that joined first first (members from before join
-//! at once, at their host's beat).
+//! `admit_per_beat` per cluster, those that joined first first (an established agent also
+//! joins at its host's next full beat).
 
 use super::*;
 use crate::mesh::impedance::CLASS_D_BELOW_MS;
@@ -84,8 +84,9 @@ impl MeshNode {
                     });
                 }
                 // Established while it settled here (a slow one that answered no probe
-                // in 30 s): first in line, but in line. Members from before join at their
-                // host's beat, at once (`on_beat`).
+                // in 30 s): first in line, but in line. (An established agent also joins at
+                // its host's next full beat, `on_beat`: members from before, after a new
+                // tree, at once.)
                 match standing {
                     Standing::Settling => {}
                     Standing::Eligible | Standing::Established => {

@@ -56,14 +56,25 @@ pub(super) fn heard(into: &mut Escalations, r: &conflict::Record) {
 
 /// The conflicts escalated in a report from below, at a coordinator (which passes those for
 /// the root on, `pass_on`) or at the root. Each must be of an agent of a cluster in the
-/// report's scope (else it is dropped and counted as refused); it is classified here again.
-/// A report from this node itself brings nothing new to its log.
+/// report's scope, in a report from the node the tree names for that scope (else it is
+/// dropped and counted as refused); it is classified here again. A report from this node
+/// itself brings nothing new to its log.
 pub(super) fn from_report(
     node: &mut MeshNode,
     rep: &Report,
     mut pass_on: Option<&mut Escalations>,
     now: Time,
 ) {
+    // Only from the node the tree names for the report's scope.
+    let speaks_for = match rep.scope {
+        Scope::Cluster(c) => node.tree.cluster(c).and_then(|x| x.lead.as_ref()),
+        Scope::Sector(s) => node.tree.sector(s).and_then(|x| x.coordinator.as_ref()),
+        Scope::Global => None,
+    };
+    if rep.escalated.is_empty() || speaks_for != Some(&rep.from) {
+        node.refused_senders += u64::from(!rep.escalated.is_empty());
+        return;
+    }
     // The root stands in for the coordinators where the leads report to it.
     let least = match (&pass_on, rep.scope) {
         (None, Scope::Sector(_)) => TO_ROOT,

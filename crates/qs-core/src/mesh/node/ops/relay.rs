@@ -188,6 +188,8 @@ pub(crate) fn on_report(node: &mut MeshNode, rep: Report, now: Time) {
         if expected || r.mode == CascadeMode::Parallel {
             r.tally.add(&rep.tally);
             merge_answers(&mut r.answers, &rep.answers);
+        }
+        if expected {
             escalate::from_report(node, &rep, None, now);
         }
         maybe_end_early(&mut ops, node, rep.op, now);
