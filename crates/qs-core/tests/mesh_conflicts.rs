@@ -1,7 +1,8 @@
-//! Conflicts at a cluster lead (seed §5.1), driven through `MeshNode::handle` on a virtual
-//! clock: the lead escalates those of priority 3 and 4 with its report, the most urgent
-//! first; a READY to the same content later resolves a value mismatch, a READY to other
-//! content does not; an integrity failure quarantines its agent and stays unresolved.
+//! Conflicts (seed §5.1), driven through `MeshNode::handle` on a virtual clock: a cluster
+//! lead escalates those of priority 3 and 4 with its report, the most urgent first; a READY
+//! to the same content later resolves a value mismatch, a READY to other content does not;
+//! an integrity failure quarantines its agent and stays unresolved; a coordinator logs what a
+//! late report from the cluster's lead escalates.
 
 mod common;
 
@@ -98,4 +99,62 @@ fn a_lead_escalates_critical_conflicts_and_the_same_content_accepted_resolves_a_
     // Past its time (priority 4: at once), it counts as overdue in the summary.
     lead.run(1_000);
     assert_eq!(open(&lead).overdue, 1);
+}
+
+/// A cluster's report that comes after its operation settled at the coordinator (or from a
+/// node the tree does not name for the cluster): its escalated conflicts are still logged
+/// there as notices, and only when the cluster's own lead sent them.
+#[test]
+fn a_coordinator_logs_the_conflicts_of_a_late_report_from_the_clusters_lead_only() {
+    use qs_core::mesh::{MeshConfig, MeshInput, MeshNode, MeshOutput};
+    use qs_wire::NodeId;
+    use qs_wire::mesh::{ClusterId, Escalated, MeshMessage, OpId, Report, Scope, Tally};
+    use std::sync::Arc;
+    let Pair { p1, p2, tree, .. } = pair();
+    let mut tree = tree;
+    // p2 leads the one cluster; p1 coordinates its sector and is the root.
+    tree.clusters[0].lead = Some(p2.clone());
+    tree.sectors[0].coordinator = Some(p1.clone());
+    tree.root = Some(p1.clone());
+    let now = Time::from_millis(1_000_000);
+    let mut node = MeshNode::new(p1.clone(), MeshConfig::default(), now);
+    node.handle(MeshInput::Tree(Arc::new(tree)), now);
+    let _: Vec<MeshOutput> = std::iter::from_fn(|| node.poll()).collect();
+    let report = |from: &NodeId| Report {
+        op: OpId(77),
+        scope: Scope::Cluster(ClusterId(0)),
+        from: from.clone(),
+        tally: Tally::default(),
+        answers: Vec::new(),
+        escalated: vec![Escalated {
+            agent: AgentId(15),
+            cluster: ClusterId(0),
+            at_ms: now.as_millis(),
+            detail: ConflictDetail::HashMismatch {
+                expected: "a".into(),
+                received: "b".into(),
+            },
+        }],
+        escalated_more: 0,
+    };
+    let logged = |node: &mut MeshNode, from: &NodeId| -> Vec<(AgentId, Option<NodeId>)> {
+        let msg = MeshMessage::Report(Box::new(report(from)));
+        node.handle(
+            MeshInput::Heard {
+                from: from.clone(),
+                msg,
+            },
+            now,
+        );
+        std::iter::from_fn(|| node.poll())
+            .filter_map(|o| match o {
+                MeshOutput::Conflict(r) => Some((r.agent, r.escalated_by)),
+                _ => None,
+            })
+            .collect()
+    };
+    let stranger = NodeId::new("p3").unwrap();
+    assert_eq!(logged(&mut node, &stranger), [], "not the cluster's lead");
+    assert_eq!(logged(&mut node, &p2), [(AgentId(15), Some(p2.clone()))]);
+    assert_eq!(node.conflicts().escalated_here(), 1);
 }

@@ -446,35 +446,6 @@ fn a_lead_keeps_its_agents_when_another_zone_renumbers_their_cluster() {
 
 /// Two hosts of 10 agents each, in one cluster, and its tree while `p2` is new: `p1` leads
 /// it and is the root (`p2` ranks above `p1` for the cluster once seasoned).
-struct Pair {
-    p1: NodeId,
-    p2: NodeId,
-    members: Vec<Member>,
-    tree: Hierarchy,
-}
-
-fn pair() -> Pair {
-    let (p1, p2) = (NodeId::new("p1").unwrap(), NodeId::new("p2").unwrap());
-    let members: Vec<Member> = (0..20u64)
-        .map(|i| Member {
-            agent: AgentId(i),
-            host: if i < 10 { p1.clone() } else { p2.clone() },
-            zone: String::new(),
-        })
-        .collect();
-    let tree = Hierarchy::build(&members, Shape::default(), |n| match *n == p2 {
-        true => Seniority::New,
-        false => Seniority::Seasoned,
-    })
-    .unwrap();
-    Pair {
-        p1,
-        p2,
-        members,
-        tree,
-    }
-}
-
 /// Seed §10.2: a newly seasoned node wins a cluster; its former lead hands over what it knew,
 /// so the newcomers it had admitted stay in the routing pool under the new lead instead of
 /// settling again (link samples, probes).
@@ -686,4 +657,8 @@ fn the_root_tells_a_lead_of_newcomers_that_contradicted_an_urgent_operation() {
     let p = pool(&node);
     assert!(!p.contains(&newcomer), "the newcomer is held back");
     assert!(p.contains(&member), "an established member is not");
+    // The root heard both conflicts (an urgent operation's answers are its) and holds them
+    // unresolved.
+    assert_eq!(node.conflicts().counts(now, |_| true).open, 2);
+    assert!(node.mesh_conflicts(now).is_some(), "it is the root");
 }

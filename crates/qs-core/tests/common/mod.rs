@@ -278,3 +278,34 @@ pub fn resolved(out: &[MeshOutput]) -> Vec<(AgentId, Resolution)> {
         })
         .collect()
 }
+
+/// Two hosts of 10 agents each (0–9 on p1, 10–19 on p2), in one cluster: their tree, with
+/// p2 new to the mesh.
+pub struct Pair {
+    pub p1: NodeId,
+    pub p2: NodeId,
+    pub members: Vec<Member>,
+    pub tree: Hierarchy,
+}
+
+pub fn pair() -> Pair {
+    let (p1, p2) = (NodeId::new("p1").unwrap(), NodeId::new("p2").unwrap());
+    let members: Vec<Member> = (0..20u64)
+        .map(|i| Member {
+            agent: AgentId(i),
+            host: if i < 10 { p1.clone() } else { p2.clone() },
+            zone: String::new(),
+        })
+        .collect();
+    let tree = Hierarchy::build(&members, Shape::default(), |n| match *n == p2 {
+        true => Seniority::New,
+        false => Seniority::Seasoned,
+    })
+    .unwrap();
+    Pair {
+        p1,
+        p2,
+        members,
+        tree,
+    }
+}

@@ -1,7 +1,8 @@
 //! Conflicts escalated up with the reports (seed §5.1, "notify relevant parties"): a lead's
 //! of priority 3 and 4 go to its sector's coordinator, which logs them and passes those of
 //! priority 4 on to the root; in the urgent mode, where the leads report to the root, the
-//! root takes both. Nothing is sent for them but the reports that go up anyway.
+//! root takes both. Nothing is sent for them but the reports that go up anyway; a report
+//! that comes after its operation settled still has its conflicts logged.
 
 use super::*;
 use crate::mesh::conflict;
@@ -108,5 +109,20 @@ pub(super) fn from_report(
     }
     if let Some(p) = pass_on {
         p.more = p.more.saturating_add(rep.escalated_more);
+    }
+}
+
+/// Whether a report that came after its operation settled here (or ended) was for this node:
+/// a cluster's to its sector's coordinator, a sector's to the root. Its conflicts are still
+/// logged here (those of priority 4 go no further: the report up has gone).
+pub(super) fn late_report_is_mine(node: &MeshNode, rep: &Report) -> bool {
+    match rep.scope {
+        Scope::Cluster(c) => node
+            .tree
+            .cluster(c)
+            .and_then(|x| node.tree.sector(x.sector))
+            .is_some_and(|s| s.coordinator.as_ref() == Some(&node.me)),
+        Scope::Sector(_) => node.is_root,
+        Scope::Global => false,
     }
 }
