@@ -406,6 +406,7 @@ pub async fn run<F: Fabric>(
                         escalation: format!("{:?}", c.escalation),
                         due_ms: c.due_ms,
                         escalated_by: c.escalated_by.map(|n| n.to_string()),
+                        handed_by: c.handed_by.map(|n| n.to_string()),
                         detail: serde_json::to_string(&c.detail).unwrap_or_default(),
                     };
                     journal.append(&me, now().as_micros(), vec![event]).await;
@@ -415,7 +416,10 @@ pub async fn run<F: Fabric>(
                         seq: r.seq,
                         agent: r.agent.0,
                         cluster: r.cluster.0,
-                        how: format!("{:?}", r.how).to_lowercase(),
+                        how: serde_json::to_value(r.how)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_owned))
+                            .unwrap_or_default(),
                     };
                     journal.append(&me, now().as_micros(), vec![event]).await;
                 }

@@ -17,12 +17,11 @@
 
 use qs_core::Time;
 use qs_core::mesh::{
-    Command, Hierarchy, Member, MeshConfig, MeshInput, MeshNode, MeshOutput, Seniority, Shape,
+    Hierarchy, Member, MeshConfig, MeshInput, MeshNode, MeshOutput, Seniority, Shape,
 };
 use qs_wire::NodeId;
 use qs_wire::mesh::{
-    AgentBeat, AgentId, CascadeMode, ClusterId, ConflictDetail, MeshMessage, OpId, Scope, Trinary,
-    Verb,
+    AgentBeat, AgentId, CascadeMode, ClusterId, ConflictDetail, MeshMessage, OpId, Verb,
 };
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -448,7 +447,7 @@ fn a_lead_keeps_its_agents_when_another_zone_renumbers_their_cluster() {
 /// it and is the root (`p2` ranks above `p1` for the cluster once seasoned).
 /// Seed §10.2: a newly seasoned node wins a cluster; its former lead hands over what it knew,
 /// so the newcomers it had admitted stay in the routing pool under the new lead instead of
-/// settling again (link samples, probes).
+/// settling again (link samples, probes), and their conflicts still unresolved.
 #[test]
 fn a_former_lead_hands_its_admitted_agents_over_to_the_new_lead() {
     let Pair {
@@ -500,6 +499,32 @@ fn a_former_lead_hands_its_admitted_agents_over_to_the_new_lead() {
         theirs.iter().all(|x| pool(&a).contains(x)),
         "p1 admitted them"
     );
+    // One of p1's own (long-standing) agents contradicts a wave's content: p1 holds the
+    // conflict, unresolved. (A newcomer that did would leave the pool again, §10.2.)
+    cascade(&mut a, CascadeMode::Wave, Verb::Sync, "a fact", now);
+    for _ in 0..10 {
+        now = Time::from_millis(now.as_millis() + 100);
+        if now.as_millis().is_multiple_of(300) {
+            hear_beat(&mut a, &p2, c, now.as_millis(), their_beats.clone(), now);
+        }
+        a.handle(MeshInput::Tick, now);
+        let out: Vec<MeshOutput> = std::iter::from_fn(|| a.poll()).collect();
+        for o in out {
+            let (d, remote) = match o {
+                MeshOutput::Send {
+                    to,
+                    msg: MeshMessage::Dispatch(d),
+                } if to == p2 => (*d, true),
+                MeshOutput::Deliver(d) => (d, false),
+                _ => continue,
+            };
+            let conflict = (d.agent == AgentId(0)).then(contradiction);
+            let host = remote.then_some(&p2);
+            answer_dispatch(&mut a, &d, host, conflict, now);
+        }
+    }
+    let open = |n: &MeshNode, now: Time| n.conflicts().counts(now, |_| true).open;
+    assert_eq!(open(&a, now), 1, "p1 heard the conflict");
 
     // p2 comes of age: both take the new tree; p2 leads and knows nothing of them yet.
     now = Time::from_millis(now.as_millis() + 300);
@@ -534,12 +559,20 @@ fn a_former_lead_hands_its_admitted_agents_over_to_the_new_lead() {
         now,
     );
     assert!(theirs.iter().all(|x| !pool(&b).contains(x)));
+    assert_eq!(open(&b, now), 0, "nor its conflicts");
     b.handle(
         MeshInput::Heard {
             from: p1.clone(),
             msg: handovers[0].clone(),
         },
         now,
+    );
+    // The conflict went with its agent: p2 holds it now, p1 no longer.
+    assert_eq!((open(&a, now), open(&b, now)), (0, 1));
+    let held = b.conflicts().quarantined().next().unwrap();
+    assert_eq!(
+        (held.agent, held.handed_by.as_ref()),
+        (AgentId(0), Some(&p1))
     );
     assert!(
         theirs.iter().all(|x| pool(&b).contains(x)),
@@ -603,31 +636,15 @@ fn the_root_tells_a_lead_of_newcomers_that_contradicted_an_urgent_operation() {
                 }
                 _ => continue,
             };
-            let mut ack = match ready(&d, now.as_millis(), 5) {
-                MeshMessage::Ack(a) => *a,
-                _ => unreachable!(),
-            };
-            if d.envelope.verb == Verb::Observe && [newcomer, member].contains(&d.agent) {
-                ack.state = Trinary::Conflict;
-                ack.conflict = Some(ConflictDetail::DataContradiction {
-                    expected: "b".into(),
-                    received: "a".into(),
-                    affects_agents: 1,
-                });
-            }
-            match from {
-                Some(from) => {
-                    let msg = MeshMessage::Ack(Box::new(ack));
-                    node.handle(MeshInput::Heard { from, msg }, now)
-                }
-                None => node.handle(
-                    MeshInput::AgentDone {
-                        ack,
-                        reply_to: d.reply_to,
-                    },
-                    now,
-                ),
-            }
+            let contradicts =
+                d.envelope.verb == Verb::Observe && [newcomer, member].contains(&d.agent);
+            answer_dispatch(
+                node,
+                &d,
+                from.as_ref(),
+                contradicts.then(contradiction),
+                now,
+            );
         }
     };
     // p2's agents settle and are probed into the pool.
@@ -637,17 +654,13 @@ fn the_root_tells_a_lead_of_newcomers_that_contradicted_an_urgent_operation() {
     }
     let p = pool(&node);
     assert!(p.contains(&newcomer) && p.contains(&member), "{p:?}");
-    let envelope = node.envelope(Verb::Observe, "ready?", 2, now);
-    let command = Command::Cascade {
-        mode: CascadeMode::Parallel,
-        scope: Scope::Global,
-        envelope,
-        sample: None,
-        budget_ms: Some(100),
-        approved: false,
-        automated: false,
-    };
-    node.handle(MeshInput::Command { command, tag: 1 }, now);
+    cascade(
+        &mut node,
+        CascadeMode::Parallel,
+        Verb::Observe,
+        "ready?",
+        now,
+    );
     for _ in 0..300 {
         now = Time::from_millis(now.as_millis() + 10);
         step(&mut node, now);

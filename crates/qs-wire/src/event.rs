@@ -225,10 +225,14 @@ pub enum Event {
         due_ms: Option<u64>,
         #[serde(default)]
         escalated_by: Option<String>,
+        /// The former lead that handed it over with its agent (it was heard there).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        handed_by: Option<String>,
         /// The agent's conflict detail, as JSON.
         detail: String,
     },
-    /// A conflict of this node's log resolved: how (agreed, rerouted, released).
+    /// A conflict of this node's log resolved: how (agreed, rerouted, released, handed over to
+    /// the agent's new lead, or its lead changed).
     MeshConflictResolved {
         seq: u64,
         agent: u64,

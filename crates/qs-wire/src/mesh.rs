@@ -450,6 +450,16 @@ impl BusMessage for MeshMessage {
                 for a in &h.agents {
                     finite("processing_ms", a.processing_ms, 3_600_000.0)?;
                 }
+                at_most(
+                    "conflicts handed over",
+                    h.conflicts.len(),
+                    MAX_HANDED_CONFLICTS,
+                )?;
+                for (i, c) in h.conflicts.iter().enumerate() {
+                    text("content_hash", &c.content_hash)
+                        .and_then(|_| c.detail.check())
+                        .map_err(|e| format!("conflicts[{i}]: {e}"))?;
+                }
                 Ok(())
             }
             MeshMessage::Outcome(o) => match o.body.len() > MAX_OUTCOME_BYTES {
@@ -623,6 +633,33 @@ mod tests {
         assert_eq!(
             decode_bus::<MeshMessage>("mesh.x", &plain).unwrap(),
             report(Vec::new())
+        );
+        // A handover's conflicts: bounded, each checked by its index.
+        let handed = |n: usize, hash: String| {
+            MeshMessage::Handover(Box::new(Handover {
+                cluster: ClusterId(0),
+                agents: Vec::new(),
+                conflicts: vec![
+                    HandedConflict {
+                        agent: AgentId(1),
+                        op: OpId(1),
+                        at_ms: 5,
+                        content_hash: hash,
+                        detail: ConflictDetail::TemporalParadox { detail: "x".into() },
+                    };
+                    n
+                ],
+            }))
+        };
+        let ok = handed(MAX_HANDED_CONFLICTS, "h".into());
+        assert_eq!(decode(&ok).unwrap(), ok);
+        let err = decode(&handed(MAX_HANDED_CONFLICTS + 1, "h".into())).unwrap_err();
+        assert!(err.why.contains("conflicts handed over"), "{}", err.why);
+        let err = decode(&handed(1, "h".repeat(MAX_TEXT_BYTES + 1))).unwrap_err();
+        assert!(
+            err.why.contains("conflicts[0]: content_hash"),
+            "{}",
+            err.why
         );
         // Unresolved counts: no more critical or overdue than open.
         let c = |open, critical, overdue| ConflictCounts {

@@ -7,14 +7,16 @@
 //! (REROUTE); a divergence, a value mismatch or a causality violation when the agent accepts
 //! the same content later (the branch converged, the weaker source was updated, the causal
 //! chain holds again); any by an operator's `heal`, the only way out for an integrity
-//! failure (its agent is quarantined until then). A conflict whose cluster another node
-//! leads after a new tree leaves this quarantine (the ledger keeps it; its new lead hears
-//! it again if the agent still contradicts). Conflicts escalated here from below are
-//! notices: the lead that heard them resolves them.
+//! failure (its agent is quarantined until then). A conflict whose agent another node
+//! leads after a new tree leaves this quarantine with the agent's handover, for its new lead
+//! to hold. Conflicts escalated here from below are notices: the lead that heard them
+//! resolves them.
 
 use crate::time::Time;
 use qs_wire::NodeId;
-use qs_wire::mesh::{AgentId, ClusterId, ConflictCounts, ConflictDetail, Escalated, OpId};
+use qs_wire::mesh::{
+    AgentId, ClusterId, ConflictCounts, ConflictDetail, Escalated, HandedConflict, OpId,
+};
 use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
 
@@ -91,6 +93,8 @@ pub struct Record {
     pub content_hash: String,
     /// The lead (or coordinator) that escalated it here; none where it was heard.
     pub escalated_by: Option<NodeId>,
+    /// The former lead that handed it over with its agent, where it was heard there.
+    pub handed_by: Option<NodeId>,
     pub detail: ConflictDetail,
 }
 
@@ -104,7 +108,9 @@ pub enum Resolution {
     Rerouted,
     /// An operator healed its scope.
     Released,
-    /// Its cluster's lead is another node now.
+    /// Handed over to its cluster's new lead, with the agent.
+    HandedOver,
+    /// Its cluster has no lead now that could take it.
     LeadChanged,
 }
 
@@ -191,12 +197,12 @@ pub struct Log {
 }
 
 impl Log {
-    fn record_of(&mut self, h: Heard, escalated_by: Option<NodeId>, now: Time) -> Record {
+    fn record_of(&mut self, h: Heard, escalated_by: Option<NodeId>, at_ms: u64) -> Record {
         let (class, priority, strategy) = classify(&h.detail);
         self.next_seq += 1;
         Record {
             seq: self.next_seq,
-            at_ms: now.as_millis(),
+            at_ms,
             op: h.op,
             agent: h.agent,
             cluster: h.cluster,
@@ -204,16 +210,42 @@ impl Log {
             priority,
             strategy,
             escalation: escalation(priority),
-            due_ms: resolve_within_ms(priority).map(|ms| now.as_millis().saturating_add(ms)),
+            due_ms: resolve_within_ms(priority).map(|ms| at_ms.saturating_add(ms)),
             content_hash: h.content_hash,
             escalated_by,
+            handed_by: None,
             detail: h.detail,
         }
     }
 
     /// Records a conflict reported with a −1, returning the record to append to the ledger.
     pub fn record(&mut self, h: Heard, now: Time) -> Record {
-        let r = self.record_of(h, None, now);
+        let r = self.record_of(h, None, now.as_millis());
+        self.hold(r)
+    }
+
+    /// Takes a conflict a former lead of `cluster` handed over with its agent, heard there
+    /// when it says (no later than now): its time to resolve runs from then.
+    pub fn handed(
+        &mut self,
+        from: NodeId,
+        cluster: ClusterId,
+        c: HandedConflict,
+        now: Time,
+    ) -> Record {
+        let h = Heard {
+            op: c.op,
+            agent: c.agent,
+            cluster,
+            content_hash: c.content_hash,
+            detail: c.detail,
+        };
+        let mut r = self.record_of(h, None, c.at_ms.min(now.as_millis()));
+        r.handed_by = Some(from);
+        self.hold(r)
+    }
+
+    fn hold(&mut self, r: Record) -> Record {
         self.by_class[r.class as usize] += 1;
         if self.open.len() == MAX_QUARANTINE
             && let Some((_, old)) = self.open.pop_first()
@@ -236,7 +268,7 @@ impl Log {
             content_hash: String::new(),
             detail: e.detail,
         };
-        let r = self.record_of(h, Some(from), now);
+        let r = self.record_of(h, Some(from), now.as_millis());
         self.escalated_here += 1;
         if self.notices.len() == MAX_NOTICES {
             self.notices.pop_front();
@@ -314,14 +346,9 @@ impl Log {
     }
 
     /// A new hierarchy: each open conflict whose agent `cluster_now` still places here
-    /// stays (in the agent's cluster now); the others leave this quarantine, their
-    /// cluster's lead being another node now (the ledger keeps them; if the agent still
-    /// contradicts the content, its new lead hears it again).
-    pub fn new_tree(
-        &mut self,
-        now: Time,
-        cluster_now: impl Fn(AgentId) -> Option<ClusterId>,
-    ) -> Vec<Resolved> {
+    /// stays (in the agent's cluster now); the others leave this quarantine, returned for
+    /// the caller to hand over (or not), then to [`Log::settle`].
+    pub fn leave(&mut self, cluster_now: impl Fn(AgentId) -> Option<ClusterId>) -> Vec<Record> {
         let mut gone = Vec::new();
         for r in self.open.values_mut() {
             match cluster_now(r.agent) {
@@ -329,7 +356,26 @@ impl Log {
                 None => gone.push(r.seq),
             }
         }
-        self.resolve(Resolution::LeadChanged, now, gone)
+        let mut out = Vec::with_capacity(gone.len());
+        for seq in gone {
+            if let Some(r) = self.open.remove(&seq) {
+                self.forget(r.agent, seq);
+                out.push(r);
+            }
+        }
+        out
+    }
+
+    /// A conflict that left this quarantine ([`Log::leave`]) is resolved here as `how`.
+    pub fn settle(&mut self, r: &Record, how: Resolution, now: Time) -> Resolved {
+        self.resolved += 1;
+        Resolved {
+            seq: r.seq,
+            agent: r.agent,
+            cluster: r.cluster,
+            how,
+            at_ms: now.as_millis(),
+        }
     }
 
     /// Unresolved conflicts, oldest first.
@@ -559,11 +605,9 @@ mod tests {
         let d = ConflictDetail::TemporalParadox { detail: "x".into() };
         log.record(heard(110, "h", d.clone()), Time::from_millis(1));
         log.record(heard(220, "h", d), Time::from_millis(1));
-        let gone = log.new_tree(Time::from_millis(2), |a| {
-            (a == AgentId(110)).then_some(ClusterId(7))
-        });
-        let gone: Vec<_> = gone.iter().map(|r| (r.agent, r.how)).collect();
-        assert_eq!(gone, [(AgentId(220), Resolution::LeadChanged)]);
+        let gone = log.leave(|a| (a == AgentId(110)).then_some(ClusterId(7)));
+        let gone: Vec<_> = gone.iter().map(|r| r.agent).collect();
+        assert_eq!(gone, [AgentId(220)]);
         let kept: Vec<_> = log.quarantined().map(|r| r.cluster).collect();
         assert_eq!(kept, [ClusterId(7)]);
         // Still resolved by its agent's agreement, and only once.

@@ -418,14 +418,15 @@ impl MeshNode {
         // What is left is led by other nodes now: they hear what this one knew.
         self.hand_over(views, &tree);
         // Open conflicts stay with the agents this node still leads, and with the root,
-        // which hears an urgent operation's answers.
+        // which hears an urgent operation's answers; the others go to their agents' new
+        // leads with the handovers.
         let root_now = tree.root.as_ref() == Some(&self.me);
         let led_now = &self.led;
-        let moved = self.conflicts.new_tree(now, |a| {
+        let left = self.conflicts.leave(|a| {
             let c = tree.cluster_of(a)?;
             (root_now || led_now.contains_key(&c)).then_some(c)
         });
-        self.resolved(moved);
+        self.hand_over_conflicts(left, &tree, now);
         let mine: BTreeSet<SectorId> = tree.coordinated_by(&self.me).collect();
         self.my_sectors = mine.iter().copied().collect();
         self.summarized.clear();
@@ -590,7 +591,7 @@ impl MeshNode {
             MeshMessage::Control(c) => self.control(c, now),
             // The shell's: an operator's request and its answer.
             MeshMessage::Request(_) | MeshMessage::Outcome(_) => {}
-            MeshMessage::Handover(h) => self.on_handover(&from, *h),
+            MeshMessage::Handover(h) => self.on_handover(&from, *h, now),
             MeshMessage::Contradicted(c) => self.on_contradicted(&from, *c, now),
         }
     }

@@ -5,7 +5,7 @@
 use qs_core::Time;
 use qs_core::mesh::conflict::Resolution;
 use qs_core::mesh::{
-    Hierarchy, Member, MeshConfig, MeshInput, MeshNode, MeshOutput, Seniority, Shape,
+    Command, Hierarchy, Member, MeshConfig, MeshInput, MeshNode, MeshOutput, Seniority, Shape,
 };
 use qs_wire::NodeId;
 use qs_wire::mesh::{
@@ -307,5 +307,70 @@ pub fn pair() -> Pair {
         p2,
         members,
         tree,
+    }
+}
+
+/// An operator's cascade of `verb` and `payload` over the whole mesh, the agents to be ready
+/// in 100 ms, given to `node` (the root).
+pub fn cascade(node: &mut MeshNode, mode: CascadeMode, verb: Verb, payload: &str, now: Time) {
+    let envelope = node.envelope(verb, payload, 2, now);
+    let command = Command::Cascade {
+        mode,
+        scope: Scope::Global,
+        envelope,
+        sample: None,
+        budget_ms: Some(100),
+        approved: false,
+        automated: false,
+    };
+    node.handle(MeshInput::Command { command, tag: 1 }, now);
+}
+
+/// The value mismatch the tests' agents answer with.
+pub fn contradiction() -> ConflictDetail {
+    ConflictDetail::DataContradiction {
+        expected: "b".into(),
+        received: "a".into(),
+        affects_agents: 1,
+    }
+}
+
+/// An agent's answer to `d`, heard by `node` at `now`: READY in 5 ms, or CONFLICT with
+/// `conflict`; from another node's agent through `host`, or from one of `node`'s own.
+pub fn answer_dispatch(
+    node: &mut MeshNode,
+    d: &Dispatch,
+    host: Option<&NodeId>,
+    conflict: Option<ConflictDetail>,
+    now: Time,
+) {
+    let MeshMessage::Ack(mut ack) = ready(d, now.as_millis(), 5) else {
+        unreachable!("ready() makes an ack")
+    };
+    if conflict.is_some() {
+        ack.state = Trinary::Conflict;
+        ack.conflict = conflict;
+    }
+    match host {
+        Some(from) => {
+            let msg = MeshMessage::Ack(ack);
+            node.handle(
+                MeshInput::Heard {
+                    from: from.clone(),
+                    msg,
+                },
+                now,
+            )
+        }
+        None => {
+            let reply_to = d.reply_to.clone();
+            node.handle(
+                MeshInput::AgentDone {
+                    ack: *ack,
+                    reply_to,
+                },
+                now,
+            )
+        }
     }
 }

@@ -25,7 +25,7 @@ pub enum ConflictDetail {
 }
 
 impl ConflictDetail {
-    fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), String> {
         match self {
             ConflictDetail::ContextDivergence { context_hash, .. } => {
                 text("context_hash", context_hash)

@@ -214,6 +214,27 @@ pub struct Handover {
     /// Their cluster in the hierarchy both nodes now hold.
     pub cluster: ClusterId,
     pub agents: Vec<HandedAgent>,
+    /// Their conflicts still unresolved at the former lead, at most [`MAX_HANDED_CONFLICTS`]
+    /// (the most urgent); left out when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conflicts: Vec<HandedConflict>,
+}
+
+/// Most conflicts one handover carries.
+pub const MAX_HANDED_CONFLICTS: usize = 100;
+
+/// One unresolved conflict handed over with its agent: what the new lead needs to resolve
+/// it as the former would have (it classifies it again from the detail).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandedConflict {
+    pub agent: AgentId,
+    pub op: OpId,
+    /// When the former lead heard it, Unix milliseconds.
+    pub at_ms: u64,
+    /// The content the agent contradicted (its envelope's hash).
+    pub content_hash: String,
+    pub detail: ConflictDetail,
 }
 
 /// One agent handed over.

@@ -1,11 +1,13 @@
 //! Handing agents over (seed §10.2): when a newly seasoned node wins a cluster, its former
 //! lead tells it at its next beat what it knew of each agent (in the routing pool, its
 //! processing time), so a newcomer admitted under the former lead stays in the pool instead
-//! of settling again. The new lead takes it only from the agent's lead in the hierarchy
-//! before, and only for agents it has measured nothing of itself.
+//! of settling again, and its conflicts still unresolved, so they stay so. The new lead takes
+//! it only from the agent's lead in the hierarchy before, and views only for agents it has
+//! measured nothing of itself.
 
 use super::*;
-use qs_wire::mesh::{HandedAgent, Handover, MAX_CHILDREN};
+use crate::mesh::conflict::{self, Resolution};
+use qs_wire::mesh::{HandedAgent, HandedConflict, Handover, MAX_CHILDREN, MAX_HANDED_CONFLICTS};
 
 impl MeshNode {
     /// Views of agents this node no longer leads (`left`, after a new tree): each for the
@@ -25,10 +27,7 @@ impl MeshNode {
             if lead == self.me {
                 continue;
             }
-            let h = self.handovers.entry((lead, c)).or_insert_with(|| Handover {
-                cluster: c,
-                agents: Vec::new(),
-            });
+            let h = self.handover_to(lead, c);
             if h.agents.len() < MAX_CHILDREN {
                 h.agents.push(HandedAgent {
                     agent,
@@ -40,6 +39,50 @@ impl MeshNode {
         }
     }
 
+    /// Conflicts that left this node's quarantine after a new tree (`left`): each with its
+    /// agent's handover to the node that leads it now (the most urgent first, as many as a
+    /// handover carries), resolved here as handed over; where no other node leads it, as its
+    /// lead changed.
+    pub(super) fn hand_over_conflicts(
+        &mut self,
+        mut left: Vec<conflict::Record>,
+        tree: &Hierarchy,
+        now: Time,
+    ) {
+        left.sort_by_key(|r| (std::cmp::Reverse(r.priority), r.seq));
+        for r in left {
+            let lead = tree
+                .cluster_of(r.agent)
+                .and_then(|c| Some((c, tree.cluster(c)?.lead.clone()?)))
+                .filter(|(_, lead)| *lead != self.me);
+            let mut how = Resolution::LeadChanged;
+            if let Some((c, lead)) = lead {
+                let h = self.handover_to(lead, c);
+                if h.conflicts.len() < MAX_HANDED_CONFLICTS {
+                    h.conflicts.push(HandedConflict {
+                        agent: r.agent,
+                        op: r.op,
+                        at_ms: r.at_ms,
+                        content_hash: r.content_hash.clone(),
+                        detail: r.detail.clone(),
+                    });
+                    how = Resolution::HandedOver;
+                }
+            }
+            let done = self.conflicts.settle(&r, how, now);
+            self.resolved(vec![done]);
+        }
+    }
+
+    /// The handover to `lead` for cluster `c`, made empty if there is none yet.
+    fn handover_to(&mut self, lead: NodeId, c: ClusterId) -> &mut Handover {
+        self.handovers.entry((lead, c)).or_insert_with(|| Handover {
+            cluster: c,
+            agents: Vec::new(),
+            conflicts: Vec::new(),
+        })
+    }
+
     /// At a beat: the handovers of the last tree change go out.
     pub(super) fn send_handovers(&mut self) {
         for ((to, _), h) in std::mem::take(&mut self.handovers) {
@@ -49,18 +92,34 @@ impl MeshNode {
 
     /// A former lead's views: taken for agents of a cluster this node leads, that `from`
     /// led in the hierarchy before this one, and that this node measured nothing of yet.
-    pub(super) fn on_handover(&mut self, from: &NodeId, h: Handover) {
+    pub(super) fn on_handover(&mut self, from: &NodeId, h: Handover, now: Time) {
         let Some(before) = self.tree_before.clone() else {
             return;
         };
+        let Some(led) = self.led.get(&h.cluster) else {
+            return;
+        };
+        let led_before = |agent| {
+            before
+                .cluster_of(agent)
+                .and_then(|c| before.cluster(c))
+                .is_some_and(|cl| cl.lead.as_ref() == Some(from))
+        };
+        // Conflicts: of agents of the cluster, that `from` led before.
+        let taken: Vec<HandedConflict> = h
+            .conflicts
+            .into_iter()
+            .filter(|c| led.agents.contains_key(&c.agent) && led_before(c.agent))
+            .collect();
+        for c in taken {
+            let r = self.conflicts.handed(from.clone(), h.cluster, c, now);
+            self.out.push_back(MeshOutput::Conflict(r));
+        }
         let Some(led) = self.led.get_mut(&h.cluster) else {
             return;
         };
         for a in h.agents {
-            let led_before = before
-                .cluster_of(a.agent)
-                .and_then(|c| before.cluster(c))
-                .is_some_and(|cl| cl.lead.as_ref() == Some(from));
+            let led_before = led_before(a.agent);
             let Some(view) = led.agents.get_mut(&a.agent) else {
                 continue;
             };
