@@ -131,13 +131,14 @@ fn an_agent_lacking_a_capability_loses_it_and_the_ask_goes_to_one_that_has_it() 
     assert_eq!(again.len(), 1, "{out:?}");
     assert_ne!(again[0].agent, lacking.agent);
     assert!(theirs.contains(&again[0].agent));
-    // Its conflict is resolved so (REROUTE), not left open.
+    // Its conflict is resolved once the other one did the work (REROUTE), not before.
+    assert_eq!(resolved(&out), []);
+    lead.answer(&again[0], None);
+    let (out, counts) = drained_counts(&mut lead);
     assert_eq!(
         resolved(&out),
         [(lacking.agent, qs_core::mesh::conflict::Resolution::Rerouted)]
     );
-    lead.answer(&again[0], None);
-    let (_, counts) = drained_counts(&mut lead);
     assert_eq!(counts, [2, 1, 1, 1], "sent, ready, conflict, rerouted");
 
     // The map is fixed: the next ask needing it, even of both, reaches only the other one,

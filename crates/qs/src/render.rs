@@ -262,14 +262,19 @@ pub fn describe(event: &Event) -> String {
             strategy,
             escalation,
             escalated_by,
+            handed_by,
             detail,
             ..
-        } => match escalated_by {
-            Some(by) => format!(
+        } => match (escalated_by, handed_by) {
+            (Some(by), _) => format!(
                 "mesh conflict {seq}, escalated here by {by}, from agent {agent:016x} of \
                  cluster {cluster}: {class}, priority {priority}, {strategy}: {detail}"
             ),
-            None => format!(
+            (None, Some(by)) => format!(
+                "mesh conflict {seq}, handed over by {by}, of agent {agent:016x} of cluster \
+                 {cluster}: {class}, priority {priority}, {strategy}: {detail}"
+            ),
+            (None, None) => format!(
                 "mesh conflict {seq} from agent {agent:016x} of cluster {cluster}: {class}, \
                  priority {priority}, {strategy}, escalated to {escalation}: {detail}"
             ),
@@ -369,5 +374,45 @@ mod tests {
             "{text}"
         );
         assert_eq!(lines[3].trim_start(), "no answer in time from lilo");
+    }
+
+    /// A conflict reads where it came from: heard here, escalated here, or handed over.
+    #[test]
+    fn a_mesh_conflict_says_where_it_came_from() {
+        let conflict = |escalated_by: Option<&str>, handed_by: Option<&str>| Event::MeshConflict {
+            seq: 4,
+            op: 1,
+            agent: 0xab,
+            cluster: 3,
+            class: "ValueMismatch".into(),
+            priority: 3,
+            strategy: "ProvenanceTrace".into(),
+            escalation: "Sector".into(),
+            due_ms: Some(60_000),
+            escalated_by: escalated_by.map(str::to_owned),
+            handed_by: handed_by.map(str::to_owned),
+            detail: "{}".into(),
+        };
+        let table = [
+            (
+                conflict(None, None),
+                "from agent 00000000000000ab of cluster 3",
+            ),
+            (conflict(Some("m2"), None), "escalated here by m2"),
+            (conflict(None, Some("m1")), "handed over by m1"),
+            (
+                Event::MeshConflictResolved {
+                    seq: 4,
+                    agent: 0xab,
+                    cluster: 3,
+                    how: "agreed".into(),
+                },
+                "resolved: agreed",
+            ),
+        ];
+        for (event, want) in table {
+            let text = super::describe(&event);
+            assert!(text.contains(want), "{want:?} not in {text:?}");
+        }
     }
 }

@@ -3,14 +3,14 @@
 //! quarantine until it is resolved, and it is classified: a priority (0–4) with the time it
 //! gives to resolve it, a resolution strategy, and whom to escalate to.
 //!
-//! How each is resolved: a capability mismatch when the work went to a capable agent
-//! (REROUTE); a divergence, a value mismatch or a causality violation when the agent accepts
-//! the same content later (the branch converged, the weaker source was updated, the causal
-//! chain holds again); any by an operator's `heal`, the only way out for an integrity
-//! failure (its agent is quarantined until then). A conflict whose agent another node
-//! leads after a new tree leaves this quarantine with the agent's handover, for its new lead
-//! to hold. Conflicts escalated here from below are notices: the lead that heard them
-//! resolves them.
+//! How each is resolved: a capability mismatch when a capable agent did the work instead
+//! (REROUTE: it answered READY); a divergence, a value mismatch or a causality violation
+//! when the agent accepts the same content later (the branch converged, the weaker source
+//! was updated, the causal chain holds again); any by an operator's `heal`, the only way out
+//! for an integrity failure (its agent is quarantined until then). A conflict whose agent
+//! another node leads after a new tree leaves this quarantine with the agent's handover, for
+//! its new lead to hold. Conflicts escalated here from below are notices: the lead that
+//! heard them resolves them.
 
 use crate::time::Time;
 use qs_wire::NodeId;
@@ -104,7 +104,7 @@ pub struct Record {
 pub enum Resolution {
     /// The agent accepted the same content later.
     Agreed,
-    /// The work went to a capable agent.
+    /// A capable agent did the work instead.
     Rerouted,
     /// An operator healed its scope.
     Released,
@@ -324,7 +324,7 @@ impl Log {
         self.resolve(Resolution::Agreed, now, seqs)
     }
 
-    /// The work of conflict `seq` went to a capable agent.
+    /// A capable agent did the work of conflict `seq` instead.
     pub fn rerouted(&mut self, seq: u64, now: Time) -> Vec<Resolved> {
         self.resolve(Resolution::Rerouted, now, vec![seq])
     }

@@ -120,6 +120,7 @@ pub(super) fn lead_order(node: &mut MeshNode, o: Order, c: ClusterId, now: Time)
         limited,
         reported: false,
         escalate: Escalations::default(),
+        rerouted: BTreeMap::new(),
     };
     let key = (o.op, c);
     node.ops.lead.insert(key, op);
@@ -237,6 +238,10 @@ pub(crate) fn on_ack(node: &mut MeshNode, from: &NodeId, a: Ack, now: Time) {
                 }
                 if a.state == Trinary::Ready {
                     node.agreed(a.agent, &l.envelope.content_hash, now);
+                    if let Some(seq) = l.rerouted.remove(&a.agent) {
+                        let done = node.conflicts.rerouted(seq, now);
+                        node.resolved(done);
+                    }
                 }
                 if a.state == Trinary::Conflict
                     && let Some(record) = node.conflict(&a, &l.envelope.content_hash, now)
@@ -254,8 +259,7 @@ pub(crate) fn on_ack(node: &mut MeshNode, from: &NodeId, a: Ack, now: Time) {
                         l.gather.tally_mut().targeted += 1;
                         l.gather.tally_mut().rerouted += 1;
                         rerouted = Some(other);
-                        let done = node.conflicts.rerouted(record.seq, now);
-                        node.resolved(done);
+                        l.rerouted.insert(other, record.seq);
                     }
                 }
             }

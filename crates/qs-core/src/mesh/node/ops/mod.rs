@@ -125,6 +125,9 @@ pub(crate) struct LeadOp {
     reported: bool,
     /// Conflicts for the report to carry up.
     escalate: Escalations,
+    /// Agents the work of a capability mismatch went to, and that conflict: resolved when
+    /// the agent answers READY (seed §5.1's REROUTE).
+    rerouted: BTreeMap<AgentId, u64>,
 }
 
 #[derive(Clone, Debug)]
