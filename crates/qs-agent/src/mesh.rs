@@ -13,7 +13,7 @@ use crate::clock::now;
 use crate::identity::Auth;
 use crate::mesh_agents::Answered;
 pub use crate::mesh_agents::{LocalAgents, MeshOptions};
-use qs_core::mesh::hierarchy::LEAD_AFTER_MS;
+use qs_core::mesh::seniority::LEAD_AFTER_MS;
 use qs_core::mesh::{
     Command, Hierarchy, Joined, Member, MeshConfig, MeshInput, MeshNode, MeshOutput, OpResult,
     Seniority, Shape, seniorities, seniority_in,

@@ -63,7 +63,7 @@ impl Default for MeshOptions {
             context: "a1b2c3d4".into(),
             settle_ms: qs_core::mesh::integration::IntegrationConfig::default().settle_ms,
             zone: String::new(),
-            lead_after_ms: qs_core::mesh::hierarchy::LEAD_AFTER_MS,
+            lead_after_ms: qs_core::mesh::seniority::LEAD_AFTER_MS,
         }
     }
 }

@@ -268,7 +268,7 @@ struct MeshFlags {
     /// How long this node is in a running mesh before it may lead a cluster (seed
     /// §10.2: nodes join the routing pool gradually; the nodes that start the mesh
     /// together lead at once), milliseconds.
-    #[arg(long, default_value_t = qs_core::mesh::hierarchy::LEAD_AFTER_MS, value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    #[arg(long, default_value_t = qs_core::mesh::seniority::LEAD_AFTER_MS, value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
     mesh_lead_after_ms: u64,
 }
 

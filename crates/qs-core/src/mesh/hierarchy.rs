@@ -16,14 +16,14 @@
 //!   that do not fit (more than 100, or more clusters than the tree holds) are ignored: one
 //!   tree as without them.
 //! - The lead of a cluster is the live host of its agents with the highest rendezvous score
-//!   for the cluster's key (its zone and place in it); a sector's coordinator is the highest-scoring live lead of its
-//!   clusters; the root the highest-scoring coordinator. A lead's death elects the next.
-//! - Nodes come into leadership gradually (seed §10.2): a node that joins a running mesh is
-//!   [`Seniority::New`] for its first [`LEAD_AFTER_MS`], and leads only where no seasoned
-//!   host can (a cluster of new hosts only). A node that crashes soon after it starts then
-//!   never took a lead from a seasoned node. The founders, which joined within that time of the mesh's first
-//!   node, are seasoned at once: a fleet that starts together elects once.
+//!   for the cluster's key (its zone and place in it); a sector's coordinator is the
+//!   highest-scoring live lead of its clusters; the root the highest-scoring coordinator. A
+//!   lead's death elects the next.
+//! - Nodes come into leadership gradually ([`super::seniority`]): an election takes the best
+//!   seniority there is, so a node new to a running mesh leads only where no seasoned host
+//!   can (a cluster of new hosts only).
 
+use super::seniority::Seniority;
 use crate::hash::{mix, of_str, rendezvous};
 use qs_wire::NodeId;
 use qs_wire::mesh::{AgentId, ClusterId, MAX_CHILDREN, SectorId};
@@ -55,81 +55,6 @@ pub struct Member {
     pub agent: AgentId,
     pub host: NodeId,
     pub zone: String,
-}
-
-/// How long a node that joins a running mesh waits before it may lead.
-pub const LEAD_AFTER_MS: u64 = 10_000;
-
-/// A node as an election sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Seniority {
-    /// Not live: never elected.
-    Down,
-    /// Live, and in the mesh for less than the lead-after time: elected only where no
-    /// seasoned node can be.
-    New,
-    Seasoned,
-}
-
-impl Seniority {
-    /// A node's seniority, from when it joined (`joined`) and when the mesh's first live node
-    /// did (`first`): a founder if it joined within the first node's lead-after time of it,
-    /// else new until its own lead-after time passed. (The same clock: every node reads both
-    /// from the membership, so every node computes the same tree, up to the clocks' skew at
-    /// the moment a node comes of age.)
-    pub fn of(live: bool, joined: Joined, first: Joined, now_ms: u64) -> Self {
-        let window_ms = first.since_ms.saturating_add(first.lead_after_ms);
-        let founder = joined.since_ms <= window_ms;
-        let aged = now_ms >= joined.since_ms.saturating_add(joined.lead_after_ms);
-        match (live, founder || aged) {
-            (false, _) => Seniority::Down,
-            (true, false) => Seniority::New,
-            (true, true) => Seniority::Seasoned,
-        }
-    }
-
-    /// Live or down, for a mesh where every node is seasoned (tests, a fleet started
-    /// together).
-    pub fn live(live: bool) -> Self {
-        match live {
-            true => Seniority::Seasoned,
-            false => Seniority::Down,
-        }
-    }
-}
-
-/// When a node joined the mesh, and how long it waits before it may lead, as its
-/// membership record says.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Joined {
-    pub since_ms: u64,
-    pub lead_after_ms: u64,
-}
-
-/// Each live node's seniority; the first node is the earliest live one. A node not in the
-/// map is down. Each node's lead-after time is read from its record, so nodes that were
-/// given different ones still compute the same tree.
-pub fn seniorities<'a>(
-    live: impl Iterator<Item = (&'a NodeId, Joined)>,
-    now_ms: u64,
-) -> BTreeMap<NodeId, Seniority> {
-    let joined: BTreeMap<&NodeId, Joined> = live.collect();
-    let Some(first) = joined
-        .values()
-        .min_by_key(|j| (j.since_ms, j.lead_after_ms))
-        .copied()
-    else {
-        return BTreeMap::new();
-    };
-    joined
-        .into_iter()
-        .map(|(n, j)| (n.clone(), Seniority::of(true, j, first, now_ms)))
-        .collect()
-}
-
-/// A node's seniority as `seniorities` says it: down when it is not in the map.
-pub fn seniority_in(m: &BTreeMap<NodeId, Seniority>) -> impl Fn(&NodeId) -> Seniority + '_ {
-    |n| m.get(n).copied().unwrap_or(Seniority::Down)
 }
 
 /// The agents of one zone (or of all, when zones are ignored), and the clusters they take.
@@ -578,67 +503,6 @@ mod tests {
         assert_ne!(next, dead);
         assert!(h.clusters[i].hosts.contains(&next));
         assert_ne!(h.root.as_ref(), Some(&dead));
-    }
-
-    #[test]
-    fn a_node_is_new_in_a_running_mesh_and_seasoned_after_a_while() {
-        const AFTER: u64 = 10_000;
-        let at = |since_ms| Joined {
-            since_ms,
-            lead_after_ms: AFTER,
-        };
-        // (live, joined, the first node, now, seniority)
-        let table = [
-            (false, at(0), at(0), 99_000, Seniority::Down),
-            // The founders: within the lead-after time of the first node.
-            (true, at(0), at(0), 0, Seniority::Seasoned),
-            (true, at(10_000), at(0), 10_000, Seniority::Seasoned),
-            // A node that joins a running mesh, until it comes of age.
-            (true, at(10_001), at(0), 10_001, Seniority::New),
-            (true, at(50_000), at(0), 59_999, Seniority::New),
-            (true, at(50_000), at(0), 60_000, Seniority::Seasoned),
-            // A clock far ahead makes only its own node new (no overflow).
-            (true, at(u64::MAX), at(0), 60_000, Seniority::New),
-            // The founders' window is the first node's: a long lead-after time of its own
-            // makes a late node no founder.
-            (
-                true,
-                Joined {
-                    since_ms: 50_000,
-                    lead_after_ms: 3_600_000,
-                },
-                at(0),
-                60_000,
-                Seniority::New,
-            ),
-        ];
-        for (live, joined, first, now, want) in table {
-            assert_eq!(
-                Seniority::of(live, joined, first, now),
-                want,
-                "{live} {joined:?} {first:?} {now}"
-            );
-        }
-        // The founding time is the earliest live node's.
-        let (a, b, c) = (
-            NodeId::new("a").unwrap(),
-            NodeId::new("b").unwrap(),
-            NodeId::new("c").unwrap(),
-        );
-        let joined = |since_ms| Joined {
-            since_ms,
-            lead_after_ms: AFTER,
-        };
-        let live = [
-            (&a, joined(5_000)),
-            (&b, joined(12_000)),
-            (&c, joined(40_000)),
-        ];
-        let s = seniorities(live.into_iter(), 45_000);
-        assert_eq!(
-            s.values().copied().collect::<Vec<_>>(),
-            [Seniority::Seasoned, Seniority::Seasoned, Seniority::New]
-        );
     }
 
     #[test]

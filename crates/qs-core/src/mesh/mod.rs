@@ -7,7 +7,7 @@
 //! [`MeshNode::poll`]; the simulator and the daemon drive the same machine. The pieces it
 //! uses each have a module: the tree ([`hierarchy`]), profiles and classes ([`impedance`]),
 //! arrival-time schedules ([`schedule`]), windows ([`gather`]), the trinary quorum
-//! ([`quorum`]), conflicts ([`conflict`]), circuit breakers ([`breaker`]) and degradation
+//! ([`quorum`]), conflicts ([`conflict`]), which nodes may lead yet ([`seniority`]), circuit breakers ([`breaker`]) and degradation
 //! modes and failure classes ([`degrade`]), and scale-out: new agents added to the routing
 //! pool gradually ([`integration`]).
 
@@ -21,11 +21,13 @@ pub mod integration;
 pub mod node;
 pub mod quorum;
 pub mod schedule;
+pub mod seniority;
 
-pub use hierarchy::{Hierarchy, Joined, Member, Seniority, Shape, seniorities, seniority_in};
+pub use hierarchy::{Hierarchy, Member, Shape};
 pub use node::{
     Command, CommandError, Kpis, MeshConfig, MeshInput, MeshNode, MeshOutput, OpResult,
 };
+pub use seniority::{Joined, Seniority, seniorities, seniority_in};
 
 use sha2::{Digest, Sha256};
 
