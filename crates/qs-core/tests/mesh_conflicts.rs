@@ -9,7 +9,7 @@ mod common;
 use common::*;
 use qs_core::Time;
 use qs_core::mesh::conflict::Resolution;
-use qs_wire::mesh::{AgentId, ConflictDetail, Verb};
+use qs_wire::mesh::{AgentId, ConflictDetail};
 
 #[test]
 fn a_lead_escalates_critical_conflicts_and_the_same_content_accepted_resolves_a_mismatch() {
@@ -58,12 +58,7 @@ fn a_lead_escalates_critical_conflicts_and_the_same_content_accepted_resolves_a_
 
     // An ask of other content: READY from the two still in the pool resolves nothing.
     lead.run(600);
-    let mut other = lead
-        .node
-        .envelope(Verb::Observe, "something else", 2, lead.now);
-    other.op = qs_wire::mesh::OpId(2);
-    other.requires = Some(TPU.into());
-    other.target_arrival_ms = lead.now.as_millis() + 200;
+    let other = lead.ask_with(2, "something else");
     lead.order_of(other, None);
     let sent2 = dispatches(&lead.run(250));
     assert!(
@@ -119,7 +114,7 @@ fn a_coordinator_logs_the_conflicts_of_a_late_report_from_the_clusters_lead_only
     let now = Time::from_millis(1_000_000);
     let mut node = MeshNode::new(p1.clone(), MeshConfig::default(), now);
     node.handle(MeshInput::Tree(Arc::new(tree)), now);
-    let _: Vec<MeshOutput> = std::iter::from_fn(|| node.poll()).collect();
+    drain(&mut node);
     let report = |from: &NodeId| Report {
         op: OpId(77),
         scope: Scope::Cluster(ClusterId(0)),
@@ -146,7 +141,8 @@ fn a_coordinator_logs_the_conflicts_of_a_late_report_from_the_clusters_lead_only
             },
             now,
         );
-        std::iter::from_fn(|| node.poll())
+        drain(node)
+            .into_iter()
             .filter_map(|o| match o {
                 MeshOutput::Conflict(r) => Some((r.agent, r.escalated_by)),
                 _ => None,

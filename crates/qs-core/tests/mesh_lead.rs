@@ -21,9 +21,8 @@ use qs_core::mesh::{
 };
 use qs_wire::NodeId;
 use qs_wire::mesh::{
-    AgentBeat, AgentId, CascadeMode, ClusterId, ConflictDetail, MeshMessage, OpId, Verb,
+    AgentBeat, AgentId, CascadeMode, ClusterId, ConflictDetail, Dispatch, MeshMessage, OpId, Verb,
 };
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 mod common;
@@ -55,7 +54,6 @@ fn newcomers_settle_on_their_hosts_clock_and_members_are_in_the_pool_at_once() {
     let joined_on_host = start.as_millis() - skew_ms - 1_000;
     let silent = *theirs.last().unwrap();
     let answering = &theirs[..theirs.len() - 1];
-    let pool = |n: &MeshNode| -> BTreeSet<AgentId> { n.pool().map(|(_, a)| a).collect() };
     let mut admitted_at = None;
     let mut silent_at = None;
     let mut probes = 0;
@@ -65,7 +63,7 @@ fn newcomers_settle_on_their_hosts_clock_and_members_are_in_the_pool_at_once() {
         let sent_ms = now.as_millis() - skew_ms;
         hear_beat(&mut node, &other, c, sent_ms, agents.collect(), now);
         node.handle(MeshInput::Tick, now);
-        let out: Vec<MeshOutput> = std::iter::from_fn(|| node.poll()).collect();
+        let out = drain(&mut node);
         for d in dispatches(&out) {
             assert_eq!(d.envelope.verb, Verb::Probe, "only probes before they join");
             assert_ne!(d.envelope.op, OpId(0));
@@ -126,7 +124,7 @@ fn an_agent_lacking_a_capability_loses_it_and_the_ask_goes_to_one_that_has_it() 
         }),
     );
     // The ask goes on to the other one, which answers.
-    let out: Vec<MeshOutput> = std::iter::from_fn(|| lead.node.poll()).collect();
+    let out = drain(&mut lead.node);
     let again = dispatches(&out);
     assert_eq!(again.len(), 1, "{out:?}");
     assert_ne!(again[0].agent, lacking.agent);
@@ -254,7 +252,7 @@ fn an_answer_from_another_node_than_the_agents_host_is_refused() {
         missing: TPU.into(),
     };
     lead.answer_from(mallory, &sent[0], Some(lacks));
-    let out: Vec<MeshOutput> = std::iter::from_fn(|| lead.node.poll()).collect();
+    let out = drain(&mut lead.node);
     assert!(dispatches(&out).is_empty(), "{out:?}");
     assert_eq!(lead.node.refused_senders(), 1);
     // Its host's own answer counts.
@@ -397,7 +395,7 @@ fn a_lead_keeps_its_agents_when_another_zone_renumbers_their_cluster() {
         now = Time::from_millis(now.as_millis() + 300);
         beat_from_other(&mut node, ClusterId(1), now);
         node.handle(MeshInput::Tick, now);
-        let out: Vec<MeshOutput> = std::iter::from_fn(|| node.poll()).collect();
+        let out = drain(&mut node);
         for d in dispatches(&out)
             .into_iter()
             .filter(|d| theirs.contains(&d.agent))
@@ -436,7 +434,7 @@ fn a_lead_keeps_its_agents_when_another_zone_renumbers_their_cluster() {
     now = Time::from_millis(now.as_millis() + 300);
     beat_from_other(&mut node, moved, now);
     node.handle(MeshInput::Tick, now);
-    let out: Vec<MeshOutput> = std::iter::from_fn(|| node.poll()).collect();
+    let out = drain(&mut node);
     assert!(
         dispatches(&out).is_empty(),
         "no probe: they are in the pool"
@@ -479,12 +477,11 @@ fn a_former_lead_hands_its_admitted_agents_over_to_the_new_lead() {
     b.handle(MeshInput::Agents(their_beats.clone()), start);
     // p1 leads: p2 beats its agents to it and answers its probes, until p1 admitted them.
     let mut now = start;
-    let pool = |n: &MeshNode| -> BTreeSet<AgentId> { n.pool().map(|(_, x)| x).collect() };
     for _ in 0..20 {
         now = Time::from_millis(now.as_millis() + 300);
         hear_beat(&mut a, &p2, c, now.as_millis(), their_beats.clone(), now);
         a.handle(MeshInput::Tick, now);
-        let out: Vec<MeshOutput> = std::iter::from_fn(|| a.poll()).collect();
+        let out = drain(&mut a);
         for d in dispatches(&out) {
             let msg = ready(&d, now.as_millis(), 5);
             a.handle(
@@ -505,24 +502,7 @@ fn a_former_lead_hands_its_admitted_agents_over_to_the_new_lead() {
     cascade(&mut a, CascadeMode::Wave, Verb::Sync, "a fact", now);
     for _ in 0..10 {
         now = Time::from_millis(now.as_millis() + 100);
-        if now.as_millis().is_multiple_of(300) {
-            hear_beat(&mut a, &p2, c, now.as_millis(), their_beats.clone(), now);
-        }
-        a.handle(MeshInput::Tick, now);
-        let out: Vec<MeshOutput> = std::iter::from_fn(|| a.poll()).collect();
-        for o in out {
-            let (d, remote) = match o {
-                MeshOutput::Send {
-                    to,
-                    msg: MeshMessage::Dispatch(d),
-                } if to == p2 => (*d, true),
-                MeshOutput::Deliver(d) => (d, false),
-                _ => continue,
-            };
-            let conflict = (d.agent == AgentId(0)).then(contradiction);
-            let host = remote.then_some(&p2);
-            answer_dispatch(&mut a, &d, host, conflict, now);
-        }
+        step_answering(&mut a, &p2, &their_beats, now, |d| d.agent == AgentId(0));
     }
     let open = |n: &MeshNode, now: Time| n.conflicts().counts(now, |_| true).open;
     assert_eq!(open(&a, now), 1, "p1 heard the conflict");
@@ -606,47 +586,15 @@ fn the_root_tells_a_lead_of_newcomers_that_contradicted_an_urgent_operation() {
         start,
     );
     let (newcomer, member) = (AgentId(15), AgentId(3));
-    let pool = |n: &MeshNode| -> BTreeSet<AgentId> { n.pool().map(|(_, x)| x).collect() };
     // Each step: p2's beat, a tick, and every dispatch answered at once: READY, but for
     // the two that contradict an ask (the newcomer and an established member).
     let mut now = start;
     let mut results = Vec::new();
     let mut step = |node: &mut MeshNode, now: Time| {
-        if now.as_millis().is_multiple_of(300) {
-            hear_beat(
-                node,
-                &p2,
-                ClusterId(0),
-                now.as_millis(),
-                theirs.clone(),
-                now,
-            );
-        }
-        node.handle(MeshInput::Tick, now);
-        let out: Vec<MeshOutput> = std::iter::from_fn(|| node.poll()).collect();
-        for o in out {
-            let (d, from) = match o {
-                MeshOutput::Send {
-                    to,
-                    msg: MeshMessage::Dispatch(d),
-                } if to == p2 => (*d, Some(p2.clone())),
-                MeshOutput::Deliver(d) => (d, None),
-                MeshOutput::Finished(r) => {
-                    results.push(r);
-                    continue;
-                }
-                _ => continue,
-            };
-            let contradicts =
-                d.envelope.verb == Verb::Observe && [newcomer, member].contains(&d.agent);
-            answer_dispatch(
-                node,
-                &d,
-                from.as_ref(),
-                contradicts.then(contradiction),
-                now,
-            );
-        }
+        let contradicts = |d: &Dispatch| {
+            d.envelope.verb == Verb::Observe && [newcomer, member].contains(&d.agent)
+        };
+        results.extend(step_answering(node, &p2, &theirs, now, contradicts));
     };
     // p2's agents settle and are probed into the pool.
     for _ in 0..600 {

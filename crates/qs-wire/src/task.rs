@@ -107,12 +107,8 @@ pub struct TaskSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub escalate: Vec<ServiceName>,
     /// No better score over this many iterations is no progress: the task escalates (0: never).
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "crate::bounds::is_zero")]
     pub stall_iterations: u32,
-}
-
-fn is_zero(n: &u32) -> bool {
-    *n == 0
 }
 
 fn bad(field: &str, reason: impl Into<String>) -> Result<(), InvalidField> {

@@ -188,24 +188,24 @@ fn a_thousand_agents_over_nats() {
         "conflict records in the ledgers"
     );
     // Each is of priority 3 (a value all 250 of m4's agents hold): its lead escalates it
-    // with its report to the sector's coordinator, which logs a notice of it where it is
-    // another node (the leads of m4's clusters are not all their coordinators). The leads
-    // keep them unresolved (m4's agents hold their context), and the root's summaries
-    // count them all, critical.
-    // Each is of priority 3 (a value all 250 of m4's agents hold): its lead escalates it
     // with its report to the sector's coordinator. Each cluster with conflicts is in its
     // coordinator's ledger: heard there where the coordinator leads it, else as a notice
-    // escalated by its lead.
-    let root_status = root.get("/v1/mesh");
-    let coordinator_of = |sector: &Value| -> String {
-        let rows = root_status["sectors"].as_array().unwrap();
+    // escalated by its lead. The leads keep them unresolved (m4's agents hold their
+    // context), and the root's summaries count them all, critical.
+    let names: Vec<Value> = agents
+        .iter()
+        .map(|a| a.get("/v1/mesh")["node"].clone())
+        .collect();
+    let root_view = root.get("/v1/mesh");
+    let coordinator_of = |sector: &Value| -> usize {
+        let rows = root_view["sectors"].as_array().unwrap();
         let row = rows.iter().find(|r| r["sector"] == *sector).unwrap();
-        row["coordinator"].as_str().unwrap().to_string()
+        names.iter().position(|n| *n == row["coordinator"]).unwrap()
     };
     let mut expected_notices = 0;
-    let mut in_ledgers: Vec<(String, Value)> = Vec::new();
-    for lead in &agents {
-        let s = lead.get("/v1/mesh");
+    // (the coordinator's index in `agents`, a cluster with conflicts)
+    let mut in_ledgers: Vec<(usize, Value)> = Vec::new();
+    for (i, lead) in agents.iter().enumerate() {
         let mine: Vec<u64> = lead
             .events()
             .iter()
@@ -213,12 +213,12 @@ fn a_thousand_agents_over_nats() {
             .filter(|e| e["event"]["escalated_by"].is_null())
             .map(|e| e["event"]["cluster"].as_u64().unwrap())
             .collect();
-        for row in s["clusters"].as_array().unwrap() {
+        for row in lead.get("/v1/mesh")["clusters"].as_array().unwrap() {
             if !mine.contains(&row["cluster"].as_u64().unwrap()) {
                 continue;
             }
             let co = coordinator_of(&row["sector"]);
-            expected_notices += usize::from(co != s["node"]);
+            expected_notices += usize::from(co != i);
             in_ledgers.push((co, row["cluster"].clone()));
         }
     }
@@ -227,11 +227,10 @@ fn a_thousand_agents_over_nats() {
         "each cluster in its coordinator's ledger",
         Duration::from_secs(10),
         |_| {
+            // Every ledger read once a poll.
+            let ledgers: Vec<Vec<Value>> = agents.iter().map(|a| a.events()).collect();
             in_ledgers.iter().all(|(co, cluster)| {
-                let at = agents
-                    .iter()
-                    .find(|a| a.get("/v1/mesh")["node"] == co.as_str());
-                at.unwrap().events().iter().any(|e| {
+                ledgers[*co].iter().any(|e| {
                     e["event"]["event"] == "mesh-conflict" && e["event"]["cluster"] == *cluster
                 })
             })

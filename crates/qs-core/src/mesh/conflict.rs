@@ -287,23 +287,16 @@ impl Log {
     }
 
     /// Resolves the open conflicts `seqs`, returning them for the ledger.
+    /// Takes open conflict `seq` out of the quarantine.
+    fn take_open(&mut self, seq: u64) -> Option<Record> {
+        let r = self.open.remove(&seq)?;
+        self.forget(r.agent, seq);
+        Some(r)
+    }
+
     fn resolve(&mut self, how: Resolution, now: Time, seqs: Vec<u64>) -> Vec<Resolved> {
-        let mut out = Vec::with_capacity(seqs.len());
-        for seq in seqs {
-            let Some(r) = self.open.remove(&seq) else {
-                continue;
-            };
-            self.forget(r.agent, seq);
-            self.resolved += 1;
-            out.push(Resolved {
-                seq,
-                agent: r.agent,
-                cluster: r.cluster,
-                how,
-                at_ms: now.as_millis(),
-            });
-        }
-        out
+        let taken: Vec<Record> = seqs.into_iter().filter_map(|s| self.take_open(s)).collect();
+        taken.iter().map(|r| self.settle(r, how, now)).collect()
     }
 
     /// The agent accepted `content_hash`: its divergences, mismatches and causality
@@ -356,14 +349,7 @@ impl Log {
                 None => gone.push(r.seq),
             }
         }
-        let mut out = Vec::with_capacity(gone.len());
-        for seq in gone {
-            if let Some(r) = self.open.remove(&seq) {
-                self.forget(r.agent, seq);
-                out.push(r);
-            }
-        }
-        out
+        gone.into_iter().filter_map(|s| self.take_open(s)).collect()
     }
 
     /// A conflict that left this quarantine ([`Log::leave`]) is resolved here as `how`.

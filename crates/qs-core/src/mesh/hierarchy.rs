@@ -26,7 +26,7 @@
 use super::seniority::Seniority;
 use crate::hash::{mix, of_str, rendezvous};
 use qs_wire::NodeId;
-use qs_wire::mesh::{AgentId, ClusterId, MAX_CHILDREN, SectorId};
+use qs_wire::mesh::{AgentId, ClusterId, MAX_CHILDREN, Scope, SectorId};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Most agents the hierarchy holds: 100 sectors × 100 clusters × 100 agents.
@@ -217,6 +217,15 @@ impl Hierarchy {
 
     pub fn host_of(&self, agent: AgentId) -> Option<&NodeId> {
         self.host_of.get(&agent)
+    }
+
+    /// Whether `scope` holds cluster `c` (the whole mesh, its sector, or itself).
+    pub fn holds(&self, scope: Scope, c: ClusterId) -> bool {
+        match scope {
+            Scope::Global => true,
+            Scope::Sector(s) => self.cluster(c).is_some_and(|x| x.sector == s),
+            Scope::Cluster(x) => x == c,
+        }
     }
 
     pub fn cluster(&self, c: ClusterId) -> Option<&Cluster> {

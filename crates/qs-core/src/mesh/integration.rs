@@ -116,6 +116,12 @@ pub fn standing(c: &Candidate, now: Time, cfg: &IntegrationConfig) -> Standing {
     Standing::Eligible
 }
 
+/// Whether a cluster clearly (four in five) answered READY against its CONFLICTs: a
+/// newcomer that contradicted it is then held back, not the cluster's view in question.
+pub fn clearly_ready(ready: u32, conflicts: u32) -> bool {
+    u64::from(ready) * 5 >= (u64::from(ready) + u64::from(conflicts)) * 4
+}
+
 /// Whether an agent that joined at `joined_ms` (0: long ago) is a member like any other.
 pub fn established(joined_ms: u64, now: Time, cfg: &IntegrationConfig) -> bool {
     joined_ms == 0 || now.as_millis().saturating_sub(joined_ms) >= cfg.established_ms

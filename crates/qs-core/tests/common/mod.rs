@@ -5,7 +5,8 @@
 use qs_core::Time;
 use qs_core::mesh::conflict::Resolution;
 use qs_core::mesh::{
-    Command, Hierarchy, Member, MeshConfig, MeshInput, MeshNode, MeshOutput, Seniority, Shape,
+    Command, Hierarchy, Member, MeshConfig, MeshInput, MeshNode, MeshOutput, OpResult, Seniority,
+    Shape,
 };
 use qs_wire::NodeId;
 use qs_wire::mesh::{
@@ -128,14 +129,19 @@ impl Lead {
                 );
             }
             self.node.handle(MeshInput::Tick, self.now);
-            out.extend(std::iter::from_fn(|| self.node.poll()));
+            out.extend(drain(&mut self.node));
         }
         out
     }
 
     /// An ask of the agents with the capability, arriving in 200 ms.
     pub fn ask(&mut self, op: u64) -> MeshEnvelope {
-        let mut envelope = self.node.envelope(Verb::Observe, "ready?", 2, self.now);
+        self.ask_with(op, "ready?")
+    }
+
+    /// An ask of `payload` of the agents with the capability, arriving in 200 ms.
+    pub fn ask_with(&mut self, op: u64, payload: &str) -> MeshEnvelope {
+        let mut envelope = self.node.envelope(Verb::Observe, payload, 2, self.now);
         envelope.op = OpId(op);
         envelope.requires = Some(TPU.into());
         envelope.target_arrival_ms = self.now.as_millis() + 200;
@@ -175,27 +181,7 @@ impl Lead {
     }
 
     pub fn answer_from(&mut self, from: NodeId, d: &Dispatch, conflict: Option<ConflictDetail>) {
-        let ack = Ack {
-            op: d.envelope.op,
-            agent: d.agent,
-            cluster: d.cluster,
-            state: match conflict {
-                Some(_) => Trinary::Conflict,
-                None => Trinary::Ready,
-            },
-            arrived_ms: self.now.as_millis(),
-            ready_ms: self.now.as_millis(),
-            answer: String::new(),
-            conflict,
-            expired: false,
-        };
-        self.node.handle(
-            MeshInput::Heard {
-                from,
-                msg: MeshMessage::Ack(Box::new(ack)),
-            },
-            self.now,
-        );
+        answer_dispatch(&mut self.node, d, Some(&from), 0, conflict, self.now);
     }
 }
 
@@ -254,7 +240,7 @@ pub fn dispatches(out: &[MeshOutput]) -> Vec<Dispatch> {
 
 /// What the lead put out since, and its report's sent, ready, conflict and rerouted counts.
 pub fn drained_counts(lead: &mut Lead) -> (Vec<MeshOutput>, [u32; 4]) {
-    let out: Vec<MeshOutput> = std::iter::from_fn(|| lead.node.poll()).collect();
+    let out = drain(&mut lead.node);
     let t = report(&out).expect("the cluster reported").tally;
     (out, [t.sent, t.ready, t.conflict, t.rerouted])
 }
@@ -335,16 +321,17 @@ pub fn contradiction() -> ConflictDetail {
     }
 }
 
-/// An agent's answer to `d`, heard by `node` at `now`: READY in 5 ms, or CONFLICT with
+/// An agent's answer to `d`, heard by `node` at `now`: READY in `took_ms`, or CONFLICT with
 /// `conflict`; from another node's agent through `host`, or from one of `node`'s own.
 pub fn answer_dispatch(
     node: &mut MeshNode,
     d: &Dispatch,
     host: Option<&NodeId>,
+    took_ms: u64,
     conflict: Option<ConflictDetail>,
     now: Time,
 ) {
-    let MeshMessage::Ack(mut ack) = ready(d, now.as_millis(), 5) else {
+    let MeshMessage::Ack(mut ack) = ready(d, now.as_millis(), took_ms) else {
         unreachable!("ready() makes an ack")
     };
     if conflict.is_some() {
@@ -373,4 +360,57 @@ pub fn answer_dispatch(
             )
         }
     }
+}
+
+/// One step at `now` of a node with another host's agents: that host's beat of `beats`
+/// (every 300 ms), a tick, and every dispatch answered at once, from that host or from the
+/// node's own agents: READY, or CONFLICT ([`contradiction`]) where `contradicts` says. The
+/// operations that finished.
+pub fn step_answering(
+    node: &mut MeshNode,
+    host: &NodeId,
+    beats: &[AgentBeat],
+    now: Time,
+    contradicts: impl Fn(&Dispatch) -> bool,
+) -> Vec<OpResult> {
+    if now.as_millis().is_multiple_of(300) {
+        hear_beat(
+            node,
+            host,
+            ClusterId(0),
+            now.as_millis(),
+            beats.to_vec(),
+            now,
+        );
+    }
+    node.handle(MeshInput::Tick, now);
+    let out = drain(node);
+    let mut finished = Vec::new();
+    for o in out {
+        let (d, from) = match o {
+            MeshOutput::Send {
+                to,
+                msg: MeshMessage::Dispatch(d),
+            } if to == *host => (*d, Some(host)),
+            MeshOutput::Deliver(d) => (d, None),
+            MeshOutput::Finished(r) => {
+                finished.push(r);
+                continue;
+            }
+            _ => continue,
+        };
+        let conflict = contradicts(&d).then(contradiction);
+        answer_dispatch(node, &d, from, 5, conflict, now);
+    }
+    finished
+}
+
+/// Everything `node` put out since it was last drained.
+pub fn drain(node: &mut MeshNode) -> Vec<MeshOutput> {
+    std::iter::from_fn(|| node.poll()).collect()
+}
+
+/// The agents in `node`'s routing pool.
+pub fn pool(node: &MeshNode) -> BTreeSet<AgentId> {
+    node.pool().map(|(_, a)| a).collect()
 }

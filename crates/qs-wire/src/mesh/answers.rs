@@ -185,7 +185,7 @@ pub struct Report {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub escalated: Vec<Escalated>,
     /// Escalated conflicts past those carried.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "crate::bounds::is_zero")]
     pub escalated_more: u32,
 }
 
@@ -235,10 +235,6 @@ pub struct ConflictCounts {
 
 /// Most unresolved conflicts a lead holds (its quarantine), so a cluster's count.
 pub const MAX_OPEN_CONFLICTS: u32 = 10_000;
-
-fn is_zero(n: &u32) -> bool {
-    *n == 0
-}
 
 impl ConflictCounts {
     pub fn is_none(&self) -> bool {

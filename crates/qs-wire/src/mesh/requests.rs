@@ -130,7 +130,7 @@ pub struct MeshMembers {
     pub zone: String,
     /// When the node joined the mesh, milliseconds since 1970 on its clock: a node new to a
     /// running mesh leads only once it has been in it a while (seed §10.2). 0: long ago.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "crate::bounds::is_zero")]
     pub since_ms: u64,
     /// How long after `since_ms` it may lead a cluster (`None`: the mesh's default). Every
     /// node reads it here, so all agree on when it may.
@@ -140,10 +140,6 @@ pub struct MeshMembers {
 
 /// The longest a node may wait before it leads: an hour.
 pub const MAX_LEAD_AFTER_MS: u64 = 3_600_000;
-
-fn is_zero(x: &u64) -> bool {
-    *x == 0
-}
 
 /// The latest `since_ms` taken (the year 2500): a larger one is no time.
 pub const MAX_SINCE_MS: u64 = 16_725_225_600_000;

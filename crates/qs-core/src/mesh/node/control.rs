@@ -19,13 +19,7 @@ impl MeshNode {
                 self.frozen.remove(&c.scope);
                 let clusters: Vec<ClusterId> = self.led.keys().copied().collect();
                 for cl in clusters {
-                    let sector = self.led[&cl].sector;
-                    let inside = match c.scope {
-                        Scope::Global => true,
-                        Scope::Sector(s) => s == sector,
-                        Scope::Cluster(x) => x == cl,
-                    };
-                    if !inside {
+                    if !self.tree.holds(c.scope, cl) {
                         continue;
                     }
                     self.breakers.reset(Scope::Cluster(cl), now);
@@ -49,11 +43,7 @@ impl MeshNode {
                 // Every conflict in scope is released (an operator's review), and the
                 // notices escalated here about it dropped.
                 let tree = &self.tree;
-                let released = self.conflicts.release(now, |cl| match c.scope {
-                    Scope::Global => true,
-                    Scope::Sector(s) => tree.cluster(cl).is_some_and(|x| x.sector == s),
-                    Scope::Cluster(x) => x == cl,
-                });
+                let released = self.conflicts.release(now, |cl| tree.holds(c.scope, cl));
                 self.resolved(released);
                 match c.scope {
                     Scope::Cluster(_) => {}
@@ -72,13 +62,8 @@ impl MeshNode {
                 continue;
             };
             for cl in &sector.clusters {
-                let inside = match c.scope {
-                    Scope::Global => true,
-                    Scope::Sector(x) => x == s,
-                    Scope::Cluster(x) => x == *cl,
-                };
                 if let Some(lead) = self.tree.cluster(*cl).and_then(|x| x.lead.clone())
-                    && inside
+                    && self.tree.holds(c.scope, *cl)
                     && lead != self.me
                 {
                     leads.insert(lead);

@@ -70,7 +70,7 @@ impl MeshNode {
                 }
             }
             let done = self.conflicts.settle(&r, how, now);
-            self.resolved(vec![done]);
+            self.out.push_back(MeshOutput::ConflictResolved(done));
         }
     }
 

@@ -82,11 +82,7 @@ pub(super) fn from_report(
         _ => TO_SECTOR,
     };
     for e in &rep.escalated {
-        let inside = match rep.scope {
-            Scope::Cluster(c) => e.cluster == c,
-            Scope::Sector(s) => node.tree.cluster(e.cluster).is_some_and(|c| c.sector == s),
-            Scope::Global => false,
-        };
+        let inside = rep.scope != Scope::Global && node.tree.holds(rep.scope, e.cluster);
         if !inside || node.tree.cluster_of(e.agent) != Some(e.cluster) {
             node.refused_senders += 1;
             continue;

@@ -313,12 +313,12 @@ pub(crate) fn on_ack(node: &mut MeshNode, from: &NodeId, a: Ack, now: Time) {
                 *r.answers.entry(a.answer.clone()).or_default() += 1;
             }
         }
-        let content_hash = r.envelope.content_hash.clone();
+        let content_hash = &r.envelope.content_hash;
         match a.state {
             Trinary::Conflict => {
-                node.conflict(&a, &content_hash, now);
+                node.conflict(&a, content_hash, now);
             }
-            Trinary::Ready => node.agreed(a.agent, &content_hash, now),
+            Trinary::Ready => node.agreed(a.agent, content_hash, now),
             Trinary::Transit => {}
         }
         maybe_finish_parallel(&mut ops, node, a.op, now);
@@ -456,7 +456,7 @@ pub(super) fn report_lead(ops: &mut Ops, node: &mut MeshNode, key: (OpId, Cluste
     // Seed §10.2, monitoring conflicts during integration: a new agent that answers
     // CONFLICT where its cluster clearly answers READY leaves the routing pool again.
     let t = l.gather.tally();
-    if !l.conflicted.is_empty() && t.ready * 5 >= (t.ready + t.conflict) * 4 {
+    if !l.conflicted.is_empty() && crate::mesh::integration::clearly_ready(t.ready, t.conflict) {
         for &a in &l.conflicted {
             node.conflict_while_integrating(c, a, now);
         }

@@ -174,10 +174,7 @@ pub(crate) fn on_report(node: &mut MeshNode, rep: Report, now: Time) {
         r.expect.remove(&rep.scope);
         r.tally.add(&rep.tally);
         merge_answers(&mut r.answers, &rep.answers);
-        let mut pass_on = std::mem::take(&mut r.escalate);
-        escalate::from_report(node, &rep, Some(&mut pass_on), now);
-        let r = ops.relay.get_mut(&k).expect("checked");
-        r.escalate = pass_on;
+        escalate::from_report(node, &rep, Some(&mut r.escalate), now);
         // Settled: the clusters still silent could not change the outcome.
         let missing = silent_agents(node, &r.expect);
         if r.expect.is_empty() || settled(&r.tally, missing, r.min_rate) {

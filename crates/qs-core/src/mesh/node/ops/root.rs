@@ -153,7 +153,7 @@ pub(super) fn end_phase(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Time)
         let lead = node.tree.cluster(c).and_then(|cl| cl.lead.clone());
         if let Some(lead) = lead
             && conflicts > 0
-            && v.ready * 5 >= (v.ready + conflicts) * 4
+            && crate::mesh::integration::clearly_ready(v.ready, conflicts)
         {
             let msg = Contradicted {
                 op,
