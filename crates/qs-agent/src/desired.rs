@@ -7,7 +7,7 @@ use crate::specs::watch_bucket;
 use qs_fabric::{Bytes, Fabric, KvEvent};
 use qs_store::{StateDir, StateFile, StoreError};
 use qs_wire::{ModelSpec, SpecDocument, WorkloadSpec};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -90,7 +90,9 @@ pub async fn keep<F: Fabric>(fabric: F, state: StateDir, stop: watch::Receiver<b
 /// Mirrors every change of one KV into its cache file. Each spec is kept encoded (once,
 /// when it changes), so a rewrite copies them into one JSON array rather than encoding every
 /// spec again; the file is written on a blocking thread, never on the
-/// runtime's workers (a fleet of twenty thousand services is megabytes, fsynced).
+/// runtime's workers (a fleet of twenty thousand services is megabytes, fsynced). A watch
+/// that ends (it fell behind) is made again: its replay is the bucket as it is now, and
+/// what it does not show again is gone from the file.
 async fn keep_one<F: Fabric>(
     fabric: F,
     state: StateDir,
@@ -99,18 +101,27 @@ async fn keep_one<F: Fabric>(
 ) {
     // The KV may not answer yet (an agent started while NATS is down): try again.
     let mut backoff = Backoff::new(GATHER, Duration::from_secs(5));
-    let mut watch = loop {
-        match watch_bucket(&fabric, m.bucket).await {
-            Ok(w) => break w,
-            Err(e) => tracing::warn!("desired-state cache: {e}; retrying"),
-        }
-        if backoff.wait(&mut stop).await {
-            return;
-        }
-    };
     let mut specs: BTreeMap<String, Bytes> = BTreeMap::new();
     let mut due: Option<tokio::time::Instant> = None;
+    // While a watch replays: the keys it has shown so far.
+    let mut replayed: Option<BTreeSet<String>> = None;
+    let mut watch: Option<qs_fabric::Watch> = None;
     loop {
+        let Some(w) = watch.as_mut() else {
+            match watch_bucket(&fabric, m.bucket).await {
+                Ok(w) => {
+                    watch = Some(w);
+                    replayed = Some(BTreeSet::new());
+                }
+                Err(e) => {
+                    tracing::warn!("desired-state cache: {e}; retrying");
+                    if backoff.wait(&mut stop).await {
+                        break;
+                    }
+                }
+            }
+            continue;
+        };
         // Only waited on while a write is due.
         let write_at = due.unwrap_or_else(tokio::time::Instant::now);
         tokio::select! {
@@ -120,20 +131,40 @@ async fn keep_one<F: Fabric>(
                 write(&state, m.file, &specs).await;
                 continue;
             }
-            e = watch.next() => match e {
+            e = w.next() => match e {
                 // A spec that breaks a rule is not cached: the last good one stays.
-                Some(Ok(KvEvent::Put(e))) => match (m.encoded)(&e.key, &e.value) {
-                    Ok(json) => {
-                        specs.insert(e.key, json);
+                Some(Ok(KvEvent::Put(e))) => {
+                    backoff.reset();
+                    if let Some(seen) = replayed.as_mut() {
+                        seen.insert(e.key.clone());
                     }
-                    Err(err) => tracing::warn!("desired-state cache: refused a spec: {err}"),
-                },
+                    match (m.encoded)(&e.key, &e.value) {
+                        Ok(json) => {
+                            specs.insert(e.key, json);
+                        }
+                        Err(err) => tracing::warn!("desired-state cache: refused a spec: {err}"),
+                    }
+                }
                 Some(Ok(KvEvent::Delete { key, .. })) => {
                     specs.remove(&key);
                 }
-                Some(Ok(KvEvent::Synced)) => continue,
-                Some(Err(e)) => tracing::warn!("desired-state cache: {e}"),
-                None => break,
+                Some(Ok(KvEvent::Synced)) => {
+                    let Some(seen) = replayed.take() else { continue };
+                    let before = specs.len();
+                    specs.retain(|k, _| seen.contains(k));
+                    if specs.len() == before {
+                        continue;
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!("desired-state cache: {e}; watching again");
+                    watch = None;
+                    continue;
+                }
+                None => {
+                    watch = None;
+                    continue;
+                }
             },
         }
         // The first change after a quiet spell starts the gathering now, not when the loop
@@ -230,5 +261,55 @@ mod tests {
         // Nothing kept: an empty array, not a damaged file.
         write(&state, StateFile::SpecsCache, &BTreeMap::new()).await;
         assert!(load(&state).expect("an empty cache").workloads.is_empty());
+    }
+
+    /// A burst of changes past the watch's buffer ends the watch: the cache watches again and
+    /// goes on mirroring, where it used to stop for good at the first lag.
+    #[tokio::test]
+    async fn the_cache_goes_on_after_its_watch_fell_behind() {
+        use qs_fabric::Kv as _;
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let state = StateDir::open(dir.path()).expect("a state directory");
+        let fabric = qs_fabric::memory::MemoryFabric::new();
+        let kv = fabric.kv(SPECS_BUCKET).await.expect("the specs bucket");
+        let doc = qs_wire::parse_spec(
+            "cache.toml",
+            "[service.web]\nreplicas = 1\ncommand = \"no-op\"\n\
+             resources = { cpu_cores = 0.1, memory_mib = 16 }\n",
+        )
+        .expect("a valid spec");
+        let template = serde_json::to_value(&doc.workloads[0]).expect("specs serialize");
+        let value = |name: &str| {
+            let mut spec = template.clone();
+            spec["name"] = serde_json::json!(name);
+            Bytes::from(serde_json::to_vec(&spec).expect("values serialize"))
+        };
+        let (stop_tx, stop) = watch::channel(false);
+        let kept = tokio::spawn(keep_one(fabric, state.clone(), MIRRORED[0], stop));
+        let cached = |n: usize| {
+            let state = state.clone();
+            async move {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+                while load(&state).map(|d| d.workloads.len()).ok() != Some(n) {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "{n} specs never cached"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        kv.put("first", value("first")).await.expect("a put");
+        cached(1).await;
+        // Without a yield: the watch's buffer fills and the watch ends.
+        let burst = qs_fabric::WATCH_BUFFER + 100;
+        for i in 0..burst {
+            let name = format!("burst-{i}");
+            kv.put(&name, value(&name)).await.expect("a put");
+        }
+        kv.delete("first").await.expect("a delete");
+        cached(burst).await;
+        stop_tx.send(true).expect("the cache listens");
+        kept.await.expect("the cache stops");
     }
 }

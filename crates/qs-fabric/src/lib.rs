@@ -17,6 +17,7 @@ pub mod nats;
 mod nats_security;
 #[cfg(feature = "testing")]
 pub mod nats_server;
+mod nats_watch;
 #[cfg(feature = "testing")]
 pub mod query_rounds;
 mod topic;
@@ -70,6 +71,16 @@ pub enum FabricError {
     /// A bounded store of the in-memory backend is full.
     #[error("{what} is full ({max} entries)")]
     Full { what: &'static str, max: usize },
+}
+
+impl FabricError {
+    /// A failed NATS operation, named: `map_err(FabricError::nats("KV put"))`.
+    pub fn nats<E: std::fmt::Display>(op: &'static str) -> impl Fn(E) -> FabricError {
+        move |e| FabricError::Nats {
+            op,
+            detail: e.to_string(),
+        }
+    }
 }
 
 /// A message as a subscriber receives it.

@@ -5,39 +5,21 @@
 //! `qs_f_b`; a node's ledger is mirrored into the JetStream stream `qs_f_ledger` under
 //! `qs.f.ledger.<node>` ([`NatsLedger`]).
 
+use crate::nats_watch::Reconnects;
 use crate::{
-    Bytes, Entry, Fabric, FabricError, Incoming, Kv, KvEvent, LedgerSink, SUBSCRIPTION_BUFFER,
-    Subscription, Topic, WATCH_BUFFER, Watch, check_bucket, check_entry, check_key, check_payload,
-    check_publish, check_watch_prefix,
+    Bytes, Entry, Fabric, FabricError, Incoming, Kv, LedgerSink, SUBSCRIPTION_BUFFER, Subscription,
+    Topic, Watch, check_bucket, check_entry, check_key, check_payload, check_publish,
+    check_watch_prefix,
 };
 use async_nats::jetstream::{self, kv};
 use futures_util::StreamExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 /// How long a subscription waits for the server to confirm it.
 const BARRIER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Most copies of a bucket or stream JetStream keeps.
 pub const MAX_REPLICAS: usize = 5;
-
-/// A failed NATS operation, named.
-pub(crate) fn nats<E: std::fmt::Display>(op: &'static str) -> impl Fn(E) -> FabricError {
-    move |e| FabricError::Nats {
-        op,
-        detail: e.to_string(),
-    }
-}
-
-/// Aborts a forwarding task when its stream is dropped.
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
 
 struct Inner {
     client: async_nats::Client,
@@ -49,6 +31,8 @@ struct Inner {
     /// slow-consumer events: a lower bound, since the client drops its own events past 128
     /// queued.
     dropped: Arc<AtomicU64>,
+    /// This connection's reconnections: each KV watch re-creates its consumer after one.
+    reconnects: Arc<Reconnects>,
     /// Copies kept of the buckets and streams this fabric creates.
     replicas: usize,
 }
@@ -127,15 +111,16 @@ impl NatsFabric {
         // Each subscription's own buffer holds SUBSCRIPTION_BUFFER messages; past that the
         // client drops them and says so, and they are counted.
         let dropped = Arc::new(AtomicU64::new(0));
-        let counted = dropped.clone();
+        let reconnects = Arc::new(Reconnects::new());
         let options = || -> Result<async_nats::ConnectOptions, FabricError> {
-            let counted = counted.clone();
+            let (counted, reconnected) = (dropped.clone(), reconnects.clone());
             let options = async_nats::ConnectOptions::new()
                 .subscription_capacity(SUBSCRIPTION_BUFFER)
                 .event_callback(move |event| {
                     if let async_nats::Event::SlowConsumer(_) = event {
                         counted.fetch_add(1, Ordering::Relaxed);
                     }
+                    reconnected.on_event(&event);
                     std::future::ready(())
                 });
             security.apply(options)
@@ -147,14 +132,14 @@ impl NatsFabric {
                 .retry_on_initial_connect()
                 .connect(servers)
                 .await
-                .map_err(nats("connect"))?,
+                .map_err(FabricError::nats("connect"))?,
             Err(e) => {
                 return Err(FabricError::Refused {
                     detail: format!("{}: {e}", e.kind()),
                 });
             }
         };
-        Self::with_client(client, fleet, replicas, dropped)
+        Self::with_client(client, fleet, replicas, dropped, reconnects)
     }
 
     /// Uses a connection opened as above; what it creates keeps `replicas` copies.
@@ -163,6 +148,7 @@ impl NatsFabric {
         fleet: &str,
         replicas: usize,
         dropped: Arc<AtomicU64>,
+        reconnects: Arc<Reconnects>,
     ) -> Result<NatsFabric, FabricError> {
         check_bucket(fleet)?;
         let prefix = format!("qs.{fleet}.");
@@ -173,6 +159,7 @@ impl NatsFabric {
                 prefix,
                 fleet: fleet.to_owned(),
                 dropped,
+                reconnects,
                 replicas,
             }),
         })
@@ -190,13 +177,13 @@ impl NatsFabric {
         kv.store
             .put("probe", Bytes::from_static(b"1"))
             .await
-            .map_err(nats("clock probe"))?;
+            .map_err(FabricError::nats("clock probe"))?;
         let after = std::time::SystemTime::now();
         let entry = kv
             .store
             .entry("probe")
             .await
-            .map_err(nats("clock probe"))?
+            .map_err(FabricError::nats("clock probe"))?
             .ok_or_else(|| FabricError::Nats {
                 op: "clock probe",
                 detail: "the probe was not kept".into(),
@@ -228,7 +215,11 @@ impl NatsFabric {
     /// Waits until everything published so far has been written to the server's socket (not
     /// that the server has processed it: see [`barrier`]).
     pub async fn flush(&self) -> Result<(), FabricError> {
-        self.inner.client.flush().await.map_err(nats("flush"))
+        self.inner
+            .client
+            .flush()
+            .await
+            .map_err(FabricError::nats("flush"))
     }
 }
 
@@ -242,7 +233,7 @@ pub async fn barrier(client: &async_nats::Client) -> Result<(), FabricError> {
     match client.request(subject, Bytes::new()).await {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => Ok(()),
-        Err(e) => Err(nats("barrier")(e)),
+        Err(e) => Err(FabricError::nats("barrier")(e)),
     }
 }
 
@@ -264,7 +255,7 @@ impl Fabric for NatsFabric {
         check_publish(topic, &payload)?;
         let subject = self.subject(topic);
         let sent = self.inner.client.publish(subject, payload).await;
-        sent.map_err(nats("publish"))
+        sent.map_err(FabricError::nats("publish"))
     }
 
     async fn subscribe(&self, topic: &Topic) -> Result<Subscription, FabricError> {
@@ -273,7 +264,7 @@ impl Fabric for NatsFabric {
             .client
             .subscribe(self.subject(topic))
             .await
-            .map_err(nats("subscribe"))?;
+            .map_err(FabricError::nats("subscribe"))?;
         // The server has the interest before this returns, so nothing published after, from
         // any connection, is missed; while disconnected the client subscribes again when it
         // reconnects.
@@ -309,9 +300,12 @@ impl Fabric for NatsFabric {
                     ..Default::default()
                 })
                 .await
-                .map_err(nats("open KV bucket"))?,
+                .map_err(FabricError::nats("open KV bucket"))?,
         };
-        Ok(NatsKv { store })
+        Ok(NatsKv {
+            store,
+            reconnects: self.inner.reconnects.clone(),
+        })
     }
 
     async fn objects(&self, bucket: &str) -> Result<NatsObjects, FabricError> {
@@ -328,7 +322,7 @@ impl Fabric for NatsFabric {
                     ..Default::default()
                 })
                 .await
-                .map_err(nats("open object store"))?,
+                .map_err(FabricError::nats("open object store"))?,
         };
         Ok(NatsObjects { store })
     }
@@ -348,7 +342,7 @@ impl crate::Objects for NatsObjects {
             .put(name, &mut reader)
             .await
             .map(drop)
-            .map_err(nats("put object"))
+            .map_err(FabricError::nats("put object"))
     }
 
     async fn get(&self, name: &str) -> Result<Option<Bytes>, FabricError> {
@@ -358,7 +352,7 @@ impl crate::Objects for NatsObjects {
         let mut object = match self.store.get(name).await {
             Ok(o) => o,
             Err(e) if e.kind() == GetErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(nats("get object")(e)),
+            Err(e) => return Err(FabricError::nats("get object")(e)),
         };
         // Read whole, but never past the bound, whatever the object says of its size.
         let mut out = Vec::new();
@@ -366,7 +360,7 @@ impl crate::Objects for NatsObjects {
         bounded
             .read_to_end(&mut out)
             .await
-            .map_err(nats("read object"))?;
+            .map_err(FabricError::nats("read object"))?;
         if out.len() > crate::MAX_OBJECT_BYTES {
             return Err(FabricError::PayloadTooLarge {
                 size: out.len(),
@@ -382,7 +376,7 @@ impl crate::Objects for NatsObjects {
         match self.store.delete(name).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == DeleteErrorKind::NotFound => Ok(()),
-            Err(e) => Err(nats("delete object")(e)),
+            Err(e) => Err(FabricError::nats("delete object")(e)),
         }
     }
 }
@@ -391,6 +385,7 @@ impl crate::Objects for NatsObjects {
 #[derive(Clone)]
 pub struct NatsKv {
     store: kv::Store,
+    reconnects: Arc<Reconnects>,
 }
 
 impl NatsKv {
@@ -402,7 +397,11 @@ impl NatsKv {
 impl Kv for NatsKv {
     async fn get(&self, key: &str) -> Result<Option<Entry>, FabricError> {
         check_key(key)?;
-        let entry = self.store.entry(key).await.map_err(nats("KV get"))?;
+        let entry = self
+            .store
+            .entry(key)
+            .await
+            .map_err(FabricError::nats("KV get"))?;
         Ok(entry
             .filter(|e| e.operation == kv::Operation::Put)
             .map(|e| Entry {
@@ -414,7 +413,10 @@ impl Kv for NatsKv {
 
     async fn put(&self, key: &str, value: Bytes) -> Result<u64, FabricError> {
         check_entry(key, &value)?;
-        self.store.put(key, value).await.map_err(nats("KV put"))
+        self.store
+            .put(key, value)
+            .await
+            .map_err(FabricError::nats("KV put"))
     }
 
     async fn cas(
@@ -435,101 +437,29 @@ impl Kv for NatsKv {
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
                     Err(conflict(self.revision(key).await))
                 }
-                Err(e) => Err(nats("KV compare-and-set")(e)),
+                Err(e) => Err(FabricError::nats("KV compare-and-set")(e)),
             },
             Some(rev) => match self.store.update(key, value, rev).await {
                 Ok(r) => Ok(r),
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                     Err(conflict(self.revision(key).await))
                 }
-                Err(e) => Err(nats("KV compare-and-set")(e)),
+                Err(e) => Err(FabricError::nats("KV compare-and-set")(e)),
             },
         }
     }
 
     async fn delete(&self, key: &str) -> Result<(), FabricError> {
         check_key(key)?;
-        self.store.delete(key).await.map_err(nats("KV delete"))
+        self.store
+            .delete(key)
+            .await
+            .map_err(FabricError::nats("KV delete"))
     }
 
     async fn watch(&self, prefix: &str) -> Result<Watch, FabricError> {
         check_watch_prefix(prefix)?;
-        let filter = format!("{prefix}>");
-        // With nothing under the prefix no entry comes to say the replay is over.
-        let mut keys = self.store.keys().await.map_err(nats("KV keys"))?;
-        let mut any = false;
-        while let Some(k) = keys.next().await {
-            if k.map_err(nats("KV keys"))?.starts_with(prefix) {
-                any = true;
-                break;
-            }
-        }
-        // Entries past the bucket's last revision as the watch begins are changes, not the
-        // replay (the consumer's pending count alone would count them into the replay).
-        let mut stream = self.store.stream.clone();
-        let start = stream
-            .info()
-            .await
-            .map_err(nats("stream info"))?
-            .state
-            .last_sequence;
-        let mut watch = self
-            .store
-            .watch_with_history(filter)
-            .await
-            .map_err(nats("KV watch"))?;
-        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
-        let task = tokio::spawn(async move {
-            // The replay is delivered whole (it waits for room); a live change that finds the
-            // buffer full ends the watch with `Lagged`.
-            let mut synced = !any;
-            if synced && tx.send(Ok(KvEvent::Synced)).await.is_err() {
-                return;
-            }
-            while let Some(e) = watch.next().await {
-                let sent = match e {
-                    Err(e) => tx.send(Err(nats("KV watch")(e))).await.is_ok(),
-                    Ok(e) if !synced && e.revision > start => {
-                        synced = true;
-                        tx.send(Ok(KvEvent::Synced)).await.is_ok()
-                            && tx.send(Ok(kv_event(e))).await.is_ok()
-                    }
-                    Ok(e) if !synced => {
-                        synced = e.delta == 0;
-                        tx.send(Ok(kv_event(e))).await.is_ok()
-                            && (!synced || tx.send(Ok(KvEvent::Synced)).await.is_ok())
-                    }
-                    Ok(e) => match tx.try_send(Ok(kv_event(e))) {
-                        Ok(()) => true,
-                        Err(_) => {
-                            if !tx.is_closed() {
-                                let _ = tx.send(Err(FabricError::Lagged)).await;
-                            }
-                            false
-                        }
-                    },
-                };
-                if !sent {
-                    return;
-                }
-            }
-        });
-        Ok(Watch::new(rx, Box::new(AbortOnDrop(task))))
-    }
-}
-
-/// A JetStream KV entry as the fabric's event.
-fn kv_event(e: kv::Entry) -> KvEvent {
-    match e.operation {
-        kv::Operation::Put => KvEvent::Put(Entry {
-            key: e.key,
-            value: e.value,
-            revision: e.revision,
-        }),
-        kv::Operation::Delete | kv::Operation::Purge => KvEvent::Delete {
-            key: e.key,
-            revision: e.revision,
-        },
+        crate::nats_watch::watch(self.store.clone(), &self.reconnects, prefix).await
     }
 }
 
@@ -569,13 +499,13 @@ impl NatsFabric {
                 ..Default::default()
             })
             .await
-            .map_err(nats("create ledger stream"))?;
+            .map_err(FabricError::nats("create ledger stream"))?;
         let stream = self
             .inner
             .js
             .get_stream(&name)
             .await
-            .map_err(nats("open ledger stream"))?;
+            .map_err(FabricError::nats("open ledger stream"))?;
         Ok(NatsLedger {
             js: self.inner.js.clone(),
             stream,
@@ -605,7 +535,7 @@ impl LedgerSink for NatsLedger {
             Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
                 Ok(0)
             }
-            Err(e) => Err(nats("read ledger stream")(e)),
+            Err(e) => Err(FabricError::nats("read ledger stream")(e)),
         }
     }
 
@@ -621,9 +551,9 @@ impl LedgerSink for NatsLedger {
             .js
             .send_publish(self.subject.clone(), publish)
             .await
-            .map_err(nats("append to ledger stream"))?
+            .map_err(FabricError::nats("append to ledger stream"))?
             .await
-            .map_err(nats("append to ledger stream"))?;
+            .map_err(FabricError::nats("append to ledger stream"))?;
         Ok(!ack.duplicate)
     }
 }

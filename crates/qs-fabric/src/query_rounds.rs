@@ -14,7 +14,6 @@
 //! round does not queue behind its tail.
 
 use crate::FabricError;
-use crate::nats::nats;
 use futures_util::StreamExt;
 use std::time::{Duration, Instant};
 
@@ -60,8 +59,12 @@ pub async fn query_rounds(
             detail: format!("rounds must be 1 to {MAX_ROUNDS}, got {rounds}"),
         });
     }
-    let fleet = async_nats::connect(url).await.map_err(nats("connect"))?;
-    let steward = async_nats::connect(url).await.map_err(nats("connect"))?;
+    let fleet = async_nats::connect(url)
+        .await
+        .map_err(FabricError::nats("connect"))?;
+    let steward = async_nats::connect(url)
+        .await
+        .map_err(FabricError::nats("connect"))?;
     let answer = bytes::Bytes::from(vec![b'o'; PAYLOAD_BYTES]);
     let steward_rpc = "qs.bench.node.steward.rpc";
     // Every node: its own subject (directed) and the shared query subject (gather).
@@ -71,7 +74,10 @@ pub async fn query_rounds(
             format!("qs.bench.node.v{i}.rpc"),
             "qs.bench.query.capacity".into(),
         ] {
-            let mut sub = fleet.subscribe(subject).await.map_err(nats("subscribe"))?;
+            let mut sub = fleet
+                .subscribe(subject)
+                .await
+                .map_err(FabricError::nats("subscribe"))?;
             let (client, answer) = (fleet.clone(), answer.clone());
             tasks.push(tokio::spawn(async move {
                 while let Some(m) = sub.next().await {
@@ -89,12 +95,12 @@ pub async fn query_rounds(
     let mut answers = steward
         .subscribe(steward_rpc)
         .await
-        .map_err(nats("subscribe"))?;
+        .map_err(FabricError::nats("subscribe"))?;
     let inbox_prefix = steward.new_inbox();
     let mut inbox = steward
         .subscribe(format!("{inbox_prefix}.*"))
         .await
-        .map_err(nats("subscribe"))?;
+        .map_err(FabricError::nats("subscribe"))?;
     crate::nats::barrier(&steward).await?;
     let query = bytes::Bytes::from(vec![b'q'; PAYLOAD_BYTES]);
     let mut out = QueryRounds {
@@ -122,7 +128,7 @@ pub async fn query_rounds(
             steward
                 .publish(format!("qs.bench.node.v{n}.rpc"), query.clone())
                 .await
-                .map_err(nats("publish"))?;
+                .map_err(FabricError::nats("publish"))?;
         }
         for got in 0..asked {
             next_within(
@@ -143,7 +149,7 @@ pub async fn query_rounds(
         steward
             .publish_with_reply("qs.bench.query.capacity", reply.clone(), query.clone())
             .await
-            .map_err(nats("publish"))?;
+            .map_err(FabricError::nats("publish"))?;
         let mut got = 0;
         while got < nodes {
             let within = Within {

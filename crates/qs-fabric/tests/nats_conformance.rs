@@ -19,7 +19,7 @@ async fn fabric() -> (NatsFabric, NatsServer) {
 qs_fabric::conformance_tests!(fabric);
 
 /// A KV watch and a subscription go on after the server restarts (same port, same store):
-/// the client reconnects and the watch's consumer is recreated where it left off.
+/// the client reconnects and the watch's consumer is re-created where it left off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watches_and_subscriptions_resume_after_a_server_restart() {
     use qs_fabric::{Bytes, Fabric, Kv, KvEvent, Topic};
@@ -54,12 +54,11 @@ async fn watches_and_subscriptions_resume_after_a_server_restart() {
         assert!(started.elapsed() < limit, "the KV never came back");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    loop {
-        match next().await {
-            Ok(KvEvent::Put(e)) if e.key == "after" => break,
-            Ok(_) | Err(_) => {} // replays and transient errors while the consumer is recreated
-        }
-    }
+    // The watch goes on from where it was: no error, no replay of what it had delivered.
+    assert!(
+        matches!(next().await, Ok(KvEvent::Put(e)) if e.key == "after"),
+        "the change after the restart comes next"
+    );
     // Interest is restored on reconnect: a publish reaches the old subscription.
     let started = tokio::time::Instant::now();
     loop {
@@ -194,4 +193,58 @@ async fn a_subscription_hears_other_connections_as_soon_as_it_returns() {
         missed.is_empty(),
         "published right after subscribe returned, missed: {missed:?}"
     );
+}
+
+/// A watch whose consumer is lost (its server went) goes on even when the name async-nats
+/// would re-create it under is taken, as a create that timed out on the client but was
+/// carried out by a JetStream cluster electing its leaders leaves it: the fabric asks for a
+/// consumer the server names. Before, such a watch delivered nothing, without an error,
+/// until the orphan expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_goes_on_when_its_consumer_is_lost_and_its_next_name_is_taken() {
+    use async_nats::jetstream::consumer::pull;
+    use futures_util::StreamExt as _;
+    use qs_fabric::{Bytes, Entry, Fabric, Kv, KvEvent};
+    use std::time::Duration;
+    let (fabric, server) = fabric().await;
+    let kv = fabric.kv("specs").await.unwrap();
+    kv.put("before", Bytes::from_static(b"1")).await.unwrap();
+    let mut watch = kv.watch("").await.unwrap();
+    let mut next = async || {
+        // The consumer's loss shows as missed idle heartbeats, 10 s after the last.
+        tokio::time::timeout(Duration::from_secs(40), watch.next())
+            .await
+            .expect("a KV event arrives")
+            .expect("the watch is open")
+    };
+    assert!(matches!(next().await, Ok(KvEvent::Put(e)) if e.key == "before"));
+    assert_eq!(next().await, Ok(KvEvent::Synced));
+
+    // From another connection: the watch's consumer goes, and its successor's name is taken.
+    let side = async_nats::connect(server.url()).await.unwrap();
+    let js = async_nats::jetstream::new(side);
+    let stream = js.get_stream("KV_qs_conformance_specs").await.unwrap();
+    let names: Vec<String> = stream
+        .consumer_names()
+        .map(|n| n.expect("a consumer name"))
+        .collect()
+        .await;
+    // The watch's, and what listing the keys left (it goes when idle).
+    assert!(!names.is_empty(), "the watch has a consumer");
+    for name in names {
+        stream.delete_consumer(&name).await.unwrap();
+        let squatter = pull::Config {
+            durable_name: Some(format!("{name}_1")),
+            ..Default::default()
+        };
+        stream.create_consumer(squatter).await.unwrap();
+    }
+
+    let revision = kv.put("after", Bytes::from_static(b"2")).await.unwrap();
+    let expected = Entry {
+        key: "after".into(),
+        value: Bytes::from_static(b"2"),
+        revision,
+    };
+    assert_eq!(next().await, Ok(KvEvent::Put(expected)));
 }

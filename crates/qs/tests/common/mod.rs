@@ -301,6 +301,8 @@ impl Up {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+        // Shown with a failing test's output: which step took the time.
+        eprintln!("waited {:.1?} for {what}", start.elapsed());
     }
 
     pub fn log(&self) -> String {
