@@ -90,9 +90,9 @@ pub async fn keep<F: Fabric>(fabric: F, state: StateDir, stop: watch::Receiver<b
 /// Mirrors every change of one KV into its cache file. Each spec is kept encoded (once,
 /// when it changes), so a rewrite copies them into one JSON array rather than encoding every
 /// spec again; the file is written on a blocking thread, never on the
-/// runtime's workers (a fleet of twenty thousand services is megabytes, fsynced). A watch
-/// that ends (it fell behind) is made again: its replay is the bucket as it is now, and
-/// what it does not show again is gone from the file.
+/// runtime's workers (a fleet of twenty thousand services is megabytes, fsynced). Each
+/// replay (the first, and that of a watch made again after one ended: it fell behind) is
+/// the bucket as it is now: what it does not show is gone from the file.
 async fn keep_one<F: Fabric>(
     fabric: F,
     state: StateDir,
@@ -148,13 +148,11 @@ async fn keep_one<F: Fabric>(
                 Some(Ok(KvEvent::Delete { key, .. })) => {
                     specs.remove(&key);
                 }
+                // The end of a replay: the file is written as the bucket is, even when
+                // nothing came (what was removed while this agent was down goes too).
                 Some(Ok(KvEvent::Synced)) => {
                     let Some(seen) = replayed.take() else { continue };
-                    let before = specs.len();
                     specs.retain(|k, _| seen.contains(k));
-                    if specs.len() == before {
-                        continue;
-                    }
                 }
                 Some(Err(e)) => {
                     tracing::warn!("desired-state cache: {e}; watching again");
@@ -261,6 +259,37 @@ mod tests {
         // Nothing kept: an empty array, not a damaged file.
         write(&state, StateFile::SpecsCache, &BTreeMap::new()).await;
         assert!(load(&state).expect("an empty cache").workloads.is_empty());
+    }
+
+    /// A spec removed from the KV while the agent was down leaves the cache at the end of the
+    /// first replay, even when the bucket is now empty (nothing else would rewrite the file).
+    #[tokio::test]
+    async fn the_cache_forgets_what_the_bucket_no_longer_holds() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let state = StateDir::open(dir.path()).expect("a state directory");
+        let doc = qs_wire::parse_spec(
+            "cache.toml",
+            "[service.web]\nreplicas = 1\ncommand = \"no-op\"\n\
+             resources = { cpu_cores = 0.1, memory_mib = 16 }\n",
+        )
+        .expect("a valid spec");
+        let json = serde_json::to_vec(&doc.workloads[0]).expect("specs serialize");
+        let stale = BTreeMap::from([("web".to_owned(), Bytes::from(json))]);
+        write(&state, StateFile::SpecsCache, &stale).await;
+        assert_eq!(load(&state).expect("the cache reads").workloads.len(), 1);
+        let fabric = qs_fabric::memory::MemoryFabric::new();
+        let (stop_tx, stop) = watch::channel(false);
+        let kept = tokio::spawn(keep_one(fabric, state.clone(), MIRRORED[0], stop));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !load(&state).expect("the cache reads").workloads.is_empty() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the stale spec stayed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop_tx.send(true).expect("the cache listens");
+        kept.await.expect("the cache stops");
     }
 
     /// A burst of changes past the watch's buffer ends the watch: the cache watches again and

@@ -9,15 +9,20 @@
 //!
 //! So this watch re-creates the consumer itself: on a reconnection, and on any error of the
 //! consumer (a missed idle heartbeat), it drops the old one and asks for a new one, named by
-//! the server, from the revision after the last it delivered. A KV stream keeps each key's
-//! last change, so nothing is lost and nothing is delivered twice; the caller sees one watch
-//! that goes on.
+//! the server, from the revision after the last it delivered. The fabric's buckets keep one
+//! revision per key, so nothing is lost and nothing is delivered twice; the caller sees one
+//! watch that goes on. What this does not cover: async-nats also re-creates the consumer,
+//! under its own name, on a gap in the consumer's sequence (messages its subscription
+//! dropped) or a heartbeat that says one was missed, and says nothing while it tries; such a
+//! watch may stall until that name is free again.
 //!
 //! For a minute or more after a server is killed, the cluster still counts it among the
 //! stream's peers and places some new consumers on it: their creation times out. So a
 //! consumer is asked for again, beside the first request, when that one has not answered
-//! within [`HEDGE_AFTER`] (at most [`HEDGE_MAX`] at once); the first made is kept, the others
-//! expire unwatched. A healthy cluster answers the first at once, and nothing more is asked.
+//! within [`HEDGE_AFTER`] (at most [`HEDGE_MAX`] requests in all); the first made is kept.
+//! A healthy cluster answers the first at once, and nothing more is asked. What is dropped
+//! (the lost consumer, the hedges that lost) is left to the server, which removes a consumer
+//! nobody listens to after its inactive threshold (30 s).
 
 use crate::{Entry, FabricError, KvEvent, WATCH_BUFFER, Watch};
 use async_nats::jetstream::kv;
@@ -33,7 +38,7 @@ const RESUME_MAX: Duration = Duration::from_secs(5);
 const CREATE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a request for a consumer goes unanswered before another is sent beside it.
 const HEDGE_AFTER: Duration = Duration::from_secs(1);
-/// Most requests for one consumer in flight at once.
+/// Most requests sent for one consumer (a failed one is replaced, and counts).
 const HEDGE_MAX: usize = 4;
 
 /// Counts this client's reconnections (a connection that came back after it was lost), so
@@ -120,6 +125,9 @@ pub(crate) async fn watch(
         start,
         synced: !any,
         delivered: None,
+        resumed_at: None,
+        progressed: false,
+        pause: RESUME_MIN,
     };
     let task = tokio::spawn(follower.run(first));
     Ok(Watch::new(rx, Box::new(AbortOnDrop(task))))
@@ -136,6 +144,12 @@ struct Follower {
     synced: bool,
     /// The last revision forwarded: a re-created consumer starts after it.
     delivered: Option<u64>,
+    /// When the consumer was last re-created, and whether an entry came since: a consumer
+    /// that fails again at once (a message it cannot read, say) is re-created after a pause
+    /// that doubles, not in a loop.
+    resumed_at: Option<tokio::time::Instant>,
+    progressed: bool,
+    pause: Duration,
 }
 
 impl Follower {
@@ -194,6 +208,7 @@ impl Follower {
             }
         };
         self.delivered = Some(revision);
+        self.progressed = true;
         sent
     }
 
@@ -206,6 +221,19 @@ impl Follower {
             Some(r) => tracing::warn!("KV watch of {bucket}: {why}; resuming from revision {r}"),
             None => tracing::warn!("KV watch of {bucket}: {why}; starting its replay again"),
         }
+        let again_at_once =
+            !self.progressed && self.resumed_at.is_some_and(|t| t.elapsed() < RESUME_MAX);
+        if again_at_once {
+            tokio::select! {
+                _ = self.tx.closed() => return None,
+                _ = tokio::time::sleep(self.pause) => {}
+            }
+            self.pause = (self.pause * 2).min(RESUME_MAX);
+        } else {
+            self.pause = RESUME_MIN;
+        }
+        self.resumed_at = Some(tokio::time::Instant::now());
+        self.progressed = false;
         let mut wait = RESUME_MIN;
         loop {
             // Reconnections while trying are this try's business.

@@ -229,7 +229,7 @@ async fn a_watch_goes_on_when_its_consumer_is_lost_and_its_next_name_is_taken() 
         .map(|n| n.expect("a consumer name"))
         .collect()
         .await;
-    // The watch's, and what listing the keys left (it goes when idle).
+    // The watch's (and any other the bucket's opening left, which goes when idle).
     assert!(!names.is_empty(), "the watch has a consumer");
     for name in names {
         stream.delete_consumer(&name).await.unwrap();
