@@ -261,33 +261,43 @@ mod tests {
         assert!(load(&state).expect("an empty cache").workloads.is_empty());
     }
 
-    /// A spec removed from the KV while the agent was down leaves the cache at the end of the
-    /// first replay, even when the bucket is now empty (nothing else would rewrite the file).
-    #[tokio::test]
-    async fn the_cache_forgets_what_the_bucket_no_longer_holds() {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let state = StateDir::open(dir.path()).expect("a state directory");
+    /// One small service, `web`.
+    fn web() -> WorkloadSpec {
         let doc = qs_wire::parse_spec(
             "cache.toml",
             "[service.web]\nreplicas = 1\ncommand = \"no-op\"\n\
              resources = { cpu_cores = 0.1, memory_mib = 16 }\n",
         )
         .expect("a valid spec");
-        let json = serde_json::to_vec(&doc.workloads[0]).expect("specs serialize");
-        let stale = BTreeMap::from([("web".to_owned(), Bytes::from(json))]);
-        write(&state, StateFile::SpecsCache, &stale).await;
-        assert_eq!(load(&state).expect("the cache reads").workloads.len(), 1);
-        let fabric = qs_fabric::memory::MemoryFabric::new();
-        let (stop_tx, stop) = watch::channel(false);
-        let kept = tokio::spawn(keep_one(fabric, state.clone(), MIRRORED[0], stop));
+        doc.workloads.into_iter().next().expect("one service")
+    }
+
+    /// Waits (at most 20 s) until the cache file holds `n` specs.
+    async fn cached(state: &StateDir, n: usize) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while !load(&state).expect("the cache reads").workloads.is_empty() {
+        while load(state).map(|d| d.workloads.len()).ok() != Some(n) {
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "the stale spec stayed"
+                "{n} specs never cached"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// A spec removed from the KV while the agent was down leaves the cache at the end of the
+    /// first replay, even when the bucket is now empty (nothing else would rewrite the file).
+    #[tokio::test]
+    async fn the_cache_forgets_what_the_bucket_no_longer_holds() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let state = StateDir::open(dir.path()).expect("a state directory");
+        let json = serde_json::to_vec(&web()).expect("specs serialize");
+        let stale = BTreeMap::from([("web".to_owned(), Bytes::from(json))]);
+        write(&state, StateFile::SpecsCache, &stale).await;
+        cached(&state, 1).await;
+        let fabric = qs_fabric::memory::MemoryFabric::new();
+        let (stop_tx, stop) = watch::channel(false);
+        let kept = tokio::spawn(keep_one(fabric, state.clone(), MIRRORED[0], stop));
+        cached(&state, 0).await;
         stop_tx.send(true).expect("the cache listens");
         kept.await.expect("the cache stops");
     }
@@ -301,13 +311,7 @@ mod tests {
         let state = StateDir::open(dir.path()).expect("a state directory");
         let fabric = qs_fabric::memory::MemoryFabric::new();
         let kv = fabric.kv(SPECS_BUCKET).await.expect("the specs bucket");
-        let doc = qs_wire::parse_spec(
-            "cache.toml",
-            "[service.web]\nreplicas = 1\ncommand = \"no-op\"\n\
-             resources = { cpu_cores = 0.1, memory_mib = 16 }\n",
-        )
-        .expect("a valid spec");
-        let template = serde_json::to_value(&doc.workloads[0]).expect("specs serialize");
+        let template = serde_json::to_value(web()).expect("specs serialize");
         let value = |name: &str| {
             let mut spec = template.clone();
             spec["name"] = serde_json::json!(name);
@@ -315,21 +319,8 @@ mod tests {
         };
         let (stop_tx, stop) = watch::channel(false);
         let kept = tokio::spawn(keep_one(fabric, state.clone(), MIRRORED[0], stop));
-        let cached = |n: usize| {
-            let state = state.clone();
-            async move {
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-                while load(&state).map(|d| d.workloads.len()).ok() != Some(n) {
-                    assert!(
-                        tokio::time::Instant::now() < deadline,
-                        "{n} specs never cached"
-                    );
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-        };
         kv.put("first", value("first")).await.expect("a put");
-        cached(1).await;
+        cached(&state, 1).await;
         // Without a yield: the watch's buffer fills and the watch ends.
         let burst = qs_fabric::WATCH_BUFFER + 100;
         for i in 0..burst {
@@ -337,7 +328,7 @@ mod tests {
             kv.put(&name, value(&name)).await.expect("a put");
         }
         kv.delete("first").await.expect("a delete");
-        cached(burst).await;
+        cached(&state, burst).await;
         stop_tx.send(true).expect("the cache listens");
         kept.await.expect("the cache stops");
     }
