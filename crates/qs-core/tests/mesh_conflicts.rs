@@ -2,7 +2,8 @@
 //! lead escalates those of priority 3 and 4 with its report, the most urgent first; a READY
 //! to the same content later resolves a value mismatch, a READY to other content does not;
 //! an integrity failure quarantines its agent and stays unresolved; a coordinator logs what a
-//! late report from the cluster's lead escalates.
+//! late report from the cluster's lead escalates, and passes those of priority 4 on to the
+//! root with its next sector summary.
 
 mod common;
 
@@ -153,4 +154,118 @@ fn a_coordinator_logs_the_conflicts_of_a_late_report_from_the_clusters_lead_only
     assert_eq!(logged(&mut node, &stranger), [], "not the cluster's lead");
     assert_eq!(logged(&mut node, &p2), [(AgentId(15), Some(p2.clone()))]);
     assert_eq!(node.conflicts().escalated_here(), 1);
+}
+
+/// A late report's conflict of priority 4 goes on to the root with the coordinator's next
+/// sector summary (the report up had gone), once, and the root logs it as escalated by the
+/// coordinator; one of priority 3 stays at the coordinator; the root takes such conflicts
+/// only from the node the tree names the sector's coordinator.
+#[test]
+fn a_late_critical_conflict_reaches_the_root_with_the_next_sector_summary() {
+    use qs_core::mesh::{MeshConfig, MeshInput, MeshNode, MeshOutput};
+    use qs_wire::NodeId;
+    use qs_wire::mesh::{
+        ClusterId, Escalated, LateEscalated, MeshMessage, OpId, Report, Scope, SectorSummary, Tally,
+    };
+    use std::sync::Arc;
+    let Pair { p1, p2, tree, .. } = pair();
+    let p3 = NodeId::new("p3").unwrap();
+    let mut tree = tree;
+    // p2 leads the cluster, p1 coordinates its sector, p3 is the root.
+    tree.clusters[0].lead = Some(p2.clone());
+    tree.sectors[0].coordinator = Some(p1.clone());
+    tree.root = Some(p3.clone());
+    let tree = Arc::new(tree);
+    let cfg = MeshConfig::default();
+    let now = Time::from_millis(1_000_000);
+    let escalated = |agent: u64, detail: ConflictDetail| Escalated {
+        agent: AgentId(agent),
+        cluster: ClusterId(0),
+        at_ms: now.as_millis(),
+        detail,
+    };
+    let critical = escalated(
+        15,
+        ConflictDetail::HashMismatch {
+            expected: "a".into(),
+            received: "b".into(),
+        },
+    );
+    let mut coordinator = MeshNode::new(p1.clone(), cfg, now);
+    coordinator.handle(MeshInput::Tree(tree.clone()), now);
+    drain(&mut coordinator);
+    let late = Report {
+        op: OpId(77),
+        scope: Scope::Cluster(ClusterId(0)),
+        from: p2.clone(),
+        tally: Tally::default(),
+        answers: Vec::new(),
+        escalated: vec![
+            critical.clone(),
+            escalated(
+                16,
+                ConflictDetail::DataContradiction {
+                    expected: "b".into(),
+                    received: "a".into(),
+                    affects_agents: 101,
+                },
+            ),
+        ],
+        escalated_more: 0,
+    };
+    let heard = |from: &NodeId, msg: MeshMessage| MeshInput::Heard {
+        from: from.clone(),
+        msg,
+    };
+    coordinator.handle(heard(&p2, MeshMessage::Report(Box::new(late))), now);
+    let logged = |out: Vec<MeshOutput>| -> Vec<(AgentId, Option<NodeId>)> {
+        out.into_iter()
+            .filter_map(|o| match o {
+                MeshOutput::Conflict(r) => Some((r.agent, r.escalated_by)),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(logged(drain(&mut coordinator)).len(), 2, "both logged here");
+    let summaries = |node: &mut MeshNode, at: Time| -> Vec<SectorSummary> {
+        node.handle(MeshInput::Tick, at);
+        drain(node)
+            .into_iter()
+            .filter_map(|o| match o {
+                MeshOutput::Send {
+                    to,
+                    msg: MeshMessage::Sector(s),
+                } if to == p3 => Some(*s),
+                _ => None,
+            })
+            .collect()
+    };
+    let beat = std::time::Duration::from_millis(cfg.summary_ms + 1);
+    let sent = summaries(&mut coordinator, now + beat);
+    let passed: Vec<&LateEscalated> = sent.iter().flat_map(|s| &s.escalated).collect();
+    let want = LateEscalated {
+        op: OpId(77),
+        conflict: critical,
+    };
+    assert_eq!(passed, [&want], "the priority-4 conflict, once");
+    let again = summaries(&mut coordinator, now + beat + beat);
+    assert!(again.iter().all(|s| s.escalated.is_empty()), "sent once");
+
+    let mut root = MeshNode::new(p3.clone(), cfg, now);
+    root.handle(MeshInput::Tree(tree), now);
+    drain(&mut root);
+    let summary = sent.into_iter().next().expect("a sector summary");
+    let mut forged = summary.clone();
+    forged.coordinator = p2.clone();
+    root.handle(
+        heard(&p2, MeshMessage::Sector(Box::new(forged))),
+        now + beat,
+    );
+    assert_eq!(logged(drain(&mut root)), [], "not the sector's coordinator");
+    root.handle(
+        heard(&p1, MeshMessage::Sector(Box::new(summary))),
+        now + beat,
+    );
+    assert_eq!(logged(drain(&mut root)), [(AgentId(15), Some(p1.clone()))]);
+    assert_eq!(root.conflicts().escalated_here(), 1);
 }

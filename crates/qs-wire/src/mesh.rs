@@ -421,6 +421,7 @@ impl BusMessage for MeshMessage {
                     ));
                 }
                 s.conflicts.check(s.cluster_count)?;
+                answers::check_escalated(s.escalated.iter().map(|l| &l.conflict))?;
                 summary_numbers(
                     s.mean_impedance_ms,
                     s.p95_impedance_ms,
@@ -624,7 +625,7 @@ mod tests {
             expected: "x".repeat(MAX_TEXT_BYTES + 1),
             received: "b".into(),
         };
-        let err = decode(&report(vec![e, long])).unwrap_err();
+        let err = decode(&report(vec![e.clone(), long.clone()])).unwrap_err();
         assert!(err.why.contains("escalated[1].detail"), "{}", err.why);
         // Nothing escalated: the fields are left out, as a node from before sends it.
         let plain = serde_json::to_value(report(Vec::new())).unwrap();
@@ -675,5 +676,41 @@ mod tests {
         let over = c(MAX_OPEN_CONFLICTS + 1, 0, 0);
         assert!(over.check(1).unwrap_err().contains("open (at most"));
         assert!(over.check(2).is_ok());
+        // A sector summary's late conflicts for the root: bounded, each detail checked; a
+        // summary without them leaves the field out.
+        let summary = |escalated: Vec<LateEscalated>| {
+            MeshMessage::Sector(Box::new(SectorSummary {
+                sector: SectorId(0),
+                coordinator: NodeId::new("n1").unwrap(),
+                sent_ms: 0,
+                cluster_count: 1,
+                total_agents: 10,
+                active_agents: 10,
+                joining_agents: 0,
+                mean_impedance_ms: 1.0,
+                p95_impedance_ms: 2.0,
+                leads: LeadHistogram::default(),
+                hop_ms: 1.0,
+                classes: [0; 6],
+                anomalies: 0,
+                open_breakers: 0,
+                breaker_open: false,
+                conflicts: ConflictCounts::default(),
+                escalated,
+            }))
+        };
+        let late = |conflict: Escalated| LateEscalated {
+            op: OpId(1),
+            conflict,
+        };
+        let ok = summary(vec![late(e.clone()); MAX_ESCALATED]);
+        assert_eq!(decode(&ok).unwrap(), ok);
+        let err = decode(&summary(vec![late(e.clone()); MAX_ESCALATED + 1])).unwrap_err();
+        assert!(err.why.contains("escalated"), "{}", err.why);
+        let err = decode(&summary(vec![late(e.clone()), late(long)])).unwrap_err();
+        assert!(err.why.contains("escalated[1].detail"), "{}", err.why);
+        let plain = serde_json::to_value(summary(Vec::new())).unwrap();
+        assert_eq!(plain["type"], "sector", "{plain}");
+        assert!(plain.get("escalated").is_none(), "{plain}");
     }
 }

@@ -182,6 +182,9 @@ pub struct MeshNode {
     pub(crate) breakers: Breakers,
     pub(crate) opened_at: BTreeMap<Scope, Time>,
     pub(crate) conflicts: conflict::Log,
+    /// Conflicts of priority 4 from late reports, for the root with each sector's next
+    /// summary (at most `MAX_ESCALATED` a sector).
+    pub(crate) late_for_root: BTreeMap<SectorId, Vec<qs_wire::mesh::LateEscalated>>,
     pub(crate) frozen: BTreeSet<Scope>,
     pub(crate) kpis: Kpis,
     pub(crate) mode: Mode,
@@ -222,6 +225,7 @@ impl MeshNode {
             breakers: Breakers::default(),
             opened_at: BTreeMap::new(),
             conflicts: conflict::Log::default(),
+            late_for_root: BTreeMap::new(),
             frozen: BTreeSet::new(),
             kpis: Kpis::default(),
             mode: Mode::Full,
@@ -416,6 +420,7 @@ impl MeshNode {
         self.hand_over_conflicts(left, &tree, now);
         let mine: BTreeSet<SectorId> = tree.coordinated_by(&self.me).collect();
         self.my_sectors = mine.iter().copied().collect();
+        self.late_for_root.retain(|s, _| mine.contains(s));
         self.summarized.clear();
         let was_root = self.is_root;
         self.is_root = tree.root.as_ref() == Some(&self.me);
@@ -568,6 +573,7 @@ impl MeshNode {
                 let s = *s;
                 self.note_hop(&s.coordinator, s.sent_ms, now);
                 self.coordinator_heard.insert(s.sector, now);
+                ops::from_summary(self, &s, now);
                 self.sector_summaries.insert(s.sector, s);
             }
             MeshMessage::Order(o) => ops::on_order(self, *o, now),

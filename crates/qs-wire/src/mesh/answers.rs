@@ -211,14 +211,22 @@ impl Report {
         for a in &self.answers {
             text("answer", &a.answer)?;
         }
-        at_most("escalated", self.escalated.len(), MAX_ESCALATED)?;
-        for (i, e) in self.escalated.iter().enumerate() {
-            e.detail
-                .check()
-                .map_err(|err| format!("escalated[{i}].detail: {err}"))?;
-        }
-        Ok(())
+        check_escalated(self.escalated.iter())
     }
+}
+
+/// Checks conflicts escalated in a report or a summary: at most [`MAX_ESCALATED`], each
+/// detail within its bounds.
+pub(crate) fn check_escalated<'a>(
+    items: impl ExactSizeIterator<Item = &'a Escalated>,
+) -> Result<(), String> {
+    at_most("escalated", items.len(), MAX_ESCALATED)?;
+    for (i, e) in items.enumerate() {
+        e.detail
+            .check()
+            .map_err(|err| format!("escalated[{i}].detail: {err}"))?;
+    }
+    Ok(())
 }
 
 /// Unresolved conflicts under a cluster or a sector, summed up the tree (seed §8.2), so the

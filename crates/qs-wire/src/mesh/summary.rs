@@ -203,6 +203,19 @@ pub struct SectorSummary {
     /// Its clusters' unresolved conflicts added up.
     #[serde(default, skip_serializing_if = "ConflictCounts::is_none")]
     pub conflicts: ConflictCounts,
+    /// Conflicts of priority 4 from reports that reached the coordinator after their
+    /// operation settled there (their report up had gone), passed on to the root here, at
+    /// most [`MAX_ESCALATED`]; left out when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub escalated: Vec<LateEscalated>,
+}
+
+/// A conflict escalated in a late report, and the operation it was heard in.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LateEscalated {
+    pub op: OpId,
+    pub conflict: Escalated,
 }
 
 /// What a cluster's lead knew of agents that another node leads now (a newly seasoned node

@@ -102,7 +102,9 @@ impl MeshNode {
         let now_ms = now.as_millis();
         let sectors = self.my_sectors.clone();
         for s in sectors {
-            if !recompute && self.summarized.contains(&s) {
+            // Conflicts for the root go with a full summary.
+            let passing_on = self.late_for_root.contains_key(&s);
+            if !recompute && self.summarized.contains(&s) && !passing_on {
                 let (agents, active, joining) = self
                     .cluster_summaries
                     .values()
@@ -148,6 +150,11 @@ impl MeshNode {
                 open_breakers: 0,
                 breaker_open: false,
                 conflicts: ConflictCounts::default(),
+                // Kept while there is no root to send them to.
+                escalated: match self.tree.root {
+                    Some(_) => self.late_for_root.remove(&s).unwrap_or_default(),
+                    None => Vec::new(),
+                },
             };
             let mut with_agents = 0.0;
             for c in &mine {

@@ -2,11 +2,12 @@
 //! of priority 3 and 4 go to its sector's coordinator, which logs them and passes those of
 //! priority 4 on to the root; in the urgent mode, where the leads report to the root, the
 //! root takes both. Nothing is sent for them but the reports that go up anyway; a report
-//! that comes after its operation settled still has its conflicts logged.
+//! that comes after its operation settled still has its conflicts logged, and those of
+//! priority 4 in it go to the root with the coordinator's next sector summary.
 
 use super::*;
 use crate::mesh::conflict;
-use qs_wire::mesh::{Escalated, MAX_ESCALATED};
+use qs_wire::mesh::{Escalated, LateEscalated, MAX_ESCALATED, SectorSummary};
 
 /// Priorities from which a conflict goes to the sector's coordinator, and on to the root.
 pub(crate) const TO_SECTOR: u8 = 3;
@@ -82,22 +83,8 @@ pub(super) fn from_report(
         _ => TO_SECTOR,
     };
     for e in &rep.escalated {
-        let inside = rep.scope != Scope::Global && node.tree.holds(rep.scope, e.cluster);
-        if !inside || node.tree.cluster_of(e.agent) != Some(e.cluster) {
-            node.refused_senders += 1;
-            continue;
-        }
-        let (_, priority, _) = conflict::classify(&e.detail);
-        if priority < least {
-            continue;
-        }
-        if rep.from != node.me {
-            let r = node
-                .conflicts
-                .escalated(rep.from.clone(), rep.op, e.clone(), now);
-            node.out.push_back(MeshOutput::Conflict(r));
-        }
-        if priority >= TO_ROOT
+        let taken = take(node, &rep.from, rep.scope, rep.op, e, least, now);
+        if let Some(priority) = taken.filter(|p| *p >= TO_ROOT)
             && let Some(p) = pass_on.as_deref_mut()
         {
             p.push(priority, e.clone());
@@ -105,6 +92,84 @@ pub(super) fn from_report(
     }
     if let Some(p) = pass_on {
         p.more = p.more.saturating_add(rep.escalated_more);
+    }
+}
+
+/// One conflict escalated by `from`, who speaks for `scope`: logged here (unless `from` is
+/// this node) if it is of an agent of a cluster in the scope and of priority `least` or
+/// more, classified here again; its priority when taken. One that is not of the scope is
+/// counted as refused.
+fn take(
+    node: &mut MeshNode,
+    from: &NodeId,
+    scope: Scope,
+    op: OpId,
+    e: &Escalated,
+    least: u8,
+    now: Time,
+) -> Option<u8> {
+    let inside = scope != Scope::Global && node.tree.holds(scope, e.cluster);
+    if !inside || node.tree.cluster_of(e.agent) != Some(e.cluster) {
+        node.refused_senders += 1;
+        return None;
+    }
+    let (_, priority, _) = conflict::classify(&e.detail);
+    if priority < least {
+        return None;
+    }
+    if *from != node.me {
+        let r = node.conflicts.escalated(from.clone(), op, e.clone(), now);
+        node.out.push_back(MeshOutput::Conflict(r));
+    }
+    Some(priority)
+}
+
+/// A late report at its cluster's coordinator (see [`late_report_is_mine`]): its conflicts
+/// are logged here, and those of priority 4 wait for the next summary to the root (at most
+/// [`MAX_ESCALATED`] a sector; past that they are logged here only). At the root, which
+/// coordinates that sector itself, logging them is all.
+pub(super) fn from_late_report(node: &mut MeshNode, rep: &Report, now: Time) {
+    let sector = match rep.scope {
+        Scope::Cluster(c) if !node.is_root => node.tree.cluster(c).map(|x| x.sector),
+        _ => None,
+    };
+    let Some(sector) = sector else {
+        from_report(node, rep, None, now);
+        return;
+    };
+    let mut for_root = Escalations::default();
+    from_report(node, rep, Some(&mut for_root), now);
+    let waiting = node.late_for_root.entry(sector).or_default();
+    for conflict in for_root.take().0 {
+        if waiting.len() < MAX_ESCALATED {
+            waiting.push(LateEscalated {
+                op: rep.op,
+                conflict,
+            });
+        }
+    }
+    if waiting.is_empty() {
+        node.late_for_root.remove(&sector);
+    }
+}
+
+/// The conflicts passed on in a sector's summary, at the root: taken only from the node the
+/// tree names the sector's coordinator, each as from a report of that sector.
+pub(in crate::mesh::node) fn from_summary(node: &mut MeshNode, s: &SectorSummary, now: Time) {
+    if s.escalated.is_empty() {
+        return;
+    }
+    let coordinator = node
+        .tree
+        .sector(s.sector)
+        .and_then(|x| x.coordinator.as_ref());
+    if !node.is_root || coordinator != Some(&s.coordinator) {
+        node.refused_senders += 1;
+        return;
+    }
+    for l in &s.escalated {
+        let scope = Scope::Sector(s.sector);
+        take(node, &s.coordinator, scope, l.op, &l.conflict, TO_ROOT, now);
     }
 }
 

@@ -24,6 +24,7 @@ mod lead;
 mod relay;
 mod root;
 use escalate::Escalations;
+pub(super) use escalate::from_summary;
 pub(crate) use lead::on_ack;
 use lead::*;
 use relay::*;

@@ -192,7 +192,7 @@ pub(crate) fn on_report(node: &mut MeshNode, rep: Report, now: Time) {
         maybe_end_early(&mut ops, node, rep.op, now);
     } else if !rep.escalated.is_empty() && escalate::late_report_is_mine(node, &rep) {
         // After the operation settled here: its count is too late, its conflicts are not.
-        escalate::from_report(node, &rep, None, now);
+        escalate::from_late_report(node, &rep, now);
     }
     node.ops = ops;
 }
