@@ -3,17 +3,24 @@
 //! processing time), so a newcomer admitted under the former lead stays in the pool instead
 //! of settling again, and its conflicts still unresolved, so they stay so. The new lead takes
 //! it only from the agent's lead in the hierarchy before, and views only for agents it has
-//! measured nothing of itself.
+//! measured nothing of itself. A handover goes out at [`HANDOVER_SENDS`] beats in a row, so
+//! one lost message loses nothing; the new lead takes each conflict once.
 
 use super::*;
 use crate::mesh::conflict::{self, Resolution};
 use qs_wire::mesh::{HandedAgent, HandedConflict, Handover, MAX_CHILDREN, MAX_HANDED_CONFLICTS};
+
+/// Beats at which a handover goes out (the same one each time).
+pub(crate) const HANDOVER_SENDS: u8 = 3;
+/// Most handed conflicts a node remembers taking, per tree (the quarantine's bound).
+const MAX_HANDED_TAKEN: usize = 10_000;
 
 impl MeshNode {
     /// Views of agents this node no longer leads (`left`, after a new tree): each for the
     /// node that leads it now, sent at the next beat.
     pub(super) fn hand_over(&mut self, left: BTreeMap<AgentId, AgentView>, tree: &Hierarchy) {
         self.handovers.clear();
+        self.handover_sends_left = HANDOVER_SENDS;
         for (agent, view) in left {
             if !view.admitted && view.work.samples() == 0 {
                 continue;
@@ -83,9 +90,20 @@ impl MeshNode {
         })
     }
 
-    /// At a beat: the handovers of the last tree change go out.
+    /// At a beat: the handovers of the last tree change go out, again until they went
+    /// [`HANDOVER_SENDS`] times.
     pub(super) fn send_handovers(&mut self) {
-        for ((to, _), h) in std::mem::take(&mut self.handovers) {
+        if self.handover_sends_left == 0 {
+            self.handovers.clear();
+            return;
+        }
+        self.handover_sends_left -= 1;
+        let last = self.handover_sends_left == 0;
+        let handovers = match last {
+            true => std::mem::take(&mut self.handovers),
+            false => self.handovers.clone(),
+        };
+        for ((to, _), h) in handovers {
             self.send(to, MeshMessage::Handover(Box::new(h)));
         }
     }
@@ -105,13 +123,18 @@ impl MeshNode {
                 .and_then(|c| before.cluster(c))
                 .is_some_and(|cl| cl.lead.as_ref() == Some(from))
         };
-        // Conflicts: of agents of the cluster, that `from` led before.
+        // Conflicts: of agents of the cluster, that `from` led before, not taken already
+        // (from another copy of this handover).
         let taken: Vec<HandedConflict> = h
             .conflicts
             .into_iter()
             .filter(|c| led.agents.contains_key(&c.agent) && led_before(c.agent))
+            .filter(|c| !self.handed_taken.contains(&(from.clone(), c.agent, c.op)))
             .collect();
         for c in taken {
+            if self.handed_taken.len() < MAX_HANDED_TAKEN {
+                self.handed_taken.insert((from.clone(), c.agent, c.op));
+            }
             let r = self.conflicts.handed(from.clone(), h.cluster, c, now);
             self.out.push_back(MeshOutput::Conflict(r));
         }
