@@ -217,16 +217,6 @@ fn a_late_critical_conflict_reaches_the_root_with_the_next_sector_summary() {
         from: from.clone(),
         msg,
     };
-    coordinator.handle(heard(&p2, MeshMessage::Report(Box::new(late))), now);
-    let logged = |out: Vec<MeshOutput>| -> Vec<(AgentId, Option<NodeId>)> {
-        out.into_iter()
-            .filter_map(|o| match o {
-                MeshOutput::Conflict(r) => Some((r.agent, r.escalated_by)),
-                _ => None,
-            })
-            .collect()
-    };
-    assert_eq!(logged(drain(&mut coordinator)).len(), 2, "both logged here");
     let summaries = |node: &mut MeshNode, at: Time| -> Vec<SectorSummary> {
         node.handle(MeshInput::Tick, at);
         drain(node)
@@ -240,15 +230,30 @@ fn a_late_critical_conflict_reaches_the_root_with_the_next_sector_summary() {
             })
             .collect()
     };
-    let beat = std::time::Duration::from_millis(cfg.summary_ms + 1);
-    let sent = summaries(&mut coordinator, now + beat);
+    // The sector's full summary of the period has gone: the next beats send `Alive`.
+    let mut at = now + std::time::Duration::from_millis(cfg.summary_ms + 1);
+    assert_eq!(summaries(&mut coordinator, at).len(), 1);
+    coordinator.handle(heard(&p2, MeshMessage::Report(Box::new(late))), at);
+    let logged = |out: Vec<MeshOutput>| -> Vec<(AgentId, Option<NodeId>)> {
+        out.into_iter()
+            .filter_map(|o| match o {
+                MeshOutput::Conflict(r) => Some((r.agent, r.escalated_by)),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(logged(drain(&mut coordinator)).len(), 2, "both logged here");
+    // The next beat sends a full summary all the same, with the conflict for the root.
+    let beat = std::time::Duration::from_millis(cfg.beat_ms);
+    at = at + beat;
+    let sent = summaries(&mut coordinator, at);
     let passed: Vec<&LateEscalated> = sent.iter().flat_map(|s| &s.escalated).collect();
     let want = LateEscalated {
         op: OpId(77),
         conflict: critical,
     };
     assert_eq!(passed, [&want], "the priority-4 conflict, once");
-    let again = summaries(&mut coordinator, now + beat + beat);
+    let again = summaries(&mut coordinator, at + beat);
     assert!(again.iter().all(|s| s.escalated.is_empty()), "sent once");
 
     let mut root = MeshNode::new(p3.clone(), cfg, now);
@@ -257,15 +262,10 @@ fn a_late_critical_conflict_reaches_the_root_with_the_next_sector_summary() {
     let summary = sent.into_iter().next().expect("a sector summary");
     let mut forged = summary.clone();
     forged.coordinator = p2.clone();
-    root.handle(
-        heard(&p2, MeshMessage::Sector(Box::new(forged))),
-        now + beat,
-    );
+    root.handle(heard(&p2, MeshMessage::Sector(Box::new(forged))), at);
     assert_eq!(logged(drain(&mut root)), [], "not the sector's coordinator");
-    root.handle(
-        heard(&p1, MeshMessage::Sector(Box::new(summary))),
-        now + beat,
-    );
+    assert_eq!(root.refused_senders(), 1);
+    root.handle(heard(&p1, MeshMessage::Sector(Box::new(summary))), at);
     assert_eq!(logged(drain(&mut root)), [(AgentId(15), Some(p1.clone()))]);
     assert_eq!(root.conflicts().escalated_here(), 1);
 }

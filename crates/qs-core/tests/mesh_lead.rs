@@ -544,16 +544,12 @@ fn a_former_lead_hands_its_admitted_agents_over_to_the_new_lead() {
     );
     assert!(theirs.iter().all(|x| !pool(&b).contains(x)));
     assert_eq!(open(&b, now), 0, "nor its conflicts");
-    // The first copy is lost; the second and the third arrive: the conflict is taken once.
-    for copy in &handovers[1..] {
-        b.handle(
-            MeshInput::Heard {
-                from: p1.clone(),
-                msg: copy.clone(),
-            },
-            now,
-        );
-    }
+    // The first copy is lost; the second arrives.
+    let copy = |i: usize| MeshInput::Heard {
+        from: p1.clone(),
+        msg: handovers[i].clone(),
+    };
+    b.handle(copy(1), now);
     // The conflict went with its agent: p2 holds it now, p1 no longer.
     assert_eq!((open(&a, now), open(&b, now)), (0, 1));
     let held = b.conflicts().quarantined().next().unwrap();
@@ -571,6 +567,22 @@ fn a_former_lead_hands_its_admitted_agents_over_to_the_new_lead() {
         .filter(|x| theirs.contains(&x.agent))
         .all(|x| x.processing_ms.is_some_and(|p| (4.0..6.0).contains(&p)));
     assert!(measured, "as p1 measured them");
+    // One of them registers anew (a restart) and leaves the pool; the third copy, late, does
+    // not put it back with its former measure, nor hand its conflict over a second time.
+    let restarted = their_beats[0].agent;
+    let mut again = their_beats.clone();
+    again[0].joined_ms = now.as_millis();
+    b.handle(MeshInput::Agents(again), now);
+    now = Time::from_millis(now.as_millis() + 300);
+    b.handle(MeshInput::Tick, now);
+    while b.poll().is_some() {}
+    assert!(!pool(&b).contains(&restarted), "registered anew");
+    b.handle(copy(2), now);
+    assert!(
+        !pool(&b).contains(&restarted),
+        "the late copy undid nothing"
+    );
+    assert_eq!(open(&b, now), 1, "the conflict taken once");
 }
 
 /// Seed §10.2, "monitor for conflicts during integration", in the urgent mode: its answers

@@ -158,8 +158,9 @@ pub struct MeshNode {
     /// Views to hand over at the next beats, by the agents' new lead and cluster.
     pub(crate) handovers: BTreeMap<(NodeId, ClusterId), qs_wire::mesh::Handover>,
     pub(crate) handover_sends_left: u8,
-    /// Handed conflicts taken since the last tree (former lead, agent, operation).
-    pub(crate) handed_taken: BTreeSet<(NodeId, AgentId, OpId)>,
+    /// Handed views and conflicts taken since the last tree (former lead, agent, and the
+    /// conflict's operation; none for the agent's view).
+    pub(crate) handed_taken: BTreeSet<(NodeId, AgentId, Option<OpId>)>,
     pub(crate) local: Vec<AgentBeat>,
     /// This node's agents by cluster, as its beats carry them (rebuilt when either changes).
     pub(crate) beat_groups: Option<BTreeMap<ClusterId, Vec<AgentBeat>>>,

@@ -219,7 +219,7 @@ pub struct LateEscalated {
 }
 
 /// What a cluster's lead knew of agents that another node leads now (a newly seasoned node
-/// won their cluster, seed §10.2), sent to that node at its next beat: an agent in the
+/// won their cluster, seed §10.2), sent to that node at its next three beats: an agent in the
 /// routing pool stays in it, measured as it was, instead of settling again.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1,10 +1,12 @@
 //! Handing agents over (seed §10.2): when a newly seasoned node wins a cluster, its former
-//! lead tells it at its next beat what it knew of each agent (in the routing pool, its
+//! lead tells it at its next beats what it knew of each agent (in the routing pool, its
 //! processing time), so a newcomer admitted under the former lead stays in the pool instead
 //! of settling again, and its conflicts still unresolved, so they stay so. The new lead takes
 //! it only from the agent's lead in the hierarchy before, and views only for agents it has
 //! measured nothing of itself. A handover goes out at [`HANDOVER_SENDS`] beats in a row, so
-//! one lost message loses nothing; the new lead takes each conflict once.
+//! one lost message loses nothing (unless the former lead takes another tree before the
+//! copies went: then it hands over anew); the new lead takes each agent's view and each
+//! conflict once.
 
 use super::*;
 use crate::mesh::conflict::{self, Resolution};
@@ -12,12 +14,13 @@ use qs_wire::mesh::{HandedAgent, HandedConflict, Handover, MAX_CHILDREN, MAX_HAN
 
 /// Beats at which a handover goes out (the same one each time).
 pub(crate) const HANDOVER_SENDS: u8 = 3;
-/// Most handed conflicts a node remembers taking, per tree (the quarantine's bound).
+/// Most handed views and conflicts a node remembers taking, per tree (the quarantine's
+/// bound); past it, another copy's are taken again.
 const MAX_HANDED_TAKEN: usize = 10_000;
 
 impl MeshNode {
     /// Views of agents this node no longer leads (`left`, after a new tree): each for the
-    /// node that leads it now, sent at the next beat.
+    /// node that leads it now, sent at the next beats.
     pub(super) fn hand_over(&mut self, left: BTreeMap<AgentId, AgentView>, tree: &Hierarchy) {
         self.handovers.clear();
         self.handover_sends_left = HANDOVER_SENDS;
@@ -129,11 +132,16 @@ impl MeshNode {
             .conflicts
             .into_iter()
             .filter(|c| led.agents.contains_key(&c.agent) && led_before(c.agent))
-            .filter(|c| !self.handed_taken.contains(&(from.clone(), c.agent, c.op)))
+            .filter(|c| {
+                !self
+                    .handed_taken
+                    .contains(&(from.clone(), c.agent, Some(c.op)))
+            })
             .collect();
         for c in taken {
             if self.handed_taken.len() < MAX_HANDED_TAKEN {
-                self.handed_taken.insert((from.clone(), c.agent, c.op));
+                self.handed_taken
+                    .insert((from.clone(), c.agent, Some(c.op)));
             }
             let r = self.conflicts.handed(from.clone(), h.cluster, c, now);
             self.out.push_back(MeshOutput::Conflict(r));
@@ -146,9 +154,16 @@ impl MeshNode {
             let Some(view) = led.agents.get_mut(&a.agent) else {
                 continue;
             };
-            if !led_before || view.work.samples() > 0 || view.admitted {
+            // Another copy of a handover taken already: this node may have held the agent
+            // back since, or heard it register anew; the copy must not undo that.
+            let key = (from.clone(), a.agent, None);
+            let again = self.handed_taken.contains(&key);
+            if !led_before || again || view.work.samples() > 0 || view.admitted {
                 self.refused_senders += u64::from(!led_before);
                 continue;
+            }
+            if self.handed_taken.len() < MAX_HANDED_TAKEN {
+                self.handed_taken.insert(key);
             }
             view.work.handed(a.processing_ms, a.samples);
             if a.admitted {

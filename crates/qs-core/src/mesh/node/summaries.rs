@@ -1,6 +1,7 @@
 //! Summaries up the tree (seed §4.2–4.3, §8.2): a lead's cluster summary and a coordinator's
-//! sector summary, full every 5 s or after an operation measured agents, `Alive` beats with
-//! fresh counts between; the root's mode, global breaker and availability from them.
+//! sector summary, full every 5 s or after an operation measured agents (and a sector's
+//! whenever conflicts wait to go to the root with it), `Alive` beats with fresh counts
+//! between; the root's mode, global breaker and availability from them.
 
 use super::*;
 

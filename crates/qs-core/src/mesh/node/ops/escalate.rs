@@ -126,8 +126,10 @@ fn take(
 
 /// A late report at its cluster's coordinator (see [`late_report_is_mine`]): its conflicts
 /// are logged here, and those of priority 4 wait for the next summary to the root (at most
-/// [`MAX_ESCALATED`] a sector; past that they are logged here only). At the root, which
-/// coordinates that sector itself, logging them is all.
+/// [`MAX_ESCALATED`] a sector; past that they are logged here only). They go once: a lost
+/// summary, or a new tree in which this node no longer coordinates the sector, leaves them
+/// in this node's ledger only. At the root, which coordinates that sector itself, logging
+/// them is all.
 pub(super) fn from_late_report(node: &mut MeshNode, rep: &Report, now: Time) {
     let sector = match rep.scope {
         Scope::Cluster(c) if !node.is_root => node.tree.cluster(c).map(|x| x.sector),
@@ -175,7 +177,8 @@ pub(in crate::mesh::node) fn from_summary(node: &mut MeshNode, s: &SectorSummary
 
 /// Whether a report that came after its operation settled here (or ended) was for this node:
 /// a cluster's to its sector's coordinator, a sector's to the root. Its conflicts are still
-/// logged here (those of priority 4 go no further: the report up has gone).
+/// logged here, and those of priority 4 go on with the next sector summary
+/// ([`from_late_report`]).
 pub(super) fn late_report_is_mine(node: &MeshNode, rep: &Report) -> bool {
     match rep.scope {
         Scope::Cluster(c) => node
