@@ -1,0 +1,230 @@
+//! Tests of the mesh vocabulary: envelopes, messages' bounds and their round trips.
+
+use super::*;
+use crate::task_bus::decode_bus;
+
+fn envelope() -> MeshEnvelope {
+    MeshEnvelope {
+        id: 1,
+        op: OpId(7),
+        causation: None,
+        created_ms: 1_000,
+        target_arrival_ms: 1_300,
+        ttl_ms: 5_000,
+        priority: 2,
+        weight: 1.0,
+        verb: Verb::Sync,
+        payload: "hello".into(),
+        content_hash: "0".repeat(64),
+        requires: None,
+    }
+}
+
+#[test]
+fn trinary_is_a_number_on_the_wire() {
+    assert_eq!(serde_json::to_string(&Trinary::Conflict).unwrap(), "-1");
+    assert_eq!(
+        serde_json::from_str::<Trinary>("1").unwrap(),
+        Trinary::Ready
+    );
+    assert!(serde_json::from_str::<Trinary>("2").is_err());
+}
+
+#[test]
+fn envelopes_out_of_bounds_are_refused_by_field() {
+    type Spoil = Box<dyn Fn(&mut MeshEnvelope)>;
+    let cases: Vec<(&str, Spoil)> = vec![
+        (
+            "payload",
+            Box::new(|e| e.payload = "x".repeat(MAX_PAYLOAD_BYTES + 1)),
+        ),
+        ("ttl_ms", Box::new(|e| e.ttl_ms = 0)),
+        ("priority", Box::new(|e| e.priority = 4)),
+        ("weight", Box::new(|e| e.weight = f64::NAN)),
+        ("content_hash", Box::new(|e| e.content_hash = "zz".into())),
+        ("requires", Box::new(|e| e.requires = Some("a b".into()))),
+    ];
+    assert!(envelope().check().is_ok());
+    for (field, spoil) in cases {
+        let mut e = envelope();
+        spoil(&mut e);
+        let err = e.check().unwrap_err();
+        assert!(err.starts_with(field), "{field}: {err}");
+    }
+    assert!(envelope().expired(6_001));
+    assert!(!envelope().expired(6_000));
+}
+
+#[test]
+fn messages_round_trip_and_are_checked() {
+    let order = MeshMessage::Order(Box::new(Order {
+        op: OpId(7),
+        mode: CascadeMode::Wave,
+        root: NodeId::new("n1").unwrap(),
+        report_to: NodeId::new("n1").unwrap(),
+        scope: Scope::Sector(SectorId(3)),
+        class: Some(ImpedanceClass::D),
+        sample_per_cluster: None,
+        window_ms: 500,
+        envelope: envelope(),
+    }));
+    let bytes = serde_json::to_vec(&order).unwrap();
+    assert_eq!(decode_bus::<MeshMessage>("mesh.x", &bytes).unwrap(), order);
+    let big = MeshMessage::Beat(HostBeat {
+        host: NodeId::new("n1").unwrap(),
+        cluster: ClusterId(0),
+        sent_ms: 0,
+        agents: vec![
+            AgentBeat {
+                agent: AgentId(1),
+                state: AgentState::Active,
+                processing_ms: 1.0,
+                queue_depth: 0,
+                capabilities: vec![],
+                joined_ms: 0,
+            };
+            MAX_BEAT_AGENTS + 1
+        ],
+    });
+    let bytes = serde_json::to_vec(&big).unwrap();
+    let err = decode_bus::<MeshMessage>("mesh.x", &bytes).unwrap_err();
+    assert!(err.why.contains("agents in a beat"), "{}", err.why);
+    // More joining than active: refused, by field.
+    let alive = MeshMessage::Alive(Alive {
+        scope: Scope::Cluster(ClusterId(0)),
+        from: NodeId::new("n1").unwrap(),
+        sent_ms: 0,
+        agents: 10,
+        active: 5,
+        joining: 6,
+        failures: 0,
+        breaker_open: false,
+    });
+    let bytes = serde_json::to_vec(&alive).unwrap();
+    let err = decode_bus::<MeshMessage>("mesh.x", &bytes).unwrap_err();
+    assert!(err.why.contains("joining 6"), "{}", err.why);
+}
+
+/// A report's escalated conflicts: bounded, each detail checked by its index; a
+/// report from before they existed still reads.
+#[test]
+fn escalated_conflicts_in_reports_are_bounded_and_checked() {
+    let e = Escalated {
+        agent: AgentId(1),
+        cluster: ClusterId(0),
+        at_ms: 5,
+        detail: ConflictDetail::HashMismatch {
+            expected: "a".into(),
+            received: "b".into(),
+        },
+    };
+    let report = |escalated: Vec<Escalated>| {
+        MeshMessage::Report(Box::new(Report {
+            op: OpId(1),
+            scope: Scope::Cluster(ClusterId(0)),
+            from: NodeId::new("n1").unwrap(),
+            tally: Tally::default(),
+            answers: Vec::new(),
+            escalated,
+            escalated_more: 0,
+        }))
+    };
+    let decode =
+        |m: &MeshMessage| decode_bus::<MeshMessage>("mesh.x", &serde_json::to_vec(m).unwrap());
+    let ok = report(vec![e.clone(); MAX_ESCALATED]);
+    assert_eq!(decode(&ok).unwrap(), ok);
+    let err = decode(&report(vec![e.clone(); MAX_ESCALATED + 1])).unwrap_err();
+    assert!(err.why.contains("escalated"), "{}", err.why);
+    let mut long = e.clone();
+    long.detail = ConflictDetail::HashMismatch {
+        expected: "x".repeat(MAX_TEXT_BYTES + 1),
+        received: "b".into(),
+    };
+    let err = decode(&report(vec![e.clone(), long.clone()])).unwrap_err();
+    assert!(err.why.contains("escalated[1].detail"), "{}", err.why);
+    // Nothing escalated: the fields are left out, as a node from before sends it.
+    let plain = serde_json::to_value(report(Vec::new())).unwrap();
+    assert!(plain.get("escalated").is_none() && plain.get("escalated_more").is_none());
+    let plain = serde_json::to_vec(&plain).unwrap();
+    assert_eq!(
+        decode_bus::<MeshMessage>("mesh.x", &plain).unwrap(),
+        report(Vec::new())
+    );
+    // A handover's conflicts: bounded, each checked by its index.
+    let handed = |n: usize, hash: String| {
+        MeshMessage::Handover(Box::new(Handover {
+            cluster: ClusterId(0),
+            agents: Vec::new(),
+            conflicts: vec![
+                HandedConflict {
+                    agent: AgentId(1),
+                    op: OpId(1),
+                    at_ms: 5,
+                    content_hash: hash,
+                    detail: ConflictDetail::TemporalParadox { detail: "x".into() },
+                };
+                n
+            ],
+        }))
+    };
+    let ok = handed(MAX_HANDED_CONFLICTS, "h".into());
+    assert_eq!(decode(&ok).unwrap(), ok);
+    let err = decode(&handed(MAX_HANDED_CONFLICTS + 1, "h".into())).unwrap_err();
+    assert!(err.why.contains("conflicts handed over"), "{}", err.why);
+    let err = decode(&handed(1, "h".repeat(MAX_TEXT_BYTES + 1))).unwrap_err();
+    assert!(
+        err.why.contains("conflicts[0]: content_hash"),
+        "{}",
+        err.why
+    );
+    // Unresolved counts: no more critical or overdue than open.
+    let c = |open, critical, overdue| ConflictCounts {
+        open,
+        critical,
+        overdue,
+    };
+    assert!(c(3, 3, 1).check(1).is_ok());
+    assert!(c(3, 4, 0).check(1).unwrap_err().contains("4 critical"));
+    assert!(c(3, 0, 4).check(1).unwrap_err().contains("4 overdue"));
+    // No more open than the leads of the clusters can hold.
+    assert!(c(MAX_OPEN_CONFLICTS, 0, 0).check(1).is_ok());
+    let over = c(MAX_OPEN_CONFLICTS + 1, 0, 0);
+    assert!(over.check(1).unwrap_err().contains("open (at most"));
+    assert!(over.check(2).is_ok());
+    // A sector summary's late conflicts for the root: bounded, each detail checked; a
+    // summary without them leaves the field out.
+    let summary = |escalated: Vec<LateEscalated>| {
+        MeshMessage::Sector(Box::new(SectorSummary {
+            sector: SectorId(0),
+            coordinator: NodeId::new("n1").unwrap(),
+            sent_ms: 0,
+            cluster_count: 1,
+            total_agents: 10,
+            active_agents: 10,
+            joining_agents: 0,
+            mean_impedance_ms: 1.0,
+            p95_impedance_ms: 2.0,
+            leads: LeadHistogram::default(),
+            hop_ms: 1.0,
+            classes: [0; 6],
+            anomalies: 0,
+            open_breakers: 0,
+            breaker_open: false,
+            conflicts: ConflictCounts::default(),
+            escalated,
+        }))
+    };
+    let late = |conflict: Escalated| LateEscalated {
+        op: OpId(1),
+        conflict,
+    };
+    let ok = summary(vec![late(e.clone()); MAX_ESCALATED]);
+    assert_eq!(decode(&ok).unwrap(), ok);
+    let err = decode(&summary(vec![late(e.clone()); MAX_ESCALATED + 1])).unwrap_err();
+    assert!(err.why.contains("escalated"), "{}", err.why);
+    let err = decode(&summary(vec![late(e.clone()), late(long)])).unwrap_err();
+    assert!(err.why.contains("escalated[1].detail"), "{}", err.why);
+    let plain = serde_json::to_value(summary(Vec::new())).unwrap();
+    assert_eq!(plain["type"], "sector", "{plain}");
+    assert!(plain.get("escalated").is_none(), "{plain}");
+}
