@@ -416,10 +416,7 @@ pub async fn run<F: Fabric>(
                         seq: r.seq,
                         agent: r.agent.0,
                         cluster: r.cluster.0,
-                        how: serde_json::to_value(r.how)
-                            .ok()
-                            .and_then(|v| v.as_str().map(str::to_owned))
-                            .unwrap_or_default(),
+                        how: r.how.as_str().to_owned(),
                     };
                     journal.append(&me, now().as_micros(), vec![event]).await;
                 }

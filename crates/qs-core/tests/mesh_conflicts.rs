@@ -102,7 +102,7 @@ fn a_lead_escalates_critical_conflicts_and_the_same_content_accepted_resolves_a_
 /// there as notices, and only when the cluster's own lead sent them.
 #[test]
 fn a_coordinator_logs_the_conflicts_of_a_late_report_from_the_clusters_lead_only() {
-    use qs_core::mesh::{MeshConfig, MeshInput, MeshNode, MeshOutput};
+    use qs_core::mesh::{MeshConfig, MeshInput, MeshNode};
     use qs_wire::NodeId;
     use qs_wire::mesh::{ClusterId, Escalated, MeshMessage, OpId, Report, Scope, Tally};
     use std::sync::Arc;
@@ -142,13 +142,7 @@ fn a_coordinator_logs_the_conflicts_of_a_late_report_from_the_clusters_lead_only
             },
             now,
         );
-        drain(node)
-            .into_iter()
-            .filter_map(|o| match o {
-                MeshOutput::Conflict(r) => Some((r.agent, r.escalated_by)),
-                _ => None,
-            })
-            .collect()
+        conflicts_logged(drain(node))
     };
     let stranger = NodeId::new("p3").unwrap();
     assert_eq!(logged(&mut node, &stranger), [], "not the cluster's lead");
@@ -234,15 +228,11 @@ fn a_late_critical_conflict_reaches_the_root_with_the_next_sector_summary() {
     let mut at = now + std::time::Duration::from_millis(cfg.summary_ms + 1);
     assert_eq!(summaries(&mut coordinator, at).len(), 1);
     coordinator.handle(heard(&p2, MeshMessage::Report(Box::new(late))), at);
-    let logged = |out: Vec<MeshOutput>| -> Vec<(AgentId, Option<NodeId>)> {
-        out.into_iter()
-            .filter_map(|o| match o {
-                MeshOutput::Conflict(r) => Some((r.agent, r.escalated_by)),
-                _ => None,
-            })
-            .collect()
-    };
-    assert_eq!(logged(drain(&mut coordinator)).len(), 2, "both logged here");
+    assert_eq!(
+        conflicts_logged(drain(&mut coordinator)).len(),
+        2,
+        "both logged here"
+    );
     // The next beat sends a full summary all the same, with the conflict for the root.
     let beat = std::time::Duration::from_millis(cfg.beat_ms);
     at = at + beat;
@@ -263,9 +253,16 @@ fn a_late_critical_conflict_reaches_the_root_with_the_next_sector_summary() {
     let mut forged = summary.clone();
     forged.coordinator = p2.clone();
     root.handle(heard(&p2, MeshMessage::Sector(Box::new(forged))), at);
-    assert_eq!(logged(drain(&mut root)), [], "not the sector's coordinator");
+    assert_eq!(
+        conflicts_logged(drain(&mut root)),
+        [],
+        "not the sector's coordinator"
+    );
     assert_eq!(root.refused_senders(), 1);
     root.handle(heard(&p1, MeshMessage::Sector(Box::new(summary))), at);
-    assert_eq!(logged(drain(&mut root)), [(AgentId(15), Some(p1.clone()))]);
+    assert_eq!(
+        conflicts_logged(drain(&mut root)),
+        [(AgentId(15), Some(p1.clone()))]
+    );
     assert_eq!(root.conflicts().escalated_here(), 1);
 }

@@ -512,7 +512,7 @@ fn a_former_lead_hands_its_admitted_agents_over_to_the_new_lead() {
     a.handle(MeshInput::Tree(after.clone()), now);
     b.handle(MeshInput::Tree(after), now);
     b.handle(MeshInput::Agents(their_beats.clone()), now);
-    while b.poll().is_some() {}
+    drain(&mut b);
     assert!(
         theirs.iter().all(|x| !pool(&b).contains(x)),
         "not measured by p2 yet"
@@ -523,7 +523,7 @@ fn a_former_lead_hands_its_admitted_agents_over_to_the_new_lead() {
     for _ in 0..5 {
         now = Time::from_millis(now.as_millis() + 300);
         a.handle(MeshInput::Tick, now);
-        handovers.extend(std::iter::from_fn(|| a.poll()).filter_map(|o| match o {
+        handovers.extend(drain(&mut a).into_iter().filter_map(|o| match o {
             MeshOutput::Send {
                 to,
                 msg: msg @ MeshMessage::Handover(_),
@@ -575,7 +575,7 @@ fn a_former_lead_hands_its_admitted_agents_over_to_the_new_lead() {
     b.handle(MeshInput::Agents(again), now);
     now = Time::from_millis(now.as_millis() + 300);
     b.handle(MeshInput::Tick, now);
-    while b.poll().is_some() {}
+    drain(&mut b);
     assert!(!pool(&b).contains(&restarted), "registered anew");
     b.handle(copy(2), now);
     assert!(

@@ -75,7 +75,7 @@ pub enum FabricError {
 
 impl FabricError {
     /// A failed NATS operation, named: `map_err(FabricError::nats("KV put"))`.
-    pub fn nats<E: std::fmt::Display>(op: &'static str) -> impl Fn(E) -> FabricError {
+    pub(crate) fn nats<E: std::fmt::Display>(op: &'static str) -> impl Fn(E) -> FabricError {
         move |e| FabricError::Nats {
             op,
             detail: e.to_string(),

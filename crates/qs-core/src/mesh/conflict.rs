@@ -114,6 +114,19 @@ pub enum Resolution {
     LeadChanged,
 }
 
+impl Resolution {
+    /// Its name in the ledger, as it serializes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resolution::Agreed => "agreed",
+            Resolution::Rerouted => "rerouted",
+            Resolution::Released => "released",
+            Resolution::HandedOver => "handed-over",
+            Resolution::LeadChanged => "lead-changed",
+        }
+    }
+}
+
 /// A conflict resolved, for the ledger.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Resolved {
@@ -286,7 +299,6 @@ impl Log {
         }
     }
 
-    /// Resolves the open conflicts `seqs`, returning them for the ledger.
     /// Takes open conflict `seq` out of the quarantine.
     fn take_open(&mut self, seq: u64) -> Option<Record> {
         let r = self.open.remove(&seq)?;
@@ -294,6 +306,7 @@ impl Log {
         Some(r)
     }
 
+    /// Resolves the open conflicts `seqs`, returning them for the ledger.
     fn resolve(&mut self, how: Resolution, now: Time, seqs: Vec<u64>) -> Vec<Resolved> {
         let taken: Vec<Record> = seqs.into_iter().filter_map(|s| self.take_open(s)).collect();
         taken.iter().map(|r| self.settle(r, how, now)).collect()
@@ -580,6 +593,15 @@ mod tests {
             let open = log.counts(at, |_| true).open;
             assert_eq!(open, u32::from(want.is_none()), "{detail:?} then {next:?}");
             assert_eq!(log.resolved(), u64::from(want.is_some()));
+        }
+    }
+
+    /// Each resolution's name in the ledger is the one it serializes to.
+    #[test]
+    fn resolution_names_are_their_serialized_names() {
+        use Resolution::*;
+        for how in [Agreed, Rerouted, Released, HandedOver, LeadChanged] {
+            assert_eq!(serde_json::to_value(how).unwrap(), how.as_str());
         }
     }
 

@@ -157,6 +157,7 @@ pub struct MeshNode {
     pub(crate) tree_before: Option<Arc<Hierarchy>>,
     /// Views to hand over at the next beats, by the agents' new lead and cluster.
     pub(crate) handovers: BTreeMap<(NodeId, ClusterId), qs_wire::mesh::Handover>,
+    /// Beats at which they still go out (the last send empties `handovers`).
     pub(crate) handover_sends_left: u8,
     /// Handed views and conflicts taken since the last tree (former lead, agent, and the
     /// conflict's operation; none for the agent's view).

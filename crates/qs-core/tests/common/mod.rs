@@ -410,6 +410,16 @@ pub fn drain(node: &mut MeshNode) -> Vec<MeshOutput> {
     std::iter::from_fn(|| node.poll()).collect()
 }
 
+/// The conflicts `out` logs: each agent, and the node that escalated it there (if any).
+pub fn conflicts_logged(out: Vec<MeshOutput>) -> Vec<(AgentId, Option<NodeId>)> {
+    out.into_iter()
+        .filter_map(|o| match o {
+            MeshOutput::Conflict(r) => Some((r.agent, r.escalated_by)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The agents in `node`'s routing pool.
 pub fn pool(node: &MeshNode) -> BTreeSet<AgentId> {
     node.pool().map(|(_, a)| a).collect()

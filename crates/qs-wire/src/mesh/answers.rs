@@ -25,7 +25,7 @@ pub enum ConflictDetail {
 }
 
 impl ConflictDetail {
-    pub fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), String> {
         match self {
             ConflictDetail::ContextDivergence { context_hash, .. } => {
                 text("context_hash", context_hash)
@@ -245,10 +245,6 @@ pub struct ConflictCounts {
 pub const MAX_OPEN_CONFLICTS: u32 = 10_000;
 
 impl ConflictCounts {
-    pub fn is_none(&self) -> bool {
-        self.open == 0
-    }
-
     pub fn add(&mut self, o: &ConflictCounts) {
         self.open = self.open.saturating_add(o.open);
         self.critical = self.critical.saturating_add(o.critical);

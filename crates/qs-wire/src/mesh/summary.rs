@@ -153,7 +153,7 @@ pub struct ClusterSummary {
     pub failures: u32,
     pub breaker_open: bool,
     /// Its agents' conflicts still unresolved at the lead.
-    #[serde(default, skip_serializing_if = "ConflictCounts::is_none")]
+    #[serde(default, skip_serializing_if = "crate::bounds::is_zero")]
     pub conflicts: ConflictCounts,
 }
 
@@ -201,7 +201,7 @@ pub struct SectorSummary {
     pub open_breakers: u32,
     pub breaker_open: bool,
     /// Its clusters' unresolved conflicts added up.
-    #[serde(default, skip_serializing_if = "ConflictCounts::is_none")]
+    #[serde(default, skip_serializing_if = "crate::bounds::is_zero")]
     pub conflicts: ConflictCounts,
     /// Conflicts of priority 4 from reports that reached the coordinator after their
     /// operation settled there (their report up had gone), passed on to the root here, at

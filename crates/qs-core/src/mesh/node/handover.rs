@@ -16,7 +16,7 @@ use qs_wire::mesh::{HandedAgent, HandedConflict, Handover, MAX_CHILDREN, MAX_HAN
 pub(crate) const HANDOVER_SENDS: u8 = 3;
 /// Most handed views and conflicts a node remembers taking, per tree (the quarantine's
 /// bound); past it, another copy's are taken again.
-const MAX_HANDED_TAKEN: usize = 10_000;
+const MAX_HANDED_TAKEN: usize = conflict::MAX_QUARANTINE;
 
 impl MeshNode {
     /// Views of agents this node no longer leads (`left`, after a new tree): each for the
@@ -97,7 +97,6 @@ impl MeshNode {
     /// [`HANDOVER_SENDS`] times.
     pub(super) fn send_handovers(&mut self) {
         if self.handover_sends_left == 0 {
-            self.handovers.clear();
             return;
         }
         self.handover_sends_left -= 1;
@@ -146,9 +145,7 @@ impl MeshNode {
             let r = self.conflicts.handed(from.clone(), h.cluster, c, now);
             self.out.push_back(MeshOutput::Conflict(r));
         }
-        let Some(led) = self.led.get_mut(&h.cluster) else {
-            return;
-        };
+        let led = self.led.get_mut(&h.cluster).expect("checked above");
         for a in h.agents {
             let led_before = led_before(a.agent);
             let Some(view) = led.agents.get_mut(&a.agent) else {

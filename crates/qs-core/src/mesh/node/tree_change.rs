@@ -86,7 +86,7 @@ impl MeshNode {
         self.handed_taken.clear();
         self.summarized.clear();
         let was_root = self.is_root;
-        self.is_root = tree.root.as_ref() == Some(&self.me);
+        self.is_root = root_now;
         if self.is_root && !was_root {
             // A mode from when it was root before says nothing now: it follows the
             // summaries of this hierarchy from the next beat.
@@ -103,7 +103,7 @@ impl MeshNode {
         self.lead_heard
             .retain(|c, _| tree.cluster(*c).is_some_and(|cl| mine.contains(&cl.sector)));
 
-        if tree.root.as_ref() != Some(&self.me) {
+        if !root_now {
             self.sector_summaries.clear();
             self.coordinator_heard.clear();
         }
