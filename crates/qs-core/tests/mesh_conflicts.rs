@@ -105,17 +105,12 @@ fn a_coordinator_logs_the_conflicts_of_a_late_report_from_the_clusters_lead_only
     use qs_core::mesh::{MeshConfig, MeshInput, MeshNode};
     use qs_wire::NodeId;
     use qs_wire::mesh::{ClusterId, Escalated, MeshMessage, OpId, Report, Scope, Tally};
-    use std::sync::Arc;
-    let Pair { p1, p2, tree, .. } = pair();
-    let mut tree = tree;
+    let pair = pair();
+    let (p1, p2) = (&pair.p1, &pair.p2);
     // p2 leads the one cluster; p1 coordinates its sector and is the root.
-    tree.clusters[0].lead = Some(p2.clone());
-    tree.sectors[0].coordinator = Some(p1.clone());
-    tree.root = Some(p1.clone());
+    let tree = pair.roles(p2, p1, p1);
     let now = Time::from_millis(1_000_000);
-    let mut node = MeshNode::new(p1.clone(), MeshConfig::default(), now);
-    node.handle(MeshInput::Tree(Arc::new(tree)), now);
-    drain(&mut node);
+    let mut node = node_in(p1, MeshConfig::default(), &tree, now);
     let report = |from: &NodeId| Report {
         op: OpId(77),
         scope: Scope::Cluster(ClusterId(0)),
@@ -146,7 +141,7 @@ fn a_coordinator_logs_the_conflicts_of_a_late_report_from_the_clusters_lead_only
     };
     let stranger = NodeId::new("p3").unwrap();
     assert_eq!(logged(&mut node, &stranger), [], "not the cluster's lead");
-    assert_eq!(logged(&mut node, &p2), [(AgentId(15), Some(p2.clone()))]);
+    assert_eq!(logged(&mut node, p2), [(AgentId(15), Some(p2.clone()))]);
     assert_eq!(node.conflicts().escalated_here(), 1);
 }
 
@@ -161,15 +156,11 @@ fn a_late_critical_conflict_reaches_the_root_with_the_next_sector_summary() {
     use qs_wire::mesh::{
         ClusterId, Escalated, LateEscalated, MeshMessage, OpId, Report, Scope, SectorSummary, Tally,
     };
-    use std::sync::Arc;
-    let Pair { p1, p2, tree, .. } = pair();
+    let pair = pair();
+    let (p1, p2) = (pair.p1.clone(), pair.p2.clone());
     let p3 = NodeId::new("p3").unwrap();
-    let mut tree = tree;
     // p2 leads the cluster, p1 coordinates its sector, p3 is the root.
-    tree.clusters[0].lead = Some(p2.clone());
-    tree.sectors[0].coordinator = Some(p1.clone());
-    tree.root = Some(p3.clone());
-    let tree = Arc::new(tree);
+    let tree = pair.roles(&p2, &p1, &p3);
     let cfg = MeshConfig::default();
     let now = Time::from_millis(1_000_000);
     let escalated = |agent: u64, detail: ConflictDetail| Escalated {
@@ -185,9 +176,7 @@ fn a_late_critical_conflict_reaches_the_root_with_the_next_sector_summary() {
             received: "b".into(),
         },
     );
-    let mut coordinator = MeshNode::new(p1.clone(), cfg, now);
-    coordinator.handle(MeshInput::Tree(tree.clone()), now);
-    drain(&mut coordinator);
+    let mut coordinator = node_in(&p1, cfg, &tree, now);
     let late = Report {
         op: OpId(77),
         scope: Scope::Cluster(ClusterId(0)),
@@ -246,9 +235,7 @@ fn a_late_critical_conflict_reaches_the_root_with_the_next_sector_summary() {
     let again = summaries(&mut coordinator, at + beat);
     assert!(again.iter().all(|s| s.escalated.is_empty()), "sent once");
 
-    let mut root = MeshNode::new(p3.clone(), cfg, now);
-    root.handle(MeshInput::Tree(tree), now);
-    drain(&mut root);
+    let mut root = node_in(&p3, cfg, &tree, now);
     let summary = sent.into_iter().next().expect("a sector summary");
     let mut forged = summary.clone();
     forged.coordinator = p2.clone();

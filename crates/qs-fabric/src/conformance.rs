@@ -205,6 +205,31 @@ pub async fn kv_watch_replays_then_follows<F: Fabric>(f: F) {
     );
 }
 
+/// A watch of a prefix with nothing under it, or only keys since deleted, says at once that
+/// its replay is over (a deleted key is not replayed), then follows.
+pub async fn kv_watch_of_an_empty_prefix_is_synced_at_once<F: Fabric>(f: F) {
+    let kv = f.kv("sparse").await.unwrap();
+    kv.put("gone.a", b("1")).await.unwrap();
+    kv.delete("gone.a").await.unwrap();
+    kv.put("other.x", b("x")).await.unwrap();
+    for prefix in ["none.", "gone."] {
+        let mut w = kv.watch(prefix).await.unwrap();
+        let mut next = async || {
+            tokio::time::timeout(CASE_TIMEOUT, w.next())
+                .await
+                .expect("an event arrives")
+                .expect("the watch is open")
+                .expect("no lag")
+        };
+        assert_eq!(next().await, KvEvent::Synced, "{prefix}");
+        kv.put(&format!("{prefix}b"), b("2")).await.unwrap();
+        match next().await {
+            KvEvent::Put(e) => assert_eq!(e.key, format!("{prefix}b")),
+            other => panic!("{prefix}: {other:?}"),
+        }
+    }
+}
+
 /// A watch replays a bucket larger than its change buffer whole: the replay is not a burst
 /// of changes that could lag.
 pub async fn kv_watch_replays_more_than_its_buffer<F: Fabric>(f: F) {
@@ -276,6 +301,7 @@ macro_rules! conformance_tests {
             kv_compare_and_set,
             kv_watch_replays_then_follows,
             kv_watch_replays_more_than_its_buffer,
+            kv_watch_of_an_empty_prefix_is_synced_at_once,
             bad_input_is_refused,
             objects_put_get_delete,
         );

@@ -24,9 +24,16 @@
 //! A healthy cluster answers the first at once, and nothing more is asked. What is dropped
 //! (the lost consumer, the hedges that lost) is left to the server, which removes a consumer
 //! nobody listens to after its inactive threshold (30 s).
+//!
+//! Before the consumer, the watch learns whether its replay will bring anything (else no
+//! entry would come to end it): the whole bucket's message count, or for a prefix the
+//! stream's first message under it, a request to the stream's leader that makes no consumer
+//! (one that could be placed on a lost server, unhedged). A deleted key's marker is replayed
+//! by the consumer but not forwarded: the watcher never saw the key.
 
 use crate::{Entry, FabricError, KvEvent, WATCH_BUFFER, Watch};
 use async_nats::jetstream::kv;
+use async_nats::jetstream::stream::RawMessageErrorKind;
 use futures_util::StreamExt;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -96,19 +103,17 @@ pub(crate) async fn watch(
     let start = state.last_sequence;
     // With nothing under the prefix no entry comes to say the replay is over. For the whole
     // bucket its count of messages says so (a deleted key's marker is replayed too); for a
-    // part of it, its keys are listed (one more consumer).
+    // part of it, the stream's first message under the prefix, asked of the stream's leader
+    // (a marker counts here too; no consumer is made for it).
     let any = if prefix.is_empty() {
         state.messages > 0
     } else {
-        let mut keys = store.keys().await.map_err(FabricError::nats("KV keys"))?;
-        let mut any = false;
-        while let Some(k) = keys.next().await {
-            if k.map_err(FabricError::nats("KV keys"))?.starts_with(prefix) {
-                any = true;
-                break;
-            }
+        let subject = format!("{}{filter}", store.prefix);
+        match stream.get_first_raw_message_by_subject(&subject, 1).await {
+            Ok(_) => true,
+            Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => false,
+            Err(e) => return Err(FabricError::nats("KV watch, first entry")(e)),
         }
-        any
     };
     let first = tokio::time::timeout(CREATE_TIMEOUT, create(&store, &filter, None))
         .await
@@ -195,7 +200,10 @@ impl Follower {
                 && self.tx.send(Ok(kv_event(e))).await.is_ok()
         } else if !self.synced {
             self.synced = e.delta == 0;
-            self.tx.send(Ok(kv_event(e))).await.is_ok()
+            // A deleted key's marker in the replay is no entry: the watcher never saw the
+            // key (the in-memory backend replays none either).
+            let entry = e.operation == kv::Operation::Put;
+            (!entry || self.tx.send(Ok(kv_event(e))).await.is_ok())
                 && (!self.synced || self.tx.send(Ok(KvEvent::Synced)).await.is_ok())
         } else {
             match self.tx.try_send(Ok(kv_event(e))) {

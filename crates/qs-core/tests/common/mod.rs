@@ -296,6 +296,26 @@ pub fn pair() -> Pair {
     }
 }
 
+impl Pair {
+    /// The pair's tree with its one cluster led by `lead`, its sector coordinated by
+    /// `coordinator`, and `root` the root.
+    pub fn roles(&self, lead: &NodeId, coordinator: &NodeId, root: &NodeId) -> Arc<Hierarchy> {
+        let mut tree = self.tree.clone();
+        tree.clusters[0].lead = Some(lead.clone());
+        tree.sectors[0].coordinator = Some(coordinator.clone());
+        tree.root = Some(root.clone());
+        Arc::new(tree)
+    }
+}
+
+/// Node `me` holding `tree` from `now`, what it put out on taking it drained.
+pub fn node_in(me: &NodeId, cfg: MeshConfig, tree: &Arc<Hierarchy>, now: Time) -> MeshNode {
+    let mut node = MeshNode::new(me.clone(), cfg, now);
+    node.handle(MeshInput::Tree(tree.clone()), now);
+    drain(&mut node);
+    node
+}
+
 /// An operator's cascade of `verb` and `payload` over the whole mesh, the agents to be ready
 /// in 100 ms, given to `node` (the root).
 pub fn cascade(node: &mut MeshNode, mode: CascadeMode, verb: Verb, payload: &str, now: Time) {

@@ -68,12 +68,7 @@ pub(super) fn from_report(
     now: Time,
 ) {
     // Only from the node the tree names for the report's scope.
-    let speaks_for = match rep.scope {
-        Scope::Cluster(c) => node.tree.cluster(c).and_then(|x| x.lead.as_ref()),
-        Scope::Sector(s) => node.tree.sector(s).and_then(|x| x.coordinator.as_ref()),
-        Scope::Global => None,
-    };
-    if rep.escalated.is_empty() || speaks_for != Some(&rep.from) {
+    if rep.escalated.is_empty() || node.named_for(rep.scope) != Some(&rep.from) {
         node.refused_senders += u64::from(!rep.escalated.is_empty());
         return;
     }
@@ -155,17 +150,14 @@ pub(super) fn from_late_report(node: &mut MeshNode, rep: &Report, now: Time) {
     }
 }
 
-/// The conflicts passed on in a sector's summary, at the root: taken only from the node the
-/// tree names the sector's coordinator, each as from a report of that sector.
+/// The conflicts passed on in a sector's summary, at the root (the summary came from the
+/// node the tree names the sector's coordinator, or it was refused on arrival), each as from
+/// a report of that sector.
 pub(in crate::mesh::node) fn from_summary(node: &mut MeshNode, s: &SectorSummary, now: Time) {
     if s.escalated.is_empty() {
         return;
     }
-    let coordinator = node
-        .tree
-        .sector(s.sector)
-        .and_then(|x| x.coordinator.as_ref());
-    if !node.is_root || coordinator != Some(&s.coordinator) {
+    if !node.is_root {
         node.refused_senders += 1;
         return;
     }

@@ -1,0 +1,185 @@
+//! Summaries up the tree are taken only from the node the tree names for what they speak of:
+//! a cluster's from its lead (and of the sector the tree puts it in), a sector's from its
+//! coordinator. Another member that names itself in a summary is refused and counted, and
+//! the counts, breakers and modes built on summaries are not moved by it.
+
+mod common;
+
+use common::*;
+use qs_core::Time;
+use qs_core::mesh::{MeshConfig, MeshInput};
+use qs_wire::NodeId;
+use qs_wire::mesh::{
+    Alive, ClusterId, ClusterSummary, LeadHistogram, MeshMessage, Scope, SectorId, SectorSummary,
+};
+
+fn cluster_summary(cluster: u32, sector: u32, lead: &NodeId, now: Time) -> ClusterSummary {
+    ClusterSummary {
+        cluster: ClusterId(cluster),
+        sector: SectorId(sector),
+        lead: lead.clone(),
+        sent_ms: now.as_millis(),
+        agent_count: 20,
+        active_count: 20,
+        joining_count: 0,
+        mean_impedance_ms: 10.0,
+        p95_impedance_ms: 20.0,
+        leads: LeadHistogram::default(),
+        classes: [20, 0, 0, 0, 0, 0],
+        anomalies: 0,
+        failures: 0,
+        breaker_open: false,
+        conflicts: Default::default(),
+    }
+}
+
+fn sector_summary(sector: u32, coordinator: &NodeId, agents: u32, now: Time) -> SectorSummary {
+    SectorSummary {
+        sector: SectorId(sector),
+        coordinator: coordinator.clone(),
+        sent_ms: now.as_millis(),
+        cluster_count: 1,
+        total_agents: agents,
+        active_agents: agents,
+        joining_agents: 0,
+        mean_impedance_ms: 10.0,
+        p95_impedance_ms: 20.0,
+        leads: LeadHistogram::default(),
+        hop_ms: 1.0,
+        classes: [agents, 0, 0, 0, 0, 0],
+        anomalies: 0,
+        open_breakers: 0,
+        breaker_open: false,
+        conflicts: Default::default(),
+        escalated: Vec::new(),
+    }
+}
+
+/// One summary or beat heard by a node of the tree, and whether it is taken.
+struct Case {
+    name: &'static str,
+    from: &'static str,
+    msg: fn(now: Time) -> MeshMessage,
+    taken: bool,
+}
+
+fn id(s: &str) -> NodeId {
+    NodeId::new(s).unwrap()
+}
+
+#[test]
+fn summaries_are_taken_only_from_the_node_the_tree_names() {
+    let pair = pair();
+    let p1 = &pair.p1;
+    // p2 leads the one cluster (of sector 0), p1 coordinates the sector and is the root.
+    let tree = pair.roles(&pair.p2, p1, p1);
+    let cases = [
+        Case {
+            name: "the cluster's lead",
+            from: "p2",
+            msg: |now| MeshMessage::Cluster(Box::new(cluster_summary(0, 0, &id("p2"), now))),
+            taken: true,
+        },
+        Case {
+            name: "a member naming itself the cluster's lead",
+            from: "p3",
+            msg: |now| MeshMessage::Cluster(Box::new(cluster_summary(0, 0, &id("p3"), now))),
+            taken: false,
+        },
+        Case {
+            name: "the lead, of a cluster the tree does not have",
+            from: "p2",
+            msg: |now| MeshMessage::Cluster(Box::new(cluster_summary(7, 0, &id("p2"), now))),
+            taken: false,
+        },
+        Case {
+            name: "the lead, putting its cluster in another sector",
+            from: "p2",
+            msg: |now| MeshMessage::Cluster(Box::new(cluster_summary(0, 3, &id("p2"), now))),
+            taken: false,
+        },
+        Case {
+            name: "the sector's coordinator",
+            from: "p1",
+            msg: |now| MeshMessage::Sector(Box::new(sector_summary(0, &id("p1"), 20, now))),
+            taken: true,
+        },
+        Case {
+            name: "a member naming itself the sector's coordinator",
+            from: "p2",
+            msg: |now| MeshMessage::Sector(Box::new(sector_summary(0, &id("p2"), 20, now))),
+            taken: false,
+        },
+        Case {
+            name: "the coordinator, of a sector the tree does not have",
+            from: "p1",
+            msg: |now| MeshMessage::Sector(Box::new(sector_summary(5, &id("p1"), 20, now))),
+            taken: false,
+        },
+    ];
+    for case in cases {
+        let now = Time::from_millis(1_000_000);
+        let mut node = node_in(p1, MeshConfig::default(), &tree, now);
+        let msg = (case.msg)(now);
+        node.handle(
+            MeshInput::Heard {
+                from: id(case.from),
+                msg: msg.clone(),
+            },
+            now,
+        );
+        drain(&mut node);
+        let stored = match &msg {
+            MeshMessage::Cluster(s) => node.cluster_summaries().get(&s.cluster) == Some(&**s),
+            MeshMessage::Sector(s) => node.sector_summaries().get(&s.sector) == Some(&**s),
+            _ => unreachable!("summaries only"),
+        };
+        assert_eq!(stored, case.taken, "{}", case.name);
+        assert_eq!(
+            node.refused_senders(),
+            u64::from(!case.taken),
+            "{}: refused and counted",
+            case.name
+        );
+    }
+}
+
+/// A forged sector summary would have put a thousand agents down at the root, and its beats
+/// would have kept them so: neither moves the root's counts.
+#[test]
+fn a_forged_sector_summary_and_its_beats_leave_the_roots_counts_alone() {
+    let pair = pair();
+    let (p1, p2) = (pair.p1.clone(), pair.p2.clone());
+    let now = Time::from_millis(1_000_000);
+    let tree = pair.roles(&p2, &p1, &p1);
+    let mut root = node_in(&p1, MeshConfig::default(), &tree, now);
+    let heard = |from: &NodeId, msg: MeshMessage| MeshInput::Heard {
+        from: from.clone(),
+        msg,
+    };
+    root.handle(
+        heard(
+            &p1,
+            MeshMessage::Sector(Box::new(sector_summary(0, &p1, 20, now))),
+        ),
+        now,
+    );
+    assert_eq!(root.global_counts(), (20, 20));
+    let mut forged = sector_summary(0, &p2, 1_000, now);
+    forged.active_agents = 0;
+    root.handle(heard(&p2, MeshMessage::Sector(Box::new(forged))), now);
+    let beat = Alive {
+        scope: Scope::Sector(SectorId(0)),
+        from: p2.clone(),
+        sent_ms: now.as_millis(),
+        agents: 1_000,
+        active: 0,
+        joining: 0,
+        failures: 0,
+        breaker_open: true,
+    };
+    root.handle(heard(&p2, MeshMessage::Alive(beat)), now);
+    drain(&mut root);
+    assert_eq!(root.global_counts(), (20, 20));
+    assert!(!root.sector_summaries()[&SectorId(0)].breaker_open);
+}
