@@ -127,6 +127,7 @@ fn a_coordinator_logs_the_conflicts_of_a_late_report_from_the_clusters_lead_only
             },
         }],
         escalated_more: 0,
+        late: false,
     };
     let logged = |node: &mut MeshNode, from: &NodeId| -> Vec<(AgentId, Option<NodeId>)> {
         let msg = MeshMessage::Report(Box::new(report(from)));
@@ -195,6 +196,7 @@ fn a_late_critical_conflict_reaches_the_root_with_the_next_sector_summary() {
             ),
         ],
         escalated_more: 0,
+        late: false,
     };
     let heard = |from: &NodeId, msg: MeshMessage| MeshInput::Heard {
         from: from.clone(),
@@ -252,4 +254,144 @@ fn a_late_critical_conflict_reaches_the_root_with_the_next_sector_summary() {
         [(AgentId(15), Some(p1.clone()))]
     );
     assert_eq!(root.conflicts().escalated_here(), 1);
+}
+
+/// An answer that comes after its cluster reported (its window over) is late, not lost: a
+/// CONFLICT in it is logged at the lead all the same and, of priority 3 or more, escalated to
+/// the coordinator in a late report (one the coordinator takes for its conflicts only); a
+/// second answer from the same agent, or one from an agent not asked, is not taken.
+#[test]
+fn a_conflict_answered_after_the_window_is_logged_and_escalated_late() {
+    let c = one_cluster(6, 300);
+    let mut lead = Lead::new(c, Time::from_millis(3_000_000));
+    lead.run(1_200);
+    lead.order(1, None);
+    let sent = dispatches(&lead.run(250));
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    lead.answer(&sent[0], None);
+    lead.answer(&sent[1], None);
+    // The window ends (200 ms ahead, then 150 ms) with the third silent: the report goes.
+    let out = lead.run(200);
+    let rep = report(&out).expect("reported at the window's end");
+    assert_eq!((rep.tally.sent, rep.tally.ready, rep.late), (3, 2, false));
+    let corrupt = ConflictDetail::HashMismatch {
+        expected: "a".into(),
+        received: "b".into(),
+    };
+    lead.answer(&sent[2], Some(corrupt.clone()));
+    let out = drain(&mut lead.node);
+    assert_eq!(conflicts_logged(out.clone()), [(sent[2].agent, None)]);
+    let late = report(&out).expect("a late report");
+    assert!(late.late);
+    assert_eq!(late.tally.late, 1);
+    let escalated: Vec<(AgentId, &ConflictDetail)> = late
+        .escalated
+        .iter()
+        .map(|e| (e.agent, &e.detail))
+        .collect();
+    assert_eq!(escalated, [(sent[2].agent, &corrupt)]);
+    let open = lead.node.conflicts().counts(lead.now, |_| true);
+    assert_eq!((open.open, open.critical), (1, 1));
+    // Once per agent; an agent answered already is no late answer.
+    lead.answer(&sent[2], Some(corrupt.clone()));
+    lead.answer(&sent[0], Some(corrupt));
+    assert_eq!(conflicts_logged(drain(&mut lead.node)), []);
+}
+
+/// A late report that reaches the coordinator before the cluster's own report (the network
+/// may reorder them) is not taken for it: its conflict is logged, the coordinator still waits
+/// for the cluster's result, and reports up once that comes.
+#[test]
+fn a_late_report_is_never_taken_for_the_clusters_result() {
+    use qs_core::mesh::{MeshConfig, MeshOutput};
+    use qs_wire::NodeId;
+    use qs_wire::mesh::{
+        CascadeMode, ClusterId, Escalated, MeshMessage, OpId, Order, Report, Scope, SectorId,
+        Tally, Verb,
+    };
+    let pair = pair();
+    let (p1, p2) = (pair.p1.clone(), pair.p2.clone());
+    let p3 = NodeId::new("p3").unwrap();
+    // p2 leads the cluster, p1 coordinates its sector, p3 is the root.
+    let tree = pair.roles(&p2, &p1, &p3);
+    let now = Time::from_millis(1_000_000);
+    let mut coordinator = node_in(&p1, MeshConfig::default(), &tree, now);
+    let mut envelope = coordinator.envelope(Verb::Observe, "ready?", 2, now);
+    envelope.op = OpId(9);
+    envelope.target_arrival_ms = now.as_millis() + 200;
+    let order = Order {
+        op: OpId(9),
+        mode: CascadeMode::Wave,
+        root: p3.clone(),
+        report_to: p3.clone(),
+        scope: Scope::Sector(SectorId(0)),
+        class: None,
+        sample_per_cluster: None,
+        window_ms: 150,
+        envelope,
+    };
+    let heard = |from: &NodeId, msg: MeshMessage| qs_core::mesh::MeshInput::Heard {
+        from: from.clone(),
+        msg,
+    };
+    coordinator.handle(heard(&p3, MeshMessage::Order(Box::new(order))), now);
+    drain(&mut coordinator);
+    let report = |late: bool, tally: Tally, escalated: Vec<Escalated>| Report {
+        op: OpId(9),
+        scope: Scope::Cluster(ClusterId(0)),
+        from: p2.clone(),
+        tally,
+        answers: Vec::new(),
+        escalated,
+        escalated_more: 0,
+        late,
+    };
+    let conflict = Escalated {
+        agent: AgentId(15),
+        cluster: ClusterId(0),
+        at_ms: now.as_millis(),
+        detail: ConflictDetail::HashMismatch {
+            expected: "a".into(),
+            received: "b".into(),
+        },
+    };
+    let up = |out: &[MeshOutput]| {
+        out.iter()
+            .filter(
+                |o| matches!(o, MeshOutput::Send { to, msg: MeshMessage::Report(_) } if *to == p3),
+            )
+            .count()
+    };
+    let late = report(
+        true,
+        Tally {
+            late: 1,
+            ..Tally::default()
+        },
+        vec![conflict],
+    );
+    coordinator.handle(heard(&p2, MeshMessage::Report(Box::new(late))), now);
+    let out = drain(&mut coordinator);
+    assert_eq!(
+        conflicts_logged(out.clone()),
+        [(AgentId(15), Some(p2.clone()))]
+    );
+    assert_eq!(up(&out), 0, "still waiting for the cluster's result");
+    let result = Tally {
+        sent: 20,
+        ready: 20,
+        ..Tally::default()
+    };
+    coordinator.handle(
+        heard(
+            &p2,
+            MeshMessage::Report(Box::new(report(false, result, Vec::new()))),
+        ),
+        now,
+    );
+    assert_eq!(
+        up(&drain(&mut coordinator)),
+        1,
+        "the sector's report goes up"
+    );
 }

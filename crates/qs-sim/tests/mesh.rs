@@ -251,10 +251,11 @@ fn a_thousand_agents_join_thirty_thousand_gradually() {
     assert_eq!(ops.len(), 2, "{ops:#?}");
     // While they settle (none is in a pool before 3 s), operations leave them out, count
     // them apart, and go on with the rest. The hierarchy re-formed around the new hosts
-    // just before: a cluster whose lead changed may miss this report.
+    // just before: a cluster whose lead changed may miss this report, and its sector's
+    // report miss the root (a sector's worth of newcomers, 450 at most, not counted).
     let (during, after) = (&ops[0].tally, &ops[1].tally);
     assert!(
-        during.joining >= 950 && during.joining <= 1_000,
+        during.joining + 450 * during.missing_reports >= 950 && during.joining <= 1_000,
         "{during:?}"
     );
     assert_eq!(ops[0].decision.name(), "PROCEED", "{during:?}");

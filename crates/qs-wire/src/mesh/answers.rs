@@ -187,6 +187,11 @@ pub struct Report {
     /// Escalated conflicts past those carried.
     #[serde(default, skip_serializing_if = "crate::bounds::is_zero")]
     pub escalated_more: u32,
+    /// Sent after the subtree's report: the conflicts of answers that came after its window,
+    /// for the level above to log; its counts are not the subtree's result. Left out when
+    /// false.
+    #[serde(default, skip_serializing_if = "crate::bounds::is_zero")]
+    pub late: bool,
 }
 
 /// A conflict escalated up the tree, as its agent reported it: the node that takes it

@@ -95,10 +95,10 @@ impl LeadHistogram {
         }
     }
 
-    /// The upper edge of the bucket holding the `q` quantile of the classes `classes`
-    /// (a conservative quantile), or `None` with nothing counted.
-    /// Leads over `within_ms` (beyond any compensation) are left out: those agents are
-    /// known too late whatever the budget.
+    /// The `q` quantile of the classes `classes`, read within the bucket that holds it as if
+    /// its counts were spread evenly between its edges (as Prometheus reads a histogram), or
+    /// `None` with nothing counted. Leads over `within_ms` (beyond any compensation) are left
+    /// out: those agents are known too late whatever the budget.
     pub fn quantile_ms(&self, classes: &[ImpedanceClass], q: f64, within_ms: f64) -> Option<f64> {
         let mut buckets = [0u64; LEAD_BUCKETS];
         for c in classes {
@@ -112,15 +112,19 @@ impl LeadHistogram {
         if total == 0 {
             return None;
         }
-        let want = (q * total as f64).ceil() as u64;
-        let mut seen = 0;
+        let want = (q * total as f64).ceil().max(1.0);
+        let mut seen = 0u64;
         for (b, n) in buckets.iter().enumerate() {
+            let before = seen;
             seen += n;
-            if seen >= want.max(1) {
-                return Some(match LEAD_BUCKETS_MS[b].is_finite() {
-                    true => LEAD_BUCKETS_MS[b],
-                    false => 3_600_000.0,
-                });
+            if seen as f64 >= want {
+                let upper = LEAD_BUCKETS_MS[b];
+                if !upper.is_finite() {
+                    return Some(3_600_000.0);
+                }
+                let lower = if b == 0 { 0.0 } else { LEAD_BUCKETS_MS[b - 1] };
+                let share = (want - before as f64) / *n as f64;
+                return Some(lower + (upper - lower) * share);
             }
         }
         None

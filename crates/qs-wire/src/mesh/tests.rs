@@ -127,6 +127,7 @@ fn escalated_conflicts_in_reports_are_bounded_and_checked() {
             answers: Vec::new(),
             escalated,
             escalated_more: 0,
+            late: false,
         }))
     };
     let decode =
@@ -144,7 +145,11 @@ fn escalated_conflicts_in_reports_are_bounded_and_checked() {
     assert!(err.why.contains("escalated[1].detail"), "{}", err.why);
     // Nothing escalated: the fields are left out, as a node from before sends it.
     let plain = serde_json::to_value(report(Vec::new())).unwrap();
-    assert!(plain.get("escalated").is_none() && plain.get("escalated_more").is_none());
+    assert!(
+        plain.get("escalated").is_none()
+            && plain.get("escalated_more").is_none()
+            && plain.get("late").is_none()
+    );
     let plain = serde_json::to_vec(&plain).unwrap();
     assert_eq!(
         decode_bus::<MeshMessage>("mesh.x", &plain).unwrap(),
@@ -227,4 +232,32 @@ fn escalated_conflicts_in_reports_are_bounded_and_checked() {
     let plain = serde_json::to_value(summary(Vec::new())).unwrap();
     assert_eq!(plain["type"], "sector", "{plain}");
     assert!(plain.get("escalated").is_none(), "{plain}");
+}
+
+/// A lead histogram's quantile is read within its bucket, as if the bucket's counts were
+/// spread evenly between its edges; leads beyond the compensation are left out; the last,
+/// open bucket reads as an hour.
+#[test]
+fn lead_quantiles_are_read_within_their_bucket() {
+    use ImpedanceClass::{A, D, F};
+    let mut h = LeadHistogram::default();
+    // Ten A agents at 5 ms (the first bucket, 0–5), ten D at 450 (the 400–500 bucket).
+    for _ in 0..10 {
+        h.record(A, 5.0);
+        h.record(D, 450.0);
+    }
+    h.record(F, 5_000.0);
+    // (classes, q, within, quantile)
+    let table: [(&[ImpedanceClass], f64, f64, Option<f64>); 7] = [
+        (&[A, D], 0.5, 1_000.0, Some(5.0)),
+        (&[A], 0.5, 1_000.0, Some(2.5)),
+        (&[A, D], 0.95, 1_000.0, Some(490.0)),
+        (&[A, D], 0.75, 1_000.0, Some(450.0)),
+        (&[A, D], 1.0, 1_000.0, Some(500.0)),
+        (&[F], 0.5, 1_000.0, None),
+        (&[F], 0.5, f64::INFINITY, Some(3_600_000.0)),
+    ];
+    for (classes, q, within, want) in table {
+        assert_eq!(h.quantile_ms(classes, q, within), want, "{classes:?} q {q}");
+    }
 }

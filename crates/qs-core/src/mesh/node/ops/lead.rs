@@ -207,6 +207,11 @@ pub(crate) fn on_ack(node: &mut MeshNode, from: &NodeId, a: Ack, now: Time) {
             view.spiking = spike.is_some();
         }
     }
+    // After the cluster reported: late, taken once.
+    if !at_lead && late::answer(&mut ops, node, &a, now) {
+        node.ops = ops;
+        return;
+    }
     let mut rerouted = None;
     match ops.lead.get_mut(&(a.op, a.cluster)).filter(|_| at_lead) {
         // Nothing more comes from it: the lead may be done (below).
@@ -420,6 +425,9 @@ pub(super) fn report_lead(ops: &mut Ops, node: &mut MeshNode, key: (OpId, Cluste
     // soon as all went out, so it takes nobody for a straggler.
     let waited_ms = now.as_millis() as f64;
     let gathered = l.mode != CascadeMode::Parallel;
+    if gathered {
+        late::keep(ops, key, &l, now);
+    }
     if let Some(led) = node.led.get_mut(&c) {
         for (a, sent) in &l.sent_at {
             if gathered
@@ -483,6 +491,7 @@ pub(super) fn report_lead(ops: &mut Ops, node: &mut MeshNode, key: (OpId, Cluste
         answers: MeshNode::top_answers(&l.answers),
         escalated,
         escalated_more,
+        late: false,
     };
     node.send(l.report_to.clone(), MeshMessage::Report(Box::new(report)));
 }

@@ -20,6 +20,7 @@ use qs_wire::mesh::{
 use serde::Serialize;
 
 mod escalate;
+mod late;
 mod lead;
 mod relay;
 mod root;
@@ -188,6 +189,8 @@ pub(crate) struct Ops {
     relay: BTreeMap<(OpId, SectorId), RelayOp>,
     root: BTreeMap<OpId, RootOp>,
     sends: BTreeMap<Time, Vec<(OpId, ClusterId, AgentId)>>,
+    /// Operations this node led and reported, with answers still to come.
+    settled: BTreeMap<(OpId, ClusterId), late::Settled>,
 }
 
 /// Most operations a node holds at once in each role.

@@ -101,6 +101,7 @@ pub(super) fn relay_order(node: &mut MeshNode, o: Order, s: SectorId) {
                         answers: Vec::new(),
                         escalated: Vec::new(),
                         escalated_more: 0,
+                        late: false,
                     };
                     node.send(o.root.clone(), MeshMessage::Report(Box::new(rep)));
                 } else {
@@ -122,6 +123,7 @@ pub(super) fn relay_order(node: &mut MeshNode, o: Order, s: SectorId) {
                     answers: Vec::new(),
                     escalated: Vec::new(),
                     escalated_more: 0,
+                    late: false,
                 })),
             );
         }
@@ -150,6 +152,7 @@ pub(super) fn report_relay(ops: &mut Ops, node: &mut MeshNode, key: (OpId, Secto
         answers: MeshNode::top_answers(&r.answers),
         escalated,
         escalated_more,
+        late: false,
     };
     node.send(r.report_to, MeshMessage::Report(Box::new(report)));
 }
@@ -163,11 +166,13 @@ pub(crate) fn on_report(node: &mut MeshNode, rep: Report, now: Time) {
         Scope::Global => None,
     };
     let relay_key = sector.map(|s| (rep.op, s));
-    let at_relay = relay_key.is_some_and(|k| {
-        ops.relay
-            .get(&k)
-            .is_some_and(|r| r.expect.contains(&rep.scope))
-    });
+    // A late report (answers after its subtree reported) brings conflicts, not a result.
+    let at_relay = !rep.late
+        && relay_key.is_some_and(|k| {
+            ops.relay
+                .get(&k)
+                .is_some_and(|r| r.expect.contains(&rep.scope))
+        });
     if at_relay {
         let k = relay_key.expect("checked");
         let r = ops.relay.get_mut(&k).expect("checked");
@@ -180,7 +185,7 @@ pub(crate) fn on_report(node: &mut MeshNode, rep: Report, now: Time) {
         if r.expect.is_empty() || settled(&r.tally, missing, r.min_rate) {
             report_relay(&mut ops, node, k);
         }
-    } else if let Some(r) = ops.root.get_mut(&rep.op) {
+    } else if let Some(r) = ops.root.get_mut(&rep.op).filter(|_| !rep.late) {
         let expected = r.expect.remove(&rep.scope);
         if expected || r.mode == CascadeMode::Parallel {
             r.tally.add(&rep.tally);
