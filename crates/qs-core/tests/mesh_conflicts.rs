@@ -3,7 +3,8 @@
 //! to the same content later resolves a value mismatch, a READY to other content does not;
 //! an integrity failure quarantines its agent and stays unresolved; a coordinator logs what a
 //! late report from the cluster's lead escalates, and passes those of priority 4 on to the
-//! root with its next sector summary.
+//! root with its next sector summary; answers after their gather closed are taken once, as
+//! late, their conflicts logged.
 
 mod common;
 
@@ -11,6 +12,7 @@ use common::*;
 use qs_core::Time;
 use qs_core::mesh::conflict::Resolution;
 use qs_wire::mesh::{AgentId, ConflictDetail};
+use std::sync::Arc;
 
 #[test]
 fn a_lead_escalates_critical_conflicts_and_the_same_content_accepted_resolves_a_mismatch() {
@@ -394,4 +396,84 @@ fn a_late_report_is_never_taken_for_the_clusters_result() {
         1,
         "the sector's report goes up"
     );
+}
+
+/// The root gathers an urgent operation's answers itself, and ends it before the last few
+/// (a message in the network's tail is not waited for): one that comes after is still taken
+/// once, its CONFLICT logged at the root.
+#[test]
+fn the_root_logs_a_conflict_answered_after_its_urgent_operation_ended() {
+    use qs_core::mesh::{MeshConfig, MeshInput, MeshOutput};
+    use qs_wire::mesh::{AgentBeat, CascadeMode, ClusterId, Dispatch, Verb};
+    let pair = pair();
+    let (p1, p2) = (pair.p1.clone(), pair.p2.clone());
+    let start = Time::from_millis(1_000_000);
+    let mut root = node_in(&p1, MeshConfig::default(), &Arc::new(pair.tree), start);
+    root.handle(
+        MeshInput::Agents((0..10).map(|i| beat(AgentId(i), 0, false)).collect()),
+        start,
+    );
+    let theirs: Vec<AgentBeat> = (10..20)
+        .map(|i| beat(AgentId(i), start.as_millis() - 1_000, false))
+        .collect();
+    let silent = AgentId(12);
+    let mut withheld: Option<Dispatch> = None;
+    let mut finished = Vec::new();
+    let mut logged = Vec::new();
+    // Each step: p2's beat, a tick, every dispatch answered at once but the silent agent's
+    // to the urgent operation.
+    let mut step = |root: &mut qs_core::mesh::MeshNode, now: Time| {
+        if now.as_millis().is_multiple_of(300) {
+            hear_beat(
+                root,
+                &p2,
+                ClusterId(0),
+                now.as_millis(),
+                theirs.clone(),
+                now,
+            );
+        }
+        root.handle(MeshInput::Tick, now);
+        for o in drain(root) {
+            match o {
+                MeshOutput::Send {
+                    to,
+                    msg: qs_wire::mesh::MeshMessage::Dispatch(d),
+                } if to == p2 => {
+                    if d.agent == silent && d.envelope.verb == Verb::Sync {
+                        withheld = Some(*d);
+                    } else {
+                        answer_dispatch(root, &d, Some(&p2), 5, None, now);
+                    }
+                }
+                MeshOutput::Deliver(d) => answer_dispatch(root, &d, None, 5, None, now),
+                MeshOutput::Finished(r) => finished.push(r),
+                MeshOutput::Conflict(r) => logged.push(r.agent),
+                _ => {}
+            }
+        }
+    };
+    let mut now = start;
+    for _ in 0..600 {
+        now = Time::from_millis(now.as_millis() + 10);
+        step(&mut root, now);
+    }
+    cascade(&mut root, CascadeMode::Parallel, Verb::Sync, "v2", now);
+    for _ in 0..300 {
+        now = Time::from_millis(now.as_millis() + 10);
+        step(&mut root, now);
+    }
+    assert_eq!(finished.len(), 1, "{finished:?}");
+    assert_eq!(finished[0].tally.ready, 19, "{:?}", finished[0].tally);
+    let d = withheld.expect("the silent agent was sent to");
+    let late = || contradiction();
+    answer_dispatch(&mut root, &d, Some(&p2), 5, Some(late()), now);
+    assert_eq!(conflicts_logged(drain(&mut root)), [(silent, None)]);
+    // Once; and an agent that answered in time is not taken again.
+    answer_dispatch(&mut root, &d, Some(&p2), 5, Some(late()), now);
+    let mut answered = d.clone();
+    answered.agent = AgentId(13);
+    answer_dispatch(&mut root, &answered, Some(&p2), 5, Some(late()), now);
+    assert_eq!(conflicts_logged(drain(&mut root)), []);
+    assert!(logged.is_empty(), "{logged:?}");
 }

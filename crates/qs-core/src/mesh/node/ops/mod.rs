@@ -191,6 +191,8 @@ pub(crate) struct Ops {
     sends: BTreeMap<Time, Vec<(OpId, ClusterId, AgentId)>>,
     /// Operations this node led and reported, with answers still to come.
     settled: BTreeMap<(OpId, ClusterId), late::Settled>,
+    /// Urgent operations this node (the root) ended, whose answers may still come.
+    settled_urgent: BTreeMap<OpId, late::Settled>,
 }
 
 /// Most operations a node holds at once in each role.

@@ -194,6 +194,9 @@ pub(super) fn end_phase(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Time)
         start_phase(ops, node, op, now);
         return;
     }
+    if r.mode == CascadeMode::Parallel {
+        super::late::keep_urgent(ops, op, &mut r, now);
+    }
     let latency_ms = now.since(r.started).as_secs_f64() * 1000.0;
     let mut total = Tally::default();
     for p in &r.results {
