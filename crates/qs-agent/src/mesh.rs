@@ -68,6 +68,10 @@ pub struct MeshStatus {
     pub conflicts_resolved: u64,
     /// Conflicts escalated to this node from below (as a coordinator, or the root).
     pub conflicts_escalated_here: u64,
+    /// Unresolved conflicts dropped from a full quarantine (the ledger still has them).
+    pub conflicts_dropped: u64,
+    /// Answers taken after their gather closed (as late: their conflicts still logged).
+    pub late_answers: u64,
     /// At the root: every lead's unresolved conflicts, summed up the tree.
     pub mesh_conflicts: Option<ConflictCounts>,
     pub kpis: Kpis,
@@ -616,6 +620,8 @@ fn status(node: &mut MeshNode, local: &LocalAgents, new_nodes: Vec<String>) -> M
         conflicts_unresolved: node.conflicts().counts(now(), |_| true),
         conflicts_resolved: node.conflicts().resolved(),
         conflicts_escalated_here: node.conflicts().escalated_here(),
+        conflicts_dropped: node.conflicts().dropped(),
+        late_answers: node.late_answers(),
         mesh_conflicts: node.mesh_conflicts(now()),
         kpis: Kpis {
             operations: k.operations,

@@ -50,9 +50,11 @@ fn thirty_thousand_agents_cascade_in_every_mode() {
     // Conflicts (seed §5.1), one answer in 2,000, of priority 2, 3 or 4: those of 3 and 4
     // reach their coordinator (those of 4 the root too) with the reports, nothing sent for
     // them; the calibration's content accepted later resolves some; each is resolved or
-    // still open, and the root's summaries count no more than the leads hold.
+    // still open, and the root's summaries count no more than the leads hold. Answers in
+    // the network's tail come after their gather closed: taken all the same, as late.
     let c = &r.conflicts;
     assert!(c.heard > 30, "{c:?}");
+    assert!(c.late_answers > 0, "{c:?}");
     assert!(c.escalated > 0 && c.escalated <= 2 * c.heard, "{c:?}");
     assert!(c.resolved > 0, "{c:?}");
     assert_eq!(c.heard, c.resolved + u64::from(c.unresolved.open), "{c:?}");

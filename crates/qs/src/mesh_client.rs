@@ -104,6 +104,15 @@ pub(crate) fn conflicts_line(v: &Value) -> String {
         v["conflicts_resolved"],
         v["conflicts_escalated_here"]
     ));
+    if v["conflicts_dropped"].as_u64().is_some_and(|n| n > 0) {
+        parts.push(format!(
+            "{} dropped from a full quarantine (in the ledger)",
+            v["conflicts_dropped"]
+        ));
+    }
+    if v["late_answers"].as_u64().is_some_and(|n| n > 0) {
+        parts.push(format!("{} answers taken late", v["late_answers"]));
+    }
     parts.join("; ")
 }
 
@@ -259,5 +268,34 @@ mod tests {
             assert_eq!(scope_of(text).unwrap(), want, "{text:?}");
         }
         assert!(scope_of("galaxy 9").is_err());
+    }
+
+    /// The conflicts line says what was dropped and taken late only when there was some.
+    #[test]
+    fn the_conflicts_line_names_drops_and_late_answers_when_there_are_any() {
+        let counts = serde_json::json!({"open": 2, "critical": 1, "overdue": 0});
+        let status = |dropped: u64, late: u64| {
+            serde_json::json!({
+                "conflicts": 5,
+                "conflicts_unresolved": counts,
+                "conflicts_resolved": 3,
+                "conflicts_escalated_here": 0,
+                "conflicts_dropped": dropped,
+                "late_answers": late,
+            })
+        };
+        let quiet = "here 5 heard, 2 unresolved (1 critical, 0 past their time), 3 resolved, \
+                     0 escalated here";
+        for (dropped, late, want) in [
+            (0, 0, quiet.to_string()),
+            (0, 4, format!("{quiet}; 4 answers taken late")),
+            (
+                7,
+                0,
+                format!("{quiet}; 7 dropped from a full quarantine (in the ledger)"),
+            ),
+        ] {
+            assert_eq!(conflicts_line(&status(dropped, late)), want);
+        }
     }
 }

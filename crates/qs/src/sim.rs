@@ -234,14 +234,15 @@ fn print_mesh(r: &MeshReport) {
     );
     let c = &r.conflicts;
     println!(
-        "  conflicts   {} heard, {} resolved, {} escalated notices; unresolved {} ({} critical, {} overdue), at the root {}",
+        "  conflicts   {} heard, {} resolved, {} escalated notices; unresolved {} ({} critical, {} overdue), at the root {}; {} answers taken late",
         c.heard,
         c.resolved,
         c.escalated,
         c.unresolved.open,
         c.unresolved.critical,
         c.unresolved.overdue,
-        c.unresolved_at_root.open
+        c.unresolved_at_root.open,
+        c.late_answers
     );
     for op in &r.results {
         let t = &op.tally;

@@ -201,6 +201,8 @@ pub struct MeshNode {
     pub(crate) expired: u64,
     /// Messages that spoke for another node than their sender (refused).
     pub(crate) refused_senders: u64,
+    /// Answers taken after their gather closed (`ops::late`).
+    pub(crate) late_answers: u64,
 }
 
 impl MeshNode {
@@ -243,6 +245,7 @@ impl MeshNode {
             next_id: 0,
             expired: 0,
             refused_senders: 0,
+            late_answers: 0,
         }
     }
 
@@ -350,6 +353,11 @@ impl MeshNode {
     /// Messages dropped past their time to live.
     pub fn expired(&self) -> u64 {
         self.expired
+    }
+
+    /// Answers taken after their gather closed: as late, their conflicts logged.
+    pub fn late_answers(&self) -> u64 {
+        self.late_answers
     }
 
     pub(crate) fn send(&mut self, to: NodeId, msg: MeshMessage) {

@@ -191,6 +191,8 @@ pub struct ConflictTotals {
     /// Still unresolved, as the leads count them, and as the root's summaries say.
     pub unresolved: ConflictCounts,
     pub unresolved_at_root: ConflictCounts,
+    /// Answers taken after their gather closed (their conflicts among those heard).
+    pub late_answers: u64,
 }
 
 impl ConflictTotals {
@@ -202,6 +204,7 @@ impl ConflictTotals {
             t.resolved += log.resolved();
             t.escalated += log.escalated_here();
             t.unresolved.add(&log.counts(now, |_| true));
+            t.late_answers += n.late_answers();
         }
         t.unresolved_at_root = root.and_then(|r| r.mesh_conflicts(now)).unwrap_or_default();
         t

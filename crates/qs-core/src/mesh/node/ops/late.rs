@@ -110,6 +110,7 @@ pub(super) fn answer(ops: &mut Ops, node: &mut MeshNode, a: &Ack, now: Time) -> 
     if s.until <= now || !s.awaited.take(a.agent) {
         return false;
     }
+    node.late_answers += 1;
     let (hash, report_to) = (s.content_hash.clone(), s.report_to.clone());
     if s.awaited.done() {
         ops.settled.remove(&lead_key);
