@@ -260,44 +260,103 @@ fn a_late_critical_conflict_reaches_the_root_with_the_next_sector_summary() {
 
 /// An answer that comes after its cluster reported (its window over) is late, not lost: a
 /// CONFLICT in it is logged at the lead all the same and, of priority 3 or more, escalated to
-/// the coordinator in a late report (one the coordinator takes for its conflicts only); a
+/// the coordinator in a late report (one the coordinator takes for its conflicts only), one
+/// of priority 2 is not; a late READY to the content a mismatch expected resolves it; a
 /// second answer from the same agent, or one from an agent not asked, is not taken.
 #[test]
 fn a_conflict_answered_after_the_window_is_logged_and_escalated_late() {
-    let c = one_cluster(6, 300);
+    use qs_core::mesh::MeshOutput;
+    use qs_wire::NodeId;
+    let mut c = one_cluster(6, 300);
+    // The harness's orders come from "root": the tree names it the sector's coordinator
+    // and the root, so the lead's reports go up to another node.
+    let up = NodeId::new("root").unwrap();
+    let mut tree = (*c.tree).clone();
+    tree.sectors[0].coordinator = Some(up.clone());
+    tree.root = Some(up.clone());
+    c.tree = Arc::new(tree);
     let mut lead = Lead::new(c, Time::from_millis(3_000_000));
     lead.run(1_200);
     lead.order(1, None);
     let sent = dispatches(&lead.run(250));
     assert_eq!(sent.len(), 3, "{sent:?}");
     lead.answer(&sent[0], None);
-    lead.answer(&sent[1], None);
-    // The window ends (200 ms ahead, then 150 ms) with the third silent: the report goes.
+    // The window ends (200 ms ahead, then 150 ms) with two silent: the report goes.
     let out = lead.run(200);
     let rep = report(&out).expect("reported at the window's end");
-    assert_eq!((rep.tally.sent, rep.tally.ready, rep.late), (3, 2, false));
+    assert_eq!((rep.tally.sent, rep.tally.ready, rep.late), (3, 1, false));
     let corrupt = ConflictDetail::HashMismatch {
         expected: "a".into(),
         received: "b".into(),
     };
+    let mismatch = ConflictDetail::DataContradiction {
+        expected: "1".into(),
+        received: "2".into(),
+        affects_agents: 1,
+    };
+    let late_reports = |out: &[MeshOutput]| -> Vec<qs_wire::mesh::Report> {
+        out.iter()
+            .filter_map(|o| match o {
+                MeshOutput::Send {
+                    to,
+                    msg: qs_wire::mesh::MeshMessage::Report(r),
+                } if *to == up && r.late => Some((**r).clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    lead.answer(&sent[1], Some(mismatch));
+    let out = drain(&mut lead.node);
+    assert_eq!(conflicts_logged(out.clone()), [(sent[1].agent, None)]);
+    assert_eq!(late_reports(&out), [], "priority 2 stays at the lead");
     lead.answer(&sent[2], Some(corrupt.clone()));
     let out = drain(&mut lead.node);
     assert_eq!(conflicts_logged(out.clone()), [(sent[2].agent, None)]);
-    let late = report(&out).expect("a late report");
-    assert!(late.late);
-    assert_eq!(late.tally.late, 1);
-    let escalated: Vec<(AgentId, &ConflictDetail)> = late
+    let late = late_reports(&out);
+    assert_eq!(late.len(), 1, "{out:?}");
+    assert_eq!(late[0].tally.late, 1);
+    let escalated: Vec<(AgentId, &ConflictDetail)> = late[0]
         .escalated
         .iter()
         .map(|e| (e.agent, &e.detail))
         .collect();
     assert_eq!(escalated, [(sent[2].agent, &corrupt)]);
     let open = lead.node.conflicts().counts(lead.now, |_| true);
-    assert_eq!((open.open, open.critical), (1, 1));
-    // Once per agent; an agent answered already is no late answer.
+    assert_eq!((open.open, open.critical), (2, 1));
+    // Once per agent; an agent answered already, or one not asked, is no late answer.
     lead.answer(&sent[2], Some(corrupt.clone()));
-    lead.answer(&sent[0], Some(corrupt));
+    lead.answer(&sent[0], Some(corrupt.clone()));
+    // (The lead's own agents lack the capability asked for: none was asked.)
+    let not_asked = (300..306)
+        .map(AgentId)
+        .find(|a| !lead.theirs.contains(a))
+        .expect("one of the lead's own agents");
+    let mut other = sent[0].clone();
+    other.agent = not_asked;
+    let now = lead.now;
+    answer_dispatch(&mut lead.node, &other, None, 0, Some(corrupt), now);
     assert_eq!(conflicts_logged(drain(&mut lead.node)), []);
+    assert_eq!(lead.node.late_answers(), 2);
+
+    // The same content again, asked of the one whose answer contradicted it (a second
+    // ahead: its late answer made its lead time longer), answered late with READY: the
+    // mismatch is resolved.
+    lead.run(600);
+    let mut envelope = lead.ask(2);
+    envelope.target_arrival_ms = lead.now.as_millis() + 1_000;
+    lead.order_of(envelope, None);
+    let again = dispatches(&lead.run(1_000));
+    let d = again
+        .iter()
+        .find(|d| d.agent == sent[1].agent)
+        .expect("asked again");
+    lead.run(200);
+    drain(&mut lead.node);
+    lead.answer(d, None);
+    assert_eq!(
+        resolved(&drain(&mut lead.node)),
+        [(sent[1].agent, Resolution::Agreed)]
+    );
 }
 
 /// A late report that reaches the coordinator before the cluster's own report (the network
@@ -476,4 +535,99 @@ fn the_root_logs_a_conflict_answered_after_its_urgent_operation_ended() {
     answer_dispatch(&mut root, &answered, Some(&p2), 5, Some(late()), now);
     assert_eq!(conflicts_logged(drain(&mut root)), []);
     assert!(logged.is_empty(), "{logged:?}");
+}
+
+/// A priority-first operation's phases share its number: an answer to an earlier phase that
+/// comes while a later one is gathered at the same lead is late to the earlier, not ignored,
+/// and still taken once the later phase reported too.
+#[test]
+fn a_late_answer_to_an_earlier_phase_is_taken_while_the_next_is_gathered() {
+    let c = one_cluster(6, 300);
+    let mut lead = Lead::new(c, Time::from_millis(3_000_000));
+    lead.run(1_200);
+    lead.order(5, None);
+    let first = dispatches(&lead.run(250));
+    assert_eq!(first.len(), 3, "{first:?}");
+    lead.answer(&first[0], None);
+    assert!(report(&lead.run(200)).is_some(), "the first phase reported");
+    // The next phase (of one agent: the shortest lead, not a straggler of the first).
+    lead.order(5, Some(1));
+    let second = dispatches(&lead.run(250));
+    assert!(
+        second
+            .iter()
+            .all(|d| d.agent != first[1].agent && d.agent != first[2].agent),
+        "{second:?}"
+    );
+    lead.answer(&first[1], Some(contradiction()));
+    assert_eq!(
+        conflicts_logged(drain(&mut lead.node)),
+        [(first[1].agent, None)]
+    );
+    // The second phase reports too (nobody answers it): the first's straggler is still
+    // awaited.
+    assert!(
+        report(&lead.run(200)).is_some(),
+        "the second phase reported"
+    );
+    lead.answer(&first[2], Some(contradiction()));
+    assert_eq!(
+        conflicts_logged(drain(&mut lead.node)),
+        [(first[2].agent, None)]
+    );
+    assert_eq!(lead.node.late_answers(), 2);
+}
+
+/// An operation of one cluster alone reports to the root: so does its late report, and the
+/// root logs its conflict though it does not coordinate the cluster's sector.
+#[test]
+fn the_root_takes_the_late_report_of_an_operation_of_one_cluster() {
+    use qs_core::mesh::{MeshConfig, MeshInput};
+    use qs_wire::NodeId;
+    use qs_wire::mesh::{ClusterId, Escalated, MeshMessage, OpId, Report, Scope, Tally};
+    let pair = pair();
+    let (p1, p2) = (pair.p1.clone(), pair.p2.clone());
+    let p3 = NodeId::new("p3").unwrap();
+    let tree = pair.roles(&p2, &p1, &p3);
+    let now = Time::from_millis(1_000_000);
+    let mut root = node_in(&p3, MeshConfig::default(), &tree, now);
+    let late = Report {
+        op: OpId(4),
+        scope: Scope::Cluster(ClusterId(0)),
+        from: p2.clone(),
+        tally: Tally {
+            late: 1,
+            ..Tally::default()
+        },
+        answers: Vec::new(),
+        escalated: vec![Escalated {
+            agent: AgentId(15),
+            cluster: ClusterId(0),
+            at_ms: now.as_millis(),
+            detail: contradiction_of(101),
+        }],
+        escalated_more: 0,
+        late: true,
+    };
+    let msg = MeshMessage::Report(Box::new(late));
+    root.handle(
+        MeshInput::Heard {
+            from: p2.clone(),
+            msg,
+        },
+        now,
+    );
+    assert_eq!(
+        conflicts_logged(drain(&mut root)),
+        [(AgentId(15), Some(p2))]
+    );
+}
+
+/// A value mismatch affecting `n` agents (priority 3 from 100).
+fn contradiction_of(n: u32) -> ConflictDetail {
+    ConflictDetail::DataContradiction {
+        expected: "1".into(),
+        received: "2".into(),
+        affects_agents: n,
+    }
 }

@@ -183,3 +183,39 @@ fn a_forged_sector_summary_and_its_beats_leave_the_roots_counts_alone() {
     assert_eq!(root.global_counts(), (20, 20));
     assert!(!root.sector_summaries()[&SectorId(0)].breaker_open);
 }
+
+/// A lead the tree no longer names (another node leads its cluster now) speaks for it no
+/// more: its `Alive` beats are refused, and the counts it had sent do not move.
+#[test]
+fn a_former_lead_beats_for_its_cluster_no_more() {
+    let pair = pair();
+    let (p1, p2, p3) = (pair.p1.clone(), pair.p2.clone(), id("p3"));
+    let now = Time::from_millis(1_000_000);
+    let before = pair.roles(&p2, &p1, &p1);
+    let mut node = node_in(&p1, MeshConfig::default(), &before, now);
+    let summary = cluster_summary(0, 0, &p2, now);
+    let heard = |from: &NodeId, msg: MeshMessage| MeshInput::Heard {
+        from: from.clone(),
+        msg,
+    };
+    node.handle(heard(&p2, MeshMessage::Cluster(Box::new(summary))), now);
+    assert_eq!(node.refused_senders(), 0);
+    node.handle(MeshInput::Tree(pair.roles(&p3, &p1, &p1)), now);
+    drain(&mut node);
+    let beat = Alive {
+        scope: Scope::Cluster(ClusterId(0)),
+        from: p2.clone(),
+        sent_ms: now.as_millis(),
+        agents: 20,
+        active: 0,
+        joining: 0,
+        failures: 20,
+        breaker_open: true,
+    };
+    node.handle(heard(&p2, MeshMessage::Alive(beat)), now);
+    drain(&mut node);
+    assert_eq!(node.refused_senders(), 1);
+    if let Some(s) = node.cluster_summaries().get(&ClusterId(0)) {
+        assert_eq!((s.active_count, s.breaker_open), (20, false), "{s:?}");
+    }
+}

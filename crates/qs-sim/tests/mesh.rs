@@ -256,6 +256,7 @@ fn a_thousand_agents_join_thirty_thousand_gradually() {
     // just before: a cluster whose lead changed may miss this report, and its sector's
     // report miss the root (a sector's worth of newcomers, 450 at most, not counted).
     let (during, after) = (&ops[0].tally, &ops[1].tally);
+    assert!(during.missing_reports <= 1, "{during:?}");
     assert!(
         during.joining + 450 * during.missing_reports >= 950 && during.joining <= 1_000,
         "{during:?}"

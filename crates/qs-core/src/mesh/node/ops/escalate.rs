@@ -168,16 +168,21 @@ pub(in crate::mesh::node) fn from_summary(node: &mut MeshNode, s: &SectorSummary
 }
 
 /// Whether a report that came after its operation settled here (or ended) was for this node:
-/// a cluster's to its sector's coordinator, a sector's to the root. Its conflicts are still
+/// a cluster's to its sector's coordinator (or to the root, for an operation of that cluster
+/// alone), a sector's to the root. Its conflicts are still
 /// logged here, and those of priority 4 go on with the next sector summary
 /// ([`from_late_report`]).
 pub(super) fn late_report_is_mine(node: &MeshNode, rep: &Report) -> bool {
     match rep.scope {
-        Scope::Cluster(c) => node
-            .tree
-            .cluster(c)
-            .and_then(|x| node.tree.sector(x.sector))
-            .is_some_and(|s| s.coordinator.as_ref() == Some(&node.me)),
+        // The root takes a cluster's too: an operation of that cluster alone reports to it.
+        Scope::Cluster(c) => {
+            node.is_root
+                || node
+                    .tree
+                    .cluster(c)
+                    .and_then(|x| node.tree.sector(x.sector))
+                    .is_some_and(|s| s.coordinator.as_ref() == Some(&node.me))
+        }
         Scope::Sector(_) => node.is_root,
         Scope::Global => false,
     }

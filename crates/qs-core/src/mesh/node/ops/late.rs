@@ -1,24 +1,45 @@
 //! Answers after their gather closed (seed §3.2: late answers are quarantined, not
 //! failures). A lead keeps, for a while, who it still waits for in each operation it
-//! reported; the root keeps who answered each urgent operation it ended (it does not know
-//! whom the leads sent to). An answer that comes after is taken once, as late: READY still
-//! resolves what it agrees with, a CONFLICT is still logged and, at a lead, of priority 3 or
-//! more, escalated at once in a late report (`Report.late`), which the coordinator takes for
-//! its conflicts only. The results have gone: none of this changes them.
+//! reported (a priority-first operation's phases added up); the root keeps who answered each
+//! urgent operation it ended (it does not know whom the leads sent to). An answer that comes
+//! after is taken once, as late: READY still resolves what it agrees with (a REROUTE's
+//! conflict too), a CONFLICT is still logged and, at a lead, of priority 3 or more,
+//! escalated at once in a late report (`Report.late`) to the node the tree names now, which
+//! takes it for its conflicts only. The results have gone: none of this changes them. A
+//! lead that no longer leads the cluster takes no late answer (the new lead's tree is the
+//! one that counts).
 
 use super::*;
 
 /// How long after its report a lead still takes an operation's late answers.
 pub(crate) const LATE_ANSWERS_MS: u64 = 10_000;
+/// Most urgent operations the root keeps for late answers (each with who answered it).
+const MAX_URGENT_KEPT: usize = 16;
+/// Most answers the root keeps of one ended urgent operation (past that, late ones are
+/// timing samples only).
+const MAX_ANSWERED_KEPT: usize = 100_000;
 
 /// What a lead (or the root) keeps of an operation whose answers may still come.
 #[derive(Clone, Debug)]
 pub(crate) struct Settled {
     until: Time,
-    /// Where a late conflict is escalated: the lead's coordinator; none at the root.
-    report_to: Option<NodeId>,
+    /// The operation's scope: a late answer from outside it is not taken.
+    scope: Scope,
+    /// Where a late conflict goes up to (none at the root).
+    up: Option<Up>,
     content_hash: String,
     awaited: Awaited,
+    /// Agents the work of a capability mismatch went to, and that conflict's number.
+    rerouted: BTreeMap<AgentId, u64>,
+}
+
+/// The level a lead's report went to, as the tree names it when a late conflict goes up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Up {
+    /// The coordinator of the cluster's sector (a wave's, a priority-first phase's).
+    Coordinator,
+    /// The root (an operation of the cluster alone).
+    Root,
 }
 
 /// Whose late answer is taken.
@@ -26,7 +47,7 @@ pub(crate) struct Settled {
 enum Awaited {
     /// At a lead: those sent to and not answered yet.
     These(BTreeSet<AgentId>),
-    /// At the root (an urgent operation): any agent but those that answered.
+    /// At the root (an urgent operation): any agent in scope but those that answered.
     AllBut(BTreeSet<AgentId>),
 }
 
@@ -46,15 +67,16 @@ impl Awaited {
     }
 }
 
-/// Most answers the root keeps of one ended urgent operation (past that, late ones are
-/// timing samples only).
-const MAX_ANSWERED_KEPT: usize = 100_000;
+/// Drops what is past its time (on every tick, so nothing stays when no operation comes).
+pub(super) fn prune(ops: &mut Ops, now: Time) {
+    ops.settled.retain(|_, s| s.until > now);
+    ops.settled_urgent.retain(|_, s| s.until > now);
+}
 
-/// Keeps at most [`MAX_OPS`] of `map`, those past their time dropped first, then the one
-/// kept longest, and `settled` under `key`.
-fn keep_in<K: Ord + Copy>(map: &mut BTreeMap<K, Settled>, key: K, settled: Settled, now: Time) {
-    map.retain(|_, s| s.until > now);
-    if map.len() >= MAX_OPS
+/// Keeps `settled` under `key` in `map`, at most `max` there: the one kept longest goes.
+fn keep_in<K: Ord + Copy>(map: &mut BTreeMap<K, Settled>, key: K, settled: Settled, max: usize) {
+    if map.len() >= max
+        && !map.contains_key(&key)
         && let Some(first) = map
             .iter()
             .min_by_key(|(k, s)| (s.until, **k))
@@ -65,41 +87,67 @@ fn keep_in<K: Ord + Copy>(map: &mut BTreeMap<K, Settled>, key: K, settled: Settl
     map.insert(key, settled);
 }
 
-/// Keeps what late answers to `l`, reported now, need (nothing when none is awaited).
-pub(super) fn keep(ops: &mut Ops, key: (OpId, ClusterId), l: &LeadOp, now: Time) {
-    let waiting: BTreeSet<AgentId> = l
+/// Keeps what late answers to `l`, reported now, need (nothing when none is awaited). A
+/// priority-first operation's earlier phases, at the same lead, are kept with it.
+pub(super) fn keep(ops: &mut Ops, node: &MeshNode, key: (OpId, ClusterId), l: &LeadOp, now: Time) {
+    let mut waiting: BTreeSet<AgentId> = l
         .sent_at
         .keys()
         .filter(|a| !l.gather.answered(a))
         .copied()
         .collect();
+    let mut rerouted: BTreeMap<AgentId, u64> = l
+        .rerouted
+        .iter()
+        .filter(|(a, _)| waiting.contains(*a))
+        .map(|(a, seq)| (*a, *seq))
+        .collect();
+    if let Some(earlier) = ops.settled.remove(&key).filter(|s| s.until > now)
+        && let Awaited::These(w) = earlier.awaited
+    {
+        waiting.extend(w);
+        rerouted.extend(earlier.rerouted);
+    }
     if waiting.is_empty() {
         return;
     }
+    let coordinator = node
+        .tree
+        .cluster(key.1)
+        .and_then(|c| node.named_for(Scope::Sector(c.sector)));
+    let up = match coordinator == Some(&l.report_to) {
+        true => Up::Coordinator,
+        false => Up::Root,
+    };
     let settled = Settled {
         until: now + Duration::from_millis(LATE_ANSWERS_MS),
-        report_to: Some(l.report_to.clone()),
+        scope: l.scope,
+        up: Some(up),
         content_hash: l.envelope.content_hash.clone(),
         awaited: Awaited::These(waiting),
+        rerouted,
     };
-    keep_in(&mut ops.settled, key, settled, now);
+    keep_in(&mut ops.settled, key, settled, MAX_OPS);
 }
 
 /// Keeps what late answers to the urgent operation `r`, ended now at the root, need.
 pub(super) fn keep_urgent(ops: &mut Ops, op: OpId, r: &mut RootOp, now: Time) {
     let settled = Settled {
         until: now + Duration::from_millis(LATE_ANSWERS_MS),
-        report_to: None,
+        scope: r.scope,
+        up: None,
         content_hash: r.envelope.content_hash.clone(),
         awaited: Awaited::AllBut(std::mem::take(&mut r.acks)),
+        rerouted: BTreeMap::new(),
     };
-    keep_in(&mut ops.settled_urgent, op, settled, now);
+    keep_in(&mut ops.settled_urgent, op, settled, MAX_URGENT_KEPT);
 }
 
 /// An answer after its gather closed, at a lead or at the root of an urgent operation:
 /// taken (true) if still awaited here.
 pub(super) fn answer(ops: &mut Ops, node: &mut MeshNode, a: &Ack, now: Time) -> bool {
     let (lead_key, urgent_key) = ((a.op, a.cluster), a.op);
+    let at_lead = ops.settled.contains_key(&lead_key);
     let s = match ops.settled.get_mut(&lead_key) {
         Some(s) => s,
         None => match ops.settled_urgent.get_mut(&urgent_key) {
@@ -107,11 +155,16 @@ pub(super) fn answer(ops: &mut Ops, node: &mut MeshNode, a: &Ack, now: Time) -> 
             None => return false,
         },
     };
-    if s.until <= now || !s.awaited.take(a.agent) {
+    let leads = !at_lead || node.named_for(Scope::Cluster(a.cluster)) == Some(&node.me);
+    if s.until <= now || !leads || !node.tree.holds(s.scope, a.cluster) {
+        return false;
+    }
+    if !s.awaited.take(a.agent) {
         return false;
     }
     node.late_answers += 1;
-    let (hash, report_to) = (s.content_hash.clone(), s.report_to.clone());
+    let rerouted = s.rerouted.remove(&a.agent);
+    let (hash, up) = (s.content_hash.clone(), s.up);
     if s.awaited.done() {
         ops.settled.remove(&lead_key);
     }
@@ -119,21 +172,33 @@ pub(super) fn answer(ops: &mut Ops, node: &mut MeshNode, a: &Ack, now: Time) -> 
         return true;
     }
     match a.state {
-        Trinary::Ready => node.agreed(a.agent, &hash, now),
+        Trinary::Ready => {
+            node.agreed(a.agent, &hash, now);
+            if let Some(seq) = rerouted {
+                let done = node.conflicts.rerouted(seq, now);
+                node.resolved(done);
+            }
+        }
         Trinary::Transit => {}
         Trinary::Conflict => {
             let Some(record) = node.conflict(a, &hash, now) else {
                 return true;
             };
-            let Some(report_to) = report_to else {
+            let to = match up {
+                None => return true,
+                Some(Up::Root) => node.tree.root.clone(),
+                Some(Up::Coordinator) => node
+                    .tree
+                    .cluster(a.cluster)
+                    .and_then(|c| node.named_for(Scope::Sector(c.sector)))
+                    .cloned(),
+            };
+            let mut carried = Escalations::default();
+            escalate::heard(&mut carried, &record);
+            let (escalated, escalated_more) = carried.take();
+            let Some(to) = to.filter(|_| !escalated.is_empty()) else {
                 return true;
             };
-            let mut up = Escalations::default();
-            escalate::heard(&mut up, &record);
-            let (escalated, escalated_more) = up.take();
-            if escalated.is_empty() {
-                return true;
-            }
             let report = Report {
                 op: a.op,
                 scope: Scope::Cluster(a.cluster),
@@ -147,7 +212,7 @@ pub(super) fn answer(ops: &mut Ops, node: &mut MeshNode, a: &Ack, now: Time) -> 
                 escalated_more,
                 late: true,
             };
-            node.send(report_to, MeshMessage::Report(Box::new(report)));
+            node.send(to, MeshMessage::Report(Box::new(report)));
         }
     }
     true

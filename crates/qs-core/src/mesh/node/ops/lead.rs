@@ -207,8 +207,13 @@ pub(crate) fn on_ack(node: &mut MeshNode, from: &NodeId, a: Ack, now: Time) {
             view.spiking = spike.is_some();
         }
     }
-    // After the cluster reported: late, taken once.
-    if !at_lead && late::answer(&mut ops, node, &a, now) {
+    // After the cluster reported (or, in a priority-first operation, after an earlier
+    // phase did): late, taken once.
+    let sent_live = ops
+        .lead
+        .get(&(a.op, a.cluster))
+        .is_some_and(|l| l.sent_at.contains_key(&a.agent));
+    if !(at_lead && sent_live) && late::answer(&mut ops, node, &a, now) {
         node.ops = ops;
         return;
     }
@@ -426,7 +431,7 @@ pub(super) fn report_lead(ops: &mut Ops, node: &mut MeshNode, key: (OpId, Cluste
     let waited_ms = now.as_millis() as f64;
     let gathered = l.mode != CascadeMode::Parallel;
     if gathered {
-        late::keep(ops, key, &l, now);
+        late::keep(ops, node, key, &l, now);
     }
     if let Some(led) = node.led.get_mut(&c) {
         for (a, sent) in &l.sent_at {

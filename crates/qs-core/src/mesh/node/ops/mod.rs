@@ -235,6 +235,7 @@ pub(crate) fn due(node: &mut MeshNode, now: Time) {
                 send_one(&mut me, node, op, c, agent, now);
             }
         }
+        late::prune(&mut me, now);
         let late: Vec<(OpId, ClusterId)> = me
             .lead
             .iter()
