@@ -55,6 +55,20 @@ fn sector_summary(sector: u32, coordinator: &NodeId, agents: u32, now: Time) -> 
     }
 }
 
+/// `from`'s beat for `scope`: its `agents` all down, its breaker open.
+fn all_down(scope: Scope, from: &NodeId, agents: u32, now: Time) -> Alive {
+    Alive {
+        scope,
+        from: from.clone(),
+        sent_ms: now.as_millis(),
+        agents,
+        active: 0,
+        joining: 0,
+        failures: agents,
+        breaker_open: true,
+    }
+}
+
 /// One summary or beat heard by a node of the tree, and whether it is taken.
 struct Case {
     name: &'static str,
@@ -168,16 +182,7 @@ fn a_forged_sector_summary_and_its_beats_leave_the_roots_counts_alone() {
     let mut forged = sector_summary(0, &p2, 1_000, now);
     forged.active_agents = 0;
     root.handle(heard(&p2, MeshMessage::Sector(Box::new(forged))), now);
-    let beat = Alive {
-        scope: Scope::Sector(SectorId(0)),
-        from: p2.clone(),
-        sent_ms: now.as_millis(),
-        agents: 1_000,
-        active: 0,
-        joining: 0,
-        failures: 0,
-        breaker_open: true,
-    };
+    let beat = all_down(Scope::Sector(SectorId(0)), &p2, 1_000, now);
     root.handle(heard(&p2, MeshMessage::Alive(beat)), now);
     drain(&mut root);
     assert_eq!(root.global_counts(), (20, 20));
@@ -202,16 +207,7 @@ fn a_former_lead_beats_for_its_cluster_no_more() {
     assert_eq!(node.refused_senders(), 0);
     node.handle(MeshInput::Tree(pair.roles(&p3, &p1, &p1)), now);
     drain(&mut node);
-    let beat = Alive {
-        scope: Scope::Cluster(ClusterId(0)),
-        from: p2.clone(),
-        sent_ms: now.as_millis(),
-        agents: 20,
-        active: 0,
-        joining: 0,
-        failures: 20,
-        breaker_open: true,
-    };
+    let beat = all_down(Scope::Cluster(ClusterId(0)), &p2, 20, now);
     node.handle(heard(&p2, MeshMessage::Alive(beat)), now);
     drain(&mut node);
     assert_eq!(node.refused_senders(), 1);
