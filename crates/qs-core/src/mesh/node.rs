@@ -189,8 +189,11 @@ pub struct MeshNode {
     pub(crate) opened_at: BTreeMap<Scope, Time>,
     pub(crate) conflicts: conflict::Log,
     /// Conflicts of priority 4 from late reports, for the root with each sector's next
-    /// summary (at most `MAX_ESCALATED` a sector).
-    pub(crate) late_for_root: BTreeMap<SectorId, Vec<qs_wire::mesh::LateEscalated>>,
+    /// summaries (at most `MAX_ESCALATED` a sector).
+    pub(crate) late_for_root: BTreeMap<SectorId, Vec<ops::ForRoot>>,
+    /// At the root: the late conflicts taken from sector summaries lately (sector,
+    /// operation, agent, when its lead heard it), so a later copy is not taken again.
+    pub(crate) late_taken: BTreeMap<(SectorId, OpId, AgentId, u64), Time>,
     pub(crate) frozen: BTreeSet<Scope>,
     pub(crate) kpis: Kpis,
     pub(crate) mode: Mode,
@@ -236,6 +239,7 @@ impl MeshNode {
             opened_at: BTreeMap::new(),
             conflicts: conflict::Log::default(),
             late_for_root: BTreeMap::new(),
+            late_taken: BTreeMap::new(),
             frozen: BTreeSet::new(),
             kpis: Kpis::default(),
             mode: Mode::Full,

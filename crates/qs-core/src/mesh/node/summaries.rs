@@ -129,6 +129,11 @@ impl MeshNode {
                 }
                 continue;
             }
+            // Kept while there is no root to send them to.
+            let escalated = match self.tree.root {
+                Some(_) => ops::late_to_send(self, s),
+                None => Vec::new(),
+            };
             let mine: Vec<&ClusterSummary> = self
                 .cluster_summaries
                 .values()
@@ -151,11 +156,7 @@ impl MeshNode {
                 open_breakers: 0,
                 breaker_open: false,
                 conflicts: ConflictCounts::default(),
-                // Kept while there is no root to send them to.
-                escalated: match self.tree.root {
-                    Some(_) => self.late_for_root.remove(&s).unwrap_or_default(),
-                    None => Vec::new(),
-                },
+                escalated,
             };
             let mut with_agents = 0.0;
             for c in &mine {

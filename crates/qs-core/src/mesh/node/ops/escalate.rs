@@ -7,7 +7,7 @@
 
 use super::*;
 use crate::mesh::conflict;
-use qs_wire::mesh::{Escalated, LateEscalated, MAX_ESCALATED, SectorSummary};
+use qs_wire::mesh::{Escalated, LateEscalated, MAX_ESCALATED, SectorId, SectorSummary};
 
 /// Priorities from which a conflict goes to the sector's coordinator, and on to the root.
 pub(crate) const TO_SECTOR: u8 = 3;
@@ -119,12 +119,27 @@ fn take(
     Some(priority)
 }
 
+/// How many of a sector's next summaries carry a late conflict to the root (it takes each
+/// once): a lost summary loses nothing.
+pub(crate) const LATE_SENDS: u8 = 3;
+/// How long the root remembers a late conflict it took, to know its later copies.
+const LATE_TAKEN_MS: u64 = 60_000;
+/// Most late conflicts the root remembers so.
+const MAX_LATE_TAKEN: usize = 4_096;
+
+/// A late conflict waiting for the sector's next summaries to the root.
+#[derive(Clone, Debug)]
+pub(crate) struct ForRoot {
+    pub(crate) item: LateEscalated,
+    pub(crate) sends_left: u8,
+}
+
 /// A late report at its cluster's coordinator (see [`late_report_is_mine`]): its conflicts
-/// are logged here, and those of priority 4 wait for the next summary to the root (at most
-/// [`MAX_ESCALATED`] a sector; past that they are logged here only). They go once: a lost
-/// summary, or a new tree in which this node no longer coordinates the sector, leaves them
-/// in this node's ledger only. At the root, which coordinates that sector itself, logging
-/// them is all.
+/// are logged here, and those of priority 4 go to the root with the sector's next
+/// [`LATE_SENDS`] summaries (at most [`MAX_ESCALATED`] a sector; past that they are logged
+/// here only). All three copies lost, or a new tree in which this node no longer coordinates
+/// the sector, leaves them in this node's ledger only. At the root, which coordinates that
+/// sector itself, logging them is all.
 pub(super) fn from_late_report(node: &mut MeshNode, rep: &Report, now: Time) {
     let sector = match rep.scope {
         Scope::Cluster(c) if !node.is_root => node.tree.cluster(c).map(|x| x.sector),
@@ -139,9 +154,13 @@ pub(super) fn from_late_report(node: &mut MeshNode, rep: &Report, now: Time) {
     let waiting = node.late_for_root.entry(sector).or_default();
     for conflict in for_root.take().0 {
         if waiting.len() < MAX_ESCALATED {
-            waiting.push(LateEscalated {
+            let item = LateEscalated {
                 op: rep.op,
                 conflict,
+            };
+            waiting.push(ForRoot {
+                item,
+                sends_left: LATE_SENDS,
             });
         }
     }
@@ -150,9 +169,27 @@ pub(super) fn from_late_report(node: &mut MeshNode, rep: &Report, now: Time) {
     }
 }
 
+/// What the sector's next summary carries to the root: each late conflict waiting, one send
+/// fewer left for it.
+pub(in crate::mesh::node) fn to_send(node: &mut MeshNode, sector: SectorId) -> Vec<LateEscalated> {
+    let Some(waiting) = node.late_for_root.get_mut(&sector) else {
+        return Vec::new();
+    };
+    let items = waiting.iter().map(|w| w.item.clone()).collect();
+    waiting.retain_mut(|w| {
+        w.sends_left -= 1;
+        w.sends_left > 0
+    });
+    if waiting.is_empty() {
+        node.late_for_root.remove(&sector);
+    }
+    items
+}
+
 /// The conflicts passed on in a sector's summary, at the root (the summary came from the
 /// node the tree names the sector's coordinator, or it was refused on arrival), each as from
-/// a report of that sector.
+/// a report of that sector, once: a later copy (the next summaries carry it too) is known
+/// by its sector, operation, agent and time.
 pub(in crate::mesh::node) fn from_summary(node: &mut MeshNode, s: &SectorSummary, now: Time) {
     if s.escalated.is_empty() {
         return;
@@ -161,7 +198,23 @@ pub(in crate::mesh::node) fn from_summary(node: &mut MeshNode, s: &SectorSummary
         node.refused_senders += 1;
         return;
     }
+    let horizon = Time::from_millis(now.as_millis().saturating_sub(LATE_TAKEN_MS));
+    node.late_taken.retain(|_, at| *at > horizon);
     for l in &s.escalated {
+        let key = (s.sector, l.op, l.conflict.agent, l.conflict.at_ms);
+        if node.late_taken.contains_key(&key) {
+            continue;
+        }
+        if node.late_taken.len() >= MAX_LATE_TAKEN
+            && let Some(oldest) = node
+                .late_taken
+                .iter()
+                .min_by_key(|(k, at)| (**at, **k))
+                .map(|(k, _)| *k)
+        {
+            node.late_taken.remove(&oldest);
+        }
+        node.late_taken.insert(key, now);
         let scope = Scope::Sector(s.sector);
         take(node, &s.coordinator, scope, l.op, &l.conflict, TO_ROOT, now);
     }
