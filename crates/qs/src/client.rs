@@ -2,7 +2,9 @@
 //! loopback or over TLS (`https://`, trusting `--tls-ca` or the system's roots), with its
 //! bearer token: the one given (`--token`, `QS_TOKEN`), or else the one the agent keeps in
 //! its state directory, which `/health` names to a client on loopback and which this
-//! process must have the right to read.
+//! process must have the right to read. Another service (an OpenAI-compatible endpoint) is
+//! asked with its own key, never with the qs token. Every request is bounded: connecting,
+//! and the whole answer, within its timeout; an answer's size.
 
 use anyhow::{Context, Result, bail};
 use qs_agent::api::ApiToken;
@@ -121,7 +123,11 @@ fn token_for(api: &str, target: &Target, fresh: bool) -> Option<ApiToken> {
 /// agent's token and hand it over.
 fn discover(target: &Target) -> Option<ApiToken> {
     use std::os::unix::fs::MetadataExt;
-    let (status, body) = send(target, "GET", "/health", "", None, Duration::from_secs(2)).ok()?;
+    let limits = Limits {
+        timeout: Duration::from_secs(2),
+        max_bytes: MAX_EXTERNAL_ANSWER_BYTES,
+    };
+    let (status, body) = send(target, "GET", "/health", "", None, limits).ok()?;
     let health: v1::Health = (status == 200).then(|| serde_json::from_str(&body).ok())??;
     let path = std::path::PathBuf::from(health.token_file?);
     if path.file_name()? != "api.token" {
@@ -168,7 +174,19 @@ pub fn request(
     let target = Target::parse(api)?;
     let body = body.unwrap_or("");
     let token = token_for(api, &target, false);
-    let answer = send(&target, method, path, body, token.as_ref(), timeout)?;
+    let bearer = |t: &Option<ApiToken>| t.as_ref().map(|t| t.as_str().to_owned());
+    let limits = Limits {
+        timeout,
+        max_bytes: MAX_ANSWER_BYTES,
+    };
+    let answer = send(
+        &target,
+        method,
+        path,
+        body,
+        bearer(&token).as_deref(),
+        limits,
+    )?;
     if answer.0 != 401 {
         return Ok(answer);
     }
@@ -177,27 +195,85 @@ pub fn request(
     if again.is_none() || again == token {
         return Ok(answer);
     }
-    send(&target, method, path, body, again.as_ref(), timeout)
+    send(
+        &target,
+        method,
+        path,
+        body,
+        bearer(&again).as_deref(),
+        limits,
+    )
 }
 
-/// One request to `target`; the status code and the body.
+/// Most bytes an agent's answer may have (a whole fleet's events, say).
+const MAX_ANSWER_BYTES: usize = 256 << 20;
+/// Most bytes another service's answer may have (an OpenAI-compatible endpoint's).
+const MAX_EXTERNAL_ANSWER_BYTES: usize = 1 << 20;
+
+/// How long a request may take in all (connecting, sending, the whole answer), and how
+/// large its answer may be.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    timeout: Duration,
+    max_bytes: usize,
+}
+
+/// POSTs `body` (JSON) to another service than an agent (an OpenAI-compatible endpoint, say)
+/// at `url` + `path`: with `bearer` as its key if given, never with this process's qs token;
+/// within `timeout` in all, its answer at most a MiB. The answer as JSON, if 2xx.
+pub fn post_external(
+    url: &str,
+    path: &str,
+    body: &str,
+    bearer: Option<&str>,
+    timeout: Duration,
+) -> Result<serde_json::Value> {
+    let target = Target::parse(url)?;
+    let limits = Limits {
+        timeout,
+        max_bytes: MAX_EXTERNAL_ANSWER_BYTES,
+    };
+    let (status, text) = send(&target, "POST", path, body, bearer, limits)?;
+    if !(200..300).contains(&status) {
+        let mut text = text;
+        text.truncate(text.floor_char_boundary(200));
+        bail!("POST {path}: status {status}: {text}");
+    }
+    serde_json::from_str(&text).with_context(|| format!("POST {path}: the answer is not JSON"))
+}
+
+/// Connects to `hostport` within `timeout` (each of its addresses in turn).
+fn connect(hostport: &str, timeout: Duration) -> std::io::Result<TcpStream> {
+    use std::net::ToSocketAddrs;
+    let mut last = None;
+    for addr in hostport.to_socket_addrs()? {
+        match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(tcp) => return Ok(tcp),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other(format!("{hostport}: no address"))))
+}
+
+/// One request to `target`, with `bearer` as its `Authorization`; the status code and the
+/// body.
 fn send(
     target: &Target,
     method: &str,
     path: &str,
     body: &str,
-    token: Option<&ApiToken>,
-    timeout: Duration,
+    bearer: Option<&str>,
+    limits: Limits,
 ) -> Result<(u16, String)> {
     let hostport = target.hostport;
-    let tcp = TcpStream::connect(hostport).with_context(|| {
-        format!("cannot reach the agent at {hostport} (is `qs up` or `qs agent` running?)")
+    let timeout = limits.timeout;
+    let tcp = connect(hostport, timeout).with_context(|| {
+        format!("cannot reach {hostport} (for an agent: is `qs up` or `qs agent` running?)")
     })?;
     tcp.set_read_timeout(Some(timeout))?;
     tcp.set_write_timeout(Some(timeout))?;
-    let auth = token.map_or(String::new(), |t| {
-        format!("Authorization: Bearer {}\r\n", t.as_str())
-    });
+    let deadline = std::time::Instant::now() + timeout;
+    let auth = bearer.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n{auth}Content-Type: {}\r\nContent-Length: {}\r\n\r\n{body}",
         qs_agent::api::declared_content_type(path.split('?').next().unwrap_or(path)),
@@ -208,12 +284,13 @@ fn send(
             .with_context(|| format!("--api: {:?} is not a host name or address", target.host()))?;
         let conn = rustls::ClientConnection::new(trusted()?, name)?;
         let mut tls = rustls::StreamOwned::new(conn, tcp);
-        exchange(&mut tls, &req).with_context(|| {
+        exchange(&mut tls, &req, deadline, limits.max_bytes).with_context(|| {
             format!("{method} {path} over TLS to {hostport} (is its certificate trusted? --tls-ca)")
         })?
     } else {
         let mut tcp = tcp;
-        exchange(&mut tcp, &req).with_context(|| format!("{method} {path} to {hostport}"))?
+        exchange(&mut tcp, &req, deadline, limits.max_bytes)
+            .with_context(|| format!("{method} {path} to {hostport}"))?
     };
     let text = String::from_utf8_lossy(&raw);
     let Some((head, body)) = text.split_once("\r\n\r\n") else {
@@ -235,17 +312,37 @@ fn send(
     Ok((status, body))
 }
 
-/// Writes the request and reads the whole answer, until the agent closes the connection.
-fn exchange(s: &mut (impl Read + Write), req: &str) -> std::io::Result<Vec<u8>> {
+/// Writes the request and reads the whole answer, until the peer closes the connection:
+/// by `deadline`, at most `max_bytes` (a peer that trickles or floods is cut off).
+fn exchange(
+    s: &mut (impl Read + Write),
+    req: &str,
+    deadline: std::time::Instant,
+    max_bytes: usize,
+) -> std::io::Result<Vec<u8>> {
+    use std::io::{Error, ErrorKind};
     s.write_all(req.as_bytes())?;
     s.flush()?;
     let mut raw = Vec::new();
-    match s.read_to_end(&mut raw) {
-        Ok(_) => Ok(raw),
-        // A TLS peer that closes without its close_notify: taken only after a whole answer
-        // (close_notify is what tells a cut-short one apart).
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && complete(&raw) => Ok(raw),
-        Err(e) => Err(e),
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        if std::time::Instant::now() > deadline {
+            return Err(Error::new(ErrorKind::TimedOut, "the answer took too long"));
+        }
+        match s.read(&mut buf) {
+            Ok(0) => return Ok(raw),
+            Ok(n) => {
+                if raw.len() + n > max_bytes {
+                    return Err(Error::other(format!("an answer over {max_bytes} bytes")));
+                }
+                raw.extend_from_slice(&buf[..n]);
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            // A TLS peer that closes without its close_notify: taken only after a whole
+            // answer (close_notify is what tells a cut-short one apart).
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof && complete(&raw) => return Ok(raw),
+            Err(e) => return Err(e),
+        }
     }
 }
 

@@ -17,6 +17,71 @@ pub enum Intent {
     Act(MeshAction),
 }
 
+/// A broadcast of `message` (urgent: the parallel mode, priority 3).
+fn broadcast(scope: Scope, message: String, urgent: bool) -> Intent {
+    Intent::Act(MeshAction::Cascade {
+        mode: match urgent {
+            true => CascadeMode::Parallel,
+            false => CascadeMode::Wave,
+        },
+        scope,
+        verb: Verb::Sync,
+        payload: message,
+        priority: if urgent { 3 } else { 2 },
+        sample: None,
+        budget_ms: None,
+        requires: None,
+        approved: false,
+    })
+}
+
+/// A question to a sample of `sample` agents.
+fn ask(scope: Scope, question: String, sample: u32) -> Intent {
+    Intent::Act(MeshAction::Cascade {
+        mode: CascadeMode::Wave,
+        scope,
+        verb: Verb::Observe,
+        payload: question,
+        priority: 2,
+        sample: Some(sample),
+        budget_ms: None,
+        requires: None,
+        approved: false,
+    })
+}
+
+/// A task for the one best agent (with `capability`, if named).
+fn delegate(scope: Scope, task: String, capability: Option<String>) -> Intent {
+    Intent::Act(MeshAction::Cascade {
+        mode: CascadeMode::Wave,
+        scope,
+        verb: Verb::Act,
+        payload: task,
+        priority: 2,
+        sample: Some(1),
+        budget_ms: None,
+        requires: capability,
+        approved: false,
+    })
+}
+
+/// The verbs a request may open with: the first word decides before any keyword found
+/// later ("broadcast we halt trading at 4pm" is a broadcast, not a freeze).
+const LEADING: [&str; 12] = [
+    "status",
+    "broadcast",
+    "tell",
+    "ask",
+    "delegate",
+    "reassign",
+    "give",
+    "heal",
+    "restore",
+    "freeze",
+    "thaw",
+    "unfreeze",
+];
+
 /// The grammar of intents: the seed's example requests and their kin.
 pub(crate) fn parse_intent(text: &str) -> Option<Intent> {
     let t = text.trim();
@@ -26,7 +91,12 @@ pub(crate) fn parse_intent(text: &str) -> Option<Intent> {
         .filter(|w| !w.is_empty())
         .collect();
     let scope = find_scope(&words);
-    let has = |w: &str| words.contains(&w);
+    let lead = words.first().copied().filter(|w| LEADING.contains(w));
+    // With a leading verb, only that verb's intent; else any keyword, in this order.
+    let has = |w: &str| match lead {
+        Some(first) => first == w,
+        None => words.contains(&w),
+    };
     let after = |marker: &str| -> Option<String> {
         let i = lower.find(marker)?;
         let rest = t[i + marker.len()..]
@@ -35,34 +105,22 @@ pub(crate) fn parse_intent(text: &str) -> Option<Intent> {
             .trim();
         (!rest.is_empty()).then(|| rest.trim_matches('"').to_string())
     };
-    if has("freeze") || has("halt") || (has("stop") && has("everything")) {
+    let everyone = lower.starts_with("tell everyone") || lower.starts_with("tell all");
+    if (lead.is_none() && has("halt")) || has("freeze") || (has("stop") && has("everything")) {
         return Some(Intent::Act(MeshAction::Freeze { scope }));
     }
-    if has("thaw") || has("resume") || has("unfreeze") {
+    if has("thaw") || has("unfreeze") || (lead.is_none() && has("resume")) {
         return Some(Intent::Act(MeshAction::Thaw { scope }));
     }
-    if has("heal") || has("restore") || has("fix") && scope != Scope::Global {
+    if has("heal") || has("restore") || (lead.is_none() && has("fix") && scope != Scope::Global) {
         return Some(Intent::Act(MeshAction::Heal { scope }));
     }
-    if has("broadcast") || lower.starts_with("tell everyone") || lower.starts_with("tell all") {
+    if has("broadcast") || everyone {
         let message = after("broadcast")
             .or_else(|| after("everyone"))
             .or_else(|| after("all agents"))?;
-        return Some(Intent::Act(MeshAction::Cascade {
-            mode: if has("urgent") || has("urgently") {
-                CascadeMode::Parallel
-            } else {
-                CascadeMode::Wave
-            },
-            scope,
-            verb: Verb::Sync,
-            payload: message,
-            priority: if has("urgent") { 3 } else { 2 },
-            sample: None,
-            budget_ms: None,
-            requires: None,
-            approved: false,
-        }));
+        let urgent = words.contains(&"urgent") || words.contains(&"urgently");
+        return Some(broadcast(scope, message, urgent));
     }
     if has("delegate") || has("reassign") || lower.starts_with("give ") {
         let task = after("delegate")
@@ -74,26 +132,39 @@ pub(crate) fn parse_intent(text: &str) -> Option<Intent> {
             .and_then(|i| words.get(i + 1))
             .filter(|w| ["gpu", "edge", "llm_inference", "inference"].contains(w))
             .map(|w| w.to_string());
-        return Some(Intent::Act(MeshAction::Cascade {
-            mode: CascadeMode::Wave,
-            scope,
-            verb: Verb::Act,
-            payload: task,
-            priority: 2,
-            sample: Some(1),
-            budget_ms: None,
-            requires: capability,
-            approved: false,
-        }));
+        // "… to gpu" names who takes the task, not part of it.
+        let task = match &capability {
+            Some(c) => {
+                let tail = format!(" to {c}");
+                match task.to_ascii_lowercase().ends_with(&tail) {
+                    true => task[..task.len() - tail.len()].trim_end().to_string(),
+                    false => task,
+                }
+            }
+            None => task,
+        };
+        return Some(delegate(scope, task, capability));
     }
     if has("ask") || lower.starts_with("what's your") || lower.starts_with("what is your") {
-        let sample = words
-            .iter()
-            .find_map(|w| w.parse::<u32>().ok())
+        // The sample: a number right after "ask" or right before "agents", never a
+        // sector's or cluster's number.
+        let counted = |i: usize| -> Option<u32> {
+            let of_scope = i > 0 && matches!(words[i - 1], "sector" | "cluster");
+            words.get(i)?.parse::<u32>().ok().filter(|_| !of_scope)
+        };
+        let sample = (0..words.len())
+            .find_map(|i| {
+                let marks = words.get(i + 1) == Some(&"agents") || (i > 0 && words[i - 1] == "ask");
+                marks.then(|| counted(i)).flatten()
+            })
             .filter(|n| *n > 0)
             .unwrap_or(10);
         let question = after("ask").map(|q| {
-            // "ask 10 agents: …" / "ask 10 agents what …"
+            // "ask sector 7 agents: …": the question is what follows the colon.
+            if let Some((_, rest)) = q.split_once(':') {
+                return rest.trim().to_string();
+            }
+            // "ask 10 agents what …"
             let q = q.trim_start_matches(|c: char| c.is_ascii_digit()).trim();
             q.strip_prefix("agents")
                 .map(str::trim)
@@ -102,19 +173,10 @@ pub(crate) fn parse_intent(text: &str) -> Option<Intent> {
                 .trim()
                 .to_string()
         });
-        return Some(Intent::Act(MeshAction::Cascade {
-            mode: CascadeMode::Wave,
-            scope,
-            verb: Verb::Observe,
-            payload: question
-                .filter(|q| !q.is_empty())
-                .unwrap_or_else(|| t.to_string()),
-            priority: 2,
-            sample: Some(sample),
-            budget_ms: None,
-            requires: None,
-            approved: false,
-        }));
+        let question = question
+            .filter(|q| !q.is_empty())
+            .unwrap_or_else(|| t.to_string());
+        return Some(ask(scope, question, sample));
     }
     if has("status") || has("happening") || has("how") || has("show") || lower.starts_with("what") {
         return Some(Intent::Status(scope));
@@ -166,19 +228,28 @@ pub(crate) fn describe(a: &MeshAction) -> String {
             verb: Verb::Observe,
             payload,
             sample,
+            scope,
             ..
-        } => {
-            format!("qs mesh ask {payload:?} --sample {}", sample.unwrap_or(100))
-        }
+        } => format!(
+            "qs mesh ask {payload:?} --sample {}{}",
+            sample.unwrap_or(100),
+            scope_flag(scope)
+        ),
         MeshAction::Cascade {
             verb: Verb::Act,
             payload,
             requires,
+            scope,
             ..
-        } => match requires {
-            Some(c) => format!("qs mesh delegate {payload:?} --capability {c}"),
-            None => format!("qs mesh delegate {payload:?}"),
-        },
+        } => {
+            let capability = requires
+                .as_ref()
+                .map_or(String::new(), |c| format!(" --capability {c}"));
+            format!(
+                "qs mesh delegate {payload:?}{capability}{}",
+                scope_flag(scope)
+            )
+        }
         MeshAction::Cascade {
             mode,
             payload,
@@ -191,24 +262,33 @@ pub(crate) fn describe(a: &MeshAction) -> String {
                 CascadeMode::Parallel => "parallel",
                 CascadeMode::PriorityFirst => "priority-first",
             };
-            let scope = match scope {
-                Scope::Global => String::new(),
-                s => format!(
-                    " --scope{}",
-                    scope_words(s).replace(' ', "-").replacen('-', " ", 1)
-                ),
-            };
+            let scope = scope_flag(scope);
             format!("qs mesh broadcast {payload:?} --mode {mode} --priority {priority}{scope}")
         }
     }
 }
 
-/// Asks an OpenAI-compatible endpoint to turn free text into an intent, as JSON.
-pub(crate) fn ask_llm(url: &str, model: &str, text: &str) -> Result<Intent> {
+/// A scope as the `--scope` flag writes it (nothing for the whole mesh).
+fn scope_flag(scope: &Scope) -> String {
+    match scope {
+        Scope::Global => String::new(),
+        s => format!(
+            " --scope{}",
+            scope_words(s).replace(' ', "-").replacen('-', " ", 1)
+        ),
+    }
+}
+
+/// How long the model may take to answer, in all.
+const LLM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Asks an OpenAI-compatible endpoint to turn free text into an intent, as JSON; with `key`
+/// as its bearer key if given (never the qs API's token).
+pub(crate) fn ask_llm(url: &str, model: &str, key: Option<&str>, text: &str) -> Result<Intent> {
     let system = "Turn the operator's request into one JSON object and nothing else: \
         {\"intent\":\"status\"|\"broadcast\"|\"ask\"|\"delegate\"|\"heal\"|\"freeze\"|\"thaw\", \
         \"scope\":\"all\"|\"sector N\"|\"cluster N\", \"text\":\"the message, question or task\", \
-        \"sample\":N}";
+        \"sample\":N, \"urgent\":true|false, \"capability\":\"a capability the task needs\"}";
     let body = serde_json::json!({
         "model": model,
         "messages": [{"role": "system", "content": system}, {"role": "user", "content": text}],
@@ -219,27 +299,92 @@ pub(crate) fn ask_llm(url: &str, model: &str, text: &str) -> Result<Intent> {
         Some(i) => (&base[..i], format!("{}/chat/completions", &base[i..])),
         None => (base, "/v1/chat/completions".to_string()),
     };
-    let v = client::call(api, "POST", &path, Some(&body.to_string()))?;
-    let content = v["choices"][0]["message"]["content"].as_str().unwrap_or("");
-    let start = content.find('{').unwrap_or(0);
-    let end = content.rfind('}').map_or(content.len(), |e| e + 1);
-    let j: Value = serde_json::from_str(&content[start..end])?;
-    let scope = scope_of(j["scope"].as_str().unwrap_or("all"))?;
-    let text = j["text"].as_str().unwrap_or("").to_string();
-    let line = match j["intent"].as_str().unwrap_or("") {
-        "status" => return Ok(Intent::Status(scope)),
-        "broadcast" => format!("broadcast {text}{}", scope_words(&scope)),
-        "ask" => format!("ask {} agents: {text}", j["sample"].as_u64().unwrap_or(10)),
-        "delegate" => format!("delegate {text}"),
-        "heal" => format!("heal{}", scope_words(&scope)),
-        "freeze" => format!("freeze{}", scope_words(&scope)),
-        "thaw" => format!("thaw{}", scope_words(&scope)),
-        other => bail!("the model answered an intent the console does not know: {other:?}"),
-    };
-    parse_intent(&line).ok_or_else(|| anyhow::anyhow!("the model's answer made no command"))
+    let v = client::post_external(api, &path, &body.to_string(), key, LLM_TIMEOUT)?;
+    let content = v["choices"][0]["message"]["content"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("the model's answer has no choices[0].message.content"))?;
+    intent_of_answer(content)
 }
 
-pub(crate) fn chat(api: &str, llm: Option<&str>, model: &str, yes: bool) -> Result<()> {
+/// The intent a model's answer names: the JSON object in it, each field checked, mapped to
+/// the intent directly (its text is a message, never read again as a request).
+pub(crate) fn intent_of_answer(content: &str) -> Result<Intent> {
+    let (Some(start), Some(end)) = (content.find('{'), content.rfind('}')) else {
+        bail!("the model's answer holds no JSON object");
+    };
+    if end < start {
+        bail!("the model's answer holds no JSON object");
+    }
+    let j: Value = serde_json::from_str(&content[start..=end])
+        .map_err(|e| anyhow::anyhow!("the model's answer is not one JSON object: {e}"))?;
+    let field = |name: &str| j.get(name).filter(|v| !v.is_null());
+    let scope = match field("scope") {
+        None => Scope::Global,
+        Some(v) => {
+            let s = v
+                .as_str()
+                .ok_or_else(|| anyhow::anyhow!("scope: not a string"))?;
+            scope_of(s).map_err(|e| anyhow::anyhow!("scope: {e}"))?
+        }
+    };
+    let text = || -> Result<String> {
+        let t = field("text")
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .unwrap_or("");
+        if t.is_empty() {
+            bail!("text: missing");
+        }
+        Ok(t.to_string())
+    };
+    let intent = match field("intent").and_then(Value::as_str).unwrap_or("") {
+        "status" => Intent::Status(scope),
+        "broadcast" => {
+            let urgent = field("urgent").and_then(Value::as_bool).unwrap_or(false);
+            broadcast(scope, text()?, urgent)
+        }
+        "ask" => {
+            let sample = match field("sample") {
+                None => 10,
+                Some(v) => v
+                    .as_u64()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .ok_or_else(|| anyhow::anyhow!("sample: not a count"))?,
+            };
+            ask(scope, text()?, sample)
+        }
+        "delegate" => {
+            let capability = match field("capability") {
+                None => None,
+                Some(v) => Some(
+                    v.as_str()
+                        .ok_or_else(|| anyhow::anyhow!("capability: not a string"))?
+                        .to_string(),
+                ),
+            };
+            delegate(scope, text()?, capability)
+        }
+        "heal" => Intent::Act(MeshAction::Heal { scope }),
+        "freeze" => Intent::Act(MeshAction::Freeze { scope }),
+        "thaw" => Intent::Act(MeshAction::Thaw { scope }),
+        other => bail!("the model answered an intent the console does not know: {other:?}"),
+    };
+    if let Intent::Act(a) = &intent {
+        a.check()
+            .map_err(|e| anyhow::anyhow!("the model's answer: {e}"))?;
+    }
+    Ok(intent)
+}
+
+/// Where the console may send what its grammar does not read: an OpenAI-compatible
+/// endpoint, its model, and its key.
+pub(crate) struct Llm<'a> {
+    pub url: &'a str,
+    pub model: &'a str,
+    pub key: Option<&'a str>,
+}
+
+pub(crate) fn chat(api: &str, llm: Option<Llm>, yes: bool) -> Result<()> {
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
     loop {
@@ -256,9 +401,9 @@ pub(crate) fn chat(api: &str, llm: Option<&str>, model: &str, yes: bool) -> Resu
         if ["quit", "exit", "bye"].contains(&text) {
             return Ok(());
         }
-        let intent = match (parse_intent(text), llm) {
+        let intent = match (parse_intent(text), llm.as_ref()) {
             (Some(i), _) => i,
-            (None, Some(url)) => match ask_llm(url, model, text) {
+            (None, Some(l)) => match ask_llm(l.url, l.model, l.key, text) {
                 Ok(i) => i,
                 Err(e) => {
                     println!(
@@ -329,17 +474,106 @@ mod tests {
             ),
             (
                 "delegate Analyze Q3 financial data to gpu",
-                "qs mesh delegate \"Analyze Q3 financial data to gpu\" --capability gpu",
+                "qs mesh delegate \"Analyze Q3 financial data\" --capability gpu",
             ),
             ("heal SECTOR-12", "qs mesh heal sector 12"),
             ("freeze", "qs mesh freeze"),
             ("freeze sector 3", "qs mesh freeze sector 3"),
             ("thaw everything", "qs mesh thaw"),
+            // A leading verb decides over a keyword later in the request.
+            (
+                "broadcast we halt trading at 4pm",
+                "qs mesh broadcast \"we halt trading at 4pm\" --mode wave --priority 2",
+            ),
+            (
+                "tell everyone to resume work",
+                "qs mesh broadcast \"to resume work\" --mode wave --priority 2",
+            ),
+            (
+                "delegate: fix the bug in sector 3",
+                "qs mesh delegate \"fix the bug in sector 3\" --scope sector-3",
+            ),
+            // A sector's number is no sample size, and the scope shows.
+            (
+                "ask sector 7 agents: what's your context hash?",
+                "qs mesh ask \"what's your context hash?\" --sample 10 --scope sector-7",
+            ),
+            (
+                "ask 25 agents in sector 7: are you ready?",
+                "qs mesh ask \"are you ready?\" --sample 25 --scope sector-7",
+            ),
         ];
         for (text, want) in table {
             let got = parse_intent(text).map(|i| describe_intent(&i));
             assert_eq!(got.as_deref(), Some(want), "{text:?}");
         }
         assert_eq!(parse_intent("make me a sandwich"), None);
+    }
+
+    /// What a model answers is untrusted: each answer → the command it becomes, or the
+    /// start of the error that refuses it (never a panic, never its text read as a request).
+    #[test]
+    fn a_models_answer_is_checked_field_by_field() {
+        let long = format!(r#"{{"intent":"broadcast","text":"{}"}}"#, "x".repeat(5_000));
+        let table: [(&str, Result<&str, &str>); 12] = [
+            (
+                r#"Sure: {"intent":"freeze","scope":"all"}"#,
+                Ok("qs mesh freeze"),
+            ),
+            (
+                r#"{"intent":"broadcast","text":"freeze now"}"#,
+                Ok("qs mesh broadcast \"freeze now\" --mode wave --priority 2"),
+            ),
+            (
+                r#"{"intent":"broadcast","text":"go","urgent":true,"scope":"sector 4"}"#,
+                Ok("qs mesh broadcast \"go\" --mode parallel --priority 3 --scope sector-4"),
+            ),
+            (
+                r#"{"intent":"delegate","text":"t","capability":"gpu","scope":"cluster 2"}"#,
+                Ok("qs mesh delegate \"t\" --capability gpu --scope cluster-2"),
+            ),
+            (
+                r#"{"intent":"ask","text":"q?"}"#,
+                Ok("qs mesh ask \"q?\" --sample 10"),
+            ),
+            (
+                "\"} nothing {\"",
+                Err("the model's answer holds no JSON object"),
+            ),
+            (
+                r#"{"intent": } {"#,
+                Err("the model's answer is not one JSON object"),
+            ),
+            (
+                "no json at all",
+                Err("the model's answer holds no JSON object"),
+            ),
+            (
+                r#"{"intent":"ask","text":"q","sample":-1}"#,
+                Err("sample: not a count"),
+            ),
+            (
+                r#"{"intent":"ask","text":"q","sample":0}"#,
+                Err("the model's answer: sample"),
+            ),
+            (r#"{"intent":"broadcast"}"#, Err("text: missing")),
+            (r#"{"intent":"status","scope":"galaxy 9"}"#, Err("scope: ")),
+        ];
+        for (answer, want) in table {
+            let got = intent_of_answer(answer)
+                .map(|i| describe_intent(&i))
+                .map_err(|e| e.to_string());
+            match (&got, want) {
+                (Ok(cmd), Ok(w)) => assert_eq!(cmd, w, "{answer}"),
+                (Err(e), Err(w)) => assert!(e.starts_with(w), "{answer}: {e}"),
+                _ => panic!("{answer}: {got:?}, want {want:?}"),
+            }
+        }
+        let e = intent_of_answer(&long).unwrap_err().to_string();
+        assert!(e.contains("payload"), "{e}");
+        let e = intent_of_answer(r#"{"intent":"rm -rf"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not know"), "{e}");
     }
 }

@@ -44,6 +44,9 @@ pub enum MeshCmd {
         /// Only agents with this capability.
         #[arg(long)]
         capability: Option<String>,
+        /// Only this sector or cluster.
+        #[arg(long)]
+        scope: Option<String>,
         #[arg(long)]
         approve: bool,
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
@@ -54,6 +57,9 @@ pub enum MeshCmd {
         task: String,
         #[arg(long)]
         capability: Option<String>,
+        /// Only this sector or cluster.
+        #[arg(long)]
+        scope: Option<String>,
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },
@@ -87,6 +93,9 @@ pub enum MeshCmd {
         /// The model to ask there.
         #[arg(long, default_value = "default")]
         llm_model: String,
+        /// The endpoint's key, sent as its bearer token (the qs API's token never is).
+        #[arg(long, env = "QS_LLM_KEY", hide_env_values = true)]
+        llm_key: Option<String>,
         /// Run each command without asking (for scripts).
         #[arg(long)]
         yes: bool,
@@ -121,12 +130,13 @@ pub fn run(api: &str, cmd: MeshCmd) -> Result<()> {
             question,
             sample,
             capability,
+            scope,
             approve,
             output,
         } => {
             let mut action = cascade(
                 "wave",
-                Scope::Global,
+                scope_of(scope.as_deref().unwrap_or(""))?,
                 Verb::Observe,
                 question,
                 2,
@@ -140,11 +150,12 @@ pub fn run(api: &str, cmd: MeshCmd) -> Result<()> {
         MeshCmd::Delegate {
             task,
             capability,
+            scope,
             output,
         } => {
             let mut action = cascade(
                 "wave",
-                Scope::Global,
+                scope_of(scope.as_deref().unwrap_or(""))?,
                 Verb::Act,
                 task,
                 2,
@@ -196,8 +207,16 @@ pub fn run(api: &str, cmd: MeshCmd) -> Result<()> {
         MeshCmd::Chat {
             llm,
             llm_model,
+            llm_key,
             yes,
-        } => crate::mesh_chat::chat(api, llm.as_deref(), &llm_model, yes),
+        } => {
+            let llm = llm.as_deref().map(|url| crate::mesh_chat::Llm {
+                url,
+                model: &llm_model,
+                key: llm_key.as_deref(),
+            });
+            crate::mesh_chat::chat(api, llm, yes)
+        }
     }
 }
 

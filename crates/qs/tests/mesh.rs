@@ -26,7 +26,7 @@ fn llm_double(content: &str) -> (String, std::thread::JoinHandle<String>) {
     })
     .to_string();
     let serving = std::thread::spawn(move || {
-        // A few connections at most: the probe, then the completion.
+        // A few connections at most (a client that probed first would make more).
         for _ in 0..8 {
             let (mut s, _) = listener.accept().unwrap();
             s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -284,6 +284,7 @@ fn a_thousand_agents_over_nats() {
     let (url, heard) = llm_double(r#"Sure: {"intent":"freeze","scope":"all"}"#);
     let mut chat = qs()
         .args(["--api", &root.api, "mesh", "chat", "--llm", &url])
+        .env("QS_LLM_KEY", "sk-test-key")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -307,6 +308,12 @@ fn a_thousand_agents_over_nats() {
         request.contains("hold everything still while we patch the hosts"),
         "{request}"
     );
+    // The endpoint gets its own key, and never the qs API's token.
+    let authorizations: Vec<&str> = request
+        .lines()
+        .filter(|l| l.to_ascii_lowercase().starts_with("authorization:"))
+        .collect();
+    assert_eq!(authorizations, ["Authorization: Bearer sk-test-key"], "{request}");
     let (status, v) = root.http(
         "POST",
         "/v1/mesh/ops",
