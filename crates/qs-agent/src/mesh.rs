@@ -427,6 +427,26 @@ pub async fn run<F: Fabric>(
                 MeshOutput::Breaker(b) => {
                     tracing::info!("mesh breaker {:?} is {:?}", b.scope, b.state)
                 }
+                MeshOutput::ModeChanged {
+                    from,
+                    to,
+                    active_agents,
+                    total_agents,
+                } => {
+                    // Seed §6.3: operators are told (the log, the ledger, `qs mesh status`).
+                    tracing::warn!(
+                        "mesh mode {} -> {}: {active_agents} of {total_agents} agents active",
+                        from.name(),
+                        to.name()
+                    );
+                    let event = qs_wire::Event::MeshMode {
+                        from: from.name().to_owned(),
+                        to: to.name().to_owned(),
+                        active_agents,
+                        total_agents,
+                    };
+                    journal.append(&me, now().as_micros(), vec![event]).await;
+                }
                 MeshOutput::HostLost { scope, host } => {
                     tracing::info!("mesh: {host} lost ({scope:?})")
                 }

@@ -168,6 +168,12 @@ fn degradation_and_breakers_follow_the_agents_down() {
         sim.run_until(Time::from_millis(cfg.duration_ms));
         let r = sim.report(&cfg, 0.0);
         assert_eq!(r.mode, mode, "{down} down");
+        // The root told its shell of each change, the last to the mode it is in.
+        let last = r.mode_changes.last().map(|c| c.to);
+        match mode {
+            "FULL" => assert!(r.mode_changes.is_empty(), "{:?}", r.mode_changes),
+            _ => assert_eq!(last, Some(mode), "{:?}", r.mode_changes),
+        }
         // What the seed's thresholds say, from the ground truth.
         let mut per_cluster = vec![0u32; sim.tree.clusters.len()];
         let mut per_sector = vec![0u32; sim.tree.sectors.len()];

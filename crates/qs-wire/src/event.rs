@@ -239,6 +239,13 @@ pub enum Event {
         cluster: u32,
         how: String,
     },
+    /// The mesh's mode changed at its root (seed §6.3: by the share of active agents).
+    MeshMode {
+        from: String,
+        to: String,
+        active_agents: u32,
+        total_agents: u32,
+    },
 }
 
 /// The steps of a durable task's life.

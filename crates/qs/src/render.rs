@@ -287,6 +287,14 @@ pub fn describe(event: &Event) -> String {
         } => {
             format!("mesh conflict {seq} of agent {agent:016x} (cluster {cluster}) resolved: {how}")
         }
+        Event::MeshMode {
+            from,
+            to,
+            active_agents,
+            total_agents,
+        } => format!(
+            "the mesh went from {from} to {to}: {active_agents} of {total_agents} agents active"
+        ),
     }
 }
 
@@ -408,6 +416,15 @@ mod tests {
                     how: "agreed".into(),
                 },
                 "resolved: agreed",
+            ),
+            (
+                Event::MeshMode {
+                    from: "FULL".into(),
+                    to: "DEGRADED_MODERATE".into(),
+                    active_agents: 700,
+                    total_agents: 1_000,
+                },
+                "from FULL to DEGRADED_MODERATE: 700 of 1000 agents active",
             ),
         ];
         for (event, want) in table {

@@ -313,7 +313,11 @@ fn a_thousand_agents_over_nats() {
         .lines()
         .filter(|l| l.to_ascii_lowercase().starts_with("authorization:"))
         .collect();
-    assert_eq!(authorizations, ["Authorization: Bearer sk-test-key"], "{request}");
+    assert_eq!(
+        authorizations,
+        ["Authorization: Bearer sk-test-key"],
+        "{request}"
+    );
     let (status, v) = root.http(
         "POST",
         "/v1/mesh/ops",

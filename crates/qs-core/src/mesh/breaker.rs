@@ -9,6 +9,11 @@
 //! makes it half-open (routable, watched), a bad one waits 60 s for the next; half-open
 //! (a cluster's or its sector's) lets a tenth of the cluster's agents in scope take each
 //! operation, closes after 60 s without a failure and opens again on one.
+//!
+//! Seed §6.1's CASCADE_FAILURE ("multiple agents failing in sequence, increasing
+//! exponentially") opens a sector's breaker before its count does: failures that at least
+//! doubled over each of the last three periods of [`CASCADE_PERIOD_MS`], to at least
+//! [`CASCADE_FLOOR`] in the last. A step (many agents lost at once) is not a cascade.
 
 use crate::time::Time;
 use qs_wire::mesh::{BreakerState, ClusterId, Scope, SectorId};
@@ -24,6 +29,10 @@ pub const HALF_OPEN_WATCH_MS: u64 = 60_000;
 pub const FAILURE_WINDOW_MS: u64 = 60_000;
 /// The share of a half-open cluster's agents an operation reaches (at least one).
 pub const HALF_OPEN_SHARE: f64 = 0.1;
+/// The periods a sector's failures are compared over, to tell a cascade.
+pub const CASCADE_PERIOD_MS: u64 = 1_000;
+/// Failures in the last period for a doubling run to be a cascade.
+pub const CASCADE_FLOOR: u32 = 8;
 
 #[derive(Clone, Debug)]
 struct Breaker {
@@ -56,6 +65,25 @@ impl Breaker {
             self.failures.pop_front();
         }
         self.failures.len()
+    }
+
+    /// Whether the failures kept grow as a cascade does: at least doubling over each of the
+    /// last three periods up to `now` (the earliest at least one), the last at least
+    /// [`CASCADE_FLOOR`].
+    fn cascading(&self, now: Time) -> bool {
+        let period = Duration::from_millis(CASCADE_PERIOD_MS);
+        let in_period = |back: u32| -> u32 {
+            let (near, far) = (period * back, period * (back + 1));
+            let n = self.failures.iter().filter(|t| {
+                let age = now.since(**t);
+                age >= near && age < far
+            });
+            n.count() as u32
+        };
+        let (c0, c1, c2) = (in_period(2), in_period(1), in_period(0));
+        c0 > 0
+            && crate::mesh::degrade::cascading(c0, c1, 1)
+            && crate::mesh::degrade::cascading(c1, c2, CASCADE_FLOOR)
     }
 }
 
@@ -134,8 +162,9 @@ impl Breakers {
     fn fail(&mut self, scope: Scope, limit: usize, now: Time) {
         let b = self.map.entry(scope).or_insert_with(Breaker::new);
         let n = b.count(now, limit);
+        let cascade = matches!(scope, Scope::Sector(_)) && b.cascading(now);
         let trip = match b.state {
-            BreakerState::Closed => n > limit,
+            BreakerState::Closed => n > limit || cascade,
             BreakerState::HalfOpen => true,
             BreakerState::Open => false,
         };
@@ -334,5 +363,28 @@ mod tests {
         assert!(!root.routable(ClusterId(9), SectorId(50)));
         root.reset(Scope::Global, t(2));
         assert_eq!(root.state(Scope::Global), BreakerState::Closed);
+    }
+
+    /// (failures per second, in order → the sector's breaker open after them): a doubling
+    /// run to 8 or more a second is a cascade, well before 51; a step or a steady rate is
+    /// not.
+    #[test]
+    fn a_sector_breaker_opens_on_a_cascade_of_failures() {
+        let table: [(&[u32], bool); 6] = [
+            (&[1, 2, 4, 8], true),
+            (&[2, 4, 9], true),
+            (&[1, 2, 4], false),
+            (&[0, 0, 40], false),
+            (&[10, 10, 10, 10], false),
+            (&[3, 6, 11], false),
+        ];
+        for (per_second, open) in table {
+            let mut b = Breakers::default();
+            for (i, n) in per_second.iter().enumerate() {
+                b.sector_failures(S, *n, t(i as u64 * CASCADE_PERIOD_MS + 100));
+            }
+            let state = b.state(Scope::Sector(S));
+            assert_eq!(state == BreakerState::Open, open, "{per_second:?}");
+        }
     }
 }

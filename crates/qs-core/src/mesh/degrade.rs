@@ -1,6 +1,6 @@
 //! Graceful degradation (seed §6.3): the mode follows the share of active agents, and each
-//! mode refuses what it must. Failure classes (seed §6.1): how each is detected here and what
-//! recovers it.
+//! mode refuses what it must; and two of seed §6.1's failure classes' rules (a growing
+//! failure rate, repeated disagreement).
 
 use serde::Serialize;
 
@@ -83,10 +83,15 @@ pub struct Refused {
     pub total_agents: u32,
 }
 
-/// Scatters over this many agents wait for FULL or DEGRADED_LIGHT.
+/// Scatters over this many agents wait for FULL or DEGRADED_LIGHT in DEGRADED_MODERATE; in
+/// worse modes they need a human's approval.
 pub const MODERATE_MAX_AGENTS: u32 = 1_000;
 
-/// Seed §6.3's restrictions.
+/// Seed §6.3's restrictions. They add up: a mode keeps every restriction of the milder
+/// ones, but for one the seed itself relaxes. DEGRADED_MODERATE refuses every scatter over
+/// 1,000 agents; DEGRADED_SEVERE runs mesh-wide operations a human approved, so from there
+/// on such a scatter needs that approval (`--approve`) instead. Approval never lifts a
+/// priority floor.
 pub fn permit(mode: Mode, ask: &Ask) -> Result<(), Refused> {
     let no = |rule| {
         Err(Refused {
@@ -96,69 +101,36 @@ pub fn permit(mode: Mode, ask: &Ask) -> Result<(), Refused> {
             total_agents: ask.total_agents,
         })
     };
-    match mode {
-        Mode::Full => Ok(()),
-        Mode::DegradedLight if ask.priority == 0 => {
-            no("non-critical background tasks are disabled")
-        }
-        Mode::DegradedLight => Ok(()),
-        Mode::DegradedModerate if ask.agents > MODERATE_MAX_AGENTS => {
-            no("scatter operations over 1000 agents are disabled")
-        }
-        Mode::DegradedModerate if ask.priority < 2 => {
-            no("non-urgent operations are queued: send with priority 2 or more")
-        }
-        Mode::DegradedModerate => Ok(()),
-        Mode::DegradedSevere if ask.priority < 3 => no("critical operations only (priority 3)"),
-        Mode::DegradedSevere if ask.mesh_wide && !ask.approved => {
-            no("mesh-wide operations need a human's approval (--approve)")
-        }
-        Mode::DegradedSevere => Ok(()),
-        Mode::Emergency if ask.automated => no("all automated operations are halted"),
-        Mode::Emergency if !ask.approved => {
-            no("investigate the root cause; any action needs a human's approval (--approve)")
-        }
-        Mode::Emergency => Ok(()),
+    if mode >= Mode::DegradedLight && ask.priority == 0 {
+        return no("non-critical background tasks are disabled");
     }
+    if mode == Mode::DegradedModerate && ask.agents > MODERATE_MAX_AGENTS {
+        return no("scatter operations over 1000 agents are disabled");
+    }
+    if mode >= Mode::DegradedSevere && ask.agents > MODERATE_MAX_AGENTS && !ask.approved {
+        return no("scatter operations over 1000 agents need a human's approval (--approve)");
+    }
+    if mode >= Mode::DegradedModerate && ask.priority < 2 {
+        return no("non-urgent operations are queued: send with priority 2 or more");
+    }
+    if mode >= Mode::DegradedSevere && ask.priority < 3 {
+        return no("critical operations only (priority 3)");
+    }
+    if mode >= Mode::DegradedSevere && ask.mesh_wide && !ask.approved {
+        return no("mesh-wide operations need a human's approval (--approve)");
+    }
+    if mode == Mode::Emergency && ask.automated {
+        return no("all automated operations are halted");
+    }
+    if mode == Mode::Emergency && !ask.approved {
+        return no("investigate the root cause; any action needs a human's approval (--approve)");
+    }
+    Ok(())
 }
 
-/// Seed §6.1's failure classes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum FailureClass {
-    /// A few missed beats or a timeout: marked offline, retried with backoff.
-    TransientNetwork,
-    /// Silent past [`CRASH_AFTER_MS`]: removed from its cluster, which re-forms.
-    AgentCrash,
-    /// A score over twice its baseline: routed around while it lasts.
-    ImpedanceSpike,
-    /// The content hash did not match: the agent is quarantined.
-    ContextCorruption,
-    /// Its answers contradict the majority repeatedly: quarantined.
-    ByzantineBehavior,
-    /// Failures growing fast: breakers isolate the sector.
-    CascadeFailure,
-}
-
-/// Silence that is a crash rather than a transient partition (seed §6.1: 30 s).
-pub const CRASH_AFTER_MS: u64 = 30_000;
-/// Times an agent may disagree with a clear majority before it is quarantined.
+/// Times an agent may disagree with a clear majority before it is quarantined (seed §6.1's
+/// BYZANTINE_BEHAVIOR).
 pub const BYZANTINE_AFTER: u32 = 3;
-
-impl FailureClass {
-    pub fn recovery(self) -> &'static str {
-        match self {
-            FailureClass::TransientNetwork => "automatic retry with exponential backoff",
-            FailureClass::AgentCrash => "removed from its cluster; the cluster re-forms",
-            FailureClass::ImpedanceSpike => "routed around; investigate the cause",
-            FailureClass::ContextCorruption => {
-                "quarantined; reload from known-good state, then heal"
-            }
-            FailureClass::ByzantineBehavior => "quarantined for forensic analysis",
-            FailureClass::CascadeFailure => "circuit breakers isolate the affected sector",
-        }
-    }
-}
 
 /// A growing failure rate (seed: "increasing exponentially"): this period's failures at
 /// least double the last period's, and at least `floor` of them.
@@ -189,7 +161,9 @@ mod tests {
         }
     }
 
-    /// (mode, priority, agents, mesh-wide, approved, automated) → permitted.
+    /// (mode, priority, agents, mesh-wide, approved, automated) → permitted. A mode keeps
+    /// the milder modes' restrictions; past DEGRADED_MODERATE, approval lifts the
+    /// 1,000-agent limit.
     #[test]
     fn each_mode_enforces_its_restrictions() {
         use Mode::*;
@@ -197,7 +171,15 @@ mod tests {
             (Full, 0, 30_000, true, false, true, true),
             (DegradedLight, 0, 10, false, false, false, false),
             (DegradedLight, 1, 30_000, true, false, false, true),
+            (DegradedModerate, 3, 1_001, true, false, false, false),
             (DegradedModerate, 3, 1_001, true, true, false, false),
+            (DegradedModerate, 3, 1_001, false, false, false, false),
+            (DegradedModerate, 0, 10, false, true, false, false),
+            (DegradedSevere, 3, 2_000, false, false, false, false),
+            (DegradedSevere, 3, 30_000, true, true, false, true),
+            (Emergency, 2, 30, false, true, false, false),
+            (Emergency, 3, 5_000, true, false, false, false),
+            (Emergency, 3, 5_000, true, true, false, true),
             (DegradedModerate, 2, 1_000, false, false, false, true),
             (DegradedModerate, 1, 10, false, false, false, false),
             (DegradedSevere, 2, 10, false, false, false, false),

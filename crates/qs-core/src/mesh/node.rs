@@ -111,6 +111,14 @@ pub enum MeshOutput {
     /// Append to the ledger: a conflict resolved.
     ConflictResolved(conflict::Resolved),
     Breaker(breaker::Change),
+    /// At the root: the mesh's mode changed (seed §6.3; the shell alerts its operators and
+    /// records it).
+    ModeChanged {
+        from: Mode,
+        to: Mode,
+        active_agents: u32,
+        total_agents: u32,
+    },
     /// A node fell silent: a host of a led cluster (past `dead_after_ms`; its agents are
     /// offline), a cluster's lead (at its coordinator), or a sector's coordinator (at the
     /// root): every level beats at `beat_ms` and is lost after `dead_after_ms`. The shell

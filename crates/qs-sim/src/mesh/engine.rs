@@ -131,6 +131,7 @@ pub struct MeshSim {
     pub detection_ms: Vec<f64>,
     pub results: Vec<OpResult>,
     pub refused: Vec<String>,
+    pub mode_changes: Vec<super::ModeChange>,
     cascades: Vec<super::Cascade>,
     down_fraction: f64,
     pub tree: Arc<Hierarchy>,
@@ -254,6 +255,7 @@ impl MeshSim {
             detection_ms: Vec::new(),
             results: Vec::new(),
             refused: Vec::new(),
+            mode_changes: Vec::new(),
             cascades: cfg.cascades.clone(),
             down_fraction: cfg.down_fraction,
             tree,
@@ -547,6 +549,13 @@ impl MeshSim {
                         self.push(now, Event::Elect);
                     }
                 }
+                MeshOutput::ModeChanged { from, to, .. } => {
+                    self.mode_changes.push(super::ModeChange {
+                        at_ms: now.as_millis(),
+                        from: from.name(),
+                        to: to.name(),
+                    });
+                }
                 MeshOutput::Conflict(_)
                 | MeshOutput::ConflictResolved(_)
                 | MeshOutput::Breaker(_) => {}
@@ -625,6 +634,7 @@ impl MeshSim {
             }),
             results: self.results.clone(),
             refused: self.refused.clone(),
+            mode_changes: self.mode_changes.clone(),
             integration: self.scale_out.as_ref().map(|t| t.report.clone()),
             trace_hash: format!("{:016x}", h.finish() ^ of_str("mesh")),
             peak_rss_bytes: None,

@@ -164,6 +164,8 @@ pub struct MeshReport {
     /// Milliseconds from a host's death to its lead's verdict, one per killed host heard.
     pub detection_ms: Vec<f64>,
     pub mode: &'static str,
+    /// Each change of the root's mode, as it told its shell.
+    pub mode_changes: Vec<ModeChange>,
     pub open_cluster_breakers: usize,
     pub open_sector_breakers: usize,
     pub global_breaker_open: bool,
@@ -178,6 +180,14 @@ pub struct MeshReport {
     pub peak_rss_bytes: Option<u64>,
     /// The first results are the calibration's broadcasts.
     pub calibrations: usize,
+}
+
+/// A change of the root's mode.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ModeChange {
+    pub at_ms: u64,
+    pub from: &'static str,
+    pub to: &'static str,
 }
 
 /// The conflict logs across the mesh at the end of a run.

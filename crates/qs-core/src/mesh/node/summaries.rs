@@ -201,7 +201,16 @@ impl MeshNode {
                 0 => 1.0,
                 _ => f64::from(active) / f64::from(total),
             };
-            self.mode = Mode::from_active_share(share);
+            let mode = Mode::from_active_share(share);
+            if mode != self.mode {
+                self.out.push_back(MeshOutput::ModeChanged {
+                    from: self.mode,
+                    to: mode,
+                    active_agents: active,
+                    total_agents: total,
+                });
+            }
+            self.mode = mode;
             if let Some(last) = self.last_observed {
                 let dt = now.since(last).as_millis() as u64;
                 self.kpis.observed_ms += dt;
