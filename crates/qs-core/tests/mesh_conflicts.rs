@@ -378,10 +378,7 @@ fn a_conflict_answered_after_the_window_is_logged_and_escalated_late() {
 fn a_late_report_is_never_taken_for_the_clusters_result() {
     use qs_core::mesh::{MeshConfig, MeshOutput};
     use qs_wire::NodeId;
-    use qs_wire::mesh::{
-        CascadeMode, ClusterId, Escalated, MeshMessage, OpId, Order, Report, Scope, SectorId,
-        Tally, Verb,
-    };
+    use qs_wire::mesh::{ClusterId, Escalated, MeshMessage, OpId, Report, Scope, Tally};
     let pair = pair();
     let (p1, p2) = (pair.p1.clone(), pair.p2.clone());
     let p3 = NodeId::new("p3").unwrap();
@@ -389,20 +386,7 @@ fn a_late_report_is_never_taken_for_the_clusters_result() {
     let tree = pair.roles(&p2, &p1, &p3);
     let now = Time::from_millis(1_000_000);
     let mut coordinator = node_in(&p1, MeshConfig::default(), &tree, now);
-    let mut envelope = coordinator.envelope(Verb::Observe, "ready?", 2, now);
-    envelope.op = OpId(9);
-    envelope.target_arrival_ms = now.as_millis() + 200;
-    let order = Order {
-        op: OpId(9),
-        mode: CascadeMode::Wave,
-        root: p3.clone(),
-        report_to: p3.clone(),
-        scope: Scope::Sector(SectorId(0)),
-        class: None,
-        sample_per_cluster: None,
-        window_ms: 150,
-        envelope,
-    };
+    let order = sector_order(&mut coordinator, 9, &p3, now);
     let heard = |from: &NodeId, msg: MeshMessage| qs_core::mesh::MeshInput::Heard {
         from: from.clone(),
         msg,

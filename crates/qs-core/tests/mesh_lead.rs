@@ -188,6 +188,80 @@ fn a_half_open_cluster_takes_a_tenth_of_an_operation() {
     );
 }
 
+/// A sector's breaker is its coordinator's: half-open there, the orders it passes on say so,
+/// and a lead whose own breakers are closed takes a tenth all the same.
+#[test]
+fn a_half_open_sector_limits_its_clusters_through_its_coordinators_orders() {
+    use qs_wire::mesh::{BreakerState, ClusterSummary, Scope, SectorId};
+    // The lead's side: a limited order.
+    let c = one_cluster(40, 300);
+    let mut lead = Lead::new(c, Time::from_millis(5_000_000));
+    lead.run(1_200);
+    let envelope = lead.ask(1);
+    lead.order_with(envelope, None, true);
+    let sent = dispatches(&lead.run(400));
+    assert_eq!(
+        sent.len(),
+        2,
+        "a tenth of the 20 with the capability: {sent:?}"
+    );
+
+    // The coordinator's side: 51 failures in its sector open its breaker; 30 s on, with its
+    // cluster active again, a good probe makes it half-open, and its orders say so.
+    let pair = pair();
+    let (p1, p2) = (pair.p1.clone(), pair.p2.clone());
+    let root = NodeId::new("p3").unwrap();
+    let tree = pair.roles(&p2, &p1, &root);
+    let start = Time::from_millis(1_000_000);
+    let mut coordinator = node_in(&p1, MeshConfig::default(), &tree, start);
+    let summary = |failures: u32, now: Time| ClusterSummary {
+        failures,
+        ..cluster_summary(0, 0, &p2, now)
+    };
+    let hear = |node: &mut MeshNode, msg: MeshMessage, now: Time| {
+        node.handle(
+            MeshInput::Heard {
+                from: p2.clone(),
+                msg,
+            },
+            now,
+        )
+    };
+    let msg = MeshMessage::Cluster(Box::new(summary(51, start)));
+    hear(&mut coordinator, msg, start);
+    let mut now = start;
+    while now.as_millis() < start.as_millis() + 31_000 {
+        now = Time::from_millis(now.as_millis() + 250);
+        let msg = MeshMessage::Cluster(Box::new(summary(0, now)));
+        hear(&mut coordinator, msg, now);
+        coordinator.handle(MeshInput::Tick, now);
+    }
+    assert_eq!(
+        coordinator.breakers().state(Scope::Sector(SectorId(0))),
+        BreakerState::HalfOpen
+    );
+    drain(&mut coordinator);
+    let order = sector_order(&mut coordinator, 7, &root, now);
+    coordinator.handle(
+        MeshInput::Heard {
+            from: root,
+            msg: MeshMessage::Order(Box::new(order)),
+        },
+        now,
+    );
+    let passed: Vec<bool> = drain(&mut coordinator)
+        .into_iter()
+        .filter_map(|o| match o {
+            MeshOutput::Send {
+                to,
+                msg: MeshMessage::Order(o),
+            } if to == p2 => Some(o.limited),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(passed, [true]);
+}
+
 #[test]
 fn an_envelope_past_its_time_to_live_is_dropped_at_its_host_and_counted_by_the_operation() {
     let c = one_cluster(4, 400);

@@ -9,29 +9,7 @@ use common::*;
 use qs_core::Time;
 use qs_core::mesh::{MeshConfig, MeshInput};
 use qs_wire::NodeId;
-use qs_wire::mesh::{
-    Alive, ClusterId, ClusterSummary, LeadHistogram, MeshMessage, Scope, SectorId, SectorSummary,
-};
-
-fn cluster_summary(cluster: u32, sector: u32, lead: &NodeId, now: Time) -> ClusterSummary {
-    ClusterSummary {
-        cluster: ClusterId(cluster),
-        sector: SectorId(sector),
-        lead: lead.clone(),
-        sent_ms: now.as_millis(),
-        agent_count: 20,
-        active_count: 20,
-        joining_count: 0,
-        mean_impedance_ms: 10.0,
-        p95_impedance_ms: 20.0,
-        leads: LeadHistogram::default(),
-        classes: [20, 0, 0, 0, 0, 0],
-        anomalies: 0,
-        failures: 0,
-        breaker_open: false,
-        conflicts: Default::default(),
-    }
-}
+use qs_wire::mesh::{Alive, ClusterId, LeadHistogram, MeshMessage, Scope, SectorId, SectorSummary};
 
 fn sector_summary(sector: u32, coordinator: &NodeId, agents: u32, now: Time) -> SectorSummary {
     SectorSummary {

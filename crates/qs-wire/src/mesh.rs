@@ -314,6 +314,11 @@ pub struct Order {
     /// How long after the target arrival answers count.
     pub window_ms: u64,
     pub envelope: MeshEnvelope,
+    /// A half-open breaker above the cluster (its sector's, kept by the coordinator that
+    /// passed the order on): the lead sends to a tenth of its agents in scope (seed §6.2's
+    /// limited traffic). Left out when false.
+    #[serde(default, skip_serializing_if = "crate::bounds::is_zero")]
+    pub limited: bool,
 }
 
 /// A cluster lead's send to one agent, through its host, at the agent's scheduled time.

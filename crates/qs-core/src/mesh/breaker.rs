@@ -8,7 +8,8 @@
 //! recovered does not trip on old news. An open breaker is probed after 30 s: a good probe
 //! makes it half-open (routable, watched), a bad one waits 60 s for the next; half-open
 //! (a cluster's or its sector's) lets a tenth of the cluster's agents in scope take each
-//! operation, closes after 60 s without a failure and opens again on one.
+//! operation (a sector's coordinator says so in the orders it passes on, `Order.limited`),
+//! closes after 60 s without a failure and opens again on one.
 //!
 //! Seed §6.1's CASCADE_FAILURE ("multiple agents failing in sequence, increasing
 //! exponentially") opens a sector's breaker before its count does: failures that at least

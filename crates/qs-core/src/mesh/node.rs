@@ -398,6 +398,7 @@ impl MeshNode {
             self.next_beat = now + Duration::from_millis(self.cfg.beat_ms);
             self.detect(now);
             self.integrate(now);
+            ops::prune_late(&mut self.ops, now);
             // A lead's summary is its beat to its coordinator too: every beat, with the
             // aggregate recomputed once a summary period.
             let recompute = now >= self.next_summary;

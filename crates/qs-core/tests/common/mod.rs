@@ -10,8 +10,9 @@ use qs_core::mesh::{
 };
 use qs_wire::NodeId;
 use qs_wire::mesh::{
-    Ack, AgentBeat, AgentId, AgentState, CascadeMode, ClusterId, ConflictDetail, Dispatch,
-    HostBeat, MeshEnvelope, MeshMessage, OpId, Order, Report, Scope, Trinary, Verb,
+    Ack, AgentBeat, AgentId, AgentState, CascadeMode, ClusterId, ClusterSummary, ConflictDetail,
+    Dispatch, HostBeat, LeadHistogram, MeshEnvelope, MeshMessage, OpId, Order, Report, Scope,
+    SectorId, Trinary, Verb,
 };
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -154,6 +155,12 @@ impl Lead {
     }
 
     pub fn order_of(&mut self, envelope: MeshEnvelope, sample: Option<u32>) {
+        self.order_with(envelope, sample, false);
+    }
+
+    /// An order of `envelope`, limited by a half-open breaker above the cluster if
+    /// `limited`.
+    pub fn order_with(&mut self, envelope: MeshEnvelope, sample: Option<u32>, limited: bool) {
         let op = envelope.op.0;
         let order = Order {
             op: OpId(op),
@@ -165,6 +172,7 @@ impl Lead {
             sample_per_cluster: sample,
             window_ms: 150,
             envelope,
+            limited,
         };
         self.node.handle(
             MeshInput::Heard {
@@ -305,6 +313,47 @@ impl Pair {
         tree.sectors[0].coordinator = Some(coordinator.clone());
         tree.root = Some(root.clone());
         Arc::new(tree)
+    }
+}
+
+/// A cluster's summary from `lead`: 20 agents, all active, of class A.
+pub fn cluster_summary(cluster: u32, sector: u32, lead: &NodeId, now: Time) -> ClusterSummary {
+    ClusterSummary {
+        cluster: ClusterId(cluster),
+        sector: SectorId(sector),
+        lead: lead.clone(),
+        sent_ms: now.as_millis(),
+        agent_count: 20,
+        active_count: 20,
+        joining_count: 0,
+        mean_impedance_ms: 10.0,
+        p95_impedance_ms: 20.0,
+        leads: LeadHistogram::default(),
+        classes: [20, 0, 0, 0, 0, 0],
+        anomalies: 0,
+        failures: 0,
+        breaker_open: false,
+        conflicts: Default::default(),
+    }
+}
+
+/// The root's wave order `op` to sector 0's coordinator (`node`'s envelope, the agents to be
+/// ready in 200 ms), reported to the root.
+pub fn sector_order(node: &mut MeshNode, op: u64, root: &NodeId, now: Time) -> Order {
+    let mut envelope = node.envelope(Verb::Observe, "ready?", 2, now);
+    envelope.op = OpId(op);
+    envelope.target_arrival_ms = now.as_millis() + 200;
+    Order {
+        op: OpId(op),
+        mode: CascadeMode::Wave,
+        root: root.clone(),
+        report_to: root.clone(),
+        scope: Scope::Sector(SectorId(0)),
+        class: None,
+        sample_per_cluster: None,
+        window_ms: 150,
+        envelope,
+        limited: false,
     }
 }
 

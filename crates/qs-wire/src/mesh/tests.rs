@@ -67,6 +67,7 @@ fn messages_round_trip_and_are_checked() {
         sample_per_cluster: None,
         window_ms: 500,
         envelope: envelope(),
+        limited: false,
     }));
     let bytes = serde_json::to_vec(&order).unwrap();
     assert_eq!(decode_bus::<MeshMessage>("mesh.x", &bytes).unwrap(), order);

@@ -67,8 +67,8 @@ impl Awaited {
     }
 }
 
-/// Drops what is past its time (on every tick, so nothing stays when no operation comes).
-pub(super) fn prune(ops: &mut Ops, now: Time) {
+/// Drops what is past its time (at every beat, so nothing stays when no operation comes).
+pub(crate) fn prune(ops: &mut Ops, now: Time) {
     ops.settled.retain(|_, s| s.until > now);
     ops.settled_urgent.retain(|_, s| s.until > now);
 }

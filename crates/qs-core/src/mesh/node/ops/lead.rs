@@ -15,7 +15,8 @@ pub(super) fn lead_order(node: &mut MeshNode, o: Order, c: ClusterId, now: Time)
         .iter()
         .any(|s| node.frozen.contains(s));
     let routable = !frozen && node.breakers.routable(c, sector);
-    let limited = node.breakers.limited(c, sector);
+    // Half-open here, or at the coordinator that passed the order on.
+    let limited = node.breakers.limited(c, sector) || o.limited;
     let weight = o.envelope.weight;
     let requires = o.envelope.requires.clone();
     let led = node.led.get_mut(&c).expect("checked");

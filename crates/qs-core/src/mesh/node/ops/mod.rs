@@ -27,6 +27,7 @@ mod root;
 use escalate::Escalations;
 pub(crate) use escalate::ForRoot;
 pub(super) use escalate::{from_summary, to_send as late_to_send};
+pub(crate) use late::prune as prune_late;
 pub(crate) use lead::on_ack;
 use lead::*;
 use relay::*;
@@ -236,7 +237,6 @@ pub(crate) fn due(node: &mut MeshNode, now: Time) {
                 send_one(&mut me, node, op, c, agent, now);
             }
         }
-        late::prune(&mut me, now);
         let late: Vec<(OpId, ClusterId)> = me
             .lead
             .iter()

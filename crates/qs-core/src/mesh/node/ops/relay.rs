@@ -46,6 +46,8 @@ pub(super) fn relay_order(node: &mut MeshNode, o: Order, s: SectorId) {
         escalate: Escalations::default(),
     };
     let frozen = node.frozen.contains(&Scope::Sector(s));
+    // This sector's breaker is the coordinator's: half-open, each lead takes its share.
+    let half_open = node.breakers.state(Scope::Sector(s)) == BreakerState::HalfOpen;
     // A sample's quota for this sector: as few clusters as it takes, one agent each at
     // least (chosen by the operation's hash).
     let mut clusters = clusters;
@@ -78,6 +80,7 @@ pub(super) fn relay_order(node: &mut MeshNode, o: Order, s: SectorId) {
                 let mut sub = o.clone();
                 sub.scope = Scope::Cluster(c);
                 sub.report_to = node.me.clone();
+                sub.limited |= half_open;
                 if o.mode != CascadeMode::Parallel {
                     relay.expect.insert(Scope::Cluster(c));
                 }

@@ -126,6 +126,7 @@ pub(super) fn start_phase(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Tim
             sample_per_cluster,
             window_ms,
             envelope: env.clone(),
+            limited: false,
         };
         r.root_messages += u32::from(co != node.me);
         node.send(co, MeshMessage::Order(Box::new(order)));
