@@ -436,7 +436,7 @@ pub(crate) fn chat(api: &str, llm: Option<Llm>, yes: bool) -> Result<()> {
             Intent::Status(scope) => status(api, &scope, OutputFormat::Text),
             Intent::Act(
                 a @ (MeshAction::Freeze { .. } | MeshAction::Thaw { .. } | MeshAction::Heal { .. }),
-            ) => control(api, a),
+            ) => control(api, a, OutputFormat::Text),
             Intent::Act(a) => op(api, &a, OutputFormat::Text),
         };
         if let Err(e) = result {

@@ -44,11 +44,38 @@ pub(crate) fn op(api: &str, action: &MeshAction, output: OutputFormat) -> Result
     Ok(())
 }
 
-pub(crate) fn control(api: &str, action: MeshAction) -> Result<()> {
+pub(crate) fn control(api: &str, action: MeshAction, output: OutputFormat) -> Result<()> {
     let body = serde_json::to_string(&action)?;
     let v = client::call(api, "POST", "/v1/mesh/ops", Some(&body))?;
-    println!("done: {} {}", v["done"].as_str().unwrap_or("?"), v["scope"]);
+    match output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+        OutputFormat::Text => {
+            println!("done: {} {}", v["done"].as_str().unwrap_or("?"), v["scope"])
+        }
+    }
     Ok(())
+}
+
+/// The share of agents active, and the sectors at least 95 % active (seed §6.3's healthy
+/// ones) of those the root has summaries of, from `/v1/mesh`'s JSON.
+pub(crate) fn health_line(v: &Value) -> String {
+    let (agents, active) = (v["agents"].as_f64().unwrap_or(0.0), v["active"].as_f64());
+    let share = match agents {
+        0.0 => 100.0,
+        n => 100.0 * active.unwrap_or(0.0) / n,
+    };
+    let sectors = v["sectors"].as_array().cloned().unwrap_or_default();
+    let healthy = sectors
+        .iter()
+        .filter(|s| {
+            let (n, a) = (s["agents"].as_f64(), s["active"].as_f64());
+            n.zip(a).is_some_and(|(n, a)| n == 0.0 || a >= 0.95 * n)
+        })
+        .count();
+    match sectors.len() {
+        0 => format!("{share:.1} % active"),
+        n => format!("{share:.1} % active, {healthy} of {n} sectors healthy"),
+    }
 }
 
 pub(crate) fn print_outcome(v: &Value) {
@@ -124,9 +151,10 @@ pub(crate) fn status(api: &str, scope: &Scope, output: OutputFormat) -> Result<(
     }
     let k = &v["kpis"];
     println!(
-        "mesh: {} of {} agents active ({} joining the routing pool), mode {}, root {}{}",
+        "mesh: {} of {} agents active ({}; {} joining the routing pool), mode {}, root {}{}",
         v["active"],
         v["agents"],
+        health_line(&v),
         v["joining"],
         v["mode"].as_str().unwrap_or("?"),
         v["root"].as_str().unwrap_or("(none)"),
@@ -268,6 +296,27 @@ mod tests {
             assert_eq!(scope_of(text).unwrap(), want, "{text:?}");
         }
         assert!(scope_of("galaxy 9").is_err());
+    }
+
+    /// The health line counts the sectors at least 95 % active, of those summarized.
+    #[test]
+    fn the_health_line_counts_healthy_sectors() {
+        let sector =
+            |agents: u32, active: u32| serde_json::json!({"agents": agents, "active": active});
+        let table = [
+            (
+                serde_json::json!({"agents": 0, "active": 0}),
+                "100.0 % active",
+            ),
+            (
+                serde_json::json!({"agents": 300, "active": 270,
+                    "sectors": [sector(100, 100), sector(100, 94), sector(100, 76), sector(0, 0)]}),
+                "90.0 % active, 2 of 4 sectors healthy",
+            ),
+        ];
+        for (v, want) in table {
+            assert_eq!(health_line(&v), want, "{v}");
+        }
     }
 
     /// The conflicts line says what was dropped and taken late only when there was some.

@@ -79,11 +79,23 @@ pub enum MeshCmd {
         output: OutputFormat,
     },
     /// Close the breakers of a scope, release its quarantined agents and conflicts, thaw it.
-    Heal { target: Vec<String> },
+    Heal {
+        target: Vec<String>,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
     /// Halt operations in a scope (default the whole mesh).
-    Freeze { target: Vec<String> },
+    Freeze {
+        target: Vec<String>,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
     /// Resume operations in a scope.
-    Thaw { target: Vec<String> },
+    Thaw {
+        target: Vec<String>,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
     /// Plain-words requests: shows the command each becomes and asks before running it.
     Chat {
         /// An OpenAI-compatible endpoint (e.g. the fleet's own gateway,
@@ -186,24 +198,18 @@ pub fn run(api: &str, cmd: MeshCmd) -> Result<()> {
             )?;
             op(api, &action, output)
         }
-        MeshCmd::Heal { target } => control(
-            api,
-            MeshAction::Heal {
-                scope: scope_of(&target.join(" "))?,
-            },
-        ),
-        MeshCmd::Freeze { target } => control(
-            api,
-            MeshAction::Freeze {
-                scope: scope_of(&target.join(" "))?,
-            },
-        ),
-        MeshCmd::Thaw { target } => control(
-            api,
-            MeshAction::Thaw {
-                scope: scope_of(&target.join(" "))?,
-            },
-        ),
+        MeshCmd::Heal { target, output } => {
+            let scope = scope_of(&target.join(" "))?;
+            control(api, MeshAction::Heal { scope }, output)
+        }
+        MeshCmd::Freeze { target, output } => {
+            let scope = scope_of(&target.join(" "))?;
+            control(api, MeshAction::Freeze { scope }, output)
+        }
+        MeshCmd::Thaw { target, output } => {
+            let scope = scope_of(&target.join(" "))?;
+            control(api, MeshAction::Thaw { scope }, output)
+        }
         MeshCmd::Chat {
             llm,
             llm_model,

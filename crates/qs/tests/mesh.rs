@@ -361,7 +361,11 @@ fn a_thousand_agents_over_nats() {
 
     // Reviewed, they are released by a heal: each lead logs its conflicts resolved, and the
     // root's summaries count none left.
-    cli(&["--api", &root.api, "mesh", "heal", "all"]);
+    let healed = cli(&[
+        "--api", &root.api, "mesh", "heal", "all", "--output", "json",
+    ]);
+    let healed: Value = serde_json::from_str(&healed).unwrap();
+    assert_eq!(healed["done"], "heal", "{healed}");
     root.wait_within("the conflicts released", Duration::from_secs(10), |_| {
         events("mesh-conflict-resolved", false) >= PER_NODE as usize
     });
