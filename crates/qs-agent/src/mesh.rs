@@ -118,6 +118,9 @@ pub struct Kpis {
     pub conflict_rate: f64,
     pub mesh_availability: f64,
     pub cascade_latency_p95_ms: f64,
+    /// How long ago the last operation ended (none yet: absent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_operation_ago_ms: Option<u64>,
     pub recoveries: u64,
     pub recovery_time_ms_mean: f64,
     pub expired: u64,
@@ -651,6 +654,9 @@ fn status(node: &mut MeshNode, local: &LocalAgents, new_nodes: Vec<String>) -> M
             conflict_rate: k.conflict_rate(),
             mesh_availability: k.availability(),
             cascade_latency_p95_ms: k.cascade_p95_ms(),
+            last_operation_ago_ms: k
+                .last_operation_ms
+                .map(|t| now().as_millis().saturating_sub(t)),
             recoveries: k.recoveries,
             recovery_time_ms_mean: match k.recoveries {
                 0 => 0.0,

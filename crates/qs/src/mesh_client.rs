@@ -56,6 +56,17 @@ pub(crate) fn control(api: &str, action: MeshAction, output: OutputFormat) -> Re
     Ok(())
 }
 
+/// A span as the seed's status box says it: `42s`, `12m`, `3h 27m`, `2d 5h`.
+pub(crate) fn ago(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3_600 => format!("{}m", s / 60),
+        3_600..86_400 => format!("{}h {}m", s / 3_600, s % 3_600 / 60),
+        _ => format!("{}d {}h", s / 86_400, s % 86_400 / 3_600),
+    }
+}
+
 /// The share of agents active, and the sectors at least 95 % active (seed §6.3's healthy
 /// ones) of those the root has summaries of, from `/v1/mesh`'s JSON.
 pub(crate) fn health_line(v: &Value) -> String {
@@ -165,8 +176,12 @@ pub(crate) fn status(api: &str, scope: &Scope, output: OutputFormat) -> Result<(
         }
     );
     println!(
-        "  operations {}, quorum {:.1} %, window hits {:.1} %, within 50 ms {:.1} %, conflicts {:.2} %, cascade p95 {:.0} ms",
+        "  operations {} ({}), quorum {:.1} %, window hits {:.1} %, within 50 ms {:.1} %, conflicts {:.2} %, cascade p95 {:.0} ms",
         k["operations"],
+        match k["last_operation_ago_ms"].as_u64() {
+            Some(ms) => format!("the last {} ago", ago(ms)),
+            None => "none yet".to_string(),
+        },
         100.0 * k["coordination_success_rate"].as_f64().unwrap_or(0.0),
         100.0 * k["arrival_window_hit_rate"].as_f64().unwrap_or(0.0),
         100.0 * k["prediction_accuracy"].as_f64().unwrap_or(0.0),
@@ -296,6 +311,20 @@ mod tests {
             assert_eq!(scope_of(text).unwrap(), want, "{text:?}");
         }
         assert!(scope_of("galaxy 9").is_err());
+    }
+
+    #[test]
+    fn spans_read_as_the_seeds_status_box_says_them() {
+        for (ms, want) in [
+            (0, "0s"),
+            (59_999, "59s"),
+            (60_000, "1m"),
+            (12_487_000, "3h 28m"),
+            (3_600_000, "1h 0m"),
+            (190_800_000, "2d 5h"),
+        ] {
+            assert_eq!(ago(ms), want, "{ms}");
+        }
     }
 
     /// The health line counts the sectors at least 95 % active, of those summarized.

@@ -340,6 +340,11 @@ fn a_thousand_agents_over_nats() {
     assert_eq!(root.metric("qs_mesh_mode"), 0.0);
     let status = cli(&["--api", &root.api, "mesh", "status"]);
     assert!(status.contains("1000 of 1000 agents active"), "{status}");
+    assert!(status.contains("100.0 % active"), "{status}");
+    assert!(
+        status.contains("(the last "),
+        "the last operation's age: {status}"
+    );
 
     // qs doctor reports the mesh: its mode, impedance classes, conflict log and breakers.
     let doctor = qs()

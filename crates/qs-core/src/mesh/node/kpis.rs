@@ -27,6 +27,8 @@ pub struct Kpis {
     pub recovery_ms_total: u64,
     /// Clusters where many agents' impedance jumped at once (seed §9.2).
     pub coordinated_shifts: u64,
+    /// When the last operation ended, on this node's clock (milliseconds).
+    pub last_operation_ms: Option<u64>,
 }
 
 /// Cascade latencies kept for the p95.

@@ -231,6 +231,7 @@ pub(super) fn end_phase(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Time)
     };
     let k = &mut node.kpis;
     k.operations += 1;
+    k.last_operation_ms = Some(now.as_millis());
     if matches!(final_decision, Decision::Proceed { .. }) {
         k.operations_with_quorum += 1;
     }
