@@ -106,30 +106,16 @@ fn a_lead_escalates_critical_conflicts_and_the_same_content_accepted_resolves_a_
 fn a_coordinator_logs_the_conflicts_of_a_late_report_from_the_clusters_lead_only() {
     use qs_core::mesh::{MeshConfig, MeshInput, MeshNode};
     use qs_wire::NodeId;
-    use qs_wire::mesh::{ClusterId, Escalated, MeshMessage, OpId, Report, Scope, Tally};
+    use qs_wire::mesh::{MeshMessage, Tally};
     let pair = pair();
     let (p1, p2) = (&pair.p1, &pair.p2);
     // p2 leads the one cluster; p1 coordinates its sector and is the root.
     let tree = pair.roles(p2, p1, p1);
     let now = Time::from_millis(1_000_000);
     let mut node = node_in(p1, MeshConfig::default(), &tree, now);
-    let report = |from: &NodeId| Report {
-        op: OpId(77),
-        scope: Scope::Cluster(ClusterId(0)),
-        from: from.clone(),
-        tally: Tally::default(),
-        answers: Vec::new(),
-        escalated: vec![Escalated {
-            agent: AgentId(15),
-            cluster: ClusterId(0),
-            at_ms: now.as_millis(),
-            detail: ConflictDetail::HashMismatch {
-                expected: "a".into(),
-                received: "b".into(),
-            },
-        }],
-        escalated_more: 0,
-        late: false,
+    let report = |from: &NodeId| {
+        let conflicts = vec![escalated(15, corrupt(), now)];
+        cluster_report(77, from, Tally::default(), conflicts, false)
     };
     let logged = |node: &mut MeshNode, from: &NodeId| -> Vec<(AgentId, Option<NodeId>)> {
         let msg = MeshMessage::Report(Box::new(report(from)));
@@ -157,9 +143,7 @@ fn a_coordinator_logs_the_conflicts_of_a_late_report_from_the_clusters_lead_only
 fn a_late_critical_conflict_reaches_the_root_with_the_next_sector_summary() {
     use qs_core::mesh::{MeshConfig, MeshInput, MeshNode, MeshOutput};
     use qs_wire::NodeId;
-    use qs_wire::mesh::{
-        ClusterId, Escalated, LateEscalated, MeshMessage, OpId, Report, Scope, SectorSummary, Tally,
-    };
+    use qs_wire::mesh::{LateEscalated, MeshMessage, OpId, SectorSummary, Tally};
     let pair = pair();
     let (p1, p2) = (pair.p1.clone(), pair.p2.clone());
     let p3 = NodeId::new("p3").unwrap();
@@ -167,40 +151,11 @@ fn a_late_critical_conflict_reaches_the_root_with_the_next_sector_summary() {
     let tree = pair.roles(&p2, &p1, &p3);
     let cfg = MeshConfig::default();
     let now = Time::from_millis(1_000_000);
-    let escalated = |agent: u64, detail: ConflictDetail| Escalated {
-        agent: AgentId(agent),
-        cluster: ClusterId(0),
-        at_ms: now.as_millis(),
-        detail,
-    };
-    let critical = escalated(
-        15,
-        ConflictDetail::HashMismatch {
-            expected: "a".into(),
-            received: "b".into(),
-        },
-    );
+    let critical = escalated(15, corrupt(), now);
     let mut coordinator = node_in(&p1, cfg, &tree, now);
-    let late = Report {
-        op: OpId(77),
-        scope: Scope::Cluster(ClusterId(0)),
-        from: p2.clone(),
-        tally: Tally::default(),
-        answers: Vec::new(),
-        escalated: vec![
-            critical.clone(),
-            escalated(
-                16,
-                ConflictDetail::DataContradiction {
-                    expected: "b".into(),
-                    received: "a".into(),
-                    affects_agents: 101,
-                },
-            ),
-        ],
-        escalated_more: 0,
-        late: false,
-    };
+    // Priority 4, and 3 (a mismatch affecting 101 agents).
+    let conflicts = vec![critical.clone(), escalated(16, contradiction_of(101), now)];
+    let late = cluster_report(77, &p2, Tally::default(), conflicts, false);
     let heard = |from: &NodeId, msg: MeshMessage| MeshInput::Heard {
         from: from.clone(),
         msg,
@@ -297,15 +252,8 @@ fn a_conflict_answered_after_the_window_is_logged_and_escalated_late() {
     let out = lead.run(200);
     let rep = report(&out).expect("reported at the window's end");
     assert_eq!((rep.tally.sent, rep.tally.ready, rep.late), (3, 1, false));
-    let corrupt = ConflictDetail::HashMismatch {
-        expected: "a".into(),
-        received: "b".into(),
-    };
-    let mismatch = ConflictDetail::DataContradiction {
-        expected: "1".into(),
-        received: "2".into(),
-        affects_agents: 1,
-    };
+    let corrupt = corrupt();
+    let mismatch = contradiction_of(1);
     let late_reports = |out: &[MeshOutput]| -> Vec<qs_wire::mesh::Report> {
         out.iter()
             .filter_map(|o| match o {
@@ -378,7 +326,7 @@ fn a_conflict_answered_after_the_window_is_logged_and_escalated_late() {
 fn a_late_report_is_never_taken_for_the_clusters_result() {
     use qs_core::mesh::{MeshConfig, MeshOutput};
     use qs_wire::NodeId;
-    use qs_wire::mesh::{ClusterId, Escalated, MeshMessage, OpId, Report, Scope, Tally};
+    use qs_wire::mesh::{Escalated, MeshMessage, Tally};
     let pair = pair();
     let (p1, p2) = (pair.p1.clone(), pair.p2.clone());
     let p3 = NodeId::new("p3").unwrap();
@@ -393,25 +341,10 @@ fn a_late_report_is_never_taken_for_the_clusters_result() {
     };
     coordinator.handle(heard(&p3, MeshMessage::Order(Box::new(order))), now);
     drain(&mut coordinator);
-    let report = |late: bool, tally: Tally, escalated: Vec<Escalated>| Report {
-        op: OpId(9),
-        scope: Scope::Cluster(ClusterId(0)),
-        from: p2.clone(),
-        tally,
-        answers: Vec::new(),
-        escalated,
-        escalated_more: 0,
-        late,
+    let report = |late: bool, tally: Tally, conflicts: Vec<Escalated>| {
+        cluster_report(9, &p2, tally, conflicts, late)
     };
-    let conflict = Escalated {
-        agent: AgentId(15),
-        cluster: ClusterId(0),
-        at_ms: now.as_millis(),
-        detail: ConflictDetail::HashMismatch {
-            expected: "a".into(),
-            received: "b".into(),
-        },
-    };
+    let conflict = escalated(15, corrupt(), now);
     let up = |out: &[MeshOutput]| {
         out.iter()
             .filter(
@@ -580,31 +513,19 @@ fn a_late_answer_to_an_earlier_phase_is_taken_while_the_next_is_gathered() {
 fn the_root_takes_the_late_report_of_an_operation_of_one_cluster() {
     use qs_core::mesh::{MeshConfig, MeshInput};
     use qs_wire::NodeId;
-    use qs_wire::mesh::{ClusterId, Escalated, MeshMessage, OpId, Report, Scope, Tally};
+    use qs_wire::mesh::{MeshMessage, Tally};
     let pair = pair();
     let (p1, p2) = (pair.p1.clone(), pair.p2.clone());
     let p3 = NodeId::new("p3").unwrap();
     let tree = pair.roles(&p2, &p1, &p3);
     let now = Time::from_millis(1_000_000);
     let mut root = node_in(&p3, MeshConfig::default(), &tree, now);
-    let late = Report {
-        op: OpId(4),
-        scope: Scope::Cluster(ClusterId(0)),
-        from: p2.clone(),
-        tally: Tally {
-            late: 1,
-            ..Tally::default()
-        },
-        answers: Vec::new(),
-        escalated: vec![Escalated {
-            agent: AgentId(15),
-            cluster: ClusterId(0),
-            at_ms: now.as_millis(),
-            detail: contradiction_of(101),
-        }],
-        escalated_more: 0,
-        late: true,
+    let tally = Tally {
+        late: 1,
+        ..Tally::default()
     };
+    let conflicts = vec![escalated(15, contradiction_of(101), now)];
+    let late = cluster_report(4, &p2, tally, conflicts, true);
     let msg = MeshMessage::Report(Box::new(late));
     root.handle(
         MeshInput::Heard {

@@ -3,8 +3,8 @@
 //! bearer token: the one given (`--token`, `QS_TOKEN`), or else the one the agent keeps in
 //! its state directory, which `/health` names to a client on loopback and which this
 //! process must have the right to read. Another service (an OpenAI-compatible endpoint) is
-//! asked with its own key, never with the qs token. Every request is bounded: connecting,
-//! and the whole answer, within its timeout; an answer's size.
+//! asked with its own key, never with the qs token. Every request is bounded: connecting
+//! within its timeout, then the whole exchange within its timeout again; an answer's size.
 
 use anyhow::{Context, Result, bail};
 use qs_agent::api::ApiToken;
@@ -174,19 +174,12 @@ pub fn request(
     let target = Target::parse(api)?;
     let body = body.unwrap_or("");
     let token = token_for(api, &target, false);
-    let bearer = |t: &Option<ApiToken>| t.as_ref().map(|t| t.as_str().to_owned());
     let limits = Limits {
         timeout,
         max_bytes: MAX_ANSWER_BYTES,
     };
-    let answer = send(
-        &target,
-        method,
-        path,
-        body,
-        bearer(&token).as_deref(),
-        limits,
-    )?;
+    let bearer = token.as_ref().map(ApiToken::as_str);
+    let answer = send(&target, method, path, body, bearer, limits)?;
     if answer.0 != 401 {
         return Ok(answer);
     }
@@ -195,14 +188,8 @@ pub fn request(
     if again.is_none() || again == token {
         return Ok(answer);
     }
-    send(
-        &target,
-        method,
-        path,
-        body,
-        bearer(&again).as_deref(),
-        limits,
-    )
+    let bearer = again.as_ref().map(ApiToken::as_str);
+    send(&target, method, path, body, bearer, limits)
 }
 
 /// Most bytes an agent's answer may have (a whole fleet's events, say).
@@ -210,8 +197,8 @@ const MAX_ANSWER_BYTES: usize = 256 << 20;
 /// Most bytes another service's answer may have (an OpenAI-compatible endpoint's).
 const MAX_EXTERNAL_ANSWER_BYTES: usize = 1 << 20;
 
-/// How long a request may take in all (connecting, sending, the whole answer), and how
-/// large its answer may be.
+/// How long a request may take (to connect, then again to send and read the whole answer),
+/// and how large its answer may be.
 #[derive(Clone, Copy, Debug)]
 struct Limits {
     timeout: Duration,
@@ -220,7 +207,7 @@ struct Limits {
 
 /// POSTs `body` (JSON) to another service than an agent (an OpenAI-compatible endpoint, say)
 /// at `url` + `path`: with `bearer` as its key if given, never with this process's qs token;
-/// within `timeout` in all, its answer at most a MiB. The answer as JSON, if 2xx.
+/// within `timeout` (see [`Limits`]), its answer at most a MiB. The answer as JSON, if 2xx.
 pub fn post_external(
     url: &str,
     path: &str,

@@ -228,6 +228,29 @@ impl Hierarchy {
         }
     }
 
+    /// The node this tree names to speak for `scope`: a cluster's lead, a sector's
+    /// coordinator (none for the whole mesh, which nothing below the root speaks for).
+    pub fn named_for(&self, scope: Scope) -> Option<&NodeId> {
+        match scope {
+            Scope::Cluster(c) => self.cluster(c).and_then(|x| x.lead.as_ref()),
+            Scope::Sector(s) => self.sector(s).and_then(|x| x.coordinator.as_ref()),
+            Scope::Global => None,
+        }
+    }
+
+    /// The coordinator of cluster `c`'s sector.
+    pub fn coordinator_of(&self, c: ClusterId) -> Option<&NodeId> {
+        self.cluster(c)
+            .and_then(|x| self.named_for(Scope::Sector(x.sector)))
+    }
+
+    /// Whether `lead` is the one this tree names for cluster `c`, of sector `s` (what a
+    /// cluster's summary says of itself).
+    pub fn leads_in(&self, lead: &NodeId, c: ClusterId, s: SectorId) -> bool {
+        self.named_for(Scope::Cluster(c)) == Some(lead)
+            && self.cluster(c).is_some_and(|x| x.sector == s)
+    }
+
     pub fn cluster(&self, c: ClusterId) -> Option<&Cluster> {
         self.clusters.get(c.0 as usize)
     }

@@ -469,13 +469,11 @@ impl MeshNode {
         // another host, lead or coordinator. A summary, or a beat between summaries, speaks
         // for a cluster or a sector: only from the node this node's tree names for it (a
         // cluster's, of the sector the tree puts it in).
-        let names = |scope: Scope| self.named_for(scope) == Some(&from);
+        let names = |scope: Scope| self.tree.named_for(scope) == Some(&from);
         let sender_ok = match &m {
             MeshMessage::Beat(b) => b.host == from,
             MeshMessage::Cluster(s) => {
-                s.lead == from
-                    && names(Scope::Cluster(s.cluster))
-                    && self.tree.cluster(s.cluster).map(|c| c.sector) == Some(s.sector)
+                s.lead == from && self.tree.leads_in(&from, s.cluster, s.sector)
             }
             MeshMessage::Alive(a) => a.from == from && names(a.scope),
             MeshMessage::Sector(s) => s.coordinator == from && names(Scope::Sector(s.sector)),
@@ -521,16 +519,6 @@ impl MeshNode {
     /// Messages refused because they spoke for another node than their sender.
     pub fn refused_senders(&self) -> u64 {
         self.refused_senders
-    }
-
-    /// The node this node's tree names to speak for `scope`: a cluster's lead, a sector's
-    /// coordinator (none for the whole mesh, which nothing below the root speaks for).
-    pub(crate) fn named_for(&self, scope: Scope) -> Option<&NodeId> {
-        match scope {
-            Scope::Cluster(c) => self.tree.cluster(c).and_then(|x| x.lead.as_ref()),
-            Scope::Sector(s) => self.tree.sector(s).and_then(|x| x.coordinator.as_ref()),
-            Scope::Global => None,
-        }
     }
 
     /// The typical one-way delay to a child: the median of its last samples, so a delivery

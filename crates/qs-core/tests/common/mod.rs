@@ -11,8 +11,8 @@ use qs_core::mesh::{
 use qs_wire::NodeId;
 use qs_wire::mesh::{
     Ack, AgentBeat, AgentId, AgentState, CascadeMode, ClusterId, ClusterSummary, ConflictDetail,
-    Dispatch, HostBeat, LeadHistogram, MeshEnvelope, MeshMessage, OpId, Order, Report, Scope,
-    SectorId, Trinary, Verb,
+    Dispatch, Escalated, HostBeat, LeadHistogram, MeshEnvelope, MeshMessage, OpId, Order, Report,
+    Scope, SectorId, Tally, Trinary, Verb,
 };
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -379,6 +379,45 @@ pub fn cascade(node: &mut MeshNode, mode: CascadeMode, verb: Verb, payload: &str
         automated: false,
     };
     node.handle(MeshInput::Command { command, tag: 1 }, now);
+}
+
+/// The integrity failure (priority 4) the tests escalate.
+pub fn corrupt() -> ConflictDetail {
+    ConflictDetail::HashMismatch {
+        expected: "a".into(),
+        received: "b".into(),
+    }
+}
+
+/// Agent `agent`'s conflict in cluster 0, escalated as its lead heard it at `now`.
+pub fn escalated(agent: u64, detail: ConflictDetail, now: Time) -> Escalated {
+    Escalated {
+        agent: AgentId(agent),
+        cluster: ClusterId(0),
+        at_ms: now.as_millis(),
+        detail,
+    }
+}
+
+/// `from`'s report of cluster 0 in operation `op`: `tally`, carrying `escalated`; sent after
+/// the cluster's own if `late`.
+pub fn cluster_report(
+    op: u64,
+    from: &NodeId,
+    tally: Tally,
+    escalated: Vec<Escalated>,
+    late: bool,
+) -> Report {
+    Report {
+        op: OpId(op),
+        scope: Scope::Cluster(ClusterId(0)),
+        from: from.clone(),
+        tally,
+        answers: Vec::new(),
+        escalated,
+        escalated_more: 0,
+        late,
+    }
 }
 
 /// The value mismatch the tests' agents answer with.

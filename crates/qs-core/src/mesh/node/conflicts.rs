@@ -49,11 +49,20 @@ impl MeshNode {
     }
 
     /// An agent answered READY to the content `content_hash`: what it contradicted of it
-    /// before is resolved.
-    pub(crate) fn agreed(&mut self, agent: AgentId, content_hash: &str, now: Time) {
-        for r in self.conflicts.agreed(agent, content_hash, now) {
-            self.out.push_back(MeshOutput::ConflictResolved(r));
+    /// before is resolved, and so is the capability mismatch (its number `rerouted`) whose
+    /// work it took, if it took one (seed §5.1's REROUTE).
+    pub(crate) fn agreed(
+        &mut self,
+        agent: AgentId,
+        content_hash: &str,
+        rerouted: Option<u64>,
+        now: Time,
+    ) {
+        let mut done = self.conflicts.agreed(agent, content_hash, now);
+        if let Some(seq) = rerouted {
+            done.extend(self.conflicts.rerouted(seq, now));
         }
+        self.resolved(done);
     }
 
     pub(crate) fn resolved(&mut self, resolved: Vec<conflict::Resolved>) {

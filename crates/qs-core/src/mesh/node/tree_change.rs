@@ -94,12 +94,8 @@ impl MeshNode {
         }
         // Summaries from the leads of this hierarchy only: a cluster's number may name other
         // agents now, and an empty cluster has no lead to replace what it said.
-        self.cluster_summaries.retain(|c, s| {
-            mine.contains(&s.sector)
-                && tree
-                    .cluster(*c)
-                    .is_some_and(|cl| cl.sector == s.sector && cl.lead.as_ref() == Some(&s.lead))
-        });
+        self.cluster_summaries
+            .retain(|c, s| mine.contains(&s.sector) && tree.leads_in(&s.lead, *c, s.sector));
         self.lead_heard
             .retain(|c, _| tree.cluster(*c).is_some_and(|cl| mine.contains(&cl.sector)));
 
@@ -107,10 +103,8 @@ impl MeshNode {
             self.sector_summaries.clear();
             self.coordinator_heard.clear();
         }
-        self.sector_summaries.retain(|s, x| {
-            tree.sector(*s)
-                .is_some_and(|sec| sec.coordinator.as_ref() == Some(&x.coordinator))
-        });
+        self.sector_summaries
+            .retain(|s, x| tree.named_for(Scope::Sector(*s)) == Some(&x.coordinator));
         self.tree_before = Some(std::mem::replace(&mut self.tree, tree));
     }
 }

@@ -68,7 +68,7 @@ pub(super) fn from_report(
     now: Time,
 ) {
     // Only from the node the tree names for the report's scope.
-    if rep.escalated.is_empty() || node.named_for(rep.scope) != Some(&rep.from) {
+    if rep.escalated.is_empty() || node.tree.named_for(rep.scope) != Some(&rep.from) {
         node.refused_senders += u64::from(!rep.escalated.is_empty());
         return;
     }
@@ -205,16 +205,7 @@ pub(in crate::mesh::node) fn from_summary(node: &mut MeshNode, s: &SectorSummary
         if node.late_taken.contains_key(&key) {
             continue;
         }
-        if node.late_taken.len() >= MAX_LATE_TAKEN
-            && let Some(oldest) = node
-                .late_taken
-                .iter()
-                .min_by_key(|(k, at)| (**at, **k))
-                .map(|(k, _)| *k)
-        {
-            node.late_taken.remove(&oldest);
-        }
-        node.late_taken.insert(key, now);
+        insert_bounded(&mut node.late_taken, key, now, MAX_LATE_TAKEN, |at| *at);
         let scope = Scope::Sector(s.sector);
         take(node, &s.coordinator, scope, l.op, &l.conflict, TO_ROOT, now);
     }
@@ -228,14 +219,7 @@ pub(in crate::mesh::node) fn from_summary(node: &mut MeshNode, s: &SectorSummary
 pub(super) fn late_report_is_mine(node: &MeshNode, rep: &Report) -> bool {
     match rep.scope {
         // The root takes a cluster's too: an operation of that cluster alone reports to it.
-        Scope::Cluster(c) => {
-            node.is_root
-                || node
-                    .tree
-                    .cluster(c)
-                    .and_then(|x| node.tree.sector(x.sector))
-                    .is_some_and(|s| s.coordinator.as_ref() == Some(&node.me))
-        }
+        Scope::Cluster(c) => node.is_root || node.tree.coordinator_of(c) == Some(&node.me),
         Scope::Sector(_) => node.is_root,
         Scope::Global => false,
     }

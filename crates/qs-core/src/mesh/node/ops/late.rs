@@ -73,20 +73,6 @@ pub(crate) fn prune(ops: &mut Ops, now: Time) {
     ops.settled_urgent.retain(|_, s| s.until > now);
 }
 
-/// Keeps `settled` under `key` in `map`, at most `max` there: the one kept longest goes.
-fn keep_in<K: Ord + Copy>(map: &mut BTreeMap<K, Settled>, key: K, settled: Settled, max: usize) {
-    if map.len() >= max
-        && !map.contains_key(&key)
-        && let Some(first) = map
-            .iter()
-            .min_by_key(|(k, s)| (s.until, **k))
-            .map(|(k, _)| *k)
-    {
-        map.remove(&first);
-    }
-    map.insert(key, settled);
-}
-
 /// Keeps what late answers to `l`, reported now, need (nothing when none is awaited). A
 /// priority-first operation's earlier phases, at the same lead, are kept with it.
 pub(super) fn keep(ops: &mut Ops, node: &MeshNode, key: (OpId, ClusterId), l: &LeadOp, now: Time) {
@@ -111,11 +97,7 @@ pub(super) fn keep(ops: &mut Ops, node: &MeshNode, key: (OpId, ClusterId), l: &L
     if waiting.is_empty() {
         return;
     }
-    let coordinator = node
-        .tree
-        .cluster(key.1)
-        .and_then(|c| node.named_for(Scope::Sector(c.sector)));
-    let up = match coordinator == Some(&l.report_to) {
+    let up = match node.tree.coordinator_of(key.1) == Some(&l.report_to) {
         true => Up::Coordinator,
         false => Up::Root,
     };
@@ -127,7 +109,7 @@ pub(super) fn keep(ops: &mut Ops, node: &MeshNode, key: (OpId, ClusterId), l: &L
         awaited: Awaited::These(waiting),
         rerouted,
     };
-    keep_in(&mut ops.settled, key, settled, MAX_OPS);
+    insert_bounded(&mut ops.settled, key, settled, MAX_OPS, |s| s.until);
 }
 
 /// Keeps what late answers to the urgent operation `r`, ended now at the root, need.
@@ -140,26 +122,27 @@ pub(super) fn keep_urgent(ops: &mut Ops, op: OpId, r: &mut RootOp, now: Time) {
         awaited: Awaited::AllBut(std::mem::take(&mut r.acks)),
         rerouted: BTreeMap::new(),
     };
-    keep_in(&mut ops.settled_urgent, op, settled, MAX_URGENT_KEPT);
+    insert_bounded(&mut ops.settled_urgent, op, settled, MAX_URGENT_KEPT, |s| {
+        s.until
+    });
 }
 
 /// An answer after its gather closed, at a lead or at the root of an urgent operation:
 /// taken (true) if still awaited here.
 pub(super) fn answer(ops: &mut Ops, node: &mut MeshNode, a: &Ack, now: Time) -> bool {
-    let (lead_key, urgent_key) = ((a.op, a.cluster), a.op);
-    let at_lead = ops.settled.contains_key(&lead_key);
+    let lead_key = (a.op, a.cluster);
+    // A lead's (only while it still leads the cluster), else the root's urgent one.
     let s = match ops.settled.get_mut(&lead_key) {
+        Some(_) if node.tree.named_for(Scope::Cluster(a.cluster)) != Some(&node.me) => {
+            return false;
+        }
         Some(s) => s,
-        None => match ops.settled_urgent.get_mut(&urgent_key) {
+        None => match ops.settled_urgent.get_mut(&a.op) {
             Some(s) => s,
             None => return false,
         },
     };
-    let leads = !at_lead || node.named_for(Scope::Cluster(a.cluster)) == Some(&node.me);
-    if s.until <= now || !leads || !node.tree.holds(s.scope, a.cluster) {
-        return false;
-    }
-    if !s.awaited.take(a.agent) {
+    if s.until <= now || !node.tree.holds(s.scope, a.cluster) || !s.awaited.take(a.agent) {
         return false;
     }
     node.late_answers += 1;
@@ -172,13 +155,7 @@ pub(super) fn answer(ops: &mut Ops, node: &mut MeshNode, a: &Ack, now: Time) -> 
         return true;
     }
     match a.state {
-        Trinary::Ready => {
-            node.agreed(a.agent, &hash, now);
-            if let Some(seq) = rerouted {
-                let done = node.conflicts.rerouted(seq, now);
-                node.resolved(done);
-            }
-        }
+        Trinary::Ready => node.agreed(a.agent, &hash, rerouted, now),
         Trinary::Transit => {}
         Trinary::Conflict => {
             let Some(record) = node.conflict(a, &hash, now) else {
@@ -187,11 +164,7 @@ pub(super) fn answer(ops: &mut Ops, node: &mut MeshNode, a: &Ack, now: Time) -> 
             let to = match up {
                 None => return true,
                 Some(Up::Root) => node.tree.root.clone(),
-                Some(Up::Coordinator) => node
-                    .tree
-                    .cluster(a.cluster)
-                    .and_then(|c| node.named_for(Scope::Sector(c.sector)))
-                    .cloned(),
+                Some(Up::Coordinator) => node.tree.coordinator_of(a.cluster).cloned(),
             };
             let mut carried = Escalations::default();
             escalate::heard(&mut carried, &record);

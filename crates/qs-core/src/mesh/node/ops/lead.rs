@@ -184,11 +184,11 @@ pub(crate) fn on_ack(node: &mut MeshNode, from: &NodeId, a: Ack, now: Time) {
         return;
     }
     let mut ops = std::mem::take(&mut node.ops);
+    let live = ops.lead.get(&(a.op, a.cluster));
     // A parallel operation's answers are the root's, even where the root leads the cluster.
-    let at_lead = ops
-        .lead
-        .get(&(a.op, a.cluster))
-        .is_some_and(|l| l.mode != CascadeMode::Parallel);
+    let at_lead = live.is_some_and(|l| l.mode != CascadeMode::Parallel);
+    // Sent by the live operation (not by an earlier phase of it).
+    let sent_live = live.is_some_and(|l| l.sent_at.contains_key(&a.agent));
     if !at_lead
         && !a.expired
         && !ops.root.contains_key(&a.op)
@@ -210,10 +210,6 @@ pub(crate) fn on_ack(node: &mut MeshNode, from: &NodeId, a: Ack, now: Time) {
     }
     // After the cluster reported (or, in a priority-first operation, after an earlier
     // phase did): late, taken once.
-    let sent_live = ops
-        .lead
-        .get(&(a.op, a.cluster))
-        .is_some_and(|l| l.sent_at.contains_key(&a.agent));
     if !(at_lead && sent_live) && late::answer(&mut ops, node, &a, now) {
         node.ops = ops;
         return;
@@ -248,11 +244,8 @@ pub(crate) fn on_ack(node: &mut MeshNode, from: &NodeId, a: Ack, now: Time) {
                     l.by_agent.insert(a.agent, a.answer.clone());
                 }
                 if a.state == Trinary::Ready {
-                    node.agreed(a.agent, &l.envelope.content_hash, now);
-                    if let Some(seq) = l.rerouted.remove(&a.agent) {
-                        let done = node.conflicts.rerouted(seq, now);
-                        node.resolved(done);
-                    }
+                    let rerouted = l.rerouted.remove(&a.agent);
+                    node.agreed(a.agent, &l.envelope.content_hash, rerouted, now);
                 }
                 if a.state == Trinary::Conflict
                     && let Some(record) = node.conflict(&a, &l.envelope.content_hash, now)
@@ -329,7 +322,7 @@ pub(crate) fn on_ack(node: &mut MeshNode, from: &NodeId, a: Ack, now: Time) {
             Trinary::Conflict => {
                 node.conflict(&a, content_hash, now);
             }
-            Trinary::Ready => node.agreed(a.agent, content_hash, now),
+            Trinary::Ready => node.agreed(a.agent, content_hash, None, now),
             Trinary::Transit => {}
         }
         maybe_finish_parallel(&mut ops, node, a.op, now);

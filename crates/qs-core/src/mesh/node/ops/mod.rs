@@ -200,6 +200,27 @@ pub(crate) struct Ops {
 /// Most operations a node holds at once in each role.
 pub const MAX_OPS: usize = 1_024;
 
+/// Puts `value` under `key`, `map` kept at most `max` long: when full, the entry oldest by
+/// `at` (ties by key) makes room for a new key.
+fn insert_bounded<K: Ord + Copy, V>(
+    map: &mut BTreeMap<K, V>,
+    key: K,
+    value: V,
+    max: usize,
+    at: impl Fn(&V) -> Time,
+) {
+    if map.len() >= max
+        && !map.contains_key(&key)
+        && let Some(oldest) = map
+            .iter()
+            .min_by_key(|(k, v)| (at(v), **k))
+            .map(|(k, _)| *k)
+    {
+        map.remove(&oldest);
+    }
+    map.insert(key, value);
+}
+
 impl Ops {
     pub(crate) fn next_due(&self) -> Option<Time> {
         let sends = self.sends.keys().next().copied();
