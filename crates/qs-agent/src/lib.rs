@@ -23,6 +23,7 @@ pub mod membership;
 pub mod mesh;
 pub mod mesh_agents;
 pub mod mesh_metrics;
+pub mod mesh_status;
 pub mod mirror;
 pub mod model_double;
 pub mod model_metrics;

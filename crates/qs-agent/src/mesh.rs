@@ -13,22 +13,19 @@ use crate::clock::now;
 use crate::identity::Auth;
 use crate::mesh_agents::Answered;
 pub use crate::mesh_agents::{LocalAgents, MeshOptions};
+use crate::mesh_status::status;
+pub use crate::mesh_status::{ClusterRow, Kpis, MeshStatus, SectorRow};
 use qs_core::mesh::seniority::LEAD_AFTER_MS;
 use qs_core::mesh::{
-    Command, Hierarchy, Joined, Member, MeshConfig, MeshInput, MeshNode, MeshOutput, OpResult,
-    Seniority, Shape, seniorities, seniority_in,
+    CascadeCommand, Command, Hierarchy, Joined, Member, MeshConfig, MeshInput, MeshNode,
+    MeshOutput, OpResult, Seniority, Shape, seniorities, seniority_in,
 };
 use qs_fabric::{Fabric, Kv, KvEvent, Subscription, Topic};
 use qs_wire::NodeId;
-use qs_wire::mesh::{
-    AgentState, ConflictCounts, MeshAction, MeshMembers, MeshMessage, MeshOutcome, MeshPacket,
-    MeshRequest, Scope,
-};
+use qs_wire::mesh::{MeshAction, MeshMembers, MeshMessage, MeshOutcome, MeshPacket, MeshRequest};
 use qs_wire::task_bus::decode_bus;
-use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -40,94 +37,6 @@ const MAX_REQUESTS: usize = 64;
 const MAX_PENDING: usize = 1_024;
 /// How long a request waits for its outcome.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// What `GET /v1/mesh` shows.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct MeshStatus {
-    pub node: String,
-    pub root: Option<String>,
-    pub is_root: bool,
-    pub mode: &'static str,
-    pub agents: u32,
-    pub active: u32,
-    /// Active agents not yet in the routing pool (joined lately, settling: seed §10.2).
-    pub joining: u32,
-    pub local_agents: u32,
-    pub sectors: Vec<SectorRow>,
-    pub clusters: Vec<ClusterRow>,
-    pub breakers: Vec<String>,
-    pub frozen: Vec<String>,
-    /// Nodes in the mesh for less than their lead-after time: they lead only where no
-    /// seasoned node can (seed §10.2).
-    pub new_nodes: Vec<String>,
-    /// Conflicts this node heard, all time, and by class.
-    pub conflicts: u64,
-    pub conflicts_by_class: Vec<(String, u64)>,
-    /// Of those, the ones still unresolved here (its quarantine), and those resolved.
-    pub conflicts_unresolved: ConflictCounts,
-    pub conflicts_resolved: u64,
-    /// Conflicts escalated to this node from below (as a coordinator, or the root).
-    pub conflicts_escalated_here: u64,
-    /// Unresolved conflicts dropped from a full quarantine (the ledger still has them).
-    pub conflicts_dropped: u64,
-    /// Answers taken after their gather closed (as late: their conflicts still logged).
-    pub late_answers: u64,
-    /// At the root: every lead's unresolved conflicts, summed up the tree.
-    pub mesh_conflicts: Option<ConflictCounts>,
-    pub kpis: Kpis,
-}
-
-/// One sector, as the root sees it.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct SectorRow {
-    pub sector: u32,
-    pub coordinator: String,
-    pub clusters: u32,
-    pub agents: u32,
-    pub active: u32,
-    pub joining: u32,
-    pub mean_impedance_ms: f64,
-    pub p95_impedance_ms: f64,
-    pub classes: [u32; 6],
-    pub anomalies: u32,
-    pub breaker_open: bool,
-    /// Its leads' unresolved conflicts.
-    pub conflicts: ConflictCounts,
-}
-
-/// One cluster this node leads.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct ClusterRow {
-    pub cluster: u32,
-    /// Its sector, if the tree still holds it.
-    pub sector: Option<u32>,
-    pub agents: u32,
-    pub active: u32,
-    pub joining: u32,
-    pub classes: [u32; 6],
-    pub mean_score_ms: f64,
-}
-
-/// Seed Part 11's KPIs as this node measured them (the root's are the mesh's).
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Kpis {
-    pub operations: u64,
-    pub coordination_success_rate: f64,
-    pub arrival_window_hit_rate: f64,
-    pub prediction_accuracy: f64,
-    pub conflict_rate: f64,
-    pub mesh_availability: f64,
-    pub cascade_latency_p95_ms: f64,
-    /// How long ago the last operation ended (none yet: absent).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_operation_ago_ms: Option<u64>,
-    pub recoveries: u64,
-    pub recovery_time_ms_mean: f64,
-    pub expired: u64,
-    /// Dispatches a worker agent's full mailbox could not take.
-    pub dropped: u64,
-    pub coordinated_shifts: u64,
-}
 
 enum Request {
     Run {
@@ -387,18 +296,30 @@ pub async fn run<F: Fabric>(
                 MeshOutput::Send { to, msg } => send(&fabric, &auth, &me, &to, msg).await,
                 MeshOutput::Deliver(d) => agents.deliver(d),
                 MeshOutput::Finished(r) => {
+                    // Every operation's end goes to the ledger: a queued one's asker has
+                    // had its answer long before.
+                    let event = operation_event(&r);
+                    journal.append(&me, now().as_micros(), vec![event]).await;
                     finish(&fabric, &auth, &me, &mut waiting, r.tag, Ok(r)).await
                 }
-                MeshOutput::Refused { tag, error } => {
-                    finish(
-                        &fabric,
-                        &auth,
-                        &me,
-                        &mut waiting,
-                        tag,
-                        Err(error.to_string()),
-                    )
-                    .await
+                MeshOutput::Queued(q) => {
+                    tracing::info!(
+                        "mesh: operation {} queued ({}): it starts at {} or better",
+                        q.op.0,
+                        q.mode,
+                        q.waits_for
+                    );
+                    let body = serde_json::json!({ "queued": q });
+                    answer(&fabric, &auth, &me, &mut waiting, q.tag, Ok(body)).await
+                }
+                MeshOutput::Refused { tag, op, error } => {
+                    if let Some(op) = op {
+                        tracing::warn!("mesh: queued operation {} did not run: {error}", op.0);
+                        let event = qs_wire::Event::mesh_operation_not_run(op.0, error.to_string());
+                        journal.append(&me, now().as_micros(), vec![event]).await;
+                    }
+                    let body = Err(error.to_string());
+                    answer(&fabric, &auth, &me, &mut waiting, tag, body).await
                 }
                 MeshOutput::Conflict(c) => {
                     // The conflict log is the ledger's: append-only, kept with every event.
@@ -486,7 +407,7 @@ fn command(node: &mut MeshNode, action: MeshAction, tag: u64) -> Option<serde_js
         } => {
             let mut envelope = node.envelope(verb, &payload, priority, t);
             envelope.requires = requires;
-            Command::Cascade {
+            Command::Cascade(CascadeCommand {
                 mode,
                 scope,
                 envelope,
@@ -494,7 +415,7 @@ fn command(node: &mut MeshNode, action: MeshAction, tag: u64) -> Option<serde_js
                 budget_ms,
                 approved,
                 automated: false,
-            }
+            })
         }
         MeshAction::Freeze { scope } => Command::Freeze {
             scope,
@@ -508,6 +429,24 @@ fn command(node: &mut MeshNode, action: MeshAction, tag: u64) -> Option<serde_js
     };
     node.handle(MeshInput::Command { command, tag }, t);
     done
+}
+
+/// The ledger's record of an operation's end.
+fn operation_event(r: &OpResult) -> qs_wire::Event {
+    qs_wire::Event::MeshOperation {
+        op: r.op.0,
+        mode: serde_json::to_value(r.mode)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        scope: r.scope.to_string(),
+        status: r.status.to_owned(),
+        decision: r.decision.name().to_owned(),
+        sent: r.tally.sent,
+        ready: r.tally.ready,
+        latency_ms: r.latency_ms.max(0.0).round() as u64,
+        error: None,
+    }
 }
 
 async fn finish<F: Fabric>(
@@ -567,104 +506,5 @@ async fn next_kv(
     match w {
         Some(w) => w.next().await,
         None => std::future::pending().await,
-    }
-}
-
-fn status(node: &mut MeshNode, local: &LocalAgents, new_nodes: Vec<String>) -> MeshStatus {
-    let (agents, active) = node.global_counts();
-    let k = node.kpis().clone();
-    let mut clusters: BTreeMap<u32, ClusterRow> = BTreeMap::new();
-    for a in node.led_agents() {
-        let sector = node.tree().cluster(a.cluster).map(|c| c.sector.0);
-        let row = clusters.entry(a.cluster.0).or_insert_with(|| ClusterRow {
-            cluster: a.cluster.0,
-            sector,
-            ..ClusterRow::default()
-        });
-        row.agents += 1;
-        if a.state == AgentState::Active {
-            row.active += 1;
-            row.joining += u32::from(!a.admitted);
-        }
-        row.classes[a.class.index()] += 1;
-        row.mean_score_ms += a.score_ms;
-    }
-    for row in clusters.values_mut() {
-        row.mean_score_ms /= f64::from(row.agents.max(1));
-    }
-    let scope = |s: &Scope| match s {
-        Scope::Global => "global".to_string(),
-        Scope::Sector(x) => format!("sector {}", x.0),
-        Scope::Cluster(x) => format!("cluster {}", x.0),
-    };
-    MeshStatus {
-        node: node.id().to_string(),
-        root: node.tree().root.as_ref().map(|r| r.to_string()),
-        is_root: node_is_root(node),
-        mode: node.mode().name(),
-        agents,
-        active,
-        joining: node.global_joining(),
-        local_agents: local.count(),
-        sectors: node
-            .sector_summaries()
-            .values()
-            .map(|s| SectorRow {
-                sector: s.sector.0,
-                coordinator: s.coordinator.to_string(),
-                clusters: s.cluster_count,
-                agents: s.total_agents,
-                active: s.active_agents,
-                joining: s.joining_agents,
-                mean_impedance_ms: s.mean_impedance_ms,
-                p95_impedance_ms: s.p95_impedance_ms,
-                classes: s.classes,
-                anomalies: s.anomalies,
-                breaker_open: s.breaker_open,
-                conflicts: s.conflicts,
-            })
-            .collect(),
-        clusters: clusters.into_values().collect(),
-        breakers: node
-            .breakers()
-            .not_closed()
-            .iter()
-            .map(|(s, b)| format!("{} {:?}", scope(s), b))
-            .collect(),
-        frozen: node.frozen().iter().map(scope).collect(),
-        new_nodes,
-        conflicts: node.conflicts().total(),
-        conflicts_by_class: node
-            .conflicts()
-            .by_class()
-            .iter()
-            .map(|(c, n)| (format!("{c:?}"), *n))
-            .collect(),
-        conflicts_unresolved: node.conflicts().counts(now(), |_| true),
-        conflicts_resolved: node.conflicts().resolved(),
-        conflicts_escalated_here: node.conflicts().escalated_here(),
-        conflicts_dropped: node.conflicts().dropped(),
-        late_answers: node.late_answers(),
-        mesh_conflicts: node.mesh_conflicts(now()),
-        kpis: Kpis {
-            operations: k.operations,
-            coordination_success_rate: k.coordination_success_rate(),
-            arrival_window_hit_rate: k.window_hit_rate(),
-            prediction_accuracy: k.prediction_accuracy(),
-            conflict_rate: k.conflict_rate(),
-            mesh_availability: k.availability(),
-            cascade_latency_p95_ms: k.cascade_p95_ms(),
-            last_operation_ago_ms: k
-                .last_operation_ms
-                .map(|t| now().as_millis().saturating_sub(t)),
-            recoveries: k.recoveries,
-            recovery_time_ms_mean: match k.recoveries {
-                0 => 0.0,
-                n => k.recovery_ms_total as f64 / n as f64,
-            },
-            expired: node.expired() + local.expired.load(Ordering::Relaxed),
-            dropped: local.dropped.load(Ordering::Relaxed),
-            coordinated_shifts: k.coordinated_shifts,
-        },
     }
 }

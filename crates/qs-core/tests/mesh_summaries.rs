@@ -9,29 +9,7 @@ use common::*;
 use qs_core::Time;
 use qs_core::mesh::{MeshConfig, MeshInput};
 use qs_wire::NodeId;
-use qs_wire::mesh::{Alive, ClusterId, LeadHistogram, MeshMessage, Scope, SectorId, SectorSummary};
-
-fn sector_summary(sector: u32, coordinator: &NodeId, agents: u32, now: Time) -> SectorSummary {
-    SectorSummary {
-        sector: SectorId(sector),
-        coordinator: coordinator.clone(),
-        sent_ms: now.as_millis(),
-        cluster_count: 1,
-        total_agents: agents,
-        active_agents: agents,
-        joining_agents: 0,
-        mean_impedance_ms: 10.0,
-        p95_impedance_ms: 20.0,
-        leads: LeadHistogram::default(),
-        hop_ms: 1.0,
-        classes: [agents, 0, 0, 0, 0, 0],
-        anomalies: 0,
-        open_breakers: 0,
-        breaker_open: false,
-        conflicts: Default::default(),
-        escalated: Vec::new(),
-    }
-}
+use qs_wire::mesh::{Alive, ClusterId, MeshMessage, Scope, SectorId};
 
 /// `from`'s beat for `scope`: its `agents` all down, its breaker open.
 fn all_down(scope: Scope, from: &NodeId, agents: u32, now: Time) -> Alive {
@@ -93,19 +71,19 @@ fn summaries_are_taken_only_from_the_node_the_tree_names() {
         Case {
             name: "the sector's coordinator",
             from: "p1",
-            msg: |now| MeshMessage::Sector(Box::new(sector_summary(0, &id("p1"), 20, now))),
+            msg: |now| MeshMessage::Sector(Box::new(sector_summary(0, &id("p1"), 20, 20, now))),
             taken: true,
         },
         Case {
             name: "a member naming itself the sector's coordinator",
             from: "p2",
-            msg: |now| MeshMessage::Sector(Box::new(sector_summary(0, &id("p2"), 20, now))),
+            msg: |now| MeshMessage::Sector(Box::new(sector_summary(0, &id("p2"), 20, 20, now))),
             taken: false,
         },
         Case {
             name: "the coordinator, of a sector the tree does not have",
             from: "p1",
-            msg: |now| MeshMessage::Sector(Box::new(sector_summary(5, &id("p1"), 20, now))),
+            msg: |now| MeshMessage::Sector(Box::new(sector_summary(5, &id("p1"), 20, 20, now))),
             taken: false,
         },
     ];
@@ -152,12 +130,12 @@ fn a_forged_sector_summary_and_its_beats_leave_the_roots_counts_alone() {
     root.handle(
         heard(
             &p1,
-            MeshMessage::Sector(Box::new(sector_summary(0, &p1, 20, now))),
+            MeshMessage::Sector(Box::new(sector_summary(0, &p1, 20, 20, now))),
         ),
         now,
     );
     assert_eq!(root.global_counts(), (20, 20));
-    let mut forged = sector_summary(0, &p2, 1_000, now);
+    let mut forged = sector_summary(0, &p2, 1_000, 1_000, now);
     forged.active_agents = 0;
     root.handle(heard(&p2, MeshMessage::Sector(Box::new(forged))), now);
     let beat = all_down(Scope::Sector(SectorId(0)), &p2, 1_000, now);

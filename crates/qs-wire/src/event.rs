@@ -239,6 +239,26 @@ pub enum Event {
         cluster: u32,
         how: String,
     },
+    /// An operation of the mesh ended at its root (seed §3.3): its outcome and counts, or
+    /// why it did not run (`status` REFUSED, with `error`: a queued one that waited too
+    /// long, or was refused when it came to start).
+    MeshOperation {
+        op: u64,
+        mode: String,
+        scope: String,
+        status: String,
+        #[serde(default)]
+        decision: String,
+        #[serde(default)]
+        sent: u32,
+        #[serde(default)]
+        ready: u32,
+        /// Whole milliseconds from its start to its result.
+        #[serde(default)]
+        latency_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
     /// The mesh's mode changed at its root (seed §6.3: by the share of active agents).
     MeshMode {
         from: String,
@@ -246,6 +266,23 @@ pub enum Event {
         active_agents: u32,
         total_agents: u32,
     },
+}
+
+impl Event {
+    /// The ledger's record of a queued operation of the mesh that did not run.
+    pub fn mesh_operation_not_run(op: u64, error: String) -> Event {
+        Event::MeshOperation {
+            op,
+            mode: String::new(),
+            scope: String::new(),
+            status: "REFUSED".into(),
+            decision: String::new(),
+            sent: 0,
+            ready: 0,
+            latency_ms: 0,
+            error: Some(error),
+        }
+    }
 }
 
 /// The steps of a durable task's life.

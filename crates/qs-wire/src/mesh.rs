@@ -156,6 +156,17 @@ pub enum Scope {
     Cluster(ClusterId),
 }
 
+/// `global`, `sector N` or `cluster N`, as the command line reads it.
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scope::Global => f.write_str("global"),
+            Scope::Sector(s) => write!(f, "sector {}", s.0),
+            Scope::Cluster(c) => write!(f, "cluster {}", c.0),
+        }
+    }
+}
+
 /// An agent's state as its host sees it (seed §2.3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

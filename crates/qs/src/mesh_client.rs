@@ -90,6 +90,10 @@ pub(crate) fn health_line(v: &Value) -> String {
 }
 
 pub(crate) fn print_outcome(v: &Value) {
+    if v["queued"].is_object() {
+        println!("{}", queued_outcome(&v["queued"]));
+        return;
+    }
     let t = &v["tally"];
     let n = |k: &str| t[k].as_u64().unwrap_or(0);
     println!(
@@ -120,6 +124,52 @@ pub(crate) fn print_outcome(v: &Value) {
             );
         }
     }
+}
+
+/// What the root said of an operation it queued.
+pub(crate) fn queued_outcome(q: &Value) -> String {
+    format!(
+        "queued as operation {} ({} queues non-urgent operations; {} in the queue): it starts \
+         when the mesh is {} or better, or is dropped after {}; its result goes to the ledger \
+         (qs events)",
+        q["op"],
+        q["mode"].as_str().unwrap_or("?"),
+        q["position"],
+        q["waits_for"].as_str().unwrap_or("?"),
+        ago(q["max_wait_ms"].as_u64().unwrap_or(0)),
+    )
+}
+
+/// The operations queued at the root, if any: oldest first.
+pub(crate) fn queued_line(v: &Value) -> Option<String> {
+    let list = v["queued"].as_array().filter(|l| !l.is_empty())?;
+    let ops: Vec<String> = list
+        .iter()
+        .map(|q| {
+            format!(
+                "{} ({} {} {}, priority {}, waiting {})",
+                q["op"],
+                q["mode"].as_str().unwrap_or("?"),
+                q["verb"].as_str().unwrap_or("?"),
+                scope_text(&q["scope"]),
+                q["priority"],
+                ago(q["waited_ms"].as_u64().unwrap_or(0)),
+            )
+        })
+        .collect();
+    let n = match list.len() {
+        1 => "1 operation".to_string(),
+        n => format!("{n} operations"),
+    };
+    Some(format!(
+        "{n} queued until DEGRADED_LIGHT or better: {}",
+        ops.join(", ")
+    ))
+}
+
+/// A scope as the API writes it (`{"level": "sector", "id": 3}`), as the command line does.
+fn scope_text(v: &Value) -> String {
+    serde_json::from_value::<Scope>(v.clone()).map_or_else(|_| v.to_string(), |s| s.to_string())
 }
 
 /// The conflicts a node's status reports: the mesh's unresolved (at the root), its own,
@@ -189,6 +239,9 @@ pub(crate) fn status(api: &str, scope: &Scope, output: OutputFormat) -> Result<(
         k["cascade_latency_p95_ms"].as_f64().unwrap_or(0.0)
     );
     println!("  conflicts: {}", conflicts_line(&v));
+    if let Some(line) = queued_line(&v) {
+        println!("  {line}");
+    }
     for (key, label) in [
         ("breakers", "breakers"),
         ("frozen", "frozen"),
@@ -311,6 +364,60 @@ mod tests {
             assert_eq!(scope_of(text).unwrap(), want, "{text:?}");
         }
         assert!(scope_of("galaxy 9").is_err());
+    }
+
+    /// What the root serializes of a queued operation reads as a sentence, and the status's
+    /// queue as one line (none when empty).
+    #[test]
+    fn queued_operations_are_said_as_the_root_serializes_them() {
+        use qs_core::mesh::{QueuedOp, QueuedView};
+        use qs_wire::mesh::{CascadeMode, OpId, Verb};
+        let q = QueuedOp {
+            op: OpId(12),
+            tag: 0,
+            position: 2,
+            mode: "DEGRADED_MODERATE",
+            waits_for: "DEGRADED_LIGHT",
+            max_wait_ms: 600_000,
+        };
+        assert_eq!(
+            queued_outcome(&serde_json::json!(q)),
+            "queued as operation 12 (DEGRADED_MODERATE queues non-urgent operations; 2 in the \
+             queue): it starts when the mesh is DEGRADED_LIGHT or better, or is dropped after \
+             10m; its result goes to the ledger (qs events)"
+        );
+        let view = |op: u64, scope: Scope, waited_ms: u64| QueuedView {
+            op: OpId(op),
+            mode: CascadeMode::Wave,
+            scope,
+            priority: 1,
+            verb: Verb::Sync,
+            waited_ms,
+        };
+        let table = [
+            (vec![], None),
+            (
+                vec![view(12, Scope::Sector(SectorId(3)), 63_000)],
+                Some(
+                    "1 operation queued until DEGRADED_LIGHT or better: 12 (wave sync sector 3, \
+                     priority 1, waiting 1m)",
+                ),
+            ),
+            (
+                vec![
+                    view(12, Scope::Global, 63_000),
+                    view(14, Scope::Cluster(ClusterId(9)), 2_000),
+                ],
+                Some(
+                    "2 operations queued until DEGRADED_LIGHT or better: 12 (wave sync global, \
+                     priority 1, waiting 1m), 14 (wave sync cluster 9, priority 1, waiting 2s)",
+                ),
+            ),
+        ];
+        for (queued, want) in table {
+            let status = serde_json::json!({ "queued": queued });
+            assert_eq!(queued_line(&status).as_deref(), want, "{status}");
+        }
     }
 
     #[test]

@@ -287,6 +287,23 @@ pub fn describe(event: &Event) -> String {
         } => {
             format!("mesh conflict {seq} of agent {agent:016x} (cluster {cluster}) resolved: {how}")
         }
+        Event::MeshOperation {
+            op,
+            mode,
+            scope,
+            status,
+            decision,
+            sent,
+            ready,
+            latency_ms,
+            error,
+        } => match error {
+            Some(e) => format!("mesh operation {op} did not run: {e}"),
+            None => format!(
+                "mesh operation {op} ({mode}, {scope}) ended {status} ({decision}): {ready} of \
+                 {sent} ready in {latency_ms} ms"
+            ),
+        },
         Event::MeshMode {
             from,
             to,
@@ -425,6 +442,27 @@ mod tests {
                     total_agents: 1_000,
                 },
                 "from FULL to DEGRADED_MODERATE: 700 of 1000 agents active",
+            ),
+            (
+                Event::MeshOperation {
+                    op: 9,
+                    mode: "wave".into(),
+                    scope: "sector 2".into(),
+                    status: "SUCCESS".into(),
+                    decision: "PROCEED".into(),
+                    sent: 300,
+                    ready: 297,
+                    latency_ms: 412,
+                    error: None,
+                },
+                "operation 9 (wave, sector 2) ended SUCCESS (PROCEED): 297 of 300 ready in 412 ms",
+            ),
+            (
+                Event::mesh_operation_not_run(
+                    10,
+                    "operation 10 waited 600000 ms in the queue".into(),
+                ),
+                "operation 10 did not run: operation 10 waited",
             ),
         ];
         for (event, want) in table {

@@ -283,6 +283,9 @@ fn print_mesh(r: &MeshReport) {
     if !r.refused.is_empty() {
         println!("  refused     {:?}", r.refused);
     }
+    if !r.queued.is_empty() {
+        println!("  queued      operations {:?}", r.queued);
+    }
     if let Some(rss) = r.peak_rss_bytes {
         println!("  memory      peak {} MiB", rss >> 20);
     }

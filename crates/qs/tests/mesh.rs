@@ -187,6 +187,30 @@ fn a_thousand_agents_over_nats() {
         PER_NODE as usize,
         "conflict records in the ledgers"
     );
+    // Every operation's end is in the root's ledger: the broadcast's, the ask's, the
+    // conflicting fact's, in that order, with their outcomes.
+    let operations = |a: &Up| -> Vec<Value> {
+        a.events()
+            .into_iter()
+            .filter(|e| e["event"]["event"] == "mesh-operation")
+            .map(|e| e["event"].clone())
+            .collect()
+    };
+    root.wait_within("the operations' records", Duration::from_secs(10), |a| {
+        operations(a).len() >= 3
+    });
+    let recorded = operations(root);
+    for (record, outcome) in recorded.iter().zip([&b, &a, &c]) {
+        assert_eq!(record["op"], outcome["op"], "{record}");
+        assert_eq!(record["status"], outcome["status"], "{record}");
+        assert_eq!(record["ready"], outcome["tally"]["ready"], "{record}");
+        assert_eq!(record["scope"], "global", "{record}");
+    }
+    assert_eq!(
+        recorded[2]["decision"], "RESOLVE_CONFLICTS",
+        "{}",
+        recorded[2]
+    );
     // Each is of priority 3 (a value all 250 of m4's agents hold): its lead escalates it
     // with its report to the sector's coordinator. Each cluster with conflicts is in its
     // coordinator's ledger: heard there where the coordinator leads it, else as a notice

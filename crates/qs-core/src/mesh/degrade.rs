@@ -1,5 +1,5 @@
 //! Graceful degradation (seed §6.3): the mode follows the share of active agents, and each
-//! mode refuses what it must; and two of seed §6.1's failure classes' rules (a growing
+//! mode refuses what it must or queues it; and two of seed §6.1's failure classes' rules (a growing
 //! failure rate, repeated disagreement).
 
 use serde::Serialize;
@@ -83,6 +83,16 @@ pub struct Refused {
     pub total_agents: u32,
 }
 
+/// What a mode does with an operation it does not refuse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admit {
+    /// It starts now.
+    Now,
+    /// It waits at the root until the mode is DEGRADED_LIGHT or better (seed §6.3's
+    /// DEGRADED_MODERATE: "Queue non-urgent operations").
+    Queue,
+}
+
 /// Scatters over this many agents wait for FULL or DEGRADED_LIGHT in DEGRADED_MODERATE; in
 /// worse modes they need a human's approval.
 pub const MODERATE_MAX_AGENTS: u32 = 1_000;
@@ -91,8 +101,9 @@ pub const MODERATE_MAX_AGENTS: u32 = 1_000;
 /// ones, but for one the seed itself relaxes. DEGRADED_MODERATE refuses every scatter over
 /// 1,000 agents; DEGRADED_SEVERE runs mesh-wide operations a human approved, so from there
 /// on such a scatter needs that approval (`--approve`) instead. Approval never lifts a
-/// priority floor.
-pub fn permit(mode: Mode, ask: &Ask) -> Result<(), Refused> {
+/// priority floor. DEGRADED_MODERATE queues a non-urgent operation (priority 1) it would
+/// otherwise take; worse modes refuse it (critical operations only).
+pub fn permit(mode: Mode, ask: &Ask) -> Result<Admit, Refused> {
     let no = |rule| {
         Err(Refused {
             mode: mode.name(),
@@ -110,9 +121,6 @@ pub fn permit(mode: Mode, ask: &Ask) -> Result<(), Refused> {
     if mode >= Mode::DegradedSevere && ask.agents > MODERATE_MAX_AGENTS && !ask.approved {
         return no("scatter operations over 1000 agents need a human's approval (--approve)");
     }
-    if mode >= Mode::DegradedModerate && ask.priority < 2 {
-        return no("non-urgent operations are queued: send with priority 2 or more");
-    }
     if mode >= Mode::DegradedSevere && ask.priority < 3 {
         return no("critical operations only (priority 3)");
     }
@@ -125,7 +133,10 @@ pub fn permit(mode: Mode, ask: &Ask) -> Result<(), Refused> {
     if mode == Mode::Emergency && !ask.approved {
         return no("investigate the root cause; any action needs a human's approval (--approve)");
     }
-    Ok(())
+    if mode == Mode::DegradedModerate && ask.priority < 2 {
+        return Ok(Admit::Queue);
+    }
+    Ok(Admit::Now)
 }
 
 /// Times an agent may disagree with a clear majority before it is quarantined (seed §6.1's
@@ -161,36 +172,43 @@ mod tests {
         }
     }
 
-    /// (mode, priority, agents, mesh-wide, approved, automated) → permitted. A mode keeps
-    /// the milder modes' restrictions; past DEGRADED_MODERATE, approval lifts the
-    /// 1,000-agent limit.
+    /// (mode, priority, agents, mesh-wide, approved, automated) → started now, queued or
+    /// refused. A mode keeps the milder modes' restrictions; past DEGRADED_MODERATE,
+    /// approval lifts the 1,000-agent limit.
     #[test]
     fn each_mode_enforces_its_restrictions() {
         use Mode::*;
+        const NOW: Option<Admit> = Some(Admit::Now);
+        const QUEUE: Option<Admit> = Some(Admit::Queue);
+        const NO: Option<Admit> = None;
         let table = [
-            (Full, 0, 30_000, true, false, true, true),
-            (DegradedLight, 0, 10, false, false, false, false),
-            (DegradedLight, 1, 30_000, true, false, false, true),
-            (DegradedModerate, 3, 1_001, true, false, false, false),
-            (DegradedModerate, 3, 1_001, true, true, false, false),
-            (DegradedModerate, 3, 1_001, false, false, false, false),
-            (DegradedModerate, 0, 10, false, true, false, false),
-            (DegradedSevere, 3, 2_000, false, false, false, false),
-            (DegradedSevere, 3, 30_000, true, true, false, true),
-            (Emergency, 2, 30, false, true, false, false),
-            (Emergency, 3, 5_000, true, false, false, false),
-            (Emergency, 3, 5_000, true, true, false, true),
-            (DegradedModerate, 2, 1_000, false, false, false, true),
-            (DegradedModerate, 1, 10, false, false, false, false),
-            (DegradedSevere, 2, 10, false, false, false, false),
-            (DegradedSevere, 3, 500, true, false, false, false),
-            (DegradedSevere, 3, 500, true, true, false, true),
-            (DegradedSevere, 3, 30, false, false, false, true),
-            (Emergency, 3, 30, false, true, true, false),
-            (Emergency, 3, 30, false, false, false, false),
-            (Emergency, 3, 30, false, true, false, true),
+            (Full, 0, 30_000, true, false, true, NOW),
+            (DegradedLight, 0, 10, false, false, false, NO),
+            (DegradedLight, 1, 30_000, true, false, false, NOW),
+            (DegradedModerate, 3, 1_001, true, false, false, NO),
+            (DegradedModerate, 3, 1_001, true, true, false, NO),
+            (DegradedModerate, 3, 1_001, false, false, false, NO),
+            (DegradedModerate, 0, 10, false, true, false, NO),
+            (DegradedSevere, 3, 2_000, false, false, false, NO),
+            (DegradedSevere, 3, 30_000, true, true, false, NOW),
+            (Emergency, 2, 30, false, true, false, NO),
+            (Emergency, 3, 5_000, true, false, false, NO),
+            (Emergency, 3, 5_000, true, true, false, NOW),
+            (DegradedModerate, 2, 1_000, false, false, false, NOW),
+            (DegradedModerate, 1, 10, false, false, false, QUEUE),
+            (DegradedModerate, 1, 1_000, true, false, true, QUEUE),
+            (DegradedModerate, 1, 1_001, false, false, false, NO),
+            (DegradedLight, 1, 10, false, false, false, NOW),
+            (DegradedSevere, 1, 10, false, false, false, NO),
+            (DegradedSevere, 2, 10, false, false, false, NO),
+            (DegradedSevere, 3, 500, true, false, false, NO),
+            (DegradedSevere, 3, 500, true, true, false, NOW),
+            (DegradedSevere, 3, 30, false, false, false, NOW),
+            (Emergency, 3, 30, false, true, true, NO),
+            (Emergency, 3, 30, false, false, false, NO),
+            (Emergency, 3, 30, false, true, false, NOW),
         ];
-        for (mode, priority, agents, mesh_wide, approved, automated, ok) in table {
+        for (mode, priority, agents, mesh_wide, approved, automated, want) in table {
             let ask = Ask {
                 priority,
                 agents,
@@ -200,8 +218,9 @@ mod tests {
                 total_agents: 100,
                 active_agents: 10,
             };
-            assert_eq!(permit(mode, &ask).is_ok(), ok, "{mode:?} {ask:?}");
-            if let Err(e) = permit(mode, &ask) {
+            let got = permit(mode, &ask);
+            assert_eq!(got.as_ref().ok().copied(), want, "{mode:?} {ask:?}");
+            if let Err(e) = got {
                 assert!(e.to_string().contains("(10 of 100 agents active)"), "{e}");
             }
         }

@@ -25,7 +25,8 @@ pub mod seniority;
 
 pub use hierarchy::{Hierarchy, Member, Shape};
 pub use node::{
-    Command, CommandError, Kpis, MeshConfig, MeshInput, MeshNode, MeshOutput, OpResult,
+    CascadeCommand, Command, CommandError, Kpis, MAX_QUEUE_WAIT_MS, MAX_QUEUED, MeshConfig,
+    MeshInput, MeshNode, MeshOutput, OpResult, QueuedOp, QueuedView,
 };
 pub use seniority::{Joined, Seniority, seniorities, seniority_in};
 

@@ -38,7 +38,10 @@ pub(crate) use led::{AgentView, HostLink, Led, ProbeOut};
 mod ops;
 mod summaries;
 mod tree_change;
-pub use ops::{Command, CommandError, OpResult, PhaseResult};
+pub use ops::{
+    CascadeCommand, Command, CommandError, MAX_QUEUE_WAIT_MS, MAX_QUEUED, OpResult, PhaseResult,
+    QueuedOp, QueuedView,
+};
 
 /// The mesh's timings.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -101,9 +104,14 @@ pub enum MeshOutput {
     /// Hand this to the local agent now.
     Deliver(Dispatch),
     Finished(OpResult),
-    /// The root refused the command tagged `tag`.
+    /// The root queued the command tagged `tag` (DEGRADED_MODERATE): it runs when the mode
+    /// allows, and ends `Finished` (or `Refused`) then.
+    Queued(ops::QueuedOp),
+    /// The root refused the command tagged `tag` (`op`: a queued operation it did not run
+    /// after all).
     Refused {
         tag: u64,
+        op: Option<qs_wire::mesh::OpId>,
         error: CommandError,
     },
     /// Append to the ledger's conflict log.
@@ -304,6 +312,11 @@ impl MeshNode {
         t
     }
 
+    /// Operations queued at the root (DEGRADED_MODERATE), oldest first.
+    pub fn queued(&self, now: Time) -> Vec<ops::QueuedView> {
+        ops::queue_view(&self.ops, now)
+    }
+
     pub fn kpis(&self) -> &Kpis {
         &self.kpis
     }
@@ -407,6 +420,8 @@ impl MeshNode {
             if recompute {
                 self.next_summary = now + Duration::from_millis(self.cfg.summary_ms);
             }
+            // The mode is new: queued operations it lets through start.
+            ops::drain_queue(self, now);
         }
         if self.breakers.next_due().is_some_and(|d| d <= now) {
             self.breakers.tick(now);

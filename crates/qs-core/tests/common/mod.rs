@@ -5,14 +5,14 @@
 use qs_core::Time;
 use qs_core::mesh::conflict::Resolution;
 use qs_core::mesh::{
-    Command, Hierarchy, Member, MeshConfig, MeshInput, MeshNode, MeshOutput, OpResult, Seniority,
-    Shape,
+    CascadeCommand, Command, Hierarchy, Member, MeshConfig, MeshInput, MeshNode, MeshOutput,
+    OpResult, Seniority, Shape,
 };
 use qs_wire::NodeId;
 use qs_wire::mesh::{
     Ack, AgentBeat, AgentId, AgentState, CascadeMode, ClusterId, ClusterSummary, ConflictDetail,
     Dispatch, Escalated, HostBeat, LeadHistogram, MeshEnvelope, MeshMessage, OpId, Order, Report,
-    Scope, SectorId, Tally, Trinary, Verb,
+    Scope, SectorId, SectorSummary, Tally, Trinary, Verb,
 };
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -337,6 +337,36 @@ pub fn cluster_summary(cluster: u32, sector: u32, lead: &NodeId, now: Time) -> C
     }
 }
 
+/// A sector's summary from `coordinator`: `agents` of class A in one cluster, `active` of
+/// them active.
+pub fn sector_summary(
+    sector: u32,
+    coordinator: &NodeId,
+    agents: u32,
+    active: u32,
+    now: Time,
+) -> SectorSummary {
+    SectorSummary {
+        sector: SectorId(sector),
+        coordinator: coordinator.clone(),
+        sent_ms: now.as_millis(),
+        cluster_count: 1,
+        total_agents: agents,
+        active_agents: active,
+        joining_agents: 0,
+        mean_impedance_ms: 10.0,
+        p95_impedance_ms: 20.0,
+        leads: LeadHistogram::default(),
+        hop_ms: 1.0,
+        classes: [agents, 0, 0, 0, 0, 0],
+        anomalies: 0,
+        open_breakers: 0,
+        breaker_open: false,
+        conflicts: Default::default(),
+        escalated: Vec::new(),
+    }
+}
+
 /// The root's wave order `op` to sector 0's coordinator (`node`'s envelope, the agents to be
 /// ready in 200 ms), reported to the root.
 pub fn sector_order(node: &mut MeshNode, op: u64, root: &NodeId, now: Time) -> Order {
@@ -369,7 +399,7 @@ pub fn node_in(me: &NodeId, cfg: MeshConfig, tree: &Arc<Hierarchy>, now: Time) -
 /// in 100 ms, given to `node` (the root).
 pub fn cascade(node: &mut MeshNode, mode: CascadeMode, verb: Verb, payload: &str, now: Time) {
     let envelope = node.envelope(verb, payload, 2, now);
-    let command = Command::Cascade {
+    let command = Command::Cascade(CascadeCommand {
         mode,
         scope: Scope::Global,
         envelope,
@@ -377,7 +407,7 @@ pub fn cascade(node: &mut MeshNode, mode: CascadeMode, verb: Verb, payload: &str
         budget_ms: Some(100),
         approved: false,
         automated: false,
-    };
+    });
     node.handle(MeshInput::Command { command, tag: 1 }, now);
 }
 

@@ -5,8 +5,8 @@ use super::latency::Wan;
 use super::{MeshReport, MeshSimConfig};
 use qs_core::hash::{StableHasher, mix, of_str};
 use qs_core::mesh::{
-    Command, Hierarchy, Joined, Member, MeshConfig, MeshInput, MeshNode, MeshOutput, OpResult,
-    Seniority, Shape, seniorities, seniority_in,
+    CascadeCommand, Command, Hierarchy, Joined, Member, MeshConfig, MeshInput, MeshNode,
+    MeshOutput, OpResult, Seniority, Shape, seniorities, seniority_in,
 };
 use qs_core::{Rng, Time};
 use qs_wire::NodeId;
@@ -131,6 +131,7 @@ pub struct MeshSim {
     pub detection_ms: Vec<f64>,
     pub results: Vec<OpResult>,
     pub refused: Vec<String>,
+    pub queued: Vec<u64>,
     pub mode_changes: Vec<super::ModeChange>,
     cascades: Vec<super::Cascade>,
     down_fraction: f64,
@@ -255,6 +256,7 @@ impl MeshSim {
             detection_ms: Vec::new(),
             results: Vec::new(),
             refused: Vec::new(),
+            queued: Vec::new(),
             mode_changes: Vec::new(),
             cascades: cfg.cascades.clone(),
             down_fraction: cfg.down_fraction,
@@ -407,7 +409,7 @@ impl MeshSim {
                 env.ttl_ms = 10_000;
                 self.nodes[root].handle(
                     MeshInput::Command {
-                        command: Command::Cascade {
+                        command: Command::Cascade(CascadeCommand {
                             mode: c.mode,
                             scope: Scope::Global,
                             envelope: env,
@@ -415,7 +417,7 @@ impl MeshSim {
                             budget_ms: c.budget_ms,
                             approved: true,
                             automated: false,
-                        },
+                        }),
                         tag: k as u64,
                     },
                     now,
@@ -540,6 +542,7 @@ impl MeshSim {
                 MeshOutput::Deliver(d) => self.agent_work(i, d),
                 MeshOutput::Finished(r) => self.results.push(r),
                 MeshOutput::Refused { error, .. } => self.refused.push(error.to_string()),
+                MeshOutput::Queued(q) => self.queued.push(q.op.0),
                 MeshOutput::HostLost { host, .. } => {
                     if let Some(&h) = self.index.get(&host)
                         && let Some(t) = self.killed_at.remove(&h)
@@ -634,6 +637,7 @@ impl MeshSim {
             }),
             results: self.results.clone(),
             refused: self.refused.clone(),
+            queued: self.queued.clone(),
             mode_changes: self.mode_changes.clone(),
             integration: self.scale_out.as_ref().map(|t| t.report.clone()),
             trace_hash: format!("{:016x}", h.finish() ^ of_str("mesh")),

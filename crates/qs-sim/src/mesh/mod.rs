@@ -174,6 +174,9 @@ pub struct MeshReport {
     pub leads: qs_wire::mesh::LeadHistogram,
     pub results: Vec<OpResult>,
     pub refused: Vec<String>,
+    /// Cascades the root queued (DEGRADED_MODERATE queues non-urgent ones): their results
+    /// come later, with `results`.
+    pub queued: Vec<u64>,
     /// How the agents of a scale-out joined the routing pool.
     pub integration: Option<Integration>,
     pub trace_hash: String,

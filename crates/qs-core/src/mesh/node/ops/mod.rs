@@ -22,6 +22,7 @@ use serde::Serialize;
 mod escalate;
 mod late;
 mod lead;
+mod queue;
 mod relay;
 mod root;
 use escalate::Escalations;
@@ -30,6 +31,8 @@ pub(super) use escalate::{from_summary, to_send as late_to_send};
 pub(crate) use late::prune as prune_late;
 pub(crate) use lead::on_ack;
 use lead::*;
+pub use queue::{MAX_QUEUE_WAIT_MS, MAX_QUEUED, QueuedOp, QueuedView};
+pub(crate) use queue::{drain as drain_queue, view as queue_view};
 use relay::*;
 pub(crate) use relay::{on_order, on_report};
 use root::*;
@@ -39,26 +42,25 @@ use std::time::Duration;
 /// An operator's (or the API's) command to the root.
 #[derive(Clone, Debug)]
 pub enum Command {
-    Cascade {
-        mode: CascadeMode,
-        scope: Scope,
-        envelope: MeshEnvelope,
-        /// Reach about this many agents in all (an ask's sample).
-        sample: Option<u32>,
-        /// How far ahead of now the agents are to be ready, milliseconds; `None`: the
-        /// percentile of the predicted leads in scope its phases need (the 95th; the 90th for
-        /// the urgent mode), at most `max_budget_ms`.
-        budget_ms: Option<u64>,
-        approved: bool,
-        automated: bool,
-    },
-    Freeze {
-        scope: Scope,
-        frozen: bool,
-    },
-    Heal {
-        scope: Scope,
-    },
+    Cascade(CascadeCommand),
+    Freeze { scope: Scope, frozen: bool },
+    Heal { scope: Scope },
+}
+
+/// A cascade asked of the root: a broadcast, an ask (a sample), a delegation.
+#[derive(Clone, Debug)]
+pub struct CascadeCommand {
+    pub mode: CascadeMode,
+    pub scope: Scope,
+    pub envelope: MeshEnvelope,
+    /// Reach about this many agents in all (an ask's sample).
+    pub sample: Option<u32>,
+    /// How far ahead of now the agents are to be ready, milliseconds; `None`: the
+    /// percentile of the predicted leads in scope its phases need (the 95th; the 90th for
+    /// the urgent mode), at most `max_budget_ms`.
+    pub budget_ms: Option<u64>,
+    pub approved: bool,
+    pub automated: bool,
 }
 
 /// Why the root refused a command.
@@ -72,6 +74,18 @@ pub enum CommandError {
     Frozen(Scope),
     #[error("no agents in scope {0:?}")]
     NoAgents(Scope),
+    #[error("the root holds {0} operations, the most it may: try again when some have ended")]
+    Busy(usize),
+    #[error(
+        "DEGRADED_MODERATE queues non-urgent operations and its queue is full ({0}): send \
+         with priority 2 or more, or wait for the mesh to recover"
+    )]
+    QueueFull(usize),
+    #[error(
+        "operation {} waited {waited_ms} ms in the queue and the mesh did not recover: it \
+         did not run", op.0
+    )]
+    Expired { op: OpId, waited_ms: u64 },
 }
 
 /// One phase of a priority-first cascade (or the only phase of the others).
@@ -195,6 +209,8 @@ pub(crate) struct Ops {
     settled: BTreeMap<(OpId, ClusterId), late::Settled>,
     /// Urgent operations this node (the root) ended, whose answers may still come.
     settled_urgent: BTreeMap<OpId, late::Settled>,
+    /// At the root: operations waiting for a milder mode, oldest first.
+    queued: std::collections::VecDeque<queue::Queued>,
 }
 
 /// Most operations a node holds at once in each role.
@@ -331,24 +347,19 @@ impl MeshNode {
             let root = self.tree.root.as_ref().map(|r| r.to_string());
             self.out.push_back(MeshOutput::Refused {
                 tag,
+                op: None,
                 error: CommandError::NotRoot { root },
             });
             return;
         }
         match c {
-            Command::Cascade {
-                mode,
-                scope,
-                envelope,
-                sample,
-                budget_ms,
-                approved,
-                automated,
-            } => {
-                if let Err(error) = self.start(
-                    mode, scope, envelope, sample, budget_ms, approved, automated, tag, now,
-                ) {
-                    self.out.push_back(MeshOutput::Refused { tag, error });
+            Command::Cascade(c) => {
+                if let Err(error) = self.start(c, tag, now) {
+                    self.out.push_back(MeshOutput::Refused {
+                        tag,
+                        op: None,
+                        error,
+                    });
                 }
             }
             Command::Freeze { scope, frozen } => {
@@ -380,47 +391,61 @@ impl MeshNode {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn start(
-        &mut self,
-        mode: CascadeMode,
-        scope: Scope,
-        mut envelope: MeshEnvelope,
-        sample: Option<u32>,
-        budget_ms: Option<u64>,
-        approved: bool,
-        automated: bool,
-        tag: u64,
-        now: Time,
-    ) -> Result<(), CommandError> {
-        for f in [Scope::Global, scope] {
+    /// Starts an operator's cascade now, or queues it (DEGRADED_MODERATE's non-urgent ones).
+    fn start(&mut self, c: CascadeCommand, tag: u64, now: Time) -> Result<(), CommandError> {
+        let admit = self.admit(&c)?;
+        let op = OpId(self.next_id());
+        match admit {
+            degrade::Admit::Now => {
+                self.launch(op, c, tag, now);
+                Ok(())
+            }
+            degrade::Admit::Queue => queue::push(self, op, c, tag, now),
+        }
+    }
+
+    /// Whether the root takes `c` now: thawed scope, the mode's rules, room for it.
+    fn admit(&self, c: &CascadeCommand) -> Result<degrade::Admit, CommandError> {
+        for f in [Scope::Global, c.scope] {
             if self.frozen.contains(&f) {
                 return Err(CommandError::Frozen(f));
             }
         }
-        let in_scope: u32 = sectors_in(self, scope)
+        let in_scope: u32 = sectors_in(self, c.scope)
             .iter()
             .filter_map(|s| self.sector_summaries.get(s))
             .map(|s| s.total_agents)
             .sum();
-        let agents = sample.map_or(in_scope, |n| n.min(in_scope));
+        let agents = c.sample.map_or(in_scope, |n| n.min(in_scope));
         let (total_agents, active_agents) = self.global_counts();
-        degrade::permit(
+        let admit = degrade::permit(
             self.mode,
             &degrade::Ask {
-                priority: envelope.priority,
+                priority: c.envelope.priority,
                 agents,
-                mesh_wide: scope == Scope::Global,
-                approved,
-                automated,
+                mesh_wide: c.scope == Scope::Global,
+                approved: c.approved,
+                automated: c.automated,
                 total_agents,
                 active_agents,
             },
         )?;
-        if self.ops.root.len() >= MAX_OPS {
-            return Err(CommandError::NoAgents(scope));
+        if admit == degrade::Admit::Now && self.ops.root.len() >= MAX_OPS {
+            return Err(CommandError::Busy(MAX_OPS));
         }
-        let op = OpId(self.next_id());
+        Ok(admit)
+    }
+
+    /// Starts operation `op`: its first phase's orders go out.
+    fn launch(&mut self, op: OpId, c: CascadeCommand, tag: u64, now: Time) {
+        let CascadeCommand {
+            mode,
+            scope,
+            mut envelope,
+            sample,
+            budget_ms,
+            ..
+        } = c;
         envelope.op = op;
         envelope.created_ms = now.as_millis();
         let phases = match mode {
@@ -463,6 +488,5 @@ impl MeshNode {
         ops.root.insert(op, r);
         start_phase(&mut ops, self, op, now);
         self.ops = ops;
-        Ok(())
     }
 }

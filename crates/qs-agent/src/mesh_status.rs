@@ -1,0 +1,201 @@
+//! What `GET /v1/mesh` shows of the mesh at this node: its mode, sectors (at the root), led
+//! clusters, breakers, frozen scopes, queued operations, conflicts and seed Part 11's KPIs,
+//! read from the core's `MeshNode` at each beat.
+
+use crate::clock::now;
+use crate::mesh_agents::LocalAgents;
+use qs_core::mesh::{MeshNode, QueuedView};
+use qs_wire::mesh::{AgentState, ConflictCounts, Scope};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+/// What `GET /v1/mesh` shows.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct MeshStatus {
+    pub node: String,
+    pub root: Option<String>,
+    pub is_root: bool,
+    pub mode: &'static str,
+    pub agents: u32,
+    pub active: u32,
+    /// Active agents not yet in the routing pool (joined lately, settling: seed §10.2).
+    pub joining: u32,
+    pub local_agents: u32,
+    pub sectors: Vec<SectorRow>,
+    pub clusters: Vec<ClusterRow>,
+    pub breakers: Vec<String>,
+    pub frozen: Vec<String>,
+    /// At the root: operations queued until the mode is DEGRADED_LIGHT or better, oldest
+    /// first (seed §6.3).
+    pub queued: Vec<QueuedView>,
+    /// Nodes in the mesh for less than their lead-after time: they lead only where no
+    /// seasoned node can (seed §10.2).
+    pub new_nodes: Vec<String>,
+    /// Conflicts this node heard, all time, and by class.
+    pub conflicts: u64,
+    pub conflicts_by_class: Vec<(String, u64)>,
+    /// Of those, the ones still unresolved here (its quarantine), and those resolved.
+    pub conflicts_unresolved: ConflictCounts,
+    pub conflicts_resolved: u64,
+    /// Conflicts escalated to this node from below (as a coordinator, or the root).
+    pub conflicts_escalated_here: u64,
+    /// Unresolved conflicts dropped from a full quarantine (the ledger still has them).
+    pub conflicts_dropped: u64,
+    /// Answers taken after their gather closed (as late: their conflicts still logged).
+    pub late_answers: u64,
+    /// At the root: every lead's unresolved conflicts, summed up the tree.
+    pub mesh_conflicts: Option<ConflictCounts>,
+    pub kpis: Kpis,
+}
+
+/// One sector, as the root sees it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SectorRow {
+    pub sector: u32,
+    pub coordinator: String,
+    pub clusters: u32,
+    pub agents: u32,
+    pub active: u32,
+    pub joining: u32,
+    pub mean_impedance_ms: f64,
+    pub p95_impedance_ms: f64,
+    pub classes: [u32; 6],
+    pub anomalies: u32,
+    pub breaker_open: bool,
+    /// Its leads' unresolved conflicts.
+    pub conflicts: ConflictCounts,
+}
+
+/// One cluster this node leads.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ClusterRow {
+    pub cluster: u32,
+    /// Its sector, if the tree still holds it.
+    pub sector: Option<u32>,
+    pub agents: u32,
+    pub active: u32,
+    pub joining: u32,
+    pub classes: [u32; 6],
+    pub mean_score_ms: f64,
+}
+
+/// Seed Part 11's KPIs as this node measured them (the root's are the mesh's).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Kpis {
+    pub operations: u64,
+    pub coordination_success_rate: f64,
+    pub arrival_window_hit_rate: f64,
+    pub prediction_accuracy: f64,
+    pub conflict_rate: f64,
+    pub mesh_availability: f64,
+    pub cascade_latency_p95_ms: f64,
+    /// How long ago the last operation ended (none yet: absent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_operation_ago_ms: Option<u64>,
+    pub recoveries: u64,
+    pub recovery_time_ms_mean: f64,
+    pub expired: u64,
+    /// Dispatches a worker agent's full mailbox could not take.
+    pub dropped: u64,
+    pub coordinated_shifts: u64,
+}
+
+pub(crate) fn status(
+    node: &mut MeshNode,
+    local: &LocalAgents,
+    new_nodes: Vec<String>,
+) -> MeshStatus {
+    let (agents, active) = node.global_counts();
+    let k = node.kpis().clone();
+    let mut clusters: BTreeMap<u32, ClusterRow> = BTreeMap::new();
+    for a in node.led_agents() {
+        let sector = node.tree().cluster(a.cluster).map(|c| c.sector.0);
+        let row = clusters.entry(a.cluster.0).or_insert_with(|| ClusterRow {
+            cluster: a.cluster.0,
+            sector,
+            ..ClusterRow::default()
+        });
+        row.agents += 1;
+        if a.state == AgentState::Active {
+            row.active += 1;
+            row.joining += u32::from(!a.admitted);
+        }
+        row.classes[a.class.index()] += 1;
+        row.mean_score_ms += a.score_ms;
+    }
+    for row in clusters.values_mut() {
+        row.mean_score_ms /= f64::from(row.agents.max(1));
+    }
+    MeshStatus {
+        node: node.id().to_string(),
+        root: node.tree().root.as_ref().map(|r| r.to_string()),
+        is_root: node.tree().root.as_ref() == Some(node.id()),
+        mode: node.mode().name(),
+        agents,
+        active,
+        joining: node.global_joining(),
+        local_agents: local.count(),
+        sectors: node
+            .sector_summaries()
+            .values()
+            .map(|s| SectorRow {
+                sector: s.sector.0,
+                coordinator: s.coordinator.to_string(),
+                clusters: s.cluster_count,
+                agents: s.total_agents,
+                active: s.active_agents,
+                joining: s.joining_agents,
+                mean_impedance_ms: s.mean_impedance_ms,
+                p95_impedance_ms: s.p95_impedance_ms,
+                classes: s.classes,
+                anomalies: s.anomalies,
+                breaker_open: s.breaker_open,
+                conflicts: s.conflicts,
+            })
+            .collect(),
+        clusters: clusters.into_values().collect(),
+        breakers: node
+            .breakers()
+            .not_closed()
+            .iter()
+            .map(|(s, b)| format!("{s} {b:?}"))
+            .collect(),
+        frozen: node.frozen().iter().map(Scope::to_string).collect(),
+        queued: node.queued(now()),
+        new_nodes,
+        conflicts: node.conflicts().total(),
+        conflicts_by_class: node
+            .conflicts()
+            .by_class()
+            .iter()
+            .map(|(c, n)| (format!("{c:?}"), *n))
+            .collect(),
+        conflicts_unresolved: node.conflicts().counts(now(), |_| true),
+        conflicts_resolved: node.conflicts().resolved(),
+        conflicts_escalated_here: node.conflicts().escalated_here(),
+        conflicts_dropped: node.conflicts().dropped(),
+        late_answers: node.late_answers(),
+        mesh_conflicts: node.mesh_conflicts(now()),
+        kpis: Kpis {
+            operations: k.operations,
+            coordination_success_rate: k.coordination_success_rate(),
+            arrival_window_hit_rate: k.window_hit_rate(),
+            prediction_accuracy: k.prediction_accuracy(),
+            conflict_rate: k.conflict_rate(),
+            mesh_availability: k.availability(),
+            cascade_latency_p95_ms: k.cascade_p95_ms(),
+            last_operation_ago_ms: k
+                .last_operation_ms
+                .map(|t| now().as_millis().saturating_sub(t)),
+            recoveries: k.recoveries,
+            recovery_time_ms_mean: match k.recoveries {
+                0 => 0.0,
+                n => k.recovery_ms_total as f64 / n as f64,
+            },
+            expired: node.expired() + local.expired.load(Ordering::Relaxed),
+            dropped: local.dropped.load(Ordering::Relaxed),
+            coordinated_shifts: k.coordinated_shifts,
+        },
+    }
+}
