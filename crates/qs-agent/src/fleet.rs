@@ -411,6 +411,7 @@ impl<F: Fabric> EmbeddedFleet<F> {
             fabric.clone(),
             shared.auth.clone(),
             shared.journal.clone(),
+            shared.state_dir.clone(),
             opts.nodes[0].id.clone(),
             mesh_agents.clone(),
             mesh_answers,

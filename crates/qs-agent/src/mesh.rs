@@ -15,6 +15,7 @@ use crate::mesh_agents::Answered;
 pub use crate::mesh_agents::{LocalAgents, MeshOptions};
 use crate::mesh_status::status;
 pub use crate::mesh_status::{ClusterRow, Kpis, MeshStatus, SectorRow};
+use qs_core::mesh::degrade::Mode;
 use qs_core::mesh::seniority::LEAD_AFTER_MS;
 use qs_core::mesh::{
     CascadeCommand, Command, Hierarchy, Joined, Member, MeshConfig, MeshInput, MeshNode,
@@ -97,6 +98,7 @@ pub async fn run<F: Fabric>(
     fabric: F,
     auth: Arc<Auth>,
     journal: crate::journal::Journal,
+    state_dir: qs_store::StateDir,
     me: NodeId,
     agents: Arc<LocalAgents>,
     mut answers: mpsc::Receiver<Answered>,
@@ -370,6 +372,30 @@ pub async fn run<F: Fabric>(
                         total_agents,
                     };
                     journal.append(&me, now().as_micros(), vec![event]).await;
+                    if to == Mode::Emergency {
+                        // Seed §6.3: alert the operators, preserve the state.
+                        tracing::error!(
+                            "ALERT: the mesh is in EMERGENCY ({active_agents} of \
+                             {total_agents} agents active): automated operations are halted \
+                             and any operation needs an operator's approval (--approve); \
+                             investigate the root cause"
+                        );
+                        let snapshot = status(&mut node, &agents, new_nodes.clone());
+                        let dir = state_dir.clone();
+                        let at_ms = now().as_millis();
+                        let written = tokio::task::spawn_blocking(move || {
+                            crate::mesh_status::preserve(&dir, &snapshot, at_ms)
+                        })
+                        .await;
+                        match written {
+                            Ok(Ok(path)) => tracing::warn!(
+                                "mesh: this node's view of the mesh preserved in {}",
+                                path.display()
+                            ),
+                            Ok(Err(e)) => tracing::error!("mesh: preserving the state: {e}"),
+                            Err(e) => tracing::error!("mesh: preserving the state: {e}"),
+                        }
+                    }
                 }
                 MeshOutput::HostLost { scope, host } => {
                     tracing::info!("mesh: {host} lost ({scope:?})")

@@ -5,10 +5,35 @@
 use crate::clock::now;
 use crate::mesh_agents::LocalAgents;
 use qs_core::mesh::{MeshNode, QueuedView};
+use qs_store::{StateDir, StateFile};
 use qs_wire::mesh::{AgentState, ConflictCounts, Scope};
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
+
+/// How many views of the mesh preserved at EMERGENCY a node keeps (the newest).
+pub const EMERGENCY_FILES_KEPT: usize = 8;
+
+/// Seed §6.3's EMERGENCY: "Preserve state to persistent storage". Writes `status` as JSON to
+/// the state directory's mesh snapshot of `unix_ms` and drops all but the newest
+/// `EMERGENCY_FILES_KEPT`; returns the file written.
+pub fn preserve(
+    state: &StateDir,
+    status: &MeshStatus,
+    unix_ms: u64,
+) -> Result<PathBuf, qs_store::StoreError> {
+    let file = StateFile::MeshSnapshot(unix_ms);
+    let path = state.prepare(file)?;
+    let bytes = serde_json::to_vec_pretty(status).unwrap_or_default();
+    state.write(file, &bytes, Some(0o600))?;
+    let present = state.mesh_snapshots()?;
+    let excess = present.len().saturating_sub(EMERGENCY_FILES_KEPT);
+    for old in &present[..excess] {
+        state.remove(StateFile::MeshSnapshot(*old))?;
+    }
+    Ok(path)
+}
 
 /// What `GET /v1/mesh` shows.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -197,5 +222,44 @@ pub(crate) fn status(
             dropped: local.dropped.load(Ordering::Relaxed),
             coordinated_shifts: k.coordinated_shifts,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each EMERGENCY preserves the node's view in its own file, readable as the status it
+    /// was; the oldest go past `EMERGENCY_FILES_KEPT`.
+    #[test]
+    fn emergencies_preserve_the_view_and_keep_the_newest_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let status = |mode| MeshStatus {
+            node: "m1".into(),
+            mode,
+            agents: 1_000,
+            active: 200,
+            ..MeshStatus::default()
+        };
+        let mut written = Vec::new();
+        for k in 0..EMERGENCY_FILES_KEPT as u64 + 3 {
+            let mode = if k % 2 == 0 { "EMERGENCY" } else { "FULL" };
+            written.push(preserve(&state, &status(mode), 1_700_000_000_000 + k).unwrap());
+        }
+        let kept: Vec<PathBuf> = (state.mesh_snapshots().unwrap().into_iter())
+            .map(|ms| state.path(StateFile::MeshSnapshot(ms)))
+            .collect();
+        assert_eq!(kept, written[3..]);
+        let read = |p: &PathBuf| -> serde_json::Value {
+            serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+        };
+        let (last, before) = (read(&kept[kept.len() - 1]), read(&kept[kept.len() - 2]));
+        assert_eq!(
+            (&last["mode"], &before["mode"]),
+            (&"EMERGENCY".into(), &"FULL".into())
+        );
+        assert_eq!(last["active"], 200);
+        assert_eq!(last["node"], "m1");
     }
 }

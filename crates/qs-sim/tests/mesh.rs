@@ -174,6 +174,13 @@ fn degradation_and_breakers_follow_the_agents_down() {
             "FULL" => assert!(r.mode_changes.is_empty(), "{:?}", r.mode_changes),
             _ => assert_eq!(last, Some(mode), "{:?}", r.mode_changes),
         }
+        // Every node holds the root's mode: its notices went down the tree.
+        let modes = sim.modes();
+        assert_eq!(
+            modes.keys().collect::<Vec<_>>(),
+            vec![&mode],
+            "{down} down: {modes:?}"
+        );
         // What the seed's thresholds say, from the ground truth.
         let mut per_cluster = vec![0u32; sim.tree.clusters.len()];
         let mut per_sector = vec![0u32; sim.tree.sectors.len()];

@@ -10,6 +10,7 @@
 //!   nodes/NODE/failures.json    the node's failure memory
 //!   nodes/NODE/boot_epoch       how many times the node started (numbers its messages)
 //!   nodes/NODE/logs/            instances' stdout and stderr
+//!   mesh-emergency/MS.json      the node's view of the mesh when it entered EMERGENCY
 //! ```
 //!
 //! A write goes to a temporary file beside the target, is fsynced, renamed over the target,
@@ -51,6 +52,9 @@ pub enum StateFile<'a> {
     TasksSocket,
     /// The durable tasks accepted (redb).
     Tasks,
+    /// The node's view of the mesh preserved when the mesh entered EMERGENCY (seed 001
+    /// §6.3), by when: Unix milliseconds.
+    MeshSnapshot(u64),
 }
 
 impl StateFile<'_> {
@@ -71,6 +75,7 @@ impl StateFile<'_> {
             StateFile::Logs(_) => "log directory",
             StateFile::TasksSocket => "task workers' socket",
             StateFile::Tasks => "task store",
+            StateFile::MeshSnapshot(_) => "mesh snapshot",
         }
     }
 }
@@ -118,6 +123,10 @@ impl StateDir {
             StateFile::Logs(n) => node(n).join("logs"),
             StateFile::TasksSocket => self.root.join("tasks.sock"),
             StateFile::Tasks => self.root.join("tasks.redb"),
+            StateFile::MeshSnapshot(ms) => self
+                .root
+                .join("mesh-emergency")
+                .join(format!("{ms:013}.json")),
         }
     }
 
@@ -260,6 +269,26 @@ impl StateDir {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(source) => Err(StoreError::Io { path, source }),
         }
+    }
+
+    /// The mesh snapshots present, by when, oldest first (files not named as one are not
+    /// listed).
+    pub fn mesh_snapshots(&self) -> Result<Vec<u64>, StoreError> {
+        let dir = self.root.join("mesh-emergency");
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(StoreError::Io { path: dir, source }),
+        };
+        let mut at: Vec<u64> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                name.strip_suffix(".json")?.parse().ok()
+            })
+            .collect();
+        at.sort_unstable();
+        Ok(at)
     }
 
     /// Creates the directory a file lives in (a node's, the keys') and returns `file`'s path.

@@ -385,6 +385,8 @@ pub enum MeshMessage {
     /// From the root to a lead: its agents that contradicted their cluster in an urgent
     /// operation.
     Contradicted(Box<Contradicted>),
+    /// The mesh's mode, from the root down the tree.
+    Mode(ModeNotice),
 }
 
 fn summary_numbers(mean: f64, p95: f64, leads: &LeadHistogram, agents: u32) -> Result<(), String> {
@@ -460,6 +462,7 @@ impl BusMessage for MeshMessage {
             MeshMessage::Report(r) => r.check(),
             MeshMessage::Circuit(c) => text("reason", &c.reason),
             MeshMessage::Control(_) => Ok(()),
+            MeshMessage::Mode(m) => m.check(),
             MeshMessage::Request(r) => r.action.check(),
             MeshMessage::Contradicted(c) => at_most("agents", c.agents.len(), MAX_CHILDREN),
             MeshMessage::Handover(h) => {

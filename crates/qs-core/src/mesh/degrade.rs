@@ -41,6 +41,24 @@ impl Mode {
         }
     }
 
+    /// 0 FULL … 4 EMERGENCY: the mode on the wire and in the metrics.
+    pub fn level(self) -> u8 {
+        self as u8
+    }
+
+    /// The mode of a level, if one.
+    pub fn from_level(level: u8) -> Option<Mode> {
+        [
+            Mode::Full,
+            Mode::DegradedLight,
+            Mode::DegradedModerate,
+            Mode::DegradedSevere,
+            Mode::Emergency,
+        ]
+        .get(usize::from(level))
+        .copied()
+    }
+
     /// Retry windows grow in degraded modes (seed: "Increase retry timeouts").
     pub fn window_factor(self) -> u64 {
         match self {
@@ -224,6 +242,15 @@ mod tests {
                 assert!(e.to_string().contains("(10 of 100 agents active)"), "{e}");
             }
         }
+    }
+
+    #[test]
+    fn levels_name_the_modes_in_order() {
+        for level in 0..=4 {
+            assert_eq!(Mode::from_level(level).unwrap().level(), level);
+        }
+        assert_eq!(Mode::from_level(4), Some(Mode::Emergency));
+        assert_eq!(Mode::from_level(5), None);
     }
 
     #[test]

@@ -33,6 +33,7 @@ mod control;
 mod handover;
 mod integrate;
 mod led;
+mod mode;
 pub use led::LedAgent;
 pub(crate) use led::{AgentView, HostLink, Led, ProbeOut};
 mod ops;
@@ -119,8 +120,9 @@ pub enum MeshOutput {
     /// Append to the ledger: a conflict resolved.
     ConflictResolved(conflict::Resolved),
     Breaker(breaker::Change),
-    /// At the root: the mesh's mode changed (seed §6.3; the shell alerts its operators and
-    /// records it).
+    /// The mesh's mode changed (seed §6.3): at the root, as it computed it; elsewhere, as
+    /// the root's notice says (or the notice lapsed). The shell alerts its operators and
+    /// records it.
     ModeChanged {
         from: Mode,
         to: Mode,
@@ -212,7 +214,16 @@ pub struct MeshNode {
     pub(crate) late_taken: BTreeMap<(SectorId, OpId, AgentId, u64), Time>,
     pub(crate) frozen: BTreeSet<Scope>,
     pub(crate) kpis: Kpis,
+    /// The mesh's mode: the root's own, another node's as the root's notices say it.
     pub(crate) mode: Mode,
+    /// Off the root: when the last notice of the mode was taken.
+    pub(crate) mode_heard: Option<Time>,
+    /// The last notice passed on (its `sent_ms`).
+    pub(crate) mode_passed_ms: Option<u64>,
+    /// At the root: when the mode is next announced, if not FULL, and how many beats more
+    /// announce a change.
+    pub(crate) next_mode_notice: Time,
+    pub(crate) mode_announcements_left: u8,
     pub(crate) last_observed: Option<Time>,
     pub(crate) out: VecDeque<MeshOutput>,
     pub(crate) inbox: VecDeque<(NodeId, MeshMessage)>,
@@ -259,6 +270,10 @@ impl MeshNode {
             frozen: BTreeSet::new(),
             kpis: Kpis::default(),
             mode: Mode::Full,
+            mode_heard: None,
+            mode_passed_ms: None,
+            next_mode_notice: now,
+            mode_announcements_left: 0,
             last_observed: None,
             out: VecDeque::new(),
             inbox: VecDeque::new(),
@@ -410,7 +425,12 @@ impl MeshNode {
             }
             self.next_beat = now + Duration::from_millis(self.cfg.beat_ms);
             self.detect(now);
-            self.integrate(now);
+            self.lapse_mode(now);
+            // Seed §6.3's EMERGENCY halts automated operations: no agent is probed into the
+            // routing pool.
+            if self.mode != Mode::Emergency {
+                self.integrate(now);
+            }
             ops::prune_late(&mut self.ops, now);
             // A lead's summary is its beat to its coordinator too: every beat, with the
             // aggregate recomputed once a summary period.
@@ -493,6 +513,7 @@ impl MeshNode {
             MeshMessage::Alive(a) => a.from == from && names(a.scope),
             MeshMessage::Sector(s) => s.coordinator == from && names(Scope::Sector(s.sector)),
             MeshMessage::Report(r) => r.from == from,
+            MeshMessage::Mode(_) => self.mode_sender_ok(&from),
             _ => true,
         };
         if !sender_ok {
@@ -528,6 +549,7 @@ impl MeshNode {
             MeshMessage::Request(_) | MeshMessage::Outcome(_) => {}
             MeshMessage::Handover(h) => self.on_handover(&from, *h, now),
             MeshMessage::Contradicted(c) => self.on_contradicted(&from, *c, now),
+            MeshMessage::Mode(m) => self.on_mode(m, now),
         }
     }
 

@@ -342,6 +342,18 @@ impl MeshSim {
             .map(|(n, _)| n)
     }
 
+    /// The live nodes by the mode each holds (the root's own, the others' as its notices
+    /// say).
+    pub fn modes(&self) -> BTreeMap<&'static str, usize> {
+        let mut by = BTreeMap::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if !self.dead[i] {
+                *by.entry(n.mode().name()).or_insert(0) += 1;
+            }
+        }
+        by
+    }
+
     pub fn root(&self) -> Option<usize> {
         self.tree
             .root
@@ -552,14 +564,16 @@ impl MeshSim {
                         self.push(now, Event::Elect);
                     }
                 }
-                MeshOutput::ModeChanged { from, to, .. } => {
+                // The root's changes: every other node follows them (or lapses to FULL).
+                MeshOutput::ModeChanged { from, to, .. } if Some(i) == self.root() => {
                     self.mode_changes.push(super::ModeChange {
                         at_ms: now.as_millis(),
                         from: from.name(),
                         to: to.name(),
                     });
                 }
-                MeshOutput::Conflict(_)
+                MeshOutput::ModeChanged { .. }
+                | MeshOutput::Conflict(_)
                 | MeshOutput::ConflictResolved(_)
                 | MeshOutput::Breaker(_) => {}
             }

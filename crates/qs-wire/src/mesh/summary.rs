@@ -277,3 +277,37 @@ pub struct Contradicted {
     pub cluster: ClusterId,
     pub agents: Vec<AgentId>,
 }
+
+/// The mesh's mode as its root decided it (seed §6.3), passed down the tree so every node
+/// knows it, not the root alone: the root sends it to its coordinators at each change and,
+/// while the mesh is not FULL, every summary period; each coordinator passes it to its
+/// leads, each lead to the hosts of its agents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModeNotice {
+    /// 0 FULL, 1 DEGRADED_LIGHT, 2 DEGRADED_MODERATE, 3 DEGRADED_SEVERE, 4 EMERGENCY.
+    pub level: u8,
+    pub active_agents: u32,
+    pub total_agents: u32,
+    /// The root's clock when it sent it, milliseconds: each node passes each notice on once.
+    pub sent_ms: u64,
+}
+
+/// The highest [`ModeNotice::level`]: EMERGENCY.
+pub const MAX_MODE_LEVEL: u8 = 4;
+
+impl ModeNotice {
+    pub fn check(&self) -> Result<(), String> {
+        if self.level > MAX_MODE_LEVEL {
+            return Err(format!("level: {}; at most {MAX_MODE_LEVEL}", self.level));
+        }
+        let most = super::MAX_AGENTS_IN_SCOPE * super::MAX_CHILDREN;
+        if self.active_agents > self.total_agents || self.total_agents as usize > most {
+            return Err(format!(
+                "active_agents {} of total_agents {} (at most {most})",
+                self.active_agents, self.total_agents
+            ));
+        }
+        Ok(())
+    }
+}

@@ -106,6 +106,34 @@ fn messages_round_trip_and_are_checked() {
     assert!(err.why.contains("joining 6"), "{}", err.why);
 }
 
+/// A mode notice: a level past EMERGENCY, or more active agents than agents, is refused by
+/// field; a good one reads back.
+#[test]
+fn mode_notices_are_checked() {
+    let notice = |level: u8, active_agents: u32, total_agents: u32| {
+        MeshMessage::Mode(ModeNotice {
+            level,
+            active_agents,
+            total_agents,
+            sent_ms: 1,
+        })
+    };
+    let table = [
+        (notice(4, 100, 1_000), None),
+        (notice(5, 100, 1_000), Some("level: 5")),
+        (notice(1, 1_001, 1_000), Some("active_agents 1001")),
+        (notice(1, 0, u32::MAX), Some("total_agents 4294967295")),
+    ];
+    for (msg, error) in table {
+        let bytes = serde_json::to_vec(&msg).unwrap();
+        match (decode_bus::<MeshMessage>("mesh.x", &bytes), error) {
+            (Ok(back), None) => assert_eq!(back, msg),
+            (Err(e), Some(want)) => assert!(e.why.contains(want), "{}", e.why),
+            (got, want) => panic!("{msg:?}: {got:?}, expected {want:?}"),
+        }
+    }
+}
+
 /// A report's escalated conflicts: bounded, each detail checked by its index; a
 /// report from before they existed still reads.
 #[test]

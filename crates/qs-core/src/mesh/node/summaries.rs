@@ -202,15 +202,9 @@ impl MeshNode {
                 _ => f64::from(active) / f64::from(total),
             };
             let mode = Mode::from_active_share(share);
-            if mode != self.mode {
-                self.out.push_back(MeshOutput::ModeChanged {
-                    from: self.mode,
-                    to: mode,
-                    active_agents: active,
-                    total_agents: total,
-                });
-            }
-            self.mode = mode;
+            let changed = mode != self.mode;
+            self.set_mode(mode, active, total);
+            self.announce_mode(changed, active, total, now);
             if let Some(last) = self.last_observed {
                 let dt = now.since(last).as_millis() as u64;
                 self.kpis.observed_ms += dt;

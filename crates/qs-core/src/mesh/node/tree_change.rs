@@ -92,6 +92,11 @@ impl MeshNode {
             // summaries of this hierarchy from the next beat.
             self.mode = Mode::Full;
         }
+        if was_root && !self.is_root {
+            // The mode it computed holds as a notice would: until the new root's renew it,
+            // or it lapses.
+            self.mode_heard = Some(now);
+        }
         // Summaries from the leads of this hierarchy only: a cluster's number may name other
         // agents now, and an empty cluster has no lead to replace what it said.
         self.cluster_summaries

@@ -1,0 +1,243 @@
+//! The mesh's mode reaches every node (seed §6.3): the root announces it down the tree at
+//! each change (and the next two beats) and renews it while the mesh is not FULL; each node takes it only from the
+//! root or a node the tree names above it, passes each notice on once, and counts the mesh
+//! FULL again when no notice renews it. In EMERGENCY a lead admits no new agent to the
+//! routing pool (seed: "Halt all automated operations").
+
+mod common;
+
+use common::*;
+use qs_core::Time;
+use qs_core::mesh::degrade::Mode;
+use qs_core::mesh::{MeshConfig, MeshInput, MeshNode, MeshOutput};
+use qs_wire::NodeId;
+use qs_wire::mesh::{AgentId, ClusterId, MeshMessage, ModeNotice, Verb};
+use std::time::Duration;
+
+const BEAT_MS: u64 = 300;
+
+/// The notices `out` sends, to whom.
+fn notices(out: &[MeshOutput]) -> Vec<(NodeId, ModeNotice)> {
+    out.iter()
+        .filter_map(|o| match o {
+            MeshOutput::Send {
+                to,
+                msg: MeshMessage::Mode(n),
+            } => Some((to.clone(), *n)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn changes(out: &[MeshOutput]) -> Vec<(Mode, Mode)> {
+    out.iter()
+        .filter_map(|o| match o {
+            MeshOutput::ModeChanged { from, to, .. } => Some((*from, *to)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn hear(node: &mut MeshNode, from: &NodeId, notice: ModeNotice, now: Time) -> Vec<MeshOutput> {
+    let msg = MeshMessage::Mode(notice);
+    node.handle(
+        MeshInput::Heard {
+            from: from.clone(),
+            msg,
+        },
+        now,
+    );
+    drain(node)
+}
+
+/// The root hears the sector's summary (`active` of 20) and beats; what it put out.
+fn root_beat(root: &mut MeshNode, p2: &NodeId, active: u32, now: Time) -> Vec<MeshOutput> {
+    let msg = MeshMessage::Sector(Box::new(sector_summary(0, p2, 20, active, now)));
+    root.handle(
+        MeshInput::Heard {
+            from: p2.clone(),
+            msg,
+        },
+        now,
+    );
+    root.handle(MeshInput::Tick, now);
+    drain(root)
+}
+
+fn at(ms: u64) -> Time {
+    Time::from_millis(1_000_000 + ms)
+}
+
+#[test]
+fn the_roots_mode_reaches_every_node_and_lapses_unless_renewed() {
+    let pair = pair();
+    let (p1, p2) = (pair.p1.clone(), pair.p2.clone());
+    // p1 is the root; p2 coordinates the one sector and leads its cluster, where p1 has
+    // agents 0–9.
+    let tree = pair.roles(&p2, &p2, &p1);
+    let cfg = MeshConfig::default();
+    let mut root = node_in(&p1, cfg, &tree, at(0));
+    let mut lead = node_in(&p2, cfg, &tree, at(0));
+    let p1_agents = (0..10).map(|i| beat(AgentId(i), 0, false)).collect();
+    hear_beat(
+        &mut lead,
+        &p1,
+        ClusterId(0),
+        at(0).as_millis(),
+        p1_agents,
+        at(0),
+    );
+    drain(&mut lead);
+
+    // 14 of 20 active: the root changes its mode and tells its coordinator.
+    let out = root_beat(&mut root, &p2, 14, at(BEAT_MS));
+    assert_eq!(changes(&out), vec![(Mode::Full, Mode::DegradedModerate)]);
+    let sent = notices(&out);
+    assert_eq!(sent.len(), 1, "{out:?}");
+    let (to, notice) = sent[0].clone();
+    assert_eq!(to, p2);
+    assert_eq!(
+        (notice.level, notice.active_agents, notice.total_agents),
+        (2, 14, 20)
+    );
+
+    // The lead takes it and passes it on to the hosts of its agents: p1.
+    let t = at(BEAT_MS + 10);
+    let out = hear(&mut lead, &p1, notice, t);
+    assert_eq!(lead.mode(), Mode::DegradedModerate);
+    assert_eq!(changes(&out), vec![(Mode::Full, Mode::DegradedModerate)]);
+    assert_eq!(notices(&out), vec![(p1.clone(), notice)]);
+    // Once: the same notice again changes nothing and goes nowhere.
+    let out = hear(&mut lead, &p1, notice, t);
+    assert!(
+        changes(&out).is_empty() && notices(&out).is_empty(),
+        "{out:?}"
+    );
+    // The root hears its own notice back from the lead: it decides its mode itself.
+    let out = hear(&mut root, &p2, notice, t);
+    assert!(
+        notices(&out).is_empty() && changes(&out).is_empty(),
+        "{out:?}"
+    );
+    // A node the tree does not name above the lead is refused.
+    let stranger = NodeId::new("p3").unwrap();
+    let forged = ModeNotice {
+        level: 4,
+        sent_ms: notice.sent_ms + 1,
+        ..notice
+    };
+    let refused = lead.refused_senders();
+    let out = hear(&mut lead, &stranger, forged, t);
+    assert_eq!(lead.refused_senders(), refused + 1);
+    assert_eq!(lead.mode(), Mode::DegradedModerate);
+    assert!(notices(&out).is_empty());
+
+    // The change goes out at the next two beats too; then, while the mesh is not FULL,
+    // the root renews its notice a summary period after the last.
+    let period_ms = cfg.summary_ms;
+    let mut renewed = Vec::new();
+    let mut ms = 2 * BEAT_MS;
+    while ms <= 4 * BEAT_MS + period_ms {
+        renewed.extend(notices(&root_beat(&mut root, &p2, 14, at(ms))));
+        ms += BEAT_MS;
+    }
+    let sent_at: Vec<u64> = renewed.iter().map(|(_, n)| n.sent_ms).collect();
+    let first = notice.sent_ms;
+    let last = first + 2 * BEAT_MS;
+    assert_eq!(sent_at.len(), 3, "{renewed:?}");
+    assert_eq!(sent_at[..2], [first + BEAT_MS, last]);
+    assert!((last + period_ms..last + period_ms + BEAT_MS).contains(&sent_at[2]));
+    // Recovered: a notice of FULL at this beat and the next two, then none.
+    let out = root_beat(&mut root, &p2, 20, at(ms));
+    assert_eq!(changes(&out), vec![(Mode::DegradedModerate, Mode::Full)]);
+    let mut full = notices(&out);
+    for k in 1..=40 {
+        let out = root_beat(&mut root, &p2, 20, at(ms + k * BEAT_MS));
+        full.extend(notices(&out));
+    }
+    assert_eq!(full.len(), 3, "{full:?}");
+    assert!(full.iter().all(|(_, n)| n.level == 0));
+
+    // A notice not renewed lapses at the lead after three summary periods.
+    let lapse = Duration::from_millis(3 * period_ms);
+    let before = t + (lapse - Duration::from_millis(BEAT_MS));
+    lead.handle(MeshInput::Tick, before);
+    assert_eq!(lead.mode(), Mode::DegradedModerate);
+    drain(&mut lead);
+    let mut lapsed = Vec::new();
+    for k in 0..3 {
+        let now = t + lapse + Duration::from_millis(k * BEAT_MS);
+        lead.handle(MeshInput::Tick, now);
+        lapsed.extend(changes(&drain(&mut lead)));
+    }
+    assert_eq!(lapsed, vec![(Mode::DegradedModerate, Mode::Full)]);
+}
+
+#[test]
+fn a_lead_admits_no_new_agent_while_the_mesh_is_in_emergency() {
+    let pair = pair();
+    let (p1, p2) = (pair.p1.clone(), pair.p2.clone());
+    let tree = pair.roles(&p2, &p2, &p1);
+    let mut lead = node_in(&p2, MeshConfig::default(), &tree, at(0));
+    let emergency = ModeNotice {
+        level: 4,
+        active_agents: 5,
+        total_agents: 20,
+        sent_ms: at(0).as_millis(),
+    };
+    hear(&mut lead, &p1, emergency, at(0));
+    assert_eq!(lead.mode(), Mode::Emergency);
+    // p1's agents joined just now: newcomers, probed into the pool when the mode allows.
+    let newcomers: Vec<AgentId> = (0..10).map(AgentId).collect();
+    let run = |lead: &mut MeshNode, from_ms: u64, renew: Option<ModeNotice>| {
+        let (mut probes, mut ms) = (0, from_ms);
+        while ms < from_ms + 6_000 {
+            let now = at(ms);
+            if let Some(n) = renew.filter(|_| ms % 3_000 == 0) {
+                hear(lead, &p1, n, now);
+            }
+            let agents = newcomers.iter().map(|a| beat(*a, at(0).as_millis(), false));
+            hear_beat(
+                lead,
+                &p1,
+                ClusterId(0),
+                now.as_millis(),
+                agents.collect(),
+                now,
+            );
+            lead.handle(MeshInput::Tick, now);
+            for d in dispatches(&drain(lead)) {
+                assert_eq!(d.envelope.verb, Verb::Probe);
+                probes += 1;
+                let msg = ready(&d, now.as_millis(), 5);
+                lead.handle(
+                    MeshInput::Heard {
+                        from: p1.clone(),
+                        msg,
+                    },
+                    now,
+                );
+            }
+            ms += BEAT_MS;
+        }
+        probes
+    };
+    assert_eq!(
+        run(&mut lead, 0, Some(emergency)),
+        0,
+        "no probe in EMERGENCY"
+    );
+    assert!(newcomers.iter().all(|a| !pool(&lead).contains(a)));
+    let full = ModeNotice {
+        level: 0,
+        sent_ms: at(6_000).as_millis(),
+        ..emergency
+    };
+    hear(&mut lead, &p1, full, at(6_000));
+    assert_eq!(lead.mode(), Mode::Full);
+    assert!(
+        run(&mut lead, 6_000, None) > 0,
+        "probes once the mesh recovered"
+    );
+    assert!(newcomers.iter().any(|a| pool(&lead).contains(a)));
+}
