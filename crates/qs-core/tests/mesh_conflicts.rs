@@ -233,16 +233,11 @@ fn a_late_critical_conflict_reaches_the_root_with_the_next_sector_summary() {
 #[test]
 fn a_conflict_answered_after_the_window_is_logged_and_escalated_late() {
     use qs_core::mesh::MeshOutput;
-    use qs_wire::NodeId;
-    let mut c = one_cluster(6, 300);
-    // The harness's orders come from "root": the tree names it the sector's coordinator
-    // and the root, so the lead's reports go up to another node.
-    let up = NodeId::new("root").unwrap();
-    let mut tree = (*c.tree).clone();
-    tree.sectors[0].coordinator = Some(up.clone());
-    tree.root = Some(up.clone());
-    c.tree = Arc::new(tree);
+    let c = one_cluster(6, 300);
+    // The harness's "root" is the sector's coordinator and the root: the lead's reports go
+    // up to another node.
     let mut lead = Lead::new(c, Time::from_millis(3_000_000));
+    let up = lead.root.clone();
     lead.run(1_200);
     lead.order(1, None);
     let sent = dispatches(&lead.run(250));

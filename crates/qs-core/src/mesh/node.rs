@@ -503,8 +503,12 @@ impl MeshNode {
         // What a message says of its sender must be its sender: a member cannot speak for
         // another host, lead or coordinator. A summary, or a beat between summaries, speaks
         // for a cluster or a sector: only from the node this node's tree names for it (a
-        // cluster's, of the sector the tree puts it in).
+        // cluster's, of the sector the tree puts it in); so does a report. What the root
+        // decides (an operation's orders, an operator's controls) comes from the root, or
+        // through the coordinator the tree names above.
         let names = |scope: Scope| self.tree.named_for(scope) == Some(&from);
+        let from_root = self.tree.root.as_ref() == Some(&from);
+        let from_coordinator_of = |c: ClusterId| self.tree.coordinator_of(c) == Some(&from);
         let sender_ok = match &m {
             MeshMessage::Beat(b) => b.host == from,
             MeshMessage::Cluster(s) => {
@@ -512,8 +516,16 @@ impl MeshNode {
             }
             MeshMessage::Alive(a) => a.from == from && names(a.scope),
             MeshMessage::Sector(s) => s.coordinator == from && names(Scope::Sector(s.sector)),
-            MeshMessage::Report(r) => r.from == from,
+            MeshMessage::Report(r) => r.from == from && names(r.scope),
             MeshMessage::Mode(_) => self.mode_sender_ok(&from),
+            MeshMessage::Order(o) => match o.scope {
+                Scope::Sector(_) => from_root,
+                Scope::Cluster(c) => from_root || from_coordinator_of(c),
+                Scope::Global => false,
+            },
+            MeshMessage::Control(c) => {
+                from_root || (c.relayed && self.led.keys().any(|cl| from_coordinator_of(*cl)))
+            }
             _ => true,
         };
         if !sender_ok {

@@ -79,6 +79,8 @@ pub fn one_cluster(n: u64, first: u64) -> OneCluster {
 
 pub struct Lead {
     pub node: MeshNode,
+    /// The tree's root, whose orders the lead takes.
+    pub root: NodeId,
     pub other: NodeId,
     pub theirs: Vec<AgentId>,
     /// The other host's agents it beats as offline.
@@ -87,16 +89,23 @@ pub struct Lead {
 }
 
 impl Lead {
-    /// The lead of `c`, its own agents without the capability, at `now`.
+    /// The lead of `c`, its own agents without the capability, at `now`. Another node,
+    /// `root`, is the root and the sector's coordinator: the lead takes its orders and
+    /// reports to it.
     pub fn new(c: OneCluster, now: Time) -> Lead {
         let mut node = MeshNode::new(c.lead.clone(), MeshConfig::default(), now);
-        node.handle(MeshInput::Tree(c.tree), now);
+        let root = NodeId::new("root").unwrap();
+        let mut tree = (*c.tree).clone();
+        tree.sectors[0].coordinator = Some(root.clone());
+        tree.root = Some(root.clone());
+        node.handle(MeshInput::Tree(Arc::new(tree)), now);
         node.handle(
             MeshInput::Agents(c.mine.iter().map(|a| beat(*a, 0, false)).collect()),
             now,
         );
         Lead {
             node,
+            root,
             other: c.other,
             theirs: c.theirs,
             down: BTreeSet::new(),
@@ -165,8 +174,8 @@ impl Lead {
         let order = Order {
             op: OpId(op),
             mode: CascadeMode::Wave,
-            root: NodeId::new("root").unwrap(),
-            report_to: NodeId::new("root").unwrap(),
+            root: self.root.clone(),
+            report_to: self.root.clone(),
             scope: Scope::Cluster(ClusterId(0)),
             class: None,
             sample_per_cluster: sample,
@@ -176,7 +185,7 @@ impl Lead {
         };
         self.node.handle(
             MeshInput::Heard {
-                from: NodeId::new("root").unwrap(),
+                from: self.root.clone(),
                 msg: MeshMessage::Order(Box::new(order)),
             },
             self.now,

@@ -1,0 +1,189 @@
+//! What the root decides reaches a node only from the root, or through the node the tree
+//! names above it: an operation's orders (a sector's from the root; a cluster's from the
+//! root or its sector's coordinator), an operator's controls (from the root; passed on by
+//! the coordinator of a cluster the node leads), and a report (from the lead or coordinator
+//! the tree names for its scope). Any other member's is refused and counted, and changes
+//! nothing.
+
+mod common;
+
+use common::*;
+use qs_core::Time;
+use qs_core::mesh::{MeshConfig, MeshInput, MeshNode, MeshOutput};
+use qs_wire::NodeId;
+use qs_wire::mesh::{AgentId, ClusterId, Control, ControlAction, MeshMessage, Order, Scope, Tally};
+use std::time::Duration;
+
+fn id(s: &str) -> NodeId {
+    NodeId::new(s).unwrap()
+}
+
+/// Who hears what, from whom, and whether it is taken.
+struct Case {
+    name: &'static str,
+    to: &'static str,
+    from: &'static str,
+    msg: fn(order: Order) -> MeshMessage,
+    taken: bool,
+}
+
+fn as_cluster_order(mut o: Order) -> MeshMessage {
+    o.scope = Scope::Cluster(ClusterId(0));
+    MeshMessage::Order(Box::new(o))
+}
+
+fn as_sector_order(o: Order) -> MeshMessage {
+    MeshMessage::Order(Box::new(o))
+}
+
+fn freeze(relayed: bool) -> MeshMessage {
+    MeshMessage::Control(Control {
+        action: ControlAction::Freeze,
+        scope: Scope::Global,
+        relayed,
+    })
+}
+
+fn report_from(from: &str) -> MeshMessage {
+    let tally = Tally {
+        sent: 1,
+        ready: 1,
+        ..Tally::default()
+    };
+    MeshMessage::Report(Box::new(cluster_report(1, &id(from), tally, vec![], false)))
+}
+
+/// What `out` shows of a message taken: an order dispatched or relayed, a control.
+fn acted(node: &MeshNode, out: &[MeshOutput]) -> bool {
+    let sent = out.iter().any(|o| {
+        matches!(
+            o,
+            MeshOutput::Deliver(_)
+                | MeshOutput::Send {
+                    msg: MeshMessage::Dispatch(_) | MeshMessage::Order(_),
+                    ..
+                }
+        )
+    });
+    sent || !node.frozen().is_empty()
+}
+
+#[test]
+fn what_the_root_decides_comes_from_the_root_or_the_node_the_tree_names_above() {
+    // p1 is the root, p3 coordinates the one sector, p2 leads its cluster (p1 and p2 host
+    // its agents); p4 is another member.
+    let pair = pair();
+    let tree = pair.roles(&id("p2"), &id("p3"), &id("p1"));
+    let cases = [
+        Case {
+            name: "a cluster's order from the root",
+            to: "p2",
+            from: "p1",
+            msg: as_cluster_order,
+            taken: true,
+        },
+        Case {
+            name: "a cluster's order from its sector's coordinator",
+            to: "p2",
+            from: "p3",
+            msg: as_cluster_order,
+            taken: true,
+        },
+        Case {
+            name: "a cluster's order from another member",
+            to: "p2",
+            from: "p4",
+            msg: as_cluster_order,
+            taken: false,
+        },
+        Case {
+            name: "a sector's order from the root",
+            to: "p3",
+            from: "p1",
+            msg: as_sector_order,
+            taken: true,
+        },
+        Case {
+            name: "a sector's order from a lead",
+            to: "p3",
+            from: "p2",
+            msg: as_sector_order,
+            taken: false,
+        },
+        Case {
+            name: "a freeze from the root",
+            to: "p2",
+            from: "p1",
+            msg: |_| freeze(false),
+            taken: true,
+        },
+        Case {
+            name: "a freeze passed on by the coordinator of a cluster it leads",
+            to: "p2",
+            from: "p3",
+            msg: |_| freeze(true),
+            taken: true,
+        },
+        Case {
+            name: "a freeze from the coordinator, not passed on",
+            to: "p2",
+            from: "p3",
+            msg: |_| freeze(false),
+            taken: false,
+        },
+        Case {
+            name: "a freeze passed on by another member",
+            to: "p2",
+            from: "p4",
+            msg: |_| freeze(true),
+            taken: false,
+        },
+        Case {
+            name: "a cluster's report from its lead",
+            to: "p3",
+            from: "p2",
+            msg: |_| report_from("p2"),
+            taken: true,
+        },
+        Case {
+            name: "a cluster's report from a member naming itself",
+            to: "p3",
+            from: "p4",
+            msg: |_| report_from("p4"),
+            taken: false,
+        },
+    ];
+    for case in cases {
+        let now = Time::from_millis(1_000_000);
+        let mut node = node_in(&id(case.to), MeshConfig::default(), &tree, now);
+        // The lead's own agents (long there: in the routing pool at once).
+        let own = (10..20).map(|i| beat(AgentId(i), 0, false)).collect();
+        node.handle(MeshInput::Agents(own), now);
+        let mut now = now + Duration::from_millis(300);
+        node.handle(MeshInput::Tick, now);
+        drain(&mut node);
+        let order = sector_order(&mut node, 1, &id("p1"), now);
+        node.handle(
+            MeshInput::Heard {
+                from: id(case.from),
+                msg: (case.msg)(order),
+            },
+            now,
+        );
+        let mut out = drain(&mut node);
+        for _ in 0..30 {
+            now = now + Duration::from_millis(10);
+            node.handle(MeshInput::Tick, now);
+            out.extend(drain(&mut node));
+        }
+        assert_eq!(
+            node.refused_senders(),
+            u64::from(!case.taken),
+            "{}: refused and counted",
+            case.name
+        );
+        if !case.name.contains("report") {
+            assert_eq!(acted(&node, &out), case.taken, "{}: {out:?}", case.name);
+        }
+    }
+}
