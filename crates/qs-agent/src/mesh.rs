@@ -68,14 +68,16 @@ impl MeshHandle {
     /// Runs an operator's action and waits for its outcome.
     pub async fn run(&self, action: MeshAction) -> Result<serde_json::Value, String> {
         action.check()?;
+        // A delegation waits for its agent: as long as the operation may take, and more.
+        let wait = REQUEST_TIMEOUT + Duration::from_millis(action.longest_ms());
         let (reply, rx) = oneshot::channel();
         self.tx
             .try_send(Request::Run { action, reply })
             .map_err(|_| "the mesh is busy or stopped; try again".to_string())?;
-        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+        match tokio::time::timeout(wait, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err("the mesh stopped".into()),
-            Err(_) => Err(format!("no outcome within {} s", REQUEST_TIMEOUT.as_secs())),
+            Err(_) => Err(format!("no outcome within {} s", wait.as_secs())),
         }
     }
 }
@@ -380,21 +382,19 @@ pub async fn run<F: Fabric>(
                              and any operation needs an operator's approval (--approve); \
                              investigate the root cause"
                         );
+                        // Written beside the loop, which beats on meanwhile.
                         let snapshot = status(&mut node, &agents, new_nodes.clone());
                         let dir = state_dir.clone();
                         let at_ms = now().as_millis();
-                        let written = tokio::task::spawn_blocking(move || {
-                            crate::mesh_status::preserve(&dir, &snapshot, at_ms)
-                        })
-                        .await;
-                        match written {
-                            Ok(Ok(path)) => tracing::warn!(
-                                "mesh: this node's view of the mesh preserved in {}",
-                                path.display()
-                            ),
-                            Ok(Err(e)) => tracing::error!("mesh: preserving the state: {e}"),
-                            Err(e) => tracing::error!("mesh: preserving the state: {e}"),
-                        }
+                        tokio::task::spawn_blocking(move || {
+                            match crate::mesh_status::preserve(&dir, &snapshot, at_ms) {
+                                Ok(path) => tracing::warn!(
+                                    "mesh: this node's view of the mesh preserved in {}",
+                                    path.display()
+                                ),
+                                Err(e) => tracing::error!("mesh: preserving the state: {e}"),
+                            }
+                        });
                     }
                 }
                 MeshOutput::HostLost { scope, host } => {
@@ -430,6 +430,8 @@ fn command(node: &mut MeshNode, action: MeshAction, tag: u64) -> Option<serde_js
             budget_ms,
             requires,
             approved,
+            class,
+            window_ms,
         } => {
             let mut envelope = node.envelope(verb, &payload, priority, t);
             envelope.requires = requires;
@@ -441,6 +443,8 @@ fn command(node: &mut MeshNode, action: MeshAction, tag: u64) -> Option<serde_js
                 budget_ms,
                 approved,
                 automated: false,
+                class,
+                window_ms,
             })
         }
         MeshAction::Freeze { scope } => Command::Freeze {

@@ -1,9 +1,9 @@
 //! What the root decides reaches a node only from the root, or through the node the tree
 //! names above it: an operation's orders (a sector's from the root; a cluster's from the
 //! root or its sector's coordinator), an operator's controls (from the root; passed on by
-//! the coordinator of a cluster the node leads), and a report (from the lead or coordinator
-//! the tree names for its scope). Any other member's is refused and counted, and changes
-//! nothing.
+//! the coordinator of a cluster the node leads, within what it coordinates), and a report (from the lead or coordinator
+//! the tree names for its scope; a cluster's also from its coordinator, when the urgent mode
+//! reached none of it). Any other member's is refused and counted, and changes nothing.
 
 mod common;
 
@@ -11,7 +11,9 @@ use common::*;
 use qs_core::Time;
 use qs_core::mesh::{MeshConfig, MeshInput, MeshNode, MeshOutput};
 use qs_wire::NodeId;
-use qs_wire::mesh::{AgentId, ClusterId, Control, ControlAction, MeshMessage, Order, Scope, Tally};
+use qs_wire::mesh::{
+    AgentId, ClusterId, Control, ControlAction, MeshMessage, Order, Scope, SectorId, Tally,
+};
 use std::time::Duration;
 
 fn id(s: &str) -> NodeId {
@@ -41,6 +43,15 @@ fn freeze(relayed: bool) -> MeshMessage {
         action: ControlAction::Freeze,
         scope: Scope::Global,
         relayed,
+    })
+}
+
+/// A freeze of `scope`, passed on by a coordinator.
+fn freeze_of(scope: Scope) -> MeshMessage {
+    MeshMessage::Control(Control {
+        action: ControlAction::Freeze,
+        scope,
+        relayed: true,
     })
 }
 
@@ -132,6 +143,20 @@ fn what_the_root_decides_comes_from_the_root_or_the_node_the_tree_names_above() 
             taken: false,
         },
         Case {
+            name: "a freeze of another sector, passed on by the coordinator",
+            to: "p2",
+            from: "p3",
+            msg: |_| freeze_of(Scope::Sector(SectorId(5))),
+            taken: false,
+        },
+        Case {
+            name: "a freeze of its sector, passed on by its coordinator",
+            to: "p2",
+            from: "p3",
+            msg: |_| freeze_of(Scope::Sector(SectorId(0))),
+            taken: true,
+        },
+        Case {
             name: "a freeze passed on by another member",
             to: "p2",
             from: "p4",
@@ -143,6 +168,13 @@ fn what_the_root_decides_comes_from_the_root_or_the_node_the_tree_names_above() 
             to: "p3",
             from: "p2",
             msg: |_| report_from("p2"),
+            taken: true,
+        },
+        Case {
+            name: "a cluster's report from its coordinator (an urgent operation reached none of it)",
+            to: "p1",
+            from: "p3",
+            msg: |_| report_from("p3"),
             taken: true,
         },
         Case {

@@ -386,14 +386,25 @@ fn a_new_lead_counts_no_agent_offline_before_its_host_could_beat() {
     assert_eq!(node.global_counts(), (23, 3));
     assert_eq!(node.mode(), Mode::Emergency);
     // Another node roots the mesh a moment (this one looked dead to the others), then this
-    // one again: the mode it had says nothing of the new hierarchy.
+    // one again: the mode it had says nothing of the new hierarchy, whose counts (its
+    // agents not yet known offline) make the mode at its next beat, told once.
     let elsewhere =
         Hierarchy::build(&members, Shape::default(), |n| Seniority::live(*n != lead)).unwrap();
     assert_eq!(elsewhere.root.as_ref(), Some(&other));
     let t = at(cfg.dead_after_ms + 3 * cfg.beat_ms + 10);
+    drain(&mut node);
     node.handle(MeshInput::Tree(Arc::new(elsewhere)), t);
     node.handle(MeshInput::Tree(tree.clone()), t);
-    assert_eq!(node.mode(), Mode::Full);
+    node.handle(MeshInput::Tick, at(cfg.dead_after_ms + 4 * cfg.beat_ms + 4));
+    assert_eq!(node.mode(), Mode::Full, "{:?}", node.global_counts());
+    let told: Vec<(Mode, Mode)> = drain(&mut node)
+        .into_iter()
+        .filter_map(|o| match o {
+            MeshOutput::ModeChanged { from, to, .. } => Some((from, to)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(told, vec![(Mode::Emergency, Mode::Full)]);
     // It beats: its agents count active at the next beat.
     let now = at(cfg.dead_after_ms + 4 * cfg.beat_ms + 4);
     let agents = theirs.iter().map(|a| beat(*a, 0, false)).collect();

@@ -78,15 +78,11 @@ fn the_roots_mode_reaches_every_node_and_lapses_unless_renewed() {
     let cfg = MeshConfig::default();
     let mut root = node_in(&p1, cfg, &tree, at(0));
     let mut lead = node_in(&p2, cfg, &tree, at(0));
-    let p1_agents = (0..10).map(|i| beat(AgentId(i), 0, false)).collect();
-    hear_beat(
-        &mut lead,
-        &p1,
-        ClusterId(0),
-        at(0).as_millis(),
-        p1_agents,
-        at(0),
-    );
+    let p1_agents: Vec<_> = (0..10).map(|i| beat(AgentId(i), 0, false)).collect();
+    root.handle(MeshInput::Agents(p1_agents.clone()), at(0));
+    drain(&mut root);
+    let sent_ms = at(0).as_millis();
+    hear_beat(&mut lead, &p1, ClusterId(0), sent_ms, p1_agents, at(0));
     drain(&mut lead);
 
     // 14 of 20 active: the root changes its mode and tells its coordinator.
@@ -113,12 +109,15 @@ fn the_roots_mode_reaches_every_node_and_lapses_unless_renewed() {
         changes(&out).is_empty() && notices(&out).is_empty(),
         "{out:?}"
     );
-    // The root hears its own notice back from the lead: it decides its mode itself.
+    // The root hears its own notice back from the lead (its agents' lead: no stranger): it
+    // decides its mode itself, and passes nothing on again.
+    let refused = root.refused_senders();
     let out = hear(&mut root, &p2, notice, t);
     assert!(
         notices(&out).is_empty() && changes(&out).is_empty(),
         "{out:?}"
     );
+    assert_eq!(root.refused_senders(), refused);
     // A node the tree does not name above the lead is refused.
     let stranger = NodeId::new("p3").unwrap();
     let forged = ModeNotice {
@@ -240,4 +239,45 @@ fn a_lead_admits_no_new_agent_while_the_mesh_is_in_emergency() {
         "probes once the mesh recovered"
     );
     assert!(newcomers.iter().any(|a| pool(&lead).contains(a)));
+}
+
+/// A slower copy of an older notice (down another branch of the tree) changes nothing; a
+/// node that becomes the root keeps the mode it held until its sectors' summaries say the
+/// mesh's, so no change is told that did not happen.
+#[test]
+fn an_older_notice_changes_nothing_and_a_new_root_keeps_the_mode_it_held() {
+    let pair = pair();
+    let (p1, p2) = (pair.p1.clone(), pair.p2.clone());
+    let tree = pair.roles(&p2, &p2, &p1);
+    let mut node = node_in(&p2, MeshConfig::default(), &tree, at(0));
+    let notice = |level: u8, sent: u64| ModeNotice {
+        level,
+        active_agents: 7,
+        total_agents: 20,
+        sent_ms: at(sent).as_millis(),
+    };
+    hear(&mut node, &p1, notice(3, 200), at(300));
+    assert_eq!(node.mode(), Mode::DegradedSevere);
+    let out = hear(&mut node, &p1, notice(2, 100), at(310));
+    assert_eq!(node.mode(), Mode::DegradedSevere);
+    assert!(
+        changes(&out).is_empty() && notices(&out).is_empty(),
+        "{out:?}"
+    );
+
+    // p2 becomes the root (and still leads the one cluster, all 20 of whose agents beat):
+    // the mode it held stays until its summaries count the agents, then it is theirs.
+    let tree = pair.roles(&p2, &p2, &p2);
+    node.handle(MeshInput::Tree(tree), at(400));
+    let own = (10..20).map(|i| beat(AgentId(i), 0, false)).collect();
+    node.handle(MeshInput::Agents(own), at(400));
+    let mut changed = changes(&drain(&mut node));
+    for k in 1..=40 {
+        let now = at(400 + k * BEAT_MS);
+        let agents = (0..10).map(|i| beat(AgentId(i), 0, false)).collect();
+        hear_beat(&mut node, &p1, ClusterId(0), now.as_millis(), agents, now);
+        node.handle(MeshInput::Tick, now);
+        changed.extend(changes(&drain(&mut node)));
+    }
+    assert_eq!(changed, vec![(Mode::DegradedSevere, Mode::Full)]);
 }

@@ -73,6 +73,8 @@ impl Root {
             budget_ms: Some(100),
             approved: false,
             automated: false,
+            class: None,
+            window_ms: None,
         });
         self.node
             .handle(MeshInput::Command { command, tag }, self.now);
@@ -219,4 +221,22 @@ fn a_queued_operation_whose_scope_was_frozen_meanwhile_is_refused_when_it_would_
         vec![(3, Some(op), CommandError::Frozen(Scope::Global))]
     );
     assert!(ordered(&out).is_empty());
+}
+
+#[test]
+fn queued_operations_are_refused_at_a_node_no_longer_the_root() {
+    let mut root = Root::new(14);
+    let op = queued(&root.ask(1, 5))[0].1;
+    // The tree moves the root to p2.
+    let pair = pair();
+    let tree = pair.roles(&pair.p2, &pair.p2, &pair.p2);
+    root.node.handle(MeshInput::Tree(tree), root.now);
+    drain(&mut root.node);
+    root.now = root.now + Duration::from_millis(MeshConfig::default().beat_ms);
+    root.node.handle(MeshInput::Tick, root.now);
+    let r = refused(&drain(&mut root.node));
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!((r[0].0, r[0].1), (5, Some(op)));
+    assert!(matches!(r[0].2, CommandError::NotRoot { ref root } if root.as_deref() == Some("p2")));
+    assert!(root.node.queued(root.now).is_empty());
 }

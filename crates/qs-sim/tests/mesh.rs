@@ -4,8 +4,8 @@
 
 use qs_core::Time;
 use qs_sim::mesh::engine::{LEAD_AFTER_MS, READY_AT_MS, run};
-use qs_sim::mesh::{Cascade, KillHost, MeshSim, MeshSimConfig, ScaleOut};
-use qs_wire::mesh::CascadeMode;
+use qs_sim::mesh::{Cascade, Delegation, KillHost, MeshSim, MeshSimConfig, ScaleOut};
+use qs_wire::mesh::{CascadeMode, ImpedanceClass, Trinary};
 
 fn no_clock() -> f64 {
     0.0
@@ -19,6 +19,7 @@ fn cascades(modes: &[CascadeMode], from_ms: u64, budget_ms: Option<u64>) -> Vec<
             at_ms: from_ms + 1_500 * i as u64,
             mode: *m,
             budget_ms,
+            delegate: None,
         })
         .collect()
 }
@@ -38,6 +39,10 @@ fn thirty_thousand_agents_cascade_in_every_mode() {
     cfg.duration_ms = READY_AT_MS + 12_000;
     let r = run(&cfg, &no_clock).unwrap();
     assert!(r.refused.is_empty(), "{:?}", r.refused);
+    assert_eq!(
+        r.refused_senders, 0,
+        "every message from the node the tree names"
+    );
     assert_eq!(r.sectors, 100);
     assert!(r.largest_cluster <= 100 && r.largest_sector <= 100);
     // No node hears everyone: the busiest gets a few thousand messages a second, not
@@ -100,6 +105,88 @@ fn thirty_thousand_agents_cascade_in_every_mode() {
         ops[1].latency_ms,
         ops[1].target_after_ms
     );
+}
+
+/// A delegation (seed Part 7's `delegate(task, to='CLASS_D_GPU')`) goes to one agent, the
+/// best available of its class, and the result names the agent; one whose work takes far
+/// longer than any cascade's window (a human's, class F) is sent at once and awaited for
+/// the delegation's timeout.
+#[test]
+fn a_delegation_goes_to_one_agent_of_its_class_and_names_it() {
+    let mut cfg = MeshSimConfig::new(3_000, 7);
+    let delegate = |at_ms, class| Cascade {
+        at_ms,
+        mode: CascadeMode::Wave,
+        budget_ms: None,
+        delegate: Some(Delegation {
+            class,
+            window_ms: 120_000,
+        }),
+    };
+    cfg.cascades = vec![
+        delegate(READY_AT_MS, Some(ImpedanceClass::D)),
+        delegate(READY_AT_MS + 2_000, None),
+        delegate(READY_AT_MS + 4_000, Some(ImpedanceClass::F)),
+    ];
+    cfg.duration_ms = READY_AT_MS + 130_000;
+    let mut sim = MeshSim::new(&cfg);
+    sim.run_until(Time::from_millis(cfg.duration_ms));
+    let r = sim.report(&cfg, 0.0);
+    assert!(r.refused.is_empty(), "{:?}", r.refused);
+    let ops = r.measured();
+    assert_eq!(ops.len(), 3, "{ops:#?}");
+    let classes = [Some(ImpedanceClass::D), None, Some(ImpedanceClass::F)];
+    for (op, class) in ops.iter().zip(classes) {
+        assert_eq!(op.tally.sent, 1, "{:?}", op.tally);
+        assert_eq!(op.named.len(), 1, "{op:#?}");
+        let n = &op.named[0];
+        assert_eq!(n.state, Trinary::Ready, "{n:?}");
+        assert_eq!(sim.tree.cluster_of(n.agent), Some(n.cluster));
+        assert_eq!(sim.tree.cluster(n.cluster).unwrap().sector, n.sector);
+        match class {
+            // Of the class asked for, as its lead measured it (impedance is measured, never
+            // declared: an agent built as another kind may measure so).
+            Some(k) => assert_eq!(n.class, Some(k), "{n:?}"),
+            // The best available: a fast one.
+            None => assert!(n.class <= Some(ImpedanceClass::B), "{n:?}"),
+        }
+    }
+    // The class-D agent answers later than the best available, the human far later, well
+    // past a cascade's window, and in time.
+    assert!(
+        ops[0].latency_ms > ops[1].latency_ms,
+        "{} ms, {} ms",
+        ops[0].latency_ms,
+        ops[1].latency_ms
+    );
+    let human = &ops[2];
+    assert!(human.named[0].took_ms > 2_000, "{:?}", human.named[0]);
+    assert_eq!(
+        (human.tally.late, human.tally.skipped),
+        (0, 0),
+        "{:?}",
+        human.tally
+    );
+}
+
+/// An urgent operation while a fifth of the agents is down: the clusters behind an open
+/// breaker are counted unreachable by their coordinators, whose counts the root takes (no
+/// report missing, none refused).
+#[test]
+fn an_urgent_operation_counts_the_clusters_it_could_not_reach() {
+    let mut cfg = MeshSimConfig::new(3_000, 5);
+    cfg.calibrate = false;
+    cfg.down_fraction = 0.2;
+    cfg.down_at_ms = 500;
+    cfg.cascades = cascades(&[CascadeMode::Parallel], 2_500, Some(300));
+    cfg.duration_ms = 4_000;
+    let r = run(&cfg, &no_clock).unwrap();
+    assert!(r.open_cluster_breakers > 0, "{r:?}");
+    assert!(r.refused.is_empty(), "{:?}", r.refused);
+    assert_eq!(r.refused_senders, 0);
+    let op = &r.results[0];
+    assert!(op.tally.unreachable > 0, "{:?}", op.tally);
+    assert_eq!(op.tally.missing_reports, 0, "{:?}", op.tally);
 }
 
 #[test]
@@ -226,11 +313,13 @@ fn a_thousand_agents_join_thirty_thousand_gradually() {
             at_ms: at + 1_000,
             mode: CascadeMode::Wave,
             budget_ms: None,
+            delegate: None,
         },
         Cascade {
             at_ms: at + 31_000,
             mode: CascadeMode::Wave,
             budget_ms: None,
+            delegate: None,
         },
     ];
     cfg.duration_ms = at + 33_000;

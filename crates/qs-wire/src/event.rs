@@ -259,7 +259,9 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
-    /// The mesh's mode changed at its root (seed §6.3: by the share of active agents).
+    /// The mesh's mode changed (seed §6.3: by the share of active agents), as this node holds
+    /// it: the root's own, another node's as the root's notices said it (the counts: the
+    /// last notice's, also when one lapsed to FULL).
     MeshMode {
         from: String,
         to: String,

@@ -289,6 +289,7 @@ impl Series {
                 at_ms: self.first_ms + self.gap_ms * i as u64,
                 mode: self.mode,
                 budget_ms: self.budget_ms,
+                delegate: None,
             })
             .collect();
         cfg.duration_ms = self.first_ms + self.gap_ms * self.count as u64 + self.tail_ms;

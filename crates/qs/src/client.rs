@@ -354,7 +354,18 @@ fn complete(raw: &[u8]) -> bool {
 /// GET or POST that must succeed with 2xx; the error names the API's message (its
 /// [`v1::ErrorBody`]). The answer as JSON, for `--output json` to show as received.
 pub fn call(api: &str, method: &str, path: &str, body: Option<&str>) -> Result<serde_json::Value> {
-    let (status, text) = request(api, method, path, body, Duration::from_secs(60))?;
+    call_within(api, method, path, body, Duration::from_secs(60))
+}
+
+/// [`call`], the exchange allowed `timeout` (a delegation waits for its agent).
+pub fn call_within(
+    api: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    timeout: Duration,
+) -> Result<serde_json::Value> {
+    let (status, text) = request(api, method, path, body, timeout)?;
     if !(200..300).contains(&status) {
         let msg = serde_json::from_str::<v1::ErrorBody>(&text).map_or(text, |e| e.error);
         bail!("{msg}");

@@ -6,7 +6,7 @@ use crate::client;
 use crate::mesh_client::{control, op, scope_of, status};
 use crate::render::OutputFormat;
 use anyhow::{Result, bail};
-use qs_wire::mesh::{CascadeMode, ClusterId, MeshAction, Scope, SectorId, Verb};
+use qs_wire::mesh::{CascadeMode, ClusterId, ImpedanceClass, MeshAction, Scope, SectorId, Verb};
 use serde_json::Value;
 use std::io::{BufRead, Write};
 
@@ -32,6 +32,8 @@ fn broadcast(scope: Scope, message: String, urgent: bool) -> Intent {
         budget_ms: None,
         requires: None,
         approved: false,
+        class: None,
+        window_ms: None,
     })
 }
 
@@ -47,12 +49,36 @@ fn ask(scope: Scope, question: String, sample: u32) -> Intent {
         budget_ms: None,
         requires: None,
         approved: false,
+        class: None,
+        window_ms: None,
     })
 }
 
 /// A task for the one best agent (with `capability`, if named).
 fn delegate(scope: Scope, task: String, capability: Option<String>) -> Intent {
-    Intent::Act(MeshAction::Cascade {
+    Intent::Act(delegation(
+        scope,
+        task,
+        capability,
+        None,
+        DELEGATE_TIMEOUT_S,
+    ))
+}
+
+/// How long a delegation waits for its agent's answer by default (the seed's
+/// `timeout_seconds=300`).
+pub(crate) const DELEGATE_TIMEOUT_S: u64 = 300;
+
+/// A task for the one best available agent (the lowest impedance in scope), with
+/// `capability` and of `class` if named, its answer awaited `timeout_s` past its arrival.
+pub(crate) fn delegation(
+    scope: Scope,
+    task: String,
+    capability: Option<String>,
+    class: Option<ImpedanceClass>,
+    timeout_s: u64,
+) -> MeshAction {
+    MeshAction::Cascade {
         mode: CascadeMode::Wave,
         scope,
         verb: Verb::Act,
@@ -62,7 +88,9 @@ fn delegate(scope: Scope, task: String, capability: Option<String>) -> Intent {
         budget_ms: None,
         requires: capability,
         approved: false,
-    })
+        class,
+        window_ms: Some(timeout_s.saturating_mul(1_000)),
+    }
 }
 
 /// The verbs a request may open with: the first word decides before any keyword found
@@ -240,13 +268,20 @@ pub(crate) fn describe(a: &MeshAction) -> String {
             payload,
             requires,
             scope,
+            class,
+            window_ms,
             ..
         } => {
             let capability = requires
                 .as_ref()
                 .map_or(String::new(), |c| format!(" --capability {c}"));
+            let to = class.map_or(String::new(), |k| format!(" --to {}", k.letter()));
+            let timeout = match window_ms.map(|w| w / 1_000) {
+                Some(DELEGATE_TIMEOUT_S) | None => String::new(),
+                Some(s) => format!(" --timeout {s}"),
+            };
             format!(
-                "qs mesh delegate {payload:?}{capability}{}",
+                "qs mesh delegate {payload:?}{capability}{to}{timeout}{}",
                 scope_flag(scope)
             )
         }
@@ -508,6 +543,24 @@ mod tests {
             assert_eq!(got.as_deref(), Some(want), "{text:?}");
         }
         assert_eq!(parse_intent("make me a sandwich"), None);
+    }
+
+    /// A delegation shows the class and timeout it was given (the default timeout not).
+    #[test]
+    fn a_delegation_shows_its_class_and_timeout() {
+        let table = [
+            (None, DELEGATE_TIMEOUT_S, "qs mesh delegate \"t\""),
+            (
+                Some(ImpedanceClass::D),
+                60,
+                "qs mesh delegate \"t\" --to D --timeout 60",
+            ),
+        ];
+        for (class, timeout_s, want) in table {
+            let a = delegation(Scope::Global, "t".into(), None, class, timeout_s);
+            assert!(a.check().is_ok());
+            assert_eq!(describe(&a), want);
+        }
     }
 
     /// What a model answers is untrusted: each answer → the command it becomes, or the

@@ -6,8 +6,9 @@ use crate::client;
 use crate::render::OutputFormat;
 use anyhow::{Result, bail};
 use comfy_table::Table;
-use qs_wire::mesh::{ClusterId, MeshAction, Scope, SectorId};
+use qs_wire::mesh::{ClusterId, ImpedanceClass, MeshAction, Scope, SectorId};
 use serde_json::Value;
+use std::time::Duration;
 
 /// `sector 7`, `S7`, `SECTOR-7`, `cluster 12`, `C12`; empty, `all`, `mesh`: the whole mesh.
 pub(crate) fn scope_of(text: &str) -> Result<Scope> {
@@ -36,7 +37,9 @@ pub(crate) fn scope_of(text: &str) -> Result<Scope> {
 
 pub(crate) fn op(api: &str, action: &MeshAction, output: OutputFormat) -> Result<()> {
     let body = serde_json::to_string(action)?;
-    let v = client::call(api, "POST", "/v1/mesh/ops", Some(&body))?;
+    // The agent waits for the outcome as long as the operation may take, and some more.
+    let wait = Duration::from_millis(action.longest_ms()) + Duration::from_secs(60);
+    let v = client::call_within(api, "POST", "/v1/mesh/ops", Some(&body), wait)?;
     match output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&v)?),
         OutputFormat::Text => print_outcome(&v),
@@ -114,6 +117,9 @@ pub(crate) fn print_outcome(v: &Value) {
         n("skipped"),
         n("unreachable")
     );
+    for n in v["named"].as_array().into_iter().flatten() {
+        println!("  {}", named_line(n));
+    }
     if let Some(answers) = v["answers"].as_array().filter(|a| !a.is_empty()) {
         println!("  answers:");
         for a in answers {
@@ -124,6 +130,57 @@ pub(crate) fn print_outcome(v: &Value) {
             );
         }
     }
+}
+
+/// Who answered what, as the root names it: `agent 00000000000000ab (class D, sector 3,
+/// cluster 7): READY after 34 ms of work: "…"`.
+pub(crate) fn named_line(n: &Value) -> String {
+    let class = n["class"]
+        .as_str()
+        .map_or(String::new(), |k| format!("class {k}, "));
+    let answer = match n["answer"].as_str().filter(|a| !a.is_empty()) {
+        Some(a) => format!(": {a:?}"),
+        None => String::new(),
+    };
+    format!(
+        "agent {:016x} ({class}sector {}, cluster {}): {} after {} ms of work{answer}",
+        n["agent"].as_u64().unwrap_or(0),
+        n["sector"],
+        n["cluster"],
+        match n["state"].as_i64() {
+            Some(1) => "READY",
+            Some(0) => "IN TRANSIT",
+            Some(-1) => "CONFLICT",
+            _ => "?",
+        },
+        n["took_ms"],
+    )
+}
+
+/// `--to`: a class by its letter (`D`), the seed's name (`CLASS_D_GPU`) or its kind
+/// (`gpu`); `best_available` (or `best`, `any`): none.
+pub(crate) fn class_of(text: &str) -> Result<Option<ImpedanceClass>> {
+    let t = text.trim().to_ascii_lowercase().replace('-', "_");
+    let t = t.strip_prefix("class_").unwrap_or(&t);
+    let kinds = [
+        ("edge", ImpedanceClass::A),
+        ("serverless", ImpedanceClass::B),
+        ("persistent", ImpedanceClass::C),
+        ("gpu", ImpedanceClass::D),
+        ("local", ImpedanceClass::E),
+        ("human", ImpedanceClass::F),
+    ];
+    if ["best_available", "best", "any"].contains(&t) {
+        return Ok(None);
+    }
+    for (kind, class) in kinds {
+        let letter = class.letter().to_ascii_lowercase().to_string();
+        let named = t == letter || t == kind || t == format!("{letter}_{kind}");
+        if named {
+            return Ok(Some(class));
+        }
+    }
+    bail!("--to {text:?}: a class A to F (or CLASS_D_GPU, gpu), or best_available")
 }
 
 /// What the root said of an operation it queued.
@@ -364,6 +421,58 @@ mod tests {
             assert_eq!(scope_of(text).unwrap(), want, "{text:?}");
         }
         assert!(scope_of("galaxy 9").is_err());
+    }
+
+    #[test]
+    fn delegations_name_a_class_as_the_seed_or_an_operator_would() {
+        let table = [
+            ("D", Some(ImpedanceClass::D)),
+            ("d", Some(ImpedanceClass::D)),
+            ("CLASS_D_GPU", Some(ImpedanceClass::D)),
+            ("class-a-edge", Some(ImpedanceClass::A)),
+            ("gpu", Some(ImpedanceClass::D)),
+            ("serverless", Some(ImpedanceClass::B)),
+            ("F", Some(ImpedanceClass::F)),
+            ("best_available", None),
+            ("best", None),
+        ];
+        for (text, want) in table {
+            assert_eq!(class_of(text).unwrap(), want, "{text:?}");
+        }
+        for bad in ["G", "CLASS_D_EDGE", "fastest", ""] {
+            assert!(class_of(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    /// The root's named answer, as it serializes one, reads as one line.
+    #[test]
+    fn a_named_answer_reads_as_who_answered_what() {
+        use qs_wire::mesh::{AgentId, NamedAnswer, Trinary};
+        let n = |class, state, answer: &str| {
+            serde_json::json!(NamedAnswer {
+                agent: AgentId(0xab),
+                cluster: ClusterId(7),
+                sector: SectorId(3),
+                class,
+                state,
+                answer: answer.into(),
+                took_ms: 34_200,
+            })
+        };
+        let table = [
+            (
+                n(Some(ImpedanceClass::D), Trinary::Ready, "done: 42"),
+                "agent 00000000000000ab (class D, sector 3, cluster 7): READY after 34200 ms \
+                 of work: \"done: 42\"",
+            ),
+            (
+                n(None, Trinary::Conflict, ""),
+                "agent 00000000000000ab (sector 3, cluster 7): CONFLICT after 34200 ms of work",
+            ),
+        ];
+        for (v, want) in table {
+            assert_eq!(named_line(&v), want, "{v}");
+        }
     }
 
     /// What the root serializes of a queued operation reads as a sentence, and the status's

@@ -4,7 +4,8 @@
 //! of intents (or an OpenAI-compatible endpoint, when one is named), shows the command it
 //! will run and asks before running it.
 
-use crate::mesh_client::{control, op, scope_of, status};
+use crate::mesh_chat::delegation;
+use crate::mesh_client::{class_of, control, op, scope_of, status};
 use crate::render::OutputFormat;
 use anyhow::{Result, bail};
 use clap::Subcommand;
@@ -52,11 +53,19 @@ pub enum MeshCmd {
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },
-    /// Hand a task to the best available agent (the lowest impedance, with the capability).
+    /// Hand a task to the best available agent (the lowest impedance, with the capability
+    /// and of the class if named); its answer, and who gave it.
     Delegate {
         task: String,
         #[arg(long)]
         capability: Option<String>,
+        /// A class: A to F (or CLASS_D_GPU, gpu), or best_available.
+        #[arg(long, default_value = "best_available")]
+        to: String,
+        /// How long to wait for the agent's answer, seconds.
+        #[arg(long, default_value_t = crate::mesh_chat::DELEGATE_TIMEOUT_S,
+              value_parser = clap::value_parser!(u64).range(1..=600))]
+        timeout: u64,
         /// Only this sector or cluster.
         #[arg(long)]
         scope: Option<String>,
@@ -162,20 +171,13 @@ pub fn run(api: &str, cmd: MeshCmd) -> Result<()> {
         MeshCmd::Delegate {
             task,
             capability,
+            to,
+            timeout,
             scope,
             output,
         } => {
-            let mut action = cascade(
-                "wave",
-                scope_of(scope.as_deref().unwrap_or(""))?,
-                Verb::Act,
-                task,
-                2,
-                Some(1),
-                None,
-                false,
-            )?;
-            set_requires(&mut action, capability);
+            let scope = scope_of(scope.as_deref().unwrap_or(""))?;
+            let action = delegation(scope, task, capability, class_of(&to)?, timeout);
             op(api, &action, output)
         }
         MeshCmd::Cascade {
@@ -250,6 +252,8 @@ fn cascade(
         budget_ms,
         requires: None,
         approved,
+        class: None,
+        window_ms: None,
     })
 }
 

@@ -196,6 +196,7 @@ fn simulate_mesh(a: &SimArgs) -> Result<()> {
             at_ms: at,
             mode,
             budget_ms: None,
+            delegate: None,
         });
         at += match mode {
             qs_wire::mesh::CascadeMode::PriorityFirst => 6_000,

@@ -161,6 +161,31 @@ fn a_thousand_agents_over_nats() {
         .collect();
     assert!(answers.contains(&"a1b2c3d4"), "{a}");
 
+    // A delegation: the one best available agent takes the task, and the result names it
+    // (as JSON, and in words).
+    let delegate = |output: &str| {
+        cli(&[
+            "--api",
+            &root.api,
+            "mesh",
+            "delegate",
+            "Analyze Q3 financial data",
+            "--to",
+            "best_available",
+            "--timeout",
+            "30",
+            "--output",
+            output,
+        ])
+    };
+    let d: Value = serde_json::from_str(&delegate("json")).unwrap();
+    assert_eq!(d["tally"]["sent"], 1, "{d}");
+    let named = d["named"].as_array().expect("the agent named");
+    assert_eq!(named.len(), 1, "{d}");
+    assert_eq!(named[0]["state"], 1, "READY: {d}");
+    let said = delegate("text");
+    assert!(said.contains("READY after"), "{said}");
+
     // A fact a quarter of the agents contradict: CONFLICT from each of m4's agents, the
     // quorum says to resolve them, and each conflict is in the conflict log (the ledger
     // of the lead that heard it).
@@ -187,8 +212,8 @@ fn a_thousand_agents_over_nats() {
         PER_NODE as usize,
         "conflict records in the ledgers"
     );
-    // Every operation's end is in the root's ledger: the broadcast's, the ask's, the
-    // conflicting fact's, in that order, with their outcomes.
+    // Every operation's end is in the root's ledger: the broadcast's, the ask's, the two
+    // delegations', the conflicting fact's, in that order, with their outcomes.
     let operations = |a: &Up| -> Vec<Value> {
         a.events()
             .into_iter()
@@ -197,19 +222,19 @@ fn a_thousand_agents_over_nats() {
             .collect()
     };
     root.wait_within("the operations' records", Duration::from_secs(10), |a| {
-        operations(a).len() >= 3
+        operations(a).len() >= 5
     });
     let recorded = operations(root);
-    for (record, outcome) in recorded.iter().zip([&b, &a, &c]) {
+    for (record, outcome) in recorded.iter().zip([&b, &a, &d]) {
         assert_eq!(record["op"], outcome["op"], "{record}");
         assert_eq!(record["status"], outcome["status"], "{record}");
         assert_eq!(record["ready"], outcome["tally"]["ready"], "{record}");
         assert_eq!(record["scope"], "global", "{record}");
     }
     assert_eq!(
-        recorded[2]["decision"], "RESOLVE_CONFLICTS",
+        recorded[4]["decision"], "RESOLVE_CONFLICTS",
         "{}",
-        recorded[2]
+        recorded[4]
     );
     // Each is of priority 3 (a value all 250 of m4's agents hold): its lead escalates it
     // with its report to the sector's coordinator. Each cluster with conflicts is in its

@@ -218,8 +218,15 @@ pub struct MeshNode {
     pub(crate) mode: Mode,
     /// Off the root: when the last notice of the mode was taken.
     pub(crate) mode_heard: Option<Time>,
-    /// The last notice passed on (its `sent_ms`).
-    pub(crate) mode_passed_ms: Option<u64>,
+    /// The newest notice seen (its `sent_ms`, on the root's clock), and the counts the last
+    /// one taken said.
+    pub(crate) mode_seen_ms: Option<u64>,
+    pub(crate) mode_counts: (u32, u32),
+    /// Whether the mode held came from a root's notice (not this node's own reckoning).
+    pub(crate) mode_from_notice: bool,
+    /// When this node last became the root: it keeps the mode it held until its sector
+    /// summaries come (or a while passed).
+    pub(crate) root_since: Option<Time>,
     /// At the root: when the mode is next announced, if not FULL, and how many beats more
     /// announce a change.
     pub(crate) next_mode_notice: Time,
@@ -271,7 +278,10 @@ impl MeshNode {
             kpis: Kpis::default(),
             mode: Mode::Full,
             mode_heard: None,
-            mode_passed_ms: None,
+            mode_seen_ms: None,
+            mode_counts: (0, 0),
+            mode_from_notice: false,
+            root_since: None,
             next_mode_notice: now,
             mode_announcements_left: 0,
             last_observed: None,
@@ -516,15 +526,29 @@ impl MeshNode {
             }
             MeshMessage::Alive(a) => a.from == from && names(a.scope),
             MeshMessage::Sector(s) => s.coordinator == from && names(Scope::Sector(s.sector)),
-            MeshMessage::Report(r) => r.from == from && names(r.scope),
+            // A cluster's report comes from its lead, or from its coordinator when the urgent
+            // mode could reach none of it.
+            MeshMessage::Report(r) => {
+                r.from == from
+                    && (names(r.scope)
+                        || matches!(r.scope, Scope::Cluster(c) if from_coordinator_of(c)))
+            }
             MeshMessage::Mode(_) => self.mode_sender_ok(&from),
             MeshMessage::Order(o) => match o.scope {
                 Scope::Sector(_) => from_root,
                 Scope::Cluster(c) => from_root || from_coordinator_of(c),
                 Scope::Global => false,
             },
+            // Passed on by a coordinator: one above a cluster this node leads, and within
+            // what it coordinates (the whole mesh's, its sector's, its cluster's).
             MeshMessage::Control(c) => {
-                from_root || (c.relayed && self.led.keys().any(|cl| from_coordinator_of(*cl)))
+                let leads_under_sender = self.led.keys().any(|cl| from_coordinator_of(*cl));
+                let within = match c.scope {
+                    Scope::Global => true,
+                    Scope::Sector(_) => names(c.scope),
+                    Scope::Cluster(cl) => from_coordinator_of(cl),
+                };
+                from_root || (c.relayed && leads_under_sender && within)
             }
             _ => true,
         };

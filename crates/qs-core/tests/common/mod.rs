@@ -416,6 +416,8 @@ pub fn cascade(node: &mut MeshNode, mode: CascadeMode, verb: Verb, payload: &str
         budget_ms: Some(100),
         approved: false,
         automated: false,
+        class: None,
+        window_ms: None,
     });
     node.handle(MeshInput::Command { command, tag: 1 }, now);
 }
@@ -456,6 +458,7 @@ pub fn cluster_report(
         escalated,
         escalated_more: 0,
         late,
+        named: Vec::new(),
     }
 }
 

@@ -284,6 +284,7 @@ impl MeshSim {
                     at_ms: CALIBRATE_FROM_MS + k * 300,
                     mode: qs_wire::mesh::CascadeMode::Wave,
                     budget_ms: Some(1_000),
+                    delegate: None,
                 });
             }
         }
@@ -417,7 +418,11 @@ impl MeshSim {
                     self.refused.push("no root".into());
                     return;
                 };
-                let mut env = self.nodes[root].envelope(Verb::Sync, "context update", 2, now);
+                let (verb, payload) = match c.delegate {
+                    Some(_) => (Verb::Act, "delegated task"),
+                    None => (Verb::Sync, "context update"),
+                };
+                let mut env = self.nodes[root].envelope(verb, payload, 2, now);
                 env.ttl_ms = 10_000;
                 self.nodes[root].handle(
                     MeshInput::Command {
@@ -425,10 +430,12 @@ impl MeshSim {
                             mode: c.mode,
                             scope: Scope::Global,
                             envelope: env,
-                            sample: None,
+                            sample: c.delegate.map(|_| 1),
                             budget_ms: c.budget_ms,
                             approved: true,
                             automated: false,
+                            class: c.delegate.and_then(|d| d.class),
+                            window_ms: c.delegate.map(|d| d.window_ms),
                         }),
                         tag: k as u64,
                     },
@@ -652,6 +659,7 @@ impl MeshSim {
             results: self.results.clone(),
             refused: self.refused.clone(),
             queued: self.queued.clone(),
+            refused_senders: self.nodes.iter().map(MeshNode::refused_senders).sum(),
             mode_changes: self.mode_changes.clone(),
             integration: self.scale_out.as_ref().map(|t| t.report.clone()),
             trace_hash: format!("{:016x}", h.finish() ^ of_str("mesh")),

@@ -59,6 +59,17 @@ pub struct Cascade {
     pub mode: CascadeMode,
     /// Cap on how far ahead the target arrival is set.
     pub budget_ms: Option<u64>,
+    /// A delegation instead of a broadcast: one agent, the best available.
+    pub delegate: Option<Delegation>,
+}
+
+/// A task delegated to the one best available agent (`qs mesh delegate`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Delegation {
+    /// Of this class only.
+    pub class: Option<qs_wire::mesh::ImpedanceClass>,
+    /// How long its answer is awaited past its arrival.
+    pub window_ms: u64,
 }
 
 impl MeshSimConfig {
@@ -177,6 +188,9 @@ pub struct MeshReport {
     /// Cascades the root queued (DEGRADED_MODERATE queues non-urgent ones): their results
     /// come later, with `results`.
     pub queued: Vec<u64>,
+    /// Messages the nodes refused because the tree does not name their sender for them
+    /// (none, when every node runs the same core).
+    pub refused_senders: u64,
     /// How the agents of a scale-out joined the routing pool.
     pub integration: Option<Integration>,
     pub trace_hash: String,

@@ -192,7 +192,30 @@ pub struct Report {
     /// false.
     #[serde(default, skip_serializing_if = "crate::bounds::is_zero")]
     pub late: bool,
+    /// Who answered what, for an operation of a few agents (a delegation, a small ask): at
+    /// most [`MAX_NAMED`]. Left out when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub named: Vec<NamedAnswer>,
 }
+
+/// One agent's answer, named: where it is, its class, what it answered and how long its
+/// work took (on its host's clock).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedAnswer {
+    pub agent: AgentId,
+    pub cluster: ClusterId,
+    pub sector: SectorId,
+    /// The class its lead measured it in when it chose it (none: not measured yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<ImpedanceClass>,
+    pub state: Trinary,
+    pub answer: String,
+    pub took_ms: u64,
+}
+
+/// Most named answers a report (and an operation's result) carries.
+pub const MAX_NAMED: usize = 16;
 
 /// A conflict escalated up the tree, as its agent reported it: the node that takes it
 /// classifies it again from the detail (a priority is not taken on trust).
@@ -215,6 +238,10 @@ impl Report {
         at_most("answers", self.answers.len(), MAX_ANSWERS)?;
         for a in &self.answers {
             text("answer", &a.answer)?;
+        }
+        at_most("named answers", self.named.len(), MAX_NAMED)?;
+        for n in &self.named {
+            text("named answer", &n.answer)?;
         }
         check_escalated(self.escalated.iter())
     }

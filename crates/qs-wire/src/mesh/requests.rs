@@ -38,6 +38,14 @@ pub enum MeshAction {
         requires: Option<String>,
         #[serde(default)]
         approved: bool,
+        /// Only agents of this impedance class (`qs mesh delegate --to D`); not for a
+        /// priority-first cascade, which takes its classes in turn.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        class: Option<ImpedanceClass>,
+        /// How long the agents' answers are gathered past their arrival, milliseconds (a
+        /// delegation's timeout); default the mode's window.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        window_ms: Option<u64>,
     },
     Freeze {
         scope: Scope,
@@ -59,15 +67,39 @@ fn two() -> u8 {
 }
 
 impl MeshAction {
+    /// The longest the root may take over it, milliseconds: each phase's budget (or the
+    /// most the mesh compensates, a second) and window (a priority-first cascade has five).
+    pub fn longest_ms(&self) -> u64 {
+        match self {
+            MeshAction::Cascade {
+                mode,
+                budget_ms,
+                window_ms,
+                ..
+            } => {
+                let phases = match mode {
+                    CascadeMode::PriorityFirst => 5,
+                    _ => 1,
+                };
+                let phase = budget_ms.unwrap_or(1_000) + window_ms.unwrap_or(1_000);
+                phase.saturating_mul(phases)
+            }
+            _ => 0,
+        }
+    }
+
     pub fn check(&self) -> Result<(), String> {
         match self {
             MeshAction::Cascade {
+                mode,
                 verb,
                 payload,
                 priority,
                 sample,
                 budget_ms,
                 requires,
+                class,
+                window_ms,
                 ..
             } => {
                 if *verb == Verb::Probe {
@@ -89,12 +121,21 @@ impl MeshAction {
                 if let Some(r) = requires {
                     check_capability(r).map_err(|e| format!("requires: {e}"))?;
                 }
+                if class.is_some() && *mode == CascadeMode::PriorityFirst {
+                    return Err("class: a priority-first cascade takes its classes in turn".into());
+                }
+                if window_ms.is_some_and(|w| w == 0 || w > MAX_WINDOW_MS) {
+                    return Err(format!("window_ms: must be in 1..={MAX_WINDOW_MS}"));
+                }
                 Ok(())
             }
             _ => Ok(()),
         }
     }
 }
+
+/// The longest an operation gathers answers past their arrival: ten minutes.
+pub const MAX_WINDOW_MS: u64 = 600_000;
 
 /// A request for the root, with where to answer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -246,7 +287,9 @@ mod tests {
             let json = format!(
                 r#"{{"action":"cascade","mode":"wave","verb":"sync","payload":"x"{extra}}}"#
             );
-            serde_json::from_str::<MeshAction>(&json).unwrap().check()
+            serde_json::from_str::<MeshAction>(&json)
+                .map_err(|e| e.to_string())?
+                .check()
         };
         let table = [
             ("", Ok(())),
@@ -255,6 +298,10 @@ mod tests {
             (r#","sample":0"#, Err("sample:")),
             (r#","budget_ms":0"#, Err("budget_ms:")),
             (r#","requires":"a b""#, Err("requires:")),
+            (r#","class":"D","window_ms":600000"#, Ok(())),
+            (r#","window_ms":0"#, Err("window_ms:")),
+            (r#","window_ms":600001"#, Err("window_ms:")),
+            (r#","class":"G""#, Err("unknown variant")),
         ];
         for (extra, want) in table {
             match (cascade(extra), want) {
@@ -263,6 +310,10 @@ mod tests {
                 (got, want) => panic!("{extra}: {got:?}, wanted {want:?}"),
             }
         }
+        // A priority-first cascade takes its classes in turn: none is named.
+        let json = r#"{"action":"cascade","mode":"priority-first","verb":"sync","payload":"x","class":"D"}"#;
+        let e = serde_json::from_str::<MeshAction>(json).unwrap().check();
+        assert!(e.unwrap_err().starts_with("class:"));
         // Readiness probes are the cluster leads' own.
         let probe = r#"{"action":"cascade","mode":"wave","verb":"probe","payload":""}"#;
         let e = serde_json::from_str::<MeshAction>(probe).unwrap().check();

@@ -157,6 +157,7 @@ fn escalated_conflicts_in_reports_are_bounded_and_checked() {
             escalated,
             escalated_more: 0,
             late: false,
+            named: Vec::new(),
         }))
     };
     let decode =
@@ -178,6 +179,7 @@ fn escalated_conflicts_in_reports_are_bounded_and_checked() {
         plain.get("escalated").is_none()
             && plain.get("escalated_more").is_none()
             && plain.get("late").is_none()
+            && plain.get("named").is_none()
     );
     let plain = serde_json::to_vec(&plain).unwrap();
     assert_eq!(

@@ -57,19 +57,23 @@ impl MeshNode {
     }
 
     /// A notice heard: taken (but at the root, which decides the mode itself), and passed
-    /// on once to the nodes below this one's roles.
+    /// on once to the nodes below this one's roles. Only a notice newer than the last
+    /// seen is: a slower copy of an older one (down another branch of the tree) changes
+    /// nothing.
     pub(super) fn on_mode(&mut self, notice: ModeNotice, now: Time) {
         let Some(mode) = Mode::from_level(notice.level) else {
             return;
         };
-        if !self.is_root {
-            self.mode_heard = Some(now);
-            self.set_mode(mode, notice.active_agents, notice.total_agents);
-        }
-        if self.mode_passed_ms == Some(notice.sent_ms) {
+        if self.mode_seen_ms.is_some_and(|seen| notice.sent_ms <= seen) {
             return;
         }
-        self.mode_passed_ms = Some(notice.sent_ms);
+        self.mode_seen_ms = Some(notice.sent_ms);
+        if !self.is_root {
+            self.mode_heard = Some(now);
+            self.mode_from_notice = true;
+            self.mode_counts = (notice.active_agents, notice.total_agents);
+            self.set_mode(mode, notice.active_agents, notice.total_agents);
+        }
         let mut below: BTreeSet<NodeId> = BTreeSet::new();
         if self.is_root {
             below.extend(
@@ -100,7 +104,8 @@ impl MeshNode {
             return;
         }
         self.mode_heard = None;
-        self.set_mode(Mode::Full, 0, 0);
+        let (active, total) = self.mode_counts;
+        self.set_mode(Mode::Full, active, total);
     }
 
     /// The mode is `mode` now: the shell is told of a change.

@@ -201,10 +201,20 @@ impl MeshNode {
                 0 => 1.0,
                 _ => f64::from(active) / f64::from(total),
             };
-            let mode = Mode::from_active_share(share);
-            let changed = mode != self.mode;
-            self.set_mode(mode, active, total);
-            self.announce_mode(changed, active, total, now);
+            // A new root keeps the mode it held until its sectors' summaries count agents
+            // (or three summary periods passed: a mesh with no agents is FULL).
+            let settling = total == 0
+                && self
+                    .root_since
+                    .is_some_and(|t| now.since(t) < Duration::from_millis(3 * self.cfg.summary_ms));
+            if !settling {
+                let mode = Mode::from_active_share(share);
+                let changed = mode != self.mode;
+                self.mode_from_notice = false;
+                self.mode_counts = (active, total);
+                self.set_mode(mode, active, total);
+                self.announce_mode(changed, active, total, now);
+            }
             if let Some(last) = self.last_observed {
                 let dt = now.since(last).as_millis() as u64;
                 self.kpis.observed_ms += dt;

@@ -87,10 +87,19 @@ impl MeshNode {
         self.summarized.clear();
         let was_root = self.is_root;
         self.is_root = root_now;
+        if tree.root != self.tree.root {
+            // Another root, another clock: its notices are numbered afresh.
+            self.mode_seen_ms = None;
+        }
         if self.is_root && !was_root {
-            // A mode from when it was root before says nothing now: it follows the
-            // summaries of this hierarchy from the next beat.
-            self.mode = Mode::Full;
+            // A mode the former root's notices said holds until the summaries of this
+            // hierarchy say the mesh's (no change is told that did not happen); one it
+            // computed when it was the root before says nothing now.
+            self.root_since = Some(now);
+            if !self.mode_from_notice {
+                let (active, total) = self.mode_counts;
+                self.set_mode(Mode::Full, active, total);
+            }
         }
         if was_root && !self.is_root {
             // The mode it computed holds as a notice would: until the new root's renew it,

@@ -184,6 +184,7 @@ pub(super) fn answer(ops: &mut Ops, node: &mut MeshNode, a: &Ack, now: Time) -> 
                 escalated,
                 escalated_more,
                 late: true,
+                named: Vec::new(),
             };
             node.send(to, MeshMessage::Report(Box::new(report)));
         }

@@ -89,7 +89,26 @@ pub(super) fn lead_order(node: &mut MeshNode, o: Order, c: ClusterId, now: Time)
             });
         }
     }
+    // A sample of a few agents (a delegation, a small ask): who answered what is told, with
+    // the class each was chosen as; and one whose work takes longer than the target allows
+    // is sent at once and awaited for the window (a delegation's timeout), not left out.
+    let named = o.sample_per_cluster.is_some() && wants.len() <= MAX_NAMED;
+    if named {
+        let available_ms = target.since(now).as_secs_f64() * 1000.0;
+        for w in &mut wants {
+            if w.lead_ms > available_ms && w.lead_ms <= available_ms + o.window_ms as f64 {
+                w.lead_ms = available_ms;
+            }
+        }
+    }
     let plan = schedule::schedule(now, target, &wants);
+    let chosen_as: BTreeMap<AgentId, ImpedanceClass> = match named {
+        true => wants
+            .iter()
+            .filter_map(|w| led.assess(w.key, weight).map(|(z, _)| (w.key, z.class)))
+            .collect(),
+        false => BTreeMap::new(),
+    };
     gather.tally_mut().skipped += plan.too_late.len() as u32;
     let scheduled: usize = plan.batches.iter().map(|b| b.keys.len()).sum();
     gather.scheduled(scheduled);
@@ -122,6 +141,8 @@ pub(super) fn lead_order(node: &mut MeshNode, o: Order, c: ClusterId, now: Time)
         reported: false,
         escalate: Escalations::default(),
         rerouted: BTreeMap::new(),
+        named: named.then(Vec::new),
+        chosen_as,
     };
     let key = (o.op, c);
     node.ops.lead.insert(key, op);
@@ -236,6 +257,20 @@ pub(crate) fn on_ack(node: &mut MeshNode, from: &NodeId, a: Ack, now: Time) {
                     view.spiking = view.work.record(processing, link_p50).is_some();
                     view.work.outcome(heard == gather::Heard::Counted);
                     led.measured = true;
+                }
+                if heard == gather::Heard::Counted
+                    && let Some(named) = l.named.as_mut().filter(|n| n.len() < MAX_NAMED)
+                    && let Some(led) = node.led.get(&a.cluster)
+                {
+                    named.push(NamedAnswer {
+                        agent: a.agent,
+                        cluster: a.cluster,
+                        sector: led.sector,
+                        class: l.chosen_as.get(&a.agent).copied(),
+                        state: a.state,
+                        answer: a.answer.clone(),
+                        took_ms: a.ready_ms.saturating_sub(a.arrived_ms),
+                    });
                 }
                 if heard == gather::Heard::Counted && !a.answer.is_empty() {
                     if l.answers.len() < 256 || l.answers.contains_key(&a.answer) {
@@ -491,6 +526,7 @@ pub(super) fn report_lead(ops: &mut Ops, node: &mut MeshNode, key: (OpId, Cluste
         escalated,
         escalated_more,
         late: false,
+        named: l.named.take().unwrap_or_default(),
     };
     node.send(l.report_to.clone(), MeshMessage::Report(Box::new(report)));
 }

@@ -14,8 +14,8 @@ use crate::time::Time;
 use qs_wire::NodeId;
 use qs_wire::mesh::{
     Ack, AgentId, AgentState, AnswerCount, BreakerState, CascadeMode, ClusterId, Contradicted,
-    Control, ControlAction, Dispatch, ImpedanceClass, LeadHistogram, MAX_CHILDREN, MeshEnvelope,
-    MeshMessage, OpId, Order, Report, Scope, SectorId, Tally, Trinary,
+    Control, ControlAction, Dispatch, ImpedanceClass, LeadHistogram, MAX_CHILDREN, MAX_NAMED,
+    MeshEnvelope, MeshMessage, NamedAnswer, OpId, Order, Report, Scope, SectorId, Tally, Trinary,
 };
 use serde::Serialize;
 
@@ -61,6 +61,11 @@ pub struct CascadeCommand {
     pub budget_ms: Option<u64>,
     pub approved: bool,
     pub automated: bool,
+    /// Only agents of this class (a delegation's `--to`).
+    pub class: Option<ImpedanceClass>,
+    /// How long answers are gathered past the agents' arrival, milliseconds (a
+    /// delegation's timeout); `None`: the mode's window.
+    pub window_ms: Option<u64>,
 }
 
 /// Why the root refused a command.
@@ -114,6 +119,9 @@ pub struct OpResult {
     pub target_after_ms: f64,
     pub answers: Vec<AnswerCount>,
     pub phases: Vec<PhaseResult>,
+    /// Who answered what, for an operation of a few agents (a delegation, a small ask).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub named: Vec<NamedAnswer>,
     /// Orders the root itself sent.
     pub root_messages: u32,
     pub degradation: &'static str,
@@ -146,6 +154,10 @@ pub(crate) struct LeadOp {
     /// Agents the work of a capability mismatch went to, and that conflict: resolved when
     /// the agent answers READY (seed §5.1's REROUTE).
     rerouted: BTreeMap<AgentId, u64>,
+    /// Its answers by agent, for a sample of at most `MAX_NAMED` agents a cluster, and the
+    /// class each was chosen as.
+    named: Option<Vec<NamedAnswer>>,
+    chosen_as: BTreeMap<AgentId, ImpedanceClass>,
 }
 
 #[derive(Clone, Debug)]
@@ -159,6 +171,7 @@ pub(crate) struct RelayOp {
     scope: Scope,
     /// Conflicts for the report to carry up to the root.
     escalate: Escalations,
+    named: Vec<NamedAnswer>,
 }
 
 #[derive(Clone, Debug)]
@@ -186,6 +199,9 @@ pub(crate) struct RootOp {
     votes: BTreeMap<ClusterId, ClusterVotes>,
     deadline: Time,
     results: Vec<PhaseResult>,
+    /// The window an operator asked for, if any.
+    window_ms: Option<u64>,
+    named: Vec<NamedAnswer>,
     root_messages: u32,
     degradation: &'static str,
     tag: u64,
@@ -444,6 +460,8 @@ impl MeshNode {
             mut envelope,
             sample,
             budget_ms,
+            class,
+            window_ms,
             ..
         } = c;
         envelope.op = op;
@@ -456,7 +474,7 @@ impl MeshNode {
                 (Some(ImpedanceClass::A), 0.90),
                 (Some(ImpedanceClass::E), 0.85),
             ],
-            _ => vec![(None, MeshNode::cascade_mode_window(mode).1)],
+            _ => vec![(class, MeshNode::cascade_mode_window(mode).1)],
         };
         let budget_ms = budget_ms.map(|b| b.min(qs_wire::mesh::MAX_TTL_MS));
         let r = RootOp {
@@ -480,6 +498,8 @@ impl MeshNode {
             votes: BTreeMap::new(),
             deadline: now,
             results: Vec::new(),
+            window_ms: window_ms.map(|w| w.min(qs_wire::mesh::MAX_WINDOW_MS)),
+            named: Vec::new(),
             root_messages: 0,
             degradation: self.mode.name(),
             tag,

@@ -8,9 +8,12 @@ pub(crate) fn on_order(node: &mut MeshNode, o: Order, now: Time) {
     match o.scope {
         Scope::Cluster(c) if node.led.contains_key(&c) => lead_order(node, o, c, now),
         Scope::Cluster(c) => {
-            // A cluster scope from the root: pass it to the lead.
+            // A cluster scope from the root, at the cluster's coordinator: passed to the
+            // lead, which takes it only from the root or its coordinator. A node no longer
+            // either (the tree changed meanwhile) drops it.
             if let Some(lead) = node.tree.cluster(c).and_then(|cl| cl.lead.clone())
                 && lead != node.me
+                && node.tree.coordinator_of(c) == Some(&node.me)
             {
                 node.send(lead, MeshMessage::Order(Box::new(o)));
             }
@@ -44,19 +47,28 @@ pub(super) fn relay_order(node: &mut MeshNode, o: Order, s: SectorId) {
         report_to: o.root.clone(),
         scope: o.scope,
         escalate: Escalations::default(),
+        named: Vec::new(),
     };
     let frozen = node.frozen.contains(&Scope::Sector(s));
     // This sector's breaker is the coordinator's: half-open, each lead takes its share.
     let half_open = node.breakers.state(Scope::Sector(s)) == BreakerState::HalfOpen;
-    // A sample's quota for this sector: as few clusters as it takes, one agent each at
-    // least (chosen by the operation's hash).
+    // A sample's quota for this sector: as few clusters as it takes (with agents of the
+    // order's class, if one, as their summaries say), one agent each at least (chosen by the
+    // operation's hash).
     let mut clusters = clusters;
     let mut o = o;
     if let (Some(quota), Scope::Sector(_)) = (o.sample_per_cluster, o.scope) {
         clusters.retain(|c| {
-            node.tree
-                .cluster(*c)
-                .is_some_and(|cl| !cl.agents.is_empty())
+            let of_class = o.class.is_none_or(|k| {
+                node.cluster_summaries
+                    .get(c)
+                    .is_none_or(|x| x.classes[k.index()] > 0)
+            });
+            of_class
+                && node
+                    .tree
+                    .cluster(*c)
+                    .is_some_and(|cl| !cl.agents.is_empty())
         });
         clusters.sort_by_key(|c| mix(u64::from(c.0) ^ o.op.0));
         clusters.truncate((quota as usize).max(1));
@@ -105,6 +117,7 @@ pub(super) fn relay_order(node: &mut MeshNode, o: Order, s: SectorId) {
                         escalated: Vec::new(),
                         escalated_more: 0,
                         late: false,
+                        named: Vec::new(),
                     };
                     node.send(o.root.clone(), MeshMessage::Report(Box::new(rep)));
                 } else {
@@ -127,6 +140,7 @@ pub(super) fn relay_order(node: &mut MeshNode, o: Order, s: SectorId) {
                     escalated: Vec::new(),
                     escalated_more: 0,
                     late: false,
+                    named: Vec::new(),
                 })),
             );
         }
@@ -156,6 +170,7 @@ pub(super) fn report_relay(ops: &mut Ops, node: &mut MeshNode, key: (OpId, Secto
         escalated,
         escalated_more,
         late: false,
+        named: r.named,
     };
     node.send(r.report_to, MeshMessage::Report(Box::new(report)));
 }
@@ -182,6 +197,7 @@ pub(crate) fn on_report(node: &mut MeshNode, rep: Report, now: Time) {
         r.expect.remove(&rep.scope);
         r.tally.add(&rep.tally);
         merge_answers(&mut r.answers, &rep.answers);
+        merge_named(&mut r.named, &rep.named);
         escalate::from_report(node, &rep, Some(&mut r.escalate), now);
         // Settled: the clusters still silent could not change the outcome.
         let missing = silent_agents(node, &r.expect);
@@ -193,6 +209,7 @@ pub(crate) fn on_report(node: &mut MeshNode, rep: Report, now: Time) {
         if expected || r.mode == CascadeMode::Parallel {
             r.tally.add(&rep.tally);
             merge_answers(&mut r.answers, &rep.answers);
+            merge_named(&mut r.named, &rep.named);
         }
         if expected {
             escalate::from_report(node, &rep, None, now);
@@ -203,6 +220,12 @@ pub(crate) fn on_report(node: &mut MeshNode, rep: Report, now: Time) {
         escalate::from_late_report(node, &rep, now);
     }
     node.ops = ops;
+}
+
+/// Named answers from below, kept up to `MAX_NAMED`.
+fn merge_named(into: &mut Vec<NamedAnswer>, from: &[NamedAnswer]) {
+    let room = MAX_NAMED.saturating_sub(into.len());
+    into.extend(from.iter().take(room).cloned());
 }
 
 /// The root: a phase whose every report is in ends; so does one past its target whose

@@ -32,7 +32,7 @@ pub(super) fn start_phase(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Tim
     };
     let lead_p95 = leads.quantile_ms(&classes, quantile, within).unwrap_or(0.0) + hops;
     let (window_ms, _) = MeshNode::cascade_mode_window(r.mode);
-    let window_ms = window_ms * node.mode.window_factor();
+    let window_ms = r.window_ms.unwrap_or(window_ms * node.mode.window_factor());
     // An operator's budget is taken as given; otherwise the leads decide, up to the most
     // the mesh compensates.
     let budget = match r.budget_ms {
@@ -66,14 +66,15 @@ pub(super) fn start_phase(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Tim
         .max(1)
         + 1_000)
         .min(qs_wire::mesh::MAX_TTL_MS);
-    // A sample of about n agents: n sectors at most (chosen by the operation's hash), each
-    // with its quota, which its coordinator spreads over as few clusters.
+    // A sample of about n agents: n sectors at most (chosen by the operation's hash) with
+    // agents active (of the phase's class, if one), each with its quota, which its
+    // coordinator spreads over as few clusters.
     let mut sectors = sectors;
     let sample_per_cluster = r.sample.map(|n| {
         sectors.retain(|s| {
-            node.sector_summaries
-                .get(s)
-                .is_some_and(|x| x.active_agents > 0)
+            node.sector_summaries.get(s).is_some_and(|x| {
+                x.active_agents > 0 && class.is_none_or(|k| x.classes[k.index()] > 0)
+            })
         });
         sectors.sort_by_key(|s| mix(u64::from(s.0) ^ op.0));
         sectors.truncate((n as usize).max(1));
@@ -250,6 +251,7 @@ pub(super) fn end_phase(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Time)
         target_after_ms: r.target.since(r.phase_started).as_secs_f64() * 1000.0,
         answers: MeshNode::top_answers(&r.answers),
         phases: r.results,
+        named: r.named,
         root_messages: r.root_messages,
         degradation: r.degradation,
         tag: r.tag,
