@@ -31,6 +31,7 @@ pub use kpis::{Kpis, MAX_LATENCIES};
 mod conflicts;
 mod control;
 mod handover;
+mod inbox;
 mod integrate;
 mod led;
 mod mode;
@@ -509,91 +510,6 @@ impl MeshNode {
         }
     }
 
-    fn heard(&mut self, from: NodeId, m: MeshMessage, now: Time) {
-        // What a message says of its sender must be its sender: a member cannot speak for
-        // another host, lead or coordinator. A summary, or a beat between summaries, speaks
-        // for a cluster or a sector: only from the node this node's tree names for it (a
-        // cluster's, of the sector the tree puts it in); so does a report. What the root
-        // decides (an operation's orders, an operator's controls) comes from the root, or
-        // through the coordinator the tree names above.
-        let names = |scope: Scope| self.tree.named_for(scope) == Some(&from);
-        let from_root = self.tree.root.as_ref() == Some(&from);
-        let from_coordinator_of = |c: ClusterId| self.tree.coordinator_of(c) == Some(&from);
-        let sender_ok = match &m {
-            MeshMessage::Beat(b) => b.host == from,
-            MeshMessage::Cluster(s) => {
-                s.lead == from && self.tree.leads_in(&from, s.cluster, s.sector)
-            }
-            MeshMessage::Alive(a) => a.from == from && names(a.scope),
-            MeshMessage::Sector(s) => s.coordinator == from && names(Scope::Sector(s.sector)),
-            // A cluster's report comes from its lead, or from its coordinator when the urgent
-            // mode could reach none of it.
-            MeshMessage::Report(r) => {
-                r.from == from
-                    && (names(r.scope)
-                        || matches!(r.scope, Scope::Cluster(c) if from_coordinator_of(c)))
-            }
-            MeshMessage::Mode(_) => self.mode_sender_ok(&from),
-            MeshMessage::Order(o) => match o.scope {
-                Scope::Sector(_) => from_root,
-                Scope::Cluster(c) => from_root || from_coordinator_of(c),
-                Scope::Global => false,
-            },
-            // Passed on by a coordinator: one above a cluster this node leads, and within
-            // what it coordinates (the whole mesh's, its sector's, its cluster's).
-            MeshMessage::Control(c) => {
-                let leads_under_sender = self.led.keys().any(|cl| from_coordinator_of(*cl));
-                let within = match c.scope {
-                    Scope::Global => true,
-                    Scope::Sector(_) => names(c.scope),
-                    Scope::Cluster(cl) => from_coordinator_of(cl),
-                };
-                from_root || (c.relayed && leads_under_sender && within)
-            }
-            _ => true,
-        };
-        if !sender_ok {
-            self.refused_senders += 1;
-            return;
-        }
-        match m {
-            MeshMessage::Beat(b) => self.on_beat(b, now),
-            MeshMessage::Cluster(s) => {
-                let s = *s;
-                self.note_hop(&s.lead, s.sent_ms, now);
-                self.lead_heard.insert(s.cluster, now);
-                self.breakers.sector_failures(s.sector, s.failures, now);
-                // A full cluster summary makes the sector's next beat a full one too.
-                self.summarized.remove(&s.sector);
-                self.cluster_summaries.insert(s.cluster, s);
-            }
-            MeshMessage::Alive(a) => self.on_alive(a, now),
-            MeshMessage::Sector(s) => {
-                let s = *s;
-                self.note_hop(&s.coordinator, s.sent_ms, now);
-                self.coordinator_heard.insert(s.sector, now);
-                ops::from_summary(self, &s, now);
-                self.sector_summaries.insert(s.sector, s);
-            }
-            MeshMessage::Order(o) => ops::on_order(self, *o, now),
-            MeshMessage::Dispatch(d) => self.on_dispatch(&from, *d, now),
-            MeshMessage::Ack(a) => ops::on_ack(self, &from, *a, now),
-            MeshMessage::Report(r) => ops::on_report(self, *r, now),
-            MeshMessage::Circuit(_) => {}
-            MeshMessage::Control(c) => self.control(c, now),
-            // The shell's: an operator's request and its answer.
-            MeshMessage::Request(_) | MeshMessage::Outcome(_) => {}
-            MeshMessage::Handover(h) => self.on_handover(&from, *h, now),
-            MeshMessage::Contradicted(c) => self.on_contradicted(&from, *c, now),
-            MeshMessage::Mode(m) => self.on_mode(m, now),
-        }
-    }
-
-    /// Messages refused because they spoke for another node than their sender.
-    pub fn refused_senders(&self) -> u64 {
-        self.refused_senders
-    }
-
     /// The typical one-way delay to a child: the median of its last samples, so a delivery
     /// in the tail does not make every operation start late.
     pub(crate) fn hop(&self, to: Option<&NodeId>) -> f64 {
@@ -611,27 +527,6 @@ impl MeshNode {
     pub fn global_joining(&self) -> u32 {
         let s = self.sector_summaries.values();
         s.map(|s| s.joining_agents.min(s.active_agents)).sum()
-    }
-
-    /// The host part: a lead's dispatch for one of this node's agents.
-    fn on_dispatch(&mut self, from: &NodeId, d: Dispatch, now: Time) {
-        // Only for this node's own agents (nor is an expiry said for others'), from the lead
-        // of their cluster, answered to it or to the root.
-        let lead = self.tree.cluster(d.cluster).and_then(|c| c.lead.as_ref());
-        let from_lead = lead == Some(from);
-        let to_known = d.reply_to == *from || self.tree.root.as_ref() == Some(&d.reply_to);
-        if !self.local.iter().any(|a| a.agent == d.agent) || !from_lead || !to_known {
-            self.refused_senders += u64::from(!from_lead || !to_known);
-            return;
-        }
-        if d.envelope.expired(now.as_millis()) {
-            self.expired += 1;
-            // Said to whom hears the answer, so the operation counts it.
-            let ack = Ack::expired(&d, now.as_millis());
-            self.send(d.reply_to, MeshMessage::Ack(Box::new(ack)));
-            return;
-        }
-        self.out.push_back(MeshOutput::Deliver(d));
     }
 
     pub(crate) fn next_id(&mut self) -> u64 {

@@ -1,0 +1,150 @@
+//! Tests of the console's plain words: the grammar of intents over the seed's requests, a
+//! model's answers checked field by field, and the commands each becomes.
+
+use super::*;
+
+/// The seed's example requests (§7.2) and their kin → the command shown before running.
+#[test]
+fn the_grammar_reads_the_seeds_requests() {
+    let table = [
+        ("What's happening in sector 7?", "qs mesh status sector 7"),
+        ("status", "qs mesh status"),
+        ("show me cluster 12", "qs mesh status cluster 12"),
+        (
+            "broadcast Context update: Market closed early today",
+            "qs mesh broadcast \"Context update: Market closed early today\" --mode wave --priority 2",
+        ),
+        (
+            "urgent broadcast: evacuate",
+            "qs mesh broadcast \"evacuate\" --mode parallel --priority 3",
+        ),
+        (
+            "ask 10 agents: What's your current context hash?",
+            "qs mesh ask \"What's your current context hash?\" --sample 10",
+        ),
+        (
+            "What's your current context hash?",
+            "qs mesh ask \"What's your current context hash?\" --sample 10",
+        ),
+        (
+            "delegate Analyze Q3 financial data to gpu",
+            "qs mesh delegate \"Analyze Q3 financial data\" --capability gpu",
+        ),
+        ("heal SECTOR-12", "qs mesh heal sector 12"),
+        ("freeze", "qs mesh freeze"),
+        ("freeze sector 3", "qs mesh freeze sector 3"),
+        ("thaw everything", "qs mesh thaw"),
+        // A leading verb decides over a keyword later in the request.
+        (
+            "broadcast we halt trading at 4pm",
+            "qs mesh broadcast \"we halt trading at 4pm\" --mode wave --priority 2",
+        ),
+        (
+            "tell everyone to resume work",
+            "qs mesh broadcast \"to resume work\" --mode wave --priority 2",
+        ),
+        (
+            "delegate: fix the bug in sector 3",
+            "qs mesh delegate \"fix the bug in sector 3\" --scope sector-3",
+        ),
+        // A sector's number is no sample size, and the scope shows.
+        (
+            "ask sector 7 agents: what's your context hash?",
+            "qs mesh ask \"what's your context hash?\" --sample 10 --scope sector-7",
+        ),
+        (
+            "ask 25 agents in sector 7: are you ready?",
+            "qs mesh ask \"are you ready?\" --sample 25 --scope sector-7",
+        ),
+    ];
+    for (text, want) in table {
+        let got = parse_intent(text).map(|i| describe_intent(&i));
+        assert_eq!(got.as_deref(), Some(want), "{text:?}");
+    }
+    assert_eq!(parse_intent("make me a sandwich"), None);
+}
+
+/// A delegation shows the class and timeout it was given (the default timeout not).
+#[test]
+fn a_delegation_shows_its_class_and_timeout() {
+    let table = [
+        (None, DELEGATE_TIMEOUT_S, "qs mesh delegate \"t\""),
+        (
+            Some(ImpedanceClass::D),
+            60,
+            "qs mesh delegate \"t\" --to D --timeout 60",
+        ),
+    ];
+    for (class, timeout_s, want) in table {
+        let a = delegation(Scope::Global, "t".into(), None, class, timeout_s);
+        assert!(a.check().is_ok());
+        assert_eq!(describe(&a), want);
+    }
+}
+
+/// What a model answers is untrusted: each answer → the command it becomes, or the
+/// start of the error that refuses it (never a panic, never its text read as a request).
+#[test]
+fn a_models_answer_is_checked_field_by_field() {
+    let long = format!(r#"{{"intent":"broadcast","text":"{}"}}"#, "x".repeat(5_000));
+    let table: [(&str, Result<&str, &str>); 12] = [
+        (
+            r#"Sure: {"intent":"freeze","scope":"all"}"#,
+            Ok("qs mesh freeze"),
+        ),
+        (
+            r#"{"intent":"broadcast","text":"freeze now"}"#,
+            Ok("qs mesh broadcast \"freeze now\" --mode wave --priority 2"),
+        ),
+        (
+            r#"{"intent":"broadcast","text":"go","urgent":true,"scope":"sector 4"}"#,
+            Ok("qs mesh broadcast \"go\" --mode parallel --priority 3 --scope sector-4"),
+        ),
+        (
+            r#"{"intent":"delegate","text":"t","capability":"gpu","scope":"cluster 2"}"#,
+            Ok("qs mesh delegate \"t\" --capability gpu --scope cluster-2"),
+        ),
+        (
+            r#"{"intent":"ask","text":"q?"}"#,
+            Ok("qs mesh ask \"q?\" --sample 10"),
+        ),
+        (
+            "\"} nothing {\"",
+            Err("the model's answer holds no JSON object"),
+        ),
+        (
+            r#"{"intent": } {"#,
+            Err("the model's answer is not one JSON object"),
+        ),
+        (
+            "no json at all",
+            Err("the model's answer holds no JSON object"),
+        ),
+        (
+            r#"{"intent":"ask","text":"q","sample":-1}"#,
+            Err("sample: not a count"),
+        ),
+        (
+            r#"{"intent":"ask","text":"q","sample":0}"#,
+            Err("the model's answer: sample"),
+        ),
+        (r#"{"intent":"broadcast"}"#, Err("text: missing")),
+        (r#"{"intent":"status","scope":"galaxy 9"}"#, Err("scope: ")),
+    ];
+    for (answer, want) in table {
+        let got = intent_of_answer(answer)
+            .map(|i| describe_intent(&i))
+            .map_err(|e| e.to_string());
+        match (&got, want) {
+            (Ok(cmd), Ok(w)) => assert_eq!(cmd, w, "{answer}"),
+            (Err(e), Err(w)) => assert!(e.starts_with(w), "{answer}: {e}"),
+            _ => panic!("{answer}: {got:?}, want {want:?}"),
+        }
+    }
+    let e = intent_of_answer(&long).unwrap_err().to_string();
+    assert!(e.contains("payload"), "{e}");
+    let e = intent_of_answer(r#"{"intent":"rm -rf"}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("does not know"), "{e}");
+}
