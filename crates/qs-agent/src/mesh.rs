@@ -397,6 +397,14 @@ pub async fn run<F: Fabric>(
                         });
                     }
                 }
+                MeshOutput::RoutedAround(r) => tracing::warn!(
+                    "mesh: agent {:016x} of cluster {} missed {} operations in a row: out of \
+                     the routing pool for {} ms, then tried again",
+                    r.agent.0,
+                    r.cluster.0,
+                    r.missed,
+                    r.back_in_ms
+                ),
                 MeshOutput::HostLost { scope, host } => {
                     tracing::info!("mesh: {host} lost ({scope:?})")
                 }

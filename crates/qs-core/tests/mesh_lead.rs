@@ -727,3 +727,74 @@ fn the_root_tells_a_lead_of_newcomers_that_contradicted_an_urgent_operation() {
     assert_eq!(node.conflicts().counts(now, |_| true).open, 2);
     assert!(node.mesh_conflicts(now).is_some(), "it is the root");
 }
+
+/// Seed §6.1's TRANSIENT_NETWORK: an agent sent three operations in a row that answers
+/// none, not even late (within the 10 s a lead takes late answers), is routed around: out of
+/// the routing pool for a second, then tried again; its next miss keeps it out twice as
+/// long; an answer starts its count again. (Each miss also makes it look slower, so each ask
+/// here gives it longer to be ready: it is still sent to.)
+#[test]
+fn an_agent_that_misses_three_operations_in_a_row_is_routed_around_with_backoff() {
+    use qs_core::mesh::MeshOutput;
+    let c = one_cluster(6, 400);
+    let silent = c.theirs[0];
+    let mut lead = Lead::new(c, Time::from_millis(3_000_000));
+    lead.run(1_200);
+    let routed = |out: &[MeshOutput]| -> Vec<(AgentId, u8, u64)> {
+        out.iter()
+            .filter_map(|o| match o {
+                MeshOutput::RoutedAround(r) => Some((r.agent, r.missed, r.back_in_ms)),
+                _ => None,
+            })
+            .collect()
+    };
+    // An ask of the agents with the capability, to be ready `ahead_ms` from now; each
+    // answers but `silent`, unless `answers`. Whether `silent` was asked; who was routed
+    // around meanwhile.
+    let mut op = 0;
+    let mut ask = |lead: &mut Lead, ahead_ms: u64, answers: bool| {
+        op += 1;
+        let mut envelope = lead.ask(op);
+        envelope.target_arrival_ms = lead.now.as_millis() + ahead_ms;
+        envelope.ttl_ms = ahead_ms + 5_000;
+        lead.order_of(envelope, None);
+        let mut out = Vec::new();
+        let mut asked = false;
+        for _ in 0..(ahead_ms + 400) / 50 {
+            let step = lead.run(50);
+            for d in dispatches(&step) {
+                if d.agent != silent || answers {
+                    lead.answer(&d, None);
+                }
+                asked |= d.agent == silent;
+            }
+            out.extend(step);
+            out.extend(drain(&mut lead.node));
+        }
+        assert!(report(&out).is_some(), "op {op} reported");
+        assert!(asked, "op {op} asked the silent agent");
+        routed(&out)
+    };
+    // Three misses; the late answers' time passes.
+    for ahead_ms in [200, 1_000, 2_500] {
+        assert_eq!(ask(&mut lead, ahead_ms, false), []);
+    }
+    let out = lead.run(10_000);
+    assert_eq!(routed(&out), [(silent, 3, 1_000)]);
+    // Out, then tried again after its backoff.
+    let out = lead.run(900);
+    assert!(!pool(&lead.node).contains(&silent), "{:?}", routed(&out));
+    lead.run(300);
+    assert!(pool(&lead.node).contains(&silent));
+    // Its next miss keeps it out twice as long.
+    assert_eq!(ask(&mut lead, 8_000, false), []);
+    let out = lead.run(10_000);
+    assert_eq!(routed(&out), [(silent, 4, 2_000)]);
+    // It answers: its count starts again, and one miss routes nothing around.
+    lead.run(2_100);
+    assert!(pool(&lead.node).contains(&silent));
+    assert_eq!(ask(&mut lead, 20_000, true), []);
+    assert_eq!(ask(&mut lead, 20_000, false), []);
+    assert_eq!(routed(&lead.run(10_000)), []);
+    assert!(pool(&lead.node).contains(&silent));
+}

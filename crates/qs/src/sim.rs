@@ -287,6 +287,12 @@ fn print_mesh(r: &MeshReport) {
     if !r.queued.is_empty() {
         println!("  queued      operations {:?}", r.queued);
     }
+    if r.routed_around > 0 {
+        println!(
+            "  routed      around {} times: agents that missed 3 operations in a row",
+            r.routed_around
+        );
+    }
     if let Some(rss) = r.peak_rss_bytes {
         println!("  memory      peak {} MiB", rss >> 20);
     }

@@ -161,6 +161,24 @@ pub fn permit(mode: Mode, ask: &Ask) -> Result<Admit, Refused> {
 /// BYZANTINE_BEHAVIOR).
 pub const BYZANTINE_AFTER: u32 = 3;
 
+/// Operations in a row an agent may be sent and never answer before its lead routes around
+/// it (seed §6.1's TRANSIENT_NETWORK: "escalation_threshold: 3 consecutive failures").
+pub const TRANSIENT_AFTER: u8 = 3;
+/// Its first time out of the routing pool, and the most: each further miss doubles it
+/// (seed: "Automatic retry with exponential backoff").
+pub const BACKOFF_FIRST_MS: u64 = 1_000;
+pub const BACKOFF_MOST_MS: u64 = 60_000;
+
+/// How long an agent that missed `missed` operations in a row stays out of the pool before
+/// it is tried again: nothing below `TRANSIENT_AFTER`, then 1 s, 2 s, 4 s … up to 60 s.
+pub fn backoff_ms(missed: u8) -> Option<u64> {
+    let past = missed.checked_sub(TRANSIENT_AFTER)?;
+    let doubled = BACKOFF_FIRST_MS
+        .checked_shl(u32::from(past))
+        .unwrap_or(u64::MAX);
+    Some(doubled.min(BACKOFF_MOST_MS))
+}
+
 /// A growing failure rate (seed: "increasing exponentially"): this period's failures at
 /// least double the last period's, and at least `floor` of them.
 pub fn cascading(previous: u32, current: u32, floor: u32) -> bool {
@@ -251,6 +269,24 @@ mod tests {
         }
         assert_eq!(Mode::from_level(4), Some(Mode::Emergency));
         assert_eq!(Mode::from_level(5), None);
+    }
+
+    #[test]
+    fn backoff_doubles_from_the_third_miss_to_a_minute() {
+        let table = [
+            (0, None),
+            (2, None),
+            (3, Some(1_000)),
+            (4, Some(2_000)),
+            (5, Some(4_000)),
+            (8, Some(32_000)),
+            (9, Some(60_000)),
+            (70, Some(60_000)),
+            (u8::MAX, Some(60_000)),
+        ];
+        for (missed, want) in table {
+            assert_eq!(backoff_ms(missed), want, "{missed}");
+        }
     }
 
     #[test]

@@ -42,7 +42,7 @@ mod summaries;
 mod tree_change;
 pub use ops::{
     CascadeCommand, Command, CommandError, MAX_QUEUE_WAIT_MS, MAX_QUEUED, OpResult, PhaseResult,
-    QueuedOp, QueuedView,
+    QueuedOp, QueuedView, RoutedAround,
 };
 
 /// The mesh's timings.
@@ -130,6 +130,8 @@ pub enum MeshOutput {
         active_agents: u32,
         total_agents: u32,
     },
+    /// A lead routes around an agent that missed operations in a row (the shell logs it).
+    RoutedAround(ops::RoutedAround),
     /// A node fell silent: a host of a led cluster (past `dead_after_ms`; its agents are
     /// offline), a cluster's lead (at its coordinator), or a sector's coordinator (at the
     /// root): every level beats at `beat_ms` and is lost after `dead_after_ms`. The shell
@@ -442,7 +444,7 @@ impl MeshNode {
             if self.mode != Mode::Emergency {
                 self.integrate(now);
             }
-            ops::prune_late(&mut self.ops, now);
+            ops::prune_late(self, now);
             // A lead's summary is its beat to its coordinator too: every beat, with the
             // aggregate recomputed once a summary period.
             let recompute = now >= self.next_summary;

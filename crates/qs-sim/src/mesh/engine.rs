@@ -132,6 +132,7 @@ pub struct MeshSim {
     pub results: Vec<OpResult>,
     pub refused: Vec<String>,
     pub queued: Vec<u64>,
+    pub routed_around: u64,
     pub mode_changes: Vec<super::ModeChange>,
     cascades: Vec<super::Cascade>,
     down_fraction: f64,
@@ -257,6 +258,7 @@ impl MeshSim {
             results: Vec::new(),
             refused: Vec::new(),
             queued: Vec::new(),
+            routed_around: 0,
             mode_changes: Vec::new(),
             cascades: cfg.cascades.clone(),
             down_fraction: cfg.down_fraction,
@@ -562,6 +564,7 @@ impl MeshSim {
                 MeshOutput::Finished(r) => self.results.push(r),
                 MeshOutput::Refused { error, .. } => self.refused.push(error.to_string()),
                 MeshOutput::Queued(q) => self.queued.push(q.op.0),
+                MeshOutput::RoutedAround(_) => self.routed_around += 1,
                 MeshOutput::HostLost { host, .. } => {
                     if let Some(&h) = self.index.get(&host)
                         && let Some(t) = self.killed_at.remove(&h)
@@ -659,6 +662,7 @@ impl MeshSim {
             results: self.results.clone(),
             refused: self.refused.clone(),
             queued: self.queued.clone(),
+            routed_around: self.routed_around,
             refused_senders: self.nodes.iter().map(MeshNode::refused_senders).sum(),
             mode_changes: self.mode_changes.clone(),
             integration: self.scale_out.as_ref().map(|t| t.report.clone()),

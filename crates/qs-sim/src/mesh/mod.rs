@@ -188,6 +188,8 @@ pub struct MeshReport {
     /// Cascades the root queued (DEGRADED_MODERATE queues non-urgent ones): their results
     /// come later, with `results`.
     pub queued: Vec<u64>,
+    /// Times a lead routed around an agent that missed operations in a row.
+    pub routed_around: u64,
     /// Messages the nodes refused because the tree does not name their sender for them
     /// (none, when every node runs the same core).
     pub refused_senders: u64,

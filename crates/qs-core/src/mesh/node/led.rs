@@ -39,8 +39,12 @@ pub(crate) struct AgentView {
     pub joined_host_ms: u64,
     /// In the routing pool: operations may go to it (seed §10.2).
     pub admitted: bool,
-    /// Held out of the pool after a conflict while integrating, until then.
+    /// Held out of the pool after a conflict while integrating, or after operations it
+    /// missed in a row, until then.
     pub held_until: Option<Time>,
+    /// Operations in a row it was sent and never answered (any answer, a late one or a
+    /// probe's, starts the count again; seed §6.1's TRANSIENT_NETWORK).
+    pub missed: u8,
     /// The readiness probe out to it (seed §10.2).
     pub probe: Option<ProbeOut>,
     /// Made before its host said anything of it (a new lead, a new member): its state is

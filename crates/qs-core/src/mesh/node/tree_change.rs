@@ -58,6 +58,7 @@ impl MeshNode {
                                 joined_host_ms: 0,
                                 admitted: false,
                                 held_until: None,
+                                missed: 0,
                                 probe: None,
                                 unknown_until: Some(unknown_until),
                             },

@@ -67,10 +67,55 @@ impl Awaited {
     }
 }
 
-/// Drops what is past its time (at every beat, so nothing stays when no operation comes).
-pub(crate) fn prune(ops: &mut Ops, now: Time) {
-    ops.settled.retain(|_, s| s.until > now);
-    ops.settled_urgent.retain(|_, s| s.until > now);
+/// Drops what is past its time (at every beat, so nothing stays when no operation comes);
+/// an agent a lead still awaited then missed that operation.
+pub(crate) fn prune(node: &mut MeshNode, now: Time) {
+    let mut missing: Vec<(ClusterId, AgentId)> = Vec::new();
+    node.ops.settled.retain(|(_, c), s| {
+        let keep = s.until > now;
+        if let (false, Awaited::These(waiting)) = (keep, &s.awaited) {
+            missing.extend(waiting.iter().map(|a| (*c, *a)));
+        }
+        keep
+    });
+    node.ops.settled_urgent.retain(|_, s| s.until > now);
+    for (c, a) in missing {
+        missed(node, c, a, now);
+    }
+}
+
+/// Seed §6.1, transient network: an agent sent an operation that answered it not even late,
+/// though its work takes less than the late answers' time (a slower one, a human's, is
+/// slow, not missing). The third miss in a row routes around it: out of the routing pool
+/// for a backoff that doubles with each further miss, then tried again. Any answer starts
+/// its count again (`on_ack`).
+fn missed(node: &mut MeshNode, c: ClusterId, a: AgentId, now: Time) {
+    let Some(led) = node.led.get_mut(&c) else {
+        return;
+    };
+    let Some(v) = led.agents.get_mut(&a) else {
+        return;
+    };
+    if v.work
+        .processing_ms()
+        .is_some_and(|ms| ms >= LATE_ANSWERS_MS as f64)
+    {
+        return;
+    }
+    v.missed = v.missed.saturating_add(1);
+    let Some(back_in_ms) = degrade::backoff_ms(v.missed).filter(|_| v.admitted) else {
+        return;
+    };
+    v.admitted = false;
+    v.held_until = Some(now + Duration::from_millis(back_in_ms));
+    let missed = v.missed;
+    led.integrating = true;
+    node.out.push_back(MeshOutput::RoutedAround(RoutedAround {
+        agent: a,
+        cluster: c,
+        missed,
+        back_in_ms,
+    }));
 }
 
 /// Keeps what late answers to `l`, reported now, need (nothing when none is awaited). A

@@ -204,6 +204,14 @@ pub(crate) fn on_ack(node: &mut MeshNode, from: &NodeId, a: Ack, now: Time) {
         node.refused_senders += 1;
         return;
     }
+    // Any answer (late, to a probe, of an expired envelope) shows the agent reachable.
+    if let Some(v) = node
+        .led
+        .get_mut(&a.cluster)
+        .and_then(|l| l.agents.get_mut(&a.agent))
+    {
+        v.missed = 0;
+    }
     let mut ops = std::mem::take(&mut node.ops);
     let live = ops.lead.get(&(a.op, a.cluster));
     // A parallel operation's answers are the root's, even where the root leads the cluster.

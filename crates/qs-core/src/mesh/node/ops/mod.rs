@@ -207,6 +207,17 @@ pub(crate) struct RootOp {
     tag: u64,
 }
 
+/// An agent its lead routes around (seed §6.1's TRANSIENT_NETWORK): sent and never
+/// answering `missed` operations in a row, it is out of the routing pool for `back_in_ms`,
+/// then tried again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct RoutedAround {
+    pub agent: AgentId,
+    pub cluster: ClusterId,
+    pub missed: u8,
+    pub back_in_ms: u64,
+}
+
 /// One cluster's answers to an urgent operation, at the root.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct ClusterVotes {
