@@ -728,8 +728,9 @@ fn the_root_tells_a_lead_of_newcomers_that_contradicted_an_urgent_operation() {
     assert!(node.mesh_conflicts(now).is_some(), "it is the root");
 }
 
-/// Seed §6.1's TRANSIENT_NETWORK: an agent sent three operations in a row that answers
-/// none, not even late (within the 10 s a lead takes late answers), is routed around: out of
+/// Seed §6.1's TRANSIENT_NETWORK: an agent that answered before, sent three operations in a
+/// row that it answers none of, not even late (within the 10 s a lead takes late answers),
+/// is routed around: out of
 /// the routing pool for a second, then tried again; its next miss keeps it out twice as
 /// long; an answer starts its count again. (Each miss also makes it look slower, so each ask
 /// here gives it longer to be ready: it is still sent to.)
@@ -775,7 +776,9 @@ fn an_agent_that_misses_three_operations_in_a_row_is_routed_around_with_backoff(
         assert!(asked, "op {op} asked the silent agent");
         routed(&out)
     };
-    // Three misses; the late answers' time passes.
+    // It answers once (one never heard from may be slow, not missing); then three misses,
+    // and the late answers' time passes.
+    assert_eq!(ask(&mut lead, 200, true), []);
     for ahead_ms in [200, 1_000, 2_500] {
         assert_eq!(ask(&mut lead, ahead_ms, false), []);
     }
@@ -797,4 +800,53 @@ fn an_agent_that_misses_three_operations_in_a_row_is_routed_around_with_backoff(
     assert_eq!(ask(&mut lead, 20_000, false), []);
     assert_eq!(routed(&lead.run(10_000)), []);
     assert!(pool(&lead.node).contains(&silent));
+}
+
+/// An agent whose work takes seconds (a human's, one that queues) and that does not answer
+/// within the late answers' time is slow, not missing: it is not routed around.
+#[test]
+fn a_slow_agent_that_does_not_answer_in_time_is_not_routed_around() {
+    use qs_core::mesh::MeshOutput;
+    let c = one_cluster(6, 500);
+    let slow = c.theirs[0];
+    let other = c.other.clone();
+    let mut lead = Lead::new(c, Time::from_millis(3_000_000));
+    lead.run(1_200);
+    let mut routed = 0;
+    // Each ask gives it time enough to be sent to, as each miss makes it look slower.
+    for (op, ahead_ms) in [(1u64, 6_000u64), (2, 7_000), (3, 15_000), (4, 31_000)] {
+        let mut envelope = lead.ask(op);
+        envelope.target_arrival_ms = lead.now.as_millis() + ahead_ms;
+        envelope.ttl_ms = 60_000;
+        lead.order_of(envelope, None);
+        let mut asked = false;
+        for _ in 0..(ahead_ms + 400) / 50 {
+            let step = lead.run(50);
+            for d in dispatches(&step) {
+                asked |= d.agent == slow;
+                // Its first answer took 5 s; then it answers none in time.
+                match (d.agent == slow, op) {
+                    (true, 1) => {
+                        let now = lead.now;
+                        answer_dispatch(&mut lead.node, &d, Some(&other), 5_000, None, now);
+                    }
+                    (true, _) => {}
+                    (false, _) => lead.answer(&d, None),
+                }
+            }
+            let out = drain(&mut lead.node);
+            routed += out
+                .iter()
+                .filter(|o| matches!(o, MeshOutput::RoutedAround(_)))
+                .count();
+        }
+        assert!(asked, "op {op} asked the slow agent");
+    }
+    let out = lead.run(12_000);
+    routed += out
+        .iter()
+        .filter(|o| matches!(o, MeshOutput::RoutedAround(_)))
+        .count();
+    assert_eq!(routed, 0);
+    assert!(pool(&lead.node).contains(&slow));
 }

@@ -84,9 +84,14 @@ pub(crate) fn prune(node: &mut MeshNode, now: Time) {
     }
 }
 
-/// Seed §6.1, transient network: an agent sent an operation that answered it not even late,
-/// though its work takes less than the late answers' time (a slower one, a human's, is
-/// slow, not missing). The third miss in a row routes around it: out of the routing pool
+/// Work this long (a quarter of the late answers' time) makes an agent that does not answer
+/// slow, not missing.
+const SLOW_WORK_MS: f64 = LATE_ANSWERS_MS as f64 / 4.0;
+
+/// Seed §6.1, transient network: an agent that answered before (one never heard from may
+/// be slow, not missing) sent an operation that answered it not even late, though its work
+/// takes well less than the late answers' time (`SLOW_WORK_MS`: one of seconds is slow).
+/// The third miss in a row routes around it: out of the routing pool
 /// for a backoff that doubles with each further miss, then tried again. Any answer starts
 /// its count again (`on_ack`).
 fn missed(node: &mut MeshNode, c: ClusterId, a: AgentId, now: Time) {
@@ -96,10 +101,14 @@ fn missed(node: &mut MeshNode, c: ClusterId, a: AgentId, now: Time) {
     let Some(v) = led.agents.get_mut(&a) else {
         return;
     };
-    if v.work
+    // Work of seconds (a human's, one that queues): slow, not missing.
+    let work_ms = v
+        .work
         .processing_ms()
-        .is_some_and(|ms| ms >= LATE_ANSWERS_MS as f64)
-    {
+        .unwrap_or(0.0)
+        .max(v.work.longest_ms());
+    let slow = work_ms >= SLOW_WORK_MS;
+    if slow || v.work.samples() == 0 {
         return;
     }
     v.missed = v.missed.saturating_add(1);
