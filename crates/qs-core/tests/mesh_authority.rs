@@ -219,3 +219,27 @@ fn what_the_root_decides_comes_from_the_root_or_the_node_the_tree_names_above() 
         }
     }
 }
+
+/// An operation under way when the tree changes finishes the way it started: the lead the
+/// tree named before may still report (and a coordinator it named before still order), a
+/// node neither tree names may not.
+#[test]
+fn a_report_from_the_lead_the_tree_named_before_is_taken() {
+    let pair = pair();
+    let now = Time::from_millis(1_000_000);
+    let before = pair.roles(&id("p2"), &id("p3"), &id("p1"));
+    let after = pair.roles(&id("p1"), &id("p3"), &id("p1"));
+    let mut node = node_in(&id("p3"), MeshConfig::default(), &before, now);
+    node.handle(MeshInput::Tree(after), now);
+    drain(&mut node);
+    for (from, refused) in [("p2", 0), ("p1", 0), ("p4", 1)] {
+        node.handle(
+            MeshInput::Heard {
+                from: id(from),
+                msg: report_from(from),
+            },
+            now,
+        );
+        assert_eq!(node.refused_senders(), refused, "from {from}");
+    }
+}

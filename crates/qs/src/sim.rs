@@ -287,6 +287,12 @@ fn print_mesh(r: &MeshReport) {
     if !r.queued.is_empty() {
         println!("  queued      operations {:?}", r.queued);
     }
+    if r.refused_senders > 0 {
+        println!(
+            "  refused     {} messages from senders the tree does not name",
+            r.refused_senders
+        );
+    }
     if r.routed_around > 0 {
         println!(
             "  routed      around {} times: agents that missed 3 operations in a row",

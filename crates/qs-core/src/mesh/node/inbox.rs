@@ -10,10 +10,17 @@ impl MeshNode {
         // What a message says of its sender must be its sender: a member cannot speak for
         // another host, lead or coordinator. A summary, or a beat between summaries, speaks
         // for a cluster or a sector: only from the node this node's tree names for it (a
-        // cluster's, of the sector the tree puts it in); so does a report. What the root
-        // decides (an operation's orders, an operator's controls) comes from the root, or
-        // through the coordinator the tree names above.
+        // cluster's, of the sector the tree puts it in). What an operation carries (its
+        // orders down, its reports up) comes from the root or the node the tree names, in
+        // this tree or the one before it (an operation under way when the tree changed
+        // finishes the way it started); an operator's controls from the root, or through the
+        // coordinator the tree names above.
         let names = |scope: Scope| self.tree.named_for(scope) == Some(&from);
+        let trees = [Some(&self.tree), self.tree_before.as_ref()];
+        let in_either = |f: &dyn Fn(&Hierarchy) -> bool| trees.iter().flatten().any(|t| f(t));
+        let named_either = |scope: Scope| in_either(&|t| t.named_for(scope) == Some(&from));
+        let root_either = in_either(&|t| t.root.as_ref() == Some(&from));
+        let coordinator_either = |c: ClusterId| in_either(&|t| t.coordinator_of(c) == Some(&from));
         let from_root = self.tree.root.as_ref() == Some(&from);
         let from_coordinator_of = |c: ClusterId| self.tree.coordinator_of(c) == Some(&from);
         let sender_ok = match &m {
@@ -27,13 +34,13 @@ impl MeshNode {
             // mode could reach none of it.
             MeshMessage::Report(r) => {
                 r.from == from
-                    && (names(r.scope)
-                        || matches!(r.scope, Scope::Cluster(c) if from_coordinator_of(c)))
+                    && (named_either(r.scope)
+                        || matches!(r.scope, Scope::Cluster(c) if coordinator_either(c)))
             }
             MeshMessage::Mode(_) => self.mode_sender_ok(&from),
             MeshMessage::Order(o) => match o.scope {
-                Scope::Sector(_) => from_root,
-                Scope::Cluster(c) => from_root || from_coordinator_of(c),
+                Scope::Sector(_) => root_either,
+                Scope::Cluster(c) => root_either || coordinator_either(c),
                 Scope::Global => false,
             },
             // Passed on by a coordinator: one above a cluster this node leads, and within

@@ -9,11 +9,17 @@ pub(crate) fn on_order(node: &mut MeshNode, o: Order, now: Time) {
         Scope::Cluster(c) if node.led.contains_key(&c) => lead_order(node, o, c, now),
         Scope::Cluster(c) => {
             // A cluster scope from the root, at the cluster's coordinator: passed to the
-            // lead, which takes it only from the root or its coordinator. A node no longer
-            // either (the tree changed meanwhile) drops it.
+            // lead, which takes it only from the root or its coordinator (in its tree or the
+            // one before). A node neither now nor before drops it.
+            let me = Some(&node.me);
+            let coordinates = node.tree.coordinator_of(c) == me
+                || node
+                    .tree_before
+                    .as_ref()
+                    .is_some_and(|t| t.coordinator_of(c) == me);
             if let Some(lead) = node.tree.cluster(c).and_then(|cl| cl.lead.clone())
                 && lead != node.me
-                && node.tree.coordinator_of(c) == Some(&node.me)
+                && coordinates
             {
                 node.send(lead, MeshMessage::Order(Box::new(o)));
             }
