@@ -736,45 +736,14 @@ fn the_root_tells_a_lead_of_newcomers_that_contradicted_an_urgent_operation() {
 /// here gives it longer to be ready: it is still sent to.)
 #[test]
 fn an_agent_that_misses_three_operations_in_a_row_is_routed_around_with_backoff() {
-    use qs_core::mesh::MeshOutput;
     let c = one_cluster(6, 400);
     let silent = c.theirs[0];
     let mut lead = Lead::new(c, Time::from_millis(3_000_000));
     lead.run(1_200);
-    let routed = |out: &[MeshOutput]| -> Vec<(AgentId, u8, u64)> {
-        out.iter()
-            .filter_map(|o| match o {
-                MeshOutput::RoutedAround(r) => Some((r.agent, r.missed, r.back_in_ms)),
-                _ => None,
-            })
-            .collect()
-    };
-    // An ask of the agents with the capability, to be ready `ahead_ms` from now; each
-    // answers but `silent`, unless `answers`. Whether `silent` was asked; who was routed
-    // around meanwhile.
     let mut op = 0;
     let mut ask = |lead: &mut Lead, ahead_ms: u64, answers: bool| {
         op += 1;
-        let mut envelope = lead.ask(op);
-        envelope.target_arrival_ms = lead.now.as_millis() + ahead_ms;
-        envelope.ttl_ms = ahead_ms + 5_000;
-        lead.order_of(envelope, None);
-        let mut out = Vec::new();
-        let mut asked = false;
-        for _ in 0..(ahead_ms + 400) / 50 {
-            let step = lead.run(50);
-            for d in dispatches(&step) {
-                if d.agent != silent || answers {
-                    lead.answer(&d, None);
-                }
-                asked |= d.agent == silent;
-            }
-            out.extend(step);
-            out.extend(drain(&mut lead.node));
-        }
-        assert!(report(&out).is_some(), "op {op} reported");
-        assert!(asked, "op {op} asked the silent agent");
-        routed(&out)
+        ask_ahead(lead, op, ahead_ms, silent, answers)
     };
     // It answers once (one never heard from may be slow, not missing); then three misses,
     // and the late answers' time passes.
@@ -783,22 +752,26 @@ fn an_agent_that_misses_three_operations_in_a_row_is_routed_around_with_backoff(
         assert_eq!(ask(&mut lead, ahead_ms, false), []);
     }
     let out = lead.run(10_000);
-    assert_eq!(routed(&out), [(silent, 3, 1_000)]);
+    assert_eq!(routed_around(&out), [(silent, 3, 1_000)]);
     // Out, then tried again after its backoff.
     let out = lead.run(900);
-    assert!(!pool(&lead.node).contains(&silent), "{:?}", routed(&out));
+    assert!(
+        !pool(&lead.node).contains(&silent),
+        "{:?}",
+        routed_around(&out)
+    );
     lead.run(300);
     assert!(pool(&lead.node).contains(&silent));
     // Its next miss keeps it out twice as long.
     assert_eq!(ask(&mut lead, 8_000, false), []);
     let out = lead.run(10_000);
-    assert_eq!(routed(&out), [(silent, 4, 2_000)]);
+    assert_eq!(routed_around(&out), [(silent, 4, 2_000)]);
     // It answers: its count starts again, and one miss routes nothing around.
     lead.run(2_100);
     assert!(pool(&lead.node).contains(&silent));
     assert_eq!(ask(&mut lead, 20_000, true), []);
     assert_eq!(ask(&mut lead, 20_000, false), []);
-    assert_eq!(routed(&lead.run(10_000)), []);
+    assert_eq!(routed_around(&lead.run(10_000)), []);
     assert!(pool(&lead.node).contains(&silent));
 }
 
@@ -849,4 +822,66 @@ fn a_slow_agent_that_does_not_answer_in_time_is_not_routed_around() {
         .count();
     assert_eq!(routed, 0);
     assert!(pool(&lead.node).contains(&slow));
+}
+
+/// Who `out` says its lead routed around: the agent, its misses in a row, its backoff.
+fn routed_around(out: &[qs_core::mesh::MeshOutput]) -> Vec<(AgentId, u8, u64)> {
+    out.iter()
+        .filter_map(|o| match o {
+            qs_core::mesh::MeshOutput::RoutedAround(r) => Some((r.agent, r.missed, r.back_in_ms)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Operation `op`, an ask of the agents with the capability to be ready `ahead_ms` from
+/// now; each answers but `silent`, unless `answers`, and it must be asked. Who the lead
+/// routed around meanwhile.
+fn ask_ahead(
+    lead: &mut Lead,
+    op: u64,
+    ahead_ms: u64,
+    silent: AgentId,
+    answers: bool,
+) -> Vec<(AgentId, u8, u64)> {
+    let mut envelope = lead.ask(op);
+    envelope.target_arrival_ms = lead.now.as_millis() + ahead_ms;
+    envelope.ttl_ms = ahead_ms + 5_000;
+    lead.order_of(envelope, None);
+    let mut out = Vec::new();
+    let mut asked = false;
+    for _ in 0..(ahead_ms + 400) / 50 {
+        let step = lead.run(50);
+        for d in dispatches(&step) {
+            if d.agent != silent || answers {
+                lead.answer(&d, None);
+            }
+            asked |= d.agent == silent;
+        }
+        out.extend(step);
+        out.extend(drain(&mut lead.node));
+    }
+    assert!(report(&out).is_some(), "op {op} reported");
+    assert!(asked, "op {op} asked the silent agent");
+    routed_around(&out)
+}
+
+/// Misses with answers between them are not in a row: an agent that misses, answers,
+/// misses, answers and misses is not routed around.
+#[test]
+fn misses_with_answers_between_them_route_nothing_around() {
+    let c = one_cluster(6, 600);
+    let agent = c.theirs[0];
+    let mut lead = Lead::new(c, Time::from_millis(3_000_000));
+    lead.run(1_200);
+    let pattern = [true, false, true, false, true, false];
+    for (k, answers) in pattern.into_iter().enumerate() {
+        let ahead_ms = [200, 1_000, 1_000, 2_000, 2_000, 4_000][k];
+        assert_eq!(
+            ask_ahead(&mut lead, k as u64 + 1, ahead_ms, agent, answers),
+            []
+        );
+    }
+    assert_eq!(routed_around(&lead.run(11_000)), []);
+    assert!(pool(&lead.node).contains(&agent));
 }

@@ -69,8 +69,9 @@ fn delegate(scope: Scope, task: String, capability: Option<String>) -> Intent {
 /// `timeout_seconds=300`).
 pub(crate) const DELEGATE_TIMEOUT_S: u64 = 300;
 
-/// A task for the one best available agent (the lowest impedance in scope), with
-/// `capability` and of `class` if named, its answer awaited `timeout_s` past its arrival.
+/// A task for one agent, the best available where it looks (a sector and a cluster with
+/// agents of `class` if named, chosen by the operation's hash; there the lowest lead with
+/// `capability`, if named), its answer awaited `timeout_s` past its arrival.
 pub(crate) fn delegation(
     scope: Scope,
     task: String,

@@ -36,6 +36,7 @@ pub(crate) fn scope_of(text: &str) -> Result<Scope> {
 }
 
 pub(crate) fn op(api: &str, action: &MeshAction, output: OutputFormat) -> Result<()> {
+    action.check().map_err(anyhow::Error::msg)?;
     let body = serde_json::to_string(action)?;
     // The agent waits for the outcome as long as the operation may take, and some more.
     let wait = Duration::from_millis(action.longest_ms()) + Duration::from_secs(60);

@@ -161,8 +161,9 @@ pub fn permit(mode: Mode, ask: &Ask) -> Result<Admit, Refused> {
 /// BYZANTINE_BEHAVIOR).
 pub const BYZANTINE_AFTER: u32 = 3;
 
-/// Operations in a row an agent may be sent and never answer before its lead routes around
-/// it (seed §6.1's TRANSIENT_NETWORK: "escalation_threshold: 3 consecutive failures").
+/// The miss, in a row, at which a lead routes around an agent it sent operations that it
+/// never answered (seed §6.1's TRANSIENT_NETWORK: "escalation_threshold: 3 consecutive
+/// failures").
 pub const TRANSIENT_AFTER: u8 = 3;
 /// Its first time out of the routing pool, and the most: each further miss doubles it
 /// (seed: "Automatic retry with exponential backoff").
@@ -173,9 +174,11 @@ pub const BACKOFF_MOST_MS: u64 = 60_000;
 /// it is tried again: nothing below `TRANSIENT_AFTER`, then 1 s, 2 s, 4 s … up to 60 s.
 pub fn backoff_ms(missed: u8) -> Option<u64> {
     let past = missed.checked_sub(TRANSIENT_AFTER)?;
-    let doubled = BACKOFF_FIRST_MS
-        .checked_shl(u32::from(past))
-        .unwrap_or(u64::MAX);
+    // Past six doublings it is the most (and no shift wraps).
+    let doubled = match past {
+        0..=6 => BACKOFF_FIRST_MS << past,
+        _ => BACKOFF_MOST_MS,
+    };
     Some(doubled.min(BACKOFF_MOST_MS))
 }
 
@@ -281,6 +284,8 @@ mod tests {
             (5, Some(4_000)),
             (8, Some(32_000)),
             (9, Some(60_000)),
+            (64, Some(60_000)),
+            (66, Some(60_000)),
             (70, Some(60_000)),
             (u8::MAX, Some(60_000)),
         ];

@@ -176,6 +176,8 @@ pub struct MeshNode {
     pub(crate) tree: Arc<Hierarchy>,
     /// The hierarchy before the last change: a handover comes from an agent's lead in it.
     pub(crate) tree_before: Option<Arc<Hierarchy>>,
+    /// When the tree last changed: what the tree before named orders only a moment after.
+    pub(crate) tree_changed_at: Time,
     /// Views to hand over at the next beats, by the agents' new lead and cluster.
     pub(crate) handovers: BTreeMap<(NodeId, ClusterId), qs_wire::mesh::Handover>,
     /// Beats at which they still go out (the last send empties `handovers`).
@@ -252,6 +254,7 @@ impl MeshNode {
             cfg,
             tree: Arc::new(Hierarchy::default()),
             tree_before: None,
+            tree_changed_at: now,
             handovers: BTreeMap::new(),
             handover_sends_left: 0,
             handed_taken: BTreeSet::new(),

@@ -81,7 +81,9 @@ impl MeshAction {
                     CascadeMode::PriorityFirst => 5,
                     _ => 1,
                 };
-                let phase = budget_ms.unwrap_or(1_000) + window_ms.unwrap_or(1_000);
+                let phase = budget_ms
+                    .unwrap_or(1_000)
+                    .saturating_add(window_ms.unwrap_or(1_000));
                 phase.saturating_mul(phases)
             }
             _ => 0,

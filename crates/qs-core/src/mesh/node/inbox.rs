@@ -5,22 +5,40 @@
 
 use super::*;
 
+/// How long after the tree changed an order is still taken from whom the tree before named
+/// (orders on their way when it changed).
+pub(crate) const ORDERS_AFTER_CHANGE_MS: u64 = 2_000;
+
 impl MeshNode {
     pub(super) fn heard(&mut self, from: NodeId, m: MeshMessage, now: Time) {
         // What a message says of its sender must be its sender: a member cannot speak for
         // another host, lead or coordinator. A summary, or a beat between summaries, speaks
         // for a cluster or a sector: only from the node this node's tree names for it (a
         // cluster's, of the sector the tree puts it in). What an operation carries (its
-        // orders down, its reports up) comes from the root or the node the tree names, in
-        // this tree or the one before it (an operation under way when the tree changed
-        // finishes the way it started); an operator's controls from the root, or through the
-        // coordinator the tree names above.
+        // orders down, its reports up) comes from the root or the node the tree names; an
+        // operation under way when the tree changed finishes the way it started: its
+        // reports are also taken from whom the tree before named, and orders from them a
+        // moment after the change (`ORDERS_AFTER_CHANGE_MS`, messages on their way). An
+        // operator's controls come from the root, or through the coordinator the tree names.
         let names = |scope: Scope| self.tree.named_for(scope) == Some(&from);
-        let trees = [Some(&self.tree), self.tree_before.as_ref()];
-        let in_either = |f: &dyn Fn(&Hierarchy) -> bool| trees.iter().flatten().any(|t| f(t));
-        let named_either = |scope: Scope| in_either(&|t| t.named_for(scope) == Some(&from));
-        let root_either = in_either(&|t| t.root.as_ref() == Some(&from));
-        let coordinator_either = |c: ClusterId| in_either(&|t| t.coordinator_of(c) == Some(&from));
+        let fresh = now.since(self.tree_changed_at) < Duration::from_millis(ORDERS_AFTER_CHANGE_MS);
+        let under_way = |op: OpId| self.ops.is_root_or_relay(op);
+        let trees = |before: bool| {
+            [
+                Some(&self.tree),
+                self.tree_before.as_ref().filter(|_| before),
+            ]
+        };
+        let in_trees = |before: bool, f: &dyn Fn(&Hierarchy) -> bool| {
+            trees(before).iter().flatten().any(|t| f(t))
+        };
+        let root_named = |before: bool| in_trees(before, &|t| t.root.as_ref() == Some(&from));
+        let coordinator_named =
+            |before: bool, c: ClusterId| in_trees(before, &|t| t.coordinator_of(c) == Some(&from));
+        let lead_or_coordinator_named = |before: bool, scope: Scope| {
+            in_trees(before, &|t| t.named_for(scope) == Some(&from))
+                || matches!(scope, Scope::Cluster(c) if in_trees(before, &|t| t.coordinator_of(c) == Some(&from)))
+        };
         let from_root = self.tree.root.as_ref() == Some(&from);
         let from_coordinator_of = |c: ClusterId| self.tree.coordinator_of(c) == Some(&from);
         let sender_ok = match &m {
@@ -33,14 +51,12 @@ impl MeshNode {
             // A cluster's report comes from its lead, or from its coordinator when the urgent
             // mode could reach none of it.
             MeshMessage::Report(r) => {
-                r.from == from
-                    && (named_either(r.scope)
-                        || matches!(r.scope, Scope::Cluster(c) if coordinator_either(c)))
+                r.from == from && lead_or_coordinator_named(under_way(r.op), r.scope)
             }
             MeshMessage::Mode(_) => self.mode_sender_ok(&from),
             MeshMessage::Order(o) => match o.scope {
-                Scope::Sector(_) => root_either,
-                Scope::Cluster(c) => root_either || coordinator_either(c),
+                Scope::Sector(_) => root_named(fresh),
+                Scope::Cluster(c) => root_named(fresh) || coordinator_named(fresh, c),
                 Scope::Global => false,
             },
             // Passed on by a coordinator: one above a cluster this node leads, and within

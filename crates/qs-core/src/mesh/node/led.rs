@@ -45,6 +45,8 @@ pub(crate) struct AgentView {
     /// Operations in a row it was sent and never answered (any answer, a late one or a
     /// probe's, starts the count again; seed §6.1's TRANSIENT_NETWORK).
     pub missed: u8,
+    /// When it last answered anything (an operation, late or not, a probe).
+    pub last_answer: Option<Time>,
     /// The readiness probe out to it (seed §10.2).
     pub probe: Option<ProbeOut>,
     /// Made before its host said anything of it (a new lead, a new member): its state is

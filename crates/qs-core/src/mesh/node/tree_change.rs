@@ -59,6 +59,7 @@ impl MeshNode {
                                 admitted: false,
                                 held_until: None,
                                 missed: 0,
+                                last_answer: None,
                                 probe: None,
                                 unknown_until: Some(unknown_until),
                             },
@@ -121,5 +122,6 @@ impl MeshNode {
         self.sector_summaries
             .retain(|s, x| tree.named_for(Scope::Sector(*s)) == Some(&x.coordinator));
         self.tree_before = Some(std::mem::replace(&mut self.tree, tree));
+        self.tree_changed_at = now;
     }
 }

@@ -70,49 +70,54 @@ impl Awaited {
 /// Drops what is past its time (at every beat, so nothing stays when no operation comes);
 /// an agent a lead still awaited then missed that operation.
 pub(crate) fn prune(node: &mut MeshNode, now: Time) {
-    let mut missing: Vec<(ClusterId, AgentId)> = Vec::new();
+    let mut missing: Vec<(ClusterId, AgentId, Time)> = Vec::new();
+    let late_us = LATE_ANSWERS_MS * 1_000;
     node.ops.settled.retain(|(_, c), s| {
         let keep = s.until > now;
         if let (false, Awaited::These(waiting)) = (keep, &s.awaited) {
-            missing.extend(waiting.iter().map(|a| (*c, *a)));
+            // Reported (every send before) the late answers' time before its end.
+            let reported = Time::from_micros(s.until.as_micros().saturating_sub(late_us));
+            missing.extend(waiting.iter().map(|a| (*c, *a, reported)));
         }
         keep
     });
     node.ops.settled_urgent.retain(|_, s| s.until > now);
-    for (c, a) in missing {
-        missed(node, c, a, now);
+    for (c, a, reported) in missing {
+        missed(node, c, a, reported, now);
     }
 }
 
-/// Work this long (a quarter of the late answers' time) makes an agent that does not answer
-/// slow, not missing.
+/// An answer this long (a quarter of the late answers' time) makes an agent that does not
+/// answer slow, not missing.
 const SLOW_WORK_MS: f64 = LATE_ANSWERS_MS as f64 / 4.0;
 
-/// Seed §6.1, transient network: an agent that answered before (one never heard from may
-/// be slow, not missing) sent an operation that answered it not even late, though its work
-/// takes well less than the late answers' time (`SLOW_WORK_MS`: one of seconds is slow).
-/// The third miss in a row routes around it: out of the routing pool
-/// for a backoff that doubles with each further miss, then tried again. Any answer starts
-/// its count again (`on_ack`).
-fn missed(node: &mut MeshNode, c: ClusterId, a: AgentId, now: Time) {
+/// Seed §6.1, transient network: an agent in the routing pool, active, that answered before
+/// (one never heard from may be slow, not missing) and not since the operation was
+/// reported (`reported`), sent an operation that answered it not even late, though no
+/// answer of its ever took `SLOW_WORK_MS` (one of seconds is slow). The third miss in a row
+/// routes around it: out of the routing pool for a backoff that doubles with each further
+/// miss, then tried again. Any answer starts its count again (`on_ack`).
+fn missed(node: &mut MeshNode, c: ClusterId, a: AgentId, reported: Time, now: Time) {
     let Some(led) = node.led.get_mut(&c) else {
         return;
     };
     let Some(v) = led.agents.get_mut(&a) else {
         return;
     };
-    // Work of seconds (a human's, one that queues): slow, not missing.
-    let work_ms = v
-        .work
-        .processing_ms()
-        .unwrap_or(0.0)
-        .max(v.work.longest_ms());
-    let slow = work_ms >= SLOW_WORK_MS;
-    if slow || v.work.samples() == 0 {
+    // Work of seconds (a human's, one that queues), by its answers (not by the waits its
+    // misses made it look): slow, not missing.
+    let slow = v.work.longest_ms() >= SLOW_WORK_MS;
+    let answered_since = v.last_answer.is_some_and(|t| t >= reported);
+    if slow
+        || v.work.samples() == 0
+        || answered_since
+        || !v.admitted
+        || v.state != AgentState::Active
+    {
         return;
     }
     v.missed = v.missed.saturating_add(1);
-    let Some(back_in_ms) = degrade::backoff_ms(v.missed).filter(|_| v.admitted) else {
+    let Some(back_in_ms) = degrade::backoff_ms(v.missed) else {
         return;
     };
     v.admitted = false;
@@ -145,7 +150,8 @@ pub(super) fn keep(ops: &mut Ops, node: &MeshNode, key: (OpId, ClusterId), l: &L
     if let Some(earlier) = ops.settled.remove(&key).filter(|s| s.until > now)
         && let Awaited::These(w) = earlier.awaited
     {
-        waiting.extend(w);
+        // An earlier phase's, but those the live phase heard from.
+        waiting.extend(w.into_iter().filter(|a| !l.gather.answered(a)));
         rerouted.extend(earlier.rerouted);
     }
     if waiting.is_empty() {

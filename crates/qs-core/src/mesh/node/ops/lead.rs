@@ -211,6 +211,7 @@ pub(crate) fn on_ack(node: &mut MeshNode, from: &NodeId, a: Ack, now: Time) {
         .and_then(|l| l.agents.get_mut(&a.agent))
     {
         v.missed = 0;
+        v.last_answer = Some(now);
     }
     let mut ops = std::mem::take(&mut node.ops);
     let live = ops.lead.get(&(a.op, a.cluster));

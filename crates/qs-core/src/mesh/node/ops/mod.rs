@@ -265,6 +265,17 @@ fn insert_bounded<K: Ord + Copy, V>(
 }
 
 impl Ops {
+    /// Whether this node holds operation `op` as its root or relays it (it is under way
+    /// here).
+    pub(crate) fn is_root_or_relay(&self, op: OpId) -> bool {
+        self.root.contains_key(&op)
+            || self
+                .relay
+                .range((op, SectorId(0))..=(op, SectorId(u32::MAX)))
+                .next()
+                .is_some()
+    }
+
     pub(crate) fn next_due(&self) -> Option<Time> {
         let sends = self.sends.keys().next().copied();
         let lead = self

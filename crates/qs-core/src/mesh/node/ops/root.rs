@@ -32,7 +32,11 @@ pub(super) fn start_phase(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Tim
     };
     let lead_p95 = leads.quantile_ms(&classes, quantile, within).unwrap_or(0.0) + hops;
     let (window_ms, _) = MeshNode::cascade_mode_window(r.mode);
-    let window_ms = r.window_ms.unwrap_or(window_ms * node.mode.window_factor());
+    // An operator's window, but never shorter than the mode's (degraded modes lengthen it).
+    let mode_window_ms = window_ms * node.mode.window_factor();
+    let window_ms = r
+        .window_ms
+        .map_or(mode_window_ms, |w| w.max(mode_window_ms));
     // An operator's budget is taken as given; otherwise the leads decide, up to the most
     // the mesh compensates.
     let budget = match r.budget_ms {
