@@ -885,3 +885,60 @@ fn misses_with_answers_between_them_route_nothing_around() {
     assert_eq!(routed_around(&lead.run(11_000)), []);
     assert!(pool(&lead.node).contains(&agent));
 }
+
+/// A hold goes with its agent when another node takes over its cluster: an agent its former
+/// lead routed around (misses in a row) stays out of the new lead's pool for the rest of its
+/// backoff, not taken back at its host's next beat.
+#[test]
+fn a_handed_over_agent_keeps_the_rest_of_its_backoff() {
+    use qs_wire::mesh::{HandedAgent, Handover};
+    let Pair {
+        p1,
+        p2,
+        members,
+        tree: before,
+    } = pair();
+    let after =
+        Arc::new(Hierarchy::build(&members, Shape::default(), |_| Seniority::Seasoned).unwrap());
+    let c = ClusterId(0);
+    let start = Time::from_millis(1_000_000);
+    let mut b = MeshNode::new(p2.clone(), MeshConfig::default(), start);
+    b.handle(MeshInput::Tree(Arc::new(before)), start);
+    b.handle(MeshInput::Tree(after), start);
+    let theirs: Vec<AgentBeat> = (0..10).map(|i| beat(AgentId(i), 0, false)).collect();
+    let held = |agent: u64, held_ms: u64| HandedAgent {
+        agent: AgentId(agent),
+        admitted: false,
+        processing_ms: 5.0,
+        samples: 3,
+        held_ms,
+        missed: 3,
+    };
+    let handover = Handover {
+        cluster: c,
+        agents: vec![held(0, 5_000), held(1, 0)],
+        conflicts: Vec::new(),
+    };
+    b.handle(
+        MeshInput::Heard {
+            from: p1.clone(),
+            msg: MeshMessage::Handover(Box::new(handover)),
+        },
+        start,
+    );
+    // Its host beats (a full beat): the one without a hold joins the pool, the held one
+    // only once its backoff is over.
+    let mut in_pool_at = None;
+    for k in 1..=30u64 {
+        let now = Time::from_millis(start.as_millis() + k * 300);
+        hear_beat(&mut b, &p1, c, now.as_millis(), theirs.clone(), now);
+        b.handle(MeshInput::Tick, now);
+        drain(&mut b);
+        assert!(pool(&b).contains(&AgentId(1)), "at {k}");
+        if pool(&b).contains(&AgentId(0)) && in_pool_at.is_none() {
+            in_pool_at = Some(k * 300);
+        }
+    }
+    let at = in_pool_at.expect("back after its backoff");
+    assert!((5_000..=5_700).contains(&at), "{at}");
+}

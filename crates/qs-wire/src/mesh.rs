@@ -469,6 +469,9 @@ impl BusMessage for MeshMessage {
                 at_most("agents handed over", h.agents.len(), MAX_CHILDREN)?;
                 for a in &h.agents {
                     finite("processing_ms", a.processing_ms, 3_600_000.0)?;
+                    if a.held_ms > MAX_HELD_MS {
+                        return Err(format!("held_ms: {}; at most {MAX_HELD_MS}", a.held_ms));
+                    }
                 }
                 at_most(
                     "conflicts handed over",

@@ -264,7 +264,17 @@ pub struct HandedAgent {
     /// Its processing time as measured, milliseconds, and from how many answers.
     pub processing_ms: f64,
     pub samples: u32,
+    /// Held out of the pool this much longer, milliseconds (after operations it missed in a
+    /// row, or a conflict while integrating), and the operations it missed in a row. Left
+    /// out when 0.
+    #[serde(default, skip_serializing_if = "crate::bounds::is_zero")]
+    pub held_ms: u64,
+    #[serde(default, skip_serializing_if = "crate::bounds::is_zero")]
+    pub missed: u8,
 }
+
+/// The longest hold a handover carries: an hour.
+pub const MAX_HELD_MS: u64 = 3_600_000;
 
 /// Agents that answered an urgent operation CONFLICT where their cluster clearly (four in
 /// five) answered READY: the root, which gathered the answers, tells their lead, which

@@ -213,6 +213,27 @@ fn escalated_conflicts_in_reports_are_bounded_and_checked() {
         "{}",
         err.why
     );
+    // A handed agent's hold: bounded; none left out, as a node from before sends it.
+    let agent = |held_ms: u64| {
+        MeshMessage::Handover(Box::new(Handover {
+            cluster: ClusterId(0),
+            agents: vec![HandedAgent {
+                agent: AgentId(1),
+                admitted: false,
+                processing_ms: 5.0,
+                samples: 1,
+                held_ms,
+                missed: 3,
+            }],
+            conflicts: Vec::new(),
+        }))
+    };
+    let ok = agent(MAX_HELD_MS);
+    assert_eq!(decode(&ok).unwrap(), ok);
+    let err = decode(&agent(MAX_HELD_MS + 1)).unwrap_err();
+    assert!(err.why.contains("held_ms"), "{}", err.why);
+    let plain = serde_json::to_value(agent(0)).unwrap();
+    assert!(plain["agents"][0].get("held_ms").is_none(), "{plain}");
     // Unresolved counts: no more critical or overdue than open.
     let c = |open, critical, overdue| ConflictCounts {
         open,

@@ -21,7 +21,12 @@ const MAX_HANDED_TAKEN: usize = conflict::MAX_QUARANTINE;
 impl MeshNode {
     /// Views of agents this node no longer leads (`left`, after a new tree): each for the
     /// node that leads it now, sent at the next beats.
-    pub(super) fn hand_over(&mut self, left: BTreeMap<AgentId, AgentView>, tree: &Hierarchy) {
+    pub(super) fn hand_over(
+        &mut self,
+        left: BTreeMap<AgentId, AgentView>,
+        tree: &Hierarchy,
+        now: Time,
+    ) {
         self.handovers.clear();
         self.handover_sends_left = HANDOVER_SENDS;
         for (agent, view) in left {
@@ -39,11 +44,16 @@ impl MeshNode {
             }
             let h = self.handover_to(lead, c);
             if h.agents.len() < MAX_CHILDREN {
+                let held_ms = view
+                    .held_until
+                    .map_or(0, |t| t.as_millis().saturating_sub(now.as_millis()));
                 h.agents.push(HandedAgent {
                     agent,
                     admitted: view.admitted,
                     processing_ms: view.work.processing_ms().unwrap_or(0.0),
                     samples: view.work.samples(),
+                    held_ms,
+                    missed: view.missed,
                 });
             }
         }
@@ -163,6 +173,14 @@ impl MeshNode {
                 self.handed_taken.insert(key);
             }
             view.work.handed(a.processing_ms, a.samples);
+            // A hold goes with it (a backoff after misses in a row, a conflict's), so the new
+            // lead does not take it back into the pool at its host's next beat.
+            view.missed = a.missed;
+            if a.held_ms > 0 {
+                let held_ms = a.held_ms.min(qs_wire::mesh::MAX_HELD_MS);
+                view.held_until = Some(now + Duration::from_millis(held_ms));
+                led.integrating = true;
+            }
             if a.admitted {
                 super::integrate::admit(led, a.agent);
             }

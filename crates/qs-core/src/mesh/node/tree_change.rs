@@ -71,7 +71,7 @@ impl MeshNode {
         }
         self.led = led;
         // What is left is led by other nodes now: they hear what this one knew.
-        self.hand_over(views, &tree);
+        self.hand_over(views, &tree, now);
         // Open conflicts stay with the agents this node still leads, and with the root,
         // which hears an urgent operation's answers; the others go to their agents' new
         // leads with the handovers.
