@@ -65,16 +65,10 @@ impl Root {
         let envelope = self
             .node
             .envelope(Verb::Observe, "ready?", priority, self.now);
+        let scope = Scope::Sector(qs_wire::mesh::SectorId(0));
         let command = Command::Cascade(CascadeCommand {
-            mode: CascadeMode::Wave,
-            scope: Scope::Sector(qs_wire::mesh::SectorId(0)),
-            envelope,
-            sample: None,
             budget_ms: Some(100),
-            approved: false,
-            automated: false,
-            class: None,
-            window_ms: None,
+            ..CascadeCommand::new(CascadeMode::Wave, scope, envelope)
         });
         self.node
             .handle(MeshInput::Command { command, tag }, self.now);

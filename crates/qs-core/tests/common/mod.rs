@@ -409,15 +409,8 @@ pub fn node_in(me: &NodeId, cfg: MeshConfig, tree: &Arc<Hierarchy>, now: Time) -
 pub fn cascade(node: &mut MeshNode, mode: CascadeMode, verb: Verb, payload: &str, now: Time) {
     let envelope = node.envelope(verb, payload, 2, now);
     let command = Command::Cascade(CascadeCommand {
-        mode,
-        scope: Scope::Global,
-        envelope,
-        sample: None,
         budget_ms: Some(100),
-        approved: false,
-        automated: false,
-        class: None,
-        window_ms: None,
+        ..CascadeCommand::new(mode, Scope::Global, envelope)
     });
     node.handle(MeshInput::Command { command, tag: 1 }, now);
 }

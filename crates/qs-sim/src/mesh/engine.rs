@@ -429,15 +429,12 @@ impl MeshSim {
                 self.nodes[root].handle(
                     MeshInput::Command {
                         command: Command::Cascade(CascadeCommand {
-                            mode: c.mode,
-                            scope: Scope::Global,
-                            envelope: env,
                             sample: c.delegate.map(|_| 1),
                             budget_ms: c.budget_ms,
                             approved: true,
-                            automated: false,
                             class: c.delegate.and_then(|d| d.class),
                             window_ms: c.delegate.map(|d| d.window_ms),
+                            ..CascadeCommand::new(c.mode, Scope::Global, env)
                         }),
                         tag: k as u64,
                     },

@@ -55,23 +55,23 @@ impl MeshNode {
         if c.relayed {
             return;
         }
-        let sectors = self.my_sectors.clone();
-        let mut leads: BTreeSet<NodeId> = BTreeSet::new();
-        for s in sectors {
-            let Some(sector) = self.tree.sector(s) else {
-                continue;
-            };
-            for cl in &sector.clusters {
-                if let Some(lead) = self.tree.cluster(*cl).and_then(|x| x.lead.clone())
-                    && self.tree.holds(c.scope, *cl)
-                    && lead != self.me
-                {
-                    leads.insert(lead);
-                }
-            }
-        }
-        for lead in leads {
+        for lead in self.leads_below(c.scope) {
             self.send(lead, MeshMessage::Control(Control { relayed: true, ..c }));
         }
+    }
+
+    /// The leads (but this node) of the clusters in `scope` of the sectors this node
+    /// coordinates.
+    pub(super) fn leads_below(&self, scope: Scope) -> BTreeSet<NodeId> {
+        let clusters = self
+            .my_sectors
+            .iter()
+            .filter_map(|s| self.tree.sector(*s))
+            .flat_map(|s| s.clusters.iter().copied());
+        clusters
+            .filter(|cl| self.tree.holds(scope, *cl))
+            .filter_map(|cl| self.tree.named_for(Scope::Cluster(cl)).cloned())
+            .filter(|lead| *lead != self.me)
+            .collect()
     }
 }

@@ -7,9 +7,15 @@ use super::*;
 
 /// How long after the tree changed an order is still taken from whom the tree before named
 /// (orders on their way when it changed).
-pub(crate) const ORDERS_AFTER_CHANGE_MS: u64 = 2_000;
+const ORDERS_AFTER_CHANGE_MS: u64 = 2_000;
 
 impl MeshNode {
+    /// Whether the tree changed a moment ago (`ORDERS_AFTER_CHANGE_MS`): orders from whom
+    /// the tree before named may still be on their way.
+    pub(super) fn tree_changed_lately(&self, now: Time) -> bool {
+        now.since(self.tree_changed_at) < Duration::from_millis(ORDERS_AFTER_CHANGE_MS)
+    }
+
     pub(super) fn heard(&mut self, from: NodeId, m: MeshMessage, now: Time) {
         // What a message says of its sender must be its sender: a member cannot speak for
         // another host, lead or coordinator. A summary, or a beat between summaries, speaks
@@ -20,55 +26,50 @@ impl MeshNode {
         // reports are also taken from whom the tree before named, and orders from them a
         // moment after the change (`ORDERS_AFTER_CHANGE_MS`, messages on their way). An
         // operator's controls come from the root, or through the coordinator the tree names.
-        let names = |scope: Scope| self.tree.named_for(scope) == Some(&from);
-        let fresh = now.since(self.tree_changed_at) < Duration::from_millis(ORDERS_AFTER_CHANGE_MS);
+        let fresh = self.tree_changed_lately(now);
         let under_way = |op: OpId| self.ops.is_root_or_relay(op);
-        let trees = |before: bool| {
-            [
-                Some(&self.tree),
-                self.tree_before.as_ref().filter(|_| before),
-            ]
+        // Named by this tree, or (`before`) by the tree before it too.
+        let named = |before: bool, f: &dyn Fn(&Hierarchy) -> bool| {
+            f(&self.tree) || (before && self.tree_before.as_deref().is_some_and(f))
         };
-        let in_trees = |before: bool, f: &dyn Fn(&Hierarchy) -> bool| {
-            trees(before).iter().flatten().any(|t| f(t))
-        };
-        let root_named = |before: bool| in_trees(before, &|t| t.root.as_ref() == Some(&from));
-        let coordinator_named =
-            |before: bool, c: ClusterId| in_trees(before, &|t| t.coordinator_of(c) == Some(&from));
-        let lead_or_coordinator_named = |before: bool, scope: Scope| {
-            in_trees(before, &|t| t.named_for(scope) == Some(&from))
-                || matches!(scope, Scope::Cluster(c) if in_trees(before, &|t| t.coordinator_of(c) == Some(&from)))
-        };
-        let from_root = self.tree.root.as_ref() == Some(&from);
-        let from_coordinator_of = |c: ClusterId| self.tree.coordinator_of(c) == Some(&from);
+        let names =
+            |before: bool, scope: Scope| named(before, &|t| t.named_for(scope) == Some(&from));
+        let root = |before: bool| named(before, &|t| t.root.as_ref() == Some(&from));
+        let coordinates =
+            |before: bool, c: ClusterId| named(before, &|t| t.coordinator_of(c) == Some(&from));
         let sender_ok = match &m {
             MeshMessage::Beat(b) => b.host == from,
             MeshMessage::Cluster(s) => {
                 s.lead == from && self.tree.leads_in(&from, s.cluster, s.sector)
             }
-            MeshMessage::Alive(a) => a.from == from && names(a.scope),
-            MeshMessage::Sector(s) => s.coordinator == from && names(Scope::Sector(s.sector)),
+            MeshMessage::Alive(a) => a.from == from && names(false, a.scope),
+            MeshMessage::Sector(s) => {
+                s.coordinator == from && names(false, Scope::Sector(s.sector))
+            }
             // A cluster's report comes from its lead, or from its coordinator when the urgent
             // mode could reach none of it.
             MeshMessage::Report(r) => {
-                r.from == from && lead_or_coordinator_named(under_way(r.op), r.scope)
+                let before = under_way(r.op);
+                r.from == from
+                    && (names(before, r.scope)
+                        || matches!(r.scope, Scope::Cluster(c) if coordinates(before, c)))
             }
             MeshMessage::Mode(_) => self.mode_sender_ok(&from),
             MeshMessage::Order(o) => match o.scope {
-                Scope::Sector(_) => root_named(fresh),
-                Scope::Cluster(c) => root_named(fresh) || coordinator_named(fresh, c),
+                Scope::Sector(_) => root(fresh),
+                Scope::Cluster(c) => root(fresh) || coordinates(fresh, c),
                 Scope::Global => false,
             },
             // Passed on by a coordinator: one above a cluster this node leads, and within
             // what it coordinates (the whole mesh's, its sector's, its cluster's).
             MeshMessage::Control(c) => {
-                let leads_under_sender = self.led.keys().any(|cl| from_coordinator_of(*cl));
+                let leads_under_sender = self.led.keys().any(|cl| coordinates(false, *cl));
                 let within = match c.scope {
                     Scope::Global => true,
-                    Scope::Sector(_) => names(c.scope),
-                    Scope::Cluster(cl) => from_coordinator_of(cl),
+                    Scope::Sector(_) => names(false, c.scope),
+                    Scope::Cluster(cl) => coordinates(false, cl),
                 };
-                from_root || (c.relayed && leads_under_sender && within)
+                root(false) || (c.relayed && leads_under_sender && within)
             }
             _ => true,
         };

@@ -83,11 +83,7 @@ impl MeshNode {
                     .filter_map(|s| s.coordinator.clone()),
             );
         }
-        for s in &self.my_sectors {
-            for c in self.tree.sector(*s).map_or(&[][..], |x| &x.clusters[..]) {
-                below.extend(self.tree.named_for(Scope::Cluster(*c)).cloned());
-            }
-        }
+        below.extend(self.leads_below(Scope::Global));
         for led in self.led.values() {
             below.extend(led.hosts.keys().cloned());
         }

@@ -68,6 +68,24 @@ pub struct CascadeCommand {
     pub window_ms: Option<u64>,
 }
 
+impl CascadeCommand {
+    /// `envelope` to `scope` in `mode`: everything else as an operator leaves it (no
+    /// sample, budget, class or window of its own; not approved; not automated).
+    pub fn new(mode: CascadeMode, scope: Scope, envelope: MeshEnvelope) -> CascadeCommand {
+        CascadeCommand {
+            mode,
+            scope,
+            envelope,
+            sample: None,
+            budget_ms: None,
+            approved: false,
+            automated: false,
+            class: None,
+            window_ms: None,
+        }
+    }
+}
+
 /// Why the root refused a command.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, thiserror::Error)]
 pub enum CommandError {

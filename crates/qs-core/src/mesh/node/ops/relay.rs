@@ -12,14 +12,12 @@ pub(crate) fn on_order(node: &mut MeshNode, o: Order, now: Time) {
             // lead, which takes it only from the root or its coordinator (in its tree or the
             // one before). A node neither now nor before drops it.
             let me = Some(&node.me);
-            let fresh = now.since(node.tree_changed_at)
-                < Duration::from_millis(super::super::inbox::ORDERS_AFTER_CHANGE_MS);
             let coordinates = node.tree.coordinator_of(c) == me
-                || node
-                    .tree_before
-                    .as_ref()
-                    .filter(|_| fresh)
-                    .is_some_and(|t| t.coordinator_of(c) == me);
+                || (node.tree_changed_lately(now)
+                    && node
+                        .tree_before
+                        .as_deref()
+                        .is_some_and(|t| t.coordinator_of(c) == me));
             if let Some(lead) = node.tree.cluster(c).and_then(|cl| cl.lead.clone())
                 && lead != node.me
                 && coordinates
