@@ -23,7 +23,9 @@ use qs_core::mesh::{
 };
 use qs_fabric::{Fabric, Kv, KvEvent, Subscription, Topic};
 use qs_wire::NodeId;
-use qs_wire::mesh::{MeshAction, MeshMembers, MeshMessage, MeshOutcome, MeshPacket, MeshRequest};
+use qs_wire::mesh::{
+    ControlAction, MeshAction, MeshMembers, MeshMessage, MeshOutcome, MeshPacket, MeshRequest,
+};
 use qs_wire::task_bus::decode_bus;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -151,9 +153,7 @@ pub async fn run<F: Fabric>(
                                 let tag = next_tag;
                                 next_tag += 1;
                                 waiting.insert(tag, Waiter::Remote { node: p.from, id: r.id });
-                                if let Some(done) = command(&mut node, r.action, tag) {
-                                    answer(&fabric, &auth, &me, &mut waiting, tag, Ok(done)).await;
-                                }
+                                command(&mut node, r.action, tag);
                             }
                         }
                         MeshMessage::Outcome(o) => {
@@ -193,9 +193,7 @@ pub async fn run<F: Fabric>(
                 match (node_is_root(&node), node.tree().root.clone()) {
                     (true, _) => {
                         waiting.insert(tag, Waiter::Local(reply));
-                        if let Some(done) = command(&mut node, action, tag) {
-                            answer(&fabric, &auth, &me, &mut waiting, tag, Ok(done)).await;
-                        }
+                        command(&mut node, action, tag);
                     }
                     (false, Some(root)) => {
                         waiting.insert(tag, Waiter::Local(reply));
@@ -408,6 +406,21 @@ pub async fn run<F: Fabric>(
                 MeshOutput::HostLost { scope, host } => {
                     tracing::info!("mesh: {host} lost ({scope:?})")
                 }
+                MeshOutput::ControlDone(r) => {
+                    // An operator's control goes to the ledger with what it did.
+                    let event = qs_wire::Event::MeshControl {
+                        action: control_name(r.action).to_owned(),
+                        scope: r.scope.to_string(),
+                        nodes: r.nodes,
+                        confirmed: r.confirmed,
+                        agents_released: r.agents_released,
+                        breakers_closed: r.breakers_closed,
+                        conflicts_released: r.conflicts_released,
+                    };
+                    journal.append(&me, now().as_micros(), vec![event]).await;
+                    let body = serde_json::to_value(&r).map_err(|e| e.to_string());
+                    answer(&fabric, &auth, &me, &mut waiting, r.tag, body).await
+                }
             }
         }
     }
@@ -417,15 +430,17 @@ fn node_is_root(node: &MeshNode) -> bool {
     node.tree().root.as_ref() == Some(node.id())
 }
 
-/// An operator's action as the core's command; a freeze, a thaw or a heal is carried out
-/// at once and its answer returned (a cascade's comes with its result).
-fn command(node: &mut MeshNode, action: MeshAction, tag: u64) -> Option<serde_json::Value> {
-    let done = match &action {
-        MeshAction::Cascade { .. } => None,
-        MeshAction::Freeze { scope } => Some(serde_json::json!({"done": "freeze", "scope": scope})),
-        MeshAction::Thaw { scope } => Some(serde_json::json!({"done": "thaw", "scope": scope})),
-        MeshAction::Heal { scope } => Some(serde_json::json!({"done": "heal", "scope": scope})),
-    };
+fn control_name(a: ControlAction) -> &'static str {
+    match a {
+        ControlAction::Freeze => "freeze",
+        ControlAction::Thaw => "thaw",
+        ControlAction::Heal => "heal",
+    }
+}
+
+/// An operator's action as the core's command: its answer comes as the core's output (a
+/// cascade's result, a control's report once the nodes in scope confirmed it, a refusal).
+fn command(node: &mut MeshNode, action: MeshAction, tag: u64) {
     let t = now();
     let command = match action {
         MeshAction::Cascade {
@@ -466,7 +481,6 @@ fn command(node: &mut MeshNode, action: MeshAction, tag: u64) -> Option<serde_js
         MeshAction::Heal { scope } => Command::Heal { scope },
     };
     node.handle(MeshInput::Command { command, tag }, t);
-    done
 }
 
 /// The ledger's record of an operation's end.

@@ -43,6 +43,7 @@ fn freeze(relayed: bool) -> MeshMessage {
         action: ControlAction::Freeze,
         scope: Scope::Global,
         relayed,
+        id: 0,
     })
 }
 
@@ -52,6 +53,7 @@ fn freeze_of(scope: Scope) -> MeshMessage {
         action: ControlAction::Freeze,
         scope,
         relayed: true,
+        id: 0,
     })
 }
 

@@ -268,6 +268,20 @@ pub enum Event {
         active_agents: u32,
         total_agents: u32,
     },
+    /// An operator's control of the mesh (freeze, thaw, heal) as its root reported it: how
+    /// many of the nodes in scope confirmed it, and what a heal did there.
+    MeshControl {
+        action: String,
+        scope: String,
+        nodes: u32,
+        confirmed: u32,
+        #[serde(default)]
+        agents_released: u32,
+        #[serde(default)]
+        breakers_closed: u32,
+        #[serde(default)]
+        conflicts_released: u32,
+    },
 }
 
 impl Event {

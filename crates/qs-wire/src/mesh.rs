@@ -376,6 +376,8 @@ pub enum MeshMessage {
     Report(Box<Report>),
     Circuit(Circuit),
     Control(Control),
+    /// What a node did of a control, to the root.
+    ControlDone(Box<ControlDone>),
     /// An operator's request, from the node whose API took it to the root.
     Request(Box<MeshRequest>),
     /// The root's answer to a request: its outcome as JSON.
@@ -462,6 +464,7 @@ impl BusMessage for MeshMessage {
             MeshMessage::Report(r) => r.check(),
             MeshMessage::Circuit(c) => text("reason", &c.reason),
             MeshMessage::Control(_) => Ok(()),
+            MeshMessage::ControlDone(d) => d.check(),
             MeshMessage::Mode(m) => m.check(),
             MeshMessage::Request(r) => r.action.check(),
             MeshMessage::Contradicted(c) => at_most("agents", c.agents.len(), MAX_CHILDREN),

@@ -53,11 +53,76 @@ pub(crate) fn control(api: &str, action: MeshAction, output: OutputFormat) -> Re
     let v = client::call(api, "POST", "/v1/mesh/ops", Some(&body))?;
     match output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&v)?),
-        OutputFormat::Text => {
-            println!("done: {} {}", v["done"].as_str().unwrap_or("?"), v["scope"])
-        }
+        OutputFormat::Text => println!("{}", control_outcome(&v)),
     }
     Ok(())
+}
+
+/// A control's report as a sentence (seed §7.1: "Healing SECTOR-12: 3 agents restarted …"):
+/// what it did, how many nodes in scope confirmed it, and who did not.
+pub(crate) fn control_outcome(v: &Value) -> String {
+    let n = |k: &str| v[k].as_u64().unwrap_or(0);
+    let plural = |n: u64, one: &str, many: &str| match n {
+        1 => format!("1 {one}"),
+        n => format!("{n} {many}"),
+    };
+    let scope = match scope_text(&v["scope"]).as_str() {
+        "global" => "the whole mesh".to_string(),
+        s => s.to_string(),
+    };
+    let frozen_on = n("was_frozen_on");
+    let did = match v["done"].as_str().unwrap_or("?") {
+        "heal" => format!(
+            "healed {scope}: {} released from quarantine, {} closed, {} released{}",
+            plural(n("agents_released"), "agent", "agents"),
+            plural(n("breakers_closed"), "breaker", "breakers"),
+            plural(n("conflicts_released"), "conflict", "conflicts"),
+            match frozen_on {
+                0 => String::new(),
+                k => format!(", thawed on {}", plural(k, "node", "nodes")),
+            }
+        ),
+        "freeze" => format!("froze {scope}: operations in it are refused until a thaw"),
+        "thaw" => match frozen_on {
+            0 => format!("thawed {scope} (it was not frozen)"),
+            k => format!("thawed {scope} (frozen on {})", plural(k, "node", "nodes")),
+        },
+        other => format!("{other} {scope}"),
+    };
+    let mut line = format!(
+        "{did}; confirmed by {} of {} in {}",
+        n("confirmed"),
+        plural(n("nodes"), "node", "nodes"),
+        ms_text(n("waited_ms"))
+    );
+    let missing: Vec<&str> = v["unconfirmed"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if !missing.is_empty() {
+        let more = n("nodes").saturating_sub(n("confirmed")) as usize;
+        let more = more.saturating_sub(missing.len());
+        line.push_str(&format!(
+            "; not confirmed by {}{} (down, partitioned, or on another tree: run it again when \
+             they are back)",
+            missing.join(", "),
+            match more {
+                0 => String::new(),
+                m => format!(" and {m} more"),
+            }
+        ));
+    }
+    line
+}
+
+/// Milliseconds as the CLI says them: `40 ms`, `1.2 s`.
+fn ms_text(ms: u64) -> String {
+    match ms {
+        0..1_000 => format!("{ms} ms"),
+        _ => format!("{:.1} s", ms as f64 / 1000.0),
+    }
 }
 
 /// A span as the seed's status box says it: `42s`, `12m`, `3h 27m`, `2d 5h`.
@@ -405,192 +470,4 @@ pub(crate) fn status(api: &str, scope: &Scope, output: OutputFormat) -> Result<(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn scopes_are_read_in_every_spelling() {
-        for (text, want) in [
-            ("", Scope::Global),
-            ("all", Scope::Global),
-            ("sector 7", Scope::Sector(SectorId(7))),
-            ("S7", Scope::Sector(SectorId(7))),
-            ("SECTOR-12", Scope::Sector(SectorId(12))),
-            ("cluster 4", Scope::Cluster(ClusterId(4))),
-            ("C4", Scope::Cluster(ClusterId(4))),
-        ] {
-            assert_eq!(scope_of(text).unwrap(), want, "{text:?}");
-        }
-        assert!(scope_of("galaxy 9").is_err());
-    }
-
-    #[test]
-    fn delegations_name_a_class_as_the_seed_or_an_operator_would() {
-        let table = [
-            ("D", Some(ImpedanceClass::D)),
-            ("d", Some(ImpedanceClass::D)),
-            ("CLASS_D_GPU", Some(ImpedanceClass::D)),
-            ("class-a-edge", Some(ImpedanceClass::A)),
-            ("gpu", Some(ImpedanceClass::D)),
-            ("serverless", Some(ImpedanceClass::B)),
-            ("F", Some(ImpedanceClass::F)),
-            ("best_available", None),
-            ("best", None),
-        ];
-        for (text, want) in table {
-            assert_eq!(class_of(text).unwrap(), want, "{text:?}");
-        }
-        for bad in ["G", "CLASS_D_EDGE", "fastest", ""] {
-            assert!(class_of(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    /// The root's named answer, as it serializes one, reads as one line.
-    #[test]
-    fn a_named_answer_reads_as_who_answered_what() {
-        use qs_wire::mesh::{AgentId, NamedAnswer, Trinary};
-        let n = |class, state, answer: &str| {
-            serde_json::json!(NamedAnswer {
-                agent: AgentId(0xab),
-                cluster: ClusterId(7),
-                sector: SectorId(3),
-                class,
-                state,
-                answer: answer.into(),
-                took_ms: 34_200,
-            })
-        };
-        let table = [
-            (
-                n(Some(ImpedanceClass::D), Trinary::Ready, "done: 42"),
-                "agent 00000000000000ab (class D, sector 3, cluster 7): READY after 34200 ms \
-                 of work: \"done: 42\"",
-            ),
-            (
-                n(None, Trinary::Conflict, ""),
-                "agent 00000000000000ab (sector 3, cluster 7): CONFLICT after 34200 ms of work",
-            ),
-        ];
-        for (v, want) in table {
-            assert_eq!(named_line(&v), want, "{v}");
-        }
-    }
-
-    /// What the root serializes of a queued operation reads as a sentence, and the status's
-    /// queue as one line (none when empty).
-    #[test]
-    fn queued_operations_are_said_as_the_root_serializes_them() {
-        use qs_core::mesh::{QueuedOp, QueuedView};
-        use qs_wire::mesh::{CascadeMode, OpId, Verb};
-        let q = QueuedOp {
-            op: OpId(12),
-            tag: 0,
-            position: 2,
-            mode: "DEGRADED_MODERATE",
-            waits_for: "DEGRADED_LIGHT",
-            max_wait_ms: 600_000,
-        };
-        assert_eq!(
-            queued_outcome(&serde_json::json!(q)),
-            "queued as operation 12 (DEGRADED_MODERATE queues non-urgent operations; 2 in the \
-             queue): it starts when the mesh is DEGRADED_LIGHT or better, or is dropped after \
-             10m; its result goes to the ledger (qs events)"
-        );
-        let view = |op: u64, scope: Scope, waited_ms: u64| QueuedView {
-            op: OpId(op),
-            mode: CascadeMode::Wave,
-            scope,
-            priority: 1,
-            verb: Verb::Sync,
-            waited_ms,
-        };
-        let table = [
-            (vec![], None),
-            (
-                vec![view(12, Scope::Sector(SectorId(3)), 63_000)],
-                Some(
-                    "1 operation queued until DEGRADED_LIGHT or better: 12 (wave sync sector 3, \
-                     priority 1, waiting 1m)",
-                ),
-            ),
-            (
-                vec![
-                    view(12, Scope::Global, 63_000),
-                    view(14, Scope::Cluster(ClusterId(9)), 2_000),
-                ],
-                Some(
-                    "2 operations queued until DEGRADED_LIGHT or better: 12 (wave sync global, \
-                     priority 1, waiting 1m), 14 (wave sync cluster 9, priority 1, waiting 2s)",
-                ),
-            ),
-        ];
-        for (queued, want) in table {
-            let status = serde_json::json!({ "queued": queued });
-            assert_eq!(queued_line(&status).as_deref(), want, "{status}");
-        }
-    }
-
-    #[test]
-    fn spans_read_as_the_seeds_status_box_says_them() {
-        for (ms, want) in [
-            (0, "0s"),
-            (59_999, "59s"),
-            (60_000, "1m"),
-            (12_487_000, "3h 28m"),
-            (3_600_000, "1h 0m"),
-            (190_800_000, "2d 5h"),
-        ] {
-            assert_eq!(ago(ms), want, "{ms}");
-        }
-    }
-
-    /// The health line counts the sectors at least 95 % active, of those summarized.
-    #[test]
-    fn the_health_line_counts_healthy_sectors() {
-        let sector =
-            |agents: u32, active: u32| serde_json::json!({"agents": agents, "active": active});
-        let table = [
-            (
-                serde_json::json!({"agents": 0, "active": 0}),
-                "100.0 % active",
-            ),
-            (
-                serde_json::json!({"agents": 300, "active": 270,
-                    "sectors": [sector(100, 100), sector(100, 94), sector(100, 76), sector(0, 0)]}),
-                "90.0 % active, 2 of 4 sectors healthy",
-            ),
-        ];
-        for (v, want) in table {
-            assert_eq!(health_line(&v), want, "{v}");
-        }
-    }
-
-    /// The conflicts line says what was dropped and taken late only when there was some.
-    #[test]
-    fn the_conflicts_line_names_drops_and_late_answers_when_there_are_any() {
-        let counts = serde_json::json!({"open": 2, "critical": 1, "overdue": 0});
-        let status = |dropped: u64, late: u64| {
-            serde_json::json!({
-                "conflicts": 5,
-                "conflicts_unresolved": counts,
-                "conflicts_resolved": 3,
-                "conflicts_escalated_here": 0,
-                "conflicts_dropped": dropped,
-                "late_answers": late,
-            })
-        };
-        let quiet = "here 5 heard, 2 unresolved (1 critical, 0 past their time), 3 resolved, \
-                     0 escalated here";
-        for (dropped, late, want) in [
-            (0, 0, quiet.to_string()),
-            (0, 4, format!("{quiet}; 4 answers taken late")),
-            (
-                7,
-                0,
-                format!("{quiet}; 7 dropped from a full quarantine (in the ledger)"),
-            ),
-        ] {
-            assert_eq!(conflicts_line(&status(dropped, late)), want);
-        }
-    }
-}
+mod tests;

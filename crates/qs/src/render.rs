@@ -312,6 +312,24 @@ pub fn describe(event: &Event) -> String {
         } => format!(
             "the mesh went from {from} to {to}: {active_agents} of {total_agents} agents active"
         ),
+        Event::MeshControl {
+            action,
+            scope,
+            nodes,
+            confirmed,
+            agents_released,
+            breakers_closed,
+            conflicts_released,
+        } => {
+            let did = match action.as_str() {
+                "heal" => format!(
+                    ": {agents_released} agents released, {breakers_closed} breakers closed, \
+                     {conflicts_released} conflicts released"
+                ),
+                _ => String::new(),
+            };
+            format!("mesh {action} of {scope} confirmed by {confirmed} of {nodes} nodes{did}")
+        }
     }
 }
 
@@ -463,6 +481,19 @@ mod tests {
                     "operation 10 waited 600000 ms in the queue".into(),
                 ),
                 "operation 10 did not run: operation 10 waited",
+            ),
+            (
+                Event::MeshControl {
+                    action: "heal".into(),
+                    scope: "sector 12".into(),
+                    nodes: 5,
+                    confirmed: 5,
+                    agents_released: 3,
+                    breakers_closed: 1,
+                    conflicts_released: 2,
+                },
+                "mesh heal of sector 12 confirmed by 5 of 5 nodes: 3 agents released, 1 \
+                 breakers closed, 2 conflicts released",
             ),
         ];
         for (event, want) in table {

@@ -374,7 +374,13 @@ fn a_thousand_agents_over_nats() {
     );
     assert_eq!(status, 409, "{v}");
     assert!(v["error"].as_str().unwrap().contains("frozen"), "{v}");
-    cli(&["--api", &root.api, "mesh", "thaw"]);
+    // The thaw is confirmed by every node in scope, each of which the freeze had reached.
+    let thawed = cli(&["--api", &root.api, "mesh", "thaw", "--output", "json"]);
+    let thawed: Value = serde_json::from_str(&thawed).unwrap();
+    assert_eq!(thawed["done"], "thaw", "{thawed}");
+    assert!(thawed["nodes"].as_u64().unwrap() >= 2, "{thawed}");
+    assert_eq!(thawed["confirmed"], thawed["nodes"], "{thawed}");
+    assert_eq!(thawed["was_frozen_on"], thawed["nodes"], "{thawed}");
     root.mesh_op(r#"{"action":"cascade","mode":"wave","verb":"sync","payload":"y"}"#);
 
     // The KPIs, from the root's /metrics (refreshed at the mesh's next tick).
@@ -420,10 +426,18 @@ fn a_thousand_agents_over_nats() {
     ]);
     let healed: Value = serde_json::from_str(&healed).unwrap();
     assert_eq!(healed["done"], "heal", "{healed}");
+    // Its report: every node in scope confirmed, and the conflicts they released add up.
+    assert_eq!(healed["confirmed"], healed["nodes"], "{healed}");
+    assert_eq!(healed["conflicts_released"], PER_NODE, "{healed}");
     root.wait_within("the conflicts released", Duration::from_secs(10), |_| {
         events("mesh-conflict-resolved", false) >= PER_NODE as usize
     });
     assert_eq!(events("mesh-conflict-resolved", false), PER_NODE as usize);
+    // The controls are in the root's ledger: the freeze, the thaw and the heal.
+    root.wait_within("the controls' records", Duration::from_secs(10), |_| {
+        events("mesh-control", false) >= 3
+    });
+    assert_eq!(events("mesh-control", false), 3);
     root.wait_within(
         "the root to count no conflict left",
         Duration::from_secs(30),

@@ -230,11 +230,13 @@ impl Breakers {
         }
     }
 
-    /// An operator's reset (`qs mesh heal`): closed, counts cleared.
-    pub fn reset(&mut self, scope: Scope, now: Time) {
+    /// An operator's reset (`qs mesh heal`): closed, counts cleared. Whether it was open or
+    /// half-open.
+    pub fn reset(&mut self, scope: Scope, now: Time) -> bool {
         if scope == Scope::Global {
+            let was_open = self.global_open;
             self.open_sectors(0, now);
-            return;
+            return was_open;
         }
         if let Some(b) = self.map.get_mut(&scope)
             && b.state != BreakerState::Closed
@@ -245,7 +247,9 @@ impl Breakers {
                 state: BreakerState::Closed,
                 at: now,
             });
+            return true;
         }
+        false
     }
 
     /// The earliest time something is due.

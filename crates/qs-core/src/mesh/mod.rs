@@ -25,8 +25,9 @@ pub mod seniority;
 
 pub use hierarchy::{Hierarchy, Member, Shape};
 pub use node::{
-    CascadeCommand, Command, CommandError, Kpis, MAX_QUEUE_WAIT_MS, MAX_QUEUED, MeshConfig,
-    MeshInput, MeshNode, MeshOutput, OpResult, QueuedOp, QueuedView,
+    CONTROL_CONFIRM_MS, CascadeCommand, Command, CommandError, ControlReport, Kpis,
+    MAX_QUEUE_WAIT_MS, MAX_QUEUED, MeshConfig, MeshInput, MeshNode, MeshOutput, OpResult, QueuedOp,
+    QueuedView,
 };
 pub use seniority::{Joined, Seniority, seniorities, seniority_in};
 

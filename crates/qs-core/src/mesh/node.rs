@@ -26,10 +26,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod beats;
+pub(crate) use beats::Hop;
 mod kpis;
 pub use kpis::{Kpis, MAX_LATENCIES};
 mod conflicts;
 mod control;
+pub use control::{CONTROL_CONFIRM_MS, ControlReport};
 mod handover;
 mod inbox;
 mod integrate;
@@ -132,6 +134,9 @@ pub enum MeshOutput {
     },
     /// A lead routes around an agent that missed operations in a row (the shell logs it).
     RoutedAround(ops::RoutedAround),
+    /// A control's report (freeze, thaw, heal), at the root, once every node in scope
+    /// confirmed it or `CONTROL_CONFIRM_MS` passed.
+    ControlDone(control::ControlReport),
     /// A node fell silent: a host of a led cluster (past `dead_after_ms`; its agents are
     /// offline), a cluster's lead (at its coordinator), or a sector's coordinator (at the
     /// root): every level beats at `beat_ms` and is lost after `dead_after_ms`. The shell
@@ -140,32 +145,6 @@ pub enum MeshOutput {
         scope: Scope,
         host: NodeId,
     },
-}
-
-/// The last few one-way delays to one node.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Hop {
-    samples: [f32; 8],
-    len: u8,
-    next: u8,
-}
-
-impl Hop {
-    fn record(&mut self, ms: f64) {
-        self.samples[self.next as usize] = ms.clamp(0.0, 3_600_000.0) as f32;
-        self.next = (self.next + 1) % 8;
-        self.len = (self.len + 1).min(8);
-    }
-
-    fn median(&self) -> f64 {
-        let mut v = self.samples;
-        let n = self.len as usize;
-        v[..n].sort_by(f32::total_cmp);
-        match n {
-            0 => 0.0,
-            _ => f64::from(v[n / 2]),
-        }
-    }
 }
 
 /// One node's part in the mesh.
@@ -218,6 +197,8 @@ pub struct MeshNode {
     /// operation, agent, when its lead heard it), so a later copy is not taken again.
     pub(crate) late_taken: BTreeMap<(SectorId, OpId, AgentId, u64), Time>,
     pub(crate) frozen: BTreeSet<Scope>,
+    /// At the root: controls sent, awaiting their confirmations, by id.
+    pub(crate) controls: BTreeMap<u64, control::PendingControl>,
     pub(crate) kpis: Kpis,
     /// The mesh's mode: the root's own, another node's as the root's notices say it.
     pub(crate) mode: Mode,
@@ -281,6 +262,7 @@ impl MeshNode {
             late_for_root: BTreeMap::new(),
             late_taken: BTreeMap::new(),
             frozen: BTreeSet::new(),
+            controls: BTreeMap::new(),
             kpis: Kpis::default(),
             mode: Mode::Full,
             mode_heard: None,
@@ -338,6 +320,9 @@ impl MeshNode {
             t = t.min(d);
         }
         if let Some(d) = self.breakers.next_due() {
+            t = t.min(d);
+        }
+        if let Some(d) = self.next_control_due() {
             t = t.min(d);
         }
         t
@@ -473,6 +458,7 @@ impl MeshNode {
         if self.ops.next_due().is_some_and(|d| d <= now) {
             ops::due(self, now);
         }
+        self.controls_due(now);
         while let Some((from, m)) = self.inbox.pop_front() {
             self.heard(from, m, now);
         }

@@ -582,6 +582,7 @@ impl MeshSim {
                 MeshOutput::ModeChanged { .. }
                 | MeshOutput::Conflict(_)
                 | MeshOutput::ConflictResolved(_)
+                | MeshOutput::ControlDone(_)
                 | MeshOutput::Breaker(_) => {}
             }
         }

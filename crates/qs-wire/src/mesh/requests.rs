@@ -233,6 +233,49 @@ pub struct Control {
     pub scope: Scope,
     /// Already passed on by a coordinator: not to be passed on again.
     pub relayed: bool,
+    /// The root's number for it: each node that carries it out says so to the root with a
+    /// [`ControlDone`] of this id (0: from a root that asks for none).
+    #[serde(default)]
+    pub id: u64,
+}
+
+/// The most a node says it did of one control (agents released, breakers closed,
+/// conflicts released): far more than a node leads.
+pub const MAX_CONTROL_COUNT: u32 = 1_000_000;
+
+/// What one node did of a control, to the root that sent it (seed §7.1's heal report:
+/// "3 agents restarted … circuit breaker reset").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlDone {
+    /// The control's [`Control::id`].
+    pub id: u64,
+    /// Who carried it out (the packet's sender).
+    pub from: NodeId,
+    pub action: ControlAction,
+    /// Quarantined agents released (back in the pool at their host's next beat).
+    pub agents_released: u32,
+    /// Breakers that were open or half-open, closed.
+    pub breakers_closed: u32,
+    /// Conflicts of the log released (an operator's review).
+    pub conflicts_released: u32,
+    /// Whether its scope was frozen here before (a thaw or a heal thawed it).
+    pub was_frozen: bool,
+}
+
+impl ControlDone {
+    pub fn check(&self) -> Result<(), String> {
+        for (field, n) in [
+            ("agents_released", self.agents_released),
+            ("breakers_closed", self.breakers_closed),
+            ("conflicts_released", self.conflicts_released),
+        ] {
+            if n > MAX_CONTROL_COUNT {
+                return Err(format!("{field}: {n}; at most {MAX_CONTROL_COUNT}"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What a [`Control`] does.

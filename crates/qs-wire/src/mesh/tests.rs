@@ -106,6 +106,19 @@ fn messages_round_trip_and_are_checked() {
     assert!(err.why.contains("joining 6"), "{}", err.why);
 }
 
+/// Each message of `table` reads back as itself (`None`) or is refused with an error that
+/// names the field (`Some`).
+fn decodes_as<const N: usize>(table: [(MeshMessage, Option<&str>); N]) {
+    for (msg, error) in table {
+        let bytes = serde_json::to_vec(&msg).unwrap();
+        match (decode_bus::<MeshMessage>("mesh.x", &bytes), error) {
+            (Ok(back), None) => assert_eq!(back, msg),
+            (Err(e), Some(want)) => assert!(e.why.contains(want), "{}", e.why),
+            (got, want) => panic!("{msg:?}: {got:?}, expected {want:?}"),
+        }
+    }
+}
+
 /// A mode notice: a level past EMERGENCY, or more active agents than agents, is refused by
 /// field; a good one reads back.
 #[test]
@@ -124,13 +137,35 @@ fn mode_notices_are_checked() {
         (notice(1, 1_001, 1_000), Some("active_agents 1001")),
         (notice(1, 0, u32::MAX), Some("total_agents 4294967295")),
     ];
-    for (msg, error) in table {
-        let bytes = serde_json::to_vec(&msg).unwrap();
-        match (decode_bus::<MeshMessage>("mesh.x", &bytes), error) {
-            (Ok(back), None) => assert_eq!(back, msg),
-            (Err(e), Some(want)) => assert!(e.why.contains(want), "{}", e.why),
-            (got, want) => panic!("{msg:?}: {got:?}, expected {want:?}"),
-        }
+    decodes_as(table);
+}
+
+/// A control's confirmation: each count bounded, by field; a control from a root before
+/// confirmations existed (no id) still reads, as one that asks for none.
+#[test]
+fn control_confirmations_are_checked() {
+    let done = |agents_released: u32, conflicts_released: u32| {
+        MeshMessage::ControlDone(Box::new(ControlDone {
+            id: 9,
+            from: NodeId::new("n1").unwrap(),
+            action: ControlAction::Heal,
+            agents_released,
+            breakers_closed: 2,
+            conflicts_released,
+            was_frozen: true,
+        }))
+    };
+    let table = [
+        (done(3, 1), None),
+        (done(MAX_CONTROL_COUNT, 0), None),
+        (done(MAX_CONTROL_COUNT + 1, 0), Some("agents_released")),
+        (done(0, u32::MAX), Some("conflicts_released")),
+    ];
+    decodes_as(table);
+    let old = br#"{"type":"control","action":"heal","scope":{"level":"global"},"relayed":false}"#;
+    match decode_bus::<MeshMessage>("mesh.x", old).unwrap() {
+        MeshMessage::Control(c) => assert_eq!((c.action, c.id), (ControlAction::Heal, 0)),
+        other => panic!("{other:?}"),
     }
 }
 

@@ -256,3 +256,29 @@ fn take_silent<K: Copy + Ord>(heard: &mut BTreeMap<K, Time>, now: Time, limit: D
     }
     silent
 }
+
+/// The last few one-way delays to one node.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Hop {
+    samples: [f32; 8],
+    len: u8,
+    next: u8,
+}
+
+impl Hop {
+    pub(super) fn record(&mut self, ms: f64) {
+        self.samples[self.next as usize] = ms.clamp(0.0, 3_600_000.0) as f32;
+        self.next = (self.next + 1) % 8;
+        self.len = (self.len + 1).min(8);
+    }
+
+    pub(super) fn median(&self) -> f64 {
+        let mut v = self.samples;
+        let n = self.len as usize;
+        v[..n].sort_by(f32::total_cmp);
+        match n {
+            0 => 0.0,
+            _ => f64::from(v[n / 2]),
+        }
+    }
+}

@@ -71,6 +71,8 @@ impl MeshNode {
                 };
                 root(false) || (c.relayed && leads_under_sender && within)
             }
+            // A confirmation speaks for its sender (and only the root awaits it).
+            MeshMessage::ControlDone(d) => d.from == from,
             _ => true,
         };
         if !sender_ok {
@@ -102,6 +104,7 @@ impl MeshNode {
             MeshMessage::Report(r) => ops::on_report(self, *r, now),
             MeshMessage::Circuit(_) => {}
             MeshMessage::Control(c) => self.control(c, now),
+            MeshMessage::ControlDone(d) => self.on_control_done(*d, now),
             // The shell's: an operator's request and its answer.
             MeshMessage::Request(_) | MeshMessage::Outcome(_) => {}
             MeshMessage::Handover(h) => self.on_handover(&from, *h, now),

@@ -14,8 +14,8 @@ use crate::time::Time;
 use qs_wire::NodeId;
 use qs_wire::mesh::{
     Ack, AgentId, AgentState, AnswerCount, BreakerState, CascadeMode, ClusterId, Contradicted,
-    Control, ControlAction, Dispatch, ImpedanceClass, LeadHistogram, MAX_CHILDREN, MAX_NAMED,
-    MeshEnvelope, MeshMessage, NamedAnswer, OpId, Order, Report, Scope, SectorId, Tally, Trinary,
+    ControlAction, Dispatch, ImpedanceClass, LeadHistogram, MAX_CHILDREN, MAX_NAMED, MeshEnvelope,
+    MeshMessage, NamedAnswer, OpId, Order, Report, Scope, SectorId, Tally, Trinary,
 };
 use serde::Serialize;
 
@@ -373,7 +373,7 @@ pub(crate) fn due(node: &mut MeshNode, now: Time) {
     }
 }
 
-fn sectors_in(node: &MeshNode, scope: Scope) -> Vec<SectorId> {
+pub(super) fn sectors_in(node: &MeshNode, scope: Scope) -> Vec<SectorId> {
     match scope {
         Scope::Global => (0..node.tree.sectors.len() as u32).map(SectorId).collect(),
         Scope::Sector(s) => vec![s],
@@ -423,27 +423,9 @@ impl MeshNode {
                     true => ControlAction::Freeze,
                     false => ControlAction::Thaw,
                 };
-                self.fan_control(scope, action);
+                self.fan_control(scope, action, tag, now);
             }
-            Command::Heal { scope } => self.fan_control(scope, ControlAction::Heal),
-        }
-    }
-
-    /// Sends a control to every coordinator in scope (and itself), who pass it on.
-    fn fan_control(&mut self, scope: Scope, action: ControlAction) {
-        let msg = MeshMessage::Control(Control {
-            action,
-            scope,
-            relayed: false,
-        });
-        self.inbox.push_back((self.me.clone(), msg.clone()));
-        let coordinators: BTreeSet<NodeId> = sectors_in(self, scope)
-            .into_iter()
-            .filter_map(|s| self.tree.sector(s).and_then(|s| s.coordinator.clone()))
-            .collect();
-        let me = self.me.clone();
-        for co in coordinators.into_iter().filter(|c| *c != me) {
-            self.send(co, msg.clone());
+            Command::Heal { scope } => self.fan_control(scope, ControlAction::Heal, tag, now),
         }
     }
 

@@ -1,0 +1,284 @@
+//! An operator's controls (seed §7.1), driven through `MeshNode::handle` on a virtual clock:
+//! the root sends a freeze, a thaw or a heal to the coordinators in scope, who pass it on
+//! to their leads; each node confirms to the root what it did, and the root reports the sum
+//! once every node in scope confirmed, or names those that did not when its wait ends. A
+//! heal thaws, releases quarantined agents and conflicts, and closes breakers. A
+//! confirmation from a node not in scope is refused and counted.
+
+mod common;
+
+use common::*;
+use qs_core::Time;
+use qs_core::mesh::conflict::Resolution;
+use qs_core::mesh::{
+    CONTROL_CONFIRM_MS, Command, ControlReport, MeshConfig, MeshInput, MeshNode, MeshOutput,
+};
+use qs_wire::NodeId;
+use qs_wire::mesh::{
+    AgentId, AgentState, BreakerState, ControlAction, ControlDone, MeshMessage, Scope,
+};
+use std::collections::BTreeSet;
+
+/// The root and the lead pass their messages to each other until both are quiet (those to
+/// `lost` are lost); what else they put out.
+fn exchange(root: &mut MeshNode, lead: &mut Lead, lost: Option<&NodeId>) -> Vec<MeshOutput> {
+    let mut other = Vec::new();
+    for _ in 0..16 {
+        let sent = [
+            (root.id().clone(), drain(root)),
+            (lead.node.id().clone(), drain(&mut lead.node)),
+        ];
+        let mut moved = false;
+        for (from, out) in sent {
+            for o in out {
+                let MeshOutput::Send { to, msg } = o else {
+                    other.push(o);
+                    continue;
+                };
+                let target = match to {
+                    _ if lost == Some(&to) => continue,
+                    _ if to == *root.id() => &mut *root,
+                    _ if to == *lead.node.id() => &mut lead.node,
+                    _ => continue,
+                };
+                let from = from.clone();
+                target.handle(MeshInput::Heard { from, msg }, lead.now);
+                moved = true;
+            }
+        }
+        if !moved {
+            break;
+        }
+    }
+    other
+}
+
+fn reports(out: &[MeshOutput]) -> Vec<ControlReport> {
+    out.iter()
+        .filter_map(|o| match o {
+            MeshOutput::ControlDone(r) => Some(r.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn command(root: &mut MeshNode, command: Command, tag: u64, now: Time) {
+    root.handle(MeshInput::Command { command, tag }, now);
+}
+
+/// A lead of 20 agents (the other host's 10 with the capability), its root (also its
+/// sector's coordinator), and the lead's view settled.
+fn mesh() -> (MeshNode, Lead) {
+    let mut lead = Lead::new(one_cluster(20, 0), Time::from_millis(3_000_000));
+    lead.run(1_200);
+    let tree = lead.node.tree().clone();
+    let root = node_in(&lead.root, MeshConfig::default(), &tree, lead.now);
+    (root, lead)
+}
+
+fn state_of(lead: &mut Lead, agent: AgentId) -> AgentState {
+    let agents = lead.node.led_agents();
+    agents.iter().find(|a| a.agent == agent).unwrap().state
+}
+
+#[test]
+fn a_heal_thaws_releases_and_closes_and_the_root_reports_what_every_node_did() {
+    let (mut root, mut lead) = mesh();
+    // Two agents answer with corrupt content (quarantined, an integrity conflict each);
+    // then the other host's remaining eight go down, which opens the cluster's breaker.
+    lead.order(1, None);
+    let sent = dispatches(&lead.run(250));
+    assert_eq!(sent.len(), 10, "{sent:?}");
+    for (i, d) in sent.iter().enumerate() {
+        lead.answer(d, (i < 2).then(corrupt));
+    }
+    let quarantined: Vec<AgentId> = sent[..2].iter().map(|d| d.agent).collect();
+    lead.run(400);
+    for q in &quarantined {
+        assert_eq!(state_of(&mut lead, *q), AgentState::Quarantined);
+    }
+    lead.down = sent[2..].iter().map(|d| d.agent).collect();
+    lead.run(700);
+    let cluster = Scope::Cluster(qs_wire::mesh::ClusterId(0));
+    assert_eq!(lead.node.breakers().state(cluster), BreakerState::Open);
+
+    // A freeze first: both nodes confirm, neither was frozen before; both are now.
+    command(
+        &mut root,
+        Command::Freeze {
+            scope: Scope::Global,
+            frozen: true,
+        },
+        7,
+        lead.now,
+    );
+    let out = exchange(&mut root, &mut lead, None);
+    let r = reports(&out);
+    assert_eq!(r.len(), 1, "{out:?}");
+    assert_eq!(
+        (r[0].tag, r[0].action, r[0].nodes, r[0].confirmed),
+        (7, ControlAction::Freeze, 2, 2)
+    );
+    assert_eq!(r[0].was_frozen_on, 0);
+    assert!(lead.node.frozen().contains(&Scope::Global));
+    assert!(root.frozen().contains(&Scope::Global));
+
+    // The heal: every count is what the lead held, and the freeze is lifted everywhere.
+    command(
+        &mut root,
+        Command::Heal {
+            scope: Scope::Global,
+        },
+        8,
+        lead.now,
+    );
+    let out = exchange(&mut root, &mut lead, None);
+    let r = reports(&out);
+    assert_eq!(r.len(), 1, "{out:?}");
+    let r = &r[0];
+    assert_eq!((r.tag, r.action), (8, ControlAction::Heal));
+    assert_eq!((r.nodes, r.confirmed, r.unconfirmed.len()), (2, 2, 0));
+    assert_eq!(r.agents_released, 2, "{r:?}");
+    assert_eq!(r.conflicts_released, 2, "{r:?}");
+    assert_eq!(r.breakers_closed, 1, "the cluster's: {r:?}");
+    assert_eq!(r.was_frozen_on, 2);
+    assert!(lead.node.frozen().is_empty() && root.frozen().is_empty());
+    assert_eq!(lead.node.breakers().state(cluster), BreakerState::Closed);
+    let released: BTreeSet<AgentId> = out
+        .iter()
+        .filter_map(|o| match o {
+            MeshOutput::ConflictResolved(x) if x.how == Resolution::Released => Some(x.agent),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(released, quarantined.iter().copied().collect());
+    // Released agents come back at their host's next beat, into the routing pool.
+    lead.down.clear();
+    lead.run(700);
+    for q in &quarantined {
+        assert_eq!(state_of(&mut lead, *q), AgentState::Active);
+        assert!(pool(&lead.node).contains(q));
+    }
+    // The report reads as the API answers it.
+    let json = serde_json::to_value(r).unwrap();
+    assert_eq!(json["done"], "heal");
+    assert_eq!(json["agents_released"], 2);
+}
+
+#[test]
+fn a_node_that_does_not_confirm_is_named_when_the_wait_ends() {
+    let (mut root, mut lead) = mesh();
+    let lead_id = lead.node.id().clone();
+    let start = lead.now;
+    command(
+        &mut root,
+        Command::Heal {
+            scope: Scope::Global,
+        },
+        3,
+        start,
+    );
+    let out = exchange(&mut root, &mut lead, Some(&lead_id));
+    assert!(
+        reports(&out).is_empty(),
+        "the lead's confirmation is awaited"
+    );
+    let deadline = Time::from_millis(start.as_millis() + CONTROL_CONFIRM_MS);
+    assert!(
+        root.poll_timeout() <= deadline,
+        "the root wakes for its wait"
+    );
+    root.handle(MeshInput::Tick, deadline);
+    let r = reports(&drain(&mut root));
+    assert_eq!(r.len(), 1);
+    assert_eq!((r[0].tag, r[0].nodes, r[0].confirmed), (3, 2, 1));
+    assert_eq!(r[0].unconfirmed, vec![lead_id.to_string()]);
+    assert_eq!(r[0].waited_ms, CONTROL_CONFIRM_MS);
+}
+
+#[test]
+fn a_confirmation_from_a_node_not_in_scope_is_refused_and_counted() {
+    let (mut root, lead) = mesh();
+    let now = lead.now;
+    command(
+        &mut root,
+        Command::Heal {
+            scope: Scope::Global,
+        },
+        4,
+        now,
+    );
+    let control = drain(&mut root)
+        .into_iter()
+        .find_map(|o| match o {
+            MeshOutput::Send {
+                msg: MeshMessage::Control(c),
+                ..
+            } => Some(c),
+            _ => None,
+        })
+        .expect("the control, to the lead");
+    let stranger = NodeId::new("p9").unwrap();
+    let done = |from: &NodeId| {
+        MeshMessage::ControlDone(Box::new(ControlDone {
+            id: control.id,
+            from: from.clone(),
+            action: ControlAction::Heal,
+            agents_released: 50,
+            breakers_closed: 0,
+            conflicts_released: 0,
+            was_frozen: false,
+        }))
+    };
+    let refused = root.refused_senders();
+    // Not in scope; and one that says it is the lead but is not.
+    for (sender, said) in [(&stranger, &stranger), (&stranger, lead.node.id())] {
+        let msg = done(said);
+        let from = sender.clone();
+        root.handle(MeshInput::Heard { from, msg }, now);
+    }
+    assert_eq!(root.refused_senders(), refused + 2);
+    // The lead's own: counted, and the last awaited.
+    let from = lead.node.id().clone();
+    root.handle(
+        MeshInput::Heard {
+            from,
+            msg: done(lead.node.id()),
+        },
+        now,
+    );
+    let r = reports(&drain(&mut root));
+    assert_eq!(r.len(), 1);
+    assert_eq!((r[0].confirmed, r[0].agents_released), (2, 50));
+}
+
+#[test]
+fn the_root_awaits_at_most_sixteen_controls_and_a_newer_one_ends_the_oldest_wait() {
+    let (mut root, mut lead) = mesh();
+    let lead_id = lead.node.id().clone();
+    for tag in 1..=16 {
+        command(
+            &mut root,
+            Command::Freeze {
+                scope: Scope::Global,
+                frozen: true,
+            },
+            tag,
+            lead.now,
+        );
+        let out = exchange(&mut root, &mut lead, Some(&lead_id));
+        assert!(reports(&out).is_empty(), "{tag}: awaited");
+    }
+    command(
+        &mut root,
+        Command::Freeze {
+            scope: Scope::Global,
+            frozen: true,
+        },
+        17,
+        lead.now,
+    );
+    let r = reports(&exchange(&mut root, &mut lead, Some(&lead_id)));
+    assert_eq!(r.len(), 1);
+    assert_eq!((r[0].tag, r[0].confirmed, r[0].nodes), (1, 1, 2));
+}
