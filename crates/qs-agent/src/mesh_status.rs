@@ -4,7 +4,7 @@
 
 use crate::clock::now;
 use crate::mesh_agents::LocalAgents;
-use qs_core::mesh::{MeshNode, QueuedView};
+use qs_core::mesh::{LedAgent, MeshNode, QueuedView};
 use qs_store::{StateDir, StateFile};
 use qs_wire::mesh::{AgentState, ConflictCounts, Scope};
 use serde::Serialize;
@@ -49,6 +49,8 @@ pub struct MeshStatus {
     pub local_agents: u32,
     pub sectors: Vec<SectorRow>,
     pub clusters: Vec<ClusterRow>,
+    /// Each agent of the clusters this node leads (`qs mesh status CLUSTER` lists them).
+    pub led_agents: Vec<LedAgent>,
     pub breakers: Vec<String>,
     pub frozen: Vec<String>,
     /// At the root: operations queued until the mode is DEGRADED_LIGHT or better, oldest
@@ -101,6 +103,13 @@ pub struct ClusterRow {
     pub agents: u32,
     pub active: u32,
     pub joining: u32,
+    /// Quarantined after an integrity failure or byzantine answers (until a heal).
+    pub quarantined: u32,
+    /// Active, held out of the routing pool for a while (a conflict while integrating, or
+    /// operations missed in a row).
+    pub held: u32,
+    /// Whose path's delay is in a spike.
+    pub spiking: u32,
     pub classes: [u32; 6],
     pub mean_score_ms: f64,
 }
@@ -134,7 +143,8 @@ pub(crate) fn status(
     let (agents, active) = node.global_counts();
     let k = node.kpis().clone();
     let mut clusters: BTreeMap<u32, ClusterRow> = BTreeMap::new();
-    for a in node.led_agents() {
+    let led_agents = node.led_agents(now());
+    for a in &led_agents {
         let sector = node.tree().cluster(a.cluster).map(|c| c.sector.0);
         let row = clusters.entry(a.cluster.0).or_insert_with(|| ClusterRow {
             cluster: a.cluster.0,
@@ -144,8 +154,11 @@ pub(crate) fn status(
         row.agents += 1;
         if a.state == AgentState::Active {
             row.active += 1;
-            row.joining += u32::from(!a.admitted);
+            row.joining += u32::from(!a.admitted && a.held_ms == 0);
+            row.held += u32::from(!a.admitted && a.held_ms > 0);
         }
+        row.quarantined += u32::from(a.state == AgentState::Quarantined);
+        row.spiking += u32::from(a.spiking);
         row.classes[a.class.index()] += 1;
         row.mean_score_ms += a.score_ms;
     }
@@ -180,6 +193,7 @@ pub(crate) fn status(
             })
             .collect(),
         clusters: clusters.into_values().collect(),
+        led_agents,
         breakers: node
             .breakers()
             .not_closed()

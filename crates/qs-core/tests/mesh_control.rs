@@ -77,7 +77,7 @@ fn mesh() -> (MeshNode, Lead) {
 }
 
 fn state_of(lead: &mut Lead, agent: AgentId) -> AgentState {
-    let agents = lead.node.led_agents();
+    let agents = lead.node.led_agents(lead.now);
     agents.iter().find(|a| a.agent == agent).unwrap().state
 }
 

@@ -497,7 +497,7 @@ fn a_lead_keeps_its_agents_when_another_zone_renumbers_their_cluster() {
     }
     let measured = |node: &mut MeshNode| -> Vec<(ClusterId, bool, Option<u64>)> {
         let mut v: Vec<_> = node
-            .led_agents()
+            .led_agents(Time::from_millis(0))
             .into_iter()
             .filter(|a| theirs.contains(&a.agent))
             .map(|a| {
@@ -647,7 +647,7 @@ fn a_former_lead_hands_its_admitted_agents_over_to_the_new_lead() {
         "in p2's pool at once"
     );
     let measured = b
-        .led_agents()
+        .led_agents(Time::from_millis(0))
         .into_iter()
         .filter(|x| theirs.contains(&x.agent))
         .all(|x| x.processing_ms.is_some_and(|p| (4.0..6.0).contains(&p)));
@@ -753,6 +753,12 @@ fn an_agent_that_misses_three_operations_in_a_row_is_routed_around_with_backoff(
     }
     let out = lead.run(10_000);
     assert_eq!(routed_around(&out), [(silent, 3, 1_000)]);
+    // The lead's status shows it out of the pool, its misses, and the rest of its hold.
+    let now = lead.now;
+    let view = lead.node.led_agents(now);
+    let view = view.iter().find(|a| a.agent == silent).unwrap();
+    assert_eq!((view.admitted, view.missed), (false, 3));
+    assert!((500..=1_000).contains(&view.held_ms), "{view:?}");
     // Out, then tried again after its backoff.
     let out = lead.run(900);
     assert!(

@@ -58,6 +58,85 @@ pub(crate) fn control(api: &str, action: MeshAction, output: OutputFormat) -> Re
     Ok(())
 }
 
+/// A led cluster's counts: its agents by state and class, and its mean impedance.
+fn cluster_table(row: &Value) -> Table {
+    let mut table = Table::new();
+    table.set_header([
+        "cluster",
+        "agents",
+        "active",
+        "joining",
+        "held out",
+        "quarantined",
+        "spiking",
+        "A",
+        "B",
+        "C",
+        "D",
+        "E",
+        "F",
+        "mean ms",
+    ]);
+    let mut cells: Vec<String> = [
+        "cluster",
+        "agents",
+        "active",
+        "joining",
+        "held",
+        "quarantined",
+        "spiking",
+    ]
+    .iter()
+    .map(|k| row[*k].as_u64().unwrap_or(0).to_string())
+    .collect();
+    let classes = row["classes"].as_array().cloned().unwrap_or_default();
+    cells.extend(classes.iter().map(Value::to_string));
+    cells.push(format!(
+        "{:.0}",
+        row["mean_score_ms"].as_f64().unwrap_or(0.0)
+    ));
+    table.add_row(cells);
+    table
+}
+
+/// A led cluster's agents, one row each: state, class, impedance, and place in the routing
+/// pool (in it, joining, held out for a while after missed operations or a conflict, or out
+/// while not active).
+pub(crate) fn agents_table(v: &Value, cluster: u32) -> Table {
+    let mut table = Table::new();
+    table.set_header([
+        "agent", "state", "class", "score ms", "lead ms", "drift", "pool", "missed", "spiking",
+    ]);
+    let agents = v["led_agents"].as_array().into_iter().flatten();
+    for a in agents.filter(|a| a["cluster"].as_u64() == Some(u64::from(cluster))) {
+        let held_ms = a["held_ms"].as_u64().unwrap_or(0);
+        let active = a["state"] == "active";
+        let pool = match (a["admitted"].as_bool() == Some(true), active, held_ms) {
+            (_, false, _) => "out".to_string(),
+            (true, _, _) => "in".to_string(),
+            (false, true, 0) => "joining".to_string(),
+            (false, true, ms) => format!("held out {}", ms_text(ms)),
+        };
+        let f = |k: &str| format!("{:.0}", a[k].as_f64().unwrap_or(0.0));
+        table.add_row([
+            format!("{:016x}", a["agent"].as_u64().unwrap_or(0)),
+            a["state"].as_str().unwrap_or("?").to_string(),
+            a["class"].as_str().unwrap_or("?").to_string(),
+            f("score_ms"),
+            f("lead_ms"),
+            format!("{:+.2}", a["drift"].as_f64().unwrap_or(0.0)),
+            pool,
+            a["missed"].as_u64().unwrap_or(0).to_string(),
+            match a["spiking"].as_bool() {
+                Some(true) => "yes",
+                _ => "",
+            }
+            .to_string(),
+        ]);
+    }
+    table
+}
+
 /// A control's report as a sentence (seed §7.1: "Healing SECTOR-12: 3 agents restarted …"):
 /// what it did, how many nodes in scope confirmed it, and who did not.
 pub(crate) fn control_outcome(v: &Value) -> String {
@@ -386,33 +465,20 @@ pub(crate) fn status(api: &str, scope: &Scope, output: OutputFormat) -> Result<(
     let mut table = Table::new();
     match scope {
         Scope::Cluster(c) => {
-            table.set_header([
-                "cluster", "agents", "active", "joining", "A", "B", "C", "D", "E", "F", "mean ms",
-            ]);
-            for row in v["clusters"].as_array().into_iter().flatten() {
-                if row["cluster"].as_u64() == Some(u64::from(c.0)) {
-                    let classes = row["classes"].as_array().cloned().unwrap_or_default();
-                    let mut cells = vec![
-                        row["cluster"].to_string(),
-                        row["agents"].to_string(),
-                        row["active"].to_string(),
-                        row["joining"].to_string(),
-                    ];
-                    cells.extend(classes.iter().map(Value::to_string));
-                    cells.push(format!(
-                        "{:.0}",
-                        row["mean_score_ms"].as_f64().unwrap_or(0.0)
-                    ));
-                    table.add_row(cells);
-                }
-            }
-            if table.row_count() == 0 {
+            let Some(row) = v["clusters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|row| row["cluster"].as_u64() == Some(u64::from(c.0)))
+            else {
                 println!(
                     "  cluster {} is not led by this node; ask its lead's API",
                     c.0
                 );
                 return Ok(());
-            }
+            };
+            println!("{}", cluster_table(row));
+            table = agents_table(&v, c.0);
         }
         _ => {
             table.set_header([

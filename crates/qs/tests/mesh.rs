@@ -419,6 +419,28 @@ fn a_thousand_agents_over_nats() {
         assert!(text.contains(want), "{want:?} not in:\n{text}");
     }
 
+    // A cluster's status, at its lead, lists each of its agents and its place in the
+    // routing pool (a value mismatch quarantines none: all are in it).
+    let (lead, cluster, count) = agents
+        .iter()
+        .find_map(|a| {
+            let v = a.get("/v1/mesh");
+            let c = v["clusters"].as_array()?.first()?.clone();
+            Some((a, c["cluster"].as_u64()?, c["agents"].as_u64()?))
+        })
+        .expect("a lead");
+    let listed = cli(&[
+        "--api",
+        &lead.api,
+        "mesh",
+        "status",
+        "cluster",
+        &cluster.to_string(),
+    ]);
+    assert!(listed.contains("quarantined"), "{listed}");
+    let in_pool = listed.lines().filter(|l| l.contains("| in ")).count();
+    assert_eq!(in_pool as u64, count, "{listed}");
+
     // Reviewed, they are released by a heal: each lead logs its conflicts resolved, and the
     // root's summaries count none left.
     let healed = cli(&[
@@ -429,6 +451,7 @@ fn a_thousand_agents_over_nats() {
     // Its report: every node in scope confirmed, and the conflicts they released add up.
     assert_eq!(healed["confirmed"], healed["nodes"], "{healed}");
     assert_eq!(healed["conflicts_released"], PER_NODE, "{healed}");
+    assert_eq!(healed["agents_released"], 0, "{healed}");
     root.wait_within("the conflicts released", Duration::from_secs(10), |_| {
         events("mesh-conflict-resolved", false) >= PER_NODE as usize
     });

@@ -365,14 +365,16 @@ impl MeshNode {
         &self.frozen
     }
 
-    /// Agents this node leads, with their class and score (for `qs mesh status CLUSTER`).
-    pub fn led_agents(&mut self) -> Vec<LedAgent> {
+    /// Agents this node leads, with their class, score and place in the routing pool at
+    /// `now` (for `qs mesh status CLUSTER`).
+    pub fn led_agents(&mut self, now: Time) -> Vec<LedAgent> {
         let mut v = Vec::new();
         for (c, led) in &mut self.led {
             let agents: Vec<(AgentId, AgentState)> =
                 led.agents.iter().map(|(a, x)| (*a, x.state)).collect();
             for (agent, state) in agents {
                 if let Some((z, l)) = led.assess(agent, 0.0) {
+                    let view = &led.agents[&agent];
                     v.push(LedAgent {
                         cluster: *c,
                         agent,
@@ -381,9 +383,14 @@ impl MeshNode {
                         score_ms: z.score_ms,
                         lead_ms: l.lead_ms,
                         drift: z.drift,
-                        processing_ms: led.agents[&agent].work.processing_ms(),
+                        processing_ms: view.work.processing_ms(),
                         link_p50_ms: z.link_p50_ms,
-                        admitted: led.agents[&agent].admitted,
+                        admitted: view.admitted,
+                        held_ms: view
+                            .held_until
+                            .map_or(0, |t| t.since(now).as_millis() as u64),
+                        missed: view.missed,
+                        spiking: view.spiking,
                     });
                 }
             }

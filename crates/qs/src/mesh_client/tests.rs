@@ -239,3 +239,81 @@ fn control_reports_read_as_what_was_done_and_who_confirmed() {
         assert_eq!(control_outcome(&serde_json::json!(r)), want);
     }
 }
+
+/// A led cluster's agents, as the agent serializes them: one row each, its place in the
+/// routing pool said in words (in it, joining, held out for how long, out); another cluster's
+/// agents are not listed.
+#[test]
+fn a_clusters_agents_are_listed_with_their_place_in_the_pool() {
+    use qs_core::mesh::LedAgent;
+    use qs_wire::mesh::{AgentId, AgentState, ImpedanceClass};
+    let agent = |id: u64, cluster: u32, state, admitted, held_ms, missed| LedAgent {
+        cluster: ClusterId(cluster),
+        agent: AgentId(id),
+        state,
+        class: ImpedanceClass::B,
+        score_ms: 41.6,
+        lead_ms: 45.2,
+        drift: -0.031,
+        processing_ms: Some(40.0),
+        link_p50_ms: 1.0,
+        admitted,
+        held_ms,
+        missed,
+        spiking: missed == 0 && !admitted,
+    };
+    let status = serde_json::json!({ "led_agents": [
+        agent(0xa1, 3, AgentState::Active, true, 0, 0),
+        agent(0xa2, 3, AgentState::Active, false, 1_500, 3),
+        agent(0xa3, 3, AgentState::Quarantined, false, 0, 0),
+        agent(0xb1, 4, AgentState::Active, true, 0, 0),
+    ]});
+    let text = agents_table(&status, 3).to_string();
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .filter(|l| l.contains("00000000000000"))
+        .map(|l| {
+            l.split('|')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            vec![
+                "00000000000000a1",
+                "active",
+                "B",
+                "42",
+                "45",
+                "-0.03",
+                "in",
+                "0"
+            ],
+            vec![
+                "00000000000000a2",
+                "active",
+                "B",
+                "42",
+                "45",
+                "-0.03",
+                "held out 1.5 s",
+                "3"
+            ],
+            vec![
+                "00000000000000a3",
+                "quarantined",
+                "B",
+                "42",
+                "45",
+                "-0.03",
+                "out",
+                "0",
+                "yes"
+            ],
+        ],
+        "{text}"
+    );
+}

@@ -16,8 +16,15 @@ pub struct LedAgent {
     pub drift: f64,
     pub processing_ms: Option<f64>,
     pub link_p50_ms: f64,
-    /// In the routing pool (else still joining).
+    /// In the routing pool (else still joining, or held out).
     pub admitted: bool,
+    /// How much longer it is held out of the pool (after a conflict while integrating, or
+    /// operations it missed in a row), milliseconds; 0 if it is not.
+    pub held_ms: u64,
+    /// Operations in a row it was sent and never answered.
+    pub missed: u8,
+    /// Its path's delay is in a spike (more than twice its baseline).
+    pub spiking: bool,
 }
 
 /// An agent as its cluster lead knows it.
