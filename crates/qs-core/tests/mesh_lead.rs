@@ -21,7 +21,8 @@ use qs_core::mesh::{
 };
 use qs_wire::NodeId;
 use qs_wire::mesh::{
-    AgentBeat, AgentId, CascadeMode, ClusterId, ConflictDetail, Dispatch, MeshMessage, OpId, Verb,
+    AgentBeat, AgentId, BreakerState, CascadeMode, ClusterId, ConflictDetail, Dispatch,
+    MeshMessage, OpId, Scope, Verb,
 };
 use std::sync::Arc;
 
@@ -168,9 +169,9 @@ fn a_half_open_cluster_takes_a_tenth_of_an_operation() {
         "{:?}",
         r.tally
     );
-    // They come back; 30 s after it opened, a good probe makes it half-open.
+    // They come back; 30 s after it opened, a probe answered READY makes it half-open.
     lead.down.clear();
-    lead.run(30_000);
+    assert!(!lead.next_probes(31_000, true).is_empty(), "probed");
     lead.order(2, None);
     let out = lead.run(400);
     let sent = dispatches(&out);
@@ -947,4 +948,38 @@ fn a_handed_over_agent_keeps_the_rest_of_its_backoff() {
     }
     let at = in_pool_at.expect("back after its backoff");
     assert!((5_000..=5_700).contains(&at), "{at}");
+}
+
+/// Seed §6.2: an open cluster breaker is probed with requests, not judged by beats. 30 s
+/// after it opened its lead sends a readiness probe to each of its three most responsive
+/// active agents; with no READY within the probe's wait it stays open (though every agent
+/// beats as active again) and is probed again 60 s later; a READY makes it half-open.
+#[test]
+fn an_open_cluster_breaker_is_probed_with_requests_and_half_opens_on_a_ready() {
+    use qs_core::mesh::BREAKER_PROBE_AGENTS;
+    let c = one_cluster(20, 700);
+    let mut lead = Lead::new(c, Time::from_millis(3_000_000));
+    lead.run(1_200);
+    let cluster = Scope::Cluster(ClusterId(0));
+    lead.down = lead.theirs.iter().copied().collect();
+    lead.run(700);
+    assert_eq!(lead.node.breakers().state(cluster), BreakerState::Open);
+    let opened = lead.now;
+    lead.down.clear();
+    // The first probe, 30 s after it opened: three agents asked, none answers; still open
+    // past its wait.
+    let first = lead.next_probes(31_000, false);
+    assert_eq!(first.len(), BREAKER_PROBE_AGENTS, "{first:?}");
+    assert!(
+        lead.now.since(opened).as_millis() >= 29_000,
+        "opened in the last 700 ms"
+    );
+    lead.run(3_000);
+    assert_eq!(lead.node.breakers().state(cluster), BreakerState::Open);
+    // The next, 60 s after the first's wait: none before; one READY half-opens it.
+    let asked = lead.now;
+    let second = lead.next_probes(61_000, true);
+    assert_eq!(second.len(), BREAKER_PROBE_AGENTS, "{second:?}");
+    assert!(lead.now.since(asked).as_millis() >= 55_000);
+    assert_eq!(lead.node.breakers().state(cluster), BreakerState::HalfOpen);
 }

@@ -5,7 +5,9 @@
 //! failures are seen: a cluster's at its lead, a sector's at its coordinator (from the
 //! failures its leads summarize), the global one at the root (from the sector summaries). The seed keeps failure
 //! counts forever; here they count over the last [`FAILURE_WINDOW_MS`], so a fleet that
-//! recovered does not trip on old news. An open breaker is probed after 30 s: a good probe
+//! recovered does not trip on old news. An open breaker is probed after 30 s (by its node:
+//! a cluster's lead asks a few of its agents, `node/probe.rs`; while a probe is out, none is
+//! due, [`Breakers::probing`]): a good probe
 //! makes it half-open (routable, watched), a bad one waits 60 s for the next; half-open
 //! (a cluster's or its sector's) lets a tenth of the cluster's agents in scope take each
 //! operation (a sector's coordinator says so in the orders it passes on, `Order.limited`),
@@ -187,6 +189,16 @@ impl Breakers {
             .filter(|(_, b)| b.state == BreakerState::Open && b.due.is_some_and(|d| d <= now))
             .map(|(s, _)| *s)
             .collect()
+    }
+
+    /// A probe of an open breaker is out until `until`: none is due before (then its
+    /// result, or `probed(.., false, ..)` if none came).
+    pub fn probing(&mut self, scope: Scope, until: Time) {
+        if let Some(b) = self.map.get_mut(&scope)
+            && b.state == BreakerState::Open
+        {
+            b.due = Some(until);
+        }
     }
 
     /// A probe's result.

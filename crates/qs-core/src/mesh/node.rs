@@ -40,6 +40,8 @@ mod mode;
 pub use led::LedAgent;
 pub(crate) use led::{AgentView, HostLink, Led, ProbeOut};
 mod ops;
+mod probe;
+pub use probe::BREAKER_PROBE_AGENTS;
 mod summaries;
 mod tree_change;
 pub use ops::{
@@ -453,11 +455,7 @@ impl MeshNode {
         }
         if self.breakers.next_due().is_some_and(|d| d <= now) {
             self.breakers.tick(now);
-            for scope in self.breakers.probes_due(now) {
-                // A probe: a breaker's scope still has live, active agents.
-                let ok = self.probe(scope);
-                self.breakers.probed(scope, ok, now);
-            }
+            self.probe_breakers(now);
         }
         for ch in self.breakers.drain_changes() {
             self.note_breaker(ch, now);
@@ -485,27 +483,6 @@ impl MeshNode {
             qs_wire::mesh::BreakerState::HalfOpen => {}
         }
         self.out.push_back(MeshOutput::Breaker(ch));
-    }
-
-    fn probe(&self, scope: Scope) -> bool {
-        let active = |l: &Led| {
-            l.agents
-                .values()
-                .filter(|a| a.state == AgentState::Active)
-                .count()
-        };
-        match scope {
-            Scope::Cluster(c) => self.led.get(&c).is_some_and(|l| {
-                let n = l.agents.len().max(1);
-                active(l) * 10 >= n * 8
-            }),
-            Scope::Sector(s) => self
-                .cluster_summaries
-                .values()
-                .filter(|c| c.sector == s)
-                .all(|c| c.active_count * 10 >= c.agent_count * 8),
-            Scope::Global => true,
-        }
     }
 
     /// The typical one-way delay to a child: the median of its last samples, so a delivery

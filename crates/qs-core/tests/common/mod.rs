@@ -192,6 +192,38 @@ impl Lead {
         );
     }
 
+    /// Runs in steps of 100 ms, up to `within_ms`, until the lead sends readiness probes
+    /// (to the other host or its own agents); those it sent. With `answer`, each is answered
+    /// READY at once, from its agent's host.
+    pub fn next_probes(&mut self, within_ms: u64, answer: bool) -> Vec<Dispatch> {
+        let end = self.now.as_millis() + within_ms;
+        while self.now.as_millis() < end {
+            let out = self.run(100);
+            let probes: Vec<Dispatch> = out
+                .iter()
+                .filter_map(|o| match o {
+                    MeshOutput::Send {
+                        msg: MeshMessage::Dispatch(d),
+                        ..
+                    } => Some((**d).clone()),
+                    MeshOutput::Deliver(d) => Some(d.clone()),
+                    _ => None,
+                })
+                .filter(|d| d.envelope.verb == Verb::Probe)
+                .collect();
+            if probes.is_empty() {
+                continue;
+            }
+            for d in probes.iter().filter(|_| answer) {
+                let host = self.node.tree().host_of(d.agent).cloned();
+                let from = host.filter(|h| h != self.node.id());
+                answer_dispatch(&mut self.node, d, from.as_ref(), 2, None, self.now);
+            }
+            return probes;
+        }
+        Vec::new()
+    }
+
     pub fn answer(&mut self, d: &Dispatch, conflict: Option<ConflictDetail>) {
         let host = self.other.clone();
         self.answer_from(host, d, conflict);

@@ -166,6 +166,7 @@ impl MeshNode {
             let Some(l) = self.led.get_mut(&cl) else {
                 continue;
             };
+            l.breaker_probe = None;
             for v in l.agents.values_mut() {
                 if v.state == AgentState::Quarantined {
                     v.state = AgentState::Offline;

@@ -6,7 +6,7 @@
 use super::*;
 use crate::mesh::impedance::CLASS_D_BELOW_MS;
 use crate::mesh::integration::{self, Candidate, PROBE_TIMEOUT_MS, Standing};
-use qs_wire::mesh::{Contradicted, Verb};
+use qs_wire::mesh::Contradicted;
 
 /// Most readiness probes a lead sends per beat, over all its clusters (a cluster of 100
 /// newcomers is probed over a few beats).
@@ -104,11 +104,7 @@ impl MeshNode {
                 .any(|v| v.state == AgentState::Active && !v.admitted);
         }
         for p in probes {
-            let mut envelope = self.envelope(Verb::Probe, "", 0, now);
-            // Its own operation, so its answer is told apart from a late one.
-            let op = OpId(self.next_id());
-            envelope.op = op;
-            envelope.ttl_ms = PROBE_TIMEOUT_MS * 10;
+            let op = self.send_probe(p.host, p.cluster, p.agent, now);
             if let Some(view) = self
                 .led
                 .get_mut(&p.cluster)
@@ -116,13 +112,6 @@ impl MeshNode {
             {
                 view.probe = Some(ProbeOut { at: now, op });
             }
-            let d = Dispatch {
-                agent: p.agent,
-                cluster: p.cluster,
-                reply_to: self.me.clone(),
-                envelope,
-            };
-            self.send(p.host, MeshMessage::Dispatch(Box::new(d)));
         }
     }
 

@@ -88,6 +88,8 @@ pub(crate) struct Led {
     pub integrating: bool,
     /// The latest `unknown_until` of its views: past it, every view is known.
     pub unknown_until: Option<Time>,
+    /// Its open breaker's probe, out (seed §6.2).
+    pub breaker_probe: Option<super::probe::BreakerProbe>,
 }
 
 /// A host of a led cluster: when it last beat, and the path to it.

@@ -213,6 +213,10 @@ pub(crate) fn on_ack(node: &mut MeshNode, from: &NodeId, a: Ack, now: Time) {
         v.missed = 0;
         v.last_answer = Some(now);
     }
+    // An open breaker's probe: its answer says whether the cluster answers again.
+    if node.breaker_probe_answered(&a, now) {
+        return;
+    }
     let mut ops = std::mem::take(&mut node.ops);
     let live = ops.lead.get(&(a.op, a.cluster));
     // A parallel operation's answers are the root's, even where the root leads the cluster.
