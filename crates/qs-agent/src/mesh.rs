@@ -416,6 +416,7 @@ pub async fn run<F: Fabric>(
                         agents_released: r.agents_released,
                         breakers_closed: r.breakers_closed,
                         conflicts_released: r.conflicts_released,
+                        agents_routed_around: r.agents_routed_around,
                     };
                     journal.append(&me, now().as_micros(), vec![event]).await;
                     let body = serde_json::to_value(&r).map_err(|e| e.to_string());
@@ -435,6 +436,7 @@ fn control_name(a: ControlAction) -> &'static str {
         ControlAction::Freeze => "freeze",
         ControlAction::Thaw => "thaw",
         ControlAction::Heal => "heal",
+        ControlAction::RouteAround => "route-around",
     }
 }
 
@@ -479,6 +481,15 @@ fn command(node: &mut MeshNode, action: MeshAction, tag: u64) {
             frozen: false,
         },
         MeshAction::Heal { scope } => Command::Heal { scope },
+        MeshAction::RouteAround {
+            scope,
+            slower_than_ms,
+            for_ms,
+        } => Command::RouteAround {
+            scope,
+            slower_than_ms,
+            for_ms,
+        },
     };
     node.handle(MeshInput::Command { command, tag }, t);
 }

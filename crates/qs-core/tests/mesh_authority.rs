@@ -40,20 +40,16 @@ fn as_sector_order(o: Order) -> MeshMessage {
 
 fn freeze(relayed: bool) -> MeshMessage {
     MeshMessage::Control(Control {
-        action: ControlAction::Freeze,
-        scope: Scope::Global,
         relayed,
-        id: 0,
+        ..Control::new(ControlAction::Freeze, Scope::Global)
     })
 }
 
 /// A freeze of `scope`, passed on by a coordinator.
 fn freeze_of(scope: Scope) -> MeshMessage {
     MeshMessage::Control(Control {
-        action: ControlAction::Freeze,
-        scope,
         relayed: true,
-        id: 0,
+        ..Control::new(ControlAction::Freeze, scope)
     })
 }
 

@@ -227,6 +227,7 @@ fn a_confirmation_from_a_node_not_in_scope_is_refused_and_counted() {
             agents_released: 50,
             breakers_closed: 0,
             conflicts_released: 0,
+            agents_routed_around: 0,
             was_frozen: false,
         }))
     };
@@ -281,4 +282,55 @@ fn the_root_awaits_at_most_sixteen_controls_and_a_newer_one_ends_the_oldest_wait
     let r = reports(&exchange(&mut root, &mut lead, Some(&lead_id)));
     assert_eq!(r.len(), 1);
     assert_eq!((r[0].tag, r[0].confirmed, r[0].nodes), (1, 1, 2));
+}
+
+/// Seed §7.2's "route around them for now": the agents in scope in the routing pool whose
+/// impedance is over the threshold are held out of it for a while (none when none is over
+/// it), come back by themselves after it, and a heal takes them back at once.
+#[test]
+fn a_route_around_holds_slow_agents_out_until_its_time_or_a_heal() {
+    let (mut root, mut lead) = mesh();
+    let everyone: BTreeSet<AgentId> = pool(&lead.node);
+    assert_eq!(everyone.len(), 20);
+    let around = |slower_than_ms, for_ms| Command::RouteAround {
+        scope: Scope::Global,
+        slower_than_ms,
+        for_ms,
+    };
+    // Nobody is slower than an hour.
+    command(&mut root, around(3_600_000, 60_000), 1, lead.now);
+    let r = reports(&exchange(&mut root, &mut lead, None));
+    assert_eq!((r[0].agents_routed_around, r[0].confirmed), (0, 2));
+    // Everyone is slower than 0 ms: all held out for 2 s, then back.
+    command(&mut root, around(0, 2_000), 2, lead.now);
+    let r = reports(&exchange(&mut root, &mut lead, None));
+    assert_eq!(r[0].agents_routed_around, 20, "{r:?}");
+    assert_eq!((r[0].slower_than_ms, r[0].for_ms), (0, 2_000));
+    assert!(pool(&lead.node).is_empty());
+    lead.run(1_500);
+    assert!(pool(&lead.node).is_empty(), "held for 2 s");
+    lead.run(1_000);
+    assert_eq!(pool(&lead.node), everyone, "back after");
+    // Held for ten minutes, then healed: back at the next beat.
+    command(&mut root, around(0, 600_000), 3, lead.now);
+    exchange(&mut root, &mut lead, None);
+    assert!(pool(&lead.node).is_empty());
+    command(
+        &mut root,
+        Command::Heal {
+            scope: Scope::Global,
+        },
+        4,
+        lead.now,
+    );
+    let r = reports(&exchange(&mut root, &mut lead, None));
+    assert_eq!(r[0].agents_released, 20, "{r:?}");
+    lead.run(400);
+    assert_eq!(pool(&lead.node), everyone);
+    // A route-around's numbers are checked where the command is taken.
+    command(&mut root, around(0, 10), 5, lead.now);
+    let refused = drain(&mut root).into_iter().any(|o| {
+        matches!(o, MeshOutput::Refused { tag: 5, error, .. } if error.to_string().contains("for_ms"))
+    });
+    assert!(refused);
 }

@@ -281,6 +281,8 @@ pub enum Event {
         breakers_closed: u32,
         #[serde(default)]
         conflicts_released: u32,
+        #[serde(default)]
+        agents_routed_around: u32,
     },
 }
 

@@ -463,7 +463,7 @@ impl BusMessage for MeshMessage {
             MeshMessage::Ack(a) => a.check(),
             MeshMessage::Report(r) => r.check(),
             MeshMessage::Circuit(c) => text("reason", &c.reason),
-            MeshMessage::Control(_) => Ok(()),
+            MeshMessage::Control(c) => c.check(),
             MeshMessage::ControlDone(d) => d.check(),
             MeshMessage::Mode(m) => m.check(),
             MeshMessage::Request(r) => r.action.check(),

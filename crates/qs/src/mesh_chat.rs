@@ -69,6 +69,20 @@ fn delegate(scope: Scope, task: String, capability: Option<String>) -> Intent {
 /// `timeout_seconds=300`).
 pub(crate) const DELEGATE_TIMEOUT_S: u64 = 300;
 
+/// Slow, for a route-around: the seed's "agents with impedance > 500ms".
+pub(crate) const SLOW_MS: u64 = 500;
+/// How long a route-around holds agents out by default: ten minutes ("for now").
+pub(crate) const ROUTE_AROUND_S: u64 = 600;
+
+/// The agents of `scope` slower than `slower_than_ms`, out of the routing pool for `for_s`.
+pub(crate) fn route_around(scope: Scope, slower_than_ms: u64, for_s: u64) -> MeshAction {
+    MeshAction::RouteAround {
+        scope,
+        slower_than_ms,
+        for_ms: for_s.saturating_mul(1_000),
+    }
+}
+
 /// A task for one agent, the best available where it looks (a sector and a cluster with
 /// agents of `class` if named, chosen by the operation's hash; there the lowest lead with
 /// `capability`, if named), its answer awaited `timeout_s` past its arrival.
@@ -96,7 +110,7 @@ pub(crate) fn delegation(
 
 /// The verbs a request may open with: the first word decides before any keyword found
 /// later ("broadcast we halt trading at 4pm" is a broadcast, not a freeze).
-const LEADING: [&str; 12] = [
+const LEADING: [&str; 13] = [
     "status",
     "broadcast",
     "tell",
@@ -109,6 +123,7 @@ const LEADING: [&str; 12] = [
     "freeze",
     "thaw",
     "unfreeze",
+    "route",
 ];
 
 /// The grammar of intents: the seed's example requests and their kin.
@@ -137,6 +152,21 @@ pub(crate) fn parse_intent(text: &str) -> Option<Intent> {
     let everyone = lower.starts_with("tell everyone") || lower.starts_with("tell all");
     if (lead.is_none() && has("halt")) || has("freeze") || (has("stop") && has("everything")) {
         return Some(Intent::Act(MeshAction::Freeze { scope }));
+    }
+    // "route around them", "route around slow agents in sector 7", "route around agents
+    // slower than 800 ms".
+    if has("route") && words.contains(&"around") {
+        let slower_than_ms = words
+            .iter()
+            .position(|w| *w == "than")
+            .and_then(|i| words.get(i + 1))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(SLOW_MS);
+        return Some(Intent::Act(route_around(
+            scope,
+            slower_than_ms,
+            ROUTE_AROUND_S,
+        )));
     }
     if has("thaw") || has("unfreeze") || (lead.is_none() && has("resume")) {
         return Some(Intent::Act(MeshAction::Thaw { scope }));
@@ -253,6 +283,15 @@ pub(crate) fn describe(a: &MeshAction) -> String {
         MeshAction::Freeze { scope } => format!("qs mesh freeze{}", scope_words(scope)),
         MeshAction::Thaw { scope } => format!("qs mesh thaw{}", scope_words(scope)),
         MeshAction::Heal { scope } => format!("qs mesh heal{}", scope_words(scope)),
+        MeshAction::RouteAround {
+            scope,
+            slower_than_ms,
+            for_ms,
+        } => format!(
+            "qs mesh route-around{} --slower-than {slower_than_ms} --for {}",
+            scope_words(scope),
+            for_ms / 1_000
+        ),
         MeshAction::Cascade {
             verb: Verb::Observe,
             payload,
@@ -315,114 +354,116 @@ fn scope_flag(scope: &Scope) -> String {
     }
 }
 
-/// How long the model may take to answer, in all.
-const LLM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Asks an OpenAI-compatible endpoint to turn free text into an intent, as JSON; with `key`
-/// as its bearer key if given (never the qs API's token).
-pub(crate) fn ask_llm(url: &str, model: &str, key: Option<&str>, text: &str) -> Result<Intent> {
-    let system = "Turn the operator's request into one JSON object and nothing else: \
-        {\"intent\":\"status\"|\"broadcast\"|\"ask\"|\"delegate\"|\"heal\"|\"freeze\"|\"thaw\", \
-        \"scope\":\"all\"|\"sector N\"|\"cluster N\", \"text\":\"the message, question or task\", \
-        \"sample\":N, \"urgent\":true|false, \"capability\":\"a capability the task needs\"}";
-    let body = serde_json::json!({
-        "model": model,
-        "messages": [{"role": "system", "content": system}, {"role": "user", "content": text}],
-        "temperature": 0,
-    });
-    let base = url.trim_end_matches('/');
-    let (api, path) = match base.find("/v1") {
-        Some(i) => (&base[..i], format!("{}/chat/completions", &base[i..])),
-        None => (base, "/v1/chat/completions".to_string()),
+/// What the console offers after a status (seed §7.2: "Shall I route around them for
+/// now?"): where agents are slower than [`SLOW_MS`] in `scope` as `status` (`GET /v1/mesh`)
+/// shows them (a led cluster's agents one by one; a sector's 95th percentile), what it says,
+/// and the route-around a "yes" runs.
+pub(crate) fn suggestion(status: &Value, scope: &Scope) -> Option<(String, Intent)> {
+    let slow_ms = SLOW_MS as f64;
+    let offer = |found: String| {
+        let line = format!(
+            "{found}. Shall I route around the agents slower than {SLOW_MS} ms for now? \
+             (yes / no)"
+        );
+        (
+            line,
+            Intent::Act(route_around(*scope, SLOW_MS, ROUTE_AROUND_S)),
+        )
     };
-    let v = client::post_external(api, &path, &body.to_string(), key, LLM_TIMEOUT)?;
-    let content = v["choices"][0]["message"]["content"]
-        .as_str()
-        .ok_or_else(|| anyhow::anyhow!("the model's answer has no choices[0].message.content"))?;
-    intent_of_answer(content)
+    match scope {
+        Scope::Cluster(c) => {
+            let agents = status["led_agents"].as_array()?;
+            let slow: Vec<String> = agents
+                .iter()
+                .filter(|a| a["cluster"].as_u64() == Some(u64::from(c.0)))
+                .filter(|a| a["admitted"] == true && a["state"] == "active")
+                .filter(|a| a["score_ms"].as_f64().is_some_and(|s| s > slow_ms))
+                .map(|a| {
+                    format!(
+                        "{:016x} ({:.0} ms)",
+                        a["agent"].as_u64().unwrap_or(0),
+                        a["score_ms"].as_f64().unwrap_or(0.0)
+                    )
+                })
+                .collect();
+            (!slow.is_empty()).then(|| {
+                offer(format!(
+                    "Cluster {} has {} agent{} with impedance over {SLOW_MS} ms: {}",
+                    c.0,
+                    slow.len(),
+                    if slow.len() == 1 { "" } else { "s" },
+                    slow.join(", ")
+                ))
+            })
+        }
+        _ => {
+            let slow: Vec<String> = status["sectors"]
+                .as_array()?
+                .iter()
+                .filter(|s| match scope {
+                    Scope::Sector(x) => s["sector"].as_u64() == Some(u64::from(x.0)),
+                    _ => true,
+                })
+                .filter(|s| s["p95_impedance_ms"].as_f64().is_some_and(|p| p > slow_ms))
+                .map(|s| {
+                    format!(
+                        "sector {} (p95 {:.0} ms)",
+                        s["sector"],
+                        s["p95_impedance_ms"].as_f64().unwrap_or(0.0)
+                    )
+                })
+                .collect();
+            (!slow.is_empty()).then(|| {
+                offer(format!(
+                    "Slow agents (impedance over {SLOW_MS} ms) in {}",
+                    slow.join(", ")
+                ))
+            })
+        }
+    }
 }
 
-/// The intent a model's answer names: the JSON object in it, each field checked, mapped to
-/// the intent directly (its text is a message, never read again as a request).
-pub(crate) fn intent_of_answer(content: &str) -> Result<Intent> {
-    let (Some(start), Some(end)) = (content.find('{'), content.rfind('}')) else {
-        bail!("the model's answer holds no JSON object");
-    };
-    if end < start {
-        bail!("the model's answer holds no JSON object");
-    }
-    let j: Value = serde_json::from_str(&content[start..=end])
-        .map_err(|e| anyhow::anyhow!("the model's answer is not one JSON object: {e}"))?;
-    let field = |name: &str| j.get(name).filter(|v| !v.is_null());
-    let scope = match field("scope") {
-        None => Scope::Global,
-        Some(v) => {
-            let s = v
-                .as_str()
-                .ok_or_else(|| anyhow::anyhow!("scope: not a string"))?;
-            scope_of(s).map_err(|e| anyhow::anyhow!("scope: {e}"))?
-        }
-    };
-    let text = || -> Result<String> {
-        let t = field("text")
-            .and_then(Value::as_str)
-            .map(str::trim)
-            .unwrap_or("");
-        if t.is_empty() {
-            bail!("text: missing");
-        }
-        Ok(t.to_string())
-    };
-    let intent = match field("intent").and_then(Value::as_str).unwrap_or("") {
-        "status" => Intent::Status(scope),
-        "broadcast" => {
-            let urgent = field("urgent").and_then(Value::as_bool).unwrap_or(false);
-            broadcast(scope, text()?, urgent)
-        }
-        "ask" => {
-            let sample = match field("sample") {
-                None => 10,
-                Some(v) => v
-                    .as_u64()
-                    .and_then(|n| u32::try_from(n).ok())
-                    .ok_or_else(|| anyhow::anyhow!("sample: not a count"))?,
-            };
-            ask(scope, text()?, sample)
-        }
-        "delegate" => {
-            let capability = match field("capability") {
-                None => None,
-                Some(v) => Some(
-                    v.as_str()
-                        .ok_or_else(|| anyhow::anyhow!("capability: not a string"))?
-                        .to_string(),
-                ),
-            };
-            delegate(scope, text()?, capability)
-        }
-        "heal" => Intent::Act(MeshAction::Heal { scope }),
-        "freeze" => Intent::Act(MeshAction::Freeze { scope }),
-        "thaw" => Intent::Act(MeshAction::Thaw { scope }),
-        other => bail!("the model answered an intent the console does not know: {other:?}"),
-    };
-    if let Intent::Act(a) = &intent {
-        a.check()
-            .map_err(|e| anyhow::anyhow!("the model's answer: {e}"))?;
-    }
-    Ok(intent)
+/// A reply that takes the console's offer.
+fn takes_offer(text: &str) -> bool {
+    let t = text
+        .trim()
+        .trim_end_matches(['.', '!'])
+        .to_ascii_lowercase();
+    [
+        "y", "yes", "yeah", "yep", "ok", "okay", "sure", "do it", "please", "go ahead",
+    ]
+    .contains(&t.as_str())
 }
 
-/// Where the console may send what its grammar does not read: an OpenAI-compatible
-/// endpoint, its model, and its key.
-pub(crate) struct Llm<'a> {
-    pub url: &'a str,
-    pub model: &'a str,
-    pub key: Option<&'a str>,
+/// What a reply means after the console offered `offer` (if it did): a "yes" takes the
+/// offer, "route around them" routes around where the offer said, anything else is read
+/// afresh.
+pub(crate) fn reply(offer: Option<Intent>, text: &str) -> Option<Intent> {
+    match (offer, parse_intent(text)) {
+        (Some(o), _) if takes_offer(text) => Some(o),
+        // "route around them": where the offer said.
+        (
+            Some(Intent::Act(MeshAction::RouteAround { scope, .. })),
+            Some(Intent::Act(MeshAction::RouteAround {
+                scope: Scope::Global,
+                slower_than_ms,
+                for_ms,
+            })),
+        ) => Some(Intent::Act(MeshAction::RouteAround {
+            scope,
+            slower_than_ms,
+            for_ms,
+        })),
+        (_, parsed) => parsed,
+    }
 }
 
 pub(crate) fn chat(api: &str, llm: Option<Llm>, yes: bool) -> Result<()> {
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
+    // What the console offered after its last answer, for a "yes" (or a "route around
+    // them") to take.
+    let mut offered: Option<Intent> = None;
     loop {
         print!("mesh> ");
         std::io::stdout().flush()?;
@@ -437,7 +478,8 @@ pub(crate) fn chat(api: &str, llm: Option<Llm>, yes: bool) -> Result<()> {
         if ["quit", "exit", "bye"].contains(&text) {
             return Ok(());
         }
-        let intent = match (parse_intent(text), llm.as_ref()) {
+        let parsed = reply(offered.take(), text);
+        let intent = match (parsed, llm.as_ref()) {
             (Some(i), _) => i,
             (None, Some(l)) => match ask_llm(l.url, l.model, l.key, text) {
                 Ok(i) => i,
@@ -469,9 +511,18 @@ pub(crate) fn chat(api: &str, llm: Option<Llm>, yes: bool) -> Result<()> {
             }
         }
         let result = match intent {
-            Intent::Status(scope) => status(api, &scope, OutputFormat::Text),
+            Intent::Status(scope) => status(api, &scope, OutputFormat::Text).map(|()| {
+                let view = client::call(api, "GET", "/v1/mesh", None).unwrap_or_default();
+                if let Some((line, intent)) = suggestion(&view, &scope) {
+                    println!("{line}");
+                    offered = Some(intent);
+                }
+            }),
             Intent::Act(
-                a @ (MeshAction::Freeze { .. } | MeshAction::Thaw { .. } | MeshAction::Heal { .. }),
+                a @ (MeshAction::Freeze { .. }
+                | MeshAction::Thaw { .. }
+                | MeshAction::Heal { .. }
+                | MeshAction::RouteAround { .. }),
             ) => control(api, a, OutputFormat::Text),
             Intent::Act(a) => op(api, &a, OutputFormat::Text),
         };
@@ -480,6 +531,9 @@ pub(crate) fn chat(api: &str, llm: Option<Llm>, yes: bool) -> Result<()> {
         }
     }
 }
+
+mod llm;
+pub(crate) use llm::{Llm, ask_llm};
 
 #[cfg(test)]
 mod tests;

@@ -162,6 +162,13 @@ pub(crate) fn control_outcome(v: &Value) -> String {
             }
         ),
         "freeze" => format!("froze {scope}: operations in it are refused until a thaw"),
+        "route-around" => format!(
+            "routed around {} slower than {} ms in {scope} for {}: out of the routing pool \
+             until then, or a heal",
+            plural(n("agents_routed_around"), "agent", "agents"),
+            n("slower_than_ms"),
+            ago(n("for_ms"))
+        ),
         "thaw" => match frozen_on {
             0 => format!("thawed {scope} (it was not frozen)"),
             k => format!("thawed {scope} (frozen on {})", plural(k, "node", "nodes")),

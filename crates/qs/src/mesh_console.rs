@@ -87,7 +87,8 @@ pub enum MeshCmd {
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },
-    /// Close the breakers of a scope, release its quarantined agents and conflicts, thaw it.
+    /// Close the breakers of a scope, release its quarantined and held-out agents and its
+    /// conflicts, thaw it.
     Heal {
         target: Vec<String>,
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
@@ -102,6 +103,21 @@ pub enum MeshCmd {
     /// Resume operations in a scope.
     Thaw {
         target: Vec<String>,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
+    /// Hold the agents of a scope slower than a threshold out of the routing pool for a
+    /// while (a heal takes them back at once).
+    RouteAround {
+        target: Vec<String>,
+        /// Agents whose impedance is over this, milliseconds.
+        #[arg(long, default_value_t = crate::mesh_chat::SLOW_MS,
+              value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+        slower_than: u64,
+        /// For how long, seconds.
+        #[arg(long = "for", default_value_t = crate::mesh_chat::ROUTE_AROUND_S,
+              value_parser = clap::value_parser!(u64).range(1..=3_600))]
+        for_s: u64,
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },
@@ -211,6 +227,16 @@ pub fn run(api: &str, cmd: MeshCmd) -> Result<()> {
         MeshCmd::Thaw { target, output } => {
             let scope = scope_of(&target.join(" "))?;
             control(api, MeshAction::Thaw { scope }, output)
+        }
+        MeshCmd::RouteAround {
+            target,
+            slower_than,
+            for_s,
+            output,
+        } => {
+            let scope = scope_of(&target.join(" "))?;
+            let action = crate::mesh_chat::route_around(scope, slower_than, for_s);
+            control(api, action, output)
         }
         MeshCmd::Chat {
             llm,

@@ -320,12 +320,14 @@ pub fn describe(event: &Event) -> String {
             agents_released,
             breakers_closed,
             conflicts_released,
+            agents_routed_around,
         } => {
             let did = match action.as_str() {
                 "heal" => format!(
                     ": {agents_released} agents released, {breakers_closed} breakers closed, \
                      {conflicts_released} conflicts released"
                 ),
+                "route-around" => format!(": {agents_routed_around} agents held out of routing"),
                 _ => String::new(),
             };
             format!("mesh {action} of {scope} confirmed by {confirmed} of {nodes} nodes{did}")
@@ -491,6 +493,7 @@ mod tests {
                     agents_released: 3,
                     breakers_closed: 1,
                     conflicts_released: 2,
+                    agents_routed_around: 0,
                 },
                 "mesh heal of sector 12 confirmed by 5 of 5 nodes: 3 agents released, 1 \
                  breakers closed, 2 conflicts released",

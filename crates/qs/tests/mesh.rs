@@ -429,17 +429,51 @@ fn a_thousand_agents_over_nats() {
             Some((a, c["cluster"].as_u64()?, c["agents"].as_u64()?))
         })
         .expect("a lead");
-    let listed = cli(&[
-        "--api",
-        &lead.api,
-        "mesh",
-        "status",
-        "cluster",
-        &cluster.to_string(),
-    ]);
+    let cluster_name = cluster.to_string();
+    let listing = || {
+        cli(&[
+            "--api",
+            &lead.api,
+            "mesh",
+            "status",
+            "cluster",
+            &cluster_name,
+        ])
+    };
+    let listed = listing();
     assert!(listed.contains("quarantined"), "{listed}");
     let in_pool = listed.lines().filter(|l| l.contains("| in ")).count();
     assert_eq!(in_pool as u64, count, "{listed}");
+    // Routed around (every agent is slower than 0 ms): the cluster's agents are held out
+    // of the pool, as its status shows.
+    let around = cli(&[
+        "--api",
+        &root.api,
+        "mesh",
+        "route-around",
+        "cluster",
+        &cluster.to_string(),
+        "--slower-than",
+        "0",
+        "--output",
+        "json",
+    ]);
+    let around: Value = serde_json::from_str(&around).unwrap();
+    assert_eq!(around["agents_routed_around"], count, "{around}");
+    // (The status is read at the lead's next beat.)
+    lead.wait_within("the agents held out", Duration::from_secs(10), |a| {
+        let v = a.get("/v1/mesh");
+        let rows = v["clusters"].as_array().cloned().unwrap_or_default();
+        rows.iter()
+            .any(|c| c["cluster"] == cluster && c["held"] == count)
+    });
+    let listed = listing();
+    // (Agents' rows, not the header's "held out" column.)
+    let held = listed
+        .lines()
+        .filter(|l| l.contains("| held out ") && !l.contains("| cluster "))
+        .count();
+    assert_eq!(held as u64, count, "{listed}");
 
     // Reviewed, they are released by a heal: each lead logs its conflicts resolved, and the
     // root's summaries count none left.
@@ -451,16 +485,18 @@ fn a_thousand_agents_over_nats() {
     // Its report: every node in scope confirmed, and the conflicts they released add up.
     assert_eq!(healed["confirmed"], healed["nodes"], "{healed}");
     assert_eq!(healed["conflicts_released"], PER_NODE, "{healed}");
-    assert_eq!(healed["agents_released"], 0, "{healed}");
+    // The agents routed around are back in the pool.
+    assert_eq!(healed["agents_released"], count, "{healed}");
     root.wait_within("the conflicts released", Duration::from_secs(10), |_| {
         events("mesh-conflict-resolved", false) >= PER_NODE as usize
     });
     assert_eq!(events("mesh-conflict-resolved", false), PER_NODE as usize);
-    // The controls are in the root's ledger: the freeze, the thaw and the heal.
+    // The controls are in the root's ledger: the freeze, the thaw, the route-around and
+    // the heal.
     root.wait_within("the controls' records", Duration::from_secs(10), |_| {
-        events("mesh-control", false) >= 3
+        events("mesh-control", false) >= 4
     });
-    assert_eq!(events("mesh-control", false), 3);
+    assert_eq!(events("mesh-control", false), 4);
     root.wait_within(
         "the root to count no conflict left",
         Duration::from_secs(30),

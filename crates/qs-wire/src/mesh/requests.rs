@@ -56,6 +56,29 @@ pub enum MeshAction {
     Heal {
         scope: Scope,
     },
+    /// Hold the agents in scope whose impedance is over `slower_than_ms` out of the routing
+    /// pool for `for_ms` (seed §7.2: "route around them for now"); a heal takes them back.
+    RouteAround {
+        scope: Scope,
+        slower_than_ms: u64,
+        for_ms: u64,
+    },
+}
+
+/// The slowest an operator's route-around may name, milliseconds (an hour).
+pub const MAX_SLOWER_THAN_MS: u64 = 3_600_000;
+
+/// Checks a route-around's numbers, wherever they come from (the API, a control on the bus).
+pub fn check_route_around(slower_than_ms: u64, for_ms: u64) -> Result<(), String> {
+    if slower_than_ms > MAX_SLOWER_THAN_MS {
+        return Err(format!(
+            "slower_than_ms: {slower_than_ms}; at most {MAX_SLOWER_THAN_MS}"
+        ));
+    }
+    if !(1_000..=MAX_HELD_MS).contains(&for_ms) {
+        return Err(format!("for_ms: {for_ms}; must be in 1000..={MAX_HELD_MS}"));
+    }
+    Ok(())
 }
 
 fn global() -> Scope {
@@ -131,6 +154,11 @@ impl MeshAction {
                 }
                 Ok(())
             }
+            MeshAction::RouteAround {
+                slower_than_ms,
+                for_ms,
+                ..
+            } => check_route_around(*slower_than_ms, *for_ms),
             _ => Ok(()),
         }
     }
@@ -237,6 +265,37 @@ pub struct Control {
     /// [`ControlDone`] of this id (0: from a root that asks for none).
     #[serde(default)]
     pub id: u64,
+    /// A route-around's: the agents over this impedance are held out of the pool, for
+    /// `for_ms` (0 for the other actions).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub slower_than_ms: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub for_ms: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl Control {
+    /// A control of `action` over `scope` (a route-around's numbers 0), not yet relayed.
+    pub fn new(action: ControlAction, scope: Scope) -> Control {
+        Control {
+            action,
+            scope,
+            relayed: false,
+            id: 0,
+            slower_than_ms: 0,
+            for_ms: 0,
+        }
+    }
+
+    pub fn check(&self) -> Result<(), String> {
+        match self.action {
+            ControlAction::RouteAround => check_route_around(self.slower_than_ms, self.for_ms),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// The most a node says it did of one control (agents released, breakers closed,
@@ -259,6 +318,9 @@ pub struct ControlDone {
     pub breakers_closed: u32,
     /// Conflicts of the log released (an operator's review).
     pub conflicts_released: u32,
+    /// Agents a route-around held out of the routing pool.
+    #[serde(default)]
+    pub agents_routed_around: u32,
     /// Whether its scope was frozen here before (a thaw or a heal thawed it).
     pub was_frozen: bool,
 }
@@ -269,6 +331,7 @@ impl ControlDone {
             ("agents_released", self.agents_released),
             ("breakers_closed", self.breakers_closed),
             ("conflicts_released", self.conflicts_released),
+            ("agents_routed_around", self.agents_routed_around),
         ] {
             if n > MAX_CONTROL_COUNT {
                 return Err(format!("{field}: {n}; at most {MAX_CONTROL_COUNT}"));
@@ -286,8 +349,11 @@ pub enum ControlAction {
     Freeze,
     /// Resume them.
     Thaw,
-    /// Close breakers, release quarantined agents and conflicts, thaw (seed §7.1's heal).
+    /// Close breakers, release quarantined and held agents and conflicts, thaw (seed §7.1's
+    /// heal).
     Heal,
+    /// Hold slow agents out of the routing pool for a while (seed §7.2's "route around").
+    RouteAround,
 }
 
 #[cfg(test)]

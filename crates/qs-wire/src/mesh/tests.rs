@@ -152,14 +152,31 @@ fn control_confirmations_are_checked() {
             agents_released,
             breakers_closed: 2,
             conflicts_released,
+            agents_routed_around: 0,
             was_frozen: true,
         }))
+    };
+    // A route-around's numbers: an hour at most each, held a second at least.
+    let around = |slower_than_ms: u64, for_ms: u64| {
+        MeshMessage::Control(Control {
+            slower_than_ms,
+            for_ms,
+            ..Control::new(ControlAction::RouteAround, Scope::Global)
+        })
     };
     let table = [
         (done(3, 1), None),
         (done(MAX_CONTROL_COUNT, 0), None),
         (done(MAX_CONTROL_COUNT + 1, 0), Some("agents_released")),
         (done(0, u32::MAX), Some("conflicts_released")),
+        (around(500, 600_000), None),
+        (around(0, 1_000), None),
+        (
+            around(MAX_SLOWER_THAN_MS + 1, 1_000),
+            Some("slower_than_ms"),
+        ),
+        (around(500, 999), Some("for_ms")),
+        (around(500, MAX_HELD_MS + 1), Some("for_ms")),
     ];
     decodes_as(table);
     let old = br#"{"type":"control","action":"heal","scope":{"level":"global"},"relayed":false}"#;

@@ -1,6 +1,7 @@
 //! Tests of the console's plain words: the grammar of intents over the seed's requests, a
 //! model's answers checked field by field, and the commands each becomes.
 
+use super::llm::intent_of_answer;
 use super::*;
 
 /// The seed's example requests (§7.2) and their kin → the command shown before running.
@@ -31,6 +32,14 @@ fn the_grammar_reads_the_seeds_requests() {
             "qs mesh delegate \"Analyze Q3 financial data\" --capability gpu",
         ),
         ("heal SECTOR-12", "qs mesh heal sector 12"),
+        (
+            "Yeah route around, and show me what they're stuck on",
+            "qs mesh route-around --slower-than 500 --for 600",
+        ),
+        (
+            "route around agents slower than 800 ms in cluster 4",
+            "qs mesh route-around cluster 4 --slower-than 800 --for 600",
+        ),
         ("freeze", "qs mesh freeze"),
         ("freeze sector 3", "qs mesh freeze sector 3"),
         ("thaw everything", "qs mesh thaw"),
@@ -87,7 +96,7 @@ fn a_delegation_shows_its_class_and_timeout() {
 #[test]
 fn a_models_answer_is_checked_field_by_field() {
     let long = format!(r#"{{"intent":"broadcast","text":"{}"}}"#, "x".repeat(5_000));
-    let table: [(&str, Result<&str, &str>); 12] = [
+    let table: [(&str, Result<&str, &str>); 14] = [
         (
             r#"Sure: {"intent":"freeze","scope":"all"}"#,
             Ok("qs mesh freeze"),
@@ -129,6 +138,14 @@ fn a_models_answer_is_checked_field_by_field() {
             Err("the model's answer: sample"),
         ),
         (r#"{"intent":"broadcast"}"#, Err("text: missing")),
+        (
+            r#"{"intent":"route-around","scope":"sector 7"}"#,
+            Ok("qs mesh route-around sector 7 --slower-than 500 --for 600"),
+        ),
+        (
+            r#"{"intent":"route-around","slower_than_ms":99999999}"#,
+            Err("the model's answer: slower_than_ms"),
+        ),
         (r#"{"intent":"status","scope":"galaxy 9"}"#, Err("scope: ")),
     ];
     for (answer, want) in table {
@@ -147,4 +164,64 @@ fn a_models_answer_is_checked_field_by_field() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("does not know"), "{e}");
+}
+
+/// Seed §7.2's conversation: after a status, the console offers to route around the slow
+/// agents it shows (a led cluster's one by one, a sector's by its 95th percentile), and
+/// offers nothing where none is slow.
+#[test]
+fn a_status_with_slow_agents_offers_to_route_around_them() {
+    let agent = |id: u64, cluster: u32, score_ms: f64| {
+        serde_json::json!({"agent": id, "cluster": cluster, "state": "active",
+            "admitted": true, "score_ms": score_ms})
+    };
+    let status = serde_json::json!({
+        "led_agents": [agent(12, 4, 847.0), agent(19, 4, 612.0), agent(20, 4, 40.0),
+            agent(21, 5, 900.0)],
+        "sectors": [{"sector": 7, "p95_impedance_ms": 812.0},
+            {"sector": 8, "p95_impedance_ms": 120.0}],
+    });
+    let table = [
+        (
+            Scope::Cluster(ClusterId(4)),
+            Some((
+                "Cluster 4 has 2 agents with impedance over 500 ms: 000000000000000c (847 ms), \
+                 0000000000000013 (612 ms). Shall I route around the agents slower than 500 ms \
+                 for now? (yes / no)",
+                "qs mesh route-around cluster 4 --slower-than 500 --for 600",
+            )),
+        ),
+        (
+            Scope::Sector(SectorId(7)),
+            Some((
+                "Slow agents (impedance over 500 ms) in sector 7 (p95 812 ms). Shall I route \
+                 around the agents slower than 500 ms for now? (yes / no)",
+                "qs mesh route-around sector 7 --slower-than 500 --for 600",
+            )),
+        ),
+        (Scope::Sector(SectorId(8)), None),
+        (Scope::Cluster(ClusterId(9)), None),
+    ];
+    for (scope, want) in table {
+        let got = suggestion(&status, &scope);
+        let got = got.as_ref().map(|(l, i)| (l.as_str(), describe_intent(i)));
+        let want = want.map(|(l, c)| (l, c.to_string()));
+        assert_eq!(got, want, "{scope:?}");
+    }
+    for yes in ["yes", "Yeah", "do it", "ok."] {
+        assert!(takes_offer(yes), "{yes}");
+    }
+    for no in ["no", "yes please route everything", ""] {
+        assert!(!takes_offer(no), "{no}");
+    }
+    // The reply to the offer: a yes takes it; "route around them" goes where it said; a
+    // "no" or another request is read afresh.
+    let (_, offer) = suggestion(&status, &Scope::Sector(SectorId(7))).unwrap();
+    let said = |text: &str| reply(Some(offer.clone()), text).map(|i| describe_intent(&i));
+    let here = "qs mesh route-around sector 7 --slower-than 500 --for 600";
+    assert_eq!(said("yes").as_deref(), Some(here));
+    assert_eq!(said("Yeah route around them").as_deref(), Some(here));
+    assert_eq!(said("no"), None);
+    assert_eq!(said("freeze").as_deref(), Some("qs mesh freeze"));
+    assert_eq!(reply(None, "yes"), None);
 }

@@ -203,6 +203,9 @@ fn control_reports_read_as_what_was_done_and_who_confirmed() {
             agents_released: 3,
             breakers_closed: 1,
             conflicts_released: 2,
+            agents_routed_around: 0,
+            slower_than_ms: 0,
+            for_ms: 0,
             was_frozen_on: frozen_on,
             waited_ms: 40,
         };
@@ -238,6 +241,23 @@ fn control_reports_read_as_what_was_done_and_who_confirmed() {
     for (r, want) in table {
         assert_eq!(control_outcome(&serde_json::json!(r)), want);
     }
+    let mut around = report(
+        ControlAction::RouteAround,
+        Scope::Sector(SectorId(7)),
+        5,
+        &[],
+        0,
+    );
+    (
+        around.agents_routed_around,
+        around.slower_than_ms,
+        around.for_ms,
+    ) = (2, 500, 600_000);
+    assert_eq!(
+        control_outcome(&serde_json::json!(around)),
+        "routed around 2 agents slower than 500 ms in sector 7 for 10m: out of the routing \
+         pool until then, or a heal; confirmed by 5 of 5 nodes in 40 ms"
+    );
 }
 
 /// A led cluster's agents, as the agent serializes them: one row each, its place in the

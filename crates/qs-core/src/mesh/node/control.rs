@@ -7,6 +7,10 @@
 use super::*;
 use qs_wire::mesh::ControlDone;
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// How long the root waits for the nodes in scope to confirm a control (two hops down and
 /// one back, with a WAN's tail): past it, the report names who did not.
 pub const CONTROL_CONFIRM_MS: u64 = 2_000;
@@ -33,6 +37,12 @@ pub struct ControlReport {
     pub agents_released: u32,
     pub breakers_closed: u32,
     pub conflicts_released: u32,
+    /// Agents a route-around held out of the routing pool, and its numbers.
+    pub agents_routed_around: u32,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub slower_than_ms: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub for_ms: u64,
     /// Nodes on which the scope was frozen before (a thaw or a heal thawed it there).
     pub was_frozen_on: u32,
     pub waited_ms: u64,
@@ -52,13 +62,13 @@ pub(crate) struct PendingControl {
 impl MeshNode {
     /// The root: sends a control to every coordinator in scope (and itself), who pass it on
     /// to their leads, and awaits each one's confirmation.
-    pub(super) fn fan_control(&mut self, scope: Scope, action: ControlAction, tag: u64, now: Time) {
+    pub(super) fn fan_control(&mut self, control: Control, tag: u64, now: Time) {
         let id = self.next_id();
+        let (action, scope) = (control.action, control.scope);
         let msg = MeshMessage::Control(Control {
-            action,
-            scope,
             relayed: false,
             id,
+            ..control
         });
         // Who carries it out: this node, each coordinator in scope, and the leads of the
         // clusters in scope that those coordinators pass it to.
@@ -104,6 +114,9 @@ impl MeshNode {
                     agents_released: 0,
                     breakers_closed: 0,
                     conflicts_released: 0,
+                    agents_routed_around: 0,
+                    slower_than_ms: control.slower_than_ms,
+                    for_ms: control.for_ms,
                     was_frozen_on: 0,
                     waited_ms: 0,
                 },
@@ -126,6 +139,7 @@ impl MeshNode {
             agents_released: 0,
             breakers_closed: 0,
             conflicts_released: 0,
+            agents_routed_around: 0,
             was_frozen: false,
         };
         match c.action {
@@ -138,6 +152,9 @@ impl MeshNode {
             ControlAction::Heal => {
                 done.was_frozen = self.frozen.remove(&c.scope);
                 self.heal(c.scope, &mut done, now);
+            }
+            ControlAction::RouteAround => {
+                done.agents_routed_around = self.route_around(&c, now);
             }
         }
         if !c.relayed {
@@ -174,6 +191,13 @@ impl MeshNode {
                     done.agents_released += 1;
                     l.active = None;
                 }
+                // Held out (routed around, or after a conflict while integrating): back in
+                // the pool at the next beat's integration pass.
+                if v.held_until.take().is_some() {
+                    v.missed = 0;
+                    done.agents_released += 1;
+                    l.integrating = true;
+                }
             }
         }
         let tree = &self.tree;
@@ -184,6 +208,37 @@ impl MeshNode {
             done.breakers_closed += u32::from(self.breakers.reset(scope, now));
         }
         done.breakers_closed += u32::from(self.breakers.reset(Scope::Global, now));
+    }
+
+    /// A route-around here (seed §7.2): the agents of the led clusters in scope, in the pool,
+    /// whose impedance score is over `slower_than_ms`, held out of it for `for_ms` (the
+    /// integration pass takes them back after, as settled members). How many.
+    fn route_around(&mut self, c: &Control, now: Time) -> u32 {
+        let until = now + Duration::from_millis(c.for_ms);
+        let mut held = 0;
+        for (cl, led) in self.led.iter_mut() {
+            if !self.tree.holds(c.scope, *cl) {
+                continue;
+            }
+            let slow: Vec<AgentId> = led
+                .agents
+                .iter()
+                .filter(|(_, v)| v.admitted && v.state == AgentState::Active)
+                .map(|(a, _)| *a)
+                .collect();
+            for a in slow {
+                let over = led
+                    .assess(a, 0.0)
+                    .is_some_and(|(z, _)| z.score_ms > c.slower_than_ms as f64);
+                if let Some(v) = led.agents.get_mut(&a).filter(|_| over) {
+                    v.admitted = false;
+                    v.held_until = Some(until);
+                    led.integrating = true;
+                    held += 1;
+                }
+            }
+        }
+        held
     }
 
     /// The root: a node's confirmation, summed; the report once every node confirmed.
@@ -201,6 +256,9 @@ impl MeshNode {
         r.agents_released = r.agents_released.saturating_add(d.agents_released);
         r.breakers_closed = r.breakers_closed.saturating_add(d.breakers_closed);
         r.conflicts_released = r.conflicts_released.saturating_add(d.conflicts_released);
+        r.agents_routed_around = r
+            .agents_routed_around
+            .saturating_add(d.agents_routed_around);
         r.was_frozen_on += u32::from(first && d.was_frozen);
         if p.heard.len() == p.expected.len() {
             let id = d.id;

@@ -14,8 +14,8 @@ use crate::time::Time;
 use qs_wire::NodeId;
 use qs_wire::mesh::{
     Ack, AgentId, AgentState, AnswerCount, BreakerState, CascadeMode, ClusterId, Contradicted,
-    ControlAction, Dispatch, ImpedanceClass, LeadHistogram, MAX_CHILDREN, MAX_NAMED, MeshEnvelope,
-    MeshMessage, NamedAnswer, OpId, Order, Report, Scope, SectorId, Tally, Trinary,
+    Control, ControlAction, Dispatch, ImpedanceClass, LeadHistogram, MAX_CHILDREN, MAX_NAMED,
+    MeshEnvelope, MeshMessage, NamedAnswer, OpId, Order, Report, Scope, SectorId, Tally, Trinary,
 };
 use serde::Serialize;
 
@@ -43,8 +43,19 @@ use std::time::Duration;
 #[derive(Clone, Debug)]
 pub enum Command {
     Cascade(CascadeCommand),
-    Freeze { scope: Scope, frozen: bool },
-    Heal { scope: Scope },
+    Freeze {
+        scope: Scope,
+        frozen: bool,
+    },
+    Heal {
+        scope: Scope,
+    },
+    /// Hold the agents in scope slower than `slower_than_ms` out of the pool for `for_ms`.
+    RouteAround {
+        scope: Scope,
+        slower_than_ms: u64,
+        for_ms: u64,
+    },
 }
 
 /// A cascade asked of the root: a broadcast, an ask (a sample), a delegation.
@@ -97,6 +108,8 @@ pub enum CommandError {
     Frozen(Scope),
     #[error("no agents in scope {0:?}")]
     NoAgents(Scope),
+    #[error("{0}")]
+    Invalid(String),
     #[error("the root holds {0} operations, the most it may: try again when some have ended")]
     Busy(usize),
     #[error(
@@ -423,9 +436,31 @@ impl MeshNode {
                     true => ControlAction::Freeze,
                     false => ControlAction::Thaw,
                 };
-                self.fan_control(scope, action, tag, now);
+                self.fan_control(Control::new(action, scope), tag, now);
             }
-            Command::Heal { scope } => self.fan_control(scope, ControlAction::Heal, tag, now),
+            Command::Heal { scope } => {
+                self.fan_control(Control::new(ControlAction::Heal, scope), tag, now)
+            }
+            Command::RouteAround {
+                scope,
+                slower_than_ms,
+                for_ms,
+            } => {
+                let c = Control {
+                    slower_than_ms,
+                    for_ms,
+                    ..Control::new(ControlAction::RouteAround, scope)
+                };
+                if let Err(e) = c.check() {
+                    self.out.push_back(MeshOutput::Refused {
+                        tag,
+                        op: None,
+                        error: CommandError::Invalid(e),
+                    });
+                    return;
+                }
+                self.fan_control(c, tag, now)
+            }
         }
     }
 
