@@ -120,7 +120,8 @@ fn a_heal_thaws_releases_and_closes_and_the_root_reports_what_every_node_did() {
         (7, ControlAction::Freeze, 2, 2)
     );
     assert_eq!(r[0].was_frozen_on, 0);
-    assert!(lead.node.frozen().contains(&Scope::Global));
+    // (At the lead, passed on by its coordinator: the clusters it coordinates.)
+    assert!(lead.node.frozen().contains(&cluster));
     assert!(root.frozen().contains(&Scope::Global));
 
     // The heal: every count is what the lead held, and the freeze is lifted everywhere.
@@ -223,6 +224,8 @@ fn a_confirmation_from_a_node_not_in_scope_is_refused_and_counted() {
         MeshMessage::ControlDone(Box::new(ControlDone {
             id: control.id,
             from: from.clone(),
+            // The lead hears it through its coordinator (the root here).
+            via: control.root.clone(),
             action: ControlAction::Heal,
             agents_released: 50,
             breakers_closed: 0,
@@ -333,4 +336,219 @@ fn a_route_around_holds_slow_agents_out_until_its_time_or_a_heal() {
         matches!(o, MeshOutput::Refused { tag: 5, error, .. } if error.to_string().contains("for_ms"))
     });
     assert!(refused);
+}
+
+/// One host `l` with 20 agents in two clusters of two sectors, `l` leading both; `a`
+/// coordinates sector 0, `b` sector 1, `r` is the root. The tree, and `l`'s node with its
+/// agents in the pool.
+struct TwoSectors {
+    tree: std::sync::Arc<qs_core::mesh::Hierarchy>,
+    l: NodeId,
+    a: NodeId,
+    b: NodeId,
+    r: NodeId,
+    node: MeshNode,
+    now: Time,
+}
+
+fn two_sectors() -> TwoSectors {
+    use qs_core::mesh::{Hierarchy, Member, Seniority, Shape};
+    let id = |s: &str| NodeId::new(s).unwrap();
+    let (l, a, b, r) = (id("l"), id("a"), id("b"), id("r"));
+    let members: Vec<Member> = (0..20u64)
+        .map(|i| Member {
+            agent: AgentId(i),
+            host: l.clone(),
+            zone: String::new(),
+        })
+        .collect();
+    let shape = Shape {
+        cluster_agents: 10,
+        sector_clusters: 1,
+    };
+    let mut tree = Hierarchy::build(&members, shape, |_| Seniority::Seasoned).unwrap();
+    assert_eq!((tree.clusters.len(), tree.sectors.len()), (2, 2));
+    for c in &mut tree.clusters {
+        c.lead = Some(l.clone());
+    }
+    tree.sectors[0].coordinator = Some(a.clone());
+    tree.sectors[1].coordinator = Some(b.clone());
+    tree.root = Some(r.clone());
+    let tree = std::sync::Arc::new(tree);
+    let mut now = Time::from_millis(3_000_000);
+    let mut node = node_in(&l, MeshConfig::default(), &tree, now);
+    let beats = (0..20u64).map(|i| beat(AgentId(i), 0, false)).collect();
+    node.handle(MeshInput::Agents(beats), now);
+    for _ in 0..4 {
+        now = Time::from_millis(now.as_millis() + 300);
+        node.handle(MeshInput::Tick, now);
+    }
+    drain(&mut node);
+    assert_eq!(pool(&node).len(), 20);
+    TwoSectors {
+        tree,
+        l,
+        a,
+        b,
+        r,
+        node,
+        now,
+    }
+}
+
+/// What a lead under two coordinators takes from one of them covers only the clusters that
+/// coordinator coordinates: a route-around of the whole mesh passed on by `a` holds out
+/// sector 0's agents only, a freeze passed on by `b` freezes sector 1's cluster only, and
+/// each confirmation names the coordinator it came through.
+#[test]
+fn a_control_passed_on_covers_only_the_clusters_its_coordinator_coordinates() {
+    use qs_wire::mesh::{ClusterId, Control};
+    let mut t = two_sectors();
+    let in_sector = |s: usize| -> BTreeSet<AgentId> {
+        let c = t.tree.sectors[s].clusters[0];
+        t.tree.cluster(c).unwrap().agents.iter().copied().collect()
+    };
+    let (zero, one) = (in_sector(0), in_sector(1));
+    let around = Control {
+        relayed: true,
+        id: 9,
+        slower_than_ms: 0,
+        for_ms: 60_000,
+        root: Some(t.r.clone()),
+        ..Control::new(ControlAction::RouteAround, Scope::Global)
+    };
+    let msg = MeshMessage::Control(around);
+    let from = t.a.clone();
+    t.node.handle(MeshInput::Heard { from, msg }, t.now);
+    let out = drain(&mut t.node);
+    assert_eq!(pool(&t.node), one, "sector 0's held out, sector 1's not");
+    let done: Vec<(NodeId, ControlDone)> = out
+        .into_iter()
+        .filter_map(|o| match o {
+            MeshOutput::Send {
+                to,
+                msg: MeshMessage::ControlDone(d),
+            } => Some((to, *d)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].0, t.r, "to the root");
+    assert_eq!(done[0].1.via.as_ref(), Some(&t.a));
+    assert_eq!(done[0].1.agents_routed_around, zero.len() as u32);
+    // A freeze of the whole mesh, passed on by b: sector 1's cluster only.
+    let freeze = Control {
+        relayed: true,
+        id: 10,
+        root: Some(t.r.clone()),
+        ..Control::new(ControlAction::Freeze, Scope::Global)
+    };
+    let msg = MeshMessage::Control(freeze);
+    let from = t.b.clone();
+    t.node.handle(MeshInput::Heard { from, msg }, t.now);
+    let c1: ClusterId = t.tree.sectors[1].clusters[0];
+    let frozen: Vec<Scope> = t.node.frozen().iter().copied().collect();
+    assert_eq!(frozen, [Scope::Cluster(c1)]);
+}
+
+/// At the root: a lead under two coordinators confirms once through each, both counted; a
+/// copy delivered again is not; one through a coordinator not above it is refused.
+#[test]
+fn the_root_counts_each_confirmation_once_through_each_coordinator() {
+    let t = two_sectors();
+    let mut root = node_in(&t.r, MeshConfig::default(), &t.tree, t.now);
+    command(
+        &mut root,
+        Command::Heal {
+            scope: Scope::Global,
+        },
+        6,
+        t.now,
+    );
+    let id = drain(&mut root)
+        .into_iter()
+        .find_map(|o| match o {
+            MeshOutput::Send {
+                msg: MeshMessage::Control(c),
+                ..
+            } => Some(c.id),
+            _ => None,
+        })
+        .expect("the heal, to the coordinators");
+    let done = |from: &NodeId, via: Option<&NodeId>, released: u32| {
+        MeshMessage::ControlDone(Box::new(ControlDone {
+            id,
+            from: from.clone(),
+            via: via.cloned(),
+            action: ControlAction::Heal,
+            agents_released: released,
+            breakers_closed: 0,
+            conflicts_released: 0,
+            agents_routed_around: 0,
+            was_frozen: false,
+        }))
+    };
+    let stranger = NodeId::new("z").unwrap();
+    let refused = root.refused_senders();
+    let hear = |root: &mut MeshNode, from: &NodeId, msg: MeshMessage| {
+        let from = from.clone();
+        root.handle(MeshInput::Heard { from, msg }, t.now);
+    };
+    hear(&mut root, &t.l, done(&t.l, Some(&t.a), 4));
+    hear(&mut root, &t.l, done(&t.l, Some(&t.a), 4));
+    hear(&mut root, &t.l, done(&t.l, Some(&stranger), 4));
+    assert_eq!(root.refused_senders(), refused + 1);
+    hear(&mut root, &t.a, done(&t.a, None, 0));
+    hear(&mut root, &t.b, done(&t.b, None, 0));
+    assert!(reports(&drain(&mut root)).is_empty(), "l through b awaited");
+    hear(&mut root, &t.l, done(&t.l, Some(&t.b), 3));
+    let r = reports(&drain(&mut root));
+    assert_eq!(r.len(), 1);
+    assert_eq!(
+        (r[0].nodes, r[0].confirmed),
+        (4, 4),
+        "r, a, b and l, each once"
+    );
+    assert_eq!(
+        r[0].agents_released, 7,
+        "4 through a, 3 through b, the copy not"
+    );
+}
+
+/// A control sent just before the root moved is still taken from the root before (as an
+/// operation's orders are, for a moment), and confirmed to it: the root that awaits it. A
+/// control naming a root neither tree names is confirmed to this tree's root.
+#[test]
+fn a_control_is_confirmed_to_the_root_that_sent_it_when_the_root_moved() {
+    use qs_wire::mesh::Control;
+    let (_root, mut lead) = mesh();
+    let (old, new) = (lead.root.clone(), NodeId::new("root2").unwrap());
+    let mut tree = (**lead.node.tree()).clone();
+    tree.root = Some(new.clone());
+    tree.sectors[0].coordinator = Some(new.clone());
+    lead.node
+        .handle(MeshInput::Tree(std::sync::Arc::new(tree)), lead.now);
+    drain(&mut lead.node);
+    let confirmed_to = |lead: &mut Lead, from: &NodeId, root: &NodeId| -> Vec<NodeId> {
+        let c = Control {
+            id: 5,
+            root: Some(root.clone()),
+            ..Control::new(ControlAction::Thaw, Scope::Global)
+        };
+        let (msg, from) = (MeshMessage::Control(c), from.clone());
+        lead.node.handle(MeshInput::Heard { from, msg }, lead.now);
+        drain(&mut lead.node)
+            .into_iter()
+            .filter_map(|o| match o {
+                MeshOutput::Send {
+                    to,
+                    msg: MeshMessage::ControlDone(_),
+                } => Some(to),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(confirmed_to(&mut lead, &old, &old), vec![old.clone()]);
+    let nobody = NodeId::new("root3").unwrap();
+    assert_eq!(confirmed_to(&mut lead, &new, &nobody), vec![new]);
 }

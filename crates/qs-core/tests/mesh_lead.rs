@@ -953,7 +953,8 @@ fn a_handed_over_agent_keeps_the_rest_of_its_backoff() {
 /// Seed §6.2: an open cluster breaker is probed with requests, not judged by beats. 30 s
 /// after it opened its lead sends a readiness probe to each of its three most responsive
 /// active agents; with no READY within the probe's wait it stays open (though every agent
-/// beats as active again) and is probed again 60 s later; a READY makes it half-open.
+/// beats as active again) and is probed again 60 s later; every probe answered otherwise
+/// keeps it open at once; a READY makes it half-open.
 #[test]
 fn an_open_cluster_breaker_is_probed_with_requests_and_half_opens_on_a_ready() {
     use qs_core::mesh::BREAKER_PROBE_AGENTS;
@@ -976,10 +977,31 @@ fn an_open_cluster_breaker_is_probed_with_requests_and_half_opens_on_a_ready() {
     );
     lead.run(3_000);
     assert_eq!(lead.node.breakers().state(cluster), BreakerState::Open);
-    // The next, 60 s after the first's wait: none before; one READY half-opens it.
+    // The next, 60 s after the first's wait: each answers CONFLICT, which keeps it open at
+    // once (the next probe 60 s after the answers, not after the wait).
     let asked = lead.now;
-    let second = lead.next_probes(61_000, true);
+    let second = lead.next_probes(61_000, false);
     assert_eq!(second.len(), BREAKER_PROBE_AGENTS, "{second:?}");
     assert!(lead.now.since(asked).as_millis() >= 55_000);
+    for d in &second {
+        let host = lead.node.tree().host_of(d.agent).cloned();
+        let from = host.filter(|h| h != lead.node.id());
+        let now = lead.now;
+        answer_dispatch(
+            &mut lead.node,
+            d,
+            from.as_ref(),
+            2,
+            Some(contradiction()),
+            now,
+        );
+    }
+    assert_eq!(lead.node.breakers().state(cluster), BreakerState::Open);
+    // The third: one READY half-opens it.
+    let answered = lead.now;
+    let third = lead.next_probes(61_000, true);
+    assert_eq!(third.len(), BREAKER_PROBE_AGENTS, "{third:?}");
+    let waited_ms = lead.now.since(answered).as_millis();
+    assert!((59_000..=61_000).contains(&waited_ms), "{waited_ms}");
     assert_eq!(lead.node.breakers().state(cluster), BreakerState::HalfOpen);
 }

@@ -172,20 +172,27 @@ fn the_roots_mode_reaches_every_node_and_lapses_unless_renewed() {
     assert_eq!(lapsed, vec![(Mode::DegradedModerate, Mode::Full)]);
 }
 
-#[test]
-fn a_lead_admits_no_new_agent_while_the_mesh_is_in_emergency() {
-    let pair = pair();
-    let (p1, p2) = (pair.p1.clone(), pair.p2.clone());
-    let tree = pair.roles(&p2, &p2, &p1);
-    let mut lead = node_in(&p2, MeshConfig::default(), &tree, at(0));
+/// `root`'s notice of EMERGENCY (5 of 20 agents active), sent and heard at 0: `lead` holds
+/// the mode. The notice, to renew.
+fn emergency_from(lead: &mut MeshNode, root: &NodeId) -> ModeNotice {
     let emergency = ModeNotice {
         level: 4,
         active_agents: 5,
         total_agents: 20,
         sent_ms: at(0).as_millis(),
     };
-    hear(&mut lead, &p1, emergency, at(0));
+    hear(lead, root, emergency, at(0));
     assert_eq!(lead.mode(), Mode::Emergency);
+    emergency
+}
+
+#[test]
+fn a_lead_admits_no_new_agent_while_the_mesh_is_in_emergency() {
+    let pair = pair();
+    let (p1, p2) = (pair.p1.clone(), pair.p2.clone());
+    let tree = pair.roles(&p2, &p2, &p1);
+    let mut lead = node_in(&p2, MeshConfig::default(), &tree, at(0));
+    let emergency = emergency_from(&mut lead, &p1);
     // p1's agents joined just now: newcomers, probed into the pool when the mode allows.
     let newcomers: Vec<AgentId> = (0..10).map(AgentId).collect();
     let run = |lead: &mut MeshNode, from_ms: u64, renew: Option<ModeNotice>| {
@@ -280,4 +287,39 @@ fn an_older_notice_changes_nothing_and_a_new_root_keeps_the_mode_it_held() {
         changed.extend(changes(&drain(&mut node)));
     }
     assert_eq!(changed, vec![(Mode::DegradedSevere, Mode::Full)]);
+}
+
+/// A hold that ends (here a route-around's) ends in EMERGENCY too: its members are back in
+/// the pool at their host's next full beat, though the integration pass is halted.
+#[test]
+fn a_hold_that_ends_ends_in_emergency_too() {
+    use qs_wire::mesh::{Control, ControlAction, Scope};
+    let pair = pair();
+    let (p1, p2) = (pair.p1.clone(), pair.p2.clone());
+    let tree = pair.roles(&p2, &p2, &p1);
+    let mut lead = node_in(&p2, MeshConfig::default(), &tree, at(0));
+    let members: Vec<AgentId> = (0..10).map(AgentId).collect();
+    let beat_at = |lead: &mut MeshNode, ms: u64| {
+        let agents = members.iter().map(|a| beat(*a, 0, false)).collect();
+        hear_beat(lead, &p1, ClusterId(0), ms, agents, at(ms));
+        lead.handle(MeshInput::Tick, at(ms));
+        drain(lead);
+    };
+    beat_at(&mut lead, 0);
+    assert!(members.iter().all(|a| pool(&lead).contains(a)));
+    emergency_from(&mut lead, &p1);
+    let around = Control {
+        slower_than_ms: 0,
+        for_ms: 1_000,
+        ..Control::new(ControlAction::RouteAround, Scope::Global)
+    };
+    let msg = MeshMessage::Control(around);
+    let from = p1.clone();
+    lead.handle(MeshInput::Heard { from, msg }, at(300));
+    assert!(members.iter().all(|a| !pool(&lead).contains(a)), "held");
+    for ms in (600..=3_000).step_by(BEAT_MS as usize) {
+        beat_at(&mut lead, ms);
+    }
+    assert_eq!(lead.mode(), Mode::Emergency);
+    assert!(members.iter().all(|a| pool(&lead).contains(a)), "back");
 }

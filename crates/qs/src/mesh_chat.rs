@@ -156,12 +156,11 @@ pub(crate) fn parse_intent(text: &str) -> Option<Intent> {
     // "route around them", "route around slow agents in sector 7", "route around agents
     // slower than 800 ms".
     if has("route") && words.contains(&"around") {
-        let slower_than_ms = words
-            .iter()
-            .position(|w| *w == "than")
-            .and_then(|i| words.get(i + 1))
-            .and_then(|n| n.parse::<u64>().ok())
-            .unwrap_or(SLOW_MS);
+        // A threshold it cannot read is no request (never a guess).
+        let slower_than_ms = match lower.split_once("than") {
+            None => SLOW_MS,
+            Some((_, rest)) => duration_ms(rest)?,
+        };
         return Some(Intent::Act(route_around(
             scope,
             slower_than_ms,
@@ -241,6 +240,36 @@ pub(crate) fn parse_intent(text: &str) -> Option<Intent> {
         return Some(Intent::Status(scope));
     }
     None
+}
+
+/// A duration at the start of `text`: `800`, `800ms`, `800 ms`, `1.5 s`, `2 seconds`
+/// (milliseconds when no unit is said), in milliseconds; `None` when it reads none.
+pub(crate) fn duration_ms(text: &str) -> Option<u64> {
+    let t = text.trim_start();
+    let end = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let n: f64 = t[..end].parse().ok().filter(|n: &f64| n.is_finite())?;
+    let unit: String = t[end..]
+        .trim_start()
+        .chars()
+        .take_while(char::is_ascii_alphabetic)
+        .collect();
+    let scale = match unit.as_str() {
+        "" | "ms" | "millisecond" | "milliseconds" => 1.0,
+        "s" | "sec" | "secs" | "second" | "seconds" => 1_000.0,
+        // Another word after the number ("800 in sector 7"): milliseconds.
+        _ if ![
+            "m", "min", "mins", "minute", "minutes", "h", "hour", "hours",
+        ]
+        .contains(&unit.as_str()) =>
+        {
+            1.0
+        }
+        _ => return None,
+    };
+    let ms = n * scale;
+    (ms <= 3_600_000.0).then_some(ms.round() as u64)
 }
 
 pub(crate) fn find_scope(words: &[&str]) -> Scope {

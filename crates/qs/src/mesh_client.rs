@@ -152,7 +152,8 @@ pub(crate) fn control_outcome(v: &Value) -> String {
     let frozen_on = n("was_frozen_on");
     let did = match v["done"].as_str().unwrap_or("?") {
         "heal" => format!(
-            "healed {scope}: {} released from quarantine, {} closed, {} released{}",
+            "healed {scope}: {} released (from quarantine or held out of routing), {} \
+             closed, {} released{}",
             plural(n("agents_released"), "agent", "agents"),
             plural(n("breakers_closed"), "breaker", "breakers"),
             plural(n("conflicts_released"), "conflict", "conflicts"),

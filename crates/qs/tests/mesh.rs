@@ -441,7 +441,6 @@ fn a_thousand_agents_over_nats() {
         ])
     };
     let listed = listing();
-    assert!(listed.contains("quarantined"), "{listed}");
     let in_pool = listed.lines().filter(|l| l.contains("| in ")).count();
     assert_eq!(in_pool as u64, count, "{listed}");
     // Routed around (every agent is slower than 0 ms): the cluster's agents are held out

@@ -254,7 +254,7 @@ impl BusMessage for MeshMembers {
 
 /// An operator's order for a scope, from the root to its coordinators, who relay it to their
 /// cluster leads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Control {
     pub action: ControlAction,
@@ -271,6 +271,10 @@ pub struct Control {
     pub slower_than_ms: u64,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub for_ms: u64,
+    /// The root that sent it, whom each node confirms it to (if that node is the root of
+    /// its tree or the tree before: a root that moved meanwhile is still answered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<NodeId>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -287,6 +291,7 @@ impl Control {
             id: 0,
             slower_than_ms: 0,
             for_ms: 0,
+            root: None,
         }
     }
 
@@ -311,6 +316,10 @@ pub struct ControlDone {
     pub id: u64,
     /// Who carried it out (the packet's sender).
     pub from: NodeId,
+    /// The coordinator that passed it on to `from` (none: from the root itself). A lead
+    /// under two coordinators hears it from each, for their own clusters, and confirms each.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<NodeId>,
     pub action: ControlAction,
     /// Quarantined agents released (back in the pool at their host's next beat).
     pub agents_released: u32,

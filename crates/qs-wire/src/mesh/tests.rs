@@ -148,6 +148,7 @@ fn control_confirmations_are_checked() {
         MeshMessage::ControlDone(Box::new(ControlDone {
             id: 9,
             from: NodeId::new("n1").unwrap(),
+            via: None,
             action: ControlAction::Heal,
             agents_released,
             breakers_closed: 2,

@@ -225,3 +225,28 @@ fn a_status_with_slow_agents_offers_to_route_around_them() {
     assert_eq!(said("freeze").as_deref(), Some("qs mesh freeze"));
     assert_eq!(reply(None, "yes"), None);
 }
+
+/// A route-around's threshold in words: its unit read (milliseconds when none is said); one
+/// it cannot read is no request.
+#[test]
+fn thresholds_are_read_with_their_units() {
+    let table = [
+        ("800", Some(800)),
+        ("800ms", Some(800)),
+        ("800 ms in sector 7", Some(800)),
+        ("1.5 s", Some(1_500)),
+        ("2 seconds", Some(2_000)),
+        ("five hundred", None),
+        ("2 hours", None),
+        ("", None),
+    ];
+    for (text, want) in table {
+        assert_eq!(duration_ms(text), want, "{text:?}");
+    }
+    let around = |text: &str| parse_intent(text).map(|i| describe_intent(&i));
+    assert_eq!(
+        around("route around agents slower than 1.5 s").as_deref(),
+        Some("qs mesh route-around --slower-than 1500 --for 600")
+    );
+    assert_eq!(around("route around agents slower than a snail"), None);
+}

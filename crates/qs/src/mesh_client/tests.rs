@@ -212,13 +212,13 @@ fn control_reports_read_as_what_was_done_and_who_confirmed() {
     let table = [
         (
             report(ControlAction::Heal, Scope::Sector(SectorId(12)), 5, &[], 0),
-            "healed sector 12: 3 agents released from quarantine, 1 breaker closed, 2 \
-             conflicts released; confirmed by 5 of 5 nodes in 40 ms",
+            "healed sector 12: 3 agents released (from quarantine or held out of routing), 1 \
+             breaker closed, 2 conflicts released; confirmed by 5 of 5 nodes in 40 ms",
         ),
         (
             report(ControlAction::Heal, Scope::Global, 3, &["n4"], 2),
-            "healed the whole mesh: 3 agents released from quarantine, 1 breaker closed, 2 \
-             conflicts released, thawed on 2 nodes; confirmed by 3 of 5 nodes in 40 ms; not \
+            "healed the whole mesh: 3 agents released (from quarantine or held out of \
+             routing), 1 breaker closed, 2 conflicts released, thawed on 2 nodes; confirmed by 3 of 5 nodes in 40 ms; not \
              confirmed by n4 and 1 more (down, partitioned, or on another tree: run it again \
              when they are back)",
         ),

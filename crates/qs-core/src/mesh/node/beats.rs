@@ -158,6 +158,11 @@ impl MeshNode {
                 led.active = None;
                 led.integrating |= !view.admitted;
             }
+            // A hold that ended is none (the integration pass, which EMERGENCY halts, need not
+            // see it first).
+            if view.held_until.is_some_and(|t| t <= now) {
+                view.held_until = None;
+            }
             // A member from before (a new lead after a failover, or a tree rebuilt): in the
             // pool at once, not a beat later.
             if !view.admitted

@@ -48,13 +48,24 @@ pub struct ControlReport {
     pub waited_ms: u64,
 }
 
+/// Who confirms a control: a node, and the coordinator that passed it on to it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Hand {
+    node: NodeId,
+    via: Option<NodeId>,
+}
+
 /// A control the root sent, awaiting its confirmations.
 #[derive(Clone, Debug)]
 pub(crate) struct PendingControl {
     sent: Time,
     deadline: Time,
-    expected: BTreeSet<NodeId>,
-    heard: BTreeSet<NodeId>,
+    /// Each node that carries it out, and the coordinator that passes it on to it (none:
+    /// the root's own, and the coordinators').
+    expected: BTreeSet<Hand>,
+    heard: BTreeSet<Hand>,
+    /// The nodes on which its scope (or a part of it) was frozen before.
+    frozen_on: BTreeSet<NodeId>,
     /// The counts summed so far (the rest is filled in at the end).
     report: ControlReport,
 }
@@ -65,15 +76,20 @@ impl MeshNode {
     pub(super) fn fan_control(&mut self, control: Control, tag: u64, now: Time) {
         let id = self.next_id();
         let (action, scope) = (control.action, control.scope);
+        let (slower_than_ms, for_ms) = (control.slower_than_ms, control.for_ms);
         let msg = MeshMessage::Control(Control {
             relayed: false,
             id,
+            root: Some(self.me.clone()),
             ..control
         });
         // Who carries it out: this node, each coordinator in scope, and the leads of the
         // clusters in scope that those coordinators pass it to.
         let mut coordinators: BTreeSet<NodeId> = BTreeSet::new();
-        let mut expected = BTreeSet::from([self.me.clone()]);
+        let mut expected = BTreeSet::from([Hand {
+            node: self.me.clone(),
+            via: None,
+        }]);
         for s in ops::sectors_in(self, scope) {
             let Some(sector) = self.tree.sector(s) else {
                 continue;
@@ -86,11 +102,20 @@ impl MeshNode {
                 .iter()
                 .filter(|cl| self.tree.holds(scope, **cl))
             {
-                expected.extend(self.tree.named_for(Scope::Cluster(*cl)).cloned());
+                let lead = self.tree.named_for(Scope::Cluster(*cl));
+                if let Some(lead) = lead.filter(|l| **l != co) {
+                    expected.insert(Hand {
+                        node: lead.clone(),
+                        via: Some(co.clone()),
+                    });
+                }
             }
+            expected.insert(Hand {
+                node: co.clone(),
+                via: None,
+            });
             coordinators.insert(co);
         }
-        expected.extend(coordinators.iter().cloned());
         if self.controls.len() >= MAX_PENDING_CONTROLS
             && let Some(oldest) = self.controls.keys().next().copied()
         {
@@ -104,6 +129,7 @@ impl MeshNode {
                 deadline,
                 expected,
                 heard: BTreeSet::new(),
+                frozen_on: BTreeSet::new(),
                 report: ControlReport {
                     tag,
                     action,
@@ -115,8 +141,8 @@ impl MeshNode {
                     breakers_closed: 0,
                     conflicts_released: 0,
                     agents_routed_around: 0,
-                    slower_than_ms: control.slower_than_ms,
-                    for_ms: control.for_ms,
+                    slower_than_ms,
+                    for_ms,
                     was_frozen_on: 0,
                     waited_ms: 0,
                 },
@@ -129,12 +155,28 @@ impl MeshNode {
         }
     }
 
-    /// Carries out an operator's control here, passes it to the leads of the sectors this
-    /// node coordinates, and confirms it to the root with what it did.
-    pub(super) fn control(&mut self, c: Control, now: Time) {
+    /// Carries out an operator's control from `from` here, passes it to the leads of the
+    /// sectors this node coordinates, and confirms it to the root with what it did. One a
+    /// coordinator passed on covers only the clusters in scope that the coordinator
+    /// coordinates (a lead under two coordinators hears each for its own); the root's, its
+    /// whole scope.
+    pub(super) fn control(&mut self, from: &NodeId, c: Control, now: Time) {
+        let relayed_by = c.relayed.then_some(from);
+        let tree = self.tree.clone();
+        let covers = |cl: ClusterId| {
+            tree.holds(c.scope, cl)
+                && relayed_by.is_none_or(|co| tree.coordinator_of(cl) == Some(co))
+        };
+        let clusters: Vec<ClusterId> = self.led.keys().copied().filter(|cl| covers(*cl)).collect();
+        // What a freeze marks: the scope, or (passed on) each of those clusters.
+        let marks: Vec<Scope> = match relayed_by {
+            None => vec![c.scope],
+            Some(_) => clusters.iter().map(|cl| Scope::Cluster(*cl)).collect(),
+        };
         let mut done = ControlDone {
             id: c.id,
             from: self.me.clone(),
+            via: relayed_by.cloned(),
             action: c.action,
             agents_released: 0,
             breakers_closed: 0,
@@ -144,89 +186,114 @@ impl MeshNode {
         };
         match c.action {
             ControlAction::Freeze => {
-                done.was_frozen = !self.frozen.insert(c.scope);
+                for s in marks {
+                    done.was_frozen |= !self.frozen.insert(s);
+                }
             }
-            ControlAction::Thaw => {
-                done.was_frozen = self.frozen.remove(&c.scope);
+            ControlAction::Thaw | ControlAction::Heal => {
+                for s in &marks {
+                    done.was_frozen |= self.frozen.remove(s);
+                }
             }
+            ControlAction::RouteAround => {}
+        }
+        match c.action {
             ControlAction::Heal => {
-                done.was_frozen = self.frozen.remove(&c.scope);
-                self.heal(c.scope, &mut done, now);
+                self.heal(&clusters, &mut done, now);
+                let released = self.conflicts.release(now, covers);
+                done.conflicts_released = released.len() as u32;
+                self.resolved(released);
+                if relayed_by.is_none() {
+                    // The breakers of the sectors it coordinates in scope, and the global one.
+                    let sectors: Vec<SectorId> = self.my_sectors.clone();
+                    for s in sectors {
+                        let held = match c.scope {
+                            Scope::Global => true,
+                            Scope::Sector(x) => x == s,
+                            Scope::Cluster(_) => false,
+                        };
+                        if held {
+                            done.breakers_closed +=
+                                u32::from(self.breakers.reset(Scope::Sector(s), now));
+                        }
+                    }
+                    done.breakers_closed += u32::from(self.breakers.reset(Scope::Global, now));
+                }
             }
             ControlAction::RouteAround => {
-                done.agents_routed_around = self.route_around(&c, now);
+                done.agents_routed_around = self.route_around(&clusters, &c, now);
             }
+            ControlAction::Freeze | ControlAction::Thaw => {}
         }
         if !c.relayed {
             for lead in self.leads_below(c.scope) {
-                self.send(lead, MeshMessage::Control(Control { relayed: true, ..c }));
+                let passed = Control {
+                    relayed: true,
+                    ..c.clone()
+                };
+                self.send(lead, MeshMessage::Control(passed));
             }
         }
+        // To the root that sent it, if a tree (this one or the one before) names it root;
+        // else to this tree's.
+        let named = |t: &Hierarchy| t.root.is_some() && t.root == c.root;
+        let to = match named(&self.tree) || self.tree_before.as_deref().is_some_and(named) {
+            true => c.root.clone(),
+            false => self.tree.root.clone(),
+        };
         if c.id != 0
-            && let Some(root) = self.tree.root.clone()
+            && let Some(root) = to
         {
             self.send(root, MeshMessage::ControlDone(Box::new(done)));
         }
     }
 
-    /// A heal here: the breakers of the led clusters in scope closed, their quarantined
-    /// agents released (back in the pool at their host's next beat), every conflict in
-    /// scope released (an operator's review) with the notices escalated here about them, and
-    /// the scope's and the global breaker closed.
-    fn heal(&mut self, scope: Scope, done: &mut ControlDone, now: Time) {
-        let clusters: Vec<ClusterId> = self.led.keys().copied().collect();
+    /// A heal of the led `clusters`: their breakers closed, their quarantined agents
+    /// released (back in the pool at their host's next beat) and their agents held out of
+    /// the pool taken back (at the next beat's integration pass), each agent counted once.
+    fn heal(&mut self, clusters: &[ClusterId], done: &mut ControlDone, now: Time) {
         for cl in clusters {
-            if !self.tree.holds(scope, cl) {
-                continue;
-            }
-            done.breakers_closed += u32::from(self.breakers.reset(Scope::Cluster(cl), now));
-            let Some(l) = self.led.get_mut(&cl) else {
+            done.breakers_closed += u32::from(self.breakers.reset(Scope::Cluster(*cl), now));
+            let Some(l) = self.led.get_mut(cl) else {
                 continue;
             };
             l.breaker_probe = None;
             for v in l.agents.values_mut() {
-                if v.state == AgentState::Quarantined {
+                let quarantined = v.state == AgentState::Quarantined;
+                if quarantined {
                     v.state = AgentState::Offline;
                     v.disagreements = 0;
-                    done.agents_released += 1;
                     l.active = None;
                 }
-                // Held out (routed around, or after a conflict while integrating): back in
-                // the pool at the next beat's integration pass.
-                if v.held_until.take().is_some() {
+                // Held out (routed around, after misses, or after a conflict while
+                // integrating), and still so.
+                let held = v.held_until.take().is_some_and(|t| t > now);
+                if held {
                     v.missed = 0;
-                    done.agents_released += 1;
                     l.integrating = true;
                 }
+                done.agents_released += u32::from(quarantined || held);
             }
         }
-        let tree = &self.tree;
-        let released = self.conflicts.release(now, |cl| tree.holds(scope, cl));
-        done.conflicts_released = released.len() as u32;
-        self.resolved(released);
-        if !matches!(scope, Scope::Cluster(_)) {
-            done.breakers_closed += u32::from(self.breakers.reset(scope, now));
-        }
-        done.breakers_closed += u32::from(self.breakers.reset(Scope::Global, now));
     }
 
-    /// A route-around here (seed §7.2): the agents of the led clusters in scope, in the pool,
-    /// whose impedance score is over `slower_than_ms`, held out of it for `for_ms` (the
-    /// integration pass takes them back after, as settled members). How many.
-    fn route_around(&mut self, c: &Control, now: Time) -> u32 {
+    /// A route-around of the led `clusters` (seed §7.2): their agents in the pool whose
+    /// impedance score is over `slower_than_ms`, held out of it for `for_ms` (the integration
+    /// pass takes them back after, as settled members). How many.
+    fn route_around(&mut self, clusters: &[ClusterId], c: &Control, now: Time) -> u32 {
         let until = now + Duration::from_millis(c.for_ms);
         let mut held = 0;
-        for (cl, led) in self.led.iter_mut() {
-            if !self.tree.holds(c.scope, *cl) {
+        for cl in clusters {
+            let Some(led) = self.led.get_mut(cl) else {
                 continue;
-            }
-            let slow: Vec<AgentId> = led
+            };
+            let in_pool: Vec<AgentId> = led
                 .agents
                 .iter()
                 .filter(|(_, v)| v.admitted && v.state == AgentState::Active)
                 .map(|(a, _)| *a)
                 .collect();
-            for a in slow {
+            for a in in_pool {
                 let over = led
                     .assess(a, 0.0)
                     .is_some_and(|(z, _)| z.score_ms > c.slower_than_ms as f64);
@@ -246,12 +313,21 @@ impl MeshNode {
         let Some(p) = self.controls.get_mut(&d.id) else {
             return; // ended (or never asked here): nothing waits for it
         };
-        if !p.expected.contains(&d.from) || d.action != p.report.action {
+        let hand = Hand {
+            node: d.from.clone(),
+            via: d.via,
+        };
+        if !p.expected.contains(&hand) || d.action != p.report.action {
             self.refused_senders += 1;
             return;
         }
-        // A lead under two coordinators hears it twice: the second finds nothing to do.
-        let first = p.heard.insert(d.from);
+        // Each once (a copy the bus delivered again is not counted again).
+        if !p.heard.insert(hand) {
+            return;
+        }
+        if d.was_frozen {
+            p.frozen_on.insert(d.from);
+        }
         let r = &mut p.report;
         r.agents_released = r.agents_released.saturating_add(d.agents_released);
         r.breakers_closed = r.breakers_closed.saturating_add(d.breakers_closed);
@@ -259,7 +335,6 @@ impl MeshNode {
         r.agents_routed_around = r
             .agents_routed_around
             .saturating_add(d.agents_routed_around);
-        r.was_frozen_on += u32::from(first && d.was_frozen);
         if p.heard.len() == p.expected.len() {
             let id = d.id;
             self.end_control(id, now);
@@ -289,11 +364,14 @@ impl MeshNode {
             return;
         };
         let mut report = p.report;
-        report.nodes = p.expected.len() as u32;
-        report.confirmed = p.heard.len() as u32;
-        report.unconfirmed = p
-            .expected
-            .difference(&p.heard)
+        // Nodes, each once (a lead under two coordinators confirms twice).
+        let nodes: BTreeSet<&NodeId> = p.expected.iter().map(|h| &h.node).collect();
+        let missing: BTreeSet<&NodeId> = p.expected.difference(&p.heard).map(|h| &h.node).collect();
+        report.nodes = nodes.len() as u32;
+        report.was_frozen_on = p.frozen_on.len() as u32;
+        report.confirmed = (nodes.len() - missing.len()) as u32;
+        report.unconfirmed = missing
+            .into_iter()
             .take(MAX_UNCONFIRMED_NAMED)
             .map(|n| n.to_string())
             .collect();

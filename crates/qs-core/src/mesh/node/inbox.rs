@@ -69,7 +69,7 @@ impl MeshNode {
                     Scope::Sector(_) => names(false, c.scope),
                     Scope::Cluster(cl) => coordinates(false, cl),
                 };
-                root(false) || (c.relayed && leads_under_sender && within)
+                root(fresh) || (c.relayed && leads_under_sender && within)
             }
             // A confirmation speaks for its sender (and only the root awaits it).
             MeshMessage::ControlDone(d) => d.from == from,
@@ -103,7 +103,7 @@ impl MeshNode {
             MeshMessage::Ack(a) => ops::on_ack(self, &from, *a, now),
             MeshMessage::Report(r) => ops::on_report(self, *r, now),
             MeshMessage::Circuit(_) => {}
-            MeshMessage::Control(c) => self.control(c, now),
+            MeshMessage::Control(c) => self.control(&from, c, now),
             MeshMessage::ControlDone(d) => self.on_control_done(*d, now),
             // The shell's: an operator's request and its answer.
             MeshMessage::Request(_) | MeshMessage::Outcome(_) => {}

@@ -94,8 +94,11 @@ impl MeshNode {
         if let Some(led) = self.led.get_mut(&c) {
             led.breaker_probe = Some(probe);
         }
-        // Twice what the slowest asked is thought to take, a second at least.
-        let wait_ms = (2.0 * longest_ms).max(PROBE_TIMEOUT_MS as f64);
+        // Twice what the slowest asked is thought to take, a second at least, and no longer
+        // than a breaker waits for its first probe.
+        let wait_ms = (2.0 * longest_ms)
+            .max(PROBE_TIMEOUT_MS as f64)
+            .min(breaker::FIRST_PROBE_MS as f64);
         let until = now + Duration::from_micros((wait_ms * 1000.0) as u64);
         self.breakers.probing(scope, until);
     }
@@ -112,9 +115,12 @@ impl MeshNode {
         if !probe.ops.remove(&ack.op) {
             return false;
         }
-        if ack.state == Trinary::Ready && !ack.expired {
+        let ready = ack.state == Trinary::Ready && !ack.expired;
+        // READY half-opens it; every probe answered otherwise keeps it open at once.
+        if ready || probe.ops.is_empty() {
             led.breaker_probe = None;
-            self.breakers.probed(Scope::Cluster(ack.cluster), true, now);
+            self.breakers
+                .probed(Scope::Cluster(ack.cluster), ready, now);
         }
         true
     }
