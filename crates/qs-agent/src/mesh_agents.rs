@@ -33,8 +33,9 @@ pub const MAX_MAILBOX: usize = 256;
 const MAX_UNANSWERED: usize = 1_024;
 /// Answers of local agents waiting for the mesh task, at most.
 const MAX_ANSWERS: usize = 65_536;
-/// A worker agent that has not asked for work this long (and is not waiting for some) is
-/// beaten as offline: its lead routes around it.
+/// A worker agent that has not asked for work this long, is not waiting for some, and works
+/// on no operation still live (one it took whose envelope has not expired: a long task is
+/// work, not silence) is beaten as offline: its lead routes around it.
 pub const SILENT_AFTER_MS: u64 = 5_000;
 
 /// The built-in agents of this node.
@@ -191,10 +192,19 @@ impl LocalAgents {
 
     /// What the core is told of this node's agents.
     pub fn beats(&self) -> Vec<AgentBeat> {
+        self.beats_at(now().as_millis())
+    }
+
+    /// What the core is told of this node's agents at `now_ms`.
+    fn beats_at(&self, now_ms: u64) -> Vec<AgentBeat> {
         let mut beats = self.builtin_beats.clone();
-        let now_ms = now().as_millis();
         beats.extend(self.workers().iter().map(|(a, w)| {
-            let serving = w.polling || now_ms.saturating_sub(w.seen_ms) <= SILENT_AFTER_MS;
+            let working = w
+                .taken
+                .values()
+                .any(|t| !t.dispatch.envelope.expired(now_ms));
+            let serving =
+                w.polling || working || now_ms.saturating_sub(w.seen_ms) <= SILENT_AFTER_MS;
             AgentBeat {
                 agent: *a,
                 state: match serving {
@@ -451,4 +461,67 @@ fn builtin_work(opts: &MeshOptions, d: Dispatch, answers: &mpsc::Sender<Answered
             reply_to: d.reply_to,
         });
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qs_wire::mesh::{ClusterId, OpId};
+
+    fn dispatch(agent: AgentId, created_ms: u64, ttl_ms: u64) -> Dispatch {
+        Dispatch {
+            agent,
+            cluster: ClusterId(0),
+            reply_to: NodeId::new("lead").unwrap(),
+            envelope: MeshEnvelope {
+                id: 1,
+                op: OpId(7),
+                causation: None,
+                created_ms,
+                target_arrival_ms: created_ms,
+                ttl_ms,
+                priority: 2,
+                weight: 0.0,
+                verb: Verb::Act,
+                payload: "a long task".into(),
+                content_hash: qs_core::mesh::content_hash("a long task"),
+                requires: None,
+            },
+        }
+    }
+
+    /// A worker that took a task and works on it past the silence is beaten as active until
+    /// its envelope expires; one silent with nothing to do is offline.
+    #[tokio::test]
+    async fn a_worker_on_a_long_task_is_busy_not_offline() {
+        let (agents, _answers) = LocalAgents::new(
+            NodeId::new("n1").unwrap(),
+            MeshOptions {
+                agents: 0,
+                ..MeshOptions::default()
+            },
+        );
+        let worker = agents.join("w1", Vec::new()).unwrap();
+        let state = |agents: &LocalAgents, at_ms: u64| {
+            let beats = agents.beats_at(at_ms);
+            beats.iter().find(|b| b.agent == worker).unwrap().state
+        };
+        let start = now().as_millis();
+        // A task living 60 s, taken.
+        agents.deliver(dispatch(worker, start, 60_000));
+        let got = agents.poll(worker, Duration::from_millis(10)).await;
+        assert!(got.is_some(), "taken");
+        let silent = start + SILENT_AFTER_MS + 1_000;
+        assert_eq!(state(&agents, silent), AgentState::Active, "working");
+        assert_eq!(
+            state(&agents, start + 61_000),
+            AgentState::Offline,
+            "expired"
+        );
+        // Another, silent with nothing taken: offline past the silence.
+        let idle = agents.join("w2", Vec::new()).unwrap();
+        let beats = agents.beats_at(silent);
+        let idle_state = beats.iter().find(|b| b.agent == idle).unwrap().state;
+        assert_eq!(idle_state, AgentState::Offline);
+    }
 }
