@@ -406,6 +406,45 @@ pub async fn run<F: Fabric>(
                 MeshOutput::HostLost { scope, host } => {
                     tracing::info!("mesh: {host} lost ({scope:?})")
                 }
+                MeshOutput::AgentCrashed(c) => {
+                    if c.escalated {
+                        tracing::error!(
+                            "mesh: agent {:016x} of cluster {} on {} crashed again soon after \
+                             it came back (offline {} ms): its replacement fails too; \
+                             investigate",
+                            c.agent.0,
+                            c.cluster.0,
+                            c.host,
+                            c.offline_ms
+                        );
+                    } else {
+                        tracing::warn!(
+                            "mesh: agent {:016x} of cluster {} on {} taken for crashed \
+                             (offline {} ms): its node is asked to restart it",
+                            c.agent.0,
+                            c.cluster.0,
+                            c.host,
+                            c.offline_ms
+                        );
+                    }
+                    let event = qs_wire::Event::MeshAgentCrashed {
+                        agent: c.agent.0,
+                        cluster: c.cluster.0,
+                        host: c.host.to_string(),
+                        offline_ms: c.offline_ms,
+                        escalated: c.escalated,
+                    };
+                    journal.append(&me, now().as_micros(), vec![event]).await;
+                }
+                MeshOutput::Restart(agent) => {
+                    if agents.evict(agent) {
+                        tracing::warn!(
+                            "mesh: agent {:016x} taken for crashed by its lead: its worker is \
+                             disconnected, to be started again",
+                            agent.0
+                        );
+                    }
+                }
                 MeshOutput::ControlDone(r) => {
                     // An operator's control goes to the ledger with what it did.
                     let event = qs_wire::Event::MeshControl {

@@ -113,6 +113,9 @@ struct WorkerAgent {
     capabilities: Vec<String>,
     mailbox: VecDeque<Dispatch>,
     notify: Arc<Notify>,
+    /// Told when its lead takes it for crashed: its connection is closed, for its
+    /// supervisor to start it again.
+    evict: Arc<Notify>,
     /// Taken and not yet answered, by operation.
     taken: BTreeMap<OpId, Taken>,
     /// The mean of its processing times so far (the beat's hint; the lead measures its own).
@@ -242,6 +245,7 @@ impl LocalAgents {
                     capabilities,
                     mailbox: VecDeque::new(),
                     notify: Arc::new(Notify::new()),
+                    evict: Arc::new(Notify::new()),
                     taken: BTreeMap::new(),
                     processing_ms: 0.0,
                     answered: 0,
@@ -253,6 +257,26 @@ impl LocalAgents {
         }
         self.version.send_modify(|v| *v += 1);
         Ok(id)
+    }
+
+    /// What a worker agent's connection waits on: told when its lead takes the agent for
+    /// crashed (seed §6.1's AGENT_CRASH).
+    pub fn evicted(&self, agent: AgentId) -> Option<Arc<Notify>> {
+        self.workers().get(&agent).map(|w| w.evict.clone())
+    }
+
+    /// Its lead took `agent` for crashed and asks this node to restart it: a worker agent's
+    /// connection is closed (its supervisor starts it again and it joins anew); a built-in
+    /// agent never goes offline, so is never asked for. Whether one was told.
+    pub fn evict(&self, agent: AgentId) -> bool {
+        match self.workers().get(&agent) {
+            Some(w) => {
+                // A permit, kept until the connection next waits.
+                w.evict.notify_one();
+                true
+            }
+            None => false,
+        }
     }
 
     /// A worker left (it disconnected): what waited for it is dropped.
@@ -523,5 +547,26 @@ mod tests {
         let beats = agents.beats_at(silent);
         let idle_state = beats.iter().find(|b| b.agent == idle).unwrap().state;
         assert_eq!(idle_state, AgentState::Offline);
+    }
+
+    /// A worker its lead takes for crashed is told through what its connection waits on
+    /// (kept until it waits); a built-in agent or one not here is not.
+    #[tokio::test]
+    async fn a_crashed_worker_is_told_to_its_connection() {
+        let (agents, _answers) = LocalAgents::new(
+            NodeId::new("n1").unwrap(),
+            MeshOptions {
+                agents: 2,
+                ..MeshOptions::default()
+            },
+        );
+        let worker = agents.join("w1", Vec::new()).unwrap();
+        let evicted = agents.evicted(worker).expect("a worker's");
+        assert!(agents.evict(worker));
+        tokio::time::timeout(Duration::from_secs(5), evicted.notified())
+            .await
+            .expect("told");
+        let builtin = agents.ids()[0];
+        assert!(!agents.evict(builtin) && agents.evicted(builtin).is_none());
     }
 }

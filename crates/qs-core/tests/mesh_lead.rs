@@ -1005,3 +1005,84 @@ fn an_open_cluster_breaker_is_probed_with_requests_and_half_opens_on_a_ready() {
     assert!((59_000..=61_000).contains(&waited_ms), "{waited_ms}");
     assert_eq!(lead.node.breakers().state(cluster), BreakerState::HalfOpen);
 }
+
+/// The agents `out` says were taken for crashed, and whether escalated.
+fn crashes(out: &[qs_core::mesh::MeshOutput]) -> Vec<(AgentId, bool)> {
+    use qs_core::mesh::MeshOutput;
+    out.iter()
+        .filter_map(|o| match o {
+            MeshOutput::AgentCrashed(c) => Some((c.agent, c.escalated)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Seed §6.1's AGENT_CRASH: an agent offline 30 s while its host beats on is taken for
+/// crashed once, and its host asked to restart it; one that crashes again within ten
+/// minutes of coming back is escalated ("replacement also fails").
+#[test]
+fn an_agent_offline_30_s_while_its_host_lives_is_taken_for_crashed_and_restarted() {
+    use qs_core::mesh::MeshOutput;
+    let c = one_cluster(6, 800);
+    let mut lead = Lead::new(c, Time::from_millis(3_000_000));
+    lead.run(1_200);
+    let down = lead.theirs[0];
+    lead.down.insert(down);
+    assert_eq!(crashes(&lead.run(29_000)), []);
+    let out = lead.run(1_500);
+    assert_eq!(crashes(&out), [(down, false)]);
+    let restarts: Vec<(NodeId, AgentId)> = out
+        .iter()
+        .filter_map(|o| match o {
+            MeshOutput::Send {
+                to,
+                msg: MeshMessage::Restart(r),
+            } => Some((to.clone(), r.agent)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(restarts, [(lead.other.clone(), down)]);
+    assert_eq!(crashes(&lead.run(30_000)), [], "once");
+    // Back, and down again within ten minutes: escalated.
+    lead.down.clear();
+    lead.run(1_000);
+    lead.down.insert(down);
+    assert_eq!(crashes(&lead.run(31_000)), [(down, true)]);
+}
+
+/// A host restarts one of its agents only when that agent's lead asks.
+#[test]
+fn a_host_restarts_an_agent_only_at_its_leads_request() {
+    use qs_core::mesh::MeshOutput;
+    use qs_wire::mesh::Restart;
+    let pair = pair();
+    let (p1, p2) = (pair.p1.clone(), pair.p2.clone());
+    let tree = pair.roles(&p2, &p2, &p2);
+    let now = Time::from_millis(1_000_000);
+    let mut host = MeshNode::new(p1.clone(), MeshConfig::default(), now);
+    host.handle(MeshInput::Tree(tree), now);
+    let mine: Vec<AgentBeat> = (0..10u64).map(|i| beat(AgentId(i), 0, false)).collect();
+    host.handle(MeshInput::Agents(mine), now);
+    drain(&mut host);
+    let restart = |host: &mut MeshNode, from: &NodeId, agent: u64| {
+        let r = Restart {
+            agent: AgentId(agent),
+            cluster: ClusterId(0),
+        };
+        let (msg, from) = (MeshMessage::Restart(r), from.clone());
+        host.handle(MeshInput::Heard { from, msg }, now);
+        drain(host)
+            .into_iter()
+            .filter_map(|o| match o {
+                MeshOutput::Restart(a) => Some(a),
+                _ => None,
+            })
+            .collect::<Vec<AgentId>>()
+    };
+    let refused = host.refused_senders();
+    assert_eq!(restart(&mut host, &p2, 3), [AgentId(3)], "from its lead");
+    let stranger = NodeId::new("p9").unwrap();
+    assert_eq!(restart(&mut host, &stranger, 3), [], "from another node");
+    assert_eq!(restart(&mut host, &p2, 15), [], "not one of its agents");
+    assert_eq!(host.refused_senders(), refused + 2);
+}

@@ -268,6 +268,16 @@ pub enum Event {
         active_agents: u32,
         total_agents: u32,
     },
+    /// Seed §6.1's AGENT_CRASH at a cluster lead: an agent offline 30 s while its host lived,
+    /// its host asked to restart it; `escalated` when it crashed again soon after it came
+    /// back ("replacement also fails").
+    MeshAgentCrashed {
+        agent: u64,
+        cluster: u32,
+        host: String,
+        offline_ms: u64,
+        escalated: bool,
+    },
     /// An operator's control of the mesh (freeze, thaw, heal) as its root reported it: how
     /// many of the nodes in scope confirmed it, and what a heal did there.
     MeshControl {

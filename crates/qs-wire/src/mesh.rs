@@ -389,6 +389,8 @@ pub enum MeshMessage {
     Contradicted(Box<Contradicted>),
     /// The mesh's mode, from the root down the tree.
     Mode(ModeNotice),
+    /// From a lead to a host: restart a crashed agent.
+    Restart(Restart),
 }
 
 fn summary_numbers(mean: f64, p95: f64, leads: &LeadHistogram, agents: u32) -> Result<(), String> {
@@ -465,6 +467,7 @@ impl BusMessage for MeshMessage {
             MeshMessage::Circuit(c) => text("reason", &c.reason),
             MeshMessage::Control(c) => c.check(),
             MeshMessage::ControlDone(d) => d.check(),
+            MeshMessage::Restart(_) => Ok(()),
             MeshMessage::Mode(m) => m.check(),
             MeshMessage::Request(r) => r.action.check(),
             MeshMessage::Contradicted(c) => at_most("agents", c.agents.len(), MAX_CHILDREN),

@@ -312,6 +312,22 @@ pub fn describe(event: &Event) -> String {
         } => format!(
             "the mesh went from {from} to {to}: {active_agents} of {total_agents} agents active"
         ),
+        Event::MeshAgentCrashed {
+            agent,
+            cluster,
+            host,
+            offline_ms,
+            escalated,
+        } => match escalated {
+            true => format!(
+                "mesh agent {agent:016x} (cluster {cluster}, on {host}) crashed again soon \
+                 after it came back, offline {offline_ms} ms: its replacement fails too"
+            ),
+            false => format!(
+                "mesh agent {agent:016x} (cluster {cluster}, on {host}) taken for crashed, \
+                 offline {offline_ms} ms: its node asked to restart it"
+            ),
+        },
         Event::MeshControl {
             action,
             scope,
@@ -483,6 +499,17 @@ mod tests {
                     "operation 10 waited 600000 ms in the queue".into(),
                 ),
                 "operation 10 did not run: operation 10 waited",
+            ),
+            (
+                Event::MeshAgentCrashed {
+                    agent: 0xa1,
+                    cluster: 4,
+                    host: "n2".into(),
+                    offline_ms: 30_100,
+                    escalated: true,
+                },
+                "mesh agent 00000000000000a1 (cluster 4, on n2) crashed again soon after it \
+                 came back, offline 30100 ms: its replacement fails too",
             ),
             (
                 Event::MeshControl {

@@ -299,6 +299,12 @@ fn print_mesh(r: &MeshReport) {
             r.routed_around
         );
     }
+    if r.agents_crashed > 0 {
+        println!(
+            "  crashed     {} agents: offline 30 s while their host lived",
+            r.agents_crashed
+        );
+    }
     if let Some(rss) = r.peak_rss_bytes {
         println!("  memory      peak {} MiB", rss >> 20);
     }

@@ -6,7 +6,8 @@
 //! routing pool for a while (seed §10.2, conflicts watched during integration); a worker that
 //! joins later settles before its lead adds it to the pool; a worker that goes away leaves the
 //! mesh (at once, even in the middle of a wait for work), one that stops asking for work is
-//! beaten as offline; a name joined twice, and a poll before joining, are refused.
+//! beaten as offline, and once offline 30 s is taken for crashed and disconnected (seed
+//! §6.1's AGENT_CRASH); a name joined twice, and a poll before joining, are refused.
 
 mod common;
 
@@ -247,7 +248,7 @@ fn workers_join_the_mesh_with_capabilities_answer_and_leave() {
             })
         }
     };
-    let _idle = raw_agent(&socket("w2"), "idle-e");
+    let mut idle = raw_agent(&socket("w2"), "idle-e");
     w1.wait_within(
         "the idle worker counted, then offline",
         Duration::from_secs(30),
@@ -271,4 +272,30 @@ fn workers_join_the_mesh_with_capabilities_answer_and_leave() {
     // Going away is no misuse of the protocol: w2's workers (cpu-c, killed, and this one,
     // each while it waited for work) were not counted as disconnected.
     assert_eq!(w2.get("/queue_stats")["workers_disconnected"], 0);
+
+    // The idle one, offline 30 s while its node lives, is taken for crashed by its lead
+    // (seed §6.1's AGENT_CRASH): its node closes its connection, saying why, for its
+    // supervisor to start it again; it leaves the mesh, and the crash is in the lead's ledger.
+    idle.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut len = [0u8; 4];
+    idle.read_exact(&mut len).unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    idle.read_exact(&mut body).unwrap();
+    let told: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(told["op"], "refused", "{told}");
+    assert!(
+        told["reason"].as_str().unwrap().contains("crashed"),
+        "{told}"
+    );
+    assert_eq!(idle.read(&mut len).unwrap(), 0, "closed");
+    w1.wait_within(
+        "the crashed worker out of the mesh",
+        Duration::from_secs(10),
+        root_counts(all - 1, all - 1),
+    );
+    let crashed = |a: &Up| a.events_of("mesh-agent-crashed");
+    w1.wait_within("the crash recorded", Duration::from_secs(10), |_| {
+        crashed(&w1) + crashed(&w2) == 1
+    });
 }

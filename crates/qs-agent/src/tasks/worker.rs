@@ -201,6 +201,7 @@ pub async fn serve(
                 mesh_agent: None,
                 models: BTreeSet::new(),
                 silence: None,
+                evicted: None,
             };
             if let Err(why) = conn.run(stream).await {
                 tracing::warn!("a task worker was disconnected: {why}");
@@ -228,6 +229,8 @@ struct Connection {
     models: BTreeSet<ServiceName>,
     /// Past this without a frame, a worker that declared a heartbeat is taken for hung.
     silence: Option<Duration>,
+    /// Told when the mesh takes its agent for crashed (its lead's AGENT_CRASH).
+    evicted: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// Reads one frame: `Ok(None)` when the worker is gone (its connection ended or broke, a
@@ -282,11 +285,23 @@ impl Connection {
     /// The answer to the worker's next frame; `None` when it closed the connection; `Err`
     /// when it spoke the protocol wrongly.
     async fn next(&mut self, stream: &mut UnixStream) -> Result<Option<Answer>, String> {
-        let frame = match self.silence {
-            None => read_frame(stream).await?,
-            Some(limit) => tokio::time::timeout(limit, read_frame(stream))
-                .await
-                .map_err(|_| format!("silent for {} ms: taken for hung", limit.as_millis()))??,
+        let read = async {
+            match self.silence {
+                None => read_frame(stream).await,
+                Some(limit) => tokio::time::timeout(limit, read_frame(stream))
+                    .await
+                    .map_err(|_| format!("silent for {} ms: taken for hung", limit.as_millis()))?,
+            }
+        };
+        let frame = match self.evicted.clone() {
+            None => read.await?,
+            Some(evicted) => tokio::select! {
+                frame = read => frame?,
+                _ = evicted.notified() => {
+                    return Err("the mesh took this agent for crashed (offline 30 s while its \
+                        node lives, seed AGENT_CRASH): reconnect and join again".into());
+                }
+            },
         };
         let Some(frame) = frame else {
             return Ok(None);
@@ -427,6 +442,7 @@ impl Connection {
                 match self.mesh.join(&self.name, capabilities) {
                     Ok(agent) => {
                         self.mesh_agent = Some(agent);
+                        self.evicted = self.mesh.evicted(agent);
                         Answer::MeshJoined { agent }
                     }
                     Err(reason) => Answer::Refused { reason },

@@ -25,9 +25,9 @@ pub mod seniority;
 
 pub use hierarchy::{Hierarchy, Member, Shape};
 pub use node::{
-    BREAKER_PROBE_AGENTS, CONTROL_CONFIRM_MS, CascadeCommand, Command, CommandError, ControlReport,
-    Kpis, LedAgent, MAX_QUEUE_WAIT_MS, MAX_QUEUED, MeshConfig, MeshInput, MeshNode, MeshOutput,
-    OpResult, QueuedOp, QueuedView,
+    AgentCrash, BREAKER_PROBE_AGENTS, CONTROL_CONFIRM_MS, CRASH_AFTER_MS, CRASH_AGAIN_WITHIN_MS,
+    CascadeCommand, Command, CommandError, ControlReport, Kpis, LedAgent, MAX_QUEUE_WAIT_MS,
+    MAX_QUEUED, MeshConfig, MeshInput, MeshNode, MeshOutput, OpResult, QueuedOp, QueuedView,
 };
 pub use seniority::{Joined, Seniority, seniorities, seniority_in};
 

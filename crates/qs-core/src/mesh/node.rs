@@ -31,7 +31,9 @@ mod kpis;
 pub use kpis::{Kpis, MAX_LATENCIES};
 mod conflicts;
 mod control;
+mod crash;
 pub use control::{CONTROL_CONFIRM_MS, ControlReport};
+pub use crash::{AgentCrash, CRASH_AFTER_MS, CRASH_AGAIN_WITHIN_MS};
 mod handover;
 mod inbox;
 mod integrate;
@@ -136,6 +138,12 @@ pub enum MeshOutput {
     },
     /// A lead routes around an agent that missed operations in a row (the shell logs it).
     RoutedAround(ops::RoutedAround),
+    /// Seed §6.1's AGENT_CRASH, at a lead: an agent offline past `CRASH_AFTER_MS` while its
+    /// host lives (its host is asked to restart it); the shell records it.
+    AgentCrashed(crash::AgentCrash),
+    /// At a host: restart this agent of it, as its lead asks (a worker agent is disconnected,
+    /// for its supervisor to start again).
+    Restart(AgentId),
     /// A control's report (freeze, thaw, heal), at the root, once every node in scope
     /// confirmed it or `CONTROL_CONFIRM_MS` passed.
     ControlDone(control::ControlReport),
@@ -435,6 +443,7 @@ impl MeshNode {
             }
             self.next_beat = now + Duration::from_millis(self.cfg.beat_ms);
             self.detect(now);
+            self.crashes(now);
             self.lapse_mode(now);
             // Seed §6.3's EMERGENCY halts automated operations: no agent is probed into the
             // routing pool.

@@ -133,6 +133,7 @@ pub struct MeshSim {
     pub refused: Vec<String>,
     pub queued: Vec<u64>,
     pub routed_around: u64,
+    pub crashed: u64,
     pub mode_changes: Vec<super::ModeChange>,
     cascades: Vec<super::Cascade>,
     down_fraction: f64,
@@ -259,6 +260,7 @@ impl MeshSim {
             refused: Vec::new(),
             queued: Vec::new(),
             routed_around: 0,
+            crashed: 0,
             mode_changes: Vec::new(),
             cascades: cfg.cascades.clone(),
             down_fraction: cfg.down_fraction,
@@ -562,6 +564,9 @@ impl MeshSim {
                 MeshOutput::Refused { error, .. } => self.refused.push(error.to_string()),
                 MeshOutput::Queued(q) => self.queued.push(q.op.0),
                 MeshOutput::RoutedAround(_) => self.routed_around += 1,
+                MeshOutput::AgentCrashed(_) => self.crashed += 1,
+                // A simulated agent that is down stays down: there is nothing to restart.
+                MeshOutput::Restart(_) => {}
                 MeshOutput::HostLost { host, .. } => {
                     if let Some(&h) = self.index.get(&host)
                         && let Some(t) = self.killed_at.remove(&h)
@@ -661,6 +666,7 @@ impl MeshSim {
             refused: self.refused.clone(),
             queued: self.queued.clone(),
             routed_around: self.routed_around,
+            agents_crashed: self.crashed,
             refused_senders: self.nodes.iter().map(MeshNode::refused_senders).sum(),
             mode_changes: self.mode_changes.clone(),
             integration: self.scale_out.as_ref().map(|t| t.report.clone()),

@@ -190,6 +190,9 @@ pub struct MeshReport {
     pub queued: Vec<u64>,
     /// Times a lead routed around an agent that missed operations in a row.
     pub routed_around: u64,
+    /// Agents their lead took for crashed (seed §6.1's AGENT_CRASH: offline 30 s while
+    /// their host lives).
+    pub agents_crashed: u64,
     /// Messages the nodes refused because the tree does not name their sender for them
     /// (none, when every node runs the same core).
     pub refused_senders: u64,

@@ -288,6 +288,16 @@ pub struct Contradicted {
     pub agents: Vec<AgentId>,
 }
 
+/// From a cluster lead to an agent's host: the agent has been offline past seed §6.1's
+/// AGENT_CRASH threshold while its host lives; restart it (a worker agent is disconnected,
+/// for its supervisor to start it again, and joins anew).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Restart {
+    pub agent: AgentId,
+    pub cluster: ClusterId,
+}
+
 /// The mesh's mode as its root decided it (seed §6.3), passed down the tree so every node
 /// knows it, not the root alone: the root sends it to its coordinators at each change and,
 /// while the mesh is not FULL, every summary period; each coordinator passes it to its

@@ -73,6 +73,8 @@ impl MeshNode {
             }
             // A confirmation speaks for its sender (and only the root awaits it).
             MeshMessage::ControlDone(d) => d.from == from,
+            // From the agent's lead (checked with the agent's host, below).
+            MeshMessage::Restart(r) => names(false, Scope::Cluster(r.cluster)),
             _ => true,
         };
         if !sender_ok {
@@ -105,6 +107,7 @@ impl MeshNode {
             MeshMessage::Circuit(_) => {}
             MeshMessage::Control(c) => self.control(&from, c, now),
             MeshMessage::ControlDone(d) => self.on_control_done(*d, now),
+            MeshMessage::Restart(r) => self.on_restart(r),
             // The shell's: an operator's request and its answer.
             MeshMessage::Request(_) | MeshMessage::Outcome(_) => {}
             MeshMessage::Handover(h) => self.on_handover(&from, *h, now),

@@ -60,6 +60,8 @@ pub(crate) struct AgentView {
     /// unknown, and it counts in no summary until its host says it or this time passes
     /// (`dead_after_ms`: a host that says nothing is offline then).
     pub unknown_until: Option<Time>,
+    /// Seed §6.1's AGENT_CRASH: since when it is offline, and its crashes.
+    pub crash: super::crash::Crash,
 }
 
 /// A readiness probe sent: when, and its operation (its own: its answer is told apart).

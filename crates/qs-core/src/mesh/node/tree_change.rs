@@ -62,6 +62,7 @@ impl MeshNode {
                                 last_answer: None,
                                 probe: None,
                                 unknown_until: Some(unknown_until),
+                                crash: Default::default(),
                             },
                         );
                     }
