@@ -43,6 +43,11 @@ impl MeshNode {
         let again = Duration::from_millis(CRASH_AGAIN_WITHIN_MS);
         let mut crashed: Vec<AgentCrash> = Vec::new();
         for (c, led) in &mut self.led {
+            // Nothing to look at while every agent is active and none has a crash record.
+            if !led.crash_watch && led.active_count() as usize == led.agents.len() {
+                continue;
+            }
+            let mut watch = false;
             for (a, v) in &mut led.agents {
                 let known = v.unknown_until.is_none_or(|t| now >= t);
                 if v.state != AgentState::Offline || !known {
@@ -52,6 +57,7 @@ impl MeshNode {
                     v.crash.offline_since = None;
                     continue;
                 }
+                watch = true;
                 let since = *v.crash.offline_since.get_or_insert(now);
                 let host_alive = led.hosts.get(&v.host).is_some_and(|h| h.last.is_some());
                 if v.crash.declared.is_some() || now.since(since) < after || !host_alive {
@@ -66,6 +72,7 @@ impl MeshNode {
                     escalated: v.crash.back.is_some_and(|t| now.since(t) < again),
                 });
             }
+            led.crash_watch = watch;
         }
         for crash in crashed {
             let restart = Restart {

@@ -90,6 +90,9 @@ pub(crate) struct Led {
     pub integrating: bool,
     /// The latest `unknown_until` of its views: past it, every view is known.
     pub unknown_until: Option<Time>,
+    /// Some agent was offline at the last crash pass (seed §6.1's AGENT_CRASH): the next
+    /// pass looks at every agent even if all are active again (to note who came back).
+    pub crash_watch: bool,
     /// Its open breaker's probe, out (seed §6.2).
     pub breaker_probe: Option<super::probe::BreakerProbe>,
 }
