@@ -436,12 +436,12 @@ pub async fn run<F: Fabric>(
                     };
                     journal.append(&me, now().as_micros(), vec![event]).await;
                 }
-                MeshOutput::Restart(agent) => {
-                    if agents.evict(agent) {
+                MeshOutput::Restart(r) => {
+                    if agents.evict(r.agent, r.joined_ms) {
                         tracing::warn!(
                             "mesh: agent {:016x} taken for crashed by its lead: its worker is \
                              disconnected, to be started again",
-                            agent.0
+                            r.agent.0
                         );
                     }
                 }

@@ -128,6 +128,18 @@ struct WorkerAgent {
     polling: bool,
 }
 
+impl WorkerAgent {
+    /// Whether it serves at `now_ms`: it waits for work, was seen lately, or works on an
+    /// operation still live (else its beats say offline).
+    fn serving(&self, now_ms: u64) -> bool {
+        let working = self
+            .taken
+            .values()
+            .any(|t| !t.dispatch.envelope.expired(now_ms));
+        self.polling || working || now_ms.saturating_sub(self.seen_ms) <= SILENT_AFTER_MS
+    }
+}
+
 struct Taken {
     dispatch: Dispatch,
     arrived_ms: u64,
@@ -201,24 +213,16 @@ impl LocalAgents {
     /// What the core is told of this node's agents at `now_ms`.
     fn beats_at(&self, now_ms: u64) -> Vec<AgentBeat> {
         let mut beats = self.builtin_beats.clone();
-        beats.extend(self.workers().iter().map(|(a, w)| {
-            let working = w
-                .taken
-                .values()
-                .any(|t| !t.dispatch.envelope.expired(now_ms));
-            let serving =
-                w.polling || working || now_ms.saturating_sub(w.seen_ms) <= SILENT_AFTER_MS;
-            AgentBeat {
-                agent: *a,
-                state: match serving {
-                    true => AgentState::Active,
-                    false => AgentState::Offline,
-                },
-                processing_ms: w.processing_ms,
-                queue_depth: (w.mailbox.len() + w.taken.len()) as u32,
-                capabilities: w.capabilities.clone(),
-                joined_ms: w.joined_ms,
-            }
+        beats.extend(self.workers().iter().map(|(a, w)| AgentBeat {
+            agent: *a,
+            state: match w.serving(now_ms) {
+                true => AgentState::Active,
+                false => AgentState::Offline,
+            },
+            processing_ms: w.processing_ms,
+            queue_depth: (w.mailbox.len() + w.taken.len()) as u32,
+            capabilities: w.capabilities.clone(),
+            joined_ms: w.joined_ms,
         }));
         beats
     }
@@ -266,16 +270,29 @@ impl LocalAgents {
     }
 
     /// Its lead took `agent` for crashed and asks this node to restart it: a worker agent's
-    /// connection is closed (its supervisor starts it again and it joins anew); a built-in
-    /// agent never goes offline, so is never asked for. Whether one was told.
-    pub fn evict(&self, agent: AgentId) -> bool {
+    /// connection is told (it closes it unless the worker holds a task of the task protocol;
+    /// its supervisor starts it again and it joins anew), if it is the registration of
+    /// `joined_ms` (0: any) and still offline as its beats say; a built-in agent never goes
+    /// offline, so is never asked for. Whether one was told.
+    pub fn evict(&self, agent: AgentId, joined_ms: u64) -> bool {
+        self.evict_at(agent, joined_ms, now().as_millis())
+    }
+
+    fn evict_at(&self, agent: AgentId, joined_ms: u64, now_ms: u64) -> bool {
         match self.workers().get(&agent) {
-            Some(w) => {
+            Some(w) if (joined_ms == 0 || w.joined_ms == joined_ms) && !w.serving(now_ms) => {
                 // A permit, kept until the connection next waits.
                 w.evict.notify_one();
                 true
             }
-            None => false,
+            _ => false,
+        }
+    }
+
+    /// A frame from worker agent `agent` (any request of the protocol): it is there.
+    pub fn seen(&self, agent: AgentId) {
+        if let Some(w) = self.workers().get_mut(&agent) {
+            w.seen_ms = now().as_millis();
         }
     }
 
@@ -550,7 +567,8 @@ mod tests {
     }
 
     /// A worker its lead takes for crashed is told through what its connection waits on
-    /// (kept until it waits); a built-in agent or one not here is not.
+    /// (kept until it waits), if it is silent and the registration its lead knows; a
+    /// built-in agent is not.
     #[tokio::test]
     async fn a_crashed_worker_is_told_to_its_connection() {
         let (agents, _answers) = LocalAgents::new(
@@ -562,11 +580,22 @@ mod tests {
         );
         let worker = agents.join("w1", Vec::new()).unwrap();
         let evicted = agents.evicted(worker).expect("a worker's");
-        assert!(agents.evict(worker));
+        let joined_ms = agents.beats_at(0).last().unwrap().joined_ms;
+        let silent = now().as_millis() + SILENT_AFTER_MS + 1_000;
+        // Not while it serves; not another registration than the lead knows.
+        assert!(
+            !agents.evict_at(worker, joined_ms, now().as_millis()),
+            "serving"
+        );
+        assert!(
+            !agents.evict_at(worker, joined_ms + 1, silent),
+            "another registration"
+        );
+        assert!(agents.evict_at(worker, joined_ms, silent));
         tokio::time::timeout(Duration::from_secs(5), evicted.notified())
             .await
             .expect("told");
         let builtin = agents.ids()[0];
-        assert!(!agents.evict(builtin) && agents.evicted(builtin).is_none());
+        assert!(!agents.evict_at(builtin, 0, silent) && agents.evicted(builtin).is_none());
     }
 }

@@ -157,9 +157,15 @@ pub(crate) fn parse_intent(text: &str) -> Option<Intent> {
     // slower than 800 ms".
     if has("route") && words.contains(&"around") {
         // A threshold it cannot read is no request (never a guess).
-        let slower_than_ms = match lower.split_once("than") {
+        let than = lower.match_indices("than").find(|(i, _)| {
+            let before = lower[..*i].chars().next_back();
+            let after = lower[i + 4..].chars().next();
+            !before.is_some_and(|c| c.is_ascii_alphanumeric())
+                && !after.is_some_and(|c| c.is_ascii_alphanumeric())
+        });
+        let slower_than_ms = match than {
             None => SLOW_MS,
-            Some((_, rest)) => duration_ms(rest)?,
+            Some((i, _)) => duration_ms(&lower[i + 4..])?,
         };
         return Some(Intent::Act(route_around(
             scope,

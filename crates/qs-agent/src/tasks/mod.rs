@@ -349,6 +349,11 @@ impl TaskHost {
         self.with(|q| q.fail(id, attempt, reason)).await
     }
 
+    /// Whether `worker` holds an attempt of a task now.
+    pub async fn holds_work(&self, worker: &str) -> bool {
+        self.queues.lock().await.holds_work(worker)
+    }
+
     /// A worker went away: the attempts it held fail.
     pub async fn abandon(&self, worker: &str) {
         self.with(|q| q.abandon(worker)).await;

@@ -202,6 +202,7 @@ pub async fn serve(
                 models: BTreeSet::new(),
                 silence: None,
                 evicted: None,
+                inbuf: Vec::new(),
             };
             if let Err(why) = conn.run(stream).await {
                 tracing::warn!("a task worker was disconnected: {why}");
@@ -231,25 +232,34 @@ struct Connection {
     silence: Option<Duration>,
     /// Told when the mesh takes its agent for crashed (its lead's AGENT_CRASH).
     evicted: Option<Arc<tokio::sync::Notify>>,
+    /// What was read of the next frames (at most one frame and a read more).
+    inbuf: Vec<u8>,
 }
 
 /// Reads one frame: `Ok(None)` when the worker is gone (its connection ended or broke, a
 /// frame half sent included: a crash, not a misuse); `Err` for a frame of a size the
-/// protocol refuses.
-async fn read_frame(stream: &mut UnixStream) -> Result<Option<Vec<u8>>, String> {
-    let mut len = [0u8; 4];
-    if stream.read_exact(&mut len).await.is_err() {
-        return Ok(None);
+/// protocol refuses. What it read stays in `buf` if it is dropped before a frame is whole
+/// (it is cancellation-safe: a frame is never lost or cut), and what came after a frame
+/// stays for the next.
+async fn read_frame(stream: &mut UnixStream, buf: &mut Vec<u8>) -> Result<Option<Vec<u8>>, String> {
+    let mut chunk = [0u8; 8192];
+    loop {
+        if let Some(len) = buf.first_chunk::<4>() {
+            let n = u32::from_be_bytes(*len) as usize;
+            if n == 0 || n > MAX_FRAME_BYTES {
+                return Err(format!("a frame of {n} bytes; 1..={MAX_FRAME_BYTES}"));
+            }
+            if buf.len() >= 4 + n {
+                let frame = buf[4..4 + n].to_vec();
+                buf.drain(..4 + n);
+                return Ok(Some(frame));
+            }
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+        }
     }
-    let n = u32::from_be_bytes(len) as usize;
-    if n == 0 || n > MAX_FRAME_BYTES {
-        return Err(format!("a frame of {n} bytes; 1..={MAX_FRAME_BYTES}"));
-    }
-    let mut body = vec![0u8; n];
-    if stream.read_exact(&mut body).await.is_err() {
-        return Ok(None);
-    }
-    Ok(Some(body))
 }
 
 async fn write_frame(stream: &mut UnixStream, answer: &Answer) -> Result<(), String> {
@@ -285,24 +295,43 @@ impl Connection {
     /// The answer to the worker's next frame; `None` when it closed the connection; `Err`
     /// when it spoke the protocol wrongly.
     async fn next(&mut self, stream: &mut UnixStream) -> Result<Option<Answer>, String> {
-        let read = async {
-            match self.silence {
-                None => read_frame(stream).await,
-                Some(limit) => tokio::time::timeout(limit, read_frame(stream))
-                    .await
-                    .map_err(|_| format!("silent for {} ms: taken for hung", limit.as_millis()))?,
+        // While it waits for a frame, the mesh may take its agent for crashed: then it is
+        // cut, unless it holds a task (the read loses nothing when it stops for that).
+        let mut buf = std::mem::take(&mut self.inbuf);
+        let evicted = self.evicted.clone();
+        let this = &*self;
+        let wait_and_read = async {
+            loop {
+                let read = read_frame(stream, &mut buf);
+                let Some(evicted) = &evicted else {
+                    break read.await;
+                };
+                tokio::select! {
+                    frame = read => break frame,
+                    _ = evicted.notified() => {
+                        if !this.holds_task().await {
+                            break Err(EVICTED.to_string());
+                        }
+                    }
+                }
             }
         };
-        let frame = match self.evicted.clone() {
-            None => read.await?,
-            Some(evicted) => tokio::select! {
-                frame = read => frame?,
-                _ = evicted.notified() => {
-                    return Err("the mesh took this agent for crashed (offline 30 s while its \
-                        node lives, seed AGENT_CRASH): reconnect and join again".into());
-                }
-            },
+        let frame = match self.silence {
+            None => wait_and_read.await,
+            Some(limit) => tokio::time::timeout(limit, wait_and_read)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(format!(
+                        "silent for {} ms: taken for hung",
+                        limit.as_millis()
+                    ))
+                }),
         };
+        self.inbuf = buf;
+        let frame = frame?;
+        if let Some(agent) = self.mesh_agent {
+            self.mesh.seen(agent);
+        }
         let Some(frame) = frame else {
             return Ok(None);
         };
@@ -518,6 +547,14 @@ impl Connection {
         Ok(warm)
     }
 
+    /// Whether it holds a task of the task protocol (then the mesh does not cut it).
+    async fn holds_task(&self) -> bool {
+        match &self.worker {
+            Some(w) => self.host.holds_work(w).await,
+            None => false,
+        }
+    }
+
     /// Its id in the mesh: a worker joins before it polls or answers.
     fn joined(&self) -> Result<AgentId, Misuse> {
         self.mesh_agent
@@ -535,6 +572,10 @@ impl Connection {
     }
 }
 
+/// Why a worker whose mesh agent its lead took for crashed is cut.
+const EVICTED: &str = "the mesh took this agent for crashed (offline 30 s while its node \
+    lives, seed AGENT_CRASH): reconnect and join again";
+
 /// A worker that speaks the protocol wrongly: it is told why and disconnected.
 struct Misuse(String);
 
@@ -548,3 +589,6 @@ fn task(c: Claim) -> Answer {
         state: c.state,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -142,8 +142,8 @@ pub enum MeshOutput {
     /// host lives (its host is asked to restart it); the shell records it.
     AgentCrashed(crash::AgentCrash),
     /// At a host: restart this agent of it, as its lead asks (a worker agent is disconnected,
-    /// for its supervisor to start again).
-    Restart(AgentId),
+    /// for its supervisor to start again), if it is still the registration its lead knows.
+    Restart(qs_wire::mesh::Restart),
     /// A control's report (freeze, thaw, heal), at the root, once every node in scope
     /// confirmed it or `CONTROL_CONFIRM_MS` passed.
     ControlDone(control::ControlReport),
@@ -207,6 +207,9 @@ pub struct MeshNode {
     /// operation, agent, when its lead heard it), so a later copy is not taken again.
     pub(crate) late_taken: BTreeMap<(SectorId, OpId, AgentId, u64), Time>,
     pub(crate) frozen: BTreeSet<Scope>,
+    /// At a lead: the agents it took for crashed lately, and when (an agent restarted
+    /// joins anew, with a new view: its crash history is kept here).
+    pub(crate) crashed_lately: BTreeMap<AgentId, Time>,
     /// At the root: controls sent, awaiting their confirmations, by id.
     pub(crate) controls: BTreeMap<u64, control::PendingControl>,
     pub(crate) kpis: Kpis,
@@ -273,6 +276,7 @@ impl MeshNode {
             late_taken: BTreeMap::new(),
             frozen: BTreeSet::new(),
             controls: BTreeMap::new(),
+            crashed_lately: BTreeMap::new(),
             kpis: Kpis::default(),
             mode: Mode::Full,
             mode_heard: None,

@@ -376,6 +376,13 @@ impl TaskQueues {
         Ok(())
     }
 
+    /// Whether `worker` holds an attempt of a task now.
+    pub fn holds_work(&self, worker: &str) -> bool {
+        self.tasks
+            .values()
+            .any(|t| matches!(&t.phase, Phase::Running { worker: w } if w == worker))
+    }
+
     /// `worker` went away: the attempts it held fail (their tasks go back to the inbound
     /// queue, or fail past their attempts).
     pub fn abandon(&mut self, worker: &str) {

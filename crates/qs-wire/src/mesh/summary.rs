@@ -296,6 +296,10 @@ pub struct Contradicted {
 pub struct Restart {
     pub agent: AgentId,
     pub cluster: ClusterId,
+    /// When the agent registered, on its host's clock, as its lead knows it: a host restarts
+    /// only that registration (not one that came back since). 0: any.
+    #[serde(default)]
+    pub joined_ms: u64,
 }
 
 /// The mesh's mode as its root decided it (seed §6.3), passed down the tree so every node

@@ -249,4 +249,9 @@ fn thresholds_are_read_with_their_units() {
         Some("qs mesh route-around --slower-than 1500 --for 600")
     );
     assert_eq!(around("route around agents slower than a snail"), None);
+    // "than" only as a word.
+    assert_eq!(
+        around("route around them, thank you").as_deref(),
+        Some("qs mesh route-around --slower-than 500 --for 600")
+    );
 }

@@ -17,13 +17,17 @@ pub const CRASH_AGAIN_WITHIN_MS: u64 = 600_000;
 /// An agent's crash record at its lead.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Crash {
-    /// Since when it is offline, as the lead's beats saw it.
+    /// Since when it is offline while its host lives, as the lead's beats saw it.
     offline_since: Option<Time>,
-    /// When it was taken for crashed (until it comes back).
+    /// When it was taken for crashed (until it comes back), and when its host was last
+    /// asked to restart it (again every `CRASH_AFTER_MS`: a request may be lost).
     declared: Option<Time>,
-    /// When it last came back from a crash.
-    back: Option<Time>,
+    asked: Option<Time>,
 }
+
+/// Crashes a lead remembers by agent (an agent restarted leaves the tree and joins anew:
+/// its view is new), at most.
+const MAX_CRASHES_KEPT: usize = 10_000;
 
 /// An agent taken for crashed, as the shell records it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -37,11 +41,16 @@ pub struct AgentCrash {
 }
 
 impl MeshNode {
-    /// A lead's pass over its agents at each beat: crashes declared, agents back noted.
+    /// A lead's pass over its agents at each beat: crashes declared (once) and their
+    /// restarts asked (again while they last), agents back noted.
     pub(super) fn crashes(&mut self, now: Time) {
         let after = Duration::from_millis(CRASH_AFTER_MS);
-        let again = Duration::from_millis(CRASH_AGAIN_WITHIN_MS);
+        // A crash is escalated when the agent's last one was declared lately: it came back
+        // since (restarted) and crashed again.
+        let again = Duration::from_millis(CRASH_AGAIN_WITHIN_MS + CRASH_AFTER_MS);
+        self.crashed_lately.retain(|_, t| now.since(*t) < again);
         let mut crashed: Vec<AgentCrash> = Vec::new();
+        let mut restarts: Vec<(NodeId, Restart)> = Vec::new();
         for (c, led) in &mut self.led {
             // Nothing to look at while every agent is active and none has a crash record.
             if !led.crash_watch && led.active_count() as usize == led.agents.len() {
@@ -50,48 +59,71 @@ impl MeshNode {
             let mut watch = false;
             for (a, v) in &mut led.agents {
                 let known = v.unknown_until.is_none_or(|t| now >= t);
-                if v.state != AgentState::Offline || !known {
-                    if v.state != AgentState::Offline && v.crash.declared.take().is_some() {
-                        v.crash.back = Some(now);
+                let host_alive = led.hosts.get(&v.host).is_some_and(|h| h.last.is_some());
+                if v.state != AgentState::Offline || !known || !host_alive {
+                    if v.state != AgentState::Offline {
+                        v.crash.declared = None;
+                        v.crash.asked = None;
                     }
+                    // The host's loss is the event, not its agents' (their time starts
+                    // again when it is back).
                     v.crash.offline_since = None;
+                    watch |= v.crash.declared.is_some();
                     continue;
                 }
                 watch = true;
                 let since = *v.crash.offline_since.get_or_insert(now);
-                let host_alive = led.hosts.get(&v.host).is_some_and(|h| h.last.is_some());
-                if v.crash.declared.is_some() || now.since(since) < after || !host_alive {
+                if now.since(since) < after {
                     continue;
                 }
-                v.crash.declared = Some(now);
-                crashed.push(AgentCrash {
+                let restart = Restart {
                     agent: *a,
                     cluster: *c,
-                    host: v.host.clone(),
-                    offline_ms: now.since(since).as_millis() as u64,
-                    escalated: v.crash.back.is_some_and(|t| now.since(t) < again),
-                });
+                    joined_ms: v.joined_host_ms,
+                };
+                if v.crash.declared.is_none() {
+                    v.crash.declared = Some(now);
+                    crashed.push(AgentCrash {
+                        agent: *a,
+                        cluster: *c,
+                        host: v.host.clone(),
+                        offline_ms: now.since(since).as_millis() as u64,
+                        escalated: self.crashed_lately.contains_key(a),
+                    });
+                }
+                if v.crash.asked.is_none_or(|t| now.since(t) >= after) {
+                    v.crash.asked = Some(now);
+                    restarts.push((v.host.clone(), restart));
+                }
             }
             led.crash_watch = watch;
         }
         for crash in crashed {
-            let restart = Restart {
-                agent: crash.agent,
-                cluster: crash.cluster,
-            };
-            self.send(crash.host.clone(), MeshMessage::Restart(restart));
+            if self.crashed_lately.len() < MAX_CRASHES_KEPT {
+                self.crashed_lately.insert(crash.agent, now);
+            }
             self.out.push_back(MeshOutput::AgentCrashed(crash));
+        }
+        for (host, restart) in restarts {
+            self.send(host, MeshMessage::Restart(restart));
         }
     }
 
     /// The host part: the lead of one of its agents' cluster (as the inbox checked) asks it
-    /// to restart that agent.
+    /// to restart that agent: done if it is this host's, of that cluster, and (when the
+    /// request says) the registration the lead knows, not one that came back since.
     pub(super) fn on_restart(&mut self, r: Restart) {
-        let mine = self.local.iter().any(|a| a.agent == r.agent);
-        if self.tree.cluster_of(r.agent) != Some(r.cluster) || !mine {
+        let Some(mine) = self.local.iter().find(|a| a.agent == r.agent) else {
+            self.refused_senders += 1;
+            return;
+        };
+        if self.tree.cluster_of(r.agent) != Some(r.cluster) {
             self.refused_senders += 1;
             return;
         }
-        self.out.push_back(MeshOutput::Restart(r.agent));
+        if r.joined_ms != 0 && mine.joined_ms != r.joined_ms {
+            return; // restarted since: this request is old news
+        }
+        self.out.push_back(MeshOutput::Restart(r));
     }
 }

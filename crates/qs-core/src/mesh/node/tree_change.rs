@@ -24,6 +24,8 @@ impl MeshNode {
             let mut l = old.remove(&c).unwrap_or_default();
             l.sector = cluster.sector;
             l.active = None;
+            // Views may have moved between clusters: the next crash pass looks at all.
+            l.crash_watch = true;
             // The coordinator may be new: the next beat carries a full summary.
             l.summary = None;
             for a in &cluster.agents {
