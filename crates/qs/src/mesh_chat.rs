@@ -54,15 +54,16 @@ fn ask(scope: Scope, question: String, sample: u32) -> Intent {
     })
 }
 
-/// A task for the one best agent (with `capability`, if named).
-fn delegate(scope: Scope, task: String, capability: Option<String>) -> Intent {
-    Intent::Act(delegation(
-        scope,
-        task,
-        capability,
-        None,
-        DELEGATE_TIMEOUT_S,
-    ))
+/// A task for the one best agent (with `capability`, of `class`, if named), its answer
+/// awaited `timeout_s`.
+fn delegate(
+    scope: Scope,
+    task: String,
+    capability: Option<String>,
+    class: Option<ImpedanceClass>,
+    timeout_s: u64,
+) -> Intent {
+    Intent::Act(delegation(scope, task, capability, class, timeout_s))
 }
 
 /// How long a delegation waits for its agent's answer by default (the seed's
@@ -196,18 +197,42 @@ pub(crate) fn parse_intent(text: &str) -> Option<Intent> {
             .and_then(|i| words.get(i + 1))
             .filter(|w| ["gpu", "edge", "llm_inference", "inference"].contains(w))
             .map(|w| w.to_string());
-        // "… to gpu" names who takes the task, not part of it.
-        let task = match &capability {
-            Some(c) => {
-                let tail = format!(" to {c}");
-                match task.to_ascii_lowercase().ends_with(&tail) {
-                    true => task[..task.len() - tail.len()].trim_end().to_string(),
-                    false => task,
-                }
+        // "… to CLASS_D_GPU", "… to class D": the class that takes it (seed §7.1's
+        // `to='CLASS_D_GPU'`); a class it cannot read is no request.
+        let class = match words.iter().position(|w| *w == "to") {
+            Some(i) if words.get(i + 1) == Some(&"class") => {
+                let named = words.get(i + 2)?;
+                Some(crate::mesh_client::class_of(named).ok()??)
             }
+            _ => None,
+        };
+        // "… within 60 seconds", "… timeout 60": how long its answer is awaited.
+        let timeout_s = ["within", "timeout"]
+            .iter()
+            .find_map(|m| {
+                let i = lower.rfind(&format!(" {m} "))?;
+                let ms = duration_ms(&format!("{} s", lower[i + m.len() + 2..].trim()))?;
+                Some((ms / 1_000).clamp(1, 600))
+            })
+            .unwrap_or(DELEGATE_TIMEOUT_S);
+        // "… to gpu", "… to class D", "… within 60 seconds" name who takes the task and how
+        // long it has, not part of it.
+        let lower_task = task.to_ascii_lowercase();
+        let cut = [
+            capability.as_ref().map(|c| format!(" to {c}")),
+            class.map(|_| " to class".to_string()),
+            Some(" within ".to_string()),
+            Some(" timeout ".to_string()),
+        ]
+        .into_iter()
+        .flatten()
+        .filter_map(|tail| lower_task.rfind(&tail))
+        .min();
+        let task = match cut {
+            Some(i) => task[..i].trim_end().to_string(),
             None => task,
         };
-        return Some(delegate(scope, task, capability));
+        return Some(delegate(scope, task, capability, class, timeout_s));
     }
     if has("ask") || lower.starts_with("what's your") || lower.starts_with("what is your") {
         // The sample: a number right after "ask" or right before "agents", never a

@@ -14,7 +14,8 @@ pub(crate) fn ask_llm(url: &str, model: &str, key: Option<&str>, text: &str) -> 
     let system = "Turn the operator's request into one JSON object and nothing else: \
         {\"intent\":\"status\"|\"broadcast\"|\"ask\"|\"delegate\"|\"heal\"|\"freeze\"|\"thaw\", \
         \"scope\":\"all\"|\"sector N\"|\"cluster N\", \"text\":\"the message, question or task\", \
-        \"sample\":N, \"urgent\":true|false, \"capability\":\"a capability the task needs\"} \
+        \"sample\":N, \"urgent\":true|false, \"capability\":\"a capability the task needs\", \"class\":\"A\"…\"F\" (who takes a \
+        delegated task)} \
         or, to hold slow agents out of routing, {\"intent\":\"route-around\",\"scope\":…, \
         \"slower_than_ms\":N}";
     let body = serde_json::json!({
@@ -90,7 +91,17 @@ pub(crate) fn intent_of_answer(content: &str) -> Result<Intent> {
                         .to_string(),
                 ),
             };
-            delegate(scope, text()?, capability)
+            let class = match field("class") {
+                None => None,
+                Some(v) => {
+                    let named = v
+                        .as_str()
+                        .ok_or_else(|| anyhow::anyhow!("class: not a string"))?;
+                    crate::mesh_client::class_of(named)
+                        .map_err(|e| anyhow::anyhow!("class: {e}"))?
+                }
+            };
+            delegate(scope, text()?, capability, class, DELEGATE_TIMEOUT_S)
         }
         "heal" => Intent::Act(MeshAction::Heal { scope }),
         "freeze" => Intent::Act(MeshAction::Freeze { scope }),

@@ -33,6 +33,14 @@ fn the_grammar_reads_the_seeds_requests() {
         ),
         ("heal SECTOR-12", "qs mesh heal sector 12"),
         (
+            "delegate Analyze Q3 financial data to CLASS_D_GPU within 60 seconds",
+            "qs mesh delegate \"Analyze Q3 financial data\" --to D --timeout 60",
+        ),
+        (
+            "delegate read the sensors to class E",
+            "qs mesh delegate \"read the sensors\" --to E",
+        ),
+        (
             "Yeah route around, and show me what they're stuck on",
             "qs mesh route-around --slower-than 500 --for 600",
         ),
@@ -71,6 +79,8 @@ fn the_grammar_reads_the_seeds_requests() {
         assert_eq!(got.as_deref(), Some(want), "{text:?}");
     }
     assert_eq!(parse_intent("make me a sandwich"), None);
+    // A class it cannot read is no request (never a guess).
+    assert_eq!(parse_intent("delegate t to class Z"), None);
 }
 
 /// A delegation shows the class and timeout it was given (the default timeout not).
@@ -96,7 +106,7 @@ fn a_delegation_shows_its_class_and_timeout() {
 #[test]
 fn a_models_answer_is_checked_field_by_field() {
     let long = format!(r#"{{"intent":"broadcast","text":"{}"}}"#, "x".repeat(5_000));
-    let table: [(&str, Result<&str, &str>); 14] = [
+    let table: [(&str, Result<&str, &str>); 16] = [
         (
             r#"Sure: {"intent":"freeze","scope":"all"}"#,
             Ok("qs mesh freeze"),
@@ -138,6 +148,14 @@ fn a_models_answer_is_checked_field_by_field() {
             Err("the model's answer: sample"),
         ),
         (r#"{"intent":"broadcast"}"#, Err("text: missing")),
+        (
+            r#"{"intent":"delegate","text":"t","class":"CLASS_D_GPU"}"#,
+            Ok("qs mesh delegate \"t\" --to D"),
+        ),
+        (
+            r#"{"intent":"delegate","text":"t","class":"Z"}"#,
+            Err("class: --to \"Z\""),
+        ),
         (
             r#"{"intent":"route-around","scope":"sector 7"}"#,
             Ok("qs mesh route-around sector 7 --slower-than 500 --for 600"),
