@@ -180,6 +180,7 @@ fn emergency_from(lead: &mut MeshNode, root: &NodeId) -> ModeNotice {
         active_agents: 5,
         total_agents: 20,
         sent_ms: at(0).as_millis(),
+        frozen: false,
     };
     hear(lead, root, emergency, at(0));
     assert_eq!(lead.mode(), Mode::Emergency);
@@ -262,6 +263,7 @@ fn an_older_notice_changes_nothing_and_a_new_root_keeps_the_mode_it_held() {
         active_agents: 7,
         total_agents: 20,
         sent_ms: at(sent).as_millis(),
+        frozen: false,
     };
     hear(&mut node, &p1, notice(3, 200), at(300));
     assert_eq!(node.mode(), Mode::DegradedSevere);
@@ -322,4 +324,57 @@ fn a_hold_that_ends_ends_in_emergency_too() {
     }
     assert_eq!(lead.mode(), Mode::Emergency);
     assert!(members.iter().all(|a| pool(&lead).contains(a)), "back");
+}
+
+/// A freeze of the whole mesh outlives its root: the root's notices say it, at the change
+/// and every summary period while it lasts; a node that becomes the root keeps the mesh
+/// frozen and refuses operations until a thaw. One that heard no freeze is not frozen.
+#[test]
+fn a_freeze_of_the_whole_mesh_outlives_its_root() {
+    use qs_core::mesh::{Command, CommandError};
+    use qs_wire::mesh::{CascadeMode, Scope};
+    let pair = pair();
+    let (p1, p2) = (pair.p1.clone(), pair.p2.clone());
+    let tree = pair.roles(&p2, &p2, &p1);
+    let mut root = node_in(&p1, MeshConfig::default(), &tree, at(0));
+    let mut lead = node_in(&p2, MeshConfig::default(), &tree, at(0));
+    let mut bystander = node_in(&p2, MeshConfig::default(), &tree, at(0));
+    root_beat(&mut root, &p2, 20, at(0));
+    let freeze = Command::Freeze {
+        scope: Scope::Global,
+        frozen: true,
+    };
+    root.handle(
+        MeshInput::Command {
+            command: freeze,
+            tag: 1,
+        },
+        at(100),
+    );
+    drain(&mut root);
+    let said = notices(&root_beat(&mut root, &p2, 20, at(300)));
+    assert!(said.iter().any(|(to, n)| *to == p2 && n.frozen), "{said:?}");
+    let (_, notice) = said.iter().find(|(to, _)| *to == p2).cloned().unwrap();
+    hear(&mut lead, &p1, notice, at(350));
+    // Renewed every summary period while it lasts.
+    let later = notices(&root_beat(&mut root, &p2, 20, at(6_000)));
+    assert!(later.iter().any(|(_, n)| n.frozen), "{later:?}");
+    // p1 is gone: p2 becomes the root, and keeps the mesh frozen.
+    let tree2 = pair.roles(&p2, &p2, &p2);
+    lead.handle(MeshInput::Tree(tree2.clone()), at(7_000));
+    assert!(lead.frozen().contains(&Scope::Global));
+    cascade(&mut lead, CascadeMode::Wave, Verb::Sync, "x", at(7_100));
+    let refused = drain(&mut lead).into_iter().any(|o| {
+        matches!(
+            o,
+            MeshOutput::Refused {
+                error: CommandError::Frozen(Scope::Global),
+                ..
+            }
+        )
+    });
+    assert!(refused, "frozen at the new root");
+    // One that heard no freeze is not frozen when it becomes the root.
+    bystander.handle(MeshInput::Tree(tree2), at(7_000));
+    assert!(bystander.frozen().is_empty());
 }

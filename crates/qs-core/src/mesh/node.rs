@@ -230,6 +230,9 @@ pub struct MeshNode {
     /// announce a change.
     pub(crate) next_mode_notice: Time,
     pub(crate) mode_announcements_left: u8,
+    /// Whether the whole mesh is frozen: at the root, as its last notices said it; elsewhere,
+    /// as the root's notices say it (a node that becomes the root keeps it so).
+    pub(crate) announced_frozen: bool,
     pub(crate) last_observed: Option<Time>,
     pub(crate) out: VecDeque<MeshOutput>,
     pub(crate) inbox: VecDeque<(NodeId, MeshMessage)>,
@@ -286,6 +289,7 @@ impl MeshNode {
             root_since: None,
             next_mode_notice: now,
             mode_announcements_left: 0,
+            announced_frozen: false,
             last_observed: None,
             out: VecDeque::new(),
             inbox: VecDeque::new(),

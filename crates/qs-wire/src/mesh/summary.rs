@@ -315,6 +315,14 @@ pub struct ModeNotice {
     pub total_agents: u32,
     /// The root's clock when it sent it, milliseconds: each node passes each notice on once.
     pub sent_ms: u64,
+    /// The root holds the whole mesh frozen: a node that becomes the root keeps it so (a
+    /// freeze outlives its root).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub frozen: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// The highest [`ModeNotice::level`]: EMERGENCY.

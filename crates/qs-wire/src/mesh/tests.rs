@@ -129,6 +129,7 @@ fn mode_notices_are_checked() {
             active_agents,
             total_agents,
             sent_ms: 1,
+            frozen: false,
         })
     };
     let table = [

@@ -101,6 +101,10 @@ impl MeshNode {
             // hierarchy say the mesh's (no change is told that did not happen); one it
             // computed when it was the root before says nothing now.
             self.root_since = Some(now);
+            // A freeze of the whole mesh the former root's notices said outlives it.
+            if self.announced_frozen {
+                self.frozen.insert(Scope::Global);
+            }
             if !self.mode_from_notice {
                 let (active, total) = self.mode_counts;
                 self.set_mode(Mode::Full, active, total);
