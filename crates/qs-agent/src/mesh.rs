@@ -23,9 +23,7 @@ use qs_core::mesh::{
 };
 use qs_fabric::{Fabric, Kv, KvEvent, Subscription, Topic};
 use qs_wire::NodeId;
-use qs_wire::mesh::{
-    ControlAction, MeshAction, MeshMembers, MeshMessage, MeshOutcome, MeshPacket, MeshRequest,
-};
+use qs_wire::mesh::{MeshAction, MeshMembers, MeshMessage, MeshOutcome, MeshPacket, MeshRequest};
 use qs_wire::task_bus::decode_bus;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -448,7 +446,7 @@ pub async fn run<F: Fabric>(
                 MeshOutput::ControlDone(r) => {
                     // An operator's control goes to the ledger with what it did.
                     let event = qs_wire::Event::MeshControl {
-                        action: control_name(r.action).to_owned(),
+                        action: wire_name(&r.action),
                         scope: r.scope.to_string(),
                         nodes: r.nodes,
                         confirmed: r.confirmed,
@@ -468,15 +466,6 @@ pub async fn run<F: Fabric>(
 
 fn node_is_root(node: &MeshNode) -> bool {
     node.tree().root.as_ref() == Some(node.id())
-}
-
-fn control_name(a: ControlAction) -> &'static str {
-    match a {
-        ControlAction::Freeze => "freeze",
-        ControlAction::Thaw => "thaw",
-        ControlAction::Heal => "heal",
-        ControlAction::RouteAround => "route-around",
-    }
 }
 
 /// An operator's action as the core's command: its answer comes as the core's output (a
@@ -533,14 +522,19 @@ fn command(node: &mut MeshNode, action: MeshAction, tag: u64) {
     node.handle(MeshInput::Command { command, tag }, t);
 }
 
+/// A unit variant's name on the wire (`wave`, `route-around`).
+fn wire_name<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 /// The ledger's record of an operation's end.
 fn operation_event(r: &OpResult) -> qs_wire::Event {
     qs_wire::Event::MeshOperation {
         op: r.op.0,
-        mode: serde_json::to_value(r.mode)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default(),
+        mode: wire_name(&r.mode),
         scope: r.scope.to_string(),
         status: r.status.to_owned(),
         decision: r.decision.name().to_owned(),

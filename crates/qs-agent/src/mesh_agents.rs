@@ -531,39 +531,47 @@ mod tests {
         }
     }
 
+    /// A node's agents with `builtin` built-in ones, and the end their answers go to.
+    fn node_with(builtin: u32) -> (Arc<LocalAgents>, mpsc::Receiver<Answered>) {
+        let options = MeshOptions {
+            agents: builtin,
+            ..MeshOptions::default()
+        };
+        LocalAgents::new(NodeId::new("n1").unwrap(), options)
+    }
+
+    /// What `agents`' beats say of `agent` at `at_ms`.
+    fn state_at(agents: &LocalAgents, agent: AgentId, at_ms: u64) -> AgentState {
+        let beats = agents.beats_at(at_ms);
+        beats.iter().find(|b| b.agent == agent).unwrap().state
+    }
+
     /// A worker that took a task and works on it past the silence is beaten as active until
     /// its envelope expires; one silent with nothing to do is offline.
     #[tokio::test]
     async fn a_worker_on_a_long_task_is_busy_not_offline() {
-        let (agents, _answers) = LocalAgents::new(
-            NodeId::new("n1").unwrap(),
-            MeshOptions {
-                agents: 0,
-                ..MeshOptions::default()
-            },
-        );
+        let (agents, _answers) = node_with(0);
         let worker = agents.join("w1", Vec::new()).unwrap();
-        let state = |agents: &LocalAgents, at_ms: u64| {
-            let beats = agents.beats_at(at_ms);
-            beats.iter().find(|b| b.agent == worker).unwrap().state
-        };
         let start = now().as_millis();
         // A task living 60 s, taken.
         agents.deliver(dispatch(worker, start, 60_000));
         let got = agents.poll(worker, Duration::from_millis(10)).await;
         assert!(got.is_some(), "taken");
         let silent = start + SILENT_AFTER_MS + 1_000;
-        assert_eq!(state(&agents, silent), AgentState::Active, "working");
         assert_eq!(
-            state(&agents, start + 61_000),
+            state_at(&agents, worker, silent),
+            AgentState::Active,
+            "working"
+        );
+        let expired = start + 61_000;
+        assert_eq!(
+            state_at(&agents, worker, expired),
             AgentState::Offline,
             "expired"
         );
         // Another, silent with nothing taken: offline past the silence.
         let idle = agents.join("w2", Vec::new()).unwrap();
-        let beats = agents.beats_at(silent);
-        let idle_state = beats.iter().find(|b| b.agent == idle).unwrap().state;
-        assert_eq!(idle_state, AgentState::Offline);
+        assert_eq!(state_at(&agents, idle, silent), AgentState::Offline);
     }
 
     /// A worker its lead takes for crashed is told through what its connection waits on
@@ -571,13 +579,7 @@ mod tests {
     /// built-in agent is not.
     #[tokio::test]
     async fn a_crashed_worker_is_told_to_its_connection() {
-        let (agents, _answers) = LocalAgents::new(
-            NodeId::new("n1").unwrap(),
-            MeshOptions {
-                agents: 2,
-                ..MeshOptions::default()
-            },
-        );
+        let (agents, _answers) = node_with(2);
         let worker = agents.join("w1", Vec::new()).unwrap();
         let evicted = agents.evicted(worker).expect("a worker's");
         let joined_ms = agents.beats_at(0).last().unwrap().joined_ms;

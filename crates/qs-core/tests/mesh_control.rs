@@ -62,6 +62,20 @@ fn reports(out: &[MeshOutput]) -> Vec<ControlReport> {
         .collect()
 }
 
+/// The control `root` sent last (to a coordinator), what else it put out drained.
+fn sent_control(root: &mut MeshNode) -> qs_wire::mesh::Control {
+    drain(root)
+        .into_iter()
+        .find_map(|o| match o {
+            MeshOutput::Send {
+                msg: MeshMessage::Control(c),
+                ..
+            } => Some(c),
+            _ => None,
+        })
+        .expect("a control, to a coordinator")
+}
+
 fn command(root: &mut MeshNode, command: Command, tag: u64, now: Time) {
     root.handle(MeshInput::Command { command, tag }, now);
 }
@@ -209,30 +223,14 @@ fn a_confirmation_from_a_node_not_in_scope_is_refused_and_counted() {
         4,
         now,
     );
-    let control = drain(&mut root)
-        .into_iter()
-        .find_map(|o| match o {
-            MeshOutput::Send {
-                msg: MeshMessage::Control(c),
-                ..
-            } => Some(c),
-            _ => None,
-        })
-        .expect("the control, to the lead");
+    let control = sent_control(&mut root);
     let stranger = NodeId::new("p9").unwrap();
     let done = |from: &NodeId| {
-        MeshMessage::ControlDone(Box::new(ControlDone {
-            id: control.id,
-            from: from.clone(),
-            // The lead hears it through its coordinator (the root here).
-            via: control.root.clone(),
-            action: ControlAction::Heal,
-            agents_released: 50,
-            breakers_closed: 0,
-            conflicts_released: 0,
-            agents_routed_around: 0,
-            was_frozen: false,
-        }))
+        // The lead hears it through its coordinator (the root here).
+        let via = control.root.clone();
+        let mut d = ControlDone::new(control.id, from.clone(), via, ControlAction::Heal);
+        d.agents_released = 50;
+        MeshMessage::ControlDone(Box::new(d))
     };
     let refused = root.refused_senders();
     // Not in scope; and one that says it is the lead but is not.
@@ -465,28 +463,11 @@ fn the_root_counts_each_confirmation_once_through_each_coordinator() {
         6,
         t.now,
     );
-    let id = drain(&mut root)
-        .into_iter()
-        .find_map(|o| match o {
-            MeshOutput::Send {
-                msg: MeshMessage::Control(c),
-                ..
-            } => Some(c.id),
-            _ => None,
-        })
-        .expect("the heal, to the coordinators");
+    let id = sent_control(&mut root).id;
     let done = |from: &NodeId, via: Option<&NodeId>, released: u32| {
-        MeshMessage::ControlDone(Box::new(ControlDone {
-            id,
-            from: from.clone(),
-            via: via.cloned(),
-            action: ControlAction::Heal,
-            agents_released: released,
-            breakers_closed: 0,
-            conflicts_released: 0,
-            agents_routed_around: 0,
-            was_frozen: false,
-        }))
+        let mut d = ControlDone::new(id, from.clone(), via.cloned(), ControlAction::Heal);
+        d.agents_released = released;
+        MeshMessage::ControlDone(Box::new(d))
     };
     let stranger = NodeId::new("z").unwrap();
     let refused = root.refused_senders();

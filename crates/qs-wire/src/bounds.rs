@@ -203,7 +203,7 @@ impl Envelope<Message> {
 }
 
 /// Whether a number is zero: a field left out of the wire then (`skip_serializing_if`).
-pub(crate) fn is_zero<T: Default + PartialEq>(n: &T) -> bool {
+pub fn is_zero<T: Default + PartialEq>(n: &T) -> bool {
     *n == T::default()
 }
 

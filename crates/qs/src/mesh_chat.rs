@@ -212,7 +212,7 @@ pub(crate) fn parse_intent(text: &str) -> Option<Intent> {
             .find_map(|m| {
                 let i = lower.rfind(&format!(" {m} "))?;
                 let ms = duration_ms(&format!("{} s", lower[i + m.len() + 2..].trim()))?;
-                Some((ms / 1_000).clamp(1, 600))
+                Some((ms / 1_000).clamp(1, qs_wire::mesh::MAX_WINDOW_MS / 1_000))
             })
             .unwrap_or(DELEGATE_TIMEOUT_S);
         // "… to gpu", "… to class D", "… within 60 seconds" name who takes the task and how
@@ -300,7 +300,7 @@ pub(crate) fn duration_ms(text: &str) -> Option<u64> {
         _ => return None,
     };
     let ms = n * scale;
-    (ms <= 3_600_000.0).then_some(ms.round() as u64)
+    (ms <= qs_wire::mesh::MAX_SLOWER_THAN_MS as f64).then_some(ms.round() as u64)
 }
 
 pub(crate) fn find_scope(words: &[&str]) -> Scope {
@@ -571,8 +571,8 @@ pub(crate) fn chat(api: &str, llm: Option<Llm>, yes: bool) -> Result<()> {
             }
         }
         let result = match intent {
-            Intent::Status(scope) => status(api, &scope, OutputFormat::Text).map(|()| {
-                let view = client::call(api, "GET", "/v1/mesh", None).unwrap_or_default();
+            Intent::Status(scope) => status(api, &scope, OutputFormat::Text).map(|view| {
+                // The offer is made from the view printed.
                 if let Some((line, intent)) = suggestion(&view, &scope) {
                     println!("{line}");
                     offered = Some(intent);

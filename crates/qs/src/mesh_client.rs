@@ -414,11 +414,12 @@ pub(crate) fn conflicts_line(v: &Value) -> String {
     parts.join("; ")
 }
 
-pub(crate) fn status(api: &str, scope: &Scope, output: OutputFormat) -> Result<()> {
+/// `GET /v1/mesh` printed for `scope`; the view printed.
+pub(crate) fn status(api: &str, scope: &Scope, output: OutputFormat) -> Result<Value> {
     let v = client::call(api, "GET", "/v1/mesh", None)?;
     if matches!(output, OutputFormat::Json) {
         println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
+        return Ok(v);
     }
     let k = &v["kpis"];
     println!(
@@ -483,7 +484,7 @@ pub(crate) fn status(api: &str, scope: &Scope, output: OutputFormat) -> Result<(
                     "  cluster {} is not led by this node; ask its lead's API",
                     c.0
                 );
-                return Ok(());
+                return Ok(v);
             };
             println!("{}", cluster_table(row));
             table = agents_table(&v, c.0);
@@ -535,12 +536,12 @@ pub(crate) fn status(api: &str, scope: &Scope, output: OutputFormat) -> Result<(
                     "  no sector summaries here: ask the root ({})",
                     v["root"].as_str().unwrap_or("none yet")
                 );
-                return Ok(());
+                return Ok(v);
             }
         }
     }
     println!("{table}");
-    Ok(())
+    Ok(v)
 }
 
 #[cfg(test)]

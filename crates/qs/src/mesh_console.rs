@@ -64,7 +64,7 @@ pub enum MeshCmd {
         to: String,
         /// How long to wait for the agent's answer, seconds.
         #[arg(long, default_value_t = crate::mesh_chat::DELEGATE_TIMEOUT_S,
-              value_parser = clap::value_parser!(u64).range(1..=600))]
+              value_parser = clap::value_parser!(u64).range(1..=qs_wire::mesh::MAX_WINDOW_MS / 1_000))]
         timeout: u64,
         /// Only this sector or cluster.
         #[arg(long)]
@@ -112,11 +112,11 @@ pub enum MeshCmd {
         target: Vec<String>,
         /// Agents whose impedance is over this, milliseconds.
         #[arg(long, default_value_t = crate::mesh_chat::SLOW_MS,
-              value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+              value_parser = clap::value_parser!(u64).range(0..=qs_wire::mesh::MAX_SLOWER_THAN_MS))]
         slower_than: u64,
         /// For how long, seconds.
         #[arg(long = "for", default_value_t = crate::mesh_chat::ROUTE_AROUND_S,
-              value_parser = clap::value_parser!(u64).range(1..=3_600))]
+              value_parser = clap::value_parser!(u64).range(1..=qs_wire::mesh::MAX_HELD_MS / 1_000))]
         for_s: u64,
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
@@ -141,7 +141,9 @@ pub enum MeshCmd {
 
 pub fn run(api: &str, cmd: MeshCmd) -> Result<()> {
     match cmd {
-        MeshCmd::Status { target, output } => status(api, &scope_of(&target.join(" "))?, output),
+        MeshCmd::Status { target, output } => {
+            status(api, &scope_of(&target.join(" "))?, output).map(|_| ())
+        }
         MeshCmd::Broadcast {
             message,
             priority,

@@ -267,18 +267,14 @@ pub struct Control {
     pub id: u64,
     /// A route-around's: the agents over this impedance are held out of the pool, for
     /// `for_ms` (0 for the other actions).
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "crate::bounds::is_zero")]
     pub slower_than_ms: u64,
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "crate::bounds::is_zero")]
     pub for_ms: u64,
     /// The root that sent it, whom each node confirms it to (if that node is the root of
     /// its tree or the tree before: a root that moved meanwhile is still answered).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root: Option<NodeId>,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
 }
 
 impl Control {
@@ -335,6 +331,22 @@ pub struct ControlDone {
 }
 
 impl ControlDone {
+    /// `from`'s confirmation of control `id` (of `action`, passed on `via` a coordinator, if
+    /// one), nothing done yet.
+    pub fn new(id: u64, from: NodeId, via: Option<NodeId>, action: ControlAction) -> ControlDone {
+        ControlDone {
+            id,
+            from,
+            via,
+            action,
+            agents_released: 0,
+            breakers_closed: 0,
+            conflicts_released: 0,
+            agents_routed_around: 0,
+            was_frozen: false,
+        }
+    }
+
     pub fn check(&self) -> Result<(), String> {
         for (field, n) in [
             ("agents_released", self.agents_released),

@@ -317,12 +317,8 @@ pub struct ModeNotice {
     pub sent_ms: u64,
     /// The root holds the whole mesh frozen: a node that becomes the root keeps it so (a
     /// freeze outlives its root).
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[serde(default, skip_serializing_if = "crate::bounds::is_zero")]
     pub frozen: bool,
-}
-
-fn is_false(b: &bool) -> bool {
-    !*b
 }
 
 /// The highest [`ModeNotice::level`]: EMERGENCY.

@@ -146,17 +146,10 @@ fn mode_notices_are_checked() {
 #[test]
 fn control_confirmations_are_checked() {
     let done = |agents_released: u32, conflicts_released: u32| {
-        MeshMessage::ControlDone(Box::new(ControlDone {
-            id: 9,
-            from: NodeId::new("n1").unwrap(),
-            via: None,
-            action: ControlAction::Heal,
-            agents_released,
-            breakers_closed: 2,
-            conflicts_released,
-            agents_routed_around: 0,
-            was_frozen: true,
-        }))
+        let mut d = ControlDone::new(9, NodeId::new("n1").unwrap(), None, ControlAction::Heal);
+        (d.agents_released, d.conflicts_released) = (agents_released, conflicts_released);
+        (d.breakers_closed, d.was_frozen) = (2, true);
+        MeshMessage::ControlDone(Box::new(d))
     };
     // A route-around's numbers: an hour at most each, held a second at least.
     let around = |slower_than_ms: u64, for_ms: u64| {

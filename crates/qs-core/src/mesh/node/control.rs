@@ -7,10 +7,6 @@
 use super::*;
 use qs_wire::mesh::ControlDone;
 
-fn is_zero(n: &u64) -> bool {
-    *n == 0
-}
-
 /// How long the root waits for the nodes in scope to confirm a control (two hops down and
 /// one back, with a WAN's tail): past it, the report names who did not.
 pub const CONTROL_CONFIRM_MS: u64 = 2_000;
@@ -39,9 +35,9 @@ pub struct ControlReport {
     pub conflicts_released: u32,
     /// Agents a route-around held out of the routing pool, and its numbers.
     pub agents_routed_around: u32,
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(skip_serializing_if = "qs_wire::bounds::is_zero")]
     pub slower_than_ms: u64,
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(skip_serializing_if = "qs_wire::bounds::is_zero")]
     pub for_ms: u64,
     /// Nodes on which the scope was frozen before (a thaw or a heal thawed it there).
     pub was_frozen_on: u32,
@@ -55,11 +51,17 @@ pub(crate) struct Hand {
     via: Option<NodeId>,
 }
 
+impl PendingControl {
+    /// When its wait ends.
+    fn deadline(&self) -> Time {
+        self.sent + Duration::from_millis(CONTROL_CONFIRM_MS)
+    }
+}
+
 /// A control the root sent, awaiting its confirmations.
 #[derive(Clone, Debug)]
 pub(crate) struct PendingControl {
     sent: Time,
-    deadline: Time,
     /// Each node that carries it out, and the coordinator that passes it on to it (none:
     /// the root's own, and the coordinators').
     expected: BTreeSet<Hand>,
@@ -121,12 +123,10 @@ impl MeshNode {
         {
             self.end_control(oldest, now);
         }
-        let deadline = now + Duration::from_millis(CONTROL_CONFIRM_MS);
         self.controls.insert(
             id,
             PendingControl {
                 sent: now,
-                deadline,
                 expected,
                 heard: BTreeSet::new(),
                 frozen_on: BTreeSet::new(),
@@ -173,17 +173,7 @@ impl MeshNode {
             None => vec![c.scope],
             Some(_) => clusters.iter().map(|cl| Scope::Cluster(*cl)).collect(),
         };
-        let mut done = ControlDone {
-            id: c.id,
-            from: self.me.clone(),
-            via: relayed_by.cloned(),
-            action: c.action,
-            agents_released: 0,
-            breakers_closed: 0,
-            conflicts_released: 0,
-            agents_routed_around: 0,
-            was_frozen: false,
-        };
+        let mut done = ControlDone::new(c.id, self.me.clone(), relayed_by.cloned(), c.action);
         match c.action {
             ControlAction::Freeze => {
                 for s in marks {
@@ -297,10 +287,8 @@ impl MeshNode {
                 let over = led
                     .assess(a, 0.0)
                     .is_some_and(|(z, _)| z.score_ms > c.slower_than_ms as f64);
-                if let Some(v) = led.agents.get_mut(&a).filter(|_| over) {
-                    v.admitted = false;
-                    v.held_until = Some(until);
-                    led.integrating = true;
+                if over {
+                    led.hold_out(a, until);
                     held += 1;
                 }
             }
@@ -346,7 +334,7 @@ impl MeshNode {
         let due: Vec<u64> = self
             .controls
             .iter()
-            .filter(|(_, p)| p.deadline <= now)
+            .filter(|(_, p)| p.deadline() <= now)
             .map(|(id, _)| *id)
             .collect();
         for id in due {
@@ -356,7 +344,7 @@ impl MeshNode {
 
     /// When the next control's wait ends.
     pub(super) fn next_control_due(&self) -> Option<Time> {
-        self.controls.values().map(|p| p.deadline).min()
+        self.controls.values().map(PendingControl::deadline).min()
     }
 
     fn end_control(&mut self, id: u64, now: Time) {

@@ -19,9 +19,8 @@ pub const CRASH_AGAIN_WITHIN_MS: u64 = 600_000;
 pub(crate) struct Crash {
     /// Since when it is offline while its host lives, as the lead's beats saw it.
     offline_since: Option<Time>,
-    /// When it was taken for crashed (until it comes back), and when its host was last
-    /// asked to restart it (again every `CRASH_AFTER_MS`: a request may be lost).
-    declared: Option<Time>,
+    /// Taken for crashed (until it comes back): when its host was last asked to restart it
+    /// (again every `CRASH_AFTER_MS`: a request may be lost).
     asked: Option<Time>,
 }
 
@@ -62,13 +61,12 @@ impl MeshNode {
                 let host_alive = led.hosts.get(&v.host).is_some_and(|h| h.last.is_some());
                 if v.state != AgentState::Offline || !known || !host_alive {
                     if v.state != AgentState::Offline {
-                        v.crash.declared = None;
                         v.crash.asked = None;
                     }
                     // The host's loss is the event, not its agents' (their time starts
                     // again when it is back).
                     v.crash.offline_since = None;
-                    watch |= v.crash.declared.is_some();
+                    watch |= v.crash.asked.is_some();
                     continue;
                 }
                 watch = true;
@@ -81,8 +79,7 @@ impl MeshNode {
                     cluster: *c,
                     joined_ms: v.joined_host_ms,
                 };
-                if v.crash.declared.is_none() {
-                    v.crash.declared = Some(now);
+                if v.crash.asked.is_none() {
                     crashed.push(AgentCrash {
                         agent: *a,
                         cluster: *c,

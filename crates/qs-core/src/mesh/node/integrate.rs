@@ -131,15 +131,15 @@ impl MeshNode {
     /// integrating, it leaves the pool and is held back for a settling period.
     pub(super) fn conflict_while_integrating(&mut self, c: ClusterId, agent: AgentId, now: Time) {
         let cfg = self.cfg.integration;
-        let Some(view) = self.led.get_mut(&c).and_then(|l| l.agents.get_mut(&agent)) else {
+        let Some(l) = self.led.get_mut(&c) else {
             return;
         };
-        if view.admitted && !integration::established(view.joined_ms, now, &cfg) {
-            view.admitted = false;
-            view.held_until = Some(now + Duration::from_millis(cfg.settle_ms));
-            if let Some(l) = self.led.get_mut(&c) {
-                l.integrating = true;
-            }
+        let integrating = l
+            .agents
+            .get(&agent)
+            .is_some_and(|v| v.admitted && !integration::established(v.joined_ms, now, &cfg));
+        if integrating {
+            l.hold_out(agent, now + Duration::from_millis(cfg.settle_ms));
         }
     }
 }

@@ -126,6 +126,16 @@ impl Led {
         (self.agents.len() - unknown.count()) as u32
     }
 
+    /// Holds agent `a` out of the routing pool until `until` (the integration pass takes it
+    /// back then).
+    pub(crate) fn hold_out(&mut self, a: AgentId, until: Time) {
+        if let Some(v) = self.agents.get_mut(&a) {
+            v.admitted = false;
+            v.held_until = Some(until);
+            self.integrating = true;
+        }
+    }
+
     /// Active agents now.
     pub(crate) fn active_count(&mut self) -> u32 {
         if let Some(n) = self.active {

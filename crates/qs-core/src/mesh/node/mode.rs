@@ -77,7 +77,6 @@ impl MeshNode {
         if !self.is_root {
             self.mode_heard = Some(now);
             self.mode_from_notice = true;
-            self.mode_counts = (notice.active_agents, notice.total_agents);
             self.announced_frozen = notice.frozen;
             self.set_mode(mode, notice.active_agents, notice.total_agents);
         }
@@ -112,8 +111,10 @@ impl MeshNode {
         self.set_mode(Mode::Full, active, total);
     }
 
-    /// The mode is `mode` now: the shell is told of a change.
+    /// The mode is `mode` now, of `active_agents` of `total_agents` (the counts kept): the
+    /// shell is told of a change.
     pub(super) fn set_mode(&mut self, mode: Mode, active_agents: u32, total_agents: u32) {
+        self.mode_counts = (active_agents, total_agents);
         if mode != self.mode {
             self.out.push_back(MeshOutput::ModeChanged {
                 from: self.mode,

@@ -211,7 +211,6 @@ impl MeshNode {
                 let mode = Mode::from_active_share(share);
                 let changed = mode != self.mode;
                 self.mode_from_notice = false;
-                self.mode_counts = (active, total);
                 self.set_mode(mode, active, total);
                 self.announce_mode(changed, active, total, now);
             }

@@ -120,10 +120,8 @@ fn missed(node: &mut MeshNode, c: ClusterId, a: AgentId, reported: Time, now: Ti
     let Some(back_in_ms) = degrade::backoff_ms(v.missed) else {
         return;
     };
-    v.admitted = false;
-    v.held_until = Some(now + Duration::from_millis(back_in_ms));
     let missed = v.missed;
-    led.integrating = true;
+    led.hold_out(a, now + Duration::from_millis(back_in_ms));
     node.out.push_back(MeshOutput::RoutedAround(RoutedAround {
         agent: a,
         cluster: c,
