@@ -374,6 +374,14 @@ fn a_thousand_agents_over_nats() {
     );
     assert_eq!(status, 409, "{v}");
     assert!(v["error"].as_str().unwrap().contains("frozen"), "{v}");
+    // Every node knows it from the root's notices, hosts too (a node that becomes the root,
+    // a coordinator or a lead keeps the mesh frozen).
+    let frozen_at = |a: &Up| a.get("/v1/mesh")["frozen"].clone();
+    for a in &agents {
+        a.wait_within("the freeze at every node", Duration::from_secs(15), |a| {
+            frozen_at(a) == serde_json::json!(["global"])
+        });
+    }
     // The thaw is confirmed by every node in scope, each of which the freeze had reached.
     let thawed = cli(&["--api", &root.api, "mesh", "thaw", "--output", "json"]);
     let thawed: Value = serde_json::from_str(&thawed).unwrap();
@@ -381,6 +389,11 @@ fn a_thousand_agents_over_nats() {
     assert!(thawed["nodes"].as_u64().unwrap() >= 2, "{thawed}");
     assert_eq!(thawed["confirmed"], thawed["nodes"], "{thawed}");
     assert_eq!(thawed["was_frozen_on"], thawed["nodes"], "{thawed}");
+    for a in &agents {
+        a.wait_within("the thaw at every node", Duration::from_secs(15), |a| {
+            frozen_at(a) == serde_json::json!([])
+        });
+    }
     root.mesh_op(r#"{"action":"cascade","mode":"wave","verb":"sync","payload":"y"}"#);
 
     // The KPIs, from the root's /metrics (refreshed at the mesh's next tick).

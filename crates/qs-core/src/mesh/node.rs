@@ -32,6 +32,7 @@ pub use kpis::{Kpis, MAX_LATENCIES};
 mod conflicts;
 mod control;
 mod crash;
+mod freeze;
 pub use control::{CONTROL_CONFIRM_MS, ControlReport};
 pub use crash::{AgentCrash, CRASH_AFTER_MS, CRASH_AGAIN_WITHIN_MS};
 mod handover;
@@ -230,9 +231,8 @@ pub struct MeshNode {
     /// announce a change.
     pub(crate) next_mode_notice: Time,
     pub(crate) mode_announcements_left: u8,
-    /// Whether the whole mesh is frozen: at the root, as its last notices said it; elsewhere,
-    /// as the root's notices say it (a node that becomes the root keeps it so).
-    pub(crate) announced_frozen: bool,
+    /// What the root's notices say of the frozen scopes, and which controls they follow.
+    pub(crate) freeze_sync: freeze::FreezeSync,
     pub(crate) last_observed: Option<Time>,
     pub(crate) out: VecDeque<MeshOutput>,
     pub(crate) inbox: VecDeque<(NodeId, MeshMessage)>,
@@ -289,7 +289,7 @@ impl MeshNode {
             root_since: None,
             next_mode_notice: now,
             mode_announcements_left: 0,
-            announced_frozen: false,
+            freeze_sync: freeze::FreezeSync::default(),
             last_observed: None,
             out: VecDeque::new(),
             inbox: VecDeque::new(),

@@ -17,6 +17,10 @@ use qs_wire::mesh::{
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+mod notices;
+#[allow(unused_imports)]
+pub use notices::*;
+
 pub const TPU: &str = "tpu";
 
 pub fn beat(agent: AgentId, joined_ms: u64, tpu: bool) -> AgentBeat {

@@ -302,11 +302,12 @@ pub struct Restart {
     pub joined_ms: u64,
 }
 
-/// The mesh's mode as its root decided it (seed §6.3), passed down the tree so every node
-/// knows it, not the root alone: the root sends it to its coordinators at each change and,
-/// while the mesh is not FULL, every summary period; each coordinator passes it to its
-/// leads, each lead to the hosts of its agents.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The mesh's mode as its root decided it (seed §6.3), and what it holds frozen, passed down
+/// the tree so every node knows them, not the root alone: the root sends it to its
+/// coordinators at each change and, while the mesh is not FULL or anything is frozen, every
+/// summary period; each coordinator passes it to its leads, each lead to the hosts of its
+/// agents.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModeNotice {
     /// 0 FULL, 1 DEGRADED_LIGHT, 2 DEGRADED_MODERATE, 3 DEGRADED_SEVERE, 4 EMERGENCY.
@@ -319,10 +320,22 @@ pub struct ModeNotice {
     /// freeze outlives its root).
     #[serde(default, skip_serializing_if = "crate::bounds::is_zero")]
     pub frozen: bool,
+    /// The sectors and clusters the root holds frozen (the whole mesh aside), at most
+    /// [`MAX_FROZEN_SCOPES`]: each node takes them for its own, so a coordinator or lead new
+    /// to a frozen scope holds it frozen too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub frozen_scopes: Vec<Scope>,
+    /// The id of the last control the root sent before this notice (0: none): a node that
+    /// carried out a later one keeps what that one did over this notice's freezes.
+    #[serde(default, skip_serializing_if = "crate::bounds::is_zero")]
+    pub last_control: u64,
 }
 
 /// The highest [`ModeNotice::level`]: EMERGENCY.
 pub const MAX_MODE_LEVEL: u8 = 4;
+
+/// Sectors and clusters frozen at once, at most: a root refuses a freeze past it.
+pub const MAX_FROZEN_SCOPES: usize = 256;
 
 impl ModeNotice {
     pub fn check(&self) -> Result<(), String> {
@@ -335,6 +348,15 @@ impl ModeNotice {
                 "active_agents {} of total_agents {} (at most {most})",
                 self.active_agents, self.total_agents
             ));
+        }
+        if self.frozen_scopes.len() > MAX_FROZEN_SCOPES {
+            return Err(format!(
+                "frozen_scopes: {}; at most {MAX_FROZEN_SCOPES}",
+                self.frozen_scopes.len()
+            ));
+        }
+        if self.frozen_scopes.contains(&Scope::Global) {
+            return Err("frozen_scopes: names the whole mesh (that is `frozen`)".into());
         }
         Ok(())
     }

@@ -119,24 +119,54 @@ fn decodes_as<const N: usize>(table: [(MeshMessage, Option<&str>); N]) {
     }
 }
 
-/// A mode notice: a level past EMERGENCY, or more active agents than agents, is refused by
-/// field; a good one reads back.
+/// A mode notice: a level past EMERGENCY, more active agents than agents, more frozen scopes
+/// than a root holds, or the whole mesh among them, is refused by field; a good one reads
+/// back.
 #[test]
 fn mode_notices_are_checked() {
-    let notice = |level: u8, active_agents: u32, total_agents: u32| {
+    let notice = |level: u8, active_agents: u32, total_agents: u32| ModeNotice {
+        level,
+        active_agents,
+        total_agents,
+        sent_ms: 1,
+        frozen: false,
+        frozen_scopes: Vec::new(),
+        last_control: 0,
+    };
+    let frozen = |frozen_scopes: Vec<Scope>| {
         MeshMessage::Mode(ModeNotice {
-            level,
-            active_agents,
-            total_agents,
-            sent_ms: 1,
-            frozen: false,
+            frozen: true,
+            frozen_scopes,
+            last_control: 7,
+            ..notice(0, 10, 10)
         })
     };
+    let most: Vec<Scope> = (0..MAX_FROZEN_SCOPES as u32)
+        .map(|c| Scope::Cluster(ClusterId(c)))
+        .collect();
+    let one_more: Vec<Scope> = most
+        .iter()
+        .copied()
+        .chain([Scope::Sector(SectorId(1))])
+        .collect();
     let table = [
-        (notice(4, 100, 1_000), None),
-        (notice(5, 100, 1_000), Some("level: 5")),
-        (notice(1, 1_001, 1_000), Some("active_agents 1001")),
-        (notice(1, 0, u32::MAX), Some("total_agents 4294967295")),
+        (MeshMessage::Mode(notice(4, 100, 1_000)), None),
+        (MeshMessage::Mode(notice(5, 100, 1_000)), Some("level: 5")),
+        (
+            MeshMessage::Mode(notice(1, 1_001, 1_000)),
+            Some("active_agents 1001"),
+        ),
+        (
+            MeshMessage::Mode(notice(1, 0, u32::MAX)),
+            Some("total_agents 4294967295"),
+        ),
+        (frozen(vec![Scope::Sector(SectorId(3))]), None),
+        (frozen(most), None),
+        (frozen(one_more), Some("frozen_scopes: 257; at most 256")),
+        (
+            frozen(vec![Scope::Global]),
+            Some("frozen_scopes: names the whole mesh"),
+        ),
     ];
     decodes_as(table);
 }

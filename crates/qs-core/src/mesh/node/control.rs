@@ -77,6 +77,7 @@ impl MeshNode {
     /// to their leads, and awaits each one's confirmation.
     pub(super) fn fan_control(&mut self, control: Control, tag: u64, now: Time) {
         let id = self.next_id();
+        self.control_sent(id);
         let (action, scope) = (control.action, control.scope);
         let (slower_than_ms, for_ms) = (control.slower_than_ms, control.for_ms);
         let msg = MeshMessage::Control(Control {
@@ -168,12 +169,15 @@ impl MeshNode {
                 && relayed_by.is_none_or(|co| tree.coordinator_of(cl) == Some(co))
         };
         let clusters: Vec<ClusterId> = self.led.keys().copied().filter(|cl| covers(*cl)).collect();
-        // What a freeze marks: the scope, or (passed on) each of those clusters.
+        // What a freeze marks: the scope, or (passed on) each of those clusters; none at the
+        // root, which marked the scope itself (what it holds frozen is what it announces).
         let marks: Vec<Scope> = match relayed_by {
             None => vec![c.scope],
+            Some(_) if self.is_root => Vec::new(),
             Some(_) => clusters.iter().map(|cl| Scope::Cluster(*cl)).collect(),
         };
         let mut done = ControlDone::new(c.id, self.me.clone(), relayed_by.cloned(), c.action);
+        self.control_carried_out(&c);
         match c.action {
             ControlAction::Freeze => {
                 for s in marks {
@@ -181,7 +185,8 @@ impl MeshNode {
                 }
             }
             ControlAction::Thaw | ControlAction::Heal => {
-                for s in &marks {
+                // And the scope itself, which the root's notices may have marked here.
+                for s in marks.iter().chain([&c.scope]) {
                     done.was_frozen |= self.frozen.remove(s);
                 }
             }

@@ -4,12 +4,11 @@
 //! admit no new agents). The root sends a [`ModeNotice`] to its coordinators at each change
 //! and the next two beats (one lost message loses nothing) and, while the mesh is not FULL,
 //! every summary period; a coordinator passes it to its leads, a lead to the hosts of its
-//! agents, each notice once. A notice also says whether the root holds the whole mesh
-//! frozen (announced at each change, and every summary period while frozen): a node that
-//! becomes the root keeps the mesh frozen, so a freeze outlives the root that took it. A notice is taken only from
+//! agents, each notice once. A notice also says what the root holds frozen (at each change,
+//! and every summary period while anything is: see `freeze`). A notice is taken only from
 //! the root or a node the tree names above this one; one not renewed for three summary
 //! periods lapses, and the node counts the mesh FULL again (the root renews every notice but
-//! FULL's).
+//! FULL's); the freezes it said hold until a thaw or the next notice.
 
 use super::*;
 use qs_wire::mesh::ModeNotice;
@@ -21,26 +20,28 @@ const ANNOUNCE_CHANGE_BEATS: u8 = 3;
 
 impl MeshNode {
     /// At the root, after it computed the mode: a notice down the tree at a change (of the
-    /// mode, or of whether the whole mesh is frozen) and the next two beats, and while the
-    /// mesh is not FULL or is frozen, every summary period.
+    /// mode, or of what is frozen) and the next two beats, and while the mesh is not FULL or
+    /// anything is frozen, every summary period.
     pub(super) fn announce_mode(&mut self, changed: bool, active: u32, total: u32, now: Time) {
-        let frozen = self.frozen.contains(&Scope::Global);
-        if changed || frozen != self.announced_frozen {
+        if changed || self.freezes_changed() {
             self.mode_announcements_left = ANNOUNCE_CHANGE_BEATS;
-            self.announced_frozen = frozen;
         }
-        let due = (self.mode != Mode::Full || frozen) && now >= self.next_mode_notice;
+        let due =
+            (self.mode != Mode::Full || !self.frozen.is_empty()) && now >= self.next_mode_notice;
         if self.mode_announcements_left == 0 && !due {
             return;
         }
         self.mode_announcements_left = self.mode_announcements_left.saturating_sub(1);
         self.next_mode_notice = now + Duration::from_millis(self.cfg.summary_ms);
+        let (frozen, frozen_scopes, last_control) = self.announce_freezes();
         let notice = ModeNotice {
             level: self.mode.level(),
             active_agents: active,
             total_agents: total,
             sent_ms: now.as_millis(),
             frozen,
+            frozen_scopes,
+            last_control,
         };
         // Its own roles pass it on as any node's do.
         self.inbox
@@ -77,7 +78,7 @@ impl MeshNode {
         if !self.is_root {
             self.mode_heard = Some(now);
             self.mode_from_notice = true;
-            self.announced_frozen = notice.frozen;
+            self.take_freezes(&notice);
             self.set_mode(mode, notice.active_agents, notice.total_agents);
         }
         let mut below: BTreeSet<NodeId> = BTreeSet::new();
@@ -95,7 +96,7 @@ impl MeshNode {
         }
         below.remove(&self.me);
         for n in below {
-            self.send(n, MeshMessage::Mode(notice));
+            self.send(n, MeshMessage::Mode(notice.clone()));
         }
     }
 
@@ -106,7 +107,6 @@ impl MeshNode {
             return;
         }
         self.mode_heard = None;
-        self.announced_frozen = false;
         let (active, total) = self.mode_counts;
         self.set_mode(Mode::Full, active, total);
     }

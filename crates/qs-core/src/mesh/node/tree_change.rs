@@ -93,18 +93,15 @@ impl MeshNode {
         let was_root = self.is_root;
         self.is_root = root_now;
         if tree.root != self.tree.root {
-            // Another root, another clock: its notices are numbered afresh.
+            // Another root, another clock: its notices and controls are numbered afresh.
             self.mode_seen_ms = None;
+            self.freezes_on_new_root();
         }
         if self.is_root && !was_root {
             // A mode the former root's notices said holds until the summaries of this
             // hierarchy say the mesh's (no change is told that did not happen); one it
             // computed when it was the root before says nothing now.
             self.root_since = Some(now);
-            // A freeze of the whole mesh the former root's notices said outlives it.
-            if self.announced_frozen {
-                self.frozen.insert(Scope::Global);
-            }
             if !self.mode_from_notice {
                 let (active, total) = self.mode_counts;
                 self.set_mode(Mode::Full, active, total);

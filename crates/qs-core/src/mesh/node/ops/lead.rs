@@ -11,9 +11,7 @@ pub(super) fn lead_order(node: &mut MeshNode, o: Order, c: ClusterId, now: Time)
     let (_, min_rate) = MeshNode::cascade_mode_window(o.mode);
     let mut gather = Gather::new(target, Duration::from_millis(o.window_ms), min_rate);
     let sector = node.led[&c].sector;
-    let frozen = [Scope::Global, Scope::Sector(sector), Scope::Cluster(c)]
-        .iter()
-        .any(|s| node.frozen.contains(s));
+    let frozen = node.frozen_over(Scope::Cluster(c)).is_some();
     let routable = !frozen && node.breakers.routable(c, sector);
     // Half-open here, or at the coordinator that passed the order on.
     let limited = node.breakers.limited(c, sector) || o.limited;

@@ -432,6 +432,18 @@ impl MeshNode {
                 }
             }
             Command::Freeze { scope, frozen } => {
+                if frozen && !self.may_freeze(scope) {
+                    let why = format!(
+                        "{} scopes are frozen already, the most at once: thaw one first",
+                        qs_wire::mesh::MAX_FROZEN_SCOPES
+                    );
+                    self.out.push_back(MeshOutput::Refused {
+                        tag,
+                        op: None,
+                        error: CommandError::Invalid(why),
+                    });
+                    return;
+                }
                 let action = match frozen {
                     true => ControlAction::Freeze,
                     false => ControlAction::Thaw,
@@ -479,10 +491,8 @@ impl MeshNode {
 
     /// Whether the root takes `c` now: thawed scope, the mode's rules, room for it.
     fn admit(&self, c: &CascadeCommand) -> Result<degrade::Admit, CommandError> {
-        for f in [Scope::Global, c.scope] {
-            if self.frozen.contains(&f) {
-                return Err(CommandError::Frozen(f));
-            }
+        if let Some(f) = self.frozen_over(c.scope) {
+            return Err(CommandError::Frozen(f));
         }
         let in_scope: u32 = sectors_in(self, c.scope)
             .iter()

@@ -56,7 +56,6 @@ pub(super) fn relay_order(node: &mut MeshNode, o: Order, s: SectorId) {
         escalate: Escalations::default(),
         named: Vec::new(),
     };
-    let frozen = node.frozen.contains(&Scope::Sector(s));
     // This sector's breaker is the coordinator's: half-open, each lead takes its share.
     let half_open = node.breakers.state(Scope::Sector(s)) == BreakerState::HalfOpen;
     // A sample's quota for this sector: as few clusters as it takes (with agents of the
@@ -93,7 +92,8 @@ pub(super) fn relay_order(node: &mut MeshNode, o: Order, s: SectorId) {
             .cluster_summaries
             .get(&c)
             .is_some_and(|x| x.breaker_open);
-        let routable = !frozen && !open;
+        // Frozen: the whole mesh, the sector, or the cluster.
+        let routable = node.frozen_over(Scope::Cluster(c)).is_none() && !open;
         match (lead, routable) {
             (Some(lead), true) => {
                 let mut sub = o.clone();

@@ -1,0 +1,290 @@
+//! Freezes outlive the nodes that hold them (seed §7.1's `freeze`): the root's mode notices
+//! say what it holds frozen, at each change and every summary period while anything is; a
+//! coordinator or lead new to a frozen scope takes it from them, a node that becomes the
+//! root keeps it, and a mark a lost thaw left behind is dropped. A notice older than a
+//! control carried out does not undo it. The root holds at most `MAX_FROZEN_SCOPES`
+//! sectors and clusters frozen.
+
+mod common;
+
+use common::*;
+use qs_core::Time;
+use qs_core::mesh::{
+    CascadeCommand, Command, CommandError, MeshConfig, MeshInput, MeshNode, MeshOutput,
+};
+use qs_wire::NodeId;
+use qs_wire::mesh::{
+    CascadeMode, ClusterId, Control, ControlAction, MAX_FROZEN_SCOPES, MeshMessage, ModeNotice,
+    Scope, SectorId, Verb,
+};
+use std::collections::BTreeSet;
+
+fn at(ms: u64) -> Time {
+    Time::from_millis(1_000_000 + ms)
+}
+
+fn freeze(node: &mut MeshNode, scope: Scope, frozen: bool, now: Time) -> Vec<MeshOutput> {
+    let command = Command::Freeze { scope, frozen };
+    node.handle(MeshInput::Command { command, tag: 1 }, now);
+    drain(node)
+}
+
+/// The error of the command `out` refused, if one.
+fn refused(out: &[MeshOutput]) -> Option<CommandError> {
+    out.iter().find_map(|o| match o {
+        MeshOutput::Refused { error, .. } => Some(error.clone()),
+        _ => None,
+    })
+}
+
+/// The orders `node` put out to `to`.
+fn orders_to(out: &[MeshOutput], to: &NodeId) -> usize {
+    out.iter()
+        .filter(|o| matches!(o, MeshOutput::Send { to: t, msg: MeshMessage::Order(_) } if t == to))
+        .count()
+}
+
+/// `node`, sector 0's coordinator, hears the root's wave order for the sector: what it put
+/// out.
+fn order_heard(node: &mut MeshNode, root: &NodeId, now: Time) -> Vec<MeshOutput> {
+    let order = sector_order(node, 1, root, now);
+    let msg = MeshMessage::Order(Box::new(order));
+    let from = root.clone();
+    node.handle(MeshInput::Heard { from, msg }, now);
+    drain(node)
+}
+
+/// A freeze of the whole mesh outlives its root: the root's notices say it, at the change
+/// and every summary period while it lasts; a node that becomes the root keeps the mesh
+/// frozen and refuses operations until a thaw. One that heard no freeze is not frozen.
+#[test]
+fn a_freeze_of_the_whole_mesh_outlives_its_root() {
+    let pair = pair();
+    let (p1, p2) = (pair.p1.clone(), pair.p2.clone());
+    let tree = pair.roles(&p2, &p2, &p1);
+    let mut root = node_in(&p1, MeshConfig::default(), &tree, at(0));
+    let mut lead = node_in(&p2, MeshConfig::default(), &tree, at(0));
+    let mut bystander = node_in(&p2, MeshConfig::default(), &tree, at(0));
+    root_beat(&mut root, &p2, 20, at(0));
+    let freeze = Command::Freeze {
+        scope: Scope::Global,
+        frozen: true,
+    };
+    root.handle(
+        MeshInput::Command {
+            command: freeze,
+            tag: 1,
+        },
+        at(100),
+    );
+    drain(&mut root);
+    let said = notices(&root_beat(&mut root, &p2, 20, at(300)));
+    assert!(said.iter().any(|(to, n)| *to == p2 && n.frozen), "{said:?}");
+    let (_, notice) = said.iter().find(|(to, _)| *to == p2).cloned().unwrap();
+    hear_notice(&mut lead, &p1, &notice, at(350));
+    // Renewed every summary period while it lasts.
+    let later = notices(&root_beat(&mut root, &p2, 20, at(6_000)));
+    assert!(later.iter().any(|(_, n)| n.frozen), "{later:?}");
+    // p1 is gone: p2 becomes the root, and keeps the mesh frozen.
+    let tree2 = pair.roles(&p2, &p2, &p2);
+    lead.handle(MeshInput::Tree(tree2.clone()), at(7_000));
+    assert!(lead.frozen().contains(&Scope::Global));
+    cascade(&mut lead, CascadeMode::Wave, Verb::Sync, "x", at(7_100));
+    let refused = drain(&mut lead).into_iter().any(|o| {
+        matches!(
+            o,
+            MeshOutput::Refused {
+                error: CommandError::Frozen(Scope::Global),
+                ..
+            }
+        )
+    });
+    assert!(refused, "frozen at the new root");
+    // One that heard no freeze is not frozen when it becomes the root.
+    bystander.handle(MeshInput::Tree(tree2), at(7_000));
+    assert!(bystander.frozen().is_empty());
+}
+
+/// A sector's freeze reaches a coordinator that never heard the control (the one the tree
+/// named after the last died): the root's notice names the sector, and the new coordinator
+/// passes no order into it. It outlives the root too: the node that becomes the root refuses
+/// an operation on a cluster of the frozen sector, and its own notices say the freeze.
+#[test]
+fn a_sector_freeze_reaches_a_new_coordinator_and_outlives_the_root() {
+    let pair = pair();
+    let (p1, p2) = (pair.p1.clone(), pair.p2.clone());
+    // p1 is the root and leads the one cluster; p2 coordinates its sector.
+    let tree = pair.roles(&p1, &p2, &p1);
+    let mut root = node_in(&p1, MeshConfig::default(), &tree, at(0));
+    root_beat(&mut root, &p2, 20, at(0));
+    let out = freeze(&mut root, Scope::Sector(SectorId(0)), true, at(100));
+    // The coordinator passes it on to the cluster's lead, the root: it marks nothing more
+    // there (what the root holds frozen is what the operator froze).
+    let sent = out.into_iter().find_map(|o| match o {
+        MeshOutput::Send {
+            to,
+            msg: MeshMessage::Control(c),
+        } if to == p2 => Some(c),
+        _ => None,
+    });
+    let passed_on = Control {
+        relayed: true,
+        ..sent.expect("the control to the coordinator")
+    };
+    let msg = MeshMessage::Control(passed_on);
+    let from = p2.clone();
+    root.handle(MeshInput::Heard { from, msg }, at(200));
+    drain(&mut root);
+    let said = notices(&root_beat(&mut root, &p2, 20, at(300)));
+    let (_, notice) = said
+        .into_iter()
+        .find(|(to, _)| *to == p2)
+        .expect("a notice");
+    assert_eq!(notice.frozen_scopes, [Scope::Sector(SectorId(0))]);
+    assert!(!notice.frozen && notice.last_control > 0, "{notice:?}");
+    // Renewed every summary period while it lasts.
+    let later = notices(&root_beat(&mut root, &p2, 20, at(6_000)));
+    assert!(
+        later
+            .iter()
+            .any(|(_, n)| n.frozen_scopes == notice.frozen_scopes)
+    );
+
+    // Two coordinators new to the sector: one hears the notice, one does not.
+    let mut heard = node_in(&p2, MeshConfig::default(), &tree, at(0));
+    let mut unaware = node_in(&p2, MeshConfig::default(), &tree, at(0));
+    hear_notice(&mut heard, &p1, &notice, at(350));
+    assert_eq!(
+        heard.frozen().iter().copied().collect::<Vec<_>>(),
+        [Scope::Sector(SectorId(0))]
+    );
+    assert_eq!(orders_to(&order_heard(&mut unaware, &p1, at(400)), &p1), 1);
+    assert_eq!(orders_to(&order_heard(&mut heard, &p1, at(400)), &p1), 0);
+
+    // p1 is no longer the root: p2 is, and keeps the sector frozen, a cluster of it too.
+    let tree2 = pair.roles(&p1, &p2, &p2);
+    heard.handle(MeshInput::Tree(tree2), at(7_000));
+    drain(&mut heard);
+    let envelope = heard.envelope(Verb::Sync, "x", 2, at(7_100));
+    let command = Command::Cascade(CascadeCommand::new(
+        CascadeMode::Wave,
+        Scope::Cluster(ClusterId(0)),
+        envelope,
+    ));
+    heard.handle(MeshInput::Command { command, tag: 2 }, at(7_100));
+    assert_eq!(
+        refused(&drain(&mut heard)),
+        Some(CommandError::Frozen(Scope::Sector(SectorId(0))))
+    );
+    let own = notices(&root_beat(&mut heard, &p2, 20, at(7_400)));
+    assert!(
+        own.iter()
+            .any(|(_, n)| n.frozen_scopes == [Scope::Sector(SectorId(0))]),
+        "{own:?}"
+    );
+}
+
+/// A notice older than a control carried out here does not undo it; a later one that says
+/// less frozen drops the mark a lost thaw left; and a thaw passed on by a coordinator thaws
+/// the scope a notice marked here (not only the clusters the lead marked itself).
+#[test]
+fn notices_follow_the_controls_they_come_after() {
+    let pair = pair();
+    let (p1, p2) = (pair.p1.clone(), pair.p2.clone());
+    // p1 is the root and coordinates; p2 leads the cluster.
+    let tree = pair.roles(&p2, &p1, &p1);
+    let mut lead = node_in(&p2, MeshConfig::default(), &tree, at(0));
+    let control = |id: u64, action: ControlAction, scope: Scope, relayed: bool| Control {
+        id,
+        root: Some(p1.clone()),
+        relayed,
+        ..Control::new(action, scope)
+    };
+    let notice = |sent: u64, last_control: u64, frozen_scopes: Vec<Scope>| ModeNotice {
+        level: 0,
+        active_agents: 20,
+        total_agents: 20,
+        sent_ms: at(sent).as_millis(),
+        frozen: false,
+        frozen_scopes,
+        last_control,
+    };
+    let heard = |lead: &mut MeshNode, c: Control, now: Time| {
+        let msg = MeshMessage::Control(c);
+        lead.handle(
+            MeshInput::Heard {
+                from: p1.clone(),
+                msg,
+            },
+            now,
+        );
+        drain(lead)
+    };
+    let frozen = |lead: &MeshNode| lead.frozen().iter().copied().collect::<BTreeSet<_>>();
+    let cluster = Scope::Cluster(ClusterId(0));
+    let sector = Scope::Sector(SectorId(0));
+    heard(
+        &mut lead,
+        control(5, ControlAction::Freeze, cluster, false),
+        at(100),
+    );
+    assert_eq!(frozen(&lead), BTreeSet::from([cluster]));
+    // Sent before the freeze (the root's control 4 its last), heard after it: kept.
+    hear_notice(&mut lead, &p1, &notice(200, 4, Vec::new()), at(300));
+    assert_eq!(frozen(&lead), BTreeSet::from([cluster]));
+    // After a thaw (6) this node never heard: the mark goes.
+    hear_notice(&mut lead, &p1, &notice(500, 6, Vec::new()), at(600));
+    assert!(frozen(&lead).is_empty());
+    // A freeze of the sector this node heard of only from a notice, then its thaw, passed
+    // on by the coordinator: thawed, and said to have been frozen here.
+    hear_notice(&mut lead, &p1, &notice(700, 7, vec![sector]), at(800));
+    assert_eq!(frozen(&lead), BTreeSet::from([sector]));
+    let out = heard(
+        &mut lead,
+        control(8, ControlAction::Thaw, sector, true),
+        at(900),
+    );
+    assert!(frozen(&lead).is_empty());
+    let was_frozen = out.iter().any(
+        |o| matches!(o, MeshOutput::Send { msg: MeshMessage::ControlDone(d), .. } if d.was_frozen),
+    );
+    assert!(was_frozen, "{out:?}");
+}
+
+/// The root holds at most `MAX_FROZEN_SCOPES` sectors and clusters frozen: one more is
+/// refused by name; a scope frozen already, and the whole mesh, still may be; its notice
+/// then names every one and passes the wire's check.
+#[test]
+fn the_root_holds_a_bounded_set_of_frozen_scopes() {
+    let pair = pair();
+    let (p1, p2) = (pair.p1.clone(), pair.p2.clone());
+    let tree = pair.roles(&p2, &p2, &p1);
+    let mut root = node_in(&p1, MeshConfig::default(), &tree, at(0));
+    let cluster = |c: usize| Scope::Cluster(ClusterId(c as u32));
+    for c in 0..MAX_FROZEN_SCOPES {
+        assert_eq!(refused(&freeze(&mut root, cluster(c), true, at(100))), None);
+    }
+    let over = refused(&freeze(
+        &mut root,
+        cluster(MAX_FROZEN_SCOPES),
+        true,
+        at(100),
+    ));
+    assert!(
+        matches!(&over, Some(CommandError::Invalid(why)) if why.contains("256 scopes")),
+        "{over:?}"
+    );
+    assert_eq!(refused(&freeze(&mut root, cluster(3), true, at(100))), None);
+    assert_eq!(
+        refused(&freeze(&mut root, Scope::Global, true, at(100))),
+        None
+    );
+    let said = notices(&root_beat(&mut root, &p2, 20, at(300)));
+    let (_, notice) = said
+        .into_iter()
+        .find(|(to, _)| *to == p2)
+        .expect("a notice");
+    assert!(notice.frozen);
+    assert_eq!(notice.frozen_scopes.len(), MAX_FROZEN_SCOPES);
+    assert_eq!(notice.check(), Ok(()));
+}
