@@ -23,7 +23,9 @@ use qs_core::mesh::{
 };
 use qs_fabric::{Fabric, Kv, KvEvent, Subscription, Topic};
 use qs_wire::NodeId;
-use qs_wire::mesh::{MeshAction, MeshMembers, MeshMessage, MeshOutcome, MeshPacket, MeshRequest};
+use qs_wire::mesh::{
+    MeshAction, MeshMembers, MeshMessage, MeshOutcome, MeshPacket, MeshRequest, wire_name,
+};
 use qs_wire::task_bus::decode_bus;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -520,14 +522,6 @@ fn command(node: &mut MeshNode, action: MeshAction, tag: u64) {
         },
     };
     node.handle(MeshInput::Command { command, tag }, t);
-}
-
-/// A unit variant's name on the wire (`wave`, `route-around`).
-fn wire_name<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
 }
 
 /// The ledger's record of an operation's end.

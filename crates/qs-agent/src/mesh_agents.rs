@@ -16,8 +16,8 @@ use qs_core::hash::of_str;
 use qs_core::mesh::content_hash;
 use qs_wire::NodeId;
 use qs_wire::mesh::{
-    Ack, AgentBeat, AgentId, AgentState, ConflictDetail, Dispatch, MeshEnvelope, OpId, Trinary,
-    Verb, check_capabilities,
+    Ack, AgentBeat, AgentId, AgentState, Busy, ConflictDetail, Dispatch, MeshEnvelope, OpId,
+    Trinary, Verb, check_capabilities, wire_name,
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -126,6 +126,8 @@ struct WorkerAgent {
     /// When it last asked for work or answered, and whether it waits for work now.
     seen_ms: u64,
     polling: bool,
+    /// The task of the task protocol it holds, if any, as its beats say it.
+    task: Option<Busy>,
 }
 
 impl WorkerAgent {
@@ -137,6 +139,22 @@ impl WorkerAgent {
             .values()
             .any(|t| !t.dispatch.envelope.expired(now_ms));
         self.polling || working || now_ms.saturating_sub(self.seen_ms) <= SILENT_AFTER_MS
+    }
+
+    /// What it works on: the task it holds, else the operation it took first and has not
+    /// answered (a readiness probe is no work).
+    fn busy(&self) -> Option<Busy> {
+        if let Some(task) = &self.task {
+            return Some(task.clone());
+        }
+        let work = self
+            .taken
+            .values()
+            .filter(|t| t.dispatch.envelope.verb != Verb::Probe);
+        let first = work.min_by_key(|t| t.arrived_ms)?;
+        let envelope = &first.dispatch.envelope;
+        let with = format!("{}: {}", wire_name(&envelope.verb), envelope.payload);
+        Some(Busy::new(&with, "", first.arrived_ms))
     }
 }
 
@@ -159,6 +177,7 @@ impl LocalAgents {
                 queue_depth: 0,
                 capabilities: Vec::new(),
                 joined_ms: started_ms,
+                busy: None,
             })
             .collect();
         let agents = LocalAgents {
@@ -223,6 +242,7 @@ impl LocalAgents {
             queue_depth: (w.mailbox.len() + w.taken.len()) as u32,
             capabilities: w.capabilities.clone(),
             joined_ms: w.joined_ms,
+            busy: w.busy(),
         }));
         beats
     }
@@ -256,6 +276,7 @@ impl LocalAgents {
                     joined_ms: now().as_millis(),
                     seen_ms: now().as_millis(),
                     polling: false,
+                    task: None,
                 },
             );
         }
@@ -307,6 +328,13 @@ impl LocalAgents {
         if let Some(w) = self.workers().get_mut(&agent) {
             w.polling = polling;
             w.seen_ms = now().as_millis();
+        }
+    }
+
+    /// Worker agent `agent` works on `task` now (none: on no task).
+    pub fn working_on(&self, agent: AgentId, task: Option<Busy>) {
+        if let Some(w) = self.workers().get_mut(&agent) {
+            w.task = task;
         }
     }
 
@@ -505,99 +533,4 @@ fn builtin_work(opts: &MeshOptions, d: Dispatch, answers: &mpsc::Sender<Answered
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use qs_wire::mesh::{ClusterId, OpId};
-
-    fn dispatch(agent: AgentId, created_ms: u64, ttl_ms: u64) -> Dispatch {
-        Dispatch {
-            agent,
-            cluster: ClusterId(0),
-            reply_to: NodeId::new("lead").unwrap(),
-            envelope: MeshEnvelope {
-                id: 1,
-                op: OpId(7),
-                causation: None,
-                created_ms,
-                target_arrival_ms: created_ms,
-                ttl_ms,
-                priority: 2,
-                weight: 0.0,
-                verb: Verb::Act,
-                payload: "a long task".into(),
-                content_hash: qs_core::mesh::content_hash("a long task"),
-                requires: None,
-            },
-        }
-    }
-
-    /// A node's agents with `builtin` built-in ones, and the end their answers go to.
-    fn node_with(builtin: u32) -> (Arc<LocalAgents>, mpsc::Receiver<Answered>) {
-        let options = MeshOptions {
-            agents: builtin,
-            ..MeshOptions::default()
-        };
-        LocalAgents::new(NodeId::new("n1").unwrap(), options)
-    }
-
-    /// What `agents`' beats say of `agent` at `at_ms`.
-    fn state_at(agents: &LocalAgents, agent: AgentId, at_ms: u64) -> AgentState {
-        let beats = agents.beats_at(at_ms);
-        beats.iter().find(|b| b.agent == agent).unwrap().state
-    }
-
-    /// A worker that took a task and works on it past the silence is beaten as active until
-    /// its envelope expires; one silent with nothing to do is offline.
-    #[tokio::test]
-    async fn a_worker_on_a_long_task_is_busy_not_offline() {
-        let (agents, _answers) = node_with(0);
-        let worker = agents.join("w1", Vec::new()).unwrap();
-        let start = now().as_millis();
-        // A task living 60 s, taken.
-        agents.deliver(dispatch(worker, start, 60_000));
-        let got = agents.poll(worker, Duration::from_millis(10)).await;
-        assert!(got.is_some(), "taken");
-        let silent = start + SILENT_AFTER_MS + 1_000;
-        assert_eq!(
-            state_at(&agents, worker, silent),
-            AgentState::Active,
-            "working"
-        );
-        let expired = start + 61_000;
-        assert_eq!(
-            state_at(&agents, worker, expired),
-            AgentState::Offline,
-            "expired"
-        );
-        // Another, silent with nothing taken: offline past the silence.
-        let idle = agents.join("w2", Vec::new()).unwrap();
-        assert_eq!(state_at(&agents, idle, silent), AgentState::Offline);
-    }
-
-    /// A worker its lead takes for crashed is told through what its connection waits on
-    /// (kept until it waits), if it is silent and the registration its lead knows; a
-    /// built-in agent is not.
-    #[tokio::test]
-    async fn a_crashed_worker_is_told_to_its_connection() {
-        let (agents, _answers) = node_with(2);
-        let worker = agents.join("w1", Vec::new()).unwrap();
-        let evicted = agents.evicted(worker).expect("a worker's");
-        let joined_ms = agents.beats_at(0).last().unwrap().joined_ms;
-        let silent = now().as_millis() + SILENT_AFTER_MS + 1_000;
-        // Not while it serves; not another registration than the lead knows.
-        assert!(
-            !agents.evict_at(worker, joined_ms, now().as_millis()),
-            "serving"
-        );
-        assert!(
-            !agents.evict_at(worker, joined_ms + 1, silent),
-            "another registration"
-        );
-        assert!(agents.evict_at(worker, joined_ms, silent));
-        tokio::time::timeout(Duration::from_secs(5), evicted.notified())
-            .await
-            .expect("told");
-        let builtin = agents.ids()[0];
-        assert!(!agents.evict_at(builtin, 0, silent) && agents.evicted(builtin).is_none());
-    }
-}
+mod tests;

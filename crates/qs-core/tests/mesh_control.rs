@@ -15,7 +15,8 @@ use qs_core::mesh::{
 };
 use qs_wire::NodeId;
 use qs_wire::mesh::{
-    AgentId, AgentState, BreakerState, ControlAction, ControlDone, MeshMessage, Scope,
+    AgentId, AgentState, BreakerState, Busy, ControlAction, ControlDone, MAX_ROUTED_NAMED,
+    MeshMessage, Scope,
 };
 use std::collections::BTreeSet;
 
@@ -302,11 +303,36 @@ fn a_route_around_holds_slow_agents_out_until_its_time_or_a_heal() {
     command(&mut root, around(3_600_000, 60_000), 1, lead.now);
     let r = reports(&exchange(&mut root, &mut lead, None));
     assert_eq!((r[0].agents_routed_around, r[0].confirmed), (0, 2));
-    // Everyone is slower than 0 ms: all held out for 2 s, then back.
+    // Everyone is slower than 0 ms: all held out for 2 s, then back. The report names the
+    // slowest eight (a node names no more), slowest first, with what each works on as its
+    // host says it (seed §7.2: "show me what they're stuck on"), for how long by then.
+    let since_ms = lead.now.as_millis() - 5_000;
+    lead.busy = Some(Busy::new(
+        "task t-1: summarize",
+        "waiting on GPU memory",
+        since_ms,
+    ));
+    lead.run(600);
     command(&mut root, around(0, 2_000), 2, lead.now);
     let r = reports(&exchange(&mut root, &mut lead, None));
     assert_eq!(r[0].agents_routed_around, 20, "{r:?}");
     assert_eq!((r[0].slower_than_ms, r[0].for_ms), (0, 2_000));
+    assert_eq!(r[0].routed.len(), MAX_ROUTED_NAMED, "{r:?}");
+    let impedances: Vec<f64> = r[0].routed.iter().map(|a| a.impedance_ms).collect();
+    assert!(impedances.is_sorted_by(|a, b| a >= b), "{impedances:?}");
+    for a in &r[0].routed {
+        match lead.theirs.contains(&a.agent) {
+            true => {
+                let busy = a.busy.as_ref().expect("busy, as its host said");
+                assert_eq!(busy.with, "task t-1: summarize");
+                assert_eq!(busy.note, "waiting on GPU memory");
+                assert!((5_600..6_000).contains(&a.busy_for_ms), "{a:?}");
+            }
+            false => assert_eq!((&a.busy, a.busy_for_ms), (&None, 0), "{a:?}"),
+        }
+    }
+    assert!(r[0].routed.iter().any(|a| a.busy.is_some()), "{r:?}");
+    lead.busy = None;
     assert!(pool(&lead.node).is_empty());
     lead.run(1_500);
     assert!(pool(&lead.node).is_empty(), "held for 2 s");

@@ -185,8 +185,10 @@ fn a_sector_freeze_reaches_a_new_coordinator_and_outlives_the_root() {
 }
 
 /// A notice older than a control carried out here does not undo it; a later one that says
-/// less frozen drops the mark a lost thaw left; and a thaw passed on by a coordinator thaws
-/// the scope a notice marked here (not only the clusters the lead marked itself).
+/// less frozen drops the mark a lost thaw left; a thaw passed on by a coordinator thaws the
+/// scope a notice marked here (not only the clusters the lead marked itself); a control
+/// older than one carried out changes nothing; a notice of another root is not taken; and
+/// what notices said frozen lapses with them when no notice renews it.
 #[test]
 fn notices_follow_the_controls_they_come_after() {
     let pair = pair();
@@ -208,6 +210,7 @@ fn notices_follow_the_controls_they_come_after() {
         frozen: false,
         frozen_scopes,
         last_control,
+        root: Some(p1.clone()),
     };
     let heard = |lead: &mut MeshNode, c: Control, now: Time| {
         let msg = MeshMessage::Control(c);
@@ -249,6 +252,79 @@ fn notices_follow_the_controls_they_come_after() {
         |o| matches!(o, MeshOutput::Send { msg: MeshMessage::ControlDone(d), .. } if d.was_frozen),
     );
     assert!(was_frozen, "{out:?}");
+    // The freeze before that thaw (7), passed on late: nothing.
+    heard(
+        &mut lead,
+        control(7, ControlAction::Freeze, sector, true),
+        at(950),
+    );
+    assert!(frozen(&lead).is_empty());
+    // A notice of another root (a slower copy from the root before): not taken.
+    let stranger = ModeNotice {
+        root: Some(NodeId::new("p3").unwrap()),
+        ..notice(1_000, 9, vec![sector])
+    };
+    hear_notice(&mut lead, &p1, &stranger, at(1_000));
+    assert!(frozen(&lead).is_empty());
+    // The root's, then none for three summary periods: it lapses.
+    hear_notice(&mut lead, &p1, &notice(1_100, 9, vec![sector]), at(1_100));
+    assert_eq!(frozen(&lead), BTreeSet::from([sector]));
+    let summary_ms = MeshConfig::default().summary_ms;
+    lead.handle(MeshInput::Tick, at(1_100 + 3 * summary_ms - 100));
+    assert_eq!(frozen(&lead), BTreeSet::from([sector]), "not yet");
+    lead.handle(MeshInput::Tick, at(1_100 + 3 * summary_ms + 400));
+    assert!(frozen(&lead).is_empty(), "lapsed");
+}
+
+/// A lead that froze its clusters for a sector's freeze passed on by its coordinator, and
+/// becomes the root before any notice said the freeze, holds the sector frozen (not its one
+/// cluster) and announces it; a root that came after another announces at its first beat,
+/// even with nothing frozen (so marks the last root's lost thaw left go).
+#[test]
+fn a_lead_that_becomes_the_root_holds_what_its_clusters_were_frozen_for() {
+    let pair = pair();
+    let (p1, p2) = (pair.p1.clone(), pair.p2.clone());
+    // p1 is the root and coordinates; p2 leads the cluster.
+    let tree = pair.roles(&p2, &p1, &p1);
+    let mut lead = node_in(&p2, MeshConfig::default(), &tree, at(0));
+    let mut quiet = node_in(&p2, MeshConfig::default(), &tree, at(0));
+    let sector = Scope::Sector(SectorId(0));
+    let passed_on = Control {
+        id: 5,
+        root: Some(p1.clone()),
+        relayed: true,
+        ..Control::new(ControlAction::Freeze, sector)
+    };
+    let msg = MeshMessage::Control(passed_on);
+    lead.handle(
+        MeshInput::Heard {
+            from: p1.clone(),
+            msg,
+        },
+        at(100),
+    );
+    drain(&mut lead);
+    let marked: Vec<Scope> = lead.frozen().iter().copied().collect();
+    assert_eq!(marked, [Scope::Cluster(ClusterId(0))]);
+    // p1 is gone: p2 is the root (p1 still leads, to hear notices).
+    let tree2 = pair.roles(&p1, &p2, &p2);
+    for node in [&mut lead, &mut quiet] {
+        node.handle(MeshInput::Tree(tree2.clone()), at(1_000));
+        drain(node);
+    }
+    let held: Vec<Scope> = lead.frozen().iter().copied().collect();
+    assert_eq!(held, [sector]);
+    let said = notices(&root_beat(&mut lead, &p2, 20, at(1_300)));
+    assert!(
+        said.iter().any(|(_, n)| n.frozen_scopes == [sector]),
+        "{said:?}"
+    );
+    let said = notices(&root_beat(&mut quiet, &p2, 20, at(1_300)));
+    assert!(
+        said.iter()
+            .any(|(_, n)| n.frozen_scopes.is_empty() && !n.frozen),
+        "a root after another says it holds nothing frozen: {said:?}"
+    );
 }
 
 /// The root holds at most `MAX_FROZEN_SCOPES` sectors and clusters frozen: one more is

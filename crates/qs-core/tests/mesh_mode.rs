@@ -144,6 +144,7 @@ fn emergency_from(lead: &mut MeshNode, root: &NodeId) -> ModeNotice {
         frozen: false,
         frozen_scopes: Vec::new(),
         last_control: 0,
+        root: Some(root.clone()),
     };
     hear_notice(lead, root, &emergency, at(0));
     assert_eq!(lead.mode(), Mode::Emergency);
@@ -229,6 +230,7 @@ fn an_older_notice_changes_nothing_and_a_new_root_keeps_the_mode_it_held() {
         frozen: false,
         frozen_scopes: Vec::new(),
         last_control: 0,
+        root: Some(p1.clone()),
     };
     hear_notice(&mut node, &p1, &notice(3, 200), at(300));
     assert_eq!(node.mode(), Mode::DegradedSevere);

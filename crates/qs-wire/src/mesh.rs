@@ -248,6 +248,14 @@ impl MeshEnvelope {
     }
 }
 
+/// A unit variant's name on the wire (`wave`, `route-around`, `observe`).
+pub fn wire_name<T: Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 /// A capability's name: 1..=[`MAX_CAPABILITY_BYTES`] of letters, digits, `_`, `-`, `.`.
 pub fn check_capability(name: &str) -> Result<(), String> {
     token("capability", name, MAX_CAPABILITY_BYTES)
@@ -411,6 +419,7 @@ impl BusMessage for MeshMessage {
                 for a in &b.agents {
                     finite("processing_ms", a.processing_ms, 1e9)?;
                     check_capabilities(&a.capabilities)?;
+                    a.busy.as_ref().map_or(Ok(()), Busy::check)?;
                 }
                 Ok(())
             }

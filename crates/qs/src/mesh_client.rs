@@ -99,13 +99,22 @@ fn cluster_table(row: &Value) -> Table {
     table
 }
 
-/// A led cluster's agents, one row each: state, class, impedance, and place in the routing
+/// A led cluster's agents, one row each: state, class, impedance, place in the routing
 /// pool (in it, joining, held out for a while after missed operations or a conflict, or out
-/// while not active).
+/// while not active), and what it works on.
 pub(crate) fn agents_table(v: &Value, cluster: u32) -> Table {
     let mut table = Table::new();
     table.set_header([
-        "agent", "state", "class", "score ms", "lead ms", "drift", "pool", "missed", "spiking",
+        "agent",
+        "state",
+        "class",
+        "score ms",
+        "lead ms",
+        "drift",
+        "pool",
+        "missed",
+        "spiking",
+        "busy with",
     ]);
     let agents = v["led_agents"].as_array().into_iter().flatten();
     for a in agents.filter(|a| a["cluster"].as_u64() == Some(u64::from(cluster))) {
@@ -132,9 +141,50 @@ pub(crate) fn agents_table(v: &Value, cluster: u32) -> Table {
                 _ => "",
             }
             .to_string(),
+            busy_text(a),
         ]);
     }
     table
+}
+
+/// What an agent (a led agent's or a routed-around one's JSON) works on, and for how long:
+/// `task 7: summarize the logs, for 4m (waiting on GPU memory)`; empty if nothing.
+fn busy_text(a: &Value) -> String {
+    let Some(with) = a["busy"]["with"].as_str() else {
+        return String::new();
+    };
+    let mut text = format!(
+        "{with}, for {}",
+        ago(a["busy_for_ms"].as_u64().unwrap_or(0))
+    );
+    if let Some(note) = a["busy"]["note"].as_str().filter(|n| !n.is_empty()) {
+        text.push_str(&format!(" ({note})"));
+    }
+    text
+}
+
+/// A route-around's agents held out, one line each (seed §7.2: "Traffic now avoiding: …
+/// (impedance 847ms)", and "stuck on: …").
+fn routed_lines(v: &Value) -> String {
+    let mut lines = String::new();
+    for a in v["routed"].as_array().into_iter().flatten() {
+        lines.push_str(&format!(
+            "\n  avoiding agent {:016x} of cluster {} (impedance {:.0} ms)",
+            a["agent"].as_u64().unwrap_or(0),
+            a["cluster"].as_u64().unwrap_or(0),
+            a["impedance_ms"].as_f64().unwrap_or(0.0)
+        ));
+        match busy_text(a).as_str() {
+            "" => lines.push_str(": no work under way that its host knows of"),
+            busy => lines.push_str(&format!(": busy with {busy}")),
+        }
+    }
+    let more = v["agents_routed_around"].as_u64().unwrap_or(0) as usize;
+    let named = v["routed"].as_array().map_or(0, Vec::len);
+    if named > 0 && more > named {
+        lines.push_str(&format!("\n  and {} more", more - named));
+    }
+    lines
 }
 
 /// A control's report as a sentence (seed §7.1: "Healing SECTOR-12: 3 agents restarted …"):
@@ -201,7 +251,7 @@ pub(crate) fn control_outcome(v: &Value) -> String {
             }
         ));
     }
-    line
+    line + &routed_lines(v)
 }
 
 /// Milliseconds as the CLI says them: `40 ms`, `1.2 s`.

@@ -7,7 +7,8 @@
 //! joins later settles before its lead adds it to the pool; a worker that goes away leaves the
 //! mesh (at once, even in the middle of a wait for work), one that stops asking for work is
 //! beaten as offline, and once offline 30 s is taken for crashed and disconnected (seed
-//! §6.1's AGENT_CRASH); a name joined twice, and a poll before joining, are refused.
+//! §6.1's AGENT_CRASH); a name joined twice, and a poll before joining, are refused; a
+//! worker agent holding a task shows it, and what it said of it, at its lead (seed §7.2).
 
 mod common;
 
@@ -86,6 +87,11 @@ fn raw_agent(socket: &Path, name: &str) -> UnixStream {
 /// One frame of the worker protocol, and the answer.
 fn call(stream: &mut UnixStream, request: &str) -> Value {
     send(stream, request);
+    recv(stream)
+}
+
+/// The next frame the agent sends.
+fn recv(stream: &mut UnixStream) -> Value {
     let mut len = [0u8; 4];
     stream.read_exact(&mut len).unwrap();
     let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
@@ -278,17 +284,13 @@ fn workers_join_the_mesh_with_capabilities_answer_and_leave() {
     // supervisor to start it again; it leaves the mesh, and the crash is in the lead's ledger.
     idle.set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
-    let mut len = [0u8; 4];
-    idle.read_exact(&mut len).unwrap();
-    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-    idle.read_exact(&mut body).unwrap();
-    let told: Value = serde_json::from_slice(&body).unwrap();
+    let told = recv(&mut idle);
     assert_eq!(told["op"], "refused", "{told}");
     assert!(
         told["reason"].as_str().unwrap().contains("crashed"),
         "{told}"
     );
-    assert_eq!(idle.read(&mut len).unwrap(), 0, "closed");
+    assert_eq!(idle.read(&mut [0u8; 4]).unwrap(), 0, "closed");
     w1.wait_within(
         "the crashed worker out of the mesh",
         Duration::from_secs(10),
@@ -298,4 +300,52 @@ fn workers_join_the_mesh_with_capabilities_answer_and_leave() {
     w1.wait_within("the crash recorded", Duration::from_secs(10), |_| {
         crashed(&w1) + crashed(&w2) == 1
     });
+
+    // Seed §7.2's "show me what they're stuck on": a worker agent that holds a task says so
+    // in its beats, with what it last said of it, and its lead shows it, in `qs mesh status
+    // cluster N` too.
+    let mut busy = raw_agent(&socket("w2"), "busy-g");
+    send(&mut busy, r#"{"op":"claim","wait_ms":20000}"#);
+    let (status, posted) = w2.http(
+        "POST",
+        "/v1/tasks",
+        r#"{"class":"batch","idempotency_key":"stuck","payload":"Process large language model inference request","max_iterations":1,"deadline_ms":120000}"#,
+    );
+    assert_eq!(status, 201, "{posted}");
+    let claimed = recv(&mut busy);
+    assert_eq!(claimed["op"], "task", "{claimed}");
+    let progress = serde_json::json!({
+        "op": "progress",
+        "task": claimed["task"],
+        "attempt": claimed["attempt"],
+        "fraction": 0.1,
+        "note": "waiting on GPU memory allocation",
+    });
+    assert_eq!(call(&mut busy, &progress.to_string())["op"], "ok");
+    let stuck = |a: &Up| {
+        let status = a.get("/v1/mesh");
+        let led = status["led_agents"].as_array().cloned().unwrap_or_default();
+        led.into_iter()
+            .find(|x| x["busy"]["note"] == "waiting on GPU memory allocation")
+    };
+    w1.wait_within(
+        "the lead to show what the worker is on",
+        Duration::from_secs(15),
+        |_| stuck(&w1).or_else(|| stuck(&w2)).is_some(),
+    );
+    let (lead, row) = match stuck(&w1) {
+        Some(row) => (&w1, row),
+        None => (&w2, stuck(&w2).unwrap()),
+    };
+    let with = format!(
+        "task {}: Process large language model inference request",
+        claimed["task"].as_str().unwrap()
+    );
+    assert_eq!(row["busy"]["with"], with.as_str(), "{row}");
+    let cluster = row["cluster"].as_u64().unwrap().to_string();
+    let table = cli(&["--api", &lead.api, "mesh", "status", "cluster", &cluster]);
+    assert!(
+        table.contains("waiting on GPU memory allocation"),
+        "{table}"
+    );
 }

@@ -24,6 +24,7 @@ use qs_core::tasks::{
     Accepted, Claim, Next, QueueCounts, Refusal, Report, Task, TaskLimits, TaskQueues,
 };
 use qs_wire::event::TaskStep;
+use qs_wire::mesh::Busy;
 use qs_wire::{Event, NodeId, ServiceName, TaskId, TaskSpec};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -352,6 +353,24 @@ impl TaskHost {
     /// Whether `worker` holds an attempt of a task now.
     pub async fn holds_work(&self, worker: &str) -> bool {
         self.queues.lock().await.holds_work(worker)
+    }
+
+    /// What `worker` works on now, as the mesh shows it: a task it holds (its id and
+    /// content) and what it last said of it, since `since_ms` if that is the task it held
+    /// before, else since now.
+    pub async fn busy_of(&self, worker: &str, before: Option<&Busy>) -> Option<Busy> {
+        let q = self.queues.lock().await;
+        let t = q.held_by(worker)?;
+        let with = format!("task {}: {}", t.id, t.spec.payload);
+        let note = t.progress.as_ref().map_or("", |p| p.note.as_str());
+        let fresh = Busy::new(&with, note, crate::clock::now().as_millis());
+        Some(match before {
+            Some(b) if b.with == fresh.with => Busy {
+                since_ms: b.since_ms,
+                ..fresh
+            },
+            _ => fresh,
+        })
     }
 
     /// A worker went away: the attempts it held fail.

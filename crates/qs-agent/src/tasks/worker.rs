@@ -25,7 +25,7 @@
 use super::TaskHost;
 use crate::mesh_agents::{LocalAgents, WorkerAnswer};
 use qs_core::tasks::{Claim, Next, Report};
-use qs_wire::mesh::{AgentId, ConflictDetail, MeshEnvelope, OpId, Trinary};
+use qs_wire::mesh::{AgentId, Busy, ConflictDetail, MeshEnvelope, OpId, Trinary};
 use qs_wire::{ServiceName, TaskId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -131,6 +131,21 @@ enum Request {
     },
 }
 
+impl Request {
+    /// Whether it may change what its mesh agent's beats say it works on: the task it
+    /// holds, what it said of it, or its joining the mesh.
+    fn on_tasks(&self) -> bool {
+        matches!(
+            self,
+            Request::Claim { .. }
+                | Request::Progress { .. }
+                | Request::Complete { .. }
+                | Request::Fail { .. }
+                | Request::MeshJoin { .. }
+        )
+    }
+}
+
 /// What the agent answers.
 #[derive(Debug, Serialize)]
 #[serde(tag = "op", rename_all = "kebab-case")]
@@ -203,6 +218,7 @@ pub async fn serve(
                 silence: None,
                 evicted: None,
                 inbuf: Vec::new(),
+                busy: None,
             };
             if let Err(why) = conn.run(stream).await {
                 tracing::warn!("a task worker was disconnected: {why}");
@@ -234,6 +250,8 @@ struct Connection {
     evicted: Option<Arc<tokio::sync::Notify>>,
     /// What was read of the next frames (at most one frame and a read more).
     inbuf: Vec<u8>,
+    /// The task its mesh agent's beats say it works on.
+    busy: Option<Busy>,
 }
 
 /// Reads one frame: `Ok(None)` when the worker is gone (its connection ended or broke, a
@@ -337,10 +355,25 @@ impl Connection {
         };
         let request: Request = serde_json::from_slice(&frame)
             .map_err(|e| format!("not a request of the worker protocol: {e}"))?;
-        self.answer(request, stream)
-            .await
-            .map(Some)
-            .map_err(|Misuse(why)| why)
+        let on_tasks = request.on_tasks();
+        let answer = self.answer(request, stream).await;
+        if on_tasks {
+            self.tell_mesh_busy().await;
+        }
+        answer.map(Some).map_err(|Misuse(why)| why)
+    }
+
+    /// Tells the mesh which task its agent works on, if it joined (seed §7.2: an operator
+    /// sees what slow agents are stuck on).
+    async fn tell_mesh_busy(&mut self) {
+        let (Some(agent), Some(worker)) = (self.mesh_agent, &self.worker) else {
+            return;
+        };
+        let busy = self.host.busy_of(worker, self.busy.as_ref()).await;
+        if busy != self.busy {
+            self.busy = busy.clone();
+            self.mesh.working_on(agent, busy);
+        }
     }
 
     async fn answer(&mut self, request: Request, stream: &UnixStream) -> Result<Answer, Misuse> {

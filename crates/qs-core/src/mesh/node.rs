@@ -16,7 +16,7 @@ use super::integration::IntegrationConfig;
 use crate::time::Time;
 use qs_wire::NodeId;
 use qs_wire::mesh::{
-    Ack, AgentBeat, AgentId, AgentState, Alive, AnswerCount, CascadeMode, ClusterId,
+    Ack, AgentBeat, AgentId, AgentState, Alive, AnswerCount, Busy, CascadeMode, ClusterId,
     ClusterSummary, ConflictCounts, Control, ControlAction, Dispatch, HostBeat, ImpedanceClass,
     LeadHistogram, MeshEnvelope, MeshMessage, OpId, Scope, SectorId, SectorSummary,
 };
@@ -409,6 +409,8 @@ impl MeshNode {
                             .map_or(0, |t| t.since(now).as_millis() as u64),
                         missed: view.missed,
                         spiking: view.spiking,
+                        busy: view.busy.clone(),
+                        busy_for_ms: view.busy_for_ms(now),
                     });
                 }
             }

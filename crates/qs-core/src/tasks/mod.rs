@@ -378,9 +378,14 @@ impl TaskQueues {
 
     /// Whether `worker` holds an attempt of a task now.
     pub fn holds_work(&self, worker: &str) -> bool {
+        self.held_by(worker).is_some()
+    }
+
+    /// A task `worker` holds an attempt of now (the first by id, if several).
+    pub fn held_by(&self, worker: &str) -> Option<&Task> {
         self.tasks
             .values()
-            .any(|t| matches!(&t.phase, Phase::Running { worker: w } if w == worker))
+            .find(|t| matches!(&t.phase, Phase::Running { worker: w } if w == worker))
     }
 
     /// `worker` went away: the attempts it held fail (their tasks go back to the inbound

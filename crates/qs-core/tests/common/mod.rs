@@ -10,9 +10,9 @@ use qs_core::mesh::{
 };
 use qs_wire::NodeId;
 use qs_wire::mesh::{
-    Ack, AgentBeat, AgentId, AgentState, CascadeMode, ClusterId, ClusterSummary, ConflictDetail,
-    Dispatch, Escalated, HostBeat, LeadHistogram, MeshEnvelope, MeshMessage, OpId, Order, Report,
-    Scope, SectorId, SectorSummary, Tally, Trinary, Verb,
+    Ack, AgentBeat, AgentId, AgentState, Busy, CascadeMode, ClusterId, ClusterSummary,
+    ConflictDetail, Dispatch, Escalated, HostBeat, LeadHistogram, MeshEnvelope, MeshMessage, OpId,
+    Order, Report, Scope, SectorId, SectorSummary, Tally, Trinary, Verb,
 };
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -34,6 +34,7 @@ pub fn beat(agent: AgentId, joined_ms: u64, tpu: bool) -> AgentBeat {
             false => Vec::new(),
         },
         joined_ms,
+        busy: None,
     }
 }
 
@@ -89,6 +90,8 @@ pub struct Lead {
     pub theirs: Vec<AgentId>,
     /// The other host's agents it beats as offline.
     pub down: BTreeSet<AgentId>,
+    /// What the other host's beats say its agents work on (none: nothing).
+    pub busy: Option<Busy>,
     pub now: Time,
 }
 
@@ -113,6 +116,7 @@ impl Lead {
             other: c.other,
             theirs: c.theirs,
             down: BTreeSet::new(),
+            busy: None,
             now,
         }
     }
@@ -129,6 +133,7 @@ impl Lead {
                         true => AgentState::Offline,
                         false => AgentState::Active,
                     },
+                    busy: self.busy.clone(),
                     ..beat(*a, 0, true)
                 });
                 let (sent_ms, now) = (self.now.as_millis(), self.now);

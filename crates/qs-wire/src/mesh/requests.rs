@@ -303,9 +303,35 @@ impl Control {
 /// conflicts released): far more than a node leads.
 pub const MAX_CONTROL_COUNT: u32 = 1_000_000;
 
+/// Agents a node names of those it routed around, at most (the slowest).
+pub const MAX_ROUTED_NAMED: usize = 8;
+
+/// An agent a route-around held out of the routing pool (seed §7.2: "Traffic now avoiding:
+/// … AGENT-12 (impedance 847ms)"), and what it works on ("Both agents stuck on: …").
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutedAgent {
+    pub agent: AgentId,
+    pub cluster: ClusterId,
+    /// Its impedance score when it was held out, milliseconds.
+    pub impedance_ms: f64,
+    /// What its host last said it works on, and for how long then (its lead's reckoning).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub busy: Option<Busy>,
+    #[serde(default, skip_serializing_if = "crate::bounds::is_zero")]
+    pub busy_for_ms: u64,
+}
+
+impl RoutedAgent {
+    pub fn check(&self) -> Result<(), String> {
+        super::finite("impedance_ms", self.impedance_ms, 1e9)?;
+        self.busy.as_ref().map_or(Ok(()), Busy::check)
+    }
+}
+
 /// What one node did of a control, to the root that sent it (seed §7.1's heal report:
 /// "3 agents restarted … circuit breaker reset").
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControlDone {
     /// The control's [`Control::id`].
@@ -328,6 +354,10 @@ pub struct ControlDone {
     pub agents_routed_around: u32,
     /// Whether its scope was frozen here before (a thaw or a heal thawed it).
     pub was_frozen: bool,
+    /// A route-around's: the slowest of the agents it held out, at most
+    /// [`MAX_ROUTED_NAMED`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routed: Vec<RoutedAgent>,
 }
 
 impl ControlDone {
@@ -344,6 +374,7 @@ impl ControlDone {
             conflicts_released: 0,
             agents_routed_around: 0,
             was_frozen: false,
+            routed: Vec::new(),
         }
     }
 
@@ -358,7 +389,8 @@ impl ControlDone {
                 return Err(format!("{field}: {n}; at most {MAX_CONTROL_COUNT}"));
             }
         }
-        Ok(())
+        super::at_most("routed agents named", self.routed.len(), MAX_ROUTED_NAMED)?;
+        self.routed.iter().try_for_each(RoutedAgent::check)
     }
 }
 

@@ -17,6 +17,65 @@ pub struct AgentBeat {
     /// agent that joined lately to the routing pool only once it has settled (seed §10.2).
     #[serde(default)]
     pub joined_ms: u64,
+    /// What it works on now, if anything (seed §7.2: "show me what they're stuck on").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub busy: Option<Busy>,
+}
+
+/// Longest [`Busy::with`].
+pub const MAX_BUSY_WITH_BYTES: usize = 128;
+/// Longest [`Busy::note`].
+pub const MAX_BUSY_NOTE_BYTES: usize = 200;
+
+/// What an agent works on, as its host says it: shown to operators, so text only (no
+/// control characters) and short.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Busy {
+    /// The work: a task's id and kind, an operation's verb and content (1 to
+    /// [`MAX_BUSY_WITH_BYTES`] bytes).
+    pub with: String,
+    /// What the agent last said of it (a task's progress note), at most
+    /// [`MAX_BUSY_NOTE_BYTES`] bytes.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub note: String,
+    /// Since when, Unix milliseconds: on its host's clock in a beat, on its lead's after.
+    pub since_ms: u64,
+}
+
+impl Busy {
+    /// What a host says of work it names `with` (noted `note`), since `since_ms`: each
+    /// text cut to its bound at a character, control characters made spaces.
+    pub fn new(with: &str, note: &str, since_ms: u64) -> Busy {
+        let shown = |s: &str, max: usize| {
+            let mut s: String = s
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            crate::bounds::clip(&mut s, max);
+            s
+        };
+        Busy {
+            with: shown(with, MAX_BUSY_WITH_BYTES),
+            note: shown(note, MAX_BUSY_NOTE_BYTES),
+            since_ms,
+        }
+    }
+
+    pub fn check(&self) -> Result<(), String> {
+        for (field, s, max, min) in [
+            ("busy.with", &self.with, MAX_BUSY_WITH_BYTES, 1),
+            ("busy.note", &self.note, MAX_BUSY_NOTE_BYTES, 0),
+        ] {
+            if s.len() < min || s.len() > max {
+                return Err(format!("{field}: {} bytes; {min}..={max}", s.len()));
+            }
+            if let Some(c) = s.chars().find(|c| c.is_control()) {
+                return Err(format!("{field}: control character {c:?}"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A host's beat to one cluster lead: its agents of that cluster (every `beat_ms`).
@@ -329,6 +388,10 @@ pub struct ModeNotice {
     /// carried out a later one keeps what that one did over this notice's freezes.
     #[serde(default, skip_serializing_if = "crate::bounds::is_zero")]
     pub last_control: u64,
+    /// The root that sent it: a node whose tree names another root takes nothing from it
+    /// (a slower copy from the root before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<NodeId>,
 }
 
 /// The highest [`ModeNotice::level`]: EMERGENCY.

@@ -55,6 +55,29 @@ fn envelopes_out_of_bounds_are_refused_by_field() {
     assert!(!envelope().expired(6_000));
 }
 
+/// An active agent's beat, working on `busy`.
+fn agent_beat(busy: Option<Busy>) -> AgentBeat {
+    AgentBeat {
+        agent: AgentId(1),
+        state: AgentState::Active,
+        processing_ms: 1.0,
+        queue_depth: 0,
+        capabilities: vec![],
+        joined_ms: 0,
+        busy,
+    }
+}
+
+/// Host n1's beat of `agents` to cluster 0's lead.
+fn beat_of(agents: Vec<AgentBeat>) -> MeshMessage {
+    MeshMessage::Beat(HostBeat {
+        host: NodeId::new("n1").unwrap(),
+        cluster: ClusterId(0),
+        sent_ms: 0,
+        agents,
+    })
+}
+
 #[test]
 fn messages_round_trip_and_are_checked() {
     let order = MeshMessage::Order(Box::new(Order {
@@ -71,22 +94,7 @@ fn messages_round_trip_and_are_checked() {
     }));
     let bytes = serde_json::to_vec(&order).unwrap();
     assert_eq!(decode_bus::<MeshMessage>("mesh.x", &bytes).unwrap(), order);
-    let big = MeshMessage::Beat(HostBeat {
-        host: NodeId::new("n1").unwrap(),
-        cluster: ClusterId(0),
-        sent_ms: 0,
-        agents: vec![
-            AgentBeat {
-                agent: AgentId(1),
-                state: AgentState::Active,
-                processing_ms: 1.0,
-                queue_depth: 0,
-                capabilities: vec![],
-                joined_ms: 0,
-            };
-            MAX_BEAT_AGENTS + 1
-        ],
-    });
+    let big = beat_of(vec![agent_beat(None); MAX_BEAT_AGENTS + 1]);
     let bytes = serde_json::to_vec(&big).unwrap();
     let err = decode_bus::<MeshMessage>("mesh.x", &bytes).unwrap_err();
     assert!(err.why.contains("agents in a beat"), "{}", err.why);
@@ -119,6 +127,41 @@ fn decodes_as<const N: usize>(table: [(MeshMessage, Option<&str>); N]) {
     }
 }
 
+/// What an agent works on, in a beat: text only and short, refused by field otherwise; a
+/// host's text is made so (control characters spaces, cut at a character).
+#[test]
+fn what_an_agent_works_on_is_short_text() {
+    let beat = |busy: Busy| beat_of(vec![agent_beat(Some(busy))]);
+    let raw = |with: &str, note: &str| Busy {
+        with: with.into(),
+        note: note.into(),
+        since_ms: 5,
+    };
+    let table = [
+        (
+            beat(raw("task t-1: summarize", "waiting on GPU memory")),
+            None,
+        ),
+        (beat(raw("", "")), Some("busy.with: 0 bytes; 1..=128")),
+        (
+            beat(raw("task \u{1b}[31mred", "")),
+            Some("busy.with: control character '\\u{1b}'"),
+        ),
+        (
+            beat(raw("task", &"n".repeat(MAX_BUSY_NOTE_BYTES + 1))),
+            Some("busy.note: 201 bytes; 0..=200"),
+        ),
+    ];
+    decodes_as(table);
+    // What a host says: its control characters spaces, each text cut to its bound.
+    let said = Busy::new("act:\nline two", &"é".repeat(MAX_BUSY_NOTE_BYTES), 5);
+    assert_eq!(said.with, "act: line two");
+    assert_eq!(said.note.len(), MAX_BUSY_NOTE_BYTES);
+    assert_eq!(said.check(), Ok(()));
+    let long = Busy::new(&"w".repeat(MAX_BUSY_WITH_BYTES + 9), "", 5);
+    assert_eq!(long.with.len(), MAX_BUSY_WITH_BYTES);
+}
+
 /// A mode notice: a level past EMERGENCY, more active agents than agents, more frozen scopes
 /// than a root holds, or the whole mesh among them, is refused by field; a good one reads
 /// back.
@@ -132,6 +175,7 @@ fn mode_notices_are_checked() {
         frozen: false,
         frozen_scopes: Vec::new(),
         last_control: 0,
+        root: None,
     };
     let frozen = |frozen_scopes: Vec<Scope>| {
         MeshMessage::Mode(ModeNotice {
@@ -171,8 +215,9 @@ fn mode_notices_are_checked() {
     decodes_as(table);
 }
 
-/// A control's confirmation: each count bounded, by field; a control from a root before
-/// confirmations existed (no id) still reads, as one that asks for none.
+/// A control's confirmation: each count bounded, by field, and the agents a route-around
+/// names (at most eight, each checked); a control from a root before confirmations existed
+/// (no id) still reads, as one that asks for none.
 #[test]
 fn control_confirmations_are_checked() {
     let done = |agents_released: u32, conflicts_released: u32| {
@@ -189,7 +234,35 @@ fn control_confirmations_are_checked() {
             ..Control::new(ControlAction::RouteAround, Scope::Global)
         })
     };
+    let routed = |n: usize, impedance_ms: f64, with: &str| {
+        let mut d = ControlDone::new(9, NodeId::new("n1").unwrap(), None, ControlAction::Heal);
+        (d.action, d.agents_routed_around) = (ControlAction::RouteAround, n as u32);
+        let busy = Some(Busy {
+            with: with.into(),
+            note: String::new(),
+            since_ms: 1,
+        });
+        let agent = |i: usize| RoutedAgent {
+            agent: AgentId(i as u64),
+            cluster: ClusterId(0),
+            impedance_ms,
+            busy: busy.clone(),
+            busy_for_ms: 1_000,
+        };
+        d.routed = (0..n).map(agent).collect();
+        MeshMessage::ControlDone(Box::new(d))
+    };
     let table = [
+        (routed(MAX_ROUTED_NAMED, 847.0, "task t-1"), None),
+        (
+            routed(MAX_ROUTED_NAMED + 1, 847.0, "task t-1"),
+            Some("9 routed agents named; at most 8"),
+        ),
+        (routed(1, -1.0, "task t-1"), Some("impedance_ms: -1")),
+        (
+            routed(1, 847.0, "a\u{7}"),
+            Some("busy.with: control character"),
+        ),
         (done(3, 1), None),
         (done(MAX_CONTROL_COUNT, 0), None),
         (done(MAX_CONTROL_COUNT + 1, 0), Some("agents_released")),

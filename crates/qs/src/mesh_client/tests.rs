@@ -1,6 +1,7 @@
 //! `qs mesh`'s sentences and tables, from the JSON the agent answers with.
 
 use super::*;
+use qs_wire::mesh::{AgentId, Busy, RoutedAgent};
 
 #[test]
 fn scopes_are_read_in_every_spelling() {
@@ -204,6 +205,7 @@ fn control_reports_read_as_what_was_done_and_who_confirmed() {
             breakers_closed: 1,
             conflicts_released: 2,
             agents_routed_around: 0,
+            routed: Vec::new(),
             slower_than_ms: 0,
             for_ms: 0,
             was_frozen_on: frozen_on,
@@ -258,6 +260,38 @@ fn control_reports_read_as_what_was_done_and_who_confirmed() {
         "routed around 2 agents slower than 500 ms in sector 7 for 10m: out of the routing \
          pool until then, or a heal; confirmed by 5 of 5 nodes in 40 ms"
     );
+    // Seed §7.2: "Traffic now avoiding: … (impedance 847ms)", and what they are stuck on.
+    let routed =
+        |agent: u64, impedance_ms: f64, busy: Option<Busy>, busy_for_ms: u64| RoutedAgent {
+            agent: AgentId(agent),
+            cluster: ClusterId(4),
+            impedance_ms,
+            busy,
+            busy_for_ms,
+        };
+    let stuck = Busy::new(
+        "task t-12: Process large language model inference request",
+        "waiting on GPU memory allocation",
+        0,
+    );
+    (around.agents_routed_around, around.routed) = (
+        3,
+        vec![
+            routed(0x12, 847.2, Some(stuck), 263_000),
+            routed(0x19, 612.0, None, 0),
+        ],
+    );
+    assert_eq!(
+        control_outcome(&serde_json::json!(around)),
+        "routed around 3 agents slower than 500 ms in sector 7 for 10m: out of the routing \
+         pool until then, or a heal; confirmed by 5 of 5 nodes in 40 ms\n  \
+         avoiding agent 0000000000000012 of cluster 4 (impedance 847 ms): busy with task \
+         t-12: Process large language model inference request, for 4m (waiting on GPU \
+         memory allocation)\n  \
+         avoiding agent 0000000000000019 of cluster 4 (impedance 612 ms): no work under way \
+         that its host knows of\n  \
+         and 1 more"
+    );
 }
 
 /// A led cluster's agents, as the agent serializes them: one row each, its place in the
@@ -281,12 +315,19 @@ fn a_clusters_agents_are_listed_with_their_place_in_the_pool() {
         held_ms,
         missed,
         spiking: missed == 0 && !admitted,
+        busy: None,
+        busy_for_ms: 0,
     };
     let status = serde_json::json!({ "led_agents": [
         agent(0xa1, 3, AgentState::Active, true, 0, 0),
         agent(0xa2, 3, AgentState::Active, false, 1_500, 3),
         agent(0xa3, 3, AgentState::Quarantined, false, 0, 0),
         agent(0xb1, 4, AgentState::Active, true, 0, 0),
+        LedAgent {
+            busy: Some(Busy::new("observe: ready?", "", 0)),
+            busy_for_ms: 42_000,
+            ..agent(0xa4, 3, AgentState::Active, true, 0, 0)
+        },
     ]});
     let text = agents_table(&status, 3).to_string();
     let rows: Vec<Vec<&str>> = text
@@ -332,6 +373,17 @@ fn a_clusters_agents_are_listed_with_their_place_in_the_pool() {
                 "out",
                 "0",
                 "yes"
+            ],
+            vec![
+                "00000000000000a4",
+                "active",
+                "B",
+                "42",
+                "45",
+                "-0.03",
+                "in",
+                "0",
+                "observe: ready?, for 42s"
             ],
         ],
         "{text}"

@@ -138,6 +138,13 @@ impl MeshNode {
             }
             view.work.reported(a.processing_ms);
             view.work.queue_depth = a.queue_depth;
+            // Its start read on its host's clock (before the beat left) and kept on this one.
+            view.busy = a.busy.map(|busy| Busy {
+                since_ms: now
+                    .as_millis()
+                    .saturating_sub(b.sent_ms.saturating_sub(busy.since_ms)),
+                ..busy
+            });
             let mut capabilities = a.capabilities;
             capabilities.retain(|c| !view.revoked.contains(c));
             if view.capabilities != capabilities {

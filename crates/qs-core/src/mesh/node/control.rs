@@ -5,7 +5,7 @@
 //! SECTOR-12: 3 agents restarted … circuit breaker reset").
 
 use super::*;
-use qs_wire::mesh::ControlDone;
+use qs_wire::mesh::{ControlDone, MAX_ROUTED_NAMED, RoutedAgent};
 
 /// How long the root waits for the nodes in scope to confirm a control (two hops down and
 /// one back, with a WAN's tail): past it, the report names who did not.
@@ -14,9 +14,25 @@ pub const CONTROL_CONFIRM_MS: u64 = 2_000;
 pub const MAX_PENDING_CONTROLS: usize = 16;
 /// Nodes a report names as not confirmed, at most.
 pub const MAX_UNCONFIRMED_NAMED: usize = 8;
+/// Agents a route-around's report names, at most (the slowest).
+pub const MAX_ROUTED_REPORTED: usize = 16;
+
+/// The `most` slowest of `agents`, slowest first (one agent once: a lead under two
+/// coordinators confirms through each).
+fn slowest(agents: impl IntoIterator<Item = RoutedAgent>, most: usize) -> Vec<RoutedAgent> {
+    let mut v: Vec<RoutedAgent> = agents.into_iter().collect();
+    v.sort_by(|a, b| {
+        b.impedance_ms
+            .total_cmp(&a.impedance_ms)
+            .then(a.agent.cmp(&b.agent))
+    });
+    v.dedup_by_key(|r| r.agent);
+    v.truncate(most);
+    v
+}
 
 /// What a control did in its scope, as the root reports it to the operator who asked.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ControlReport {
     /// The command's tag (the shell's, for its answer).
     #[serde(skip)]
@@ -33,8 +49,11 @@ pub struct ControlReport {
     pub agents_released: u32,
     pub breakers_closed: u32,
     pub conflicts_released: u32,
-    /// Agents a route-around held out of the routing pool, and its numbers.
+    /// Agents a route-around held out of the routing pool, the slowest of them (at most
+    /// `MAX_ROUTED_REPORTED`), and its numbers.
     pub agents_routed_around: u32,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub routed: Vec<RoutedAgent>,
     #[serde(skip_serializing_if = "qs_wire::bounds::is_zero")]
     pub slower_than_ms: u64,
     #[serde(skip_serializing_if = "qs_wire::bounds::is_zero")]
@@ -142,6 +161,7 @@ impl MeshNode {
                     breakers_closed: 0,
                     conflicts_released: 0,
                     agents_routed_around: 0,
+                    routed: Vec::new(),
                     slower_than_ms,
                     for_ms,
                     was_frozen_on: 0,
@@ -169,29 +189,8 @@ impl MeshNode {
                 && relayed_by.is_none_or(|co| tree.coordinator_of(cl) == Some(co))
         };
         let clusters: Vec<ClusterId> = self.led.keys().copied().filter(|cl| covers(*cl)).collect();
-        // What a freeze marks: the scope, or (passed on) each of those clusters; none at the
-        // root, which marked the scope itself (what it holds frozen is what it announces).
-        let marks: Vec<Scope> = match relayed_by {
-            None => vec![c.scope],
-            Some(_) if self.is_root => Vec::new(),
-            Some(_) => clusters.iter().map(|cl| Scope::Cluster(*cl)).collect(),
-        };
         let mut done = ControlDone::new(c.id, self.me.clone(), relayed_by.cloned(), c.action);
-        self.control_carried_out(&c);
-        match c.action {
-            ControlAction::Freeze => {
-                for s in marks {
-                    done.was_frozen |= !self.frozen.insert(s);
-                }
-            }
-            ControlAction::Thaw | ControlAction::Heal => {
-                // And the scope itself, which the root's notices may have marked here.
-                for s in marks.iter().chain([&c.scope]) {
-                    done.was_frozen |= self.frozen.remove(s);
-                }
-            }
-            ControlAction::RouteAround => {}
-        }
+        done.was_frozen = self.mark_frozen(&c, &clusters);
         match c.action {
             ControlAction::Heal => {
                 self.heal(&clusters, &mut done, now);
@@ -215,9 +214,7 @@ impl MeshNode {
                     done.breakers_closed += u32::from(self.breakers.reset(Scope::Global, now));
                 }
             }
-            ControlAction::RouteAround => {
-                done.agents_routed_around = self.route_around(&clusters, &c, now);
-            }
+            ControlAction::RouteAround => self.route_around(&clusters, &c, &mut done, now),
             ControlAction::Freeze | ControlAction::Thaw => {}
         }
         if !c.relayed {
@@ -275,9 +272,15 @@ impl MeshNode {
     /// A route-around of the led `clusters` (seed §7.2): their agents in the pool whose
     /// impedance score is over `slower_than_ms`, held out of it for `for_ms` (the integration
     /// pass takes them back after, as settled members). How many.
-    fn route_around(&mut self, clusters: &[ClusterId], c: &Control, now: Time) -> u32 {
+    fn route_around(
+        &mut self,
+        clusters: &[ClusterId],
+        c: &Control,
+        done: &mut ControlDone,
+        now: Time,
+    ) {
         let until = now + Duration::from_millis(c.for_ms);
-        let mut held = 0;
+        let mut held: Vec<RoutedAgent> = Vec::new();
         for cl in clusters {
             let Some(led) = self.led.get_mut(cl) else {
                 continue;
@@ -289,16 +292,24 @@ impl MeshNode {
                 .map(|(a, _)| *a)
                 .collect();
             for a in in_pool {
-                let over = led
-                    .assess(a, 0.0)
-                    .is_some_and(|(z, _)| z.score_ms > c.slower_than_ms as f64);
-                if over {
+                let Some((z, _)) = led.assess(a, 0.0) else {
+                    continue;
+                };
+                if z.score_ms > c.slower_than_ms as f64 {
                     led.hold_out(a, until);
-                    held += 1;
+                    let view = &led.agents[&a];
+                    held.push(RoutedAgent {
+                        agent: a,
+                        cluster: *cl,
+                        impedance_ms: z.score_ms,
+                        busy: view.busy.clone(),
+                        busy_for_ms: view.busy_for_ms(now),
+                    });
                 }
             }
         }
-        held
+        done.agents_routed_around = held.len() as u32;
+        done.routed = slowest(held, MAX_ROUTED_NAMED);
     }
 
     /// The root: a node's confirmation, summed; the report once every node confirmed.
@@ -328,6 +339,8 @@ impl MeshNode {
         r.agents_routed_around = r
             .agents_routed_around
             .saturating_add(d.agents_routed_around);
+        let routed = std::mem::take(&mut r.routed);
+        r.routed = slowest(routed.into_iter().chain(d.routed), MAX_ROUTED_REPORTED);
         if p.heard.len() == p.expected.len() {
             let id = d.id;
             self.end_control(id, now);

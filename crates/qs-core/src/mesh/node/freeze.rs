@@ -4,8 +4,11 @@
 //! change and every summary period while anything is frozen. A node off the root takes that
 //! set for its own marks, so a coordinator or lead new to a frozen scope holds it frozen as
 //! the one before did, a mark that a lost thaw left behind is dropped, and a node that
-//! becomes the root keeps what the last root held. A notice older than a control this node
-//! carried out (by the root's numbering of its controls) does not undo that control.
+//! becomes the root keeps what the last root held (a root that comes after another announces
+//! what it holds, even nothing). A notice older than a control this node carried out (by
+//! the root's numbering of its controls) does not undo that control, nor does a control
+//! older than one carried out. A lead marks the clusters a control passed on covers, and
+//! keeps which scope they stand for: one that becomes the root holds that scope frozen.
 
 use super::*;
 use qs_wire::mesh::{MAX_FROZEN_SCOPES, ModeNotice};
@@ -20,6 +23,11 @@ pub(crate) struct FreezeSync {
     last_sent: u64,
     /// Off the root: the highest id of a control from the current root carried out here.
     last_heard: u64,
+    /// A root that came after another announces what it holds, even if nothing.
+    force: bool,
+    /// Off the root: the clusters marked for each scope a control passed on froze, since the
+    /// last notice (which says the scopes themselves).
+    relayed: BTreeMap<Scope, BTreeSet<Scope>>,
 }
 
 impl MeshNode {
@@ -47,22 +55,60 @@ impl MeshNode {
         self.freeze_sync.last_sent = id;
     }
 
-    /// A control carried out here: one from the current root numbers what its notices
-    /// must follow to undo it.
-    pub(super) fn control_carried_out(&mut self, c: &Control) {
-        if !self.is_root && c.root.is_some() && c.root == self.tree.root {
-            self.freeze_sync.last_heard = self.freeze_sync.last_heard.max(c.id);
+    /// What control `c` freezes or thaws here, of the clusters it covers here: the scope
+    /// (from the root), or each of those clusters (passed on; none at the root that sent it,
+    /// which marked the scope itself); a thaw, the scope too (a notice may have marked it).
+    /// Nothing for a control older than one carried out. Whether anything was frozen before.
+    pub(super) fn mark_frozen(&mut self, c: &Control, clusters: &[ClusterId]) -> bool {
+        let from_current = !self.is_root && c.root.is_some() && c.root == self.tree.root;
+        let sync = &mut self.freeze_sync;
+        if from_current && c.id < sync.last_heard {
+            return false;
         }
+        if from_current {
+            sync.last_heard = c.id;
+        }
+        let marks: BTreeSet<Scope> = match (c.relayed, c.root.as_ref() == Some(&self.me)) {
+            (false, _) => BTreeSet::from([c.scope]),
+            (true, true) => BTreeSet::new(),
+            (true, false) => clusters.iter().map(|cl| Scope::Cluster(*cl)).collect(),
+        };
+        let mut was_frozen = false;
+        match c.action {
+            ControlAction::Freeze => {
+                for s in &marks {
+                    was_frozen |= !self.frozen.insert(*s);
+                }
+                if c.relayed && !marks.is_empty() {
+                    sync.relayed.entry(c.scope).or_default().extend(marks);
+                }
+            }
+            ControlAction::Thaw | ControlAction::Heal => {
+                for s in marks.iter().chain([&c.scope]) {
+                    was_frozen |= self.frozen.remove(s);
+                }
+                if let Some(left) = sync.relayed.get_mut(&c.scope) {
+                    left.retain(|m| !marks.contains(m));
+                    if left.is_empty() {
+                        sync.relayed.remove(&c.scope);
+                    }
+                }
+            }
+            ControlAction::RouteAround => {}
+        }
+        was_frozen
     }
 
-    /// At the root: whether what is frozen changed since its last notice said it.
+    /// At the root: whether what is frozen changed since its last notice said it (or it
+    /// came after another root and has said nothing yet).
     pub(super) fn freezes_changed(&self) -> bool {
-        self.freeze_sync.announced != self.frozen
+        self.freeze_sync.force || self.freeze_sync.announced != self.frozen
     }
 
     /// At the root: a notice's freezes (the whole mesh, the rest, the last control), now
     /// announced.
     pub(super) fn announce_freezes(&mut self) -> (bool, Vec<Scope>, u64) {
+        self.freeze_sync.force = false;
         self.freeze_sync.announced = self.frozen.clone();
         let whole = self.frozen.contains(&Scope::Global);
         let parts = self
@@ -81,15 +127,30 @@ impl MeshNode {
         if notice.last_control < self.freeze_sync.last_heard {
             return;
         }
+        self.freeze_sync.relayed.clear();
         self.frozen = notice.frozen_scopes.iter().copied().collect();
         if notice.frozen {
             self.frozen.insert(Scope::Global);
         }
     }
 
-    /// The root moved: the new one numbers its controls afresh, and a node that is the root
-    /// now announces what it holds frozen.
-    pub(super) fn freezes_on_new_root(&mut self) {
-        self.freeze_sync = FreezeSync::default();
+    /// The root moved (from `before`, if one): the new one numbers its controls afresh, and
+    /// one that came after another announces what it holds frozen, even nothing.
+    pub(super) fn freezes_on_new_root(&mut self, before: Option<&NodeId>) {
+        let relayed = std::mem::take(&mut self.freeze_sync.relayed);
+        self.freeze_sync = FreezeSync {
+            force: before.is_some(),
+            relayed,
+            ..FreezeSync::default()
+        };
+    }
+
+    /// This node became the root: a scope whose clusters it marked for a control passed on
+    /// (from the root before, whose notice did not come) is frozen here as that scope.
+    pub(super) fn freezes_as_root(&mut self) {
+        for (scope, marks) in std::mem::take(&mut self.freeze_sync.relayed) {
+            self.frozen.retain(|m| !marks.contains(m));
+            self.frozen.insert(scope);
+        }
     }
 }

@@ -5,7 +5,7 @@
 use super::*;
 
 /// A led agent, as `qs mesh status` shows it.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct LedAgent {
     pub cluster: ClusterId,
     pub agent: AgentId,
@@ -25,6 +25,11 @@ pub struct LedAgent {
     pub missed: u8,
     /// Its path's delay is in a spike (more than twice its baseline).
     pub spiking: bool,
+    /// What its host last said it works on (since on this node's clock), and for how long.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub busy: Option<Busy>,
+    #[serde(skip_serializing_if = "qs_wire::bounds::is_zero")]
+    pub busy_for_ms: u64,
 }
 
 /// An agent as its cluster lead knows it.
@@ -62,6 +67,17 @@ pub(crate) struct AgentView {
     pub unknown_until: Option<Time>,
     /// Seed §6.1's AGENT_CRASH: since when it is offline, and its crashes.
     pub crash: super::crash::Crash,
+    /// What its host last said it works on, since when on this node's clock.
+    pub busy: Option<Busy>,
+}
+
+impl AgentView {
+    /// How long it has worked on what it is busy with, at `now` (0: nothing).
+    pub(crate) fn busy_for_ms(&self, now: Time) -> u64 {
+        self.busy
+            .as_ref()
+            .map_or(0, |b| now.as_millis().saturating_sub(b.since_ms))
+    }
 }
 
 /// A readiness probe sent: when, and its operation (its own: its answer is told apart).

@@ -8,7 +8,8 @@
 //! and every summary period while anything is: see `freeze`). A notice is taken only from
 //! the root or a node the tree names above this one; one not renewed for three summary
 //! periods lapses, and the node counts the mesh FULL again (the root renews every notice but
-//! FULL's); the freezes it said hold until a thaw or the next notice.
+//! FULL's, and every one while anything is frozen), and the freezes it said lapse with it.
+//! Each notice names its root: a slower copy from the root before is not taken.
 
 use super::*;
 use qs_wire::mesh::ModeNotice;
@@ -42,6 +43,7 @@ impl MeshNode {
             frozen,
             frozen_scopes,
             last_control,
+            root: Some(self.me.clone()),
         };
         // Its own roles pass it on as any node's do.
         self.inbox
@@ -71,6 +73,10 @@ impl MeshNode {
         let Some(mode) = Mode::from_level(notice.level) else {
             return;
         };
+        // Another root's (a slower copy from the root before): numbered on its clock.
+        if notice.root.is_some() && notice.root != self.tree.root {
+            return;
+        }
         if self.mode_seen_ms.is_some_and(|seen| notice.sent_ms <= seen) {
             return;
         }
@@ -107,6 +113,8 @@ impl MeshNode {
             return;
         }
         self.mode_heard = None;
+        // And the freezes it said: a root renews them every summary period while they last.
+        self.frozen.clear();
         let (active, total) = self.mode_counts;
         self.set_mode(Mode::Full, active, total);
     }

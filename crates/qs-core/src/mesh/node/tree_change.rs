@@ -65,6 +65,7 @@ impl MeshNode {
                                 probe: None,
                                 unknown_until: Some(unknown_until),
                                 crash: Default::default(),
+                                busy: None,
                             },
                         );
                     }
@@ -95,13 +96,15 @@ impl MeshNode {
         if tree.root != self.tree.root {
             // Another root, another clock: its notices and controls are numbered afresh.
             self.mode_seen_ms = None;
-            self.freezes_on_new_root();
+            let before = self.tree.root.clone();
+            self.freezes_on_new_root(before.as_ref());
         }
         if self.is_root && !was_root {
             // A mode the former root's notices said holds until the summaries of this
             // hierarchy say the mesh's (no change is told that did not happen); one it
             // computed when it was the root before says nothing now.
             self.root_since = Some(now);
+            self.freezes_as_root();
             if !self.mode_from_notice {
                 let (active, total) = self.mode_counts;
                 self.set_mode(Mode::Full, active, total);

@@ -49,6 +49,7 @@ impl MeshSim {
                     queue_depth: 0,
                     capabilities: Vec::new(),
                     joined_ms: ag.joined_ms,
+                    busy: None,
                 }
             })
             .collect()
