@@ -141,19 +141,22 @@ impl WorkerAgent {
         self.polling || working || now_ms.saturating_sub(self.seen_ms) <= SILENT_AFTER_MS
     }
 
-    /// What it works on: the task it holds, else the operation it took first and has not
-    /// answered (a readiness probe is no work).
-    fn busy(&self) -> Option<Busy> {
+    /// What it works on at `now_ms`: the task it holds, else the operation it took first and
+    /// has not answered, while that lives (a readiness probe is no work).
+    fn busy(&self, now_ms: u64) -> Option<Busy> {
         if let Some(task) = &self.task {
             return Some(task.clone());
         }
-        let work = self
-            .taken
-            .values()
-            .filter(|t| t.dispatch.envelope.verb != Verb::Probe);
+        let work = self.taken.values().filter(|t| {
+            let e = &t.dispatch.envelope;
+            e.verb != Verb::Probe && !e.expired(now_ms)
+        });
         let first = work.min_by_key(|t| t.arrived_ms)?;
         let envelope = &first.dispatch.envelope;
-        let with = format!("{}: {}", wire_name(&envelope.verb), envelope.payload);
+        // The content cut first: the text is cut to its bound anyway.
+        let mut payload = envelope.payload.clone();
+        qs_wire::bounds::clip(&mut payload, qs_wire::mesh::MAX_BUSY_WITH_BYTES);
+        let with = format!("{}: {payload}", wire_name(&envelope.verb));
         Some(Busy::new(&with, "", first.arrived_ms))
     }
 }
@@ -242,7 +245,7 @@ impl LocalAgents {
             queue_depth: (w.mailbox.len() + w.taken.len()) as u32,
             capabilities: w.capabilities.clone(),
             joined_ms: w.joined_ms,
-            busy: w.busy(),
+            busy: w.busy(now_ms),
         }));
         beats
     }

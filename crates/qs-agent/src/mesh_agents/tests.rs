@@ -97,8 +97,8 @@ async fn a_crashed_worker_is_told_to_its_connection() {
 }
 
 /// What a worker's beats say it works on (seed §7.2's "what they're stuck on"): the operation
-/// it took and has not answered (its verb and content, since it took it), a task its
-/// connection says it holds before that, and nothing once it answered.
+/// it took and has not answered while it lives (its verb and content, since it took it), a
+/// task its connection says it holds before that, and nothing once it answered.
 #[tokio::test]
 async fn a_workers_beats_say_what_it_works_on() {
     let (agents, _answers) = node_with(0);
@@ -118,6 +118,9 @@ async fn a_workers_beats_say_what_it_works_on() {
         ("act: a long task", "")
     );
     assert!(taken.since_ms >= start, "{taken:?}");
+    // Past its time to live, it is no work (the worker gave up on it, or will).
+    let later = agents.beats_at(start + 61_000);
+    assert_eq!(later.iter().find(|b| b.agent == worker).unwrap().busy, None);
     let task = Busy::new("task t-1: summarize", "loading the model", start);
     agents.working_on(worker, Some(task.clone()));
     assert_eq!(busy(&agents), Some(task));

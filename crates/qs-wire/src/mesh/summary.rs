@@ -92,6 +92,43 @@ pub struct HostBeat {
     pub agents: Vec<AgentBeat>,
 }
 
+/// The most a beat's list of agents takes encoded (a host splits its list to stay under it,
+/// well within what a bus message may be).
+pub const MAX_BEAT_BYTES: usize = 32 * 1024;
+
+impl AgentBeat {
+    /// At most how many bytes it takes in JSON: its numbers and names, and each text's
+    /// characters at most two bytes each (a quote or a backslash escaped; a control
+    /// character is no text of it).
+    pub fn encoded_bytes_at_most(&self) -> usize {
+        let capabilities: usize = self.capabilities.iter().map(|c| c.len() + 3).sum();
+        let busy = self
+            .busy
+            .as_ref()
+            .map_or(0, |b| 64 + 2 * (b.with.len() + b.note.len()));
+        256 + capabilities + busy
+    }
+}
+
+/// `agents` in lists of a beat each: at most [`MAX_BEAT_AGENTS`], and [`MAX_BEAT_BYTES`]
+/// encoded (one agent alone always fits).
+pub fn beat_lists(agents: &[AgentBeat]) -> Vec<&[AgentBeat]> {
+    let mut lists = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, a) in agents.iter().enumerate() {
+        let b = a.encoded_bytes_at_most();
+        if i > start && (i - start == MAX_BEAT_AGENTS || bytes + b > MAX_BEAT_BYTES) {
+            lists.push(&agents[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += b;
+    }
+    if start < agents.len() {
+        lists.push(&agents[start..]);
+    }
+    lists
+}
+
 /// A beat lists its agents at least this often (16 beats of 300 ms: about the seed's 5 s
 /// heartbeat with impedance, §4.1); a change is sent at the next beat.
 pub const FULL_BEAT_EVERY: u64 = 16;

@@ -162,6 +162,45 @@ fn what_an_agent_works_on_is_short_text() {
     assert_eq!(long.with.len(), MAX_BUSY_WITH_BYTES);
 }
 
+/// A host's agents go in beats of at most a hundred, and of at most `MAX_BEAT_BYTES`
+/// encoded, whatever they work on (the bound holds for text that escapes the most); each
+/// beat reads back.
+#[test]
+fn a_hosts_agents_are_split_into_beats_that_fit() {
+    let quotes = |n: usize| "\"".repeat(n);
+    let wordy = Busy::new(
+        &quotes(MAX_BUSY_WITH_BYTES),
+        &quotes(MAX_BUSY_NOTE_BYTES),
+        1,
+    );
+    let caps: Vec<String> = (0..MAX_CAPABILITIES).map(|i| format!("{i:0>64}")).collect();
+    let table: [(Vec<AgentBeat>, Vec<usize>); 3] = [
+        (vec![agent_beat(None); 250], vec![100, 100, 50]),
+        (vec![agent_beat(None); 1], vec![1]),
+        (
+            vec![
+                AgentBeat {
+                    capabilities: caps,
+                    ..agent_beat(Some(wordy))
+                };
+                100
+            ],
+            vec![16, 16, 16, 16, 16, 16, 4],
+        ),
+    ];
+    for (agents, want) in table {
+        let lists = beat_lists(&agents);
+        let sizes: Vec<usize> = lists.iter().map(|l| l.len()).collect();
+        assert_eq!(sizes, want);
+        for list in lists {
+            let beat = beat_of(list.to_vec());
+            let bytes = serde_json::to_vec(&beat).unwrap();
+            assert!(bytes.len() <= MAX_BEAT_BYTES + 200, "{} bytes", bytes.len());
+            assert_eq!(decode_bus::<MeshMessage>("mesh.x", &bytes).unwrap(), beat);
+        }
+    }
+}
+
 /// A mode notice: a level past EMERGENCY, more active agents than agents, more frozen scopes
 /// than a root holds, or the whole mesh among them, is refused by field; a good one reads
 /// back.

@@ -90,7 +90,7 @@ impl MeshNode {
             let Some(lead) = self.tree.cluster(c).and_then(|cl| cl.lead.clone()) else {
                 continue;
             };
-            for chunk in agents.chunks(qs_wire::mesh::MAX_BEAT_AGENTS) {
+            for chunk in qs_wire::mesh::beat_lists(agents) {
                 self.send(
                     lead.clone(),
                     MeshMessage::Beat(HostBeat {

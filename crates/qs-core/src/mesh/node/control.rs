@@ -17,16 +17,24 @@ pub const MAX_UNCONFIRMED_NAMED: usize = 8;
 /// Agents a route-around's report names, at most (the slowest).
 pub const MAX_ROUTED_REPORTED: usize = 16;
 
-/// The `most` slowest of `agents`, slowest first (one agent once: a lead under two
-/// coordinators confirms through each).
+/// The `most` slowest of `agents`, slowest first, each agent once (at its slowest: a lead
+/// under two coordinators confirms through each).
 fn slowest(agents: impl IntoIterator<Item = RoutedAgent>, most: usize) -> Vec<RoutedAgent> {
-    let mut v: Vec<RoutedAgent> = agents.into_iter().collect();
+    let mut by_agent: BTreeMap<AgentId, RoutedAgent> = BTreeMap::new();
+    for a in agents {
+        match by_agent.get(&a.agent) {
+            Some(b) if b.impedance_ms >= a.impedance_ms => {}
+            _ => {
+                by_agent.insert(a.agent, a);
+            }
+        }
+    }
+    let mut v: Vec<RoutedAgent> = by_agent.into_values().collect();
     v.sort_by(|a, b| {
         b.impedance_ms
             .total_cmp(&a.impedance_ms)
             .then(a.agent.cmp(&b.agent))
     });
-    v.dedup_by_key(|r| r.agent);
     v.truncate(most);
     v
 }

@@ -4,10 +4,11 @@
 //! change and every summary period while anything is frozen. A node off the root takes that
 //! set for its own marks, so a coordinator or lead new to a frozen scope holds it frozen as
 //! the one before did, a mark that a lost thaw left behind is dropped, and a node that
-//! becomes the root keeps what the last root held (a root that comes after another announces
-//! what it holds, even nothing). A notice older than a control this node carried out (by
-//! the root's numbering of its controls) does not undo that control, nor does a control
-//! older than one carried out. A lead marks the clusters a control passed on covers, and
+//! becomes the root keeps what the last root held; marks lapse with the notices (a root
+//! renews them every summary period while anything is frozen). A notice older than a control this node carried out (by
+//! the root's numbering of its controls) does not undo that control; controls themselves are
+//! carried out as they come (they travel paths of different lengths), and the next notice
+//! settles what a late one marked. A lead marks the clusters a control passed on covers, and
 //! keeps which scope they stand for: one that becomes the root holds that scope frozen.
 
 use super::*;
@@ -23,8 +24,6 @@ pub(crate) struct FreezeSync {
     last_sent: u64,
     /// Off the root: the highest id of a control from the current root carried out here.
     last_heard: u64,
-    /// A root that came after another announces what it holds, even if nothing.
-    force: bool,
     /// Off the root: the clusters marked for each scope a control passed on froze, since the
     /// last notice (which says the scopes themselves).
     relayed: BTreeMap<Scope, BTreeSet<Scope>>,
@@ -58,15 +57,12 @@ impl MeshNode {
     /// What control `c` freezes or thaws here, of the clusters it covers here: the scope
     /// (from the root), or each of those clusters (passed on; none at the root that sent it,
     /// which marked the scope itself); a thaw, the scope too (a notice may have marked it).
-    /// Nothing for a control older than one carried out. Whether anything was frozen before.
+    /// Whether anything was frozen before.
     pub(super) fn mark_frozen(&mut self, c: &Control, clusters: &[ClusterId]) -> bool {
         let from_current = !self.is_root && c.root.is_some() && c.root == self.tree.root;
         let sync = &mut self.freeze_sync;
-        if from_current && c.id < sync.last_heard {
-            return false;
-        }
         if from_current {
-            sync.last_heard = c.id;
+            sync.last_heard = sync.last_heard.max(c.id);
         }
         let marks: BTreeSet<Scope> = match (c.relayed, c.root.as_ref() == Some(&self.me)) {
             (false, _) => BTreeSet::from([c.scope]),
@@ -99,16 +95,14 @@ impl MeshNode {
         was_frozen
     }
 
-    /// At the root: whether what is frozen changed since its last notice said it (or it
-    /// came after another root and has said nothing yet).
+    /// At the root: whether what is frozen changed since its last notice said it.
     pub(super) fn freezes_changed(&self) -> bool {
-        self.freeze_sync.force || self.freeze_sync.announced != self.frozen
+        self.freeze_sync.announced != self.frozen
     }
 
     /// At the root: a notice's freezes (the whole mesh, the rest, the last control), now
     /// announced.
     pub(super) fn announce_freezes(&mut self) -> (bool, Vec<Scope>, u64) {
-        self.freeze_sync.force = false;
         self.freeze_sync.announced = self.frozen.clone();
         let whole = self.frozen.contains(&Scope::Global);
         let parts = self
@@ -134,15 +128,21 @@ impl MeshNode {
         }
     }
 
-    /// The root moved (from `before`, if one): the new one numbers its controls afresh, and
-    /// one that came after another announces what it holds frozen, even nothing.
-    pub(super) fn freezes_on_new_root(&mut self, before: Option<&NodeId>) {
+    /// The root moved: the new one numbers its controls afresh (and, if this node, announces
+    /// what it holds frozen, if anything).
+    pub(super) fn freezes_on_new_root(&mut self) {
         let relayed = std::mem::take(&mut self.freeze_sync.relayed);
         self.freeze_sync = FreezeSync {
-            force: before.is_some(),
             relayed,
             ..FreezeSync::default()
         };
+    }
+
+    /// The root's notices lapsed: what they said frozen goes, and what this node marked
+    /// since.
+    pub(super) fn freezes_lapse(&mut self) {
+        self.frozen.clear();
+        self.freeze_sync.relayed.clear();
     }
 
     /// This node became the root: a scope whose clusters it marked for a control passed on

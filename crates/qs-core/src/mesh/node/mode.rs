@@ -114,7 +114,7 @@ impl MeshNode {
         }
         self.mode_heard = None;
         // And the freezes it said: a root renews them every summary period while they last.
-        self.frozen.clear();
+        self.freezes_lapse();
         let (active, total) = self.mode_counts;
         self.set_mode(Mode::Full, active, total);
     }

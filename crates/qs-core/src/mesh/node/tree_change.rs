@@ -96,8 +96,7 @@ impl MeshNode {
         if tree.root != self.tree.root {
             // Another root, another clock: its notices and controls are numbered afresh.
             self.mode_seen_ms = None;
-            let before = self.tree.root.clone();
-            self.freezes_on_new_root(before.as_ref());
+            self.freezes_on_new_root();
         }
         if self.is_root && !was_root {
             // A mode the former root's notices said holds until the summaries of this
