@@ -284,6 +284,32 @@ fn degradation_and_breakers_follow_the_agents_down() {
     }
 }
 
+/// Seed §6.1's AGENT_CRASH end to end: agents down while their hosts live are taken for
+/// crashed after 30 s, and their hosts asked to restart them; restarted, they join as new
+/// registrations and their leads take them back into the routing pool, so the mesh has
+/// every agent again. Without restarts (a replacement that also fails) they stay down.
+#[test]
+fn crashed_agents_are_restarted_and_rejoin_the_pool() {
+    let table = [(None, 0), (Some(2_000), 150)];
+    for (restart_ms, restarted) in table {
+        let mut cfg = MeshSimConfig::new(3_000, 11);
+        cfg.calibrate = false;
+        cfg.down_fraction = 0.05;
+        cfg.down_at_ms = 1_000;
+        cfg.restart_ms = restart_ms;
+        cfg.duration_ms = 75_000;
+        let mut sim = MeshSim::new(&cfg);
+        sim.run_until(Time::from_millis(cfg.duration_ms));
+        let r = sim.report(&cfg, 0.0);
+        assert_eq!(r.agents_crashed, 150, "{restart_ms:?}");
+        assert_eq!(r.agents_restarted, restarted, "{restart_ms:?}");
+        assert_eq!(r.restarted_in_pool, restarted, "{restart_ms:?}");
+        let down = sim.agents.iter().filter(|a| a.down).count() as u64;
+        assert_eq!(down, 150 - restarted, "{restart_ms:?}");
+        assert_eq!(r.mode, "FULL");
+    }
+}
+
 #[test]
 fn a_degraded_mesh_refuses_what_its_mode_forbids() {
     let mut cfg = MeshSimConfig::new(3_000, 3);

@@ -52,6 +52,10 @@ pub struct SimArgs {
     /// Share of agents that go down after the calibration (0 to 1).
     #[arg(long, default_value_t = 0.0, requires = "agents")]
     pub down_fraction: f64,
+    /// How long a restart takes: a crashed agent its lead asks to restart is up again this
+    /// long after (by default a down agent stays down).
+    #[arg(long, requires = "agents")]
+    pub restart_ms: Option<u64>,
     /// Cascades to run after the calibration: wave, parallel or priority-first (repeat).
     #[arg(long = "cascade", requires = "agents")]
     pub cascades: Vec<String>,
@@ -174,6 +178,7 @@ fn simulate_mesh(a: &SimArgs) -> Result<()> {
     cfg.zones = a.zones;
     cfg.down_fraction = a.down_fraction;
     cfg.down_at_ms = READY_AT_MS;
+    cfg.restart_ms = a.restart_ms;
     cfg.scale_out = a.scale_out.map(|n| qs_sim::mesh::ScaleOut {
         at_ms: READY_AT_MS,
         agents: n as usize,
@@ -303,6 +308,12 @@ fn print_mesh(r: &MeshReport) {
         println!(
             "  crashed     {} agents: offline 30 s while their host lived",
             r.agents_crashed
+        );
+    }
+    if r.agents_restarted > 0 {
+        println!(
+            "  restarted   {} agents at their lead's request; {} back in the routing pool",
+            r.agents_restarted, r.restarted_in_pool
         );
     }
     if let Some(rss) = r.peak_rss_bytes {

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod agents;
+mod restart;
 use agents::{KINDS, processing};
 
 /// A simulated agent: how it really behaves (the lead only measures it).
@@ -74,6 +75,8 @@ enum Event {
     Join,
     /// Which of a scale-out's agents are in the routing pool.
     Sample,
+    /// A crashed agent is up again (its host restarted it).
+    Restart(usize),
 }
 
 /// An event in the queue, ordered by time and then by the order it was pushed (so the run
@@ -137,6 +140,7 @@ pub struct MeshSim {
     pub mode_changes: Vec<super::ModeChange>,
     cascades: Vec<super::Cascade>,
     down_fraction: f64,
+    restarts: restart::Restarts,
     pub tree: Arc<Hierarchy>,
     scale_out: Option<super::scale_out::Tracker>,
 }
@@ -264,6 +268,7 @@ impl MeshSim {
             mode_changes: Vec::new(),
             cascades: cfg.cascades.clone(),
             down_fraction: cfg.down_fraction,
+            restarts: restart::Restarts::new(cfg.restart_ms),
             tree,
             scale_out: None,
         };
@@ -488,6 +493,7 @@ impl MeshSim {
                 self.push(now + Duration::from_millis(LEAD_AFTER_MS), Event::Elect);
                 self.push(now, Event::Sample);
             }
+            Event::Restart(a) => self.restart(a),
             Event::Sample => {
                 let Some(mut so) = self.scale_out.take() else {
                     return;
@@ -565,8 +571,7 @@ impl MeshSim {
                 MeshOutput::Queued(q) => self.queued.push(q.op.0),
                 MeshOutput::RoutedAround(_) => self.routed_around += 1,
                 MeshOutput::AgentCrashed(_) => self.crashed += 1,
-                // A simulated agent that is down stays down: there is nothing to restart.
-                MeshOutput::Restart(_) => {}
+                MeshOutput::Restart(r) => self.ask_restart(i, r),
                 MeshOutput::HostLost { host, .. } => {
                     if let Some(&h) = self.index.get(&host)
                         && let Some(t) = self.killed_at.remove(&h)
@@ -667,6 +672,8 @@ impl MeshSim {
             queued: self.queued.clone(),
             routed_around: self.routed_around,
             agents_crashed: self.crashed,
+            agents_restarted: self.restarts.done.len() as u64,
+            restarted_in_pool: self.restarted_in_pool(),
             refused_senders: self.nodes.iter().map(MeshNode::refused_senders).sum(),
             mode_changes: self.mode_changes.clone(),
             integration: self.scale_out.as_ref().map(|t| t.report.clone()),

@@ -19,6 +19,8 @@ use serde::Serialize;
 
 /// Most agents and hosts the mesh simulator takes.
 pub const MAX_AGENTS: usize = 1_000_000;
+/// The longest a simulated restart takes: ten minutes.
+pub const MAX_RESTART_MS: u64 = 600_000;
 
 /// What to simulate.
 #[derive(Clone, Debug)]
@@ -32,6 +34,10 @@ pub struct MeshSimConfig {
     /// Share of agents that go down at `down_at_ms`.
     pub down_fraction: f64,
     pub down_at_ms: u64,
+    /// How long a restart takes: a crashed agent its lead asks its host to restart (seed
+    /// §6.1's AGENT_CRASH) is up again this long after, as a new registration. `None`: a
+    /// down agent stays down (its replacement also fails).
+    pub restart_ms: Option<u64>,
     /// Hosts killed, and when.
     pub kill_hosts: Vec<KillHost>,
     /// Cascades the root starts.
@@ -82,6 +88,7 @@ impl MeshSimConfig {
             wan: Wan::default(),
             down_fraction: 0.0,
             down_at_ms: 0,
+            restart_ms: None,
             kill_hosts: Vec::new(),
             cascades: Vec::new(),
             calibrate: true,
@@ -121,6 +128,14 @@ impl MeshSimConfig {
             return refuse(
                 "down-fraction",
                 format!("must be in 0..=1, got {}", self.down_fraction),
+            );
+        }
+        if let Some(ms) = self.restart_ms
+            && !(1..=MAX_RESTART_MS).contains(&ms)
+        {
+            return refuse(
+                "restart-ms",
+                format!("must be in 1..={MAX_RESTART_MS}, got {ms}"),
             );
         }
         if let Some(s) = &self.scale_out
@@ -193,6 +208,10 @@ pub struct MeshReport {
     /// Agents their lead took for crashed (seed §6.1's AGENT_CRASH: offline 30 s while
     /// their host lives).
     pub agents_crashed: u64,
+    /// Of those, the agents their host restarted (with `restart_ms`), and how many of them
+    /// are back in their lead's routing pool at the end.
+    pub agents_restarted: u64,
+    pub restarted_in_pool: u64,
     /// Messages the nodes refused because the tree does not name their sender for them
     /// (none, when every node runs the same core).
     pub refused_senders: u64,
