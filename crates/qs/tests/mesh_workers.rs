@@ -348,4 +348,21 @@ fn workers_join_the_mesh_with_capabilities_answer_and_leave() {
         table.contains("waiting on GPU memory allocation"),
         "{table}"
     );
+    // Cancelled meanwhile, the task is no longer what it works on: its next frame (a
+    // heartbeat) says so, and its lead shows nothing.
+    let id = claimed["task"].as_str().unwrap();
+    let (status, v) = w2.http("POST", &format!("/v1/tasks/{id}/cancel"), "");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(call(&mut busy, r#"{"op":"heartbeat"}"#)["op"], "ok");
+    let agent = row["agent"].clone();
+    lead.wait_within(
+        "the lead to show the worker on nothing",
+        Duration::from_secs(15),
+        |a| {
+            let status = a.get("/v1/mesh");
+            let led = status["led_agents"].as_array().cloned().unwrap_or_default();
+            led.iter()
+                .any(|x| x["agent"] == agent && x["busy"].is_null())
+        },
+    );
 }

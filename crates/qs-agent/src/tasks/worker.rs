@@ -132,8 +132,9 @@ enum Request {
 }
 
 impl Request {
-    /// Whether it may change what its mesh agent's beats say it works on: the task it
-    /// holds, what it said of it, or its joining the mesh.
+    /// Whether what its mesh agent's beats say it works on is looked at again after it: the
+    /// task it holds, what it said of it, its joining the mesh, or a heartbeat (a task
+    /// cancelled or past its deadline meanwhile is no longer held).
     fn on_tasks(&self) -> bool {
         matches!(
             self,
@@ -142,6 +143,7 @@ impl Request {
                 | Request::Complete { .. }
                 | Request::Fail { .. }
                 | Request::MeshJoin { .. }
+                | Request::Heartbeat
         )
     }
 }

@@ -27,8 +27,16 @@ pub const MAX_BUSY_WITH_BYTES: usize = 128;
 /// Longest [`Busy::note`].
 pub const MAX_BUSY_NOTE_BYTES: usize = 200;
 
+/// A character an operator's terminal would not show as itself: a control character, or
+/// an invisible one that reorders or hides text (bidirectional overrides and isolates,
+/// zero-width characters).
+fn hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+}
+
 /// What an agent works on, as its host says it: shown to operators, so text only (no
-/// control characters) and short.
+/// control or invisible characters) and short.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Busy {
@@ -45,13 +53,10 @@ pub struct Busy {
 
 impl Busy {
     /// What a host says of work it names `with` (noted `note`), since `since_ms`: each
-    /// text cut to its bound at a character, control characters made spaces.
+    /// text cut to its bound at a character, control and invisible characters made spaces.
     pub fn new(with: &str, note: &str, since_ms: u64) -> Busy {
         let shown = |s: &str, max: usize| {
-            let mut s: String = s
-                .chars()
-                .map(|c| if c.is_control() { ' ' } else { c })
-                .collect();
+            let mut s: String = s.chars().map(|c| if hidden(c) { ' ' } else { c }).collect();
             crate::bounds::clip(&mut s, max);
             s
         };
@@ -70,8 +75,8 @@ impl Busy {
             if s.len() < min || s.len() > max {
                 return Err(format!("{field}: {} bytes; {min}..={max}", s.len()));
             }
-            if let Some(c) = s.chars().find(|c| c.is_control()) {
-                return Err(format!("{field}: control character {c:?}"));
+            if let Some(c) = s.chars().find(|c| hidden(*c)) {
+                return Err(format!("{field}: control or invisible character {c:?}"));
             }
         }
         Ok(())

@@ -128,7 +128,7 @@ fn decodes_as<const N: usize>(table: [(MeshMessage, Option<&str>); N]) {
 }
 
 /// What an agent works on, in a beat: text only and short, refused by field otherwise; a
-/// host's text is made so (control characters spaces, cut at a character).
+/// host's text is made so (control and invisible characters spaces, cut at a character).
 #[test]
 fn what_an_agent_works_on_is_short_text() {
     let beat = |busy: Busy| beat_of(vec![agent_beat(Some(busy))]);
@@ -145,7 +145,11 @@ fn what_an_agent_works_on_is_short_text() {
         (beat(raw("", "")), Some("busy.with: 0 bytes; 1..=128")),
         (
             beat(raw("task \u{1b}[31mred", "")),
-            Some("busy.with: control character '\\u{1b}'"),
+            Some("busy.with: control or invisible character '\\u{1b}'"),
+        ),
+        (
+            beat(raw("task \u{202e}der", "")),
+            Some("busy.with: control or invisible character '\\u{202e}'"),
         ),
         (
             beat(raw("task", &"n".repeat(MAX_BUSY_NOTE_BYTES + 1))),
@@ -154,7 +158,7 @@ fn what_an_agent_works_on_is_short_text() {
     ];
     decodes_as(table);
     // What a host says: its control characters spaces, each text cut to its bound.
-    let said = Busy::new("act:\nline two", &"é".repeat(MAX_BUSY_NOTE_BYTES), 5);
+    let said = Busy::new("act:\nline\u{200b}two", &"é".repeat(MAX_BUSY_NOTE_BYTES), 5);
     assert_eq!(said.with, "act: line two");
     assert_eq!(said.note.len(), MAX_BUSY_NOTE_BYTES);
     assert_eq!(said.check(), Ok(()));
@@ -300,7 +304,7 @@ fn control_confirmations_are_checked() {
         (routed(1, -1.0, "task t-1"), Some("impedance_ms: -1")),
         (
             routed(1, 847.0, "a\u{7}"),
-            Some("busy.with: control character"),
+            Some("busy.with: control or invisible character"),
         ),
         (done(3, 1), None),
         (done(MAX_CONTROL_COUNT, 0), None),
