@@ -27,12 +27,27 @@ pub const MAX_BUSY_WITH_BYTES: usize = 128;
 /// Longest [`Busy::note`].
 pub const MAX_BUSY_NOTE_BYTES: usize = 200;
 
-/// A character an operator's terminal would not show as itself: a control character, or
-/// an invisible one that reorders or hides text (bidirectional overrides and isolates,
-/// zero-width characters).
+/// A character an operator's terminal would not show as itself: a control character, a
+/// line or paragraph separator, or an invisible one that reorders or hides text
+/// (bidirectional marks, overrides and isolates, zero-width and filler characters, a soft
+/// hyphen, tag characters).
 fn hidden(c: char) -> bool {
     c.is_control()
-        || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{061C}'
+                | '\u{115F}'
+                | '\u{1160}'
+                | '\u{180E}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{206F}'
+                | '\u{3164}'
+                | '\u{FEFF}'
+                | '\u{FFA0}'
+                | '\u{E0000}'..='\u{E007F}'
+        )
 }
 
 /// What an agent works on, as its host says it: shown to operators, so text only (no

@@ -152,6 +152,11 @@ fn what_an_agent_works_on_is_short_text() {
             Some("busy.with: control or invisible character '\\u{202e}'"),
         ),
         (
+            beat(raw("task", "note\u{e0041}")),
+            Some("busy.note: control or invisible character '\\u{e0041}'"),
+        ),
+        (beat(raw("task é 任务 ✓", "")), None),
+        (
             beat(raw("task", &"n".repeat(MAX_BUSY_NOTE_BYTES + 1))),
             Some("busy.note: 201 bytes; 0..=200"),
         ),

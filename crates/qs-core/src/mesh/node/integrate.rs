@@ -153,10 +153,15 @@ pub(super) fn admit(led: &mut Led, a: AgentId) {
 }
 
 impl MeshNode {
-    /// The agents of the clusters this node leads that are in the routing pool, by cluster.
+    /// The agents of the clusters this node leads that are in the routing pool, by cluster:
+    /// admitted and active (one admitted and offline is out, as `qs mesh status` says,
+    /// until it is back).
     pub fn pool(&self) -> impl Iterator<Item = (ClusterId, AgentId)> + '_ {
         self.led.iter().flat_map(|(c, l)| {
-            let admitted = l.agents.iter().filter(|(_, v)| v.admitted);
+            let admitted = l
+                .agents
+                .iter()
+                .filter(|(_, v)| v.admitted && v.state == AgentState::Active);
             admitted.map(move |(a, _)| (*c, *a))
         })
     }
