@@ -2,16 +2,18 @@
 //! its host lives is taken for crashed (`MeshOutput::AgentCrashed`, which the shell records),
 //! and its host is asked to restart it (`MeshMessage::Restart`: a worker agent is
 //! disconnected, for its supervisor to start it again, and joins anew, its profile measured
-//! again as a newcomer's). One that crashes again within [`CRASH_AGAIN_WITHIN_MS`] of coming
-//! back is escalated: "replacement also fails". (An agent whose host is lost is not: the
-//! host's loss is the event, and its agents leave the tree with it.)
+//! again as a newcomer's). One whose next crash is declared within [`CRASH_AGAIN_WITHIN_MS`]
+//! and the [`CRASH_AFTER_MS`] it takes to declare one, counted from the last declaration
+//! (a restart's own time included), is escalated: "replacement also fails", or it came
+//! back by itself and failed again. (An agent whose host is lost is not: the host's loss is
+//! the event, and its agents leave the tree with it.)
 
 use super::*;
 use qs_wire::mesh::Restart;
 
 /// Offline this long, its host alive: crashed (seed: "no heartbeat for 30+ seconds").
 pub const CRASH_AFTER_MS: u64 = 30_000;
-/// A crash this soon after the agent came back from the last one is escalated.
+/// A crash this soon (and `CRASH_AFTER_MS`) after the last one was declared is escalated.
 pub const CRASH_AGAIN_WITHIN_MS: u64 = 600_000;
 
 /// An agent's crash record at its lead.
