@@ -21,6 +21,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod agents;
+mod membership;
+mod report;
 mod restart;
 use agents::{KINDS, processing};
 
@@ -449,91 +451,12 @@ impl MeshSim {
                 );
                 self.drain(root);
             }
-            Event::Down => {
-                let n = (self.agents.len() as f64 * self.down_fraction).round() as usize;
-                let mut order: Vec<usize> = (0..self.agents.len()).collect();
-                for i in (1..order.len()).rev() {
-                    let j = self.rng.below(i as u64 + 1) as usize;
-                    order.swap(i, j);
-                }
-                for &a in order.iter().take(n) {
-                    self.agents[a].down = true;
-                }
-                for h in 0..self.nodes.len() {
-                    let beats = self.beats_of(h);
-                    self.nodes[h].handle(MeshInput::Agents(beats), now);
-                }
-            }
-            Event::Kill(h) => {
-                self.dead[h] = true;
-                self.killed_at.insert(h, now);
-                // The fleet's own failure detector confirms a death (here after 2 s); then
-                // every node computes the hierarchy again (new leads).
-                self.push(now + Duration::from_millis(2_000), Event::Elect);
-            }
-            Event::Join => {
-                let Some(so) = self.scale_out.as_mut() else {
-                    return;
-                };
-                so.joined_at = Some(now);
-                let hosts = so.hosts.clone();
-                for h in hosts {
-                    self.dead[h] = false;
-                    self.since_ms[h] = now.as_millis();
-                    for a in self.host_agents[h].clone() {
-                        self.agents[a].joined_ms = now.as_millis();
-                    }
-                    let beats = self.beats_of(h);
-                    self.nodes[h].handle(MeshInput::Agents(beats), now);
-                    self.schedule_wake(h);
-                }
-                // The membership hears of them: every node computes the hierarchy again,
-                // and again when they come of age and may lead.
-                self.push(now, Event::Elect);
-                self.push(now + Duration::from_millis(LEAD_AFTER_MS), Event::Elect);
-                self.push(now, Event::Sample);
-            }
+            Event::Down => self.agents_down(),
+            Event::Kill(h) => self.kill(h),
+            Event::Join => self.join(),
             Event::Restart(a) => self.restart(a),
-            Event::Sample => {
-                let Some(mut so) = self.scale_out.take() else {
-                    return;
-                };
-                if so.sample(self.live_nodes(), now) {
-                    let beat = Duration::from_millis(MeshConfig::default().beat_ms);
-                    self.push(now + beat, Event::Sample);
-                }
-                self.scale_out = Some(so);
-            }
-            Event::Elect => {
-                let dead = self.dead.clone();
-                let index = self.index.clone();
-                let members: Vec<Member> = self
-                    .members
-                    .iter()
-                    .filter(|m| !dead[index[&m.host]])
-                    .cloned()
-                    .collect();
-                let live = (0..dead.len()).filter(|h| !dead[*h]).map(|h| {
-                    let joined = Joined {
-                        since_ms: self.since_ms[h],
-                        lead_after_ms: LEAD_AFTER_MS,
-                    };
-                    (self.nodes[h].id(), joined)
-                });
-                let seniorities = seniorities(live, now.as_millis());
-                let tree = Hierarchy::build(&members, Shape::default(), seniority_in(&seniorities))
-                    .expect("fewer agents than before");
-                if let Some(so) = self.scale_out.as_mut() {
-                    so.elected(&tree, &self.nodes, now);
-                }
-                self.tree = Arc::new(tree);
-                for i in 0..self.nodes.len() {
-                    if !self.dead[i] {
-                        self.nodes[i].handle(MeshInput::Tree(self.tree.clone()), now);
-                        self.drain(i);
-                    }
-                }
-            }
+            Event::Sample => self.sample(),
+            Event::Elect => self.elect(),
         }
     }
 
@@ -597,93 +520,6 @@ impl MeshSim {
             }
         }
         self.schedule_wake(i);
-    }
-
-    /// The run's report.
-    pub fn report(&self, cfg: &MeshSimConfig, wall_seconds: f64) -> MeshReport {
-        let sim_seconds = self.now.as_millis() as f64 / 1000.0;
-        let root = self.root().map(|r| &self.nodes[r]);
-        let breakers = root.map(|r| r.breakers());
-        let mut h = self.trace;
-        h.write_u64(self.events);
-        MeshReport {
-            agents: self.agents.len(),
-            hosts: self.nodes.len(),
-            seed: cfg.seed,
-            clusters: self
-                .tree
-                .clusters
-                .iter()
-                .filter(|c| !c.agents.is_empty())
-                .count(),
-            sectors: self.tree.sectors.len(),
-            largest_cluster: self
-                .tree
-                .clusters
-                .iter()
-                .map(|c| c.agents.len())
-                .max()
-                .unwrap_or(0),
-            largest_sector: self
-                .tree
-                .sectors
-                .iter()
-                .map(|s| s.clusters.len())
-                .max()
-                .unwrap_or(0),
-            sim_seconds,
-            wall_seconds,
-            speed: match wall_seconds > 0.0 {
-                true => sim_seconds / wall_seconds,
-                false => 0.0,
-            },
-            events: self.events,
-            messages: self.messages,
-            lost: self.lost,
-            beats_per_host_per_second: self.beats as f64
-                / self.nodes.len() as f64
-                / sim_seconds.max(1e-9),
-            max_received_per_node_per_second: *self.received.iter().max().unwrap_or(&0) as f64
-                / sim_seconds.max(1e-9),
-            detection_ms: self.detection_ms.clone(),
-            mode: root.map_or("FULL", |r| r.mode().name()),
-            open_cluster_breakers: self
-                .nodes
-                .iter()
-                .map(|n| n.breakers().open_count(false))
-                .sum(),
-            open_sector_breakers: self
-                .nodes
-                .iter()
-                .map(|n| n.breakers().open_count(true))
-                .sum(),
-            global_breaker_open: breakers
-                .is_some_and(|b| b.state(Scope::Global) == qs_wire::mesh::BreakerState::Open),
-            conflicts: super::ConflictTotals::of(&self.nodes, root, self.now),
-            leads: root.map_or_else(Default::default, |r| {
-                let mut h = qs_wire::mesh::LeadHistogram::default();
-                for s in r.sector_summaries().values() {
-                    h.add(&s.leads);
-                }
-                h
-            }),
-            results: self.results.clone(),
-            refused: self.refused.clone(),
-            queued: self.queued.clone(),
-            routed_around: self.routed_around,
-            agents_crashed: self.crashed,
-            agents_restarted: self.restarts.done.len() as u64,
-            restarted_in_pool: self.restarted_in_pool(),
-            refused_senders: self.nodes.iter().map(MeshNode::refused_senders).sum(),
-            mode_changes: self.mode_changes.clone(),
-            integration: self.scale_out.as_ref().map(|t| t.report.clone()),
-            trace_hash: format!("{:016x}", h.finish() ^ of_str("mesh")),
-            peak_rss_bytes: None,
-            calibrations: match cfg.calibrate {
-                true => CALIBRATIONS as usize,
-                false => 0,
-            },
-        }
     }
 }
 

@@ -1,4 +1,5 @@
-//! Seed §6.1's AGENT_CRASH recovery in the simulator: a host its lead asks to restart a
+//! Agents that fail and come back in the simulator: a share of them goes down at once while
+//! their hosts live (`down_fraction`), and seed §6.1's AGENT_CRASH recovery: a host its lead asks to restart a
 //! crashed agent (`MeshOutput::Restart`, which the core decided) brings it up again once the
 //! restart took `restart_ms`, as a new registration, which its lead measures afresh and
 //! admits to the routing pool gradually. Without `restart_ms` a down agent stays down (a
@@ -29,6 +30,25 @@ impl Restarts {
 }
 
 impl MeshSim {
+    /// A share of the agents, chosen by the seeded RNG, goes down at once; their hosts beat
+    /// them as offline.
+    pub(super) fn agents_down(&mut self) {
+        let now = self.now;
+        let n = (self.agents.len() as f64 * self.down_fraction).round() as usize;
+        let mut order: Vec<usize> = (0..self.agents.len()).collect();
+        for i in (1..order.len()).rev() {
+            let j = self.rng.below(i as u64 + 1) as usize;
+            order.swap(i, j);
+        }
+        for &a in order.iter().take(n) {
+            self.agents[a].down = true;
+        }
+        for h in 0..self.nodes.len() {
+            let beats = self.beats_of(h);
+            self.nodes[h].handle(MeshInput::Agents(beats), now);
+        }
+    }
+
     /// Host `host`'s core asks its shell to restart an agent: one of its own that is down
     /// comes up again once the restart took its time.
     pub(super) fn ask_restart(&mut self, host: usize, r: Restart) {
