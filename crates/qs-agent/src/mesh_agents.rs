@@ -153,11 +153,8 @@ impl WorkerAgent {
         });
         let first = work.min_by_key(|t| t.arrived_ms)?;
         let envelope = &first.dispatch.envelope;
-        // The content cut first: the text is cut to its bound anyway.
-        let mut payload = envelope.payload.clone();
-        qs_wire::bounds::clip(&mut payload, qs_wire::mesh::MAX_BUSY_WITH_BYTES);
-        let with = format!("{}: {payload}", wire_name(&envelope.verb));
-        Some(Busy::new(&with, "", first.arrived_ms))
+        let verb = wire_name(&envelope.verb);
+        Some(Busy::of(&verb, &envelope.payload, "", first.arrived_ms))
     }
 }
 

@@ -24,7 +24,7 @@ use qs_core::tasks::{
     Accepted, Claim, Next, QueueCounts, Refusal, Report, Task, TaskLimits, TaskQueues,
 };
 use qs_wire::event::TaskStep;
-use qs_wire::mesh::{Busy, MAX_BUSY_WITH_BYTES};
+use qs_wire::mesh::Busy;
 use qs_wire::{Event, NodeId, ServiceName, TaskId, TaskSpec};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -361,12 +361,14 @@ impl TaskHost {
     pub async fn busy_of(&self, worker: &str, before: Option<&Busy>) -> Option<Busy> {
         let q = self.queues.lock().await;
         let t = q.held_by(worker)?;
-        // The content's start only (the text is cut to its bound anyway): a payload may be
-        // 64 KiB, and this runs under the queues' lock.
-        let payload: String = t.spec.payload.chars().take(MAX_BUSY_WITH_BYTES).collect();
-        let with = format!("task {}: {payload}", t.id);
         let note = t.progress.as_ref().map_or("", |p| p.note.as_str());
-        let fresh = Busy::new(&with, note, crate::clock::now().as_millis());
+        let kind = format!("task {}", t.id);
+        let fresh = Busy::of(
+            &kind,
+            &t.spec.payload,
+            note,
+            crate::clock::now().as_millis(),
+        );
         Some(match before {
             Some(b) if b.with == fresh.with => Busy {
                 since_ms: b.since_ms,

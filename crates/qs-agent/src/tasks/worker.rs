@@ -135,7 +135,7 @@ impl Request {
     /// Whether what its mesh agent's beats say it works on is looked at again after it: the
     /// task it holds, what it said of it, its joining the mesh, or a heartbeat (a task
     /// cancelled or past its deadline meanwhile is no longer held).
-    fn on_tasks(&self) -> bool {
+    fn refreshes_busy(&self) -> bool {
         matches!(
             self,
             Request::Claim { .. }
@@ -357,9 +357,9 @@ impl Connection {
         };
         let request: Request = serde_json::from_slice(&frame)
             .map_err(|e| format!("not a request of the worker protocol: {e}"))?;
-        let on_tasks = request.on_tasks();
+        let refresh = request.refreshes_busy();
         let answer = self.answer(request, stream).await;
-        if on_tasks {
+        if refresh {
             self.tell_mesh_busy().await;
         }
         answer.map(Some).map_err(|Misuse(why)| why)

@@ -82,6 +82,13 @@ impl Busy {
         }
     }
 
+    /// Work of a kind (`act`, `task 7`) with some content, as [`Busy::new`] says it:
+    /// `kind: content`, only the content's start read (a payload may be long).
+    pub fn of(kind: &str, content: &str, note: &str, since_ms: u64) -> Busy {
+        let start: String = content.chars().take(MAX_BUSY_WITH_BYTES).collect();
+        Busy::new(&format!("{kind}: {start}"), note, since_ms)
+    }
+
     pub fn check(&self) -> Result<(), String> {
         for (field, s, max, min) in [
             ("busy.with", &self.with, MAX_BUSY_WITH_BYTES, 1),
