@@ -93,6 +93,26 @@ fn thirty_thousand_agents_cascade_in_every_mode() {
     }
     assert_eq!(ops[2].phases.len(), 5, "priority-first: D, C, B, A, E");
     assert_eq!(ops[2].status, "COMPLETE");
+    // Critical first in arrival: each class's agents are to be ready no earlier than the
+    // class before it's. The phases overlap: the operation takes about its slowest phase's
+    // round trip, not the sum of five.
+    let pf = &ops[2];
+    for pair in pf.phases.windows(2) {
+        assert!(
+            pair[0].target_after_ms <= pair[1].target_after_ms,
+            "{:?} before {:?}",
+            pair[0],
+            pair[1]
+        );
+    }
+    let slowest = pf.phases.iter().map(|p| p.latency_ms).fold(0.0, f64::max);
+    assert_eq!(pf.latency_ms, slowest, "{pf:#?}");
+    assert!(
+        pf.latency_ms < 2.0 * pf.target_after_ms,
+        "{} ms for agents ready at +{} ms",
+        pf.latency_ms,
+        pf.target_after_ms
+    );
     // Every sector confirmed the wave: a report in the network's tail is waited for, not
     // taken for a failed sector.
     assert_eq!(ops[0].status, "SUCCESS", "{:?}", ops[0].tally);

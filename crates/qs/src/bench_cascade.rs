@@ -60,15 +60,7 @@ pub fn cascade_suite(b: &CascadeBench) -> Result<()> {
     for down in [0.0, 0.01, 0.05, 0.20] {
         let pct = (down * 100.0) as u32;
         for mode in modes {
-            let gap_ms = match mode {
-                CascadeMode::PriorityFirst => 6_000,
-                _ => 1_500,
-            };
-            let mut cfg = Series {
-                gap_ms,
-                ..Series::of(mode, b)
-            }
-            .config(b, &wan);
+            let mut cfg = Series::of(mode, b).config(b, &wan);
             cfg.down_fraction = down;
             cfg.down_at_ms = READY_AT_MS;
             let r = run(&cfg, &clock)?;

@@ -203,10 +203,7 @@ fn simulate_mesh(a: &SimArgs) -> Result<()> {
             budget_ms: None,
             delegate: None,
         });
-        at += match mode {
-            qs_wire::mesh::CascadeMode::PriorityFirst => 6_000,
-            _ => 2_000,
-        };
+        at += 2_000;
     }
     cfg.duration_ms = a.duration_ms.max(at + 2_000);
     let start = std::time::Instant::now();

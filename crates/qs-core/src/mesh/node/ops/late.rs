@@ -1,6 +1,6 @@
 //! Answers after their gather closed (seed §3.2: late answers are quarantined, not
 //! failures). A lead keeps, for a while, who it still waits for in each operation it
-//! reported (a priority-first operation's phases added up); the root keeps who answered each
+//! reported; the root keeps who answered each
 //! urgent operation it ended (it does not know whom the leads sent to). An answer that comes
 //! after is taken once, as late: READY still resolves what it agrees with (a REROUTE's
 //! conflict too), a CONFLICT is still logged and, at a lead, of priority 3 or more,
@@ -130,28 +130,20 @@ fn missed(node: &mut MeshNode, c: ClusterId, a: AgentId, reported: Time, now: Ti
     }));
 }
 
-/// Keeps what late answers to `l`, reported now, need (nothing when none is awaited). A
-/// priority-first operation's earlier phases, at the same lead, are kept with it.
+/// Keeps what late answers to `l`, reported now, need (nothing when none is awaited).
 pub(super) fn keep(ops: &mut Ops, node: &MeshNode, key: (OpId, ClusterId), l: &LeadOp, now: Time) {
-    let mut waiting: BTreeSet<AgentId> = l
+    let waiting: BTreeSet<AgentId> = l
         .sent_at
         .keys()
         .filter(|a| !l.gather.answered(a))
         .copied()
         .collect();
-    let mut rerouted: BTreeMap<AgentId, u64> = l
+    let rerouted: BTreeMap<AgentId, u64> = l
         .rerouted
         .iter()
         .filter(|(a, _)| waiting.contains(*a))
         .map(|(a, seq)| (*a, *seq))
         .collect();
-    if let Some(earlier) = ops.settled.remove(&key).filter(|s| s.until > now)
-        && let Awaited::These(w) = earlier.awaited
-    {
-        // An earlier phase's, but those the live phase heard from.
-        waiting.extend(w.into_iter().filter(|a| !l.gather.answered(a)));
-        rerouted.extend(earlier.rerouted);
-    }
     if waiting.is_empty() {
         return;
     }

@@ -7,6 +7,12 @@ pub(super) fn lead_order(node: &mut MeshNode, o: Order, c: ClusterId, now: Time)
     if node.ops.lead.len() >= MAX_OPS {
         return;
     }
+    // An order this lead holds already (under way, or reported with answers still to come)
+    // is carried out once: no agent is sent the same operation twice.
+    let key = (o.op, c);
+    if node.ops.lead.contains_key(&key) || node.ops.settled.contains_key(&key) {
+        return;
+    }
     let target = Time::from_millis(o.envelope.target_arrival_ms);
     let (_, min_rate) = MeshNode::cascade_mode_window(o.mode);
     let mut gather = Gather::new(target, Duration::from_millis(o.window_ms), min_rate);
@@ -142,7 +148,6 @@ pub(super) fn lead_order(node: &mut MeshNode, o: Order, c: ClusterId, now: Time)
         named: named.then(Vec::new),
         chosen_as,
     };
-    let key = (o.op, c);
     node.ops.lead.insert(key, op);
     for b in plan.batches {
         node.ops
@@ -219,7 +224,7 @@ pub(crate) fn on_ack(node: &mut MeshNode, from: &NodeId, a: Ack, now: Time) {
     let live = ops.lead.get(&(a.op, a.cluster));
     // A parallel operation's answers are the root's, even where the root leads the cluster.
     let at_lead = live.is_some_and(|l| l.mode != CascadeMode::Parallel);
-    // Sent by the live operation (not by an earlier phase of it).
+    // Sent by the live operation (an answer it did not send for is none of its).
     let sent_live = live.is_some_and(|l| l.sent_at.contains_key(&a.agent));
     if !at_lead
         && !a.expired
@@ -240,8 +245,7 @@ pub(crate) fn on_ack(node: &mut MeshNode, from: &NodeId, a: Ack, now: Time) {
             view.spiking = spike.is_some();
         }
     }
-    // After the cluster reported (or, in a priority-first operation, after an earlier
-    // phase did): late, taken once.
+    // After the cluster reported: late, taken once.
     if !(at_lead && sent_live) && late::answer(&mut ops, node, &a, now) {
         node.ops = ops;
         return;
@@ -442,11 +446,7 @@ pub(super) fn maybe_finish_parallel(ops: &mut Ops, node: &mut MeshNode, op: OpId
     let early = now >= r.target
         && super::relay::sectors_confirmed(r.expect.len(), r.expected_first)
         && heard * 100 >= sent * 99
-        && super::relay::settled(
-            t,
-            super::relay::silent_agents(node, &r.expect),
-            r.phases[r.phase].1,
-        );
+        && super::relay::settled(t, super::relay::silent_agents(node, &r.expect), r.min_rate);
     if (r.expect.is_empty() && heard >= sent) || early {
         end_phase(ops, node, op, now);
     }

@@ -20,6 +20,7 @@ use qs_wire::mesh::{
 use serde::Serialize;
 
 mod escalate;
+mod family;
 mod late;
 mod lead;
 mod queue;
@@ -132,7 +133,11 @@ pub struct PhaseResult {
     pub status: Status,
     pub decision: &'static str,
     pub tally: Tally,
+    /// From the operation's start to this phase's end, milliseconds.
     pub latency_ms: f64,
+    /// How far ahead of the operation's start this phase's agents were to be ready,
+    /// milliseconds.
+    pub target_after_ms: f64,
 }
 
 /// An operation's result, at the root.
@@ -212,10 +217,13 @@ pub(crate) struct RootOp {
     envelope: MeshEnvelope,
     sample: Option<u32>,
     budget_ms: Option<u64>,
-    phases: Vec<(Option<ImpedanceClass>, f64)>,
-    phase: usize,
+    /// The agents' class it reaches, if one (a priority-first phase's, a delegation's).
+    class: Option<ImpedanceClass>,
+    /// The response rate it succeeds at.
+    min_rate: f64,
+    /// The priority-first operation this is a phase of, if one.
+    part_of: Option<family::Part>,
     started: Time,
-    phase_started: Time,
     target: Time,
     /// Whether this phase looked at its early end at its target (reports that came before
     /// it could not end it then).
@@ -229,7 +237,6 @@ pub(crate) struct RootOp {
     /// An urgent operation's answers by cluster: READY, and who answered CONFLICT.
     votes: BTreeMap<ClusterId, ClusterVotes>,
     deadline: Time,
-    results: Vec<PhaseResult>,
     /// The window an operator asked for, if any.
     window_ms: Option<u64>,
     named: Vec<NamedAnswer>,
@@ -269,6 +276,8 @@ pub(crate) struct Ops {
     settled_urgent: BTreeMap<OpId, late::Settled>,
     /// At the root: operations waiting for a milder mode, oldest first.
     queued: std::collections::VecDeque<queue::Queued>,
+    /// At the root: priority-first operations, whose phases are root operations of their own.
+    families: BTreeMap<OpId, family::Family>,
 }
 
 /// Most operations a node holds at once in each role.
@@ -513,13 +522,18 @@ impl MeshNode {
                 active_agents,
             },
         )?;
-        if admit == degrade::Admit::Now && self.ops.root.len() >= MAX_OPS {
+        let phases = match c.mode {
+            CascadeMode::PriorityFirst => family::PHASES.len(),
+            _ => 1,
+        };
+        if admit == degrade::Admit::Now && self.ops.root.len() + phases > MAX_OPS {
             return Err(CommandError::Busy(MAX_OPS));
         }
         Ok(admit)
     }
 
-    /// Starts operation `op`: its first phase's orders go out.
+    /// Starts operation `op`: its orders go out (a priority-first operation's, for each of
+    /// its phases).
     fn launch(&mut self, op: OpId, c: CascadeCommand, tag: u64, now: Time) {
         let CascadeCommand {
             mode,
@@ -531,49 +545,54 @@ impl MeshNode {
             window_ms,
             ..
         } = c;
-        envelope.op = op;
         envelope.created_ms = now.as_millis();
-        let phases = match mode {
-            CascadeMode::PriorityFirst => vec![
-                (Some(ImpedanceClass::D), 0.99),
-                (Some(ImpedanceClass::C), 0.98),
-                (Some(ImpedanceClass::B), 0.95),
-                (Some(ImpedanceClass::A), 0.90),
-                (Some(ImpedanceClass::E), 0.85),
-            ],
-            _ => vec![(class, MeshNode::cascade_mode_window(mode).1)],
-        };
-        let budget_ms = budget_ms.map(|b| b.min(qs_wire::mesh::MAX_TTL_MS));
-        let r = RootOp {
-            mode,
-            scope,
-            envelope,
-            sample,
-            budget_ms,
-            phases,
-            phase: 0,
-            started: now,
-            phase_started: now,
-            target: now,
-            target_checked: false,
-            window: Duration::ZERO,
-            expect: BTreeSet::new(),
-            expected_first: 0,
-            tally: Tally::default(),
-            answers: BTreeMap::new(),
-            acks: BTreeSet::new(),
-            votes: BTreeMap::new(),
-            deadline: now,
-            results: Vec::new(),
-            window_ms: window_ms.map(|w| w.min(qs_wire::mesh::MAX_WINDOW_MS)),
-            named: Vec::new(),
-            root_messages: 0,
-            degradation: self.mode.name(),
-            tag,
+        let degradation = self.mode.name();
+        let root_op = |op: OpId, class, min_rate, part_of| {
+            let mut envelope = envelope.clone();
+            envelope.op = op;
+            RootOp {
+                mode,
+                scope,
+                envelope,
+                sample,
+                budget_ms: budget_ms.map(|b| b.min(qs_wire::mesh::MAX_TTL_MS)),
+                class,
+                min_rate,
+                part_of,
+                started: now,
+                target: now,
+                target_checked: false,
+                window: Duration::ZERO,
+                expect: BTreeSet::new(),
+                expected_first: 0,
+                tally: Tally::default(),
+                answers: BTreeMap::new(),
+                acks: BTreeSet::new(),
+                votes: BTreeMap::new(),
+                deadline: now,
+                window_ms: window_ms.map(|w| w.min(qs_wire::mesh::MAX_WINDOW_MS)),
+                named: Vec::new(),
+                root_messages: 0,
+                degradation,
+                tag,
+            }
         };
         let mut ops = std::mem::take(&mut self.ops);
-        ops.root.insert(op, r);
-        start_phase(&mut ops, self, op, now);
+        if mode == CascadeMode::PriorityFirst {
+            let phases: Vec<RootOp> = family::PHASES
+                .iter()
+                .enumerate()
+                .map(|(index, (class, min_rate))| {
+                    let part = family::Part { family: op, index };
+                    root_op(OpId(self.next_id()), Some(*class), *min_rate, Some(part))
+                })
+                .collect();
+            family::launch(&mut ops, self, op, phases, now);
+        } else {
+            let r = root_op(op, class, MeshNode::cascade_mode_window(mode).1, None);
+            ops.root.insert(op, r);
+            start_phase(&mut ops, self, op, now, now);
+        }
         self.ops = ops;
     }
 }

@@ -245,7 +245,7 @@ pub(super) fn maybe_end_early(ops: &mut Ops, node: &mut MeshNode, op: OpId, now:
     if r.mode == CascadeMode::Parallel {
         return maybe_finish_parallel(ops, node, op, now);
     }
-    let min_rate = r.phases[r.phase].1;
+    let min_rate = r.min_rate;
     let confirmed =
         r.mode != CascadeMode::Wave || sectors_confirmed(r.expect.len(), r.expected_first);
     // The silent scopes' agents last: a walk of every scope still to report.

@@ -1,16 +1,22 @@
-//! The root's part of an operation: each phase's target arrival from the lead histograms,
-//! its orders to the sectors, and its end: the quorum, the outcome, the KPIs.
+//! The root's part of an operation: its target arrival from the lead histograms, its
+//! orders to the sectors, and its end: the quorum, the outcome, the KPIs.
 
 use super::*;
 
-pub(super) fn start_phase(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Time) {
-    let Some(mut r) = ops.root.remove(&op) else {
-        return;
-    };
+/// Operation `op`'s orders go out, for its agents to be ready no earlier than `not_before`;
+/// its target arrival, if it is held.
+pub(super) fn start_phase(
+    ops: &mut Ops,
+    node: &mut MeshNode,
+    op: OpId,
+    not_before: Time,
+    now: Time,
+) -> Option<Time> {
+    let mut r = ops.root.remove(&op)?;
     let sectors: Vec<SectorId> = sectors_in(node, r.scope);
     // Seed §6.3, DEGRADED_MODERATE and worse: only healthy sectors take traffic.
     let healthy_only = node.mode.healthy_sectors_only();
-    let (class, min_rate) = r.phases[r.phase];
+    let (class, min_rate) = (r.class, r.min_rate);
     // How early to start (seed §3.2: "enough time for the 95th percentile"): the 95th
     // percentile of the predicted leads in scope (the urgent mode's: the 90th, the share it
     // needs to answer), of the phase's class or every class but F (which no sub-second
@@ -44,8 +50,7 @@ pub(super) fn start_phase(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Tim
         None => (lead_p95 + node.cfg.report_slack_ms as f64 / 4.0)
             .clamp(20.0, node.cfg.max_budget_ms as f64),
     };
-    r.phase_started = now;
-    r.target = now + Duration::from_micros((budget * 1000.0) as u64);
+    r.target = (now + Duration::from_micros((budget * 1000.0) as u64)).max(not_before);
     r.target_checked = false;
     r.window = Duration::from_millis(window_ms);
     // Reports come back up the way the order went down: the root waits the window, the
@@ -137,10 +142,13 @@ pub(super) fn start_phase(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Tim
         node.send(co, MeshMessage::Order(Box::new(order)));
     }
     r.expected_first = r.expect.len();
+    let target = r.target;
     ops.root.insert(op, r);
+    Some(target)
 }
 
-/// The root: a phase ended (every report in, or its deadline); the next phase, or the end.
+/// The root: operation `op` ended (every report in, or its deadline): its result, or its
+/// phase's for the priority-first operation it is part of.
 pub(super) fn end_phase(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Time) {
     let Some(mut r) = ops.root.remove(&op) else {
         return;
@@ -150,8 +158,6 @@ pub(super) fn end_phase(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Time)
     // What was heard was sent, though its cluster's count may not have come (the urgent
     // mode ends without the last few).
     tally.sent = tally.sent.max(tally.heard());
-    let (class, min_rate) = r.phases[r.phase];
-    let answered = tally.ready + tally.transit + tally.conflict;
     // Seed §10.2 for the urgent mode, whose answers the root gathers: agents that
     // contradicted a cluster that clearly answered READY are told to their lead.
     for (c, v) in std::mem::take(&mut r.votes) {
@@ -169,23 +175,20 @@ pub(super) fn end_phase(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Time)
             node.send(lead, MeshMessage::Contradicted(Box::new(msg)));
         }
     }
-    // Sent and not answered in the window is "in transit": outcome unknown (seed §1.4).
-    let votes = Votes {
-        ready: tally.ready,
-        transit: tally.transit + tally.sent.saturating_sub(answered),
-        conflict: tally.conflict,
-    };
-    let decision = quorum::decide(votes, &QuorumPolicy::default());
-    let out = gather::outcome(&tally, min_rate);
-    r.results.push(PhaseResult {
-        class,
-        min_rate,
+    let decision = decide(&tally);
+    let out = gather::outcome(&tally, r.min_rate);
+    let target_after_ms = r.target.since(r.started).as_secs_f64() * 1000.0;
+    let phase = PhaseResult {
+        class: r.class,
+        min_rate: r.min_rate,
         status: out.status,
         decision: decision.name(),
         tally,
-        latency_ms: now.since(r.phase_started).as_secs_f64() * 1000.0,
-    });
+        latency_ms: now.since(r.started).as_secs_f64() * 1000.0,
+        target_after_ms,
+    };
     // KPIs, per phase.
+    let answered = tally.ready + tally.transit + tally.conflict;
     let k = &mut node.kpis;
     k.sent += u64::from(tally.sent);
     k.answered += u64::from(answered);
@@ -194,71 +197,63 @@ pub(super) fn end_phase(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Time)
     k.conflicts += u64::from(tally.conflict);
     k.skipped += u64::from(tally.skipped);
     k.expired += u64::from(tally.expired);
-    r.phase += 1;
-    if r.phase < r.phases.len() {
-        ops.root.insert(op, r);
-        start_phase(ops, node, op, now);
-        return;
+    if let Some(part) = r.part_of {
+        return family::phase_ended(ops, node, part, phase, r, now);
     }
     if r.mode == CascadeMode::Parallel {
         super::late::keep_urgent(ops, op, &mut r, now);
     }
-    let latency_ms = now.since(r.started).as_secs_f64() * 1000.0;
-    let mut total = Tally::default();
-    for p in &r.results {
-        total.add(&p.tally);
-    }
     let sectors_short = r.mode == CascadeMode::Wave
         && r.expected_first > 0
         && !super::relay::sectors_confirmed(r.expect.len(), r.expected_first);
-    let status = match (r.mode, sectors_short) {
-        (CascadeMode::PriorityFirst, _) => "COMPLETE",
-        (_, true) => "FAILED_AT_SECTOR",
-        _ => match out.status {
-            Status::Success => "SUCCESS",
-            Status::Partial => "PARTIAL",
-            Status::Failed => "FAILED",
-        },
+    let status = match (sectors_short, out.status) {
+        (true, _) => "FAILED_AT_SECTOR",
+        (_, Status::Success) => "SUCCESS",
+        (_, Status::Partial) => "PARTIAL",
+        (_, Status::Failed) => "FAILED",
     };
-    let final_decision = match r.mode {
-        CascadeMode::PriorityFirst => {
-            let answered = total.ready + total.transit + total.conflict;
-            quorum::decide(
-                Votes {
-                    ready: total.ready,
-                    transit: total.transit + total.sent.saturating_sub(answered),
-                    conflict: total.conflict,
-                },
-                &QuorumPolicy::default(),
-            )
-        }
-        _ => decision,
-    };
-    let k = &mut node.kpis;
-    k.operations += 1;
-    k.last_operation_ms = Some(now.as_millis());
-    if matches!(final_decision, Decision::Proceed { .. }) {
-        k.operations_with_quorum += 1;
-    }
-    if k.cascade_latencies_ms.len() == super::super::MAX_LATENCIES {
-        k.cascade_latencies_ms.pop_front();
-    }
-    k.cascade_latencies_ms.push_back(latency_ms);
     let result = OpResult {
         op,
         mode: r.mode,
         scope: r.scope,
         status,
-        decision: final_decision,
-        tally: total,
-        latency_ms,
-        target_after_ms: r.target.since(r.phase_started).as_secs_f64() * 1000.0,
+        decision,
+        tally,
+        latency_ms: phase.latency_ms,
+        target_after_ms,
         answers: MeshNode::top_answers(&r.answers),
-        phases: r.results,
+        phases: vec![phase],
         named: r.named,
         root_messages: r.root_messages,
         degradation: r.degradation,
         tag: r.tag,
     };
+    conclude(node, result, now);
+}
+
+/// The trinary quorum on a tally: sent and not answered in the window is "in transit",
+/// its outcome unknown (seed §1.4).
+pub(super) fn decide(tally: &Tally) -> Decision {
+    let answered = tally.ready + tally.transit + tally.conflict;
+    let votes = Votes {
+        ready: tally.ready,
+        transit: tally.transit + tally.sent.saturating_sub(answered),
+        conflict: tally.conflict,
+    };
+    quorum::decide(votes, &QuorumPolicy::default())
+}
+
+/// An operation's result goes out, counted in the KPIs.
+pub(super) fn conclude(node: &mut MeshNode, result: OpResult, now: Time) {
+    let k = &mut node.kpis;
+    k.operations += 1;
+    k.last_operation_ms = Some(now.as_millis());
+    if matches!(result.decision, Decision::Proceed { .. }) {
+        k.operations_with_quorum += 1;
+    }
+    if k.cascade_latencies_ms.len() == super::super::MAX_LATENCIES {
+        k.cascade_latencies_ms.pop_front();
+    }
+    k.cascade_latencies_ms.push_back(result.latency_ms);
     node.finish(result);
 }

@@ -1,0 +1,121 @@
+//! A priority-first operation (seed §3.3: "critical agents first, then expand"): one root
+//! operation per class, GPUs first, each under a number of its own and judged on its own
+//! threshold. All start at once, and the order is kept where it matters, in arrival: each
+//! class's agents are to be ready no earlier than the class before it's. (Started one after
+//! another's end, five classes took five round trips.) The operation ends when its last
+//! phase has, COMPLETE whatever each phase did.
+
+use super::*;
+
+/// The classes in the order they are reached, and the response rate each succeeds at.
+pub(super) const PHASES: [(ImpedanceClass, f64); 5] = [
+    (ImpedanceClass::D, 0.99),
+    (ImpedanceClass::C, 0.98),
+    (ImpedanceClass::B, 0.95),
+    (ImpedanceClass::A, 0.90),
+    (ImpedanceClass::E, 0.85),
+];
+
+/// Which operation a phase belongs to, and where in [`PHASES`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Part {
+    pub(super) family: OpId,
+    pub(super) index: usize,
+}
+
+/// A priority-first operation at the root, while its phases run.
+#[derive(Clone, Debug)]
+pub(crate) struct Family {
+    mode: CascadeMode,
+    scope: Scope,
+    started: Time,
+    tag: u64,
+    degradation: &'static str,
+    /// By index in [`PHASES`]; `None` while the phase runs.
+    ended: Vec<Option<PhaseResult>>,
+    answers: BTreeMap<String, u32>,
+    named: Vec<NamedAnswer>,
+    root_messages: u32,
+}
+
+/// Starts operation `op`'s `phases` (in [`PHASES`]' order), each's agents to be ready no
+/// earlier than the one before's.
+pub(super) fn launch(ops: &mut Ops, node: &mut MeshNode, op: OpId, phases: Vec<RootOp>, now: Time) {
+    let Some(first) = phases.first() else {
+        return;
+    };
+    let family = Family {
+        mode: first.mode,
+        scope: first.scope,
+        started: now,
+        tag: first.tag,
+        degradation: first.degradation,
+        ended: vec![None; phases.len()],
+        answers: BTreeMap::new(),
+        named: Vec::new(),
+        root_messages: 0,
+    };
+    ops.families.insert(op, family);
+    let mut not_before = now;
+    for phase in phases {
+        let id = phase.envelope.op;
+        ops.root.insert(id, phase);
+        if let Some(target) = start_phase(ops, node, id, not_before, now) {
+            not_before = target;
+        }
+    }
+}
+
+/// Phase `part` ended with `result` (`r` its operation): once the last has, the operation's
+/// result goes out.
+pub(super) fn phase_ended(
+    ops: &mut Ops,
+    node: &mut MeshNode,
+    part: Part,
+    result: PhaseResult,
+    r: RootOp,
+    now: Time,
+) {
+    let Some(f) = ops.families.get_mut(&part.family) else {
+        return;
+    };
+    if let Some(slot) = f.ended.get_mut(part.index) {
+        *slot = Some(result);
+    }
+    for (answer, n) in &r.answers {
+        let count = f.answers.entry(answer.clone()).or_default();
+        *count = count.saturating_add(*n);
+    }
+    let room = MAX_NAMED.saturating_sub(f.named.len());
+    f.named.extend(r.named.into_iter().take(room));
+    f.root_messages = f.root_messages.saturating_add(r.root_messages);
+    if f.ended.iter().any(Option::is_none) {
+        return;
+    }
+    let Some(f) = ops.families.remove(&part.family) else {
+        return;
+    };
+    let phases: Vec<PhaseResult> = f.ended.into_iter().flatten().collect();
+    let mut tally = Tally::default();
+    for p in &phases {
+        tally.add(&p.tally);
+    }
+    let target_after_ms = phases.iter().map(|p| p.target_after_ms).fold(0.0, f64::max);
+    let result = OpResult {
+        op: part.family,
+        mode: f.mode,
+        scope: f.scope,
+        status: "COMPLETE",
+        decision: decide(&tally),
+        tally,
+        latency_ms: now.since(f.started).as_secs_f64() * 1000.0,
+        target_after_ms,
+        answers: MeshNode::top_answers(&f.answers),
+        phases,
+        named: f.named,
+        root_messages: f.root_messages,
+        degradation: f.degradation,
+        tag: f.tag,
+    };
+    conclude(node, result, now);
+}
