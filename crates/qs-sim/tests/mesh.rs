@@ -113,6 +113,18 @@ fn thirty_thousand_agents_cascade_in_every_mode() {
         pf.latency_ms,
         pf.target_after_ms
     );
+    // The way down alone: agents dispatched at their arrival times are ready by the target,
+    // as the simulator saw them (the answers' way up is the rest of the latency).
+    for op in ops {
+        let reach = r.reach_p95_ms(op).expect("agents were sent to");
+        assert!(
+            reach <= op.target_after_ms + 50.0 && reach < op.latency_ms,
+            "{:?}: 95 % ready at +{reach} ms, target +{} ms, ended at +{} ms",
+            op.mode,
+            op.target_after_ms,
+            op.latency_ms
+        );
+    }
     // Every sector confirmed the wave: a report in the network's tail is waited for, not
     // taken for a failed sector.
     assert_eq!(ops[0].status, "SUCCESS", "{:?}", ops[0].tally);

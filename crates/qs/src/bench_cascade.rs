@@ -6,11 +6,10 @@
 
 use crate::bench::{emit, round_to};
 use anyhow::{Context, Result};
-use qs_core::mesh::OpResult;
 use qs_core::mesh::degrade::Mode;
 use qs_sim::mesh::engine::{READY_AT_MS, run};
 use qs_sim::mesh::gossip::{Gossip, spread};
-use qs_sim::mesh::{Cascade, Matrix, MeshSimConfig, Wan};
+use qs_sim::mesh::{Cascade, Matrix, MeshReport, MeshSimConfig, Wan};
 use qs_wire::mesh::CascadeMode;
 use std::path::PathBuf;
 
@@ -65,7 +64,7 @@ pub fn cascade_suite(b: &CascadeBench) -> Result<()> {
             cfg.down_at_ms = READY_AT_MS;
             let r = run(&cfg, &clock)?;
             let name = format!("{}_down{pct}", mode_name(mode));
-            report(&name, r.measured());
+            report(&name, &r);
             emit(
                 BENCH,
                 format!("{name}_refused"),
@@ -116,10 +115,7 @@ pub fn cascade_suite(b: &CascadeBench) -> Result<()> {
     }
     .config(b, &wan);
     let r = run(&cfg, &clock)?;
-    report(
-        &format!("wave_urgent{}ms_down0", b.urgent_budget_ms),
-        r.measured(),
-    );
+    report(&format!("wave_urgent{}ms_down0", b.urgent_budget_ms), &r);
 
     // Zones (seed §2.1's local clusters, regional sectors): each host names its region, as
     // `qs agent --mesh-zone` does; the same waves and parallel cascades, no agent down.
@@ -127,7 +123,7 @@ pub fn cascade_suite(b: &CascadeBench) -> Result<()> {
         let mut cfg = Series::of(mode, b).config(b, &wan);
         cfg.zones = true;
         let r = run(&cfg, &clock)?;
-        report(&format!("{}_zones_down0", mode_name(mode)), r.measured());
+        report(&format!("{}_zones_down0", mode_name(mode)), &r);
     }
 
     // Scale-out (seed §10.2): 1,000 more agents on new hosts join the running mesh; waves
@@ -146,7 +142,7 @@ pub fn cascade_suite(b: &CascadeBench) -> Result<()> {
         agents: 1_000,
     });
     let r = run(&cfg, &clock)?;
-    report("wave_scaleout1000_down0", r.measured());
+    report("wave_scaleout1000_down0", &r);
     if let Some(i) = &r.integration {
         let ms = |v: Option<u64>| v.map_or(f64::NAN, |v| v as f64);
         emit(
@@ -290,8 +286,10 @@ impl Series {
 }
 
 /// One row's figures over its operations.
-fn report(name: &str, ops: &[OpResult]) {
+fn report(name: &str, run: &MeshReport) {
+    let ops = run.measured();
     let lat: Vec<f64> = ops.iter().map(|o| o.latency_ms).collect();
+    let reach: Vec<f64> = ops.iter().filter_map(|o| run.reach_p95_ms(o)).collect();
     let sent: u64 = ops.iter().map(|o| u64::from(o.tally.sent)).sum();
     let hits: u64 = ops.iter().map(|o| u64::from(o.tally.window_hits)).sum();
     let answered: u64 = ops
@@ -334,6 +332,16 @@ fn report(name: &str, ops: &[OpResult]) {
         round_to(p95(lat), 1),
         "ms",
     );
+    // The way down alone (the agents ready), beside the round trip above: what the seed
+    // calls cascade latency and gossip's reach measures.
+    if !reach.is_empty() {
+        emit(
+            BENCH,
+            format!("{name}_reach_p95"),
+            round_to(p95(reach), 1),
+            "ms (95 % of the agents sent to ready; p95 over operations)",
+        );
+    }
     emit(
         BENCH,
         format!("{name}_target_after"),

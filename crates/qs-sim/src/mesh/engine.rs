@@ -12,7 +12,7 @@ use qs_core::{Rng, Time};
 use qs_wire::NodeId;
 use qs_wire::mesh::{
     Ack, AgentBeat, AgentId, AgentState, ConflictDetail, Dispatch, ImpedanceClass, MeshMessage,
-    Scope, Trinary, Verb,
+    OpId, Scope, Trinary, Verb,
 };
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -135,6 +135,9 @@ pub struct MeshSim {
     killed_at: BTreeMap<usize, Time>,
     pub detection_ms: Vec<f64>,
     pub results: Vec<OpResult>,
+    /// When each agent sent an operation was ready, milliseconds after the operation
+    /// started at the root, by the number its envelope carried.
+    pub ready_after_ms: BTreeMap<OpId, Vec<f64>>,
     pub refused: Vec<String>,
     pub queued: Vec<u64>,
     pub routed_around: u64,
@@ -263,6 +266,7 @@ impl MeshSim {
             killed_at: BTreeMap::new(),
             detection_ms: Vec::new(),
             results: Vec::new(),
+            ready_after_ms: BTreeMap::new(),
             refused: Vec::new(),
             queued: Vec::new(),
             routed_around: 0,

@@ -14,8 +14,9 @@ pub use scale_out::{Integration, ScaleOut};
 
 use qs_core::Time;
 use qs_core::mesh::{MeshNode, OpResult};
-use qs_wire::mesh::{CascadeMode, ConflictCounts};
+use qs_wire::mesh::{CascadeMode, ConflictCounts, OpId};
 use serde::Serialize;
+use std::collections::BTreeMap;
 
 /// Most agents and hosts the mesh simulator takes.
 pub const MAX_AGENTS: usize = 1_000_000;
@@ -199,6 +200,10 @@ pub struct MeshReport {
     /// The root's lead histogram (per class A–F, buckets of `LEAD_BUCKETS_MS`) at the end.
     pub leads: qs_wire::mesh::LeadHistogram,
     pub results: Vec<OpResult>,
+    /// When each agent sent an operation was ready, milliseconds after its start, by the
+    /// number its envelope carried (see [`MeshReport::reach_ms`]).
+    #[serde(skip)]
+    pub ready_after_ms: BTreeMap<OpId, Vec<f64>>,
     pub refused: Vec<String>,
     /// Cascades the root queued (DEGRADED_MODERATE queues non-urgent ones): their results
     /// come later, with `results`.
@@ -266,6 +271,20 @@ impl MeshReport {
     /// The scenario's own operations: the results past the calibration's.
     pub fn measured(&self) -> &[OpResult] {
         &self.results[self.calibrations.min(self.results.len())..]
+    }
+
+    /// How long after its start 95 % of the agents operation `op` was sent to (in every
+    /// phase) were ready, milliseconds, as the simulator saw them: the way down alone, the
+    /// seed's "total cascade latency" (§8.1), what gossip's reach measures.
+    pub fn reach_p95_ms(&self, op: &OpResult) -> Option<f64> {
+        let mut v: Vec<f64> = op
+            .phases
+            .iter()
+            .filter_map(|p| self.ready_after_ms.get(&p.op))
+            .flatten()
+            .copied()
+            .collect();
+        (!v.is_empty()).then(|| qs_core::mesh::impedance::p95(&mut v))
     }
 }
 

@@ -82,6 +82,11 @@ impl MeshSim {
         }
         let now_ms = self.now.as_millis();
         let ready = self.now + Duration::from_micros((ms * 1000.0) as u64);
+        let started = Time::from_millis(d.envelope.created_ms);
+        self.ready_after_ms
+            .entry(d.envelope.op)
+            .or_default()
+            .push(ready.since(started).as_secs_f64() * 1000.0);
         // One answer in 2,000 is a conflict (a value that contradicts the context).
         let conflict = self.rng.below(2_000) == 0;
         let ack = Ack {

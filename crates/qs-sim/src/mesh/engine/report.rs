@@ -73,6 +73,7 @@ impl MeshSim {
                 h
             }),
             results: self.results.clone(),
+            ready_after_ms: self.ready_after_ms.clone(),
             refused: self.refused.clone(),
             queued: self.queued.clone(),
             routed_around: self.routed_around,

@@ -128,6 +128,8 @@ pub enum CommandError {
 /// One phase of a priority-first cascade (or the only phase of the others).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct PhaseResult {
+    /// The number its envelopes carried (a priority-first phase's own).
+    pub op: OpId,
     pub class: Option<ImpedanceClass>,
     pub min_rate: f64,
     pub status: Status,

@@ -179,6 +179,7 @@ pub(super) fn end_phase(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Time)
     let out = gather::outcome(&tally, r.min_rate);
     let target_after_ms = r.target.since(r.started).as_secs_f64() * 1000.0;
     let phase = PhaseResult {
+        op,
         class: r.class,
         min_rate: r.min_rate,
         status: out.status,
