@@ -536,6 +536,12 @@ fn operation_event(r: &OpResult) -> qs_wire::Event {
         ready: r.tally.ready,
         latency_ms: r.latency_ms.max(0.0).round() as u64,
         error: None,
+        phases: r
+            .phases
+            .iter()
+            .filter(|p| p.op != r.op)
+            .map(|p| p.op.0)
+            .collect(),
     }
 }
 

@@ -463,21 +463,23 @@ fn the_root_logs_a_conflict_answered_after_its_urgent_operation_ended() {
 
 /// An order a lead holds already (one repeated) is carried out once: no agent is sent the
 /// operation again, while it is gathered nor after it reported, and the first order's
-/// stragglers are still taken late.
+/// stragglers are still taken late. The same number with another envelope (a root that
+/// restarted and counts anew) is a new order.
 #[test]
 fn a_repeated_order_is_carried_out_once() {
     let c = one_cluster(6, 300);
     let mut lead = Lead::new(c, Time::from_millis(3_000_000));
     lead.run(1_200);
-    lead.order(5, None);
+    let envelope = lead.ask(5);
+    lead.order_of(envelope.clone(), None);
     let first = dispatches(&lead.run(250));
     assert_eq!(first.len(), 3, "{first:?}");
-    lead.order(5, None);
+    lead.order_of(envelope.clone(), None);
     lead.answer(&first[0], None);
     let gathered = lead.run(200);
     assert_eq!(dispatches(&gathered), [], "sent again while gathered");
     assert!(report(&gathered).is_some(), "the order reported");
-    lead.order(5, None);
+    lead.order_of(envelope, None);
     assert_eq!(
         dispatches(&lead.run(250)),
         [],
@@ -489,6 +491,11 @@ fn a_repeated_order_is_carried_out_once() {
         [(first[1].agent, None)]
     );
     assert_eq!(lead.node.late_answers(), 1);
+    lead.order(5, None);
+    assert!(
+        !dispatches(&lead.run(250)).is_empty(),
+        "a new envelope, a new order"
+    );
 }
 
 /// An operation of one cluster alone reports to the root: so does its late report, and the

@@ -1060,7 +1060,7 @@ fn an_agent_offline_30_s_while_its_host_lives_is_taken_for_crashed_and_restarted
 #[test]
 fn a_host_restarts_an_agent_only_at_its_leads_request() {
     use qs_core::mesh::MeshOutput;
-    use qs_wire::mesh::Restart;
+    use qs_wire::mesh::AgentOrder;
     let pair = pair();
     let (p1, p2) = (pair.p1.clone(), pair.p2.clone());
     let tree = pair.roles(&p2, &p2, &p2);
@@ -1071,7 +1071,7 @@ fn a_host_restarts_an_agent_only_at_its_leads_request() {
     host.handle(MeshInput::Agents(mine), now);
     drain(&mut host);
     let restart = |host: &mut MeshNode, from: &NodeId, agent: u64| {
-        let r = Restart {
+        let r = AgentOrder {
             agent: AgentId(agent),
             cluster: ClusterId(0),
             joined_ms: 0,

@@ -258,6 +258,10 @@ pub enum Event {
         latency_ms: u64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
+        /// The numbers its phases' envelopes carried, where they are not `op` (a
+        /// priority-first operation's, each phase its own): what its conflicts name.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        phases: Vec<u64>,
     },
     /// The mesh's mode changed (seed §6.3: by the share of active agents), as this node holds
     /// it: the root's own, another node's as the root's notices said it (the counts: the
@@ -309,6 +313,7 @@ impl Event {
             ready: 0,
             latency_ms: 0,
             error: Some(error),
+            phases: Vec::new(),
         }
     }
 }

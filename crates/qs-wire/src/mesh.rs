@@ -143,7 +143,8 @@ pub enum CascadeMode {
     Wave,
     /// Everyone at once: each level forwards without waiting and agents answer the root.
     Parallel,
-    /// Classes one after another, GPUs first (D, C, B, A, E), each its own wave.
+    /// Class by class, GPUs first (D, C, B, A, E), each its own wave under a number of its
+    /// own: all start at once, each class's agents ready no earlier than the class before.
     PriorityFirst,
 }
 
@@ -398,7 +399,7 @@ pub enum MeshMessage {
     /// The mesh's mode, from the root down the tree.
     Mode(ModeNotice),
     /// From a lead to a host: restart a crashed agent.
-    Restart(Restart),
+    Restart(AgentOrder),
 }
 
 fn summary_numbers(mean: f64, p95: f64, leads: &LeadHistogram, agents: u32) -> Result<(), String> {

@@ -297,12 +297,22 @@ pub fn describe(event: &Event) -> String {
             ready,
             latency_ms,
             error,
+            phases,
         } => match error {
             Some(e) => format!("mesh operation {op} did not run: {e}"),
-            None => format!(
-                "mesh operation {op} ({mode}, {scope}) ended {status} ({decision}): {ready} of \
-                 {sent} ready in {latency_ms} ms"
-            ),
+            None => {
+                let phases = match phases.is_empty() {
+                    true => String::new(),
+                    false => {
+                        let ops: Vec<String> = phases.iter().map(u64::to_string).collect();
+                        format!(" (phases {})", ops.join(", "))
+                    }
+                };
+                format!(
+                    "mesh operation {op} ({mode}, {scope}) ended {status} ({decision}): {ready} \
+                     of {sent} ready in {latency_ms} ms{phases}"
+                )
+            }
         },
         Event::MeshMode {
             from,
@@ -490,6 +500,7 @@ mod tests {
                     ready: 297,
                     latency_ms: 412,
                     error: None,
+                    phases: Vec::new(),
                 },
                 "operation 9 (wave, sector 2) ended SUCCESS (PROCEED): 297 of 300 ready in 412 ms",
             ),

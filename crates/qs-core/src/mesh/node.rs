@@ -144,7 +144,7 @@ pub enum MeshOutput {
     AgentCrashed(crash::AgentCrash),
     /// At a host: restart this agent of it, as its lead asks (a worker agent is disconnected,
     /// for its supervisor to start again), if it is still the registration its lead knows.
-    Restart(qs_wire::mesh::Restart),
+    Restart(qs_wire::mesh::AgentOrder),
     /// A control's report (freeze, thaw, heal), at the root, once every node in scope
     /// confirmed it or `CONTROL_CONFIRM_MS` passed.
     ControlDone(control::ControlReport),

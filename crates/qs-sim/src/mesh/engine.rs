@@ -537,5 +537,7 @@ pub fn run(
     let mut sim = MeshSim::new(cfg);
     sim.run_until(Time::from_millis(cfg.duration_ms));
     let wall = clock() - t0;
-    Ok(sim.report(cfg, wall))
+    let mut report = sim.report(cfg, wall);
+    report.ready_after_ms = std::mem::take(&mut sim.ready_after_ms);
+    Ok(report)
 }

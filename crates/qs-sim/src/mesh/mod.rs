@@ -201,7 +201,8 @@ pub struct MeshReport {
     pub leads: qs_wire::mesh::LeadHistogram,
     pub results: Vec<OpResult>,
     /// When each agent sent an operation was ready, milliseconds after its start, by the
-    /// number its envelope carried (see [`MeshReport::reach_ms`]).
+    /// number its envelope carried (see [`MeshReport::reach_p95_ms`]; `engine::run` moves it
+    /// here).
     #[serde(skip)]
     pub ready_after_ms: BTreeMap<OpId, Vec<f64>>,
     pub refused: Vec<String>,
@@ -275,7 +276,8 @@ impl MeshReport {
 
     /// How long after its start 95 % of the agents operation `op` was sent to (in every
     /// phase) were ready, milliseconds, as the simulator saw them: the way down alone, the
-    /// seed's "total cascade latency" (§8.1), what gossip's reach measures.
+    /// seed's "total cascade latency" (§8.1), what gossip's reach measures. `None` if fewer
+    /// were ever ready (down, or the message lost).
     pub fn reach_p95_ms(&self, op: &OpResult) -> Option<f64> {
         let mut v: Vec<f64> = op
             .phases
@@ -284,7 +286,13 @@ impl MeshReport {
             .flatten()
             .copied()
             .collect();
-        (!v.is_empty()).then(|| qs_core::mesh::impedance::p95(&mut v))
+        let sent: u64 = op.phases.iter().map(|p| u64::from(p.tally.sent)).sum();
+        let nth = (sent * 95).div_ceil(100) as usize;
+        if nth == 0 || v.len() < nth {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        Some(v[nth - 1])
     }
 }
 

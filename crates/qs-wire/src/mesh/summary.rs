@@ -416,7 +416,7 @@ pub struct Contradicted {
 /// for its supervisor to start it again, and joins anew).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Restart {
+pub struct AgentOrder {
     pub agent: AgentId,
     pub cluster: ClusterId,
     /// When the agent registered, on its host's clock, as its lead knows it: a host restarts

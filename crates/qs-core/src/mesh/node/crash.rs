@@ -9,7 +9,7 @@
 //! the event, and its agents leave the tree with it.)
 
 use super::*;
-use qs_wire::mesh::Restart;
+use qs_wire::mesh::AgentOrder;
 
 /// Offline this long, its host alive: crashed (seed: "no heartbeat for 30+ seconds").
 pub const CRASH_AFTER_MS: u64 = 30_000;
@@ -51,7 +51,7 @@ impl MeshNode {
         let again = Duration::from_millis(CRASH_AGAIN_WITHIN_MS + CRASH_AFTER_MS);
         self.crashed_lately.retain(|_, t| now.since(*t) < again);
         let mut crashed: Vec<AgentCrash> = Vec::new();
-        let mut restarts: Vec<(NodeId, Restart)> = Vec::new();
+        let mut restarts: Vec<(NodeId, AgentOrder)> = Vec::new();
         for (c, led) in &mut self.led {
             // Nothing to look at while every agent is active and none has a crash record.
             if !led.crash_watch && led.active_count() as usize == led.agents.len() {
@@ -76,7 +76,7 @@ impl MeshNode {
                 if now.since(since) < after {
                     continue;
                 }
-                let restart = Restart {
+                let restart = AgentOrder {
                     agent: *a,
                     cluster: *c,
                     joined_ms: v.joined_host_ms,
@@ -111,7 +111,7 @@ impl MeshNode {
     /// The host part: the lead of one of its agents' cluster (as the inbox checked) asks it
     /// to restart that agent: done if it is this host's, of that cluster, and (when the
     /// request says) the registration the lead knows, not one that came back since.
-    pub(super) fn on_restart(&mut self, r: Restart) {
+    pub(super) fn on_restart(&mut self, r: AgentOrder) {
         let Some(mine) = self.local.iter().find(|a| a.agent == r.agent) else {
             self.refused_senders += 1;
             return;

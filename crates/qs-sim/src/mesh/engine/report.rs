@@ -73,7 +73,7 @@ impl MeshSim {
                 h
             }),
             results: self.results.clone(),
-            ready_after_ms: self.ready_after_ms.clone(),
+            ready_after_ms: BTreeMap::new(),
             refused: self.refused.clone(),
             queued: self.queued.clone(),
             routed_around: self.routed_around,

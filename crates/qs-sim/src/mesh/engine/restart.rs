@@ -6,7 +6,7 @@
 //! replacement that also fails).
 
 use super::*;
-use qs_wire::mesh::Restart;
+use qs_wire::mesh::AgentOrder;
 use std::collections::BTreeSet;
 
 /// The restarts of one run.
@@ -51,7 +51,7 @@ impl MeshSim {
 
     /// Host `host`'s core asks its shell to restart an agent: one of its own that is down
     /// comes up again once the restart took its time.
-    pub(super) fn ask_restart(&mut self, host: usize, r: Restart) {
+    pub(super) fn ask_restart(&mut self, host: usize, r: AgentOrder) {
         let Some(ms) = self.restarts.ms else {
             return;
         };

@@ -28,9 +28,19 @@ pub(crate) struct Settled {
     /// Where a late conflict goes up to (none at the root).
     up: Option<Up>,
     content_hash: String,
+    /// Its envelope's id and creation: an order of the same is one this node carried out.
+    envelope_id: u64,
+    created_ms: u64,
     awaited: Awaited,
     /// Agents the work of a capability mismatch went to, and that conflict's number.
     rerouted: BTreeMap<AgentId, u64>,
+}
+
+impl Settled {
+    /// Whether it is what `envelope` asked (an order of it again is one carried out).
+    pub(super) fn of(&self, envelope: &MeshEnvelope) -> bool {
+        self.envelope_id == envelope.id && self.created_ms == envelope.created_ms
+    }
 }
 
 /// The level a lead's report went to, as the tree names it when a late conflict goes up.
@@ -156,6 +166,8 @@ pub(super) fn keep(ops: &mut Ops, node: &MeshNode, key: (OpId, ClusterId), l: &L
         scope: l.scope,
         up: Some(up),
         content_hash: l.envelope.content_hash.clone(),
+        envelope_id: l.envelope.id,
+        created_ms: l.envelope.created_ms,
         awaited: Awaited::These(waiting),
         rerouted,
     };
@@ -169,6 +181,8 @@ pub(super) fn keep_urgent(ops: &mut Ops, op: OpId, r: &mut RootOp, now: Time) {
         scope: r.scope,
         up: None,
         content_hash: r.envelope.content_hash.clone(),
+        envelope_id: r.envelope.id,
+        created_ms: r.envelope.created_ms,
         awaited: Awaited::AllBut(std::mem::take(&mut r.acks)),
         rerouted: BTreeMap::new(),
     };

@@ -8,9 +8,17 @@ pub(super) fn lead_order(node: &mut MeshNode, o: Order, c: ClusterId, now: Time)
         return;
     }
     // An order this lead holds already (under way, or reported with answers still to come)
-    // is carried out once: no agent is sent the same operation twice.
+    // is carried out once: no agent is sent the same operation twice. (The same number with
+    // another envelope is a new order: a root that restarted counts its numbers anew.)
     let key = (o.op, c);
-    if node.ops.lead.contains_key(&key) || node.ops.settled.contains_key(&key) {
+    let e = &o.envelope;
+    let held = node
+        .ops
+        .lead
+        .get(&key)
+        .is_some_and(|l| l.envelope.id == e.id && l.envelope.created_ms == e.created_ms)
+        || node.ops.settled.get(&key).is_some_and(|s| s.of(e));
+    if held {
         return;
     }
     let target = Time::from_millis(o.envelope.target_arrival_ms);
