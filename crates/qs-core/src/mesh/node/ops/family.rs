@@ -16,6 +16,16 @@ pub(super) const PHASES: [(ImpedanceClass, f64); 5] = [
     (ImpedanceClass::E, 0.85),
 ];
 
+/// The response rate an order's gather succeeds at, at its coordinator and its leads: a
+/// priority-first phase's, by its class; else its mode's.
+pub(super) fn min_rate(mode: CascadeMode, class: Option<ImpedanceClass>) -> f64 {
+    let phase = PHASES.iter().find(|(k, _)| Some(*k) == class);
+    match (mode, phase) {
+        (CascadeMode::PriorityFirst, Some((_, rate))) => *rate,
+        _ => MeshNode::cascade_mode_window(mode).1,
+    }
+}
+
 /// Which operation a phase belongs to, and where in [`PHASES`].
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Part {
@@ -118,4 +128,28 @@ pub(super) fn phase_ended(
         tag: f.tag,
     };
     conclude(node, result, now);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_phase_is_gathered_at_its_own_rate_below_the_root() {
+        use CascadeMode::*;
+        use ImpedanceClass::*;
+        let table = [
+            (PriorityFirst, Some(D), 0.99),
+            (PriorityFirst, Some(C), 0.98),
+            (PriorityFirst, Some(B), 0.95),
+            (PriorityFirst, Some(A), 0.90),
+            (PriorityFirst, Some(E), 0.85),
+            (Wave, Some(D), 0.95),
+            (Wave, None, 0.95),
+            (Parallel, None, 0.90),
+        ];
+        for (mode, class, rate) in table {
+            assert_eq!(min_rate(mode, class), rate, "{mode:?} {class:?}");
+        }
+    }
 }

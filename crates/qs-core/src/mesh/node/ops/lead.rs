@@ -22,7 +22,7 @@ pub(super) fn lead_order(node: &mut MeshNode, o: Order, c: ClusterId, now: Time)
         return;
     }
     let target = Time::from_millis(o.envelope.target_arrival_ms);
-    let (_, min_rate) = MeshNode::cascade_mode_window(o.mode);
+    let min_rate = family::min_rate(o.mode, o.class);
     let mut gather = Gather::new(target, Duration::from_millis(o.window_ms), min_rate);
     let sector = node.led[&c].sector;
     let frozen = node.frozen_over(Scope::Cluster(c)).is_some();

@@ -47,7 +47,7 @@ pub(super) fn relay_order(node: &mut MeshNode, o: Order, s: SectorId) {
     let up = Duration::from_micros((up_ms * 1000.0) as u64);
     let mut relay = RelayOp {
         expect: BTreeSet::new(),
-        min_rate: MeshNode::cascade_mode_window(o.mode).1,
+        min_rate: family::min_rate(o.mode, o.class),
         tally: Tally::default(),
         answers: BTreeMap::new(),
         deadline: target + Duration::from_millis(o.window_ms) + (up + slack).max(slack * 2),
