@@ -18,8 +18,8 @@ pub use crate::mesh_status::{ClusterRow, Kpis, MeshStatus, SectorRow};
 use qs_core::mesh::degrade::Mode;
 use qs_core::mesh::seniority::LEAD_AFTER_MS;
 use qs_core::mesh::{
-    CascadeCommand, Command, Hierarchy, Joined, Member, MeshConfig, MeshInput, MeshNode,
-    MeshOutput, OpResult, Seniority, Shape, seniorities, seniority_in,
+    Hierarchy, Joined, Member, MeshConfig, MeshInput, MeshNode, MeshOutput, OpResult, Seniority,
+    Shape, seniorities, seniority_in,
 };
 use qs_fabric::{Fabric, Kv, KvEvent, Subscription, Topic};
 use qs_wire::NodeId;
@@ -95,6 +95,9 @@ enum Waiter {
     Local(oneshot::Sender<Result<serde_json::Value, String>>),
     Remote { node: NodeId, id: u64 },
 }
+
+mod commands;
+use commands::{command, operation_event};
 
 /// Runs the mesh for `me` until `stop` turns true; `live` reads the live nodes.
 #[allow(clippy::too_many_arguments)]
@@ -445,6 +448,15 @@ pub async fn run<F: Fabric>(
                         );
                     }
                 }
+                MeshOutput::Reassign(r) => {
+                    if agents.reassign(r.agent, r.joined_ms) {
+                        tracing::warn!(
+                            "mesh: an operator takes agent {:016x}'s task from it, for another \
+                             worker",
+                            r.agent.0
+                        );
+                    }
+                }
                 MeshOutput::ControlDone(r) => {
                     // An operator's control goes to the ledger with what it did.
                     let event = qs_wire::Event::MeshControl {
@@ -456,6 +468,7 @@ pub async fn run<F: Fabric>(
                         breakers_closed: r.breakers_closed,
                         conflicts_released: r.conflicts_released,
                         agents_routed_around: r.agents_routed_around,
+                        agents_reassigned: r.agents_reassigned,
                     };
                     journal.append(&me, now().as_micros(), vec![event]).await;
                     let body = serde_json::to_value(&r).map_err(|e| e.to_string());
@@ -468,81 +481,6 @@ pub async fn run<F: Fabric>(
 
 fn node_is_root(node: &MeshNode) -> bool {
     node.tree().root.as_ref() == Some(node.id())
-}
-
-/// An operator's action as the core's command: its answer comes as the core's output (a
-/// cascade's result, a control's report once the nodes in scope confirmed it, a refusal).
-fn command(node: &mut MeshNode, action: MeshAction, tag: u64) {
-    let t = now();
-    let command = match action {
-        MeshAction::Cascade {
-            mode,
-            scope,
-            verb,
-            payload,
-            priority,
-            sample,
-            budget_ms,
-            requires,
-            approved,
-            class,
-            window_ms,
-        } => {
-            let mut envelope = node.envelope(verb, &payload, priority, t);
-            envelope.requires = requires;
-            Command::Cascade(CascadeCommand {
-                mode,
-                scope,
-                envelope,
-                sample,
-                budget_ms,
-                approved,
-                automated: false,
-                class,
-                window_ms,
-            })
-        }
-        MeshAction::Freeze { scope } => Command::Freeze {
-            scope,
-            frozen: true,
-        },
-        MeshAction::Thaw { scope } => Command::Freeze {
-            scope,
-            frozen: false,
-        },
-        MeshAction::Heal { scope } => Command::Heal { scope },
-        MeshAction::RouteAround {
-            scope,
-            slower_than_ms,
-            for_ms,
-        } => Command::RouteAround {
-            scope,
-            slower_than_ms,
-            for_ms,
-        },
-    };
-    node.handle(MeshInput::Command { command, tag }, t);
-}
-
-/// The ledger's record of an operation's end.
-fn operation_event(r: &OpResult) -> qs_wire::Event {
-    qs_wire::Event::MeshOperation {
-        op: r.op.0,
-        mode: wire_name(&r.mode),
-        scope: r.scope.to_string(),
-        status: r.status.to_owned(),
-        decision: r.decision.name().to_owned(),
-        sent: r.tally.sent,
-        ready: r.tally.ready,
-        latency_ms: r.latency_ms.max(0.0).round() as u64,
-        error: None,
-        phases: r
-            .phases
-            .iter()
-            .filter(|p| p.op != r.op)
-            .map(|p| p.op.0)
-            .collect(),
-    }
 }
 
 async fn finish<F: Fabric>(

@@ -109,13 +109,23 @@ pub struct LocalAgents {
     pub expired: AtomicU64,
 }
 
+/// What the mesh may tell a worker agent's connection while it waits for the worker's next
+/// frame.
+#[derive(Clone, Debug)]
+pub struct Told {
+    /// Its lead took it for crashed: its connection is closed, for its supervisor to start
+    /// it again.
+    pub evict: Arc<Notify>,
+    /// An operator took its task from it (seed §7.2's "reassign the task"): the task goes
+    /// back to the queue, for another worker.
+    pub reassign: Arc<Notify>,
+}
+
 struct WorkerAgent {
     capabilities: Vec<String>,
     mailbox: VecDeque<Dispatch>,
     notify: Arc<Notify>,
-    /// Told when its lead takes it for crashed: its connection is closed, for its
-    /// supervisor to start it again.
-    evict: Arc<Notify>,
+    told: Told,
     /// Taken and not yet answered, by operation.
     taken: BTreeMap<OpId, Taken>,
     /// The mean of its processing times so far (the beat's hint; the lead measures its own).
@@ -269,7 +279,10 @@ impl LocalAgents {
                     capabilities,
                     mailbox: VecDeque::new(),
                     notify: Arc::new(Notify::new()),
-                    evict: Arc::new(Notify::new()),
+                    told: Told {
+                        evict: Arc::new(Notify::new()),
+                        reassign: Arc::new(Notify::new()),
+                    },
                     taken: BTreeMap::new(),
                     processing_ms: 0.0,
                     answered: 0,
@@ -285,9 +298,22 @@ impl LocalAgents {
     }
 
     /// What a worker agent's connection waits on: told when its lead takes the agent for
-    /// crashed (seed §6.1's AGENT_CRASH).
-    pub fn evicted(&self, agent: AgentId) -> Option<Arc<Notify>> {
-        self.workers().get(&agent).map(|w| w.evict.clone())
+    /// crashed (seed §6.1's AGENT_CRASH), or an operator takes its task from it.
+    pub fn told(&self, agent: AgentId) -> Option<Told> {
+        self.workers().get(&agent).map(|w| w.told.clone())
+    }
+
+    /// An operator's reassignment came for `agent` (from its lead): its worker's connection
+    /// is told to give the task it holds back, if it is the registration of `joined_ms` (0:
+    /// any). Whether one was told.
+    pub fn reassign(&self, agent: AgentId, joined_ms: u64) -> bool {
+        match self.workers().get(&agent) {
+            Some(w) if joined_ms == 0 || w.joined_ms == joined_ms => {
+                w.told.reassign.notify_one();
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Its lead took `agent` for crashed and asks this node to restart it: a worker agent's
@@ -303,7 +329,7 @@ impl LocalAgents {
         match self.workers().get(&agent) {
             Some(w) if (joined_ms == 0 || w.joined_ms == joined_ms) && !w.serving(now_ms) => {
                 // A permit, kept until the connection next waits.
-                w.evict.notify_one();
+                w.told.evict.notify_one();
                 true
             }
             _ => false,

@@ -10,58 +10,12 @@ mod common;
 use common::*;
 use qs_core::Time;
 use qs_core::mesh::conflict::Resolution;
-use qs_core::mesh::{
-    CONTROL_CONFIRM_MS, Command, ControlReport, MeshConfig, MeshInput, MeshNode, MeshOutput,
-};
+use qs_core::mesh::{CONTROL_CONFIRM_MS, Command, MeshConfig, MeshInput, MeshNode, MeshOutput};
 use qs_wire::NodeId;
 use qs_wire::mesh::{
-    AgentId, AgentState, BreakerState, Busy, ControlAction, ControlDone, MAX_ROUTED_NAMED,
-    MeshMessage, Scope,
+    AgentId, AgentState, BreakerState, ControlAction, ControlDone, MeshMessage, Scope,
 };
 use std::collections::BTreeSet;
-
-/// The root and the lead pass their messages to each other until both are quiet (those to
-/// `lost` are lost); what else they put out.
-fn exchange(root: &mut MeshNode, lead: &mut Lead, lost: Option<&NodeId>) -> Vec<MeshOutput> {
-    let mut other = Vec::new();
-    for _ in 0..16 {
-        let sent = [
-            (root.id().clone(), drain(root)),
-            (lead.node.id().clone(), drain(&mut lead.node)),
-        ];
-        let mut moved = false;
-        for (from, out) in sent {
-            for o in out {
-                let MeshOutput::Send { to, msg } = o else {
-                    other.push(o);
-                    continue;
-                };
-                let target = match to {
-                    _ if lost == Some(&to) => continue,
-                    _ if to == *root.id() => &mut *root,
-                    _ if to == *lead.node.id() => &mut lead.node,
-                    _ => continue,
-                };
-                let from = from.clone();
-                target.handle(MeshInput::Heard { from, msg }, lead.now);
-                moved = true;
-            }
-        }
-        if !moved {
-            break;
-        }
-    }
-    other
-}
-
-fn reports(out: &[MeshOutput]) -> Vec<ControlReport> {
-    out.iter()
-        .filter_map(|o| match o {
-            MeshOutput::ControlDone(r) => Some(r.clone()),
-            _ => None,
-        })
-        .collect()
-}
 
 /// The control `root` sent last (to a coordinator), what else it put out drained.
 fn sent_control(root: &mut MeshNode) -> qs_wire::mesh::Control {
@@ -75,20 +29,6 @@ fn sent_control(root: &mut MeshNode) -> qs_wire::mesh::Control {
             _ => None,
         })
         .expect("a control, to a coordinator")
-}
-
-fn command(root: &mut MeshNode, command: Command, tag: u64, now: Time) {
-    root.handle(MeshInput::Command { command, tag }, now);
-}
-
-/// A lead of 20 agents (the other host's 10 with the capability), its root (also its
-/// sector's coordinator), and the lead's view settled.
-fn mesh() -> (MeshNode, Lead) {
-    let mut lead = Lead::new(one_cluster(20, 0), Time::from_millis(3_000_000));
-    lead.run(1_200);
-    let tree = lead.node.tree().clone();
-    let root = node_in(&lead.root, MeshConfig::default(), &tree, lead.now);
-    (root, lead)
 }
 
 fn state_of(lead: &mut Lead, agent: AgentId) -> AgentState {
@@ -284,82 +224,6 @@ fn the_root_awaits_at_most_sixteen_controls_and_a_newer_one_ends_the_oldest_wait
     let r = reports(&exchange(&mut root, &mut lead, Some(&lead_id)));
     assert_eq!(r.len(), 1);
     assert_eq!((r[0].tag, r[0].confirmed, r[0].nodes), (1, 1, 2));
-}
-
-/// Seed §7.2's "route around them for now": the agents in scope in the routing pool whose
-/// impedance is over the threshold are held out of it for a while (none when none is over
-/// it), come back by themselves after it, and a heal takes them back at once.
-#[test]
-fn a_route_around_holds_slow_agents_out_until_its_time_or_a_heal() {
-    let (mut root, mut lead) = mesh();
-    let everyone: BTreeSet<AgentId> = pool(&lead.node);
-    assert_eq!(everyone.len(), 20);
-    let around = |slower_than_ms, for_ms| Command::RouteAround {
-        scope: Scope::Global,
-        slower_than_ms,
-        for_ms,
-    };
-    // Nobody is slower than an hour.
-    command(&mut root, around(3_600_000, 60_000), 1, lead.now);
-    let r = reports(&exchange(&mut root, &mut lead, None));
-    assert_eq!((r[0].agents_routed_around, r[0].confirmed), (0, 2));
-    // Everyone is slower than 0 ms: all held out for 2 s, then back. The report names the
-    // slowest eight (a node names no more), slowest first, with what each works on as its
-    // host says it (seed §7.2: "show me what they're stuck on"), for how long by then.
-    let since_ms = lead.now.as_millis() - 5_000;
-    lead.busy = Some(Busy::new(
-        "task t-1: summarize",
-        "waiting on GPU memory",
-        since_ms,
-    ));
-    lead.run(600);
-    command(&mut root, around(0, 2_000), 2, lead.now);
-    let r = reports(&exchange(&mut root, &mut lead, None));
-    assert_eq!(r[0].agents_routed_around, 20, "{r:?}");
-    assert_eq!((r[0].slower_than_ms, r[0].for_ms), (0, 2_000));
-    assert_eq!(r[0].routed.len(), MAX_ROUTED_NAMED, "{r:?}");
-    let impedances: Vec<f64> = r[0].routed.iter().map(|a| a.impedance_ms).collect();
-    assert!(impedances.is_sorted_by(|a, b| a >= b), "{impedances:?}");
-    for a in &r[0].routed {
-        match lead.theirs.contains(&a.agent) {
-            true => {
-                let busy = a.busy.as_ref().expect("busy, as its host said");
-                assert_eq!(busy.with, "task t-1: summarize");
-                assert_eq!(busy.note, "waiting on GPU memory");
-                assert!((5_600..6_000).contains(&a.busy_for_ms), "{a:?}");
-            }
-            false => assert_eq!((&a.busy, a.busy_for_ms), (&None, 0), "{a:?}"),
-        }
-    }
-    assert!(r[0].routed.iter().any(|a| a.busy.is_some()), "{r:?}");
-    lead.busy = None;
-    assert!(pool(&lead.node).is_empty());
-    lead.run(1_500);
-    assert!(pool(&lead.node).is_empty(), "held for 2 s");
-    lead.run(1_000);
-    assert_eq!(pool(&lead.node), everyone, "back after");
-    // Held for ten minutes, then healed: back at the next beat.
-    command(&mut root, around(0, 600_000), 3, lead.now);
-    exchange(&mut root, &mut lead, None);
-    assert!(pool(&lead.node).is_empty());
-    command(
-        &mut root,
-        Command::Heal {
-            scope: Scope::Global,
-        },
-        4,
-        lead.now,
-    );
-    let r = reports(&exchange(&mut root, &mut lead, None));
-    assert_eq!(r[0].agents_released, 20, "{r:?}");
-    lead.run(400);
-    assert_eq!(pool(&lead.node), everyone);
-    // A route-around's numbers are checked where the command is taken.
-    command(&mut root, around(0, 10), 5, lead.now);
-    let refused = drain(&mut root).into_iter().any(|o| {
-        matches!(o, MeshOutput::Refused { tag: 5, error, .. } if error.to_string().contains("for_ms"))
-    });
-    assert!(refused);
 }
 
 /// One host `l` with 20 agents in two clusters of two sectors, `l` leading both; `a`

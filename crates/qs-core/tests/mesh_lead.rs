@@ -1056,9 +1056,10 @@ fn an_agent_offline_30_s_while_its_host_lives_is_taken_for_crashed_and_restarted
     assert_eq!(crashes(&lead.run(31_000)), [(down, true)]);
 }
 
-/// A host restarts one of its agents only when that agent's lead asks.
+/// A host restarts one of its agents, or takes its task from it, only when that agent's
+/// lead asks, and only for the registration the lead knows.
 #[test]
-fn a_host_restarts_an_agent_only_at_its_leads_request() {
+fn a_host_acts_on_an_agent_only_at_its_leads_request() {
     use qs_core::mesh::MeshOutput;
     use qs_wire::mesh::AgentOrder;
     let pair = pair();
@@ -1067,29 +1068,64 @@ fn a_host_restarts_an_agent_only_at_its_leads_request() {
     let now = Time::from_millis(1_000_000);
     let mut host = MeshNode::new(p1.clone(), MeshConfig::default(), now);
     host.handle(MeshInput::Tree(tree), now);
-    let mine: Vec<AgentBeat> = (0..10u64).map(|i| beat(AgentId(i), 0, false)).collect();
+    let mine: Vec<AgentBeat> = (0..10u64)
+        .map(|i| AgentBeat {
+            joined_ms: 500,
+            ..beat(AgentId(i), 0, false)
+        })
+        .collect();
     host.handle(MeshInput::Agents(mine), now);
     drain(&mut host);
-    let restart = |host: &mut MeshNode, from: &NodeId, agent: u64| {
-        let r = AgentOrder {
-            agent: AgentId(agent),
-            cluster: ClusterId(0),
-            joined_ms: 0,
+    type Msg = fn(AgentOrder) -> MeshMessage;
+    let table: [(&str, Msg); 2] = [
+        ("restart", MeshMessage::Restart),
+        ("reassign", MeshMessage::Reassign),
+    ];
+    for (what, msg) in table {
+        let ask = |host: &mut MeshNode, from: &NodeId, agent: u64, joined_ms: u64| {
+            let r = AgentOrder {
+                agent: AgentId(agent),
+                cluster: ClusterId(0),
+                joined_ms,
+            };
+            let (msg, from) = (msg(r), from.clone());
+            host.handle(MeshInput::Heard { from, msg }, now);
+            drain(host)
+                .into_iter()
+                .filter_map(|o| match (o, what) {
+                    (MeshOutput::Restart(r), "restart") => Some(r.agent),
+                    (MeshOutput::Reassign(r), "reassign") => Some(r.agent),
+                    _ => None,
+                })
+                .collect::<Vec<AgentId>>()
         };
-        let (msg, from) = (MeshMessage::Restart(r), from.clone());
-        host.handle(MeshInput::Heard { from, msg }, now);
-        drain(host)
-            .into_iter()
-            .filter_map(|o| match o {
-                MeshOutput::Restart(r) => Some(r.agent),
-                _ => None,
-            })
-            .collect::<Vec<AgentId>>()
-    };
-    let refused = host.refused_senders();
-    assert_eq!(restart(&mut host, &p2, 3), [AgentId(3)], "from its lead");
-    let stranger = NodeId::new("p9").unwrap();
-    assert_eq!(restart(&mut host, &stranger, 3), [], "from another node");
-    assert_eq!(restart(&mut host, &p2, 15), [], "not one of its agents");
-    assert_eq!(host.refused_senders(), refused + 2);
+        let refused = host.refused_senders();
+        assert_eq!(
+            ask(&mut host, &p2, 3, 0),
+            [AgentId(3)],
+            "{what}: from its lead"
+        );
+        assert_eq!(
+            ask(&mut host, &p2, 3, 500),
+            [AgentId(3)],
+            "{what}: that registration"
+        );
+        assert_eq!(
+            ask(&mut host, &p2, 3, 400),
+            [],
+            "{what}: another registration"
+        );
+        let stranger = NodeId::new("p9").unwrap();
+        assert_eq!(
+            ask(&mut host, &stranger, 3, 0),
+            [],
+            "{what}: from another node"
+        );
+        assert_eq!(
+            ask(&mut host, &p2, 15, 0),
+            [],
+            "{what}: not one of its agents"
+        );
+        assert_eq!(host.refused_senders(), refused + 2, "{what}");
+    }
 }

@@ -297,6 +297,8 @@ pub enum Event {
         conflicts_released: u32,
         #[serde(default)]
         agents_routed_around: u32,
+        #[serde(default, skip_serializing_if = "crate::bounds::is_zero")]
+        agents_reassigned: u32,
     },
 }
 

@@ -400,6 +400,8 @@ pub enum MeshMessage {
     Mode(ModeNotice),
     /// From a lead to a host: restart a crashed agent.
     Restart(AgentOrder),
+    /// From a lead to a host: take the task this worker agent holds from it.
+    Reassign(AgentOrder),
 }
 
 fn summary_numbers(mean: f64, p95: f64, leads: &LeadHistogram, agents: u32) -> Result<(), String> {
@@ -477,7 +479,7 @@ impl BusMessage for MeshMessage {
             MeshMessage::Circuit(c) => text("reason", &c.reason),
             MeshMessage::Control(c) => c.check(),
             MeshMessage::ControlDone(d) => d.check(),
-            MeshMessage::Restart(_) => Ok(()),
+            MeshMessage::Restart(_) | MeshMessage::Reassign(_) => Ok(()),
             MeshMessage::Mode(m) => m.check(),
             MeshMessage::Request(r) => r.action.check(),
             MeshMessage::Contradicted(c) => at_most("agents", c.agents.len(), MAX_CHILDREN),

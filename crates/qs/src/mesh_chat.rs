@@ -157,22 +157,20 @@ pub(crate) fn parse_intent(text: &str) -> Option<Intent> {
     // "route around them", "route around slow agents in sector 7", "route around agents
     // slower than 800 ms".
     if has("route") && words.contains(&"around") {
-        // A threshold it cannot read is no request (never a guess).
-        let than = lower.match_indices("than").find(|(i, _)| {
-            let before = lower[..*i].chars().next_back();
-            let after = lower[i + 4..].chars().next();
-            !before.is_some_and(|c| c.is_ascii_alphanumeric())
-                && !after.is_some_and(|c| c.is_ascii_alphanumeric())
-        });
-        let slower_than_ms = match than {
-            None => SLOW_MS,
-            Some((i, _)) => duration_ms(&lower[i + 4..])?,
-        };
         return Some(Intent::Act(route_around(
             scope,
-            slower_than_ms,
+            slower_than_ms(&lower)?,
             ROUTE_AROUND_S,
         )));
+    }
+    // "reassign the task", "reassign their tasks", "reassign the tasks of agents slower than
+    // 800 ms in cluster 4" (seed §7.2): the slow agents' own tasks, to other workers. What
+    // names a task of its own ("reassign the summary job to gpu") is a delegation, below.
+    if has("reassign") && takes_their_tasks(after("reassign").as_deref()) {
+        return Some(Intent::Act(MeshAction::Reassign {
+            scope,
+            slower_than_ms: slower_than_ms(&lower)?,
+        }));
     }
     if has("thaw") || has("unfreeze") || (lead.is_none() && has("resume")) {
         return Some(Intent::Act(MeshAction::Thaw { scope }));
@@ -275,6 +273,39 @@ pub(crate) fn parse_intent(text: &str) -> Option<Intent> {
 
 /// A duration at the start of `text`: `800`, `800ms`, `800 ms`, `1.5 s`, `2 seconds`
 /// (milliseconds when no unit is said), in milliseconds; `None` when it reads none.
+/// The threshold a request names ("slower than 800 ms"), or [`SLOW_MS`] if it names none;
+/// `None` if it names one that cannot be read (no request, never a guess).
+fn slower_than_ms(lower: &str) -> Option<u64> {
+    let than = lower.match_indices("than").find(|(i, _)| {
+        let before = lower[..*i].chars().next_back();
+        let after = lower[i + 4..].chars().next();
+        !before.is_some_and(|c| c.is_ascii_alphanumeric())
+            && !after.is_some_and(|c| c.is_ascii_alphanumeric())
+    });
+    match than {
+        None => Some(SLOW_MS),
+        Some((i, _)) => duration_ms(&lower[i + 4..]),
+    }
+}
+
+/// Whether what follows "reassign" names the slow agents' own tasks ("the task", "their
+/// tasks", "them", nothing) rather than a task of its own to hand out.
+fn takes_their_tasks(rest: Option<&str>) -> bool {
+    let rest = rest.unwrap_or("").to_ascii_lowercase();
+    let words: Vec<&str> = rest
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect();
+    let task = |w: Option<&&str>| w.is_some_and(|w| ["task", "tasks", "work"].contains(w));
+    let owner = ["the", "their", "its", "those", "these"];
+    match words.first() {
+        None => true,
+        Some(&("them" | "it")) => words.len() == 1,
+        Some(w) if owner.contains(w) => task(words.get(1)) && !words.contains(&"to"),
+        first => task(first) && !words.contains(&"to"),
+    }
+}
+
 pub(crate) fn duration_ms(text: &str) -> Option<u64> {
     let t = text.trim_start();
     let end = t
@@ -352,6 +383,13 @@ pub(crate) fn describe(a: &MeshAction) -> String {
             scope_words(scope),
             for_ms / 1_000
         ),
+        MeshAction::Reassign {
+            scope,
+            slower_than_ms,
+        } => format!(
+            "qs mesh reassign{} --slower-than {slower_than_ms}",
+            scope_words(scope)
+        ),
         MeshAction::Cascade {
             verb: Verb::Observe,
             payload,
@@ -411,110 +449,6 @@ fn scope_flag(scope: &Scope) -> String {
             " --scope{}",
             scope_words(s).replace(' ', "-").replacen('-', " ", 1)
         ),
-    }
-}
-
-/// What the console offers after a status (seed §7.2: "Shall I route around them for
-/// now?"): where agents are slower than [`SLOW_MS`] in `scope` as `status` (`GET /v1/mesh`)
-/// shows them (a led cluster's agents one by one; a sector's 95th percentile), what it says,
-/// and the route-around a "yes" runs.
-pub(crate) fn suggestion(status: &Value, scope: &Scope) -> Option<(String, Intent)> {
-    let slow_ms = SLOW_MS as f64;
-    let offer = |found: String| {
-        let line = format!(
-            "{found}. Shall I route around the agents slower than {SLOW_MS} ms for now? \
-             (yes / no)"
-        );
-        (
-            line,
-            Intent::Act(route_around(*scope, SLOW_MS, ROUTE_AROUND_S)),
-        )
-    };
-    match scope {
-        Scope::Cluster(c) => {
-            let agents = status["led_agents"].as_array()?;
-            let slow: Vec<String> = agents
-                .iter()
-                .filter(|a| a["cluster"].as_u64() == Some(u64::from(c.0)))
-                .filter(|a| a["admitted"] == true && a["state"] == "active")
-                .filter(|a| a["score_ms"].as_f64().is_some_and(|s| s > slow_ms))
-                .map(|a| {
-                    format!(
-                        "{:016x} ({:.0} ms)",
-                        a["agent"].as_u64().unwrap_or(0),
-                        a["score_ms"].as_f64().unwrap_or(0.0)
-                    )
-                })
-                .collect();
-            (!slow.is_empty()).then(|| {
-                offer(format!(
-                    "Cluster {} has {} agent{} with impedance over {SLOW_MS} ms: {}",
-                    c.0,
-                    slow.len(),
-                    if slow.len() == 1 { "" } else { "s" },
-                    slow.join(", ")
-                ))
-            })
-        }
-        _ => {
-            let slow: Vec<String> = status["sectors"]
-                .as_array()?
-                .iter()
-                .filter(|s| match scope {
-                    Scope::Sector(x) => s["sector"].as_u64() == Some(u64::from(x.0)),
-                    _ => true,
-                })
-                .filter(|s| s["p95_impedance_ms"].as_f64().is_some_and(|p| p > slow_ms))
-                .map(|s| {
-                    format!(
-                        "sector {} (p95 {:.0} ms)",
-                        s["sector"],
-                        s["p95_impedance_ms"].as_f64().unwrap_or(0.0)
-                    )
-                })
-                .collect();
-            (!slow.is_empty()).then(|| {
-                offer(format!(
-                    "Slow agents (impedance over {SLOW_MS} ms) in {}",
-                    slow.join(", ")
-                ))
-            })
-        }
-    }
-}
-
-/// A reply that takes the console's offer.
-fn takes_offer(text: &str) -> bool {
-    let t = text
-        .trim()
-        .trim_end_matches(['.', '!'])
-        .to_ascii_lowercase();
-    [
-        "y", "yes", "yeah", "yep", "ok", "okay", "sure", "do it", "please", "go ahead",
-    ]
-    .contains(&t.as_str())
-}
-
-/// What a reply means after the console offered `offer` (if it did): a "yes" takes the
-/// offer, "route around them" routes around where the offer said, anything else is read
-/// afresh.
-pub(crate) fn reply(offer: Option<Intent>, text: &str) -> Option<Intent> {
-    match (offer, parse_intent(text)) {
-        (Some(o), _) if takes_offer(text) => Some(o),
-        // "route around them": where the offer said.
-        (
-            Some(Intent::Act(MeshAction::RouteAround { scope, .. })),
-            Some(Intent::Act(MeshAction::RouteAround {
-                scope: Scope::Global,
-                slower_than_ms,
-                for_ms,
-            })),
-        ) => Some(Intent::Act(MeshAction::RouteAround {
-            scope,
-            slower_than_ms,
-            for_ms,
-        })),
-        (_, parsed) => parsed,
     }
 }
 
@@ -582,8 +516,14 @@ pub(crate) fn chat(api: &str, llm: Option<Llm>, yes: bool) -> Result<()> {
                 a @ (MeshAction::Freeze { .. }
                 | MeshAction::Thaw { .. }
                 | MeshAction::Heal { .. }
-                | MeshAction::RouteAround { .. }),
-            ) => control(api, a, OutputFormat::Text),
+                | MeshAction::RouteAround { .. }
+                | MeshAction::Reassign { .. }),
+            ) => control(api, a.clone(), OutputFormat::Text).map(|report| {
+                if let Some((line, intent)) = after_route_around(&a, &report) {
+                    println!("{line}");
+                    offered = Some(intent);
+                }
+            }),
             Intent::Act(a) => op(api, &a, OutputFormat::Text),
         };
         if let Err(e) = result {
@@ -593,7 +533,9 @@ pub(crate) fn chat(api: &str, llm: Option<Llm>, yes: bool) -> Result<()> {
 }
 
 mod llm;
+mod offer;
 pub(crate) use llm::{Llm, ask_llm};
+pub(crate) use offer::{after_route_around, reply, suggestion};
 
 #[cfg(test)]
 mod tests;

@@ -121,6 +121,17 @@ pub enum MeshCmd {
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },
+    /// Take the tasks the worker agents of a scope slower than a threshold hold from them:
+    /// back in their nodes' queues, for other workers (seed §7.2's "reassign the task").
+    Reassign {
+        target: Vec<String>,
+        /// Agents whose impedance is over this, milliseconds.
+        #[arg(long, default_value_t = crate::mesh_chat::SLOW_MS,
+              value_parser = clap::value_parser!(u64).range(0..=qs_wire::mesh::MAX_SLOWER_THAN_MS))]
+        slower_than: u64,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
     /// Plain-words requests: shows the command each becomes and asks before running it.
     Chat {
         /// An OpenAI-compatible endpoint (e.g. the fleet's own gateway,
@@ -220,15 +231,15 @@ pub fn run(api: &str, cmd: MeshCmd) -> Result<()> {
         }
         MeshCmd::Heal { target, output } => {
             let scope = scope_of(&target.join(" "))?;
-            control(api, MeshAction::Heal { scope }, output)
+            control(api, MeshAction::Heal { scope }, output).map(drop)
         }
         MeshCmd::Freeze { target, output } => {
             let scope = scope_of(&target.join(" "))?;
-            control(api, MeshAction::Freeze { scope }, output)
+            control(api, MeshAction::Freeze { scope }, output).map(drop)
         }
         MeshCmd::Thaw { target, output } => {
             let scope = scope_of(&target.join(" "))?;
-            control(api, MeshAction::Thaw { scope }, output)
+            control(api, MeshAction::Thaw { scope }, output).map(drop)
         }
         MeshCmd::RouteAround {
             target,
@@ -238,7 +249,19 @@ pub fn run(api: &str, cmd: MeshCmd) -> Result<()> {
         } => {
             let scope = scope_of(&target.join(" "))?;
             let action = crate::mesh_chat::route_around(scope, slower_than, for_s);
-            control(api, action, output)
+            control(api, action, output).map(drop)
+        }
+        MeshCmd::Reassign {
+            target,
+            slower_than,
+            output,
+        } => {
+            let scope = scope_of(&target.join(" "))?;
+            let action = MeshAction::Reassign {
+                scope,
+                slower_than_ms: slower_than,
+            };
+            control(api, action, output).map(drop)
         }
         MeshCmd::Chat {
             llm,

@@ -347,6 +347,7 @@ pub fn describe(event: &Event) -> String {
             breakers_closed,
             conflicts_released,
             agents_routed_around,
+            agents_reassigned,
         } => {
             let did = match action.as_str() {
                 "heal" => format!(
@@ -354,6 +355,9 @@ pub fn describe(event: &Event) -> String {
                      {conflicts_released} conflicts released"
                 ),
                 "route-around" => format!(": {agents_routed_around} agents held out of routing"),
+                "reassign" => {
+                    format!(": {agents_reassigned} agents' tasks taken for other workers")
+                }
                 _ => String::new(),
             };
             format!("mesh {action} of {scope} confirmed by {confirmed} of {nodes} nodes{did}")
@@ -532,9 +536,25 @@ mod tests {
                     breakers_closed: 1,
                     conflicts_released: 2,
                     agents_routed_around: 0,
+                    agents_reassigned: 0,
                 },
                 "mesh heal of sector 12 confirmed by 5 of 5 nodes: 3 agents released, 1 \
                  breakers closed, 2 conflicts released",
+            ),
+            (
+                Event::MeshControl {
+                    action: "reassign".into(),
+                    scope: "cluster 4".into(),
+                    nodes: 3,
+                    confirmed: 3,
+                    agents_released: 0,
+                    breakers_closed: 0,
+                    conflicts_released: 0,
+                    agents_routed_around: 0,
+                    agents_reassigned: 2,
+                },
+                "mesh reassign of cluster 4 confirmed by 3 of 3 nodes: 2 agents' tasks taken \
+                 for other workers",
             ),
         ];
         for (event, want) in table {

@@ -355,14 +355,91 @@ fn workers_join_the_mesh_with_capabilities_answer_and_leave() {
     assert_eq!(status, 200, "{v}");
     assert_eq!(call(&mut busy, r#"{"op":"heartbeat"}"#)["op"], "ok");
     let agent = row["agent"].clone();
+    let on_nothing = |a: &Up| {
+        let status = a.get("/v1/mesh");
+        let led = status["led_agents"].as_array().cloned().unwrap_or_default();
+        led.iter()
+            .any(|x| x["agent"] == agent && x["busy"].is_null())
+    };
     lead.wait_within(
         "the lead to show the worker on nothing",
         Duration::from_secs(15),
-        |a| {
-            let status = a.get("/v1/mesh");
-            let led = status["led_agents"].as_array().cloned().unwrap_or_default();
-            led.iter()
-                .any(|x| x["agent"] == agent && x["busy"].is_null())
-        },
+        on_nothing,
     );
+
+    // Seed §7.2's "reassign the task": stuck on a second task, the worker has it taken from
+    // it by `qs mesh reassign` (its lead asks its node), and another worker (of the task
+    // protocol alone) takes it; what the stuck one says of it after is refused, and its lead
+    // shows it on nothing again.
+    let mut spare = UnixStream::connect(socket("w2")).unwrap();
+    spare
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let register = r#"{"op":"register","worker":"spare-g"}"#;
+    assert_eq!(call(&mut spare, register)["op"], "registered");
+    send(&mut busy, r#"{"op":"claim","wait_ms":20000}"#);
+    let (status, posted) = w2.http(
+        "POST",
+        "/v1/tasks",
+        r#"{"class":"batch","idempotency_key":"stuck-again","payload":"Process large language model inference request","max_iterations":1,"deadline_ms":120000}"#,
+    );
+    assert_eq!(status, 201, "{posted}");
+    let second = recv(&mut busy);
+    assert_eq!(second["op"], "task", "{second}");
+    send(&mut spare, r#"{"op":"claim","wait_ms":30000}"#);
+    let progress = serde_json::json!({
+        "op": "progress",
+        "task": second["task"],
+        "attempt": second["attempt"],
+        "fraction": 0.1,
+        "note": "waiting on GPU memory allocation",
+    });
+    assert_eq!(call(&mut busy, &progress.to_string())["op"], "ok");
+    lead.wait_within(
+        "the lead to show the worker on its second task",
+        Duration::from_secs(15),
+        |_| stuck(lead).is_some(),
+    );
+    let row = stuck(lead).unwrap();
+    let score_ms = row["score_ms"].as_f64().unwrap();
+    assert!(score_ms >= 1.0, "{row}");
+    let slower_than = (score_ms as u64 - 1).to_string();
+    let args = [
+        "--api",
+        &lead.api,
+        "mesh",
+        "reassign",
+        "cluster",
+        &cluster,
+        "--slower-than",
+        &slower_than,
+    ];
+    let said = cli(&args);
+    assert!(said.contains("took the tasks of"), "{said}");
+    assert!(
+        said.contains("busy with task") && said.contains("waiting on GPU memory allocation"),
+        "{said}"
+    );
+    let taken = recv(&mut spare);
+    assert_eq!(taken["op"], "task", "{taken}");
+    assert_eq!(taken["task"], second["task"], "{taken}");
+    assert_ne!(taken["attempt"], second["attempt"], "{taken}");
+    let late = call(&mut busy, &progress.to_string());
+    assert_eq!(late["op"], "refused", "{late}");
+    lead.wait_within(
+        "the lead to show the stuck worker on nothing",
+        Duration::from_secs(15),
+        on_nothing,
+    );
+    let complete = serde_json::json!({
+        "op": "complete",
+        "task": taken["task"],
+        "attempt": taken["attempt"],
+        "result": "done by the spare",
+    });
+    assert_eq!(call(&mut spare, &complete.to_string())["op"], "ok");
+    let id = second["task"].as_str().unwrap();
+    let (status, task) = w2.http("GET", &format!("/v1/tasks/{id}"), "");
+    assert_eq!(status, 200, "{task}");
+    assert!(task.to_string().contains("done by the spare"), "{task}");
 }

@@ -76,7 +76,7 @@ async fn a_worker_on_a_long_task_is_busy_not_offline() {
 async fn a_crashed_worker_is_told_to_its_connection() {
     let (agents, _answers) = node_with(2);
     let worker = agents.join("w1", Vec::new()).unwrap();
-    let evicted = agents.evicted(worker).expect("a worker's");
+    let told = agents.told(worker).expect("a worker's");
     let joined_ms = agents.beats_at(0).last().unwrap().joined_ms;
     let silent = now().as_millis() + SILENT_AFTER_MS + 1_000;
     // Not while it serves; not another registration than the lead knows.
@@ -89,11 +89,30 @@ async fn a_crashed_worker_is_told_to_its_connection() {
         "another registration"
     );
     assert!(agents.evict_at(worker, joined_ms, silent));
-    tokio::time::timeout(Duration::from_secs(5), evicted.notified())
+    tokio::time::timeout(Duration::from_secs(5), told.evict.notified())
         .await
         .expect("told");
     let builtin = agents.ids()[0];
-    assert!(!agents.evict_at(builtin, 0, silent) && agents.evicted(builtin).is_none());
+    assert!(!agents.evict_at(builtin, 0, silent) && agents.told(builtin).is_none());
+}
+
+/// An operator's reassignment is told to the worker's connection (kept until it waits), if
+/// it is the registration its lead knows; a built-in agent holds no task and is not told.
+#[tokio::test]
+async fn a_reassignment_is_told_to_the_workers_connection() {
+    let (agents, _answers) = node_with(2);
+    let worker = agents.join("w1", Vec::new()).unwrap();
+    let told = agents.told(worker).expect("a worker's");
+    let joined_ms = agents.beats_at(0).last().unwrap().joined_ms;
+    assert!(
+        !agents.reassign(worker, joined_ms + 1),
+        "another registration"
+    );
+    assert!(agents.reassign(worker, joined_ms));
+    tokio::time::timeout(Duration::from_secs(5), told.reassign.notified())
+        .await
+        .expect("told");
+    assert!(!agents.reassign(agents.ids()[0], 0), "a built-in agent");
 }
 
 /// What a worker's beats say it works on (seed §7.2's "what they're stuck on"): the operation

@@ -362,9 +362,8 @@ impl TaskHost {
         let q = self.queues.lock().await;
         let t = q.held_by(worker)?;
         let note = t.progress.as_ref().map_or("", |p| p.note.as_str());
-        let kind = format!("task {}", t.id);
-        let fresh = Busy::of(
-            &kind,
+        let fresh = Busy::task(
+            t.id.as_str(),
             &t.spec.payload,
             note,
             crate::clock::now().as_millis(),
@@ -376,6 +375,11 @@ impl TaskHost {
             },
             _ => fresh,
         })
+    }
+
+    /// An operator takes the task `worker` holds from it, for another worker; which.
+    pub async fn reassign(&self, worker: &str) -> Option<TaskId> {
+        self.with(|q| q.reassign(worker)).await
     }
 
     /// A worker went away: the attempts it held fail.

@@ -25,9 +25,8 @@
 use super::TaskHost;
 use crate::mesh_agents::{LocalAgents, WorkerAnswer};
 use qs_core::tasks::{Claim, Next, Report};
-use qs_wire::mesh::{AgentId, Busy, ConflictDetail, MeshEnvelope, OpId, Trinary};
-use qs_wire::{ServiceName, TaskId};
-use serde::{Deserialize, Serialize};
+use qs_wire::ServiceName;
+use qs_wire::mesh::{AgentId, Busy};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,139 +48,8 @@ pub const HEARTBEAT_MS: std::ops::RangeInclusive<u64> = 100..=3_600_000;
 /// Most models a worker may say it has warm.
 const MAX_WORKER_MODELS: usize = 64;
 
-/// What a worker asks.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
-enum Request {
-    Register {
-        worker: String,
-        #[serde(default)]
-        models: Vec<ServiceName>,
-        /// When given, the worker sends a frame at least this often; silent for three times
-        /// as long, it is taken for hung: disconnected, its attempts failed.
-        #[serde(default)]
-        heartbeat_ms: Option<u64>,
-    },
-    Claim {
-        /// How long to wait for work when there is none (at most [`MAX_CLAIM_WAIT_MS`]).
-        #[serde(default)]
-        wait_ms: u64,
-    },
-    Heartbeat,
-    Report {
-        task: TaskId,
-        attempt: u64,
-        score: f64,
-        result_hash: u64,
-    },
-    Checkpoint {
-        task: TaskId,
-        attempt: u64,
-        iteration: u32,
-        state: String,
-    },
-    Complete {
-        task: TaskId,
-        attempt: u64,
-        result: String,
-    },
-    /// How far the iteration under way is (shown in `qs task show`, not kept).
-    Progress {
-        task: TaskId,
-        attempt: u64,
-        fraction: f64,
-        #[serde(default)]
-        note: String,
-    },
-    /// Whether an attempt of the task already ran its side effect `key`.
-    Effect {
-        task: TaskId,
-        attempt: u64,
-        key: String,
-    },
-    /// This attempt ran its side effect `key` to the end.
-    EffectDone {
-        task: TaskId,
-        attempt: u64,
-        key: String,
-    },
-    Fail {
-        task: TaskId,
-        attempt: u64,
-        reason: String,
-    },
-    /// Join the mesh as an agent with these capabilities.
-    MeshJoin {
-        #[serde(default)]
-        capabilities: Vec<String>,
-    },
-    /// What the mesh sends this agent, waiting up to `wait_ms` (at most [`MAX_CLAIM_WAIT_MS`]).
-    MeshPoll {
-        #[serde(default)]
-        wait_ms: u64,
-    },
-    /// This agent's answer to an operation it took.
-    MeshAnswer {
-        operation: OpId,
-        state: Trinary,
-        #[serde(default)]
-        answer: String,
-        #[serde(default)]
-        conflict: Option<ConflictDetail>,
-    },
-}
-
-impl Request {
-    /// Whether what its mesh agent's beats say it works on is looked at again after it: the
-    /// task it holds, what it said of it, its joining the mesh, or a heartbeat (a task
-    /// cancelled or past its deadline meanwhile is no longer held).
-    fn refreshes_busy(&self) -> bool {
-        matches!(
-            self,
-            Request::Claim { .. }
-                | Request::Progress { .. }
-                | Request::Complete { .. }
-                | Request::Fail { .. }
-                | Request::MeshJoin { .. }
-                | Request::Heartbeat
-        )
-    }
-}
-
-/// What the agent answers.
-#[derive(Debug, Serialize)]
-#[serde(tag = "op", rename_all = "kebab-case")]
-enum Answer {
-    Registered {
-        node: String,
-    },
-    MeshJoined {
-        agent: AgentId,
-    },
-    Mesh {
-        envelope: Box<MeshEnvelope>,
-    },
-    Task {
-        task: TaskId,
-        attempt: u64,
-        iteration: u32,
-        payload: String,
-        model: Option<ServiceName>,
-        state: Option<String>,
-    },
-    None,
-    SoftStop,
-    Next {
-        next: &'static str,
-    },
-    Effect {
-        done: bool,
-    },
-    Ok,
-    Refused {
-        reason: String,
-    },
-}
+mod protocol;
+use protocol::{Answer, Request};
 
 /// Serves the workers that connect to `listener` until `stop` turns true.
 pub async fn serve(
@@ -218,7 +86,7 @@ pub async fn serve(
                 mesh_agent: None,
                 models: BTreeSet::new(),
                 silence: None,
-                evicted: None,
+                told: None,
                 inbuf: Vec::new(),
                 busy: None,
             };
@@ -248,8 +116,9 @@ struct Connection {
     models: BTreeSet<ServiceName>,
     /// Past this without a frame, a worker that declared a heartbeat is taken for hung.
     silence: Option<Duration>,
-    /// Told when the mesh takes its agent for crashed (its lead's AGENT_CRASH).
-    evicted: Option<Arc<tokio::sync::Notify>>,
+    /// Told when the mesh takes its agent for crashed (its lead's AGENT_CRASH), or an
+    /// operator takes its task from it.
+    told: Option<crate::mesh_agents::Told>,
     /// What was read of the next frames (at most one frame and a read more).
     inbuf: Vec<u8>,
     /// The task its mesh agent's beats say it works on.
@@ -316,23 +185,25 @@ impl Connection {
     /// when it spoke the protocol wrongly.
     async fn next(&mut self, stream: &mut UnixStream) -> Result<Option<Answer>, String> {
         // While it waits for a frame, the mesh may take its agent for crashed: then it is
-        // cut, unless it holds a task (the read loses nothing when it stops for that).
+        // cut, unless it holds a task; or an operator may take its task from it (the read
+        // loses nothing when it stops for either).
         let mut buf = std::mem::take(&mut self.inbuf);
-        let evicted = self.evicted.clone();
+        let told = self.told.clone();
         let this = &*self;
         let wait_and_read = async {
             loop {
                 let read = read_frame(stream, &mut buf);
-                let Some(evicted) = &evicted else {
+                let Some(told) = &told else {
                     break read.await;
                 };
                 tokio::select! {
                     frame = read => break frame,
-                    _ = evicted.notified() => {
+                    _ = told.evict.notified() => {
                         if !this.holds_task().await {
                             break Err(EVICTED.to_string());
                         }
                     }
+                    _ = told.reassign.notified() => this.give_task_back().await,
                 }
             }
         };
@@ -506,7 +377,7 @@ impl Connection {
                 match self.mesh.join(&self.name, capabilities) {
                     Ok(agent) => {
                         self.mesh_agent = Some(agent);
-                        self.evicted = self.mesh.evicted(agent);
+                        self.told = self.mesh.told(agent);
                         Answer::MeshJoined { agent }
                     }
                     Err(reason) => Answer::Refused { reason },
@@ -587,6 +458,18 @@ impl Connection {
         match &self.worker {
             Some(w) => self.host.holds_work(w).await,
             None => false,
+        }
+    }
+
+    /// An operator took its task from it: the task goes back to the queue for another
+    /// worker, and its agent works on nothing now, as its next beat says.
+    async fn give_task_back(&self) {
+        let (Some(agent), Some(worker)) = (self.mesh_agent, &self.worker) else {
+            return;
+        };
+        if let Some(task) = self.host.reassign(worker).await {
+            tracing::warn!("task {task} taken from worker {worker} by an operator: reassigned");
+            self.mesh.working_on(agent, None);
         }
     }
 

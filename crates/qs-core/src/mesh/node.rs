@@ -145,6 +145,10 @@ pub enum MeshOutput {
     /// At a host: restart this agent of it, as its lead asks (a worker agent is disconnected,
     /// for its supervisor to start again), if it is still the registration its lead knows.
     Restart(qs_wire::mesh::AgentOrder),
+    /// At a host: take the task this worker agent holds from it, for another worker (seed
+    /// §7.2's "reassign the task", an operator's), if it is still the registration its lead
+    /// knows.
+    Reassign(qs_wire::mesh::AgentOrder),
     /// A control's report (freeze, thaw, heal), at the root, once every node in scope
     /// confirmed it or `CONTROL_CONFIRM_MS` passed.
     ControlDone(control::ControlReport),

@@ -1,5 +1,5 @@
 //! What the holder of an attempt says besides its reports and its end (how far it is, the
-//! side effects it ran), and the records the shell seals in the fleet before a claim or an
+//! side effects it ran), an operator taking an attempt from its worker, and the records the shell seals in the fleet before a claim or an
 //! end is heard of (`fleet.rs`).
 
 use super::{
@@ -27,6 +27,23 @@ impl TaskQueues {
         }
         self.running(id, attempt)?.progress = Some(Progress { fraction, note });
         Ok(())
+    }
+
+    /// An operator takes the attempt `worker` holds from it (seed §7.2's "reassign the
+    /// task"): its task goes back to the inbound queue, for another worker than this one,
+    /// with no failure counted; what the worker says of that attempt after is refused (it no
+    /// longer runs). The task, if it held one.
+    pub fn reassign(&mut self, worker: &str) -> Option<TaskId> {
+        let t = self.held_by(worker)?;
+        let (id, attempt) = (t.id.clone(), t.attempt);
+        let t = self.tasks.get_mut(&id)?;
+        t.reroute(super::judge::worker_name(worker));
+        t.progress = None;
+        self.running.remove(&id);
+        self.requeue(&id);
+        let detail = format!("attempt {attempt} taken from {worker} by an operator: reassigned");
+        self.record(&id, TaskStep::Retried, detail);
+        Some(id)
     }
 
     /// Whether an attempt of `id` (held now by `attempt`) already ran its side effect `key`.

@@ -17,7 +17,10 @@ use qs_wire::mesh::{
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+mod controls;
 mod notices;
+#[allow(unused_imports)]
+pub use controls::*;
 #[allow(unused_imports)]
 pub use notices::*;
 

@@ -521,6 +521,9 @@ impl MeshSim {
                 | MeshOutput::ConflictResolved(_)
                 | MeshOutput::ControlDone(_)
                 | MeshOutput::Breaker(_) => {}
+                // The simulated agents hold no durable tasks: none is said busy with one, so
+                // no lead asks for one back.
+                MeshOutput::Reassign(_) => {}
             }
         }
         self.schedule_wake(i);

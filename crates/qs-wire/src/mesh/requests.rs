@@ -63,18 +63,32 @@ pub enum MeshAction {
         slower_than_ms: u64,
         for_ms: u64,
     },
+    /// Take the task each worker agent in scope whose impedance is over `slower_than_ms`
+    /// holds from it: back to its node's queue, for another worker (seed §7.2: "reassign the
+    /// task").
+    Reassign {
+        scope: Scope,
+        slower_than_ms: u64,
+    },
 }
 
 /// The slowest an operator's route-around may name, milliseconds (an hour).
 pub const MAX_SLOWER_THAN_MS: u64 = 3_600_000;
 
-/// Checks a route-around's numbers, wherever they come from (the API, a control on the bus).
-pub fn check_route_around(slower_than_ms: u64, for_ms: u64) -> Result<(), String> {
+/// Checks a reassignment's threshold, wherever it comes from (the API, a control on the
+/// bus).
+pub fn check_slower_than(slower_than_ms: u64) -> Result<(), String> {
     if slower_than_ms > MAX_SLOWER_THAN_MS {
         return Err(format!(
             "slower_than_ms: {slower_than_ms}; at most {MAX_SLOWER_THAN_MS}"
         ));
     }
+    Ok(())
+}
+
+/// Checks a route-around's numbers, wherever they come from (the API, a control on the bus).
+pub fn check_route_around(slower_than_ms: u64, for_ms: u64) -> Result<(), String> {
+    check_slower_than(slower_than_ms)?;
     if !(1_000..=MAX_HELD_MS).contains(&for_ms) {
         return Err(format!("for_ms: {for_ms}; must be in 1000..={MAX_HELD_MS}"));
     }
@@ -90,25 +104,18 @@ fn two() -> u8 {
 }
 
 impl MeshAction {
-    /// The longest the root may take over it, milliseconds: each phase's budget (or the
-    /// most the mesh compensates, a second) and window (a priority-first cascade has five).
+    /// The longest the root may take over it, milliseconds: its budget (or the most the
+    /// mesh compensates, a second) and window (a priority-first cascade's phases run at
+    /// once, their targets no later than the latest of their budgets).
     pub fn longest_ms(&self) -> u64 {
         match self {
             MeshAction::Cascade {
-                mode,
                 budget_ms,
                 window_ms,
                 ..
-            } => {
-                let phases = match mode {
-                    CascadeMode::PriorityFirst => 5,
-                    _ => 1,
-                };
-                let phase = budget_ms
-                    .unwrap_or(1_000)
-                    .saturating_add(window_ms.unwrap_or(1_000));
-                phase.saturating_mul(phases)
-            }
+            } => budget_ms
+                .unwrap_or(1_000)
+                .saturating_add(window_ms.unwrap_or(1_000)),
             _ => 0,
         }
     }
@@ -159,6 +166,7 @@ impl MeshAction {
                 for_ms,
                 ..
             } => check_route_around(*slower_than_ms, *for_ms),
+            MeshAction::Reassign { slower_than_ms, .. } => check_slower_than(*slower_than_ms),
             _ => Ok(()),
         }
     }
@@ -294,6 +302,7 @@ impl Control {
     pub fn check(&self) -> Result<(), String> {
         match self.action {
             ControlAction::RouteAround => check_route_around(self.slower_than_ms, self.for_ms),
+            ControlAction::Reassign => check_slower_than(self.slower_than_ms),
             _ => Ok(()),
         }
     }
@@ -352,10 +361,13 @@ pub struct ControlDone {
     /// Agents a route-around held out of the routing pool.
     #[serde(default)]
     pub agents_routed_around: u32,
+    /// Agents a reassignment took a task from (their hosts asked to).
+    #[serde(default, skip_serializing_if = "crate::bounds::is_zero")]
+    pub agents_reassigned: u32,
     /// Whether its scope was frozen here before (a thaw or a heal thawed it).
     pub was_frozen: bool,
-    /// A route-around's: the slowest of the agents it held out, at most
-    /// [`MAX_ROUTED_NAMED`].
+    /// A route-around's or a reassignment's: the slowest of the agents it held out or took
+    /// a task from, at most [`MAX_ROUTED_NAMED`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routed: Vec<RoutedAgent>,
 }
@@ -373,6 +385,7 @@ impl ControlDone {
             breakers_closed: 0,
             conflicts_released: 0,
             agents_routed_around: 0,
+            agents_reassigned: 0,
             was_frozen: false,
             routed: Vec::new(),
         }
@@ -384,6 +397,7 @@ impl ControlDone {
             ("breakers_closed", self.breakers_closed),
             ("conflicts_released", self.conflicts_released),
             ("agents_routed_around", self.agents_routed_around),
+            ("agents_reassigned", self.agents_reassigned),
         ] {
             if n > MAX_CONTROL_COUNT {
                 return Err(format!("{field}: {n}; at most {MAX_CONTROL_COUNT}"));
@@ -407,6 +421,9 @@ pub enum ControlAction {
     Heal,
     /// Hold slow agents out of the routing pool for a while (seed §7.2's "route around").
     RouteAround,
+    /// Take slow worker agents' tasks from them, for other workers (seed §7.2's "reassign
+    /// the task").
+    Reassign,
 }
 
 #[cfg(test)]

@@ -50,6 +50,9 @@ fn hidden(c: char) -> bool {
         )
 }
 
+/// How a durable task's work starts ([`Busy::task`]).
+const TASK_KIND: &str = "task ";
+
 /// What an agent works on, as its host says it: shown to operators, so text only (no
 /// control or invisible characters) and short.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,6 +90,16 @@ impl Busy {
     pub fn of(kind: &str, content: &str, note: &str, since_ms: u64) -> Busy {
         let start: String = content.chars().take(MAX_BUSY_WITH_BYTES).collect();
         Busy::new(&format!("{kind}: {start}"), note, since_ms)
+    }
+
+    /// A durable task, `id`, as a worker holds it.
+    pub fn task(id: &str, payload: &str, note: &str, since_ms: u64) -> Busy {
+        Busy::of(&format!("{TASK_KIND}{id}"), payload, note, since_ms)
+    }
+
+    /// Whether the work is a durable task (one a reassignment can take from its worker).
+    pub fn is_task(&self) -> bool {
+        self.with.starts_with(TASK_KIND)
     }
 
     pub fn check(&self) -> Result<(), String> {
@@ -411,15 +424,16 @@ pub struct Contradicted {
     pub agents: Vec<AgentId>,
 }
 
-/// From a cluster lead to an agent's host: the agent has been offline past seed §6.1's
-/// AGENT_CRASH threshold while its host lives; restart it (a worker agent is disconnected,
-/// for its supervisor to start it again, and joins anew).
+/// From a cluster lead to an agent's host, for one of its agents: restart it
+/// (`MeshMessage::Restart`: offline past seed §6.1's AGENT_CRASH threshold while its host
+/// lives, a worker agent is disconnected, for its supervisor to start it again, and joins
+/// anew), or take the task it holds from it (`MeshMessage::Reassign`, an operator's).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentOrder {
     pub agent: AgentId,
     pub cluster: ClusterId,
-    /// When the agent registered, on its host's clock, as its lead knows it: a host restarts
+    /// When the agent registered, on its host's clock, as its lead knows it: a host acts on
     /// only that registration (not one that came back since). 0: any.
     #[serde(default)]
     pub joined_ms: u64,

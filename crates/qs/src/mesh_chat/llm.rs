@@ -17,7 +17,8 @@ pub(crate) fn ask_llm(url: &str, model: &str, key: Option<&str>, text: &str) -> 
         \"sample\":N, \"urgent\":true|false, \"capability\":\"a capability the task needs\", \"class\":\"A\"…\"F\" (who takes a \
         delegated task)} \
         or, to hold slow agents out of routing, {\"intent\":\"route-around\",\"scope\":…, \
-        \"slower_than_ms\":N}";
+        \"slower_than_ms\":N}, or, to give the tasks slow agents hold to other workers, \
+        {\"intent\":\"reassign\",\"scope\":…,\"slower_than_ms\":N}";
     let body = serde_json::json!({
         "model": model,
         "messages": [{"role": "system", "content": system}, {"role": "user", "content": text}],
@@ -66,7 +67,8 @@ pub(crate) fn intent_of_answer(content: &str) -> Result<Intent> {
         }
         Ok(t.to_string())
     };
-    let intent = match field("intent").and_then(Value::as_str).unwrap_or("") {
+    let named = field("intent").and_then(Value::as_str).unwrap_or("");
+    let intent = match named {
         "status" => Intent::Status(scope),
         "broadcast" => {
             let urgent = field("urgent").and_then(Value::as_bool).unwrap_or(false);
@@ -106,14 +108,20 @@ pub(crate) fn intent_of_answer(content: &str) -> Result<Intent> {
         "heal" => Intent::Act(MeshAction::Heal { scope }),
         "freeze" => Intent::Act(MeshAction::Freeze { scope }),
         "thaw" => Intent::Act(MeshAction::Thaw { scope }),
-        "route-around" => {
+        "route-around" | "reassign" => {
             let slower_than_ms = match field("slower_than_ms") {
                 None => SLOW_MS,
                 Some(v) => v
                     .as_u64()
                     .ok_or_else(|| anyhow::anyhow!("slower_than_ms: not a count"))?,
             };
-            Intent::Act(route_around(scope, slower_than_ms, ROUTE_AROUND_S))
+            match named {
+                "reassign" => Intent::Act(MeshAction::Reassign {
+                    scope,
+                    slower_than_ms,
+                }),
+                _ => Intent::Act(route_around(scope, slower_than_ms, ROUTE_AROUND_S)),
+            }
         }
         other => bail!("the model answered an intent the console does not know: {other:?}"),
     };

@@ -48,6 +48,22 @@ fn the_grammar_reads_the_seeds_requests() {
             "route around agents slower than 800 ms in cluster 4",
             "qs mesh route-around cluster 4 --slower-than 800 --for 600",
         ),
+        // Seed §7.2's "reassign the task": the slow agents' own tasks, to other workers; a
+        // task named to hand out is a delegation.
+        ("reassign the task", "qs mesh reassign --slower-than 500"),
+        (
+            "reassign their tasks in cluster 4",
+            "qs mesh reassign cluster 4 --slower-than 500",
+        ),
+        (
+            "reassign the tasks of agents slower than 800 ms",
+            "qs mesh reassign --slower-than 800",
+        ),
+        ("reassign them", "qs mesh reassign --slower-than 500"),
+        (
+            "reassign the summary job to gpu",
+            "qs mesh delegate \"the summary job\" --capability gpu",
+        ),
         ("freeze", "qs mesh freeze"),
         ("freeze sector 3", "qs mesh freeze sector 3"),
         ("thaw everything", "qs mesh thaw"),
@@ -106,7 +122,7 @@ fn a_delegation_shows_its_class_and_timeout() {
 #[test]
 fn a_models_answer_is_checked_field_by_field() {
     let long = format!(r#"{{"intent":"broadcast","text":"{}"}}"#, "x".repeat(5_000));
-    let table: [(&str, Result<&str, &str>); 16] = [
+    let table: [(&str, Result<&str, &str>); 18] = [
         (
             r#"Sure: {"intent":"freeze","scope":"all"}"#,
             Ok("qs mesh freeze"),
@@ -162,6 +178,14 @@ fn a_models_answer_is_checked_field_by_field() {
         ),
         (
             r#"{"intent":"route-around","slower_than_ms":99999999}"#,
+            Err("the model's answer: slower_than_ms"),
+        ),
+        (
+            r#"{"intent":"reassign","scope":"cluster 4","slower_than_ms":800}"#,
+            Ok("qs mesh reassign cluster 4 --slower-than 800"),
+        ),
+        (
+            r#"{"intent":"reassign","slower_than_ms":99999999}"#,
             Err("the model's answer: slower_than_ms"),
         ),
         (r#"{"intent":"status","scope":"galaxy 9"}"#, Err("scope: ")),
@@ -227,10 +251,10 @@ fn a_status_with_slow_agents_offers_to_route_around_them() {
         assert_eq!(got, want, "{scope:?}");
     }
     for yes in ["yes", "Yeah", "do it", "ok."] {
-        assert!(takes_offer(yes), "{yes}");
+        assert!(offer::takes_offer(yes), "{yes}");
     }
     for no in ["no", "yes please route everything", ""] {
-        assert!(!takes_offer(no), "{no}");
+        assert!(!offer::takes_offer(no), "{no}");
     }
     // The reply to the offer: a yes takes it; "route around them" goes where it said; a
     // "no" or another request is read afresh.
@@ -272,4 +296,36 @@ fn thresholds_are_read_with_their_units() {
         around("route around them, thank you").as_deref(),
         Some("qs mesh route-around --slower-than 500 --for 600")
     );
+}
+
+/// Seed §7.2 goes on: after a route-around whose agents are stuck on tasks, the console
+/// offers to reassign those tasks ("Shall I reassign the task?"), where it routed around,
+/// and a "do it" runs that; a route-around of agents on no task offers nothing.
+#[test]
+fn a_route_around_of_agents_on_tasks_offers_to_reassign_them() {
+    let action = route_around(Scope::Cluster(ClusterId(4)), 500, ROUTE_AROUND_S);
+    let report = |with: &str| {
+        serde_json::json!({"done": "route-around", "routed": [
+            {"agent": 12, "cluster": 4, "impedance_ms": 847.0,
+             "busy": {"with": with, "since_ms": 1}},
+            {"agent": 19, "cluster": 4, "impedance_ms": 612.0}]})
+    };
+    let (line, offer) =
+        after_route_around(&action, &report("task t-1: Process large language model"))
+            .expect("an offer");
+    assert_eq!(
+        line,
+        "1 of them is on a task. Shall I reassign the tasks of the agents slower than 500 ms \
+         to other workers? (yes / no)"
+    );
+    let said = |text: &str| reply(Some(offer.clone()), text).map(|i| describe_intent(&i));
+    assert_eq!(
+        said("Do it").as_deref(),
+        Some("qs mesh reassign cluster 4 --slower-than 500")
+    );
+    assert_eq!(after_route_around(&action, &report("act: deploy")), None);
+    let heal = MeshAction::Heal {
+        scope: Scope::Global,
+    };
+    assert_eq!(after_route_around(&heal, &report("task t-1: x")), None);
 }

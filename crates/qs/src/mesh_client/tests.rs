@@ -205,6 +205,7 @@ fn control_reports_read_as_what_was_done_and_who_confirmed() {
             breakers_closed: 1,
             conflicts_released: 2,
             agents_routed_around: 0,
+            agents_reassigned: 0,
             routed: Vec::new(),
             slower_than_ms: 0,
             for_ms: 0,
@@ -291,6 +292,24 @@ fn control_reports_read_as_what_was_done_and_who_confirmed() {
          avoiding agent 0000000000000019 of cluster 4 (impedance 612 ms): no work under way \
          that its host knows of\n  \
          and 1 more"
+    );
+    // Seed §7.2's "reassign the task": whose tasks were taken, and what they were.
+    let mut taken = around.clone();
+    taken.action = ControlAction::Reassign;
+    (
+        taken.agents_routed_around,
+        taken.agents_reassigned,
+        taken.for_ms,
+    ) = (0, 1, 0);
+    taken.routed.truncate(1);
+    assert_eq!(
+        control_outcome(&serde_json::json!(taken)),
+        "took the tasks of 1 agent slower than 500 ms in sector 7 from them: back in their \
+         nodes' queues, for other workers (`qs task show ID` follows each); confirmed by 5 of \
+         5 nodes in 40 ms\n  \
+         taking the task of agent 0000000000000012 of cluster 4 (impedance 847 ms): busy with \
+         task t-12: Process large language model inference request, for 4m (waiting on GPU \
+         memory allocation)"
     );
 }
 

@@ -2,10 +2,11 @@
 //! closed, quarantined agents and conflicts released), sent by the root to the coordinators
 //! in scope, passed on by them to their leads, carried out by each, and confirmed by each to
 //! the root, which sums what was done into one report for the operator (seed §7.1: "Healing
-//! SECTOR-12: 3 agents restarted … circuit breaker reset").
+//! SECTOR-12: 3 agents restarted … circuit breaker reset"); and seed §7.2's route-around and
+//! reassignment of the slow agents' work.
 
 use super::*;
-use qs_wire::mesh::{ControlDone, MAX_ROUTED_NAMED, RoutedAgent};
+use qs_wire::mesh::{AgentOrder, ControlDone, MAX_ROUTED_NAMED, RoutedAgent};
 
 /// How long the root waits for the nodes in scope to confirm a control (two hops down and
 /// one back, with a WAN's tail): past it, the report names who did not.
@@ -60,6 +61,10 @@ pub struct ControlReport {
     /// Agents a route-around held out of the routing pool, the slowest of them (at most
     /// `MAX_ROUTED_REPORTED`), and its numbers.
     pub agents_routed_around: u32,
+    /// Agents a reassignment took a task from (their hosts asked to), the slowest of them in
+    /// `routed`.
+    #[serde(skip_serializing_if = "qs_wire::bounds::is_zero")]
+    pub agents_reassigned: u32,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub routed: Vec<RoutedAgent>,
     #[serde(skip_serializing_if = "qs_wire::bounds::is_zero")]
@@ -169,6 +174,7 @@ impl MeshNode {
                     breakers_closed: 0,
                     conflicts_released: 0,
                     agents_routed_around: 0,
+                    agents_reassigned: 0,
                     routed: Vec::new(),
                     slower_than_ms,
                     for_ms,
@@ -223,6 +229,7 @@ impl MeshNode {
                 }
             }
             ControlAction::RouteAround => self.route_around(&clusters, &c, &mut done, now),
+            ControlAction::Reassign => self.reassign(&clusters, &c, &mut done, now),
             ControlAction::Freeze | ControlAction::Thaw => {}
         }
         if !c.relayed {
@@ -277,6 +284,45 @@ impl MeshNode {
         }
     }
 
+    /// The agents of the led `clusters` whose impedance score is over `slower_than_ms` and
+    /// that `pick` takes, as a route-around or a reassignment names them.
+    fn slower_than(
+        &mut self,
+        clusters: &[ClusterId],
+        slower_than_ms: u64,
+        now: Time,
+        pick: impl Fn(&AgentView) -> bool,
+    ) -> Vec<RoutedAgent> {
+        let mut found = Vec::new();
+        for cl in clusters {
+            let Some(led) = self.led.get_mut(cl) else {
+                continue;
+            };
+            let picked: Vec<AgentId> = led
+                .agents
+                .iter()
+                .filter(|(_, v)| pick(v))
+                .map(|(a, _)| *a)
+                .collect();
+            for a in picked {
+                let Some((z, _)) = led.assess(a, 0.0) else {
+                    continue;
+                };
+                if z.score_ms > slower_than_ms as f64 {
+                    let view = &led.agents[&a];
+                    found.push(RoutedAgent {
+                        agent: a,
+                        cluster: *cl,
+                        impedance_ms: z.score_ms,
+                        busy: view.busy.clone(),
+                        busy_for_ms: view.busy_for_ms(now),
+                    });
+                }
+            }
+        }
+        found
+    }
+
     /// A route-around of the led `clusters` (seed §7.2): their agents in the pool whose
     /// impedance score is over `slower_than_ms`, held out of it for `for_ms` (the integration
     /// pass takes them back after, as settled members). How many.
@@ -288,36 +334,41 @@ impl MeshNode {
         now: Time,
     ) {
         let until = now + Duration::from_millis(c.for_ms);
-        let mut held: Vec<RoutedAgent> = Vec::new();
-        for cl in clusters {
-            let Some(led) = self.led.get_mut(cl) else {
-                continue;
-            };
-            let in_pool: Vec<AgentId> = led
-                .agents
-                .iter()
-                .filter(|(_, v)| v.admitted && v.state == AgentState::Active)
-                .map(|(a, _)| *a)
-                .collect();
-            for a in in_pool {
-                let Some((z, _)) = led.assess(a, 0.0) else {
-                    continue;
-                };
-                if z.score_ms > c.slower_than_ms as f64 {
-                    led.hold_out(a, until);
-                    let view = &led.agents[&a];
-                    held.push(RoutedAgent {
-                        agent: a,
-                        cluster: *cl,
-                        impedance_ms: z.score_ms,
-                        busy: view.busy.clone(),
-                        busy_for_ms: view.busy_for_ms(now),
-                    });
-                }
+        let in_pool = |v: &AgentView| v.admitted && v.state == AgentState::Active;
+        let held = self.slower_than(clusters, c.slower_than_ms, now, in_pool);
+        for h in &held {
+            if let Some(led) = self.led.get_mut(&h.cluster) {
+                led.hold_out(h.agent, until);
             }
         }
         done.agents_routed_around = held.len() as u32;
         done.routed = slowest(held, MAX_ROUTED_NAMED);
+    }
+
+    /// A reassignment in the led `clusters` (seed §7.2's "reassign the task"): each worker
+    /// agent whose impedance score is over `slower_than_ms` and that holds a task (as its
+    /// host last said), its host asked to take the task from it, for another worker.
+    fn reassign(&mut self, clusters: &[ClusterId], c: &Control, done: &mut ControlDone, now: Time) {
+        let on_task = |v: &AgentView| v.busy.as_ref().is_some_and(Busy::is_task);
+        let taken = self.slower_than(clusters, c.slower_than_ms, now, on_task);
+        for t in &taken {
+            let Some(view) = self
+                .led
+                .get(&t.cluster)
+                .and_then(|l| l.agents.get(&t.agent))
+            else {
+                continue;
+            };
+            let order = AgentOrder {
+                agent: t.agent,
+                cluster: t.cluster,
+                joined_ms: view.joined_host_ms,
+            };
+            let host = view.host.clone();
+            self.send(host, MeshMessage::Reassign(order));
+        }
+        done.agents_reassigned = taken.len() as u32;
+        done.routed = slowest(taken, MAX_ROUTED_NAMED);
     }
 
     /// The root: a node's confirmation, summed; the report once every node confirmed.
@@ -347,6 +398,7 @@ impl MeshNode {
         r.agents_routed_around = r
             .agents_routed_around
             .saturating_add(d.agents_routed_around);
+        r.agents_reassigned = r.agents_reassigned.saturating_add(d.agents_reassigned);
         let routed = std::mem::take(&mut r.routed);
         r.routed = slowest(routed.into_iter().chain(d.routed), MAX_ROUTED_REPORTED);
         if p.heard.len() == p.expected.len() {

@@ -109,9 +109,10 @@ impl MeshNode {
     }
 
     /// The host part: the lead of one of its agents' cluster (as the inbox checked) asks it
-    /// to restart that agent: done if it is this host's, of that cluster, and (when the
-    /// request says) the registration the lead knows, not one that came back since.
-    pub(super) fn on_restart(&mut self, r: AgentOrder) {
+    /// to restart that agent, or take its task from it (`out` the shell's output for it):
+    /// done if it is this host's, of that cluster, and (when the request says) the
+    /// registration the lead knows, not one that came back since.
+    pub(super) fn on_agent_order(&mut self, r: AgentOrder, out: fn(AgentOrder) -> MeshOutput) {
         let Some(mine) = self.local.iter().find(|a| a.agent == r.agent) else {
             self.refused_senders += 1;
             return;
@@ -121,8 +122,8 @@ impl MeshNode {
             return;
         }
         if r.joined_ms != 0 && mine.joined_ms != r.joined_ms {
-            return; // restarted since: this request is old news
+            return; // registered again since: this request is old news
         }
-        self.out.push_back(MeshOutput::Restart(r));
+        self.out.push_back(out(r));
     }
 }

@@ -90,7 +90,7 @@ impl MeshNode {
                     }
                 }
             }
-            ControlAction::RouteAround => {}
+            ControlAction::RouteAround | ControlAction::Reassign => {}
         }
         was_frozen
     }

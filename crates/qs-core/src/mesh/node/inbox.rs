@@ -74,7 +74,9 @@ impl MeshNode {
             // A confirmation speaks for its sender (and only the root awaits it).
             MeshMessage::ControlDone(d) => d.from == from,
             // From the agent's lead (checked with the agent's host, below).
-            MeshMessage::Restart(r) => names(false, Scope::Cluster(r.cluster)),
+            MeshMessage::Restart(r) | MeshMessage::Reassign(r) => {
+                names(false, Scope::Cluster(r.cluster))
+            }
             _ => true,
         };
         if !sender_ok {
@@ -107,7 +109,8 @@ impl MeshNode {
             MeshMessage::Circuit(_) => {}
             MeshMessage::Control(c) => self.control(&from, c, now),
             MeshMessage::ControlDone(d) => self.on_control_done(*d, now),
-            MeshMessage::Restart(r) => self.on_restart(r),
+            MeshMessage::Restart(r) => self.on_agent_order(r, MeshOutput::Restart),
+            MeshMessage::Reassign(r) => self.on_agent_order(r, MeshOutput::Reassign),
             // The shell's: an operator's request and its answer.
             MeshMessage::Request(_) | MeshMessage::Outcome(_) => {}
             MeshMessage::Handover(h) => self.on_handover(&from, *h, now),

@@ -57,6 +57,12 @@ pub enum Command {
         slower_than_ms: u64,
         for_ms: u64,
     },
+    /// Take the task each worker agent in scope slower than `slower_than_ms` holds from it,
+    /// for another worker.
+    Reassign {
+        scope: Scope,
+        slower_than_ms: u64,
+    },
 }
 
 /// A cascade asked of the root: a broadcast, an ask (a sample), a delegation.
@@ -474,16 +480,30 @@ impl MeshNode {
                     for_ms,
                     ..Control::new(ControlAction::RouteAround, scope)
                 };
-                if let Err(e) = c.check() {
-                    self.out.push_back(MeshOutput::Refused {
-                        tag,
-                        op: None,
-                        error: CommandError::Invalid(e),
-                    });
-                    return;
-                }
-                self.fan_control(c, tag, now)
+                self.checked_control(c, tag, now)
             }
+            Command::Reassign {
+                scope,
+                slower_than_ms,
+            } => {
+                let c = Control {
+                    slower_than_ms,
+                    ..Control::new(ControlAction::Reassign, scope)
+                };
+                self.checked_control(c, tag, now)
+            }
+        }
+    }
+
+    /// Sends control `c` if its numbers hold, else refuses it.
+    fn checked_control(&mut self, c: Control, tag: u64, now: Time) {
+        match c.check() {
+            Ok(()) => self.fan_control(c, tag, now),
+            Err(e) => self.out.push_back(MeshOutput::Refused {
+                tag,
+                op: None,
+                error: CommandError::Invalid(e),
+            }),
         }
     }
 

@@ -1,0 +1,88 @@
+//! What an operator's request becomes in the core ([`command`]), and an operation's end as
+//! the ledger records it ([`operation_event`]).
+
+use crate::clock::now;
+use qs_core::mesh::{CascadeCommand, Command, MeshInput, MeshNode, OpResult};
+use qs_wire::mesh::{MeshAction, wire_name};
+
+/// An operator's action as the core's command: its answer comes as the core's output (a
+/// cascade's result, a control's report once the nodes in scope confirmed it, a refusal).
+pub(super) fn command(node: &mut MeshNode, action: MeshAction, tag: u64) {
+    let t = now();
+    let command = match action {
+        MeshAction::Cascade {
+            mode,
+            scope,
+            verb,
+            payload,
+            priority,
+            sample,
+            budget_ms,
+            requires,
+            approved,
+            class,
+            window_ms,
+        } => {
+            let mut envelope = node.envelope(verb, &payload, priority, t);
+            envelope.requires = requires;
+            Command::Cascade(CascadeCommand {
+                mode,
+                scope,
+                envelope,
+                sample,
+                budget_ms,
+                approved,
+                automated: false,
+                class,
+                window_ms,
+            })
+        }
+        MeshAction::Freeze { scope } => Command::Freeze {
+            scope,
+            frozen: true,
+        },
+        MeshAction::Thaw { scope } => Command::Freeze {
+            scope,
+            frozen: false,
+        },
+        MeshAction::Heal { scope } => Command::Heal { scope },
+        MeshAction::RouteAround {
+            scope,
+            slower_than_ms,
+            for_ms,
+        } => Command::RouteAround {
+            scope,
+            slower_than_ms,
+            for_ms,
+        },
+        MeshAction::Reassign {
+            scope,
+            slower_than_ms,
+        } => Command::Reassign {
+            scope,
+            slower_than_ms,
+        },
+    };
+    node.handle(MeshInput::Command { command, tag }, t);
+}
+
+/// The ledger's record of an operation's end.
+pub(super) fn operation_event(r: &OpResult) -> qs_wire::Event {
+    qs_wire::Event::MeshOperation {
+        op: r.op.0,
+        mode: wire_name(&r.mode),
+        scope: r.scope.to_string(),
+        status: r.status.to_owned(),
+        decision: r.decision.name().to_owned(),
+        sent: r.tally.sent,
+        ready: r.tally.ready,
+        latency_ms: r.latency_ms.max(0.0).round() as u64,
+        error: None,
+        phases: r
+            .phases
+            .iter()
+            .filter(|p| p.op != r.op)
+            .map(|p| p.op.0)
+            .collect(),
+    }
+}

@@ -1,0 +1,146 @@
+//! What the console offers after an answer, and the replies that take it (seed §7.2: "Shall
+//! I route around them for now?" after a status; "Shall I reassign the task?" after a
+//! route-around that found agents stuck on tasks).
+
+use super::{Intent, ROUTE_AROUND_S, SLOW_MS, parse_intent, route_around};
+use qs_wire::mesh::{MeshAction, Scope};
+use serde_json::Value;
+
+/// What the console offers after a status (seed §7.2: "Shall I route around them for
+/// now?"): where agents are slower than [`SLOW_MS`] in `scope` as `status` (`GET /v1/mesh`)
+/// shows them (a led cluster's agents one by one; a sector's 95th percentile), what it says,
+/// and the route-around a "yes" runs.
+pub(crate) fn suggestion(status: &Value, scope: &Scope) -> Option<(String, Intent)> {
+    let slow_ms = SLOW_MS as f64;
+    let offer = |found: String| {
+        let line = format!(
+            "{found}. Shall I route around the agents slower than {SLOW_MS} ms for now? \
+             (yes / no)"
+        );
+        (
+            line,
+            Intent::Act(route_around(*scope, SLOW_MS, ROUTE_AROUND_S)),
+        )
+    };
+    match scope {
+        Scope::Cluster(c) => {
+            let agents = status["led_agents"].as_array()?;
+            let slow: Vec<String> = agents
+                .iter()
+                .filter(|a| a["cluster"].as_u64() == Some(u64::from(c.0)))
+                .filter(|a| a["admitted"] == true && a["state"] == "active")
+                .filter(|a| a["score_ms"].as_f64().is_some_and(|s| s > slow_ms))
+                .map(|a| {
+                    format!(
+                        "{:016x} ({:.0} ms)",
+                        a["agent"].as_u64().unwrap_or(0),
+                        a["score_ms"].as_f64().unwrap_or(0.0)
+                    )
+                })
+                .collect();
+            (!slow.is_empty()).then(|| {
+                offer(format!(
+                    "Cluster {} has {} agent{} with impedance over {SLOW_MS} ms: {}",
+                    c.0,
+                    slow.len(),
+                    if slow.len() == 1 { "" } else { "s" },
+                    slow.join(", ")
+                ))
+            })
+        }
+        _ => {
+            let slow: Vec<String> = status["sectors"]
+                .as_array()?
+                .iter()
+                .filter(|s| match scope {
+                    Scope::Sector(x) => s["sector"].as_u64() == Some(u64::from(x.0)),
+                    _ => true,
+                })
+                .filter(|s| s["p95_impedance_ms"].as_f64().is_some_and(|p| p > slow_ms))
+                .map(|s| {
+                    format!(
+                        "sector {} (p95 {:.0} ms)",
+                        s["sector"],
+                        s["p95_impedance_ms"].as_f64().unwrap_or(0.0)
+                    )
+                })
+                .collect();
+            (!slow.is_empty()).then(|| {
+                offer(format!(
+                    "Slow agents (impedance over {SLOW_MS} ms) in {}",
+                    slow.join(", ")
+                ))
+            })
+        }
+    }
+}
+
+/// A reply that takes the console's offer.
+pub(super) fn takes_offer(text: &str) -> bool {
+    let t = text
+        .trim()
+        .trim_end_matches(['.', '!'])
+        .to_ascii_lowercase();
+    [
+        "y", "yes", "yeah", "yep", "ok", "okay", "sure", "do it", "please", "go ahead",
+    ]
+    .contains(&t.as_str())
+}
+
+/// What a reply means after the console offered `offer` (if it did): a "yes" takes the
+/// offer, "route around them" routes around where the offer said, anything else is read
+/// afresh.
+pub(crate) fn reply(offer: Option<Intent>, text: &str) -> Option<Intent> {
+    match (offer, parse_intent(text)) {
+        (Some(o), _) if takes_offer(text) => Some(o),
+        // "route around them": where the offer said.
+        (
+            Some(Intent::Act(MeshAction::RouteAround { scope, .. })),
+            Some(Intent::Act(MeshAction::RouteAround {
+                scope: Scope::Global,
+                slower_than_ms,
+                for_ms,
+            })),
+        ) => Some(Intent::Act(MeshAction::RouteAround {
+            scope,
+            slower_than_ms,
+            for_ms,
+        })),
+        (_, parsed) => parsed,
+    }
+}
+
+/// What the console offers after a route-around's report `report` (of `action`): where the
+/// agents it named are on tasks, to take those tasks from them for other workers (seed
+/// §7.2: "Shall I reassign the task?").
+pub(crate) fn after_route_around(action: &MeshAction, report: &Value) -> Option<(String, Intent)> {
+    let MeshAction::RouteAround {
+        scope,
+        slower_than_ms,
+        ..
+    } = action
+    else {
+        return None;
+    };
+    let on_tasks = report["routed"]
+        .as_array()?
+        .iter()
+        .filter(|a| {
+            a["busy"]["with"]
+                .as_str()
+                .is_some_and(|w| w.starts_with("task "))
+        })
+        .count();
+    (on_tasks > 0).then(|| {
+        let line = format!(
+            "{on_tasks} of them {} on a task. Shall I reassign the tasks of the agents slower \
+             than {slower_than_ms} ms to other workers? (yes / no)",
+            if on_tasks == 1 { "is" } else { "are" }
+        );
+        let reassign = MeshAction::Reassign {
+            scope: *scope,
+            slower_than_ms: *slower_than_ms,
+        };
+        (line, Intent::Act(reassign))
+    })
+}
