@@ -449,7 +449,10 @@ pub async fn run<F: Fabric>(
                     }
                 }
                 MeshOutput::Reassign(r) => {
-                    if agents.reassign(r.agent, r.joined_ms) {
+                    let told = r
+                        .task
+                        .is_some_and(|task| agents.reassign(r.agent, r.joined_ms, task));
+                    if told {
                         tracing::warn!(
                             "mesh: an operator takes agent {:016x}'s task from it, for another \
                              worker",

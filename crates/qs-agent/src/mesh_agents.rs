@@ -14,11 +14,11 @@
 use crate::clock::now;
 use qs_core::hash::of_str;
 use qs_core::mesh::content_hash;
-use qs_wire::NodeId;
 use qs_wire::mesh::{
     Ack, AgentBeat, AgentId, AgentState, Busy, ConflictDetail, Dispatch, MeshEnvelope, OpId,
     Trinary, Verb, check_capabilities, wire_name,
 };
+use qs_wire::{NodeId, TaskId};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -138,6 +138,8 @@ struct WorkerAgent {
     polling: bool,
     /// The task of the task protocol it holds, if any, as its beats say it.
     task: Option<Busy>,
+    /// The task an operator's reassignment asked back, until its connection takes it.
+    give_back: Option<TaskId>,
 }
 
 impl WorkerAgent {
@@ -290,6 +292,7 @@ impl LocalAgents {
                     seen_ms: now().as_millis(),
                     polling: false,
                     task: None,
+                    give_back: None,
                 },
             );
         }
@@ -304,16 +307,22 @@ impl LocalAgents {
     }
 
     /// An operator's reassignment came for `agent` (from its lead): its worker's connection
-    /// is told to give the task it holds back, if it is the registration of `joined_ms` (0:
-    /// any). Whether one was told.
-    pub fn reassign(&self, agent: AgentId, joined_ms: u64) -> bool {
-        match self.workers().get(&agent) {
+    /// is told to give `task` back (if it still holds it), if it is the registration of
+    /// `joined_ms` (0: any). Whether one was told.
+    pub fn reassign(&self, agent: AgentId, joined_ms: u64, task: TaskId) -> bool {
+        match self.workers().get_mut(&agent) {
             Some(w) if joined_ms == 0 || w.joined_ms == joined_ms => {
+                w.give_back = Some(task);
                 w.told.reassign.notify_one();
                 true
             }
             _ => false,
         }
+    }
+
+    /// The task an operator asked `agent`'s worker to give back, taken (once).
+    pub fn take_give_back(&self, agent: AgentId) -> Option<TaskId> {
+        self.workers().get_mut(&agent)?.give_back.take()
     }
 
     /// Its lead took `agent` for crashed and asks this node to restart it: a worker agent's

@@ -1087,6 +1087,7 @@ fn a_host_acts_on_an_agent_only_at_its_leads_request() {
                 agent: AgentId(agent),
                 cluster: ClusterId(0),
                 joined_ms,
+                task: None,
             };
             let (msg, from) = (msg(r), from.clone());
             host.handle(MeshInput::Heard { from, msg }, now);

@@ -166,6 +166,16 @@ pub(crate) fn parse_intent(text: &str) -> Option<Intent> {
     // "reassign the task", "reassign their tasks", "reassign the tasks of agents slower than
     // 800 ms in cluster 4" (seed §7.2): the slow agents' own tasks, to other workers. What
     // names a task of its own ("reassign the summary job to gpu") is a delegation, below.
+    // (Not when told not to: "don't reassign the task" is no request.)
+    let negated = |verb: &str| {
+        let at = words.iter().position(|w| *w == verb).unwrap_or(0);
+        words[..at]
+            .iter()
+            .any(|w| ["not", "don", "dont", "never", "no"].contains(w))
+    };
+    if has("reassign") && negated("reassign") {
+        return None;
+    }
     if has("reassign") && takes_their_tasks(after("reassign").as_deref()) {
         return Some(Intent::Act(MeshAction::Reassign {
             scope,
@@ -271,8 +281,6 @@ pub(crate) fn parse_intent(text: &str) -> Option<Intent> {
     None
 }
 
-/// A duration at the start of `text`: `800`, `800ms`, `800 ms`, `1.5 s`, `2 seconds`
-/// (milliseconds when no unit is said), in milliseconds; `None` when it reads none.
 /// The threshold a request names ("slower than 800 ms"), or [`SLOW_MS`] if it names none;
 /// `None` if it names one that cannot be read (no request, never a guess).
 fn slower_than_ms(lower: &str) -> Option<u64> {
@@ -288,24 +296,56 @@ fn slower_than_ms(lower: &str) -> Option<u64> {
     }
 }
 
-/// Whether what follows "reassign" names the slow agents' own tasks ("the task", "their
-/// tasks", "them", nothing) rather than a task of its own to hand out.
+/// The words a request to reassign the slow agents' own tasks is made of ("the task",
+/// "their tasks to other workers", "the tasks of agents slower than 800 ms in cluster 4",
+/// "them"): any other word names a task of its own to hand out (a delegation).
+const THEIR_TASKS: [&str; 33] = [
+    "the",
+    "their",
+    "its",
+    "those",
+    "these",
+    "task",
+    "tasks",
+    "work",
+    "them",
+    "it",
+    "of",
+    "slow",
+    "slower",
+    "than",
+    "agents",
+    "agent",
+    "in",
+    "on",
+    "cluster",
+    "sector",
+    "ms",
+    "s",
+    "seconds",
+    "milliseconds",
+    "to",
+    "other",
+    "another",
+    "workers",
+    "worker",
+    "all",
+    "now",
+    "please",
+    "stuck",
+];
+
+/// Whether what follows "reassign" names the slow agents' own tasks rather than a task of
+/// its own to hand out (a delegation): only [`THEIR_TASKS`] and numbers.
 fn takes_their_tasks(rest: Option<&str>) -> bool {
     let rest = rest.unwrap_or("").to_ascii_lowercase();
-    let words: Vec<&str> = rest
-        .split(|c: char| !c.is_ascii_alphanumeric())
+    rest.split(|c: char| !c.is_ascii_alphanumeric())
         .filter(|w| !w.is_empty())
-        .collect();
-    let task = |w: Option<&&str>| w.is_some_and(|w| ["task", "tasks", "work"].contains(w));
-    let owner = ["the", "their", "its", "those", "these"];
-    match words.first() {
-        None => true,
-        Some(&("them" | "it")) => words.len() == 1,
-        Some(w) if owner.contains(w) => task(words.get(1)) && !words.contains(&"to"),
-        first => task(first) && !words.contains(&"to"),
-    }
+        .all(|w| THEIR_TASKS.contains(&w) || w.chars().all(|c| c.is_ascii_digit()))
 }
 
+/// A duration at the start of `text`: `800`, `800ms`, `800 ms`, `1.5 s`, `2 seconds`
+/// (milliseconds when no unit is said), in milliseconds; `None` when it reads none.
 pub(crate) fn duration_ms(text: &str) -> Option<u64> {
     let t = text.trim_start();
     let end = t

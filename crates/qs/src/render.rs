@@ -356,7 +356,7 @@ pub fn describe(event: &Event) -> String {
                 ),
                 "route-around" => format!(": {agents_routed_around} agents held out of routing"),
                 "reassign" => {
-                    format!(": {agents_reassigned} agents' tasks taken for other workers")
+                    format!(": {agents_reassigned} agents' tasks asked back for other workers")
                 }
                 _ => String::new(),
             };
@@ -553,8 +553,8 @@ mod tests {
                     agents_routed_around: 0,
                     agents_reassigned: 2,
                 },
-                "mesh reassign of cluster 4 confirmed by 3 of 3 nodes: 2 agents' tasks taken \
-                 for other workers",
+                "mesh reassign of cluster 4 confirmed by 3 of 3 nodes: 2 agents' tasks asked \
+                 back for other workers",
             ),
         ];
         for (event, want) in table {

@@ -415,7 +415,7 @@ fn workers_join_the_mesh_with_capabilities_answer_and_leave() {
         &slower_than,
     ];
     let said = cli(&args);
-    assert!(said.contains("took the tasks of"), "{said}");
+    assert!(said.contains("to take their tasks"), "{said}");
     assert!(
         said.contains("busy with task") && said.contains("waiting on GPU memory allocation"),
         "{said}"

@@ -104,15 +104,26 @@ async fn a_reassignment_is_told_to_the_workers_connection() {
     let worker = agents.join("w1", Vec::new()).unwrap();
     let told = agents.told(worker).expect("a worker's");
     let joined_ms = agents.beats_at(0).last().unwrap().joined_ms;
+    let task = || TaskId::new("t-1").unwrap();
     assert!(
-        !agents.reassign(worker, joined_ms + 1),
+        !agents.reassign(worker, joined_ms + 1, task()),
         "another registration"
     );
-    assert!(agents.reassign(worker, joined_ms));
+    assert_eq!(agents.take_give_back(worker), None);
+    assert!(agents.reassign(worker, joined_ms, task()));
     tokio::time::timeout(Duration::from_secs(5), told.reassign.notified())
         .await
         .expect("told");
-    assert!(!agents.reassign(agents.ids()[0], 0), "a built-in agent");
+    assert_eq!(
+        agents.take_give_back(worker),
+        Some(task()),
+        "the task named"
+    );
+    assert_eq!(agents.take_give_back(worker), None, "once");
+    assert!(
+        !agents.reassign(agents.ids()[0], 0, task()),
+        "a built-in agent"
+    );
 }
 
 /// What a worker's beats say it works on (seed §7.2's "what they're stuck on"): the operation

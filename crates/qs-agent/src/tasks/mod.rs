@@ -377,9 +377,10 @@ impl TaskHost {
         })
     }
 
-    /// An operator takes the task `worker` holds from it, for another worker; which.
-    pub async fn reassign(&self, worker: &str) -> Option<TaskId> {
-        self.with(|q| q.reassign(worker)).await
+    /// An operator takes task `task` from `worker`, if it holds it, for another worker;
+    /// whether it was taken.
+    pub async fn reassign(&self, worker: &str, task: &TaskId) -> bool {
+        self.with(|q| q.reassign(worker, task)).await
     }
 
     /// A worker went away: the attempts it held fail.

@@ -467,7 +467,11 @@ impl Connection {
         let (Some(agent), Some(worker)) = (self.mesh_agent, &self.worker) else {
             return;
         };
-        if let Some(task) = self.host.reassign(worker).await {
+        // (A permit left from an order already carried out names no task: nothing to do.)
+        let Some(task) = self.mesh.take_give_back(agent) else {
+            return;
+        };
+        if self.host.reassign(worker, &task).await {
             tracing::warn!("task {task} taken from worker {worker} by an operator: reassigned");
             self.mesh.working_on(agent, None);
         }

@@ -1,6 +1,6 @@
 //! What the holder of an attempt says besides its reports and its end (how far it is, the
-//! side effects it ran), an operator taking an attempt from its worker, and the records the shell seals in the fleet before a claim or an
-//! end is heard of (`fleet.rs`).
+//! side effects it ran), an operator taking an attempt from its worker, and the records the
+//! shell seals in the fleet before a claim or an end is heard of (`fleet.rs`).
 
 use super::{
     MAX_EFFECT_KEY_BYTES, MAX_EFFECTS, MAX_PROGRESS_NOTE_BYTES, MAX_RESULT_BYTES, Phase, Progress,
@@ -29,21 +29,30 @@ impl TaskQueues {
         Ok(())
     }
 
-    /// An operator takes the attempt `worker` holds from it (seed §7.2's "reassign the
-    /// task"): its task goes back to the inbound queue, for another worker than this one,
-    /// with no failure counted; what the worker says of that attempt after is refused (it no
-    /// longer runs). The task, if it held one.
-    pub fn reassign(&mut self, worker: &str) -> Option<TaskId> {
-        let t = self.held_by(worker)?;
-        let (id, attempt) = (t.id.clone(), t.attempt);
-        let t = self.tasks.get_mut(&id)?;
-        t.reroute(super::judge::worker_name(worker));
+    /// An operator takes task `id` from `worker`, if it holds it now (seed §7.2's "reassign
+    /// the task"): it goes back to the inbound queue, for another connection than this one
+    /// (a worker of the same name, or this one connected again, may take it), with no
+    /// failure counted; what the worker says of that attempt after is refused (it no longer
+    /// runs). Whether it was taken.
+    pub fn reassign(&mut self, worker: &str, id: &TaskId) -> bool {
+        let held = self
+            .tasks
+            .get(id)
+            .is_some_and(|t| matches!(&t.phase, Phase::Running { worker: w } if w == worker));
+        if !held {
+            return false;
+        }
+        let Some(t) = self.tasks.get_mut(id) else {
+            return false;
+        };
+        let attempt = t.attempt;
+        t.reroute(worker);
         t.progress = None;
-        self.running.remove(&id);
-        self.requeue(&id);
+        self.running.remove(id);
+        self.requeue(id);
         let detail = format!("attempt {attempt} taken from {worker} by an operator: reassigned");
-        self.record(&id, TaskStep::Retried, detail);
-        Some(id)
+        self.record(id, TaskStep::Retried, detail);
+        true
     }
 
     /// Whether an attempt of `id` (held now by `attempt`) already ran its side effect `key`.

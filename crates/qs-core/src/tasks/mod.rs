@@ -211,10 +211,11 @@ impl TaskQueues {
             return None;
         }
         let name = judge::worker_name(worker);
+        // Avoided by name (a reroute, a vote's pass) or by connection (a reassignment).
         let allowed = |id: &TaskId| {
-            tasks
-                .get(id)
-                .is_some_and(|t| !t.judging.avoid.contains(name))
+            tasks.get(id).is_some_and(|t| {
+                !t.judging.avoid.contains(name) && !t.judging.avoid.contains(worker)
+            })
         };
         let refining = self
             .refinement

@@ -392,21 +392,26 @@ fn an_end_the_ledger_lost_is_recorded_again_and_a_compacted_one_is_not() {
 fn an_operator_takes_a_task_from_its_worker_for_another_with_no_failure() {
     let mut q = queues();
     let id = q.submit(spec("k", ""), T0).unwrap().id;
-    let c = q.claim("w1", &NO_MODELS).unwrap();
+    let other = q.submit(spec("other", ""), T0).unwrap().id;
+    let c = q.claim("w#1", &NO_MODELS).unwrap();
+    assert_eq!(c.id, id);
     q.progress(&id, c.attempt, 0.1, "waiting on GPU memory".into())
         .unwrap();
     steps(&mut q);
-    assert_eq!(q.reassign("w1"), Some(id.clone()));
-    assert_eq!(q.reassign("w1"), None, "it holds nothing now");
+    // Only the task named, and only from the connection that holds it.
+    assert!(!q.reassign("w#1", &other), "not the task it holds");
+    assert!(!q.reassign("w#2", &id), "not the connection that holds it");
+    assert!(q.reassign("w#1", &id));
+    assert!(!q.reassign("w#1", &id), "it holds nothing now");
     let t = q.get(&id).unwrap();
     assert_eq!((&t.phase, t.failures), (&Phase::Inbound, 0));
     assert_eq!(t.progress, None);
     assert_eq!(steps(&mut q), [format!("{id} Retried")]);
-    // What w1 says of that attempt after is refused; the task is not given to it again,
-    // another worker takes it.
+    // What that connection says of the attempt after is refused; it is not given the task
+    // again (it takes the next one), another connection is, one of the same name too.
     assert!(q.complete(&id, c.attempt, "late".into()).is_err());
-    assert_eq!(q.claim("w1", &NO_MODELS), None);
-    let again = q.claim("w2", &NO_MODELS).unwrap();
+    assert_eq!(q.claim("w#1", &NO_MODELS).map(|c| c.id), Some(other));
+    let again = q.claim("w#2", &NO_MODELS).unwrap();
     assert_eq!(again.id, id);
     assert!(again.attempt > c.attempt);
     q.complete(&id, again.attempt, "done".into()).unwrap();

@@ -361,7 +361,7 @@ pub struct ControlDone {
     /// Agents a route-around held out of the routing pool.
     #[serde(default)]
     pub agents_routed_around: u32,
-    /// Agents a reassignment took a task from (their hosts asked to).
+    /// Agents on tasks whose hosts a reassignment asked to take the tasks from them.
     #[serde(default, skip_serializing_if = "crate::bounds::is_zero")]
     pub agents_reassigned: u32,
     /// Whether its scope was frozen here before (a thaw or a heal thawed it).

@@ -97,9 +97,12 @@ impl Busy {
         Busy::of(&format!("{TASK_KIND}{id}"), payload, note, since_ms)
     }
 
-    /// Whether the work is a durable task (one a reassignment can take from its worker).
-    pub fn is_task(&self) -> bool {
-        self.with.starts_with(TASK_KIND)
+    /// The durable task the work is, if it is one (one a reassignment can take from its
+    /// worker): the id [`Busy::task`] put first.
+    pub fn task_id(&self) -> Option<crate::TaskId> {
+        let rest = self.with.strip_prefix(TASK_KIND)?;
+        let id = rest.split_once(':').map_or(rest, |(id, _)| id);
+        crate::TaskId::new(id).ok()
     }
 
     pub fn check(&self) -> Result<(), String> {
@@ -428,7 +431,7 @@ pub struct Contradicted {
 /// (`MeshMessage::Restart`: offline past seed §6.1's AGENT_CRASH threshold while its host
 /// lives, a worker agent is disconnected, for its supervisor to start it again, and joins
 /// anew), or take the task it holds from it (`MeshMessage::Reassign`, an operator's).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentOrder {
     pub agent: AgentId,
@@ -437,6 +440,10 @@ pub struct AgentOrder {
     /// only that registration (not one that came back since). 0: any.
     #[serde(default)]
     pub joined_ms: u64,
+    /// A reassignment's: the task its lead saw the agent on; only that one is taken (not one
+    /// the worker took since).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<crate::TaskId>,
 }
 
 /// The mesh's mode as its root decided it (seed §6.3), and what it holds frozen, passed down

@@ -88,8 +88,8 @@ pub(super) fn takes_offer(text: &str) -> bool {
 }
 
 /// What a reply means after the console offered `offer` (if it did): a "yes" takes the
-/// offer, "route around them" routes around where the offer said, anything else is read
-/// afresh.
+/// offer, "route around them" routes around where the offer said, "reassign them" reassigns
+/// what the offer said, anything else is read afresh.
 pub(crate) fn reply(offer: Option<Intent>, text: &str) -> Option<Intent> {
     match (offer, parse_intent(text)) {
         (Some(o), _) if takes_offer(text) => Some(o),
@@ -106,6 +106,14 @@ pub(crate) fn reply(offer: Option<Intent>, text: &str) -> Option<Intent> {
             slower_than_ms,
             for_ms,
         })),
+        // "reassign them", "yes, reassign their tasks": where and how slow the offer said.
+        (
+            Some(o @ Intent::Act(MeshAction::Reassign { .. })),
+            Some(Intent::Act(MeshAction::Reassign {
+                scope: Scope::Global,
+                ..
+            })),
+        ) => Some(o),
         (_, parsed) => parsed,
     }
 }

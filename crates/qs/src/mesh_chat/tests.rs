@@ -61,8 +61,16 @@ fn the_grammar_reads_the_seeds_requests() {
         ),
         ("reassign them", "qs mesh reassign --slower-than 500"),
         (
+            "reassign their tasks to other workers",
+            "qs mesh reassign --slower-than 500",
+        ),
+        (
             "reassign the summary job to gpu",
             "qs mesh delegate \"the summary job\" --capability gpu",
+        ),
+        (
+            "reassign the task of summarizing the logs",
+            "qs mesh delegate \"the task of summarizing the logs\"",
         ),
         ("freeze", "qs mesh freeze"),
         ("freeze sector 3", "qs mesh freeze sector 3"),
@@ -319,10 +327,14 @@ fn a_route_around_of_agents_on_tasks_offers_to_reassign_them() {
          to other workers? (yes / no)"
     );
     let said = |text: &str| reply(Some(offer.clone()), text).map(|i| describe_intent(&i));
-    assert_eq!(
-        said("Do it").as_deref(),
-        Some("qs mesh reassign cluster 4 --slower-than 500")
-    );
+    for yes in ["Do it", "reassign them", "yes, reassign their tasks"] {
+        assert_eq!(
+            said(yes).as_deref(),
+            Some("qs mesh reassign cluster 4 --slower-than 500"),
+            "{yes}"
+        );
+    }
+    assert_eq!(said("don't reassign the task"), None);
     assert_eq!(after_route_around(&action, &report("act: deploy")), None);
     let heal = MeshAction::Heal {
         scope: Scope::Global,

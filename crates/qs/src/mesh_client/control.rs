@@ -67,8 +67,9 @@ pub(crate) fn control_outcome(v: &Value) -> String {
             ago(n("for_ms"))
         ),
         "reassign" => format!(
-            "took the tasks of {} slower than {} ms in {scope} from them: back in their \
-             nodes' queues, for other workers (`qs task show ID` follows each)",
+            "asked the nodes of {} slower than {} ms in {scope} on tasks to take their tasks \
+             from them: each one still held goes back to its node's queue, for another worker \
+             (`qs task show ID` follows it)",
             plural(n("agents_reassigned"), "agent", "agents"),
             n("slower_than_ms"),
         ),

@@ -304,9 +304,9 @@ fn control_reports_read_as_what_was_done_and_who_confirmed() {
     taken.routed.truncate(1);
     assert_eq!(
         control_outcome(&serde_json::json!(taken)),
-        "took the tasks of 1 agent slower than 500 ms in sector 7 from them: back in their \
-         nodes' queues, for other workers (`qs task show ID` follows each); confirmed by 5 of \
-         5 nodes in 40 ms\n  \
+        "asked the nodes of 1 agent slower than 500 ms in sector 7 on tasks to take their \
+         tasks from them: each one still held goes back to its node's queue, for another \
+         worker (`qs task show ID` follows it); confirmed by 5 of 5 nodes in 40 ms\n  \
          taking the task of agent 0000000000000012 of cluster 4 (impedance 847 ms): busy with \
          task t-12: Process large language model inference request, for 4m (waiting on GPU \
          memory allocation)"

@@ -61,8 +61,8 @@ pub struct ControlReport {
     /// Agents a route-around held out of the routing pool, the slowest of them (at most
     /// `MAX_ROUTED_REPORTED`), and its numbers.
     pub agents_routed_around: u32,
-    /// Agents a reassignment took a task from (their hosts asked to), the slowest of them in
-    /// `routed`.
+    /// Agents on tasks whose hosts a reassignment asked to take the tasks from them, the
+    /// slowest of them in `routed`.
     #[serde(skip_serializing_if = "qs_wire::bounds::is_zero")]
     pub agents_reassigned: u32,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -346,12 +346,14 @@ impl MeshNode {
     }
 
     /// A reassignment in the led `clusters` (seed §7.2's "reassign the task"): each worker
-    /// agent whose impedance score is over `slower_than_ms` and that holds a task (as its
-    /// host last said), its host asked to take the task from it, for another worker.
+    /// agent whose impedance score is over `slower_than_ms` and that works on a durable task
+    /// (as its host last said), its host asked to take that task from it, for another
+    /// worker. The agents asked for (whether their hosts find the task still theirs is
+    /// their hosts' to say, in the task's own record).
     fn reassign(&mut self, clusters: &[ClusterId], c: &Control, done: &mut ControlDone, now: Time) {
-        let on_task = |v: &AgentView| v.busy.as_ref().is_some_and(Busy::is_task);
-        let taken = self.slower_than(clusters, c.slower_than_ms, now, on_task);
-        for t in &taken {
+        let on_task = |v: &AgentView| v.busy.as_ref().and_then(Busy::task_id).is_some();
+        let asked = self.slower_than(clusters, c.slower_than_ms, now, on_task);
+        for t in &asked {
             let Some(view) = self
                 .led
                 .get(&t.cluster)
@@ -363,12 +365,13 @@ impl MeshNode {
                 agent: t.agent,
                 cluster: t.cluster,
                 joined_ms: view.joined_host_ms,
+                task: view.busy.as_ref().and_then(Busy::task_id),
             };
             let host = view.host.clone();
             self.send(host, MeshMessage::Reassign(order));
         }
-        done.agents_reassigned = taken.len() as u32;
-        done.routed = slowest(taken, MAX_ROUTED_NAMED);
+        done.agents_reassigned = asked.len() as u32;
+        done.routed = slowest(asked, MAX_ROUTED_NAMED);
     }
 
     /// The root: a node's confirmation, summed; the report once every node confirmed.

@@ -80,6 +80,7 @@ impl MeshNode {
                     agent: *a,
                     cluster: *c,
                     joined_ms: v.joined_host_ms,
+                    task: None,
                 };
                 if v.crash.asked.is_none() {
                     crashed.push(AgentCrash {
