@@ -366,6 +366,11 @@ impl LocalAgents {
         }
     }
 
+    /// The task worker agent `agent` works on, as its beats say it.
+    pub fn task_of(&self, agent: AgentId) -> Option<Busy> {
+        self.workers().get(&agent)?.task.clone()
+    }
+
     /// Worker agent `agent` works on `task` now (none: on no task).
     pub fn working_on(&self, agent: AgentId, task: Option<Busy>) {
         if let Some(w) = self.workers().get_mut(&agent) {

@@ -290,6 +290,7 @@ fn report(name: &str, run: &MeshReport) {
     let ops = run.measured();
     let lat: Vec<f64> = ops.iter().map(|o| o.latency_ms).collect();
     let reach: Vec<f64> = ops.iter().filter_map(|o| run.reach_p95_ms(o)).collect();
+    let reached = reach.len() as u64;
     let sent: u64 = ops.iter().map(|o| u64::from(o.tally.sent)).sum();
     let hits: u64 = ops.iter().map(|o| u64::from(o.tally.window_hits)).sum();
     let answered: u64 = ops
@@ -338,7 +339,7 @@ fn report(name: &str, run: &MeshReport) {
         emit(
             BENCH,
             format!("{name}_reach_p95"),
-            round_to(p95(reach.clone()), 1),
+            round_to(p95(reach), 1),
             "ms (95 % of the agents sent to ready; p95 over the operations that got there)",
         );
     }
@@ -347,7 +348,7 @@ fn report(name: &str, run: &MeshReport) {
         emit(
             BENCH,
             format!("{name}_reached_95"),
-            rate(reach.len() as u64, sending as u64),
+            rate(reached, sending as u64),
             "share of operations that sent, with 95 % of the agents sent to ready",
         );
     }

@@ -26,7 +26,7 @@ use super::TaskHost;
 use crate::mesh_agents::{LocalAgents, WorkerAnswer};
 use qs_core::tasks::{Claim, Next, Report};
 use qs_wire::ServiceName;
-use qs_wire::mesh::{AgentId, Busy};
+use qs_wire::mesh::AgentId;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -88,7 +88,6 @@ pub async fn serve(
                 silence: None,
                 told: None,
                 inbuf: Vec::new(),
-                busy: None,
             };
             if let Err(why) = conn.run(stream).await {
                 tracing::warn!("a task worker was disconnected: {why}");
@@ -121,8 +120,6 @@ struct Connection {
     told: Option<crate::mesh_agents::Told>,
     /// What was read of the next frames (at most one frame and a read more).
     inbuf: Vec<u8>,
-    /// The task its mesh agent's beats say it works on.
-    busy: Option<Busy>,
 }
 
 /// Reads one frame: `Ok(None)` when the worker is gone (its connection ended or broke, a
@@ -242,9 +239,9 @@ impl Connection {
         let (Some(agent), Some(worker)) = (self.mesh_agent, &self.worker) else {
             return;
         };
-        let busy = self.host.busy_of(worker, self.busy.as_ref()).await;
-        if busy != self.busy {
-            self.busy = busy.clone();
+        let before = self.mesh.task_of(agent);
+        let busy = self.host.busy_of(worker, before.as_ref()).await;
+        if busy != before {
             self.mesh.working_on(agent, busy);
         }
     }

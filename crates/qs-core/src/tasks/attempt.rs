@@ -35,14 +35,8 @@ impl TaskQueues {
     /// failure counted; what the worker says of that attempt after is refused (it no longer
     /// runs). Whether it was taken.
     pub fn reassign(&mut self, worker: &str, id: &TaskId) -> bool {
-        let held = self
-            .tasks
-            .get(id)
-            .is_some_and(|t| matches!(&t.phase, Phase::Running { worker: w } if w == worker));
-        if !held {
-            return false;
-        }
-        let Some(t) = self.tasks.get_mut(id) else {
+        let held = |t: &&mut Task| matches!(&t.phase, Phase::Running { worker: w } if w == worker);
+        let Some(t) = self.tasks.get_mut(id).filter(held) else {
             return false;
         };
         let attempt = t.attempt;

@@ -3,7 +3,7 @@
 //! route-around that found agents stuck on tasks).
 
 use super::{Intent, ROUTE_AROUND_S, SLOW_MS, parse_intent, route_around};
-use qs_wire::mesh::{MeshAction, Scope};
+use qs_wire::mesh::{Busy, MeshAction, Scope};
 use serde_json::Value;
 
 /// What the console offers after a status (seed §7.2: "Shall I route around them for
@@ -134,9 +134,10 @@ pub(crate) fn after_route_around(action: &MeshAction, report: &Value) -> Option<
         .as_array()?
         .iter()
         .filter(|a| {
-            a["busy"]["with"]
-                .as_str()
-                .is_some_and(|w| w.starts_with("task "))
+            serde_json::from_value::<Busy>(a["busy"].clone())
+                .ok()
+                .and_then(|b| b.task_id())
+                .is_some()
         })
         .count();
     (on_tasks > 0).then(|| {

@@ -365,7 +365,7 @@ impl MeshNode {
                 agent: t.agent,
                 cluster: t.cluster,
                 joined_ms: view.joined_host_ms,
-                task: view.busy.as_ref().and_then(Busy::task_id),
+                task: t.busy.as_ref().and_then(Busy::task_id),
             };
             let host = view.host.clone();
             self.send(host, MeshMessage::Reassign(order));

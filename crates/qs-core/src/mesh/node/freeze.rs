@@ -5,10 +5,10 @@
 //! set for its own marks, so a coordinator or lead new to a frozen scope holds it frozen as
 //! the one before did, a mark that a lost thaw left behind is dropped, and a node that
 //! becomes the root keeps what the last root held; marks lapse with the notices (a root
-//! renews them every summary period while anything is frozen). A notice older than a control this node carried out (by
-//! the root's numbering of its controls) does not undo that control; controls themselves are
-//! carried out as they come (they travel paths of different lengths), and the next notice
-//! settles what a late one marked. A lead marks the clusters a control passed on covers, and
+//! renews them every summary period while anything is frozen). A notice older than a
+//! control this node carried out (by the root's numbering of its controls) does not undo
+//! that control; controls themselves are carried out as they come (they travel paths of
+//! different lengths), and the next notice settles what a late one marked. A lead marks the clusters a control passed on covers, and
 //! keeps which scope they stand for: one that becomes the root holds that scope frozen.
 
 use super::*;

@@ -1,9 +1,9 @@
 //! Agents that fail and come back in the simulator: a share of them goes down at once while
-//! their hosts live (`down_fraction`), and seed §6.1's AGENT_CRASH recovery: a host its lead asks to restart a
-//! crashed agent (`MeshOutput::Restart`, which the core decided) brings it up again once the
-//! restart took `restart_ms`, as a new registration, which its lead measures afresh and
-//! admits to the routing pool gradually. Without `restart_ms` a down agent stays down (a
-//! replacement that also fails).
+//! their hosts live (`down_fraction`), and seed §6.1's AGENT_CRASH recovery: a host its lead
+//! asks to restart a crashed agent (`MeshOutput::Restart`, which the core decided) brings it
+//! up again once the restart took `restart_ms`, as a new registration, which its lead
+//! measures afresh and admits to the routing pool gradually. Without `restart_ms` a down
+//! agent stays down (a replacement that also fails).
 
 use super::*;
 use qs_wire::mesh::AgentOrder;

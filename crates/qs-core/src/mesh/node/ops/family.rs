@@ -36,7 +36,6 @@ pub(crate) struct Part {
 /// A priority-first operation at the root, while its phases run.
 #[derive(Clone, Debug)]
 pub(crate) struct Family {
-    mode: CascadeMode,
     scope: Scope,
     started: Time,
     tag: u64,
@@ -55,7 +54,6 @@ pub(super) fn launch(ops: &mut Ops, node: &mut MeshNode, op: OpId, phases: Vec<R
         return;
     };
     let family = Family {
-        mode: first.mode,
         scope: first.scope,
         started: now,
         tag: first.tag,
@@ -93,11 +91,9 @@ pub(super) fn phase_ended(
         *slot = Some(result);
     }
     for (answer, n) in &r.answers {
-        let count = f.answers.entry(answer.clone()).or_default();
-        *count = count.saturating_add(*n);
+        count_answer(&mut f.answers, answer, *n);
     }
-    let room = MAX_NAMED.saturating_sub(f.named.len());
-    f.named.extend(r.named.into_iter().take(room));
+    merge_named(&mut f.named, &r.named);
     f.root_messages = f.root_messages.saturating_add(r.root_messages);
     if f.ended.iter().any(Option::is_none) {
         return;
@@ -113,7 +109,7 @@ pub(super) fn phase_ended(
     let target_after_ms = phases.iter().map(|p| p.target_after_ms).fold(0.0, f64::max);
     let result = OpResult {
         op: part.family,
-        mode: f.mode,
+        mode: CascadeMode::PriorityFirst,
         scope: f.scope,
         status: "COMPLETE",
         decision: decide(&tally),

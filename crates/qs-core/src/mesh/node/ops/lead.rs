@@ -296,9 +296,7 @@ pub(crate) fn on_ack(node: &mut MeshNode, from: &NodeId, a: Ack, now: Time) {
                     });
                 }
                 if heard == gather::Heard::Counted && !a.answer.is_empty() {
-                    if l.answers.len() < 256 || l.answers.contains_key(&a.answer) {
-                        *l.answers.entry(a.answer.clone()).or_default() += 1;
-                    }
+                    count_answer(&mut l.answers, &a.answer, 1);
                     l.by_agent.insert(a.agent, a.answer.clone());
                 }
                 if a.state == Trinary::Ready {
@@ -370,9 +368,8 @@ pub(crate) fn on_ack(node: &mut MeshNode, from: &NodeId, a: Ack, now: Time) {
             if ready.since(r.target) <= Duration::from_millis(gather::ACCURATE_MS) {
                 r.tally.predicted_within_50ms += 1;
             }
-            if !a.answer.is_empty() && (r.answers.len() < 256 || r.answers.contains_key(&a.answer))
-            {
-                *r.answers.entry(a.answer.clone()).or_default() += 1;
+            if !a.answer.is_empty() {
+                count_answer(&mut r.answers, &a.answer, 1);
             }
         }
         let content_hash = &r.envelope.content_hash;

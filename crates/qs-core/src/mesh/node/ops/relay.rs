@@ -230,7 +230,7 @@ pub(crate) fn on_report(node: &mut MeshNode, rep: Report, now: Time) {
 }
 
 /// Named answers from below, kept up to `MAX_NAMED`.
-fn merge_named(into: &mut Vec<NamedAnswer>, from: &[NamedAnswer]) {
+pub(super) fn merge_named(into: &mut Vec<NamedAnswer>, from: &[NamedAnswer]) {
     let room = MAX_NAMED.saturating_sub(into.len());
     into.extend(from.iter().take(room).cloned());
 }
@@ -290,10 +290,19 @@ pub(super) fn settled(t: &Tally, missing: u32, min_rate: f64) -> bool {
     t.sent > 0 && f64::from(t.ready) >= min_rate * (f64::from(t.sent) + f64::from(missing))
 }
 
+/// Distinct answers an operation counts, at most (a new one past it is not counted).
+const MAX_ANSWER_KINDS: usize = 256;
+
+/// `n` more of `answer` in `into`.
+pub(super) fn count_answer(into: &mut BTreeMap<String, u32>, answer: &str, n: u32) {
+    if into.len() < MAX_ANSWER_KINDS || into.contains_key(answer) {
+        let count = into.entry(answer.to_owned()).or_default();
+        *count = count.saturating_add(n);
+    }
+}
+
 pub(super) fn merge_answers(into: &mut BTreeMap<String, u32>, from: &[AnswerCount]) {
     for a in from {
-        if into.len() < 256 || into.contains_key(&a.answer) {
-            *into.entry(a.answer.clone()).or_default() += a.count;
-        }
+        count_answer(into, &a.answer, a.count);
     }
 }
