@@ -53,6 +53,8 @@ pub struct MeshStatus {
     pub led_agents: Vec<LedAgent>,
     pub breakers: Vec<String>,
     pub frozen: Vec<String>,
+    /// The capability mapping's rules this node routes by (`class E off "llm_inference"`).
+    pub excluded: Vec<String>,
     /// At the root: operations queued until the mode is DEGRADED_LIGHT or better, oldest
     /// first (seed §6.3).
     pub queued: Vec<QueuedView>,
@@ -201,6 +203,7 @@ pub(crate) fn status(
             .map(|(s, b)| format!("{s} {b:?}"))
             .collect(),
         frozen: node.frozen().iter().map(Scope::to_string).collect(),
+        excluded: node.excluded().iter().map(ToString::to_string).collect(),
         queued: node.queued(now()),
         new_nodes,
         conflicts: node.conflicts().total(),

@@ -209,6 +209,7 @@ fn notices_follow_the_controls_they_come_after() {
         sent_ms: at(sent).as_millis(),
         frozen: false,
         frozen_scopes,
+        excluded: Vec::new(),
         last_control,
         root: Some(p1.clone()),
     };

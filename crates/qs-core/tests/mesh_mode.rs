@@ -143,6 +143,7 @@ fn emergency_from(lead: &mut MeshNode, root: &NodeId) -> ModeNotice {
         sent_ms: at(0).as_millis(),
         frozen: false,
         frozen_scopes: Vec::new(),
+        excluded: Vec::new(),
         last_control: 0,
         root: Some(root.clone()),
     };
@@ -229,6 +230,7 @@ fn an_older_notice_changes_nothing_and_a_new_root_keeps_the_mode_it_held() {
         sent_ms: at(sent).as_millis(),
         frozen: false,
         frozen_scopes: Vec::new(),
+        excluded: Vec::new(),
         last_control: 0,
         root: Some(p1.clone()),
     };

@@ -11,9 +11,11 @@ use crate::task_bus::BusMessage;
 use serde::{Deserialize, Serialize};
 
 mod answers;
+mod exclusion;
 mod requests;
 mod summary;
 pub use answers::*;
+pub use exclusion::*;
 pub use requests::*;
 pub use summary::*;
 

@@ -15,6 +15,9 @@ use std::io::{BufRead, Write};
 pub enum Intent {
     Status(Scope),
     Act(MeshAction),
+    /// Controls run one after another (seed §7.2: "reassign the task and fix the
+    /// capability mapping"), the first error ending them.
+    Acts(Vec<MeshAction>),
 }
 
 /// A broadcast of `message` (urgent: the parallel mode, priority 3).
@@ -111,7 +114,7 @@ pub(crate) fn delegation(
 
 /// The verbs a request may open with: the first word decides before any keyword found
 /// later ("broadcast we halt trading at 4pm" is a broadcast, not a freeze).
-const LEADING: [&str; 13] = [
+const LEADING: [&str; 15] = [
     "status",
     "broadcast",
     "tell",
@@ -125,6 +128,8 @@ const LEADING: [&str; 13] = [
     "thaw",
     "unfreeze",
     "route",
+    "exclude",
+    "include",
 ];
 
 /// The grammar of intents: the seed's example requests and their kin.
@@ -181,6 +186,11 @@ pub(crate) fn parse_intent(text: &str) -> Option<Intent> {
             scope,
             slower_than_ms: slower_than_ms(&lower)?,
         }));
+    }
+    if lead.is_none_or(|l| l == "exclude" || l == "include")
+        && let Some(rule) = mapping::parse_mapping(t, &words)
+    {
+        return rule.map(Intent::Act);
     }
     if has("thaw") || has("unfreeze") || (lead.is_none() && has("resume")) {
         return Some(Intent::Act(MeshAction::Thaw { scope }));
@@ -393,105 +403,6 @@ pub(crate) fn find_scope(words: &[&str]) -> Scope {
     Scope::Global
 }
 
-pub(crate) fn scope_words(s: &Scope) -> String {
-    match s {
-        Scope::Global => String::new(),
-        Scope::Sector(x) => format!(" sector {}", x.0),
-        Scope::Cluster(x) => format!(" cluster {}", x.0),
-    }
-}
-
-/// The command line an intent is.
-pub(crate) fn describe_intent(i: &Intent) -> String {
-    match i {
-        Intent::Status(s) => format!("qs mesh status{}", scope_words(s)),
-        Intent::Act(a) => describe(a),
-    }
-}
-
-pub(crate) fn describe(a: &MeshAction) -> String {
-    match a {
-        MeshAction::Freeze { scope } => format!("qs mesh freeze{}", scope_words(scope)),
-        MeshAction::Thaw { scope } => format!("qs mesh thaw{}", scope_words(scope)),
-        MeshAction::Heal { scope } => format!("qs mesh heal{}", scope_words(scope)),
-        MeshAction::RouteAround {
-            scope,
-            slower_than_ms,
-            for_ms,
-        } => format!(
-            "qs mesh route-around{} --slower-than {slower_than_ms} --for {}",
-            scope_words(scope),
-            for_ms / 1_000
-        ),
-        MeshAction::Reassign {
-            scope,
-            slower_than_ms,
-        } => format!(
-            "qs mesh reassign{} --slower-than {slower_than_ms}",
-            scope_words(scope)
-        ),
-        MeshAction::Cascade {
-            verb: Verb::Observe,
-            payload,
-            sample,
-            scope,
-            ..
-        } => format!(
-            "qs mesh ask {payload:?} --sample {}{}",
-            sample.unwrap_or(100),
-            scope_flag(scope)
-        ),
-        MeshAction::Cascade {
-            verb: Verb::Act,
-            payload,
-            requires,
-            scope,
-            class,
-            window_ms,
-            ..
-        } => {
-            let capability = requires
-                .as_ref()
-                .map_or(String::new(), |c| format!(" --capability {c}"));
-            let to = class.map_or(String::new(), |k| format!(" --to {}", k.letter()));
-            let timeout = match window_ms.map(|w| w / 1_000) {
-                Some(DELEGATE_TIMEOUT_S) | None => String::new(),
-                Some(s) => format!(" --timeout {s}"),
-            };
-            format!(
-                "qs mesh delegate {payload:?}{capability}{to}{timeout}{}",
-                scope_flag(scope)
-            )
-        }
-        MeshAction::Cascade {
-            mode,
-            payload,
-            priority,
-            scope,
-            ..
-        } => {
-            let mode = match mode {
-                CascadeMode::Wave => "wave",
-                CascadeMode::Parallel => "parallel",
-                CascadeMode::PriorityFirst => "priority-first",
-            };
-            let scope = scope_flag(scope);
-            format!("qs mesh broadcast {payload:?} --mode {mode} --priority {priority}{scope}")
-        }
-    }
-}
-
-/// A scope as the `--scope` flag writes it (nothing for the whole mesh).
-fn scope_flag(scope: &Scope) -> String {
-    match scope {
-        Scope::Global => String::new(),
-        s => format!(
-            " --scope{}",
-            scope_words(s).replace(' ', "-").replacen('-', " ", 1)
-        ),
-    }
-}
-
 pub(crate) fn chat(api: &str, llm: Option<Llm>, yes: bool) -> Result<()> {
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
@@ -544,36 +455,54 @@ pub(crate) fn chat(api: &str, llm: Option<Llm>, yes: bool) -> Result<()> {
                 continue;
             }
         }
-        let result = match intent {
-            Intent::Status(scope) => status(api, &scope, OutputFormat::Text).map(|view| {
-                // The offer is made from the view printed.
-                if let Some((line, intent)) = suggestion(&view, &scope) {
-                    println!("{line}");
-                    offered = Some(intent);
+        let actions = match intent {
+            Intent::Status(scope) => {
+                match status(api, &scope, OutputFormat::Text) {
+                    // The offer is made from the view printed.
+                    Ok(view) => offered = suggestion(&view, &scope).map(say),
+                    Err(e) => println!("error: {e:#}"),
                 }
-            }),
-            Intent::Act(
-                a @ (MeshAction::Freeze { .. }
-                | MeshAction::Thaw { .. }
-                | MeshAction::Heal { .. }
-                | MeshAction::RouteAround { .. }
-                | MeshAction::Reassign { .. }),
-            ) => control(api, a.clone(), OutputFormat::Text).map(|report| {
-                if let Some((line, intent)) = after_route_around(&a, &report) {
-                    println!("{line}");
-                    offered = Some(intent);
-                }
-            }),
-            Intent::Act(a) => op(api, &a, OutputFormat::Text),
+                continue;
+            }
+            Intent::Act(a) => vec![a],
+            Intent::Acts(all) => all,
         };
-        if let Err(e) = result {
-            println!("error: {e:#}");
+        for a in actions {
+            match run(api, a) {
+                Ok(offer) => offered = offer.map(say).or(offered),
+                Err(e) => {
+                    println!("error: {e:#}");
+                    break;
+                }
+            }
         }
     }
 }
 
+/// Prints an offer's line; the intent a "yes" takes.
+fn say((line, intent): (String, Intent)) -> Intent {
+    println!("{line}");
+    intent
+}
+
+/// Runs one action, printing its outcome; what the console offers after it, if anything.
+fn run(api: &str, a: MeshAction) -> Result<Option<(String, Intent)>> {
+    match a {
+        MeshAction::Cascade { .. } => op(api, &a, OutputFormat::Text).map(|()| None),
+        a => {
+            let report = control(api, a.clone(), OutputFormat::Text)?;
+            Ok(after_route_around(&a, &report))
+        }
+    }
+}
+
+mod describe;
 mod llm;
+mod mapping;
 mod offer;
+#[cfg(test)]
+use describe::describe;
+pub(crate) use describe::describe_intent;
 pub(crate) use llm::{Llm, ask_llm};
 pub(crate) use offer::{after_route_around, reply, suggestion};
 

@@ -416,6 +416,7 @@ pub(crate) fn status(api: &str, scope: &Scope, output: OutputFormat) -> Result<V
     for (key, label) in [
         ("breakers", "breakers"),
         ("frozen", "frozen"),
+        ("excluded", "excluded from routing"),
         (
             "new_nodes",
             "new nodes (leading only where no seasoned node can)",

@@ -1,6 +1,7 @@
 //! `qs mesh`: the operator's console of seed 001 Part 7, through the agent's API
 //! (`GET /v1/mesh`, `POST /v1/mesh/ops`): status, broadcast, ask, delegate, cascade, heal,
-//! freeze and thaw; and `qs mesh chat`, which reads requests in plain words through a grammar
+//! freeze and thaw, route-around, reassign, and the capability mapping (exclude, include);
+//! and `qs mesh chat`, which reads requests in plain words through a grammar
 //! of intents (or an OpenAI-compatible endpoint, when one is named), shows the command it
 //! will run and asks before running it.
 
@@ -10,6 +11,18 @@ use crate::render::OutputFormat;
 use anyhow::{Result, bail};
 use clap::Subcommand;
 use qs_wire::mesh::{MeshAction, Scope, Verb};
+
+/// A rule of the capability mapping, as `exclude` and `include` name it.
+#[derive(clap::Args, Debug)]
+pub struct RuleArgs {
+    /// A class: A to F (or CLASS_E_LOCAL, local).
+    #[arg(long)]
+    class: String,
+    #[arg(long)]
+    capability: String,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    output: OutputFormat,
+}
 
 #[derive(Subcommand, Debug)]
 pub enum MeshCmd {
@@ -132,6 +145,12 @@ pub enum MeshCmd {
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },
+    /// Keep the agents of an impedance class out of the routing of every operation that
+    /// requires a capability, mesh-wide (seed §7.2's "fix the capability mapping"); `qs mesh
+    /// status` lists the rules held.
+    Exclude(RuleArgs),
+    /// Lift an exclusion: the class's agents with the capability are routed to again.
+    Include(RuleArgs),
     /// Plain-words requests: shows the command each becomes and asks before running it.
     Chat {
         /// An OpenAI-compatible endpoint (e.g. the fleet's own gateway,
@@ -263,6 +282,8 @@ pub fn run(api: &str, cmd: MeshCmd) -> Result<()> {
             };
             control(api, action, output).map(drop)
         }
+        MeshCmd::Exclude(r) => rule(api, r, true),
+        MeshCmd::Include(r) => rule(api, r, false),
         MeshCmd::Chat {
             llm,
             llm_model,
@@ -277,6 +298,24 @@ pub fn run(api: &str, cmd: MeshCmd) -> Result<()> {
             crate::mesh_chat::chat(api, llm, yes)
         }
     }
+}
+
+/// The capability mapping's rule of `--class` (one class, never "best available") and
+/// `capability`, excluded or (not `excluded`) included again.
+fn rule(api: &str, r: RuleArgs, excluded: bool) -> Result<()> {
+    let RuleArgs {
+        class,
+        capability,
+        output,
+    } = r;
+    let Ok(Some(class)) = class_of(&class) else {
+        bail!("--class {class:?}: a class A to F (or CLASS_E_LOCAL, local)");
+    };
+    let action = match excluded {
+        true => MeshAction::Exclude { class, capability },
+        false => MeshAction::Include { class, capability },
+    };
+    control(api, action, output).map(drop)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -160,6 +160,68 @@ fn workers_join_the_mesh_with_capabilities_answer_and_leave() {
     );
     assert_eq!(ask["decision"]["decision"], "proceed", "{ask}");
 
+    // Seed §7.2's "fix the capability mapping": the classes the agents are in now kept out
+    // of the capability's routing (through the CLI), every node holds the rules (from the
+    // control, and the root's notices), and an ask that requires it reaches nobody.
+    // Included again, the ask reaches both.
+    let classes: std::collections::BTreeSet<String> = [&w1, &w2]
+        .iter()
+        .flat_map(|a| {
+            let rows = a.get("/v1/mesh")["led_agents"].as_array().cloned();
+            rows.unwrap_or_default()
+        })
+        .filter_map(|r| r["class"].as_str().map(str::to_owned))
+        .collect();
+    assert!(!classes.is_empty());
+    let rule = |verb: &str, class: &str| -> Value {
+        let token = w1.token().unwrap_or_default().to_owned();
+        let out = cli(&[
+            "--api",
+            &w1.api,
+            "--token",
+            &token,
+            "mesh",
+            verb,
+            "--class",
+            class,
+            "--capability",
+            "gpu",
+            "--output",
+            "json",
+        ]);
+        serde_json::from_str(&out).unwrap()
+    };
+    for k in &classes {
+        let done = rule("exclude", k);
+        assert_eq!(done["done"], "exclude", "{done}");
+        assert_eq!(done["confirmed"], done["nodes"], "{done}");
+    }
+    let listed: Vec<Value> = classes
+        .iter()
+        .map(|k| Value::from(format!("class {k} off \"gpu\"")))
+        .collect();
+    for a in [&w1, &w2] {
+        a.wait_within("the rules at every node", Duration::from_secs(10), |a| {
+            a.get("/v1/mesh")["excluded"] == Value::from(listed.clone())
+        });
+    }
+    let gpu_ask = r#"{"action":"cascade","mode":"wave","verb":"observe","payload":"What's your current context hash?","requires":"gpu"}"#;
+    let kept_out = w2.mesh_op(gpu_ask);
+    assert_eq!(kept_out["tally"]["targeted"], 0, "{kept_out}");
+    assert_eq!(kept_out["tally"]["ready"], 0, "{kept_out}");
+    for k in &classes {
+        let done = rule("include", k);
+        assert_eq!(done["done"], "include", "{done}");
+    }
+    for a in [&w1, &w2] {
+        a.wait_within("no rule at any node", Duration::from_secs(10), |a| {
+            a.get("/v1/mesh")["excluded"] == serde_json::json!([])
+        });
+    }
+    let back = w2.mesh_op(gpu_ask);
+    assert_eq!(back["tally"]["targeted"], 2, "{back}");
+    assert_eq!(back["tally"]["ready"], 2, "{back}");
+
     // A fact every agent should hold: the worker holding another context contradicts it.
     let fact = w1
         .mesh_op(r#"{"action":"cascade","mode":"wave","verb":"sync","payload":"expect:a1b2c3d4"}"#);

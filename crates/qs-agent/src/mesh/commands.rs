@@ -3,7 +3,7 @@
 
 use crate::clock::now;
 use qs_core::mesh::{CascadeCommand, Command, MeshInput, MeshNode, OpResult};
-use qs_wire::mesh::{MeshAction, wire_name};
+use qs_wire::mesh::{Exclusion, MeshAction, wire_name};
 
 /// An operator's action as the core's command: its answer comes as the core's output (a
 /// cascade's result, a control's report once the nodes in scope confirmed it, a refusal).
@@ -61,6 +61,14 @@ pub(super) fn command(node: &mut MeshNode, action: MeshAction, tag: u64) {
         } => Command::Reassign {
             scope,
             slower_than_ms,
+        },
+        MeshAction::Exclude { class, capability } => Command::Exclude {
+            rule: Exclusion { class, capability },
+            excluded: true,
+        },
+        MeshAction::Include { class, capability } => Command::Exclude {
+            rule: Exclusion { class, capability },
+            excluded: false,
         },
     };
     node.handle(MeshInput::Command { command, tag }, t);

@@ -32,6 +32,7 @@ pub use kpis::{Kpis, MAX_LATENCIES};
 mod conflicts;
 mod control;
 mod crash;
+mod exclude;
 mod freeze;
 pub use control::{CONTROL_CONFIRM_MS, ControlReport};
 pub use crash::{AgentCrash, CRASH_AFTER_MS, CRASH_AGAIN_WITHIN_MS};
@@ -212,6 +213,8 @@ pub struct MeshNode {
     /// operation, agent, when its lead heard it), so a later copy is not taken again.
     pub(crate) late_taken: BTreeMap<(SectorId, OpId, AgentId, u64), Time>,
     pub(crate) frozen: BTreeSet<Scope>,
+    /// The capability mapping's rules (see `exclude`), held as the freezes are.
+    pub(crate) excluded: BTreeSet<qs_wire::mesh::Exclusion>,
     /// At a lead: the agents it took for crashed lately, and when (an agent restarted
     /// joins anew, with a new view: its crash history is kept here).
     pub(crate) crashed_lately: BTreeMap<AgentId, Time>,
@@ -282,6 +285,7 @@ impl MeshNode {
             late_for_root: BTreeMap::new(),
             late_taken: BTreeMap::new(),
             frozen: BTreeSet::new(),
+            excluded: BTreeSet::new(),
             controls: BTreeMap::new(),
             crashed_lately: BTreeMap::new(),
             kpis: Kpis::default(),

@@ -70,6 +70,17 @@ pub enum MeshAction {
         scope: Scope,
         slower_than_ms: u64,
     },
+    /// Route operations that require `capability` to no agent of `class`, mesh-wide (seed
+    /// §7.2: "CLASS_E_LOCAL agents now excluded from 'llm_inference' routing").
+    Exclude {
+        class: ImpedanceClass,
+        capability: String,
+    },
+    /// Lift that rule.
+    Include {
+        class: ImpedanceClass,
+        capability: String,
+    },
 }
 
 /// The slowest an operator's route-around may name, milliseconds (an hour).
@@ -167,6 +178,9 @@ impl MeshAction {
                 ..
             } => check_route_around(*slower_than_ms, *for_ms),
             MeshAction::Reassign { slower_than_ms, .. } => check_slower_than(*slower_than_ms),
+            MeshAction::Exclude { capability, .. } | MeshAction::Include { capability, .. } => {
+                check_capability(capability)
+            }
             _ => Ok(()),
         }
     }
@@ -279,6 +293,9 @@ pub struct Control {
     pub slower_than_ms: u64,
     #[serde(default, skip_serializing_if = "crate::bounds::is_zero")]
     pub for_ms: u64,
+    /// An exclusion's or an inclusion's rule (none for the other actions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<Exclusion>,
     /// The root that sent it, whom each node confirms it to (if that node is the root of
     /// its tree or the tree before: a root that moved meanwhile is still answered).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -295,11 +312,22 @@ impl Control {
             id: 0,
             slower_than_ms: 0,
             for_ms: 0,
+            rule: None,
             root: None,
         }
     }
 
     pub fn check(&self) -> Result<(), String> {
+        let ruled = matches!(self.action, ControlAction::Exclude | ControlAction::Include);
+        match &self.rule {
+            Some(_) if !ruled => return Err(format!("rule: not for {:?}", self.action)),
+            Some(_) if self.scope != Scope::Global => {
+                return Err(format!("scope: {}; a rule holds mesh-wide", self.scope));
+            }
+            None if ruled => return Err(format!("rule: {:?} names none", self.action)),
+            Some(rule) => rule.check().map_err(|e| format!("rule: {e}"))?,
+            None => {}
+        }
         match self.action {
             ControlAction::RouteAround => check_route_around(self.slower_than_ms, self.for_ms),
             ControlAction::Reassign => check_slower_than(self.slower_than_ms),
@@ -329,11 +357,19 @@ pub struct RoutedAgent {
     pub busy: Option<Busy>,
     #[serde(default, skip_serializing_if = "crate::bounds::is_zero")]
     pub busy_for_ms: u64,
+    /// Its impedance class then, and the capabilities its host says it has (seed §7.2:
+    /// "These are CLASS_E_LOCAL agents incorrectly assigned a CLASS_D_GPU task", which the
+    /// console offers to fix in the capability mapping).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<ImpedanceClass>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<String>,
 }
 
 impl RoutedAgent {
     pub fn check(&self) -> Result<(), String> {
         super::finite("impedance_ms", self.impedance_ms, 1e9)?;
+        check_capabilities(&self.capabilities)?;
         self.busy.as_ref().map_or(Ok(()), Busy::check)
     }
 }
@@ -364,6 +400,9 @@ pub struct ControlDone {
     /// Agents on tasks whose hosts a reassignment asked to take the tasks from them.
     #[serde(default, skip_serializing_if = "crate::bounds::is_zero")]
     pub agents_reassigned: u32,
+    /// Agents an exclusion keeps out of its capability's routing (an inclusion: lets back).
+    #[serde(default, skip_serializing_if = "crate::bounds::is_zero")]
+    pub agents_excluded: u32,
     /// Whether its scope was frozen here before (a thaw or a heal thawed it).
     pub was_frozen: bool,
     /// A route-around's or a reassignment's: the slowest of the agents it held out or took
@@ -386,6 +425,7 @@ impl ControlDone {
             conflicts_released: 0,
             agents_routed_around: 0,
             agents_reassigned: 0,
+            agents_excluded: 0,
             was_frozen: false,
             routed: Vec::new(),
         }
@@ -398,6 +438,7 @@ impl ControlDone {
             ("conflicts_released", self.conflicts_released),
             ("agents_routed_around", self.agents_routed_around),
             ("agents_reassigned", self.agents_reassigned),
+            ("agents_excluded", self.agents_excluded),
         ] {
             if n > MAX_CONTROL_COUNT {
                 return Err(format!("{field}: {n}; at most {MAX_CONTROL_COUNT}"));
@@ -424,6 +465,11 @@ pub enum ControlAction {
     /// Take slow worker agents' tasks from them, for other workers (seed §7.2's "reassign
     /// the task").
     Reassign,
+    /// Keep an impedance class out of a capability's routing (seed §7.2's "fix the
+    /// capability mapping"): [`Control::rule`].
+    Exclude,
+    /// Lift such a rule.
+    Include,
 }
 
 #[cfg(test)]

@@ -469,6 +469,10 @@ pub struct ModeNotice {
     /// to a frozen scope holds it frozen too.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub frozen_scopes: Vec<Scope>,
+    /// The capability mapping's rules the root holds (at most [`MAX_EXCLUSIONS`]): each
+    /// node takes them for its own, as it takes the freezes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded: Vec<Exclusion>,
     /// The id of the last control the root sent before this notice (0: none): a node that
     /// carried out a later one keeps what that one did over this notice's freezes.
     #[serde(default, skip_serializing_if = "crate::bounds::is_zero")]
@@ -506,6 +510,6 @@ impl ModeNotice {
         if self.frozen_scopes.contains(&Scope::Global) {
             return Err("frozen_scopes: names the whole mesh (that is `frozen`)".into());
         }
-        Ok(())
+        check_exclusions(&self.excluded)
     }
 }

@@ -211,8 +211,8 @@ fn a_hosts_agents_are_split_into_beats_that_fit() {
 }
 
 /// A mode notice: a level past EMERGENCY, more active agents than agents, more frozen scopes
-/// than a root holds, or the whole mesh among them, is refused by field; a good one reads
-/// back.
+/// than a root holds, or the whole mesh among them, more capability rules than a root holds,
+/// a rule twice or one of a bad capability, is refused by field; a good one reads back.
 #[test]
 fn mode_notices_are_checked() {
     let notice = |level: u8, active_agents: u32, total_agents: u32| ModeNotice {
@@ -222,8 +222,24 @@ fn mode_notices_are_checked() {
         sent_ms: 1,
         frozen: false,
         frozen_scopes: Vec::new(),
+        excluded: Vec::new(),
         last_control: 0,
         root: None,
+    };
+    let rule = |class: ImpedanceClass, capability: &str| Exclusion {
+        class,
+        capability: capability.to_string(),
+    };
+    let excluded = |excluded: Vec<Exclusion>| {
+        MeshMessage::Mode(ModeNotice {
+            excluded,
+            ..notice(0, 10, 10)
+        })
+    };
+    let rules = |n: usize| -> Vec<Exclusion> {
+        (0..n)
+            .map(|i| rule(ImpedanceClass::ALL[i % 6], &format!("c{}", i / 6)))
+            .collect()
     };
     let frozen = |frozen_scopes: Vec<Scope>| {
         MeshMessage::Mode(ModeNotice {
@@ -258,6 +274,22 @@ fn mode_notices_are_checked() {
         (
             frozen(vec![Scope::Global]),
             Some("frozen_scopes: names the whole mesh"),
+        ),
+        (excluded(rules(MAX_EXCLUSIONS)), None),
+        (
+            excluded(rules(MAX_EXCLUSIONS + 1)),
+            Some("excluded: 65 rules; at most 64"),
+        ),
+        (
+            excluded(vec![
+                rule(ImpedanceClass::E, "llm_inference"),
+                rule(ImpedanceClass::E, "llm_inference"),
+            ]),
+            Some("excluded[1]: class E off \"llm_inference\" twice"),
+        ),
+        (
+            excluded(vec![rule(ImpedanceClass::E, "llm inference")]),
+            Some("excluded[0]: capability \"llm inference\""),
         ),
     ];
     decodes_as(table);
@@ -296,6 +328,8 @@ fn control_confirmations_are_checked() {
             impedance_ms,
             busy: busy.clone(),
             busy_for_ms: 1_000,
+            class: Some(ImpedanceClass::E),
+            capabilities: vec!["llm_inference".into()],
         };
         d.routed = (0..n).map(agent).collect();
         MeshMessage::ControlDone(Box::new(d))
@@ -510,4 +544,62 @@ fn lead_quantiles_are_read_within_their_bucket() {
     for (classes, q, within, want) in table {
         assert_eq!(h.quantile_ms(classes, q, within), want, "{classes:?} q {q}");
     }
+}
+
+/// A control of the capability mapping: an exclusion or an inclusion names its rule, which
+/// holds mesh-wide and names a good capability; no other control names one. Each is refused
+/// by field wherever it comes from (the bus here; the API checks the action the same way).
+#[test]
+fn capability_rules_in_controls_are_checked() {
+    let rule = |capability: &str| Exclusion {
+        class: ImpedanceClass::E,
+        capability: capability.to_string(),
+    };
+    let control = |action: ControlAction, scope: Scope, rule: Option<Exclusion>| {
+        MeshMessage::Control(Control {
+            rule,
+            id: 3,
+            ..Control::new(action, scope)
+        })
+    };
+    let table = [
+        (
+            control(
+                ControlAction::Exclude,
+                Scope::Global,
+                Some(rule("llm_inference")),
+            ),
+            None,
+        ),
+        (
+            control(ControlAction::Include, Scope::Global, Some(rule("gpu"))),
+            None,
+        ),
+        (
+            control(ControlAction::Exclude, Scope::Global, None),
+            Some("rule: Exclude names none"),
+        ),
+        (
+            control(ControlAction::Freeze, Scope::Global, Some(rule("gpu"))),
+            Some("rule: not for Freeze"),
+        ),
+        (
+            control(
+                ControlAction::Exclude,
+                Scope::Sector(SectorId(2)),
+                Some(rule("gpu")),
+            ),
+            Some("a rule holds mesh-wide"),
+        ),
+        (
+            control(ControlAction::Exclude, Scope::Global, Some(rule(""))),
+            Some("rule: capability \"\""),
+        ),
+    ];
+    decodes_as(table);
+    let action = MeshAction::Exclude {
+        class: ImpedanceClass::E,
+        capability: "llm inference".into(),
+    };
+    assert!(action.check().unwrap_err().contains("\"llm inference\""));
 }

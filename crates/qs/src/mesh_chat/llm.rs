@@ -18,7 +18,9 @@ pub(crate) fn ask_llm(url: &str, model: &str, key: Option<&str>, text: &str) -> 
         delegated task)} \
         or, to hold slow agents out of routing, {\"intent\":\"route-around\",\"scope\":…, \
         \"slower_than_ms\":N}, or, to give the tasks slow agents hold to other workers, \
-        {\"intent\":\"reassign\",\"scope\":…,\"slower_than_ms\":N}";
+        {\"intent\":\"reassign\",\"scope\":…,\"slower_than_ms\":N}, or, to keep a class of \
+        agents out of (or let it back into) the routing of a capability, mesh-wide, \
+        {\"intent\":\"exclude\"|\"include\",\"class\":\"A\"…\"F\",\"capability\":\"…\"}";
     let body = serde_json::json!({
         "model": model,
         "messages": [{"role": "system", "content": system}, {"role": "user", "content": text}],
@@ -104,6 +106,23 @@ pub(crate) fn intent_of_answer(content: &str) -> Result<Intent> {
                 }
             };
             delegate(scope, text()?, capability, class, DELEGATE_TIMEOUT_S)
+        }
+        "exclude" | "include" => {
+            let capability = field("capability")
+                .and_then(Value::as_str)
+                .ok_or_else(|| anyhow::anyhow!("capability: missing"))?
+                .to_string();
+            let class_name = field("class")
+                .and_then(Value::as_str)
+                .ok_or_else(|| anyhow::anyhow!("class: missing"))?;
+            let class = crate::mesh_client::class_of(class_name)
+                .ok()
+                .flatten()
+                .ok_or_else(|| anyhow::anyhow!("class: {class_name:?}: a class A to F"))?;
+            Intent::Act(match named == "exclude" {
+                true => MeshAction::Exclude { class, capability },
+                false => MeshAction::Include { class, capability },
+            })
         }
         "heal" => Intent::Act(MeshAction::Heal { scope }),
         "freeze" => Intent::Act(MeshAction::Freeze { scope }),

@@ -1,9 +1,9 @@
 //! What the console offers after an answer, and the replies that take it (seed §7.2: "Shall
-//! I route around them for now?" after a status; "Shall I reassign the task?" after a
-//! route-around that found agents stuck on tasks).
+//! I route around them for now?" after a status; "Shall I reassign the task and fix the
+//! capability mapping?" after a route-around that found agents stuck on tasks).
 
 use super::{Intent, ROUTE_AROUND_S, SLOW_MS, parse_intent, route_around};
-use qs_wire::mesh::{Busy, MeshAction, Scope};
+use qs_wire::mesh::{Busy, Exclusion, ImpedanceClass, MeshAction, RoutedAgent, Scope};
 use serde_json::Value;
 
 /// What the console offers after a status (seed §7.2: "Shall I route around them for
@@ -114,6 +114,25 @@ pub(crate) fn reply(offer: Option<Intent>, text: &str) -> Option<Intent> {
                 ..
             })),
         ) => Some(o),
+        // Of an offer of both (seed §7.2: "Shall I reassign the task and fix the capability
+        // mapping?"): "reassign the task and fix the capability mapping" takes both, "just
+        // reassign them" the reassignment, "fix the capability mapping" the rule.
+        (Some(Intent::Acts(both)), parsed) => {
+            let lower = text.to_ascii_lowercase();
+            let mapping = lower.contains("mapping");
+            let reassign = lower.contains("reassign");
+            let part = |want: fn(&MeshAction) -> bool| {
+                both.iter().find(|a| want(a)).cloned().map(Intent::Act)
+            };
+            match (reassign, mapping) {
+                (true, true) => Some(Intent::Acts(both)),
+                (true, false) => part(|a| matches!(a, MeshAction::Reassign { .. })),
+                (false, true) => parsed
+                    .filter(|p| matches!(p, Intent::Act(MeshAction::Exclude { .. })))
+                    .or_else(|| part(|a| matches!(a, MeshAction::Exclude { .. }))),
+                (false, false) => parsed,
+            }
+        }
         (_, parsed) => parsed,
     }
 }
@@ -130,26 +149,80 @@ pub(crate) fn after_route_around(action: &MeshAction, report: &Value) -> Option<
     else {
         return None;
     };
-    let on_tasks = report["routed"]
+    let on_tasks: Vec<RoutedAgent> = report["routed"]
         .as_array()?
         .iter()
-        .filter(|a| {
-            serde_json::from_value::<Busy>(a["busy"].clone())
-                .ok()
-                .and_then(|b| b.task_id())
-                .is_some()
-        })
-        .count();
-    (on_tasks > 0).then(|| {
-        let line = format!(
-            "{on_tasks} of them {} on a task. Shall I reassign the tasks of the agents slower \
-             than {slower_than_ms} ms to other workers? (yes / no)",
-            if on_tasks == 1 { "is" } else { "are" }
-        );
-        let reassign = MeshAction::Reassign {
-            scope: *scope,
-            slower_than_ms: *slower_than_ms,
-        };
-        (line, Intent::Act(reassign))
+        .filter_map(|a| serde_json::from_value::<RoutedAgent>(a.clone()).ok())
+        .filter(|a| a.busy.as_ref().and_then(Busy::task_id).is_some())
+        .collect();
+    if on_tasks.is_empty() {
+        return None;
+    }
+    let n = on_tasks.len();
+    let reassign = MeshAction::Reassign {
+        scope: *scope,
+        slower_than_ms: *slower_than_ms,
+    };
+    let line = format!(
+        "{n} of them {} on a task. Shall I reassign the tasks of the agents slower than \
+         {slower_than_ms} ms to other workers",
+        if n == 1 { "is" } else { "are" }
+    );
+    Some(match mapping_of(&on_tasks) {
+        Some(Mapping::One(rule @ Exclusion { class, .. }, capability)) => (
+            format!(
+                "{line}, and fix the capability mapping (these are class {} agents: class {} \
+                 out of '{capability}' routing)? (yes / no)",
+                class.letter(),
+                class.letter()
+            ),
+            Intent::Acts(vec![
+                reassign,
+                MeshAction::Exclude {
+                    class: rule.class,
+                    capability: rule.capability,
+                },
+            ]),
+        ),
+        Some(Mapping::Several(class, capabilities)) => (
+            format!(
+                "{line}? (yes / no) They are class {} agents; to keep the class out of one \
+                 capability's routing, say 'exclude class {} from CAPABILITY' (they have {}).",
+                class.letter(),
+                class.letter(),
+                capabilities.join(", ")
+            ),
+            Intent::Act(reassign),
+        ),
+        None => (format!("{line}? (yes / no)"), Intent::Act(reassign)),
     })
+}
+
+/// What the capability mapping could say of `agents`: all of one class, with one capability
+/// in common (the rule to offer), or several (for the operator to name one).
+enum Mapping {
+    One(Exclusion, String),
+    Several(ImpedanceClass, Vec<String>),
+}
+
+fn mapping_of(agents: &[RoutedAgent]) -> Option<Mapping> {
+    let class = agents.first()?.class?;
+    if agents.iter().any(|a| a.class != Some(class)) {
+        return None;
+    }
+    let mut common: Vec<String> = agents[0].capabilities.clone();
+    common.retain(|c| agents.iter().all(|a| a.capabilities.contains(c)));
+    common.sort();
+    common.dedup();
+    match common.as_slice() {
+        [] => None,
+        [one] => Some(Mapping::One(
+            Exclusion {
+                class,
+                capability: one.clone(),
+            },
+            one.clone(),
+        )),
+        _ => Some(Mapping::Several(class, common)),
+    }
 }

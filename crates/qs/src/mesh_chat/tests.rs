@@ -103,6 +103,38 @@ fn the_grammar_reads_the_seeds_requests() {
         assert_eq!(got.as_deref(), Some(want), "{text:?}");
     }
     assert_eq!(parse_intent("make me a sandwich"), None);
+    // Seed §7.2's capability mapping, and what is no request of it: a class or capability
+    // it cannot read, or one told not to.
+    let mapping = [
+        (
+            "exclude class E agents from llm_inference routing",
+            Some("qs mesh exclude --class E --capability llm_inference"),
+        ),
+        (
+            "fix the capability mapping: CLASS_E_LOCAL off 'llm_inference'",
+            Some("qs mesh exclude --class E --capability llm_inference"),
+        ),
+        (
+            "include class E in llm_inference routing again",
+            Some("qs mesh include --class E --capability llm_inference"),
+        ),
+        (
+            "stop excluding class local from gpu.",
+            Some("qs mesh include --class E --capability gpu"),
+        ),
+        ("don't exclude class E from gpu", None),
+        ("exclude class Z from gpu", None),
+        ("exclude class E", None),
+        ("fix the capability mapping", None),
+        (
+            "broadcast exclude class E from gpu",
+            Some("qs mesh broadcast \"exclude class E from gpu\" --mode wave --priority 2"),
+        ),
+    ];
+    for (text, want) in mapping {
+        let got = parse_intent(text).map(|i| describe_intent(&i));
+        assert_eq!(got.as_deref(), want, "{text:?}");
+    }
     // A class it cannot read is no request (never a guess).
     assert_eq!(parse_intent("delegate t to class Z"), None);
 }
@@ -130,7 +162,7 @@ fn a_delegation_shows_its_class_and_timeout() {
 #[test]
 fn a_models_answer_is_checked_field_by_field() {
     let long = format!(r#"{{"intent":"broadcast","text":"{}"}}"#, "x".repeat(5_000));
-    let table: [(&str, Result<&str, &str>); 18] = [
+    let table: [(&str, Result<&str, &str>); 21] = [
         (
             r#"Sure: {"intent":"freeze","scope":"all"}"#,
             Ok("qs mesh freeze"),
@@ -197,6 +229,18 @@ fn a_models_answer_is_checked_field_by_field() {
             Err("the model's answer: slower_than_ms"),
         ),
         (r#"{"intent":"status","scope":"galaxy 9"}"#, Err("scope: ")),
+        (
+            r#"{"intent":"exclude","class":"CLASS_E_LOCAL","capability":"llm_inference"}"#,
+            Ok("qs mesh exclude --class E --capability llm_inference"),
+        ),
+        (
+            r#"{"intent":"include","class":"E","capability":"llm inference"}"#,
+            Err("the model's answer: capability \"llm inference\""),
+        ),
+        (
+            r#"{"intent":"exclude","class":"E"}"#,
+            Err("capability: missing"),
+        ),
     ];
     for (answer, want) in table {
         let got = intent_of_answer(answer)
@@ -340,4 +384,80 @@ fn a_route_around_of_agents_on_tasks_offers_to_reassign_them() {
         scope: Scope::Global,
     };
     assert_eq!(after_route_around(&heal, &report("task t-1: x")), None);
+}
+
+/// Seed §7.2's "Shall I reassign the task and fix the capability mapping?" … "Do it": after
+/// a route-around whose agents on tasks are all of one class with one capability in common,
+/// the offer is both (the reassignment, then the rule), and the replies take both or a part;
+/// with several capabilities in common, the console names them and offers the reassignment
+/// alone; agents of several classes get no rule offered.
+#[test]
+fn a_route_around_of_one_class_on_tasks_offers_to_fix_the_capability_mapping() {
+    let action = route_around(Scope::Cluster(ClusterId(4)), 500, ROUTE_AROUND_S);
+    let agent = |id: u64, class: &str, capabilities: &[&str]| {
+        serde_json::json!({"agent": id, "cluster": 4, "impedance_ms": 847.0,
+            "busy": {"with": "task t-1: Process large language model", "since_ms": 1},
+            "class": class, "capabilities": capabilities})
+    };
+    let report = |agents: Vec<Value>| serde_json::json!({"done": "route-around", "routed": agents});
+    let (line, offer) = after_route_around(
+        &action,
+        &report(vec![
+            agent(12, "E", &["llm_inference", "sensors"]),
+            agent(19, "E", &["llm_inference"]),
+        ]),
+    )
+    .expect("an offer");
+    assert_eq!(
+        line,
+        "2 of them are on a task. Shall I reassign the tasks of the agents slower than 500 ms \
+         to other workers, and fix the capability mapping (these are class E agents: class E \
+         out of 'llm_inference' routing)? (yes / no)"
+    );
+    let both = "qs mesh reassign cluster 4 --slower-than 500, then qs mesh exclude --class E \
+                --capability llm_inference";
+    let said = |text: &str| reply(Some(offer.clone()), text).map(|i| describe_intent(&i));
+    for (text, want) in [
+        ("Do it", Some(both)),
+        (
+            "reassign the task and fix the capability mapping",
+            Some(both),
+        ),
+        (
+            "just reassign them",
+            Some("qs mesh reassign cluster 4 --slower-than 500"),
+        ),
+        (
+            "only fix the capability mapping",
+            Some("qs mesh exclude --class E --capability llm_inference"),
+        ),
+        (
+            "fix the capability mapping: class D off gpu",
+            Some("qs mesh exclude --class D --capability gpu"),
+        ),
+        ("no", None),
+    ] {
+        assert_eq!(said(text).as_deref(), want, "{text:?}");
+    }
+    // Several in common: named, for the operator to choose; the reassignment offered alone.
+    let (line, offer) = after_route_around(
+        &action,
+        &report(vec![agent(12, "E", &["llm_inference", "gpu"])]),
+    )
+    .unwrap();
+    assert!(
+        line.ends_with("say 'exclude class E from CAPABILITY' (they have gpu, llm_inference)."),
+        "{line}"
+    );
+    assert!(matches!(offer, Intent::Act(MeshAction::Reassign { .. })));
+    // Two classes: no rule offered.
+    let (line, _) = after_route_around(
+        &action,
+        &report(vec![
+            agent(12, "E", &["llm_inference"]),
+            agent(19, "D", &["llm_inference"]),
+        ]),
+    )
+    .unwrap();
+    assert!(line.ends_with("to other workers? (yes / no)"), "{line}");
 }

@@ -1,6 +1,6 @@
 //! A control's report as the operator reads it (seed §7.1: "Healing SECTOR-12: 3 agents
 //! restarted …"; §7.2: "Traffic now avoiding: …", what they are stuck on, whose tasks were
-//! taken).
+//! taken; "Capability mapping updated: …").
 
 use super::{ago, busy_text, ms_text, scope_text};
 use serde_json::Value;
@@ -73,6 +73,22 @@ pub(crate) fn control_outcome(v: &Value) -> String {
             plural(n("agents_reassigned"), "agent", "agents"),
             n("slower_than_ms"),
         ),
+        action @ ("exclude" | "include") => {
+            let rule = &v["rule"];
+            let class = rule["class"].as_str().unwrap_or("?");
+            let capability = rule["capability"].as_str().unwrap_or("?");
+            let agents = plural(n("agents_excluded"), "agent", "agents");
+            match action {
+                "exclude" => format!(
+                    "capability mapping updated: class {class} agents now excluded from \
+                     '{capability}' routing ({agents} with it now)"
+                ),
+                _ => format!(
+                    "capability mapping updated: class {class} agents back in '{capability}' \
+                     routing ({agents} with it now)"
+                ),
+            }
+        }
         "thaw" => match frozen_on {
             0 => format!("thawed {scope} (it was not frozen)"),
             k => format!("thawed {scope} (frozen on {})", plural(k, "node", "nodes")),

@@ -206,6 +206,8 @@ fn control_reports_read_as_what_was_done_and_who_confirmed() {
             conflicts_released: 2,
             agents_routed_around: 0,
             agents_reassigned: 0,
+            rule: None,
+            agents_excluded: None,
             routed: Vec::new(),
             slower_than_ms: 0,
             for_ms: 0,
@@ -269,6 +271,8 @@ fn control_reports_read_as_what_was_done_and_who_confirmed() {
             impedance_ms,
             busy,
             busy_for_ms,
+            class: None,
+            capabilities: Vec::new(),
         };
     let stuck = Busy::new(
         "task t-12: Process large language model inference request",
@@ -310,6 +314,25 @@ fn control_reports_read_as_what_was_done_and_who_confirmed() {
          taking the task of agent 0000000000000012 of cluster 4 (impedance 847 ms): busy with \
          task t-12: Process large language model inference request, for 4m (waiting on GPU \
          memory allocation)"
+    );
+    // Seed §7.2's "fix the capability mapping": "Capability mapping updated: CLASS_E_LOCAL
+    // agents now excluded from 'llm_inference' routing".
+    let mut rule = report(ControlAction::Exclude, Scope::Global, 5, &[], 0);
+    rule.rule = Some(qs_wire::mesh::Exclusion {
+        class: qs_wire::mesh::ImpedanceClass::E,
+        capability: "llm_inference".into(),
+    });
+    rule.agents_excluded = Some(2);
+    assert_eq!(
+        control_outcome(&serde_json::json!(rule)),
+        "capability mapping updated: class E agents now excluded from 'llm_inference' routing \
+         (2 agents with it now); confirmed by 5 of 5 nodes in 40 ms"
+    );
+    rule.action = ControlAction::Include;
+    assert_eq!(
+        control_outcome(&serde_json::json!(rule)),
+        "capability mapping updated: class E agents back in 'llm_inference' routing (2 agents \
+         with it now); confirmed by 5 of 5 nodes in 40 ms"
     );
 }
 

@@ -2,8 +2,8 @@
 //! closed, quarantined agents and conflicts released), sent by the root to the coordinators
 //! in scope, passed on by them to their leads, carried out by each, and confirmed by each to
 //! the root, which sums what was done into one report for the operator (seed §7.1: "Healing
-//! SECTOR-12: 3 agents restarted … circuit breaker reset"); and seed §7.2's route-around and
-//! reassignment of the slow agents' work.
+//! SECTOR-12: 3 agents restarted … circuit breaker reset"); seed §7.2's route-around and
+//! reassignment of the slow agents' work, and its capability mapping (`exclude`).
 
 use super::*;
 use qs_wire::mesh::{AgentOrder, ControlDone, MAX_ROUTED_NAMED, RoutedAgent};
@@ -65,6 +65,13 @@ pub struct ControlReport {
     /// slowest of them in `routed`.
     #[serde(skip_serializing_if = "qs_wire::bounds::is_zero")]
     pub agents_reassigned: u32,
+    /// An exclusion's (or inclusion's) rule, and the agents it keeps out of its
+    /// capability's routing (lets back) in the clusters that confirmed: those with the
+    /// capability, now of the class.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<qs_wire::mesh::Exclusion>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agents_excluded: Option<u32>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub routed: Vec<RoutedAgent>,
     #[serde(skip_serializing_if = "qs_wire::bounds::is_zero")]
@@ -112,6 +119,7 @@ impl MeshNode {
         self.control_sent(id);
         let (action, scope) = (control.action, control.scope);
         let (slower_than_ms, for_ms) = (control.slower_than_ms, control.for_ms);
+        let rule = control.rule.clone();
         let msg = MeshMessage::Control(Control {
             relayed: false,
             id,
@@ -175,6 +183,8 @@ impl MeshNode {
                     conflicts_released: 0,
                     agents_routed_around: 0,
                     agents_reassigned: 0,
+                    agents_excluded: rule.as_ref().map(|_| 0),
+                    rule,
                     routed: Vec::new(),
                     slower_than_ms,
                     for_ms,
@@ -230,6 +240,9 @@ impl MeshNode {
             }
             ControlAction::RouteAround => self.route_around(&clusters, &c, &mut done, now),
             ControlAction::Reassign => self.reassign(&clusters, &c, &mut done, now),
+            ControlAction::Exclude | ControlAction::Include => {
+                done.agents_excluded = self.apply_rule(&c, &clusters);
+            }
             ControlAction::Freeze | ControlAction::Thaw => {}
         }
         if !c.relayed {
@@ -316,6 +329,8 @@ impl MeshNode {
                         impedance_ms: z.score_ms,
                         busy: view.busy.clone(),
                         busy_for_ms: view.busy_for_ms(now),
+                        class: Some(z.class),
+                        capabilities: view.capabilities.clone(),
                     });
                 }
             }
@@ -402,6 +417,9 @@ impl MeshNode {
             .agents_routed_around
             .saturating_add(d.agents_routed_around);
         r.agents_reassigned = r.agents_reassigned.saturating_add(d.agents_reassigned);
+        if let Some(n) = &mut r.agents_excluded {
+            *n = n.saturating_add(d.agents_excluded);
+        }
         let routed = std::mem::take(&mut r.routed);
         r.routed = slowest(routed.into_iter().chain(d.routed), MAX_ROUTED_REPORTED);
         if p.heard.len() == p.expected.len() {

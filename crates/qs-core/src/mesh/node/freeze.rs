@@ -1,4 +1,5 @@
-//! Freezes that outlive the nodes holding them. The root is the authority on what is frozen
+//! Freezes that outlive the nodes holding them (and, held the same way, the capability
+//! mapping's rules: see `exclude`). The root is the authority on what is frozen
 //! (an operator's freeze or thaw reaches it first), and its mode notices carry the whole set
 //! (`ModeNotice::frozen` for the mesh, `frozen_scopes` for sectors and clusters) at each
 //! change and every summary period while anything is frozen. A node off the root takes that
@@ -12,14 +13,15 @@
 //! keeps which scope they stand for: one that becomes the root holds that scope frozen.
 
 use super::*;
-use qs_wire::mesh::{MAX_FROZEN_SCOPES, ModeNotice};
+use qs_wire::mesh::{Exclusion, MAX_EXCLUSIONS, MAX_FROZEN_SCOPES, ModeNotice};
 
 /// What the root's notices say of the frozen scopes, and which of its controls they follow.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct FreezeSync {
     /// At the root: the frozen scopes its last notice said (a new root announces what it
-    /// holds, if anything).
+    /// holds, if anything), and the capability mapping's rules.
     announced: BTreeSet<Scope>,
+    announced_rules: BTreeSet<Exclusion>,
     /// At the root: the id of the last control it sent.
     last_sent: u64,
     /// Off the root: the highest id of a control from the current root carried out here.
@@ -90,33 +92,45 @@ impl MeshNode {
                     }
                 }
             }
-            ControlAction::RouteAround | ControlAction::Reassign => {}
+            ControlAction::RouteAround
+            | ControlAction::Reassign
+            | ControlAction::Exclude
+            | ControlAction::Include => {}
         }
         was_frozen
     }
 
-    /// At the root: whether what is frozen changed since its last notice said it.
+    /// At the root: whether what it holds (freezes, the capability mapping) changed since
+    /// its last notice said it.
     pub(super) fn freezes_changed(&self) -> bool {
         self.freeze_sync.announced != self.frozen
+            || self.freeze_sync.announced_rules != self.excluded
     }
 
-    /// At the root: a notice's freezes (the whole mesh, the rest, the last control), now
-    /// announced.
-    pub(super) fn announce_freezes(&mut self) -> (bool, Vec<Scope>, u64) {
+    /// At the root: whether it holds anything its notices must renew.
+    pub(super) fn holds_anything(&self) -> bool {
+        !self.frozen.is_empty() || !self.excluded.is_empty()
+    }
+
+    /// At the root: what it holds (the whole mesh frozen, the other frozen scopes, the
+    /// capability mapping, the last control) written into `notice`, now announced.
+    pub(super) fn announce_held(&mut self, notice: &mut ModeNotice) {
         self.freeze_sync.announced = self.frozen.clone();
-        let whole = self.frozen.contains(&Scope::Global);
-        let parts = self
+        self.freeze_sync.announced_rules = self.excluded.clone();
+        notice.frozen = self.frozen.contains(&Scope::Global);
+        notice.frozen_scopes = self
             .frozen
             .iter()
             .copied()
             .filter(|s| *s != Scope::Global)
             .take(MAX_FROZEN_SCOPES)
             .collect();
-        (whole, parts, self.freeze_sync.last_sent)
+        notice.excluded = self.excluded.iter().take(MAX_EXCLUSIONS).cloned().collect();
+        notice.last_control = self.freeze_sync.last_sent;
     }
 
-    /// Off the root: a notice's freezes become this node's marks, unless it is older than a
-    /// control carried out here.
+    /// Off the root: a notice's freezes become this node's marks, and its rules this node's,
+    /// unless it is older than a control carried out here.
     pub(super) fn take_freezes(&mut self, notice: &ModeNotice) {
         if notice.last_control < self.freeze_sync.last_heard {
             return;
@@ -126,6 +140,7 @@ impl MeshNode {
         if notice.frozen {
             self.frozen.insert(Scope::Global);
         }
+        self.excluded = notice.excluded.iter().cloned().collect();
     }
 
     /// The root moved: the new one numbers its controls afresh (and, if this node, announces
@@ -139,9 +154,10 @@ impl MeshNode {
     }
 
     /// The root's notices lapsed: what they said frozen goes, and what this node marked
-    /// since.
+    /// since, and the rules they said.
     pub(super) fn freezes_lapse(&mut self) {
         self.frozen.clear();
+        self.excluded.clear();
         self.freeze_sync.relayed.clear();
     }
 

@@ -5,7 +5,8 @@
 //! and the next two beats (one lost message loses nothing) and, while the mesh is not FULL,
 //! every summary period; a coordinator passes it to its leads, a lead to the hosts of its
 //! agents, each notice once. A notice also says what the root holds frozen (at each change,
-//! and every summary period while anything is: see `freeze`). A notice is taken only from
+//! and every summary period while anything is: see `freeze`), and the capability mapping's
+//! rules (`exclude`), held the same way. A notice is taken only from
 //! the root or a node the tree names above this one; one not renewed for three summary
 //! periods lapses, and the node counts the mesh FULL again (the root renews every notice but
 //! FULL's, and every one while anything is frozen), and the freezes it said lapse with it.
@@ -28,23 +29,24 @@ impl MeshNode {
             self.mode_announcements_left = ANNOUNCE_CHANGE_BEATS;
         }
         let due =
-            (self.mode != Mode::Full || !self.frozen.is_empty()) && now >= self.next_mode_notice;
+            (self.mode != Mode::Full || self.holds_anything()) && now >= self.next_mode_notice;
         if self.mode_announcements_left == 0 && !due {
             return;
         }
         self.mode_announcements_left = self.mode_announcements_left.saturating_sub(1);
         self.next_mode_notice = now + Duration::from_millis(self.cfg.summary_ms);
-        let (frozen, frozen_scopes, last_control) = self.announce_freezes();
-        let notice = ModeNotice {
+        let mut notice = ModeNotice {
             level: self.mode.level(),
             active_agents: active,
             total_agents: total,
             sent_ms: now.as_millis(),
-            frozen,
-            frozen_scopes,
-            last_control,
+            frozen: false,
+            frozen_scopes: Vec::new(),
+            excluded: Vec::new(),
+            last_control: 0,
             root: Some(self.me.clone()),
         };
+        self.announce_held(&mut notice);
         // Its own roles pass it on as any node's do.
         self.inbox
             .push_back((self.me.clone(), MeshMessage::Mode(notice)));

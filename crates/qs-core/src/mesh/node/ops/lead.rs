@@ -31,6 +31,11 @@ pub(super) fn lead_order(node: &mut MeshNode, o: Order, c: ClusterId, now: Time)
     let limited = node.breakers.limited(c, sector) || o.limited;
     let weight = o.envelope.weight;
     let requires = o.envelope.requires.clone();
+    // The capability mapping: classes kept out of the capability's routing.
+    let barred = requires
+        .as_deref()
+        .map(|r| node.classes_excluded_from(r))
+        .unwrap_or_default();
     let led = node.led.get_mut(&c).expect("checked");
     let mut wants: Vec<Want<AgentId>> = Vec::new();
     let mut candidates: Vec<AgentId> = Vec::new();
@@ -45,7 +50,7 @@ pub(super) fn lead_order(node: &mut MeshNode, o: Order, c: ClusterId, now: Time)
             continue;
         }
         if let Some(r) = &requires
-            && !view.capabilities.iter().any(|c| c == r)
+            && (!view.capabilities.iter().any(|c| c == r) || barred.contains(&class))
         {
             continue;
         }
@@ -402,6 +407,7 @@ fn reroute(
         return None;
     }
     let weight = l.envelope.weight;
+    let barred = node.classes_excluded_from(missing);
     let led = node.led.get_mut(&c)?;
     if let Some(v) = led.agents.get_mut(&agent) {
         v.capabilities.retain(|x| x != missing);
@@ -428,8 +434,7 @@ fn reroute(
         .into_iter()
         .filter_map(|id| {
             let (z, lead) = led.assess(id, weight)?;
-            l.class
-                .is_none_or(|k| k == z.class)
+            (l.class.is_none_or(|k| k == z.class) && !barred.contains(&z.class))
                 .then_some((lead.lead_ms, id))
         })
         .min_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)))

@@ -63,6 +63,11 @@ pub enum Command {
         scope: Scope,
         slower_than_ms: u64,
     },
+    /// Keep a class out of a capability's routing, mesh-wide (not `excluded`: let it back).
+    Exclude {
+        rule: qs_wire::mesh::Exclusion,
+        excluded: bool,
+    },
 }
 
 /// A cascade asked of the root: a broadcast, an ask (a sample), a delegation.
@@ -492,11 +497,12 @@ impl MeshNode {
                 };
                 self.checked_control(c, tag, now)
             }
+            Command::Exclude { rule, excluded } => self.command_rule(rule, excluded, tag, now),
         }
     }
 
     /// Sends control `c` if its numbers hold, else refuses it.
-    fn checked_control(&mut self, c: Control, tag: u64, now: Time) {
+    pub(in crate::mesh::node) fn checked_control(&mut self, c: Control, tag: u64, now: Time) {
         match c.check() {
             Ok(()) => self.fan_control(c, tag, now),
             Err(e) => self.out.push_back(MeshOutput::Refused {

@@ -1,0 +1,90 @@
+//! The capability mapping (seed §7.2: "Capability mapping updated: CLASS_E_LOCAL agents now
+//! excluded from 'llm_inference' routing"): rules that keep an impedance class out of the
+//! routing of every operation that requires a capability, mesh-wide, whatever the agents of
+//! that class say they can do. A lead routes such an operation to no agent of an excluded
+//! class, nor reroutes one there after a capability mismatch (`ops::lead`).
+//!
+//! The rules are held as freezes are (`freeze`): an operator's exclusion or inclusion reaches
+//! the root, the authority, and spreads down the tree as a control; the root's mode notices
+//! carry the whole set at each change and every summary period while it holds any; a node
+//! off the root takes that set for its own (unless the notice is older than a control carried
+//! out here), so a lead new to its cluster routes by it and a node that becomes the root
+//! keeps it; and the rules lapse with the notices.
+
+use super::*;
+use qs_wire::mesh::{Exclusion, MAX_EXCLUSIONS};
+
+impl MeshNode {
+    /// The rules this node routes by.
+    pub fn excluded(&self) -> &BTreeSet<Exclusion> {
+        &self.excluded
+    }
+
+    /// The classes the rules keep out of `capability`'s routing.
+    pub(crate) fn classes_excluded_from(&self, capability: &str) -> BTreeSet<ImpedanceClass> {
+        self.excluded
+            .iter()
+            .filter(|r| r.capability == capability)
+            .map(|r| r.class)
+            .collect()
+    }
+
+    /// At the root: an operator's exclusion (or, not `excluded`, inclusion) of `rule`, sent
+    /// down the tree; refused past [`MAX_EXCLUSIONS`] rules.
+    pub(super) fn command_rule(&mut self, rule: Exclusion, excluded: bool, tag: u64, now: Time) {
+        let full = self.excluded.len() >= MAX_EXCLUSIONS && !self.excluded.contains(&rule);
+        if excluded && full {
+            let why = format!("{MAX_EXCLUSIONS} rules are held already, the most: lift one first");
+            self.out.push_back(MeshOutput::Refused {
+                tag,
+                op: None,
+                error: CommandError::Invalid(why),
+            });
+            return;
+        }
+        let action = match excluded {
+            true => ControlAction::Exclude,
+            false => ControlAction::Include,
+        };
+        let c = Control {
+            rule: Some(rule),
+            ..Control::new(action, Scope::Global)
+        };
+        self.checked_control(c, tag, now);
+    }
+
+    /// Carries out control `c`'s rule here (the rules are mesh-wide: every node holds them):
+    /// how many agents of the led `clusters` it keeps out of its capability's routing (an
+    /// inclusion: lets back), those with the capability now of its class.
+    pub(super) fn apply_rule(&mut self, c: &Control, clusters: &[ClusterId]) -> u32 {
+        let Some(rule) = c.rule.clone() else {
+            return 0;
+        };
+        let mut agents = 0;
+        for cl in clusters {
+            let Some(led) = self.led.get_mut(cl) else {
+                continue;
+            };
+            let capable: Vec<AgentId> = led
+                .agents
+                .iter()
+                .filter(|(_, v)| v.capabilities.contains(&rule.capability))
+                .map(|(a, _)| *a)
+                .collect();
+            for a in capable {
+                let class = led.assess(a, 0.0).map(|(z, _)| z.class);
+                agents += u32::from(class == Some(rule.class));
+            }
+        }
+        match c.action {
+            ControlAction::Exclude if self.excluded.len() < MAX_EXCLUSIONS => {
+                self.excluded.insert(rule);
+            }
+            ControlAction::Include => {
+                self.excluded.remove(&rule);
+            }
+            _ => {}
+        }
+        agents
+    }
+}

@@ -1,0 +1,205 @@
+//! Seed §7.2's capability mapping ("CLASS_E_LOCAL agents now excluded from 'llm_inference'
+//! routing"), driven through `MeshNode::handle` on a virtual clock: an exclusion keeps an
+//! impedance class out of the routing of every operation that requires the capability,
+//! mesh-wide, and an inclusion lets it back; the root reports how many agents each touched.
+//! The rules are held as freezes are: the root's notices carry them, a node new to its role
+//! takes them from a notice, a node that becomes the root keeps them, they lapse with the
+//! notices, and the root holds at most `MAX_EXCLUSIONS`.
+
+mod common;
+
+use common::*;
+use qs_core::Time;
+use qs_core::mesh::{Command, MeshConfig, MeshInput, MeshOutput};
+use qs_wire::mesh::{
+    AgentId, ControlAction, Exclusion, ImpedanceClass, MAX_EXCLUSIONS, Scope, Verb,
+};
+use std::collections::BTreeSet;
+
+/// The agents an ask requiring the capability reaches (order `op`, each answering READY as
+/// it arrives, 500 ms run).
+fn asked(lead: &mut Lead, op: u64) -> BTreeSet<AgentId> {
+    let envelope = lead.ask(op);
+    asked_of(lead, envelope)
+}
+
+fn asked_of(lead: &mut Lead, envelope: qs_wire::mesh::MeshEnvelope) -> BTreeSet<AgentId> {
+    lead.order_of(envelope, None);
+    let mut reached = BTreeSet::new();
+    for _ in 0..10 {
+        for d in dispatches(&lead.run(50)) {
+            if d.envelope.verb == Verb::Observe && reached.insert(d.agent) {
+                lead.answer(&d, None);
+            }
+        }
+    }
+    reached
+}
+
+/// The class the lead sees the other host's (capable) agents in now.
+fn class_of_theirs(lead: &mut Lead) -> ImpedanceClass {
+    let now = lead.now;
+    let classes: BTreeSet<ImpedanceClass> = lead
+        .node
+        .led_agents(now)
+        .into_iter()
+        .filter(|a| lead.theirs.contains(&a.agent))
+        .map(|a| a.class)
+        .collect();
+    assert_eq!(classes.len(), 1, "{classes:?}");
+    classes.into_iter().next().unwrap()
+}
+
+fn rule(class: ImpedanceClass) -> Exclusion {
+    Exclusion {
+        class,
+        capability: TPU.to_string(),
+    }
+}
+
+fn exclude(rule: Exclusion, excluded: bool) -> Command {
+    Command::Exclude { rule, excluded }
+}
+
+/// An exclusion of the class the capable agents are in keeps an ask requiring the capability
+/// from all of them (none other has it), and says how many it keeps out; one of another
+/// class changes nothing; an inclusion lets them back. Every node in the tree holds the
+/// rule, and `excluded()` lists it.
+#[test]
+fn an_exclusion_keeps_a_class_out_of_a_capabilitys_routing_until_an_inclusion() {
+    let (mut root, mut lead) = mesh();
+    let theirs: BTreeSet<AgentId> = lead.theirs.iter().copied().collect();
+    assert_eq!(asked(&mut lead, 101), theirs, "before: every capable agent");
+    // A class nobody here is in (the human-paced one).
+    let other = ImpedanceClass::F;
+
+    // Another class's rule: nobody it keeps out, and the ask reaches them all.
+    command(&mut root, exclude(rule(other), true), 1, lead.now);
+    let r = reports(&exchange(&mut root, &mut lead, None));
+    assert_eq!(r[0].action, ControlAction::Exclude);
+    assert_eq!(
+        (r[0].agents_excluded, r[0].confirmed),
+        (Some(0), 2),
+        "{r:?}"
+    );
+    assert_eq!(asked(&mut lead, 102), theirs);
+
+    // Their class's (as measured now: it moves with what the lead measures): kept out,
+    // counted, held by the root and the lead.
+    let class = class_of_theirs(&mut lead);
+    assert_ne!(class, other);
+    command(&mut root, exclude(rule(class), true), 2, lead.now);
+    let r = reports(&exchange(&mut root, &mut lead, None));
+    assert_eq!(r[0].rule, Some(rule(class)));
+    assert_eq!(r[0].agents_excluded, Some(theirs.len() as u32), "{r:?}");
+    let both = BTreeSet::from([rule(class), rule(other)]);
+    assert_eq!(*root.excluded(), both);
+    assert_eq!(*lead.node.excluded(), both);
+    assert!(asked(&mut lead, 103).is_empty(), "excluded");
+    // An operation that requires nothing still reaches them.
+    let mut envelope = lead.ask(104);
+    envelope.requires = None;
+    let reached = asked_of(&mut lead, envelope);
+    assert!(theirs.is_subset(&reached), "{reached:?}");
+
+    // Included again: back in the capability's routing.
+    command(&mut root, exclude(rule(class), false), 3, lead.now);
+    let r = reports(&exchange(&mut root, &mut lead, None));
+    assert_eq!(r[0].action, ControlAction::Include);
+    assert_eq!(r[0].agents_excluded, Some(theirs.len() as u32), "{r:?}");
+    assert_eq!(*lead.node.excluded(), BTreeSet::from([rule(other)]));
+    assert_eq!(asked(&mut lead, 105), theirs);
+}
+
+/// The root's notices carry the rules (at the change, and every summary period while it
+/// holds any); a node that never heard the control takes them from a notice and routes by
+/// them; a node that becomes the root keeps them and announces them; they lapse with the
+/// notices; and the root refuses a rule past `MAX_EXCLUSIONS`.
+#[test]
+fn the_rules_travel_with_the_roots_notices_and_outlive_it() {
+    let pair = pair();
+    let (p1, p2) = (pair.p1.clone(), pair.p2.clone());
+    let tree = pair.roles(&p2, &p2, &p1);
+    let at = |ms: u64| Time::from_millis(1_000_000 + ms);
+    let mut root = node_in(&p1, MeshConfig::default(), &tree, at(0));
+    let mut unaware = node_in(&p2, MeshConfig::default(), &tree, at(0));
+    root_beat(&mut root, &p2, 20, at(0));
+    command(
+        &mut root,
+        exclude(rule(ImpedanceClass::E), true),
+        1,
+        at(100),
+    );
+    drain(&mut root);
+    let said = notices(&root_beat(&mut root, &p2, 20, at(300)));
+    let (_, notice) = said
+        .iter()
+        .find(|(to, _)| *to == p2)
+        .cloned()
+        .expect("a notice at the change");
+    assert_eq!(notice.excluded, [rule(ImpedanceClass::E)]);
+    // Renewed every summary period while it holds any.
+    let later = notices(&root_beat(&mut root, &p2, 20, at(6_000)));
+    assert!(later.iter().any(|(_, n)| n.excluded == notice.excluded));
+
+    // A node that heard only the notice holds the rule; it becomes the root and keeps it,
+    // and its own notices say it.
+    hear_notice(&mut unaware, &p1, &notice, at(350));
+    assert_eq!(
+        *unaware.excluded(),
+        BTreeSet::from([rule(ImpedanceClass::E)])
+    );
+    // (p1 leads the cluster: the new root's notices go to it.)
+    let tree2 = pair.roles(&p1, &p2, &p2);
+    unaware.handle(MeshInput::Tree(tree2), at(7_000));
+    drain(&mut unaware);
+    let own = notices(&root_beat(&mut unaware, &p2, 20, at(7_400)));
+    assert!(
+        own.iter().any(|(_, n)| n.excluded == notice.excluded),
+        "{own:?}"
+    );
+
+    // Off the root, with no notice for three summary periods: the rule lapses.
+    let mut lead = node_in(&p2, MeshConfig::default(), &tree, at(0));
+    hear_notice(&mut lead, &p1, &notice, at(400));
+    let summary_ms = MeshConfig::default().summary_ms;
+    lead.handle(MeshInput::Tick, at(400 + 3 * summary_ms - 100));
+    assert_eq!(lead.excluded().len(), 1, "not yet");
+    lead.handle(MeshInput::Tick, at(400 + 3 * summary_ms + 400));
+    assert!(lead.excluded().is_empty(), "lapsed");
+
+    // At most MAX_EXCLUSIONS rules: one more is refused, one held already is not.
+    let many = |i: usize| Exclusion {
+        class: ImpedanceClass::ALL[i % 6],
+        capability: format!("cap{}", i / 6),
+    };
+    for i in 1..MAX_EXCLUSIONS {
+        command(&mut root, exclude(many(i + 6), true), 10, at(8_000));
+        drain(&mut root);
+    }
+    assert_eq!(root.excluded().len(), MAX_EXCLUSIONS);
+    command(&mut root, exclude(many(1_000), true), 11, at(8_100));
+    let refused = drain(&mut root).into_iter().any(|o| {
+        matches!(o, MeshOutput::Refused { tag: 11, error, .. } if error.to_string().contains("rules"))
+    });
+    assert!(refused);
+    command(
+        &mut root,
+        exclude(rule(ImpedanceClass::E), true),
+        12,
+        at(8_200),
+    );
+    let refused = drain(&mut root)
+        .into_iter()
+        .any(|o| matches!(o, MeshOutput::Refused { tag: 12, .. }));
+    assert!(!refused, "a rule held already");
+    // A rule is mesh-wide: a control of one for a sector is refused where it is checked.
+    let c = qs_wire::mesh::Control {
+        rule: Some(rule(ImpedanceClass::E)),
+        ..qs_wire::mesh::Control::new(
+            ControlAction::Exclude,
+            Scope::Sector(qs_wire::mesh::SectorId(0)),
+        )
+    };
+    assert!(c.check().unwrap_err().contains("mesh-wide"));
+}
