@@ -12,7 +12,8 @@ use common::*;
 use qs_core::Time;
 use qs_core::mesh::{Command, MeshConfig, MeshInput, MeshOutput};
 use qs_wire::mesh::{
-    AgentId, ControlAction, Exclusion, ImpedanceClass, MAX_EXCLUSIONS, Scope, Verb,
+    AgentId, Control, ControlAction, Exclusion, ImpedanceClass, MAX_EXCLUSIONS, MeshMessage, Scope,
+    Verb,
 };
 use std::collections::BTreeSet;
 
@@ -109,6 +110,38 @@ fn an_exclusion_keeps_a_class_out_of_a_capabilitys_routing_until_an_inclusion() 
     assert_eq!(r[0].agents_excluded, Some(theirs.len() as u32), "{r:?}");
     assert_eq!(*lead.node.excluded(), BTreeSet::from([rule(other)]));
     assert_eq!(asked(&mut lead, 105), theirs);
+
+    // A node that hears the root's own copy (as a coordinator of another sector would) and
+    // the copy its cluster's coordinator passes on counts its cluster once: in the second.
+    let class = class_of_theirs(&mut lead);
+    let excluded_by = |relayed: bool, lead: &mut Lead| -> u32 {
+        let c = Control {
+            id: 50 + u64::from(relayed),
+            root: Some(lead.root.clone()),
+            relayed,
+            rule: Some(rule(class)),
+            ..Control::new(ControlAction::Exclude, Scope::Global)
+        };
+        let from = lead.root.clone();
+        let msg = MeshMessage::Control(c);
+        lead.node.handle(MeshInput::Heard { from, msg }, lead.now);
+        drain(&mut lead.node)
+            .into_iter()
+            .find_map(|o| match o {
+                MeshOutput::Send {
+                    msg: MeshMessage::ControlDone(d),
+                    ..
+                } => Some(d.agents_excluded),
+                _ => None,
+            })
+            .expect("confirmed")
+    };
+    assert_eq!(
+        excluded_by(false, &mut lead),
+        0,
+        "not its coordinator's copy"
+    );
+    assert_eq!(excluded_by(true, &mut lead), theirs.len() as u32);
 }
 
 /// The root's notices carry the rules (at the change, and every summary period while it

@@ -187,8 +187,9 @@ pub(crate) fn parse_intent(text: &str) -> Option<Intent> {
             slower_than_ms: slower_than_ms(&lower)?,
         }));
     }
-    if lead.is_none_or(|l| l == "exclude" || l == "include")
-        && let Some(rule) = mapping::parse_mapping(t, &words)
+    let opened = lead.is_some_and(|l| l == "exclude" || l == "include");
+    if (lead.is_none() || opened)
+        && let Some(rule) = mapping::parse_mapping(t, &words, opened)
     {
         return rule.map(Intent::Act);
     }

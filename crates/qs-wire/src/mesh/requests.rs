@@ -342,6 +342,9 @@ pub const MAX_CONTROL_COUNT: u32 = 1_000_000;
 
 /// Agents a node names of those it routed around, at most (the slowest).
 pub const MAX_ROUTED_NAMED: usize = 8;
+/// Capabilities a routed agent's entry lists, at most: a report names 16 agents, and its
+/// outcome must stay within [`MAX_OUTCOME_BYTES`].
+pub const MAX_ROUTED_CAPABILITIES: usize = 4;
 
 /// An agent a route-around held out of the routing pool (seed §7.2: "Traffic now avoiding:
 /// … AGENT-12 (impedance 847ms)"), and what it works on ("Both agents stuck on: …").
@@ -357,7 +360,8 @@ pub struct RoutedAgent {
     pub busy: Option<Busy>,
     #[serde(default, skip_serializing_if = "crate::bounds::is_zero")]
     pub busy_for_ms: u64,
-    /// Its impedance class then, and the capabilities its host says it has (seed §7.2:
+    /// Its impedance class then, and the capabilities its host says it has, the first
+    /// [`MAX_ROUTED_CAPABILITIES`] (seed §7.2:
     /// "These are CLASS_E_LOCAL agents incorrectly assigned a CLASS_D_GPU task", which the
     /// console offers to fix in the capability mapping).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -369,6 +373,11 @@ pub struct RoutedAgent {
 impl RoutedAgent {
     pub fn check(&self) -> Result<(), String> {
         super::finite("impedance_ms", self.impedance_ms, 1e9)?;
+        super::at_most(
+            "capabilities",
+            self.capabilities.len(),
+            MAX_ROUTED_CAPABILITIES,
+        )?;
         check_capabilities(&self.capabilities)?;
         self.busy.as_ref().map_or(Ok(()), Busy::check)
     }

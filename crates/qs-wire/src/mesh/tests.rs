@@ -314,7 +314,7 @@ fn control_confirmations_are_checked() {
             ..Control::new(ControlAction::RouteAround, Scope::Global)
         })
     };
-    let routed = |n: usize, impedance_ms: f64, with: &str| {
+    let routed_with = |n: usize, impedance_ms: f64, with: &str, capabilities: Vec<String>| {
         let mut d = ControlDone::new(9, NodeId::new("n1").unwrap(), None, ControlAction::Heal);
         (d.action, d.agents_routed_around) = (ControlAction::RouteAround, n as u32);
         let busy = Some(Busy {
@@ -329,11 +329,15 @@ fn control_confirmations_are_checked() {
             busy: busy.clone(),
             busy_for_ms: 1_000,
             class: Some(ImpedanceClass::E),
-            capabilities: vec!["llm_inference".into()],
+            capabilities: capabilities.clone(),
         };
         d.routed = (0..n).map(agent).collect();
         MeshMessage::ControlDone(Box::new(d))
     };
+    let routed = |n: usize, impedance_ms: f64, with: &str| {
+        routed_with(n, impedance_ms, with, vec!["llm_inference".into()])
+    };
+    let caps = |n: usize| (0..n).map(|i| format!("cap{i}")).collect::<Vec<_>>();
     let table = [
         (routed(MAX_ROUTED_NAMED, 847.0, "task t-1"), None),
         (
@@ -341,6 +345,18 @@ fn control_confirmations_are_checked() {
             Some("9 routed agents named; at most 8"),
         ),
         (routed(1, -1.0, "task t-1"), Some("impedance_ms: -1")),
+        (
+            routed_with(1, 847.0, "task t-1", caps(MAX_ROUTED_CAPABILITIES)),
+            None,
+        ),
+        (
+            routed_with(1, 847.0, "task t-1", caps(MAX_ROUTED_CAPABILITIES + 1)),
+            Some("5 capabilities; at most 4"),
+        ),
+        (
+            routed_with(1, 847.0, "task t-1", vec!["a b".into()]),
+            Some("capability \"a b\""),
+        ),
         (
             routed(1, 847.0, "a\u{7}"),
             Some("busy.with: control or invisible character"),

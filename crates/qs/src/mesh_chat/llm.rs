@@ -108,6 +108,9 @@ pub(crate) fn intent_of_answer(content: &str) -> Result<Intent> {
             delegate(scope, text()?, capability, class, DELEGATE_TIMEOUT_S)
         }
         "exclude" | "include" => {
+            if scope != Scope::Global {
+                bail!("scope: {scope}; a rule holds mesh-wide");
+            }
             let capability = field("capability")
                 .and_then(Value::as_str)
                 .ok_or_else(|| anyhow::anyhow!("capability: missing"))?

@@ -1,42 +1,61 @@
 //! The capability mapping in plain words (seed §7.2: "Shall I reassign the task and fix the
 //! capability mapping?" … "Capability mapping updated: CLASS_E_LOCAL agents now excluded
 //! from 'llm_inference' routing"): "exclude class E agents from llm_inference routing", "fix
-//! the capability mapping: class E off llm_inference", "include class E in llm_inference
-//! again", "stop excluding class E from gpu". A request that names no class or no
-//! capability it can read is no request, never a guess.
+//! the capability mapping: class E off llm_inference", "keep class E out of gpu", "include
+//! class E in llm_inference again", "stop excluding class E from gpu". A request that names
+//! no class or no capability it can read, or a scope (a rule holds mesh-wide), is no
+//! request, never a guess; a question ("is class E excluded from gpu?") asks for none.
 
-use qs_wire::mesh::{ImpedanceClass, MeshAction, check_capability};
+use super::find_scope;
+use qs_wire::mesh::{ImpedanceClass, MeshAction, Scope, check_capability};
 
-/// What a request of the capability mapping asks, if it is one: `None` when it is not one,
-/// `Some(None)` when it is one the grammar cannot read in full (or one told not to).
-pub(crate) fn parse_mapping(text: &str, words: &[&str]) -> Option<Option<MeshAction>> {
-    let excluding = words.iter().any(|w| w.starts_with("exclud"));
-    let including = words.iter().any(|w| w.starts_with("includ"));
-    let mapping = words.windows(2).any(|w| w == ["capability", "mapping"]);
-    if !(excluding || including || mapping) {
+/// What a request of the capability mapping asks, if it is one: `None` when it is not one
+/// (other intents may read it), `Some(None)` when it is one that asks nothing the grammar can
+/// run. `opened`: the request opens with "exclude" or "include".
+pub(crate) fn parse_mapping(
+    text: &str,
+    words: &[&str],
+    opened: bool,
+) -> Option<Option<MeshAction>> {
+    if text.trim_end().ends_with('?') {
         return None;
     }
-    // "don't exclude …" asks nothing; "stop excluding …", "no longer exclude …" let back.
-    let before_verb: &[&str] = match words.iter().position(|w| w.starts_with("exclud")) {
-        Some(at) => &words[..at],
-        None => &[],
-    };
-    let stop = before_verb
-        .iter()
-        .any(|w| ["stop", "longer", "undo", "lift"].contains(w));
-    let negated = before_verb
-        .iter()
-        .any(|w| ["not", "don", "dont", "never"].contains(w));
-    if negated && !stop {
+    let at = |pick: fn(&str) -> bool| words.iter().position(|w| pick(w));
+    let exclude_at = at(|w| w.starts_with("exclud"));
+    let include_at = at(|w| w.starts_with("includ"));
+    let keep_at = at(|w| w == "keep").filter(|k| {
+        let after = &words[k + 1..];
+        after.contains(&"off") || after.contains(&"out")
+    });
+    let mapping = words.windows(2).any(|w| w == ["capability", "mapping"]);
+    let verb_at = [exclude_at, include_at, keep_at]
+        .into_iter()
+        .flatten()
+        .min();
+    let (class, capability) = (class_named(words), capability_named(text));
+    let complete = class.is_some() && capability.is_some();
+    match (verb_at, mapping) {
+        (None, false) => return None,
+        // "fix sector 3 including its breakers": another intent's, unless it opened so.
+        _ if !complete && !opened => return None,
+        _ => {}
+    }
+    let before: &[&str] = &words[..verb_at.unwrap_or(0)];
+    let says = |list: &[&str]| before.iter().any(|w| list.contains(w));
+    // "stop excluding …", "no longer exclude …", "lift the exclusion of …": let back.
+    let lifted = says(&["stop", "longer", "undo", "lift", "remove"]);
+    // "don't exclude …", "never include …": asks nothing.
+    if says(&["not", "don", "dont", "never"]) && !lifted {
         return Some(None);
     }
-    let Some(class) = class_named(words) else {
+    let (Some(class), Some(capability)) = (class, capability) else {
         return Some(None);
     };
-    let Some(capability) = capability_named(text) else {
+    if find_scope(words) != Scope::Global {
         return Some(None);
-    };
-    Some(Some(match including || stop {
+    }
+    let include = lifted || include_at.is_some_and(|i| Some(i) == verb_at);
+    Some(Some(match include {
         true => MeshAction::Include { class, capability },
         false => MeshAction::Exclude { class, capability },
     }))
@@ -48,38 +67,53 @@ fn class_named(words: &[&str]) -> Option<ImpedanceClass> {
     crate::mesh_client::class_of(words.get(at + 1)?).ok()?
 }
 
-/// The capability a request names: the word after "from", "off", "in", "into" or "for"
-/// that reads as a capability (quotes and punctuation around it dropped), but the class's
-/// own words, a scope's and "routing" (a rule holds mesh-wide).
+/// Words between a marker and the capability it introduces.
+const FILLERS: [&str; 15] = [
+    "the",
+    "its",
+    "their",
+    "all",
+    "any",
+    "every",
+    "now",
+    "of",
+    "routing",
+    "mapping",
+    "capability",
+    "agents",
+    "agent",
+    "sector",
+    "cluster",
+];
+
+/// The capability a request names: the first word after "from", "off", "out", "in", "into"
+/// or "for" that reads as one, past [`FILLERS`], numbers and a class's name (quotes and
+/// punctuation around it dropped).
 fn capability_named(text: &str) -> Option<String> {
-    let tokens: Vec<String> = text
-        .split_whitespace()
-        .map(|w| {
-            w.trim_matches(|c: char| !(c.is_ascii_alphanumeric() || "_-.".contains(c)))
-                .trim_end_matches('.')
-                .to_string()
-        })
-        .collect();
-    let markers = ["from", "off", "in", "into", "for"];
-    let skip = [
-        "the",
-        "its",
-        "routing",
-        "mapping",
-        "class",
-        "capability",
-        "agents",
-        "sector",
-        "cluster",
-    ];
-    tokens.iter().enumerate().find_map(|(i, w)| {
-        if !markers.contains(&w.to_ascii_lowercase().as_str()) {
-            return None;
+    let markers = ["from", "off", "out", "in", "into", "for"];
+    let mut armed = false;
+    let mut after_class = false;
+    for raw in text.split_whitespace() {
+        let w = raw
+            .trim_matches(|c: char| !(c.is_ascii_alphanumeric() || "_-.".contains(c)))
+            .trim_end_matches('.');
+        let lower = w.to_ascii_lowercase();
+        let class_word = after_class || lower.starts_with("class");
+        after_class = lower == "class";
+        if markers.contains(&lower.as_str()) {
+            armed = true;
+            continue;
         }
-        let next = tokens.get(i + 1)?;
-        let lower = next.to_ascii_lowercase();
-        let class_word = lower.starts_with("class");
-        (!skip.contains(&lower.as_str()) && !class_word && check_capability(next).is_ok())
-            .then(|| next.clone())
-    })
+        let filler = FILLERS.contains(&lower.as_str())
+            || class_word
+            || lower.chars().all(|c| c.is_ascii_digit());
+        if !armed || filler {
+            continue;
+        }
+        if check_capability(w).is_ok() {
+            return Some(w.to_string());
+        }
+        armed = false;
+    }
+    None
 }

@@ -116,21 +116,40 @@ pub(crate) fn reply(offer: Option<Intent>, text: &str) -> Option<Intent> {
         ) => Some(o),
         // Of an offer of both (seed §7.2: "Shall I reassign the task and fix the capability
         // mapping?"): "reassign the task and fix the capability mapping" takes both, "just
-        // reassign them" the reassignment, "fix the capability mapping" the rule.
+        // reassign them" the reassignment, "fix the capability mapping" the rule (the one
+        // the reply names, if it names one: "… stop excluding class E from gpu"); a part the
+        // reply says not to do is not done ("don't reassign, just fix the mapping").
         (Some(Intent::Acts(both)), parsed) => {
             let lower = text.to_ascii_lowercase();
-            let mapping = lower.contains("mapping");
-            let reassign = lower.contains("reassign");
-            let part = |want: fn(&MeshAction) -> bool| {
-                both.iter().find(|a| want(a)).cloned().map(Intent::Act)
+            let words: Vec<&str> = lower
+                .split(|c: char| !c.is_ascii_alphanumeric())
+                .filter(|w| !w.is_empty())
+                .collect();
+            let wants = |part: &str| {
+                let Some(at) = words.iter().position(|w| w.starts_with(part)) else {
+                    return false;
+                };
+                // Told not to in the clause before it ("don't reassign, …").
+                let clause = words[..at]
+                    .iter()
+                    .rposition(|w| ["and", "but", "just", "only"].contains(w));
+                !words[clause.map_or(0, |c| c + 1)..at]
+                    .iter()
+                    .any(|w| ["not", "don", "dont", "never", "no"].contains(w))
             };
-            match (reassign, mapping) {
-                (true, true) => Some(Intent::Acts(both)),
-                (true, false) => part(|a| matches!(a, MeshAction::Reassign { .. })),
-                (false, true) => parsed
-                    .filter(|p| matches!(p, Intent::Act(MeshAction::Exclude { .. })))
-                    .or_else(|| part(|a| matches!(a, MeshAction::Exclude { .. }))),
-                (false, false) => parsed,
+            // The rule the reply names, wherever in it ("reassign them and exclude class D
+            // from gpu").
+            let named = super::mapping::parse_mapping(text, &words, false).flatten();
+            let offered = |want: fn(&MeshAction) -> bool| both.iter().find(|a| want(a)).cloned();
+            let reassign =
+                offered(|a| matches!(a, MeshAction::Reassign { .. })).filter(|_| wants("reassign"));
+            let rule = named.or_else(|| {
+                offered(|a| matches!(a, MeshAction::Exclude { .. })).filter(|_| wants("mapping"))
+            });
+            match (reassign, rule) {
+                (Some(r), Some(m)) => Some(Intent::Acts(vec![r, m])),
+                (Some(one), None) | (None, Some(one)) => Some(Intent::Act(one)),
+                (None, None) => parsed,
             }
         }
         (_, parsed) => parsed,

@@ -122,10 +122,35 @@ fn the_grammar_reads_the_seeds_requests() {
             "stop excluding class local from gpu.",
             Some("qs mesh include --class E --capability gpu"),
         ),
+        (
+            "keep class E out of gpu",
+            Some("qs mesh exclude --class E --capability gpu"),
+        ),
+        (
+            "exclude class E for now from all llm_inference routing",
+            Some("qs mesh exclude --class E --capability llm_inference"),
+        ),
+        (
+            "exclude class E from the llm_inference routing",
+            Some("qs mesh exclude --class E --capability llm_inference"),
+        ),
         ("don't exclude class E from gpu", None),
+        ("don't include class E in gpu", None),
         ("exclude class Z from gpu", None),
         ("exclude class E", None),
         ("fix the capability mapping", None),
+        // A rule holds mesh-wide: one asked of a scope is no request, never widened.
+        ("exclude class E agents in sector 3 from gpu", None),
+        // Other intents' words are theirs; a question asks for no rule.
+        (
+            "fix sector 3 including its breakers",
+            Some("qs mesh heal sector 3"),
+        ),
+        (
+            "what's happening in sector 7, including cluster 3?",
+            Some("qs mesh status sector 7"),
+        ),
+        ("is class E excluded from gpu?", None),
         (
             "broadcast exclude class E from gpu",
             Some("qs mesh broadcast \"exclude class E from gpu\" --mode wave --priority 2"),
@@ -162,7 +187,7 @@ fn a_delegation_shows_its_class_and_timeout() {
 #[test]
 fn a_models_answer_is_checked_field_by_field() {
     let long = format!(r#"{{"intent":"broadcast","text":"{}"}}"#, "x".repeat(5_000));
-    let table: [(&str, Result<&str, &str>); 21] = [
+    let table: [(&str, Result<&str, &str>); 22] = [
         (
             r#"Sure: {"intent":"freeze","scope":"all"}"#,
             Ok("qs mesh freeze"),
@@ -240,6 +265,10 @@ fn a_models_answer_is_checked_field_by_field() {
         (
             r#"{"intent":"exclude","class":"E"}"#,
             Err("capability: missing"),
+        ),
+        (
+            r#"{"intent":"exclude","class":"E","capability":"gpu","scope":"sector 3"}"#,
+            Err("scope: sector 3; a rule holds mesh-wide"),
         ),
     ];
     for (answer, want) in table {
@@ -434,6 +463,20 @@ fn a_route_around_of_one_class_on_tasks_offers_to_fix_the_capability_mapping() {
         (
             "fix the capability mapping: class D off gpu",
             Some("qs mesh exclude --class D --capability gpu"),
+        ),
+        (
+            "don't reassign, just fix the mapping",
+            Some("qs mesh exclude --class E --capability llm_inference"),
+        ),
+        (
+            "fix the capability mapping: stop excluding class E from gpu",
+            Some("qs mesh include --class E --capability gpu"),
+        ),
+        (
+            "reassign them and exclude class D from gpu",
+            Some(
+                "qs mesh reassign cluster 4 --slower-than 500, then qs mesh exclude --class D --capability gpu",
+            ),
         ),
         ("no", None),
     ] {

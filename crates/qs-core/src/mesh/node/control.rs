@@ -330,7 +330,12 @@ impl MeshNode {
                         busy: view.busy.clone(),
                         busy_for_ms: view.busy_for_ms(now),
                         class: Some(z.class),
-                        capabilities: view.capabilities.clone(),
+                        capabilities: view
+                            .capabilities
+                            .iter()
+                            .take(qs_wire::mesh::MAX_ROUTED_CAPABILITIES)
+                            .cloned()
+                            .collect(),
                     });
                 }
             }

@@ -55,13 +55,20 @@ impl MeshNode {
 
     /// Carries out control `c`'s rule here (the rules are mesh-wide: every node holds them):
     /// how many agents of the led `clusters` it keeps out of its capability's routing (an
-    /// inclusion: lets back), those with the capability now of its class.
+    /// inclusion: lets back), those with the capability now of its class. Each cluster is
+    /// counted once: from the root's own copy, only those this node coordinates (or none
+    /// does); a cluster under another coordinator is counted when that one passes it on.
+    /// Off the root the set is bounded too (a notice repairs a rule a stale set left out).
     pub(super) fn apply_rule(&mut self, c: &Control, clusters: &[ClusterId]) -> u32 {
         let Some(rule) = c.rule.clone() else {
             return 0;
         };
+        let tree = self.tree.clone();
+        let counted =
+            |cl: &ClusterId| c.relayed || tree.coordinator_of(*cl).is_none_or(|co| *co == self.me);
+        let counted: Vec<ClusterId> = clusters.iter().copied().filter(counted).collect();
         let mut agents = 0;
-        for cl in clusters {
+        for cl in &counted {
             let Some(led) = self.led.get_mut(cl) else {
                 continue;
             };
