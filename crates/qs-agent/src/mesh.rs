@@ -24,7 +24,8 @@ use qs_core::mesh::{
 use qs_fabric::{Fabric, Kv, KvEvent, Subscription, Topic};
 use qs_wire::NodeId;
 use qs_wire::mesh::{
-    MeshAction, MeshMembers, MeshMessage, MeshOutcome, MeshPacket, MeshRequest, wire_name,
+    MeshAction, MeshMembers, MeshMessage, MeshOutcome, MeshPacket, MeshRequest, MeshRules,
+    wire_name,
 };
 use qs_wire::task_bus::decode_bus;
 use std::collections::{BTreeMap, BTreeSet};
@@ -32,8 +33,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
-/// The KV bucket of every node's agents.
+/// The KV bucket of every node's agents (a record per node, keyed by its id), and of the
+/// capability mapping a root stores (`RULES_KEY`: no node id starts with `_`).
 pub const BUCKET: &str = "mesh";
+pub const RULES_KEY: &str = "_rules";
 /// Requests waiting for the mesh task, at most.
 const MAX_REQUESTS: usize = 64;
 /// Requests in flight at once, at most (local and for others).
@@ -137,6 +140,8 @@ pub async fn run<F: Fabric>(
     let mut members_read = false;
     let mut kv = None;
     let mut watch = None;
+    // The capability mapping the root asked to store, until the bucket took it.
+    let mut rules_to_store: Option<Vec<u8>> = None;
     let mut sub: Option<Subscription> = None;
     let mut waiting: BTreeMap<u64, Waiter> = BTreeMap::new();
     let mut next_tag = 1u64;
@@ -209,6 +214,15 @@ pub async fn run<F: Fabric>(
                 }
             }
             e = next_kv(&mut watch) => match e {
+                Some(Ok(KvEvent::Put(entry))) if entry.key == RULES_KEY => {
+                    match decode_bus::<MeshRules>("kv mesh _rules", &entry.value) {
+                        Ok(r) => node.handle(MeshInput::Rules(r.excluded), now()),
+                        Err(e) => tracing::warn!("mesh: the stored capability mapping: {e}"),
+                    }
+                }
+                Some(Ok(KvEvent::Delete { key, .. })) if key == RULES_KEY => {
+                    node.handle(MeshInput::Rules(Vec::new()), now());
+                }
                 Some(Ok(KvEvent::Put(entry))) => {
                     if let Ok(m) = decode_bus::<MeshMembers>("kv mesh", &entry.value)
                         && m.node.as_str() == entry.key
@@ -477,7 +491,16 @@ pub async fn run<F: Fabric>(
                     let body = serde_json::to_value(&r).map_err(|e| e.to_string());
                     answer(&fabric, &auth, &me, &mut waiting, r.tag, body).await
                 }
+                MeshOutput::Rules(excluded) => {
+                    rules_to_store = serde_json::to_vec(&MeshRules { excluded }).ok();
+                }
             }
+        }
+        // Stored now, or at a later pass (the bucket may be out of reach a while).
+        if let (Some(bytes), Some(kv)) = (&rules_to_store, &kv)
+            && kv.put(RULES_KEY, bytes.clone().into()).await.is_ok()
+        {
+            rules_to_store = None;
         }
     }
 }

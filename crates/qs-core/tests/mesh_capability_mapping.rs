@@ -236,3 +236,94 @@ fn the_rules_travel_with_the_roots_notices_and_outlive_it() {
     };
     assert!(c.check().unwrap_err().contains("mesh-wide"));
 }
+
+/// The rules outlive every node: the root asks its shell to store the set at each change; a
+/// root that changed none since it became the root takes what the store holds (a fleet
+/// restarted keeps its mapping), one that did keeps its own (its write read back, or an
+/// older one, changes nothing); a node that becomes the root starts from the stored set;
+/// and a node whose notices lapsed falls back on it instead of routing by no rule.
+#[test]
+fn the_rules_are_stored_and_outlive_every_node() {
+    let pair = pair();
+    let (p1, p2) = (pair.p1.clone(), pair.p2.clone());
+    let tree = pair.roles(&p2, &p2, &p1);
+    let at = |ms: u64| Time::from_millis(1_000_000 + ms);
+    let stored = |out: &[MeshOutput]| -> Vec<Vec<Exclusion>> {
+        out.iter()
+            .filter_map(|o| match o {
+                MeshOutput::Rules(r) => Some(r.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let e = rule(ImpedanceClass::E);
+    let d = rule(ImpedanceClass::D);
+
+    // The root stores each change.
+    let mut root = node_in(&p1, MeshConfig::default(), &tree, at(0));
+    command(&mut root, exclude(e.clone(), true), 1, at(100));
+    assert_eq!(stored(&drain(&mut root)), [vec![e.clone()]]);
+    // What the store holds, read back (its own write, or an older one): its own set holds.
+    root.handle(MeshInput::Rules(Vec::new()), at(200));
+    assert_eq!(*root.excluded(), BTreeSet::from([e.clone()]));
+    command(&mut root, exclude(e.clone(), false), 2, at(300));
+    assert_eq!(stored(&drain(&mut root)), [Vec::<Exclusion>::new()]);
+
+    // A restarted root (no rule of its own, no notice heard) takes the store's, and its
+    // notices say it.
+    let mut restarted = node_in(&p1, MeshConfig::default(), &tree, at(1_000));
+    root_beat(&mut restarted, &p2, 20, at(1_000));
+    restarted.handle(MeshInput::Rules(vec![d.clone()]), at(1_100));
+    assert_eq!(*restarted.excluded(), BTreeSet::from([d.clone()]));
+    let said = notices(&root_beat(&mut restarted, &p2, 20, at(1_300)));
+    assert!(
+        said.iter().any(|(_, n)| n.excluded == [d.clone()]),
+        "{said:?}"
+    );
+
+    // Off the root: the store's set is kept aside while notices say theirs; when they lapse,
+    // it is what the node routes by; when the node becomes the root, it starts from it.
+    let mut lead = node_in(&p2, MeshConfig::default(), &tree, at(0));
+    lead.handle(MeshInput::Rules(vec![d.clone()]), at(2_000));
+    let notice = qs_wire::mesh::ModeNotice {
+        level: 0,
+        active_agents: 20,
+        total_agents: 20,
+        sent_ms: at(2_000).as_millis(),
+        frozen: false,
+        frozen_scopes: Vec::new(),
+        excluded: vec![e.clone()],
+        last_control: 0,
+        root: Some(p1.clone()),
+    };
+    hear_notice(&mut lead, &p1, &notice, at(2_050));
+    assert_eq!(
+        *lead.excluded(),
+        BTreeSet::from([e.clone()]),
+        "the notice's"
+    );
+    let summary_ms = MeshConfig::default().summary_ms;
+    lead.handle(MeshInput::Tick, at(2_050 + 3 * summary_ms + 400));
+    assert_eq!(
+        *lead.excluded(),
+        BTreeSet::from([d.clone()]),
+        "lapsed: the store's"
+    );
+    hear_notice(
+        &mut lead,
+        &p1,
+        &qs_wire::mesh::ModeNotice {
+            sent_ms: at(20_000).as_millis(),
+            ..notice
+        },
+        at(20_000),
+    );
+    assert_eq!(*lead.excluded(), BTreeSet::from([e.clone()]));
+    lead.handle(MeshInput::Tree(pair.roles(&p1, &p2, &p2)), at(20_100));
+    drain(&mut lead);
+    assert_eq!(
+        *lead.excluded(),
+        BTreeSet::from([d]),
+        "the new root's: the store's"
+    );
+}

@@ -506,3 +506,58 @@ fn workers_join_the_mesh_with_capabilities_answer_and_leave() {
     assert_eq!(status, 200, "{task}");
     assert!(task.to_string().contains("done by the spare"), "{task}");
 }
+
+/// The capability mapping outlives every node (seed §7.2's "fix the capability mapping" is
+/// a lasting fix, not a node's memory): a rule set on a running two-node mesh is stored in
+/// the `mesh` bucket by the root; both nodes stopped and started again on the same
+/// nats-server, every node routes by it again; lifted, no node holds it, and it stays
+/// lifted across the next restart.
+#[test]
+fn the_capability_mapping_outlives_a_restart_of_every_node() {
+    let server = NatsServer::start().expect("nats-server 2.10+ (scripts/test installs it)");
+    let dir = tempfile::tempdir().unwrap();
+    let start = || {
+        ["w1", "w2"].map(|n| {
+            let extra = ["--mesh-agents", "10", "--mesh-settle-ms", SETTLE];
+            agent_configured(dir.path(), &server.url(), n, &extra, &[], MESH_CONFIG)
+        })
+    };
+    let listed = |nodes: &[Up; 2], want: Value| {
+        for a in nodes {
+            a.wait_within("every node's rules", Duration::from_secs(60), |a| {
+                a.get("/v1/mesh")["excluded"] == want
+            });
+        }
+    };
+    let rule = r#"{"class":"E","capability":"llm_inference"}"#;
+    let control = |a: &Up, action: &str| -> Value {
+        let body = format!(r#"{{"action":"{action}",{}"#, &rule[1..]);
+        let done = a.mesh_op(&body);
+        assert_eq!(done["done"], action, "{done}");
+        done
+    };
+    let one = serde_json::json!(["class E off \"llm_inference\""]);
+
+    let nodes = start();
+    nodes[0].wait_within("a root", Duration::from_secs(60), |_| {
+        root_status(&[&nodes[0], &nodes[1]], |s| s["agents"] == 20)
+    });
+    let done = control(&nodes[1], "exclude");
+    assert_eq!(done["rule"]["class"], "E", "{done}");
+    listed(&nodes, one.clone());
+    drop(nodes);
+
+    let nodes = start();
+    listed(&nodes, one);
+    control(&nodes[0], "include");
+    listed(&nodes, serde_json::json!([]));
+    drop(nodes);
+
+    let nodes = start();
+    nodes[0].wait_within("a root again", Duration::from_secs(60), |_| {
+        root_status(&[&nodes[0], &nodes[1]], |s| s["agents"] == 20)
+    });
+    for a in &nodes {
+        assert_eq!(a.get("/v1/mesh")["excluded"], serde_json::json!([]));
+    }
+}

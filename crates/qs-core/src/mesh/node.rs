@@ -100,6 +100,11 @@ pub enum MeshInput {
     AgentDone { ack: Ack, reply_to: NodeId },
     /// An operator's command (at the root), with a tag its result carries back.
     Command { command: Command, tag: u64 },
+    /// The capability mapping as the shell last read it from the durable store a root
+    /// writes it to ([`MeshOutput::Rules`]): a root that changed none since it became the
+    /// root takes it, a node that becomes the root starts from it, and a node whose notices
+    /// lapsed falls back on it.
+    Rules(Vec<qs_wire::mesh::Exclusion>),
     /// Nothing happened; time passed.
     Tick,
 }
@@ -150,6 +155,9 @@ pub enum MeshOutput {
     /// §7.2's "reassign the task", an operator's), if it is still the registration its lead
     /// knows.
     Reassign(qs_wire::mesh::AgentOrder),
+    /// At the root, after an exclusion or inclusion: store the capability mapping durably
+    /// (and hand it back as [`MeshInput::Rules`] when read).
+    Rules(Vec<qs_wire::mesh::Exclusion>),
     /// A control's report (freeze, thaw, heal), at the root, once every node in scope
     /// confirmed it or `CONTROL_CONFIRM_MS` passed.
     ControlDone(control::ControlReport),
@@ -213,8 +221,12 @@ pub struct MeshNode {
     /// operation, agent, when its lead heard it), so a later copy is not taken again.
     pub(crate) late_taken: BTreeMap<(SectorId, OpId, AgentId, u64), Time>,
     pub(crate) frozen: BTreeSet<Scope>,
-    /// The capability mapping's rules (see `exclude`), held as the freezes are.
+    /// The capability mapping's rules (see `exclude`), held as the freezes are; the set the
+    /// durable store holds, as last read; whether this node changed the rules since it
+    /// became the root.
     pub(crate) excluded: BTreeSet<qs_wire::mesh::Exclusion>,
+    pub(crate) rules_stored: Option<BTreeSet<qs_wire::mesh::Exclusion>>,
+    pub(crate) rules_set_here: bool,
     /// At a lead: the agents it took for crashed lately, and when (an agent restarted
     /// joins anew, with a new view: its crash history is kept here).
     pub(crate) crashed_lately: BTreeMap<AgentId, Time>,
@@ -286,6 +298,8 @@ impl MeshNode {
             late_taken: BTreeMap::new(),
             frozen: BTreeSet::new(),
             excluded: BTreeSet::new(),
+            rules_stored: None,
+            rules_set_here: false,
             controls: BTreeMap::new(),
             crashed_lately: BTreeMap::new(),
             kpis: Kpis::default(),
@@ -329,6 +343,7 @@ impl MeshNode {
                 self.send(reply_to, MeshMessage::Ack(Box::new(ack)));
             }
             MeshInput::Command { command, tag } => self.command(command, tag, now),
+            MeshInput::Rules(rules) => self.stored_rules(rules),
             MeshInput::Tick => {}
         }
         self.work(now);

@@ -79,7 +79,13 @@ enum Event {
     Sample,
     /// A crashed agent is up again (its host restarted it).
     Restart(usize),
+    /// The durable store's watch: every live node reads the capability mapping a root
+    /// stored.
+    Rules(Vec<qs_wire::mesh::Exclusion>),
 }
+
+/// How long a write to the simulated durable store takes to reach every node's watch.
+const STORE_MS: u64 = 5;
 
 /// An event in the queue, ordered by time and then by the order it was pushed (so the run
 /// is deterministic), boxed so the heap moves 24 bytes, not a message.
@@ -461,6 +467,15 @@ impl MeshSim {
             Event::Restart(a) => self.restart(a),
             Event::Sample => self.sample(),
             Event::Elect => self.elect(),
+            Event::Rules(rules) => {
+                for h in 0..self.nodes.len() {
+                    if self.dead[h] {
+                        continue;
+                    }
+                    self.nodes[h].handle(MeshInput::Rules(rules.clone()), now);
+                    self.drain(h);
+                }
+            }
         }
     }
 
@@ -524,6 +539,11 @@ impl MeshSim {
                 // The simulated agents hold no durable tasks: none is said busy with one, so
                 // no lead asks for one back.
                 MeshOutput::Reassign(_) => {}
+                // Stored (as in a KV bucket, a write's round trip later), then read back by
+                // every node's watch.
+                MeshOutput::Rules(rules) => {
+                    self.push(now + Duration::from_millis(STORE_MS), Event::Rules(rules))
+                }
             }
         }
         self.schedule_wake(i);

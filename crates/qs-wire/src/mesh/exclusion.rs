@@ -29,6 +29,20 @@ impl std::fmt::Display for Exclusion {
     }
 }
 
+/// The capability mapping as a root stores it durably (the `mesh` bucket's `_rules`
+/// record), so it outlives every node: a root that starts with none takes it from there.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshRules {
+    pub excluded: Vec<Exclusion>,
+}
+
+impl crate::task_bus::BusMessage for MeshRules {
+    fn check(&self) -> Result<(), String> {
+        check_exclusions(&self.excluded)
+    }
+}
+
 /// Checks a set of rules, wherever it comes from (a notice, a status): each rule, at most
 /// [`MAX_EXCLUSIONS`], none twice.
 pub fn check_exclusions(rules: &[Exclusion]) -> Result<(), String> {

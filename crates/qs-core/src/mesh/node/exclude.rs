@@ -9,7 +9,12 @@
 //! carry the whole set at each change and every summary period while it holds any; a node
 //! off the root takes that set for its own (unless the notice is older than a control carried
 //! out here), so a lead new to its cluster routes by it and a node that becomes the root
-//! keeps it; and the rules lapse with the notices.
+//! keeps it. Unlike a freeze, a rule outlives every node: the root asks its shell to store
+//! the set durably at each change ([`MeshOutput::Rules`], the `mesh` bucket), and the shell
+//! hands back what it reads ([`MeshInput::Rules`]): a root that changed no rule since it
+//! became the root takes it (a fleet restarted keeps its mapping), a node that becomes the
+//! root starts from it, and a node whose notices lapsed (a partition from the root) falls
+//! back on it instead of routing by no rule.
 
 use super::*;
 use qs_wire::mesh::{Exclusion, MAX_EXCLUSIONS};
@@ -92,6 +97,36 @@ impl MeshNode {
             }
             _ => {}
         }
+        if self.is_root {
+            self.rules_set_here = true;
+            let all = self.excluded.iter().cloned().collect();
+            self.out.push_back(MeshOutput::Rules(all));
+        }
         agents
+    }
+
+    /// The rules as the durable store holds them (checked by the shell): the root takes
+    /// them unless it changed the rules itself since it became the root (its own write
+    /// read back changes nothing).
+    pub(super) fn stored_rules(&mut self, rules: Vec<Exclusion>) {
+        let rules: BTreeSet<Exclusion> = rules.into_iter().take(MAX_EXCLUSIONS).collect();
+        if self.is_root && !self.rules_set_here {
+            self.excluded = rules.clone();
+        }
+        self.rules_stored = Some(rules);
+    }
+
+    /// This node became the root: it starts from the stored rules, if it read any (else
+    /// from what the last root's notices said).
+    pub(super) fn rules_as_root(&mut self) {
+        self.rules_set_here = false;
+        if let Some(stored) = &self.rules_stored {
+            self.excluded = stored.clone();
+        }
+    }
+
+    /// Off the root, the notices lapsed: the stored rules, if read, else none.
+    pub(super) fn rules_lapse(&mut self) {
+        self.excluded = self.rules_stored.clone().unwrap_or_default();
     }
 }

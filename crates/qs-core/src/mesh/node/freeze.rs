@@ -154,10 +154,10 @@ impl MeshNode {
     }
 
     /// The root's notices lapsed: what they said frozen goes, and what this node marked
-    /// since, and the rules they said.
+    /// since, and the rules they said (for the stored ones: see `exclude`).
     pub(super) fn freezes_lapse(&mut self) {
         self.frozen.clear();
-        self.excluded.clear();
+        self.rules_lapse();
         self.freeze_sync.relayed.clear();
     }
 

@@ -104,6 +104,7 @@ impl MeshNode {
             // computed when it was the root before says nothing now.
             self.root_since = Some(now);
             self.freezes_as_root();
+            self.rules_as_root();
             if !self.mode_from_notice {
                 let (active, total) = self.mode_counts;
                 self.set_mode(Mode::Full, active, total);
