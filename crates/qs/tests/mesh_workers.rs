@@ -549,6 +549,13 @@ fn the_capability_mapping_outlives_a_restart_of_every_node() {
 
     let nodes = start();
     listed(&nodes, one);
+    // The console's status says it.
+    let token = nodes[0].token().unwrap_or_default().to_owned();
+    let status = cli(&["--api", &nodes[0].api, "--token", &token, "mesh", "status"]);
+    assert!(
+        status.contains("excluded from routing: class E off \"llm_inference\""),
+        "{status}"
+    );
     control(&nodes[0], "include");
     listed(&nodes, serde_json::json!([]));
     drop(nodes);
