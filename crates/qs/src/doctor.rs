@@ -134,6 +134,20 @@ fn mesh(api: &str) -> Vec<Finding> {
         },
         (!breakers.is_empty()).then(|| "find the cause, then `qs mesh heal` the scope".into()),
     ));
+    // Seed §7.2's capability mapping: not a fault, but what routing leaves out.
+    let rules: Vec<&str> = v["excluded"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.as_str())
+        .collect();
+    if !rules.is_empty() {
+        out.push(finding(
+            true,
+            format!("capability mapping: {}", rules.join(", ")),
+            None,
+        ));
+    }
     out
 }
 

@@ -556,6 +556,24 @@ fn the_capability_mapping_outlives_a_restart_of_every_node() {
         status.contains("excluded from routing: class E off \"llm_inference\""),
         "{status}"
     );
+    // And `qs doctor`, with the rest of the mesh's state.
+    let doctor = qs()
+        .args([
+            "--api",
+            &nodes[0].api,
+            "--token",
+            &token,
+            "doctor",
+            "--state-dir",
+        ])
+        .arg(dir.path().join("w1"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&doctor.stdout);
+    assert!(
+        said.contains("capability mapping: class E off \"llm_inference\""),
+        "{said}"
+    );
     control(&nodes[0], "include");
     listed(&nodes, serde_json::json!([]));
     drop(nodes);
