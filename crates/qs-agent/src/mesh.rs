@@ -37,6 +37,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 /// capability mapping a root stores (`RULES_KEY`: no node id starts with `_`).
 pub const BUCKET: &str = "mesh";
 pub const RULES_KEY: &str = "_rules";
+/// The longest the loop waits for the bucket to take the capability mapping, each try.
+const STORE_WAIT: Duration = Duration::from_secs(1);
 /// Requests waiting for the mesh task, at most.
 const MAX_REQUESTS: usize = 64;
 /// Requests in flight at once, at most (local and for others).
@@ -267,6 +269,18 @@ pub async fn run<F: Fabric>(
                 if watch.is_none() && let Some(kv) = &kv {
                     watch = kv.watch("").await.ok();
                 }
+                // The capability mapping the root asked to store: at the next tick while
+                // connected, a short wait each (the loop beats on), retried until taken; a
+                // node no longer the root writes nothing (its set may be stale by now).
+                if !node_is_root(&node) {
+                    rules_to_store = None;
+                }
+                if let (Some(bytes), Some(kv)) = (&rules_to_store, &kv) {
+                    let put = kv.put(RULES_KEY, bytes.clone().into());
+                    if let Ok(Ok(_)) = tokio::time::timeout(STORE_WAIT, put).await {
+                        rules_to_store = None;
+                    }
+                }
                 let live = live();
                 let seniorities = seniorities(
                     members
@@ -495,12 +509,6 @@ pub async fn run<F: Fabric>(
                     rules_to_store = serde_json::to_vec(&MeshRules { excluded }).ok();
                 }
             }
-        }
-        // Stored now, or at a later pass (the bucket may be out of reach a while).
-        if let (Some(bytes), Some(kv)) = (&rules_to_store, &kv)
-            && kv.put(RULES_KEY, bytes.clone().into()).await.is_ok()
-        {
-            rules_to_store = None;
         }
     }
 }

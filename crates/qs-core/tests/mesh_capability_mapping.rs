@@ -238,10 +238,11 @@ fn the_rules_travel_with_the_roots_notices_and_outlive_it() {
 }
 
 /// The rules outlive every node: the root asks its shell to store the set at each change; a
-/// root that changed none since it became the root takes what the store holds (a fleet
-/// restarted keeps its mapping), one that did keeps its own (its write read back, or an
-/// older one, changes nothing); a node that becomes the root starts from the stored set;
-/// and a node whose notices lapsed falls back on it instead of routing by no rule.
+/// root that heard no notice and changed no rule (a fleet restarted) takes what the store
+/// holds, one that did keeps its own (its write read back changes nothing; a stale one is
+/// written over); a node that becomes the root while the last root's notices reach it keeps
+/// what they said and repairs the store; and a node whose notices lapsed falls back on the
+/// store instead of routing by no rule.
 #[test]
 fn the_rules_are_stored_and_outlive_every_node() {
     let pair = pair();
@@ -263,8 +264,12 @@ fn the_rules_are_stored_and_outlive_every_node() {
     let mut root = node_in(&p1, MeshConfig::default(), &tree, at(0));
     command(&mut root, exclude(e.clone(), true), 1, at(100));
     assert_eq!(stored(&drain(&mut root)), [vec![e.clone()]]);
-    // What the store holds, read back (its own write, or an older one): its own set holds.
+    // Its own write read back changes nothing; an older one (a write lost, a former root's
+    // late one) is written over: its own set holds.
+    root.handle(MeshInput::Rules(vec![e.clone()]), at(150));
+    assert!(stored(&drain(&mut root)).is_empty());
     root.handle(MeshInput::Rules(Vec::new()), at(200));
+    assert_eq!(stored(&drain(&mut root)), [vec![e.clone()]]);
     assert_eq!(*root.excluded(), BTreeSet::from([e.clone()]));
     command(&mut root, exclude(e.clone(), false), 2, at(300));
     assert_eq!(stored(&drain(&mut root)), [Vec::<Exclusion>::new()]);
@@ -319,11 +324,24 @@ fn the_rules_are_stored_and_outlive_every_node() {
         at(20_000),
     );
     assert_eq!(*lead.excluded(), BTreeSet::from([e.clone()]));
-    lead.handle(MeshInput::Tree(pair.roles(&p1, &p2, &p2)), at(20_100));
-    drain(&mut lead);
+    // It becomes the root while the notices still reach it: what they said is newer than
+    // the store (a write the last root lost), so it keeps it and stores it.
+    let mut twin = node_in(&p2, MeshConfig::default(), &tree, at(0));
+    twin.handle(MeshInput::Rules(vec![d.clone()]), at(2_000));
+    let to_root = pair.roles(&p1, &p2, &p2);
+    lead.handle(MeshInput::Tree(to_root.clone()), at(20_100));
+    assert_eq!(
+        stored(&drain(&mut lead)),
+        [vec![e.clone()]],
+        "the store repaired"
+    );
     assert_eq!(
         *lead.excluded(),
-        BTreeSet::from([d]),
-        "the new root's: the store's"
+        BTreeSet::from([e.clone()]),
+        "the notices'"
     );
+    // One that heard no notice (restarted with the fleet) starts from the store.
+    twin.handle(MeshInput::Tree(to_root), at(20_100));
+    drain(&mut twin);
+    assert_eq!(*twin.excluded(), BTreeSet::from([d]), "the store's");
 }

@@ -343,6 +343,28 @@ pub struct Order {
     pub limited: bool,
 }
 
+/// Orders one message carries at most ([`MeshMessage::Orders`]).
+pub const MAX_ORDERS_BATCHED: usize = 8;
+
+/// Orders to one node that go together ([`MeshMessage::Orders`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Orders {
+    pub orders: Vec<Order>,
+}
+
+impl Order {
+    pub fn check(&self) -> Result<(), String> {
+        if self.window_ms == 0 || self.window_ms > MAX_TTL_MS {
+            return Err(format!(
+                "window_ms: {}; must be in 1..={MAX_TTL_MS}",
+                self.window_ms
+            ));
+        }
+        self.envelope.check()
+    }
+}
+
 /// A cluster lead's send to one agent, through its host, at the agent's scheduled time.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -382,6 +404,9 @@ pub enum MeshMessage {
     Sector(Box<SectorSummary>),
     Alive(Alive),
     Order(Box<Order>),
+    /// Orders to one node that go together (a priority-first operation's phases, which
+    /// start at once): 2 to [`MAX_ORDERS_BATCHED`], each taken as if it came alone.
+    Orders(Box<Orders>),
     Dispatch(Box<Dispatch>),
     Ack(Box<Ack>),
     Report(Box<Report>),
@@ -466,14 +491,18 @@ impl BusMessage for MeshMessage {
                 )?;
                 finite("hop_ms", s.hop_ms, 1e9)
             }
-            MeshMessage::Order(o) => {
-                if o.window_ms == 0 || o.window_ms > MAX_TTL_MS {
+            MeshMessage::Order(o) => o.check(),
+            MeshMessage::Orders(b) => {
+                let v = &b.orders;
+                if !(2..=MAX_ORDERS_BATCHED).contains(&v.len()) {
                     return Err(format!(
-                        "window_ms: {}; must be in 1..={MAX_TTL_MS}",
-                        o.window_ms
+                        "orders: {}; must be in 2..={MAX_ORDERS_BATCHED}",
+                        v.len()
                     ));
                 }
-                o.envelope.check()
+                v.iter()
+                    .enumerate()
+                    .try_for_each(|(i, o)| o.check().map_err(|e| format!("orders[{i}]: {e}")))
             }
             MeshMessage::Dispatch(d) => d.envelope.check(),
             MeshMessage::Ack(a) => a.check(),

@@ -578,11 +578,12 @@ fn the_capability_mapping_outlives_a_restart_of_every_node() {
     listed(&nodes, serde_json::json!([]));
     drop(nodes);
 
+    // (A root reads the bucket before it builds its first tree: had the lift not been
+    // stored, the root would hold the rule from the store by now.)
     let nodes = start();
     nodes[0].wait_within("a root again", Duration::from_secs(60), |_| {
-        root_status(&[&nodes[0], &nodes[1]], |s| s["agents"] == 20)
+        root_status(&[&nodes[0], &nodes[1]], |s| {
+            s["agents"] == 20 && s["excluded"] == serde_json::json!([])
+        })
     });
-    for a in &nodes {
-        assert_eq!(a.get("/v1/mesh")["excluded"], serde_json::json!([]));
-    }
 }

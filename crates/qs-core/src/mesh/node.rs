@@ -227,6 +227,8 @@ pub struct MeshNode {
     pub(crate) excluded: BTreeSet<qs_wire::mesh::Exclusion>,
     pub(crate) rules_stored: Option<BTreeSet<qs_wire::mesh::Exclusion>>,
     pub(crate) rules_set_here: bool,
+    /// Orders gathered to go one message per node (see `send_order`), while some are.
+    pub(crate) order_batch: Option<BTreeMap<NodeId, Vec<qs_wire::mesh::Order>>>,
     /// At a lead: the agents it took for crashed lately, and when (an agent restarted
     /// joins anew, with a new view: its crash history is kept here).
     pub(crate) crashed_lately: BTreeMap<AgentId, Time>,
@@ -300,6 +302,7 @@ impl MeshNode {
             excluded: BTreeSet::new(),
             rules_stored: None,
             rules_set_here: false,
+            order_batch: None,
             controls: BTreeMap::new(),
             crashed_lately: BTreeMap::new(),
             kpis: Kpis::default(),
@@ -456,6 +459,46 @@ impl MeshNode {
             true => self.inbox.push_back((self.me.clone(), msg)),
             false => self.out.push_back(MeshOutput::Send { to, msg }),
         }
+    }
+
+    /// Sends an order: at once, or, while orders are gathered (`gather_orders`), with the
+    /// others to the same node.
+    pub(crate) fn send_order(&mut self, to: NodeId, order: qs_wire::mesh::Order) {
+        match &mut self.order_batch {
+            Some(batch) => batch.entry(to).or_default().push(order),
+            None => self.send(to, MeshMessage::Order(Box::new(order))),
+        }
+    }
+
+    /// From now until `flush_orders`, orders to the same node go in one message (a
+    /// priority-first operation's phases start at once: the root sends each coordinator
+    /// one message for all of them, not one each). Whether this call started gathering
+    /// (a nested one leaves the flush to the outer).
+    pub(crate) fn gather_orders(&mut self) -> bool {
+        let outer = self.order_batch.is_none();
+        if outer {
+            self.order_batch = Some(BTreeMap::new());
+        }
+        outer
+    }
+
+    /// Sends what was gathered: one message per node (at most `MAX_ORDERS_BATCHED` orders
+    /// each). How many went to other nodes.
+    pub(crate) fn flush_orders(&mut self) -> u32 {
+        let mut sent = 0;
+        for (to, orders) in self.order_batch.take().unwrap_or_default() {
+            for chunk in orders.chunks(qs_wire::mesh::MAX_ORDERS_BATCHED) {
+                let msg = match chunk {
+                    [one] => MeshMessage::Order(Box::new(one.clone())),
+                    many => MeshMessage::Orders(Box::new(qs_wire::mesh::Orders {
+                        orders: many.to_vec(),
+                    })),
+                };
+                sent += u32::from(to != self.me);
+                self.send(to.clone(), msg);
+            }
+        }
+        sent
     }
 
     fn work(&mut self, now: Time) {

@@ -78,20 +78,45 @@ fn beat_of(agents: Vec<AgentBeat>) -> MeshMessage {
     })
 }
 
-#[test]
-fn messages_round_trip_and_are_checked() {
-    let order = MeshMessage::Order(Box::new(Order {
-        op: OpId(7),
+fn order_of(op: u64, window_ms: u64) -> Order {
+    Order {
+        op: OpId(op),
         mode: CascadeMode::Wave,
         root: NodeId::new("n1").unwrap(),
         report_to: NodeId::new("n1").unwrap(),
         scope: Scope::Sector(SectorId(3)),
         class: Some(ImpedanceClass::D),
         sample_per_cluster: None,
-        window_ms: 500,
+        window_ms,
         envelope: envelope(),
         limited: false,
-    }));
+    }
+}
+
+/// Orders that go together (a priority-first operation's phases): 2 to 8 in a message,
+/// each checked as one alone, refused by its index.
+#[test]
+fn orders_that_go_together_are_bounded_and_each_checked() {
+    let batch = |orders: Vec<Order>| MeshMessage::Orders(Box::new(Orders { orders }));
+    let orders = |n: usize| batch((0..n as u64).map(|i| order_of(i, 500)).collect());
+    let mut bad = (0..3).map(|i| order_of(i, 500)).collect::<Vec<_>>();
+    bad[2].window_ms = 0;
+    let table = [
+        (orders(2), None),
+        (orders(MAX_ORDERS_BATCHED), None),
+        (orders(1), Some("orders: 1; must be in 2..=8")),
+        (
+            orders(MAX_ORDERS_BATCHED + 1),
+            Some("orders: 9; must be in 2..=8"),
+        ),
+        (batch(bad), Some("orders[2]: window_ms: 0")),
+    ];
+    decodes_as(table);
+}
+
+#[test]
+fn messages_round_trip_and_are_checked() {
+    let order = MeshMessage::Order(Box::new(order_of(7, 500)));
     let bytes = serde_json::to_vec(&order).unwrap();
     assert_eq!(decode_bus::<MeshMessage>("mesh.x", &bytes).unwrap(), order);
     let big = beat_of(vec![agent_beat(None); MAX_BEAT_AGENTS + 1]);

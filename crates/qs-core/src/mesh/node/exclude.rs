@@ -11,10 +11,11 @@
 //! out here), so a lead new to its cluster routes by it and a node that becomes the root
 //! keeps it. Unlike a freeze, a rule outlives every node: the root asks its shell to store
 //! the set durably at each change ([`MeshOutput::Rules`], the `mesh` bucket), and the shell
-//! hands back what it reads ([`MeshInput::Rules`]): a root that changed no rule since it
-//! became the root takes it (a fleet restarted keeps its mapping), a node that becomes the
-//! root starts from it, and a node whose notices lapsed (a partition from the root) falls
-//! back on it instead of routing by no rule.
+//! hands back what it reads ([`MeshInput::Rules`]). A node that becomes the root while the
+//! last root's notices still reach it keeps what they said (newer than a store a write
+//! missed) and repairs the store; one that heard none (a fleet restarted) takes the
+//! store's; a node whose notices lapsed (a partition from the root) falls back on the store
+//! instead of routing by no rule.
 
 use super::*;
 use qs_wire::mesh::{Exclusion, MAX_EXCLUSIONS};
@@ -97,35 +98,52 @@ impl MeshNode {
             }
             _ => {}
         }
-        if self.is_root {
+        // The root's own control (not a copy passed on to it as a lead, nor one of a root
+        // before): what it holds now is the mapping, to store.
+        if self.is_root && !c.relayed && c.root.as_ref() == Some(&self.me) {
             self.rules_set_here = true;
-            let all = self.excluded.iter().cloned().collect();
-            self.out.push_back(MeshOutput::Rules(all));
+            self.store_rules();
         }
         agents
     }
 
-    /// The rules as the durable store holds them (checked by the shell): the root takes
-    /// them unless it changed the rules itself since it became the root (its own write
-    /// read back changes nothing).
+    /// At the root: asks the shell to store the rules it holds.
+    fn store_rules(&mut self) {
+        let all = self.excluded.iter().cloned().collect();
+        self.out.push_back(MeshOutput::Rules(all));
+    }
+
+    /// The rules as the durable store holds them (checked by the shell). A root that holds
+    /// the mapping (it changed it, or took it from the last root's notices) keeps its own,
+    /// and stores it again if the store says otherwise (a write lost, or a former root's
+    /// late one); one that does not (a fleet restarted) takes the store's.
     pub(super) fn stored_rules(&mut self, rules: Vec<Exclusion>) {
         let rules: BTreeSet<Exclusion> = rules.into_iter().take(MAX_EXCLUSIONS).collect();
-        if self.is_root && !self.rules_set_here {
-            self.excluded = rules.clone();
+        match (self.is_root, self.rules_set_here) {
+            (true, false) => self.excluded = rules.clone(),
+            (true, true) if rules != self.excluded => self.store_rules(),
+            _ => {}
         }
         self.rules_stored = Some(rules);
     }
 
-    /// This node became the root: it starts from the stored rules, if it read any (else
-    /// from what the last root's notices said).
+    /// This node became the root. If the last root's notices reach it (they lapse 15 s
+    /// after the last), what they said is the mapping, newer than any store a write may
+    /// have missed: it keeps it, and stores it if the store says otherwise. Else (a fleet
+    /// restarted, or the notices long gone) it starts from the store, if it read it.
     pub(super) fn rules_as_root(&mut self) {
-        self.rules_set_here = false;
-        if let Some(stored) = &self.rules_stored {
-            self.excluded = stored.clone();
+        let heard = self.mode_heard.is_some();
+        self.rules_set_here = heard;
+        match (&self.rules_stored, heard) {
+            (Some(stored), false) => self.excluded = stored.clone(),
+            (stored, true) if stored.as_ref() != Some(&self.excluded) => self.store_rules(),
+            _ => {}
         }
     }
 
-    /// Off the root, the notices lapsed: the stored rules, if read, else none.
+    /// Off the root, the notices lapsed: the stored rules, if read, else none. (The store
+    /// may miss the last change, if the root's write of it failed; the next notice says
+    /// it.)
     pub(super) fn rules_lapse(&mut self) {
         self.excluded = self.rules_stored.clone().unwrap_or_default();
     }

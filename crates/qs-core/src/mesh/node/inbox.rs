@@ -17,6 +17,21 @@ impl MeshNode {
     }
 
     pub(super) fn heard(&mut self, from: NodeId, m: MeshMessage, now: Time) {
+        // Orders that came together: each taken as if it came alone, and what they make
+        // this node pass on goes together too.
+        let m = match m {
+            MeshMessage::Orders(batch) => {
+                let outer = self.gather_orders();
+                for o in batch.orders {
+                    self.heard(from.clone(), MeshMessage::Order(Box::new(o)), now);
+                }
+                if outer {
+                    self.flush_orders();
+                }
+                return;
+            }
+            m => m,
+        };
         // What a message says of its sender must be its sender: a member cannot speak for
         // another host, lead or coordinator. A summary, or a beat between summaries, speaks
         // for a cluster or a sector: only from the node this node's tree names for it (a
@@ -103,6 +118,8 @@ impl MeshNode {
                 self.sector_summaries.insert(s.sector, s);
             }
             MeshMessage::Order(o) => ops::on_order(self, *o, now),
+            // Taken apart above.
+            MeshMessage::Orders(_) => {}
             MeshMessage::Dispatch(d) => self.on_dispatch(&from, *d, now),
             MeshMessage::Ack(a) => ops::on_ack(self, &from, *a, now),
             MeshMessage::Report(r) => ops::on_report(self, *r, now),

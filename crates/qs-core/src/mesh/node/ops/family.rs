@@ -44,6 +44,7 @@ pub(crate) struct Family {
     ended: Vec<Option<PhaseResult>>,
     answers: BTreeMap<String, u32>,
     named: Vec<NamedAnswer>,
+    /// The messages its orders took from the root (its phases' went together).
     root_messages: u32,
 }
 
@@ -63,8 +64,10 @@ pub(super) fn launch(ops: &mut Ops, node: &mut MeshNode, op: OpId, phases: Vec<R
         named: Vec::new(),
         root_messages: 0,
     };
-    ops.families.insert(op, family);
     let mut not_before = now;
+    // One message per coordinator for all the phases (the root sends at most one per
+    // sector and cascade), not one per phase.
+    let outer = node.gather_orders();
     for phase in phases {
         let id = phase.envelope.op;
         ops.root.insert(id, phase);
@@ -72,6 +75,17 @@ pub(super) fn launch(ops: &mut Ops, node: &mut MeshNode, op: OpId, phases: Vec<R
             not_before = target;
         }
     }
+    let sent = match outer {
+        true => node.flush_orders(),
+        false => 0,
+    };
+    ops.families.insert(
+        op,
+        Family {
+            root_messages: sent,
+            ..family
+        },
+    );
 }
 
 /// Phase `part` ended with `result` (`r` its operation): once the last has, the operation's
@@ -94,7 +108,6 @@ pub(super) fn phase_ended(
         count_answer(&mut f.answers, answer, *n);
     }
     merge_named(&mut f.named, &r.named);
-    f.root_messages = f.root_messages.saturating_add(r.root_messages);
     if f.ended.iter().any(Option::is_none) {
         return;
     }

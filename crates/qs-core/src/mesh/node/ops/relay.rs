@@ -22,7 +22,7 @@ pub(crate) fn on_order(node: &mut MeshNode, o: Order, now: Time) {
                 && lead != node.me
                 && coordinates
             {
-                node.send(lead, MeshMessage::Order(Box::new(o)));
+                node.send_order(lead, o);
             }
         }
         Scope::Sector(s) => relay_order(node, o, s),
@@ -103,7 +103,7 @@ pub(super) fn relay_order(node: &mut MeshNode, o: Order, s: SectorId) {
                 if o.mode != CascadeMode::Parallel {
                     relay.expect.insert(Scope::Cluster(c));
                 }
-                node.send(lead, MeshMessage::Order(Box::new(sub)));
+                node.send_order(lead, sub);
             }
             (lead, _) => {
                 let n = cl.agents.len() as u32;

@@ -139,7 +139,7 @@ pub(super) fn start_phase(
             limited: false,
         };
         r.root_messages += u32::from(co != node.me);
-        node.send(co, MeshMessage::Order(Box::new(order)));
+        node.send_order(co, order);
     }
     r.expected_first = r.expect.len();
     let target = r.target;
