@@ -154,6 +154,9 @@ pub struct MeshSim {
     restarts: restart::Restarts,
     pub tree: Arc<Hierarchy>,
     scale_out: Option<super::scale_out::Tracker>,
+    /// The capability mapping a root stored (the durable store): a host that starts later
+    /// reads it too, as a bucket's watch replays it.
+    stored_rules: Option<Vec<qs_wire::mesh::Exclusion>>,
 }
 
 impl MeshSim {
@@ -276,6 +279,7 @@ impl MeshSim {
             refused: Vec::new(),
             queued: Vec::new(),
             routed_around: 0,
+            stored_rules: None,
             crashed: 0,
             mode_changes: Vec::new(),
             cascades: cfg.cascades.clone(),
@@ -542,6 +546,7 @@ impl MeshSim {
                 // Stored (as in a KV bucket, a write's round trip later), then read back by
                 // every node's watch.
                 MeshOutput::Rules(rules) => {
+                    self.stored_rules = Some(rules.clone());
                     self.push(now + Duration::from_millis(STORE_MS), Event::Rules(rules))
                 }
             }

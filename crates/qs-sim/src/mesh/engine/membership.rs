@@ -31,6 +31,9 @@ impl MeshSim {
             }
             let beats = self.beats_of(h);
             self.nodes[h].handle(MeshInput::Agents(beats), now);
+            if let Some(rules) = self.stored_rules.clone() {
+                self.nodes[h].handle(MeshInput::Rules(rules), now);
+            }
             self.schedule_wake(h);
         }
         // The membership hears of them: every node computes the hierarchy again,
