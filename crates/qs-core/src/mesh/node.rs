@@ -25,6 +25,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod batch;
 mod beats;
 pub(crate) use beats::Hop;
 mod kpis;
@@ -409,41 +410,6 @@ impl MeshNode {
         &self.frozen
     }
 
-    /// Agents this node leads, with their class, score and place in the routing pool at
-    /// `now` (for `qs mesh status CLUSTER`).
-    pub fn led_agents(&mut self, now: Time) -> Vec<LedAgent> {
-        let mut v = Vec::new();
-        for (c, led) in &mut self.led {
-            let agents: Vec<(AgentId, AgentState)> =
-                led.agents.iter().map(|(a, x)| (*a, x.state)).collect();
-            for (agent, state) in agents {
-                if let Some((z, l)) = led.assess(agent, 0.0) {
-                    let view = &led.agents[&agent];
-                    v.push(LedAgent {
-                        cluster: *c,
-                        agent,
-                        state,
-                        class: z.class,
-                        score_ms: z.score_ms,
-                        lead_ms: l.lead_ms,
-                        drift: z.drift,
-                        processing_ms: view.work.processing_ms(),
-                        link_p50_ms: z.link_p50_ms,
-                        admitted: view.admitted,
-                        held_ms: view
-                            .held_until
-                            .map_or(0, |t| t.since(now).as_millis() as u64),
-                        missed: view.missed,
-                        spiking: view.spiking,
-                        busy: view.busy.clone(),
-                        busy_for_ms: view.busy_for_ms(now),
-                    });
-                }
-            }
-        }
-        v
-    }
-
     /// Messages dropped past their time to live.
     pub fn expired(&self) -> u64 {
         self.expired
@@ -459,46 +425,6 @@ impl MeshNode {
             true => self.inbox.push_back((self.me.clone(), msg)),
             false => self.out.push_back(MeshOutput::Send { to, msg }),
         }
-    }
-
-    /// Sends an order: at once, or, while orders are gathered (`gather_orders`), with the
-    /// others to the same node.
-    pub(crate) fn send_order(&mut self, to: NodeId, order: qs_wire::mesh::Order) {
-        match &mut self.order_batch {
-            Some(batch) => batch.entry(to).or_default().push(order),
-            None => self.send(to, MeshMessage::Order(Box::new(order))),
-        }
-    }
-
-    /// From now until `flush_orders`, orders to the same node go in one message (a
-    /// priority-first operation's phases start at once: the root sends each coordinator
-    /// one message for all of them, not one each). Whether this call started gathering
-    /// (a nested one leaves the flush to the outer).
-    pub(crate) fn gather_orders(&mut self) -> bool {
-        let outer = self.order_batch.is_none();
-        if outer {
-            self.order_batch = Some(BTreeMap::new());
-        }
-        outer
-    }
-
-    /// Sends what was gathered: one message per node (at most `MAX_ORDERS_BATCHED` orders
-    /// each). How many went to other nodes.
-    pub(crate) fn flush_orders(&mut self) -> u32 {
-        let mut sent = 0;
-        for (to, orders) in self.order_batch.take().unwrap_or_default() {
-            for chunk in orders.chunks(qs_wire::mesh::MAX_ORDERS_BATCHED) {
-                let msg = match chunk {
-                    [one] => MeshMessage::Order(Box::new(one.clone())),
-                    many => MeshMessage::Orders(Box::new(qs_wire::mesh::Orders {
-                        orders: many.to_vec(),
-                    })),
-                };
-                sent += u32::from(to != self.me);
-                self.send(to.clone(), msg);
-            }
-        }
-        sent
     }
 
     fn work(&mut self, now: Time) {

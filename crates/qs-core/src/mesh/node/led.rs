@@ -179,3 +179,40 @@ impl Led {
         Some((z, l))
     }
 }
+
+impl MeshNode {
+    /// Agents this node leads, with their class, score and place in the routing pool at
+    /// `now` (for `qs mesh status CLUSTER`).
+    pub fn led_agents(&mut self, now: Time) -> Vec<LedAgent> {
+        let mut v = Vec::new();
+        for (c, led) in &mut self.led {
+            let agents: Vec<(AgentId, AgentState)> =
+                led.agents.iter().map(|(a, x)| (*a, x.state)).collect();
+            for (agent, state) in agents {
+                if let Some((z, l)) = led.assess(agent, 0.0) {
+                    let view = &led.agents[&agent];
+                    v.push(LedAgent {
+                        cluster: *c,
+                        agent,
+                        state,
+                        class: z.class,
+                        score_ms: z.score_ms,
+                        lead_ms: l.lead_ms,
+                        drift: z.drift,
+                        processing_ms: view.work.processing_ms(),
+                        link_p50_ms: z.link_p50_ms,
+                        admitted: view.admitted,
+                        held_ms: view
+                            .held_until
+                            .map_or(0, |t| t.since(now).as_millis() as u64),
+                        missed: view.missed,
+                        spiking: view.spiking,
+                        busy: view.busy.clone(),
+                        busy_for_ms: view.busy_for_ms(now),
+                    });
+                }
+            }
+        }
+        v
+    }
+}
