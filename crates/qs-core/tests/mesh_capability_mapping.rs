@@ -345,3 +345,115 @@ fn the_rules_are_stored_and_outlive_every_node() {
     drain(&mut twin);
     assert_eq!(*twin.excluded(), BTreeSet::from([d]), "the store's");
 }
+
+/// Where a capability is (seed §4.2: "find the N best agents mesh-wide for a given
+/// capability … cached and indexed by capability"): the summaries count agents by
+/// capability, and a sample that requires one (a delegation, an ask with `--capability`) goes
+/// only where the summaries say it may be: the root picks among the sectors that have it, a
+/// coordinator among the clusters that have it, whatever the operation's hash would pick.
+#[test]
+fn a_sample_that_requires_a_capability_goes_where_the_summaries_say_it_is() {
+    use qs_core::mesh::{CascadeCommand, Hierarchy, Member, Seniority, Shape};
+    use qs_wire::mesh::{CapabilityCount, CascadeMode, ClusterId, Order, SectorId};
+    use std::sync::Arc;
+    let hosts: Vec<qs_wire::NodeId> = (0..30)
+        .map(|i| qs_wire::NodeId::new(&format!("h{i:02}")).unwrap())
+        .collect();
+    let members: Vec<Member> = (0..900u64)
+        .map(|i| Member {
+            agent: AgentId(i),
+            host: hosts[(i % 30) as usize].clone(),
+            zone: String::new(),
+        })
+        .collect();
+    let tree =
+        Arc::new(Hierarchy::build(&members, Shape::default(), |_| Seniority::Seasoned).unwrap());
+    assert!(tree.sectors.len() >= 3, "{}", tree.sectors.len());
+    let now = Time::from_millis(5_000_000);
+    let tpu = |n: u32| {
+        vec![CapabilityCount {
+            name: TPU.to_string(),
+            agents: n,
+        }]
+    };
+    let orders = |out: &[MeshOutput]| -> Vec<(qs_wire::NodeId, Order)> {
+        out.iter()
+            .filter_map(|o| match o {
+                MeshOutput::Send {
+                    to,
+                    msg: MeshMessage::Order(order),
+                } => Some((to.clone(), (**order).clone())),
+                _ => None,
+            })
+            .collect()
+    };
+
+    // The root: only the last sector has agents with the capability.
+    let root_id = tree.root.clone().unwrap();
+    let mut root = node_in(&root_id, MeshConfig::default(), &tree, now);
+    let last = SectorId(tree.sectors.len() as u32 - 1);
+    for (s, sector) in tree.sectors.iter().enumerate() {
+        let co = sector.coordinator.clone().unwrap();
+        let mut summary = sector_summary(s as u32, &co, 300, 300, now);
+        if SectorId(s as u32) == last {
+            summary.capabilities = tpu(3);
+        }
+        let msg = MeshMessage::Sector(Box::new(summary));
+        root.handle(MeshInput::Heard { from: co, msg }, now);
+    }
+    drain(&mut root);
+    let want = tree.sector(last).unwrap().coordinator.clone().unwrap();
+    for tag in 0..8 {
+        let mut envelope = root.envelope(Verb::Act, "summarize", 2, now);
+        envelope.requires = Some(TPU.to_string());
+        let command = Command::Cascade(CascadeCommand {
+            sample: Some(1),
+            ..CascadeCommand::new(CascadeMode::Wave, Scope::Global, envelope)
+        });
+        root.handle(MeshInput::Command { command, tag }, now);
+        let sent = orders(&drain(&mut root));
+        let to: Vec<_> = sent.iter().map(|(to, _)| to.clone()).collect();
+        assert_eq!(to, std::slice::from_ref(&want), "delegation {tag}");
+    }
+
+    // A coordinator: only one of its clusters has it.
+    let s = SectorId(0);
+    let co_id = tree.sector(s).unwrap().coordinator.clone().unwrap();
+    // (Its clusters with agents: a cluster without any has no lead.)
+    let clusters: Vec<ClusterId> = tree.sector(s).unwrap().clusters.clone();
+    let clusters: Vec<ClusterId> = clusters
+        .into_iter()
+        .filter(|c| tree.cluster(*c).is_some_and(|cl| cl.lead.is_some()))
+        .collect();
+    assert!(clusters.len() >= 3, "{clusters:?}");
+    let capable = *clusters.last().unwrap();
+    for tag in 0..8u64 {
+        let mut co = node_in(&co_id, MeshConfig::default(), &tree, now);
+        for c in &clusters {
+            let lead = tree.cluster(*c).unwrap().lead.clone().unwrap();
+            let mut summary = cluster_summary(c.0, s.0, &lead, now);
+            if *c == capable {
+                summary.capabilities = tpu(2);
+            }
+            let msg = MeshMessage::Cluster(Box::new(summary));
+            co.handle(MeshInput::Heard { from: lead, msg }, now);
+        }
+        drain(&mut co);
+        let mut order = sector_order(&mut co, 100 + tag, &root_id, now);
+        order.sample_per_cluster = Some(1);
+        order.envelope.requires = Some(TPU.to_string());
+        let msg = MeshMessage::Order(Box::new(order));
+        co.handle(
+            MeshInput::Heard {
+                from: root_id.clone(),
+                msg,
+            },
+            now,
+        );
+        let scopes: Vec<Scope> = orders(&drain(&mut co))
+            .into_iter()
+            .map(|(_, o)| o.scope)
+            .collect();
+        assert_eq!(scopes, [Scope::Cluster(capable)], "order {tag}");
+    }
+}

@@ -11,10 +11,12 @@ use crate::task_bus::BusMessage;
 use serde::{Deserialize, Serialize};
 
 mod answers;
+mod capabilities;
 mod exclusion;
 mod requests;
 mod summary;
 pub use answers::*;
+pub use capabilities::*;
 pub use exclusion::*;
 pub use requests::*;
 pub use summary::*;
@@ -464,6 +466,7 @@ impl BusMessage for MeshMessage {
                     ));
                 }
                 c.conflicts.check(1)?;
+                check_capability_counts(&c.capabilities, c.agent_count)?;
                 summary_numbers(
                     c.mean_impedance_ms,
                     c.p95_impedance_ms,
@@ -482,6 +485,7 @@ impl BusMessage for MeshMessage {
                     ));
                 }
                 s.conflicts.check(s.cluster_count)?;
+                check_capability_counts(&s.capabilities, s.total_agents)?;
                 answers::check_escalated(s.escalated.iter().map(|l| &l.conflict))?;
                 summary_numbers(
                     s.mean_impedance_ms,

@@ -387,6 +387,8 @@ pub fn cluster_summary(cluster: u32, sector: u32, lead: &NodeId, now: Time) -> C
         failures: 0,
         breaker_open: false,
         conflicts: Default::default(),
+        capabilities: Vec::new(),
+        capabilities_more: false,
     }
 }
 
@@ -417,6 +419,8 @@ pub fn sector_summary(
         breaker_open: false,
         conflicts: Default::default(),
         escalated: Vec::new(),
+        capabilities: Vec::new(),
+        capabilities_more: false,
     }
 }
 

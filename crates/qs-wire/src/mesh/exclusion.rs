@@ -60,3 +60,66 @@ pub fn check_exclusions(rules: &[Exclusion]) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A control of the capability mapping: an exclusion or an inclusion names its rule, which
+    /// holds mesh-wide and names a good capability; no other control names one. Each is refused
+    /// by field wherever it comes from (the bus here; the API checks the action the same way).
+    #[test]
+    fn capability_rules_in_controls_are_checked() {
+        let rule = |capability: &str| Exclusion {
+            class: ImpedanceClass::E,
+            capability: capability.to_string(),
+        };
+        let control = |action: ControlAction, scope: Scope, rule: Option<Exclusion>| {
+            MeshMessage::Control(Control {
+                rule,
+                id: 3,
+                ..Control::new(action, scope)
+            })
+        };
+        let table = [
+            (
+                control(
+                    ControlAction::Exclude,
+                    Scope::Global,
+                    Some(rule("llm_inference")),
+                ),
+                None,
+            ),
+            (
+                control(ControlAction::Include, Scope::Global, Some(rule("gpu"))),
+                None,
+            ),
+            (
+                control(ControlAction::Exclude, Scope::Global, None),
+                Some("rule: Exclude names none"),
+            ),
+            (
+                control(ControlAction::Freeze, Scope::Global, Some(rule("gpu"))),
+                Some("rule: not for Freeze"),
+            ),
+            (
+                control(
+                    ControlAction::Exclude,
+                    Scope::Sector(SectorId(2)),
+                    Some(rule("gpu")),
+                ),
+                Some("a rule holds mesh-wide"),
+            ),
+            (
+                control(ControlAction::Exclude, Scope::Global, Some(rule(""))),
+                Some("rule: capability \"\""),
+            ),
+        ];
+        crate::mesh::tests::decodes_as(table);
+        let action = MeshAction::Exclude {
+            class: ImpedanceClass::E,
+            capability: "llm inference".into(),
+        };
+        assert!(action.check().unwrap_err().contains("\"llm inference\""));
+    }
+}

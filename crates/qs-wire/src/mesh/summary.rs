@@ -298,6 +298,13 @@ pub struct ClusterSummary {
     /// Its agents' conflicts still unresolved at the lead.
     #[serde(default, skip_serializing_if = "crate::bounds::is_zero")]
     pub conflicts: ConflictCounts,
+    /// Its active agents by capability, the most common first (at most
+    /// [`MAX_SUMMARY_CAPABILITIES`]): where an operation that requires one can find it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<CapabilityCount>,
+    /// Its agents have capabilities past those listed.
+    #[serde(default, skip_serializing_if = "crate::bounds::is_zero")]
+    pub capabilities_more: bool,
 }
 
 /// A lead's beat to its coordinator, or a coordinator's to the root, between full summaries
@@ -351,6 +358,12 @@ pub struct SectorSummary {
     /// most [`MAX_ESCALATED`]; left out when none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub escalated: Vec<LateEscalated>,
+    /// Its clusters' capability counts added up, the most common first (at most
+    /// [`MAX_SUMMARY_CAPABILITIES`]), and whether there are more (here or in a cluster's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<CapabilityCount>,
+    #[serde(default, skip_serializing_if = "crate::bounds::is_zero")]
+    pub capabilities_more: bool,
 }
 
 /// A conflict escalated in a late report, and the operation it was heard in.

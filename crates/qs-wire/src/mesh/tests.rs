@@ -141,7 +141,7 @@ fn messages_round_trip_and_are_checked() {
 
 /// Each message of `table` reads back as itself (`None`) or is refused with an error that
 /// names the field (`Some`).
-fn decodes_as<const N: usize>(table: [(MeshMessage, Option<&str>); N]) {
+pub(super) fn decodes_as<const N: usize>(table: [(MeshMessage, Option<&str>); N]) {
     for (msg, error) in table {
         let bytes = serde_json::to_vec(&msg).unwrap();
         match (decode_bus::<MeshMessage>("mesh.x", &bytes), error) {
@@ -542,6 +542,8 @@ fn escalated_conflicts_in_reports_are_bounded_and_checked() {
             breaker_open: false,
             conflicts: ConflictCounts::default(),
             escalated,
+            capabilities: Vec::new(),
+            capabilities_more: false,
         }))
     };
     let late = |conflict: Escalated| LateEscalated {
@@ -585,62 +587,4 @@ fn lead_quantiles_are_read_within_their_bucket() {
     for (classes, q, within, want) in table {
         assert_eq!(h.quantile_ms(classes, q, within), want, "{classes:?} q {q}");
     }
-}
-
-/// A control of the capability mapping: an exclusion or an inclusion names its rule, which
-/// holds mesh-wide and names a good capability; no other control names one. Each is refused
-/// by field wherever it comes from (the bus here; the API checks the action the same way).
-#[test]
-fn capability_rules_in_controls_are_checked() {
-    let rule = |capability: &str| Exclusion {
-        class: ImpedanceClass::E,
-        capability: capability.to_string(),
-    };
-    let control = |action: ControlAction, scope: Scope, rule: Option<Exclusion>| {
-        MeshMessage::Control(Control {
-            rule,
-            id: 3,
-            ..Control::new(action, scope)
-        })
-    };
-    let table = [
-        (
-            control(
-                ControlAction::Exclude,
-                Scope::Global,
-                Some(rule("llm_inference")),
-            ),
-            None,
-        ),
-        (
-            control(ControlAction::Include, Scope::Global, Some(rule("gpu"))),
-            None,
-        ),
-        (
-            control(ControlAction::Exclude, Scope::Global, None),
-            Some("rule: Exclude names none"),
-        ),
-        (
-            control(ControlAction::Freeze, Scope::Global, Some(rule("gpu"))),
-            Some("rule: not for Freeze"),
-        ),
-        (
-            control(
-                ControlAction::Exclude,
-                Scope::Sector(SectorId(2)),
-                Some(rule("gpu")),
-            ),
-            Some("a rule holds mesh-wide"),
-        ),
-        (
-            control(ControlAction::Exclude, Scope::Global, Some(rule(""))),
-            Some("rule: capability \"\""),
-        ),
-    ];
-    decodes_as(table);
-    let action = MeshAction::Exclude {
-        class: ImpedanceClass::E,
-        capability: "llm inference".into(),
-    };
-    assert!(action.check().unwrap_err().contains("\"llm inference\""));
 }

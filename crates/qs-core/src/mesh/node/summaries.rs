@@ -48,6 +48,13 @@ impl MeshNode {
                 .collect();
             let n_active = active.len();
             let mut assessed: Vec<impedance::Assessed> = Vec::with_capacity(n_active);
+            // Its active agents by capability (as the lead's map says, lost ones out).
+            let mut capable: BTreeMap<String, u32> = BTreeMap::new();
+            for a in &active {
+                for c in &l.agents[a].capabilities {
+                    *capable.entry(c.clone()).or_default() += 1;
+                }
+            }
             for a in active {
                 let Some((z, lead)) = l.assess(a, 0.0) else {
                     continue;
@@ -71,6 +78,7 @@ impl MeshNode {
             l.spikes_this_period = 0;
             let failures = std::mem::take(&mut l.failures_this_period);
             let sector = l.sector;
+            let (capabilities, capabilities_more) = qs_wire::mesh::capability_counts(capable);
             let summary = ClusterSummary {
                 cluster: c,
                 sector,
@@ -88,6 +96,8 @@ impl MeshNode {
                 breaker_open: self.breakers.state(Scope::Cluster(c))
                     == qs_wire::mesh::BreakerState::Open,
                 conflicts: self.conflicts.counts(now, |x| x == c),
+                capabilities,
+                capabilities_more,
             };
             l.summary = Some(summary.clone());
             if let Some(co) = self.tree.sector(sector).and_then(|s| s.coordinator.clone()) {
@@ -157,7 +167,10 @@ impl MeshNode {
                 breaker_open: false,
                 conflicts: ConflictCounts::default(),
                 escalated,
+                capabilities: Vec::new(),
+                capabilities_more: false,
             };
+            let mut capable: BTreeMap<String, u32> = BTreeMap::new();
             let mut with_agents = 0.0;
             for c in &mine {
                 sum.total_agents += c.agent_count;
@@ -177,7 +190,15 @@ impl MeshNode {
                 sum.anomalies += c.anomalies;
                 sum.open_breakers += u32::from(c.breaker_open);
                 sum.conflicts.add(&c.conflicts);
+                for k in &c.capabilities {
+                    let n = capable.entry(k.name.clone()).or_default();
+                    *n = n.saturating_add(k.agents);
+                }
+                sum.capabilities_more |= c.capabilities_more;
             }
+            let (counts, more) = qs_wire::mesh::capability_counts(capable);
+            sum.capabilities = counts;
+            sum.capabilities_more |= more;
             if with_agents > 0.0 {
                 sum.mean_impedance_ms /= with_agents;
             }

@@ -59,18 +59,24 @@ pub(super) fn relay_order(node: &mut MeshNode, o: Order, s: SectorId) {
     // This sector's breaker is the coordinator's: half-open, each lead takes its share.
     let half_open = node.breakers.state(Scope::Sector(s)) == BreakerState::HalfOpen;
     // A sample's quota for this sector: as few clusters as it takes (with agents of the
-    // order's class, if one, as their summaries say), one agent each at least (chosen by the
-    // operation's hash).
+    // order's class, if one, and with the capability it requires, if one, as their
+    // summaries say), one agent each at least (chosen by the operation's hash).
     let mut clusters = clusters;
     let mut o = o;
     if let (Some(quota), Scope::Sector(_)) = (o.sample_per_cluster, o.scope) {
+        let requires = o.envelope.requires.clone();
         clusters.retain(|c| {
-            let of_class = o.class.is_none_or(|k| {
-                node.cluster_summaries
-                    .get(c)
-                    .is_none_or(|x| x.classes[k.index()] > 0)
+            let summary = node.cluster_summaries.get(c);
+            let of_class = o
+                .class
+                .is_none_or(|k| summary.is_none_or(|x| x.classes[k.index()] > 0));
+            let capable = requires.as_deref().is_none_or(|r| {
+                summary.is_none_or(|x| {
+                    qs_wire::mesh::may_have(&x.capabilities, x.capabilities_more, r)
+                })
             });
             of_class
+                && capable
                 && node
                     .tree
                     .cluster(*c)

@@ -76,13 +76,19 @@ pub(super) fn start_phase(
         + 1_000)
         .min(qs_wire::mesh::MAX_TTL_MS);
     // A sample of about n agents: n sectors at most (chosen by the operation's hash) with
-    // agents active (of the phase's class, if one), each with its quota, which its
-    // coordinator spreads over as few clusters.
+    // agents active (of the phase's class, if one; with the capability it requires, if
+    // one), each with its quota, which its coordinator spreads over as few clusters.
     let mut sectors = sectors;
+    // (With a capability required: only sectors where its summary says it may be.)
+    let requires = r.envelope.requires.clone();
     let sample_per_cluster = r.sample.map(|n| {
         sectors.retain(|s| {
             node.sector_summaries.get(s).is_some_and(|x| {
-                x.active_agents > 0 && class.is_none_or(|k| x.classes[k.index()] > 0)
+                x.active_agents > 0
+                    && class.is_none_or(|k| x.classes[k.index()] > 0)
+                    && requires.as_deref().is_none_or(|c| {
+                        qs_wire::mesh::may_have(&x.capabilities, x.capabilities_more, c)
+                    })
             })
         });
         sectors.sort_by_key(|s| mix(u64::from(s.0) ^ op.0));
