@@ -266,7 +266,9 @@ pub fn check_capability(name: &str) -> Result<(), String> {
     token("capability", name, MAX_CAPABILITY_BYTES)
 }
 
-/// An agent's capabilities, wherever they come from (a beat, a worker's join).
+/// An agent's capabilities, wherever they come from (a beat, a worker's join): at most
+/// [`MAX_CAPABILITIES`], each a good name, none twice (the summaries count agents by
+/// capability).
 pub fn check_capabilities(names: &[String]) -> Result<(), String> {
     if names.len() > MAX_CAPABILITIES {
         return Err(format!(
@@ -274,7 +276,13 @@ pub fn check_capabilities(names: &[String]) -> Result<(), String> {
             names.len()
         ));
     }
-    names.iter().try_for_each(|c| check_capability(c))
+    for (i, c) in names.iter().enumerate() {
+        check_capability(c)?;
+        if names[..i].contains(c) {
+            return Err(format!("capability {c:?} twice"));
+        }
+    }
+    Ok(())
 }
 
 /// A name of 1..=`max` ASCII letters, digits, `_`, `-` and `.` (capabilities, zones).

@@ -137,5 +137,13 @@ mod tests {
                 .unwrap_err()
                 .contains("33; at most 32")
         );
+        // An agent names each capability once (a beat's, a worker's join): a name twice
+        // would count it twice in its cluster's summary.
+        let twice = ["gpu".to_string(), "gpu".to_string()];
+        assert_eq!(
+            check_capabilities(&twice).unwrap_err(),
+            "capability \"gpu\" twice"
+        );
+        assert!(check_capabilities(&twice[..1]).is_ok());
     }
 }

@@ -48,10 +48,12 @@ impl MeshNode {
                 .collect();
             let n_active = active.len();
             let mut assessed: Vec<impedance::Assessed> = Vec::with_capacity(n_active);
-            // Its active agents by capability (as the lead's map says, lost ones out).
+            // Its active agents by capability (as the lead's map says, lost ones out), each
+            // agent once a capability.
             let mut capable: BTreeMap<String, u32> = BTreeMap::new();
             for a in &active {
-                for c in &l.agents[a].capabilities {
+                let own: BTreeSet<&String> = l.agents[a].capabilities.iter().collect();
+                for c in own {
                     *capable.entry(c.clone()).or_default() += 1;
                 }
             }
@@ -196,6 +198,13 @@ impl MeshNode {
                 }
                 sum.capabilities_more |= c.capabilities_more;
             }
+            // (Never more than the agents: a cluster's counts kept from an older summary
+            // than its last beat's total.)
+            let total = sum.total_agents;
+            let capable = capable
+                .into_iter()
+                .map(|(c, n)| (c, n.min(total)))
+                .collect();
             let (counts, more) = qs_wire::mesh::capability_counts(capable);
             sum.capabilities = counts;
             sum.capabilities_more |= more;
