@@ -37,6 +37,27 @@ fn asked_of(lead: &mut Lead, envelope: qs_wire::mesh::MeshEnvelope) -> BTreeSet<
     reached
 }
 
+/// The agents with the capability, as the lead's next full cluster summary counts them
+/// (within 6 s).
+fn counted_in_summary(lead: &mut Lead) -> u32 {
+    let out = lead.run(6_000);
+    let summaries: Vec<&qs_wire::mesh::ClusterSummary> = out
+        .iter()
+        .filter_map(|o| match o {
+            MeshOutput::Send {
+                msg: MeshMessage::Cluster(s),
+                ..
+            } => Some(&**s),
+            _ => None,
+        })
+        .collect();
+    let last = summaries.last().expect("a full summary within 6 s");
+    last.capabilities
+        .iter()
+        .find(|c| c.name == TPU)
+        .map_or(0, |c| c.agents)
+}
+
 /// The class the lead sees the other host's (capable) agents in now.
 fn class_of_theirs(lead: &mut Lead) -> ImpedanceClass {
     let now = lead.now;
@@ -71,6 +92,7 @@ fn an_exclusion_keeps_a_class_out_of_a_capabilitys_routing_until_an_inclusion() 
     let (mut root, mut lead) = mesh();
     let theirs: BTreeSet<AgentId> = lead.theirs.iter().copied().collect();
     assert_eq!(asked(&mut lead, 101), theirs, "before: every capable agent");
+    assert_eq!(counted_in_summary(&mut lead), theirs.len() as u32);
     // A class nobody here is in (the human-paced one).
     let other = ImpedanceClass::F;
 
@@ -97,6 +119,9 @@ fn an_exclusion_keeps_a_class_out_of_a_capabilitys_routing_until_an_inclusion() 
     assert_eq!(*root.excluded(), both);
     assert_eq!(*lead.node.excluded(), both);
     assert!(asked(&mut lead, 103).is_empty(), "excluded");
+    // Nor does its cluster's summary count them as having it (the root and the coordinators
+    // send a delegation requiring it only where it may be).
+    assert_eq!(counted_in_summary(&mut lead), 0);
     // An operation that requires nothing still reaches them.
     let mut envelope = lead.ask(104);
     envelope.requires = None;

@@ -10,6 +10,9 @@ impl MeshNode {
     pub(super) fn summarize_clusters(&mut self, now: Time, recompute: bool) {
         let now_ms = now.as_millis();
         let led: Vec<ClusterId> = self.led.keys().copied().collect();
+        // The capability mapping's rules: an agent of a class kept out of a capability's
+        // routing is not counted as having it (no operation that requires it goes to it).
+        let excluded = self.excluded.clone();
         for c in led {
             let Some(l) = self.led.get_mut(&c) else {
                 continue;
@@ -48,19 +51,22 @@ impl MeshNode {
                 .collect();
             let n_active = active.len();
             let mut assessed: Vec<impedance::Assessed> = Vec::with_capacity(n_active);
-            // Its active agents by capability (as the lead's map says, lost ones out), each
-            // agent once a capability.
+            // Its active agents by capability (as the lead's map says, lost ones out; those
+            // of a class the rules keep out of it left out), each agent once a capability.
             let mut capable: BTreeMap<String, u32> = BTreeMap::new();
-            for a in &active {
-                let own: BTreeSet<&String> = l.agents[a].capabilities.iter().collect();
-                for c in own {
-                    *capable.entry(c.clone()).or_default() += 1;
-                }
-            }
             for a in active {
                 let Some((z, lead)) = l.assess(a, 0.0) else {
                     continue;
                 };
+                let own: BTreeSet<&String> = l.agents[&a].capabilities.iter().collect();
+                for name in own {
+                    let barred = excluded
+                        .iter()
+                        .any(|r| r.class == z.class && r.capability == *name);
+                    if !barred {
+                        *capable.entry(name.clone()).or_default() += 1;
+                    }
+                }
                 let samples = l
                     .hosts
                     .get_mut(&l.agents[&a].host)
