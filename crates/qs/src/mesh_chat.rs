@@ -136,10 +136,7 @@ const LEADING: [&str; 15] = [
 pub(crate) fn parse_intent(text: &str) -> Option<Intent> {
     let t = text.trim();
     let lower = t.to_ascii_lowercase();
-    let words: Vec<&str> = lower
-        .split(|c: char| !c.is_ascii_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .collect();
+    let words = words_of(&lower);
     let scope = find_scope(&words);
     let lead = words.first().copied().filter(|w| LEADING.contains(w));
     // With a leading verb, only that verb's intent; else any keyword, in this order.
@@ -174,9 +171,7 @@ pub(crate) fn parse_intent(text: &str) -> Option<Intent> {
     // (Not when told not to: "don't reassign the task" is no request.)
     let negated = |verb: &str| {
         let at = words.iter().position(|w| *w == verb).unwrap_or(0);
-        words[..at]
-            .iter()
-            .any(|w| ["not", "don", "dont", "never", "no"].contains(w))
+        negates(&words[..at])
     };
     if has("reassign") && negated("reassign") {
         return None;
@@ -350,9 +345,24 @@ const THEIR_TASKS: [&str; 33] = [
 /// its own to hand out (a delegation): only [`THEIR_TASKS`] and numbers.
 fn takes_their_tasks(rest: Option<&str>) -> bool {
     let rest = rest.unwrap_or("").to_ascii_lowercase();
-    rest.split(|c: char| !c.is_ascii_alphanumeric())
-        .filter(|w| !w.is_empty())
+    words_of(&rest)
+        .into_iter()
         .all(|w| THEIR_TASKS.contains(&w) || w.chars().all(|c| c.is_ascii_digit()))
+}
+
+/// A request's words (of its lower-cased text): its runs of ASCII letters and digits.
+pub(crate) fn words_of(lower: &str) -> Vec<&str> {
+    lower
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect()
+}
+
+/// Whether `words` say not to ("don't", "never", "no"), as before a verb.
+pub(crate) fn negates(words: &[&str]) -> bool {
+    words
+        .iter()
+        .any(|w| ["not", "don", "dont", "never", "no"].contains(w))
 }
 
 /// A duration at the start of `text`: `800`, `800ms`, `800 ms`, `1.5 s`, `2 seconds`

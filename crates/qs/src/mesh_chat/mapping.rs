@@ -44,8 +44,8 @@ pub(crate) fn parse_mapping(
     let says = |list: &[&str]| before.iter().any(|w| list.contains(w));
     // "stop excluding …", "no longer exclude …", "lift the exclusion of …": let back.
     let lifted = says(&["stop", "longer", "undo", "lift", "remove"]);
-    // "don't exclude …", "never include …": asks nothing.
-    if says(&["not", "don", "dont", "never"]) && !lifted {
+    // "don't exclude …", "never include …": asks nothing ("no longer": lifted).
+    if super::negates(before) && !lifted {
         return Some(None);
     }
     let (Some(class), Some(capability)) = (class, capability) else {

@@ -121,10 +121,7 @@ pub(crate) fn reply(offer: Option<Intent>, text: &str) -> Option<Intent> {
         // reply says not to do is not done ("don't reassign, just fix the mapping").
         (Some(Intent::Acts(both)), parsed) => {
             let lower = text.to_ascii_lowercase();
-            let words: Vec<&str> = lower
-                .split(|c: char| !c.is_ascii_alphanumeric())
-                .filter(|w| !w.is_empty())
-                .collect();
+            let words = super::words_of(&lower);
             let wants = |part: &str| {
                 let Some(at) = words.iter().position(|w| w.starts_with(part)) else {
                     return false;
@@ -133,9 +130,7 @@ pub(crate) fn reply(offer: Option<Intent>, text: &str) -> Option<Intent> {
                 let clause = words[..at]
                     .iter()
                     .rposition(|w| ["and", "but", "just", "only"].contains(w));
-                !words[clause.map_or(0, |c| c + 1)..at]
-                    .iter()
-                    .any(|w| ["not", "don", "dont", "never", "no"].contains(w))
+                !super::negates(&words[clause.map_or(0, |c| c + 1)..at])
             };
             // The rule the reply names, wherever in it ("reassign them and exclude class D
             // from gpu").

@@ -52,19 +52,20 @@ impl MeshNode {
             let n_active = active.len();
             let mut assessed: Vec<impedance::Assessed> = Vec::with_capacity(n_active);
             // Its active agents by capability (as the lead's map says, lost ones out; those
-            // of a class the rules keep out of it left out), each agent once a capability.
+            // of a class the rules keep out of it left out). An agent names each once
+            // (`check_capabilities`, at its join and in every beat).
             let mut capable: BTreeMap<String, u32> = BTreeMap::new();
             for a in active {
                 let Some((z, lead)) = l.assess(a, 0.0) else {
                     continue;
                 };
-                let own: BTreeSet<&String> = l.agents[&a].capabilities.iter().collect();
-                for name in own {
-                    let barred = excluded
-                        .iter()
-                        .any(|r| r.class == z.class && r.capability == *name);
-                    if !barred {
-                        *capable.entry(name.clone()).or_default() += 1;
+                for name in &l.agents[&a].capabilities {
+                    let rule = qs_wire::mesh::Exclusion {
+                        class: z.class,
+                        capability: name.clone(),
+                    };
+                    if excluded.is_empty() || !excluded.contains(&rule) {
+                        *capable.entry(rule.capability).or_default() += 1;
                     }
                 }
                 let samples = l

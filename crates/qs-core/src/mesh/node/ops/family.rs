@@ -54,7 +54,7 @@ pub(super) fn launch(ops: &mut Ops, node: &mut MeshNode, op: OpId, phases: Vec<R
     let Some(first) = phases.first() else {
         return;
     };
-    let family = Family {
+    let mut family = Family {
         scope: first.scope,
         started: now,
         tag: first.tag,
@@ -75,17 +75,10 @@ pub(super) fn launch(ops: &mut Ops, node: &mut MeshNode, op: OpId, phases: Vec<R
             not_before = target;
         }
     }
-    let sent = match outer {
-        true => node.flush_orders(),
-        false => 0,
-    };
-    ops.families.insert(
-        op,
-        Family {
-            root_messages: sent,
-            ..family
-        },
-    );
+    if outer {
+        family.root_messages = node.flush_orders();
+    }
+    ops.families.insert(op, family);
 }
 
 /// Phase `part` ended with `result` (`r` its operation): once the last has, the operation's
