@@ -30,7 +30,7 @@ use qs_wire::mesh::{
 use qs_wire::task_bus::decode_bus;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// The KV bucket of every node's agents (a record per node, keyed by its id), and of the
@@ -41,8 +41,6 @@ pub const RULES_KEY: &str = "_rules";
 const STORE_WAIT: Duration = Duration::from_secs(1);
 /// Requests waiting for the mesh task, at most.
 const MAX_REQUESTS: usize = 64;
-/// Requests in flight at once, at most (local and for others).
-const MAX_PENDING: usize = 1_024;
 /// How long a request waits for its outcome.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -95,14 +93,10 @@ pub struct MeshEnds {
     status_tx: watch::Sender<Arc<MeshStatus>>,
 }
 
-/// Who waits for an outcome.
-enum Waiter {
-    Local(oneshot::Sender<Result<serde_json::Value, String>>),
-    Remote { node: NodeId, id: u64 },
-}
-
 mod commands;
+mod waiting;
 use commands::{command, operation_event};
+use waiting::{Waiter, Waiting};
 
 /// Runs the mesh for `me` until `stop` turns true; `live` reads the live nodes.
 #[allow(clippy::too_many_arguments)]
@@ -145,8 +139,7 @@ pub async fn run<F: Fabric>(
     // The capability mapping the root asked to store, until the bucket took it.
     let mut rules_to_store: Option<Vec<u8>> = None;
     let mut sub: Option<Subscription> = None;
-    let mut waiting: BTreeMap<u64, Waiter> = BTreeMap::new();
-    let mut next_tag = 1u64;
+    let mut waiting = Waiting::default();
     let mut tick = tokio::time::interval(Duration::from_millis(300));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -159,15 +152,19 @@ pub async fn run<F: Fabric>(
                 Some(m) => match auth.open_bus(m.topic.as_str(), &m.payload, |p: &MeshPacket| &p.from) {
                     Ok(p) => match p.message {
                         MeshMessage::Request(r) => {
-                            if waiting.len() < MAX_PENDING {
-                                let tag = next_tag;
-                                next_tag += 1;
-                                waiting.insert(tag, Waiter::Remote { node: p.from, id: r.id });
-                                command(&mut node, r.action, tag);
+                            let wait = REQUEST_TIMEOUT + Duration::from_millis(r.action.longest_ms());
+                            let waiter = Waiter::Remote { node: p.from.clone(), id: r.id };
+                            match waiting.wait(waiter, wait, Instant::now()) {
+                                Some(tag) => command(&mut node, r.action, tag),
+                                None => {
+                                    let body = format!("{me} has too many requests in flight; try again");
+                                    let o = MeshOutcome { id: r.id, ok: false, body };
+                                    send(&fabric, &auth, &me, &p.from, MeshMessage::Outcome(Box::new(o))).await;
+                                }
                             }
                         }
                         MeshMessage::Outcome(o) => {
-                            if let Some(Waiter::Local(reply)) = waiting.remove(&o.id) {
+                            if let Some(reply) = waiting.outcome_from(&p.from, o.id) {
                                 let _ = reply.send(match o.ok {
                                     true => serde_json::from_str(&o.body).map_err(|e| e.to_string()),
                                     false => Err(o.body),
@@ -194,21 +191,24 @@ pub async fn run<F: Fabric>(
             }
             r = requests.recv() => {
                 let Some(Request::Run { action, reply }) = r else { return };
-                if waiting.len() >= MAX_PENDING {
+                if !waiting.has_room() {
                     let _ = reply.send(Err("too many requests in flight".into()));
                     continue;
                 }
-                let tag = next_tag;
-                next_tag += 1;
+                let wait = REQUEST_TIMEOUT + Duration::from_millis(action.longest_ms());
                 match (node_is_root(&node), node.tree().root.clone()) {
                     (true, _) => {
-                        waiting.insert(tag, Waiter::Local(reply));
-                        command(&mut node, action, tag);
+                        let waiter = Waiter::Local { reply, sent_to: None };
+                        if let Some(tag) = waiting.wait(waiter, wait, Instant::now()) {
+                            command(&mut node, action, tag);
+                        }
                     }
                     (false, Some(root)) => {
-                        waiting.insert(tag, Waiter::Local(reply));
-                        let req = MeshMessage::Request(Box::new(MeshRequest { id: tag, action }));
-                        send(&fabric, &auth, &me, &root, req).await;
+                        let waiter = Waiter::Local { reply, sent_to: Some(root.clone()) };
+                        if let Some(tag) = waiting.wait(waiter, wait, Instant::now()) {
+                            let req = MeshMessage::Request(Box::new(MeshRequest { id: tag, action }));
+                            send(&fabric, &auth, &me, &root, req).await;
+                        }
                     }
                     (false, None) => {
                         let _ = reply.send(Err("the mesh has no root yet: no agents registered, or the fleet is starting".into()));
@@ -226,11 +226,13 @@ pub async fn run<F: Fabric>(
                     node.handle(MeshInput::Rules(Vec::new()), now());
                 }
                 Some(Ok(KvEvent::Put(entry))) => {
-                    if let Ok(m) = decode_bus::<MeshMembers>("kv mesh", &entry.value)
-                        && m.node.as_str() == entry.key
-                    {
-                        members.insert(m.node.clone(), m);
-                        members_version += 1;
+                    match decode_bus::<MeshMembers>("kv mesh", &entry.value) {
+                        Ok(m) if m.node.as_str() == entry.key => {
+                            members.insert(m.node.clone(), m);
+                            members_version += 1;
+                        }
+                        Ok(m) => tracing::warn!("mesh bucket: {}'s record names {}: ignored", entry.key, m.node),
+                        Err(e) => tracing::warn!("mesh bucket: {}'s record ignored: {e}", entry.key),
                     }
                 }
                 Some(Ok(KvEvent::Delete { key, .. })) => {
@@ -245,6 +247,14 @@ pub async fn run<F: Fabric>(
                 None => watch = None,
             },
             _ = tick.tick() => {
+                // A request past its time: its asker here is told (one from another node
+                // has timed out there by now).
+                for w in waiting.expired(Instant::now()) {
+                    if let Waiter::Local { reply, sent_to } = w {
+                        let from = sent_to.map_or("this node".to_string(), |n| format!("the root {n}"));
+                        let _ = reply.send(Err(format!("no outcome from {from} in time")));
+                    }
+                }
                 if !fabric.connected() {
                     continue;
                 }
@@ -521,7 +531,7 @@ async fn finish<F: Fabric>(
     fabric: &F,
     auth: &Auth,
     me: &NodeId,
-    waiting: &mut BTreeMap<u64, Waiter>,
+    waiting: &mut Waiting,
     tag: u64,
     outcome: Result<OpResult, String>,
 ) {
@@ -534,15 +544,15 @@ async fn answer<F: Fabric>(
     fabric: &F,
     auth: &Auth,
     me: &NodeId,
-    waiting: &mut BTreeMap<u64, Waiter>,
+    waiting: &mut Waiting,
     tag: u64,
     body: Result<serde_json::Value, String>,
 ) {
-    let Some(w) = waiting.remove(&tag) else {
+    let Some(w) = waiting.take(tag) else {
         return;
     };
     match w {
-        Waiter::Local(reply) => {
+        Waiter::Local { reply, .. } => {
             let _ = reply.send(body);
         }
         Waiter::Remote { node, id } => {

@@ -27,6 +27,10 @@ use tokio::sync::{Notify, mpsc, watch};
 
 /// Workers joined to the mesh on one node, at most (as many as the worker protocol serves).
 pub const MAX_WORKER_AGENTS: usize = 1_024;
+/// Built-in agents on one node, at most (`qs agent --mesh-agents`): with its workers, no
+/// more than a node's record in the `mesh` bucket holds.
+pub const MAX_BUILTIN_AGENTS: usize = 2_048;
+const _: () = assert!(MAX_BUILTIN_AGENTS + MAX_WORKER_AGENTS <= qs_wire::mesh::MAX_NODE_AGENTS);
 /// Dispatches waiting for one worker agent, at most.
 pub const MAX_MAILBOX: usize = 256;
 /// Operations a worker agent has taken and not answered, at most (the oldest is forgotten).

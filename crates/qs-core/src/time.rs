@@ -17,8 +17,9 @@ impl Time {
     pub const fn from_micros(us: u64) -> Time {
         Time(us)
     }
+    /// (Saturating: a time from another node is no reason to overflow.)
     pub const fn from_millis(ms: u64) -> Time {
-        Time(ms * 1000)
+        Time(ms.saturating_mul(1000))
     }
     pub const fn as_millis(self) -> u64 {
         self.0 / 1000
@@ -58,4 +59,20 @@ impl Sub<Time> for Time {
 /// Milliseconds as a `Duration` (config values are in milliseconds).
 pub const fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A time in milliseconds from another node cannot overflow: it saturates.
+    #[test]
+    fn milliseconds_past_the_range_saturate() {
+        assert_eq!(Time::from_millis(1_500).as_micros(), 1_500_000);
+        assert_eq!(Time::from_millis(u64::MAX).as_micros(), u64::MAX);
+        assert_eq!(
+            Time::from_millis(u64::MAX) + ms(1),
+            Time::from_micros(u64::MAX)
+        );
+    }
 }

@@ -423,3 +423,65 @@ fn a_control_is_confirmed_to_the_root_that_sent_it_when_the_root_moved() {
     let nobody = NodeId::new("root3").unwrap();
     assert_eq!(confirmed_to(&mut lead, &new, &nobody), vec![new]);
 }
+
+/// A heal closes the global breaker only when asked of the whole mesh: healing a cluster
+/// or a sector leaves it open (it would count a breaker closed, and a recovery, that the
+/// next summaries undo).
+#[test]
+fn only_a_heal_of_the_whole_mesh_closes_the_global_breaker() {
+    use qs_core::mesh::hierarchy::{Hierarchy, Member, Shape};
+    use qs_core::mesh::seniority::Seniority;
+    // 12 sectors of 10 clusters of 30 agents, a host for each cluster.
+    let members: Vec<Member> = (0..3_600u64)
+        .map(|a| Member {
+            agent: AgentId(a),
+            host: NodeId::new(&format!("h{}", a / 30)).unwrap(),
+            zone: String::new(),
+        })
+        .collect();
+    let tree = Hierarchy::build(&members, Shape::default(), |_| Seniority::Seasoned).unwrap();
+    assert!(tree.sectors.len() > qs_core::mesh::breaker::GLOBAL_TRIP_AFTER_SECTORS);
+    let tree = std::sync::Arc::new(tree);
+    let me = tree.root.clone().unwrap();
+    let now = Time::from_millis(1_000_000);
+    let mut root = node_in(&me, MeshConfig::default(), &tree, now);
+    let open_all = |root: &mut MeshNode, now: Time| {
+        for ms in (0..=6_000).step_by(300) {
+            let now = now + std::time::Duration::from_millis(ms);
+            for (i, s) in tree.sectors.iter().enumerate() {
+                let mut summary =
+                    sector_summary(i as u32, s.coordinator.as_ref().unwrap(), 300, 0, now);
+                summary.cluster_count = 10;
+                summary.breaker_open = true;
+                let from = s.coordinator.clone().unwrap();
+                let msg = MeshMessage::Sector(Box::new(summary));
+                root.handle(MeshInput::Heard { from, msg }, now);
+            }
+            root.handle(MeshInput::Tick, now);
+            drain(root);
+        }
+        assert_eq!(root.breakers().state(Scope::Global), BreakerState::Open);
+    };
+    open_all(&mut root, now);
+    let now = now + std::time::Duration::from_millis(6_000);
+    let cluster = Scope::Cluster(tree.sectors[0].clusters[0]);
+    for (tag, scope) in [(1, cluster), (2, Scope::Sector(qs_wire::mesh::SectorId(0)))] {
+        command(&mut root, Command::Heal { scope }, tag, now);
+        drain(&mut root);
+        assert_eq!(
+            root.breakers().state(Scope::Global),
+            BreakerState::Open,
+            "healing {scope:?}"
+        );
+    }
+    command(
+        &mut root,
+        Command::Heal {
+            scope: Scope::Global,
+        },
+        3,
+        now,
+    );
+    drain(&mut root);
+    assert_eq!(root.breakers().state(Scope::Global), BreakerState::Closed);
+}

@@ -294,3 +294,53 @@ fn a_hold_that_ends_ends_in_emergency_too() {
     assert_eq!(lead.mode(), Mode::Emergency);
     assert!(members.iter().all(|a| pool(&lead).contains(a)), "back");
 }
+
+/// A notice numbered far ahead of the node's clock is not taken (no notice of the root
+/// would be newer after it); one ahead within the skew allowed is, and its number shuts out
+/// the root's older-numbered ones only until it lapses: then the root's next one is taken.
+#[test]
+fn a_notice_from_the_future_shuts_out_the_root_for_one_lapse_at_most() {
+    let pair = pair();
+    let (p1, p2) = (pair.p1.clone(), pair.p2.clone());
+    let tree = pair.roles(&p2, &p2, &p1);
+    let mut node = node_in(&p2, MeshConfig::default(), &tree, at(0));
+    let notice = |level: u8, sent: Time| ModeNotice {
+        level,
+        active_agents: 7,
+        total_agents: 20,
+        sent_ms: sent.as_millis(),
+        frozen: false,
+        frozen_scopes: Vec::new(),
+        excluded: Vec::new(),
+        last_control: 0,
+        root: Some(p1.clone()),
+    };
+    let years = Duration::from_secs(10 * 365 * 86_400);
+    hear_notice(&mut node, &p1, &notice(1, at(0) + years), at(0));
+    assert_eq!(node.mode(), Mode::Full, "a notice ten years ahead");
+    hear_notice(&mut node, &p1, &notice(1, at(50_000)), at(0));
+    assert_eq!(
+        node.mode(),
+        Mode::DegradedLight,
+        "50 s ahead: within the skew"
+    );
+    // The root's own notices, numbered on its clock (behind the one above), every 3 s.
+    let mut severe_at = None;
+    for k in 0..=(40_000 / BEAT_MS) {
+        let now = at(k * BEAT_MS);
+        if (k * BEAT_MS).is_multiple_of(3_000) {
+            hear_notice(&mut node, &p1, &notice(3, now), now);
+        }
+        node.handle(MeshInput::Tick, now);
+        drain(&mut node);
+        if node.mode() == Mode::DegradedSevere && severe_at.is_none() {
+            severe_at = Some(k * BEAT_MS);
+        }
+    }
+    let severe_at = severe_at.expect("the root's notices are taken after the lapse");
+    assert!(
+        (15_000..=20_000).contains(&severe_at),
+        "taken at {severe_at} ms"
+    );
+    assert_eq!(node.mode(), Mode::DegradedSevere);
+}

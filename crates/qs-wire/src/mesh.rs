@@ -243,6 +243,7 @@ impl MeshEnvelope {
         {
             return Err("content_hash: must be 64 hex digits (SHA-256)".into());
         }
+        unix_ms("created_ms", self.created_ms)?;
         if self.target_arrival_ms > self.created_ms.saturating_add(MAX_TTL_MS) {
             return Err("target_arrival_ms: more than an hour after created_ms".into());
         }
@@ -301,11 +302,30 @@ pub(crate) fn token(what: &str, name: &str, max: usize) -> Result<(), String> {
     }
 }
 
+/// Text an operator's terminal shows (an answer, a conflict's detail): at most
+/// [`MAX_TEXT_BYTES`], and no character a terminal would not show as itself (an escape
+/// sequence, a line of its own, a reordering mark).
 fn text(what: &str, s: &str) -> Result<(), String> {
-    match s.len() > MAX_TEXT_BYTES {
-        true => Err(format!(
+    if s.len() > MAX_TEXT_BYTES {
+        return Err(format!(
             "{what}: {} bytes; at most {MAX_TEXT_BYTES}",
             s.len()
+        ));
+    }
+    match s.chars().find(|c| summary::hidden(*c)) {
+        Some(c) => Err(format!("{what}: control or invisible character {c:?}")),
+        None => Ok(()),
+    }
+}
+
+/// The latest time taken, Unix milliseconds (the year 2500): a larger one is no time.
+pub const MAX_UNIX_MS: u64 = 16_725_225_600_000;
+
+/// A time from another node, Unix milliseconds: at most [`MAX_UNIX_MS`].
+pub(crate) fn unix_ms(what: &str, ms: u64) -> Result<(), String> {
+    match ms > MAX_UNIX_MS {
+        true => Err(format!(
+            "{what} {ms}: not a time (at most {MAX_UNIX_MS}, the year 2500)"
         )),
         false => Ok(()),
     }
@@ -441,6 +461,24 @@ pub enum MeshMessage {
     Reassign(AgentOrder),
 }
 
+/// A summary's counts of its agents: by class, anomalous, failed since the last (an agent
+/// may fail, restart and fail again: at most a hundred times each in a period).
+fn class_counts(
+    classes: &ClassCounts,
+    anomalies: u32,
+    failures: u32,
+    agents: u32,
+) -> Result<(), String> {
+    let classed: u64 = classes.iter().map(|n| u64::from(*n)).sum();
+    let agents = u64::from(agents);
+    if classed > agents || u64::from(anomalies) > agents || u64::from(failures) > 100 * agents {
+        return Err(format!(
+            "classes: {classed} counted, anomalies {anomalies}, failures {failures}, of {agents} agents"
+        ));
+    }
+    Ok(())
+}
+
 fn summary_numbers(mean: f64, p95: f64, leads: &LeadHistogram, agents: u32) -> Result<(), String> {
     finite("mean_impedance_ms", mean, 1e9)?;
     finite("p95_impedance_ms", p95, 1e9)?;
@@ -474,6 +512,7 @@ impl BusMessage for MeshMessage {
                     ));
                 }
                 c.conflicts.check(1)?;
+                class_counts(&c.classes, c.anomalies, c.failures, c.agent_count)?;
                 check_capability_counts(&c.capabilities, c.agent_count)?;
                 summary_numbers(
                     c.mean_impedance_ms,
@@ -486,13 +525,20 @@ impl BusMessage for MeshMessage {
                 if s.active_agents > s.total_agents
                     || s.joining_agents > s.active_agents
                     || s.cluster_count as usize > MAX_CHILDREN
+                    || s.total_agents as usize > s.cluster_count as usize * MAX_CHILDREN
+                    || s.open_breakers > s.cluster_count
                 {
                     return Err(format!(
-                        "active_agents {}, joining_agents {} of total_agents {}, {} clusters (at most {MAX_CHILDREN})",
-                        s.active_agents, s.joining_agents, s.total_agents, s.cluster_count
+                        "active_agents {}, joining_agents {} of total_agents {}, open_breakers {} of {} clusters (at most {MAX_CHILDREN}, of {MAX_CHILDREN} agents each)",
+                        s.active_agents,
+                        s.joining_agents,
+                        s.total_agents,
+                        s.open_breakers,
+                        s.cluster_count
                     ));
                 }
                 s.conflicts.check(s.cluster_count)?;
+                class_counts(&s.classes, s.anomalies, 0, s.total_agents)?;
                 check_capability_counts(&s.capabilities, s.total_agents)?;
                 answers::check_escalated(s.escalated.iter().map(|l| &l.conflict))?;
                 summary_numbers(
@@ -568,3 +614,5 @@ impl BusMessage for MeshMessage {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_counts;

@@ -248,7 +248,7 @@ enum Command {
 struct MeshFlags {
     /// Register this many built-in mesh agents on this node (seed 001): each answers what
     /// it is sent after --mesh-agent-ms with READY and its context hash.
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=qs_agent::mesh_agents::MAX_BUILTIN_AGENTS as i64))]
     mesh_agents: u32,
     /// How long a built-in mesh agent takes, milliseconds.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=600_000))]

@@ -504,15 +504,21 @@ impl MeshNode {
 
     /// All agents and active agents, from the sector summaries (the root's view).
     pub fn global_counts(&self) -> (u32, u32) {
-        self.sector_summaries.values().fold((0, 0), |(t, a), s| {
-            (t + s.total_agents, a + s.active_agents)
-        })
+        self.sector_summaries
+            .values()
+            .fold((0u32, 0u32), |(t, a), s| {
+                (
+                    t.saturating_add(s.total_agents),
+                    a.saturating_add(s.active_agents),
+                )
+            })
     }
 
     /// Active agents not yet in the routing pool, from the sector summaries (the root's view).
     pub fn global_joining(&self) -> u32 {
         let s = self.sector_summaries.values();
-        s.map(|s| s.joining_agents.min(s.active_agents)).sum()
+        s.map(|s| s.joining_agents.min(s.active_agents))
+            .fold(0u32, u32::saturating_add)
     }
 
     pub(crate) fn next_id(&mut self) -> u64 {

@@ -87,6 +87,8 @@ impl Ack {
     /// socket, another node): a CONFLICT without one could not be logged.
     pub fn check(&self) -> Result<(), String> {
         text("answer", &self.answer)?;
+        unix_ms("arrived_ms", self.arrived_ms)?;
+        unix_ms("ready_ms", self.ready_ms)?;
         match (self.state, &self.conflict) {
             (Trinary::Conflict, Some(c)) => c.check(),
             (Trinary::Conflict, None) => {
@@ -152,6 +154,52 @@ impl Tally {
         for (sum, n) in pairs {
             *sum = sum.saturating_add(n);
         }
+    }
+
+    /// Checks a subtree's counts (a report's, from the bus): each at most the agents a
+    /// `scope` holds (a cluster [`MAX_CHILDREN`], a sector [`MAX_AGENTS_IN_SCOPE`]; an agent
+    /// rerouted to counts as targeted again), and no more answers than sends, nor more
+    /// answers in the window or on time than answers counted.
+    pub fn check(&self, scope: Scope) -> Result<(), String> {
+        let most = match scope {
+            Scope::Cluster(_) => MAX_CHILDREN,
+            Scope::Sector(_) => MAX_AGENTS_IN_SCOPE,
+            Scope::Global => MAX_AGENTS_IN_SCOPE * MAX_CHILDREN,
+        } as u64;
+        let counts = [
+            ("targeted", self.targeted, 2 * most),
+            ("skipped", self.skipped, most),
+            ("unreachable", self.unreachable, most),
+            ("joining", self.joining, most),
+            ("sent", self.sent, most),
+            ("rerouted", self.rerouted, most),
+            ("missing_reports", self.missing_reports, most),
+        ];
+        for (field, n, max) in counts {
+            if u64::from(n) > max {
+                return Err(format!("tally.{field}: {n}; at most {max} in {scope:?}"));
+            }
+        }
+        let counted = [self.ready, self.transit, self.conflict].map(u64::from);
+        let counted: u64 = counted.iter().sum();
+        let heard = counted + u64::from(self.late) + u64::from(self.expired);
+        if heard > u64::from(self.sent) {
+            return Err(format!(
+                "tally: {heard} heard (ready, transit, conflict, late, expired) of {} sent",
+                self.sent
+            ));
+        }
+        for (field, n) in [
+            ("window_hits", self.window_hits),
+            ("predicted_within_50ms", self.predicted_within_50ms),
+        ] {
+            if u64::from(n) > counted {
+                return Err(format!(
+                    "tally.{field}: {n} of {counted} answers counted (ready, transit, conflict)"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Answers heard, of any state, expiries included (saturating).
@@ -235,6 +283,7 @@ pub const MAX_ESCALATED: usize = 16;
 impl Report {
     /// Checks the bounds of what a report carries.
     pub fn check(&self) -> Result<(), String> {
+        self.tally.check(self.scope)?;
         at_most("answers", self.answers.len(), MAX_ANSWERS)?;
         for a in &self.answers {
             text("answer", &a.answer)?;

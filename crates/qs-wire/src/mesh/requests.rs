@@ -208,8 +208,9 @@ pub struct MeshOutcome {
 
 /// Largest outcome body.
 pub const MAX_OUTCOME_BYTES: usize = 32 * 1024;
-/// Most agents one node registers in the mesh.
-pub const MAX_NODE_AGENTS: usize = 10_000;
+/// Most agents one node registers in the mesh: its record in the `mesh` bucket, each id
+/// up to 20 digits, fits a bus message ([`crate::task_bus::MAX_BUS_BYTES`]).
+pub const MAX_NODE_AGENTS: usize = 3_072;
 
 /// A node's agents, as it puts them in the `mesh` bucket (key: the node).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -234,9 +235,6 @@ pub struct MeshMembers {
 /// The longest a node may wait before it leads: an hour.
 pub const MAX_LEAD_AFTER_MS: u64 = 3_600_000;
 
-/// The latest `since_ms` taken (the year 2500): a larger one is no time.
-pub const MAX_SINCE_MS: u64 = 16_725_225_600_000;
-
 /// Longest zone name.
 pub const MAX_ZONE_BYTES: usize = 63;
 
@@ -257,12 +255,7 @@ impl BusMessage for MeshMembers {
                 self.agents.len()
             ));
         }
-        if self.since_ms > MAX_SINCE_MS {
-            return Err(format!(
-                "since_ms {}: not a time (at most {MAX_SINCE_MS}, the year 2500)",
-                self.since_ms
-            ));
-        }
+        super::unix_ms("since_ms", self.since_ms)?;
         if let Some(ms) = self.lead_after_ms
             && ms > MAX_LEAD_AFTER_MS
         {

@@ -31,7 +31,7 @@ pub const MAX_BUSY_NOTE_BYTES: usize = 200;
 /// line or paragraph separator, or an invisible one that reorders or hides text
 /// (bidirectional marks, overrides and isolates, zero-width and filler characters, a soft
 /// hyphen, tag characters).
-fn hidden(c: char) -> bool {
+pub(crate) fn hidden(c: char) -> bool {
     c.is_control()
         || matches!(
             c,
@@ -504,6 +504,7 @@ pub const MAX_FROZEN_SCOPES: usize = 256;
 
 impl ModeNotice {
     pub fn check(&self) -> Result<(), String> {
+        super::unix_ms("sent_ms", self.sent_ms)?;
         if self.level > MAX_MODE_LEVEL {
             return Err(format!("level: {}; at most {MAX_MODE_LEVEL}", self.level));
         }

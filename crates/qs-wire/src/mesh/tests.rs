@@ -3,7 +3,7 @@
 use super::*;
 use crate::task_bus::decode_bus;
 
-fn envelope() -> MeshEnvelope {
+pub(super) fn envelope() -> MeshEnvelope {
     MeshEnvelope {
         id: 1,
         op: OpId(7),

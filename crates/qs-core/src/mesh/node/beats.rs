@@ -180,7 +180,7 @@ impl MeshNode {
                 view.admitted = true;
             }
         }
-        led.failures_this_period += failures;
+        led.failures_this_period = led.failures_this_period.saturating_add(failures);
         for _ in 0..failures {
             self.breakers.cluster_failure(b.cluster, now);
         }
@@ -250,7 +250,7 @@ impl MeshNode {
     /// sector's.
     pub(crate) fn lead_failure(&mut self, c: ClusterId, now: Time) {
         if let Some(l) = self.led.get_mut(&c) {
-            l.failures_this_period += 1;
+            l.failures_this_period = l.failures_this_period.saturating_add(1);
         }
         self.breakers.cluster_failure(c, now);
     }

@@ -222,7 +222,9 @@ impl MeshNode {
                 done.conflicts_released = released.len() as u32;
                 self.resolved(released);
                 if relayed_by.is_none() {
-                    // The breakers of the sectors it coordinates in scope, and the global one.
+                    // The breakers of the sectors it coordinates in scope, and the global one
+                    // when the whole mesh is healed (a cluster's or a sector's heal leaves
+                    // it: the next summaries would open it again).
                     let sectors: Vec<SectorId> = self.my_sectors.clone();
                     for s in sectors {
                         let held = match c.scope {
@@ -235,7 +237,9 @@ impl MeshNode {
                                 u32::from(self.breakers.reset(Scope::Sector(s), now));
                         }
                     }
-                    done.breakers_closed += u32::from(self.breakers.reset(Scope::Global, now));
+                    if c.scope == Scope::Global {
+                        done.breakers_closed += u32::from(self.breakers.reset(Scope::Global, now));
+                    }
                 }
             }
             ControlAction::RouteAround => self.route_around(&clusters, &c, &mut done, now),

@@ -10,7 +10,9 @@
 //! the root or a node the tree names above this one; one not renewed for three summary
 //! periods lapses, and the node counts the mesh FULL again (the root renews every notice but
 //! FULL's, and every one while anything is frozen), and the freezes it said lapse with it.
-//! Each notice names its root: a slower copy from the root before is not taken.
+//! Each notice names its root: a slower copy from the root before is not taken; nor is one
+//! numbered past `MAX_NOTICE_AHEAD_MS` ahead of this node's clock (it would shut out the
+//! root's next ones), and a lapse forgets the last number.
 
 use super::*;
 use qs_wire::mesh::ModeNotice;
@@ -19,6 +21,8 @@ use qs_wire::mesh::ModeNotice;
 const LAPSES_AFTER_PERIODS: u32 = 3;
 /// Beats a change is announced at.
 const ANNOUNCE_CHANGE_BEATS: u8 = 3;
+/// The most a notice's number (its root's clock) may run ahead of this node's clock.
+pub(crate) const MAX_NOTICE_AHEAD_MS: u64 = 60_000;
 
 impl MeshNode {
     /// At the root, after it computed the mode: a notice down the tree at a change (of the
@@ -82,6 +86,11 @@ impl MeshNode {
         if self.mode_seen_ms.is_some_and(|seen| notice.sent_ms <= seen) {
             return;
         }
+        // Numbered from a clock far ahead of this one's: no notice after it would be
+        // newer, so it is not taken (its number would shut out the root's next ones).
+        if notice.sent_ms > now.as_millis().saturating_add(MAX_NOTICE_AHEAD_MS) {
+            return;
+        }
         self.mode_seen_ms = Some(notice.sent_ms);
         if !self.is_root {
             self.mode_heard = Some(now);
@@ -115,6 +124,8 @@ impl MeshNode {
             return;
         }
         self.mode_heard = None;
+        // The next notice is taken whatever the last one's number was.
+        self.mode_seen_ms = None;
         // And the freezes it said: a root renews them every summary period while they last.
         self.freezes_lapse();
         let (active, total) = self.mode_counts;

@@ -182,9 +182,9 @@ impl MeshNode {
             let mut capable: BTreeMap<String, u32> = BTreeMap::new();
             let mut with_agents = 0.0;
             for c in &mine {
-                sum.total_agents += c.agent_count;
-                sum.active_agents += c.active_count;
-                sum.joining_agents += c.joining_count;
+                sum.total_agents = sum.total_agents.saturating_add(c.agent_count);
+                sum.active_agents = sum.active_agents.saturating_add(c.active_count);
+                sum.joining_agents = sum.joining_agents.saturating_add(c.joining_count);
                 if c.active_count > 0 {
                     sum.mean_impedance_ms += c.mean_impedance_ms;
                     with_agents += 1.0;
@@ -193,10 +193,10 @@ impl MeshNode {
                 let hop = self.hop(Some(&c.lead));
                 sum.leads.add(&c.leads);
                 sum.hop_ms = sum.hop_ms.max(hop);
-                for i in 0..6 {
-                    sum.classes[i] += c.classes[i];
+                for (into, n) in sum.classes.iter_mut().zip(c.classes) {
+                    *into = into.saturating_add(n);
                 }
-                sum.anomalies += c.anomalies;
+                sum.anomalies = sum.anomalies.saturating_add(c.anomalies);
                 sum.open_breakers += u32::from(c.breaker_open);
                 sum.conflicts.add(&c.conflicts);
                 for k in &c.capabilities {

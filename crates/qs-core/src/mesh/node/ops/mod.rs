@@ -535,7 +535,7 @@ impl MeshNode {
             .iter()
             .filter_map(|s| self.sector_summaries.get(s))
             .map(|s| s.total_agents)
-            .sum();
+            .fold(0u32, u32::saturating_add);
         let agents = c.sample.map_or(in_scope, |n| n.min(in_scope));
         let (total_agents, active_agents) = self.global_counts();
         let admit = degrade::permit(

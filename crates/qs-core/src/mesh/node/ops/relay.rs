@@ -172,7 +172,10 @@ pub(super) fn report_relay(ops: &mut Ops, node: &mut MeshNode, key: (OpId, Secto
     let Some(mut r) = ops.relay.remove(&key) else {
         return;
     };
-    r.tally.missing_reports += r.expect.len() as u32;
+    r.tally.missing_reports = r
+        .tally
+        .missing_reports
+        .saturating_add(r.expect.len() as u32);
     let (escalated, escalated_more) = r.escalate.take();
     let report = Report {
         op: key.0,

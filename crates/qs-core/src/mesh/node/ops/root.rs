@@ -112,8 +112,8 @@ pub(super) fn start_phase(
         };
         if !routable || (healthy_only && !healthy) {
             let agents = node.sector_summaries.get(&s).map_or(0, |x| x.total_agents);
-            r.tally.targeted += agents;
-            r.tally.unreachable += agents;
+            r.tally.targeted = r.tally.targeted.saturating_add(agents);
+            r.tally.unreachable = r.tally.unreachable.saturating_add(agents);
             continue;
         }
         let sub_scope = match r.scope {
