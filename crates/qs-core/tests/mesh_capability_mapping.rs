@@ -80,7 +80,11 @@ fn rule(class: ImpedanceClass) -> Exclusion {
 }
 
 fn exclude(rule: Exclusion, excluded: bool) -> Command {
-    Command::Exclude { rule, excluded }
+    Command::Exclude {
+        rule,
+        excluded,
+        approved: false,
+    }
 }
 
 /// An exclusion of the class the capable agents are in keeps an ask requiring the capability
@@ -231,6 +235,8 @@ fn the_rules_travel_with_the_roots_notices_and_outlive_it() {
         class: ImpedanceClass::ALL[i % 6],
         capability: format!("cap{}", i / 6),
     };
+    // (Its sector heard from again: the mesh is FULL, no approval asked.)
+    root_beat(&mut root, &p2, 20, at(8_000));
     for i in 1..MAX_EXCLUSIONS {
         command(&mut root, exclude(many(i + 6), true), 10, at(8_000));
         drain(&mut root);

@@ -63,6 +63,7 @@ fn a_heal_thaws_releases_and_closes_and_the_root_reports_what_every_node_did() {
         Command::Freeze {
             scope: Scope::Global,
             frozen: true,
+            approved: false,
         },
         7,
         lead.now,
@@ -84,6 +85,7 @@ fn a_heal_thaws_releases_and_closes_and_the_root_reports_what_every_node_did() {
         &mut root,
         Command::Heal {
             scope: Scope::Global,
+            approved: false,
         },
         8,
         lead.now,
@@ -130,6 +132,7 @@ fn a_node_that_does_not_confirm_is_named_when_the_wait_ends() {
         &mut root,
         Command::Heal {
             scope: Scope::Global,
+            approved: false,
         },
         3,
         start,
@@ -160,6 +163,7 @@ fn a_confirmation_from_a_node_not_in_scope_is_refused_and_counted() {
         &mut root,
         Command::Heal {
             scope: Scope::Global,
+            approved: false,
         },
         4,
         now,
@@ -205,6 +209,7 @@ fn the_root_awaits_at_most_sixteen_controls_and_a_newer_one_ends_the_oldest_wait
             Command::Freeze {
                 scope: Scope::Global,
                 frozen: true,
+                approved: false,
             },
             tag,
             lead.now,
@@ -217,6 +222,7 @@ fn the_root_awaits_at_most_sixteen_controls_and_a_newer_one_ends_the_oldest_wait
         Command::Freeze {
             scope: Scope::Global,
             frozen: true,
+            approved: false,
         },
         17,
         lead.now,
@@ -349,6 +355,7 @@ fn the_root_counts_each_confirmation_once_through_each_coordinator() {
         &mut root,
         Command::Heal {
             scope: Scope::Global,
+            approved: false,
         },
         6,
         t.now,
@@ -450,7 +457,7 @@ fn only_a_heal_of_the_whole_mesh_closes_the_global_breaker() {
             let now = now + std::time::Duration::from_millis(ms);
             for (i, s) in tree.sectors.iter().enumerate() {
                 let mut summary =
-                    sector_summary(i as u32, s.coordinator.as_ref().unwrap(), 300, 0, now);
+                    sector_summary(i as u32, s.coordinator.as_ref().unwrap(), 300, 300, now);
                 summary.cluster_count = 10;
                 summary.breaker_open = true;
                 let from = s.coordinator.clone().unwrap();
@@ -466,7 +473,15 @@ fn only_a_heal_of_the_whole_mesh_closes_the_global_breaker() {
     let now = now + std::time::Duration::from_millis(6_000);
     let cluster = Scope::Cluster(tree.sectors[0].clusters[0]);
     for (tag, scope) in [(1, cluster), (2, Scope::Sector(qs_wire::mesh::SectorId(0)))] {
-        command(&mut root, Command::Heal { scope }, tag, now);
+        command(
+            &mut root,
+            Command::Heal {
+                scope,
+                approved: false,
+            },
+            tag,
+            now,
+        );
         drain(&mut root);
         assert_eq!(
             root.breakers().state(Scope::Global),
@@ -478,10 +493,130 @@ fn only_a_heal_of_the_whole_mesh_closes_the_global_breaker() {
         &mut root,
         Command::Heal {
             scope: Scope::Global,
+            approved: false,
         },
         3,
         now,
     );
     drain(&mut root);
     assert_eq!(root.breakers().state(Scope::Global), BreakerState::Closed);
+}
+
+/// The mode's rules hold for an operator's controls too (seed §6.3): in DEGRADED_SEVERE a
+/// mesh-wide one needs a human's approval, in EMERGENCY any does but a freeze (which stops
+/// things); the refusal says which rule, with the counts.
+#[test]
+fn degraded_modes_ask_a_humans_approval_for_controls() {
+    use qs_core::mesh::degrade::Mode;
+    use qs_wire::mesh::{ClusterId, Exclusion, ImpedanceClass};
+    let pair = pair();
+    let (p1, p2) = (pair.p1.clone(), pair.p2.clone());
+    let tree = pair.roles(&p2, &p2, &p1);
+    let heal = |scope, approved| Command::Heal { scope, approved };
+    let thaw = |approved| Command::Freeze {
+        scope: Scope::Global,
+        frozen: false,
+        approved,
+    };
+    let freeze = Command::Freeze {
+        scope: Scope::Global,
+        frozen: true,
+        approved: false,
+    };
+    let exclude = |approved| Command::Exclude {
+        rule: Exclusion {
+            class: ImpedanceClass::E,
+            capability: "gpu".into(),
+        },
+        excluded: true,
+        approved,
+    };
+    let route_around = |approved| Command::RouteAround {
+        scope: Scope::Sector(qs_wire::mesh::SectorId(0)),
+        slower_than_ms: 500,
+        for_ms: 60_000,
+        approved,
+    };
+    let cluster = Scope::Cluster(ClusterId(0));
+    // (active of 20, the mode, the command, refused by the rule naming this)
+    let table: Vec<(u32, Mode, Command, Option<&str>)> = vec![
+        (20, Mode::Full, heal(Scope::Global, false), None),
+        (
+            10,
+            Mode::DegradedSevere,
+            heal(Scope::Global, false),
+            Some("mesh-wide operations need"),
+        ),
+        (10, Mode::DegradedSevere, heal(Scope::Global, true), None),
+        (10, Mode::DegradedSevere, heal(cluster, false), None),
+        (
+            10,
+            Mode::DegradedSevere,
+            exclude(false),
+            Some("mesh-wide operations need"),
+        ),
+        (10, Mode::DegradedSevere, exclude(true), None),
+        (10, Mode::DegradedSevere, route_around(false), None),
+        (
+            5,
+            Mode::Emergency,
+            heal(cluster, false),
+            Some("investigate the root cause"),
+        ),
+        (5, Mode::Emergency, heal(cluster, true), None),
+        (
+            5,
+            Mode::Emergency,
+            route_around(false),
+            Some("investigate the root cause"),
+        ),
+        (5, Mode::Emergency, freeze, None),
+        (
+            5,
+            Mode::Emergency,
+            thaw(false),
+            Some("mesh-wide operations need"),
+        ),
+        (5, Mode::Emergency, thaw(true), None),
+    ];
+    for (i, (active, mode, command, refused)) in table.into_iter().enumerate() {
+        let mut root = node_in(
+            &p1,
+            MeshConfig::default(),
+            &tree,
+            Time::from_millis(1_000_000),
+        );
+        let now = Time::from_millis(1_000_300);
+        root_beat(&mut root, &p2, active, now);
+        assert_eq!(root.mode(), mode, "row {i}");
+        let tag = 100 + i as u64;
+        let described = format!("row {i}: {command:?}");
+        root.handle(MeshInput::Command { command, tag }, now);
+        let out = drain(&mut root);
+        let error = out.iter().find_map(|o| match o {
+            MeshOutput::Refused { tag: t, error, .. } if *t == tag => Some(error.to_string()),
+            _ => None,
+        });
+        let sent = out.iter().any(|o| {
+            matches!(
+                o,
+                MeshOutput::Send {
+                    msg: MeshMessage::Control(_),
+                    ..
+                }
+            )
+        });
+        match refused {
+            Some(rule) => {
+                let error = error.unwrap_or_else(|| panic!("{described}: not refused"));
+                assert!(error.contains(rule), "{described}: {error}");
+                assert!(
+                    error.contains(&format!("({active} of 20 agents active)")),
+                    "{error}"
+                );
+                assert!(!sent, "{described}");
+            }
+            None => assert!(sent && error.is_none(), "{described}: {error:?} {out:?}"),
+        }
+    }
 }

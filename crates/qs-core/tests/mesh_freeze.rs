@@ -24,7 +24,11 @@ fn at(ms: u64) -> Time {
 }
 
 fn freeze(node: &mut MeshNode, scope: Scope, frozen: bool, now: Time) -> Vec<MeshOutput> {
-    let command = Command::Freeze { scope, frozen };
+    let command = Command::Freeze {
+        scope,
+        frozen,
+        approved: false,
+    };
     node.handle(MeshInput::Command { command, tag: 1 }, now);
     drain(node)
 }
@@ -69,6 +73,7 @@ fn a_freeze_of_the_whole_mesh_outlives_its_root() {
     let freeze = Command::Freeze {
         scope: Scope::Global,
         frozen: true,
+        approved: false,
     };
     root.handle(
         MeshInput::Command {

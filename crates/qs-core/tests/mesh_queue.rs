@@ -203,6 +203,7 @@ fn a_queued_operation_whose_scope_was_frozen_meanwhile_is_refused_when_it_would_
             command: Command::Freeze {
                 scope: Scope::Global,
                 frozen: true,
+                approved: false,
             },
             tag: 4,
         },

@@ -23,6 +23,7 @@ fn a_route_around_holds_slow_agents_out_until_its_time_or_a_heal() {
         scope: Scope::Global,
         slower_than_ms,
         for_ms,
+        approved: false,
     };
     // Nobody is slower than an hour.
     command(&mut root, around(3_600_000, 60_000), 1, lead.now);
@@ -71,6 +72,7 @@ fn a_route_around_holds_slow_agents_out_until_its_time_or_a_heal() {
         &mut root,
         Command::Heal {
             scope: Scope::Global,
+            approved: false,
         },
         4,
         lead.now,
@@ -97,6 +99,7 @@ fn a_reassignment_asks_the_hosts_of_slow_agents_on_tasks_for_their_tasks() {
     let reassign = |slower_than_ms| Command::Reassign {
         scope: Scope::Global,
         slower_than_ms,
+        approved: false,
     };
     let asked = |out: &[MeshOutput]| -> Vec<(NodeId, AgentId)> {
         out.iter()

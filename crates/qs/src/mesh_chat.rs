@@ -84,6 +84,7 @@ pub(crate) fn route_around(scope: Scope, slower_than_ms: u64, for_s: u64) -> Mes
         scope,
         slower_than_ms,
         for_ms: for_s.saturating_mul(1_000),
+        approved: false,
     }
 }
 
@@ -180,6 +181,7 @@ pub(crate) fn parse_intent(text: &str) -> Option<Intent> {
         return Some(Intent::Act(MeshAction::Reassign {
             scope,
             slower_than_ms: slower_than_ms(&lower)?,
+            approved: false,
         }));
     }
     let opened = lead.is_some_and(|l| l == "exclude" || l == "include");
@@ -189,10 +191,16 @@ pub(crate) fn parse_intent(text: &str) -> Option<Intent> {
         return rule.map(Intent::Act);
     }
     if has("thaw") || has("unfreeze") || (lead.is_none() && has("resume")) {
-        return Some(Intent::Act(MeshAction::Thaw { scope }));
+        return Some(Intent::Act(MeshAction::Thaw {
+            scope,
+            approved: false,
+        }));
     }
     if has("heal") || has("restore") || (lead.is_none() && has("fix") && scope != Scope::Global) {
-        return Some(Intent::Act(MeshAction::Heal { scope }));
+        return Some(Intent::Act(MeshAction::Heal {
+            scope,
+            approved: false,
+        }));
     }
     if has("broadcast") || everyone {
         let message = after("broadcast")
@@ -478,12 +486,29 @@ pub(crate) fn chat(api: &str, llm: Option<Llm>, yes: bool) -> Result<()> {
             Intent::Act(a) => vec![a],
             Intent::Acts(all) => all,
         };
-        for a in actions {
-            match run(api, a) {
-                Ok(offer) => offered = offer.map(say).or(offered),
-                Err(e) => {
-                    println!("error: {e:#}");
-                    break;
+        'actions: for mut a in actions {
+            loop {
+                match run(api, a.clone()) {
+                    Ok(offer) => {
+                        offered = offer.map(say).or(offered);
+                        break;
+                    }
+                    // The mesh's mode asks for a human's approval (seed §6.3): the operator
+                    // here is asked, with the command it would run.
+                    Err(e) if !yes && format!("{e:#}").contains("--approve") && a.approve() => {
+                        println!("error: {e:#}");
+                        print!("Run it approved ({})? [y/N] ", describe(&a));
+                        std::io::stdout().flush()?;
+                        let answer = lines.next().transpose()?.unwrap_or_default();
+                        if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
+                            println!("Not run.");
+                            break 'actions;
+                        }
+                    }
+                    Err(e) => {
+                        println!("error: {e:#}");
+                        break 'actions;
+                    }
                 }
             }
         }
@@ -511,9 +536,7 @@ mod describe;
 mod llm;
 mod mapping;
 mod offer;
-#[cfg(test)]
-use describe::describe;
-pub(crate) use describe::describe_intent;
+pub(crate) use describe::{describe, describe_intent};
 pub(crate) use llm::{Llm, ask_llm};
 pub(crate) use offer::{after_route_around, reply, suggestion};
 

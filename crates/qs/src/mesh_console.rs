@@ -20,6 +20,9 @@ pub struct RuleArgs {
     class: String,
     #[arg(long)]
     capability: String,
+    /// An operator's approval, which degraded modes ask for (seed §6.3).
+    #[arg(long)]
+    approve: bool,
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     output: OutputFormat,
 }
@@ -61,6 +64,9 @@ pub enum MeshCmd {
         /// Only this sector or cluster.
         #[arg(long)]
         scope: Option<String>,
+        /// 0 background … 3 critical (degraded modes take only critical operations).
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=3))]
+        priority: u8,
         #[arg(long)]
         approve: bool,
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
@@ -82,6 +88,12 @@ pub enum MeshCmd {
         /// Only this sector or cluster.
         #[arg(long)]
         scope: Option<String>,
+        /// 0 background … 3 critical (degraded modes take only critical operations).
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=3))]
+        priority: u8,
+        /// An operator's approval, which degraded modes ask for (seed §6.3).
+        #[arg(long)]
+        approve: bool,
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },
@@ -104,6 +116,9 @@ pub enum MeshCmd {
     /// conflicts, thaw it.
     Heal {
         target: Vec<String>,
+        /// An operator's approval, which degraded modes ask for (seed §6.3).
+        #[arg(long)]
+        approve: bool,
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },
@@ -116,6 +131,9 @@ pub enum MeshCmd {
     /// Resume operations in a scope.
     Thaw {
         target: Vec<String>,
+        /// An operator's approval, which degraded modes ask for (seed §6.3).
+        #[arg(long)]
+        approve: bool,
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },
@@ -131,6 +149,9 @@ pub enum MeshCmd {
         #[arg(long = "for", default_value_t = crate::mesh_chat::ROUTE_AROUND_S,
               value_parser = clap::value_parser!(u64).range(1..=qs_wire::mesh::MAX_HELD_MS / 1_000))]
         for_s: u64,
+        /// An operator's approval, which degraded modes ask for (seed §6.3).
+        #[arg(long)]
+        approve: bool,
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },
@@ -142,6 +163,9 @@ pub enum MeshCmd {
         #[arg(long, default_value_t = crate::mesh_chat::SLOW_MS,
               value_parser = clap::value_parser!(u64).range(0..=qs_wire::mesh::MAX_SLOWER_THAN_MS))]
         slower_than: u64,
+        /// An operator's approval, which degraded modes ask for (seed §6.3).
+        #[arg(long)]
+        approve: bool,
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },
@@ -200,6 +224,7 @@ pub fn run(api: &str, cmd: MeshCmd) -> Result<()> {
             sample,
             capability,
             scope,
+            priority,
             approve,
             output,
         } => {
@@ -208,7 +233,7 @@ pub fn run(api: &str, cmd: MeshCmd) -> Result<()> {
                 scope_of(scope.as_deref().unwrap_or(""))?,
                 Verb::Observe,
                 question,
-                2,
+                priority,
                 Some(sample),
                 None,
                 approve,
@@ -222,10 +247,18 @@ pub fn run(api: &str, cmd: MeshCmd) -> Result<()> {
             to,
             timeout,
             scope,
+            priority,
+            approve,
             output,
         } => {
             let scope = scope_of(scope.as_deref().unwrap_or(""))?;
-            let action = delegation(scope, task, capability, class_of(&to)?, timeout);
+            let mut action = delegation(scope, task, capability, class_of(&to)?, timeout);
+            if let MeshAction::Cascade { priority: p, .. } = &mut action {
+                *p = priority;
+            }
+            if approve {
+                action.approve();
+            }
             op(api, &action, output)
         }
         MeshCmd::Cascade {
@@ -248,37 +281,59 @@ pub fn run(api: &str, cmd: MeshCmd) -> Result<()> {
             )?;
             op(api, &action, output)
         }
-        MeshCmd::Heal { target, output } => {
+        MeshCmd::Heal {
+            target,
+            approve,
+            output,
+        } => {
             let scope = scope_of(&target.join(" "))?;
-            control(api, MeshAction::Heal { scope }, output).map(drop)
+            let action = MeshAction::Heal {
+                scope,
+                approved: approve,
+            };
+            control(api, action, output).map(drop)
         }
         MeshCmd::Freeze { target, output } => {
             let scope = scope_of(&target.join(" "))?;
             control(api, MeshAction::Freeze { scope }, output).map(drop)
         }
-        MeshCmd::Thaw { target, output } => {
+        MeshCmd::Thaw {
+            target,
+            approve,
+            output,
+        } => {
             let scope = scope_of(&target.join(" "))?;
-            control(api, MeshAction::Thaw { scope }, output).map(drop)
+            let action = MeshAction::Thaw {
+                scope,
+                approved: approve,
+            };
+            control(api, action, output).map(drop)
         }
         MeshCmd::RouteAround {
             target,
             slower_than,
             for_s,
+            approve,
             output,
         } => {
             let scope = scope_of(&target.join(" "))?;
-            let action = crate::mesh_chat::route_around(scope, slower_than, for_s);
+            let mut action = crate::mesh_chat::route_around(scope, slower_than, for_s);
+            if approve {
+                action.approve();
+            }
             control(api, action, output).map(drop)
         }
         MeshCmd::Reassign {
             target,
             slower_than,
+            approve,
             output,
         } => {
             let scope = scope_of(&target.join(" "))?;
             let action = MeshAction::Reassign {
                 scope,
                 slower_than_ms: slower_than,
+                approved: approve,
             };
             control(api, action, output).map(drop)
         }
@@ -306,14 +361,23 @@ fn rule(api: &str, r: RuleArgs, excluded: bool) -> Result<()> {
     let RuleArgs {
         class,
         capability,
+        approve,
         output,
     } = r;
     let Ok(Some(class)) = class_of(&class) else {
         bail!("--class {class:?}: a class A to F (or CLASS_E_LOCAL, local)");
     };
     let action = match excluded {
-        true => MeshAction::Exclude { class, capability },
-        false => MeshAction::Include { class, capability },
+        true => MeshAction::Exclude {
+            class,
+            capability,
+            approved: approve,
+        },
+        false => MeshAction::Include {
+            class,
+            capability,
+            approved: approve,
+        },
     };
     control(api, action, output).map(drop)
 }

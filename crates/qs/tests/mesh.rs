@@ -156,8 +156,12 @@ fn a_thousand_agents_over_nats() {
     let a = root.mesh_op(
         r#"{"action":"cascade","mode":"wave","verb":"observe","payload":"What's your current context hash?","sample":50}"#,
     );
-    let sent = a["tally"]["sent"].as_u64().unwrap();
-    assert!((50..=100).contains(&sent), "{a}");
+    // No more than the sample: the root splits it over the sectors, each coordinator its
+    // share over its clusters, exactly. (Its target is short, tens of milliseconds from
+    // the measured leads: agents known too late for it are skipped, a third in a CI run.)
+    let n = |k: &str| a["tally"][k].as_u64().unwrap();
+    assert!((45..=50).contains(&n("targeted")), "{a}");
+    assert!(n("sent") >= 20 && n("sent") + n("skipped") <= 50, "{a}");
     let answers: Vec<&str> = a["answers"]
         .as_array()
         .unwrap()

@@ -40,35 +40,51 @@ pub(super) fn command(node: &mut MeshNode, action: MeshAction, tag: u64) {
         MeshAction::Freeze { scope } => Command::Freeze {
             scope,
             frozen: true,
+            approved: false,
         },
-        MeshAction::Thaw { scope } => Command::Freeze {
+        MeshAction::Thaw { scope, approved } => Command::Freeze {
             scope,
             frozen: false,
+            approved,
         },
-        MeshAction::Heal { scope } => Command::Heal { scope },
+        MeshAction::Heal { scope, approved } => Command::Heal { scope, approved },
         MeshAction::RouteAround {
             scope,
             slower_than_ms,
             for_ms,
+            approved,
         } => Command::RouteAround {
             scope,
             slower_than_ms,
             for_ms,
+            approved,
         },
         MeshAction::Reassign {
             scope,
             slower_than_ms,
+            approved,
         } => Command::Reassign {
             scope,
             slower_than_ms,
+            approved,
         },
-        MeshAction::Exclude { class, capability } => Command::Exclude {
+        MeshAction::Exclude {
+            class,
+            capability,
+            approved,
+        } => Command::Exclude {
             rule: Exclusion { class, capability },
             excluded: true,
+            approved,
         },
-        MeshAction::Include { class, capability } => Command::Exclude {
+        MeshAction::Include {
+            class,
+            capability,
+            approved,
+        } => Command::Exclude {
             rule: Exclusion { class, capability },
             excluded: false,
+            approved,
         },
     };
     node.handle(MeshInput::Command { command, tag }, t);

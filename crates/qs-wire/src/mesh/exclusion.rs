@@ -119,6 +119,7 @@ mod tests {
         let action = MeshAction::Exclude {
             class: ImpedanceClass::E,
             capability: "llm inference".into(),
+            approved: false,
         };
         assert!(action.check().unwrap_err().contains("\"llm inference\""));
     }

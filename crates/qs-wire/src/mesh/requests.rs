@@ -52,9 +52,15 @@ pub enum MeshAction {
     },
     Thaw {
         scope: Scope,
+        /// An operator approved it (`--approve`): in DEGRADED_SEVERE a mesh-wide control
+        /// needs that, in EMERGENCY any but a freeze (seed §6.3). Left out when false.
+        #[serde(default, skip_serializing_if = "crate::bounds::is_zero")]
+        approved: bool,
     },
     Heal {
         scope: Scope,
+        #[serde(default, skip_serializing_if = "crate::bounds::is_zero")]
+        approved: bool,
     },
     /// Hold the agents in scope whose impedance is over `slower_than_ms` out of the routing
     /// pool for `for_ms` (seed §7.2: "route around them for now"); a heal takes them back.
@@ -62,6 +68,8 @@ pub enum MeshAction {
         scope: Scope,
         slower_than_ms: u64,
         for_ms: u64,
+        #[serde(default, skip_serializing_if = "crate::bounds::is_zero")]
+        approved: bool,
     },
     /// Take the task each worker agent in scope whose impedance is over `slower_than_ms`
     /// holds from it: back to its node's queue, for another worker (seed §7.2: "reassign the
@@ -69,18 +77,56 @@ pub enum MeshAction {
     Reassign {
         scope: Scope,
         slower_than_ms: u64,
+        #[serde(default, skip_serializing_if = "crate::bounds::is_zero")]
+        approved: bool,
     },
     /// Route operations that require `capability` to no agent of `class`, mesh-wide (seed
     /// §7.2: "CLASS_E_LOCAL agents now excluded from 'llm_inference' routing").
     Exclude {
         class: ImpedanceClass,
         capability: String,
+        #[serde(default, skip_serializing_if = "crate::bounds::is_zero")]
+        approved: bool,
     },
     /// Lift that rule.
     Include {
         class: ImpedanceClass,
         capability: String,
+        #[serde(default, skip_serializing_if = "crate::bounds::is_zero")]
+        approved: bool,
     },
+}
+
+impl MeshAction {
+    /// Marks it approved by an operator (`--approve`, which degraded modes ask for): true
+    /// if it was not and can be (a freeze needs no approval).
+    pub fn approve(&mut self) -> bool {
+        let approved = match self {
+            MeshAction::Freeze { .. } => return false,
+            MeshAction::Cascade { approved, .. }
+            | MeshAction::Thaw { approved, .. }
+            | MeshAction::Heal { approved, .. }
+            | MeshAction::RouteAround { approved, .. }
+            | MeshAction::Reassign { approved, .. }
+            | MeshAction::Exclude { approved, .. }
+            | MeshAction::Include { approved, .. } => approved,
+        };
+        !std::mem::replace(approved, true)
+    }
+
+    /// Whether an operator approved it.
+    pub fn approved(&self) -> bool {
+        match self {
+            MeshAction::Freeze { .. } => false,
+            MeshAction::Cascade { approved, .. }
+            | MeshAction::Thaw { approved, .. }
+            | MeshAction::Heal { approved, .. }
+            | MeshAction::RouteAround { approved, .. }
+            | MeshAction::Reassign { approved, .. }
+            | MeshAction::Exclude { approved, .. }
+            | MeshAction::Include { approved, .. } => *approved,
+        }
+    }
 }
 
 /// The slowest an operator's route-around may name, milliseconds (an hour).

@@ -21,15 +21,24 @@ pub(crate) fn describe_intent(i: &Intent) -> String {
     }
 }
 
+/// The command line an action is, with `--approve` when the operator approved it.
 pub(crate) fn describe(a: &MeshAction) -> String {
+    match a.approved() {
+        true => format!("{} --approve", command_line(a)),
+        false => command_line(a),
+    }
+}
+
+fn command_line(a: &MeshAction) -> String {
     match a {
         MeshAction::Freeze { scope } => format!("qs mesh freeze{}", scope_words(scope)),
-        MeshAction::Thaw { scope } => format!("qs mesh thaw{}", scope_words(scope)),
-        MeshAction::Heal { scope } => format!("qs mesh heal{}", scope_words(scope)),
+        MeshAction::Thaw { scope, .. } => format!("qs mesh thaw{}", scope_words(scope)),
+        MeshAction::Heal { scope, .. } => format!("qs mesh heal{}", scope_words(scope)),
         MeshAction::RouteAround {
             scope,
             slower_than_ms,
             for_ms,
+            ..
         } => format!(
             "qs mesh route-around{} --slower-than {slower_than_ms} --for {}",
             scope_words(scope),
@@ -38,15 +47,20 @@ pub(crate) fn describe(a: &MeshAction) -> String {
         MeshAction::Reassign {
             scope,
             slower_than_ms,
+            ..
         } => format!(
             "qs mesh reassign{} --slower-than {slower_than_ms}",
             scope_words(scope)
         ),
-        MeshAction::Exclude { class, capability } => format!(
+        MeshAction::Exclude {
+            class, capability, ..
+        } => format!(
             "qs mesh exclude --class {} --capability {capability}",
             class.letter()
         ),
-        MeshAction::Include { class, capability } => format!(
+        MeshAction::Include {
+            class, capability, ..
+        } => format!(
             "qs mesh include --class {} --capability {capability}",
             class.letter()
         ),

@@ -123,13 +123,27 @@ pub(crate) fn intent_of_answer(content: &str) -> Result<Intent> {
                 .flatten()
                 .ok_or_else(|| anyhow::anyhow!("class: {class_name:?}: a class A to F"))?;
             Intent::Act(match named == "exclude" {
-                true => MeshAction::Exclude { class, capability },
-                false => MeshAction::Include { class, capability },
+                true => MeshAction::Exclude {
+                    class,
+                    capability,
+                    approved: false,
+                },
+                false => MeshAction::Include {
+                    class,
+                    capability,
+                    approved: false,
+                },
             })
         }
-        "heal" => Intent::Act(MeshAction::Heal { scope }),
+        "heal" => Intent::Act(MeshAction::Heal {
+            scope,
+            approved: false,
+        }),
         "freeze" => Intent::Act(MeshAction::Freeze { scope }),
-        "thaw" => Intent::Act(MeshAction::Thaw { scope }),
+        "thaw" => Intent::Act(MeshAction::Thaw {
+            scope,
+            approved: false,
+        }),
         "route-around" | "reassign" => {
             let slower_than_ms = match field("slower_than_ms") {
                 None => SLOW_MS,
@@ -141,6 +155,7 @@ pub(crate) fn intent_of_answer(content: &str) -> Result<Intent> {
                 "reassign" => Intent::Act(MeshAction::Reassign {
                     scope,
                     slower_than_ms,
+                    approved: false,
                 }),
                 _ => Intent::Act(route_around(scope, slower_than_ms, ROUTE_AROUND_S)),
             }

@@ -56,8 +56,16 @@ pub(crate) fn parse_mapping(
     }
     let include = lifted || include_at.is_some_and(|i| Some(i) == verb_at);
     Some(Some(match include {
-        true => MeshAction::Include { class, capability },
-        false => MeshAction::Exclude { class, capability },
+        true => MeshAction::Include {
+            class,
+            capability,
+            approved: false,
+        },
+        false => MeshAction::Exclude {
+            class,
+            capability,
+            approved: false,
+        },
     }))
 }
 

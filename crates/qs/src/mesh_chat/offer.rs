@@ -100,11 +100,13 @@ pub(crate) fn reply(offer: Option<Intent>, text: &str) -> Option<Intent> {
                 scope: Scope::Global,
                 slower_than_ms,
                 for_ms,
+                ..
             })),
         ) => Some(Intent::Act(MeshAction::RouteAround {
             scope,
             slower_than_ms,
             for_ms,
+            approved: false,
         })),
         // "reassign them", "yes, reassign their tasks": where and how slow the offer said.
         (
@@ -176,6 +178,7 @@ pub(crate) fn after_route_around(action: &MeshAction, report: &Value) -> Option<
     let reassign = MeshAction::Reassign {
         scope: *scope,
         slower_than_ms: *slower_than_ms,
+        approved: false,
     };
     let line = format!(
         "{n} of them {} on a task. Shall I reassign the tasks of the agents slower than \
@@ -195,6 +198,7 @@ pub(crate) fn after_route_around(action: &MeshAction, report: &Value) -> Option<
                 MeshAction::Exclude {
                     class: rule.class,
                     capability: rule.capability,
+                    approved: false,
                 },
             ]),
         ),

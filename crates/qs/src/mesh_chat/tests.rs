@@ -182,6 +182,43 @@ fn a_delegation_shows_its_class_and_timeout() {
     }
 }
 
+/// An action the operator approved (the console asks when the mesh's mode wants a human's
+/// approval) is shown with `--approve`, as the command line that would run it; a freeze
+/// takes none.
+#[test]
+fn an_approved_action_shows_its_approval() {
+    let mut heal = MeshAction::Heal {
+        scope: Scope::Sector(qs_wire::mesh::SectorId(3)),
+        approved: false,
+    };
+    assert_eq!(describe(&heal), "qs mesh heal sector 3");
+    assert!(heal.approve() && !heal.approve());
+    assert_eq!(describe(&heal), "qs mesh heal sector 3 --approve");
+    let mut delegate = delegation(Scope::Global, "t".into(), None, None, DELEGATE_TIMEOUT_S);
+    assert!(delegate.approve());
+    assert_eq!(describe(&delegate), "qs mesh delegate \"t\" --approve");
+    let mut freeze = MeshAction::Freeze {
+        scope: Scope::Global,
+    };
+    assert!(!freeze.approve() && !freeze.approved());
+    assert_eq!(describe(&freeze), "qs mesh freeze");
+    // On the API: left out when not approved, read back when it is.
+    let plain = serde_json::to_value(MeshAction::Thaw {
+        scope: Scope::Global,
+        approved: false,
+    })
+    .unwrap();
+    assert!(plain.get("approved").is_none(), "{plain}");
+    let mut json = serde_json::to_value(MeshAction::Heal {
+        scope: Scope::Global,
+        approved: false,
+    })
+    .unwrap();
+    json["approved"] = true.into();
+    let approved: MeshAction = serde_json::from_value(json).unwrap();
+    assert!(approved.approved());
+}
+
 /// What a model answers is untrusted: each answer → the command it becomes, or the
 /// start of the error that refuses it (never a panic, never its text read as a request).
 #[test]
@@ -411,6 +448,7 @@ fn a_route_around_of_agents_on_tasks_offers_to_reassign_them() {
     assert_eq!(after_route_around(&action, &report("act: deploy")), None);
     let heal = MeshAction::Heal {
         scope: Scope::Global,
+        approved: false,
     };
     assert_eq!(after_route_around(&heal, &report("task t-1: x")), None);
 }

@@ -129,7 +129,8 @@ pub(super) fn phase_ended(
         degradation: f.degradation,
         tag: f.tag,
     };
-    conclude(node, result, now);
+    let mesh_wide = f.scope == Scope::Global;
+    conclude(node, result, mesh_wide, now);
 }
 
 #[cfg(test)]

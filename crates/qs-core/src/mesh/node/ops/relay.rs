@@ -60,10 +60,11 @@ pub(super) fn relay_order(node: &mut MeshNode, o: Order, s: SectorId) {
     let half_open = node.breakers.state(Scope::Sector(s)) == BreakerState::HalfOpen;
     // A sample's quota for this sector: as few clusters as it takes (with agents of the
     // order's class, if one, and with the capability it requires, if one, as their
-    // summaries say), one agent each at least (chosen by the operation's hash).
+    // summaries say), each its share of the quota, one agent at least (chosen by the
+    // operation's hash).
     let mut clusters = clusters;
-    let mut o = o;
-    if let (Some(quota), Scope::Sector(_)) = (o.sample_per_cluster, o.scope) {
+    let mut quota = None;
+    if let (Some(n), Scope::Sector(_)) = (o.sample_per_cluster, o.scope) {
         let requires = o.envelope.requires.clone();
         clusters.retain(|c| {
             let summary = node.cluster_summaries.get(c);
@@ -83,10 +84,11 @@ pub(super) fn relay_order(node: &mut MeshNode, o: Order, s: SectorId) {
                     .is_some_and(|cl| !cl.agents.is_empty())
         });
         clusters.sort_by_key(|c| mix(u64::from(c.0) ^ o.op.0));
-        clusters.truncate((quota as usize).max(1));
-        o.sample_per_cluster = Some(quota.div_ceil(clusters.len().max(1) as u32).max(1));
+        clusters.truncate((n as usize).max(1));
+        quota = Some(n);
     }
-    for c in clusters {
+    let parts = clusters.len();
+    for (i, c) in clusters.into_iter().enumerate() {
         let Some(cl) = node.tree.cluster(c) else {
             continue;
         };
@@ -104,6 +106,9 @@ pub(super) fn relay_order(node: &mut MeshNode, o: Order, s: SectorId) {
             (Some(lead), true) => {
                 let mut sub = o.clone();
                 sub.scope = Scope::Cluster(c);
+                if let Some(n) = quota {
+                    sub.sample_per_cluster = Some(share(n, parts, i));
+                }
                 sub.report_to = node.me.clone();
                 sub.limited |= half_open;
                 if o.mode != CascadeMode::Parallel {

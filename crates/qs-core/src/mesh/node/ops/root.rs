@@ -75,13 +75,14 @@ pub(super) fn start_phase(
         .max(1)
         + 1_000)
         .min(qs_wire::mesh::MAX_TTL_MS);
-    // A sample of about n agents: n sectors at most (chosen by the operation's hash) with
+    // A sample of n agents at most: n sectors at most (chosen by the operation's hash) with
     // agents active (of the phase's class, if one; with the capability it requires, if
-    // one), each with its quota, which its coordinator spreads over as few clusters.
+    // one), each with its share of n, which its coordinator spreads over as few clusters.
     let mut sectors = sectors;
     // (With a capability required: only sectors where its summary says it may be.)
     let requires = r.envelope.requires.clone();
-    let sample_per_cluster = r.sample.map(|n| {
+    let sample = r.sample;
+    if let Some(n) = sample {
         sectors.retain(|s| {
             node.sector_summaries.get(s).is_some_and(|x| {
                 x.active_agents > 0
@@ -93,9 +94,9 @@ pub(super) fn start_phase(
         });
         sectors.sort_by_key(|s| mix(u64::from(s.0) ^ op.0));
         sectors.truncate((n as usize).max(1));
-        n.div_ceil(sectors.len().max(1) as u32).max(1)
-    });
-    for s in sectors {
+    }
+    let parts = sectors.len();
+    for (i, s) in sectors.into_iter().enumerate() {
         let Some(sector) = node.tree.sector(s) else {
             continue;
         };
@@ -139,7 +140,7 @@ pub(super) fn start_phase(
             root: node.me.clone(),
             scope: sub_scope,
             class,
-            sample_per_cluster,
+            sample_per_cluster: sample.map(|n| share(n, parts, i)),
             window_ms,
             envelope: env.clone(),
             limited: false,
@@ -235,7 +236,9 @@ pub(super) fn end_phase(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Time)
         degradation: r.degradation,
         tag: r.tag,
     };
-    conclude(node, result, now);
+    // A cascade of the whole mesh: not a sample (an ask, a delegation), nor one class.
+    let mesh_wide = r.scope == Scope::Global && r.sample.is_none() && r.class.is_none();
+    conclude(node, result, mesh_wide, now);
 }
 
 /// The trinary quorum on a tally: sent and not answered in the window is "in transit",
@@ -250,17 +253,20 @@ pub(super) fn decide(tally: &Tally) -> Decision {
     quorum::decide(votes, &QuorumPolicy::default())
 }
 
-/// An operation's result goes out, counted in the KPIs.
-pub(super) fn conclude(node: &mut MeshNode, result: OpResult, now: Time) {
+/// An operation ended: the KPIs count it (its latency only if it was a cascade of the
+/// whole mesh, seed Part 11's "time for mesh-wide cascade"), and its asker is told.
+pub(super) fn conclude(node: &mut MeshNode, result: OpResult, mesh_wide: bool, now: Time) {
     let k = &mut node.kpis;
     k.operations += 1;
     k.last_operation_ms = Some(now.as_millis());
     if matches!(result.decision, Decision::Proceed { .. }) {
         k.operations_with_quorum += 1;
     }
-    if k.cascade_latencies_ms.len() == super::super::MAX_LATENCIES {
-        k.cascade_latencies_ms.pop_front();
+    if mesh_wide {
+        if k.cascade_latencies_ms.len() == super::super::MAX_LATENCIES {
+            k.cascade_latencies_ms.pop_front();
+        }
+        k.cascade_latencies_ms.push_back(result.latency_ms);
     }
-    k.cascade_latencies_ms.push_back(result.latency_ms);
     node.finish(result);
 }
