@@ -95,7 +95,7 @@ pub struct MeshEnds {
 
 mod commands;
 mod waiting;
-use commands::{command, operation_event};
+use commands::{command, conflict_event, operation_event, quarantine_event};
 use waiting::{Waiter, Waiting};
 
 /// Runs the mesh for `me` until `stop` turns true; `live` reads the live nodes.
@@ -366,21 +366,27 @@ pub async fn run<F: Fabric>(
                 }
                 MeshOutput::Conflict(c) => {
                     // The conflict log is the ledger's: append-only, kept with every event.
-                    let event = qs_wire::Event::MeshConflict {
-                        seq: c.seq,
-                        op: c.op.0,
-                        agent: c.agent.0,
-                        cluster: c.cluster.0,
-                        class: format!("{:?}", c.class),
-                        priority: c.priority,
-                        strategy: format!("{:?}", c.strategy),
-                        escalation: format!("{:?}", c.escalation),
-                        due_ms: c.due_ms,
-                        escalated_by: c.escalated_by.map(|n| n.to_string()),
-                        handed_by: c.handed_by.map(|n| n.to_string()),
-                        detail: serde_json::to_string(&c.detail).unwrap_or_default(),
-                    };
-                    journal.append(&me, now().as_micros(), vec![event]).await;
+                    journal
+                        .append(&me, now().as_micros(), vec![conflict_event(c)])
+                        .await;
+                }
+                MeshOutput::Quarantined(q) => {
+                    // Seed §6.1: "Immediate - potential security issue".
+                    tracing::error!(
+                        "ALERT: mesh agent {:016x} of cluster {} on {} quarantined: it \
+                         disagreed with a clear majority {} times more than it agreed (last \
+                         {:?} where the majority answered {:?}); a potential security issue, \
+                         investigate (qs events)",
+                        q.agent.0,
+                        q.cluster.0,
+                        q.host,
+                        q.disagreements,
+                        q.answer,
+                        q.majority
+                    );
+                    journal
+                        .append(&me, now().as_micros(), vec![quarantine_event(q)])
+                        .await;
                 }
                 MeshOutput::ConflictResolved(r) => {
                     let event = qs_wire::Event::MeshConflictResolved {

@@ -282,6 +282,18 @@ pub enum Event {
         offline_ms: u64,
         escalated: bool,
     },
+    /// Seed §6.1's BYZANTINE_BEHAVIOR at a cluster lead: an agent quarantined for answering
+    /// other than a clear majority of its cluster, repeatedly (the last time `answer` where
+    /// the majority said `majority`, in operation `op`): for forensics.
+    MeshAgentQuarantined {
+        agent: u64,
+        cluster: u32,
+        host: String,
+        op: u64,
+        disagreements: u32,
+        answer: String,
+        majority: String,
+    },
     /// An operator's control of the mesh (freeze, thaw, heal) as its root reported it: how
     /// many of the nodes in scope confirmed it, and what a heal did there.
     MeshControl {

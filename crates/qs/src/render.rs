@@ -338,6 +338,19 @@ pub fn describe(event: &Event) -> String {
                  offline {offline_ms} ms: its node asked to restart it"
             ),
         },
+        Event::MeshAgentQuarantined {
+            agent,
+            cluster,
+            host,
+            op,
+            disagreements,
+            answer,
+            majority,
+        } => format!(
+            "mesh agent {agent:016x} (cluster {cluster}, on {host}) quarantined: it disagreed \
+             with a clear majority {disagreements} times more than it agreed, last in \
+             operation {op} ({answer:?} where the majority answered {majority:?})"
+        ),
         Event::MeshControl {
             action,
             scope,
@@ -525,6 +538,20 @@ mod tests {
                 },
                 "mesh agent 00000000000000a1 (cluster 4, on n2) crashed again soon after it \
                  came back, offline 30100 ms: its replacement fails too",
+            ),
+            (
+                Event::MeshAgentQuarantined {
+                    agent: 0xb2,
+                    cluster: 7,
+                    host: "n3".into(),
+                    op: 42,
+                    disagreements: 3,
+                    answer: "e5f6".into(),
+                    majority: "a1b2".into(),
+                },
+                "mesh agent 00000000000000b2 (cluster 7, on n3) quarantined: it disagreed with \
+                 a clear majority 3 times more than it agreed, last in operation 42 (\"e5f6\" \
+                 where the majority answered \"a1b2\")",
             ),
             (
                 Event::MeshControl {

@@ -1,8 +1,10 @@
-//! What an operator's request becomes in the core ([`command`]), and an operation's end as
-//! the ledger records it ([`operation_event`]).
+//! What an operator's request becomes in the core ([`command`]), and what the ledger records
+//! of the core's outputs: an operation's end ([`operation_event`]), a conflict
+//! ([`conflict_event`]), an agent quarantined ([`quarantine_event`]).
 
 use crate::clock::now;
-use qs_core::mesh::{CascadeCommand, Command, MeshInput, MeshNode, OpResult};
+use qs_core::mesh::conflict::Record;
+use qs_core::mesh::{CascadeCommand, Command, MeshInput, MeshNode, OpResult, Quarantined};
 use qs_wire::mesh::{Exclusion, MeshAction, wire_name};
 
 /// An operator's action as the core's command: its answer comes as the core's output (a
@@ -108,5 +110,36 @@ pub(super) fn operation_event(r: &OpResult) -> qs_wire::Event {
             .filter(|p| p.op != r.op)
             .map(|p| p.op.0)
             .collect(),
+    }
+}
+
+/// The ledger's record of a conflict (the conflict log is the ledger's: append-only).
+pub(super) fn conflict_event(c: Record) -> qs_wire::Event {
+    qs_wire::Event::MeshConflict {
+        seq: c.seq,
+        op: c.op.0,
+        agent: c.agent.0,
+        cluster: c.cluster.0,
+        class: format!("{:?}", c.class),
+        priority: c.priority,
+        strategy: format!("{:?}", c.strategy),
+        escalation: format!("{:?}", c.escalation),
+        due_ms: c.due_ms,
+        escalated_by: c.escalated_by.map(|n| n.to_string()),
+        handed_by: c.handed_by.map(|n| n.to_string()),
+        detail: serde_json::to_string(&c.detail).unwrap_or_default(),
+    }
+}
+
+/// The ledger's record of an agent quarantined for byzantine behaviour (for forensics).
+pub(super) fn quarantine_event(q: Quarantined) -> qs_wire::Event {
+    qs_wire::Event::MeshAgentQuarantined {
+        agent: q.agent.0,
+        cluster: q.cluster.0,
+        host: q.host.to_string(),
+        op: q.op.0,
+        disagreements: q.disagreements,
+        answer: q.answer,
+        majority: q.majority,
     }
 }

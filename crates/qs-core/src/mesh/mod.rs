@@ -27,7 +27,8 @@ pub use hierarchy::{Hierarchy, Member, Shape};
 pub use node::{
     AgentCrash, BREAKER_PROBE_AGENTS, CONTROL_CONFIRM_MS, CRASH_AFTER_MS, CRASH_AGAIN_WITHIN_MS,
     CascadeCommand, Command, CommandError, ControlReport, Kpis, LedAgent, MAX_QUEUE_WAIT_MS,
-    MAX_QUEUED, MeshConfig, MeshInput, MeshNode, MeshOutput, OpResult, QueuedOp, QueuedView,
+    MAX_QUEUED, MeshConfig, MeshInput, MeshNode, MeshOutput, OpResult, Quarantined, QueuedOp,
+    QueuedView,
 };
 pub use seniority::{Joined, Seniority, seniorities, seniority_in};
 

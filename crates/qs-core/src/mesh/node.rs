@@ -51,7 +51,7 @@ mod summaries;
 mod tree_change;
 pub use ops::{
     CascadeCommand, Command, CommandError, MAX_QUEUE_WAIT_MS, MAX_QUEUED, OpResult, PhaseResult,
-    QueuedOp, QueuedView, RoutedAround,
+    Quarantined, QueuedOp, QueuedView, RoutedAround,
 };
 
 /// The mesh's timings.
@@ -149,6 +149,9 @@ pub enum MeshOutput {
     /// Seed §6.1's AGENT_CRASH, at a lead: an agent offline past `CRASH_AFTER_MS` while its
     /// host lives (its host is asked to restart it); the shell records it.
     AgentCrashed(crash::AgentCrash),
+    /// Seed §6.1's BYZANTINE_BEHAVIOR, at a lead: an agent quarantined for disagreeing with
+    /// its cluster's clear majority; the shell alerts and records it.
+    Quarantined(ops::Quarantined),
     /// At a host: restart this agent of it, as its lead asks (a worker agent is disconnected,
     /// for its supervisor to start again), if it is still the registration its lead knows.
     Restart(qs_wire::mesh::AgentOrder),

@@ -536,6 +536,7 @@ impl MeshSim {
                     });
                 }
                 MeshOutput::ModeChanged { .. }
+                | MeshOutput::Quarantined(_)
                 | MeshOutput::Conflict(_)
                 | MeshOutput::ConflictResolved(_)
                 | MeshOutput::ControlDone(_)

@@ -483,6 +483,7 @@ pub(super) fn report_lead(ops: &mut Ops, node: &mut MeshNode, key: (OpId, Cluste
     if gathered {
         late::keep(ops, node, key, &l, now);
     }
+    let mut quarantined = Vec::new();
     if let Some(led) = node.led.get_mut(&c) {
         for (a, sent) in &l.sent_at {
             if gathered
@@ -498,24 +499,41 @@ pub(super) fn report_lead(ops: &mut Ops, node: &mut MeshNode, key: (OpId, Cluste
                     .at_least(waited_ms - sent.as_millis() as f64 - link_p50);
             }
         }
-        // Seed §6.1 byzantine behaviour: disagreeing with a clear majority, repeatedly.
+        // Seed §6.1 byzantine behaviour: disagreeing with a clear majority, repeatedly
+        // (each agreement with one takes a disagreement back, so an agent once stale is
+        // not quarantined for it a day later).
         if let Some((top, n)) = l.answers.iter().max_by_key(|(_, n)| **n)
             && *n as usize * 5 >= l.by_agent.len() * 4
             && l.by_agent.len() >= 5
         {
             for (a, ans) in &l.by_agent {
-                if ans != top
-                    && let Some(v) = led.agents.get_mut(a)
+                let Some(v) = led.agents.get_mut(a) else {
+                    continue;
+                };
+                if ans == top {
+                    v.disagreements = v.disagreements.saturating_sub(1);
+                    continue;
+                }
+                v.disagreements = v.disagreements.saturating_add(1);
+                if v.disagreements >= degrade::BYZANTINE_AFTER && v.state != AgentState::Quarantined
                 {
-                    v.disagreements += 1;
-                    if v.disagreements >= degrade::BYZANTINE_AFTER {
-                        v.state = AgentState::Quarantined;
-                        led.active = None;
-                    }
+                    v.state = AgentState::Quarantined;
+                    led.active = None;
+                    quarantined.push(Quarantined {
+                        agent: *a,
+                        cluster: c,
+                        host: v.host.clone(),
+                        op,
+                        disagreements: v.disagreements,
+                        answer: ans.clone(),
+                        majority: top.clone(),
+                    });
                 }
             }
         }
     }
+    node.out
+        .extend(quarantined.into_iter().map(MeshOutput::Quarantined));
     // Seed §10.2, monitoring conflicts during integration: a new agent that answers
     // CONFLICT where its cluster clearly answers READY leaves the routing pool again.
     let t = l.gather.tally();

@@ -175,6 +175,21 @@ pub struct RoutedAround {
     pub back_in_ms: u64,
 }
 
+/// An agent its lead quarantined for seed §6.1's BYZANTINE_BEHAVIOR: it answered other
+/// than a clear majority of its cluster `disagreements` times more than it agreed (the
+/// last time `answer` where the majority said `majority`, in operation `op`). "Immediate:
+/// potential security issue": the shell alerts and records it, for forensics.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Quarantined {
+    pub agent: AgentId,
+    pub cluster: ClusterId,
+    pub host: NodeId,
+    pub op: OpId,
+    pub disagreements: u32,
+    pub answer: String,
+    pub majority: String,
+}
+
 /// One cluster's answers to an urgent operation, at the root.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct ClusterVotes {
