@@ -344,3 +344,57 @@ fn a_notice_from_the_future_shuts_out_the_root_for_one_lapse_at_most() {
     );
     assert_eq!(node.mode(), Mode::DegradedSevere);
 }
+
+/// Seed §6.3's EMERGENCY halts automated operations: a lead still declares a crashed agent
+/// (offline 30 s while its host lives) but asks no restart of it until the mesh is out of
+/// EMERGENCY; then at once.
+#[test]
+fn a_lead_restarts_no_crashed_agent_while_the_mesh_is_in_emergency() {
+    let mut lead = Lead::new(one_cluster(6, 800), at(0));
+    lead.run(1_200);
+    let root = lead.root.clone();
+    let notice = |level: u8, now: Time| ModeNotice {
+        level,
+        active_agents: 5,
+        total_agents: 20,
+        sent_ms: now.as_millis(),
+        frozen: false,
+        frozen_scopes: Vec::new(),
+        excluded: Vec::new(),
+        last_control: 0,
+        root: Some(root.clone()),
+    };
+    let restarts = |out: &[MeshOutput]| {
+        out.iter()
+            .filter(|o| {
+                matches!(
+                    o,
+                    MeshOutput::Send {
+                        msg: MeshMessage::Restart(_),
+                        ..
+                    }
+                )
+            })
+            .count()
+    };
+    let down = lead.theirs[0];
+    lead.down.insert(down);
+    let (mut crashed, mut asked) = (Vec::new(), 0);
+    for _ in 0..14 {
+        let n = notice(4, lead.now);
+        hear_notice(&mut lead.node, &root, &n, lead.now);
+        let out = lead.run(3_000);
+        crashed.extend(out.iter().filter_map(|o| match o {
+            MeshOutput::AgentCrashed(c) => Some(c.agent),
+            _ => None,
+        }));
+        asked += restarts(&out);
+    }
+    assert_eq!(lead.node.mode(), Mode::Emergency);
+    assert_eq!(crashed, [down], "declared once");
+    assert_eq!(asked, 0, "no restart in EMERGENCY");
+    let n = notice(3, lead.now);
+    hear_notice(&mut lead.node, &root, &n, lead.now);
+    let out = lead.run(1_000);
+    assert_eq!(restarts(&out), 1, "asked once the mesh is out of EMERGENCY");
+}

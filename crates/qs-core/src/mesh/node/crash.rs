@@ -6,7 +6,9 @@
 //! and the [`CRASH_AFTER_MS`] it takes to declare one, counted from the last declaration
 //! (a restart's own time included), is escalated: "replacement also fails", or it came
 //! back by itself and failed again. (An agent whose host is lost is not: the host's loss is
-//! the event, and its agents leave the tree with it.)
+//! the event, and its agents leave the tree with it.) While the mesh is in EMERGENCY
+//! (seed §6.3: "Halt all automated operations") crashes are declared and no restart is
+//! asked; the first beat in a better mode asks.
 
 use super::*;
 use qs_wire::mesh::AgentOrder;
@@ -21,8 +23,10 @@ pub const CRASH_AGAIN_WITHIN_MS: u64 = 600_000;
 pub(crate) struct Crash {
     /// Since when it is offline while its host lives, as the lead's beats saw it.
     offline_since: Option<Time>,
-    /// Taken for crashed (until it comes back): when its host was last asked to restart it
-    /// (again every `CRASH_AFTER_MS`: a request may be lost).
+    /// Taken for crashed (until it comes back).
+    declared: bool,
+    /// When its host was last asked to restart it (again every `CRASH_AFTER_MS`: a request
+    /// may be lost); none while the mesh is in EMERGENCY, which halts automated operations.
     asked: Option<Time>,
 }
 
@@ -52,6 +56,9 @@ impl MeshNode {
         self.crashed_lately.retain(|_, t| now.since(*t) < again);
         let mut crashed: Vec<AgentCrash> = Vec::new();
         let mut restarts: Vec<(NodeId, AgentOrder)> = Vec::new();
+        // Seed §6.3's EMERGENCY: "Halt all automated operations": crashes are still
+        // declared, their restarts wait for a better mode (or an operator's heal).
+        let halted = self.mode == Mode::Emergency;
         for (c, led) in &mut self.led {
             // Nothing to look at while every agent is active and none has a crash record.
             if !led.crash_watch && led.active_count() as usize == led.agents.len() {
@@ -64,11 +71,12 @@ impl MeshNode {
                 if v.state != AgentState::Offline || !known || !host_alive {
                     if v.state != AgentState::Offline {
                         v.crash.asked = None;
+                        v.crash.declared = false;
                     }
                     // The host's loss is the event, not its agents' (their time starts
                     // again when it is back).
                     v.crash.offline_since = None;
-                    watch |= v.crash.asked.is_some();
+                    watch |= v.crash.declared;
                     continue;
                 }
                 watch = true;
@@ -82,7 +90,8 @@ impl MeshNode {
                     joined_ms: v.joined_host_ms,
                     task: None,
                 };
-                if v.crash.asked.is_none() {
+                if !v.crash.declared {
+                    v.crash.declared = true;
                     crashed.push(AgentCrash {
                         agent: *a,
                         cluster: *c,
@@ -91,7 +100,7 @@ impl MeshNode {
                         escalated: self.crashed_lately.contains_key(a),
                     });
                 }
-                if v.crash.asked.is_none_or(|t| now.since(t) >= after) {
+                if !halted && v.crash.asked.is_none_or(|t| now.since(t) >= after) {
                     v.crash.asked = Some(now);
                     restarts.push((v.host.clone(), restart));
                 }
