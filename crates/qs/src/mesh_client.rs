@@ -220,6 +220,17 @@ pub(crate) fn print_outcome(v: &Value) {
         v["latency_ms"].as_f64().unwrap_or(0.0),
         v["degradation"].as_str().unwrap_or("?"),
     );
+    // Seed §5.2: what the quorum recommends, and how to do it here.
+    let d = &v["decision"];
+    if let (Some(reason), Some(what)) = (d["reason"].as_str(), d["recommendation"].as_str()) {
+        let how = match d["decision"].as_str() {
+            Some("wait") => " (a delegation's --timeout, the API's window_ms)",
+            Some("resolve-conflicts") => " (qs mesh status, qs events; qs mesh heal once reviewed)",
+            Some("retry") => " (the leads measured this run: run it again)",
+            _ => "",
+        };
+        println!("  {reason}: {what}{how}");
+    }
     println!(
         "  {} targeted, {} sent, {} ready, {} conflict, {} late (quarantined), {} skipped (too late to send), {} unreachable",
         n("targeted"),

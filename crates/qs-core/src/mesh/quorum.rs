@@ -29,9 +29,9 @@ pub struct Votes {
     pub conflict: u32,
 }
 
-/// What the quorum says to do.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
-#[serde(rename_all = "kebab-case", tag = "decision")]
+/// What the quorum says to do (on the wire: its name, its number, and but for PROCEED the
+/// seed's reason and recommendation).
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Decision {
     /// Enough are ready and conflicts are tolerable; `confidence = ready − conflict / 2`.
     Proceed { confidence: f64 },
@@ -44,6 +44,26 @@ pub enum Decision {
 }
 
 impl Decision {
+    /// Why it is not PROCEED, in the seed's words (none for PROCEED).
+    pub fn reason(&self) -> Option<&'static str> {
+        match self {
+            Decision::Proceed { .. } => None,
+            Decision::Wait => Some("too many agents still in transit"),
+            Decision::ResolveConflicts { .. } => Some("the conflict rate exceeds the threshold"),
+            Decision::Retry => Some("insufficient ready agents"),
+        }
+    }
+
+    /// What to do about it, in the seed's words (none for PROCEED).
+    pub fn recommendation(&self) -> Option<&'static str> {
+        match self {
+            Decision::Proceed { .. } => None,
+            Decision::Wait => Some("extend the arrival window"),
+            Decision::ResolveConflicts { .. } => Some("run conflict resolution before proceeding"),
+            Decision::Retry => Some("retry with adjusted impedance compensation"),
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Decision::Proceed { .. } => "PROCEED",
@@ -51,6 +71,41 @@ impl Decision {
             Decision::ResolveConflicts { .. } => "RESOLVE_CONFLICTS",
             Decision::Retry => "RETRY",
         }
+    }
+}
+
+/// A decision as the API shows it.
+#[derive(Serialize)]
+struct Shown {
+    decision: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    confidence: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    conflict_rate: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recommendation: Option<&'static str>,
+}
+
+impl Serialize for Decision {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (decision, confidence, conflict_rate) = match *self {
+            Decision::Proceed { confidence } => ("proceed", Some(confidence), None),
+            Decision::Wait => ("wait", None, None),
+            Decision::ResolveConflicts { conflict_rate } => {
+                ("resolve-conflicts", None, Some(conflict_rate))
+            }
+            Decision::Retry => ("retry", None, None),
+        };
+        Shown {
+            decision,
+            confidence,
+            conflict_rate,
+            reason: self.reason(),
+            recommendation: self.recommendation(),
+        }
+        .serialize(s)
     }
 }
 
@@ -118,6 +173,41 @@ mod tests {
                 want,
                 "ready {ready}, transit {transit}, conflict {conflict}"
             );
+        }
+    }
+
+    /// On the wire: the name, its number, and but for PROCEED the seed's reason and
+    /// recommendation.
+    #[test]
+    fn decisions_say_why_and_what_to_do() {
+        let table = [
+            (
+                Decision::Proceed { confidence: 0.5 },
+                serde_json::json!({"decision": "proceed", "confidence": 0.5}),
+            ),
+            (
+                Decision::Wait,
+                serde_json::json!({"decision": "wait",
+                    "reason": "too many agents still in transit",
+                    "recommendation": "extend the arrival window"}),
+            ),
+            (
+                Decision::ResolveConflicts {
+                    conflict_rate: 0.25,
+                },
+                serde_json::json!({"decision": "resolve-conflicts", "conflict_rate": 0.25,
+                    "reason": "the conflict rate exceeds the threshold",
+                    "recommendation": "run conflict resolution before proceeding"}),
+            ),
+            (
+                Decision::Retry,
+                serde_json::json!({"decision": "retry",
+                    "reason": "insufficient ready agents",
+                    "recommendation": "retry with adjusted impedance compensation"}),
+            ),
+        ];
+        for (d, want) in table {
+            assert_eq!(serde_json::to_value(d).unwrap(), want, "{d:?}");
         }
     }
 
