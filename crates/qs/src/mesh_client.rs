@@ -386,9 +386,46 @@ pub(crate) fn conflicts_line(v: &Value) -> String {
 }
 
 /// `GET /v1/mesh` printed for `scope`; the view printed.
+/// A node's status as JSON for `scope`: a sector's row alone (of the sectors the root
+/// summarizes), or a cluster's row and agents (of those this node leads); the mesh-wide
+/// fields as they are.
+fn scoped(mut v: Value, scope: &Scope) -> Result<Value> {
+    let keep = |v: &mut Value, key: &str, field: &str, id: u32| {
+        if let Some(rows) = v[key].as_array_mut() {
+            rows.retain(|r| r[field].as_u64() == Some(u64::from(id)));
+        }
+        v[key].as_array().is_some_and(|r| !r.is_empty())
+    };
+    match scope {
+        Scope::Global => {}
+        Scope::Sector(s) => {
+            if !keep(&mut v, "sectors", "sector", s.0) {
+                bail!(
+                    "sector {} is not among the sectors this node knows of (ask the root's API)",
+                    s.0
+                );
+            }
+        }
+        Scope::Cluster(c) => {
+            if !keep(&mut v, "clusters", "cluster", c.0) {
+                bail!(
+                    "cluster {} is not led by this node; ask its lead's API",
+                    c.0
+                );
+            }
+            keep(&mut v, "led_agents", "cluster", c.0);
+            if let Some(s) = v["clusters"][0]["sector"].as_u64() {
+                keep(&mut v, "sectors", "sector", s as u32);
+            }
+        }
+    }
+    Ok(v)
+}
+
 pub(crate) fn status(api: &str, scope: &Scope, output: OutputFormat) -> Result<Value> {
     let v = client::call(api, "GET", "/v1/mesh", None)?;
     if matches!(output, OutputFormat::Json) {
+        let v = scoped(v, scope)?;
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(v);
     }

@@ -411,6 +411,16 @@ fn workers_join_the_mesh_with_capabilities_answer_and_leave() {
         table.contains("waiting on GPU memory allocation"),
         "{table}"
     );
+    // As JSON: that cluster's row and agents alone.
+    let args = ["--api", &lead.api, "mesh", "status", "cluster", &cluster];
+    let json: Value = serde_json::from_str(&cli(&[&args[..], &["--output", "json"]].concat()))
+        .expect("the status as JSON");
+    let clusters = json["clusters"].as_array().unwrap();
+    assert_eq!(clusters.len(), 1, "{json}");
+    assert_eq!(clusters[0]["cluster"], row["cluster"], "{json}");
+    let led = json["led_agents"].as_array().unwrap();
+    assert!(led.iter().all(|a| a["cluster"] == row["cluster"]), "{json}");
+    assert!(led.iter().any(|a| a["agent"] == row["agent"]), "{json}");
     // Cancelled meanwhile, the task is no longer what it works on: its next frame (a
     // heartbeat) says so, and its lead shows nothing.
     let id = claimed["task"].as_str().unwrap();
