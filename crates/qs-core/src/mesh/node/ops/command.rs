@@ -295,9 +295,11 @@ impl MeshNode {
         } = c;
         envelope.created_ms = now.as_millis();
         let degradation = self.mode.name();
-        let root_op = |op: OpId, class, min_rate, part_of| {
+        let root_op = |op: OpId, class, min_rate, part_of: Option<family::Part>| {
             let mut envelope = envelope.clone();
             envelope.op = op;
+            // A priority-first phase's envelopes name the operation they are a phase of.
+            envelope.causation = part_of.map(|p| p.family.0).or(envelope.causation);
             RootOp {
                 mode,
                 scope,
