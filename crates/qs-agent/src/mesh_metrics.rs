@@ -1,8 +1,11 @@
 //! The mesh's figures for `/metrics` (seed Part 11's KPIs, as this node measured them; the
 //! root's are the mesh's): coordination success, arrival-window hits, prediction accuracy,
-//! conflicts, availability, cascade latency, recovery time; the mode and the agents.
+//! conflicts, availability, cascade latency, recovery time; the mode and the agents; and
+//! the counts behind the rates as counters (`_total`), which Prometheus rates over any
+//! window (seed Part 11 reports hourly).
 
 use crate::mesh::MeshStatus;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
@@ -19,13 +22,66 @@ pub struct MeshMetrics {
     availability: Ratio,
     cascade_p95_ms: Ratio,
     recovery_ms: Ratio,
-    operations: Gauge,
     agents: Gauge,
     active: Gauge,
     joining: Gauge,
     mode: Gauge,
     is_root: Gauge,
+    totals: [Counter; TOTALS],
 }
+
+/// The counters: name (`_total` added), help, and the status's count.
+const TOTALS: usize = 11;
+type Count = fn(&MeshStatus) -> u64;
+const COUNTERS: [(&str, &str, Count); TOTALS] = [
+    ("mesh_operations", "Operations this root completed", |s| {
+        s.kpis.operations
+    }),
+    ("mesh_sent", "Agents this root's operations sent to", |s| {
+        s.kpis.sent
+    }),
+    (
+        "mesh_answered",
+        "Answers counted in their window (ready, in transit, conflict)",
+        |s| s.kpis.answered,
+    ),
+    (
+        "mesh_window_hits",
+        "Agents sent to that were ready within the arrival window",
+        |s| s.kpis.window_hits,
+    ),
+    (
+        "mesh_predicted_within_50ms",
+        "Answers ready within 50 ms of the predicted time",
+        |s| s.kpis.predicted_within_50ms,
+    ),
+    ("mesh_conflicts", "CONFLICT (-1) answers", |s| {
+        s.kpis.conflicts
+    }),
+    (
+        "mesh_skipped",
+        "Agents known too late for their operation before sending",
+        |s| s.kpis.skipped,
+    ),
+    (
+        "mesh_expired",
+        "Messages dropped past their time to live",
+        |s| s.kpis.expired,
+    ),
+    (
+        "mesh_dropped",
+        "Dispatches a worker agent's full mailbox could not take",
+        |s| s.kpis.dropped,
+    ),
+    ("mesh_recoveries", "Breaker incidents closed", |s| {
+        s.kpis.recoveries
+    }),
+    (
+        "mesh_coordinated_shifts",
+        "Clusters where many agents' impedance jumped at once",
+        |s| s.kpis.coordinated_shifts,
+    ),
+];
 
 impl MeshMetrics {
     pub fn register(&self, r: &mut Registry) {
@@ -69,12 +125,7 @@ impl MeshMetrics {
         for (name, help, g) in ratios {
             r.register(name, help, g.clone());
         }
-        let gauges: [(&str, &str, &Gauge); 6] = [
-            (
-                "mesh_operations",
-                "Operations this root completed since start",
-                &self.operations,
-            ),
+        let gauges: [(&str, &str, &Gauge); 5] = [
             (
                 "mesh_agents",
                 "Agents in the mesh (the root's view)",
@@ -104,6 +155,9 @@ impl MeshMetrics {
         for (name, help, g) in gauges {
             r.register(name, help, g.clone());
         }
+        for ((name, help, _), c) in COUNTERS.iter().zip(&self.totals) {
+            r.register(*name, *help, c.clone());
+        }
     }
 
     pub fn set(&self, s: &MeshStatus) {
@@ -115,7 +169,6 @@ impl MeshMetrics {
         self.availability.set(k.mesh_availability);
         self.cascade_p95_ms.set(k.cascade_latency_p95_ms);
         self.recovery_ms.set(k.recovery_time_ms_mean);
-        self.operations.set(k.operations as i64);
         self.agents.set(i64::from(s.agents));
         self.active.set(i64::from(s.active));
         self.joining.set(i64::from(s.joining));
@@ -131,5 +184,10 @@ impl MeshMetrics {
         .unwrap_or(0);
         self.mode.set(mode as i64);
         self.is_root.set(i64::from(s.is_root));
+        // The status's counts only grow (since this node started): each counter takes
+        // the difference.
+        for ((_, _, count), c) in COUNTERS.iter().zip(&self.totals) {
+            c.inc_by(count(s).saturating_sub(c.get()));
+        }
     }
 }

@@ -135,6 +135,15 @@ pub struct Kpis {
     /// Dispatches a worker agent's full mailbox could not take.
     pub dropped: u64,
     pub coordinated_shifts: u64,
+    /// The counts behind the rates, since this node started (for Prometheus' `rate()`):
+    /// agents sent to, answers counted, ready in the window, within 50 ms, conflicts,
+    /// known too late before sending.
+    pub sent: u64,
+    pub answered: u64,
+    pub window_hits: u64,
+    pub predicted_within_50ms: u64,
+    pub conflicts: u64,
+    pub skipped: u64,
 }
 
 pub(crate) fn status(
@@ -238,6 +247,12 @@ pub(crate) fn status(
             expired: node.expired() + local.expired.load(Ordering::Relaxed),
             dropped: local.dropped.load(Ordering::Relaxed),
             coordinated_shifts: k.coordinated_shifts,
+            sent: k.sent,
+            answered: k.answered,
+            window_hits: k.window_hits,
+            predicted_within_50ms: k.predicted_within_50ms,
+            conflicts: k.conflicts,
+            skipped: k.skipped,
         },
     }
 }

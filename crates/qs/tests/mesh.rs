@@ -407,10 +407,21 @@ fn a_thousand_agents_over_nats() {
 
     // The KPIs, from the root's /metrics (refreshed at the mesh's next tick).
     root.wait_within("the KPIs", Duration::from_secs(10), |a| {
-        a.metric("qs_mesh_operations") >= 5.0
+        a.metric("qs_mesh_operations_total") >= 5.0
     });
     assert!(root.metric("qs_mesh_coordination_success_rate") >= 0.8);
     assert!(root.metric("qs_mesh_arrival_window_hit_rate") >= 0.9);
+    // The counts behind the rates, as counters: the rate is theirs.
+    let (sent, hits) = (
+        root.metric("qs_mesh_sent_total"),
+        root.metric("qs_mesh_window_hits_total"),
+    );
+    assert!(sent >= 1_000.0 && hits <= sent, "{hits} of {sent}");
+    let rate = root.metric("qs_mesh_arrival_window_hit_rate");
+    assert!(
+        (hits / sent - rate).abs() < 0.01,
+        "{hits} of {sent}, {rate}"
+    );
     assert!(root.metric("qs_mesh_prediction_accuracy") > 0.5);
     assert!(root.metric("qs_mesh_cascade_latency_p95_ms") > 0.0);
     assert_eq!(root.metric("qs_mesh_agents_active"), f64::from(total));
