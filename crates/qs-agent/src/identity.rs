@@ -397,6 +397,17 @@ impl Auth {
                 .check_tag(from, to, bytes, tag, crate::clock::now())
     }
 
+    /// Whether messages must be signed by nodes the keyring knows (a fleet of more than one
+    /// process).
+    pub fn requires_keys(&self) -> bool {
+        self.required
+    }
+
+    /// Whether a record `node` signed can be checked here (a peer's, or this process's).
+    pub fn can_verify(&self, node: &NodeId) -> bool {
+        self.keyring().can_verify(node)
+    }
+
     /// Whether the keyring holds `node`'s public key.
     pub fn knows(&self, node: &NodeId) -> bool {
         self.keyring().knows(node)

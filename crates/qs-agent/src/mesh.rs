@@ -24,10 +24,8 @@ use qs_core::mesh::{
 use qs_fabric::{Fabric, Kv, KvEvent, Subscription, Topic};
 use qs_wire::NodeId;
 use qs_wire::mesh::{
-    MeshAction, MeshMembers, MeshMessage, MeshOutcome, MeshPacket, MeshRequest, MeshRules,
-    wire_name,
+    MeshAction, MeshMembers, MeshMessage, MeshOutcome, MeshPacket, MeshRequest, wire_name,
 };
-use qs_wire::task_bus::decode_bus;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -93,6 +91,7 @@ pub struct MeshEnds {
     status_tx: watch::Sender<Arc<MeshStatus>>,
 }
 
+mod bucket;
 mod commands;
 mod waiting;
 use commands::{command, conflict_event, operation_event, quarantine_event};
@@ -137,7 +136,8 @@ pub async fn run<F: Fabric>(
     let mut kv = None;
     let mut watch = None;
     // The capability mapping the root asked to store, until the bucket took it.
-    let mut rules_to_store: Option<Vec<u8>> = None;
+    let mut rules_to_store: Option<bytes::Bytes> = None;
+    let mut bucket = bucket::Bucket::default();
     let mut sub: Option<Subscription> = None;
     let mut waiting = Waiting::default();
     let mut tick = tokio::time::interval(Duration::from_millis(300));
@@ -216,30 +216,12 @@ pub async fn run<F: Fabric>(
                 }
             }
             e = next_kv(&mut watch) => match e {
-                Some(Ok(KvEvent::Put(entry))) if entry.key == RULES_KEY => {
-                    match decode_bus::<MeshRules>("kv mesh _rules", &entry.value) {
-                        Ok(r) => node.handle(MeshInput::Rules(r.excluded), now()),
-                        Err(e) => tracing::warn!("mesh: the stored capability mapping: {e}"),
-                    }
-                }
-                Some(Ok(KvEvent::Delete { key, .. })) if key == RULES_KEY => {
-                    node.handle(MeshInput::Rules(Vec::new()), now());
-                }
-                Some(Ok(KvEvent::Put(entry))) => {
-                    match decode_bus::<MeshMembers>("kv mesh", &entry.value) {
-                        Ok(m) if m.node.as_str() == entry.key => {
-                            members.insert(m.node.clone(), m);
-                            members_version += 1;
-                        }
-                        Ok(m) => tracing::warn!("mesh bucket: {}'s record names {}: ignored", entry.key, m.node),
-                        Err(e) => tracing::warn!("mesh bucket: {}'s record ignored: {e}", entry.key),
-                    }
-                }
-                Some(Ok(KvEvent::Delete { key, .. })) => {
-                    members.retain(|n, _| n.as_str() != key);
-                    members_version += 1;
-                }
                 Some(Ok(KvEvent::Synced)) => members_read = true,
+                Some(Ok(event)) => {
+                    if let Some(r) = bucket.take(&auth, event) {
+                        r.apply(&mut members, &mut members_version, &mut node);
+                    }
+                }
                 Some(Err(e)) => {
                     tracing::debug!("mesh bucket: {e}");
                     watch = None;
@@ -272,9 +254,13 @@ pub async fn run<F: Fabric>(
                         since_ms: *since_ms.get_or_insert_with(|| now().as_millis()),
                         lead_after_ms: Some(agents.options().lead_after_ms),
                     };
-                    if let Ok(bytes) = serde_json::to_vec(&mine) {
-                        entry_written = kv.put(me.as_str(), bytes.into()).await.is_ok();
+                    if let Some(bytes) = bucket::seal_members(&auth, &mine) {
+                        entry_written = kv.put(me.as_str(), bytes).await.is_ok();
                     }
+                }
+                // Records whose writers' keys came since they were read.
+                for r in bucket.retry(&auth) {
+                    r.apply(&mut members, &mut members_version, &mut node);
                 }
                 if watch.is_none() && let Some(kv) = &kv {
                     watch = kv.watch("").await.ok();
@@ -286,7 +272,7 @@ pub async fn run<F: Fabric>(
                     rules_to_store = None;
                 }
                 if let (Some(bytes), Some(kv)) = (&rules_to_store, &kv) {
-                    let put = kv.put(RULES_KEY, bytes.clone().into());
+                    let put = kv.put(RULES_KEY, bytes.clone());
                     if let Ok(Ok(_)) = tokio::time::timeout(STORE_WAIT, put).await {
                         rules_to_store = None;
                     }
@@ -522,7 +508,7 @@ pub async fn run<F: Fabric>(
                     answer(&fabric, &auth, &me, &mut waiting, r.tag, body).await
                 }
                 MeshOutput::Rules(excluded) => {
-                    rules_to_store = serde_json::to_vec(&MeshRules { excluded }).ok();
+                    rules_to_store = bucket::seal_rules(&auth, &me, excluded);
                 }
             }
         }

@@ -260,6 +260,12 @@ impl Keyring {
         self.peers.contains_key(node)
     }
 
+    /// Whether a frame `node` signed can be checked here: a peer's, or a node of this
+    /// process's ([`Keyring::check_bus`]).
+    pub fn can_verify(&self, node: &NodeId) -> bool {
+        self.peers.contains_key(node) || self.local.contains_key(node)
+    }
+
     pub fn counters(&self) -> &AuthCounters {
         &self.counters
     }

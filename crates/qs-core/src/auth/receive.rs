@@ -131,8 +131,9 @@ impl Keyring {
         })
     }
 
-    /// Checks a frame that carries no envelope (a message of the task channels, whose body
-    /// names its sender): signed by `sender`, a peer in good standing. Without required
+    /// Checks a frame that carries no envelope (a message of the task channels, or a record
+    /// of a bucket, whose body names its sender): signed by `sender`, a peer in good
+    /// standing or a node of this process (a record it wrote, read back). Without required
     /// authentication (one process) any frame passes. Drops are counted as envelopes' are.
     pub fn check_bus(
         &mut self,
@@ -143,15 +144,27 @@ impl Keyring {
         if !self.config.required {
             return Ok(());
         }
-        self.check_sender(sender, now)?;
+        let key = match self.local.get(sender) {
+            Some(own) => own.signing.verifying_key(),
+            None => {
+                self.check_sender(sender, now)?;
+                match self.peers.get(sender) {
+                    Some(peer) => peer.key,
+                    None => {
+                        return Err(self.reject(
+                            Reject::UnknownSender,
+                            Some(sender.clone()),
+                            now,
+                            None,
+                        ));
+                    }
+                }
+            }
+        };
         let verified = frame.kind == FrameKind::Signed
             && <&[u8; SIGNATURE_LEN]>::try_from(frame.tag).is_ok_and(|tag| {
-                self.peers.get(sender).is_some_and(|peer| {
-                    let signed = [BUS_DOMAIN, frame.body].concat();
-                    peer.key
-                        .verify(&signed, &Signature::from_bytes(tag))
-                        .is_ok()
-                })
+                let signed = [BUS_DOMAIN, frame.body].concat();
+                key.verify(&signed, &Signature::from_bytes(tag)).is_ok()
             });
         if !verified {
             let reason = if frame.kind == FrameKind::Open {

@@ -31,9 +31,11 @@ impl std::fmt::Display for Exclusion {
 
 /// The capability mapping as a root stores it durably (the `mesh` bucket's `_rules`
 /// record), so it outlives every node: a root that starts with none takes it from there.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MeshRules {
+    /// The root that stored it: the record is taken only with its signature.
+    pub by: NodeId,
     pub excluded: Vec<Exclusion>,
 }
 
