@@ -545,9 +545,10 @@ fn builtin_work(opts: &MeshOptions, d: Dispatch, answers: &mpsc::Sender<Answered
             }),
             // The built-in agents of a node hold one context: a value it contradicts
             // affects them all.
+            // (Payload and context are an operator's text: sent as text.)
             (Some(want), true) => Some(ConflictDetail::DataContradiction {
-                expected: want.clone(),
-                received: context.clone(),
+                expected: qs_wire::mesh::as_text(want),
+                received: qs_wire::mesh::as_text(&context),
                 affects_agents: holding,
             }),
             (None, true) => None,

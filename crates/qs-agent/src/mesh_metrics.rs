@@ -184,10 +184,11 @@ impl MeshMetrics {
         .unwrap_or(0);
         self.mode.set(mode as i64);
         self.is_root.set(i64::from(s.is_root));
-        // The status's counts only grow (since this node started): each counter takes
-        // the difference.
+        // The status's counts only grow (since this node started): each counter takes the
+        // larger, so two scrapes at once count nothing twice.
         for ((_, _, count), c) in COUNTERS.iter().zip(&self.totals) {
-            c.inc_by(count(s).saturating_sub(c.get()));
+            c.inner()
+                .fetch_max(count(s), std::sync::atomic::Ordering::Relaxed);
         }
     }
 }

@@ -11,7 +11,9 @@ use qs_core::Time;
 use qs_core::mesh::degrade::Mode;
 use qs_core::mesh::{MeshConfig, MeshInput, MeshNode, MeshOutput};
 use qs_wire::NodeId;
-use qs_wire::mesh::{AgentId, ClusterId, MeshMessage, ModeNotice, Verb};
+use qs_wire::mesh::{
+    AgentId, ClusterId, Control, ControlAction, MeshMessage, ModeNotice, Scope, Verb,
+};
 use std::time::Duration;
 
 const BEAT_MS: u64 = 300;
@@ -347,7 +349,7 @@ fn a_notice_from_the_future_shuts_out_the_root_for_one_lapse_at_most() {
 
 /// Seed §6.3's EMERGENCY halts automated operations: a lead still declares a crashed agent
 /// (offline 30 s while its host lives) but asks no restart of it until the mesh is out of
-/// EMERGENCY; then at once.
+/// EMERGENCY, or an operator heals its cluster.
 #[test]
 fn a_lead_restarts_no_crashed_agent_while_the_mesh_is_in_emergency() {
     let mut lead = Lead::new(one_cluster(6, 800), at(0));
@@ -393,8 +395,29 @@ fn a_lead_restarts_no_crashed_agent_while_the_mesh_is_in_emergency() {
     assert_eq!(lead.node.mode(), Mode::Emergency);
     assert_eq!(crashed, [down], "declared once");
     assert_eq!(asked, 0, "no restart in EMERGENCY");
+    // An operator's heal of the cluster asks it at once, EMERGENCY or not.
+    let heal = Control {
+        relayed: true,
+        ..Control::new(ControlAction::Heal, Scope::Cluster(ClusterId(0)))
+    };
+    let msg = MeshMessage::Control(heal);
+    lead.node.handle(
+        MeshInput::Heard {
+            from: root.clone(),
+            msg,
+        },
+        lead.now,
+    );
+    assert_eq!(restarts(&drain(&mut lead.node)), 1, "asked by a heal");
+    assert_eq!(lead.node.mode(), Mode::Emergency);
+    // Out of EMERGENCY: asked again by the lead itself, 30 s after the last.
     let n = notice(3, lead.now);
     hear_notice(&mut lead.node, &root, &n, lead.now);
-    let out = lead.run(1_000);
-    assert_eq!(restarts(&out), 1, "asked once the mesh is out of EMERGENCY");
+    let mut asked = 0;
+    for _ in 0..11 {
+        let n = notice(3, lead.now);
+        hear_notice(&mut lead.node, &root, &n, lead.now);
+        asked += restarts(&lead.run(3_000));
+    }
+    assert_eq!(asked, 1, "asked again once the mesh is out of EMERGENCY");
 }

@@ -1,7 +1,8 @@
 //! An ask of a sample reaches no more agents than the sample: the root splits it over the
 //! sectors it picks, as evenly as it goes, so the shares add up to the sample (each
 //! coordinator splits its share over its clusters the same way; the real 1,000-agent run
-//! checks the whole way down); a sample's time is not the cascade latency's.
+//! checks the whole way down), and none to a sector the order would not reach; a sample's
+//! time is not the cascade latency's.
 
 mod common;
 
@@ -11,7 +12,7 @@ use qs_core::mesh::hierarchy::{Hierarchy, Member, Shape};
 use qs_core::mesh::seniority::Seniority;
 use qs_core::mesh::{CascadeCommand, Command, MeshConfig, MeshInput, MeshOutput};
 use qs_wire::NodeId;
-use qs_wire::mesh::{AgentId, CascadeMode, MeshMessage, Order, Scope, Verb};
+use qs_wire::mesh::{AgentId, CascadeMode, MeshMessage, Order, Scope, SectorId, Verb};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,11 +75,30 @@ fn a_samples_shares_add_up_to_the_sample() {
         assert_eq!(shares.iter().sum::<u32>(), n, "{n}: {shares:?}");
         assert_eq!(shares.iter().max(), Some(&most), "{n}: {shares:?}");
     }
+    // A sector whose breaker is open gets no share: the others' add up to the sample.
+    let from = tree.sectors[0].coordinator.clone().unwrap();
+    let mut open = sector_summary(0, &from, 300, 300, now);
+    (open.cluster_count, open.breaker_open) = (10, true);
+    let msg = MeshMessage::Sector(Box::new(open));
+    root.handle(MeshInput::Heard { from, msg }, now);
+    let envelope = root.envelope(Verb::Observe, "which model?", 2, now);
+    let mut ask = CascadeCommand::new(CascadeMode::Wave, Scope::Global, envelope);
+    ask.sample = Some(50);
+    let command = Command::Cascade(ask);
+    root.handle(MeshInput::Command { command, tag: 2 }, now);
+    let sent = orders(&drain(&mut root));
+    assert!(sent.iter().all(|o| o.scope != Scope::Sector(SectorId(0))));
+    let shares: Vec<u32> = sent.iter().filter_map(|o| o.sample_per_cluster).collect();
+    assert_eq!(
+        (shares.len(), shares.iter().sum::<u32>()),
+        (11, 50),
+        "{shares:?}"
+    );
     // Their ends (no report came: at their deadlines) count as operations, and their
     // latencies are not the cascade latency's (seed Part 11: mesh-wide cascades).
     let later = now + Duration::from_secs(10);
     root.handle(MeshInput::Tick, later);
     drain(&mut root);
-    assert_eq!(root.kpis().operations, 5);
+    assert_eq!(root.kpis().operations, 6);
     assert!(root.kpis().cascade_latencies_ms.is_empty());
 }

@@ -304,7 +304,9 @@ pub(crate) fn token(what: &str, name: &str, max: usize) -> Result<(), String> {
 
 /// Text an operator's terminal shows (an answer, a conflict's detail): at most
 /// [`MAX_TEXT_BYTES`], and no character a terminal would not show as itself (an escape
-/// sequence, a line of its own, a reordering mark).
+/// sequence, a reordering mark, a zero-width space) but line breaks and tabs (an answer of
+/// several lines) and the zero-width joiners some scripts need, which the console shows
+/// escaped.
 fn text(what: &str, s: &str) -> Result<(), String> {
     if s.len() > MAX_TEXT_BYTES {
         return Err(format!(
@@ -312,10 +314,27 @@ fn text(what: &str, s: &str) -> Result<(), String> {
             s.len()
         ));
     }
-    match s.chars().find(|c| summary::hidden(*c)) {
+    match s.chars().find(|c| not_text(*c)) {
         Some(c) => Err(format!("{what}: control or invisible character {c:?}")),
         None => Ok(()),
     }
+}
+
+/// A character [`text`] refuses.
+fn not_text(c: char) -> bool {
+    summary::hidden(c) && !matches!(c, '\n' | '\t' | '\u{200C}' | '\u{200D}')
+}
+
+/// `s` made text a node sends as it (an agent's answer, a conflict's detail from a
+/// payload or a context): each character [`text`] refuses a space, cut to
+/// [`MAX_TEXT_BYTES`] at a character.
+pub fn as_text(s: &str) -> String {
+    let mut t: String = s
+        .chars()
+        .map(|c| if not_text(c) { ' ' } else { c })
+        .collect();
+    crate::bounds::clip(&mut t, MAX_TEXT_BYTES);
+    t
 }
 
 /// The latest time taken, Unix milliseconds (the year 2500): a larger one is no time.

@@ -247,10 +247,11 @@ pub(crate) fn print_outcome(v: &Value) {
     if let Some(answers) = v["answers"].as_array().filter(|a| !a.is_empty()) {
         println!("  answers:");
         for a in answers {
+            // (Line breaks and tabs, which an answer may hold, shown escaped.)
             println!(
                 "    {:>6}  {}",
                 a["count"].as_u64().unwrap_or(0),
-                a["answer"].as_str().unwrap_or("")
+                a["answer"].as_str().unwrap_or("").escape_debug()
             );
         }
     }

@@ -158,9 +158,10 @@ impl Tally {
 
     /// Checks a subtree's counts (a report's, from the bus): each at most the agents a
     /// `scope` holds (a cluster [`MAX_CHILDREN`], a sector [`MAX_AGENTS_IN_SCOPE`]; an agent
-    /// rerouted to counts as targeted again), and no more answers than sends, nor more
-    /// answers in the window or on time than answers counted.
-    pub fn check(&self, scope: Scope) -> Result<(), String> {
+    /// rerouted to counts as targeted again), and no more answers than sends (but in a
+    /// `late` report, of answers after its subtree reported), nor more answers in the
+    /// window or on time than answers counted.
+    pub fn check(&self, scope: Scope, late: bool) -> Result<(), String> {
         let most = match scope {
             Scope::Cluster(_) => MAX_CHILDREN,
             Scope::Sector(_) => MAX_AGENTS_IN_SCOPE,
@@ -183,7 +184,8 @@ impl Tally {
         let counted = [self.ready, self.transit, self.conflict].map(u64::from);
         let counted: u64 = counted.iter().sum();
         let heard = counted + u64::from(self.late) + u64::from(self.expired);
-        if heard > u64::from(self.sent) {
+        // (A late report counts the late answers it carries, not what was sent.)
+        if heard > u64::from(self.sent) && !late {
             return Err(format!(
                 "tally: {heard} heard (ready, transit, conflict, late, expired) of {} sent",
                 self.sent
@@ -283,7 +285,7 @@ pub const MAX_ESCALATED: usize = 16;
 impl Report {
     /// Checks the bounds of what a report carries.
     pub fn check(&self) -> Result<(), String> {
-        self.tally.check(self.scope)?;
+        self.tally.check(self.scope, self.late)?;
         at_most("answers", self.answers.len(), MAX_ANSWERS)?;
         for a in &self.answers {
             text("answer", &a.answer)?;

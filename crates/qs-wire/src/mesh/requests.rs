@@ -204,6 +204,11 @@ impl MeshAction {
                 {
                     return Err("sample: must be in 1..=1000000".into());
                 }
+                // A sample is a wave's (an ask, a delegation): the urgent mode's root counts
+                // every cluster of a sector, and each priority-first phase would take one.
+                if sample.is_some() && *mode != CascadeMode::Wave {
+                    return Err(format!("sample: only for a wave, not {}", wire_name(mode)));
+                }
                 if budget_ms.is_some_and(|b| b == 0 || b > MAX_TTL_MS) {
                     return Err(format!("budget_ms: must be in 1..={MAX_TTL_MS}"));
                 }

@@ -6,6 +6,10 @@ use super::*;
 use crate::task_bus::decode_bus;
 
 fn report(scope: Scope, tally: Tally, answer: &str) -> MeshMessage {
+    late_or_not(scope, tally, answer, false)
+}
+
+fn late_or_not(scope: Scope, tally: Tally, answer: &str, late: bool) -> MeshMessage {
     MeshMessage::Report(Box::new(Report {
         op: OpId(1),
         scope,
@@ -17,7 +21,7 @@ fn report(scope: Scope, tally: Tally, answer: &str) -> MeshMessage {
         }],
         escalated: Vec::new(),
         escalated_more: 0,
-        late: false,
+        late,
         named: Vec::new(),
     }))
 }
@@ -51,6 +55,8 @@ fn a_reports_counts_are_bounded_by_its_scope_and_each_other() {
             Some("tally.targeted: 4294967295; at most 20000"),
         ),
         (report(cluster, tally(30, 30, 1, 0), "ok"), Some("31 heard")),
+        // A late report (conflicts after the subtree reported) counts its late answers.
+        (late_or_not(cluster, tally(0, 0, 1, 0), "ok", true), None),
         (
             report(cluster, tally(30, 20, 0, 21), "ok"),
             Some("tally.window_hits: 21 of 20"),
@@ -60,7 +66,15 @@ fn a_reports_counts_are_bounded_by_its_scope_and_each_other() {
             Some("answer: control or invisible character"),
         ),
         (
-            report(cluster, tally(30, 20, 0, 20), "two\nlines"),
+            report(cluster, tally(30, 20, 0, 20), "two\nlines\tand a tab"),
+            None,
+        ),
+        (
+            report(cluster, tally(30, 20, 0, 20), "\u{645}\u{200C}\u{6CC}"),
+            None,
+        ),
+        (
+            report(cluster, tally(30, 20, 0, 20), "zero\u{200B}width"),
             Some("answer: control or invisible character"),
         ),
     ]);
@@ -110,6 +124,15 @@ fn sector(clusters: u32, agents: u32, classes: ClassCounts, open_breakers: u32) 
         capabilities: Vec::new(),
         capabilities_more: false,
     }))
+}
+
+/// Text made to pass: refused characters spaces, cut at a character; what passes as it is.
+#[test]
+fn text_is_made_to_pass() {
+    assert_eq!(as_text("v1\u{1b}[2J\u{200B}v2"), "v1 [2J v2");
+    assert_eq!(as_text("two\nlines"), "two\nlines");
+    let long = as_text(&"é".repeat(MAX_TEXT_BYTES));
+    assert!(long.len() <= MAX_TEXT_BYTES && long.chars().all(|c| c == 'é'));
 }
 
 /// A summary counts no more agents by class, anomalous, or in its clusters than it has.
@@ -186,4 +209,28 @@ fn the_largest_members_record_fits_a_bus_message() {
         bytes.len()
     );
     assert_eq!(decode_bus::<MeshMembers>("kv mesh", &bytes).unwrap(), m);
+}
+
+/// A sample (an ask's, a delegation's) is a wave's: the urgent mode and priority-first
+/// refuse one, by field.
+#[test]
+fn a_sample_is_a_waves() {
+    let ask = |mode| MeshAction::Cascade {
+        mode,
+        scope: Scope::Global,
+        verb: Verb::Observe,
+        payload: "which model?".into(),
+        priority: 2,
+        sample: Some(50),
+        budget_ms: None,
+        requires: None,
+        approved: false,
+        class: None,
+        window_ms: None,
+    };
+    assert!(ask(CascadeMode::Wave).check().is_ok());
+    for mode in [CascadeMode::Parallel, CascadeMode::PriorityFirst] {
+        let err = ask(mode).check().unwrap_err();
+        assert!(err.starts_with("sample: only for a wave"), "{err}");
+    }
 }

@@ -273,8 +273,9 @@ impl MeshNode {
     }
 
     /// A heal of the led `clusters`: their breakers closed, their quarantined agents
-    /// released (back in the pool at their host's next beat) and their agents held out of
-    /// the pool taken back (at the next beat's integration pass), each agent counted once.
+    /// released (back in the pool at their host's next beat), their agents held out of
+    /// the pool taken back (at the next beat's integration pass) and their crashed agents'
+    /// restarts asked, each agent counted once.
     fn heal(&mut self, clusters: &[ClusterId], done: &mut ControlDone, now: Time) {
         for cl in clusters {
             done.breakers_closed += u32::from(self.breakers.reset(Scope::Cluster(*cl), now));
@@ -299,6 +300,8 @@ impl MeshNode {
                 done.agents_released += u32::from(quarantined || held);
             }
         }
+        // Crashed agents' restarts, asked now (in EMERGENCY too: an operator's heal).
+        done.agents_released += self.restart_crashed(clusters, now);
     }
 
     /// The agents of the led `clusters` whose impedance score is over `slower_than_ms` and

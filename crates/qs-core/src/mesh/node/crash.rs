@@ -8,7 +8,7 @@
 //! back by itself and failed again. (An agent whose host is lost is not: the host's loss is
 //! the event, and its agents leave the tree with it.) While the mesh is in EMERGENCY
 //! (seed §6.3: "Halt all automated operations") crashes are declared and no restart is
-//! asked; the first beat in a better mode asks.
+//! asked; the first beat in a better mode asks, or an operator's heal of the cluster.
 
 use super::*;
 use qs_wire::mesh::AgentOrder;
@@ -116,6 +116,34 @@ impl MeshNode {
         for (host, restart) in restarts {
             self.send(host, MeshMessage::Restart(restart));
         }
+    }
+
+    /// An operator's heal of the led `clusters` (a human's action, whatever the mode): the
+    /// restart of each agent taken for crashed there asked now; how many.
+    pub(super) fn restart_crashed(&mut self, clusters: &[ClusterId], now: Time) -> u32 {
+        let mut restarts: Vec<(NodeId, AgentOrder)> = Vec::new();
+        for c in clusters {
+            let Some(led) = self.led.get_mut(c) else {
+                continue;
+            };
+            for (a, v) in &mut led.agents {
+                if v.crash.declared && v.state == AgentState::Offline {
+                    v.crash.asked = Some(now);
+                    let order = AgentOrder {
+                        agent: *a,
+                        cluster: *c,
+                        joined_ms: v.joined_host_ms,
+                        task: None,
+                    };
+                    restarts.push((v.host.clone(), order));
+                }
+            }
+        }
+        let n = restarts.len() as u32;
+        for (host, restart) in restarts {
+            self.send(host, MeshMessage::Restart(restart));
+        }
+        n
     }
 
     /// The host part: the lead of one of its agents' cluster (as the inbox checked) asks it

@@ -21,8 +21,10 @@ use qs_wire::mesh::ModeNotice;
 const LAPSES_AFTER_PERIODS: u32 = 3;
 /// Beats a change is announced at.
 const ANNOUNCE_CHANGE_BEATS: u8 = 3;
-/// The most a notice's number (its root's clock) may run ahead of this node's clock.
-pub(crate) const MAX_NOTICE_AHEAD_MS: u64 = 60_000;
+/// The most a notice's number (its root's clock) may run ahead of this node's clock: a
+/// day, the most a node's clock is let drift (a clock further off is a broken one; a
+/// forged number within it shuts the root's notices out for one lapse at most).
+pub(crate) const MAX_NOTICE_AHEAD_MS: u64 = 86_400_000;
 
 impl MeshNode {
     /// At the root, after it computed the mode: a notice down the tree at a change (of the

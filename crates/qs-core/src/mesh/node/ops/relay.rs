@@ -60,8 +60,9 @@ pub(super) fn relay_order(node: &mut MeshNode, o: Order, s: SectorId) {
     let half_open = node.breakers.state(Scope::Sector(s)) == BreakerState::HalfOpen;
     // A sample's quota for this sector: as few clusters as it takes (with agents of the
     // order's class, if one, and with the capability it requires, if one, as their
-    // summaries say), each its share of the quota, one agent at least (chosen by the
-    // operation's hash).
+    // summaries say; led, not frozen, their breakers closed: a share is not given to a
+    // cluster the order would not reach), each its share of the quota, one agent at least
+    // (chosen by the operation's hash).
     let mut clusters = clusters;
     let mut quota = None;
     if let (Some(n), Scope::Sector(_)) = (o.sample_per_cluster, o.scope) {
@@ -76,12 +77,15 @@ pub(super) fn relay_order(node: &mut MeshNode, o: Order, s: SectorId) {
                     qs_wire::mesh::may_have(&x.capabilities, x.capabilities_more, r)
                 })
             });
+            let reachable = summary.is_none_or(|x| !x.breaker_open)
+                && node.frozen_over(Scope::Cluster(*c)).is_none();
             of_class
                 && capable
+                && reachable
                 && node
                     .tree
                     .cluster(*c)
-                    .is_some_and(|cl| !cl.agents.is_empty())
+                    .is_some_and(|cl| !cl.agents.is_empty() && cl.lead.is_some())
         });
         clusters.sort_by_key(|c| mix(u64::from(c.0) ^ o.op.0));
         clusters.truncate((n as usize).max(1));

@@ -82,10 +82,21 @@ pub(super) fn start_phase(
     // (With a capability required: only sectors where its summary says it may be.)
     let requires = r.envelope.requires.clone();
     let sample = r.sample;
+    // (Only sectors the order would reach: coordinated, breaker closed, healthy where the
+    // mode asks it; no share is given to one skipped below.)
+    let global_open = node.breakers.state(Scope::Global) == BreakerState::Open;
     if let Some(n) = sample {
         sectors.retain(|s| {
+            let coordinated = node
+                .tree
+                .sector(*s)
+                .is_some_and(|x| x.coordinator.is_some());
             node.sector_summaries.get(s).is_some_and(|x| {
-                x.active_agents > 0
+                coordinated
+                    && !global_open
+                    && !x.breaker_open
+                    && (!healthy_only || healthy(x))
+                    && x.active_agents > 0
                     && class.is_none_or(|k| x.classes[k.index()] > 0)
                     && requires.as_deref().is_none_or(|c| {
                         qs_wire::mesh::may_have(&x.capabilities, x.capabilities_more, c)
@@ -100,9 +111,7 @@ pub(super) fn start_phase(
         let Some(sector) = node.tree.sector(s) else {
             continue;
         };
-        let healthy = node.sector_summaries.get(&s).is_none_or(|x| {
-            x.total_agents == 0 || f64::from(x.active_agents) >= 0.95 * f64::from(x.total_agents)
-        });
+        let in_health = node.sector_summaries.get(&s).is_none_or(healthy);
         let routable = node
             .sector_summaries
             .get(&s)
@@ -111,7 +120,7 @@ pub(super) fn start_phase(
         let Some(co) = sector.coordinator.clone() else {
             continue;
         };
-        if !routable || (healthy_only && !healthy) {
+        if !routable || (healthy_only && !in_health) {
             let agents = node.sector_summaries.get(&s).map_or(0, |x| x.total_agents);
             r.tally.targeted = r.tally.targeted.saturating_add(agents);
             r.tally.unreachable = r.tally.unreachable.saturating_add(agents);
@@ -152,6 +161,12 @@ pub(super) fn start_phase(
     let target = r.target;
     ops.root.insert(op, r);
     Some(target)
+}
+
+/// A sector healthy enough for the mode's "route to healthy sectors only": at least 95 %
+/// of its agents active (or none yet).
+fn healthy(x: &qs_wire::mesh::SectorSummary) -> bool {
+    x.total_agents == 0 || f64::from(x.active_agents) >= 0.95 * f64::from(x.total_agents)
 }
 
 /// The root: operation `op` ended (every report in, or its deadline): its result, or its
