@@ -480,8 +480,12 @@ pub enum MeshMessage {
     Reassign(AgentOrder),
 }
 
-/// A summary's counts of its agents: by class, anomalous, failed since the last (an agent
-/// may fail, restart and fail again: at most a hundred times each in a period).
+/// Failures a summary counts per agent of its scope, at most (an agent may fail, restart
+/// and fail again within a period).
+pub const MAX_FAILURES_PER_AGENT: u32 = 100;
+
+/// A summary's counts of its agents: by class, anomalous, failed since the last (at most
+/// [`MAX_FAILURES_PER_AGENT`] each).
 fn class_counts(
     classes: &ClassCounts,
     anomalies: u32,
@@ -490,7 +494,10 @@ fn class_counts(
 ) -> Result<(), String> {
     let classed: u64 = classes.iter().map(|n| u64::from(*n)).sum();
     let agents = u64::from(agents);
-    if classed > agents || u64::from(anomalies) > agents || u64::from(failures) > 100 * agents {
+    if classed > agents
+        || u64::from(anomalies) > agents
+        || u64::from(failures) > u64::from(MAX_FAILURES_PER_AGENT) * agents
+    {
         return Err(format!(
             "classes: {classed} counted, anomalies {anomalies}, failures {failures}, of {agents} agents"
         ));

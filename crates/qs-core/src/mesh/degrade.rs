@@ -136,11 +136,12 @@ pub fn permit(mode: Mode, ask: &Ask) -> Result<Admit, Refused> {
     if mode == Mode::DegradedModerate && ask.agents > MODERATE_MAX_AGENTS {
         return no("scatter operations over 1000 agents are disabled");
     }
-    if mode >= Mode::DegradedSevere && ask.agents > MODERATE_MAX_AGENTS && !ask.approved {
-        return no("scatter operations over 1000 agents need a human's approval (--approve)");
-    }
+    // (The priority floor first: approval never lifts it, so none is asked for in vain.)
     if mode >= Mode::DegradedSevere && ask.priority < 3 {
         return no("critical operations only (priority 3)");
+    }
+    if mode >= Mode::DegradedSevere && ask.agents > MODERATE_MAX_AGENTS && !ask.approved {
+        return no("scatter operations over 1000 agents need a human's approval (--approve)");
     }
     if mode >= Mode::DegradedSevere && ask.mesh_wide && !ask.approved {
         return no("mesh-wide operations need a human's approval (--approve)");
@@ -263,6 +264,25 @@ mod tests {
                 assert!(e.to_string().contains("(10 of 100 agents active)"), "{e}");
             }
         }
+    }
+
+    /// A refusal names the rule the operator can act on: below the priority floor it says
+    /// so, not that approval is wanted (approval would not lift it).
+    #[test]
+    fn the_priority_floor_is_named_before_approval() {
+        let ask = Ask {
+            priority: 2,
+            agents: 2_000,
+            mesh_wide: true,
+            approved: false,
+            automated: false,
+            total_agents: 100,
+            active_agents: 40,
+        };
+        let e = permit(Mode::DegradedSevere, &ask).unwrap_err();
+        assert_eq!(e.rule, "critical operations only (priority 3)");
+        let e = permit(Mode::DegradedSevere, &Ask { priority: 3, ..ask }).unwrap_err();
+        assert!(e.rule.contains("--approve"), "{e}");
     }
 
     #[test]

@@ -85,7 +85,12 @@ impl MeshNode {
                 self.kpis.coordinated_shifts += 1;
             }
             l.spikes_this_period = 0;
-            let failures = std::mem::take(&mut l.failures_this_period);
+            // (At most what a summary may say of its agents: a cluster renumbered by a new
+            // tree may count failures of agents it no longer knows.)
+            let failures = std::mem::take(&mut l.failures_this_period).min(
+                l.known_count(now)
+                    .saturating_mul(qs_wire::mesh::MAX_FAILURES_PER_AGENT),
+            );
             let sector = l.sector;
             let (capabilities, capabilities_more) = qs_wire::mesh::capability_counts(capable);
             let summary = ClusterSummary {
