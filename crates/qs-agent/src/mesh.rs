@@ -24,7 +24,8 @@ use qs_core::mesh::{
 use qs_fabric::{Fabric, Kv, KvEvent, Subscription, Topic};
 use qs_wire::NodeId;
 use qs_wire::mesh::{
-    MeshAction, MeshMembers, MeshMessage, MeshOutcome, MeshPacket, MeshRequest, wire_name,
+    ControlAction, MeshAction, MeshMembers, MeshMessage, MeshOutcome, MeshPacket, MeshRequest,
+    wire_name,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -504,7 +505,22 @@ pub async fn run<F: Fabric>(
                         agents_reassigned: r.agents_reassigned,
                     };
                     journal.append(&me, now().as_micros(), vec![event]).await;
-                    let body = serde_json::to_value(&r).map_err(|e| e.to_string());
+                    let mut body = serde_json::to_value(&r).map_err(|e| e.to_string());
+                    // Seed Part 7's freeze: "State preserved to …", this root's view.
+                    if r.action == ControlAction::Freeze
+                        && let Ok(v) = &mut body
+                    {
+                        let snapshot = status(&mut node, &agents, new_nodes.clone());
+                        let (dir, at_ms) = (state_dir.clone(), now().as_millis());
+                        let kept = tokio::task::spawn_blocking(move || {
+                            crate::mesh_status::preserve(&dir, &snapshot, at_ms)
+                        });
+                        match kept.await {
+                            Ok(Ok(path)) => v["preserved"] = path.display().to_string().into(),
+                            Ok(Err(e)) => tracing::error!("mesh: preserving the state: {e}"),
+                            Err(e) => tracing::error!("mesh: preserving the state: {e}"),
+                        }
+                    }
                     answer(&fabric, &auth, &me, &mut waiting, r.tag, body).await
                 }
                 MeshOutput::Rules(excluded) => {

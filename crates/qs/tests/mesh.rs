@@ -357,6 +357,14 @@ fn a_thousand_agents_over_nats() {
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("I will run: qs mesh freeze"), "{said}");
     assert!(said.contains("Go ahead? [y/N]"), "{said}");
+    // Seed Part 7: "State preserved to …": the root's view, in its state directory.
+    let preserved = said
+        .lines()
+        .find_map(|l| l.split_once("state preserved to ")?.1.split(';').next())
+        .unwrap_or_else(|| panic!("no state preserved: {said}"));
+    let kept: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(preserved).unwrap()).unwrap();
+    assert_eq!(kept["agents"], total, "{kept}");
     let request = heard.join().unwrap();
     assert!(
         request.starts_with("POST /v1/chat/completions"),

@@ -58,7 +58,13 @@ pub(crate) fn control_outcome(v: &Value) -> String {
                 k => format!(", thawed on {}", plural(k, "node", "nodes")),
             }
         ),
-        "freeze" => format!("froze {scope}: operations in it are refused until a thaw"),
+        "freeze" => format!(
+            "froze {scope}: operations in it are refused until a thaw{}",
+            match v["preserved"].as_str() {
+                Some(path) => format!("; state preserved to {path}"),
+                None => String::new(),
+            }
+        ),
         "route-around" => format!(
             "routed around {} slower than {} ms in {scope} for {}: out of the routing pool \
              until then, or a heal",
