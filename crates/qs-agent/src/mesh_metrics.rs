@@ -2,7 +2,9 @@
 //! root's are the mesh's): coordination success, arrival-window hits, prediction accuracy,
 //! conflicts, availability, cascade latency, recovery time; the mode and the agents; and
 //! the counts behind the rates as counters (`_total`), which Prometheus rates over any
-//! window (seed Part 11 reports hourly).
+//! window (seed Part 11 reports hourly), breaker recoveries by level among them (the
+//! mesh's recovery time per level: the sum over its nodes of the time open over the sum of
+//! the incidents).
 
 use crate::mesh::MeshStatus;
 use prometheus_client::metrics::counter::Counter;
@@ -31,7 +33,7 @@ pub struct MeshMetrics {
 }
 
 /// The counters: name (`_total` added), help, and the status's count.
-const TOTALS: usize = 11;
+const TOTALS: usize = 17;
 type Count = fn(&MeshStatus) -> u64;
 const COUNTERS: [(&str, &str, Count); TOTALS] = [
     ("mesh_operations", "Operations this root completed", |s| {
@@ -76,6 +78,36 @@ const COUNTERS: [(&str, &str, Count); TOTALS] = [
     ("mesh_recoveries", "Breaker incidents closed", |s| {
         s.kpis.recoveries
     }),
+    (
+        "mesh_cluster_recoveries",
+        "Cluster breaker incidents this lead closed",
+        |s| s.kpis.recovered.cluster.closed,
+    ),
+    (
+        "mesh_cluster_recovery_ms",
+        "Their time open, milliseconds",
+        |s| s.kpis.recovered.cluster.open_ms_total,
+    ),
+    (
+        "mesh_sector_recoveries",
+        "Sector breaker incidents this coordinator closed",
+        |s| s.kpis.recovered.sector.closed,
+    ),
+    (
+        "mesh_sector_recovery_ms",
+        "Their time open, milliseconds",
+        |s| s.kpis.recovered.sector.open_ms_total,
+    ),
+    (
+        "mesh_global_recoveries",
+        "Global breaker incidents this root closed",
+        |s| s.kpis.recovered.global.closed,
+    ),
+    (
+        "mesh_global_recovery_ms",
+        "Their time open, milliseconds",
+        |s| s.kpis.recovered.global.open_ms_total,
+    ),
     (
         "mesh_coordinated_shifts",
         "Clusters where many agents' impedance jumped at once",

@@ -144,6 +144,9 @@ pub struct Kpis {
     pub predicted_within_50ms: u64,
     pub conflicts: u64,
     pub skipped: u64,
+    /// Breaker incidents this node closed, by level (a lead's clusters', a coordinator's
+    /// sectors', the root's whole mesh's).
+    pub recovered: qs_core::mesh::node::Recovered,
 }
 
 pub(crate) fn status(
@@ -253,6 +256,7 @@ pub(crate) fn status(
             predicted_within_50ms: k.predicted_within_50ms,
             conflicts: k.conflicts,
             skipped: k.skipped,
+            recovered: k.recovered,
         },
     }
 }

@@ -102,6 +102,11 @@ fn a_heal_thaws_releases_and_closes_and_the_root_reports_what_every_node_did() {
     assert_eq!(r.was_frozen_on, 2);
     assert!(lead.node.frozen().is_empty() && root.frozen().is_empty());
     assert_eq!(lead.node.breakers().state(cluster), BreakerState::Closed);
+    // Seed Part 11's recovery time, by level: the lead closed a cluster's incident.
+    let recovered = lead.node.kpis().recovered;
+    assert_eq!(recovered.cluster.closed, 1, "{recovered:?}");
+    assert!(recovered.cluster.open_ms_total > 0, "{recovered:?}");
+    assert_eq!(recovered.sector.closed + recovered.global.closed, 0);
     let released: BTreeSet<AgentId> = out
         .iter()
         .filter_map(|o| match o {

@@ -29,7 +29,7 @@ mod batch;
 mod beats;
 pub(crate) use beats::Hop;
 mod kpis;
-pub use kpis::{Kpis, MAX_LATENCIES};
+pub use kpis::{Incidents, Kpis, MAX_LATENCIES, Recovered};
 mod conflicts;
 mod control;
 mod crash;
@@ -490,8 +490,10 @@ impl MeshNode {
             }
             qs_wire::mesh::BreakerState::Closed => {
                 if let Some(t) = self.opened_at.remove(&ch.scope) {
+                    let open_ms = now.since(t).as_millis() as u64;
                     self.kpis.recoveries += 1;
-                    self.kpis.recovery_ms_total += now.since(t).as_millis() as u64;
+                    self.kpis.recovery_ms_total += open_ms;
+                    self.kpis.recovered.closed(ch.scope, open_ms);
                 }
             }
             qs_wire::mesh::BreakerState::HalfOpen => {}

@@ -25,10 +25,41 @@ pub struct Kpis {
     /// Breaker incidents closed and their total time open.
     pub recoveries: u64,
     pub recovery_ms_total: u64,
+    /// The same by the level of the breaker (seed Part 11's recovery time: a cluster's
+    /// within 5 minutes, a sector's within 15): each node counts those it holds.
+    pub recovered: Recovered,
     /// Clusters where many agents' impedance jumped at once (seed §9.2).
     pub coordinated_shifts: u64,
     /// When the last operation ended, on this node's clock (milliseconds).
     pub last_operation_ms: Option<u64>,
+}
+
+/// Breaker incidents closed, by level.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Recovered {
+    pub cluster: Incidents,
+    pub sector: Incidents,
+    pub global: Incidents,
+}
+
+/// Breaker incidents closed at one level, and their total time open.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Incidents {
+    pub closed: u64,
+    pub open_ms_total: u64,
+}
+
+impl Recovered {
+    /// An incident of the breaker of `scope` closed after `open_ms`.
+    pub fn closed(&mut self, scope: qs_wire::mesh::Scope, open_ms: u64) {
+        let level = match scope {
+            qs_wire::mesh::Scope::Cluster(_) => &mut self.cluster,
+            qs_wire::mesh::Scope::Sector(_) => &mut self.sector,
+            qs_wire::mesh::Scope::Global => &mut self.global,
+        };
+        level.closed += 1;
+        level.open_ms_total = level.open_ms_total.saturating_add(open_ms);
+    }
 }
 
 /// Cascade latencies kept for the p95.
