@@ -35,6 +35,15 @@ pub(crate) fn scope_of(text: &str) -> Result<Scope> {
     }
 }
 
+/// A heal's target: a scope, or `auto` (the seed's default, `heal(target='auto')`) for the
+/// whole mesh, where a heal changes only what is broken.
+pub(crate) fn heal_scope(text: &str) -> Result<Scope> {
+    match text.trim().eq_ignore_ascii_case("auto") {
+        true => Ok(Scope::Global),
+        false => scope_of(text),
+    }
+}
+
 pub(crate) fn op(api: &str, action: &MeshAction, output: OutputFormat) -> Result<()> {
     action.check().map_err(anyhow::Error::msg)?;
     let body = serde_json::to_string(action)?;

@@ -6,7 +6,7 @@
 //! will run and asks before running it.
 
 use crate::mesh_chat::delegation;
-use crate::mesh_client::{class_of, control, op, scope_of, status};
+use crate::mesh_client::{class_of, control, heal_scope, op, scope_of, status};
 use crate::render::OutputFormat;
 use anyhow::{Result, bail};
 use clap::Subcommand;
@@ -113,7 +113,8 @@ pub enum MeshCmd {
         output: OutputFormat,
     },
     /// Close the breakers of a scope, release its quarantined and held-out agents and its
-    /// conflicts, thaw it.
+    /// conflicts, ask its crashed agents' restarts, thaw it (`auto`, the seed's default, or
+    /// none: the whole mesh; a heal changes only what is broken).
     Heal {
         target: Vec<String>,
         /// An operator's approval, which degraded modes ask for (seed §6.3).
@@ -286,7 +287,7 @@ pub fn run(api: &str, cmd: MeshCmd) -> Result<()> {
             approve,
             output,
         } => {
-            let scope = scope_of(&target.join(" "))?;
+            let scope = heal_scope(&target.join(" "))?;
             let action = MeshAction::Heal {
                 scope,
                 approved: approve,

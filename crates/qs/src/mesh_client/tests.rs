@@ -17,6 +17,13 @@ fn scopes_are_read_in_every_spelling() {
         assert_eq!(scope_of(text).unwrap(), want, "{text:?}");
     }
     assert!(scope_of("galaxy 9").is_err());
+    // A heal's `auto` (the seed's default) is the whole mesh; its scopes as any.
+    assert_eq!(heal_scope("auto").unwrap(), Scope::Global);
+    assert_eq!(
+        heal_scope("sector 12").unwrap(),
+        scope_of("sector 12").unwrap()
+    );
+    assert!(heal_scope("galaxy 9").is_err());
 }
 
 #[test]
