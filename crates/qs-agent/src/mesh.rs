@@ -13,8 +13,8 @@ use crate::clock::now;
 use crate::identity::Auth;
 use crate::mesh_agents::Answered;
 pub use crate::mesh_agents::{LocalAgents, MeshOptions};
-use crate::mesh_status::status;
 pub use crate::mesh_status::{ClusterRow, Kpis, MeshStatus, SectorRow};
+use crate::mesh_status::{preserve_beside, status};
 use qs_core::mesh::degrade::Mode;
 use qs_core::mesh::seniority::LEAD_AFTER_MS;
 use qs_core::mesh::{
@@ -271,6 +271,10 @@ pub async fn run<F: Fabric>(
                 // node no longer the root writes nothing (its set may be stale by now).
                 if !node_is_root(&node) {
                     rules_to_store = None;
+                } else if rules_to_store.is_none()
+                    && let Some(set) = bucket.sign_again(&me, node.excluded())
+                {
+                    rules_to_store = bucket::seal_rules(&auth, &me, set);
                 }
                 if let (Some(bytes), Some(kv)) = (&rules_to_store, &kv) {
                     let put = kv.put(RULES_KEY, bytes.clone());
@@ -416,17 +420,8 @@ pub async fn run<F: Fabric>(
                         );
                         // Written beside the loop, which beats on meanwhile.
                         let snapshot = status(&mut node, &agents, new_nodes.clone());
-                        let dir = state_dir.clone();
-                        let at_ms = now().as_millis();
-                        tokio::task::spawn_blocking(move || {
-                            match crate::mesh_status::preserve(&dir, &snapshot, at_ms) {
-                                Ok(path) => tracing::warn!(
-                                    "mesh: this node's view of the mesh preserved in {}",
-                                    path.display()
-                                ),
-                                Err(e) => tracing::error!("mesh: preserving the state: {e}"),
-                            }
-                        });
+                        let kind = qs_store::MeshSnapshotKind::Emergency;
+                        preserve_beside(state_dir.clone(), snapshot, kind, now().as_millis());
                     }
                 }
                 MeshOutput::RoutedAround(r) => tracing::warn!(
@@ -506,20 +501,16 @@ pub async fn run<F: Fabric>(
                     };
                     journal.append(&me, now().as_micros(), vec![event]).await;
                     let mut body = serde_json::to_value(&r).map_err(|e| e.to_string());
-                    // Seed Part 7's freeze: "State preserved to …", this root's view.
+                    // Seed Part 7's freeze: "State preserved to …", this root's view, written
+                    // beside the loop (which beats on), its file named at once.
                     if r.action == ControlAction::Freeze
                         && let Ok(v) = &mut body
                     {
                         let snapshot = status(&mut node, &agents, new_nodes.clone());
-                        let (dir, at_ms) = (state_dir.clone(), now().as_millis());
-                        let kept = tokio::task::spawn_blocking(move || {
-                            crate::mesh_status::preserve(&dir, &snapshot, at_ms)
-                        });
-                        match kept.await {
-                            Ok(Ok(path)) => v["preserved"] = path.display().to_string().into(),
-                            Ok(Err(e)) => tracing::error!("mesh: preserving the state: {e}"),
-                            Err(e) => tracing::error!("mesh: preserving the state: {e}"),
-                        }
+                        let kind = qs_store::MeshSnapshotKind::Frozen;
+                        let path =
+                            preserve_beside(state_dir.clone(), snapshot, kind, now().as_millis());
+                        v["preserved"] = path.display().to_string().into();
                     }
                     answer(&fabric, &auth, &me, &mut waiting, r.tag, body).await
                 }

@@ -5,32 +5,59 @@
 use crate::clock::now;
 use crate::mesh_agents::LocalAgents;
 use qs_core::mesh::{LedAgent, MeshNode, QueuedView};
-use qs_store::{StateDir, StateFile};
+use qs_store::{MeshSnapshotKind, StateDir, StateFile};
 use qs_wire::mesh::{AgentState, ConflictCounts, Scope};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
-/// How many views of the mesh preserved at EMERGENCY a node keeps (the newest).
+/// How many views of the mesh preserved of each kind a node keeps (the newest).
 pub const EMERGENCY_FILES_KEPT: usize = 8;
 
-/// Seed §6.3's EMERGENCY: "Preserve state to persistent storage". Writes `status` as JSON to
-/// the state directory's mesh snapshot of `unix_ms` and drops all but the newest
-/// `EMERGENCY_FILES_KEPT`; returns the file written.
+/// Seed §6.3's EMERGENCY ("Preserve state to persistent storage") and Part 7's freeze
+/// ("State preserved to …"): the file `status` goes to, as JSON, for `kind` at `unix_ms`
+/// (known before it is written, so the operator is told at once; [`preserve`] writes it).
+pub fn snapshot_path(state: &StateDir, kind: MeshSnapshotKind, unix_ms: u64) -> PathBuf {
+    state.path(StateFile::MeshSnapshot(kind, unix_ms))
+}
+
+/// [`preserve`] beside the caller (a blocking task, so the mesh's loop beats on): the file's
+/// path, known at once; the write is logged, a failure as an error.
+pub fn preserve_beside(
+    state: StateDir,
+    status: MeshStatus,
+    kind: MeshSnapshotKind,
+    unix_ms: u64,
+) -> PathBuf {
+    let path = snapshot_path(&state, kind, unix_ms);
+    tokio::task::spawn_blocking(move || match preserve(&state, &status, kind, unix_ms) {
+        Ok(path) => tracing::warn!(
+            "mesh: this node's view of the mesh preserved in {}",
+            path.display()
+        ),
+        Err(e) => tracing::error!("mesh: preserving the state: {e}"),
+    });
+    path
+}
+
+/// Writes `status` as JSON to the state directory's mesh snapshot of `kind` at `unix_ms`
+/// and drops all but the newest `EMERGENCY_FILES_KEPT` of that kind (each kind apart, so
+/// freezes never drop an EMERGENCY's view); returns the file written.
 pub fn preserve(
     state: &StateDir,
     status: &MeshStatus,
+    kind: MeshSnapshotKind,
     unix_ms: u64,
 ) -> Result<PathBuf, qs_store::StoreError> {
-    let file = StateFile::MeshSnapshot(unix_ms);
+    let file = StateFile::MeshSnapshot(kind, unix_ms);
     let path = state.prepare(file)?;
     let bytes = serde_json::to_vec_pretty(status).unwrap_or_default();
     state.write(file, &bytes, Some(0o600))?;
-    let present = state.mesh_snapshots()?;
+    let present = state.mesh_snapshots(kind)?;
     let excess = present.len().saturating_sub(EMERGENCY_FILES_KEPT);
     for old in &present[..excess] {
-        state.remove(StateFile::MeshSnapshot(*old))?;
+        state.remove(StateFile::MeshSnapshot(kind, *old))?;
     }
     Ok(path)
 }
@@ -281,10 +308,18 @@ mod tests {
         let mut written = Vec::new();
         for k in 0..EMERGENCY_FILES_KEPT as u64 + 3 {
             let mode = if k % 2 == 0 { "EMERGENCY" } else { "FULL" };
-            written.push(preserve(&state, &status(mode), 1_700_000_000_000 + k).unwrap());
+            let at_ms = 1_700_000_000_000 + k;
+            written
+                .push(preserve(&state, &status(mode), MeshSnapshotKind::Emergency, at_ms).unwrap());
         }
-        let kept: Vec<PathBuf> = (state.mesh_snapshots().unwrap().into_iter())
-            .map(|ms| state.path(StateFile::MeshSnapshot(ms)))
+        // A freeze's view goes apart: it drops none of EMERGENCY's.
+        let frozen = preserve(&state, &status("FULL"), MeshSnapshotKind::Frozen, 1).unwrap();
+        assert_eq!(frozen, snapshot_path(&state, MeshSnapshotKind::Frozen, 1));
+        assert!(frozen.exists() && frozen.to_string_lossy().contains("mesh-frozen"));
+        let kept: Vec<PathBuf> = (state.mesh_snapshots(MeshSnapshotKind::Emergency))
+            .unwrap()
+            .into_iter()
+            .map(|ms| state.path(StateFile::MeshSnapshot(MeshSnapshotKind::Emergency, ms)))
             .collect();
         assert_eq!(kept, written[3..]);
         let read = |p: &PathBuf| -> serde_json::Value {

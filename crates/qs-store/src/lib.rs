@@ -6,7 +6,7 @@ mod state_dir;
 mod tasks;
 
 pub use ledger::{Ledger, MAX_CARRIED, MAX_READ, Retention, Snapshot, panic_is_contained};
-pub use state_dir::{StateDir, StateFile, write_atomic};
+pub use state_dir::{MeshSnapshotKind, StateDir, StateFile, write_atomic};
 pub use tasks::{TaskStore, TaskWrite};
 
 use std::path::PathBuf;

@@ -53,8 +53,26 @@ pub enum StateFile<'a> {
     /// The durable tasks accepted (redb).
     Tasks,
     /// The node's view of the mesh preserved when the mesh entered EMERGENCY (seed 001
-    /// §6.3), by when: Unix milliseconds.
-    MeshSnapshot(u64),
+    /// §6.3) or an operator froze it (Part 7), by when: Unix milliseconds.
+    MeshSnapshot(MeshSnapshotKind, u64),
+}
+
+/// Why the mesh's state was preserved: each kind in its own directory, rotated apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MeshSnapshotKind {
+    /// The mesh entered EMERGENCY (`mesh-emergency/`).
+    Emergency,
+    /// An operator froze it (`mesh-frozen/`).
+    Frozen,
+}
+
+impl MeshSnapshotKind {
+    fn dir(self) -> &'static str {
+        match self {
+            MeshSnapshotKind::Emergency => "mesh-emergency",
+            MeshSnapshotKind::Frozen => "mesh-frozen",
+        }
+    }
 }
 
 impl StateFile<'_> {
@@ -75,7 +93,7 @@ impl StateFile<'_> {
             StateFile::Logs(_) => "log directory",
             StateFile::TasksSocket => "task workers' socket",
             StateFile::Tasks => "task store",
-            StateFile::MeshSnapshot(_) => "mesh snapshot",
+            StateFile::MeshSnapshot(..) => "mesh snapshot",
         }
     }
 }
@@ -123,10 +141,9 @@ impl StateDir {
             StateFile::Logs(n) => node(n).join("logs"),
             StateFile::TasksSocket => self.root.join("tasks.sock"),
             StateFile::Tasks => self.root.join("tasks.redb"),
-            StateFile::MeshSnapshot(ms) => self
-                .root
-                .join("mesh-emergency")
-                .join(format!("{ms:013}.json")),
+            StateFile::MeshSnapshot(kind, ms) => {
+                self.root.join(kind.dir()).join(format!("{ms:013}.json"))
+            }
         }
     }
 
@@ -271,10 +288,10 @@ impl StateDir {
         }
     }
 
-    /// The mesh snapshots present, by when, oldest first (files not named as one are not
-    /// listed).
-    pub fn mesh_snapshots(&self) -> Result<Vec<u64>, StoreError> {
-        let dir = self.root.join("mesh-emergency");
+    /// The mesh snapshots of `kind` present, by when, oldest first (files not named as one
+    /// are not listed).
+    pub fn mesh_snapshots(&self, kind: MeshSnapshotKind) -> Result<Vec<u64>, StoreError> {
+        let dir = self.root.join(kind.dir());
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),

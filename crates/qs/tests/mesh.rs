@@ -362,6 +362,12 @@ fn a_thousand_agents_over_nats() {
         .lines()
         .find_map(|l| l.split_once("state preserved to ")?.1.split(';').next())
         .unwrap_or_else(|| panic!("no state preserved: {said}"));
+    // (Written beside the root's loop: there within moments.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::path::Path::new(preserved).exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(preserved.contains("mesh-frozen"), "{preserved}");
     let kept: serde_json::Value =
         serde_json::from_slice(&std::fs::read(preserved).unwrap()).unwrap();
     assert_eq!(kept["agents"], total, "{kept}");

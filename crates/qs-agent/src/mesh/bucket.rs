@@ -17,7 +17,7 @@ use qs_wire::NodeId;
 use qs_wire::frame::Frame;
 use qs_wire::mesh::{Exclusion, MeshMembers, MeshRules};
 use qs_wire::task_bus::decode_bus;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Records waiting for their writer's key, at most (a fleet's nodes and the rules).
 const MAX_WAITING: usize = 4_096;
@@ -61,6 +61,8 @@ impl Record {
 pub(super) struct Bucket {
     /// By key: the writer whose key it waits for, and the record.
     waiting: BTreeMap<String, (NodeId, Bytes)>,
+    /// The stored rules last taken, and the root that signed them.
+    stored: Option<(NodeId, BTreeSet<Exclusion>)>,
 }
 
 /// `m`, sealed by the node it is of.
@@ -105,11 +107,11 @@ impl Bucket {
                 self.open(auth, entry.key, entry.value)
             }
             KvEvent::Delete { key, .. } => {
-                self.waiting.remove(&key);
                 if auth.anchor().is_some() {
                     tracing::warn!("mesh bucket: the deletion of {key:?} ignored (not signed)");
                     return None;
                 }
+                self.waiting.remove(&key);
                 match key == RULES_KEY {
                     true => Some(Record::Rules(Vec::new())),
                     false => Some(Record::Gone(key)),
@@ -117,6 +119,22 @@ impl Bucket {
             }
             KvEvent::Synced => None,
         }
+    }
+
+    /// At the root `me`, holding the rules `held`: the stored set to sign again as its own,
+    /// if it is the one held but another root signed it (a root that retired, its
+    /// certificate revoked or expired, could no longer vouch for it after a restart).
+    pub(super) fn sign_again(
+        &mut self,
+        me: &NodeId,
+        held: &BTreeSet<Exclusion>,
+    ) -> Option<Vec<Exclusion>> {
+        let (by, set) = self.stored.as_mut()?;
+        if by == me || set != held {
+            return None;
+        }
+        *by = me.clone();
+        Some(set.iter().cloned().collect())
     }
 
     /// The records waiting whose writer's key has come since, taken.
@@ -154,7 +172,10 @@ impl Bucket {
         let opened = match key == RULES_KEY {
             true => auth
                 .open_bus("kv mesh _rules", &value, |r: &MeshRules| &r.by)
-                .map(|r| Record::Rules(r.excluded)),
+                .map(|r| {
+                    self.stored = Some((r.by, r.excluded.iter().cloned().collect()));
+                    Record::Rules(r.excluded)
+                }),
             false => auth
                 .open_bus("kv mesh", &value, |m: &MeshMembers| &m.node)
                 .map(Record::Members),
@@ -238,6 +259,12 @@ mod tests {
             b.take(&auth, put(RULES_KEY, rules)),
             Some(Record::Rules(vec![rule.clone()]))
         );
+        // Held as stored by n2, and n1 is the root now: n1 signs the set again, once; a set
+        // other than the one held is not signed again.
+        let held: BTreeSet<Exclusion> = [rule.clone()].into();
+        assert_eq!(b.sign_again(&id("n1"), &BTreeSet::new()), None);
+        assert_eq!(b.sign_again(&id("n1"), &held), Some(vec![rule.clone()]));
+        assert_eq!(b.sign_again(&id("n1"), &held), None);
         let forged = MeshRules {
             by: id("n2"),
             excluded: Vec::new(),

@@ -277,13 +277,14 @@ impl MeshNode {
     /// the pool taken back (at the next beat's integration pass) and their crashed agents'
     /// restarts asked, each agent counted once.
     fn heal(&mut self, clusters: &[ClusterId], done: &mut ControlDone, now: Time) {
+        let mut released: BTreeSet<AgentId> = BTreeSet::new();
         for cl in clusters {
             done.breakers_closed += u32::from(self.breakers.reset(Scope::Cluster(*cl), now));
             let Some(l) = self.led.get_mut(cl) else {
                 continue;
             };
             l.breaker_probe = None;
-            for v in l.agents.values_mut() {
+            for (a, v) in l.agents.iter_mut() {
                 let quarantined = v.state == AgentState::Quarantined;
                 if quarantined {
                     v.state = AgentState::Offline;
@@ -297,11 +298,14 @@ impl MeshNode {
                     v.missed = 0;
                     l.integrating = true;
                 }
-                done.agents_released += u32::from(quarantined || held);
+                if quarantined || held {
+                    released.insert(*a);
+                }
             }
         }
         // Crashed agents' restarts, asked now (in EMERGENCY too: an operator's heal).
-        done.agents_released += self.restart_crashed(clusters, now);
+        released.extend(self.restart_crashed(clusters, now));
+        done.agents_released += released.len() as u32;
     }
 
     /// The agents of the led `clusters` whose impedance score is over `slower_than_ms` and

@@ -119,15 +119,16 @@ impl MeshNode {
     }
 
     /// An operator's heal of the led `clusters` (a human's action, whatever the mode): the
-    /// restart of each agent taken for crashed there asked now; how many.
-    pub(super) fn restart_crashed(&mut self, clusters: &[ClusterId], now: Time) -> u32 {
+    /// restart of each agent taken for crashed there, its host alive, asked now; those.
+    pub(super) fn restart_crashed(&mut self, clusters: &[ClusterId], now: Time) -> Vec<AgentId> {
         let mut restarts: Vec<(NodeId, AgentOrder)> = Vec::new();
         for c in clusters {
             let Some(led) = self.led.get_mut(c) else {
                 continue;
             };
             for (a, v) in &mut led.agents {
-                if v.crash.declared && v.state == AgentState::Offline {
+                let host_alive = led.hosts.get(&v.host).is_some_and(|h| h.last.is_some());
+                if v.crash.declared && v.state == AgentState::Offline && host_alive {
                     v.crash.asked = Some(now);
                     let order = AgentOrder {
                         agent: *a,
@@ -139,11 +140,11 @@ impl MeshNode {
                 }
             }
         }
-        let n = restarts.len() as u32;
+        let asked: Vec<AgentId> = restarts.iter().map(|(_, r)| r.agent).collect();
         for (host, restart) in restarts {
             self.send(host, MeshMessage::Restart(restart));
         }
-        n
+        asked
     }
 
     /// The host part: the lead of one of its agents' cluster (as the inbox checked) asks it
