@@ -102,3 +102,50 @@ fn a_samples_shares_add_up_to_the_sample() {
     assert_eq!(root.kpis().operations, 6);
     assert!(root.kpis().cascade_latencies_ms.is_empty());
 }
+
+/// No sector in reach (every breaker open, so the global one too): the sample is counted
+/// unreachable, up to its size, so its result says why nothing was sent.
+#[test]
+fn a_sample_with_no_sector_in_reach_is_counted_unreachable() {
+    let members: Vec<Member> = (0..3_600u64)
+        .map(|a| Member {
+            agent: AgentId(a),
+            host: NodeId::new(&format!("h{}", a / 30)).unwrap(),
+            zone: String::new(),
+        })
+        .collect();
+    let mut tree = Hierarchy::build(&members, Shape::default(), |_| Seniority::Seasoned).unwrap();
+    let me = NodeId::new("root").unwrap();
+    tree.root = Some(me.clone());
+    let tree = Arc::new(tree);
+    let start = Time::from_millis(1_000_000);
+    let mut root = node_in(&me, MeshConfig::default(), &tree, start);
+    let now = start + Duration::from_millis(300);
+    for (i, s) in tree.sectors.iter().enumerate() {
+        let from = s.coordinator.clone().unwrap();
+        let mut summary = sector_summary(i as u32, &from, 300, 300, now);
+        (summary.cluster_count, summary.breaker_open) = (10, true);
+        let msg = MeshMessage::Sector(Box::new(summary));
+        root.handle(MeshInput::Heard { from, msg }, now);
+    }
+    root.handle(MeshInput::Tick, now);
+    drain(&mut root);
+    let envelope = root.envelope(Verb::Observe, "which model?", 3, now);
+    let mut ask = CascadeCommand::new(CascadeMode::Wave, Scope::Global, envelope);
+    ask.sample = Some(50);
+    let command = Command::Cascade(ask);
+    root.handle(MeshInput::Command { command, tag: 1 }, now);
+    let mut out = drain(&mut root);
+    assert!(orders(&out).is_empty(), "{out:?}");
+    root.handle(MeshInput::Tick, now + Duration::from_secs(10));
+    out.extend(drain(&mut root));
+    let result = out
+        .iter()
+        .find_map(|o| match o {
+            MeshOutput::Finished(r) => Some(r.clone()),
+            _ => None,
+        })
+        .expect("the sample's result");
+    let t = result.tally;
+    assert_eq!((t.targeted, t.unreachable, t.sent), (50, 50, 0), "{t:?}");
+}

@@ -86,23 +86,34 @@ pub(super) fn start_phase(
     // mode asks it; no share is given to one skipped below.)
     let global_open = node.breakers.state(Scope::Global) == BreakerState::Open;
     if let Some(n) = sample {
+        // The agents of the sectors out of reach: if no sector is left, the sample is
+        // counted unreachable (up to its size), which tells the operator why.
+        let mut out_of_reach = 0u32;
         sectors.retain(|s| {
             let coordinated = node
                 .tree
                 .sector(*s)
                 .is_some_and(|x| x.coordinator.is_some());
-            node.sector_summaries.get(s).is_some_and(|x| {
-                coordinated
-                    && !global_open
-                    && !x.breaker_open
-                    && (!healthy_only || healthy(x))
-                    && x.active_agents > 0
-                    && class.is_none_or(|k| x.classes[k.index()] > 0)
-                    && requires.as_deref().is_none_or(|c| {
-                        qs_wire::mesh::may_have(&x.capabilities, x.capabilities_more, c)
-                    })
-            })
+            let Some(x) = node.sector_summaries.get(s) else {
+                return false;
+            };
+            let reached =
+                coordinated && !global_open && !x.breaker_open && (!healthy_only || healthy(x));
+            if !reached {
+                out_of_reach = out_of_reach.saturating_add(x.active_agents);
+            }
+            reached
+                && x.active_agents > 0
+                && class.is_none_or(|k| x.classes[k.index()] > 0)
+                && requires.as_deref().is_none_or(|c| {
+                    qs_wire::mesh::may_have(&x.capabilities, x.capabilities_more, c)
+                })
         });
+        if sectors.is_empty() {
+            let unreachable = n.min(out_of_reach);
+            r.tally.targeted = r.tally.targeted.saturating_add(unreachable);
+            r.tally.unreachable = r.tally.unreachable.saturating_add(unreachable);
+        }
         sectors.sort_by_key(|s| mix(u64::from(s.0) ^ op.0));
         sectors.truncate((n as usize).max(1));
     }
