@@ -262,15 +262,25 @@ impl Auth {
         let frame = Frame::parse(bytes).map_err(|e| malformed(format!("{topic}: {e}")))?;
         let message = qs_wire::task_bus::decode_bus::<T>(topic, frame.body)
             .map_err(|e| malformed(e.to_string()))?;
-        let checked = self.keyring().check_bus(sender(&message), &frame, now);
-        match checked {
-            Ok(()) => Ok(message),
-            Err(r) => {
-                let why = format!("{topic}: {r}");
-                self.count(r, now);
-                Err(why)
-            }
-        }
+        self.check_signed(topic, &frame, sender(&message))
+            .map(|()| message)
+    }
+
+    /// Checks that `sender` signed `frame` (a peer in good standing, or a node of this
+    /// process), received on `topic`; a drop is counted.
+    pub fn check_signed(
+        &self,
+        topic: &str,
+        frame: &Frame<'_>,
+        sender: &NodeId,
+    ) -> Result<(), String> {
+        let now = crate::clock::now();
+        let checked = self.keyring().check_bus(sender, frame, now);
+        checked.map_err(|r| {
+            let why = format!("{topic}: {r}");
+            self.count(r, now);
+            why
+        })
     }
 
     /// A node of this process's public keys: Ed25519 and ML-KEM-768.

@@ -441,34 +441,16 @@ fn a_control_is_confirmed_to_the_root_that_sent_it_when_the_root_moved() {
 /// next summaries undo).
 #[test]
 fn only_a_heal_of_the_whole_mesh_closes_the_global_breaker() {
-    use qs_core::mesh::hierarchy::{Hierarchy, Member, Shape};
-    use qs_core::mesh::seniority::Seniority;
     // 12 sectors of 10 clusters of 30 agents, a host for each cluster.
-    let members: Vec<Member> = (0..3_600u64)
-        .map(|a| Member {
-            agent: AgentId(a),
-            host: NodeId::new(&format!("h{}", a / 30)).unwrap(),
-            zone: String::new(),
-        })
-        .collect();
-    let tree = Hierarchy::build(&members, Shape::default(), |_| Seniority::Seasoned).unwrap();
+    let tree = sectors_tree(3_600, None);
     assert!(tree.sectors.len() > qs_core::mesh::breaker::GLOBAL_TRIP_AFTER_SECTORS);
-    let tree = std::sync::Arc::new(tree);
     let me = tree.root.clone().unwrap();
     let now = Time::from_millis(1_000_000);
     let mut root = node_in(&me, MeshConfig::default(), &tree, now);
     let open_all = |root: &mut MeshNode, now: Time| {
         for ms in (0..=6_000).step_by(300) {
             let now = now + std::time::Duration::from_millis(ms);
-            for (i, s) in tree.sectors.iter().enumerate() {
-                let mut summary =
-                    sector_summary(i as u32, s.coordinator.as_ref().unwrap(), 300, 300, now);
-                summary.cluster_count = 10;
-                summary.breaker_open = true;
-                let from = s.coordinator.clone().unwrap();
-                let msg = MeshMessage::Sector(Box::new(summary));
-                root.handle(MeshInput::Heard { from, msg }, now);
-            }
+            hear_sectors(root, &tree, now, |s| s.breaker_open = true);
             root.handle(MeshInput::Tick, now);
             drain(root);
         }

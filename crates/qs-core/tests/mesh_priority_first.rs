@@ -6,61 +6,21 @@ mod common;
 
 use common::*;
 use qs_core::Time;
-use qs_core::mesh::hierarchy::{Hierarchy, Member, Shape};
-use qs_core::mesh::seniority::Seniority;
-use qs_core::mesh::{CascadeCommand, Command, MeshConfig, MeshInput, MeshOutput};
+use qs_core::mesh::{CascadeCommand, Command, MeshConfig, MeshInput};
 use qs_wire::NodeId;
-use qs_wire::mesh::{AgentId, CascadeMode, MeshMessage, Order, Scope, Verb};
+use qs_wire::mesh::{CascadeMode, Scope, Verb};
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
-
-fn orders(out: &[MeshOutput]) -> Vec<Order> {
-    out.iter()
-        .flat_map(|o| match o {
-            MeshOutput::Send {
-                msg: MeshMessage::Order(o),
-                ..
-            } => vec![(**o).clone()],
-            MeshOutput::Send {
-                msg: MeshMessage::Orders(b),
-                ..
-            } => b.orders.clone(),
-            _ => Vec::new(),
-        })
-        .collect()
-}
 
 #[test]
 fn a_priority_first_phase_names_its_operation_as_its_cause() {
     // 3 sectors of 10 clusters of 30 agents; a root that coordinates none.
-    let members: Vec<Member> = (0..900u64)
-        .map(|a| Member {
-            agent: AgentId(a),
-            host: NodeId::new(&format!("h{}", a / 30)).unwrap(),
-            zone: String::new(),
-        })
-        .collect();
-    let mut tree = Hierarchy::build(&members, Shape::default(), |_| Seniority::Seasoned).unwrap();
     let me = NodeId::new("root").unwrap();
-    tree.root = Some(me.clone());
-    let tree = Arc::new(tree);
+    let tree = sectors_tree(900, Some(&me));
     let start = Time::from_millis(1_000_000);
     let mut root = node_in(&me, MeshConfig::default(), &tree, start);
     let now = start + Duration::from_millis(300);
-    for (i, s) in tree.sectors.iter().enumerate() {
-        let from = s.coordinator.clone().unwrap();
-        let mut summary = sector_summary(i as u32, &from, 300, 300, now);
-        summary.cluster_count = 10;
-        summary.classes = [60; 6];
-        root.handle(
-            MeshInput::Heard {
-                from,
-                msg: MeshMessage::Sector(Box::new(summary)),
-            },
-            now,
-        );
-    }
+    hear_sectors(&mut root, &tree, now, |s| s.classes = [60; 6]);
     root.handle(MeshInput::Tick, now);
     drain(&mut root);
     let cascade = |root: &mut qs_core::mesh::MeshNode, mode| {

@@ -8,85 +8,55 @@ mod common;
 
 use common::*;
 use qs_core::Time;
-use qs_core::mesh::hierarchy::{Hierarchy, Member, Shape};
-use qs_core::mesh::seniority::Seniority;
-use qs_core::mesh::{CascadeCommand, Command, MeshConfig, MeshInput, MeshOutput};
+use qs_core::mesh::{CascadeCommand, Command, MeshConfig, MeshInput, MeshNode, MeshOutput};
 use qs_wire::NodeId;
-use qs_wire::mesh::{AgentId, CascadeMode, MeshMessage, Order, Scope, SectorId, Verb};
-use std::sync::Arc;
+use qs_wire::mesh::{CascadeMode, Scope, SectorId, Verb};
 use std::time::Duration;
 
-/// The orders `out` sends, however batched.
-fn orders(out: &[MeshOutput]) -> Vec<Order> {
-    out.iter()
-        .flat_map(|o| match o {
-            MeshOutput::Send {
-                msg: MeshMessage::Order(o),
-                ..
-            } => vec![(**o).clone()],
-            MeshOutput::Send {
-                msg: MeshMessage::Orders(b),
-                ..
-            } => b.orders.clone(),
-            _ => Vec::new(),
-        })
-        .collect()
+/// A root outside a tree of 12 sectors (of 10 clusters of 30 agents), which heard every
+/// sector's summary as `edit` leaves it; and the time it did.
+fn root_of_twelve(edit: impl Fn(&mut qs_wire::mesh::SectorSummary)) -> (MeshNode, Time) {
+    let me = NodeId::new("root").unwrap();
+    let tree = sectors_tree(3_600, Some(&me));
+    assert_eq!(tree.sectors.len(), 12);
+    let start = Time::from_millis(1_000_000);
+    let mut root = node_in(&me, MeshConfig::default(), &tree, start);
+    let now = start + Duration::from_millis(300);
+    hear_sectors(&mut root, &tree, now, edit);
+    root.handle(MeshInput::Tick, now);
+    drain(&mut root);
+    (root, now)
+}
+
+/// An ask of a sample of `n` at priority `priority`, tagged `tag`: what the root put out.
+fn ask(root: &mut MeshNode, n: u32, priority: u8, tag: u64, now: Time) -> Vec<MeshOutput> {
+    let envelope = root.envelope(Verb::Observe, "which model?", priority, now);
+    let mut ask = CascadeCommand::new(CascadeMode::Wave, Scope::Global, envelope);
+    ask.sample = Some(n);
+    let command = Command::Cascade(ask);
+    root.handle(MeshInput::Command { command, tag }, now);
+    drain(root)
 }
 
 #[test]
 fn a_samples_shares_add_up_to_the_sample() {
-    // 12 sectors of 10 clusters of 30 agents, a host for each cluster.
-    let members: Vec<Member> = (0..3_600u64)
-        .map(|a| Member {
-            agent: AgentId(a),
-            host: NodeId::new(&format!("h{}", a / 30)).unwrap(),
-            zone: String::new(),
-        })
-        .collect();
-    let mut tree = Hierarchy::build(&members, Shape::default(), |_| Seniority::Seasoned).unwrap();
-    assert_eq!(tree.sectors.len(), 12);
-    // A root that coordinates no sector and leads no cluster: every order it sends is a
-    // sector's.
-    let me = NodeId::new("root").unwrap();
-    tree.root = Some(me.clone());
-    let tree = Arc::new(tree);
-    let start = Time::from_millis(1_000_000);
-    let mut root = node_in(&me, MeshConfig::default(), &tree, start);
-    let now = start + Duration::from_millis(300);
-    for (i, s) in tree.sectors.iter().enumerate() {
-        let from = s.coordinator.clone().unwrap();
-        let mut summary = sector_summary(i as u32, &from, 300, 300, now);
-        summary.cluster_count = 10;
-        let msg = MeshMessage::Sector(Box::new(summary));
-        root.handle(MeshInput::Heard { from, msg }, now);
-    }
-    root.handle(MeshInput::Tick, now);
-    drain(&mut root);
+    let (mut root, now) = root_of_twelve(|_| {});
     // (sample, sectors asked, the most one is asked for)
     for (n, asked, most) in [(50, 12, 5), (12, 12, 1), (5, 5, 1), (1, 1, 1), (100, 12, 9)] {
-        let envelope = root.envelope(Verb::Observe, "which model?", 2, now);
-        let mut ask = CascadeCommand::new(CascadeMode::Wave, Scope::Global, envelope);
-        ask.sample = Some(n);
-        let command = Command::Cascade(ask);
-        root.handle(MeshInput::Command { command, tag: 1 }, now);
-        let sent = orders(&drain(&mut root));
+        let sent = orders(&ask(&mut root, n, 2, 1, now));
         let shares: Vec<u32> = sent.iter().filter_map(|o| o.sample_per_cluster).collect();
         assert_eq!(shares.len(), asked, "{n}: {shares:?}");
         assert_eq!(shares.iter().sum::<u32>(), n, "{n}: {shares:?}");
         assert_eq!(shares.iter().max(), Some(&most), "{n}: {shares:?}");
     }
     // A sector whose breaker is open gets no share: the others' add up to the sample.
+    let tree = root.tree().clone();
     let from = tree.sectors[0].coordinator.clone().unwrap();
     let mut open = sector_summary(0, &from, 300, 300, now);
     (open.cluster_count, open.breaker_open) = (10, true);
-    let msg = MeshMessage::Sector(Box::new(open));
+    let msg = qs_wire::mesh::MeshMessage::Sector(Box::new(open));
     root.handle(MeshInput::Heard { from, msg }, now);
-    let envelope = root.envelope(Verb::Observe, "which model?", 2, now);
-    let mut ask = CascadeCommand::new(CascadeMode::Wave, Scope::Global, envelope);
-    ask.sample = Some(50);
-    let command = Command::Cascade(ask);
-    root.handle(MeshInput::Command { command, tag: 2 }, now);
-    let sent = orders(&drain(&mut root));
+    let sent = orders(&ask(&mut root, 50, 2, 2, now));
     assert!(sent.iter().all(|o| o.scope != Scope::Sector(SectorId(0))));
     let shares: Vec<u32> = sent.iter().filter_map(|o| o.sample_per_cluster).collect();
     assert_eq!(
@@ -107,35 +77,8 @@ fn a_samples_shares_add_up_to_the_sample() {
 /// unreachable, up to its size, so its result says why nothing was sent.
 #[test]
 fn a_sample_with_no_sector_in_reach_is_counted_unreachable() {
-    let members: Vec<Member> = (0..3_600u64)
-        .map(|a| Member {
-            agent: AgentId(a),
-            host: NodeId::new(&format!("h{}", a / 30)).unwrap(),
-            zone: String::new(),
-        })
-        .collect();
-    let mut tree = Hierarchy::build(&members, Shape::default(), |_| Seniority::Seasoned).unwrap();
-    let me = NodeId::new("root").unwrap();
-    tree.root = Some(me.clone());
-    let tree = Arc::new(tree);
-    let start = Time::from_millis(1_000_000);
-    let mut root = node_in(&me, MeshConfig::default(), &tree, start);
-    let now = start + Duration::from_millis(300);
-    for (i, s) in tree.sectors.iter().enumerate() {
-        let from = s.coordinator.clone().unwrap();
-        let mut summary = sector_summary(i as u32, &from, 300, 300, now);
-        (summary.cluster_count, summary.breaker_open) = (10, true);
-        let msg = MeshMessage::Sector(Box::new(summary));
-        root.handle(MeshInput::Heard { from, msg }, now);
-    }
-    root.handle(MeshInput::Tick, now);
-    drain(&mut root);
-    let envelope = root.envelope(Verb::Observe, "which model?", 3, now);
-    let mut ask = CascadeCommand::new(CascadeMode::Wave, Scope::Global, envelope);
-    ask.sample = Some(50);
-    let command = Command::Cascade(ask);
-    root.handle(MeshInput::Command { command, tag: 1 }, now);
-    let mut out = drain(&mut root);
+    let (mut root, now) = root_of_twelve(|s| s.breaker_open = true);
+    let mut out = ask(&mut root, 50, 3, 1, now);
     assert!(orders(&out).is_empty(), "{out:?}");
     root.handle(MeshInput::Tick, now + Duration::from_secs(10));
     out.extend(drain(&mut root));

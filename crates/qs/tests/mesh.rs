@@ -363,10 +363,11 @@ fn a_thousand_agents_over_nats() {
         .find_map(|l| l.split_once("state preserved to ")?.1.split(';').next())
         .unwrap_or_else(|| panic!("no state preserved: {said}"));
     // (Written beside the root's loop: there within moments.)
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !std::path::Path::new(preserved).exists() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    root.wait_within(
+        "the freeze's view of the mesh",
+        Duration::from_secs(10),
+        |_| std::path::Path::new(preserved).exists(),
+    );
     assert!(preserved.contains("mesh-frozen"), "{preserved}");
     let kept: serde_json::Value =
         serde_json::from_slice(&std::fs::read(preserved).unwrap()).unwrap();

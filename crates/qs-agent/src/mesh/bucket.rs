@@ -81,21 +81,27 @@ pub(super) fn seal_rules(auth: &Auth, by: &NodeId, excluded: Vec<Exclusion>) -> 
     Some(auth.seal_bus(by, &body))
 }
 
-/// Whose signature a record under `key` needs, from its body: the node it is of, or the
-/// root that stored the rules.
-fn writer(key: &str, value: &[u8]) -> Result<NodeId, String> {
+/// A record under `key`, read (not yet checked): what it says, and whose signature it needs
+/// (the node it is of, or the root that stored the rules).
+fn read(key: &str, value: &[u8]) -> Result<(Record, NodeId), String> {
     let frame = Frame::parse(value).map_err(|e| e.to_string())?;
     if key == RULES_KEY {
-        return Ok(decode_bus::<MeshRules>("kv mesh _rules", frame.body)
-            .map_err(|e| e.to_string())?
-            .by);
+        let r = decode_bus::<MeshRules>(TOPIC_RULES, frame.body).map_err(|e| e.to_string())?;
+        return Ok((Record::Rules(r.excluded), r.by));
     }
-    let m = decode_bus::<MeshMembers>("kv mesh", frame.body).map_err(|e| e.to_string())?;
+    let m = decode_bus::<MeshMembers>(TOPIC, frame.body).map_err(|e| e.to_string())?;
     match m.node.as_str() == key {
-        true => Ok(m.node),
+        true => {
+            let by = m.node.clone();
+            Ok((Record::Members(m), by))
+        }
         false => Err(format!("the record names {}", m.node)),
     }
 }
+
+/// What a record's drops are counted under.
+const TOPIC: &str = "kv mesh";
+const TOPIC_RULES: &str = "kv mesh _rules";
 
 impl Bucket {
     /// An event of the bucket's watch: the record it holds, if it is
@@ -155,8 +161,8 @@ impl Bucket {
     }
 
     fn open(&mut self, auth: &Auth, key: String, value: Bytes) -> Option<Record> {
-        let by = match writer(&key, &value) {
-            Ok(by) => by,
+        let (record, by) = match read(&key, &value) {
+            Ok(read) => read,
             Err(e) => {
                 tracing::warn!("mesh bucket: {key}'s record ignored: {e}");
                 return None;
@@ -169,20 +175,16 @@ impl Bucket {
             }
             return None;
         }
-        let opened = match key == RULES_KEY {
-            true => auth
-                .open_bus("kv mesh _rules", &value, |r: &MeshRules| &r.by)
-                .map(|r| {
-                    self.stored = Some((r.by, r.excluded.iter().cloned().collect()));
-                    Record::Rules(r.excluded)
-                }),
-            false => auth
-                .open_bus("kv mesh", &value, |m: &MeshMembers| &m.node)
-                .map(Record::Members),
-        };
-        opened
-            .map_err(|e| tracing::warn!("mesh bucket: {key}'s record refused: {e}"))
-            .ok()
+        let topic = if key == RULES_KEY { TOPIC_RULES } else { TOPIC };
+        let frame = Frame::parse(&value).ok()?;
+        if let Err(e) = auth.check_signed(topic, &frame, &by) {
+            tracing::warn!("mesh bucket: {key}'s record refused: {e}");
+            return None;
+        }
+        if let Record::Rules(excluded) = &record {
+            self.stored = Some((by, excluded.iter().cloned().collect()));
+        }
+        Some(record)
     }
 }
 

@@ -19,10 +19,13 @@ use std::sync::Arc;
 
 mod controls;
 mod notices;
+mod sectors;
 #[allow(unused_imports)]
 pub use controls::*;
 #[allow(unused_imports)]
 pub use notices::*;
+#[allow(unused_imports)]
+pub use sectors::*;
 
 pub const TPU: &str = "tpu";
 
