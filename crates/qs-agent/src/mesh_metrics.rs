@@ -33,7 +33,7 @@ pub struct MeshMetrics {
 }
 
 /// The counters: name (`_total` added), help, and the status's count.
-const TOTALS: usize = 17;
+const TOTALS: usize = 18;
 type Count = fn(&MeshStatus) -> u64;
 const COUNTERS: [(&str, &str, Count); TOTALS] = [
     ("mesh_operations", "Operations this root completed", |s| {
@@ -64,6 +64,11 @@ const COUNTERS: [(&str, &str, Count); TOTALS] = [
         "mesh_skipped",
         "Agents known too late for their operation before sending",
         |s| s.kpis.skipped,
+    ),
+    (
+        "mesh_windows_extended",
+        "Clusters that extended their arrival window once, their quorum saying WAIT",
+        |s| s.kpis.windows_extended,
     ),
     (
         "mesh_expired",

@@ -171,6 +171,8 @@ pub struct Kpis {
     pub predicted_within_50ms: u64,
     pub conflicts: u64,
     pub skipped: u64,
+    /// Clusters that extended their window once, their quorum saying WAIT (seed §5.2).
+    pub windows_extended: u64,
     /// Breaker incidents this node closed, by level (a lead's clusters', a coordinator's
     /// sectors', the root's whole mesh's).
     pub recovered: qs_core::mesh::node::Recovered,
@@ -283,6 +285,7 @@ pub(crate) fn status(
             predicted_within_50ms: k.predicted_within_50ms,
             conflicts: k.conflicts,
             skipped: k.skipped,
+            windows_extended: k.windows_extended,
             recovered: k.recovered,
         },
     }

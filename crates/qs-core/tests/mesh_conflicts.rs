@@ -243,10 +243,16 @@ fn a_conflict_answered_after_the_window_is_logged_and_escalated_late() {
     let sent = dispatches(&lead.run(250));
     assert_eq!(sent.len(), 3, "{sent:?}");
     lead.answer(&sent[0], None);
-    // The window ends (200 ms ahead, then 150 ms) with two silent: the report goes.
+    // The window ends (200 ms ahead, then 150 ms) with two silent: the report goes; its
+    // quorum says WAIT, so the window's extension (150 ms more) follows, silent too.
     let out = lead.run(200);
     let rep = report(&out).expect("reported at the window's end");
-    assert_eq!((rep.tally.sent, rep.tally.ready, rep.late), (3, 1, false));
+    let t = rep.tally;
+    assert_eq!((t.sent, t.ready, t.waited, rep.late), (3, 1, 1, false));
+    let out = lead.run(150);
+    let rep = report(&out).expect("the extension's report");
+    let t = rep.tally;
+    assert_eq!((t.sent, t.ready, t.waited, rep.late), (0, 0, 1, true));
     let corrupt = corrupt();
     let mismatch = contradiction_of(1);
     let late_reports = |out: &[MeshOutput]| -> Vec<qs_wire::mesh::Report> {
@@ -476,7 +482,8 @@ fn a_repeated_order_is_carried_out_once() {
     assert_eq!(first.len(), 3, "{first:?}");
     lead.order_of(envelope.clone(), None);
     lead.answer(&first[0], None);
-    let gathered = lead.run(200);
+    // (Two silent: the window, then its extension.)
+    let gathered = lead.run(350);
     assert_eq!(dispatches(&gathered), [], "sent again while gathered");
     assert!(report(&gathered).is_some(), "the order reported");
     lead.order_of(envelope, None);

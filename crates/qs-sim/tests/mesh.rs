@@ -427,9 +427,11 @@ fn a_thousand_agents_join_thirty_thousand_gradually() {
     // While they settle (none is in a pool before 3 s), operations leave them out, count
     // them apart, and go on with the rest. The hierarchy re-formed around the new hosts
     // just before: a cluster whose lead changed may miss this report, and its sector's
-    // report miss the root (a sector's worth of newcomers, 450 at most, not counted).
+    // report miss the root (a sector's worth of newcomers, 450 at most, not counted); and
+    // one report more may be lost on the way (the WAN loses one message in a thousand: with
+    // no loss, this seed misses one).
     let (during, after) = (&ops[0].tally, &ops[1].tally);
-    assert!(during.missing_reports <= 1, "{during:?}");
+    assert!(during.missing_reports <= 2, "{during:?}");
     assert!(
         during.joining + 450 * during.missing_reports >= 950 && during.joining <= 1_000,
         "{during:?}"

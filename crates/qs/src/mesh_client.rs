@@ -233,7 +233,9 @@ pub(crate) fn print_outcome(v: &Value) {
     let d = &v["decision"];
     if let (Some(reason), Some(what)) = (d["reason"].as_str(), d["recommendation"].as_str()) {
         let how = match d["decision"].as_str() {
-            Some("wait") => " (a delegation's --timeout, the API's window_ms)",
+            Some("wait") => {
+                " (each cluster in doubt extended its window once already; for longer: a delegation's --timeout, the API's window_ms)"
+            }
             Some("resolve-conflicts") => " (qs mesh status, qs events; qs mesh heal once reviewed)",
             Some("retry") => " (the leads measured this run: run it again)",
             _ => "",
@@ -250,6 +252,12 @@ pub(crate) fn print_outcome(v: &Value) {
         n("skipped"),
         n("unreachable")
     );
+    if n("waited") > 0 {
+        println!(
+            "  {} clusters extended their window once (their quorum said WAIT)",
+            n("waited")
+        );
+    }
     for n in v["named"].as_array().into_iter().flatten() {
         println!("  {}", named_line(n));
     }

@@ -250,7 +250,7 @@ fn print_mesh(r: &MeshReport) {
     for op in &r.results {
         let t = &op.tally;
         println!(
-            "  {:<15} {:<17} {:<17} {:>6.0} ms  target +{:>4.0} ms  sent {:>6}  ready {:>6}  skipped {:>5}  joining {:>5}  hits {:>6}  ±50ms {:>6}  root msgs {}",
+            "  {:<15} {:<17} {:<17} {:>6.0} ms  target +{:>4.0} ms  sent {:>6}  ready {:>6}  skipped {:>5}  joining {:>5}  waited {:>4}  hits {:>6}  ±50ms {:>6}  root msgs {}",
             format!("{:?}", op.mode),
             op.status,
             op.decision.name(),
@@ -260,6 +260,7 @@ fn print_mesh(r: &MeshReport) {
             t.ready,
             t.skipped,
             t.joining,
+            t.waited,
             t.window_hits,
             t.predicted_within_50ms,
             op.root_messages

@@ -3,6 +3,7 @@
 //! after the window are quarantined (kept, counted as late) and are not failures;
 //! CONFLICT answers are quarantined for resolution and do not count as responses.
 
+use crate::mesh::quorum::{self, Decision, QuorumPolicy, Votes};
 use crate::time::Time;
 use qs_wire::mesh::{Tally, Trinary};
 use serde::Serialize;
@@ -13,6 +14,14 @@ use std::time::Duration;
 pub const ACCURATE_MS: u64 = 50;
 /// Most late answers kept in quarantine per gather.
 pub const MAX_QUARANTINE: usize = 1_000;
+/// The longest extension a WAIT gives a window (a long window, a delegation's timeout of
+/// seconds, is extended by this much, not doubled).
+pub const MAX_EXTENSION_MS: u64 = 1_000;
+
+/// How much a WAIT extends `window` by: its length, at most [`MAX_EXTENSION_MS`].
+pub fn extension(window: Duration) -> Duration {
+    window.min(Duration::from_millis(MAX_EXTENSION_MS))
+}
 
 /// How a gather ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -49,6 +58,8 @@ pub struct Gather<K: Ord> {
     unsent: usize,
     tally: Tally,
     quarantine: Vec<K>,
+    /// Its window was extended once (seed §5.2's WAIT), by [`extension`].
+    extended: bool,
 }
 
 impl<K: Ord + Copy> Gather<K> {
@@ -62,7 +73,25 @@ impl<K: Ord + Copy> Gather<K> {
             unsent: 0,
             tally: Tally::default(),
             quarantine: Vec::new(),
+            extended: false,
         }
+    }
+
+    /// Seed §5.2: at its close, a gather whose quorum says WAIT (too few READY, too many
+    /// still in transit) extends its window once, by [`extension`]; true if it did.
+    /// Answers in the extension count, but not as window hits: the window the agents were
+    /// scheduled for is the first.
+    pub fn wait_once(&mut self, now: Time) -> bool {
+        if self.extended
+            || now < self.deadline()
+            || self.complete()
+            || !matches!(decide(&self.tally), Decision::Wait)
+        {
+            return false;
+        }
+        self.extended = true;
+        self.tally.waited = 1;
+        true
     }
 
     /// `n` sends are scheduled for later: the gather is not complete before they go.
@@ -92,8 +121,17 @@ impl<K: Ord + Copy> Gather<K> {
         &mut self.tally
     }
 
+    /// When answers stop counting: the window's end, or the extension's.
     pub fn deadline(&self) -> Time {
-        self.target + self.window
+        match self.extended {
+            true => self.target + self.window + extension(self.window),
+            false => self.target + self.window,
+        }
+    }
+
+    /// The window's length (not its extension's).
+    pub fn window(&self) -> Duration {
+        self.window
     }
 
     pub fn target(&self) -> Time {
@@ -122,7 +160,7 @@ impl<K: Ord + Copy> Gather<K> {
             Trinary::Transit => self.tally.transit += 1,
             Trinary::Conflict => self.tally.conflict += 1,
         }
-        if ready_at <= self.deadline() {
+        if ready_at <= self.target + self.window {
             self.tally.window_hits += 1;
         }
         let off = ready_at.since(self.target).max(self.target.since(ready_at));
@@ -171,6 +209,18 @@ impl<K: Ord + Copy> Gather<K> {
     pub fn outcome(&self) -> Outcome {
         outcome(&self.tally, self.min_rate)
     }
+}
+
+/// The trinary quorum on a tally (a gather's, or many added up): sent and not answered in
+/// the window is "in transit", its outcome unknown (seed §1.4).
+pub fn decide(t: &Tally) -> Decision {
+    let answered = t.ready.saturating_add(t.transit).saturating_add(t.conflict);
+    let votes = Votes {
+        ready: t.ready,
+        transit: t.transit.saturating_add(t.sent.saturating_sub(answered)),
+        conflict: t.conflict,
+    };
+    quorum::decide(votes, &QuorumPolicy::default())
 }
 
 /// A gather's result.

@@ -130,12 +130,16 @@ pub struct Tally {
     /// Sent again to another agent after a capability mismatch (seed §5.1's REROUTE).
     #[serde(default)]
     pub rerouted: u32,
+    /// Clusters whose gather closed with the quorum saying WAIT (too few READY, too many
+    /// still in transit) and extended their arrival window once (seed §5.2).
+    #[serde(default, skip_serializing_if = "crate::bounds::is_zero")]
+    pub waited: u32,
 }
 
 impl Tally {
     /// Adds `o`'s counts (saturating: a report from the bus cannot overflow a sum).
     pub fn add(&mut self, o: &Tally) {
-        let pairs: [(&mut u32, u32); 14] = [
+        let pairs: [(&mut u32, u32); 15] = [
             (&mut self.targeted, o.targeted),
             (&mut self.skipped, o.skipped),
             (&mut self.unreachable, o.unreachable),
@@ -150,6 +154,7 @@ impl Tally {
             (&mut self.expired, o.expired),
             (&mut self.missing_reports, o.missing_reports),
             (&mut self.rerouted, o.rerouted),
+            (&mut self.waited, o.waited),
         ];
         for (sum, n) in pairs {
             *sum = sum.saturating_add(n);
@@ -167,7 +172,13 @@ impl Tally {
             Scope::Sector(_) => MAX_AGENTS_IN_SCOPE,
             Scope::Global => MAX_AGENTS_IN_SCOPE * MAX_CHILDREN,
         } as u64;
+        let clusters = match scope {
+            Scope::Cluster(_) => 1,
+            Scope::Sector(_) => MAX_CHILDREN,
+            Scope::Global => MAX_CHILDREN * MAX_CHILDREN,
+        } as u64;
         let counts = [
+            ("waited", self.waited, clusters),
             ("targeted", self.targeted, 2 * most),
             ("skipped", self.skipped, most),
             ("unreachable", self.unreachable, most),
@@ -238,8 +249,10 @@ pub struct Report {
     #[serde(default, skip_serializing_if = "crate::bounds::is_zero")]
     pub escalated_more: u32,
     /// Sent after the subtree's report: the conflicts of answers that came after its window,
-    /// for the level above to log; its counts are not the subtree's result. Left out when
-    /// false.
+    /// for the level above to log; its counts are not the subtree's result. Or, with
+    /// `tally.waited`, a cluster's answers in the extension its WAIT gave its window (seed
+    /// §5.2), which the levels above add to its result while they still gather. Left out
+    /// when false.
     #[serde(default, skip_serializing_if = "crate::bounds::is_zero")]
     pub late: bool,
     /// Who answered what, for an operation of a few agents (a delegation, a small ask): at

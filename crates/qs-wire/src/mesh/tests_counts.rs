@@ -55,6 +55,29 @@ fn a_reports_counts_are_bounded_by_its_scope_and_each_other() {
             Some("tally.targeted: 4294967295; at most 20000"),
         ),
         (report(cluster, tally(30, 30, 1, 0), "ok"), Some("31 heard")),
+        // A cluster waits once at most; a sector's clusters, each once.
+        (
+            report(
+                cluster,
+                Tally {
+                    waited: 2,
+                    ..tally(30, 29, 0, 29)
+                },
+                "ok",
+            ),
+            Some("tally.waited: 2; at most 1"),
+        ),
+        (
+            report(
+                sector,
+                Tally {
+                    waited: 100,
+                    ..tally(3_000, 2_900, 0, 2_900)
+                },
+                "ok",
+            ),
+            None,
+        ),
         // A late report (conflicts after the subtree reported) counts its late answers.
         (late_or_not(cluster, tally(0, 0, 1, 0), "ok", true), None),
         (

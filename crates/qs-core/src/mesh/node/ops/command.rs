@@ -320,6 +320,8 @@ impl MeshNode {
                 acks: BTreeSet::new(),
                 votes: BTreeMap::new(),
                 deadline: now,
+                extended: false,
+                extensions_heard: 0,
                 window_ms: window_ms.map(|w| w.min(qs_wire::mesh::MAX_WINDOW_MS)),
                 named: Vec::new(),
                 root_messages: 0,

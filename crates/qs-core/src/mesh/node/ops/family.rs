@@ -118,7 +118,7 @@ pub(super) fn phase_ended(
         mode: CascadeMode::PriorityFirst,
         scope: f.scope,
         status: "COMPLETE",
-        decision: decide(&tally),
+        decision: gather::decide(&tally),
         tally,
         latency_ms: now.since(f.started).as_secs_f64() * 1000.0,
         target_after_ms,

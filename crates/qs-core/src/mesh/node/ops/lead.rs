@@ -156,6 +156,8 @@ pub(super) fn lead_order(node: &mut MeshNode, o: Order, c: ClusterId, now: Time)
         class: o.class,
         limited,
         reported: false,
+        root: o.root.clone(),
+        extending: None,
         escalate: Escalations::default(),
         rerouted: BTreeMap::new(),
         named: named.then(Vec::new),
@@ -338,7 +340,7 @@ pub(crate) fn on_ack(node: &mut MeshNode, from: &NodeId, a: Ack, now: Time) {
         && ops
             .lead
             .get(&(a.op, a.cluster))
-            .is_some_and(|l| l.gather.complete() && !l.reported);
+            .is_some_and(|l| l.gather.complete() && (!l.reported || l.extending.is_some()));
     if done {
         report_lead(&mut ops, node, (a.op, a.cluster), now);
     } else if !at_lead
@@ -462,85 +464,28 @@ pub(super) fn maybe_finish_parallel(ops: &mut Ops, node: &mut MeshNode, op: OpId
     }
 }
 
+/// The lead's report of `key`, its gather closed (its window's end, or every answer in).
+/// Seed §5.2: a gather whose quorum says WAIT reports what it has, and goes on gathering for
+/// its window's extension; then its answers in the extension follow in a second report, and
+/// only then is it closed (its stragglers known).
 pub(super) fn report_lead(ops: &mut Ops, node: &mut MeshNode, key: (OpId, ClusterId), now: Time) {
     let Some(l) = ops.lead.get_mut(&key) else {
         return;
     };
+    if let Some(first) = l.extending {
+        return extend::report(ops, node, key, first, now);
+    }
     if l.reported {
         return;
     }
     l.reported = true;
-    let l = ops.lead.remove(&key).expect("present");
-    let (op, c) = key;
-    // Stragglers: a timeout each (seed §6.1, transient network). It lowers the agent's
-    // reliability, and what it has taken so far is a lower bound of its processing time.
-    // It is no failure for the breakers: only agents that go down are (a late answer is
-    // quarantined, not failed).
-    // In the urgent mode the answers go to the root: the lead hears none, and reports as
-    // soon as all went out, so it takes nobody for a straggler.
-    let waited_ms = now.as_millis() as f64;
-    let gathered = l.mode != CascadeMode::Parallel;
-    if gathered {
-        late::keep(ops, node, key, &l, now);
-    }
-    let mut quarantined = Vec::new();
-    if let Some(led) = node.led.get_mut(&c) {
-        for (a, sent) in &l.sent_at {
-            if gathered
-                && !l.gather.answered(a)
-                && let Some(v) = led.agents.get_mut(a)
-            {
-                v.work.outcome(false);
-                let link_p50 = led
-                    .hosts
-                    .get_mut(&v.host)
-                    .map_or(0.0, |h| h.link.recent_ms());
-                v.work
-                    .at_least(waited_ms - sent.as_millis() as f64 - link_p50);
-            }
-        }
-        // Seed §6.1 byzantine behaviour: disagreeing with a clear majority, repeatedly
-        // (each agreement with one takes a disagreement back, so an agent once stale is
-        // not quarantined for it a day later).
-        if let Some((top, n)) = l.answers.iter().max_by_key(|(_, n)| **n)
-            && *n as usize * 5 >= l.by_agent.len() * 4
-            && l.by_agent.len() >= 5
-        {
-            for (a, ans) in &l.by_agent {
-                let Some(v) = led.agents.get_mut(a) else {
-                    continue;
-                };
-                if ans == top {
-                    v.disagreements = v.disagreements.saturating_sub(1);
-                    continue;
-                }
-                v.disagreements = v.disagreements.saturating_add(1);
-                if v.disagreements >= degrade::BYZANTINE_AFTER && v.state != AgentState::Quarantined
-                {
-                    v.state = AgentState::Quarantined;
-                    led.active = None;
-                    quarantined.push(Quarantined {
-                        agent: *a,
-                        cluster: c,
-                        host: v.host.clone(),
-                        op,
-                        disagreements: v.disagreements,
-                        answer: ans.clone(),
-                        majority: top.clone(),
-                    });
-                }
-            }
-        }
-    }
-    node.out
-        .extend(quarantined.into_iter().map(MeshOutput::Quarantined));
-    // Seed §10.2, monitoring conflicts during integration: a new agent that answers
-    // CONFLICT where its cluster clearly answers READY leaves the routing pool again.
-    let t = l.gather.tally();
-    if !l.conflicted.is_empty() && crate::mesh::integration::clearly_ready(t.ready, t.conflict) {
-        for &a in &l.conflicted {
-            node.conflict_while_integrating(c, a, now);
-        }
+    let waits = l.mode != CascadeMode::Parallel && l.gather.wait_once(now);
+    let mut l = match waits {
+        true => ops.lead.get(&key).expect("present").clone(),
+        false => ops.lead.remove(&key).expect("present"),
+    };
+    if !waits {
+        close(ops, node, key, &l, now);
     }
     let mut tally = *l.gather.tally();
     if l.mode == CascadeMode::Parallel {
@@ -554,18 +499,32 @@ pub(super) fn report_lead(ops: &mut Ops, node: &mut MeshNode, key: (OpId, Cluste
             ..Tally::default()
         };
     }
-    let mut l = l;
-    let (escalated, escalated_more) = l.escalate.take();
-    let report = Report {
-        op,
-        scope: l.scope,
-        from: node.me.clone(),
-        tally,
-        answers: MeshNode::top_answers(&l.answers),
-        escalated,
-        escalated_more,
-        late: false,
-        named: l.named.take().unwrap_or_default(),
-    };
+    let report = l.report(key.0, &node.me, tally, false);
     node.send(l.report_to.clone(), MeshMessage::Report(Box::new(report)));
+    if waits && let Some(live) = ops.lead.get_mut(&key) {
+        // What it reported is reported: the extension's report carries what comes after.
+        live.extending = Some(tally);
+        live.answers.clear();
+        live.escalate = Escalations::default();
+        live.named = live.named.as_ref().map(|_| Vec::new());
+    }
+}
+
+impl LeadOp {
+    /// Its report of `tally` (`late`: its window's extension's), with the answers, the
+    /// conflicts to escalate and the named answers it holds.
+    pub(super) fn report(&mut self, op: OpId, me: &NodeId, tally: Tally, late: bool) -> Report {
+        let (escalated, escalated_more) = self.escalate.take();
+        Report {
+            op,
+            scope: self.scope,
+            from: me.clone(),
+            tally,
+            answers: MeshNode::top_answers(&self.answers),
+            escalated,
+            escalated_more,
+            late,
+            named: self.named.take().unwrap_or_default(),
+        }
+    }
 }

@@ -8,7 +8,7 @@ use super::{MeshNode, MeshOutput};
 use crate::hash::mix;
 use crate::mesh::degrade;
 use crate::mesh::gather::{self, Gather, Status};
-use crate::mesh::quorum::{self, Decision, QuorumPolicy, Votes};
+use crate::mesh::quorum::Decision;
 use crate::mesh::schedule::{self, Want};
 use crate::time::Time;
 use qs_wire::NodeId;
@@ -19,14 +19,17 @@ use qs_wire::mesh::{
 };
 use serde::Serialize;
 
+mod close;
 mod command;
 mod escalate;
+mod extend;
 mod family;
 mod late;
 mod lead;
 mod queue;
 mod relay;
 mod root;
+use close::close;
 pub use command::{CascadeCommand, Command, CommandError};
 use escalate::Escalations;
 pub(crate) use escalate::ForRoot;
@@ -104,6 +107,11 @@ pub(crate) struct LeadOp {
     /// A half-open breaker limits this cluster's share: nothing is rerouted.
     limited: bool,
     reported: bool,
+    /// The operation's root: its window's extension reports there directly.
+    root: NodeId,
+    /// Reported with its quorum saying WAIT, it gathers on in its window's extension: the
+    /// tally it reported (seed §5.2).
+    extending: Option<Tally>,
     /// Conflicts for the report to carry up.
     escalate: Escalations,
     /// Agents the work of a capability mismatch went to, and that conflict: resolved when
@@ -156,6 +164,11 @@ pub(crate) struct RootOp {
     /// An urgent operation's answers by cluster: READY, and who answered CONFLICT.
     votes: BTreeMap<ClusterId, ClusterVotes>,
     deadline: Time,
+    /// Its quorum said WAIT with clusters still gathering in their windows' extensions:
+    /// it waits for them once (seed §5.2), past its deadline if need be.
+    extended: bool,
+    /// Extensions' reports heard (of `tally.waited`, the clusters that extended).
+    extensions_heard: u32,
     /// The window an operator asked for, if any.
     window_ms: Option<u64>,
     named: Vec<NamedAnswer>,
@@ -255,7 +268,7 @@ impl Ops {
         let lead = self
             .lead
             .values()
-            .filter(|l| !l.reported)
+            .filter(|l| !l.reported || l.extending.is_some())
             .map(|l| l.gather.deadline())
             .min();
         let relay = self.relay.values().map(|r| r.deadline).min();
@@ -286,10 +299,12 @@ pub(crate) fn due(node: &mut MeshNode, now: Time) {
                 send_one(&mut me, node, op, c, agent, now);
             }
         }
+        // Gathers that close now, and extensions that end.
         let late: Vec<(OpId, ClusterId)> = me
             .lead
             .iter()
-            .filter(|(_, l)| !l.reported && l.gather.deadline() <= now)
+            .filter(|(_, l)| !l.reported || l.extending.is_some())
+            .filter(|(_, l)| l.gather.deadline() <= now)
             .map(|(k, _)| *k)
             .collect();
         for k in late {

@@ -209,6 +209,11 @@ pub(crate) fn on_report(node: &mut MeshNode, rep: Report, now: Time) {
         Scope::Global => None,
     };
     let relay_key = sector.map(|s| (rep.op, s));
+    // A cluster's answers in its window's extension come to the root straight.
+    if rep.late && rep.tally.waited > 0 && extend::heard(&mut ops, node, &rep, now) {
+        node.ops = ops;
+        return;
+    }
     // A late report (answers after its subtree reported) brings conflicts, not a result.
     let at_relay = !rep.late
         && relay_key.is_some_and(|k| {
@@ -262,6 +267,10 @@ pub(super) fn maybe_end_early(ops: &mut Ops, node: &mut MeshNode, op: OpId, now:
     };
     if r.mode == CascadeMode::Parallel {
         return maybe_finish_parallel(ops, node, op, now);
+    }
+    // Waiting for the clusters' extensions (seed §5.2's WAIT): they end it, or its deadline.
+    if r.extended {
+        return;
     }
     let min_rate = r.min_rate;
     let confirmed =

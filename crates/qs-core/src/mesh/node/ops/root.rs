@@ -62,6 +62,8 @@ pub(super) fn start_phase(
     let up = Duration::from_micros((up_ms * 1000.0) as u64);
     r.deadline = r.target + r.window + (up + slack * 2).max(slack * 3);
     r.tally = Tally::default();
+    r.extended = false;
+    r.extensions_heard = 0;
     r.answers.clear();
     r.acks.clear();
     r.expect.clear();
@@ -186,6 +188,10 @@ pub(super) fn end_phase(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Time)
     let Some(mut r) = ops.root.remove(&op) else {
         return;
     };
+    if extend::waits(&mut r, now) {
+        ops.root.insert(op, r);
+        return;
+    }
     let mut tally = r.tally;
     tally.missing_reports = tally.missing_reports.saturating_add(r.expect.len() as u32);
     // What was heard was sent, though its cluster's count may not have come (the urgent
@@ -208,7 +214,7 @@ pub(super) fn end_phase(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Time)
             node.send(lead, MeshMessage::Contradicted(Box::new(msg)));
         }
     }
-    let decision = decide(&tally);
+    let decision = gather::decide(&tally);
     let out = gather::outcome(&tally, r.min_rate);
     let target_after_ms = r.target.since(r.started).as_secs_f64() * 1000.0;
     let phase = PhaseResult {
@@ -231,6 +237,7 @@ pub(super) fn end_phase(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Time)
     k.conflicts += u64::from(tally.conflict);
     k.skipped += u64::from(tally.skipped);
     k.expired += u64::from(tally.expired);
+    k.windows_extended += u64::from(tally.waited);
     if let Some(part) = r.part_of {
         return family::phase_ended(ops, node, part, phase, r, now);
     }
@@ -265,18 +272,6 @@ pub(super) fn end_phase(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Time)
     // A cascade of the whole mesh: not a sample (an ask, a delegation), nor one class.
     let mesh_wide = r.scope == Scope::Global && r.sample.is_none() && r.class.is_none();
     conclude(node, result, mesh_wide, now);
-}
-
-/// The trinary quorum on a tally: sent and not answered in the window is "in transit",
-/// its outcome unknown (seed §1.4).
-pub(super) fn decide(tally: &Tally) -> Decision {
-    let answered = tally.ready + tally.transit + tally.conflict;
-    let votes = Votes {
-        ready: tally.ready,
-        transit: tally.transit + tally.sent.saturating_sub(answered),
-        conflict: tally.conflict,
-    };
-    quorum::decide(votes, &QuorumPolicy::default())
 }
 
 /// An operation ended: the KPIs count it (its latency only if it was a cascade of the

@@ -1,0 +1,84 @@
+//! Seed §5.2's WAIT carried out. A lead whose gather closes with its quorum saying WAIT
+//! (too few READY, too many still in transit) reports what it has, saying so
+//! (`tally.waited`), and gathers on for one extension of its window ([`gather::extension`]);
+//! then its answers in the extension go straight to the root (the coordinator reported
+//! already) in a late report with `waited`. The root adds them to the phase while it
+//! gathers, and a phase whose own quorum says WAIT with extensions still to come waits for
+//! them once, an extension past its deadline at most. The urgent mode, whose agents answer
+//! the root, does not wait.
+
+use super::*;
+
+/// The extension of `key`'s window ended (or every answer came): its answers since the first
+/// report (`first`, its tally then) go to the root, which waits for them if its own quorum
+/// says WAIT (straight there: the coordinator reported already); the rest are late.
+pub(super) fn report(
+    ops: &mut Ops,
+    node: &mut MeshNode,
+    key: (OpId, ClusterId),
+    first: Tally,
+    now: Time,
+) {
+    let Some(mut l) = ops.lead.remove(&key) else {
+        return;
+    };
+    close(ops, node, key, &l, now);
+    let t = *l.gather.tally();
+    let since = |now: u32, then: u32| now.saturating_sub(then);
+    let tally = Tally {
+        ready: since(t.ready, first.ready),
+        transit: since(t.transit, first.transit),
+        conflict: since(t.conflict, first.conflict),
+        expired: since(t.expired, first.expired),
+        late: since(t.late, first.late),
+        rerouted: since(t.rerouted, first.rerouted),
+        targeted: since(t.targeted, first.targeted),
+        sent: since(t.sent, first.sent),
+        waited: 1,
+        ..Tally::default()
+    };
+    let report = l.report(key.0, &node.me, tally, true);
+    node.send(l.root, MeshMessage::Report(Box::new(report)));
+}
+
+/// Seed §5.2 at the root: a phase whose quorum says WAIT, with clusters still gathering in
+/// their windows' extensions, waits once for their reports, an extension past its deadline
+/// at most; true if it does.
+pub(super) fn waits(r: &mut RootOp, now: Time) -> bool {
+    if r.extended
+        || r.mode == CascadeMode::Parallel
+        || r.extensions_heard >= r.tally.waited
+        || !matches!(gather::decide(&r.tally), Decision::Wait)
+    {
+        return false;
+    }
+    r.extended = true;
+    r.deadline = r.deadline.max(now) + gather::extension(r.window);
+    true
+}
+
+/// A cluster's answers in its window's extension, at the root: added to the phase while it
+/// still gathers; one that waits for them ends when all came or its quorum holds. (After
+/// the phase ended, only their conflicts count, as any late report's.)
+pub(super) fn heard(ops: &mut Ops, node: &mut MeshNode, rep: &Report, now: Time) -> bool {
+    let Some(r) = ops.root.get_mut(&rep.op) else {
+        return false;
+    };
+    if r.mode == CascadeMode::Parallel {
+        return false;
+    }
+    let mut counts = rep.tally;
+    counts.waited = 0;
+    r.tally.add(&counts);
+    r.extensions_heard = r.extensions_heard.saturating_add(1);
+    merge_answers(&mut r.answers, &rep.answers);
+    merge_named(&mut r.named, &rep.named);
+    escalate::from_report(node, rep, None, now);
+    let done = r.extended
+        && (r.extensions_heard >= r.tally.waited
+            || matches!(gather::decide(&r.tally), Decision::Proceed { .. }));
+    if done {
+        end_phase(ops, node, rep.op, now);
+    }
+    true
+}
