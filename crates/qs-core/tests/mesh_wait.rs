@@ -234,6 +234,20 @@ fn the_root_waits_once_for_the_extensions_of_a_phase_whose_quorum_says_wait() {
             let scope = Scope::Sector(qs_wire::mesh::SectorId(i as u32));
             heard(&mut root, &from, report_of(op, scope, &from, tally, false));
         }
+        // An extension that is none (a sector's, or claiming two waits) is dropped.
+        let s0 = &tree.sectors[0];
+        let coordinator = s0.coordinator.clone().unwrap();
+        let forged = Tally {
+            ready: 100,
+            waited: 1,
+            ..Tally::default()
+        };
+        let scope = Scope::Sector(qs_wire::mesh::SectorId(0));
+        heard(
+            &mut root,
+            &coordinator,
+            report_of(op, scope, &coordinator, forged, true),
+        );
         let mut ended = finished(drain(&mut root));
         let mut came = 0;
         for s in tree.sectors.iter().filter(|_| !silent) {
@@ -250,10 +264,16 @@ fn the_root_waits_once_for_the_extensions_of_a_phase_whose_quorum_says_wait() {
                 waited: 1,
                 ..Tally::default()
             };
+            // Each twice (a repeat, or a lead that sends more than one): counted once.
+            for _ in 0..2 {
+                let rep = report_of(op, Scope::Cluster(c), &lead, tally, true);
+                heard(&mut root, &lead, rep);
+            }
+            let twice = Tally { waited: 2, ..tally };
             heard(
                 &mut root,
                 &lead,
-                report_of(op, Scope::Cluster(c), &lead, tally, true),
+                report_of(op, Scope::Cluster(c), &lead, twice, true),
             );
             came += 1;
             ended = finished(drain(&mut root));
@@ -346,4 +366,56 @@ fn an_extension_names_its_answers_for_a_small_ask() {
         "{reports:?}"
     );
     assert_eq!(reports[1].tally.waited, 1);
+}
+
+/// The first report goes where the order said (the sector's coordinator), the extension's
+/// straight to the operation's root (the coordinator reported already).
+#[test]
+fn the_extension_goes_to_the_root_and_the_first_report_to_the_coordinator() {
+    use qs_core::mesh::{MeshInput, MeshOutput};
+    use qs_wire::NodeId;
+    use qs_wire::mesh::{CascadeMode, ClusterId, MeshMessage, OpId, Order, Scope};
+    let c = one_cluster(20, 3_000);
+    let mut lead = Lead::new(c, Time::from_millis(3_000_000));
+    lead.run(1_200);
+    let coordinator = NodeId::new("coordinator").unwrap();
+    let envelope = lead.ask(1);
+    let order = Order {
+        op: OpId(1),
+        mode: CascadeMode::Wave,
+        root: lead.root.clone(),
+        report_to: coordinator.clone(),
+        scope: Scope::Cluster(ClusterId(0)),
+        class: None,
+        sample_per_cluster: None,
+        window_ms: 150,
+        envelope,
+        limited: false,
+    };
+    let from = lead.root.clone();
+    let msg = MeshMessage::Order(Box::new(order));
+    lead.node.handle(MeshInput::Heard { from, msg }, lead.now);
+    // Half answer at once; the rest never.
+    let mut answered = 0;
+    let mut sent_to: Vec<(NodeId, bool, u32)> = Vec::new();
+    for _ in 0..100 {
+        let out = lead.run(10);
+        for d in dispatches(&out) {
+            if answered < 5 {
+                lead.answer(&d, None);
+                answered += 1;
+            }
+        }
+        for o in [out, drain(&mut lead.node)].concat() {
+            if let MeshOutput::Send {
+                to,
+                msg: MeshMessage::Report(r),
+            } = o
+            {
+                sent_to.push((to, r.late, r.tally.waited));
+            }
+        }
+    }
+    let root = lead.root.clone();
+    assert_eq!(sent_to, [(coordinator, false, 1), (root, true, 1)]);
 }

@@ -195,7 +195,11 @@ impl Tally {
         let counted = [self.ready, self.transit, self.conflict].map(u64::from);
         let counted: u64 = counted.iter().sum();
         let heard = counted + u64::from(self.late) + u64::from(self.expired);
-        // (A late report counts the late answers it carries, not what was sent.)
+        // (A late report counts the late answers it carries, not what was sent; an
+        // extension's, those of its cluster's agents.)
+        if late && self.waited > 0 && heard > most {
+            return Err(format!("tally: {heard} heard; at most {most} in {scope:?}"));
+        }
         if heard > u64::from(self.sent) && !late {
             return Err(format!(
                 "tally: {heard} heard (ready, transit, conflict, late, expired) of {} sent",

@@ -78,8 +78,21 @@ fn a_reports_counts_are_bounded_by_its_scope_and_each_other() {
             ),
             None,
         ),
-        // A late report (conflicts after the subtree reported) counts its late answers.
+        // A late report (conflicts after the subtree reported) counts its late answers; an
+        // extension's, at most its cluster's agents.
         (late_or_not(cluster, tally(0, 0, 1, 0), "ok", true), None),
+        (
+            late_or_not(
+                cluster,
+                Tally {
+                    waited: 1,
+                    ..tally(0, 101, 0, 0)
+                },
+                "ok",
+                true,
+            ),
+            Some("tally: 101 heard; at most 100"),
+        ),
         (
             report(cluster, tally(30, 20, 0, 21), "ok"),
             Some("tally.window_hits: 21 of 20"),

@@ -321,7 +321,7 @@ impl MeshNode {
                 votes: BTreeMap::new(),
                 deadline: now,
                 extended: false,
-                extensions_heard: 0,
+                extensions: BTreeSet::new(),
                 window_ms: window_ms.map(|w| w.min(qs_wire::mesh::MAX_WINDOW_MS)),
                 named: Vec::new(),
                 root_messages: 0,

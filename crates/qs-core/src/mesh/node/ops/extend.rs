@@ -23,6 +23,26 @@ pub(super) fn report(
         return;
     };
     close(ops, node, key, &l, now);
+    // Conflicts heard in the extension go where the first report went (the sector's
+    // coordinator logs those of priority 3 and passes 4 on), as a late report's do.
+    let (escalated, escalated_more) = l.escalate.take();
+    if !escalated.is_empty() {
+        let conflicts = Report {
+            op: key.0,
+            scope: l.scope,
+            from: node.me.clone(),
+            tally: Tally::default(),
+            answers: Vec::new(),
+            escalated,
+            escalated_more,
+            late: true,
+            named: Vec::new(),
+        };
+        node.send(
+            l.report_to.clone(),
+            MeshMessage::Report(Box::new(conflicts)),
+        );
+    }
     let t = *l.gather.tally();
     let since = |now: u32, then: u32| now.saturating_sub(then);
     let tally = Tally {
@@ -32,6 +52,7 @@ pub(super) fn report(
         expired: since(t.expired, first.expired),
         late: since(t.late, first.late),
         rerouted: since(t.rerouted, first.rerouted),
+        unreachable: since(t.unreachable, first.unreachable),
         targeted: since(t.targeted, first.targeted),
         sent: since(t.sent, first.sent),
         waited: 1,
@@ -47,7 +68,7 @@ pub(super) fn report(
 pub(super) fn waits(r: &mut RootOp, now: Time) -> bool {
     if r.extended
         || r.mode == CascadeMode::Parallel
-        || r.extensions_heard >= r.tally.waited
+        || r.extensions.len() >= r.tally.waited as usize
         || !matches!(gather::decide(&r.tally), Decision::Wait)
     {
         return false;
@@ -60,25 +81,35 @@ pub(super) fn waits(r: &mut RootOp, now: Time) -> bool {
 /// A cluster's answers in its window's extension, at the root: added to the phase while it
 /// still gathers; one that waits for them ends when all came or its quorum holds. (After
 /// the phase ended, only their conflicts count, as any late report's.)
+/// Each cluster of the phase's scope once (a cluster's lead is the only sender the inbox
+/// lets through for it); anything else is no extension and is dropped.
 pub(super) fn heard(ops: &mut Ops, node: &mut MeshNode, rep: &Report, now: Time) -> bool {
     let Some(r) = ops.root.get_mut(&rep.op) else {
         return false;
     };
-    if r.mode == CascadeMode::Parallel {
-        return false;
+    let Scope::Cluster(c) = rep.scope else {
+        return true;
+    };
+    if r.mode == CascadeMode::Parallel
+        || rep.tally.waited != 1
+        || !node.tree.holds(r.scope, c)
+        || !r.extensions.insert(c)
+    {
+        return true;
     }
     let mut counts = rep.tally;
     counts.waited = 0;
     r.tally.add(&counts);
-    r.extensions_heard = r.extensions_heard.saturating_add(1);
     merge_answers(&mut r.answers, &rep.answers);
     merge_named(&mut r.named, &rep.named);
-    escalate::from_report(node, rep, None, now);
-    let done = r.extended
-        && (r.extensions_heard >= r.tally.waited
-            || matches!(gather::decide(&r.tally), Decision::Proceed { .. }));
-    if done {
+    if r.extended && done(r) {
         end_phase(ops, node, rep.op, now);
     }
     true
+}
+
+/// A phase that waits for extensions has what it waited for: all came, or its quorum holds.
+pub(super) fn done(r: &RootOp) -> bool {
+    r.extensions.len() >= r.tally.waited as usize
+        || matches!(gather::decide(&r.tally), Decision::Proceed { .. })
 }

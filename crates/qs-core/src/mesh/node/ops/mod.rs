@@ -167,8 +167,9 @@ pub(crate) struct RootOp {
     /// Its quorum said WAIT with clusters still gathering in their windows' extensions:
     /// it waits for them once (seed §5.2), past its deadline if need be.
     extended: bool,
-    /// Extensions' reports heard (of `tally.waited`, the clusters that extended).
-    extensions_heard: u32,
+    /// The clusters whose extension's report came (of `tally.waited`, those that extended;
+    /// each once, at most the tree's clusters).
+    extensions: BTreeSet<ClusterId>,
     /// The window an operator asked for, if any.
     window_ms: Option<u64>,
     named: Vec<NamedAnswer>,

@@ -268,8 +268,12 @@ pub(super) fn maybe_end_early(ops: &mut Ops, node: &mut MeshNode, op: OpId, now:
     if r.mode == CascadeMode::Parallel {
         return maybe_finish_parallel(ops, node, op, now);
     }
-    // Waiting for the clusters' extensions (seed §5.2's WAIT): they end it, or its deadline.
+    // Waiting for the clusters' extensions (seed §5.2's WAIT): until they came or the
+    // quorum holds, or its deadline.
     if r.extended {
+        if extend::done(r) {
+            end_phase(ops, node, op, now);
+        }
         return;
     }
     let min_rate = r.min_rate;

@@ -63,7 +63,7 @@ pub(super) fn start_phase(
     r.deadline = r.target + r.window + (up + slack * 2).max(slack * 3);
     r.tally = Tally::default();
     r.extended = false;
-    r.extensions_heard = 0;
+    r.extensions.clear();
     r.answers.clear();
     r.acks.clear();
     r.expect.clear();
