@@ -81,7 +81,8 @@ pub enum MeshCmd {
         /// A class: A to F (or CLASS_D_GPU, gpu), or best_available.
         #[arg(long, default_value = "best_available")]
         to: String,
-        /// How long to wait for the agent's answer, seconds.
+        /// How long to wait for the agent's answer, seconds (if it has not answered then, its
+        /// lead waits once more, at most a second: seed §5.2's WAIT).
         #[arg(long, default_value_t = crate::mesh_chat::DELEGATE_TIMEOUT_S,
               value_parser = clap::value_parser!(u64).range(1..=qs_wire::mesh::MAX_WINDOW_MS / 1_000))]
         timeout: u64,
