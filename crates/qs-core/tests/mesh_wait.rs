@@ -248,6 +248,22 @@ fn the_root_waits_once_for_the_extensions_of_a_phase_whose_quorum_says_wait() {
             &coordinator,
             report_of(op, scope, &coordinator, forged, true),
         );
+        // Nor a cluster's from its coordinator: a lead's only.
+        let not_its_lead = s0
+            .clusters
+            .iter()
+            .copied()
+            .find(|c| {
+                let lead = tree.cluster(*c).and_then(|x| x.lead.as_ref());
+                lead.is_some_and(|l| *l != coordinator)
+            })
+            .expect("a cluster another node leads");
+        let scope = Scope::Cluster(not_its_lead);
+        let rep = report_of(op, scope, &coordinator, forged, true);
+        heard(&mut root, &coordinator, rep);
+        // (Refused while the phase waits; one that ended has nothing to refuse them for.)
+        let refused = if row.ended_after.is_some() { 2 } else { 0 };
+        assert_eq!(root.refused_senders(), refused, "{}", row.name);
         let mut ended = finished(drain(&mut root));
         let mut came = 0;
         for s in tree.sectors.iter().filter(|_| !silent) {

@@ -78,13 +78,16 @@ impl<K: Ord + Copy> Gather<K> {
     }
 
     /// Seed §5.2: at its close, a gather whose quorum says WAIT (too few READY, too many
-    /// still in transit) extends its window once, by [`extension`]; true if it did.
+    /// still in transit) extends its window once, by [`extension`]; true if it did. One that
+    /// already succeeded at its own rate (a priority-first phase's may be under the
+    /// quorum's) does not wait.
     /// Answers in the extension count, but not as window hits: the window the agents were
     /// scheduled for is the first.
     pub fn wait_once(&mut self, now: Time) -> bool {
         if self.extended
             || now < self.deadline()
             || self.complete()
+            || self.outcome().status == Status::Success
             || !matches!(decide(&self.tally), Decision::Wait)
         {
             return false;
@@ -261,6 +264,36 @@ mod tests {
 
     fn t(ms: u64) -> Time {
         Time::from_millis(ms)
+    }
+
+    /// (success rate, READY of 100 sent, still in transit) → whether the gather waits at
+    /// its close.
+    #[test]
+    fn a_gather_waits_once_when_its_quorum_says_wait_and_it_has_not_succeeded() {
+        for (min_rate, ready, waits) in [
+            (0.95, 88, true),   // WAIT: 12 % in transit
+            (0.85, 88, false),  // succeeded at its own rate already
+            (0.95, 91, false),  // RETRY: 9 % in transit is not too many
+            (0.95, 100, false), // complete
+        ] {
+            let mut g = Gather::new(t(1_000), Duration::from_millis(100), min_rate);
+            for k in 0..100u32 {
+                g.sent(k);
+            }
+            for k in 0..ready {
+                g.answer(k, Trinary::Ready, t(1_000), t(1_050));
+            }
+            assert!(!g.wait_once(t(1_099)), "not before its close");
+            assert_eq!(g.wait_once(t(1_100)), waits, "{min_rate} {ready}");
+            assert!(!g.wait_once(g.deadline()), "once");
+            if waits {
+                assert_eq!((g.deadline(), g.tally().waited), (t(1_200), 1));
+                // An answer in the extension counts, not as a window hit.
+                g.answer(99, Trinary::Ready, t(1_150), t(1_150));
+                let tally = g.tally();
+                assert_eq!((tally.ready, tally.window_hits), (ready + 1, ready));
+            }
+        }
     }
 
     #[test]

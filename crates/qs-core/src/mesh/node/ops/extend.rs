@@ -38,10 +38,17 @@ pub(super) fn report(
             late: true,
             named: Vec::new(),
         };
-        node.send(
-            l.report_to.clone(),
-            MeshMessage::Report(Box::new(conflicts)),
-        );
+        // (To the coordinator the tree names now: one it no longer names would not take
+        // them.)
+        let to = match l.report_to == l.root {
+            true => l.root.clone(),
+            false => node
+                .tree
+                .coordinator_of(key.1)
+                .cloned()
+                .unwrap_or(l.report_to.clone()),
+        };
+        node.send(to, MeshMessage::Report(Box::new(conflicts)));
     }
     let t = *l.gather.tally();
     let since = |now: u32, then: u32| now.saturating_sub(then);
@@ -53,6 +60,9 @@ pub(super) fn report(
         late: since(t.late, first.late),
         rerouted: since(t.rerouted, first.rerouted),
         unreachable: since(t.unreachable, first.unreachable),
+        // (An answer ready in the window that came in the extension was a hit.)
+        window_hits: since(t.window_hits, first.window_hits),
+        predicted_within_50ms: since(t.predicted_within_50ms, first.predicted_within_50ms),
         targeted: since(t.targeted, first.targeted),
         sent: since(t.sent, first.sent),
         waited: 1,
@@ -68,6 +78,7 @@ pub(super) fn report(
 pub(super) fn waits(r: &mut RootOp, now: Time) -> bool {
     if r.extended
         || r.mode == CascadeMode::Parallel
+        || gather::outcome(&r.tally, r.min_rate).status == gather::Status::Success
         || r.extensions.len() >= r.tally.waited as usize
         || !matches!(gather::decide(&r.tally), Decision::Wait)
     {
@@ -81,20 +92,33 @@ pub(super) fn waits(r: &mut RootOp, now: Time) -> bool {
 /// A cluster's answers in its window's extension, at the root: added to the phase while it
 /// still gathers; one that waits for them ends when all came or its quorum holds. (After
 /// the phase ended, only their conflicts count, as any late report's.)
-/// Each cluster of the phase's scope once (a cluster's lead is the only sender the inbox
-/// lets through for it); anything else is no extension and is dropped.
+/// Each cluster of the phase's scope once, from its lead (in the tree or the one before;
+/// the inbox lets its coordinator speak for it too); anything else is no extension and is
+/// dropped, counted as refused.
 pub(super) fn heard(ops: &mut Ops, node: &mut MeshNode, rep: &Report, now: Time) -> bool {
     let Some(r) = ops.root.get_mut(&rep.op) else {
         return false;
     };
-    let Scope::Cluster(c) = rep.scope else {
-        return true;
+    let lead_of = |c: ClusterId| {
+        let scope = Scope::Cluster(c);
+        node.tree.named_for(scope) == Some(&rep.from)
+            || node
+                .tree_before
+                .as_deref()
+                .is_some_and(|t| t.named_for(scope) == Some(&rep.from))
     };
-    if r.mode == CascadeMode::Parallel
-        || rep.tally.waited != 1
-        || !node.tree.holds(r.scope, c)
-        || !r.extensions.insert(c)
-    {
+    let taken = match rep.scope {
+        Scope::Cluster(c) => {
+            r.mode != CascadeMode::Parallel
+                && rep.tally.waited == 1
+                && node.tree.holds(r.scope, c)
+                && lead_of(c)
+                && r.extensions.insert(c)
+        }
+        _ => false,
+    };
+    if !taken {
+        node.refused_senders += 1;
         return true;
     }
     let mut counts = rep.tally;
@@ -102,9 +126,7 @@ pub(super) fn heard(ops: &mut Ops, node: &mut MeshNode, rep: &Report, now: Time)
     r.tally.add(&counts);
     merge_answers(&mut r.answers, &rep.answers);
     merge_named(&mut r.named, &rep.named);
-    if r.extended && done(r) {
-        end_phase(ops, node, rep.op, now);
-    }
+    maybe_end_early(ops, node, rep.op, now);
     true
 }
 
