@@ -4,6 +4,7 @@
 
 use crate::clock::now;
 use crate::mesh_agents::LocalAgents;
+use qs_core::mesh::node::Incidents;
 use qs_core::mesh::{LedAgent, MeshNode, QueuedView};
 use qs_store::{MeshSnapshotKind, StateDir, StateFile};
 use qs_wire::mesh::{AgentState, ConflictCounts, Scope};
@@ -271,10 +272,10 @@ pub(crate) fn status(
             last_operation_ago_ms: k
                 .last_operation_ms
                 .map(|t| now().as_millis().saturating_sub(t)),
-            recoveries: k.recoveries,
-            recovery_time_ms_mean: match k.recoveries {
-                0 => 0.0,
-                n => k.recovery_ms_total as f64 / n as f64,
+            recoveries: k.recovered.total().closed,
+            recovery_time_ms_mean: match k.recovered.total() {
+                Incidents { closed: 0, .. } => 0.0,
+                all => all.open_ms_total as f64 / all.closed as f64,
             },
             expired: node.expired() + local.expired.load(Ordering::Relaxed),
             dropped: local.dropped.load(Ordering::Relaxed),

@@ -388,29 +388,15 @@ fn an_extension_names_its_answers_for_a_small_ask() {
 /// straight to the operation's root (the coordinator reported already).
 #[test]
 fn the_extension_goes_to_the_root_and_the_first_report_to_the_coordinator() {
-    use qs_core::mesh::{MeshInput, MeshOutput};
+    use qs_core::mesh::MeshOutput;
     use qs_wire::NodeId;
-    use qs_wire::mesh::{CascadeMode, ClusterId, MeshMessage, OpId, Order, Scope};
+    use qs_wire::mesh::MeshMessage;
     let c = one_cluster(20, 3_000);
     let mut lead = Lead::new(c, Time::from_millis(3_000_000));
     lead.run(1_200);
     let coordinator = NodeId::new("coordinator").unwrap();
     let envelope = lead.ask(1);
-    let order = Order {
-        op: OpId(1),
-        mode: CascadeMode::Wave,
-        root: lead.root.clone(),
-        report_to: coordinator.clone(),
-        scope: Scope::Cluster(ClusterId(0)),
-        class: None,
-        sample_per_cluster: None,
-        window_ms: 150,
-        envelope,
-        limited: false,
-    };
-    let from = lead.root.clone();
-    let msg = MeshMessage::Order(Box::new(order));
-    lead.node.handle(MeshInput::Heard { from, msg }, lead.now);
+    lead.order_reporting_to(envelope, None, false, coordinator.clone());
     // Half answer at once; the rest never.
     let mut answered = 0;
     let mut sent_to: Vec<(NodeId, bool, u32)> = Vec::new();

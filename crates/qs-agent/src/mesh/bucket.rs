@@ -83,8 +83,7 @@ pub(super) fn seal_rules(auth: &Auth, by: &NodeId, excluded: Vec<Exclusion>) -> 
 
 /// A record under `key`, read (not yet checked): what it says, and whose signature it needs
 /// (the node it is of, or the root that stored the rules).
-fn read(key: &str, value: &[u8]) -> Result<(Record, NodeId), String> {
-    let frame = Frame::parse(value).map_err(|e| e.to_string())?;
+fn read(key: &str, frame: &Frame<'_>) -> Result<(Record, NodeId), String> {
     if key == RULES_KEY {
         let r = decode_bus::<MeshRules>(TOPIC_RULES, frame.body).map_err(|e| e.to_string())?;
         return Ok((Record::Rules(r.excluded), r.by));
@@ -161,7 +160,10 @@ impl Bucket {
     }
 
     fn open(&mut self, auth: &Auth, key: String, value: Bytes) -> Option<Record> {
-        let (record, by) = match read(&key, &value) {
+        let read = Frame::parse(&value)
+            .map_err(|e| e.to_string())
+            .and_then(|frame| Ok((read(&key, &frame)?, frame)));
+        let ((record, by), frame) = match read {
             Ok(read) => read,
             Err(e) => {
                 tracing::warn!("mesh bucket: {key}'s record ignored: {e}");
@@ -176,7 +178,6 @@ impl Bucket {
             return None;
         }
         let topic = if key == RULES_KEY { TOPIC_RULES } else { TOPIC };
-        let frame = Frame::parse(&value).ok()?;
         if let Err(e) = auth.check_signed(topic, &frame, &by) {
             tracing::warn!("mesh bucket: {key}'s record refused: {e}");
             return None;

@@ -127,14 +127,14 @@ impl<K: Ord + Copy> Gather<K> {
     /// When answers stop counting: the window's end, or the extension's.
     pub fn deadline(&self) -> Time {
         match self.extended {
-            true => self.target + self.window + extension(self.window),
-            false => self.target + self.window,
+            true => self.window_end() + extension(self.window),
+            false => self.window_end(),
         }
     }
 
-    /// The window's length (not its extension's).
-    pub fn window(&self) -> Duration {
-        self.window
+    /// The end of the window the agents were scheduled for (not of its extension).
+    fn window_end(&self) -> Time {
+        self.target + self.window
     }
 
     pub fn target(&self) -> Time {
@@ -163,7 +163,7 @@ impl<K: Ord + Copy> Gather<K> {
             Trinary::Transit => self.tally.transit += 1,
             Trinary::Conflict => self.tally.conflict += 1,
         }
-        if ready_at <= self.target + self.window {
+        if ready_at <= self.window_end() {
             self.tally.window_hits += 1;
         }
         let off = ready_at.since(self.target).max(self.target.since(ready_at));

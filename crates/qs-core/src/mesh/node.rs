@@ -491,8 +491,6 @@ impl MeshNode {
             qs_wire::mesh::BreakerState::Closed => {
                 if let Some(t) = self.opened_at.remove(&ch.scope) {
                     let open_ms = now.since(t).as_millis() as u64;
-                    self.kpis.recoveries += 1;
-                    self.kpis.recovery_ms_total += open_ms;
                     self.kpis.recovered.closed(ch.scope, open_ms);
                 }
             }

@@ -185,12 +185,25 @@ impl Lead {
     /// An order of `envelope`, limited by a half-open breaker above the cluster if
     /// `limited`.
     pub fn order_with(&mut self, envelope: MeshEnvelope, sample: Option<u32>, limited: bool) {
+        let root = self.root.clone();
+        self.order_reporting_to(envelope, sample, limited, root);
+    }
+
+    /// An order of `envelope` from the root, whose report goes to `report_to` (a sector's
+    /// coordinator, say).
+    pub fn order_reporting_to(
+        &mut self,
+        envelope: MeshEnvelope,
+        sample: Option<u32>,
+        limited: bool,
+        report_to: NodeId,
+    ) {
         let op = envelope.op.0;
         let order = Order {
             op: OpId(op),
             mode: CascadeMode::Wave,
             root: self.root.clone(),
-            report_to: self.root.clone(),
+            report_to,
             scope: Scope::Cluster(ClusterId(0)),
             class: None,
             sample_per_cluster: sample,

@@ -24,11 +24,9 @@ pub struct Kpis {
     /// Time observed, and time with at least 95 % of agents active (the root's view).
     pub observed_ms: u64,
     pub available_ms: u64,
-    /// Breaker incidents closed and their total time open.
-    pub recoveries: u64,
-    pub recovery_ms_total: u64,
-    /// The same by the level of the breaker (seed Part 11's recovery time: a cluster's
-    /// within 5 minutes, a sector's within 15): each node counts those it holds.
+    /// Breaker incidents closed and their time open, by the level of the breaker (seed Part
+    /// 11's recovery time: a cluster's within 5 minutes, a sector's within 15): each node
+    /// counts those it holds.
     pub recovered: Recovered,
     /// Clusters where many agents' impedance jumped at once (seed §9.2).
     pub coordinated_shifts: u64,
@@ -61,6 +59,17 @@ impl Recovered {
         };
         level.closed += 1;
         level.open_ms_total = level.open_ms_total.saturating_add(open_ms);
+    }
+
+    /// Every level's together.
+    pub fn total(&self) -> Incidents {
+        let levels = [self.cluster, self.sector, self.global];
+        Incidents {
+            closed: levels.iter().map(|l| l.closed).sum(),
+            open_ms_total: levels
+                .iter()
+                .fold(0u64, |a, l| a.saturating_add(l.open_ms_total)),
+        }
     }
 }
 

@@ -79,8 +79,8 @@ pub(super) fn waits(r: &mut RootOp, now: Time) -> bool {
     if r.extended
         || r.mode == CascadeMode::Parallel
         || gather::outcome(&r.tally, r.min_rate).status == gather::Status::Success
-        || r.extensions.len() >= r.tally.waited as usize
         || !matches!(gather::decide(&r.tally), Decision::Wait)
+        || done(r)
     {
         return false;
     }

@@ -155,7 +155,6 @@ pub(super) fn lead_order(node: &mut MeshNode, o: Order, c: ClusterId, now: Time)
             .collect(),
         class: o.class,
         limited,
-        reported: false,
         root: o.root.clone(),
         extending: None,
         escalate: Escalations::default(),
@@ -340,7 +339,7 @@ pub(crate) fn on_ack(node: &mut MeshNode, from: &NodeId, a: Ack, now: Time) {
         && ops
             .lead
             .get(&(a.op, a.cluster))
-            .is_some_and(|l| l.gather.complete() && (!l.reported || l.extending.is_some()));
+            .is_some_and(|l| l.gather.complete());
     if done {
         report_lead(&mut ops, node, (a.op, a.cluster), now);
     } else if !at_lead
@@ -475,18 +474,16 @@ pub(super) fn report_lead(ops: &mut Ops, node: &mut MeshNode, key: (OpId, Cluste
     if let Some(first) = l.extending {
         return extend::report(ops, node, key, first, now);
     }
-    if l.reported {
+    if l.mode != CascadeMode::Parallel && l.gather.wait_once(now) {
+        // What it reports is reported: the extension's report carries what comes after.
+        let tally = *l.gather.tally();
+        l.extending = Some(tally);
+        let report = l.report(key.0, &node.me, tally, false);
+        node.send(l.report_to.clone(), MeshMessage::Report(Box::new(report)));
         return;
     }
-    l.reported = true;
-    let waits = l.mode != CascadeMode::Parallel && l.gather.wait_once(now);
-    let mut l = match waits {
-        true => ops.lead.get(&key).expect("present").clone(),
-        false => ops.lead.remove(&key).expect("present"),
-    };
-    if !waits {
-        close(ops, node, key, &l, now);
-    }
+    let mut l = ops.lead.remove(&key).expect("present");
+    close(ops, node, key, &l, now);
     let mut tally = *l.gather.tally();
     if l.mode == CascadeMode::Parallel {
         // The agents answered the root: report only what this lead could not send.
@@ -501,18 +498,12 @@ pub(super) fn report_lead(ops: &mut Ops, node: &mut MeshNode, key: (OpId, Cluste
     }
     let report = l.report(key.0, &node.me, tally, false);
     node.send(l.report_to.clone(), MeshMessage::Report(Box::new(report)));
-    if waits && let Some(live) = ops.lead.get_mut(&key) {
-        // What it reported is reported: the extension's report carries what comes after.
-        live.extending = Some(tally);
-        live.answers.clear();
-        live.escalate = Escalations::default();
-        live.named = live.named.as_ref().map(|_| Vec::new());
-    }
 }
 
 impl LeadOp {
     /// Its report of `tally` (`late`: its window's extension's), with the answers, the
-    /// conflicts to escalate and the named answers it holds.
+    /// conflicts to escalate and the named answers it holds, taken (a gather that goes on
+    /// counts its next report's afresh).
     pub(super) fn report(&mut self, op: OpId, me: &NodeId, tally: Tally, late: bool) -> Report {
         let (escalated, escalated_more) = self.escalate.take();
         Report {
@@ -520,11 +511,11 @@ impl LeadOp {
             scope: self.scope,
             from: me.clone(),
             tally,
-            answers: MeshNode::top_answers(&self.answers),
+            answers: MeshNode::top_answers(&std::mem::take(&mut self.answers)),
             escalated,
             escalated_more,
             late,
-            named: self.named.take().unwrap_or_default(),
+            named: self.named.as_mut().map(std::mem::take).unwrap_or_default(),
         }
     }
 }

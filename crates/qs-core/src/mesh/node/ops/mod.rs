@@ -106,7 +106,6 @@ pub(crate) struct LeadOp {
     class: Option<ImpedanceClass>,
     /// A half-open breaker limits this cluster's share: nothing is rerouted.
     limited: bool,
-    reported: bool,
     /// The operation's root: its window's extension reports there directly.
     root: NodeId,
     /// Reported with its quorum saying WAIT, it gathers on in its window's extension: the
@@ -266,12 +265,7 @@ impl Ops {
 
     pub(crate) fn next_due(&self) -> Option<Time> {
         let sends = self.sends.keys().next().copied();
-        let lead = self
-            .lead
-            .values()
-            .filter(|l| !l.reported || l.extending.is_some())
-            .map(|l| l.gather.deadline())
-            .min();
+        let lead = self.lead.values().map(|l| l.gather.deadline()).min();
         let relay = self.relay.values().map(|r| r.deadline).min();
         let root = self
             .root
@@ -304,7 +298,6 @@ pub(crate) fn due(node: &mut MeshNode, now: Time) {
         let late: Vec<(OpId, ClusterId)> = me
             .lead
             .iter()
-            .filter(|(_, l)| !l.reported || l.extending.is_some())
             .filter(|(_, l)| l.gather.deadline() <= now)
             .map(|(k, _)| *k)
             .collect();
