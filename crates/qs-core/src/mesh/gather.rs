@@ -77,18 +77,16 @@ impl<K: Ord + Copy> Gather<K> {
         }
     }
 
-    /// Seed §5.2: at its close, a gather whose quorum says WAIT (too few READY, too many
-    /// still in transit) extends its window once, by [`extension`]; true if it did. One that
-    /// already succeeded at its own rate (a priority-first phase's may be under the
-    /// quorum's) does not wait.
+    /// Seed §5.2: at its close, a gather whose quorum at its own rate says WAIT (too few
+    /// READY, too many still in transit) extends its window once, by [`extension`]; true if
+    /// it did.
     /// Answers in the extension count, but not as window hits: the window the agents were
     /// scheduled for is the first.
     pub fn wait_once(&mut self, now: Time) -> bool {
         if self.extended
             || now < self.deadline()
             || self.complete()
-            || self.outcome().status == Status::Success
-            || !matches!(decide(&self.tally), Decision::Wait)
+            || !matches!(decide(&self.tally, self.min_rate), Decision::Wait)
         {
             return false;
         }
@@ -214,16 +212,22 @@ impl<K: Ord + Copy> Gather<K> {
     }
 }
 
-/// The trinary quorum on a tally (a gather's, or many added up): sent and not answered in
-/// the window is "in transit", its outcome unknown (seed §1.4).
-pub fn decide(t: &Tally) -> Decision {
+/// The trinary quorum on a tally (a gather's, or many added up) at the operation's own
+/// response rate (seed §5.2's `required_ready_rate`: a wave's 0.95, the urgent mode's 0.90, a
+/// priority-first phase's by its class): sent and not answered in the window is "in
+/// transit", its outcome unknown (seed §1.4).
+pub fn decide(t: &Tally, required_ready_rate: f64) -> Decision {
     let answered = t.ready.saturating_add(t.transit).saturating_add(t.conflict);
     let votes = Votes {
         ready: t.ready,
         transit: t.transit.saturating_add(t.sent.saturating_sub(answered)),
         conflict: t.conflict,
     };
-    quorum::decide(votes, &QuorumPolicy::default())
+    let policy = QuorumPolicy {
+        required_ready_rate,
+        ..QuorumPolicy::default()
+    };
+    quorum::decide(votes, &policy)
 }
 
 /// A gather's result.
@@ -293,6 +297,26 @@ mod tests {
                 let tally = g.tally();
                 assert_eq!((tally.ready, tally.window_hits), (ready + 1, ready));
             }
+        }
+    }
+
+    /// (the operation's rate, READY of 100 sent, the rest unanswered) → the quorum's
+    /// decision: at the operation's own rate, not always at the seed's default.
+    #[test]
+    fn the_quorum_is_decided_at_the_operations_own_rate() {
+        for (rate, ready, want) in [
+            (0.95, 91, "RETRY"),
+            (0.90, 91, "PROCEED"), // the urgent mode's
+            (0.95, 88, "WAIT"),
+            (0.85, 88, "PROCEED"), // a priority-first phase of class E
+            (0.99, 98, "RETRY"),   // one of class D
+        ] {
+            let tally = Tally {
+                sent: 100,
+                ready,
+                ..Tally::default()
+            };
+            assert_eq!(decide(&tally, rate).name(), want, "{rate} {ready}");
         }
     }
 

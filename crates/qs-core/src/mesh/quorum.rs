@@ -3,6 +3,9 @@
 
 use serde::Serialize;
 
+/// Seed §5.2's default share of READY answers a quorum needs.
+pub const REQUIRED_READY_RATE: f64 = 0.95;
+
 /// The rates a quorum needs.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct QuorumPolicy {
@@ -14,7 +17,7 @@ pub struct QuorumPolicy {
 impl Default for QuorumPolicy {
     fn default() -> Self {
         QuorumPolicy {
-            required_ready_rate: 0.95,
+            required_ready_rate: REQUIRED_READY_RATE,
             max_conflict_rate: 0.05,
             max_transit_rate: 0.10,
         }

@@ -78,8 +78,7 @@ pub(super) fn report(
 pub(super) fn waits(r: &mut RootOp, now: Time) -> bool {
     if r.extended
         || r.mode == CascadeMode::Parallel
-        || gather::outcome(&r.tally, r.min_rate).status == gather::Status::Success
-        || !matches!(gather::decide(&r.tally), Decision::Wait)
+        || !matches!(gather::decide(&r.tally, r.min_rate), Decision::Wait)
         || done(r)
     {
         return false;
@@ -133,5 +132,8 @@ pub(super) fn heard(ops: &mut Ops, node: &mut MeshNode, rep: &Report, now: Time)
 /// A phase that waits for extensions has what it waited for: all came, or its quorum holds.
 pub(super) fn done(r: &RootOp) -> bool {
     r.extensions.len() >= r.tally.waited as usize
-        || matches!(gather::decide(&r.tally), Decision::Proceed { .. })
+        || matches!(
+            gather::decide(&r.tally, r.min_rate),
+            Decision::Proceed { .. }
+        )
 }

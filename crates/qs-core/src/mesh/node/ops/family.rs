@@ -118,7 +118,8 @@ pub(super) fn phase_ended(
         mode: CascadeMode::PriorityFirst,
         scope: f.scope,
         status: "COMPLETE",
-        decision: gather::decide(&tally),
+        // The phases' rates differ (0.85 to 0.99): the whole is judged at the seed's.
+        decision: gather::decide(&tally, crate::mesh::quorum::REQUIRED_READY_RATE),
         tally,
         latency_ms: now.since(f.started).as_secs_f64() * 1000.0,
         target_after_ms,

@@ -214,7 +214,7 @@ pub(super) fn end_phase(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Time)
             node.send(lead, MeshMessage::Contradicted(Box::new(msg)));
         }
     }
-    let decision = gather::decide(&tally);
+    let decision = gather::decide(&tally, r.min_rate);
     let out = gather::outcome(&tally, r.min_rate);
     let target_after_ms = r.target.since(r.started).as_secs_f64() * 1000.0;
     let phase = PhaseResult {
