@@ -33,7 +33,7 @@ pub struct MeshMetrics {
 }
 
 /// The counters: name (`_total` added), help, and the status's count.
-const TOTALS: usize = 18;
+const TOTALS: usize = 19;
 type Count = fn(&MeshStatus) -> u64;
 const COUNTERS: [(&str, &str, Count); TOTALS] = [
     ("mesh_operations", "Operations this root completed", |s| {
@@ -69,6 +69,11 @@ const COUNTERS: [(&str, &str, Count); TOTALS] = [
         "mesh_windows_extended",
         "Clusters that extended their arrival window once, their quorum saying WAIT",
         |s| s.kpis.windows_extended,
+    ),
+    (
+        "mesh_operations_retried",
+        "Operations (or priority-first phases) retried once, their quorum saying RETRY",
+        |s| s.kpis.retried,
     ),
     (
         "mesh_expired",

@@ -174,6 +174,8 @@ pub struct Kpis {
     pub skipped: u64,
     /// Clusters that extended their window once, their quorum saying WAIT (seed §5.2).
     pub windows_extended: u64,
+    /// Operations (or priority-first phases) retried once, their quorum saying RETRY.
+    pub retried: u64,
     /// Breaker incidents this node closed, by level (a lead's clusters', a coordinator's
     /// sectors', the root's whole mesh's).
     pub recovered: qs_core::mesh::node::Recovered,
@@ -287,6 +289,7 @@ pub(crate) fn status(
             conflicts: k.conflicts,
             skipped: k.skipped,
             windows_extended: k.windows_extended,
+            retried: k.retried,
             recovered: k.recovered,
         },
     }

@@ -390,6 +390,11 @@ pub struct Order {
     /// limited traffic). Left out when false.
     #[serde(default, skip_serializing_if = "crate::bounds::is_zero")]
     pub limited: bool,
+    /// The operation this one retries (seed §5.2's RETRY), the same message again: a lead
+    /// sends it to none of its agents READY for that one, nor to those it still awaits
+    /// there. Left out when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<OpId>,
 }
 
 /// Orders one message carries at most ([`MeshMessage::Orders`]).
@@ -408,6 +413,12 @@ impl Order {
             return Err(format!(
                 "window_ms: {}; must be in 1..={MAX_TTL_MS}",
                 self.window_ms
+            ));
+        }
+        if self.retry_of == Some(self.op) {
+            return Err(format!(
+                "retry_of: {}; an operation retries another",
+                self.op.0
             ));
         }
         self.envelope.check()

@@ -214,6 +214,15 @@ pub(crate) fn health_line(v: &Value) -> String {
     }
 }
 
+/// Whether an operation's result is a retry's (a phase with attempts before it).
+fn retried(v: &Value) -> bool {
+    v["phases"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|p| p["earlier"].as_array().is_some_and(|e| !e.is_empty()))
+}
+
 pub(crate) fn print_outcome(v: &Value) {
     if v["queued"].is_object() {
         println!("{}", queued_outcome(&v["queued"]));
@@ -237,7 +246,12 @@ pub(crate) fn print_outcome(v: &Value) {
                 " (each cluster in doubt extended its window once already; for longer: a delegation's --timeout, the API's window_ms)"
             }
             Some("resolve-conflicts") => " (qs mesh status, qs events; qs mesh heal once reviewed)",
-            Some("retry") => " (the leads measured this run: run it again)",
+            Some("retry") if retried(v) => {
+                " (retried once already, to those not READY, with a longer budget and window; the leads measured both: run it again)"
+            }
+            Some("retry") => {
+                " (an ask, a delegation or the urgent mode is not retried by itself; the leads measured this run: run it again)"
+            }
             _ => "",
         };
         println!("  {reason}: {what}{how}");
@@ -256,6 +270,12 @@ pub(crate) fn print_outcome(v: &Value) {
         println!(
             "  {} clusters extended their window once (their quorum said WAIT)",
             n("waited")
+        );
+    }
+    if retried(v) {
+        println!(
+            "  retried once (its first attempt's quorum said RETRY): {} READY before were not sent it again",
+            n("carried")
         );
     }
     for n in v["named"].as_array().into_iter().flatten() {

@@ -117,6 +117,27 @@ impl<K: Ord + Copy> Gather<K> {
         }
     }
 
+    /// `key` was READY for the same message in the attempt before (a retry's, seed §5.2):
+    /// counted sent and READY, ready in its window, without being sent it again.
+    pub fn carried(&mut self, key: K) {
+        if let std::collections::btree_map::Entry::Vacant(e) = self.answers.entry(key) {
+            e.insert(Some(Trinary::Ready));
+            let t = &mut self.tally;
+            t.sent += 1;
+            t.ready += 1;
+            t.window_hits += 1;
+            t.carried += 1;
+        }
+    }
+
+    /// Those that answered READY (in the window, its extension, or late).
+    pub fn ready(&self) -> impl Iterator<Item = &K> {
+        self.answers
+            .iter()
+            .filter(|(_, a)| **a == Some(Trinary::Ready))
+            .map(|(k, _)| k)
+    }
+
     /// Counts of what could not be sent (too late, unreachable, expired), for the tally.
     pub fn tally_mut(&mut self) -> &mut Tally {
         &mut self.tally

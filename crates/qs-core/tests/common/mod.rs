@@ -210,6 +210,7 @@ impl Lead {
             window_ms: 150,
             envelope,
             limited,
+            retry_of: None,
         };
         self.node.handle(
             MeshInput::Heard {
@@ -457,6 +458,7 @@ pub fn sector_order(node: &mut MeshNode, op: u64, root: &NodeId, now: Time) -> O
         window_ms: 150,
         envelope,
         limited: false,
+        retry_of: None,
     }
 }
 

@@ -134,12 +134,16 @@ pub struct Tally {
     /// still in transit) and extended their arrival window once (seed §5.2).
     #[serde(default, skip_serializing_if = "crate::bounds::is_zero")]
     pub waited: u32,
+    /// A retry's (seed §5.2's RETRY): agents READY for the same message in the attempt
+    /// before, counted sent and READY again without being sent it again.
+    #[serde(default, skip_serializing_if = "crate::bounds::is_zero")]
+    pub carried: u32,
 }
 
 impl Tally {
     /// Adds `o`'s counts (saturating: a report from the bus cannot overflow a sum).
     pub fn add(&mut self, o: &Tally) {
-        let pairs: [(&mut u32, u32); 15] = [
+        let pairs: [(&mut u32, u32); 16] = [
             (&mut self.targeted, o.targeted),
             (&mut self.skipped, o.skipped),
             (&mut self.unreachable, o.unreachable),
@@ -155,6 +159,7 @@ impl Tally {
             (&mut self.missing_reports, o.missing_reports),
             (&mut self.rerouted, o.rerouted),
             (&mut self.waited, o.waited),
+            (&mut self.carried, o.carried),
         ];
         for (sum, n) in pairs {
             *sum = sum.saturating_add(n);
@@ -186,6 +191,7 @@ impl Tally {
             ("sent", self.sent, most),
             ("rerouted", self.rerouted, most),
             ("missing_reports", self.missing_reports, most),
+            ("carried", self.carried, most),
         ];
         for (field, n, max) in counts {
             if u64::from(n) > max {
@@ -204,6 +210,12 @@ impl Tally {
             return Err(format!(
                 "tally: {heard} heard (ready, transit, conflict, late, expired) of {} sent",
                 self.sent
+            ));
+        }
+        if self.carried > self.ready {
+            return Err(format!(
+                "tally.carried: {} of {} READY",
+                self.carried, self.ready
             ));
         }
         for (field, n) in [

@@ -90,6 +90,7 @@ fn order_of(op: u64, window_ms: u64) -> Order {
         window_ms,
         envelope: envelope(),
         limited: false,
+        retry_of: None,
     }
 }
 

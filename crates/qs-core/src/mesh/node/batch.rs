@@ -101,6 +101,7 @@ mod tests {
             window_ms: 100,
             envelope,
             limited: false,
+            retry_of: None,
         }
     }
 

@@ -19,6 +19,8 @@ pub struct Kpis {
     pub skipped: u64,
     /// Clusters that extended their window once because their quorum said WAIT.
     pub windows_extended: u64,
+    /// Phases retried once because their quorum said RETRY.
+    pub retried: u64,
     /// Recent cascade latencies, milliseconds (at most [`MAX_LATENCIES`]).
     pub cascade_latencies_ms: VecDeque<f64>,
     /// Time observed, and time with at least 95 % of agents active (the root's view).

@@ -323,6 +323,8 @@ impl MeshNode {
                 extended: false,
                 extensions: BTreeSet::new(),
                 window_ms: window_ms.map(|w| w.min(qs_wire::mesh::MAX_WINDOW_MS)),
+                retry_of: None,
+                earlier: Vec::new(),
                 named: Vec::new(),
                 root_messages: 0,
                 degradation,

@@ -1,6 +1,7 @@
 //! Answers after their gather closed (seed §3.2: late answers are quarantined, not
 //! failures). A lead keeps, for a while, who it still waits for in each operation it
-//! reported; the root keeps who answered each
+//! reported (and who answered READY, for a retry of the same message); the root keeps who
+//! answered each
 //! urgent operation it ended (it does not know whom the leads sent to). An answer that comes
 //! after is taken once, as late: READY still resolves what it agrees with (a REROUTE's
 //! conflict too), a CONFLICT is still logged and, at a lead, of priority 3 or more,
@@ -34,6 +35,9 @@ pub(crate) struct Settled {
     awaited: Awaited,
     /// Agents the work of a capability mismatch went to, and that conflict's number.
     rerouted: BTreeMap<AgentId, u64>,
+    /// At a lead: its agents that answered READY (in the window, its extension, or late),
+    /// which a retry of the same message does not send it again (seed §5.2's RETRY).
+    ready: BTreeSet<AgentId>,
 }
 
 impl Settled {
@@ -41,6 +45,27 @@ impl Settled {
     pub(super) fn of(&self, envelope: &MeshEnvelope) -> bool {
         self.envelope_id == envelope.id && self.created_ms == envelope.created_ms
     }
+
+    /// What a retry of its message at its lead takes from it: who was READY, and who is
+    /// still awaited.
+    pub(super) fn before(&self) -> Before {
+        let awaited = match &self.awaited {
+            Awaited::These(waiting) => waiting.clone(),
+            Awaited::AllBut(_) => BTreeSet::new(),
+        };
+        Before {
+            ready: self.ready.clone(),
+            awaited,
+        }
+    }
+}
+
+/// An attempt before a retry, at a lead: its agents READY for the message, and those it
+/// still awaits (each at most the cluster's).
+#[derive(Clone, Debug, Default)]
+pub(super) struct Before {
+    pub(super) ready: BTreeSet<AgentId>,
+    pub(super) awaited: BTreeSet<AgentId>,
 }
 
 /// The level a lead's report went to, as the tree names it when a late conflict goes up.
@@ -70,10 +95,6 @@ impl Awaited {
                 answered.len() < MAX_ANSWERED_KEPT && answered.insert(agent)
             }
         }
-    }
-
-    fn done(&self) -> bool {
-        matches!(self, Awaited::These(w) if w.is_empty())
     }
 }
 
@@ -154,7 +175,8 @@ pub(super) fn keep(ops: &mut Ops, node: &MeshNode, key: (OpId, ClusterId), l: &L
         .filter(|(a, _)| waiting.contains(*a))
         .map(|(a, seq)| (*a, *seq))
         .collect();
-    if waiting.is_empty() {
+    let ready: BTreeSet<AgentId> = l.gather.ready().copied().collect();
+    if waiting.is_empty() && ready.is_empty() {
         return;
     }
     let up = match node.tree.coordinator_of(key.1) == Some(&l.report_to) {
@@ -170,6 +192,7 @@ pub(super) fn keep(ops: &mut Ops, node: &MeshNode, key: (OpId, ClusterId), l: &L
         created_ms: l.envelope.created_ms,
         awaited: Awaited::These(waiting),
         rerouted,
+        ready,
     };
     insert_bounded(&mut ops.settled, key, settled, MAX_OPS, |s| s.until);
 }
@@ -185,6 +208,7 @@ pub(super) fn keep_urgent(ops: &mut Ops, op: OpId, r: &mut RootOp, now: Time) {
         created_ms: r.envelope.created_ms,
         awaited: Awaited::AllBut(std::mem::take(&mut r.acks)),
         rerouted: BTreeMap::new(),
+        ready: BTreeSet::new(),
     };
     insert_bounded(&mut ops.settled_urgent, op, settled, MAX_URGENT_KEPT, |s| {
         s.until
@@ -212,11 +236,25 @@ pub(super) fn answer(ops: &mut Ops, node: &mut MeshNode, a: &Ack, now: Time) -> 
     node.late_answers += 1;
     let rerouted = s.rerouted.remove(&a.agent);
     let (hash, up) = (s.content_hash.clone(), s.up);
-    if s.awaited.done() {
-        ops.settled.remove(&lead_key);
-    }
     if a.expired {
         return true;
+    }
+    // (Kept to its time, done or not: a retry of its message asks it who was READY.)
+    if a.state == Trinary::Ready && matches!(s.awaited, Awaited::These(_)) {
+        s.ready.insert(a.agent);
+        // A retry under way here awaits it too, not sent it again: READY there as well.
+        if let Some((key, retry)) = ops
+            .lead
+            .iter_mut()
+            .find(|((_, c), l)| *c == a.cluster && l.retry_of == Some(a.op))
+        {
+            let key = *key;
+            let ready_at = Time::from_millis(a.ready_ms).max(retry.gather.target());
+            retry.gather.answer(a.agent, Trinary::Ready, ready_at, now);
+            if retry.gather.complete() {
+                report_lead(ops, node, key, now);
+            }
+        }
     }
     match a.state {
         Trinary::Ready => node.agreed(a.agent, &hash, rerouted, now),

@@ -36,6 +36,14 @@ pub(super) fn lead_order(node: &mut MeshNode, o: Order, c: ClusterId, now: Time)
         .as_deref()
         .map(|r| node.classes_excluded_from(r))
         .unwrap_or_default();
+    // A retry of the same message (seed §5.2's RETRY): none of those READY for it, or still
+    // awaited there, is sent it again.
+    let before = o
+        .retry_of
+        .and_then(|p| node.ops.settled.get(&(p, c)))
+        .filter(|s| s.of(&o.envelope))
+        .map(late::Settled::before)
+        .unwrap_or_default();
     let led = node.led.get_mut(&c).expect("checked");
     let mut wants: Vec<Want<AgentId>> = Vec::new();
     let mut candidates: Vec<AgentId> = Vec::new();
@@ -60,6 +68,15 @@ pub(super) fn lead_order(node: &mut MeshNode, o: Order, c: ClusterId, now: Time)
             continue;
         }
         gather.tally_mut().targeted += 1;
+        if before.ready.contains(&a) {
+            gather.carried(a);
+            continue;
+        }
+        // Sent before and not answered yet: still in transit (its answer is that attempt's).
+        if before.awaited.contains(&a) {
+            gather.sent(a);
+            continue;
+        }
         // Route around: down, quarantined, spiking agents, and a breaker open above them.
         if !routable || view.state != AgentState::Active || view.spiking {
             gather.tally_mut().unreachable += 1;
@@ -157,6 +174,7 @@ pub(super) fn lead_order(node: &mut MeshNode, o: Order, c: ClusterId, now: Time)
         limited,
         root: o.root.clone(),
         extending: None,
+        retry_of: o.retry_of,
         escalate: Escalations::default(),
         rerouted: BTreeMap::new(),
         named: named.then(Vec::new),

@@ -28,6 +28,7 @@ mod late;
 mod lead;
 mod queue;
 mod relay;
+mod retry;
 mod root;
 use close::close;
 pub use command::{CascadeCommand, Command, CommandError};
@@ -60,6 +61,10 @@ pub struct PhaseResult {
     /// How far ahead of the operation's start this phase's agents were to be ready,
     /// milliseconds.
     pub target_after_ms: f64,
+    /// The attempts before this one, if its quorum said RETRY (seed §5.2): this one is the
+    /// retry, under a number of its own.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub earlier: Vec<PhaseResult>,
 }
 
 /// An operation's result, at the root.
@@ -111,6 +116,9 @@ pub(crate) struct LeadOp {
     /// Reported with its quorum saying WAIT, it gathers on in its window's extension: the
     /// tally it reported (seed §5.2).
     extending: Option<Tally>,
+    /// The operation it retries, if one (seed §5.2's RETRY): its late READY answers count
+    /// here too, for those not sent again.
+    retry_of: Option<OpId>,
     /// Conflicts for the report to carry up.
     escalate: Escalations,
     /// Agents the work of a capability mismatch went to, and that conflict: resolved when
@@ -171,6 +179,10 @@ pub(crate) struct RootOp {
     extensions: BTreeSet<ClusterId>,
     /// The window an operator asked for, if any.
     window_ms: Option<u64>,
+    /// The attempt this one retries, if it is a retry (seed §5.2's RETRY), and the results
+    /// of the attempts before.
+    retry_of: Option<OpId>,
+    earlier: Vec<PhaseResult>,
     named: Vec<NamedAnswer>,
     root_messages: u32,
     degradation: &'static str,

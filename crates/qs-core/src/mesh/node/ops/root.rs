@@ -166,6 +166,7 @@ pub(super) fn start_phase(
             window_ms,
             envelope: env.clone(),
             limited: false,
+            retry_of: r.retry_of,
         };
         r.root_messages += u32::from(co != node.me);
         node.send_order(co, order);
@@ -226,18 +227,22 @@ pub(super) fn end_phase(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Time)
         tally,
         latency_ms: now.since(r.started).as_secs_f64() * 1000.0,
         target_after_ms,
+        earlier: std::mem::take(&mut r.earlier),
     };
-    // KPIs, per phase.
+    // KPIs, per phase (a retry's agents READY before were counted then).
     let answered = tally.ready + tally.transit + tally.conflict;
     let k = &mut node.kpis;
-    k.sent += u64::from(tally.sent);
-    k.answered += u64::from(answered);
-    k.window_hits += u64::from(tally.window_hits);
+    k.sent += u64::from(tally.sent.saturating_sub(tally.carried));
+    k.answered += u64::from(answered.saturating_sub(tally.carried));
+    k.window_hits += u64::from(tally.window_hits.saturating_sub(tally.carried));
     k.predicted_within_50ms += u64::from(tally.predicted_within_50ms);
     k.conflicts += u64::from(tally.conflict);
     k.skipped += u64::from(tally.skipped);
     k.expired += u64::from(tally.expired);
     k.windows_extended += u64::from(tally.waited);
+    if retry::wanted(ops, &r, &decision, &tally) {
+        return retry::start(ops, node, op, r, phase, now);
+    }
     if let Some(part) = r.part_of {
         return family::phase_ended(ops, node, part, phase, r, now);
     }
