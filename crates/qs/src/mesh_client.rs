@@ -250,7 +250,7 @@ pub(crate) fn print_outcome(v: &Value) {
                 " (retried once already, to those not READY, with a longer budget and window; the leads measured both: run it again)"
             }
             Some("retry") => {
-                " (an ask, a delegation or the urgent mode is not retried by itself; the leads measured this run: run it again)"
+                " (not retried by itself: an ask, a delegation, the urgent mode, or nothing to send again that could reach the quorum; the leads measured this run: run it again)"
             }
             _ => "",
         };

@@ -161,7 +161,9 @@ fn missed(node: &mut MeshNode, c: ClusterId, a: AgentId, reported: Time, now: Ti
     }));
 }
 
-/// Keeps what late answers to `l`, reported now, need (nothing when none is awaited).
+/// Keeps what late answers to `l`, reported now, need, and who answered READY for a retry
+/// of its message (nothing when neither), until the late answers' time after its gather's
+/// end (a cluster that reported early is asked by a retry only after the phase's end).
 pub(super) fn keep(ops: &mut Ops, node: &MeshNode, key: (OpId, ClusterId), l: &LeadOp, now: Time) {
     let waiting: BTreeSet<AgentId> = l
         .sent_at
@@ -184,7 +186,7 @@ pub(super) fn keep(ops: &mut Ops, node: &MeshNode, key: (OpId, ClusterId), l: &L
         false => Up::Root,
     };
     let settled = Settled {
-        until: now + Duration::from_millis(LATE_ANSWERS_MS),
+        until: now.max(l.gather.deadline()) + Duration::from_millis(LATE_ANSWERS_MS),
         scope: l.scope,
         up: Some(up),
         content_hash: l.envelope.content_hash.clone(),
@@ -215,6 +217,24 @@ pub(super) fn keep_urgent(ops: &mut Ops, op: OpId, r: &mut RootOp, now: Time) {
     });
 }
 
+/// `a`, READY for an operation a retry under way here awaits it in too (it was not sent it
+/// again): READY there as well.
+pub(super) fn to_retry(ops: &mut Ops, node: &mut MeshNode, a: &Ack, now: Time) {
+    let Some((key, retry)) = ops
+        .lead
+        .iter_mut()
+        .find(|((_, c), l)| *c == a.cluster && l.retry_of == Some(a.op))
+    else {
+        return;
+    };
+    let key = *key;
+    let ready_at = Time::from_millis(a.ready_ms).max(retry.gather.target());
+    retry.gather.answer(a.agent, Trinary::Ready, ready_at, now);
+    if retry.gather.complete() {
+        report_lead(ops, node, key, now);
+    }
+}
+
 /// An answer after its gather closed, at a lead or at the root of an urgent operation:
 /// taken (true) if still awaited here.
 pub(super) fn answer(ops: &mut Ops, node: &mut MeshNode, a: &Ack, now: Time) -> bool {
@@ -242,19 +262,7 @@ pub(super) fn answer(ops: &mut Ops, node: &mut MeshNode, a: &Ack, now: Time) -> 
     // (Kept to its time, done or not: a retry of its message asks it who was READY.)
     if a.state == Trinary::Ready && matches!(s.awaited, Awaited::These(_)) {
         s.ready.insert(a.agent);
-        // A retry under way here awaits it too, not sent it again: READY there as well.
-        if let Some((key, retry)) = ops
-            .lead
-            .iter_mut()
-            .find(|((_, c), l)| *c == a.cluster && l.retry_of == Some(a.op))
-        {
-            let key = *key;
-            let ready_at = Time::from_millis(a.ready_ms).max(retry.gather.target());
-            retry.gather.answer(a.agent, Trinary::Ready, ready_at, now);
-            if retry.gather.complete() {
-                report_lead(ops, node, key, now);
-            }
-        }
+        to_retry(ops, node, a, now);
     }
     match a.state {
         Trinary::Ready => node.agreed(a.agent, &hash, rerouted, now),

@@ -37,12 +37,24 @@ pub(super) fn lead_order(node: &mut MeshNode, o: Order, c: ClusterId, now: Time)
         .map(|r| node.classes_excluded_from(r))
         .unwrap_or_default();
     // A retry of the same message (seed §5.2's RETRY): none of those READY for it, or still
-    // awaited there, is sent it again.
+    // awaited there, is sent it again (the attempt before may still gather, in its window's
+    // extension).
     let before = o
         .retry_of
-        .and_then(|p| node.ops.settled.get(&(p, c)))
-        .filter(|s| s.of(&o.envelope))
-        .map(late::Settled::before)
+        .and_then(|p| {
+            let live = node.ops.lead.get(&(p, c)).filter(|l| {
+                l.envelope.id == o.envelope.id && l.envelope.created_ms == o.envelope.created_ms
+            });
+            match live {
+                Some(l) => Some(l.before()),
+                None => node
+                    .ops
+                    .settled
+                    .get(&(p, c))
+                    .filter(|s| s.of(&o.envelope))
+                    .map(late::Settled::before),
+            }
+        })
         .unwrap_or_default();
     let led = node.led.get_mut(&c).expect("checked");
     let mut wants: Vec<Want<AgentId>> = Vec::new();
@@ -188,8 +200,9 @@ pub(super) fn lead_order(node: &mut MeshNode, o: Order, c: ClusterId, now: Time)
             .or_default()
             .extend(b.keys.into_iter().map(|a| (o.op, c, a)));
     }
-    // Nothing to send (none in scope, or all known too late): nothing to wait for.
-    if scheduled == 0 {
+    // Nothing to send (none in scope, or all known too late) and nobody awaited from an
+    // attempt before: nothing to wait for.
+    if scheduled == 0 && node.ops.lead.get(&key).is_some_and(|l| l.gather.complete()) {
         let mut ops = std::mem::take(&mut node.ops);
         report_lead(&mut ops, node, key, now);
         node.ops = ops;
@@ -352,6 +365,10 @@ pub(crate) fn on_ack(node: &mut MeshNode, from: &NodeId, a: Ack, now: Time) {
     }
     if let Some(other) = rerouted {
         send_one(&mut ops, node, a.op, a.cluster, other, now);
+    }
+    // READY to an attempt still gathering (in its extension) that a retry already awaits.
+    if at_lead && sent_live && a.state == Trinary::Ready && !a.expired {
+        late::to_retry(&mut ops, node, &a, now);
     }
     let done = at_lead
         && ops
@@ -519,6 +536,20 @@ pub(super) fn report_lead(ops: &mut Ops, node: &mut MeshNode, key: (OpId, Cluste
 }
 
 impl LeadOp {
+    /// What a retry of its message takes from it while it still gathers: who answered
+    /// READY, and who it still awaits.
+    pub(super) fn before(&self) -> late::Before {
+        late::Before {
+            ready: self.gather.ready().copied().collect(),
+            awaited: self
+                .sent_at
+                .keys()
+                .filter(|a| !self.gather.answered(a))
+                .copied()
+                .collect(),
+        }
+    }
+
     /// Its report of `tally` (`late`: its window's extension's), with the answers, the
     /// conflicts to escalate and the named answers it holds, taken (a gather that goes on
     /// counts its next report's afresh).

@@ -229,7 +229,8 @@ pub(crate) struct Ops {
     relay: BTreeMap<(OpId, SectorId), RelayOp>,
     root: BTreeMap<OpId, RootOp>,
     sends: BTreeMap<Time, Vec<(OpId, ClusterId, AgentId)>>,
-    /// Operations this node led and reported, with answers still to come.
+    /// Operations this node led and reported, with answers still to come or agents READY
+    /// (for a retry of the same message).
     settled: BTreeMap<(OpId, ClusterId), late::Settled>,
     /// Urgent operations this node (the root) ended, whose answers may still come.
     settled_urgent: BTreeMap<OpId, late::Settled>,

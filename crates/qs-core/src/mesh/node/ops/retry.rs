@@ -7,7 +7,8 @@
 //! by the profiles the first attempt just measured.
 //!
 //! It is retried only where it could reach its quorum: were all it sends again READY.
-//! No agent is sent the same message twice for it: a lead counts its agents READY in the
+//! No agent is sent the same message twice for it while its lead holds the attempt before
+//! (gathering still, or kept for late answers: 10 s past its window): a lead counts its agents READY in the
 //! attempt before (in its window, its extension or late) as sent and READY at once
 //! (`Tally.carried`), and those it still awaits there as sent and still in transit; only
 //! the others (those that answered IN TRANSIT or CONFLICT, whose envelope expired, or that
@@ -17,7 +18,15 @@
 //!
 //! Not retried: the urgent mode (its answers went to the root; the leads do not know who
 //! answered READY, and it exists for speed), a sample (an ask, a delegation: who answers is
-//! the operator's to ask again), and a retry.
+//! the operator's to ask again), a retry, and one whose message's time to live could not
+//! hold it. A retry starts at once: a priority-first phase's retry does not wait for the
+//! classes after it, and it was admitted with its operation (the mode's rules are not asked
+//! again).
+//!
+//! Left to do: the first attempt's answers are not merged into the retry's (a broadcast's
+//! are empty); agents awaited before count in the KPIs' sends of both attempts; one awaited
+//! whose late answer says IN TRANSIT or CONFLICT (or that the envelope expired) stays in
+//! transit in the retry, not sent it again.
 
 use super::*;
 
@@ -25,19 +34,32 @@ use super::*;
 /// larger window").
 const GROWTH: f64 = 1.5;
 
+/// What a retry's reports may take past its window (hops up, slack, an extension): at most.
+const REPORTS_MS: f64 = 4_000.0;
+
 /// Whether phase `r`, ended with `decision` on `tally`, is retried: only where the retry
 /// could reach the quorum, were all it sends again READY (agents still awaited are not sent
 /// it again: a shortfall of theirs is no retry's).
-pub(super) fn wanted(ops: &Ops, r: &RootOp, decision: &Decision, tally: &Tally) -> bool {
+pub(super) fn wanted(ops: &Ops, r: &RootOp, decision: &Decision, tally: &Tally, now: Time) -> bool {
     let again = [tally.transit, tally.conflict, tally.expired]
         .iter()
         .fold(0u32, |n, k| n.saturating_add(*k));
+    // The same message lives at most the longest time to live from its creation: a retry
+    // (its budget and window grown, its reports' slack) must fit in it.
+    let budget_ms = r
+        .budget_ms
+        .map_or(r.target.since(r.started).as_millis() as f64, |b| b as f64);
+    let grown_ms = (budget_ms + r.window.as_millis() as f64) * GROWTH;
+    let needs_ms =
+        now.as_millis().saturating_sub(r.envelope.created_ms) as f64 + grown_ms + REPORTS_MS;
+    let fits = needs_ms < qs_wire::mesh::MAX_TTL_MS as f64;
     matches!(decision, Decision::Retry)
         && r.retry_of.is_none()
         && r.mode != CascadeMode::Parallel
         && r.sample.is_none()
         && again > 0
         && f64::from(tally.ready.saturating_add(again)) >= r.min_rate * f64::from(tally.sent)
+        && fits
         && ops.root.len() < MAX_OPS
 }
 

@@ -240,7 +240,7 @@ pub(super) fn end_phase(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Time)
     k.skipped += u64::from(tally.skipped);
     k.expired += u64::from(tally.expired);
     k.windows_extended += u64::from(tally.waited);
-    if retry::wanted(ops, &r, &decision, &tally) {
+    if retry::wanted(ops, &r, &decision, &tally, now) {
         return retry::start(ops, node, op, r, phase, now);
     }
     if let Some(part) = r.part_of {
@@ -259,7 +259,8 @@ pub(super) fn end_phase(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Time)
         (_, Status::Failed) => "FAILED",
     };
     let result = OpResult {
-        op,
+        // A retry's result is the operation's, under the number its asker was told.
+        op: r.retry_of.unwrap_or(op),
         mode: r.mode,
         scope: r.scope,
         status,
