@@ -211,6 +211,12 @@ pub struct MeshEnvelope {
 }
 
 impl MeshEnvelope {
+    /// Whether `other` is the same message (its id and creation): under another operation,
+    /// a retry's, or sent again.
+    pub fn same_message(&self, other: &MeshEnvelope) -> bool {
+        self.id == other.id && self.created_ms == other.created_ms
+    }
+
     /// Past its time to live at `now_ms`.
     pub fn expired(&self, now_ms: u64) -> bool {
         now_ms > self.created_ms.saturating_add(self.ttl_ms)

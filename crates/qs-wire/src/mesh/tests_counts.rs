@@ -97,6 +97,40 @@ fn a_reports_counts_are_bounded_by_its_scope_and_each_other() {
             report(cluster, tally(30, 20, 0, 21), "ok"),
             Some("tally.window_hits: 21 of 20"),
         ),
+        // A retry's carried agents are READY ones of its scope.
+        (
+            report(
+                cluster,
+                Tally {
+                    carried: 20,
+                    ..tally(30, 20, 0, 20)
+                },
+                "ok",
+            ),
+            None,
+        ),
+        (
+            report(
+                cluster,
+                Tally {
+                    carried: 21,
+                    ..tally(30, 20, 0, 20)
+                },
+                "ok",
+            ),
+            Some("tally.carried: 21 of 20 READY"),
+        ),
+        (
+            report(
+                cluster,
+                Tally {
+                    carried: 101,
+                    ..tally(30, 20, 0, 20)
+                },
+                "ok",
+            ),
+            Some("tally.carried: 101; at most 100"),
+        ),
         (
             report(cluster, tally(30, 20, 0, 20), "ok\u{1b}[2J"),
             Some("answer: control or invisible character"),

@@ -165,19 +165,16 @@ fn missed(node: &mut MeshNode, c: ClusterId, a: AgentId, reported: Time, now: Ti
 /// of its message (nothing when neither), until the late answers' time after its gather's
 /// end (a cluster that reported early is asked by a retry only after the phase's end).
 pub(super) fn keep(ops: &mut Ops, node: &MeshNode, key: (OpId, ClusterId), l: &LeadOp, now: Time) {
-    let waiting: BTreeSet<AgentId> = l
-        .sent_at
-        .keys()
-        .filter(|a| !l.gather.answered(a))
-        .copied()
-        .collect();
+    let Before {
+        ready,
+        awaited: waiting,
+    } = l.before();
     let rerouted: BTreeMap<AgentId, u64> = l
         .rerouted
         .iter()
         .filter(|(a, _)| waiting.contains(*a))
         .map(|(a, seq)| (*a, *seq))
         .collect();
-    let ready: BTreeSet<AgentId> = l.gather.ready().copied().collect();
     if waiting.is_empty() && ready.is_empty() {
         return;
     }

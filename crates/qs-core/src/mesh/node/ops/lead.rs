@@ -16,7 +16,7 @@ pub(super) fn lead_order(node: &mut MeshNode, o: Order, c: ClusterId, now: Time)
         .ops
         .lead
         .get(&key)
-        .is_some_and(|l| l.envelope.id == e.id && l.envelope.created_ms == e.created_ms)
+        .is_some_and(|l| l.envelope.same_message(e))
         || node.ops.settled.get(&key).is_some_and(|s| s.of(e));
     if held {
         return;
@@ -42,10 +42,8 @@ pub(super) fn lead_order(node: &mut MeshNode, o: Order, c: ClusterId, now: Time)
     let before = o
         .retry_of
         .and_then(|p| {
-            let live = node.ops.lead.get(&(p, c)).filter(|l| {
-                l.envelope.id == o.envelope.id && l.envelope.created_ms == o.envelope.created_ms
-            });
-            match live {
+            let live = node.ops.lead.get(&(p, c));
+            match live.filter(|l| l.envelope.same_message(&o.envelope)) {
                 Some(l) => Some(l.before()),
                 None => node
                     .ops
@@ -166,6 +164,9 @@ pub(super) fn lead_order(node: &mut MeshNode, o: Order, c: ClusterId, now: Time)
         CascadeMode::Parallel => o.root.clone(),
         _ => o.report_to.clone(),
     };
+    // Nothing to send (none in scope, or all known too late) and nobody awaited from an
+    // attempt before: nothing to wait for.
+    let done = scheduled == 0 && gather.complete();
     let op = LeadOp {
         gather,
         report_to,
@@ -200,9 +201,7 @@ pub(super) fn lead_order(node: &mut MeshNode, o: Order, c: ClusterId, now: Time)
             .or_default()
             .extend(b.keys.into_iter().map(|a| (o.op, c, a)));
     }
-    // Nothing to send (none in scope, or all known too late) and nobody awaited from an
-    // attempt before: nothing to wait for.
-    if scheduled == 0 && node.ops.lead.get(&key).is_some_and(|l| l.gather.complete()) {
+    if done {
         let mut ops = std::mem::take(&mut node.ops);
         report_lead(&mut ops, node, key, now);
         node.ops = ops;
@@ -536,8 +535,8 @@ pub(super) fn report_lead(ops: &mut Ops, node: &mut MeshNode, key: (OpId, Cluste
 }
 
 impl LeadOp {
-    /// What a retry of its message takes from it while it still gathers: who answered
-    /// READY, and who it still awaits.
+    /// Who answered READY, and who it still awaits: what a retry of its message takes from
+    /// it (while it gathers, or kept for late answers once it closed).
     pub(super) fn before(&self) -> late::Before {
         late::Before {
             ready: self.gather.ready().copied().collect(),

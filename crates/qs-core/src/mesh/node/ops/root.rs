@@ -240,7 +240,7 @@ pub(super) fn end_phase(ops: &mut Ops, node: &mut MeshNode, op: OpId, now: Time)
     k.skipped += u64::from(tally.skipped);
     k.expired += u64::from(tally.expired);
     k.windows_extended += u64::from(tally.waited);
-    if retry::wanted(ops, &r, &decision, &tally, now) {
+    if retry::wanted(ops, node, &r, &decision, &tally, now) {
         return retry::start(ops, node, op, r, phase, now);
     }
     if let Some(part) = r.part_of {
